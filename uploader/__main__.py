@@ -1,0 +1,5 @@
+"""`python -m uploader` runs the command-line interface."""
+
+from uploader.cli import main
+
+main()
