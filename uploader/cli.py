@@ -1,0 +1,440 @@
+"""The `uploader` command: a thin click layer over the library; turns errors into messages and exit codes.
+
+Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
+ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed or are uncertain;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+from uploader import __version__
+from uploader.errors import UploaderError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_BASE_URL = "https://api.playment.io"
+EXIT_SOME_FAILED = 3
+
+
+def _handle_errors(func: F) -> F:
+    """Print an UploaderError as one clear message (never a traceback) and exit with its code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UploaderError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+ledger_option = click.option(
+    "--ledger",
+    envvar="UPLOADER_LEDGER",
+    default=None,
+    metavar="PATH|URL",
+    help="Ledger file or SQLAlchemy URL [env UPLOADER_LEDGER; default ./uploader.db].",
+)
+
+
+def _manifest_options(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.option("--project-id", help="Project for rows without a project_id column."),
+            click.option("--work-flow-id", help="Workflow for rows without a work_flow_id column."),
+            click.option("--batch-id", help="Batch (UUID) for rows without a batch_id column."),
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["csv", "tsv", "parquet", "jsonl"]),
+                help="Manifest format (default: from the file extension).",
+            ),
+            click.option(
+                "--column",
+                "columns",
+                multiple=True,
+                metavar="API_NAME=COLUMN",
+                help="Read API field API_NAME from manifest column COLUMN (repeatable).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: ignore[no-untyped-def]
+    from uploader.manifest import ManifestOptions
+
+    pairs = []
+    for item in columns:
+        api, sep, col = item.partition("=")
+        if not sep or not api or not col:
+            raise UsageError(f"--column expects API_NAME=COLUMN, got {item!r}")
+        pairs.append((api.strip(), col.strip()))
+    return ManifestOptions(
+        project_id=project_id, work_flow_id=work_flow_id, batch_id=batch_id, format=fmt, columns=tuple(pairs)
+    )
+
+
+def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-untyped-def]
+    from uploader.ledger import Ledger
+
+    return Ledger.open(ledger, create=create)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="uploader")
+def cli() -> None:
+    """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable."""
+
+
+def _print_load(report: Any) -> None:
+    if report.already_loaded:
+        click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
+        return
+    click.echo(
+        f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
+        f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
+    )
+    if report.updated:
+        click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
+    if report.conflicts:
+        click.echo(
+            f"  conflicts: {report.conflicts} rows already sent with a different payload were left unchanged "
+            f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@ledger_option
+@_handle_errors
+def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
+    """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    from uploader.runner import load as do_load
+
+    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+    led, created = _open_for_load(ledger)
+    try:
+        _print_load(do_load(led, manifest, options))
+    except UploaderError:
+        _discard_if_new(led, created)
+        raise
+
+
+def _open_for_load(ledger: str | None):  # type: ignore[no-untyped-def]
+    """Open the ledger, remembering whether this command created its file (to remove it on failure)."""
+    from uploader.db import ledger_url
+
+    url = ledger_url(ledger)
+    path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    created = path is not None and not path.exists()
+    return _open_ledger(ledger), (path if created else None)
+
+
+def _discard_if_new(led: Any, created: Path | None) -> None:
+    """A ledger file this command created and never filled is removed: a failed load leaves nothing."""
+    if created is None:
+        return
+    if led.status().total == 0:
+        led.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(created) + suffix).unlink(missing_ok=True)
+
+
+@cli.command()
+@ledger_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_handle_errors
+def status(ledger: str | None, as_json: bool) -> None:
+    """Show how many jobs are in each state, the error codes, and the live workers."""
+    report = _open_ledger(ledger, create=False).status()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"{report.total} jobs")
+    for name, n in report.counts.items():
+        click.echo(f"  {name:<10} {n}")
+    if report.error_codes:
+        click.echo("error codes (failed, uncertain, waiting to retry):")
+        for code, n in report.error_codes.items():
+            click.echo(f"  {code:<24} {n}")
+    if report.oldest_pending:
+        click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
+    if report.last_activity:
+        click.echo(f"last activity {report.last_activity.isoformat()}Z")
+    for w in report.live_workers:
+        click.echo(f"live worker {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']}")
+    if report.counts.get("uncertain"):
+        click.echo(
+            f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
+            "known yet. Run `uploader reconcile` to look them up."
+        )
+    if report.counts.get("failed"):
+        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+
+
+@cli.command()
+@ledger_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from -o, else csv.")
+@click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@_handle_errors
+def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...]) -> None:
+    """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
+    from uploader.export import FORMATS, export_rows
+    from uploader.ledger import EXPORT_COLUMNS
+    from uploader.models import Status
+
+    valid = {s.value for s in Status}
+    for s in statuses:
+        if s not in valid:
+            raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
+    if fmt is None:
+        suffix = Path(output).suffix.lower().lstrip(".") if output else ""
+        fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else "csv"
+    if fmt == "parquet" and not output:
+        raise UsageError("Parquet export needs -o FILE")
+    led = _open_ledger(ledger, create=False)
+    columns = [*EXPORT_COLUMNS, *led.extra_columns()]
+    n = export_rows(led.export_rows(statuses), fmt, output, columns)
+    if output:
+        click.echo(f"wrote {n} rows to {output}", err=True)
+
+
+@cli.command()
+@ledger_option
+@click.option("--error-code", "codes", multiple=True, help="Retry failed rows with this error code (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Retry every failed row.")
+@_handle_errors
+def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
+    """Put failed rows back to pending (attempts reset) so the next run sends them again."""
+    if not codes and not everything:
+        raise UsageError("give --error-code CODE (repeatable) or --all")
+    n = _open_ledger(ledger, create=False).retry(codes, everything)
+    click.echo(f"{n} failed rows are pending again; `uploader run` sends them.")
+
+
+def _api_options(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.option("--api-key", envvar="PLAYMENT_API_KEY", help="API key [env PLAYMENT_API_KEY].",
+                         show_envvar=False),
+            click.option("--base-url", envvar="PLAYMENT_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
+                         help="API base URL [env PLAYMENT_BASE_URL]."),
+            click.option("--allow-http", is_flag=True, help="Allow plain http to a host that is not loopback."),
+            click.option("--sandbox", "use_sandbox", is_flag=True,
+                         help="Start the built-in API emulator on loopback and use it (no key needed)."),
+            click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                         help="Seconds before a request is abandoned (and retried)."),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any) -> tuple[str, str]:
+    """Where to send and with which key; starts the sandbox for --sandbox."""
+    from uploader.client import check_base_url
+
+    if use_sandbox:
+        from uploader.sandbox import Sandbox
+
+        box = stack.enter_context(Sandbox())
+        click.echo(f"sandbox: API emulator at {box.base_url}", err=True)
+        return box.base_url, box.api_key
+    if not api_key:
+        raise UsageError("no API key: set PLAYMENT_API_KEY or pass --api-key (or try --sandbox)")
+    return check_base_url(base_url, allow_http), api_key
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@click.option("--batch-name", help="Create this batch once (id kept in the ledger) and put the jobs in it.")
+@ledger_option
+@_api_options
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0.01), help="At most this many requests per second.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@_handle_errors
+def run(  # type: ignore[no-untyped-def]
+    manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, ledger, api_key, base_url,
+    allow_http, use_sandbox, timeout, concurrency, rate, max_attempts, quiet, as_json,
+) -> None:
+    """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
+    from contextlib import ExitStack
+
+    from uploader.errors import FatalApiError
+    from uploader.runner import run_upload
+    from uploader.worker import RunOptions
+
+    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+    run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout)
+    with ExitStack() as stack:
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        led, created = _open_for_load(ledger) if manifest else (_open_ledger(ledger, create=False), None)
+        display = stack.enter_context(_ProgressDisplay(quiet or as_json))
+        try:
+            summary = run_upload(
+                led, manifest, options, base_url=url, api_key=key, run_options=run_options,
+                batch_name=batch_name, on_load=None if as_json else _print_load, on_progress=display.update,
+            )
+        except FatalApiError as exc:
+            display.close()
+            if getattr(exc, "summary", None) is not None and as_json:
+                click.echo(json.dumps(exc.summary.as_dict(), indent=2))
+            raise
+        except UploaderError:
+            _discard_if_new(led, created)
+            raise
+        display.close()
+    _print_summary(summary, as_json)
+    if summary.interrupted:
+        click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
+                   err=True)
+        sys.exit(130)
+    counts = summary.counts
+    if counts["failed"] or counts["uncertain"] or counts["pending"] or counts["in_flight"]:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _print_summary(summary: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    d = summary.as_dict()
+    c = d["counts"]
+    click.echo(
+        f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
+        f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
+        f"{c['pending'] + c['in_flight']} pending"
+    )
+    run_ = d["this_run"]
+    click.echo(
+        f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
+        f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+    )
+    if d["top_error_codes"]:
+        click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
+    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+
+
+class _ProgressDisplay:
+    """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar: Any = None
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self.last_line = 0.0
+
+    def __enter__(self) -> "_ProgressDisplay":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, p: Any) -> None:
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
+            self.bar.n = p.done
+            self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
+            self.bar.refresh()
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5.0:
+            self.last_line = now
+            elapsed = max(1e-9, now - p.started)
+            click.echo(
+                f"{p.done}/{p.total} done: {p.succeeded} ok, {p.failed} failed, {p.retrying} retries, "
+                f"{p.requests / elapsed:.0f} req/s",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@cli.command()
+@ledger_option
+@_api_options
+@_handle_errors
+def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> None:  # type: ignore[no-untyped-def]
+    """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
+    from contextlib import ExitStack
+
+    from uploader.runner import reconcile as do_reconcile
+
+    with ExitStack() as stack:
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        resolved, remaining = do_reconcile(_open_ledger(ledger, create=False), base_url=url, api_key=key,
+                                           timeout=timeout)
+    click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
+    if remaining:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--api-key", default="sandbox-key", show_default=True, help="The key the sandbox accepts.")
+@click.option("--latency-ms", type=float, default=0.0, help="Fixed latency of each job request.")
+@click.option("--jitter-ms", type=float, default=0.0, help="Random extra latency, uniform in [0, J].")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 500 FS_0000.")
+@click.option("--html-error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 502 HTML.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fraction whose connection is dropped after the job was created.")
+@click.option("--rate-limit", type=click.FloatRange(min=0.1), help="Requests/s; excess answered 429.")
+@click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered after --slow-ms.")
+@click.option("--slow-ms", type=float, default=0.0)
+@click.option("--legacy", is_flag=True, help="Errors as HTTP 200 + success:false; 401 with an empty body.")
+@click.option("--seed", type=int, help="Seed for repeatable faults.")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), help="Persist state here.")
+@_handle_errors
+def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_rate, drop_rate,  # type: ignore[no-untyped-def]
+            rate_limit, slow_rate, slow_ms, legacy, seed, state_file) -> None:
+    """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
+    from uploader.sandbox import SandboxConfig, serve
+
+    config = SandboxConfig(
+        api_key=api_key, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate,
+        html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
+        slow_ms=slow_ms, legacy=legacy, seed=seed, state_file=state_file,
+    )
+
+    def ready(url: str) -> None:
+        click.echo(f"sandbox serving the GT Studio job API at {url}")
+        click.echo(f"API key: {api_key}")
+        click.echo(f"try: uploader run sample_manifests/images.csv --project-id demo --work-flow-id wf "
+                   f"--base-url {url} --api-key {api_key}")
+        click.echo("Ctrl-C to stop.")
+
+    serve(config, host=host, port=port, on_ready=ready)
+
+
+def main() -> None:
+    cli(prog_name="uploader")

@@ -1,0 +1,177 @@
+"""Engine set-up and in-process Alembic migrations: the only place that knows SQLite from PostgreSQL.
+
+SQLite is opened in WAL mode with a busy timeout, and the driver's own transaction handling is switched off
+so that we emit BEGIN ourselves: writers ask for `BEGIN IMMEDIATE` (take the write lock up front, so two
+writers never deadlock on a lock upgrade), readers get a plain deferred BEGIN.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from uploader.errors import LedgerError, LedgerTooNewError
+
+__all__ = ["DEFAULT_LEDGER", "ledger_url", "open_engine", "migrate", "write_tx", "read_tx", "script_location", "translate_errors"]
+
+DEFAULT_LEDGER = "uploader.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def ledger_url(ledger: str | os.PathLike[str] | None) -> str:
+    """Turn `--ledger` / UPLOADER_LEDGER (a file path or a SQLAlchemy URL) into a URL."""
+    value = str(ledger) if ledger else os.environ.get("UPLOADER_LEDGER") or DEFAULT_LEDGER
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().absolute()}"
+
+
+def script_location() -> str:
+    """Where the Alembic scripts are: inside the installed package, or `migrations/` in a source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return str(candidate)
+    raise LedgerError("the ledger migrations are missing from this installation of uploader")
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file with mode 0600 before SQLite does: payloads can carry signed URLs."""
+    if path.exists():
+        return
+    if not path.parent.is_dir():
+        raise LedgerError(f"cannot create ledger {path}: folder {path.parent} does not exist")
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LedgerError(f"cannot create ledger {path}: {exc.strerror}") from None
+
+
+def open_engine(url: str, *, create: bool = True) -> Engine:
+    """Create an engine for a ledger URL, with SQLite pragmas and explicit BEGIN handling."""
+    path = _sqlite_path(url)
+    if path is not None:
+        if not path.exists() and not create:
+            raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
+        _create_private_file(path)
+    try:
+        engine = create_engine(url, future=True)
+    except (ArgumentError, ImportError) as exc:
+        raise LedgerError(f"cannot use ledger URL: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        _setup_sqlite(engine)
+    return engine
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A writing transaction: takes the write lock up front; rolls back on any exception."""
+    with translate_errors(), engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    """A reading transaction: one consistent snapshot."""
+    with translate_errors(), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver failures (disk full, locked, read-only) into a LedgerError with a plain message."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise LedgerError(f"lost the ledger connection: {_driver_message(exc)}") from exc
+        raise
+
+
+def _driver_message(exc: DBAPIError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+
+
+def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the ledger to the newest schema; refuse one written by a newer uploader."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    with translate_errors(), engine.connect() as conn:
+        cfg = _alembic_config(conn)
+        script = ScriptDirectory.from_config(cfg)
+        heads = set(script.get_heads())
+        current = _current_revisions(conn)
+        conn.rollback()
+        if current == heads:
+            return
+        unknown = [rev for rev in current if _unknown_revision(script, rev)]
+        if unknown:
+            raise LedgerTooNewError(
+                f"the ledger is at schema revision {', '.join(sorted(unknown))}, which this version of "
+                "uploader does not know: it was written by a newer uploader. Upgrade uploader to use it."
+            )
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def _current_revisions(conn: Connection) -> set[str]:
+    if not inspect(conn).has_table("alembic_version"):
+        return set()
+    return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+
+
+def _unknown_revision(script, rev: str) -> bool:  # type: ignore[no-untyped-def]
+    from alembic.util import CommandError
+
+    try:
+        return script.get_revision(rev) is None
+    except CommandError:
+        return True

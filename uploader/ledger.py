@@ -1,0 +1,420 @@
+"""Every read and write of job state after loading: claims and leases, results, status, retry, export rows.
+
+The legal moves (and only these) are made here:
+
+    pending ──claim──► in_flight ──succeeded / recovered──► succeeded
+                          │ ──permanent, or retries exhausted──► failed
+                          │ ──retryable / throttled / run stopped──► pending
+                          └ ──exists, job_id not found──► uncertain
+    in_flight (lease expired: its worker died) ──claim──► in_flight (sent again; FS_0001 resolves it)
+    failed ──retry──► pending          uncertain ──reconcile──► succeeded
+
+Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
+overwrite the newer owner's result; its late answer is counted as ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import Engine, text
+
+from uploader.db import ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.loader import LoadReport, ManifestLike, load_manifest
+from uploader.models import Status
+
+__all__ = ["Claim", "Ledger", "Result", "StatusReport", "utcnow"]
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, as stored in the ledger."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row handed to a worker: what to send, and the lease token that fences its result."""
+
+    id: int
+    project_id: str
+    reference_id: str
+    batch_id: str | None
+    body: str
+    attempts: int
+    lease_token: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one claimed row, to be recorded. `status` is where the row goes next."""
+
+    id: int
+    lease_token: int
+    status: Status
+    job_id: str | None = None
+    recovered: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+    error_details: str | None = None
+    http_status: int | None = None
+    not_before: dt.datetime | None = None
+    refund_attempt: bool = False  #: throttled or run-fatal: the attempt does not count
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `uploader status` shows."""
+
+    counts: dict[str, int]
+    error_codes: dict[str, int]
+    total: int
+    oldest_pending: dt.datetime | None
+    last_activity: dt.datetime | None
+    manifests: int
+    live_workers: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
+        return {
+            "total": self.total,
+            "counts": self.counts,
+            "error_codes": self.error_codes,
+            "oldest_pending": iso(self.oldest_pending),
+            "last_activity": iso(self.last_activity),
+            "manifests": self.manifests,
+            "live_workers": self.live_workers,
+        }
+
+
+EXPORT_COLUMNS = (
+    "reference_id",
+    "job_id",
+    "status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "project_id",
+    "work_flow_id",
+    "batch_id",
+)
+
+_RETURNING = "id, project_id, reference_id, batch_id, body, attempts, lease_token"
+
+
+class Ledger:
+    """A ledger of jobs in a SQLite file (default) or any SQLAlchemy URL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
+        """Open (creating and migrating if needed) the ledger at a path or URL."""
+        engine = open_engine(ledger_url(ledger), create=create)
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def load(self, manifest: ManifestLike, options_hash: str) -> LoadReport:
+        """Validate a manifest and merge it in, all or nothing (see uploader.loader)."""
+        return load_manifest(self.engine, manifest, options_hash)
+
+    # -- claims and leases -------------------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_seconds: float, now: dt.datetime | None = None) -> list[Claim]:
+        """Claim up to `limit` sendable rows for `owner`, committed before any request is sent."""
+        now = now or utcnow()
+        params = {"owner": owner, "now": now, "exp": now + dt.timedelta(seconds=lease_seconds), "n": limit}
+        set_clause = (
+            "SET status = 'in_flight', attempts = attempts + 1, lease_owner = :owner, "
+            "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now"
+        )
+        expired = "SELECT id FROM jobs WHERE status = 'in_flight' AND lease_expires_at < :now LIMIT :n"
+        ready = (
+            "SELECT id FROM jobs WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now) "
+            "LIMIT :n"
+        )
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
+        claims: list[Claim] = []
+        with write_tx(self.engine) as conn:
+            for select in (expired, ready):
+                if len(claims) >= limit:
+                    break
+                params["n"] = limit - len(claims)
+                rows = conn.execute(
+                    text(f"UPDATE jobs {set_clause} WHERE id IN ({select}{lock}) RETURNING {_RETURNING}"),
+                    params,
+                )
+                claims.extend(Claim(*row) for row in rows)
+        return claims
+
+    def record(self, results: Sequence[Result], now: dt.datetime | None = None) -> tuple[int, int]:
+        """Record results in one transaction; returns (applied, ignored-because-fenced)."""
+        if not results:
+            return 0, 0
+        now = now or utcnow()
+        sql = text(
+            "UPDATE jobs SET status = :status, job_id = COALESCE(:job_id, job_id), recovered = :recovered, "
+            "error_code = :code, error_message = :msg, error_details = :details, "
+            "http_status = COALESCE(:http, http_status), attempts = attempts - :refund, not_before = :nb, "
+            "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now "
+            "WHERE id = :id AND lease_token = :token AND status = 'in_flight'"
+        )
+        applied = 0
+        with write_tx(self.engine) as conn:
+            for r in results:
+                params = {
+                    "status": r.status.value,
+                    "job_id": r.job_id,
+                    "recovered": r.recovered,
+                    "code": r.error_code,
+                    "msg": r.error_message,
+                    "details": r.error_details,
+                    "http": r.http_status,
+                    "refund": 1 if r.refund_attempt else 0,
+                    "nb": r.not_before,
+                    "now": now,
+                    "id": r.id,
+                    "token": r.lease_token,
+                }
+                applied += conn.execute(sql, params).rowcount
+        return applied, len(results) - applied
+
+    def release(self, owner: str) -> int:
+        """Give every row `owner` still holds back to pending, attempt not counted (run stopped early)."""
+        with write_tx(self.engine) as conn:
+            return conn.execute(
+                text(
+                    "UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, "
+                    "lease_expires_at = NULL, updated_at = :now "
+                    "WHERE lease_owner = :owner AND status = 'in_flight'"
+                ),
+                {"owner": owner, "now": utcnow()},
+            ).rowcount
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def register_worker(self) -> str:
+        """Register this process as a worker; expire the leases of dead workers on this host first."""
+        owner = uuid.uuid4().hex
+        now = utcnow()
+        host = socket.gethostname()
+        with write_tx(self.engine) as conn:
+            for other, pid in conn.execute(
+                text("SELECT owner, pid FROM workers WHERE stopped_at IS NULL AND hostname = :h"), {"h": host}
+            ).all():
+                if not _pid_alive(pid):
+                    self._expire(conn, other, now)
+            conn.execute(
+                text(
+                    "INSERT INTO workers (owner, hostname, pid, started_at, heartbeat_at, sent) "
+                    "VALUES (:o, :h, :p, :t, :t, 0)"
+                ),
+                {"o": owner, "h": host, "p": os.getpid(), "t": now},
+            )
+        return owner
+
+    @staticmethod
+    def _expire(conn: Any, owner: str, now: dt.datetime) -> None:
+        conn.execute(text("UPDATE workers SET stopped_at = :t WHERE owner = :o"), {"t": now, "o": owner})
+        conn.execute(
+            text("UPDATE jobs SET lease_expires_at = :t WHERE lease_owner = :o AND status = 'in_flight'"),
+            {"t": now - dt.timedelta(seconds=1), "o": owner},
+        )
+
+    def heartbeat(self, owner: str, lease_seconds: float, sent: int) -> None:
+        """Keep this worker's leases alive."""
+        now = utcnow()
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                text("UPDATE workers SET heartbeat_at = :t, sent = :s WHERE owner = :o"),
+                {"t": now, "s": sent, "o": owner},
+            )
+            conn.execute(
+                text("UPDATE jobs SET lease_expires_at = :e WHERE lease_owner = :o AND status = 'in_flight'"),
+                {"e": now + dt.timedelta(seconds=lease_seconds), "o": owner},
+            )
+
+    def stop_worker(self, owner: str) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(text("UPDATE workers SET stopped_at = :t WHERE owner = :o"), {"t": utcnow(), "o": owner})
+
+    # -- batches -----------------------------------------------------------------------------------------
+
+    def batch_id_for(self, project_id: str, name: str) -> str | None:
+        with read_tx(self.engine) as conn:
+            return conn.execute(
+                text("SELECT batch_id FROM batches WHERE project_id = :p AND name = :n"), {"p": project_id, "n": name}
+            ).scalar_one_or_none()
+
+    def save_batch(self, project_id: str, name: str, batch_id: str) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                text("INSERT INTO batches (project_id, name, batch_id, created_at) VALUES (:p, :n, :b, :t)"),
+                {"p": project_id, "n": name, "b": batch_id, "t": utcnow()},
+            )
+
+    def known_job_in_default_batch(self, project_id: str) -> str | None:
+        """A job_id in the project's default batch: its GET answer tells the default batch's id."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(
+                text(
+                    "SELECT job_id FROM jobs WHERE project_id = :p AND batch_id IS NULL "
+                    "AND status = 'succeeded' AND job_id IS NOT NULL LIMIT 1"
+                ),
+                {"p": project_id},
+            ).scalar_one_or_none()
+
+    # -- queries -----------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status (every status present, zero if none)."""
+        out = {s.value: 0 for s in Status}
+        with read_tx(self.engine) as conn:
+            for status, n in conn.execute(text("SELECT status, COUNT(*) FROM jobs GROUP BY status")):
+                out[status] = n
+        return out
+
+    def next_wakeup(self) -> dt.datetime | None:
+        """When the earliest backed-off row becomes sendable (None if none is waiting)."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(
+                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+            ).scalar_one()
+
+    def status(self) -> StatusReport:
+        counts = self.counts()
+        with read_tx(self.engine) as conn:
+            codes = dict(
+                conn.execute(
+                    text(
+                        "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'pending') "
+                        "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
+                    )
+                ).all()
+            )
+            oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
+            last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
+            manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
+            stale = utcnow() - dt.timedelta(seconds=60)
+            workers = [
+                {"owner": o, "hostname": h, "pid": p, "started_at": _dt(s).isoformat() + "Z", "sent": n}
+                for o, h, p, s, n in conn.execute(
+                    text(
+                        "SELECT owner, hostname, pid, started_at, sent FROM workers "
+                        "WHERE stopped_at IS NULL AND heartbeat_at > :stale"
+                    ),
+                    {"stale": stale},
+                )
+            ]
+        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers)
+
+    def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
+        """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""
+        groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
+        with read_tx(self.engine) as conn:
+            for rid, project, batch, ref in conn.execute(
+                text("SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = 'uncertain' ORDER BY id")
+            ):
+                groups.setdefault((project, batch), []).append((rid, ref))
+        return [(p, b, rows) for (p, b), rows in groups.items()]
+
+    def resolve_uncertain(self, found: dict[int, str]) -> int:
+        """Mark uncertain rows succeeded with the job_ids a batch listing found."""
+        with write_tx(self.engine) as conn:
+            n = 0
+            for rid, job_id in found.items():
+                n += conn.execute(
+                    text(
+                        "UPDATE jobs SET status = 'succeeded', job_id = :j, recovered = true, error_code = NULL, "
+                        "error_message = NULL, updated_at = :t WHERE id = :id AND status = 'uncertain'"
+                    ),
+                    {"j": job_id, "t": utcnow(), "id": rid},
+                ).rowcount
+            return n
+
+    def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
+        """failed → pending with attempts reset, for the given error codes (or all failed rows)."""
+        where = "status = 'failed'"
+        params: dict[str, Any] = {"t": utcnow()}
+        if not everything:
+            if not codes:
+                return 0
+            names = [f"c{i}" for i in range(len(codes))]
+            where += f" AND error_code IN ({', '.join(':' + n for n in names)})"
+            params.update(zip(names, codes))
+        with write_tx(self.engine) as conn:
+            return conn.execute(
+                text(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, not_before = NULL, updated_at = :t "
+                    f"WHERE {where}"
+                ),
+                params,
+            ).rowcount
+
+    def extra_columns(self) -> list[str]:
+        """The manifests' own extra column names, in first-seen order (one sample row per manifest)."""
+        names: dict[str, None] = {}
+        with read_tx(self.engine) as conn:
+            for (extra,) in conn.execute(
+                text(
+                    "SELECT extra FROM jobs WHERE id IN (SELECT MIN(id) FROM jobs WHERE extra IS NOT NULL "
+                    "GROUP BY manifest_id) ORDER BY id"
+                )
+            ):
+                names.update(dict.fromkeys(json.loads(extra)))
+        return [n for n in names if n not in EXPORT_COLUMNS]
+
+    def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in)."""
+        where = ""
+        params: dict[str, Any] = {"n": chunk}
+        if statuses:
+            names = [f"s{i}" for i in range(len(statuses))]
+            where = f"AND status IN ({', '.join(':' + n for n in names)})"
+            params.update(zip(names, statuses))
+        cols = ", ".join(EXPORT_COLUMNS)
+        last = 0
+        while True:
+            with read_tx(self.engine) as conn:
+                rows = conn.execute(
+                    text(f"SELECT id, {cols}, extra FROM jobs WHERE id > :last {where} ORDER BY id LIMIT :n"),
+                    {**params, "last": last},
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                record = dict(zip(EXPORT_COLUMNS, row[1:-1]))
+                if row[-1]:
+                    for k, v in json.loads(row[-1]).items():
+                        record.setdefault(k, v)
+                yield record
+            last = rows[-1][0]
+
+
+def _dt(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

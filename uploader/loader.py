@@ -1,0 +1,255 @@
+"""Load a manifest into the ledger, all or nothing.
+
+Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside the ledger file), the
+cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
+transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
+write lock is held only for the merge, not for the parse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+from sqlalchemy import Connection, Engine, text
+
+from uploader.db import read_tx, translate_errors
+from uploader.errors import ManifestError, Problem
+
+__all__ = ["LoadReport", "load_manifest", "file_sha256"]
+
+#: Examples of updated / conflicting reference_ids kept for the report.
+EXAMPLES = 5
+#: Duplicate-line problems fetched (the rest are only counted).
+MAX_DUPLICATE_PROBLEMS = 1000
+
+
+class StagedJobLike(Protocol):
+    line: int
+    project_id: str
+    reference_id: str
+    work_flow_id: str
+    batch_id: str | None
+    body: str
+    extra: str | None
+
+
+class ManifestLike(Protocol):
+    """What the loader needs of a manifest (uploader.manifest.Manifest fits)."""
+
+    path: Path
+    unit: str
+    problems: list[Problem]
+    problem_count: int
+
+    def chunks(self, size: int = ...) -> Iterator[Sequence[StagedJobLike]]: ...
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load did: the counts `uploader load` prints."""
+
+    manifest: str
+    rows: int
+    new: int = 0
+    unchanged: int = 0
+    updated: int = 0
+    conflicts: int = 0
+    updated_examples: tuple[str, ...] = ()
+    conflict_examples: tuple[str, ...] = ()
+    already_loaded: bool = False
+    seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def load_manifest(engine: Engine, manifest: ManifestLike, options_hash: str) -> LoadReport:
+    """Validate and merge one manifest; raise ManifestError (ledger untouched) if anything is wrong."""
+    import time
+
+    started = time.perf_counter()
+    path = Path(manifest.path)
+    size = path.stat().st_size
+    sha = file_sha256(path)
+    with read_tx(engine) as conn:
+        seen = conn.execute(
+            text("SELECT row_count FROM manifests WHERE sha256 = :sha AND options_hash = :opt LIMIT 1"),
+            {"sha": sha, "opt": options_hash},
+        ).first()
+    if seen is not None:
+        return LoadReport(str(path), seen[0], unchanged=seen[0], already_loaded=True)
+
+    with translate_errors(), engine.connect() as conn:
+        try:
+            rows = _stage(conn, manifest)
+            _check(conn, manifest)
+            conn.rollback()
+            report = _merge(conn, path, size, sha, options_hash, rows)
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
+            conn.commit()
+    return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
+
+
+_STAGING_DDL = """
+CREATE TEMPORARY TABLE staging (
+    line INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    reference_id TEXT NOT NULL,
+    work_flow_id TEXT NOT NULL,
+    batch_id TEXT,
+    body TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    extra TEXT
+)
+"""
+
+
+def _placeholders(conn: Connection, n: int) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * n)
+
+
+def _stage(conn: Connection, manifest: ManifestLike) -> int:
+    """Stream the manifest into the staging table; returns the number of good rows staged."""
+    conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
+    conn.exec_driver_sql(_STAGING_DDL)
+    insert = f"INSERT INTO staging VALUES ({_placeholders(conn, 8)})"
+    sha = hashlib.sha256
+    total = 0
+    for chunk in manifest.chunks():
+        params = [
+            (
+                j.line,
+                j.project_id,
+                j.reference_id,
+                j.work_flow_id,
+                j.batch_id,
+                j.body,
+                sha(j.body.encode()).hexdigest(),
+                j.extra,
+            )
+            for j in chunk
+        ]
+        if params:
+            conn.exec_driver_sql(insert, params)
+            total += len(params)
+    conn.exec_driver_sql("CREATE INDEX staging_key ON staging (project_id, reference_id)")
+    conn.commit()  # commits only the TEMP table: the ledger file is not written
+    return total
+
+
+def _check(conn: Connection, manifest: ManifestLike) -> None:
+    """Cross-row checks in SQL, then raise every problem at once."""
+    dup_filter = """
+        FROM staging s JOIN (
+            SELECT project_id, reference_id, MIN(line) AS first_line FROM staging
+            GROUP BY project_id, reference_id HAVING COUNT(*) > 1
+        ) d ON d.project_id = s.project_id AND d.reference_id = s.reference_id
+        WHERE s.line <> d.first_line
+    """
+    dup_count = conn.exec_driver_sql(f"SELECT COUNT(*) {dup_filter}").scalar_one()
+    problems = list(manifest.problems)
+    total = manifest.problem_count + dup_count
+    if dup_count:
+        rows = conn.exec_driver_sql(
+            f"SELECT s.line, s.reference_id, d.first_line {dup_filter} ORDER BY s.line "
+            f"LIMIT {MAX_DUPLICATE_PROBLEMS}"
+        )
+        where = "row" if manifest.unit == "row" else "line"
+        for line, ref, first in rows:
+            problems.append(
+                Problem(
+                    str(manifest.path),
+                    line,
+                    "reference_id",
+                    f"duplicate reference_id {ref!r} (first on {where} {first})",
+                    unit=manifest.unit,
+                )
+            )
+    if total:
+        raise ManifestError(problems, total=total)
+    if not conn.exec_driver_sql("SELECT 1 FROM staging LIMIT 1").first():
+        raise ManifestError([Problem(str(manifest.path), None, None, "the manifest has no rows")])
+
+
+_COUNTS = """
+SELECT
+  COALESCE(SUM(CASE WHEN j.id IS NULL THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN j.body_hash = s.body_hash THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status IN ('pending', 'failed') THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status NOT IN ('pending', 'failed') THEN 1 ELSE 0 END), 0)
+FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+"""
+
+_EXAMPLES = """
+SELECT s.reference_id FROM staging s JOIN jobs j
+  ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+WHERE j.body_hash <> s.body_hash AND j.status {op} ('pending', 'failed')
+ORDER BY s.line LIMIT {n}
+"""
+
+_UPDATE = """
+UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_flow_id = s.work_flow_id,
+  batch_id = s.batch_id, status = 'pending', attempts = 0, not_before = NULL, error_code = NULL,
+  error_message = NULL, error_details = NULL, http_status = NULL, updated_at = :now,
+  manifest_id = :mid, manifest_line = s.line
+FROM staging s
+WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
+  AND jobs.body_hash <> s.body_hash AND jobs.status IN ('pending', 'failed')
+"""
+
+_INSERT = """
+INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, recovered,
+  attempts, lease_token, created_at, updated_at, manifest_id, manifest_line)
+SELECT s.project_id, s.reference_id, s.work_flow_id, s.batch_id, s.body, s.body_hash, s.extra, 'pending', false,
+  0, 0, :now, :now, :mid, s.line
+FROM staging s WHERE true
+ON CONFLICT (project_id, reference_id) DO NOTHING
+"""
+
+
+def _merge(
+    staging_conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int
+) -> LoadReport:
+    """The one short writing transaction: counts, updates, inserts, the manifest record."""
+    conn = staging_conn.execution_options(sqlite_begin="IMMEDIATE")
+    now = _utcnow()
+    with translate_errors(), conn.begin():
+        empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
+        if empty:
+            new, unchanged, updated, conflicts = rows, 0, 0, 0
+        else:
+            new, unchanged, updated, conflicts = conn.execute(text(_COUNTS)).one()
+        mid = conn.execute(
+            text(
+                "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
+                "VALUES (:p, :s, :h, :o, :n, :t) RETURNING id"
+            ),
+            {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now},
+        ).scalar_one()
+        upd_ex = con_ex = ()
+        if updated:
+            upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))
+            conn.execute(text(_UPDATE), {"now": now, "mid": mid})
+        if conflicts:
+            con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
+        if new:
+            conn.execute(text(_INSERT), {"now": now, "mid": mid})
+    return LoadReport(str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
+

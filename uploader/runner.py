@@ -1,0 +1,133 @@
+"""The library entry points the CLI calls: load a manifest, run an upload, reconcile uncertain rows.
+
+Usable from Python:
+
+    from uploader import Ledger, ManifestOptions, RunOptions, run_upload
+    ledger = Ledger.open("uploader.db")
+    summary = run_upload(ledger, "images.csv", ManifestOptions(project_id="p", work_flow_id="w"),
+                         base_url="https://api.playment.io", api_key=key)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from uploader.client import ApiClient
+from uploader.errors import ApiError, FatalApiError, UsageError
+from uploader.ledger import Ledger
+from uploader.loader import LoadReport
+from uploader.manifest import Manifest, ManifestOptions
+from uploader.policy import Verdict, classify
+from uploader.worker import Progress, RunOptions, RunSummary, StopFlag, submit
+
+__all__ = ["load", "reconcile", "run_upload"]
+
+
+def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
+    """Validate a manifest and merge it into the ledger, all or nothing."""
+    return ledger.load(Manifest(path, options), options.fingerprint())
+
+
+def run_upload(
+    ledger: Ledger,
+    manifest: str | Path | None,
+    options: ManifestOptions,
+    *,
+    base_url: str,
+    api_key: str,
+    run_options: RunOptions | None = None,
+    batch_name: str | None = None,
+    on_load: Callable[[LoadReport], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop: StopFlag | None = None,
+    handle_signals: bool = True,
+) -> RunSummary:
+    """Load `manifest` (if given), then send every pending row of the ledger."""
+    return asyncio.run(
+        _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
+             on_progress, stop, handle_signals)
+    )
+
+
+async def _run(
+    ledger: Ledger,
+    manifest: str | Path | None,
+    options: ManifestOptions,
+    base_url: str,
+    api_key: str,
+    run_options: RunOptions,
+    batch_name: str | None,
+    on_load: Callable[[LoadReport], None] | None,
+    on_progress: Callable[[Progress], None] | None,
+    stop: StopFlag | None,
+    handle_signals: bool,
+) -> RunSummary:
+    async with ApiClient(
+        base_url, api_key, concurrency=run_options.concurrency, timeout=run_options.timeout
+    ) as client:
+        if batch_name:
+            options = await _with_named_batch(ledger, client, options, batch_name)
+        if manifest is not None:
+            report = load(ledger, manifest, options)
+            if on_load:
+                on_load(report)
+        return await submit(
+            ledger, client, run_options, on_progress=on_progress, stop=stop, handle_signals=handle_signals
+        )
+
+
+async def _with_named_batch(
+    ledger: Ledger, client: ApiClient, options: ManifestOptions, name: str
+) -> ManifestOptions:
+    """Create the batch once, store its id before any job is sent, reuse it on every rerun."""
+    if not options.project_id:
+        raise UsageError("--batch-name needs --project-id")
+    if options.batch_id:
+        raise UsageError("give either --batch-id or --batch-name, not both")
+    batch_id = ledger.batch_id_for(options.project_id, name)
+    if batch_id is None:
+        result = await client.create_batch(options.project_id, name, "created by uploader")
+        decision = classify(result)
+        new_id = (result.data or {}).get("batch_id") if result.success else None
+        if not new_id:
+            if decision.verdict is Verdict.FATAL:
+                raise FatalApiError(f"cannot create batch {name!r}: {decision.code} {decision.message or ''}")
+            if decision.code == "BATCH_CREATION":
+                raise ApiError(
+                    f"a batch named {name!r} already exists in project {options.project_id} but this ledger "
+                    "does not know its id: pass it with --batch-id, or choose another --batch-name"
+                )
+            raise ApiError(f"cannot create batch {name!r}: {decision.code or result.http_status} "
+                           f"{decision.message or ''}".strip())
+        batch_id = str(new_id)
+        ledger.save_batch(options.project_id, name, batch_id)
+    from dataclasses import replace
+
+    return replace(options, batch_id=batch_id)
+
+
+def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0) -> tuple[int, int]:
+    """Resolve `uncertain` rows by listing their batches; returns (resolved, still uncertain)."""
+    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout))
+
+
+async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float) -> tuple[int, int]:
+    resolved = remaining = 0
+    async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
+        for project, batch, rows in ledger.uncertain_groups():
+            batch_id = batch
+            if batch_id is None:
+                known = ledger.known_job_in_default_batch(project)
+                if known:
+                    result = await client.get_job(project, known)
+                    batch_id = (result.data or {}).get("batch_id") if result.success else None
+            if batch_id is None:
+                remaining += len(rows)
+                continue
+            found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows])
+            hits = {rid: found[ref] for rid, ref in rows if ref in found}
+            resolved += ledger.resolve_uncertain(hits)
+            remaining += len(rows) - len(hits)
+    return resolved, remaining
