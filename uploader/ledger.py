@@ -290,9 +290,11 @@ class Ledger:
     def next_wakeup(self) -> dt.datetime | None:
         """When the earliest backed-off row becomes sendable (None if none is waiting)."""
         with read_tx(self.engine) as conn:
-            return conn.execute(
-                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
-            ).scalar_one()
+            return _dt(
+                conn.execute(
+                    text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+                ).scalar_one()
+            )
 
     def status(self) -> StatusReport:
         counts = self.counts()

@@ -1,0 +1,145 @@
+"""The ledger's state machine on a real SQLite file: loads, claims, leases, fenced results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+
+import pytest
+
+from uploader.errors import ManifestError
+from uploader.ledger import Ledger, Result, utcnow
+from uploader.models import Status
+
+from tests.conftest import fake_manifest
+
+ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(10)]
+
+
+def test_ledger_file_is_private_and_wal(ledger, ledger_path):
+    assert stat.S_IMODE(os.stat(ledger_path).st_mode) == 0o600
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
+    first = ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    assert (first.new, first.unchanged, first.updated, first.conflicts) == (10, 0, 0, 0)
+    again = ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    assert again.already_loaded and again.unchanged == 10
+
+    # ref-0 succeeds; then a new manifest changes ref-0 (conflict) and ref-1 (update) and adds ref-10
+    owner = ledger.register_worker()
+    claims = {c.reference_id: c for c in ledger.claim(owner, 100, 60)}
+    ledger.record([Result(claims["ref-0"].id, claims["ref-0"].lease_token, Status.SUCCEEDED, job_id="J0")])
+    ledger.release(owner)
+    changed = [(r, u + "?v=2") if r in ("ref-0", "ref-1") else (r, u) for r, u in ROWS] + [("ref-10", "https://e/x")]
+    report = ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
+    assert (report.new, report.unchanged, report.updated, report.conflicts) == (1, 8, 1, 1)
+    assert report.conflict_examples == ("ref-0",) and report.updated_examples == ("ref-1",)
+    rows = {r["reference_id"]: r for r in ledger.export_rows()}
+    assert rows["ref-0"]["job_id"] == "J0" and rows["ref-0"]["status"] == "succeeded"
+    assert ledger.counts()["pending"] == 10
+
+
+def test_invalid_manifest_leaves_ledger_file_unchanged(ledger, ledger_path, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    ledger.engine.dispose()
+    before = ledger_path.read_bytes()
+    with pytest.raises(ManifestError) as err:
+        ledger.load(fake_manifest(tmp_path, ROWS + [("ref-3", "https://x"), ("new", "https://y")], name="b.csv"),
+                    "opts")
+    assert "duplicate reference_id 'ref-3' (first on line 5)" in str(err.value)
+    assert "b.csv:12: column" in str(err.value) and "1 problem found" in str(err.value)
+    ledger.engine.dispose()
+    assert ledger_path.read_bytes() == before
+    assert ledger.counts()["pending"] == 10
+
+
+def test_claim_marks_in_flight_and_counts_attempts(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    owner = ledger.register_worker()
+    first = ledger.claim(owner, 4, 60)
+    second = ledger.claim(owner, 100, 60)
+    assert len(first) == 4 and len(second) == 6
+    assert not {c.id for c in first} & {c.id for c in second}
+    assert all(c.attempts == 1 and c.lease_token == 1 for c in first + second)
+    assert ledger.counts()["in_flight"] == 10
+    assert ledger.claim(owner, 100, 60) == []
+
+
+def test_results_are_fenced_by_lease_token(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:1]), "opts")
+    zombie = ledger.register_worker()
+    (old,) = ledger.claim(zombie, 1, lease_seconds=0.01)
+    later = utcnow() + dt.timedelta(seconds=1)
+    newer = ledger.register_worker()
+    (new,) = ledger.claim(newer, 1, 60, now=later)  # the lease expired: reclaimed and re-sent
+    assert new.id == old.id and new.lease_token == old.lease_token + 1 and new.attempts == 2
+    assert ledger.record([Result(old.id, old.lease_token, Status.FAILED, error_code="FS_0003")]) == (0, 1)
+    assert ledger.record([Result(new.id, new.lease_token, Status.SUCCEEDED, job_id="J")]) == (1, 0)
+    (row,) = list(ledger.export_rows())
+    assert row["status"] == "succeeded" and row["job_id"] == "J" and row["error_code"] is None
+
+
+def test_backoff_and_refund(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    owner = ledger.register_worker()
+    a, b = ledger.claim(owner, 2, 60)
+    soon = utcnow() + dt.timedelta(seconds=30)
+    ledger.record([
+        Result(a.id, a.lease_token, Status.PENDING, error_code="FS_0000", not_before=soon),
+        Result(b.id, b.lease_token, Status.PENDING, error_code="rate_limited", not_before=soon, refund_attempt=True),
+    ])
+    assert ledger.claim(owner, 10, 60) == []
+    assert abs((ledger.next_wakeup() - soon).total_seconds()) < 1e-3
+    again = ledger.claim(owner, 10, 60, now=soon + dt.timedelta(seconds=1))
+    assert sorted(c.attempts for c in again) == [1, 2]
+
+
+def test_release_and_dead_worker_reaping(ledger, tmp_path, ledger_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
+    owner = ledger.register_worker()
+    ledger.claim(owner, 3, 3600)
+    assert ledger.release(owner) == 3
+    assert ledger.counts()["pending"] == 3
+    (c,) = ledger.claim(owner, 1, 3600)
+    assert c.attempts == 1  # the released attempt was not counted
+    # a worker of this host whose process is gone: its leases expire when the next run registers
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE workers SET pid = 999999999")
+    other = Ledger.open(ledger_path)
+    owner2 = other.register_worker()
+    reclaimed = other.claim(owner2, 10, 60)
+    assert c.id in {x.id for x in reclaimed}
+
+
+def test_retry_and_status(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
+    owner = ledger.register_worker()
+    a, b, c = ledger.claim(owner, 3, 60)
+    ledger.record([
+        Result(a.id, a.lease_token, Status.FAILED, error_code="FS_0003", error_message="bad"),
+        Result(b.id, b.lease_token, Status.FAILED, error_code="FS_0007"),
+        Result(c.id, c.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+    ])
+    report = ledger.status()
+    assert report.counts["failed"] == 2 and report.counts["uncertain"] == 1
+    assert report.error_codes == {"FS_0003": 1, "FS_0007": 1, "FS_0001": 1}
+    assert ledger.retry(["FS_0007"]) == 1
+    assert ledger.retry([], everything=True) == 1
+    assert ledger.counts()["pending"] == 2
+    (group,) = ledger.uncertain_groups()
+    assert group[0] == "p1" and group[1] is None and group[2][0][1] == c.reference_id
+    assert ledger.resolve_uncertain({c.id: "JOB"}) == 1
+    assert ledger.counts()["succeeded"] == 1
+
+
+def test_batches_and_extra_columns(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:2], extra={"camera": "=cmd()"}), "opts")
+    assert ledger.extra_columns() == ["camera"]
+    assert next(iter(ledger.export_rows()))["camera"] == "=cmd()"
+    assert ledger.batch_id_for("p1", "b") is None
+    ledger.save_batch("p1", "b", "uuid-1")
+    assert ledger.batch_id_for("p1", "b") == "uuid-1"
