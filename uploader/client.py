@@ -1,0 +1,438 @@
+"""The only module that speaks HTTP: builds requests, reads envelopes, turns every outcome into an ApiResult.
+
+httpx is the HTTP API (its Request/Response/transport interface); the bytes move through the
+`httpx-aiohttp` transport because httpx's default transport costs several times more CPU per request.
+`_make_transport` is the one place that choice lives. Requests go straight to the transport: the
+AsyncClient layer adds cookie, auth, redirect and hook handling we never use, at ~80 µs CPU a request
+(benchmarks/client_overhead.py), and we need none of it.
+
+Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
+1 GB body each come back as an `ApiResult` with a code `policy.classify` understands. The API key is sent
+as a header and never appears in a result, an exception message or a repr (a server echoing it back gets
+it redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import random
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from uploader import __version__
+from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
+from uploader.policy import ApiResult, Verdict, classify, next_delay, retry_after_seconds
+
+__all__ = ["ApiClient", "check_base_url"]
+
+#: Longest body snippet quoted in a message, and longest message built from one.
+_SNIPPET_CHARS = 200
+#: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
+#: rarely write a request into a connection the server is closing.
+_KEEPALIVE_SECONDS = 4.0
+_REDACTED = b"[redacted]"
+_TAG = re.compile(r"<[^>]*>")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+_SPACES = re.compile(r"\s+")
+_KEY_OK = re.compile(r"[\x21-\x7e]+")
+
+_MESSAGES = {
+    "timeout": "no answer in time",
+    "connect_error": "cannot connect to the API",
+    "connection_closed": "the server closed the connection before answering",
+    "protocol_error": "the server's answer is not valid HTTP",
+    "tls_error": "TLS failed (certificate not trusted, or not an https server)",
+    "transport_error": "the request failed",
+}
+
+
+def check_base_url(url: str, allow_http: bool = False) -> str:
+    """Validate and normalise the API base URL (no trailing slash); UsageError when it is unsafe or wrong.
+
+    Plain http would send the API key in clear, so it is refused unless the host is loopback (the sandbox)
+    or the user said --allow-http. Credentials, queries and fragments are refused: they would leak into
+    messages or be silently dropped.
+    """
+    text = (url or "").strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid base URL {text!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UsageError(f"the base URL must start with https:// (got {text!r})")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise UsageError(f"the base URL has no host: {text!r}")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError("the base URL must not contain credentials; the API key goes in --api-key")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise UsageError(f"the base URL must not have a query or fragment: {text!r}")
+    if scheme == "http" and not allow_http and not _is_loopback(host):
+        raise UsageError(
+            f"refusing plain http to {host}: the API key would travel unencrypted; use https, or --allow-http"
+        )
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _make_transport(concurrency: int) -> httpx.AsyncBaseTransport:
+    """The transport choice, in one place: httpx's interface over an aiohttp pool sized to the concurrency."""
+    ssl_context = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+
+    def session() -> aiohttp.ClientSession:  # called lazily by the transport, inside the running loop
+        connector = aiohttp.TCPConnector(
+            limit=concurrency, limit_per_host=0, ssl=ssl_context, keepalive_timeout=_KEEPALIVE_SECONDS
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS
+    )
+    return AiohttpTransport(limits=limits, client=session)
+
+
+class ApiClient:
+    """One HTTP pool per run, talking to one API base URL with one key.
+
+    Use as `async with ApiClient(...) as client:`. `transport` is injectable (httpx.MockTransport in unit
+    tests); it is closed with the client. `timeout` bounds each phase (connect, pool, write, read) and,
+    unless `total_timeout` says otherwise, the whole exchange too: a server dripping one byte at a time
+    never trips a read timeout, and the user's --timeout means "abandon a request after this long".
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        concurrency: int = 64,
+        timeout: float = 30.0,
+        max_body_bytes: int = 1 << 20,
+        transport: httpx.AsyncBaseTransport | None = None,
+        total_timeout: float | None = None,
+    ) -> None:
+        if not api_key or not _KEY_OK.fullmatch(api_key):
+            raise UsageError("the API key is empty or has characters that cannot be sent in a header")
+        if concurrency < 1 or timeout <= 0 or max_body_bytes < 1:
+            raise UsageError("concurrency, timeout and max_body_bytes must be positive")
+        self._base_url = check_base_url(base_url, allow_http=True)
+        self._concurrency = concurrency
+        self._timeout = float(timeout)
+        self._total_timeout = float(total_timeout) if total_timeout is not None else self._timeout
+        self._max_body = max_body_bytes
+        self._key_bytes = api_key.encode("ascii")
+        self._transport = transport if transport is not None else _make_transport(concurrency)
+        # Built once: every request reuses them (httpx copies headers and extensions into each Request).
+        self._headers = httpx.Headers(
+            {
+                "user-agent": f"uploader/{__version__}",
+                "x-api-key": api_key,
+                "content-type": "application/json",
+                "accept": "application/json",
+                "accept-encoding": "identity",  # small bodies; and no decompression bomb to bound
+            }
+        )
+        self._extensions = {"timeout": httpx.Timeout(self._timeout).as_dict()}
+        self._job_urls: dict[str, httpx.URL] = {}
+
+    def __repr__(self) -> str:
+        return f"<ApiClient {self._base_url} concurrency={self._concurrency}>"
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool (and an injected transport)."""
+        await self._transport.aclose()
+
+    # -- endpoints -------------------------------------------------------------------------------------
+
+    async def create_job(self, project_id: str, body: str | bytes) -> ApiResult:
+        """POST one job; `body` is the exact JSON text from the ledger and is sent byte-for-byte."""
+        url = self._job_urls.get(project_id)
+        if url is None:
+            url = self._job_urls[project_id] = httpx.URL(f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs")
+        return await self._call("POST", url, body.encode() if isinstance(body, str) else body)
+
+    async def create_batch(self, project_id: str, name: str, description: str = "") -> ApiResult:
+        """POST a new batch; its id is `data["batch_id"]`."""
+        body = json.dumps({"name": name, "description": description}).encode()
+        return await self._call("POST", f"{self._base_url}/v1/projects/{_seg(project_id)}/batch", body)
+
+    async def get_job(self, project_id: str, job_id: str) -> ApiResult:
+        """GET one job (status, batch_id, result)."""
+        return await self._call("GET", f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs/{_seg(job_id)}")
+
+    async def list_batch_page(self, project_id: str, batch_id: str, page_token: str = "") -> ApiResult:
+        """GET one page of a batch's jobs; `data["next_page_token"]` is "" on the last page."""
+        url = f"{self._base_url}/v1/projects/{_seg(project_id)}/batch/{_seg(batch_id)}"
+        if page_token:
+            url += f"?page_token={quote(page_token, safe='')}"
+        return await self._call("GET", url)
+
+    async def find_job_ids(
+        self,
+        project_id: str,
+        batch_id: str,
+        reference_ids: Collection[str],
+        *,
+        max_attempts: int = 8,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> dict[str, str]:
+        """{reference_id: job_id} for the wanted reference_ids found in the batch (FS_0001 recovery).
+
+        Pages through the batch until the last page or until every wanted id is found. Each page fetch is
+        retried (RETRYABLE or THROTTLED, with backoff and Retry-After) up to `max_attempts` times. Raises
+        FatalApiError when the key/project is refused, ApiUnreachableError when a page cannot be had (out
+        of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent. A page
+        token the server already gave (a paging loop) ends the search with what was found.
+        """
+        wanted = {str(r) for r in reference_ids}
+        found: dict[str, str] = {}
+        rng = rng or random.Random()
+        token = ""
+        seen = {token}
+        while wanted and len(found) < len(wanted):
+            data = await self._fetch_page(project_id, batch_id, token, max_attempts, rng, sleep)
+            jobs = data.get("jobs")
+            for job in jobs if isinstance(jobs, list) else ():
+                if not isinstance(job, dict):
+                    continue
+                ref, job_id = job.get("reference_id"), job.get("id") or job.get("job_id")
+                if isinstance(ref, (str, int)) and job_id and str(ref) in wanted:
+                    found.setdefault(str(ref), str(job_id))
+            next_token = data.get("next_page_token")
+            token = str(next_token) if next_token else ""
+            if not token or token in seen:
+                break
+            seen.add(token)
+        return found
+
+    async def _fetch_page(
+        self,
+        project_id: str,
+        batch_id: str,
+        token: str,
+        max_attempts: int,
+        rng: random.Random,
+        sleep: Callable[[float], Awaitable[Any]],
+    ) -> dict[str, Any]:
+        where = f"batch {batch_id} of project {project_id}"
+        detail = ""
+        for attempt in range(1, max(1, max_attempts) + 1):
+            result = await self.list_batch_page(project_id, batch_id, token)
+            decision = classify(result, expect=None)
+            if decision.verdict is Verdict.SUCCEEDED:
+                return result.data or {}
+            detail = " ".join(str(x) for x in (decision.code or result.http_status, decision.message) if x)
+            if decision.verdict is Verdict.FATAL:
+                raise FatalApiError(f"the API refused listing {where}: {detail}", decision.code, result.http_status)
+            if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED):
+                raise ApiUnreachableError(f"cannot list {where}: {detail}")
+            if attempt < max_attempts:
+                hint = retry_after_seconds(result.retry_after, datetime.now(timezone.utc))
+                await sleep(next_delay(decision, attempt, hint, rng))
+        raise ApiUnreachableError(f"cannot list {where} after {max_attempts} attempts: {detail}")
+
+    # -- one exchange ----------------------------------------------------------------------------------
+
+    async def _call(self, method: str, url: httpx.URL | str, content: bytes | None = None) -> ApiResult:
+        """Send one request and read at most max_body_bytes of the answer; never raises for I/O trouble."""
+        request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
+        deadline = asyncio.timeout(self._total_timeout)
+        try:
+            async with deadline:
+                response = await self._transport.handle_async_request(request)
+                try:
+                    raw = await self._read_body(response)
+                finally:
+                    await _close_quietly(response)
+        except (httpx.HTTPError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            return self._failure(exc, deadline.expired())
+        status = response.status_code
+        retry_after = _header(response, b"retry-after")
+        if retry_after is not None:
+            retry_after = self._redact(retry_after[:100])
+        if raw is None:
+            return ApiResult(
+                status, None, None, "body_too_large",
+                f"HTTP {status}: the answer is larger than {self._max_body} bytes; not read", None, retry_after,
+            )  # fmt: skip
+        if self._key_bytes in raw:
+            raw = raw.replace(self._key_bytes, _REDACTED)
+        return _parse(status, raw, retry_after)
+
+    async def _read_body(self, response: httpx.Response) -> bytes | None:
+        """The body, or None once it exceeds max_body_bytes (read no further: a hostile 1 GB answer)."""
+        limit = self._max_body
+        length = _header(response, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return None
+        encoding = _header(response, b"content-encoding")
+        # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx.
+        chunks_in = response.aiter_bytes() if encoding not in (None, "identity") else response.stream.__aiter__()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in chunks_in:
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+        finally:
+            if size > limit and hasattr(chunks_in, "aclose"):
+                await chunks_in.aclose()  # stop the generator now, not at garbage collection
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _failure(self, exc: BaseException, deadline_expired: bool = False) -> ApiResult:
+        """An ApiResult for an exchange that produced no usable answer; the text is redacted and short."""
+        if deadline_expired:
+            message = f"no complete answer within {self._total_timeout:g}s"
+            return ApiResult(None, None, None, "timeout", message, None, None)
+        exc = _decisive(exc)
+        code = _transport_code(exc)
+        text = self._redact(_SPACES.sub(" ", str(exc)).strip())
+        message = _MESSAGES[code]
+        if code == "timeout":
+            message += f" (timeout {self._timeout:g}s)"
+        message = _truncate(f"{message}: {type(exc).__name__}" + (f": {text}" if text else ""), _SNIPPET_CHARS)
+        return ApiResult(None, None, None, code, message, None, None)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+
+
+def _parse(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
+    """Read the API's envelope; anything else becomes `not_json` / `http_<status>` with a body snippet."""
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        body = None
+    if isinstance(body, dict) and isinstance(success := body.get("success"), bool):
+        data = body.get("data")
+        data = data if isinstance(data, dict) else None
+        if success:
+            return ApiResult(status, True, data, None, None, None, retry_after)
+        error = body.get("error")
+        code = message = errors = None
+        if isinstance(error, dict):
+            code = None if error.get("code") is None else str(error["code"])
+            message = None if error.get("message") is None else str(error["message"])
+            errors = error.get("errors") if isinstance(error.get("errors"), list) else None
+        elif isinstance(error, str):
+            message = error
+        return ApiResult(status, False, data, code, message, errors, retry_after)
+    code = "not_json" if 200 <= status < 300 else f"http_{status}"
+    snippet = _snippet(raw)
+    message = f"HTTP {status}, not an API answer" + (f": {snippet}" if snippet else " (empty body)")
+    return ApiResult(status, None, None, code, _truncate(message, _SNIPPET_CHARS), None, retry_after)
+
+
+def _decisive(exc: BaseException) -> BaseException:
+    """The exception that says what happened.
+
+    httpx-aiohttp maps aiohttp errors coarsely (a ServerDisconnectedError, even a refused connection,
+    surfaces as httpx.ConnectTimeout), so the aiohttp exception it chains as __cause__ decides.
+    """
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            break
+        if isinstance(cause, aiohttp.ClientError):
+            return cause
+        cause = cause.__cause__
+    return exc
+
+
+def _transport_code(exc: BaseException) -> str:
+    """The synthetic code for a failed exchange (give it `_decisive(exc)`)."""
+    cause = exc
+    if isinstance(cause, aiohttp.ClientError):
+        if isinstance(cause, aiohttp.ClientSSLError):
+            return "tls_error"
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return "connect_error"
+        if isinstance(cause, aiohttp.ServerTimeoutError):
+            return "timeout"
+        if isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+            return "connection_closed"
+        if isinstance(cause, aiohttp.ClientResponseError):
+            return "protocol_error"
+        return "transport_error"
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "tls_error" if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) else "connect_error"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
+        return "connection_closed"
+    if isinstance(exc, (httpx.ProtocolError, httpx.DecodingError)):
+        return "protocol_error"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls_error"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_error"
+    if isinstance(exc, ConnectionError):
+        return "connection_closed"
+    return "transport_error"
+
+
+def _header(response: httpx.Response, name: bytes) -> str | None:
+    """One response header by lower-case name, scanning the raw list (cheaper than Headers.get)."""
+    for key, value in response.headers.raw:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _close_quietly(response: httpx.Response) -> None:
+    """Release the connection (closing it when the body was not read to the end); the answer is already in."""
+    try:
+        await response.aclose()
+    except (httpx.HTTPError, aiohttp.ClientError, OSError):
+        pass
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: ids are quoted so none can add a path ('../') or a query."""
+    return quote(str(value), safe="")
+
+
+def _snippet(raw: bytes) -> str:
+    """A short, printable, tag-free excerpt of a body for a message."""
+    text = raw[:4096].decode("utf-8", "replace")
+    text = _UNPRINTABLE.sub(" ", _TAG.sub(" ", text))
+    return _truncate(_SPACES.sub(" ", text).strip(), _SNIPPET_CHARS)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

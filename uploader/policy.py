@@ -1,0 +1,219 @@
+"""Pure decisions about API answers: what a result means for the row and the run, and how long to wait.
+
+Nothing here does I/O or imports a third-party library, so every rule is a table row in
+tests/test_policy.py. `client.py` turns every HTTP exchange (or its failure) into an `ApiResult`; the
+worker asks `classify` what it means and `next_delay` how long to wait before trying again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "EXISTS_CODES",
+    "FATAL_CODES",
+    "PERMANENT_CODES",
+    "RETRYABLE_CODES",
+    "TRANSPORT_CODES",
+    "ApiResult",
+    "Decision",
+    "Verdict",
+    "backoff_delay",
+    "classify",
+    "next_delay",
+    "retry_after_seconds",
+]
+
+
+class Verdict(str, Enum):
+    """What one API answer means for the row that was sent, and for the run."""
+
+    SUCCEEDED = "succeeded"  #: job created; job_id known
+    EXISTS = "exists"  #: FS_0001: the reference_id is already used: look up the job_id
+    PERMANENT = "permanent"  #: the row is wrong: fail it, no retry
+    RETRYABLE = "retryable"  #: transient: retry after backoff, counts an attempt
+    THROTTLED = "throttled"  #: 429: pause the whole run (Retry-After), does NOT use up an attempt
+    FATAL = "fatal"  #: key/project problem: stop the whole run; no row failed; attempt not counted
+
+
+#: The reference_id is already used in the project: the job exists, its job_id must be looked up.
+EXISTS_CODES = frozenset({"FS_0001"})
+#: The row itself is wrong; sending it again cannot help.
+PERMANENT_CODES = frozenset(
+    {"FS_0002", "FS_0003", "FS_0004", "FS_0005", "FS_0006", "FS_0007", "FS_00011", "FS_00012", "GE_0001", "GE_0002"}
+)
+#: Server-side failures the API itself says to retry later.
+RETRYABLE_CODES = frozenset({"FS_0000", "FS_0008", "api_error"})
+#: The key or the project is wrong: every row would fail the same way, so the run stops.
+FATAL_CODES = frozenset(
+    {"auth-failure", "core.webutil.token_auth", "unauthorized", "core.webutil.auther", "resource_error", "PR_0001"}
+)
+#: Synthetic codes client.py gives when no usable answer arrived; all transient.
+TRANSPORT_CODES = frozenset(
+    {"timeout", "connect_error", "connection_closed", "body_too_large", "protocol_error", "transport_error"}
+)
+#: Synthetic transport codes that no retry can fix (a certificate the system does not trust).
+_FATAL_TRANSPORT_CODES = frozenset({"tls_error"})
+
+
+@dataclass(frozen=True)
+class ApiResult:
+    """Everything one API call produced; client.py returns one for every call and never raises instead.
+
+    `code` is the envelope's error.code, or a synthetic code when there was no envelope: `timeout`,
+    `connect_error`, `connection_closed`, `protocol_error`, `transport_error`, `tls_error`, `body_too_large`,
+    `not_json` (a 2xx whose body is not a JSON envelope) or `http_<status>` (any other status without one).
+    No field ever holds the API key.
+    """
+
+    http_status: int | None  #: None when no response arrived
+    success: bool | None  #: the envelope's `success`; None if the body wasn't a JSON envelope
+    data: dict[str, Any] | None
+    code: str | None
+    message: str | None
+    errors: list[Any] | None  #: error.errors details
+    retry_after: str | None  #: raw Retry-After header value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one result, with the code and message worth recording against the row."""
+
+    verdict: Verdict
+    code: str | None
+    message: str | None
+
+
+def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
+    """Decide what an API result means. The rules, first match wins:
+
+    1. HTTP 429, whatever the body → THROTTLED (the API is busy, not the row wrong).
+    2. HTTP 401 or 403, whatever the body (the old server answers 401 with no body at all) → FATAL.
+    3. `success: true` → SUCCEEDED if `data[expect]` is present (expect=None: any success). Without it →
+       RETRYABLE `bad_success_envelope`: the server may or may not have created the job, and sending the row
+       again converges either way (created now, or FS_0001 → lookup), while failing it could strand a job
+       that exists with no job_id on record.
+    4. `success: false` (at any status: the old API answers errors with 200): a known code decides, even
+       over the status (a 5xx carrying FS_0001 still means the job exists) —
+       FS_0001 → EXISTS; key/project codes → FATAL; FS_0000/FS_0008/api_error → RETRYABLE;
+       FS_0002..FS_0007, FS_00011, FS_00012, GE_0001, GE_0002 → PERMANENT.
+       An unknown or missing code goes by status: 408 or 5xx → RETRYABLE; anything else (legacy 200, other
+       4xx) → PERMANENT.
+    5. No envelope: transport trouble (timeout, refused, closed, cut-off body) → RETRYABLE, except an
+       untrusted certificate (`tls_error`) → FATAL; then by status: 408 or 5xx (proxy HTML) → RETRYABLE;
+       3xx, 404 or 405 → FATAL (we are not talking to the API: check the base URL; failing every row would
+       be wrong); other 4xx (e.g. a proxy's 413) → PERMANENT; 2xx that isn't an envelope → RETRYABLE.
+    """
+    status = result.http_status
+    code = result.code
+    message = result.message
+    if status == 429:
+        return Decision(Verdict.THROTTLED, code or "http_429", message)
+    if status in (401, 403):
+        return Decision(Verdict.FATAL, code or f"http_{status}", message)
+    if result.success is True:
+        if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
+            return Decision(Verdict.SUCCEEDED, None, None)
+        return Decision(
+            Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again"
+        )
+    if result.success is False:
+        if code in EXISTS_CODES:
+            return Decision(Verdict.EXISTS, code, message)
+        if code in FATAL_CODES:
+            return Decision(Verdict.FATAL, code, message)
+        if code in RETRYABLE_CODES:
+            return Decision(Verdict.RETRYABLE, code, message)
+        if code in PERMANENT_CODES:
+            return Decision(Verdict.PERMANENT, code, message)
+        code = code or (f"http_{status}" if status is not None else None)
+        if status is not None and (status == 408 or status >= 500):
+            return Decision(Verdict.RETRYABLE, code, message)
+        return Decision(Verdict.PERMANENT, code, message)
+    # No envelope: a transport failure, or a body that isn't the API's JSON.
+    if code in _FATAL_TRANSPORT_CODES:
+        return Decision(Verdict.FATAL, code, message)
+    if status is None or code in TRANSPORT_CODES:
+        return Decision(Verdict.RETRYABLE, code or "transport_error", message)
+    code = code or f"http_{status}"
+    if status == 408 or status >= 500:
+        return Decision(Verdict.RETRYABLE, code, message)
+    if 300 <= status < 400 or status in (404, 405):
+        return Decision(Verdict.FATAL, code, message or f"HTTP {status} without an API answer: check the base URL")
+    if 400 <= status < 500:
+        return Decision(Verdict.PERMANENT, code, message)
+    return Decision(Verdict.RETRYABLE, code, message)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP date), never negative.
+
+    None when absent or unparseable, so the caller falls back to its own backoff. A naive `now` (or date)
+    is taken as UTC. Fractional seconds are accepted because some servers send them.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons returned None instead of raising
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 60.0) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**(attempt-1))).
+
+    Full jitter spreads 64 workers that failed together over the whole window instead of retrying in step.
+    `attempt` is the number of attempts made so far (1 after the first failure); below 1 counts as 1.
+    """
+    exponent = max(attempt, 1) - 1
+    ceiling = cap if exponent >= 64 else min(cap, base * 2.0**exponent)
+    return rng.uniform(0.0, max(0.0, ceiling))
+
+
+def next_delay(
+    decision: Decision | Verdict,
+    attempt: int,
+    retry_after: float | None,
+    rng: random.Random,
+    *,
+    base: float = 0.5,
+    cap: float = 60.0,
+    max_retry_after: float = 900.0,
+) -> float:
+    """How long to wait before the next try, in seconds.
+
+    RETRYABLE: max(backoff, Retry-After) — the server's hint is a floor, jitter still spreads the herd.
+    THROTTLED: the Retry-After hint if given, else backoff (`attempt` then counts throttles in a row).
+    `retry_after` is already in seconds (see `retry_after_seconds`); hints beyond `max_retry_after` are
+    clamped so a confused server cannot park the run for a day. Other verdicts have no delay: ValueError.
+    """
+    verdict = decision.verdict if isinstance(decision, Decision) else decision
+    hint = None if retry_after is None else min(max(0.0, retry_after), max_retry_after)
+    if verdict is Verdict.RETRYABLE:
+        delay = backoff_delay(attempt, rng, base, cap)
+        return delay if hint is None else max(delay, hint)
+    if verdict is Verdict.THROTTLED:
+        return hint if hint is not None else backoff_delay(attempt, rng, base, cap)
+    raise ValueError(f"no retry delay for verdict {verdict.value!r}")
