@@ -89,7 +89,7 @@ async def _with_named_batch(
     batch_id = ledger.batch_id_for(options.project_id, name)
     if batch_id is None:
         result = await client.create_batch(options.project_id, name, "created by uploader")
-        decision = classify(result)
+        decision = classify(result, expect="batch_id")
         new_id = (result.data or {}).get("batch_id") if result.success else None
         if not new_id:
             if decision.verdict is Verdict.FATAL:

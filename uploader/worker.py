@@ -353,7 +353,7 @@ def _fatal_message(decision: Decision, result: ApiResult) -> str:
         "PR_0001": "the project was not found: check --project-id",
     }
     hint = hints.get(decision.code or "", "the API refused the run")
-    if result.http_status == 401 and not decision.code:
+    if result.http_status == 401:
         hint = hints["auth-failure"]
     return f"{hint} ({code}). Nothing was marked failed; fix it and run the same command again."
 
