@@ -1,0 +1,136 @@
+"""The command line through click's runner, and the installed package from a built wheel."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from uploader.cli import cli
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
+LOAD = ["--project-id", "proj", "--work-flow-id", "wf"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "sample, rows",
+    [("images.csv", 12), ("images.parquet", 12), ("video_frames.csv", 3), ("video.jsonl", None), ("sensor.jsonl", None)],
+)
+def test_load_every_sample_then_reload_is_a_no_op(tmp_path, sample, rows):
+    ledger = str(tmp_path / "l.db")
+    first = invoke("load", str(SAMPLES / sample), *LOAD, "--ledger", ledger)
+    assert first.exit_code == 0, first.output
+    assert " new," in first.output
+    if rows is not None:
+        assert f"{rows} rows: {rows} new" in first.output
+    again = invoke("load", str(SAMPLES / sample), *LOAD, "--ledger", ledger)
+    assert again.exit_code == 0 and "already loaded" in again.output
+    status = json.loads(invoke("status", "--ledger", ledger, "--json").output)
+    assert status["counts"]["pending"] == status["total"] > 0
+
+
+def test_bad_manifest_exit_1_no_traceback_no_ledger_left(tmp_path):
+    ledger = tmp_path / "l.db"
+    result = invoke("load", str(SAMPLES / "broken_bad_rows.csv"), *LOAD, "--ledger", str(ledger))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "broken_bad_rows.csv:3: column 'image_url'" in result.output
+    assert "nothing was loaded" in result.output
+    assert not ledger.exists()  # a ledger this command created and never filled is removed
+
+
+def test_bad_manifest_leaves_existing_ledger_byte_for_byte(tmp_path):
+    ledger = tmp_path / "l.db"
+    assert invoke("load", str(SAMPLES / "images.csv"), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    before = ledger.read_bytes()
+    for broken in ("broken_bad_rows.csv", "broken_json.jsonl", "broken_missing_column.csv"):
+        assert invoke("load", str(SAMPLES / broken), *LOAD, "--ledger", str(ledger)).exit_code == 1
+    assert ledger.read_bytes() == before
+
+
+def test_missing_project_and_usage_errors(tmp_path):
+    ledger = str(tmp_path / "l.db")
+    result = invoke("load", str(SAMPLES / "images.csv"), "--ledger", ledger)
+    assert result.exit_code == 1 and "project" in result.output
+    assert invoke("load", str(SAMPLES / "images.csv"), *LOAD, "--column", "nonsense", "--ledger", ledger).exit_code == 2
+    assert invoke("retry", "--ledger", ledger).exit_code == 2
+    assert invoke("status", "--ledger", str(tmp_path / "none.db")).exit_code == 1
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_export_formats_and_formula_neutralised(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("reference_id,image_url,note\n=HYPERLINK(1),https://x.com/a.jpg,+cmd\nb,https://x.com/b.jpg,ok\n")
+    ledger = str(tmp_path / "l.db")
+    assert invoke("load", str(manifest), *LOAD, "--ledger", ledger).exit_code == 0
+    out = invoke("export", "--ledger", ledger).output
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[0]["reference_id"] == "'=HYPERLINK(1)" and rows[0]["note"] == "'+cmd" and rows[1]["note"] == "ok"
+    jl = tmp_path / "o.jsonl"
+    assert invoke("export", "--ledger", ledger, "-o", str(jl)).exit_code == 0
+    first = json.loads(jl.read_text().splitlines()[0])
+    assert first["reference_id"] == "=HYPERLINK(1)" and first["status"] == "pending"  # JSON is not a spreadsheet
+    pq = tmp_path / "o.parquet"
+    assert invoke("export", "--ledger", ledger, "-o", str(pq), "--status", "pending").exit_code == 0
+    import pyarrow.parquet as papq
+
+    table = papq.read_table(pq)
+    assert table.num_rows == 2 and "note" in table.column_names
+    assert oct(pq.stat().st_mode & 0o777) == "0o600"
+    assert invoke("export", "--ledger", ledger, "--status", "bogus").exit_code == 2
+
+
+def test_every_command_has_help():
+    for name, command in cli.commands.items():
+        assert command.help, name
+        assert invoke(name, "--help").exit_code == 0
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "uploader", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "uploader" in out.stdout
+
+
+def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
+    """`pip install .` (non-editable) ships the migrations: build the wheel, install it apart, load."""
+    root = Path(__file__).resolve().parent.parent
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(root)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = dist.glob("uploader-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "uploader/migrations/env.py" in names
+    assert any(n.startswith("uploader/migrations/versions/0001") for n in names)
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )
+    work = tmp_path / "empty"
+    work.mkdir()
+    (work / "m.csv").write_text("reference_id,image_url\na,https://example.com/a.jpg\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("UPLOADER_LEDGER", None)
+    code = (
+        "import os, sys, uploader.cli as c; assert c.__file__.startswith(os.environ['PYTHONPATH']), c.__file__; "
+        "sys.argv[0] = 'uploader'; c.main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "load", "m.csv", *LOAD], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert (work / "uploader.db").exists() and "1 new" in result.stdout
