@@ -1,0 +1,493 @@
+"""Read a manifest of labeling jobs, validate every row and build the exact JSON body of each job.
+
+A manifest is streamed, never held in memory: `Manifest.chunks()` yields `StagedJob`s for the ledger and
+records what is wrong with individual rows in `Manifest.problems`; anything wrong with the file as a whole
+raises ManifestError from the constructor. Every value is text and stays verbatim (`001` stays `001`).
+File formats and single-value checks live in `uploader._manifest_formats`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import repeat, starmap
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+from uploader import _manifest_formats as fmt
+from uploader._manifest_formats import enc, reference_id_problem, show, url_problem
+from uploader.errors import ManifestError, Problem
+
+__all__ = ["SHAPES", "Manifest", "ManifestOptions", "StagedJob", "reference_id_problem", "url_problem"]
+
+#: Columns (API field names, after --column mapping) that make each manifest shape.
+SHAPES: dict[str, tuple[str, ...]] = {
+    "image": ("reference_id", "image_url"),
+    "video_long": ("reference_id", "frame_id", "src"),
+    "video_wide": ("reference_id", "frames"),
+    "raw": ("reference_id", "data"),
+}
+_SHAPE_NAMES = {"image": "an image manifest", "video_long": "a long-form video",
+                "video_wide": "a wide-form video", "raw": "a raw manifest"}
+_OVERRIDES = ("project_id", "work_flow_id", "batch_id", "priority_weight", "metadata")
+API_NAMES = frozenset({"frame_index", *_OVERRIDES, *(c for cols in SHAPES.values() for c in cols)})
+MAX_PROBLEMS_KEPT = 1000
+_HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
+_UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (it goes into the URL path)"
+_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
+Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """How to read a manifest; the CLI's defaults for columns a manifest does not have."""
+
+    project_id: str | None = None
+    work_flow_id: str | None = None
+    batch_id: str | None = None
+    format: str | None = None
+    columns: tuple[tuple[str, str], ...] = ()
+
+    def fingerprint(self) -> str:
+        """sha256 of the options: the same file loaded with the same options is the same load."""
+        doc = {"v": 1, "project_id": self.project_id, "work_flow_id": self.work_flow_id,
+               "batch_id": self.batch_id, "format": self.format.lower() if self.format else None,
+               "columns": sorted([api, col] for api, col in self.columns)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StagedJob:
+    """One valid job, ready to POST: `body` is the exact compact JSON body."""
+
+    line: int
+    project_id: str
+    reference_id: str
+    work_flow_id: str
+    batch_id: str | None
+    body: str
+    extra: str | None
+
+    def __init__(self, line: int, project_id: str, reference_id: str, work_flow_id: str,
+                 batch_id: str | None, body: str, extra: str | None) -> None:
+        # Twice as fast as the generated frozen __init__ (which calls object.__setattr__ per field).
+        self.__dict__.update(line=line, project_id=project_id, reference_id=reference_id,
+                             work_flow_id=work_flow_id, batch_id=batch_id, body=body, extra=extra)
+
+
+def _body(ref: str, wf: str, batch: str | None, data: Any, pw: str | None) -> str:
+    obj: dict[str, Any] = {"reference_id": ref, "work_flow_id": wf}
+    if batch:
+        obj["batch_id"] = batch
+    obj["data"] = data
+    if pw:
+        obj["priority_weight"] = int(pw)
+    return fmt.dumps(obj)  # type: ignore[no-any-return]
+
+
+class Manifest:
+    """One manifest file: its format, shape and columns (checked on construction) and its rows (streamed)."""
+
+    def __init__(self, path: str | Path, options: ManifestOptions | None = None) -> None:
+        self.path = Path(path)
+        self.options = options = options or ManifestOptions()
+        self.problems: list[Problem] = []
+        self.problem_count = 0
+        self.format = fmt.detect_format(self.path, options.format)
+        self.unit = "row" if self.format == "parquet" else "line"
+        fmt.sniff_start(self.path)
+        self._kinds: list[str] = []  # Parquet only: how each column's values become cells
+        self.columns = tuple(self._read_columns())
+        self._names = self._resolve_columns()  # API field -> manifest column
+        self._idx = {api: self.columns.index(col) for api, col in self._names.items()}
+        used = set(self._names.values())
+        self.extra_columns = tuple(c for c in self.columns if c not in used)
+        self._extras = tuple((c, i) for i, c in enumerate(self.columns) if c not in used)
+        self._pid, self._wf = options.project_id or "", options.work_flow_id or ""
+        self._batch = options.batch_id or None
+        self._fast = (self._shapes == ("image",) and self.format != "jsonl" and bool(self._pid and self._wf)
+                      and "object" not in self._kinds)  # see _fast_image
+        batch = f',"batch_id":{enc(self._batch)}' if self._batch else ""
+        self._fast_mid = f'","work_flow_id":{enc(self._wf)}{batch},"data":{{"image_url":"'
+
+    # --- construction: file-level checks -------------------------------------------------------------
+
+    def _fail(self, problems: list[str | tuple[str | None, str]]) -> ManifestError:
+        return ManifestError([Problem(str(self.path), None, *(p if isinstance(p, tuple) else (None, p)))
+                              for p in problems])
+
+    def _read_columns(self) -> list[str]:
+        if self.format == "jsonl":
+            return fmt.jsonl_columns(self.path)
+        if self.format == "parquet":
+            schema = fmt.open_parquet(self.path).schema_arrow
+            self._types = [str(f.type) for f in schema]
+            self._kinds = [fmt.parquet_kind(f.type) for f in schema]
+            return list(schema.names)
+        reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",")
+        try:
+            if not reader.has_rows():
+                raise self._fail(["file has a header but no rows"])
+            return reader.header
+        finally:
+            reader.close()
+
+    def _resolve_columns(self) -> dict[str, str]:
+        """Apply --column mappings, detect the shape and check the defaults; raise if the file cannot work."""
+        cols, opts, problems = self.columns, self.options, []
+        dups = sorted(c for c, n in Counter(cols).items() if n > 1)
+        if dups:
+            problems.append(f"duplicate column names in the header: {', '.join(map(repr, dups))}")
+        if "" in cols:
+            problems.append(f"column {cols.index('') + 1} of the header has no name")
+        mapping: dict[str, str] = {}
+        for api, col in opts.columns:
+            if api not in API_NAMES:
+                problems.append(f"--column {api}={col}: unknown API field {api!r}; "
+                                f"known: {', '.join(sorted(API_NAMES))}")
+            elif api in mapping:
+                problems.append(f"--column {api}=... is given twice")
+            elif col not in cols:
+                problems.append((col, f"--column {api}={col}: the manifest has no column {col!r}"))
+            else:
+                mapping[api] = col
+        if problems:
+            raise self._fail(problems)
+        claimed = set(mapping.values())  # a column mapped elsewhere does not also supply its own name
+        names = {api: mapping.get(api, api) for api in API_NAMES
+                 if api in mapping or (api in cols and api not in claimed)}
+        fits = [s for s, req in SHAPES.items() if all(f in names for f in req)]
+        if not fits:
+            needs = "; ".join(f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing "
+                              f"{', '.join(f for f in req if f not in names)})" for s, req in SHAPES.items())
+            found = ", ".join(cols)
+            raise self._fail([f"the columns fit no manifest shape. found columns: {found}; {needs}. "
+                              "Rename a column or map it with --column API_FIELD=COLUMN"])
+        self.shape = fits[0] if len(fits) == 1 else "mixed"
+        self._shapes = tuple(fits)
+        keep = {*_OVERRIDES, *(f for s in fits for f in SHAPES[s])}
+        if "video_long" in fits:
+            keep.add("frame_index")
+        names = {api: c for api, c in names.items() if api in keep}  # the rest are extra columns
+        for api, flag, value in (("project_id", "--project-id", opts.project_id),
+                                 ("work_flow_id", "--work-flow-id", opts.work_flow_id)):
+            if value and fmt.PATH_UNSAFE.search(value):
+                problems.append((api, f"{flag} {value!r} {_UNSAFE_ID}"))
+            elif not value and api not in names:
+                problems.append((api, f"no {api}: give {flag} or a {api} column"))
+        if opts.batch_id and not fmt.UUID.fullmatch(opts.batch_id):
+            problems.append(("batch_id", f"--batch-id {opts.batch_id!r} is not a UUID"))
+        for api, col in names.items() if self._kinds else ():
+            kind, json_field = self._kinds[cols.index(col)], api in ("data", "metadata", "frames")
+            if kind not in ("text", "int", "null") and not (json_field and kind == "object"):
+                want = "JSON text" if json_field else "text (or integers)"
+                problems.append((col, f"column {col!r} has Parquet type {self._types[cols.index(col)]}; "
+                                      f"{api} must be {want}"))
+        if problems:
+            raise self._fail(problems)
+        return names
+
+    # --- streaming -------------------------------------------------------------------------------------
+
+    def chunks(self, size: int = 5000) -> Iterator[list[StagedJob]]:
+        """Stream the manifest: lists of at most `size` valid jobs; problems go to `self.problems`."""
+        for tuples in self.chunk_tuples(size):
+            with fmt.no_gc():
+                jobs = list(starmap(StagedJob, tuples))
+            yield jobs
+
+    def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
+        """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts."""
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.problems, self.problem_count = [], 0
+        store = fmt.FrameStore() if "video_long" in self._shapes else None
+        source = self._source(size)
+        try:
+            while True:
+                with fmt.no_gc():
+                    chunk = next(source, None)
+                    if chunk is None:
+                        break
+                    for issue in chunk.issues:
+                        self._problem(*issue)
+                    jobs = self._fast_image(chunk) if self._fast and chunk.clean and chunk.rows else None
+                    if jobs is None:
+                        jobs, frames = [], []
+                        for line, cells in zip(chunk.lines, chunk.rows):
+                            self._build(line, cells, jobs, frames)
+                        if frames:
+                            store.add(frames)  # type: ignore[union-attr]
+                    del chunk
+                if jobs:
+                    yield jobs
+            if store is not None:
+                yield from self._videos(store, size)
+        finally:
+            source.close()
+            if store is not None:
+                store.close()
+
+    def _source(self, size: int) -> Iterator[fmt.Chunk]:
+        if self.format == "jsonl":
+            yield from fmt.jsonl_chunks(self.path, list(self.columns), size)
+        elif self.format == "parquet":
+            yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size)
+        else:
+            reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",")
+            try:
+                if tuple(reader.header) != self.columns:
+                    raise self._fail(["the file's header changed while it was being read"])
+                yield from reader.chunks(size)
+            finally:
+                reader.close()
+
+    def _problem(self, line: int | None, column: str | None, message: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(Problem(str(self.path), line, column, message, self.unit))
+
+    def _fast_image(self, chunk: fmt.Chunk) -> list[tuple[Any, ...]] | None:
+        """A whole chunk of a plain image manifest at C speed, or None to fall back to `_build` row by row.
+
+        Says yes only when every row would certainly pass `_build`, which then gives the same body."""
+        cols = list(zip(*chunk.rows))
+        if any(any(cols[self._idx[a]]) for a in _OVERRIDES if a in self._idx):
+            return None
+        refs, urls = cols[self._idx["reference_id"]], cols[self._idx["image_url"]]
+        if not (all(refs) and all(urls)) or max(map(len, refs)) > 255:
+            return None
+        ref_blob, url_blob = "".join(refs), "".join(urls)
+        ref_plain, url_plain = fmt.plain(ref_blob), fmt.plain(url_blob)
+        if " " in url_blob or ref_plain is None or url_plain is None:
+            return None
+        if " " in ref_blob and not all(map(str.strip, refs)):
+            return None
+        lo, hi = min(urls), max(urls)  # every URL between them shares their common prefix
+        m = _HOST_PREFIX.match(lo)
+        if not (m and hi.startswith(m.group())) and not all(map(fmt.HOST.match, urls)):
+            return None
+        bodies = map("".join, zip(repeat('{"reference_id":"'), refs if ref_plain else fmt.escaped(refs),
+                                  repeat(self._fast_mid), urls if url_plain else fmt.escaped(urls),
+                                  repeat('"}}')))
+        extras: Any = repeat(None)
+        if self._extras:
+            pieces: list[Any] = []
+            for j, (name, i) in enumerate(self._extras):
+                key = ("," if j else "{") + enc(name) + ":"
+                plain = fmt.needs_no_escape("".join(cols[i]))
+                pieces += [key + '"', cols[i], '"'] if plain else [key, map(enc, cols[i])]
+            extras = map("".join, zip(*(repeat(p) if isinstance(p, str) else p for p in [*pieces, "}"])))
+        return list(zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch), bodies,
+                        extras))
+
+    # --- one row, the general way ----------------------------------------------------------------------
+
+    def _text(self, cells: Any, api: str, errs: Errors) -> str | None:
+        """A cell as text ('' if absent); None (and an error) if JSONL/Parquet gave a non-text value."""
+        value = cells[self._idx[api]] if api in self._idx else None
+        if type(value) is str:
+            return value
+        if value is None or type(value) is int:
+            return "" if value is None else str(value)
+        if type(value) is float:
+            errs.append((api, f"{api} is the number {value!r}, which is ambiguous; write it as a string"))
+        else:
+            errs.append((api, f"{api} must be text, not {fmt.json_kind(value)}"))
+        return None
+
+    def _json(self, cells: Any, api: str, errs: Errors, want: type = dict) -> Any:
+        """A JSON cell (parsed already in JSONL/Parquet, or JSON text) of type `want`; None if empty/bad."""
+        value = cells[self._idx[api]] if api in self._idx else None
+        if type(value) is str and value:
+            try:
+                value = fmt.loads_strict(value)
+            except ValueError as e:
+                errs.append((api, f"{api} is {fmt.json_error(e)}"))
+                return None
+        if value is None or value == "":
+            return None
+        if type(value) is not want:
+            what = "a JSON object" if want is dict else "a JSON array of {frame_id, src} objects"
+            errs.append((api, f"{api} must be {what}, not {fmt.json_kind(value)}"))
+            return None
+        return value
+
+    def _frames(self, cells: Any, errs: Errors) -> list[Any] | None:
+        before = len(errs)
+        frames = self._json(cells, "frames", errs, list)
+        if frames is None or not frames:
+            if len(errs) == before:
+                errs.append(("frames", f"frames is {'empty' if frames is None else 'an empty list'}; "
+                                       "a video needs at least one frame"))
+            return None
+        seen: dict[str, int] = {}
+        out, bad = [], []
+        for n, frame in enumerate(frames):
+            if type(frame) is not dict:
+                bad.append(f"frames[{n}] is not an object with frame_id and src")
+                continue
+            fid, src = frame.get("frame_id"), frame.get("src")
+            if type(fid) is int:
+                frame = {**frame, "frame_id": (fid := str(fid))}
+            if type(fid) is not str or not fid:
+                bad.append(f"frames[{n}] has no frame_id")
+            elif fid in seen:
+                bad.append(f"frames[{n}] repeats frame_id {show(fid)} of frames[{seen[fid]}]")
+            else:
+                seen[fid] = n
+            if why := url_problem(src) if type(src) is str else "is missing":
+                bad.append(f"frames[{n}].src {why}")
+            out.append(frame)
+        errs += [("frames", msg) for msg in bad[:10]]
+        if len(bad) > 10:
+            errs.append(("frames", f"... and {len(bad) - 10} more problems in frames"))
+        return out
+
+    def _row_shape(self, cells: Any, errs: Errors) -> str | None:
+        """Which shape a row is: the only one, or in a mixed manifest the only one whose fields are set."""
+        if len(self._shapes) == 1:
+            return self._shapes[0]
+        filled = [f for s in self._shapes for f in SHAPES[s][1:] if cells[self._idx[f]] not in (None, "")]
+        shapes = {s for s in self._shapes if any(f in filled for f in SHAPES[s][1:])}
+        if len(shapes) == 1:
+            return shapes.pop()
+        if not shapes:
+            wanted = ", ".join("/".join(SHAPES[s][1:]) for s in self._shapes)
+            errs.append((None, f"row sets none of {wanted}"))
+        else:
+            both = " and ".join(filled) if len(filled) == 2 else ", ".join(filled[:-1]) + " and " + filled[-1]
+            errs.append((None, f"row mixes shapes ({both} {'both' if len(filled) == 2 else 'all'} set)"))
+        return None
+
+    def _build(self, line: int, cells: Any, jobs: list[tuple[Any, ...]],
+               frames: list[tuple[Any, ...]]) -> None:
+        """Validate one row; append its job (or, for long-form video, its frame), or record its problems."""
+        if not any(cells) and all(c is None or c == "" for c in cells):
+            return  # a spreadsheet's empty row (",,,") carries no job
+        errs: Errors = []
+        text = self._text
+        ref = text(cells, "reference_id", errs)
+        if ref is not None and (why := reference_id_problem(ref)):
+            errs.append(("reference_id", why))
+        pid, wf = text(cells, "project_id", errs), text(cells, "work_flow_id", errs)
+        for api, value, flag, default in (("project_id", pid, "--project-id", self._pid),
+                                          ("work_flow_id", wf, "--work-flow-id", self._wf)):
+            if value and fmt.PATH_UNSAFE.search(value):
+                errs.append((api, f"{api} {show(value)} {_UNSAFE_ID}"))
+            elif value == "" and not default:
+                errs.append((api, f"{api} is empty and has no default: give {flag} or a {api} column value"))
+        pid, wf = pid or self._pid, wf or self._wf
+        batch = text(cells, "batch_id", errs)
+        if batch and not fmt.UUID.fullmatch(batch):
+            errs.append(("batch_id", f"batch_id must be a UUID, not {show(batch)}"))
+        batch = batch or self._batch
+        pw = text(cells, "priority_weight", errs)
+        if pw and not (pw.isascii() and pw.isdigit() and 1 <= int(pw) <= 10):
+            errs.append(("priority_weight", f"priority_weight must be an integer 1-10, not {show(pw)}"))
+        meta = self._json(cells, "metadata", errs)
+        shape = self._row_shape(cells, errs)
+        data: Any = None
+        if shape == "image":
+            url = text(cells, "image_url", errs)
+            if url is not None and (why := url_problem(url)):
+                errs.append(("image_url", f"image_url {why}"))
+            data = {"image_url": url}
+        elif shape == "raw":
+            before = len(errs)
+            data = self._json(cells, "data", errs)
+            if not data and len(errs) == before:
+                errs.append(("data", "data is empty" if data is None else "data is an empty object"))
+            elif data and "image_url" in data:
+                u = data["image_url"]
+                if why := url_problem(u) if type(u) is str else "must be a string":
+                    errs.append(("data", f"data.image_url {why}"))
+            if data and meta is not None and "metadata" in data:
+                errs.append(("metadata", "metadata is set both in the metadata column and inside data"))
+        elif shape == "video_wide":
+            data = {"video_data": {"frames": self._frames(cells, errs)}}
+        extra = fmt.dumps({c: fmt.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
+        if shape == "video_long":
+            self._frame_row(line, cells, errs, (pid, ref or "", wf, batch, pw, meta, extra), frames)
+            return
+        if not errs:
+            if meta is not None:
+                data = {**data, "metadata": meta}
+            body = _body(ref, wf, batch, data, pw)  # type: ignore[arg-type]
+            if not fmt.bad_unicode(body + (extra or "")):
+                jobs.append((line, pid, ref, wf, batch, body, extra))
+                return
+            errs.append((None, _SURROGATE))
+        for api, message in errs:
+            self._problem(line, self._names.get(api, api) if api else None, message)
+
+    def _frame_row(self, line: int, cells: Any, errs: Errors, job: tuple[Any, ...],
+                   frames: list[tuple[Any, ...]]) -> None:
+        """Check one long-form frame row and park it in the frame store (flagged if it has problems)."""
+        pid, ref, wf, batch, pw, meta, extra = job
+        fid, src = self._text(cells, "frame_id", errs), self._text(cells, "src", errs)
+        if fid == "":
+            errs.append(("frame_id", "frame_id is empty"))
+        if src is not None and (why := url_problem(src)):
+            errs.append(("src", f"src {why}"))
+        order = line
+        if "frame_index" in self._idx:
+            index = self._text(cells, "frame_index", errs)
+            if index == "":
+                errs.append(("frame_index", "frame_index is empty (with the column, every frame needs one)"))
+            elif index is not None and not fmt.INTEGER.fullmatch(index):
+                errs.append(("frame_index", f"frame_index must be an integer, not {show(index)}"))
+            order = int(index) if index and not errs else 0
+        meta_text = None if meta is None else fmt.dumps(meta)
+        row = (pid, ref, order, line, fid, src, wf, batch, pw, meta_text, extra)
+        if not errs and fmt.bad_unicode(f"{pid}{ref}{fid}{src}{wf}{batch}{pw}{meta_text}{extra}"):
+            errs.append((None, _SURROGATE))
+        for api, message in errs:
+            self._problem(line, self._names.get(api, api) if api else None, message)
+        if ref and not fmt.bad_unicode(ref + pid):
+            frames.append((*row, 1 if errs else 0))
+
+    def _videos(self, store: fmt.FrameStore, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Group the parked frames into one job per (project_id, reference_id), checking each as a whole."""
+        out = []
+        for (pid, ref), group in store.videos():
+            rows = list(group)
+            if any(r[11] for r in rows) or not self._video_ok(ref, rows):
+                continue  # problems are recorded
+            first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the extras
+            data: dict[str, Any] = {"video_data": {"frames": [{"frame_id": r[4], "src": r[5]} for r in rows]}}
+            if first[9] is not None:
+                data["metadata"] = json.loads(first[9])
+            body = _body(ref, first[6], first[7], data, first[8])
+            out.append((first[3], pid, ref, first[6], first[7], body, first[10]))
+            if len(out) >= size:
+                yield out
+                out = []
+        if out:
+            yield out
+
+    def _video_ok(self, ref: str, rows: list[tuple[Any, ...]]) -> bool:
+        """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings."""
+        first, ok = min(rows, key=itemgetter(3)), True
+        seen: dict[tuple[str, Any], int] = {}
+        for r in rows:
+            index = r[2] if "frame_index" in self._idx else None
+            for api, key in (("frame_id", r[4]), ("frame_index", index)):
+                if key is not None and (api, key) in seen:
+                    a, b = sorted((seen[api, key], r[3]))
+                    self._problem(b, self._names[api], f"{api} {show(str(key))} appears twice for "
+                                                       f"reference_id {show(ref)} (lines {a} and {b})")
+                    ok = False
+                seen.setdefault((api, key), r[3])
+            for k, api in ((6, "work_flow_id"), (7, "batch_id"), (8, "priority_weight"), (9, "metadata")):
+                if r[k] != first[k]:
+                    was, now = show(str(first[k] or "")), show(str(r[k] or ""))
+                    message = f"{api} {now} differs from {was} on line {first[3]}; all frames must agree"
+                    self._problem(r[3], self._names.get(api, api), message)
+                    ok = False
+        return ok
