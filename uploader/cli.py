@@ -359,9 +359,8 @@ class _ProgressDisplay:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
-            self.bar.n = p.done
             self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
-            self.bar.refresh()
+            self.bar.update(p.done - self.bar.n)
             return
         now = time.monotonic()
         if now - self.last_line >= 5.0:
