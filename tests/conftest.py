@@ -1,8 +1,16 @@
-"""Shared fixtures: real SQLite ledgers in temporary folders."""
+"""Shared fixtures: real ledgers, a SQLite file in a temporary folder and (when a server is given) PostgreSQL.
+
+`db_url` is parametrised over both engines. The PostgreSQL variant needs UPLOADER_TEST_POSTGRES_URL, the URL
+of a database whose role may create databases (`.ci/run` sets one up): each test gets a database of its own,
+created empty and dropped afterwards. Without the variable the PostgreSQL variant is skipped (under CI=true
+it fails instead, so a broken set-up cannot pass as "skipped").
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -46,18 +54,59 @@ class FakeManifest:
             yield out
 
 
+POSTGRES_ENV = "UPLOADER_TEST_POSTGRES_URL"
+ENGINES = ["sqlite", "postgresql"]
+
+#: Restrict a test that takes `db_url` (or `ledger`) to the SQLite engine: file modes, WAL, file bytes.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def ledger_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
+@pytest.fixture(params=ENGINES)
+def db_url(request: pytest.FixtureRequest, ledger_path: Path) -> Iterator[str]:
+    """A URL of an empty ledger: a SQLite file, or a fresh PostgreSQL database dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{ledger_path}"
+        return
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{POSTGRES_ENV} not set under CI: .ci/run should have started PostgreSQL")
+        pytest.skip(f"{POSTGRES_ENV} not set: PostgreSQL tests skipped")
+    yield from _fresh_postgres_database(admin_url)
+
+
+def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    name = f"uploader_t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture
-def ledger(ledger_path: Path):
+def ledger(db_url: str):
     from uploader.ledger import Ledger
 
-    led = Ledger.open(ledger_path)
+    led = Ledger.open(db_url)
     yield led
     led.close()
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
 
 
 def fake_manifest(tmp_path: Path, rows: list[tuple[str, str]], name: str = "m.csv", **kw) -> FakeManifest:

@@ -1,10 +1,13 @@
-"""The ledger's state machine on a real SQLite file: loads, claims, leases, fenced results."""
+"""The ledger's state machine on both engines (a real SQLite file, a real PostgreSQL database): loads, claims,
+leases, fenced results, concurrent claims from two "machines"."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -12,11 +15,12 @@ from uploader.errors import ManifestError
 from uploader.ledger import Ledger, Result, utcnow
 from uploader.models import Status
 
-from tests.conftest import fake_manifest
+from tests.conftest import fake_manifest, is_sqlite, sqlite_only
 
 ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(10)]
 
 
+@sqlite_only
 def test_ledger_file_is_private_and_wal(ledger, ledger_path):
     assert stat.S_IMODE(os.stat(ledger_path).st_mode) == 0o600
     with ledger.engine.connect() as conn:
@@ -43,17 +47,24 @@ def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
     assert ledger.counts()["pending"] == 10
 
 
-def test_invalid_manifest_leaves_ledger_file_unchanged(ledger, ledger_path, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+def _snapshot(ledger, ledger_path):
+    """The ledger's whole state: the file's bytes (SQLite), or every row of the tables a load writes."""
     ledger.engine.dispose()
-    before = ledger_path.read_bytes()
+    if is_sqlite(str(ledger.engine.url)):
+        return ledger_path.read_bytes()
+    with ledger.engine.connect() as conn:
+        return {t: conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY id").all() for t in ("jobs", "manifests")}
+
+
+def test_invalid_manifest_leaves_ledger_unchanged(ledger, ledger_path, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    before = _snapshot(ledger, ledger_path)
     with pytest.raises(ManifestError) as err:
         ledger.load(fake_manifest(tmp_path, ROWS + [("ref-3", "https://x"), ("new", "https://y")], name="b.csv"),
                     "opts")
     assert "duplicate reference_id 'ref-3' (first on line 5)" in str(err.value)
     assert "b.csv:12: column" in str(err.value) and "1 problem found" in str(err.value)
-    ledger.engine.dispose()
-    assert ledger_path.read_bytes() == before
+    assert _snapshot(ledger, ledger_path) == before
     assert ledger.counts()["pending"] == 10
 
 
@@ -98,7 +109,7 @@ def test_backoff_and_refund(ledger, tmp_path):
     assert sorted(c.attempts for c in again) == [1, 2]
 
 
-def test_release_and_dead_worker_reaping(ledger, tmp_path, ledger_path):
+def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
     ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     ledger.claim(owner, 3, 3600)
@@ -109,9 +120,12 @@ def test_release_and_dead_worker_reaping(ledger, tmp_path, ledger_path):
     # a worker of this host whose process is gone: its leases expire when the next run registers
     with ledger.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE workers SET pid = 999999999")
-    other = Ledger.open(ledger_path)
-    owner2 = other.register_worker()
-    reclaimed = other.claim(owner2, 10, 60)
+    other = Ledger.open(db_url)
+    try:
+        owner2 = other.register_worker()
+        reclaimed = other.claim(owner2, 10, 60)
+    finally:
+        other.close()
     assert c.id in {x.id for x in reclaimed}
 
 
@@ -143,3 +157,42 @@ def test_batches_and_extra_columns(ledger, tmp_path):
     assert ledger.batch_id_for("p1", "b") is None
     ledger.save_batch("p1", "b", "uuid-1")
     assert ledger.batch_id_for("p1", "b") == "uuid-1"
+
+
+def test_two_machines_claiming_concurrently_never_share_a_row(ledger, db_url, tmp_path):
+    """Two engines on one ledger (two "machines"), several threads each, claiming in small bites: every row
+    is claimed exactly once (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE serialises)."""
+    rows = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(600)]
+    ledger.load(fake_manifest(tmp_path, rows), "opts")
+    machines = [Ledger.open(db_url) for _ in range(2)]
+    claimed: list[tuple[str, int, int]] = []  # (owner, row id, lease token)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def work(machine: Ledger) -> None:
+        try:
+            owner = machine.register_worker()
+            start.wait()
+            while batch := machine.claim(owner, 7, 600):
+                with lock:
+                    claimed.extend((owner, c.id, c.lease_token) for c in batch)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(daemon=True, target=work, args=(m,)) for m in machines for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for m in machines:
+            m.close()
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    ids = [row_id for _, row_id, _ in claimed]
+    assert len(ids) == len(set(ids)) == len(rows)  # no row twice, none missed
+    assert {token for _, _, token in claimed} == {1}
+    assert ledger.counts()["in_flight"] == len(rows)

@@ -8,13 +8,15 @@ writers never deadlock on a lock upgrade), readers get a plain deferred BEGIN.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
 from uploader.errors import LedgerError, LedgerTooNewError
 
@@ -84,7 +86,7 @@ def _setup_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -93,6 +95,20 @@ def _setup_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _enable_wal(cur) -> None:  # type: ignore[no-untyped-def]
+    """Switch to WAL (it persists in the file). Several processes opening a new ledger at once can get
+    "database is locked" here at once, without SQLite's busy handler waiting: retry for a while."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
@@ -118,6 +134,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except OperationalError as exc:
         raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
+    except DataError as exc:  # PostgreSQL enforces lengths and ranges SQLite does not, e.g. VARCHAR(255)
+        raise LedgerError(f"the ledger refused a value: {_driver_message(exc)}") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise LedgerError(f"lost the ledger connection: {_driver_message(exc)}") from exc
@@ -158,8 +176,20 @@ def migrate(engine: Engine) -> None:
             )
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
+            _lock_for_migration(conn)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "head")  # reads the revision again, now under the lock
+
+
+#: Any fixed 64-bit key: PostgreSQL advisory locks are named by numbers.
+_MIGRATION_LOCK = 0x75706C6F61646572  # "uploader"
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    """One migrator at a time, when several runs open a new ledger at once. SQLite: BEGIN IMMEDIATE does
+    it. PostgreSQL: a transaction-scoped advisory lock (DDL alone would race: "relation already exists")."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
 
 
 def _current_revisions(conn: Connection) -> set[str]:

@@ -146,17 +146,13 @@ class Ledger:
             "SELECT id FROM jobs WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now) "
             "LIMIT :n"
         )
-        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
         claims: list[Claim] = []
         with write_tx(self.engine) as conn:
             for select in (expired, ready):
                 if len(claims) >= limit:
                     break
                 params["n"] = limit - len(claims)
-                rows = conn.execute(
-                    text(f"UPDATE jobs {set_clause} WHERE id IN ({select}{lock}) RETURNING {_RETURNING}"),
-                    params,
-                )
+                rows = conn.execute(text(_claim_sql(self.engine.dialect.name, set_clause, select)), params)
                 claims.extend(Claim(*row) for row in rows)
         return claims
 
@@ -404,6 +400,19 @@ class Ledger:
                         record.setdefault(k, v)
                 yield record
             last = rows[-1][0]
+
+
+def _claim_sql(dialect: str, set_clause: str, select: str) -> str:
+    """UPDATE the rows `select` picks. SQLite: BEGIN IMMEDIATE already excludes every other writer.
+    PostgreSQL: lock the picked rows, skipping those another claimer holds, in a MATERIALIZED CTE, so
+    the locking LIMIT runs exactly once (as a plain `IN (subquery)` the planner may re-run it and claim
+    more than `n` rows)."""
+    if dialect == "postgresql":
+        return (
+            f"WITH picked AS MATERIALIZED ({select} FOR UPDATE SKIP LOCKED) "
+            f"UPDATE jobs {set_clause} WHERE id IN (SELECT id FROM picked) RETURNING {_RETURNING}"
+        )
+    return f"UPDATE jobs {set_clause} WHERE id IN ({select}) RETURNING {_RETURNING}"
 
 
 def _dt(value: Any) -> dt.datetime | None:

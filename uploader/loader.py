@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
@@ -125,11 +125,26 @@ def _placeholders(conn: Connection, n: int) -> str:
     return ", ".join([mark] * n)
 
 
+def _stager(conn: Connection) -> Callable[[list[tuple]], None]:
+    """How rows get into staging: one executemany per chunk; COPY on PostgreSQL (psycopg 3), ~5x faster."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        driver_conn = conn.connection.driver_connection
+
+        def copy(rows: list[tuple]) -> None:
+            with driver_conn.cursor() as cursor, cursor.copy("COPY staging FROM STDIN") as out:
+                for row in rows:
+                    out.write_row(row)
+
+        return copy
+    insert = f"INSERT INTO staging VALUES ({_placeholders(conn, 8)})"
+    return lambda rows: conn.exec_driver_sql(insert, rows)
+
+
 def _stage(conn: Connection, manifest: ManifestLike) -> int:
     """Stream the manifest into the staging table; returns the number of good rows staged."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
     conn.exec_driver_sql(_STAGING_DDL)
-    insert = f"INSERT INTO staging VALUES ({_placeholders(conn, 8)})"
+    stage_rows = _stager(conn)
     sha = hashlib.sha256
     total = 0
     for chunk in manifest.chunks():
@@ -147,9 +162,11 @@ def _stage(conn: Connection, manifest: ManifestLike) -> int:
             for j in chunk
         ]
         if params:
-            conn.exec_driver_sql(insert, params)
+            stage_rows(params)
             total += len(params)
     conn.exec_driver_sql("CREATE INDEX staging_key ON staging (project_id, reference_id)")
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE staging")  # autovacuum never analyzes TEMP tables: plan the merge well
     conn.commit()  # commits only the TEMP table: the ledger file is not written
     return total
 
@@ -224,6 +241,13 @@ ON CONFLICT (project_id, reference_id) DO NOTHING
 """
 
 
+def _lock_jobs(conn: Connection) -> None:
+    """Keep other writers out of `jobs` for the merge, so its counts hold until it commits. SQLite: done by
+    BEGIN IMMEDIATE. PostgreSQL: a self-conflicting table lock; readers go on, claims and other loads wait."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+
+
 def _merge(
     staging_conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int
 ) -> LoadReport:
@@ -231,6 +255,7 @@ def _merge(
     conn = staging_conn.execution_options(sqlite_begin="IMMEDIATE")
     now = _utcnow()
     with translate_errors(), conn.begin():
+        _lock_jobs(conn)
         empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
         if empty:
             new, unchanged, updated, conflicts = rows, 0, 0, 0
