@@ -196,3 +196,14 @@ def test_two_machines_claiming_concurrently_never_share_a_row(ledger, db_url, tm
     assert len(ids) == len(set(ids)) == len(rows)  # no row twice, none missed
     assert {token for _, _, token in claimed} == {1}
     assert ledger.counts()["in_flight"] == len(rows)
+
+
+def test_next_wakeup_waits_for_other_workers_rows(ledger, tmp_path):
+    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    mine, theirs = ledger.register_worker(), ledger.register_worker()
+    (a,) = ledger.claim(mine, 1, 60)
+    assert ledger.next_wakeup(mine) is None and ledger.next_wakeup(theirs) is not None  # b is still pending
+    (b,) = ledger.claim(theirs, 1, 60)
+    assert ledger.next_wakeup(mine) is not None  # b is held by another live worker: wait for it
+    ledger.record([Result(b.id, b.lease_token, Status.SUCCEEDED, job_id="J")])
+    assert ledger.next_wakeup(mine) is None

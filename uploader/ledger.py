@@ -283,14 +283,22 @@ class Ledger:
                 out[status] = n
         return out
 
-    def next_wakeup(self) -> dt.datetime | None:
-        """When the earliest backed-off row becomes sendable (None if none is waiting)."""
+    def next_wakeup(self, owner: str | None = None) -> dt.datetime | None:
+        """When something may next become claimable: the earliest backed-off row, or the earliest lease of
+        another worker's row (it finishes it, or dies and the row is reclaimed). None: nothing will."""
         with read_tx(self.engine) as conn:
-            return _dt(
-                conn.execute(
-                    text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
-                ).scalar_one()
-            )
+            retry = conn.execute(
+                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+            ).scalar_one()
+            others = conn.execute(
+                text(
+                    "SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'in_flight' "
+                    "AND (lease_owner IS NULL OR lease_owner <> :owner)"
+                ),
+                {"owner": owner or ""},
+            ).scalar_one()
+        times = [t for t in (_dt(retry), _dt(others)) if t is not None]
+        return min(times) if times else None
 
     def status(self) -> StatusReport:
         counts = self.counts()
