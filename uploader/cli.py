@@ -184,7 +184,7 @@ def status(ledger: str | None, as_json: bool) -> None:
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
-            "known yet. Run `uploader reconcile` to look them up."
+            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
         )
     if report.counts.get("failed"):
         click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
@@ -332,6 +332,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     click.echo(
         f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
         f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))

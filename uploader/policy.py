@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "EXISTS_CODES",
     "FATAL_CODES",
+    "OUTAGE_CODES",
     "PERMANENT_CODES",
     "RETRYABLE_CODES",
     "TRANSPORT_CODES",
@@ -58,6 +59,10 @@ FATAL_CODES = frozenset(
 TRANSPORT_CODES = frozenset(
     {"timeout", "connect_error", "connection_closed", "body_too_large", "protocol_error", "transport_error"}
 )
+#: Transport codes meaning no connection could be opened: the request never reached the API, so the API
+#: is down (restarting, network gone), not the row wrong. The worker pauses the whole run and does not
+#: count the attempt (like a 429), so an outage longer than the backoff cannot fail every row.
+OUTAGE_CODES = frozenset({"connect_error"})
 #: Synthetic transport codes that no retry can fix (a certificate the system does not trust).
 _FATAL_TRANSPORT_CODES = frozenset({"tls_error"})
 

@@ -2,8 +2,9 @@
 
 Rows are claimed in small batches and the claim is committed before any request is sent; each result is
 recorded within ~50 ms (group commits). A crash therefore loses at most the knowledge of requests in the
-air, and those rows are sent again by the next run: the API refuses the duplicate reference_id with FS_0001
-and a batch listing recovers the job_id.
+air, and those rows are sent again by the next run: the API refuses the duplicate reference_id with FS_0001,
+the row is recorded `uncertain` at once (so no later run sends it again), and a batch listing recovers the
+job_id, in this run or, failing that, in a later one or by `uploader reconcile`.
 
 Stopping: the first Ctrl-C / SIGTERM stops claiming and lets requests in the air finish (bounded by the
 timeout); the second cancels them. Either way every row this run still holds goes back to pending.
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from uploader.client import ApiClient
-from uploader.errors import ApiUnreachableError, FatalApiError
+from uploader.errors import ApiUnreachableError, FatalApiError, LedgerError
 from uploader.ledger import Claim, Ledger, Result, utcnow
 from uploader.models import Status
-from uploader.policy import ApiResult, Decision, Verdict, classify, next_delay, retry_after_seconds
+from uploader.pacing import Pacer
+from uploader.policy import OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay, retry_after_seconds
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "outcome_for", "submit"]
 
@@ -43,6 +45,9 @@ class RunOptions:
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
     seed: int | None = None
+    #: How long the API may be unreachable (no connection can be opened at all) before the run stops.
+    #: Meanwhile the run pauses and retries without counting attempts, so an API restart fails no row.
+    outage_seconds: float = 300.0
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Progress:
     uncertain: int = 0
     ignored: int = 0
     throttled: int = 0
+    unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -90,9 +96,10 @@ class RunSummary:
                 "succeeded": p.succeeded,
                 "recovered": p.recovered,
                 "failed": p.failed,
-                "uncertain": p.uncertain,
+                "uncertain": max(0, p.uncertain),
                 "retries": p.retrying,
                 "throttled": p.throttled,
+                "unreachable": p.unreachable,
                 "ignored_stale_results": p.ignored,
             },
             "top_error_codes": self.error_codes,
@@ -147,11 +154,14 @@ class _Run:
         self.owner = ""
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.results: list[Result] = []
-        self.lookups: dict[tuple[str, str | None], list[Claim]] = {}
         self.resolving = asyncio.Lock()
+        self.uncertain_waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
+        self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
         self.busy = 0
-        self.pause_until = 0.0
+        self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
+                           outage_seconds=opts.outage_seconds)
         self.fatal: FatalApiError | None = None
+        self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
         self.default_batches: dict[str, str] = {}
         self.limiter: Any = None
         if opts.rate:
@@ -165,6 +175,7 @@ class _Run:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"]
+        self.uncertain_waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         self.owner = self.ledger.register_worker()
         senders = [asyncio.create_task(self._sender()) for _ in range(self.opts.concurrency)]
         helpers = [
@@ -179,23 +190,52 @@ class _Run:
         try:
             await claimer
             await self.queue.join()
-            await self._resolve_all(final=not self.stop.gentle)
+            if self.ledger_error is None and not self.stop.gentle:
+                await self._resolve_all(final=True)
         except asyncio.CancelledError:
             if not self.stop.hard:
                 raise
+        except LedgerError as exc:
+            self._halt(exc)
         finally:
             for task in senders + helpers:
                 task.cancel()
             await asyncio.gather(*senders, *helpers, return_exceptions=True)
-            self._flush()
-            self.ledger.release(self.owner)
-            self.ledger.stop_worker(self.owner)
+            # Each step on its own: a ledger that refused one write (disk full) may still take the next,
+            # and whatever is not written stays in_flight under a dead lease, sent again by the next run.
+            for step in (self._flush, lambda: self.ledger.release(self.owner),
+                         lambda: self.ledger.stop_worker(self.owner)):
+                try:
+                    step()
+                except LedgerError as exc:
+                    self._halt(exc)
             if on_progress:
                 on_progress(self.progress)
+        if self.ledger_error is not None:
+            raise LedgerError(
+                f"{self.ledger_error}. The run stopped: every result recorded before is kept, and the rows "
+                "that were in the air are sent again (without duplicates) by the next run. Fix the cause "
+                "(e.g. free disk space), then run the same command again."
+            ) from self.ledger_error
+
+    def _halt(self, exc: LedgerError) -> None:
+        """The ledger refused a write: stop claiming and sending (the first error is the one reported)."""
+        if self.ledger_error is None:
+            self.ledger_error = exc
+
+    @property
+    def _stopping(self) -> bool:
+        return self.stop.gentle or self.fatal is not None or self.ledger_error is not None
 
     async def _claimer(self) -> None:
+        try:
+            await self._claim_loop()
+        except LedgerError as exc:
+            self._halt(exc)
+
+    async def _claim_loop(self) -> None:
         batch = max(16, min(256, self.opts.concurrency * 2))
-        while not self.stop.gentle and self.fatal is None:
+        while not self._stopping:
             room = batch - self.queue.qsize()
             if room < batch // 2:
                 await asyncio.sleep(0.005)
@@ -219,7 +259,7 @@ class _Run:
             claim = await self.queue.get()
             self.busy += 1
             try:
-                if self.stop.gentle or self.fatal is not None:
+                if self._stopping:
                     continue  # left in_flight: released to pending at the end
                 await self._send(claim)
             finally:
@@ -227,26 +267,53 @@ class _Run:
                 self.queue.task_done()
 
     async def _send(self, claim: Claim) -> None:
-        wait = self.pause_until - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if self.limiter is not None:
-            await self.limiter.acquire()
-        result = await self.client.create_job(claim.project_id, claim.body)
+        if not await self.pacer.acquire(lambda: self._stopping):
+            return  # left in_flight: released to pending at the end
+        try:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            result = await self.client.create_job(claim.project_id, claim.body)
+        finally:
+            flying = self.pacer.release()
         self.progress.requests += 1
         decision = classify(result)
+        if result.http_status is not None:
+            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
         delay = 0.0
         if decision.verdict is Verdict.EXISTS:
-            self.lookups.setdefault((claim.project_id, claim.batch_id), []).append(claim)
+            # The job exists; its job_id is looked up by listing the batch (the resolver). Recorded as
+            # `uncertain` at once, so a crash or stop before the lookup cannot make every later run send
+            # the row again (each kill used to add its whole unresolved backlog to the next run's sends).
+            outcome = Result(
+                claim.id, claim.lease_token, Status.UNCERTAIN, error_code=decision.code,
+                error_message="the job exists but its job_id is not known yet: the run looks it up; if it "
+                              "stays uncertain, run `uploader reconcile`",
+                http_status=result.http_status,
+            )  # fmt: skip
+            self._count(outcome)
+            self.results.append(outcome)
+            self.uncertain_waiting = True
             return
         if decision.verdict is Verdict.FATAL:
             self.fatal = self.fatal or FatalApiError(_fatal_message(decision, result), decision.code, result.http_status)
+        elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
+            # The request never reached the API: the API is down, not the row. Pause every sender and do
+            # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
+            self.progress.unreachable += 1
+            delay, down_for = self.pacer.unreachable()
+            if down_for is not None and self.fatal is None:
+                self.fatal = FatalApiError(
+                    f"cannot connect to the API for {down_for:.0f} s ({decision.message}). Nothing was marked "
+                    "failed; run the same command again once the API is reachable.",
+                    decision.code,
+                )
+            decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
             delay = next_delay(decision, claim.attempts, hint, self.rng)
             if decision.verdict is Verdict.THROTTLED:
                 self.progress.throttled += 1
-                self.pause_until = max(self.pause_until, time.monotonic() + delay)
+                self.pacer.throttled(delay, flying)
         outcome = outcome_for(claim, decision, result, self.opts, delay)
         self._count(outcome)
         self.results.append(outcome)
@@ -268,23 +335,36 @@ class _Run:
     def _flush(self) -> None:
         if self.results:
             batch, self.results = self.results, []
-            _, ignored = self.ledger.record(batch)
+            try:
+                _, ignored = self.ledger.record(batch)
+            except LedgerError:
+                self.results[:0] = batch  # not recorded: kept for one more try when the run ends
+                raise
             self.progress.ignored += ignored
 
     async def _flusher(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.flush_interval)
-            self._flush()
+        try:
+            while True:
+                await asyncio.sleep(self.opts.flush_interval)
+                self._flush()
+        except LedgerError as exc:
+            self._halt(exc)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(max(1.0, self.opts.lease_seconds / 4))
-            self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests)
+        try:
+            while True:
+                await asyncio.sleep(max(1.0, self.opts.lease_seconds / 4))
+                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests)
+        except LedgerError as exc:
+            self._halt(exc)
 
     async def _resolver(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            await self._resolve_all(final=False)
+        try:
+            while True:  # at once first: rows an earlier (killed) run left uncertain
+                await self._resolve_all(final=False)
+                await asyncio.sleep(0.5)
+        except LedgerError as exc:
+            self._halt(exc)
 
     async def _resolve_all(self, final: bool) -> None:
         """Find the job_ids of rows refused with FS_0001, by listing their batch."""
@@ -292,37 +372,39 @@ class _Run:
             await self._resolve(final)
 
     async def _resolve(self, final: bool) -> None:
-        for key in list(self.lookups):
-            project, batch = key
-            claims = self.lookups.pop(key, [])
-            if not claims:
+        """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, and any an
+        earlier run left) by listing their batches. A row stays uncertain while its batch cannot be listed
+        (the default batch's id is learnt from a job of ours in it, so it may have to wait for a success) or
+        when a full listing does not find it; a later round, a later run or `reconcile` resolves it."""
+        if not (self.uncertain_waiting or (final and self.missed)) or self.fatal or self.ledger_error:
+            return
+        self.uncertain_waiting = False  # an FS_0001 arriving while we look sets it again
+        self._flush()
+        waiting = False
+        for project, batch, rows in self.ledger.uncertain_groups():
+            rows = [(rid, ref) for rid, ref in rows if final or rid not in self.missed]
+            if not rows:
                 continue
             batch_id = batch or await self._default_batch(project)
-            if batch_id is None and not final:
-                self.lookups.setdefault(key, []).extend(claims)  # wait: a later success reveals its id
+            if batch_id is None:
+                waiting = True  # a later success in the default batch reveals its id
                 continue
-            found: dict[str, str] = {}
-            if batch_id is not None and self.fatal is None:
-                try:
-                    found = await self.client.find_job_ids(project, batch_id, [c.reference_id for c in claims])
-                except FatalApiError as exc:
-                    self.fatal = self.fatal or exc
-                except ApiUnreachableError:
-                    found = {}
-            for c in claims:
-                job_id = found.get(c.reference_id)
-                if job_id:
-                    r = Result(c.id, c.lease_token, Status.SUCCEEDED, job_id=job_id, recovered=True)
-                else:
-                    r = Result(
-                        c.id,
-                        c.lease_token,
-                        Status.UNCERTAIN,
-                        error_code="FS_0001",
-                        error_message="the job exists but its job_id was not found; run `uploader reconcile`",
-                    )
-                self._count(r)
-                self.results.append(r)
+            try:
+                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows])
+            except FatalApiError as exc:
+                self.fatal = self.fatal or exc
+                return
+            except ApiUnreachableError:
+                waiting = True  # the API is struggling: next round
+                continue
+            hits = {rid: found[ref] for rid, ref in rows if ref in found}
+            self.missed.update(rid for rid, ref in rows if ref not in found)
+            n = self.ledger.resolve_uncertain(hits) if hits else 0
+            self.progress.succeeded += n
+            self.progress.recovered += n
+            self.progress.uncertain -= n  # may go below 0: rows an earlier run left uncertain
+        if waiting:
+            self.uncertain_waiting = True
 
     async def _default_batch(self, project: str) -> str | None:
         """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id)."""
@@ -332,11 +414,18 @@ class _Run:
         job_id = self.ledger.known_job_in_default_batch(project)
         if job_id is None:
             return None
-        result = await self.client.get_job(project, job_id)
-        batch_id = (result.data or {}).get("batch_id") if result.success else None
-        if batch_id:
-            self.default_batches[project] = str(batch_id)
-        return batch_id
+        for attempt in range(1, 5):  # transient trouble must not turn the rows waiting on it uncertain
+            result = await self.client.get_job(project, job_id)
+            decision = classify(result, expect="batch_id")
+            if decision.verdict is Verdict.SUCCEEDED:
+                batch_id = str((result.data or {})["batch_id"])
+                self.default_batches[project] = batch_id
+                return batch_id
+            if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or attempt == 4:
+                return None
+            hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
+            await asyncio.sleep(next_delay(decision, attempt, hint, self.rng))
+        return None
 
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
