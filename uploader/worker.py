@@ -249,7 +249,7 @@ class _Run:
             if self.queue.qsize() or self.busy or self.results:
                 await asyncio.sleep(0.01)
                 continue
-            wake = self.ledger.next_wakeup()
+            wake = self.ledger.next_wakeup(self.owner)
             if wake is None:
                 return
             await asyncio.sleep(min(1.0, max(0.01, (wake - utcnow()).total_seconds())))
