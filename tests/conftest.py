@@ -41,6 +41,10 @@ class FakeManifest:
         self.project = project
         self.extra = extra
 
+    def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple]]:
+        for chunk in self.chunks(size):
+            yield [(j.line, j.project_id, j.reference_id, j.work_flow_id, j.batch_id, j.body, j.extra) for j in chunk]
+
     def chunks(self, size: int = 5000) -> Iterator[list[FakeStagedJob]]:
         out = []
         for i, (ref, url) in enumerate(self.rows):

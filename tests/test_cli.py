@@ -134,3 +134,10 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (work / "uploader.db").exists() and "1 new" in result.stdout
+
+
+def test_library_api_exports_resolve():
+    import uploader
+
+    for name in uploader.__all__:
+        assert getattr(uploader, name) is not None, name

@@ -88,6 +88,7 @@ def _setup_sqlite(engine: Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
+        cur.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps index pages of big loads in memory
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 

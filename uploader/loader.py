@@ -12,11 +12,11 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
-from uploader.db import read_tx, translate_errors
+from uploader.db import read_tx, translate_errors, write_tx
 from uploader.errors import ManifestError, Problem
 
 __all__ = ["LoadReport", "load_manifest", "file_sha256"]
@@ -27,16 +27,6 @@ EXAMPLES = 5
 MAX_DUPLICATE_PROBLEMS = 1000
 
 
-class StagedJobLike(Protocol):
-    line: int
-    project_id: str
-    reference_id: str
-    work_flow_id: str
-    batch_id: str | None
-    body: str
-    extra: str | None
-
-
 class ManifestLike(Protocol):
     """What the loader needs of a manifest (uploader.manifest.Manifest fits)."""
 
@@ -45,7 +35,10 @@ class ManifestLike(Protocol):
     problems: list[Problem]
     problem_count: int
 
-    def chunks(self, size: int = ...) -> Iterator[Sequence[StagedJobLike]]: ...
+    def chunk_tuples(self, size: int = ...) -> Iterator[Sequence[tuple[Any, ...]]]:
+        """Good rows as tuples in StagedJob field order: (line, project_id, reference_id, work_flow_id,
+        batch_id, body, extra). Per-row problems go to `problems` / `problem_count` meanwhile."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +86,10 @@ def load_manifest(engine: Engine, manifest: ManifestLike, options_hash: str) -> 
     if seen is not None:
         return LoadReport(str(path), seen[0], unchanged=seen[0], already_loaded=True)
 
+    if engine.dialect.name == "sqlite":
+        fast = _load_into_empty(engine, manifest, path, size, sha, options_hash)
+        if fast is not None:
+            return LoadReport(**{**fast.__dict__, "seconds": time.perf_counter() - started})
     with translate_errors(), engine.connect() as conn:
         try:
             rows = _stage(conn, manifest)
@@ -104,6 +101,67 @@ def load_manifest(engine: Engine, manifest: ManifestLike, options_hash: str) -> 
             conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
             conn.commit()
     return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
+
+
+class _NotClean(Exception):
+    """The fast path met a problem; the staging path will find and report all of them."""
+
+
+_INSERT_NEW = (
+    "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, "
+    "recovered, attempts, lease_token, created_at, updated_at, manifest_id, manifest_line) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, 0, ?, ?, ?, ?) ON CONFLICT (project_id, reference_id) DO NOTHING"
+)
+
+
+def _load_into_empty(
+    engine: Engine, manifest: ManifestLike, path: Path, size: int, sha: str, options_hash: str
+) -> LoadReport | None:
+    """SQLite, empty ledger: rows go straight into `jobs` in one transaction, with no staging copy.
+
+    Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
+    one anything, and it halves the data written. A duplicate reference_id shows as a row the unique index
+    skipped; on that or any other problem the transaction rolls back (the ledger file is untouched) and the
+    staging path runs instead, which finds and reports every problem with its lines. Returns None then.
+    """
+    hasher = hashlib.sha256
+    try:
+        with write_tx(engine) as conn:
+            if conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is not None:
+                return None
+            now = _utcnow()
+            mid = _insert_manifest(conn, path, size, sha, options_hash, 0, now)
+            cursor = conn.connection.driver_connection.cursor()  # the bare driver: ~30% faster per row
+            stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
+            sent = inserted = 0
+            for chunk in manifest.chunk_tuples():
+                if manifest.problem_count:
+                    raise _NotClean
+                params = [
+                    (t[1], t[2], t[3], t[4], t[5], hasher(t[5].encode()).hexdigest(), t[6], stamp, stamp, mid, t[0])
+                    for t in chunk
+                ]
+                cursor.executemany(_INSERT_NEW, params)
+                inserted += cursor.rowcount
+                sent += len(params)
+            if manifest.problem_count or inserted != sent or sent == 0:
+                raise _NotClean
+            conn.execute(text("UPDATE manifests SET row_count = :n WHERE id = :id"), {"n": sent, "id": mid})
+    except _NotClean:
+        return None
+    return LoadReport(str(path), sent, new=sent)
+
+
+def _insert_manifest(
+    conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, now: dt.datetime
+) -> int:
+    return conn.execute(
+        text(
+            "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
+            "VALUES (:p, :s, :h, :o, :n, :t) RETURNING id"
+        ),
+        {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now},
+    ).scalar_one()
 
 
 _STAGING_DDL = """
@@ -147,20 +205,8 @@ def _stage(conn: Connection, manifest: ManifestLike) -> int:
     stage_rows = _stager(conn)
     sha = hashlib.sha256
     total = 0
-    for chunk in manifest.chunks():
-        params = [
-            (
-                j.line,
-                j.project_id,
-                j.reference_id,
-                j.work_flow_id,
-                j.batch_id,
-                j.body,
-                sha(j.body.encode()).hexdigest(),
-                j.extra,
-            )
-            for j in chunk
-        ]
+    for chunk in manifest.chunk_tuples():
+        params = [(*t[:6], sha(t[5].encode()).hexdigest(), t[6]) for t in chunk]
         if params:
             stage_rows(params)
             total += len(params)
@@ -261,13 +307,7 @@ def _merge(
             new, unchanged, updated, conflicts = rows, 0, 0, 0
         else:
             new, unchanged, updated, conflicts = conn.execute(text(_COUNTS)).one()
-        mid = conn.execute(
-            text(
-                "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
-                "VALUES (:p, :s, :h, :o, :n, :t) RETURNING id"
-            ),
-            {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now},
-        ).scalar_one()
+        mid = _insert_manifest(conn, path, size, sha, options_hash, rows, now)
         upd_ex = con_ex = ()
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))

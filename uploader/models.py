@@ -100,7 +100,6 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),
         Index(None, "status", "not_before", "id"),
-        Index(None, "lease_owner", "status"),
     )
 
 

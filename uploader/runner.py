@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from uploader.client import ApiClient
 from uploader.errors import ApiError, FatalApiError, UsageError
 from uploader.ledger import Ledger
 from uploader.loader import LoadReport
 from uploader.manifest import Manifest, ManifestOptions
 from uploader.policy import Verdict, classify
-from uploader.worker import Progress, RunOptions, RunSummary, StopFlag, submit
+
+if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster
+    from uploader.client import ApiClient
+    from uploader.worker import Progress, RunOptions, RunSummary, StopFlag
 
 __all__ = ["load", "reconcile", "run_upload"]
 
@@ -45,6 +47,8 @@ def run_upload(
     handle_signals: bool = True,
 ) -> RunSummary:
     """Load `manifest` (if given), then send every pending row of the ledger."""
+    from uploader.worker import RunOptions
+
     return asyncio.run(
         _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
              on_progress, stop, handle_signals)
@@ -64,6 +68,9 @@ async def _run(
     stop: StopFlag | None,
     handle_signals: bool,
 ) -> RunSummary:
+    from uploader.client import ApiClient
+    from uploader.worker import submit
+
     async with ApiClient(
         base_url, api_key, concurrency=run_options.concurrency, timeout=run_options.timeout
     ) as client:
@@ -114,6 +121,8 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
 
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float) -> tuple[int, int]:
+    from uploader.client import ApiClient
+
     resolved = remaining = 0
     async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
         for project, batch, rows in ledger.uncertain_groups():
