@@ -11,6 +11,11 @@ The legal moves (and only these) are made here:
 
 Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
 overwrite the newer owner's result; its late answer is counted as ignored.
+
+Test-only: when the environment variable UPLOADER_CLAIM_LOG names a file, every committed claim, lease
+renewal, result write (applied or fenced) and release is appended to it as one JSON line
+(tests/test_scale_out.py checks lease exclusivity and fencing across processes with it). Unset, it costs one
+attribute test per call.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -29,7 +35,10 @@ from uploader.db import ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
 
-__all__ = ["Claim", "Ledger", "Result", "StatusReport", "utcnow"]
+__all__ = ["CLAIM_LOG_ENV", "Claim", "Ledger", "Result", "StatusReport", "utcnow"]
+
+#: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
+CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
 
 
 def utcnow() -> dt.datetime:
@@ -112,6 +121,7 @@ class Ledger:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._claim_log = os.environ.get(CLAIM_LOG_ENV) or None
 
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
@@ -154,6 +164,9 @@ class Ledger:
                 params["n"] = limit - len(claims)
                 rows = conn.execute(text(_claim_sql(self.engine.dialect.name, set_clause, select)), params)
                 claims.extend(Claim(*row) for row in rows)
+        if self._claim_log and claims:
+            self._log("claim", owner=owner, now=_epoch(now), exp=_epoch(params["exp"]),
+                      rows=[[c.id, c.lease_token] for c in claims])
         return claims
 
     def record(self, results: Sequence[Result], now: dt.datetime | None = None) -> tuple[int, int]:
@@ -169,6 +182,7 @@ class Ledger:
             "WHERE id = :id AND lease_token = :token AND status = 'in_flight'"
         )
         applied = 0
+        outcomes: list[list[Any]] = []
         with write_tx(self.engine) as conn:
             for r in results:
                 params = {
@@ -185,20 +199,28 @@ class Ledger:
                     "id": r.id,
                     "token": r.lease_token,
                 }
-                applied += conn.execute(sql, params).rowcount
+                n = conn.execute(sql, params).rowcount
+                applied += n
+                if self._claim_log:
+                    outcomes.append([r.id, r.lease_token, r.status.value, n == 1])
+        if self._claim_log:
+            self._log("record", now=_epoch(now), rows=outcomes)
         return applied, len(results) - applied
 
     def release(self, owner: str) -> int:
         """Give every row `owner` still holds back to pending, attempt not counted (run stopped early)."""
         with write_tx(self.engine) as conn:
-            return conn.execute(
+            released = conn.execute(
                 text(
                     "UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, "
                     "lease_expires_at = NULL, updated_at = :now "
-                    "WHERE lease_owner = :owner AND status = 'in_flight'"
+                    "WHERE lease_owner = :owner AND status = 'in_flight' RETURNING id, lease_token"
                 ),
                 {"owner": owner, "now": utcnow()},
-            ).rowcount
+            ).all()
+        if self._claim_log and released:
+            self._log("release", owner=owner, rows=[list(r) for r in released])
+        return len(released)
 
     # -- workers -----------------------------------------------------------------------------------------
 
@@ -230,22 +252,35 @@ class Ledger:
             {"t": now - dt.timedelta(seconds=1), "o": owner},
         )
 
-    def heartbeat(self, owner: str, lease_seconds: float, sent: int) -> None:
-        """Keep this worker's leases alive."""
+    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True) -> None:
+        """Show this worker alive with its request count; with `renew`, keep its leases alive too."""
         now = utcnow()
+        exp = now + dt.timedelta(seconds=lease_seconds)
         with write_tx(self.engine) as conn:
             conn.execute(
                 text("UPDATE workers SET heartbeat_at = :t, sent = :s WHERE owner = :o"),
                 {"t": now, "s": sent, "o": owner},
             )
-            conn.execute(
-                text("UPDATE jobs SET lease_expires_at = :e WHERE lease_owner = :o AND status = 'in_flight'"),
-                {"e": now + dt.timedelta(seconds=lease_seconds), "o": owner},
-            )
+            if renew:
+                conn.execute(
+                    text("UPDATE jobs SET lease_expires_at = :e WHERE lease_owner = :o AND status = 'in_flight'"),
+                    {"e": exp, "o": owner},
+                )
+        if self._claim_log and renew:
+            self._log("renew", owner=owner, now=_epoch(now), exp=_epoch(exp))
 
     def stop_worker(self, owner: str) -> None:
         with write_tx(self.engine) as conn:
             conn.execute(text("UPDATE workers SET stopped_at = :t WHERE owner = :o"), {"t": utcnow(), "o": owner})
+
+    def _log(self, kind: str, **fields: Any) -> None:
+        """Test-only (UPLOADER_CLAIM_LOG): one JSON line, written after the commit; `t` is when."""
+        line = json.dumps({"kind": kind, "pid": os.getpid(), "t": time.time(), **fields}) + "\n"
+        fd = os.open(self._claim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # type: ignore[arg-type]
+        try:
+            os.write(fd, line.encode())  # one write with O_APPEND: lines of several processes never interleave
+        finally:
+            os.close(fd)
 
     # -- batches -----------------------------------------------------------------------------------------
 
@@ -300,29 +335,32 @@ class Ledger:
         times = [t for t in (_dt(retry), _dt(others)) if t is not None]
         return min(times) if times else None
 
+    def error_codes(self, limit: int | None = None) -> dict[str, int]:
+        """Error codes of rows that are failed, uncertain or waiting to retry, most frequent first."""
+        sql = (
+            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'pending') "
+            "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+        return {code: n for code, n in rows}
+
     def status(self) -> StatusReport:
         counts = self.counts()
+        codes = self.error_codes()
         with read_tx(self.engine) as conn:
-            codes = dict(
-                conn.execute(
-                    text(
-                        "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'pending') "
-                        "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
-                    )
-                ).all()
-            )
             oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
-            stale = utcnow() - dt.timedelta(seconds=60)
+            now = utcnow()
             workers = [
-                {"owner": o, "hostname": h, "pid": p, "started_at": _dt(s).isoformat() + "Z", "sent": n}
-                for o, h, p, s, n in conn.execute(
+                _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
+                for o, h, p, s, b, n in conn.execute(
                     text(
-                        "SELECT owner, hostname, pid, started_at, sent FROM workers "
-                        "WHERE stopped_at IS NULL AND heartbeat_at > :stale"
+                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent FROM workers "
+                        "WHERE stopped_at IS NULL AND heartbeat_at > :stale ORDER BY started_at"
                     ),
-                    {"stale": stale},
+                    {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
                 )
             ]
         return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers)
@@ -421,6 +459,27 @@ def _claim_sql(dialect: str, set_clause: str, select: str) -> str:
             f"UPDATE jobs {set_clause} WHERE id IN (SELECT id FROM picked) RETURNING {_RETURNING}"
         )
     return f"UPDATE jobs {set_clause} WHERE id IN ({select}) RETURNING {_RETURNING}"
+
+
+#: A worker whose last heartbeat is older than this is not shown as live by `status`.
+LIVE_WORKER_SECONDS = 60
+
+
+def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,
+                 now: dt.datetime) -> dict[str, Any]:
+    """A live worker as `status` shows it: `sent` is its request count at its last heartbeat (every few
+    seconds), `requests_per_second` the average from its start to that heartbeat."""
+    up = (beat - started).total_seconds()
+    return {
+        "owner": owner, "hostname": host, "pid": pid, "started_at": started.isoformat() + "Z",
+        "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
+        "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
+    }
+
+
+def _epoch(t: dt.datetime) -> float:
+    """A naive UTC ledger time as seconds since the epoch (the claim log's clock)."""
+    return t.replace(tzinfo=dt.UTC).timestamp()
 
 
 def _dt(value: Any) -> dt.datetime | None:

@@ -11,8 +11,9 @@ Usable from Python:
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiError, FatalApiError, UsageError
 from uploader.ledger import Ledger
@@ -69,24 +70,37 @@ async def _run(
     handle_signals: bool,
 ) -> RunSummary:
     from uploader.client import ApiClient
-    from uploader.worker import submit
+    from uploader.worker import nothing_to_send, submit
 
-    async with ApiClient(
-        base_url, api_key, concurrency=run_options.concurrency, timeout=run_options.timeout
-    ) as client:
+    async with AsyncExitStack() as stack:
+        client: ApiClient | None = None
+
+        async def get_client() -> ApiClient:
+            """The HTTP client, opened only when a request is really needed (a finished rerun sends none)."""
+            nonlocal client
+            if client is None:
+                client = await stack.enter_async_context(
+                    ApiClient(base_url, api_key, concurrency=run_options.concurrency, timeout=run_options.timeout)
+                )
+            return client
+
         if batch_name:
-            options = await _with_named_batch(ledger, client, options, batch_name)
+            options = await _with_named_batch(ledger, get_client, options, batch_name)
         if manifest is not None:
             report = load(ledger, manifest, options)
             if on_load:
                 on_load(report)
+        counts = ledger.counts()
+        if not (counts["pending"] or counts["in_flight"] or counts["uncertain"]):
+            return nothing_to_send(ledger, counts)
         return await submit(
-            ledger, client, run_options, on_progress=on_progress, stop=stop, handle_signals=handle_signals
+            ledger, await get_client(), run_options, on_progress=on_progress, stop=stop,
+            handle_signals=handle_signals,
         )
 
 
 async def _with_named_batch(
-    ledger: Ledger, client: ApiClient, options: ManifestOptions, name: str
+    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str
 ) -> ManifestOptions:
     """Create the batch once, store its id before any job is sent, reuse it on every rerun."""
     if not options.project_id:
@@ -95,6 +109,7 @@ async def _with_named_batch(
         raise UsageError("give either --batch-id or --batch-name, not both")
     batch_id = ledger.batch_id_for(options.project_id, name)
     if batch_id is None:
+        client = await get_client()
         result = await client.create_batch(options.project_id, name, "created by uploader")
         decision = classify(result, expect="batch_id")
         new_id = (result.data or {}).get("batch_id") if result.success else None

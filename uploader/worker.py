@@ -18,18 +18,22 @@ import json
 import random
 import signal
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from uploader.client import ApiClient
 from uploader.errors import ApiUnreachableError, FatalApiError, LedgerError
 from uploader.ledger import Claim, Ledger, Result, utcnow
 from uploader.models import Status
 from uploader.pacing import Pacer
 from uploader.policy import OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay, retry_after_seconds
 
-__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "outcome_for", "submit"]
+if TYPE_CHECKING:  # the worker never builds a client: it is handed one
+    from uploader.client import ApiClient
+
+__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "nothing_to_send", "outcome_for", "submit"]
+
+#: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
+STATUS_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class RunOptions:
     rate: float | None = None
     max_attempts: int = 8
     timeout: float = 30.0
+    #: How long a claim stays reserved to this run without a heartbeat; the heartbeat renews it every
+    #: lease/4 s. Past it (the run died or stalled), other runs take the rows over and fence its answers.
     lease_seconds: float = 120.0
     flush_interval: float = 0.05
     backoff_base: float = 0.5
@@ -191,6 +197,9 @@ class _Run:
             await claimer
             await self.queue.join()
             if self.ledger_error is None and not self.stop.gentle:
+                # Every uncertain row of the ledger, not only this run's: another machine's run may still be
+                # resolving its own, and the counts this run reports (and its exit code) come after this.
+                self.uncertain_waiting = True
                 await self._resolve_all(final=True)
         except asyncio.CancelledError:
             if not self.stop.hard:
@@ -351,10 +360,17 @@ class _Run:
             self._halt(exc)
 
     async def _heartbeat(self) -> None:
+        """Renew this run's leases every lease/4 s; show its request count to `status` every few seconds."""
+        every = max(0.1, self.opts.lease_seconds / 4)
+        tick = min(every, STATUS_INTERVAL)
+        renewed = time.monotonic()
         try:
             while True:
-                await asyncio.sleep(max(1.0, self.opts.lease_seconds / 4))
-                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests)
+                await asyncio.sleep(tick)
+                renew = time.monotonic() - renewed >= every - tick / 2
+                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests, renew=renew)
+                if renew:
+                    renewed = time.monotonic()
         except LedgerError as exc:
             self._halt(exc)
 
@@ -447,6 +463,13 @@ def _fatal_message(decision: Decision, result: ApiResult) -> str:
     return f"{hint} ({code}). Nothing was marked failed; fix it and run the same command again."
 
 
+def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
+    """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
+    done = counts["succeeded"] + counts["failed"] + counts["uncertain"]
+    progress = Progress(total=sum(counts.values()), done_before=done)
+    return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None)
+
+
 async def submit(
     ledger: Ledger,
     client: ApiClient,
@@ -474,10 +497,9 @@ async def submit(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-    status = ledger.status()
-    codes = dict(Counter(status.error_codes).most_common(5))
+    counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
     fatal = str(run.fatal) if run.fatal else None
-    summary = RunSummary(status.counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal)
+    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal)
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary
