@@ -65,8 +65,8 @@ def detect_format(path: Path, override: str | None) -> str:
         return fmt
     fmt = EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
-        raise fail(path, f"unknown format for a {path.suffix or 'extension-less'} file; use --format "
-                         "csv, tsv, parquet or jsonl")
+        raise fail(path, f"unknown format for {'a ' + path.suffix if path.suffix else 'an extension-less'} file; "
+                         "use --format csv, tsv, parquet or jsonl")
     return fmt
 
 
@@ -83,6 +83,8 @@ def sniff_start(path: Path) -> bytes:
         raise fail(path, "file is UTF-16 (or UTF-32); save it as UTF-8")
     if not head or head == b"\xef\xbb\xbf":
         raise fail(path, "file is empty")
+    if len(head) == 4 and (head[1] == head[3] == 0) != (head[0] == head[2] == 0):  # ASCII text as UTF-16
+        raise fail(path, "file looks like UTF-16 without a BOM (NUL bytes between the letters); save it as UTF-8")
     return head
 
 
@@ -287,8 +289,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-#: json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take (one decoder, built once).
-loads_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take (one decoder, built once),
+    and raises ValueError (not RecursionError) for JSON nested too deeply to read."""
+    try:
+        return _decode_strict(text)
+    except RecursionError:
+        raise ValueError("it is nested too deeply (more than ~900 levels)") from None
 
 
 def json_error(e: ValueError) -> str:
@@ -333,15 +343,19 @@ def jsonl_columns(path: Path) -> list[str]:
     """All keys used by any line, in order of first use: JSONL has no header, so one pass finds them."""
     seen: dict[str, None] = {}
     lines = 0
+    first: Issue | None = None  # why the first unusable line is unusable, told if no line is usable
     for number, raw in _jsonl_lines(path):
         lines += 1
-        obj, _ = _jsonl_object(number, raw)
+        obj, issue = _jsonl_object(number, raw)
         if obj:
             seen.update(dict.fromkeys(obj))
+        elif first is None:
+            first = issue or (number, None, "is an empty object")
     if not lines:
         raise fail(path, "file is empty")
     if not seen:
-        raise fail(path, "no line is a non-empty JSON object; a .jsonl manifest has one JSON object per line")
+        why = f" (line {first[0]} {first[2]})" if first else ""
+        raise fail(path, f"no line is a non-empty JSON object{why}; a .jsonl manifest has one JSON object per line")
     return list(seen)
 
 
@@ -370,7 +384,7 @@ def open_parquet(path: Path) -> Any:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-        raise fail(path, f"cannot read the Parquet file: {e}") from None
+        raise fail(path, f"cannot read the Parquet file: {str(e).strip()}") from None
     if pf.metadata.num_rows == 0:
         raise fail(path, "the Parquet file has columns but no rows")
     return pf
@@ -411,9 +425,17 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
     return pc.fill_null(array, "").to_pylist()  # type: ignore[no-any-return]
 
 
-def parquet_chunks(pf: Any, kinds: list[str], size: int) -> Iterator[Chunk]:
+def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path) -> Iterator[Chunk]:
     offset = 0
-    for batch in pf.iter_batches(batch_size=size):
+    batches = pf.iter_batches(batch_size=size)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+            message = f"cannot read the Parquet file from this row on (is it damaged?): {str(e).strip()}"
+            raise ManifestError([Problem(str(path), offset, None, message, "row")]) from None
+        if batch is None:
+            return
         cols = [_parquet_cells(batch.column(i), kind) for i, kind in enumerate(kinds)]
         n = batch.num_rows
         yield Chunk(range(offset, offset + n), list(zip(*cols)), clean=True)
@@ -431,12 +453,14 @@ _CTRL = bytes(range(32)) + b"\x7f"
 _CTRL_QB = _CTRL + b'"\\'
 _ESC = bytes(range(32)) + b'"\\'
 HOST = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(?:[/?#]|\Z)")  # a start that is surely valid
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 if c_make_encoder is not None:  # json.dumps builds this C encoder anew on every call; build it once
-    _c_encode = c_make_encoder(None, _encoder.default, enc, None, ":", ",", False, False, True)
+    _c_encode = c_make_encoder(None, _encoder.default, enc, None, ":", ",", False, False, False)
 
     def dumps(obj: Any) -> str:
-        """json.dumps(obj, separators=(",", ":"), ensure_ascii=False), without the per-call setup."""
+        """json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False), without the per-call
+        setup. ValueError for NaN/±Infinity (JSON has no such numbers: 1e400 parses to inf), RecursionError
+        for nesting deeper than the interpreter's stack."""
         return "".join(_c_encode(obj, 0))
 else:  # pragma: no cover - CPython always has the C accelerator
     dumps = _encoder.encode
@@ -479,9 +503,11 @@ def url_problem(url: str) -> str | None:
         return f"is not a valid URL ({e}): {show(url)}"
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs"):
-        return f"is an {scheme}:// URL, which GT Studio cannot fetch; use a signed or public https URL"
+        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; use a signed " \
+               "or public https URL"
     if scheme not in ("http", "https"):
-        return f"must be an http:// or https:// URL, not {scheme + '://' if scheme else show(url)}"
+        slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
+        return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
     return None if parts.hostname else f"has no host: {show(url)}"
 
 
@@ -489,7 +515,14 @@ def cell_text(value: Any) -> str:
     """An extra column's value as text: strings verbatim, null empty, anything else as its JSON text."""
     if type(value) is str:
         return value
-    return "" if value is None else dumps(value)  # type: ignore[no-any-return]
+    if value is None:
+        return ""
+    try:
+        return dumps(value)  # type: ignore[no-any-return]
+    except (ValueError, TypeError):  # NaN/Infinity; Parquet datetimes, decimals, bytes inside a struct or list
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except RecursionError:
+        return "(nested too deeply to show)"
 
 
 def bad_unicode(text: str) -> bool:

@@ -90,6 +90,24 @@ def _body(ref: str, wf: str, batch: str | None, data: Any, pw: str | None) -> st
     return fmt.dumps(obj)  # type: ignore[no-any-return]
 
 
+def _unencodable(values: dict[str, Any]) -> Errors:
+    """Which JSON values cannot be sent: NaN/±Infinity (a JSON number like 1e400 reads as infinity; Parquet
+    doubles can be NaN) and Parquet timestamps, decimals or binary inside a struct/list have no JSON form, and
+    nesting deeper than the interpreter's stack cannot be written."""
+    errs: Errors = []
+    for api, value in values.items():
+        try:
+            fmt.dumps(value)
+        except ValueError:
+            errs.append((api, f"{api} contains NaN or an infinite number (e.g. 1e400), which JSON cannot carry"))
+        except TypeError as e:
+            kind = str(e).removeprefix("Object of type ").split(" ")[0]
+            errs.append((api, f"{api} contains a {kind} value, which JSON cannot carry; store it as text"))
+        except RecursionError:
+            errs.append((api, f"{api} is nested too deeply to send"))
+    return errs or [(None, "the job cannot be written as JSON")]
+
+
 class Manifest:
     """One manifest file: its format, shape and columns (checked on construction) and its rows (streamed)."""
 
@@ -142,9 +160,10 @@ class Manifest:
         cols, opts, problems = self.columns, self.options, []
         dups = sorted(c for c, n in Counter(cols).items() if n > 1)
         if dups:
-            problems.append(f"duplicate column names in the header: {', '.join(map(repr, dups))}")
+            problems.append(f"duplicate column names in the header: {', '.join(map(show, dups[:20]))}")
         if "" in cols:
-            problems.append(f"column {cols.index('') + 1} of the header has no name")
+            problems.append('a line has an empty key ("")' if self.format == "jsonl"
+                            else f"column {cols.index('') + 1} of the header has no name")
         mapping: dict[str, str] = {}
         for api, col in opts.columns:
             if api not in API_NAMES:
@@ -165,7 +184,8 @@ class Manifest:
         if not fits:
             needs = "; ".join(f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing "
                               f"{', '.join(f for f in req if f not in names)})" for s, req in SHAPES.items())
-            found = ", ".join(cols)
+            found = ", ".join(c if len(c) <= 60 else c[:60] + "…" for c in cols[:50])
+            found += f", … ({len(cols)} columns)" if len(cols) > 50 else ""
             raise self._fail([f"the columns fit no manifest shape. found columns: {found}; {needs}. "
                               "Rename a column or map it with --column API_FIELD=COLUMN"])
         self.shape = fits[0] if len(fits) == 1 else "mixed"
@@ -184,8 +204,9 @@ class Manifest:
             problems.append(("batch_id", f"--batch-id {opts.batch_id!r} is not a UUID"))
         for api, col in names.items() if self._kinds else ():
             kind, json_field = self._kinds[cols.index(col)], api in ("data", "metadata", "frames")
-            if kind not in ("text", "int", "null") and not (json_field and kind == "object"):
-                want = "JSON text" if json_field else "text (or integers)"
+            url_field = api in ("image_url", "src")  # integers are ids, never URLs or JSON objects
+            if kind not in ("text", "null", "object" if json_field else "text" if url_field else "int"):
+                want = "JSON text" if json_field else "text" if url_field else "text (or integers)"
                 problems.append((col, f"column {col!r} has Parquet type {self._types[cols.index(col)]}; "
                                       f"{api} must be {want}"))
         if problems:
@@ -237,7 +258,7 @@ class Manifest:
         if self.format == "jsonl":
             yield from fmt.jsonl_chunks(self.path, list(self.columns), size)
         elif self.format == "parquet":
-            yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size)
+            yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size, self.path)
         else:
             reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",")
             try:
@@ -416,13 +437,16 @@ class Manifest:
             self._frame_row(line, cells, errs, (pid, ref or "", wf, batch, pw, meta, extra), frames)
             return
         if not errs:
-            if meta is not None:
-                data = {**data, "metadata": meta}
-            body = _body(ref, wf, batch, data, pw)  # type: ignore[arg-type]
-            if not fmt.bad_unicode(body + (extra or "")):
-                jobs.append((line, pid, ref, wf, batch, body, extra))
-                return
-            errs.append((None, _SURROGATE))
+            full = data if meta is None else {**data, "metadata": meta}
+            try:
+                body = _body(ref, wf, batch, full, pw)  # type: ignore[arg-type]
+            except (ValueError, TypeError, RecursionError):  # NaN/Infinity, a datetime/bytes, extreme nesting
+                errs += _unencodable({"data" if shape == "raw" else "frames": data, "metadata": meta})
+            else:
+                if not fmt.bad_unicode(body + (extra or "")):
+                    jobs.append((line, pid, ref, wf, batch, body, extra))
+                    return
+                errs.append((None, _SURROGATE))
         for api, message in errs:
             self._problem(line, self._names.get(api, api) if api else None, message)
 
@@ -443,7 +467,12 @@ class Manifest:
             elif index is not None and not fmt.INTEGER.fullmatch(index):
                 errs.append(("frame_index", f"frame_index must be an integer, not {show(index)}"))
             order = int(index) if index and not errs else 0
-        meta_text = None if meta is None else fmt.dumps(meta)
+        meta_text = None
+        if meta is not None:
+            try:
+                meta_text = fmt.dumps(meta)
+            except (ValueError, TypeError, RecursionError):
+                errs += _unencodable({"metadata": meta})
         row = (pid, ref, order, line, fid, src, wf, batch, pw, meta_text, extra)
         if not errs and fmt.bad_unicode(f"{pid}{ref}{fid}{src}{wf}{batch}{pw}{meta_text}{extra}"):
             errs.append((None, _SURROGATE))

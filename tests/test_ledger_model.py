@@ -1,0 +1,345 @@
+"""A model of the ledger: hypothesis drives the Ledger API on a real SQLite file with random sequences of loads,
+claims by two workers at a controllable clock, every kind of result (some of them stale), releases, retries,
+reconciles, clock jumps and crashes, and checks the file against a plain-Python model after every step.
+
+Invariants: rows move only along the state diagram (DESIGN.md, ledger.py docstring); the row count is the
+number of reference_ids loaded; a succeeded row keeps its first job_id forever; a claim never hands out a row
+whose lease is still live; a stale (fenced) result changes nothing; attempts never go negative.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from uploader.ledger import Claim, Ledger, Result
+from uploader.models import Status
+
+OWNERS = ("worker-a", "worker-b")
+START = dt.datetime(2031, 3, 1, 12, 0, 0)
+
+#: The legal moves of one row between two observations (one API call apart), besides staying put.
+LEGAL_MOVES = {
+    ("pending", "in_flight"),  # claim
+    ("in_flight", "in_flight"),  # an expired lease claimed again (token bumped)
+    ("in_flight", "succeeded"),  # 200, or FS_0001 resolved
+    ("in_flight", "failed"),  # permanent, or retries exhausted
+    ("in_flight", "pending"),  # retryable (backoff), throttled/run-fatal (refund), run stopped (release)
+    ("in_flight", "uncertain"),  # exists, job_id not found
+    ("failed", "pending"),  # retry; or reloaded with a changed payload
+    ("uncertain", "succeeded"),  # reconcile
+}
+
+
+class RowsManifest:
+    """A stand-in for uploader.manifest.Manifest at the loader's edge: (reference_id, body version) rows.
+    Offers both chunk_tuples() (the loader's interface) and chunks() of the same rows."""
+
+    def __init__(self, path: Path, rows: list[tuple[str, int]]) -> None:
+        self.path, self.unit, self.problems, self.problem_count = path, "line", [], 0
+        self.rows = rows
+        if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content
+            path.write_text(json.dumps([path.name, rows]))
+
+    def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
+        jobs = [(i + 2, "proj", ref, "wf", None, body(ref, version), None)
+                for i, (ref, version) in enumerate(self.rows)]
+        for start in range(0, len(jobs), size):
+            yield jobs[start:start + size]
+
+    def chunks(self, size: int = 5000) -> Iterator[list[Any]]:
+        from uploader.manifest import StagedJob
+
+        for chunk in self.chunk_tuples(size):
+            yield [StagedJob(*job) for job in chunk]
+
+
+def body(ref: str, version: int) -> str:
+    data = {"image_url": f"https://e.com/{ref}?v={version}"}
+    return json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": data})
+
+
+@dataclass
+class Row:
+    """The model of one jobs row (the columns the state machine is about)."""
+
+    id: int
+    ref: str
+    version: int
+    status: str = "pending"
+    job_id: str | None = None
+    attempts: int = 0
+    owner: str | None = None
+    token: int = 0
+    expires: dt.datetime | None = None
+    not_before: dt.datetime | None = None
+    error_code: str | None = None
+
+
+@dataclass
+class Held:
+    """A claim as its worker sees it: possibly stale by now."""
+
+    owner: str
+    claim: Claim
+
+
+def _dt(value: Any) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(str(value))
+
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+def template_ledger() -> Path:
+    """One migrated empty ledger, copied for every example (migrating takes ~0.1 s, copying ~nothing)."""
+    if "path" not in _TEMPLATE:
+        path = Path(tempfile.mkdtemp(prefix="ledger-model-")) / "template.db"
+        Ledger.open(path).close()
+        _TEMPLATE["path"] = path
+    return _TEMPLATE["path"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_template() -> Iterator[None]:
+    yield
+    if "path" in _TEMPLATE:
+        shutil.rmtree(_TEMPLATE.pop("path").parent, ignore_errors=True)
+
+
+class LedgerModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="ledger-model-"))
+        self.generation = 0
+        self.path = self.dir / "ledger-0.db"
+        shutil.copyfile(template_ledger(), self.path)
+        self.ledger = Ledger.open(self.path)
+        self.now = START
+        self.rows: dict[str, Row] = {}
+        self.held: list[Held] = []
+        self.first_job_id: dict[str, str] = {}
+        self.names = itertools.count()
+        self.manifests: list[RowsManifest] = []
+        self.job_ids = itertools.count()
+        self.last_seen: dict[str, str] = {}
+
+    def teardown(self) -> None:
+        self.ledger.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- reading the file ------------------------------------------------------------------------------
+
+    def db_rows(self) -> dict[str, dict[str, Any]]:
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT id, reference_id, status, job_id, attempts, lease_owner, lease_token, "
+                              "lease_expires_at, not_before, error_code, body FROM jobs").fetchall()
+        finally:
+            db.close()
+        return {r["reference_id"]: dict(r) for r in rows}
+
+    # -- rules -----------------------------------------------------------------------------------------
+
+    @initialize(n=st.integers(1, 6))
+    def first_load(self, n: int) -> None:
+        self.load_new(n)
+
+    def _load(self, rows: list[tuple[str, int]]) -> Any:
+        manifest = RowsManifest(self.dir / f"m{next(self.names)}.json", rows)
+        self.manifests.append(manifest)
+        return self.ledger.load(manifest, "opts")
+
+    @precondition(lambda self: self.manifests)
+    @rule(data=st.data())
+    def load_same_file_again(self, data: st.DataObject) -> None:
+        """The same file with the same options again is a no-op, whatever happened since."""
+        manifest = data.draw(st.sampled_from(self.manifests))
+        report = self.ledger.load(RowsManifest(manifest.path, manifest.rows), "opts")
+        assert report.already_loaded and report.new == report.updated == report.conflicts == 0
+
+    @rule(n=st.integers(1, 4), also_old=st.integers(0, 3))
+    def load_new(self, n: int, also_old: int = 0) -> None:
+        """New rows, plus some already loaded rows with an unchanged body (a no-op for those)."""
+        new = [f"r{len(self.rows) + i}" for i in range(n)]
+        old = [(ref, row.version) for ref, row in itertools.islice(self.rows.items(), also_old)]
+        report = self._load([(ref, 0) for ref in new] + old)
+        assert (report.new, report.unchanged, report.updated, report.conflicts) == (n, len(old), 0, 0)
+        ids = {r["reference_id"]: r["id"] for r in self.db_rows().values()}
+        for ref in new:
+            self.rows[ref] = Row(ids[ref], ref, 0)
+
+    @precondition(lambda self: self.rows)
+    @rule(data=st.data())
+    def reload_changed(self, data: st.DataObject) -> None:
+        """A manifest that changes some payloads: pending/failed rows are updated (pending, attempts 0),
+        every other state is a conflict and left alone."""
+        refs = data.draw(st.lists(st.sampled_from(sorted(self.rows)), min_size=1, max_size=4, unique=True))
+        report = self._load([(ref, self.rows[ref].version + 1) for ref in refs])
+        updated = [ref for ref in refs if self.rows[ref].status in ("pending", "failed")]
+        assert (report.new, report.updated, report.conflicts) == (0, len(updated), len(refs) - len(updated))
+        for ref in updated:
+            row = self.rows[ref]
+            row.version += 1
+            row.status, row.attempts, row.not_before, row.error_code = "pending", 0, None, None
+
+    @rule(owner=st.sampled_from(OWNERS), limit=st.integers(1, 5), lease=st.sampled_from([0.5, 1, 3, 30]))
+    def claim(self, owner: str, limit: int, lease: float) -> None:
+        now = self.now
+        expired = {r.ref for r in self.rows.values() if r.status == "in_flight" and r.expires < now}
+        ready = {r.ref for r in self.rows.values()
+                 if r.status == "pending" and (r.not_before is None or r.not_before <= now)}
+        claims = self.ledger.claim(owner, limit, lease, now=now)
+        got = [c.reference_id for c in claims]
+        assert len(got) == len(set(got))
+        # expired leases are taken over first, then ready rows; never a row under a live lease
+        n_expired = min(limit, len(expired))
+        assert set(got[:n_expired]) <= expired and len([g for g in got if g in expired]) == n_expired
+        assert set(got[n_expired:]) <= ready and len(got) == n_expired + min(limit - n_expired, len(ready))
+        for c in claims:
+            row = self.rows[c.reference_id]
+            live = row.status == "in_flight" and row.expires >= now
+            assert not live, f"{c.reference_id} handed to {owner} while {row.owner}'s lease runs to {row.expires}"
+            row.status, row.attempts, row.owner, row.token = "in_flight", row.attempts + 1, owner, row.token + 1
+            row.expires = now + dt.timedelta(seconds=lease)
+            assert (c.id, c.attempts, c.lease_token) == (row.id, row.attempts, row.token)
+            assert c.body == body(c.reference_id, row.version)
+            self.held.append(Held(owner, c))
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), kind=st.sampled_from(["succeeded", "recovered", "failed", "backoff", "refund",
+                                                  "uncertain"]))
+    def record(self, data: st.DataObject, kind: str) -> None:
+        """One worker's result for one of its claims: current (applied) or stale (fenced: ignored)."""
+        held = data.draw(st.sampled_from(self.held))
+        c = held.claim
+        result = Result(c.id, c.lease_token, Status.PENDING)
+        if kind in ("succeeded", "recovered"):
+            result = replace(result, status=Status.SUCCEEDED, job_id=f"job-{next(self.job_ids)}",
+                             recovered=kind == "recovered", http_status=200 if kind == "succeeded" else 409)
+        elif kind == "failed":
+            code = data.draw(st.sampled_from(["E_PERM", "E_EXHAUSTED"]))
+            result = replace(result, status=Status.FAILED, error_code=code, error_message="no", http_status=400)
+        elif kind == "backoff":
+            wait = data.draw(st.sampled_from([0.5, 2, 20]))
+            result = replace(result, error_code="FS_0000", not_before=self.now + dt.timedelta(seconds=wait))
+        elif kind == "refund":
+            wait = data.draw(st.sampled_from([None, 1]))
+            result = replace(result, error_code="429", refund_attempt=True,
+                             not_before=None if wait is None else self.now + dt.timedelta(seconds=wait))
+        else:
+            result = replace(result, status=Status.UNCERTAIN, error_code="FS_0001")
+        row = self.rows[c.reference_id]
+        current = row.status == "in_flight" and row.token == c.lease_token
+        applied, ignored = self.ledger.record([result], now=self.now)
+        assert (applied, ignored) == ((1, 0) if current else (0, 1))
+        if current:
+            row.status, row.job_id = result.status.value, result.job_id or row.job_id
+            row.attempts -= 1 if result.refund_attempt else 0
+            row.owner = row.expires = None
+            row.not_before, row.error_code = result.not_before, result.error_code
+            if row.status == "succeeded":
+                self.first_job_id.setdefault(row.ref, row.job_id)  # type: ignore[arg-type]
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def release(self, owner: str) -> None:
+        """A run stops early: its rows go back to pending, the attempt not counted (lease expired or not)."""
+        mine = [r for r in self.rows.values() if r.status == "in_flight" and r.owner == owner]
+        assert self.ledger.release(owner) == len(mine)
+        for row in mine:
+            row.status, row.attempts, row.owner, row.expires = "pending", row.attempts - 1, None, None
+
+    @rule(everything=st.booleans())
+    def retry(self, everything: bool) -> None:
+        failed = [r for r in self.rows.values() if r.status == "failed" and (everything or r.error_code == "E_PERM")]
+        assert self.ledger.retry(["E_PERM"], everything=everything) == len(failed)
+        for row in failed:
+            row.status, row.attempts, row.not_before = "pending", 0, None
+
+    @precondition(lambda self: self.rows)
+    @rule(data=st.data())
+    def resolve_uncertain(self, data: st.DataObject) -> None:
+        """Reconcile found job_ids, for any rows (a listing may name rows that are not uncertain any more)."""
+        refs = data.draw(st.lists(st.sampled_from(sorted(self.rows)), max_size=4, unique=True))
+        found = {self.rows[ref].id: f"job-{next(self.job_ids)}" for ref in refs}
+        uncertain = [self.rows[ref] for ref in refs if self.rows[ref].status == "uncertain"]
+        assert self.ledger.resolve_uncertain(found) == len(uncertain)
+        for row in uncertain:
+            row.status, row.job_id, row.error_code = "succeeded", found[row.id], None
+            self.first_job_id.setdefault(row.ref, row.job_id)
+
+    @rule(seconds=st.sampled_from([0.5, 1, 2, 5, 31]))
+    def advance_time(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+    @rule()
+    def crash(self) -> None:
+        """The process dies between two transactions: the files as they are on disk (the WAL not checkpointed)
+        are all the next run has. Copy them, abandon this engine, open the copy."""
+        self.generation += 1
+        target = self.dir / f"ledger-{self.generation}.db"
+        shutil.copyfile(self.path, target)
+        wal = Path(f"{self.path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, Path(f"{target}-wal"))
+        self.ledger.engine.dispose()
+        self.path, self.ledger = target, Ledger.open(target)
+
+    @rule()
+    def reopen(self) -> None:
+        self.ledger.close()
+        self.ledger = Ledger.open(self.path)
+
+    # -- invariants ------------------------------------------------------------------------------------
+
+    @invariant()
+    def file_matches_model(self) -> None:
+        db = self.db_rows()
+        assert set(db) == set(self.rows), "row count must equal the reference_ids loaded"
+        for ref, row in self.rows.items():
+            got = db[ref]
+            assert got["attempts"] >= 0
+            assert got["status"] == row.status, ref
+            assert (got["id"], got["job_id"], got["attempts"], got["lease_token"], got["error_code"]) == (
+                row.id, row.job_id, row.attempts, row.token, row.error_code), ref
+            assert got["body"] == body(ref, row.version)
+            assert _dt(got["not_before"]) == row.not_before
+            if row.status == "in_flight":
+                assert (got["lease_owner"], _dt(got["lease_expires_at"])) == (row.owner, row.expires)
+            else:
+                assert got["lease_owner"] is None and got["lease_expires_at"] is None
+
+    @invariant()
+    def only_legal_moves(self) -> None:
+        now = {ref: r["status"] for ref, r in self.db_rows().items()}
+        for ref, status in now.items():
+            before = self.last_seen.get(ref, "pending")
+            assert before == status or (before, status) in LEGAL_MOVES, f"{ref}: {before} -> {status}"
+        self.last_seen = now
+
+    @invariant()
+    def succeeded_keeps_its_job_id(self) -> None:
+        db = self.db_rows()
+        for ref, job_id in self.first_job_id.items():
+            assert db[ref]["status"] == "succeeded" and db[ref]["job_id"] == job_id, ref
+
+
+LedgerModel.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestLedgerModel = LedgerModel.TestCase
+
