@@ -232,11 +232,8 @@ def echo_server(**attributes: object) -> ThreadingHTTPServer:
 ECHO_CASES = [
     pytest.param({"status": 400}, 3, id="400-verbatim"),
     pytest.param({"status": 401, "code": "auth-failure"}, 1, id="401-verbatim"),
-    pytest.param({"status": 400, "escape_slash": True}, 3, id="400-json-escaped", marks=pytest.mark.xfail(
-        strict=True, reason="client.py redacts the key in the raw bytes only; a JSON-escaped echo (\\/) is "
-                            "decoded after that and lands in error_message/error_details")),
-    pytest.param({"status": 401, "code": "auth-failure", "escape_slash": True}, 1, id="401-json-escaped",
-                 marks=pytest.mark.xfail(strict=True, reason="as above")),
+    pytest.param({"status": 400, "escape_slash": True}, 3, id="400-json-escaped"),
+    pytest.param({"status": 401, "code": "auth-failure", "escape_slash": True}, 1, id="401-json-escaped"),
 ]
 
 

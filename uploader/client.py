@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timezone
 from types import TracebackType
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -290,7 +291,11 @@ class ApiClient:
             )  # fmt: skip
         if self._key_bytes in raw:
             raw = raw.replace(self._key_bytes, _REDACTED)
-        return _parse(status, raw, retry_after)
+        result = _parse(status, raw, retry_after)
+        if result.success is not True:  # an echo may be JSON-escaped (`\/`): scrub the decoded text too
+            result = replace(result, code=self._scrub(result.code), message=self._scrub(result.message),
+                             errors=self._scrub(result.errors), data=self._scrub(result.data))
+        return result
 
     async def _read_body(self, response: httpx.Response) -> bytes | None:
         """The body, or None once it exceeds max_body_bytes (read no further: a hostile 1 GB answer)."""
@@ -327,6 +332,16 @@ class ApiClient:
             message += f" (timeout {self._timeout:g}s)"
         message = _truncate(f"{message}: {type(exc).__name__}" + (f": {text}" if text else ""), _SNIPPET_CHARS)
         return ApiResult(None, None, None, code, message, None, None)
+
+    def _scrub(self, value: Any) -> Any:
+        """The key removed from every string inside a decoded JSON value."""
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, list):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
+        return value
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
