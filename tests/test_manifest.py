@@ -707,3 +707,16 @@ def test_block_boundaries_never_change_the_result(rows: list[list[str]], eol: st
         assert same or small.problems
     else:
         assert same
+
+
+def test_project_and_workflow_ids_longer_than_the_ledger_column_are_refused(tmp_path):
+    from uploader.errors import ManifestError
+    from uploader.manifest import Manifest, ManifestOptions
+
+    path = tmp_path / "m.csv"
+    path.write_text("reference_id,image_url,work_flow_id\na,https://x.com/a.jpg," + "w" * 256 + "\n")
+    m = Manifest(path, ManifestOptions(project_id="p"))
+    assert sum(len(c) for c in m.chunks()) == 0
+    assert m.problem_count == 1 and "at most 255" in str(m.problems[0]) and m.problems[0].line == 2
+    with pytest.raises(ManifestError, match="at most 255"):
+        Manifest(path, ManifestOptions(project_id="p" * 300, work_flow_id="w"))

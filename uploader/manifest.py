@@ -39,6 +39,17 @@ API_NAMES = frozenset({"frame_index", *_OVERRIDES, *(c for cols in SHAPES.values
 MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
 _UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (it goes into the URL path)"
+#: The ledger's project_id / work_flow_id columns hold this many characters (PostgreSQL enforces it).
+MAX_ID_LENGTH = 255
+
+
+def _id_problem(value: str) -> str | None:
+    """Why a project_id / work_flow_id cannot be used, or None."""
+    if fmt.PATH_UNSAFE.search(value):
+        return _UNSAFE_ID
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+    return None
 _SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
 Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
 
@@ -196,8 +207,8 @@ class Manifest:
         names = {api: c for api, c in names.items() if api in keep}  # the rest are extra columns
         for api, flag, value in (("project_id", "--project-id", opts.project_id),
                                  ("work_flow_id", "--work-flow-id", opts.work_flow_id)):
-            if value and fmt.PATH_UNSAFE.search(value):
-                problems.append((api, f"{flag} {value!r} {_UNSAFE_ID}"))
+            if value and (why := _id_problem(value)):
+                problems.append((api, f"{flag} {show(value)} {why}"))
             elif not value and api not in names:
                 problems.append((api, f"no {api}: give {flag} or a {api} column"))
         if opts.batch_id and not fmt.UUID.fullmatch(opts.batch_id):
@@ -399,8 +410,8 @@ class Manifest:
         pid, wf = text(cells, "project_id", errs), text(cells, "work_flow_id", errs)
         for api, value, flag, default in (("project_id", pid, "--project-id", self._pid),
                                           ("work_flow_id", wf, "--work-flow-id", self._wf)):
-            if value and fmt.PATH_UNSAFE.search(value):
-                errs.append((api, f"{api} {show(value)} {_UNSAFE_ID}"))
+            if value and (why := _id_problem(value)):
+                errs.append((api, f"{api} {show(value)} {why}"))
             elif value == "" and not default:
                 errs.append((api, f"{api} is empty and has no default: give {flag} or a {api} column value"))
         pid, wf = pid or self._pid, wf or self._wf
