@@ -2,7 +2,9 @@
 
 The sandbox runs in its own process at 20 ms latency. Every configuration loads the same N-row manifest into
 a fresh ledger, then starts P worker processes at once (each with --concurrency C) and measures the wall
-time until all have exited, and checks that the sandbox created each reference_id exactly once.
+time until all have exited (process start-up included) and the CPU seconds the workers used. Each
+configuration is checked: every worker exited 0, the ledger holds N succeeded rows, and the sandbox created
+exactly N jobs for it (one per reference_id). Results also go to benchmarks/out/scale_benchmark.json.
 
     UPLOADER_TEST_POSTGRES_URL=postgresql+psycopg://u:p@127.0.0.1/db \\
         python benchmarks/scale_benchmark.py [--rows 10000] [--concurrency 16]
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -54,20 +57,37 @@ def stats(url: str) -> dict:
         return json.load(r)
 
 
-def measure(ledger: str, processes: int, manifest: Path, url: str, project: str, concurrency: int) -> float:
+def cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(ledger: str, processes: int, manifest: Path, url: str, project: str, concurrency: int,
+            rows: int) -> tuple[float, float]:
+    """(wall seconds, worker CPU seconds) of P processes uploading the manifest; checks the outcome."""
     env = {**os.environ, "PLAYMENT_API_KEY": KEY}
     common = ["--project-id", project, "--work-flow-id", "wf", "--ledger", ledger]
     subprocess.run([sys.executable, "-m", "uploader", "load", str(manifest), *common], check=True, env=env,
                    capture_output=True)
     cmd = [sys.executable, "-m", "uploader", "run", *common, "--base-url", url, "--concurrency", str(concurrency),
            "--quiet"]
+    created_before = stats(url)["jobs_created"]
+    cpu = cpu_children()
     t = time.perf_counter()
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(processes)]
-    codes = [p.wait() for p in procs]
+    errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t
-    if any(codes):
-        raise SystemExit(f"a worker failed: {codes}: {procs[0].stderr.read()[-2000:]!r}")
-    return elapsed
+    cpu = cpu_children() - cpu
+    failed = [(p.returncode, err[-2000:]) for p, err in zip(procs, errors) if p.returncode]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {processes} workers failed: {failed!r}")
+    status = subprocess.run([sys.executable, "-m", "uploader", "status", "--json", "--ledger", ledger], env=env,
+                            check=True, capture_output=True, text=True)
+    succeeded = json.loads(status.stdout)["counts"]["succeeded"]
+    created = stats(url)["jobs_created"] - created_before
+    if succeeded != rows or created != rows:
+        raise SystemExit(f"{project}: {succeeded} rows succeeded and {created} jobs created, of {rows}")
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -83,18 +103,19 @@ def main() -> None:
     manifest = OUT / f"scale_{args.rows}.csv"
     make_manifest(manifest, args.rows)
     sandbox, url = start_sandbox(args.latency_ms)
-    results: list[tuple[str, int, float]] = []
+    results: list[tuple[str, int, float, float]] = []
     try:
         sqlite_path = OUT / "scale_sqlite.db"
         for suffix in ("", "-wal", "-shm"):
             Path(str(sqlite_path) + suffix).unlink(missing_ok=True)
-        secs = measure(str(sqlite_path), 1, manifest, url, "scale-sqlite", args.concurrency)
-        results.append(("sqlite", 1, secs))
+        secs, cpu = measure(str(sqlite_path), 1, manifest, url, "scale-sqlite", args.concurrency, args.rows)
+        results.append(("sqlite", 1, secs, cpu))
         for processes in (1, 2, 4):
             ledger, name = fresh_postgres(admin)
             try:
-                secs = measure(ledger, processes, manifest, url, f"scale-pg-{processes}", args.concurrency)
-                results.append(("postgresql", processes, secs))
+                secs, cpu = measure(ledger, processes, manifest, url, f"scale-pg-{processes}", args.concurrency,
+                                    args.rows)
+                results.append(("postgresql", processes, secs, cpu))
             finally:
                 drop_postgres(admin, name)
         s = stats(url)
@@ -105,11 +126,19 @@ def main() -> None:
     bound = args.concurrency / (args.latency_ms / 1000)
     print(f"rows={args.rows} latency={args.latency_ms} ms concurrency/process={args.concurrency} "
           f"(bound per process {bound:.0f}/s)")
-    print(f"{'ledger':<11} {'procs':>5} {'seconds':>8} {'jobs/s':>8} {'scaling vs 1 pg':>16}")
-    for engine, procs, secs in results:
-        print(f"{engine:<11} {procs:>5} {secs:>8.2f} {args.rows / secs:>8.0f} {base / secs:>16.2f}")
+    print(f"{'ledger':<11} {'procs':>5} {'seconds':>8} {'jobs/s':>8} {'scaling vs 1 pg':>16} {'worker CPU s/1k':>16}")
+    for engine, procs, secs, cpu in results:
+        print(f"{engine:<11} {procs:>5} {secs:>8.2f} {args.rows / secs:>8.0f} {base / secs:>16.2f} "
+              f"{cpu / args.rows * 1000:>16.2f}")
     print(f"sandbox: max jobs created per reference_id = {s['jobs_created_per_reference_id_max']}, "
-          f"FS_0001 refusals = {s['fs_0001_refusals']}")
+          f"FS_0001 refusals = {s['fs_0001_refusals']}; cores: {os.cpu_count()}")
+    (OUT / "scale_benchmark.json").write_text(json.dumps({
+        "rows": args.rows, "latency_ms": args.latency_ms, "concurrency_per_process": args.concurrency,
+        "cores": os.cpu_count(),
+        "results": [{"ledger": e, "processes": p, "seconds": round(t, 2), "jobs_per_second": round(args.rows / t),
+                     "scaling_vs_1_pg": round(base / t, 2), "worker_cpu_seconds": round(c, 1)}
+                    for e, p, t, c in results],
+    }, indent=2))
 
 
 if __name__ == "__main__":

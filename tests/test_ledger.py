@@ -202,8 +202,11 @@ def test_next_wakeup_waits_for_other_workers_rows(ledger, tmp_path):
     ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
     mine, theirs = ledger.register_worker(), ledger.register_worker()
     (a,) = ledger.claim(mine, 1, 60)
-    assert ledger.next_wakeup(mine) is None and ledger.next_wakeup(theirs) is not None  # b is still pending
+    assert ledger.next_wakeup(mine) <= utcnow()  # b is pending and claimable: now
     (b,) = ledger.claim(theirs, 1, 60)
     assert ledger.next_wakeup(mine) is not None  # b is held by another live worker: wait for it
+    ledger.release(theirs)  # that run stopped: b is claimable at once (not "nothing left")
+    assert ledger.next_wakeup(mine) <= utcnow()
+    (b,) = ledger.claim(theirs, 1, 60)
     ledger.record([Result(b.id, b.lease_token, Status.SUCCEEDED, job_id="J")])
     assert ledger.next_wakeup(mine) is None

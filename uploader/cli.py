@@ -179,8 +179,14 @@ def status(ledger: str | None, as_json: bool) -> None:
         click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
     if report.last_activity:
         click.echo(f"last activity {report.last_activity.isoformat()}Z")
+    if report.live_workers:
+        total = sum(w["requests_per_second"] for w in report.live_workers)
+        click.echo(f"{len(report.live_workers)} live workers ({total:.0f} requests/s together):")
     for w in report.live_workers:
-        click.echo(f"live worker {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']}")
+        click.echo(
+            f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
+            f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
+        )
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
@@ -273,12 +279,17 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0.01), help="At most this many requests per second.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True)
+@click.option("--lease-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="S",
+              help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
+                   "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
+                   "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
+                   "ignored, never recorded).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @_handle_errors
 def run(  # type: ignore[no-untyped-def]
     manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, ledger, api_key, base_url,
-    allow_http, use_sandbox, timeout, concurrency, rate, max_attempts, quiet, as_json,
+    allow_http, use_sandbox, timeout, concurrency, rate, max_attempts, lease_seconds, quiet, as_json,
 ) -> None:
     """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
@@ -288,7 +299,8 @@ def run(  # type: ignore[no-untyped-def]
     from uploader.worker import RunOptions
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
-    run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout)
+    run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
+                             lease_seconds=lease_seconds)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
         led, created = _open_for_load(ledger) if manifest else (_open_ledger(ledger, create=False), None)
@@ -334,6 +346,9 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
+    if run_["ignored_stale_results"]:
+        click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
+                   "another run after this one's lease expired")
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
     click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")

@@ -322,6 +322,9 @@ class Ledger:
         """When something may next become claimable: the earliest backed-off row, or the earliest lease of
         another worker's row (it finishes it, or dies and the row is reclaimed). None: nothing will."""
         with read_tx(self.engine) as conn:
+            # A row another run released (it stopped) after our last claim: claimable now, not "nothing".
+            if conn.execute(text("SELECT 1 FROM jobs WHERE status = 'pending' AND not_before IS NULL LIMIT 1")).first():
+                return utcnow()
             retry = conn.execute(
                 text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
             ).scalar_one()

@@ -5,15 +5,19 @@ The invariants every reliability scenario ends with (`check_ledger`):
   * each reference_id created exactly once at the sandbox (`jobs_created_per_reference_id_max == 1` and
     `jobs()` holds exactly one job per reference_id);
   * every job_id in the ledger is the sandbox's job_id for that reference_id;
-  * `PRAGMA integrity_check` is "ok".
+  * `PRAGMA integrity_check` is "ok" (SQLite).
 
-The ledger is read with the sqlite3 module directly (not through uploader.ledger), so a bug in the code
-under test cannot hide itself from the check.
+The ledger is read with the sqlite3 module directly, or with plain SQL over SQLAlchemy for a PostgreSQL URL
+(not through uploader.ledger), so a bug in the code under test cannot hide itself from the check.
+
+`check_claim_log` reads the test-only claim log (UPLOADER_CLAIM_LOG, see uploader.ledger) of runs in several
+processes and checks that no row was held by two live workers at once and that no fenced write was applied.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -82,16 +86,27 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
-    """Every row of the ledger by reference_id (read-only, plain sqlite3)."""
+_ROWS_SQL = (
+    "SELECT id, reference_id, job_id, status, error_code, attempts, lease_owner, lease_expires_at, lease_token, "
+    "recovered FROM jobs"
+)
+
+
+def ledger_rows(ledger: Path | str) -> dict[str, dict[str, Any]]:
+    """Every row of the ledger by reference_id: a SQLite file (read-only, plain sqlite3) or a URL (plain SQL)."""
+    if isinstance(ledger, str):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(ledger)
+        try:
+            with engine.connect() as conn:
+                return {r["reference_id"]: dict(r) for r in conn.execute(text(_ROWS_SQL)).mappings()}
+        finally:
+            engine.dispose()
     con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
     try:
         con.row_factory = sqlite3.Row
-        rows = con.execute(
-            "SELECT reference_id, job_id, status, error_code, attempts, lease_owner, lease_expires_at, "
-            "recovered FROM jobs"
-        ).fetchall()
-        return {r["reference_id"]: dict(r) for r in rows}
+        return {r["reference_id"]: dict(r) for r in con.execute(_ROWS_SQL).fetchall()}
     finally:
         con.close()
 
@@ -114,7 +129,7 @@ def integrity(ledger: Path) -> str:
 
 
 def check_ledger(
-    ledger: Path,
+    ledger: Path | str,
     jobs: list[dict[str, Any]],
     stats: dict[str, Any],
     *,
@@ -139,7 +154,8 @@ def check_ledger(
     mismatched = {k: (r["job_id"], created[k][0]) for k, r in rows.items()
                   if k not in failed and r["job_id"] != created[k][0]}
     assert not mismatched, mismatched
-    assert integrity(ledger) == "ok"
+    if isinstance(ledger, Path):
+        assert integrity(ledger) == "ok"
     return rows
 
 
@@ -263,4 +279,103 @@ def crash_loop(
     report.recovered_rows = sum(1 for r in ledger_map.values() if r["recovered"])
     check_ledger(ledger, box.jobs(), report.stats)
     assert len(ledger_map) == rows
+    return report
+
+
+# -- the claim log of several processes ------------------------------------------------------------------
+
+TERMINAL = ("succeeded", "failed", "uncertain")
+
+
+@dataclass
+class ClaimLogReport:
+    claims: int = 0  #: rows claimed (one per row and lease token)
+    takeovers: int = 0  #: claims of a row whose previous claim (by another worker) had not ended
+    handovers: int = 0  #: claims of a row another worker had held before and released or recorded
+    renewals: int = 0
+    applied: int = 0
+    ignored: int = 0  #: result writes refused by the fence (a stale lease token)
+    ignored_by_pid: Counter[int] = field(default_factory=Counter)
+    unlogged_claims: int = 0  #: lease tokens missing from the log (a process killed between commit and log)
+    missing_final_writes: int = 0  #: rows whose final write is not logged (a process killed likewise)
+    overlaps: list[str] = field(default_factory=list)
+    fence_breaches: list[str] = field(default_factory=list)
+
+
+def check_claim_log(path: Path, rows: dict[str, dict[str, Any]], dead_at: dict[int, float]) -> ClaimLogReport:
+    """Check the claim log of a finished multi-process upload against the final ledger `rows`.
+
+    `dead_at`: pid → when the test SIGKILLed it (time.time() after the process was reaped). A killed worker
+    is not live: its leases may be taken over before they expire (its host's next run expires them).
+
+    Exclusive leases: when worker B claims token k+1 of a row that worker A claimed with token k, either A's
+    claim had ended (A recorded a result for it, or released it), or A was dead, or A's lease had expired:
+    B's `now` is past the expiry A's claim set and past every renewal of A that was committed (logged)
+    before B's `now` — those B's claim must have seen. (A renewal logged later may have committed after B's
+    claim, when the row was no longer A's: it is not counted, so the check cannot report a false overlap.)
+
+    Fencing: a write applied with token k must have started before token k+1 was claimed (committed and
+    logged); a terminal write (succeeded / failed / uncertain) is applied only with the row's last token, at
+    most once. Anything else is a fenced write that got through.
+    """
+    claims: dict[int, dict[int, dict[str, Any]]] = {}
+    renewals: dict[str, list[tuple[float, float]]] = {}
+    ended: set[tuple[int, int]] = set()
+    writes: list[tuple[int, int, str, float]] = []
+    report = ClaimLogReport()
+    with open(path) as f:
+        for line in f:
+            e = json.loads(line)
+            if e["kind"] == "claim":
+                for rid, token in e["rows"]:
+                    assert token not in claims.setdefault(rid, {}), f"row {rid} token {token} claimed twice"
+                    claims[rid][token] = e
+                    report.claims += 1
+            elif e["kind"] == "renew":
+                renewals.setdefault(e["owner"], []).append((e["t"], e["exp"]))
+                report.renewals += 1
+            elif e["kind"] == "release":
+                ended.update((rid, token) for rid, token in e["rows"])
+            elif e["kind"] == "record":
+                for rid, token, status, applied in e["rows"]:
+                    if applied:
+                        report.applied += 1
+                        ended.add((rid, token))
+                        writes.append((rid, token, status, e["now"]))
+                    else:
+                        report.ignored += 1
+                        report.ignored_by_pid[e["pid"]] += 1
+    final = {r["id"]: r for r in rows.values()}
+    terminal: dict[int, list[int]] = {}
+    for rid, token, status, started in writes:
+        later = claims.get(rid, {}).get(token + 1)
+        if later is not None and started > later["t"]:
+            report.fence_breaches.append(f"row {rid}: {status} with token {token} written after token {token + 1} "
+                                         f"was claimed by pid {later['pid']}")
+        if status in TERMINAL:
+            terminal.setdefault(rid, []).append(token)
+    for rid, row in final.items():
+        tokens = terminal.get(rid, [])
+        if any(t != row["lease_token"] for t in tokens) or len(tokens) > 1:
+            report.fence_breaches.append(f"row {rid}: terminal writes with tokens {tokens}, last token "
+                                         f"{row['lease_token']}")
+        report.missing_final_writes += not tokens
+    for rid, by_token in claims.items():
+        report.unlogged_claims += len(set(range(1, final[rid]["lease_token"] + 1)) - set(by_token))
+        for k, a in by_token.items():
+            b = by_token.get(k + 1)
+            if b is None or a["owner"] == b["owner"]:
+                continue
+            if (rid, k) in ended:
+                report.handovers += 1
+                continue
+            report.takeovers += 1
+            if dead_at.get(a["pid"], float("inf")) <= b["now"]:
+                continue
+            expiry = max([a["exp"]] + [exp for t, exp in renewals.get(a["owner"], ()) if a["t"] <= t <= b["now"]])
+            if b["now"] < expiry:
+                report.overlaps.append(
+                    f"row {rid}: token {k + 1} claimed by pid {b['pid']} at {b['now']:.3f} while pid {a['pid']}'s "
+                    f"lease (token {k}) ran to {expiry:.3f}"
+                )
     return report
