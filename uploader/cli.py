@@ -91,9 +91,14 @@ def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: i
 
 
 def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-untyped-def]
+    """Open the ledger for this command; it is closed when the command ends (also in-process callers)."""
     from uploader.ledger import Ledger
 
-    return Ledger.open(ledger, create=create)
+    led = Ledger.open(ledger, create=create)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(led.close)
+    return led
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
