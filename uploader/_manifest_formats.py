@@ -100,15 +100,7 @@ def _bad_char_issue(line: int, column: str | None, text: str) -> Issue | None:
 
 
 def _has_bad_chars(text: str) -> bool:
-    if "\x00" in text:
-        return True
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return "\x00" in text or bad_unicode(text)
 
 
 class CsvReader:
