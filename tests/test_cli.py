@@ -141,3 +141,57 @@ def test_library_api_exports_resolve():
 
     for name in uploader.__all__:
         assert getattr(uploader, name) is not None, name
+
+
+def test_sandbox_command_serves_until_interrupted(tmp_path):
+    """`uploader sandbox` as a real process: prints its URL and key, answers the API, stops on SIGINT."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", "k1",
+         "--forbidden-project", "secret", "--page-size", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(url + "/_sandbox/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "sandbox did not start"
+                time.sleep(0.05)
+        body = b'{"reference_id":"a","work_flow_id":"w","data":{"image_url":"https://x.com/a.jpg"}}'
+        ok = httpx.post(f"{url}/v1/projects/p/jobs", content=body, headers={"x-api-key": "k1"})
+        assert ok.status_code == 200 and ok.json()["success"] is True
+        refused = httpx.post(f"{url}/v1/projects/secret/jobs", content=body, headers={"x-api-key": "k1"})
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert httpx.post(f"{url}/v1/projects/p/jobs", content=body).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert url in out and "API key: k1" in out and "Traceback" not in err
+
+
+def test_sandbox_command_refuses_bad_settings_and_busy_ports():
+    bad = invoke("sandbox", "--error-rate", "0.7", "--html-error-rate", "0.7")
+    assert bad.exit_code == 2 and "error" in bad.output
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "uploader", "sandbox", "--port", str(port)],
+                              capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

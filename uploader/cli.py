@@ -432,19 +432,33 @@ def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> No
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered after --slow-ms.")
 @click.option("--slow-ms", type=float, default=0.0)
 @click.option("--legacy", is_flag=True, help="Errors as HTTP 200 + success:false; 401 with an empty body.")
+@click.option("--retry-after", "retry_after_s", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Retry-After seconds sent with a 429.")
 @click.option("--seed", type=int, help="Seed for repeatable faults.")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), help="Persist state here.")
+@click.option("--project", "projects", multiple=True,
+              help="Serve only these projects (repeatable); others get resource_error. Default: any project.")
+@click.option("--forbidden-project", "forbidden", multiple=True,
+              help="A project the key may not use: answered `unauthorized` (repeatable).")
+@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Jobs per page when listing a batch.")
 @_handle_errors
 def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_rate, drop_rate,  # type: ignore[no-untyped-def]
-            rate_limit, slow_rate, slow_ms, legacy, seed, state_file) -> None:
+            rate_limit, slow_rate, slow_ms, legacy, retry_after_s, seed, state_file, projects, forbidden,
+            page_size) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
-    config = SandboxConfig(
-        api_key=api_key, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate,
-        html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
-        slow_ms=slow_ms, legacy=legacy, seed=seed, state_file=state_file,
-    )
+    try:
+        config = SandboxConfig(
+            api_key=api_key, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate,
+            html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
+            slow_ms=slow_ms, legacy=legacy, retry_after_s=retry_after_s, seed=seed, state_file=state_file,
+            projects=frozenset(projects) if projects else None, forbidden_projects=frozenset(forbidden),
+            page_size=page_size,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     def ready(url: str) -> None:
         click.echo(f"sandbox serving the GT Studio job API at {url}")
@@ -453,7 +467,10 @@ def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_r
                    f"--base-url {url} --api-key {api_key}")
         click.echo("Ctrl-C to stop.")
 
-    serve(config, host=host, port=port, on_ready=ready)
+    try:
+        serve(config, host=host, port=port, on_ready=ready)
+    except OSError as exc:
+        raise UploaderError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main() -> None:
