@@ -217,3 +217,47 @@ def test_api_key_never_written(box, tmp_path):
     for f in tmp_path.iterdir():
         assert KEY.encode() not in f.read_bytes()
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def in_flight(ledger: Path) -> int:
+    import sqlite3
+
+    if not ledger.exists():
+        return 0
+    with sqlite3.connect(ledger, timeout=5) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'in_flight'").fetchone()[0]
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+
+
+def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
+    """First Ctrl-C waits for requests in the air (here: slow ones); the second cancels them at once.
+    Every row this run held goes back to pending, and the rerun finishes with each job created once."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=8, latency_ms=5_000)) as box:
+        manifest = write_images(tmp_path / "images.csv", 300)
+        ledger = tmp_path / "l.db"
+        cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "8",
+                                                           "--timeout", "30")]
+        env = {**os.environ, "PLAYMENT_API_KEY": KEY}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while in_flight(ledger) < 8 and time.monotonic() < deadline:  # claimed (committed) before sending
+            time.sleep(0.02)
+        time.sleep(0.5)  # the first requests are in the air, waiting out the 5 s latency
+        assert box.stats()["jobs_created"] == 0
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err
+        assert time.monotonic() - stopped_at < 4  # did not wait for the 5 s answers
+        assert "Traceback" not in err
+        rows = ledger_rows(ledger)
+        assert {r["status"] for r in rows.values()} == {"pending"}
+        assert all(r["attempts"] == 0 for r in rows.values())  # cancelled attempts are not counted
+        box.configure(latency_ms=0)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert_exactly_once(box, ledger_rows(ledger))

@@ -1,10 +1,10 @@
-"""The low-level half of `uploader.manifest`: streaming readers for CSV/TSV, JSONL and Parquet, the checks
-of single values (reference ids, URLs), and the scratch store that groups long-form video frames.
+"""The low-level half of `uploader.manifest`: streaming readers for CSV/TSV, JSONL and Parquet.
 
 Readers deal only with the physical file (encodings, line numbers, quoting, ragged rows, JSON syntax, Parquet
 types). They hand back `Chunk`s of rows, cells aligned with the file's columns, and report what is wrong with
 a row as `(line, column, message)`; what a row *means* is decided in `manifest.py`. Nothing here holds more
-than one chunk (plus one read block) in memory.
+than one chunk (plus one read block) in memory. Single values are checked in `_manifest_values`, long-form
+video frames are grouped in `_manifest_frames`.
 """
 
 from __future__ import annotations
@@ -12,24 +12,22 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import json
-import os
 import re
-import sqlite3
-import tempfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain, groupby, islice, repeat
-from json.encoder import c_make_encoder  # type: ignore[attr-defined]
-from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
-from operator import itemgetter
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from uploader._manifest_values import bad_unicode, json_error, json_kind, loads_strict
 from uploader.errors import ManifestError, Problem
+
+__all__ = [
+    "EXTENSIONS", "FORMATS", "Chunk", "CsvReader", "Issue", "detect_format", "fail", "jsonl_chunks",
+    "jsonl_columns", "no_gc", "open_parquet", "parquet_chunks", "parquet_kind", "sniff_start",
+]
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
@@ -277,28 +275,6 @@ def _span(row: list[str]) -> int:
 
 # --- JSONL -----------------------------------------------------------------------------------------
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_decode_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
-
-
-def loads_strict(text: str) -> Any:
-    """json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take (one decoder, built once),
-    and raises ValueError (not RecursionError) for JSON nested too deeply to read."""
-    try:
-        return _decode_strict(text)
-    except RecursionError:
-        raise ValueError("it is nested too deeply (more than ~900 levels)") from None
-
-
-def json_error(e: ValueError) -> str:
-    if isinstance(e, json.JSONDecodeError):
-        return f"invalid JSON at character {e.pos + 1}: {e.msg}"
-    return f"invalid JSON: {e}"
-
-
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of each non-blank line; LF, CRLF and lone CR all end a line."""
     with open(path, "rb") as f:
@@ -434,125 +410,6 @@ def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path) -> Iterator
         offset += n
 
 
-# --- single values -----------------------------------------------------------------------------------
-
-UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-PATH_UNSAFE = re.compile("[/?#\\s\x00-\x1f\x7f-\x9f]")  # project_id / work_flow_id go into a URL path
-INTEGER = re.compile(r"-?[0-9]+")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_SPACE = re.compile(r"\s")
-_CTRL = bytes(range(32)) + b"\x7f"
-_CTRL_QB = _CTRL + b'"\\'
-_ESC = bytes(range(32)) + b'"\\'
-HOST = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(?:[/?#]|\Z)")  # a start that is surely valid
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-if c_make_encoder is not None:  # json.dumps builds this C encoder anew on every call; build it once
-    _c_encode = c_make_encoder(None, _encoder.default, enc, None, ":", ",", False, False, False)
-
-    def dumps(obj: Any) -> str:
-        """json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False), without the per-call
-        setup. ValueError for NaN/±Infinity (JSON has no such numbers: 1e400 parses to inf), RecursionError
-        for nesting deeper than the interpreter's stack."""
-        return "".join(_c_encode(obj, 0))
-else:  # pragma: no cover - CPython always has the C accelerator
-    dumps = _encoder.encode
-
-
-def show(value: str, limit: int = 60) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-def json_kind(value: Any) -> str:
-    names = {list: "an array", dict: "an object", str: "a string", bool: "true/false", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-def reference_id_problem(ref: str) -> str | None:
-    """Why `ref` cannot be a reference_id, or None."""
-    if not ref.strip():
-        return "reference_id is empty"
-    if len(ref) > 255:
-        return f"reference_id is {len(ref)} characters long; the limit is 255"
-    if _CONTROL.search(ref):
-        return "reference_id contains control characters"
-    return None
-
-
-def url_problem(url: str) -> str | None:
-    """Why GT Studio could not fetch `url`, as a phrase to follow the field's name; None if it can."""
-    if HOST.match(url) and url.isprintable() and " " not in url:
-        return None  # the common case, without urlsplit
-    if not url:
-        return "is empty"
-    if _SPACE.search(url):
-        return f"contains whitespace: {show(url)}"
-    if _CONTROL.search(url):
-        return "contains control characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as e:
-        return f"is not a valid URL ({e}): {show(url)}"
-    scheme = parts.scheme.lower()
-    if scheme in ("s3", "gs"):
-        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; use a signed " \
-               "or public https URL"
-    if scheme not in ("http", "https"):
-        slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
-        return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
-    return None if parts.hostname else f"has no host: {show(url)}"
-
-
-def cell_text(value: Any) -> str:
-    """An extra column's value as text: strings verbatim, null empty, anything else as its JSON text."""
-    if type(value) is str:
-        return value
-    if value is None:
-        return ""
-    try:
-        return dumps(value)  # type: ignore[no-any-return]
-    except (ValueError, TypeError):  # NaN/Infinity; Parquet datetimes, decimals, bytes inside a struct or list
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    except RecursionError:
-        return "(nested too deeply to show)"
-
-
-def bad_unicode(text: str) -> bool:
-    """A lone surrogate (from a JSON '\\ud800' escape) can be neither sent nor stored."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def plain(blob: str) -> bool | None:
-    """For the fast path, of a chunk's values joined: True = printable and nothing to JSON-escape; False =
-    printable but needs escaping; None = has control characters (the per-row checks will explain)."""
-    if blob.isascii():
-        b = blob.encode("ascii")
-        if len(b.translate(None, _CTRL_QB)) == len(b):
-            return True
-        return False if len(b.translate(None, _CTRL)) == len(b) else None
-    if not blob.isprintable():
-        return None
-    return '"' not in blob and "\\" not in blob
-
-
-def escaped(values: tuple[str, ...]) -> list[str]:
-    """JSON-escaped text of printable values, without quotes, in one C call (DEL cannot occur in them)."""
-    return enc("\x7f".join(values))[1:-1].split("\x7f")  # type: ignore[no-any-return]
-
-
-def needs_no_escape(blob: str) -> bool:
-    if blob.isascii():
-        b = blob.encode("ascii")
-        return len(b.translate(None, _ESC)) == len(b)
-    return '"' not in blob and "\\" not in blob and blob.isprintable()
-
-
 @contextmanager
 def no_gc() -> Iterator[None]:
     """Pause the cyclic GC while a chunk is built. Its rows are acyclic, and the collector would rescan them
@@ -567,32 +424,3 @@ def no_gc() -> Iterator[None]:
     finally:
         gc.enable()
 
-
-class FrameStore:
-    """Frames of long-form videos, parked in a private temporary SQLite file so that the frames of one video
-    can be anywhere in the manifest without the manifest being held in memory."""
-
-    COLUMNS = "pid, ref, ord, line, fid, src, wf, batch, pw, meta, extra, bad"
-
-    def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="uploader-frames-", suffix=".sqlite")
-        os.close(fd)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute(f"CREATE TABLE f ({self.COLUMNS})")
-
-    def add(self, rows: list[tuple[Any, ...]]) -> None:
-        self.db.executemany("INSERT INTO f VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def videos(self) -> Iterator[tuple[tuple[str, str], Iterator[tuple[Any, ...]]]]:
-        """Frames grouped by (project_id, reference_id), in frame order (frame_index, else file order)."""
-        return groupby(self.db.execute(f"SELECT {self.COLUMNS} FROM f ORDER BY pid, ref, ord, line"),
-                       key=itemgetter(0, 1))
-
-    def close(self) -> None:
-        self.db.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass

@@ -3,7 +3,8 @@
 A manifest is streamed, never held in memory: `Manifest.chunks()` yields `StagedJob`s for the ledger and
 records what is wrong with individual rows in `Manifest.problems`; anything wrong with the file as a whole
 raises ManifestError from the constructor. Every value is text and stays verbatim (`001` stays `001`).
-File formats and single-value checks live in `uploader._manifest_formats`.
+File formats live in `uploader._manifest_formats`, single-value checks and JSON in `uploader._manifest_values`,
+the grouping of long-form video frames in `uploader._manifest_frames`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat, starmap
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from uploader import _manifest_formats as fmt
-from uploader._manifest_formats import enc, reference_id_problem, show, url_problem
+from uploader import _manifest_frames as long_video
+from uploader import _manifest_values as val
+from uploader._manifest_values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
 from uploader.errors import ManifestError, Problem
 
-__all__ = ["SHAPES", "Manifest", "ManifestOptions", "StagedJob", "reference_id_problem", "url_problem"]
+__all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
+           "reference_id_problem", "url_problem"]
 
 #: Columns (API field names, after --column mapping) that make each manifest shape.
 SHAPES: dict[str, tuple[str, ...]] = {
@@ -38,20 +41,6 @@ _OVERRIDES = ("project_id", "work_flow_id", "batch_id", "priority_weight", "meta
 API_NAMES = frozenset({"frame_index", *_OVERRIDES, *(c for cols in SHAPES.values() for c in cols)})
 MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
-_UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (it goes into the URL path)"
-#: The ledger's project_id / work_flow_id columns hold this many characters (PostgreSQL enforces it).
-MAX_ID_LENGTH = 255
-
-
-def _id_problem(value: str) -> str | None:
-    """Why a project_id / work_flow_id cannot be used, or None."""
-    if fmt.PATH_UNSAFE.search(value):
-        return _UNSAFE_ID
-    if len(value) > MAX_ID_LENGTH:
-        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
-    return None
-_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
-Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
 
 
 @dataclass(frozen=True)
@@ -89,34 +78,6 @@ class StagedJob:
         # Twice as fast as the generated frozen __init__ (which calls object.__setattr__ per field).
         self.__dict__.update(line=line, project_id=project_id, reference_id=reference_id,
                              work_flow_id=work_flow_id, batch_id=batch_id, body=body, extra=extra)
-
-
-def _body(ref: str, wf: str, batch: str | None, data: Any, pw: str | None) -> str:
-    obj: dict[str, Any] = {"reference_id": ref, "work_flow_id": wf}
-    if batch:
-        obj["batch_id"] = batch
-    obj["data"] = data
-    if pw:
-        obj["priority_weight"] = int(pw)
-    return fmt.dumps(obj)  # type: ignore[no-any-return]
-
-
-def _unencodable(values: dict[str, Any]) -> Errors:
-    """Which JSON values cannot be sent: NaN/±Infinity (a JSON number like 1e400 reads as infinity; Parquet
-    doubles can be NaN) and Parquet timestamps, decimals or binary inside a struct/list have no JSON form, and
-    nesting deeper than the interpreter's stack cannot be written."""
-    errs: Errors = []
-    for api, value in values.items():
-        try:
-            fmt.dumps(value)
-        except ValueError:
-            errs.append((api, f"{api} contains NaN or an infinite number (e.g. 1e400), which JSON cannot carry"))
-        except TypeError as e:
-            kind = str(e).removeprefix("Object of type ").split(" ")[0]
-            errs.append((api, f"{api} contains a {kind} value, which JSON cannot carry; store it as text"))
-        except RecursionError:
-            errs.append((api, f"{api} is nested too deeply to send"))
-    return errs or [(None, "the job cannot be written as JSON")]
 
 
 class Manifest:
@@ -207,11 +168,11 @@ class Manifest:
         names = {api: c for api, c in names.items() if api in keep}  # the rest are extra columns
         for api, flag, value in (("project_id", "--project-id", opts.project_id),
                                  ("work_flow_id", "--work-flow-id", opts.work_flow_id)):
-            if value and (why := _id_problem(value)):
+            if value and (why := val.id_problem(value)):
                 problems.append((api, f"{flag} {show(value)} {why}"))
             elif not value and api not in names:
                 problems.append((api, f"no {api}: give {flag} or a {api} column"))
-        if opts.batch_id and not fmt.UUID.fullmatch(opts.batch_id):
+        if opts.batch_id and not val.UUID.fullmatch(opts.batch_id):
             problems.append(("batch_id", f"--batch-id {opts.batch_id!r} is not a UUID"))
         for api, col in names.items() if self._kinds else ():
             kind, json_field = self._kinds[cols.index(col)], api in ("data", "metadata", "frames")
@@ -238,7 +199,7 @@ class Manifest:
         if size < 1:
             raise ValueError("size must be at least 1")
         self.problems, self.problem_count = [], 0
-        store = fmt.FrameStore() if "video_long" in self._shapes else None
+        store = long_video.FrameStore() if "video_long" in self._shapes else None
         source = self._source(size)
         try:
             while True:
@@ -259,7 +220,7 @@ class Manifest:
                 if jobs:
                     yield jobs
             if store is not None:
-                yield from self._videos(store, size)
+                yield from long_video.videos(store, size, self._names, self._problem)
         finally:
             source.close()
             if store is not None:
@@ -295,24 +256,24 @@ class Manifest:
         if not (all(refs) and all(urls)) or max(map(len, refs)) > 255:
             return None
         ref_blob, url_blob = "".join(refs), "".join(urls)
-        ref_plain, url_plain = fmt.plain(ref_blob), fmt.plain(url_blob)
+        ref_plain, url_plain = val.plain(ref_blob), val.plain(url_blob)
         if " " in url_blob or ref_plain is None or url_plain is None:
             return None
         if " " in ref_blob and not all(map(str.strip, refs)):
             return None
         lo, hi = min(urls), max(urls)  # every URL between them shares their common prefix
         m = _HOST_PREFIX.match(lo)
-        if not (m and hi.startswith(m.group())) and not all(map(fmt.HOST.match, urls)):
+        if not (m and hi.startswith(m.group())) and not all(map(val.HOST.match, urls)):
             return None
-        bodies = map("".join, zip(repeat('{"reference_id":"'), refs if ref_plain else fmt.escaped(refs),
-                                  repeat(self._fast_mid), urls if url_plain else fmt.escaped(urls),
+        bodies = map("".join, zip(repeat('{"reference_id":"'), refs if ref_plain else val.escaped(refs),
+                                  repeat(self._fast_mid), urls if url_plain else val.escaped(urls),
                                   repeat('"}}')))
         extras: Any = repeat(None)
         if self._extras:
             pieces: list[Any] = []
             for j, (name, i) in enumerate(self._extras):
                 key = ("," if j else "{") + enc(name) + ":"
-                plain = fmt.needs_no_escape("".join(cols[i]))
+                plain = val.needs_no_escape("".join(cols[i]))
                 pieces += [key + '"', cols[i], '"'] if plain else [key, map(enc, cols[i])]
             extras = map("".join, zip(*(repeat(p) if isinstance(p, str) else p for p in [*pieces, "}"])))
         return list(zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch), bodies,
@@ -330,7 +291,7 @@ class Manifest:
         if type(value) is float:
             errs.append((api, f"{api} is the number {value!r}, which is ambiguous; write it as a string"))
         else:
-            errs.append((api, f"{api} must be text, not {fmt.json_kind(value)}"))
+            errs.append((api, f"{api} must be text, not {val.json_kind(value)}"))
         return None
 
     def _json(self, cells: Any, api: str, errs: Errors, want: type = dict) -> Any:
@@ -338,15 +299,15 @@ class Manifest:
         value = cells[self._idx[api]] if api in self._idx else None
         if type(value) is str and value:
             try:
-                value = fmt.loads_strict(value)
+                value = val.loads_strict(value)
             except ValueError as e:
-                errs.append((api, f"{api} is {fmt.json_error(e)}"))
+                errs.append((api, f"{api} is {val.json_error(e)}"))
                 return None
         if value is None or value == "":
             return None
         if type(value) is not want:
             what = "a JSON object" if want is dict else "a JSON array of {frame_id, src} objects"
-            errs.append((api, f"{api} must be {what}, not {fmt.json_kind(value)}"))
+            errs.append((api, f"{api} must be {what}, not {val.json_kind(value)}"))
             return None
         return value
 
@@ -410,13 +371,13 @@ class Manifest:
         pid, wf = text(cells, "project_id", errs), text(cells, "work_flow_id", errs)
         for api, value, flag, default in (("project_id", pid, "--project-id", self._pid),
                                           ("work_flow_id", wf, "--work-flow-id", self._wf)):
-            if value and (why := _id_problem(value)):
+            if value and (why := val.id_problem(value)):
                 errs.append((api, f"{api} {show(value)} {why}"))
             elif value == "" and not default:
                 errs.append((api, f"{api} is empty and has no default: give {flag} or a {api} column value"))
         pid, wf = pid or self._pid, wf or self._wf
         batch = text(cells, "batch_id", errs)
-        if batch and not fmt.UUID.fullmatch(batch):
+        if batch and not val.UUID.fullmatch(batch):
             errs.append(("batch_id", f"batch_id must be a UUID, not {show(batch)}"))
         batch = batch or self._batch
         pw = text(cells, "priority_weight", errs)
@@ -443,91 +404,22 @@ class Manifest:
                 errs.append(("metadata", "metadata is set both in the metadata column and inside data"))
         elif shape == "video_wide":
             data = {"video_data": {"frames": self._frames(cells, errs)}}
-        extra = fmt.dumps({c: fmt.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
+        extra = val.dumps({c: val.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
         if shape == "video_long":
-            self._frame_row(line, cells, errs, (pid, ref or "", wf, batch, pw, meta, extra), frames)
-            return
-        if not errs:
+            frame = long_video.frame_row(line, lambda api: text(cells, api, errs), "frame_index" in self._idx,
+                                         errs, (pid, ref or "", wf, batch, pw, meta, extra))
+            if frame is not None:
+                frames.append(frame)  # parked; its problems are recorded below
+        elif not errs:
             full = data if meta is None else {**data, "metadata": meta}
             try:
-                body = _body(ref, wf, batch, full, pw)  # type: ignore[arg-type]
+                body = val.job_body(ref, wf, batch, full, pw)  # type: ignore[arg-type]
             except (ValueError, TypeError, RecursionError):  # NaN/Infinity, a datetime/bytes, extreme nesting
-                errs += _unencodable({"data" if shape == "raw" else "frames": data, "metadata": meta})
+                errs += val.unencodable({"data" if shape == "raw" else "frames": data, "metadata": meta})
             else:
-                if not fmt.bad_unicode(body + (extra or "")):
+                if not val.bad_unicode(body + (extra or "")):
                     jobs.append((line, pid, ref, wf, batch, body, extra))
                     return
-                errs.append((None, _SURROGATE))
+                errs.append((None, val.LONE_SURROGATE))
         for api, message in errs:
             self._problem(line, self._names.get(api, api) if api else None, message)
-
-    def _frame_row(self, line: int, cells: Any, errs: Errors, job: tuple[Any, ...],
-                   frames: list[tuple[Any, ...]]) -> None:
-        """Check one long-form frame row and park it in the frame store (flagged if it has problems)."""
-        pid, ref, wf, batch, pw, meta, extra = job
-        fid, src = self._text(cells, "frame_id", errs), self._text(cells, "src", errs)
-        if fid == "":
-            errs.append(("frame_id", "frame_id is empty"))
-        if src is not None and (why := url_problem(src)):
-            errs.append(("src", f"src {why}"))
-        order = line
-        if "frame_index" in self._idx:
-            index = self._text(cells, "frame_index", errs)
-            if index == "":
-                errs.append(("frame_index", "frame_index is empty (with the column, every frame needs one)"))
-            elif index is not None and not fmt.INTEGER.fullmatch(index):
-                errs.append(("frame_index", f"frame_index must be an integer, not {show(index)}"))
-            order = int(index) if index and not errs else 0
-        meta_text = None
-        if meta is not None:
-            try:
-                meta_text = fmt.dumps(meta)
-            except (ValueError, TypeError, RecursionError):
-                errs += _unencodable({"metadata": meta})
-        row = (pid, ref, order, line, fid, src, wf, batch, pw, meta_text, extra)
-        if not errs and fmt.bad_unicode(f"{pid}{ref}{fid}{src}{wf}{batch}{pw}{meta_text}{extra}"):
-            errs.append((None, _SURROGATE))
-        for api, message in errs:
-            self._problem(line, self._names.get(api, api) if api else None, message)
-        if ref and not fmt.bad_unicode(ref + pid):
-            frames.append((*row, 1 if errs else 0))
-
-    def _videos(self, store: fmt.FrameStore, size: int) -> Iterator[list[tuple[Any, ...]]]:
-        """Group the parked frames into one job per (project_id, reference_id), checking each as a whole."""
-        out = []
-        for (pid, ref), group in store.videos():
-            rows = list(group)
-            if any(r[11] for r in rows) or not self._video_ok(ref, rows):
-                continue  # problems are recorded
-            first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the extras
-            data: dict[str, Any] = {"video_data": {"frames": [{"frame_id": r[4], "src": r[5]} for r in rows]}}
-            if first[9] is not None:
-                data["metadata"] = json.loads(first[9])
-            body = _body(ref, first[6], first[7], data, first[8])
-            out.append((first[3], pid, ref, first[6], first[7], body, first[10]))
-            if len(out) >= size:
-                yield out
-                out = []
-        if out:
-            yield out
-
-    def _video_ok(self, ref: str, rows: list[tuple[Any, ...]]) -> bool:
-        """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings."""
-        first, ok = min(rows, key=itemgetter(3)), True
-        seen: dict[tuple[str, Any], int] = {}
-        for r in rows:
-            index = r[2] if "frame_index" in self._idx else None
-            for api, key in (("frame_id", r[4]), ("frame_index", index)):
-                if key is not None and (api, key) in seen:
-                    a, b = sorted((seen[api, key], r[3]))
-                    self._problem(b, self._names[api], f"{api} {show(str(key))} appears twice for "
-                                                       f"reference_id {show(ref)} (lines {a} and {b})")
-                    ok = False
-                seen.setdefault((api, key), r[3])
-            for k, api in ((6, "work_flow_id"), (7, "batch_id"), (8, "priority_weight"), (9, "metadata")):
-                if r[k] != first[k]:
-                    was, now = show(str(first[k] or "")), show(str(r[k] or ""))
-                    message = f"{api} {now} differs from {was} on line {first[3]}; all frames must agree"
-                    self._problem(r[3], self._names.get(api, api), message)
-                    ok = False
-        return ok

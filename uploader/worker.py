@@ -18,14 +18,16 @@ import json
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from uploader.errors import ApiUnreachableError, FatalApiError, LedgerError
+from uploader.errors import FatalApiError, LedgerError
 from uploader.ledger import Claim, Ledger, Result, utcnow
 from uploader.models import Status
 from uploader.pacing import Pacer
 from uploader.policy import OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay, retry_after_seconds
+from uploader.recovery import Recovery
+from uploader.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
     from uploader.client import ApiClient
@@ -55,65 +57,6 @@ class RunOptions:
     #: Meanwhile the run pauses and retries without counting attempts, so an API restart fails no row.
     outage_seconds: float = 300.0
 
-
-@dataclass
-class Progress:
-    """Live counters of this run, handed to the progress callback."""
-
-    total: int = 0
-    done_before: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retrying: int = 0
-    recovered: int = 0
-    uncertain: int = 0
-    ignored: int = 0
-    throttled: int = 0
-    unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
-    requests: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def done(self) -> int:
-        return self.done_before + self.succeeded + self.failed + self.uncertain
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished (or stopped) run did, and what the ledger holds now."""
-
-    counts: dict[str, int]
-    progress: Progress
-    error_codes: dict[str, int]
-    seconds: float
-    interrupted: bool
-    fatal: str | None
-
-    @property
-    def requests_per_second(self) -> float:
-        return self.progress.requests / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        p = self.progress
-        return {
-            "counts": self.counts,
-            "this_run": {
-                "requests": p.requests,
-                "succeeded": p.succeeded,
-                "recovered": p.recovered,
-                "failed": p.failed,
-                "uncertain": max(0, p.uncertain),
-                "retries": p.retrying,
-                "throttled": p.throttled,
-                "unreachable": p.unreachable,
-                "ignored_stale_results": p.ignored,
-            },
-            "top_error_codes": self.error_codes,
-            "seconds": round(self.seconds, 3),
-            "requests_per_second": round(self.requests_per_second, 1),
-            "interrupted": self.interrupted,
-            "fatal": self.fatal,
-        }
 
 
 class StopFlag:
@@ -160,15 +103,13 @@ class _Run:
         self.owner = ""
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.results: list[Result] = []
-        self.resolving = asyncio.Lock()
-        self.uncertain_waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
-        self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
         self.busy = 0
         self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
                            outage_seconds=opts.outage_seconds)
         self.fatal: FatalApiError | None = None
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
-        self.default_batches: dict[str, str] = {}
+        self.recovery = Recovery(ledger, client, self.progress, self.rng, flush=self._flush,
+                                 halted=lambda: self.fatal is not None or self.ledger_error is not None)
         self.limiter: Any = None
         if opts.rate:
             from aiolimiter import AsyncLimiter
@@ -181,7 +122,7 @@ class _Run:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"]
-        self.uncertain_waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
+        self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         self.owner = self.ledger.register_worker()
         senders = [asyncio.create_task(self._sender()) for _ in range(self.opts.concurrency)]
         helpers = [
@@ -192,14 +133,15 @@ class _Run:
         if on_progress:
             helpers.append(asyncio.create_task(self._report(on_progress)))
         claimer = asyncio.create_task(self._claimer())
-        self.stop._waiters.extend([claimer, *senders])
+        this = asyncio.current_task()  # a second signal cancels the wait for the queue to drain, too
+        self.stop._waiters.extend([claimer, *senders, *([this] if this else [])])
         try:
             await claimer
             await self.queue.join()
             if self.ledger_error is None and not self.stop.gentle:
                 # Every uncertain row of the ledger, not only this run's: another machine's run may still be
                 # resolving its own, and the counts this run reports (and its exit code) come after this.
-                self.uncertain_waiting = True
+                self.recovery.waiting = True
                 await self._resolve_all(final=True)
         except asyncio.CancelledError:
             if not self.stop.hard:
@@ -301,10 +243,10 @@ class _Run:
             )  # fmt: skip
             self._count(outcome)
             self.results.append(outcome)
-            self.uncertain_waiting = True
+            self.recovery.waiting = True
             return
         if decision.verdict is Verdict.FATAL:
-            self.fatal = self.fatal or FatalApiError(_fatal_message(decision, result), decision.code, result.http_status)
+            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status)
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # The request never reached the API: the API is down, not the row. Pause every sender and do
             # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
@@ -383,84 +325,15 @@ class _Run:
             self._halt(exc)
 
     async def _resolve_all(self, final: bool) -> None:
-        """Find the job_ids of rows refused with FS_0001, by listing their batch."""
-        async with self.resolving:
-            await self._resolve(final)
-
-    async def _resolve(self, final: bool) -> None:
-        """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, and any an
-        earlier run left) by listing their batches. A row stays uncertain while its batch cannot be listed
-        (the default batch's id is learnt from a job of ours in it, so it may have to wait for a success) or
-        when a full listing does not find it; a later round, a later run or `reconcile` resolves it."""
-        if not (self.uncertain_waiting or (final and self.missed)) or self.fatal or self.ledger_error:
-            return
-        self.uncertain_waiting = False  # an FS_0001 arriving while we look sets it again
-        self._flush()
-        waiting = False
-        for project, batch, rows in self.ledger.uncertain_groups():
-            rows = [(rid, ref) for rid, ref in rows if final or rid not in self.missed]
-            if not rows:
-                continue
-            batch_id = batch or await self._default_batch(project)
-            if batch_id is None:
-                waiting = True  # a later success in the default batch reveals its id
-                continue
-            try:
-                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows])
-            except FatalApiError as exc:
-                self.fatal = self.fatal or exc
-                return
-            except ApiUnreachableError:
-                waiting = True  # the API is struggling: next round
-                continue
-            hits = {rid: found[ref] for rid, ref in rows if ref in found}
-            self.missed.update(rid for rid, ref in rows if ref not in found)
-            n = self.ledger.resolve_uncertain(hits) if hits else 0
-            self.progress.succeeded += n
-            self.progress.recovered += n
-            self.progress.uncertain -= n  # may go below 0: rows an earlier run left uncertain
-        if waiting:
-            self.uncertain_waiting = True
-
-    async def _default_batch(self, project: str) -> str | None:
-        """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id)."""
-        if project in self.default_batches:
-            return self.default_batches[project]
-        self._flush()
-        job_id = self.ledger.known_job_in_default_batch(project)
-        if job_id is None:
-            return None
-        for attempt in range(1, 5):  # transient trouble must not turn the rows waiting on it uncertain
-            result = await self.client.get_job(project, job_id)
-            decision = classify(result, expect="batch_id")
-            if decision.verdict is Verdict.SUCCEEDED:
-                batch_id = str((result.data or {})["batch_id"])
-                self.default_batches[project] = batch_id
-                return batch_id
-            if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or attempt == 4:
-                return None
-            hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            await asyncio.sleep(next_delay(decision, attempt, hint, self.rng))
-        return None
+        """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.recovery)."""
+        fatal = await self.recovery.resolve(final)
+        self.fatal = self.fatal or fatal
 
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
             await asyncio.sleep(0.25)
             on_progress(self.progress)
 
-
-def _fatal_message(decision: Decision, result: ApiResult) -> str:
-    code = decision.code or f"HTTP {result.http_status}"
-    hints = {
-        "auth-failure": "the API key was refused: check --api-key / PLAYMENT_API_KEY",
-        "unauthorized": "the API key may not use this project",
-        "resource_error": "the project was not found: check --project-id",
-        "PR_0001": "the project was not found: check --project-id",
-    }
-    hint = hints.get(decision.code or "", "the API refused the run")
-    if result.http_status == 401:
-        hint = hints["auth-failure"]
-    return f"{hint} ({code}). Nothing was marked failed; fix it and run the same command again."
 
 
 def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:

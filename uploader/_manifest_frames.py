@@ -1,0 +1,132 @@
+"""Long-form video manifests: one row per frame, the frames of one video anywhere in the file.
+
+Such a manifest cannot be turned into jobs row by row, and must not be held in memory to group it, so each
+checked frame row is parked in a private temporary SQLite file (`FrameStore`) and, once the file has been
+read, the frames are read back grouped by (project_id, reference_id) and each video is checked as a whole.
+Split from `manifest` because this is the only place rows wait for one another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
+
+from uploader._manifest_values import (
+    INTEGER, LONE_SURROGATE, Errors, bad_unicode, dumps, job_body, show, unencodable, url_problem,
+)
+
+__all__ = ["FrameStore", "frame_row", "videos"]
+
+
+class FrameStore:
+    """Frames of long-form videos, parked in a private temporary SQLite file so that the frames of one video
+    can be anywhere in the manifest without the manifest being held in memory."""
+
+    COLUMNS = "pid, ref, ord, line, fid, src, wf, batch, pw, meta, extra, bad"
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="uploader-frames-", suffix=".sqlite")
+        os.close(fd)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(f"CREATE TABLE f ({self.COLUMNS})")
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        self.db.executemany("INSERT INTO f VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def videos(self) -> Iterator[tuple[tuple[str, str], Iterator[tuple[Any, ...]]]]:
+        """Frames grouped by (project_id, reference_id), in frame order (frame_index, else file order)."""
+        return groupby(self.db.execute(f"SELECT {self.COLUMNS} FROM f ORDER BY pid, ref, ord, line"),
+                       key=itemgetter(0, 1))
+
+    def close(self) -> None:
+        self.db.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def frame_row(line: int, text: Callable[[str], str | None], has_index: bool, errs: Errors,
+              job: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Check one long-form frame row, adding to `errs`; the row to park in the frame store (flagged if it has
+    problems), or None if it has no reference_id to be grouped by. `text(api)` reads one of its cells."""
+    pid, ref, wf, batch, pw, meta, extra = job
+    fid, src = text("frame_id"), text("src")
+    if fid == "":
+        errs.append(("frame_id", "frame_id is empty"))
+    if src is not None and (why := url_problem(src)):
+        errs.append(("src", f"src {why}"))
+    order = line
+    if has_index:
+        index = text("frame_index")
+        if index == "":
+            errs.append(("frame_index", "frame_index is empty (with the column, every frame needs one)"))
+        elif index is not None and not INTEGER.fullmatch(index):
+            errs.append(("frame_index", f"frame_index must be an integer, not {show(index)}"))
+        order = int(index) if index and not errs else 0
+    meta_text = None
+    if meta is not None:
+        try:
+            meta_text = dumps(meta)
+        except (ValueError, TypeError, RecursionError):
+            errs += unencodable({"metadata": meta})
+    row = (pid, ref, order, line, fid, src, wf, batch, pw, meta_text, extra)
+    if not errs and bad_unicode(f"{pid}{ref}{fid}{src}{wf}{batch}{pw}{meta_text}{extra}"):
+        errs.append((None, LONE_SURROGATE))
+    if ref and not bad_unicode(ref + pid):
+        return (*row, 1 if errs else 0)
+    return None
+
+
+Report = Callable[[int, str, str], None]  # (line, column, message) of a problem
+
+
+def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report) -> Iterator[list[tuple[Any, ...]]]:
+    """Group the parked frames into one job per (project_id, reference_id), checking each as a whole.
+    `names` maps API fields to the manifest's columns; problems go to `problem`."""
+    out = []
+    for (pid, ref), group in store.videos():
+        rows = list(group)
+        if any(r[11] for r in rows) or not _video_ok(ref, rows, names, problem):
+            continue  # problems are recorded
+        first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the extras
+        data: dict[str, Any] = {"video_data": {"frames": [{"frame_id": r[4], "src": r[5]} for r in rows]}}
+        if first[9] is not None:
+            data["metadata"] = json.loads(first[9])
+        body = job_body(ref, first[6], first[7], data, first[8])
+        out.append((first[3], pid, ref, first[6], first[7], body, first[10]))
+        if len(out) >= size:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], problem: Report) -> bool:
+    """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings."""
+    first, ok = min(rows, key=itemgetter(3)), True
+    seen: dict[tuple[str, Any], int] = {}
+    for r in rows:
+        index = r[2] if "frame_index" in names else None
+        for api, key in (("frame_id", r[4]), ("frame_index", index)):
+            if key is not None and (api, key) in seen:
+                a, b = sorted((seen[api, key], r[3]))
+                problem(b, names[api], f"{api} {show(str(key))} appears twice for "
+                                       f"reference_id {show(ref)} (lines {a} and {b})")
+                ok = False
+            seen.setdefault((api, key), r[3])
+        for k, api in ((6, "work_flow_id"), (7, "batch_id"), (8, "priority_weight"), (9, "metadata")):
+            if r[k] != first[k]:
+                was, now = show(str(first[k] or "")), show(str(r[k] or ""))
+                message = f"{api} {now} differs from {was} on line {first[3]}; all frames must agree"
+                problem(r[3], names.get(api, api), message)
+                ok = False
+    return ok

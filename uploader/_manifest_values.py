@@ -1,0 +1,209 @@
+"""Single values of a manifest: the checks of one cell (reference ids, URLs, project/workflow ids), strict JSON
+in and compact JSON out, and the text tests the fast path uses on a whole column at once.
+
+Split from the readers (`_manifest_formats`) and the row logic (`manifest`) because both lean on it and it
+leans on nothing but the standard library: every function here is pure and takes plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "PATH_UNSAFE", "UUID", "Errors", "bad_unicode",
+    "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
+    "loads_strict", "needs_no_escape", "plain", "reference_id_problem", "show", "unencodable", "url_problem",
+]
+
+Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
+#: The ledger's project_id / work_flow_id columns hold this many characters (PostgreSQL enforces it).
+MAX_ID_LENGTH = 255
+_UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (it goes into the URL path)"
+LONE_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
+
+
+# --- JSON in -----------------------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decode_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take (one decoder, built once),
+    and raises ValueError (not RecursionError) for JSON nested too deeply to read."""
+    try:
+        return _decode_strict(text)
+    except RecursionError:
+        raise ValueError("it is nested too deeply (more than ~900 levels)") from None
+
+
+def json_error(e: ValueError) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON at character {e.pos + 1}: {e.msg}"
+    return f"invalid JSON: {e}"
+
+
+# --- checks and JSON out ---------------------------------------------------------------------------
+
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+PATH_UNSAFE = re.compile("[/?#\\s\x00-\x1f\x7f-\x9f]")  # project_id / work_flow_id go into a URL path
+INTEGER = re.compile(r"-?[0-9]+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SPACE = re.compile(r"\s")
+_CTRL = bytes(range(32)) + b"\x7f"
+_CTRL_QB = _CTRL + b'"\\'
+_ESC = bytes(range(32)) + b'"\\'
+HOST = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(?:[/?#]|\Z)")  # a start that is surely valid
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+if c_make_encoder is not None:  # json.dumps builds this C encoder anew on every call; build it once
+    _c_encode = c_make_encoder(None, _encoder.default, enc, None, ":", ",", False, False, False)
+
+    def dumps(obj: Any) -> str:
+        """json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False), without the per-call
+        setup. ValueError for NaN/±Infinity (JSON has no such numbers: 1e400 parses to inf), RecursionError
+        for nesting deeper than the interpreter's stack."""
+        return "".join(_c_encode(obj, 0))
+else:  # pragma: no cover - CPython always has the C accelerator
+    dumps = _encoder.encode
+
+
+def show(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def json_kind(value: Any) -> str:
+    names = {list: "an array", dict: "an object", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def reference_id_problem(ref: str) -> str | None:
+    """Why `ref` cannot be a reference_id, or None."""
+    if not ref.strip():
+        return "reference_id is empty"
+    if len(ref) > 255:
+        return f"reference_id is {len(ref)} characters long; the limit is 255"
+    if _CONTROL.search(ref):
+        return "reference_id contains control characters"
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why GT Studio could not fetch `url`, as a phrase to follow the field's name; None if it can."""
+    if HOST.match(url) and url.isprintable() and " " not in url:
+        return None  # the common case, without urlsplit
+    if not url:
+        return "is empty"
+    if _SPACE.search(url):
+        return f"contains whitespace: {show(url)}"
+    if _CONTROL.search(url):
+        return "contains control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        return f"is not a valid URL ({e}): {show(url)}"
+    scheme = parts.scheme.lower()
+    if scheme in ("s3", "gs"):
+        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; use a signed " \
+               "or public https URL"
+    if scheme not in ("http", "https"):
+        slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
+        return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
+    return None if parts.hostname else f"has no host: {show(url)}"
+
+
+def cell_text(value: Any) -> str:
+    """An extra column's value as text: strings verbatim, null empty, anything else as its JSON text."""
+    if type(value) is str:
+        return value
+    if value is None:
+        return ""
+    try:
+        return dumps(value)  # type: ignore[no-any-return]
+    except (ValueError, TypeError):  # NaN/Infinity; Parquet datetimes, decimals, bytes inside a struct or list
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except RecursionError:
+        return "(nested too deeply to show)"
+
+
+def bad_unicode(text: str) -> bool:
+    """A lone surrogate (from a JSON '\\ud800' escape) can be neither sent nor stored."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def plain(blob: str) -> bool | None:
+    """For the fast path, of a chunk's values joined: True = printable and nothing to JSON-escape; False =
+    printable but needs escaping; None = has control characters (the per-row checks will explain)."""
+    if blob.isascii():
+        b = blob.encode("ascii")
+        if len(b.translate(None, _CTRL_QB)) == len(b):
+            return True
+        return False if len(b.translate(None, _CTRL)) == len(b) else None
+    if not blob.isprintable():
+        return None
+    return '"' not in blob and "\\" not in blob
+
+
+def escaped(values: tuple[str, ...]) -> list[str]:
+    """JSON-escaped text of printable values, without quotes, in one C call (DEL cannot occur in them)."""
+    return enc("\x7f".join(values))[1:-1].split("\x7f")  # type: ignore[no-any-return]
+
+
+def needs_no_escape(blob: str) -> bool:
+    if blob.isascii():
+        b = blob.encode("ascii")
+        return len(b.translate(None, _ESC)) == len(b)
+    return '"' not in blob and "\\" not in blob and blob.isprintable()
+
+
+def id_problem(value: str) -> str | None:
+    """Why a project_id / work_flow_id cannot be used, or None."""
+    if PATH_UNSAFE.search(value):
+        return _UNSAFE_ID
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+    return None
+
+
+def job_body(ref: str, wf: str, batch: str | None, data: Any, pw: str | None) -> str:
+    """The exact compact JSON body of one job."""
+    obj: dict[str, Any] = {"reference_id": ref, "work_flow_id": wf}
+    if batch:
+        obj["batch_id"] = batch
+    obj["data"] = data
+    if pw:
+        obj["priority_weight"] = int(pw)
+    return dumps(obj)  # type: ignore[no-any-return]
+
+
+def unencodable(values: dict[str, Any]) -> Errors:
+    """Which JSON values cannot be sent: NaN/±Infinity (a JSON number like 1e400 reads as infinity; Parquet
+    doubles can be NaN) and Parquet timestamps, decimals or binary inside a struct/list have no JSON form, and
+    nesting deeper than the interpreter's stack cannot be written."""
+    errs: Errors = []
+    for api, value in values.items():
+        try:
+            dumps(value)
+        except ValueError:
+            errs.append((api, f"{api} contains NaN or an infinite number (e.g. 1e400), which JSON cannot carry"))
+        except TypeError as e:
+            kind = str(e).removeprefix("Object of type ").split(" ")[0]
+            errs.append((api, f"{api} contains a {kind} value, which JSON cannot carry; store it as text"))
+        except RecursionError:
+            errs.append((api, f"{api} is nested too deeply to send"))
+    return errs or [(None, "the job cannot be written as JSON")]
+

@@ -1,0 +1,198 @@
+"""The read side of the ledger: status, counts, error codes, export rows, and when work may next be claimable.
+
+It exists to keep uploader.ledger (every write of job state: claims, leases, results, the worker registry)
+near the design's size limit. Nothing here writes: `LedgerQueries` is a mixin of read-only methods that
+`uploader.ledger.Ledger` inherits, so the Ledger API is unchanged and callers import from uploader.ledger.
+`utcnow`, the ledger's clock, lives here because both halves need it (uploader.ledger re-exports it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import Engine, text
+
+from uploader.db import read_tx
+from uploader.models import Status
+
+__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
+
+#: A worker whose last heartbeat is older than this is not shown as live by `status`.
+LIVE_WORKER_SECONDS = 60
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, as stored in the ledger."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `uploader status` shows."""
+
+    counts: dict[str, int]
+    error_codes: dict[str, int]
+    total: int
+    oldest_pending: dt.datetime | None
+    last_activity: dt.datetime | None
+    manifests: int
+    live_workers: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
+        return {
+            "total": self.total,
+            "counts": self.counts,
+            "error_codes": self.error_codes,
+            "oldest_pending": iso(self.oldest_pending),
+            "last_activity": iso(self.last_activity),
+            "manifests": self.manifests,
+            "live_workers": self.live_workers,
+        }
+
+
+EXPORT_COLUMNS = (
+    "reference_id",
+    "job_id",
+    "status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "project_id",
+    "work_flow_id",
+    "batch_id",
+)
+
+
+class LedgerQueries:
+    """The read-only queries of `uploader.ledger.Ledger` (a mixin: it needs only `engine`)."""
+
+    engine: Engine
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status (every status present, zero if none)."""
+        out = {s.value: 0 for s in Status}
+        with read_tx(self.engine) as conn:
+            for status, n in conn.execute(text("SELECT status, COUNT(*) FROM jobs GROUP BY status")):
+                out[status] = n
+        return out
+
+    def next_wakeup(self, owner: str | None = None) -> dt.datetime | None:
+        """When something may next become claimable: the earliest backed-off row, or the earliest lease of
+        another worker's row (it finishes it, or dies and the row is reclaimed). None: nothing will."""
+        with read_tx(self.engine) as conn:
+            # A row another run released (it stopped) after our last claim: claimable now, not "nothing".
+            if conn.execute(text("SELECT 1 FROM jobs WHERE status = 'pending' AND not_before IS NULL LIMIT 1")).first():
+                return utcnow()
+            retry = conn.execute(
+                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+            ).scalar_one()
+            others = conn.execute(
+                text(
+                    "SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'in_flight' "
+                    "AND (lease_owner IS NULL OR lease_owner <> :owner)"
+                ),
+                {"owner": owner or ""},
+            ).scalar_one()
+        times = [t for t in (_dt(retry), _dt(others)) if t is not None]
+        return min(times) if times else None
+
+    def error_codes(self, limit: int | None = None) -> dict[str, int]:
+        """Error codes of rows that are failed, uncertain or waiting to retry, most frequent first."""
+        sql = (
+            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'pending') "
+            "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+        return {code: n for code, n in rows}
+
+    def status(self) -> StatusReport:
+        counts = self.counts()
+        codes = self.error_codes()
+        with read_tx(self.engine) as conn:
+            oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
+            last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
+            manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
+            now = utcnow()
+            workers = [
+                _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
+                for o, h, p, s, b, n in conn.execute(
+                    text(
+                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent FROM workers "
+                        "WHERE stopped_at IS NULL AND heartbeat_at > :stale ORDER BY started_at"
+                    ),
+                    {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
+                )
+            ]
+        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers)
+
+    def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
+        """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""
+        groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
+        with read_tx(self.engine) as conn:
+            for rid, project, batch, ref in conn.execute(
+                text("SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = 'uncertain' ORDER BY id")
+            ):
+                groups.setdefault((project, batch), []).append((rid, ref))
+        return [(p, b, rows) for (p, b), rows in groups.items()]
+
+    def extra_columns(self) -> list[str]:
+        """The manifests' own extra column names, in first-seen order (one sample row per manifest)."""
+        names: dict[str, None] = {}
+        with read_tx(self.engine) as conn:
+            for (extra,) in conn.execute(
+                text(
+                    "SELECT extra FROM jobs WHERE id IN (SELECT MIN(id) FROM jobs WHERE extra IS NOT NULL "
+                    "GROUP BY manifest_id) ORDER BY id"
+                )
+            ):
+                names.update(dict.fromkeys(json.loads(extra)))
+        return [n for n in names if n not in EXPORT_COLUMNS]
+
+    def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in)."""
+        where = ""
+        params: dict[str, Any] = {"n": chunk}
+        if statuses:
+            names = [f"s{i}" for i in range(len(statuses))]
+            where = f"AND status IN ({', '.join(':' + n for n in names)})"
+            params.update(zip(names, statuses))
+        cols = ", ".join(EXPORT_COLUMNS)
+        last = 0
+        while True:
+            with read_tx(self.engine) as conn:
+                rows = conn.execute(
+                    text(f"SELECT id, {cols}, extra FROM jobs WHERE id > :last {where} ORDER BY id LIMIT :n"),
+                    {**params, "last": last},
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                record = dict(zip(EXPORT_COLUMNS, row[1:-1]))
+                if row[-1]:
+                    for k, v in json.loads(row[-1]).items():
+                        record.setdefault(k, v)
+                yield record
+            last = rows[-1][0]
+
+
+def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,
+                 now: dt.datetime) -> dict[str, Any]:
+    """A live worker as `status` shows it: `sent` is its request count at its last heartbeat (every few
+    seconds), `requests_per_second` the average from its start to that heartbeat."""
+    up = (beat - started).total_seconds()
+    return {
+        "owner": owner, "hostname": host, "pid": pid, "started_at": started.isoformat() + "Z",
+        "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
+        "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
+    }
+
+
+def _dt(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))

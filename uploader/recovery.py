@@ -1,0 +1,101 @@
+"""The FS_0001 lookups of a run: finding the job_ids of `uncertain` rows by listing their batches.
+
+It exists to keep uploader.worker (the submit loop) near the design's size limit, and because this is the one
+part of a run with its own state and its own API calls (batch listings, GET job). The loop's `_Run` owns one
+`Recovery`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every half second, and the run
+calls it once more (`final`) after its last send. Job state is written only through the ledger
+(`Ledger.resolve_uncertain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from typing import TYPE_CHECKING, Callable
+
+from uploader.errors import ApiUnreachableError, FatalApiError
+from uploader.ledger import Ledger
+from uploader.policy import Verdict, classify, next_delay, retry_after_seconds
+from uploader.summary import Progress
+
+if TYPE_CHECKING:  # handed the run's client, never builds one
+    from uploader.client import ApiClient
+
+__all__ = ["Recovery"]
+
+
+class Recovery:
+    """One run's lookups: which uncertain rows wait, which a full listing missed, the default batches' ids."""
+
+    def __init__(self, ledger: Ledger, client: ApiClient, progress: Progress, rng: random.Random, *,
+                 flush: Callable[[], None], halted: Callable[[], bool]) -> None:
+        self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
+        self.flush = flush  #: records the run's results still in memory, so that the lookup sees them
+        self.halted = halted  #: the run met a fatal API error or a ledger error: look nothing up
+        self.lock = asyncio.Lock()
+        self.waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
+        self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
+        self.default_batches: dict[str, str] = {}
+
+    async def resolve(self, final: bool) -> FatalApiError | None:
+        """Find the job_ids of rows refused with FS_0001, by listing their batch. Returns the fatal API
+        error a listing met (the run stops on it), else None."""
+        async with self.lock:
+            return await self._resolve(final)
+
+    async def _resolve(self, final: bool) -> FatalApiError | None:
+        """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, and any an
+        earlier run left) by listing their batches. A row stays uncertain while its batch cannot be listed
+        (the default batch's id is learnt from a job of ours in it, so it may have to wait for a success) or
+        when a full listing does not find it; a later round, a later run or `reconcile` resolves it."""
+        if not (self.waiting or (final and self.missed)) or self.halted():
+            return None
+        self.waiting = False  # an FS_0001 arriving while we look sets it again
+        self.flush()
+        waiting = False
+        for project, batch, rows in self.ledger.uncertain_groups():
+            rows = [(rid, ref) for rid, ref in rows if final or rid not in self.missed]
+            if not rows:
+                continue
+            batch_id = batch or await self._default_batch(project)
+            if batch_id is None:
+                waiting = True  # a later success in the default batch reveals its id
+                continue
+            try:
+                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows])
+            except FatalApiError as exc:
+                return exc
+            except ApiUnreachableError:
+                waiting = True  # the API is struggling: next round
+                continue
+            hits = {rid: found[ref] for rid, ref in rows if ref in found}
+            self.missed.update(rid for rid, ref in rows if ref not in found)
+            n = self.ledger.resolve_uncertain(hits) if hits else 0
+            self.progress.succeeded += n
+            self.progress.recovered += n
+            self.progress.uncertain -= n  # may go below 0: rows an earlier run left uncertain
+        if waiting:
+            self.waiting = True
+        return None
+
+    async def _default_batch(self, project: str) -> str | None:
+        """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id)."""
+        if project in self.default_batches:
+            return self.default_batches[project]
+        self.flush()
+        job_id = self.ledger.known_job_in_default_batch(project)
+        if job_id is None:
+            return None
+        for attempt in range(1, 5):  # transient trouble must not turn the rows waiting on it uncertain
+            result = await self.client.get_job(project, job_id)
+            decision = classify(result, expect="batch_id")
+            if decision.verdict is Verdict.SUCCEEDED:
+                batch_id = str((result.data or {})["batch_id"])
+                self.default_batches[project] = batch_id
+                return batch_id
+            if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or attempt == 4:
+                return None
+            hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
+            await asyncio.sleep(next_delay(decision, attempt, hint, self.rng))
+        return None

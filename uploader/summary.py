@@ -1,0 +1,91 @@
+"""What a run reports: live counters for the progress callback, the final summary, fatal-error messages.
+
+It exists to keep uploader.worker (the submit loop itself) near the design's size limit; these are plain
+records and one pure function, with no part in the loop's logic. uploader.worker re-exports `Progress` and
+`RunSummary`, so callers keep importing them from there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from uploader.policy import ApiResult, Decision
+
+__all__ = ["Progress", "RunSummary", "fatal_message"]
+
+
+@dataclass
+class Progress:
+    """Live counters of this run, handed to the progress callback."""
+
+    total: int = 0
+    done_before: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retrying: int = 0
+    recovered: int = 0
+    uncertain: int = 0
+    ignored: int = 0
+    throttled: int = 0
+    unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
+    requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.done_before + self.succeeded + self.failed + self.uncertain
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished (or stopped) run did, and what the ledger holds now."""
+
+    counts: dict[str, int]
+    progress: Progress
+    error_codes: dict[str, int]
+    seconds: float
+    interrupted: bool
+    fatal: str | None
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.progress.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "counts": self.counts,
+            "this_run": {
+                "requests": p.requests,
+                "succeeded": p.succeeded,
+                "recovered": p.recovered,
+                "failed": p.failed,
+                "uncertain": max(0, p.uncertain),
+                "retries": p.retrying,
+                "throttled": p.throttled,
+                "unreachable": p.unreachable,
+                "ignored_stale_results": p.ignored,
+            },
+            "top_error_codes": self.error_codes,
+            "seconds": round(self.seconds, 3),
+            "requests_per_second": round(self.requests_per_second, 1),
+            "interrupted": self.interrupted,
+            "fatal": self.fatal,
+        }
+
+
+def fatal_message(decision: Decision, result: ApiResult) -> str:
+    """The message of a run-fatal API answer: what was refused, and what to fix before running again."""
+    code = decision.code or f"HTTP {result.http_status}"
+    hints = {
+        "auth-failure": "the API key was refused: check --api-key / PLAYMENT_API_KEY",
+        "unauthorized": "the API key may not use this project",
+        "resource_error": "the project was not found: check --project-id",
+        "PR_0001": "the project was not found: check --project-id",
+    }
+    hint = hints.get(decision.code or "", "the API refused the run")
+    if result.http_status == 401:
+        hint = hints["auth-failure"]
+    return f"{hint} ({code}). Nothing was marked failed; fix it and run the same command again."
