@@ -22,6 +22,20 @@ from harness import (
 from uploader.sandbox import Sandbox, SandboxConfig
 
 
+def kill_once_16_created(box: Sandbox, manifest, ledger) -> tuple[list[str], dict[str, str]]:
+    """Start `uploader run` (concurrency 16) and SIGKILL it once the sandbox has created 16 jobs whose
+    answers it holds back (slow_rate=1): created at the API, none recorded. Returns the command and env."""
+    cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16")
+    env = subprocess_env()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while jobs_created(box) < 16 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return cmd, env
+
+
 def test_five_random_kills_then_finish(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=11, latency_ms=20, jitter_ms=20)) as box:
         report = crash_loop(box, tmp_path, rows=500, kills=5, seed=int(os.environ.get("CRASH_SEED", "20240611")))
@@ -40,16 +54,8 @@ def test_all_first_rows_created_none_recorded_then_resolved(tmp_path):
     """The kill lands when the API has created the first jobs but not one answer reached the ledger: the
     next run has no succeeded row whose GET reveals the default batch's id until other rows succeed."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=12, slow_rate=1.0, slow_ms=60_000)) as box:
-        manifest = write_images(tmp_path / "images.csv", 200)
         ledger = tmp_path / "ledger.db"
-        cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16")
-        env = subprocess_env()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while jobs_created(box) < 16 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        cmd, env = kill_once_16_created(box, write_images(tmp_path / "images.csv", 200), ledger)
         at_kill = status_counts(ledger)
         assert at_kill.get("succeeded", 0) == 0 and at_kill["in_flight"] >= 16, at_kill
         box.configure(slow_rate=0.0)
@@ -66,16 +72,8 @@ def test_nothing_ever_succeeded_in_the_default_batch_stays_uncertain_until_a_lat
     `uncertain` (exit 3; nothing is sent a third time); the next run that creates any job in that batch
     resolves them."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=13, slow_rate=1.0, slow_ms=60_000)) as box:
-        manifest = write_images(tmp_path / "images.csv", 16)
         ledger = tmp_path / "ledger.db"
-        cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16")
-        env = subprocess_env()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while jobs_created(box) < 16 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        cmd, env = kill_once_16_created(box, write_images(tmp_path / "images.csv", 16), ledger)
         box.configure(slow_rate=0.0)
         again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 3, again.stderr
