@@ -11,22 +11,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-
-@dataclass(frozen=True)
-class FakeStagedJob:
-    line: int
-    project_id: str
-    reference_id: str
-    work_flow_id: str
-    batch_id: str | None
-    body: str
-    extra: str | None = None
 
 
 class FakeManifest:
@@ -42,20 +30,15 @@ class FakeManifest:
         self.extra = extra
 
     def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple]]:
-        for chunk in self.chunks(size):
-            yield [(j.line, j.project_id, j.reference_id, j.work_flow_id, j.batch_id, j.body, j.extra) for j in chunk]
-
-    def chunks(self, size: int = 5000) -> Iterator[list[FakeStagedJob]]:
-        out = []
-        for i, (ref, url) in enumerate(self.rows):
-            body = json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}})
-            extra = json.dumps(self.extra) if self.extra else None
-            out.append(FakeStagedJob(i + 2, self.project, ref, "wf", None, body, extra))
-            if len(out) >= size:
-                yield out
-                out = []
-        if out:
-            yield out
+        """Rows as the loader reads them: (line, project_id, reference_id, work_flow_id, batch_id, body, extra)."""
+        extra = json.dumps(self.extra) if self.extra else None
+        rows = [
+            (i + 2, self.project, ref, "wf", None,
+             json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}}), extra)
+            for i, (ref, url) in enumerate(self.rows)
+        ]
+        for start in range(0, len(rows), size):
+            yield rows[start:start + size]
 
 
 POSTGRES_ENV = "UPLOADER_TEST_POSTGRES_URL"
