@@ -23,6 +23,7 @@ class FakeManifest:
     def __init__(self, path: Path, rows: list[tuple[str, str]], project: str = "p1", extra: dict | None = None):
         self.path = path
         self.unit = "line"
+        self.splittable = False  # read in one piece: no worker processes (uploader.staging)
         self.problems: list = []
         self.problem_count = 0
         self.rows = rows

@@ -49,6 +49,7 @@ class RowsManifest:
 
     def __init__(self, path: Path, rows: list[tuple[str, int]]) -> None:
         self.path, self.unit, self.problems, self.problem_count = path, "line", [], 0
+        self.splittable = False  # read in one piece: no worker processes (uploader.staging)
         self.rows = rows
         if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content
             path.write_text(json.dumps([path.name, rows]))

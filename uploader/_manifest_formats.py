@@ -25,7 +25,7 @@ from uploader._manifest_values import bad_unicode, json_error, json_kind, loads_
 from uploader.errors import ManifestError, Problem
 
 __all__ = [
-    "EXTENSIONS", "FORMATS", "Chunk", "CsvReader", "Issue", "detect_format", "fail", "jsonl_chunks",
+    "EXTENSIONS", "FORMATS", "Chunk", "CsvReader", "Issue", "Span", "detect_format", "fail", "jsonl_chunks",
     "jsonl_columns", "no_gc", "open_parquet", "parquet_chunks", "parquet_kind", "sniff_start",
 ]
 
@@ -101,6 +101,38 @@ def _has_bad_chars(text: str) -> bool:
     return "\x00" in text or bad_unicode(text)
 
 
+@dataclass(frozen=True)
+class Span:
+    """A slice of a CSV/TSV file that starts and ends on line boundaries, read apart from the rest (by a
+    parallel loader): bytes [start, end), the number of its first line, and the file's header."""
+
+    start: int
+    end: int
+    first_line: int
+    header: tuple[str, ...]
+
+
+class _ByteRange(io.RawIOBase):
+    """Bytes [start, end) of a file, as a raw stream."""
+
+    def __init__(self, path: Path, start: int, end: int) -> None:
+        self._f = open(path, "rb", buffering=0)
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(memoryview(buffer)[: self._left]) if self._left > 0 else 0
+        self._left -= n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 class CsvReader:
     """CSV/TSV rows in chunks, with the physical line where each row starts.
 
@@ -111,15 +143,20 @@ class CsvReader:
     until the quotes balance, so a quoted field may span blocks.
     """
 
-    def __init__(self, path: Path, delimiter: str) -> None:
+    def __init__(self, path: Path, delimiter: str, span: Span | None = None) -> None:
         self.path, self._delim, self._size = path, delimiter, 1  # one row per segment until chunks()
         if csv.field_size_limit() < _FIELD_LIMIT:
             csv.field_size_limit(_FIELD_LIMIT)
-        self._file = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        self._first_line = span.first_line if span else 1
+        if span is None:
+            self._file = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        else:
+            raw = io.BufferedReader(_ByteRange(path, span.start, span.end), _BLOCK)
+            self._file = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         self._bad: deque[tuple[int, int]] = deque()  # line ranges of blocks with NULs / invalid UTF-8
         self._segments = self._read_segments()
         self._pending: list[Segment] = []
-        self.header = self._read_header()
+        self.header = self._read_header() if span is None else list(span.header)
         self.ncols = len(self.header)
 
     def close(self) -> None:
@@ -127,7 +164,7 @@ class CsvReader:
 
     def _blocks(self) -> Iterator[tuple[str, int]]:
         """(text, number of its first line) of whole-line blocks; LF, CRLF and lone CR all end lines."""
-        read, lines = self._file.read, 0
+        read, lines = self._file.read, self._first_line - 1
         pending: list[str] = []  # a partial last line (a list, so a huge line is not copied quadratically)
         while True:
             text = read(_BLOCK)

@@ -132,25 +132,26 @@ def _print_load(report: Any) -> None:
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
     """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
-    from uploader.runner import load as do_load
+    from uploader.runner import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
-    led, created = _open_for_load(ledger)
-    try:
-        _print_load(do_load(led, manifest, options))
-    except UploaderError:
-        _discard_if_new(led, created)
-        raise
+    new_file = _new_ledger_file(ledger)
+    with prepare_load(manifest, options, new_ledger=new_file is not None) as prepared:
+        led, created = _open_ledger(ledger), new_file
+        try:
+            _print_load(prepared.load(led))
+        except UploaderError:
+            _discard_if_new(led, created)
+            raise
 
 
-def _open_for_load(ledger: str | None):  # type: ignore[no-untyped-def]
-    """Open the ledger, remembering whether this command created its file (to remove it on failure)."""
+def _new_ledger_file(ledger: str | None) -> Path | None:
+    """The ledger's file if it is a SQLite file this command will create (to remove it if the load fails)."""
     from uploader.db import ledger_url
 
     url = ledger_url(ledger)
     path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-    created = path is not None and not path.exists()
-    return _open_ledger(ledger), (path if created else None)
+    return path if path is not None and not path.exists() else None
 
 
 def _discard_if_new(led: Any, created: Path | None) -> None:
@@ -308,7 +309,8 @@ def run(  # type: ignore[no-untyped-def]
                              lease_seconds=lease_seconds)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
-        led, created = _open_for_load(ledger) if manifest else (_open_ledger(ledger, create=False), None)
+        created = _new_ledger_file(ledger) if manifest else None
+        led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(_ProgressDisplay(quiet or as_json))
         try:
             summary = run_upload(

@@ -20,7 +20,8 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 
 from uploader.errors import LedgerError, LedgerTooNewError
 
-__all__ = ["DEFAULT_LEDGER", "ledger_url", "open_engine", "migrate", "write_tx", "read_tx", "script_location", "translate_errors"]
+__all__ = ["DEFAULT_LEDGER", "ledger_url", "open_engine", "migrate", "write_tx", "read_tx", "script_location",
+           "sqlite_bulk_mode", "sqlite_path", "translate_errors"]
 
 DEFAULT_LEDGER = "uploader.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -43,7 +44,8 @@ def script_location() -> str:
     raise LedgerError("the ledger migrations are missing from this installation of uploader")
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger URL (None for other databases and in-memory SQLite)."""
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
@@ -66,7 +68,7 @@ def _create_private_file(path: Path) -> None:
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Create an engine for a ledger URL, with SQLite pragmas and explicit BEGIN handling."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         if not path.exists() and not create:
             raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
@@ -113,6 +115,34 @@ def _enable_wal(cur) -> None:  # type: ignore[no-untyped-def]
 
 
 @contextmanager
+def sqlite_bulk_mode(raw: sqlite3.Connection, *, new_file: bool) -> Iterator[bool]:
+    """For one big insert into an empty SQLite ledger, on a bare driver connection: no per-row foreign-key
+    check (the loader just wrote the one manifest row its rows point to), and, in a file this process has
+    just created, a rollback journal instead of WAL, which would write every new page twice (to the log,
+    then again at the checkpoint). A new page needs no rollback journal, so a crash still leaves the ledger
+    as it was before the load. (Switching rewrites the file's header, which is why an older file keeps
+    WAL: a failed load must leave it byte-for-byte unchanged.) The journal is switched only if no other
+    connection has the file open (else SQLite refuses at once, and the load goes on in WAL). Yields
+    whether it switched; WAL and the foreign-key checks are back afterwards."""
+    raw.execute("PRAGMA foreign_keys = OFF")
+    switched = False
+    if new_file:
+        raw.execute("PRAGMA busy_timeout = 0")
+        try:
+            switched = raw.execute("PRAGMA journal_mode = DELETE").fetchone()[0].lower() == "delete"
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        yield switched
+    finally:
+        if switched:
+            _enable_wal(raw.cursor())
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+@contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A writing transaction: takes the write lock up front; rolls back on any exception."""
     with translate_errors(), engine.connect() as conn:
@@ -135,6 +165,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except OperationalError as exc:
         raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
+    except sqlite3.OperationalError as exc:  # from the bare driver connection of a bulk load
+        raise LedgerError(f"ledger error: {str(exc).splitlines()[0]}") from exc
     except DataError as exc:  # PostgreSQL enforces lengths and ranges SQLite does not, e.g. VARCHAR(255)
         raise LedgerError(f"the ledger refused a value: {_driver_message(exc)}") from exc
     except DBAPIError as exc:

@@ -34,10 +34,11 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.db import ledger_url, migrate, open_engine, read_tx, sqlite_path, write_tx
 from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
+from uploader.staging import Production
 
 __all__ = ["CLAIM_LOG_ENV", "Claim", "Ledger", "Result", "StatusReport", "utcnow"]
 
@@ -81,16 +82,20 @@ _RETURNING = "id, project_id, reference_id, batch_id, body, attempts, lease_toke
 class Ledger(LedgerQueries):
     """A ledger of jobs in a SQLite file (default) or any SQLAlchemy URL (its read-only queries: LedgerQueries)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, new_file: bool = False) -> None:
         self.engine = engine
+        self.new_file = new_file  #: this process created the SQLite file: nobody else has anything in it
         self._claim_log = os.environ.get(CLAIM_LOG_ENV) or None
 
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
         """Open (creating and migrating if needed) the ledger at a path or URL."""
-        engine = open_engine(ledger_url(ledger), create=create)
+        url = ledger_url(ledger)
+        path = sqlite_path(url)
+        new_file = path is not None and not path.exists()
+        engine = open_engine(url, create=create)
         migrate(engine)
-        return cls(engine)
+        return cls(engine, new_file=new_file)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -99,9 +104,9 @@ class Ledger(LedgerQueries):
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
-    def load(self, manifest: ManifestLike, options_hash: str) -> LoadReport:
+    def load(self, manifest: ManifestLike, options_hash: str, production: Production | None = None) -> LoadReport:
         """Validate a manifest and merge it in, all or nothing (see uploader.loader)."""
-        return load_manifest(self.engine, manifest, options_hash)
+        return load_manifest(self.engine, manifest, options_hash, production, new_file=self.new_file)
 
     # -- claims and leases -------------------------------------------------------------------------------
 

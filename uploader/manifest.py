@@ -194,13 +194,20 @@ class Manifest:
                 jobs = list(starmap(StagedJob, tuples))
             yield jobs
 
-    def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
-        """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts."""
+    @property
+    def splittable(self) -> bool:
+        """Whether slices of the file (`fmt.Span`s) can be read apart: CSV/TSV, and no shape (long-form
+        video) that groups rows across the whole file. Whether a given file can be cut is `staging.plan`'s."""
+        return self.format in ("csv", "tsv") and "video_long" not in self._shapes
+
+    def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[tuple[Any, ...]]]:
+        """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts.
+        With `span`, only that slice of a splittable file is read."""
         if size < 1:
             raise ValueError("size must be at least 1")
         self.problems, self.problem_count = [], 0
         store = long_video.FrameStore() if "video_long" in self._shapes else None
-        source = self._source(size)
+        source = self._source(size, span)
         try:
             while True:
                 with fmt.no_gc():
@@ -226,13 +233,15 @@ class Manifest:
             if store is not None:
                 store.close()
 
-    def _source(self, size: int) -> Iterator[fmt.Chunk]:
+    def _source(self, size: int, span: fmt.Span | None = None) -> Iterator[fmt.Chunk]:
+        if span is not None and not self.splittable:
+            raise ValueError(f"a {self.format} manifest of shape {self.shape} cannot be read in slices")
         if self.format == "jsonl":
             yield from fmt.jsonl_chunks(self.path, list(self.columns), size)
         elif self.format == "parquet":
             yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size, self.path)
         else:
-            reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",")
+            reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",", span)
             try:
                 if tuple(reader.header) != self.columns:
                     raise self._fail(["the file's header changed while it was being read"])

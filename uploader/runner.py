@@ -16,21 +16,57 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiError, FatalApiError, UsageError
-from uploader.ledger import Ledger
-from uploader.loader import LoadReport
 from uploader.manifest import Manifest, ManifestOptions
 from uploader.policy import Verdict, classify
 
-if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster
+if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
+    # SQLAlchemy only once a ledger is opened: prepare_load() forks its workers before that
     from uploader.client import ApiClient
+    from uploader.ledger import Ledger
+    from uploader.loader import LoadReport
+    from uploader.staging import Production
     from uploader.worker import Progress, RunOptions, RunSummary, StopFlag
 
-__all__ = ["load", "reconcile", "run_upload"]
+__all__ = ["PreparedLoad", "load", "prepare_load", "reconcile", "run_upload"]
 
 
 def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
     """Validate a manifest and merge it into the ledger, all or nothing."""
     return ledger.load(Manifest(path, options), options.fingerprint())
+
+
+class PreparedLoad:
+    """A manifest whose header is checked, and, for a new ledger, whose rows are already being staged by
+    worker processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
+
+    def __init__(self, manifest: Manifest, production: Production | None) -> None:
+        self.manifest, self.production = manifest, production
+
+    def load(self, ledger: Ledger) -> LoadReport:
+        production, self.production = self.production, None
+        return ledger.load(self.manifest, self.manifest.options.fingerprint(), production)
+
+    def close(self) -> None:
+        if self.production is not None:
+            self.production.close()
+            self.production = None
+
+    def __enter__(self) -> "PreparedLoad":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool) -> PreparedLoad:
+    """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
+    empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
+    loads and the ledger is created and migrated, which takes half a second."""
+    from uploader.staging import Production
+
+    manifest = Manifest(path, options)
+    production = Production(manifest) if new_ledger and Production.suits(manifest) else None
+    return PreparedLoad(manifest, production)
 
 
 def run_upload(

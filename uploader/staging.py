@@ -1,0 +1,295 @@
+"""Rows of a manifest on their way into the ledger: staging rows, and staging them in parallel.
+
+A big first load is bound by CPU, not disk: reading and checking rows, building bodies and hashing them in
+Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks worker
+processes that cut a plain CSV/TSV file into slices on line boundaries, read them, and write their rows
+into scratch SQLite files of their own. The loader attaches each finished scratch file and copies it into
+the ledger with one INSERT … SELECT, at C speed, while the workers go on with the next slices. Nothing
+here touches the ledger.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import pickle
+import shutil
+import signal
+import sqlite3
+import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from uploader._manifest_formats import Span
+
+__all__ = ["MIN_SPLIT_BYTES", "PartResult", "Production", "SCRATCH_COLUMNS", "STAGING_COLUMNS", "WorkerLost",
+           "load_defaults", "staged_rows", "write_part"]
+
+#: Columns of a staging table: StagedJob's fields with the body's hash after the body.
+STAGING_COLUMNS = """
+    line INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    reference_id TEXT NOT NULL,
+    work_flow_id TEXT NOT NULL,
+    batch_id TEXT,
+    body TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    extra TEXT
+"""
+#: A scratch file's table: as staging, but project_id, work_flow_id and batch_id are only stored (with
+#: `own` = 1) for rows that do not have the load's defaults: binding three more strings per row would cost
+#: the worker a third more time.
+SCRATCH_COLUMNS = """
+    line INTEGER NOT NULL,
+    reference_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    extra TEXT,
+    own INTEGER,
+    project_id TEXT,
+    work_flow_id TEXT,
+    batch_id TEXT
+"""
+_READ_BLOCK = 1 << 20
+#: Below this size a file is loaded in one process: forking would cost more than it saves.
+MIN_SPLIT_BYTES = 4 << 20
+Defaults = tuple[str, str, "str | None"]
+
+
+class SliceableManifest(Protocol):
+    """What staging needs of a manifest (uploader.manifest.Manifest fits)."""
+
+    path: Path
+    columns: tuple[str, ...]
+    problem_count: int
+    options: Any
+
+    @property
+    def splittable(self) -> bool: ...
+
+    def chunk_tuples(self, size: int = ..., span: Span | None = ...) -> Iterator[Sequence[tuple[Any, ...]]]: ...
+
+
+def load_defaults(manifest: SliceableManifest) -> Defaults:
+    """The load's project_id, work_flow_id and batch_id, as rows that do not override them carry them."""
+    opts = manifest.options
+    return opts.project_id or "", opts.work_flow_id or "", opts.batch_id or None
+
+
+def staged_rows(chunk: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """StagedJob tuples (line, project_id, reference_id, work_flow_id, batch_id, body, extra) as staging
+    rows, in STAGING_COLUMNS order. The body's sha256 is what a reload compares to find changed jobs."""
+    sha = hashlib.sha256
+    return [(t[0], t[1], t[2], t[3], t[4], t[5], sha(t[5].encode()).hexdigest(), t[6]) for t in chunk]
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """One slice written to a scratch file: how many good rows, whether any row had a problem, and whether
+    the file turned out not to be cuttable (a quote or a bare CR anywhere a worker looked)."""
+
+    index: int
+    path: Path
+    rows: int
+    problem_count: int
+    uncuttable: bool = False
+
+
+class WorkerLost(Exception):
+    """A worker process died or failed: the caller loads the manifest in one process instead."""
+
+
+def write_part(manifest: SliceableManifest, index: int, span: Span | None, path: Path,
+               defaults: Defaults) -> PartResult:
+    """Read one slice and write its rows into a new SQLite file (no journal: it is scratch), as
+    SCRATCH_COLUMNS given the load's `defaults` (project_id, work_flow_id, batch_id). Stops at the first
+    problem: the caller then loads the slow way, which reports every problem."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    sha = hashlib.sha256
+    short = "INSERT INTO staging (line, reference_id, body, body_hash, extra) VALUES (?, ?, ?, ?, ?)"
+    full = "INSERT INTO staging VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
+    rows = 0
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute(f"CREATE TABLE staging ({SCRATCH_COLUMNS})")
+        conn.execute("BEGIN")
+        for chunk in manifest.chunk_tuples(span=span) if span is None or span.end > span.start else ():
+            if manifest.problem_count:
+                break
+            lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
+            hashes = [sha(b).hexdigest() for b in map(str.encode, bodies)]
+            if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
+                conn.executemany(short, zip(lines, refs, bodies, hashes, extras))
+            else:
+                conn.executemany(full, zip(lines, refs, bodies, hashes, extras, pids, wfs, batches))
+            rows += len(chunk)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return PartResult(index, path, rows, manifest.problem_count)
+
+
+def can_fork() -> bool:
+    """Forking is safe only where it is the norm (Linux) and when no other thread could hold a lock."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1 and (os.cpu_count() or 1) > 1
+
+
+class Production:
+    """Worker processes staging the slices of one CSV/TSV manifest into scratch files, in the background.
+
+    The file is cut into `parts` slices of about equal size, each starting after a line end. Worker w
+    takes slices w, w + workers, …, finds their bounds and line numbers itself (so it can start before
+    the parent has read the file), and checks that its stretch of the file has no quote character (a
+    quoted field may hold a line break, so a cut could fall inside a row) and no bare CR; if it has, it
+    reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
+    workers (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
+    """
+
+    def __init__(self, manifest: SliceableManifest, workers: int = 2, parts: int = 8) -> None:
+        self.parts = parts
+        defaults = load_defaults(manifest)
+        self._procs: list[tuple[int, BinaryIO]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="uploader-load-"))
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for w in range(workers):
+                r, wfd = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the worker: never returns
+                    os.close(r)
+                    _work(manifest, defaults, w, workers, parts, self.workdir, wfd)
+                os.close(wfd)
+                self._procs.append((pid, os.fdopen(r, "rb")))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def suits(manifest: SliceableManifest) -> bool:
+        """Whether a manifest is worth loading this way at all (its contents are checked by the workers)."""
+        try:
+            size = manifest.path.stat().st_size
+        except OSError:
+            return False
+        return manifest.splittable and size >= MIN_SPLIT_BYTES and can_fork()
+
+    def results(self) -> Iterator[PartResult]:
+        """Each slice's result, in slice order (waiting for the slower worker as needed)."""
+        for i in range(self.parts):
+            yield _receive(self._procs[i % len(self._procs)][1])
+
+    def close(self) -> None:
+        for pid, pipe in self._procs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            pipe.close()
+        self._procs = []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _work(manifest: SliceableManifest, defaults: Defaults, w: int, workers: int, parts: int, workdir: Path,
+          wfd: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        gc.disable()  # rows are acyclic; the collector would only rescan them (and copy the parent's pages)
+        with os.fdopen(wfd, "wb") as out, _Cutter(manifest.path, parts, tuple(manifest.columns)) as cutter:
+            for i in range(w, parts, workers):
+                span = cutter.span(i)
+                path = workdir / f"part{i}.db"
+                if span is None:
+                    result = PartResult(i, path, 0, 0, uncuttable=True)
+                else:
+                    result = write_part(manifest, i, span, path, defaults)
+                _send(out, result)
+                if result.problem_count or result.uncuttable:
+                    break
+            code = 0
+    except BaseException:  # noqa: BLE001 - the parent sees the pipe close and loads in one process
+        pass
+    finally:
+        os._exit(code)
+
+
+class _Cutter:
+    """Finds slice bounds of one file on line ends and counts the lines before them, reading forward only
+    (a worker asks for its slices in increasing order)."""
+
+    def __init__(self, path: Path, parts: int, header: tuple[str, ...]) -> None:
+        self._f = open(path, "rb")
+        self._size = os.fstat(self._f.fileno()).st_size
+        self._parts, self._header = parts, header
+        self._pos = self._lines = 0  # bytes read so far, and the line ends among them
+
+    def __enter__(self) -> "_Cutter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def _bound(self, i: int) -> int:
+        """Where slice i starts: after the first line end at or after its nominal offset (slice 0: after
+        the header line; `parts`: the end of the file)."""
+        if i >= self._parts:
+            return self._size
+        nominal = 1 if i == 0 else max(self._size * i // self._parts, 1)
+        self._f.seek(nominal - 1)
+        offset = nominal - 1
+        while True:
+            block = self._f.read(_READ_BLOCK)
+            if not block:
+                return self._size
+            at = block.find(b"\n")
+            if at >= 0:
+                return offset + at + 1
+            offset += len(block)
+
+    def span(self, i: int) -> Span | None:
+        """Slice i, or None if the file is not safe to cut (checked from where the last slice ended)."""
+        start, end = self._bound(i), self._bound(i + 1)
+        start, end = min(start, end), max(start, end)
+        self._f.seek(self._pos)
+        first_line = 0
+        while self._pos < end:
+            block = self._f.read(min(_READ_BLOCK, end - self._pos))
+            if not block:
+                break
+            if block.endswith(b"\r") and self._pos + len(block) < end:
+                block += self._f.read(1)  # keep a CRLF in one block
+            if b'"' in block or block.count(b"\r") != block.count(b"\r\n") or block.endswith(b"\r"):
+                return None
+            if self._pos <= start < self._pos + len(block):
+                first_line = self._lines + block.count(b"\n", 0, start - self._pos) + 1
+            self._lines += block.count(b"\n")
+            self._pos += len(block)
+        if start == end:
+            first_line = self._lines + 1
+        return Span(start, end, first_line, self._header)
+
+
+def _send(out: BinaryIO, result: PartResult) -> None:
+    data = pickle.dumps(result)
+    out.write(struct.pack("<I", len(data)) + data)
+    out.flush()
+
+
+def _receive(pipe: BinaryIO) -> PartResult:
+    head = pipe.read(4)
+    if len(head) < 4:
+        raise WorkerLost("a loader worker process ended without its result")
+    data = pipe.read(struct.unpack("<I", head)[0])
+    result = pickle.loads(data)
+    if not isinstance(result, PartResult):
+        raise WorkerLost("a loader worker process sent something unexpected")
+    return result
