@@ -1,9 +1,10 @@
 """Load benchmark: `uploader load` of a generated image manifest vs the sqlite3 shell's `.import`.
 
-Prints both times, the ratio, and the loader's peak RSS, for each size (default 100k and 1M rows), so RSS
-growth with manifest size is visible. Figures, not a test:
+Prints both times (median of --repeat runs, taken in turns so that a busy moment of a shared machine hits
+both), the ratio, and the loader's peak RSS (its own, and the largest of its staging worker processes),
+for each size (default 100k and 1M rows), so RSS growth with manifest size is visible. Figures, not a test:
 
-    python benchmarks/load_benchmark.py [--rows 100000 1000000]
+    python benchmarks/load_benchmark.py [--rows 100000 1000000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import csv
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -30,14 +32,15 @@ def make_manifest(path: Path, rows: int) -> None:
             w.writerow([f"img-{i:08d}", f"https://cdn.example.com/images/{i:08d}.jpg", f"cam-{i % 7}"])
 
 
-def time_uploader(manifest: Path, ledger: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of `python -m uploader load` in a child process."""
+def time_uploader(manifest: Path, ledger: Path) -> tuple[float, float, float]:
+    """Seconds, peak RSS (MB) and its workers' largest peak RSS (MB) of `python -m uploader load`."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(ledger) + suffix).unlink(missing_ok=True)
     code = (
         "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
+        "      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
     )
     cmd = [sys.executable, "-c", code, "uploader", "load", str(manifest), "--project-id", "p", "--work-flow-id",
            "wf", "--ledger", str(ledger)]
@@ -46,8 +49,9 @@ def time_uploader(manifest: Path, ledger: Path) -> tuple[float, float]:
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"uploader load failed: {proc.stderr}")
-    rss_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("RSS")))
-    return elapsed, rss_kb / 1024
+    own_kb, workers_kb = map(int, next(line.split()[1:] for line in proc.stderr.splitlines()
+                                      if line.startswith("RSS")))
+    return elapsed, own_kb / 1024, workers_kb / 1024
 
 
 def time_sqlite_shell(manifest: Path, db: Path) -> float:
@@ -71,18 +75,28 @@ COMMIT;
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each, in turns; the median is shown")
     args = parser.parse_args()
     if not shutil.which("sqlite3"):
         raise SystemExit("needs the sqlite3 command-line shell (Debian package sqlite3)")
     OUT.mkdir(exist_ok=True)
-    print(f"{'rows':>9} {'MB':>6} {'uploader s':>11} {'sqlite3 s':>10} {'ratio':>6} {'peak RSS MB':>12}")
+    print(f"{'rows':>9} {'MB':>6} {'uploader s':>11} {'sqlite3 s':>10} {'ratio':>6} {'RSS MB':>7} {'workers MB':>11}"
+          "   (median of runs; all runs: uploader / sqlite3)")
     for rows in args.rows:
         manifest = OUT / f"images_{rows}.csv"
         make_manifest(manifest, rows)
-        ours, rss = time_uploader(manifest, OUT / f"bench_{rows}.db")
-        shell = time_sqlite_shell(manifest, OUT / f"shell_{rows}.db")
+        ours: list[float] = []
+        shell: list[float] = []
+        rss = workers = 0.0
+        for _ in range(args.repeat):
+            seconds, own, children = time_uploader(manifest, OUT / f"bench_{rows}.db")
+            ours.append(seconds)
+            rss, workers = max(rss, own), max(workers, children)
+            shell.append(time_sqlite_shell(manifest, OUT / f"shell_{rows}.db"))
         mb = os.path.getsize(manifest) / 1e6
-        print(f"{rows:>9} {mb:>6.1f} {ours:>11.2f} {shell:>10.2f} {ours / shell:>6.2f} {rss:>12.1f}")
+        a, b = statistics.median(ours), statistics.median(shell)
+        runs = " ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(ours, shell))
+        print(f"{rows:>9} {mb:>6.1f} {a:>11.2f} {b:>10.2f} {a / b:>6.2f} {rss:>7.1f} {workers:>11.1f}   {runs}")
     print("targets: ratio <= 1.5, peak RSS <= 150 MB and flat from 100k to 1M rows")
 
 

@@ -162,8 +162,9 @@ class CsvReader:
     def close(self) -> None:
         self._file.close()
 
-    def _blocks(self) -> Iterator[tuple[str, int]]:
-        """(text, number of its first line) of whole-line blocks; LF, CRLF and lone CR all end lines."""
+    def _blocks(self) -> Iterator[tuple[str, int, bool]]:
+        """(text, number of its first line, whether every line end in it is one CRLF) of whole-line blocks;
+        LF, CRLF and lone CR all end lines."""
         read, lines = self._file.read, self._first_line - 1
         pending: list[str] = []  # a partial last line (a list, so a huge line is not copied quadratically)
         while True:
@@ -180,18 +181,21 @@ class CsvReader:
                 pending.append(text[:cut])
                 block, pending = "".join(pending), [text[cut:]]
             n = block.count("\n")
+            crlf_only = False
             if "\r" in block:
-                n += block.count("\r") - block.count("\r\n")
+                cr, crlf = block.count("\r"), block.count("\r\n")
+                crlf_only = cr == crlf == n
+                n += cr - crlf
             if _has_bad_chars(block):
                 self._bad.append((lines + 1, lines + n + 1))
-            yield block, lines + 1
+            yield block, lines + 1, crlf_only
             lines += n
 
     def _read_segments(self) -> Iterator[Segment]:
         """(line before the rows, rows, last line consumed, csv error or None), at most self._size rows."""
         blocks, delim = self._blocks(), self._delim
-        for text, first in blocks:
-            lines = _split_lines(text) if '"' not in text else None
+        for text, first, crlf_only in blocks:
+            lines = _split_lines(text, crlf_only) if '"' not in text else None
             if lines is not None:
                 rows = list(map(str.split, lines, repeat(delim)))
                 if "" in lines:
@@ -287,12 +291,11 @@ class CsvReader:
         return chunk
 
 
-def _split_lines(text: str) -> list[str] | None:
+def _split_lines(text: str, crlf_only: bool) -> list[str] | None:
     """The lines of a quote-free block, or None if it mixes line ends or has lone CRs (csv.reader handles
-    those)."""
+    those). `crlf_only`: the block's every line end is a CRLF (as counted by CsvReader._blocks)."""
     if "\r" in text:
-        crlf = text.count("\r\n")
-        if text.count("\r") != crlf or text.count("\n") != crlf:
+        if not crlf_only:
             return None
         lines = text.split("\r\n")
     else:

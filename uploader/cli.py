@@ -133,25 +133,17 @@ def _print_load(report: Any) -> None:
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
     """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
     from uploader.runner import prepare_load
+    from uploader.locate import new_ledger_file
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
-    new_file = _new_ledger_file(ledger)
-    with prepare_load(manifest, options, new_ledger=new_file is not None) as prepared:
-        led, created = _open_ledger(ledger), new_file
+    created = new_ledger_file(ledger)  # removed again if the load fails
+    with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
+        led = _open_ledger(ledger)
         try:
             _print_load(prepared.load(led))
         except UploaderError:
             _discard_if_new(led, created)
             raise
-
-
-def _new_ledger_file(ledger: str | None) -> Path | None:
-    """The ledger's file if it is a SQLite file this command will create (to remove it if the load fails)."""
-    from uploader.db import ledger_url
-
-    url = ledger_url(ledger)
-    path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-    return path if path is not None and not path.exists() else None
 
 
 def _discard_if_new(led: Any, created: Path | None) -> None:
@@ -301,6 +293,7 @@ def run(  # type: ignore[no-untyped-def]
     from contextlib import ExitStack
 
     from uploader.errors import FatalApiError
+    from uploader.locate import new_ledger_file
     from uploader.runner import run_upload
     from uploader.worker import RunOptions
 
@@ -309,7 +302,7 @@ def run(  # type: ignore[no-untyped-def]
                              lease_seconds=lease_seconds)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
-        created = _new_ledger_file(ledger) if manifest else None
+        created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(_ProgressDisplay(quiet or as_json))
         try:

@@ -19,20 +19,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
 from uploader.errors import LedgerError, LedgerTooNewError
+from uploader.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
 __all__ = ["DEFAULT_LEDGER", "ledger_url", "open_engine", "migrate", "write_tx", "read_tx", "script_location",
            "sqlite_bulk_mode", "sqlite_path", "translate_errors"]
 
-DEFAULT_LEDGER = "uploader.db"
 BUSY_TIMEOUT_MS = 30_000
-
-
-def ledger_url(ledger: str | os.PathLike[str] | None) -> str:
-    """Turn `--ledger` / UPLOADER_LEDGER (a file path or a SQLAlchemy URL) into a URL."""
-    value = str(ledger) if ledger else os.environ.get("UPLOADER_LEDGER") or DEFAULT_LEDGER
-    if "://" in value:
-        return value
-    return f"sqlite:///{Path(value).expanduser().absolute()}"
+PAGE_SIZE = 16384
 
 
 def script_location() -> str:
@@ -88,6 +81,9 @@ def _setup_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # New files only (it cannot change later): a quarter of the page writes of 4 KiB pages when a big
+        # manifest is loaded (0.25 s of 2.75 s for 1M rows); runs measured no different.
+        cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
         cur.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps index pages of big loads in memory

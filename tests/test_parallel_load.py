@@ -1,0 +1,788 @@
+"""The parallel first load (uploader.staging): worker processes stage slices of a CSV/TSV file into scratch
+SQLite files that the parent copies into an empty SQLite ledger.
+
+In-process tests lower `uploader.staging.MIN_SPLIT_BYTES` so that small files take the parallel path, and
+check that they did by wrapping (not replacing) `Production.__init__` / `Production.results`. The result of
+every load is compared with the one-process load of the same file (`Production.suits` patched to refuse).
+Subprocess tests run `python -m uploader load` on a ~4.5 MiB file with TMPDIR set to a folder of their own,
+and kill or interrupt it while its workers run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from uploader import runner, staging
+from uploader.cli import cli
+from uploader.ledger import Ledger
+from uploader.manifest import ManifestOptions
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+    reason="the parallel load forks workers only on Linux with more than one CPU",
+)
+
+LOAD_OPTS = ("--project-id", "p", "--work-flow-id", "w")
+JOB_COLUMNS = "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, manifest_line"
+BATCH = "6f1c2b7e-3d4a-4c5b-9e8f-0a1b2c3d4e5f"
+OTHER_BATCH = "0b0c9d7e-1111-4222-8333-444455556666"
+IMAGE_HEADER = ["reference_id", "image_url", "camera", "note"]
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+@dataclass
+class Spy:
+    """What the real Production did in this process: its scratch folders, slice counts and slice results."""
+
+    workdirs: list[Path] = field(default_factory=list)
+    slices: list[int] = field(default_factory=list)
+    parts: list[staging.PartResult] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)  #: called as workers are started
+    on_part: list[Callable[[], None]] = field(default_factory=list)  #: called as a slice is handed over
+
+    def took_clean_parallel_path(self) -> bool:
+        """One Production, every slice delivered in order, none with a problem or uncuttable."""
+        return (len(self.slices) == 1 and [p.index for p in self.parts] == list(range(self.slices[0]))
+                and not any(p.problem_count or p.uncuttable for p in self.parts))
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TMPDIR of this test's own, so scratch folders of other processes cannot interfere."""
+    root = tmp_path / "tmpdir"
+    root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(root))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR; restored after the test
+    return root
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch, scratch_root: Path) -> Spy:
+    """Any file big enough (1 byte) takes the parallel path; the real Production is wrapped and watched."""
+    monkeypatch.setattr(staging, "MIN_SPLIT_BYTES", 1)
+    seen = Spy()
+    real_init, real_results = staging.Production.__init__, staging.Production.results
+
+    def init(self: staging.Production, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        seen.workdirs.append(Path(self.workdir))
+        seen.slices.append(self.parts)
+        for hook in seen.on_start:
+            hook()
+
+    def results(self: staging.Production):  # type: ignore[no-untyped-def]
+        for part in real_results(self):
+            seen.parts.append(part)
+            for hook in seen.on_part:
+                hook()
+            yield part
+
+    monkeypatch.setattr(staging.Production, "__init__", init)
+    monkeypatch.setattr(staging.Production, "results", results)
+    return seen
+
+
+@contextmanager
+def one_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A context in which no manifest suits the parallel path."""
+    with monkeypatch.context() as patch:
+        patch.setattr(staging.Production, "suits", staticmethod(lambda manifest: False))
+        yield
+
+
+def cli_load(manifest: Path, ledger: Path, args: tuple[str, ...] = LOAD_OPTS):  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(cli, ["load", str(manifest), *args, "--ledger", str(ledger)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def jobs(ledger: Path) -> list[tuple]:
+    with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        return db.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY project_id, reference_id").fetchall()
+
+
+def lines_of(rows: list[tuple]) -> dict[tuple[str, str], int]:
+    return {(r[0], r[1]): r[-1] for r in rows}
+
+
+def scratch_dirs(root: Path) -> list[Path]:
+    return sorted(root.glob("uploader-load-*"))
+
+
+def ledger_files(ledger: Path) -> list[Path]:
+    return sorted(ledger.parent.glob(ledger.name + "*"))
+
+
+def file_format(ledger: Path) -> tuple[int, int]:
+    """The SQLite header's write/read format versions: (1, 1) rollback journal, (2, 2) WAL."""
+    with open(ledger, "rb") as f:
+        header = f.read(20)
+    return header[18], header[19]
+
+
+def no_wal_writes(ledger: Path) -> bool:
+    wal = Path(f"{ledger}-wal")
+    return not wal.exists() or wal.stat().st_size == 0
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3… of /proc/PID/stat (state, ppid, …), or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def children(pid: int, zombies: bool = False) -> dict[int, str]:
+    """Child processes of `pid` (live ones, or also zombies): child pid -> its start time (to tell a
+    reused pid)."""
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := proc_stat(int(entry))) and int(fields[1]) == pid:
+            if zombies or fields[0] not in "ZX":
+                kids[int(entry)] = fields[19]
+    return kids
+
+
+def alive(pid: int, started: str) -> bool:
+    fields = proc_stat(pid)
+    return fields is not None and fields[19] == started and fields[0] not in "ZX"
+
+
+def waits_on_a_pipe(pid: int) -> bool:
+    """Whether the process sleeps in a read of a pipe (where a worker waits once its slices are done)."""
+    try:
+        return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def ignores_sigint(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+# --- manifests ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """A manifest's bytes, the CLI options to load it, and the (project_id, reference_id) -> line of every
+    job it must load (the physical line the row is on, the header being line 1)."""
+
+    data: bytes
+    expected: dict[tuple[str, str], int]
+    args: tuple[str, ...] = LOAD_OPTS
+    suffix: str = ".csv"
+
+    def write(self, folder: Path, name: str = "m") -> Path:
+        path = folder / f"{name}{self.suffix}"
+        path.write_bytes(self.data)
+        return path
+
+
+def build(header: list[str], rows: list[list[str] | None], *, sep: str = ",", eol: str = "\n", bom: bool = False,
+          trailing: bool = True, args: tuple[str, ...] = LOAD_OPTS, suffix: str = ".csv",
+          project: str = "p", ref_column: str = "reference_id") -> Case:
+    """A manifest from rows of raw cells (None: a blank line). A cell holding a line break (quoted) moves the
+    lines of later rows on; an all-empty row loads nothing."""
+    ref, pid = header.index(ref_column), header.index("project_id") if "project_id" in header else None
+    lines, expected, line = [sep.join(header)], {}, 2
+    for row in rows:
+        text = "" if row is None else sep.join(row)
+        lines.append(text)
+        if row is not None and any(row):
+            expected[((row[pid] if pid is not None else "") or project, row[ref])] = line
+        line += 1 + text.count("\n")
+    body = eol.join(lines) + (eol if trailing else "")
+    return Case(("\ufeff" if bom else "").encode() + body.encode(), expected, args, suffix)
+
+
+def image_rows(n: int, start: int = 0) -> list[list[str] | None]:
+    return [[f"r-{i:03d}", f"https://cdn.example.com/img/{i:03d}.jpg", f"cam{i % 3}", f"note {i}" if i % 5 else ""]
+            for i in range(start, start + n)]
+
+
+def with_blank_lines() -> Case:
+    rows = image_rows(40)
+    for at in (38, 30, 12, 11, 3):
+        rows.insert(at, None)
+    rows.insert(20, ["", "", "", ""])  # a spreadsheet's empty row
+    rows.append(None)
+    return build(IMAGE_HEADER, rows)
+
+
+def with_overrides(batch_default: bool) -> Case:
+    """Override columns set on some rows of the second half only: early slices hold only rows with the
+    load's defaults, later ones mix both (and one row names the defaults explicitly)."""
+    header = ["project_id", "reference_id", "image_url", "work_flow_id", "batch_id", "priority_weight"]
+    rows: list[list[str] | None] = []
+    for i in range(40):
+        own = i >= 20 and i % 3 != 0
+        rows.append(["other" if own and i % 2 else "", f"r-{i:03d}", f"https://cdn.example.com/{i}.jpg",
+                     "wf2" if own and i % 4 == 1 else "", OTHER_BATCH if own and i % 5 == 2 else "",
+                     str(i % 10 + 1) if own and i % 4 == 3 else ""])
+    rows[30][0], rows[30][3] = "p", "w"  # type: ignore[index]  # the defaults, given in the row
+    rows.insert(25, ["other", "r-001", "https://cdn.example.com/other-1.jpg", "", "", "3"])  # same id, other project
+    args = LOAD_OPTS + (("--batch-id", BATCH) if batch_default else ())
+    return build(header, rows, args=args)
+
+
+def one_override(column: str, value: str, batch_default: bool = False) -> Case:
+    """One override column, set on every ninth row only: a slice holding such a row differs from the
+    load's defaults in that column alone."""
+    rows: list[list[str] | None] = [r[:2] + [value if i % 9 == 4 else ""] for i, r in enumerate(image_rows(40)) if r]
+    args = LOAD_OPTS + (("--batch-id", BATCH) if batch_default else ())
+    return build(["reference_id", "image_url", column], rows, args=args)
+
+
+def non_ascii() -> Case:
+    names = ["bild-ü", "日本語", "😀", "Ελληνικά", "naïve café"]
+    rows: list[list[str] | None] = [
+        [f"{names[i % 5]}-{i}", f"https://cdn.example.com/ü/{i}.jpg", names[(i + 1) % 5], f"ß {i} €"]
+        for i in range(40)
+    ]
+    return build(IMAGE_HEADER, rows)
+
+
+CUTTABLE: dict[str, Callable[[], Case]] = {
+    "image with extra columns": lambda: build(IMAGE_HEADER, image_rows(40)),
+    "tsv": lambda: build(IMAGE_HEADER, [r[:3] + [f"a,b {r[0]}"] for r in image_rows(40) if r], sep="\t",
+                         suffix=".tsv"),
+    "crlf": lambda: build(IMAGE_HEADER, image_rows(40), eol="\r\n"),
+    "no trailing newline": lambda: build(IMAGE_HEADER, image_rows(40), trailing=False),
+    "blank lines in the middle": with_blank_lines,
+    "bom": lambda: build(IMAGE_HEADER, image_rows(40), bom=True),
+    "bom, crlf, no trailing newline": lambda: build(IMAGE_HEADER, image_rows(40), bom=True, eol="\r\n",
+                                                    trailing=False),
+    "per-row overrides": lambda: with_overrides(batch_default=False),
+    "per-row overrides and --batch-id": lambda: with_overrides(batch_default=True),
+    "project_id on some rows": lambda: one_override("project_id", "other"),
+    "work_flow_id on some rows": lambda: one_override("work_flow_id", "wf2"),
+    "batch_id on some rows": lambda: one_override("batch_id", OTHER_BATCH),
+    "batch_id on some rows and --batch-id": lambda: one_override("batch_id", OTHER_BATCH, batch_default=True),
+    "--batch-id default": lambda: build(IMAGE_HEADER, image_rows(40), args=LOAD_OPTS + ("--batch-id", BATCH)),
+    "non-ascii text": non_ascii,
+    "fewer lines than slices": lambda: build(IMAGE_HEADER, image_rows(3)),
+    "--column mapping": lambda: build(["id", "url", "cam"], [r[:3] for r in image_rows(40) if r],
+                                      args=LOAD_OPTS + ("--column", "reference_id=id", "--column", "image_url=url"),
+                                      ref_column="id"),
+}
+
+
+def quoted_cell_in_last_row() -> Case:
+    rows = image_rows(40)
+    rows[-1][3] = '"a quoted, note"'  # type: ignore[index]
+    return build(IMAGE_HEADER, rows)
+
+
+def quoted_line_break_mid_file() -> Case:
+    rows = image_rows(40)
+    rows[20][3] = '"two\nlines"'  # type: ignore[index]  # a cut here would split the row
+    return build(IMAGE_HEADER, rows)
+
+
+def bare_cr_mid_file() -> Case:
+    case = build(IMAGE_HEADER, image_rows(40))  # a lone CR ends a line too: line numbers stay the same
+    data = case.data.replace(b"\nr-020,", b"\rr-020,", 1)
+    assert data != case.data
+    return Case(data, case.expected)
+
+
+def raw_shape(sep: str) -> Case:
+    def data(i: int) -> str:
+        text = json.dumps({"image_url": f"https://cdn.example.com/{i}.jpg", "n": i})
+        return text if sep == "\t" else '"' + text.replace('"', '""') + '"'
+
+    rows: list[list[str] | None] = [[f"raw-{i}", data(i)] for i in range(40)]
+    return build(["reference_id", "data"], rows, sep=sep, suffix=".tsv" if sep == "\t" else ".csv")
+
+
+UNCUTTABLE: dict[str, Callable[[], Case]] = {
+    "quote only in the last row": quoted_cell_in_last_row,
+    "quoted line break mid-file": quoted_line_break_mid_file,
+    "bare CR mid-file": bare_cr_mid_file,
+    "raw shape csv (JSON needs quotes)": lambda: raw_shape(","),
+    "raw shape tsv": lambda: raw_shape("\t"),
+}
+
+
+def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
+    """Load the case into a new ledger with the parallel path allowed, then into another without it; return
+    both ledgers' jobs."""
+    manifest = case.write(folder)
+    parallel = cli_load(manifest, folder / "parallel.db", case.args)
+    assert parallel.exit_code == 0, parallel.output
+    n = len(case.expected)
+    assert f"{n} rows: {n} new" in parallel.stdout
+    seen = len(spy.parts)
+    with one_process(monkeypatch):
+        serial = cli_load(manifest, folder / "serial.db", case.args)
+    assert serial.exit_code == 0, serial.output
+    assert len(spy.parts) == seen, "the one-process load started workers"
+    return jobs(folder / "parallel.db"), jobs(folder / "serial.db")
+
+
+# --- equivalence ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CUTTABLE))
+def test_parallel_load_equals_one_process_load(name: str, spy: Spy, tmp_path: Path, scratch_root: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slice is staged by workers and copied in, and `jobs` ends up exactly as the one-process load
+    leaves it (ids, overrides and defaults, bodies and hashes, extra columns, status, physical line)."""
+    case = CUTTABLE[name]()
+    parallel, serial = load_both_ways(case, tmp_path, spy, monkeypatch)
+    assert spy.took_clean_parallel_path(), spy.parts
+    assert sum(p.rows for p in spy.parts) == len(case.expected)
+    if name == "fewer lines than slices":
+        assert any(p.rows == 0 for p in spy.parts)  # empty slices are fine
+    assert parallel == serial
+    assert lines_of(parallel) == case.expected
+    assert scratch_dirs(scratch_root) == []
+
+
+@pytest.mark.parametrize("name", list(UNCUTTABLE))
+def test_uncuttable_file_loads_through_the_fallback(name: str, spy: Spy, tmp_path: Path, scratch_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quote anywhere (a quoted field may hold a line break) or a bare CR makes the workers report the
+    file uncuttable; the one-process path then loads it, with the same rows and lines."""
+    case = UNCUTTABLE[name]()
+    parallel, serial = load_both_ways(case, tmp_path, spy, monkeypatch)
+    assert len(spy.slices) == 1 and any(p.uncuttable for p in spy.parts), spy.parts
+    assert parallel == serial
+    assert lines_of(parallel) == case.expected
+    assert scratch_dirs(scratch_root) == []
+
+
+def test_a_dying_worker_falls_back_to_one_process(spy: Spy, tmp_path: Path, scratch_root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies mid-way (here: on slice 5) costs only the speed: the load rolls back what it
+    copied and loads in one process; no worker or scratch folder is left behind."""
+    real = staging.write_part
+
+    def write_part(manifest, index, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if index == 5:
+            os._exit(3)  # runs in the worker: it dies without a result
+        return real(manifest, index, *args, **kwargs)
+
+    monkeypatch.setattr(staging, "write_part", write_part)
+    case = build(IMAGE_HEADER, image_rows(40))
+    before = children(os.getpid(), zombies=True)
+    result = cli_load(case.write(tmp_path), tmp_path / "ledger.db")
+    assert result.exit_code == 0, result.output
+    assert "40 rows: 40 new" in result.stdout
+    assert len(spy.slices) == 1 and [p.index for p in spy.parts] == [0, 1, 2, 3, 4]
+    assert lines_of(jobs(tmp_path / "ledger.db")) == case.expected
+    assert children(os.getpid(), zombies=True).keys() <= before.keys()
+    assert scratch_dirs(scratch_root) == []
+
+
+# --- problems: reported by the one-process path, nothing loaded -----------------------------------------
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
+def test_bad_rows_in_late_slices_are_reported_and_nothing_is_loaded(existing: bool, spy: Spy, tmp_path: Path,
+                                                                    scratch_root: Path) -> None:
+    """Bad rows near the end, after slices already copied into `jobs`: exit 1, every bad row named with its
+    file:line and column, no traceback; a new ledger file is removed, an existing empty one is unchanged."""
+    rows = image_rows(40)
+    rows[34][1] = "s3://bucket/34.jpg"  # type: ignore[index]  # line 36
+    rows[38][1] = "s3://bucket/38.jpg"  # type: ignore[index]  # line 40
+    manifest = build(IMAGE_HEADER, rows).write(tmp_path)
+    ledger = tmp_path / "ledger.db"
+    if existing:
+        Ledger.open(ledger).close()
+        before = ledger.read_bytes()
+    result = cli_load(manifest, ledger)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.stdout == ""
+    for line in (36, 40):
+        assert f"{manifest}:{line}: column 'image_url': image_url is an s3:// URL" in result.stderr
+    assert "2 problems found; nothing was loaded." in result.stderr
+    assert any(p.rows and not p.problem_count for p in spy.parts)  # good slices were copied first
+    assert spy.parts[-1].problem_count
+    if existing:
+        assert ledger.read_bytes() == before and no_wal_writes(ledger)
+        assert not Path(f"{ledger}-journal").exists()
+    else:
+        assert ledger_files(ledger) == []
+    assert scratch_dirs(scratch_root) == []
+
+
+def test_duplicate_reference_id_in_two_slices(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
+    """A reference_id in the first and the last slice: every slice is clean on its own, but the unique index
+    skips the second copy; the load falls back, names both lines, and loads nothing."""
+    rows = image_rows(40)
+    rows[38][0] = "r-002"  # type: ignore[index]  # line 40; the first is on line 4
+    manifest = build(IMAGE_HEADER, rows).write(tmp_path)
+    ledger = tmp_path / "ledger.db"
+    result = cli_load(manifest, ledger)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"{manifest}:40: column 'reference_id': duplicate reference_id 'r-002' (first on line 4)" in result.stderr
+    assert "1 problem found; nothing was loaded." in result.stderr
+    assert spy.took_clean_parallel_path(), spy.parts
+    assert ledger_files(ledger) == []
+    assert scratch_dirs(scratch_root) == []
+
+
+# --- afterwards -----------------------------------------------------------------------------------------
+
+def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_path: Path) -> None:
+    """After a parallel first load, the same file is "already loaded"; a changed copy goes through the
+    ordinary merge (the ledger is no longer empty: no workers) and reports its new and updated rows."""
+    first = build(IMAGE_HEADER, image_rows(40))
+    manifest, ledger = first.write(tmp_path), tmp_path / "ledger.db"
+    assert cli_load(manifest, ledger).exit_code == 0
+    assert spy.took_clean_parallel_path()
+    parts = len(spy.parts)
+
+    again = cli_load(manifest, ledger)
+    assert again.exit_code == 0 and "already loaded with the same options (40 rows)" in again.stdout
+
+    rows = image_rows(42)
+    rows[5][1] = "https://cdn.example.com/changed/5.jpg"  # type: ignore[index]
+    rows[30][1] = "https://cdn.example.com/changed/30.jpg"  # type: ignore[index]
+    changed = build(IMAGE_HEADER, rows).write(tmp_path, "changed")
+    result = cli_load(changed, ledger)
+    assert result.exit_code == 0, result.output
+    assert "42 rows: 2 new, 38 unchanged, 2 updated, 0 conflicting" in result.stdout
+    assert "updated (payload changed, will be sent): r-005, r-030" in result.stdout
+    assert len(spy.parts) == parts  # no workers for a non-empty ledger
+    loaded = {r[1]: r for r in jobs(ledger)}
+    assert len(loaded) == 42 and "changed/30.jpg" in loaded["r-030"][4]
+
+
+def test_new_ledger_after_a_parallel_load_is_sound(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
+    """A new ledger: the workers start before its file exists, the slices are copied under a rollback
+    journal, and afterwards the ledger is back in WAL, intact, with no dangling foreign keys, private
+    (0600), and no journal, scratch folder or worker is left."""
+    case = build(IMAGE_HEADER, image_rows(40))
+    ledger = tmp_path / "ledger.db"
+    existed, formats = [], []
+    spy.on_start.append(lambda: existed.append(ledger.exists()))
+    spy.on_part.append(lambda: formats.append(file_format(ledger)))
+    before = children(os.getpid(), zombies=True)
+    assert cli_load(case.write(tmp_path), ledger).exit_code == 0
+    assert spy.took_clean_parallel_path()
+    assert existed == [False]
+    assert set(formats) == {(1, 1)}
+    assert file_format(ledger) == (2, 2)
+    with closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert db.execute("SELECT COUNT(*), MIN(manifest_id), MAX(manifest_id) FROM jobs").fetchone() == (40, 1, 1)
+        assert db.execute("SELECT row_count FROM manifests").fetchall() == [(40,)]
+    assert oct(ledger.stat().st_mode & 0o777) == "0o600"
+    assert not Path(f"{ledger}-journal").exists()
+    assert [d.parent for d in spy.workdirs] == [scratch_root] and not spy.workdirs[0].exists()
+    assert scratch_dirs(scratch_root) == []
+    assert children(os.getpid(), zombies=True).keys() <= before.keys()
+
+
+def test_prepare_load_stages_before_the_ledger_is_opened(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
+    """Library API: prepare_load(new_ledger=True) starts the workers before the ledger exists; loading it
+    into the new ledger then copies their slices."""
+    case = build(IMAGE_HEADER, image_rows(40))
+    manifest, ledger = case.write(tmp_path), tmp_path / "ledger.db"
+    with runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True) as prep:
+        assert not ledger.exists() and len(spy.workdirs) == 1 and spy.workdirs[0].exists()
+        led = Ledger.open(ledger)
+        try:
+            report = prep.load(led)
+        finally:
+            led.close()
+    assert (report.rows, report.new) == (40, 40)
+    assert spy.took_clean_parallel_path()
+    assert lines_of(jobs(ledger)) == case.expected
+    assert scratch_dirs(scratch_root) == []
+
+
+def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
+    """A PreparedLoad closed without loading kills and reaps its workers and removes their scratch folder."""
+    manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path)
+    before = children(os.getpid(), zombies=True)
+    prep = runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
+    workers = children(os.getpid(), zombies=True).keys() - before.keys()
+    assert len(workers) == 2 and len(scratch_dirs(scratch_root)) == 1
+    prep.close()
+    assert all(proc_stat(pid) is None for pid in workers)  # reaped, not zombies
+    assert scratch_dirs(scratch_root) == []
+
+
+def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) -> None:
+    """runner.load on an empty ledger (not created by this load) also takes the parallel path, and the
+    ledger stays in WAL throughout (a failed load must leave such a file byte for byte unchanged)."""
+    case = build(IMAGE_HEADER, image_rows(40))
+    ledger_path = tmp_path / "ledger.db"
+    Ledger.open(ledger_path).close()
+    formats: list[tuple[int, int]] = []
+    spy.on_part.append(lambda: formats.append(file_format(ledger_path)))
+    led = Ledger.open(ledger_path)
+    try:
+        report = runner.load(led, case.write(tmp_path), ManifestOptions(project_id="p", work_flow_id="w"))
+    finally:
+        led.close()
+    assert report.new == 40 and spy.took_clean_parallel_path()
+    assert set(formats) == {(2, 2)}
+    assert lines_of(jobs(ledger_path)) == case.expected
+    with closing(sqlite3.connect(ledger_path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- real processes, killed and interrupted -------------------------------------------------------------
+
+BIG_ROWS = 60_000
+
+
+@pytest.fixture(scope="module")
+def big_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~4.5 MiB of image rows: over MIN_SPLIT_BYTES, so a real `uploader load` forks its workers."""
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("reference_id,image_url,camera,note\n")
+        f.writelines(f"ref-{i:06d},https://cdn.example.com/images/{i:06d}.jpg,cam{i % 4},note-{i % 97:02d}-abcdefgh\n"
+                     for i in range(BIG_ROWS))
+    assert path.stat().st_size > staging.MIN_SPLIT_BYTES
+    return path
+
+
+def subprocess_env(scratch: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
+    return {**env, "TMPDIR": str(scratch)}
+
+
+#: `uploader` with a test-only patch applied first (argv[1]: a file the patch may touch to say "here now").
+INSTRUMENTED = """
+import pathlib, sys, time
+{patch}
+from uploader.cli import cli
+cli(sys.argv[2:], prog_name="uploader")
+"""
+#: The parent stops (sleeps) just before its first slice: the workers run to their end (and wait) while the
+#: parent sits in the load's transaction, on a new ledger in its rollback-journal bulk mode.
+PAUSE_BEFORE_COPY = """
+import uploader.staging as staging
+real = staging.Production.results
+def results(self):
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(60)
+    yield from real(self)
+staging.Production.results = results
+"""
+#: Workers read their slices in chunks of 500 rows, half a second each: a slice takes many seconds.
+SLOW_WORKERS = """
+import uploader.manifest as manifest
+real = manifest.Manifest.chunk_tuples
+def chunk_tuples(self, size=5000, span=None):
+    if span is None:
+        yield from real(self, size)
+        return
+    for chunk in real(self, 500, span):
+        time.sleep(0.5)
+        yield chunk
+manifest.Manifest.chunk_tuples = chunk_tuples
+"""
+
+
+def start_load(manifest: Path, ledger: Path, scratch: Path, *, patch: str | None = None, marker: Path | None = None,
+               output: int = subprocess.PIPE, **popen: Any) -> subprocess.Popen:
+    """`python -m uploader load` (or, with `patch`, the instrumented equivalent) with TMPDIR=`scratch`.
+    Killed processes get `output=DEVNULL`: their workers inherit stdout/stderr, so reading them to the end
+    would wait for the workers too."""
+    args = ["load", str(manifest), *LOAD_OPTS, "--ledger", str(ledger)]
+    if patch is None:
+        cmd = [sys.executable, "-m", "uploader", *args]
+    else:
+        cmd = [sys.executable, "-c", INSTRUMENTED.format(patch=patch), str(marker), *args]
+    return subprocess.Popen(cmd, env=subprocess_env(scratch), stdout=output, stderr=output, **popen)
+
+
+def wait_for_workers(proc: subprocess.Popen, scratch: Path) -> dict[int, str]:
+    """Wait until the load's scratch folder exists and its two workers run, ignoring SIGINT."""
+    found: dict[int, str] = {}
+
+    def ready() -> bool:
+        nonlocal found
+        assert proc.poll() is None, f"the load ended before its workers were seen: {proc.communicate()}"
+        found = children(proc.pid)
+        return len(found) == 2 and all(map(ignores_sigint, found)) and bool(scratch_dirs(scratch))
+
+    wait_until(ready, 10, "the worker processes")
+    return found
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the parent (only) and reap it."""
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def wait_for_exit(workers: dict[int, str], seconds: float = 5.0) -> None:
+    """Wait for the workers to end (if they do not, the test fails and they are killed)."""
+    try:
+        wait_until(lambda: not any(alive(pid, started) for pid, started in workers.items()), seconds,
+                   "the workers to exit")
+    finally:
+        for pid, started in workers.items():
+            if alive(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+def ledger_state(ledger: Path) -> tuple[int, str]:
+    """(exit code, output) of `uploader status --ledger L --json`."""
+    result = CliRunner().invoke(cli, ["status", "--ledger", str(ledger), "--json"])
+    return result.exit_code, result.output
+
+
+def assert_reload_succeeds(manifest: Path, ledger: Path) -> None:
+    result = cli_load(manifest, ledger)
+    assert result.exit_code == 0, result.output
+    assert f"{BIG_ROWS} rows: {BIG_ROWS} new" in result.stdout
+    with closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone() == (BIG_ROWS,)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
+def test_sigkilled_load_leaves_no_workers_or_scratch(existing: bool, big_manifest: Path, tmp_path: Path,
+                                                     scratch_root: Path) -> None:
+    """SIGKILL the parent while its workers stage: they notice they are orphaned, remove the scratch folder
+    and exit; the ledger (if it was created at all) holds no jobs, and the same load then succeeds."""
+    ledger = tmp_path / "ledger.db"
+    if existing:
+        Ledger.open(ledger).close()
+    proc = start_load(big_manifest, ledger, scratch_root, output=subprocess.DEVNULL)
+    try:
+        workers = wait_for_workers(proc, scratch_root)
+    finally:
+        kill(proc)
+    wait_for_exit(workers)
+    wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
+    code, output = ledger_state(ledger)
+    if ledger.exists():
+        assert code == 0 and json.loads(output)["total"] == 0, output
+    else:
+        assert code == 1 and "no ledger at" in output and "Traceback" not in output
+    assert_reload_succeeds(big_manifest, ledger)
+
+
+def test_orphaned_workers_stop_within_a_chunk(big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
+    """Workers check for their parent between chunks: with slow chunks (their slices would take many
+    seconds more), a SIGKILLed parent's workers still exit promptly and remove the scratch folder."""
+    proc = start_load(big_manifest, tmp_path / "ledger.db", scratch_root, patch=SLOW_WORKERS,
+                      output=subprocess.DEVNULL)
+    try:
+        workers = wait_for_workers(proc, scratch_root)
+    finally:
+        kill(proc)
+    wait_for_exit(workers, 5)
+    wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
+
+
+def test_sigkilled_during_the_copy_leaves_an_empty_sound_ledger(big_manifest: Path, tmp_path: Path,
+                                                                scratch_root: Path) -> None:
+    """SIGKILL the parent inside the bulk transaction of a new ledger (rollback journal, not WAL): the next
+    command finds a ledger with no jobs, and the same load then succeeds."""
+    ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
+    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker,
+                      output=subprocess.DEVNULL)
+    try:
+        wait_until(marker.exists, 10, "the load to reach the copy")
+        workers = children(proc.pid, zombies=True)
+    finally:
+        kill(proc)
+    code, output = ledger_state(ledger)
+    assert code == 0 and json.loads(output)["total"] == 0, output
+    with closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    wait_for_exit(workers)
+    for leftover in scratch_dirs(scratch_root):  # may be left behind: see the next test
+        shutil.rmtree(leftover)
+    assert_reload_succeeds(big_manifest, ledger)
+
+
+def test_sigkilled_after_the_workers_finished_leaves_no_scratch(big_manifest: Path, tmp_path: Path,
+                                                                scratch_root: Path) -> None:
+    """The scratch folder goes even if the parent is killed after both workers wrote every slice: they
+    wait for the parent (most of a big load is its copying) and clean up when it dies."""
+    ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
+    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker,
+                      output=subprocess.DEVNULL)
+    try:
+        wait_until(marker.exists, 10, "the load to reach the copy")
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        wait_until(lambda: all(waits_on_a_pipe(pid) for pid in workers), 10,
+                   "both workers to finish their slices and wait for the parent")
+        assert len(list(scratch_dirs(scratch_root)[0].glob("part*.db"))) == 8
+    finally:
+        kill(proc)
+    wait_for_exit(workers, 5)
+    assert scratch_dirs(scratch_root) == []
+
+
+@pytest.mark.parametrize("target", ["parent", "process group", "parent during the copy"])
+def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
+    """Ctrl-C (SIGINT to the parent, or to the whole process group as a terminal sends it; workers ignore
+    it) while workers stage or while their slices are copied: exit 130 with the resume hint, no traceback,
+    no worker or scratch folder left, no ledger or an empty one (in WAL), and the same load then succeeds."""
+    ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
+    during_copy = target == "parent during the copy"
+    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY if during_copy else None,
+                      marker=marker, start_new_session=True)
+    try:
+        workers = wait_for_workers(proc, scratch_root)
+        if during_copy:
+            wait_until(marker.exists, 10, "the load to reach the copy")
+        if target == "process group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, err = (b.decode() for b in proc.communicate(timeout=20))
+    finally:
+        if proc.poll() is None:
+            kill(proc)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    assert "interrupted; run the same command again to resume." in err
+    # Waited for, not asserted at once: a SIGINT that lands in the parent between forking a worker and
+    # recording its pid (Production.__init__) leaves that worker unkilled, to notice the parent is gone.
+    wait_for_exit(workers)
+    wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
+    if during_copy:
+        assert ledger.exists()  # interrupted inside the load's transaction
+    if ledger.exists():
+        code, output = ledger_state(ledger)
+        assert code == 0 and json.loads(output)["total"] == 0, output
+        with closing(sqlite3.connect(ledger)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert not Path(f"{ledger}-journal").exists()
+    assert_reload_succeeds(big_manifest, ledger)
