@@ -57,8 +57,10 @@ class Spy:
     on_part: list[Callable[[], None]] = field(default_factory=list)  #: called as a slice is handed over
 
     def took_clean_parallel_path(self) -> bool:
-        """One Production, every slice delivered in order, none with a problem or uncuttable."""
-        return (len(self.slices) == 1 and [p.index for p in self.parts] == list(range(self.slices[0]))
+        """One Production, every slice delivered in order (twice if the empty-ledger fast path gave up and
+        the staging path used the slices again), none with a problem or uncuttable."""
+        indexes, n = [p.index for p in self.parts], self.slices[0] if len(self.slices) == 1 else -1
+        return (indexes in (list(range(n)), list(range(n)) * 2)
                 and not any(p.problem_count or p.uncuttable for p in self.parts))
 
 
@@ -334,10 +336,16 @@ UNCUTTABLE: dict[str, Callable[[], Case]] = {
 }
 
 
-def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
+def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
+                   seeded: bool = False) -> tuple[list, list]:
     """Load the case into a new ledger with the parallel path allowed, then into another without it; return
-    both ledgers' jobs."""
+    both ledgers' jobs. `seeded`: both ledgers already hold a job of another manifest (the staging path)."""
     manifest = case.write(folder)
+    if seeded:
+        seed = build(IMAGE_HEADER, [["seed-1", "https://cdn.example.com/seed.jpg", "cam", "n"]]).write(folder, "seed")
+        with one_process(monkeypatch):
+            for name in ("parallel.db", "serial.db"):
+                assert cli_load(seed, folder / name, LOAD_OPTS).exit_code == 0
     parallel = cli_load(manifest, folder / "parallel.db", case.args)
     assert parallel.exit_code == 0, parallel.output
     n = len(case.expected)
@@ -352,19 +360,21 @@ def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.Monke
 
 # --- equivalence ----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("seeded", [False, True], ids=["empty ledger", "non-empty ledger"])
 @pytest.mark.parametrize("name", list(CUTTABLE))
-def test_parallel_load_equals_one_process_load(name: str, spy: Spy, tmp_path: Path, scratch_root: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every slice is staged by workers and copied in, and `jobs` ends up exactly as the one-process load
-    leaves it (ids, overrides and defaults, bodies and hashes, extra columns, status, physical line)."""
+def test_parallel_load_equals_one_process_load(name: str, seeded: bool, spy: Spy, tmp_path: Path,
+                                               scratch_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slice is staged by workers and copied in (straight into `jobs` of an empty ledger, else into
+    the staging table of the ordinary merge), and `jobs` ends up exactly as the one-process load leaves it
+    (ids, overrides and defaults, bodies and hashes, extra columns, status, physical line)."""
     case = CUTTABLE[name]()
-    parallel, serial = load_both_ways(case, tmp_path, spy, monkeypatch)
+    parallel, serial = load_both_ways(case, tmp_path, spy, monkeypatch, seeded)
     assert spy.took_clean_parallel_path(), spy.parts
     assert sum(p.rows for p in spy.parts) == len(case.expected)
     if name == "fewer lines than slices":
         assert any(p.rows == 0 for p in spy.parts)  # empty slices are fine
     assert parallel == serial
-    assert lines_of(parallel) == case.expected
+    assert lines_of([r for r in parallel if r[1] != "seed-1"]) == case.expected
     assert scratch_dirs(scratch_root) == []
 
 
@@ -398,7 +408,8 @@ def test_a_dying_worker_falls_back_to_one_process(spy: Spy, tmp_path: Path, scra
     result = cli_load(case.write(tmp_path), tmp_path / "ledger.db")
     assert result.exit_code == 0, result.output
     assert "40 rows: 40 new" in result.stdout
-    assert len(spy.slices) == 1 and [p.index for p in spy.parts] == [0, 1, 2, 3, 4]
+    # the fast path and then the staging path each see slices 0-4 and the lost worker, then read alone
+    assert len(spy.slices) == 1 and {p.index for p in spy.parts} == {0, 1, 2, 3, 4}
     assert lines_of(jobs(tmp_path / "ledger.db")) == case.expected
     assert children(os.getpid(), zombies=True).keys() <= before.keys()
     assert scratch_dirs(scratch_root) == []
@@ -455,8 +466,9 @@ def test_duplicate_reference_id_in_two_slices(spy: Spy, tmp_path: Path, scratch_
 # --- afterwards -----------------------------------------------------------------------------------------
 
 def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_path: Path) -> None:
-    """After a parallel first load, the same file is "already loaded"; a changed copy goes through the
-    ordinary merge (the ledger is no longer empty: no workers) and reports its new and updated rows."""
+    """After a parallel first load, the same file is "already loaded"; a changed copy is staged by workers
+    too and goes through the ordinary merge (the ledger is no longer empty), reporting its new and updated
+    rows."""
     first = build(IMAGE_HEADER, image_rows(40))
     manifest, ledger = first.write(tmp_path), tmp_path / "ledger.db"
     assert cli_load(manifest, ledger).exit_code == 0
@@ -474,7 +486,7 @@ def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_pa
     assert result.exit_code == 0, result.output
     assert "42 rows: 2 new, 38 unchanged, 2 updated, 0 conflicting" in result.stdout
     assert "updated (payload changed, will be sent): r-005, r-030" in result.stdout
-    assert len(spy.parts) == parts  # no workers for a non-empty ledger
+    assert len(spy.slices) == 2 and [p.index for p in spy.parts[parts:]] == list(range(spy.slices[1]))
     loaded = {r[1]: r for r in jobs(ledger)}
     assert len(loaded) == 42 and "changed/30.jpg" in loaded["r-030"][4]
 

@@ -96,26 +96,27 @@ def load_manifest(
             empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
         if seen is not None:
             return LoadReport(str(path), seen[0], unchanged=seen[0], already_loaded=True)
-        if engine.dialect.name == "sqlite" and empty:
-            if production is None and staging.Production.suits(manifest):  # type: ignore[arg-type]
-                production = staging.Production(manifest)  # type: ignore[arg-type]
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite and production is None and staging.Production.suits(manifest):  # type: ignore[arg-type]
+            production = staging.Production(manifest)  # type: ignore[arg-type]
+        if sqlite and empty:
             fast = _load_into_empty(engine, manifest, path, size, sha, options_hash, production, new_file)
             if fast is not None:
                 return LoadReport(**{**fast.__dict__, "seconds": time.perf_counter() - started})
+        with translate_errors(), engine.connect() as conn:
+            try:
+                rows = _stage(conn, manifest, production)
+                _check(conn, manifest)
+                conn.rollback()
+                report = _merge(conn, path, size, sha, options_hash, rows)
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
+                conn.commit()
+        return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
     finally:
         if production is not None:
             production.close()
-    with translate_errors(), engine.connect() as conn:
-        try:
-            rows = _stage(conn, manifest)
-            _check(conn, manifest)
-            conn.rollback()
-            report = _merge(conn, path, size, sha, options_hash, rows)
-        finally:
-            conn.rollback()
-            conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
-            conn.commit()
-    return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
 
 
 class _NotClean(Exception):
@@ -128,18 +129,29 @@ _JOB_COLUMNS = (
 )
 
 
-def _insert_new(stamp: str, mid: int, source: str | None = None) -> str:
+def _insert_new(stamp: str, mid: int, part: str | None = None) -> str:
     """INSERT of new pending rows, the per-load constants written into the SQL (fewer values to bind per
-    row); from bound values, or with `source` from that schema's staging table. Duplicates are skipped,
+    row); from bound values, or with `part` from that attached scratch file. Duplicates are skipped,
     which the caller sees in the row count."""
     constants = f"'pending', 0, 0, 0, '{stamp}', '{stamp}', {int(mid)}"
-    if source is None:
+    if part is None:
         values = f"VALUES (?, ?, ?, ?, ?, ?, ?, {constants}, ?)"
-    else:  # a scratch file (uploader.staging.SCRATCH_COLUMNS): rows without `own` have the load's defaults
-        own = [f"CASE WHEN own IS NULL THEN :{c} ELSE {c} END" for c in ("project_id", "work_flow_id", "batch_id")]
-        values = (f"SELECT {own[0]}, reference_id, {own[1]}, {own[2]}, body, body_hash, extra, {constants}, "
-                  f"line FROM {source}.staging WHERE true")
+    else:
+        values = (f"SELECT project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, {constants}, "
+                  f"line FROM ({_part_rows(part)}) WHERE true")
     return f"INSERT INTO jobs ({_JOB_COLUMNS}) {values} ON CONFLICT (project_id, reference_id) DO NOTHING"
+
+
+def _part_rows(part: str) -> str:
+    """The rows of an attached scratch file (uploader.staging.SCRATCH_COLUMNS) in STAGING_COLUMNS order;
+    rows without `own` take the load's defaults, bound as :project_id, :work_flow_id and :batch_id."""
+    own = [f"CASE WHEN own IS NULL THEN :{c} ELSE {c} END" for c in ("project_id", "work_flow_id", "batch_id")]
+    return (f"SELECT line, {own[0]} AS project_id, reference_id, {own[1]} AS work_flow_id, {own[2]} AS batch_id, "
+            f"body, body_hash, extra FROM {part}.staging")
+
+
+def _part_defaults(manifest: ManifestLike) -> dict[str, str | None]:
+    return dict(zip(("project_id", "work_flow_id", "batch_id"), staging.load_defaults(manifest)))  # type: ignore[arg-type]
 
 
 def _load_into_empty(
@@ -211,7 +223,7 @@ def _copy_parts(
 ) -> tuple[int, int]:
     """The slices, staged by worker processes, each copied in as soon as it is ready."""
     sent = inserted = 0
-    defaults = dict(zip(("project_id", "work_flow_id", "batch_id"), staging.load_defaults(manifest)))  # type: ignore[arg-type]
+    defaults = _part_defaults(manifest)
     for part in production.results():
         if part.problem_count or part.uncuttable:
             raise _NotClean
@@ -258,21 +270,54 @@ def _stager(conn: Connection) -> Callable[[list[tuple]], None]:
     return lambda rows: conn.exec_driver_sql(insert, rows)
 
 
-def _stage(conn: Connection, manifest: ManifestLike) -> int:
-    """Stream the manifest into the staging table; returns the number of good rows staged."""
+def _stage(conn: Connection, manifest: ManifestLike, production: staging.Production | None = None) -> int:
+    """Stream the manifest into the staging table; returns the number of good rows staged. With
+    `production` (SQLite), the workers' scratch files are copied in instead, unless one of them met a
+    problem: then the manifest is read here after all, to find and report every problem."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
     conn.exec_driver_sql(_STAGING_DDL)
-    stage_rows = _stager(conn)
+    attached: list[str] = []
+    try:
+        total = _stage_parts(conn, manifest, production, attached) if production is not None else None
+        if total is None:
+            conn.exec_driver_sql("DELETE FROM staging")
+            stage_rows = _stager(conn)
+            total = 0
+            for chunk in manifest.chunk_tuples():
+                params = staging.staged_rows(chunk)
+                if params:
+                    stage_rows(params)
+                    total += len(params)
+        conn.exec_driver_sql("CREATE INDEX staging_key ON staging (project_id, reference_id)")
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE staging")  # autovacuum never analyzes TEMP tables: plan the merge well
+        conn.commit()  # commits only the TEMP table: the ledger file is not written
+    finally:
+        conn.rollback()
+        raw = conn.connection.driver_connection
+        for name in attached:  # outside any transaction, as SQLite wants
+            raw.execute(f"DETACH DATABASE {name}")  # type: ignore[union-attr]
+    return total
+
+
+def _stage_parts(
+    conn: Connection, manifest: ManifestLike, production: staging.Production, attached: list[str]
+) -> int | None:
+    """Copy the workers' scratch files into staging; None if a slice had a problem, the file could not be
+    cut, or a worker died (the caller reads the manifest itself then)."""
     total = 0
-    for chunk in manifest.chunk_tuples():
-        params = staging.staged_rows(chunk)
-        if params:
-            stage_rows(params)
-            total += len(params)
-    conn.exec_driver_sql("CREATE INDEX staging_key ON staging (project_id, reference_id)")
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE staging")  # autovacuum never analyzes TEMP tables: plan the merge well
-    conn.commit()  # commits only the TEMP table: the ledger file is not written
+    defaults = _part_defaults(manifest)
+    try:
+        for part in production.results():
+            if part.problem_count or part.uncuttable:
+                return None
+            name = f"part{part.index}"
+            conn.exec_driver_sql(f"ATTACH DATABASE ? AS {name}", (str(part.path),))
+            attached.append(name)
+            conn.execute(text(f"INSERT INTO staging {_part_rows(name)}"), defaults)
+            total += part.rows
+    except staging.WorkerLost:
+        return None
     return total
 
 

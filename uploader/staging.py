@@ -165,6 +165,7 @@ class Production:
         defaults = load_defaults(manifest)
         parent = os.getpid()
         self._procs: list[tuple[int, BinaryIO]] = []
+        self._done: list[PartResult] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="uploader-load-"))
         # Workers block on reading this until it closes: when we close it, or die (then they clean up)
         alive_r, self._alive = os.pipe()
@@ -199,9 +200,12 @@ class Production:
         return manifest.splittable and size >= MIN_SPLIT_BYTES and can_fork()
 
     def results(self) -> Iterator[PartResult]:
-        """Each slice's result, in slice order (waiting for the slower worker as needed)."""
+        """Each slice's result, in slice order (waiting for the slower worker as needed). A second pass
+        (after a first one gave up) yields the same results again: the scratch files stay until close()."""
         for i in range(self.parts):
-            yield _receive(self._procs[i % len(self._procs)][1])
+            if i == len(self._done):
+                self._done.append(_receive(self._procs[i % len(self._procs)][1]))
+            yield self._done[i]
 
     def close(self) -> None:
         for pid, pipe in self._procs:
