@@ -184,7 +184,8 @@ def _load_into_empty(
                     "VALUES (?, ?, ?, ?, 0, ?) RETURNING id", (str(path.absolute()), size, sha, options_hash, stamp),
                 ).fetchone()[0]
                 if production is not None:
-                    sent, inserted = _copy_parts(raw, manifest, production, stamp, mid, attached)
+                    sent, inserted = _copy_parts(raw, production, lambda part: _insert_new(stamp, mid, part),
+                                                 _part_defaults(manifest), attached)
                 else:
                     sent, inserted = _insert_rows(raw, manifest, stamp, mid)
                 if manifest.problem_count or inserted != sent or sent == 0:
@@ -219,20 +220,22 @@ def _insert_rows(raw: Any, manifest: ManifestLike, stamp: str, mid: int) -> tupl
 
 
 def _copy_parts(
-    raw: Any, manifest: ManifestLike, production: staging.Production, stamp: str, mid: int, attached: list[str]
+    raw: Any, production: staging.Production, sql_for: Callable[[str], str], params: dict[str, Any],
+    attached: list[str],
 ) -> tuple[int, int]:
-    """The slices, staged by worker processes, each copied in as soon as it is ready."""
-    sent = inserted = 0
-    defaults = _part_defaults(manifest)
+    """Attach each slice's scratch file as soon as it is ready and copy it in with `sql_for(schema name)`.
+    Returns (rows the slices hold, rows the statements changed); raises _NotClean if a slice had a problem
+    or the file could not be cut, WorkerLost if a worker died."""
+    sent = changed = 0
     for part in production.results():
         if part.problem_count or part.uncuttable:
             raise _NotClean
         name = f"part{part.index}"
         raw.execute(f"ATTACH DATABASE ? AS {name}", (str(part.path),))
         attached.append(name)
-        inserted += raw.execute(_insert_new(stamp, mid, name), defaults).rowcount
+        changed += raw.execute(sql_for(name), params).rowcount
         sent += part.rows
-    return sent, inserted
+    return sent, changed
 
 
 def _insert_manifest(
@@ -278,7 +281,14 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
     conn.exec_driver_sql(_STAGING_DDL)
     attached: list[str] = []
     try:
-        total = _stage_parts(conn, manifest, production, attached) if production is not None else None
+        total: int | None = None
+        if production is not None:
+            try:
+                total, _ = _copy_parts(conn.connection.driver_connection, production,
+                                       lambda part: f"INSERT INTO staging {_part_rows(part)}",
+                                       _part_defaults(manifest), attached)
+            except (_NotClean, staging.WorkerLost):
+                total = None  # read the manifest here after all, to find and report every problem
         if total is None:
             conn.exec_driver_sql("DELETE FROM staging")
             stage_rows = _stager(conn)
@@ -297,27 +307,6 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
         raw = conn.connection.driver_connection
         for name in attached:  # outside any transaction, as SQLite wants
             raw.execute(f"DETACH DATABASE {name}")  # type: ignore[union-attr]
-    return total
-
-
-def _stage_parts(
-    conn: Connection, manifest: ManifestLike, production: staging.Production, attached: list[str]
-) -> int | None:
-    """Copy the workers' scratch files into staging; None if a slice had a problem, the file could not be
-    cut, or a worker died (the caller reads the manifest itself then)."""
-    total = 0
-    defaults = _part_defaults(manifest)
-    try:
-        for part in production.results():
-            if part.problem_count or part.uncuttable:
-                return None
-            name = f"part{part.index}"
-            conn.exec_driver_sql(f"ATTACH DATABASE ? AS {name}", (str(part.path),))
-            attached.append(name)
-            conn.execute(text(f"INSERT INTO staging {_part_rows(name)}"), defaults)
-            total += part.rows
-    except staging.WorkerLost:
-        return None
     return total
 
 
