@@ -41,6 +41,32 @@ def test_load_every_sample_then_reload_is_a_no_op(tmp_path, sample, rows):
     assert status["counts"]["pending"] == status["total"] > 0
 
 
+def test_identical_reload_repeats_its_conflicts(tmp_path):
+    """A file whose load found conflicts (rows already sent with another payload) says so again when it is
+    loaded again, though that reload changes nothing."""
+    from uploader.ledger import Ledger, Result
+    from uploader.models import Status
+
+    ledger = str(tmp_path / "l.db")
+    first = tmp_path / "a.csv"
+    first.write_text("reference_id,image_url\nr1,https://e.com/1.jpg\nr2,https://e.com/2.jpg\n")
+    assert invoke("load", str(first), *LOAD, "--ledger", ledger).exit_code == 0
+    led = Ledger.open(ledger)
+    owner = led.register_worker()
+    claim = next(c for c in led.claim(owner, 10, 60) if c.reference_id == "r1")
+    led.record([Result(claim.id, claim.lease_token, Status.SUCCEEDED, job_id="J1")])
+    led.release(owner)
+    led.close()
+    changed = tmp_path / "b.csv"
+    changed.write_text("reference_id,image_url\nr1,https://e.com/1-v2.jpg\nr2,https://e.com/2.jpg\n")
+    for attempt in ("first", "again"):
+        result = CliRunner().invoke(cli, ["load", str(changed), *LOAD, "--ledger", ledger])
+        assert result.exit_code == 0, result.output
+        assert "conflicts: 1 rows already sent with a different payload were left unchanged" in result.stderr
+        assert "e.g. r1" in result.stderr
+        assert ("already loaded" in result.stdout) == (attempt == "again")
+
+
 def test_bad_manifest_exit_1_no_traceback_no_ledger_left(tmp_path):
     ledger = tmp_path / "l.db"
     result = invoke("load", str(SAMPLES / "broken_bad_rows.csv"), *LOAD, "--ledger", str(ledger))

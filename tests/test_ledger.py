@@ -42,6 +42,10 @@ def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
     report = ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
     assert (report.new, report.unchanged, report.updated, report.conflicts) == (1, 8, 1, 1)
     assert report.conflict_examples == ("ref-0",) and report.updated_examples == ("ref-1",)
+    # the identical file again: a no-op, but its conflict still stands and is reported again
+    again = ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
+    assert again.already_loaded and (again.rows, again.unchanged, again.conflicts) == (11, 10, 1)
+    assert again.conflict_examples == ("ref-0",) and again.updated == 0
     rows = {r["reference_id"]: r for r in ledger.export_rows()}
     assert rows["ref-0"]["job_id"] == "J0" and rows["ref-0"]["status"] == "succeeded"
     assert ledger.counts()["pending"] == 10

@@ -110,11 +110,11 @@ def cli() -> None:
 def _print_load(report: Any) -> None:
     if report.already_loaded:
         click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
-        return
-    click.echo(
-        f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
-        f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
-    )
+    else:
+        click.echo(
+            f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
+            f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
+        )
     if report.updated:
         click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
     if report.conflicts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -90,12 +91,15 @@ def load_manifest(
         sha = file_sha256(path)
         with read_tx(engine) as conn:
             seen = conn.execute(
-                text("SELECT row_count FROM manifests WHERE sha256 = :sha AND options_hash = :opt LIMIT 1"),
+                text("SELECT row_count, conflicts, conflict_examples FROM manifests "
+                     "WHERE sha256 = :sha AND options_hash = :opt ORDER BY id DESC LIMIT 1"),
                 {"sha": sha, "opt": options_hash},
             ).first()
             empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
         if seen is not None:
-            return LoadReport(str(path), seen[0], unchanged=seen[0], already_loaded=True)
+            rows, conflicts, examples = seen
+            return LoadReport(str(path), rows, unchanged=rows - conflicts, conflicts=conflicts,
+                              conflict_examples=tuple(json.loads(examples or "[]")), already_loaded=True)
         sqlite = engine.dialect.name == "sqlite"
         if sqlite and production is None and staging.Production.suits(manifest):  # type: ignore[arg-type]
             production = staging.Production(manifest)  # type: ignore[arg-type]
@@ -239,14 +243,16 @@ def _copy_parts(
 
 
 def _insert_manifest(
-    conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, now: dt.datetime
+    conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, now: dt.datetime,
+    conflicts: int, conflict_examples: Sequence[str],
 ) -> int:
     return conn.execute(
         text(
-            "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
-            "VALUES (:p, :s, :h, :o, :n, :t) RETURNING id"
+            "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, "
+            "conflict_examples) VALUES (:p, :s, :h, :o, :n, :t, :c, :ce) RETURNING id"
         ),
-        {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now},
+        {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now, "c": conflicts,
+         "ce": json.dumps(list(conflict_examples)) if conflicts else None},
     ).scalar_one()
 
 
@@ -400,13 +406,13 @@ def _merge(
             new, unchanged, updated, conflicts = rows, 0, 0, 0
         else:
             new, unchanged, updated, conflicts = conn.execute(text(_COUNTS)).one()
-        mid = _insert_manifest(conn, path, size, sha, options_hash, rows, now)
         upd_ex = con_ex = ()
+        if conflicts:
+            con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
+        mid = _insert_manifest(conn, path, size, sha, options_hash, rows, now, conflicts, con_ex)
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))
             conn.execute(text(_UPDATE), {"now": now, "mid": mid})
-        if conflicts:
-            con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
         if new:
             conn.execute(text(_INSERT), {"now": now, "mid": mid})
     return LoadReport(str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)

@@ -63,6 +63,8 @@ class LoadedManifest(Base):
     options_hash: Mapped[str] = mapped_column(String(64))
     row_count: Mapped[int] = mapped_column(Integer)
     loaded_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    conflicts: Mapped[int] = mapped_column(Integer, server_default="0")  #: repeated by an identical reload
+    conflict_examples: Mapped[str | None] = mapped_column(Text)  #: JSON list of the first few reference_ids
 
     __table_args__ = (Index(None, "sha256", "options_hash"),)
 
