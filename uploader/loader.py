@@ -3,7 +3,9 @@
 Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside the ledger file), the
 cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
 transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
-write lock is held only for the merge, not for the parse.
+write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big CSV/TSV is read by
+worker processes (uploader.staging) whose slices are copied into staging; and an empty ledger takes its
+rows straight into `jobs` (uploader.bulk_load), falling back to the staging path on any problem.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
-from uploader import staging
-from uploader.db import read_tx, sqlite_bulk_mode, translate_errors
+from uploader import bulk_load, staging
+from uploader.db import read_tx, translate_errors
 from uploader.errors import ManifestError, Problem
 
 __all__ = ["LoadReport", "load_manifest", "file_sha256"]
@@ -104,9 +106,10 @@ def load_manifest(
         if sqlite and production is None and staging.Production.suits(manifest):  # type: ignore[arg-type]
             production = staging.Production(manifest)  # type: ignore[arg-type]
         if sqlite and empty:
-            fast = _load_into_empty(engine, manifest, path, size, sha, options_hash, production, new_file)
-            if fast is not None:
-                return LoadReport(**{**fast.__dict__, "seconds": time.perf_counter() - started})
+            loaded = bulk_load.load_into_empty(engine, manifest, path, size, sha, options_hash, production,
+                                               new_file, _utcnow())
+            if loaded is not None:
+                return LoadReport(str(path), loaded, new=loaded, seconds=time.perf_counter() - started)
         with translate_errors(), engine.connect() as conn:
             try:
                 rows = _stage(conn, manifest, production)
@@ -121,125 +124,6 @@ def load_manifest(
     finally:
         if production is not None:
             production.close()
-
-
-class _NotClean(Exception):
-    """The fast path met a problem; the staging path will find and report all of them."""
-
-
-_JOB_COLUMNS = (
-    "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, recovered, attempts, "
-    "lease_token, created_at, updated_at, manifest_id, manifest_line"
-)
-
-
-def _insert_new(stamp: str, mid: int, part: str | None = None) -> str:
-    """INSERT of new pending rows, the per-load constants written into the SQL (fewer values to bind per
-    row); from bound values, or with `part` from that attached scratch file. Duplicates are skipped,
-    which the caller sees in the row count."""
-    constants = f"'pending', 0, 0, 0, '{stamp}', '{stamp}', {int(mid)}"
-    if part is None:
-        values = f"VALUES (?, ?, ?, ?, ?, ?, ?, {constants}, ?)"
-    else:
-        values = (f"SELECT project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, {constants}, "
-                  f"line FROM ({_part_rows(part)}) WHERE true")
-    return f"INSERT INTO jobs ({_JOB_COLUMNS}) {values} ON CONFLICT (project_id, reference_id) DO NOTHING"
-
-
-def _part_rows(part: str) -> str:
-    """The rows of an attached scratch file (uploader.staging.SCRATCH_COLUMNS) in STAGING_COLUMNS order;
-    rows without `own` take the load's defaults, bound as :project_id, :work_flow_id and :batch_id."""
-    own = [f"CASE WHEN own IS NULL THEN :{c} ELSE {c} END" for c in ("project_id", "work_flow_id", "batch_id")]
-    return (f"SELECT line, {own[0]} AS project_id, reference_id, {own[1]} AS work_flow_id, {own[2]} AS batch_id, "
-            f"body, body_hash, extra FROM {part}.staging")
-
-
-def _part_defaults(manifest: ManifestLike) -> dict[str, str | None]:
-    return dict(zip(("project_id", "work_flow_id", "batch_id"), staging.load_defaults(manifest)))  # type: ignore[arg-type]
-
-
-def _load_into_empty(
-    engine: Engine, manifest: ManifestLike, path: Path, size: int, sha: str, options_hash: str,
-    production: staging.Production | None, new_file: bool,
-) -> LoadReport | None:
-    """SQLite, empty ledger: rows go straight into `jobs` in one transaction, with no staging copy.
-
-    Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
-    one anything; the bulk mode (no per-row foreign-key check, a rollback journal instead of WAL) halves
-    the writing. With `production`, worker processes stage the slices (uploader.staging) and each
-    finished slice is copied in at C speed. A duplicate reference_id shows as a row the unique index
-    skipped; on that or any other problem the transaction rolls back (the ledger file is untouched) and
-    the staging path runs instead, which finds and reports every problem with its lines. Returns None then.
-    """
-    engine.dispose()  # the bulk mode needs the file to itself: close our own idle pooled connections
-    proxy = engine.raw_connection()
-    raw = proxy.driver_connection
-    attached: list[str] = []
-    try:
-        with translate_errors(), sqlite_bulk_mode(raw, new_file=new_file):  # type: ignore[arg-type]
-            raw.execute("BEGIN IMMEDIATE")
-            try:
-                if raw.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None:
-                    raise _NotClean
-                now = _utcnow()
-                stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
-                mid = raw.execute(
-                    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
-                    "VALUES (?, ?, ?, ?, 0, ?) RETURNING id", (str(path.absolute()), size, sha, options_hash, stamp),
-                ).fetchone()[0]
-                if production is not None:
-                    sent, inserted = _copy_parts(raw, production, lambda part: _insert_new(stamp, mid, part),
-                                                 _part_defaults(manifest), attached)
-                else:
-                    sent, inserted = _insert_rows(raw, manifest, stamp, mid)
-                if manifest.problem_count or inserted != sent or sent == 0:
-                    raise _NotClean
-                raw.execute("UPDATE manifests SET row_count = ? WHERE id = ?", (sent, mid))
-                raw.execute("COMMIT")
-            except BaseException:
-                raw.execute("ROLLBACK")
-                raise
-            finally:
-                for name in attached:
-                    raw.execute(f"DETACH DATABASE {name}")
-    except (_NotClean, staging.WorkerLost):
-        return None
-    finally:
-        proxy.close()
-    return LoadReport(str(path), sent, new=sent)
-
-
-def _insert_rows(raw: Any, manifest: ManifestLike, stamp: str, mid: int) -> tuple[int, int]:
-    """The rows of the whole manifest, read here, bound and inserted. Returns (rows sent, rows inserted)."""
-    cursor = raw.cursor()
-    sql = _insert_new(stamp, mid)
-    sent = inserted = 0
-    for chunk in manifest.chunk_tuples():
-        if manifest.problem_count:
-            raise _NotClean
-        cursor.executemany(sql, [row[1:] + row[:1] for row in staging.staged_rows(chunk)])
-        inserted += cursor.rowcount
-        sent += len(chunk)
-    return sent, inserted
-
-
-def _copy_parts(
-    raw: Any, production: staging.Production, sql_for: Callable[[str], str], params: dict[str, Any],
-    attached: list[str],
-) -> tuple[int, int]:
-    """Attach each slice's scratch file as soon as it is ready and copy it in with `sql_for(schema name)`.
-    Returns (rows the slices hold, rows the statements changed); raises _NotClean if a slice had a problem
-    or the file could not be cut, WorkerLost if a worker died."""
-    sent = changed = 0
-    for part in production.results():
-        if part.problem_count or part.uncuttable:
-            raise _NotClean
-        name = f"part{part.index}"
-        raw.execute(f"ATTACH DATABASE ? AS {name}", (str(part.path),))
-        attached.append(name)
-        changed += raw.execute(sql_for(name), params).rowcount
-        sent += part.rows
-    return sent, changed
 
 
 def _insert_manifest(
@@ -290,10 +174,10 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
         total: int | None = None
         if production is not None:
             try:
-                total, _ = _copy_parts(conn.connection.driver_connection, production,
-                                       lambda part: f"INSERT INTO staging {_part_rows(part)}",
-                                       _part_defaults(manifest), attached)
-            except (_NotClean, staging.WorkerLost):
+                total, _ = bulk_load.copy_parts(conn.connection.driver_connection, production,
+                                                lambda part: f"INSERT INTO staging {bulk_load.part_rows(part)}",
+                                                bulk_load.part_defaults(manifest), attached)
+            except (bulk_load.NotClean, staging.WorkerLost):
                 total = None  # read the manifest here after all, to find and report every problem
         if total is None:
             conn.exec_driver_sql("DELETE FROM staging")
