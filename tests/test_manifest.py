@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uploader import _manifest_formats
+from uploader import _manifest_csv
 from uploader.errors import ManifestError
 from uploader.manifest import Manifest, ManifestOptions, StagedJob
 
@@ -578,7 +578,7 @@ def test_small_blocks_quotes_spanning_blocks(tmp_path: Path, monkeypatch: pytest
     path = write(tmp_path, "m.csv", text)
     expected_jobs, expected = load(path)
     for block in (7, 16, 61, 128):
-        monkeypatch.setattr(_manifest_formats, "_BLOCK", block)
+        monkeypatch.setattr(_manifest_csv, "_BLOCK", block)
         jobs, m = load(path, size=4)
         assert jobs == expected_jobs and sorted(m.problems) == sorted(expected.problems)
     starts, line = [], 2
@@ -695,13 +695,13 @@ def test_block_boundaries_never_change_the_result(rows: list[list[str]], eol: st
             out.write(f'r{n}b,https://e.com/q,5" screen{eol}')  # a quote inside an unquoted field: csv keeps it
     with tempfile.TemporaryDirectory() as tmp:
         path = write(Path(tmp), "m.csv", out.getvalue())
-        saved = _manifest_formats._BLOCK
+        saved = _manifest_csv._BLOCK
         try:
             big_jobs, big = load(path)
-            _manifest_formats._BLOCK = block
+            _manifest_csv._BLOCK = block
             small_jobs, small = load(path, size=3)
         finally:
-            _manifest_formats._BLOCK = saved
+            _manifest_csv._BLOCK = saved
     same = (small_jobs, sorted(small.problems)) == (big_jobs, sorted(big.problems))
     if stray:  # parity can only mislead on such files; then a problem must say so, never silent change
         assert same or small.problems

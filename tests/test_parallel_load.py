@@ -274,7 +274,36 @@ def non_ascii() -> Case:
     return build(IMAGE_HEADER, rows)
 
 
+def jsonl(objects: list[dict | None], *, eol: str = "\n", bom: bool = False, trailing: bool = True,
+          args: tuple[str, ...] = LOAD_OPTS) -> Case:
+    """A JSONL manifest, one object per line (None: a blank line); lines count from 1 (no header)."""
+    lines = ["" if o is None else json.dumps(o, ensure_ascii=False) for o in objects]
+    expected = {(o.get("project_id") or "p", o["reference_id"]): i + 1 for i, o in enumerate(objects) if o}
+    body = eol.join(lines) + (eol if trailing else "")
+    return Case(("\ufeff" if bom else "").encode() + body.encode(), expected, args, ".jsonl")
+
+
+def jsonl_images(n: int) -> list[dict | None]:
+    rows = [dict(zip(IMAGE_HEADER, r)) for r in image_rows(n) if r]
+    for i, row in enumerate(rows):
+        if i % 7 == 3:
+            row["project_id"] = "other"  # a per-row override on some lines
+        if i % 11 == 5:
+            row["metadata"] = {"k": [1, "two"], "s": 'a "quoted" value'}
+    return rows  # type: ignore[return-value]
+
+
+def jsonl_raw(n: int) -> list[dict | None]:
+    return [{"reference_id": f"s-{i:03d}", "data": {"sensor_data": {"frames": [{"ts": i, "note": 'x "y" é'}]}}}
+            for i in range(n)]
+
+
 CUTTABLE: dict[str, Callable[[], Case]] = {
+    "jsonl images (quotes are fine in JSONL)": lambda: jsonl(jsonl_images(40)),
+    "jsonl bom, crlf, blank lines, no trailing newline": lambda: jsonl(
+        [*jsonl_images(20)[:10], None, None, *jsonl_images(20)[10:]], eol="\r\n", bom=True, trailing=False),
+    "jsonl raw shape": lambda: jsonl(jsonl_raw(40)),
+    "jsonl fewer lines than slices": lambda: jsonl(jsonl_images(3)),
     "image with extra columns": lambda: build(IMAGE_HEADER, image_rows(40)),
     "tsv": lambda: build(IMAGE_HEADER, [r[:3] + [f"a,b {r[0]}"] for r in image_rows(40) if r], sep="\t",
                          suffix=".tsv"),

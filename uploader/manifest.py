@@ -3,16 +3,14 @@
 A manifest is streamed, never held in memory: `Manifest.chunks()` yields `StagedJob`s for the ledger and
 records what is wrong with individual rows in `Manifest.problems`; anything wrong with the file as a whole
 raises ManifestError from the constructor. Every value is text and stays verbatim (`001` stays `001`).
-File formats live in `uploader._manifest_formats`, single-value checks and JSON in `uploader._manifest_values`,
-the grouping of long-form video frames in `uploader._manifest_frames`.
+File formats live in `uploader._manifest_formats` (CSV/TSV in `uploader._manifest_csv`), the options, shapes and
+column checks in `uploader._manifest_columns`, single-value checks and JSON in `uploader._manifest_values`, the
+grouping of long-form video frames in `uploader._manifest_frames`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat, starmap
@@ -22,43 +20,16 @@ from typing import Any
 from uploader import _manifest_formats as fmt
 from uploader import _manifest_frames as long_video
 from uploader import _manifest_values as val
+from uploader._manifest_columns import API_NAMES, OVERRIDES, SHAPES, ManifestOptions, resolve_columns
+from uploader._manifest_csv import CsvReader
 from uploader._manifest_values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
-from uploader.errors import ManifestError, Problem
+from uploader.errors import Problem
 
 __all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
            "reference_id_problem", "url_problem"]
 
-#: Columns (API field names, after --column mapping) that make each manifest shape.
-SHAPES: dict[str, tuple[str, ...]] = {
-    "image": ("reference_id", "image_url"),
-    "video_long": ("reference_id", "frame_id", "src"),
-    "video_wide": ("reference_id", "frames"),
-    "raw": ("reference_id", "data"),
-}
-_SHAPE_NAMES = {"image": "an image manifest", "video_long": "a long-form video",
-                "video_wide": "a wide-form video", "raw": "a raw manifest"}
-_OVERRIDES = ("project_id", "work_flow_id", "batch_id", "priority_weight", "metadata")
-API_NAMES = frozenset({"frame_index", *_OVERRIDES, *(c for cols in SHAPES.values() for c in cols)})
 MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
-
-
-@dataclass(frozen=True)
-class ManifestOptions:
-    """How to read a manifest; the CLI's defaults for columns a manifest does not have."""
-
-    project_id: str | None = None
-    work_flow_id: str | None = None
-    batch_id: str | None = None
-    format: str | None = None
-    columns: tuple[tuple[str, str], ...] = ()
-
-    def fingerprint(self) -> str:
-        """sha256 of the options: the same file loaded with the same options is the same load."""
-        doc = {"v": 1, "project_id": self.project_id, "work_flow_id": self.work_flow_id,
-               "batch_id": self.batch_id, "format": self.format.lower() if self.format else None,
-               "columns": sorted([api, col] for api, col in self.columns)}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -92,8 +63,12 @@ class Manifest:
         self.unit = "row" if self.format == "parquet" else "line"
         fmt.sniff_start(self.path)
         self._kinds: list[str] = []  # Parquet only: how each column's values become cells
+        self._types: list[str] = []  # Parquet only: each column's Arrow type, for messages
         self.columns = tuple(self._read_columns())
-        self._names = self._resolve_columns()  # API field -> manifest column
+        # API field -> manifest column, and the shapes the columns fit (raises if the file cannot work)
+        self._names, self._shapes = resolve_columns(self.path, self.format, self.columns, options, self._kinds,
+                                                    self._types)
+        self.shape = self._shapes[0] if len(self._shapes) == 1 else "mixed"
         self._idx = {api: self.columns.index(col) for api, col in self._names.items()}
         used = set(self._names.values())
         self.extra_columns = tuple(c for c in self.columns if c not in used)
@@ -107,10 +82,6 @@ class Manifest:
 
     # --- construction: file-level checks -------------------------------------------------------------
 
-    def _fail(self, problems: list[str | tuple[str | None, str]]) -> ManifestError:
-        return ManifestError([Problem(str(self.path), None, *(p if isinstance(p, tuple) else (None, p)))
-                              for p in problems])
-
     def _read_columns(self) -> list[str]:
         if self.format == "jsonl":
             return fmt.jsonl_columns(self.path)
@@ -119,71 +90,13 @@ class Manifest:
             self._types = [str(f.type) for f in schema]
             self._kinds = [fmt.parquet_kind(f.type) for f in schema]
             return list(schema.names)
-        reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",")
+        reader = CsvReader(self.path, "\t" if self.format == "tsv" else ",")
         try:
             if not reader.has_rows():
-                raise self._fail(["file has a header but no rows"])
+                raise fmt.fail(self.path, "file has a header but no rows")
             return reader.header
         finally:
             reader.close()
-
-    def _resolve_columns(self) -> dict[str, str]:
-        """Apply --column mappings, detect the shape and check the defaults; raise if the file cannot work."""
-        cols, opts, problems = self.columns, self.options, []
-        dups = sorted(c for c, n in Counter(cols).items() if n > 1)
-        if dups:
-            problems.append(f"duplicate column names in the header: {', '.join(map(show, dups[:20]))}")
-        if "" in cols:
-            problems.append('a line has an empty key ("")' if self.format == "jsonl"
-                            else f"column {cols.index('') + 1} of the header has no name")
-        mapping: dict[str, str] = {}
-        for api, col in opts.columns:
-            if api not in API_NAMES:
-                problems.append(f"--column {api}={col}: unknown API field {api!r}; "
-                                f"known: {', '.join(sorted(API_NAMES))}")
-            elif api in mapping:
-                problems.append(f"--column {api}=... is given twice")
-            elif col not in cols:
-                problems.append((col, f"--column {api}={col}: the manifest has no column {col!r}"))
-            else:
-                mapping[api] = col
-        if problems:
-            raise self._fail(problems)
-        claimed = set(mapping.values())  # a column mapped elsewhere does not also supply its own name
-        names = {api: mapping.get(api, api) for api in API_NAMES
-                 if api in mapping or (api in cols and api not in claimed)}
-        fits = [s for s, req in SHAPES.items() if all(f in names for f in req)]
-        if not fits:
-            needs = "; ".join(f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing "
-                              f"{', '.join(f for f in req if f not in names)})" for s, req in SHAPES.items())
-            found = ", ".join(c if len(c) <= 60 else c[:60] + "…" for c in cols[:50])
-            found += f", … ({len(cols)} columns)" if len(cols) > 50 else ""
-            raise self._fail([f"the columns fit no manifest shape. found columns: {found}; {needs}. "
-                              "Rename a column or map it with --column API_FIELD=COLUMN"])
-        self.shape = fits[0] if len(fits) == 1 else "mixed"
-        self._shapes = tuple(fits)
-        keep = {*_OVERRIDES, *(f for s in fits for f in SHAPES[s])}
-        if "video_long" in fits:
-            keep.add("frame_index")
-        names = {api: c for api, c in names.items() if api in keep}  # the rest are extra columns
-        for api, flag, value in (("project_id", "--project-id", opts.project_id),
-                                 ("work_flow_id", "--work-flow-id", opts.work_flow_id)):
-            if value and (why := val.id_problem(value)):
-                problems.append((api, f"{flag} {show(value)} {why}"))
-            elif not value and api not in names:
-                problems.append((api, f"no {api}: give {flag} or a {api} column"))
-        if opts.batch_id and not val.UUID.fullmatch(opts.batch_id):
-            problems.append(("batch_id", f"--batch-id {opts.batch_id!r} is not a UUID"))
-        for api, col in names.items() if self._kinds else ():
-            kind, json_field = self._kinds[cols.index(col)], api in ("data", "metadata", "frames")
-            url_field = api in ("image_url", "src")  # integers are ids, never URLs or JSON objects
-            if kind not in ("text", "null", "object" if json_field else "text" if url_field else "int"):
-                want = "JSON text" if json_field else "text" if url_field else "text (or integers)"
-                problems.append((col, f"column {col!r} has Parquet type {self._types[cols.index(col)]}; "
-                                      f"{api} must be {want}"))
-        if problems:
-            raise self._fail(problems)
-        return names
 
     # --- streaming -------------------------------------------------------------------------------------
 
@@ -196,9 +109,10 @@ class Manifest:
 
     @property
     def splittable(self) -> bool:
-        """Whether slices of the file (`fmt.Span`s) can be read apart: CSV/TSV, and no shape (long-form
-        video) that groups rows across the whole file. Whether a given file can be cut is `staging.plan`'s."""
-        return self.format in ("csv", "tsv") and "video_long" not in self._shapes
+        """Whether slices of the file (`fmt.Span`s) can be read apart: CSV/TSV/JSONL, and no shape (long-form
+        video) that groups rows across the whole file. Whether a given file can be cut is for the staging
+        workers to find (uploader.staging)."""
+        return self.format in ("csv", "tsv", "jsonl") and "video_long" not in self._shapes
 
     def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[tuple[Any, ...]]]:
         """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts.
@@ -237,14 +151,14 @@ class Manifest:
         if span is not None and not self.splittable:
             raise ValueError(f"a {self.format} manifest of shape {self.shape} cannot be read in slices")
         if self.format == "jsonl":
-            yield from fmt.jsonl_chunks(self.path, list(self.columns), size)
+            yield from fmt.jsonl_chunks(self.path, list(self.columns), size, span)
         elif self.format == "parquet":
             yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size, self.path)
         else:
-            reader = fmt.CsvReader(self.path, "\t" if self.format == "tsv" else ",", span)
+            reader = CsvReader(self.path, "\t" if self.format == "tsv" else ",", span)
             try:
                 if tuple(reader.header) != self.columns:
-                    raise self._fail(["the file's header changed while it was being read"])
+                    raise fmt.fail(self.path, "the file's header changed while it was being read")
                 yield from reader.chunks(size)
             finally:
                 reader.close()
@@ -259,7 +173,7 @@ class Manifest:
 
         Says yes only when every row would certainly pass `_build`, which then gives the same body."""
         cols = list(zip(*chunk.rows))
-        if any(any(cols[self._idx[a]]) for a in _OVERRIDES if a in self._idx):
+        if any(any(cols[self._idx[a]]) for a in OVERRIDES if a in self._idx):
             return None
         refs, urls = cols[self._idx["reference_id"]], cols[self._idx["image_url"]]
         if not (all(refs) and all(urls)) or max(map(len, refs)) > 255:

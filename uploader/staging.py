@@ -2,10 +2,10 @@
 
 A big first load is bound by CPU, not disk: reading and checking rows, building bodies and hashing them in
 Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks worker
-processes that cut a plain CSV/TSV file into slices on line boundaries, read them, and write their rows
-into scratch SQLite files of their own. The loader attaches each finished scratch file and copies it into
-the ledger with one INSERT … SELECT, at C speed, while the workers go on with the next slices. Nothing
-here touches the ledger.
+processes that cut a CSV/TSV (without quotes) or JSONL file into slices on line ends, read them, and write
+their rows into scratch SQLite files of their own. The loader attaches each finished scratch file and
+copies it into the ledger with one INSERT … SELECT, at C speed, while the workers go on with the next
+slices. Nothing here touches the ledger.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class SliceableManifest(Protocol):
     """What staging needs of a manifest (uploader.manifest.Manifest fits)."""
 
     path: Path
+    format: str
     columns: tuple[str, ...]
     problem_count: int
     options: Any
@@ -150,13 +151,13 @@ def can_fork() -> bool:
 
 
 class Production:
-    """Worker processes staging the slices of one CSV/TSV manifest into scratch files, in the background.
+    """Worker processes staging the slices of one CSV/TSV/JSONL manifest into scratch files, in the background.
 
     The file is cut into `parts` slices of about equal size, each starting after a line end. Worker w
     takes slices w, w + workers, …, finds their bounds and line numbers itself (so it can start before
-    the parent has read the file), and checks that its stretch of the file has no quote character (a
-    quoted field may hold a line break, so a cut could fall inside a row) and no bare CR; if it has, it
-    reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
+    the parent has read the file), and checks that its stretch of the file has no bare CR and, in a CSV/TSV,
+    no quote character (a quoted field may hold a line break, so a cut could fall inside a row); if it has,
+    it reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
     workers (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
     """
 
@@ -237,7 +238,7 @@ def _work(manifest: SliceableManifest, defaults: Defaults, w: int, workers: int,
         for fd in (0, 1, 2):  # nor do we hold the terminal or a pipe the caller waits on (`| tee`)
             os.dup2(devnull, fd)
         gc.disable()  # rows are acyclic; the collector would only rescan them (and copy the parent's pages)
-        with os.fdopen(wfd, "wb") as out, _Cutter(manifest.path, parts, tuple(manifest.columns)) as cutter:
+        with os.fdopen(wfd, "wb") as out, _Cutter(manifest, parts) as cutter:
             for i in range(w, parts, workers):
                 span = cutter.span(i)
                 path = workdir / f"part{i}.db"
@@ -261,12 +262,15 @@ def _work(manifest: SliceableManifest, defaults: Defaults, w: int, workers: int,
 
 class _Cutter:
     """Finds slice bounds of one file on line ends and counts the lines before them, reading forward only
-    (a worker asks for its slices in increasing order)."""
+    (a worker asks for its slices in increasing order). A CSV/TSV's first slice starts after its header
+    line, and a quote anywhere makes it uncuttable; a JSONL file has neither a header nor that problem
+    (a JSON string cannot hold a raw line break). A bare CR makes either uncuttable."""
 
-    def __init__(self, path: Path, parts: int, header: tuple[str, ...]) -> None:
-        self._f = open(path, "rb")
+    def __init__(self, manifest: SliceableManifest, parts: int) -> None:
+        self._f = open(manifest.path, "rb")
         self._size = os.fstat(self._f.fileno()).st_size
-        self._parts, self._header = parts, header
+        self._parts, self._header = parts, tuple(manifest.columns)
+        self._csv = manifest.format != "jsonl"
         self._pos = self._lines = 0  # bytes read so far, and the line ends among them
 
     def __enter__(self) -> "_Cutter":
@@ -280,6 +284,8 @@ class _Cutter:
         the header line; `parts`: the end of the file)."""
         if i >= self._parts:
             return self._size
+        if i == 0 and not self._csv:
+            return 0
         nominal = 1 if i == 0 else max(self._size * i // self._parts, 1)
         self._f.seek(nominal - 1)
         offset = nominal - 1
@@ -304,7 +310,7 @@ class _Cutter:
                 break
             if block.endswith(b"\r") and self._pos + len(block) < end:
                 block += self._f.read(1)  # keep a CRLF in one block
-            if b'"' in block or block.count(b"\r") != block.count(b"\r\n") or block.endswith(b"\r"):
+            if block.count(b"\r") != block.count(b"\r\n") or block.endswith(b"\r") or (self._csv and b'"' in block):
                 return None
             if self._pos <= start < self._pos + len(block):
                 first_line = self._lines + block.count(b"\n", 0, start - self._pos) + 1
