@@ -2,21 +2,20 @@
 
 Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
 ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed or are uncertain;
-130 interrupted.
+130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli_output.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 
 from uploader import __version__
+from uploader.cli_output import ProgressDisplay, print_load, print_status, print_summary
 from uploader.errors import UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,24 +106,6 @@ def cli() -> None:
     """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable."""
 
 
-def _print_load(report: Any) -> None:
-    if report.already_loaded:
-        click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
-    else:
-        click.echo(
-            f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
-            f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
-        )
-    if report.updated:
-        click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
-    if report.conflicts:
-        click.echo(
-            f"  conflicts: {report.conflicts} rows already sent with a different payload were left unchanged "
-            f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
-            err=True,
-        )
-
-
 @cli.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
@@ -140,7 +121,7 @@ def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledge
     with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
         led = _open_ledger(ledger)
         try:
-            _print_load(prepared.load(led))
+            print_load(prepared.load(led))
         except UploaderError:
             _discard_if_new(led, created)
             raise
@@ -162,36 +143,7 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 @_handle_errors
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state, the error codes, and the live workers."""
-    report = _open_ledger(ledger, create=False).status()
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-        return
-    click.echo(f"{report.total} jobs")
-    for name, n in report.counts.items():
-        click.echo(f"  {name:<10} {n}")
-    if report.error_codes:
-        click.echo("error codes (failed, uncertain, waiting to retry):")
-        for code, n in report.error_codes.items():
-            click.echo(f"  {code:<24} {n}")
-    if report.oldest_pending:
-        click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
-    if report.last_activity:
-        click.echo(f"last activity {report.last_activity.isoformat()}Z")
-    if report.live_workers:
-        total = sum(w["requests_per_second"] for w in report.live_workers)
-        click.echo(f"{len(report.live_workers)} live workers ({total:.0f} requests/s together):")
-    for w in report.live_workers:
-        click.echo(
-            f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
-            f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
-        )
-    if report.counts.get("uncertain"):
-        click.echo(
-            f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
-            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
-        )
-    if report.counts.get("failed"):
-        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+    print_status(_open_ledger(ledger, create=False).status(), as_json)
 
 
 @cli.command()
@@ -304,22 +256,22 @@ def run(  # type: ignore[no-untyped-def]
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
-        display = stack.enter_context(_ProgressDisplay(quiet or as_json))
+        display = stack.enter_context(ProgressDisplay(quiet or as_json))
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
-                batch_name=batch_name, on_load=None if as_json else _print_load, on_progress=display.update,
+                batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
             )
         except FatalApiError as exc:
             display.close()
             if getattr(exc, "summary", None) is not None and as_json:
-                click.echo(json.dumps(exc.summary.as_dict(), indent=2))
+                print_summary(exc.summary, as_json=True)
             raise
         except UploaderError:
             _discard_if_new(led, created)
             raise
         display.close()
-    _print_summary(summary, as_json)
+    print_summary(summary, as_json)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
@@ -327,71 +279,6 @@ def run(  # type: ignore[no-untyped-def]
     counts = summary.counts
     if counts["failed"] or counts["uncertain"] or counts["pending"] or counts["in_flight"]:
         sys.exit(EXIT_SOME_FAILED)
-
-
-def _print_summary(summary: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
-        return
-    d = summary.as_dict()
-    c = d["counts"]
-    click.echo(
-        f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
-        f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
-        f"{c['pending'] + c['in_flight']} pending"
-    )
-    run_ = d["this_run"]
-    click.echo(
-        f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
-        f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
-        + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
-    )
-    if run_["ignored_stale_results"]:
-        click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
-                   "another run after this one's lease expired")
-    if d["top_error_codes"]:
-        click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
-    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
-
-
-class _ProgressDisplay:
-    """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.bar: Any = None
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() and not quiet
-        self.last_line = 0.0
-
-    def __enter__(self) -> "_ProgressDisplay":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def update(self, p: Any) -> None:
-        if self.tty:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
-            self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
-            self.bar.update(p.done - self.bar.n)
-            return
-        now = time.monotonic()
-        if now - self.last_line >= 5.0:
-            self.last_line = now
-            elapsed = max(1e-9, now - p.started)
-            click.echo(
-                f"{p.done}/{p.total} done: {p.succeeded} ok, {p.failed} failed, {p.retrying} retries, "
-                f"{p.requests / elapsed:.0f} req/s",
-                err=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @cli.command()

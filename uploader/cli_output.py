@@ -1,0 +1,137 @@
+"""How command results are shown to a person: load reports, run summaries, status, progress.
+
+It exists so that uploader.cli keeps only the click commands, their options and the mapping of errors to
+exit codes; everything here turns a library result into lines on stdout/stderr (or JSON). Like the CLI,
+it imports nothing heavy at module level: tqdm is imported only when a progress bar is first drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+__all__ = ["ProgressDisplay", "print_load", "print_status", "print_summary"]
+
+
+def print_load(report: Any) -> None:
+    """What loading a manifest did: new, unchanged, updated and conflicting rows."""
+    if report.already_loaded:
+        click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
+    else:
+        click.echo(
+            f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
+            f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
+        )
+    if report.updated:
+        click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
+    if report.conflicts:
+        click.echo(
+            f"  conflicts: {report.conflicts} rows already sent with a different payload were left unchanged "
+            f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
+            err=True,
+        )
+
+
+def print_status(report: Any, as_json: bool) -> None:
+    """The ledger's state counts, error codes and live workers, with a hint for what to do next."""
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"{report.total} jobs")
+    for name, n in report.counts.items():
+        click.echo(f"  {name:<10} {n}")
+    if report.error_codes:
+        click.echo("error codes (failed, uncertain, waiting to retry):")
+        for code, n in report.error_codes.items():
+            click.echo(f"  {code:<24} {n}")
+    if report.oldest_pending:
+        click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
+    if report.last_activity:
+        click.echo(f"last activity {report.last_activity.isoformat()}Z")
+    if report.live_workers:
+        total = sum(w["requests_per_second"] for w in report.live_workers)
+        click.echo(f"{len(report.live_workers)} live workers ({total:.0f} requests/s together):")
+    for w in report.live_workers:
+        click.echo(
+            f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
+            f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
+        )
+    if report.counts.get("uncertain"):
+        click.echo(
+            f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
+            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
+        )
+    if report.counts.get("failed"):
+        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+
+
+def print_summary(summary: Any, as_json: bool) -> None:
+    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes."""
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    d = summary.as_dict()
+    c = d["counts"]
+    click.echo(
+        f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
+        f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
+        f"{c['pending'] + c['in_flight']} pending"
+    )
+    run_ = d["this_run"]
+    click.echo(
+        f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
+        f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
+    )
+    if run_["ignored_stale_results"]:
+        click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
+                   "another run after this one's lease expired")
+    if d["top_error_codes"]:
+        click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
+    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+
+
+class ProgressDisplay:
+    """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar: Any = None
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self.last_line = 0.0
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, p: Any) -> None:
+        """Show the run's live counters (an uploader.summary.Progress)."""
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
+            self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
+            self.bar.update(p.done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5.0:
+            self.last_line = now
+            elapsed = max(1e-9, now - p.started)
+            click.echo(
+                f"{p.done}/{p.total} done: {p.succeeded} ok, {p.failed} failed, {p.retrying} retries, "
+                f"{p.requests / elapsed:.0f} req/s",
+                err=True,
+            )
+
+    def close(self) -> None:
+        """Remove the bar (if any); safe to call more than once."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
