@@ -7,9 +7,9 @@ AsyncClient layer adds cookie, auth, redirect and hook handling we never use, at
 (benchmarks/client_overhead.py), and we need none of it.
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
-1 GB body each come back as an `ApiResult` with a code `policy.classify` understands. The API key is sent
-as a header and never appears in a result, an exception message or a repr (a server echoing it back gets
-it redacted).
+1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (response_body.py reads
+and decodes the bytes). The API key is sent as a header and never appears in a result, an exception message
+or a repr (a server echoing it back gets it redacted).
 """
 
 from __future__ import annotations
@@ -34,18 +34,14 @@ from httpx_aiohttp import AiohttpTransport
 from uploader import __version__
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 from uploader.policy import ApiResult, Verdict, classify, next_delay, retry_after_seconds
+from uploader.response_body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
 
 __all__ = ["ApiClient", "check_base_url"]
 
-#: Longest body snippet quoted in a message, and longest message built from one.
-_SNIPPET_CHARS = 200
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
 _KEEPALIVE_SECONDS = 4.0
 _REDACTED = b"[redacted]"
-_TAG = re.compile(r"<[^>]*>")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
-_SPACES = re.compile(r"\s+")
 _KEY_OK = re.compile(r"[\x21-\x7e]+")
 
 _MESSAGES = {
@@ -285,13 +281,10 @@ class ApiClient:
         if retry_after is not None:
             retry_after = self._redact(retry_after[:100])
         if raw is None:
-            return ApiResult(
-                status, None, None, "body_too_large",
-                f"HTTP {status}: the answer is larger than {self._max_body} bytes; not read", None, retry_after,
-            )  # fmt: skip
+            return too_large(status, self._max_body, retry_after)
         if self._key_bytes in raw:
             raw = raw.replace(self._key_bytes, _REDACTED)
-        result = _parse(status, raw, retry_after)
+        result = parse_envelope(status, raw, retry_after)
         if result.success is not True:  # an echo may be JSON-escaped (`\/`): scrub the decoded text too
             result = replace(result, code=self._scrub(result.code), message=self._scrub(result.message),
                              errors=self._scrub(result.errors), data=self._scrub(result.data))
@@ -305,19 +298,8 @@ class ApiClient:
             return None
         encoding = _header(response, b"content-encoding")
         # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx.
-        chunks_in = response.aiter_bytes() if encoding not in (None, "identity") else response.stream.__aiter__()
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in chunks_in:
-                size += len(chunk)
-                if size > limit:
-                    return None
-                chunks.append(chunk)
-        finally:
-            if size > limit and hasattr(chunks_in, "aclose"):
-                await chunks_in.aclose()  # stop the generator now, not at garbage collection
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks = response.aiter_bytes() if encoding not in (None, "identity") else response.stream.__aiter__()
+        return await read_limited(chunks, limit)
 
     def _failure(self, exc: BaseException, deadline_expired: bool = False) -> ApiResult:
         """An ApiResult for an exchange that produced no usable answer; the text is redacted and short."""
@@ -326,11 +308,11 @@ class ApiClient:
             return ApiResult(None, None, None, "timeout", message, None, None)
         exc = _decisive(exc)
         code = _transport_code(exc)
-        text = self._redact(_SPACES.sub(" ", str(exc)).strip())
+        text = self._redact(one_line(str(exc)))
         message = _MESSAGES[code]
         if code == "timeout":
             message += f" (timeout {self._timeout:g}s)"
-        message = _truncate(f"{message}: {type(exc).__name__}" + (f": {text}" if text else ""), _SNIPPET_CHARS)
+        message = truncate(f"{message}: {type(exc).__name__}" + (f": {text}" if text else ""), SNIPPET_CHARS)
         return ApiResult(None, None, None, code, message, None, None)
 
     def _scrub(self, value: Any) -> Any:
@@ -345,32 +327,6 @@ class ApiClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
-
-
-def _parse(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
-    """Read the API's envelope; anything else becomes `not_json` / `http_<status>` with a body snippet."""
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        body = None
-    if isinstance(body, dict) and isinstance(success := body.get("success"), bool):
-        data = body.get("data")
-        data = data if isinstance(data, dict) else None
-        if success:
-            return ApiResult(status, True, data, None, None, None, retry_after)
-        error = body.get("error")
-        code = message = errors = None
-        if isinstance(error, dict):
-            code = None if error.get("code") is None else str(error["code"])
-            message = None if error.get("message") is None else str(error["message"])
-            errors = error.get("errors") if isinstance(error.get("errors"), list) else None
-        elif isinstance(error, str):
-            message = error
-        return ApiResult(status, False, data, code, message, errors, retry_after)
-    code = "not_json" if 200 <= status < 300 else f"http_{status}"
-    snippet = _snippet(raw)
-    message = f"HTTP {status}, not an API answer" + (f": {snippet}" if snippet else " (empty body)")
-    return ApiResult(status, None, None, code, _truncate(message, _SNIPPET_CHARS), None, retry_after)
 
 
 def _decisive(exc: BaseException) -> BaseException:
@@ -441,13 +397,3 @@ def _seg(value: str) -> str:
     """One URL path segment: ids are quoted so none can add a path ('../') or a query."""
     return quote(str(value), safe="")
 
-
-def _snippet(raw: bytes) -> str:
-    """A short, printable, tag-free excerpt of a body for a message."""
-    text = raw[:4096].decode("utf-8", "replace")
-    text = _UNPRINTABLE.sub(" ", _TAG.sub(" ", text))
-    return _truncate(_SPACES.sub(" ", text).strip(), _SNIPPET_CHARS)
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

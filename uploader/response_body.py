@@ -1,0 +1,87 @@
+"""What an answer's bytes say: read within a size limit, decoded as the API's envelope, quoted short.
+
+Split from client.py, which keeps the exchange itself (requests, transport, failures, key redaction).
+Nothing here knows httpx, aiohttp or the API key, and nothing raises for a hostile body: one too large,
+not JSON or an HTML error page each become an `ApiResult` with a code `policy.classify` understands.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+from uploader.policy import ApiResult
+
+__all__ = ["SNIPPET_CHARS", "one_line", "parse_envelope", "read_limited", "too_large", "truncate"]
+
+#: Longest body snippet quoted in a message, and longest message built from one.
+SNIPPET_CHARS = 200
+_TAG = re.compile(r"<[^>]*>")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+_SPACES = re.compile(r"\s+")
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """All the chunks joined, or None once they exceed `limit` bytes (read no further: a hostile 1 GB answer)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
+    finally:
+        if size > limit and hasattr(chunks, "aclose"):
+            await chunks.aclose()  # stop the generator now, not at garbage collection
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def too_large(status: int, limit: int, retry_after: str | None) -> ApiResult:
+    """The result for an answer `read_limited` refused (or whose Content-Length already exceeds `limit`)."""
+    message = f"HTTP {status}: the answer is larger than {limit} bytes; not read"
+    return ApiResult(status, None, None, "body_too_large", message, None, retry_after)
+
+
+def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
+    """Read the API's envelope; anything else becomes `not_json` / `http_<status>` with a body snippet."""
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        body = None
+    if isinstance(body, dict) and isinstance(success := body.get("success"), bool):
+        data = body.get("data")
+        data = data if isinstance(data, dict) else None
+        if success:
+            return ApiResult(status, True, data, None, None, None, retry_after)
+        error = body.get("error")
+        code = message = errors = None
+        if isinstance(error, dict):
+            code = None if error.get("code") is None else str(error["code"])
+            message = None if error.get("message") is None else str(error["message"])
+            errors = error.get("errors") if isinstance(error.get("errors"), list) else None
+        elif isinstance(error, str):
+            message = error
+        return ApiResult(status, False, data, code, message, errors, retry_after)
+    code = "not_json" if 200 <= status < 300 else f"http_{status}"
+    snippet = _snippet(raw)
+    message = f"HTTP {status}, not an API answer" + (f": {snippet}" if snippet else " (empty body)")
+    return ApiResult(status, None, None, code, truncate(message, SNIPPET_CHARS), None, retry_after)
+
+
+def _snippet(raw: bytes) -> str:
+    """A short, printable, tag-free excerpt of a body for a message."""
+    text = raw[:4096].decode("utf-8", "replace")
+    text = _UNPRINTABLE.sub(" ", _TAG.sub(" ", text))
+    return truncate(one_line(text), SNIPPET_CHARS)
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) made one space, and stripped."""
+    return _SPACES.sub(" ", text).strip()
+
+
+def truncate(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
