@@ -444,6 +444,22 @@ def test_a_dying_worker_falls_back_to_one_process(spy: Spy, tmp_path: Path, scra
     assert scratch_dirs(scratch_root) == []
 
 
+def test_no_processes_to_be_had_loads_in_one_process(spy: Spy, tmp_path: Path, scratch_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the system refuses a fork (EAGAIN: a process limit), the load reads the file itself: slower, the
+    same rows, and no scratch folder left behind."""
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(staging.os, "fork", no_fork)
+    case = build(IMAGE_HEADER, image_rows(40))
+    result = cli_load(case.write(tmp_path), tmp_path / "ledger.db")
+    assert result.exit_code == 0, result.output
+    assert "40 rows: 40 new" in result.stdout and spy.parts == []
+    assert lines_of(jobs(tmp_path / "ledger.db")) == case.expected
+    assert scratch_dirs(scratch_root) == []
+
+
 # --- problems: reported by the one-process path, nothing loaded -----------------------------------------
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])

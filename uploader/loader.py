@@ -103,8 +103,8 @@ def load_manifest(
             return LoadReport(str(path), rows, unchanged=rows - conflicts, conflicts=conflicts,
                               conflict_examples=tuple(json.loads(examples or "[]")), already_loaded=True)
         sqlite = engine.dialect.name == "sqlite"
-        if sqlite and production is None and staging.Production.suits(manifest):  # type: ignore[arg-type]
-            production = staging.Production(manifest)  # type: ignore[arg-type]
+        if sqlite and production is None:
+            production = staging.Production.start(manifest)  # type: ignore[arg-type]
         if sqlite and empty:
             loaded = bulk_load.load_into_empty(engine, manifest, path, size, sha, options_hash, production,
                                                new_file, _utcnow())

@@ -65,7 +65,7 @@ def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool
     from uploader.staging import Production
 
     manifest = Manifest(path, options)
-    production = Production(manifest) if new_ledger and Production.suits(manifest) else None
+    production = Production.start(manifest) if new_ledger else None
     return PreparedLoad(manifest, production)
 
 

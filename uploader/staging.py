@@ -200,6 +200,17 @@ class Production:
             return False
         return manifest.splittable and size >= MIN_SPLIT_BYTES and can_fork()
 
+    @classmethod
+    def start(cls, manifest: SliceableManifest) -> "Production | None":
+        """Workers for this manifest if it suits, and the system lets us fork them; else None (the load
+        then reads the file in one process, only slower)."""
+        if not cls.suits(manifest):
+            return None
+        try:
+            return cls(manifest)
+        except OSError:  # no processes or no temp folder to be had
+            return None
+
     def results(self) -> Iterator[PartResult]:
         """Each slice's result, in slice order (waiting for the slower worker as needed). A second pass
         (after a first one gave up) yields the same results again: the scratch files stay until close()."""
