@@ -89,3 +89,75 @@ def test_runs_opening_a_new_ledger_at_once_migrate_it_once(db_url):
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_schema_head_is_alembics_head():
+    from uploader.db import SCHEMA_HEAD
+
+    assert ScriptDirectory.from_config(_config()).get_heads() == [SCHEMA_HEAD]
+
+
+def _sqlite_schema(path) -> dict:
+    """Every table's columns, indexes (with their columns) and foreign keys, as SQLite reports them."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        schema = {}
+        for t in tables:
+            indexes = {i[1]: (i[2], i[3], i[4], db.execute(f"PRAGMA index_info('{i[1]}')").fetchall())
+                       for i in db.execute(f"PRAGMA index_list('{t}')")}
+            schema[t] = (db.execute(f"PRAGMA table_info('{t}')").fetchall(), indexes,
+                         db.execute(f"PRAGMA foreign_key_list('{t}')").fetchall())
+        schema["version"] = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    return schema
+
+
+def test_new_sqlite_ledger_is_the_migrated_schema(tmp_path):
+    """A new SQLite file gets the models' schema at once (no Alembic run): column for column, index for
+    index, the same as replaying every migration, and stamped with the head so later migrations apply."""
+    from uploader.ledger import Ledger
+
+    fresh = Ledger.open(tmp_path / "fresh.db")
+    fresh.close()
+    migrated = open_engine(ledger_url(tmp_path / "migrated.db"))
+    try:
+        migrate(migrated)
+    finally:
+        migrated.dispose()
+    assert _sqlite_schema(tmp_path / "fresh.db") == _sqlite_schema(tmp_path / "migrated.db")
+    engine = open_engine(ledger_url(tmp_path / "fresh.db"))
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            assert diff == []
+        migrate(engine)  # Alembic agrees it is at the head: nothing to do
+    finally:
+        engine.dispose()
+
+
+def test_new_ledger_opened_by_many_at_once(tmp_path):
+    """Several processes' worth of opens of one new file at once: one creates the schema, the others find it
+    (or migrate an empty file that another has not filled yet); every one ends at the head."""
+    from uploader.ledger import Ledger
+
+    path, errors, ledgers = tmp_path / "race.db", [], []
+
+    def open_it() -> None:
+        try:
+            ledgers.append(Ledger.open(path))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for led in ledgers:
+        led.close()
+    from uploader.db import SCHEMA_HEAD
+
+    assert errors == [] and len(ledgers) == 6
+    assert _sqlite_schema(path)["version"] == [(SCHEMA_HEAD,)]

@@ -21,8 +21,8 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
-__all__ = ["DEFAULT_LEDGER", "ledger_url", "open_engine", "migrate", "write_tx", "read_tx", "script_location",
-           "sqlite_bulk_mode", "sqlite_path", "translate_errors"]
+__all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "create_new", "ledger_url", "open_engine", "migrate", "write_tx",
+           "read_tx", "script_location", "sqlite_bulk_mode", "sqlite_path", "translate_errors"]
 
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384
@@ -182,6 +182,32 @@ def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
     cfg.set_main_option("script_location", script_location())
     cfg.attributes["connection"] = conn
     return cfg
+
+
+#: The newest migration in migrations/versions (a test keeps it equal to Alembic's head).
+SCHEMA_HEAD = "0004"
+
+
+def create_new(engine: Engine) -> bool:
+    """A SQLite file this process has just created: the models' schema in one go, stamped with the head
+    revision. That is Alembic's own recipe for a new database ("create_all, then stamp head"), done without
+    importing Alembic or replaying every migration: 0.01 s instead of 0.14 s, which is a tenth of a
+    100k-row load. False (nothing done) if another process got there first: then `migrate` runs as usual."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+
+    from uploader.models import Base
+
+    version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))  # as Alembic makes it
+    with translate_errors(), engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
+                return False
+            Base.metadata.create_all(conn)
+            version.create(conn)
+            conn.execute(version.insert().values(version_num=SCHEMA_HEAD))
+    return True
 
 
 def migrate(engine: Engine) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import ledger_url, migrate, open_engine, read_tx, sqlite_path, write_tx
+from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, sqlite_path, write_tx
 from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
@@ -94,7 +94,8 @@ class Ledger(LedgerQueries):
         path = sqlite_path(url)
         new_file = path is not None and not path.exists()
         engine = open_engine(url, create=create)
-        migrate(engine)
+        if not (new_file and path is not None and path.exists() and create_new(engine)):
+            migrate(engine)
         return cls(engine, new_file=new_file)
 
     def close(self) -> None:
