@@ -96,7 +96,8 @@ def load_into_empty(
                 raw.execute("UPDATE manifests SET row_count = ? WHERE id = ?", (sent, mid))
                 raw.execute("COMMIT")
             except BaseException:
-                raw.execute("ROLLBACK")
+                if raw.in_transaction:  # SQLite may have rolled back already (disk full, say)
+                    raw.execute("ROLLBACK")
                 raise
             finally:
                 for name in attached:

@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 from uploader._manifest_formats import Span
 
 __all__ = ["MIN_SPLIT_BYTES", "PartResult", "Production", "SCRATCH_COLUMNS", "STAGING_COLUMNS", "WorkerLost",
-           "load_defaults", "staged_rows", "write_part"]
+           "body_hashes", "load_defaults", "staged_rows", "write_part"]
 
 #: Columns of a staging table: StagedJob's fields with the body's hash after the body.
 STAGING_COLUMNS = """
@@ -83,11 +83,18 @@ def load_defaults(manifest: SliceableManifest) -> Defaults:
     return opts.project_id or "", opts.work_flow_id or "", opts.batch_id or None
 
 
+def body_hashes(bodies: Iterable[str]) -> list[str]:
+    """Each body's payload hash (sha256 of its UTF-8, in hex): what a reload compares to find changed jobs.
+    The one definition of it, for every way rows are staged."""
+    sha = hashlib.sha256
+    return [sha(b).hexdigest() for b in map(str.encode, bodies)]
+
+
 def staged_rows(chunk: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """StagedJob tuples (line, project_id, reference_id, work_flow_id, batch_id, body, extra) as staging
-    rows, in STAGING_COLUMNS order. The body's sha256 is what a reload compares to find changed jobs."""
-    sha = hashlib.sha256
-    return [(t[0], t[1], t[2], t[3], t[4], t[5], sha(t[5].encode()).hexdigest(), t[6]) for t in chunk]
+    rows, in STAGING_COLUMNS order (the body's hash after the body)."""
+    hashes = body_hashes([t[5] for t in chunk])
+    return [(t[0], t[1], t[2], t[3], t[4], t[5], h, t[6]) for t, h in zip(chunk, hashes)]
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,6 @@ def write_part(manifest: SliceableManifest, index: int, span: Span | None, path:
     problem: the caller then loads the slow way, which reports every problem. With `parent` (a pid), gives
     up as soon as that process is no longer its parent."""
     conn = sqlite3.connect(path, isolation_level=None)
-    sha = hashlib.sha256
     short = "INSERT INTO staging (line, reference_id, body, body_hash, extra) VALUES (?, ?, ?, ?, ?)"
     full = "INSERT INTO staging VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
     rows = 0
@@ -133,7 +139,7 @@ def write_part(manifest: SliceableManifest, index: int, span: Span | None, path:
             if parent is not None and os.getppid() != parent:
                 raise _Orphaned
             lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
-            hashes = [sha(b).hexdigest() for b in map(str.encode, bodies)]
+            hashes = body_hashes(bodies)
             if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
                 conn.executemany(short, zip(lines, refs, bodies, hashes, extras))
             else:
