@@ -460,6 +460,42 @@ def test_no_processes_to_be_had_loads_in_one_process(spy: Spy, tmp_path: Path, s
     assert scratch_dirs(scratch_root) == []
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
+def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(existing: bool, spy: Spy, tmp_path: Path,
+                                                                     scratch_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite itself runs out of room (max_page_count: a real SQLITE_FULL) while slices are copied in:
+    exit 1 with the ledger error and no traceback, nothing loaded (a new file removed, an existing one
+    byte-for-byte as it was), and no scratch folder left."""
+    import uploader.bulk_load as bulk_load
+
+    real_mode = bulk_load.sqlite_bulk_mode
+
+    @contextmanager
+    def cramped(raw: sqlite3.Connection, **kwargs: Any) -> Iterator[bool]:
+        with real_mode(raw, **kwargs) as switched:
+            pages = raw.execute("PRAGMA page_count").fetchone()[0]
+            raw.execute(f"PRAGMA max_page_count = {pages + 4}")  # room for a slice or two, not all
+            yield switched
+
+    monkeypatch.setattr(bulk_load, "sqlite_bulk_mode", cramped)
+    ledger = tmp_path / "ledger.db"
+    if existing:
+        Ledger.open(ledger).close()
+    before = ledger.read_bytes() if existing else None
+    case = build(IMAGE_HEADER, [[f"r-{i:04d}", f"https://cdn.example.com/{'x' * 200}/{i}.jpg", "cam", "n"]
+                                for i in range(3000)])
+    result = cli_load(case.write(tmp_path), ledger)
+    assert result.exit_code == 1, result.output
+    assert "disk is full" in result.output and "Traceback" not in result.output
+    assert len(spy.parts) >= 1  # it failed while copying the workers' slices
+    if existing:
+        assert ledger.read_bytes() == before
+    else:
+        assert ledger_files(ledger) == []
+    assert scratch_dirs(scratch_root) == []
+
+
 # --- problems: reported by the one-process path, nothing loaded -----------------------------------------
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
