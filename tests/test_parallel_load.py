@@ -298,7 +298,30 @@ def jsonl_raw(n: int) -> list[dict | None]:
             for i in range(n)]
 
 
+def parquet(rows: list[dict], row_group_size: int | None = None, args: tuple[str, ...] = LOAD_OPTS) -> Case:
+    """A Parquet manifest; a job's "line" is its row index (from 0)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), out, row_group_size=row_group_size)
+    expected = {(r.get("project_id") or "p", r["reference_id"]): i for i, r in enumerate(rows)}
+    return Case(out.getvalue(), expected, args, ".parquet")
+
+
+def parquet_images(n: int) -> list[dict]:
+    rows = [dict(zip(IMAGE_HEADER, r)) for r in image_rows(n) if r]
+    for i, row in enumerate(rows):
+        row["project_id"] = "other" if i % 7 == 3 else None  # a per-row override on some rows
+    return rows
+
+
 CUTTABLE: dict[str, Callable[[], Case]] = {
+    "parquet, one row group": lambda: parquet(parquet_images(40)),
+    "parquet, row groups of 3 (slices cut inside and across them)": lambda: parquet(parquet_images(40), 3),
+    "parquet, fewer rows than slices": lambda: parquet(parquet_images(3), 1),
     "jsonl images (quotes are fine in JSONL)": lambda: jsonl(jsonl_images(40)),
     "jsonl bom, crlf, blank lines, no trailing newline": lambda: jsonl(
         [*jsonl_images(20)[:10], None, None, *jsonl_images(20)[10:]], eol="\r\n", bom=True, trailing=False),

@@ -80,9 +80,10 @@ def sniff_start(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class Span:
-    """A slice of a CSV/TSV/JSONL file that starts and ends on line boundaries, read apart from the rest (by
-    a parallel loader): bytes [start, end), the number of its first line, and the file's header. Here, not in
-    `_manifest_csv`, because the loader's planner (`staging`) cuts files into spans without reading rows."""
+    """A slice of a manifest, read apart from the rest (by a parallel loader): in a CSV/TSV/JSONL file,
+    bytes [start, end) starting and ending on line ends; in Parquet, rows [start, end). Also the number of
+    its first line (Parquet: row index) and the file's header. Here, not in `_manifest_csv`, because the
+    loader's planner (`staging`) cuts files into spans without reading rows."""
 
     start: int
     end: int
@@ -216,10 +217,20 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
     return pc.fill_null(array, "").to_pylist()  # type: ignore[no-any-return]
 
 
-def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path) -> Iterator[Chunk]:
-    offset = 0
-    batches = pf.iter_batches(batch_size=size)
-    while True:
+def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path, span: Span | None = None) -> Iterator[Chunk]:
+    """Rows in chunks, numbered by row index. With `span`, only rows [span.start, span.end): the row groups
+    before it are skipped unread, and the edge batches sliced."""
+    start, end, groups, offset = 0, pf.metadata.num_rows, None, 0
+    if span is not None:
+        start, end, groups, first = span.start, span.end, [], 0
+        for g in range(pf.metadata.num_row_groups):
+            rows = pf.metadata.row_group(g).num_rows
+            if first + rows > start and first < end:  # the group overlaps the span
+                offset = offset if groups else first
+                groups.append(g)
+            first += rows
+    batches = pf.iter_batches(batch_size=size, row_groups=groups)
+    while offset < end:
         try:
             batch = next(batches, None)
         except Exception as e:  # a damaged page: pyarrow raises OSError, ArrowInvalid, ...
@@ -227,10 +238,14 @@ def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path) -> Iterator
             raise ManifestError([Problem(str(path), offset, None, message, "row")]) from None
         if batch is None:
             return
+        first, offset = offset, offset + batch.num_rows
+        lo, hi = max(start - first, 0), min(end - first, batch.num_rows)
+        if lo >= hi:
+            continue
+        if lo or hi < batch.num_rows:
+            batch = batch.slice(lo, hi - lo)
         cols = [_parquet_cells(batch.column(i), kind) for i, kind in enumerate(kinds)]
-        n = batch.num_rows
-        yield Chunk(range(offset, offset + n), list(zip(*cols)), clean=True)
-        offset += n
+        yield Chunk(range(first + lo, first + hi), list(zip(*cols)), clean=True)
 
 
 @contextmanager

@@ -109,10 +109,10 @@ class Manifest:
 
     @property
     def splittable(self) -> bool:
-        """Whether slices of the file (`fmt.Span`s) can be read apart: CSV/TSV/JSONL, and no shape (long-form
-        video) that groups rows across the whole file. Whether a given file can be cut is for the staging
-        workers to find (uploader.staging)."""
-        return self.format in ("csv", "tsv", "jsonl") and "video_long" not in self._shapes
+        """Whether slices of the file (`fmt.Span`s) can be read apart: any format, but no shape (long-form
+        video) that groups rows across the whole file. Whether a given CSV/TSV/JSONL file can be cut is for
+        the staging workers to find (uploader.staging)."""
+        return "video_long" not in self._shapes
 
     def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[tuple[Any, ...]]]:
         """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts.
@@ -153,7 +153,7 @@ class Manifest:
         if self.format == "jsonl":
             yield from fmt.jsonl_chunks(self.path, list(self.columns), size, span)
         elif self.format == "parquet":
-            yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size, self.path)
+            yield from fmt.parquet_chunks(fmt.open_parquet(self.path), self._kinds, size, self.path, span)
         else:
             reader = CsvReader(self.path, "\t" if self.format == "tsv" else ",", span)
             try:

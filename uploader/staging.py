@@ -2,8 +2,8 @@
 
 A big first load is bound by CPU, not disk: reading and checking rows, building bodies and hashing them in
 Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks worker
-processes that cut a CSV/TSV (without quotes) or JSONL file into slices on line ends, read them, and write
-their rows into scratch SQLite files of their own. The loader attaches each finished scratch file and
+processes that cut a CSV/TSV (without quotes) or JSONL file into slices on line ends (a Parquet file into
+row ranges), read them, and write their rows into scratch SQLite files of their own. The loader attaches each finished scratch file and
 copies it into the ledger with one INSERT … SELECT, at C speed, while the workers go on with the next
 slices. Nothing here touches the ledger.
 """
@@ -157,9 +157,10 @@ def can_fork() -> bool:
 
 
 class Production:
-    """Worker processes staging the slices of one CSV/TSV/JSONL manifest into scratch files, in the background.
+    """Worker processes staging the slices of one manifest into scratch files, in the background.
 
-    The file is cut into `parts` slices of about equal size, each starting after a line end. Worker w
+    The file is cut into `parts` slices of about equal size, each starting after a line end (Parquet: into
+    row ranges). Worker w
     takes slices w, w + workers, …, finds their bounds and line numbers itself (so it can start before
     the parent has read the file), and checks that its stretch of the file has no bare CR and, in a CSV/TSV,
     no quote character (a quoted field may hold a line break, so a cut could fall inside a row); if it has,
@@ -287,7 +288,8 @@ class _Cutter:
         self._f = open(manifest.path, "rb")
         self._size = os.fstat(self._f.fileno()).st_size
         self._parts, self._header = parts, tuple(manifest.columns)
-        self._csv = manifest.format != "jsonl"
+        self._csv = manifest.format in ("csv", "tsv")
+        self._rows = _parquet_rows(manifest.path) if manifest.format == "parquet" else None
         self._pos = self._lines = 0  # bytes read so far, and the line ends among them
 
     def __enter__(self) -> "_Cutter":
@@ -316,7 +318,11 @@ class _Cutter:
             offset += len(block)
 
     def span(self, i: int) -> Span | None:
-        """Slice i, or None if the file is not safe to cut (checked from where the last slice ended)."""
+        """Slice i, or None if the file is not safe to cut (checked from where the last slice ended). In
+        Parquet: rows, which can always be cut."""
+        if self._rows is not None:
+            start, end = self._rows * i // self._parts, self._rows * (i + 1) // self._parts
+            return Span(start, end, start, self._header)
         start, end = self._bound(i), self._bound(i + 1)
         start, end = min(start, end), max(start, end)
         self._f.seek(self._pos)
@@ -336,6 +342,12 @@ class _Cutter:
         if start == end:
             first_line = self._lines + 1
         return Span(start, end, first_line, self._header)
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq  # the parent imported it already, to read the schema
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
 
 
 def _send(out: BinaryIO, result: PartResult) -> None:
