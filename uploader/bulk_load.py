@@ -8,8 +8,9 @@ staging.WorkerLost), and uploader.loader then takes its ordinary staging path, w
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import Engine
 
@@ -19,7 +20,8 @@ from uploader.db import sqlite_bulk_mode, translate_errors
 if TYPE_CHECKING:
     from uploader.loader import ManifestLike
 
-__all__ = ["JOB_COLUMNS", "NotClean", "copy_parts", "insert_new", "load_into_empty", "part_defaults", "part_rows"]
+__all__ = ["JOB_COLUMNS", "MANIFEST_INSERT", "NotClean", "copy_parts", "insert_new", "load_into_empty",
+           "manifest_row", "part_defaults", "part_rows"]
 
 
 class NotClean(Exception):
@@ -30,6 +32,20 @@ JOB_COLUMNS = (
     "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, recovered, attempts, "
     "lease_token, created_at, updated_at, manifest_id, manifest_line"
 )
+
+
+#: The record of a loaded manifest, for the SQLAlchemy connection of a merge and the bare driver one here.
+MANIFEST_INSERT = (
+    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, conflict_examples) "
+    "VALUES (:p, :s, :h, :o, :n, :t, :c, :ce) RETURNING id"
+)
+
+
+def manifest_row(path: Path, size: int, sha: str, options_hash: str, rows: int, loaded_at: object,
+                 conflicts: int = 0, conflict_examples: Sequence[str] = ()) -> dict[str, object]:
+    """MANIFEST_INSERT's values (the conflicts' examples as a JSON list)."""
+    return {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
+            "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None}
 
 
 def insert_new(stamp: str, mid: int, part: str | None = None) -> str:
@@ -54,7 +70,9 @@ def part_rows(part: str) -> str:
 
 
 def part_defaults(manifest: ManifestLike) -> dict[str, str | None]:
-    return dict(zip(("project_id", "work_flow_id", "batch_id"), staging.load_defaults(manifest)))  # type: ignore[arg-type]
+    """The load's defaults, as part_rows binds them."""
+    defaults = staging.load_defaults(manifest)  # type: ignore[arg-type]
+    return dict(zip(("project_id", "work_flow_id", "batch_id"), defaults))
 
 
 def load_into_empty(
@@ -82,10 +100,7 @@ def load_into_empty(
                 if raw.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None:
                     raise NotClean
                 stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
-                mid = raw.execute(
-                    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
-                    "VALUES (?, ?, ?, ?, 0, ?) RETURNING id", (str(path.absolute()), size, sha, options_hash, stamp),
-                ).fetchone()[0]
+                mid = raw.execute(MANIFEST_INSERT, manifest_row(path, size, sha, options_hash, 0, stamp)).fetchone()[0]
                 if production is not None:
                     sent, inserted = copy_parts(raw, production, lambda part: insert_new(stamp, mid, part),
                                                  part_defaults(manifest), attached)

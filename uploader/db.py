@@ -22,7 +22,7 @@ from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
 __all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "create_new", "ledger_url", "open_engine", "migrate", "write_tx",
-           "read_tx", "script_location", "sqlite_bulk_mode", "sqlite_path", "translate_errors"]
+           "read_tx", "script_location", "sqlite_bulk_mode", "translate_errors"]
 
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384
@@ -37,8 +37,7 @@ def script_location() -> str:
     raise LedgerError("the ledger migrations are missing from this installation of uploader")
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite ledger URL (None for other databases and in-memory SQLite)."""
+def _sqlite_path(url: str) -> Path | None:
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
@@ -61,7 +60,7 @@ def _create_private_file(path: Path) -> None:
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Create an engine for a ledger URL, with SQLite pragmas and explicit BEGIN handling."""
-    path = sqlite_path(url)
+    path = _sqlite_path(url)
     if path is not None:
         if not path.exists() and not create:
             raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")

@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, sqlite_path, write_tx
+from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.locate import new_ledger_file
 from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
@@ -90,13 +91,11 @@ class Ledger(LedgerQueries):
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
         """Open (creating and migrating if needed) the ledger at a path or URL."""
-        url = ledger_url(ledger)
-        path = sqlite_path(url)
-        new_file = path is not None and not path.exists()
-        engine = open_engine(url, create=create)
-        if not (new_file and path is not None and path.exists() and create_new(engine)):
+        created = new_ledger_file(ledger)  # before open_engine creates it
+        engine = open_engine(ledger_url(ledger), create=create)
+        if not (created is not None and created.exists() and create_new(engine)):
             migrate(engine)
-        return cls(engine, new_file=new_file)
+        return cls(engine, new_file=created is not None)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -3,7 +3,7 @@
 Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside the ledger file), the
 cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
 transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
-write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big CSV/TSV is read by
+write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big manifest is read by
 worker processes (uploader.staging) whose slices are copied into staging; and an empty ledger takes its
 rows straight into `jobs` (uploader.bulk_load), falling back to the staging path on any problem.
 """
@@ -82,7 +82,7 @@ def load_manifest(
     """Validate and merge one manifest; raise ManifestError (ledger untouched) if anything is wrong.
 
     `production`: worker processes already staging this manifest (started before the ledger was even
-    opened, when it is new); used if the ledger is empty, and closed in any case. `new_file`: this process
+    opened, when it is new; else started here if the manifest suits); closed in any case. `new_file`: this process
     created the SQLite file (see db.sqlite_bulk_mode)."""
     import time
 
@@ -124,20 +124,6 @@ def load_manifest(
     finally:
         if production is not None:
             production.close()
-
-
-def _insert_manifest(
-    conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, now: dt.datetime,
-    conflicts: int, conflict_examples: Sequence[str],
-) -> int:
-    return conn.execute(
-        text(
-            "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, "
-            "conflict_examples) VALUES (:p, :s, :h, :o, :n, :t, :c, :ce) RETURNING id"
-        ),
-        {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": now, "c": conflicts,
-         "ce": json.dumps(list(conflict_examples)) if conflicts else None},
-    ).scalar_one()
 
 
 _STAGING_DDL = f"CREATE TEMPORARY TABLE staging ({staging.STAGING_COLUMNS})"
@@ -293,7 +279,8 @@ def _merge(
         upd_ex = con_ex = ()
         if conflicts:
             con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
-        mid = _insert_manifest(conn, path, size, sha, options_hash, rows, now, conflicts, con_ex)
+        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex)
+        mid = conn.execute(text(bulk_load.MANIFEST_INSERT), record).scalar_one()
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))
             conn.execute(text(_UPDATE), {"now": now, "mid": mid})

@@ -3,9 +3,9 @@
 A big first load is bound by CPU, not disk: reading and checking rows, building bodies and hashing them in
 Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks worker
 processes that cut a CSV/TSV (without quotes) or JSONL file into slices on line ends (a Parquet file into
-row ranges), read them, and write their rows into scratch SQLite files of their own. The loader attaches each finished scratch file and
-copies it into the ledger with one INSERT … SELECT, at C speed, while the workers go on with the next
-slices. Nothing here touches the ledger.
+row ranges), read them, and write their rows into scratch SQLite files of their own. The loader attaches
+each finished scratch file and copies it into the ledger with one INSERT … SELECT, at C speed, while the
+workers go on with the next slices. Nothing here touches the ledger.
 """
 
 from __future__ import annotations
