@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 __all__ = ["Base", "Batch", "Job", "LoadedManifest", "Status", "Worker"]
 
@@ -41,7 +42,9 @@ class Status(str, enum.Enum):
     IN_FLIGHT = "in_flight"  #: claimed by a worker under a lease; a request may be in the air
     SUCCEEDED = "succeeded"  #: the API created the job (or it was found existing); job_id is known
     FAILED = "failed"  #: permanent error, or retries exhausted; `uploader retry` sends it again
-    UNCERTAIN = "uncertain"  #: the job exists (FS_0001) but its job_id could not be looked up yet
+    UNCERTAIN = "uncertain"  #: the job may exist (FS_0001, an ambiguous last attempt, an answer that does not
+    #: match the request) and its job_id is not known yet: a batch listing decides
+    CONFLICT = "conflict"  #: the job exists (job_id known) but may hold other data than the manifest says
 
     def __str__(self) -> str:
         return self.value
@@ -65,6 +68,9 @@ class LoadedManifest(Base):
     loaded_at: Mapped[dt.datetime] = mapped_column(DateTime)
     conflicts: Mapped[int] = mapped_column(Integer, server_default="0")  #: repeated by an identical reload
     conflict_examples: Mapped[str | None] = mapped_column(Text)  #: JSON list of the first few reference_ids
+    #: Rows this load added or whose payload it changed: an identical reload may skip only when no later
+    #: load changed anything (else the ledger no longer holds exactly this manifest's payloads).
+    changed: Mapped[int] = mapped_column(Integer, server_default="0")
 
     __table_args__ = (Index(None, "sha256", "options_hash"),)
 
@@ -98,23 +104,37 @@ class Job(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime)
     manifest_id: Mapped[int | None] = mapped_column(ForeignKey("manifests.id"))
     manifest_line: Mapped[int | None] = mapped_column(Integer)
+    #: Space-separated body_hash of every earlier attempt that may have created the job (its answer was
+    #: lost or ambiguous): an FS_0001 is a clean recovery only when this holds the current body_hash alone.
+    sent_hashes: Mapped[str | None] = mapped_column(Text)
+    #: body_hash of the attempt in the air, set by the claim; merged into sent_hashes when its answer is lost.
+    attempt_hash: Mapped[str | None] = mapped_column(String(64))
+    #: How the job came to exist: created (this ledger's request), recovered (FS_0001 after our own earlier
+    #: send of the same payload), pre-existing (FS_0001 and this ledger never sent it before).
+    origin: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),
         Index(None, "status", "not_before", "id"),
+        Index(None, "job_id"),
     )
 
 
 class Batch(Base):
-    """A batch created by `--batch-name`: stored before any job is sent so every rerun reuses it."""
+    """A batch this ledger creates (`--batch-name`, or the run's own batch): reserved in the ledger before
+    the API is asked, so that one run creates it and every other run (and rerun) uses its id."""
 
     __tablename__ = "batches"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[str] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255))
-    batch_id: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(String(64))  #: None while the reserving run creates it
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    #: The run's own batch for the project (one per project), used for rows with no batch of their own.
+    auto: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    #: The worker (run) that reserved the name and is creating the batch; None once batch_id is known.
+    reserved_by: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (UniqueConstraint("project_id", "name"),)
 
