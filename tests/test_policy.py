@@ -100,7 +100,10 @@ TABLE = [
     ("HTML 404: wrong base URL", raw(404, "http_404"), F, "http_404"),
     ("405 without envelope", raw(405, "http_405"), F, "http_405"),
     ("301 redirect", raw(301, "http_301"), F, "http_301"),
+    ("307 redirect", raw(307, "http_307"), F, "http_307"),
     ("308 redirect", raw(308, "http_308"), F, "http_308"),
+    ("302 with a failure envelope: still the redirect", err("XX_9999", 302), F, "XX_9999"),
+    ("303 with a success envelope", ok({"job_id": "j"}, status=303), F, "http_303"),
     # no envelope, other 4xx: this row
     ("413 from a proxy", raw(413, "http_413"), P, "http_413"),
     ("400 HTML", raw(400, "http_400"), P, "http_400"),
@@ -210,11 +213,13 @@ THROTTLE = Decision(T, "http_429", None)
         (RETRY, 4, 10.0, 10.0, 10.0),  # the server's hint is a floor
         (RETRY, 20, 10.0, 10.0, 60.0),  # backoff may exceed a small hint
         (RETRY, 1, 0.0, 0.0, 0.5),
-        (RETRY, 1, 10_000.0, 900.0, 900.0),  # absurd hints are clamped
-        (THROTTLE, 1, 5.0, 5.0, 5.0),
-        (THROTTLE, 9, 5.0, 5.0, 5.0),  # the hint, not the backoff
+        (RETRY, 1, 10_000.0, 300.0, 300.0),  # absurd hints are clamped (MAX_RETRY_AFTER)
+        (THROTTLE, 1, 5.0, 5.0, 5.5),  # the hint is a floor added to the backoff
+        (THROTTLE, 9, 5.0, 5.0, 65.0),  # 429s in a row: the backoff grows on top of the hint
         (THROTTLE, 3, None, 0.0, 2.0),  # no hint: backoff
-        (THROTTLE, 1, -4.0, 0.0, 0.0),
+        (THROTTLE, 1, -4.0, 0.0, 0.5),
+        (THROTTLE, 1, 0.0, 0.0, 0.5),  # Retry-After: 0 is never faster than the backoff
+        (THROTTLE, 1, 86_400.0, 300.0, 300.5),  # a day is cut to MAX_RETRY_AFTER
         (R, 1, 3.0, 3.0, 3.0),  # a bare Verdict is accepted
     ],
 )
@@ -235,3 +240,26 @@ def test_all_is_complete() -> None:
                if not n.startswith("_") and getattr(v, "__module__", "") == policy.__name__}  # fmt: skip
     assert defined <= set(policy.__all__)
     assert all(hasattr(policy, n) for n in policy.__all__)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "low", "high"),
+    [(1, 0.0, 0.5), (2, 0.0, 1.0), (4, 0.0, 4.0), (30, 0.0, 60.0)],
+)
+def test_throttled_backoff_grows_with_the_429s_in_a_row_whatever_the_hint(attempt: int, low: float,
+                                                                         high: float) -> None:
+    """Retry-After: 0 and a date in the past (0 s) give the plain backoff; its mean grows with the rounds."""
+    rng = random.Random(3)
+    delays = [next_delay(THROTTLE, attempt, 0.0, rng) for _ in range(400)]
+    assert low <= min(delays) and max(delays) <= high
+    assert sum(delays) / len(delays) > high / 4  # not collapsed to 0
+
+
+@pytest.mark.parametrize(
+    ("hint", "cap", "capped", "delay_at_most"),
+    [(None, 300.0, False, 0.5), (299.0, 300.0, False, 299.5), (300.0, 300.0, False, 300.5),
+     (301.0, 300.0, True, 300.5), (86_400.0, 600.0, True, 600.5), (5.0, 0.0, True, 0.5)],
+)
+def test_max_retry_after(hint: float | None, cap: float, capped: bool, delay_at_most: float) -> None:
+    assert policy.retry_after_capped(hint, cap) is capped
+    assert next_delay(THROTTLE, 1, hint, random.Random(1), max_retry_after=cap) <= delay_at_most

@@ -227,7 +227,12 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @ledger_option
 @_api_options
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0.01), help="At most this many requests per second.")
+@click.option("--rate", type=click.FloatRange(min=0.001, max=1_000_000), metavar="R",
+              help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
+                   "whole requests: 2.5 sends at most 2 a second).")
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose; a longer one is "
+                                      "cut to this (and you are told).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="S",
               help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
@@ -239,7 +244,8 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @_handle_errors
 def run(  # type: ignore[no-untyped-def]
     manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, ledger, api_key, base_url,
-    allow_http, use_sandbox, timeout, concurrency, rate, max_attempts, lease_seconds, quiet, as_json,
+    allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds, quiet,
+    as_json,
 ) -> None:
     """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
@@ -251,7 +257,7 @@ def run(  # type: ignore[no-untyped-def]
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
-                             lease_seconds=lease_seconds)
+                             lease_seconds=lease_seconds, max_retry_after=max_retry_after)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
         created = new_ledger_file(ledger) if manifest else None

@@ -87,6 +87,9 @@ def print_summary(summary: Any, as_json: bool) -> None:
         f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
+    if run_.get("retry_after_capped"):
+        click.echo(f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
+                   f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that")
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")
@@ -103,6 +106,7 @@ class ProgressDisplay:
         self.quiet = quiet
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
+        self.told = 0  #: notices already printed
 
     def __enter__(self) -> ProgressDisplay:
         return self
@@ -111,7 +115,15 @@ class ProgressDisplay:
         self.close()
 
     def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.summary.Progress)."""
+        """Show the run's live counters (an uploader.summary.Progress), and each new notice once, on stderr."""
+        notices = getattr(p, "notices", ())
+        while self.told < len(notices):
+            line = f"notice: {notices[self.told]}"
+            self.told += 1
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                click.echo(line, err=True)
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm

@@ -280,6 +280,10 @@ class ApiClient:
         retry_after = _header(response, b"retry-after")
         if retry_after is not None:
             retry_after = self._redact(retry_after[:100])
+        if 300 <= status < 400:  # a redirect (never followed): its Location names where the base URL points
+            location = _header(response, b"location")
+            return replace(parse_envelope(status, b"", retry_after),
+                           location=None if location is None else self._redact(location[:2000]))
         if raw is None:
             return too_large(status, self._max_body, retry_after)
         if self._key_bytes in raw:

@@ -3,6 +3,10 @@
 SQLite is opened in WAL mode with a busy timeout, and the driver's own transaction handling is switched off
 so that we emit BEGIN ourselves: writers ask for `BEGIN IMMEDIATE` (take the write lock up front, so two
 writers never deadlock on a lock upgrade), readers get a plain deferred BEGIN.
+
+While `uploader run` sends, its writes wait for another process's write lock in short slices (`LockWait`,
+`set_lock_wait`) rather than inside one 30 s busy timeout: between slices Python runs signal handlers, so a
+SIGTERM ends the wait at once, and the run says that it is waiting.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +28,52 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
-__all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "create_new", "ledger_url", "open_engine", "migrate", "write_tx",
-           "read_tx", "script_location", "sqlite_bulk_mode", "translate_errors"]
+__all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "LedgerLocked", "LockWait", "create_new", "ledger_url", "open_engine",
+           "migrate", "write_tx", "read_tx", "script_location", "set_lock_wait", "sqlite_bulk_mode",
+           "translate_errors"]
 
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384
+#: With a LockWait: how long one try for the write lock blocks inside SQLite (between tries Python runs).
+LOCK_SLICE_MS = 100
+#: With a LockWait: give up waiting for another process's write lock after this long (seconds).
+LOCK_WAIT_LIMIT = 600.0
+
+
+class LedgerLocked(LedgerError):
+    """Another process held the ledger's write lock for too long, or the run stopped while waiting."""
+
+    def __init__(self, message: str, *, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.interrupted = interrupted  #: the wait ended because the run is stopping, not on a failure
+
+
+@dataclass
+class LockWait:
+    """How a process's writes wait for SQLite's write lock when another process holds it.
+
+    `give_up()` is polled between slices (a signal handler sets what it reads): True ends the wait with
+    LedgerLocked(interrupted=True). `waiting(seconds)` is told after `notice_after` seconds and then every
+    `notice_every` seconds, so the user hears why nothing moves. After `limit` seconds: LedgerLocked.
+    """
+
+    give_up: Callable[[], bool]
+    waiting: Callable[[float], None]
+    limit: float = LOCK_WAIT_LIMIT
+    notice_after: float = 2.0
+    notice_every: float = 10.0
+
+
+_LOCK_WAITS: weakref.WeakKeyDictionary[Engine, LockWait] = weakref.WeakKeyDictionary()
+
+
+def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
+    """Make the engine's write transactions wait for the SQLite write lock as `wait` says (None: as before,
+    inside SQLite's 30 s busy timeout). No effect on PostgreSQL."""
+    if wait is None:
+        _LOCK_WAITS.pop(engine, None)
+    else:
+        _LOCK_WAITS[engine] = wait
 
 
 def script_location() -> str:
@@ -92,7 +140,41 @@ def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        wait = _LOCK_WAITS.get(conn.engine) if mode == "IMMEDIATE" else None
+        if wait is None:
+            conn.exec_driver_sql(f"BEGIN {mode}")
+        else:
+            _begin_waiting(conn.connection.driver_connection, wait)
+
+
+def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's write lock in LOCK_SLICE_MS slices (see LockWait).
+    Once the lock is ours nothing in a WAL transaction waits again; the usual busy timeout is back for that."""
+    started = time.monotonic()
+    told = 0.0
+    raw.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            waited = time.monotonic() - started
+            if wait.give_up():
+                raise LedgerLocked("stopped while waiting for the ledger's write lock", interrupted=True)
+            if waited > wait.limit:
+                raise LedgerLocked(
+                    f"ledger error: another process has held the ledger's write lock for {waited:.0f} s; gave "
+                    "up waiting. Find it (another `uploader load` or `run`, or a sqlite3 shell in a "
+                    "transaction), let it finish or stop it"
+                )
+            if waited >= wait.notice_after and (not told or waited - told >= wait.notice_every):
+                told = waited
+                wait.waiting(waited)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _enable_wal(cur) -> None:  # type: ignore[no-untyped-def]

@@ -118,7 +118,12 @@ class Ledger(LedgerQueries):
             "SET status = 'in_flight', attempts = attempts + 1, lease_owner = :owner, "
             "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now"
         )
-        expired = "SELECT id FROM jobs WHERE status = 'in_flight' AND lease_expires_at < :now LIMIT :n"
+        # In flight under an expired lease (its run died), or held by a run that has stopped: a stopped run
+        # has nothing in the air, so rows it could not release (disk full) are taken at once.
+        expired = (
+            "SELECT id FROM jobs WHERE status = 'in_flight' AND (lease_expires_at < :now OR lease_owner IN "
+            "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
+        )
         ready = (
             "SELECT id FROM jobs WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now) "
             "LIMIT :n"

@@ -12,19 +12,29 @@ Two signals slow a whole run down, not one row:
   for longer than `outage_seconds` (30 s at most if it never answered this run: more likely a wrong base
   URL than a restart) the caller stops the run.
 
+A 429's Retry-After is a floor added to a backoff that grows with the throttle rounds in a row
+(`throttle_delay`), so `Retry-After: 0` cannot make the run hammer the API. Every wait here ends at once
+when the run stops (`wake`).
+
+`--rate R` is `RateLimiter`: at most R requests in any one-second window (R < 1: one every 1/R s), exact
+arithmetic on a log of send times, with the clock passed in (tests/test_pacing.py drives it by hand).
+
 Pure asyncio and arithmetic: no I/O, one event loop, no locks needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
-from uploader.policy import backoff_delay
+from uploader.policy import MAX_RETRY_AFTER, Verdict, backoff_delay, next_delay
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "RateLimiter"]
 
 #: Longest single pause while the API is unreachable: a returning API is noticed within this.
 MAX_OUTAGE_PAUSE = 10.0
@@ -36,7 +46,8 @@ class Pacer:
     """The run-wide pause and the in-the-air window, shared by all senders of one run."""
 
     def __init__(self, concurrency: int, rng: random.Random, *, backoff_base: float = 0.5,
-                 backoff_cap: float = 60.0, outage_seconds: float = 300.0) -> None:
+                 backoff_cap: float = 60.0, outage_seconds: float = 300.0,
+                 max_retry_after: float = MAX_RETRY_AFTER) -> None:
         self.concurrency = concurrency
         self.rng = rng
         self.backoff_base = backoff_base
@@ -50,13 +61,16 @@ class Pacer:
         self.answered_once = False
         self.outage_since: float | None = None
         self.outage_rounds = 0
+        self.max_retry_after = max_retry_after
+        self.throttle_rounds = 0  #: rounds of 429s in a row (reset by any other answer)
+        self._alarm = asyncio.Event()  #: set by `wake` (the run stops): every wait here ends
 
     async def acquire(self, stopping: Callable[[], bool]) -> bool:
         """Wait out the pause and for room in the window; False (no slot taken) if the run is stopping."""
         while True:
             # A pause may be extended while we sleep (another 429, the API still down): wait it out in full.
-            while (wait := self.pause_until - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
+            while (wait := self.pause_until - time.monotonic()) > 0 and not stopping():
+                await self.sleep(wait)
             if stopping():
                 return False
             if self.in_air < int(self.window):
@@ -64,6 +78,19 @@ class Pacer:
                 return True
             self._freed.clear()
             await self._freed.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep up to `seconds`; returns early once `wake` was called (the run is stopping)."""
+        if self._alarm.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._alarm.wait()
+
+    def wake(self) -> None:
+        """The run stops: end every wait (pauses, room in the window, the rate) now, and from now on."""
+        self._alarm.set()
+        self._freed.set()
 
     def release(self) -> int:
         """Free a slot; returns how many requests were in the air with this one."""
@@ -76,6 +103,8 @@ class Pacer:
         """The API answered: any outage is over; a narrowed window regrows unless this was a 429."""
         self.answered_once = True
         self.outage_since, self.outage_rounds = None, 0
+        if not throttled:
+            self.throttle_rounds = 0
         if throttled or self.window >= self.concurrency:
             return
         now = time.monotonic()
@@ -83,6 +112,17 @@ class Pacer:
             step = (now - self.grows_from) * max(1.0, self.window / 10)
             self.window = min(float(self.concurrency), self.window + step)
             self.grows_from = now
+
+    def throttle_delay(self, retry_after: float | None) -> float:
+        """A 429's delay: its Retry-After (capped) plus a backoff growing with the rounds of 429s in a row.
+
+        A new round begins when a 429 arrives after the last pause ended; the senders of one burst share a
+        round. With `Retry-After: 0` the run still backs off 0.5, 1, 2, 4… s (jittered) while the 429s last.
+        """
+        if time.monotonic() >= self.pause_until:
+            self.throttle_rounds += 1
+        return next_delay(Verdict.THROTTLED, self.throttle_rounds, retry_after, self.rng, base=self.backoff_base,
+                          cap=self.backoff_cap, max_retry_after=self.max_retry_after)
 
     def throttled(self, delay: float, flying: int) -> None:
         """A 429: pause everyone for `delay`; the first 429 of a round halves the window."""
@@ -105,3 +145,40 @@ class Pacer:
         delay = backoff_delay(self.outage_rounds, self.rng, self.backoff_base, cap)
         self.pause_until = max(self.pause_until, now + delay)
         return delay, over
+
+
+#: Added to the rate limiter's window: what the server sees is our send times plus a delivery delay that
+#: varies (a new connection's handshake: the first requests of a run arrived 6 ms late on loopback), so an
+#: exact window on our clock could show R+1 requests within one second on the server's.
+RATE_MARGIN = 0.05
+
+
+class RateLimiter:
+    """At most `rate` requests in any one-second window; below 1/s, one request every 1/rate seconds.
+
+    A sliding log of the last `n` send times: a request may go when fewer than `n` were sent in the last
+    `period` seconds (rate ≥ 1: n = ⌊rate⌋ in 1 s — a whole number of requests fits in a window; rate < 1:
+    n = 1 in 1/rate s), the period lengthened by `margin` (RATE_MARGIN) for delivery jitter. No burst
+    beyond the window (aiolimiter's bucket let 2R through in the first second). Pure arithmetic: the caller
+    passes `now` (time.monotonic) and sleeps for the delay itself.
+    """
+
+    def __init__(self, rate: float, margin: float = RATE_MARGIN) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number, not {rate!r}")
+        self.rate = rate
+        self.n = max(1, math.floor(rate)) if rate >= 1 else 1
+        self.period = (1.0 if rate >= 1 else 1.0 / rate) + margin
+        self.sent: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds until a request may go (0: now). Does not reserve: call `take` when sending."""
+        while self.sent and self.sent[0] <= now - self.period:
+            self.sent.popleft()
+        if len(self.sent) < self.n:
+            return 0.0
+        return self.sent[0] + self.period - now
+
+    def take(self, now: float) -> None:
+        """Record a request sent at `now` (after `delay(now)` returned 0)."""
+        self.sent.append(now)

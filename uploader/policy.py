@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "EXISTS_CODES",
     "FATAL_CODES",
+    "MAX_RETRY_AFTER",
     "OUTAGE_CODES",
     "PERMANENT_CODES",
     "RETRYABLE_CODES",
@@ -28,6 +29,7 @@ __all__ = [
     "backoff_delay",
     "classify",
     "next_delay",
+    "retry_after_capped",
     "retry_after_seconds",
 ]
 
@@ -63,6 +65,8 @@ TRANSPORT_CODES = frozenset(
 #: is down (restarting, network gone), not the row wrong. The worker pauses the whole run and does not
 #: count the attempt (like a 429), so an outage longer than the backoff cannot fail every row.
 OUTAGE_CODES = frozenset({"connect_error"})
+#: Default longest wait a Retry-After may impose (seconds; `uploader run --max-retry-after`).
+MAX_RETRY_AFTER = 300.0
 #: Synthetic transport codes that no retry can fix (a certificate the system does not trust).
 _FATAL_TRANSPORT_CODES = frozenset({"tls_error"})
 
@@ -84,6 +88,7 @@ class ApiResult:
     message: str | None
     errors: list[Any] | None  #: error.errors details
     retry_after: str | None  #: raw Retry-After header value
+    location: str | None = None  #: a 3xx answer's Location header (key redacted), to name the redirect
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
 
     1. HTTP 429, whatever the body → THROTTLED (the API is busy, not the row wrong).
     2. HTTP 401 or 403, whatever the body (the old server answers 401 with no body at all) → FATAL.
+       HTTP 3xx, whatever the body → FATAL: uploader does not follow redirects for a POST, and a redirect
+       means the base URL is not the API's (http vs https, a missing or extra path); no row is failed.
     3. `success: true` → SUCCEEDED if `data[expect]` is present (expect=None: any success). Without it →
        RETRYABLE `bad_success_envelope`: the server may or may not have created the job, and sending the row
        again converges either way (created now, or FS_0001 → lookup), while failing it could strand a job
@@ -112,7 +119,7 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
        4xx) → PERMANENT.
     5. No envelope: transport trouble (timeout, refused, closed, cut-off body) → RETRYABLE, except an
        untrusted certificate (`tls_error`) → FATAL; then by status: 408 or 5xx (proxy HTML) → RETRYABLE;
-       3xx, 404 or 405 → FATAL (we are not talking to the API: check the base URL; failing every row would
+       404 or 405 → FATAL (we are not talking to the API: check the base URL; failing every row would
        be wrong); other 4xx (e.g. a proxy's 413) → PERMANENT; 2xx that isn't an envelope → RETRYABLE.
     """
     status = result.http_status
@@ -122,6 +129,8 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
         return Decision(Verdict.THROTTLED, code or "http_429", message)
     if status in (401, 403):
         return Decision(Verdict.FATAL, code or f"http_{status}", message)
+    if status is not None and 300 <= status < 400:  # a redirect, whatever the body: not the API
+        return Decision(Verdict.FATAL, code or f"http_{status}", message or f"HTTP {status}: a redirect")
     if result.success is True:
         if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
             return Decision(Verdict.SUCCEEDED, None, None)
@@ -149,7 +158,7 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
     code = code or f"http_{status}"
     if status == 408 or status >= 500:
         return Decision(Verdict.RETRYABLE, code, message)
-    if 300 <= status < 400 or status in (404, 405):
+    if status in (404, 405):
         return Decision(Verdict.FATAL, code, message or f"HTTP {status} without an API answer: check the base URL")
     if 400 <= status < 500:
         return Decision(Verdict.PERMANENT, code, message)
@@ -205,14 +214,17 @@ def next_delay(
     *,
     base: float = 0.5,
     cap: float = 60.0,
-    max_retry_after: float = 900.0,
+    max_retry_after: float = MAX_RETRY_AFTER,
 ) -> float:
     """How long to wait before the next try, in seconds.
 
     RETRYABLE: max(backoff, Retry-After) — the server's hint is a floor, jitter still spreads the herd.
-    THROTTLED: the Retry-After hint if given, else backoff (`attempt` then counts throttles in a row).
+    THROTTLED: Retry-After + backoff, `attempt` counting the throttles in a row: the hint is a floor added to
+    a backoff that grows while the 429s last, so `Retry-After: 0` (or a date in the past) can never make the
+    run retry faster than the backoff would (it used to hammer at hundreds of requests a second).
     `retry_after` is already in seconds (see `retry_after_seconds`); hints beyond `max_retry_after` are
-    clamped so a confused server cannot park the run for a day. Other verdicts have no delay: ValueError.
+    clamped (`retry_after_capped` says when) so a confused server cannot park the run for a day. Other
+    verdicts have no delay: ValueError.
     """
     verdict = decision.verdict if isinstance(decision, Decision) else decision
     hint = None if retry_after is None else min(max(0.0, retry_after), max_retry_after)
@@ -220,5 +232,10 @@ def next_delay(
         delay = backoff_delay(attempt, rng, base, cap)
         return delay if hint is None else max(delay, hint)
     if verdict is Verdict.THROTTLED:
-        return hint if hint is not None else backoff_delay(attempt, rng, base, cap)
+        return (hint or 0.0) + backoff_delay(attempt, rng, base, cap)
     raise ValueError(f"no retry delay for verdict {verdict.value!r}")
+
+
+def retry_after_capped(retry_after: float | None, max_retry_after: float = MAX_RETRY_AFTER) -> bool:
+    """True when a Retry-After hint (seconds) asks for longer than `max_retry_after`: the run waits less."""
+    return retry_after is not None and retry_after > max_retry_after

@@ -12,25 +12,33 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import Ledger
-from uploader.policy import Verdict, classify, next_delay, retry_after_seconds
+from uploader.policy import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
 from uploader.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one
     from uploader.client import ApiClient
 
-__all__ = ["Recovery"]
+__all__ = ["Recovery", "RunStopping"]
+
+
+class RunStopping(Exception):
+    """Raised by the run's `sleep` when the run stops during a wait: the lookup ends where it is."""
 
 
 class Recovery:
     """One run's lookups: which uncertain rows wait, which a full listing missed, the default batches' ids."""
 
     def __init__(self, ledger: Ledger, client: ApiClient, progress: Progress, rng: random.Random, *,
-                 flush: Callable[[], None], halted: Callable[[], bool]) -> None:
+                 flush: Callable[[], None], halted: Callable[[], bool],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 max_retry_after: float = MAX_RETRY_AFTER) -> None:
         self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
+        self.sleep = sleep  #: every backoff here: the run's, which a stop ends at once (RunStopping)
+        self.max_retry_after = max_retry_after
         self.flush = flush  #: records the run's results still in memory, so that the lookup sees them
         self.halted = halted  #: the run met a fatal API error or a ledger error: look nothing up
         self.lock = asyncio.Lock()
@@ -42,7 +50,11 @@ class Recovery:
         """Find the job_ids of rows refused with FS_0001, by listing their batch. Returns the fatal API
         error a listing met (the run stops on it), else None."""
         async with self.lock:
-            return await self._resolve(final)
+            try:
+                return await self._resolve(final)
+            except RunStopping:
+                self.waiting = True  # not looked up: the next run (or `reconcile`) does it
+                return None
 
     async def _resolve(self, final: bool) -> FatalApiError | None:
         """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, and any an
@@ -63,7 +75,8 @@ class Recovery:
                 waiting = True  # a later success in the default batch reveals its id
                 continue
             try:
-                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows])
+                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows],
+                                                       sleep=self.sleep)
             except FatalApiError as exc:
                 return exc
             except ApiUnreachableError:
@@ -97,5 +110,5 @@ class Recovery:
             if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or attempt == 4:
                 return None
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            await asyncio.sleep(next_delay(decision, attempt, hint, self.rng))
+            await self.sleep(next_delay(decision, attempt, hint, self.rng, max_retry_after=self.max_retry_after))
         return None

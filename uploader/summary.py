@@ -13,7 +13,7 @@ from typing import Any
 
 from uploader.policy import ApiResult, Decision
 
-__all__ = ["Progress", "RunSummary", "fatal_message"]
+__all__ = ["Progress", "RunSummary", "fatal_message", "redirect_message"]
 
 
 @dataclass
@@ -32,6 +32,11 @@ class Progress:
     unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
+    retry_after_capped: int = 0  #: answers whose Retry-After asked for more than --max-retry-after
+    retry_after_longest: float = 0.0  #: the longest such Retry-After (seconds)
+    #: One-line notices for the user (a Retry-After cut to the cap, waiting for the ledger's lock), in order;
+    #: the progress display prints each once, as it appears.
+    notices: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -67,17 +72,23 @@ class RunSummary:
                 "throttled": p.throttled,
                 "unreachable": p.unreachable,
                 "ignored_stale_results": p.ignored,
+                "retry_after_capped": p.retry_after_capped,
+                "retry_after_longest_seconds": round(p.retry_after_longest, 1),
             },
             "top_error_codes": self.error_codes,
             "seconds": round(self.seconds, 3),
             "requests_per_second": round(self.requests_per_second, 1),
             "interrupted": self.interrupted,
             "fatal": self.fatal,
+            "notices": list(p.notices),
         }
 
 
 def fatal_message(decision: Decision, result: ApiResult) -> str:
     """The message of a run-fatal API answer: what was refused, and what to fix before running again."""
+    status = result.http_status
+    if status is not None and 300 <= status < 400:
+        return redirect_message(status, result.location)
     code = decision.code or f"HTTP {result.http_status}"
     hints = {
         "auth-failure": "the API key was refused: check --api-key / PLAYMENT_API_KEY",
@@ -89,3 +100,28 @@ def fatal_message(decision: Decision, result: ApiResult) -> str:
     if result.http_status == 401:
         hint = hints["auth-failure"]
     return f"{hint} ({code}). Nothing was marked failed; fix it and run the same command again."
+
+
+#: Longest Location quoted in a redirect message.
+_LOCATION_CHARS = 120
+
+
+def redirect_message(status: int, location: str | None) -> str:
+    """A 3xx answer to a request: the API answered a redirect, which uploader does not follow for a POST (a
+    client that does may drop the body or turn it into a GET), so the base URL must be the API's own.
+    The Location is quoted without its query or fragment (they may carry tokens) and shortened."""
+    where = ""
+    if location:
+        text = location.strip().split("#", 1)[0].split("?", 1)[0]
+        scheme, sep, rest = text.partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:  # credentials in the URL: dropped
+            text = f"{scheme}://{rest.split('@', 1)[1]}"
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+        if len(text) > _LOCATION_CHARS:
+            text = text[: _LOCATION_CHARS - 1] + "…"
+        where = f" to {text}"
+    return (
+        f"the API answered a redirect (HTTP {status}{where}); uploader does not follow redirects for POST "
+        "requests. Check --base-url / PLAYMENT_BASE_URL (e.g. http vs https, a missing or extra path): it must "
+        "be the API's own address. Nothing was marked failed; fix it and run the same command again."
+    )

@@ -7,7 +7,13 @@ the row is recorded `uncertain` at once (so no later run sends it again), and a 
 job_id, in this run or, failing that, in a later one or by `uploader reconcile`.
 
 Stopping: the first Ctrl-C / SIGTERM stops claiming and lets requests in the air finish (bounded by the
-timeout); the second cancels them. Either way every row this run still holds goes back to pending.
+timeout); the second cancels them. Either way every row this run still holds goes back to pending. Every
+wait ends on the first signal — the pacer's pause, a Retry-After, the rate limiter, the claimer, the lookups'
+backoff, and a ledger write waiting for another process's SQLite write lock (`signal.signal` handlers set
+the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.db.LockWait).
+
+No task dies silently: the senders, the claimer and the helpers are named tasks under one monitor
+(`_Run._monitor`); one that raises stops the run (rows released as on any stop) with `TaskFailed`, exit 1.
 """
 
 from __future__ import annotations
@@ -21,21 +27,27 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from uploader.errors import FatalApiError, LedgerError
+from uploader.db import LedgerLocked, LockWait, set_lock_wait
+from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
 from uploader.ledger import Claim, Ledger, Result, utcnow
 from uploader.models import Status
-from uploader.pacing import Pacer
-from uploader.policy import OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay, retry_after_seconds
-from uploader.recovery import Recovery
+from uploader.pacing import Pacer, RateLimiter
+from uploader.policy import (MAX_RETRY_AFTER, OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay,
+                             retry_after_capped, retry_after_seconds)
+from uploader.recovery import Recovery, RunStopping
 from uploader.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
     from uploader.client import ApiClient
 
-__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "nothing_to_send", "outcome_for", "submit"]
+__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "nothing_to_send", "outcome_for",
+           "submit"]
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
+#: After a gentle stop, how long the last writes (results, releasing the rows) wait for a ledger whose
+#: write lock another process holds, before the run gives up and exits (the rows stay in flight).
+STOP_LOCK_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -56,24 +68,51 @@ class RunOptions:
     #: How long the API may be unreachable (no connection can be opened at all) before the run stops.
     #: Meanwhile the run pauses and retries without counting attempts, so an API restart fails no row.
     outage_seconds: float = 300.0
+    #: The longest wait a Retry-After may impose (seconds); a longer hint is cut to it and the user told.
+    max_retry_after: float = MAX_RETRY_AFTER
 
 
 
 class StopFlag:
-    """Gentle stop on the first signal, hard stop on the second."""
+    """Gentle stop on the first signal, hard stop on the second.
+
+    `trip` may run inside a `signal.signal` handler, between any two bytecodes of the main thread — also
+    while a ledger write blocks the event loop waiting for SQLite's lock (that wait polls `gentle`). So it
+    only sets the flags and hands the loop-side work (waking every wait, cancelling on a hard stop) to the
+    loop with `call_soon_threadsafe`, which also wakes a loop asleep in its selector.
+    """
 
     def __init__(self) -> None:
         self.gentle = False
         self.hard = False
         self.reason: str | None = None
         self._waiters: list[asyncio.Task[Any]] = []
+        self._wakers: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def trip(self) -> None:
         if self.gentle:
             self.hard = True
+        self.gentle = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._act)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _act(self) -> None:
+        """On the loop: end every wait; on a hard stop, cancel the requests in the air too."""
+        for wake in self._wakers:
+            wake()
+        if self.hard:
             for task in self._waiters:
                 task.cancel()
-        self.gentle = True
+
+
+class TaskFailed(UploaderError):
+    """A task of the run raised: the run stopped (its rows are released); nothing was marked failed."""
 
 
 def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOptions, delay: float) -> Result:
@@ -105,63 +144,85 @@ class _Run:
         self.results: list[Result] = []
         self.busy = 0
         self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
-                           outage_seconds=opts.outage_seconds)
+                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after)
         self.fatal: FatalApiError | None = None
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
+        self.failed_task: TaskFailed | None = None  #: a task of the run raised: the run stops
         self.recovery = Recovery(ledger, client, self.progress, self.rng, flush=self._flush,
-                                 halted=lambda: self.fatal is not None or self.ledger_error is not None)
-        self.limiter: Any = None
-        if opts.rate:
-            from aiolimiter import AsyncLimiter
-
-            self.limiter = AsyncLimiter(opts.rate, 1.0)
+                                 halted=lambda: self.fatal is not None or self.ledger_error is not None,
+                                 sleep=self._sleep, max_retry_after=opts.max_retry_after)
+        self.limiter = RateLimiter(opts.rate) if opts.rate else None
+        self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
+        self.on_progress: Callable[[Progress], None] | None = None
+        self._lock_told = 0.0
 
     # -- the loop ----------------------------------------------------------------------------------------
 
     async def run(self, on_progress: Callable[[Progress], None] | None) -> None:
+        self.on_progress = on_progress
+        set_lock_wait(self.ledger.engine, LockWait(self._lock_give_up, self._lock_waiting))
+        try:
+            await self._run(on_progress)
+        finally:
+            set_lock_wait(self.ledger.engine, None)
+
+    async def _run(self, on_progress: Callable[[Progress], None] | None) -> None:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"]
         self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
-        self.owner = self.ledger.register_worker()
-        senders = [asyncio.create_task(self._sender()) for _ in range(self.opts.concurrency)]
-        helpers = [
-            asyncio.create_task(self._flusher()),
-            asyncio.create_task(self._heartbeat()),
-            asyncio.create_task(self._resolver()),
-        ]
-        if on_progress:
-            helpers.append(asyncio.create_task(self._report(on_progress)))
-        claimer = asyncio.create_task(self._claimer())
-        this = asyncio.current_task()  # a second signal cancels the wait for the queue to drain, too
-        self.stop._waiters.extend([claimer, *senders, *([this] if this else [])])
         try:
-            await claimer
-            await self.queue.join()
-            if self.ledger_error is None and not self.stop.gentle:
-                # Every uncertain row of the ledger, not only this run's: another machine's run may still be
-                # resolving its own, and the counts this run reports (and its exit code) come after this.
-                self.recovery.waiting = True
-                await self._resolve_all(final=True)
-        except asyncio.CancelledError:
-            if not self.stop.hard:
-                raise
+            self.owner = self.ledger.register_worker()
+        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
+            if exc.interrupted:
+                raise InterruptedRun() from None
+            raise
+        self.stop._wakers.append(self.pacer.wake)
+        side: dict[asyncio.Task[Any], str] = {}
+
+        def start(coro: Any, name: str) -> asyncio.Task[Any]:
+            task = asyncio.create_task(coro, name=name)
+            side[task] = name
+            return task
+
+        senders = [start(self._sender(), f"sender {i + 1}") for i in range(self.opts.concurrency)]
+        helpers = [start(self._flusher(), "flusher"), start(self._heartbeat(), "heartbeat"),
+                   start(self._resolver(), "resolver")]
+        if on_progress:
+            helpers.append(start(self._report(on_progress), "progress"))
+        claimer = start(self._claimer(), "claimer")
+        drain = asyncio.create_task(self._drain(claimer), name="run")
+        self.stop._waiters.extend([claimer, *senders, drain])  # a second signal cancels the requests in the air
+        if self.stop.gentle:  # a signal before the handlers knew this run's tasks
+            self.pacer.wake()
+        try:
+            await self._monitor(drain, side)
         except LedgerError as exc:
             self._halt(exc)
         finally:
-            for task in senders + helpers:
+            for task in [*senders, *helpers, claimer, drain]:
                 task.cancel()
-            await asyncio.gather(*senders, *helpers, return_exceptions=True)
+            await asyncio.gather(*senders, *helpers, claimer, drain, return_exceptions=True)
             # Each step on its own: a ledger that refused one write (disk full) may still take the next,
-            # and whatever is not written stays in_flight under a dead lease, sent again by the next run.
+            # and whatever is not written stays in_flight, sent again by the next run: at once, as the
+            # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
+            self.closing_since = time.monotonic()
             for step in (self._flush, lambda: self.ledger.release(self.owner),
                          lambda: self.ledger.stop_worker(self.owner)):
                 try:
                     step()
                 except LedgerError as exc:
                     self._halt(exc)
+            if self.results and self.ledger_error is None:
+                self.progress.notices.append(
+                    f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
+                    "recorded and the rows this run held stay in flight; the next run sends them again (the "
+                    "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
+                )
             if on_progress:
                 on_progress(self.progress)
+        if self.failed_task is not None:
+            raise self.failed_task
         if self.ledger_error is not None:
             raise LedgerError(
                 f"{self.ledger_error}. The run stopped: every result recorded before is kept, and the rows "
@@ -169,14 +230,84 @@ class _Run:
                 "(e.g. free disk space), then run the same command again."
             ) from self.ledger_error
 
+    async def _drain(self, claimer: asyncio.Task[Any]) -> None:
+        """The run's main line: claim until nothing is left, wait for the senders, then the last lookups."""
+        await asyncio.wait([claimer])
+        if claimer.cancelled() or claimer.exception() is not None:
+            return  # the monitor reports it
+        await self.queue.join()
+        if self.ledger_error is None and not self.stop.gentle and self.failed_task is None:
+            # Every uncertain row of the ledger, not only this run's: another machine's run may still be
+            # resolving its own, and the counts this run reports (and its exit code) come after this.
+            self.recovery.waiting = True
+            await self._resolve_all(final=True)
+
+    async def _monitor(self, drain: asyncio.Task[Any], side: dict[asyncio.Task[Any], str]) -> None:
+        """Wait for `drain`; a side task that raises (or is cancelled by anything but a second signal) first
+        stops the run with `TaskFailed` naming it — no task dies silently (after procrastinate's
+        `_monitor_side_tasks`: one `asyncio.wait(..., FIRST_COMPLETED)` over every named task)."""
+        names = {drain: "run", **side}
+        waiting: set[asyncio.Task[Any]] = {drain, *side}
+        while waiting:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled() and (task is drain or self.stop.hard):
+                    continue  # cancelled by a second signal, or below
+                exc: BaseException | None = asyncio.CancelledError() if task.cancelled() else task.exception()
+                if exc is None:
+                    continue  # the claimer ends when nothing is left to claim; `drain` when the run is done
+                if isinstance(exc, LedgerError):
+                    self._halt(exc)
+                elif self.failed_task is None:
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    self.failed_task = TaskFailed(
+                        f"the run stopped: its task {names[task]!r} failed ({what}). Nothing was marked failed; "
+                        "the rows this run held are pending again. Please report this; run the same command "
+                        "again to resume."
+                    )
+                self.pacer.wake()
+                drain.cancel()
+            if drain in done:
+                return
+
+    def _lock_give_up(self) -> bool:
+        """Whether a ledger write waiting for another process's write lock stops waiting (uploader.db):
+        during the run, on the first signal (the run is stopping anyway); in the last writes after a stop
+        or a ledger error, after STOP_LOCK_GRACE seconds; on a second signal, at once."""
+        if self.stop.hard:
+            return True
+        if self.closing_since is None:
+            return self.stop.gentle
+        return ((self.stop.gentle or self.ledger_error is not None)
+                and time.monotonic() - self.closing_since > STOP_LOCK_GRACE)
+
+    def _lock_waiting(self, seconds: float) -> None:
+        """Say that the run waits for the ledger (called from inside the blocked write, every few seconds)."""
+        self.progress.notices.append(
+            f"waiting for the ledger: another process holds its write lock ({seconds:.0f} s)"
+        )
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep that a stop ends at once (RunStopping): the lookups' backoff and Retry-After waits."""
+        await self.pacer.sleep(seconds)
+        if self._stopping:
+            raise RunStopping
+
     def _halt(self, exc: LedgerError) -> None:
-        """The ledger refused a write: stop claiming and sending (the first error is the one reported)."""
+        """The ledger refused a write: stop claiming and sending (the first error is the one reported). A
+        write that stopped waiting for the ledger's lock because the run is stopping is no error."""
+        if getattr(exc, "interrupted", False):
+            return
         if self.ledger_error is None:
             self.ledger_error = exc
+        self.pacer.wake()
 
     @property
     def _stopping(self) -> bool:
-        return self.stop.gentle or self.fatal is not None or self.ledger_error is not None
+        return (self.stop.gentle or self.fatal is not None or self.ledger_error is not None
+                or self.failed_task is not None)
 
     async def _claimer(self) -> None:
         try:
@@ -203,7 +334,7 @@ class _Run:
             wake = self.ledger.next_wakeup(self.owner)
             if wake is None:
                 return
-            await asyncio.sleep(min(1.0, max(0.01, (wake - utcnow()).total_seconds())))
+            await self.pacer.sleep(min(1.0, max(0.01, (wake - utcnow()).total_seconds())))
 
     async def _sender(self) -> None:
         while True:
@@ -221,8 +352,8 @@ class _Run:
         if not await self.pacer.acquire(lambda: self._stopping):
             return  # left in_flight: released to pending at the end
         try:
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            if self.limiter is not None and not await self._paced(self.limiter):
+                return  # stopping: left in_flight, released to pending at the end
             result = await self.client.create_job(claim.project_id, claim.body)
         finally:
             flying = self.pacer.release()
@@ -247,6 +378,7 @@ class _Run:
             return
         if decision.verdict is Verdict.FATAL:
             self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status)
+            self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # The request never reached the API: the API is down, not the row. Pause every sender and do
             # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
@@ -261,13 +393,40 @@ class _Run:
             decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            delay = next_delay(decision, claim.attempts, hint, self.rng)
+            if retry_after_capped(hint, self.opts.max_retry_after):
+                self._capped(hint)  # type: ignore[arg-type]
             if decision.verdict is Verdict.THROTTLED:
+                # Retry-After is a floor added to a backoff growing with the 429 rounds in a row: a hint of 0
+                # (or a date in the past) can no longer make the whole run retry as fast as it can.
+                delay = self.pacer.throttle_delay(hint)
                 self.progress.throttled += 1
                 self.pacer.throttled(delay, flying)
+            else:
+                delay = next_delay(decision, claim.attempts, hint, self.rng, base=self.opts.backoff_base,
+                                   cap=self.opts.backoff_cap, max_retry_after=self.opts.max_retry_after)
         outcome = outcome_for(claim, decision, result, self.opts, delay)
         self._count(outcome)
         self.results.append(outcome)
+
+    async def _paced(self, limiter: RateLimiter) -> bool:
+        """Wait until --rate lets one more request go; False if the run stops meanwhile."""
+        while (wait := limiter.delay(time.monotonic())) > 0:
+            await self.pacer.sleep(wait)
+            if self._stopping:
+                return False
+        limiter.take(time.monotonic())
+        return True
+
+    def _capped(self, hint: float) -> None:
+        """A Retry-After longer than --max-retry-after: count it; say so once (progress line, summary)."""
+        p = self.progress
+        p.retry_after_capped += 1
+        p.retry_after_longest = max(p.retry_after_longest, hint)
+        if p.retry_after_capped == 1:
+            p.notices.append(
+                f"the API asked to wait {hint:.0f} s (Retry-After); waiting {self.opts.max_retry_after:g} s at "
+                "most (--max-retry-after)"
+            )
 
     def _count(self, r: Result) -> None:
         p = self.progress
@@ -328,6 +487,8 @@ class _Run:
         """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.recovery)."""
         fatal = await self.recovery.resolve(final)
         self.fatal = self.fatal or fatal
+        if fatal is not None:
+            self.pacer.wake()
 
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
@@ -355,27 +516,41 @@ async def submit(
     """Send every sendable row of the ledger; returns when none is left, on a stop, or on a fatal error."""
     stop = stop or StopFlag()
     run = _Run(ledger, client, opts, stop)
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if handle_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.trip)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+    stop._loop = asyncio.get_running_loop()
+    previous = _install_signal_handlers(stop) if handle_signals else {}
     started = time.monotonic()
     try:
         await run.run(on_progress)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
     fatal = str(run.fatal) if run.fatal else None
     summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal)
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary
+
+
+def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
+    """SIGINT and SIGTERM trip `stop` from a `signal.signal` handler; returns the handlers to put back.
+
+    Not `loop.add_signal_handler`: its callbacks run only when the loop gets control, and a ledger call
+    waiting for SQLite's lock holds it (SIGTERM once took 35 s). A Python handler runs between bytecodes,
+    so the lock wait, which retries in short slices, sees the flag at once. Only the main thread may set
+    handlers: elsewhere none are installed (as before).
+    """
+    previous: dict[signal.Signals, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.trip()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    return previous
 
 
 class _FatalWithSummary(FatalApiError):

@@ -189,3 +189,32 @@ def test_api_down_for_good_stops_the_run_without_failing_rows(tmp_path):
     led.close()
     rows = ledger_rows(ledger_path)
     assert all(r["status"] == "pending" and r["attempts"] == 0 for r in rows.values()), rows
+
+
+def test_rows_a_full_disk_left_in_flight_are_resent_at_once(tmp_path, monkeypatch):
+    """Disk full: the run stops and cannot even release the rows in the air (the ledger refuses that write
+    too), but it does mark itself stopped. The next run on the host used to wait out the whole lease (120 s)
+    before resending them; a stopped run has nothing in the air, so they are taken at once."""
+    config = SandboxConfig(api_key=KEY, seed=24, latency_ms=20, jitter_ms=10)
+    manifest = write_images(tmp_path / "images.csv", 300)
+    ledger_path = tmp_path / "ledger.db"
+    with Sandbox(config) as box:
+        DiskFull(monkeypatch, ledger_path, after=5, method="record")
+        DiskFull(monkeypatch, ledger_path, after=0, method="release")
+        led = Ledger.open(ledger_path)
+        with pytest.raises(LedgerError, match="disk is full"):
+            run_upload(led, manifest, ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
+                       base_url=box.base_url, api_key=KEY,
+                       run_options=RunOptions(concurrency=8, lease_seconds=120), handle_signals=False)
+        led.close()
+        monkeypatch.undo()
+        stuck = sum(r["status"] == "in_flight" for r in ledger_rows(ledger_path).values())
+        assert stuck > 0  # left in flight under a 120 s lease
+        started = time.monotonic()
+        done = subprocess.run(subprocess_cmd(None, ledger_path, box.base_url, "--lease-seconds", "120"),
+                              env=subprocess_env(), capture_output=True, text=True, timeout=100)
+        took = time.monotonic() - started
+        print(f"\n{stuck} rows left in flight by the stopped run; the next run finished in {took:.1f} s")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert took < 60  # not the 120 s lease
+        check_ledger(ledger_path, box.jobs(), box.stats())
