@@ -98,3 +98,38 @@ def test_sigterm_while_another_process_holds_the_ledger_lock(tmp_path):
         assert {r["status"] for r in final} == {"succeeded"}
         assert api.created() == 300 and created_before <= 300
         assert {r["job_id"] for r in final} == {j["job_id"] for j in api.jobs.values()}
+
+
+def test_lock_wait_tells_gives_up_and_is_interrupted(tmp_path):
+    """uploader.db.LockWait on a real ledger: the wait is reported after `notice_after`, ends with a clear
+    LedgerLocked after `limit`, and at once (interrupted) when `give_up` says so; without a LockWait a
+    write still gets SQLite's own busy timeout, and once the lock is free writes go through."""
+    import pytest
+
+    from uploader.db import LedgerLocked, LockWait, set_lock_wait
+    from uploader.ledger import Ledger
+
+    ledger = tmp_path / "l.db"
+    led = Ledger.open(ledger)
+    told: list[float] = []
+    lock = hold_write_lock(ledger)
+    try:
+        set_lock_wait(led.engine, LockWait(give_up=lambda: False, waiting=told.append, limit=1.5,
+                                           notice_after=0.5, notice_every=0.5))
+        started = time.monotonic()
+        with pytest.raises(LedgerLocked, match="another process has held the ledger's write lock") as caught:
+            led.register_worker()
+        assert not caught.value.interrupted and 1.5 <= time.monotonic() - started < 10
+        assert len(told) >= 2 and told[0] >= 0.5
+        set_lock_wait(led.engine, LockWait(give_up=lambda: True, waiting=told.append))
+        started = time.monotonic()
+        with pytest.raises(LedgerLocked) as caught:
+            led.register_worker()
+        assert caught.value.interrupted and time.monotonic() - started < 2
+    finally:
+        lock.rollback()
+        lock.close()
+    assert led.register_worker()  # the lock is free: the same write goes through
+    set_lock_wait(led.engine, None)
+    assert led.register_worker()
+    led.close()

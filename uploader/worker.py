@@ -154,7 +154,6 @@ class _Run:
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
         self.on_progress: Callable[[Progress], None] | None = None
-        self._lock_told = 0.0
 
     # -- the loop ----------------------------------------------------------------------------------------
 
