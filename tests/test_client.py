@@ -191,7 +191,7 @@ PARSE = [
     ("error code not a string", 400, '{"success": false, "error": {"code": 42}}', {}, (False, "42", None),
      Verdict.PERMANENT),
     ("error as a string", 400, '{"success": false, "error": "nope"}', {}, (False, None, None), Verdict.PERMANENT),
-    ("data not a dict", 200, '{"success": true, "data": [1]}', {}, (True, None, None), Verdict.RETRYABLE),
+    ("data not a dict", 200, '{"success": true, "data": [1]}', {}, (True, None, None), Verdict.PROTOCOL),
     ("invalid UTF-8", 200, b"\xff\xfe{", {}, (None, "not_json", None), Verdict.RETRYABLE),
 ]
 
