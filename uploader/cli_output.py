@@ -53,7 +53,7 @@ def print_status(report: Any, as_json: bool) -> None:
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
     if report.error_codes:
-        click.echo("error codes (failed, uncertain, waiting to retry):")
+        click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
             click.echo(f"  {code:<24} {n}")
     if report.oldest_pending:
@@ -97,7 +97,8 @@ def print_summary(summary: Any, as_json: bool) -> None:
     run_ = d["this_run"]
     click.echo(
         f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
-        f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
+        + f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
     if run_.get("protocol_errors"):
