@@ -191,7 +191,7 @@ PARSE = [
     ("error code not a string", 400, '{"success": false, "error": {"code": 42}}', {}, (False, "42", None),
      Verdict.PERMANENT),
     ("error as a string", 400, '{"success": false, "error": "nope"}', {}, (False, None, None), Verdict.PERMANENT),
-    ("data not a dict", 200, '{"success": true, "data": [1]}', {}, (True, None, None), Verdict.RETRYABLE),
+    ("data not a dict", 200, '{"success": true, "data": [1]}', {}, (True, None, None), Verdict.PROTOCOL),
     ("invalid UTF-8", 200, b"\xff\xfe{", {}, (None, "not_json", None), Verdict.RETRYABLE),
 ]
 
@@ -436,6 +436,19 @@ def test_find_job_ids_tolerates_odd_pages() -> None:
         "t3": envelope({"jobs": [{"reference_id": "r1", "job_id": "j1"}, {"reference_id": 7, "id": 70}]}),
     }  # fmt: skip
     assert Pager(pages).find(["r1", "7", "r2"]) == {"r1": "j1", "7": "70"}
+
+
+def test_find_job_ids_takes_only_usable_job_ids() -> None:
+    """A listing entry is validated like a creation answer: its id a non-empty string or an integer. An
+    object, `true`, a float, a blank or a 65-character id is no id (never recorded as its Python text);
+    a reference_id `true` is no reference_id."""
+    jobs = [{"reference_id": "r1", "id": True}, {"reference_id": "r2", "id": {"id": "j2"}},
+            {"reference_id": "r3", "id": 3.0}, {"reference_id": "r4", "id": "  "}, {"reference_id": "r5", "id": "j" * 65},
+            {"reference_id": "r6", "id": [1]}, {"reference_id": True, "id": "jt"}, {"reference_id": "r7", "id": 7},
+            {"reference_id": "r8", "id": None, "job_id": "j8"}, {"reference_id": "r9", "id": False, "job_id": "j9"}]
+    found = Pager({"": envelope({"jobs": jobs, "next_page_token": ""})}).find(
+        ["r1", "r2", "r3", "r4", "r5", "r6", "True", "r7", "r8", "r9"])
+    assert found == {"r7": "7", "r8": "j8", "r9": "j9"}
 
 
 # -- construction, the key, base URLs ----------------------------------------------------------------------

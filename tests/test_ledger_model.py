@@ -3,13 +3,17 @@ claims by two workers at a controllable clock, every kind of result (some of the
 reconciles, clock jumps and crashes, and checks the file against a plain-Python model after every step.
 
 Invariants: rows move only along the state diagram (DESIGN.md, ledger.py docstring); the row count is the
-number of reference_ids loaded; a succeeded row keeps its first job_id forever; a claim never hands out a row
-whose lease is still live; a stale (fenced) result changes nothing; attempts never go negative.
+number of reference_ids loaded; a succeeded row keeps its first job_id until an answer names that job_id for
+another row (then both are uncertain until a listing settles them); no two succeeded rows share a job_id; a
+conflict row never changes; a claim never hands out a row whose lease is still live; a stale (fenced) result
+changes nothing; attempts never go negative; the payload hashes (sent_hashes, attempt_hash) and the origin
+follow the rules of ledger.py exactly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import shutil
@@ -24,8 +28,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from uploader.ledger import Claim, Ledger, Result
+from uploader.ledger import Claim, Ledger, Resolution, Result
 from uploader.models import Status
+from uploader.policy import settle_found
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -37,9 +42,12 @@ LEGAL_MOVES = {
     ("in_flight", "succeeded"),  # 200, or FS_0001 resolved
     ("in_flight", "failed"),  # permanent, or retries exhausted
     ("in_flight", "pending"),  # retryable (backoff), throttled/run-fatal (refund), run stopped (release)
-    ("in_flight", "uncertain"),  # exists, job_id not found
+    ("in_flight", "uncertain"),  # exists / lost or malformed answer / job_id of another row
     ("failed", "pending"),  # retry; or reloaded with a changed payload
-    ("uncertain", "succeeded"),  # reconcile
+    ("uncertain", "succeeded"),  # a listing found it: a clean recovery
+    ("uncertain", "conflict"),  # a listing found it, but it may hold other data
+    ("uncertain", "failed"),  # a complete listing did not find it (not FS_0001)
+    ("succeeded", "uncertain"),  # its job_id was answered for another row too: the listing settles both
 }
 
 
@@ -72,6 +80,10 @@ def body(ref: str, version: int) -> str:
     return json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": data})
 
 
+def body_hash(ref: str, version: int) -> str:
+    return hashlib.sha256(body(ref, version).encode()).hexdigest()
+
+
 @dataclass
 class Row:
     """The model of one jobs row (the columns the state machine is about)."""
@@ -87,6 +99,18 @@ class Row:
     expires: dt.datetime | None = None
     not_before: dt.datetime | None = None
     error_code: str | None = None
+    sent: list[str] | None = None  #: sent_hashes, in the order they were added
+    attempt: str | None = None  #: attempt_hash
+    origin: str | None = None
+
+    def merge_attempt(self) -> None:
+        """The attempt in the air may have created the job: its hash joins `sent` (once)."""
+        if self.attempt is not None and self.attempt not in (self.sent or []):
+            self.sent = [*(self.sent or []), self.attempt]
+
+    @property
+    def sent_hashes(self) -> str | None:
+        return None if self.sent is None else " ".join(self.sent)
 
 
 @dataclass
@@ -132,6 +156,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.rows: dict[str, Row] = {}
         self.held: list[Held] = []
         self.first_job_id: dict[str, str] = {}
+        self.conflict_rows: dict[str, tuple[str, str | None]] = {}  #: ref -> (job_id, code) when it went conflict
         self.names = itertools.count()
         self.manifests: list[RowsManifest] = []
         self.conflicts: dict[Path, tuple[int, tuple[str, ...]]] = {}
@@ -149,7 +174,8 @@ class LedgerModel(RuleBasedStateMachine):
         try:
             db.row_factory = sqlite3.Row
             rows = db.execute("SELECT id, reference_id, status, job_id, attempts, lease_owner, lease_token, "
-                              "lease_expires_at, not_before, error_code, body FROM jobs").fetchall()
+                              "lease_expires_at, not_before, error_code, body, sent_hashes, attempt_hash, origin "
+                              "FROM jobs").fetchall()
         finally:
             db.close()
         return {r["reference_id"]: dict(r) for r in rows}
@@ -221,44 +247,71 @@ class LedgerModel(RuleBasedStateMachine):
             assert not live, f"{c.reference_id} handed to {owner} while {row.owner}'s lease runs to {row.expires}"
             row.status, row.attempts, row.owner, row.token = "in_flight", row.attempts + 1, owner, row.token + 1
             row.expires = now + dt.timedelta(seconds=lease)
+            row.merge_attempt()  # the previous attempt's answer was never recorded (its run died)
+            row.attempt = body_hash(row.ref, row.version)
             assert (c.id, c.attempts, c.lease_token) == (row.id, row.attempts, row.token)
             assert c.body == body(c.reference_id, row.version)
             self.held.append(Held(owner, c))
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), kind=st.sampled_from(["succeeded", "recovered", "failed", "backoff", "refund",
-                                                  "uncertain"]))
+                                                  "uncertain", "lost", "duplicate"]))
     def record(self, data: st.DataObject, kind: str) -> None:
         """One worker's result for one of its claims: current (applied) or stale (fenced: ignored)."""
         held = data.draw(st.sampled_from(self.held))
         c = held.claim
         result = Result(c.id, c.lease_token, Status.PENDING)
-        if kind in ("succeeded", "recovered"):
-            result = replace(result, status=Status.SUCCEEDED, job_id=f"job-{next(self.job_ids)}",
-                             recovered=kind == "recovered", http_status=200 if kind == "succeeded" else 409)
+        if kind in ("succeeded", "recovered", "duplicate"):
+            known = sorted({r.job_id for r in self.rows.values() if r.job_id})
+            job_id = (data.draw(st.sampled_from(known)) if kind == "duplicate" and known
+                      else f"job-{next(self.job_ids)}")
+            result = replace(result, status=Status.SUCCEEDED, job_id=job_id, may_have_created=True,
+                             recovered=kind == "recovered", origin=None if kind == "recovered" else "created",
+                             http_status=200)
         elif kind == "failed":
             code = data.draw(st.sampled_from(["E_PERM", "E_EXHAUSTED"]))
             result = replace(result, status=Status.FAILED, error_code=code, error_message="no", http_status=400)
         elif kind == "backoff":
             wait = data.draw(st.sampled_from([0.5, 2, 20]))
-            result = replace(result, error_code="FS_0000", not_before=self.now + dt.timedelta(seconds=wait))
+            result = replace(result, error_code="FS_0000", not_before=self.now + dt.timedelta(seconds=wait),
+                             may_have_created=data.draw(st.booleans()))
         elif kind == "refund":
             wait = data.draw(st.sampled_from([None, 1]))
             result = replace(result, error_code="429", refund_attempt=True,
                              not_before=None if wait is None else self.now + dt.timedelta(seconds=wait))
+        elif kind == "lost":  # retries used up after an attempt that may have reached the API
+            result = replace(result, status=Status.UNCERTAIN, error_code="timeout", may_have_created=True)
         else:
             result = replace(result, status=Status.UNCERTAIN, error_code="FS_0001")
         row = self.rows[c.reference_id]
         current = row.status == "in_flight" and row.token == c.lease_token
-        applied, ignored = self.ledger.record([result], now=self.now)
+        duplicates: list[int] = []
+        applied, ignored = self.ledger.record([result], now=self.now, duplicates=duplicates)
         assert (applied, ignored) == ((1, 0) if current else (0, 1))
-        if current:
-            row.status, row.job_id = result.status.value, result.job_id or row.job_id
-            row.attempts -= 1 if result.refund_attempt else 0
-            row.owner = row.expires = None
-            row.not_before, row.error_code = result.not_before, result.error_code
-            if row.status == "succeeded":
-                self.first_job_id.setdefault(row.ref, row.job_id)  # type: ignore[arg-type]
+        if not current:
+            assert duplicates == []
+            return
+        if result.may_have_created:
+            row.merge_attempt()
+        row.attempt = None
+        row.attempts -= 1 if result.refund_attempt else 0
+        row.owner = row.expires = None
+        row.not_before, row.error_code = result.not_before, result.error_code
+        holders = [r for r in self.rows.values() if r is not row and result.job_id and r.job_id == result.job_id]
+        if holders:  # another row holds this job_id: both uncertain, the listing decides
+            row.status, row.job_id, row.error_code = "uncertain", result.job_id, "duplicate_job_id"
+            demoted = [h for h in holders if h.status == "succeeded"]
+            for h in demoted:
+                h.status, h.error_code, h.origin = "uncertain", "duplicate_job_id", None
+                h.sent = h.sent or [body_hash(h.ref, h.version)]
+                self.first_job_id.pop(h.ref, None)
+            assert duplicates == [row.id, *sorted(h.id for h in demoted)]
+            return
+        assert duplicates == []
+        row.status, row.job_id = result.status.value, result.job_id or row.job_id
+        row.origin = result.origin or row.origin
+        if row.status == "succeeded":
+            self.first_job_id.setdefault(row.ref, row.job_id)  # type: ignore[arg-type]
 
     @rule(owner=st.sampled_from(OWNERS))
     def release(self, owner: str) -> None:
@@ -267,6 +320,8 @@ class LedgerModel(RuleBasedStateMachine):
         assert self.ledger.release(owner) == len(mine)
         for row in mine:
             row.status, row.attempts, row.owner, row.expires = "pending", row.attempts - 1, None, None
+            row.merge_attempt()  # a hard stop may have cancelled the request in the air: kept as sent
+            row.attempt = None
 
     @rule(everything=st.booleans())
     def retry(self, everything: bool) -> None:
@@ -278,14 +333,38 @@ class LedgerModel(RuleBasedStateMachine):
     @precondition(lambda self: self.rows)
     @rule(data=st.data())
     def resolve_uncertain(self, data: st.DataObject) -> None:
-        """Reconcile found job_ids, for any rows (a listing may name rows that are not uncertain any more)."""
+        """A listing found job_ids for some rows (fresh ones, or one another row holds) and missed others;
+        it may name rows that are not uncertain any more."""
         refs = data.draw(st.lists(st.sampled_from(sorted(self.rows)), max_size=4, unique=True))
-        found = {self.rows[ref].id: f"job-{next(self.job_ids)}" for ref in refs}
-        uncertain = [self.rows[ref] for ref in refs if self.rows[ref].status == "uncertain"]
-        assert self.ledger.resolve_uncertain(found) == len(uncertain)
-        for row in uncertain:
-            row.status, row.job_id, row.error_code = "succeeded", found[row.id], None
-            self.first_job_id.setdefault(row.ref, row.job_id)
+        known = sorted({r.job_id for r in self.rows.values() if r.job_id})
+        found: dict[int, str] = {}
+        for ref in refs:
+            reuse = known and data.draw(st.booleans())
+            found[self.rows[ref].id] = data.draw(st.sampled_from(known)) if reuse else f"job-{next(self.job_ids)}"
+        missing_refs = data.draw(st.lists(st.sampled_from(sorted(self.rows)), max_size=3, unique=True))
+        missing = [self.rows[ref].id for ref in missing_refs]
+        expected = {"succeeded": 0, "conflict": 0, "failed": 0}
+        for ref in refs:  # in the order given, as the ledger does
+            row = self.rows[ref]
+            if row.status != "uncertain":
+                continue
+            job_id = found[row.id]
+            held = any(r is not row and r.job_id == job_id and r.status in ("succeeded", "conflict")
+                       for r in self.rows.values())
+            settled = settle_found(row.sent_hashes, body_hash(ref, row.version), held)
+            row.status, row.job_id, row.origin, row.error_code = settled.status, job_id, settled.origin, settled.code
+            expected[settled.status] += 1
+            if row.status == "succeeded":
+                self.first_job_id.setdefault(row.ref, job_id)
+            else:
+                self.conflict_rows.setdefault(row.ref, (job_id, settled.code))
+        for ref in missing_refs:
+            row = self.rows[ref]
+            if row.id in found or row.status != "uncertain" or row.error_code == "FS_0001":
+                continue
+            row.status, row.job_id = "failed", None
+            expected["failed"] += 1
+        assert self.ledger.resolve_uncertain(found, missing) == Resolution(**expected)
 
     @rule(seconds=st.sampled_from([0.5, 1, 2, 5, 31]))
     def advance_time(self, seconds: float) -> None:
@@ -322,6 +401,9 @@ class LedgerModel(RuleBasedStateMachine):
             assert (got["id"], got["job_id"], got["attempts"], got["lease_token"], got["error_code"]) == (
                 row.id, row.job_id, row.attempts, row.token, row.error_code), ref
             assert got["body"] == body(ref, row.version)
+            assert (got["sent_hashes"], got["attempt_hash"], got["origin"]) == (
+                row.sent_hashes, row.attempt, row.origin), ref
+            assert (row.attempt is not None) == (row.status == "in_flight"), ref
             assert _dt(got["not_before"]) == row.not_before
             if row.status == "in_flight":
                 assert (got["lease_owner"], _dt(got["lease_expires_at"])) == (row.owner, row.expires)
@@ -338,9 +420,18 @@ class LedgerModel(RuleBasedStateMachine):
 
     @invariant()
     def succeeded_keeps_its_job_id(self) -> None:
+        """Until a duplicate demotes it (first_job_id forgets it then); and no two succeeded rows share one."""
         db = self.db_rows()
         for ref, job_id in self.first_job_id.items():
             assert db[ref]["status"] == "succeeded" and db[ref]["job_id"] == job_id, ref
+        held = [r["job_id"] for r in db.values() if r["status"] == "succeeded"]
+        assert len(held) == len(set(held))
+
+    @invariant()
+    def conflict_is_final(self) -> None:
+        db = self.db_rows()
+        for ref, (job_id, code) in self.conflict_rows.items():
+            assert (db[ref]["status"], db[ref]["job_id"], db[ref]["error_code"]) == ("conflict", job_id, code), ref
 
 
 LedgerModel.TestCase.settings = settings(

@@ -9,15 +9,30 @@ from email.utils import format_datetime
 import pytest
 
 from uploader import policy
-from uploader.policy import ApiResult, Decision, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
+from uploader.policy import (
+    ApiResult,
+    Decision,
+    Settlement,
+    Verdict,
+    backoff_delay,
+    classify,
+    fails_when_not_found,
+    job_id_text,
+    may_have_created,
+    next_delay,
+    retry_after_seconds,
+    settle_found,
+    too_many_protocol_errors,
+)
 
-S, E, P, R, T, F = (
+S, E, P, R, T, F, X = (
     Verdict.SUCCEEDED,
     Verdict.EXISTS,
     Verdict.PERMANENT,
     Verdict.RETRYABLE,
     Verdict.THROTTLED,
     Verdict.FATAL,
+    Verdict.PROTOCOL,
 )
 
 
@@ -38,9 +53,19 @@ TABLE = [
     # success
     ("success with job_id", ok({"job_id": "j1"}), S, None),
     ("success 201 with job_id", ok({"job_id": "j1"}, status=201), S, None),
-    ("success without job_id", ok({"reference_id": "r"}), R, "bad_success_envelope"),
-    ("success with empty job_id", ok({"job_id": ""}), R, "bad_success_envelope"),
-    ("success without data", ok(None), R, "bad_success_envelope"),
+    ("success with an integer job_id", ok({"job_id": 17}), S, None),
+    # a success that breaks the contract: the job may exist; the row is uncertain, a listing decides
+    ("success without job_id", ok({"reference_id": "r"}), X, "bad_job_id"),
+    ("success with empty job_id", ok({"job_id": ""}), X, "bad_job_id"),
+    ("success with blank job_id", ok({"job_id": "  "}), X, "bad_job_id"),
+    ("success with null job_id", ok({"job_id": None}), X, "bad_job_id"),
+    ("success without data", ok(None), X, "bad_job_id"),
+    ("job_id an object", ok({"job_id": {"id": "j1"}}), X, "bad_job_id"),
+    ("job_id true", ok({"job_id": True}), X, "bad_job_id"),
+    ("job_id false", ok({"job_id": False}), X, "bad_job_id"),
+    ("job_id a list", ok({"job_id": ["j1"]}), X, "bad_job_id"),
+    ("job_id a float", ok({"job_id": 1.5}), X, "bad_job_id"),
+    ("job_id longer than 64", ok({"job_id": "j" * 65}), X, "bad_job_id"),
     # FS_0001: the job exists, whatever the status
     ("FS_0001 at 400", err("FS_0001"), E, "FS_0001"),
     ("FS_0001 legacy 200", err("FS_0001", 200), E, "FS_0001"),
@@ -117,6 +142,115 @@ def test_classify(result: ApiResult, verdict: Verdict, code: str | None) -> None
     assert decision.code == code
 
 
+@pytest.mark.parametrize(
+    ("data", "verdict", "code"),
+    [
+        ({"job_id": "j1", "reference_id": "r1"}, S, None),
+        ({"job_id": "j1"}, S, None),  # no reference_id in the answer: nothing to compare
+        ({"job_id": "j1", "reference_id": None}, S, None),
+        ({"job_id": "j1", "reference_id": "r2"}, X, "mismatched_answer"),
+        ({"job_id": "j1", "reference_id": ""}, X, "mismatched_answer"),
+        ({"job_id": "j1", "reference_id": "R1"}, X, "mismatched_answer"),
+        ({"job_id": "j1", "reference_id": {"id": "r1"}}, X, "mismatched_answer"),
+        ({"job_id": "j1", "reference_id": True}, X, "mismatched_answer"),
+        ({"job_id": {"id": 1}, "reference_id": "r1"}, X, "bad_job_id"),  # the job_id is checked first
+    ],
+)
+def test_classify_checks_the_answer_against_the_reference_id_sent(data: dict, verdict: Verdict, code: str | None) -> None:
+    assert (classify(ok(data), reference_id="r1").verdict, classify(ok(data), reference_id="r1").code) == (verdict, code)
+
+
+@pytest.mark.parametrize(("answered", "sent", "verdict"), [(7, "7", S), ("7", "7", S), (7, "07", X), (7.0, "7", X)])
+def test_classify_compares_reference_ids_as_text(answered: object, sent: str, verdict: Verdict) -> None:
+    assert classify(ok({"job_id": "j", "reference_id": answered}), reference_id=sent).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("j1", "j1"), (17, "17"), (0, "0"), ("", None), ("   ", None), (None, None), (True, None), (False, None),
+     (1.0, None), ({"id": "j"}, None), (["j"], None), ("x" * 64, "x" * 64), ("x" * 65, None), (10**70, None)],
+)
+def test_job_id_text(value: object, text: str | None) -> None:
+    assert job_id_text(value) == text
+
+
+MAY_HAVE_CREATED = [
+    # the job may exist: the attempt's payload hash is kept
+    ("success", ok({"job_id": "j"}), True),
+    ("malformed success", ok({"job_id": True}), True),
+    ("success without data", ok(None), True),
+    ("timeout", raw(None, "timeout"), True),
+    ("connection closed", raw(None, "connection_closed"), True),
+    ("invalid HTTP", raw(None, "protocol_error"), True),
+    ("other transport error", raw(None, "transport_error"), True),
+    ("no response, no code", raw(None, None), True),
+    ("200 not JSON", raw(200, "not_json"), True),
+    ("200 body too large", raw(200, "body_too_large"), True),
+    ("HTML 502", raw(502, "http_502"), True),
+    ("empty 500", raw(500, "http_500"), True),
+    ("408 without envelope", raw(408, "http_408"), True),
+    # certainly nothing created
+    ("API error envelope", err("FS_0003"), False),
+    ("FS_0001", err("FS_0001"), False),
+    ("FS_0000 at 500 (an envelope)", err("FS_0000", 500), False),
+    ("legacy 200 error", err("FS_0003", 200), False),
+    ("429", raw(429, "http_429"), False),
+    ("429 with an envelope", err("rate_limited", 429), False),
+    ("401", raw(401, "http_401"), False),
+    ("403", err("unauthorized", 403), False),
+    ("401 even with success", ok({"job_id": "j"}, status=401), False),
+    ("connect error", raw(None, "connect_error"), False),
+    ("untrusted certificate", raw(None, "tls_error"), False),
+    ("413 from a proxy", raw(413, "http_413"), False),
+    ("400 body too large", raw(400, "body_too_large"), False),
+    ("404 HTML", raw(404, "http_404"), False),
+    ("301 redirect", raw(301, "http_301"), False),
+]
+
+
+@pytest.mark.parametrize(("result", "created"), [r[1:] for r in MAY_HAVE_CREATED], ids=[r[0] for r in MAY_HAVE_CREATED])
+def test_may_have_created(result: ApiResult, created: bool) -> None:
+    assert may_have_created(result) is created
+
+
+H, OLD = "a" * 64, "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("sent", "held", "expected"),
+    [
+        (H, False, ("succeeded", "recovered", None)),  # our own lost answer: the normal crash recovery
+        (f"{H} ", False, ("succeeded", "recovered", None)),
+        (None, False, ("conflict", "pre-existing", "created_elsewhere")),
+        ("", False, ("conflict", "pre-existing", "created_elsewhere")),
+        (OLD, False, ("conflict", "recovered", "payload_changed")),
+        (f"{OLD} {H}", False, ("conflict", "recovered", "payload_changed")),
+        (f"{H} {OLD}", False, ("conflict", "recovered", "payload_changed")),
+        (H, True, ("conflict", "recovered", "duplicate_job_id")),
+        (None, True, ("conflict", "pre-existing", "duplicate_job_id")),
+    ],
+)
+def test_settle_found(sent: str | None, held: bool, expected: tuple) -> None:
+    settled = settle_found(sent, H, held)
+    assert isinstance(settled, Settlement)
+    assert (settled.status, settled.origin, settled.code) == expected
+    assert (settled.message is None) == (settled.status == "succeeded")
+
+
+@pytest.mark.parametrize(
+    ("code", "fails"),
+    [("FS_0001", False), ("timeout", True), ("connection_closed", True), ("http_502", True), ("bad_job_id", True),
+     ("mismatched_answer", True), ("duplicate_job_id", True), (None, True)],
+)
+def test_fails_when_not_found(code: str | None, fails: bool) -> None:
+    assert fails_when_not_found(code) is fails
+
+
+@pytest.mark.parametrize(("errors", "stop"), [(0, False), (1, False), (9, False), (10, True), (500, True)])
+def test_too_many_protocol_errors(errors: int, stop: bool) -> None:
+    assert too_many_protocol_errors(errors) is stop
+
+
 def test_classify_keeps_the_message() -> None:
     assert classify(err("FS_0003", message="Invalid data passed")) == Decision(P, "FS_0003", "Invalid data passed")
     assert classify(raw(502, "http_502")).message == "snippet"
@@ -127,6 +261,7 @@ def test_classify_keeps_the_message() -> None:
     [
         (ok({"batch_id": "b"}), "batch_id", S),
         (ok({"job_id": "j"}), "batch_id", R),
+        (ok({"batch_id": "b"}), "job_id", X),
         (ok(None), None, S),
         (ok({"jobs": [], "next_page_token": ""}), None, S),
     ],
@@ -229,7 +364,7 @@ def test_next_delay(decision: Decision | Verdict, attempt: int, hint: float | No
         assert low <= next_delay(decision, attempt, hint, rng) <= high
 
 
-@pytest.mark.parametrize("verdict", [S, E, P, F])
+@pytest.mark.parametrize("verdict", [S, E, P, F, X])
 def test_next_delay_refuses_verdicts_without_a_delay(verdict: Verdict) -> None:
     with pytest.raises(ValueError):
         next_delay(Decision(verdict, None, None), 1, None, random.Random(0))

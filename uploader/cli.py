@@ -1,7 +1,7 @@
 """The `uploader` command: a thin click layer over the library; turns errors into messages and exit codes.
 
 Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
-ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed or are uncertain;
+ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed, are uncertain or in conflict;
 130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli_output.
 """
 
@@ -283,7 +283,7 @@ def run(  # type: ignore[no-untyped-def]
                    err=True)
         sys.exit(130)
     counts = summary.counts
-    if counts["failed"] or counts["uncertain"] or counts["pending"] or counts["in_flight"]:
+    if counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]:
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -299,10 +299,15 @@ def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> No
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
-        resolved, remaining = do_reconcile(_open_ledger(ledger, create=False), base_url=url, api_key=key,
-                                           timeout=timeout)
+        led = _open_ledger(ledger, create=False)
+        resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout)
     click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
-    if remaining:
+    conflicts = led.counts()["conflict"]
+    if conflicts:
+        from uploader.cli_output import CONFLICT_HINT
+
+        click.echo(CONFLICT_HINT.format(n=conflicts))
+    if remaining or conflicts:
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -14,7 +14,15 @@ from typing import Any
 
 import click
 
-__all__ = ["ProgressDisplay", "print_load", "print_status", "print_summary"]
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "print_load", "print_status", "print_summary"]
+
+#: What a person is told about rows in state `conflict` (status and the run summary).
+CONFLICT_HINT = (
+    "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
+    "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
+    "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
+    "too). They are never sent again; check them with `uploader export --status conflict`."
+)
 
 
 def print_load(report: Any) -> None:
@@ -45,7 +53,7 @@ def print_status(report: Any, as_json: bool) -> None:
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
     if report.error_codes:
-        click.echo("error codes (failed, uncertain, waiting to retry):")
+        click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
             click.echo(f"  {code:<24} {n}")
     if report.oldest_pending:
@@ -65,6 +73,10 @@ def print_status(report: Any, as_json: bool) -> None:
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
             "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
         )
+    if report.origins:
+        click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
+    if report.counts.get("conflict"):
+        click.echo(CONFLICT_HINT.format(n=report.counts["conflict"]))
     if report.counts.get("failed"):
         click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
 
@@ -79,17 +91,24 @@ def print_summary(summary: Any, as_json: bool) -> None:
     click.echo(
         f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
         f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
-        f"{c['pending'] + c['in_flight']} pending"
+        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + f"{c['pending'] + c['in_flight']} pending"
     )
     run_ = d["this_run"]
     click.echo(
         f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
-        f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
+        + f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
     if run_.get("retry_after_capped"):
         click.echo(f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
                    f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that")
+    if run_.get("protocol_errors"):
+        click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
+                   "uncertain until a batch listing decides")
+    if c.get("conflict"):
+        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")

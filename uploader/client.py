@@ -33,7 +33,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
-from uploader.policy import ApiResult, Verdict, classify, next_delay, retry_after_seconds
+from uploader.policy import ApiResult, Verdict, classify, job_id_text, next_delay, retry_after_seconds
 from uploader.response_body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
 
 __all__ = ["ApiClient", "check_base_url"]
@@ -211,8 +211,9 @@ class ApiClient:
         Pages through the batch until the last page or until every wanted id is found. Each page fetch is
         retried (RETRYABLE or THROTTLED, with backoff and Retry-After) up to `max_attempts` times. Raises
         FatalApiError when the key/project is refused, ApiUnreachableError when a page cannot be had (out
-        of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent. A page
-        token the server already gave (a paging loop) ends the search with what was found.
+        of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent, and so
+        are entries whose job id is not a non-empty string or integer (policy.job_id_text). A page token the
+        server already gave (a paging loop) ends the search with what was found.
         """
         wanted = {str(r) for r in reference_ids}
         found: dict[str, str] = {}
@@ -225,9 +226,10 @@ class ApiClient:
             for job in jobs if isinstance(jobs, list) else ():
                 if not isinstance(job, dict):
                     continue
-                ref, job_id = job.get("reference_id"), job.get("id") or job.get("job_id")
-                if isinstance(ref, (str, int)) and job_id and str(ref) in wanted:
-                    found.setdefault(str(ref), str(job_id))
+                ref = job.get("reference_id")
+                job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))  # str/int only, never "True"
+                if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id and str(ref) in wanted:
+                    found.setdefault(str(ref), job_id)
             next_token = data.get("next_page_token")
             token = str(next_token) if next_token else ""
             if not token or token in seen:

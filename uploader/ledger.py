@@ -2,12 +2,22 @@
 
 The legal moves (and only these) are made here:
 
-    pending ──claim──► in_flight ──succeeded / recovered──► succeeded
-                          │ ──permanent, or retries exhausted──► failed
+    pending ──claim──► in_flight ──succeeded──► succeeded
+                          │ ──permanent, or retries exhausted (no attempt reached the API)──► failed
                           │ ──retryable / throttled / run stopped──► pending
-                          └ ──exists, job_id not found──► uncertain
+                          └ ──exists (FS_0001), an answer that does not fit the request, a job_id
+                              recorded for another row, or retries exhausted after an attempt that may
+                              have reached the API──► uncertain
     in_flight (lease expired: its worker died) ──claim──► in_flight (sent again; FS_0001 resolves it)
-    failed ──retry──► pending          uncertain ──reconcile──► succeeded
+    failed ──retry──► pending
+    uncertain ──listing finds the job──► succeeded (recovered), or conflict (it may hold other data)
+    uncertain ──a complete listing does not find it (not FS_0001)──► failed
+    succeeded ──the API answers its job_id for another row too──► uncertain (the listing settles both)
+
+Payload hashes: the claim sets `attempt_hash` (the body_hash being sent), first adding a previous
+attempt's hash to `sent_hashes` (that attempt's answer was never recorded: it may have created the job).
+A result that may have created the job adds it too; every result clears it. A job found after FS_0001 is a
+clean recovery only when `sent_hashes` is the row's body_hash alone (policy.settle_found).
 
 Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
 overwrite the newer owner's result; its late answer is counted as ignored.
@@ -39,9 +49,10 @@ from uploader.locate import new_ledger_file
 from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
+from uploader.policy import fails_when_not_found, settle_found
 from uploader.staging import Production
 
-__all__ = ["CLAIM_LOG_ENV", "Claim", "Ledger", "Result", "StatusReport", "utcnow"]
+__all__ = ["CLAIM_LOG_ENV", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
 
 #: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
 CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
@@ -75,9 +86,34 @@ class Result:
     http_status: int | None = None
     not_before: dt.datetime | None = None
     refund_attempt: bool = False  #: throttled or run-fatal: the attempt does not count
+    #: The attempt may have created the job (policy.may_have_created): its payload hash joins sent_hashes.
+    may_have_created: bool = False
+    origin: str | None = None  #: "created" for a job this attempt created
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one `resolve_uncertain` call did with the rows a batch listing decided."""
+
+    succeeded: int = 0  #: found, a clean recovery
+    conflict: int = 0  #: found, but the job may hold other data (or its job_id is another row's)
+    failed: int = 0  #: not found by a complete listing after an attempt that may have reached the API
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.conflict + self.failed
 
 
 _RETURNING = "id, project_id, reference_id, batch_id, body, attempts, lease_token"
+
+#: SQL: sent_hashes with attempt_hash added (space-separated, once). SQLite and PostgreSQL alike; in an
+#: UPDATE, every SET expression reads the row as it was before the UPDATE.
+_MERGE_ATTEMPT = (
+    "CASE WHEN attempt_hash IS NULL THEN sent_hashes "
+    "WHEN sent_hashes IS NULL OR sent_hashes = '' THEN attempt_hash "
+    "WHEN (' ' || sent_hashes || ' ') LIKE ('% ' || attempt_hash || ' %') THEN sent_hashes "
+    "ELSE sent_hashes || ' ' || attempt_hash END"
+)
 
 
 class Ledger(LedgerQueries):
@@ -116,7 +152,8 @@ class Ledger(LedgerQueries):
         params = {"owner": owner, "now": now, "exp": now + dt.timedelta(seconds=lease_seconds), "n": limit}
         set_clause = (
             "SET status = 'in_flight', attempts = attempts + 1, lease_owner = :owner, "
-            "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now"
+            "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now, "
+            f"sent_hashes = {_MERGE_ATTEMPT}, attempt_hash = body_hash"
         )
         # In flight under an expired lease (its run died), or held by a run that has stopped: a stopped run
         # has nothing in the air, so rows it could not release (disk full) are taken at once.
@@ -141,17 +178,30 @@ class Ledger(LedgerQueries):
                       rows=[[c.id, c.lease_token] for c in claims])
         return claims
 
-    def record(self, results: Sequence[Result], now: dt.datetime | None = None) -> tuple[int, int]:
-        """Record results in one transaction; returns (applied, ignored-because-fenced)."""
+    def record(self, results: Sequence[Result], now: dt.datetime | None = None, *,
+               duplicates: list[int] | None = None) -> tuple[int, int]:
+        """Record results in one transaction; returns (applied, ignored-because-fenced).
+
+        A success whose job_id is already recorded for another row (in the ledger, or earlier in this same
+        batch) is not recorded as such: the row becomes `uncertain` (`duplicate_job_id`, keeping the answered
+        job_id unconfirmed), and a `succeeded` row holding that job_id is demoted likewise, since either may
+        be the wrong one: the batch listing settles both. Their ids are appended to `duplicates` if given."""
         if not results:
             return 0, 0
         now = now or utcnow()
-        sql = text(
-            "UPDATE jobs SET status = :status, job_id = COALESCE(:job_id, job_id), recovered = :recovered, "
+        sets = (
+            "job_id = COALESCE(:job_id, job_id), recovered = :recovered, "
             "error_code = :code, error_message = :msg, error_details = :details, "
             "http_status = COALESCE(:http, http_status), attempts = attempts - :refund, not_before = :nb, "
-            "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now "
-            "WHERE id = :id AND lease_token = :token AND status = 'in_flight'"
+            "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, origin = COALESCE(:origin, origin), "
+            f"sent_hashes = CASE WHEN :sent THEN {_MERGE_ATTEMPT} ELSE sent_hashes END, attempt_hash = NULL "
+        )
+        fence = "WHERE id = :id AND lease_token = :token AND status = 'in_flight'"
+        sql = text(f"UPDATE jobs SET status = :status, {sets}{fence}")
+        # A success is applied only if no other row holds its job_id (the job_id index finds them).
+        sql_success = text(
+            f"UPDATE jobs SET status = :status, {sets}{fence} "
+            "AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.job_id = :job_id AND other.id <> :id)"
         )
         applied = 0
         outcomes: list[list[Any]] = []
@@ -170,22 +220,73 @@ class Ledger(LedgerQueries):
                     "now": now,
                     "id": r.id,
                     "token": r.lease_token,
+                    "origin": r.origin,
+                    "sent": r.may_have_created,
                 }
-                n = conn.execute(sql, params).rowcount
+                success = r.status is Status.SUCCEEDED and r.job_id is not None
+                n = conn.execute(sql_success if success else sql, params).rowcount
+                status = r.status.value
+                if success and n == 0 and self._is_held(conn, r):
+                    n, status = 1, Status.UNCERTAIN.value
+                    demoted = self._record_duplicate(conn, sql, params)
+                    if duplicates is not None:
+                        duplicates.extend([r.id, *demoted])
                 applied += n
                 if self._claim_log:
-                    outcomes.append([r.id, r.lease_token, r.status.value, n == 1])
+                    outcomes.append([r.id, r.lease_token, status, n == 1])
         if self._claim_log:
             self._log("record", now=_epoch(now), rows=outcomes)
         return applied, len(results) - applied
 
+    @staticmethod
+    def _is_held(conn: Any, r: Result) -> bool:
+        """Whether a success that changed nothing was refused for its job_id (not fenced: the lease holds)."""
+        return conn.execute(
+            text("SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = 'in_flight'"),
+            {"id": r.id, "token": r.lease_token},
+        ).first() is not None
+
+    @staticmethod
+    def _record_duplicate(conn: Any, sql: Any, params: dict[str, Any]) -> list[int]:
+        """The answered job_id is another row's: this row and every `succeeded` holder become uncertain
+        (`duplicate_job_id`); returns the holders' ids. A holder gains its own body_hash in sent_hashes if it
+        had none (a row that succeeded before hashes were kept), so the listing can recover it cleanly."""
+        job_id = params["job_id"]
+        holders = conn.execute(
+            text("SELECT id, reference_id, status FROM jobs WHERE job_id = :j AND id <> :id ORDER BY id"),
+            {"j": job_id, "id": params["id"]},
+        ).all()
+        refs = ", ".join(repr(ref) for _, ref, _ in holders[:3]) + (" …" if len(holders) > 3 else "")
+        conn.execute(sql, {
+            **params, "status": Status.UNCERTAIN.value, "code": "duplicate_job_id", "origin": None, "sent": True,
+            "msg": f"the API answered job_id {job_id!r}, already recorded for reference_id {refs}: the job "
+                   "may exist; the batch listing decides (the job_id shown is unconfirmed)",
+        })
+        mine = conn.execute(text("SELECT reference_id FROM jobs WHERE id = :id"), {"id": params["id"]}).scalar_one()
+        demoted = [hid for hid, _, status in holders if status == Status.SUCCEEDED.value]
+        for hid in demoted:
+            conn.execute(
+                text(
+                    "UPDATE jobs SET status = 'uncertain', origin = NULL, error_code = 'duplicate_job_id', "
+                    "error_message = :msg, updated_at = :now, "
+                    "sent_hashes = CASE WHEN sent_hashes IS NULL OR sent_hashes = '' THEN body_hash "
+                    "ELSE sent_hashes END WHERE id = :id AND status = 'succeeded'"
+                ),
+                {"id": hid, "now": params["now"],
+                 "msg": f"the API answered this row's job_id {job_id!r} for reference_id {mine!r} too: the batch "
+                        "listing decides which row it belongs to (the job_id shown is unconfirmed)"},
+            )
+        return demoted
+
     def release(self, owner: str) -> int:
-        """Give every row `owner` still holds back to pending, attempt not counted (run stopped early)."""
+        """Give every row `owner` still holds back to pending, attempt not counted (run stopped early).
+        The attempt's payload hash is kept as sent: a hard stop may have cancelled a request in the air."""
         with write_tx(self.engine) as conn:
             released = conn.execute(
                 text(
                     "UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, "
-                    "lease_expires_at = NULL, updated_at = :now "
+                    f"lease_expires_at = NULL, updated_at = :now, sent_hashes = {_MERGE_ATTEMPT}, "
+                    "attempt_hash = NULL "
                     "WHERE lease_owner = :owner AND status = 'in_flight' RETURNING id, lease_token"
                 ),
                 {"owner": owner, "now": utcnow()},
@@ -282,19 +383,61 @@ class Ledger(LedgerQueries):
 
     # -- uncertain rows and retries ----------------------------------------------------------------------
 
-    def resolve_uncertain(self, found: dict[int, str]) -> int:
-        """Mark uncertain rows succeeded with the job_ids a batch listing found."""
+    def resolve_uncertain(self, found: dict[int, str], missing: Sequence[int] = ()) -> Resolution:
+        """Settle uncertain rows with what a batch listing showed.
+
+        `found` {row id: job_id}: the row gets that job_id and goes `succeeded` (origin recovered) or
+        `conflict` (policy.settle_found: a job this ledger never sent, or one an earlier payload may have
+        created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
+        find; those not refused with FS_0001 go `failed` with their last error (nothing was created, so
+        `retry` may send them again), FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
+        succeeded = conflict = failed = 0
+        now = utcnow()
         with write_tx(self.engine) as conn:
-            n = 0
             for rid, job_id in found.items():
-                n += conn.execute(
+                row = conn.execute(
+                    text("SELECT sent_hashes, body_hash FROM jobs WHERE id = :id AND status = 'uncertain'"),
+                    {"id": rid},
+                ).first()
+                if row is None:
+                    continue
+                held = conn.execute(
+                    text("SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id AND status IN ('succeeded', 'conflict') "
+                         "LIMIT 1"),
+                    {"j": job_id, "id": rid},
+                ).first() is not None
+                settled = settle_found(row[0], row[1], held)
+                conn.execute(
                     text(
-                        "UPDATE jobs SET status = 'succeeded', job_id = :j, recovered = true, error_code = NULL, "
-                        "error_message = NULL, updated_at = :t WHERE id = :id AND status = 'uncertain'"
+                        "UPDATE jobs SET status = :s, job_id = :j, recovered = true, origin = :o, error_code = :c, "
+                        "error_message = :m, error_details = NULL, updated_at = :t "
+                        "WHERE id = :id AND status = 'uncertain'"
                     ),
-                    {"j": job_id, "t": utcnow(), "id": rid},
+                    {"s": settled.status, "j": job_id, "o": settled.origin, "c": settled.code, "m": settled.message,
+                     "t": now, "id": rid},
+                )
+                if settled.status == Status.SUCCEEDED.value:
+                    succeeded += 1
+                else:
+                    conflict += 1
+            for rid in missing:
+                if rid in found:
+                    continue
+                code = conn.execute(
+                    text("SELECT error_code FROM jobs WHERE id = :id AND status = 'uncertain'"), {"id": rid}
+                ).first()
+                if code is None or not fails_when_not_found(code[0]):
+                    continue
+                failed += conn.execute(
+                    text(
+                        "UPDATE jobs SET status = 'failed', job_id = NULL, error_message = "
+                        "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
+                        "WHERE id = :id AND status = 'uncertain'"
+                    ),
+                    {"m": "not found in its batch's listing: the job was not created (`uploader retry` sends it "
+                          "again)", "t": now, "id": rid},
                 ).rowcount
-            return n
+        return Resolution(succeeded, conflict, failed)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows)."""

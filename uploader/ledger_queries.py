@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from sqlalchemy import Engine, text
@@ -40,6 +40,9 @@ class StatusReport:
     last_activity: dt.datetime | None
     manifests: int
     live_workers: list[dict[str, Any]]
+    #: How the jobs that exist came to be, over succeeded and conflict rows: created / recovered /
+    #: pre-existing (a conflict row's code says why it may hold other data than the manifest).
+    origins: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
@@ -51,6 +54,7 @@ class StatusReport:
             "last_activity": iso(self.last_activity),
             "manifests": self.manifests,
             "live_workers": self.live_workers,
+            "origins": self.origins,
         }
 
 
@@ -58,6 +62,7 @@ EXPORT_COLUMNS = (
     "reference_id",
     "job_id",
     "status",
+    "origin",
     "error_code",
     "error_message",
     "attempts",
@@ -101,9 +106,9 @@ class LedgerQueries:
         return min(times) if times else None
 
     def error_codes(self, limit: int | None = None) -> dict[str, int]:
-        """Error codes of rows that are failed, uncertain or waiting to retry, most frequent first."""
+        """Error codes of rows that are failed, uncertain, in conflict or waiting to retry, most frequent first."""
         sql = (
-            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'pending') "
+            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'conflict', 'pending') "
             "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
         )
         with read_tx(self.engine) as conn:
@@ -117,6 +122,9 @@ class LedgerQueries:
             oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
+            origins = {o: n for o, n in conn.execute(text(
+                "SELECT origin, COUNT(*) FROM jobs WHERE status IN ('succeeded', 'conflict') AND origin IS NOT NULL "
+                "GROUP BY origin ORDER BY origin"))}
             now = utcnow()
             workers = [
                 _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
@@ -128,7 +136,7 @@ class LedgerQueries:
                     {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
                 )
             ]
-        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers)
+        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers, origins)
 
     def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
         """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""

@@ -18,19 +18,28 @@ from typing import Any
 __all__ = [
     "EXISTS_CODES",
     "FATAL_CODES",
+    "JOB_ID_MAX_CHARS",
     "MAX_RETRY_AFTER",
     "OUTAGE_CODES",
     "PERMANENT_CODES",
+    "PROTOCOL_CODES",
+    "PROTOCOL_ERROR_LIMIT",
     "RETRYABLE_CODES",
     "TRANSPORT_CODES",
     "ApiResult",
     "Decision",
+    "Settlement",
     "Verdict",
     "backoff_delay",
     "classify",
+    "fails_when_not_found",
+    "job_id_text",
+    "may_have_created",
     "next_delay",
     "retry_after_capped",
     "retry_after_seconds",
+    "settle_found",
+    "too_many_protocol_errors",
 ]
 
 
@@ -43,6 +52,9 @@ class Verdict(str, Enum):
     RETRYABLE = "retryable"  #: transient: retry after backoff, counts an attempt
     THROTTLED = "throttled"  #: 429: pause the whole run (Retry-After), does NOT use up an attempt
     FATAL = "fatal"  #: key/project problem: stop the whole run; no row failed; attempt not counted
+    #: A success answer that breaks the API's contract (job_id missing or not a string/integer, or another
+    #: reference_id): the job may exist, but the answer cannot say which: row uncertain, a listing decides.
+    PROTOCOL = "protocol"
 
 
 #: The reference_id is already used in the project: the job exists, its job_id must be looked up.
@@ -69,6 +81,15 @@ OUTAGE_CODES = frozenset({"connect_error"})
 MAX_RETRY_AFTER = 300.0
 #: Synthetic transport codes that no retry can fix (a certificate the system does not trust).
 _FATAL_TRANSPORT_CODES = frozenset({"tls_error"})
+#: Codes of a success answer that does not fit its request (Verdict.PROTOCOL); `duplicate_job_id` is given
+#: by the ledger when an answered job_id is already recorded for another row.
+PROTOCOL_CODES = frozenset({"bad_job_id", "mismatched_answer", "duplicate_job_id"})
+#: This many protocol errors in one run stop it (exit 1): the server is not the API, or is broken.
+PROTOCOL_ERROR_LIMIT = 10
+#: The longest job_id accepted (the ledger's column; real ones are 36-character UUIDs).
+JOB_ID_MAX_CHARS = 64
+#: Transport codes after which the request certainly never reached the API.
+_NOT_SENT_CODES = frozenset({"connect_error", "tls_error"})
 
 
 @dataclass(frozen=True)
@@ -100,17 +121,43 @@ class Decision:
     message: str | None
 
 
-def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
+def job_id_text(value: Any) -> str | None:
+    """A job_id as the ledger stores it, or None when `value` is not one: a non-empty string (at most
+    JOB_ID_MAX_CHARS, not blank) or an integer (not a bool). Anything else (an object, a list, a float,
+    `true`) is not an id, and its Python text (`"{'id': …}"`, `"True"`) must never be recorded as one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return None
+    return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS else None
+
+
+def _as_text(value: Any) -> str | None:
+    """A reference_id from an answer, as text (the API may echo `7` for "7"); None if it cannot be one."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def classify(result: ApiResult, expect: str | None = "job_id", reference_id: str | None = None) -> Decision:
     """Decide what an API result means. The rules, first match wins:
 
     1. HTTP 429, whatever the body → THROTTLED (the API is busy, not the row wrong).
     2. HTTP 401 or 403, whatever the body (the old server answers 401 with no body at all) → FATAL.
        HTTP 3xx, whatever the body → FATAL: uploader does not follow redirects for a POST, and a redirect
        means the base URL is not the API's (http vs https, a missing or extra path); no row is failed.
-    3. `success: true` → SUCCEEDED if `data[expect]` is present (expect=None: any success). Without it →
-       RETRYABLE `bad_success_envelope`: the server may or may not have created the job, and sending the row
-       again converges either way (created now, or FS_0001 → lookup), while failing it could strand a job
-       that exists with no job_id on record.
+    3. `success: true` → SUCCEEDED if `data[expect]` is present (expect=None: any success).
+       For a job (expect="job_id") the answer must fit the request: `data.job_id` a non-empty string or an
+       integer (`job_id_text`), and `data.reference_id`, when present, the `reference_id` sent (as text).
+       Otherwise → PROTOCOL `bad_job_id` / `mismatched_answer`: the job may exist, but this answer cannot
+       say which it is, so the row becomes uncertain and a batch listing decides.
+       Other expectations (a batch's id) without the field → RETRYABLE `bad_success_envelope`.
     4. `success: false` (at any status: the old API answers errors with 200): a known code decides, even
        over the status (a 5xx carrying FS_0001 still means the job exists) —
        FS_0001 → EXISTS; key/project codes → FATAL; FS_0000/FS_0008/api_error → RETRYABLE;
@@ -132,6 +179,8 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
     if status is not None and 300 <= status < 400:  # a redirect, whatever the body: not the API
         return Decision(Verdict.FATAL, code or f"http_{status}", message or f"HTTP {status}: a redirect")
     if result.success is True:
+        if expect == "job_id":
+            return _check_job_answer(result.data, reference_id)
         if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
             return Decision(Verdict.SUCCEEDED, None, None)
         return Decision(
@@ -163,6 +212,114 @@ def classify(result: ApiResult, expect: str | None = "job_id") -> Decision:
     if 400 <= status < 500:
         return Decision(Verdict.PERMANENT, code, message)
     return Decision(Verdict.RETRYABLE, code, message)
+
+
+def _check_job_answer(data: dict[str, Any] | None, reference_id: str | None) -> Decision:
+    """Rule 3 for a job: SUCCEEDED only for an answer that names a usable job_id and no other reference_id.
+    The messages describe what was wrong without echoing the server's values (they are stored and shown)."""
+    data = data if isinstance(data, dict) else {}
+    raw = data.get("job_id")
+    if job_id_text(raw) is None:
+        return Decision(Verdict.PROTOCOL, "bad_job_id",
+                        f"success answer with {_describe_job_id(data)}, not a usable job_id (a non-empty string of "
+                        f"at most {JOB_ID_MAX_CHARS} characters, or an integer): the job may exist; it is looked up "
+                        "by listing its batch")
+    answered = data.get("reference_id")
+    if reference_id is not None and answered is not None and _as_text(answered) != reference_id:
+        return Decision(Verdict.PROTOCOL, "mismatched_answer",
+                        f"success answer naming another reference_id than the one sent ({reference_id!r}): the job "
+                        "may exist; it is looked up by listing its batch")
+    return Decision(Verdict.SUCCEEDED, None, None)
+
+
+def _describe_job_id(data: dict[str, Any]) -> str:
+    """What an unusable job_id was, in a few words (never the value itself)."""
+    if "job_id" not in data or data["job_id"] is None:
+        return "no job_id"
+    value = data["job_id"]
+    if isinstance(value, bool):
+        return f"job_id {str(value).lower()}"
+    if isinstance(value, str):
+        return "a blank job_id" if not value.strip() else f"a job_id of {len(value)} characters"
+    if isinstance(value, int):
+        return f"an integer job_id of {len(str(value))} digits"
+    kinds = {dict: "an object", list: "a list", float: "a number with a fraction"}
+    return f"job_id {kinds.get(type(value), type(value).__name__)}"
+
+
+def may_have_created(result: ApiResult) -> bool:
+    """Whether the attempt behind `result` may have created the job (its payload hash is then kept).
+
+    Yes: any success answer (well-formed or not); no answer after sending (timeout, connection closed,
+    invalid HTTP, other transport errors); a 2xx that is not an envelope; a 408/5xx without an envelope
+    (a gateway may have forwarded the request). No: an API error envelope (`success: false`, FS_0001
+    included: the API refused it), 429, 401/403, a connection never opened (`connect_error`, `tls_error`),
+    any other status without an envelope (3xx, 4xx: not the API, or refused before it).
+    """
+    status = result.http_status
+    if status in (401, 403, 429):
+        return False
+    if result.success is True:
+        return True
+    if result.success is False:
+        return False
+    if result.code in _NOT_SENT_CODES:
+        return False
+    if status is None:
+        return True
+    return 200 <= status < 300 or status == 408 or status >= 500
+
+
+def too_many_protocol_errors(errors: int) -> bool:
+    """Whether a run that met `errors` protocol errors stops (the answers cannot be trusted)."""
+    return errors >= PROTOCOL_ERROR_LIMIT
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Where an uncertain row goes once a batch listing found its job, and why."""
+
+    status: str  #: "succeeded" or "conflict"
+    origin: str  #: "recovered" or "pre-existing"
+    code: str | None
+    message: str | None
+
+
+def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool = False) -> Settlement:
+    """An uncertain row whose job the listing found: a clean recovery only when every earlier attempt that
+    may have created the job sent exactly the payload the row holds now (`sent_hashes` is that hash alone).
+
+    - held_by_another: the job_id is already recorded for another row → conflict `duplicate_job_id`;
+    - no earlier send (`sent_hashes` empty): the ledger never sent this reference_id before the API refused
+      it, so someone else created the job → conflict `created_elsewhere`, origin pre-existing;
+    - another payload among the sends (the manifest changed after an answer was lost) → conflict
+      `payload_changed`: the job may hold that payload;
+    - else → succeeded, origin recovered.
+    """
+    hashes = set((sent_hashes or "").split())
+    origin = "pre-existing" if not hashes else "recovered"
+    if held_by_another:
+        return Settlement("conflict", origin, "duplicate_job_id",
+                          "the listing gives this row a job_id already recorded for another row")
+    if not hashes:
+        return Settlement("conflict", origin, "created_elsewhere",
+                          "the job existed before this ledger ever sent the row (created elsewhere): it may hold "
+                          "other data than the manifest says")
+    if hashes != {body_hash}:
+        return Settlement("conflict", origin, "payload_changed",
+                          "an earlier send with another payload may have created this job (its answer was lost "
+                          "before the manifest changed): it may hold the old data")
+    return Settlement("succeeded", origin, None, None)
+
+
+def fails_when_not_found(error_code: str | None) -> bool:
+    """Whether an uncertain row that a complete listing of its batch did not find becomes `failed`.
+
+    FS_0001 rows stay uncertain (the API said the job exists: a later listing may show it); a row uncertain
+    only because its last attempt may have reached the API (a timeout, a lost or malformed answer) was
+    not created, and `failed` lets `uploader retry` send it again (FS_0001 still guards against a twin).
+    """
+    return error_code not in EXISTS_CODES
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

@@ -57,10 +57,12 @@ class Recovery:
                 return None
 
     async def _resolve(self, final: bool) -> FatalApiError | None:
-        """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, and any an
-        earlier run left) by listing their batches. A row stays uncertain while its batch cannot be listed
-        (the default batch's id is learnt from a job of ours in it, so it may have to wait for a success) or
-        when a full listing does not find it; a later round, a later run or `reconcile` resolves it."""
+        """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, lost or
+        malformed answers, and any an earlier run left) by listing their batches; the ledger settles what
+        was found (succeeded or conflict) and fails what a full listing did not find, except FS_0001 rows.
+        A row stays uncertain while its batch cannot be listed (the default batch's id is learnt from a job
+        of ours in it, so it may have to wait for a success) or, for FS_0001, when a full listing does not
+        find it; a later round, a later run or `reconcile` resolves it."""
         if not (self.waiting or (final and self.missed)) or self.halted():
             return None
         self.waiting = False  # an FS_0001 arriving while we look sets it again
@@ -83,11 +85,16 @@ class Recovery:
                 waiting = True  # the API is struggling: next round
                 continue
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
-            self.missed.update(rid for rid, ref in rows if ref not in found)
-            n = self.ledger.resolve_uncertain(hits) if hits else 0
-            self.progress.succeeded += n
-            self.progress.recovered += n
-            self.progress.uncertain -= n  # may go below 0: rows an earlier run left uncertain
+            missing = [rid for rid, ref in rows if ref not in found]
+            self.missed.update(missing)
+            # A listing that ended normally is complete: a row it did not find was not created (unless the
+            # API said FS_0001); the ledger fails it, keeping FS_0001 rows uncertain.
+            done = self.ledger.resolve_uncertain(hits, missing)
+            self.progress.succeeded += done.succeeded
+            self.progress.recovered += done.succeeded
+            self.progress.conflict += done.conflict
+            self.progress.failed += done.failed
+            self.progress.uncertain -= done.total  # may go below 0: rows an earlier run left uncertain
         if waiting:
             self.waiting = True
         return None

@@ -188,6 +188,7 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
                 continue
             found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows])
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
-            resolved += ledger.resolve_uncertain(hits)
-            remaining += len(rows) - len(hits)
+            done = ledger.resolve_uncertain(hits, [rid for rid, ref in rows if ref not in found])
+            resolved += done.total  # succeeded, conflict (found, other data) or failed (not created)
+            remaining += len(rows) - done.total
     return resolved, remaining

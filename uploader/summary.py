@@ -27,6 +27,8 @@ class Progress:
     retrying: int = 0
     recovered: int = 0
     uncertain: int = 0
+    conflict: int = 0  #: found by a listing, but the job may hold other data than the manifest says
+    protocol_errors: int = 0  #: success answers that did not fit their request (policy.Verdict.PROTOCOL)
     ignored: int = 0
     throttled: int = 0
     unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
@@ -40,7 +42,7 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.done_before + self.succeeded + self.failed + self.uncertain
+        return self.done_before + self.succeeded + self.failed + self.uncertain + self.conflict
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class RunSummary:
                 "recovered": p.recovered,
                 "failed": p.failed,
                 "uncertain": max(0, p.uncertain),
+                "conflict": p.conflict,
+                "protocol_errors": p.protocol_errors,
                 "retries": p.retrying,
                 "throttled": p.throttled,
                 "unreachable": p.unreachable,

@@ -32,8 +32,21 @@ from uploader.errors import FatalApiError, InterruptedRun, LedgerError, Uploader
 from uploader.ledger import Claim, Ledger, Result, utcnow
 from uploader.models import Status
 from uploader.pacing import Pacer, RateLimiter
-from uploader.policy import (MAX_RETRY_AFTER, OUTAGE_CODES, ApiResult, Decision, Verdict, classify, next_delay,
-                             retry_after_capped, retry_after_seconds)
+from uploader.policy import (
+    MAX_RETRY_AFTER,
+    OUTAGE_CODES,
+    PROTOCOL_ERROR_LIMIT,
+    ApiResult,
+    Decision,
+    Verdict,
+    classify,
+    job_id_text,
+    may_have_created,
+    next_delay,
+    retry_after_capped,
+    retry_after_seconds,
+    too_many_protocol_errors,
+)
 from uploader.recovery import Recovery, RunStopping
 from uploader.summary import Progress, RunSummary, fatal_message
 
@@ -116,16 +129,27 @@ class TaskFailed(UploaderError):
 
 
 def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOptions, delay: float) -> Result:
-    """Where a claimed row goes after one answer (pure: the state diagram's arrows out of in_flight)."""
+    """Where a claimed row goes after one answer (pure: the state diagram's arrows out of in_flight).
+
+    An answer that may have come from an API that created the job (policy.may_have_created) never fails
+    the row: when the attempts are used up it goes `uncertain` and a batch listing decides; so does a
+    success answer that does not fit the request (Verdict.PROTOCOL)."""
     details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
     common = dict(error_code=decision.code, error_message=decision.message, error_details=details)
-    base = dict(id=claim.id, lease_token=claim.lease_token, http_status=result.http_status)
+    sent = may_have_created(result)
+    base = dict(id=claim.id, lease_token=claim.lease_token, http_status=result.http_status, may_have_created=sent)
     if decision.verdict is Verdict.SUCCEEDED:
-        job_id = (result.data or {}).get("job_id")
-        return Result(**base, status=Status.SUCCEEDED, job_id=str(job_id))
+        job_id = job_id_text((result.data or {}).get("job_id"))
+        return Result(**base, status=Status.SUCCEEDED, job_id=job_id, origin="created")
+    if decision.verdict is Verdict.PROTOCOL:
+        return Result(**base, status=Status.UNCERTAIN, **common)
     if decision.verdict is Verdict.PERMANENT:
         return Result(**base, status=Status.FAILED, **common)
     if decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
+        if sent:
+            message = (f"{decision.message or decision.code}; attempts used up, but the last one may have "
+                       "reached the API: the batch listing decides")
+            return Result(**base, status=Status.UNCERTAIN, **{**common, "error_message": message})
         return Result(**base, status=Status.FAILED, **common)
     not_before = utcnow() + dt.timedelta(seconds=delay)
     refund = decision.verdict in (Verdict.THROTTLED, Verdict.FATAL)
@@ -146,6 +170,7 @@ class _Run:
         self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
                            outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after)
         self.fatal: FatalApiError | None = None
+        self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
         self.failed_task: TaskFailed | None = None  #: a task of the run raised: the run stops
         self.recovery = Recovery(ledger, client, self.progress, self.rng, flush=self._flush,
@@ -168,7 +193,7 @@ class _Run:
     async def _run(self, on_progress: Callable[[Progress], None] | None) -> None:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
-        self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"]
+        self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         try:
             self.owner = self.ledger.register_worker()
@@ -357,7 +382,7 @@ class _Run:
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
-        decision = classify(result)
+        decision = classify(result, reference_id=claim.reference_id)
         if result.http_status is not None:
             self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
         delay = 0.0
@@ -375,7 +400,9 @@ class _Run:
             self.results.append(outcome)
             self.recovery.waiting = True
             return
-        if decision.verdict is Verdict.FATAL:
+        if decision.verdict is Verdict.PROTOCOL:
+            self._protocol_error(decision.code, f"reference_id {claim.reference_id!r}: {decision.message}")
+        elif decision.verdict is Verdict.FATAL:
             self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status)
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
@@ -427,6 +454,21 @@ class _Run:
                 "most (--max-retry-after)"
             )
 
+    def _protocol_error(self, code: str | None, example: str) -> None:
+        """Count an answer that does not fit its request; too many stop the run (exit 1): the server
+        answering is not the API, or is broken, and every row it answers would need a lookup."""
+        self.progress.protocol_errors += 1
+        self.protocol_example = self.protocol_example or example
+        if too_many_protocol_errors(self.progress.protocol_errors) and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"{self.progress.protocol_errors} answers did not fit their requests (a job_id that is missing or "
+                f"not a string/integer, another reference_id, or another row's job_id; the limit is "
+                f"{PROTOCOL_ERROR_LIMIT}), e.g. {self.protocol_example}. The run stopped: is --base-url the API? "
+                "Those rows are uncertain and are looked up by listing their batch (`uploader reconcile` or the "
+                "next run); rows not sent stay pending.",
+                code,
+            )
+
     def _count(self, r: Result) -> None:
         p = self.progress
         if r.status is Status.SUCCEEDED:
@@ -436,6 +478,7 @@ class _Run:
             p.failed += 1
         elif r.status is Status.UNCERTAIN:
             p.uncertain += 1
+            self.recovery.waiting = True  # the batch listing decides
         elif not r.refund_attempt:
             p.retrying += 1
 
@@ -444,12 +487,27 @@ class _Run:
     def _flush(self) -> None:
         if self.results:
             batch, self.results = self.results, []
+            duplicates: list[int] = []
             try:
-                _, ignored = self.ledger.record(batch)
+                _, ignored = self.ledger.record(batch, duplicates=duplicates)
             except LedgerError:
                 self.results[:0] = batch  # not recorded: kept for one more try when the run ends
                 raise
             self.progress.ignored += ignored
+            if duplicates:
+                self._duplicates(batch, duplicates)
+
+    def _duplicates(self, batch: list[Result], ids: list[int]) -> None:
+        """Successes the ledger refused (their job_id is another row's), and the rows demoted with them:
+        uncertain now, for the listing to settle; each refused answer counts as a protocol error."""
+        mine = {r.id for r in batch if r.status is Status.SUCCEEDED}
+        self.recovery.waiting = True
+        for rid in ids:
+            if rid in mine:  # counted as succeeded by _count; a demoted holder shows in the ledger's counts
+                self.progress.succeeded -= 1
+                self.progress.uncertain += 1
+                self._protocol_error("duplicate_job_id", "a job_id the API had already answered for another row "
+                                                         "(`uploader export --status uncertain` shows them)")
 
     async def _flusher(self) -> None:
         try:
@@ -498,7 +556,7 @@ class _Run:
 
 def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
     """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
-    done = counts["succeeded"] + counts["failed"] + counts["uncertain"]
+    done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
     progress = Progress(total=sum(counts.values()), done_before=done)
     return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None)
 

@@ -1,0 +1,170 @@
+"""Issue 10, items 2, 3 and 5, at the ledger (a real SQLite file and a real PostgreSQL database): the payload
+hash of every attempt that may have created a job, a job_id answered for two rows, and how a batch listing
+settles uncertain rows (succeeded, conflict or failed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+from sqlalchemy import text
+
+from tests.conftest import fake_manifest
+from uploader.ledger import Ledger, Resolution, Result, utcnow
+from uploader.models import Status
+
+ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(4)]
+
+
+def body_hash(ref: str, url: str) -> str:
+    body = json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}})
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+H = {ref: body_hash(ref, url) for ref, url in ROWS}
+
+
+def row(ledger: Ledger, ref: str) -> dict:
+    with ledger.engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT status, job_id, sent_hashes, attempt_hash, origin, error_code, recovered FROM jobs "
+                 "WHERE reference_id = :r"), {"r": ref}).mappings().one()
+    return dict(found)
+
+
+def claim_all(ledger: Ledger, owner: str, lease: float = 60) -> dict:
+    return {c.reference_id: c for c in ledger.claim(owner, 100, lease)}
+
+
+def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    assert row(ledger, "ref-0")["attempt_hash"] == H["ref-0"] and row(ledger, "ref-0")["sent_hashes"] is None
+    ledger.record([
+        # a timeout may have created the job: kept; an API error envelope certainly did not: not kept
+        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.PENDING, error_code="FS_0000"),
+        Result(c["ref-2"].id, c["ref-2"].lease_token, Status.SUCCEEDED, job_id="J2", may_have_created=True,
+               origin="created"),
+    ])
+    assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], None)
+    assert (row(ledger, "ref-1")["sent_hashes"], row(ledger, "ref-1")["attempt_hash"]) == (None, None)
+    assert (row(ledger, "ref-2")["origin"], row(ledger, "ref-2")["sent_hashes"]) == ("created", H["ref-2"])
+    # the same payload again is kept once
+    c = claim_all(ledger, owner)
+    ledger.record([Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, may_have_created=True)])
+    assert row(ledger, "ref-0")["sent_hashes"] == H["ref-0"]
+    # a stopped run's rows: kept, conservatively (a hard stop may cancel a request in the air)
+    ledger.release(owner)
+    assert (row(ledger, "ref-1")["sent_hashes"], row(ledger, "ref-1")["attempt_hash"]) == (H["ref-1"], None)
+
+
+def test_a_dead_runs_attempt_is_kept_when_its_row_is_claimed_again(ledger: Ledger, tmp_path: Path) -> None:
+    """SIGKILL before any answer was recorded: the row is in_flight with its attempt's hash; the claim that
+    takes it over first keeps that hash as sent; then a reload changes the payload: both hashes are kept."""
+    ledger.load(fake_manifest(tmp_path, ROWS[:1]), "opts")
+    dead = ledger.register_worker()
+    ledger.claim(dead, 10, 1, now=utcnow() - dt.timedelta(seconds=60))  # its lease expired long ago
+    other = ledger.register_worker()
+    (c,) = ledger.claim(other, 10, 60)
+    assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], H["ref-0"])
+    ledger.record([Result(c.id, c.lease_token, Status.PENDING, error_code="http_401", refund_attempt=True)])
+    ledger.load(fake_manifest(tmp_path, [("ref-0", "https://example.com/fixed.jpg")], name="m2.csv"), "opts")
+    (c,) = ledger.claim(other, 10, 60)
+    new = body_hash("ref-0", "https://example.com/fixed.jpg")
+    assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], new)
+    ledger.record([Result(c.id, c.lease_token, Status.PENDING, error_code="connection_closed", may_have_created=True)])
+    assert row(ledger, "ref-0")["sent_hashes"] == f"{H['ref-0']} {new}"
+
+
+def test_listing_settles_uncertain_rows_by_what_was_sent(ledger: Ledger, tmp_path: Path) -> None:
+    """ref-0: our own lost answer, same payload → succeeded (recovered). ref-1: FS_0001 at the first send →
+    conflict, pre-existing. ref-2: an earlier, different payload was sent → conflict (payload_changed).
+    ref-3: found with a job_id another row already holds → conflict (duplicate_job_id)."""
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    ledger.record([
+        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+        Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+        Result(c["ref-3"].id, c["ref-3"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+    ])
+    changed = [("ref-2", "https://example.com/changed.jpg")]
+    assert ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts").updated == 1
+    c = claim_all(ledger, owner)
+    ledger.record([Result(c[ref].id, c[ref].lease_token, Status.UNCERTAIN, error_code="FS_0001")
+                   for ref in ("ref-0", "ref-2", "ref-3")])
+    ids = {ref: c[ref].id for ref in ("ref-0", "ref-2", "ref-3")}
+    ids["ref-1"] = row_id(ledger, "ref-1")
+    done = ledger.resolve_uncertain({ids["ref-0"]: "J0", ids["ref-1"]: "J1", ids["ref-2"]: "J2", ids["ref-3"]: "J0"})
+    assert done == Resolution(succeeded=1, conflict=3)
+    got = {ref: row(ledger, ref) for ref, _ in ROWS}
+    assert {ref: (r["status"], r["origin"], r["error_code"], r["job_id"]) for ref, r in got.items()} == {
+        "ref-0": ("succeeded", "recovered", None, "J0"),
+        "ref-1": ("conflict", "pre-existing", "created_elsewhere", "J1"),
+        "ref-2": ("conflict", "recovered", "payload_changed", "J2"),
+        "ref-3": ("conflict", "recovered", "duplicate_job_id", "J0"),
+    }
+    # a conflict is final: never claimed, never retried, a listing naming it again changes nothing
+    assert ledger.claim(owner, 100, 60) == [] and ledger.retry([], everything=True) == 0
+    assert ledger.resolve_uncertain({ids["ref-1"]: "J9"}, [ids["ref-2"]]) == Resolution()
+    assert ledger.counts()["conflict"] == 3
+    status = ledger.status()
+    assert status.origins == {"pre-existing": 1, "recovered": 3}
+    assert status.error_codes == {"created_elsewhere": 1, "payload_changed": 1, "duplicate_job_id": 1}
+    exported = {r["reference_id"]: r for r in ledger.export_rows()}
+    assert exported["ref-1"]["origin"] == "pre-existing" and exported["ref-1"]["status"] == "conflict"
+
+
+def row_id(ledger: Ledger, ref: str) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(text("SELECT id FROM jobs WHERE reference_id = :r"), {"r": ref}).scalar_one()
+
+
+def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -> None:
+    """Not found: a row uncertain after a lost answer was not created → failed with its last error;
+    an FS_0001 row stays uncertain (the API said it exists)."""
+    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    ledger.record([
+        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.UNCERTAIN, error_code="timeout", error_message="late",
+               may_have_created=True),
+        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+    ])
+    assert ledger.resolve_uncertain({}, [c["ref-0"].id, c["ref-1"].id]) == Resolution(failed=1)
+    assert (row(ledger, "ref-0")["status"], row(ledger, "ref-0")["error_code"]) == ("failed", "timeout")
+    assert row(ledger, "ref-1")["status"] == "uncertain"
+    assert ledger.retry(["timeout"]) == 1
+
+
+def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_path: Path) -> None:
+    """In one group commit, and against a row recorded earlier: the rows go uncertain (duplicate_job_id),
+    and the earlier holder is demoted with them, since either may be the wrong one: the listing settles
+    all of them. A fenced (stale) answer changes nothing, duplicate or not."""
+    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    ok = lambda ref, job: Result(c[ref].id, c[ref].lease_token, Status.SUCCEEDED, job_id=job,  # noqa: E731
+                                 may_have_created=True, origin="created")
+    ledger.record([ok("ref-0", "J0")])
+    duplicates: list[int] = []
+    stale = Result(c["ref-0"].id, c["ref-0"].lease_token, Status.SUCCEEDED, job_id="J1")
+    assert ledger.record([ok("ref-1", "J1"), ok("ref-2", "J1"), ok("ref-3", "J0"), stale],
+                         duplicates=duplicates) == (3, 1)
+    assert sorted(duplicates) == sorted([c["ref-2"].id, c["ref-1"].id, c["ref-3"].id, c["ref-0"].id])
+    got = {ref: row(ledger, ref) for ref, _ in ROWS}
+    assert {ref: (r["status"], r["error_code"], r["job_id"], r["origin"]) for ref, r in got.items()} == {
+        "ref-0": ("uncertain", "duplicate_job_id", "J0", None),
+        "ref-1": ("uncertain", "duplicate_job_id", "J1", None),
+        "ref-2": ("uncertain", "duplicate_job_id", "J1", None),
+        "ref-3": ("uncertain", "duplicate_job_id", "J0", None),
+    }
+    assert all(got[ref]["sent_hashes"] == H[ref] for ref in got)  # each was sent: a clean recovery if found
+    done = ledger.resolve_uncertain({row_id(ledger, ref): f"REAL-{ref}" for ref, _ in ROWS})
+    assert done == Resolution(succeeded=4)
+    assert {row(ledger, ref)["job_id"] for ref, _ in ROWS} == {f"REAL-{ref}" for ref, _ in ROWS}
