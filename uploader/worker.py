@@ -468,6 +468,7 @@ class _Run:
                 "next run); rows not sent stay pending.",
                 code,
             )
+            self.pacer.wake()  # end any pause now: the run stops
 
     def _count(self, r: Result) -> None:
         p = self.progress
