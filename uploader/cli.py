@@ -151,8 +151,12 @@ def status(ledger: str | None, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from -o, else csv.")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--spreadsheet-safe", is_flag=True,
+              help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
+                   "as text. Without it only the API's messages are; ids and manifest values stay verbatim.")
 @_handle_errors
-def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...]) -> None:
+def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...],
+           spreadsheet_safe: bool) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
     from uploader.ledger import EXPORT_COLUMNS
@@ -167,9 +171,11 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
         fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else "csv"
     if fmt == "parquet" and not output:
         raise UsageError("Parquet export needs -o FILE")
+    if spreadsheet_safe and fmt != "csv":
+        raise UsageError(f"--spreadsheet-safe is for CSV; {fmt} keeps every value verbatim")
     led = _open_ledger(ledger, create=False)
     columns = [*EXPORT_COLUMNS, *led.extra_columns()]
-    n = export_rows(led.export_rows(statuses), fmt, output, columns)
+    n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
     if output:
         click.echo(f"wrote {n} rows to {output}", err=True)
 
