@@ -150,6 +150,34 @@ def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
         con.close()
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+def test_a_reservation_left_by_a_killed_run_is_taken_over_at_once(tmp_path, named):
+    """A run SIGKILLed while its batch creation is in the air leaves its reservation behind; the next run
+    on this host sees its pid gone, takes the reservation over (no wait for staleness) and finishes."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=22)) as box, \
+            FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 20.0)]}) as proxy:
+        ledger = tmp_path / "ledger.db"
+        extra = ["--batch-name", "nov"] if named else []
+        cmd = subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, proxy.base_url, *extra)
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while proxy.seen[f"POST {BATCH_POST[1]}"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (left,) = batches_rows(ledger)
+        assert left["batch_id"] is None and left["reserved_by"].endswith(f":{proc.pid}@{os.uname().nodename}"[:64])
+        started = time.monotonic()
+        done = run(cmd)
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 20  # not the staleness bound (2 x timeout + 60 s)
+        (row,) = batches_rows(ledger)
+        assert row["id"] == left["id"] and row["reserved_by"] is None and row["batch_id"]
+        assert (row["name"] == "nov") if named else (row["name"] != left["name"])  # own batch: a new name
+        assert box.stats()["batches_created"] == 1
+        check_ledger(ledger, box.jobs(), box.stats())
+
+
 # -- item 6: the ledger's own batch -----------------------------------------------------------------------------
 
 
