@@ -35,7 +35,7 @@ class LoopbackApi:
     """`with LoopbackApi(key, behave) as api:` serves on 127.0.0.1:<free port>; `api.base_url`."""
 
     def __init__(self, key: str, behave: Callable[[int, float], Answer | None] | None = None,
-                 latency: float = 0.0) -> None:
+                 latency: float = 0.0, batch_answer: Answer | None = None) -> None:
         self.key = key
         self.behave = behave or (lambda i, t: None)
         self.latency = latency
@@ -71,6 +71,8 @@ class LoopbackApi:
                 if self.headers.get("x-api-key") != api.key:
                     return self._send(401)
                 if len(parts) == 4 and parts[0] == "v1" and parts[3] == "batch":
+                    if batch_answer is not None:  # scripted, like a job POST's `behave`
+                        return self._send(batch_answer.status, headers=batch_answer.headers, raw=batch_answer.body)
                     return self._send(200, {"success": True, "data": {"batch_id": str(uuid.uuid4())}})
                 if not (len(parts) == 4 and parts[0] == "v1" and parts[3] == "jobs"):
                     return self._send(404, raw=b"<h1>not found</h1>")

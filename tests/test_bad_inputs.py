@@ -306,8 +306,9 @@ def test_huge_data_cell_is_kept_exactly_and_the_api_refusal_is_clear(base_ledger
 
 
 def test_formula_cells_load_verbatim_and_csv_export_neutralises_them(base_ledger, tmp_path: Path) -> None:
-    """`=HYPERLINK(...)` is a fine reference_id (text, sent as is), but a spreadsheet opening the CSV export
-    would run it: the CSV export prefixes such cells with a quote; JSONL and Parquet keep them verbatim."""
+    """`=HYPERLINK(...)` is a fine reference_id (text, sent as is): every export keeps it verbatim, so the
+    mapping matches the manifest; a spreadsheet opening the CSV would run it, so `--spreadsheet-safe`
+    prefixes such cells with a quote. JSONL and Parquet keep them verbatim."""
     import pyarrow.parquet as pq
 
     ledger = copy_ledger(base_ledger, tmp_path)
@@ -316,9 +317,14 @@ def test_formula_cells_load_verbatim_and_csv_export_neutralises_them(base_ledger
     formula = '=HYPERLINK("http://evil.example/","click")'
     raw = {formula: "=1+2", "+cmd": "@SUM(A1)", "-3": "cam0"}  # reference_id -> camera (an extra column)
 
+    verbatim = CliRunner().invoke(cli, ["export", "--ledger", str(ledger)]).stdout
+    rows = [r for r in csv.DictReader(io.StringIO(verbatim)) if r["reference_id"] in raw]
+    assert {r["reference_id"]: r["camera"] for r in rows} == raw
+
     out_csv = tmp_path / "out.csv"
-    assert CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "-o", str(out_csv)]).exit_code == 0
-    stdout = CliRunner().invoke(cli, ["export", "--ledger", str(ledger)]).stdout
+    assert CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "-o", str(out_csv),
+                                    "--spreadsheet-safe"]).exit_code == 0
+    stdout = CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "--spreadsheet-safe"]).stdout
     neutralised = {"'" + formula: "'=1+2", "'+cmd": "'@SUM(A1)", "'-3": "cam0"}
     for text in (out_csv.read_text(encoding="utf-8"), stdout):
         rows = [r for r in csv.DictReader(io.StringIO(text)) if r["reference_id"].lstrip("'") in raw]

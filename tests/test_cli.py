@@ -101,7 +101,10 @@ def test_export_formats_and_formula_neutralised(tmp_path):
     manifest.write_text("reference_id,image_url,note\n=HYPERLINK(1),https://x.com/a.jpg,+cmd\nb,https://x.com/b.jpg,ok\n")
     ledger = str(tmp_path / "l.db")
     assert invoke("load", str(manifest), *LOAD, "--ledger", ledger).exit_code == 0
-    out = invoke("export", "--ledger", ledger).output
+    out = invoke("export", "--ledger", ledger).output  # verbatim: the mapping matches the manifest
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[0]["reference_id"] == "=HYPERLINK(1)" and rows[0]["note"] == "+cmd" and rows[1]["note"] == "ok"
+    out = invoke("export", "--ledger", ledger, "--spreadsheet-safe").output  # for a spreadsheet
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rows[0]["reference_id"] == "'=HYPERLINK(1)" and rows[0]["note"] == "'+cmd" and rows[1]["note"] == "ok"
     jl = tmp_path / "o.jsonl"

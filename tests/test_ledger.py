@@ -216,3 +216,55 @@ def test_next_wakeup_waits_for_other_workers_rows(ledger, tmp_path):
     (b,) = ledger.claim(theirs, 1, 60)
     ledger.record([Result(b.id, b.lease_token, Status.SUCCEEDED, job_id="J")])
     assert ledger.next_wakeup(mine) is None
+
+
+def test_batch_reservations_pick_one_creator_and_give_rows_a_batch(ledger, db_url, tmp_path):
+    """Runs reserving one batch name (or the project's own batch) in one transaction each, from several
+    threads on two engines: exactly one reservation; the others see it, then its id; a dead reservation is
+    taken over; a failed one is given up. Only rows with no batch that were never sent get a batch."""
+    other = Ledger.open(db_url)
+    try:
+        slots, errors = [], []
+
+        def reserve(led: Ledger, who: str, auto: bool) -> None:
+            try:
+                slots.append(led.reserve_batch("p1", f"name-{who}" if auto else "nov", who, auto=auto))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        for auto in (False, True):
+            slots.clear()
+            threads = [threading.Thread(target=reserve, args=(led, f"{auto}-{i}-{n}", auto))
+                       for i in range(4) for n, led in enumerate((ledger, other))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert len({s.id for s in slots}) == 1 and len({s.reserved_by for s in slots}) == 1
+            assert slots[0].batch_id is None and slots[0].auto is auto
+        named, own = ledger.reserve_batch("p1", "nov", "x"), ledger.reserve_batch("p1", "n", "x", auto=True)
+        assert ledger.take_over_batch(named, "late", None)  # a dead owner's reservation is taken over...
+        assert not ledger.take_over_batch(named, "other", None)  # ...once: `named` is stale now
+        assert ledger.batch_slot(named.id).reserved_by == "late"
+        assert ledger.take_over_batch(own, "heir", "own-2")
+        assert ledger.batch_slot(own.id).name == "own-2" and not ledger.take_over_batch(own, "third", None)
+        ledger.cancel_reservation(named.id, "late")
+        assert ledger.batch_slot(named.id) is None
+        assert ledger.complete_batch(own.id, "B-OWN") == "B-OWN"
+        assert ledger.complete_batch(own.id, "B-LATE") == "B-OWN"  # recorded first wins; every run uses it
+        assert ledger.reserve_batch("p1", "another", "y", auto=True).batch_id == "B-OWN"  # one per project
+
+        ledger.load(fake_manifest(tmp_path, ROWS[:6]), "opts")
+        owner = ledger.register_worker()
+        sent = ledger.claim(owner, 2, 60)  # two rows in the air: they keep their (default) batch
+        assert ledger.projects_needing_batch() == []  # unresolved rows in the default batch: it stays
+        ledger.record([Result(c.id, c.lease_token, Status.SUCCEEDED, job_id=f"J{c.id}") for c in sent])
+        assert ledger.projects_needing_batch() == ["p1"]
+        assert ledger.assign_batch("p1", "B-OWN") == 4
+        assert ledger.projects_needing_batch() == []
+        rows = {r["reference_id"]: r for r in ledger.export_rows()}
+        assert sorted(r["batch_id"] or "-" for r in rows.values()) == ["-", "-", "B-OWN", "B-OWN", "B-OWN", "B-OWN"]
+        assert all('"batch_id"' not in c.body for c in ledger.claim(owner, 10, 60))  # bodies unchanged
+    finally:
+        other.close()

@@ -160,6 +160,8 @@ class LedgerModel(RuleBasedStateMachine):
         self.names = itertools.count()
         self.manifests: list[RowsManifest] = []
         self.conflicts: dict[Path, tuple[int, tuple[str, ...]]] = {}
+        #: manifest -> whether a later load added or changed a row (then reloading it merges it again)
+        self.changed_since: dict[Path, bool] = {}
         self.job_ids = itertools.count()
         self.last_seen: dict[str, str] = {}
 
@@ -190,18 +192,38 @@ class LedgerModel(RuleBasedStateMachine):
         manifest = RowsManifest(self.dir / f"m{next(self.names)}.json", rows)
         self.manifests.append(manifest)
         report = self.ledger.load(manifest, "opts")
-        self.conflicts[manifest.path] = (report.conflicts, report.conflict_examples)
+        self._loaded(manifest.path, report)
         return report
+
+    def _loaded(self, path: Path, report: Any) -> None:
+        self.conflicts[path] = (report.conflicts, report.conflict_examples)
+        if report.new or report.updated:
+            self.changed_since = dict.fromkeys(self.changed_since, True)
+        self.changed_since[path] = False
 
     @precondition(lambda self: self.manifests)
     @rule(data=st.data())
     def load_same_file_again(self, data: st.DataObject) -> None:
-        """The same file with the same options again is a no-op, whatever happened since; it repeats the
-        conflicts its first load reported (they still stand: a succeeded row stays as it was sent)."""
+        """The same file with the same options again is a no-op if no later load added or changed a row; it
+        repeats the conflicts its last load reported (they still stand: a succeeded row stays as it was sent).
+        Otherwise it is merged again: its pending/failed rows whose payload a later load changed get its
+        payload back, other such rows are conflicts (issue 10, item 4)."""
         manifest = data.draw(st.sampled_from(self.manifests))
         report = self.ledger.load(RowsManifest(manifest.path, manifest.rows), "opts")
-        assert report.already_loaded and report.new == report.updated == 0
-        assert (report.conflicts, report.conflict_examples) == self.conflicts[manifest.path]
+        if not self.changed_since[manifest.path]:
+            assert report.already_loaded and report.new == report.updated == 0
+            assert (report.conflicts, report.conflict_examples) == self.conflicts[manifest.path]
+            return
+        differ = [(ref, version) for ref, version in manifest.rows if self.rows[ref].version != version]
+        updated = [(ref, v) for ref, v in differ if self.rows[ref].status in ("pending", "failed")]
+        assert not report.already_loaded
+        assert (report.new, report.unchanged, report.updated, report.conflicts) == (
+            0, len(manifest.rows) - len(differ), len(updated), len(differ) - len(updated))
+        for ref, version in updated:
+            row = self.rows[ref]
+            row.version = version
+            row.status, row.attempts, row.not_before, row.error_code = "pending", 0, None, None
+        self._loaded(manifest.path, report)
 
     @rule(n=st.integers(1, 4), also_old=st.integers(0, 3))
     def load_new(self, n: int, also_old: int = 0) -> None:

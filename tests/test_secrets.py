@@ -246,8 +246,13 @@ def test_a_server_echoing_the_key_does_not_get_it_stored(workdir: Path, server_a
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         result = invoke(transcript, "run", ["run", str(files["raw"]), *LOAD, "--ledger", str(ledger), "--base-url",
-                                            url, "--api-key", KEY, "--quiet", "--max-attempts", "1"])
+                                            url, "--api-key", KEY, "--quiet", "--max-attempts", "1",
+                                            "--default-batch"])  # the job answers are what gets stored
         assert result.exit_code == exit_code, result.output
+        # The run's own batch (the default without --default-batch): its creation meets the same echo first.
+        batch = invoke(transcript, "run", ["run", str(files["raw"]), *LOAD, "--ledger", str(workdir / "b.db"),
+                                           "--base-url", url, "--api-key", KEY, "--quiet", "--max-attempts", "1"])
+        assert batch.exit_code == 1 and "is not allowed here" in batch.output, batch.output
     finally:
         server.shutdown()
         server.server_close()

@@ -219,13 +219,18 @@ def test_a_sender_that_raises_stops_the_run_with_a_clear_error(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("status", [301, 307, 308])
-def test_a_redirect_says_so_and_points_at_the_base_url(tmp_path, status):
-    location = "https://api.example.com/v1/projects/proj/jobs?signature=s3cr3t"
-    with LoopbackApi(KEY, lambda i, t: Answer(status, {"Location": location})) as api:
+@pytest.mark.parametrize("where", ["jobs", "batch"])
+def test_a_redirect_says_so_and_points_at_the_base_url(tmp_path, status, where):
+    """A redirect used to read "the API refused the run (http_301)". On the job POSTs, and on the batch the
+    run creates before them (uploader.batches), it now names the redirect and --base-url."""
+    location = f"https://api.example.com/v1/projects/proj/{where}?signature=s3cr3t"
+    redirect = Answer(status, {"Location": location})
+    behave = (lambda i, t: redirect) if where == "jobs" else None
+    with LoopbackApi(KEY, behave, batch_answer=redirect if where == "batch" else None) as api:
         result = invoke(*run_args(write_images(tmp_path / "m.csv", 10), tmp_path / "l.db", api.base_url))
     print("\n", result.output.strip().splitlines()[-1])
     assert result.exit_code == 1, result.output
-    assert f"the API answered a redirect (HTTP {status} to https://api.example.com/v1/projects/proj/jobs)" \
+    assert f"the API answered a redirect (HTTP {status} to https://api.example.com/v1/projects/proj/{where})" \
            in result.output
     assert "does not follow redirects" in result.output and "--base-url" in result.output
     assert "s3cr3t" not in result.output

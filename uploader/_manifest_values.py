@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
-    "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "PATH_UNSAFE", "UUID", "Errors", "bad_unicode",
-    "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
+    "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "MAX_URL_LENGTH", "PATH_UNSAFE", "UUID", "Errors",
+    "bad_unicode", "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
     "loads_strict", "needs_no_escape", "plain", "reference_id_problem", "show", "unencodable", "url_problem",
 ]
 
@@ -24,6 +24,11 @@ Errors = list[tuple[str | None, str]]  # (API field or None, message) found in o
 #: The ledger's project_id / work_flow_id columns hold this many characters (PostgreSQL enforces it).
 MAX_ID_LENGTH = 255
 _UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (it goes into the URL path)"
+#: Longest image_url / frame src accepted. 8 KiB is the request-line limit of common web servers and CDNs
+#: (nginx's 8k header buffers, Apache's LimitRequestLine 8190, CloudFront's 8192-byte URL): GT Studio could
+#: not fetch a longer URL from most hosts, while signed URLs with session tokens stay under ~2 KiB. Without a
+#: cap, a 10 MB cell was loaded and sent in every request for it.
+MAX_URL_LENGTH = 8192
 LONE_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
 
 
@@ -97,6 +102,8 @@ def reference_id_problem(ref: str) -> str | None:
 
 def url_problem(url: str) -> str | None:
     """Why GT Studio could not fetch `url`, as a phrase to follow the field's name; None if it can."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed (longer URLs cannot be fetched)"
     if HOST.match(url) and url.isprintable() and " " not in url:
         return None  # the common case, without urlsplit
     if not url:

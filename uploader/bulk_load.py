@@ -36,16 +36,17 @@ JOB_COLUMNS = (
 
 #: The record of a loaded manifest, for the SQLAlchemy connection of a merge and the bare driver one here.
 MANIFEST_INSERT = (
-    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, conflict_examples) "
-    "VALUES (:p, :s, :h, :o, :n, :t, :c, :ce) RETURNING id"
+    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, conflict_examples, "
+    "changed) VALUES (:p, :s, :h, :o, :n, :t, :c, :ce, :ch) RETURNING id"
 )
 
 
 def manifest_row(path: Path, size: int, sha: str, options_hash: str, rows: int, loaded_at: object,
-                 conflicts: int = 0, conflict_examples: Sequence[str] = ()) -> dict[str, object]:
-    """MANIFEST_INSERT's values (the conflicts' examples as a JSON list)."""
+                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0) -> dict[str, object]:
+    """MANIFEST_INSERT's values (the conflicts' examples as a JSON list). `changed`: rows the load added or
+    whose payload it updated, which makes an identical reload of any earlier manifest compare its rows."""
     return {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
-            "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None}
+            "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None, "ch": changed}
 
 
 def insert_new(stamp: str, mid: int, part: str | None = None) -> str:
@@ -108,7 +109,7 @@ def load_into_empty(
                     sent, inserted = insert_rows(raw, manifest, stamp, mid)
                 if manifest.problem_count or inserted != sent or sent == 0:
                     raise NotClean
-                raw.execute("UPDATE manifests SET row_count = ? WHERE id = ?", (sent, mid))
+                raw.execute("UPDATE manifests SET row_count = ?, changed = ? WHERE id = ?", (sent, sent, mid))
                 raw.execute("COMMIT")
             except BaseException:
                 if raw.in_transaction:  # SQLite may have rolled back already (disk full, say)

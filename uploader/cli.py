@@ -128,13 +128,11 @@ def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledge
 
 
 def _discard_if_new(led: Any, created: Path | None) -> None:
-    """A ledger file this command created and never filled is removed: a failed load leaves nothing."""
+    """A ledger file this command created and nobody filled is removed: a failed load leaves nothing. Never
+    one another process has open or has written to (Ledger.discard_if_unused checks both under a lock)."""
     if created is None:
         return
-    if led.status().total == 0:
-        led.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(created) + suffix).unlink(missing_ok=True)
+    led.discard_if_unused()
 
 
 @cli.command()
@@ -151,8 +149,12 @@ def status(ledger: str | None, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from -o, else csv.")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--spreadsheet-safe", is_flag=True,
+              help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
+                   "as text. Without it only the API's messages are; ids and manifest values stay verbatim.")
 @_handle_errors
-def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...]) -> None:
+def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...],
+           spreadsheet_safe: bool) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
     from uploader.ledger import EXPORT_COLUMNS
@@ -167,9 +169,11 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
         fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else "csv"
     if fmt == "parquet" and not output:
         raise UsageError("Parquet export needs -o FILE")
+    if spreadsheet_safe and fmt != "csv":
+        raise UsageError(f"--spreadsheet-safe is for CSV; {fmt} keeps every value verbatim")
     led = _open_ledger(ledger, create=False)
     columns = [*EXPORT_COLUMNS, *led.extra_columns()]
-    n = export_rows(led.export_rows(statuses), fmt, output, columns)
+    n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
     if output:
         click.echo(f"wrote {n} rows to {output}", err=True)
 
@@ -224,6 +228,10 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @click.option("--batch-name", help="Create this batch once (id kept in the ledger) and put the jobs in it.")
+@click.option("--default-batch", is_flag=True,
+              help="Put rows without a batch in the project's default batch, not in the batch the ledger "
+                   "creates for them (then a job whose answer was lost can be found only once another job "
+                   "of the run has succeeded).")
 @ledger_option
 @_api_options
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
@@ -243,9 +251,9 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @_handle_errors
 def run(  # type: ignore[no-untyped-def]
-    manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, ledger, api_key, base_url,
-    allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds, quiet,
-    as_json,
+    manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, default_batch, ledger, api_key,
+    base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
+    quiet, as_json,
 ) -> None:
     """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
@@ -267,6 +275,7 @@ def run(  # type: ignore[no-untyped-def]
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
+                default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
             )
         except FatalApiError as exc:
             display.close()

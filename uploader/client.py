@@ -8,8 +8,9 @@ AsyncClient layer adds cookie, auth, redirect and hook handling we never use, at
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
 1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (response_body.py reads
-and decodes the bytes). The API key is sent as a header and never appears in a result, an exception message
-or a repr (a server echoing it back gets it redacted).
+and decodes the bytes). The API key is sent as a header and never appears in a result's text (code, message,
+errors), an exception message or a repr (a server echoing it back gets it redacted); the data of an answer
+(job ids, page tokens) is kept exactly as received.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
-from uploader.policy import ApiResult, Verdict, classify, job_id_text, next_delay, retry_after_seconds
+from uploader.policy import (
+    EXISTS_CODES, FATAL_CODES, PERMANENT_CODES, RETRYABLE_CODES, ApiResult, Verdict, classify, job_id_text,
+    next_delay, retry_after_seconds,
+)
 from uploader.response_body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
 
 __all__ = ["ApiClient", "check_base_url"]
@@ -43,6 +47,8 @@ __all__ = ["ApiClient", "check_base_url"]
 _KEEPALIVE_SECONDS = 4.0
 _REDACTED = b"[redacted]"
 _KEY_OK = re.compile(r"[\x21-\x7e]+")
+#: The error codes the policy knows: constants, never redacted (see `_call`).
+_KNOWN_CODES = EXISTS_CODES | FATAL_CODES | PERMANENT_CODES | RETRYABLE_CODES
 
 _MESSAGES = {
     "timeout": "no answer in time",
@@ -288,13 +294,16 @@ class ApiClient:
                            location=None if location is None else self._redact(location[:2000]))
         if raw is None:
             return too_large(status, self._max_body, retry_after)
-        if self._key_bytes in raw:
-            raw = raw.replace(self._key_bytes, _REDACTED)
         result = parse_envelope(status, raw, retry_after)
-        if result.success is not True:  # an echo may be JSON-escaped (`\/`): scrub the decoded text too
-            result = replace(result, code=self._scrub(result.code), message=self._scrub(result.message),
-                             errors=self._scrub(result.errors), data=self._scrub(result.data))
-        return result
+        if result.success is True:
+            return result  # data the program works with (job ids, page tokens, keys): never altered
+        if result.success is None and self._key_bytes in raw:  # the message quotes a snippet of the body
+            result = parse_envelope(status, raw.replace(self._key_bytes, _REDACTED), retry_after)
+        # What is printed and stored as text: an echo may be JSON-escaped (`\/`), so the decoded text is
+        # scrubbed. `data` is left alone (never shown or stored), and so is a code policy.classify knows: it
+        # is a constant, not a secret, and the verdict depends on it (a key `_` made FS_0001 unknown).
+        code = result.code if result.code in _KNOWN_CODES else self._scrub(result.code)
+        return replace(result, code=code, message=self._scrub(result.message), errors=self._scrub(result.errors))
 
     async def _read_body(self, response: httpx.Response) -> bytes | None:
         """The body, or None once it exceeds max_body_bytes (read no further: a hostile 1 GB answer)."""
@@ -322,7 +331,9 @@ class ApiClient:
         return ApiResult(None, None, None, code, message, None, None)
 
     def _scrub(self, value: Any) -> Any:
-        """The key removed from every string inside a decoded JSON value."""
+        """The key removed from every string inside a decoded JSON value. Only for text that is printed or
+        stored (error codes, messages, details): with a short key, scrubbing the data the program works with
+        broke it (`work_flow_id` -> `wor[redacted]_flow_id`, page tokens, job ids)."""
         if isinstance(value, str):
             return self._redact(value)
         if isinstance(value, list):

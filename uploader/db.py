@@ -12,6 +12,7 @@ SIGTERM ends the wait at once, and the run says that it is waiting.
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import time
 import weakref
@@ -106,12 +107,84 @@ def _create_private_file(path: Path) -> None:
         raise LedgerError(f"cannot create ledger {path}: {exc.strerror}") from None
 
 
+#: The first 16 bytes of every SQLite database file.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT ("database disk image is malformed")
+#: and SQLITE_NOTADB ("file is not a database").
+_DAMAGED_CODES = (11, 26)
+#: The tables every ledger has (a database with other tables and none of these is someone else's).
+_LEDGER_TABLES = frozenset({"alembic_version", "jobs", "manifests", "batches", "workers"})
+
+
+def _damaged(path: Path | str, reason: str, unchanged: bool = False) -> LedgerError:
+    """The one message for a ledger file SQLite cannot read: which file, SQLite's reason, what to do.
+    A file with no SQLite header may simply be the wrong file (a CSV passed as --ledger)."""
+    where = shlex.quote(str(path))
+    message = f"{path} is not a usable uploader ledger: {reason} (SQLite)."
+    if unchanged:
+        message += " It was left unchanged."
+    if "not a database" in reason:
+        return LedgerError(f"{message} Check that --ledger (or UPLOADER_LEDGER) names your ledger file; if it "
+                           "does, the file is destroyed: restore it from a backup.")
+    return LedgerError(f"{message} Restore it from a backup, or copy what SQLite can still read into a new file "
+                       f"(sqlite3 {where} \".recover\" | sqlite3 {where}.recovered) and pass "
+                       f"--ledger {where}.recovered.")
+
+
+def _not_a_ledger(name: object, tables: set[str], strict: bool) -> LedgerError | None:
+    """A database that holds tables but is not a ledger (`strict`, SQLite: any table that is not ours; a
+    PostgreSQL database may be shared, so there only tables whose names clash with ours), else None."""
+    tables = {t for t in tables if not t.startswith("sqlite_")}  # SQLite's own (sqlite_stat1, sqlite_sequence)
+    if not tables or ({"alembic_version", "jobs"} <= tables):
+        return None
+    foreign = sorted(tables - _LEDGER_TABLES)
+    if not strict and not (tables & _LEDGER_TABLES):
+        return None
+    shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "") if foreign else ", ".join(sorted(tables))
+    return LedgerError(
+        f"{name} is a database but not an uploader ledger (it has the tables {shown}); it was left unchanged. "
+        "Pass --ledger with the ledger's file (or URL), or a new file name to start a ledger."
+    )
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse, before anything writes to it, an existing file that is not a readable SQLite database or is
+    someone else's database: the engine's first connection would switch it to WAL and the migrations would
+    add our tables to it. A quick look (the header, then the table names), not a full integrity check;
+    damage found later is reported the same way (see `_setup_sqlite`)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return  # a folder is refused by SQLite itself; an empty file is a new ledger
+        with open(path, "rb") as f:
+            if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise _damaged(path, "file is not a database", unchanged=True)
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
+    try:
+        # Read-write, though it only reads: a read-only connection would leave a WAL file's -wal/-shm behind.
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from None
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return  # locked or busy: the engine waits and reports that as usual
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, str(exc).splitlines()[0], unchanged=True) from None
+    finally:
+        db.close()
+    problem = _not_a_ledger(path, tables, strict=True)
+    if problem is not None:
+        raise problem
+
+
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Create an engine for a ledger URL, with SQLite pragmas and explicit BEGIN handling."""
     path = _sqlite_path(url)
     if path is not None:
         if not path.exists() and not create:
             raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
+        _check_sqlite_file(path)
         _create_private_file(path)
     try:
         engine = create_engine(url, future=True)
@@ -123,6 +196,14 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
 
 
 def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context) -> None:  # type: ignore[no-untyped-def]
+        """A damaged file found by any statement (the first connection's pragmas included): one clear
+        LedgerError naming the file instead of SQLAlchemy's DatabaseError and its traceback."""
+        exc = context.original_exception
+        if isinstance(exc, sqlite3.DatabaseError) and _damaged_code(exc):
+            raise _damaged(engine.url.database or "the ledger", str(exc).splitlines()[0]) from exc
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
@@ -175,6 +256,11 @@ def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:
                 wait.waiting(waited)
     finally:
         raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _damaged_code(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (extended codes included)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED_CODES
 
 
 def _enable_wal(cur) -> None:  # type: ignore[no-untyped-def]
@@ -244,6 +330,10 @@ def translate_errors() -> Iterator[None]:
         raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
     except sqlite3.OperationalError as exc:  # from the bare driver connection of a bulk load
         raise LedgerError(f"ledger error: {str(exc).splitlines()[0]}") from exc
+    except sqlite3.DatabaseError as exc:
+        if _damaged_code(exc):
+            raise _damaged("the ledger file", str(exc).splitlines()[0]) from exc
+        raise
     except DataError as exc:  # PostgreSQL enforces lengths and ranges SQLite does not, e.g. VARCHAR(255)
         raise LedgerError(f"the ledger refused a value: {_driver_message(exc)}") from exc
     except DBAPIError as exc:
@@ -304,6 +394,11 @@ def migrate(engine: Engine) -> None:
         conn.rollback()
         if current == heads:
             return
+        problem = _not_a_ledger(_ledger_name(engine), set(inspect(conn).get_table_names()),
+                                strict=engine.dialect.name == "sqlite")
+        conn.rollback()
+        if problem is not None:
+            raise problem
         unknown = [rev for rev in current if _unknown_revision(script, rev)]
         if unknown:
             raise LedgerTooNewError(
@@ -315,6 +410,13 @@ def migrate(engine: Engine) -> None:
             _lock_for_migration(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")  # reads the revision again, now under the lock
+
+
+def _ledger_name(engine: Engine) -> str:
+    """The ledger as messages name it: its file, or its URL without the password."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        return engine.url.database
+    return engine.url.render_as_string(hide_password=True)
 
 
 #: Any fixed 64-bit key: PostgreSQL advisory locks are named by numbers.

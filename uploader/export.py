@@ -2,6 +2,11 @@
 
 Output is written to a temporary file beside the target, created 0600, and renamed into place only when
 complete: an interrupted export never leaves a half-written file behind.
+
+Cells are written verbatim, so the mapping matches the manifest and the API (`-5`, `=1+1`, `@mention` are
+reference_ids like any other), except in CSV the text the API wrote (API_TEXT_COLUMNS), which a hostile or
+careless server could make a formula: it is neutralised. `spreadsheet_safe` neutralises every CSV cell, for a
+file meant to be opened in a spreadsheet rather than read by a program.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-__all__ = ["FORMATS", "export_rows", "neutralise_formula"]
+__all__ = ["API_TEXT_COLUMNS", "FORMATS", "export_rows", "neutralise_formula"]
 
 FORMATS = ("csv", "jsonl", "parquet")
+#: Columns holding text the API wrote (not identifiers): neutralised in CSV by default.
+API_TEXT_COLUMNS = frozenset({"error_code", "error_message", "error_details"})
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -27,12 +34,14 @@ def neutralise_formula(value: Any) -> Any:
     return value
 
 
-def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, columns: list[str]) -> int:
-    """Write rows to `output` (stdout when None); returns the number written."""
+def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, columns: list[str],
+                *, spreadsheet_safe: bool = False) -> int:
+    """Write rows to `output` (stdout when None); returns the number written. `spreadsheet_safe`: neutralise
+    every CSV cell a spreadsheet would run as a formula, not only the API's text (module docstring)."""
     if fmt == "parquet" and output is None:
         raise ValueError("Parquet export needs -o FILE (it is a binary format)")
     if output is None:
-        return _write_text(rows, fmt, sys.stdout, columns)
+        return _write_text(rows, fmt, sys.stdout, columns, spreadsheet_safe)
     target = Path(output)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or Path("."))
     try:
@@ -42,7 +51,7 @@ def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, co
             n = _write_parquet(rows, Path(tmp), columns)
         else:
             with open(fd, "w", encoding="utf-8", newline="") as f:
-                n = _write_text(rows, fmt, f, columns)
+                n = _write_text(rows, fmt, f, columns, spreadsheet_safe)
         os.replace(tmp, target)
         return n
     except BaseException:
@@ -50,13 +59,16 @@ def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, co
         raise
 
 
-def _write_text(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str]) -> int:
+def _write_text(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str],
+                spreadsheet_safe: bool = False) -> int:
     n = 0
     if fmt == "csv":
         writer = csv.writer(out)
-        writer.writerow(columns)
+        writer.writerow(neutralise_formula(c) if spreadsheet_safe else c for c in columns)
+        neutral = [spreadsheet_safe or c in API_TEXT_COLUMNS for c in columns]
         for row in rows:
-            writer.writerow([neutralise_formula(_cell(row.get(c))) for c in columns])
+            writer.writerow([neutralise_formula(_cell(row.get(c))) if safe else _cell(row.get(c))
+                             for c, safe in zip(columns, neutral)])
             n += 1
     else:
         for row in rows:

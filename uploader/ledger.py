@@ -37,22 +37,25 @@ import datetime as dt
 import json
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
 from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
-from uploader.locate import new_ledger_file
-from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, utcnow  # noqa: F401 (re-export)
+from uploader.errors import LedgerError
+from uploader.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
+from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
 from uploader.policy import fails_when_not_found, settle_found
 from uploader.staging import Production
 
-__all__ = ["CLAIM_LOG_ENV", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
+__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
 
 #: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
 CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
@@ -116,25 +119,78 @@ _MERGE_ATTEMPT = (
 )
 
 
+@dataclass(frozen=True)
+class BatchSlot:
+    """A row of `batches`: a created batch (batch_id set) or a run's reservation to create it."""
+
+    id: int
+    project_id: str
+    name: str
+    batch_id: str | None
+    auto: bool
+    reserved_by: str | None  #: the creating run (see uploader.batches.owner_token), None once created
+    reserved_at: dt.datetime  #: created_at: the reservation's last heartbeat while batch_id is None
+
+
+_SLOT = "id, project_id, name, batch_id, auto, reserved_by, created_at"
+#: Rows with no batch of their own that were never sent: giving them a batch cannot split a job's attempts
+#: between two batches.
+_UNBATCHED = "status = 'pending' AND batch_id IS NULL AND attempts = 0 AND sent_hashes IS NULL"
+#: Rows that may have been created in the project's default batch and whose job_id is not known yet.
+_IN_DEFAULT_BATCH = (
+    "batch_id IS NULL AND (status IN ('in_flight', 'uncertain') "
+    "OR (status = 'pending' AND (attempts > 0 OR sent_hashes IS NOT NULL)))"
+)
+
+
 class Ledger(LedgerQueries):
     """A ledger of jobs in a SQLite file (default) or any SQLAlchemy URL (its read-only queries: LedgerQueries)."""
 
-    def __init__(self, engine: Engine, *, new_file: bool = False) -> None:
+    def __init__(self, engine: Engine, *, new_file: bool = False, file_hold: FileHold | None = None) -> None:
         self.engine = engine
         self.new_file = new_file  #: this process created the SQLite file: nobody else has anything in it
         self._claim_log = os.environ.get(CLAIM_LOG_ENV) or None
+        self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.locate), released by close()
 
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
-        """Open (creating and migrating if needed) the ledger at a path or URL."""
-        created = new_ledger_file(ledger)  # before open_engine creates it
-        engine = open_engine(ledger_url(ledger), create=create)
-        if not (created is not None and created.exists() and create_new(engine)):
-            migrate(engine)
-        return cls(engine, new_file=created is not None)
+        """Open (creating and migrating if needed) the ledger at a path or URL. A SQLite file is held with
+        LOCK_SH until close(), before any connection is made: a file discarded meanwhile is opened anew."""
+        for _ in range(100):
+            created = new_ledger_file(ledger)  # before open_engine creates it
+            engine = open_engine(ledger_url(ledger), create=create)
+            path = sqlite_file(engine)
+            hold = hold_shared(path) if path is not None else None
+            if path is not None and hold is None:
+                engine.dispose()  # removed by a command that created it and found it unused: open again
+                continue
+            try:
+                if not (created is not None and created.exists() and create_new(engine)):
+                    migrate(engine)
+            except BaseException:
+                engine.dispose()
+                if hold is not None:
+                    release(hold)
+                raise
+            return cls(engine, new_file=created is not None, file_hold=hold)
+        raise LedgerError(f"cannot open the ledger {ledger_url(ledger)}: it keeps being removed")
 
     def close(self) -> None:
         self.engine.dispose()
+        hold, self._file_hold = self._file_hold, None
+        if hold is not None:
+            release(hold)
+
+    def discard_if_unused(self) -> bool:
+        """Close the ledger and remove its SQLite file if no other process has it open and nothing was
+        ever written to it (no job, manifest, batch or worker row): what a command that created the file
+        and then failed may do. The check and the removal happen under LOCK_EX. True if removed."""
+        path = sqlite_file(self.engine)
+        self.engine.dispose()
+        hold, self._file_hold = self._file_hold, None
+        if hold is None or path is None:
+            return False
+        return discard_unused(hold, path, _never_written)
 
     @property
     def url(self) -> str:
@@ -370,6 +426,107 @@ class Ledger(LedgerQueries):
                 {"p": project_id, "n": name, "b": batch_id, "t": utcnow()},
             )
 
+    def reserve_batch(self, project_id: str, name: str, owner: str, *, auto: bool = False) -> BatchSlot:
+        """The project's batch `name` (auto: the project's own batch, whatever its name): its row if the
+        ledger has one, else a reservation for `owner`, who must now create it at the API. One transaction
+        (SQLite: BEGIN IMMEDIATE; PostgreSQL: a table lock), so of runs reserving together exactly one wins."""
+        with write_tx(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("LOCK TABLE batches IN SHARE ROW EXCLUSIVE MODE")
+            where = "project_id = :p AND auto" if auto else "project_id = :p AND name = :n"
+            row = conn.execute(
+                text(f"SELECT {_SLOT} FROM batches WHERE {where} ORDER BY id LIMIT 1"), {"p": project_id, "n": name}
+            ).first()
+            if row is None:
+                row = conn.execute(
+                    text(
+                        "INSERT INTO batches (project_id, name, batch_id, created_at, auto, reserved_by) "
+                        f"VALUES (:p, :n, NULL, :t, :a, :o) RETURNING {_SLOT}"
+                    ),
+                    {"p": project_id, "n": name, "t": utcnow(), "a": auto, "o": owner},
+                ).one()
+        return _slot(row)
+
+    def batch_slot(self, slot_id: int) -> BatchSlot | None:
+        """The batch row as it is now (None: its reservation was given up)."""
+        with read_tx(self.engine) as conn:
+            row = conn.execute(text(f"SELECT {_SLOT} FROM batches WHERE id = :i"), {"i": slot_id}).first()
+        return _slot(row) if row is not None else None
+
+    def take_over_batch(self, slot: BatchSlot, owner: str, name: str | None = None) -> bool:
+        """Take a reservation whose owner is dead or stale (optionally under a new name); False if it
+        changed meanwhile (created, given up, or taken by another run)."""
+        with write_tx(self.engine) as conn:
+            return conn.execute(
+                text(
+                    "UPDATE batches SET reserved_by = :o, created_at = :t, name = COALESCE(:n, name) "
+                    "WHERE id = :i AND reserved_by = :old AND batch_id IS NULL"
+                ),
+                {"o": owner, "t": utcnow(), "n": name, "i": slot.id, "old": slot.reserved_by},
+            ).rowcount == 1
+
+    def refresh_reservation(self, slot_id: int, owner: str, name: str | None = None) -> bool:
+        """Show the reservation alive (its time is the creator's heartbeat); optionally rename it (an auto
+        batch trying a new name). False if it is no longer `owner`'s."""
+        with write_tx(self.engine) as conn:
+            return conn.execute(
+                text(
+                    "UPDATE batches SET created_at = :t, name = COALESCE(:n, name) "
+                    "WHERE id = :i AND reserved_by = :o AND batch_id IS NULL"
+                ),
+                {"t": utcnow(), "n": name, "i": slot_id, "o": owner},
+            ).rowcount == 1
+
+    def complete_batch(self, slot_id: int, batch_id: str) -> str:
+        """Record the created batch's id; returns the id the ledger holds (another run's, if it recorded
+        one first after taking the reservation over: every run then uses that one)."""
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                text(
+                    "UPDATE batches SET batch_id = :b, reserved_by = NULL, created_at = :t "
+                    "WHERE id = :i AND batch_id IS NULL"
+                ),
+                {"b": batch_id, "t": utcnow(), "i": slot_id},
+            )
+            held = conn.execute(text("SELECT batch_id FROM batches WHERE id = :i"), {"i": slot_id}).scalar()
+        return str(held) if held else batch_id
+
+    def cancel_reservation(self, slot_id: int, owner: str) -> None:
+        """Give up a reservation whose creation failed, so that another run can try."""
+        with write_tx(self.engine) as conn:
+            conn.execute(
+                text("DELETE FROM batches WHERE id = :i AND reserved_by = :o AND batch_id IS NULL"),
+                {"i": slot_id, "o": owner},
+            )
+
+    def projects_needing_batch(self) -> list[str]:
+        """Projects with rows that have no batch and were never sent, and none sent to the project's default
+        batch still unresolved: those can be found only through a success in the default batch, so such a
+        project's rows keep going there until they are resolved."""
+        with read_tx(self.engine) as conn:
+            return list(conn.execute(text(
+                f"SELECT DISTINCT project_id FROM jobs WHERE {_UNBATCHED} AND project_id NOT IN "
+                f"(SELECT project_id FROM jobs WHERE {_IN_DEFAULT_BATCH})"
+            )).scalars())
+
+    def assign_batch(self, project_id: str, batch_id: str) -> int:
+        """Put the project's rows that have no batch and were never sent (no earlier attempt can have
+        created their job elsewhere) into `batch_id`. Only the batch_id column changes, not the stored body
+        (reloading the manifest still compares equal); the worker adds it to the body it sends."""
+        with write_tx(self.engine) as conn:
+            if conn.dialect.name == "postgresql":  # one at a time: two runs updating the same rows in
+                conn.exec_driver_sql("LOCK TABLE batches IN SHARE ROW EXCLUSIVE MODE")  # other orders deadlock
+            return conn.execute(
+                text(f"UPDATE jobs SET batch_id = :b, updated_at = :t WHERE project_id = :p AND {_UNBATCHED}"),
+                {"b": batch_id, "t": utcnow(), "p": project_id},
+            ).rowcount
+
+    def last_manifest_name(self) -> str | None:
+        """The file name of the manifest loaded last (names the run's own batch)."""
+        with read_tx(self.engine) as conn:
+            path = conn.execute(text("SELECT path FROM manifests ORDER BY id DESC LIMIT 1")).scalar()
+        return Path(path).name if path else None
+
     def known_job_in_default_batch(self, project_id: str) -> str | None:
         """A job_id in the project's default batch: its GET answer tells the default batch's id."""
         with read_tx(self.engine) as conn:
@@ -475,6 +632,35 @@ def _claim_sql(dialect: str, set_clause: str, select: str) -> str:
 def _epoch(t: dt.datetime) -> float:
     """A naive UTC ledger time as seconds since the epoch (the claim log's clock)."""
     return t.replace(tzinfo=dt.UTC).timestamp()
+
+
+def _slot(row: Any) -> BatchSlot:
+    """A BatchSlot from a `_SLOT` row (SQLite hands back booleans as ints and times as text)."""
+    sid, project, name, batch_id, auto, reserved_by, at = row
+    return BatchSlot(sid, project, name, batch_id, bool(auto), reserved_by, _dt(at) or utcnow())
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The engine's SQLite file, or None (another database, or in memory)."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    return Path(engine.url.database).absolute()  # type: ignore[arg-type]
+
+
+#: Tables whose rows mean someone used the ledger (the schema alone does not).
+_USE_TABLES = ("jobs", "manifests", "batches", "workers")
+
+
+def _never_written(path: Path) -> bool:
+    """No job, manifest, batch or worker row in the SQLite file (a file without the tables counts too)."""
+    con = sqlite3.connect(path, timeout=5)  # under our LOCK_EX: nobody else uses the file
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return not any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in _USE_TABLES if t in tables)
+    except sqlite3.DatabaseError:
+        return False  # not a database we understand: never removed
+    finally:
+        con.close()
 
 
 def _pid_alive(pid: int) -> bool:

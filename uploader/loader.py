@@ -63,6 +63,16 @@ class LoadReport:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+#: The last load of this very file with these options, if no later load added or changed a row: only then
+#: does the ledger still hold exactly its payloads (M1, then an edited M2, then M1 again must merge M1).
+_ALREADY_LOADED = """
+SELECT m.row_count, m.conflicts, m.conflict_examples FROM manifests m
+WHERE m.sha256 = :sha AND m.options_hash = :opt
+  AND NOT EXISTS (SELECT 1 FROM manifests later WHERE later.id > m.id AND later.changed > 0)
+ORDER BY m.id DESC LIMIT 1
+"""
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -92,11 +102,7 @@ def load_manifest(
         size = path.stat().st_size
         sha = file_sha256(path)
         with read_tx(engine) as conn:
-            seen = conn.execute(
-                text("SELECT row_count, conflicts, conflict_examples FROM manifests "
-                     "WHERE sha256 = :sha AND options_hash = :opt ORDER BY id DESC LIMIT 1"),
-                {"sha": sha, "opt": options_hash},
-            ).first()
+            seen = conn.execute(text(_ALREADY_LOADED), {"sha": sha, "opt": options_hash}).first()
             empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
         if seen is not None:
             rows, conflicts, examples = seen
@@ -279,7 +285,7 @@ def _merge(
         upd_ex = con_ex = ()
         if conflicts:
             con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
-        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex)
+        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated)
         mid = conn.execute(text(bulk_load.MANIFEST_INSERT), record).scalar_one()
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))

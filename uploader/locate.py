@@ -1,12 +1,23 @@
 """Where the ledger is: `--ledger`, else UPLOADER_LEDGER, else `uploader.db` here. Kept apart from db.py
-so that `uploader load` can know it before SQLAlchemy is imported (see runner.prepare_load)."""
+so that `uploader load` can know it before SQLAlchemy is imported (see runner.prepare_load).
+
+Also the ledger file's own lock (`hold_shared`, `discard_unused`): every Ledger on a SQLite file holds
+`flock(LOCK_SH)` on it for its lifetime, so a command may remove a ledger file it created only when it gets
+`LOCK_EX` at once, i.e. when no other process has the file open. On Linux flock locks are independent of
+SQLite's own POSIX (fcntl) byte-range locks. One descriptor per file and process is shared by all its
+Ledgers and closed only when the last one is: closing any descriptor of a file drops every POSIX lock the
+process holds on it, which would pull the locks from under SQLite's connections."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["DEFAULT_LEDGER", "ledger_url", "new_ledger_file"]
+__all__ = ["DEFAULT_LEDGER", "FileHold", "discard_unused", "hold_shared", "ledger_url", "new_ledger_file",
+           "release"]
 
 DEFAULT_LEDGER = "uploader.db"
 
@@ -27,3 +38,92 @@ def new_ledger_file(ledger: str | os.PathLike[str] | None) -> Path | None:
         return None
     path = Path(url[len("sqlite:///"):])
     return None if path.exists() or str(path) in ("", ":memory:") else path
+
+
+#: A ledger file this process holds LOCK_SH on: (st_dev, st_ino).
+FileHold = tuple[int, int]
+
+_held: dict[FileHold, list[int]] = {}  #: file -> [descriptor, number of Ledgers using it]
+_held_lock = threading.Lock()
+
+
+def hold_shared(path: Path) -> FileHold | None:
+    """Take LOCK_SH on the ledger file at `path` (waiting while a discard holds LOCK_EX), or share this
+    process's. None when the file is gone or was discarded before the lock was had: open the path again."""
+    with _held_lock:
+        try:
+            key = _key(os.stat(path))
+        except FileNotFoundError:
+            return None
+        if key in _held:
+            _held[key][1] += 1
+            return key
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            from uploader.errors import LedgerError
+
+            raise LedgerError(f"cannot open ledger {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            if st.st_nlink == 0 or _key(st) != key or _key(os.stat(path)) != key:
+                os.close(fd)  # unlinked (or replaced) meanwhile; no connection of ours is on that file
+                return None
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        _held[key] = [fd, 1]
+        return key
+
+
+def release(key: FileHold) -> None:
+    """One Ledger less on the file; the last one's close releases the lock (its engine is disposed)."""
+    with _held_lock:
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _held[key]
+            os.close(entry[0])
+
+
+def discard_unused(key: FileHold, path: Path, unused: Callable[[Path], bool]) -> bool:
+    """Remove the ledger file (and its -wal, -shm) if this process is its only user (LOCK_EX at once) and
+    `unused(path)` says nothing was ever written; the check and the unlink happen under the lock, so no
+    other process can open it in between. Releases this process's hold in any case; True if removed."""
+    with _held_lock:
+        entry = _held.pop(key, None)
+        if entry is None:
+            return False
+        fd, users = entry
+        try:
+            if users != 1:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process has it open
+            try:
+                if _key(os.stat(path)) != key or not unused(path):
+                    return False
+            except FileNotFoundError:
+                return False
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            return True
+        finally:
+            if users != 1:
+                _held[key] = [fd, users - 1]
+            else:
+                os.close(fd)
+
+
+def _key(st: os.stat_result) -> FileHold:
+    return st.st_dev, st.st_ino

@@ -176,7 +176,7 @@ class Manifest:
         if any(any(cols[self._idx[a]]) for a in OVERRIDES if a in self._idx):
             return None
         refs, urls = cols[self._idx["reference_id"]], cols[self._idx["image_url"]]
-        if not (all(refs) and all(urls)) or max(map(len, refs)) > 255:
+        if not (all(refs) and all(urls)) or max(map(len, refs)) > 255 or max(map(len, urls)) > val.MAX_URL_LENGTH:
             return None
         ref_blob, url_blob = "".join(refs), "".join(urls)
         ref_plain, url_plain = val.plain(ref_blob), val.plain(url_blob)

@@ -99,7 +99,7 @@ class ApiResult:
     `code` is the envelope's error.code, or a synthetic code when there was no envelope: `timeout`,
     `connect_error`, `connection_closed`, `protocol_error`, `transport_error`, `tls_error`, `body_too_large`,
     `not_json` (a 2xx whose body is not a JSON envelope) or `http_<status>` (any other status without one).
-    No field ever holds the API key.
+    No text field (code, message, errors) ever holds the API key; `data` is kept as the server sent it.
     """
 
     http_status: int | None  #: None when no response arrived

@@ -15,12 +15,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from uploader.errors import ApiError, FatalApiError, UsageError
+from uploader.errors import UsageError
 from uploader.manifest import Manifest, ManifestOptions
-from uploader.policy import Verdict, classify
 
 if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
     # SQLAlchemy only once a ledger is opened: prepare_load() forks its workers before that
+    from uploader.batches import BatchPolicy
     from uploader.client import ApiClient
     from uploader.ledger import Ledger
     from uploader.loader import LoadReport
@@ -82,13 +82,18 @@ def run_upload(
     on_progress: Callable[[Progress], None] | None = None,
     stop: StopFlag | None = None,
     handle_signals: bool = True,
+    default_batch: bool = False,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Load `manifest` (if given), then send every pending row of the ledger."""
+    """Load `manifest` (if given), then send every pending row of the ledger. Rows with no batch of their
+    own go into the ledger's own batch for their project, created before the first job and reused on every
+    rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
+    them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
     from uploader.worker import RunOptions
 
     return asyncio.run(
         _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-             on_progress, stop, handle_signals)
+             on_progress, stop, handle_signals, default_batch, on_notice)
     )
 
 
@@ -104,7 +109,10 @@ async def _run(
     on_progress: Callable[[Progress], None] | None,
     stop: StopFlag | None,
     handle_signals: bool,
+    default_batch: bool = False,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
+    from uploader.batches import BatchPolicy
     from uploader.client import ApiClient
     from uploader.worker import nothing_to_send, submit
 
@@ -120,8 +128,12 @@ async def _run(
                 )
             return client
 
+        if default_batch and (batch_name or options.batch_id):
+            raise UsageError("--default-batch cannot go with --batch-id or --batch-name")
+        policy = BatchPolicy(max_attempts=run_options.max_attempts, timeout=run_options.timeout,
+                             seed=run_options.seed, outage_seconds=run_options.outage_seconds)
         if batch_name:
-            options = await _with_named_batch(ledger, get_client, options, batch_name)
+            options = await _with_named_batch(ledger, get_client, options, batch_name, policy, on_notice)
         if manifest is not None:
             report = load(ledger, manifest, options)
             if on_load:
@@ -129,6 +141,8 @@ async def _run(
         counts = ledger.counts()
         if not (counts["pending"] or counts["in_flight"] or counts["uncertain"]):
             return nothing_to_send(ledger, counts)
+        if counts["pending"]:
+            await _batch_unbatched_rows(ledger, get_client, options, default_batch, policy, on_notice)
         return await submit(
             ledger, await get_client(), run_options, on_progress=on_progress, stop=stop,
             handle_signals=handle_signals,
@@ -136,34 +150,42 @@ async def _run(
 
 
 async def _with_named_batch(
-    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str
+    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str,
+    policy: BatchPolicy, on_notice: Callable[[str], None] | None = None,
 ) -> ManifestOptions:
-    """Create the batch once, store its id before any job is sent, reuse it on every rerun."""
+    """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.batches:
+    of runs starting together one creates it, the others wait for its id)."""
+    from uploader.batches import ensure_batch
+
     if not options.project_id:
         raise UsageError("--batch-name needs --project-id")
     if options.batch_id:
         raise UsageError("give either --batch-id or --batch-name, not both")
-    batch_id = ledger.batch_id_for(options.project_id, name)
-    if batch_id is None:
-        client = await get_client()
-        result = await client.create_batch(options.project_id, name, "created by uploader")
-        decision = classify(result, expect="batch_id")
-        new_id = (result.data or {}).get("batch_id") if result.success else None
-        if not new_id:
-            if decision.verdict is Verdict.FATAL:
-                raise FatalApiError(f"cannot create batch {name!r}: {decision.code} {decision.message or ''}")
-            if decision.code == "BATCH_CREATION":
-                raise ApiError(
-                    f"a batch named {name!r} already exists in project {options.project_id} but this ledger "
-                    "does not know its id: pass it with --batch-id, or choose another --batch-name"
-                )
-            raise ApiError(f"cannot create batch {name!r}: {decision.code or result.http_status} "
-                           f"{decision.message or ''}".strip())
-        batch_id = str(new_id)
-        ledger.save_batch(options.project_id, name, batch_id)
+    batch_id = await ensure_batch(ledger, get_client, options.project_id, name, policy, notice=on_notice)
     from dataclasses import replace
 
     return replace(options, batch_id=batch_id)
+
+
+async def _batch_unbatched_rows(
+    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions,
+    default_batch: bool, policy: BatchPolicy, on_notice: Callable[[str], None] | None,
+) -> None:
+    """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
+    before the first job: the run's --batch-id / --batch-name for its project, else (unless
+    `default_batch`) the ledger's own batch of each project, created once and reused."""
+    from uploader.batches import ensure_batch
+
+    if options.batch_id and options.project_id:
+        ledger.assign_batch(options.project_id, options.batch_id)
+    if default_batch:
+        return
+    projects = ledger.projects_needing_batch()
+    manifest_name = ledger.last_manifest_name() if projects else None
+    for project in projects:
+        batch_id = await ensure_batch(ledger, get_client, project, None, policy, manifest_name=manifest_name,
+                                      notice=on_notice)
+        ledger.assign_batch(project, batch_id)
 
 
 def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0) -> tuple[int, int]:

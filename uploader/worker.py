@@ -53,8 +53,8 @@ from uploader.summary import Progress, RunSummary, fatal_message
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
     from uploader.client import ApiClient
 
-__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "nothing_to_send", "outcome_for",
-           "submit"]
+__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
+           "outcome_for", "submit"]
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
@@ -126,6 +126,23 @@ class StopFlag:
 
 class TaskFailed(UploaderError):
     """A task of the run raised: the run stopped (its rows are released); nothing was marked failed."""
+
+
+def body_for_send(body: str, batch_id: str | None) -> str:
+    """The JSON body to POST: the ledger's body, plus the row's batch_id when the body has none (a batch the
+    run gave the row after loading, uploader.batches; the stored body stays as loaded, so reloading the
+    manifest still compares equal). Cheap on the hot path: no parsing unless the text names a batch_id."""
+    if not batch_id:
+        return body
+    prefix = '{"batch_id":' + json.dumps(batch_id)
+    if '"batch_id"' not in body:
+        rest = body.lstrip()[1:].lstrip()
+        return prefix + ("}" if rest.startswith("}") else "," + rest)
+    obj = json.loads(body)
+    if obj.get("batch_id") not in (None, ""):
+        return body  # the row's own batch (its manifest's batch_id): it takes precedence
+    obj.pop("batch_id", None)
+    return json.dumps({"batch_id": batch_id, **obj}, ensure_ascii=False, separators=(",", ":"))
 
 
 def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOptions, delay: float) -> Result:
@@ -378,7 +395,7 @@ class _Run:
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
-            result = await self.client.create_job(claim.project_id, claim.body)
+            result = await self.client.create_job(claim.project_id, body_for_send(claim.body, claim.batch_id))
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1

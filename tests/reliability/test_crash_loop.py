@@ -22,10 +22,10 @@ from harness import (
 from uploader.sandbox import Sandbox, SandboxConfig
 
 
-def kill_once_16_created(box: Sandbox, manifest, ledger) -> tuple[list[str], dict[str, str]]:
+def kill_once_16_created(box: Sandbox, manifest, ledger, *extra: str) -> tuple[list[str], dict[str, str]]:
     """Start `uploader run` (concurrency 16) and SIGKILL it once the sandbox has created 16 jobs whose
     answers it holds back (slow_rate=1): created at the API, none recorded. Returns the command and env."""
-    cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16")
+    cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16", *extra)
     env = subprocess_env()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -70,10 +70,11 @@ def test_nothing_ever_succeeded_in_the_default_batch_stays_uncertain_until_a_lat
     """The API offers no way to learn the default batch's id but GET of a job of ours in it. When every
     row of the ledger was created by a killed run and none was recorded, the rerun can only mark them
     `uncertain` (exit 3; nothing is sent a third time); the next run that creates any job in that batch
-    resolves them."""
+    resolves them. (This is what `--default-batch` costs; by default the rows go into a batch the ledger
+    creates first, and tests/reliability/test_batches.py shows the same kill resolved at once.)"""
     with Sandbox(SandboxConfig(api_key=KEY, seed=13, slow_rate=1.0, slow_ms=60_000)) as box:
         ledger = tmp_path / "ledger.db"
-        cmd, env = kill_once_16_created(box, write_images(tmp_path / "images.csv", 16), ledger)
+        cmd, env = kill_once_16_created(box, write_images(tmp_path / "images.csv", 16), ledger, "--default-batch")
         box.configure(slow_rate=0.0)
         again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 3, again.stderr
@@ -81,8 +82,8 @@ def test_nothing_ever_succeeded_in_the_default_batch_stays_uncertain_until_a_lat
         third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert third.returncode == 3 and box.stats()["fs_0001_refusals"] == 16  # not sent again
         more = write_images(tmp_path / "more.csv", 1, prefix="more")
-        last = subprocess.run(subprocess_cmd(more, ledger, box.base_url), env=env, capture_output=True, text=True,
-                              timeout=60)
+        last = subprocess.run(subprocess_cmd(more, ledger, box.base_url, "--default-batch"), env=env,
+                              capture_output=True, text=True, timeout=60)
         assert last.returncode == 0, last.stderr
         rows = check_ledger(ledger, box.jobs(), box.stats())
         assert sum(r["recovered"] for r in rows.values()) == 16

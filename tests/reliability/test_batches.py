@@ -1,0 +1,386 @@
+"""The batch a run uploads into (issue 10, items 1, 6 and 9), with real `uploader` processes, real SQLite
+files, the sandbox and a misbehaving gateway (faulty_proxy) over real HTTP on loopback.
+
+1. Two runs with the same --batch-name started together on a new ledger: one creates the batch, the other
+   waits for its id; no run ever removes a ledger another process has open or has written.
+6. By default a run puts rows without a batch into a batch the ledger creates and records before the first
+   job, so every job's batch id is known: rows whose jobs were all created by a killed run, none answered,
+   are resolved by the next run or by `uploader reconcile`.
+9. Creating a batch is retried like a job request (429, 500, timeout); a lost answer followed by "name
+   taken" tells the user how to go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from faulty_proxy import BATCH_LIST, BATCH_POST, FaultyProxy, envelope_error
+from harness import (
+    KEY,
+    PROJECT,
+    ROOT,
+    check_ledger,
+    jobs_created,
+    status_counts,
+    subprocess_cmd,
+    subprocess_env,
+    write_images,
+)
+
+from uploader.sandbox import Sandbox, SandboxConfig, default_batch_id
+
+JSON = {"Content-Type": "application/json"}
+
+
+def batches_rows(ledger: Path) -> list[dict]:
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("SELECT * FROM batches ORDER BY id")]
+    finally:
+        con.close()
+
+
+def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# -- item 1: two runs, one batch name, a new ledger ------------------------------------------------------------
+
+
+def test_two_runs_with_one_batch_name_on_a_new_ledger_share_the_batch_and_keep_the_ledger(tmp_path):
+    """Both runs start together on a ledger file that does not exist yet. The gateway holds the first
+    batch creation back for 2 s before the API sees it, and the answer to the second for 3 s after the API
+    has acted on it. Before the fix the run that created the ledger file (it is a little ahead, so it asks
+    first) lost the name to the other, was refused with BATCH_CREATION at 2 s and deleted the file as
+    "its own, empty" while the other was about to load and send into it. Every trial: the ledger survives,
+    both runs exit 0, one batch is created, every row is created exactly once and recorded succeeded, and
+    every job is in that batch; the run that lost the race says it waits for the other's batch."""
+    trials, rows = 10, 40
+    manifest = write_images(tmp_path / "images.csv", rows)
+    waited = 0
+    for trial in range(trials):
+        with Sandbox(SandboxConfig(api_key=KEY, seed=trial)) as box, \
+                FaultyProxy(box.base_url, {BATCH_POST: [("hold", 2.0), ("late", 3.0)]}) as proxy:
+            ledger = tmp_path / f"ledger-{trial}.db"
+            cmd = subprocess_cmd(manifest, ledger, proxy.base_url, "--batch-name", "race")
+            procs = [subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2)]
+            outs = [p.communicate(timeout=60) for p in procs]
+            codes = [p.returncode for p in procs]
+            assert ledger.exists(), (trial, codes, [e for _, e in outs])
+            assert codes == [0, 0], (trial, [e for _, e in outs])
+            waited += sum("waiting for another run to create batch 'race'" in e for _, e in outs)
+            stats = box.stats()
+            assert stats["batches_created"] == 1, (trial, stats)
+            led_rows = check_ledger(ledger, box.jobs(), stats)
+            assert len(led_rows) == rows
+            batch = batches_rows(ledger)
+            assert len(batch) == 1 and batch[0]["name"] == "race" and batch[0]["reserved_by"] is None
+            assert {j["batch_id"] for j in box.jobs()} == {batch[0]["batch_id"]}
+            assert set(_column(ledger, "batch_id").values()) == {batch[0]["batch_id"]}
+    print(f"batch-name race: {trials} trials x 2 runs x {rows} rows; runs that said they waited: {waited}")
+    assert waited >= trials // 2  # the race was on: in most trials one run waited for the other's batch
+
+
+def test_a_ledger_another_process_holds_or_has_written_is_never_discarded(tmp_path):
+    """Ledger.discard_if_unused (what a failed command does with the ledger file it created) removes the
+    file only when no other process has it open and nothing was ever written to it."""
+    from uploader.ledger import Ledger
+
+    path = tmp_path / "new.db"
+    mine = Ledger.open(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from uploader.ledger import Ledger; "
+         "led = Ledger.open(sys.argv[1]); print('open', flush=True); time.sleep(60)", str(path)],
+        env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert mine.discard_if_unused() is False
+        assert path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    written = Ledger.open(path)
+    with written.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
+                             "VALUES ('p', 'n', 'b', '2026-01-01', 0)")
+    assert written.discard_if_unused() is False and path.exists()  # written: kept although nobody holds it
+    unused = tmp_path / "unused.db"
+    led = Ledger.open(unused)
+    assert led.discard_if_unused() is True
+    assert not any(Path(f"{unused}{s}").exists() for s in ("", "-wal", "-shm"))
+
+
+def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
+    """A process opening the ledger while a discard holds LOCK_EX waits; the file is unlinked under it, so
+    it notices (the file it locked has no name any more) and opens the path again: a new, working ledger."""
+    path = tmp_path / "l.db"
+    path.touch()
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    opener = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from uploader.ledger import Ledger; led = Ledger.open(sys.argv[1]); "
+         "print(led.counts()['pending'], flush=True)", str(path)],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    assert opener.poll() is None  # blocked on LOCK_SH while the "discard" holds LOCK_EX
+    path.unlink()
+    os.close(fd)
+    out, err = opener.communicate(timeout=30)
+    assert opener.returncode == 0, err
+    assert out.split() == ["0"]
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT count(*) FROM jobs").fetchone() == (0,)  # the schema is in the file at the path
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+def test_a_reservation_left_by_a_killed_run_is_taken_over_at_once(tmp_path, named):
+    """A run SIGKILLed while its batch creation is in the air leaves its reservation behind; the next run
+    on this host sees its pid gone, takes the reservation over (no wait for staleness) and finishes."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=22)) as box, \
+            FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 20.0)]}) as proxy:
+        ledger = tmp_path / "ledger.db"
+        extra = ["--batch-name", "nov"] if named else []
+        cmd = subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, proxy.base_url, *extra)
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while proxy.seen[f"POST {BATCH_POST[1]}"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (left,) = batches_rows(ledger)
+        assert left["batch_id"] is None and left["reserved_by"].endswith(f":{proc.pid}@{os.uname().nodename}"[:64])
+        started = time.monotonic()
+        done = run(cmd)
+        assert done.returncode == 0, done.stderr
+        assert time.monotonic() - started < 20  # not the staleness bound (2 x timeout + 60 s)
+        (row,) = batches_rows(ledger)
+        assert row["id"] == left["id"] and row["reserved_by"] is None and row["batch_id"]
+        assert (row["name"] == "nov") if named else (row["name"] != left["name"])  # own batch: a new name
+        assert box.stats()["batches_created"] == 1
+        check_ledger(ledger, box.jobs(), box.stats())
+
+
+# -- item 6: the ledger's own batch -----------------------------------------------------------------------------
+
+
+def kill_when_created(box: Sandbox, cmd: list[str], n: int) -> None:
+    """Start `cmd` and SIGKILL it once the sandbox has created `n` jobs whose answers it holds back."""
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while jobs_created(box) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_every_job_created_by_a_killed_run_none_answered_is_resolved_by_the_next_run(tmp_path):
+    """The issue's case: every row's job created at the API by a run killed before any answer arrived. The
+    run had put the rows into the ledger's own batch first, so the next run resolves all of them by
+    listing it (0 uncertain, each created once); a rerun with more rows reuses the same batch."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=13, slow_rate=1.0, slow_ms=60_000)) as box:
+        ledger = tmp_path / "ledger.db"
+        cmd = subprocess_cmd(write_images(tmp_path / "images.csv", 16), ledger, box.base_url, "--concurrency", "16")
+        kill_when_created(box, cmd, 16)
+        assert status_counts(ledger) == {"in_flight": 16}
+        box.configure(slow_rate=0.0)
+        again = run(cmd)
+        assert again.returncode == 0, again.stderr
+        rows = check_ledger(ledger, box.jobs(), box.stats())
+        assert sum(r["recovered"] for r in rows.values()) == 16 and box.stats()["fs_0001_refusals"] == 16
+        (own,) = batches_rows(ledger)
+        assert own["auto"] == 1 and own["name"].startswith("images.csv ") and own["name"].endswith(
+            own["name"][-6:]) and own["reserved_by"] is None
+        assert {j["batch_id"] for j in box.jobs()} == {own["batch_id"]}
+        more = write_images(tmp_path / "more.csv", 5, prefix="more")
+        last = run(subprocess_cmd(more, ledger, box.base_url))
+        assert last.returncode == 0, last.stderr
+        check_ledger(ledger, box.jobs(), box.stats())
+        assert box.stats()["batches_created"] == 1 and len(batches_rows(ledger)) == 1
+        assert {j["batch_id"] for j in box.jobs()} == {own["batch_id"]}
+
+
+def test_reconcile_resolves_rows_whose_jobs_were_all_created_by_a_killed_run(tmp_path):
+    """Same kill; the next run meets an API whose batch listing is refused (so it records the FS_0001 rows
+    `uncertain` and stops); `uploader reconcile` then resolves every one: their batch id is known."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=14, slow_rate=1.0, slow_ms=60_000)) as box:
+        ledger = tmp_path / "ledger.db"
+        manifest = write_images(tmp_path / "images.csv", 16)
+        kill_when_created(box, subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16"), 16)
+        box.configure(slow_rate=0.0)
+        listing_down = {BATCH_LIST: [("answer", 404, envelope_error("resource_error", "not found"), JSON)] * 50}
+        with FaultyProxy(box.base_url, listing_down) as proxy:
+            second = run(subprocess_cmd(manifest, ledger, proxy.base_url))
+        assert second.returncode in (1, 3), second.stderr
+        assert status_counts(ledger) == {"uncertain": 16}
+        rec = run([sys.executable, "-m", "uploader", "reconcile", "--ledger", str(ledger), "--base-url",
+                   box.base_url])
+        assert rec.returncode == 0, (rec.stdout, rec.stderr)
+        assert "16 uncertain rows resolved, 0 still uncertain" in rec.stdout
+        check_ledger(ledger, box.jobs(), box.stats())
+
+
+def test_rows_loaded_alone_get_the_batch_when_run_starts_and_reloading_is_unchanged(tmp_path):
+    """`uploader load` never talks to the API: its rows get the ledger's batch when `run` starts (one
+    UPDATE of the batch_id column; the stored body is not changed, so loading the same manifest again finds
+    every row unchanged); the sandbox receives every job with that batch_id."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=15)) as box:
+        ledger = tmp_path / "ledger.db"
+        manifest = write_images(tmp_path / "images.csv", 30)
+        base = [sys.executable, "-m", "uploader"]
+        load = run([*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf",
+                    "--ledger", str(ledger)])
+        assert load.returncode == 0, load.stderr
+        bodies = {k: r for k, r in _bodies(ledger).items()}
+        done = run(subprocess_cmd(None, ledger, box.base_url))
+        assert done.returncode == 0, done.stderr
+        check_ledger(ledger, box.jobs(), box.stats())
+        (own,) = batches_rows(ledger)
+        assert {j["batch_id"] for j in box.jobs()} == {own["batch_id"]}
+        assert _bodies(ledger) == bodies and all('"batch_id"' not in b for b in bodies.values())
+        reload = run([*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf",
+                      "--ledger", str(ledger)])
+        assert reload.returncode == 0 and "updated" not in reload.stdout.replace("0 updated", ""), reload.stdout
+
+
+def _column(ledger: Path, column: str) -> dict[str, str]:
+    """reference_id -> one column of the jobs table, read with plain sqlite3."""
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        return dict(con.execute(f"SELECT reference_id, {column} FROM jobs").fetchall())
+    finally:
+        con.close()
+
+
+def _bodies(ledger: Path) -> dict[str, str]:
+    return _column(ledger, "body")
+
+
+def test_default_batch_option_sends_rows_to_the_projects_default_batch(tmp_path):
+    with Sandbox(SandboxConfig(api_key=KEY, seed=16)) as box:
+        ledger = tmp_path / "ledger.db"
+        done = run(subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, box.base_url,
+                                  "--default-batch"))
+        assert done.returncode == 0, done.stderr
+        check_ledger(ledger, box.jobs(), box.stats())
+        assert box.stats()["batches_created"] == 0 and batches_rows(ledger) == []
+        assert {j["batch_id"] for j in box.jobs()} == {default_batch_id(PROJECT)}
+        clash = run(subprocess_cmd(None, ledger, box.base_url, "--default-batch", "--batch-name", "x"))
+        assert clash.returncode == 2 and "--default-batch" in clash.stderr and "Traceback" not in clash.stderr
+
+
+# -- item 9: batch creation follows the job requests' policy --------------------------------------------------
+
+
+def _batch_run(tmp_path: Path, box: Sandbox, rules, *extra: str) -> tuple[subprocess.CompletedProcess[str], FaultyProxy]:
+    ledger = tmp_path / "ledger.db"
+    manifest = write_images(tmp_path / "images.csv", 10)
+    with FaultyProxy(box.base_url, rules) as proxy:
+        done = run(subprocess_cmd(manifest, ledger, proxy.base_url, *extra))
+    return done, proxy
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+@pytest.mark.parametrize("fault", ["429", "500", "timeout"])
+def test_batch_creation_is_retried_after_a_429_a_500_or_a_timeout(tmp_path, fault, named):
+    first = {
+        "429": ("answer", 429, envelope_error("rate_limited", "slow down"), {**JSON, "Retry-After": "1"}),
+        "500": ("answer", 500, envelope_error("FS_0000", "internal error"), JSON),
+        "timeout": ("timeout", 3.0),
+    }[fault]
+    with Sandbox(SandboxConfig(api_key=KEY, seed=17)) as box:
+        extra = ["--timeout", "1"] + (["--batch-name", "nov"] if named else [])
+        done, proxy = _batch_run(tmp_path, box, {BATCH_POST: [first]}, *extra)
+        assert done.returncode == 0, done.stderr
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 2
+        stats = box.stats()
+        assert stats["batches_created"] == 1
+        check_ledger(tmp_path / "ledger.db", box.jobs(), stats)
+        (row,) = batches_rows(tmp_path / "ledger.db")
+        assert {j["batch_id"] for j in box.jobs()} == {row["batch_id"]}
+
+
+def test_a_lost_batch_answer_then_name_taken_tells_how_to_continue(tmp_path):
+    """The first POST creates the batch but its answer is lost; the retry is refused as BATCH_CREATION.
+    With --batch-name: exit 1, one message saying the batch probably exists and to pass --batch-id (or
+    choose another name), no traceback, no job sent, nothing left reserved."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=18)) as box:
+        done, proxy = _batch_run(tmp_path, box, {BATCH_POST: [("lose",)]}, "--batch-name", "nov", "--timeout", "2")
+        assert done.returncode == 1, done.stderr
+        assert "probably exists" in done.stderr and "--batch-id" in done.stderr and "--batch-name" in done.stderr
+        assert "Traceback" not in done.stderr and KEY not in done.stderr + done.stdout
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 2
+        assert box.stats()["batches_created"] == 1 and box.stats()["jobs_created"] == 0
+        ledger = tmp_path / "ledger.db"
+        assert not ledger.exists() or batches_rows(ledger) == []
+
+
+def test_the_own_batch_takes_a_new_name_when_its_answer_was_lost(tmp_path):
+    """The same for the ledger's own batch: the run says the lost one may exist (empty) and creates another
+    name; every job goes to the batch it recorded."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=19)) as box:
+        done, proxy = _batch_run(tmp_path, box, {BATCH_POST: [("lose",)]}, "--timeout", "2")
+        assert done.returncode == 0, done.stderr
+        assert "may have been created" in done.stderr
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 3  # lost, taken, new name
+        assert box.stats()["batches_created"] == 2
+        (row,) = batches_rows(tmp_path / "ledger.db")
+        assert {j["batch_id"] for j in box.jobs()} == {row["batch_id"]}
+        check_ledger(tmp_path / "ledger.db", box.jobs(), box.stats())
+
+
+def test_a_refused_key_on_batch_creation_stops_at_once(tmp_path):
+    with Sandbox(SandboxConfig(api_key=KEY, seed=20)) as box:
+        rules = {BATCH_POST: [("answer", 401, envelope_error("auth-failure", "API key incorrect"), JSON)]}
+        done, proxy = _batch_run(tmp_path, box, rules)
+        assert done.returncode == 1 and "API key" in done.stderr and "Traceback" not in done.stderr
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 1 and box.stats()["jobs_created"] == 0
+
+
+# -- pure pieces ------------------------------------------------------------------------------------------------
+
+
+def test_body_for_send_adds_the_rows_batch_only_when_the_body_has_none():
+    from uploader.worker import body_for_send
+
+    body = '{"reference_id":"a","work_flow_id":"w","data":{"image_url":"https://x/a.jpg"}}'
+    sent = body_for_send(body, "b-1")
+    assert json.loads(sent) == {"batch_id": "b-1", **json.loads(body)} and sent.startswith('{"batch_id":"b-1",')
+    assert body_for_send(body, None) is body
+    own = '{"reference_id":"a","work_flow_id":"w","batch_id":"mine","data":{}}'
+    assert body_for_send(own, "b-1") == own
+    nested = '{"reference_id":"a","work_flow_id":"w","data":{"metadata":{"batch_id":"x"}}}'
+    assert json.loads(body_for_send(nested, "b-1"))["batch_id"] == "b-1"
+    assert json.loads(body_for_send(nested, "b-1"))["data"] == {"metadata": {"batch_id": "x"}}
+
+
+def test_auto_batch_name_and_dead_reservations():
+    from uploader.batches import auto_batch_name, reservation_dead
+
+    now = dt.datetime(2026, 12, 2, 16, 40, 5)
+    assert auto_batch_name("images.csv", now, "3f9a1c") == "images.csv 2026-12-02 16:40 UTC 3f9a1c"
+    assert auto_batch_name(None, now, "3f9a1c").startswith("uploader 2026-12-02")
+    fresh, old = now - dt.timedelta(seconds=5), now - dt.timedelta(seconds=500)
+    alive = {42}.__contains__
+    assert not reservation_dead("t:42@h", fresh, now, 120, "h", alive)
+    assert reservation_dead("t:43@h", fresh, now, 120, "h", alive)  # gone on this host
+    assert not reservation_dead("t:43@other", fresh, now, 120, "h", alive)  # another host: wait for staleness
+    assert reservation_dead("t:43@other", old, now, 120, "h", alive)
+    assert reservation_dead("t:42@h", old, now, 120, "h", alive)  # frozen or pid reused
