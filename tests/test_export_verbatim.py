@@ -104,7 +104,7 @@ def test_api_text_is_neutralised_in_csv_by_default(tmp_path: Path) -> None:
     try:
         done = uploader("run", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(ledger),
                         "--base-url", f"http://127.0.0.1:{server.server_address[1]}", "--api-key", "key-4f2a",
-                        "--quiet", "--max-attempts", "1")
+                        "--quiet", "--max-attempts", "1", "--default-batch")  # the server refuses batches too
     finally:
         server.shutdown()
         server.server_close()
