@@ -12,7 +12,12 @@ a bounded number of attempts, FATAL stops at once; a 429 costs no attempt, and a
 connected to at all pauses the creation until `outage_seconds` (as it pauses the sending). A creation whose answer was lost (timeout, dropped
 connection, 5xx) and whose retry is refused as a duplicate name (BATCH_CREATION) probably created the
 batch: for `--batch-name` the run stops and says how to go on; the ledger's own batch simply takes a new
-name (the lost one may exist, empty).
+name (the lost one may exist, empty). A Retry-After is cut to the run's --max-retry-after (and the user told).
+
+Stopping: every wait here (a retry's backoff or Retry-After, an outage pause, the wait for another run's
+batch) ends at once on the run's first signal (`stop`, the run's StopFlag) with InterruptedRun, and the
+reservation is given up; a creation request in the air is let finish (bounded by the timeout: its batch is
+recorded if it was created), unless a second signal cancels it (uploader.runner).
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from uploader.errors import ApiError, FatalApiError
+from uploader.errors import ApiError, FatalApiError, InterruptedRun
 from uploader.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
-from uploader.policy import OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
+from uploader.policy import (
+    MAX_RETRY_AFTER, OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_capped,
+    retry_after_seconds,
+)
 from uploader.summary import redirect_message
 
 if TYPE_CHECKING:
     from uploader.client import ApiClient
     from uploader.ledger import BatchSlot, Ledger
+    from uploader.worker import StopFlag
 
 __all__ = ["BatchPolicy", "auto_batch_name", "ensure_batch", "owner_token", "reservation_dead"]
 
@@ -51,13 +60,15 @@ SAY_WAITING_AFTER = 1.0
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How hard one batch creation tries (the run's --max-attempts and --timeout)."""
+    """How hard one batch creation tries (the run's --max-attempts, --timeout and --max-retry-after)."""
 
     max_attempts: int = 8
     timeout: float = 30.0
     seed: int | None = None
     #: How long the API may be unreachable (no connection at all) before the run stops (RunOptions').
     outage_seconds: float = 300.0
+    #: The longest wait a Retry-After may impose (the run's --max-retry-after).
+    max_retry_after: float = MAX_RETRY_AFTER
 
     @property
     def stale_after(self) -> float:
@@ -99,6 +110,21 @@ def _suffix() -> str:
     return uuid.uuid4().hex[:6]
 
 
+async def _pause(seconds: float, stop: StopFlag | None) -> None:
+    """Wait `seconds`; the run's first signal ends the wait at once with InterruptedRun."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    await stop.sleep(seconds)
+    _check(stop)
+
+
+def _check(stop: StopFlag | None) -> None:
+    """InterruptedRun if the run was told to stop."""
+    if stop is not None and stop.gentle:
+        raise InterruptedRun()
+
+
 async def ensure_batch(
     ledger: Ledger,
     get_client: Callable[[], Awaitable[ApiClient]],
@@ -108,9 +134,10 @@ async def ensure_batch(
     *,
     manifest_name: str | None = None,
     notice: Callable[[str], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> str:
     """The id of the project's batch `name` (None: the ledger's own batch), created at the API by exactly
-    one of the runs that want it; the others wait for it."""
+    one of the runs that want it; the others wait for it. `stop` (the run's StopFlag) ends every wait."""
     from uploader.ledger import _pid_alive, utcnow
 
     notice = notice or (lambda _message: None)
@@ -121,6 +148,7 @@ async def ensure_batch(
     said = False
     pause = 0.02
     while True:
+        _check(stop)
         wanted = name if name is not None else auto_batch_name(manifest_name, utcnow(), _suffix())
         slot = ledger.reserve_batch(project_id, wanted, owner, auto=auto)
         if slot.batch_id:
@@ -134,7 +162,7 @@ async def ensure_batch(
                     notice(f"waiting for another run to create batch {slot.name!r} "
                            f"(reserved by {slot.reserved_by.partition(':')[2]})")
                     said = True
-                await asyncio.sleep(pause)
+                await _pause(pause, stop)
                 pause = min(0.5, pause * 2)
                 continue
             new_name = auto_batch_name(manifest_name, utcnow(), _suffix()) if auto else None
@@ -142,7 +170,8 @@ async def ensure_batch(
                 continue
             slot = ledger.batch_slot(slot.id) or slot
             took_over = True
-        return await _create_reserved(ledger, get_client, slot, owner, policy, took_over, manifest_name, notice)
+        return await _create_reserved(ledger, get_client, slot, owner, policy, took_over, manifest_name, notice,
+                                      stop)
 
 
 async def _create_reserved(
@@ -154,11 +183,13 @@ async def _create_reserved(
     took_over: bool,
     manifest_name: str | None,
     notice: Callable[[str], None],
+    stop: StopFlag | None = None,
 ) -> str:
-    """Create the batch this run reserved and record its id; on any failure give the reservation up."""
+    """Create the batch this run reserved and record its id; on any failure (or a stop) give the
+    reservation up."""
     try:
         batch_id = await _create(ledger, await get_client(), slot, owner, policy, took_over, manifest_name,
-                                 notice)
+                                 notice, stop)
     except BaseException:
         try:
             ledger.cancel_reservation(slot.id, owner)
@@ -177,6 +208,7 @@ async def _create(
     maybe_created: bool,
     manifest_name: str | None,
     notice: Callable[[str], None],
+    stop: StopFlag | None = None,
 ) -> str:
     """POST the batch, retrying as for jobs. `maybe_created`: an earlier try (or the dead run whose
     reservation this is) may have created it without the answer arriving."""
@@ -186,7 +218,9 @@ async def _create(
     name, project = slot.name, slot.project_id
     attempts = throttled = outages = 0
     down_since: float | None = None  #: since when no connection could be opened (None: it could)
+    told = False  #: the user was told that a Retry-After was cut to --max-retry-after
     while True:
+        _check(stop)
         ledger.refresh_reservation(slot.id, owner)
         result = await client.create_batch(project, name, DESCRIPTION)
         decision = classify(result, expect="batch_id")
@@ -229,7 +263,7 @@ async def _create(
                     "API is reachable.", decision.code,
                 )
             outages += 1
-            await _sleep_alive(backoff_delay(outages, rng, cap=MAX_OUTAGE_PAUSE), ledger, slot.id, owner)
+            await _sleep_alive(backoff_delay(outages, rng, cap=MAX_OUTAGE_PAUSE), ledger, slot.id, owner, stop)
             continue
         elif decision.verdict is Verdict.RETRYABLE:
             attempts += 1
@@ -241,16 +275,24 @@ async def _create(
         if result.success is False and decision.code == "BATCH_CREATION":
             continue  # a new name: no need to wait
         hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
+        if retry_after_capped(hint, policy.max_retry_after) and not told:
+            notice(f"the API asked to wait {hint:.0f} s (Retry-After) before creating batch {name!r}; waiting "
+                   f"{policy.max_retry_after:g} s at most (--max-retry-after)")
+            told = True
         count = throttled if decision.verdict is Verdict.THROTTLED else attempts
-        await _sleep_alive(next_delay(decision, count, hint, rng), ledger, slot.id, owner)
+        delay = next_delay(decision, count, hint, rng, max_retry_after=policy.max_retry_after)
+        await _sleep_alive(delay, ledger, slot.id, owner, stop)
 
 
-async def _sleep_alive(seconds: float, ledger: Ledger, slot_id: int, owner: str) -> None:
-    """Wait before the next try, showing the reservation alive meanwhile (other runs wait for it)."""
+async def _sleep_alive(
+    seconds: float, ledger: Ledger, slot_id: int, owner: str, stop: StopFlag | None = None,
+) -> None:
+    """Wait before the next try, showing the reservation alive meanwhile (other runs wait for it); the
+    run's first signal ends the wait at once (InterruptedRun)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while (left := end - loop.time()) > 0:
-        await asyncio.sleep(min(left, HEARTBEAT))
+        await _pause(min(left, HEARTBEAT), stop)
         ledger.refresh_reservation(slot_id, owner)
 
 

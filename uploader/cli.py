@@ -16,7 +16,7 @@ import click
 
 from uploader import __version__
 from uploader.cli_output import ProgressDisplay, print_load, print_status, print_summary
-from uploader.errors import UploaderError, UsageError
+from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +31,9 @@ def _handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
+            click.echo("interrupted; run the same command again to resume.", err=True)
+            sys.exit(InterruptedRun.exit_code)
         except UploaderError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -299,8 +302,12 @@ def run(  # type: ignore[no-untyped-def]
 @cli.command()
 @ledger_option
 @_api_options
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
 @_handle_errors
-def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> None:  # type: ignore[no-untyped-def]
+def reconcile(  # type: ignore[no-untyped-def]
+    ledger, api_key, base_url, allow_http, use_sandbox, timeout, max_retry_after,
+) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
     from contextlib import ExitStack
 
@@ -309,7 +316,8 @@ def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> No
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
         led = _open_ledger(ledger, create=False)
-        resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout)
+        resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout,
+                                           max_retry_after=max_retry_after)
     click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
     if conflicts:

@@ -35,8 +35,8 @@ from httpx_aiohttp import AiohttpTransport
 from uploader import __version__
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 from uploader.policy import (
-    EXISTS_CODES, FATAL_CODES, PERMANENT_CODES, RETRYABLE_CODES, ApiResult, Verdict, classify, job_id_text,
-    next_delay, retry_after_seconds,
+    EXISTS_CODES, FATAL_CODES, MAX_RETRY_AFTER, PERMANENT_CODES, RETRYABLE_CODES, ApiResult, Verdict, classify,
+    job_id_text, next_delay, retry_after_seconds,
 )
 from uploader.response_body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
 
@@ -211,13 +211,14 @@ class ApiClient:
         max_attempts: int = 8,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        max_retry_after: float = MAX_RETRY_AFTER,
     ) -> dict[str, str]:
         """{reference_id: job_id} for the wanted reference_ids found in the batch (FS_0001 recovery).
 
         Pages through the batch until the last page or until every wanted id is found. Each page fetch is
-        retried (RETRYABLE or THROTTLED, with backoff and Retry-After) up to `max_attempts` times. Raises
-        FatalApiError when the key/project is refused, ApiUnreachableError when a page cannot be had (out
-        of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent, and so
+        retried (RETRYABLE or THROTTLED, with backoff and Retry-After, cut to `max_retry_after`) up to
+        `max_attempts` times. Raises FatalApiError when the key/project is refused, ApiUnreachableError
+        when a page cannot be had (out of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent, and so
         are entries whose job id is not a non-empty string or integer (policy.job_id_text). A page token the
         server already gave (a paging loop) ends the search with what was found.
         """
@@ -227,7 +228,7 @@ class ApiClient:
         token = ""
         seen = {token}
         while wanted and len(found) < len(wanted):
-            data = await self._fetch_page(project_id, batch_id, token, max_attempts, rng, sleep)
+            data = await self._fetch_page(project_id, batch_id, token, max_attempts, rng, sleep, max_retry_after)
             jobs = data.get("jobs")
             for job in jobs if isinstance(jobs, list) else ():
                 if not isinstance(job, dict):
@@ -251,6 +252,7 @@ class ApiClient:
         max_attempts: int,
         rng: random.Random,
         sleep: Callable[[float], Awaitable[Any]],
+        max_retry_after: float = MAX_RETRY_AFTER,
     ) -> dict[str, Any]:
         where = f"batch {batch_id} of project {project_id}"
         detail = ""
@@ -266,7 +268,7 @@ class ApiClient:
                 raise ApiUnreachableError(f"cannot list {where}: {detail}")
             if attempt < max_attempts:
                 hint = retry_after_seconds(result.retry_after, datetime.now(timezone.utc))
-                await sleep(next_delay(decision, attempt, hint, rng))
+                await sleep(next_delay(decision, attempt, hint, rng, max_retry_after=max_retry_after))
         raise ApiUnreachableError(f"cannot list {where} after {max_attempts} attempts: {detail}")
 
     # -- one exchange ----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class Recovery:
                 continue
             try:
                 found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows],
-                                                       sleep=self.sleep)
+                                                       sleep=self.sleep, max_retry_after=self.max_retry_after)
             except FatalApiError as exc:
                 return exc
             except ApiUnreachableError:

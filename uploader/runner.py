@@ -11,11 +11,12 @@ Usable from Python:
 from __future__ import annotations
 
 import asyncio
+import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
-from uploader.errors import UsageError
+from uploader.errors import InterruptedRun, UsageError
 from uploader.manifest import Manifest, ManifestOptions
 
 if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `l
     from uploader.worker import Progress, RunOptions, RunSummary, StopFlag
 
 __all__ = ["PreparedLoad", "load", "prepare_load", "reconcile", "run_upload"]
+
+T = TypeVar("T")
 
 
 def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
@@ -112,6 +115,36 @@ async def _run(
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
+    from uploader.worker import StopFlag, _install_signal_handlers
+
+    # One stop for the whole run: the first SIGINT/SIGTERM ends every wait of the batch creation too (it
+    # comes before the first job), not only those of the submit loop (uploader.batches, uploader.worker).
+    stop = stop or StopFlag()
+    stop._loop = asyncio.get_running_loop()
+    previous = _install_signal_handlers(stop) if handle_signals else {}
+    try:
+        return await _run_stoppable(ledger, manifest, options, base_url, api_key, run_options, batch_name, on_load,
+                                    on_progress, stop, default_batch, on_notice)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def _run_stoppable(
+    ledger: Ledger,
+    manifest: str | Path | None,
+    options: ManifestOptions,
+    base_url: str,
+    api_key: str,
+    run_options: RunOptions,
+    batch_name: str | None,
+    on_load: Callable[[LoadReport], None] | None,
+    on_progress: Callable[[Progress], None] | None,
+    stop: StopFlag,
+    default_batch: bool,
+    on_notice: Callable[[str], None] | None,
+) -> RunSummary:
+    """`_run` once the run's signal handling is in place."""
     from uploader.batches import BatchPolicy
     from uploader.client import ApiClient
     from uploader.worker import nothing_to_send, submit
@@ -131,9 +164,13 @@ async def _run(
         if default_batch and (batch_name or options.batch_id):
             raise UsageError("--default-batch cannot go with --batch-id or --batch-name")
         policy = BatchPolicy(max_attempts=run_options.max_attempts, timeout=run_options.timeout,
-                             seed=run_options.seed, outage_seconds=run_options.outage_seconds)
+                             seed=run_options.seed, outage_seconds=run_options.outage_seconds,
+                             max_retry_after=run_options.max_retry_after)
         if batch_name:
-            options = await _with_named_batch(ledger, get_client, options, batch_name, policy, on_notice)
+            options = await _batch_step(stop, _with_named_batch(ledger, get_client, options, batch_name, policy,
+                                                                on_notice, stop))
+            if stop.gentle:  # stopped while its creation was in the air: the batch is recorded, nothing loaded
+                raise InterruptedRun()
         if manifest is not None:
             report = load(ledger, manifest, options)
             if on_load:
@@ -142,16 +179,33 @@ async def _run(
         if not (counts["pending"] or counts["in_flight"] or counts["uncertain"]):
             return nothing_to_send(ledger, counts)
         if counts["pending"]:
-            await _batch_unbatched_rows(ledger, get_client, options, default_batch, policy, on_notice)
+            await _batch_step(stop, _batch_unbatched_rows(ledger, get_client, options, default_batch, policy,
+                                                          on_notice, stop))
         return await submit(
-            ledger, await get_client(), run_options, on_progress=on_progress, stop=stop,
-            handle_signals=handle_signals,
+            ledger, await get_client(), run_options, on_progress=on_progress, stop=stop, handle_signals=False,
         )
+
+
+async def _batch_step(stop: StopFlag, step: Awaitable[T]) -> T:
+    """Await a batch step of the run. Its waits end on the first signal (InterruptedRun, from
+    uploader.batches); a second signal also cancels its request in the air. Either way: InterruptedRun."""
+    task = asyncio.current_task()
+    assert task is not None
+    stop._waiters.append(task)  # StopFlag cancels its waiters on a hard stop
+    try:
+        return await step
+    except asyncio.CancelledError:
+        if not stop.hard:
+            raise
+        task.uncancel()
+        raise InterruptedRun() from None
+    finally:
+        stop._waiters.remove(task)
 
 
 async def _with_named_batch(
     ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str,
-    policy: BatchPolicy, on_notice: Callable[[str], None] | None = None,
+    policy: BatchPolicy, on_notice: Callable[[str], None] | None = None, stop: StopFlag | None = None,
 ) -> ManifestOptions:
     """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.batches:
     of runs starting together one creates it, the others wait for its id)."""
@@ -161,7 +215,7 @@ async def _with_named_batch(
         raise UsageError("--batch-name needs --project-id")
     if options.batch_id:
         raise UsageError("give either --batch-id or --batch-name, not both")
-    batch_id = await ensure_batch(ledger, get_client, options.project_id, name, policy, notice=on_notice)
+    batch_id = await ensure_batch(ledger, get_client, options.project_id, name, policy, notice=on_notice, stop=stop)
     from dataclasses import replace
 
     return replace(options, batch_id=batch_id)
@@ -170,6 +224,7 @@ async def _with_named_batch(
 async def _batch_unbatched_rows(
     ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions,
     default_batch: bool, policy: BatchPolicy, on_notice: Callable[[str], None] | None,
+    stop: StopFlag | None = None,
 ) -> None:
     """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
     before the first job: the run's --batch-id / --batch-name for its project, else (unless
@@ -184,17 +239,23 @@ async def _batch_unbatched_rows(
     manifest_name = ledger.last_manifest_name() if projects else None
     for project in projects:
         batch_id = await ensure_batch(ledger, get_client, project, None, policy, manifest_name=manifest_name,
-                                      notice=on_notice)
+                                      notice=on_notice, stop=stop)
         ledger.assign_batch(project, batch_id)
 
 
-def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0) -> tuple[int, int]:
-    """Resolve `uncertain` rows by listing their batches; returns (resolved, still uncertain)."""
-    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout))
+def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0,
+              max_retry_after: float | None = None) -> tuple[int, int]:
+    """Resolve `uncertain` rows by listing their batches; returns (resolved, still uncertain).
+    `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER)."""
+    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after))
 
 
-async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float) -> tuple[int, int]:
+async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
+                     max_retry_after: float | None = None) -> tuple[int, int]:
     from uploader.client import ApiClient
+    from uploader.policy import MAX_RETRY_AFTER
+
+    cap = MAX_RETRY_AFTER if max_retry_after is None else max_retry_after
 
     resolved = remaining = 0
     async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
@@ -208,7 +269,7 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
             if batch_id is None:
                 remaining += len(rows)
                 continue
-            found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows])
+            found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows], max_retry_after=cap)
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
             done = ledger.resolve_uncertain(hits, [rid for rid, ref in rows if ref not in found])
             resolved += done.total  # succeeded, conflict (found, other data) or failed (not created)

@@ -19,6 +19,7 @@ No task dies silently: the senders, the claimer and the helpers are named tasks 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -114,6 +115,21 @@ class StopFlag:
             loop.call_soon_threadsafe(self._act)
         except RuntimeError:  # the loop closed meanwhile
             pass
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep up to `seconds`; return at once on a stop (the waits outside the submit loop: batch
+        creation and the wait for another run's batch). The caller checks `gentle` afterwards."""
+        if self.gentle:
+            return
+        event = asyncio.Event()
+        wake = event.set
+        self._wakers.append(wake)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await event.wait()
+        finally:
+            self._wakers.remove(wake)
 
     def _act(self) -> None:
         """On the loop: end every wait; on a hard stop, cancel the requests in the air too."""

@@ -384,3 +384,204 @@ def test_auto_batch_name_and_dead_reservations():
     assert not reservation_dead("t:43@other", fresh, now, 120, "h", alive)  # another host: wait for staleness
     assert reservation_dead("t:43@other", old, now, 120, "h", alive)
     assert reservation_dead("t:42@h", old, now, 120, "h", alive)  # frozen or pid reused
+
+
+# -- item 8 for the batch: every wait of its creation ends on the first signal; --max-retry-after applies -----
+
+DAY_429 = ("answer", 429, envelope_error("rate_limited", "slow down"), {**JSON, "Retry-After": "86400"})
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[float, str]:
+    """Signal `proc`; (seconds until it exited, its stderr)."""
+    signalled = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the run did not stop within 30 s of the signal; stderr: {err[-2000:]}")
+    return time.monotonic() - signalled, err
+
+
+def _wait_until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+def test_a_signal_during_batch_creation_retry_after_of_a_day_stops_at_once(tmp_path, named, sig):
+    """The batch POST is answered 429 `Retry-After: 86400`: the run waits (--max-retry-after, 300 s by
+    default) before its first job. The first signal ends that wait at once: exit 130, the resume hint, no
+    traceback, no job sent, no reservation left. The same command against the healthy API then finishes,
+    every row created once. Before, the batch creation slept with no signal handling: SIGTERM killed the
+    run (exit -15, its reservation left behind)."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=23)) as box, \
+            FaultyProxy(box.base_url, {BATCH_POST: [DAY_429] * 20}) as proxy:
+        ledger = tmp_path / "ledger.db"
+        extra = ["--batch-name", "nov"] if named else []
+        manifest = write_images(tmp_path / "images.csv", 12)
+        proc = subprocess.Popen(subprocess_cmd(manifest, ledger, proxy.base_url, *extra), env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] >= 1)
+        time.sleep(1.0)  # the 429 is in: the run waits
+        stopped_in, err = _stop(proc, sig)
+        print(f"\n{signal.Signals(sig).name} while the batch creation waits out a Retry-After of 86400 s "
+              f"({'named' if named else 'own'} batch): exit {proc.returncode} after {stopped_in:.2f} s, "
+              f"{proxy.seen[f'POST {BATCH_POST[1]}']} batch POST(s)")
+        assert proc.returncode == 130, err
+        assert stopped_in < 10
+        assert "Traceback" not in err and "run the same command again" in err.lower()
+        assert "86400 s (Retry-After)" in err and "--max-retry-after" in err
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 1
+        assert box.stats()["jobs_created"] == 0 and box.stats()["batches_created"] == 0
+        assert not ledger.exists() or batches_rows(ledger) == []  # no reservation left behind
+        again = run(subprocess_cmd(manifest, ledger, box.base_url, *extra))
+        assert again.returncode == 0, again.stderr
+        assert box.stats()["batches_created"] == 1
+        assert len(check_ledger(ledger, box.jobs(), box.stats())) == 12
+        (row,) = batches_rows(ledger)
+        assert row["reserved_by"] is None and {j["batch_id"] for j in box.jobs()} == {row["batch_id"]}
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+def test_a_signal_while_waiting_for_another_runs_batch_stops_at_once(tmp_path, named):
+    """Run A holds the batch reservation (its creation request hangs at the gateway); run B on the same
+    ledger waits for A's batch. SIGTERM to B ends its wait at once: exit 130, nothing sent, A's reservation
+    untouched. A is then SIGKILLed: the next run takes its reservation over at once and finishes, every row
+    created once. Before, the wait slept with no signal handling: SIGTERM killed B (exit -15)."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=24)) as box, \
+            FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 60.0)]}) as proxy:
+        ledger = tmp_path / "ledger.db"
+        extra = ["--batch-name", "nov"] if named else []
+        manifest = write_images(tmp_path / "images.csv", 12)
+        cmd = subprocess_cmd(manifest, ledger, proxy.base_url, *extra)
+        holder = subprocess.Popen(cmd + ["--timeout", "60"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            _wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] >= 1)
+            waiter = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+            deadline = time.monotonic() + 30
+            err_lines: list[str] = []
+            while not any("waiting for another run" in line for line in err_lines):  # B says it waits (after 1 s)
+                assert time.monotonic() < deadline and waiter.poll() is None, err_lines
+                err_lines.append(waiter.stderr.readline())
+            stopped_in, err = _stop(waiter)
+            err = "".join(err_lines) + err
+            print(f"\nSIGTERM while waiting for another run's batch ({'named' if named else 'own'} batch): "
+                  f"exit {waiter.returncode} after {stopped_in:.2f} s")
+            assert waiter.returncode == 130, err
+            assert stopped_in < 10
+            assert "Traceback" not in err and "run the same command again" in err.lower()
+            assert proxy.seen[f"POST {BATCH_POST[1]}"] == 1  # B sent nothing
+            (held,) = batches_rows(ledger)
+            assert held["batch_id"] is None
+            assert held["reserved_by"].endswith(f":{holder.pid}@{os.uname().nodename}"[:64])
+        finally:
+            holder.kill()
+            holder.wait()
+        started = time.monotonic()
+        again = run(subprocess_cmd(manifest, ledger, box.base_url, *extra))
+        assert again.returncode == 0, again.stderr
+        assert time.monotonic() - started < 20  # A's reservation taken over at once (its pid is gone)
+        assert box.stats()["batches_created"] == 1
+        assert len(check_ledger(ledger, box.jobs(), box.stats())) == 12
+        (row,) = batches_rows(ledger)
+        assert row["reserved_by"] is None and {j["batch_id"] for j in box.jobs()} == {row["batch_id"]}
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
+def test_max_retry_after_applies_to_batch_creation(tmp_path, named):
+    """The first batch POST is answered 429 `Retry-After: 86400`, the next one goes through. With
+    `--max-retry-after 1` the run waits about a second, says so, and finishes. Before, the batch creation
+    capped Retry-After at the 300 s default whatever --max-retry-after said (this run timed out)."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=25)) as box:
+        extra = ["--max-retry-after", "1"] + (["--batch-name", "nov"] if named else [])
+        started = time.monotonic()
+        try:
+            done, proxy = _batch_run(tmp_path, box, {BATCH_POST: [DAY_429]}, *extra)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run waited out more than --max-retry-after 1 (60 s)")
+        print(f"\n--max-retry-after 1, batch POST answered Retry-After 86400 ({'named' if named else 'own'} "
+              f"batch): exit {done.returncode} after {time.monotonic() - started:.2f} s")
+        assert done.returncode == 0, done.stderr
+        assert "86400 s (Retry-After)" in done.stderr and "waiting 1 s at most (--max-retry-after)" in done.stderr
+        assert proxy.seen[f"POST {BATCH_POST[1]}"] == 2
+        assert box.stats()["batches_created"] == 1
+        check_ledger(tmp_path / "ledger.db", box.jobs(), box.stats())
+
+
+def test_a_batch_request_in_the_air_is_let_finish_on_the_first_signal_and_cancelled_on_the_second(tmp_path):
+    """As for jobs: the first signal lets the batch POST in the air finish (bounded by --timeout), so a batch
+    the API created is recorded, not lost (the rerun uses it: one batch created); a second signal cancels
+    the request at once and gives the reservation up. Both exit 130, no job sent."""
+    manifest = write_images(tmp_path / "images.csv", 8)
+    posts = f"POST {BATCH_POST[1]}"
+    for second in (False, True):
+        fault = ("timeout", 60.0) if second else ("late", 3.0)  # late: the API creates it, the answer waits 3 s
+        with Sandbox(SandboxConfig(api_key=KEY, seed=26)) as box, \
+                FaultyProxy(box.base_url, {BATCH_POST: [fault]}) as proxy:
+            ledger = tmp_path / f"ledger-{second}.db"
+            cmd = subprocess_cmd(manifest, ledger, proxy.base_url, "--batch-name", "nov", "--timeout", "60")
+            proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            _wait_until(lambda: proxy.seen[posts] >= 1)
+            time.sleep(0.3)
+            if second:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+            stopped_in, err = _stop(proc)
+            print(f"\nbatch POST in the air, {'two signals' if second else 'one signal'}: exit {proc.returncode} "
+                  f"after {stopped_in:.2f} s")
+            assert proc.returncode == 130, err
+            assert "Traceback" not in err and "run the same command again" in err.lower()
+            assert box.stats()["jobs_created"] == 0
+            if second:
+                assert stopped_in < 10
+                assert not ledger.exists() or batches_rows(ledger) == []  # given up
+            else:
+                (row,) = batches_rows(ledger)  # its answer arrived after the signal: recorded
+                assert row["batch_id"] and row["reserved_by"] is None
+            again = run(subprocess_cmd(manifest, ledger, box.base_url, "--batch-name", "nov"))
+            assert again.returncode == 0, again.stderr
+            assert len(check_ledger(ledger, box.jobs(), box.stats())) == 8
+            assert box.stats()["batches_created"] == 1  # first signal: the batch was used, not lost
+
+
+@pytest.mark.parametrize("command", ["run", "reconcile"])
+def test_max_retry_after_applies_to_the_lookups(tmp_path, command):
+    """Every job created by a killed run, none answered; the next `run` (or `reconcile`) looks them up by
+    listing the batch, whose first page is answered 429 `Retry-After: 86400`. With --max-retry-after 1 it
+    waits about a second and resolves all 16. Before, the listing's retries capped Retry-After at the 300 s
+    default (the run timed out) and `reconcile` had no --max-retry-after (exit 2)."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=27, slow_rate=1.0, slow_ms=60_000)) as box:
+        ledger = tmp_path / "ledger.db"
+        manifest = write_images(tmp_path / "images.csv", 16)
+        kill_when_created(box, subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16"), 16)
+        box.configure(slow_rate=0.0)
+        if command == "run":
+            cmd = subprocess_cmd(manifest, ledger, "{url}", "--max-retry-after", "1")
+        else:  # a run whose listings are refused leaves the 16 rows uncertain (FS_0001), for reconcile
+            listing_down = {BATCH_LIST: [("answer", 404, envelope_error("resource_error", "not found"), JSON)] * 50}
+            with FaultyProxy(box.base_url, listing_down) as down:
+                run(subprocess_cmd(manifest, ledger, down.base_url))
+            assert status_counts(ledger) == {"uncertain": 16}
+            cmd = [sys.executable, "-m", "uploader", "reconcile", "--ledger", str(ledger), "--base-url", "{url}",
+                   "--max-retry-after", "1"]
+        with FaultyProxy(box.base_url, {BATCH_LIST: [DAY_429]}) as proxy:
+            cmd = [part.replace("{url}", proxy.base_url) for part in cmd]
+            started = time.monotonic()
+            try:
+                done = run(cmd)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the lookup waited out more than --max-retry-after 1 (60 s)")
+            print(f"\n{command} --max-retry-after 1, listing answered Retry-After 86400: exit {done.returncode} "
+                  f"after {time.monotonic() - started:.2f} s, {proxy.seen[f'GET {BATCH_LIST[1]}']} listing GETs")
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            assert proxy.seen[f"GET {BATCH_LIST[1]}"] >= 2  # the 429, then the listing
+        rows = check_ledger(ledger, box.jobs(), box.stats())
+        assert len(rows) == 16 and sum(r["recovered"] for r in rows.values()) == 16
