@@ -29,19 +29,11 @@ import httpx
 import pytest
 
 from tests.misbehaving_api import BATCH, MisbehavingApi
+from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke, run_args
 from uploader.sandbox import Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_manifest(path: Path, n: int, host: str = "cdn.example.com", prefix: str = "img") -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["reference_id", "image_url"])
-        for i in range(n):
-            w.writerow([f"{prefix}-{i:04d}", f"https://{host}/{prefix}/{i}.jpg"])
-    return path
 
 
 def rows(ledger: Path) -> dict[str, dict[str, Any]]:
@@ -93,7 +85,7 @@ def test_timeouts_after_the_api_created_the_jobs_end_succeeded_not_failed(tmp_pa
     times out (the later ones on FS_0001 answers), yet every job exists: the rows end uncertain when their
     attempts run out, and the batch listing finds them: succeeded, a clean recovery (same payload)."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=21, slow_rate=1.0, slow_ms=150)) as box:
-        manifest = write_manifest(tmp_path / "m.csv", 100)
+        manifest = write_images(tmp_path / "m.csv", 100)
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "3",
                                   "--batch-name", "slow", "--json"))
@@ -114,7 +106,7 @@ def test_timeouts_before_the_api_created_anything_end_failed_after_the_listing(t
     the creation. The rows go uncertain (the client cannot know), the listing does not find them: failed
     with their timeout, and `retry` + a rerun creates each once."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=22, latency_ms=400)) as box:
-        manifest = write_manifest(tmp_path / "m.csv", 20)
+        manifest = write_images(tmp_path / "m.csv", 20)
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "2",
                                   "--batch-name", "never"))
@@ -144,11 +136,11 @@ def test_reference_ids_created_elsewhere_are_conflicts_not_successes(tmp_path: P
         batch = httpx.post(f"{box.base_url}/v1/projects/proj/batch", json={"name": "theirs", "description": ""},
                            headers=headers).json()["data"]["batch_id"]
         for i in range(5):
-            body = {"reference_id": f"img-{i:04d}", "work_flow_id": "wf", "batch_id": batch,
+            body = {"reference_id": f"img-{i:05d}", "work_flow_id": "wf", "batch_id": batch,
                     "data": {"image_url": f"https://elsewhere.example.com/{i}.png"}}
             assert httpx.post(f"{box.base_url}/v1/projects/proj/jobs", json=body, headers=headers).status_code == 200
         theirs = {k: j["job_id"] for k, j in sandbox_jobs(box).items()}
-        manifest = write_manifest(tmp_path / "m.csv", 10)
+        manifest = write_images(tmp_path / "m.csv", 10)
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(manifest, ledger, box, "--batch-id", batch, "--json"))
         assert result.exit_code == 3, result.output
@@ -215,13 +207,13 @@ def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str
     (payload_changed), exit 3 — not succeeded."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=24, slow_rate=1.0, slow_ms=60_000)) as box:
         ledger = tmp_path / "l.db"
-        wrong = write_manifest(tmp_path / "wrong.csv", 10, host="wrong.example.com")
+        wrong = write_images(tmp_path / "wrong.csv", 10, host="wrong.example.com")
         cmd = [sys.executable, "-m", "uploader", *run_args(wrong, ledger, box, "--batch-name", "fix",
                                                            "--concurrency", "16", "--timeout", "120")]
         _stop_while_answers_are_late(cmd, box, ledger, 10, how)
         assert {r["status"] for r in rows(ledger).values()} == {"pending"}
         box.configure(slow_rate=0.0, latency_ms=0)
-        fixed = write_manifest(tmp_path / "fixed.csv", 10)
+        fixed = write_images(tmp_path / "fixed.csv", 10)
         result = invoke(*run_args(fixed, ledger, box, "--batch-name", "fix"))
         assert "updated (payload changed, will be sent)" in result.output
         created = sandbox_jobs(box)
@@ -250,7 +242,7 @@ def test_answers_that_do_not_fit_the_request_are_looked_up(tmp_path: Path, answe
     job_id for every row ("same"), a job_id that is an object or `true`. None of those job_ids is recorded:
     the rows are uncertain until the batch listing gives each its own job_id."""
     with MisbehavingApi(answer, key=KEY) as api:
-        manifest = write_manifest(tmp_path / "m.csv", 6)
+        manifest = write_images(tmp_path / "m.csv", 6)
         ledger = tmp_path / "l.db"
         result = invoke(*api_run_args(manifest, ledger, api, "--concurrency", "1"))
         got = rows(ledger)
@@ -265,7 +257,7 @@ def test_many_answers_that_do_not_fit_stop_the_run(tmp_path: Path) -> None:
     wrong and an example; the answered rows are uncertain, the rows never sent still pending. Once the API
     answers properly, the rerun settles the uncertain rows from the listing and sends the rest."""
     with MisbehavingApi("true", key=KEY) as api:
-        manifest = write_manifest(tmp_path / "m.csv", 200)
+        manifest = write_images(tmp_path / "m.csv", 200)
         ledger = tmp_path / "l.db"
         result = invoke(*api_run_args(manifest, ledger, api, "--concurrency", "2"))
         assert result.exit_code == 1, result.output
@@ -288,7 +280,7 @@ def test_listing_entries_are_validated_like_answers(tmp_path: Path) -> None:
     job for a row whose answer was malformed leaves it failed (nothing trustworthy says it exists), and
     `retry` sends it again (FS_0001 then guards against a twin)."""
     with MisbehavingApi("object", listing="true", key=KEY) as api:
-        manifest = write_manifest(tmp_path / "m.csv", 4)
+        manifest = write_images(tmp_path / "m.csv", 4)
         ledger = tmp_path / "l.db"
         result = invoke(*api_run_args(manifest, ledger, api))
         assert result.exit_code == 3, result.output

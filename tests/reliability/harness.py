@@ -37,12 +37,13 @@ PROJECT = "proj"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_images(path: Path, n: int, prefix: str = "img") -> Path:
+def write_images(path: Path, n: int, prefix: str = "img", host: str = "cdn.example.com") -> Path:
+    """An image manifest of `n` rows: reference_ids `<prefix>-00000`…, URLs on `host`."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["reference_id", "image_url"])
         for i in range(n):
-            w.writerow([f"{prefix}-{i:05d}", f"https://cdn.example.com/{prefix}/{i}.jpg"])
+            w.writerow([f"{prefix}-{i:05d}", f"https://{host}/{prefix}/{i}.jpg"])
     return path
 
 
