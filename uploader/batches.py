@@ -227,7 +227,9 @@ async def _create(
         if decision.code not in OUTAGE_CODES:
             down_since, outages = None, 0
         if decision.verdict is Verdict.SUCCEEDED:
-            return str((result.data or {})["batch_id"])
+            batch_id = str((result.data or {})["batch_id"])
+            notice(f"created batch {name!r} (id {batch_id}) in project {project}; reruns of this ledger use it")
+            return batch_id
         detail = " ".join(str(x) for x in (decision.code or result.http_status, decision.message) if x)
         if decision.verdict is Verdict.FATAL:
             if result.http_status is not None and 300 <= result.http_status < 400:  # the base URL is not the API
