@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from uploader.ledger import Claim, Ledger, Resolution, Result
 from uploader.models import Status
-from uploader.policy import settle_found
+from uploader.policy import settle_found, settle_missing
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -156,7 +156,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.rows: dict[str, Row] = {}
         self.held: list[Held] = []
         self.first_job_id: dict[str, str] = {}
-        self.conflict_rows: dict[str, tuple[str, str | None]] = {}  #: ref -> (job_id, code) when it went conflict
+        self.conflict_rows: dict[str, tuple[str | None, str | None]] = {}  #: ref -> (job_id, code) when it went conflict
         self.names = itertools.count()
         self.manifests: list[RowsManifest] = []
         self.conflicts: dict[Path, tuple[int, tuple[str, ...]]] = {}
@@ -382,10 +382,16 @@ class LedgerModel(RuleBasedStateMachine):
                 self.conflict_rows.setdefault(row.ref, (job_id, settled.code))
         for ref in missing_refs:
             row = self.rows[ref]
-            if row.id in found or row.status != "uncertain" or row.error_code == "FS_0001":
+            if row.id in found or row.status != "uncertain":
                 continue
-            row.status, row.job_id = "failed", None
-            expected["failed"] += 1
+            missed = settle_missing(row.error_code, row.sent_hashes)
+            if missed is None:
+                continue  # FS_0001 after sends of our own: stays uncertain
+            row.status, row.job_id = missed.status, None
+            if missed.status == "conflict":
+                row.origin, row.error_code = missed.origin, missed.code
+                self.conflict_rows.setdefault(row.ref, (None, missed.code))
+            expected[missed.status] += 1
         assert self.ledger.resolve_uncertain(found, missing) == Resolution(**expected)
 
     @rule(seconds=st.sampled_from([0.5, 1, 2, 5, 31]))

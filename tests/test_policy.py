@@ -16,12 +16,12 @@ from uploader.policy import (
     Verdict,
     backoff_delay,
     classify,
-    fails_when_not_found,
     job_id_text,
     may_have_created,
     next_delay,
     retry_after_seconds,
     settle_found,
+    settle_missing,
     too_many_protocol_errors,
 )
 
@@ -238,12 +238,24 @@ def test_settle_found(sent: str | None, held: bool, expected: tuple) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "fails"),
-    [("FS_0001", False), ("timeout", True), ("connection_closed", True), ("http_502", True), ("bad_job_id", True),
-     ("mismatched_answer", True), ("duplicate_job_id", True), (None, True)],
+    ("code", "sent", "expected"),
+    [
+        ("FS_0001", H, None),  # our own earlier send may be the job: a later listing may show it
+        ("FS_0001", f"{H} {OLD}", None),
+        ("FS_0001", None, ("conflict", "pre-existing", "created_elsewhere")),  # never sent by this ledger
+        ("FS_0001", "", ("conflict", "pre-existing", "created_elsewhere")),
+        ("timeout", H, ("failed", None, "timeout")),
+        ("connection_closed", None, ("failed", None, "connection_closed")),
+        ("http_502", H, ("failed", None, "http_502")),
+        ("bad_job_id", H, ("failed", None, "bad_job_id")),
+        ("mismatched_answer", H, ("failed", None, "mismatched_answer")),
+        ("duplicate_job_id", H, ("failed", None, "duplicate_job_id")),
+        (None, H, ("failed", None, None)),
+    ],
 )
-def test_fails_when_not_found(code: str | None, fails: bool) -> None:
-    assert fails_when_not_found(code) is fails
+def test_settle_missing(code: str | None, sent: str | None, expected: tuple[str, str | None, str | None] | None) -> None:
+    settled = settle_missing(code, sent)
+    assert (None if settled is None else (settled.status, settled.origin, settled.code)) == expected
 
 
 @pytest.mark.parametrize(("errors", "stop"), [(0, False), (1, False), (9, False), (10, True), (500, True)])

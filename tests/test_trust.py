@@ -169,6 +169,28 @@ def test_reference_ids_created_elsewhere_are_conflicts_not_successes(tmp_path: P
         assert box.stats()["jobs_created_per_reference_id_max"] == 1
 
 
+def test_reference_ids_created_elsewhere_in_another_batch_are_conflicts_too(tmp_path: Path) -> None:
+    """The likelier case: the jobs someone else created are in another batch (here the project's default
+    batch), so the run's own batch listing can never find them. Rows this ledger never sent end `conflict`
+    (created_elsewhere, origin pre-existing, no job_id) at the end of the run, exit 3 — not `uncertain`
+    for ever with advice to reconcile."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=29)) as box:
+        for i in range(3):
+            body = {"reference_id": f"img-{i:05d}", "work_flow_id": "wf",
+                    "data": {"image_url": f"https://elsewhere.example.com/{i}.png"}}
+            assert httpx.post(f"{box.base_url}/v1/projects/proj/jobs", json=body,
+                              headers={"x-api-key": KEY}).status_code == 200
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 8), ledger, box, "--json"))
+        assert result.exit_code == 3, result.output
+        got = rows(ledger)
+        assert {k: (r["status"], r["origin"], r["error_code"], r["job_id"]) for k, r in got.items()
+                if r["status"] != "succeeded"} == {
+            f"img-{i:05d}": ("conflict", "pre-existing", "created_elsewhere", None) for i in range(3)}
+        assert summary_of(result.output)["counts"]["uncertain"] == 0
+        assert box.stats()["jobs_created_per_reference_id_max"] == 1
+
+
 def _stop_while_answers_are_late(cmd: list[str], box: Sandbox, ledger: Path, n: int, how: str) -> None:
     """Start `cmd`, let the sandbox create all `n` jobs (their answers are held back), then stop the run
     before it records any answer: twice SIGINT (the hard stop cancels the requests in the air), or SIGKILL

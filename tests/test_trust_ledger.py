@@ -126,20 +126,31 @@ def row_id(ledger: Ledger, ref: str) -> int:
 
 
 def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -> None:
-    """Not found: a row uncertain after a lost answer was not created → failed with its last error;
-    an FS_0001 row stays uncertain (the API said it exists)."""
-    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    """Not found: a row uncertain after a lost answer was not created → failed with its last error; an
+    FS_0001 row this ledger had sent before stays uncertain (the API said it exists; it may be our job); an
+    FS_0001 row this ledger never sent belongs to a job created elsewhere, in another batch → conflict
+    `created_elsewhere` with no job_id (no listing of its batch can ever find it)."""
+    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
+    ledger.record([Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout",
+                          may_have_created=True)])
+    again = claim_all(ledger, owner)["ref-2"]
     ledger.record([
         Result(c["ref-0"].id, c["ref-0"].lease_token, Status.UNCERTAIN, error_code="timeout", error_message="late",
                may_have_created=True),
         Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+        Result(again.id, again.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
     ])
-    assert ledger.resolve_uncertain({}, [c["ref-0"].id, c["ref-1"].id]) == Resolution(failed=1)
+    ids = [c["ref-0"].id, c["ref-1"].id, again.id]
+    assert ledger.resolve_uncertain({}, ids) == Resolution(conflict=1, failed=1)
     assert (row(ledger, "ref-0")["status"], row(ledger, "ref-0")["error_code"]) == ("failed", "timeout")
-    assert row(ledger, "ref-1")["status"] == "uncertain"
+    ref1 = row(ledger, "ref-1")
+    assert (ref1["status"], ref1["origin"], ref1["error_code"], ref1["job_id"]) == (
+        "conflict", "pre-existing", "created_elsewhere", None)
+    assert row(ledger, "ref-2")["status"] == "uncertain"
     assert ledger.retry(["timeout"]) == 1
+    assert ledger.retry(everything=True) == 0  # a conflict is not failed: retry never touches it
 
 
 def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_path: Path) -> None:

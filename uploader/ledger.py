@@ -52,7 +52,7 @@ from uploader.locate import FileHold, discard_unused, hold_shared, new_ledger_fi
 from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
 from uploader.loader import LoadReport, ManifestLike, load_manifest
 from uploader.models import Status
-from uploader.policy import fails_when_not_found, settle_found
+from uploader.policy import settle_found, settle_missing
 from uploader.staging import Production
 
 __all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
@@ -546,8 +546,9 @@ class Ledger(LedgerQueries):
         `found` {row id: job_id}: the row gets that job_id and goes `succeeded` (origin recovered) or
         `conflict` (policy.settle_found: a job this ledger never sent, or one an earlier payload may have
         created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
-        find; those not refused with FS_0001 go `failed` with their last error (nothing was created, so
-        `retry` may send them again), FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
+        find (policy.settle_missing): `failed` when not refused with FS_0001 (nothing was created, so `retry`
+        may send them again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger
+        never sent; other FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
         succeeded = conflict = failed = 0
         now = utcnow()
         with write_tx(self.engine) as conn:
@@ -580,20 +581,31 @@ class Ledger(LedgerQueries):
             for rid in missing:
                 if rid in found:
                     continue
-                code = conn.execute(
-                    text("SELECT error_code FROM jobs WHERE id = :id AND status = 'uncertain'"), {"id": rid}
+                row = conn.execute(
+                    text("SELECT error_code, sent_hashes FROM jobs WHERE id = :id AND status = 'uncertain'"),
+                    {"id": rid},
                 ).first()
-                if code is None or not fails_when_not_found(code[0]):
+                settled = settle_missing(row[0], row[1]) if row is not None else None
+                if settled is None:
                     continue
-                failed += conn.execute(
-                    text(
-                        "UPDATE jobs SET status = 'failed', job_id = NULL, error_message = "
-                        "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
-                        "WHERE id = :id AND status = 'uncertain'"
-                    ),
-                    {"m": "not found in its batch's listing: the job was not created (`uploader retry` sends it "
-                          "again)", "t": now, "id": rid},
-                ).rowcount
+                if settled.status == Status.FAILED.value:
+                    failed += conn.execute(
+                        text(
+                            "UPDATE jobs SET status = 'failed', job_id = NULL, error_message = "
+                            "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
+                            "WHERE id = :id AND status = 'uncertain'"
+                        ),
+                        {"m": settled.message, "t": now, "id": rid},
+                    ).rowcount
+                else:
+                    conflict += conn.execute(
+                        text(
+                            "UPDATE jobs SET status = 'conflict', job_id = NULL, origin = :o, error_code = :c, "
+                            "error_message = :m, error_details = NULL, updated_at = :t "
+                            "WHERE id = :id AND status = 'uncertain'"
+                        ),
+                        {"o": settled.origin, "c": settled.code, "m": settled.message, "t": now, "id": rid},
+                    ).rowcount
         return Resolution(succeeded, conflict, failed)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:

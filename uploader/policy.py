@@ -32,13 +32,13 @@ __all__ = [
     "Verdict",
     "backoff_delay",
     "classify",
-    "fails_when_not_found",
     "job_id_text",
     "may_have_created",
     "next_delay",
     "retry_after_capped",
     "retry_after_seconds",
     "settle_found",
+    "settle_missing",
     "too_many_protocol_errors",
 ]
 
@@ -277,10 +277,10 @@ def too_many_protocol_errors(errors: int) -> bool:
 
 @dataclass(frozen=True)
 class Settlement:
-    """Where an uncertain row goes once a batch listing found its job, and why."""
+    """Where an uncertain row goes once a batch listing settled it (found it, or completely missed it), and why."""
 
-    status: str  #: "succeeded" or "conflict"
-    origin: str  #: "recovered" or "pre-existing"
+    status: str  #: "succeeded", "conflict" or "failed"
+    origin: str | None  #: "recovered" or "pre-existing"; None for a row that goes failed
     code: str | None
     message: str | None
 
@@ -312,14 +312,28 @@ def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool 
     return Settlement("succeeded", origin, None, None)
 
 
-def fails_when_not_found(error_code: str | None) -> bool:
-    """Whether an uncertain row that a complete listing of its batch did not find becomes `failed`.
+def settle_missing(error_code: str | None, sent_hashes: str | None) -> Settlement | None:
+    """Where an uncertain row goes when a complete listing of its batch did not find it (None: it stays).
 
-    FS_0001 rows stay uncertain (the API said the job exists: a later listing may show it); a row uncertain
-    only because its last attempt may have reached the API (a timeout, a lost or malformed answer) was
-    not created, and `failed` lets `uploader retry` send it again (FS_0001 still guards against a twin).
+    - not refused with FS_0001 (uncertain only because its last attempt may have reached the API: a
+      timeout, a lost or malformed answer): nothing was created → failed, so `uploader retry` may send it
+      again (FS_0001 still guards against a twin);
+    - FS_0001 and this ledger never sent the row before (`sent_hashes` empty): the reference_id belongs to
+      a job created elsewhere, in another batch → conflict `created_elsewhere`, origin pre-existing, job_id
+      unknown — no later listing of this batch can find it;
+    - FS_0001 after sends of our own: stays uncertain (the API said the job exists: a later listing may
+      show it).
     """
-    return error_code not in EXISTS_CODES
+    if error_code not in EXISTS_CODES:
+        return Settlement("failed", None, error_code,
+                          "not found in its batch's listing: the job was not created (`uploader retry` sends it "
+                          "again)")
+    if not (sent_hashes or "").split():
+        return Settlement("conflict", "pre-existing", "created_elsewhere",
+                          "the reference_id belongs to a job this ledger never sent (created elsewhere, not in "
+                          "this row's batch): its job_id is unknown and it may hold other data than the manifest "
+                          "says")
+    return None
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
