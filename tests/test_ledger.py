@@ -12,8 +12,8 @@ import time
 import pytest
 
 from uploader.errors import ManifestError
-from uploader.ledger import Ledger, Resolution, Result, utcnow
-from uploader.models import Status
+from uploader.ledger.ledger import Ledger, Resolution, Result, utcnow
+from uploader.ledger.models import Status
 
 from tests.conftest import fake_manifest, is_sqlite, sqlite_only
 

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from uploader.ledger import Claim, Ledger, Resolution, Result
-from uploader.models import Status
-from uploader.policy import settle_found
+from uploader.ledger.ledger import Claim, Ledger, Resolution, Result
+from uploader.ledger.models import Status
+from uploader.api.policy import settle_found
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -52,12 +52,12 @@ LEGAL_MOVES = {
 
 
 class RowsManifest:
-    """A stand-in for uploader.manifest.Manifest at the loader's edge: (reference_id, body version) rows.
+    """A stand-in for uploader.manifest.reader.Manifest at the loader's edge: (reference_id, body version) rows.
     Offers both chunk_tuples() (the loader's interface) and chunks() of the same rows."""
 
     def __init__(self, path: Path, rows: list[tuple[str, int]]) -> None:
         self.path, self.unit, self.problems, self.problem_count = path, "line", [], 0
-        self.splittable = False  # read in one piece: no worker processes (uploader.staging)
+        self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)
         self.rows = rows
         if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content
             path.write_text(json.dumps([path.name, rows]))
@@ -69,7 +69,7 @@ class RowsManifest:
             yield jobs[start:start + size]
 
     def chunks(self, size: int = 5000) -> Iterator[list[Any]]:
-        from uploader.manifest import StagedJob
+        from uploader.manifest.reader import StagedJob
 
         for chunk in self.chunk_tuples(size):
             yield [StagedJob(*job) for job in chunk]

@@ -1,4 +1,4 @@
-"""The decision tables of uploader.policy, one row per rule."""
+"""The decision tables of uploader.api.policy, one row per rule."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from uploader import policy
-from uploader.policy import (
+from uploader.api import policy
+from uploader.api.policy import (
     ApiResult,
     Decision,
     Settlement,

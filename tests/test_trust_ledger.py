@@ -12,8 +12,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.conftest import fake_manifest
-from uploader.ledger import Ledger, Resolution, Result, utcnow
-from uploader.models import Status
+from uploader.ledger.ledger import Ledger, Resolution, Result, utcnow
+from uploader.ledger.models import Status
 
 ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(4)]
 

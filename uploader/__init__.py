@@ -12,14 +12,14 @@ __version__ = "0.1.0"
 
 #: The library API, imported on first use so that `uploader --version` and `load` start fast.
 _EXPORTS = {
-    "Ledger": "uploader.ledger",
-    "ManifestOptions": "uploader.manifest",
-    "RunOptions": "uploader.worker",
-    "RunSummary": "uploader.worker",
-    "StopFlag": "uploader.worker",
-    "load": "uploader.runner",
-    "reconcile": "uploader.runner",
-    "run_upload": "uploader.runner",
+    "Ledger": "uploader.ledger.ledger",
+    "ManifestOptions": "uploader.manifest.reader",
+    "RunOptions": "uploader.send.submit",
+    "RunSummary": "uploader.send.submit",
+    "StopFlag": "uploader.send.submit",
+    "load": "uploader.send.runner",
+    "reconcile": "uploader.send.runner",
+    "run_upload": "uploader.send.runner",
     "Sandbox": "uploader.sandbox",
     "SandboxConfig": "uploader.sandbox",
 }

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import UsageError
-from uploader.manifest import Manifest, ManifestOptions
+from uploader.manifest.reader import Manifest, ManifestOptions
 
 if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
     # SQLAlchemy only once a ledger is opened: prepare_load() forks its workers before that
-    from uploader.batches import BatchPolicy
-    from uploader.client import ApiClient
-    from uploader.ledger import Ledger
-    from uploader.loader import LoadReport
-    from uploader.staging import Production
-    from uploader.worker import Progress, RunOptions, RunSummary, StopFlag
+    from uploader.send.batches import BatchPolicy
+    from uploader.api.client import ApiClient
+    from uploader.ledger.ledger import Ledger
+    from uploader.load.merge import LoadReport
+    from uploader.load.slices import Production
+    from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
 __all__ = ["PreparedLoad", "load", "prepare_load", "reconcile", "run_upload"]
 
@@ -62,7 +62,7 @@ def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool
     """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
     empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
     loads and the ledger is created and migrated, which takes half a second."""
-    from uploader.staging import Production
+    from uploader.load.slices import Production
 
     manifest = Manifest(path, options)
     production = Production.start(manifest) if new_ledger else None
@@ -89,7 +89,7 @@ def run_upload(
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
-    from uploader.worker import RunOptions
+    from uploader.send.submit import RunOptions
 
     return asyncio.run(
         _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
@@ -112,9 +112,9 @@ async def _run(
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    from uploader.batches import BatchPolicy
-    from uploader.client import ApiClient
-    from uploader.worker import nothing_to_send, submit
+    from uploader.send.batches import BatchPolicy
+    from uploader.api.client import ApiClient
+    from uploader.send.submit import nothing_to_send, submit
 
     async with AsyncExitStack() as stack:
         client: ApiClient | None = None
@@ -153,9 +153,9 @@ async def _with_named_batch(
     ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str,
     policy: BatchPolicy, on_notice: Callable[[str], None] | None = None,
 ) -> ManifestOptions:
-    """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.batches:
+    """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.send.batches:
     of runs starting together one creates it, the others wait for its id)."""
-    from uploader.batches import ensure_batch
+    from uploader.send.batches import ensure_batch
 
     if not options.project_id:
         raise UsageError("--batch-name needs --project-id")
@@ -174,7 +174,7 @@ async def _batch_unbatched_rows(
     """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
     before the first job: the run's --batch-id / --batch-name for its project, else (unless
     `default_batch`) the ledger's own batch of each project, created once and reused."""
-    from uploader.batches import ensure_batch
+    from uploader.send.batches import ensure_batch
 
     if options.batch_id and options.project_id:
         ledger.assign_batch(options.project_id, options.batch_id)
@@ -194,7 +194,7 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
 
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float) -> tuple[int, int]:
-    from uploader.client import ApiClient
+    from uploader.api.client import ApiClient
 
     resolved = remaining = 0
     async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:

@@ -4,8 +4,8 @@ Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside
 cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
 transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
 write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big manifest is read by
-worker processes (uploader.staging) whose slices are copied into staging; and an empty ledger takes its
-rows straight into `jobs` (uploader.bulk_load), falling back to the staging path on any problem.
+worker processes (uploader.load.slices) whose slices are copied into staging; and an empty ledger takes its
+rows straight into `jobs` (uploader.load.bulk), falling back to the staging path on any problem.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from sqlalchemy import Connection, Engine, text
 
-from uploader import bulk_load, staging
-from uploader.db import read_tx, translate_errors
+from uploader.load import bulk as bulk_load
+from uploader.load import slices as staging
+from uploader.ledger.engine import read_tx, translate_errors
 from uploader.errors import ManifestError, Problem
 
 __all__ = ["LoadReport", "load_manifest", "file_sha256"]
@@ -32,13 +33,13 @@ MAX_DUPLICATE_PROBLEMS = 1000
 
 
 class ManifestLike(Protocol):
-    """What the loader needs of a manifest (uploader.manifest.Manifest fits)."""
+    """What the loader needs of a manifest (uploader.manifest.reader.Manifest fits)."""
 
     path: Path
     unit: str
     problems: list[Problem]
     problem_count: int
-    splittable: bool  #: whether uploader.staging may read slices of it in worker processes
+    splittable: bool  #: whether uploader.load.slices may read slices of it in worker processes
 
     def chunk_tuples(self, size: int = ...) -> Iterator[Sequence[tuple[Any, ...]]]:
         """Good rows as tuples in StagedJob field order: (line, project_id, reference_id, work_flow_id,

@@ -23,7 +23,7 @@ Every result write is fenced by the row's lease token: a worker whose lease was 
 overwrite the newer owner's result; its late answer is counted as ignored.
 
 The read-only queries (status, counts, error codes, export rows, next wake-up) are in
-uploader.ledger_queries, inherited by `Ledger`; import everything from here.
+uploader.ledger.queries, inherited by `Ledger`; import everything from here.
 
 Test-only: when the environment variable UPLOADER_CLAIM_LOG names a file, every committed claim, lease
 renewal, result write (applied or fenced) and release is appended to it as one JSON line
@@ -46,14 +46,14 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.errors import LedgerError
-from uploader.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
-from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
-from uploader.loader import LoadReport, ManifestLike, load_manifest
-from uploader.models import Status
-from uploader.policy import fails_when_not_found, settle_found
-from uploader.staging import Production
+from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
+from uploader.load.merge import LoadReport, ManifestLike, load_manifest
+from uploader.ledger.models import Status
+from uploader.api.policy import fails_when_not_found, settle_found
+from uploader.load.slices import Production
 
 __all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
 
@@ -128,7 +128,7 @@ class BatchSlot:
     name: str
     batch_id: str | None
     auto: bool
-    reserved_by: str | None  #: the creating run (see uploader.batches.owner_token), None once created
+    reserved_by: str | None  #: the creating run (see uploader.send.batches.owner_token), None once created
     reserved_at: dt.datetime  #: created_at: the reservation's last heartbeat while batch_id is None
 
 
@@ -150,7 +150,7 @@ class Ledger(LedgerQueries):
         self.engine = engine
         self.new_file = new_file  #: this process created the SQLite file: nobody else has anything in it
         self._claim_log = os.environ.get(CLAIM_LOG_ENV) or None
-        self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.locate), released by close()
+        self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.ledger.locate), released by close()
 
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
@@ -197,7 +197,7 @@ class Ledger(LedgerQueries):
         return self.engine.url.render_as_string(hide_password=True)
 
     def load(self, manifest: ManifestLike, options_hash: str, production: Production | None = None) -> LoadReport:
-        """Validate a manifest and merge it in, all or nothing (see uploader.loader)."""
+        """Validate a manifest and merge it in, all or nothing (see uploader.load.merge)."""
         return load_manifest(self.engine, manifest, options_hash, production, new_file=self.new_file)
 
     # -- claims and leases -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ winner creates it at the API and records its id; the others wait for the id and 
 whose owner died (its pid is gone on this host) or went silent (no heartbeat for `stale_after` seconds) is
 taken over; a winner that fails gives its reservation up so that another run can try.
 
-Creation follows the job requests' policy (uploader.policy): `classify`, `next_delay` with Retry-After,
+Creation follows the job requests' policy (uploader.api.policy): `classify`, `next_delay` with Retry-After,
 a bounded number of attempts, FATAL stops at once; a 429 costs no attempt, and an API that cannot be
 connected to at all pauses the creation until `outage_seconds` (as it pauses the sending). A creation whose answer was lost (timeout, dropped
 connection, 5xx) and whose retry is refused as a duplicate name (BATCH_CREATION) probably created the
@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiError, FatalApiError
-from uploader.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
-from uploader.policy import OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
-from uploader.summary import redirect_message
+from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
+from uploader.api.policy import OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
+from uploader.send.summary import redirect_message
 
 if TYPE_CHECKING:
-    from uploader.client import ApiClient
-    from uploader.ledger import BatchSlot, Ledger
+    from uploader.api.client import ApiClient
+    from uploader.ledger.ledger import BatchSlot, Ledger
 
 __all__ = ["BatchPolicy", "auto_batch_name", "ensure_batch", "owner_token", "reservation_dead"]
 
@@ -111,7 +111,7 @@ async def ensure_batch(
 ) -> str:
     """The id of the project's batch `name` (None: the ledger's own batch), created at the API by exactly
     one of the runs that want it; the others wait for it."""
-    from uploader.ledger import _pid_alive, utcnow
+    from uploader.ledger.ledger import _pid_alive, utcnow
 
     notice = notice or (lambda _message: None)
     host = socket.gethostname()
@@ -180,7 +180,7 @@ async def _create(
 ) -> str:
     """POST the batch, retrying as for jobs. `maybe_created`: an earlier try (or the dead run whose
     reservation this is) may have created it without the answer arriving."""
-    from uploader.ledger import utcnow
+    from uploader.ledger.ledger import utcnow
 
     rng = random.Random(policy.seed)
     name, project = slot.name, slot.project_id
@@ -218,7 +218,7 @@ async def _create(
                                "busy (429); run the same command again later")
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # No connection: the API is down, not the request wrong. As for jobs, no attempt is counted
-            # and the run stops once it has been unreachable for too long (uploader.pacing's limits).
+            # and the run stops once it has been unreachable for too long (uploader.send.pacing's limits).
             down_since = down_since if down_since is not None else time.monotonic()
             answered = attempts or throttled
             limit = policy.outage_seconds if answered else min(policy.outage_seconds, FIRST_CONTACT_LIMIT)

@@ -1,4 +1,4 @@
-"""Where the ledger is: `--ledger`, else UPLOADER_LEDGER, else `uploader.db` here. Kept apart from db.py
+"""Where the ledger is: `--ledger`, else UPLOADER_LEDGER, else `uploader.db` here. Kept apart from engine.py
 so that `uploader load` can know it before SQLAlchemy is imported (see runner.prepare_load).
 
 Also the ledger file's own lock (`hold_shared`, `discard_unused`): every Ledger on a SQLite file holds

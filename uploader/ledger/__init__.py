@@ -1,0 +1,1 @@
+"""Durable job state: engine, schema and models, claims and leases, results, status and export rows."""

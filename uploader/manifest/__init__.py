@@ -1,0 +1,1 @@
+"""Read and validate manifest files (CSV/TSV, JSONL, Parquet; columns, values, video frames): pure."""
