@@ -38,7 +38,7 @@ def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[flo
     for suffix in ("", "-wal", "-shm") if fresh else ():
         Path(str(ledger) + suffix).unlink(missing_ok=True)
     code = (
-        "import resource, sys; from uploader.cli.commands import main; sys.argv = sys.argv[1:]\n"
+        "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
         "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
         "      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"

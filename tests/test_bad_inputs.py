@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
-from uploader.send.runner import load
+from uploader.load import load
 
 DATA = Path(__file__).resolve().parent / "data"
 BAD, EDGE = DATA / "bad", DATA / "edge"

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine
 from uploader.errors import LedgerError
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
-from uploader.send.runner import load
+from uploader.load import load
 
 LOAD = ["--project-id", "p", "--work-flow-id", "w"]
 COMMANDS: dict[str, list[str]] = {

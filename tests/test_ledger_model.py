@@ -30,7 +30,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from uploader.ledger.ledger import Claim, Ledger, Resolution, Result
 from uploader.ledger.models import Status
-from uploader.api.policy import settle_found
+from uploader.ledger.transitions import settle_found
+from uploader.load import load_manifest
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -191,7 +192,7 @@ class LedgerModel(RuleBasedStateMachine):
     def _load(self, rows: list[tuple[str, int]]) -> Any:
         manifest = RowsManifest(self.dir / f"m{next(self.names)}.json", rows)
         self.manifests.append(manifest)
-        report = self.ledger.load(manifest, "opts")
+        report = load_manifest(self.ledger, manifest, "opts")
         self._loaded(manifest.path, report)
         return report
 
@@ -209,7 +210,7 @@ class LedgerModel(RuleBasedStateMachine):
         Otherwise it is merged again: its pending/failed rows whose payload a later load changed get its
         payload back, other such rows are conflicts (issue 10, item 4)."""
         manifest = data.draw(st.sampled_from(self.manifests))
-        report = self.ledger.load(RowsManifest(manifest.path, manifest.rows), "opts")
+        report = load_manifest(self.ledger, RowsManifest(manifest.path, manifest.rows), "opts")
         if not self.changed_since[manifest.path]:
             assert report.already_loaded and report.new == report.updated == 0
             assert (report.conflicts, report.conflict_examples) == self.conflicts[manifest.path]

@@ -20,7 +20,7 @@ import pytest
 from uploader.manifest.values import MAX_URL_LENGTH
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import Manifest, ManifestOptions
-from uploader.send.runner import load
+from uploader.load import load
 from uploader.load.slices import MIN_SPLIT_BYTES, Production
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"

@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from uploader.load import slices as staging
-from uploader.send import runner
+from uploader.load import load, prepare_load
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
@@ -629,7 +629,7 @@ def test_prepare_load_stages_before_the_ledger_is_opened(spy: Spy, tmp_path: Pat
     into the new ledger then copies their slices."""
     case = build(IMAGE_HEADER, image_rows(40))
     manifest, ledger = case.write(tmp_path), tmp_path / "ledger.db"
-    with runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True) as prep:
+    with prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True) as prep:
         assert not ledger.exists() and len(spy.workdirs) == 1 and spy.workdirs[0].exists()
         led = Ledger.open(ledger)
         try:
@@ -646,7 +646,7 @@ def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratc
     """A PreparedLoad closed without loading kills and reaps its workers and removes their scratch folder."""
     manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path)
     before = children(os.getpid(), zombies=True)
-    prep = runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
+    prep = prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
     workers = children(os.getpid(), zombies=True).keys() - before.keys()
     assert len(workers) == 2 and len(scratch_dirs(scratch_root)) == 1
     prep.close()
@@ -655,7 +655,7 @@ def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratc
 
 
 def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) -> None:
-    """runner.load on an empty ledger (not created by this load) also takes the parallel path, and the
+    """load on an empty ledger (not created by this load) also takes the parallel path, and the
     ledger stays in WAL throughout (a failed load must leave such a file byte for byte unchanged)."""
     case = build(IMAGE_HEADER, image_rows(40))
     ledger_path = tmp_path / "ledger.db"
@@ -664,7 +664,7 @@ def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) ->
     spy.on_part.append(lambda: formats.append(file_format(ledger_path)))
     led = Ledger.open(ledger_path)
     try:
-        report = runner.load(led, case.write(tmp_path), ManifestOptions(project_id="p", work_flow_id="w"))
+        report = load(led, case.write(tmp_path), ManifestOptions(project_id="p", work_flow_id="w"))
     finally:
         led.close()
     assert report.new == 40 and spy.took_clean_parallel_path()

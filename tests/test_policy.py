@@ -12,16 +12,13 @@ from uploader.api import policy
 from uploader.api.policy import (
     ApiResult,
     Decision,
-    Settlement,
     Verdict,
     backoff_delay,
     classify,
-    fails_when_not_found,
     job_id_text,
     may_have_created,
     next_delay,
     retry_after_seconds,
-    settle_found,
     too_many_protocol_errors,
 )
 
@@ -211,39 +208,6 @@ MAY_HAVE_CREATED = [
 @pytest.mark.parametrize(("result", "created"), [r[1:] for r in MAY_HAVE_CREATED], ids=[r[0] for r in MAY_HAVE_CREATED])
 def test_may_have_created(result: ApiResult, created: bool) -> None:
     assert may_have_created(result) is created
-
-
-H, OLD = "a" * 64, "b" * 64
-
-
-@pytest.mark.parametrize(
-    ("sent", "held", "expected"),
-    [
-        (H, False, ("succeeded", "recovered", None)),  # our own lost answer: the normal crash recovery
-        (f"{H} ", False, ("succeeded", "recovered", None)),
-        (None, False, ("conflict", "pre-existing", "created_elsewhere")),
-        ("", False, ("conflict", "pre-existing", "created_elsewhere")),
-        (OLD, False, ("conflict", "recovered", "payload_changed")),
-        (f"{OLD} {H}", False, ("conflict", "recovered", "payload_changed")),
-        (f"{H} {OLD}", False, ("conflict", "recovered", "payload_changed")),
-        (H, True, ("conflict", "recovered", "duplicate_job_id")),
-        (None, True, ("conflict", "pre-existing", "duplicate_job_id")),
-    ],
-)
-def test_settle_found(sent: str | None, held: bool, expected: tuple) -> None:
-    settled = settle_found(sent, H, held)
-    assert isinstance(settled, Settlement)
-    assert (settled.status, settled.origin, settled.code) == expected
-    assert (settled.message is None) == (settled.status == "succeeded")
-
-
-@pytest.mark.parametrize(
-    ("code", "fails"),
-    [("FS_0001", False), ("timeout", True), ("connection_closed", True), ("http_502", True), ("bad_job_id", True),
-     ("mismatched_answer", True), ("duplicate_job_id", True), (None, True)],
-)
-def test_fails_when_not_found(code: str | None, fails: bool) -> None:
-    assert fails_when_not_found(code) is fails
 
 
 @pytest.mark.parametrize(("errors", "stop"), [(0, False), (1, False), (9, False), (10, True), (500, True)])

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
-from uploader.send.runner import load
+from uploader.load import load
 from uploader.sandbox import Sandbox, SandboxConfig
 
 OPTIONS = ManifestOptions(project_id="proj", work_flow_id="wf")

@@ -43,7 +43,7 @@ from sqlalchemy import create_engine, text
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import CLAIM_LOG_ENV, Ledger
 from uploader.manifest.reader import ManifestOptions
-from uploader.send.runner import load
+from uploader.load import load
 from uploader.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -182,7 +182,7 @@ def test_a_sender_that_raises_stops_the_run_with_a_clear_error(tmp_path, monkeyp
     from uploader.api.client import ApiClient
     from uploader.ledger.ledger import Ledger
     from uploader.manifest.reader import ManifestOptions
-    from uploader.send.runner import load
+    from uploader.load import load
     from uploader.send.submit import RunOptions, submit
 
     class Broken(ApiClient):

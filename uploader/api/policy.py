@@ -28,17 +28,14 @@ __all__ = [
     "TRANSPORT_CODES",
     "ApiResult",
     "Decision",
-    "Settlement",
     "Verdict",
     "backoff_delay",
     "classify",
-    "fails_when_not_found",
     "job_id_text",
     "may_have_created",
     "next_delay",
     "retry_after_capped",
     "retry_after_seconds",
-    "settle_found",
     "too_many_protocol_errors",
 ]
 
@@ -273,53 +270,6 @@ def may_have_created(result: ApiResult) -> bool:
 def too_many_protocol_errors(errors: int) -> bool:
     """Whether a run that met `errors` protocol errors stops (the answers cannot be trusted)."""
     return errors >= PROTOCOL_ERROR_LIMIT
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """Where an uncertain row goes once a batch listing found its job, and why."""
-
-    status: str  #: "succeeded" or "conflict"
-    origin: str  #: "recovered" or "pre-existing"
-    code: str | None
-    message: str | None
-
-
-def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool = False) -> Settlement:
-    """An uncertain row whose job the listing found: a clean recovery only when every earlier attempt that
-    may have created the job sent exactly the payload the row holds now (`sent_hashes` is that hash alone).
-
-    - held_by_another: the job_id is already recorded for another row → conflict `duplicate_job_id`;
-    - no earlier send (`sent_hashes` empty): the ledger never sent this reference_id before the API refused
-      it, so someone else created the job → conflict `created_elsewhere`, origin pre-existing;
-    - another payload among the sends (the manifest changed after an answer was lost) → conflict
-      `payload_changed`: the job may hold that payload;
-    - else → succeeded, origin recovered.
-    """
-    hashes = set((sent_hashes or "").split())
-    origin = "pre-existing" if not hashes else "recovered"
-    if held_by_another:
-        return Settlement("conflict", origin, "duplicate_job_id",
-                          "the listing gives this row a job_id already recorded for another row")
-    if not hashes:
-        return Settlement("conflict", origin, "created_elsewhere",
-                          "the job existed before this ledger ever sent the row (created elsewhere): it may hold "
-                          "other data than the manifest says")
-    if hashes != {body_hash}:
-        return Settlement("conflict", origin, "payload_changed",
-                          "an earlier send with another payload may have created this job (its answer was lost "
-                          "before the manifest changed): it may hold the old data")
-    return Settlement("succeeded", origin, None, None)
-
-
-def fails_when_not_found(error_code: str | None) -> bool:
-    """Whether an uncertain row that a complete listing of its batch did not find becomes `failed`.
-
-    FS_0001 rows stay uncertain (the API said the job exists: a later listing may show it); a row uncertain
-    only because its last attempt may have reached the API (a timeout, a lost or malformed answer) was
-    not created, and `failed` lets `uploader retry` send it again (FS_0001 still guards against a twin).
-    """
-    return error_code not in EXISTS_CODES
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

@@ -76,7 +76,7 @@ def _manifest_options(func: F) -> F:
 
 
 def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: ignore[no-untyped-def]
-    from uploader.manifest.reader import ManifestOptions
+    from uploader.manifest import ManifestOptions
 
     pairs = []
     for item in columns:
@@ -91,7 +91,7 @@ def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: i
 
 def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-untyped-def]
     """Open the ledger for this command; it is closed when the command ends (also in-process callers)."""
-    from uploader.ledger.ledger import Ledger
+    from uploader.ledger import Ledger
 
     led = Ledger.open(ledger, create=create)
     ctx = click.get_current_context(silent=True)
@@ -113,8 +113,8 @@ def cli() -> None:
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
     """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
-    from uploader.send.runner import prepare_load
-    from uploader.ledger.locate import new_ledger_file
+    from uploader.ledger import new_ledger_file
+    from uploader.load import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     created = new_ledger_file(ledger)  # removed again if the load fails
@@ -157,8 +157,7 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
            spreadsheet_safe: bool) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
-    from uploader.ledger.ledger import EXPORT_COLUMNS
-    from uploader.ledger.models import Status
+    from uploader.ledger import EXPORT_COLUMNS, Status
 
     valid = {s.value for s in Status}
     for s in statuses:
@@ -211,7 +210,7 @@ def _api_options(func: F) -> F:
 
 def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
-    from uploader.api.client import check_base_url
+    from uploader.api import check_base_url
 
     if use_sandbox:
         from uploader.sandbox import Sandbox
@@ -259,9 +258,8 @@ def run(  # type: ignore[no-untyped-def]
     from contextlib import ExitStack
 
     from uploader.errors import FatalApiError
-    from uploader.ledger.locate import new_ledger_file
-    from uploader.send.runner import run_upload
-    from uploader.send.submit import RunOptions
+    from uploader.ledger import new_ledger_file
+    from uploader.send import RunOptions, run_upload
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
@@ -304,7 +302,7 @@ def reconcile(ledger, api_key, base_url, allow_http, use_sandbox, timeout) -> No
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
     from contextlib import ExitStack
 
-    from uploader.send.runner import reconcile as do_reconcile
+    from uploader.send import reconcile as do_reconcile
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)

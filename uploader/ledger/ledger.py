@@ -17,7 +17,7 @@ The legal moves (and only these) are made here:
 Payload hashes: the claim sets `attempt_hash` (the body_hash being sent), first adding a previous
 attempt's hash to `sent_hashes` (that attempt's answer was never recorded: it may have created the job).
 A result that may have created the job adds it too; every result clears it. A job found after FS_0001 is a
-clean recovery only when `sent_hashes` is the row's body_hash alone (policy.settle_found).
+clean recovery only when `sent_hashes` is the row's body_hash alone (transitions.settle_found).
 
 Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
 overwrite the newer owner's result; its late answer is counted as ignored.
@@ -50,12 +50,11 @@ from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine,
 from uploader.errors import LedgerError
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
-from uploader.load.merge import LoadReport, ManifestLike, load_manifest
 from uploader.ledger.models import Status
-from uploader.api.policy import fails_when_not_found, settle_found
-from uploader.load.slices import Production
+from uploader.ledger.transitions import fails_when_not_found, settle_found
 
-__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
+__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
+           "utcnow"]
 
 #: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
 CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
@@ -195,10 +194,6 @@ class Ledger(LedgerQueries):
     @property
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
-
-    def load(self, manifest: ManifestLike, options_hash: str, production: Production | None = None) -> LoadReport:
-        """Validate a manifest and merge it in, all or nothing (see uploader.load.merge)."""
-        return load_manifest(self.engine, manifest, options_hash, production, new_file=self.new_file)
 
     # -- claims and leases -------------------------------------------------------------------------------
 
@@ -362,7 +357,7 @@ class Ledger(LedgerQueries):
             for other, pid in conn.execute(
                 text("SELECT owner, pid FROM workers WHERE stopped_at IS NULL AND hostname = :h"), {"h": host}
             ).all():
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     self._expire(conn, other, now)
             conn.execute(
                 text(
@@ -544,7 +539,7 @@ class Ledger(LedgerQueries):
         """Settle uncertain rows with what a batch listing showed.
 
         `found` {row id: job_id}: the row gets that job_id and goes `succeeded` (origin recovered) or
-        `conflict` (policy.settle_found: a job this ledger never sent, or one an earlier payload may have
+        `conflict` (transitions.settle_found: a job this ledger never sent, or one an earlier payload may have
         created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
         find; those not refused with FS_0001 go `failed` with their last error (nothing was created, so
         `retry` may send them again), FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
@@ -663,7 +658,8 @@ def _never_written(path: Path) -> bool:
         con.close()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

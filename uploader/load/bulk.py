@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from sqlalchemy import Engine
 
 from uploader.load import slices as staging
-from uploader.ledger.engine import sqlite_bulk_mode, translate_errors
+from uploader.ledger import sqlite_bulk_mode, translate_errors
 
 if TYPE_CHECKING:
     from uploader.load.merge import ManifestLike

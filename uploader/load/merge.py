@@ -15,16 +15,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
 from uploader.load import bulk as bulk_load
 from uploader.load import slices as staging
-from uploader.ledger.engine import read_tx, translate_errors
 from uploader.errors import ManifestError, Problem
+from uploader.ledger import read_tx, translate_errors
 
-__all__ = ["LoadReport", "load_manifest", "file_sha256"]
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+
+__all__ = ["LoadReport", "ManifestLike", "load_manifest", "file_sha256"]
 
 #: Examples of updated / conflicting reference_ids kept for the report.
 EXAMPLES = 5
@@ -87,16 +90,17 @@ def _utcnow() -> dt.datetime:
 
 
 def load_manifest(
-    engine: Engine, manifest: ManifestLike, options_hash: str, production: staging.Production | None = None,
-    *, new_file: bool = False,
+    ledger: Ledger, manifest: ManifestLike, options_hash: str, production: staging.Production | None = None,
 ) -> LoadReport:
-    """Validate and merge one manifest; raise ManifestError (ledger untouched) if anything is wrong.
+    """Validate and merge one manifest into `ledger`; raise ManifestError (ledger untouched) if anything is
+    wrong.
 
     `production`: worker processes already staging this manifest (started before the ledger was even
-    opened, when it is new; else started here if the manifest suits); closed in any case. `new_file`: this process
-    created the SQLite file (see db.sqlite_bulk_mode)."""
+    opened, when it is new; else started here if the manifest suits); closed in any case. A ledger whose
+    SQLite file this process created (`ledger.new_file`) is loaded in bulk mode (see engine.sqlite_bulk_mode)."""
     import time
 
+    engine, new_file = ledger.engine, ledger.new_file
     started = time.perf_counter()
     path = Path(manifest.path)
     try:

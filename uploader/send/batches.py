@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiError, FatalApiError
 from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
-from uploader.api.policy import OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
+from uploader.api import OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_seconds
 from uploader.send.summary import redirect_message
 
 if TYPE_CHECKING:
-    from uploader.api.client import ApiClient
-    from uploader.ledger.ledger import BatchSlot, Ledger
+    from uploader.api import ApiClient
+    from uploader.ledger import BatchSlot, Ledger
 
 __all__ = ["BatchPolicy", "auto_batch_name", "ensure_batch", "owner_token", "reservation_dead"]
 
@@ -111,7 +111,7 @@ async def ensure_batch(
 ) -> str:
     """The id of the project's batch `name` (None: the ledger's own batch), created at the API by exactly
     one of the runs that want it; the others wait for it."""
-    from uploader.ledger.ledger import _pid_alive, utcnow
+    from uploader.ledger import pid_alive, utcnow
 
     notice = notice or (lambda _message: None)
     host = socket.gethostname()
@@ -129,7 +129,7 @@ async def ensure_batch(
         if slot.reserved_by != owner:
             assert slot.reserved_by is not None
             if not reservation_dead(slot.reserved_by, slot.reserved_at, utcnow(), policy.stale_after, host,
-                                    _pid_alive):
+                                    pid_alive):
                 if not said and asyncio.get_running_loop().time() - started >= SAY_WAITING_AFTER:
                     notice(f"waiting for another run to create batch {slot.name!r} "
                            f"(reserved by {slot.reserved_by.partition(':')[2]})")
@@ -180,7 +180,7 @@ async def _create(
 ) -> str:
     """POST the batch, retrying as for jobs. `maybe_created`: an earlier try (or the dead run whose
     reservation this is) may have created it without the answer arriving."""
-    from uploader.ledger.ledger import utcnow
+    from uploader.ledger import utcnow
 
     rng = random.Random(policy.seed)
     name, project = slot.name, slot.project_id

@@ -15,12 +15,12 @@ import random
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiUnreachableError, FatalApiError
-from uploader.ledger.ledger import Ledger
-from uploader.api.policy import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
+from uploader.ledger import Ledger
+from uploader.api import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
 from uploader.send.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one
-    from uploader.api.client import ApiClient
+    from uploader.api import ApiClient
 
 __all__ = ["Recovery", "RunStopping"]
 

@@ -1,4 +1,4 @@
-"""The library entry points the CLI calls: load a manifest, run an upload, reconcile uncertain rows.
+"""The library entry points of sending that the CLI calls: run an upload, reconcile uncertain rows.
 
 Usable from Python:
 
@@ -16,57 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import UsageError
-from uploader.manifest.reader import Manifest, ManifestOptions
+from uploader.load import load
 
-if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
-    # SQLAlchemy only once a ledger is opened: prepare_load() forks its workers before that
+if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests
     from uploader.send.batches import BatchPolicy
-    from uploader.api.client import ApiClient
-    from uploader.ledger.ledger import Ledger
-    from uploader.load.merge import LoadReport
-    from uploader.load.slices import Production
+    from uploader.api import ApiClient
+    from uploader.ledger import Ledger
+    from uploader.load import LoadReport
+    from uploader.manifest import ManifestOptions
     from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
-__all__ = ["PreparedLoad", "load", "prepare_load", "reconcile", "run_upload"]
-
-
-def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
-    """Validate a manifest and merge it into the ledger, all or nothing."""
-    return ledger.load(Manifest(path, options), options.fingerprint())
-
-
-class PreparedLoad:
-    """A manifest whose header is checked, and, for a new ledger, whose rows are already being staged by
-    worker processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
-
-    def __init__(self, manifest: Manifest, production: Production | None) -> None:
-        self.manifest, self.production = manifest, production
-
-    def load(self, ledger: Ledger) -> LoadReport:
-        production, self.production = self.production, None
-        return ledger.load(self.manifest, self.manifest.options.fingerprint(), production)
-
-    def close(self) -> None:
-        if self.production is not None:
-            self.production.close()
-            self.production = None
-
-    def __enter__(self) -> "PreparedLoad":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool) -> PreparedLoad:
-    """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
-    empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
-    loads and the ledger is created and migrated, which takes half a second."""
-    from uploader.load.slices import Production
-
-    manifest = Manifest(path, options)
-    production = Production.start(manifest) if new_ledger else None
-    return PreparedLoad(manifest, production)
+__all__ = ["reconcile", "run_upload"]
 
 
 def run_upload(
@@ -113,7 +73,7 @@ async def _run(
     on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
     from uploader.send.batches import BatchPolicy
-    from uploader.api.client import ApiClient
+    from uploader.api import ApiClient
     from uploader.send.submit import nothing_to_send, submit
 
     async with AsyncExitStack() as stack:
@@ -194,7 +154,7 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
 
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float) -> tuple[int, int]:
-    from uploader.api.client import ApiClient
+    from uploader.api import ApiClient
 
     resolved = remaining = 0
     async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:

@@ -27,12 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from uploader.ledger.engine import LedgerLocked, LockWait, set_lock_wait
 from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
-from uploader.ledger.ledger import Claim, Ledger, Result, utcnow
-from uploader.ledger.models import Status
+from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
 from uploader.send.pacing import Pacer, RateLimiter
-from uploader.api.policy import (
+from uploader.api import (
     MAX_RETRY_AFTER,
     OUTAGE_CODES,
     PROTOCOL_ERROR_LIMIT,
@@ -51,7 +49,7 @@ from uploader.send.resolve import Recovery, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
-    from uploader.api.client import ApiClient
+    from uploader.api import ApiClient
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
            "outcome_for", "submit"]

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from uploader.api.policy import ApiResult, Decision
+from uploader.api import ApiResult, Decision
 
 __all__ = ["Progress", "RunSummary", "fatal_message", "redirect_message"]
 
