@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
-from uploader.client import ApiClient, _make_transport  # noqa: E402
+from uploader.api.client import ApiClient, _make_transport  # noqa: E402
 
 API_KEY = "benchmark-key"
 PROJECT = "p1"

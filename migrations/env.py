@@ -1,10 +1,10 @@
-"""Alembic environment: runs in-process on the connection uploader hands over (see uploader/db.py)."""
+"""Alembic environment: runs in-process on the connection uploader hands over (see uploader/ledger/engine.py)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from uploader.models import Base
+from uploader.ledger.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -18,12 +18,12 @@ import pytest
 
 
 class FakeManifest:
-    """Stands in for uploader.manifest.Manifest at the ledger's edge (the loader's unit tests)."""
+    """Stands in for uploader.manifest.reader.Manifest at the ledger's edge (the loader's unit tests)."""
 
     def __init__(self, path: Path, rows: list[tuple[str, str]], project: str = "p1", extra: dict | None = None):
         self.path = path
         self.unit = "line"
-        self.splittable = False  # read in one piece: no worker processes (uploader.staging)
+        self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)
         self.problems: list = []
         self.problem_count = 0
         self.rows = rows
@@ -86,7 +86,7 @@ def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def ledger(db_url: str):
-    from uploader.ledger import Ledger
+    from uploader.ledger.ledger import Ledger
 
     led = Ledger.open(db_url)
     yield led

@@ -25,10 +25,10 @@ from typing import NamedTuple
 import pytest
 from click.testing import CliRunner
 
-from uploader.cli import cli
-from uploader.ledger import Ledger
-from uploader.manifest import ManifestOptions
-from uploader.runner import load
+from uploader.cli.commands import cli
+from uploader.ledger.ledger import Ledger
+from uploader.manifest.reader import ManifestOptions
+from uploader.load import load
 
 DATA = Path(__file__).resolve().parent / "data"
 BAD, EDGE = DATA / "bad", DATA / "edge"

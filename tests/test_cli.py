@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from uploader.cli import cli
+from uploader.cli.commands import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 LOAD = ["--project-id", "proj", "--work-flow-id", "wf"]
@@ -44,8 +44,8 @@ def test_load_every_sample_then_reload_is_a_no_op(tmp_path, sample, rows):
 def test_identical_reload_repeats_its_conflicts(tmp_path):
     """A file whose load found conflicts (rows already sent with another payload) says so again when it is
     loaded again, though that reload changes nothing."""
-    from uploader.ledger import Ledger, Result
-    from uploader.models import Status
+    from uploader.ledger.ledger import Ledger, Result
+    from uploader.ledger.models import Status
 
     ledger = str(tmp_path / "l.db")
     first = tmp_path / "a.csv"
@@ -155,7 +155,7 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("UPLOADER_LEDGER", None)
     code = (
-        "import os, sys, uploader.cli as c; assert c.__file__.startswith(os.environ['PYTHONPATH']), c.__file__; "
+        "import os, sys, uploader.cli.commands as c; assert c.__file__.startswith(os.environ['PYTHONPATH']), c.__file__; "
         "sys.argv[0] = 'uploader'; c.main()"
     )
     result = subprocess.run(

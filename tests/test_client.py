@@ -1,4 +1,4 @@
-"""uploader.client: requests as sent, envelopes as read, and every failure turned into an ApiResult.
+"""uploader.api.client: requests as sent, envelopes as read, and every failure turned into an ApiResult.
 
 Unit tests inject httpx.MockTransport; the failure modes that only a real socket shows (timeouts, a
 connection dropped before the answer, a refused port, a 1 GB body) run against a tiny aiohttp server of
@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 
 import uploader
-from uploader import client as client_module
-from uploader.client import ApiClient, check_base_url
+from uploader.api import client as client_module
+from uploader.api.client import ApiClient, check_base_url
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
-from uploader.policy import ApiResult, Verdict, classify
+from uploader.api.policy import ApiResult, Verdict, classify
 
 KEY = "sk-test-7f3c9a1e5b2d4c6f8a0b"
 BASE = "https://api.test"

@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from uploader.errors import LedgerError
-from uploader.ledger import Ledger
-from uploader.manifest import ManifestOptions
-from uploader.runner import load
+from uploader.ledger.ledger import Ledger
+from uploader.manifest.reader import ManifestOptions
+from uploader.load import load
 
 LOAD = ["--project-id", "p", "--work-flow-id", "w"]
 COMMANDS: dict[str, list[str]] = {

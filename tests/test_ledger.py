@@ -12,8 +12,9 @@ import time
 import pytest
 
 from uploader.errors import ManifestError
-from uploader.ledger import Ledger, Resolution, Result, utcnow
-from uploader.models import Status
+from uploader.ledger.ledger import Ledger, Resolution, Result, utcnow
+from uploader.ledger.models import Status
+from uploader.load import load_manifest
 
 from tests.conftest import fake_manifest, is_sqlite, sqlite_only
 
@@ -28,9 +29,9 @@ def test_ledger_file_is_private_and_wal(ledger, ledger_path):
 
 
 def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
-    first = ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    first = load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     assert (first.new, first.unchanged, first.updated, first.conflicts) == (10, 0, 0, 0)
-    again = ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    again = load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     assert again.already_loaded and again.unchanged == 10
 
     # ref-0 succeeds; then a new manifest changes ref-0 (conflict) and ref-1 (update) and adds ref-10
@@ -39,11 +40,11 @@ def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
     ledger.record([Result(claims["ref-0"].id, claims["ref-0"].lease_token, Status.SUCCEEDED, job_id="J0")])
     ledger.release(owner)
     changed = [(r, u + "?v=2") if r in ("ref-0", "ref-1") else (r, u) for r, u in ROWS] + [("ref-10", "https://e/x")]
-    report = ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
+    report = load_manifest(ledger, fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
     assert (report.new, report.unchanged, report.updated, report.conflicts) == (1, 8, 1, 1)
     assert report.conflict_examples == ("ref-0",) and report.updated_examples == ("ref-1",)
     # the identical file again: a no-op, but its conflict still stands and is reported again
-    again = ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
+    again = load_manifest(ledger, fake_manifest(tmp_path, changed, name="m2.csv"), "opts")
     assert again.already_loaded and (again.rows, again.unchanged, again.conflicts) == (11, 10, 1)
     assert again.conflict_examples == ("ref-0",) and again.updated == 0
     rows = {r["reference_id"]: r for r in ledger.export_rows()}
@@ -61,11 +62,11 @@ def _snapshot(ledger, ledger_path):
 
 
 def test_invalid_manifest_leaves_ledger_unchanged(ledger, ledger_path, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     before = _snapshot(ledger, ledger_path)
+    rows = ROWS + [("ref-3", "https://x"), ("new", "https://y")]
     with pytest.raises(ManifestError) as err:
-        ledger.load(fake_manifest(tmp_path, ROWS + [("ref-3", "https://x"), ("new", "https://y")], name="b.csv"),
-                    "opts")
+        load_manifest(ledger, fake_manifest(tmp_path, rows, name="b.csv"), "opts")
     assert "duplicate reference_id 'ref-3' (first on line 5)" in str(err.value)
     assert "b.csv:12: column" in str(err.value) and "1 problem found" in str(err.value)
     assert _snapshot(ledger, ledger_path) == before
@@ -73,7 +74,7 @@ def test_invalid_manifest_leaves_ledger_unchanged(ledger, ledger_path, tmp_path)
 
 
 def test_claim_marks_in_flight_and_counts_attempts(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     first = ledger.claim(owner, 4, 60)
     second = ledger.claim(owner, 100, 60)
@@ -85,7 +86,7 @@ def test_claim_marks_in_flight_and_counts_attempts(ledger, tmp_path):
 
 
 def test_results_are_fenced_by_lease_token(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS[:1]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:1]), "opts")
     zombie = ledger.register_worker()
     (old,) = ledger.claim(zombie, 1, lease_seconds=0.01)
     later = utcnow() + dt.timedelta(seconds=1)
@@ -99,7 +100,7 @@ def test_results_are_fenced_by_lease_token(ledger, tmp_path):
 
 
 def test_backoff_and_refund(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2]), "opts")
     owner = ledger.register_worker()
     a, b = ledger.claim(owner, 2, 60)
     soon = utcnow() + dt.timedelta(seconds=30)
@@ -114,7 +115,7 @@ def test_backoff_and_refund(ledger, tmp_path):
 
 
 def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
-    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     ledger.claim(owner, 3, 3600)
     assert ledger.release(owner) == 3
@@ -134,7 +135,7 @@ def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
 
 
 def test_retry_and_status(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     a, b, c = ledger.claim(owner, 3, 60)
     ledger.record([
@@ -157,7 +158,7 @@ def test_retry_and_status(ledger, tmp_path):
 
 
 def test_batches_and_extra_columns(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS[:2], extra={"camera": "=cmd()"}), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2], extra={"camera": "=cmd()"}), "opts")
     assert ledger.extra_columns() == ["camera"]
     assert next(iter(ledger.export_rows()))["camera"] == "=cmd()"
     assert ledger.batch_id_for("p1", "b") is None
@@ -169,7 +170,7 @@ def test_two_machines_claiming_concurrently_never_share_a_row(ledger, db_url, tm
     """Two engines on one ledger (two "machines"), several threads each, claiming in small bites: every row
     is claimed exactly once (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE serialises)."""
     rows = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(600)]
-    ledger.load(fake_manifest(tmp_path, rows), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, rows), "opts")
     machines = [Ledger.open(db_url) for _ in range(2)]
     claimed: list[tuple[str, int, int]] = []  # (owner, row id, lease token)
     errors: list[BaseException] = []
@@ -205,7 +206,7 @@ def test_two_machines_claiming_concurrently_never_share_a_row(ledger, db_url, tm
 
 
 def test_next_wakeup_waits_for_other_workers_rows(ledger, tmp_path):
-    ledger.load(fake_manifest(tmp_path, ROWS[:2]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2]), "opts")
     mine, theirs = ledger.register_worker(), ledger.register_worker()
     (a,) = ledger.claim(mine, 1, 60)
     assert ledger.next_wakeup(mine) <= utcnow()  # b is pending and claimable: now
@@ -255,7 +256,7 @@ def test_batch_reservations_pick_one_creator_and_give_rows_a_batch(ledger, db_ur
         assert ledger.complete_batch(own.id, "B-LATE") == "B-OWN"  # recorded first wins; every run uses it
         assert ledger.reserve_batch("p1", "another", "y", auto=True).batch_id == "B-OWN"  # one per project
 
-        ledger.load(fake_manifest(tmp_path, ROWS[:6]), "opts")
+        load_manifest(ledger, fake_manifest(tmp_path, ROWS[:6]), "opts")
         owner = ledger.register_worker()
         sent = ledger.claim(owner, 2, 60)  # two rows in the air: they keep their (default) batch
         assert ledger.projects_needing_batch() == []  # unresolved rows in the default batch: it stays

@@ -101,13 +101,13 @@ def test_sigterm_while_another_process_holds_the_ledger_lock(tmp_path):
 
 
 def test_lock_wait_tells_gives_up_and_is_interrupted(tmp_path):
-    """uploader.db.LockWait on a real ledger: the wait is reported after `notice_after`, ends with a clear
+    """uploader.ledger.engine.LockWait on a real ledger: the wait is reported after `notice_after`, ends with a clear
     LedgerLocked after `limit`, and at once (interrupted) when `give_up` says so; without a LockWait a
     write still gets SQLite's own busy timeout, and once the lock is free writes go through."""
     import pytest
 
-    from uploader.db import LedgerLocked, LockWait, set_lock_wait
-    from uploader.ledger import Ledger
+    from uploader.ledger.engine import LedgerLocked, LockWait, set_lock_wait
+    from uploader.ledger.ledger import Ledger
 
     ledger = tmp_path / "l.db"
     led = Ledger.open(ledger)

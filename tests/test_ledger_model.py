@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from uploader.ledger import Claim, Ledger, Resolution, Result
-from uploader.models import Status
-from uploader.policy import settle_found, settle_missing
+from uploader.ledger.ledger import Claim, Ledger, Resolution, Result
+from uploader.ledger.models import Status
+from uploader.ledger.transitions import settle_found, settle_missing
+from uploader.load import load_manifest
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -52,12 +53,12 @@ LEGAL_MOVES = {
 
 
 class RowsManifest:
-    """A stand-in for uploader.manifest.Manifest at the loader's edge: (reference_id, body version) rows.
+    """A stand-in for uploader.manifest.reader.Manifest at the loader's edge: (reference_id, body version) rows.
     Offers both chunk_tuples() (the loader's interface) and chunks() of the same rows."""
 
     def __init__(self, path: Path, rows: list[tuple[str, int]]) -> None:
         self.path, self.unit, self.problems, self.problem_count = path, "line", [], 0
-        self.splittable = False  # read in one piece: no worker processes (uploader.staging)
+        self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)
         self.rows = rows
         if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content
             path.write_text(json.dumps([path.name, rows]))
@@ -69,7 +70,7 @@ class RowsManifest:
             yield jobs[start:start + size]
 
     def chunks(self, size: int = 5000) -> Iterator[list[Any]]:
-        from uploader.manifest import StagedJob
+        from uploader.manifest.reader import StagedJob
 
         for chunk in self.chunk_tuples(size):
             yield [StagedJob(*job) for job in chunk]
@@ -191,7 +192,7 @@ class LedgerModel(RuleBasedStateMachine):
     def _load(self, rows: list[tuple[str, int]]) -> Any:
         manifest = RowsManifest(self.dir / f"m{next(self.names)}.json", rows)
         self.manifests.append(manifest)
-        report = self.ledger.load(manifest, "opts")
+        report = load_manifest(self.ledger, manifest, "opts")
         self._loaded(manifest.path, report)
         return report
 
@@ -209,7 +210,7 @@ class LedgerModel(RuleBasedStateMachine):
         Otherwise it is merged again: its pending/failed rows whose payload a later load changed get its
         payload back, other such rows are conflicts (issue 10, item 4)."""
         manifest = data.draw(st.sampled_from(self.manifests))
-        report = self.ledger.load(RowsManifest(manifest.path, manifest.rows), "opts")
+        report = load_manifest(self.ledger, RowsManifest(manifest.path, manifest.rows), "opts")
         if not self.changed_since[manifest.path]:
             assert report.already_loaded and report.new == report.updated == 0
             assert (report.conflicts, report.conflict_examples) == self.conflicts[manifest.path]

@@ -1,6 +1,6 @@
 """URLs too long to be fetched (issue 10, item 16): an image_url or frame src over MAX_URL_LENGTH is a
 manifest problem, reported with file, line and column, exit 1, and nothing is loaded — whether the manifest
-is read in this process or, when it is big, by uploader.staging's worker processes, and whether the ledger
+is read in this process or, when it is big, by uploader.load.slices's worker processes, and whether the ledger
 is new (the empty-ledger bulk path) or already holds jobs (the staging merge).
 """
 
@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from uploader._manifest_values import MAX_URL_LENGTH
-from uploader.ledger import Ledger
-from uploader.manifest import Manifest, ManifestOptions
-from uploader.runner import load
-from uploader.staging import MIN_SPLIT_BYTES, Production
+from uploader.manifest.values import MAX_URL_LENGTH
+from uploader.ledger.ledger import Ledger
+from uploader.manifest.reader import Manifest, ManifestOptions
+from uploader.load import load
+from uploader.load.slices import MIN_SPLIT_BYTES, Production
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 LOAD_OPTS = ["--project-id", "p", "--work-flow-id", "w"]

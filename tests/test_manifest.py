@@ -1,4 +1,4 @@
-"""Tests of uploader.manifest: formats, shapes, verbatim values, validation with exact locations, streaming."""
+"""Tests of uploader.manifest.reader: formats, shapes, verbatim values, validation with exact locations, streaming."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uploader import _manifest_csv
+from uploader.manifest import csv_reader as _manifest_csv
 from uploader.errors import ManifestError
-from uploader.manifest import Manifest, ManifestOptions, StagedJob
+from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 OPTS = ManifestOptions(project_id="proj-1", work_flow_id="wf-1")
@@ -711,7 +711,7 @@ def test_block_boundaries_never_change_the_result(rows: list[list[str]], eol: st
 
 def test_project_and_workflow_ids_longer_than_the_ledger_column_are_refused(tmp_path):
     from uploader.errors import ManifestError
-    from uploader.manifest import Manifest, ManifestOptions
+    from uploader.manifest.reader import Manifest, ManifestOptions
 
     path = tmp_path / "m.csv"
     path.write_text("reference_id,image_url,work_flow_id\na,https://x.com/a.jpg," + "w" * 256 + "\n")

@@ -12,9 +12,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.config import Config
 
-from uploader.db import ledger_url, migrate, open_engine, script_location
+from uploader.ledger.engine import ledger_url, migrate, open_engine, script_location
 from uploader.errors import LedgerTooNewError
-from uploader.models import Base
+from uploader.ledger.models import Base
 
 
 def _config() -> Config:
@@ -92,7 +92,7 @@ def test_runs_opening_a_new_ledger_at_once_migrate_it_once(db_url):
 
 
 def test_schema_head_is_alembics_head():
-    from uploader.db import SCHEMA_HEAD
+    from uploader.ledger.engine import SCHEMA_HEAD
 
     assert ScriptDirectory.from_config(_config()).get_heads() == [SCHEMA_HEAD]
 
@@ -117,7 +117,7 @@ def _sqlite_schema(path) -> dict:
 def test_new_sqlite_ledger_is_the_migrated_schema(tmp_path):
     """A new SQLite file gets the models' schema at once (no Alembic run): column for column, index for
     index, the same as replaying every migration, and stamped with the head so later migrations apply."""
-    from uploader.ledger import Ledger
+    from uploader.ledger.ledger import Ledger
 
     fresh = Ledger.open(tmp_path / "fresh.db")
     fresh.close()
@@ -140,7 +140,7 @@ def test_new_sqlite_ledger_is_the_migrated_schema(tmp_path):
 def test_new_ledger_opened_by_many_at_once(tmp_path):
     """Several processes' worth of opens of one new file at once: one creates the schema, the others find it
     (or migrate an empty file that another has not filled yet); every one ends at the head."""
-    from uploader.ledger import Ledger
+    from uploader.ledger.ledger import Ledger
 
     path, errors, ledgers = tmp_path / "race.db", [], []
 
@@ -157,7 +157,7 @@ def test_new_ledger_opened_by_many_at_once(tmp_path):
         t.join()
     for led in ledgers:
         led.close()
-    from uploader.db import SCHEMA_HEAD
+    from uploader.ledger.engine import SCHEMA_HEAD
 
     assert errors == [] and len(ledgers) == 6
     assert _sqlite_schema(path)["version"] == [(SCHEMA_HEAD,)]

@@ -1,4 +1,4 @@
-"""The run-wide pause and in-the-air window (uploader.pacing), with the clock under the test's control."""
+"""The run-wide pause and in-the-air window (uploader.send.pacing), with the clock under the test's control."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from uploader import pacing
-from uploader.pacing import Pacer
+from uploader.send import pacing
+from uploader.send.pacing import Pacer
 
 
 @pytest.fixture

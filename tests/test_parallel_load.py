@@ -1,7 +1,7 @@
-"""The parallel first load (uploader.staging): worker processes stage slices of a CSV/TSV file into scratch
+"""The parallel first load (uploader.load.slices): worker processes stage slices of a CSV/TSV file into scratch
 SQLite files that the parent copies into an empty SQLite ledger.
 
-In-process tests lower `uploader.staging.MIN_SPLIT_BYTES` so that small files take the parallel path, and
+In-process tests lower `uploader.load.slices.MIN_SPLIT_BYTES` so that small files take the parallel path, and
 check that they did by wrapping (not replacing) `Production.__init__` / `Production.results`. The result of
 every load is compared with the one-process load of the same file (`Production.suits` patched to refuse).
 Subprocess tests run `python -m uploader load` on a ~4.5 MiB file with TMPDIR set to a folder of their own,
@@ -27,10 +27,11 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
-from uploader import runner, staging
-from uploader.cli import cli
-from uploader.ledger import Ledger
-from uploader.manifest import ManifestOptions
+from uploader.load import slices as staging
+from uploader.load import load, prepare_load
+from uploader.cli.commands import cli
+from uploader.ledger.ledger import Ledger
+from uploader.manifest.reader import ManifestOptions
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
@@ -490,7 +491,7 @@ def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(existing: 
     """SQLite itself runs out of room (max_page_count: a real SQLITE_FULL) while slices are copied in:
     exit 1 with the ledger error and no traceback, nothing loaded (a new file removed, an existing one
     byte-for-byte as it was), and no scratch folder left."""
-    import uploader.bulk_load as bulk_load
+    import uploader.load.bulk as bulk_load
 
     real_mode = bulk_load.sqlite_bulk_mode
 
@@ -628,7 +629,7 @@ def test_prepare_load_stages_before_the_ledger_is_opened(spy: Spy, tmp_path: Pat
     into the new ledger then copies their slices."""
     case = build(IMAGE_HEADER, image_rows(40))
     manifest, ledger = case.write(tmp_path), tmp_path / "ledger.db"
-    with runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True) as prep:
+    with prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True) as prep:
         assert not ledger.exists() and len(spy.workdirs) == 1 and spy.workdirs[0].exists()
         led = Ledger.open(ledger)
         try:
@@ -645,7 +646,7 @@ def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratc
     """A PreparedLoad closed without loading kills and reaps its workers and removes their scratch folder."""
     manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path)
     before = children(os.getpid(), zombies=True)
-    prep = runner.prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
+    prep = prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
     workers = children(os.getpid(), zombies=True).keys() - before.keys()
     assert len(workers) == 2 and len(scratch_dirs(scratch_root)) == 1
     prep.close()
@@ -654,7 +655,7 @@ def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratc
 
 
 def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) -> None:
-    """runner.load on an empty ledger (not created by this load) also takes the parallel path, and the
+    """load on an empty ledger (not created by this load) also takes the parallel path, and the
     ledger stays in WAL throughout (a failed load must leave such a file byte for byte unchanged)."""
     case = build(IMAGE_HEADER, image_rows(40))
     ledger_path = tmp_path / "ledger.db"
@@ -663,7 +664,7 @@ def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) ->
     spy.on_part.append(lambda: formats.append(file_format(ledger_path)))
     led = Ledger.open(ledger_path)
     try:
-        report = runner.load(led, case.write(tmp_path), ManifestOptions(project_id="p", work_flow_id="w"))
+        report = load(led, case.write(tmp_path), ManifestOptions(project_id="p", work_flow_id="w"))
     finally:
         led.close()
     assert report.new == 40 and spy.took_clean_parallel_path()
@@ -699,13 +700,13 @@ def subprocess_env(scratch: Path) -> dict[str, str]:
 INSTRUMENTED = """
 import pathlib, sys, time
 {patch}
-from uploader.cli import cli
+from uploader.cli.commands import cli
 cli(sys.argv[2:], prog_name="uploader")
 """
 #: The parent stops (sleeps) just before its first slice: the workers run to their end (and wait) while the
 #: parent sits in the load's transaction, on a new ledger in its rollback-journal bulk mode.
 PAUSE_BEFORE_COPY = """
-import uploader.staging as staging
+import uploader.load.slices as staging
 real = staging.Production.results
 def results(self):
     pathlib.Path(sys.argv[1]).touch()
@@ -715,7 +716,7 @@ staging.Production.results = results
 """
 #: Workers read their slices in chunks of 500 rows, half a second each: a slice takes many seconds.
 SLOW_WORKERS = """
-import uploader.manifest as manifest
+import uploader.manifest.reader as manifest
 real = manifest.Manifest.chunk_tuples
 def chunk_tuples(self, size=5000, span=None):
     if span is None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from uploader.cli import cli
-from uploader.ledger import Ledger
+from uploader.cli.commands import cli
+from uploader.ledger.ledger import Ledger
 from uploader.sandbox import Sandbox, SandboxConfig
 
 KEY = "test-secret-key-7f3a9c"

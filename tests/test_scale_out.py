@@ -40,10 +40,10 @@ from reliability.harness import (
 )
 from sqlalchemy import create_engine, text
 
-from uploader.cli import cli
-from uploader.ledger import CLAIM_LOG_ENV, Ledger
-from uploader.manifest import ManifestOptions
-from uploader.runner import load
+from uploader.cli.commands import cli
+from uploader.ledger.ledger import CLAIM_LOG_ENV, Ledger
+from uploader.manifest.reader import ManifestOptions
+from uploader.load import load
 from uploader.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

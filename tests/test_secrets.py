@@ -31,7 +31,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from uploader.cli import cli
+from uploader.cli.commands import cli
 from uploader.sandbox import Sandbox, SandboxConfig
 
 #: Distinctive, with the characters of a base64 key ('/', '+', '='), which JSON encoders may escape.

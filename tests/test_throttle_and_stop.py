@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from loopback_api import Answer, LoopbackApi
 
-from uploader.cli import cli
+from uploader.cli.commands import cli
 from uploader.errors import UploaderError
 
 KEY = "pacing-test-key-91c2e"
@@ -179,11 +179,11 @@ def test_rate_five_is_at_most_five_in_any_second(tmp_path):
 def test_a_sender_that_raises_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
     """A sender task that raises used to die silently (the run hung); now the run stops, names it, exit 1,
     and the rows it held are pending again. Injected at the edge: an ApiClient whose create_job raises."""
-    from uploader.client import ApiClient
-    from uploader.ledger import Ledger
-    from uploader.manifest import ManifestOptions
-    from uploader.runner import load
-    from uploader.worker import RunOptions, submit
+    from uploader.api.client import ApiClient
+    from uploader.ledger.ledger import Ledger
+    from uploader.manifest.reader import ManifestOptions
+    from uploader.load import load
+    from uploader.send.submit import RunOptions, submit
 
     class Broken(ApiClient):
         async def create_job(self, project_id: str, body: str | bytes):  # type: ignore[override]
@@ -222,7 +222,7 @@ def test_a_sender_that_raises_stops_the_run_with_a_clear_error(tmp_path, monkeyp
 @pytest.mark.parametrize("where", ["jobs", "batch"])
 def test_a_redirect_says_so_and_points_at_the_base_url(tmp_path, status, where):
     """A redirect used to read "the API refused the run (http_301)". On the job POSTs, and on the batch the
-    run creates before them (uploader.batches), it now names the redirect and --base-url."""
+    run creates before them (uploader.send.batches), it now names the redirect and --base-url."""
     location = f"https://api.example.com/v1/projects/proj/{where}?signature=s3cr3t"
     redirect = Answer(status, {"Location": location})
     behave = (lambda i, t: redirect) if where == "jobs" else None

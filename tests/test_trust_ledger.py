@@ -12,8 +12,9 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.conftest import fake_manifest
-from uploader.ledger import Ledger, Resolution, Result, utcnow
-from uploader.models import Status
+from uploader.ledger.ledger import Ledger, Resolution, Result, utcnow
+from uploader.ledger.models import Status
+from uploader.load import load_manifest
 
 ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(4)]
 
@@ -39,7 +40,7 @@ def claim_all(ledger: Ledger, owner: str, lease: float = 60) -> dict:
 
 
 def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp_path: Path) -> None:
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
     assert row(ledger, "ref-0")["attempt_hash"] == H["ref-0"] and row(ledger, "ref-0")["sent_hashes"] is None
@@ -65,14 +66,14 @@ def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp
 def test_a_dead_runs_attempt_is_kept_when_its_row_is_claimed_again(ledger: Ledger, tmp_path: Path) -> None:
     """SIGKILL before any answer was recorded: the row is in_flight with its attempt's hash; the claim that
     takes it over first keeps that hash as sent; then a reload changes the payload: both hashes are kept."""
-    ledger.load(fake_manifest(tmp_path, ROWS[:1]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:1]), "opts")
     dead = ledger.register_worker()
     ledger.claim(dead, 10, 1, now=utcnow() - dt.timedelta(seconds=60))  # its lease expired long ago
     other = ledger.register_worker()
     (c,) = ledger.claim(other, 10, 60)
     assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], H["ref-0"])
     ledger.record([Result(c.id, c.lease_token, Status.PENDING, error_code="http_401", refund_attempt=True)])
-    ledger.load(fake_manifest(tmp_path, [("ref-0", "https://example.com/fixed.jpg")], name="m2.csv"), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, [("ref-0", "https://example.com/fixed.jpg")], name="m2.csv"), "opts")
     (c,) = ledger.claim(other, 10, 60)
     new = body_hash("ref-0", "https://example.com/fixed.jpg")
     assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], new)
@@ -84,7 +85,7 @@ def test_listing_settles_uncertain_rows_by_what_was_sent(ledger: Ledger, tmp_pat
     """ref-0: our own lost answer, same payload → succeeded (recovered). ref-1: FS_0001 at the first send →
     conflict, pre-existing. ref-2: an earlier, different payload was sent → conflict (payload_changed).
     ref-3: found with a job_id another row already holds → conflict (duplicate_job_id)."""
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
     ledger.record([
@@ -94,7 +95,7 @@ def test_listing_settles_uncertain_rows_by_what_was_sent(ledger: Ledger, tmp_pat
         Result(c["ref-3"].id, c["ref-3"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
     ])
     changed = [("ref-2", "https://example.com/changed.jpg")]
-    assert ledger.load(fake_manifest(tmp_path, changed, name="m2.csv"), "opts").updated == 1
+    assert load_manifest(ledger, fake_manifest(tmp_path, changed, name="m2.csv"), "opts").updated == 1
     c = claim_all(ledger, owner)
     ledger.record([Result(c[ref].id, c[ref].lease_token, Status.UNCERTAIN, error_code="FS_0001")
                    for ref in ("ref-0", "ref-2", "ref-3")])
@@ -130,7 +131,7 @@ def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -
     FS_0001 row this ledger had sent before stays uncertain (the API said it exists; it may be our job); an
     FS_0001 row this ledger never sent belongs to a job created elsewhere, in another batch → conflict
     `created_elsewhere` with no job_id (no listing of its batch can ever find it)."""
-    ledger.load(fake_manifest(tmp_path, ROWS[:3]), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
     ledger.record([Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout",
@@ -157,7 +158,7 @@ def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_pa
     """In one group commit, and against a row recorded earlier: the rows go uncertain (duplicate_job_id),
     and the earlier holder is demoted with them, since either may be the wrong one: the listing settles
     all of them. A fenced (stale) answer changes nothing, duplicate or not."""
-    ledger.load(fake_manifest(tmp_path, ROWS), "opts")
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
     ok = lambda ref, job: Result(c[ref].id, c[ref].lease_token, Status.SUCCEEDED, job_id=job,  # noqa: E731

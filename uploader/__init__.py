@@ -1,6 +1,9 @@
 """uploader: send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
 
-The package is a library first; `uploader.cli` is a thin click layer over it.
+The package is a library first; `uploader.cli` is a thin click layer over it. Its packages, each importing
+only those below it (README "Architecture"; checked by import-linter): cli › send › load ›
+manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
+(`uploader.load` is the loading package, so it cannot also be a function here).
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Ledger": "uploader.ledger",
     "ManifestOptions": "uploader.manifest",
-    "RunOptions": "uploader.worker",
-    "RunSummary": "uploader.worker",
-    "StopFlag": "uploader.worker",
-    "load": "uploader.runner",
-    "reconcile": "uploader.runner",
-    "run_upload": "uploader.runner",
+    "RunOptions": "uploader.send",
+    "RunSummary": "uploader.send",
+    "StopFlag": "uploader.send",
+    "reconcile": "uploader.send",
+    "run_upload": "uploader.send",
     "Sandbox": "uploader.sandbox",
     "SandboxConfig": "uploader.sandbox",
 }

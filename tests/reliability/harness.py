@@ -8,9 +8,9 @@ The invariants every reliability scenario ends with (`check_ledger`):
   * `PRAGMA integrity_check` is "ok" (SQLite).
 
 The ledger is read with the sqlite3 module directly, or with plain SQL over SQLAlchemy for a PostgreSQL URL
-(not through uploader.ledger), so a bug in the code under test cannot hide itself from the check.
+(not through uploader.ledger.ledger), so a bug in the code under test cannot hide itself from the check.
 
-`check_claim_log` reads the test-only claim log (UPLOADER_CLAIM_LOG, see uploader.ledger) of runs in several
+`check_claim_log` reads the test-only claim log (UPLOADER_CLAIM_LOG, see uploader.ledger.ledger) of runs in several
 processes and checks that no row was held by two live workers at once and that no fenced write was applied.
 """
 

@@ -97,12 +97,12 @@ def test_two_runs_with_one_batch_name_on_a_new_ledger_share_the_batch_and_keep_t
 def test_a_ledger_another_process_holds_or_has_written_is_never_discarded(tmp_path):
     """Ledger.discard_if_unused (what a failed command does with the ledger file it created) removes the
     file only when no other process has it open and nothing was ever written to it."""
-    from uploader.ledger import Ledger
+    from uploader.ledger.ledger import Ledger
 
     path = tmp_path / "new.db"
     mine = Ledger.open(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from uploader.ledger import Ledger; "
+        [sys.executable, "-c", "import sys, time; from uploader.ledger.ledger import Ledger; "
          "led = Ledger.open(sys.argv[1]); print('open', flush=True); time.sleep(60)", str(path)],
         env=subprocess_env(), stdout=subprocess.PIPE, text=True,
     )
@@ -132,7 +132,7 @@ def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     opener = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from uploader.ledger import Ledger; led = Ledger.open(sys.argv[1]); "
+        [sys.executable, "-c", "import sys; from uploader.ledger.ledger import Ledger; led = Ledger.open(sys.argv[1]); "
          "print(led.counts()['pending'], flush=True)", str(path)],
         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -358,7 +358,7 @@ def test_a_refused_key_on_batch_creation_stops_at_once(tmp_path):
 
 
 def test_body_for_send_adds_the_rows_batch_only_when_the_body_has_none():
-    from uploader.worker import body_for_send
+    from uploader.send.submit import body_for_send
 
     body = '{"reference_id":"a","work_flow_id":"w","data":{"image_url":"https://x/a.jpg"}}'
     sent = body_for_send(body, "b-1")
@@ -372,7 +372,7 @@ def test_body_for_send_adds_the_rows_batch_only_when_the_body_has_none():
 
 
 def test_auto_batch_name_and_dead_reservations():
-    from uploader.batches import auto_batch_name, reservation_dead
+    from uploader.send.batches import auto_batch_name, reservation_dead
 
     now = dt.datetime(2026, 12, 2, 16, 40, 5)
     assert auto_batch_name("images.csv", now, "3f9a1c") == "images.csv 2026-12-02 16:40 UTC 3f9a1c"

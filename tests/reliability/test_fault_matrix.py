@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from harness import KEY, PROJECT, check_ledger, run_args, write_mixed
 
-from uploader.cli import cli
+from uploader.cli.commands import cli
 from uploader.sandbox import Sandbox, SandboxConfig
 
 ROWS = 300

@@ -22,13 +22,13 @@ from harness import (
 )
 from sqlalchemy import event
 
-from uploader.cli import cli
+from uploader.cli.commands import cli
 from uploader.errors import LedgerError
-from uploader.ledger import Ledger
-from uploader.manifest import ManifestOptions
-from uploader.runner import run_upload
+from uploader.ledger.ledger import Ledger
+from uploader.manifest.reader import ManifestOptions
+from uploader.send.runner import run_upload
 from uploader.sandbox import Sandbox, SandboxConfig
-from uploader.worker import RunOptions
+from uploader.send.submit import RunOptions
 
 
 def test_sandbox_restart_mid_run(tmp_path):
@@ -81,7 +81,7 @@ def test_sandbox_restart_mid_run(tmp_path):
 
 class DiskFull:
     """After `after` successful calls of Ledger.<method>, its writes fail as SQLite does when the disk is
-    full: sqlite3.OperationalError raised by the driver (SQLAlchemy wraps it, uploader.db translates it).
+    full: sqlite3.OperationalError raised by the driver (SQLAlchemy wraps it, uploader.ledger.engine translates it).
     Other ledger writes keep working (SQLite often still manages a smaller write, e.g. the release)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, ledger_path, after: int, method: str = "record") -> None:

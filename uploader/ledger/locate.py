@@ -1,5 +1,5 @@
-"""Where the ledger is: `--ledger`, else UPLOADER_LEDGER, else `uploader.db` here. Kept apart from db.py
-so that `uploader load` can know it before SQLAlchemy is imported (see runner.prepare_load).
+"""Where the ledger is: `--ledger`, else UPLOADER_LEDGER, else `uploader.db` here. Kept apart from engine.py
+so that `uploader load` can know it before SQLAlchemy is imported (see uploader.load.prepare_load).
 
 Also the ledger file's own lock (`hold_shared`, `discard_unused`): every Ledger on a SQLite file holds
 `flock(LOCK_SH)` on it for its lifetime, so a command may remove a ledger file it created only when it gets

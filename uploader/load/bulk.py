@@ -1,8 +1,8 @@
 """The bulk half of a load on SQLite: copying the staging workers' slices, and the empty-ledger fast path.
 
 A load into an empty SQLite ledger skips the staging table: rows go straight into `jobs`, from the slices
-uploader.staging's worker processes wrote, or read here. Whatever goes wrong raises NotClean (or
-staging.WorkerLost), and uploader.loader then takes its ordinary staging path, which reports problems.
+uploader.load.slices's worker processes wrote, or read here. Whatever goes wrong raises NotClean (or
+staging.WorkerLost), and uploader.load.merge then takes its ordinary staging path, which reports problems.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import Engine
 
-from uploader import staging
-from uploader.db import sqlite_bulk_mode, translate_errors
+from uploader.load import slices as staging
+from uploader.ledger import sqlite_bulk_mode, translate_errors
 
 if TYPE_CHECKING:
-    from uploader.loader import ManifestLike
+    from uploader.load.merge import ManifestLike
 
 __all__ = ["JOB_COLUMNS", "MANIFEST_INSERT", "NotClean", "copy_parts", "insert_new", "load_into_empty",
            "manifest_row", "part_defaults", "part_rows"]
@@ -63,7 +63,7 @@ def insert_new(stamp: str, mid: int, part: str | None = None) -> str:
 
 
 def part_rows(part: str) -> str:
-    """The rows of an attached scratch file (uploader.staging.SCRATCH_COLUMNS) in STAGING_COLUMNS order;
+    """The rows of an attached scratch file (uploader.load.slices.SCRATCH_COLUMNS) in STAGING_COLUMNS order;
     rows without `own` take the load's defaults, bound as :project_id, :work_flow_id and :batch_id."""
     own = [f"CASE WHEN own IS NULL THEN :{c} ELSE {c} END" for c in ("project_id", "work_flow_id", "batch_id")]
     return (f"SELECT line, {own[0]} AS project_id, reference_id, {own[1]} AS work_flow_id, {own[2]} AS batch_id, "
@@ -84,7 +84,7 @@ def load_into_empty(
 
     Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
     one anything; the bulk mode (no per-row foreign-key check, a rollback journal instead of WAL) halves
-    the writing. With `production`, worker processes stage the slices (uploader.staging) and each
+    the writing. With `production`, worker processes stage the slices (uploader.load.slices) and each
     finished slice is copied in at C speed. A duplicate reference_id shows as a row the unique index
     skipped; on that or any other problem the transaction rolls back (the ledger file is untouched) and
     the staging path runs instead, which finds and reports every problem with its lines. Returns the

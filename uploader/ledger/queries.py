@@ -1,9 +1,9 @@
 """The read side of the ledger: status, counts, error codes, export rows, and when work may next be claimable.
 
-It exists to keep uploader.ledger (every write of job state: claims, leases, results, the worker registry)
+It exists to keep uploader.ledger.ledger (every write of job state: claims, leases, results, the worker registry)
 near the design's size limit. Nothing here writes: `LedgerQueries` is a mixin of read-only methods that
-`uploader.ledger.Ledger` inherits, so the Ledger API is unchanged and callers import from uploader.ledger.
-`utcnow`, the ledger's clock, lives here because both halves need it (uploader.ledger re-exports it).
+`uploader.ledger.ledger.Ledger` inherits, so the Ledger API is unchanged and callers import from uploader.ledger.ledger.
+`utcnow`, the ledger's clock, lives here because both halves need it (uploader.ledger.ledger re-exports it).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Iterator, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import read_tx
-from uploader.models import Status
+from uploader.ledger.engine import read_tx
+from uploader.ledger.models import Status
 
 __all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
 
@@ -73,7 +73,7 @@ EXPORT_COLUMNS = (
 
 
 class LedgerQueries:
-    """The read-only queries of `uploader.ledger.Ledger` (a mixin: it needs only `engine`)."""
+    """The read-only queries of `uploader.ledger.ledger.Ledger` (a mixin: it needs only `engine`)."""
 
     engine: Engine
 

@@ -1,6 +1,6 @@
 """How command results are shown to a person: load reports, run summaries, status, progress.
 
-It exists so that uploader.cli keeps only the click commands, their options and the mapping of errors to
+It exists so that uploader.cli.commands keeps only the click commands, their options and the mapping of errors to
 exit codes; everything here turns a library result into lines on stdout/stderr (or JSON). Like the CLI,
 it imports nothing heavy at module level: tqdm is imported only when a progress bar is first drawn.
 """
@@ -134,7 +134,7 @@ class ProgressDisplay:
         self.close()
 
     def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.summary.Progress), and each new notice once, on stderr."""
+        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"

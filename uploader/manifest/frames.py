@@ -17,7 +17,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from uploader._manifest_values import (
+from uploader.manifest.values import (
     INTEGER, LONE_SURROGATE, Errors, bad_unicode, dumps, job_body, show, unencodable, url_problem,
 )
 

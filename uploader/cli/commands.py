@@ -2,7 +2,7 @@
 
 Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
 ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed, are uncertain or in conflict;
-130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli_output.
+130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli.output.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from uploader import __version__
-from uploader.cli_output import ProgressDisplay, print_load, print_status, print_summary
+from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,8 +116,8 @@ def cli() -> None:
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
     """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
-    from uploader.runner import prepare_load
-    from uploader.locate import new_ledger_file
+    from uploader.ledger import new_ledger_file
+    from uploader.load import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     created = new_ledger_file(ledger)  # removed again if the load fails
@@ -160,8 +160,7 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
            spreadsheet_safe: bool) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
-    from uploader.ledger import EXPORT_COLUMNS
-    from uploader.models import Status
+    from uploader.ledger import EXPORT_COLUMNS, Status
 
     valid = {s.value for s in Status}
     for s in statuses:
@@ -214,7 +213,7 @@ def _api_options(func: F) -> F:
 
 def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
-    from uploader.client import check_base_url
+    from uploader.api import check_base_url
 
     if use_sandbox:
         from uploader.sandbox import Sandbox
@@ -262,9 +261,8 @@ def run(  # type: ignore[no-untyped-def]
     from contextlib import ExitStack
 
     from uploader.errors import FatalApiError
-    from uploader.locate import new_ledger_file
-    from uploader.runner import run_upload
-    from uploader.worker import RunOptions
+    from uploader.ledger import new_ledger_file
+    from uploader.send import RunOptions, run_upload
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
@@ -311,7 +309,7 @@ def reconcile(  # type: ignore[no-untyped-def]
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
     from contextlib import ExitStack
 
-    from uploader.runner import reconcile as do_reconcile
+    from uploader.send import reconcile as do_reconcile
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
@@ -321,7 +319,7 @@ def reconcile(  # type: ignore[no-untyped-def]
     click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
     if conflicts:
-        from uploader.cli_output import CONFLICT_HINT
+        from uploader.cli.output import CONFLICT_HINT
 
         click.echo(CONFLICT_HINT.format(n=conflicts))
     if remaining or conflicts:

@@ -1,4 +1,4 @@
-"""The library entry points the CLI calls: load a manifest, run an upload, reconcile uncertain rows.
+"""The library entry points of sending that the CLI calls: run an upload, reconcile uncertain rows.
 
 Usable from Python:
 
@@ -17,59 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from uploader.errors import InterruptedRun, UsageError
-from uploader.manifest import Manifest, ManifestOptions
+from uploader.load import load
 
-if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests: `load` starts faster;
-    # SQLAlchemy only once a ledger is opened: prepare_load() forks its workers before that
-    from uploader.batches import BatchPolicy
-    from uploader.client import ApiClient
+if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests
+    from uploader.send.batches import BatchPolicy
+    from uploader.api import ApiClient
     from uploader.ledger import Ledger
-    from uploader.loader import LoadReport
-    from uploader.staging import Production
-    from uploader.worker import Progress, RunOptions, RunSummary, StopFlag
+    from uploader.load import LoadReport
+    from uploader.manifest import ManifestOptions
+    from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
-__all__ = ["PreparedLoad", "load", "prepare_load", "reconcile", "run_upload"]
+__all__ = ["reconcile", "run_upload"]
 
 T = TypeVar("T")
-
-
-def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
-    """Validate a manifest and merge it into the ledger, all or nothing."""
-    return ledger.load(Manifest(path, options), options.fingerprint())
-
-
-class PreparedLoad:
-    """A manifest whose header is checked, and, for a new ledger, whose rows are already being staged by
-    worker processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
-
-    def __init__(self, manifest: Manifest, production: Production | None) -> None:
-        self.manifest, self.production = manifest, production
-
-    def load(self, ledger: Ledger) -> LoadReport:
-        production, self.production = self.production, None
-        return ledger.load(self.manifest, self.manifest.options.fingerprint(), production)
-
-    def close(self) -> None:
-        if self.production is not None:
-            self.production.close()
-            self.production = None
-
-    def __enter__(self) -> "PreparedLoad":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool) -> PreparedLoad:
-    """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
-    empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
-    loads and the ledger is created and migrated, which takes half a second."""
-    from uploader.staging import Production
-
-    manifest = Manifest(path, options)
-    production = Production.start(manifest) if new_ledger else None
-    return PreparedLoad(manifest, production)
 
 
 def run_upload(
@@ -92,7 +52,7 @@ def run_upload(
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
-    from uploader.worker import RunOptions
+    from uploader.send.submit import RunOptions
 
     return asyncio.run(
         _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
@@ -115,10 +75,10 @@ async def _run(
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    from uploader.worker import StopFlag, _install_signal_handlers
+    from uploader.send.submit import StopFlag, _install_signal_handlers
 
     # One stop for the whole run: the first SIGINT/SIGTERM ends every wait of the batch creation too (it
-    # comes before the first job), not only those of the submit loop (uploader.batches, uploader.worker).
+    # comes before the first job), not only those of the submit loop (uploader.send.batches, uploader.send.submit).
     stop = stop or StopFlag()
     stop._loop = asyncio.get_running_loop()
     previous = _install_signal_handlers(stop) if handle_signals else {}
@@ -145,9 +105,9 @@ async def _run_stoppable(
     on_notice: Callable[[str], None] | None,
 ) -> RunSummary:
     """`_run` once the run's signal handling is in place."""
-    from uploader.batches import BatchPolicy
-    from uploader.client import ApiClient
-    from uploader.worker import nothing_to_send, submit
+    from uploader.send.batches import BatchPolicy
+    from uploader.api import ApiClient
+    from uploader.send.submit import nothing_to_send, submit
 
     async with AsyncExitStack() as stack:
         client: ApiClient | None = None
@@ -188,7 +148,7 @@ async def _run_stoppable(
 
 async def _batch_step(stop: StopFlag, step: Awaitable[T]) -> T:
     """Await a batch step of the run. Its waits end on the first signal (InterruptedRun, from
-    uploader.batches); a second signal also cancels its request in the air. Either way: InterruptedRun."""
+    uploader.send.batches); a second signal also cancels its request in the air. Either way: InterruptedRun."""
     task = asyncio.current_task()
     assert task is not None
     stop._waiters.append(task)  # StopFlag cancels its waiters on a hard stop
@@ -207,9 +167,9 @@ async def _with_named_batch(
     ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str,
     policy: BatchPolicy, on_notice: Callable[[str], None] | None = None, stop: StopFlag | None = None,
 ) -> ManifestOptions:
-    """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.batches:
+    """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.send.batches:
     of runs starting together one creates it, the others wait for its id)."""
-    from uploader.batches import ensure_batch
+    from uploader.send.batches import ensure_batch
 
     if not options.project_id:
         raise UsageError("--batch-name needs --project-id")
@@ -229,7 +189,7 @@ async def _batch_unbatched_rows(
     """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
     before the first job: the run's --batch-id / --batch-name for its project, else (unless
     `default_batch`) the ledger's own batch of each project, created once and reused."""
-    from uploader.batches import ensure_batch
+    from uploader.send.batches import ensure_batch
 
     if options.batch_id and options.project_id:
         ledger.assign_batch(options.project_id, options.batch_id)
@@ -252,8 +212,8 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
                      max_retry_after: float | None = None) -> tuple[int, int]:
-    from uploader.client import ApiClient
-    from uploader.policy import MAX_RETRY_AFTER
+    from uploader.api import ApiClient
+    from uploader.api import MAX_RETRY_AFTER
 
     cap = MAX_RETRY_AFTER if max_retry_after is None else max_retry_after
 

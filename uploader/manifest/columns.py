@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from uploader import _manifest_values as val
-from uploader._manifest_values import show
+from uploader.manifest import values as val
+from uploader.manifest.values import show
 from uploader.errors import ManifestError, Problem
 
 __all__ = ["API_NAMES", "OVERRIDES", "SHAPES", "ManifestOptions", "resolve_columns"]

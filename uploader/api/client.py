@@ -7,7 +7,7 @@ AsyncClient layer adds cookie, auth, redirect and hook handling we never use, at
 (benchmarks/client_overhead.py), and we need none of it.
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
-1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (response_body.py reads
+1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (body.py reads
 and decodes the bytes). The API key is sent as a header and never appears in a result's text (code, message,
 errors), an exception message or a repr (a server echoing it back gets it redacted); the data of an answer
 (job ids, page tokens) is kept exactly as received.
@@ -34,11 +34,11 @@ from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
-from uploader.policy import (
+from uploader.api.policy import (
     EXISTS_CODES, FATAL_CODES, MAX_RETRY_AFTER, PERMANENT_CODES, RETRYABLE_CODES, ApiResult, Verdict, classify,
     job_id_text, next_delay, retry_after_seconds,
 )
-from uploader.response_body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
+from uploader.api.body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
 
 __all__ = ["ApiClient", "check_base_url"]
 

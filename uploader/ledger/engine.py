@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
 from uploader.errors import LedgerError, LedgerTooNewError
-from uploader.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
+from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
 __all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "LedgerLocked", "LockWait", "create_new", "ledger_url", "open_engine",
            "migrate", "write_tx", "read_tx", "script_location", "set_lock_wait", "sqlite_bulk_mode",
@@ -79,8 +79,8 @@ def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
 
 def script_location() -> str:
     """Where the Alembic scripts are: inside the installed package, or `migrations/` in a source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parent.parent  # uploader/ (this file is uploader/ledger/engine.py)
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return str(candidate)
     raise LedgerError("the ledger migrations are missing from this installation of uploader")
@@ -366,7 +366,7 @@ def create_new(engine: Engine) -> bool:
     100k-row load. False (nothing done) if another process got there first: then `migrate` runs as usual."""
     from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 
-    from uploader.models import Base
+    from uploader.ledger.models import Base
 
     version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
                     PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))  # as Alembic makes it

@@ -4,8 +4,8 @@ Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside
 cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
 transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
 write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big manifest is read by
-worker processes (uploader.staging) whose slices are copied into staging; and an empty ledger takes its
-rows straight into `jobs` (uploader.bulk_load), falling back to the staging path on any problem.
+worker processes (uploader.load.slices) whose slices are copied into staging; and an empty ledger takes its
+rows straight into `jobs` (uploader.load.bulk), falling back to the staging path on any problem.
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
-from uploader import bulk_load, staging
-from uploader.db import read_tx, translate_errors
+from uploader.load import bulk as bulk_load
+from uploader.load import slices as staging
 from uploader.errors import ManifestError, Problem
+from uploader.ledger import read_tx, translate_errors
 
-__all__ = ["LoadReport", "load_manifest", "file_sha256"]
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+
+__all__ = ["LoadReport", "ManifestLike", "load_manifest", "file_sha256"]
 
 #: Examples of updated / conflicting reference_ids kept for the report.
 EXAMPLES = 5
@@ -32,13 +36,13 @@ MAX_DUPLICATE_PROBLEMS = 1000
 
 
 class ManifestLike(Protocol):
-    """What the loader needs of a manifest (uploader.manifest.Manifest fits)."""
+    """What the loader needs of a manifest (uploader.manifest.reader.Manifest fits)."""
 
     path: Path
     unit: str
     problems: list[Problem]
     problem_count: int
-    splittable: bool  #: whether uploader.staging may read slices of it in worker processes
+    splittable: bool  #: whether uploader.load.slices may read slices of it in worker processes
 
     def chunk_tuples(self, size: int = ...) -> Iterator[Sequence[tuple[Any, ...]]]:
         """Good rows as tuples in StagedJob field order: (line, project_id, reference_id, work_flow_id,
@@ -86,16 +90,17 @@ def _utcnow() -> dt.datetime:
 
 
 def load_manifest(
-    engine: Engine, manifest: ManifestLike, options_hash: str, production: staging.Production | None = None,
-    *, new_file: bool = False,
+    ledger: Ledger, manifest: ManifestLike, options_hash: str, production: staging.Production | None = None,
 ) -> LoadReport:
-    """Validate and merge one manifest; raise ManifestError (ledger untouched) if anything is wrong.
+    """Validate and merge one manifest into `ledger`; raise ManifestError (ledger untouched) if anything is
+    wrong.
 
     `production`: worker processes already staging this manifest (started before the ledger was even
-    opened, when it is new; else started here if the manifest suits); closed in any case. `new_file`: this process
-    created the SQLite file (see db.sqlite_bulk_mode)."""
+    opened, when it is new; else started here if the manifest suits); closed in any case. A ledger whose
+    SQLite file this process created (`ledger.new_file`) is loaded in bulk mode (see engine.sqlite_bulk_mode)."""
     import time
 
+    engine, new_file = ledger.engine, ledger.new_file
     started = time.perf_counter()
     path = Path(manifest.path)
     try:

@@ -1,7 +1,7 @@
 """What a run reports: live counters for the progress callback, the final summary, fatal-error messages.
 
-It exists to keep uploader.worker (the submit loop itself) near the design's size limit; these are plain
-records and one pure function, with no part in the loop's logic. uploader.worker re-exports `Progress` and
+It exists to keep uploader.send.submit (the submit loop itself) near the design's size limit; these are plain
+records and one pure function, with no part in the loop's logic. uploader.send.submit re-exports `Progress` and
 `RunSummary`, so callers keep importing them from there.
 """
 
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from uploader.policy import ApiResult, Decision
+from uploader.api import ApiResult, Decision
 
 __all__ = ["Progress", "RunSummary", "fatal_message", "redirect_message"]
 

@@ -1,7 +1,7 @@
 """Single values of a manifest: the checks of one cell (reference ids, URLs, project/workflow ids), strict JSON
 in and compact JSON out, and the text tests the fast path uses on a whole column at once.
 
-Split from the readers (`_manifest_formats`) and the row logic (`manifest`) because both lean on it and it
+Split from the readers (`formats`) and the row logic (`reader`) because both lean on it and it
 leans on nothing but the standard library: every function here is pure and takes plain values.
 """
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from uploader._manifest_formats import Span
+from uploader.manifest import Span
 
 __all__ = ["MIN_SPLIT_BYTES", "PartResult", "Production", "SCRATCH_COLUMNS", "STAGING_COLUMNS", "WorkerLost",
            "body_hashes", "load_defaults", "staged_rows", "write_part"]
@@ -63,7 +63,7 @@ Defaults = tuple[str, str, "str | None"]
 
 
 class SliceableManifest(Protocol):
-    """What staging needs of a manifest (uploader.manifest.Manifest fits)."""
+    """What staging needs of a manifest (uploader.manifest.reader.Manifest fits)."""
 
     path: Path
     format: str

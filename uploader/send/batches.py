@@ -7,7 +7,7 @@ winner creates it at the API and records its id; the others wait for the id and 
 whose owner died (its pid is gone on this host) or went silent (no heartbeat for `stale_after` seconds) is
 taken over; a winner that fails gives its reservation up so that another run can try.
 
-Creation follows the job requests' policy (uploader.policy): `classify`, `next_delay` with Retry-After,
+Creation follows the job requests' policy (uploader.api.policy): `classify`, `next_delay` with Retry-After,
 a bounded number of attempts, FATAL stops at once; a 429 costs no attempt, and an API that cannot be
 connected to at all pauses the creation until `outage_seconds` (as it pauses the sending). A creation whose answer was lost (timeout, dropped
 connection, 5xx) and whose retry is refused as a duplicate name (BATCH_CREATION) probably created the
@@ -17,7 +17,7 @@ name (the lost one may exist, empty). A Retry-After is cut to the run's --max-re
 Stopping: every wait here (a retry's backoff or Retry-After, an outage pause, the wait for another run's
 batch) ends at once on the run's first signal (`stop`, the run's StopFlag) with InterruptedRun, and the
 reservation is given up; a creation request in the air is let finish (bounded by the timeout: its batch is
-recorded if it was created), unless a second signal cancels it (uploader.runner).
+recorded if it was created), unless a second signal cancels it (uploader.send.runner).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiError, FatalApiError, InterruptedRun
-from uploader.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
-from uploader.policy import (
+from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
+from uploader.api import (
     MAX_RETRY_AFTER, OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_capped,
     retry_after_seconds,
 )
-from uploader.summary import redirect_message
+from uploader.send.summary import redirect_message
 
 if TYPE_CHECKING:
-    from uploader.client import ApiClient
+    from uploader.api import ApiClient
     from uploader.ledger import BatchSlot, Ledger
-    from uploader.worker import StopFlag
+    from uploader.send.submit import StopFlag
 
 __all__ = ["BatchPolicy", "auto_batch_name", "ensure_batch", "owner_token", "reservation_dead"]
 
@@ -138,7 +138,7 @@ async def ensure_batch(
 ) -> str:
     """The id of the project's batch `name` (None: the ledger's own batch), created at the API by exactly
     one of the runs that want it; the others wait for it. `stop` (the run's StopFlag) ends every wait."""
-    from uploader.ledger import _pid_alive, utcnow
+    from uploader.ledger import pid_alive, utcnow
 
     notice = notice or (lambda _message: None)
     host = socket.gethostname()
@@ -157,7 +157,7 @@ async def ensure_batch(
         if slot.reserved_by != owner:
             assert slot.reserved_by is not None
             if not reservation_dead(slot.reserved_by, slot.reserved_at, utcnow(), policy.stale_after, host,
-                                    _pid_alive):
+                                    pid_alive):
                 if not said and asyncio.get_running_loop().time() - started >= SAY_WAITING_AFTER:
                     notice(f"waiting for another run to create batch {slot.name!r} "
                            f"(reserved by {slot.reserved_by.partition(':')[2]})")
@@ -254,7 +254,7 @@ async def _create(
                                "busy (429); run the same command again later")
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # No connection: the API is down, not the request wrong. As for jobs, no attempt is counted
-            # and the run stops once it has been unreachable for too long (uploader.pacing's limits).
+            # and the run stops once it has been unreachable for too long (uploader.send.pacing's limits).
             down_since = down_since if down_since is not None else time.monotonic()
             answered = attempts or throttled
             limit = policy.outage_seconds if answered else min(policy.outage_seconds, FIRST_CONTACT_LIMIT)

@@ -1,11 +1,11 @@
-"""The low-level half of `uploader.manifest`: what every reader shares, and the JSONL and Parquet readers.
+"""The low-level half of `uploader.manifest.reader`: what every reader shares, and the JSONL and Parquet readers.
 
 Readers deal only with the physical file (encodings, line numbers, quoting, ragged rows, JSON syntax, Parquet
 types). They hand back `Chunk`s of rows, cells aligned with the file's columns, and report what is wrong with
 a row as `(line, column, message)`; what a row *means* is decided in `manifest.py`. Nothing here holds more
-than one chunk (plus one read block) in memory. The CSV/TSV reader is in `_manifest_csv` (which builds on
-this module), single values are checked in `_manifest_values`, long-form video frames are grouped in
-`_manifest_frames`.
+than one chunk (plus one read block) in memory. The CSV/TSV reader is in `csv_reader` (which builds on
+this module), single values are checked in `values`, long-form video frames are grouped in
+`frames`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uploader._manifest_values import json_error, json_kind, loads_strict
+from uploader.manifest.values import json_error, json_kind, loads_strict
 from uploader.errors import ManifestError, Problem
 
 __all__ = [
@@ -82,7 +82,7 @@ def sniff_start(path: Path) -> bytes:
 class Span:
     """A slice of a manifest, read apart from the rest (by a parallel loader): in a CSV/TSV/JSONL file,
     bytes [start, end) starting and ending on line ends; in Parquet, rows [start, end). Also the number of
-    its first line (Parquet: row index) and the file's header. Here, not in `_manifest_csv`, because the
+    its first line (Parquet: row index) and the file's header. Here, not in `csv_reader`, because the
     loader's planner (`staging`) cuts files into spans without reading rows."""
 
     start: int

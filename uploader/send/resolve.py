@@ -1,6 +1,6 @@
 """The FS_0001 lookups of a run: finding the job_ids of `uncertain` rows by listing their batches.
 
-It exists to keep uploader.worker (the submit loop) near the design's size limit, and because this is the one
+It exists to keep uploader.send.submit (the submit loop) near the design's size limit, and because this is the one
 part of a run with its own state and its own API calls (batch listings, GET job). The loop's `_Run` owns one
 `Recovery`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every half second, and the run
 calls it once more (`final`) after its last send. Job state is written only through the ledger
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import Ledger
-from uploader.policy import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
-from uploader.summary import Progress
+from uploader.api import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
+from uploader.send.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one
-    from uploader.client import ApiClient
+    from uploader.api import ApiClient
 
 __all__ = ["Recovery", "RunStopping"]
 

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 
-from uploader.policy import ApiResult
+from uploader.api.policy import ApiResult
 
 __all__ = ["SNIPPET_CHARS", "one_line", "parse_envelope", "read_limited", "too_large", "truncate"]
 

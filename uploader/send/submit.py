@@ -10,7 +10,7 @@ Stopping: the first Ctrl-C / SIGTERM stops claiming and lets requests in the air
 timeout); the second cancels them. Either way every row this run still holds goes back to pending. Every
 wait ends on the first signal — the pacer's pause, a Retry-After, the rate limiter, the claimer, the lookups'
 backoff, and a ledger write waiting for another process's SQLite write lock (`signal.signal` handlers set
-the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.db.LockWait).
+the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.ledger.engine.LockWait).
 
 No task dies silently: the senders, the claimer and the helpers are named tasks under one monitor
 (`_Run._monitor`); one that raises stops the run (rows released as on any stop) with `TaskFailed`, exit 1.
@@ -28,12 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from uploader.db import LedgerLocked, LockWait, set_lock_wait
 from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
-from uploader.ledger import Claim, Ledger, Result, utcnow
-from uploader.models import Status
-from uploader.pacing import Pacer, RateLimiter
-from uploader.policy import (
+from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
+from uploader.send.pacing import Pacer, RateLimiter
+from uploader.api import (
     MAX_RETRY_AFTER,
     OUTAGE_CODES,
     PROTOCOL_ERROR_LIMIT,
@@ -48,11 +46,11 @@ from uploader.policy import (
     retry_after_seconds,
     too_many_protocol_errors,
 )
-from uploader.recovery import Recovery, RunStopping
-from uploader.summary import Progress, RunSummary, fatal_message
+from uploader.send.resolve import Recovery, RunStopping
+from uploader.send.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
-    from uploader.client import ApiClient
+    from uploader.api import ApiClient
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
            "outcome_for", "submit"]
@@ -146,7 +144,7 @@ class TaskFailed(UploaderError):
 
 def body_for_send(body: str, batch_id: str | None) -> str:
     """The JSON body to POST: the ledger's body, plus the row's batch_id when the body has none (a batch the
-    run gave the row after loading, uploader.batches; the stored body stays as loaded, so reloading the
+    run gave the row after loading, uploader.send.batches; the stored body stays as loaded, so reloading the
     manifest still compares equal). Cheap on the hot path: no parsing unless the text names a batch_id."""
     if not batch_id:
         return body
@@ -328,7 +326,7 @@ class _Run:
                 return
 
     def _lock_give_up(self) -> bool:
-        """Whether a ledger write waiting for another process's write lock stops waiting (uploader.db):
+        """Whether a ledger write waiting for another process's write lock stops waiting (uploader.ledger.engine):
         during the run, on the first signal (the run is stopping anyway); in the last writes after a stop
         or a ledger error, after STOP_LOCK_GRACE seconds; on a second signal, at once."""
         if self.stop.hard:
@@ -575,7 +573,7 @@ class _Run:
             self._halt(exc)
 
     async def _resolve_all(self, final: bool) -> None:
-        """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.recovery)."""
+        """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.send.resolve)."""
         fatal = await self.recovery.resolve(final)
         self.fatal = self.fatal or fatal
         if fatal is not None:

@@ -1,9 +1,9 @@
-"""The CSV/TSV reader of `uploader.manifest`: rows in chunks, with the physical line where each row starts.
+"""The CSV/TSV reader of `uploader.manifest.reader`: rows in chunks, with the physical line where each row starts.
 
-Split from `_manifest_formats` because CSV/TSV is the format big manifests come in, and so the one read by a
+Split from `formats` because CSV/TSV is the format big manifests come in, and so the one read by a
 tuned fast path (whole blocks split at C speed, checked for bad bytes once per block) and the one read in
 slices (`Span`s) by the parallel loader. What is shared by every format (`Chunk`, `Span`, `fail`) is
-imported from `_manifest_formats`; nothing there imports this module.
+imported from `formats`; nothing there imports this module.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any
 
-from uploader._manifest_formats import Chunk, Issue, Span, fail
-from uploader._manifest_values import bad_unicode
+from uploader.manifest.formats import Chunk, Issue, Span, fail
+from uploader.manifest.values import bad_unicode
 
 __all__ = ["CsvReader"]
 

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from uploader.policy import MAX_RETRY_AFTER, Verdict, backoff_delay, next_delay
+from uploader.api import MAX_RETRY_AFTER, Verdict, backoff_delay, next_delay
 
 __all__ = ["Pacer", "RateLimiter"]
 

@@ -3,9 +3,9 @@
 A manifest is streamed, never held in memory: `Manifest.chunks()` yields `StagedJob`s for the ledger and
 records what is wrong with individual rows in `Manifest.problems`; anything wrong with the file as a whole
 raises ManifestError from the constructor. Every value is text and stays verbatim (`001` stays `001`).
-File formats live in `uploader._manifest_formats` (CSV/TSV in `uploader._manifest_csv`), the options, shapes and
-column checks in `uploader._manifest_columns`, single-value checks and JSON in `uploader._manifest_values`, the
-grouping of long-form video frames in `uploader._manifest_frames`.
+File formats live in `uploader.manifest.formats` (CSV/TSV in `uploader.manifest.csv_reader`), the options, shapes and
+column checks in `uploader.manifest.columns`, single-value checks and JSON in `uploader.manifest.values`, the
+grouping of long-form video frames in `uploader.manifest.frames`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from itertools import repeat, starmap
 from pathlib import Path
 from typing import Any
 
-from uploader import _manifest_formats as fmt
-from uploader import _manifest_frames as long_video
-from uploader import _manifest_values as val
-from uploader._manifest_columns import API_NAMES, OVERRIDES, SHAPES, ManifestOptions, resolve_columns
-from uploader._manifest_csv import CsvReader
-from uploader._manifest_values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
+from uploader.manifest import formats as fmt
+from uploader.manifest import frames as long_video
+from uploader.manifest import values as val
+from uploader.manifest.columns import API_NAMES, OVERRIDES, SHAPES, ManifestOptions, resolve_columns
+from uploader.manifest.csv_reader import CsvReader
+from uploader.manifest.values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
 from uploader.errors import Problem
 
 __all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
@@ -111,7 +111,7 @@ class Manifest:
     def splittable(self) -> bool:
         """Whether slices of the file (`fmt.Span`s) can be read apart: any format, but no shape (long-form
         video) that groups rows across the whole file. Whether a given CSV/TSV/JSONL file can be cut is for
-        the staging workers to find (uploader.staging)."""
+        the staging workers to find (uploader.load.slices)."""
         return "video_long" not in self._shapes
 
     def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[tuple[Any, ...]]]:

@@ -17,13 +17,13 @@ The legal moves (and only these) are made here:
 Payload hashes: the claim sets `attempt_hash` (the body_hash being sent), first adding a previous
 attempt's hash to `sent_hashes` (that attempt's answer was never recorded: it may have created the job).
 A result that may have created the job adds it too; every result clears it. A job found after FS_0001 is a
-clean recovery only when `sent_hashes` is the row's body_hash alone (policy.settle_found).
+clean recovery only when `sent_hashes` is the row's body_hash alone (transitions.settle_found).
 
 Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
 overwrite the newer owner's result; its late answer is counted as ignored.
 
 The read-only queries (status, counts, error codes, export rows, next wake-up) are in
-uploader.ledger_queries, inherited by `Ledger`; import everything from here.
+uploader.ledger.queries, inherited by `Ledger`; import everything from here.
 
 Test-only: when the environment variable UPLOADER_CLAIM_LOG names a file, every committed claim, lease
 renewal, result write (applied or fenced) and release is appended to it as one JSON line
@@ -46,16 +46,15 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, text
 
-from uploader.db import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.errors import LedgerError
-from uploader.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
-from uploader.ledger_queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
-from uploader.loader import LoadReport, ManifestLike, load_manifest
-from uploader.models import Status
-from uploader.policy import settle_found, settle_missing
-from uploader.staging import Production
+from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
+from uploader.ledger.models import Status
+from uploader.ledger.transitions import settle_found, settle_missing
 
-__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "utcnow"]
+__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
+           "utcnow"]
 
 #: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
 CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
@@ -128,7 +127,7 @@ class BatchSlot:
     name: str
     batch_id: str | None
     auto: bool
-    reserved_by: str | None  #: the creating run (see uploader.batches.owner_token), None once created
+    reserved_by: str | None  #: the creating run (see uploader.send.batches.owner_token), None once created
     reserved_at: dt.datetime  #: created_at: the reservation's last heartbeat while batch_id is None
 
 
@@ -150,7 +149,7 @@ class Ledger(LedgerQueries):
         self.engine = engine
         self.new_file = new_file  #: this process created the SQLite file: nobody else has anything in it
         self._claim_log = os.environ.get(CLAIM_LOG_ENV) or None
-        self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.locate), released by close()
+        self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.ledger.locate), released by close()
 
     @classmethod
     def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
@@ -195,10 +194,6 @@ class Ledger(LedgerQueries):
     @property
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
-
-    def load(self, manifest: ManifestLike, options_hash: str, production: Production | None = None) -> LoadReport:
-        """Validate a manifest and merge it in, all or nothing (see uploader.loader)."""
-        return load_manifest(self.engine, manifest, options_hash, production, new_file=self.new_file)
 
     # -- claims and leases -------------------------------------------------------------------------------
 
@@ -362,7 +357,7 @@ class Ledger(LedgerQueries):
             for other, pid in conn.execute(
                 text("SELECT owner, pid FROM workers WHERE stopped_at IS NULL AND hostname = :h"), {"h": host}
             ).all():
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     self._expire(conn, other, now)
             conn.execute(
                 text(
@@ -544,7 +539,7 @@ class Ledger(LedgerQueries):
         """Settle uncertain rows with what a batch listing showed.
 
         `found` {row id: job_id}: the row gets that job_id and goes `succeeded` (origin recovered) or
-        `conflict` (policy.settle_found: a job this ledger never sent, or one an earlier payload may have
+        `conflict` (transitions.settle_found: a job this ledger never sent, or one an earlier payload may have
         created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
         find (policy.settle_missing): `failed` when not refused with FS_0001 (nothing was created, so `retry`
         may send them again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger
@@ -675,7 +670,8 @@ def _never_written(path: Path) -> bool:
         con.close()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,67 @@
+"""The library entry points of loading: load a manifest into a ledger, or prepare it first.
+
+`prepare_load` forks the slice readers (uploader.load.slices) before SQLAlchemy is imported: so this module
+imports nothing at its top that imports SQLAlchemy (tests/test_fork_before_sqlalchemy.py checks it).
+
+Usable from Python:
+
+    from uploader.ledger import Ledger
+    from uploader.load import load
+    from uploader.manifest import ManifestOptions
+    report = load(Ledger.open("uploader.db"), "images.csv", ManifestOptions(project_id="p", work_flow_id="w"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from uploader.load.slices import Production
+from uploader.manifest import Manifest, ManifestOptions
+
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+    from uploader.load.merge import LoadReport
+
+__all__ = ["PreparedLoad", "load", "prepare_load"]
+
+
+def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
+    """Validate a manifest and merge it into the ledger, all or nothing."""
+    from uploader.load.merge import load_manifest  # SQLAlchemy: imported once a ledger is open
+
+    return load_manifest(ledger, Manifest(path, options), options.fingerprint())
+
+
+class PreparedLoad:
+    """A manifest whose header is checked, and, for a new ledger, whose rows are already being staged by
+    worker processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
+
+    def __init__(self, manifest: Manifest, production: Production | None) -> None:
+        self.manifest, self.production = manifest, production
+
+    def load(self, ledger: Ledger) -> LoadReport:
+        from uploader.load.merge import load_manifest
+
+        production, self.production = self.production, None
+        return load_manifest(ledger, self.manifest, self.manifest.options.fingerprint(), production)
+
+    def close(self) -> None:
+        if self.production is not None:
+            self.production.close()
+            self.production = None
+
+    def __enter__(self) -> "PreparedLoad":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool) -> PreparedLoad:
+    """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
+    empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
+    loads and the ledger is created and migrated, which takes half a second."""
+    manifest = Manifest(path, options)
+    production = Production.start(manifest) if new_ledger else None
+    return PreparedLoad(manifest, production)

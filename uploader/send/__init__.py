@@ -1,0 +1,33 @@
+"""Ledger → API: the submit loop, pacing, the resolver of uncertain rows, batches, the run summary.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uploader.send.runner import reconcile, run_upload
+    from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
+
+#: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
+_EXPORTS = {
+    "reconcile": "uploader.send.runner",
+    "run_upload": "uploader.send.runner",
+    "Progress": "uploader.send.submit",
+    "RunOptions": "uploader.send.submit",
+    "RunSummary": "uploader.send.submit",
+    "StopFlag": "uploader.send.submit",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
