@@ -44,7 +44,7 @@ class MisbehavingApi:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "MisbehavingApi":
+    def __enter__(self) -> MisbehavingApi:
         self._thread.start()
         return self
 

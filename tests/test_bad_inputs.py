@@ -27,8 +27,8 @@ from click.testing import CliRunner
 
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
-from uploader.manifest.reader import ManifestOptions
 from uploader.load import load
+from uploader.manifest.reader import ManifestOptions
 
 DATA = Path(__file__).resolve().parent / "data"
 BAD, EDGE = DATA / "bad", DATA / "edge"

@@ -27,8 +27,8 @@ from aiohttp import web
 import uploader
 from uploader.api import client as client_module
 from uploader.api.client import ApiClient, check_base_url
-from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 from uploader.api.policy import ApiResult, Verdict, classify
+from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 KEY = "sk-test-7f3c9a1e5b2d4c6f8a0b"
 BASE = "https://api.test"

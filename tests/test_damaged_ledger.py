@@ -22,8 +22,8 @@ from sqlalchemy import create_engine
 
 from uploader.errors import LedgerError
 from uploader.ledger.ledger import Ledger
-from uploader.manifest.reader import ManifestOptions
 from uploader.load import load
+from uploader.manifest.reader import ManifestOptions
 
 LOAD = ["--project-id", "p", "--work-flow-id", "w"]
 COMMANDS: dict[str, list[str]] = {

@@ -11,12 +11,11 @@ import time
 
 import pytest
 
+from tests.conftest import fake_manifest, is_sqlite, sqlite_only
 from uploader.errors import ManifestError
 from uploader.ledger.ledger import Ledger, Resolution, Result, utcnow
 from uploader.ledger.models import Status
 from uploader.load import load_manifest
-
-from tests.conftest import fake_manifest, is_sqlite, sqlite_only
 
 ROWS = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(10)]
 

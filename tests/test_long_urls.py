@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from uploader.manifest.values import MAX_URL_LENGTH
 from uploader.ledger.ledger import Ledger
-from uploader.manifest.reader import Manifest, ManifestOptions
 from uploader.load import load
 from uploader.load.slices import MIN_SPLIT_BYTES, Production
+from uploader.manifest.reader import Manifest, ManifestOptions
+from uploader.manifest.values import MAX_URL_LENGTH
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 LOAD_OPTS = ["--project-id", "p", "--work-flow-id", "w"]

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uploader.manifest import csv_reader as _manifest_csv
 from uploader.errors import ManifestError
+from uploader.manifest import csv_reader as _manifest_csv
 from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"

@@ -6,14 +6,14 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import inspect
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.config import Config
+from sqlalchemy import inspect
 
-from uploader.ledger.engine import ledger_url, migrate, open_engine, script_location
 from uploader.errors import LedgerTooNewError
+from uploader.ledger.engine import ledger_url, migrate, open_engine, script_location
 from uploader.ledger.models import Base
 
 

@@ -19,18 +19,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from uploader.load import slices as staging
-from uploader.load import load, prepare_load
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
+from uploader.load import load, prepare_load
+from uploader.load import slices as staging
 from uploader.manifest.reader import ManifestOptions
 
 pytestmark = pytest.mark.skipif(

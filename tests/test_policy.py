@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -239,7 +239,7 @@ def test_code_sets_are_disjoint() -> None:
     assert sum(len(s) for s in sets) == len(frozenset().union(*sets))
 
 
-NOW = datetime(2025, 11, 29, 16, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 11, 29, 16, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from uploader.ledger.ledger import Ledger
-from uploader.manifest.reader import ManifestOptions
 from uploader.load import load
+from uploader.manifest.reader import ManifestOptions
 from uploader.sandbox import Sandbox, SandboxConfig
 
 OPTIONS = ManifestOptions(project_id="proj", work_flow_id="wf")

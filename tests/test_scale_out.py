@@ -34,7 +34,6 @@ from reliability.harness import (
     check_claim_log,
     check_ledger,
     jobs_created,
-    ledger_rows,
     subprocess_env,
     write_images,
 )
@@ -42,8 +41,8 @@ from sqlalchemy import create_engine, text
 
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import CLAIM_LOG_ENV, Ledger
-from uploader.manifest.reader import ManifestOptions
 from uploader.load import load
+from uploader.manifest.reader import ManifestOptions
 from uploader.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

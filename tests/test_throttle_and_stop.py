@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
 
 # -- item 7: Retry-After 0 or in the past -----------------------------------------------------------------
 
-PAST = format_datetime(datetime(2020, 1, 1, tzinfo=timezone.utc), usegmt=True)
+PAST = format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
 
 
 @pytest.mark.parametrize("retry_after", ["0", PAST], ids=["zero", "date-in-the-past"])
@@ -181,8 +181,8 @@ def test_a_sender_that_raises_stops_the_run_with_a_clear_error(tmp_path, monkeyp
     and the rows it held are pending again. Injected at the edge: an ApiClient whose create_job raises."""
     from uploader.api.client import ApiClient
     from uploader.ledger.ledger import Ledger
-    from uploader.manifest.reader import ManifestOptions
     from uploader.load import load
+    from uploader.manifest.reader import ManifestOptions
     from uploader.send.submit import RunOptions, submit
 
     class Broken(ApiClient):

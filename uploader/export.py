@@ -16,8 +16,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 __all__ = ["API_TEXT_COLUMNS", "FORMATS", "export_rows", "neutralise_formula"]
 

@@ -9,9 +9,8 @@ Create Date: 2026-11-29 17:00:00
 """
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'

@@ -113,7 +113,7 @@ class FaultyProxy:
         finally:
             conn.close()
 
-    def __enter__(self) -> "FaultyProxy":
+    def __enter__(self) -> FaultyProxy:
         self.thread.start()
         return self
 

@@ -21,7 +21,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,6 @@ from faulty_proxy import BATCH_LIST, BATCH_POST, FaultyProxy, envelope_error
 from harness import (
     KEY,
     PROJECT,
-    ROOT,
     check_ledger,
     jobs_created,
     status_counts,

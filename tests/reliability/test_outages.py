@@ -26,8 +26,8 @@ from uploader.cli.commands import cli
 from uploader.errors import LedgerError
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
-from uploader.send.runner import run_upload
 from uploader.sandbox import Sandbox, SandboxConfig
+from uploader.send.runner import run_upload
 from uploader.send.submit import RunOptions
 
 

@@ -10,8 +10,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from uploader.api.client import ApiClient, check_base_url
     from uploader.api.policy import (
-        EXISTS_CODES, MAX_RETRY_AFTER, OUTAGE_CODES, PROTOCOL_ERROR_LIMIT, ApiResult, Decision, Verdict,
-        backoff_delay, classify, job_id_text, may_have_created, next_delay, retry_after_capped, retry_after_seconds,
+        EXISTS_CODES,
+        MAX_RETRY_AFTER,
+        OUTAGE_CODES,
+        PROTOCOL_ERROR_LIMIT,
+        ApiResult,
+        Decision,
+        Verdict,
+        backoff_delay,
+        classify,
+        job_id_text,
+        may_have_created,
+        next_delay,
+        retry_after_capped,
+        retry_after_seconds,
         too_many_protocol_errors,
     )
 

@@ -22,9 +22,9 @@ import random
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime, timezone
-from types import TracebackType
 from dataclasses import replace
+from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -33,12 +33,21 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
-from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
-from uploader.api.policy import (
-    EXISTS_CODES, FATAL_CODES, MAX_RETRY_AFTER, PERMANENT_CODES, RETRYABLE_CODES, ApiResult, Verdict, classify,
-    job_id_text, next_delay, retry_after_seconds,
-)
 from uploader.api.body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
+from uploader.api.policy import (
+    EXISTS_CODES,
+    FATAL_CODES,
+    MAX_RETRY_AFTER,
+    PERMANENT_CODES,
+    RETRYABLE_CODES,
+    ApiResult,
+    Verdict,
+    classify,
+    job_id_text,
+    next_delay,
+    retry_after_seconds,
+)
+from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 __all__ = ["ApiClient", "check_base_url"]
 
@@ -267,7 +276,7 @@ class ApiClient:
             if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED):
                 raise ApiUnreachableError(f"cannot list {where}: {detail}")
             if attempt < max_attempts:
-                hint = retry_after_seconds(result.retry_after, datetime.now(timezone.utc))
+                hint = retry_after_seconds(result.retry_after, datetime.now(UTC))
                 await sleep(next_delay(decision, attempt, hint, rng, max_retry_after=max_retry_after))
         raise ApiUnreachableError(f"cannot list {where} after {max_attempts} attempts: {detail}")
 
@@ -284,7 +293,7 @@ class ApiClient:
                     raw = await self._read_body(response)
                 finally:
                     await _close_quietly(response)
-        except (httpx.HTTPError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             return self._failure(exc, deadline.expired())
         status = response.status_code
         retry_after = _header(response, b"retry-after")

@@ -8,15 +8,28 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from uploader.ledger.ledger import (
-        CLAIM_LOG_ENV, BatchSlot, Claim, Ledger, Resolution, Result, pid_alive, utcnow,
-    )
-    from uploader.ledger.queries import EXPORT_COLUMNS, StatusReport
-    from uploader.ledger.models import Status
-    from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, new_ledger_file
     from uploader.ledger.engine import (
-        LedgerLocked, LockWait, read_tx, set_lock_wait, sqlite_bulk_mode, translate_errors, write_tx,
+        LedgerLocked,
+        LockWait,
+        read_tx,
+        set_lock_wait,
+        sqlite_bulk_mode,
+        translate_errors,
+        write_tx,
     )
+    from uploader.ledger.ledger import (
+        CLAIM_LOG_ENV,
+        BatchSlot,
+        Claim,
+        Ledger,
+        Resolution,
+        Result,
+        pid_alive,
+        utcnow,
+    )
+    from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, new_ledger_file
+    from uploader.ledger.models import Status
+    from uploader.ledger.queries import EXPORT_COLUMNS, StatusReport
     from uploader.ledger.transitions import Settlement, settle_found, settle_missing
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.

@@ -16,11 +16,10 @@ import shlex
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -29,9 +28,22 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
 
-__all__ = ["DEFAULT_LEDGER", "SCHEMA_HEAD", "LedgerLocked", "LockWait", "create_new", "ledger_url", "open_engine",
-           "migrate", "write_tx", "read_tx", "script_location", "set_lock_wait", "sqlite_bulk_mode",
-           "translate_errors"]
+__all__ = [
+    "DEFAULT_LEDGER",
+    "SCHEMA_HEAD",
+    "LedgerLocked",
+    "LockWait",
+    "create_new",
+    "ledger_url",
+    "migrate",
+    "open_engine",
+    "read_tx",
+    "script_location",
+    "set_lock_wait",
+    "sqlite_bulk_mode",
+    "translate_errors",
+    "write_tx",
+]
 
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384

@@ -40,17 +40,18 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, text
 
-from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.errors import LedgerError
+from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
-from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.models import Status
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.transitions import settle_found, settle_missing
 
 __all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
@@ -152,7 +153,7 @@ class Ledger(LedgerQueries):
         self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.ledger.locate), released by close()
 
     @classmethod
-    def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> "Ledger":
+    def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> Ledger:
         """Open (creating and migrating if needed) the ledger at a path or URL. A SQLite file is held with
         LOCK_SH until close(), before any connection is made: a file discarded meanwhile is opened anew."""
         for _ in range(100):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["DEFAULT_LEDGER", "FileHold", "discard_unused", "hold_shared", "ledger_url", "new_ledger_file",
            "release"]

@@ -10,8 +10,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from uploader.load.prepare import PreparedLoad, load, prepare_load
     from uploader.load.merge import LoadReport, ManifestLike, load_manifest
+    from uploader.load.prepare import PreparedLoad, load, prepare_load
     from uploader.load.slices import Production
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from uploader.load import slices as staging
 from uploader.ledger import sqlite_bulk_mode, translate_errors
+from uploader.load import slices as staging
 
 if TYPE_CHECKING:
     from uploader.load.merge import ManifestLike

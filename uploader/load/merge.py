@@ -13,21 +13,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, text
 
-from uploader.load import bulk as bulk_load
-from uploader.load import slices as staging
 from uploader.errors import ManifestError, Problem
 from uploader.ledger import read_tx, translate_errors
+from uploader.load import bulk as bulk_load
+from uploader.load import slices as staging
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
 
-__all__ = ["LoadReport", "ManifestLike", "load_manifest", "file_sha256"]
+__all__ = ["LoadReport", "ManifestLike", "file_sha256", "load_manifest"]
 
 #: Examples of updated / conflicting reference_ids kept for the report.
 EXAMPLES = 5

@@ -51,7 +51,7 @@ class PreparedLoad:
             self.production.close()
             self.production = None
 
-    def __enter__(self) -> "PreparedLoad":
+    def __enter__(self) -> PreparedLoad:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,8 +28,18 @@ from typing import Any, BinaryIO, Protocol
 
 from uploader.manifest import Span
 
-__all__ = ["MIN_SPLIT_BYTES", "PartResult", "Production", "SCRATCH_COLUMNS", "STAGING_COLUMNS", "WorkerLost",
-           "body_hashes", "load_defaults", "staged_rows", "write_part"]
+__all__ = [
+    "MIN_SPLIT_BYTES",
+    "SCRATCH_COLUMNS",
+    "STAGING_COLUMNS",
+    "PartResult",
+    "Production",
+    "WorkerLost",
+    "body_hashes",
+    "load_defaults",
+    "staged_rows",
+    "write_part",
+]
 
 #: Columns of a staging table: StagedJob's fields with the body's hash after the body.
 STAGING_COLUMNS = """
@@ -208,7 +218,7 @@ class Production:
         return manifest.splittable and size >= MIN_SPLIT_BYTES and can_fork()
 
     @classmethod
-    def start(cls, manifest: SliceableManifest) -> "Production | None":
+    def start(cls, manifest: SliceableManifest) -> Production | None:
         """Workers for this manifest if it suits, and the system lets us fork them; else None (the load
         then reads the file in one process, only slower)."""
         if not cls.suits(manifest):
@@ -292,7 +302,7 @@ class _Cutter:
         self._rows = _parquet_rows(manifest.path) if manifest.format == "parquet" else None
         self._pos = self._lines = 0  # bytes read so far, and the line ends among them
 
-    def __enter__(self) -> "_Cutter":
+    def __enter__(self) -> _Cutter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
     from uploader.manifest.formats import FORMATS, Span
+    from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {

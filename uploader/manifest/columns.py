@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from uploader.errors import ManifestError, Problem
 from uploader.manifest import values as val
 from uploader.manifest.values import show
-from uploader.errors import ManifestError, Problem
 
 __all__ = ["API_NAMES", "OVERRIDES", "SHAPES", "ManifestOptions", "resolve_columns"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uploader.manifest.values import json_error, json_kind, loads_strict
 from uploader.errors import ManifestError, Problem
+from uploader.manifest.values import json_error, json_kind, loads_strict
 
 __all__ = [
     "EXTENSIONS", "FORMATS", "Chunk", "Issue", "Span", "detect_format", "fail", "jsonl_chunks", "jsonl_columns",

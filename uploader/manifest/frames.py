@@ -18,7 +18,15 @@ from operator import itemgetter
 from typing import Any
 
 from uploader.manifest.values import (
-    INTEGER, LONE_SURROGATE, Errors, bad_unicode, dumps, job_body, show, unencodable, url_problem,
+    INTEGER,
+    LONE_SURROGATE,
+    Errors,
+    bad_unicode,
+    dumps,
+    job_body,
+    show,
+    unencodable,
+    url_problem,
 )
 
 __all__ = ["FrameStore", "frame_row", "videos"]

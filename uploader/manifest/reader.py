@@ -17,13 +17,13 @@ from itertools import repeat, starmap
 from pathlib import Path
 from typing import Any
 
+from uploader.errors import Problem
 from uploader.manifest import formats as fmt
 from uploader.manifest import frames as long_video
 from uploader.manifest import values as val
 from uploader.manifest.columns import API_NAMES, OVERRIDES, SHAPES, ManifestOptions, resolve_columns
 from uploader.manifest.csv_reader import CsvReader
 from uploader.manifest.values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
-from uploader.errors import Problem
 
 __all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
            "reference_id_problem", "url_problem"]

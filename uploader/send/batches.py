@@ -29,15 +29,22 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from uploader.errors import ApiError, FatalApiError, InterruptedRun
-from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
 from uploader.api import (
-    MAX_RETRY_AFTER, OUTAGE_CODES, Verdict, backoff_delay, classify, next_delay, retry_after_capped,
+    MAX_RETRY_AFTER,
+    OUTAGE_CODES,
+    Verdict,
+    backoff_delay,
+    classify,
+    next_delay,
+    retry_after_capped,
     retry_after_seconds,
 )
+from uploader.errors import ApiError, FatalApiError, InterruptedRun
+from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
 from uploader.send.summary import redirect_message
 
 if TYPE_CHECKING:

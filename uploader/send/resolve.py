@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from typing import TYPE_CHECKING, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from uploader.api import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
 from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import Ledger
-from uploader.api import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
 from uploader.send.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one

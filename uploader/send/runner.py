@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from uploader.errors import InterruptedRun, UsageError
 from uploader.load import load
 
 if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests
-    from uploader.send.batches import BatchPolicy
     from uploader.api import ApiClient
     from uploader.ledger import Ledger
     from uploader.load import LoadReport
     from uploader.manifest import ManifestOptions
+    from uploader.send.batches import BatchPolicy
     from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
 __all__ = ["reconcile", "run_upload"]
@@ -105,8 +106,8 @@ async def _run_stoppable(
     on_notice: Callable[[str], None] | None,
 ) -> RunSummary:
     """`_run` once the run's signal handling is in place."""
-    from uploader.send.batches import BatchPolicy
     from uploader.api import ApiClient
+    from uploader.send.batches import BatchPolicy
     from uploader.send.submit import nothing_to_send, submit
 
     async with AsyncExitStack() as stack:
@@ -212,8 +213,7 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
                      max_retry_after: float | None = None) -> tuple[int, int]:
-    from uploader.api import ApiClient
-    from uploader.api import MAX_RETRY_AFTER
+    from uploader.api import MAX_RETRY_AFTER, ApiClient
 
     cap = MAX_RETRY_AFTER if max_retry_after is None else max_retry_after
 

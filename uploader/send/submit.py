@@ -25,12 +25,10 @@ import json
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
-from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
-from uploader.send.pacing import Pacer, RateLimiter
 from uploader.api import (
     MAX_RETRY_AFTER,
     OUTAGE_CODES,
@@ -46,6 +44,9 @@ from uploader.api import (
     retry_after_seconds,
     too_many_protocol_errors,
 )
+from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
+from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
+from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Recovery, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
 
