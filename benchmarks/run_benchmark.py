@@ -86,7 +86,9 @@ async def bare_loop(url: str, n: int, concurrency: int, project: str) -> float:
         return n / (time.perf_counter() - t)
 
 
-def run_uploader(manifest: Path, ledger: Path, url: str, project: str, extra: list[str] = ()) -> tuple[float, float, dict]:
+def run_uploader(
+    manifest: Path, ledger: Path, url: str, project: str, extra: list[str] = ()
+) -> tuple[float, float, dict]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(

@@ -74,7 +74,8 @@ def measure(ledger: str, processes: int, manifest: Path, url: str, project: str,
     created_before = stats(url)["jobs_created"]
     cpu = cpu_children()
     t = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(processes)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(processes)]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t
     cpu = cpu_children() - cpu

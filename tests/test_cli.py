@@ -26,7 +26,8 @@ def invoke(*args: str):
 
 @pytest.mark.parametrize(
     "sample, rows",
-    [("images.csv", 12), ("images.parquet", 12), ("video_frames.csv", 3), ("video.jsonl", None), ("sensor.jsonl", None)],
+    [("images.csv", 12), ("images.parquet", 12), ("video_frames.csv", 3), ("video.jsonl", None),
+     ("sensor.jsonl", None)],
 )
 def test_load_every_sample_then_reload_is_a_no_op(tmp_path, sample, rows):
     ledger = str(tmp_path / "l.db")
@@ -155,7 +156,8 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("UPLOADER_LEDGER", None)
     code = (
-        "import os, sys, uploader.cli.commands as c; assert c.__file__.startswith(os.environ['PYTHONPATH']), c.__file__; "
+        "import os, sys, uploader.cli.commands as c; "
+        "assert c.__file__.startswith(os.environ['PYTHONPATH']), c.__file__; "
         "sys.argv[0] = 'uploader'; c.main()"
     )
     result = subprocess.run(

@@ -443,7 +443,8 @@ def test_find_job_ids_takes_only_usable_job_ids() -> None:
     object, `true`, a float, a blank or a 65-character id is no id (never recorded as its Python text);
     a reference_id `true` is no reference_id."""
     jobs = [{"reference_id": "r1", "id": True}, {"reference_id": "r2", "id": {"id": "j2"}},
-            {"reference_id": "r3", "id": 3.0}, {"reference_id": "r4", "id": "  "}, {"reference_id": "r5", "id": "j" * 65},
+            {"reference_id": "r3", "id": 3.0}, {"reference_id": "r4", "id": "  "},
+            {"reference_id": "r5", "id": "j" * 65},
             {"reference_id": "r6", "id": [1]}, {"reference_id": True, "id": "jt"}, {"reference_id": "r7", "id": 7},
             {"reference_id": "r8", "id": None, "job_id": "j8"}, {"reference_id": "r9", "id": False, "job_id": "j9"}]
     found = Pager({"": envelope({"jobs": jobs, "next_page_token": ""})}).find(

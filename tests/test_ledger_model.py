@@ -158,7 +158,8 @@ class LedgerModel(RuleBasedStateMachine):
         self.rows: dict[str, Row] = {}
         self.held: list[Held] = []
         self.first_job_id: dict[str, str] = {}
-        self.conflict_rows: dict[str, tuple[str | None, str | None]] = {}  #: ref -> (job_id, code) when it went conflict
+        #: ref -> (job_id, code) when it went conflict
+        self.conflict_rows: dict[str, tuple[str | None, str | None]] = {}
         self.names = itertools.count()
         self.manifests: list[RowsManifest] = []
         self.conflicts: dict[Path, tuple[int, tuple[str, ...]]] = {}

@@ -49,7 +49,7 @@ def test_window_regrows_after_the_pause_not_during_it(clock):
 def test_outage_pauses_grow_and_the_limit_stops_the_run(clock):
     p = Pacer(8, random.Random(0), outage_seconds=60)
     delays = []
-    for i in range(12):
+    for _ in range(12):
         delay, over = p.unreachable()
         delays.append(delay)
         assert over is None or clock[0] - 1000 > 30

@@ -153,8 +153,11 @@ def test_classify(result: ApiResult, verdict: Verdict, code: str | None) -> None
         ({"job_id": {"id": 1}, "reference_id": "r1"}, X, "bad_job_id"),  # the job_id is checked first
     ],
 )
-def test_classify_checks_the_answer_against_the_reference_id_sent(data: dict, verdict: Verdict, code: str | None) -> None:
-    assert (classify(ok(data), reference_id="r1").verdict, classify(ok(data), reference_id="r1").code) == (verdict, code)
+def test_classify_checks_the_answer_against_the_reference_id_sent(
+    data: dict, verdict: Verdict, code: str | None
+) -> None:
+    result = classify(ok(data), reference_id="r1")
+    assert (result.verdict, result.code) == (verdict, code)
 
 
 @pytest.mark.parametrize(("answered", "sent", "verdict"), [(7, "7", S), ("7", "7", S), (7, "07", X), (7.0, "7", X)])

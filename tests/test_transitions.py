@@ -54,6 +54,8 @@ def test_settle_found(sent: str | None, held: bool, expected: tuple) -> None:
         (None, H, ("failed", None, None)),
     ],
 )
-def test_settle_missing(code: str | None, sent: str | None, expected: tuple[str, str | None, str | None] | None) -> None:
+def test_settle_missing(
+    code: str | None, sent: str | None, expected: tuple[str, str | None, str | None] | None
+) -> None:
     settled = settle_missing(code, sent)
     assert (None if settled is None else (settled.status, settled.origin, settled.code)) == expected

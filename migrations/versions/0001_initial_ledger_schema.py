@@ -1,7 +1,7 @@
 """initial ledger schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 16:09:39.374739
 """
 from __future__ import annotations

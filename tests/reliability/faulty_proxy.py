@@ -101,7 +101,9 @@ class FaultyProxy:
                     return actions.pop(0) if actions else ("pass",)
         return ("pass",)
 
-    def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    def _forward(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
         conn = http.client.HTTPConnection(*self.upstream, timeout=30)
         try:
             keep = {k: v for k, v in headers.items() if k.lower() in ("x-api-key", "content-type", "accept")}

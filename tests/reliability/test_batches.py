@@ -287,7 +287,9 @@ def test_default_batch_option_sends_rows_to_the_projects_default_batch(tmp_path)
 # -- item 9: batch creation follows the job requests' policy --------------------------------------------------
 
 
-def _batch_run(tmp_path: Path, box: Sandbox, rules, *extra: str) -> tuple[subprocess.CompletedProcess[str], FaultyProxy]:
+def _batch_run(
+    tmp_path: Path, box: Sandbox, rules, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], FaultyProxy]:
     ledger = tmp_path / "ledger.db"
     manifest = write_images(tmp_path / "images.csv", 10)
     with FaultyProxy(box.base_url, rules) as proxy:

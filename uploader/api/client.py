@@ -227,9 +227,10 @@ class ApiClient:
         Pages through the batch until the last page or until every wanted id is found. Each page fetch is
         retried (RETRYABLE or THROTTLED, with backoff and Retry-After, cut to `max_retry_after`) up to
         `max_attempts` times. Raises FatalApiError when the key/project is refused, ApiUnreachableError
-        when a page cannot be had (out of attempts, or refused with a non-retryable code). Ids not in the batch are simply absent, and so
-        are entries whose job id is not a non-empty string or integer (policy.job_id_text). A page token the
-        server already gave (a paging loop) ends the search with what was found.
+        when a page cannot be had (out of attempts, or refused with a non-retryable code). Ids not in the batch
+        are simply absent, and so are entries whose job id is not a non-empty string or integer
+        (policy.job_id_text). A page token the server already gave (a paging loop) ends the search with what
+        was found.
         """
         wanted = {str(r) for r in reference_ids}
         found: dict[str, str] = {}

@@ -9,10 +9,11 @@ taken over; a winner that fails gives its reservation up so that another run can
 
 Creation follows the job requests' policy (uploader.api.policy): `classify`, `next_delay` with Retry-After,
 a bounded number of attempts, FATAL stops at once; a 429 costs no attempt, and an API that cannot be
-connected to at all pauses the creation until `outage_seconds` (as it pauses the sending). A creation whose answer was lost (timeout, dropped
-connection, 5xx) and whose retry is refused as a duplicate name (BATCH_CREATION) probably created the
-batch: for `--batch-name` the run stops and says how to go on; the ledger's own batch simply takes a new
-name (the lost one may exist, empty). A Retry-After is cut to the run's --max-retry-after (and the user told).
+connected to at all pauses the creation until `outage_seconds` (as it pauses the sending). A creation whose
+answer was lost (timeout, dropped connection, 5xx) and whose retry is refused as a duplicate name
+(BATCH_CREATION) probably created the batch: for `--batch-name` the run stops and says how to go on; the
+ledger's own batch simply takes a new name (the lost one may exist, empty). A Retry-After is cut to the
+run's --max-retry-after (and the user told).
 
 Stopping: every wait here (a retry's backoff or Retry-After, an outage pause, the wait for another run's
 batch) ends at once on the run's first signal (`stop`, the run's StopFlag) with InterruptedRun, and the
