@@ -2,7 +2,7 @@
 claims by two workers at a controllable clock, every kind of result (some of them stale), releases, retries,
 reconciles, clock jumps and crashes, and checks the file against a plain-Python model after every step.
 
-Invariants: rows move only along the state diagram (DESIGN.md, ledger.py docstring); the row count is the
+Invariants: rows move only along the state diagram (README "The ledger", ledger.py docstring); the row count is the
 number of reference_ids loaded; a succeeded row keeps its first job_id until an answer names that job_id for
 another row (then both are uncertain until a listing settles them); no two succeeded rows share a job_id; a
 conflict row never changes; a claim never hands out a row whose lease is still live; a stale (fenced) result

@@ -1,4 +1,4 @@
-"""The sandbox must be a faithful, fast and repeatable stand-in for the Playment job API (API.md).
+"""The sandbox must be a faithful, fast and repeatable stand-in for the Playment job API (docs/api.md).
 
 Everything here is real HTTP over loopback (httpx, sync) against a `Sandbox` running in a thread, except
 the few pure-function tables at the top.

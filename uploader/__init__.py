@@ -4,6 +4,14 @@ The package is a library first; `uploader.cli` is a thin click layer over it. It
 only those below it (README "Architecture"; checked by import-linter): cli › send › load ›
 manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
 (`uploader.load` is the loading package, so it cannot also be a function here).
+
+One word per concept (CONTRIBUTING.md; older code still has other words for some of them):
+
+- job / row: one line of the ledger (`jobs` table), one reference_id of one project; the API makes a job of it.
+- run: one `uploader run` (`run_upload`): claims rows, sends them, records the answers; runs may share a ledger.
+- slice: a piece of a manifest (lines, or Parquet rows) that a forked process reads and checks during a load.
+- resolve: find the job_id of an `uncertain` row by listing its batch (in a run, or by `uploader reconcile`).
+- payload: the exact JSON text sent to create a job, kept in the ledger with its hash (`body_hash`).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+#: The version, defined here only: pyproject.toml reads it ([tool.setuptools.dynamic]).
 __version__ = "0.1.0"
 
 #: The library API, imported on first use so that `uploader --version` and `load` start fast.

@@ -1,8 +1,8 @@
 """What an answer's bytes say: read within a size limit, decoded as the API's envelope, quoted short.
 
-Split from client.py, which keeps the exchange itself (requests, transport, failures, key redaction).
-Nothing here knows httpx, aiohttp or the API key, and nothing raises for a hostile body: one too large,
-not JSON or an HTML error page each become an `ApiResult` with a code `policy.classify` understands.
+The exchange itself (requests, transport, failures, key redaction) is client.py's. Nothing here knows
+httpx, aiohttp or the API key, and nothing raises for a hostile body: one too large, not JSON or an HTML
+error page each become an `ApiResult` with a code `policy.classify` understands.
 """
 
 from __future__ import annotations

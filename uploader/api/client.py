@@ -3,8 +3,8 @@
 httpx is the HTTP API (its Request/Response/transport interface); the bytes move through the
 `httpx-aiohttp` transport because httpx's default transport costs several times more CPU per request.
 `_make_transport` is the one place that choice lives. Requests go straight to the transport: the
-AsyncClient layer adds cookie, auth, redirect and hook handling we never use, at ~80 µs CPU a request
-(benchmarks/client_overhead.py), and we need none of it.
+AsyncClient layer adds cookie, auth, redirect and hook handling we never use, and costs CPU on every
+request (benchmarks/client_overhead.py measures it; figures in benchmarks/README.md).
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
 1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (body.py reads

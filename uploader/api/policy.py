@@ -328,7 +328,7 @@ def next_delay(
     RETRYABLE: max(backoff, Retry-After) — the server's hint is a floor, jitter still spreads the herd.
     THROTTLED: Retry-After + backoff, `attempt` counting the throttles in a row: the hint is a floor added to
     a backoff that grows while the 429s last, so `Retry-After: 0` (or a date in the past) can never make the
-    run retry faster than the backoff would (it used to hammer at hundreds of requests a second).
+    run retry faster than the backoff would, however long the 429s go on.
     `retry_after` is already in seconds (see `retry_after_seconds`); hints beyond `max_retry_after` are
     clamped (`retry_after_capped` says when) so a confused server cannot park the run for a day. Other
     verdicts have no delay: ValueError.

@@ -81,8 +81,8 @@ _LOCK_WAITS: weakref.WeakKeyDictionary[Engine, LockWait] = weakref.WeakKeyDictio
 
 
 def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
-    """Make the engine's write transactions wait for the SQLite write lock as `wait` says (None: as before,
-    inside SQLite's 30 s busy timeout). No effect on PostgreSQL."""
+    """Make the engine's write transactions wait for the SQLite write lock as `wait` says (None: only
+    SQLite's own 30 s busy timeout). No effect on PostgreSQL."""
     if wait is None:
         _LOCK_WAITS.pop(engine, None)
     else:
@@ -222,7 +222,7 @@ def _setup_sqlite(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # New files only (it cannot change later): a quarter of the page writes of 4 KiB pages when a big
-        # manifest is loaded (0.25 s of 2.75 s for 1M rows); runs measured no different.
+        # manifest is loaded, and no slower to run from (figures: benchmarks/README.md).
         cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
@@ -374,8 +374,9 @@ SCHEMA_HEAD = "0005"
 def create_new(engine: Engine) -> bool:
     """A SQLite file this process has just created: the models' schema in one go, stamped with the head
     revision. That is Alembic's own recipe for a new database ("create_all, then stamp head"), done without
-    importing Alembic or replaying every migration: 0.01 s instead of 0.14 s, which is a tenth of a
-    100k-row load. False (nothing done) if another process got there first: then `migrate` runs as usual."""
+    importing Alembic or replaying every migration, which would be a sizeable part of a small load's time
+    (figures: benchmarks/README.md). False (nothing done) if another process got there first: then `migrate`
+    runs as usual."""
     from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 
     from uploader.ledger.models import Base

@@ -23,7 +23,7 @@ Every result write is fenced by the row's lease token: a worker whose lease was 
 overwrite the newer owner's result; its late answer is counted as ignored.
 
 The read-only queries (status, counts, error codes, export rows, next wake-up) are in
-uploader.ledger.queries, inherited by `Ledger`; import everything from here.
+uploader.ledger.queries, inherited by `Ledger`; callers import both from `uploader.ledger`.
 
 Test-only: when the environment variable UPLOADER_CLAIM_LOG names a file, every committed claim, lease
 renewal, result write (applied or fenced) and release is appended to it as one JSON line

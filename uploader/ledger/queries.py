@@ -1,8 +1,8 @@
 """The read side of the ledger: status, counts, error codes, export rows, and when work may next be claimable.
 
-It exists to keep uploader.ledger.ledger (every write of job state: claims, leases, results, the worker registry)
-near the design's size limit. Nothing here writes: `LedgerQueries` is a mixin of read-only methods that
-`uploader.ledger.ledger.Ledger` inherits, so the Ledger API is unchanged and callers import from uploader.ledger.ledger.
+uploader.ledger.ledger holds every write of job state (claims, leases, results, the worker registry); this
+module holds the reads, so each can be read without the other. Nothing here writes: `LedgerQueries` is a
+mixin of read-only methods that `Ledger` inherits, so callers see one Ledger API (from `uploader.ledger`).
 `utcnow`, the ledger's clock, lives here because both halves need it (uploader.ledger.ledger re-exports it).
 """
 

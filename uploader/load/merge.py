@@ -147,7 +147,8 @@ def _placeholders(conn: Connection, n: int) -> str:
 
 
 def _stager(conn: Connection) -> Callable[[list[tuple]], None]:
-    """How rows get into staging: one executemany per chunk; COPY on PostgreSQL (psycopg 3), ~5x faster."""
+    """How rows get into staging: one executemany per chunk; COPY on PostgreSQL (psycopg 3), which streams
+    the rows in one command instead of one round trip per batch of parameters."""
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         driver_conn = conn.connection.driver_connection
 

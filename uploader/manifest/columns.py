@@ -1,8 +1,8 @@
 """What a manifest's columns mean: the options that map and default them, the shapes they can make, and the
 check of a file's columns against both.
 
-Split from `manifest` because all of this is settled once, from the header (or JSONL keys, or Parquet
-schema) and the options, before any row is read: the row code in `manifest` only looks up the result
+A module of its own because all of this is settled once, from the header (or JSONL keys, or Parquet
+schema) and the options, before any row is read: the row code in `reader` only looks up the result
 (API field -> column, and the shapes the file can hold).
 """
 

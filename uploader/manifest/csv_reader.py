@@ -1,6 +1,6 @@
 """The CSV/TSV reader of `uploader.manifest.reader`: rows in chunks, with the physical line where each row starts.
 
-Split from `formats` because CSV/TSV is the format big manifests come in, and so the one read by a
+Apart from `formats` because CSV/TSV is the format big manifests come in, and so the one read by a
 tuned fast path (whole blocks split at C speed, checked for bad bytes once per block) and the one read in
 slices (`Span`s) by the parallel loader. What is shared by every format (`Chunk`, `Span`, `fail`) is
 imported from `formats`; nothing there imports this module.

@@ -2,7 +2,7 @@
 
 Readers deal only with the physical file (encodings, line numbers, quoting, ragged rows, JSON syntax, Parquet
 types). They hand back `Chunk`s of rows, cells aligned with the file's columns, and report what is wrong with
-a row as `(line, column, message)`; what a row *means* is decided in `manifest.py`. Nothing here holds more
+a row as `(line, column, message)`; what a row *means* is decided in `reader`. Nothing here holds more
 than one chunk (plus one read block) in memory. The CSV/TSV reader is in `csv_reader` (which builds on
 this module), single values are checked in `values`, long-form video frames are grouped in
 `frames`.

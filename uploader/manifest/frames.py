@@ -3,7 +3,7 @@
 Such a manifest cannot be turned into jobs row by row, and must not be held in memory to group it, so each
 checked frame row is parked in a private temporary SQLite file (`FrameStore`) and, once the file has been
 read, the frames are read back grouped by (project_id, reference_id) and each video is checked as a whole.
-Split from `manifest` because this is the only place rows wait for one another.
+Apart from the row code (`reader`) because this is the only place rows wait for one another.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Single values of a manifest: the checks of one cell (reference ids, URLs, project/workflow ids), strict JSON
 in and compact JSON out, and the text tests the fast path uses on a whole column at once.
 
-Split from the readers (`formats`) and the row logic (`reader`) because both lean on it and it
+Apart from the readers (`formats`) and the row logic (`reader`) because both lean on it and it
 leans on nothing but the standard library: every function here is pure and takes plain values.
 """
 
@@ -27,7 +27,7 @@ _UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (
 #: Longest image_url / frame src accepted. 8 KiB is the request-line limit of common web servers and CDNs
 #: (nginx's 8k header buffers, Apache's LimitRequestLine 8190, CloudFront's 8192-byte URL): GT Studio could
 #: not fetch a longer URL from most hosts, while signed URLs with session tokens stay under ~2 KiB. Without a
-#: cap, a 10 MB cell was loaded and sent in every request for it.
+#: cap, a 10 MB cell would be stored in the ledger and sent in every request for its row.
 MAX_URL_LENGTH = 8192
 LONE_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
 

@@ -1,7 +1,7 @@
 """The sandbox: an emulator of the GT Studio (Playment) job API with fault injection.
 
 No machine of ours reaches the real API, so tests, benchmarks and `uploader run --sandbox` talk real HTTP
-to this instead. It follows shared/API.md; where the docs leave a choice open, the sandbox decides so:
+to this instead. It follows docs/api.md; where the API's documentation leaves a choice open, it decides so:
 
 - Job creation checks, in order: JSON object (GE_0001) → reference_id (FS_0002; a non-string is GE_0001)
   → work_flow_id (FS_0005) → data present and non-empty (FS_0004) → batch_id a UUID of a batch of this

@@ -1,6 +1,6 @@
 """The sandbox's in-memory model of projects, batches and jobs, and the API's validation rules.
 
-Pure: no I/O, no clock, no randomness (ids come from a caller-supplied factory), so every rule of API.md
+Pure: no I/O, no clock, no randomness (ids come from a caller-supplied factory), so every rule of docs/api.md
 can be tested as a plain function. Each operation returns the success `data` and, when it changed
 something, the journal record that replays the change; refusals raise `ApiFailure`.
 """
@@ -187,7 +187,7 @@ def data_problems(data: dict[str, Any]) -> list[dict[str, Any]]:
         _check_frames(problems, data["video_data"], "data.video_data")
     if "sensor_data" in data:
         sensor = data["sensor_data"]
-        # Passed through unchanged (API.md); only its shape is checked.
+        # Passed through unchanged (docs/api.md); only its shape is checked.
         if not isinstance(sensor, dict):
             problems.add("WRONG_DATA_TYPE", "data.sensor_data")
         elif "frames" in sensor and not isinstance(sensor["frames"], list):
@@ -285,7 +285,8 @@ class SandboxState:
     def create_job(
         self, project_id: str, body: dict[str, Any] | None, new_id: Callable[[], str]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """POST /jobs: checks in API.md's order, then stores the job; returns (data, journal record)."""
+        """POST /jobs: checks in the order uploader.sandbox's docstring gives, then stores the job; returns (data,
+        journal record)."""
         if body is None:
             raise ApiFailure("GE_0001", "invalid parameter: malformed JSON body")
         reference_id = body.get("reference_id")

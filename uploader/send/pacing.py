@@ -5,8 +5,8 @@ Two signals slow a whole run down, not one row:
 - a 429 (THROTTLED): every sender pauses for the Retry-After, and the window of requests allowed in the air
   is halved (once per throttle round), then regrown by ~10% (at least one request) per second without a
   429. The pause alone is not enough: when it ends every sender fires at once, and against a limit of N/s
-  all but the first burst meet another 429 and another pause (measured: 100 rows under a 100/s limit at
-  concurrency 32 took 172 429s and 9.5 s with the pause alone; 33 and 5.3 s with the window).
+  all but the first burst meet another 429 and another pause; the narrowed window spaces the senders out
+  (figures: benchmarks/README.md).
 - no connection at all (policy.OUTAGE_CODES): the API is down or restarting. Every sender pauses with
   exponential backoff (capped at 10 s) and the attempt is not counted; once the API has been unreachable
   for longer than `outage_seconds` (30 s at most if it never answered this run: more likely a wrong base
@@ -148,8 +148,8 @@ class Pacer:
 
 
 #: Added to the rate limiter's window: what the server sees is our send times plus a delivery delay that
-#: varies (a new connection's handshake: the first requests of a run arrived 6 ms late on loopback), so an
-#: exact window on our clock could show R+1 requests within one second on the server's.
+#: varies (a new connection's handshake delays a run's first requests by milliseconds, even on loopback), so
+#: an exact window on our clock could show R+1 requests within one second on the server's.
 RATE_MARGIN = 0.05
 
 
@@ -159,8 +159,8 @@ class RateLimiter:
     A sliding log of the last `n` send times: a request may go when fewer than `n` were sent in the last
     `period` seconds (rate ≥ 1: n = ⌊rate⌋ in 1 s — a whole number of requests fits in a window; rate < 1:
     n = 1 in 1/rate s), the period lengthened by `margin` (RATE_MARGIN) for delivery jitter. No burst
-    beyond the window (aiolimiter's bucket let 2R through in the first second). Pure arithmetic: the caller
-    passes `now` (time.monotonic) and sleeps for the delay itself.
+    beyond the window (a token bucket such as aiolimiter's lets 2R through in its first second). Pure
+    arithmetic: the caller passes `now` (time.monotonic) and sleeps for the delay itself.
     """
 
     def __init__(self, rate: float, margin: float = RATE_MARGIN) -> None:

@@ -1,7 +1,7 @@
 """The FS_0001 lookups of a run: finding the job_ids of `uncertain` rows by listing their batches.
 
-It exists to keep uploader.send.submit (the submit loop) near the design's size limit, and because this is the one
-part of a run with its own state and its own API calls (batch listings, GET job). The loop's `_Run` owns one
+Apart from the submit loop (uploader.send.submit) because this is the one part of a run with its own state
+and its own API calls (batch listings, GET job). The loop's `_Run` owns one
 `Recovery`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every half second, and the run
 calls it once more (`final`) after its last send. Job state is written only through the ledger
 (`Ledger.resolve_uncertain`).

@@ -421,7 +421,7 @@ class _Run:
         if decision.verdict is Verdict.EXISTS:
             # The job exists; its job_id is looked up by listing the batch (the resolver). Recorded as
             # `uncertain` at once, so a crash or stop before the lookup cannot make every later run send
-            # the row again (each kill used to add its whole unresolved backlog to the next run's sends).
+            # the row again (else each kill would add its whole unresolved backlog to the next run's sends).
             outcome = Result(
                 claim.id, claim.lease_token, Status.UNCERTAIN, error_code=decision.code,
                 error_message="the job exists but its job_id is not known yet: the run looks it up; if it "
@@ -455,7 +455,7 @@ class _Run:
                 self._capped(hint)  # type: ignore[arg-type]
             if decision.verdict is Verdict.THROTTLED:
                 # Retry-After is a floor added to a backoff growing with the 429 rounds in a row: a hint of 0
-                # (or a date in the past) can no longer make the whole run retry as fast as it can.
+                # (or a date in the past) cannot make the whole run retry as fast as it can.
                 delay = self.pacer.throttle_delay(hint)
                 self.progress.throttled += 1
                 self.pacer.throttled(delay, flying)
@@ -626,9 +626,9 @@ def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
     """SIGINT and SIGTERM trip `stop` from a `signal.signal` handler; returns the handlers to put back.
 
     Not `loop.add_signal_handler`: its callbacks run only when the loop gets control, and a ledger call
-    waiting for SQLite's lock holds it (SIGTERM once took 35 s). A Python handler runs between bytecodes,
-    so the lock wait, which retries in short slices, sees the flag at once. Only the main thread may set
-    handlers: elsewhere none are installed (as before).
+    waiting for SQLite's lock holds it (a SIGTERM would wait for the lock). A Python handler runs between
+    bytecodes, so the lock wait, which retries in short slices, sees the flag at once. Only the main thread
+    may set handlers: elsewhere none are installed (the caller can still stop the run with `stop.trip()`).
     """
     previous: dict[signal.Signals, Any] = {}
 

@@ -1,8 +1,8 @@
 """What a run reports: live counters for the progress callback, the final summary, fatal-error messages.
 
-It exists to keep uploader.send.submit (the submit loop itself) near the design's size limit; these are plain
-records and one pure function, with no part in the loop's logic. uploader.send.submit re-exports `Progress` and
-`RunSummary`, so callers keep importing them from there.
+Apart from the submit loop (uploader.send.submit) because these are plain records and one pure function,
+with no part in the loop's logic. uploader.send.submit re-exports `Progress` and `RunSummary`; other packages
+import them from `uploader.send`.
 """
 
 from __future__ import annotations
