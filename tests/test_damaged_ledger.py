@@ -25,6 +25,8 @@ from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
 from uploader.load import load
 
+pytestmark = pytest.mark.slow
+
 LOAD = ["--project-id", "p", "--work-flow-id", "w"]
 COMMANDS: dict[str, list[str]] = {
     "status": ["status", "--json"],

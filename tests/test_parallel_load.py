@@ -33,10 +33,10 @@ from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.manifest.reader import ManifestOptions
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
     reason="the parallel load forks workers only on Linux with more than one CPU",
-)
+)]
 
 LOAD_OPTS = ("--project-id", "p", "--work-flow-id", "w")
 JOB_COLUMNS = "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, manifest_line"

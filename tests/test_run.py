@@ -81,6 +81,7 @@ def test_happy_path_images_then_rerun_sends_nothing(box, tmp_path):
     assert len(lines) == 200 and lines[0]["camera"] == "cam0" and lines[0]["job_id"]
 
 
+@pytest.mark.slow
 def test_drops_after_create_are_recovered_not_duplicated(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=3, drop_rate=0.2, error_rate=0.1, html_error_rate=0.05)) as box:
         manifest = write_images(tmp_path / "images.csv", 300)
@@ -119,6 +120,7 @@ def test_wrong_key_stops_at_once_and_fails_nothing(box, tmp_path):
     assert box.stats()["requests_by_status"].get("401", 0) <= 64  # stopped after the first answers
 
 
+@pytest.mark.slow
 def test_rate_limit_429_does_not_use_attempts(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=2, rate_limit=100, retry_after_s=1)) as box:
         manifest = write_images(tmp_path / "images.csv", 150)
@@ -140,6 +142,7 @@ def test_batch_name_is_created_once_and_reused(box, tmp_path):
     assert {r["batch_id"] for r in ledger_rows(ledger).values()} == batches
 
 
+@pytest.mark.slow
 def test_in_flight_rows_of_a_dead_run_are_resolved_by_fs_0001(box, tmp_path):
     """Simulate a crash after the server created jobs but before the results were recorded."""
     manifest = write_images(tmp_path / "images.csv", 50)
@@ -162,6 +165,7 @@ def test_in_flight_rows_of_a_dead_run_are_resolved_by_fs_0001(box, tmp_path):
     assert box.stats()["fs_0001_refusals"] == 20
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path):
     """A real subprocess killed with SIGKILL mid-run; the rerun finishes with every job created once."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=5, latency_ms=20, jitter_ms=10)) as box:
@@ -181,6 +185,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         assert_exactly_once(box, ledger_rows(ledger))
 
 
+@pytest.mark.slow
 def test_sigint_stops_gently_and_resumes(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=6, latency_ms=30)) as box:
         manifest = write_images(tmp_path / "images.csv", 2000)
@@ -231,6 +236,7 @@ def in_flight(ledger: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
     """First Ctrl-C waits for requests in the air (here: slow ones); the second cancels them at once.
     Every row this run held goes back to pending, and the rerun finishes with each job created once."""

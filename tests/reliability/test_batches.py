@@ -40,6 +40,8 @@ from harness import (
 
 from uploader.sandbox import Sandbox, SandboxConfig, default_batch_id
 
+pytestmark = pytest.mark.slow
+
 JSON = {"Content-Type": "application/json"}
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from harness import (
     KEY,
     check_ledger,
@@ -20,6 +21,8 @@ from harness import (
 )
 
 from uploader.sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.slow
 
 
 def kill_once_16_created(box: Sandbox, manifest, ledger, *extra: str) -> tuple[list[str], dict[str, str]]:

@@ -30,6 +30,8 @@ from uploader.send.runner import run_upload
 from uploader.sandbox import Sandbox, SandboxConfig
 from uploader.send.submit import RunOptions
 
+pytestmark = pytest.mark.slow
+
 
 def test_sandbox_restart_mid_run(tmp_path):
     """Stop the API mid-run, keep it down for a second, start a new one on the same port from the same state
