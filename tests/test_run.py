@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from waiting import wait_until
+
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.sandbox import Sandbox, SandboxConfig
@@ -174,9 +176,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "16")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while box.stats()["jobs_created"] < 150 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.stats()["jobs_created"] >= 150, "the sandbox to create 150 jobs")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert box.stats()["jobs_created"] < 600
@@ -193,9 +193,7 @@ def test_sigint_stops_gently_and_resumes(tmp_path):
         cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "8")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while box.stats()["jobs_created"] < 50 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.stats()["jobs_created"] >= 50, "the sandbox to create 50 jobs")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
@@ -224,6 +222,11 @@ def test_api_key_never_written(box, tmp_path):
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
+def posts_received(box: Sandbox) -> int:
+    """Job requests the sandbox has read, answered or not (a plain read of the test's own emulator)."""
+    return sum(box._engine.app.stats.per_reference.values())  # noqa: SLF001
+
+
 def in_flight(ledger: Path) -> int:
     import sqlite3
 
@@ -247,13 +250,12 @@ def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
                                                            "--timeout", "30")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while in_flight(ledger) < 8 and time.monotonic() < deadline:  # claimed (committed) before sending
-            time.sleep(0.02)
-        time.sleep(0.5)  # the first requests are in the air, waiting out the 10 s latency
+        # claimed (committed) before sending, then in the air: the sandbox holds them in its 10 s latency
+        wait_until(lambda: in_flight(ledger) >= 8, "8 rows in flight in the ledger")
+        wait_until(lambda: posts_received(box) >= 8, "the sandbox to receive 8 job requests")
         assert box.stats()["jobs_created"] == 0
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        time.sleep(0.3)  # let the first signal be handled alone (the run shows no sign of it to wait on)
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
