@@ -191,6 +191,7 @@ def subprocess_outcomes(base_ledger, tmp_path_factory) -> dict[str, Outcome]:
     return out
 
 
+@pytest.mark.slow
 def test_corpus_is_large_complete_and_reproducible() -> None:
     spec = importlib.util.spec_from_file_location("make_bad", DATA / "make_bad.py")
     assert spec and spec.loader
@@ -206,6 +207,7 @@ def test_corpus_is_large_complete_and_reproducible() -> None:
     assert {".csv", ".tsv", ".jsonl", ".parquet"} <= suffixes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BAD_EXPECTED))
 def test_bad_input_is_refused_cleanly(name: str, base_ledger, subprocess_outcomes, tmp_path: Path) -> None:
     if name in SUBPROCESS:
@@ -265,6 +267,7 @@ def jobs_in(ledger: Path, project: str = "p") -> dict[str, tuple[int, str, str]]
     return {ref: (line, body, status) for ref, line, body, status in rows}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EDGE_EXPECTED))
 def test_edge_input_loads_with_right_lines(name: str, base_ledger, tmp_path: Path) -> None:
     ledger = copy_ledger(base_ledger, tmp_path)
@@ -287,6 +290,7 @@ def test_edge_input_loads_with_right_lines(name: str, base_ledger, tmp_path: Pat
         assert exported.exit_code == 0 and f"wrote {12 + len(expected)} rows" in exported.stderr, exported.output
 
 
+@pytest.mark.slow
 def test_huge_data_cell_is_kept_exactly_and_the_api_refusal_is_clear(base_ledger, tmp_path: Path) -> None:
     """A 10 MB `data` object loads (the manifest has no size limit of its own) and goes to the ledger
     unchanged; the API refuses a body that large, and that is a clear per-row failure, not a crash."""
@@ -342,6 +346,7 @@ def test_formula_cells_load_verbatim_and_csv_export_neutralises_them(base_ledger
     assert {r["reference_id"]: r["camera"] for r in table if r["reference_id"] in raw} == raw
 
 
+@pytest.mark.slow
 def test_bad_row_after_many_good_rows_leaves_an_existing_empty_ledger_unchanged(tmp_path: Path) -> None:
     """An empty ledger takes the loader's direct path (rows go straight into `jobs`, rolled back on a problem):
     a bad last row, after megabytes of good ones, must still leave the file as it was, and no WAL behind."""

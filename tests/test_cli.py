@@ -133,6 +133,7 @@ def test_python_dash_m_and_version():
     assert out.returncode == 0 and "uploader" in out.stdout
 
 
+@pytest.mark.slow
 def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     """`pip install .` (non-editable) ships the migrations: build the wheel, install it apart, load."""
     root = Path(__file__).resolve().parent.parent
@@ -174,6 +175,7 @@ def test_library_api_exports_resolve():
         assert getattr(uploader, name) is not None, name
 
 
+@pytest.mark.slow
 def test_sandbox_command_serves_until_interrupted(tmp_path):
     """`uploader sandbox` as a real process: prints its URL and key, answers the API, stops on SIGINT."""
     import signal
@@ -213,6 +215,7 @@ def test_sandbox_command_serves_until_interrupted(tmp_path):
     assert url in out and "API key: k1" in out and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_sandbox_command_refuses_bad_settings_and_busy_ports():
     bad = invoke("sandbox", "--error-rate", "0.7", "--html-error-rate", "0.7")
     assert bad.exit_code == 2 and "error" in bad.output

@@ -641,6 +641,7 @@ def test_real_server_success_and_request_as_sent() -> None:
     assert headers["Content-Type"] == "application/json"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_failure_modes_become_results() -> None:
     """Each failure mode through the real transport: its code, how fast, and never the key."""
@@ -700,6 +701,7 @@ def test_real_server_refused_connection() -> None:
     assert_key_free(result)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_real_server_huge_body_is_cut_off() -> None:
     """A server streaming 1 GB: the client stops at max_body_bytes, fast, without holding the body."""
@@ -749,6 +751,7 @@ def test_real_server_huge_body_is_cut_off() -> None:
     assert_key_free(streamed, declared_result)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_pool_is_sized_to_the_concurrency() -> None:
     active = [0, 0]  # now, most
@@ -790,6 +793,7 @@ def test_real_server_find_job_ids() -> None:
     assert tokens == ["", "t2", "t2", "t3"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_read_timeout_and_whole_exchange_deadline() -> None:
     """A stalled server trips the read timeout; a dripping one only the deadline on the whole exchange."""
@@ -812,6 +816,7 @@ def test_real_server_read_timeout_and_whole_exchange_deadline() -> None:
     assert 1.1 < dripped_seconds < 2.0 and dripped.message == "no complete answer within 1.2s"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pin down what surfaces through httpx-aiohttp, since its mapping is coarse.

@@ -25,6 +25,8 @@ from uploader.ledger.ledger import Ledger
 from uploader.load import load
 from uploader.manifest.reader import ManifestOptions
 
+pytestmark = pytest.mark.slow
+
 LOAD = ["--project-id", "p", "--work-flow-id", "w"]
 COMMANDS: dict[str, list[str]] = {
     "status": ["status", "--json"],

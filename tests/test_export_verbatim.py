@@ -18,6 +18,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from uploader.sandbox import Sandbox, SandboxConfig
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -45,6 +47,7 @@ def read_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
+@pytest.mark.slow
 def test_csv_export_round_trips_identifiers_and_manifest_values(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.csv")
     ledger = tmp_path / "ledger.db"
@@ -96,6 +99,7 @@ class FormulaRefusal(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@pytest.mark.slow
 def test_api_text_is_neutralised_in_csv_by_default(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.csv")
     ledger = tmp_path / "ledger.db"

@@ -82,6 +82,7 @@ def run(code: str, *args: str, cwd: Path) -> tuple[list[bool], str]:
     return json.loads(line.removeprefix("FORKS ")), result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="the parallel load forks on Linux")
 def test_uploader_load_forks_its_readers_before_sqlalchemy_is_imported(big_manifest: Path, tmp_path: Path) -> None:
     forks, out = run(CLI, "load", str(big_manifest), "--project-id", "p", "--work-flow-id", "w",
@@ -91,6 +92,7 @@ def test_uploader_load_forks_its_readers_before_sqlalchemy_is_imported(big_manif
     assert not any(forks), f"SQLAlchemy was imported before a slice reader was forked: {forks}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="the parallel load forks on Linux")
 def test_prepare_load_forks_its_readers_before_sqlalchemy_is_imported(big_manifest: Path, tmp_path: Path) -> None:
     forks, out = run(LIBRARY, str(big_manifest), str(tmp_path / "new.db"), cwd=tmp_path)

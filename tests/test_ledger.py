@@ -27,6 +27,7 @@ def test_ledger_file_is_private_and_wal(ledger, ledger_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+@pytest.mark.slow
 def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
     first = load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     assert (first.new, first.unchanged, first.updated, first.conflicts) == (10, 0, 0, 0)
@@ -113,6 +114,7 @@ def test_backoff_and_refund(ledger, tmp_path):
     assert sorted(c.attempts for c in again) == [1, 2]
 
 
+@pytest.mark.slow
 def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
@@ -133,6 +135,7 @@ def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
     assert c.id in {x.id for x in reclaimed}
 
 
+@pytest.mark.slow
 def test_retry_and_status(ledger, tmp_path):
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
@@ -165,6 +168,7 @@ def test_batches_and_extra_columns(ledger, tmp_path):
     assert ledger.batch_id_for("p1", "b") == "uuid-1"
 
 
+@pytest.mark.slow
 def test_two_machines_claiming_concurrently_never_share_a_row(ledger, db_url, tmp_path):
     """Two engines on one ledger (two "machines"), several threads each, claiming in small bites: every row
     is claimed exactly once (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: BEGIN IMMEDIATE serialises)."""
@@ -218,6 +222,7 @@ def test_next_wakeup_waits_for_other_workers_rows(ledger, tmp_path):
     assert ledger.next_wakeup(mine) is None
 
 
+@pytest.mark.slow
 def test_batch_reservations_pick_one_creator_and_give_rows_a_batch(ledger, db_url, tmp_path):
     """Runs reserving one batch name (or the project's own batch) in one transaction each, from several
     threads on two engines: exactly one reservation; the others see it, then its id; a dead reservation is

@@ -12,8 +12,11 @@ import sqlite3
 import threading
 import time
 
+import pytest
 from loopback_api import LoopbackApi
 from test_throttle_and_stop import KEY, finish, invoke, rows, spawn, wait_for, write_images
+
+pytestmark = pytest.mark.slow
 
 
 class Lines:

@@ -470,4 +470,5 @@ LedgerModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestLedgerModel = LedgerModel.TestCase
+TestLedgerModel.pytestmark = [pytest.mark.slow]
 

@@ -23,6 +23,8 @@ from uploader.load.slices import MIN_SPLIT_BYTES, Production
 from uploader.manifest.reader import Manifest, ManifestOptions
 from uploader.manifest.values import MAX_URL_LENGTH
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
 LOAD_OPTS = ["--project-id", "p", "--work-flow-id", "w"]
 MB10 = 10 * 1024 * 1024

@@ -60,6 +60,7 @@ def test_ledger_url_forms(tmp_path, monkeypatch):
     assert ledger_url(None).endswith("env.db")
 
 
+@pytest.mark.slow
 def test_runs_opening_a_new_ledger_at_once_migrate_it_once(db_url):
     """Several `uploader run` processes started together on an empty ledger: one migrates, the rest wait
     and find it done (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock)."""

@@ -34,10 +34,10 @@ from uploader.load import load, prepare_load
 from uploader.load import slices as staging
 from uploader.manifest.reader import ManifestOptions
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
     reason="the parallel load forks workers only on Linux with more than one CPU",
-)
+)]
 
 LOAD_OPTS = ("--project-id", "p", "--work-flow-id", "w")
 JOB_COLUMNS = "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, manifest_line"

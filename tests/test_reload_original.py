@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from uploader.ledger.ledger import Ledger
@@ -35,6 +36,7 @@ def url_of(led: Ledger, ref: str) -> str:
     return json.loads(body)["data"]["image_url"]
 
 
+@pytest.mark.slow
 def test_m1_m2_m1_puts_m1_back(ledger: Ledger, tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(M1)
@@ -60,6 +62,7 @@ def test_m1_m2_m1_puts_m1_back(ledger: Ledger, tmp_path: Path) -> None:
     assert url_of(ledger, "r2") == "https://cdn.example.com/m2/2-fixed.jpg"
 
 
+@pytest.mark.slow
 def test_a_later_manifest_that_only_adds_rows_also_ends_the_shortcut(ledger: Ledger, tmp_path: Path) -> None:
     """`changed` counts added rows too: a reload after any load that changed the ledger compares its rows
     (and finds them unchanged), which is always right; only a reload with nothing changed since is skipped."""
@@ -80,6 +83,7 @@ def uploader(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_m1_m2_m1_through_the_cli_sends_m1s_url(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.csv"
     ledger = tmp_path / "ledger.db"

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from waiting import wait_until
+
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.sandbox import Sandbox, SandboxConfig
@@ -81,6 +83,7 @@ def test_happy_path_images_then_rerun_sends_nothing(box, tmp_path):
     assert len(lines) == 200 and lines[0]["camera"] == "cam0" and lines[0]["job_id"]
 
 
+@pytest.mark.slow
 def test_drops_after_create_are_recovered_not_duplicated(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=3, drop_rate=0.2, error_rate=0.1, html_error_rate=0.05)) as box:
         manifest = write_images(tmp_path / "images.csv", 300)
@@ -119,6 +122,7 @@ def test_wrong_key_stops_at_once_and_fails_nothing(box, tmp_path):
     assert box.stats()["requests_by_status"].get("401", 0) <= 64  # stopped after the first answers
 
 
+@pytest.mark.slow
 def test_rate_limit_429_does_not_use_attempts(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=2, rate_limit=100, retry_after_s=1)) as box:
         manifest = write_images(tmp_path / "images.csv", 150)
@@ -140,6 +144,7 @@ def test_batch_name_is_created_once_and_reused(box, tmp_path):
     assert {r["batch_id"] for r in ledger_rows(ledger).values()} == batches
 
 
+@pytest.mark.slow
 def test_in_flight_rows_of_a_dead_run_are_resolved_by_fs_0001(box, tmp_path):
     """Simulate a crash after the server created jobs but before the results were recorded."""
     manifest = write_images(tmp_path / "images.csv", 50)
@@ -162,6 +167,7 @@ def test_in_flight_rows_of_a_dead_run_are_resolved_by_fs_0001(box, tmp_path):
     assert box.stats()["fs_0001_refusals"] == 20
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path):
     """A real subprocess killed with SIGKILL mid-run; the rerun finishes with every job created once."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=5, latency_ms=20, jitter_ms=10)) as box:
@@ -170,9 +176,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "16")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while box.stats()["jobs_created"] < 150 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.stats()["jobs_created"] >= 150, "the sandbox to create 150 jobs")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert box.stats()["jobs_created"] < 600
@@ -181,6 +185,7 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         assert_exactly_once(box, ledger_rows(ledger))
 
 
+@pytest.mark.slow
 def test_sigint_stops_gently_and_resumes(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=6, latency_ms=30)) as box:
         manifest = write_images(tmp_path / "images.csv", 2000)
@@ -188,9 +193,7 @@ def test_sigint_stops_gently_and_resumes(tmp_path):
         cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "8")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while box.stats()["jobs_created"] < 50 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.stats()["jobs_created"] >= 50, "the sandbox to create 50 jobs")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
@@ -219,6 +222,11 @@ def test_api_key_never_written(box, tmp_path):
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
+def posts_received(box: Sandbox) -> int:
+    """Job requests the sandbox has read, answered or not (a plain read of the test's own emulator)."""
+    return sum(box._engine.app.stats.per_reference.values())  # noqa: SLF001
+
+
 def in_flight(ledger: Path) -> int:
     import sqlite3
 
@@ -231,6 +239,7 @@ def in_flight(ledger: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
     """First Ctrl-C waits for requests in the air (here: slow ones); the second cancels them at once.
     Every row this run held goes back to pending, and the rerun finishes with each job created once."""
@@ -241,13 +250,12 @@ def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
                                                            "--timeout", "30")]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while in_flight(ledger) < 8 and time.monotonic() < deadline:  # claimed (committed) before sending
-            time.sleep(0.02)
-        time.sleep(0.5)  # the first requests are in the air, waiting out the 10 s latency
+        # claimed (committed) before sending, then in the air: the sandbox holds them in its 10 s latency
+        wait_until(lambda: in_flight(ledger) >= 8, "8 rows in flight in the ledger")
+        wait_until(lambda: posts_received(box) >= 8, "the sandbox to receive 8 job requests")
         assert box.stats()["jobs_created"] == 0
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        time.sleep(0.3)  # let the first signal be handled alone (the run shows no sign of it to wait on)
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)

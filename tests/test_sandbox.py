@@ -176,6 +176,7 @@ NO_REF = {"work_flow_id": "wf", "data": IMAGE}
 FRAME = {"frame_id": "f1", "src": "https://x/1.jpg"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "code", "validation"),
     [
@@ -242,6 +243,7 @@ def test_duplicate_reference_id_is_fs_0001_per_project(client: httpx.Client) -> 
     assert stats["max_requests_per_reference_id"] == 3 and stats["jobs_created_per_reference_id_max"] == 1
 
 
+@pytest.mark.slow
 def test_concurrent_duplicates_create_exactly_one_job(sandbox: Sandbox) -> None:
     def send(_: int) -> int:
         with client_for(sandbox) as c:
@@ -612,6 +614,7 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     assert json.loads(state.read_text())["reference_id"] == "served"
 
 
+@pytest.mark.slow
 def test_disconnect_during_latency_creates_nothing() -> None:
     with Sandbox(SandboxConfig(latency_ms=400)) as sb:
         with client_for(sb, timeout=0.1) as c, pytest.raises(httpx.ReadTimeout):

@@ -45,7 +45,7 @@ from uploader.load import load
 from uploader.manifest.reader import ManifestOptions
 from uploader.sandbox import Sandbox, SandboxConfig
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
 
 ROWS = int(os.environ.get("SCALE_ROWS", "10000"))
 WORKERS = 4

@@ -34,6 +34,8 @@ from click.testing import CliRunner
 from uploader.cli.commands import cli
 from uploader.sandbox import Sandbox, SandboxConfig
 
+pytestmark = pytest.mark.slow
+
 #: Distinctive, with the characters of a base64 key ('/', '+', '='), which JSON encoders may escape.
 KEY = "upl-SECRET-7c1e/Qx+9zK="
 WRONG = "upl-WRONGKEY-44d0/Zz+1="

@@ -22,6 +22,8 @@ import pytest
 from uploader.sandbox import Sandbox, SandboxConfig
 from uploader.sandbox.state import encode_page_token
 
+pytestmark = pytest.mark.slow
+
 ROWS = 60
 
 

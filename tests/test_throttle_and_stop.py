@@ -25,6 +25,8 @@ from loopback_api import Answer, LoopbackApi
 from uploader.cli.commands import cli
 from uploader.errors import UploaderError
 
+pytestmark = pytest.mark.slow
+
 KEY = "pacing-test-key-91c2e"
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -80,6 +80,7 @@ def wait_for(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyp
 # -- item 5: timeouts on jobs the API created ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_timeouts_after_the_api_created_the_jobs_end_succeeded_not_failed(tmp_path: Path) -> None:
     """The API creates each job and answers 150 ms later; the client gives up after 100 ms. Every attempt
     times out (the later ones on FS_0001 answers), yet every job exists: the rows end uncertain when their
@@ -101,6 +102,7 @@ def test_timeouts_after_the_api_created_the_jobs_end_succeeded_not_failed(tmp_pa
         assert summary["counts"]["succeeded"] == 100 and summary["this_run"]["recovered"] == 100
 
 
+@pytest.mark.slow
 def test_timeouts_before_the_api_created_anything_end_failed_after_the_listing(tmp_path: Path) -> None:
     """The complement: the sandbox waits 400 ms before creating, and a client that hangs up first cancels
     the creation. The rows go uncertain (the client cannot know), the listing does not find them: failed
@@ -221,6 +223,7 @@ def _stop_while_answers_are_late(cmd: list[str], box: Sandbox, ledger: Path, n: 
     assert box.stats()["jobs_created"] == n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str) -> None:
     """A run sends 10 rows with a wrong URL; the API creates the jobs but the run is stopped before it
@@ -258,6 +261,7 @@ def api_run_args(manifest: Path | None, ledger: Path, api: MisbehavingApi, *extr
                    "--base-url", api.base_url, "--quiet", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["swap", "same", "object", "true"])
 def test_answers_that_do_not_fit_the_request_are_looked_up(tmp_path: Path, answer: str) -> None:
     """The API creates every job but answers with another row's reference_id and job_id ("swap"), one
@@ -274,6 +278,7 @@ def test_answers_that_do_not_fit_the_request_are_looked_up(tmp_path: Path, answe
         assert set(api.created.values()) == {1}
 
 
+@pytest.mark.slow
 def test_many_answers_that_do_not_fit_stop_the_run(tmp_path: Path) -> None:
     """Every answer carries `job_id: true`: after 10 the run stops (exit 1) with a message naming what was
     wrong and an example; the answered rows are uncertain, the rows never sent still pending. Once the API
@@ -297,6 +302,7 @@ def test_many_answers_that_do_not_fit_stop_the_run(tmp_path: Path) -> None:
         assert {k: r["job_id"] for k, r in got.items()} == api.jobs and set(api.created.values()) == {1}
 
 
+@pytest.mark.slow
 def test_listing_entries_are_validated_like_answers(tmp_path: Path) -> None:
     """The listing, too, names every job `id: true`: no such id is recorded; a listing that shows no usable
     job for a row whose answer was malformed leaves it failed (nothing trustworthy says it exists), and

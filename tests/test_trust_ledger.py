@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from tests.conftest import fake_manifest
@@ -39,6 +40,7 @@ def claim_all(ledger: Ledger, owner: str, lease: float = 60) -> dict:
     return {c.reference_id: c for c in ledger.claim(owner, 100, lease)}
 
 
+@pytest.mark.slow
 def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp_path: Path) -> None:
     load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
@@ -63,6 +65,7 @@ def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp
     assert (row(ledger, "ref-1")["sent_hashes"], row(ledger, "ref-1")["attempt_hash"]) == (H["ref-1"], None)
 
 
+@pytest.mark.slow
 def test_a_dead_runs_attempt_is_kept_when_its_row_is_claimed_again(ledger: Ledger, tmp_path: Path) -> None:
     """SIGKILL before any answer was recorded: the row is in_flight with its attempt's hash; the claim that
     takes it over first keeps that hash as sent; then a reload changes the payload: both hashes are kept."""
@@ -81,6 +84,7 @@ def test_a_dead_runs_attempt_is_kept_when_its_row_is_claimed_again(ledger: Ledge
     assert row(ledger, "ref-0")["sent_hashes"] == f"{H['ref-0']} {new}"
 
 
+@pytest.mark.slow
 def test_listing_settles_uncertain_rows_by_what_was_sent(ledger: Ledger, tmp_path: Path) -> None:
     """ref-0: our own lost answer, same payload → succeeded (recovered). ref-1: FS_0001 at the first send →
     conflict, pre-existing. ref-2: an earlier, different payload was sent → conflict (payload_changed).

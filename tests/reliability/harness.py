@@ -225,10 +225,11 @@ def crash_loop(
 ) -> CrashLoopReport:
     """Run `uploader run` as a subprocess, SIGKILL it `kills` times at random moments, then let it finish.
 
-    The first kill lands right after the sandbox created its first job (before any result can be
-    recorded: the "very first rows killed" case). Later kills are drawn from a seeded random.Random: after
-    a random share of the rows still to create, or at a random time after the start (which can land in
-    start-up, migration, the manifest load, or the sending).
+    The first kill lands right after the sandbox created its first job, before any result can be recorded
+    (the "very first rows killed" case): during that first life the sandbox holds every answer back
+    (slow_rate=1), so a poller that wakes late cannot let the run record one first. Later kills are drawn
+    from a seeded random.Random: after a random share of the rows still to create, or at a random time
+    after the start (which can land in start-up, migration, the manifest load, or the sending).
     """
     rng = random.Random(seed)
     manifest = write_images(workdir / "images.csv", rows)
@@ -244,8 +245,11 @@ def crash_loop(
         # A cap on how far this life may get, so every kill lands before the upload is complete.
         target = before + rng.randint(1, max(1, remaining // (kills - i + 1)))
         delay = None
+        held = None
         if i == 0:
             mode, target = "first_rows", before + 1
+            held = {"slow_rate": box.config.slow_rate, "slow_ms": box.config.slow_ms}
+            box.configure(slow_rate=1.0, slow_ms=60_000)
         elif rng.random() < 0.6:
             mode = "mid_send"
         else:
@@ -263,6 +267,8 @@ def crash_loop(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
+            if held is not None:
+                box.configure(**held)
         if proc.returncode != -signal.SIGKILL:
             # The run finished before the kill: no kill to count; the final run below still runs.
             break

@@ -35,8 +35,11 @@ from harness import (
     subprocess_env,
     write_images,
 )
+from waiting import wait_until
 
 from uploader.sandbox import Sandbox, SandboxConfig, default_batch_id
+
+pytestmark = pytest.mark.slow
 
 JSON = {"Content-Type": "application/json"}
 
@@ -158,9 +161,8 @@ def test_a_reservation_left_by_a_killed_run_is_taken_over_at_once(tmp_path, name
         extra = ["--batch-name", "nov"] if named else []
         cmd = subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, proxy.base_url, *extra)
         proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while proxy.seen[f"POST {BATCH_POST[1]}"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] > 0, "the batch request to reach the proxy",
+                   interval=0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         (left,) = batches_rows(ledger)
@@ -182,9 +184,7 @@ def test_a_reservation_left_by_a_killed_run_is_taken_over_at_once(tmp_path, name
 def kill_when_created(box: Sandbox, cmd: list[str], n: int) -> None:
     """Start `cmd` and SIGKILL it once the sandbox has created `n` jobs whose answers it holds back."""
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while jobs_created(box) < n and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: jobs_created(box) >= n, f"the sandbox to create {n} jobs", interval=0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 

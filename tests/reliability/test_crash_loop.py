@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
+import pytest
 from harness import (
     KEY,
     check_ledger,
@@ -18,8 +18,11 @@ from harness import (
     subprocess_env,
     write_images,
 )
+from waiting import wait_until
 
 from uploader.sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.slow
 
 
 def kill_once_16_created(box: Sandbox, manifest, ledger, *extra: str) -> tuple[list[str], dict[str, str]]:
@@ -28,9 +31,7 @@ def kill_once_16_created(box: Sandbox, manifest, ledger, *extra: str) -> tuple[l
     cmd = subprocess_cmd(manifest, ledger, box.base_url, "--concurrency", "16", *extra)
     env = subprocess_env()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while jobs_created(box) < 16 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: jobs_created(box) >= 16, "the sandbox to create 16 jobs", interval=0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return cmd, env

@@ -15,6 +15,8 @@ from harness import KEY, PROJECT, check_ledger, run_args, write_mixed
 from uploader.cli.commands import cli
 from uploader.sandbox import Sandbox, SandboxConfig
 
+pytestmark = pytest.mark.slow
+
 ROWS = 300
 BAD_DATA = 5  # FS_0003 at the API
 BAD_BATCH = 5  # GE_0001 at the API

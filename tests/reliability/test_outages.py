@@ -20,6 +20,7 @@ from harness import (
     subprocess_env,
     write_images,
 )
+from waiting import wait_until
 from sqlalchemy import event
 
 from uploader.cli.commands import cli
@@ -29,6 +30,8 @@ from uploader.manifest.reader import ManifestOptions
 from uploader.sandbox import Sandbox, SandboxConfig
 from uploader.send.runner import run_upload
 from uploader.send.submit import RunOptions
+
+pytestmark = pytest.mark.slow
 
 
 def test_sandbox_restart_mid_run(tmp_path):
@@ -46,9 +49,7 @@ def test_sandbox_restart_mid_run(tmp_path):
     cmd = subprocess_cmd(manifest, ledger, first.base_url, "--concurrency", "32", "--json")
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while jobs_created(first) < 200 and time.monotonic() < deadline:
-            time.sleep(0.002)
+        wait_until(lambda: jobs_created(first) >= 200, "the sandbox to create 200 jobs", interval=0.002)
         first.stop()  # requests in the air are cut; some were already created (and journaled)
         before = first.stats()
         time.sleep(1.0)  # down: every attempt meets "connection refused"
