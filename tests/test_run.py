@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from waiting import wait_until
 
 from uploader.cli.commands import cli

@@ -20,8 +20,8 @@ from harness import (
     subprocess_env,
     write_images,
 )
-from waiting import wait_until
 from sqlalchemy import event
+from waiting import wait_until
 
 from uploader.cli.commands import cli
 from uploader.errors import LedgerError
