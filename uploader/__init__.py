@@ -16,8 +16,7 @@ One word per concept (CONTRIBUTING.md; older code still has other words for some
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from uploader._lazy import lazy_exports
 
 #: The version, defined here only: pyproject.toml reads it ([tool.setuptools.dynamic]).
 __version__ = "0.1.0"
@@ -37,8 +36,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'uploader' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
