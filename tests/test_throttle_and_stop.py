@@ -7,7 +7,6 @@ matters) on real SQLite ledgers. Counts are asserted, not speeds; the time bound
 from __future__ import annotations
 
 import asyncio
-import csv
 import os
 import signal
 import sqlite3
@@ -22,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from loopback_api import Answer, LoopbackApi
 
+from tests.reliability.harness import write_images
 from uploader.cli.commands import cli
 from uploader.errors import UploaderError
 
@@ -31,13 +31,6 @@ KEY = "pacing-test-key-91c2e"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_images(path: Path, n: int) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["reference_id", "image_url"])
-        for i in range(n):
-            w.writerow([f"img-{i:05d}", f"https://cdn.example.com/img/{i}.jpg"])
-    return path
 
 
 def run_args(manifest: Path | None, ledger: Path, base_url: str, *extra: str) -> list[str]:
