@@ -53,45 +53,30 @@ def run_upload(
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
-    from uploader.send.submit import RunOptions
+    from uploader.send.submit import RunOptions, StopFlag
 
-    return asyncio.run(
-        _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-             on_progress, stop, handle_signals, default_batch, on_notice)
-    )
-
-
-async def _run(
-    ledger: Ledger,
-    manifest: str | Path | None,
-    options: ManifestOptions,
-    base_url: str,
-    api_key: str,
-    run_options: RunOptions,
-    batch_name: str | None,
-    on_load: Callable[[LoadReport], None] | None,
-    on_progress: Callable[[Progress], None] | None,
-    stop: StopFlag | None,
-    handle_signals: bool,
-    default_batch: bool = False,
-    on_notice: Callable[[str], None] | None = None,
-) -> RunSummary:
-    from uploader.send.submit import StopFlag, _install_signal_handlers
-
-    # One stop for the whole run: the first SIGINT/SIGTERM ends every wait of the batch creation too (it
-    # comes before the first job), not only those of the submit loop (uploader.send.batches, uploader.send.submit).
     stop = stop or StopFlag()
+    body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
+                on_progress, stop, default_batch, on_notice)
+    return asyncio.run(_with_signals(stop, handle_signals, body))
+
+
+async def _with_signals(stop: StopFlag, handle_signals: bool, body: Awaitable[T]) -> T:
+    """Await `body` under one stop for the whole run: the first SIGINT/SIGTERM ends every wait of the batch
+    creation too (it comes before the first job), not only those of the submit loop (uploader.send.batches,
+    uploader.send.submit). The previous handlers are restored afterwards."""
+    from uploader.send.submit import _install_signal_handlers
+
     stop._loop = asyncio.get_running_loop()
     previous = _install_signal_handlers(stop) if handle_signals else {}
     try:
-        return await _run_stoppable(ledger, manifest, options, base_url, api_key, run_options, batch_name, on_load,
-                                    on_progress, stop, default_batch, on_notice)
+        return await body
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-async def _run_stoppable(
+async def _run(
     ledger: Ledger,
     manifest: str | Path | None,
     options: ManifestOptions,
@@ -105,7 +90,7 @@ async def _run_stoppable(
     default_batch: bool,
     on_notice: Callable[[str], None] | None,
 ) -> RunSummary:
-    """`_run` once the run's signal handling is in place."""
+    """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
     from uploader.api import ApiClient
     from uploader.send.batches import BatchPolicy
     from uploader.send.submit import nothing_to_send, submit
