@@ -13,6 +13,7 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.manifest.formats import FORMATS, Span
     from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
+    from uploader.manifest.signed import SignedUrlError, UrlExpiry, url_expiry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -21,6 +22,9 @@ _EXPORTS = {
     "StagedJob": "uploader.manifest.reader",
     "FORMATS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
+    "SignedUrlError": "uploader.manifest.signed",
+    "UrlExpiry": "uploader.manifest.signed",
+    "url_expiry": "uploader.manifest.signed",
 }
 
 __all__ = list(_EXPORTS)
