@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.api.attachments import HostPacer, UrlCheck, check_urls, judge
     from uploader.api.client import ApiClient, check_base_url
     from uploader.api.policy import (
         EXISTS_CODES,
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "HostPacer": "uploader.api.attachments",
+    "UrlCheck": "uploader.api.attachments",
+    "check_urls": "uploader.api.attachments",
+    "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.client",
     "EXISTS_CODES": "uploader.api.policy",
