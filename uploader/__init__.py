@@ -30,6 +30,9 @@ _EXPORTS = {
     "StopFlag": "uploader.send",
     "reconcile": "uploader.send",
     "run_upload": "uploader.send",
+    "run_upload_async": "uploader.send",
+    "upload": "uploader.facade",
+    "upload_async": "uploader.facade",
     "Sandbox": "uploader.sandbox",
     "SandboxConfig": "uploader.sandbox",
 }
