@@ -192,20 +192,24 @@ def _in_helper_thread(make: Callable[[], Coroutine[Any, Any, RunSummary]], stop:
     handlers can be set only in the main thread, so a KeyboardInterrupt there trips `stop` instead: the
     first stops the run gently, the second at once; either way the run ends with its summary."""
     outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
 
     def main() -> None:
         try:
             outcome.append((True, asyncio.run(make())))
         except BaseException as exc:  # handed to the caller's thread  # noqa: BLE001
             outcome.append((False, exc))
+        finally:
+            done.set()
 
     thread = threading.Thread(target=main, name="uploader-upload")
     thread.start()
-    while thread.is_alive():
-        try:
-            thread.join()
+    while not done.is_set():
+        try:  # an Event, not join(): on Python 3.11 an interrupted join() marks a running thread stopped
+            done.wait()
         except KeyboardInterrupt:
             stop.trip()
+    thread.join()
     ok, value = outcome[0]
     if not ok:
         raise value
