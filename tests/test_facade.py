@@ -90,8 +90,10 @@ def test_to_pandas_filters_by_status_and_is_empty_but_typed_on_an_empty_ledger(b
     ledger = tmp_path / "jobs.db"
     df = frame(3)
     df.loc[1, "image_url"] = "ftp://nowhere/1.jpg"  # refused by the manifest checks: nothing is loaded
-    with pytest.raises(ManifestError, match="image_url"):
+    with pytest.raises(ManifestError) as caught:
         send(df, box, ledger)
+    (problem,) = caught.value.problems
+    assert str(problem).startswith("DataFrame: row 1: column 'image_url': ")  # not the temporary file
     assert not ledger.exists()  # the ledger this call created is removed again: all or nothing
     led = Ledger.open(ledger)
     try:

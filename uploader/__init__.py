@@ -1,7 +1,7 @@
 """uploader: send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
 
 The package is a library first; `uploader.cli` is a thin click layer over it. Its packages, each importing
-only those below it (README "Architecture"; checked by import-linter): cli › send › load ›
+only those below it (README "Architecture"; checked by import-linter): cli | facade › send › load ›
 manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
 (`uploader.load` is the loading package, so it cannot also be a function here).
 

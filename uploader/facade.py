@@ -25,10 +25,11 @@ import tempfile
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, cast
 
-from uploader.errors import UploaderError, UsageError
+from uploader.errors import ManifestError, UploaderError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,7 +128,8 @@ def _arrow_table(manifest: object) -> pa.Table | None:
 @contextmanager
 def _manifest_file(manifest: object, format: str | None) -> Iterator[Path | None]:
     """The manifest as a file: a DataFrame or Table written to a temporary Parquet file (removed after the
-    load's run), a path as it is, None as None."""
+    load's run; its problems name the DataFrame or Table, their rows are 0-based positions), a path as it
+    is, None as None."""
     table = _arrow_table(manifest)
     if table is not None and format is not None:
         raise UsageError("format is for a manifest file; a DataFrame or Table needs none")
@@ -142,7 +144,12 @@ def _manifest_file(manifest: object, format: str | None) -> Iterator[Path | None
     with tempfile.TemporaryDirectory(prefix="uploader-") as folder:
         path = Path(folder) / FRAME_FILE
         pq.write_table(table, path)
-        yield path
+        try:
+            yield path
+        except ManifestError as exc:  # name the caller's object, not the temporary file
+            label = type(manifest).__name__
+            problems = [replace(p, file=label) if p.file == str(path) else p for p in exc.problems]
+            raise ManifestError(problems, exc.total) from None
 
 
 @contextmanager
