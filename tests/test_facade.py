@@ -26,7 +26,7 @@ KEY = "test-secret-key-facade-1"
 URL = "https://cdn.example.com/img"
 
 
-def frame(n: int, prefix: str = "img") -> pd.DataFrame:
+def images(n: int, prefix: str = "img") -> pd.DataFrame:
     return pd.DataFrame({
         "reference_id": [f"{prefix}-{i:03d}" for i in range(n)],
         "image_url": [f"{URL}/{prefix}/{i}.jpg" for i in range(n)],
@@ -60,7 +60,7 @@ def assert_all_created_once(box: Sandbox, ledger: Path, n: int) -> pd.DataFrame:
 
 
 def test_dataframe_upload_sends_every_row_once_and_a_rerun_sends_nothing(box, tmp_path):
-    df = frame(30).set_index("reference_id")  # a named index is a column like any other
+    df = images(30).set_index("reference_id")  # a named index is a column like any other
     ledger = tmp_path / "jobs.db"
     summary = send(df, box, ledger)
     assert summary.counts["succeeded"] == 30 and not summary.interrupted and summary.fatal is None
@@ -77,10 +77,10 @@ def test_dataframe_upload_sends_every_row_once_and_a_rerun_sends_nothing(box, tm
 
 def test_arrow_table_and_file_take_the_same_path(box, tmp_path):
     ledger = tmp_path / "jobs.db"
-    table = pa.Table.from_pandas(frame(4, "arrow"), preserve_index=False)
+    table = pa.Table.from_pandas(images(4, "arrow"), preserve_index=False)
     assert send(table, box, ledger).counts["succeeded"] == 4
     path = tmp_path / "more.csv"
-    frame(3, "csv").to_csv(path, index=False)
+    images(3, "csv").to_csv(path, index=False)
     assert send(str(path), box, ledger).counts["succeeded"] == 7
     assert send(None, box, ledger).progress.requests == 0  # None: only what the ledger holds
     assert_all_created_once(box, ledger, 7)
@@ -88,7 +88,7 @@ def test_arrow_table_and_file_take_the_same_path(box, tmp_path):
 
 def test_to_pandas_filters_by_status_and_is_empty_but_typed_on_an_empty_ledger(box, tmp_path):
     ledger = tmp_path / "jobs.db"
-    df = frame(3)
+    df = images(3)
     df.loc[1, "image_url"] = "ftp://nowhere/1.jpg"  # refused by the manifest checks: nothing is loaded
     with pytest.raises(ManifestError) as caught:
         send(df, box, ledger)
@@ -101,7 +101,7 @@ def test_to_pandas_filters_by_status_and_is_empty_but_typed_on_an_empty_ledger(b
         assert empty.empty and list(empty.columns) == list(uploader.ledger.EXPORT_COLUMNS)
     finally:
         led.close()
-    send(frame(3), box, led)  # an open Ledger is used as it is and left open
+    send(images(3), box, led)  # an open Ledger is used as it is and left open
     assert len(led.to_pandas(["succeeded"])) == 3 and led.to_pandas(["failed"]).empty
     led.close()
 
@@ -109,12 +109,12 @@ def test_to_pandas_filters_by_status_and_is_empty_but_typed_on_an_empty_ledger(b
 def test_bad_arguments_are_clear(box, tmp_path, monkeypatch):
     monkeypatch.delenv("PLAYMENT_API_KEY", raising=False)
     with pytest.raises(UsageError, match="no API key"):
-        uploader.upload(frame(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db")
+        uploader.upload(images(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db")
     with pytest.raises(UsageError, match="https"):
-        uploader.upload(frame(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db", api_key=KEY,
+        uploader.upload(images(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db", api_key=KEY,
                         base_url="http://api.example.com")
     with pytest.raises(UsageError, match="format is for a manifest file"):
-        send(frame(1), box, tmp_path / "l.db", format="csv")
+        send(images(1), box, tmp_path / "l.db", format="csv")
     with pytest.raises(TypeError, match="not list"):
         send([{"reference_id": "a"}], box, tmp_path / "l.db")
     assert not (tmp_path / "l.db").exists()
@@ -129,9 +129,9 @@ def anyio_backend() -> str:
 async def test_upload_works_inside_a_running_event_loop(box, tmp_path):
     """A notebook cell runs inside the kernel's event loop: asyncio.run() would refuse, upload() does not."""
     ledger = tmp_path / "jobs.db"
-    summary = send(frame(10), box, ledger)
+    summary = send(images(10), box, ledger)
     assert summary.counts["succeeded"] == 10
-    more = await uploader.upload_async(frame(5, "async"), project_id="proj", work_flow_id="wf", ledger=ledger,
+    more = await uploader.upload_async(images(5, "async"), project_id="proj", work_flow_id="wf", ledger=ledger,
                                        api_key=KEY, base_url=box.base_url)
     assert more.counts["succeeded"] == 15
     assert_all_created_once(box, ledger, 15)

@@ -43,7 +43,7 @@ __all__ = ["upload", "upload_async"]
 P = ParamSpec("P")
 
 #: The name of the Parquet file a DataFrame or Table is written to (it names the ledger's own batch).
-FRAME_FILE = "dataframe.parquet"
+TABLE_FILE = "dataframe.parquet"
 
 
 async def upload_async(
@@ -142,7 +142,7 @@ def _manifest_file(manifest: object, format: str | None) -> Iterator[Path | None
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory(prefix="uploader-") as folder:
-        path = Path(folder) / FRAME_FILE
+        path = Path(folder) / TABLE_FILE
         pq.write_table(table, path)
         try:
             yield path
