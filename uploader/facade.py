@@ -84,8 +84,9 @@ async def upload_async(
       SIGINT/SIGTERM trip it while the run lasts (only possible in the main thread).
 
     Raises an UploaderError (uploader.errors) when the upload cannot run: a bad manifest (nothing is loaded),
-    a bad key or project, the API unreachable. Runs in the caller's event loop, which it blocks while it
-    loads the manifest and writes the ledger (`await asyncio.to_thread(upload, ...)` keeps the loop free).
+    a bad key or project, the API unreachable. `upload` runs to the end in an event loop of its own (in a
+    helper thread when the caller is inside one); `upload_async` runs in the caller's loop, which it blocks
+    while it loads the manifest and writes the ledger (`await asyncio.to_thread(upload, ...)` does not).
     """
     from uploader.manifest import ManifestOptions
     from uploader.send import run_upload_async
