@@ -1,0 +1,175 @@
+"""Files and ledgers (issue 12): where `export -o` writes, follow-up hints that name the same ledger,
+`uploader forget`, per-project status, ledger paths that are not ledgers, and `-` as a manifest on stdin."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from uploader.cli.commands import cli
+
+LOAD = ["--project-id", "proj", "--work-flow-id", "wf"]
+ROWS = "reference_id,image_url\nr1,https://e.com/1.jpg\nr2,https://e.com/2.jpg\nr3,https://e.com/3.jpg\n"
+
+
+def invoke(*args: str, input: str | bytes | None = None):
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> str:
+    """A ledger with three pending rows of project `proj`."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(ROWS)
+    ledger = str(tmp_path / "l.db")
+    result = invoke("load", str(manifest), *LOAD, "--ledger", ledger)
+    assert result.exit_code == 0, result.output
+    return ledger
+
+
+def _reference_ids(text: str) -> list[str]:
+    return [row["reference_id"] for row in csv.DictReader(io.StringIO(text))]
+
+
+# -- export -o: what is written, and what is never replaced ---------------------------------------------------
+
+
+def test_export_to_regular_file_is_atomic_and_keeps_its_mode(loaded, tmp_path):
+    out = tmp_path / "jobs.csv"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    result = invoke("export", "--ledger", loaded, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert _reference_ids(out.read_text()) == ["r1", "r2", "r3"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_export_new_file_is_0600(loaded, tmp_path):
+    out = tmp_path / "new.csv"
+    assert invoke("export", "--ledger", loaded, "-o", str(out)).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_export_through_a_symlink_writes_its_target(loaded, tmp_path):
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    result = invoke("export", "--ledger", loaded, "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert _reference_ids(target.read_text()) == ["r1", "r2", "r3"]
+
+
+def test_export_through_a_dangling_symlink_creates_its_target(loaded, tmp_path):
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "later.csv")
+    assert invoke("export", "--ledger", loaded, "-o", str(link)).exit_code == 0
+    assert link.is_symlink()
+    assert _reference_ids((tmp_path / "later.csv").read_text()) == ["r1", "r2", "r3"]
+
+
+def _reader(path: str, into: list[bytes]) -> threading.Thread:
+    def read() -> None:
+        with open(path, "rb") as f:
+            into.append(f.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_export_to_a_fifo_writes_through_it(loaded, tmp_path):
+    fifo = tmp_path / "myfifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = _reader(str(fifo), got)
+    result = invoke("export", "--ledger", loaded, "-o", str(fifo))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
+    reader.join(10)
+    assert _reference_ids(got[0].decode()) == ["r1", "r2", "r3"]
+
+
+def test_export_to_dev_fd_writes_through_the_pipe(loaded):
+    """What a shell passes for `-o >(wc -l)`: /dev/fd/N, a pipe."""
+    r, w = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(r, "rb").read()), daemon=True)
+    reader.start()
+    try:
+        result = invoke("export", "--ledger", loaded, "-o", f"/dev/fd/{w}")
+    finally:
+        os.close(w)
+    reader.join(10)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert _reference_ids(got[0].decode()) == ["r1", "r2", "r3"]
+
+
+def test_export_parquet_to_a_pipe(loaded):
+    import pyarrow.parquet as pq
+
+    r, w = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(open(r, "rb").read()), daemon=True)
+    reader.start()
+    try:
+        result = invoke("export", "--ledger", loaded, "--format", "parquet", "-o", f"/dev/fd/{w}")
+    finally:
+        os.close(w)
+    reader.join(10)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(io.BytesIO(got[0])).column("reference_id").to_pylist() == ["r1", "r2", "r3"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
+def test_export_to_a_character_device_is_not_replaced(loaded, tmp_path):
+    node = tmp_path / "null"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # the device of /dev/null, in a scratch folder
+    result = invoke("export", "--ledger", loaded, "-o", str(node))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.lstat(node).st_mode), "the device node was replaced"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_export_into_a_missing_folder_is_one_line_exit_1(loaded, tmp_path):
+    out = tmp_path / "nodir" / "x.csv"
+    result = invoke("export", "--ledger", loaded, "-o", str(out))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0]
+    assert "does not exist" in lines[0]
+
+
+def test_export_to_a_folder_is_refused(loaded, tmp_path):
+    result = invoke("export", "--ledger", loaded, "-o", str(tmp_path), "--format", "csv")
+    assert result.exit_code in (1, 2)
+    assert "Traceback" not in result.output
+    assert tmp_path.is_dir()
+
+
+def test_output_plan_decisions():
+    from uploader.export import output_plan
+
+    def st(mode: int) -> os.stat_result:
+        return os.stat_result((mode, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+
+    assert output_plan("a.csv", None, "/x/a.csv", True).atomic
+    assert output_plan("a.csv", None, "/x/a.csv", False).error
+    regular = output_plan("l.csv", st(stat.S_IFREG | 0o640), "/x/real.csv", True)
+    assert regular.atomic and regular.path == "/x/real.csv" and regular.mode == 0o640
+    for kind in (stat.S_IFIFO, stat.S_IFCHR):
+        plan = output_plan("/dev/fd/3", st(kind | 0o600), "/proc/1/fd/pipe:[1]", True)
+        assert not plan.atomic and plan.path == "/dev/fd/3" and plan.error is None
+    for kind in (stat.S_IFDIR, stat.S_IFBLK, stat.S_IFSOCK):
+        assert output_plan("o", st(kind | 0o600), "/x/o", True).error
