@@ -173,3 +173,71 @@ def test_output_plan_decisions():
         assert not plan.atomic and plan.path == "/dev/fd/3" and plan.error is None
     for kind in (stat.S_IFDIR, stat.S_IFBLK, stat.S_IFSOCK):
         assert output_plan("o", st(kind | 0o600), "/x/o", True).error
+
+
+# -- follow-up hints repeat --ledger (and --base-url) ----------------------------------------------------------
+
+
+def test_run_hint_repeats_the_ledger_shell_quoted(tmp_path):
+    import shlex
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(ROWS)
+    ledger = str(tmp_path / "other ledger.db")
+    result = invoke("run", str(manifest), *LOAD, "--ledger", ledger, "--sandbox", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"uploader export -o jobs.csv --ledger {shlex.quote(ledger)}" in result.stdout
+    # The hint works as printed: it exports this ledger.
+    words = shlex.split(result.stdout.rsplit("with: ", 1)[1].strip())
+    out = tmp_path / "jobs.csv"
+    words[words.index("-o") + 1] = str(out)
+    assert invoke(*words[1:]).exit_code == 0
+    assert _reference_ids(out.read_text()) == ["r1", "r2", "r3"]
+
+
+def test_hint_without_ledger_option_names_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text(ROWS)
+    result = invoke("run", "m.csv", *LOAD, "--sandbox", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "with: uploader export -o jobs.csv\n" in result.stdout
+
+
+def test_ledger_from_the_environment_is_not_repeated(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPLOADER_LEDGER", str(tmp_path / "env.db"))
+    (tmp_path / "m.csv").write_text(ROWS)
+    result = invoke("run", str(tmp_path / "m.csv"), *LOAD, "--sandbox", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "with: uploader export -o jobs.csv\n" in result.stdout
+
+
+def test_status_and_retry_hints_repeat_the_ledger(loaded):
+    import shlex
+
+    from uploader.ledger import Ledger, Result, Status
+
+    led = Ledger.open(loaded)
+    owner = led.register_worker()
+    claims = led.claim(owner, 10, 60)
+    led.record([Result(claims[0].id, claims[0].lease_token, Status.FAILED, error_code="FS_0007"),
+                Result(claims[1].id, claims[1].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+                Result(claims[2].id, claims[2].lease_token, Status.CONFLICT, error_code="payload_changed")])
+    led.stop_worker(owner)
+    led.close()
+    q = shlex.quote(loaded)
+    status = invoke("status", "--ledger", loaded)
+    assert f"`uploader retry --all --ledger {q}`" in status.stdout
+    assert f"`uploader reconcile --ledger {q}`" in status.stdout
+    assert f"`uploader export --status conflict --ledger {q}`" in status.stdout
+    retry = invoke("retry", "--all", "--ledger", loaded)
+    assert f"`uploader run --ledger {q}` sends them" in retry.stdout
+
+
+def test_hint_repeats_base_url_for_reconcile_and_hides_a_password():
+    from uploader.cli.hints import Repeat
+
+    repeat = Repeat(ledger="postgresql+psycopg://u:s3cret@db:5432/x", base_url="https://api.example/v")
+    assert repeat.command("reconcile", api=True) == (
+        "uploader reconcile --ledger postgresql+psycopg://u:PASSWORD@db:5432/x --base-url https://api.example/v")
+    assert repeat.command("export -o jobs.csv") == "uploader export -o jobs.csv --ledger postgresql+psycopg://u:PASSWORD@db:5432/x"
+    assert Repeat(ledger="a b.db").command("retry --all") == "uploader retry --all --ledger 'a b.db'"

@@ -144,8 +144,12 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_handle_errors
 def status(ledger: str | None, as_json: bool) -> None:
-    """Show how many jobs are in each state, the error codes, and the live workers."""
-    print_status(_open_ledger(ledger, create=False).status(), as_json)
+    """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.ledger import project_counts
+
+    led = _open_ledger(ledger, create=False)
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine))
 
 
 @cli.command()
@@ -191,7 +195,9 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
     if not codes and not everything:
         raise UsageError("give --error-code CODE (repeatable) or --all")
     n = _open_ledger(ledger, create=False).retry(codes, everything)
-    click.echo(f"{n} failed rows are pending again; `uploader run` sends them.")
+    from uploader.cli.hints import repeat_from_context
+
+    click.echo(f"{n} failed rows are pending again; `{repeat_from_context().command('run')}` sends them.")
 
 
 def _api_options(func: F) -> F:
@@ -283,12 +289,20 @@ def run(  # type: ignore[no-untyped-def]
             display.close()
             if getattr(exc, "summary", None) is not None and as_json:
                 print_summary(exc.summary, as_json=True)
+            from uploader.cli.forgetting import project_hint
+            from uploader.cli.hints import repeat_from_context
+
+            hint = project_hint(exc, led, repeat_from_context())
+            if hint is not None:
+                raise FatalApiError(f"{exc} {hint}", exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json)
+    from uploader.cli.hints import repeat_from_context
+
+    print_summary(summary, as_json, repeat_from_context())
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
@@ -320,11 +334,39 @@ def reconcile(  # type: ignore[no-untyped-def]
     click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
     if conflicts:
-        from uploader.cli.output import CONFLICT_HINT
+        from uploader.cli.hints import repeat_from_context
+        from uploader.cli.output import conflict_hint
 
-        click.echo(CONFLICT_HINT.format(n=conflicts))
+        click.echo(conflict_hint(conflicts, repeat_from_context()))
     if remaining or conflicts:
         sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@ledger_option
+@click.option("--project-id", help="Only rows of this project.")
+@click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Only these reference_ids: a text file, one a line.")
+@click.option("--manifest", help="Only rows loaded from this manifest (the path it was loaded as; - for stdin).")
+@click.option("--include-created", is_flag=True,
+              help="Also forget rows whose job exists (or may) at the API: their job_ids are lost, and loading "
+                   "them again sends them again. Asks first.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed with --include-created without a terminal).")
+@_handle_errors
+def forget(  # type: ignore[no-untyped-def]
+    ledger, project_id, statuses, reference_id_file, manifest, include_created, yes,
+) -> None:
+    """Remove rows from the ledger (at least one filter); rows whose job exists are kept unless --include-created."""
+    from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten
+    from uploader.ledger import count_forget, forget_rows
+
+    selection = forget_selection(project_id, statuses, reference_id_file, manifest)
+    led = _open_ledger(ledger, create=False)
+    if include_created:
+        confirm_forget(count_forget(led.engine, selection), yes)
+    print_forgotten(forget_rows(led.engine, selection, include_created=include_created),
+                    None if include_created else count_forget(led.engine, selection))
 
 
 @cli.command()
