@@ -241,3 +241,158 @@ def test_hint_repeats_base_url_for_reconcile_and_hides_a_password():
         "uploader reconcile --ledger postgresql+psycopg://u:PASSWORD@db:5432/x --base-url https://api.example/v")
     assert repeat.command("export -o jobs.csv") == "uploader export -o jobs.csv --ledger postgresql+psycopg://u:PASSWORD@db:5432/x"
     assert Repeat(ledger="a b.db").command("retry --all") == "uploader retry --all --ledger 'a b.db'"
+
+
+# -- uploader forget ---------------------------------------------------------------------------------------------
+
+
+def _settle(ledger: str, outcomes: dict[str, tuple]) -> None:
+    """Claim the first rows (those named, in load order) and record `outcomes[reference_id]` = (Status,
+    job_id); the other rows are never claimed (a released claim may have sent its row)."""
+    from uploader.ledger import Ledger, Result
+
+    led = Ledger.open(ledger)
+    owner = led.register_worker()
+    claims = led.claim(owner, len(outcomes), 60)
+    assert sorted(c.reference_id for c in claims) == sorted(outcomes)
+    led.record([Result(c.id, c.lease_token, outcomes[c.reference_id][0], job_id=outcomes[c.reference_id][1])
+                for c in claims])
+    led.stop_worker(owner)
+    led.close()
+
+
+def _refs(ledger: str) -> list[str]:
+    return _reference_ids(invoke("export", "--ledger", ledger).stdout)
+
+
+def test_forget_needs_a_filter(loaded):
+    result = invoke("forget", "--ledger", loaded)
+    assert result.exit_code == 2 and "at least one filter" in result.output
+    assert _refs(loaded) == ["r1", "r2", "r3"]
+
+
+def test_forget_deletes_rows_without_a_job_and_keeps_created_ones(loaded):
+    from uploader.ledger import Status
+
+    _settle(loaded, {"r1": (Status.SUCCEEDED, "J1")})
+    result = invoke("forget", "--project-id", "proj", "--ledger", loaded)
+    assert result.exit_code == 0, result.output
+    assert "forgot 2 rows: 2 that never created a job." in result.stdout
+    assert "kept 1 rows whose job exists or may exist at the API (1 with a job_id)" in result.stdout
+    assert _refs(loaded) == ["r1"]
+
+
+def test_forget_include_created_refuses_without_a_terminal(loaded):
+    from uploader.ledger import Status
+
+    _settle(loaded, {"r1": (Status.SUCCEEDED, "J1")})
+    result = invoke("forget", "--project-id", "proj", "--include-created", "--ledger", loaded)
+    assert result.exit_code == 2
+    assert "1 rows whose job exists (or may exist) at the API will be forgotten, 1 job_ids" in result.stderr
+    assert "--yes" in result.stderr
+    assert _refs(loaded) == ["r1", "r2", "r3"]
+
+
+def test_forget_include_created_asks_on_a_terminal(loaded, monkeypatch):
+    from uploader.cli import forgetting
+    from uploader.ledger import Status
+
+    _settle(loaded, {"r1": (Status.SUCCEEDED, "J1")})
+    monkeypatch.setattr(forgetting, "_stdin_is_tty", lambda: True)
+    no = invoke("forget", "--status", "succeeded", "--include-created", "--ledger", loaded, input="n\n")
+    assert no.exit_code == 1 and _refs(loaded) == ["r1", "r2", "r3"]
+    yes = invoke("forget", "--status", "succeeded", "--include-created", "--ledger", loaded, input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert "1 whose job exists or may (1 job_ids)" in yes.stdout
+    assert _refs(loaded) == ["r2", "r3"]
+
+
+def test_forget_include_created_with_yes(loaded):
+    from uploader.ledger import Status
+
+    _settle(loaded, {"r1": (Status.SUCCEEDED, "J1"), "r2": (Status.UNCERTAIN, None)})
+    result = invoke("forget", "--project-id", "proj", "--include-created", "--yes", "--ledger", loaded)
+    assert result.exit_code == 0, result.output
+    assert "forgot 3 rows: 1 that never created a job, 2 whose job exists or may (1 job_ids)." in result.stdout
+    assert _refs(loaded) == []
+
+
+def test_forget_by_reference_id_file_and_manifest(loaded, tmp_path):
+    refs = tmp_path / "refs.txt"
+    refs.write_text("r2\r\n\nnot-there\n")
+    result = invoke("forget", "--reference-id-file", str(refs), "--ledger", loaded)
+    assert result.exit_code == 0 and "forgot 1 rows" in result.stdout
+    assert _refs(loaded) == ["r1", "r3"]
+    other = invoke("forget", "--manifest", str(tmp_path / "elsewhere.csv"), "--ledger", loaded)
+    assert other.exit_code == 0 and "forgot 0 rows" in other.stdout
+    mine = invoke("forget", "--manifest", str(tmp_path / "m.csv"), "--ledger", loaded)
+    assert mine.exit_code == 0 and "forgot 2 rows" in mine.stdout
+    assert _refs(loaded) == []
+
+
+def test_forgotten_rows_come_back_when_the_manifest_is_loaded_again(loaded, tmp_path):
+    assert invoke("forget", "--reference-id-file", str(_write(tmp_path / "r.txt", "r1\n")),
+                  "--ledger", loaded).exit_code == 0
+    again = invoke("load", str(tmp_path / "m.csv"), *LOAD, "--ledger", loaded)
+    assert again.exit_code == 0, again.output
+    assert "already loaded" not in again.stdout and "1 new" in again.stdout
+    assert sorted(_refs(loaded)) == ["r1", "r2", "r3"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_forget_refuses_while_a_live_run_holds_rows(loaded):
+    from uploader.ledger import Ledger
+
+    led = Ledger.open(loaded)
+    owner = led.register_worker()
+    led.heartbeat(owner, 60, 0)
+    assert led.claim(owner, 1, 60)
+    try:
+        result = invoke("forget", "--project-id", "proj", "--ledger", loaded)
+        assert result.exit_code == 1 and "running `uploader run`" in result.stderr
+        assert _refs(loaded) == ["r1", "r2", "r3"]
+    finally:
+        led.release(owner)
+        led.stop_worker(owner)
+        led.close()
+    assert invoke("forget", "--project-id", "proj", "--ledger", loaded).exit_code == 0
+
+
+# -- status per project; a run stopped by another project's rows -------------------------------------------------
+
+
+def test_status_breaks_counts_down_by_project(loaded, tmp_path):
+    import json
+
+    other = _write(tmp_path / "o.csv", "reference_id,image_url\nx1,https://e.com/x.jpg\n")
+    assert invoke("load", str(other), "--project-id", "old", "--work-flow-id", "wf", "--ledger", loaded).exit_code == 0
+    text = invoke("status", "--ledger", loaded).stdout
+    assert "2 projects:" in text
+    assert "  old: 1 jobs (1 pending)" in text and "  proj: 3 jobs (3 pending)" in text
+    data = json.loads(invoke("status", "--ledger", loaded, "--json").stdout)
+    assert data["projects"]["old"]["pending"] == 1 and data["projects"]["proj"]["pending"] == 3
+    single = tmp_path / "single.db"
+    assert invoke("load", str(tmp_path / "m.csv"), *LOAD, "--ledger", str(single)).exit_code == 0
+    assert "projects:" not in invoke("status", "--ledger", str(single)).stdout
+
+
+@pytest.mark.parametrize("batch", [[], ["--default-batch"]], ids=["own-batch", "default-batch"])
+def test_run_stopped_by_another_projects_rows_names_it_and_suggests_forget(loaded, tmp_path, batch):
+    """Refused creating that project's batch, or (default batch) its first job: either way the message names
+    the project whose rows stopped the run and how to forget them."""
+    import shlex
+
+    from uploader.sandbox import Sandbox, SandboxConfig
+
+    other = _write(tmp_path / "o.csv", "reference_id,image_url\nx1,https://e.com/x.jpg\nx2,https://e.com/y.jpg\n")
+    assert invoke("load", str(other), "--project-id", "old", "--work-flow-id", "wf", "--ledger", loaded).exit_code == 0
+    with Sandbox(SandboxConfig(api_key="k", forbidden_projects=frozenset({"old"}))) as box:
+        result = invoke("run", str(tmp_path / "m.csv"), *LOAD, "--ledger", loaded, "--base-url", box.base_url,
+                        "--api-key", "k", "--quiet", "--concurrency", "1", *batch)
+    assert result.exit_code == 1, result.output
+    assert "stopped by a row of project 'old'" in result.stderr and "holds 2 rows of that project" in result.stderr
+    assert f"`uploader forget --project-id old --ledger {shlex.quote(loaded)}`" in result.stderr

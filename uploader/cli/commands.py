@@ -294,7 +294,7 @@ def run(  # type: ignore[no-untyped-def]
 
             hint = project_hint(exc, led, repeat_from_context())
             if hint is not None:
-                raise FatalApiError(f"{exc} {hint}", exc.code, exc.http_status, exc.project_id) from None
+                raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)

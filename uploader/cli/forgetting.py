@@ -89,7 +89,7 @@ def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
     rows = sum(counts.values())
     waiting = counts.get("pending", 0) + counts.get("in_flight", 0)
     return (
-        f"The rows of project {project!r} stopped it: the ledger holds {rows} rows of that project ({waiting} not "
-        f"sent yet). If they do not belong to this upload, remove them with "
+        f"The run was stopped by a row of project {project!r}: the ledger holds {rows} rows of that project "
+        f"({waiting} not sent yet). If they do not belong to this upload, remove them with "
         f"`{repeat.command('forget --project-id ' + shlex.quote(project))}`."
     )
