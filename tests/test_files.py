@@ -396,3 +396,25 @@ def test_run_stopped_by_another_projects_rows_names_it_and_suggests_forget(loade
     assert result.exit_code == 1, result.output
     assert "stopped by a row of project 'old'" in result.stderr and "holds 2 rows of that project" in result.stderr
     assert f"`uploader forget --project-id old --ledger {shlex.quote(loaded)}`" in result.stderr
+
+
+# -- ledger paths that cannot hold a ledger -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["load", "status", "export"])
+@pytest.mark.parametrize("ledger", ["FOLDER", ":memory:", "sqlite://", "sqlite:///:memory:", "sqlite:///FOLDER"])
+def test_ledger_that_cannot_be_a_ledger_is_one_line_exit_1(tmp_path, monkeypatch, command, ledger):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text(ROWS)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    ledger = ledger.replace("FOLDER", str(folder))
+    args = ["load", "m.csv", *LOAD] if command == "load" else [command]
+    result = CliRunner().invoke(cli, [*args, "--ledger", ledger])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ledger "), result.stderr
+    assert ("in-memory" in lines[0]) != ("is a folder" in lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.csv"]
+    assert list(folder.iterdir()) == []
