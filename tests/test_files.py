@@ -418,3 +418,84 @@ def test_ledger_that_cannot_be_a_ledger_is_one_line_exit_1(tmp_path, monkeypatch
     assert ("in-memory" in lines[0]) != ("is a folder" in lines[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.csv"]
     assert list(folder.iterdir()) == []
+
+
+# -- `-`: the manifest on stdin -----------------------------------------------------------------------------------
+
+
+def _manifest_paths(ledger: str) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(ledger)
+    try:
+        return [p for (p,) in con.execute("SELECT path FROM manifests ORDER BY id")]
+    finally:
+        con.close()
+
+
+def test_load_csv_from_stdin_is_recorded_as_stdin(tmp_path):
+    ledger = str(tmp_path / "l.db")
+    result = invoke("load", "-", *LOAD, "--ledger", ledger, input=ROWS)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("<stdin>: 3 rows: 3 new")
+    assert _manifest_paths(ledger) == ["<stdin>"]
+    assert _refs(ledger) == ["r1", "r2", "r3"]
+    again = invoke("load", "-", *LOAD, "--ledger", ledger, input=ROWS)
+    assert "<stdin>: already loaded" in again.stdout
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("uploader-stdin-*/stdin.csv"))
+    forgot = invoke("forget", "--manifest", "-", "--ledger", ledger)
+    assert forgot.exit_code == 0 and "forgot 3 rows" in forgot.stdout
+
+
+def test_load_from_stdin_into_a_ledger_with_rows(loaded):
+    more = "reference_id,image_url\nr3,https://e.com/3.jpg\nr4,https://e.com/4.jpg\n"
+    result = invoke("load", "-", *LOAD, "--ledger", loaded, input=more)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("<stdin>: 2 rows: 1 new, 1 unchanged")
+    assert _manifest_paths(loaded)[-1] == "<stdin>"
+    assert _refs(loaded) == ["r1", "r2", "r3", "r4"]
+
+
+def test_load_jsonl_from_stdin_is_sniffed(tmp_path):
+    ledger = str(tmp_path / "l.db")
+    lines = '{"reference_id": "j1", "image_url": "https://e.com/1.jpg"}\n' \
+            '{"reference_id": "j2", "image_url": "https://e.com/2.jpg"}\n'
+    result = invoke("load", "-", *LOAD, "--ledger", ledger, input=lines)
+    assert result.exit_code == 0, result.output
+    assert _refs(ledger) == ["j1", "j2"]
+
+
+def test_load_from_stdin_with_format(tmp_path):
+    ledger = str(tmp_path / "l.db")
+    tsv = "reference_id\timage_url\nt1\thttps://e.com/1.jpg\n"
+    result = invoke("load", "-", *LOAD, "--format", "tsv", "--ledger", ledger, input=tsv)
+    assert result.exit_code == 0, result.output
+    assert _refs(ledger) == ["t1"]
+
+
+def test_problems_in_stdin_name_stdin(tmp_path):
+    ledger = tmp_path / "l.db"
+    bad = "reference_id,image_url\nr1,https://e.com/1.jpg\nr2,not a url\n"
+    result = invoke("load", "-", *LOAD, "--ledger", str(ledger), input=bad)
+    assert result.exit_code == 1
+    assert "<stdin>:3: column 'image_url'" in result.stderr
+    assert "uploader-stdin-" not in result.output
+    assert not ledger.exists()
+
+
+def test_run_from_stdin(tmp_path):
+    ledger = str(tmp_path / "l.db")
+    result = invoke("run", "-", *LOAD, "--ledger", ledger, "--sandbox", "--quiet", input=ROWS)
+    assert result.exit_code == 0, result.output
+    assert "<stdin>: 3 rows: 3 new" in result.stdout
+    assert _manifest_paths(ledger) == ["<stdin>"]
+    assert "3 succeeded" in result.stdout
+
+
+def test_sniff_format():
+    from uploader.cli.stdin import sniff_format
+
+    assert sniff_format(b"PAR1\x00") == "parquet"
+    assert sniff_format(b'\xef\xbb\xbf  {"a": 1}\n') == "jsonl"
+    assert sniff_format(b"a\tb\n1\t2\n") == "tsv"
+    assert sniff_format(b"a,b\n1,2\n") == "csv"

@@ -116,13 +116,15 @@ def cli() -> None:
 @ledger_option
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
-    """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     created = new_ledger_file(ledger)  # removed again if the load fails
-    with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
+    with spooled_manifest(manifest, fmt) as (path, label), \
+            prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
         led = _open_ledger(ledger)
         try:
             print_load(prepared.load(led))
@@ -264,7 +266,7 @@ def run(  # type: ignore[no-untyped-def]
     base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
     quiet, as_json,
 ) -> None:
-    """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
+    """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
 
     from uploader.errors import FatalApiError
@@ -274,8 +276,11 @@ def run(  # type: ignore[no-untyped-def]
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after)
+    from uploader.cli.stdin import spooled_manifest
+
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json))
@@ -284,6 +289,7 @@ def run(  # type: ignore[no-untyped-def]
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
                 default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
+                manifest_label=manifest_label,
             )
         except FatalApiError as exc:
             display.close()

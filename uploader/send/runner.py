@@ -48,8 +48,10 @@ def run_upload(
     handle_signals: bool = True,
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
-    """Load `manifest` (if given), then send every pending row of the ledger. Rows with no batch of their
+    """Load `manifest` (if given; named `manifest_label` in the ledger if given), then send every pending row of
+    the ledger. Rows with no batch of their
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
@@ -57,7 +59,7 @@ def run_upload(
 
     stop = stop or StopFlag()
     body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-                on_progress, stop, default_batch, on_notice)
+                on_progress, stop, default_batch, on_notice, manifest_label)
     return asyncio.run(_with_signals(stop, handle_signals, body))
 
 
@@ -89,6 +91,7 @@ async def _run(
     stop: StopFlag,
     default_batch: bool,
     on_notice: Callable[[str], None] | None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
     """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
     from uploader.api import ApiClient
@@ -118,7 +121,7 @@ async def _run(
             if stop.gentle:  # stopped while its creation was in the air: the batch is recorded, nothing loaded
                 raise InterruptedRun()
         if manifest is not None:
-            report = load(ledger, manifest, options)
+            report = load(ledger, manifest, options, manifest_label)
             if on_load:
                 on_load(report)
         counts = ledger.counts()
