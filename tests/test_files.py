@@ -52,6 +52,17 @@ def test_export_to_regular_file_is_atomic_and_keeps_its_mode(loaded, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_export_keeps_the_replaced_files_owner(loaded, tmp_path):
+    out = tmp_path / "theirs.csv"
+    out.write_text("old\n")
+    os.chown(out, 4321, 4322)
+    assert invoke("export", "--ledger", loaded, "-o", str(out)).exit_code == 0
+    st = out.stat()
+    assert (st.st_uid, st.st_gid) == (4321, 4322)
+    assert _reference_ids(out.read_text()) == ["r1", "r2", "r3"]
+
+
 def test_export_new_file_is_0600(loaded, tmp_path):
     out = tmp_path / "new.csv"
     assert invoke("export", "--ledger", loaded, "-o", str(out)).exit_code == 0

@@ -70,11 +70,13 @@ def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, co
 @dataclass(frozen=True)
 class OutputPlan:
     """How to write an output path: `atomic` (temp file in `path`'s folder, fsync, rename over `path`, which
-    gets `mode`), or straight through (`path` opened as is). `error`: refused, with the reason."""
+    gets `mode`, and the replaced file's `owner` (uid, gid) if any), or straight through (`path` opened as
+    is). `error`: refused, with the reason."""
 
     path: str
     atomic: bool = True
     mode: int = 0o600
+    owner: tuple[int, int] | None = None
     error: str | None = None
 
 
@@ -86,7 +88,7 @@ def output_plan(output: str, st: os.stat_result | None, resolved: str, parent_is
             return OutputPlan(output, error=f"cannot write {output}: folder {os.path.dirname(resolved)} does not exist")
         return OutputPlan(resolved)
     if stat.S_ISREG(st.st_mode):
-        return OutputPlan(resolved, mode=stat.S_IMODE(st.st_mode))
+        return OutputPlan(resolved, mode=stat.S_IMODE(st.st_mode), owner=(st.st_uid, st.st_gid))
     if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
         return OutputPlan(output, atomic=False)
     kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file, a FIFO or a character device"
@@ -124,6 +126,11 @@ def _opened(plan: OutputPlan) -> Iterator[BinaryIO]:
     target = Path(plan.path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
+        if plan.owner is not None and plan.owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, *plan.owner)  # root replacing another user's file: it stays theirs
+            except PermissionError:
+                pass
         os.fchmod(fd, plan.mode)
         with open(fd, "wb") as f:
             yield f
@@ -185,8 +192,8 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 
 def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list[str]) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     fields = [pa.field(c, pa.int64() if c == "attempts" else pa.string()) for c in columns]
     schema = pa.schema(fields)
