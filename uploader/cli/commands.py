@@ -196,9 +196,9 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
     """Put failed rows back to pending (attempts reset) so the next run sends them again."""
     if not codes and not everything:
         raise UsageError("give --error-code CODE (repeatable) or --all")
-    n = _open_ledger(ledger, create=False).retry(codes, everything)
     from uploader.cli.hints import repeat_from_context
 
+    n = _open_ledger(ledger, create=False).retry(codes, everything)
     click.echo(f"{n} failed rows are pending again; `{repeat_from_context().command('run')}` sends them.")
 
 
@@ -269,6 +269,9 @@ def run(  # type: ignore[no-untyped-def]
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
 
+    from uploader.cli.forgetting import project_hint
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
     from uploader.errors import FatalApiError
     from uploader.ledger import new_ledger_file
     from uploader.send import RunOptions, run_upload
@@ -276,8 +279,6 @@ def run(  # type: ignore[no-untyped-def]
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after)
-    from uploader.cli.stdin import spooled_manifest
-
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
         manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
@@ -295,9 +296,6 @@ def run(  # type: ignore[no-untyped-def]
             display.close()
             if getattr(exc, "summary", None) is not None and as_json:
                 print_summary(exc.summary, as_json=True)
-            from uploader.cli.forgetting import project_hint
-            from uploader.cli.hints import repeat_from_context
-
             hint = project_hint(exc, led, repeat_from_context())
             if hint is not None:
                 raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
@@ -306,8 +304,6 @@ def run(  # type: ignore[no-untyped-def]
             _discard_if_new(led, created)
             raise
         display.close()
-    from uploader.cli.hints import repeat_from_context
-
     print_summary(summary, as_json, repeat_from_context())
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",

@@ -11,16 +11,14 @@ from typing import Any
 import click
 
 from uploader.cli.hints import Repeat
+from uploader.cli.stdin import STDIN_LABEL
 from uploader.errors import UsageError
 
-__all__ = ["PROJECT_CODES", "STDIN_MANIFEST", "confirm_forget", "forget_selection", "print_forgotten",
+__all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten",
            "project_hint"]
 
 #: API codes that stop a run over one project (not found, or the key may not use it).
 PROJECT_CODES = frozenset({"unauthorized", "resource_error", "PR_0001"})
-
-#: How the ledger records a manifest read from stdin (`-`).
-STDIN_MANIFEST = "<stdin>"
 
 
 def forget_selection(project_id: str | None, statuses: tuple[str, ...], reference_id_file: Path | None,
@@ -38,7 +36,7 @@ def forget_selection(project_id: str | None, statuses: tuple[str, ...], referenc
         refs = tuple(line.rstrip("\r") for line in lines if line.strip())
     recorded = None
     if manifest is not None:
-        recorded = STDIN_MANIFEST if manifest == "-" else str(Path(manifest).absolute())
+        recorded = STDIN_LABEL if manifest == "-" else str(Path(manifest).absolute())
     selection = Selection(project_id=project_id, statuses=tuple(statuses), reference_ids=refs, manifest=recorded)
     if selection.empty:
         raise UsageError("give at least one filter: --project-id, --status, --reference-id-file or --manifest")
