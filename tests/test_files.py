@@ -510,3 +510,28 @@ def test_sniff_format():
     assert sniff_format(b'\xef\xbb\xbf  {"a": 1}\n') == "jsonl"
     assert sniff_format(b"a\tb\n1\t2\n") == "tsv"
     assert sniff_format(b"a,b\n1,2\n") == "csv"
+
+
+def test_forget_rows_and_project_counts_on_every_engine(ledger, tmp_path):
+    """The ledger side of `forget` and `status` per project, on SQLite and (when given) PostgreSQL."""
+    from tests.conftest import fake_manifest
+    from uploader.ledger import ForgetCounts, Result, Selection, Status, count_forget, forget_rows, project_counts
+    from uploader.load.merge import load_manifest
+
+    rows = [(f"r{i}", f"https://e.com/{i}.jpg") for i in range(700)]  # more reference_ids than one chunk
+    load_manifest(ledger, fake_manifest(tmp_path, rows, project="a"), "o")
+    load_manifest(ledger, fake_manifest(tmp_path, rows[:2], name="b.csv", project="b"), "o")
+    assert {p: sum(c.values()) for p, c in project_counts(ledger.engine).items()} == {"a": 700, "b": 2}
+    owner = ledger.register_worker()
+    claim = ledger.claim(owner, 1, 60)[0]
+    assert claim.project_id == "a"
+    ledger.record([Result(claim.id, claim.lease_token, Status.SUCCEEDED, job_id="J")])
+    ledger.stop_worker(owner)
+    everything = Selection(project_id="a", reference_ids=tuple(r for r, _ in rows))
+    assert count_forget(ledger.engine, everything) == ForgetCounts(699, 1, 1)
+    assert forget_rows(ledger.engine, everything) == ForgetCounts(699, 0, 0)
+    assert project_counts(ledger.engine)["a"]["succeeded"] == 1
+    with pytest.raises(ValueError):
+        forget_rows(ledger.engine, Selection())
+    assert forget_rows(ledger.engine, everything, include_created=True) == ForgetCounts(0, 1, 1)
+    assert list(project_counts(ledger.engine)) == ["b"]
