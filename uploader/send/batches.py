@@ -244,7 +244,8 @@ async def _create(
                 raise FatalApiError(f"cannot create batch {name!r}: "
                                     f"{redirect_message(result.http_status, result.location)}",
                                     decision.code, result.http_status)
-            raise FatalApiError(f"cannot create batch {name!r}: {detail}", decision.code, result.http_status)
+            raise FatalApiError(f"cannot create batch {name!r} in project {project}: {detail}", decision.code,
+                                result.http_status, project_id=project)
         if result.success is False and decision.code == "BATCH_CREATION":
             if not slot.auto:
                 raise ApiError(name_taken_message(name, project, maybe_created))

@@ -52,8 +52,10 @@ async def run_upload_async(
     handle_signals: bool = True,
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
-    """Load `manifest` (if given), then send every pending row of the ledger. Rows with no batch of their
+    """Load `manifest` (if given; named `manifest_label` in the ledger if given), then send every pending row of
+    the ledger. Rows with no batch of their
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name).
@@ -62,7 +64,7 @@ async def run_upload_async(
 
     stop = stop or StopFlag()
     body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-                on_progress, stop, default_batch, on_notice)
+                on_progress, stop, default_batch, on_notice, manifest_label)
     return await _with_signals(stop, handle_signals, body)
 
 
@@ -110,6 +112,7 @@ async def _run(
     stop: StopFlag,
     default_batch: bool,
     on_notice: Callable[[str], None] | None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
     """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
     from uploader.api import ApiClient
@@ -139,7 +142,7 @@ async def _run(
             if stop.gentle:  # stopped while its creation was in the air: the batch is recorded, nothing loaded
                 raise InterruptedRun()
         if manifest is not None:
-            report = load(ledger, manifest, options)
+            report = load(ledger, manifest, options, manifest_label)
             if on_load:
                 on_load(report)
         counts = ledger.counts()

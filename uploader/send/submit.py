@@ -435,7 +435,8 @@ class _Run:
         if decision.verdict is Verdict.PROTOCOL:
             self._protocol_error(decision.code, f"reference_id {claim.reference_id!r}: {decision.message}")
         elif decision.verdict is Verdict.FATAL:
-            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status)
+            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status,
+                                                     project_id=claim.project_id)
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # The request never reached the API: the API is down, not the row. Pause every sender and do
@@ -647,5 +648,5 @@ class _FatalWithSummary(FatalApiError):
     """A fatal API error, carrying the run's summary for the CLI."""
 
     def __init__(self, exc: FatalApiError, summary: RunSummary) -> None:
-        super().__init__(str(exc), exc.code, exc.http_status)
+        super().__init__(str(exc), exc.code, exc.http_status, exc.project_id)
         self.summary = summary
