@@ -210,7 +210,7 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
     from uploader.send.summary import Progress
 
     progress = Progress()
-    async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
+    async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:  # one lookup at a time
         recovery = Recovery(ledger, client, progress, random.Random(seed),
                             max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after)
         recovery.waiting = True

@@ -83,6 +83,29 @@ class RunOptions:
     outage_seconds: float = 300.0
     #: The longest wait a Retry-After may impose (seconds); a longer hint is cut to it and the user told.
     max_retry_after: float = MAX_RETRY_AFTER
+    #: Rows the claimer keeps queued for the senders: twice the concurrency, within these bounds (`claim_size`):
+    #: few enough that a stopped run holds few rows, enough that the ledger is not asked once per request.
+    claim_size_min: int = 16
+    #: The upper bound of `claim_size` (see `claim_size_min`).
+    claim_size_max: int = 256
+    #: How often the claimer looks again while the senders' queue is more than half full (seconds).
+    claim_poll: float = 0.005
+    #: How often the claimer looks again while rows are still in the air or their answers not yet recorded
+    #: (seconds): those may come back pending (a retry) before the run can end. Also the shortest wait for
+    #: a row's retry time.
+    settle_poll: float = 0.01
+    #: The longest wait for a row's retry time before claiming again (seconds): another run may release rows
+    #: meanwhile.
+    retry_wait_max: float = 1.0
+    #: How often the resolver looks for uncertain rows waiting for a lookup (seconds; uploader.send.resolve).
+    resolve_interval: float = 0.5
+    #: How often `on_progress` is called (seconds): the progress line's refresh.
+    progress_interval: float = 0.25
+
+    @property
+    def claim_size(self) -> int:
+        """How many rows the claimer keeps queued for the senders: twice the concurrency, within bounds."""
+        return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 2))
 
 
 
@@ -372,11 +395,11 @@ class _Run:
             self._halt(exc)
 
     async def _claim_loop(self) -> None:
-        batch = max(16, min(256, self.opts.concurrency * 2))
+        size = self.opts.claim_size
         while not self._stopping:
-            room = batch - self.queue.qsize()
-            if room < batch // 2:
-                await asyncio.sleep(0.005)
+            room = size - self.queue.qsize()
+            if room < size // 2:
+                await asyncio.sleep(self.opts.claim_poll)
                 continue
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
@@ -385,12 +408,13 @@ class _Run:
                 await asyncio.sleep(0)
                 continue
             if self.queue.qsize() or self.busy or self.results:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(self.opts.settle_poll)
                 continue
             wake = self.ledger.next_wakeup(self.owner)
             if wake is None:
                 return
-            await self.pacer.sleep(min(1.0, max(0.01, (wake - utcnow()).total_seconds())))
+            wait = (wake - utcnow()).total_seconds()
+            await self.pacer.sleep(min(self.opts.retry_wait_max, max(self.opts.settle_poll, wait)))
 
     async def _sender(self) -> None:
         while True:
@@ -569,7 +593,7 @@ class _Run:
         try:
             while True:  # at once first: rows an earlier (killed) run left uncertain
                 await self._resolve_all(final=False)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self.opts.resolve_interval)
         except LedgerError as exc:
             self._halt(exc)
 
@@ -582,7 +606,7 @@ class _Run:
 
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.opts.progress_interval)
             on_progress(self.progress)
 
 
