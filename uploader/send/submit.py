@@ -50,7 +50,7 @@ from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Recovery, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
 
-if TYPE_CHECKING:  # the worker never builds a client: it is handed one
+if TYPE_CHECKING:  # the run never builds a client: it is handed one
     from uploader.api import ApiClient
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
