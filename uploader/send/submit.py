@@ -189,26 +189,28 @@ def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOp
     An answer that may have come from an API that created the job (policy.may_have_created) never fails
     the row: when the attempts are used up it goes `uncertain` and a batch listing decides; so does a
     success answer that does not fit the request (Verdict.PROTOCOL)."""
-    details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
-    common = dict(error_code=decision.code, error_message=decision.message, error_details=details)
     sent = may_have_created(result)
-    base = dict(id=claim.id, lease_token=claim.lease_token, http_status=result.http_status, may_have_created=sent)
     if decision.verdict is Verdict.SUCCEEDED:
         job_id = job_id_text((result.data or {}).get("job_id"))
-        return Result(**base, status=Status.SUCCEEDED, job_id=job_id, origin="created")
+        return Result(claim.id, claim.lease_token, Status.SUCCEEDED, job_id=job_id, http_status=result.http_status,
+                      may_have_created=sent, origin="created")
+    details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
+    message = decision.message
+    status = Status.PENDING
     if decision.verdict is Verdict.PROTOCOL:
-        return Result(**base, status=Status.UNCERTAIN, **common)
-    if decision.verdict is Verdict.PERMANENT:
-        return Result(**base, status=Status.FAILED, **common)
-    if decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
+        status = Status.UNCERTAIN
+    elif decision.verdict is Verdict.PERMANENT:
+        status = Status.FAILED
+    elif decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
+        status = Status.UNCERTAIN if sent else Status.FAILED
         if sent:
             message = (f"{decision.message or decision.code}; attempts used up, but the last one may have "
                        "reached the API: the batch listing decides")
-            return Result(**base, status=Status.UNCERTAIN, **{**common, "error_message": message})
-        return Result(**base, status=Status.FAILED, **common)
-    not_before = utcnow() + dt.timedelta(seconds=delay)
-    refund = decision.verdict in (Verdict.THROTTLED, Verdict.FATAL)
-    return Result(**base, status=Status.PENDING, not_before=not_before, refund_attempt=refund, **common)
+    retry = status is Status.PENDING  # sent again after `delay`; a 429 or a run-fatal answer costs no attempt
+    return Result(claim.id, claim.lease_token, status, error_code=decision.code, error_message=message,
+                  error_details=details, http_status=result.http_status, may_have_created=sent,
+                  not_before=utcnow() + dt.timedelta(seconds=delay) if retry else None,
+                  refund_attempt=retry and decision.verdict in (Verdict.THROTTLED, Verdict.FATAL))
 
 
 class _Run:
@@ -475,8 +477,8 @@ class _Run:
             decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            if retry_after_capped(hint, self.opts.max_retry_after):
-                self._capped(hint)  # type: ignore[arg-type]
+            if hint is not None and retry_after_capped(hint, self.opts.max_retry_after):
+                self._capped(hint)
             if decision.verdict is Verdict.THROTTLED:
                 # Retry-After is a floor added to a backoff growing with the 429 rounds in a row: a hint of 0
                 # (or a date in the past) cannot make the whole run retry as fast as it can.
