@@ -3,7 +3,7 @@
 
 Apart from the submit loop (uploader.send.submit) because this is the one part of a run with its own state
 and its own API calls (batch listings, GET job; each retried by `ApiClient.read`, 429 included). The loop's
-`_Run` owns one `Recovery`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every
+`_Run` owns one `Resolver`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every
 `RunOptions.resolve_interval`, and the run calls it once more (`final`) after its last send; `reconcile`
 (uploader.send.runner) makes one `final` round. Job state is written only through the ledger
 (`Ledger.resolve_uncertain`).
@@ -24,7 +24,7 @@ from uploader.send.summary import Progress
 if TYPE_CHECKING:  # handed the run's client, never builds one
     from uploader.api import ApiClient
 
-__all__ = ["Recovery", "RunStopping"]
+__all__ = ["Resolver", "RunStopping"]
 
 
 class RunStopping(Exception):
@@ -40,9 +40,9 @@ def _never() -> bool:
     return False
 
 
-class Recovery:
-    """One run's lookups (or one reconcile's): which uncertain rows wait, which a full listing missed, the
-    default batches' ids. `progress` counts what the lookups settle."""
+class Resolver:
+    """The resolver of one run (or of one `reconcile`): which uncertain rows wait, which a full listing
+    missed, the default batches' ids. `progress` counts the rows it settles."""
 
     def __init__(self, ledger: Ledger, client: ApiClient, progress: Progress, rng: random.Random, *,
                  flush: Callable[[], None] = _nothing, halted: Callable[[], bool] = _never,
@@ -61,8 +61,8 @@ class Recovery:
         self.unreachable: ApiUnreachableError | None = None
 
     async def resolve(self, final: bool) -> FatalApiError | None:
-        """Find the job_ids of rows refused with FS_0001, by listing their batch. Returns the fatal API
-        error a listing met (the run stops on it), else None."""
+        """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
+        error a read met (the run stops on it), else None."""
         async with self.lock:
             try:
                 return await self._resolve(final)

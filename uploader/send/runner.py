@@ -206,20 +206,20 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
 
     from uploader.api import MAX_RETRY_AFTER, ApiClient
     from uploader.errors import ApiUnreachableError
-    from uploader.send.resolve import Recovery
+    from uploader.send.resolve import Resolver
     from uploader.send.summary import Progress
 
     progress = Progress()
     async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:  # one lookup at a time
-        recovery = Recovery(ledger, client, progress, random.Random(seed),
+        resolver = Resolver(ledger, client, progress, random.Random(seed),
                             max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after)
-        recovery.waiting = True
-        fatal = await recovery.resolve(final=True)
+        resolver.waiting = True
+        fatal = await resolver.resolve(final=True)
     if fatal is not None:
         raise fatal
     resolved = progress.succeeded + progress.conflict + progress.failed
     remaining = ledger.counts()["uncertain"]
-    if recovery.unreachable is not None and remaining:
-        raise ApiUnreachableError(f"{recovery.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
+    if resolver.unreachable is not None and remaining:
+        raise ApiUnreachableError(f"{resolver.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
                                   "uncertain: run `uploader reconcile` again later)")
     return resolved, remaining

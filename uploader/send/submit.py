@@ -47,7 +47,7 @@ from uploader.api import (
 from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
 from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
 from uploader.send.pacing import Pacer, RateLimiter
-from uploader.send.resolve import Recovery, RunStopping
+from uploader.send.resolve import Resolver, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
@@ -230,7 +230,7 @@ class _Run:
         self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
         self.failed_task: TaskFailed | None = None  #: a task of the run raised: the run stops
-        self.recovery = Recovery(ledger, client, self.progress, self.rng, flush=self._flush,
+        self.resolver = Resolver(ledger, client, self.progress, self.rng, flush=self._flush,
                                  halted=lambda: self.fatal is not None or self.ledger_error is not None,
                                  sleep=self._sleep, max_retry_after=opts.max_retry_after)
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
@@ -251,7 +251,7 @@ class _Run:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
-        self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
+        self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         try:
             self.owner = self.ledger.register_worker()
         except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
@@ -268,7 +268,7 @@ class _Run:
 
         senders = [start(self._sender(), f"sender {i + 1}") for i in range(self.opts.concurrency)]
         helpers = [start(self._flusher(), "flusher"), start(self._heartbeat(), "heartbeat"),
-                   start(self._resolver(), "resolver")]
+                   start(self._resolve_loop(), "resolver")]
         if on_progress:
             helpers.append(start(self._report(on_progress), "progress"))
         claimer = start(self._claimer(), "claimer")
@@ -320,7 +320,7 @@ class _Run:
         if self.ledger_error is None and not self.stop.gentle and self.failed_task is None:
             # Every uncertain row of the ledger, not only this run's: another machine's run may still be
             # resolving its own, and the counts this run reports (and its exit code) come after this.
-            self.recovery.waiting = True
+            self.resolver.waiting = True
             await self._resolve_all(final=True)
 
     async def _monitor(self, drain: asyncio.Task[Any], side: dict[asyncio.Task[Any], str]) -> None:
@@ -456,7 +456,7 @@ class _Run:
             )  # fmt: skip
             self._count(outcome)
             self.results.append(outcome)
-            self.recovery.waiting = True
+            self.resolver.waiting = True
             return
         if decision.verdict is Verdict.PROTOCOL:
             self._protocol_error(decision.code, f"reference_id {claim.reference_id!r}: {decision.message}")
@@ -537,7 +537,7 @@ class _Run:
             p.failed += 1
         elif r.status is Status.UNCERTAIN:
             p.uncertain += 1
-            self.recovery.waiting = True  # the batch listing decides
+            self.resolver.waiting = True  # the batch listing decides
         elif not r.refund_attempt:
             p.retrying += 1
 
@@ -560,7 +560,7 @@ class _Run:
         """Successes the ledger refused (their job_id is another row's), and the rows demoted with them:
         uncertain now, for the listing to settle; each refused answer counts as a protocol error."""
         mine = {r.id for r in batch if r.status is Status.SUCCEEDED}
-        self.recovery.waiting = True
+        self.resolver.waiting = True
         for rid in ids:
             if rid in mine:  # counted as succeeded by _count; a demoted holder shows in the ledger's counts
                 self.progress.succeeded -= 1
@@ -591,7 +591,7 @@ class _Run:
         except LedgerError as exc:
             self._halt(exc)
 
-    async def _resolver(self) -> None:
+    async def _resolve_loop(self) -> None:
         try:
             while True:  # at once first: rows an earlier (killed) run left uncertain
                 await self._resolve_all(final=False)
@@ -601,7 +601,7 @@ class _Run:
 
     async def _resolve_all(self, final: bool) -> None:
         """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.send.resolve)."""
-        fatal = await self.recovery.resolve(final)
+        fatal = await self.resolver.resolve(final)
         self.fatal = self.fatal or fatal
         if fatal is not None:
             self.pacer.wake()
