@@ -19,6 +19,7 @@ import pytest
 from faulty_proxy import BATCH_LIST, FaultyProxy, envelope_error
 from harness import KEY, PROJECT, write_images
 
+from uploader.errors import ApiUnreachableError
 from uploader.ledger import Ledger
 from uploader.manifest import ManifestOptions
 from uploader.sandbox import Sandbox, SandboxConfig
@@ -127,3 +128,15 @@ def test_reconcile_and_a_run_settle_the_same_ledger_the_same_way(tmp_path):
         assert _state(ledger) == _state(copy)
         assert (resolved, remaining) == (5, 0)
         assert _counts(copy) == {"succeeded": 3, "conflict": 3}
+
+
+def test_reconcile_that_cannot_learn_the_default_batch_says_why(tmp_path):
+    """GET job refused for good (FS_0006, not retried): `reconcile` resolves nothing, leaves the five rows
+    uncertain and says why, exit 1 (ApiUnreachableError), instead of reporting "5 still uncertain" alone."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=33)) as box:
+        ledger = _uncertain_ledger(tmp_path, box)
+        with FaultyProxy(box.base_url, {GET_JOB: [NOT_FOUND] * 100}) as proxy:
+            with pytest.raises(ApiUnreachableError, match=r"FS_0006.*0 uncertain rows resolved, 5 still uncertain"):
+                _reconcile(ledger, proxy.base_url)
+            assert proxy.seen[f"GET {GET_JOB[1]}"] == 1 and proxy.seen[f"GET {BATCH_LIST[1]}"] == 0
+        assert _counts(ledger) == {"succeeded": 1, "uncertain": 5}
