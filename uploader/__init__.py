@@ -1,7 +1,7 @@
 """uploader: send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
 
 The package is a library first; `uploader.cli` is a thin click layer over it. Its packages, each importing
-only those below it (README "Architecture"; checked by import-linter): cli › send › load ›
+only those below it (README "Architecture"; checked by import-linter): cli | facade › send › load ›
 manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
 (`uploader.load` is the loading package, so it cannot also be a function here).
 
@@ -34,6 +34,9 @@ _EXPORTS = {
     "StopFlag": "uploader.send",
     "reconcile": "uploader.send",
     "run_upload": "uploader.send",
+    "run_upload_async": "uploader.send",
+    "upload": "uploader.facade",
+    "upload_async": "uploader.facade",
     "Sandbox": "uploader.sandbox",
     "SandboxConfig": "uploader.sandbox",
 }

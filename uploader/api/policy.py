@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "EXISTS_CODES",
     "FATAL_CODES",
     "JOB_ID_MAX_CHARS",
@@ -38,6 +39,9 @@ __all__ = [
     "retry_after_seconds",
     "too_many_protocol_errors",
 ]
+
+#: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
+DEFAULT_BASE_URL = "https://api.playment.io"
 
 
 class Verdict(str, Enum):

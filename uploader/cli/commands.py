@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import click
 
 from uploader import __version__
+from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_BASE_URL = "https://api.playment.io"
 EXIT_SOME_FAILED = 3
 
 

@@ -6,16 +6,19 @@ Usable from Python:
     ledger = Ledger.open("uploader.db")
     summary = run_upload(ledger, "images.csv", ManifestOptions(project_id="p", work_flow_id="w"),
                          base_url="https://api.playment.io", api_key=key)
+
+`run_upload_async` is the same run for code already inside an event loop (`await run_upload_async(...)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from uploader.errors import InterruptedRun, UsageError
 from uploader.load import load
@@ -28,12 +31,13 @@ if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests
     from uploader.send.batches import BatchPolicy
     from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
-__all__ = ["reconcile", "run_upload"]
+__all__ = ["reconcile", "run_upload", "run_upload_async"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def run_upload(
+async def run_upload_async(
     ledger: Ledger,
     manifest: str | Path | None,
     options: ManifestOptions,
@@ -52,13 +56,30 @@ def run_upload(
     """Load `manifest` (if given), then send every pending row of the ledger. Rows with no batch of their
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
-    them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
+    them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name).
+    `run_upload` runs it in an event loop of its own (asyncio.run); this coroutine runs in the caller's."""
     from uploader.send.submit import RunOptions, StopFlag
 
     stop = stop or StopFlag()
     body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
                 on_progress, stop, default_batch, on_notice)
-    return asyncio.run(_with_signals(stop, handle_signals, body))
+    return await _with_signals(stop, handle_signals, body)
+
+
+def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, T]], name: str) -> Callable[P, T]:
+    """A function running `coroutine_function` to completion in a new event loop: one signature, the
+    coroutine's, for both the blocking and the async entry point."""
+
+    @functools.wraps(coroutine_function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return asyncio.run(coroutine_function(*args, **kwargs))
+
+    run.__name__, run.__qualname__ = name, name
+    return run
+
+
+#: `run_upload_async` in an event loop of its own: for code not already inside one (the CLI, scripts).
+run_upload = _blocking(run_upload_async, "run_upload")
 
 
 async def _with_signals(stop: StopFlag, handle_signals: bool, body: Awaitable[T]) -> T:
