@@ -2,7 +2,7 @@
 
 Nothing here does I/O or imports a third-party library, so every rule is a table row in
 tests/test_policy.py. `client.py` turns every HTTP exchange (or its failure) into an `ApiResult`; the
-worker asks `classify` what it means and `next_delay` how long to wait before trying again.
+run asks `classify` what it means and `next_delay` how long to wait before trying again.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ TRANSPORT_CODES = frozenset(
     {"timeout", "connect_error", "connection_closed", "body_too_large", "protocol_error", "transport_error"}
 )
 #: Transport codes meaning no connection could be opened: the request never reached the API, so the API
-#: is down (restarting, network gone), not the row wrong. The worker pauses the whole run and does not
+#: is down (restarting, network gone), not the row wrong. The run pauses all its senders and does not
 #: count the attempt (like a 429), so an outage longer than the backoff cannot fail every row.
 OUTAGE_CODES = frozenset({"connect_error"})
 #: Default longest wait a Retry-After may impose (seconds; `uploader run --max-retry-after`).
@@ -309,7 +309,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 60.0) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**(attempt-1))).
 
-    Full jitter spreads 64 workers that failed together over the whole window instead of retrying in step.
+    Full jitter spreads 64 senders that failed together over the whole window instead of retrying in step.
     `attempt` is the number of attempts made so far (1 after the first failure); below 1 counts as 1.
     """
     exponent = max(attempt, 1) - 1

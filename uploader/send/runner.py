@@ -214,33 +214,36 @@ async def _batch_unbatched_rows(
 
 
 def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0,
-              max_retry_after: float | None = None) -> tuple[int, int]:
-    """Resolve `uncertain` rows by listing their batches; returns (resolved, still uncertain).
-    `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER)."""
-    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after))
+              max_retry_after: float | None = None, seed: int | None = None) -> tuple[int, int]:
+    """Resolve `uncertain` rows by listing their batches, with the resolver a run uses (uploader.send.resolve:
+    the same retries, 429 included, and the same settling); returns (resolved, still uncertain).
+    `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER). Raises
+    FatalApiError when the API refuses the key or project, ApiUnreachableError when a batch could not be
+    read (after the rows that could be were resolved)."""
+    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after, seed))
 
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
-                     max_retry_after: float | None = None) -> tuple[int, int]:
+                     max_retry_after: float | None, seed: int | None) -> tuple[int, int]:
+    """One final round of the run's resolver over every uncertain row of the ledger."""
+    import random
+
     from uploader.api import MAX_RETRY_AFTER, ApiClient
+    from uploader.errors import ApiUnreachableError
+    from uploader.send.resolve import Resolver
+    from uploader.send.summary import Progress
 
-    cap = MAX_RETRY_AFTER if max_retry_after is None else max_retry_after
-
-    resolved = remaining = 0
-    async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
-        for project, batch, rows in ledger.uncertain_groups():
-            batch_id = batch
-            if batch_id is None:
-                known = ledger.known_job_in_default_batch(project)
-                if known:
-                    result = await client.get_job(project, known)
-                    batch_id = (result.data or {}).get("batch_id") if result.success else None
-            if batch_id is None:
-                remaining += len(rows)
-                continue
-            found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows], max_retry_after=cap)
-            hits = {rid: found[ref] for rid, ref in rows if ref in found}
-            done = ledger.resolve_uncertain(hits, [rid for rid, ref in rows if ref not in found])
-            resolved += done.total  # succeeded, conflict (found, other data) or failed (not created)
-            remaining += len(rows) - done.total
+    progress = Progress()
+    async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:  # one lookup at a time
+        resolver = Resolver(ledger, client, progress, random.Random(seed),
+                            max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after)
+        resolver.waiting = True
+        fatal = await resolver.resolve(final=True)
+    if fatal is not None:
+        raise fatal
+    resolved = progress.succeeded + progress.conflict + progress.failed
+    remaining = ledger.counts()["uncertain"]
+    if resolver.unreachable is not None and remaining:
+        raise ApiUnreachableError(f"{resolver.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
+                                  "uncertain: run `uploader reconcile` again later)")
     return resolved, remaining
