@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from uploader.api.attachments import HostPacer, UrlCheck, check_urls, judge
     from uploader.api.client import ApiClient, check_base_url
     from uploader.api.policy import (
+        DEFAULT_BASE_URL,
         EXISTS_CODES,
         MAX_RETRY_AFTER,
         OUTAGE_CODES,
@@ -37,6 +38,7 @@ _EXPORTS = {
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.client",
+    "DEFAULT_BASE_URL": "uploader.api.policy",
     "EXISTS_CODES": "uploader.api.policy",
     "MAX_RETRY_AFTER": "uploader.api.policy",
     "OUTAGE_CODES": "uploader.api.policy",
