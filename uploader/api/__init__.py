@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.api.attachments import HostPacer, UrlCheck, check_urls, judge
+    from uploader.api.attachments import HostPacer, UrlCheck, attachment_urls, check_urls, judge
     from uploader.api.client import ApiClient, check_base_url
     from uploader.api.policy import (
         DEFAULT_BASE_URL,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "HostPacer": "uploader.api.attachments",
     "UrlCheck": "uploader.api.attachments",
+    "attachment_urls": "uploader.api.attachments",
     "check_urls": "uploader.api.attachments",
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",

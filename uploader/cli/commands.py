@@ -18,6 +18,7 @@ import click
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
+from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -191,15 +192,27 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 @ledger_option
 @click.option("--error-code", "codes", multiple=True, help="Retry failed rows with this error code (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed row.")
+@click.option("--blocked", is_flag=True,
+              help="Release every blocked row (its attachment failed the preflight) once you have fixed it; "
+                   "the next preflight checks its URLs again.")
 @_handle_errors
-def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
-    """Put failed rows back to pending (attempts reset) so the next run sends them again."""
-    if not codes and not everything:
-        raise UsageError("give --error-code CODE (repeatable) or --all")
+def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked: bool) -> None:
+    """Put failed (or blocked) rows back to pending (attempts reset) so the next run sends them again."""
+    if not codes and not everything and not blocked:
+        raise UsageError("give --error-code CODE (repeatable), --all or --blocked")
     from uploader.cli.hints import repeat_from_context
 
-    n = _open_ledger(ledger, create=False).retry(codes, everything)
-    click.echo(f"{n} failed rows are pending again; `{repeat_from_context().command('run')}` sends them.")
+    led = _open_ledger(ledger, create=False)
+    run_hint = repeat_from_context().command("run")
+    if blocked:
+        from uploader.ledger import release_blocked
+
+        released = release_blocked(led.engine)
+        click.echo(f"{released} blocked rows are pending again; `{run_hint} --preflight` checks their "
+                   "attachments again and sends them.")
+    if codes or everything:
+        n = led.retry(codes, everything)
+        click.echo(f"{n} failed rows are pending again; `{run_hint}` sends them.")
 
 
 def _api_options(func: F) -> F:
@@ -260,11 +273,19 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "ignored, never recorded).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--preflight", is_flag=True,
+              help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
+                   "the rows whose image or frames would not open.")
+@click.option("--allow-blocked", is_flag=True,
+              help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
+                   "reported but not blocked.")
+@preflight_options
 @_handle_errors
 def run(  # type: ignore[no-untyped-def]
     manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, default_batch, ledger, api_key,
     base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
-    quiet, as_json,
+    quiet, as_json, preflight, allow_blocked, check_concurrency, per_host_rate, check_timeout, recheck_after,
+    min_url_validity,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
@@ -285,12 +306,23 @@ def run(  # type: ignore[no-untyped-def]
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json))
+        before_send = None
+        if allow_blocked:
+            from uploader.ledger import release_blocked
+
+            released = release_blocked(led.engine)
+            if released:
+                click.echo(f"--allow-blocked: {released} blocked rows are pending again", err=True)
+        if preflight:
+            settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
+                                          min_url_validity, block=not allow_blocked)
+            before_send = _preflight_step(settings, as_json, not allow_blocked)
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
                 default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
-                manifest_label=manifest_label,
+                manifest_label=manifest_label, before_send=before_send,
             )
         except FatalApiError as exc:
             display.close()
@@ -310,7 +342,66 @@ def run(  # type: ignore[no-untyped-def]
                    err=True)
         sys.exit(130)
     counts = summary.counts
-    if counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]:
+    if (counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]
+            or counts.get("blocked")):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _preflight_step(settings: Any, as_json: bool, blocking: bool) -> Callable[[Any], Any]:
+    """The run's `before_send`: the preflight, its report on stderr (JSON mode: nothing until the summary)."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.send import check_attachments
+
+    repeat = repeat_from_context()
+
+    async def step(led: Any) -> None:
+        report = await check_attachments(led, settings)
+        if not as_json:
+            print_preflight(report, False, repeat, blocking, err=True)
+
+    return step
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@ledger_option
+@preflight_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def check(  # type: ignore[no-untyped-def]
+    manifest, project_id, work_flow_id, batch_id, fmt, columns, ledger, check_concurrency, per_host_rate,
+    check_timeout, recheck_after, min_url_validity, as_json,
+) -> None:
+    """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
+    image or frames would not (exit 3 when any is blocked). Sends no job."""
+    import asyncio
+
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
+    from uploader.ledger import new_ledger_file
+    from uploader.load import load as load_manifest
+    from uploader.send import check_attachments
+
+    created = new_ledger_file(ledger) if manifest else None
+    led = _open_ledger(ledger, create=bool(manifest))
+    if manifest is not None:
+        options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+        with spooled_manifest(manifest, fmt) as (path, label):
+            try:
+                report = load_manifest(led, path or manifest, options, label)
+            except UploaderError:
+                _discard_if_new(led, created)
+                raise
+        if not as_json:
+            print_load(report)
+    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    result = asyncio.run(check_attachments(led, settings))
+    if as_json:
+        print_preflight(result, True)
+    else:
+        print_preflight(result, False, repeat_from_context())
+    if result.bad_rows:
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -113,8 +113,12 @@ def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> No
         f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
         f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
         + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
         + f"{c['pending'] + c['in_flight']} pending"
     )
+    if c.get("blocked"):
+        click.echo(f"{c['blocked']} rows are blocked (an attachment failed its check; never sent): see them with "
+                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
     run_ = d["this_run"]
     click.echo(
         f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "

@@ -34,6 +34,38 @@ if TYPE_CHECKING:
     from uploader.ledger.queries import EXPORT_COLUMNS, StatusReport
     from uploader.ledger.transitions import Settlement, settle_found, settle_missing
 
+if TYPE_CHECKING:  # the attachment preflight's side of the ledger
+    from uploader.ledger.preflight import (
+        BlockedRow as BlockedRow,
+    )
+    from uploader.ledger.preflight import (
+        UrlVerdict as UrlVerdict,
+    )
+    from uploader.ledger.preflight import (
+        block_rows as block_rows,
+    )
+    from uploader.ledger.preflight import (
+        blocked_rows as blocked_rows,
+    )
+    from uploader.ledger.preflight import (
+        pending_payloads as pending_payloads,
+    )
+    from uploader.ledger.preflight import (
+        record_verdicts as record_verdicts,
+    )
+    from uploader.ledger.preflight import (
+        release_blocked as release_blocked,
+    )
+    from uploader.ledger.preflight import (
+        url_hash as url_hash,
+    )
+    from uploader.ledger.preflight import (
+        url_verdict_counts as url_verdict_counts,
+    )
+    from uploader.ledger.preflight import (
+        verdicts_since as verdicts_since,
+    )
+
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
     "CLAIM_LOG_ENV": "uploader.ledger.ledger",
@@ -65,6 +97,16 @@ _EXPORTS = {
     "Settlement": "uploader.ledger.transitions",
     "settle_found": "uploader.ledger.transitions",
     "settle_missing": "uploader.ledger.transitions",
+    "BlockedRow": "uploader.ledger.preflight",
+    "UrlVerdict": "uploader.ledger.preflight",
+    "block_rows": "uploader.ledger.preflight",
+    "blocked_rows": "uploader.ledger.preflight",
+    "pending_payloads": "uploader.ledger.preflight",
+    "record_verdicts": "uploader.ledger.preflight",
+    "release_blocked": "uploader.ledger.preflight",
+    "url_hash": "uploader.ledger.preflight",
+    "url_verdict_counts": "uploader.ledger.preflight",
+    "verdicts_since": "uploader.ledger.preflight",
 }
 
 __all__ = list(_EXPORTS)

@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.send.preflight import PreflightOptions, PreflightReport, check_attachments
     from uploader.send.runner import reconcile, run_upload, run_upload_async
     from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "PreflightOptions": "uploader.send.preflight",
+    "PreflightReport": "uploader.send.preflight",
+    "check_attachments": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",
