@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from uploader.ledger import StatusReport
+    from uploader.load import LoadReport
+    from uploader.send import Progress, RunSummary
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
@@ -32,7 +39,7 @@ def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
     return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
 
 
-def print_load(report: Any) -> None:
+def print_load(report: LoadReport) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows."""
     if report.already_loaded:
         click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
@@ -51,7 +58,7 @@ def print_load(report: Any) -> None:
         )
 
 
-def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
+def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
                  projects: dict[str, dict[str, int]] | None = None) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
@@ -101,7 +108,7 @@ def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
                    f"`{repeat.command('retry --all')}`.")
 
 
-def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
+def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
     """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
     commands repeat `repeat`'s options)."""
     if as_json:
@@ -146,7 +153,7 @@ class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
     def __init__(self, quiet: bool) -> None:
-        self.bar: Any = None
+        self.bar: tqdm[NoReturn] | None = None
         self.quiet = quiet
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
@@ -158,8 +165,8 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
+    def update(self, p: Progress) -> None:
+        """Show the run's live counters, and each new notice once, on stderr."""
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"

@@ -7,13 +7,16 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
-__all__ = ["Duration", "preflight_options", "preflight_settings", "print_preflight"]
+if TYPE_CHECKING:
+    from uploader.send import PreflightOptions, PreflightReport
+
+__all__ = ["Duration", "preflight_dict", "preflight_options", "preflight_settings", "print_preflight"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,7 +24,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 
 
-class Duration(click.ParamType):
+if TYPE_CHECKING:  # click 8.5 types ParamType by its value and input; older clicks cannot subscript it
+    _ParamType = click.ParamType[dt.timedelta, Any]
+else:
+    _ParamType = click.ParamType
+
+
+class Duration(_ParamType):
     """A length of time: `90` or `90s`, `30m`, `24h`, `7d`, `2w`."""
 
     name = "duration"
@@ -55,7 +64,8 @@ def preflight_options(func: F) -> F:
 
 
 def preflight_settings(check_concurrency: int, per_host_rate: float, check_timeout: float,
-                       recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, block: bool = True) -> Any:
+                       recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
+                       block: bool = True) -> PreflightOptions:
     """The library's PreflightOptions for these option values."""
     from uploader.send import PreflightOptions
 
@@ -63,7 +73,7 @@ def preflight_settings(check_concurrency: int, per_host_rate: float, check_timeo
                             recheck_after=recheck_after, min_url_validity=min_url_validity, block=block)
 
 
-def print_preflight(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT, blocking: bool = True,
+def print_preflight(report: PreflightReport, as_json: bool, repeat: Repeat = NO_REPEAT, blocking: bool = True,
                     err: bool = False) -> None:
     """What the preflight checked and which rows it held back; on stderr with `err` (a run's output follows)."""
     if as_json:
@@ -91,7 +101,7 @@ def print_preflight(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT, bloc
              "`uploader run --allow-blocked`")
 
 
-def preflight_dict(report: Any) -> dict[str, Any]:
+def preflight_dict(report: PreflightReport) -> dict[str, Any]:
     return {
         "rows": report.rows, "url_uses": report.url_uses, "checked": report.checked, "known": report.known,
         "verdicts": dict(report.verdicts), "bad_rows": report.bad_rows, "blocked": report.blocked,

@@ -49,7 +49,9 @@ class StatusReport:
     origins: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
+        def iso(t: dt.datetime | None) -> str | None:
+            return t.isoformat() + "Z" if t else None
+
         return {
             "total": self.total,
             "counts": self.counts,

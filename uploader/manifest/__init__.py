@@ -11,9 +11,14 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.manifest.formats import FORMATS, Span
-    from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
-    from uploader.manifest.signed import SignedUrlError, UrlExpiry, url_expiry
+    from uploader.manifest.formats import FORMATS as FORMATS
+    from uploader.manifest.formats import Span as Span
+    from uploader.manifest.reader import Manifest as Manifest
+    from uploader.manifest.reader import ManifestOptions as ManifestOptions
+    from uploader.manifest.reader import StagedJob as StagedJob
+    from uploader.manifest.signed import SignedUrlError as SignedUrlError
+    from uploader.manifest.signed import UrlExpiry as UrlExpiry
+    from uploader.manifest.signed import url_expiry as url_expiry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
