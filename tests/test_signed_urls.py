@@ -96,3 +96,21 @@ def test_v4_expiry_is_signing_time_plus_validity(signed: datetime, seconds: int,
     url = (f"https://h/o?X-{vendor}-Credential=c&X-{vendor}-Date={signed:%Y%m%dT%H%M%SZ}"
            f"&X-{vendor}-Expires={seconds}&X-{vendor}-Signature=s")
     assert url_expiry(url) == (signed + timedelta(seconds=seconds), "aws-v4" if vendor == "Amz" else "google-v4")
+
+
+def test_a_malformed_signed_url_in_a_manifest_is_a_load_error(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from uploader.cli.commands import cli
+
+    bad = AWS_DOC_URL.replace("X-Amz-Expires=86400", "X-Amz-Expires=tomorrow")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"reference_id,image_url\nr1,https://e.com/ok.jpg\nr2,{bad}\n")
+    ledger = tmp_path / "l.db"
+    result = CliRunner().invoke(cli, ["load", str(manifest), "--project-id", "p", "--work-flow-id", "w",
+                                      "--ledger", str(ledger)])
+    assert result.exit_code == 1
+    assert f"{manifest}:3:" in result.output
+    assert "is a signed URL that cannot be checked: signed URL's X-Amz-Expires 'tomorrow' is not a number" \
+        in result.output
+    assert "Traceback" not in result.output and not ledger.exists()

@@ -188,6 +188,8 @@ class Manifest:
         ref_plain, url_plain = val.plain(ref_blob), val.plain(url_blob)
         if " " in url_blob or ref_plain is None or url_plain is None:
             return None
+        if val.may_be_signed(url_blob) and any(map(val.signature_problem, urls)):
+            return None
         if " " in ref_blob and not all(map(str.strip, refs)):
             return None
         lo, hi = min(urls), max(urls)  # every URL between them shares their common prefix
