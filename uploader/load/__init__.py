@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.load.merge import LoadReport, ManifestLike, load_manifest
+    from uploader.load.merge import LoadReport, load_manifest
     from uploader.load.prepare import PreparedLoad, load, prepare_load
     from uploader.load.slices import Production
+    from uploader.load.source import ManifestLike
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -21,7 +22,7 @@ _EXPORTS = {
     "load": "uploader.load.prepare",
     "prepare_load": "uploader.load.prepare",
     "LoadReport": "uploader.load.merge",
-    "ManifestLike": "uploader.load.merge",
+    "ManifestLike": "uploader.load.source",
     "load_manifest": "uploader.load.merge",
     "Production": "uploader.load.slices",
 }

@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.manifest.formats import FORMATS, Span
-    from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
+    from uploader.manifest.formats import FORMATS as FORMATS
+    from uploader.manifest.formats import Span as Span
+    from uploader.manifest.jobs import StagedJob as StagedJob
+    from uploader.manifest.reader import Manifest as Manifest
+    from uploader.manifest.reader import ManifestOptions as ManifestOptions
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
     "Manifest": "uploader.manifest.reader",
     "ManifestOptions": "uploader.manifest.reader",
-    "StagedJob": "uploader.manifest.reader",
+    "StagedJob": "uploader.manifest.jobs",
     "FORMATS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
 }
