@@ -14,15 +14,22 @@ from typing import Any
 
 import click
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "print_load", "print_status", "print_summary"]
+from uploader.cli.hints import NO_REPEAT, Repeat
+
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "print_load", "print_status", "print_summary"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
     "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
     "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
     "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
-    "too). They are never sent again; check them with `uploader export --status conflict`."
+    "too). They are never sent again; check them with `{export}`."
 )
+
+
+def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
+    """CONFLICT_HINT for `n` rows, its export command repeating the current --ledger."""
+    return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
 
 
 def print_load(report: Any) -> None:
@@ -44,14 +51,25 @@ def print_load(report: Any) -> None:
         )
 
 
-def print_status(report: Any, as_json: bool) -> None:
-    """The ledger's state counts, error codes and live workers, with a hint for what to do next."""
+def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
+                 projects: dict[str, dict[str, int]] | None = None) -> None:
+    """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
+    live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
+    by_project = projects if projects and len(projects) > 1 else None
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        data = report.as_dict()
+        if by_project:
+            data["projects"] = by_project
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
+    if by_project:
+        click.echo(f"{len(by_project)} projects:")
+        for project, counts in by_project.items():
+            shown = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            click.echo(f"  {project}: {sum(counts.values())} jobs ({shown})")
     if report.error_codes:
         click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
@@ -71,18 +89,21 @@ def print_status(report: Any, as_json: bool) -> None:
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
-            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
+            "known yet. A run looks them up by itself; if they stay uncertain, run "
+            f"`{repeat.command('reconcile', api=True)}`."
         )
     if report.origins:
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=report.counts["conflict"]))
+        click.echo(conflict_hint(report.counts["conflict"], repeat))
     if report.counts.get("failed"):
-        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+        click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
+                   f"`{repeat.command('retry --all')}`.")
 
 
-def print_summary(summary: Any, as_json: bool) -> None:
-    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes."""
+def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
+    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
+    commands repeat `repeat`'s options)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -108,13 +129,13 @@ def print_summary(summary: Any, as_json: bool) -> None:
         click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
                    "uncertain until a batch listing decides")
     if c.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
+        click.echo(conflict_hint(c["conflict"], repeat))
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
-    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+    click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
 
 class ProgressDisplay:

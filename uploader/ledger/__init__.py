@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from uploader.ledger.engine import sqlite_bulk_mode as sqlite_bulk_mode
     from uploader.ledger.engine import translate_errors as translate_errors
     from uploader.ledger.engine import write_tx as write_tx
+    from uploader.ledger.forget import ForgetCounts as ForgetCounts
+    from uploader.ledger.forget import Selection as Selection
+    from uploader.ledger.forget import count_forget as count_forget
+    from uploader.ledger.forget import forget_rows as forget_rows
+    from uploader.ledger.forget import project_counts as project_counts
     from uploader.ledger.ledger import CLAIM_LOG_ENV as CLAIM_LOG_ENV
     from uploader.ledger.ledger import BatchSlot as BatchSlot
     from uploader.ledger.ledger import Claim as Claim
@@ -124,6 +129,11 @@ _EXPORTS = {
     "staging_duplicates": "uploader.ledger.staging",
     "staging_from_slice": "uploader.ledger.staging",
     "staging_insert": "uploader.ledger.staging",
+    "ForgetCounts": "uploader.ledger.forget",
+    "Selection": "uploader.ledger.forget",
+    "count_forget": "uploader.ledger.forget",
+    "forget_rows": "uploader.ledger.forget",
+    "project_counts": "uploader.ledger.forget",
     "Settlement": "uploader.ledger.transitions",
     "settle_found": "uploader.ledger.transitions",
     "settle_missing": "uploader.ledger.transitions",

@@ -56,10 +56,12 @@ MANIFEST_SET_ROWS = "UPDATE manifests SET row_count = ?, changed = ? WHERE id = 
 
 
 def manifest_row(path: Path, size: int, sha: str, options_hash: str, rows: int, loaded_at: object,
-                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0) -> dict[str, object]:
+                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0,
+                 label: str | None = None) -> dict[str, object]:
     """RECORD_MANIFEST's values (the conflicts' examples as a JSON list). `changed`: rows the load added or
-    whose payload it updated, which makes an identical reload of any earlier manifest compare its rows."""
-    return {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
+    whose payload it updated, which makes an identical reload of any earlier manifest compare its rows.
+    The manifest is recorded by its absolute path, or by `label` (a manifest read from stdin)."""
+    return {"p": label or str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
             "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None, "ch": changed}
 
 

@@ -73,8 +73,8 @@ def load_into_empty(
                 if raw.execute(JOBS_ANY).fetchone() is not None:
                     raise NotClean
                 stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
-                mid: int = raw.execute(RECORD_MANIFEST,
-                                       manifest_row(path, size, sha, options_hash, 0, stamp)).fetchone()[0]
+                mid: int = raw.execute(RECORD_MANIFEST, manifest_row(path, size, sha, options_hash, 0, stamp,
+                                                                     label=manifest.label)).fetchone()[0]
                 if production is not None:
                     sent, inserted = copy_parts(raw, production, lambda part: insert_new(stamp, mid, part),
                                                  part_defaults(manifest), attached)

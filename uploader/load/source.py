@@ -24,6 +24,11 @@ class ManifestLike(Protocol):
     def path(self) -> Path: ...
 
     @property
+    def label(self) -> str | None:
+        """What the ledger records and reports name it by when not its path (e.g. "<stdin>")."""
+        ...
+
+    @property
     def format(self) -> str:
         """csv, tsv, jsonl or parquet."""
         ...
