@@ -13,9 +13,9 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.manifest.formats import FORMATS as FORMATS
     from uploader.manifest.formats import Span as Span
+    from uploader.manifest.jobs import StagedJob as StagedJob
     from uploader.manifest.reader import Manifest as Manifest
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
-    from uploader.manifest.reader import StagedJob as StagedJob
     from uploader.manifest.signed import SignedUrlError as SignedUrlError
     from uploader.manifest.signed import UrlExpiry as UrlExpiry
     from uploader.manifest.signed import url_expiry as url_expiry
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Manifest": "uploader.manifest.reader",
     "ManifestOptions": "uploader.manifest.reader",
-    "StagedJob": "uploader.manifest.reader",
+    "StagedJob": "uploader.manifest.jobs",
     "FORMATS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
     "SignedUrlError": "uploader.manifest.signed",
