@@ -534,3 +534,13 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
 
 def main() -> None:
     cli(prog_name="uploader")
+
+
+def _register_late_commands() -> None:
+    """Commands defined in their own modules (they use this module's helpers, so they come after it)."""
+    from uploader.cli.planning import plan_command
+
+    cli.add_command(plan_command)
+
+
+_register_late_commands()

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from uploader.ledger.loading import MERGE_CHANGED as MERGE_CHANGED
     from uploader.ledger.loading import MERGE_COUNTS as MERGE_COUNTS
     from uploader.ledger.loading import MERGE_NEW as MERGE_NEW
+    from uploader.ledger.loading import PLAN_COUNTS as PLAN_COUNTS
+    from uploader.ledger.loading import PLAN_SENDABLE as PLAN_SENDABLE
     from uploader.ledger.loading import RECORD_MANIFEST as RECORD_MANIFEST
     from uploader.ledger.loading import insert_new as insert_new
     from uploader.ledger.loading import manifest_row as manifest_row
@@ -115,6 +117,8 @@ _EXPORTS = {
     "MERGE_COUNTS": "uploader.ledger.loading",
     "MERGE_NEW": "uploader.ledger.loading",
     "MERGE_CHANGED": "uploader.ledger.loading",
+    "PLAN_COUNTS": "uploader.ledger.loading",
+    "PLAN_SENDABLE": "uploader.ledger.loading",
     "insert_new": "uploader.ledger.loading",
     "manifest_row": "uploader.ledger.loading",
     "merge_examples": "uploader.ledger.loading",

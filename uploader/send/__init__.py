@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from uploader.send.preflight import PreflightOptions as PreflightOptions
     from uploader.send.preflight import PreflightReport as PreflightReport
     from uploader.send.preflight import check_attachments as check_attachments
+    from uploader.send.preflight import row_problem as row_problem
     from uploader.send.runner import reconcile as reconcile
     from uploader.send.runner import run_upload as run_upload
     from uploader.send.runner import run_upload_async as run_upload_async
@@ -24,6 +25,7 @@ _EXPORTS = {
     "PreflightOptions": "uploader.send.preflight",
     "PreflightReport": "uploader.send.preflight",
     "check_attachments": "uploader.send.preflight",
+    "row_problem": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",
