@@ -150,3 +150,20 @@ def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, b
 def test_duration_option_rejects_nonsense(tmp_path):
     result = CliRunner().invoke(cli, ["check", "--ledger", str(tmp_path / "l.db"), "--recheck-after", "soon"])
     assert result.exit_code == 2 and "not a duration" in result.output
+
+
+def test_status_counts_verdicts_and_rows_never_checked(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("a", files(box, "a.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 2, "urls": {}}
+    assert "2 pending rows never had their attachments checked" in invoke("status", "--ledger", str(ledger)).output
+    invoke("check", "--ledger", str(ledger))
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 0, "urls": {"http_error": 1, "ok": 1}}
+    # A changed payload must be checked again.
+    m2 = write_manifest(tmp_path / "m2.csv", [("a", files(box, "a2.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m2), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"]["never_checked"] == 1 and status["counts"]["blocked"] == 1

@@ -160,10 +160,12 @@ def _discard_if_new(led: Ledger, created: Path | None) -> None:
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
     from uploader.cli.hints import repeat_from_context
-    from uploader.ledger import project_counts
+    from uploader.ledger import never_checked, project_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
-    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine))
+    attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
+                 attachments=attachments)
 
 
 @cli.command()

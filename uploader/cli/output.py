@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -59,7 +59,8 @@ def print_load(report: LoadReport) -> None:
 
 
 def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
-                 projects: dict[str, dict[str, int]] | None = None) -> None:
+                 projects: dict[str, dict[str, int]] | None = None,
+                 attachments: dict[str, Any] | None = None) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
     by_project = projects if projects and len(projects) > 1 else None
@@ -67,6 +68,8 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         data = report.as_dict()
         if by_project:
             data["projects"] = by_project
+        if attachments is not None:
+            data["attachments"] = attachments
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"{report.total} jobs")
@@ -103,9 +106,25 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
         click.echo(conflict_hint(report.counts["conflict"], repeat))
+    if attachments is not None:
+        _print_attachments(attachments, report.counts.get("blocked", 0), repeat)
     if report.counts.get("failed"):
         click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
                    f"`{repeat.command('retry --all')}`.")
+
+
+def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat) -> None:
+    """The preflight's part of `status`: URL verdicts, blocked rows, rows never checked."""
+    urls = attachments["urls"]
+    if urls:
+        click.echo("attachment URLs checked: " + ", ".join(f"{n} {verdict}" for verdict, n in urls.items()))
+    if blocked:
+        click.echo(f"{blocked} rows are blocked (an attachment failed its check): "
+                   f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
+                   f"`{repeat.command('retry --blocked')}`.")
+    if attachments["never_checked"]:
+        click.echo(f"{attachments['never_checked']} pending rows never had their attachments checked: "
+                   f"`{repeat.command('check')}` checks them (or `run --preflight`).")
 
 
 def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:

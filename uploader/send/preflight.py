@@ -112,7 +112,8 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
                 fresh = []
         record_verdicts(ledger.engine, fresh)
         report.checked += len(fresh)
-        blocks = []
+        blocks: list[tuple[int, str, str]] = []
+        good: list[int] = []
         for row_id, ref, urls in row_urls:
             report.rows += 1
             report.url_uses += len(urls)
@@ -125,8 +126,10 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
                 if len(report.examples) < _EXAMPLES:
                     report.examples.append((ref, problem[1]))
                 blocks.append((row_id, *problem))
+            else:
+                good.append(row_id)
         if options.block:
-            report.blocked += block_rows(ledger.engine, blocks)
+            report.blocked += block_rows(ledger.engine, blocks, good)
         if on_progress is not None:
             on_progress(report.rows, report.checked)
     return report
