@@ -383,12 +383,16 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @_manifest_options
 @ledger_option
 @preflight_options
+@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
+              help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
+                   "for manifests too big to check whole.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def check(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
     fmt: str | None, columns: tuple[str, ...], ledger: str | None, check_concurrency: int, per_host_rate: float,
-    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, as_json: bool,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, sample: int | None,
+    as_json: bool,
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
@@ -413,6 +417,12 @@ def check(
         if not as_json:
             print_load(report)
     settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    if sample is not None:
+        from uploader.cli.preflight import print_sample
+        from uploader.send import sample_attachments
+
+        print_sample(asyncio.run(sample_attachments(led, sample, settings)), as_json)
+        return
     result = asyncio.run(check_attachments(led, settings))
     if as_json:
         print_preflight(result, True)
