@@ -1,22 +1,26 @@
 """The `uploader` command: a thin click layer over the library; turns errors into messages and exit codes.
 
 Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
-ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed, are uncertain or in conflict;
-130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli.output.
+ledger, API key, API unreachable, config file); 2 usage; 3 the run finished but some rows failed, are uncertain
+or in conflict; 130 interrupted (SIGINT), 143 stopped by SIGTERM; 141 stdout closed by its reader. How results
+are shown (reports, summaries, status, progress) is in uploader.cli.output; what every command shares (common
+options, environment variables, profiles) in uploader.cli.app and uploader.cli.config.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from uploader import __version__
-from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
+from uploader.cli.app import UploaderGroup, emit_error, json_mode, quiet_mode
+from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,31 +30,45 @@ EXIT_SOME_FAILED = 3
 
 
 def _handle_errors(func: F) -> F:
-    """Print an UploaderError as one clear message (never a traceback) and exit with its code."""
+    """Print an UploaderError as one clear message (never a traceback; in JSON mode a JSON object) and exit
+    with its code."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
-            click.echo("interrupted; run the same command again to resume.", err=True)
-            sys.exit(InterruptedRun.exit_code)
+            _interrupted()
         except UploaderError as exc:
-            click.echo(f"error: {exc}", err=True)
+            emit_error(str(exc), exc.exit_code, json_mode(), getattr(exc, "code", None))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to resume.", err=True)
-            sys.exit(130)
+            _interrupted()
 
     return wrapper  # type: ignore[return-value]
 
 
+#: Where the run keeps its StopFlag, to know which signal stopped it.
+_STOP = "uploader.stop"
+
+
+def _interrupted() -> NoReturn:
+    """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal)."""
+    ctx = click.get_current_context(silent=True)
+    stop = ctx.meta.get(_STOP) if ctx is not None else None
+    signum = getattr(stop, "signum", None)
+    message = "interrupted; run the same command again to resume."
+    if json_mode():
+        emit_error(message, 128 + (signum or 2), True, "interrupted")
+    else:
+        click.echo(message, err=True)
+    sys.exit(128 + (signum or 2))
+
 ledger_option = click.option(
     "--ledger",
-    envvar="UPLOADER_LEDGER",
     default=None,
     metavar="PATH|URL",
-    help="Ledger file or SQLAlchemy URL [env UPLOADER_LEDGER; default ./uploader.db].",
+    help="Ledger file or SQLAlchemy URL [default ./uploader.db].",
 )
 
 
@@ -104,10 +122,15 @@ def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-un
     return led
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=UploaderGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uploader")
 def cli() -> None:
-    """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable."""
+    """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
+
+    Every option can also come from an environment variable (shown in each command's --help) or from a
+    profile of the config files ./uploader.toml and the user's config.toml (`uploader config` shows what
+    applies and where from). Shell completion: eval "$(_UPLOADER_COMPLETE=bash_source uploader)".
+    """
 
 
 @cli.command()
@@ -125,7 +148,7 @@ def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledge
     with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
         led = _open_ledger(ledger)
         try:
-            print_load(prepared.load(led))
+            print_load(prepared.load(led), json_mode(), quiet_mode())
         except UploaderError:
             _discard_if_new(led, created)
             raise
@@ -145,13 +168,14 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 @_handle_errors
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state, the error codes, and the live workers."""
-    print_status(_open_ledger(ledger, create=False).status(), as_json)
+    print_status(_open_ledger(ledger, create=False).status(), as_json, quiet_mode())
 
 
 @cli.command()
 @ledger_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from -o, else csv.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
+              help="Default: from -o, else csv (jsonl with --json).")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
 @click.option("--spreadsheet-safe", is_flag=True,
               help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
@@ -167,9 +191,13 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
     for s in statuses:
         if s not in valid:
             raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
+    as_json = json_mode()
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output else ""
-        fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else "csv"
+        fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else None
+        fmt = fmt or ("jsonl" if as_json else "csv")
+    if as_json and not output and fmt != "jsonl":
+        raise UsageError(f"--json writes JSON lines to stdout; {fmt} needs -o FILE")
     if fmt == "parquet" and not output:
         raise UsageError("Parquet export needs -o FILE")
     if spreadsheet_safe and fmt != "csv":
@@ -178,7 +206,10 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
     columns = [*EXPORT_COLUMNS, *led.extra_columns()]
     n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
     if output:
-        click.echo(f"wrote {n} rows to {output}", err=True)
+        if as_json:
+            click.echo(json.dumps({"rows": n, "output": output, "format": fmt}))
+        else:
+            click.echo(f"wrote {plural(n, 'row')} to {output}", err=True)
 
 
 @cli.command()
@@ -188,19 +219,24 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 @_handle_errors
 def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
     """Put failed rows back to pending (attempts reset) so the next run sends them again."""
+    from uploader.cli.output import retry_report
+
     if not codes and not everything:
         raise UsageError("give --error-code CODE (repeatable) or --all")
-    n = _open_ledger(ledger, create=False).retry(codes, everything)
-    click.echo(f"{n} failed rows are pending again; `uploader run` sends them.")
+    led = _open_ledger(ledger, create=False)
+    failed = led.failed_codes()  # before: the codes there were
+    n = led.retry(codes, everything)
+    retry_report(n, codes, failed, json_mode())
 
 
 def _api_options(func: F) -> F:
     for decorator in reversed(
         [
-            click.option("--api-key", envvar="PLAYMENT_API_KEY", help="API key [env PLAYMENT_API_KEY].",
-                         show_envvar=False),
-            click.option("--base-url", envvar="PLAYMENT_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
-                         help="API base URL [env PLAYMENT_BASE_URL]."),
+            click.option("--api-key", help="API key (seen by `ps` on the command line: prefer --api-key-file or "
+                                           "the environment)."),
+            click.option("--api-key-file", metavar="PATH",
+                         help="Read the API key from this file (one trailing newline is dropped)."),
+            click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="API base URL."),
             click.option("--allow-http", is_flag=True, help="Allow plain http to a host that is not loopback."),
             click.option("--sandbox", "use_sandbox", is_flag=True,
                          help="Start the built-in API emulator on loopback and use it (no key needed)."),
@@ -212,7 +248,24 @@ def _api_options(func: F) -> F:
     return func
 
 
-def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any) -> tuple[str, str]:
+def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
+    """The key from --api-key or --api-key-file, whichever came from the higher-ranked source (flag >
+    environment > profile; uploader.cli.config.pick_api_key)."""
+    from click.core import ParameterSource
+
+    from uploader.cli.config import pick_api_key
+
+    ctx = click.get_current_context()
+    rank = {ParameterSource.COMMANDLINE: 0, ParameterSource.ENVIRONMENT: 1, ParameterSource.DEFAULT_MAP: 2}
+
+    def rank_of(name: str) -> int:
+        return rank.get(ctx.get_parameter_source(name), 3)  # type: ignore[arg-type]
+
+    return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
+
+
+def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any,
+              api_key_file: str | None = None) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
     from uploader.api import check_base_url
 
@@ -220,10 +273,13 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
         from uploader.sandbox import Sandbox
 
         box = stack.enter_context(Sandbox())
-        click.echo(f"sandbox: API emulator at {box.base_url}", err=True)
+        if not quiet_mode():
+            click.echo(f"sandbox: API emulator at {box.base_url}", err=True)
         return box.base_url, box.api_key
+    api_key = _api_key(api_key, api_key_file)
     if not api_key:
-        raise UsageError("no API key: set PLAYMENT_API_KEY or pass --api-key (or try --sandbox)")
+        raise UsageError("no API key: set PLAYMENT_API_KEY, pass --api-key-file PATH or --api-key (or try "
+                         "--sandbox)")
     return check_base_url(base_url, allow_http), api_key
 
 
@@ -237,47 +293,50 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "of the run has succeeded).")
 @ledger_option
 @_api_options
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="At most this many requests in the air at once (the run starts lower and grows).")
 @click.option("--rate", type=click.FloatRange(min=0.001, max=1_000_000), metavar="R",
               help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
                    "whole requests: 2.5 sends at most 2 a second).")
 @click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose; a longer one is "
                                       "cut to this (and you are told).")
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Sends of one row before it fails (a 429 or an unreachable API does not count).")
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="S",
               help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
                    "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
                    "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
                    "ignored, never recorded).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @_handle_errors
 def run(  # type: ignore[no-untyped-def]
     manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, default_batch, ledger, api_key,
-    base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
-    quiet, as_json,
+    api_key_file, base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts,
+    lease_seconds,
 ) -> None:
     """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
 
     from uploader.errors import FatalApiError
     from uploader.ledger import new_ledger_file
-    from uploader.send import RunOptions, run_upload
+    from uploader.send import RunOptions, StopFlag, run_upload
 
+    as_json, quiet = json_mode(), quiet_mode()
+    stop = click.get_current_context().meta[_STOP] = StopFlag()
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after)
     with ExitStack() as stack:
-        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
-        display = stack.enter_context(ProgressDisplay(quiet or as_json))
+        display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
-                batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
-                default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
+                batch_name=batch_name, on_load=None if as_json or quiet else print_load,
+                on_progress=display.update, default_batch=default_batch, stop=stop,
+                on_notice=None if quiet else lambda message: click.echo(message, err=True),
             )
         except FatalApiError as exc:
             display.close()
@@ -288,11 +347,11 @@ def run(  # type: ignore[no-untyped-def]
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json)
+    print_summary(summary, as_json, quiet)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
-        sys.exit(130)
+        sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
     if counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]:
         sys.exit(EXIT_SOME_FAILED)
@@ -305,21 +364,30 @@ def run(  # type: ignore[no-untyped-def]
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
 @_handle_errors
 def reconcile(  # type: ignore[no-untyped-def]
-    ledger, api_key, base_url, allow_http, use_sandbox, timeout, max_retry_after,
+    ledger, api_key, api_key_file, base_url, allow_http, use_sandbox, timeout, max_retry_after,
 ) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
     from contextlib import ExitStack
 
+    from uploader.cli.output import uncertain_reasons
     from uploader.send import reconcile as do_reconcile
 
     with ExitStack() as stack:
-        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
         resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout,
                                            max_retry_after=max_retry_after)
-    click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
-    if conflicts:
+    reasons = uncertain_reasons(led.uncertain_groups()) if remaining else []
+    if json_mode():
+        click.echo(json.dumps({"resolved": resolved, "uncertain": remaining, "conflict": conflicts,
+                               "why_uncertain": reasons}, indent=2))
+    else:
+        click.echo(f"{plural(resolved, 'uncertain row')} resolved, {remaining} still uncertain.")
+    if not json_mode() and not quiet_mode():
+        for reason in reasons:
+            click.echo(reason)
+    if conflicts and not json_mode() and not quiet_mode():
         from uploader.cli.output import CONFLICT_HINT
 
         click.echo(CONFLICT_HINT.format(n=conflicts))
@@ -339,7 +407,7 @@ def reconcile(  # type: ignore[no-untyped-def]
               help="Fraction whose connection is dropped after the job was created.")
 @click.option("--rate-limit", type=click.FloatRange(min=0.1), help="Requests/s; excess answered 429.")
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered after --slow-ms.")
-@click.option("--slow-ms", type=float, default=0.0)
+@click.option("--slow-ms", type=float, default=0.0, help="How late the --slow-rate answers come.")
 @click.option("--legacy", is_flag=True, help="Errors as HTTP 200 + success:false; 401 with an empty body.")
 @click.option("--retry-after", "retry_after_s", type=click.IntRange(min=1), default=1, show_default=True,
               help="Retry-After seconds sent with a 429.")
@@ -370,6 +438,10 @@ def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_r
         raise UsageError(str(exc)) from None
 
     def ready(url: str) -> None:
+        if json_mode():
+            click.echo(json.dumps({"base_url": url, "api_key": api_key}), nl=True)
+            sys.stdout.flush()
+            return
         click.echo(f"sandbox serving the GT Studio job API at {url}")
         click.echo(f"API key: {api_key}")
         click.echo(f"try: uploader run sample_manifests/images.csv --project-id demo --work-flow-id wf "
@@ -380,6 +452,43 @@ def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_r
         serve(config, host=host, port=port, on_ready=ready)
     except OSError as exc:
         raise UploaderError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.argument("reference_id")
+@click.option("--project-id", help="The row's project, when the reference_id is in more than one.")
+@ledger_option
+@_handle_errors
+def show(reference_id: str, project_id: str | None, ledger: str | None) -> None:
+    """Show one row: its payload, state, job_id, attempts, last error (code, message, details) and times."""
+    from uploader.cli.output import print_row
+
+    rows = _open_ledger(ledger, create=False).row(reference_id, project_id)
+    if not rows:
+        where = f" in project {project_id!r}" if project_id else ""
+        raise UploaderError(f"no row with reference_id {reference_id!r}{where}")
+    if len(rows) > 1:
+        projects = ", ".join(repr(r["project_id"]) for r in rows)
+        raise UsageError(f"reference_id {reference_id!r} is in {len(rows)} projects ({projects}): add --project-id")
+    print_row(rows[0], json_mode())
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("command", required=False, default="run", metavar="[COMMAND [OPTIONS]]")
+@click.pass_context
+@_handle_errors
+def config(ctx: click.Context, command: str) -> None:
+    """Show the settings COMMAND (default: run) would use with OPTIONS, and where each comes from: flag, env
+    VAR, FILE:PROFILE or default. The API key is shown as set or unset, never its value."""
+    from uploader.cli.output import print_settings
+    from uploader.cli.settings import resolved_settings
+
+    group = ctx.parent.command if ctx.parent is not None else cli
+    target = group.commands.get(command) if isinstance(group, click.Group) else None
+    if target is None or command == "config":
+        raise UsageError(f"no command {command!r}: choose from "
+                         f"{', '.join(n for n in cli.list_commands(ctx) if n != 'config')}")
+    print_settings(resolved_settings(ctx, command, target, ctx.args), json_mode())
 
 
 def main() -> None:

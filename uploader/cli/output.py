@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "print_load", "print_status", "print_summary"]
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "plural", "print_load", "print_row", "print_settings", "print_status",
+           "print_summary", "retry_report", "uncertain_reasons"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
@@ -25,8 +26,22 @@ CONFLICT_HINT = (
 )
 
 
-def print_load(report: Any) -> None:
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 row`, `2 rows`, `0 rows` (with `nouns` for an irregular plural); the count with thousands separators."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
+def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows."""
+    if as_json:
+        import dataclasses
+
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+        return
+    if quiet:
+        click.echo(f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.updated} updated, "
+                   f"{report.conflicts} conflicting")
+        return
     if report.already_loaded:
         click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
     else:
@@ -44,10 +59,13 @@ def print_load(report: Any) -> None:
         )
 
 
-def print_status(report: Any, as_json: bool) -> None:
+def print_status(report: Any, as_json: bool, quiet: bool = False) -> None:
     """The ledger's state counts, error codes and live workers, with a hint for what to do next."""
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    if quiet:
+        click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
         return
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
@@ -81,8 +99,9 @@ def print_status(report: Any, as_json: bool) -> None:
         click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
 
 
-def print_summary(summary: Any, as_json: bool) -> None:
-    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes."""
+def print_summary(summary: Any, as_json: bool, quiet: bool = False) -> None:
+    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (with
+    `quiet`, without the follow-up hint)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -114,15 +133,17 @@ def print_summary(summary: Any, as_json: bool) -> None:
                    "another run after this one's lease expired")
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
-    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+    if not quiet:
+        click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
 
 
 class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, silent: bool = False) -> None:
         self.bar: Any = None
         self.quiet = quiet
+        self.silent = silent  #: -q: nothing at all while the run goes
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
         self.told = 0  #: notices already printed
@@ -135,6 +156,8 @@ class ProgressDisplay:
 
     def update(self, p: Any) -> None:
         """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
+        if self.silent:
+            return
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
@@ -166,3 +189,63 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def retry_report(n: int, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool) -> None:
+    """What `retry` did; for a code no failed row has, says so and lists the codes there are (`failed`:
+    failed rows per code, before the retry)."""
+    missing = [c for c in codes if c not in failed]
+    if as_json:
+        click.echo(json.dumps({"pending_again": n, "codes_not_found": missing,
+                               "failed_codes": {str(k): v for k, v in failed.items()}}, indent=2))
+        return
+    click.echo(f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
+               + ("; `uploader run` sends them." if n else "."))
+    if missing:
+        there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
+        click.echo(f"no failed row has error code {', '.join(missing)}; "
+                   + (f"failed rows by code: {there}." if failed else "there are no failed rows."), err=True)
+
+
+def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]]) -> list[str]:
+    """Why rows are still uncertain after a lookup, and what to do (groups as Ledger.uncertain_groups)."""
+    reasons = []
+    for project, batch, rows in groups:
+        example = rows[0][1]
+        if batch is None:
+            reasons.append(
+                f"{plural(len(rows), 'row')} of project {project!r} (e.g. {example!r}) went to the project's "
+                "default batch, whose id is known only once a job of ours in it has succeeded: after a run puts "
+                "one more job there (--default-batch), `uploader reconcile` finds them; or check them in GT "
+                "Studio (`uploader export --status uncertain`).")
+        else:
+            reasons.append(
+                f"{plural(len(rows), 'row')} of project {project!r} in batch {batch} (e.g. {example!r}) were not "
+                "settled by the listing (an error or a wait): run `uploader reconcile` again.")
+    return reasons
+
+
+def print_row(row: dict[str, Any], as_json: bool) -> None:
+    """One ledger row (`uploader show`): its state, job_id, attempts, last error, times and payload."""
+    if as_json:
+        click.echo(json.dumps(row, indent=2, ensure_ascii=False, default=str))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)
+        click.echo(f"{key:<{width}}  {'' if value is None else value}")
+
+
+def print_settings(resolved: Any, as_json: bool) -> None:
+    """`uploader config`: each setting's value and source, the profile and the files looked at."""
+    if as_json:
+        click.echo(json.dumps(resolved.as_dict(), indent=2, default=str))
+        return
+    click.echo(f"settings of `uploader {resolved.command}`; profile: {resolved.profile or '(none)'}")
+    for path, exists in resolved.files:
+        click.echo(f"  config file {path}" + ("" if exists else " (not found)"))
+    width = max((len(s.key) for s in resolved.settings), default=0)
+    for s in resolved.settings:
+        value = "" if s.value is None else (", ".join(map(str, s.value)) if isinstance(s.value, tuple) else s.value)
+        click.echo(f"{s.key:<{width}}  {value!s:<24}  {s.source}")
