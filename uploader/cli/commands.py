@@ -336,7 +336,7 @@ def run(  # type: ignore[no-untyped-def]
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json or quiet else print_load,
                 on_progress=display.update, default_batch=default_batch, stop=stop,
-                on_notice=None if quiet else lambda message: click.echo(message, err=True),
+                on_notice=lambda message: click.echo(message, err=True),
             )
         except FatalApiError as exc:
             display.close()
@@ -397,7 +397,8 @@ def reconcile(  # type: ignore[no-untyped-def]
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
 @click.option("--api-key", default="sandbox-key", show_default=True, help="The key the sandbox accepts.")
 @click.option("--latency-ms", type=float, default=0.0, help="Fixed latency of each job request.")
 @click.option("--jitter-ms", type=float, default=0.0, help="Random extra latency, uniform in [0, J].")

@@ -143,7 +143,7 @@ class ProgressDisplay:
     def __init__(self, quiet: bool, silent: bool = False) -> None:
         self.bar: Any = None
         self.quiet = quiet
-        self.silent = silent  #: -q: nothing at all while the run goes
+        self.silent = silent  #: -q: no bar and no status lines (notices still: they are warnings)
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
         self.told = 0  #: notices already printed
@@ -156,8 +156,6 @@ class ProgressDisplay:
 
     def update(self, p: Any) -> None:
         """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
-        if self.silent:
-            return
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
@@ -166,6 +164,8 @@ class ProgressDisplay:
                 self.bar.write(line, file=sys.stderr)
             else:
                 click.echo(line, err=True)
+        if self.silent:
+            return
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
