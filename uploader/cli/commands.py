@@ -19,13 +19,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from uploader import __version__
+from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import UploaderGroup, emit_error, json_mode, quiet_mode
 from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_BASE_URL = "https://api.playment.io"
 EXIT_SOME_FAILED = 3
 
 
@@ -139,13 +139,15 @@ def cli() -> None:
 @ledger_option
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
-    """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     created = new_ledger_file(ledger)  # removed again if the load fails
-    with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
+    with spooled_manifest(manifest, fmt) as (path, label), \
+            prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
         led = _open_ledger(ledger)
         try:
             print_load(prepared.load(led), json_mode(), quiet_mode())
@@ -167,8 +169,13 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_handle_errors
 def status(ledger: str | None, as_json: bool) -> None:
-    """Show how many jobs are in each state, the error codes, and the live workers."""
-    print_status(_open_ledger(ledger, create=False).status(), as_json, quiet_mode())
+    """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.ledger import project_counts
+
+    led = _open_ledger(ledger, create=False)
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
+                 quiet=quiet_mode())
 
 
 @cli.command()
@@ -223,10 +230,12 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
 
     if not codes and not everything:
         raise UsageError("give --error-code CODE (repeatable) or --all")
+    from uploader.cli.hints import repeat_from_context
+
     led = _open_ledger(ledger, create=False)
     failed = led.failed_codes()  # before: the codes there were
     n = led.retry(codes, everything)
-    retry_report(n, codes, failed, json_mode())
+    retry_report(n, codes, failed, json_mode(), repeat_from_context())
 
 
 def _api_options(func: F) -> F:
@@ -314,9 +323,12 @@ def run(  # type: ignore[no-untyped-def]
     api_key_file, base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts,
     lease_seconds,
 ) -> None:
-    """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
+    """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
 
+    from uploader.cli.forgetting import project_hint
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
     from uploader.errors import FatalApiError
     from uploader.ledger import new_ledger_file
     from uploader.send import RunOptions, StopFlag, run_upload
@@ -328,6 +340,7 @@ def run(  # type: ignore[no-untyped-def]
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
+        manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
@@ -336,18 +349,21 @@ def run(  # type: ignore[no-untyped-def]
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json or quiet else print_load,
                 on_progress=display.update, default_batch=default_batch, stop=stop,
-                on_notice=lambda message: click.echo(message, err=True),
+                on_notice=lambda message: click.echo(message, err=True), manifest_label=manifest_label,
             )
         except FatalApiError as exc:
             display.close()
             if getattr(exc, "summary", None) is not None and as_json:
                 print_summary(exc.summary, as_json=True)
+            hint = project_hint(exc, led, repeat_from_context())
+            if hint is not None:
+                raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json, quiet)
+    print_summary(summary, as_json, repeat_from_context(), quiet=quiet)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
@@ -378,7 +394,10 @@ def reconcile(  # type: ignore[no-untyped-def]
         resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout,
                                            max_retry_after=max_retry_after)
     conflicts = led.counts()["conflict"]
-    reasons = uncertain_reasons(led.uncertain_groups()) if remaining else []
+    from uploader.cli.hints import repeat_from_context
+
+    repeat = repeat_from_context()
+    reasons = uncertain_reasons(led.uncertain_groups(), repeat) if remaining else []
     if json_mode():
         click.echo(json.dumps({"resolved": resolved, "uncertain": remaining, "conflict": conflicts,
                                "why_uncertain": reasons}, indent=2))
@@ -388,11 +407,39 @@ def reconcile(  # type: ignore[no-untyped-def]
         for reason in reasons:
             click.echo(reason)
     if conflicts and not json_mode() and not quiet_mode():
-        from uploader.cli.output import CONFLICT_HINT
+        from uploader.cli.output import conflict_hint
 
-        click.echo(CONFLICT_HINT.format(n=conflicts))
+
+        click.echo(conflict_hint(conflicts, repeat_from_context()))
     if remaining or conflicts:
         sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@ledger_option
+@click.option("--project-id", help="Only rows of this project.")
+@click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Only these reference_ids: a text file, one a line.")
+@click.option("--manifest", help="Only rows loaded from this manifest (the path it was loaded as; - for stdin).")
+@click.option("--include-created", is_flag=True,
+              help="Also forget rows whose job exists (or may) at the API: their job_ids are lost, and loading "
+                   "them again sends them again. Asks first.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed with --include-created without a terminal).")
+@_handle_errors
+def forget(  # type: ignore[no-untyped-def]
+    ledger, project_id, statuses, reference_id_file, manifest, include_created, yes,
+) -> None:
+    """Remove rows from the ledger (at least one filter); rows whose job exists are kept unless --include-created."""
+    from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten
+    from uploader.ledger import count_forget, forget_rows
+
+    selection = forget_selection(project_id, statuses, reference_id_file, manifest)
+    led = _open_ledger(ledger, create=False)
+    if include_created:
+        confirm_forget(count_forget(led.engine, selection), yes)
+    print_forgotten(forget_rows(led.engine, selection, include_created=include_created),
+                    None if include_created else count_forget(led.engine, selection), json_mode())
 
 
 @cli.command()

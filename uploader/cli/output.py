@@ -14,16 +14,23 @@ from typing import Any
 
 import click
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "plural", "print_load", "print_row", "print_settings", "print_status",
-           "print_summary", "retry_report", "uncertain_reasons"]
+from uploader.cli.hints import NO_REPEAT, Repeat
+
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "plural", "print_load", "print_row", "print_settings",
+           "print_status", "print_summary", "retry_report", "uncertain_reasons"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
     "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
     "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
     "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
-    "too). They are never sent again; check them with `uploader export --status conflict`."
+    "too). They are never sent again; check them with `{export}`."
 )
+
+
+def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
+    """CONFLICT_HINT for `n` rows, its export command repeating the current --ledger."""
+    return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
@@ -59,10 +66,17 @@ def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
         )
 
 
-def print_status(report: Any, as_json: bool, quiet: bool = False) -> None:
-    """The ledger's state counts, error codes and live workers, with a hint for what to do next."""
+def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
+                 projects: dict[str, dict[str, int]] | None = None, quiet: bool = False) -> None:
+    """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
+    live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
+    `quiet`, the counts in one line."""
+    by_project = projects if projects and len(projects) > 1 else None
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        data = report.as_dict()
+        if by_project:
+            data["projects"] = by_project
+        click.echo(json.dumps(data, indent=2))
         return
     if quiet:
         click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
@@ -70,6 +84,11 @@ def print_status(report: Any, as_json: bool, quiet: bool = False) -> None:
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
+    if by_project:
+        click.echo(f"{len(by_project)} projects:")
+        for project, counts in by_project.items():
+            shown = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            click.echo(f"  {project}: {sum(counts.values())} jobs ({shown})")
     if report.error_codes:
         click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
@@ -89,19 +108,21 @@ def print_status(report: Any, as_json: bool, quiet: bool = False) -> None:
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
-            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
+            "known yet. A run looks them up by itself; if they stay uncertain, run "
+            f"`{repeat.command('reconcile', api=True)}`."
         )
     if report.origins:
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=report.counts["conflict"]))
+        click.echo(conflict_hint(report.counts["conflict"], repeat))
     if report.counts.get("failed"):
-        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+        click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
+                   f"`{repeat.command('retry --all')}`.")
 
 
-def print_summary(summary: Any, as_json: bool, quiet: bool = False) -> None:
-    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (with
-    `quiet`, without the follow-up hint)."""
+def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
+    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
+    commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -127,14 +148,14 @@ def print_summary(summary: Any, as_json: bool, quiet: bool = False) -> None:
         click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
                    "uncertain until a batch listing decides")
     if c.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
+        click.echo(conflict_hint(c["conflict"], repeat))
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
     if not quiet:
-        click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+        click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
 
 class ProgressDisplay:
@@ -191,24 +212,27 @@ class ProgressDisplay:
             self.bar = None
 
 
-def retry_report(n: int, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool) -> None:
+def retry_report(n: int, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,
+                 repeat: Repeat = NO_REPEAT) -> None:
     """What `retry` did; for a code no failed row has, says so and lists the codes there are (`failed`:
-    failed rows per code, before the retry)."""
+    failed rows per code, before the retry; the follow-up command repeats `repeat`'s options)."""
     missing = [c for c in codes if c not in failed]
     if as_json:
         click.echo(json.dumps({"pending_again": n, "codes_not_found": missing,
                                "failed_codes": {str(k): v for k, v in failed.items()}}, indent=2))
         return
     click.echo(f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
-               + ("; `uploader run` sends them." if n else "."))
+               + (f"; `{repeat.command('run')}` sends them." if n else "."))
     if missing:
         there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
         click.echo(f"no failed row has error code {', '.join(missing)}; "
                    + (f"failed rows by code: {there}." if failed else "there are no failed rows."), err=True)
 
 
-def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]]) -> list[str]:
-    """Why rows are still uncertain after a lookup, and what to do (groups as Ledger.uncertain_groups)."""
+def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]],
+                      repeat: Repeat = NO_REPEAT) -> list[str]:
+    """Why rows are still uncertain after a lookup, and what to do (groups as Ledger.uncertain_groups; the
+    commands named repeat `repeat`'s options)."""
     reasons = []
     for project, batch, rows in groups:
         example = rows[0][1]
@@ -216,12 +240,13 @@ def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]
             reasons.append(
                 f"{plural(len(rows), 'row')} of project {project!r} (e.g. {example!r}) went to the project's "
                 "default batch, whose id is known only once a job of ours in it has succeeded: after a run puts "
-                "one more job there (--default-batch), `uploader reconcile` finds them; or check them in GT "
-                "Studio (`uploader export --status uncertain`).")
+                f"one more job there (--default-batch), `{repeat.command('reconcile', api=True)}` finds them; or "
+                f"check them in GT Studio (`{repeat.command('export --status uncertain')}`).")
         else:
             reasons.append(
                 f"{plural(len(rows), 'row')} of project {project!r} in batch {batch} (e.g. {example!r}) were not "
-                "settled by the listing (an error or a wait): run `uploader reconcile` again.")
+                f"settled by the listing (an error or a wait): run `{repeat.command('reconcile', api=True)}` "
+                "again.")
     return reasons
 
 
