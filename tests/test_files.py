@@ -289,7 +289,7 @@ def test_forget_deletes_rows_without_a_job_and_keeps_created_ones(loaded):
     result = invoke("forget", "--project-id", "proj", "--ledger", loaded)
     assert result.exit_code == 0, result.output
     assert "forgot 2 rows: 2 that never created a job." in result.stdout
-    assert "kept 1 rows whose job exists or may exist at the API (1 with a job_id)" in result.stdout
+    assert "kept 1 row whose job exists or may exist at the API (1 with a job_id)" in result.stdout
     assert _refs(loaded) == ["r1"]
 
 
@@ -299,7 +299,7 @@ def test_forget_include_created_refuses_without_a_terminal(loaded):
     _settle(loaded, {"r1": (Status.SUCCEEDED, "J1")})
     result = invoke("forget", "--project-id", "proj", "--include-created", "--ledger", loaded)
     assert result.exit_code == 2
-    assert "1 rows whose job exists (or may exist) at the API will be forgotten, 1 job_ids" in result.stderr
+    assert "1 row whose job exists (or may exist) at the API will be forgotten, 1 job_ids" in result.stderr
     assert "--yes" in result.stderr
     assert _refs(loaded) == ["r1", "r2", "r3"]
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tests.reliability.harness import write_images
 from uploader.cli.commands import cli
-from uploader.cli.output import plural
+from uploader.cli.output import plural, rows_are
 from uploader.ledger import Ledger, Result, Status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,8 @@ def failed(code: str, message: str = "bad", details: str | None = None) -> Resul
 
 
 def test_plural():
-    assert [plural(n, "row") for n in (0, 1, 2, 1234)] == ["0 rows", "1 row", "2 rows", "1,234 rows"]
+    assert [plural(n, "row") for n in (0, 1, 2, 1234)] == ["0 rows", "1 row", "2 rows", "1234 rows"]
+    assert [rows_are(n) for n in (1, 5)] == ["1 row is", "5 rows are"]
     assert plural(1, "batch", "batches") == "1 batch" and plural(3, "batch", "batches") == "3 batches"
 
 
@@ -102,6 +103,8 @@ def test_json_errors_leave_a_json_document_on_stdout(tmp_path: Path):
         assert json.loads(result.stderr.strip().splitlines()[-1]) == document
     result = invoke("status", "--ledger", str(tmp_path / "none.db"), "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["exit"] == 1
+    result = invoke("status", "--ledger", str(tmp_path / "l.db"), "--json", "--bogus")  # click's usage error
+    assert result.exit_code == 2 and "--bogus" in json.loads(result.stdout)["error"]
     Path("uploader.toml").write_text("[default\n")  # an error while the options are read
     result = invoke("status", "--json")
     assert result.exit_code == 1 and json.loads(result.stderr)["error"].startswith("uploader.toml:1:")

@@ -167,6 +167,11 @@ class UploaderGroup(click.Group):
             emit_error(str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())),
                        getattr(exc, "code", None))
             sys.exit(exc.exit_code)
+        except click.ClickException as exc:  # a usage error found by click: in JSON mode, as JSON too
+            if not _json_asked(ctx.meta.get(_META + "args", ())):
+                raise
+            emit_error(exc.format_message(), exc.exit_code, True)
+            sys.exit(exc.exit_code)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_META + "args"] = list(args)  # to know if JSON was asked for when parsing them fails

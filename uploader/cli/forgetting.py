@@ -55,7 +55,7 @@ def confirm_forget(counts: Any, yes: bool) -> None:
     if not counts.created:
         return
     click.echo(
-        f"{counts.created} rows whose job exists (or may exist) at the API will be forgotten, "
+        f"{plural(counts.created, 'row')} whose job exists (or may exist) at the API will be forgotten, "
         f"{counts.with_job_id} job_ids with them: loading them again would create their jobs again.",
         err=True,
     )
@@ -80,8 +80,8 @@ def print_forgotten(removed: Any, kept: Any | None, as_json: bool = False) -> No
                + (f", {removed.created} whose job exists or may ({removed.with_job_id} job_ids)" if removed.created
                   else "") + ".")
     if kept is not None and kept.created:
-        click.echo(f"kept {kept.created} rows whose job exists or may exist at the API ({kept.with_job_id} with a "
-                   "job_id); --include-created forgets them too.")
+        click.echo(f"kept {plural(kept.created, 'row')} whose job exists or may exist at the API "
+                   f"({kept.with_job_id} with a job_id); --include-created forgets them too.")
 
 
 def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
@@ -96,7 +96,7 @@ def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
     rows = sum(counts.values())
     waiting = counts.get("pending", 0) + counts.get("in_flight", 0)
     return (
-        f"The run was stopped by a row of project {project!r}: the ledger holds {rows} rows of that project "
+        f"The run was stopped by a row of project {project!r}: the ledger holds {plural(rows, 'row')} of that project "
         f"({waiting} not sent yet). If they do not belong to this upload, remove them with "
         f"`{repeat.command('forget --project-id ' + shlex.quote(project))}`."
     )

@@ -17,11 +17,11 @@ import click
 from uploader.cli.hints import NO_REPEAT, Repeat
 
 __all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "plural", "print_load", "print_row", "print_settings",
-           "print_status", "print_summary", "retry_report", "uncertain_reasons"]
+           "print_status", "print_summary", "retry_report", "rows_are", "uncertain_reasons"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
-    "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
+    "{rows_are} in conflict: their job exists at the API but may hold other data than the manifest says "
     "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
     "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
     "too). They are never sent again; check them with `{export}`."
@@ -30,12 +30,17 @@ CONFLICT_HINT = (
 
 def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
     """CONFLICT_HINT for `n` rows, its export command repeating the current --ledger."""
-    return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
+    return CONFLICT_HINT.format(rows_are=rows_are(n), export=repeat.command("export --status conflict"))
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """`1 row`, `2 rows`, `0 rows` (with `nouns` for an irregular plural); the count with thousands separators."""
-    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+    """`1 row`, `2 rows`, `0 rows` (with `nouns` for an irregular plural)."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
+def rows_are(n: int) -> str:
+    """`1 row is`, `2 rows are`: the subject of a sentence about rows."""
+    return f"{plural(n, 'row')} {'is' if n == 1 else 'are'}"
 
 
 def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
@@ -50,17 +55,18 @@ def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
                    f"{report.conflicts} conflicting")
         return
     if report.already_loaded:
-        click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
+        click.echo(f"{report.manifest}: already loaded with the same options ({plural(report.rows, 'row')}); "
+                   "nothing to do.")
     else:
         click.echo(
-            f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
+            f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.unchanged} unchanged, "
             f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
         )
     if report.updated:
         click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
     if report.conflicts:
         click.echo(
-            f"  conflicts: {report.conflicts} rows already sent with a different payload were left unchanged "
+            f"  conflicts: {plural(report.conflicts, 'row')} already sent with a different payload were left unchanged "
             f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
             err=True,
         )
@@ -107,7 +113,7 @@ def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
         )
     if report.counts.get("uncertain"):
         click.echo(
-            f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
+            f"{rows_are(report.counts['uncertain'])} uncertain: the job exists at the API but its job_id is not "
             "known yet. A run looks them up by itself; if they stay uncertain, run "
             f"`{repeat.command('reconcile', api=True)}`."
         )
