@@ -14,20 +14,23 @@ top-level table is a profile; `--profile NAME` / UPLOADER_PROFILE picks one, els
     concurrency = 16              # an option of one command, in that command's table
 
 The API key itself is never read from a file of settings (such files get committed): `api_key_file` names a
-file that holds only the key. tomllib and platformdirs are imported here only.
+file that holds only the key. tomllib and platformdirs are imported here only, and only when needed (a
+command without config files does not load the TOML parser).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uploader.errors import UploaderError, UsageError
+
+if TYPE_CHECKING:
+    import tomllib
 
 __all__ = [
     "API_KEY_ENV",
@@ -170,6 +173,8 @@ def _parse(path: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    import tomllib
+
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
