@@ -13,8 +13,9 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -24,17 +25,23 @@ from uploader.cli.app import UploaderGroup, emit_error, json_mode, quiet_mode
 from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+    from uploader.manifest import ManifestOptions
+
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXIT_SOME_FAILED = 3
 
 
-def _handle_errors(func: F) -> F:
+def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Print an UploaderError as one clear message (never a traceback; in JSON mode a JSON object) and exit
     with its code."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
@@ -45,7 +52,7 @@ def _handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             _interrupted()
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 #: Where the run keeps its StopFlag, to know which signal stopped it.
@@ -97,7 +104,8 @@ def _manifest_options(func: F) -> F:
     return func
 
 
-def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: ignore[no-untyped-def]
+def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
+                   columns: tuple[str, ...]) -> ManifestOptions:
     from uploader.manifest import ManifestOptions
 
     pairs = []
@@ -111,7 +119,7 @@ def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: i
     )
 
 
-def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-untyped-def]
+def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     """Open the ledger for this command; it is closed when the command ends (also in-process callers)."""
     from uploader.ledger import Ledger
 
@@ -138,7 +146,8 @@ def cli() -> None:
 @_manifest_options
 @ledger_option
 @_handle_errors
-def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
+def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
+         columns: tuple[str, ...], ledger: str | None) -> None:
     """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
@@ -156,7 +165,7 @@ def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledge
             raise
 
 
-def _discard_if_new(led: Any, created: Path | None) -> None:
+def _discard_if_new(led: Ledger, created: Path | None) -> None:
     """A ledger file this command created and nobody filled is removed: a failed load leaves nothing. Never
     one another process has open or has written to (Ledger.discard_if_unused checks both under a lock)."""
     if created is None:
@@ -268,12 +277,13 @@ def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     rank = {ParameterSource.COMMANDLINE: 0, ParameterSource.ENVIRONMENT: 1, ParameterSource.DEFAULT_MAP: 2}
 
     def rank_of(name: str) -> int:
-        return rank.get(ctx.get_parameter_source(name), 3)  # type: ignore[arg-type]
+        source = ctx.get_parameter_source(name)
+        return rank.get(source, 3) if source is not None else 3
 
     return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
 
 
-def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any,
+def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: ExitStack,
               api_key_file: str | None = None) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
     from uploader.api import check_base_url
@@ -318,14 +328,14 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
                    "ignored, never recorded).")
 @_handle_errors
-def run(  # type: ignore[no-untyped-def]
-    manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, default_batch, ledger, api_key,
-    api_key_file, base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts,
-    lease_seconds,
+def run(
+    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
+    fmt: str | None, columns: tuple[str, ...], batch_name: str | None, default_batch: bool, ledger: str | None,
+    api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool, use_sandbox: bool,
+    timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
+    lease_seconds: float,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
-    from contextlib import ExitStack
-
     from uploader.cli.forgetting import project_hint
     from uploader.cli.hints import repeat_from_context
     from uploader.cli.stdin import spooled_manifest
@@ -353,8 +363,9 @@ def run(  # type: ignore[no-untyped-def]
             )
         except FatalApiError as exc:
             display.close()
-            if getattr(exc, "summary", None) is not None and as_json:
-                print_summary(exc.summary, as_json=True)
+            partial = getattr(exc, "summary", None)  # the run's summary, when the fatal error carries one
+            if partial is not None and as_json:
+                print_summary(partial, as_json=True)
             hint = project_hint(exc, led, repeat_from_context())
             if hint is not None:
                 raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
@@ -379,12 +390,11 @@ def run(  # type: ignore[no-untyped-def]
 @click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
 @_handle_errors
-def reconcile(  # type: ignore[no-untyped-def]
-    ledger, api_key, api_key_file, base_url, allow_http, use_sandbox, timeout, max_retry_after,
+def reconcile(
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, max_retry_after: float,
 ) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
-    from contextlib import ExitStack
-
     from uploader.cli.output import uncertain_reasons
     from uploader.send import reconcile as do_reconcile
 
@@ -468,9 +478,10 @@ def forget(  # type: ignore[no-untyped-def]
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Jobs per page when listing a batch.")
 @_handle_errors
-def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_rate, drop_rate,  # type: ignore[no-untyped-def]
-            rate_limit, slow_rate, slow_ms, legacy, retry_after_s, seed, state_file, projects, forbidden,
-            page_size) -> None:
+def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
+            html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
+            legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
+            forbidden: tuple[str, ...], page_size: int) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 

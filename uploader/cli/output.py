@@ -10,9 +10,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from uploader.cli.settings import Resolved
+    from uploader.ledger import StatusReport
+    from uploader.load import LoadReport
+    from uploader.send import Progress, RunSummary
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
@@ -43,7 +51,7 @@ def rows_are(n: int) -> str:
     return f"{plural(n, 'row')} {'is' if n == 1 else 'are'}"
 
 
-def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
+def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows."""
     if as_json:
         import dataclasses
@@ -72,7 +80,7 @@ def print_load(report: Any, as_json: bool = False, quiet: bool = False) -> None:
         )
 
 
-def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
+def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
                  projects: dict[str, dict[str, int]] | None = None, quiet: bool = False) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
@@ -126,7 +134,7 @@ def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
                    f"`{repeat.command('retry --all')}`.")
 
 
-def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
+def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
     """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
     commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
     if as_json:
@@ -168,7 +176,7 @@ class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
     def __init__(self, quiet: bool, silent: bool = False) -> None:
-        self.bar: Any = None
+        self.bar: tqdm[NoReturn] | None = None
         self.quiet = quiet
         self.silent = silent  #: -q: no bar and no status lines (notices still: they are warnings)
         self.tty = sys.stderr.isatty() and not quiet
@@ -181,8 +189,8 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
+    def update(self, p: Progress) -> None:
+        """Show the run's live counters, and each new notice once, on stderr."""
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
@@ -268,7 +276,7 @@ def print_row(row: dict[str, Any], as_json: bool) -> None:
         click.echo(f"{key:<{width}}  {'' if value is None else value}")
 
 
-def print_settings(resolved: Any, as_json: bool) -> None:
+def print_settings(resolved: Resolved, as_json: bool) -> None:
     """`uploader config`: each setting's value and source, the profile and the files looked at."""
     if as_json:
         click.echo(json.dumps(resolved.as_dict(), indent=2, default=str))

@@ -9,30 +9,35 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.ledger.engine import (
-        LedgerLocked,
-        LockWait,
-        read_tx,
-        set_lock_wait,
-        sqlite_bulk_mode,
-        translate_errors,
-        write_tx,
-    )
-    from uploader.ledger.forget import ForgetCounts, Selection, count_forget, forget_rows, project_counts
-    from uploader.ledger.ledger import (
-        CLAIM_LOG_ENV,
-        BatchSlot,
-        Claim,
-        Ledger,
-        Resolution,
-        Result,
-        pid_alive,
-        utcnow,
-    )
-    from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, new_ledger_file
-    from uploader.ledger.models import Status
-    from uploader.ledger.queries import EXPORT_COLUMNS, StatusReport
-    from uploader.ledger.transitions import Settlement, settle_found, settle_missing
+    from uploader.ledger.engine import LedgerLocked as LedgerLocked
+    from uploader.ledger.engine import LockWait as LockWait
+    from uploader.ledger.engine import read_tx as read_tx
+    from uploader.ledger.engine import set_lock_wait as set_lock_wait
+    from uploader.ledger.engine import sqlite_bulk_mode as sqlite_bulk_mode
+    from uploader.ledger.engine import translate_errors as translate_errors
+    from uploader.ledger.engine import write_tx as write_tx
+    from uploader.ledger.forget import ForgetCounts as ForgetCounts
+    from uploader.ledger.forget import Selection as Selection
+    from uploader.ledger.forget import count_forget as count_forget
+    from uploader.ledger.forget import forget_rows as forget_rows
+    from uploader.ledger.forget import project_counts as project_counts
+    from uploader.ledger.ledger import CLAIM_LOG_ENV as CLAIM_LOG_ENV
+    from uploader.ledger.ledger import BatchSlot as BatchSlot
+    from uploader.ledger.ledger import Claim as Claim
+    from uploader.ledger.ledger import Ledger as Ledger
+    from uploader.ledger.ledger import Resolution as Resolution
+    from uploader.ledger.ledger import Result as Result
+    from uploader.ledger.ledger import pid_alive as pid_alive
+    from uploader.ledger.ledger import utcnow as utcnow
+    from uploader.ledger.locate import DEFAULT_LEDGER as DEFAULT_LEDGER
+    from uploader.ledger.locate import ledger_url as ledger_url
+    from uploader.ledger.locate import new_ledger_file as new_ledger_file
+    from uploader.ledger.models import Status as Status
+    from uploader.ledger.queries import EXPORT_COLUMNS as EXPORT_COLUMNS
+    from uploader.ledger.queries import StatusReport as StatusReport
+    from uploader.ledger.transitions import Settlement as Settlement
+    from uploader.ledger.transitions import settle_found as settle_found
+    from uploader.ledger.transitions import settle_missing as settle_missing
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {

@@ -49,7 +49,9 @@ class StatusReport:
     origins: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
+        def iso(t: dt.datetime | None) -> str | None:
+            return t.isoformat() + "Z" if t else None
+
         return {
             "total": self.total,
             "counts": self.counts,
@@ -137,7 +139,6 @@ class LedgerQueries:
         )
         with read_tx(self.engine) as conn:
             rows = conn.execute(text(sql), {"ref": reference_id, "project": project_id}).all()
-        iso = lambda t: _dt(t).isoformat() + "Z" if t else None  # type: ignore[union-attr]  # noqa: E731
         out = []
         for (ref, project, status, job_id, origin, attempts, http, code, message, details, wf, batch, not_before,
              created, updated, manifest, line, body) in rows:
@@ -145,7 +146,7 @@ class LedgerQueries:
                 "reference_id": ref, "project_id": project, "status": status, "job_id": job_id, "origin": origin,
                 "attempts": attempts, "http_status": http, "error_code": code, "error_message": message,
                 "error_details": _json_or_text(details), "work_flow_id": wf, "batch_id": batch,
-                "retry_after": iso(not_before), "created_at": iso(created), "updated_at": iso(updated),
+                "retry_after": _iso(not_before), "created_at": _iso(created), "updated_at": _iso(updated),
                 "manifest": manifest, "manifest_line": line, "payload": _json_or_text(body),
             })
         return out
@@ -242,6 +243,12 @@ def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
         "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
     }
+
+
+def _iso(value: Any) -> str | None:
+    """A stored time as ISO 8601 UTC (`…Z`), or None."""
+    when = _dt(value)
+    return when.isoformat() + "Z" if when is not None else None
 
 
 def _json_or_text(value: str | None) -> Any:

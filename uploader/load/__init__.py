@@ -11,9 +11,13 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.load.merge import LoadReport, ManifestLike, load_manifest
-    from uploader.load.prepare import PreparedLoad, load, prepare_load
-    from uploader.load.slices import Production
+    from uploader.load.merge import LoadReport as LoadReport
+    from uploader.load.merge import ManifestLike as ManifestLike
+    from uploader.load.merge import load_manifest as load_manifest
+    from uploader.load.prepare import PreparedLoad as PreparedLoad
+    from uploader.load.prepare import load as load
+    from uploader.load.prepare import prepare_load as prepare_load
+    from uploader.load.slices import Production as Production
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {

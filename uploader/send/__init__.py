@@ -8,8 +8,13 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.send.runner import reconcile, run_upload, run_upload_async
-    from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
+    from uploader.send.runner import reconcile as reconcile
+    from uploader.send.runner import run_upload as run_upload
+    from uploader.send.runner import run_upload_async as run_upload_async
+    from uploader.send.submit import Progress as Progress
+    from uploader.send.submit import RunOptions as RunOptions
+    from uploader.send.submit import RunSummary as RunSummary
+    from uploader.send.submit import StopFlag as StopFlag
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
