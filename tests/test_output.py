@@ -19,6 +19,7 @@ from tests.reliability.harness import write_images
 from uploader.cli.commands import cli
 from uploader.cli.output import plural, rows_are
 from uploader.ledger import Ledger, Result, Status
+from uploader.sandbox import Sandbox, SandboxConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_manifests"
@@ -105,6 +106,13 @@ def test_json_errors_leave_a_json_document_on_stdout(tmp_path: Path):
     assert result.exit_code == 1 and json.loads(result.stdout)["exit"] == 1
     result = invoke("status", "--ledger", str(tmp_path / "l.db"), "--json", "--bogus")  # click's usage error
     assert result.exit_code == 2 and "--bogus" in json.loads(result.stdout)["error"]
+    with Sandbox(SandboxConfig(api_key="right")) as box:  # stopped by the API: the summary, with the error
+        result = invoke("run", str(SAMPLES / "images.csv"), *LOAD, "--ledger", str(tmp_path / "k.db"), "--json",
+                        "--base-url", box.base_url, "--api-key", "wrong", "--default-batch")
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)  # one document
+    assert document["exit"] == 1 and "API key" in document["error"] and document["counts"]["pending"] == 12
+    assert json.loads(result.stderr.strip().splitlines()[-1])["error"] == document["error"]
     Path("uploader.toml").write_text("[default\n")  # an error while the options are read
     result = invoke("status", "--json")
     assert result.exit_code == 1 and json.loads(result.stderr)["error"].startswith("uploader.toml:1:")

@@ -21,8 +21,8 @@ import click
 from uploader.cli.config import envvar_names, read_profile, setting_key
 from uploader.errors import UploaderError
 
-__all__ = ["WORKFLOW", "UploaderCommand", "UploaderGroup", "command_keys", "common", "emit_error", "json_mode",
-           "quiet_mode"]
+__all__ = ["WORKFLOW", "UploaderCommand", "UploaderGroup", "command_keys", "common", "document_printed", "emit_error",
+           "json_mode", "quiet_mode"]
 
 #: The order `uploader --help` lists the commands in: the order they are used in.
 WORKFLOW = ("load", "run", "status", "export", "retry", "reconcile", "forget", "show", "config", "sandbox")
@@ -57,7 +57,8 @@ def quiet_mode(ctx: click.Context | None = None) -> bool:
 
 def emit_error(message: str, exit_code: int, as_json: bool, code: str | None = None) -> None:
     """An error as the user sees it: `error: …` on stderr; in JSON mode a JSON object on stderr, and the
-    same object on stdout, so that a program reading stdout always gets a JSON document."""
+    same object on stdout (unless the command already printed its document there, `document_printed`), so
+    that a program reading stdout always gets one JSON document."""
     if not as_json:
         click.echo(f"error: {message}", err=True)
         return
@@ -66,7 +67,15 @@ def emit_error(message: str, exit_code: int, as_json: bool, code: str | None = N
         document["code"] = code
     text = json.dumps(document, ensure_ascii=False)
     click.echo(text, err=True)
-    click.echo(text)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not common(ctx).get("document_printed"):
+        click.echo(text)
+
+
+def document_printed(ctx: click.Context | None = None) -> None:
+    """Note that the current command printed its JSON document on stdout (an error then goes to stderr only)."""
+    ctx = ctx or click.get_current_context()
+    common(ctx)["document_printed"] = True
 
 
 def command_keys(command: click.Command) -> dict[str, str]:

@@ -21,7 +21,7 @@ import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
-from uploader.cli.app import UploaderGroup, emit_error, json_mode, quiet_mode
+from uploader.cli.app import UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
 from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
@@ -364,11 +364,14 @@ def run(
         except FatalApiError as exc:
             display.close()
             partial = getattr(exc, "summary", None)  # the run's summary, when the fatal error carries one
-            if partial is not None and as_json:
-                print_summary(partial, as_json=True)
             hint = project_hint(exc, led, repeat_from_context())
+            message = f"{exc}\n{hint}" if hint is not None else str(exc)
+            if partial is not None and as_json:  # one document on stdout: the summary with the error
+                click.echo(json.dumps({**partial.as_dict(), "error": message, "exit": exc.exit_code,
+                                       "code": exc.code}, indent=2))
+                document_printed()
             if hint is not None:
-                raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
+                raise FatalApiError(message, exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)
