@@ -170,11 +170,23 @@ def test_legacy_playment_variables_still_work():
     assert got["base_url"]["value"] == "https://new.example.com"
 
 
-def test_retry_all_is_not_taken_from_the_environment(tmp_path: Path):
+def test_what_retry_and_forget_act_on_is_typed_only(tmp_path: Path):
+    """A profile's project_id (meant for load and run) or an exported variable never picks rows to forget or
+    retry."""
     ledger = tmp_path / "l.db"
     assert invoke("load", str(write_images(tmp_path / "m.csv", 2)), *LOAD, "--ledger", str(ledger)).exit_code == 0
     result = invoke("retry", "--ledger", str(ledger), env={"UPLOADER_ALL": "1", "UPLOADER_RETRY_ALL": "1"})
     assert result.exit_code == 2 and "--all" in result.stderr
+    Path("uploader.toml").write_text(f'[default]\nledger = "{ledger}"\nproject_id = "proj"\n')
+    result = invoke("forget", env={"UPLOADER_PROJECT_ID": "proj", "UPLOADER_FORGET_PROJECT_ID": "proj"})
+    assert result.exit_code == 2 and "give at least one filter" in result.stderr
+    assert json.loads(invoke("status", "--json").stdout)["total"] == 2
+    Path("uploader.toml").write_text('[default.forget]\nproject_id = "proj"\n')
+    result = invoke("status")
+    assert result.exit_code == 1 and "[default.forget] unknown setting 'project_id'" in result.stderr
+    Path("uploader.toml").write_text('[default.nope]\nledger = "x"\n')
+    result = invoke("status")
+    assert result.exit_code == 1 and "[default.nope] is no command's table" in result.stderr
 
 
 def run_with(box: Sandbox, tmp_path: Path, *extra: str, env: dict[str, str] | None = None, rows: int = 5):

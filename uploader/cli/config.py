@@ -208,6 +208,9 @@ def _check_profile(path: Path, profile: str, table: dict[str, Any],
                 _check_key(path, f"{profile}.{raw_key}", sub, set(commands[raw_key]) - TYPED_ONLY.get(raw_key, set()))
                 scope[sub] = (sub_value, f"{source}.{raw_key}")
             continue
+        if isinstance(value, dict):
+            raise ConfigFileError(f"{path}: [{profile}.{raw_key}] is no command's table; commands: "
+                                  f"{', '.join(sorted(commands))}")
         if key not in shared:
             owners = sorted(c for c, keys in commands.items() if key in keys)
             if owners:
