@@ -145,7 +145,7 @@ def test_the_api_key_is_shown_as_set_or_unset_never_its_value():
 def test_every_option_reads_an_uploader_environment_variable():
     """Every option of every command names its variable (shown in --help); the filters of the commands that
     reset or remove rows are typed only (an exported variable must not pick rows to forget or retry)."""
-    typed_only = {("retry", "--error-code"), ("retry", "--all"), ("forget", "--project-id"),
+    typed_only = {("retry", "--error-code"), ("retry", "--all"), ("retry", "--blocked"), ("forget", "--project-id"),
                   ("forget", "--status"), ("forget", "--reference-id-file"), ("forget", "--manifest"),
                   ("forget", "--include-created"), ("forget", "--yes")}
     ctx = click.Context(cli)

@@ -9,6 +9,11 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.api.attachments import HostPacer as HostPacer
+    from uploader.api.attachments import UrlCheck as UrlCheck
+    from uploader.api.attachments import attachment_urls as attachment_urls
+    from uploader.api.attachments import check_urls as check_urls
+    from uploader.api.attachments import judge as judge
     from uploader.api.client import ApiClient as ApiClient
     from uploader.api.client import check_base_url as check_base_url
     from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
@@ -30,6 +35,11 @@ if TYPE_CHECKING:
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "HostPacer": "uploader.api.attachments",
+    "UrlCheck": "uploader.api.attachments",
+    "attachment_urls": "uploader.api.attachments",
+    "check_urls": "uploader.api.attachments",
+    "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.client",
     "DEFAULT_BASE_URL": "uploader.api.policy",

@@ -9,10 +9,11 @@ options, environment variables, profiles) in uploader.cli.app and uploader.cli.c
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
@@ -22,12 +23,14 @@ import click
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
-from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary
+from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary, rows_are
+from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
     from uploader.manifest import ManifestOptions
+    from uploader.send import PreflightOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -232,19 +235,28 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 @ledger_option
 @click.option("--error-code", "codes", multiple=True, help="Retry failed rows with this error code (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed row.")
+@click.option("--blocked", is_flag=True,
+              help="Release every blocked row (its attachment failed the preflight) once you have fixed it; "
+                   "the next preflight checks its URLs again.")
 @_handle_errors
-def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
-    """Put failed rows back to pending (attempts reset) so the next run sends them again."""
+def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked: bool) -> None:
+    """Put failed (or blocked) rows back to pending (attempts reset) so the next run sends them again."""
+    from uploader.cli.hints import repeat_from_context
     from uploader.cli.output import retry_report
 
-    if not codes and not everything:
-        raise UsageError("give --error-code CODE (repeatable) or --all")
-    from uploader.cli.hints import repeat_from_context
-
+    if not codes and not everything and not blocked:
+        raise UsageError("give --error-code CODE (repeatable), --all or --blocked")
     led = _open_ledger(ledger, create=False)
-    failed = led.failed_codes()  # before: the codes there were
-    n = led.retry(codes, everything)
-    retry_report(n, codes, failed, json_mode(), repeat_from_context())
+    released = None
+    if blocked:
+        from uploader.ledger import release_blocked
+
+        released = release_blocked(led.engine)
+    n, failed = None, {}
+    if codes or everything:
+        failed = led.failed_codes()  # before: the codes there were
+        n = led.retry(codes, everything)
+    retry_report(n, codes, failed, json_mode(), repeat_from_context(), blocked=released)
 
 
 def _api_options(func: F) -> F:
@@ -327,13 +339,21 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
                    "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
                    "ignored, never recorded).")
+@click.option("--preflight", is_flag=True,
+              help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
+                   "the rows whose image or frames would not open.")
+@click.option("--allow-blocked", is_flag=True,
+              help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
+                   "reported but not blocked.")
+@preflight_options
 @_handle_errors
 def run(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
     fmt: str | None, columns: tuple[str, ...], batch_name: str | None, default_batch: bool, ledger: str | None,
     api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool, use_sandbox: bool,
     timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
-    lease_seconds: float,
+    lease_seconds: float, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from uploader.cli.forgetting import project_hint
@@ -354,12 +374,24 @@ def run(
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
+        before_send = None
+        if allow_blocked:
+            from uploader.ledger import release_blocked
+
+            released = release_blocked(led.engine)
+            if released:
+                click.echo(f"--allow-blocked: {rows_are(released)} pending again", err=True)
+        if preflight:
+            settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
+                                          min_url_validity, block=not allow_blocked)
+            before_send = _preflight_step(settings, as_json or quiet, not allow_blocked)
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
                 batch_name=batch_name, on_load=None if as_json or quiet else print_load,
                 on_progress=display.update, default_batch=default_batch, stop=stop,
                 on_notice=lambda message: click.echo(message, err=True), manifest_label=manifest_label,
+                before_send=before_send,
             )
         except FatalApiError as exc:
             display.close()
@@ -383,7 +415,68 @@ def run(
                    err=True)
         sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
-    if counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]:
+    if (counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]
+            or counts.get("blocked")):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
+                    ) -> Callable[[Ledger], Awaitable[None]]:
+    """The run's `before_send`: the preflight, its report on stderr (JSON mode: nothing until the summary)."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.send import check_attachments
+
+    repeat = repeat_from_context()
+
+    async def step(led: Ledger) -> None:
+        report = await check_attachments(led, settings)
+        if not as_json:
+            print_preflight(report, False, repeat, blocking, err=True)
+
+    return step
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@ledger_option
+@preflight_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def check(
+    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
+    fmt: str | None, columns: tuple[str, ...], ledger: str | None, check_concurrency: int, per_host_rate: float,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, as_json: bool,
+) -> None:
+    """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
+    image or frames would not (exit 3 when any is blocked). Sends no job."""
+    import asyncio
+
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
+    from uploader.ledger import new_ledger_file
+    from uploader.load import load as load_manifest
+    from uploader.send import check_attachments
+
+    created = new_ledger_file(ledger) if manifest else None
+    led = _open_ledger(ledger, create=bool(manifest))
+    if manifest is not None:
+        options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+        with spooled_manifest(manifest, fmt) as (path, label):
+            try:
+                report = load_manifest(led, path or manifest, options, label)
+            except UploaderError:
+                _discard_if_new(led, created)
+                raise
+        if not as_json:
+            print_load(report)
+    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    result = asyncio.run(check_attachments(led, settings))
+    if as_json:
+        print_preflight(result, True)
+    else:
+        print_preflight(result, False, repeat_from_context())
+    if result.bad_rows:
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -73,7 +73,7 @@ SHARED = frozenset({
 #: environment or a profile (command → setting keys).
 TYPED_ONLY: Mapping[str, frozenset[str]] = {
     "forget": frozenset({"project_id", "status", "reference_id_file", "manifest", "include_created", "yes"}),
-    "retry": frozenset({"error_code", "all"}),
+    "retry": frozenset({"error_code", "all", "blocked"}),
 }
 
 #: Never read from a config file (its value would sit in a file that gets shared); `profile` picks the file's table.

@@ -146,8 +146,12 @@ def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT
         f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
         f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
         + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
         + f"{c['pending'] + c['in_flight']} pending"
     )
+    if c.get("blocked"):
+        click.echo(f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
+                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
     run_ = d["this_run"]
     click.echo(
         f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
@@ -226,17 +230,29 @@ class ProgressDisplay:
             self.bar = None
 
 
-def retry_report(n: int, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,
-                 repeat: Repeat = NO_REPEAT) -> None:
-    """What `retry` did; for a code no failed row has, says so and lists the codes there are (`failed`:
-    failed rows per code, before the retry; the follow-up command repeats `repeat`'s options)."""
+def retry_report(n: int | None, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,
+                 repeat: Repeat = NO_REPEAT, blocked: int | None = None) -> None:
+    """What `retry` did: `n` failed rows (None: not asked) and `blocked` rows (None: not asked) pending again.
+    For a code no failed row has, says so and lists the codes there are (`failed`: failed rows per code,
+    before the retry). Follow-up commands repeat `repeat`'s options."""
     missing = [c for c in codes if c not in failed]
     if as_json:
-        click.echo(json.dumps({"pending_again": n, "codes_not_found": missing,
-                               "failed_codes": {str(k): v for k, v in failed.items()}}, indent=2))
+        document: dict[str, Any] = {}
+        if n is not None:
+            document.update(pending_again=n, codes_not_found=missing,
+                            failed_codes={str(k): v for k, v in failed.items()})
+        if blocked is not None:
+            document["blocked_pending_again"] = blocked
+        click.echo(json.dumps(document, indent=2))
+        return
+    run = repeat.command("run")
+    if blocked is not None:
+        click.echo(f"{plural(blocked, 'blocked row')} {'is' if blocked == 1 else 'are'} pending again; "
+                   f"`{run} --preflight` checks their attachments again and sends them.")
+    if n is None:
         return
     click.echo(f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
-               + (f"; `{repeat.command('run')}` sends them." if n else "."))
+               + (f"; `{run}` sends them." if n else "."))
     if missing:
         there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
         click.echo(f"no failed row has error code {', '.join(missing)}; "

@@ -12,12 +12,12 @@ from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from uploader.load.merge import LoadReport as LoadReport
-    from uploader.load.merge import ManifestLike as ManifestLike
     from uploader.load.merge import load_manifest as load_manifest
     from uploader.load.prepare import PreparedLoad as PreparedLoad
     from uploader.load.prepare import load as load
     from uploader.load.prepare import prepare_load as prepare_load
     from uploader.load.slices import Production as Production
+    from uploader.load.source import ManifestLike as ManifestLike
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -25,7 +25,7 @@ _EXPORTS = {
     "load": "uploader.load.prepare",
     "prepare_load": "uploader.load.prepare",
     "LoadReport": "uploader.load.merge",
-    "ManifestLike": "uploader.load.merge",
+    "ManifestLike": "uploader.load.source",
     "load_manifest": "uploader.load.merge",
     "Production": "uploader.load.slices",
 }

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.send.preflight import PreflightOptions as PreflightOptions
+    from uploader.send.preflight import PreflightReport as PreflightReport
+    from uploader.send.preflight import check_attachments as check_attachments
     from uploader.send.runner import reconcile as reconcile
     from uploader.send.runner import run_upload as run_upload
     from uploader.send.runner import run_upload_async as run_upload_async
@@ -18,6 +21,9 @@ if TYPE_CHECKING:
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "PreflightOptions": "uploader.send.preflight",
+    "PreflightReport": "uploader.send.preflight",
+    "check_attachments": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",
