@@ -67,6 +67,7 @@ API_KEY_ENV = ("UPLOADER_API_KEY", "PLAYMENT_API_KEY")
 SHARED = frozenset({
     "ledger", "api_key", "api_key_file", "base_url", "allow_http", "sandbox", "timeout", "max_retry_after",
     "project_id", "work_flow_id", "batch_id", "column", "profile", "json", "quiet", "verbose", "log_file",
+    "check_concurrency", "per_host_rate", "check_timeout", "recheck_after", "min_url_validity",  # check and run
 })
 
 #: Options only ever typed: what a command that removes or resets rows acts on is never inherited from the

@@ -11,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENT_FIELDS", "JsonLines", "configure_logging", "stderr_level"]
+__all__ = ["EVENT_FIELDS", "BarSafeStderr", "JsonLines", "configure_logging", "stderr_level"]
 
 #: The fields of a request record (uploader.send.submit) copied into a JSON line.
 EVENT_FIELDS = ("event", "reference_id", "project_id", "attempt", "http_status", "code", "latency_ms", "outcome")
@@ -23,6 +24,22 @@ EVENT_FIELDS = ("event", "reference_id", "project_id", "attempt", "http_status",
 def stderr_level(verbosity: int) -> int:
     """The level shown on stderr: warnings; -v adds answers that are not a success; -vv every request."""
     return {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+
+
+class BarSafeStderr(logging.Handler):
+    """Records on stderr, above a progress bar if one is drawn (tqdm.write clears and redraws it), so that -v
+    lines and the bar do not overwrite each other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            tqdm = sys.modules.get("tqdm")  # loaded only once a bar was drawn (uploader.cli.output)
+            if tqdm is not None:
+                tqdm.tqdm.write(line, file=sys.stderr)
+            else:
+                sys.stderr.write(line + "\n")
+        except Exception:  # noqa: BLE001 - logging's own contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 class JsonLines(logging.Formatter):
@@ -49,7 +66,7 @@ def configure_logging(verbosity: int, log_file: str | None) -> Callable[[], None
     logger = logging.getLogger("uploader")
     handlers: list[logging.Handler] = []
     if verbosity:
-        shown = logging.StreamHandler()
+        shown = BarSafeStderr()
         shown.setLevel(stderr_level(verbosity))
         shown.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handlers.append(shown)
