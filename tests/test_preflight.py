@@ -150,3 +150,40 @@ def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, b
 def test_duration_option_rejects_nonsense(tmp_path):
     result = CliRunner().invoke(cli, ["check", "--ledger", str(tmp_path / "l.db"), "--recheck-after", "soon"])
     assert result.exit_code == 2 and "not a duration" in result.output
+
+
+def test_status_counts_verdicts_and_rows_never_checked(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("a", files(box, "a.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 2, "urls": {}}
+    assert "2 pending rows never had their attachments checked" in invoke("status", "--ledger", str(ledger)).output
+    invoke("check", "--ledger", str(ledger))
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 0, "urls": {"http_error": 1, "ok": 1}}
+    # A changed payload must be checked again.
+    m2 = write_manifest(tmp_path / "m2.csv", [("a", files(box, "a2.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m2), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"]["never_checked"] == 1 and status["counts"]["blocked"] == 1
+
+
+def test_check_sample_checks_n_urls_per_host_and_blocks_nothing(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    rows = [(f"ok{i}", files(box, f"ok{i}.jpg")) for i in range(30)]
+    rows += [(f"bad{i}", f"http://localhost:{box.base_url.rsplit(':', 1)[1]}/_sandbox/files/x{i}.jpg?status=404")
+             for i in range(10)]
+    m = write_manifest(tmp_path / "m.csv", rows)
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    result = invoke("check", "--ledger", str(ledger), "--sample", "4", "--json")
+    assert result.exit_code == 0, result.output
+    hosts = json.loads(result.output)
+    assert set(hosts) == {box.base_url.split("//")[1], f"localhost:{box.base_url.rsplit(':', 1)[1]}"}
+    good, bad = hosts[box.base_url.split("//")[1]], hosts[f"localhost:{box.base_url.rsplit(':', 1)[1]}"]
+    assert (good["urls"], good["checked"], good["failure_rate"]) == (30, 4, 0.0)
+    assert (bad["urls"], bad["checked"], bad["failure_rate"]) == (10, 4, 1.0) and "HTTP 404" in bad["example"]
+    assert box.stats()["file_requests"]["HEAD"] - before == 8
+    assert {s for s, _, _ in statuses(ledger).values()} == {"pending"}  # nothing blocked
+    assert url_checks(ledger) == 8  # the verdicts are kept for the full check

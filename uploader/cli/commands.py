@@ -183,11 +183,12 @@ def _discard_if_new(led: Ledger, created: Path | None) -> None:
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
     from uploader.cli.hints import repeat_from_context
-    from uploader.ledger import project_counts
+    from uploader.ledger import never_checked, project_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
+    attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
     print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
-                 quiet=quiet_mode())
+                 attachments=attachments, quiet=quiet_mode())
 
 
 @cli.command()
@@ -441,12 +442,16 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @_manifest_options
 @ledger_option
 @preflight_options
+@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
+              help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
+                   "for manifests too big to check whole.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def check(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
     fmt: str | None, columns: tuple[str, ...], ledger: str | None, check_concurrency: int, per_host_rate: float,
-    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, as_json: bool,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, sample: int | None,
+    as_json: bool,
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
@@ -471,6 +476,12 @@ def check(
         if not as_json:
             print_load(report)
     settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    if sample is not None:
+        from uploader.cli.preflight import print_sample
+        from uploader.send import sample_attachments
+
+        print_sample(asyncio.run(sample_attachments(led, sample, settings)), as_json)
+        return
     result = asyncio.run(check_attachments(led, settings))
     if as_json:
         print_preflight(result, True)
@@ -648,3 +659,13 @@ def config(ctx: click.Context, command: str) -> None:
 
 def main() -> None:
     cli(prog_name="uploader")
+
+
+def _register_late_commands() -> None:
+    """Commands defined in their own modules (they use this module's helpers, so they come after it)."""
+    from uploader.cli.planning import plan_command
+
+    cli.add_command(plan_command)
+
+
+_register_late_commands()

@@ -81,7 +81,8 @@ def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -
 
 
 def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
-                 projects: dict[str, dict[str, int]] | None = None, quiet: bool = False) -> None:
+                 projects: dict[str, dict[str, int]] | None = None,
+                 attachments: dict[str, Any] | None = None, quiet: bool = False) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
     `quiet`, the counts in one line."""
@@ -90,6 +91,8 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         data = report.as_dict()
         if by_project:
             data["projects"] = by_project
+        if attachments is not None:
+            data["attachments"] = attachments
         click.echo(json.dumps(data, indent=2))
         return
     if quiet:
@@ -129,9 +132,25 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
         click.echo(conflict_hint(report.counts["conflict"], repeat))
+    if attachments is not None:
+        _print_attachments(attachments, report.counts.get("blocked", 0), repeat)
     if report.counts.get("failed"):
         click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
                    f"`{repeat.command('retry --all')}`.")
+
+
+def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat) -> None:
+    """The preflight's part of `status`: URL verdicts, blocked rows, rows never checked."""
+    urls = attachments["urls"]
+    if urls:
+        click.echo("attachment URLs checked: " + ", ".join(f"{n} {verdict}" for verdict, n in urls.items()))
+    if blocked:
+        click.echo(f"{rows_are(blocked)} blocked (an attachment failed its check): "
+                   f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
+                   f"`{repeat.command('retry --blocked')}`.")
+    if attachments["never_checked"]:
+        click.echo(f"{plural(attachments['never_checked'], 'pending row')} never had their attachments checked: "
+                   f"`{repeat.command('check')}` checks them (or `run --preflight`).")
 
 
 def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:

@@ -18,8 +18,8 @@ from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import utcnow
 
-__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "pending_payloads", "record_verdicts",
-           "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
+__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "never_checked", "pending_payloads",
+           "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
 
 #: Rows read per page of `pending_payloads`, and keys bound per statement.
 _PAGE = 2000
@@ -38,8 +38,11 @@ _UPSERT = text(
 )
 _BLOCK = text(
     f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = :code, error_message = :message, "
-    f"error_details = NULL, http_status = NULL, updated_at = :now WHERE id = :id AND status = '{Status.PENDING.value}'"
+    "error_details = NULL, http_status = NULL, checked_at = :now, updated_at = :now "
+    f"WHERE id = :id AND status = '{Status.PENDING.value}'"
 )
+_MARK_CHECKED = text(f"UPDATE jobs SET checked_at = :now WHERE id = :id AND status = '{Status.PENDING.value}'")
+_NEVER_CHECKED = text(f"SELECT COUNT(*) FROM jobs WHERE status = '{Status.PENDING.value}' AND checked_at IS NULL")
 _RELEASE = text(
     f"UPDATE jobs SET status = '{Status.PENDING.value}', error_code = NULL, error_message = NULL, "
     f"updated_at = :now WHERE status = '{Status.BLOCKED.value}'"
@@ -115,15 +118,25 @@ def record_verdicts(engine: Engine, verdicts: Sequence[UrlVerdict]) -> None:
         conn.execute(_UPSERT, [{**v._asdict(), "url_hash": url_hash(v.url)} for v in verdicts])
 
 
-def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]]) -> int:
-    """pending → blocked for each (row id, error code, message); a row no longer pending is left alone.
-    Returns how many rows were blocked."""
-    if not blocks:
+def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]], good: Sequence[int] = ()) -> int:
+    """pending → blocked for each (row id, error code, message), and the `good` rows marked checked, in one
+    transaction; a row no longer pending is left alone. Returns how many rows were blocked."""
+    if not blocks and not good:
         return 0
     now = utcnow()
     with write_tx(engine) as conn:
+        if good:
+            conn.execute(_MARK_CHECKED, [{"id": i, "now": now} for i in good])
+        if not blocks:
+            return 0
         result = conn.execute(_BLOCK, [{"id": i, "code": c, "message": m, "now": now} for i, c, m in blocks])
         return int(result.rowcount)
+
+
+def never_checked(engine: Engine) -> int:
+    """Pending rows whose attachments no preflight has checked (or whose payload changed since)."""
+    with read_tx(engine) as conn:
+        return int(conn.execute(_NEVER_CHECKED).scalar_one())
 
 
 def release_blocked(engine: Engine) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from uploader.api import attachment_urls, check_urls
 from uploader.ledger import (
@@ -29,7 +31,8 @@ from uploader.manifest import SignedUrlError, url_expiry
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
 
-__all__ = ["PreflightOptions", "PreflightReport", "check_attachments", "row_problem"]
+__all__ = ["HostSample", "PreflightOptions", "PreflightReport", "check_attachments", "row_problem",
+           "sample_attachments"]
 
 #: Verdicts stored per URL in one transaction.
 _RECORD_GROUP = 500
@@ -112,7 +115,8 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
                 fresh = []
         record_verdicts(ledger.engine, fresh)
         report.checked += len(fresh)
-        blocks = []
+        blocks: list[tuple[int, str, str]] = []
+        good: list[int] = []
         for row_id, ref, urls in row_urls:
             report.rows += 1
             report.url_uses += len(urls)
@@ -125,8 +129,10 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
                 if len(report.examples) < _EXAMPLES:
                     report.examples.append((ref, problem[1]))
                 blocks.append((row_id, *problem))
+            else:
+                good.append(row_id)
         if options.block:
-            report.blocked += block_rows(ledger.engine, blocks)
+            report.blocked += block_rows(ledger.engine, blocks, good)
         if on_progress is not None:
             on_progress(report.rows, report.checked)
     return report
@@ -140,3 +146,54 @@ def _note_expiry(report: PreflightReport, urls: list[str]) -> None:
             continue
         if expiry is not None and (report.earliest_expiry is None or expiry.expires < report.earliest_expiry):
             report.earliest_expiry = expiry.expires
+
+
+@dataclass
+class HostSample:
+    """A host's sampled URLs: how many exist among pending rows, how many were checked, their verdicts."""
+
+    urls: int = 0
+    checked: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    example: str | None = None  #: "url: reason" of one bad URL
+
+    @property
+    def failure_rate(self) -> float:
+        return 1 - self.verdicts["ok"] / self.checked if self.checked else 0.0
+
+
+async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOptions | None = None,
+                             rng: random.Random | None = None) -> dict[str, HostSample]:
+    """Check `per_host` random attachment URLs of each host among the pending rows (reservoir sampling:
+    memory is hosts × per_host) and store their verdicts; blocks nothing. For manifests too big to check
+    whole: the failure rate per host says whether a full check (or a fix) is needed."""
+    options = options or PreflightOptions()
+    rng = rng or random.Random()
+    hosts: dict[str, HostSample] = {}
+    reservoirs: dict[str, list[str]] = {}
+    for page in pending_payloads(ledger.engine):
+        for _, _, payload in page:
+            for url in attachment_urls(json.loads(payload)):
+                host = urlsplit(url).netloc.lower()
+                sample = hosts.setdefault(host, HostSample())
+                reservoir = reservoirs.setdefault(host, [])
+                sample.urls += 1
+                if len(reservoir) < per_host:
+                    reservoir.append(url)
+                else:
+                    j = rng.randrange(sample.urls)
+                    if j < per_host:
+                        reservoir[j] = url
+    chosen = list(dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir))
+    verdicts: list[UrlVerdict] = []
+    async for c in check_urls(chosen, concurrency=options.concurrency, per_host_rate=options.per_host_rate,
+                              timeout=options.timeout, max_redirects=options.max_redirects):
+        verdicts.append(UrlVerdict(c.url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
+        sample = hosts[urlsplit(c.url).netloc.lower()]
+        sample.checked += 1
+        sample.verdicts[c.verdict] += 1
+        if c.verdict != "ok" and sample.example is None:
+            sample.example = f"{c.url}: {c.detail}"
+    for i in range(0, len(verdicts), _RECORD_GROUP):
+        record_verdicts(ledger.engine, verdicts[i:i + _RECORD_GROUP])
+    return hosts
