@@ -90,7 +90,7 @@ def test_retry_blocked_releases_and_rechecks(box, tmp_path):
                                                    ("ok", files(box, "a.jpg"))])
     assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
     result = invoke("retry", "--blocked", "--ledger", str(ledger))
-    assert result.exit_code == 0 and "1 blocked rows are pending again" in result.output
+    assert result.exit_code == 0 and "1 blocked row is pending again" in result.output
     assert statuses(ledger)["gone"] == ("pending", None, None)
     before = box.stats()["file_requests"].get("HEAD", 0)
     # Still broken: the preflight of the run checks the URL again (its bad verdict was dropped) and blocks it.

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import random
 import signal
 import time
@@ -52,6 +53,9 @@ from uploader.send.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
     from uploader.api import ApiClient
+
+#: One record per API answer (_log_answer); the library adds no handler: the CLI does (uploader.cli.logs).
+log = logging.getLogger("uploader.send")
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
            "outcome_for", "submit"]
@@ -122,6 +126,7 @@ class StopFlag:
         self.gentle = False
         self.hard = False
         self.reason: str | None = None
+        self.signum: int | None = None  #: the first signal that tripped it (the CLI exits 128 + it)
         self._waiters: list[asyncio.Task[Any]] = []
         self._wakers: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -436,11 +441,14 @@ class _Run:
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
+            sent_at = time.monotonic()
             result = await self.client.create_job(claim.project_id, body_for_send(claim.body, claim.batch_id))
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
         decision = classify(result, reference_id=claim.reference_id)
+        if log.isEnabledFor(logging.INFO):
+            _log_answer(claim, result, decision, time.monotonic() - sent_at)
         if result.http_status is not None:
             self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
         delay = 0.0
@@ -660,6 +668,7 @@ def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
     previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: Any) -> None:
+        stop.signum = stop.signum or signum
         stop.trip()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -668,6 +677,20 @@ def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
         except (ValueError, OSError):  # not the main thread
             pass
     return previous
+
+
+def _log_answer(claim: Claim, result: ApiResult, decision: Decision, seconds: float) -> None:
+    """One record per API answer on the `uploader.send` logger: DEBUG for a success, INFO otherwise (the CLI's
+    -v shows the second, -vv both, --log-file writes both as JSON lines). Never the key or the payload."""
+    ok = decision.verdict is Verdict.SUCCEEDED
+    log.log(
+        logging.DEBUG if ok else logging.INFO,
+        "%s attempt %d: HTTP %s %s (%.0f ms)", claim.reference_id, claim.attempts, result.http_status,
+        decision.code or decision.verdict.value, seconds * 1000,
+        extra={"event": "request", "reference_id": claim.reference_id, "project_id": claim.project_id,
+               "attempt": claim.attempts, "http_status": result.http_status, "code": decision.code,
+               "latency_ms": round(seconds * 1000, 1), "outcome": decision.verdict.value},
+    )
 
 
 class _FatalWithSummary(FatalApiError):
