@@ -69,6 +69,13 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
             data["projects"] = by_project
         click.echo(json.dumps(data, indent=2))
         return
+    _print_counts(report, by_project)
+    _print_activity(report)
+    _print_follow_ups(report, repeat)
+
+
+def _print_counts(report: StatusReport, by_project: dict[str, dict[str, int]] | None) -> None:
+    """`status`: the state counts, per project too, and the error codes."""
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
@@ -81,6 +88,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
             click.echo(f"  {code:<24} {n}")
+
+
+def _print_activity(report: StatusReport) -> None:
+    """`status`: the oldest pending row, the last activity, and the live workers."""
     if report.oldest_pending:
         click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
     if report.last_activity:
@@ -93,6 +104,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
             f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
             f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
         )
+
+
+def _print_follow_ups(report: StatusReport, repeat: Repeat) -> None:
+    """`status`: what to do about uncertain, conflict and failed rows (and where the jobs came from)."""
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
