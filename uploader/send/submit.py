@@ -252,12 +252,7 @@ class _Run:
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
-        try:
-            self.owner = self.ledger.register_worker()
-        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
-            if exc.interrupted:
-                raise InterruptedRun() from None
-            raise
+        self.owner = self._register()
         self.stop._wakers.append(self.pacer.wake)
         side: dict[asyncio.Task[Any], str] = {}
 
@@ -284,24 +279,7 @@ class _Run:
             for task in [*senders, *helpers, claimer, drain]:
                 task.cancel()
             await asyncio.gather(*senders, *helpers, claimer, drain, return_exceptions=True)
-            # Each step on its own: a ledger that refused one write (disk full) may still take the next,
-            # and whatever is not written stays in_flight, sent again by the next run: at once, as the
-            # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
-            self.closing_since = time.monotonic()
-            for step in (self._flush, lambda: self.ledger.release(self.owner),
-                         lambda: self.ledger.stop_worker(self.owner)):
-                try:
-                    step()
-                except LedgerError as exc:
-                    self._halt(exc)
-            if self.results and self.ledger_error is None:
-                self.progress.notices.append(
-                    f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
-                    "recorded and the rows this run held stay in flight; the next run sends them again (the "
-                    "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
-                )
-            if on_progress:
-                on_progress(self.progress)
+            self._close(on_progress)
         if self.failed_task is not None:
             raise self.failed_task
         if self.ledger_error is not None:
@@ -310,6 +288,36 @@ class _Run:
                 "that were in the air are sent again (without duplicates) by the next run. Fix the cause "
                 "(e.g. free disk space), then run the same command again."
             ) from self.ledger_error
+
+    def _register(self) -> str:
+        """Register this run as a worker in the ledger; its owner token."""
+        try:
+            return self.ledger.register_worker()
+        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
+            if exc.interrupted:
+                raise InterruptedRun() from None
+            raise
+
+    def _close(self, on_progress: Callable[[Progress], None] | None) -> None:
+        """After the run's tasks ended: record the last results, release the rows still held, sign off."""
+        # Each step on its own: a ledger that refused one write (disk full) may still take the next,
+        # and whatever is not written stays in_flight, sent again by the next run: at once, as the
+        # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
+        self.closing_since = time.monotonic()
+        for step in (self._flush, lambda: self.ledger.release(self.owner),
+                     lambda: self.ledger.stop_worker(self.owner)):
+            try:
+                step()
+            except LedgerError as exc:
+                self._halt(exc)
+        if self.results and self.ledger_error is None:
+            self.progress.notices.append(
+                f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
+                "recorded and the rows this run held stay in flight; the next run sends them again (the "
+                "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
+            )
+        if on_progress:
+            on_progress(self.progress)
 
     async def _drain(self, claimer: asyncio.Task[Any]) -> None:
         """The run's main line: claim until nothing is left, wait for the senders, then the last lookups."""
