@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from uploader.ledger.loading import MERGE_CHANGED as MERGE_CHANGED
     from uploader.ledger.loading import MERGE_COUNTS as MERGE_COUNTS
     from uploader.ledger.loading import MERGE_NEW as MERGE_NEW
+    from uploader.ledger.loading import PLAN_COUNTS as PLAN_COUNTS
+    from uploader.ledger.loading import PLAN_SENDABLE as PLAN_SENDABLE
     from uploader.ledger.loading import RECORD_MANIFEST as RECORD_MANIFEST
     from uploader.ledger.loading import insert_new as insert_new
     from uploader.ledger.loading import manifest_row as manifest_row
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import UrlVerdict as UrlVerdict
     from uploader.ledger.preflight import block_rows as block_rows
     from uploader.ledger.preflight import blocked_rows as blocked_rows
+    from uploader.ledger.preflight import expiring_rows as expiring_rows
+    from uploader.ledger.preflight import never_checked as never_checked
     from uploader.ledger.preflight import pending_payloads as pending_payloads
     from uploader.ledger.preflight import record_verdicts as record_verdicts
     from uploader.ledger.preflight import release_blocked as release_blocked
@@ -115,6 +119,8 @@ _EXPORTS = {
     "MERGE_COUNTS": "uploader.ledger.loading",
     "MERGE_NEW": "uploader.ledger.loading",
     "MERGE_CHANGED": "uploader.ledger.loading",
+    "PLAN_COUNTS": "uploader.ledger.loading",
+    "PLAN_SENDABLE": "uploader.ledger.loading",
     "insert_new": "uploader.ledger.loading",
     "manifest_row": "uploader.ledger.loading",
     "merge_examples": "uploader.ledger.loading",
@@ -151,6 +157,8 @@ _EXPORTS = {
     "UrlVerdict": "uploader.ledger.preflight",
     "block_rows": "uploader.ledger.preflight",
     "blocked_rows": "uploader.ledger.preflight",
+    "never_checked": "uploader.ledger.preflight",
+    "expiring_rows": "uploader.ledger.preflight",
     "pending_payloads": "uploader.ledger.preflight",
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",

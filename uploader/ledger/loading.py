@@ -23,6 +23,8 @@ __all__ = [
     "MERGE_CHANGED",
     "MERGE_COUNTS",
     "MERGE_NEW",
+    "PLAN_COUNTS",
+    "PLAN_SENDABLE",
     "RECORD_MANIFEST",
     "insert_new",
     "manifest_row",
@@ -31,7 +33,7 @@ __all__ = [
 
 _PENDING = Status.PENDING.value
 #: The statuses whose rows a reload may give a new payload: nothing was created from them yet.
-_REPLACEABLE = f"('{Status.PENDING.value}', '{Status.FAILED.value}')"
+_REPLACEABLE = f"('{Status.PENDING.value}', '{Status.FAILED.value}', '{Status.BLOCKED.value}')"
 
 #: Whether the ledger holds any job.
 JOBS_ANY = "SELECT 1 FROM jobs LIMIT 1"
@@ -98,7 +100,8 @@ ORDER BY s.line LIMIT {int(limit)}
 MERGE_CHANGED = f"""
 UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_flow_id = s.work_flow_id,
   batch_id = s.batch_id, status = '{_PENDING}', attempts = 0, not_before = NULL, error_code = NULL,
-  error_message = NULL, error_details = NULL, http_status = NULL, updated_at = :now,
+  error_message = NULL, error_details = NULL, http_status = NULL, checked_at = NULL, expires_at = NULL,
+  updated_at = :now,
   manifest_id = :mid, manifest_line = s.line
 FROM staging s
 WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
@@ -136,3 +139,28 @@ def insert_new(stamp: str, mid: int, slice_name: str | None = None) -> str:
         values = (f"SELECT project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, {constants}, "
                   f"line FROM ({slice_rows(slice_name)}) WHERE true")
     return f"INSERT INTO jobs ({JOB_COLUMNS}) {values} ON CONFLICT (project_id, reference_id) DO NOTHING"
+
+
+# --- a plan: what a load and a run would do, read only ---------------------------------------------------------
+
+#: Beyond MERGE_COUNTS, for `uploader plan`: (unchanged rows still pending, unchanged rows blocked, pending rows
+#: of the ledger that this manifest does not name).
+PLAN_COUNTS = f"""
+SELECT
+  (SELECT COUNT(*) FROM staging s JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+   WHERE j.body_hash = s.body_hash AND j.status = '{_PENDING}'),
+  (SELECT COUNT(*) FROM staging s JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+   WHERE j.body_hash = s.body_hash AND j.status = '{Status.BLOCKED.value}'),
+  (SELECT COUNT(*) FROM jobs j WHERE j.status = '{_PENDING}' AND NOT EXISTS
+     (SELECT 1 FROM staging s WHERE s.project_id = j.project_id AND s.reference_id = j.reference_id))
+"""
+
+#: (reference_id, payload, batch_id) of the manifest's rows a run would send after the load — new, changed
+#: (and replaceable), or unchanged and still pending — in manifest order.
+PLAN_SENDABLE = f"""
+SELECT s.reference_id, s.body, s.batch_id FROM staging s
+LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+WHERE j.id IS NULL OR (j.body_hash <> s.body_hash AND j.status IN {_REPLACEABLE})
+  OR (j.body_hash = s.body_hash AND j.status = '{_PENDING}')
+ORDER BY s.line
+"""

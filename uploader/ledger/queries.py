@@ -132,6 +132,39 @@ class LedgerQueries:
             rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
         return {code: n for code, n in rows}
 
+    def failed_codes(self) -> dict[str | None, int]:
+        """Failed rows per error code (None: failed without one), most frequent first."""
+        sql = (
+            f"SELECT error_code, COUNT(*) FROM jobs WHERE status = '{_FAILED}' GROUP BY error_code "
+            "ORDER BY COUNT(*) DESC"
+        )
+        with read_tx(self.engine) as conn:
+            return {code: n for code, n in conn.execute(text(sql))}
+
+    def row(self, reference_id: str, project_id: str | None = None) -> list[dict[str, Any]]:
+        """Every row with this reference_id (of `project_id`, if given) as `uploader show` prints it: the
+        payload and error details parsed from their JSON, times in ISO 8601 UTC."""
+        sql = (
+            "SELECT j.reference_id, j.project_id, j.status, j.job_id, j.origin, j.attempts, j.http_status, "
+            "j.error_code, j.error_message, j.error_details, j.work_flow_id, j.batch_id, j.not_before, "
+            "j.created_at, j.updated_at, m.path, j.manifest_line, j.body FROM jobs j "
+            "LEFT JOIN manifests m ON m.id = j.manifest_id WHERE j.reference_id = :ref"
+            + (" AND j.project_id = :project" if project_id is not None else "") + " ORDER BY j.id"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql), {"ref": reference_id, "project": project_id}).all()
+        out = []
+        for (ref, project, status, job_id, origin, attempts, http, code, message, details, wf, batch, not_before,
+             created, updated, manifest, line, body) in rows:
+            out.append({
+                "reference_id": ref, "project_id": project, "status": status, "job_id": job_id, "origin": origin,
+                "attempts": attempts, "http_status": http, "error_code": code, "error_message": message,
+                "error_details": _json_or_text(details), "work_flow_id": wf, "batch_id": batch,
+                "retry_after": _iso(not_before), "created_at": _iso(created), "updated_at": _iso(updated),
+                "manifest": manifest, "manifest_line": line, "payload": _json_or_text(body),
+            })
+        return out
+
     def status(self) -> StatusReport:
         counts = self.counts()
         codes = self.error_codes()
@@ -225,6 +258,22 @@ def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
         "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
     }
+
+
+def _iso(value: Any) -> str | None:
+    """A stored time as ISO 8601 UTC (`…Z`), or None."""
+    when = _dt(value)
+    return when.isoformat() + "Z" if when is not None else None
+
+
+def _json_or_text(value: str | None) -> Any:
+    """A stored JSON text parsed (the payload, an error's details); kept as text if it is not JSON."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _dt(value: Any) -> dt.datetime | None:

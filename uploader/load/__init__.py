@@ -13,6 +13,8 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.load.merge import LoadReport as LoadReport
     from uploader.load.merge import load_manifest as load_manifest
+    from uploader.load.plan import LoadPlan as LoadPlan
+    from uploader.load.plan import plan_manifest as plan_manifest
     from uploader.load.prepare import PreparedLoad as PreparedLoad
     from uploader.load.prepare import load as load
     from uploader.load.prepare import prepare_load as prepare_load
@@ -28,6 +30,8 @@ _EXPORTS = {
     "ManifestLike": "uploader.load.source",
     "load_manifest": "uploader.load.merge",
     "Production": "uploader.load.slices",
+    "LoadPlan": "uploader.load.plan",
+    "plan_manifest": "uploader.load.plan",
 }
 
 __all__ = list(_EXPORTS)
