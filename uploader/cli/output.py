@@ -98,6 +98,13 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
     if quiet:
         click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
         return
+    _print_counts(report, by_project)
+    _print_activity(report)
+    _print_follow_ups(report, repeat, attachments)
+
+
+def _print_counts(report: StatusReport, by_project: dict[str, dict[str, int]] | None) -> None:
+    """`status`: the state counts, per project too, and the error codes."""
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
@@ -110,6 +117,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
             click.echo(f"  {code:<24} {n}")
+
+
+def _print_activity(report: StatusReport) -> None:
+    """`status`: the oldest pending row, the last activity, and the live workers."""
     if report.oldest_pending:
         click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
     if report.last_activity:
@@ -122,6 +133,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
             f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
             f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
         )
+
+
+def _print_follow_ups(report: StatusReport, repeat: Repeat, attachments: dict[str, Any] | None) -> None:
+    """`status`: what to do about uncertain, conflict, blocked and failed rows (and where the jobs came from)."""
     if report.counts.get("uncertain"):
         click.echo(
             f"{rows_are(report.counts['uncertain'])} uncertain: the job exists at the API but its job_id is not "

@@ -24,6 +24,14 @@ if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
 
 __all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
 
+#: Status words for the SQL below (f-strings over Status: one spelling of each state).
+_PENDING = Status.PENDING.value
+_IN_FLIGHT = Status.IN_FLIGHT.value
+_SUCCEEDED = Status.SUCCEEDED.value
+_FAILED = Status.FAILED.value
+_UNCERTAIN = Status.UNCERTAIN.value
+_CONFLICT = Status.CONFLICT.value
+
 #: A worker whose last heartbeat is older than this is not shown as live by `status`.
 LIVE_WORKER_SECONDS = 60
 
@@ -96,14 +104,16 @@ class LedgerQueries:
         another worker's row (it finishes it, or dies and the row is reclaimed). None: nothing will."""
         with read_tx(self.engine) as conn:
             # A row another run released (it stopped) after our last claim: claimable now, not "nothing".
-            if conn.execute(text("SELECT 1 FROM jobs WHERE status = 'pending' AND not_before IS NULL LIMIT 1")).first():
+            if conn.execute(
+                text(f"SELECT 1 FROM jobs WHERE status = '{_PENDING}' AND not_before IS NULL LIMIT 1")
+            ).first():
                 return utcnow()
             retry = conn.execute(
-                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+                text(f"SELECT MIN(not_before) FROM jobs WHERE status = '{_PENDING}' AND not_before IS NOT NULL")
             ).scalar_one()
             others = conn.execute(
                 text(
-                    "SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'in_flight' "
+                    f"SELECT MIN(lease_expires_at) FROM jobs WHERE status = '{_IN_FLIGHT}' "
                     "AND (lease_owner IS NULL OR lease_owner <> :owner)"
                 ),
                 {"owner": owner or ""},
@@ -114,7 +124,8 @@ class LedgerQueries:
     def error_codes(self, limit: int | None = None) -> dict[str, int]:
         """Error codes of rows that are failed, uncertain, in conflict or waiting to retry, most frequent first."""
         sql = (
-            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'conflict', 'pending') "
+            "SELECT error_code, COUNT(*) FROM jobs "
+            f"WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
             "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
         )
         with read_tx(self.engine) as conn:
@@ -123,7 +134,10 @@ class LedgerQueries:
 
     def failed_codes(self) -> dict[str | None, int]:
         """Failed rows per error code (None: failed without one), most frequent first."""
-        sql = "SELECT error_code, COUNT(*) FROM jobs WHERE status = 'failed' GROUP BY error_code ORDER BY COUNT(*) DESC"
+        sql = (
+            f"SELECT error_code, COUNT(*) FROM jobs WHERE status = '{_FAILED}' GROUP BY error_code "
+            "ORDER BY COUNT(*) DESC"
+        )
         with read_tx(self.engine) as conn:
             return {code: n for code, n in conn.execute(text(sql))}
 
@@ -155,12 +169,12 @@ class LedgerQueries:
         counts = self.counts()
         codes = self.error_codes()
         with read_tx(self.engine) as conn:
-            oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
+            oldest = conn.execute(text(f"SELECT MIN(created_at) FROM jobs WHERE status = '{_PENDING}'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
             origins = {o: n for o, n in conn.execute(text(
-                "SELECT origin, COUNT(*) FROM jobs WHERE status IN ('succeeded', 'conflict') AND origin IS NOT NULL "
-                "GROUP BY origin ORDER BY origin"))}
+                f"SELECT origin, COUNT(*) FROM jobs WHERE status IN ('{_SUCCEEDED}', '{_CONFLICT}') "
+                "AND origin IS NOT NULL GROUP BY origin ORDER BY origin"))}
             now = utcnow()
             workers = [
                 _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
@@ -179,7 +193,8 @@ class LedgerQueries:
         groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
         with read_tx(self.engine) as conn:
             for rid, project, batch, ref in conn.execute(
-                text("SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = 'uncertain' ORDER BY id")
+                text(f"SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = '{_UNCERTAIN}' "
+                     "ORDER BY id")
             ):
                 groups.setdefault((project, batch), []).append((rid, ref))
         return [(p, b, rows) for (p, b), rows in groups.items()]

@@ -155,15 +155,20 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
         verdict = UrlVerdict(c.url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
         fresh.append(verdict)
         report.verdicts[c.verdict] += 1
-        for page in in_flight.pop(c.url):
-            page.known[c.url] = verdict
-            page.waiting -= 1
-            if page.waiting == 0 and not page.feeding:
-                ready.append(page)
+        _hand_out(verdict, in_flight.pop(c.url), ready)
         if ready or len(fresh) >= _RECORD_GROUP:
             settle()
     settle()
     return report
+
+
+def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> None:
+    """Give a URL's verdict to the pages waiting for it; a fed page with no verdict left to wait for is ready."""
+    for page in pages:
+        page.known[verdict.url] = verdict
+        page.waiting -= 1
+        if page.waiting == 0 and not page.feeding:
+            ready.append(page)
 
 
 def _settle_page(ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport,

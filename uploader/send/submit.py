@@ -257,12 +257,7 @@ class _Run:
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
-        try:
-            self.owner = self.ledger.register_worker()
-        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
-            if exc.interrupted:
-                raise InterruptedRun() from None
-            raise
+        self.owner = self._register()
         self.stop._wakers.append(self.pacer.wake)
         side: dict[asyncio.Task[Any], str] = {}
 
@@ -289,24 +284,7 @@ class _Run:
             for task in [*senders, *helpers, claimer, drain]:
                 task.cancel()
             await asyncio.gather(*senders, *helpers, claimer, drain, return_exceptions=True)
-            # Each step on its own: a ledger that refused one write (disk full) may still take the next,
-            # and whatever is not written stays in_flight, sent again by the next run: at once, as the
-            # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
-            self.closing_since = time.monotonic()
-            for step in (self._flush, lambda: self.ledger.release(self.owner),
-                         lambda: self.ledger.stop_worker(self.owner)):
-                try:
-                    step()
-                except LedgerError as exc:
-                    self._halt(exc)
-            if self.results and self.ledger_error is None:
-                self.progress.notices.append(
-                    f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
-                    "recorded and the rows this run held stay in flight; the next run sends them again (the "
-                    "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
-                )
-            if on_progress:
-                on_progress(self.progress)
+            self._close(on_progress)
         if self.failed_task is not None:
             raise self.failed_task
         if self.ledger_error is not None:
@@ -315,6 +293,36 @@ class _Run:
                 "that were in the air are sent again (without duplicates) by the next run. Fix the cause "
                 "(e.g. free disk space), then run the same command again."
             ) from self.ledger_error
+
+    def _register(self) -> str:
+        """Register this run as a worker in the ledger; its owner token."""
+        try:
+            return self.ledger.register_worker()
+        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
+            if exc.interrupted:
+                raise InterruptedRun() from None
+            raise
+
+    def _close(self, on_progress: Callable[[Progress], None] | None) -> None:
+        """After the run's tasks ended: record the last results, release the rows still held, sign off."""
+        # Each step on its own: a ledger that refused one write (disk full) may still take the next,
+        # and whatever is not written stays in_flight, sent again by the next run: at once, as the
+        # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
+        self.closing_since = time.monotonic()
+        for step in (self._flush, lambda: self.ledger.release(self.owner),
+                     lambda: self.ledger.stop_worker(self.owner)):
+            try:
+                step()
+            except LedgerError as exc:
+                self._halt(exc)
+        if self.results and self.ledger_error is None:
+            self.progress.notices.append(
+                f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
+                "recorded and the rows this run held stay in flight; the next run sends them again (the "
+                "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
+            )
+        if on_progress:
+            on_progress(self.progress)
 
     async def _drain(self, claimer: asyncio.Task[Any]) -> None:
         """The run's main line: claim until nothing is left, wait for the senders, then the last lookups."""
@@ -435,6 +443,20 @@ class _Run:
                 self.busy -= 1
                 self.queue.task_done()
 
+    def _unreachable(self, decision: Decision) -> tuple[float, Decision]:
+        """The request never reached the API: the API is down, not the row. Pause every sender and do not
+        count the attempt (as for a 429), or a restart of a few seconds would fail whole batches; stop the run
+        once the API has been unreachable for too long. Returns the pause and the decision to record."""
+        self.progress.unreachable += 1
+        delay, down_for = self.pacer.unreachable()
+        if down_for is not None and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"cannot connect to the API for {down_for:.0f} s ({decision.message}). Nothing was marked "
+                "failed; run the same command again once the API is reachable.",
+                decision.code,
+            )
+        return delay, Decision(Verdict.THROTTLED, decision.code, decision.message)
+
     async def _send(self, claim: Claim) -> None:
         if not await self.pacer.acquire(lambda: self._stopping):
             return  # left in_flight: released to pending at the end
@@ -473,17 +495,7 @@ class _Run:
                                                      project_id=claim.project_id)
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
-            # The request never reached the API: the API is down, not the row. Pause every sender and do
-            # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
-            self.progress.unreachable += 1
-            delay, down_for = self.pacer.unreachable()
-            if down_for is not None and self.fatal is None:
-                self.fatal = FatalApiError(
-                    f"cannot connect to the API for {down_for:.0f} s ({decision.message}). Nothing was marked "
-                    "failed; run the same command again once the API is reachable.",
-                    decision.code,
-                )
-            decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
+            delay, decision = self._unreachable(decision)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
             if hint is not None and retry_after_capped(hint, self.opts.max_retry_after):
