@@ -587,11 +587,20 @@ def forget(  # type: ignore[no-untyped-def]
 @click.option("--check-attachments", is_flag=True,
               help="Answer FS_0007 for a job whose image or frame is one of the sandbox's own files "
                    "(/_sandbox/files/...) that would not open.")
+@click.option("--complete-after", "complete_after_s", type=click.FloatRange(min=0),
+              help="Seconds after creation when a job becomes completed (or rejected); default: never.")
+@click.option("--complete-jitter", "complete_jitter_s", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, help="Each job completes up to this many seconds earlier or later.")
+@click.option("--reject-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Fraction of jobs that end rejected instead of completed.")
+@click.option("--result-failure", type=click.Choice(["403", "html"]),
+              help="Answer every result URL with a 403 or an HTML page (to test result downloads).")
 @_handle_errors
 def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
             html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
             legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
-            forbidden: tuple[str, ...], page_size: int, check_attachments: bool) -> None:
+            forbidden: tuple[str, ...], page_size: int, check_attachments: bool, complete_after_s: float | None,
+            complete_jitter_s: float, reject_rate: float, result_failure: str | None) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
@@ -601,7 +610,8 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
             html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
             slow_ms=slow_ms, legacy=legacy, retry_after_s=retry_after_s, seed=seed, state_file=state_file,
             projects=frozenset(projects) if projects else None, forbidden_projects=frozenset(forbidden),
-            page_size=page_size, check_attachments=check_attachments,
+            page_size=page_size, check_attachments=check_attachments, complete_after_s=complete_after_s,
+            complete_jitter_s=complete_jitter_s, reject_rate=reject_rate, result_failure=result_failure or "",
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -18,6 +18,10 @@ to this instead. It follows docs/api.md; where the API's documentation leaves a 
 - Faults model the gateway: they are decided before authentication, and refusals (429/500/502) never
   touch state. A client that disconnects during the injected latency cancels its request (no job).
 
+- Jobs are `created` until a lifecycle moves them (`complete_after_s`): halfway to their (jittered) due
+  time `in_progress`, then `completed` (or `rejected` at `reject_rate`). A completed job's `result` is
+  a keyless URL under `/_sandbox/results/` serving a JSON annotation; faults reach it with `faults_on_all`.
+
 Introspection: `GET /_sandbox/stats`, `/_sandbox/jobs`, `/_sandbox/health` (no key, never faulted or
 counted).
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from uploader.sandbox.files import PREFIX as FILES_PREFIX
 from uploader.sandbox.files import answer as file_answer
 from uploader.sandbox.files import parse_spec
 from uploader.sandbox.journal import Journal
+from uploader.sandbox.lifecycle import RESULTS_PREFIX
 from uploader.sandbox.state import ApiFailure, SandboxState, decode_body
 from uploader.sandbox.stats import Stats
 
@@ -71,10 +73,13 @@ class SandboxApp:
         self.stats = Stats()
         self.faults = FaultInjector(config)
         self.new_id: Callable[[], str] = _new_id
+        self.clock: Callable[[], float] = time.time
+        state.lifecycle = config.lifecycle()
 
     def reconfigure(self, config: SandboxConfig) -> None:
         self.config = config
         self.faults.reconfigure(config)
+        self.state.lifecycle = config.lifecycle()
 
     # -- responses ------------------------------------------------------------------------------
     def _json(self, status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -103,6 +108,8 @@ class SandboxApp:
         path = request.path
         if path.startswith(FILES_PREFIX):
             return await self._file(request, path)
+        if path.startswith(RESULTS_PREFIX):
+            return await self._result(request, path)
         if path.startswith("/_sandbox/"):
             return self._introspect(request.method, path)
         response, after = await self._api(request, path)
@@ -152,7 +159,9 @@ class SandboxApp:
         try:
             self._authorize(request.headers.get("x-api-key"), project_id)
             if name == CREATE_JOB:
-                data, record = self.state.create_job(project_id, body, self.new_id, self.config.check_attachments)
+                data, record = self.state.create_job(
+                    project_id, body, self.new_id, self.config.check_attachments, self.clock()
+                )
                 self.journal.append(record)
                 self.stats.jobs_created += 1
             elif name == CREATE_BATCH:
@@ -160,10 +169,10 @@ class SandboxApp:
                 self.journal.append(record)
                 self.stats.batches_created += 1
             elif name == GET_JOB:
-                data = self.state.get_job(project_id, resource_id)
+                data = self.state.get_job(project_id, resource_id, self.clock(), f"{request.scheme}://{request.host}")
             else:
                 token = request.query.get("page_token", "")
-                data = self.state.list_batch(project_id, resource_id, token, self.config.page_size)
+                data = self.state.list_batch(project_id, resource_id, token, self.config.page_size, self.clock())
         except ApiFailure as failure:
             if failure.code == "FS_0001":
                 self.stats.fs_0001_refusals += 1
@@ -178,6 +187,28 @@ class SandboxApp:
             raise ApiFailure("unauthorized", "the key has no access to this project", status=403)
         if config.projects is not None and project_id not in config.projects:
             raise ApiFailure("resource_error", "project not found", status=404)
+
+    async def _result(self, request: web.BaseRequest, path: str) -> web.Response:
+        """A completed job's annotation (keyless, like a signed URL); counted in `result_requests`. Faults apply
+        with `faults_on_all`; `result_failure` answers a 403 or an HTML page instead."""
+        self.stats.result_requests += 1
+        if self.config.faults_on_all:
+            decision = self.faults.decide()
+            if decision.delay_s > 0:
+                await asyncio.sleep(decision.delay_s)
+            if decision.refuse is not None:
+                return self._refusal(decision.refuse)
+        if self.config.result_failure == "403":
+            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>",
+                                content_type="application/xml")
+        if self.config.result_failure == "html":
+            return web.Response(status=200, body=b"<html><body>Please sign in</body></html>", headers=_HTML)
+        project_id, _, job_id = path[len(RESULTS_PREFIX):].partition("/")
+        try:
+            document = self.state.result(project_id, job_id, self.clock())
+        except ApiFailure as failure:
+            return web.Response(body=json.dumps(failure.envelope()).encode(), status=404, headers=_JSON)
+        return web.Response(body=json.dumps(document).encode(), status=200, headers=_JSON)
 
     async def _file(self, request: web.BaseRequest, path: str) -> web.Response:
         """An attachment (sandbox/files.py): keyless, counted in `file_requests`, not in the API's stats."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uploader.sandbox.lifecycle import Lifecycle
+
 __all__ = ["DEFAULT_API_KEY", "RUNTIME_FIELDS", "SandboxConfig", "default_batch_id"]
 
 #: The key a sandbox accepts unless told otherwise.
@@ -73,6 +75,23 @@ class SandboxConfig:
         metadata=_help("Answer FS_0007 for a job whose image or frame URL is a /_sandbox/files/ file that would "
                        "not open (an error status, empty, or not an image or video)."),
     )
+    complete_after_s: float | None = field(
+        default=None, metadata=_help("Seconds after creation when a job becomes final (default: never).")
+    )
+    complete_jitter_s: float = field(
+        default=0, metadata=_help("Each job's final time is complete_after_s plus or minus up to this (s).")
+    )
+    reject_rate: float = field(default=0, metadata=_help("Fraction of final jobs that are rejected, not completed."))
+    working_status: str = field(
+        default="in_progress", metadata=_help("Status word of a job halfway to its final time.")
+    )
+    result_failure: str = field(
+        default="", metadata=_help("Answer every result URL with '403' (an access denied) or 'html' (a login page).")
+    )
+
+    def lifecycle(self) -> Lifecycle:
+        """How jobs move through their statuses under this config."""
+        return Lifecycle(self.complete_after_s, self.complete_jitter_s, self.reject_rate, self.working_status)
 
     def __post_init__(self) -> None:
         # Accept any iterable for the project sets (e.g. a list from the CLI) but store frozensets.
@@ -86,7 +105,7 @@ class SandboxConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot mean anything, so a typo fails loudly instead of silently."""
-        for name in ("error_rate", "html_error_rate", "drop_rate", "slow_rate"):
+        for name in ("error_rate", "html_error_rate", "drop_rate", "slow_rate", "reject_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
@@ -94,7 +113,8 @@ class SandboxConfig:
             raise ValueError("error_rate + html_error_rate must not exceed 1")
         if self.drop_rate + self.slow_rate > 1 + 1e-9:
             raise ValueError("drop_rate + slow_rate must not exceed 1")
-        for name in ("latency_ms", "jitter_ms", "slow_ms"):
+        self._validate_lifecycle()
+        for name in ("latency_ms", "jitter_ms", "slow_ms", "complete_jitter_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.rate_limit is not None and self.rate_limit <= 0:
@@ -107,6 +127,12 @@ class SandboxConfig:
             raise ValueError("page_size must be at least 1")
         if not self.api_key:
             raise ValueError("api_key must not be empty")
+
+    def _validate_lifecycle(self) -> None:
+        if self.complete_after_s is not None and self.complete_after_s < 0:
+            raise ValueError("complete_after_s must not be negative")
+        if self.result_failure not in ("", "403", "html"):
+            raise ValueError("result_failure must be '', '403' or 'html'")
 
     def replace(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied; unknown names raise TypeError, bad values ValueError."""

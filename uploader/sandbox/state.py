@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from uploader.sandbox.config import default_batch_id
 from uploader.sandbox.files import PREFIX as FILES_PREFIX
 from uploader.sandbox.files import fetchable, parse_spec
+from uploader.sandbox.lifecycle import RESULTS_PREFIX, Lifecycle, result_document
 
 __all__ = [
     "DEFAULT_BATCH_NAME",
@@ -277,9 +278,14 @@ _JOB_VIEW_KEYS = (
 class SandboxState:
     """Everything the API remembers. Jobs are kept in creation order."""
 
-    def __init__(self) -> None:
+    def __init__(self, lifecycle: Lifecycle | None = None) -> None:
         self.projects: dict[str, Project] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.lifecycle = lifecycle or Lifecycle()
+
+    def status_of(self, job: dict[str, Any], now: float) -> str:
+        """The job's status at `now` (its lifecycle; `created` when jobs never move)."""
+        return self.lifecycle.status(job["job_id"], job["created_at"], now)
 
     # -- projects and batches -------------------------------------------------------------------
     def project(self, project_id: str) -> Project:
@@ -316,8 +322,11 @@ class SandboxState:
         self.apply(record)
         return {"batch_id": record["batch_id"]}, record
 
-    def list_batch(self, project_id: str, batch_id: str, page_token: str, page_size: int) -> dict[str, Any]:
-        """GET /batch/:id: one page of the batch's jobs in creation order; token "" on the last page."""
+    def list_batch(
+        self, project_id: str, batch_id: str, page_token: str, page_size: int, now: float = 0.0
+    ) -> dict[str, Any]:
+        """GET /batch/:id: one page of the batch's jobs in creation order (statuses at `now`); token "" on the
+        last page."""
         batch = self.project(project_id).batches.get(batch_id)
         if batch is None:
             raise ApiFailure("GE_0001", "invalid parameter: batch_id (no such batch in this project)")
@@ -331,7 +340,7 @@ class SandboxState:
                 {
                     "id": job_id,
                     "reference_id": job["reference_id"],
-                    "status": job["status"],
+                    "status": self.status_of(job, now),
                     "work_flow_id": job["work_flow_id"],
                 }
             )
@@ -345,7 +354,12 @@ class SandboxState:
 
     # -- jobs -----------------------------------------------------------------------------------
     def create_job(
-        self, project_id: str, body: dict[str, Any] | None, new_id: Callable[[], str], check_attachments: bool = False
+        self,
+        project_id: str,
+        body: dict[str, Any] | None,
+        new_id: Callable[[], str],
+        check_attachments: bool = False,
+        now: float = 0.0,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """POST /jobs: checks in the order uploader.sandbox's docstring gives, then stores the job; returns (data,
         journal record)."""
@@ -375,18 +389,34 @@ class SandboxState:
             "work_flow_id": work_flow_id,
             "priority_weight": priority,
             "data": data,
+            "created_at": now,
         }
         self.apply(record)
         return {"job_id": record["job_id"], "reference_id": reference_id, "work_flow_id": work_flow_id}, record
 
-    def get_job(self, project_id: str, job_id: str) -> dict[str, Any]:
-        """GET /jobs/:id. GE_0001 when job_id is not a UUID, FS_0006 (job not found) when it is unknown."""
+    def _job(self, project_id: str, job_id: str) -> dict[str, Any]:
         if not _is_uuid(job_id):
             raise ApiFailure("GE_0001", "invalid parameter: job_id")
         job = self.jobs.get(job_id)
         if job is None or job["project_id"] != project_id:
             raise ApiFailure("FS_0006", "job not found")
-        return _job_view(job)
+        return job
+
+    def get_job(self, project_id: str, job_id: str, now: float = 0.0, base_url: str = "") -> dict[str, Any]:
+        """GET /jobs/:id at `now`: a completed job's `result` is the URL of its annotation under `base_url`.
+        GE_0001 when job_id is not a UUID, FS_0006 (job not found) when it is unknown."""
+        view = _job_view(self._job(project_id, job_id))
+        view["status"] = self.status_of(self.jobs[job_id], now)
+        if view["status"] == "completed":
+            view["result"] = f"{base_url}{RESULTS_PREFIX}{project_id}/{job_id}"
+        return view
+
+    def result(self, project_id: str, job_id: str, now: float) -> dict[str, Any]:
+        """A completed job's annotation; FS_0006 for any other job (not found, or not completed yet)."""
+        job = self._job(project_id, job_id)
+        if self.status_of(job, now) != "completed":
+            raise ApiFailure("FS_0006", "job has no result", status=404)
+        return result_document(job)
 
     # -- journal replay ---------------------------------------------------------------------------
     def apply(self, record: dict[str, Any]) -> None:
@@ -399,6 +429,7 @@ class SandboxState:
         elif record["kind"] == "job":
             job = {k: v for k, v in record.items() if k != "kind"}
             job.update(status="created", tag=None, result=None)
+            job.setdefault("created_at", 0.0)
             home = project.batches.get(job["batch_id"])
             if home is None:  # a journal edited by hand; keep the job reachable rather than lose it
                 home = project.batches[default_batch_id(project.id)]
