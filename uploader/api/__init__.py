@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import backoff_delay as backoff_delay
     from uploader.api.policy import classify as classify
     from uploader.api.policy import job_id_text as job_id_text
+    from uploader.api.policy import listed_jobs as listed_jobs
     from uploader.api.policy import may_have_created as may_have_created
     from uploader.api.policy import next_delay as next_delay
     from uploader.api.policy import retry_after_capped as retry_after_capped
@@ -53,6 +54,7 @@ _EXPORTS = {
     "backoff_delay": "uploader.api.policy",
     "classify": "uploader.api.policy",
     "job_id_text": "uploader.api.policy",
+    "listed_jobs": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",
     "next_delay": "uploader.api.policy",
     "retry_after_capped": "uploader.api.policy",

@@ -16,6 +16,7 @@ errors), an exception message or a repr (a server echoing it back gets it redact
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import random
@@ -26,7 +27,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -46,6 +47,7 @@ from uploader.api.policy import (
     classify,
     job_id_text,
     next_delay,
+    result_verdict,
     retry_after_seconds,
 )
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
@@ -173,6 +175,7 @@ class ApiClient:
         )
         self._extensions = {"timeout": httpx.Timeout(self._timeout).as_dict()}
         self._job_urls: dict[str, httpx.URL] = {}
+        self._download_headers = httpx.Headers({"user-agent": f"uploader/{__version__}", "accept": "application/json"})
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._base_url} concurrency={self._concurrency}>"
@@ -213,6 +216,46 @@ class ApiClient:
         if page_token:
             url += f"?page_token={quote(page_token, safe='')}"
         return await self._call("GET", url)
+
+    async def download(self, url: str, sink: BinaryIO, *, max_bytes: int) -> ApiResult:
+        """GET a result URL once, streaming its body into `sink` (rewound and truncated first) and hashing it;
+        a success's data is {"sha256", "size"}. The key is never sent (a result URL is the platform's storage,
+        often another host). Answers to retry (timeouts, 408, 429, 5xx) keep their status; any other failure
+        (403, an HTML page, too large) is a refusal with no status, so `classify` says PERMANENT, never FATAL.
+        Never raises for I/O trouble."""
+        request = httpx.Request("GET", url, headers=self._download_headers, extensions=self._extensions)
+        sink.seek(0)
+        sink.truncate()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with asyncio.timeout(self._total_timeout * 4):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    status = response.status_code
+                    if status == 408 or status == 429 or status >= 500:
+                        return ApiResult(status, None, None, f"http_{status}", f"HTTP {status}", None,
+                                         _header(response, b"retry-after"))
+                    first = b""
+                    async for chunk in response.aiter_bytes():
+                        if not first and chunk:
+                            first = chunk.lstrip()[:1]
+                            problem = result_verdict(status, _header(response, b"content-type"), first or b" ")
+                            if problem is not None:
+                                return _refused("bad_result", f"{problem}: not a result")
+                        size += len(chunk)
+                        if size > max_bytes:
+                            return _refused("body_too_large", f"the result is larger than {max_bytes} bytes")
+                        digest.update(chunk)
+                        sink.write(chunk)
+                    if not first:
+                        return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
+                finally:
+                    await _close_quietly(response)
+        except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            return self._failure(exc)
+        sink.flush()
+        return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
 
     # -- reads, retried ----------------------------------------------------------------------------------
 
@@ -392,6 +435,11 @@ class ApiClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+
+
+def _refused(code: str, message: str) -> ApiResult:
+    """A download failure to record, not retry: no status, so `classify` calls it PERMANENT."""
+    return ApiResult(None, False, None, code, message, None, None)
 
 
 def _decisive(exc: BaseException) -> BaseException:

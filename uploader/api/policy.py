@@ -33,8 +33,10 @@ __all__ = [
     "backoff_delay",
     "classify",
     "job_id_text",
+    "listed_jobs",
     "may_have_created",
     "next_delay",
+    "result_verdict",
     "retry_after_capped",
     "retry_after_seconds",
     "too_many_protocol_errors",
@@ -366,3 +368,31 @@ def next_delay(
 def retry_after_capped(retry_after: float | None, max_retry_after: float = MAX_RETRY_AFTER) -> bool:
     """True when a Retry-After hint (seconds) asks for longer than `max_retry_after`: the run waits less."""
     return retry_after is not None and retry_after > max_retry_after
+
+
+def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id
+    are skipped, a missing or non-text status is "" (status words are kept verbatim, never judged here)."""
+    jobs = data.get("jobs")
+    found = []
+    for job in jobs if isinstance(jobs, list) else ():
+        if not isinstance(job, dict):
+            continue
+        job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))
+        ref = job.get("reference_id")
+        status = job.get("status")
+        if job_id and isinstance(ref, (str, int)) and not isinstance(ref, bool):
+            found.append((str(ref), job_id, status if isinstance(status, str) else ""))
+    return found
+
+
+def result_verdict(status: int, content_type: str | None, first_byte: bytes) -> str | None:
+    """Why a downloaded result is not one (None: it is JSON). 408, 429 and 5xx are retried by the caller."""
+    if not 200 <= status < 300:
+        return f"HTTP {status}"
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and "json" not in kind and kind != "text/plain" and kind != "application/octet-stream":
+        return f"not JSON ({kind})"
+    if first_byte not in (b"{", b"["):
+        return "not JSON"
+    return None

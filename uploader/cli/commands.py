@@ -534,6 +534,56 @@ def reconcile(
 
 @cli.command()
 @ledger_option
+@_api_options
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Download the results of final jobs into DIR as <reference_id>.json (default: statuses only).")
+@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=30.0, default=None,
+              metavar="[SECONDS]", help="Repeat every SECONDS (default 30) until every job is final.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests in flight at once (job reads and result downloads).")
+@click.option("--max-result-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+              help="The largest result downloaded; a bigger one is recorded as an error.")
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
+@_handle_errors
+def sync(
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, results_dir: Path | None, watch: float | None, concurrency: int,
+    max_result_bytes: int, max_retry_after: float,
+) -> None:
+    """Record each sent job's platform status (from batch listings) and download the results of final jobs."""
+    from uploader.send import SyncReport
+    from uploader.send import sync_ledger as do_sync
+
+    def show(report: SyncReport) -> None:
+        if json_mode() or quiet_mode():
+            return
+        counts = report.counts
+        words = ", ".join(f"{n} {s or '(none)'}" for s, n in sorted(counts["by_status"].items(), key=str))
+        click.echo(f"{counts['final']} / {counts['tracked']} jobs final ({words}); {report.changed} changed, "
+                   f"{report.results} results fetched, {len(report.result_errors)} failed; "
+                   f"{report.pages} listing and {report.job_reads} job requests.")
+
+    with ExitStack() as stack:
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
+        led = _open_ledger(ledger, create=False)
+        report = do_sync(led, base_url=url, api_key=key, results_dir=results_dir, timeout=timeout,
+                         concurrency=concurrency, max_result_bytes=max_result_bytes,
+                         max_retry_after=max_retry_after, watch=watch, on_round=show)
+    if json_mode():
+        click.echo(json.dumps({"batches": report.batches, "listing_requests": report.pages,
+                               "job_requests": report.job_reads, "changed": report.changed,
+                               "results_fetched": report.results, "failed_results": report.result_errors,
+                               **report.counts}, indent=2))
+    elif not quiet_mode():
+        for error in report.result_errors[:10]:
+            click.echo(f"result not fetched: {error}", err=True)
+    if report.result_errors:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@ledger_option
 @click.option("--project-id", help="Only rows of this project.")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
 @click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

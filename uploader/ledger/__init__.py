@@ -83,6 +83,15 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import staging_duplicates as staging_duplicates
     from uploader.ledger.staging import staging_from_slice as staging_from_slice
     from uploader.ledger.staging import staging_insert as staging_insert
+    from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
+    from uploader.ledger.tracking import TrackedRow as TrackedRow
+    from uploader.ledger.tracking import record_result as record_result
+    from uploader.ledger.tracking import record_result_error as record_result_error
+    from uploader.ledger.tracking import record_statuses as record_statuses
+    from uploader.ledger.tracking import results_due as results_due
+    from uploader.ledger.tracking import sync_batches as sync_batches
+    from uploader.ledger.tracking import sync_counts as sync_counts
+    from uploader.ledger.tracking import tracked_rows as tracked_rows
     from uploader.ledger.transitions import Settlement as Settlement
     from uploader.ledger.transitions import settle_found as settle_found
     from uploader.ledger.transitions import settle_missing as settle_missing
@@ -163,6 +172,15 @@ _EXPORTS = {
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",
     "url_hash": "uploader.ledger.preflight",
+    "RESULT_STATUSES": "uploader.ledger.tracking",
+    "TrackedRow": "uploader.ledger.tracking",
+    "record_result": "uploader.ledger.tracking",
+    "record_result_error": "uploader.ledger.tracking",
+    "record_statuses": "uploader.ledger.tracking",
+    "results_due": "uploader.ledger.tracking",
+    "sync_batches": "uploader.ledger.tracking",
+    "sync_counts": "uploader.ledger.tracking",
+    "tracked_rows": "uploader.ledger.tracking",
     "url_verdict_counts": "uploader.ledger.preflight",
     "verdicts_since": "uploader.ledger.preflight",
 }

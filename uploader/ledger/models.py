@@ -120,6 +120,16 @@ class Job(Base):
     #: The earliest expiry of the signed attachment URLs of this payload, as the preflight read it (None: none
     #: signed, or not checked): a row checked long ago is still blocked when its link is about to expire.
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: The job's status on the platform as `uploader sync` last read it, verbatim (words are not all
+    #: documented), and when it was first seen with that status.
+    platform_status: Mapped[str | None] = mapped_column(String(255))
+    platform_status_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: Where the job's result was written (`sync --results DIR`), or the result itself when the platform
+    #: gave it inline rather than as a URL; its sha256; the last failure to fetch it (retried by the next sync).
+    result_path: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    result_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),

@@ -83,6 +83,10 @@ EXPORT_COLUMNS = (
     "project_id",
     "work_flow_id",
     "batch_id",
+    "platform_status",
+    "platform_status_at",
+    "result_path",
+    "result_error",
 )
 
 
@@ -213,12 +217,14 @@ class LedgerQueries:
         return [n for n in names if n not in EXPORT_COLUMNS]
 
     def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
-        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in)."""
+        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in). `statuses`:
+        ledger states, or else platform statuses (`completed`): rows in any of them."""
         where = ""
         params: dict[str, Any] = {"n": chunk}
         if statuses:
             names = [f"s{i}" for i in range(len(statuses))]
-            where = f"AND status IN ({', '.join(':' + n for n in names)})"
+            listed = ", ".join(":" + n for n in names)
+            where = f"AND (status IN ({listed}) OR platform_status IN ({listed}))"
             params.update(zip(names, statuses))
         cols = ", ".join(EXPORT_COLUMNS)
         last = 0
@@ -232,6 +238,8 @@ class LedgerQueries:
                 return
             for row in rows:
                 record = dict(zip(EXPORT_COLUMNS, row[1:-1]))
+                at = _dt(record["platform_status_at"])
+                record["platform_status_at"] = at.isoformat(sep=" ") if at is not None else None
                 if row[-1]:
                     for k, v in json.loads(row[-1]).items():
                         record.setdefault(k, v)

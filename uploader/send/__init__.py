@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from uploader.send.submit import RunOptions as RunOptions
     from uploader.send.submit import RunSummary as RunSummary
     from uploader.send.submit import StopFlag as StopFlag
+    from uploader.send.sync import SyncReport as SyncReport
+    from uploader.send.sync import result_file_name as result_file_name
+    from uploader.send.sync import sync_async as sync_async
+    from uploader.send.sync import sync_ledger as sync_ledger
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -37,6 +41,10 @@ _EXPORTS = {
     "RunOptions": "uploader.send.submit",
     "RunSummary": "uploader.send.submit",
     "StopFlag": "uploader.send.submit",
+    "SyncReport": "uploader.send.sync",
+    "result_file_name": "uploader.send.sync",
+    "sync_ledger": "uploader.send.sync",
+    "sync_async": "uploader.send.sync",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,0 +1,106 @@
+"""`uploader sync`: platform statuses from batch listings and results downloaded, over real HTTP to the sandbox."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_run import KEY, invoke, ledger_rows, run_args, write_images
+
+from uploader.cli.commands import EXIT_SOME_FAILED
+from uploader.sandbox import Sandbox, SandboxConfig
+from uploader.send import result_file_name
+
+
+def _sent(tmp_path: Path, box: Sandbox, n: int) -> Path:
+    ledger = tmp_path / "l.db"
+    result = invoke(*run_args(write_images(tmp_path / "m.csv", n), ledger, box))
+    assert result.exit_code == 0, result.output
+    return ledger
+
+
+def _sync(ledger: Path, box: Sandbox, *extra: str) -> tuple[int, dict[str, Any]]:
+    result = invoke("sync", "--ledger", str(ledger), "--base-url", box.base_url, "--json", *extra)
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_result_file_names_are_safe_and_distinct() -> None:
+    assert result_file_name("img-00001") == "img-00001.json"
+    names = {result_file_name(r) for r in ["A", "a", "../x", "a/b", "a%2Fb", ".hidden", "é", "x" * 500, "x" * 501]}
+    assert len(names) == 9
+    assert all("/" not in n and not n.startswith(".") and len(n) < 200 for n in names)
+
+
+@pytest.mark.slow
+def test_sync_records_statuses_as_jobs_complete_and_fetches_each_result_once(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=3600)) as box:
+        ledger = _sent(tmp_path, box, 12)
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["tracked"] == 12 and doc["final"] == 0
+        assert doc["by_status"] == {"created": 12} and doc["results_fetched"] == 0
+        box.configure(complete_after_s=0, reject_rate=0.25)
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["final"] == 12 and doc["changed"] == 12
+        completed = doc["by_status"].get("completed", 0)
+        assert completed + doc["by_status"].get("rejected", 0) == 12 and completed > 0
+        assert doc["results_fetched"] == 12  # a rejected job's (empty) result is stored inline
+        files = sorted(p.name for p in (tmp_path / "res").iterdir())
+        assert len(files) == completed and box.stats()["result_requests"] == completed
+        rows = ledger_rows(ledger)
+        one = next(r for r in rows.values() if r["platform_status"] == "completed")
+        assert json.loads(Path(one["result_path"]).read_text())["reference_id"] == one["reference_id"]
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["changed"] == 0 and doc["results_fetched"] == 0
+        assert box.stats()["result_requests"] == completed
+
+
+@pytest.mark.parametrize("page_size", [1, 100, 1000])
+def test_statuses_cost_one_request_per_page(tmp_path: Path, page_size: int) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, page_size=page_size)) as box:
+        ledger = _sent(tmp_path, box, 30)
+        code, doc = _sync(ledger, box)
+        assert code == 0 and doc["by_status"] == {"completed": 30}
+        assert doc["listing_requests"] == math.ceil(30 / page_size) and doc["job_requests"] == 0
+
+
+def test_unknown_status_words_are_kept_verbatim(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=1000, working_status="sent_for_qc_review")) as box:
+        ledger = _sent(tmp_path, box, 5)
+        app = box._engine.app  # type: ignore[union-attr]
+        real = app.clock
+        app.clock = lambda: real() + 600  # past halfway, not yet due
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["by_status"] == {"sent_for_qc_review": 5} and doc["final"] == 0
+        assert {r["platform_status"] for r in ledger_rows(ledger).values()} == {"sent_for_qc_review"}
+
+
+@pytest.mark.parametrize("failure", ["403", "html"])
+def test_a_result_url_that_fails_is_an_error_retried_by_the_next_sync(tmp_path: Path, failure: str) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, result_failure=failure)) as box:
+        ledger = _sent(tmp_path, box, 3)
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == EXIT_SOME_FAILED and len(doc["failed_results"]) == 3
+        assert doc["result_errors"] == 3 and doc["results_fetched"] == 0
+        assert list((tmp_path / "res").iterdir()) == []
+        assert all(r["result_error"] and not r["result_path"] for r in ledger_rows(ledger).values())
+        box.configure(result_failure="")
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["results_fetched"] == 3 and doc["results"] == 3
+        assert all(r["result_path"] and not r["result_error"] for r in ledger_rows(ledger).values())
+
+
+def test_leftovers_of_a_killed_sync_are_cleaned_and_nothing_is_fetched_twice(tmp_path: Path) -> None:
+    """What a kill leaves (a temporary file; a file renamed into place but not yet recorded) is handled."""
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 4)
+        res = tmp_path / "res"
+        res.mkdir()
+        (res / ".img-00000.json.part").write_text('{"half')
+        (res / "img-00001.json").write_text('{"renamed": "before the kill"}')
+        code, doc = _sync(ledger, box, "--results", str(res))
+        assert code == 0 and doc["results_fetched"] == 4
+        assert sorted(p.name for p in res.iterdir()) == [f"img-0000{i}.json" for i in range(4)]
+        assert box.stats()["result_requests"] == 3

@@ -1,0 +1,104 @@
+"""After sending: each job's platform status (`uploader sync`) and its result, as the ledger keeps them.
+
+A row is tracked once it has a job_id (succeeded or conflict). Its platform status is stored verbatim with
+the time it was first seen; a change of status forgets the result recorded for the earlier one, so the next
+sync fetches it again. Rows whose status is in `RESULT_STATUSES` and with no result recorded are due.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from uploader.ledger.engine import read_tx, write_tx
+from uploader.ledger.models import Status
+
+__all__ = ["RESULT_STATUSES", "STATUS_CHARS", "TrackedRow", "record_result", "record_result_error",
+           "record_statuses", "results_due", "sync_batches", "sync_counts", "tracked_rows"]
+
+#: Platform statuses after which a job's result is fetched (the platform may report any of them as final).
+RESULT_STATUSES = ("completed", "rejected", "failed")
+#: The longest platform status word kept (the column's size); longer words are cut.
+STATUS_CHARS = 255
+_TRACKED = f"job_id IS NOT NULL AND status IN ('{Status.SUCCEEDED.value}', '{Status.CONFLICT.value}')"
+_FINAL = ", ".join(f"'{s}'" for s in RESULT_STATUSES)
+_NO_RESULT = "result_path IS NULL AND result IS NULL"
+
+#: (row id, project_id, reference_id, job_id)
+TrackedRow = tuple[int, str, str, str]
+
+
+def sync_batches(engine: Engine) -> list[tuple[str, str | None]]:
+    """Every (project_id, batch_id) holding a tracked row; batch_id None is the project's default batch."""
+    with read_tx(engine) as conn:
+        rows = conn.execute(text(f"SELECT DISTINCT project_id, batch_id FROM jobs WHERE {_TRACKED} "
+                                 "ORDER BY project_id, batch_id"))
+        return [(r[0], r[1]) for r in rows]
+
+
+def record_statuses(engine: Engine, project_id: str, seen: Sequence[tuple[str, str]], now: dt.datetime) -> int:
+    """Record the platform status of jobs {job_id, status} of a project; returns how many changed. A job
+    whose status changed loses the result recorded for the earlier status."""
+    if not seen:
+        return 0
+    params = [{"p": project_id, "j": job_id, "s": status[:STATUS_CHARS], "t": now} for job_id, status in seen]
+    with write_tx(engine) as conn:
+        result = conn.execute(
+            text("UPDATE jobs SET platform_status = :s, platform_status_at = :t, result_path = NULL, result = NULL, "
+                 "result_sha256 = NULL, result_error = NULL "
+                 "WHERE project_id = :p AND job_id = :j AND (platform_status IS NULL OR platform_status <> :s)"),
+            params,
+        )
+        return max(0, result.rowcount)
+
+
+def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]:
+    """Every tracked row, `page` at a time in id order (a fresh read each page: memory flat in the ledger)."""
+    last = 0
+    while True:
+        with read_tx(engine) as conn:
+            rows = [(r[0], r[1], r[2], r[3]) for r in conn.execute(
+                text(f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :last "
+                     "ORDER BY id LIMIT :n"), {"last": last, "n": page})]
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+
+
+def results_due(engine: Engine, after_id: int, limit: int) -> list[TrackedRow]:
+    """Tracked rows with a final platform status and no result recorded, after row `after_id`, in id order."""
+    with read_tx(engine) as conn:
+        return [(r[0], r[1], r[2], r[3]) for r in conn.execute(
+            text(f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :a "
+                 f"AND platform_status IN ({_FINAL}) AND {_NO_RESULT} ORDER BY id LIMIT :n"),
+            {"a": after_id, "n": limit})]
+
+
+def record_result(engine: Engine, row_id: int, *, path: str | None, inline: str | None, sha256: str) -> None:
+    """A result fetched: the file it was written to, or the result itself when the platform gave it inline."""
+    with write_tx(engine) as conn:
+        conn.execute(text("UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, result_error = NULL "
+                          "WHERE id = :i"), {"p": path, "r": inline, "h": sha256, "i": row_id})
+
+
+def record_result_error(engine: Engine, row_id: int, message: str) -> None:
+    """A result that could not be fetched: the next sync tries again."""
+    with write_tx(engine) as conn:
+        conn.execute(text("UPDATE jobs SET result_error = :e WHERE id = :i"), {"e": message[:2000], "i": row_id})
+
+
+def sync_counts(engine: Engine) -> dict[str, Any]:
+    """Tracked rows, how many have a final platform status, how many have their result, and per status."""
+    with read_tx(engine) as conn:
+        by_status = {str(s): n for s, n in conn.execute(
+            text(f"SELECT platform_status, count(*) FROM jobs WHERE {_TRACKED} GROUP BY platform_status"))}
+        fetched = conn.execute(text(f"SELECT count(*) FROM jobs WHERE {_TRACKED} AND NOT ({_NO_RESULT})")).scalar()
+        errors = conn.execute(text(f"SELECT count(*) FROM jobs WHERE {_TRACKED} AND result_error IS NOT NULL "
+                                   f"AND {_NO_RESULT}")).scalar()
+    final = sum(n for s, n in by_status.items() if s in RESULT_STATUSES)
+    return {"tracked": sum(by_status.values()), "final": final, "results": fetched or 0,
+            "result_errors": errors or 0, "by_status": by_status}
