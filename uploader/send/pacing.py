@@ -1,5 +1,9 @@
 """When the next request may go: the run-wide pause and the window of requests in the air.
 
+A run starts slowly: the window begins at one request (`slow_start`) and grows by one per answer that is
+not a 429, so it doubles per round trip up to the concurrency. A wrong key or a wrong --batch-id then costs a
+few requests, not a full window of them.
+
 Two signals slow a whole run down, not one row:
 
 - a 429 (THROTTLED): every sender pauses for the Retry-After, and the window of requests allowed in the air
@@ -47,14 +51,15 @@ class Pacer:
 
     def __init__(self, concurrency: int, rng: random.Random, *, backoff_base: float = 0.5,
                  backoff_cap: float = 60.0, outage_seconds: float = 300.0,
-                 max_retry_after: float = MAX_RETRY_AFTER) -> None:
+                 max_retry_after: float = MAX_RETRY_AFTER, slow_start: bool = False) -> None:
         self.concurrency = concurrency
         self.rng = rng
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.outage_seconds = outage_seconds
         self.pause_until = 0.0
-        self.window = float(concurrency)
+        self.window = 1.0 if slow_start else float(concurrency)
+        self.slow_start = slow_start and concurrency > 1  #: growing by one per answer until the first 429
         self.grows_from = 0.0  #: the window regrows from this moment (the end of the last throttle pause)
         self.in_air = 0
         self._freed = asyncio.Event()
@@ -99,13 +104,22 @@ class Pacer:
         self._freed.set()
         return flying
 
-    def answered(self, throttled: bool) -> None:
-        """The API answered: any outage is over; a narrowed window regrows unless this was a 429."""
+    def answered(self, throttled: bool, grow: bool = True) -> None:
+        """The API answered: any outage is over; a narrowed window regrows unless this was a 429.
+        In slow start every answer that is not a 429 (and `grow`: not one that stops the run) widens the
+        window by one; the first 429 ends slow start."""
         self.answered_once = True
         self.outage_since, self.outage_rounds = None, 0
         if not throttled:
             self.throttle_rounds = 0
-        if throttled or self.window >= self.concurrency:
+        if throttled:
+            self.slow_start = False
+        if throttled or not grow or self.window >= self.concurrency:
+            return
+        if self.slow_start:
+            self.window = min(float(self.concurrency), self.window + 1)
+            self.slow_start = self.window < self.concurrency
+            self._freed.set()
             return
         now = time.monotonic()
         if now > self.grows_from:
@@ -127,6 +141,7 @@ class Pacer:
     def throttled(self, delay: float, flying: int) -> None:
         """A 429: pause everyone for `delay`; the first 429 of a round halves the window."""
         now = time.monotonic()
+        self.slow_start = False
         if now >= self.grows_from:
             self.window = max(1.0, min(self.window, flying) / 2)
         self.pause_until = max(self.pause_until, now + delay)

@@ -83,7 +83,9 @@ class RunOptions:
     outage_seconds: float = 300.0
     #: The longest wait a Retry-After may impose (seconds); a longer hint is cut to it and the user told.
     max_retry_after: float = MAX_RETRY_AFTER
-
+    #: Begin with one request in the air and widen by one per answer (uploader.send.pacing), so a run
+    #: that every answer refuses (a wrong key, a wrong batch) stops after a few requests, not `concurrency`.
+    slow_start: bool = True
 
 
 class StopFlag:
@@ -200,7 +202,8 @@ class _Run:
         self.results: list[Result] = []
         self.busy = 0
         self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
-                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after)
+                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after,
+                           slow_start=opts.slow_start)
         self.fatal: FatalApiError | None = None
         self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
@@ -416,7 +419,8 @@ class _Run:
         self.progress.requests += 1
         decision = classify(result, reference_id=claim.reference_id)
         if result.http_status is not None:
-            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
+            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED,
+                                grow=decision.verdict is not Verdict.FATAL)
         delay = 0.0
         if decision.verdict is Verdict.EXISTS:
             # The job exists; its job_id is looked up by listing the batch (the resolver). Recorded as
