@@ -49,6 +49,7 @@ from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Statu
 from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Recovery, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
+from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
 if TYPE_CHECKING:  # the worker never builds a client: it is handed one
     from uploader.api import ApiClient
@@ -214,6 +215,7 @@ class _Run:
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
         self.on_progress: Callable[[Progress], None] | None = None
+        self.first = FirstAnswers(0)  #: the first rows' answers: a systematic error stops the run (_run sets it)
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -230,6 +232,7 @@ class _Run:
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
+        self.first = FirstAnswers(min(SYSTEMATIC_ROWS, counts["pending"] + counts["in_flight"]))
         try:
             self.owner = self.ledger.register_worker()
         except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
@@ -421,6 +424,9 @@ class _Run:
         if result.http_status is not None:
             self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED,
                                 grow=decision.verdict is not Verdict.FATAL)
+        if self.first.add(claim.id, claim.reference_id, decision, result.http_status is not None) and not self.fatal:
+            self.fatal = FatalApiError(systematic_message(self.first), self.first.code)
+            self.pacer.wake()
         delay = 0.0
         if decision.verdict is Verdict.EXISTS:
             # The job exists; its job_id is looked up by listing the batch (the resolver). Recorded as
