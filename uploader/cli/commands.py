@@ -276,7 +276,8 @@ def run(  # type: ignore[no-untyped-def]
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
-                batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
+                batch_name=batch_name, on_load=None if as_json else lambda report: print_load(report, led.counts()),
+                on_progress=display.update,
                 default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
             )
         except FatalApiError as exc:

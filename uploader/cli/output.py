@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "print_load", "print_status", "print_summary"]
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "error_line", "error_lines", "print_load", "print_resume",
+           "print_status", "print_summary"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
@@ -25,9 +26,12 @@ CONFLICT_HINT = (
 )
 
 
-def print_load(report: Any) -> None:
-    """What loading a manifest did: new, unchanged, updated and conflicting rows."""
-    if report.already_loaded:
+def print_load(report: Any, counts: dict[str, int] | None = None) -> None:
+    """What loading a manifest did: new, unchanged, updated and conflicting rows. With the ledger's `counts`
+    (`uploader run`, which sends next), a manifest already loaded is reported as what the run resumes."""
+    if report.already_loaded and counts is not None:
+        print_resume(report.manifest, counts)
+    elif report.already_loaded:
         click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
     else:
         click.echo(
@@ -44,29 +48,44 @@ def print_load(report: Any) -> None:
         )
 
 
+def print_resume(manifest: Any, counts: dict[str, int]) -> None:
+    """A run over a manifest already loaded: how much is done and how much it sends now."""
+    done = counts["succeeded"] + counts["failed"] + counts["conflict"]
+    to_send = counts["pending"] + counts["in_flight"]
+    if to_send or counts["uncertain"]:
+        looked_up = f", {counts['uncertain']:,} to look up" if counts["uncertain"] else ""
+        click.echo(f"{manifest}: already loaded; resuming: {done:,} done, {to_send:,} to send{looked_up}")
+    else:
+        click.echo(f"{manifest}: already loaded and every row is done ({done:,}); nothing to send.")
+
+
 def print_status(report: Any, as_json: bool) -> None:
-    """The ledger's state counts, error codes and live workers, with a hint for what to do next."""
+    """The ledger's state counts, error codes and workers, with a hint for what to do next."""
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
-    if report.error_codes:
-        click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
-        for code, n in report.error_codes.items():
-            click.echo(f"  {code:<24} {n}")
+    for line in error_lines(report.errors):
+        click.echo(line)
     if report.oldest_pending:
         click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
     if report.last_activity:
         click.echo(f"last activity {report.last_activity.isoformat()}Z")
     if report.live_workers:
         total = sum(w["requests_per_second"] for w in report.live_workers)
-        click.echo(f"{len(report.live_workers)} live workers ({total:.0f} requests/s together):")
+        n = len(report.live_workers)
+        click.echo(f"{n} live worker{'s' if n != 1 else ''} ({total:.0f} requests/s together):")
     for w in report.live_workers:
         click.echo(
             f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
             f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
+        )
+    for w in getattr(report, "dead_workers", ()):
+        click.echo(
+            f"dead worker: {w['hostname']} pid {w['pid']} (the process is gone; it never stopped cleanly): its rows "
+            "are taken over by the next run"
         )
     if report.counts.get("uncertain"):
         click.echo(
@@ -81,39 +100,74 @@ def print_status(report: Any, as_json: bool) -> None:
         click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
 
 
+#: The longest API message quoted beside an error code.
+MESSAGE_CHARS = 100
+
+
+def error_line(code: str, rows: int, message: str | None, reference_id: str | None) -> str:
+    """One error code as a person reads it: `GE_0001 × 12: invalid parameter: batch_id (e.g. img-00001)`."""
+    text = " ".join((message or "").split())
+    if len(text) > MESSAGE_CHARS:
+        text = text[: MESSAGE_CHARS - 1] + "…"
+    return f"{code} × {rows}" + (f": {text}" if text else "") + (f" (e.g. {reference_id})" if reference_id else "")
+
+
+def error_lines(errors: list[dict[str, Any]], indent: str = "  ") -> list[str]:
+    """The ledger's error codes (uploader.ledger's `error_details`) in three groups: errors (failed, uncertain,
+    conflict rows), rows waiting to retry, and throttling (the API asked to slow down: not an error)."""
+    lines: list[str] = []
+    groups = (
+        ("error codes (failed, uncertain, conflict):", [e for e in errors if not e["waiting"]]),
+        ("waiting to retry:", [e for e in errors if e["waiting"] and not e.get("throttled")]),
+        ("throttling (the API asked to slow down; not errors, the rows wait and are sent again):",
+         [e for e in errors if e["waiting"] and e.get("throttled")]),
+    )
+    for title, group in groups:
+        if group:
+            lines.append(title)
+            lines += [indent + error_line(e["code"], e["rows"], e["message"], e["reference_id"]) for e in group]
+    return lines
+
+
 def print_summary(summary: Any, as_json: bool) -> None:
-    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes."""
+    """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
     d = summary.as_dict()
     c = d["counts"]
-    click.echo(
-        f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
-        f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
-        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
-        + f"{c['pending'] + c['in_flight']} pending"
-    )
     run_ = d["this_run"]
+    head = "interrupted after" if d["interrupted"] else "done in"
     click.echo(
-        f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
+        f"{head} {d['seconds']:.1f} s. This run: {run_['requests']} requests ({d['requests_per_second']:.0f}/s), "
+        f"{run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
         + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
-        + f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + f"{run_['failed']} failed, {run_['retries']} retries"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
+    for e in d["this_run_errors"][:5]:
+        click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
+    if run_["throttled"]:
+        click.echo(f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
+                   "(no attempt counted, no row failed for it)")
     if run_.get("retry_after_capped"):
         click.echo(f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
                    f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that")
     if run_.get("protocol_errors"):
         click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
                    "uncertain until a batch listing decides")
-    if c.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")
-    if d["top_error_codes"]:
-        click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
+    click.echo(
+        f"ledger (every run): {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
+        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + f"{c['pending'] + c['in_flight']} pending"
+    )
+    for line in error_lines(d["errors"]):
+        click.echo("  " + line)
+    if c.get("conflict"):
+        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
     click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
 
 
@@ -134,7 +188,8 @@ class ProgressDisplay:
         self.close()
 
     def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr."""
+        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr.
+        The bar counts this run's work only (its rate and ETA too); what holds the run up is its description."""
         notices = getattr(p, "notices", ())
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
@@ -143,21 +198,23 @@ class ProgressDisplay:
                 self.bar.write(line, file=sys.stderr)
             else:
                 click.echo(line, err=True)
+        trouble = getattr(p, "trouble", None)
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
-            self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
-            self.bar.update(p.done - self.bar.n)
+                self.bar = tqdm(total=p.total - p.done_before, unit="job", dynamic_ncols=True)
+            self.bar.set_description_str(trouble or "", refresh=False)
+            self.bar.set_postfix_str(postfix(p), refresh=False)
+            self.bar.update(p.done - p.done_before - self.bar.n)
             return
         now = time.monotonic()
         if now - self.last_line >= 5.0:
             self.last_line = now
             elapsed = max(1e-9, now - p.started)
             click.echo(
-                f"{p.done}/{p.total} done: {p.succeeded} ok, {p.failed} failed, {p.retrying} retries, "
-                f"{p.requests / elapsed:.0f} req/s",
+                f"{p.done - p.done_before}/{p.total - p.done_before} done: {postfix(p, ' ')}, "
+                f"{p.requests / elapsed:.0f} req/s" + (f"; {trouble}" if trouble else ""),
                 err=True,
             )
 
@@ -166,3 +223,12 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def postfix(p: Any, sep: str = "=") -> str:
+    """The counters beside the bar, ok first: rows waiting to retry now (not the running total of retries),
+    and the throttles (429s) so far, once there are any."""
+    parts = [("ok", p.succeeded), ("failed", p.failed), ("retrying", getattr(p, "retrying_now", 0))]
+    if p.throttled:
+        parts.append(("throttled", p.throttled))
+    return ", ".join(f"{name}{sep}{n}" if sep == "=" else f"{n} {name}" for name, n in parts)

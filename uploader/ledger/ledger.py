@@ -51,7 +51,7 @@ from uploader.errors import LedgerError
 from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.models import Status
-from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.transitions import settle_found, settle_missing
 
 __all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
@@ -671,12 +671,3 @@ def _never_written(path: Path) -> bool:
         con.close()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ from sqlalchemy import Engine, text
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
 
-__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
+__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "pid_alive", "utcnow"]
 
 #: A worker whose last heartbeat is older than this is not shown as live by `status`.
 LIVE_WORKER_SECONDS = 60
@@ -44,6 +46,11 @@ class StatusReport:
     #: How the jobs that exist came to be, over succeeded and conflict rows: created / recovered /
     #: pre-existing (a conflict row's code says why it may hold other data than the manifest).
     origins: dict[str, int] = field(default_factory=dict)
+    #: Each error code with its rows, a message and an example reference_id (`LedgerQueries.error_details`).
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Workers of this host that never stopped but whose process is gone (killed): not live, their rows are
+    #: taken over by the next run.
+    dead_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
@@ -56,6 +63,8 @@ class StatusReport:
             "manifests": self.manifests,
             "live_workers": self.live_workers,
             "origins": self.origins,
+            "errors": self.errors,
+            "dead_workers": self.dead_workers,
         }
 
 
@@ -116,6 +125,23 @@ class LedgerQueries:
             rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
         return {code: n for code, n in rows}
 
+    def error_details(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Each error code, most rows first: `rows`, the `message` and `reference_id` of an example row,
+        `waiting` (True: the rows are pending, waiting to retry; False: failed, uncertain or in conflict) and
+        `throttled` (the API answered 429: it asked to slow down; the row is not wrong)."""
+        sql = (
+            "SELECT g.waiting, g.error_code, g.n, j.reference_id, j.error_message, g.throttled FROM ("
+            "SELECT CASE WHEN status = 'pending' THEN 1 ELSE 0 END AS waiting, error_code, COUNT(*) AS n, "
+            "MIN(id) AS example, MAX(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) AS throttled "
+            "FROM jobs WHERE status IN ('failed', 'uncertain', 'conflict', 'pending') "
+            "AND error_code IS NOT NULL GROUP BY CASE WHEN status = 'pending' THEN 1 ELSE 0 END, error_code"
+            ") g JOIN jobs j ON j.id = g.example ORDER BY g.n DESC, g.error_code"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+        return [{"code": code, "rows": n, "message": message, "reference_id": ref, "waiting": bool(waiting),
+                 "throttled": bool(throttled)} for waiting, code, n, ref, message, throttled in rows]
+
     def status(self) -> StatusReport:
         counts = self.counts()
         codes = self.error_codes()
@@ -137,7 +163,11 @@ class LedgerQueries:
                     {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
                 )
             ]
-        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers, origins)
+        host = socket.gethostname()
+        dead = [w for w in workers if w["hostname"] == host and not pid_alive(w["pid"])]
+        live = [w for w in workers if w not in dead]
+        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, live, origins,
+                            errors=self.error_details(), dead_workers=dead)
 
     def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
         """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""
@@ -199,6 +229,17 @@ def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
         "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
     }
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _dt(value: Any) -> dt.datetime | None:

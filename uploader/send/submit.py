@@ -59,6 +59,12 @@ __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "bo
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
+#: The user is told the API is unreachable once it has been for this long (seconds), then every
+#: OUTAGE_NOTICE_EVERY seconds while it lasts.
+OUTAGE_NOTICE = 5.0
+OUTAGE_NOTICE_EVERY = 30.0
+#: A row's wait before its retry is shown (when nothing else is going on) once it is at least this long (s).
+WAIT_SHOWN = 2.0
 #: After a gentle stop, how long the last writes (results, releasing the rows) wait for a ledger whose
 #: write lock another process holds, before the run gives up and exits (the rows stay in flight).
 STOP_LOCK_GRACE = 3.0
@@ -87,6 +93,25 @@ class RunOptions:
     #: Begin with one request in the air and widen by one per answer (uploader.send.pacing), so a run
     #: that every answer refuses (a wrong key, a wrong batch) stops after a few requests, not `concurrency`.
     slow_start: bool = True
+
+
+def trouble(now: float, down: float | None, throttled_until: float,
+            waiting: dict[int, tuple[float, str | None]] | None) -> str | None:
+    """What holds the run up at `now`, in a few words (Progress.trouble), or None. `down`: seconds the API has
+    been unreachable; `throttled_until`: the end of a 429 pause; `waiting`: rows waiting to retry, given only
+    when nothing else is being sent (then they are what the run waits for)."""
+    if down is not None and down >= 1:
+        return f"API unreachable for {down:.0f} s, retrying"
+    if throttled_until > now:
+        return f"throttled (429): paused {throttled_until - now:.0f} s"
+    if waiting:
+        due, code = min(waiting.values(), key=lambda w: w[0])
+        wait = due - now
+        if wait >= WAIT_SHOWN:
+            n = len(waiting)
+            rows = "1 row waits" if n == 1 else f"{n} rows wait"
+            return f"{rows} {wait:.0f} s to retry ({code})"
+    return None
 
 
 class StopFlag:
@@ -216,6 +241,10 @@ class _Run:
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
         self.on_progress: Callable[[Progress], None] | None = None
         self.first = FirstAnswers(0)  #: the first rows' answers: a systematic error stops the run (_run sets it)
+        #: This run's rows waiting to retry after a retryable error: row id → (monotonic time due, code).
+        self.waiting: dict[int, tuple[float, str | None]] = {}
+        self.outage_told = 0.0  #: how long the current outage had lasted when the user was last told
+        self.unreachable_message: str | None = None  #: the last failed connection, in the user's words
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -282,6 +311,7 @@ class _Run:
                     "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
                 )
             if on_progress:
+                self.progress.trouble = None  # the run is over: nothing holds it up
                 on_progress(self.progress)
         if self.failed_task is not None:
             raise self.failed_task
@@ -386,6 +416,7 @@ class _Run:
                 continue
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
+                self.waiting.pop(c.id, None)
                 self.queue.put_nowait(c)
             if claims:
                 await asyncio.sleep(0)
@@ -451,6 +482,7 @@ class _Run:
             # The request never reached the API: the API is down, not the row. Pause every sender and do
             # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
             self.progress.unreachable += 1
+            self.unreachable_message = decision.message
             delay, down_for = self.pacer.unreachable()
             if down_for is not None and self.fatal is None:
                 self.fatal = FatalApiError(
@@ -474,6 +506,10 @@ class _Run:
                                    cap=self.opts.backoff_cap, max_retry_after=self.opts.max_retry_after)
         outcome = outcome_for(claim, decision, result, self.opts, delay)
         self._count(outcome)
+        if outcome.status is Status.FAILED:
+            self.progress.failed_row(outcome.error_code, outcome.error_message, claim.reference_id)
+        elif outcome.status is Status.PENDING and not outcome.refund_attempt:
+            self.waiting[claim.id] = (time.monotonic() + delay, outcome.error_code)
         self.results.append(outcome)
 
     async def _paced(self, limiter: RateLimiter) -> bool:
@@ -593,7 +629,24 @@ class _Run:
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
             await asyncio.sleep(0.25)
+            self._watch(time.monotonic())
             on_progress(self.progress)
+
+    def _watch(self, now: float) -> None:
+        """Say what holds the run up, as it happens: the API unreachable (a notice after OUTAGE_NOTICE s, then
+        every OUTAGE_NOTICE_EVERY s, and when it answers again), a 429 pause, rows waiting to retry."""
+        p, pacer = self.progress, self.pacer
+        p.retrying_now = len(self.waiting)
+        down = now - pacer.outage_since if pacer.outage_since is not None else None
+        if down is None and self.outage_told:
+            p.notices.append(f"the API answers again (it was unreachable for at least {self.outage_told:.0f} s)")
+            self.outage_told = 0.0
+        if down is not None and down >= OUTAGE_NOTICE and down - self.outage_told >= OUTAGE_NOTICE_EVERY:
+            self.outage_told = down
+            p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
+                             "marked failed meanwhile")
+        p.trouble = trouble(now, down, pacer.pause_until if pacer.throttle_rounds else 0.0,
+                            None if self.queue.qsize() or self.busy else self.waiting)
 
 
 
@@ -601,7 +654,7 @@ def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
     """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
     done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
     progress = Progress(total=sum(counts.values()), done_before=done)
-    return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None)
+    return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None, ledger.error_details(limit=5))
 
 
 async def submit(
@@ -626,7 +679,8 @@ async def submit(
             signal.signal(sig, handler)
     counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
     fatal = str(run.fatal) if run.fatal else None
-    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal)
+    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal,
+                         ledger.error_details(limit=5))
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary
