@@ -337,7 +337,7 @@ class ApiClient:
         exc = _decisive(exc)
         code = _transport_code(exc)
         if code == "connect_error" and isinstance(exc, aiohttp.ClientConnectorError):
-            return ApiResult(None, None, None, code, self._redact(connect_words(exc)), None, None)
+            return ApiResult(None, None, None, code, self._redact(_connect_words(exc)), None, None)
         text = self._redact(one_line(str(exc)))
         message = _MESSAGES[code]
         if code == "timeout":
@@ -361,7 +361,7 @@ class ApiClient:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
 
 
-def connect_words(exc: aiohttp.ClientConnectorError) -> str:
+def _connect_words(exc: aiohttp.ClientConnectorError) -> str:
     """What failed, in the user's words: "cannot connect to 127.0.0.1:9 (connection refused)" (aiohttp's own
     text names `ssl:default` even for a plain-http URL, and "Connect call failed" says nothing of why)."""
     where = f"{exc.host}:{exc.port}"
