@@ -142,7 +142,7 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(root)],
         check=True, capture_output=True,
     )
-    (wheel,) = dist.glob("uploader-*.whl")
+    (wheel,) = dist.glob("gtstudio_uploader-*.whl")  # the distribution name (PEP 427 escapes "-")
     names = zipfile.ZipFile(wheel).namelist()
     assert "uploader/migrations/env.py" in names
     assert any(n.startswith("uploader/migrations/versions/0001") for n in names)

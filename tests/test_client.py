@@ -421,6 +421,34 @@ def test_find_job_ids_permanent_answer_is_not_retried() -> None:
     assert pager.tokens == [""]
 
 
+def test_batch_of_job_retries_like_a_listing_page() -> None:
+    """GET job (how the default batch's id is learnt) goes through the same read loop as a listing page:
+    a 429 and a 500 are retried with the same delays, a refused key raises FatalApiError."""
+    answers = [httpx.Response(429, headers={"Retry-After": "4"}), httpx.Response(500, text="<h1>oops</h1>"),
+               httpx.Response(200, json=envelope({"id": "j1", "batch_id": "b-9", "status": "created"}))]
+    paths: list[str] = []
+    sleeps: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return answers[len(paths) - 1]
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def go() -> str:
+        async with mock_client(handler) as api:
+            return await api.batch_of_job("p", "j1", sleep=sleep, rng=random.Random(0))
+
+    assert run(go()) == "b-9"
+    assert paths == ["/v1/projects/p/jobs/j1"] * 3
+    assert 4.0 <= sleeps[0] <= 4.5 and 0 <= sleeps[1] <= 1.0  # Retry-After + backoff 1; backoff 2
+    answers[:] = [httpx.Response(401)]
+    paths.clear()
+    with pytest.raises(FatalApiError):
+        run(go())
+
+
 def test_find_job_ids_survives_a_page_token_loop() -> None:
     pages = {"": page([("r1", "j1")], "t2"), "t2": page([("r2", "j2")], "t2")}
     pager = Pager(pages)

@@ -1,7 +1,7 @@
 """uploader: send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
 
 The package is a library first; `uploader.cli` is a thin click layer over it. Its packages, each importing
-only those below it (README "Architecture"; checked by import-linter): cli › send › load ›
+only those below it (README "Architecture"; checked by import-linter): cli | facade › send › load ›
 manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
 (`uploader.load` is the loading package, so it cannot also be a function here).
 
@@ -9,7 +9,11 @@ One word per concept (CONTRIBUTING.md; older code still has other words for some
 
 - job / row: one line of the ledger (`jobs` table), one reference_id of one project; the API makes a job of it.
 - run: one `uploader run` (`run_upload`): claims rows, sends them, records the answers; runs may share a ledger.
-- slice: a piece of a manifest (lines, or Parquet rows) that a forked process reads and checks during a load.
+- worker: a sending process registered in the ledger (`workers` table: its heartbeat, its leases); each run
+  is one, and `uploader status` lists the live ones.
+- sender: one of a run's concurrent tasks that send requests (`--concurrency` of them).
+- slice: a piece of a manifest (lines, or Parquet rows) that a slice process reads and checks during a load.
+- slice process: a process a load forks to read slices (`uploader.load.slices`); not a worker.
 - resolve: find the job_id of an `uncertain` row by listing its batch (in a run, or by `uploader reconcile`).
 - payload: the exact JSON text sent to create a job, kept in the ledger with its hash (`body_hash`).
 """
@@ -30,6 +34,9 @@ _EXPORTS = {
     "StopFlag": "uploader.send",
     "reconcile": "uploader.send",
     "run_upload": "uploader.send",
+    "run_upload_async": "uploader.send",
+    "upload": "uploader.facade",
+    "upload_async": "uploader.facade",
     "Sandbox": "uploader.sandbox",
     "SandboxConfig": "uploader.sandbox",
 }

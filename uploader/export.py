@@ -1,7 +1,11 @@
 """Write the reference_id → job_id mapping (and every job's state) as CSV, JSON Lines or Parquet.
 
-Output is written to a temporary file beside the target, created 0600, and renamed into place only when
-complete: an interrupted export never leaves a half-written file behind.
+Where the output goes (`output_plan`): a regular file, or a new path, is written to a temporary file in the
+same folder (created 0600; an existing file's mode is kept), synced and renamed into place only when
+complete, so an interrupted export never leaves a half-written file behind; a symlink has its target written
+that way (the link stays). A FIFO, a character device (/dev/null, a terminal) or a pipe (/dev/fd/N, `>(cmd)`)
+is written straight through: it cannot be replaced. Nothing that is not a regular file is ever replaced; a
+missing folder, a folder or any other kind of file is refused with one line naming the path.
 
 Cells are written verbatim, so the mapping matches the manifest and the API (`-5`, `=1+1`, `@mention` are
 reference_ids like any other), except in CSV the text the API wrote (API_TEXT_COLUMNS), which a hostile or
@@ -12,15 +16,22 @@ file meant to be opened in a spreadsheet rather than read by a program.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-__all__ = ["API_TEXT_COLUMNS", "FORMATS", "export_rows", "neutralise_formula"]
+from uploader.errors import UploaderError
+
+__all__ = ["API_TEXT_COLUMNS", "FORMATS", "OutputPlan", "export_rows", "neutralise_formula", "output_plan",
+           "write_output"]
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: Columns holding text the API wrote (not identifiers): neutralised in CSV by default.
@@ -43,21 +54,107 @@ def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, co
         raise ValueError("Parquet export needs -o FILE (it is a binary format)")
     if output is None:
         return _write_text(rows, fmt, sys.stdout, columns, spreadsheet_safe)
-    target = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or Path("."))
+    if fmt == "parquet":
+        return write_output(output, lambda f: _write_parquet(rows, f, columns))
+
+    def text(f: BinaryIO) -> int:
+        out = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        try:
+            return _write_text(rows, fmt, out, columns, spreadsheet_safe)
+        finally:
+            out.detach()
+
+    return write_output(output, text)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """How to write an output path: `atomic` (temp file in `path`'s folder, fsync, rename over `path`, which
+    gets `mode`, and the replaced file's `owner` (uid, gid) if any), or straight through (`path` opened as
+    is). `error`: refused, with the reason."""
+
+    path: str
+    atomic: bool = True
+    mode: int = 0o600
+    owner: tuple[int, int] | None = None
+    error: str | None = None
+
+
+def output_plan(output: str, st: os.stat_result | None, resolved: str, parent_is_dir: bool) -> OutputPlan:
+    """Decide how to write `output`, given what it is: `st` its stat following symlinks (None: no such
+    file), `resolved` the path with symlinks resolved, `parent_is_dir` whether that path's folder exists."""
+    if st is None:
+        if not parent_is_dir:
+            return OutputPlan(output, error=f"cannot write {output}: folder {os.path.dirname(resolved)} does not exist")
+        return OutputPlan(resolved)
+    if stat.S_ISREG(st.st_mode):
+        return OutputPlan(resolved, mode=stat.S_IMODE(st.st_mode), owner=(st.st_uid, st.st_gid))
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return OutputPlan(output, atomic=False)
+    kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file, a FIFO or a character device"
+    return OutputPlan(output, error=f"cannot write {output}: it is {kind}")
+
+
+def write_output(output: str, write: Callable[[BinaryIO], int]) -> int:
+    """Write an output file as `output_plan` decides; `write` fills the open binary file and returns the row
+    count, which is returned. An OSError is one line naming the path (UploaderError, exit 1)."""
     try:
-        os.fchmod(fd, 0o600)
-        if fmt == "parquet":
-            os.close(fd)
-            n = _write_parquet(rows, Path(tmp), columns)
-        else:
-            with open(fd, "w", encoding="utf-8", newline="") as f:
-                n = _write_text(rows, fmt, f, columns, spreadsheet_safe)
+        st: os.stat_result | None = os.stat(output)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        raise UploaderError(f"cannot write {output}: {exc.strerror}") from None
+    resolved = os.path.realpath(output)
+    plan = output_plan(output, st, resolved, os.path.isdir(os.path.dirname(resolved)))
+    if plan.error:
+        raise UploaderError(plan.error)
+    try:
+        with _opened(plan) as f:
+            return write(f)
+    except OSError as exc:
+        raise UploaderError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _opened(plan: OutputPlan) -> Iterator[BinaryIO]:
+    """The file to write `plan.path` through; an atomic one is renamed into place when the block ends
+    without an error, and removed otherwise."""
+    if not plan.atomic:
+        with open(plan.path, "wb") as f:
+            yield f
+        return
+    target = Path(plan.path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        if plan.owner is not None and plan.owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, *plan.owner)  # root replacing another user's file: it stays theirs
+            except PermissionError:
+                pass
+        os.fchmod(fd, plan.mode)
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
-        return n
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: some file systems refuse to sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_text(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str],
@@ -94,14 +191,14 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def _write_parquet(rows: Iterable[dict[str, Any]], path: Path, columns: list[str]) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list[str]) -> int:
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     fields = [pa.field(c, pa.int64() if c == "attempts" else pa.string()) for c in columns]
     schema = pa.schema(fields)
     n = 0
-    with pq.ParquetWriter(path, schema) as writer:
+    with pq.ParquetWriter(sink, schema) as writer:
         for chunk in _chunks(rows, 50_000):
             arrays = {
                 c: [r.get(c) if c == "attempts" else _text_or_none(r.get(c)) for r in chunk] for c in columns

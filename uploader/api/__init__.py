@@ -11,6 +11,7 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.api.client import ApiClient, check_base_url
     from uploader.api.policy import (
+        DEFAULT_BASE_URL,
         EXISTS_CODES,
         MAX_RETRY_AFTER,
         OUTAGE_CODES,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.client",
+    "DEFAULT_BASE_URL": "uploader.api.policy",
     "EXISTS_CODES": "uploader.api.policy",
     "MAX_RETRY_AFTER": "uploader.api.policy",
     "OUTAGE_CODES": "uploader.api.policy",

@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -55,6 +56,8 @@ __all__ = ["ApiClient", "check_base_url"]
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
 _KEEPALIVE_SECONDS = 4.0
+#: How many times a read (GET job, a page of a batch listing) is tried before ApiUnreachableError.
+READ_ATTEMPTS = 8
 _REDACTED = b"[redacted]"
 _KEY_OK = re.compile(r"[\x21-\x7e]+")
 #: The error codes the policy knows: constants, never redacted (see `_call`).
@@ -212,23 +215,40 @@ class ApiClient:
             url += f"?page_token={quote(page_token, safe='')}"
         return await self._call("GET", url)
 
+    # -- reads, retried ----------------------------------------------------------------------------------
+
+    async def batch_of_job(
+        self,
+        project_id: str,
+        job_id: str,
+        *,
+        max_attempts: int = READ_ATTEMPTS,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        max_retry_after: float = MAX_RETRY_AFTER,
+    ) -> str:
+        """The batch_id of one job (how the default batch's id is learnt: the API names it nowhere else).
+        Retried and raising as `read` does."""
+        data = await self.read(partial(self.get_job, project_id, job_id), f"job {job_id} of project {project_id}",
+                               expect="batch_id", max_attempts=max_attempts, rng=rng, sleep=sleep,
+                               max_retry_after=max_retry_after)
+        return str(data["batch_id"])
+
     async def find_job_ids(
         self,
         project_id: str,
         batch_id: str,
         reference_ids: Collection[str],
         *,
-        max_attempts: int = 8,
+        max_attempts: int = READ_ATTEMPTS,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
     ) -> dict[str, str]:
         """{reference_id: job_id} for the wanted reference_ids found in the batch (FS_0001 recovery).
 
-        Pages through the batch until the last page or until every wanted id is found. Each page fetch is
-        retried (RETRYABLE or THROTTLED, with backoff and Retry-After, cut to `max_retry_after`) up to
-        `max_attempts` times. Raises FatalApiError when the key/project is refused, ApiUnreachableError
-        when a page cannot be had (out of attempts, or refused with a non-retryable code). Ids not in the batch
+        Pages through the batch until the last page or until every wanted id is found; each page is one
+        `read` (retried, raising FatalApiError or ApiUnreachableError as it says). Ids not in the batch
         are simply absent, and so are entries whose job id is not a non-empty string or integer
         (policy.job_id_text). A page token the server already gave (a paging loop) ends the search with what
         was found.
@@ -236,10 +256,12 @@ class ApiClient:
         wanted = {str(r) for r in reference_ids}
         found: dict[str, str] = {}
         rng = rng or random.Random()
+        where = f"batch {batch_id} of project {project_id}"
         token = ""
         seen = {token}
         while wanted and len(found) < len(wanted):
-            data = await self._fetch_page(project_id, batch_id, token, max_attempts, rng, sleep, max_retry_after)
+            data = await self.read(partial(self.list_batch_page, project_id, batch_id, token), where, expect=None,
+                                   max_attempts=max_attempts, rng=rng, sleep=sleep, max_retry_after=max_retry_after)
             jobs = data.get("jobs")
             for job in jobs if isinstance(jobs, list) else ():
                 if not isinstance(job, dict):
@@ -255,32 +277,41 @@ class ApiClient:
             seen.add(token)
         return found
 
-    async def _fetch_page(
+    async def read(
         self,
-        project_id: str,
-        batch_id: str,
-        token: str,
-        max_attempts: int,
-        rng: random.Random,
-        sleep: Callable[[float], Awaitable[Any]],
+        request: Callable[[], Awaitable[ApiResult]],
+        what: str,
+        *,
+        expect: str | None,
+        max_attempts: int = READ_ATTEMPTS,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
     ) -> dict[str, Any]:
-        where = f"batch {batch_id} of project {project_id}"
+        """The data of a successful answer to `request` (a GET: safe to repeat), `what` naming it in errors.
+
+        The one retry loop of the API's reads: a RETRYABLE or THROTTLED (429) answer is tried again after
+        `next_delay` (backoff, Retry-After cut to `max_retry_after`), through `sleep` (a run passes its own,
+        which a stop ends), up to `max_attempts` tries. Raises FatalApiError when the key, project or base
+        URL is refused, ApiUnreachableError when no answer came in `max_attempts` tries or the answer was
+        refused for good. `expect`: the field a success must carry (policy.classify).
+        """
+        rng = rng or random.Random()
         detail = ""
         for attempt in range(1, max(1, max_attempts) + 1):
-            result = await self.list_batch_page(project_id, batch_id, token)
-            decision = classify(result, expect=None)
+            result = await request()
+            decision = classify(result, expect=expect)
             if decision.verdict is Verdict.SUCCEEDED:
                 return result.data or {}
             detail = " ".join(str(x) for x in (decision.code or result.http_status, decision.message) if x)
             if decision.verdict is Verdict.FATAL:
-                raise FatalApiError(f"the API refused listing {where}: {detail}", decision.code, result.http_status)
+                raise FatalApiError(f"the API refused reading {what}: {detail}", decision.code, result.http_status)
             if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED):
-                raise ApiUnreachableError(f"cannot list {where}: {detail}")
+                raise ApiUnreachableError(f"cannot read {what}: {detail}")
             if attempt < max_attempts:
                 hint = retry_after_seconds(result.retry_after, datetime.now(UTC))
                 await sleep(next_delay(decision, attempt, hint, rng, max_retry_after=max_retry_after))
-        raise ApiUnreachableError(f"cannot list {where} after {max_attempts} attempts: {detail}")
+        raise ApiUnreachableError(f"cannot read {what} after {max_attempts} attempts: {detail}")
 
     # -- one exchange ----------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Nothing here does I/O or imports a third-party library, so every rule is a table row in
 tests/test_policy.py. `client.py` turns every HTTP exchange (or its failure) into an `ApiResult`; the
-worker asks `classify` what it means and `next_delay` how long to wait before trying again.
+run asks `classify` what it means and `next_delay` how long to wait before trying again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "EXISTS_CODES",
     "FATAL_CODES",
     "JOB_ID_MAX_CHARS",
@@ -38,6 +39,9 @@ __all__ = [
     "retry_after_seconds",
     "too_many_protocol_errors",
 ]
+
+#: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
+DEFAULT_BASE_URL = "https://api.playment.io"
 
 
 class Verdict(str, Enum):
@@ -71,7 +75,7 @@ TRANSPORT_CODES = frozenset(
     {"timeout", "connect_error", "connection_closed", "body_too_large", "protocol_error", "transport_error"}
 )
 #: Transport codes meaning no connection could be opened: the request never reached the API, so the API
-#: is down (restarting, network gone), not the row wrong. The worker pauses the whole run and does not
+#: is down (restarting, network gone), not the row wrong. The run pauses all its senders and does not
 #: count the attempt (like a 429), so an outage longer than the backoff cannot fail every row.
 OUTAGE_CODES = frozenset({"connect_error"})
 #: Default longest wait a Retry-After may impose (seconds; `uploader run --max-retry-after`).
@@ -305,7 +309,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 60.0) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**(attempt-1))).
 
-    Full jitter spreads 64 workers that failed together over the whole window instead of retrying in step.
+    Full jitter spreads 64 senders that failed together over the whole window instead of retrying in step.
     `attempt` is the number of attempts made so far (1 after the first failure); below 1 counts as 1.
     """
     exponent = max(attempt, 1) - 1

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import click
 
 from uploader import __version__
+from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_BASE_URL = "https://api.playment.io"
 EXIT_SOME_FAILED = 3
 
 
@@ -116,13 +116,15 @@ def cli() -> None:
 @ledger_option
 @_handle_errors
 def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
-    """Validate MANIFEST and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
     created = new_ledger_file(ledger)  # removed again if the load fails
-    with prepare_load(manifest, options, new_ledger=created is not None) as prepared:
+    with spooled_manifest(manifest, fmt) as (path, label), \
+            prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
         led = _open_ledger(ledger)
         try:
             print_load(prepared.load(led))
@@ -144,8 +146,12 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_handle_errors
 def status(ledger: str | None, as_json: bool) -> None:
-    """Show how many jobs are in each state, the error codes, and the live workers."""
-    print_status(_open_ledger(ledger, create=False).status(), as_json)
+    """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.ledger import project_counts
+
+    led = _open_ledger(ledger, create=False)
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine))
 
 
 @cli.command()
@@ -190,8 +196,10 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
     """Put failed rows back to pending (attempts reset) so the next run sends them again."""
     if not codes and not everything:
         raise UsageError("give --error-code CODE (repeatable) or --all")
+    from uploader.cli.hints import repeat_from_context
+
     n = _open_ledger(ledger, create=False).retry(codes, everything)
-    click.echo(f"{n} failed rows are pending again; `uploader run` sends them.")
+    click.echo(f"{n} failed rows are pending again; `{repeat_from_context().command('run')}` sends them.")
 
 
 def _api_options(func: F) -> F:
@@ -258,9 +266,12 @@ def run(  # type: ignore[no-untyped-def]
     base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
     quiet, as_json,
 ) -> None:
-    """Load MANIFEST (if given) and send every pending job; rerun the same command to resume."""
+    """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from contextlib import ExitStack
 
+    from uploader.cli.forgetting import project_hint
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
     from uploader.errors import FatalApiError
     from uploader.ledger import new_ledger_file
     from uploader.send import RunOptions, run_upload
@@ -270,6 +281,7 @@ def run(  # type: ignore[no-untyped-def]
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json))
@@ -279,17 +291,21 @@ def run(  # type: ignore[no-untyped-def]
                 batch_name=batch_name, on_load=None if as_json else lambda report: print_load(report, led.counts()),
                 on_progress=display.update,
                 default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
+                manifest_label=manifest_label,
             )
         except FatalApiError as exc:
             display.close()
             if getattr(exc, "summary", None) is not None and as_json:
                 print_summary(exc.summary, as_json=True)
+            hint = project_hint(exc, led, repeat_from_context())
+            if hint is not None:
+                raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json)
+    print_summary(summary, as_json, repeat_from_context())
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
@@ -321,11 +337,39 @@ def reconcile(  # type: ignore[no-untyped-def]
     click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
     if conflicts:
-        from uploader.cli.output import CONFLICT_HINT
+        from uploader.cli.hints import repeat_from_context
+        from uploader.cli.output import conflict_hint
 
-        click.echo(CONFLICT_HINT.format(n=conflicts))
+        click.echo(conflict_hint(conflicts, repeat_from_context()))
     if remaining or conflicts:
         sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@ledger_option
+@click.option("--project-id", help="Only rows of this project.")
+@click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Only these reference_ids: a text file, one a line.")
+@click.option("--manifest", help="Only rows loaded from this manifest (the path it was loaded as; - for stdin).")
+@click.option("--include-created", is_flag=True,
+              help="Also forget rows whose job exists (or may) at the API: their job_ids are lost, and loading "
+                   "them again sends them again. Asks first.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed with --include-created without a terminal).")
+@_handle_errors
+def forget(  # type: ignore[no-untyped-def]
+    ledger, project_id, statuses, reference_id_file, manifest, include_created, yes,
+) -> None:
+    """Remove rows from the ledger (at least one filter); rows whose job exists are kept unless --include-created."""
+    from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten
+    from uploader.ledger import count_forget, forget_rows
+
+    selection = forget_selection(project_id, statuses, reference_id_file, manifest)
+    led = _open_ledger(ledger, create=False)
+    if include_created:
+        confirm_forget(count_forget(led.engine, selection), yes)
+    print_forgotten(forget_rows(led.engine, selection, include_created=include_created),
+                    None if include_created else count_forget(led.engine, selection))
 
 
 @cli.command()

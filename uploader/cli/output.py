@@ -14,16 +14,23 @@ from typing import Any
 
 import click
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "error_line", "error_lines", "print_load", "print_resume",
-           "print_status", "print_summary"]
+from uploader.cli.hints import NO_REPEAT, Repeat
+
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "error_line", "error_lines", "print_load",
+           "print_resume", "print_status", "print_summary"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
     "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
     "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
     "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
-    "too). They are never sent again; check them with `uploader export --status conflict`."
+    "too). They are never sent again; check them with `{export}`."
 )
+
+
+def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
+    """CONFLICT_HINT for `n` rows, its export command repeating the current --ledger."""
+    return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
 
 
 def print_load(report: Any, counts: dict[str, int] | None = None) -> None:
@@ -59,14 +66,25 @@ def print_resume(manifest: Any, counts: dict[str, int]) -> None:
         click.echo(f"{manifest}: already loaded and every row is done ({done:,}); nothing to send.")
 
 
-def print_status(report: Any, as_json: bool) -> None:
-    """The ledger's state counts, error codes and workers, with a hint for what to do next."""
+def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
+                 projects: dict[str, dict[str, int]] | None = None) -> None:
+    """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
+    live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
+    by_project = projects if projects and len(projects) > 1 else None
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        data = report.as_dict()
+        if by_project:
+            data["projects"] = by_project
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
+    if by_project:
+        click.echo(f"{len(by_project)} projects:")
+        for project, counts in by_project.items():
+            shown = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            click.echo(f"  {project}: {sum(counts.values())} jobs ({shown})")
     for line in error_lines(report.errors):
         click.echo(line)
     if report.oldest_pending:
@@ -90,14 +108,16 @@ def print_status(report: Any, as_json: bool) -> None:
     if report.counts.get("uncertain"):
         click.echo(
             f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
-            "known yet. A run looks them up by itself; if they stay uncertain, run `uploader reconcile`."
+            "known yet. A run looks them up by itself; if they stay uncertain, run "
+            f"`{repeat.command('reconcile', api=True)}`."
         )
     if report.origins:
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=report.counts["conflict"]))
+        click.echo(conflict_hint(report.counts["conflict"], repeat))
     if report.counts.get("failed"):
-        click.echo("failed rows: fix the cause, then `uploader retry --error-code CODE` or `uploader retry --all`.")
+        click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
+                   f"`{repeat.command('retry --all')}`.")
 
 
 #: The longest API message quoted beside an error code.
@@ -129,8 +149,9 @@ def error_lines(errors: list[dict[str, Any]], indent: str = "  ") -> list[str]:
     return lines
 
 
-def print_summary(summary: Any, as_json: bool) -> None:
-    """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes."""
+def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
+    """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes
+    (follow-up commands repeat `repeat`'s options)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -167,8 +188,8 @@ def print_summary(summary: Any, as_json: bool) -> None:
     for line in error_lines(d["errors"]):
         click.echo("  " + line)
     if c.get("conflict"):
-        click.echo(CONFLICT_HINT.format(n=c["conflict"]))
-    click.echo("export the reference_id → job_id mapping with: uploader export -o jobs.csv")
+        click.echo(conflict_hint(c["conflict"], repeat))
+    click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
 
 class ProgressDisplay:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         translate_errors,
         write_tx,
     )
+    from uploader.ledger.forget import ForgetCounts, Selection, count_forget, forget_rows, project_counts
     from uploader.ledger.ledger import (
         CLAIM_LOG_ENV,
         BatchSlot,
@@ -56,6 +57,11 @@ _EXPORTS = {
     "sqlite_bulk_mode": "uploader.ledger.engine",
     "translate_errors": "uploader.ledger.engine",
     "write_tx": "uploader.ledger.engine",
+    "ForgetCounts": "uploader.ledger.forget",
+    "Selection": "uploader.ledger.forget",
+    "count_forget": "uploader.ledger.forget",
+    "forget_rows": "uploader.ledger.forget",
+    "project_counts": "uploader.ledger.forget",
     "Settlement": "uploader.ledger.transitions",
     "settle_found": "uploader.ledger.transitions",
     "settle_missing": "uploader.ledger.transitions",

@@ -16,18 +16,47 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DEFAULT_LEDGER", "FileHold", "discard_unused", "hold_shared", "ledger_url", "new_ledger_file",
-           "release"]
+__all__ = ["DEFAULT_LEDGER", "FileHold", "discard_unused", "hold_shared", "ledger_url", "location_problem",
+           "new_ledger_file", "release"]
 
 DEFAULT_LEDGER = "uploader.db"
 
 
 def ledger_url(ledger: str | os.PathLike[str] | None) -> str:
-    """Turn `--ledger` / UPLOADER_LEDGER (a file path or a SQLAlchemy URL) into a URL."""
+    """Turn `--ledger` / UPLOADER_LEDGER (a file path or a SQLAlchemy URL) into a URL; LedgerError (one line)
+    for what cannot hold a ledger (`location_problem`)."""
     value = str(ledger) if ledger else os.environ.get("UPLOADER_LEDGER") or DEFAULT_LEDGER
+    problem = location_problem(value, _sqlite_database(value) if "://" in value else value)
+    if problem is not None:
+        from uploader.errors import LedgerError
+
+        raise LedgerError(problem)
     if "://" in value:
         return value
     return f"sqlite:///{Path(value).expanduser().absolute()}"
+
+
+def _sqlite_database(url: str) -> str | None:
+    """The database part of a SQLite URL (`sqlite:///x.db` -> `x.db`, `sqlite://` -> ``); None for another
+    database. Parsed by hand: this module is used before SQLAlchemy is imported."""
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+", 1)[0].lower() != "sqlite":
+        return None
+    return rest.split("?", 1)[0][1:] if rest.startswith("/") else rest.split("?", 1)[0]
+
+
+def location_problem(value: str, sqlite_file: str | None) -> str | None:
+    """Why `value` (--ledger) cannot hold a ledger, or None: an in-memory SQLite database (`:memory:`,
+    `sqlite://`) is gone when the command ends, and a folder is not a file. `sqlite_file`: its SQLite file
+    as written (None: not SQLite)."""
+    if sqlite_file is None:
+        return None
+    if sqlite_file in ("", ":memory:") or "mode=memory" in value:
+        return (f"ledger {value!r} is an in-memory database, gone when the command ends: give a file "
+                "(--ledger PATH) or a database server's URL")
+    if Path(sqlite_file).expanduser().is_dir():
+        return f"ledger {value} is a folder: give a file in it, e.g. --ledger {Path(sqlite_file) / DEFAULT_LEDGER}"
+    return None
 
 
 def new_ledger_file(ledger: str | os.PathLike[str] | None) -> Path | None:

@@ -14,12 +14,15 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
+
+if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
+    import pandas as pd
 
 __all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "pid_alive", "utcnow"]
 
@@ -217,6 +220,15 @@ class LedgerQueries:
                         record.setdefault(k, v)
                 yield record
             last = rows[-1][0]
+
+    def to_pandas(self, statuses: Sequence[str] = ()) -> pd.DataFrame:
+        """The export (`uploader export`) as a pandas DataFrame: EXPORT_COLUMNS, then the manifests' extra
+        columns; one row per job, in load order, with pandas' own dtypes and missing values. `statuses`: only
+        rows in these states."""
+        import pandas as pd
+
+        columns = [*EXPORT_COLUMNS, *self.extra_columns()]
+        return pd.DataFrame.from_records(list(self.export_rows(statuses)), columns=columns)
 
 
 def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,

@@ -43,10 +43,12 @@ MANIFEST_INSERT = (
 
 
 def manifest_row(path: Path, size: int, sha: str, options_hash: str, rows: int, loaded_at: object,
-                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0) -> dict[str, object]:
+                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0,
+                 label: str | None = None) -> dict[str, object]:
     """MANIFEST_INSERT's values (the conflicts' examples as a JSON list). `changed`: rows the load added or
-    whose payload it updated, which makes an identical reload of any earlier manifest compare its rows."""
-    return {"p": str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
+    whose payload it updated, which makes an identical reload of any earlier manifest compare its rows.
+    The manifest is recorded by its absolute path, or by `label` (a manifest read from stdin)."""
+    return {"p": label or str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
             "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None, "ch": changed}
 
 
@@ -102,7 +104,8 @@ def load_into_empty(
                 if raw.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None:
                     raise NotClean
                 stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
-                mid = raw.execute(MANIFEST_INSERT, manifest_row(path, size, sha, options_hash, 0, stamp)).fetchone()[0]
+                mid = raw.execute(MANIFEST_INSERT, manifest_row(path, size, sha, options_hash, 0, stamp,
+                                                                label=getattr(manifest, "label", None))).fetchone()[0]
                 if production is not None:
                     sent, inserted = copy_parts(raw, production, lambda part: insert_new(stamp, mid, part),
                                                  part_defaults(manifest), attached)

@@ -104,6 +104,8 @@ def load_manifest(
     engine, new_file = ledger.engine, ledger.new_file
     started = time.perf_counter()
     path = Path(manifest.path)
+    label = getattr(manifest, "label", None)
+    shown = label or str(path)
     try:
         size = path.stat().st_size
         sha = file_sha256(path)
@@ -112,7 +114,7 @@ def load_manifest(
             empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
         if seen is not None:
             rows, conflicts, examples = seen
-            return LoadReport(str(path), rows, unchanged=rows - conflicts, conflicts=conflicts,
+            return LoadReport(shown, rows, unchanged=rows - conflicts, conflicts=conflicts,
                               conflict_examples=tuple(json.loads(examples or "[]")), already_loaded=True)
         sqlite = engine.dialect.name == "sqlite"
         if sqlite and production is None:
@@ -121,13 +123,13 @@ def load_manifest(
             loaded = bulk_load.load_into_empty(engine, manifest, path, size, sha, options_hash, production,
                                                new_file, _utcnow())
             if loaded is not None:
-                return LoadReport(str(path), loaded, new=loaded, seconds=time.perf_counter() - started)
+                return LoadReport(shown, loaded, new=loaded, seconds=time.perf_counter() - started)
         with translate_errors(), engine.connect() as conn:
             try:
                 rows = _stage(conn, manifest, production)
                 _check(conn, manifest)
                 conn.rollback()
-                report = _merge(conn, path, size, sha, options_hash, rows)
+                report = _merge(conn, path, size, sha, options_hash, rows, label)
             finally:
                 conn.rollback()
                 conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
@@ -277,9 +279,10 @@ def _lock_jobs(conn: Connection) -> None:
 
 
 def _merge(
-    staging_conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int
+    staging_conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, label: str | None = None
 ) -> LoadReport:
-    """The one short writing transaction: counts, updates, inserts, the manifest record."""
+    """The one short writing transaction: counts, updates, inserts, the manifest record (`label`: what the
+    manifest is recorded as, when not its path)."""
     conn = staging_conn.execution_options(sqlite_begin="IMMEDIATE")
     now = _utcnow()
     with translate_errors(), conn.begin():
@@ -292,12 +295,13 @@ def _merge(
         upd_ex = con_ex = ()
         if conflicts:
             con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
-        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated)
+        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated,
+                                        label=label)
         mid = conn.execute(text(bulk_load.MANIFEST_INSERT), record).scalar_one()
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))
             conn.execute(text(_UPDATE), {"now": now, "mid": mid})
         if new:
             conn.execute(text(_INSERT), {"now": now, "mid": mid})
-    return LoadReport(str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
+    return LoadReport(label or str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
 

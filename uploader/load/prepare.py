@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["PreparedLoad", "load", "prepare_load"]
 
 
-def load(ledger: Ledger, path: str | Path, options: ManifestOptions) -> LoadReport:
-    """Validate a manifest and merge it into the ledger, all or nothing."""
+def load(ledger: Ledger, path: str | Path, options: ManifestOptions, label: str | None = None) -> LoadReport:
+    """Validate a manifest and merge it into the ledger, all or nothing. `label`: the name the ledger and the
+    report give the manifest instead of its path (Manifest.label)."""
     from uploader.load.merge import load_manifest  # SQLAlchemy: imported once a ledger is open
 
-    return load_manifest(ledger, Manifest(path, options), options.fingerprint())
+    return load_manifest(ledger, Manifest(path, options, label), options.fingerprint())
 
 
 class PreparedLoad:
@@ -58,10 +59,11 @@ class PreparedLoad:
         self.close()
 
 
-def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool) -> PreparedLoad:
+def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool,
+                 label: str | None = None) -> PreparedLoad:
     """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
     empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
     loads and the ledger is created and migrated, which takes half a second."""
-    manifest = Manifest(path, options)
+    manifest = Manifest(path, options, label)
     production = Production.start(manifest) if new_ledger else None
     return PreparedLoad(manifest, production)

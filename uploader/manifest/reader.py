@@ -54,8 +54,11 @@ class StagedJob:
 class Manifest:
     """One manifest file: its format, shape and columns (checked on construction) and its rows (streamed)."""
 
-    def __init__(self, path: str | Path, options: ManifestOptions | None = None) -> None:
+    def __init__(self, path: str | Path, options: ManifestOptions | None = None, label: str | None = None) -> None:
         self.path = Path(path)
+        #: What the ledger records and reports name the manifest by, when not its path (e.g. "<stdin>", spooled
+        #: to a temporary file).
+        self.label = label
         self.options = options = options or ManifestOptions()
         self.problems: list[Problem] = []
         self.problem_count = 0

@@ -77,6 +77,11 @@ class BatchPolicy:
     outage_seconds: float = 300.0
     #: The longest wait a Retry-After may impose (the run's --max-retry-after).
     max_retry_after: float = MAX_RETRY_AFTER
+    #: A run waiting for another run's batch looks again after this long (seconds), doubling each time up
+    #: to `wait_poll_max`: the batch is usually created within a request's time.
+    wait_poll_first: float = 0.02
+    #: The longest interval between two looks at another run's batch (seconds).
+    wait_poll_max: float = 0.5
 
     @property
     def stale_after(self) -> float:
@@ -154,7 +159,7 @@ async def ensure_batch(
     owner = owner_token(host)
     started = asyncio.get_running_loop().time()
     said = False
-    pause = 0.02
+    pause = policy.wait_poll_first
     while True:
         _check(stop)
         wanted = name if name is not None else auto_batch_name(manifest_name, utcnow(), _suffix())
@@ -171,7 +176,7 @@ async def ensure_batch(
                            f"(reserved by {slot.reserved_by.partition(':')[2]})")
                     said = True
                 await _pause(pause, stop)
-                pause = min(0.5, pause * 2)
+                pause = min(policy.wait_poll_max, pause * 2)
                 continue
             new_name = auto_batch_name(manifest_name, utcnow(), _suffix()) if auto else None
             if not ledger.take_over_batch(slot, owner, new_name):
@@ -244,7 +249,8 @@ async def _create(
                 raise FatalApiError(f"cannot create batch {name!r}: "
                                     f"{redirect_message(result.http_status, result.location)}",
                                     decision.code, result.http_status)
-            raise FatalApiError(f"cannot create batch {name!r}: {detail}", decision.code, result.http_status)
+            raise FatalApiError(f"cannot create batch {name!r} in project {project}: {detail}", decision.code,
+                                result.http_status, project_id=project)
         if result.success is False and decision.code == "BATCH_CREATION":
             if not slot.auto:
                 raise ApiError(name_taken_message(name, project, maybe_created))

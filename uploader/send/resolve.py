@@ -1,21 +1,22 @@
-"""The FS_0001 lookups of a run: finding the job_ids of `uncertain` rows by listing their batches.
+"""The resolver: finding the job_ids of `uncertain` rows by listing their batches, for a run and for
+`uploader reconcile` alike (one implementation, so both settle the same ledger the same way).
 
 Apart from the submit loop (uploader.send.submit) because this is the one part of a run with its own state
-and its own API calls (batch listings, GET job). The loop's `_Run` owns one
-`Recovery`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every half second, and the run
-calls it once more (`final`) after its last send. Job state is written only through the ledger
+and its own API calls (batch listings, GET job; each retried by `ApiClient.read`, 429 included). The loop's
+`_Run` owns one `Resolver`: each FS_0001 answer sets `waiting`, a background task calls `resolve` every
+`RunOptions.resolve_interval`, and the run calls it once more (`final`) after its last send; `reconcile`
+(uploader.send.runner) makes one `final` round. Job state is written only through the ledger
 (`Ledger.resolve_uncertain`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from uploader.api import MAX_RETRY_AFTER, Verdict, classify, next_delay, retry_after_seconds
+from uploader.api import MAX_RETRY_AFTER
 from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import Ledger
 from uploader.send.summary import Progress
@@ -23,18 +24,28 @@ from uploader.send.summary import Progress
 if TYPE_CHECKING:  # handed the run's client, never builds one
     from uploader.api import ApiClient
 
-__all__ = ["Recovery", "RunStopping"]
+__all__ = ["Resolver", "RunStopping"]
 
 
 class RunStopping(Exception):
     """Raised by the run's `sleep` when the run stops during a wait: the lookup ends where it is."""
 
 
-class Recovery:
-    """One run's lookups: which uncertain rows wait, which a full listing missed, the default batches' ids."""
+def _nothing() -> None:
+    """No results held in memory (reconcile)."""
+
+
+def _never() -> bool:
+    """Never halted (reconcile)."""
+    return False
+
+
+class Resolver:
+    """The resolver of one run (or of one `reconcile`): which uncertain rows wait, which a full listing
+    missed, the default batches' ids. `progress` counts the rows it settles."""
 
     def __init__(self, ledger: Ledger, client: ApiClient, progress: Progress, rng: random.Random, *,
-                 flush: Callable[[], None], halted: Callable[[], bool],
+                 flush: Callable[[], None] = _nothing, halted: Callable[[], bool] = _never,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_retry_after: float = MAX_RETRY_AFTER) -> None:
         self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
@@ -46,10 +57,12 @@ class Recovery:
         self.waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
         self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
         self.default_batches: dict[str, str] = {}
+        #: The last lookup the API did not answer (after the read's retries); its rows wait for a later round.
+        self.unreachable: ApiUnreachableError | None = None
 
     async def resolve(self, final: bool) -> FatalApiError | None:
-        """Find the job_ids of rows refused with FS_0001, by listing their batch. Returns the fatal API
-        error a listing met (the run stops on it), else None."""
+        """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
+        error a read met (the run stops on it), else None."""
         async with self.lock:
             try:
                 return await self._resolve(final)
@@ -73,16 +86,17 @@ class Recovery:
             rows = [(rid, ref) for rid, ref in rows if final or rid not in self.missed]
             if not rows:
                 continue
-            batch_id = batch or await self._default_batch(project)
-            if batch_id is None:
-                waiting = True  # a later success in the default batch reveals its id
-                continue
             try:
-                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows],
+                batch_id = batch or await self._default_batch(project)
+                if batch_id is None:
+                    waiting = True  # a later success in the default batch reveals its id
+                    continue
+                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows], rng=self.rng,
                                                        sleep=self.sleep, max_retry_after=self.max_retry_after)
             except FatalApiError as exc:
                 return exc
-            except ApiUnreachableError:
+            except ApiUnreachableError as exc:
+                self.unreachable = exc
                 waiting = True  # the API is struggling: next round
                 continue
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
@@ -101,22 +115,15 @@ class Recovery:
         return None
 
     async def _default_batch(self, project: str) -> str | None:
-        """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id)."""
+        """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id); None
+        while the ledger knows no such job. ApiUnreachableError / FatalApiError as `ApiClient.read`."""
         if project in self.default_batches:
             return self.default_batches[project]
         self.flush()
         job_id = self.ledger.known_job_in_default_batch(project)
         if job_id is None:
             return None
-        for attempt in range(1, 5):  # transient trouble must not turn the rows waiting on it uncertain
-            result = await self.client.get_job(project, job_id)
-            decision = classify(result, expect="batch_id")
-            if decision.verdict is Verdict.SUCCEEDED:
-                batch_id = str((result.data or {})["batch_id"])
-                self.default_batches[project] = batch_id
-                return batch_id
-            if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or attempt == 4:
-                return None
-            hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            await self.sleep(next_delay(decision, attempt, hint, self.rng, max_retry_after=self.max_retry_after))
-        return None
+        batch_id = await self.client.batch_of_job(project, job_id, rng=self.rng, sleep=self.sleep,
+                                                  max_retry_after=self.max_retry_after)
+        self.default_batches[project] = batch_id
+        return batch_id

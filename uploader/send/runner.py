@@ -6,16 +6,19 @@ Usable from Python:
     ledger = Ledger.open("uploader.db")
     summary = run_upload(ledger, "images.csv", ManifestOptions(project_id="p", work_flow_id="w"),
                          base_url="https://api.playment.io", api_key=key)
+
+`run_upload_async` is the same run for code already inside an event loop (`await run_upload_async(...)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from uploader.errors import InterruptedRun, UsageError
 from uploader.load import load
@@ -28,12 +31,13 @@ if TYPE_CHECKING:  # the HTTP stack loads only when a command sends requests
     from uploader.send.batches import BatchPolicy
     from uploader.send.submit import Progress, RunOptions, RunSummary, StopFlag
 
-__all__ = ["reconcile", "run_upload"]
+__all__ = ["reconcile", "run_upload", "run_upload_async"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def run_upload(
+async def run_upload_async(
     ledger: Ledger,
     manifest: str | Path | None,
     options: ManifestOptions,
@@ -48,17 +52,36 @@ def run_upload(
     handle_signals: bool = True,
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
-    """Load `manifest` (if given), then send every pending row of the ledger. Rows with no batch of their
+    """Load `manifest` (if given; named `manifest_label` in the ledger if given), then send every pending row of
+    the ledger. Rows with no batch of their
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
-    them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name)."""
+    them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name).
+    `run_upload` runs it in an event loop of its own (asyncio.run); this coroutine runs in the caller's."""
     from uploader.send.submit import RunOptions, StopFlag
 
     stop = stop or StopFlag()
     body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-                on_progress, stop, default_batch, on_notice)
-    return asyncio.run(_with_signals(stop, handle_signals, body))
+                on_progress, stop, default_batch, on_notice, manifest_label)
+    return await _with_signals(stop, handle_signals, body)
+
+
+def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, T]], name: str) -> Callable[P, T]:
+    """A function running `coroutine_function` to completion in a new event loop: one signature, the
+    coroutine's, for both the blocking and the async entry point."""
+
+    @functools.wraps(coroutine_function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return asyncio.run(coroutine_function(*args, **kwargs))
+
+    run.__name__, run.__qualname__ = name, name
+    return run
+
+
+#: `run_upload_async` in an event loop of its own: for code not already inside one (the CLI, scripts).
+run_upload = _blocking(run_upload_async, "run_upload")
 
 
 async def _with_signals(stop: StopFlag, handle_signals: bool, body: Awaitable[T]) -> T:
@@ -89,6 +112,7 @@ async def _run(
     stop: StopFlag,
     default_batch: bool,
     on_notice: Callable[[str], None] | None,
+    manifest_label: str | None = None,
 ) -> RunSummary:
     """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
     from uploader.api import ApiClient
@@ -118,7 +142,7 @@ async def _run(
             if stop.gentle:  # stopped while its creation was in the air: the batch is recorded, nothing loaded
                 raise InterruptedRun()
         if manifest is not None:
-            report = load(ledger, manifest, options)
+            report = load(ledger, manifest, options, manifest_label)
             if on_load:
                 on_load(report)
         counts = ledger.counts()
@@ -190,33 +214,36 @@ async def _batch_unbatched_rows(
 
 
 def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0,
-              max_retry_after: float | None = None) -> tuple[int, int]:
-    """Resolve `uncertain` rows by listing their batches; returns (resolved, still uncertain).
-    `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER)."""
-    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after))
+              max_retry_after: float | None = None, seed: int | None = None) -> tuple[int, int]:
+    """Resolve `uncertain` rows by listing their batches, with the resolver a run uses (uploader.send.resolve:
+    the same retries, 429 included, and the same settling); returns (resolved, still uncertain).
+    `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER). Raises
+    FatalApiError when the API refuses the key or project, ApiUnreachableError when a batch could not be
+    read (after the rows that could be were resolved)."""
+    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after, seed))
 
 
 async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
-                     max_retry_after: float | None = None) -> tuple[int, int]:
+                     max_retry_after: float | None, seed: int | None) -> tuple[int, int]:
+    """One final round of the run's resolver over every uncertain row of the ledger."""
+    import random
+
     from uploader.api import MAX_RETRY_AFTER, ApiClient
+    from uploader.errors import ApiUnreachableError
+    from uploader.send.resolve import Resolver
+    from uploader.send.summary import Progress
 
-    cap = MAX_RETRY_AFTER if max_retry_after is None else max_retry_after
-
-    resolved = remaining = 0
-    async with ApiClient(base_url, api_key, concurrency=4, timeout=timeout) as client:
-        for project, batch, rows in ledger.uncertain_groups():
-            batch_id = batch
-            if batch_id is None:
-                known = ledger.known_job_in_default_batch(project)
-                if known:
-                    result = await client.get_job(project, known)
-                    batch_id = (result.data or {}).get("batch_id") if result.success else None
-            if batch_id is None:
-                remaining += len(rows)
-                continue
-            found = await client.find_job_ids(project, str(batch_id), [ref for _, ref in rows], max_retry_after=cap)
-            hits = {rid: found[ref] for rid, ref in rows if ref in found}
-            done = ledger.resolve_uncertain(hits, [rid for rid, ref in rows if ref not in found])
-            resolved += done.total  # succeeded, conflict (found, other data) or failed (not created)
-            remaining += len(rows) - done.total
+    progress = Progress()
+    async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:  # one lookup at a time
+        resolver = Resolver(ledger, client, progress, random.Random(seed),
+                            max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after)
+        resolver.waiting = True
+        fatal = await resolver.resolve(final=True)
+    if fatal is not None:
+        raise fatal
+    resolved = progress.succeeded + progress.conflict + progress.failed
+    remaining = ledger.counts()["uncertain"]
+    if resolver.unreachable is not None and remaining:
+        raise ApiUnreachableError(f"{resolver.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
+                                  "uncertain: run `uploader reconcile` again later)")
     return resolved, remaining

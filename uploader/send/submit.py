@@ -47,11 +47,11 @@ from uploader.api import (
 from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
 from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
 from uploader.send.pacing import Pacer, RateLimiter
-from uploader.send.resolve import Recovery, RunStopping
+from uploader.send.resolve import Resolver, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
 from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
-if TYPE_CHECKING:  # the worker never builds a client: it is handed one
+if TYPE_CHECKING:  # the run never builds a client: it is handed one
     from uploader.api import ApiClient
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
@@ -93,6 +93,29 @@ class RunOptions:
     #: Begin with one request in the air and widen by one per answer (uploader.send.pacing), so a run
     #: that every answer refuses (a wrong key, a wrong batch) stops after a few requests, not `concurrency`.
     slow_start: bool = True
+    #: Rows the claimer keeps queued for the senders: twice the concurrency, within these bounds (`claim_size`):
+    #: few enough that a stopped run holds few rows, enough that the ledger is not asked once per request.
+    claim_size_min: int = 16
+    #: The upper bound of `claim_size` (see `claim_size_min`).
+    claim_size_max: int = 256
+    #: How often the claimer looks again while the senders' queue is more than half full (seconds).
+    claim_poll: float = 0.005
+    #: How often the claimer looks again while rows are still in the air or their answers not yet recorded
+    #: (seconds): those may come back pending (a retry) before the run can end. Also the shortest wait for
+    #: a row's retry time.
+    settle_poll: float = 0.01
+    #: The longest wait for a row's retry time before claiming again (seconds): another run may release rows
+    #: meanwhile.
+    retry_wait_max: float = 1.0
+    #: How often the resolver looks for uncertain rows waiting for a lookup (seconds; uploader.send.resolve).
+    resolve_interval: float = 0.5
+    #: How often `on_progress` is called (seconds): the progress line's refresh.
+    progress_interval: float = 0.25
+
+    @property
+    def claim_size(self) -> int:
+        """How many rows the claimer keeps queued for the senders: twice the concurrency, within bounds."""
+        return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 2))
 
 
 def trouble(now: float, down: float | None, throttled_until: float,
@@ -194,26 +217,28 @@ def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOp
     An answer that may have come from an API that created the job (policy.may_have_created) never fails
     the row: when the attempts are used up it goes `uncertain` and a batch listing decides; so does a
     success answer that does not fit the request (Verdict.PROTOCOL)."""
-    details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
-    common = dict(error_code=decision.code, error_message=decision.message, error_details=details)
     sent = may_have_created(result)
-    base = dict(id=claim.id, lease_token=claim.lease_token, http_status=result.http_status, may_have_created=sent)
     if decision.verdict is Verdict.SUCCEEDED:
         job_id = job_id_text((result.data or {}).get("job_id"))
-        return Result(**base, status=Status.SUCCEEDED, job_id=job_id, origin="created")
+        return Result(claim.id, claim.lease_token, Status.SUCCEEDED, job_id=job_id, http_status=result.http_status,
+                      may_have_created=sent, origin="created")
+    details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
+    message = decision.message
+    status = Status.PENDING
     if decision.verdict is Verdict.PROTOCOL:
-        return Result(**base, status=Status.UNCERTAIN, **common)
-    if decision.verdict is Verdict.PERMANENT:
-        return Result(**base, status=Status.FAILED, **common)
-    if decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
+        status = Status.UNCERTAIN
+    elif decision.verdict is Verdict.PERMANENT:
+        status = Status.FAILED
+    elif decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
+        status = Status.UNCERTAIN if sent else Status.FAILED
         if sent:
             message = (f"{decision.message or decision.code}; attempts used up, but the last one may have "
                        "reached the API: the batch listing decides")
-            return Result(**base, status=Status.UNCERTAIN, **{**common, "error_message": message})
-        return Result(**base, status=Status.FAILED, **common)
-    not_before = utcnow() + dt.timedelta(seconds=delay)
-    refund = decision.verdict in (Verdict.THROTTLED, Verdict.FATAL)
-    return Result(**base, status=Status.PENDING, not_before=not_before, refund_attempt=refund, **common)
+    retry = status is Status.PENDING  # sent again after `delay`; a 429 or a run-fatal answer costs no attempt
+    return Result(claim.id, claim.lease_token, status, error_code=decision.code, error_message=message,
+                  error_details=details, http_status=result.http_status, may_have_created=sent,
+                  not_before=utcnow() + dt.timedelta(seconds=delay) if retry else None,
+                  refund_attempt=retry and decision.verdict in (Verdict.THROTTLED, Verdict.FATAL))
 
 
 class _Run:
@@ -234,7 +259,7 @@ class _Run:
         self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
         self.failed_task: TaskFailed | None = None  #: a task of the run raised: the run stops
-        self.recovery = Recovery(ledger, client, self.progress, self.rng, flush=self._flush,
+        self.resolver = Resolver(ledger, client, self.progress, self.rng, flush=self._flush,
                                  halted=lambda: self.fatal is not None or self.ledger_error is not None,
                                  sleep=self._sleep, max_retry_after=opts.max_retry_after)
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
@@ -242,7 +267,7 @@ class _Run:
         self.on_progress: Callable[[Progress], None] | None = None
         self.first = FirstAnswers(0)  #: the first rows' answers: a systematic error stops the run (_run sets it)
         #: This run's rows waiting to retry after a retryable error: row id → (monotonic time due, code).
-        self.waiting: dict[int, tuple[float, str | None]] = {}
+        self.retry_due: dict[int, tuple[float, str | None]] = {}
         self.outage_told = 0.0  #: how long the current outage had lasted when the user was last told
         self.unreachable_message: str | None = None  #: the last failed connection, in the user's words
 
@@ -260,7 +285,7 @@ class _Run:
         counts = self.ledger.counts()
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
-        self.recovery.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
+        self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         self.first = FirstAnswers(min(SYSTEMATIC_ROWS, counts["pending"] + counts["in_flight"]))
         try:
             self.owner = self.ledger.register_worker()
@@ -278,7 +303,7 @@ class _Run:
 
         senders = [start(self._sender(), f"sender {i + 1}") for i in range(self.opts.concurrency)]
         helpers = [start(self._flusher(), "flusher"), start(self._heartbeat(), "heartbeat"),
-                   start(self._resolver(), "resolver")]
+                   start(self._resolve_loop(), "resolver")]
         if on_progress:
             helpers.append(start(self._report(on_progress), "progress"))
         claimer = start(self._claimer(), "claimer")
@@ -331,7 +356,7 @@ class _Run:
         if self.ledger_error is None and not self.stop.gentle and self.failed_task is None:
             # Every uncertain row of the ledger, not only this run's: another machine's run may still be
             # resolving its own, and the counts this run reports (and its exit code) come after this.
-            self.recovery.waiting = True
+            self.resolver.waiting = True
             await self._resolve_all(final=True)
 
     async def _monitor(self, drain: asyncio.Task[Any], side: dict[asyncio.Task[Any], str]) -> None:
@@ -408,26 +433,27 @@ class _Run:
             self._halt(exc)
 
     async def _claim_loop(self) -> None:
-        batch = max(16, min(256, self.opts.concurrency * 2))
+        size = self.opts.claim_size
         while not self._stopping:
-            room = batch - self.queue.qsize()
-            if room < batch // 2:
-                await asyncio.sleep(0.005)
+            room = size - self.queue.qsize()
+            if room < size // 2:
+                await asyncio.sleep(self.opts.claim_poll)
                 continue
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
-                self.waiting.pop(c.id, None)
+                self.retry_due.pop(c.id, None)
                 self.queue.put_nowait(c)
             if claims:
                 await asyncio.sleep(0)
                 continue
             if self.queue.qsize() or self.busy or self.results:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(self.opts.settle_poll)
                 continue
             wake = self.ledger.next_wakeup(self.owner)
             if wake is None:
                 return
-            await self.pacer.sleep(min(1.0, max(0.01, (wake - utcnow()).total_seconds())))
+            wait = (wake - utcnow()).total_seconds()
+            await self.pacer.sleep(min(self.opts.retry_wait_max, max(self.opts.settle_poll, wait)))
 
     async def _sender(self) -> None:
         while True:
@@ -471,12 +497,13 @@ class _Run:
             )  # fmt: skip
             self._count(outcome)
             self.results.append(outcome)
-            self.recovery.waiting = True
+            self.resolver.waiting = True
             return
         if decision.verdict is Verdict.PROTOCOL:
             self._protocol_error(decision.code, f"reference_id {claim.reference_id!r}: {decision.message}")
         elif decision.verdict is Verdict.FATAL:
-            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status)
+            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status,
+                                                     project_id=claim.project_id)
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # The request never reached the API: the API is down, not the row. Pause every sender and do
@@ -493,8 +520,8 @@ class _Run:
             decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-            if retry_after_capped(hint, self.opts.max_retry_after):
-                self._capped(hint)  # type: ignore[arg-type]
+            if hint is not None and retry_after_capped(hint, self.opts.max_retry_after):
+                self._capped(hint)
             if decision.verdict is Verdict.THROTTLED:
                 # Retry-After is a floor added to a backoff growing with the 429 rounds in a row: a hint of 0
                 # (or a date in the past) cannot make the whole run retry as fast as it can.
@@ -509,7 +536,7 @@ class _Run:
         if outcome.status is Status.FAILED:
             self.progress.failed_row(outcome.error_code, outcome.error_message, claim.reference_id)
         elif outcome.status is Status.PENDING and not outcome.refund_attempt:
-            self.waiting[claim.id] = (time.monotonic() + delay, outcome.error_code)
+            self.retry_due[claim.id] = (time.monotonic() + delay, outcome.error_code)
         self.results.append(outcome)
 
     async def _paced(self, limiter: RateLimiter) -> bool:
@@ -557,7 +584,7 @@ class _Run:
             p.failed += 1
         elif r.status is Status.UNCERTAIN:
             p.uncertain += 1
-            self.recovery.waiting = True  # the batch listing decides
+            self.resolver.waiting = True  # the batch listing decides
         elif not r.refund_attempt:
             p.retrying += 1
 
@@ -580,7 +607,7 @@ class _Run:
         """Successes the ledger refused (their job_id is another row's), and the rows demoted with them:
         uncertain now, for the listing to settle; each refused answer counts as a protocol error."""
         mine = {r.id for r in batch if r.status is Status.SUCCEEDED}
-        self.recovery.waiting = True
+        self.resolver.waiting = True
         for rid in ids:
             if rid in mine:  # counted as succeeded by _count; a demoted holder shows in the ledger's counts
                 self.progress.succeeded -= 1
@@ -611,24 +638,24 @@ class _Run:
         except LedgerError as exc:
             self._halt(exc)
 
-    async def _resolver(self) -> None:
+    async def _resolve_loop(self) -> None:
         try:
             while True:  # at once first: rows an earlier (killed) run left uncertain
                 await self._resolve_all(final=False)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self.opts.resolve_interval)
         except LedgerError as exc:
             self._halt(exc)
 
     async def _resolve_all(self, final: bool) -> None:
         """Find the job_ids of rows refused with FS_0001, by listing their batch (uploader.send.resolve)."""
-        fatal = await self.recovery.resolve(final)
+        fatal = await self.resolver.resolve(final)
         self.fatal = self.fatal or fatal
         if fatal is not None:
             self.pacer.wake()
 
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.opts.progress_interval)
             self._watch(time.monotonic())
             on_progress(self.progress)
 
@@ -636,7 +663,7 @@ class _Run:
         """Say what holds the run up, as it happens: the API unreachable (a notice after OUTAGE_NOTICE s, then
         every OUTAGE_NOTICE_EVERY s, and when it answers again), a 429 pause, rows waiting to retry."""
         p, pacer = self.progress, self.pacer
-        p.retrying_now = len(self.waiting)
+        p.retrying_now = len(self.retry_due)
         down = now - pacer.outage_since if pacer.outage_since is not None else None
         if down is None and self.outage_told:
             p.notices.append(f"the API answers again (it was unreachable for at least {self.outage_told:.0f} s)")
@@ -646,7 +673,7 @@ class _Run:
             p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
                              "marked failed meanwhile")
         p.trouble = trouble(now, down, pacer.pause_until if pacer.throttle_rounds else 0.0,
-                            None if self.queue.qsize() or self.busy else self.waiting)
+                            None if self.queue.qsize() or self.busy else self.retry_due)
 
 
 
@@ -711,5 +738,5 @@ class _FatalWithSummary(FatalApiError):
     """A fatal API error, carrying the run's summary for the CLI."""
 
     def __init__(self, exc: FatalApiError, summary: RunSummary) -> None:
-        super().__init__(str(exc), exc.code, exc.http_status)
+        super().__init__(str(exc), exc.code, exc.http_status, exc.project_id)
         self.summary = summary

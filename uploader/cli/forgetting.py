@@ -1,0 +1,93 @@
+"""`uploader forget`: its filters as a ledger Selection, the confirmation before job_ids are forgotten, and
+what it prints. The command itself (options) is in uploader.cli.commands; the SQL in uploader.ledger."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from uploader.cli.hints import Repeat
+from uploader.cli.stdin import STDIN_LABEL
+from uploader.errors import UsageError
+
+__all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten",
+           "project_hint"]
+
+#: API codes that stop a run over one project (not found, or the key may not use it).
+PROJECT_CODES = frozenset({"unauthorized", "resource_error", "PR_0001"})
+
+
+def forget_selection(project_id: str | None, statuses: tuple[str, ...], reference_id_file: Path | None,
+                     manifest: str | None) -> Any:
+    """The rows `forget` acts on; UsageError without any filter or with an unknown state."""
+    from uploader.ledger import Selection, Status
+
+    valid = {s.value for s in Status}
+    for s in statuses:
+        if s not in valid:
+            raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
+    refs = None
+    if reference_id_file is not None:
+        lines = reference_id_file.read_text(encoding="utf-8").splitlines()
+        refs = tuple(line.rstrip("\r") for line in lines if line.strip())
+    recorded = None
+    if manifest is not None:
+        recorded = STDIN_LABEL if manifest == "-" else str(Path(manifest).absolute())
+    selection = Selection(project_id=project_id, statuses=tuple(statuses), reference_ids=refs, manifest=recorded)
+    if selection.empty:
+        raise UsageError("give at least one filter: --project-id, --status, --reference-id-file or --manifest")
+    return selection
+
+
+def _stdin_is_tty() -> bool:
+    return sys.stdin.isatty()
+
+
+def confirm_forget(counts: Any, yes: bool) -> None:
+    """Before --include-created forgets rows whose job exists: say how many (and job_ids), then ask, unless
+    `yes`. Without a terminal to ask on, refuse (UsageError) unless `yes`."""
+    if not counts.created:
+        return
+    click.echo(
+        f"{counts.created} rows whose job exists (or may exist) at the API will be forgotten, "
+        f"{counts.with_job_id} job_ids with them: loading them again would create their jobs again.",
+        err=True,
+    )
+    if yes:
+        return
+    if not _stdin_is_tty():
+        raise UsageError("not forgetting jobs without confirmation: no terminal to ask on; pass --yes")
+    click.confirm("Forget them?", abort=True, err=True)
+
+
+def print_forgotten(removed: Any, kept: Any | None) -> None:
+    """What `forget` removed, and (without --include-created) what it kept and why."""
+    total = removed.never_created + removed.created
+    click.echo(f"forgot {total} rows: {removed.never_created} that never created a job"
+               + (f", {removed.created} whose job exists or may ({removed.with_job_id} job_ids)" if removed.created
+                  else "") + ".")
+    if kept is not None and kept.created:
+        click.echo(f"kept {kept.created} rows whose job exists or may exist at the API ({kept.with_job_id} with a "
+                   "job_id); --include-created forgets them too.")
+
+
+def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
+    """For a run stopped by an answer about one project (PROJECT_CODES): that project, how many rows of the
+    ledger it holds, and how to forget them if they are not this upload's. None for any other stop."""
+    from uploader.ledger import project_counts
+
+    project = getattr(exc, "project_id", None)
+    if project is None or getattr(exc, "code", None) not in PROJECT_CODES:
+        return None
+    counts = project_counts(led.engine).get(project, {})
+    rows = sum(counts.values())
+    waiting = counts.get("pending", 0) + counts.get("in_flight", 0)
+    return (
+        f"The run was stopped by a row of project {project!r}: the ledger holds {rows} rows of that project "
+        f"({waiting} not sent yet). If they do not belong to this upload, remove them with "
+        f"`{repeat.command('forget --project-id ' + shlex.quote(project))}`."
+    )
