@@ -119,19 +119,19 @@ class RunOptions:
 
 
 def trouble(now: float, down: float | None, throttled_until: float,
-            waiting: dict[int, tuple[float, str | None]] | None) -> str | None:
+            retry_due: dict[int, tuple[float, str | None]] | None) -> str | None:
     """What holds the run up at `now`, in a few words (Progress.trouble), or None. `down`: seconds the API has
-    been unreachable; `throttled_until`: the end of a 429 pause; `waiting`: rows waiting to retry, given only
-    when nothing else is being sent (then they are what the run waits for)."""
+    been unreachable; `throttled_until`: the end of a 429 pause; `retry_due`: rows waiting to retry (row → time
+    due, code), given only when nothing else is being sent (then they are what the run waits for)."""
     if down is not None and down >= 1:
         return f"API unreachable for {down:.0f} s, retrying"
     if throttled_until > now:
         return f"throttled (429): paused {throttled_until - now:.0f} s"
-    if waiting:
-        due, code = min(waiting.values(), key=lambda w: w[0])
+    if retry_due:
+        due, code = min(retry_due.values(), key=lambda w: w[0])
         wait = due - now
         if wait >= WAIT_SHOWN:
-            n = len(waiting)
+            n = len(retry_due)
             rows = "1 row waits" if n == 1 else f"{n} rows wait"
             return f"{rows} {wait:.0f} s to retry ({code})"
     return None
@@ -668,7 +668,8 @@ class _Run:
         if down is None and self.outage_told:
             p.notices.append(f"the API answers again (it was unreachable for at least {self.outage_told:.0f} s)")
             self.outage_told = 0.0
-        if down is not None and down >= OUTAGE_NOTICE and down - self.outage_told >= OUTAGE_NOTICE_EVERY:
+        if down is not None and down >= OUTAGE_NOTICE and (not self.outage_told
+                                                           or down - self.outage_told >= OUTAGE_NOTICE_EVERY):
             self.outage_told = down
             p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
                              "marked failed meanwhile")
