@@ -8,6 +8,7 @@ it imports nothing heavy at module level: tqdm is imported only when a progress 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -163,7 +164,7 @@ def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> No
         f"{head} {d['seconds']:.1f} s. This run: {run_['requests']} requests ({d['requests_per_second']:.0f}/s), "
         f"{run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
         + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
-        + f"{run_['failed']} failed, {run_['retries']} retries"
+        + f"{run_['failed']} failed, {run_['retries']} retr{'y' if run_['retries'] == 1 else 'ies'}"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
     for e in d["this_run_errors"][:5]:
@@ -224,7 +225,9 @@ class ProgressDisplay:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=p.total - p.done_before, unit="job", dynamic_ncols=True)
+                self.bar = tqdm(total=p.total - p.done_before, unit="job", ncols=bar_width())
+            else:
+                self.bar.ncols = bar_width()
             self.bar.set_description_str(trouble or "", refresh=False)
             self.bar.set_postfix_str(postfix(p), refresh=False)
             self.bar.update(p.done - p.done_before - self.bar.n)
@@ -244,6 +247,17 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def bar_width() -> int:
+    """The bar's width: the terminal's (as it is now: it may be resized), less two columns, so the `^C` a
+    terminal echoes on Ctrl-C lands beside the bar instead of wrapping it onto a second line."""
+
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        columns = 80
+    return max(20, columns - 2)
 
 
 def postfix(p: Any, sep: str = "=") -> str:

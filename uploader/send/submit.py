@@ -269,6 +269,7 @@ class _Run:
         #: This run's rows waiting to retry after a retryable error: row id → (monotonic time due, code).
         self.retry_due: dict[int, tuple[float, str | None]] = {}
         self.outage_told = 0.0  #: how long the current outage had lasted when the user was last told
+        self.outage_began: float | None = None  #: when the outage the user was told of began (monotonic)
         self.unreachable_message: str | None = None  #: the last failed connection, in the user's words
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -665,14 +666,17 @@ class _Run:
         p, pacer = self.progress, self.pacer
         p.retrying_now = len(self.retry_due)
         down = now - pacer.outage_since if pacer.outage_since is not None else None
-        if down is None and self.outage_told:
-            p.notices.append(f"the API answers again (it was unreachable for at least {self.outage_told:.0f} s)")
-            self.outage_told = 0.0
+        if down is None and self.outage_began is not None:
+            p.notices.append(f"the API answers again, after {now - self.outage_began:.0f} s unreachable")
+            self.outage_told, self.outage_began = 0.0, None
         if down is not None and down >= OUTAGE_NOTICE and (not self.outage_told
                                                            or down - self.outage_told >= OUTAGE_NOTICE_EVERY):
-            self.outage_told = down
+            self.outage_told, self.outage_began = down, pacer.outage_since
             p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
                              "marked failed meanwhile")
+        if self.stop.gentle:
+            p.trouble = f"stopping: {self.pacer.in_air} in the air (Ctrl-C again: cancel them)"
+            return
         p.trouble = trouble(now, down, pacer.pause_until if pacer.throttle_rounds else 0.0,
                             None if self.queue.qsize() or self.busy else self.retry_due)
 
