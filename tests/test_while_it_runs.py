@@ -294,3 +294,46 @@ def test_status_lists_a_worker_whose_process_is_gone_as_dead(tmp_path):
     shown = invoke("status", "--ledger", str(tmp_path / "l.db")).output
     assert "1 live worker (" in shown and "dead worker: " in shown and f"pid {proc.pid} (the process is gone" in shown
     led.close()
+
+
+def test_a_live_workers_rate_is_its_current_one(tmp_path):
+    """Seen: a live worker shown at 0/s (its average since it started, 0 before its first heartbeat)."""
+    manifest = write_images(tmp_path / "images.csv", 3)
+    led = _load(tmp_path / "l.db", manifest)
+    owner = led.register_worker()
+    led.heartbeat(owner, 60, 1000, rate=250.0)  # 1000 requests, lately at 250/s
+    (worker,) = led.status().live_workers
+    assert worker["requests_per_second"] == 250.0
+    assert worker["average_requests_per_second"] != 250.0
+    led.close()
+
+
+@pytest.mark.slow
+def test_status_shows_a_new_runs_rate_within_seconds(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from uploader.ledger import Ledger
+
+    manifest = write_images(tmp_path / "images.csv", 3000)
+    ledger = tmp_path / "l.db"
+    with Sandbox(SandboxConfig(api_key=KEY, seed=3, latency_ms=20)) as box:
+        cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "4")]
+        proc = subprocess.Popen(cmd, env={**__import__("os").environ, "PLAYMENT_API_KEY": KEY},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            rates: list[float] = []
+            while time.monotonic() < deadline and not any(rates):
+                time.sleep(0.2)
+                if ledger.exists():
+                    led = Ledger.open(ledger, create=False)
+                    try:
+                        rates = [w["requests_per_second"] for w in led.status().live_workers]
+                    finally:
+                        led.close()
+            assert any(r > 0 for r in rates), rates
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

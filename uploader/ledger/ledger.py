@@ -377,14 +377,16 @@ class Ledger(LedgerQueries):
             {"t": now - dt.timedelta(seconds=1), "o": owner},
         )
 
-    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True) -> None:
-        """Show this worker alive with its request count; with `renew`, keep its leases alive too."""
+    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True,
+                  rate: float | None = None) -> None:
+        """Show this worker alive with its request count and current `rate` (requests/s since its previous
+        heartbeat); with `renew`, keep its leases alive too."""
         now = utcnow()
         exp = now + dt.timedelta(seconds=lease_seconds)
         with write_tx(self.engine) as conn:
             conn.execute(
-                text("UPDATE workers SET heartbeat_at = :t, sent = :s WHERE owner = :o"),
-                {"t": now, "s": sent, "o": owner},
+                text("UPDATE workers SET heartbeat_at = :t, sent = :s, rate = :r WHERE owner = :o"),
+                {"t": now, "s": sent, "r": rate, "o": owner},
             )
             if renew:
                 conn.execute(

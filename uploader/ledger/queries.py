@@ -157,10 +157,10 @@ class LedgerQueries:
                 "GROUP BY origin ORDER BY origin"))}
             now = utcnow()
             workers = [
-                _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
-                for o, h, p, s, b, n in conn.execute(
+                _live_worker(o, h, p, _dt(s), _dt(b), n, now, r)  # type: ignore[arg-type]
+                for o, h, p, s, b, n, r in conn.execute(
                     text(
-                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent FROM workers "
+                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent, rate FROM workers "
                         "WHERE stopped_at IS NULL AND heartbeat_at > :stale ORDER BY started_at"
                     ),
                     {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
@@ -232,14 +232,17 @@ class LedgerQueries:
 
 
 def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,
-                 now: dt.datetime) -> dict[str, Any]:
+                 now: dt.datetime, rate: float | None = None) -> dict[str, Any]:
     """A live worker as `status` shows it: `sent` is its request count at its last heartbeat (every few
-    seconds), `requests_per_second` the average from its start to that heartbeat."""
+    seconds), `requests_per_second` its current rate (over the interval before that heartbeat; before its
+    second heartbeat, the average since its start), `average_requests_per_second` the average since its start."""
     up = (beat - started).total_seconds()
+    average = round(sent / up, 1) if up > 0 else 0.0
     return {
         "owner": owner, "hostname": host, "pid": pid, "started_at": started.isoformat() + "Z",
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
-        "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
+        "sent": sent, "requests_per_second": round(rate, 1) if rate is not None else average,
+        "average_requests_per_second": average,
     }
 
 

@@ -59,6 +59,8 @@ __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "bo
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
+#: The heartbeat's delay while the run has sent nothing yet (seconds): `status` soon shows a new run's rate.
+FIRST_HEARTBEAT = 1.0
 #: The user is told the API is unreachable once it has been for this long (seconds), then every
 #: OUTAGE_NOTICE_EVERY seconds while it lasts.
 OUTAGE_NOTICE = 5.0
@@ -625,15 +627,20 @@ class _Run:
             self._halt(exc)
 
     async def _heartbeat(self) -> None:
-        """Renew this run's leases every lease/4 s; show its request count to `status` every few seconds."""
+        """Renew this run's leases every lease/4 s; show its request count and current rate to `status` every
+        few seconds (the first time after a second, so a new run does not show 0 requests/s for long)."""
         every = max(0.1, self.opts.lease_seconds / 4)
         tick = min(every, STATUS_INTERVAL)
-        renewed = time.monotonic()
+        renewed = last_at = time.monotonic()
+        last_sent = 0
         try:
             while True:
-                await asyncio.sleep(tick)
-                renew = time.monotonic() - renewed >= every - tick / 2
-                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests, renew=renew)
+                await asyncio.sleep(min(tick, FIRST_HEARTBEAT) if last_sent == 0 else tick)
+                now, sent = time.monotonic(), self.progress.requests
+                rate = (sent - last_sent) / (now - last_at) if now > last_at else None
+                last_at, last_sent = now, sent
+                renew = now - renewed >= every - tick / 2
+                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, sent, renew=renew, rate=rate)
                 if renew:
                     renewed = time.monotonic()
         except LedgerError as exc:
