@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from uploader.errors import ManifestError
 from uploader.manifest import csv_reader as _manifest_csv
+from uploader.manifest import frames as _manifest_frames
 from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_manifests"
@@ -205,7 +207,7 @@ def test_video_long_problems(tmp_path: Path) -> None:
     assert "use a signed or public https URL" in messages[7]
 
 
-def test_video_long_temp_database_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_video_long_temp_files_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     path = write(tmp_path, "m.csv", "reference_id,frame_id,src\nv,a,https://e.com/a\n")
     m = Manifest(path, OPTS)
@@ -214,6 +216,47 @@ def test_video_long_temp_database_is_removed(tmp_path: Path, monkeypatch: pytest
     assert any(p.name.startswith("uploader-frames-") for p in tmp_path.iterdir())
     chunks.close()
     assert not any(p.name.startswith("uploader-frames-") for p in tmp_path.iterdir())
+
+
+def test_video_long_frame_index_beyond_64_bits(tmp_path: Path) -> None:
+    """A frame_index is any integer: one past 2**63 sorts after the others (the SQLite frame store raised
+    OverflowError)."""
+    text = "reference_id,frame_id,src,frame_index\nv1,a,https://e.com/a,99999999999999999999\nv1,b,https://e.com/b,1\n"
+    jobs, m = load(write(tmp_path, "m.csv", text))
+    assert m.problems == []
+    assert [f["frame_id"] for f in json.loads(jobs[0].body)["data"]["video_data"]["frames"]] == ["b", "a"]
+
+
+def test_video_long_more_rows_than_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame rows beyond one run are spilled as sorted runs and merged back (in several passes when there are
+    more runs than FAN_IN): the same videos, frames in frame_index order, the same problems as one in-memory
+    sort, including a duplicate frame_id whose two rows are in different runs."""
+    rows = [[f"v{v}", f"f{i}", f"https://e.com/{v}/{i}.jpg", str(i)] for v in range(7) for i in range(9)]
+    random.Random(3).shuffle(rows)
+    rows.insert(0, ["v3", "f2", "https://e.com/dup.jpg", "20"])  # line 2; its twin is far down the file
+    path = write(tmp_path, "m.csv", "reference_id,frame_id,src,frame_index\n" + "".join(",".join(r) + "\n"
+                                                                                     for r in rows))
+    in_memory, m = load(path, size=2)
+    expected_problems = [(p.line, p.column, p.message) for p in m.problems]
+    assert sorted(j.reference_id for j in in_memory) == [f"v{v}" for v in range(7) if v != 3]
+    frames = json.loads(in_memory[0].body)["data"]["video_data"]["frames"]
+    assert [f["frame_id"] for f in frames] == [f"f{i}" for i in range(9)]
+    assert len(expected_problems) == 1 and expected_problems[0][1] == "frame_id"
+
+    monkeypatch.setattr(_manifest_frames, "RUN_ROWS", 4)
+    monkeypatch.setattr(_manifest_frames, "BLOCK_ROWS", 3)
+    monkeypatch.setattr(_manifest_frames, "FAN_IN", 3)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    m = Manifest(path, OPTS)
+    chunks = m.chunks(2)
+    jobs = next(chunks)
+    runs = sorted(int(f.name.removeprefix("run-")) for f in tmp_path.glob("uploader-frames-*/run-*"))
+    assert 2 <= len(runs) <= 3  # merged down to at most FAN_IN runs ...
+    assert runs[-1] >= len(rows) // 4  # ... by merges written after the 16 spilled runs
+    jobs += [job for chunk in chunks for job in chunk]
+    assert jobs == in_memory
+    assert [(p.line, p.column, p.message) for p in m.problems] == expected_problems
+    assert not list(tmp_path.glob("uploader-frames-*"))
 
 
 # --- values stay verbatim ----------------------------------------------------------------------------

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.manifest.formats import FORMATS, Span
-    from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
+    from uploader.manifest.formats import FORMATS as FORMATS
+    from uploader.manifest.formats import Span as Span
+    from uploader.manifest.reader import Manifest as Manifest
+    from uploader.manifest.reader import ManifestOptions as ManifestOptions
+    from uploader.manifest.reader import StagedJob as StagedJob
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {

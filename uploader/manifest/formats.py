@@ -53,11 +53,11 @@ def detect_format(path: Path, override: str | None) -> str:
         if fmt not in FORMATS:
             raise fail(path, f"unknown format {override!r}; use --format csv, tsv, parquet or jsonl")
         return fmt
-    fmt = EXTENSIONS.get(path.suffix.lower())
-    if fmt is None:
+    by_suffix = EXTENSIONS.get(path.suffix.lower())
+    if by_suffix is None:
         raise fail(path, f"unknown format for {'a ' + path.suffix if path.suffix else 'an extension-less'} file; "
                          "use --format csv, tsv, parquet or jsonl")
-    return fmt
+    return by_suffix
 
 
 def sniff_start(path: Path) -> bytes:
@@ -206,7 +206,7 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
     import pyarrow.compute as pc
 
     if kind in ("object", "null"):
-        return array.to_pylist() if kind == "object" else [""] * len(array)  # type: ignore[no-any-return]
+        return array.to_pylist() if kind == "object" else [""] * len(array)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if kind != "text":
@@ -220,7 +220,8 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
 def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path, span: Span | None = None) -> Iterator[Chunk]:
     """Rows in chunks, numbered by row index. With `span`, only rows [span.start, span.end): the row groups
     before it are skipped unread, and the edge batches sliced."""
-    start, end, groups, offset = 0, pf.metadata.num_rows, None, 0
+    start, end, offset = 0, pf.metadata.num_rows, 0
+    groups: list[int] | None = None  # with a span: the row groups it overlaps
     if span is not None:
         start, end, groups, first = span.start, span.end, [], 0
         for g in range(pf.metadata.num_row_groups):

@@ -1,19 +1,22 @@
 """Long-form video manifests: one row per frame, the frames of one video anywhere in the file.
 
 Such a manifest cannot be turned into jobs row by row, and must not be held in memory to group it, so each
-checked frame row is parked in a private temporary SQLite file (`FrameStore`) and, once the file has been
-read, the frames are read back grouped by (project_id, reference_id) and each video is checked as a whole.
+checked frame row is parked in a `FrameStore` (an external merge sort: sorted runs spilled to private
+temporary files) and, once the file has been read, the frames are read back grouped by
+(project_id, reference_id) and each video is checked as a whole.
 Apart from the row code (`reader`) because this is the only place rows wait for one another.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
-import sqlite3
+import pickle
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from itertools import groupby
+from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby, islice
 from operator import itemgetter
 from typing import Any
 
@@ -31,35 +34,72 @@ from uploader.manifest.values import (
 
 __all__ = ["FrameStore", "frame_row", "videos"]
 
+#: Frame rows held in memory at most (plus one chunk): more are sorted and spilled to a run file.
+RUN_ROWS = 20_000
+#: Rows per pickled block of a run file: what the merge holds in memory per run.
+BLOCK_ROWS = 256
+#: Runs merged at once; with more, the first ones are merged into one run first (so open files and the
+#: merge's memory stay bounded).
+FAN_IN = 64
+
+Row = tuple[Any, ...]  # pid, ref, ord, line, fid, src, wf, batch, pw, meta, extra, bad
+_order = itemgetter(0, 1, 2, 3)  # (pid, ref, ord, line): a video's frames together, in frame order
+
 
 class FrameStore:
-    """Frames of long-form videos, parked in a private temporary SQLite file so that the frames of one video
-    can be anywhere in the manifest without the manifest being held in memory."""
-
-    COLUMNS = "pid, ref, ord, line, fid, src, wf, batch, pw, meta, extra, bad"
+    """Frames of long-form videos, sorted by (project_id, reference_id, frame order, line) without the
+    manifest being held in memory: at most `RUN_ROWS` rows are held, and each full batch is sorted and
+    spilled as a run file (pickled blocks) to a private temporary directory; `videos()` merges the runs."""
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="uploader-frames-", suffix=".sqlite")
-        os.close(fd)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute(f"CREATE TABLE f ({self.COLUMNS})")
+        self.path = tempfile.mkdtemp(prefix="uploader-frames-")
+        self._rows: list[Row] = []
+        self._runs: list[str] = []
+        self._made = 0  # run files written, for their names
 
-    def add(self, rows: list[tuple[Any, ...]]) -> None:
-        self.db.executemany("INSERT INTO f VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    def add(self, rows: list[Row]) -> None:
+        self._rows += rows
+        if len(self._rows) >= RUN_ROWS:
+            self._rows.sort(key=_order)
+            self._runs.append(self._write(self._rows))
+            self._rows = []
 
-    def videos(self) -> Iterator[tuple[tuple[str, str], Iterator[tuple[Any, ...]]]]:
+    def videos(self) -> Iterator[tuple[tuple[str, str], Iterator[Row]]]:
         """Frames grouped by (project_id, reference_id), in frame order (frame_index, else file order)."""
-        return groupby(self.db.execute(f"SELECT {self.COLUMNS} FROM f ORDER BY pid, ref, ord, line"),
-                       key=itemgetter(0, 1))
+        rows: Iterable[Row] = sorted(self._rows, key=_order)
+        self._rows = []
+        while len(self._runs) > FAN_IN:
+            first, self._runs = self._runs[:FAN_IN], self._runs[FAN_IN:]
+            self._runs.append(self._write(heapq.merge(*map(_read, first), key=_order)))
+            for path in first:
+                os.unlink(path)
+        if self._runs:
+            rows = heapq.merge(*map(_read, self._runs), rows, key=_order)
+        return groupby(rows, key=itemgetter(0, 1))
+
+    def _write(self, rows: Iterable[Row]) -> str:
+        """A run file of `rows` (sorted), in pickled blocks of `BLOCK_ROWS`."""
+        path = os.path.join(self.path, f"run-{self._made}")
+        self._made += 1
+        with open(path, "wb") as f:
+            it = iter(rows)
+            while block := list(islice(it, BLOCK_ROWS)):
+                pickle.dump(block, f, pickle.HIGHEST_PROTOCOL)
+        return path
 
     def close(self) -> None:
-        self.db.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _read(path: str) -> Iterator[Row]:
+    """The rows of a run file, one block in memory at a time."""
+    with open(path, "rb") as f:
+        while True:
+            try:
+                block: list[Row] = pickle.load(f)
+            except EOFError:
+                return
+            yield from block
 
 
 def frame_row(line: int, text: Callable[[str], str | None], has_index: bool, errs: Errors,

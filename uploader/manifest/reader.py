@@ -11,7 +11,7 @@ grouping of long-form video frames in `uploader.manifest.frames`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from itertools import repeat, starmap
 from pathlib import Path
@@ -30,6 +30,8 @@ __all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions"
 
 MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
+#: A row's (reference_id, project_id, work_flow_id, batch_id, priority_weight), defaults filled in.
+Settings = tuple[str | None, str, str, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ class Manifest:
                         self._problem(*issue)
                     jobs = self._fast_image(chunk) if self._fast and chunk.clean and chunk.rows else None
                     if jobs is None:
-                        jobs, frames = [], []
+                        jobs = []
+                        frames: list[tuple[Any, ...]] = []
                         for line, cells in zip(chunk.lines, chunk.rows):
                             self._build(line, cells, jobs, frames)
                         if frames:
@@ -150,7 +153,7 @@ class Manifest:
             if store is not None:
                 store.close()
 
-    def _source(self, size: int, span: fmt.Span | None = None) -> Iterator[fmt.Chunk]:
+    def _source(self, size: int, span: fmt.Span | None = None) -> Generator[fmt.Chunk, None, None]:
         if span is not None and not self.splittable:
             raise ValueError(f"a {self.format} manifest of shape {self.shape} cannot be read in slices")
         if self.format == "jsonl":
@@ -286,66 +289,101 @@ class Manifest:
 
     def _build(self, line: int, cells: Any, jobs: list[tuple[Any, ...]],
                frames: list[tuple[Any, ...]]) -> None:
-        """Validate one row; append its job (or, for long-form video, its frame), or record its problems."""
+        """Validate one row; append its job (or, for long-form video, its frame), or record its problems.
+
+        The checks run in the order the row's problems are reported: its settings, metadata, shape, data,
+        then what only the whole job shows (a frame's checks, JSON that cannot be written)."""
         if not any(cells) and all(c is None or c == "" for c in cells):
             return  # a spreadsheet's empty row (",,,") carries no job
         errs: Errors = []
-        text = self._text
-        ref = text(cells, "reference_id", errs)
+        settings = self._settings(cells, errs)
+        meta = self._json(cells, "metadata", errs)
+        shape = self._row_shape(cells, errs)
+        data = self._data(shape, cells, meta, errs)
+        extra = val.dumps({c: val.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
+        if shape == "video_long":
+            ref, pid, wf, batch, pw = settings
+            frame = long_video.frame_row(line, lambda api: self._text(cells, api, errs), "frame_index" in self._idx,
+                                         errs, (pid, ref or "", wf, batch, pw, meta, extra))
+            if frame is not None:
+                frames.append(frame)  # parked; its problems are recorded below
+        elif not errs:
+            job = _job(line, shape, settings, data, meta, extra, errs)
+            if job is not None:
+                jobs.append(job)
+                return
+        for api, message in errs:
+            self._problem(line, self._names.get(api, api) if api else None, message)
+
+    def _settings(self, cells: Any, errs: Errors) -> Settings:
+        """The row's reference_id and its job settings (the options' defaults filled in), each checked."""
+        ref = self._text(cells, "reference_id", errs)
         if ref is not None and (why := reference_id_problem(ref)):
             errs.append(("reference_id", why))
-        pid, wf = text(cells, "project_id", errs), text(cells, "work_flow_id", errs)
+        pid, wf = self._ids(cells, errs)
+        batch = self._text(cells, "batch_id", errs)
+        if batch and not val.UUID.fullmatch(batch):
+            errs.append(("batch_id", f"batch_id must be a UUID, not {show(batch)}"))
+        pw = self._text(cells, "priority_weight", errs)
+        if pw and not (pw.isascii() and pw.isdigit() and 1 <= int(pw) <= 10):
+            errs.append(("priority_weight", f"priority_weight must be an integer 1-10, not {show(pw)}"))
+        return ref, pid, wf, batch or self._batch, pw
+
+    def _ids(self, cells: Any, errs: Errors) -> tuple[str, str]:
+        """The row's project_id and work_flow_id, checked (both read before either is checked, so the
+        problems keep their order), else the options' defaults."""
+        pid, wf = self._text(cells, "project_id", errs), self._text(cells, "work_flow_id", errs)
         for api, value, flag, default in (("project_id", pid, "--project-id", self._pid),
                                           ("work_flow_id", wf, "--work-flow-id", self._wf)):
             if value and (why := val.id_problem(value)):
                 errs.append((api, f"{api} {show(value)} {why}"))
             elif value == "" and not default:
                 errs.append((api, f"{api} is empty and has no default: give {flag} or a {api} column value"))
-        pid, wf = pid or self._pid, wf or self._wf
-        batch = text(cells, "batch_id", errs)
-        if batch and not val.UUID.fullmatch(batch):
-            errs.append(("batch_id", f"batch_id must be a UUID, not {show(batch)}"))
-        batch = batch or self._batch
-        pw = text(cells, "priority_weight", errs)
-        if pw and not (pw.isascii() and pw.isdigit() and 1 <= int(pw) <= 10):
-            errs.append(("priority_weight", f"priority_weight must be an integer 1-10, not {show(pw)}"))
-        meta = self._json(cells, "metadata", errs)
-        shape = self._row_shape(cells, errs)
-        data: Any = None
+        return pid or self._pid, wf or self._wf
+
+    def _data(self, shape: str | None, cells: Any, meta: Any, errs: Errors) -> Any:
+        """The job's `data` for the shapes built row by row; None for long-form video (built per video, from
+        its frames) and for a row of no shape."""
         if shape == "image":
-            url = text(cells, "image_url", errs)
+            url = self._text(cells, "image_url", errs)
             if url is not None and (why := url_problem(url)):
                 errs.append(("image_url", f"image_url {why}"))
-            data = {"image_url": url}
-        elif shape == "raw":
-            before = len(errs)
-            data = self._json(cells, "data", errs)
-            if not data and len(errs) == before:
-                errs.append(("data", "data is empty" if data is None else "data is an empty object"))
-            elif data and "image_url" in data:
-                u = data["image_url"]
-                if why := url_problem(u) if type(u) is str else "must be a string":
-                    errs.append(("data", f"data.image_url {why}"))
-            if data and meta is not None and "metadata" in data:
-                errs.append(("metadata", "metadata is set both in the metadata column and inside data"))
-        elif shape == "video_wide":
-            data = {"video_data": {"frames": self._frames(cells, errs)}}
-        extra = val.dumps({c: val.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
-        if shape == "video_long":
-            frame = long_video.frame_row(line, lambda api: text(cells, api, errs), "frame_index" in self._idx,
-                                         errs, (pid, ref or "", wf, batch, pw, meta, extra))
-            if frame is not None:
-                frames.append(frame)  # parked; its problems are recorded below
-        elif not errs:
-            full = data if meta is None else {**data, "metadata": meta}
-            try:
-                body = val.job_body(ref, wf, batch, full, pw)  # type: ignore[arg-type]
-            except (ValueError, TypeError, RecursionError):  # NaN/Infinity, a datetime/bytes, extreme nesting
-                errs += val.unencodable({"data" if shape == "raw" else "frames": data, "metadata": meta})
-            else:
-                if not val.bad_unicode(body + (extra or "")):
-                    jobs.append((line, pid, ref, wf, batch, body, extra))
-                    return
-                errs.append((None, val.LONE_SURROGATE))
-        for api, message in errs:
-            self._problem(line, self._names.get(api, api) if api else None, message)
+            return {"image_url": url}
+        if shape == "raw":
+            return self._raw_data(cells, meta, errs)
+        if shape == "video_wide":
+            return {"video_data": {"frames": self._frames(cells, errs)}}
+        return None
+
+    def _raw_data(self, cells: Any, meta: Any, errs: Errors) -> Any:
+        """A raw row's `data` object: not empty, a valid data.image_url if it has one, and no metadata both
+        inside it and in the metadata column."""
+        before = len(errs)
+        data = self._json(cells, "data", errs)
+        if not data and len(errs) == before:
+            errs.append(("data", "data is empty" if data is None else "data is an empty object"))
+        elif data and "image_url" in data:
+            u = data["image_url"]
+            if why := url_problem(u) if type(u) is str else "must be a string":
+                errs.append(("data", f"data.image_url {why}"))
+        if data and meta is not None and "metadata" in data:
+            errs.append(("metadata", "metadata is set both in the metadata column and inside data"))
+        return data
+
+
+def _job(line: int, shape: str | None, settings: Settings, data: Any, meta: Any, extra: str | None,
+         errs: Errors) -> tuple[Any, ...] | None:
+    """The job tuple (StagedJob field order) of a row whose cells passed every check, or None with the
+    reason in `errs`: its JSON cannot be written, or holds a lone surrogate."""
+    ref, pid, wf, batch, pw = settings
+    assert ref is not None  # a row without a text reference_id has a problem already
+    full = data if meta is None else {**data, "metadata": meta}
+    try:
+        body = val.job_body(ref, wf, batch, full, pw)
+    except (ValueError, TypeError, RecursionError):  # NaN/Infinity, a datetime/bytes, extreme nesting
+        errs += val.unencodable({"data" if shape == "raw" else "frames": data, "metadata": meta})
+        return None
+    if val.bad_unicode(body + (extra or "")):
+        errs.append((None, val.LONE_SURROGATE))
+        return None
+    return (line, pid, ref, wf, batch, body, extra)

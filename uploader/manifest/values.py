@@ -77,7 +77,8 @@ if c_make_encoder is not None:  # json.dumps builds this C encoder anew on every
         for nesting deeper than the interpreter's stack."""
         return "".join(_c_encode(obj, 0))
 else:  # pragma: no cover - CPython always has the C accelerator
-    dumps = _encoder.encode
+    def dumps(obj: Any) -> str:
+        return _encoder.encode(obj)
 
 
 def show(value: str, limit: int = 60) -> str:
@@ -134,7 +135,7 @@ def cell_text(value: Any) -> str:
     if value is None:
         return ""
     try:
-        return dumps(value)  # type: ignore[no-any-return]
+        return dumps(value)
     except (ValueError, TypeError):  # NaN/Infinity; Parquet datetimes, decimals, bytes inside a struct or list
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     except RecursionError:
@@ -167,7 +168,7 @@ def plain(blob: str) -> bool | None:
 
 def escaped(values: tuple[str, ...]) -> list[str]:
     """JSON-escaped text of printable values, without quotes, in one C call (DEL cannot occur in them)."""
-    return enc("\x7f".join(values))[1:-1].split("\x7f")  # type: ignore[no-any-return]
+    return enc("\x7f".join(values))[1:-1].split("\x7f")
 
 
 def needs_no_escape(blob: str) -> bool:
@@ -194,7 +195,7 @@ def job_body(ref: str, wf: str, batch: str | None, data: Any, pw: str | None) ->
     obj["data"] = data
     if pw:
         obj["priority_weight"] = int(pw)
-    return dumps(obj)  # type: ignore[no-any-return]
+    return dumps(obj)
 
 
 def unencodable(values: dict[str, Any]) -> Errors:
