@@ -230,7 +230,11 @@ class ProgressDisplay:
                 self.bar.ncols = bar_width()
             self.bar.set_description_str(trouble or "", refresh=False)
             self.bar.set_postfix_str(postfix(p), refresh=False)
-            self.bar.update(p.done - p.done_before - self.bar.n)
+            step = p.done - p.done_before - self.bar.n
+            if step:
+                self.bar.update(step)
+            else:  # nothing finished: still redraw, so the elapsed time, the counters and the trouble move
+                self.bar.refresh()
             return
         now = time.monotonic()
         if now - self.last_line >= 5.0:

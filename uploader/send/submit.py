@@ -340,6 +340,7 @@ class _Run:
                 )
             if on_progress:
                 self.progress.trouble = None  # the run is over: nothing holds it up
+                self.progress.retrying_now = len(self.retry_due)
                 on_progress(self.progress)
         if self.failed_task is not None:
             raise self.failed_task
