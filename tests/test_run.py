@@ -251,8 +251,7 @@ def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # claimed (committed) before sending, then in the air: the sandbox holds them in its 10 s latency
         wait_until(lambda: in_flight(ledger) >= 8, "8 rows in flight in the ledger")
-        # slow start: the first request goes alone (the window widens only as answers come)
-        wait_until(lambda: posts_received(box) >= 1, "the sandbox to receive a job request")
+        wait_until(lambda: posts_received(box) >= 8, "the sandbox to receive 8 job requests")
         assert box.stats()["jobs_created"] == 0
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)  # let the first signal be handled alone (the run shows no sign of it to wait on)

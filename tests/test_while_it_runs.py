@@ -28,6 +28,24 @@ def test_slow_start_window_begins_at_one_and_doubles_per_round():
     assert q.window == 1
 
 
+def test_slow_start_widens_without_answers_when_the_api_is_slow():
+    """A slow API is no sign of a wrong key: with no answer, the window still doubles every `patience` s."""
+    import asyncio
+    import time
+
+    async def go() -> list[int]:
+        p = Pacer(8, random.Random(0), slow_start=True, patience=0.05)
+        started = time.monotonic()
+        seen = []
+        for _ in range(8):  # nobody answers: each acquire holds its slot
+            assert await p.acquire(lambda: False)
+            seen.append(int(p.window))
+        assert time.monotonic() - started < 1.0
+        return seen
+
+    assert asyncio.run(go()) == [1, 2, 4, 4, 8, 8, 8, 8]
+
+
 def test_slow_start_ends_on_the_first_429():
     p = Pacer(64, random.Random(0), slow_start=True)
     for _ in range(7):

@@ -2,7 +2,8 @@
 
 A run starts slowly: the window begins at one request (`slow_start`) and grows by one per answer that is
 not a 429, so it doubles per round trip up to the concurrency. A wrong key or a wrong --batch-id then costs a
-few requests, not a full window of them.
+few requests, not a full window of them. An API slow to answer is no sign of a wrong key: while no answer
+comes, the window still doubles every SLOW_START_PATIENCE seconds.
 
 Two signals slow a whole run down, not one row:
 
@@ -44,6 +45,8 @@ __all__ = ["Pacer", "RateLimiter"]
 MAX_OUTAGE_PAUSE = 10.0
 #: Outage limit when the API never answered this run.
 FIRST_CONTACT_LIMIT = 30.0
+#: In slow start, the window doubles after this long without an answer (seconds).
+SLOW_START_PATIENCE = 1.0
 
 
 class Pacer:
@@ -51,7 +54,8 @@ class Pacer:
 
     def __init__(self, concurrency: int, rng: random.Random, *, backoff_base: float = 0.5,
                  backoff_cap: float = 60.0, outage_seconds: float = 300.0,
-                 max_retry_after: float = MAX_RETRY_AFTER, slow_start: bool = False) -> None:
+                 max_retry_after: float = MAX_RETRY_AFTER, slow_start: bool = False,
+                 patience: float = SLOW_START_PATIENCE) -> None:
         self.concurrency = concurrency
         self.rng = rng
         self.backoff_base = backoff_base
@@ -60,6 +64,8 @@ class Pacer:
         self.pause_until = 0.0
         self.window = 1.0 if slow_start else float(concurrency)
         self.slow_start = slow_start and concurrency > 1  #: growing by one per answer until the first 429
+        self.patience = patience
+        self.grew_at = time.monotonic()  #: the window's last growth in slow start
         self.grows_from = 0.0  #: the window regrows from this moment (the end of the last throttle pause)
         self.in_air = 0
         self._freed = asyncio.Event()
@@ -82,7 +88,14 @@ class Pacer:
                 self.in_air += 1
                 return True
             self._freed.clear()
-            await self._freed.wait()
+            if not self.slow_start:
+                await self._freed.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.grew_at + self.patience - time.monotonic())):
+                    await self._freed.wait()
+            if self.slow_start and time.monotonic() - self.grew_at >= self.patience:
+                self._grow(min(float(self.concurrency), self.window * 2))  # no answer yet: slow, not refused
 
     async def sleep(self, seconds: float) -> None:
         """Sleep up to `seconds`; returns early once `wake` was called (the run is stopping)."""
@@ -117,15 +130,20 @@ class Pacer:
         if throttled or not grow or self.window >= self.concurrency:
             return
         if self.slow_start:
-            self.window = min(float(self.concurrency), self.window + 1)
-            self.slow_start = self.window < self.concurrency
-            self._freed.set()
+            self._grow(min(float(self.concurrency), self.window + 1))
             return
         now = time.monotonic()
         if now > self.grows_from:
             step = (now - self.grows_from) * max(1.0, self.window / 10)
             self.window = min(float(self.concurrency), self.window + step)
             self.grows_from = now
+
+    def _grow(self, window: float) -> None:
+        """Slow start: widen the window (slow start ends at the concurrency) and let the waiting senders see it."""
+        self.window = window
+        self.grew_at = time.monotonic()
+        self.slow_start = window < self.concurrency
+        self._freed.set()
 
     def throttle_delay(self, retry_after: float | None) -> float:
         """A 429's delay: its Retry-After (capped) plus a backoff growing with the rounds of 429s in a row.

@@ -12,6 +12,10 @@ wait ends on the first signal — the pacer's pause, a Retry-After, the rate lim
 backoff, and a ledger write waiting for another process's SQLite write lock (`signal.signal` handlers set
 the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.ledger.engine.LockWait).
 
+A run starts with one request in the air and widens as answers come (slow start, uploader.send.pacing); when
+its first rows are all refused with the same permanent code it stops (uploader.send.watch). What holds it up
+(the API unreachable, a 429 pause, rows waiting to retry) is told as it happens (`_Run._watch`, `trouble`).
+
 No task dies silently: the senders, the claimer and the helpers are named tasks under one monitor
 (`_Run._monitor`); one that raises stops the run (rows released as on any stop) with `TaskFailed`, exit 1.
 """
