@@ -355,3 +355,16 @@ def test_status_shows_a_new_runs_rate_within_seconds(tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_the_bar_leaves_room_for_the_terminals_ctrl_c(monkeypatch):
+    """Seen: Ctrl-C left two bars: the terminal's `^C` after a full-width bar wrapped it onto a new line, where
+    it was drawn again. The bar is two columns narrower than the terminal (as wide as it is now)."""
+    import os
+
+    from uploader.cli import output
+
+    monkeypatch.setattr(output.os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
+    assert output.bar_width() == 78
+    monkeypatch.setattr(output.os, "get_terminal_size", lambda fd: os.terminal_size((160, 24)))
+    assert output.bar_width() == 158
