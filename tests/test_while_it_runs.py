@@ -200,7 +200,9 @@ def test_resume_says_how_much_is_done_and_how_much_to_send(tmp_path):
         assert "already loaded; resuming: 4 done, 6 to send" in result.output
         assert "nothing to do" not in result.output
         again = invoke(*run_args(manifest, tmp_path / "l.db", box, "--default-batch"))
-        assert "nothing to send" in again.output
+        assert "already loaded; every row is done (10); nothing to send." in again.output
+        alone = invoke(*run_args(None, tmp_path / "l.db", box, "--default-batch"))
+        assert "; every row is done (10); nothing to send." in alone.output and alone.exit_code == 0
 
 
 # -- trouble as it happens -------------------------------------------------------------------------------------

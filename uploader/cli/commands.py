@@ -17,7 +17,7 @@ import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
-from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
+from uploader.cli.output import ProgressDisplay, print_load, print_resume, print_status, print_summary
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -285,6 +285,8 @@ def run(  # type: ignore[no-untyped-def]
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json))
+        if manifest is None and not as_json:  # a resume from the ledger alone: say how far it got
+            print_resume(led.url, led.counts(), loaded=False)
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,

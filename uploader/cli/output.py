@@ -56,15 +56,17 @@ def print_load(report: Any, counts: dict[str, int] | None = None) -> None:
         )
 
 
-def print_resume(manifest: Any, counts: dict[str, int]) -> None:
-    """A run over a manifest already loaded: how much is done and how much it sends now."""
+def print_resume(source: Any, counts: dict[str, int], loaded: bool = True) -> None:
+    """How much is done and how much the run sends now: over a manifest already loaded (`source`), or, not
+    `loaded`, over the ledger `source` alone (`uploader run` with no manifest)."""
     done = counts["succeeded"] + counts["failed"] + counts["conflict"]
     to_send = counts["pending"] + counts["in_flight"]
+    head = f"{source}: already loaded" if loaded else f"ledger {source}"
     if to_send or counts["uncertain"]:
         looked_up = f", {counts['uncertain']:,} to look up" if counts["uncertain"] else ""
-        click.echo(f"{manifest}: already loaded; resuming: {done:,} done, {to_send:,} to send{looked_up}")
+        click.echo(f"{head}; resuming: {done:,} done, {to_send:,} to send{looked_up}")
     else:
-        click.echo(f"{manifest}: already loaded and every row is done ({done:,}); nothing to send.")
+        click.echo(f"{head}; every row is done ({done:,}); nothing to send.")
 
 
 def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
