@@ -22,6 +22,7 @@ class FakeManifest:
 
     def __init__(self, path: Path, rows: list[tuple[str, str]], project: str = "p1", extra: dict | None = None):
         self.path = path
+        self.label = None  # recorded by its path
         self.unit = "line"
         self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)
         self.problems: list = []

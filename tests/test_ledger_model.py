@@ -59,6 +59,7 @@ class RowsManifest:
 
     def __init__(self, path: Path, rows: list[tuple[str, int]]) -> None:
         self.path, self.unit, self.problems, self.problem_count = path, "line", [], 0
+        self.label = None  # recorded by its path
         self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)
         self.rows = rows
         if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content

@@ -192,8 +192,8 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 
 def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list[str]) -> int:
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     fields = [pa.field(c, pa.int64() if c == "attempts" else pa.string()) for c in columns]
     schema = pa.schema(fields)

@@ -9,28 +9,37 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.api.client import ApiClient, check_base_url
-    from uploader.api.policy import (
-        DEFAULT_BASE_URL,
-        EXISTS_CODES,
-        MAX_RETRY_AFTER,
-        OUTAGE_CODES,
-        PROTOCOL_ERROR_LIMIT,
-        ApiResult,
-        Decision,
-        Verdict,
-        backoff_delay,
-        classify,
-        job_id_text,
-        may_have_created,
-        next_delay,
-        retry_after_capped,
-        retry_after_seconds,
-        too_many_protocol_errors,
-    )
+    from uploader.api.attachments import HostPacer as HostPacer
+    from uploader.api.attachments import UrlCheck as UrlCheck
+    from uploader.api.attachments import attachment_urls as attachment_urls
+    from uploader.api.attachments import check_urls as check_urls
+    from uploader.api.attachments import judge as judge
+    from uploader.api.client import ApiClient as ApiClient
+    from uploader.api.client import check_base_url as check_base_url
+    from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
+    from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
+    from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+    from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
+    from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
+    from uploader.api.policy import ApiResult as ApiResult
+    from uploader.api.policy import Decision as Decision
+    from uploader.api.policy import Verdict as Verdict
+    from uploader.api.policy import backoff_delay as backoff_delay
+    from uploader.api.policy import classify as classify
+    from uploader.api.policy import job_id_text as job_id_text
+    from uploader.api.policy import may_have_created as may_have_created
+    from uploader.api.policy import next_delay as next_delay
+    from uploader.api.policy import retry_after_capped as retry_after_capped
+    from uploader.api.policy import retry_after_seconds as retry_after_seconds
+    from uploader.api.policy import too_many_protocol_errors as too_many_protocol_errors
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "HostPacer": "uploader.api.attachments",
+    "UrlCheck": "uploader.api.attachments",
+    "attachment_urls": "uploader.api.attachments",
+    "check_urls": "uploader.api.attachments",
+    "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.client",
     "DEFAULT_BASE_URL": "uploader.api.policy",

@@ -356,8 +356,13 @@ class ApiClient:
         if length is not None and length.isdigit() and int(length) > limit:
             return None
         encoding = _header(response, b"content-encoding")
-        # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx.
-        chunks = response.aiter_bytes() if encoding not in (None, "identity") else response.stream.__aiter__()
+        # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx. (An
+        # async client's response stream is always an AsyncByteStream: the check only narrows the type.)
+        stream = response.stream
+        if encoding in (None, "identity") and isinstance(stream, httpx.AsyncByteStream):
+            chunks = stream.__aiter__()
+        else:
+            chunks = response.aiter_bytes()
         return await read_limited(chunks, limit)
 
     def _failure(self, exc: BaseException, deadline_expired: bool = False) -> ApiResult:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.cli.commands import cli, main
+    from uploader.cli.commands import cli as cli
+    from uploader.cli.commands import main as main
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {

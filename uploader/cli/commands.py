@@ -7,29 +7,39 @@ ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows fai
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.output import ProgressDisplay, print_load, print_resume, print_status, print_summary
+from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+    from uploader.manifest import ManifestOptions
+    from uploader.send import PreflightOptions
+
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXIT_SOME_FAILED = 3
 
 
-def _handle_errors(func: F) -> F:
+def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Print an UploaderError as one clear message (never a traceback) and exit with its code."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
@@ -42,7 +52,7 @@ def _handle_errors(func: F) -> F:
             click.echo("interrupted; run the same command again to resume.", err=True)
             sys.exit(130)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 ledger_option = click.option(
@@ -79,7 +89,8 @@ def _manifest_options(func: F) -> F:
     return func
 
 
-def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: ignore[no-untyped-def]
+def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
+                   columns: tuple[str, ...]) -> ManifestOptions:
     from uploader.manifest import ManifestOptions
 
     pairs = []
@@ -93,7 +104,7 @@ def _build_options(project_id, work_flow_id, batch_id, fmt, columns):  # type: i
     )
 
 
-def _open_ledger(ledger: str | None, create: bool = True):  # type: ignore[no-untyped-def]
+def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     """Open the ledger for this command; it is closed when the command ends (also in-process callers)."""
     from uploader.ledger import Ledger
 
@@ -115,7 +126,8 @@ def cli() -> None:
 @_manifest_options
 @ledger_option
 @_handle_errors
-def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledger) -> None:  # type: ignore[no-untyped-def]
+def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
+         columns: tuple[str, ...], ledger: str | None) -> None:
     """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
@@ -133,7 +145,7 @@ def load(manifest: Path, project_id, work_flow_id, batch_id, fmt, columns, ledge
             raise
 
 
-def _discard_if_new(led: Any, created: Path | None) -> None:
+def _discard_if_new(led: Ledger, created: Path | None) -> None:
     """A ledger file this command created and nobody filled is removed: a failed load leaves nothing. Never
     one another process has open or has written to (Ledger.discard_if_unused checks both under a lock)."""
     if created is None:
@@ -148,10 +160,12 @@ def _discard_if_new(led: Any, created: Path | None) -> None:
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
     from uploader.cli.hints import repeat_from_context
-    from uploader.ledger import project_counts
+    from uploader.ledger import never_checked, project_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
-    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine))
+    attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
+                 attachments=attachments)
 
 
 @cli.command()
@@ -191,15 +205,27 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 @ledger_option
 @click.option("--error-code", "codes", multiple=True, help="Retry failed rows with this error code (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed row.")
+@click.option("--blocked", is_flag=True,
+              help="Release every blocked row (its attachment failed the preflight) once you have fixed it; "
+                   "the next preflight checks its URLs again.")
 @_handle_errors
-def retry(ledger: str | None, codes: tuple[str, ...], everything: bool) -> None:
-    """Put failed rows back to pending (attempts reset) so the next run sends them again."""
-    if not codes and not everything:
-        raise UsageError("give --error-code CODE (repeatable) or --all")
+def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked: bool) -> None:
+    """Put failed (or blocked) rows back to pending (attempts reset) so the next run sends them again."""
+    if not codes and not everything and not blocked:
+        raise UsageError("give --error-code CODE (repeatable), --all or --blocked")
     from uploader.cli.hints import repeat_from_context
 
-    n = _open_ledger(ledger, create=False).retry(codes, everything)
-    click.echo(f"{n} failed rows are pending again; `{repeat_from_context().command('run')}` sends them.")
+    led = _open_ledger(ledger, create=False)
+    run_hint = repeat_from_context().command("run")
+    if blocked:
+        from uploader.ledger import release_blocked
+
+        released = release_blocked(led.engine)
+        click.echo(f"{released} blocked rows are pending again; `{run_hint} --preflight` checks their "
+                   "attachments again and sends them.")
+    if codes or everything:
+        n = led.retry(codes, everything)
+        click.echo(f"{n} failed rows are pending again; `{run_hint}` sends them.")
 
 
 def _api_options(func: F) -> F:
@@ -220,7 +246,8 @@ def _api_options(func: F) -> F:
     return func
 
 
-def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: Any) -> tuple[str, str]:
+def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool,
+              stack: ExitStack) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
     from uploader.api import check_base_url
 
@@ -260,15 +287,23 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "ignored, never recorded).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--preflight", is_flag=True,
+              help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
+                   "the rows whose image or frames would not open.")
+@click.option("--allow-blocked", is_flag=True,
+              help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
+                   "reported but not blocked.")
+@preflight_options
 @_handle_errors
-def run(  # type: ignore[no-untyped-def]
-    manifest, project_id, work_flow_id, batch_id, fmt, columns, batch_name, default_batch, ledger, api_key,
-    base_url, allow_http, use_sandbox, timeout, concurrency, rate, max_retry_after, max_attempts, lease_seconds,
-    quiet, as_json,
+def run(
+    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
+    fmt: str | None, columns: tuple[str, ...], batch_name: str | None, default_batch: bool, ledger: str | None,
+    api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, timeout: float, concurrency: int,
+    rate: float | None, max_retry_after: float, max_attempts: int, lease_seconds: float, quiet: bool,
+    as_json: bool, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
-    from contextlib import ExitStack
-
     from uploader.cli.forgetting import project_hint
     from uploader.cli.hints import repeat_from_context
     from uploader.cli.stdin import spooled_manifest
@@ -285,6 +320,17 @@ def run(  # type: ignore[no-untyped-def]
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json))
+        before_send = None
+        if allow_blocked:
+            from uploader.ledger import release_blocked
+
+            released = release_blocked(led.engine)
+            if released:
+                click.echo(f"--allow-blocked: {released} blocked rows are pending again", err=True)
+        if preflight:
+            settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
+                                          min_url_validity, block=not allow_blocked)
+            before_send = _preflight_step(settings, as_json, not allow_blocked)
         if manifest is None and not as_json:  # a resume from the ledger alone: say how far it got
             print_resume(led.url, led.counts(), loaded=False)
         try:
@@ -293,12 +339,13 @@ def run(  # type: ignore[no-untyped-def]
                 batch_name=batch_name, on_load=None if as_json else lambda report: print_load(report, led.counts()),
                 on_progress=display.update,
                 default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
-                manifest_label=manifest_label,
+                manifest_label=manifest_label, before_send=before_send,
             )
         except FatalApiError as exc:
             display.close()
-            if getattr(exc, "summary", None) is not None and as_json:
-                print_summary(exc.summary, as_json=True)
+            partial = getattr(exc, "summary", None)  # the run's summary, when the fatal error carries one
+            if partial is not None and as_json:
+                print_summary(partial, as_json=True)
             hint = project_hint(exc, led, repeat_from_context())
             if hint is not None:
                 raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
@@ -313,7 +360,78 @@ def run(  # type: ignore[no-untyped-def]
                    err=True)
         sys.exit(130)
     counts = summary.counts
-    if counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]:
+    if (counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]
+            or counts.get("blocked")):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
+                    ) -> Callable[[Ledger], Awaitable[None]]:
+    """The run's `before_send`: the preflight, its report on stderr (JSON mode: nothing until the summary)."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.send import check_attachments
+
+    repeat = repeat_from_context()
+
+    async def step(led: Ledger) -> None:
+        report = await check_attachments(led, settings)
+        if not as_json:
+            print_preflight(report, False, repeat, blocking, err=True)
+
+    return step
+
+
+@cli.command()
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@ledger_option
+@preflight_options
+@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
+              help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
+                   "for manifests too big to check whole.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def check(
+    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
+    fmt: str | None, columns: tuple[str, ...], ledger: str | None, check_concurrency: int, per_host_rate: float,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, sample: int | None,
+    as_json: bool,
+) -> None:
+    """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
+    image or frames would not (exit 3 when any is blocked). Sends no job."""
+    import asyncio
+
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.stdin import spooled_manifest
+    from uploader.ledger import new_ledger_file
+    from uploader.load import load as load_manifest
+    from uploader.send import check_attachments
+
+    created = new_ledger_file(ledger) if manifest else None
+    led = _open_ledger(ledger, create=bool(manifest))
+    if manifest is not None:
+        options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+        with spooled_manifest(manifest, fmt) as (path, label):
+            try:
+                report = load_manifest(led, path or manifest, options, label)
+            except UploaderError:
+                _discard_if_new(led, created)
+                raise
+        if not as_json:
+            print_load(report)
+    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    if sample is not None:
+        from uploader.cli.preflight import print_sample
+        from uploader.send import sample_attachments
+
+        print_sample(asyncio.run(sample_attachments(led, sample, settings)), as_json)
+        return
+    result = asyncio.run(check_attachments(led, settings))
+    if as_json:
+        print_preflight(result, True)
+    else:
+        print_preflight(result, False, repeat_from_context())
+    if result.bad_rows:
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -323,12 +441,11 @@ def run(  # type: ignore[no-untyped-def]
 @click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
 @_handle_errors
-def reconcile(  # type: ignore[no-untyped-def]
-    ledger, api_key, base_url, allow_http, use_sandbox, timeout, max_retry_after,
+def reconcile(
+    ledger: str | None, api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, timeout: float,
+    max_retry_after: float,
 ) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
-    from contextlib import ExitStack
-
     from uploader.send import reconcile as do_reconcile
 
     with ExitStack() as stack:
@@ -399,9 +516,10 @@ def forget(  # type: ignore[no-untyped-def]
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Jobs per page when listing a batch.")
 @_handle_errors
-def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_rate, drop_rate,  # type: ignore[no-untyped-def]
-            rate_limit, slow_rate, slow_ms, legacy, retry_after_s, seed, state_file, projects, forbidden,
-            page_size) -> None:
+def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
+            html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
+            legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
+            forbidden: tuple[str, ...], page_size: int) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
@@ -431,3 +549,13 @@ def sandbox(host, port, api_key, latency_ms, jitter_ms, error_rate, html_error_r
 
 def main() -> None:
     cli(prog_name="uploader")
+
+
+def _register_late_commands() -> None:
+    """Commands defined in their own modules (they use this module's helpers, so they come after it)."""
+    from uploader.cli.planning import plan_command
+
+    cli.add_command(plan_command)
+
+
+_register_late_commands()

@@ -11,9 +11,16 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from uploader.ledger import StatusReport
+    from uploader.load import LoadReport
+    from uploader.send import Progress, RunSummary
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
@@ -34,7 +41,7 @@ def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
     return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
 
 
-def print_load(report: Any, counts: dict[str, int] | None = None) -> None:
+def print_load(report: LoadReport, counts: dict[str, int] | None = None) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows. With the ledger's `counts`
     (`uploader run`, which sends next), a manifest already loaded is reported as what the run resumes."""
     if report.already_loaded and counts is not None:
@@ -69,8 +76,9 @@ def print_resume(source: Any, counts: dict[str, int], loaded: bool = True) -> No
         click.echo(f"{head}; every row is done ({done:,}); nothing to send.")
 
 
-def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
-                 projects: dict[str, dict[str, int]] | None = None) -> None:
+def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
+                 projects: dict[str, dict[str, int]] | None = None,
+                 attachments: dict[str, Any] | None = None) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
     by_project = projects if projects and len(projects) > 1 else None
@@ -78,6 +86,8 @@ def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
         data = report.as_dict()
         if by_project:
             data["projects"] = by_project
+        if attachments is not None:
+            data["attachments"] = attachments
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"{report.total} jobs")
@@ -118,6 +128,8 @@ def print_status(report: Any, as_json: bool, repeat: Repeat = NO_REPEAT,
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
         click.echo(conflict_hint(report.counts["conflict"], repeat))
+    if attachments is not None:
+        _print_attachments(attachments, report.counts.get("blocked", 0), repeat)
     if report.counts.get("failed"):
         click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
                    f"`{repeat.command('retry --all')}`.")
@@ -152,7 +164,21 @@ def error_lines(errors: list[dict[str, Any]], indent: str = "  ") -> list[str]:
     return lines
 
 
-def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
+def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat) -> None:
+    """The preflight's part of `status`: URL verdicts, blocked rows, rows never checked."""
+    urls = attachments["urls"]
+    if urls:
+        click.echo("attachment URLs checked: " + ", ".join(f"{n} {verdict}" for verdict, n in urls.items()))
+    if blocked:
+        click.echo(f"{blocked} rows are blocked (an attachment failed its check): "
+                   f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
+                   f"`{repeat.command('retry --blocked')}`.")
+    if attachments["never_checked"]:
+        click.echo(f"{attachments['never_checked']} pending rows never had their attachments checked: "
+                   f"`{repeat.command('check')}` checks them (or `run --preflight`).")
+
+
+def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
     """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes
     (follow-up commands repeat `repeat`'s options)."""
     if as_json:
@@ -186,10 +212,14 @@ def print_summary(summary: Any, as_json: bool, repeat: Repeat = NO_REPEAT) -> No
     click.echo(
         f"ledger (every run): {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
         + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
         + f"{c['pending'] + c['in_flight']} pending"
     )
     for line in error_lines(d["errors"]):
         click.echo("  " + line)
+    if c.get("blocked"):
+        click.echo(f"{c['blocked']} rows are blocked (an attachment failed its check; never sent): see them with "
+                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
     if c.get("conflict"):
         click.echo(conflict_hint(c["conflict"], repeat))
     click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
@@ -199,7 +229,7 @@ class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
     def __init__(self, quiet: bool) -> None:
-        self.bar: Any = None
+        self.bar: tqdm[NoReturn] | None = None
         self.quiet = quiet
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
@@ -211,8 +241,8 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def update(self, p: Any) -> None:
-        """Show the run's live counters (an uploader.send.summary.Progress), and each new notice once, on stderr.
+    def update(self, p: Progress) -> None:
+        """Show the run's live counters , and each new notice once, on stderr.
         The bar counts this run's work only (its rate and ETA too); what holds the run up is its description."""
         notices = getattr(p, "notices", ())
         while self.told < len(notices):

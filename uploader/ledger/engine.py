@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -27,6 +28,11 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 
 from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import ExceptionContext
 
 __all__ = [
     "DEFAULT_LEDGER",
@@ -209,7 +215,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
 
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "handle_error")
-    def _on_error(context) -> None:  # type: ignore[no-untyped-def]
+    def _on_error(context: ExceptionContext) -> None:
         """A damaged file found by any statement (the first connection's pragmas included): one clear
         LedgerError naming the file instead of SQLAlchemy's DatabaseError and its traceback."""
         exc = context.original_exception
@@ -217,7 +223,7 @@ def _setup_sqlite(engine: Engine) -> None:
             raise _damaged(engine.url.database or "the ledger", str(exc).splitlines()[0]) from exc
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -237,7 +243,8 @@ def _setup_sqlite(engine: Engine) -> None:
         if wait is None:
             conn.exec_driver_sql(f"BEGIN {mode}")
         else:
-            _begin_waiting(conn.connection.driver_connection, wait)
+            # The sqlite3 connection of this SQLite engine (SQLAlchemy types it `Any | None`).
+            _begin_waiting(cast(sqlite3.Connection, conn.connection.driver_connection), wait)
 
 
 def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:
@@ -275,7 +282,7 @@ def _damaged_code(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED_CODES
 
 
-def _enable_wal(cur) -> None:  # type: ignore[no-untyped-def]
+def _enable_wal(cur: sqlite3.Cursor) -> None:
     """Switch to WAL (it persists in the file). Several processes opening a new ledger at once can get
     "database is locked" here at once, without SQLite's busy handler waiting: retry for a while."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -358,7 +365,7 @@ def _driver_message(exc: DBAPIError) -> str:
     return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
 
 
-def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+def _alembic_config(conn: Connection) -> Config:
     from alembic.config import Config
 
     cfg = Config()
@@ -368,7 +375,7 @@ def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
 
 
 #: The newest migration in migrations/versions (a test keeps it equal to Alembic's head).
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def create_new(engine: Engine) -> bool:
@@ -449,7 +456,7 @@ def _current_revisions(conn: Connection) -> set[str]:
     return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
 
 
-def _unknown_revision(script, rev: str) -> bool:  # type: ignore[no-untyped-def]
+def _unknown_revision(script: ScriptDirectory, rev: str) -> bool:
     from alembic.util import CommandError
 
     try:

@@ -201,7 +201,8 @@ class Ledger(LedgerQueries):
     def claim(self, owner: str, limit: int, lease_seconds: float, now: dt.datetime | None = None) -> list[Claim]:
         """Claim up to `limit` sendable rows for `owner`, committed before any request is sent."""
         now = now or utcnow()
-        params = {"owner": owner, "now": now, "exp": now + dt.timedelta(seconds=lease_seconds), "n": limit}
+        expires = now + dt.timedelta(seconds=lease_seconds)
+        params = {"owner": owner, "now": now, "exp": expires, "n": limit}
         set_clause = (
             "SET status = 'in_flight', attempts = attempts + 1, lease_owner = :owner, "
             "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now, "
@@ -226,7 +227,7 @@ class Ledger(LedgerQueries):
                 rows = conn.execute(text(_claim_sql(self.engine.dialect.name, set_clause, select)), params)
                 claims.extend(Claim(*row) for row in rows)
         if self._claim_log and claims:
-            self._log("claim", owner=owner, now=_epoch(now), exp=_epoch(params["exp"]),
+            self._log("claim", owner=owner, now=_epoch(now), exp=_epoch(expires),
                       rows=[[c.id, c.lease_token] for c in claims])
         return claims
 
@@ -403,7 +404,9 @@ class Ledger(LedgerQueries):
     def _log(self, kind: str, **fields: Any) -> None:
         """Test-only (UPLOADER_CLAIM_LOG): one JSON line, written after the commit; `t` is when."""
         line = json.dumps({"kind": kind, "pid": os.getpid(), "t": time.time(), **fields}) + "\n"
-        fd = os.open(self._claim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # type: ignore[arg-type]
+        if self._claim_log is None:  # the log is off
+            return
+        fd = os.open(self._claim_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())  # one write with O_APPEND: lines of several processes never interleave
         finally:
@@ -583,17 +586,17 @@ class Ledger(LedgerQueries):
                     text("SELECT error_code, sent_hashes FROM jobs WHERE id = :id AND status = 'uncertain'"),
                     {"id": rid},
                 ).first()
-                settled = settle_missing(row[0], row[1]) if row is not None else None
-                if settled is None:
+                outcome = settle_missing(row[0], row[1]) if row is not None else None
+                if outcome is None:
                     continue
-                if settled.status == Status.FAILED.value:
+                if outcome.status == Status.FAILED.value:
                     failed += conn.execute(
                         text(
                             "UPDATE jobs SET status = 'failed', job_id = NULL, error_message = "
                             "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
                             "WHERE id = :id AND status = 'uncertain'"
                         ),
-                        {"m": settled.message, "t": now, "id": rid},
+                        {"m": outcome.message, "t": now, "id": rid},
                     ).rowcount
                 else:
                     conflict += conn.execute(
@@ -602,7 +605,7 @@ class Ledger(LedgerQueries):
                             "error_message = :m, error_details = NULL, updated_at = :t "
                             "WHERE id = :id AND status = 'uncertain'"
                         ),
-                        {"o": settled.origin, "c": settled.code, "m": settled.message, "t": now, "id": rid},
+                        {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
         return Resolution(succeeded, conflict, failed)
 
@@ -652,9 +655,10 @@ def _slot(row: Any) -> BatchSlot:
 
 def sqlite_file(engine: Engine) -> Path | None:
     """The engine's SQLite file, or None (another database, or in memory)."""
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
-    return Path(engine.url.database).absolute()  # type: ignore[arg-type]
+    return Path(database).absolute()
 
 
 #: Tables whose rows mean someone used the ledger (the schema alone does not).

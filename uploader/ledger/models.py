@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
-__all__ = ["Base", "Batch", "Job", "LoadedManifest", "Status", "Worker"]
+__all__ = ["Base", "Batch", "CheckedUrl", "Job", "LoadedManifest", "Status", "Worker"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -46,6 +46,8 @@ class Status(str, enum.Enum):
     UNCERTAIN = "uncertain"  #: the job may exist (FS_0001, an ambiguous last attempt, an answer that does not
     #: match the request) and its job_id is not known yet: a batch listing decides
     CONFLICT = "conflict"  #: the job exists (job_id known) but may hold other data than the manifest says
+    BLOCKED = "blocked"  #: never sent: an attachment failed its preflight check (`uploader check`); released
+    #: by `uploader retry --blocked`, or sent anyway by `run --allow-blocked`
 
     def __str__(self) -> str:
         return self.value
@@ -113,6 +115,9 @@ class Job(Base):
     #: How the job came to exist: created (this ledger's request), recovered (FS_0001 after our own earlier
     #: send of the same payload), pre-existing (FS_0001 and this ledger never sent it before).
     origin: Mapped[str | None] = mapped_column(String(16))
+    #: When the preflight last found every attachment of this payload good (or blocked the row); None: never,
+    #: or the payload changed since.
+    checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),
@@ -154,3 +159,20 @@ class Worker(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     #: Requests per second over the last heartbeat interval (NULL before the second heartbeat).
     rate: Mapped[float | None] = mapped_column(Float)
+
+
+class CheckedUrl(Base):
+    """The preflight verdict on one attachment URL (an image or a frame): one row per distinct URL, shared
+    by every job that uses it, so a rerun checks only URLs never checked or checked too long ago."""
+
+    __tablename__ = "urls"
+
+    #: sha256 of the URL: URLs run to 8 KiB, longer than a PostgreSQL index entry may be.
+    url_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    verdict: Mapped[str] = mapped_column(String(16))  #: ok, unreachable, http_error, not_media, empty
+    detail: Mapped[str] = mapped_column(Text)  #: why, in words ("HTTP 404", "timed out (...)")
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(Text)
+    length: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    checked_at: Mapped[dt.datetime] = mapped_column(DateTime)

@@ -56,7 +56,9 @@ class StatusReport:
     dead_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        iso = lambda t: t.isoformat() + "Z" if t else None  # noqa: E731
+        def iso(t: dt.datetime | None) -> str | None:
+            return t.isoformat() + "Z" if t else None
+
         return {
             "total": self.total,
             "counts": self.counts,

@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from uploader.load.merge import LoadReport, ManifestLike, load_manifest
-    from uploader.load.prepare import PreparedLoad, load, prepare_load
-    from uploader.load.slices import Production
+    from uploader.load.merge import LoadReport as LoadReport
+    from uploader.load.merge import load_manifest as load_manifest
+    from uploader.load.plan import LoadPlan as LoadPlan
+    from uploader.load.plan import plan_manifest as plan_manifest
+    from uploader.load.prepare import PreparedLoad as PreparedLoad
+    from uploader.load.prepare import load as load
+    from uploader.load.prepare import prepare_load as prepare_load
+    from uploader.load.slices import Production as Production
+    from uploader.load.source import ManifestLike as ManifestLike
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -21,9 +27,11 @@ _EXPORTS = {
     "load": "uploader.load.prepare",
     "prepare_load": "uploader.load.prepare",
     "LoadReport": "uploader.load.merge",
-    "ManifestLike": "uploader.load.merge",
+    "ManifestLike": "uploader.load.source",
     "load_manifest": "uploader.load.merge",
     "Production": "uploader.load.slices",
+    "LoadPlan": "uploader.load.plan",
+    "plan_manifest": "uploader.load.plan",
 }
 
 __all__ = list(_EXPORTS)

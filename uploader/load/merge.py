@@ -13,42 +13,54 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
 
 from uploader.errors import ManifestError, Problem
-from uploader.ledger import read_tx, translate_errors
+from uploader.ledger import (
+    ALREADY_LOADED,
+    JOBS_ANY,
+    LOCK_JOBS,
+    MERGE_CHANGED,
+    MERGE_COUNTS,
+    MERGE_NEW,
+    RECORD_MANIFEST,
+    STAGING_ANALYZE,
+    STAGING_ANY,
+    STAGING_CLEAR,
+    STAGING_COPY,
+    STAGING_DROP,
+    STAGING_DUPLICATE_COUNT,
+    STAGING_INDEX,
+    STAGING_TABLE,
+    StagingRow,
+    detach_slice,
+    manifest_row,
+    merge_examples,
+    read_tx,
+    staging_duplicates,
+    staging_from_slice,
+    staging_insert,
+    translate_errors,
+)
 from uploader.load import bulk as bulk_load
 from uploader.load import slices as staging
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
+    from uploader.load.source import ManifestLike
 
-__all__ = ["LoadReport", "ManifestLike", "file_sha256", "load_manifest"]
+__all__ = ["LoadReport", "file_sha256", "load_manifest"]
 
 #: Examples of updated / conflicting reference_ids kept for the report.
 EXAMPLES = 5
 #: Duplicate-line problems fetched (the rest are only counted).
 MAX_DUPLICATE_PROBLEMS = 1000
-
-
-class ManifestLike(Protocol):
-    """What the loader needs of a manifest (uploader.manifest.reader.Manifest fits)."""
-
-    path: Path
-    unit: str
-    problems: list[Problem]
-    problem_count: int
-    splittable: bool  #: whether uploader.load.slices may read slices of it in worker processes
-
-    def chunk_tuples(self, size: int = ...) -> Iterator[Sequence[tuple[Any, ...]]]:
-        """Good rows as tuples in StagedJob field order: (line, project_id, reference_id, work_flow_id,
-        batch_id, body, extra). Per-row problems go to `problems` / `problem_count` meanwhile."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -66,16 +78,6 @@ class LoadReport:
     already_loaded: bool = False
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
-
-
-#: The last load of this very file with these options, if no later load added or changed a row: only then
-#: does the ledger still hold exactly its payloads (M1, then an edited M2, then M1 again must merge M1).
-_ALREADY_LOADED = """
-SELECT m.row_count, m.conflicts, m.conflict_examples FROM manifests m
-WHERE m.sha256 = :sha AND m.options_hash = :opt
-  AND NOT EXISTS (SELECT 1 FROM manifests later WHERE later.id > m.id AND later.changed > 0)
-ORDER BY m.id DESC LIMIT 1
-"""
 
 
 def file_sha256(path: Path) -> str:
@@ -104,21 +106,21 @@ def load_manifest(
     engine, new_file = ledger.engine, ledger.new_file
     started = time.perf_counter()
     path = Path(manifest.path)
-    label = getattr(manifest, "label", None)
+    label = manifest.label
     shown = label or str(path)
     try:
         size = path.stat().st_size
         sha = file_sha256(path)
         with read_tx(engine) as conn:
-            seen = conn.execute(text(_ALREADY_LOADED), {"sha": sha, "opt": options_hash}).first()
-            empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
+            seen = conn.execute(text(ALREADY_LOADED), {"sha": sha, "opt": options_hash}).first()
+            empty = conn.execute(text(JOBS_ANY)).first() is None
         if seen is not None:
             rows, conflicts, examples = seen
             return LoadReport(shown, rows, unchanged=rows - conflicts, conflicts=conflicts,
                               conflict_examples=tuple(json.loads(examples or "[]")), already_loaded=True)
         sqlite = engine.dialect.name == "sqlite"
         if sqlite and production is None:
-            production = staging.Production.start(manifest)  # type: ignore[arg-type]
+            production = staging.Production.start(manifest)
         if sqlite and empty:
             loaded = bulk_load.load_into_empty(engine, manifest, path, size, sha, options_hash, production,
                                                new_file, _utcnow())
@@ -132,7 +134,7 @@ def load_manifest(
                 report = _merge(conn, path, size, sha, options_hash, rows, label)
             finally:
                 conn.rollback()
-                conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
+                conn.exec_driver_sql(STAGING_DROP)
                 conn.commit()
         return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
     finally:
@@ -140,48 +142,51 @@ def load_manifest(
             production.close()
 
 
-_STAGING_DDL = f"CREATE TEMPORARY TABLE staging ({staging.STAGING_COLUMNS})"
-
-
-def _placeholders(conn: Connection, n: int) -> str:
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return ", ".join([mark] * n)
-
-
-def _stager(conn: Connection) -> Callable[[list[tuple]], None]:
+def _stager(conn: Connection) -> Callable[[list[StagingRow]], None]:
     """How rows get into staging: one executemany per chunk; COPY on PostgreSQL (psycopg 3), which streams
     the rows in one command instead of one round trip per batch of parameters."""
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         driver_conn = conn.connection.driver_connection
+        assert driver_conn is not None
 
-        def copy(rows: list[tuple]) -> None:
-            with driver_conn.cursor() as cursor, cursor.copy("COPY staging FROM STDIN") as out:
+        def copy(rows: list[StagingRow]) -> None:
+            with driver_conn.cursor() as cursor, cursor.copy(STAGING_COPY) as out:
                 for row in rows:
                     out.write_row(row)
 
         return copy
-    insert = f"INSERT INTO staging VALUES ({_placeholders(conn, 8)})"
-    return lambda rows: conn.exec_driver_sql(insert, rows)
+    insert = staging_insert("?" if conn.dialect.paramstyle == "qmark" else "%s")
+
+    def execute(rows: list[StagingRow]) -> None:
+        conn.exec_driver_sql(insert, rows)
+
+    return execute
+
+
+def _sqlite(conn: Connection) -> sqlite3.Connection:
+    """The bare driver connection under `conn`, on SQLite (where a Production's slices are copied)."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
 
 
 def _stage(conn: Connection, manifest: ManifestLike, production: staging.Production | None = None) -> int:
     """Stream the manifest into the staging table; returns the number of good rows staged. With
     `production` (SQLite), the workers' scratch files are copied in instead, unless one of them met a
     problem: then the manifest is read here after all, to find and report every problem."""
-    conn.exec_driver_sql("DROP TABLE IF EXISTS staging")
-    conn.exec_driver_sql(_STAGING_DDL)
+    conn.exec_driver_sql(STAGING_DROP)
+    conn.exec_driver_sql(STAGING_TABLE)
     attached: list[str] = []
     try:
         total: int | None = None
         if production is not None:
             try:
-                total, _ = bulk_load.copy_parts(conn.connection.driver_connection, production,
-                                                lambda part: f"INSERT INTO staging {bulk_load.part_rows(part)}",
+                total, _ = bulk_load.copy_parts(_sqlite(conn), production, staging_from_slice,
                                                 bulk_load.part_defaults(manifest), attached)
             except (bulk_load.NotClean, staging.WorkerLost):
                 total = None  # read the manifest here after all, to find and report every problem
         if total is None:
-            conn.exec_driver_sql("DELETE FROM staging")
+            conn.exec_driver_sql(STAGING_CLEAR)
             stage_rows = _stager(conn)
             total = 0
             for chunk in manifest.chunk_tuples():
@@ -189,35 +194,24 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
                 if params:
                     stage_rows(params)
                     total += len(params)
-        conn.exec_driver_sql("CREATE INDEX staging_key ON staging (project_id, reference_id)")
+        conn.exec_driver_sql(STAGING_INDEX)
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE staging")  # autovacuum never analyzes TEMP tables: plan the merge well
+            conn.exec_driver_sql(STAGING_ANALYZE)
         conn.commit()  # commits only the TEMP table: the ledger file is not written
     finally:
         conn.rollback()
-        raw = conn.connection.driver_connection
         for name in attached:  # outside any transaction, as SQLite wants
-            raw.execute(f"DETACH DATABASE {name}")  # type: ignore[union-attr]
+            _sqlite(conn).execute(detach_slice(name))
     return total
 
 
 def _check(conn: Connection, manifest: ManifestLike) -> None:
     """Cross-row checks in SQL, then raise every problem at once."""
-    dup_filter = """
-        FROM staging s JOIN (
-            SELECT project_id, reference_id, MIN(line) AS first_line FROM staging
-            GROUP BY project_id, reference_id HAVING COUNT(*) > 1
-        ) d ON d.project_id = s.project_id AND d.reference_id = s.reference_id
-        WHERE s.line <> d.first_line
-    """
-    dup_count = conn.exec_driver_sql(f"SELECT COUNT(*) {dup_filter}").scalar_one()
+    dup_count = conn.exec_driver_sql(STAGING_DUPLICATE_COUNT).scalar_one()
     problems = list(manifest.problems)
     total = manifest.problem_count + dup_count
     if dup_count:
-        rows = conn.exec_driver_sql(
-            f"SELECT s.line, s.reference_id, d.first_line {dup_filter} ORDER BY s.line "
-            f"LIMIT {MAX_DUPLICATE_PROBLEMS}"
-        )
+        rows = conn.exec_driver_sql(staging_duplicates(MAX_DUPLICATE_PROBLEMS))
         where = "row" if manifest.unit == "row" else "line"
         for line, ref, first in rows:
             problems.append(
@@ -231,51 +225,15 @@ def _check(conn: Connection, manifest: ManifestLike) -> None:
             )
     if total:
         raise ManifestError(problems, total=total)
-    if not conn.exec_driver_sql("SELECT 1 FROM staging LIMIT 1").first():
+    if not conn.exec_driver_sql(STAGING_ANY).first():
         raise ManifestError([Problem(str(manifest.path), None, None, "the manifest has no rows")])
-
-
-_COUNTS = """
-SELECT
-  COALESCE(SUM(CASE WHEN j.id IS NULL THEN 1 ELSE 0 END), 0),
-  COALESCE(SUM(CASE WHEN j.body_hash = s.body_hash THEN 1 ELSE 0 END), 0),
-  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status IN ('pending', 'failed') THEN 1 ELSE 0 END), 0),
-  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status NOT IN ('pending', 'failed') THEN 1 ELSE 0 END), 0)
-FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
-"""
-
-_EXAMPLES = """
-SELECT s.reference_id FROM staging s JOIN jobs j
-  ON j.project_id = s.project_id AND j.reference_id = s.reference_id
-WHERE j.body_hash <> s.body_hash AND j.status {op} ('pending', 'failed')
-ORDER BY s.line LIMIT {n}
-"""
-
-_UPDATE = """
-UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_flow_id = s.work_flow_id,
-  batch_id = s.batch_id, status = 'pending', attempts = 0, not_before = NULL, error_code = NULL,
-  error_message = NULL, error_details = NULL, http_status = NULL, updated_at = :now,
-  manifest_id = :mid, manifest_line = s.line
-FROM staging s
-WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
-  AND jobs.body_hash <> s.body_hash AND jobs.status IN ('pending', 'failed')
-"""
-
-_INSERT = """
-INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, recovered,
-  attempts, lease_token, created_at, updated_at, manifest_id, manifest_line)
-SELECT s.project_id, s.reference_id, s.work_flow_id, s.batch_id, s.body, s.body_hash, s.extra, 'pending', false,
-  0, 0, :now, :now, :mid, s.line
-FROM staging s WHERE true
-ON CONFLICT (project_id, reference_id) DO NOTHING
-"""
 
 
 def _lock_jobs(conn: Connection) -> None:
     """Keep other writers out of `jobs` for the merge, so its counts hold until it commits. SQLite: done by
     BEGIN IMMEDIATE. PostgreSQL: a self-conflicting table lock; readers go on, claims and other loads wait."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+        conn.exec_driver_sql(LOCK_JOBS)
 
 
 def _merge(
@@ -287,21 +245,25 @@ def _merge(
     now = _utcnow()
     with translate_errors(), conn.begin():
         _lock_jobs(conn)
-        empty = conn.execute(text("SELECT 1 FROM jobs LIMIT 1")).first() is None
+        empty = conn.execute(text(JOBS_ANY)).first() is None
+        new: int
+        unchanged: int
+        updated: int
+        conflicts: int
         if empty:
             new, unchanged, updated, conflicts = rows, 0, 0, 0
         else:
-            new, unchanged, updated, conflicts = conn.execute(text(_COUNTS)).one()
-        upd_ex = con_ex = ()
+            new, unchanged, updated, conflicts = conn.execute(text(MERGE_COUNTS)).one()
+        upd_ex: tuple[str, ...] = ()
+        con_ex: tuple[str, ...] = ()
         if conflicts:
-            con_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="NOT IN", n=EXAMPLES))))
-        record = bulk_load.manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated,
-                                        label=label)
-        mid = conn.execute(text(bulk_load.MANIFEST_INSERT), record).scalar_one()
+            con_ex = tuple(r[0] for r in conn.execute(text(merge_examples(updated=False, limit=EXAMPLES))))
+        record = manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated, label=label)
+        mid = conn.execute(text(RECORD_MANIFEST), record).scalar_one()
         if updated:
-            upd_ex = tuple(r[0] for r in conn.execute(text(_EXAMPLES.format(op="IN", n=EXAMPLES))))
-            conn.execute(text(_UPDATE), {"now": now, "mid": mid})
+            upd_ex = tuple(r[0] for r in conn.execute(text(merge_examples(updated=True, limit=EXAMPLES))))
+            conn.execute(text(MERGE_CHANGED), {"now": now, "mid": mid})
         if new:
-            conn.execute(text(_INSERT), {"now": now, "mid": mid})
+            conn.execute(text(MERGE_NEW), {"now": now, "mid": mid})
     return LoadReport(label or str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
 

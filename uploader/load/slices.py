@@ -23,15 +23,26 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO
 
+from uploader.ledger import (
+    BEGIN,
+    COMMIT,
+    SCRATCH_ROW,
+    SCRATCH_ROW_OWN,
+    SCRATCH_SETUP,
+    StagingRow,
+)
 from uploader.manifest import Span
+
+if TYPE_CHECKING:
+    from uploader.load.source import ManifestLike
+    from uploader.manifest import StagedJob
 
 __all__ = [
     "MIN_SPLIT_BYTES",
-    "SCRATCH_COLUMNS",
-    "STAGING_COLUMNS",
     "PartResult",
     "Production",
     "WorkerLost",
@@ -41,53 +52,13 @@ __all__ = [
     "write_part",
 ]
 
-#: Columns of a staging table: StagedJob's fields with the body's hash after the body.
-STAGING_COLUMNS = """
-    line INTEGER NOT NULL,
-    project_id TEXT NOT NULL,
-    reference_id TEXT NOT NULL,
-    work_flow_id TEXT NOT NULL,
-    batch_id TEXT,
-    body TEXT NOT NULL,
-    body_hash TEXT NOT NULL,
-    extra TEXT
-"""
-#: A scratch file's table: as staging, but project_id, work_flow_id and batch_id are only stored (with
-#: `own` = 1) for rows that do not have the load's defaults: binding three more strings per row would cost
-#: the worker a third more time.
-SCRATCH_COLUMNS = """
-    line INTEGER NOT NULL,
-    reference_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    body_hash TEXT NOT NULL,
-    extra TEXT,
-    own INTEGER,
-    project_id TEXT,
-    work_flow_id TEXT,
-    batch_id TEXT
-"""
 _READ_BLOCK = 1 << 20
 #: Below this size a file is loaded in one process: forking would cost more than it saves.
 MIN_SPLIT_BYTES = 4 << 20
 Defaults = tuple[str, str, "str | None"]
 
 
-class SliceableManifest(Protocol):
-    """What staging needs of a manifest (uploader.manifest.reader.Manifest fits)."""
-
-    path: Path
-    format: str
-    columns: tuple[str, ...]
-    problem_count: int
-    options: Any
-
-    @property
-    def splittable(self) -> bool: ...
-
-    def chunk_tuples(self, size: int = ..., span: Span | None = ...) -> Iterator[Sequence[tuple[Any, ...]]]: ...
-
-
-def load_defaults(manifest: SliceableManifest) -> Defaults:
+def load_defaults(manifest: ManifestLike) -> Defaults:
     """The load's project_id, work_flow_id and batch_id, as rows that do not override them carry them."""
     opts = manifest.options
     return opts.project_id or "", opts.work_flow_id or "", opts.batch_id or None
@@ -100,11 +71,14 @@ def body_hashes(bodies: Iterable[str]) -> list[str]:
     return [sha(b).hexdigest() for b in map(str.encode, bodies)]
 
 
-def staged_rows(chunk: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """StagedJob tuples (line, project_id, reference_id, work_flow_id, batch_id, body, extra) as staging
-    rows, in STAGING_COLUMNS order (the body's hash after the body)."""
+#: A StagingRow from a tuple of its fields, at C speed (StagingRow(...) and ._make run Python per row).
+_staging_row = partial(tuple.__new__, StagingRow)
+
+
+def staged_rows(chunk: Sequence[StagedJob]) -> list[StagingRow]:
+    """A chunk of jobs as staging rows (each job with its payload's hash)."""
     hashes = body_hashes([t[5] for t in chunk])
-    return [(t[0], t[1], t[2], t[3], t[4], t[5], h, t[6]) for t, h in zip(chunk, hashes)]
+    return [_staging_row((t[0], t[1], t[2], t[3], t[4], t[5], h, t[6])) for t, h in zip(chunk, hashes)]
 
 
 @dataclass(frozen=True)
@@ -127,22 +101,18 @@ class _Orphaned(Exception):
     """The parent process is gone (killed): nobody will read the scratch files."""
 
 
-def write_part(manifest: SliceableManifest, index: int, span: Span | None, path: Path,
+def write_part(manifest: ManifestLike, index: int, span: Span | None, path: Path,
                defaults: Defaults, parent: int | None = None) -> PartResult:
-    """Read one slice and write its rows into a new SQLite file (no journal: it is scratch), as
-    SCRATCH_COLUMNS given the load's `defaults` (project_id, work_flow_id, batch_id). Stops at the first
+    """Read one slice and write its rows into a new scratch SQLite file (uploader.ledger.staging), given
+    the load's `defaults` (project_id, work_flow_id, batch_id). Stops at the first
     problem: the caller then loads the slow way, which reports every problem. With `parent` (a pid), gives
     up as soon as that process is no longer its parent."""
     conn = sqlite3.connect(path, isolation_level=None)
-    short = "INSERT INTO staging (line, reference_id, body, body_hash, extra) VALUES (?, ?, ?, ?, ?)"
-    full = "INSERT INTO staging VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
     rows = 0
     try:
-        conn.execute("PRAGMA page_size = 65536")  # a sixteenth of the reads and writes of 4 KiB pages
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("PRAGMA synchronous = OFF")
-        conn.execute(f"CREATE TABLE staging ({SCRATCH_COLUMNS})")
-        conn.execute("BEGIN")
+        for statement in SCRATCH_SETUP:
+            conn.execute(statement)
+        conn.execute(BEGIN)
         for chunk in manifest.chunk_tuples(span=span) if span is None or span.end > span.start else ():
             if manifest.problem_count:
                 break
@@ -151,11 +121,11 @@ def write_part(manifest: SliceableManifest, index: int, span: Span | None, path:
             lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
             hashes = body_hashes(bodies)
             if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
-                conn.executemany(short, zip(lines, refs, bodies, hashes, extras))
+                conn.executemany(SCRATCH_ROW, zip(lines, refs, bodies, hashes, extras))
             else:
-                conn.executemany(full, zip(lines, refs, bodies, hashes, extras, pids, wfs, batches))
+                conn.executemany(SCRATCH_ROW_OWN, zip(lines, refs, bodies, hashes, extras, pids, wfs, batches))
             rows += len(chunk)
-        conn.execute("COMMIT")
+        conn.execute(COMMIT)
     finally:
         conn.close()
     return PartResult(index, path, rows, manifest.problem_count)
@@ -178,7 +148,7 @@ class Production:
     workers (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
     """
 
-    def __init__(self, manifest: SliceableManifest, workers: int = 2, parts: int = 8) -> None:
+    def __init__(self, manifest: ManifestLike, workers: int = 2, parts: int = 8) -> None:
         self.parts = parts
         defaults = load_defaults(manifest)
         parent = os.getpid()
@@ -209,7 +179,7 @@ class Production:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     @staticmethod
-    def suits(manifest: SliceableManifest) -> bool:
+    def suits(manifest: ManifestLike) -> bool:
         """Whether a manifest is worth loading this way at all (its contents are checked by the workers)."""
         try:
             size = manifest.path.stat().st_size
@@ -218,7 +188,7 @@ class Production:
         return manifest.splittable and size >= MIN_SPLIT_BYTES and can_fork()
 
     @classmethod
-    def start(cls, manifest: SliceableManifest) -> Production | None:
+    def start(cls, manifest: ManifestLike) -> Production | None:
         """Workers for this manifest if it suits, and the system lets us fork them; else None (the load
         then reads the file in one process, only slower)."""
         if not cls.suits(manifest):
@@ -251,8 +221,8 @@ class Production:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _work(manifest: SliceableManifest, defaults: Defaults, w: int, workers: int, parts: int, workdir: Path,
-          wfd: int, alive: int, parent: int, sigmask: set[signal.Signals]) -> None:
+def _work(manifest: ManifestLike, defaults: Defaults, w: int, workers: int, parts: int, workdir: Path,
+          wfd: int, alive: int, parent: int, sigmask: set[int | signal.Signals]) -> None:
     """A worker's life: its slices in order, each result down the pipe; then wait for the parent to kill
     us, and exit without any of its clean-up (atexit, buffers). If the parent dies first (it holds the
     write end of `alive`), the scratch files are removed here: nobody else would."""
@@ -294,7 +264,7 @@ class _Cutter:
     line, and a quote anywhere makes it uncuttable; a JSONL file has neither a header nor that problem
     (a JSON string cannot hold a raw line break). A bare CR makes either uncuttable."""
 
-    def __init__(self, manifest: SliceableManifest, parts: int) -> None:
+    def __init__(self, manifest: ManifestLike, parts: int) -> None:
         self._f = open(manifest.path, "rb")
         self._size = os.fstat(self._f.fileno()).st_size
         self._parts, self._header = parts, tuple(manifest.columns)

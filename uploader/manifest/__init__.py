@@ -13,17 +13,23 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.manifest.formats import FORMATS as FORMATS
     from uploader.manifest.formats import Span as Span
+    from uploader.manifest.jobs import StagedJob as StagedJob
     from uploader.manifest.reader import Manifest as Manifest
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
-    from uploader.manifest.reader import StagedJob as StagedJob
+    from uploader.manifest.signed import SignedUrlError as SignedUrlError
+    from uploader.manifest.signed import UrlExpiry as UrlExpiry
+    from uploader.manifest.signed import url_expiry as url_expiry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
     "Manifest": "uploader.manifest.reader",
     "ManifestOptions": "uploader.manifest.reader",
-    "StagedJob": "uploader.manifest.reader",
+    "StagedJob": "uploader.manifest.jobs",
     "FORMATS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
+    "SignedUrlError": "uploader.manifest.signed",
+    "UrlExpiry": "uploader.manifest.signed",
+    "url_expiry": "uploader.manifest.signed",
 }
 
 __all__ = list(_EXPORTS)

@@ -20,6 +20,7 @@ from itertools import groupby, islice
 from operator import itemgetter
 from typing import Any
 
+from uploader.manifest.jobs import StagedJob
 from uploader.manifest.values import (
     INTEGER,
     LONE_SURROGATE,
@@ -137,10 +138,10 @@ def frame_row(line: int, text: Callable[[str], str | None], has_index: bool, err
 Report = Callable[[int, str, str], None]  # (line, column, message) of a problem
 
 
-def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report) -> Iterator[list[tuple[Any, ...]]]:
+def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report) -> Iterator[list[StagedJob]]:
     """Group the parked frames into one job per (project_id, reference_id), checking each as a whole.
     `names` maps API fields to the manifest's columns; problems go to `problem`."""
-    out = []
+    out: list[StagedJob] = []
     for (pid, ref), group in store.videos():
         rows = list(group)
         if any(r[11] for r in rows) or not _video_ok(ref, rows, names, problem):
@@ -150,7 +151,7 @@ def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report)
         if first[9] is not None:
             data["metadata"] = json.loads(first[9])
         body = job_body(ref, first[6], first[7], data, first[8])
-        out.append((first[3], pid, ref, first[6], first[7], body, first[10]))
+        out.append(StagedJob(first[3], pid, ref, first[6], first[7], body, first[10]))
         if len(out) >= size:
             yield out
             out = []

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
-from itertools import repeat, starmap
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from uploader.manifest import frames as long_video
 from uploader.manifest import values as val
 from uploader.manifest.columns import API_NAMES, OVERRIDES, SHAPES, ManifestOptions, resolve_columns
 from uploader.manifest.csv_reader import CsvReader
+from uploader.manifest.jobs import StagedJob, staged_job
 from uploader.manifest.values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
 
 __all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
@@ -32,25 +32,6 @@ MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
 #: A row's (reference_id, project_id, work_flow_id, batch_id, priority_weight), defaults filled in.
 Settings = tuple[str | None, str, str, str | None, str | None]
-
-
-@dataclass(frozen=True)
-class StagedJob:
-    """One valid job, ready to POST: `body` is the exact compact JSON body."""
-
-    line: int
-    project_id: str
-    reference_id: str
-    work_flow_id: str
-    batch_id: str | None
-    body: str
-    extra: str | None
-
-    def __init__(self, line: int, project_id: str, reference_id: str, work_flow_id: str,
-                 batch_id: str | None, body: str, extra: str | None) -> None:
-        # Twice as fast as the generated frozen __init__ (which calls object.__setattr__ per field).
-        self.__dict__.update(line=line, project_id=project_id, reference_id=reference_id,
-                             work_flow_id=work_flow_id, batch_id=batch_id, body=body, extra=extra)
 
 
 class Manifest:
@@ -107,10 +88,7 @@ class Manifest:
 
     def chunks(self, size: int = 5000) -> Iterator[list[StagedJob]]:
         """Stream the manifest: lists of at most `size` valid jobs; problems go to `self.problems`."""
-        for tuples in self.chunk_tuples(size):
-            with fmt.no_gc():
-                jobs = list(starmap(StagedJob, tuples))
-            yield jobs
+        return self.chunk_tuples(size)
 
     @property
     def splittable(self) -> bool:
@@ -119,9 +97,8 @@ class Manifest:
         the staging workers to find (uploader.load.slices)."""
         return "video_long" not in self._shapes
 
-    def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[tuple[Any, ...]]]:
-        """Like chunks(), but each job is a plain tuple in StagedJob field order: cheaper for bulk inserts.
-        With `span`, only that slice of a splittable file is read."""
+    def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[StagedJob]]:
+        """As chunks() (StagedJob is a tuple); with `span`, only that slice of a splittable file is read."""
         if size < 1:
             raise ValueError("size must be at least 1")
         self.problems, self.problem_count = [], 0
@@ -174,7 +151,7 @@ class Manifest:
         if len(self.problems) < MAX_PROBLEMS_KEPT:
             self.problems.append(Problem(str(self.path), line, column, message, self.unit))
 
-    def _fast_image(self, chunk: fmt.Chunk) -> list[tuple[Any, ...]] | None:
+    def _fast_image(self, chunk: fmt.Chunk) -> list[StagedJob] | None:
         """A whole chunk of a plain image manifest at C speed, or None to fall back to `_build` row by row.
 
         Says yes only when every row would certainly pass `_build`, which then gives the same body."""
@@ -187,6 +164,8 @@ class Manifest:
         ref_blob, url_blob = "".join(refs), "".join(urls)
         ref_plain, url_plain = val.plain(ref_blob), val.plain(url_blob)
         if " " in url_blob or ref_plain is None or url_plain is None:
+            return None
+        if val.may_be_signed(url_blob) and any(map(val.signature_problem, urls)):
             return None
         if " " in ref_blob and not all(map(str.strip, refs)):
             return None
@@ -205,8 +184,8 @@ class Manifest:
                 plain = val.needs_no_escape("".join(cols[i]))
                 pieces += [key + '"', cols[i], '"'] if plain else [key, map(enc, cols[i])]
             extras = map("".join, zip(*(repeat(p) if isinstance(p, str) else p for p in [*pieces, "}"])))
-        return list(zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch), bodies,
-                        extras))
+        return list(map(staged_job, zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch),
+                                        bodies, extras)))
 
     # --- one row, the general way ----------------------------------------------------------------------
 
@@ -287,7 +266,7 @@ class Manifest:
             errs.append((None, f"row mixes shapes ({both} {'both' if len(filled) == 2 else 'all'} set)"))
         return None
 
-    def _build(self, line: int, cells: Any, jobs: list[tuple[Any, ...]],
+    def _build(self, line: int, cells: Any, jobs: list[StagedJob],
                frames: list[tuple[Any, ...]]) -> None:
         """Validate one row; append its job (or, for long-form video, its frame), or record its problems.
 
@@ -372,8 +351,8 @@ class Manifest:
 
 
 def _job(line: int, shape: str | None, settings: Settings, data: Any, meta: Any, extra: str | None,
-         errs: Errors) -> tuple[Any, ...] | None:
-    """The job tuple (StagedJob field order) of a row whose cells passed every check, or None with the
+         errs: Errors) -> StagedJob | None:
+    """The job of a row whose cells passed every check, or None with the
     reason in `errs`: its JSON cannot be written, or holds a lone surrogate."""
     ref, pid, wf, batch, pw = settings
     assert ref is not None  # a row without a text reference_id has a problem already
@@ -386,4 +365,4 @@ def _job(line: int, shape: str | None, settings: Settings, data: Any, meta: Any,
     if val.bad_unicode(body + (extra or "")):
         errs.append((None, val.LONE_SURROGATE))
         return None
-    return (line, pid, ref, wf, batch, body, extra)
+    return StagedJob(line, pid, ref, wf, batch, body, extra)

@@ -14,10 +14,13 @@ from json.encoder import encode_basestring as enc  # C: json.dumps of one str, w
 from typing import Any
 from urllib.parse import urlsplit
 
+from uploader.manifest.signed import SignedUrlError, url_expiry
+
 __all__ = [
     "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "MAX_URL_LENGTH", "PATH_UNSAFE", "UUID", "Errors",
     "bad_unicode", "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
-    "loads_strict", "needs_no_escape", "plain", "reference_id_problem", "show", "unencodable", "url_problem",
+    "loads_strict", "may_be_signed", "needs_no_escape", "plain", "reference_id_problem", "show", "signature_problem",
+    "unencodable", "url_problem",
 ]
 
 Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
@@ -106,7 +109,7 @@ def url_problem(url: str) -> str | None:
     if len(url) > MAX_URL_LENGTH:
         return f"is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed (longer URLs cannot be fetched)"
     if HOST.match(url) and url.isprintable() and " " not in url:
-        return None  # the common case, without urlsplit
+        return signature_problem(url)  # the common case, without urlsplit
     if not url:
         return "is empty"
     if _SPACE.search(url):
@@ -125,7 +128,32 @@ def url_problem(url: str) -> str | None:
     if scheme not in ("http", "https"):
         slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
         return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
-    return None if parts.hostname else f"has no host: {show(url)}"
+    if not parts.hostname:
+        return f"has no host: {show(url)}"
+    return signature_problem(url)
+
+
+#: Fields whose presence makes a query string a signature (manifest.signed says which scheme each is).
+_SIGNED_MARKERS = ("signature=", "sig=", "x-amz-credential=", "x-goog-credential=")
+
+
+def may_be_signed(text: str) -> bool:
+    """Whether `text` (a URL, or many joined) may hold a signed URL's query (then each URL is checked)."""
+    if "?" not in text:
+        return False
+    lowered = text.lower()
+    return any(marker in lowered for marker in _SIGNED_MARKERS)
+
+
+def signature_problem(url: str) -> str | None:
+    """Why a signed URL's expiry cannot be read, or None (also for a URL that is not signed)."""
+    if not may_be_signed(url):
+        return None
+    try:
+        url_expiry(url)
+    except SignedUrlError as e:
+        return f"is a signed URL that cannot be checked: {e}"
+    return None
 
 
 def cell_text(value: Any) -> str:

@@ -19,6 +19,9 @@ from aiohttp import web
 
 from uploader.sandbox.config import SandboxConfig
 from uploader.sandbox.faults import FaultInjector
+from uploader.sandbox.files import PREFIX as FILES_PREFIX
+from uploader.sandbox.files import answer as file_answer
+from uploader.sandbox.files import parse_spec
 from uploader.sandbox.journal import Journal
 from uploader.sandbox.state import ApiFailure, SandboxState, decode_body
 from uploader.sandbox.stats import Stats
@@ -98,6 +101,8 @@ class SandboxApp:
     # -- the handler ----------------------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
+        if path.startswith(FILES_PREFIX):
+            return await self._file(request, path)
         if path.startswith("/_sandbox/"):
             return self._introspect(request.method, path)
         response, after = await self._api(request, path)
@@ -147,7 +152,7 @@ class SandboxApp:
         try:
             self._authorize(request.headers.get("x-api-key"), project_id)
             if name == CREATE_JOB:
-                data, record = self.state.create_job(project_id, body, self.new_id)
+                data, record = self.state.create_job(project_id, body, self.new_id, self.config.check_attachments)
                 self.journal.append(record)
                 self.stats.jobs_created += 1
             elif name == CREATE_BATCH:
@@ -173,6 +178,18 @@ class SandboxApp:
             raise ApiFailure("unauthorized", "the key has no access to this project", status=403)
         if config.projects is not None and project_id not in config.projects:
             raise ApiFailure("resource_error", "project not found", status=404)
+
+    async def _file(self, request: web.BaseRequest, path: str) -> web.Response:
+        """An attachment (sandbox/files.py): keyless, counted in `file_requests`, not in the API's stats."""
+        self.stats.file_requests[request.method] += 1
+        spec = parse_spec(path, request.query_string)
+        if spec is None or request.method not in ("GET", "HEAD"):
+            return web.Response(status=404 if spec is None else 405, text="no such file", content_type="text/plain")
+        if spec.slow_ms:
+            await asyncio.sleep(spec.slow_ms / 1000)
+        status, headers, body = file_answer(spec, request.method, path, request.query_string,
+                                            request.headers.get("Range"))
+        return web.Response(status=status, headers=headers, body=body)
 
     def _introspect(self, method: str, path: str) -> web.Response:
         """/_sandbox/* : reliable, keyless, never counted in the stats."""

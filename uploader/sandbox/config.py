@@ -68,6 +68,11 @@ class SandboxConfig:
     faults_on_all: bool = field(
         default=False, metadata=_help("Apply faults to every API request, not only job creation.")
     )
+    check_attachments: bool = field(
+        default=False,
+        metadata=_help("Answer FS_0007 for a job whose image or frame URL is a /_sandbox/files/ file that would "
+                       "not open (an error status, empty, or not an image or video)."),
+    )
 
     def __post_init__(self) -> None:
         # Accept any iterable for the project sets (e.g. a list from the CLI) but store frozensets.

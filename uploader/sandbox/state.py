@@ -15,8 +15,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from uploader.sandbox.config import default_batch_id
+from uploader.sandbox.files import PREFIX as FILES_PREFIX
+from uploader.sandbox.files import fetchable, parse_spec
 
 __all__ = [
     "DEFAULT_BATCH_NAME",
@@ -195,6 +198,22 @@ def data_problems(data: dict[str, Any]) -> list[dict[str, Any]]:
     return problems.errors()
 
 
+def unfetchable_attachment(data: dict[str, Any]) -> str | None:
+    """The first image or frame URL of `data` that is a sandbox file the platform could not open, or None.
+    Only /_sandbox/files/ URLs are judged (by what their URL asks for): the sandbox fetches nothing."""
+    urls = [data.get("image_url")]
+    video = data.get("video_data")
+    if isinstance(video, dict) and isinstance(video.get("frames"), list):
+        urls += [frame.get("src") for frame in video["frames"] if isinstance(frame, dict)]
+    for url in urls:
+        if isinstance(url, str):
+            parts = urlsplit(url)
+            spec = parse_spec(parts.path, parts.query)
+            if parts.path.startswith(FILES_PREFIX) and (spec is None or not fetchable(spec)):
+                return url
+    return None
+
+
 def _job_view(job: dict[str, Any]) -> dict[str, Any]:
     return {k: job[k] for k in _JOB_VIEW_KEYS}
 
@@ -283,7 +302,7 @@ class SandboxState:
 
     # -- jobs -----------------------------------------------------------------------------------
     def create_job(
-        self, project_id: str, body: dict[str, Any] | None, new_id: Callable[[], str]
+        self, project_id: str, body: dict[str, Any] | None, new_id: Callable[[], str], check_attachments: bool = False
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """POST /jobs: checks in the order uploader.sandbox's docstring gives, then stores the job; returns (data,
         journal record)."""
@@ -322,6 +341,10 @@ class SandboxState:
             priority = DEFAULT_PRIORITY
         elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ApiFailure("FS_00012", f"priority_weight must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+        if check_attachments:
+            bad = unfetchable_attachment(data)
+            if bad is not None:
+                raise ApiFailure("FS_0007", f"attachment not accessible: {bad}")
         if reference_id in project.refs:
             raise ApiFailure("FS_0001", "reference_id already exists")
         record = {

@@ -30,6 +30,7 @@ class Stats:
         self.fs_0001_refusals = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self.per_reference: Counter[tuple[str, str]] = Counter()  # (project_id, reference_id) -> job POSTs
+        self.file_requests: Counter[str] = Counter()  # method -> requests for /_sandbox/files/ attachments
 
     def response(self, status: int | None) -> None:
         """Count one API request; `status` None means no reply was sent (a dropped connection)."""
@@ -52,4 +53,5 @@ class Stats:
             "max_requests_per_reference_id": max(self.per_reference.values(), default=0),
             "reference_ids_sent_more_than_once": sorted(resent),
             "jobs_created_per_reference_id_max": max(per_ref_jobs.values(), default=0),
+            "file_requests": dict(sorted(self.file_requests.items())),
         }

@@ -53,9 +53,10 @@ async def run_upload_async(
     default_batch: bool = False,
     on_notice: Callable[[str], None] | None = None,
     manifest_label: str | None = None,
+    before_send: Callable[[Ledger], Awaitable[object]] | None = None,
 ) -> RunSummary:
     """Load `manifest` (if given; named `manifest_label` in the ledger if given), then send every pending row of
-    the ledger. Rows with no batch of their
+    the ledger; `before_send(ledger)` is awaited between the two (e.g. `preflight`). Rows with no batch of their
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name).
@@ -64,7 +65,7 @@ async def run_upload_async(
 
     stop = stop or StopFlag()
     body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-                on_progress, stop, default_batch, on_notice, manifest_label)
+                on_progress, stop, default_batch, on_notice, manifest_label, before_send)
     return await _with_signals(stop, handle_signals, body)
 
 
@@ -113,6 +114,7 @@ async def _run(
     default_batch: bool,
     on_notice: Callable[[str], None] | None,
     manifest_label: str | None = None,
+    before_send: Callable[[Ledger], Awaitable[object]] | None = None,
 ) -> RunSummary:
     """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
     from uploader.api import ApiClient
@@ -145,6 +147,8 @@ async def _run(
             report = load(ledger, manifest, options, manifest_label)
             if on_load:
                 on_load(report)
+        if before_send is not None:
+            await before_send(ledger)
         counts = ledger.counts()
         if not (counts["pending"] or counts["in_flight"] or counts["uncertain"]):
             return nothing_to_send(ledger, counts)

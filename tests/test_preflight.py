@@ -1,0 +1,189 @@
+"""Attachment preflight end to end: `uploader check`, `run --preflight`, the blocked state, `retry --blocked`,
+`run --allow-blocked`, signed-URL expiry — against the sandbox's attachment files over loopback."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from uploader.cli.commands import cli
+from uploader.sandbox import Sandbox, SandboxConfig
+
+LOAD = ["--project-id", "proj", "--work-flow-id", "wf"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def box():
+    with Sandbox(SandboxConfig(check_attachments=True)) as sb:
+        yield sb
+
+
+def files(box: Sandbox, name: str, query: str = "") -> str:
+    return f"{box.base_url}/_sandbox/files/{name}" + (f"?{query}" if query else "")
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("reference_id,image_url\n" + "".join(f"{r},{u}\n" for r, u in rows))
+    return path
+
+
+def statuses(ledger: Path) -> dict[str, tuple[str, str | None, str | None]]:
+    with sqlite3.connect(ledger) as db:
+        return {r: (s, c, m) for r, s, c, m in db.execute(
+            "SELECT reference_id, status, error_code, error_message FROM jobs")}
+
+
+def url_checks(ledger: Path) -> int:
+    with sqlite3.connect(ledger) as db:
+        return db.execute("SELECT COUNT(*) FROM urls").fetchone()[0]
+
+
+def test_check_blocks_rows_whose_attachment_would_not_open(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [
+        ("ok1", files(box, "a.jpg")), ("ok2", files(box, "a.jpg")),  # one URL shared by two rows
+        ("gone", files(box, "b.jpg", "status=404")), ("html", files(box, "c.html")),
+        ("empty", files(box, "d.png", "size=0")), ("s3", files(box, "e.jpg", "head=403")),
+    ])
+    result = invoke("check", str(manifest), *LOAD, "--ledger", str(ledger))
+    assert result.exit_code == 3, result.output
+    assert "3 rows blocked" in result.output and "HTTP 404" in result.output
+    rows = statuses(ledger)
+    assert {r: s for r, (s, _, _) in rows.items()} == {
+        "ok1": "pending", "ok2": "pending", "s3": "pending", "gone": "blocked", "html": "blocked", "empty": "blocked"}
+    assert rows["gone"][1:] == ("url_http_error", f"{files(box, 'b.jpg', 'status=404')}: HTTP 404")
+    assert rows["html"][1] == "url_not_media" and rows["empty"][1] == "url_empty"
+    assert url_checks(ledger) == 5  # five distinct URLs
+
+    # A rerun checks nothing again: every verdict is stored.
+    before = box.stats()["file_requests"]
+    result = invoke("check", "--ledger", str(ledger), "--json")
+    assert result.exit_code == 0, result.output  # the bad rows are blocked already: no pending row is bad
+    report = json.loads(result.output)
+    assert report["checked"] == 0 and report["known"] == 2 and report["bad_rows"] == 0
+    assert box.stats()["file_requests"] == before
+
+    # Blocked rows are never sent; status and export show them with the reason.
+    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key)
+    assert box.stats()["jobs_created"] == 3
+    assert run.exit_code == 3, run.output  # something held back
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["counts"]["blocked"] == 3 and status["counts"]["succeeded"] == 3
+    export = invoke("export", "--ledger", str(ledger), "--status", "blocked", "--format", "jsonl").output
+    exported = {json.loads(line)["reference_id"]: json.loads(line) for line in export.splitlines()}
+    assert set(exported) == {"gone", "html", "empty"}
+    assert "HTTP 404" in json.dumps(exported["gone"])
+
+
+def test_retry_blocked_releases_and_rechecks(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [("gone", files(box, "b.jpg", "status=404")),
+                                                   ("ok", files(box, "a.jpg"))])
+    assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
+    result = invoke("retry", "--blocked", "--ledger", str(ledger))
+    assert result.exit_code == 0 and "1 blocked rows are pending again" in result.output
+    assert statuses(ledger)["gone"] == ("pending", None, None)
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    # Still broken: the preflight of the run checks the URL again (its bad verdict was dropped) and blocks it.
+    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key,
+                 "--preflight")
+    assert box.stats()["file_requests"]["HEAD"] == before + 1
+    assert statuses(ledger)["gone"][0] == "blocked" and statuses(ledger)["ok"][0] == "succeeded"
+    assert "1 rows blocked" in run.output
+
+
+def test_run_allow_blocked_sends_them_anyway(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [("gone", files(box, "b.jpg", "status=404"))])
+    assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
+    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key,
+                 "--allow-blocked", "--preflight")
+    assert "would be blocked" in run.output
+    # Sent: the platform itself refuses the attachment (the sandbox's FS_0007).
+    assert statuses(ledger)["gone"][:2] == ("failed", "FS_0007")
+
+
+def test_run_preflight_with_a_manifest_checks_before_the_first_send(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [("bad", files(box, "x.jpg", "status=403")),
+                                                   ("good", files(box, "y.jpg"))])
+    run = invoke("run", str(manifest), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url,
+                 "--api-key", box.api_key, "--preflight")
+    assert run.exit_code == 3, run.output
+    assert box.stats()["fs_0001_refusals"] == 0 and box.stats()["jobs_created"] == 1
+    assert box.stats()["requests_by_status"].get("400", 0) == 0  # no FS_0007: the bad row never went out
+    assert statuses(ledger)["bad"][0] == "blocked"
+
+
+def _aws(signed_at: datetime, seconds: int) -> str:
+    return (f"https://bucket.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203"
+            f"&X-Amz-Date={signed_at:%Y%m%dT%H%M%SZ}&X-Amz-Expires={seconds}&X-Amz-SignedHeaders=host"
+            "&X-Amz-Signature=00")
+
+
+def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, box):
+    now = datetime.now(UTC).replace(microsecond=0)
+    soon, later = _aws(now, 3600), _aws(now, 7 * 86400)
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [("soon", soon), ("later", later)])
+    # The check of `later` itself fails (no network here: bucket.s3.amazonaws.com does not resolve), so only
+    # the expiry verdicts are compared.
+    result = invoke("check", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d",
+                    "--check-timeout", "0.5")
+    rows = statuses(ledger)
+    assert rows["soon"][:2] == ("blocked", "url_expires_soon")
+    assert rows["later"][1] != "url_expires_soon"
+    assert "the earliest expires" in result.output
+    expected = (now + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
+    assert expected in rows["soon"][2]
+
+
+def test_duration_option_rejects_nonsense(tmp_path):
+    result = CliRunner().invoke(cli, ["check", "--ledger", str(tmp_path / "l.db"), "--recheck-after", "soon"])
+    assert result.exit_code == 2 and "not a duration" in result.output
+
+
+def test_status_counts_verdicts_and_rows_never_checked(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("a", files(box, "a.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 2, "urls": {}}
+    assert "2 pending rows never had their attachments checked" in invoke("status", "--ledger", str(ledger)).output
+    invoke("check", "--ledger", str(ledger))
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 0, "urls": {"http_error": 1, "ok": 1}}
+    # A changed payload must be checked again.
+    m2 = write_manifest(tmp_path / "m2.csv", [("a", files(box, "a2.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m2), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"]["never_checked"] == 1 and status["counts"]["blocked"] == 1
+
+
+def test_check_sample_checks_n_urls_per_host_and_blocks_nothing(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    rows = [(f"ok{i}", files(box, f"ok{i}.jpg")) for i in range(30)]
+    rows += [(f"bad{i}", f"http://localhost:{box.base_url.rsplit(':', 1)[1]}/_sandbox/files/x{i}.jpg?status=404")
+             for i in range(10)]
+    m = write_manifest(tmp_path / "m.csv", rows)
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    result = invoke("check", "--ledger", str(ledger), "--sample", "4", "--json")
+    assert result.exit_code == 0, result.output
+    hosts = json.loads(result.output)
+    assert set(hosts) == {box.base_url.split("//")[1], f"localhost:{box.base_url.rsplit(':', 1)[1]}"}
+    good, bad = hosts[box.base_url.split("//")[1]], hosts[f"localhost:{box.base_url.rsplit(':', 1)[1]}"]
+    assert (good["urls"], good["checked"], good["failure_rate"]) == (30, 4, 0.0)
+    assert (bad["urls"], bad["checked"], bad["failure_rate"]) == (10, 4, 1.0) and "HTTP 404" in bad["example"]
+    assert box.stats()["file_requests"]["HEAD"] - before == 8
+    assert {s for s, _, _ in statuses(ledger).values()} == {"pending"}  # nothing blocked
+    assert url_checks(ledger) == 8  # the verdicts are kept for the full check

@@ -1,0 +1,172 @@
+"""Will annotators be able to open an attachment? A `HEAD` (or a one-byte `GET`) of each image or frame URL.
+
+`check_urls` checks many URLs concurrently with a per-host rate cap, timeouts and bounded redirects, and
+yields one `UrlCheck` per URL as the answers come in; memory stays flat in the number of URLs (at most
+`concurrency` checks are in flight and the URLs are read lazily). `judge` is the pure decision.
+
+`HEAD` first; when a server refuses it (400, 403, 405, 501: S3 presigned GET URLs answer 403 to a HEAD,
+the method being part of their signature), `GET` with `Range: bytes=0-0`, whose headers decide; its body is
+never read beyond what arrived with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx
+
+from uploader.api.client import _decisive, _make_transport, _transport_code
+
+__all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "attachment_urls", "check_urls", "judge"]
+
+#: Answers to a HEAD after which the URL is asked again with a one-byte GET.
+_HEAD_REFUSED = frozenset({400, 403, 405, 501})
+#: Content types that are never an image or a video, whatever the URL says (error pages, API answers).
+NOT_MEDIA_TYPES = frozenset({"application/json", "application/xml", "application/xhtml+xml",
+                             "application/javascript", "application/problem+json"})
+_USER_AGENT = "gtstudio-uploader-preflight"
+# Words for the transport failure codes of `client._transport_code`, as a user would say them.
+_REASONS = {
+    "connect_error": "cannot connect", "tls_error": "TLS handshake failed", "timeout": "timed out",
+    "connection_closed": "connection closed before an answer", "protocol_error": "not a valid HTTP answer",
+    "transport_error": "request failed",
+}
+
+
+class UrlCheck(NamedTuple):
+    """The verdict on one URL: ok, unreachable, http_error, not_media or empty, and why in words."""
+
+    url: str
+    verdict: str
+    detail: str
+    status: int | None = None
+    content_type: str | None = None
+    length: int | None = None
+
+
+def attachment_urls(payload: Any) -> list[str]:
+    """The attachment URLs a create-job payload asks the platform to fetch: `data.image_url` and every video
+    frame's `src` (docs/api.md, "data by task type"), in order, without repeats. Sensor data is passed
+    through unchanged and its files are not checked."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
+        return []
+    urls: list[str] = []
+    image = data.get("image_url")
+    if isinstance(image, str):
+        urls.append(image)
+    video = data.get("video_data")
+    frames = video.get("frames") if isinstance(video, dict) else None
+    if isinstance(frames, list):
+        urls += [f["src"] for f in frames if isinstance(f, dict) and isinstance(f.get("src"), str)]
+    return list(dict.fromkeys(urls))
+
+
+def judge(status: int, content_type: str | None, length: int | None) -> tuple[str, str]:
+    """(verdict, detail) for the final answer to a HEAD or one-byte GET. `length` is the file's full size
+    when the answer says it (Content-Length of a 200, the total of a 206's Content-Range), else None."""
+    if status == 416:  # a one-byte range of an empty file
+        return "empty", "the file is empty (0 bytes)"
+    if status >= 400:
+        return "http_error", f"HTTP {status}"
+    if status >= 300:
+        return "http_error", f"HTTP {status} without a usable Location"
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media.startswith("text/") or media in NOT_MEDIA_TYPES:
+        return "not_media", f"Content-Type {media}, not an image or video"
+    if length == 0:
+        return "empty", "the file is empty (0 bytes)"
+    return "ok", media or "no Content-Type"
+
+
+class HostPacer:
+    """At most `rate` requests per second to each host: a time slot per request, handed out in order."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next: dict[str, float] = {}
+
+    def delay(self, host: str, now: float) -> float:
+        """Seconds to wait before the next request to `host`; reserves its slot."""
+        slot = max(now, self._next.get(host, now))
+        self._next[host] = slot + self._interval
+        return slot - now
+
+    async def wait(self, host: str) -> None:
+        pause = self.delay(host, time.monotonic())
+        if pause > 0:
+            await asyncio.sleep(pause)
+
+
+async def check_urls(
+    urls: Iterable[str],
+    *,
+    concurrency: int = 64,
+    per_host_rate: float = 50.0,
+    timeout: float = 10.0,
+    max_redirects: int = 5,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[UrlCheck]:
+    """Check every URL (in any order of completion); at most `concurrency` at once."""
+    pacer = HostPacer(per_host_rate)
+    client = httpx.AsyncClient(
+        transport=transport or _make_transport(concurrency), follow_redirects=True, max_redirects=max_redirects,
+        timeout=httpx.Timeout(timeout), headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+    )
+    pending: set[asyncio.Task[UrlCheck]] = set()
+    try:
+        for url in urls:
+            if len(pending) >= concurrency:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+            pending.add(asyncio.create_task(_check(client, pacer, url, max_redirects)))
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await client.aclose()
+
+
+async def _check(client: httpx.AsyncClient, pacer: HostPacer, url: str, max_redirects: int) -> UrlCheck:
+    host = urlsplit(url).netloc.lower()
+    try:
+        await pacer.wait(host)
+        response = await client.head(url)
+        if response.status_code in _HEAD_REFUSED:
+            await pacer.wait(host)
+            async with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as response:
+                pass  # the headers decide; leaving the block closes the connection without reading the body
+    except httpx.TooManyRedirects:
+        return UrlCheck(url, "unreachable", f"more than {max_redirects} redirects")
+    except httpx.UnsupportedProtocol:
+        return UrlCheck(url, "unreachable", "not an http or https URL")
+    except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        decisive = _decisive(exc)
+        reason = _REASONS.get(_transport_code(decisive), "request failed")
+        text = str(decisive).strip()
+        return UrlCheck(url, "unreachable", f"{reason} ({text})" if text else reason)
+    status = response.status_code
+    content_type = response.headers.get("Content-Type")
+    length = _length(response)
+    verdict, detail = judge(status, content_type, length)
+    return UrlCheck(url, verdict, detail, status, content_type, length)
+
+
+def _length(response: httpx.Response) -> int | None:
+    """The file's full size: a 206's Content-Range total, else a 200's Content-Length."""
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    raw = response.headers.get("Content-Length", "")
+    return int(raw) if raw.strip().isdigit() else None

@@ -1,0 +1,160 @@
+"""The ledger's side of the attachment preflight: verdicts per distinct URL, and the `blocked` state.
+
+A verdict is kept per URL (table `urls`, keyed by the URL's sha256), not per row: a URL shared by many rows
+is checked once, and a rerun checks only URLs never checked or checked before a cut-off. Which URLs a row
+uses is read from its payload by the caller (the payload's shape is the API's business, not the ledger's).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+from sqlalchemy import Engine, text
+
+from uploader.ledger.engine import read_tx, write_tx
+from uploader.ledger.models import Status
+from uploader.ledger.queries import utcnow
+
+__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "never_checked", "pending_payloads",
+           "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
+
+#: Rows read per page of `pending_payloads`, and keys bound per statement.
+_PAGE = 2000
+_CHUNK = 500
+
+_PENDING_PAGE = text(
+    f"SELECT id, reference_id, body FROM jobs WHERE status = '{Status.PENDING.value}' AND id > :after "
+    "ORDER BY id LIMIT :n"
+)
+_UPSERT = text(
+    "INSERT INTO urls (url_hash, url, verdict, detail, http_status, content_type, length, checked_at) "
+    "VALUES (:url_hash, :url, :verdict, :detail, :http_status, :content_type, :length, :checked_at) "
+    "ON CONFLICT (url_hash) DO UPDATE SET verdict = excluded.verdict, detail = excluded.detail, "
+    "http_status = excluded.http_status, content_type = excluded.content_type, length = excluded.length, "
+    "checked_at = excluded.checked_at"
+)
+_BLOCK = text(
+    f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = :code, error_message = :message, "
+    "error_details = NULL, http_status = NULL, checked_at = :now, updated_at = :now "
+    f"WHERE id = :id AND status = '{Status.PENDING.value}'"
+)
+_MARK_CHECKED = text(f"UPDATE jobs SET checked_at = :now WHERE id = :id AND status = '{Status.PENDING.value}'")
+_NEVER_CHECKED = text(f"SELECT COUNT(*) FROM jobs WHERE status = '{Status.PENDING.value}' AND checked_at IS NULL")
+_RELEASE = text(
+    f"UPDATE jobs SET status = '{Status.PENDING.value}', error_code = NULL, error_message = NULL, "
+    f"updated_at = :now WHERE status = '{Status.BLOCKED.value}'"
+)
+_FORGET_BAD_VERDICTS = text("DELETE FROM urls WHERE verdict <> 'ok'")
+_BLOCKED = text(
+    f"SELECT reference_id, project_id, error_code, error_message FROM jobs WHERE status = '{Status.BLOCKED.value}' "
+    "ORDER BY id LIMIT :n"
+)
+_VERDICT_COUNTS = text("SELECT verdict, COUNT(*) FROM urls GROUP BY verdict ORDER BY verdict")
+
+
+class UrlVerdict(NamedTuple):
+    """One URL's preflight verdict as stored."""
+
+    url: str
+    verdict: str
+    detail: str
+    http_status: int | None
+    content_type: str | None
+    length: int | None
+    checked_at: dt.datetime
+
+
+class BlockedRow(NamedTuple):
+    reference_id: str
+    project_id: str
+    code: str | None
+    message: str | None
+
+
+def url_hash(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def pending_payloads(engine: Engine, page: int = _PAGE) -> Iterator[list[tuple[int, str, str]]]:
+    """(id, reference_id, payload) of every pending row, a page at a time in id order (memory flat)."""
+    after = 0
+    while True:
+        with read_tx(engine) as conn:
+            rows = [(int(i), str(r), str(b)) for i, r, b in conn.execute(_PENDING_PAGE, {"after": after, "n": page})]
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | None) -> dict[str, UrlVerdict]:
+    """The stored verdicts of `urls` checked at or after `since` (any time if None), by URL."""
+    by_hash = {url_hash(u): u for u in urls}
+    hashes = sorted(by_hash)
+    out: dict[str, UrlVerdict] = {}
+    with read_tx(engine) as conn:
+        for i in range(0, len(hashes), _CHUNK):
+            part = hashes[i:i + _CHUNK]
+            names = [f"h{j}" for j in range(len(part))]
+            rows = conn.execute(
+                text("SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
+                     f"WHERE url_hash IN ({', '.join(':' + n for n in names)})"),
+                dict(zip(names, part)),
+            )
+            for h, url, verdict, detail, status, ctype, length, checked in rows:
+                if since is None or checked >= since:
+                    out[by_hash[h]] = UrlVerdict(url, verdict, detail, status, ctype, length, checked)
+    return out
+
+
+def record_verdicts(engine: Engine, verdicts: Sequence[UrlVerdict]) -> None:
+    """Store (or replace) the verdicts, in one transaction."""
+    if not verdicts:
+        return
+    with write_tx(engine) as conn:
+        conn.execute(_UPSERT, [{**v._asdict(), "url_hash": url_hash(v.url)} for v in verdicts])
+
+
+def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]], good: Sequence[int] = ()) -> int:
+    """pending → blocked for each (row id, error code, message), and the `good` rows marked checked, in one
+    transaction; a row no longer pending is left alone. Returns how many rows were blocked."""
+    if not blocks and not good:
+        return 0
+    now = utcnow()
+    with write_tx(engine) as conn:
+        if good:
+            conn.execute(_MARK_CHECKED, [{"id": i, "now": now} for i in good])
+        if not blocks:
+            return 0
+        result = conn.execute(_BLOCK, [{"id": i, "code": c, "message": m, "now": now} for i, c, m in blocks])
+        return int(result.rowcount)
+
+
+def never_checked(engine: Engine) -> int:
+    """Pending rows whose attachments no preflight has checked (or whose payload changed since)."""
+    with read_tx(engine) as conn:
+        return int(conn.execute(_NEVER_CHECKED).scalar_one())
+
+
+def release_blocked(engine: Engine) -> int:
+    """blocked → pending for every blocked row, and forget every verdict that was not ok, so that the next
+    preflight checks those URLs again (the user says they fixed them). Returns how many rows were released."""
+    with write_tx(engine) as conn:
+        released = int(conn.execute(_RELEASE, {"now": utcnow()}).rowcount)
+        conn.execute(_FORGET_BAD_VERDICTS)
+    return released
+
+
+def blocked_rows(engine: Engine, limit: int = 10) -> list[BlockedRow]:
+    """The first `limit` blocked rows, with the URL and reason in their error message."""
+    with read_tx(engine) as conn:
+        return [BlockedRow(*row) for row in conn.execute(_BLOCKED, {"n": limit})]
+
+
+def url_verdict_counts(engine: Engine) -> dict[str, int]:
+    """How many distinct URLs have each verdict."""
+    with read_tx(engine) as conn:
+        return {str(v): int(n) for v, n in conn.execute(_VERDICT_COUNTS)}
