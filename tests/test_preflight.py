@@ -69,7 +69,7 @@ def test_check_blocks_rows_whose_attachment_would_not_open(box, tmp_path):
     result = invoke("check", "--ledger", str(ledger), "--json")
     assert result.exit_code == 0, result.output  # the bad rows are blocked already: no pending row is bad
     report = json.loads(result.output)
-    assert report["checked"] == 0 and report["known"] == 2 and report["bad_rows"] == 0
+    assert report["checked"] == 0 and report["rows"] == 0 and report["bad_rows"] == 0  # checked rows are skipped
     assert box.stats()["file_requests"] == before
 
     # Blocked rows are never sent; status and export show them with the reason.
@@ -90,7 +90,7 @@ def test_retry_blocked_releases_and_rechecks(box, tmp_path):
                                                    ("ok", files(box, "a.jpg"))])
     assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
     result = invoke("retry", "--blocked", "--ledger", str(ledger))
-    assert result.exit_code == 0 and "1 blocked rows are pending again" in result.output
+    assert result.exit_code == 0 and "1 blocked row is pending again" in result.output
     assert statuses(ledger)["gone"] == ("pending", None, None)
     before = box.stats()["file_requests"].get("HEAD", 0)
     # Still broken: the preflight of the run checks the URL again (its bad verdict was dropped) and blocks it.
@@ -187,3 +187,30 @@ def test_check_sample_checks_n_urls_per_host_and_blocks_nothing(box, tmp_path):
     assert box.stats()["file_requests"]["HEAD"] - before == 8
     assert {s for s, _, _ in statuses(ledger).values()} == {"pending"}  # nothing blocked
     assert url_checks(ledger) == 8  # the verdicts are kept for the full check
+
+
+def test_a_url_shared_across_pages_is_checked_once(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    shared = files(box, "shared.jpg")
+    rows = [(f"r{i}", shared if i % 2 else files(box, f"own{i}.jpg")) for i in range(4500)]  # > 2 pages
+    m = write_manifest(tmp_path / "m.csv", rows)
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    result = invoke("check", str(m), *LOAD, "--ledger", str(ledger), "--per-host-rate", "100000", "--json")
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["rows"] == 4500 and report["bad_rows"] == 0
+    assert box.stats()["file_requests"]["HEAD"] - before == 2250 + 1
+
+
+def test_a_row_checked_earlier_is_blocked_when_its_signed_url_nears_expiry(box, tmp_path):
+    now = datetime.now(UTC).replace(microsecond=0)
+    url = (f"{files(box, 'signed.jpg')}?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
+           "&X-Amz-Expires=172800&X-Amz-Signature=s").replace("signed.jpg?", "signed.jpg?size=10&")
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("s", url)])
+    assert invoke("check", str(m), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d").exit_code == 0
+    assert statuses(ledger)["s"][0] == "pending"
+    heads = box.stats()["file_requests"]["HEAD"]
+    later = invoke("check", "--ledger", str(ledger), "--min-url-validity", "3d")
+    assert later.exit_code == 3, later.output
+    assert statuses(ledger)["s"][:2] == ("blocked", "url_expires_soon")
+    assert box.stats()["file_requests"]["HEAD"] == heads  # decided from the stored expiry, no request

@@ -118,6 +118,9 @@ class Job(Base):
     #: When the preflight last found every attachment of this payload good (or blocked the row); None: never,
     #: or the payload changed since.
     checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: The earliest expiry of the signed attachment URLs of this payload, as the preflight read it (None: none
+    #: signed, or not checked): a row checked long ago is still blocked when its link is about to expire.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),
