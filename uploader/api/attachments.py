@@ -12,6 +12,8 @@ never read beyond what arrived with them.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -173,13 +175,32 @@ async def _check(session: aiohttp.ClientSession, pacer: HostPacer, url: str, max
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
         return UrlCheck(url, "unreachable", "not an http or https URL")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        reason = _REASONS.get(_transport_code(exc), "request failed")
-        text = str(exc).strip()
-        return UrlCheck(url, "unreachable", f"{reason} ({text})" if text else reason)
+        return UrlCheck(url, "unreachable", unreachable_reason(exc))
     content_type = headers.get("Content-Type")
     length = _length(status, headers)
     verdict, detail = judge(status, content_type, length)
     return UrlCheck(url, verdict, detail, status, content_type, length)
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a URL could not be fetched, in a user's words: "cannot connect to host:port (connection refused)",
+    "timed out", "TLS handshake with host failed (...)", not aiohttp's "ssl:default [Connect call failed]"."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, OSError) and os_error.errno and not isinstance(os_error, socket.gaierror):
+            why = os.strerror(os_error.errno)  # "Connection refused", not "Connect call failed (...)"
+        else:
+            why = (os_error.strerror or str(os_error)) if isinstance(os_error, OSError) else str(os_error)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"TLS handshake with {exc.host} failed ({why})"
+        if isinstance(os_error, socket.gaierror):
+            return f"cannot resolve host {exc.host} ({why})"
+        return f"cannot connect to {exc.host}:{exc.port} ({why.lower()})"
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timed out"
+    reason = _REASONS.get(_transport_code(exc), "request failed")
+    text = str(exc).strip()
+    return f"{reason} ({text})" if text else reason
 
 
 def _length(status: int, headers: Mapping[str, str]) -> int | None:

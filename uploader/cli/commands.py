@@ -595,11 +595,14 @@ def forget(  # type: ignore[no-untyped-def]
               help="A project the key may not use: answered `unauthorized` (repeatable).")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Jobs per page when listing a batch.")
+@click.option("--check-attachments", is_flag=True,
+              help="Answer FS_0007 for a job whose image or frame is one of the sandbox's own files "
+                   "(/_sandbox/files/...) that would not open.")
 @_handle_errors
 def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
             html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
             legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
-            forbidden: tuple[str, ...], page_size: int) -> None:
+            forbidden: tuple[str, ...], page_size: int, check_attachments: bool) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
@@ -609,7 +612,7 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
             html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
             slow_ms=slow_ms, legacy=legacy, retry_after_s=retry_after_s, seed=seed, state_file=state_file,
             projects=frozenset(projects) if projects else None, forbidden_projects=frozenset(forbidden),
-            page_size=page_size,
+            page_size=page_size, check_attachments=check_attachments,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
