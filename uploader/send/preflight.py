@@ -50,6 +50,9 @@ class PreflightOptions:
     recheck_after: dt.timedelta | None = None
     min_url_validity: dt.timedelta = dt.timedelta(hours=24)
     block: bool = True
+    #: `--sign`: a storage URL's signed form, which is what is checked (its verdict is stored under the
+    #: storage URL, which the rows keep); other URLs come back as they are.
+    sign_url: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -100,11 +103,14 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
         known = verdicts_since(ledger.engine, distinct, since)
         report.known += len(known)
         fresh: list[UrlVerdict] = []
-        async for c in check_urls([u for u in distinct if u not in known], concurrency=options.concurrency,
+        todo = [u for u in distinct if u not in known]
+        stored_as = {options.sign_url(u): u for u in todo} if options.sign_url is not None else {}
+        async for c in check_urls(list(stored_as) if stored_as else todo, concurrency=options.concurrency,
                                   per_host_rate=options.per_host_rate, timeout=options.timeout,
                                   max_redirects=options.max_redirects):
-            fresh.append(UrlVerdict(c.url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
-            known[c.url] = fresh[-1]
+            url = stored_as.get(c.url, c.url)
+            fresh.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
+            known[url] = fresh[-1]
             report.verdicts[c.verdict] += 1
             if len(fresh) >= _RECORD_GROUP:
                 record_verdicts(ledger.engine, fresh)

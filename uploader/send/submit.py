@@ -101,6 +101,9 @@ class RunOptions:
     resolve_interval: float = 0.5
     #: How often `on_progress` is called (seconds): the progress line's refresh.
     progress_interval: float = 0.25
+    #: The body on the wire from the body to send, just before each send and resend (`--sign`: storage URLs
+    #: signed now, uploader.storage.PayloadSigner); the ledger keeps the body as loaded.
+    prepare_payload: Callable[[str], str] | None = None
 
     @property
     def claim_size(self) -> int:
@@ -436,7 +439,10 @@ class _Run:
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
-            result = await self.client.create_job(claim.project_id, body_for_send(claim.body, claim.batch_id))
+            body = body_for_send(claim.body, claim.batch_id)
+            if self.opts.prepare_payload is not None:
+                body = self.opts.prepare_payload(body)
+            result = await self.client.create_job(claim.project_id, body)
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
