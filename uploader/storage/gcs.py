@@ -29,13 +29,16 @@ class GcsSigner:
             raise StorageError("cannot sign gs:// URLs: no credentials (set GOOGLE_APPLICATION_CREDENTIALS to a "
                                "service account's JSON key file)")
         try:
-            self._credentials: Any = service_account.Credentials.from_service_account_file(path)  # type: ignore[no-untyped-call]
+            load = service_account.Credentials.from_service_account_file
+            self._credentials: Any = load(path)  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as e:
             raise StorageError(f"cannot sign gs:// URLs: GOOGLE_APPLICATION_CREDENTIALS {path!r} is not a "
                                f"service account key file ({e})") from None
+        # Built with the key and its project: the client makes no request to be built or to sign.
+        self._client = storage.Client(project=self._credentials.project_id, credentials=self._credentials)
 
     def sign(self, location: StorageLocation, seconds: int) -> str:
-        blob = storage.Blob(location.key, storage.Bucket(None, location.bucket))
+        blob = self._client.bucket(location.bucket).blob(location.key)
         url: str = blob.generate_signed_url(version="v4", expiration=dt.timedelta(seconds=seconds), method="GET",
                                             credentials=self._credentials)
         return url
