@@ -50,6 +50,13 @@ ENGINES = ["sqlite", "postgresql"]
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_config(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The user config file of the machine running the tests (uploader.cli.config) applies to none of them,
+    nor to the processes they start: the user config folder is an empty one."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+
+
 @pytest.fixture
 def ledger_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"

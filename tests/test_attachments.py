@@ -90,7 +90,8 @@ def test_unreachable_host_and_timeout(box: Sandbox) -> None:
     refused = f"http://127.0.0.1:{port}/x.jpg"
     slow = file_url(box, "slow.jpg", "slow=3000")
     got = check([refused, slow], timeout=0.5)
-    assert got[refused].verdict == "unreachable" and got[refused].detail.startswith("cannot connect")
+    assert got[refused].verdict == "unreachable"
+    assert got[refused].detail == f"cannot connect to 127.0.0.1:{port} (connection refused)"
     assert got[slow].verdict == "unreachable" and got[slow].detail.startswith("timed out")
 
 

@@ -63,7 +63,7 @@ def test_identical_reload_repeats_its_conflicts(tmp_path):
     for attempt in ("first", "again"):
         result = CliRunner().invoke(cli, ["load", str(changed), *LOAD, "--ledger", ledger])
         assert result.exit_code == 0, result.output
-        assert "conflicts: 1 rows already sent with a different payload were left unchanged" in result.stderr
+        assert "conflicts: 1 row already sent with a different payload were left unchanged" in result.stderr
         assert "e.g. r1" in result.stderr
         assert ("already loaded" in result.stdout) == (attempt == "again")
 

@@ -8,6 +8,7 @@ reason, and what to do; exit 1; and the file left byte for byte as it was, with 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -124,8 +125,13 @@ def test_a_damaged_ledger_is_one_clear_error(damage: str, command: str, outcomes
         assert command in ("retry", "load"), everything
         return
     assert outcome.code == 1, everything
-    assert outcome.stdout == "" or "already loaded" in outcome.stdout  # `run M` may have got past its load
-    last = outcome.stderr.splitlines()[-1]  # `--sandbox` prints the emulator's address first
+    if "--json" in COMMANDS[command]:  # the error as a JSON object, on stderr and on stdout
+        document = json.loads(outcome.stderr.splitlines()[-1])
+        assert json.loads(outcome.stdout) == document and document["exit"] == 1
+        last = f"error: {document['error']}"
+    else:
+        assert outcome.stdout == "" or "already loaded" in outcome.stdout  # `run M` may have got past its load
+        last = outcome.stderr.splitlines()[-1]  # `--sandbox` prints the emulator's address first
     assert last.startswith(f"error: {outcome.ledger} "), outcome.stderr
     assert DAMAGES[damage] in last, last
     if damage in ("truncated", "garbled-pages"):

@@ -195,7 +195,7 @@ def test_run_hint_repeats_the_ledger_shell_quoted(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text(ROWS)
     ledger = str(tmp_path / "other ledger.db")
-    result = invoke("run", str(manifest), *LOAD, "--ledger", ledger, "--sandbox", "--quiet")
+    result = invoke("run", str(manifest), *LOAD, "--ledger", ledger, "--sandbox")  # not -q: it drops the follow-up hint
     assert result.exit_code == 0, result.output
     assert f"uploader export -o jobs.csv --ledger {shlex.quote(ledger)}" in result.stdout
     # The hint works as printed: it exports this ledger.
@@ -209,7 +209,7 @@ def test_run_hint_repeats_the_ledger_shell_quoted(tmp_path):
 def test_hint_without_ledger_option_names_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.csv").write_text(ROWS)
-    result = invoke("run", "m.csv", *LOAD, "--sandbox", "--quiet")
+    result = invoke("run", "m.csv", *LOAD, "--sandbox")
     assert result.exit_code == 0, result.output
     assert "with: uploader export -o jobs.csv\n" in result.stdout
 
@@ -217,7 +217,7 @@ def test_hint_without_ledger_option_names_none(tmp_path, monkeypatch):
 def test_ledger_from_the_environment_is_not_repeated(tmp_path, monkeypatch):
     monkeypatch.setenv("UPLOADER_LEDGER", str(tmp_path / "env.db"))
     (tmp_path / "m.csv").write_text(ROWS)
-    result = invoke("run", str(tmp_path / "m.csv"), *LOAD, "--sandbox", "--quiet")
+    result = invoke("run", str(tmp_path / "m.csv"), *LOAD, "--sandbox")
     assert result.exit_code == 0, result.output
     assert "with: uploader export -o jobs.csv\n" in result.stdout
 
@@ -289,7 +289,7 @@ def test_forget_deletes_rows_without_a_job_and_keeps_created_ones(loaded):
     result = invoke("forget", "--project-id", "proj", "--ledger", loaded)
     assert result.exit_code == 0, result.output
     assert "forgot 2 rows: 2 that never created a job." in result.stdout
-    assert "kept 1 rows whose job exists or may exist at the API (1 with a job_id)" in result.stdout
+    assert "kept 1 row whose job exists or may exist at the API (1 with a job_id)" in result.stdout
     assert _refs(loaded) == ["r1"]
 
 
@@ -299,7 +299,7 @@ def test_forget_include_created_refuses_without_a_terminal(loaded):
     _settle(loaded, {"r1": (Status.SUCCEEDED, "J1")})
     result = invoke("forget", "--project-id", "proj", "--include-created", "--ledger", loaded)
     assert result.exit_code == 2
-    assert "1 rows whose job exists (or may exist) at the API will be forgotten, 1 job_ids" in result.stderr
+    assert "1 row whose job exists (or may exist) at the API will be forgotten, 1 job_ids" in result.stderr
     assert "--yes" in result.stderr
     assert _refs(loaded) == ["r1", "r2", "r3"]
 
@@ -332,7 +332,7 @@ def test_forget_by_reference_id_file_and_manifest(loaded, tmp_path):
     refs = tmp_path / "refs.txt"
     refs.write_text("r2\r\n\nnot-there\n")
     result = invoke("forget", "--reference-id-file", str(refs), "--ledger", loaded)
-    assert result.exit_code == 0 and "forgot 1 rows" in result.stdout
+    assert result.exit_code == 0 and "forgot 1 row:" in result.stdout
     assert _refs(loaded) == ["r1", "r3"]
     other = invoke("forget", "--manifest", str(tmp_path / "elsewhere.csv"), "--ledger", loaded)
     assert other.exit_code == 0 and "forgot 0 rows" in other.stdout
@@ -496,7 +496,7 @@ def test_problems_in_stdin_name_stdin(tmp_path):
 
 def test_run_from_stdin(tmp_path):
     ledger = str(tmp_path / "l.db")
-    result = invoke("run", "-", *LOAD, "--ledger", ledger, "--sandbox", "--quiet", input=ROWS)
+    result = invoke("run", "-", *LOAD, "--ledger", ledger, "--sandbox", input=ROWS)  # not -q: it drops the load report
     assert result.exit_code == 0, result.output
     assert "<stdin>: 3 rows: 3 new" in result.stdout
     assert _manifest_paths(ledger) == ["<stdin>"]

@@ -121,3 +121,30 @@ def test_a_manifest_yields_staged_jobs(tmp_path: Path, text: str) -> None:
     assert manifest.problems == [] and jobs
     assert {type(job) for job in jobs} == {StagedJob}
     assert jobs[0].line == 2 and jobs[0].project_id == "p" and jobs[0].reference_id in ("r1", "v1")
+
+
+LEDGER = Path(uploader.__file__).parent / "ledger"
+#: A status word written as an SQL literal, e.g. 'pending'.
+STATUS_LITERAL = re.compile("'(" + "|".join(s.value for s in Status) + ")'")
+
+
+@pytest.mark.parametrize("path", sorted(LEDGER.glob("*.py")), ids=lambda p: p.name)
+def test_the_ledgers_sql_spells_no_status_word(path: Path) -> None:
+    """Status words in SQL come from Status (f-strings), so a renamed state cannot leave a stale literal."""
+    found = [(node.lineno, node.value) for node in _strings(ast.parse(path.read_text()))
+             if STATUS_LITERAL.search(node.value)]
+    assert found == []
+
+
+def test_status_words_from_status_give_the_same_sql() -> None:
+    from uploader.ledger import forget, ledger
+
+    assert forget.MAY_HAVE_JOB == (
+        "(job_id IS NOT NULL OR status IN ('succeeded', 'conflict', 'uncertain', 'in_flight') "
+        "OR sent_hashes IS NOT NULL OR attempt_hash IS NOT NULL)"
+    )
+    assert ledger._UNBATCHED == "status = 'pending' AND batch_id IS NULL AND attempts = 0 AND sent_hashes IS NULL"
+    assert ledger._IN_DEFAULT_BATCH == (
+        "batch_id IS NULL AND (status IN ('in_flight', 'uncertain') "
+        "OR (status = 'pending' AND (attempts > 0 OR sent_hashes IS NOT NULL)))"
+    )

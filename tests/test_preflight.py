@@ -69,7 +69,7 @@ def test_check_blocks_rows_whose_attachment_would_not_open(box, tmp_path):
     result = invoke("check", "--ledger", str(ledger), "--json")
     assert result.exit_code == 0, result.output  # the bad rows are blocked already: no pending row is bad
     report = json.loads(result.output)
-    assert report["checked"] == 0 and report["known"] == 2 and report["bad_rows"] == 0
+    assert report["checked"] == 0 and report["rows"] == 0 and report["bad_rows"] == 0  # checked rows are skipped
     assert box.stats()["file_requests"] == before
 
     # Blocked rows are never sent; status and export show them with the reason.
@@ -90,7 +90,7 @@ def test_retry_blocked_releases_and_rechecks(box, tmp_path):
                                                    ("ok", files(box, "a.jpg"))])
     assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
     result = invoke("retry", "--blocked", "--ledger", str(ledger))
-    assert result.exit_code == 0 and "1 blocked rows are pending again" in result.output
+    assert result.exit_code == 0 and "1 blocked row is pending again" in result.output
     assert statuses(ledger)["gone"] == ("pending", None, None)
     before = box.stats()["file_requests"].get("HEAD", 0)
     # Still broken: the preflight of the run checks the URL again (its bad verdict was dropped) and blocks it.
@@ -150,3 +150,67 @@ def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, b
 def test_duration_option_rejects_nonsense(tmp_path):
     result = CliRunner().invoke(cli, ["check", "--ledger", str(tmp_path / "l.db"), "--recheck-after", "soon"])
     assert result.exit_code == 2 and "not a duration" in result.output
+
+
+def test_status_counts_verdicts_and_rows_never_checked(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("a", files(box, "a.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 2, "urls": {}}
+    assert "2 pending rows never had their attachments checked" in invoke("status", "--ledger", str(ledger)).output
+    invoke("check", "--ledger", str(ledger))
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"] == {"never_checked": 0, "urls": {"http_error": 1, "ok": 1}}
+    # A changed payload must be checked again.
+    m2 = write_manifest(tmp_path / "m2.csv", [("a", files(box, "a2.jpg")), ("b", files(box, "b.jpg", "status=404"))])
+    assert invoke("load", str(m2), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").output)
+    assert status["attachments"]["never_checked"] == 1 and status["counts"]["blocked"] == 1
+
+
+def test_check_sample_checks_n_urls_per_host_and_blocks_nothing(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    rows = [(f"ok{i}", files(box, f"ok{i}.jpg")) for i in range(30)]
+    rows += [(f"bad{i}", f"http://localhost:{box.base_url.rsplit(':', 1)[1]}/_sandbox/files/x{i}.jpg?status=404")
+             for i in range(10)]
+    m = write_manifest(tmp_path / "m.csv", rows)
+    assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    result = invoke("check", "--ledger", str(ledger), "--sample", "4", "--json")
+    assert result.exit_code == 0, result.output
+    hosts = json.loads(result.output)
+    assert set(hosts) == {box.base_url.split("//")[1], f"localhost:{box.base_url.rsplit(':', 1)[1]}"}
+    good, bad = hosts[box.base_url.split("//")[1]], hosts[f"localhost:{box.base_url.rsplit(':', 1)[1]}"]
+    assert (good["urls"], good["checked"], good["failure_rate"]) == (30, 4, 0.0)
+    assert (bad["urls"], bad["checked"], bad["failure_rate"]) == (10, 4, 1.0) and "HTTP 404" in bad["example"]
+    assert box.stats()["file_requests"]["HEAD"] - before == 8
+    assert {s for s, _, _ in statuses(ledger).values()} == {"pending"}  # nothing blocked
+    assert url_checks(ledger) == 8  # the verdicts are kept for the full check
+
+
+def test_a_url_shared_across_pages_is_checked_once(box, tmp_path):
+    ledger = tmp_path / "l.db"
+    shared = files(box, "shared.jpg")
+    rows = [(f"r{i}", shared if i % 2 else files(box, f"own{i}.jpg")) for i in range(4500)]  # > 2 pages
+    m = write_manifest(tmp_path / "m.csv", rows)
+    before = box.stats()["file_requests"].get("HEAD", 0)
+    result = invoke("check", str(m), *LOAD, "--ledger", str(ledger), "--per-host-rate", "100000", "--json")
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["rows"] == 4500 and report["bad_rows"] == 0
+    assert box.stats()["file_requests"]["HEAD"] - before == 2250 + 1
+
+
+def test_a_row_checked_earlier_is_blocked_when_its_signed_url_nears_expiry(box, tmp_path):
+    now = datetime.now(UTC).replace(microsecond=0)
+    url = (f"{files(box, 'signed.jpg')}?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
+           "&X-Amz-Expires=172800&X-Amz-Signature=s").replace("signed.jpg?", "signed.jpg?size=10&")
+    ledger = tmp_path / "l.db"
+    m = write_manifest(tmp_path / "m.csv", [("s", url)])
+    assert invoke("check", str(m), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d").exit_code == 0
+    assert statuses(ledger)["s"][0] == "pending"
+    heads = box.stats()["file_requests"]["HEAD"]
+    later = invoke("check", "--ledger", str(ledger), "--min-url-validity", "3d")
+    assert later.exit_code == 3, later.output
+    assert statuses(ledger)["s"][:2] == ("blocked", "url_expires_soon")
+    assert box.stats()["file_requests"]["HEAD"] == heads  # decided from the stored expiry, no request

@@ -99,7 +99,8 @@ def test_m1_m2_m1_through_the_cli_sends_m1s_url(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "already loaded" not in done.stdout and "4 unchanged, 1 updated" in done.stdout, done.stdout
     with Sandbox(SandboxConfig(api_key="k")) as box:
-        done = uploader("run", str(manifest), *opts, "--base-url", box.base_url, "--api-key", "k", "--quiet")
+        done = uploader("run", str(manifest), *opts, "--base-url", box.base_url, "--api-key", "k")  # not -q:
+        # it drops the load report
         sent = {job["reference_id"]: job["data"]["image_url"] for job in box.jobs()}
     assert done.returncode == 0, done.stdout + done.stderr
     assert "already loaded" in done.stdout  # nothing changed since the last load of M1

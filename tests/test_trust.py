@@ -239,7 +239,8 @@ def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str
         assert {r["status"] for r in rows(ledger).values()} == {"pending"}
         box.configure(slow_rate=0.0, latency_ms=0)
         fixed = write_images(tmp_path / "fixed.csv", 10)
-        result = invoke(*run_args(fixed, ledger, box, "--batch-name", "fix"))
+        loud = [a for a in run_args(fixed, ledger, box, "--batch-name", "fix") if a != "--quiet"]  # -q: no load report
+        result = invoke(*loud)
         assert "updated (payload changed, will be sent)" in result.output
         created = sandbox_jobs(box)
         assert all("wrong.example.com" in j["data"]["image_url"] for j in created.values())  # the API's truth

@@ -1,4 +1,5 @@
-"""Attachment preflight: a verdict per distinct URL (`urls`), and the `blocked` state of a job
+"""Attachment preflight: a verdict per distinct URL (`urls`), when a job's attachments were last checked
+(`jobs.checked_at`) and the earliest expiry of its signed URLs (`jobs.expires_at`), and the `blocked` state of a job
 
 `blocked` is a new value of jobs.status (a string column: no change to it here). Downgrading releases blocked
 rows to pending, the state they had before they were checked.
@@ -31,8 +32,14 @@ def upgrade() -> None:
         sa.Column('checked_at', sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint('url_hash', name=op.f('pk_urls')),
     )
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('checked_at', sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column('expires_at', sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
     op.execute("UPDATE jobs SET status = 'pending', error_code = NULL, error_message = NULL WHERE status = 'blocked'")
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('expires_at')
+        batch_op.drop_column('checked_at')
     op.drop_table('urls')

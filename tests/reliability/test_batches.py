@@ -415,10 +415,10 @@ def _wait_until(predicate, timeout: float = 30.0) -> None:
 @pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
 def test_a_signal_during_batch_creation_retry_after_of_a_day_stops_at_once(tmp_path, named, sig):
     """The batch POST is answered 429 `Retry-After: 86400`: the run waits (--max-retry-after, 300 s by
-    default) before its first job. The first signal ends that wait at once: exit 130, the resume hint, no
-    traceback, no job sent, no reservation left. The same command against the healthy API then finishes,
-    every row created once. Before, the batch creation slept with no signal handling: SIGTERM killed the
-    run (exit -15, its reservation left behind)."""
+    default) before its first job. The first signal ends that wait at once: exit 130 (SIGINT) or 143
+    (SIGTERM), the resume hint, no traceback, no job sent, no reservation left. The same command against the
+    healthy API then finishes, every row created once. Before, the batch creation slept with no signal
+    handling: SIGTERM killed the run (exit -15, its reservation left behind)."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=23)) as box, \
             FaultyProxy(box.base_url, {BATCH_POST: [DAY_429] * 20}) as proxy:
         ledger = tmp_path / "ledger.db"
@@ -432,7 +432,7 @@ def test_a_signal_during_batch_creation_retry_after_of_a_day_stops_at_once(tmp_p
         print(f"\n{signal.Signals(sig).name} while the batch creation waits out a Retry-After of 86400 s "
               f"({'named' if named else 'own'} batch): exit {proc.returncode} after {stopped_in:.2f} s, "
               f"{proxy.seen[f'POST {BATCH_POST[1]}']} batch POST(s)")
-        assert proc.returncode == 130, err
+        assert proc.returncode == 128 + sig, err  # 130 after SIGINT, 143 after SIGTERM
         assert stopped_in < 10
         assert "Traceback" not in err and "run the same command again" in err.lower()
         assert "86400 s (Retry-After)" in err and "--max-retry-after" in err
@@ -450,7 +450,7 @@ def test_a_signal_during_batch_creation_retry_after_of_a_day_stops_at_once(tmp_p
 @pytest.mark.parametrize("named", [True, False], ids=["batch-name", "own batch"])
 def test_a_signal_while_waiting_for_another_runs_batch_stops_at_once(tmp_path, named):
     """Run A holds the batch reservation (its creation request hangs at the gateway); run B on the same
-    ledger waits for A's batch. SIGTERM to B ends its wait at once: exit 130, nothing sent, A's reservation
+    ledger waits for A's batch. SIGTERM to B ends its wait at once: exit 143, nothing sent, A's reservation
     untouched. A is then SIGKILLed: the next run takes its reservation over at once and finishes, every row
     created once. Before, the wait slept with no signal handling: SIGTERM killed B (exit -15)."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=24)) as box, \
@@ -474,7 +474,7 @@ def test_a_signal_while_waiting_for_another_runs_batch_stops_at_once(tmp_path, n
             err = "".join(err_lines) + err
             print(f"\nSIGTERM while waiting for another run's batch ({'named' if named else 'own'} batch): "
                   f"exit {waiter.returncode} after {stopped_in:.2f} s")
-            assert waiter.returncode == 130, err
+            assert waiter.returncode == 143, err  # 128 + SIGTERM
             assert stopped_in < 10
             assert "Traceback" not in err and "run the same command again" in err.lower()
             assert proxy.seen[f"POST {BATCH_POST[1]}"] == 1  # B sent nothing
@@ -518,7 +518,7 @@ def test_max_retry_after_applies_to_batch_creation(tmp_path, named):
 def test_a_batch_request_in_the_air_is_let_finish_on_the_first_signal_and_cancelled_on_the_second(tmp_path):
     """As for jobs: the first signal lets the batch POST in the air finish (bounded by --timeout), so a batch
     the API created is recorded, not lost (the rerun uses it: one batch created); a second signal cancels
-    the request at once and gives the reservation up. Both exit 130, no job sent."""
+    the request at once and gives the reservation up. Both exit 143 (SIGTERM), no job sent."""
     manifest = write_images(tmp_path / "images.csv", 8)
     posts = f"POST {BATCH_POST[1]}"
     for second in (False, True):
@@ -537,7 +537,7 @@ def test_a_batch_request_in_the_air_is_let_finish_on_the_first_signal_and_cancel
             stopped_in, err = _stop(proc)
             print(f"\nbatch POST in the air, {'two signals' if second else 'one signal'}: exit {proc.returncode} "
                   f"after {stopped_in:.2f} s")
-            assert proc.returncode == 130, err
+            assert proc.returncode == 143, err  # 128 + SIGTERM
             assert "Traceback" not in err and "run the same command again" in err.lower()
             assert box.stats()["jobs_created"] == 0
             if second:

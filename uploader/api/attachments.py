@@ -12,15 +12,17 @@ never read beyond what arrived with them.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
-from uploader.api.client import _decisive, _make_transport, _transport_code
+from uploader.api.client import _transport_code
 
 __all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "attachment_urls", "check_urls", "judge"]
 
@@ -110,63 +112,101 @@ async def check_urls(
     per_host_rate: float = 50.0,
     timeout: float = 10.0,
     max_redirects: int = 5,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[UrlCheck]:
-    """Check every URL (in any order of completion); at most `concurrency` at once."""
+    """Check every URL (in any order of completion); at most `concurrency` at once.
+
+    aiohttp directly rather than httpx: these requests carry no API semantics, and httpx's models and its
+    aiohttp adapter cost more CPU than the check itself (benchmarks/preflight_benchmark.py). `concurrency`
+    tasks pull URLs from the one iterator (read lazily) and hand verdicts over a bounded queue."""
     pacer = HostPacer(per_host_rate)
-    client = httpx.AsyncClient(
-        transport=transport or _make_transport(concurrency), follow_redirects=True, max_redirects=max_redirects,
-        timeout=httpx.Timeout(timeout), headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+    results: asyncio.Queue[UrlCheck | None] = asyncio.Queue(maxsize=concurrency)
+    source = iter(urls)
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=_ssl_context())
+    session = aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+        headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
+        timeout=aiohttp.ClientTimeout(total=timeout),
     )
-    pending: set[asyncio.Task[UrlCheck]] = set()
+
+    async def worker() -> None:
+        try:
+            for url in source:
+                await results.put(await _check(session, pacer, url, max_redirects))
+        finally:
+            await results.put(None)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     try:
-        for url in urls:
-            if len(pending) >= concurrency:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    yield task.result()
-            pending.add(asyncio.create_task(_check(client, pacer, url, max_redirects)))
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                yield task.result()
+        running = len(tasks)
+        while running:
+            check = await results.get()
+            if check is None:
+                running -= 1
+            else:
+                yield check
+        for task in tasks:
+            task.result()  # a worker's own failure (e.g. the URL source raised) surfaces here
     finally:
-        for task in pending:
+        for task in tasks:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        await client.aclose()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
 
 
-async def _check(client: httpx.AsyncClient, pacer: HostPacer, url: str, max_redirects: int) -> UrlCheck:
-    host = urlsplit(url).netloc.lower()
+def _ssl_context() -> ssl.SSLContext:
+    """Certificate checks as for the API (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)."""
+    return httpx.create_ssl_context()
+
+
+async def _check(session: aiohttp.ClientSession, pacer: HostPacer, url: str, max_redirects: int) -> UrlCheck:
+    host = url.split("/", 3)[2].lower() if url.count("/") >= 2 else url  # scheme://HOST/...: no urlsplit per URL
     try:
         await pacer.wait(host)
-        response = await client.head(url)
-        if response.status_code in _HEAD_REFUSED:
+        async with session.head(url, allow_redirects=True, max_redirects=max_redirects) as response:
+            status, headers = response.status, response.headers
+        if status in _HEAD_REFUSED:
             await pacer.wait(host)
-            async with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as response:
-                pass  # the headers decide; leaving the block closes the connection without reading the body
-    except httpx.TooManyRedirects:
+            async with session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
+                                   max_redirects=max_redirects) as response:
+                status, headers = response.status, response.headers
+                response.close()  # the headers decide: the body is never read
+    except aiohttp.TooManyRedirects:
         return UrlCheck(url, "unreachable", f"more than {max_redirects} redirects")
-    except httpx.UnsupportedProtocol:
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
         return UrlCheck(url, "unreachable", "not an http or https URL")
-    except (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        decisive = _decisive(exc)
-        reason = _REASONS.get(_transport_code(decisive), "request failed")
-        text = str(decisive).strip()
-        return UrlCheck(url, "unreachable", f"{reason} ({text})" if text else reason)
-    status = response.status_code
-    content_type = response.headers.get("Content-Type")
-    length = _length(response)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return UrlCheck(url, "unreachable", unreachable_reason(exc))
+    content_type = headers.get("Content-Type")
+    length = _length(status, headers)
     verdict, detail = judge(status, content_type, length)
     return UrlCheck(url, verdict, detail, status, content_type, length)
 
 
-def _length(response: httpx.Response) -> int | None:
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a URL could not be fetched, in a user's words: "cannot connect to host:port (connection refused)",
+    "timed out", "TLS handshake with host failed (...)", not aiohttp's "ssl:default [Connect call failed]"."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, OSError) and os_error.errno and not isinstance(os_error, socket.gaierror):
+            why = os.strerror(os_error.errno)  # "Connection refused", not "Connect call failed (...)"
+        else:
+            why = (os_error.strerror or str(os_error)) if isinstance(os_error, OSError) else str(os_error)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"TLS handshake with {exc.host} failed ({why})"
+        if isinstance(os_error, socket.gaierror):
+            return f"cannot resolve host {exc.host} ({why})"
+        return f"cannot connect to {exc.host}:{exc.port} ({why.lower()})"
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timed out"
+    reason = _REASONS.get(_transport_code(exc), "request failed")
+    text = str(exc).strip()
+    return f"{reason} ({text})" if text else reason
+
+
+def _length(status: int, headers: Mapping[str, str]) -> int | None:
     """The file's full size: a 206's Content-Range total, else a 200's Content-Length."""
-    if response.status_code == 206:
-        total = response.headers.get("Content-Range", "").rpartition("/")[2].strip()
+    if status == 206:
+        total = headers.get("Content-Range", "").rpartition("/")[2].strip()
         return int(total) if total.isdigit() else None
-    raw = response.headers.get("Content-Length", "")
+    raw = headers.get("Content-Length", "")
     return int(raw) if raw.strip().isdigit() else None

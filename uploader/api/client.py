@@ -412,19 +412,28 @@ def _decisive(exc: BaseException) -> BaseException:
 
 def _transport_code(exc: BaseException) -> str:
     """The synthetic code for a failed exchange (give it `_decisive(exc)`)."""
-    cause = exc
-    if isinstance(cause, aiohttp.ClientError):
-        if isinstance(cause, aiohttp.ClientSSLError):
-            return "tls_error"
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return "connect_error"
-        if isinstance(cause, aiohttp.ServerTimeoutError):
-            return "timeout"
-        if isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-            return "connection_closed"
-        if isinstance(cause, aiohttp.ClientResponseError):
-            return "protocol_error"
-        return "transport_error"
+    if isinstance(exc, aiohttp.ClientError):
+        return _aiohttp_code(exc)
+    return _httpx_code(exc)
+
+
+def _aiohttp_code(exc: aiohttp.ClientError) -> str:
+    """The synthetic code for an aiohttp error."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return "timeout"
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return "connection_closed"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "protocol_error"
+    return "transport_error"
+
+
+def _httpx_code(exc: BaseException) -> str:
+    """The synthetic code for an httpx or OS-level error (anything but aiohttp's)."""
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):

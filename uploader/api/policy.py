@@ -180,27 +180,43 @@ def classify(result: ApiResult, expect: str | None = "job_id", reference_id: str
     if status is not None and 300 <= status < 400:  # a redirect, whatever the body: not the API
         return Decision(Verdict.FATAL, code or f"http_{status}", message or f"HTTP {status}: a redirect")
     if result.success is True:
-        if expect == "job_id":
-            return _check_job_answer(result.data, reference_id)
-        if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
-            return Decision(Verdict.SUCCEEDED, None, None)
-        return Decision(
-            Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again"
-        )
+        return _classify_success(result, expect, reference_id)
     if result.success is False:
-        if code in EXISTS_CODES:
-            return Decision(Verdict.EXISTS, code, message)
-        if code in FATAL_CODES:
-            return Decision(Verdict.FATAL, code, message)
-        if code in RETRYABLE_CODES:
-            return Decision(Verdict.RETRYABLE, code, message)
-        if code in PERMANENT_CODES:
-            return Decision(Verdict.PERMANENT, code, message)
-        code = code or (f"http_{status}" if status is not None else None)
-        if status is not None and (status == 408 or status >= 500):
-            return Decision(Verdict.RETRYABLE, code, message)
+        return _classify_refusal(result)
+    return _classify_no_envelope(result)
+
+
+def _classify_success(result: ApiResult, expect: str | None, reference_id: str | None) -> Decision:
+    """Rule 3 of `classify`: an envelope with `success: true`."""
+    if expect == "job_id":
+        return _check_job_answer(result.data, reference_id)
+    if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
+        return Decision(Verdict.SUCCEEDED, None, None)
+    return Decision(
+        Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again"
+    )
+
+
+def _classify_refusal(result: ApiResult) -> Decision:
+    """Rule 4 of `classify`: an envelope with `success: false`; a known code decides, else the status."""
+    status, code, message = result.http_status, result.code, result.message
+    if code in EXISTS_CODES:
+        return Decision(Verdict.EXISTS, code, message)
+    if code in FATAL_CODES:
+        return Decision(Verdict.FATAL, code, message)
+    if code in RETRYABLE_CODES:
+        return Decision(Verdict.RETRYABLE, code, message)
+    if code in PERMANENT_CODES:
         return Decision(Verdict.PERMANENT, code, message)
-    # No envelope: a transport failure, or a body that isn't the API's JSON.
+    code = code or (f"http_{status}" if status is not None else None)
+    if status is not None and (status == 408 or status >= 500):
+        return Decision(Verdict.RETRYABLE, code, message)
+    return Decision(Verdict.PERMANENT, code, message)
+
+
+def _classify_no_envelope(result: ApiResult) -> Decision:
+    """Rule 5 of `classify`: no envelope: a transport failure, or a body that isn't the API's JSON."""
+    status, code, message = result.http_status, result.code, result.message
     if code in _FATAL_TRANSPORT_CODES:
         return Decision(Verdict.FATAL, code, message)
     if status is None or code in TRANSPORT_CODES:

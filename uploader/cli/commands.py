@@ -1,25 +1,29 @@
 """The `uploader` command: a thin click layer over the library; turns errors into messages and exit codes.
 
 Exit codes: 0 every row succeeded (or the command did what it was asked); 1 could not run (bad manifest,
-ledger, API key, API unreachable); 2 usage; 3 the run finished but some rows failed, are uncertain or in conflict;
-130 interrupted. How results are shown (reports, summaries, status, progress) is in uploader.cli.output.
+ledger, API key, API unreachable, config file); 2 usage; 3 the run finished but some rows failed, are uncertain
+or in conflict; 130 interrupted (SIGINT), 143 stopped by SIGTERM; 141 stdout closed by its reader. How results
+are shown (reports, summaries, status, progress) is in uploader.cli.output; what every command shares (common
+options, environment variables, profiles) in uploader.cli.app and uploader.cli.config.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
-from uploader.cli.output import ProgressDisplay, print_load, print_status, print_summary
+from uploader.cli.app import UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
+from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary, rows_are
 from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
 from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
@@ -38,31 +42,45 @@ EXIT_SOME_FAILED = 3
 
 
 def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Print an UploaderError as one clear message (never a traceback) and exit with its code."""
+    """Print an UploaderError as one clear message (never a traceback; in JSON mode a JSON object) and exit
+    with its code."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
-            click.echo("interrupted; run the same command again to resume.", err=True)
-            sys.exit(InterruptedRun.exit_code)
+            _interrupted()
         except UploaderError as exc:
-            click.echo(f"error: {exc}", err=True)
+            emit_error(str(exc), exc.exit_code, json_mode(), getattr(exc, "code", None))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to resume.", err=True)
-            sys.exit(130)
+            _interrupted()
 
     return wrapper
 
 
+#: Where the run keeps its StopFlag, to know which signal stopped it.
+_STOP = "uploader.stop"
+
+
+def _interrupted() -> NoReturn:
+    """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal)."""
+    ctx = click.get_current_context(silent=True)
+    stop = ctx.meta.get(_STOP) if ctx is not None else None
+    signum = getattr(stop, "signum", None)
+    message = "interrupted; run the same command again to resume."
+    if json_mode():
+        emit_error(message, 128 + (signum or 2), True, "interrupted")
+    else:
+        click.echo(message, err=True)
+    sys.exit(128 + (signum or 2))
+
 ledger_option = click.option(
     "--ledger",
-    envvar="UPLOADER_LEDGER",
     default=None,
     metavar="PATH|URL",
-    help="Ledger file or SQLAlchemy URL [env UPLOADER_LEDGER; default ./uploader.db].",
+    help="Ledger file or SQLAlchemy URL [default ./uploader.db].",
 )
 
 
@@ -119,10 +137,15 @@ def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     return led
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=UploaderGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uploader")
 def cli() -> None:
-    """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable."""
+    """Send a manifest of labeling jobs to GT Studio (Playment), crash-safe and resumable.
+
+    Every option can also come from an environment variable (shown in each command's --help) or from a
+    profile of the config files ./uploader.toml and the user's config.toml (`uploader config` shows what
+    applies and where from). Shell completion: eval "$(_UPLOADER_COMPLETE=bash_source uploader)".
+    """
 
 
 @cli.command()
@@ -143,7 +166,7 @@ def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch
             prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
         led = _open_ledger(ledger)
         try:
-            print_load(prepared.load(led))
+            print_load(prepared.load(led), json_mode(), quiet_mode())
         except UploaderError:
             _discard_if_new(led, created)
             raise
@@ -164,16 +187,19 @@ def _discard_if_new(led: Ledger, created: Path | None) -> None:
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
     from uploader.cli.hints import repeat_from_context
-    from uploader.ledger import project_counts
+    from uploader.ledger import never_checked, project_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
-    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine))
+    attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
+    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
+                 attachments=attachments, quiet=quiet_mode())
 
 
 @cli.command()
 @ledger_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from -o, else csv.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
+              help="Default: from -o, else csv (jsonl with --json).")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
 @click.option("--spreadsheet-safe", is_flag=True,
               help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
@@ -189,9 +215,13 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
     for s in statuses:
         if s not in valid:
             raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
+    as_json = json_mode()
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output else ""
-        fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else "csv"
+        fmt = {"ndjson": "jsonl"}.get(suffix, suffix) if suffix in (*FORMATS, "ndjson") else None
+        fmt = fmt or ("jsonl" if as_json else "csv")
+    if as_json and not output and fmt != "jsonl":
+        raise UsageError(f"--json writes JSON lines to stdout; {fmt} needs -o FILE")
     if fmt == "parquet" and not output:
         raise UsageError("Parquet export needs -o FILE")
     if spreadsheet_safe and fmt != "csv":
@@ -200,7 +230,10 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
     columns = [*EXPORT_COLUMNS, *led.extra_columns()]
     n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
     if output:
-        click.echo(f"wrote {n} rows to {output}", err=True)
+        if as_json:
+            click.echo(json.dumps({"rows": n, "output": output, "format": fmt}))
+        else:
+            click.echo(f"wrote {plural(n, 'row')} to {output}", err=True)
 
 
 @cli.command()
@@ -213,30 +246,32 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 @_handle_errors
 def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked: bool) -> None:
     """Put failed (or blocked) rows back to pending (attempts reset) so the next run sends them again."""
+    from uploader.cli.hints import repeat_from_context
+    from uploader.cli.output import retry_report
+
     if not codes and not everything and not blocked:
         raise UsageError("give --error-code CODE (repeatable), --all or --blocked")
-    from uploader.cli.hints import repeat_from_context
-
     led = _open_ledger(ledger, create=False)
-    run_hint = repeat_from_context().command("run")
+    released = None
     if blocked:
         from uploader.ledger import release_blocked
 
         released = release_blocked(led.engine)
-        click.echo(f"{released} blocked rows are pending again; `{run_hint} --preflight` checks their "
-                   "attachments again and sends them.")
+    n, failed = None, {}
     if codes or everything:
+        failed = led.failed_codes()  # before: the codes there were
         n = led.retry(codes, everything)
-        click.echo(f"{n} failed rows are pending again; `{run_hint}` sends them.")
+    retry_report(n, codes, failed, json_mode(), repeat_from_context(), blocked=released)
 
 
 def _api_options(func: F) -> F:
     for decorator in reversed(
         [
-            click.option("--api-key", envvar="PLAYMENT_API_KEY", help="API key [env PLAYMENT_API_KEY].",
-                         show_envvar=False),
-            click.option("--base-url", envvar="PLAYMENT_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
-                         help="API base URL [env PLAYMENT_BASE_URL]."),
+            click.option("--api-key", help="API key (seen by `ps` on the command line: prefer --api-key-file or "
+                                           "the environment)."),
+            click.option("--api-key-file", metavar="PATH",
+                         help="Read the API key from this file (one trailing newline is dropped)."),
+            click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="API base URL."),
             click.option("--allow-http", is_flag=True, help="Allow plain http to a host that is not loopback."),
             click.option("--sandbox", "use_sandbox", is_flag=True,
                          help="Start the built-in API emulator on loopback and use it (no key needed)."),
@@ -248,8 +283,25 @@ def _api_options(func: F) -> F:
     return func
 
 
-def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool,
-              stack: ExitStack) -> tuple[str, str]:
+def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
+    """The key from --api-key or --api-key-file, whichever came from the higher-ranked source (flag >
+    environment > profile; uploader.cli.config.pick_api_key)."""
+    from click.core import ParameterSource
+
+    from uploader.cli.config import pick_api_key
+
+    ctx = click.get_current_context()
+    rank = {ParameterSource.COMMANDLINE: 0, ParameterSource.ENVIRONMENT: 1, ParameterSource.DEFAULT_MAP: 2}
+
+    def rank_of(name: str) -> int:
+        source = ctx.get_parameter_source(name)
+        return rank.get(source, 3) if source is not None else 3
+
+    return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
+
+
+def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: ExitStack,
+              api_key_file: str | None = None) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
     from uploader.api import check_base_url
 
@@ -257,10 +309,13 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
         from uploader.sandbox import Sandbox
 
         box = stack.enter_context(Sandbox())
-        click.echo(f"sandbox: API emulator at {box.base_url}", err=True)
+        if not quiet_mode():
+            click.echo(f"sandbox: API emulator at {box.base_url}", err=True)
         return box.base_url, box.api_key
+    api_key = _api_key(api_key, api_key_file)
     if not api_key:
-        raise UsageError("no API key: set PLAYMENT_API_KEY or pass --api-key (or try --sandbox)")
+        raise UsageError("no API key: set PLAYMENT_API_KEY, pass --api-key-file PATH or --api-key (or try "
+                         "--sandbox)")
     return check_base_url(base_url, allow_http), api_key
 
 
@@ -274,21 +329,21 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
                    "of the run has succeeded).")
 @ledger_option
 @_api_options
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="At most this many requests in the air at once (the run starts lower and grows).")
 @click.option("--rate", type=click.FloatRange(min=0.001, max=1_000_000), metavar="R",
               help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
                    "whole requests: 2.5 sends at most 2 a second).")
 @click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose; a longer one is "
                                       "cut to this (and you are told).")
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Sends of one row before it fails (a 429 or an unreachable API does not count).")
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="S",
               help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
                    "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
                    "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
                    "ignored, never recorded).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar; a status line every few seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("--preflight", is_flag=True,
               help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
                    "the rows whose image or frames would not open.")
@@ -301,9 +356,9 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 def run(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
     fmt: str | None, columns: tuple[str, ...], sign: bool, batch_name: str | None, default_batch: bool,
-    ledger: str | None, api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, timeout: float,
-    concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int, lease_seconds: float, quiet: bool,
-    as_json: bool, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
+    lease_seconds: float, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
     check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, url_ttl: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
@@ -312,62 +367,61 @@ def run(
     from uploader.cli.stdin import spooled_manifest
     from uploader.errors import FatalApiError
     from uploader.ledger import new_ledger_file
-    from uploader.send import RunOptions, run_upload
+    from uploader.send import RunOptions, StopFlag, run_upload
 
+    as_json, quiet = json_mode(), quiet_mode()
+    stop = click.get_current_context().meta[_STOP] = StopFlag()
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     signer = _signer(sign, url_ttl)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
                              lease_seconds=lease_seconds, max_retry_after=max_retry_after, prepare_payload=signer)
     with ExitStack() as stack:
-        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
-        display = stack.enter_context(ProgressDisplay(quiet or as_json))
-        steps: list[Callable[[Ledger], Awaitable[None]]] = []
-        if signer is not None:
-            steps.append(_signing_step(signer))
+        display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
+        settings = None
         if allow_blocked:
             from uploader.ledger import release_blocked
 
             released = release_blocked(led.engine)
             if released:
-                click.echo(f"--allow-blocked: {released} blocked rows are pending again", err=True)
+                click.echo(f"--allow-blocked: {rows_are(released)} pending again", err=True)
         if preflight:
             settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
                                           min_url_validity, block=not allow_blocked,
                                           sign_url=signer.sign_url if signer else None)
-            steps.append(_preflight_step(settings, as_json, not allow_blocked))
-
-        async def before_send(led: Ledger) -> None:
-            for step in steps:
-                await step(led)
-
+        before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
-                batch_name=batch_name, on_load=None if as_json else print_load, on_progress=display.update,
-                default_batch=default_batch, on_notice=lambda message: click.echo(message, err=True),
-                manifest_label=manifest_label, before_send=before_send if steps else None,
+                batch_name=batch_name, on_load=None if as_json or quiet else print_load,
+                on_progress=display.update, default_batch=default_batch, stop=stop,
+                on_notice=lambda message: click.echo(message, err=True), manifest_label=manifest_label,
+                before_send=before_send,
             )
         except FatalApiError as exc:
             display.close()
             partial = getattr(exc, "summary", None)  # the run's summary, when the fatal error carries one
-            if partial is not None and as_json:
-                print_summary(partial, as_json=True)
             hint = project_hint(exc, led, repeat_from_context())
+            message = f"{exc}\n{hint}" if hint is not None else str(exc)
+            if partial is not None and as_json:  # one document on stdout: the summary with the error
+                click.echo(json.dumps({**partial.as_dict(), "error": message, "exit": exc.exit_code,
+                                       "code": exc.code}, indent=2))
+                document_printed()
             if hint is not None:
-                raise FatalApiError(f"{exc}\n{hint}", exc.code, exc.http_status, exc.project_id) from None
+                raise FatalApiError(message, exc.code, exc.http_status, exc.project_id) from None
             raise
         except UploaderError:
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json, repeat_from_context())
+    print_summary(summary, as_json, repeat_from_context(), quiet=quiet)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
                    err=True)
-        sys.exit(130)
+        sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
     if (counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]
             or counts.get("blocked")):
@@ -383,11 +437,20 @@ def _signer(sign: bool, url_ttl: dt.timedelta) -> PayloadSigner | None:
     return PayloadSigner(url_ttl)
 
 
-def _signing_step(signer: PayloadSigner) -> Callable[[Ledger], Awaitable[None]]:
-    """A step of the run's `before_send`, after the load: `signer` ready for the pending rows' providers."""
+def _before_send(signer: PayloadSigner | None, settings: PreflightOptions | None, as_json: bool, blocking: bool
+                 ) -> Callable[[Ledger], Awaitable[None]] | None:
+    """The run's `before_send` (after the load): with --sign, the signer made ready for the pending rows'
+    providers (a missing extra or credential stops the run before any send); with --preflight, the preflight.
+    None when neither is asked for."""
+    if signer is None and settings is None:
+        return None
+    preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
 
     async def step(led: Ledger) -> None:
-        ready_for_pending(led, signer)
+        if signer is not None:
+            ready_for_pending(led, signer)
+        if preflight is not None:
+            await preflight(led)
 
     return step
 
@@ -414,13 +477,16 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @ledger_option
 @preflight_options
 @url_ttl_option
+@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
+              help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
+                   "for manifests too big to check whole.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def check(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
     fmt: str | None, columns: tuple[str, ...], sign: bool, ledger: str | None, check_concurrency: int,
     per_host_rate: float, check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
-    url_ttl: dt.timedelta, as_json: bool,
+    url_ttl: dt.timedelta, sample: int | None, as_json: bool,
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
@@ -449,6 +515,12 @@ def check(
         ready_for_pending(led, signer)
     settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity,
                                   sign_url=signer.sign_url if signer else None)
+    if sample is not None:
+        from uploader.cli.preflight import print_sample
+        from uploader.send import sample_attachments
+
+        print_sample(asyncio.run(sample_attachments(led, sample, settings)), as_json)
+        return
     result = asyncio.run(check_attachments(led, settings))
     if as_json:
         print_preflight(result, True)
@@ -465,22 +537,34 @@ def check(
               metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
 @_handle_errors
 def reconcile(
-    ledger: str | None, api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, timeout: float,
-    max_retry_after: float,
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, max_retry_after: float,
 ) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
+    from uploader.cli.output import uncertain_reasons
     from uploader.send import reconcile as do_reconcile
 
     with ExitStack() as stack:
-        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack)
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
         resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout,
                                            max_retry_after=max_retry_after)
-    click.echo(f"{resolved} uncertain rows resolved, {remaining} still uncertain.")
     conflicts = led.counts()["conflict"]
-    if conflicts:
-        from uploader.cli.hints import repeat_from_context
+    from uploader.cli.hints import repeat_from_context
+
+    repeat = repeat_from_context()
+    reasons = uncertain_reasons(led.uncertain_groups(), repeat) if remaining else []
+    if json_mode():
+        click.echo(json.dumps({"resolved": resolved, "uncertain": remaining, "conflict": conflicts,
+                               "why_uncertain": reasons}, indent=2))
+    else:
+        click.echo(f"{plural(resolved, 'uncertain row')} resolved, {remaining} still uncertain.")
+    if not json_mode() and not quiet_mode():
+        for reason in reasons:
+            click.echo(reason)
+    if conflicts and not json_mode() and not quiet_mode():
         from uploader.cli.output import conflict_hint
+
 
         click.echo(conflict_hint(conflicts, repeat_from_context()))
     if remaining or conflicts:
@@ -511,12 +595,13 @@ def forget(  # type: ignore[no-untyped-def]
     if include_created:
         confirm_forget(count_forget(led.engine, selection), yes)
     print_forgotten(forget_rows(led.engine, selection, include_created=include_created),
-                    None if include_created else count_forget(led.engine, selection))
+                    None if include_created else count_forget(led.engine, selection), json_mode())
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
 @click.option("--api-key", default="sandbox-key", show_default=True, help="The key the sandbox accepts.")
 @click.option("--latency-ms", type=float, default=0.0, help="Fixed latency of each job request.")
 @click.option("--jitter-ms", type=float, default=0.0, help="Random extra latency, uniform in [0, J].")
@@ -526,7 +611,7 @@ def forget(  # type: ignore[no-untyped-def]
               help="Fraction whose connection is dropped after the job was created.")
 @click.option("--rate-limit", type=click.FloatRange(min=0.1), help="Requests/s; excess answered 429.")
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered after --slow-ms.")
-@click.option("--slow-ms", type=float, default=0.0)
+@click.option("--slow-ms", type=float, default=0.0, help="How late the --slow-rate answers come.")
 @click.option("--legacy", is_flag=True, help="Errors as HTTP 200 + success:false; 401 with an empty body.")
 @click.option("--retry-after", "retry_after_s", type=click.IntRange(min=1), default=1, show_default=True,
               help="Retry-After seconds sent with a 429.")
@@ -538,11 +623,14 @@ def forget(  # type: ignore[no-untyped-def]
               help="A project the key may not use: answered `unauthorized` (repeatable).")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Jobs per page when listing a batch.")
+@click.option("--check-attachments", is_flag=True,
+              help="Answer FS_0007 for a job whose image or frame is one of the sandbox's own files "
+                   "(/_sandbox/files/...) that would not open.")
 @_handle_errors
 def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
             html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
             legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
-            forbidden: tuple[str, ...], page_size: int) -> None:
+            forbidden: tuple[str, ...], page_size: int, check_attachments: bool) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
@@ -552,12 +640,16 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
             html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
             slow_ms=slow_ms, legacy=legacy, retry_after_s=retry_after_s, seed=seed, state_file=state_file,
             projects=frozenset(projects) if projects else None, forbidden_projects=frozenset(forbidden),
-            page_size=page_size,
+            page_size=page_size, check_attachments=check_attachments,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
     def ready(url: str) -> None:
+        if json_mode():
+            click.echo(json.dumps({"base_url": url, "api_key": api_key}), nl=True)
+            sys.stdout.flush()
+            return
         click.echo(f"sandbox serving the GT Studio job API at {url}")
         click.echo(f"API key: {api_key}")
         click.echo(f"try: uploader run sample_manifests/images.csv --project-id demo --work-flow-id wf "
@@ -568,6 +660,43 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
         serve(config, host=host, port=port, on_ready=ready)
     except OSError as exc:
         raise UploaderError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@cli.command()
+@click.argument("reference_id")
+@click.option("--project-id", help="The row's project, when the reference_id is in more than one.")
+@ledger_option
+@_handle_errors
+def show(reference_id: str, project_id: str | None, ledger: str | None) -> None:
+    """Show one row: its payload, state, job_id, attempts, last error (code, message, details) and times."""
+    from uploader.cli.output import print_row
+
+    rows = _open_ledger(ledger, create=False).row(reference_id, project_id)
+    if not rows:
+        where = f" in project {project_id!r}" if project_id else ""
+        raise UploaderError(f"no row with reference_id {reference_id!r}{where}")
+    if len(rows) > 1:
+        projects = ", ".join(repr(r["project_id"]) for r in rows)
+        raise UsageError(f"reference_id {reference_id!r} is in {len(rows)} projects ({projects}): add --project-id")
+    print_row(rows[0], json_mode())
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("command", required=False, default="run", metavar="[COMMAND [OPTIONS]]")
+@click.pass_context
+@_handle_errors
+def config(ctx: click.Context, command: str) -> None:
+    """Show the settings COMMAND (default: run) would use with OPTIONS, and where each comes from: flag, env
+    VAR, FILE:PROFILE or default. The API key is shown as set or unset, never its value."""
+    from uploader.cli.output import print_settings
+    from uploader.cli.settings import resolved_settings
+
+    group = ctx.parent.command if ctx.parent is not None else cli
+    target = group.commands.get(command) if isinstance(group, click.Group) else None
+    if target is None or command == "config":
+        raise UsageError(f"no command {command!r}: choose from "
+                         f"{', '.join(n for n in cli.list_commands(ctx) if n != 'config')}")
+    print_settings(resolved_settings(ctx, command, target, ctx.args), json_mode())
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ what it prints. The command itself (options) is in uploader.cli.commands; the SQ
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import click
 
 from uploader.cli.hints import Repeat
+from uploader.cli.output import plural
 from uploader.cli.stdin import STDIN_LABEL
 from uploader.errors import UsageError
 
@@ -53,7 +55,7 @@ def confirm_forget(counts: Any, yes: bool) -> None:
     if not counts.created:
         return
     click.echo(
-        f"{counts.created} rows whose job exists (or may exist) at the API will be forgotten, "
+        f"{plural(counts.created, 'row')} whose job exists (or may exist) at the API will be forgotten, "
         f"{counts.with_job_id} job_ids with them: loading them again would create their jobs again.",
         err=True,
     )
@@ -64,15 +66,22 @@ def confirm_forget(counts: Any, yes: bool) -> None:
     click.confirm("Forget them?", abort=True, err=True)
 
 
-def print_forgotten(removed: Any, kept: Any | None) -> None:
+def print_forgotten(removed: Any, kept: Any | None, as_json: bool = False) -> None:
     """What `forget` removed, and (without --include-created) what it kept and why."""
     total = removed.never_created + removed.created
-    click.echo(f"forgot {total} rows: {removed.never_created} that never created a job"
+    if as_json:
+        document = {"forgotten": total, "never_created": removed.never_created, "created": removed.created,
+                    "job_ids": removed.with_job_id}
+        if kept is not None:
+            document["kept"] = {"created": kept.created, "job_ids": kept.with_job_id}
+        click.echo(json.dumps(document, indent=2))
+        return
+    click.echo(f"forgot {plural(total, 'row')}: {removed.never_created} that never created a job"
                + (f", {removed.created} whose job exists or may ({removed.with_job_id} job_ids)" if removed.created
                   else "") + ".")
     if kept is not None and kept.created:
-        click.echo(f"kept {kept.created} rows whose job exists or may exist at the API ({kept.with_job_id} with a "
-                   "job_id); --include-created forgets them too.")
+        click.echo(f"kept {plural(kept.created, 'row')} whose job exists or may exist at the API "
+                   f"({kept.with_job_id} with a job_id); --include-created forgets them too.")
 
 
 def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
@@ -87,7 +96,7 @@ def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
     rows = sum(counts.values())
     waiting = counts.get("pending", 0) + counts.get("in_flight", 0)
     return (
-        f"The run was stopped by a row of project {project!r}: the ledger holds {rows} rows of that project "
+        f"The run was stopped by a row of project {project!r}: the ledger holds {plural(rows, 'row')} of that project "
         f"({waiting} not sent yet). If they do not belong to this upload, remove them with "
         f"`{repeat.command('forget --project-id ' + shlex.quote(project))}`."
     )

@@ -10,24 +10,26 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from uploader.cli.settings import Resolved
     from uploader.ledger import StatusReport
     from uploader.load import LoadReport
     from uploader.send import Progress, RunSummary
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "print_load", "print_status", "print_summary"]
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "plural", "print_load", "print_row", "print_settings",
+           "print_status", "print_summary", "retry_report", "rows_are", "uncertain_reasons"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
-    "{n} rows are in conflict: their job exists at the API but may hold other data than the manifest says "
+    "{rows_are} in conflict: their job exists at the API but may hold other data than the manifest says "
     "(created_elsewhere: the reference_id was used before this ledger sent it; payload_changed: an earlier "
     "send of another payload may have created it; duplicate_job_id: the API gave its job_id to another row "
     "too). They are never sent again; check them with `{export}`."
@@ -36,39 +38,73 @@ CONFLICT_HINT = (
 
 def conflict_hint(n: int, repeat: Repeat = NO_REPEAT) -> str:
     """CONFLICT_HINT for `n` rows, its export command repeating the current --ledger."""
-    return CONFLICT_HINT.format(n=n, export=repeat.command("export --status conflict"))
+    return CONFLICT_HINT.format(rows_are=rows_are(n), export=repeat.command("export --status conflict"))
 
 
-def print_load(report: LoadReport) -> None:
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 row`, `2 rows`, `0 rows` (with `nouns` for an irregular plural)."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
+def rows_are(n: int) -> str:
+    """`1 row is`, `2 rows are`: the subject of a sentence about rows."""
+    return f"{plural(n, 'row')} {'is' if n == 1 else 'are'}"
+
+
+def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows."""
+    if as_json:
+        import dataclasses
+
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+        return
+    if quiet:
+        click.echo(f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.updated} updated, "
+                   f"{report.conflicts} conflicting")
+        return
     if report.already_loaded:
-        click.echo(f"{report.manifest}: already loaded with the same options ({report.rows} rows); nothing to do.")
+        click.echo(f"{report.manifest}: already loaded with the same options ({plural(report.rows, 'row')}); "
+                   "nothing to do.")
     else:
         click.echo(
-            f"{report.manifest}: {report.rows} rows: {report.new} new, {report.unchanged} unchanged, "
+            f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.unchanged} unchanged, "
             f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
         )
     if report.updated:
         click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
     if report.conflicts:
         click.echo(
-            f"  conflicts: {report.conflicts} rows already sent with a different payload were left unchanged "
+            f"  conflicts: {plural(report.conflicts, 'row')} already sent with a different payload were left unchanged "
             f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
             err=True,
         )
 
 
 def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
-                 projects: dict[str, dict[str, int]] | None = None) -> None:
+                 projects: dict[str, dict[str, int]] | None = None,
+                 attachments: dict[str, Any] | None = None, quiet: bool = False) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
-    live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options)."""
+    live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
+    `quiet`, the counts in one line."""
     by_project = projects if projects and len(projects) > 1 else None
     if as_json:
         data = report.as_dict()
         if by_project:
             data["projects"] = by_project
+        if attachments is not None:
+            data["attachments"] = attachments
         click.echo(json.dumps(data, indent=2))
         return
+    if quiet:
+        click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
+        return
+    _print_counts(report, by_project)
+    _print_activity(report)
+    _print_follow_ups(report, repeat, attachments)
+
+
+def _print_counts(report: StatusReport, by_project: dict[str, dict[str, int]] | None) -> None:
+    """`status`: the state counts, per project too, and the error codes."""
     click.echo(f"{report.total} jobs")
     for name, n in report.counts.items():
         click.echo(f"  {name:<10} {n}")
@@ -81,6 +117,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
         for code, n in report.error_codes.items():
             click.echo(f"  {code:<24} {n}")
+
+
+def _print_activity(report: StatusReport) -> None:
+    """`status`: the oldest pending row, the last activity, and the live workers."""
     if report.oldest_pending:
         click.echo(f"oldest pending row loaded at {report.oldest_pending.isoformat()}Z")
     if report.last_activity:
@@ -93,9 +133,13 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
             f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
             f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
         )
+
+
+def _print_follow_ups(report: StatusReport, repeat: Repeat, attachments: dict[str, Any] | None) -> None:
+    """`status`: what to do about uncertain, conflict, blocked and failed rows (and where the jobs came from)."""
     if report.counts.get("uncertain"):
         click.echo(
-            f"{report.counts['uncertain']} rows are uncertain: the job exists at the API but its job_id is not "
+            f"{rows_are(report.counts['uncertain'])} uncertain: the job exists at the API but its job_id is not "
             "known yet. A run looks them up by itself; if they stay uncertain, run "
             f"`{repeat.command('reconcile', api=True)}`."
         )
@@ -103,14 +147,30 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
         click.echo("jobs by origin: " + ", ".join(f"{k} {v}" for k, v in report.origins.items()))
     if report.counts.get("conflict"):
         click.echo(conflict_hint(report.counts["conflict"], repeat))
+    if attachments is not None:
+        _print_attachments(attachments, report.counts.get("blocked", 0), repeat)
     if report.counts.get("failed"):
         click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
                    f"`{repeat.command('retry --all')}`.")
 
 
-def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT) -> None:
+def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat) -> None:
+    """The preflight's part of `status`: URL verdicts, blocked rows, rows never checked."""
+    urls = attachments["urls"]
+    if urls:
+        click.echo("attachment URLs checked: " + ", ".join(f"{n} {verdict}" for verdict, n in urls.items()))
+    if blocked:
+        click.echo(f"{rows_are(blocked)} blocked (an attachment failed its check): "
+                   f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
+                   f"`{repeat.command('retry --blocked')}`.")
+    if attachments["never_checked"]:
+        click.echo(f"{plural(attachments['never_checked'], 'pending row')} never had their attachments checked: "
+                   f"`{repeat.command('check')}` checks them (or `run --preflight`).")
+
+
+def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
     """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
-    commands repeat `repeat`'s options)."""
+    commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -124,7 +184,7 @@ def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT
         + f"{c['pending'] + c['in_flight']} pending"
     )
     if c.get("blocked"):
-        click.echo(f"{c['blocked']} rows are blocked (an attachment failed its check; never sent): see them with "
+        click.echo(f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
                    f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
     run_ = d["this_run"]
     click.echo(
@@ -146,15 +206,17 @@ def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT
                    "another run after this one's lease expired")
     if d["top_error_codes"]:
         click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
-    click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
+    if not quiet:
+        click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
 
 class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, silent: bool = False) -> None:
         self.bar: tqdm[NoReturn] | None = None
         self.quiet = quiet
+        self.silent = silent  #: -q: no bar and no status lines (notices still: they are warnings)
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
         self.told = 0  #: notices already printed
@@ -175,6 +237,8 @@ class ProgressDisplay:
                 self.bar.write(line, file=sys.stderr)
             else:
                 click.echo(line, err=True)
+        if self.silent:
+            return
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
@@ -198,3 +262,79 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def retry_report(n: int | None, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,
+                 repeat: Repeat = NO_REPEAT, blocked: int | None = None) -> None:
+    """What `retry` did: `n` failed rows (None: not asked) and `blocked` rows (None: not asked) pending again.
+    For a code no failed row has, says so and lists the codes there are (`failed`: failed rows per code,
+    before the retry). Follow-up commands repeat `repeat`'s options."""
+    missing = [c for c in codes if c not in failed]
+    if as_json:
+        document: dict[str, Any] = {}
+        if n is not None:
+            document.update(pending_again=n, codes_not_found=missing,
+                            failed_codes={str(k): v for k, v in failed.items()})
+        if blocked is not None:
+            document["blocked_pending_again"] = blocked
+        click.echo(json.dumps(document, indent=2))
+        return
+    run = repeat.command("run")
+    if blocked is not None:
+        click.echo(f"{plural(blocked, 'blocked row')} {'is' if blocked == 1 else 'are'} pending again; "
+                   f"`{run} --preflight` checks their attachments again and sends them.")
+    if n is None:
+        return
+    click.echo(f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
+               + (f"; `{run}` sends them." if n else "."))
+    if missing:
+        there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
+        click.echo(f"no failed row has error code {', '.join(missing)}; "
+                   + (f"failed rows by code: {there}." if failed else "there are no failed rows."), err=True)
+
+
+def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]],
+                      repeat: Repeat = NO_REPEAT) -> list[str]:
+    """Why rows are still uncertain after a lookup, and what to do (groups as Ledger.uncertain_groups; the
+    commands named repeat `repeat`'s options)."""
+    reasons = []
+    for project, batch, rows in groups:
+        example = rows[0][1]
+        if batch is None:
+            reasons.append(
+                f"{plural(len(rows), 'row')} of project {project!r} (e.g. {example!r}) went to the project's "
+                "default batch, whose id is known only once a job of ours in it has succeeded: after a run puts "
+                f"one more job there (--default-batch), `{repeat.command('reconcile', api=True)}` finds them; or "
+                f"check them in GT Studio (`{repeat.command('export --status uncertain')}`).")
+        else:
+            reasons.append(
+                f"{plural(len(rows), 'row')} of project {project!r} in batch {batch} (e.g. {example!r}) were not "
+                f"settled by the listing (an error or a wait): run `{repeat.command('reconcile', api=True)}` "
+                "again.")
+    return reasons
+
+
+def print_row(row: dict[str, Any], as_json: bool) -> None:
+    """One ledger row (`uploader show`): its state, job_id, attempts, last error, times and payload."""
+    if as_json:
+        click.echo(json.dumps(row, indent=2, ensure_ascii=False, default=str))
+        return
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)
+        click.echo(f"{key:<{width}}  {'' if value is None else value}")
+
+
+def print_settings(resolved: Resolved, as_json: bool) -> None:
+    """`uploader config`: each setting's value and source, the profile and the files looked at."""
+    if as_json:
+        click.echo(json.dumps(resolved.as_dict(), indent=2, default=str))
+        return
+    click.echo(f"settings of `uploader {resolved.command}`; profile: {resolved.profile or '(none)'}")
+    for path, exists in resolved.files:
+        click.echo(f"  config file {path}" + ("" if exists else " (not found)"))
+    width = max((len(s.key) for s in resolved.settings), default=0)
+    for s in resolved.settings:
+        value = "" if s.value is None else (", ".join(map(str, s.value)) if isinstance(s.value, tuple) else s.value)
+        click.echo(f"{s.key:<{width}}  {value!s:<24}  {s.source}")

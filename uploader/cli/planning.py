@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from uploader.cli.app import UploaderCommand
 from uploader.cli.preflight import Duration
 from uploader.cli.signing import sign_option
 
@@ -59,7 +60,7 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
     }
 
 
-@click.command("plan")
+@click.command("plan", cls=UploaderCommand)
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--project-id", help="Project for rows without a project_id column.")
 @click.option("--work-flow-id", help="Workflow for rows without a work_flow_id column.")

@@ -14,9 +14,9 @@ import click
 from uploader.cli.hints import NO_REPEAT, Repeat
 
 if TYPE_CHECKING:
-    from uploader.send import PreflightOptions, PreflightReport
+    from uploader.send import HostSample, PreflightOptions, PreflightReport
 
-__all__ = ["Duration", "preflight_dict", "preflight_options", "preflight_settings", "print_preflight"]
+__all__ = ["Duration", "preflight_dict", "preflight_options", "preflight_settings", "print_preflight", "print_sample"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,3 +110,20 @@ def preflight_dict(report: PreflightReport) -> dict[str, Any]:
         "earliest_expiry": report.earliest_expiry.isoformat() if report.earliest_expiry else None,
         "examples": [{"reference_id": r, "reason": why} for r, why in report.examples],
     }
+
+
+def print_sample(hosts: dict[str, HostSample], as_json: bool) -> None:
+    """A sampled check: per host, URLs among pending rows, how many checked, the failure rate, an example."""
+    if as_json:
+        click.echo(json.dumps({host: {"urls": h.urls, "checked": h.checked, "verdicts": dict(h.verdicts),
+                                      "failure_rate": round(h.failure_rate, 4), "example": h.example}
+                               for host, h in hosts.items()}, indent=2))
+        return
+    if not hosts:
+        click.echo("sample: no pending row has an attachment URL")
+        return
+    click.echo(f"sample: {sum(h.checked for h in hosts.values()):,} URLs checked on {len(hosts)} hosts "
+               "(nothing blocked; run `uploader check` for every URL)")
+    for host, h in sorted(hosts.items(), key=lambda kv: -kv[1].failure_rate):
+        click.echo(f"  {host}: {h.checked:,} of {h.urls:,} URLs checked, {h.failure_rate:.1%} bad"
+                   + (f", e.g. {h.example}" if h.example else ""))

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import UrlVerdict as UrlVerdict
     from uploader.ledger.preflight import block_rows as block_rows
     from uploader.ledger.preflight import blocked_rows as blocked_rows
+    from uploader.ledger.preflight import expiring_rows as expiring_rows
+    from uploader.ledger.preflight import never_checked as never_checked
     from uploader.ledger.preflight import pending_payloads as pending_payloads
     from uploader.ledger.preflight import record_verdicts as record_verdicts
     from uploader.ledger.preflight import release_blocked as release_blocked
@@ -155,6 +157,8 @@ _EXPORTS = {
     "UrlVerdict": "uploader.ledger.preflight",
     "block_rows": "uploader.ledger.preflight",
     "blocked_rows": "uploader.ledger.preflight",
+    "never_checked": "uploader.ledger.preflight",
+    "expiring_rows": "uploader.ledger.preflight",
     "pending_payloads": "uploader.ledger.preflight",
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",

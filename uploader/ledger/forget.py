@@ -23,9 +23,15 @@ from uploader.ledger.queries import LIVE_WORKER_SECONDS, utcnow
 
 __all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "project_counts"]
 
+#: Status words for the SQL below (f-strings over Status: one spelling of each state).
+_IN_FLIGHT = Status.IN_FLIGHT.value
+_SUCCEEDED = Status.SUCCEEDED.value
+_UNCERTAIN = Status.UNCERTAIN.value
+_CONFLICT = Status.CONFLICT.value
+
 #: SQL: the row's job exists or may exist at the API (module docstring).
 MAY_HAVE_JOB = (
-    "(job_id IS NOT NULL OR status IN ('succeeded', 'conflict', 'uncertain', 'in_flight') "
+    f"(job_id IS NOT NULL OR status IN ('{_SUCCEEDED}', '{_CONFLICT}', '{_UNCERTAIN}', '{_IN_FLIGHT}') "
     "OR sent_hashes IS NOT NULL OR attempt_hash IS NOT NULL)"
 )
 #: reference_ids bound per statement.
@@ -117,7 +123,7 @@ def _live_holders(conn: Connection, selection: Selection, now: dt.datetime) -> i
         owners.update(
             owner for (owner,) in conn.execute(
                 text(
-                    "SELECT DISTINCT lease_owner FROM jobs WHERE status = 'in_flight' AND lease_expires_at > :now "
+                    f"SELECT DISTINCT lease_owner FROM jobs WHERE status = '{_IN_FLIGHT}' AND lease_expires_at > :now "
                     f"AND lease_owner IN (SELECT owner FROM workers WHERE stopped_at IS NULL AND heartbeat_at > "
                     f":stale) AND {where}"
                 ),

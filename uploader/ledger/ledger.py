@@ -132,14 +132,22 @@ class BatchSlot:
     reserved_at: dt.datetime  #: created_at: the reservation's last heartbeat while batch_id is None
 
 
+#: Status words for the SQL below (f-strings over Status: one spelling of each state).
+_PENDING = Status.PENDING.value
+_IN_FLIGHT = Status.IN_FLIGHT.value
+_SUCCEEDED = Status.SUCCEEDED.value
+_FAILED = Status.FAILED.value
+_UNCERTAIN = Status.UNCERTAIN.value
+_CONFLICT = Status.CONFLICT.value
+
 _SLOT = "id, project_id, name, batch_id, auto, reserved_by, created_at"
 #: Rows with no batch of their own that were never sent: giving them a batch cannot split a job's attempts
 #: between two batches.
-_UNBATCHED = "status = 'pending' AND batch_id IS NULL AND attempts = 0 AND sent_hashes IS NULL"
+_UNBATCHED = f"status = '{_PENDING}' AND batch_id IS NULL AND attempts = 0 AND sent_hashes IS NULL"
 #: Rows that may have been created in the project's default batch and whose job_id is not known yet.
 _IN_DEFAULT_BATCH = (
-    "batch_id IS NULL AND (status IN ('in_flight', 'uncertain') "
-    "OR (status = 'pending' AND (attempts > 0 OR sent_hashes IS NOT NULL)))"
+    f"batch_id IS NULL AND (status IN ('{_IN_FLIGHT}', '{_UNCERTAIN}') "
+    f"OR (status = '{_PENDING}' AND (attempts > 0 OR sent_hashes IS NOT NULL)))"
 )
 
 
@@ -204,18 +212,18 @@ class Ledger(LedgerQueries):
         expires = now + dt.timedelta(seconds=lease_seconds)
         params = {"owner": owner, "now": now, "exp": expires, "n": limit}
         set_clause = (
-            "SET status = 'in_flight', attempts = attempts + 1, lease_owner = :owner, "
+            f"SET status = '{_IN_FLIGHT}', attempts = attempts + 1, lease_owner = :owner, "
             "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now, "
             f"sent_hashes = {_MERGE_ATTEMPT}, attempt_hash = body_hash"
         )
         # In flight under an expired lease (its run died), or held by a run that has stopped: a stopped run
         # has nothing in the air, so rows it could not release (disk full) are taken at once.
         expired = (
-            "SELECT id FROM jobs WHERE status = 'in_flight' AND (lease_expires_at < :now OR lease_owner IN "
+            f"SELECT id FROM jobs WHERE status = '{_IN_FLIGHT}' AND (lease_expires_at < :now OR lease_owner IN "
             "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
         )
         ready = (
-            "SELECT id FROM jobs WHERE status = 'pending' AND (not_before IS NULL OR not_before <= :now) "
+            f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) "
             "LIMIT :n"
         )
         claims: list[Claim] = []
@@ -249,7 +257,7 @@ class Ledger(LedgerQueries):
             "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, origin = COALESCE(:origin, origin), "
             f"sent_hashes = CASE WHEN :sent THEN {_MERGE_ATTEMPT} ELSE sent_hashes END, attempt_hash = NULL "
         )
-        fence = "WHERE id = :id AND lease_token = :token AND status = 'in_flight'"
+        fence = f"WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"
         sql = text(f"UPDATE jobs SET status = :status, {sets}{fence}")
         # A success is applied only if no other row holds its job_id (the job_id index finds them).
         sql_success = text(
@@ -295,7 +303,7 @@ class Ledger(LedgerQueries):
     def _is_held(conn: Any, r: Result) -> bool:
         """Whether a success that changed nothing was refused for its job_id (not fenced: the lease holds)."""
         return conn.execute(
-            text("SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = 'in_flight'"),
+            text(f"SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"),
             {"id": r.id, "token": r.lease_token},
         ).first() is not None
 
@@ -320,10 +328,10 @@ class Ledger(LedgerQueries):
         for hid in demoted:
             conn.execute(
                 text(
-                    "UPDATE jobs SET status = 'uncertain', origin = NULL, error_code = 'duplicate_job_id', "
+                    f"UPDATE jobs SET status = '{_UNCERTAIN}', origin = NULL, error_code = 'duplicate_job_id', "
                     "error_message = :msg, updated_at = :now, "
                     "sent_hashes = CASE WHEN sent_hashes IS NULL OR sent_hashes = '' THEN body_hash "
-                    "ELSE sent_hashes END WHERE id = :id AND status = 'succeeded'"
+                    f"ELSE sent_hashes END WHERE id = :id AND status = '{_SUCCEEDED}'"
                 ),
                 {"id": hid, "now": params["now"],
                  "msg": f"the API answered this row's job_id {job_id!r} for reference_id {mine!r} too: the batch "
@@ -337,10 +345,10 @@ class Ledger(LedgerQueries):
         with write_tx(self.engine) as conn:
             released = conn.execute(
                 text(
-                    "UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, "
+                    f"UPDATE jobs SET status = '{_PENDING}', attempts = attempts - 1, lease_owner = NULL, "
                     f"lease_expires_at = NULL, updated_at = :now, sent_hashes = {_MERGE_ATTEMPT}, "
                     "attempt_hash = NULL "
-                    "WHERE lease_owner = :owner AND status = 'in_flight' RETURNING id, lease_token"
+                    f"WHERE lease_owner = :owner AND status = '{_IN_FLIGHT}' RETURNING id, lease_token"
                 ),
                 {"owner": owner, "now": utcnow()},
             ).all()
@@ -374,7 +382,7 @@ class Ledger(LedgerQueries):
     def _expire(conn: Any, owner: str, now: dt.datetime) -> None:
         conn.execute(text("UPDATE workers SET stopped_at = :t WHERE owner = :o"), {"t": now, "o": owner})
         conn.execute(
-            text("UPDATE jobs SET lease_expires_at = :t WHERE lease_owner = :o AND status = 'in_flight'"),
+            text(f"UPDATE jobs SET lease_expires_at = :t WHERE lease_owner = :o AND status = '{_IN_FLIGHT}'"),
             {"t": now - dt.timedelta(seconds=1), "o": owner},
         )
 
@@ -389,7 +397,7 @@ class Ledger(LedgerQueries):
             )
             if renew:
                 conn.execute(
-                    text("UPDATE jobs SET lease_expires_at = :e WHERE lease_owner = :o AND status = 'in_flight'"),
+                    text(f"UPDATE jobs SET lease_expires_at = :e WHERE lease_owner = :o AND status = '{_IN_FLIGHT}'"),
                     {"e": exp, "o": owner},
                 )
         if self._claim_log and renew:
@@ -532,7 +540,7 @@ class Ledger(LedgerQueries):
             return conn.execute(
                 text(
                     "SELECT job_id FROM jobs WHERE project_id = :p AND batch_id IS NULL "
-                    "AND status = 'succeeded' AND job_id IS NOT NULL LIMIT 1"
+                    f"AND status = '{_SUCCEEDED}' AND job_id IS NOT NULL LIMIT 1"
                 ),
                 {"p": project_id},
             ).scalar_one_or_none()
@@ -553,14 +561,14 @@ class Ledger(LedgerQueries):
         with write_tx(self.engine) as conn:
             for rid, job_id in found.items():
                 row = conn.execute(
-                    text("SELECT sent_hashes, body_hash FROM jobs WHERE id = :id AND status = 'uncertain'"),
+                    text(f"SELECT sent_hashes, body_hash FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"),
                     {"id": rid},
                 ).first()
                 if row is None:
                     continue
                 held = conn.execute(
-                    text("SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id AND status IN ('succeeded', 'conflict') "
-                         "LIMIT 1"),
+                    text(f"SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id "
+                         f"AND status IN ('{_SUCCEEDED}', '{_CONFLICT}') LIMIT 1"),
                     {"j": job_id, "id": rid},
                 ).first() is not None
                 settled = settle_found(row[0], row[1], held)
@@ -568,7 +576,7 @@ class Ledger(LedgerQueries):
                     text(
                         "UPDATE jobs SET status = :s, job_id = :j, recovered = true, origin = :o, error_code = :c, "
                         "error_message = :m, error_details = NULL, updated_at = :t "
-                        "WHERE id = :id AND status = 'uncertain'"
+                        f"WHERE id = :id AND status = '{_UNCERTAIN}'"
                     ),
                     {"s": settled.status, "j": job_id, "o": settled.origin, "c": settled.code, "m": settled.message,
                      "t": now, "id": rid},
@@ -581,7 +589,7 @@ class Ledger(LedgerQueries):
                 if rid in found:
                     continue
                 row = conn.execute(
-                    text("SELECT error_code, sent_hashes FROM jobs WHERE id = :id AND status = 'uncertain'"),
+                    text(f"SELECT error_code, sent_hashes FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"),
                     {"id": rid},
                 ).first()
                 outcome = settle_missing(row[0], row[1]) if row is not None else None
@@ -590,18 +598,18 @@ class Ledger(LedgerQueries):
                 if outcome.status == Status.FAILED.value:
                     failed += conn.execute(
                         text(
-                            "UPDATE jobs SET status = 'failed', job_id = NULL, error_message = "
+                            f"UPDATE jobs SET status = '{_FAILED}', job_id = NULL, error_message = "
                             "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
-                            "WHERE id = :id AND status = 'uncertain'"
+                            f"WHERE id = :id AND status = '{_UNCERTAIN}'"
                         ),
                         {"m": outcome.message, "t": now, "id": rid},
                     ).rowcount
                 else:
                     conflict += conn.execute(
                         text(
-                            "UPDATE jobs SET status = 'conflict', job_id = NULL, origin = :o, error_code = :c, "
+                            f"UPDATE jobs SET status = '{_CONFLICT}', job_id = NULL, origin = :o, error_code = :c, "
                             "error_message = :m, error_details = NULL, updated_at = :t "
-                            "WHERE id = :id AND status = 'uncertain'"
+                            f"WHERE id = :id AND status = '{_UNCERTAIN}'"
                         ),
                         {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
@@ -609,7 +617,7 @@ class Ledger(LedgerQueries):
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows)."""
-        where = "status = 'failed'"
+        where = f"status = '{_FAILED}'"
         params: dict[str, Any] = {"t": utcnow()}
         if not everything:
             if not codes:
@@ -620,7 +628,7 @@ class Ledger(LedgerQueries):
         with write_tx(self.engine) as conn:
             return conn.execute(
                 text(
-                    "UPDATE jobs SET status = 'pending', attempts = 0, not_before = NULL, updated_at = :t "
+                    f"UPDATE jobs SET status = '{_PENDING}', attempts = 0, not_before = NULL, updated_at = :t "
                     f"WHERE {where}"
                 ),
                 params,

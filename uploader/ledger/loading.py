@@ -100,7 +100,8 @@ ORDER BY s.line LIMIT {int(limit)}
 MERGE_CHANGED = f"""
 UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_flow_id = s.work_flow_id,
   batch_id = s.batch_id, status = '{_PENDING}', attempts = 0, not_before = NULL, error_code = NULL,
-  error_message = NULL, error_details = NULL, http_status = NULL, updated_at = :now,
+  error_message = NULL, error_details = NULL, http_status = NULL, checked_at = NULL, expires_at = NULL,
+  updated_at = :now,
   manifest_id = :mid, manifest_line = s.line
 FROM staging s
 WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id

@@ -114,6 +114,12 @@ class Job(Base):
     #: How the job came to exist: created (this ledger's request), recovered (FS_0001 after our own earlier
     #: send of the same payload), pre-existing (FS_0001 and this ledger never sent it before).
     origin: Mapped[str | None] = mapped_column(String(16))
+    #: When the preflight last found every attachment of this payload good (or blocked the row); None: never,
+    #: or the payload changed since.
+    checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: The earliest expiry of the signed attachment URLs of this payload, as the preflight read it (None: none
+    #: signed, or not checked): a row checked long ago is still blocked when its link is about to expire.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("project_id", "reference_id"),

@@ -12,22 +12,22 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from sqlalchemy import Engine, text
+from sqlalchemy import DateTime, Engine, Integer, Text, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import utcnow
 
-__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "pending_payloads", "record_verdicts",
-           "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
+__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "expiring_rows", "never_checked",
+           "pending_payloads", "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
 
 #: Rows read per page of `pending_payloads`, and keys bound per statement.
 _PAGE = 2000
 _CHUNK = 500
 
-_PENDING_PAGE = text(
+_PENDING_PAGE = (
     f"SELECT id, reference_id, body FROM jobs WHERE status = '{Status.PENDING.value}' AND id > :after "
-    "ORDER BY id LIMIT :n"
+    "AND (checked_at IS NULL{recheck}) ORDER BY id LIMIT :n"
 )
 _UPSERT = text(
     "INSERT INTO urls (url_hash, url, verdict, detail, http_status, content_type, length, checked_at) "
@@ -38,11 +38,20 @@ _UPSERT = text(
 )
 _BLOCK = text(
     f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = :code, error_message = :message, "
-    f"error_details = NULL, http_status = NULL, updated_at = :now WHERE id = :id AND status = '{Status.PENDING.value}'"
+    "error_details = NULL, http_status = NULL, checked_at = :now, updated_at = :now "
+    f"WHERE id = :id AND status = '{Status.PENDING.value}'"
 )
+_MARK_CHECKED = text(
+    f"UPDATE jobs SET checked_at = :now, expires_at = :expires WHERE id = :id AND status = '{Status.PENDING.value}'"
+)
+_EXPIRING = text(
+    f"SELECT id, reference_id, expires_at FROM jobs WHERE status = '{Status.PENDING.value}' "
+    "AND expires_at IS NOT NULL AND expires_at < :limit ORDER BY id"
+).columns(id=Integer, reference_id=Text, expires_at=DateTime)
+_NEVER_CHECKED = text(f"SELECT COUNT(*) FROM jobs WHERE status = '{Status.PENDING.value}' AND checked_at IS NULL")
 _RELEASE = text(
     f"UPDATE jobs SET status = '{Status.PENDING.value}', error_code = NULL, error_message = NULL, "
-    f"updated_at = :now WHERE status = '{Status.BLOCKED.value}'"
+    f"checked_at = NULL, expires_at = NULL, updated_at = :now WHERE status = '{Status.BLOCKED.value}'"
 )
 _FORGET_BAD_VERDICTS = text("DELETE FROM urls WHERE verdict <> 'ok'")
 _BLOCKED = text(
@@ -75,16 +84,26 @@ def url_hash(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def pending_payloads(engine: Engine, page: int = _PAGE) -> Iterator[list[tuple[int, str, str]]]:
-    """(id, reference_id, payload) of every pending row, a page at a time in id order (memory flat)."""
+def pending_payloads(engine: Engine, since: dt.datetime | None = None,
+                     page: int = _PAGE) -> Iterator[list[tuple[int, str, str]]]:
+    """(id, reference_id, payload) of every pending row whose attachments were never checked (or checked
+    before `since`), a page at a time in id order (memory flat)."""
+    query = text(_PENDING_PAGE.format(recheck="" if since is None else " OR checked_at < :since"))
     after = 0
     while True:
         with read_tx(engine) as conn:
-            rows = [(int(i), str(r), str(b)) for i, r, b in conn.execute(_PENDING_PAGE, {"after": after, "n": page})]
+            rows = [(int(i), str(r), str(b))
+                    for i, r, b in conn.execute(query, {"after": after, "n": page, "since": since})]
         if not rows:
             return
         yield rows
         after = rows[-1][0]
+
+
+def expiring_rows(engine: Engine, limit: dt.datetime) -> list[tuple[int, str, dt.datetime]]:
+    """(id, reference_id, expiry) of the pending rows checked earlier whose signed URL expires before `limit`."""
+    with read_tx(engine) as conn:
+        return [(int(i), str(r), e) for i, r, e in conn.execute(_EXPIRING, {"limit": limit})]
 
 
 def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | None) -> dict[str, UrlVerdict]:
@@ -98,7 +117,7 @@ def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | Non
             names = [f"h{j}" for j in range(len(part))]
             rows = conn.execute(
                 text("SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
-                     f"WHERE url_hash IN ({', '.join(':' + n for n in names)})"),
+                     f"WHERE url_hash IN ({', '.join(':' + n for n in names)})").columns(checked_at=DateTime),
                 dict(zip(names, part)),
             )
             for h, url, verdict, detail, status, ctype, length, checked in rows:
@@ -115,15 +134,27 @@ def record_verdicts(engine: Engine, verdicts: Sequence[UrlVerdict]) -> None:
         conn.execute(_UPSERT, [{**v._asdict(), "url_hash": url_hash(v.url)} for v in verdicts])
 
 
-def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]]) -> int:
-    """pending → blocked for each (row id, error code, message); a row no longer pending is left alone.
-    Returns how many rows were blocked."""
-    if not blocks:
+def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]],
+               good: Sequence[tuple[int, dt.datetime | None]] = ()) -> int:
+    """pending → blocked for each (row id, error code, message), and the `good` (row id, earliest expiry of its
+    signed URLs) marked checked, in one transaction; a row no longer pending is left alone. Returns how many
+    rows were blocked."""
+    if not blocks and not good:
         return 0
     now = utcnow()
     with write_tx(engine) as conn:
+        if good:
+            conn.execute(_MARK_CHECKED, [{"id": i, "now": now, "expires": e} for i, e in good])
+        if not blocks:
+            return 0
         result = conn.execute(_BLOCK, [{"id": i, "code": c, "message": m, "now": now} for i, c, m in blocks])
         return int(result.rowcount)
+
+
+def never_checked(engine: Engine) -> int:
+    """Pending rows whose attachments no preflight has checked (or whose payload changed since)."""
+    with read_tx(engine) as conn:
+        return int(conn.execute(_NEVER_CHECKED).scalar_one())
 
 
 def release_blocked(engine: Engine) -> int:

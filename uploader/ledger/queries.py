@@ -24,6 +24,14 @@ if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
 
 __all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
 
+#: Status words for the SQL below (f-strings over Status: one spelling of each state).
+_PENDING = Status.PENDING.value
+_IN_FLIGHT = Status.IN_FLIGHT.value
+_SUCCEEDED = Status.SUCCEEDED.value
+_FAILED = Status.FAILED.value
+_UNCERTAIN = Status.UNCERTAIN.value
+_CONFLICT = Status.CONFLICT.value
+
 #: A worker whose last heartbeat is older than this is not shown as live by `status`.
 LIVE_WORKER_SECONDS = 60
 
@@ -96,14 +104,16 @@ class LedgerQueries:
         another worker's row (it finishes it, or dies and the row is reclaimed). None: nothing will."""
         with read_tx(self.engine) as conn:
             # A row another run released (it stopped) after our last claim: claimable now, not "nothing".
-            if conn.execute(text("SELECT 1 FROM jobs WHERE status = 'pending' AND not_before IS NULL LIMIT 1")).first():
+            if conn.execute(
+                text(f"SELECT 1 FROM jobs WHERE status = '{_PENDING}' AND not_before IS NULL LIMIT 1")
+            ).first():
                 return utcnow()
             retry = conn.execute(
-                text("SELECT MIN(not_before) FROM jobs WHERE status = 'pending' AND not_before IS NOT NULL")
+                text(f"SELECT MIN(not_before) FROM jobs WHERE status = '{_PENDING}' AND not_before IS NOT NULL")
             ).scalar_one()
             others = conn.execute(
                 text(
-                    "SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'in_flight' "
+                    f"SELECT MIN(lease_expires_at) FROM jobs WHERE status = '{_IN_FLIGHT}' "
                     "AND (lease_owner IS NULL OR lease_owner <> :owner)"
                 ),
                 {"owner": owner or ""},
@@ -114,23 +124,57 @@ class LedgerQueries:
     def error_codes(self, limit: int | None = None) -> dict[str, int]:
         """Error codes of rows that are failed, uncertain, in conflict or waiting to retry, most frequent first."""
         sql = (
-            "SELECT error_code, COUNT(*) FROM jobs WHERE status IN ('failed', 'uncertain', 'conflict', 'pending') "
+            "SELECT error_code, COUNT(*) FROM jobs "
+            f"WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
             "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
         )
         with read_tx(self.engine) as conn:
             rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
         return {code: n for code, n in rows}
 
+    def failed_codes(self) -> dict[str | None, int]:
+        """Failed rows per error code (None: failed without one), most frequent first."""
+        sql = (
+            f"SELECT error_code, COUNT(*) FROM jobs WHERE status = '{_FAILED}' GROUP BY error_code "
+            "ORDER BY COUNT(*) DESC"
+        )
+        with read_tx(self.engine) as conn:
+            return {code: n for code, n in conn.execute(text(sql))}
+
+    def row(self, reference_id: str, project_id: str | None = None) -> list[dict[str, Any]]:
+        """Every row with this reference_id (of `project_id`, if given) as `uploader show` prints it: the
+        payload and error details parsed from their JSON, times in ISO 8601 UTC."""
+        sql = (
+            "SELECT j.reference_id, j.project_id, j.status, j.job_id, j.origin, j.attempts, j.http_status, "
+            "j.error_code, j.error_message, j.error_details, j.work_flow_id, j.batch_id, j.not_before, "
+            "j.created_at, j.updated_at, m.path, j.manifest_line, j.body FROM jobs j "
+            "LEFT JOIN manifests m ON m.id = j.manifest_id WHERE j.reference_id = :ref"
+            + (" AND j.project_id = :project" if project_id is not None else "") + " ORDER BY j.id"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql), {"ref": reference_id, "project": project_id}).all()
+        out = []
+        for (ref, project, status, job_id, origin, attempts, http, code, message, details, wf, batch, not_before,
+             created, updated, manifest, line, body) in rows:
+            out.append({
+                "reference_id": ref, "project_id": project, "status": status, "job_id": job_id, "origin": origin,
+                "attempts": attempts, "http_status": http, "error_code": code, "error_message": message,
+                "error_details": _json_or_text(details), "work_flow_id": wf, "batch_id": batch,
+                "retry_after": _iso(not_before), "created_at": _iso(created), "updated_at": _iso(updated),
+                "manifest": manifest, "manifest_line": line, "payload": _json_or_text(body),
+            })
+        return out
+
     def status(self) -> StatusReport:
         counts = self.counts()
         codes = self.error_codes()
         with read_tx(self.engine) as conn:
-            oldest = conn.execute(text("SELECT MIN(created_at) FROM jobs WHERE status = 'pending'")).scalar_one()
+            oldest = conn.execute(text(f"SELECT MIN(created_at) FROM jobs WHERE status = '{_PENDING}'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
             origins = {o: n for o, n in conn.execute(text(
-                "SELECT origin, COUNT(*) FROM jobs WHERE status IN ('succeeded', 'conflict') AND origin IS NOT NULL "
-                "GROUP BY origin ORDER BY origin"))}
+                f"SELECT origin, COUNT(*) FROM jobs WHERE status IN ('{_SUCCEEDED}', '{_CONFLICT}') "
+                "AND origin IS NOT NULL GROUP BY origin ORDER BY origin"))}
             now = utcnow()
             workers = [
                 _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
@@ -149,7 +193,8 @@ class LedgerQueries:
         groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
         with read_tx(self.engine) as conn:
             for rid, project, batch, ref in conn.execute(
-                text("SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = 'uncertain' ORDER BY id")
+                text(f"SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = '{_UNCERTAIN}' "
+                     "ORDER BY id")
             ):
                 groups.setdefault((project, batch), []).append((rid, ref))
         return [(p, b, rows) for (p, b), rows in groups.items()]
@@ -213,6 +258,22 @@ def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
         "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
     }
+
+
+def _iso(value: Any) -> str | None:
+    """A stored time as ISO 8601 UTC (`…Z`), or None."""
+    when = _dt(value)
+    return when.isoformat() + "Z" if when is not None else None
+
+
+def _json_or_text(value: str | None) -> Any:
+    """A stored JSON text parsed (the payload, an error's details); kept as text if it is not JSON."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _dt(value: Any) -> dt.datetime | None:

@@ -1,8 +1,8 @@
-"""The bulk half of a load on SQLite: copying the staging workers' slices, and the empty-ledger fast path.
+"""The bulk half of a load on SQLite: copying the slice processes' slices, and the empty-ledger fast path.
 
 A load into an empty SQLite ledger skips the staging table: rows go straight into `jobs`, from the slices
-uploader.load.slices's worker processes wrote, or read here. Whatever goes wrong raises NotClean (or
-staging.WorkerLost), and uploader.load.merge then takes its ordinary staging path, which reports problems.
+uploader.load.slices's slice processes wrote, or read here. Whatever goes wrong raises NotClean (or
+staging.SliceProcessLost), and uploader.load.merge then takes its ordinary staging path, which reports problems.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load_into_empty(
 
     Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
     one anything; the bulk mode (no per-row foreign-key check, a rollback journal instead of WAL) halves
-    the writing. With `production`, worker processes stage the slices (uploader.load.slices) and each
+    the writing. With `production`, slice processes stage the slices (uploader.load.slices) and each
     finished slice is copied in at C speed. A duplicate reference_id shows as a row the unique index
     skipped; on that or any other problem the transaction rolls back (the ledger file is untouched) and
     the staging path runs instead, which finds and reports every problem with its lines. Returns the
@@ -91,7 +91,7 @@ def load_into_empty(
             finally:
                 for name in attached:
                     raw.execute(detach_slice(name))
-    except (NotClean, staging.WorkerLost):
+    except (NotClean, staging.SliceProcessLost):
         return None
     finally:
         proxy.close()
@@ -119,7 +119,7 @@ def copy_parts(
 ) -> tuple[int, int]:
     """Attach each slice's scratch file as soon as it is ready and copy it in with `sql_for(schema name)`.
     Returns (rows the slices hold, rows the statements changed); raises NotClean if a slice had a problem
-    or the file could not be cut, WorkerLost if a worker died."""
+    or the file could not be cut, SliceProcessLost if a slice process died."""
     sent = changed = 0
     for part in production.results():
         if part.problem_count or part.uncuttable:

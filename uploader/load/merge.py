@@ -4,7 +4,7 @@ Rows stream from the manifest into a TEMP staging table (SQLite keeps it outside
 cross-row checks run as SQL over it, and only when nothing is wrong does one short `BEGIN IMMEDIATE`
 transaction merge it into `jobs`. An invalid manifest therefore never touches the ledger file, and the
 write lock is held only for the merge, not for the parse. Two shortcuts on SQLite: a big manifest is read by
-worker processes (uploader.load.slices) whose slices are copied into staging; and an empty ledger takes its
+slice processes (uploader.load.slices) whose slices are copied into staging; and an empty ledger takes its
 rows straight into `jobs` (uploader.load.bulk), falling back to the staging path on any problem.
 """
 
@@ -98,7 +98,7 @@ def load_manifest(
     """Validate and merge one manifest into `ledger`; raise ManifestError (ledger untouched) if anything is
     wrong.
 
-    `production`: worker processes already staging this manifest (started before the ledger was even
+    `production`: slice processes already staging this manifest (started before the ledger was even
     opened, when it is new; else started here if the manifest suits); closed in any case. A ledger whose
     SQLite file this process created (`ledger.new_file`) is loaded in bulk mode (see engine.sqlite_bulk_mode)."""
     import time
@@ -172,7 +172,7 @@ def _sqlite(conn: Connection) -> sqlite3.Connection:
 
 def _stage(conn: Connection, manifest: ManifestLike, production: staging.Production | None = None) -> int:
     """Stream the manifest into the staging table; returns the number of good rows staged. With
-    `production` (SQLite), the workers' scratch files are copied in instead, unless one of them met a
+    `production` (SQLite), the slice processes' scratch files are copied in instead, unless one of them met a
     problem: then the manifest is read here after all, to find and report every problem."""
     conn.exec_driver_sql(STAGING_DROP)
     conn.exec_driver_sql(STAGING_TABLE)
@@ -183,7 +183,7 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
             try:
                 total, _ = bulk_load.copy_parts(_sqlite(conn), production, staging_from_slice,
                                                 bulk_load.part_defaults(manifest), attached)
-            except (bulk_load.NotClean, staging.WorkerLost):
+            except (bulk_load.NotClean, staging.SliceProcessLost):
                 total = None  # read the manifest here after all, to find and report every problem
         if total is None:
             conn.exec_driver_sql(STAGING_CLEAR)

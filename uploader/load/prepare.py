@@ -36,7 +36,7 @@ def load(ledger: Ledger, path: str | Path, options: ManifestOptions, label: str 
 
 class PreparedLoad:
     """A manifest whose header is checked, and, for a new ledger, whose rows are already being staged by
-    worker processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
+    slice processes while the ledger is created. Close it (or use `with`) if it is never loaded."""
 
     def __init__(self, manifest: Manifest, production: Production | None) -> None:
         self.manifest, self.production = manifest, production
@@ -62,7 +62,7 @@ class PreparedLoad:
 def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool,
                  label: str | None = None) -> PreparedLoad:
     """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
-    empty) and the manifest is big, start the staging workers now: they read the file while SQLAlchemy
+    empty) and the manifest is big, start the slice processes now: they read the file while SQLAlchemy
     loads and the ledger is created and migrated, which takes half a second."""
     manifest = Manifest(path, options, label)
     production = Production.start(manifest) if new_ledger else None

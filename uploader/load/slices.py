@@ -1,11 +1,11 @@
 """Rows of a manifest on their way into the ledger: staging rows, and staging them in parallel.
 
 A big first load is bound by CPU, not disk: reading and checking rows, building bodies and hashing them in
-Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks worker
+Python, and SQLite's own inserting each take about as long as the others. So a `Production` forks slice
 processes that cut a CSV/TSV (without quotes) or JSONL file into slices on line ends (a Parquet file into
 row ranges), read them, and write their rows into scratch SQLite files of their own. The loader attaches
 each finished scratch file and copies it into the ledger with one INSERT … SELECT, at C speed, while the
-workers go on with the next slices. Nothing here touches the ledger.
+slice processes go on with the next slices. Nothing here touches the ledger.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "MIN_SPLIT_BYTES",
     "PartResult",
     "Production",
-    "WorkerLost",
+    "SliceProcessLost",
     "body_hashes",
     "load_defaults",
     "staged_rows",
@@ -84,7 +84,7 @@ def staged_rows(chunk: Sequence[StagedJob]) -> list[StagingRow]:
 @dataclass(frozen=True)
 class PartResult:
     """One slice written to a scratch file: how many good rows, whether any row had a problem, and whether
-    the file turned out not to be cuttable (a quote or a bare CR anywhere a worker looked)."""
+    the file turned out not to be cuttable (a quote or a bare CR anywhere a slice process looked)."""
 
     index: int
     path: Path
@@ -93,8 +93,8 @@ class PartResult:
     uncuttable: bool = False
 
 
-class WorkerLost(Exception):
-    """A worker process died or failed: the caller loads the manifest in one process instead."""
+class SliceProcessLost(Exception):
+    """A slice process died or failed: the caller loads the manifest in one process instead."""
 
 
 class _Orphaned(Exception):
@@ -137,38 +137,38 @@ def can_fork() -> bool:
 
 
 class Production:
-    """Worker processes staging the slices of one manifest into scratch files, in the background.
+    """Slice processes staging the slices of one manifest into scratch files, in the background.
 
     The file is cut into `parts` slices of about equal size, each starting after a line end (Parquet: into
-    row ranges). Worker w
-    takes slices w, w + workers, …, finds their bounds and line numbers itself (so it can start before
+    row ranges). Slice process k
+    takes slices k, k + processes, …, finds their bounds and line numbers itself (so it can start before
     the parent has read the file), and checks that its stretch of the file has no bare CR and, in a CSV/TSV,
     no quote character (a quoted field may hold a line break, so a cut could fall inside a row); if it has,
     it reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
-    workers (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
+    slice processes (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
     """
 
-    def __init__(self, manifest: ManifestLike, workers: int = 2, parts: int = 8) -> None:
+    def __init__(self, manifest: ManifestLike, processes: int = 2, parts: int = 8) -> None:
         self.parts = parts
         defaults = load_defaults(manifest)
         parent = os.getpid()
         self._procs: list[tuple[int, BinaryIO]] = []
         self._done: list[PartResult] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="uploader-load-"))
-        # Workers block on reading this until it closes: when we close it, or die (then they clean up)
+        # Slice processes block on reading this until it closes: when we close it, or die (then they clean up)
         alive_r, self._alive = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        # Ctrl-C waits until every fork is recorded (and the workers ignore it), so close() finds them all
+        # Ctrl-C waits until every fork is recorded (and the slice processes ignore it), so close() finds them all
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for w in range(workers):
+            for k in range(processes):
                 r, wfd = os.pipe()
                 pid = os.fork()
-                if pid == 0:  # the worker: never returns
+                if pid == 0:  # the slice process: never returns
                     for fd in (r, self._alive, *(pipe.fileno() for _, pipe in self._procs)):
                         os.close(fd)  # only our parent may hold these, so that it and we see each other go
-                    _work(manifest, defaults, w, workers, parts, self.workdir, wfd, alive_r, parent, blocked)
+                    _work(manifest, defaults, k, processes, parts, self.workdir, wfd, alive_r, parent, blocked)
                 os.close(wfd)
                 self._procs.append((pid, os.fdopen(r, "rb")))
         except BaseException:
@@ -180,7 +180,7 @@ class Production:
 
     @staticmethod
     def suits(manifest: ManifestLike) -> bool:
-        """Whether a manifest is worth loading this way at all (its contents are checked by the workers)."""
+        """Whether a manifest is worth loading this way at all (its contents are checked by the slice processes)."""
         try:
             size = manifest.path.stat().st_size
         except OSError:
@@ -189,7 +189,7 @@ class Production:
 
     @classmethod
     def start(cls, manifest: ManifestLike) -> Production | None:
-        """Workers for this manifest if it suits, and the system lets us fork them; else None (the load
+        """Slice processes for this manifest if it suits, and the system lets us fork them; else None (the load
         then reads the file in one process, only slower)."""
         if not cls.suits(manifest):
             return None
@@ -199,7 +199,7 @@ class Production:
             return None
 
     def results(self) -> Iterator[PartResult]:
-        """Each slice's result, in slice order (waiting for the slower worker as needed). A second pass
+        """Each slice's result, in slice order (waiting for the slower slice process as needed). A second pass
         (after a first one gave up) yields the same results again: the scratch files stay until close()."""
         for i in range(self.parts):
             if i == len(self._done):
@@ -221,9 +221,9 @@ class Production:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _work(manifest: ManifestLike, defaults: Defaults, w: int, workers: int, parts: int, workdir: Path,
+def _work(manifest: ManifestLike, defaults: Defaults, k: int, processes: int, parts: int, workdir: Path,
           wfd: int, alive: int, parent: int, sigmask: set[int | signal.Signals]) -> None:
-    """A worker's life: its slices in order, each result down the pipe; then wait for the parent to kill
+    """A slice process's life: its slices in order, each result down the pipe; then wait for the parent to kill
     us, and exit without any of its clean-up (atexit, buffers). If the parent dies first (it holds the
     write end of `alive`), the scratch files are removed here: nobody else would."""
     code = 1
@@ -237,7 +237,7 @@ def _work(manifest: ManifestLike, defaults: Defaults, w: int, workers: int, part
             os.dup2(devnull, fd)
         gc.disable()  # rows are acyclic; the collector would only rescan them (and copy the parent's pages)
         with os.fdopen(wfd, "wb") as out, _Cutter(manifest, parts) as cutter:
-            for i in range(w, parts, workers):
+            for i in range(k, parts, processes):
                 span = cutter.span(i)
                 path = workdir / f"part{i}.db"
                 if span is None:
@@ -260,7 +260,7 @@ def _work(manifest: ManifestLike, defaults: Defaults, w: int, workers: int, part
 
 class _Cutter:
     """Finds slice bounds of one file on line ends and counts the lines before them, reading forward only
-    (a worker asks for its slices in increasing order). A CSV/TSV's first slice starts after its header
+    (a slice process asks for its slices in increasing order). A CSV/TSV's first slice starts after its header
     line, and a quote anywhere makes it uncuttable; a JSONL file has neither a header nor that problem
     (a JSON string cannot hold a raw line break). A bare CR makes either uncuttable."""
 
@@ -339,9 +339,9 @@ def _send(out: BinaryIO, result: PartResult) -> None:
 def _receive(pipe: BinaryIO) -> PartResult:
     head = pipe.read(4)
     if len(head) < 4:
-        raise WorkerLost("a loader worker process ended without its result")
+        raise SliceProcessLost("a slice process ended without its result")
     data = pipe.read(struct.unpack("<I", head)[0])
     result = pickle.loads(data)
     if not isinstance(result, PartResult):
-        raise WorkerLost("a loader worker process sent something unexpected")
+        raise SliceProcessLost("a slice process sent something unexpected")
     return result

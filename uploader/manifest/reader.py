@@ -95,7 +95,7 @@ class Manifest:
     def splittable(self) -> bool:
         """Whether slices of the file (`fmt.Span`s) can be read apart: any format, but no shape (long-form
         video) that groups rows across the whole file. Whether a given CSV/TSV/JSONL file can be cut is for
-        the staging workers to find (uploader.load.slices)."""
+        the slice processes to find (uploader.load.slices)."""
         return "video_long" not in self._shapes
 
     def chunk_tuples(self, size: int = 5000, span: fmt.Span | None = None) -> Iterator[list[StagedJob]]:

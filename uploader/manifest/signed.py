@@ -41,6 +41,9 @@ class UrlExpiry(NamedTuple):
 
 def url_expiry(url: str) -> UrlExpiry | None:
     """The expiry of a signed http(s) URL, or None when the URL is not signed by a scheme known here."""
+    lowered = url.lower()
+    if "sig" not in lowered and "credential" not in lowered:  # every scheme's signature field has one of them
+        return None
     query = urlsplit(url).query
     if not query:
         return None

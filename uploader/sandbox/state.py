@@ -103,6 +103,49 @@ def decode_page_token(token: str) -> int:
     return offset
 
 
+def _required_text(body: dict[str, Any], field: str, missing_code: str) -> str:
+    """A field POST /jobs requires as a non-empty string: `missing_code` when absent, GE_0001 when not text."""
+    value = body.get(field)
+    if value is None or value == "":
+        raise ApiFailure(missing_code, f"{field} is missing")
+    if not isinstance(value, str):
+        raise ApiFailure("GE_0001", f"invalid parameter: {field} must be a string")
+    return value
+
+
+def _batch_of(body: dict[str, Any], project: Project) -> str:
+    """The job's batch: the one named (a UUID of a batch of the project), else the project's default batch."""
+    batch_id = body.get("batch_id")
+    if batch_id is None or batch_id == "":
+        return default_batch_id(project.id)
+    if not isinstance(batch_id, str) or not _is_uuid(batch_id) or batch_id not in project.batches:
+        raise ApiFailure("GE_0001", "invalid parameter: batch_id")
+    return batch_id
+
+
+def _check_data(data: Any) -> None:
+    """FS_0003 unless a job's (non-empty) data is an object whose fields pass `data_problems`."""
+    if not isinstance(data, dict):
+        raise ApiFailure(
+            "FS_0003",
+            "Invalid data passed",
+            [{"validation_code": "WRONG_DATA_TYPE", "meta_data": {"fields": ["data"]}}],
+        )
+    errors = data_problems(data)
+    if errors:
+        raise ApiFailure("FS_0003", "Invalid data passed", errors)
+
+
+def _priority_of(body: dict[str, Any]) -> int:
+    """The job's priority_weight: DEFAULT_PRIORITY when absent, FS_00012 unless an integer in range."""
+    priority = body.get("priority_weight")
+    if priority is None:
+        return DEFAULT_PRIORITY
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ApiFailure("FS_00012", f"priority_weight must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+    return priority
+
+
 def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -308,39 +351,15 @@ class SandboxState:
         journal record)."""
         if body is None:
             raise ApiFailure("GE_0001", "invalid parameter: malformed JSON body")
-        reference_id = body.get("reference_id")
-        if reference_id is None or reference_id == "":
-            raise ApiFailure("FS_0002", "reference_id is missing")
-        if not isinstance(reference_id, str):
-            raise ApiFailure("GE_0001", "invalid parameter: reference_id must be a string")
-        work_flow_id = body.get("work_flow_id")
-        if work_flow_id is None or work_flow_id == "":
-            raise ApiFailure("FS_0005", "work_flow_id is missing")
-        if not isinstance(work_flow_id, str):
-            raise ApiFailure("GE_0001", "invalid parameter: work_flow_id must be a string")
+        reference_id = _required_text(body, "reference_id", "FS_0002")
+        work_flow_id = _required_text(body, "work_flow_id", "FS_0005")
         data = body.get("data")
         if data is None or data == {} or data == "" or data == []:
             raise ApiFailure("FS_0004", "data is empty")
         project = self.project(project_id)
-        batch_id = body.get("batch_id")
-        if batch_id is None or batch_id == "":
-            batch_id = default_batch_id(project_id)
-        elif not isinstance(batch_id, str) or not _is_uuid(batch_id) or batch_id not in project.batches:
-            raise ApiFailure("GE_0001", "invalid parameter: batch_id")
-        if not isinstance(data, dict):
-            raise ApiFailure(
-                "FS_0003",
-                "Invalid data passed",
-                [{"validation_code": "WRONG_DATA_TYPE", "meta_data": {"fields": ["data"]}}],
-            )
-        errors = data_problems(data)
-        if errors:
-            raise ApiFailure("FS_0003", "Invalid data passed", errors)
-        priority = body.get("priority_weight")
-        if priority is None:
-            priority = DEFAULT_PRIORITY
-        elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ApiFailure("FS_00012", f"priority_weight must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+        batch_id = _batch_of(body, project)
+        _check_data(data)
+        priority = _priority_of(body)
         if check_attachments:
             bad = unfetchable_attachment(data)
             if bad is not None:

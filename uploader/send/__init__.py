@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.send.preflight import HostSample as HostSample
     from uploader.send.preflight import PreflightOptions as PreflightOptions
     from uploader.send.preflight import PreflightReport as PreflightReport
     from uploader.send.preflight import check_attachments as check_attachments
     from uploader.send.preflight import row_problem as row_problem
+    from uploader.send.preflight import sample_attachments as sample_attachments
     from uploader.send.runner import reconcile as reconcile
     from uploader.send.runner import run_upload as run_upload
     from uploader.send.runner import run_upload_async as run_upload_async
@@ -26,6 +28,8 @@ _EXPORTS = {
     "PreflightReport": "uploader.send.preflight",
     "check_attachments": "uploader.send.preflight",
     "row_problem": "uploader.send.preflight",
+    "sample_attachments": "uploader.send.preflight",
+    "HostSample": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",

@@ -49,7 +49,7 @@ from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
 from uploader.send.summary import redirect_message
 
 if TYPE_CHECKING:
-    from uploader.api import ApiClient
+    from uploader.api import ApiClient, ApiResult, Decision
     from uploader.ledger import BatchSlot, Ledger
     from uploader.send.submit import StopFlag
 
@@ -225,8 +225,6 @@ async def _create(
 ) -> str:
     """POST the batch, retrying as for jobs. `maybe_created`: an earlier try (or the dead run whose
     reservation this is) may have created it without the answer arriving."""
-    from uploader.ledger import utcnow
-
     rng = random.Random(policy.seed)
     name, project = slot.name, slot.project_id
     attempts = throttled = outages = 0
@@ -245,39 +243,20 @@ async def _create(
             return batch_id
         detail = " ".join(str(x) for x in (decision.code or result.http_status, decision.message) if x)
         if decision.verdict is Verdict.FATAL:
-            if result.http_status is not None and 300 <= result.http_status < 400:  # the base URL is not the API
-                raise FatalApiError(f"cannot create batch {name!r}: "
-                                    f"{redirect_message(result.http_status, result.location)}",
-                                    decision.code, result.http_status)
-            raise FatalApiError(f"cannot create batch {name!r} in project {project}: {detail}", decision.code,
-                                result.http_status, project_id=project)
+            raise _fatal_error(name, project, decision, result, detail)
         if result.success is False and decision.code == "BATCH_CREATION":
-            if not slot.auto:
-                raise ApiError(name_taken_message(name, project, maybe_created))
-            old, name = name, auto_batch_name(manifest_name, utcnow(), _suffix())
-            if maybe_created:
-                notice(f"batch {old!r} may have been created although its answer was lost; it stays empty. "
-                       f"Creating {name!r} instead.")
+            name = _other_name(slot, name, maybe_created, manifest_name, notice)
             ledger.refresh_reservation(slot.id, owner, name)
             maybe_created = False
             attempts += 1
         elif decision.verdict is Verdict.THROTTLED:
             throttled += 1
-            if throttled > MAX_THROTTLED:
-                raise ApiError(f"cannot create batch {name!r}: the API answered {throttled} times that it is "
-                               "busy (429); run the same command again later")
+            _check_throttled(throttled, name)
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             # No connection: the API is down, not the request wrong. As for jobs, no attempt is counted
             # and the run stops once it has been unreachable for too long (uploader.send.pacing's limits).
             down_since = down_since if down_since is not None else time.monotonic()
-            answered = attempts or throttled
-            limit = policy.outage_seconds if answered else min(policy.outage_seconds, FIRST_CONTACT_LIMIT)
-            if time.monotonic() - down_since > limit:
-                raise FatalApiError(
-                    f"cannot connect to the API for {time.monotonic() - down_since:.0f} s ({decision.message}) "
-                    f"while creating batch {name!r}. Nothing was sent; run the same command again once the "
-                    "API is reachable.", decision.code,
-                )
+            _check_outage(down_since, bool(attempts or throttled), policy, decision, name)
             outages += 1
             await _sleep_alive(backoff_delay(outages, rng, cap=MAX_OUTAGE_PAUSE), ledger, slot.id, owner, stop)
             continue
@@ -291,13 +270,63 @@ async def _create(
         if result.success is False and decision.code == "BATCH_CREATION":
             continue  # a new name: no need to wait
         hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
-        if retry_after_capped(hint, policy.max_retry_after) and not told:
-            notice(f"the API asked to wait {hint:.0f} s (Retry-After) before creating batch {name!r}; waiting "
-                   f"{policy.max_retry_after:g} s at most (--max-retry-after)")
-            told = True
+        told = _tell_capped(hint, policy, name, notice, told)
         count = throttled if decision.verdict is Verdict.THROTTLED else attempts
         delay = next_delay(decision, count, hint, rng, max_retry_after=policy.max_retry_after)
         await _sleep_alive(delay, ledger, slot.id, owner, stop)
+
+
+def _fatal_error(name: str, project: str, decision: Decision, result: ApiResult, detail: str) -> FatalApiError:
+    """The error that stops the run when the API refuses to create the batch for good."""
+    if result.http_status is not None and 300 <= result.http_status < 400:  # the base URL is not the API
+        return FatalApiError(f"cannot create batch {name!r}: {redirect_message(result.http_status, result.location)}",
+                             decision.code, result.http_status)
+    return FatalApiError(f"cannot create batch {name!r} in project {project}: {detail}", decision.code,
+                         result.http_status, project_id=project)
+
+
+def _other_name(slot: BatchSlot, name: str, maybe_created: bool, manifest_name: str | None,
+                notice: Callable[[str], None]) -> str:
+    """The name to try after `name` was refused as taken: a new automatic name, or ApiError for a name the
+    user chose."""
+    if not slot.auto:
+        raise ApiError(name_taken_message(name, slot.project_id, maybe_created))
+    from uploader.ledger import utcnow
+
+    new = auto_batch_name(manifest_name, utcnow(), _suffix())
+    if maybe_created:
+        notice(f"batch {name!r} may have been created although its answer was lost; it stays empty. "
+               f"Creating {new!r} instead.")
+    return new
+
+
+def _check_throttled(throttled: int, name: str) -> None:
+    """ApiError once the API has answered 429 more than MAX_THROTTLED times."""
+    if throttled > MAX_THROTTLED:
+        raise ApiError(f"cannot create batch {name!r}: the API answered {throttled} times that it is "
+                       "busy (429); run the same command again later")
+
+
+def _check_outage(down_since: float, answered: bool, policy: BatchPolicy, decision: Decision, name: str) -> None:
+    """FatalApiError once the API has been unreachable for too long (uploader.send.pacing's limits); the
+    first contact gets less patience than an API that has answered."""
+    limit = policy.outage_seconds if answered else min(policy.outage_seconds, FIRST_CONTACT_LIMIT)
+    if time.monotonic() - down_since > limit:
+        raise FatalApiError(
+            f"cannot connect to the API for {time.monotonic() - down_since:.0f} s ({decision.message}) "
+            f"while creating batch {name!r}. Nothing was sent; run the same command again once the "
+            "API is reachable.", decision.code,
+        )
+
+
+def _tell_capped(hint: float | None, policy: BatchPolicy, name: str, notice: Callable[[str], None],
+                 told: bool) -> bool:
+    """Tell the user, once, that a Retry-After is cut to --max-retry-after; whether they have been told."""
+    if told or not retry_after_capped(hint, policy.max_retry_after):
+        return told
+    notice(f"the API asked to wait {hint:.0f} s (Retry-After) before creating batch {name!r}; waiting "
+           f"{policy.max_retry_after:g} s at most (--max-retry-after)")
+    return True
 
 
 async def _sleep_alive(

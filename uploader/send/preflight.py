@@ -2,7 +2,8 @@
 block the rows whose attachments annotators could not open (`uploader check`, `uploader run --preflight`).
 
 A page of pending rows at a time (memory flat in the ledger's size): the page's distinct URLs without a
-fresh stored verdict are checked (api.check_urls), their verdicts stored, and each row with a bad URL — or a
+fresh stored verdict are checked (api.check_urls; a storage URL in the signed form a run would send, with
+`sign_url`), their verdicts stored, and each row with a bad URL — or a
 signed URL expiring before `now + min_url_validity` — moves pending → blocked with the URL and the reason.
 """
 
@@ -10,15 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from uploader.api import attachment_urls, check_urls
 from uploader.ledger import (
     UrlVerdict,
     block_rows,
+    expiring_rows,
     pending_payloads,
     record_verdicts,
     utcnow,
@@ -29,7 +33,8 @@ from uploader.manifest import SignedUrlError, url_expiry
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
 
-__all__ = ["PreflightOptions", "PreflightReport", "check_attachments", "row_problem"]
+__all__ = ["HostSample", "PreflightOptions", "PreflightReport", "check_attachments", "row_problem",
+           "sample_attachments"]
 
 #: Verdicts stored per URL in one transaction.
 _RECORD_GROUP = 500
@@ -89,60 +94,205 @@ def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt
     return None
 
 
+@dataclass(eq=False)
+class _Page:
+    """A page of pending rows and the verdicts it waits for: finished once it is fed whole and `waiting` is 0."""
+
+    rows: list[tuple[int, str, list[str]]]
+    known: dict[str, UrlVerdict]
+    waiting: int = 0
+    feeding: bool = True
+
+
 async def check_attachments(ledger: Ledger, options: PreflightOptions | None = None,
-                    on_progress: Callable[[int, int], None] | None = None) -> PreflightReport:
-    """Check the attachments of every pending row; `on_progress(rows_done, urls_checked)` after each page."""
+                            on_progress: Callable[[int, int], None] | None = None) -> PreflightReport:
+    """Check the attachments of every pending row not checked yet (or checked before `recheck_after`), block
+    the bad ones; `on_progress(rows_done, urls_checked)` after each page.
+
+    One stream of checks runs over all pages: the next page is read while the last URLs of the previous one
+    are still in the air (no pause per page), a URL shared by pages in flight is checked once, and a page's
+    rows are settled as soon as its last verdict is in."""
     options = options or PreflightOptions()
     report = PreflightReport()
     now = utcnow()
     since = now - options.recheck_after if options.recheck_after is not None else None
     not_before = now + options.min_url_validity
-    for page in pending_payloads(ledger.engine):
-        row_urls = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in page]
-        distinct = list(dict.fromkeys(u for _, _, urls in row_urls for u in urls))
-        known = verdicts_since(ledger.engine, distinct, since)
-        report.known += len(known)
-        fresh: list[UrlVerdict] = []
-        todo = [u for u in distinct if u not in known]
-        stored_as = {options.sign_url(u): u for u in todo} if options.sign_url is not None else {}
-        async for c in check_urls(list(stored_as) if stored_as else todo, concurrency=options.concurrency,
-                                  per_host_rate=options.per_host_rate, timeout=options.timeout,
-                                  max_redirects=options.max_redirects):
-            url = stored_as.get(c.url, c.url)
-            fresh.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
-            known[url] = fresh[-1]
-            report.verdicts[c.verdict] += 1
-            if len(fresh) >= _RECORD_GROUP:
-                record_verdicts(ledger.engine, fresh)
-                report.checked += len(fresh)
-                fresh = []
-        record_verdicts(ledger.engine, fresh)
+    engine = ledger.engine
+    _block_expiring(ledger, options, report, not_before)
+    in_flight: dict[str, list[_Page]] = {}
+    ready: list[_Page] = []
+    storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
+
+    def feed() -> Iterator[str]:
+        for rows in pending_payloads(engine, since):
+            listed = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in rows]
+            distinct = list(dict.fromkeys(u for _, _, urls in listed for u in urls))
+            page = _Page(listed, verdicts_since(engine, distinct, since))
+            report.known += len(page.known)
+            for url in distinct:
+                if url in page.known:
+                    continue
+                page.waiting += 1
+                waiters = in_flight.get(url)
+                if waiters is not None:  # already being checked for an earlier page
+                    waiters.append(page)
+                    continue
+                in_flight[url] = [page]
+                yield _signed_form(url, options.sign_url, storage_url)
+            page.feeding = False
+            if page.waiting == 0:
+                ready.append(page)
+
+    fresh: list[UrlVerdict] = []
+
+    def settle() -> None:
+        nonlocal fresh
+        record_verdicts(engine, fresh)  # verdicts first: a row is never blocked on a verdict not stored
         report.checked += len(fresh)
-        blocks = []
-        for row_id, ref, urls in row_urls:
-            report.rows += 1
-            report.url_uses += len(urls)
-            _note_expiry(report, urls)
-            problem = row_problem(urls, known, not_before)
-            if problem is not None:
-                report.bad_rows += 1
-                if problem[0] == "url_expires_soon":
-                    report.expiring += 1
-                if len(report.examples) < _EXAMPLES:
-                    report.examples.append((ref, problem[1]))
-                blocks.append((row_id, *problem))
-        if options.block:
-            report.blocked += block_rows(ledger.engine, blocks)
-        if on_progress is not None:
-            on_progress(report.rows, report.checked)
+        fresh = []
+        while ready:
+            _settle_page(ledger, ready.pop(0), options, report, not_before)
+            if on_progress is not None:
+                on_progress(report.rows, report.checked)
+
+    async for c in check_urls(feed(), concurrency=options.concurrency, per_host_rate=options.per_host_rate,
+                              timeout=options.timeout, max_redirects=options.max_redirects):
+        url = storage_url.pop(c.url, c.url)
+        verdict = UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
+        fresh.append(verdict)
+        report.verdicts[c.verdict] += 1
+        _hand_out(verdict, in_flight.pop(url), ready)
+        if ready or len(fresh) >= _RECORD_GROUP:
+            settle()
+    settle()
     return report
 
 
-def _note_expiry(report: PreflightReport, urls: list[str]) -> None:
+def _as_is(url: str) -> str:
+    return url
+
+
+def _signed_form(url: str, sign: Callable[[str], str] | None, storage_url: dict[str, str]) -> str:
+    """The URL to request for `url`: with --sign its signed form (noted in `storage_url`), else itself."""
+    if sign is None:
+        return url
+    signed = sign(url)
+    storage_url[signed] = url
+    return signed
+
+
+def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> None:
+    """Give a URL's verdict to the pages waiting for it; a fed page with no verdict left to wait for is ready."""
+    for page in pages:
+        page.known[verdict.url] = verdict
+        page.waiting -= 1
+        if page.waiting == 0 and not page.feeding:
+            ready.append(page)
+
+
+def _settle_page(ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport,
+                 not_before: dt.datetime) -> None:
+    """Block the page's rows with a bad attachment; mark the others checked, with their earliest expiry."""
+    blocks: list[tuple[int, str, str]] = []
+    good: list[tuple[int, dt.datetime | None]] = []
+    for row_id, ref, urls in page.rows:
+        report.rows += 1
+        report.url_uses += len(urls)
+        expiry = _earliest_expiry(urls)
+        if expiry is not None and (report.earliest_expiry is None or expiry < report.earliest_expiry):
+            report.earliest_expiry = expiry
+        problem = row_problem(urls, page.known, not_before)
+        if problem is None:
+            good.append((row_id, expiry.replace(tzinfo=None) if expiry is not None else None))
+            continue
+        _count_bad(report, ref, *problem)
+        blocks.append((row_id, *problem))
+    if options.block:
+        report.blocked += block_rows(ledger.engine, blocks, good)
+
+
+def _block_expiring(ledger: Ledger, options: PreflightOptions, report: PreflightReport,
+                    not_before: dt.datetime) -> None:
+    """Rows checked by an earlier preflight whose signed URL now expires too soon: blocked without a request."""
+    expiring = expiring_rows(ledger.engine, not_before)
+    blocks = []
+    for row_id, ref, expires in expiring:
+        message = f"a signed URL expires at {expires:%Y-%m-%d %H:%M} UTC"
+        _count_bad(report, ref, "url_expires_soon", message)
+        blocks.append((row_id, "url_expires_soon", message))
+    if options.block:
+        report.blocked += block_rows(ledger.engine, blocks)
+
+
+def _count_bad(report: PreflightReport, ref: str, code: str, message: str) -> None:
+    report.bad_rows += 1
+    if code == "url_expires_soon":
+        report.expiring += 1
+    if len(report.examples) < _EXAMPLES:
+        report.examples.append((ref, message))
+
+
+def _earliest_expiry(urls: list[str]) -> dt.datetime | None:
+    """The earliest expiry among the row's signed URLs (UTC), or None."""
+    earliest: dt.datetime | None = None
     for url in urls:
         try:
             expiry = url_expiry(url)
         except SignedUrlError:
             continue
-        if expiry is not None and (report.earliest_expiry is None or expiry.expires < report.earliest_expiry):
-            report.earliest_expiry = expiry.expires
+        if expiry is not None and (earliest is None or expiry.expires < earliest):
+            earliest = expiry.expires
+    return earliest
+
+
+@dataclass
+class HostSample:
+    """A host's sampled URLs: how many exist among pending rows, how many were checked, their verdicts."""
+
+    urls: int = 0
+    checked: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    example: str | None = None  #: "url: reason" of one bad URL
+
+    @property
+    def failure_rate(self) -> float:
+        return 1 - self.verdicts["ok"] / self.checked if self.checked else 0.0
+
+
+async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOptions | None = None,
+                             rng: random.Random | None = None) -> dict[str, HostSample]:
+    """Check `per_host` random attachment URLs of each host among the pending rows (reservoir sampling:
+    memory is hosts × per_host) and store their verdicts; blocks nothing. For manifests too big to check
+    whole: the failure rate per host says whether a full check (or a fix) is needed."""
+    options = options or PreflightOptions()
+    rng = rng or random.Random()
+    hosts: dict[str, HostSample] = {}
+    reservoirs: dict[str, list[str]] = {}
+    for page in pending_payloads(ledger.engine):
+        for _, _, payload in page:
+            for url in attachment_urls(json.loads(payload)):
+                host = urlsplit(url).netloc.lower()
+                sample = hosts.setdefault(host, HostSample())
+                reservoir = reservoirs.setdefault(host, [])
+                sample.urls += 1
+                if len(reservoir) < per_host:
+                    reservoir.append(url)
+                else:
+                    j = rng.randrange(sample.urls)
+                    if j < per_host:
+                        reservoir[j] = url
+    sign = options.sign_url or _as_is
+    chosen = {sign(u): u for u in dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir)}
+    verdicts: list[UrlVerdict] = []
+    async for c in check_urls(chosen, concurrency=options.concurrency, per_host_rate=options.per_host_rate,
+                              timeout=options.timeout, max_redirects=options.max_redirects):
+        url = chosen[c.url]  # the storage URL of a signed one (--sign)
+        verdicts.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
+        sample = hosts[urlsplit(url).netloc.lower()]
+        sample.checked += 1
+        sample.verdicts[c.verdict] += 1
+        if c.verdict != "ok" and sample.example is None:
+            sample.example = f"{url}: {c.detail}"
+    for i in range(0, len(verdicts), _RECORD_GROUP):
+        record_verdicts(ledger.engine, verdicts[i:i + _RECORD_GROUP])
+    return hosts

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import random
 import signal
 import time
@@ -52,6 +53,9 @@ from uploader.send.summary import Progress, RunSummary, fatal_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
     from uploader.api import ApiClient
+
+#: One record per API answer (_log_answer); the library adds no handler: the CLI does (uploader.cli.logs).
+log = logging.getLogger("uploader.send")
 
 __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
            "outcome_for", "submit"]
@@ -125,6 +129,7 @@ class StopFlag:
         self.gentle = False
         self.hard = False
         self.reason: str | None = None
+        self.signum: int | None = None  #: the first signal that tripped it (the CLI exits 128 + it)
         self._waiters: list[asyncio.Task[Any]] = []
         self._wakers: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,12 +260,7 @@ class _Run:
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
-        try:
-            self.owner = self.ledger.register_worker()
-        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
-            if exc.interrupted:
-                raise InterruptedRun() from None
-            raise
+        self.owner = self._register()
         self.stop._wakers.append(self.pacer.wake)
         side: dict[asyncio.Task[Any], str] = {}
 
@@ -287,24 +287,7 @@ class _Run:
             for task in [*senders, *helpers, claimer, drain]:
                 task.cancel()
             await asyncio.gather(*senders, *helpers, claimer, drain, return_exceptions=True)
-            # Each step on its own: a ledger that refused one write (disk full) may still take the next,
-            # and whatever is not written stays in_flight, sent again by the next run: at once, as the
-            # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
-            self.closing_since = time.monotonic()
-            for step in (self._flush, lambda: self.ledger.release(self.owner),
-                         lambda: self.ledger.stop_worker(self.owner)):
-                try:
-                    step()
-                except LedgerError as exc:
-                    self._halt(exc)
-            if self.results and self.ledger_error is None:
-                self.progress.notices.append(
-                    f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
-                    "recorded and the rows this run held stay in flight; the next run sends them again (the "
-                    "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
-                )
-            if on_progress:
-                on_progress(self.progress)
+            self._close(on_progress)
         if self.failed_task is not None:
             raise self.failed_task
         if self.ledger_error is not None:
@@ -313,6 +296,36 @@ class _Run:
                 "that were in the air are sent again (without duplicates) by the next run. Fix the cause "
                 "(e.g. free disk space), then run the same command again."
             ) from self.ledger_error
+
+    def _register(self) -> str:
+        """Register this run as a worker in the ledger; its owner token."""
+        try:
+            return self.ledger.register_worker()
+        except LedgerLocked as exc:  # stopped while another process held the ledger: nothing was claimed
+            if exc.interrupted:
+                raise InterruptedRun() from None
+            raise
+
+    def _close(self, on_progress: Callable[[Progress], None] | None) -> None:
+        """After the run's tasks ended: record the last results, release the rows still held, sign off."""
+        # Each step on its own: a ledger that refused one write (disk full) may still take the next,
+        # and whatever is not written stays in_flight, sent again by the next run: at once, as the
+        # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
+        self.closing_since = time.monotonic()
+        for step in (self._flush, lambda: self.ledger.release(self.owner),
+                     lambda: self.ledger.stop_worker(self.owner)):
+            try:
+                step()
+            except LedgerError as exc:
+                self._halt(exc)
+        if self.results and self.ledger_error is None:
+            self.progress.notices.append(
+                f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
+                "recorded and the rows this run held stay in flight; the next run sends them again (the "
+                "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
+            )
+        if on_progress:
+            on_progress(self.progress)
 
     async def _drain(self, claimer: asyncio.Task[Any]) -> None:
         """The run's main line: claim until nothing is left, wait for the senders, then the last lookups."""
@@ -433,20 +446,40 @@ class _Run:
                 self.busy -= 1
                 self.queue.task_done()
 
+    def _unreachable(self, decision: Decision) -> tuple[float, Decision]:
+        """The request never reached the API: the API is down, not the row. Pause every sender and do not
+        count the attempt (as for a 429), or a restart of a few seconds would fail whole batches; stop the run
+        once the API has been unreachable for too long. Returns the pause and the decision to record."""
+        self.progress.unreachable += 1
+        delay, down_for = self.pacer.unreachable()
+        if down_for is not None and self.fatal is None:
+            self.fatal = FatalApiError(
+                f"cannot connect to the API for {down_for:.0f} s ({decision.message}). Nothing was marked "
+                "failed; run the same command again once the API is reachable.",
+                decision.code,
+            )
+        return delay, Decision(Verdict.THROTTLED, decision.code, decision.message)
+
+    def _wire_body(self, claim: Claim) -> str:
+        """The body to POST, made just before each send: `body_for_send`, then `opts.prepare_payload`."""
+        body = body_for_send(claim.body, claim.batch_id)
+        return body if self.opts.prepare_payload is None else self.opts.prepare_payload(body)
+
     async def _send(self, claim: Claim) -> None:
         if not await self.pacer.acquire(lambda: self._stopping):
             return  # left in_flight: released to pending at the end
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
-            body = body_for_send(claim.body, claim.batch_id)
-            if self.opts.prepare_payload is not None:
-                body = self.opts.prepare_payload(body)
+            body = self._wire_body(claim)
+            sent_at = time.monotonic()
             result = await self.client.create_job(claim.project_id, body)
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
         decision = classify(result, reference_id=claim.reference_id)
+        if log.isEnabledFor(logging.INFO):
+            _log_answer(claim, result, decision, time.monotonic() - sent_at)
         if result.http_status is not None:
             self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
         delay = 0.0
@@ -471,17 +504,7 @@ class _Run:
                                                      project_id=claim.project_id)
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
-            # The request never reached the API: the API is down, not the row. Pause every sender and do
-            # not count the attempt (as for a 429), or a restart of a few seconds would fail whole batches.
-            self.progress.unreachable += 1
-            delay, down_for = self.pacer.unreachable()
-            if down_for is not None and self.fatal is None:
-                self.fatal = FatalApiError(
-                    f"cannot connect to the API for {down_for:.0f} s ({decision.message}). Nothing was marked "
-                    "failed; run the same command again once the API is reachable.",
-                    decision.code,
-                )
-            decision = Decision(Verdict.THROTTLED, decision.code, decision.message)
+            delay, decision = self._unreachable(decision)
         elif decision.verdict in (Verdict.RETRYABLE, Verdict.THROTTLED):
             hint = retry_after_seconds(result.retry_after, dt.datetime.now(dt.UTC))
             if hint is not None and retry_after_capped(hint, self.opts.max_retry_after):
@@ -666,6 +689,7 @@ def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
     previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: Any) -> None:
+        stop.signum = stop.signum or signum
         stop.trip()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -674,6 +698,20 @@ def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
         except (ValueError, OSError):  # not the main thread
             pass
     return previous
+
+
+def _log_answer(claim: Claim, result: ApiResult, decision: Decision, seconds: float) -> None:
+    """One record per API answer on the `uploader.send` logger: DEBUG for a success, INFO otherwise (the CLI's
+    -v shows the second, -vv both, --log-file writes both as JSON lines). Never the key or the payload."""
+    ok = decision.verdict is Verdict.SUCCEEDED
+    log.log(
+        logging.DEBUG if ok else logging.INFO,
+        "%s attempt %d: HTTP %s %s (%.0f ms)", claim.reference_id, claim.attempts, result.http_status,
+        decision.code or decision.verdict.value, seconds * 1000,
+        extra={"event": "request", "reference_id": claim.reference_id, "project_id": claim.project_id,
+               "attempt": claim.attempts, "http_status": result.http_status, "code": decision.code,
+               "latency_ms": round(seconds * 1000, 1), "outcome": decision.verdict.value},
+    )
 
 
 class _FatalWithSummary(FatalApiError):

@@ -1,0 +1,205 @@
+"""The click classes of the `uploader` command: what every command shares.
+
+- UploaderGroup lists the commands in workflow order, turns an UploaderError raised while options are read
+  (a bad config file) into one line, and ends quietly when stdout's reader goes away (`export | head -1`).
+- UploaderCommand gives every command the common options (--profile, --json, -q, -v, --log-file) unless it
+  declares its own, sets each option's environment variables (uploader.cli.config.envvar_names), and makes
+  the chosen profile the command's default_map (flag > environment > profile > default, as click applies it).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import click
+
+from uploader.cli.config import envvar_names, read_profile, setting_key
+from uploader.errors import UploaderError
+
+__all__ = ["WORKFLOW", "UploaderCommand", "UploaderGroup", "command_keys", "common", "document_printed", "emit_error",
+           "json_mode", "quiet_mode"]
+
+#: The order `uploader --help` lists the commands in: the order they are used in.
+WORKFLOW = ("load", "plan", "check", "run", "status", "export", "retry", "reconcile", "forget", "show", "config",
+            "sandbox")
+#: Exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
+EXIT_BROKEN_PIPE = 141
+
+_META = "uploader."
+
+
+def common(ctx: click.Context) -> dict[str, Any]:
+    """The common options' values of this one context (not ctx.meta: that is shared by the whole chain,
+    and `uploader config` parses another command's options inside its own context)."""
+    store: dict[str, Any] = ctx.__dict__.setdefault("_uploader_common", {})
+    return store
+
+
+def json_mode(ctx: click.Context | None = None) -> bool:
+    """Whether the current command was asked for JSON (--json)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    return bool(ctx.params.get("as_json") or common(ctx).get("json"))
+
+
+def quiet_mode(ctx: click.Context | None = None) -> bool:
+    """Whether the current command was asked for errors and its final line only (-q)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    return bool(ctx.params.get("quiet") or common(ctx).get("quiet"))
+
+
+def emit_error(message: str, exit_code: int, as_json: bool, code: str | None = None) -> None:
+    """An error as the user sees it: `error: …` on stderr; in JSON mode a JSON object on stderr, and the
+    same object on stdout (unless the command already printed its document there, `document_printed`), so
+    that a program reading stdout always gets one JSON document."""
+    if not as_json:
+        click.echo(f"error: {message}", err=True)
+        return
+    document: dict[str, Any] = {"error": message, "exit": exit_code}
+    if code is not None:
+        document["code"] = code
+    text = json.dumps(document, ensure_ascii=False)
+    click.echo(text, err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not common(ctx).get("document_printed"):
+        click.echo(text)
+
+
+def document_printed(ctx: click.Context | None = None) -> None:
+    """Note that the current command printed its JSON document on stdout (an error then goes to stderr only)."""
+    ctx = ctx or click.get_current_context()
+    common(ctx)["document_printed"] = True
+
+
+def command_keys(command: click.Command) -> dict[str, str]:
+    """A command's options as setting key → parameter name (the keys of config files and UPLOADER_ names)."""
+    return {
+        setting_key(p.opts): p.name
+        for p in command.params
+        if isinstance(p, click.Option) and p.name and not p.hidden and p.name not in ("help", "version")
+    }
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        common(ctx)[name] = value
+        return value
+
+    return callback
+
+
+def _apply_profile(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--profile (eager: before the other options are read): the profile's settings become default_map."""
+    group = ctx.parent.command if ctx.parent is not None else None
+    commands = getattr(group, "commands", None) or {ctx.info_name or "": ctx.command}
+    keys = {name: command_keys(cmd) for name, cmd in commands.items() if name != "sandbox"}
+    profile = read_profile(value, keys)
+    common(ctx).update(profile=value, profile_read=profile)
+    if ctx.command.name != "sandbox":
+        ctx.default_map = {**(ctx.default_map or {}), **profile.defaults_for(ctx.command.name or "",
+                                                                             command_keys(ctx.command))}
+    return value
+
+
+#: The options every command has (unless it declares its own under the same name).
+COMMON_OPTIONS: Sequence[tuple[str, Callable[[], click.Option]]] = (
+    ("profile", lambda: click.Option(
+        ["--profile"], metavar="NAME", is_eager=True, expose_value=False, callback=_apply_profile,
+        help="Read settings from this profile of the config files (./uploader.toml, then the user's "
+             "config.toml); default: the profile `default`, if any.")),
+    ("as_json", lambda: click.Option(
+        ["--json", "as_json"], is_flag=True, expose_value=False, callback=_store("json"),
+        help="Print one JSON document on stdout (errors: a JSON object on stderr too).")),
+    ("quiet", lambda: click.Option(
+        ["--quiet", "-q"], is_flag=True, expose_value=False, callback=_store("quiet"),
+        help="Print only errors and the final line.")),
+    ("verbose", lambda: click.Option(
+        ["--verbose", "-v"], count=True, expose_value=False, callback=_store("verbose"),
+        help="Log to stderr: -v each API answer that is not a success, -vv every request.")),
+    ("log_file", lambda: click.Option(
+        ["--log-file"], metavar="PATH", expose_value=False, callback=_store("log_file"),
+        help="Append a JSON line per API request (time, reference_id, attempt, HTTP status, code, latency).")),
+)
+
+
+class UploaderCommand(click.Command):
+    """A command with the common options, an environment variable for every option, and profiles."""
+
+    def __init__(self, name: str | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(name, *args, **kwargs)
+        have = {p.name for p in self.params}
+        for pname, make in COMMON_OPTIONS:
+            if pname not in have:
+                self.params.append(make())
+        for p in self.params:
+            if isinstance(p, click.Option) and p.name not in ("help", "version"):
+                p.envvar = envvar_names(name or "", setting_key(p.opts))
+                p.show_envvar = bool(p.envvar)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from uploader.cli.logs import configure_logging
+
+        level = ctx.params.get("verbose") or common(ctx).get("verbose") or 0
+        log_file = ctx.params.get("log_file") or common(ctx).get("log_file")
+        ctx.call_on_close(configure_logging(int(level), log_file))
+        return super().invoke(ctx)
+
+
+class UploaderGroup(click.Group):
+    """The `uploader` group: commands in workflow order, errors while reading options as one line."""
+
+    command_class = UploaderCommand
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [name for name in WORKFLOW if name in self.commands]
+        return known + sorted(name for name in self.commands if name not in WORKFLOW)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            _quiet_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
+        except UploaderError as exc:  # raised while a command's options were read (a config file)
+            emit_error(str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())),
+                       getattr(exc, "code", None))
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:  # a usage error found by click: in JSON mode, as JSON too
+            if not _json_asked(ctx.meta.get(_META + "args", ())):
+                raise
+            emit_error(exc.format_message(), exc.exit_code, True)
+            sys.exit(exc.exit_code)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_META + "args"] = list(args)  # to know if JSON was asked for when parsing them fails
+        return super().parse_args(ctx, args)
+
+
+def _json_asked(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a command line (not parsed yet, or not parsable) asks for JSON."""
+    environ = os.environ if environ is None else environ
+    return "--json" in args or environ.get("UPLOADER_JSON", "").lower() in ("1", "true", "yes", "on")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail again on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

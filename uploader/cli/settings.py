@@ -1,0 +1,90 @@
+"""`uploader config`: the values a command would use, and where each comes from.
+
+The command's options are parsed exactly as a real invocation parses them (click, with the profile as its
+default_map), without running it; each value's source is click's ParameterSource, named for a person:
+`flag`, `env NAME`, `FILE:PROFILE` or `default`. The API key's value is never shown, only set/unset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from uploader.cli.app import command_keys, common
+from uploader.cli.config import Profile, config_files, environment_source
+
+__all__ = ["SECRET_KEYS", "Resolved", "Setting", "resolved_settings"]
+
+#: Settings whose value is never printed.
+SECRET_KEYS = frozenset({"api_key"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    command: str
+    profile: str | None
+    files: list[tuple[str, bool]]  #: (path, exists), highest precedence first
+    settings: list[Setting]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "profile": self.profile,
+            "files": [{"path": p, "exists": e} for p, e in self.files],
+            "settings": {s.key: {"value": s.value, "source": s.source} for s in self.settings},
+        }
+
+
+def describe_source(source: ParameterSource | None, envvar: list[str], profile_source: str | None) -> str:
+    """A value's source in a person's words."""
+    if source is ParameterSource.COMMANDLINE:
+        return "flag"
+    if source is ParameterSource.ENVIRONMENT:
+        return f"env {environment_source(envvar) or ' / '.join(envvar)}"
+    if source is ParameterSource.DEFAULT_MAP:
+        return profile_source or "profile"
+    return "default"
+
+
+def resolved_settings(ctx: click.Context, name: str, command: click.Command, args: list[str]) -> Resolved:
+    """What `uploader NAME ARGS` would use (`ctx` is `uploader config`'s context; its own --profile applies)."""
+    profile_name = common(ctx).get("profile")
+    if profile_name and ctx.get_parameter_source("profile") is ParameterSource.COMMANDLINE and \
+            "--profile" not in args:
+        args = ["--profile", profile_name, *args]
+    sub = command.make_context(name, list(args), parent=ctx.parent, resilient_parsing=True)
+    profile: Profile | None = common(sub).get("profile_read")
+    keys = command_keys(command)
+    settings = []
+    for key, pname in keys.items():
+        param = next(p for p in command.params if p.name == pname)
+        value = sub.params[pname] if pname in sub.params else common(sub).get(_common_name(pname))
+        if key in SECRET_KEYS:
+            value = "set" if value else "unset"
+        source = describe_source(sub.get_parameter_source(pname), _names(param.envvar),
+                                 profile.source(name, key) if profile else None)
+        settings.append(Setting(key, value, source))
+    files = [(str(p), p.exists()) for p in config_files()]
+    return Resolved(name, profile.name if profile else None, files, settings)
+
+
+def _common_name(pname: str) -> str:
+    return {"as_json": "json"}.get(pname, pname)
+
+
+def _names(envvar: str | Sequence[str] | None) -> list[str]:
+    if envvar is None:
+        return []
+    return [envvar] if isinstance(envvar, str) else list(envvar)
+
