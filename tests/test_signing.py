@@ -212,6 +212,36 @@ def test_missing_credentials_stop_the_run_before_anything_is_sent(monkeypatch, t
     assert created == 0
 
 
+def test_a_run_without_sign_refuses_a_ledger_holding_storage_urls(tmp_path):
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/felix.jpg"),
+                                                   ("web", "https://cdn.example/web.jpg")])
+    assert invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--sign").exit_code == 0
+    with Sandbox() as box:
+        result = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key)
+        created = box.stats()["jobs_created"]
+    assert result.exit_code == 2 and "pass --sign" in result.output, result.output
+    assert created == 0  # nothing went out with an s3:// URL in it
+
+
+def test_pending_containing_finds_unsigned_storage_urls(ledger, tmp_path):
+    from conftest import FakeManifest
+
+    from uploader.ledger import pending_containing
+    from uploader.load import load_manifest
+    from uploader.storage import PROVIDER_MARKERS
+
+    rows = [("a", "s3://b/a.jpg"), ("z", "https://acct.blob.core.windows.net/c/z.jpg?sv=1&sig=x")]
+    (tmp_path / "m.csv").write_text("m")
+    (tmp_path / "n.csv").write_text("n")
+    load_manifest(ledger, FakeManifest(tmp_path / "m.csv", rows), "fp")
+    needles = dict(PROVIDER_MARKERS.values())
+    assert pending_containing(ledger.engine, needles) == {'"s3://'}  # the Azure URL is signed already
+    load_manifest(ledger, FakeManifest(tmp_path / "n.csv", [("y", "https://acct.blob.core.windows.net/c/y.jpg")]),
+                  "f2")
+    assert pending_containing(ledger.engine, needles) == {'"s3://', ".blob.core.windows.net/"}
+
+
 def test_a_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
     monkeypatch.delitem(sys.modules, "uploader.storage.s3", raising=False)

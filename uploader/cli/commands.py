@@ -438,17 +438,13 @@ def _signer(sign: bool, url_ttl: dt.timedelta) -> PayloadSigner | None:
 
 
 def _before_send(signer: PayloadSigner | None, settings: PreflightOptions | None, as_json: bool, blocking: bool
-                 ) -> Callable[[Ledger], Awaitable[None]] | None:
-    """The run's `before_send` (after the load): with --sign, the signer made ready for the pending rows'
-    providers (a missing extra or credential stops the run before any send); with --preflight, the preflight.
-    None when neither is asked for."""
-    if signer is None and settings is None:
-        return None
+                 ) -> Callable[[Ledger], Awaitable[None]]:
+    """The run's `before_send` (after the load): the signer of --sign made ready for the pending rows'
+    providers, or storage URLs refused without it (`ready_for_pending`); with --preflight, the preflight."""
     preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
 
     async def step(led: Ledger) -> None:
-        if signer is not None:
-            ready_for_pending(led, signer)
+        ready_for_pending(led, signer)
         if preflight is not None:
             await preflight(led)
 
@@ -511,8 +507,7 @@ def check(
         if not as_json:
             print_load(report)
     signer = _signer(sign, url_ttl)
-    if signer is not None:
-        ready_for_pending(led, signer)
+    ready_for_pending(led, signer)
     settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity,
                                   sign_url=signer.sign_url if signer else None)
     if sample is not None:

@@ -14,10 +14,10 @@ from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from uploader.storage.locations import MAX_TTL as MAX_TTL
+    from uploader.storage.locations import PROVIDER_MARKERS as PROVIDER_MARKERS
     from uploader.storage.locations import StorageLocation as StorageLocation
     from uploader.storage.locations import locate as locate
     from uploader.storage.locations import may_hold_storage_url as may_hold_storage_url
-    from uploader.storage.locations import providers_in as providers_in
     from uploader.storage.signing import DEFAULT_TTL as DEFAULT_TTL
     from uploader.storage.signing import PayloadSigner as PayloadSigner
     from uploader.storage.signing import StorageError as StorageError
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
     "MAX_TTL": "uploader.storage.locations",
+    "PROVIDER_MARKERS": "uploader.storage.locations",
     "StorageLocation": "uploader.storage.locations",
     "locate": "uploader.storage.locations",
     "may_hold_storage_url": "uploader.storage.locations",
-    "providers_in": "uploader.storage.locations",
     "DEFAULT_TTL": "uploader.storage.signing",
     "PayloadSigner": "uploader.storage.signing",
     "StorageError": "uploader.storage.signing",

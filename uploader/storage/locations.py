@@ -6,11 +6,17 @@ import datetime as dt
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["MAX_TTL", "STORAGE_MARKERS", "StorageLocation", "locate", "may_hold_storage_url", "providers_in"]
+__all__ = ["MAX_TTL", "PROVIDER_MARKERS", "STORAGE_MARKERS", "StorageLocation", "locate", "may_hold_storage_url"]
 
 #: Substrings one of which every storage URL holds: the cheap test before a body is parsed.
 STORAGE_MARKERS = ("s3://", "gs://", ".blob.core.windows.net/")
 _AZURE_HOST = ".blob.core.windows.net"
+#: provider -> (text a job body holding one of its storage URLs holds, text that makes the URL signed already):
+#: what a ledger query looks for (a cheap test, which may over-count: a row holding a signed Azure URL and an
+#: unsigned one is not counted).
+PROVIDER_MARKERS: dict[str, tuple[str, str | None]] = {
+    "s3": ('"s3://', None), "gcs": ('"gs://', None), "azure": (_AZURE_HOST + "/", "sig="),
+}
 #: The longest validity each provider allows a signed URL (S3 SigV4 and Google V4: 7 days). An Azure SAS
 #: signed with the account key has no limit; a year keeps a typo'd --url-ttl from making a lasting link.
 MAX_TTL = {"s3": dt.timedelta(days=7), "gcs": dt.timedelta(days=7), "azure": dt.timedelta(days=365)}
@@ -57,14 +63,3 @@ def locate(url: str) -> StorageLocation | None:
         return None
     return StorageLocation("azure", container, unquote(blob), host[: -len(_AZURE_HOST)])
 
-
-def providers_in(text: str) -> set[str]:
-    """The providers whose storage URLs `text` (a job's body) may hold, by substring: cheap, may over-count."""
-    found = set()
-    if "s3://" in text:
-        found.add("s3")
-    if "gs://" in text:
-        found.add("gcs")
-    if _AZURE_HOST + "/" in text:
-        found.add("azure")
-    return found
