@@ -119,6 +119,16 @@ def test_load_refuses_storage_urls_without_sign_and_keeps_them_with_it(tmp_path)
     assert again.exit_code == 0 and "already loaded with the same options" in again.output, again.output
 
 
+def test_plan_with_sign_shows_the_storage_url_the_ledger_would_keep(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [("a", "gs://photos/a.jpg")])
+    refused = invoke("plan", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"))
+    assert refused.exit_code == 1 and "pass --sign" in refused.output
+    planned = invoke("plan", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--sign")
+    assert planned.exit_code == 0, planned.output
+    assert '"image_url": "gs://photos/a.jpg"' in planned.output and "new 1" in planned.output
+    assert not (tmp_path / "l.db").exists()
+
+
 # --- S3: signed locally, checked by the independent SigV4 verifier ------------------------------------------
 
 def test_s3_signature_is_accepted_and_a_tampered_or_expired_url_refused(aws_env):
