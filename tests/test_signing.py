@@ -146,6 +146,13 @@ def test_s3_signature_is_accepted_and_a_tampered_or_expired_url_refused(aws_env)
     assert [why for *_, why in s3.log] == [None, "signature does not match", "signature does not match", "expired"]
 
 
+def test_url_ttl_must_be_a_second_or_more(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", [("a", "s3://photos/a.jpg")])
+    result = invoke("check", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--sign", "--url-ttl", "0")
+    assert result.exit_code == 2 and "--url-ttl must be at least 1 second" in result.output
+    assert not (tmp_path / "l.db").exists()
+
+
 def test_url_ttl_is_capped_at_seven_days_for_s3(aws_env):
     url = PayloadSigner(dt.timedelta(days=30)).sign_url("s3://photos/cats/felix.jpg")
     assert dict(parse_qsl(urlsplit(url).query))["X-Amz-Expires"] == str(7 * 86400)

@@ -494,6 +494,7 @@ def check(
     from uploader.load import load as load_manifest
     from uploader.send import check_attachments
 
+    signer = _signer(sign, url_ttl)
     created = new_ledger_file(ledger) if manifest else None
     led = _open_ledger(ledger, create=bool(manifest))
     if manifest is not None:
@@ -506,7 +507,6 @@ def check(
                 raise
         if not as_json:
             print_load(report)
-    signer = _signer(sign, url_ttl)
     ready_for_pending(led, signer)
     settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity,
                                   sign_url=signer.sign_url if signer else None)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from uploader.errors import UploaderError
+from uploader.errors import UploaderError, UsageError
 from uploader.storage.locations import MAX_TTL, StorageLocation, locate, may_hold_storage_url
 
 __all__ = ["DEFAULT_TTL", "PayloadSigner", "StorageError", "UrlSigner", "sign_payload", "signer_for"]
@@ -95,7 +95,7 @@ class PayloadSigner:
     def __init__(self, ttl: dt.timedelta = DEFAULT_TTL,
                  signers: Callable[[str], UrlSigner] | None = None) -> None:
         if ttl.total_seconds() < 1:
-            raise StorageError(f"--url-ttl must be at least 1 second, not {ttl}")
+            raise UsageError(f"--url-ttl must be at least 1 second, not {ttl}")
         self.ttl = ttl
         self._build = signers or signer_for
         self._signers: dict[str, UrlSigner] = {}
