@@ -119,6 +119,24 @@ def test_load_refuses_storage_urls_without_sign_and_keeps_them_with_it(tmp_path)
     assert again.exit_code == 0 and "already loaded with the same options" in again.output, again.output
 
 
+def test_video_frames_may_be_storage_urls_with_sign(tmp_path):
+    wide = tmp_path / "wide.jsonl"
+    wide.write_text(json.dumps({"reference_id": "v", "frames": [
+        {"frame_id": "1", "src": "gs://clips/v/1.jpg"}, {"frame_id": "2", "src": "s3://clips/v/2.jpg"}]}) + "\n")
+    long = tmp_path / "long.csv"
+    long.write_text("reference_id,frame_id,src\nw,1,s3://clips/w/1.jpg\nw,2,s3://clips/w/2.jpg\n")
+    for manifest, column in ((wide, "frames"), (long, "src")):
+        ledger = tmp_path / f"{manifest.stem}.db"
+        refused = invoke("load", str(manifest), *LOAD, "--ledger", str(ledger))
+        assert refused.exit_code == 1 and f"column '{column}'" in refused.output, refused.output
+        assert "pass --sign" in refused.output
+        loaded = invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--sign")
+        assert loaded.exit_code == 0, loaded.output
+        (body,) = bodies(ledger).values()
+        srcs = [f["src"] for f in json.loads(body)["data"]["video_data"]["frames"]]
+        assert all(src.startswith(("s3://", "gs://")) for src in srcs) and len(srcs) == 2
+
+
 def test_plan_with_sign_shows_the_storage_url_the_ledger_would_keep(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", [("a", "gs://photos/a.jpg")])
     refused = invoke("plan", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"))
@@ -179,6 +197,23 @@ def test_run_with_sign_sends_signed_urls_and_keeps_storage_urls_in_the_ledger(aw
     stored = {ref: json.loads(body)["data"]["image_url"] for ref, body in bodies(ledger).items()}
     assert stored == {"tom": "s3://photos/cats/tom+1=é.jpg", "felix": "s3://photos/cats/felix.jpg",
                       "web": "https://cdn.example/web.jpg"}
+
+
+def test_run_with_sign_signs_every_frame_of_a_video(aws_env, tmp_path):
+    manifest = tmp_path / "v.jsonl"
+    manifest.write_text(json.dumps({"reference_id": "v", "frames": [
+        {"frame_id": "1", "src": "s3://photos/cats/tom+1=é.jpg"}, {"frame_id": "2", "src": "s3://photos/cats/felix.jpg"},
+        {"frame_id": "3", "src": "https://cdn.example/3.jpg"}]}) + "\n")
+    with Sandbox() as box:
+        result = invoke("run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--base-url", box.base_url,
+                        "--api-key", box.api_key, "--sign")
+        (job,) = box.jobs()
+    assert result.exit_code == 0, result.output
+    srcs = [f["src"] for f in job["data"]["video_data"]["frames"]]
+    assert srcs[2] == "https://cdn.example/3.jpg"
+    answers = [fetch(src) for src in srcs[:2]]
+    assert [(a.status_code, a.content) for a in answers] == [
+        (200, OBJECTS[("photos", "cats/tom+1=é.jpg")]), (200, OBJECTS[("photos", "cats/felix.jpg")])]
 
 
 def test_a_resend_is_signed_again(aws_env, tmp_path):
