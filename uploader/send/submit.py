@@ -121,6 +121,9 @@ class RunOptions:
     resolve_interval: float = 0.5
     #: How often `on_progress` is called (seconds): the progress line's refresh.
     progress_interval: float = 0.25
+    #: The body on the wire from the body to send, just before each send and resend (`--sign`: storage URLs
+    #: signed now, uploader.storage.PayloadSigner); the ledger keeps the body as loaded.
+    prepare_payload: Callable[[str], str] | None = None
 
     @property
     def claim_size(self) -> int:
@@ -503,14 +506,20 @@ class _Run:
             )
         return delay, Decision(Verdict.THROTTLED, decision.code, decision.message)
 
+    def _wire_body(self, claim: Claim) -> str:
+        """The body to POST, made just before each send: `body_for_send`, then `opts.prepare_payload`."""
+        body = body_for_send(claim.body, claim.batch_id)
+        return body if self.opts.prepare_payload is None else self.opts.prepare_payload(body)
+
     async def _send(self, claim: Claim) -> None:
         if not await self.pacer.acquire(lambda: self._stopping):
             return  # left in_flight: released to pending at the end
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
+            body = self._wire_body(claim)
             sent_at = time.monotonic()
-            result = await self.client.create_job(claim.project_id, body_for_send(claim.body, claim.batch_id))
+            result = await self.client.create_job(claim.project_id, body)
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
