@@ -11,6 +11,7 @@ import pytest
 from test_run import KEY, invoke, ledger_rows, run_args, write_images
 
 from uploader.cli.commands import EXIT_SOME_FAILED
+from uploader.ledger.ledger import Ledger
 from uploader.sandbox import Sandbox, SandboxConfig
 from uploader.send import result_file_name
 
@@ -104,3 +105,53 @@ def test_leftovers_of_a_killed_sync_are_cleaned_and_nothing_is_fetched_twice(tmp
         assert code == 0 and doc["results_fetched"] == 4
         assert sorted(p.name for p in res.iterdir()) == [f"img-0000{i}.json" for i in range(4)]
         assert box.stats()["result_requests"] == 3
+
+
+def _batch_of(box: Sandbox) -> str:
+    batches = {j["batch_id"] for j in box.jobs()}
+    assert len(batches) == 1
+    return batches.pop()
+
+
+def test_adopt_a_batch_created_by_another_ledger_then_run_sends_nothing(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        other = tmp_path / "other"
+        other.mkdir()
+        _sent(other, box, 6)  # another tool made these six jobs
+        batch = _batch_of(box)
+        manifest = write_images(tmp_path / "m.csv", 4)  # our manifest names four of them
+        ledger = tmp_path / "mine.db"
+        assert invoke("load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf",
+                      "--ledger", str(ledger), "--quiet").exit_code == 0
+        result = invoke("adopt", "--project-id", "proj", "--batch-id", batch, "--ledger", str(ledger),
+                        "--base-url", box.base_url, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"adopted": 4, "added": 2, "already_known": 0, "conflicts": []}
+        rows = ledger_rows(ledger)
+        created = {j["reference_id"]: j["job_id"] for j in box.jobs()}
+        assert {k: r["job_id"] for k, r in rows.items()} == created
+        assert {r["origin"] for r in rows.values()} == {"adopted"} and len(rows) == 6
+        before = box.stats()["requests_total"]
+        run = invoke(*run_args(manifest, ledger, box))
+        assert run.exit_code == 0, run.output
+        assert box.stats()["jobs_created"] == 6 and box.stats()["fs_0001_refusals"] == 0
+        assert box.stats()["requests_total"] == before  # nothing sent
+
+
+def test_adopt_reports_conflicts_and_changes_nothing_for_them(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        first = _sent(tmp_path, box, 3)  # our ledger: three jobs, with their job_ids
+        batch = _batch_of(box)
+        led = Ledger.open(first)
+        try:
+            with led.engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE jobs SET job_id = 'someone-else' WHERE reference_id = 'img-00001'")
+        finally:
+            led.close()
+        result = invoke("adopt", "--project-id", "proj", "--batch-id", batch, "--ledger", str(first),
+                        "--base-url", box.base_url, "--json")
+        assert result.exit_code == EXIT_SOME_FAILED
+        doc = json.loads(result.stdout)
+        assert doc["already_known"] == 2 and doc["adopted"] == 0
+        assert [c["reference_id"] for c in doc["conflicts"]] == ["img-00001"]
+        assert ledger_rows(first)["img-00001"]["job_id"] == "someone-else"

@@ -629,6 +629,40 @@ def sync(
 
 @cli.command()
 @ledger_option
+@_api_options
+@click.option("--project-id", required=True, help="The project whose batches hold the jobs.")
+@click.option("--batch-id", "batch_ids", multiple=True, required=True,
+              help="A batch whose jobs to record (repeatable).")
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
+@_handle_errors
+def adopt(
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, project_id: str, batch_ids: tuple[str, ...], max_retry_after: float,
+) -> None:
+    """Record jobs created elsewhere (the UI, the SDK, another ledger): `run` then sends nothing for them."""
+    from uploader.send import adopt as do_adopt
+
+    with ExitStack() as stack:
+        url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
+        led = _open_ledger(ledger, create=True)
+        done = do_adopt(led, project_id, batch_ids, base_url=url, api_key=key, timeout=timeout,
+                        max_retry_after=max_retry_after)
+    if json_mode():
+        click.echo(json.dumps({"adopted": done.adopted, "added": done.added, "already_known": done.known,
+                               "conflicts": [{"reference_id": r, "ledger": w} for r, w in done.conflicts]},
+                              indent=2))
+    elif not quiet_mode():
+        click.echo(f"{plural(done.adopted, 'row')} adopted, {plural(done.added, 'job')} with no row added, "
+                   f"{done.known} already known, {plural(len(done.conflicts), 'conflict')}.")
+        for reference_id, held in done.conflicts[:20]:
+            click.echo(f"conflict: {reference_id}: the ledger holds {held}; left unchanged", err=True)
+    if done.conflicts:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@ledger_option
 @click.option("--project-id", help="Only rows of this project.")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
 @click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

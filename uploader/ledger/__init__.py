@@ -84,8 +84,11 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import staging_duplicates as staging_duplicates
     from uploader.ledger.staging import staging_from_slice as staging_from_slice
     from uploader.ledger.staging import staging_insert as staging_insert
+    from uploader.ledger.tracking import ADOPTED as ADOPTED
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
+    from uploader.ledger.tracking import Adoption as Adoption
     from uploader.ledger.tracking import TrackedRow as TrackedRow
+    from uploader.ledger.tracking import adopt_jobs as adopt_jobs
     from uploader.ledger.tracking import record_result as record_result
     from uploader.ledger.tracking import record_result_error as record_result_error
     from uploader.ledger.tracking import record_statuses as record_statuses
@@ -174,6 +177,9 @@ _EXPORTS = {
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",
     "url_hash": "uploader.ledger.preflight",
+    "ADOPTED": "uploader.ledger.tracking",
+    "Adoption": "uploader.ledger.tracking",
+    "adopt_jobs": "uploader.ledger.tracking",
     "RESULT_STATUSES": "uploader.ledger.tracking",
     "TrackedRow": "uploader.ledger.tracking",
     "record_result": "uploader.ledger.tracking",

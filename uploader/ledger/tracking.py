@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -16,11 +17,26 @@ from sqlalchemy import Engine, text
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
 
-__all__ = ["RESULT_STATUSES", "STATUS_CHARS", "TrackedRow", "record_result", "record_result_error",
-           "record_statuses", "results_due", "sync_batches", "sync_counts", "tracked_rows"]
+__all__ = [
+    "ADOPTED",
+    "RESULT_STATUSES",
+    "STATUS_CHARS",
+    "Adoption",
+    "TrackedRow",
+    "adopt_jobs",
+    "record_result",
+    "record_result_error",
+    "record_statuses",
+    "results_due",
+    "sync_batches",
+    "sync_counts",
+    "tracked_rows",
+]
 
 #: Platform statuses after which a job's result is fetched (the platform may report any of them as final).
 RESULT_STATUSES = ("completed", "rejected", "failed")
+#: The origin of a row whose job was created elsewhere and recorded by `uploader adopt`.
+ADOPTED = "adopted"
 #: The longest platform status word kept (the column's size); longer words are cut.
 STATUS_CHARS = 255
 _TRACKED = f"job_id IS NOT NULL AND status IN ('{Status.SUCCEEDED.value}', '{Status.CONFLICT.value}')"
@@ -102,3 +118,52 @@ def sync_counts(engine: Engine) -> dict[str, Any]:
     final = sum(n for s, n in by_status.items() if s in RESULT_STATUSES)
     return {"tracked": sum(by_status.values()), "final": final, "results": fetched or 0,
             "result_errors": errors or 0, "by_status": by_status}
+
+
+@dataclass
+class Adoption:
+    """What `adopt_jobs` did: rows that took the platform's job_id, rows added for jobs with no row, rows
+    that already had that job_id, and conflicts (reference_id, what the ledger holds) left unchanged."""
+
+    adopted: int = 0
+    added: int = 0
+    known: int = 0
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: Ledger states whose row may take a job_id found on the platform (never sent, or sent without a known job).
+_ADOPTABLE = (Status.PENDING.value, Status.FAILED.value, Status.BLOCKED.value, Status.UNCERTAIN.value)
+
+
+def adopt_jobs(engine: Engine, project_id: str, batch_id: str, jobs: Sequence[tuple[str, str, str]],
+               now: dt.datetime) -> Adoption:
+    """Record jobs (reference_id, job_id, status) found in a batch: a row with that reference_id and no job_id
+    becomes succeeded with it (origin `adopted`, never sent by us); a job with no row gets a row of its own
+    with no payload (never sent); a row holding another job_id, or being sent, is a conflict and is left as
+    it is."""
+    done = Adoption()
+    with write_tx(engine) as conn:
+        for reference_id, job_id, status in jobs:
+            row = conn.execute(text("SELECT id, status, job_id FROM jobs WHERE project_id = :p AND reference_id = :r"),
+                               {"p": project_id, "r": reference_id}).first()
+            words = {"p": project_id, "r": reference_id, "j": job_id, "b": batch_id, "t": now,
+                     "s": status[:STATUS_CHARS] or None}
+            if row is None:
+                conn.execute(text(
+                    "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
+                    "job_id, recovered, attempts, lease_token, origin, created_at, updated_at, platform_status, "
+                    f"platform_status_at) VALUES (:p, :r, '', :b, '', '', '{Status.SUCCEEDED.value}', :j, :f, 0, 0, "
+                    f"'{ADOPTED}', :t, :t, :s, :t)"), {**words, "f": False})
+                done.added += 1
+            elif row[2] == job_id:
+                done.known += 1
+            elif row[2] is None and row[1] in _ADOPTABLE:
+                conn.execute(text(
+                    f"UPDATE jobs SET status = '{Status.SUCCEEDED.value}', job_id = :j, batch_id = :b, "
+                    f"origin = '{ADOPTED}', error_code = NULL, error_message = NULL, error_details = NULL, "
+                    "not_before = NULL, updated_at = :t, platform_status = :s, platform_status_at = :t "
+                    "WHERE id = :i"), {**words, "i": row[0]})
+                done.adopted += 1
+            else:
+                done.conflicts.append((reference_id, f"{row[1]} with job_id {row[2]}" if row[2] else str(row[1])))
+    return done

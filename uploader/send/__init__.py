@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from uploader.send.submit import RunSummary as RunSummary
     from uploader.send.submit import StopFlag as StopFlag
     from uploader.send.sync import SyncReport as SyncReport
+    from uploader.send.sync import adopt as adopt
+    from uploader.send.sync import adopt_async as adopt_async
     from uploader.send.sync import result_file_name as result_file_name
     from uploader.send.sync import sync_async as sync_async
     from uploader.send.sync import sync_ledger as sync_ledger
@@ -42,6 +44,8 @@ _EXPORTS = {
     "RunSummary": "uploader.send.submit",
     "StopFlag": "uploader.send.submit",
     "SyncReport": "uploader.send.sync",
+    "adopt": "uploader.send.sync",
+    "adopt_async": "uploader.send.sync",
     "result_file_name": "uploader.send.sync",
     "sync_ledger": "uploader.send.sync",
     "sync_async": "uploader.send.sync",

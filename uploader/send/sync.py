@@ -15,7 +15,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,8 +24,10 @@ from typing import Any
 from uploader.api import MAX_RETRY_AFTER, ApiClient, listed_jobs
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
+    Adoption,
     Ledger,
     TrackedRow,
+    adopt_jobs,
     record_result,
     record_result_error,
     record_statuses,
@@ -36,7 +38,8 @@ from uploader.ledger import (
     utcnow,
 )
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "SyncReport", "result_file_name", "sync_async", "sync_ledger"]
+__all__ = ["DEFAULT_MAX_RESULT_BYTES", "SyncReport", "adopt", "adopt_async", "result_file_name", "sync_async",
+           "sync_ledger"]
 
 #: The largest result downloaded (a bigger one is recorded as an error).
 DEFAULT_MAX_RESULT_BYTES = 64 << 20
@@ -234,5 +237,42 @@ def sync_ledger(
                 if watch is None or report.all_final:
                     return report
                 await asyncio.sleep(watch)
+
+    return asyncio.run(main())
+
+
+async def adopt_async(ledger: Ledger, client: ApiClient, project_id: str, batch_ids: Sequence[str], *,
+                      seed: int | None = None, max_retry_after: float = MAX_RETRY_AFTER) -> Adoption:
+    """List each batch and record every job found (`adopt_jobs`), a page at a time. Raises FatalApiError /
+    ApiUnreachableError as `ApiClient.read`."""
+    total = Adoption()
+    rng = random.Random(seed)
+    for batch_id in batch_ids:
+        token = ""
+        tokens = {token}
+        while True:
+            data = await client.read(partial(client.list_batch_page, project_id, batch_id, token),
+                                     f"batch {batch_id} of project {project_id}", expect=None, rng=rng,
+                                     max_retry_after=max_retry_after)
+            done = adopt_jobs(ledger.engine, project_id, batch_id, listed_jobs(data), utcnow())
+            total.adopted += done.adopted
+            total.added += done.added
+            total.known += done.known
+            total.conflicts += done.conflicts
+            nxt = data.get("next_page_token")
+            token = str(nxt) if nxt else ""
+            if not token or token in tokens:
+                break
+            tokens.add(token)
+    return total
+
+
+def adopt(ledger: Ledger, project_id: str, batch_ids: Sequence[str], *, base_url: str, api_key: str,
+          timeout: float = 30.0, max_retry_after: float = MAX_RETRY_AFTER) -> Adoption:
+    """`adopt_async` with its own client."""
+
+    async def main() -> Adoption:
+        async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:
+            return await adopt_async(ledger, client, project_id, batch_ids, max_retry_after=max_retry_after)
 
     return asyncio.run(main())
