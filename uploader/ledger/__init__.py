@@ -87,10 +87,10 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import ADOPTED as ADOPTED
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
     from uploader.ledger.tracking import Adoption as Adoption
+    from uploader.ledger.tracking import FetchedResult as FetchedResult
     from uploader.ledger.tracking import TrackedRow as TrackedRow
     from uploader.ledger.tracking import adopt_jobs as adopt_jobs
-    from uploader.ledger.tracking import record_result as record_result
-    from uploader.ledger.tracking import record_result_error as record_result_error
+    from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
     from uploader.ledger.tracking import results_due as results_due
     from uploader.ledger.tracking import sync_batches as sync_batches
@@ -182,8 +182,8 @@ _EXPORTS = {
     "adopt_jobs": "uploader.ledger.tracking",
     "RESULT_STATUSES": "uploader.ledger.tracking",
     "TrackedRow": "uploader.ledger.tracking",
-    "record_result": "uploader.ledger.tracking",
-    "record_result_error": "uploader.ledger.tracking",
+    "FetchedResult": "uploader.ledger.tracking",
+    "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",
     "sync_batches": "uploader.ledger.tracking",

@@ -22,10 +22,10 @@ __all__ = [
     "RESULT_STATUSES",
     "STATUS_CHARS",
     "Adoption",
+    "FetchedResult",
     "TrackedRow",
     "adopt_jobs",
-    "record_result",
-    "record_result_error",
+    "record_results",
     "record_statuses",
     "results_due",
     "sync_batches",
@@ -94,17 +94,23 @@ def results_due(engine: Engine, after_id: int, limit: int) -> list[TrackedRow]:
             {"a": after_id, "n": limit})]
 
 
-def record_result(engine: Engine, row_id: int, *, path: str | None, inline: str | None, sha256: str) -> None:
-    """A result fetched: the file it was written to, or the result itself when the platform gave it inline."""
-    with write_tx(engine) as conn:
-        conn.execute(text("UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, result_error = NULL "
-                          "WHERE id = :i"), {"p": path, "r": inline, "h": sha256, "i": row_id})
+#: One fetched result: (row id, the file it was written to, the result itself when given inline, its sha256).
+FetchedResult = tuple[int, str | None, str | None, str]
 
 
-def record_result_error(engine: Engine, row_id: int, message: str) -> None:
-    """A result that could not be fetched: the next sync tries again."""
+def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Sequence[tuple[int, str]] = ()) -> None:
+    """Results fetched (their file, or the result itself when the platform gave it inline), and results that
+    could not be fetched (row id, why: the next sync tries again), in one transaction."""
+    if not fetched and not errors:
+        return
     with write_tx(engine) as conn:
-        conn.execute(text("UPDATE jobs SET result_error = :e WHERE id = :i"), {"e": message[:2000], "i": row_id})
+        if fetched:
+            conn.execute(text("UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, "
+                              "result_error = NULL WHERE id = :i"),
+                         [{"i": i, "p": p, "r": r, "h": h} for i, p, r, h in fetched])
+        if errors:
+            conn.execute(text("UPDATE jobs SET result_error = :e WHERE id = :i"),
+                         [{"i": i, "e": e[:2000]} for i, e in errors])
 
 
 def sync_counts(engine: Engine) -> dict[str, Any]:

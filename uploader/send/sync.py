@@ -25,11 +25,11 @@ from uploader.api import MAX_RETRY_AFTER, ApiClient, listed_jobs
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
+    FetchedResult,
     Ledger,
     TrackedRow,
     adopt_jobs,
-    record_result,
-    record_result_error,
+    record_results,
     record_statuses,
     results_due,
     sync_batches,
@@ -140,36 +140,43 @@ class _Sync:
             self.report.changed += record_statuses(self.ledger.engine, project, [(job_id, status)], utcnow())
 
     async def results(self) -> None:
-        """Fetch every due result, `concurrency` at a time; one that fails is recorded and left for next time."""
+        """Fetch every due result, `concurrency` at a time, recording each page's outcomes in one transaction;
+        one that fails is recorded and left for the next sync."""
         if self.results_dir is None:
             return
         self.results_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
             stale.unlink(missing_ok=True)
+        gate = asyncio.Semaphore(self.concurrency)
         after = 0
-        while rows := results_due(self.ledger.engine, after, self.concurrency * 4):
+        while rows := results_due(self.ledger.engine, after, self.concurrency * 8):
             after = rows[-1][0]
-            for start in range(0, len(rows), self.concurrency):
-                await asyncio.gather(*(self.result(row) for row in rows[start : start + self.concurrency]))
+            outcomes = await asyncio.gather(*(self.attempt(gate, row) for row in rows))
+            fetched = [o for o in outcomes if len(o) == 4]
+            errors = [o for o in outcomes if len(o) == 2]
+            record_results(self.ledger.engine, fetched, errors)
+            self.report.results += len(fetched)
 
-    async def result(self, row: TrackedRow) -> None:
+    async def attempt(self, gate: asyncio.Semaphore, row: TrackedRow) -> FetchedResult | tuple[int, str]:
+        """One result fetched, or (row id, why not)."""
+        async with gate:
+            try:
+                return await self.result(row)
+            except ApiUnreachableError as exc:
+                self.report.result_errors.append(f"{row[2]}: {exc}")
+                return row[0], str(exc)
+
+    async def result(self, row: TrackedRow) -> FetchedResult:
+        """One job's result: its URL downloaded to its file, or the result given inline."""
         row_id, project, reference_id, job_id = row
-        try:
-            data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
-            self.report.job_reads += 1
-            value = data.get("result")
-            if isinstance(value, str) and value.startswith(("http://", "https://")):
-                path, sha256 = await self.download(value, reference_id, job_id)
-                record_result(self.ledger.engine, row_id, path=str(path), inline=None, sha256=sha256)
-            else:
-                inline = json.dumps(value)
-                record_result(self.ledger.engine, row_id, path=None, inline=inline,
-                              sha256=hashlib.sha256(inline.encode()).hexdigest())
-        except ApiUnreachableError as exc:
-            self.report.result_errors.append(f"{reference_id}: {exc}")
-            record_result_error(self.ledger.engine, row_id, str(exc))
-            return
-        self.report.results += 1
+        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
+        self.report.job_reads += 1
+        value = data.get("result")
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            path, sha256 = await self.download(value, reference_id, job_id)
+            return row_id, str(path), None, sha256
+        inline = json.dumps(value)
+        return row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()
 
     async def download(self, url: str, reference_id: str, job_id: str) -> tuple[Path, str]:
         """The result at `url` in its file (written whole or not at all) and its sha256. A file already there
@@ -183,7 +190,7 @@ class _Sync:
             with part.open("wb") as sink:
                 data = await self.read(partial(self.client.download, url, sink, max_bytes=self.max_result_bytes),
                                        f"the result of job {job_id}", "sha256")
-                os.fsync(sink.fileno())
+                await asyncio.to_thread(os.fsync, sink.fileno())  # off the event loop: other fetches go on
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
