@@ -155,3 +155,22 @@ def test_adopt_reports_conflicts_and_changes_nothing_for_them(tmp_path: Path) ->
         assert doc["already_known"] == 2 and doc["adopted"] == 0
         assert [c["reference_id"] for c in doc["conflicts"]] == ["img-00001"]
         assert ledger_rows(first)["img-00001"]["job_id"] == "someone-else"
+
+
+@pytest.mark.slow
+def test_status_and_export_show_the_platform_status_and_result(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, reject_rate=0.5)) as box:
+        ledger = _sent(tmp_path, box, 8)
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0
+    status = json.loads(invoke("status", "--ledger", str(ledger), "--json").stdout)
+    assert status["platform"]["tracked"] == 8 and status["platform"]["final"] == 8
+    text = invoke("status", "--ledger", str(ledger)).stdout
+    assert "on the platform (last `uploader sync`):" in text
+    result = invoke("export", "--ledger", str(ledger), "--status", "completed", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    completed = doc["by_status"].get("completed", 0)
+    assert len(rows) == completed and all(r["platform_status"] == "completed" for r in rows)
+    assert all(r["result_path"] and r["platform_status_at"] for r in rows)
+    assert invoke("export", "--ledger", str(ledger), "--status", "bogus").exit_code == 2

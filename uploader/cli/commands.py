@@ -195,12 +195,12 @@ def _discard_if_new(led: Ledger, created: Path | None) -> None:
 def status(ledger: str | None, as_json: bool) -> None:
     """Show how many jobs are in each state (per project too, if several), the error codes, and the live workers."""
     from uploader.cli.hints import repeat_from_context
-    from uploader.ledger import never_checked, project_counts, url_verdict_counts
+    from uploader.ledger import never_checked, project_counts, sync_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
     attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
     print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
-                 attachments=attachments, quiet=quiet_mode())
+                 attachments=attachments, quiet=quiet_mode(), platform=sync_counts(led.engine))
 
 
 @cli.command()
@@ -208,7 +208,8 @@ def status(ledger: str | None, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
               help="Default: from -o, else csv (jsonl with --json).")
-@click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
+@click.option("--status", "statuses", multiple=True,
+              help="Only rows in this state, or with this platform status (`completed`; repeatable).")
 @click.option("--spreadsheet-safe", is_flag=True,
               help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
                    "as text. Without it only the API's messages are; ids and manifest values stay verbatim.")
@@ -217,9 +218,11 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
            spreadsheet_safe: bool) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
-    from uploader.ledger import EXPORT_COLUMNS, Status
+    from uploader.ledger import EXPORT_COLUMNS, RESULT_STATUSES, Status, sync_counts
 
-    valid = {s.value for s in Status}
+    valid = {s.value for s in Status} | set(RESULT_STATUSES)
+    if not set(statuses) <= valid:  # a platform status word the last sync recorded is valid too
+        valid |= {str(word) for word in sync_counts(_open_ledger(ledger, create=False).engine)["by_status"]}
     for s in statuses:
         if s not in valid:
             raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")

@@ -101,10 +101,11 @@ def print_resume(source: Any, counts: dict[str, int], loaded: bool = True) -> No
 
 def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
                  projects: dict[str, dict[str, int]] | None = None,
-                 attachments: dict[str, Any] | None = None, quiet: bool = False) -> None:
+                 attachments: dict[str, Any] | None = None, quiet: bool = False,
+                 platform: dict[str, Any] | None = None) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
-    `quiet`, the counts in one line."""
+    `quiet`, the counts in one line. `platform`: what `uploader sync` recorded (`sync_counts`)."""
     by_project = projects if projects and len(projects) > 1 else None
     if as_json:
         data = report.as_dict()
@@ -112,12 +113,18 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
             data["projects"] = by_project
         if attachments is not None:
             data["attachments"] = attachments
+        if platform is not None:
+            data["platform"] = platform
         click.echo(json.dumps(data, indent=2))
         return
     if quiet:
         click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
         return
     _print_counts(report, by_project)
+    if platform and platform["by_status"] != {"None": platform["tracked"]}:
+        words = ", ".join(f"{n} {s}" for s, n in sorted(platform["by_status"].items()) if s != "None")
+        click.echo(f"on the platform (last `uploader sync`): {words}; {platform['results']} results fetched"
+                   + (f", {platform['result_errors']} not fetched" if platform["result_errors"] else ""))
     _print_activity(report)
     _print_follow_ups(report, repeat, attachments)
 
