@@ -93,6 +93,7 @@ def test_a_result_url_that_fails_is_an_error_retried_by_the_next_sync(tmp_path: 
         assert all(r["result_path"] and not r["result_error"] for r in ledger_rows(ledger).values())
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_sync_are_cleaned_and_nothing_is_fetched_twice(tmp_path: Path) -> None:
     """What a kill leaves (a temporary file; a file renamed into place but not yet recorded) is handled."""
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
@@ -174,3 +175,51 @@ def test_status_and_export_show_the_platform_status_and_result(tmp_path: Path) -
     assert len(rows) == completed and all(r["platform_status"] == "completed" for r in rows)
     assert all(r["result_path"] and r["platform_status_at"] for r in rows)
     assert invoke("export", "--ledger", str(ledger), "--status", "bogus").exit_code == 2
+
+
+@pytest.mark.slow
+def test_a_sync_killed_while_downloading_leaves_no_partial_result_and_the_rerun_fetches_the_rest(
+        tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import wait_until
+
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 120)
+        box.configure(faults_on_all=True, latency_ms=40)  # slow every request, result URLs included
+        res = tmp_path / "res"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uploader", "sync", "--ledger", str(ledger), "--base-url", box.base_url,
+             "--results", str(res), "--concurrency", "4", "--quiet"],
+            env={**os.environ, "UPLOADER_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: res.is_dir() and len(list(res.glob("img-*.json"))) >= 10, "10 results written",
+                       timeout=30)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        written = list(res.glob("img-*.json"))
+        assert 10 <= len(written) < 120
+        for path in written:  # whole or absent: never half-written
+            assert json.loads(path.read_text())["reference_id"] == path.stem
+        fetched_before = box.stats()["result_requests"]
+        box.configure(faults_on_all=False, latency_ms=0)
+        code, doc = _sync(ledger, box, "--results", str(res))
+        assert code == 0 and doc["results"] == 120
+        assert sorted(p.name for p in res.iterdir()) == [f"img-{i:05d}.json" for i in range(120)]  # no .part left
+        # The rerun fetched only what was not whole on disk (at most the 4 downloads in flight were lost).
+        assert box.stats()["result_requests"] - fetched_before <= 120 - len(written)
+        assert box.stats()["result_requests"] <= 120 + 4
+
+
+@pytest.mark.slow
+def test_watch_repeats_until_every_job_is_final(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=1.0, complete_jitter_s=0.3)) as box:
+        ledger = _sent(tmp_path, box, 5)
+        code, doc = _sync(ledger, box, "--watch", "0.2", "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["final"] == doc["tracked"] == 5 and doc["results"] == 5
+        result = invoke("sync", "--ledger", str(ledger), "--base-url", box.base_url, "--watch")
+        assert result.exit_code == 0 and "5 / 5 jobs final" in result.stdout  # all final: one round
