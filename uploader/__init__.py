@@ -18,6 +18,10 @@ One word per concept (CONTRIBUTING.md; older code still has other words for some
 - payload: the exact JSON text sent to create a job, kept in the ledger with its hash (`body_hash`).
 - storage URL: `s3://`, `gs://` or an Azure blob URL without a SAS, kept in the payload; with `--sign` the run
   sends a signed URL (an HTTPS link valid for `--url-ttl`) made in its place just before each send.
+- state / platform status: a row's state is the ledger's (`Status`: pending … succeeded); its platform status
+  is the job's status word on GT Studio as `uploader sync` last read it (kept verbatim: `completed`, …).
+- result: a final job's annotation, downloaded by `uploader sync --results DIR` (or stored when given inline).
+- adopt: record a job created elsewhere (`uploader adopt`); the row's origin is `adopted`.
 """
 
 from __future__ import annotations
