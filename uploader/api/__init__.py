@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from uploader.api.client import check_base_url as check_base_url
     from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
-    from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
-    from uploader.api.policy import RETRYABLE_CODES as RETRYABLE_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
     from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
+    from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
+    from uploader.api.policy import RETRYABLE_CODES as RETRYABLE_CODES
     from uploader.api.policy import ApiResult as ApiResult
     from uploader.api.policy import Decision as Decision
     from uploader.api.policy import Verdict as Verdict
