@@ -248,17 +248,17 @@ def report(ledger: str | None, output: str) -> None:
     from uploader.ledger import report_data, utcnow
 
     led = _open_ledger(ledger, create=False)
-    status, data = led.status(), report_data(led.engine)
+    data = report_data(led.engine)
     given = ["--ledger", hide_password(ledger)] if ledger else []
     command = shlex.join(["uploader", "report", *given, "-o", output])
     versions = {"uploader": __version__, "Python": platform.python_version(), "SQLAlchemy": version("SQLAlchemy"),
                 "database": led.engine.dialect.name}
-    page = render_report(status, data, Provenance(command, led.url, utcnow(), versions))
+    page = render_report(data, Provenance(command, led.url, utcnow(), versions))
     Path(output).write_text(page, encoding="utf-8")
     if json_mode():
-        click.echo(json.dumps({"output": output, "bytes": len(page.encode()), "total": status.total}))
+        click.echo(json.dumps({"output": output, "bytes": len(page.encode()), "total": data.total}))
     elif not quiet_mode():
-        click.echo(f"wrote the report of {plural(status.total, 'job')} to {output}", err=True)
+        click.echo(f"wrote the report of {plural(data.total, 'job')} to {output}", err=True)
 
 
 @cli.command()

@@ -1,12 +1,13 @@
 """`uploader report`: one self-contained HTML page of a ledger (no script, no network; inline style; charts
 drawn here as SVG, so the page opens offline, prints as it shows, and stays small).
 
-Pure functions from aggregated figures (uploader.ledger.ReportData, uploader.ledger.StatusReport) to text.
+Pure functions from aggregated figures (uploader.ledger.ReportData) to text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 from uploader.api import EXISTS_CODES, PERMANENT_CODES, RETRYABLE_CODES
 
 if TYPE_CHECKING:
-    from uploader.ledger import ReportData, StatusReport
+    from uploader.ledger import ReportData
 
-__all__ = ["Provenance", "advice", "render_report"]
+__all__ = ["Provenance", "advice", "bar_chart", "render_report", "share_bar"]
 
 #: One colour per state, the same in every chart and table.
 STATE_COLOURS = {
@@ -36,7 +37,7 @@ padding-bottom:.2em}h3{font-size:1em;margin:.8em 0 .3em}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(120px,1fr));gap:8px}
 .card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:6px;padding:6px 10px}
 .card b{display:block;font-size:1.4em}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
 figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:8px;break-inside:avoid}
 figcaption{font-weight:600;margin-bottom:4px}
 svg{width:100%;height:auto;display:block}
@@ -45,11 +46,14 @@ svg text{font:11px system-ui,sans-serif;fill:var(--muted)}
 table{border-collapse:collapse;width:100%;font-size:.93em}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-size:.92em;word-break:break-all}
+code{font-size:.92em;overflow-wrap:anywhere}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{color:var(--muted)}
-dd{margin:0;word-break:break-all}
+dd{margin:0;overflow-wrap:anywhere}
 @media (max-width:600px){body{font-size:14px;padding:10px}.charts{grid-template-columns:1fr}
-dl{grid-template-columns:1fr}dt{margin-top:6px}}
+dl{grid-template-columns:1fr}dt{margin-top:6px}
+table,tbody,tr,td{display:block}thead{display:none}tr{border:1px solid var(--line);border-radius:6px;
+margin-bottom:8px;padding:4px 0}td{border:0;padding:2px 10px}td.n{text-align:left}
+td::before{content:attr(data-label);display:inline-block;width:7em;margin-right:.5em;color:var(--muted)}}
 @media print{body{max-width:none;padding:0}.scroll{overflow:visible}h2{break-after:avoid}}
 """
 
@@ -82,6 +86,11 @@ def advice(code: str, status: str) -> str:
     return "See `uploader show REFERENCE_ID`."
 
 
+def _prose(words: str) -> str:
+    """Escaped text with each `command` set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(words))
+
+
 def _n(value: int) -> str:
     return f"{value:,}"
 
@@ -91,7 +100,7 @@ def _time(t: dt.datetime | None) -> str:
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[str] | str, unit: str,
-              width: int = 560, height: int = 200) -> str:
+              width: int = 400, height: int = 190) -> str:
     """A vertical bar chart as inline SVG: every bar with a <title> (its label and value), a few x labels."""
     top = max(values, default=0) or 1
     left, bottom, pad = 44, 22, 6
@@ -99,7 +108,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
     step = plot_w / max(len(values), 1)
     bar = max(step * 0.8, 0.8)
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(unit)}">']
-    for frac in (0, 0.5, 1):
+    for frac in (0, 0.5, 1) if top % 2 == 0 else (0, 1):
         y = pad + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" x2="{width - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
                      f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(top * frac)}</text>')
@@ -116,6 +125,25 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
     return "".join(parts)
 
 
+def share_bar(counts: dict[str, int], width: int = 1000, height: int = 28) -> str:
+    """One horizontal bar split by state, in the states' colours (the cards above are its legend)."""
+    total = sum(counts.values()) or 1
+    parts = [f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" style="height:{height}px" '
+             'role="img" aria-label="share by state">']
+    x = 0.0
+    for state, n in counts.items():
+        w = width * n / total
+        if n:
+            parts.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
+                         f'fill="{STATE_COLOURS.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
+                         f"({100 * n / total:.1f}%)</title></rect>")
+        x += w
+    if not any(counts.values()):
+        parts.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#e5e7eb"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _short(v: float) -> str:
     if v >= 1_000_000:
         return f"{v / 1_000_000:.1f}M"
@@ -128,7 +156,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence
     """A table of already-escaped cells; the columns in `numeric` right-aligned."""
     th = "".join(f'<th{" class=n" if i in numeric else ""}>{h}</th>' for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        "<tr>" + "".join(f'<td{" class=n" if i in numeric else ""} data-label="{escape(head[i], quote=True)}">'
+                         f"{c}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in rows)
     return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -137,18 +166,15 @@ def _states_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{_n(n)} {escape(s)}" for s, n in counts.items() if n) or "—"
 
 
-def _totals(status: StatusReport) -> str:
+def _totals(status: ReportData) -> str:
     cards = "".join(
         f'<div class="card" style="--c:{STATE_COLOURS.get(s, "#999")}" data-state="{escape(s)}">'
         f'<span class="muted">{escape(s)}</span><b>{_n(n)}</b></div>'
         for s, n in status.counts.items())
-    states = list(status.counts)
-    chart = bar_chart(states, [status.counts[s] for s in states], [STATE_COLOURS.get(s, "#999") for s in states],
-                      "rows", height=180)
     return (f'<h2>Totals by state</h2><p><b data-total>{_n(status.total)}</b> jobs.</p>'
             f'<div class="cards">{cards}</div>'
-            f'<div class="charts" style="margin-top:12px"><figure><figcaption>Rows per state</figcaption>{chart}'
-            "</figure></div>")
+            f'<figure style="margin-top:12px"><figcaption>Share of the jobs by state</figcaption>'
+            f"{share_bar(status.counts)}</figure>")
 
 
 def _throughput(data: ReportData) -> str:
@@ -176,10 +202,10 @@ def _errors(data: ReportData) -> str:
         return "<h2>Errors</h2><p class=muted>No row has an error.</p>"
     rows = [
         [f"<code>{escape(code)}</code>", escape(status), _n(n), escape(message or ""),
-         ", ".join(f"<code>{escape(r)}</code>" for r in examples), escape(advice(code, status))]
+         ", ".join(f"<code>{escape(r)}</code>" for r in examples), _prose(advice(code, status))]
         for code, status, n, message, examples in data.errors
     ]
-    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "The API's message", "Examples", "What to do"],
+    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "API message", "Examples", "What to do"],
                                       rows, numeric=[2])
 
 
@@ -190,16 +216,16 @@ def _attempts(data: ReportData) -> str:
             f"{chart}</figure></div>")
 
 
-def _open_rows(status: StatusReport, data: ReportData) -> str:
-    out = [f"<h2>Uncertain rows ({_n(status.counts.get('uncertain', 0))})</h2>"]
+def _open_rows(data: ReportData) -> str:
+    out = [f"<h2>Uncertain rows ({_n(data.counts.get('uncertain', 0))})</h2>"]
     if data.uncertain:
         out.append(_table(["reference_id", "Project", "Batch", "Code"], [
             [f"<code>{escape(r)}</code>", escape(p), escape(b or "—"), escape(c or "—")]
             for r, p, b, c in data.uncertain]))
-        out.append("<p class=muted>`uploader reconcile` looks them up.</p>")
+        out.append("<p class=muted><code>uploader reconcile</code> looks them up.</p>")
     else:
         out.append("<p class=muted>None.</p>")
-    out.append(f"<h2>Blocked rows ({_n(status.counts.get('blocked', 0))})</h2>")
+    out.append(f"<h2>Blocked rows ({_n(data.counts.get('blocked', 0))})</h2>")
     if data.blocked:
         out.append(_table(["reference_id", "Project", "Code", "Why"], [
             [f"<code>{escape(r)}</code>", escape(p), escape(c or "—"), escape(m or "")]
@@ -243,15 +269,15 @@ def _provenance(data: ReportData, made: Provenance) -> str:
     return "<h2>How this report was made</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
-def render_report(status: StatusReport, data: ReportData, made: Provenance) -> str:
+def render_report(data: ReportData, made: Provenance) -> str:
     """The whole page."""
-    sections = [_totals(status), _throughput(data), _errors(data), _attempts(data), _open_rows(status, data),
+    sections = [_totals(data), _throughput(data), _errors(data), _attempts(data), _open_rows(data),
                 _breakdowns(data), _platform(data), _provenance(data, made)]
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>Upload report — {escape(made.ledger)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Upload report</h1><p class=muted>{_n(status.total)} jobs in <code>{escape(made.ledger)}</code>, "
+        f"<h1>Upload report</h1><p class=muted>{_n(data.total)} jobs in <code>{escape(made.ledger)}</code>, "
         f"{_time(made.generated_at)}.</p>"
         + "".join(sections) + "</body></html>\n"
     )
