@@ -42,6 +42,7 @@ class LoopbackApi:
         self.lock = threading.Lock()
         self.posts: list[float] = []  #: arrival time of each job POST (time.monotonic)
         self.answers: list[int] = []  #: the status answered to each job POST, in order
+        self.bodies: list[bytes] = []  #: the body of each job POST, in order
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}  #: (project, reference_id) -> job
         self.started = time.monotonic()
         api = self
@@ -79,6 +80,7 @@ class LoopbackApi:
                 with api.lock:
                     index = len(api.posts)
                     api.posts.append(arrived)
+                    api.bodies.append(raw)
                 answer = api.behave(index, arrived - api.posts[0])
                 if api.latency:
                     time.sleep(api.latency)

@@ -2,7 +2,7 @@
 
 The package is a library first; `uploader.cli` is a thin click layer over it. Its packages, each importing
 only those below it (README "Architecture"; checked by import-linter): cli | facade › send › load ›
-manifest | ledger | api › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
+manifest | ledger | api | storage › errors. To load a manifest: `uploader.load.load(ledger, path, options)`
 (`uploader.load` is the loading package, so it cannot also be a function here).
 
 One word per concept (CONTRIBUTING.md; older code still has other words for some of them):
@@ -16,6 +16,8 @@ One word per concept (CONTRIBUTING.md; older code still has other words for some
 - slice process: a process a load forks to read slices (`uploader.load.slices`); not a worker.
 - resolve: find the job_id of an `uncertain` row by listing its batch (in a run, or by `uploader reconcile`).
 - payload: the exact JSON text sent to create a job, kept in the ledger with its hash (`body_hash`).
+- storage URL: `s3://`, `gs://` or an Azure blob URL without a SAS, kept in the payload; with `--sign` the run
+  sends a signed URL (an HTTPS link valid for `--url-ttl`) made in its place just before each send.
 """
 
 from __future__ import annotations

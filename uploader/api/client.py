@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import random
 import re
 import ssl
@@ -371,6 +372,8 @@ class ApiClient:
             return ApiResult(None, None, None, "timeout", message, None, None)
         exc = _decisive(exc)
         code = _transport_code(exc)
+        if code == "connect_error" and isinstance(exc, aiohttp.ClientConnectorError):
+            return ApiResult(None, None, None, code, self._redact(_connect_words(exc)), None, None)
         text = self._redact(one_line(str(exc)))
         message = _MESSAGES[code]
         if code == "timeout":
@@ -392,6 +395,17 @@ class ApiClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+
+
+def _connect_words(exc: aiohttp.ClientConnectorError) -> str:
+    """What failed, in the user's words: "cannot connect to 127.0.0.1:9 (connection refused)" (aiohttp's own
+    text names `ssl:default` even for a plain-http URL, and "Connect call failed" says nothing of why)."""
+    where = f"{exc.host}:{exc.port}"
+    os_error = exc.os_error
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot connect to {where} (host name not found: {os_error.strerror or os_error})"
+    why = os.strerror(os_error.errno) if os_error.errno else (os_error.strerror or str(os_error))
+    return f"cannot connect to {where} ({why[:1].lower() + why[1:]})"
 
 
 def _decisive(exc: BaseException) -> BaseException:

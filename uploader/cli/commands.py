@@ -23,14 +23,24 @@ import click
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import UploaderCommand, UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
-from uploader.cli.output import ProgressDisplay, plural, print_load, print_status, print_summary, rows_are
+from uploader.cli.output import (
+    ProgressDisplay,
+    plural,
+    print_load,
+    print_resume,
+    print_status,
+    print_summary,
+    rows_are,
+)
 from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
+from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
     from uploader.manifest import ManifestOptions
     from uploader.send import PreflightOptions
+    from uploader.storage import PayloadSigner
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -101,6 +111,7 @@ def _manifest_options(func: F) -> F:
                 metavar="API_NAME=COLUMN",
                 help="Read API field API_NAME from manifest column COLUMN (repeatable).",
             ),
+            sign_option,
         ]
     ):
         func = decorator(func)
@@ -108,7 +119,7 @@ def _manifest_options(func: F) -> F:
 
 
 def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
-                   columns: tuple[str, ...]) -> ManifestOptions:
+                   columns: tuple[str, ...], sign: bool = False) -> ManifestOptions:
     from uploader.manifest import ManifestOptions
 
     pairs = []
@@ -118,7 +129,8 @@ def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: s
             raise UsageError(f"--column expects API_NAME=COLUMN, got {item!r}")
         pairs.append((api.strip(), col.strip()))
     return ManifestOptions(
-        project_id=project_id, work_flow_id=work_flow_id, batch_id=batch_id, format=fmt, columns=tuple(pairs)
+        project_id=project_id, work_flow_id=work_flow_id, batch_id=batch_id, format=fmt, columns=tuple(pairs),
+        sign=sign,
     )
 
 
@@ -150,13 +162,13 @@ def cli() -> None:
 @ledger_option
 @_handle_errors
 def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
-         columns: tuple[str, ...], ledger: str | None) -> None:
+         columns: tuple[str, ...], sign: bool, ledger: str | None) -> None:
     """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
 
-    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     created = new_ledger_file(ledger)  # removed again if the load fails
     with spooled_manifest(manifest, fmt) as (path, label), \
             prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
@@ -376,14 +388,15 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
               help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
                    "reported but not blocked.")
 @preflight_options
+@url_ttl_option
 @_handle_errors
 def run(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
-    fmt: str | None, columns: tuple[str, ...], batch_name: str | None, default_batch: bool, ledger: str | None,
-    api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool, use_sandbox: bool,
-    timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
+    fmt: str | None, columns: tuple[str, ...], sign: bool, batch_name: str | None, default_batch: bool,
+    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
+    use_sandbox: bool, timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
     lease_seconds: float, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
-    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
+    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, url_ttl: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from uploader.cli.forgetting import project_hint
@@ -395,16 +408,17 @@ def run(
 
     as_json, quiet = json_mode(), quiet_mode()
     stop = click.get_current_context().meta[_STOP] = StopFlag()
-    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
+    signer = _signer(sign, url_ttl)
     run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
-                             lease_seconds=lease_seconds, max_retry_after=max_retry_after)
+                             lease_seconds=lease_seconds, max_retry_after=max_retry_after, prepare_payload=signer)
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
         display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
-        before_send = None
+        settings = None
         if allow_blocked:
             from uploader.ledger import release_blocked
 
@@ -413,12 +427,16 @@ def run(
                 click.echo(f"--allow-blocked: {rows_are(released)} pending again", err=True)
         if preflight:
             settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
-                                          min_url_validity, block=not allow_blocked)
-            before_send = _preflight_step(settings, as_json or quiet, not allow_blocked)
+                                          min_url_validity, block=not allow_blocked,
+                                          sign_url=signer.sign_url if signer else None)
+        before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
+        if manifest is None and not (as_json or quiet):  # a resume from the ledger alone: say how far it got
+            print_resume(led.url, led.counts(), loaded=False)
         try:
             summary = run_upload(
                 led, manifest, options, base_url=url, api_key=key, run_options=run_options,
-                batch_name=batch_name, on_load=None if as_json or quiet else print_load,
+                batch_name=batch_name,
+                on_load=None if as_json or quiet else lambda report: print_load(report, counts=led.counts()),
                 on_progress=display.update, default_batch=default_batch, stop=stop,
                 on_notice=lambda message: click.echo(message, err=True), manifest_label=manifest_label,
                 before_send=before_send,
@@ -450,6 +468,29 @@ def run(
         sys.exit(EXIT_SOME_FAILED)
 
 
+def _signer(sign: bool, url_ttl: dt.timedelta) -> PayloadSigner | None:
+    """The signer of --sign (storage URLs signed just before each send), or None."""
+    if not sign:
+        return None
+    from uploader.storage import PayloadSigner
+
+    return PayloadSigner(url_ttl)
+
+
+def _before_send(signer: PayloadSigner | None, settings: PreflightOptions | None, as_json: bool, blocking: bool
+                 ) -> Callable[[Ledger], Awaitable[None]]:
+    """The run's `before_send` (after the load): the signer of --sign made ready for the pending rows'
+    providers, or storage URLs refused without it (`ready_for_pending`); with --preflight, the preflight."""
+    preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
+
+    async def step(led: Ledger) -> None:
+        ready_for_pending(led, signer)
+        if preflight is not None:
+            await preflight(led)
+
+    return step
+
+
 def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
                     ) -> Callable[[Ledger], Awaitable[None]]:
     """The run's `before_send`: the preflight, its report on stderr (JSON mode: nothing until the summary)."""
@@ -471,6 +512,7 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @_manifest_options
 @ledger_option
 @preflight_options
+@url_ttl_option
 @click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
               help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
                    "for manifests too big to check whole.")
@@ -478,9 +520,9 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @_handle_errors
 def check(
     manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
-    fmt: str | None, columns: tuple[str, ...], ledger: str | None, check_concurrency: int, per_host_rate: float,
-    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, sample: int | None,
-    as_json: bool,
+    fmt: str | None, columns: tuple[str, ...], sign: bool, ledger: str | None, check_concurrency: int,
+    per_host_rate: float, check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
+    url_ttl: dt.timedelta, sample: int | None, as_json: bool,
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
@@ -492,10 +534,11 @@ def check(
     from uploader.load import load as load_manifest
     from uploader.send import check_attachments
 
+    signer = _signer(sign, url_ttl)
     created = new_ledger_file(ledger) if manifest else None
     led = _open_ledger(ledger, create=bool(manifest))
     if manifest is not None:
-        options = _build_options(project_id, work_flow_id, batch_id, fmt, columns)
+        options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
         with spooled_manifest(manifest, fmt) as (path, label):
             try:
                 report = load_manifest(led, path or manifest, options, label)
@@ -504,7 +547,9 @@ def check(
                 raise
         if not as_json:
             print_load(report)
-    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity)
+    ready_for_pending(led, signer)
+    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity,
+                                  sign_url=signer.sign_url if signer else None)
     if sample is not None:
         from uploader.cli.preflight import print_sample
         from uploader.send import sample_attachments

@@ -8,6 +8,7 @@ it imports nothing heavy at module level: tqdm is imported only when a progress 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "plural", "print_load", "print_row", "print_settings",
-           "print_status", "print_summary", "retry_report", "rows_are", "uncertain_reasons"]
+__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "error_line", "error_lines", "plural", "print_load",
+           "print_resume", "print_row", "print_settings", "print_status", "print_summary", "retry_report", "rows_are",
+           "uncertain_reasons"]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
@@ -51,8 +53,10 @@ def rows_are(n: int) -> str:
     return f"{plural(n, 'row')} {'is' if n == 1 else 'are'}"
 
 
-def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -> None:
-    """What loading a manifest did: new, unchanged, updated and conflicting rows."""
+def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False,
+               counts: dict[str, int] | None = None) -> None:
+    """What loading a manifest did: new, unchanged, updated and conflicting rows. With the ledger's `counts`
+    (`uploader run`, which sends next), a manifest already loaded is reported as what the run resumes."""
     if as_json:
         import dataclasses
 
@@ -62,7 +66,9 @@ def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -
         click.echo(f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.updated} updated, "
                    f"{report.conflicts} conflicting")
         return
-    if report.already_loaded:
+    if report.already_loaded and counts is not None:
+        print_resume(report.manifest, counts)
+    elif report.already_loaded:
         click.echo(f"{report.manifest}: already loaded with the same options ({plural(report.rows, 'row')}); "
                    "nothing to do.")
     else:
@@ -78,6 +84,19 @@ def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False) -
             f"(not sent again), e.g. {', '.join(report.conflict_examples)}",
             err=True,
         )
+
+
+def print_resume(source: Any, counts: dict[str, int], loaded: bool = True) -> None:
+    """How much is done and how much the run sends now: over a manifest already loaded (`source`), or, not
+    `loaded`, over the ledger `source` alone (`uploader run` with no manifest)."""
+    done = counts["succeeded"] + counts["failed"] + counts["conflict"]
+    to_send = counts["pending"] + counts["in_flight"]
+    head = f"{source}: already loaded" if loaded else f"ledger {source}"
+    if to_send or counts["uncertain"]:
+        looked_up = f", {counts['uncertain']:,} to look up" if counts["uncertain"] else ""
+        click.echo(f"{head}; resuming: {done:,} done, {to_send:,} to send{looked_up}")
+    else:
+        click.echo(f"{head}; every row is done ({done:,}); nothing to send.")
 
 
 def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
@@ -113,10 +132,8 @@ def _print_counts(report: StatusReport, by_project: dict[str, dict[str, int]] | 
         for project, counts in by_project.items():
             shown = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
             click.echo(f"  {project}: {sum(counts.values())} jobs ({shown})")
-    if report.error_codes:
-        click.echo("error codes (failed, uncertain, conflict, waiting to retry):")
-        for code, n in report.error_codes.items():
-            click.echo(f"  {code:<24} {n}")
+    for line in error_lines(report.errors):
+        click.echo(line)
 
 
 def _print_activity(report: StatusReport) -> None:
@@ -127,11 +144,17 @@ def _print_activity(report: StatusReport) -> None:
         click.echo(f"last activity {report.last_activity.isoformat()}Z")
     if report.live_workers:
         total = sum(w["requests_per_second"] for w in report.live_workers)
-        click.echo(f"{len(report.live_workers)} live workers ({total:.0f} requests/s together):")
+        n = len(report.live_workers)
+        click.echo(f"{n} live worker{'s' if n != 1 else ''} ({total:.0f} requests/s together):")
     for w in report.live_workers:
         click.echo(
             f"  {w['hostname']} pid {w['pid']}: {w['sent']} requests since {w['started_at']} "
             f"({w['requests_per_second']:.0f}/s), last heartbeat {w['heartbeat_age_seconds']:.0f} s ago"
+        )
+    for w in getattr(report, "dead_workers", ()):
+        click.echo(
+            f"dead worker: {w['hostname']} pid {w['pid']} (the process is gone; it never stopped cleanly): its rows "
+            "are taken over by the next run"
         )
 
 
@@ -154,6 +177,35 @@ def _print_follow_ups(report: StatusReport, repeat: Repeat, attachments: dict[st
                    f"`{repeat.command('retry --all')}`.")
 
 
+#: The longest API message quoted beside an error code.
+MESSAGE_CHARS = 100
+
+
+def error_line(code: str, rows: int, message: str | None, reference_id: str | None) -> str:
+    """One error code as a person reads it: `GE_0001 × 12: invalid parameter: batch_id (e.g. img-00001)`."""
+    text = " ".join((message or "").split())
+    if len(text) > MESSAGE_CHARS:
+        text = text[: MESSAGE_CHARS - 1] + "…"
+    return f"{code} × {rows}" + (f": {text}" if text else "") + (f" (e.g. {reference_id})" if reference_id else "")
+
+
+def error_lines(errors: list[dict[str, Any]], indent: str = "  ") -> list[str]:
+    """The ledger's error codes (uploader.ledger's `error_details`) in three groups: errors (failed, uncertain,
+    conflict rows), rows waiting to retry, and throttling (the API asked to slow down: not an error)."""
+    lines: list[str] = []
+    groups = (
+        ("error codes (failed, uncertain, conflict):", [e for e in errors if not e["waiting"]]),
+        ("waiting to retry:", [e for e in errors if e["waiting"] and not e.get("throttled")]),
+        ("throttling (the API asked to slow down; not errors, the rows wait and are sent again):",
+         [e for e in errors if e["waiting"] and e.get("throttled")]),
+    )
+    for title, group in groups:
+        if group:
+            lines.append(title)
+            lines += [indent + error_line(e["code"], e["rows"], e["message"], e["reference_id"]) for e in group]
+    return lines
+
+
 def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat) -> None:
     """The preflight's part of `status`: URL verdicts, blocked rows, rows never checked."""
     urls = attachments["urls"]
@@ -169,43 +221,49 @@ def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat
 
 
 def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
-    """The end of a run: this run's requests and outcomes, the ledger's totals, the top error codes (follow-up
-    commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
+    """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes
+    (follow-up commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
     d = summary.as_dict()
     c = d["counts"]
-    click.echo(
-        f"done in {d['seconds']:.1f} s: {d['this_run']['requests']} requests ({d['requests_per_second']:.0f}/s); "
-        f"ledger: {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
-        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
-        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
-        + f"{c['pending'] + c['in_flight']} pending"
-    )
-    if c.get("blocked"):
-        click.echo(f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
-                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
     run_ = d["this_run"]
+    head = "interrupted after" if d["interrupted"] else "done in"
     click.echo(
-        f"this run: {run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
+        f"{head} {d['seconds']:.1f} s. This run: {run_['requests']} requests ({d['requests_per_second']:.0f}/s), "
+        f"{run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
         + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
-        + f"{run_['failed']} failed, {run_['retries']} retries, {run_['throttled']} throttled"
+        + f"{run_['failed']} failed, {run_['retries']} retr{'y' if run_['retries'] == 1 else 'ies'}"
         + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
+    for e in d["this_run_errors"][:5]:
+        click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
+    if run_["throttled"]:
+        click.echo(f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
+                   "(no attempt counted, no row failed for it)")
     if run_.get("retry_after_capped"):
         click.echo(f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
                    f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that")
     if run_.get("protocol_errors"):
         click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
                    "uncertain until a batch listing decides")
-    if c.get("conflict"):
-        click.echo(conflict_hint(c["conflict"], repeat))
     if run_["ignored_stale_results"]:
         click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
                    "another run after this one's lease expired")
-    if d["top_error_codes"]:
-        click.echo("top error codes: " + ", ".join(f"{k} × {v}" for k, v in d["top_error_codes"].items()))
+    click.echo(
+        f"ledger (every run): {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
+        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
+        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
+        + f"{c['pending'] + c['in_flight']} pending"
+    )
+    for line in error_lines(d["errors"]):
+        click.echo("  " + line)
+    if c.get("blocked"):
+        click.echo(f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
+                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
+    if c.get("conflict"):
+        click.echo(conflict_hint(c["conflict"], repeat))
     if not quiet:
         click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
@@ -228,8 +286,9 @@ class ProgressDisplay:
         self.close()
 
     def update(self, p: Progress) -> None:
-        """Show the run's live counters, and each new notice once, on stderr."""
-        notices = getattr(p, "notices", ())
+        """Show the run's live counters, and each new notice once, on stderr. The bar counts this run's work
+        only (its rate and ETA too); what holds the run up is its description."""
+        notices = p.notices
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
             self.told += 1
@@ -239,21 +298,29 @@ class ProgressDisplay:
                 click.echo(line, err=True)
         if self.silent:
             return
+        trouble = p.trouble
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=p.total, initial=p.done_before, unit="job", dynamic_ncols=True)
-            self.bar.set_postfix(ok=p.succeeded, failed=p.failed, retrying=p.retrying, refresh=False)
-            self.bar.update(p.done - self.bar.n)
+                self.bar = tqdm(total=p.total - p.done_before, unit="job", ncols=bar_width())
+            else:
+                self.bar.ncols = bar_width()
+            self.bar.set_description_str(trouble or "", refresh=False)
+            self.bar.set_postfix_str(postfix(p), refresh=False)
+            step = p.done - p.done_before - self.bar.n
+            if step:
+                self.bar.update(step)
+            else:  # nothing finished: still redraw, so the elapsed time, the counters and the trouble move
+                self.bar.refresh()
             return
         now = time.monotonic()
         if now - self.last_line >= 5.0:
             self.last_line = now
             elapsed = max(1e-9, now - p.started)
             click.echo(
-                f"{p.done}/{p.total} done: {p.succeeded} ok, {p.failed} failed, {p.retrying} retries, "
-                f"{p.requests / elapsed:.0f} req/s",
+                f"{p.done - p.done_before}/{p.total - p.done_before} done: {postfix(p, ' ')}, "
+                f"{p.requests / elapsed:.0f} req/s" + (f"; {trouble}" if trouble else ""),
                 err=True,
             )
 
@@ -262,6 +329,26 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def bar_width() -> int:
+    """The bar's width: the terminal's (as it is now: it may be resized), less two columns, so the `^C` a
+    terminal echoes on Ctrl-C lands beside the bar instead of wrapping it onto a second line."""
+
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        columns = 80
+    return max(20, columns - 2)
+
+
+def postfix(p: Any, sep: str = "=") -> str:
+    """The counters beside the bar, ok first: rows waiting to retry now (not the running total of retries),
+    and the throttles (429s) so far, once there are any."""
+    parts = [("ok", p.succeeded), ("failed", p.failed), ("retrying", getattr(p, "retrying_now", 0))]
+    if p.throttled:
+        parts.append(("throttled", p.throttled))
+    return ", ".join(f"{name}{sep}{n}" if sep == "=" else f"{n} {name}" for name, n in parts)
 
 
 def retry_report(n: int | None, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,

@@ -14,6 +14,7 @@ import click
 
 from uploader.cli.app import UploaderCommand
 from uploader.cli.preflight import Duration
+from uploader.cli.signing import sign_option
 
 __all__ = ["EXIT_HELD_BACK", "plan_command", "plan_dict"]
 
@@ -71,10 +72,11 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
 @click.option("--ledger", metavar="PATH|URL", help="Ledger file or SQLAlchemy URL [default ./uploader.db].")
 @click.option("--min-url-validity", type=Duration(), default="24h", show_default=True, metavar="DURATION",
               help="Count as held back the rows whose signed URL expires sooner than this from now.")
+@sign_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
                  fmt: str | None, columns: tuple[str, ...], ledger: str | None, min_url_validity: dt.timedelta,
-                 as_json: bool) -> None:
+                 sign: bool, as_json: bool) -> None:
     """Show what `uploader run MANIFEST` would do — new, unchanged, changed and conflicting rows, what it would
     send and hold back, the batch, the first payload — without sending or writing anything (exit 3 when
     something would be held back)."""
@@ -82,7 +84,7 @@ def plan_command(manifest: Path, project_id: str | None, work_flow_id: str | Non
 
     @_handle_errors
     def go() -> None:
-        _plan(manifest, _build_options(project_id, work_flow_id, batch_id, fmt, columns), ledger,
+        _plan(manifest, _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign), ledger,
               min_url_validity, as_json)
 
     go()

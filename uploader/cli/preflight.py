@@ -65,12 +65,13 @@ def preflight_options(func: F) -> F:
 
 def preflight_settings(check_concurrency: int, per_host_rate: float, check_timeout: float,
                        recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
-                       block: bool = True) -> PreflightOptions:
-    """The library's PreflightOptions for these option values."""
+                       block: bool = True, sign_url: Callable[[str], str] | None = None) -> PreflightOptions:
+    """The library's PreflightOptions for these option values (`sign_url`: --sign's signer)."""
     from uploader.send import PreflightOptions
 
     return PreflightOptions(concurrency=check_concurrency, per_host_rate=per_host_rate, timeout=check_timeout,
-                            recheck_after=recheck_after, min_url_validity=min_url_validity, block=block)
+                            recheck_after=recheck_after, min_url_validity=min_url_validity, block=block,
+                            sign_url=sign_url)
 
 
 def print_preflight(report: PreflightReport, as_json: bool, repeat: Repeat = NO_REPEAT, blocking: bool = True,

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import blocked_rows as blocked_rows
     from uploader.ledger.preflight import expiring_rows as expiring_rows
     from uploader.ledger.preflight import never_checked as never_checked
+    from uploader.ledger.preflight import pending_containing as pending_containing
     from uploader.ledger.preflight import pending_payloads as pending_payloads
     from uploader.ledger.preflight import record_verdicts as record_verdicts
     from uploader.ledger.preflight import release_blocked as release_blocked
@@ -165,6 +166,7 @@ _EXPORTS = {
     "blocked_rows": "uploader.ledger.preflight",
     "never_checked": "uploader.ledger.preflight",
     "expiring_rows": "uploader.ledger.preflight",
+    "pending_containing": "uploader.ledger.preflight",
     "pending_payloads": "uploader.ledger.preflight",
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",

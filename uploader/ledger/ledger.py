@@ -51,7 +51,7 @@ from uploader.errors import LedgerError
 from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.models import Status
-from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, utcnow  # noqa: F401 (re-export)
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.transitions import settle_found, settle_missing
 
 __all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
@@ -386,14 +386,16 @@ class Ledger(LedgerQueries):
             {"t": now - dt.timedelta(seconds=1), "o": owner},
         )
 
-    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True) -> None:
-        """Show this worker alive with its request count; with `renew`, keep its leases alive too."""
+    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True,
+                  rate: float | None = None) -> None:
+        """Show this worker alive with its request count and current `rate` (requests/s since its previous
+        heartbeat); with `renew`, keep its leases alive too."""
         now = utcnow()
         exp = now + dt.timedelta(seconds=lease_seconds)
         with write_tx(self.engine) as conn:
             conn.execute(
-                text("UPDATE workers SET heartbeat_at = :t, sent = :s WHERE owner = :o"),
-                {"t": now, "s": sent, "o": owner},
+                text("UPDATE workers SET heartbeat_at = :t, sent = :s, rate = :r WHERE owner = :o"),
+                {"t": now, "s": sent, "r": rate, "o": owner},
             )
             if renew:
                 conn.execute(
@@ -683,12 +685,3 @@ def _never_written(path: Path) -> bool:
         con.close()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -159,6 +160,8 @@ class Worker(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime)
     stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     sent: Mapped[int] = mapped_column(Integer, default=0)
+    #: Requests per second over the last heartbeat interval (NULL before the second heartbeat).
+    rate: Mapped[float | None] = mapped_column(Float)
 
 
 class CheckedUrl(Base):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from sqlalchemy import DateTime, Engine, Integer, Text, text
@@ -19,7 +19,8 @@ from uploader.ledger.models import Status
 from uploader.ledger.queries import utcnow
 
 __all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "expiring_rows", "never_checked",
-           "pending_payloads", "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
+           "pending_containing", "pending_payloads",
+           "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
 
 #: Rows read per page of `pending_payloads`, and keys bound per statement.
 _PAGE = 2000
@@ -82,6 +83,22 @@ class BlockedRow(NamedTuple):
 
 def url_hash(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def pending_containing(engine: Engine, needles: Mapping[str, str | None]) -> set[str]:
+    """Which needles occur in the body of some pending row that does not also hold the needle's `unless`
+    text (plain substrings, no LIKE wildcards): one query each, ending at the first match (e.g. whether any
+    pending row holds an s3:// URL)."""
+    found = set()
+    with read_tx(engine) as conn:
+        for needle, unless in needles.items():
+            sql = f"SELECT 1 FROM jobs WHERE status = '{Status.PENDING.value}' AND body LIKE :pattern"
+            if unless is not None:
+                sql += " AND body NOT LIKE :unless"
+            row = conn.execute(text(sql + " LIMIT 1"), {"pattern": f"%{needle}%", "unless": f"%{unless}%"}).first()
+            if row is not None:
+                found.add(needle)
+    return found
 
 
 def pending_payloads(engine: Engine, since: dt.datetime | None = None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from uploader.ledger.models import Status
 if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
     import pandas as pd
 
-__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "utcnow"]
+__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "pid_alive", "utcnow"]
 
 #: Status words for the SQL below (f-strings over Status: one spelling of each state).
 _PENDING = Status.PENDING.value
@@ -55,6 +57,11 @@ class StatusReport:
     #: How the jobs that exist came to be, over succeeded and conflict rows: created / recovered /
     #: pre-existing (a conflict row's code says why it may hold other data than the manifest).
     origins: dict[str, int] = field(default_factory=dict)
+    #: Each error code with its rows, a message and an example reference_id (`LedgerQueries.error_details`).
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Workers of this host that never stopped but whose process is gone (killed): not live, their rows are
+    #: taken over by the next run.
+    dead_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         def iso(t: dt.datetime | None) -> str | None:
@@ -69,6 +76,8 @@ class StatusReport:
             "manifests": self.manifests,
             "live_workers": self.live_workers,
             "origins": self.origins,
+            "errors": self.errors,
+            "dead_workers": self.dead_workers,
         }
 
 
@@ -132,6 +141,23 @@ class LedgerQueries:
             rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
         return {code: n for code, n in rows}
 
+    def error_details(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Each error code, most rows first: `rows`, the `message` and `reference_id` of an example row,
+        `waiting` (True: the rows are pending, waiting to retry; False: failed, uncertain or in conflict) and
+        `throttled` (the API answered 429: it asked to slow down; the row is not wrong)."""
+        sql = (
+            "SELECT g.waiting, g.error_code, g.n, j.reference_id, j.error_message, g.throttled FROM ("
+            f"SELECT CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END AS waiting, error_code, COUNT(*) AS n, "
+            "MIN(id) AS example, MAX(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) AS throttled "
+            f"FROM jobs WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
+            f"AND error_code IS NOT NULL GROUP BY CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END, error_code"
+            ") g JOIN jobs j ON j.id = g.example ORDER BY g.n DESC, g.error_code"
+        )
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+        return [{"code": code, "rows": n, "message": message, "reference_id": ref, "waiting": bool(waiting),
+                 "throttled": bool(throttled)} for waiting, code, n, ref, message, throttled in rows]
+
     def failed_codes(self) -> dict[str | None, int]:
         """Failed rows per error code (None: failed without one), most frequent first."""
         sql = (
@@ -177,16 +203,20 @@ class LedgerQueries:
                 "AND origin IS NOT NULL GROUP BY origin ORDER BY origin"))}
             now = utcnow()
             workers = [
-                _live_worker(o, h, p, _dt(s), _dt(b), n, now)  # type: ignore[arg-type]
-                for o, h, p, s, b, n in conn.execute(
+                _live_worker(o, h, p, _dt(s), _dt(b), n, now, r)  # type: ignore[arg-type]
+                for o, h, p, s, b, n, r in conn.execute(
                     text(
-                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent FROM workers "
+                        "SELECT owner, hostname, pid, started_at, heartbeat_at, sent, rate FROM workers "
                         "WHERE stopped_at IS NULL AND heartbeat_at > :stale ORDER BY started_at"
                     ),
                     {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
                 )
             ]
-        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, workers, origins)
+        host = socket.gethostname()
+        dead = [w for w in workers if w["hostname"] == host and not pid_alive(w["pid"])]
+        live = [w for w in workers if w not in dead]
+        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, live, origins,
+                            errors=self.error_details(), dead_workers=dead)
 
     def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
         """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""
@@ -249,15 +279,29 @@ class LedgerQueries:
 
 
 def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,
-                 now: dt.datetime) -> dict[str, Any]:
+                 now: dt.datetime, rate: float | None = None) -> dict[str, Any]:
     """A live worker as `status` shows it: `sent` is its request count at its last heartbeat (every few
-    seconds), `requests_per_second` the average from its start to that heartbeat."""
+    seconds), `requests_per_second` its current rate (over the interval before that heartbeat; before its
+    second heartbeat, the average since its start), `average_requests_per_second` the average since its start."""
     up = (beat - started).total_seconds()
+    average = round(sent / up, 1) if up > 0 else 0.0
     return {
         "owner": owner, "hostname": host, "pid": pid, "started_at": started.isoformat() + "Z",
         "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
-        "sent": sent, "requests_per_second": round(sent / up, 1) if up > 0 else 0.0,
+        "sent": sent, "requests_per_second": round(rate, 1) if rate is not None else average,
+        "average_requests_per_second": average,
     }
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _iso(value: Any) -> str | None:

@@ -44,6 +44,10 @@ class ManifestOptions:
     batch_id: str | None = None
     format: str | None = None
     columns: tuple[tuple[str, str], ...] = ()
+    #: Accept s3:// and gs:// storage URLs (`--sign`): uploader signs them at send time. Not part of the
+    #: fingerprint: the stored rows keep the storage URL, so a manifest that loads without it loads the same
+    #: rows with it (one that needs it does not load without it).
+    sign: bool = False
 
     def fingerprint(self) -> str:
         """sha256 of the options: the same file loaded with the same options is the same load."""

@@ -104,14 +104,14 @@ def _read(path: str) -> Iterator[Row]:
 
 
 def frame_row(line: int, text: Callable[[str], str | None], has_index: bool, errs: Errors,
-              job: tuple[Any, ...]) -> tuple[Any, ...] | None:
+              job: tuple[Any, ...], sign: bool = False) -> tuple[Any, ...] | None:
     """Check one long-form frame row, adding to `errs`; the row to park in the frame store (flagged if it has
     problems), or None if it has no reference_id to be grouped by. `text(api)` reads one of its cells."""
     pid, ref, wf, batch, pw, meta, extra = job
     fid, src = text("frame_id"), text("src")
     if fid == "":
         errs.append(("frame_id", "frame_id is empty"))
-    if src is not None and (why := url_problem(src)):
+    if src is not None and (why := url_problem(src, sign)):
         errs.append(("src", f"src {why}"))
     order = line
     if has_index:

@@ -61,6 +61,7 @@ class Manifest:
         self._extras = tuple((c, i) for i, c in enumerate(self.columns) if c not in used)
         self._pid, self._wf = options.project_id or "", options.work_flow_id or ""
         self._batch = options.batch_id or None
+        self._sign = options.sign
         self._fast = (self._shapes == ("image",) and self.format != "jsonl" and bool(self._pid and self._wf)
                       and "object" not in self._kinds)  # see _fast_image
         batch = f',"batch_id":{enc(self._batch)}' if self._batch else ""
@@ -242,7 +243,7 @@ class Manifest:
                 bad.append(f"frames[{n}] repeats frame_id {show(fid)} of frames[{seen[fid]}]")
             else:
                 seen[fid] = n
-            if why := url_problem(src) if type(src) is str else "is missing":
+            if why := url_problem(src, self._sign) if type(src) is str else "is missing":
                 bad.append(f"frames[{n}].src {why}")
             out.append(frame)
         errs += [("frames", msg) for msg in bad[:10]]
@@ -283,7 +284,7 @@ class Manifest:
         if shape == "video_long":
             ref, pid, wf, batch, pw = settings
             frame = long_video.frame_row(line, lambda api: self._text(cells, api, errs), "frame_index" in self._idx,
-                                         errs, (pid, ref or "", wf, batch, pw, meta, extra))
+                                         errs, (pid, ref or "", wf, batch, pw, meta, extra), self._sign)
             if frame is not None:
                 frames.append(frame)  # parked; its problems are recorded below
         elif not errs:
@@ -325,7 +326,7 @@ class Manifest:
         its frames) and for a row of no shape."""
         if shape == "image":
             url = self._text(cells, "image_url", errs)
-            if url is not None and (why := url_problem(url)):
+            if url is not None and (why := url_problem(url, self._sign)):
                 errs.append(("image_url", f"image_url {why}"))
             return {"image_url": url}
         if shape == "raw":
@@ -343,7 +344,7 @@ class Manifest:
             errs.append(("data", "data is empty" if data is None else "data is an empty object"))
         elif data and "image_url" in data:
             u = data["image_url"]
-            if why := url_problem(u) if type(u) is str else "must be a string":
+            if why := url_problem(u, self._sign) if type(u) is str else "must be a string":
                 errs.append(("data", f"data.image_url {why}"))
         if data and meta is not None and "metadata" in data:
             errs.append(("metadata", "metadata is set both in the metadata column and inside data"))

@@ -20,6 +20,7 @@ __all__ = [
     "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "MAX_URL_LENGTH", "PATH_UNSAFE", "UUID", "Errors",
     "bad_unicode", "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
     "loads_strict", "may_be_signed", "needs_no_escape", "plain", "reference_id_problem", "show", "signature_problem",
+    "storage_url_problem",
     "unencodable", "url_problem",
 ]
 
@@ -104,8 +105,9 @@ def reference_id_problem(ref: str) -> str | None:
     return None
 
 
-def url_problem(url: str) -> str | None:
-    """Why GT Studio could not fetch `url`, as a phrase to follow the field's name; None if it can."""
+def url_problem(url: str, sign: bool = False) -> str | None:
+    """Why GT Studio could not fetch `url`, as a phrase to follow the field's name; None if it can. With
+    `sign` (`--sign`), an s3:// or gs:// storage URL is accepted too: uploader signs it at send time."""
     if len(url) > MAX_URL_LENGTH:
         return f"is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed (longer URLs cannot be fetched)"
     if HOST.match(url) and url.isprintable() and " " not in url:
@@ -123,14 +125,28 @@ def url_problem(url: str) -> str | None:
         return f"is not a valid URL ({e}): {show(url)}"
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs"):
-        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; use a signed " \
-               "or public https URL"
+        if sign:
+            return storage_url_problem(url)
+        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; pass --sign " \
+               "to have uploader sign it at send time, or use a signed or public https URL"
     if scheme not in ("http", "https"):
         slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
         return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
     if not parts.hostname:
         return f"has no host: {show(url)}"
     return signature_problem(url)
+
+
+def storage_url_problem(url: str) -> str | None:
+    """Why an s3://BUCKET/KEY or gs://BUCKET/OBJECT URL names no object that could be signed, or None."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return f"has no bucket: {show(url)}"
+    if not parts.path.lstrip("/"):
+        return f"has no object key after the bucket: {show(url)}"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return f"has '?' or '#', which a storage URL cannot carry (percent-encode them in the key): {show(url)}"
+    return None
 
 
 #: Fields whose presence makes a query string a signature (manifest.signed says which scheme each is).

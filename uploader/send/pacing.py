@@ -1,5 +1,10 @@
 """When the next request may go: the run-wide pause and the window of requests in the air.
 
+A run starts slowly: the window begins at one request (`slow_start`) and grows by one per answer that is
+not a 429, so it doubles per round trip up to the concurrency. A wrong key or a wrong --batch-id then costs a
+few requests, not a full window of them. An API slow to answer is no sign of a wrong key: while no answer
+comes, the window still doubles every SLOW_START_PATIENCE seconds.
+
 Two signals slow a whole run down, not one row:
 
 - a 429 (THROTTLED): every sender pauses for the Retry-After, and the window of requests allowed in the air
@@ -40,6 +45,8 @@ __all__ = ["Pacer", "RateLimiter"]
 MAX_OUTAGE_PAUSE = 10.0
 #: Outage limit when the API never answered this run.
 FIRST_CONTACT_LIMIT = 30.0
+#: In slow start, the window doubles after this long without an answer (seconds).
+SLOW_START_PATIENCE = 1.0
 
 
 class Pacer:
@@ -47,14 +54,18 @@ class Pacer:
 
     def __init__(self, concurrency: int, rng: random.Random, *, backoff_base: float = 0.5,
                  backoff_cap: float = 60.0, outage_seconds: float = 300.0,
-                 max_retry_after: float = MAX_RETRY_AFTER) -> None:
+                 max_retry_after: float = MAX_RETRY_AFTER, slow_start: bool = False,
+                 patience: float = SLOW_START_PATIENCE) -> None:
         self.concurrency = concurrency
         self.rng = rng
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.outage_seconds = outage_seconds
         self.pause_until = 0.0
-        self.window = float(concurrency)
+        self.window = 1.0 if slow_start else float(concurrency)
+        self.slow_start = slow_start and concurrency > 1  #: growing by one per answer until the first 429
+        self.patience = patience
+        self.grew_at = time.monotonic()  #: the window's last growth in slow start
         self.grows_from = 0.0  #: the window regrows from this moment (the end of the last throttle pause)
         self.in_air = 0
         self._freed = asyncio.Event()
@@ -77,7 +88,14 @@ class Pacer:
                 self.in_air += 1
                 return True
             self._freed.clear()
-            await self._freed.wait()
+            if not self.slow_start:
+                await self._freed.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, self.grew_at + self.patience - time.monotonic())):
+                    await self._freed.wait()
+            if self.slow_start and time.monotonic() - self.grew_at >= self.patience:
+                self._grow(min(float(self.concurrency), self.window * 2))  # no answer yet: slow, not refused
 
     async def sleep(self, seconds: float) -> None:
         """Sleep up to `seconds`; returns early once `wake` was called (the run is stopping)."""
@@ -99,19 +117,33 @@ class Pacer:
         self._freed.set()
         return flying
 
-    def answered(self, throttled: bool) -> None:
-        """The API answered: any outage is over; a narrowed window regrows unless this was a 429."""
+    def answered(self, throttled: bool, grow: bool = True) -> None:
+        """The API answered: any outage is over; a narrowed window regrows unless this was a 429.
+        In slow start every answer that is not a 429 (and `grow`: not one that stops the run) widens the
+        window by one; the first 429 ends slow start."""
         self.answered_once = True
         self.outage_since, self.outage_rounds = None, 0
         if not throttled:
             self.throttle_rounds = 0
-        if throttled or self.window >= self.concurrency:
+        if throttled:
+            self.slow_start = False
+        if throttled or not grow or self.window >= self.concurrency:
+            return
+        if self.slow_start:
+            self._grow(min(float(self.concurrency), self.window + 1))
             return
         now = time.monotonic()
         if now > self.grows_from:
             step = (now - self.grows_from) * max(1.0, self.window / 10)
             self.window = min(float(self.concurrency), self.window + step)
             self.grows_from = now
+
+    def _grow(self, window: float) -> None:
+        """Slow start: widen the window (slow start ends at the concurrency) and let the waiting senders see it."""
+        self.window = window
+        self.grew_at = time.monotonic()
+        self.slow_start = window < self.concurrency
+        self._freed.set()
 
     def throttle_delay(self, retry_after: float | None) -> float:
         """A 429's delay: its Retry-After (capped) plus a backoff growing with the rounds of 429s in a row.
@@ -127,6 +159,7 @@ class Pacer:
     def throttled(self, delay: float, flying: int) -> None:
         """A 429: pause everyone for `delay`; the first 429 of a round halves the window."""
         now = time.monotonic()
+        self.slow_start = False
         if now >= self.grows_from:
             self.window = max(1.0, min(self.window, flying) / 2)
         self.pause_until = max(self.pause_until, now + delay)

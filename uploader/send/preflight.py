@@ -2,7 +2,8 @@
 block the rows whose attachments annotators could not open (`uploader check`, `uploader run --preflight`).
 
 A page of pending rows at a time (memory flat in the ledger's size): the page's distinct URLs without a
-fresh stored verdict are checked (api.check_urls), their verdicts stored, and each row with a bad URL — or a
+fresh stored verdict are checked (api.check_urls; a storage URL in the signed form a run would send, with
+`sign_url`), their verdicts stored, and each row with a bad URL — or a
 signed URL expiring before `now + min_url_validity` — moves pending → blocked with the URL and the reason.
 """
 
@@ -54,6 +55,9 @@ class PreflightOptions:
     recheck_after: dt.timedelta | None = None
     min_url_validity: dt.timedelta = dt.timedelta(hours=24)
     block: bool = True
+    #: `--sign`: a storage URL's signed form, which is what is checked (its verdict is stored under the
+    #: storage URL, which the rows keep); other URLs come back as they are.
+    sign_url: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -117,6 +121,7 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
     _block_expiring(ledger, options, report, not_before)
     in_flight: dict[str, list[_Page]] = {}
     ready: list[_Page] = []
+    storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
 
     def feed() -> Iterator[str]:
         for rows in pending_payloads(engine, since):
@@ -133,7 +138,7 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
                     waiters.append(page)
                     continue
                 in_flight[url] = [page]
-                yield url
+                yield _signed_form(url, options.sign_url, storage_url)
             page.feeding = False
             if page.waiting == 0:
                 ready.append(page)
@@ -152,14 +157,28 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
 
     async for c in check_urls(feed(), concurrency=options.concurrency, per_host_rate=options.per_host_rate,
                               timeout=options.timeout, max_redirects=options.max_redirects):
-        verdict = UrlVerdict(c.url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
+        url = storage_url.pop(c.url, c.url)
+        verdict = UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
         fresh.append(verdict)
         report.verdicts[c.verdict] += 1
-        _hand_out(verdict, in_flight.pop(c.url), ready)
+        _hand_out(verdict, in_flight.pop(url), ready)
         if ready or len(fresh) >= _RECORD_GROUP:
             settle()
     settle()
     return report
+
+
+def _as_is(url: str) -> str:
+    return url
+
+
+def _signed_form(url: str, sign: Callable[[str], str] | None, storage_url: dict[str, str]) -> str:
+    """The URL to request for `url`: with --sign its signed form (noted in `storage_url`), else itself."""
+    if sign is None:
+        return url
+    signed = sign(url)
+    storage_url[signed] = url
+    return signed
 
 
 def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> None:
@@ -262,16 +281,18 @@ async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOp
                     j = rng.randrange(sample.urls)
                     if j < per_host:
                         reservoir[j] = url
-    chosen = list(dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir))
+    sign = options.sign_url or _as_is
+    chosen = {sign(u): u for u in dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir)}
     verdicts: list[UrlVerdict] = []
     async for c in check_urls(chosen, concurrency=options.concurrency, per_host_rate=options.per_host_rate,
                               timeout=options.timeout, max_redirects=options.max_redirects):
-        verdicts.append(UrlVerdict(c.url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
-        sample = hosts[urlsplit(c.url).netloc.lower()]
+        url = chosen[c.url]  # the storage URL of a signed one (--sign)
+        verdicts.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
+        sample = hosts[urlsplit(url).netloc.lower()]
         sample.checked += 1
         sample.verdicts[c.verdict] += 1
         if c.verdict != "ok" and sample.example is None:
-            sample.example = f"{c.url}: {c.detail}"
+            sample.example = f"{url}: {c.detail}"
     for i in range(0, len(verdicts), _RECORD_GROUP):
         record_verdicts(ledger.engine, verdicts[i:i + _RECORD_GROUP])
     return hosts

@@ -12,6 +12,10 @@ wait ends on the first signal — the pacer's pause, a Retry-After, the rate lim
 backoff, and a ledger write waiting for another process's SQLite write lock (`signal.signal` handlers set
 the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.ledger.engine.LockWait).
 
+A run starts with one request in the air and widens as answers come (slow start, uploader.send.pacing); when
+its first rows are all refused with the same permanent code it stops (uploader.send.watch). What holds it up
+(the API unreachable, a 429 pause, rows waiting to retry) is told as it happens (`_Run._watch`, `trouble`).
+
 No task dies silently: the senders, the claimer and the helpers are named tasks under one monitor
 (`_Run._monitor`); one that raises stops the run (rows released as on any stop) with `TaskFailed`, exit 1.
 """
@@ -50,6 +54,7 @@ from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Statu
 from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Resolver, RunStopping
 from uploader.send.summary import Progress, RunSummary, fatal_message
+from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
     from uploader.api import ApiClient
@@ -62,6 +67,14 @@ __all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "bo
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
+#: The heartbeat's delay while the run has sent nothing yet (seconds): `status` soon shows a new run's rate.
+FIRST_HEARTBEAT = 1.0
+#: The user is told the API is unreachable once it has been for this long (seconds), then every
+#: OUTAGE_NOTICE_EVERY seconds while it lasts.
+OUTAGE_NOTICE = 5.0
+OUTAGE_NOTICE_EVERY = 30.0
+#: A row's wait before its retry is shown (when nothing else is going on) once it is at least this long (s).
+WAIT_SHOWN = 2.0
 #: After a gentle stop, how long the last writes (results, releasing the rows) wait for a ledger whose
 #: write lock another process holds, before the run gives up and exits (the rows stay in flight).
 STOP_LOCK_GRACE = 3.0
@@ -87,6 +100,9 @@ class RunOptions:
     outage_seconds: float = 300.0
     #: The longest wait a Retry-After may impose (seconds); a longer hint is cut to it and the user told.
     max_retry_after: float = MAX_RETRY_AFTER
+    #: Begin with one request in the air and widen by one per answer (uploader.send.pacing), so a run
+    #: that every answer refuses (a wrong key, a wrong batch) stops after a few requests, not `concurrency`.
+    slow_start: bool = True
     #: Rows the claimer keeps queued for the senders: twice the concurrency, within these bounds (`claim_size`):
     #: few enough that a stopped run holds few rows, enough that the ledger is not asked once per request.
     claim_size_min: int = 16
@@ -105,12 +121,33 @@ class RunOptions:
     resolve_interval: float = 0.5
     #: How often `on_progress` is called (seconds): the progress line's refresh.
     progress_interval: float = 0.25
+    #: The body on the wire from the body to send, just before each send and resend (`--sign`: storage URLs
+    #: signed now, uploader.storage.PayloadSigner); the ledger keeps the body as loaded.
+    prepare_payload: Callable[[str], str] | None = None
 
     @property
     def claim_size(self) -> int:
         """How many rows the claimer keeps queued for the senders: twice the concurrency, within bounds."""
         return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 2))
 
+
+def trouble(now: float, down: float | None, throttled_until: float,
+            retry_due: dict[int, tuple[float, str | None]] | None) -> str | None:
+    """What holds the run up at `now`, in a few words (Progress.trouble), or None. `down`: seconds the API has
+    been unreachable; `throttled_until`: the end of a 429 pause; `retry_due`: rows waiting to retry (row → time
+    due, code), given only when nothing else is being sent (then they are what the run waits for)."""
+    if down is not None and down >= 1:
+        return f"API unreachable for {down:.0f} s, retrying"
+    if throttled_until > now:
+        return f"throttled (429): paused {throttled_until - now:.0f} s"
+    if retry_due:
+        due, code = min(retry_due.values(), key=lambda w: w[0])
+        wait = due - now
+        if wait >= WAIT_SHOWN:
+            n = len(retry_due)
+            rows = "1 row waits" if n == 1 else f"{n} rows wait"
+            return f"{rows} {wait:.0f} s to retry ({code})"
+    return None
 
 
 class StopFlag:
@@ -230,7 +267,8 @@ class _Run:
         self.results: list[Result] = []
         self.busy = 0
         self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
-                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after)
+                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after,
+                           slow_start=opts.slow_start)
         self.fatal: FatalApiError | None = None
         self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
@@ -241,6 +279,12 @@ class _Run:
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
         self.on_progress: Callable[[Progress], None] | None = None
+        self.first = FirstAnswers(0)  #: the first rows' answers: a systematic error stops the run (_run sets it)
+        #: This run's rows waiting to retry after a retryable error: row id → (monotonic time due, code).
+        self.retry_due: dict[int, tuple[float, str | None]] = {}
+        self.outage_told = 0.0  #: how long the current outage had lasted when the user was last told
+        self.outage_began: float | None = None  #: when the outage the user was told of began (monotonic)
+        self.unreachable_message: str | None = None  #: the last failed connection, in the user's words
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -257,6 +301,7 @@ class _Run:
         self.progress.total = sum(counts.values())
         self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
+        self.first = FirstAnswers(min(SYSTEMATIC_ROWS, counts["pending"] + counts["in_flight"]))
         self.owner = self._register()
         self.stop._wakers.append(self.pacer.wake)
         side: dict[asyncio.Task[Any], str] = {}
@@ -322,6 +367,8 @@ class _Run:
                 "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
             )
         if on_progress:
+            self.progress.trouble = None  # the run is over: nothing holds it up
+            self.progress.retrying_now = len(self.retry_due)
             on_progress(self.progress)
 
     async def _drain(self, claimer: asyncio.Task[Any]) -> None:
@@ -418,6 +465,7 @@ class _Run:
                 continue
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
+                self.retry_due.pop(c.id, None)
                 self.queue.put_nowait(c)
             if claims:
                 await asyncio.sleep(0)
@@ -448,6 +496,7 @@ class _Run:
         count the attempt (as for a 429), or a restart of a few seconds would fail whole batches; stop the run
         once the API has been unreachable for too long. Returns the pause and the decision to record."""
         self.progress.unreachable += 1
+        self.unreachable_message = decision.message
         delay, down_for = self.pacer.unreachable()
         if down_for is not None and self.fatal is None:
             self.fatal = FatalApiError(
@@ -457,22 +506,27 @@ class _Run:
             )
         return delay, Decision(Verdict.THROTTLED, decision.code, decision.message)
 
+    def _wire_body(self, claim: Claim) -> str:
+        """The body to POST, made just before each send: `body_for_send`, then `opts.prepare_payload`."""
+        body = body_for_send(claim.body, claim.batch_id)
+        return body if self.opts.prepare_payload is None else self.opts.prepare_payload(body)
+
     async def _send(self, claim: Claim) -> None:
         if not await self.pacer.acquire(lambda: self._stopping):
             return  # left in_flight: released to pending at the end
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
+            body = self._wire_body(claim)
             sent_at = time.monotonic()
-            result = await self.client.create_job(claim.project_id, body_for_send(claim.body, claim.batch_id))
+            result = await self.client.create_job(claim.project_id, body)
         finally:
             flying = self.pacer.release()
         self.progress.requests += 1
         decision = classify(result, reference_id=claim.reference_id)
         if log.isEnabledFor(logging.INFO):
             _log_answer(claim, result, decision, time.monotonic() - sent_at)
-        if result.http_status is not None:
-            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED)
+        self._answered(claim, decision, result.http_status is not None)
         delay = 0.0
         if decision.verdict is Verdict.EXISTS:
             # The job exists; its job_id is looked up by listing the batch (the resolver). Recorded as
@@ -509,8 +563,26 @@ class _Run:
             else:
                 delay = next_delay(decision, claim.attempts, hint, self.rng, base=self.opts.backoff_base,
                                    cap=self.opts.backoff_cap, max_retry_after=self.opts.max_retry_after)
-        outcome = outcome_for(claim, decision, result, self.opts, delay)
+        self._record(claim, outcome_for(claim, decision, result, self.opts, delay), delay)
+
+    def _answered(self, claim: Claim, decision: Decision, answered: bool) -> None:
+        """After an answer (`answered`: the API itself answered): widen or keep the window (a run-fatal answer
+        does not widen it); stop the run when its first rows all met the same permanent error."""
+        if answered:
+            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED,
+                                grow=decision.verdict is not Verdict.FATAL)
+        if self.first.add(claim.id, claim.reference_id, decision, answered) and self.fatal is None:
+            self.fatal = FatalApiError(systematic_message(self.first), self.first.code)
+            self.pacer.wake()
+
+    def _record(self, claim: Claim, outcome: Result, delay: float) -> None:
+        """Count an outcome (a failed row under its code; a row to retry after `delay` as retrying now) and
+        queue it for the ledger."""
         self._count(outcome)
+        if outcome.status is Status.FAILED:
+            self.progress.failed_row(outcome.error_code, outcome.error_message, claim.reference_id)
+        elif outcome.status is Status.PENDING and not outcome.refund_attempt:
+            self.retry_due[claim.id] = (time.monotonic() + delay, outcome.error_code)
         self.results.append(outcome)
 
     async def _paced(self, limiter: RateLimiter) -> bool:
@@ -598,15 +670,20 @@ class _Run:
             self._halt(exc)
 
     async def _heartbeat(self) -> None:
-        """Renew this run's leases every lease/4 s; show its request count to `status` every few seconds."""
+        """Renew this run's leases every lease/4 s; show its request count and current rate to `status` every
+        few seconds (the first time after a second, so a new run does not show 0 requests/s for long)."""
         every = max(0.1, self.opts.lease_seconds / 4)
         tick = min(every, STATUS_INTERVAL)
-        renewed = time.monotonic()
+        renewed = last_at = time.monotonic()
+        last_sent = 0
         try:
             while True:
-                await asyncio.sleep(tick)
-                renew = time.monotonic() - renewed >= every - tick / 2
-                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, self.progress.requests, renew=renew)
+                await asyncio.sleep(min(tick, FIRST_HEARTBEAT) if last_sent == 0 else tick)
+                now, sent = time.monotonic(), self.progress.requests
+                rate = (sent - last_sent) / (now - last_at) if now > last_at else None
+                last_at, last_sent = now, sent
+                renew = now - renewed >= every - tick / 2
+                self.ledger.heartbeat(self.owner, self.opts.lease_seconds, sent, renew=renew, rate=rate)
                 if renew:
                     renewed = time.monotonic()
         except LedgerError as exc:
@@ -630,7 +707,28 @@ class _Run:
     async def _report(self, on_progress: Callable[[Progress], None]) -> None:
         while True:
             await asyncio.sleep(self.opts.progress_interval)
+            self._watch(time.monotonic())
             on_progress(self.progress)
+
+    def _watch(self, now: float) -> None:
+        """Say what holds the run up, as it happens: the API unreachable (a notice after OUTAGE_NOTICE s, then
+        every OUTAGE_NOTICE_EVERY s, and when it answers again), a 429 pause, rows waiting to retry."""
+        p, pacer = self.progress, self.pacer
+        p.retrying_now = len(self.retry_due)
+        down = now - pacer.outage_since if pacer.outage_since is not None else None
+        if down is None and self.outage_began is not None:
+            p.notices.append(f"the API answers again, after {now - self.outage_began:.0f} s unreachable")
+            self.outage_told, self.outage_began = 0.0, None
+        if down is not None and down >= OUTAGE_NOTICE and (not self.outage_told
+                                                           or down - self.outage_told >= OUTAGE_NOTICE_EVERY):
+            self.outage_told, self.outage_began = down, pacer.outage_since
+            p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
+                             "marked failed meanwhile")
+        if self.stop.gentle:
+            p.trouble = f"stopping: {self.pacer.in_air} in the air (Ctrl-C again: cancel them)"
+            return
+        p.trouble = trouble(now, down, pacer.pause_until if pacer.throttle_rounds else 0.0,
+                            None if self.queue.qsize() or self.busy else self.retry_due)
 
 
 
@@ -638,7 +736,7 @@ def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
     """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
     done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
     progress = Progress(total=sum(counts.values()), done_before=done)
-    return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None)
+    return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None, ledger.error_details(limit=5))
 
 
 async def submit(
@@ -663,7 +761,8 @@ async def submit(
             signal.signal(sig, handler)
     counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
     fatal = str(run.fatal) if run.fatal else None
-    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal)
+    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal,
+                         ledger.error_details(limit=5))
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary

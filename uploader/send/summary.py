@@ -36,13 +36,25 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     retry_after_capped: int = 0  #: answers whose Retry-After asked for more than --max-retry-after
     retry_after_longest: float = 0.0  #: the longest such Retry-After (seconds)
-    #: One-line notices for the user (a Retry-After cut to the cap, waiting for the ledger's lock), in order;
-    #: the progress display prints each once, as it appears.
+    #: One-line notices for the user (a Retry-After cut to the cap, waiting for the ledger's lock, the API
+    #: unreachable), in order; the progress display prints each once, as it appears.
     notices: list[str] = field(default_factory=list)
+    #: The rows this run failed, by error code: [rows, the API's message, an example reference_id].
+    errors: dict[str, list[Any]] = field(default_factory=dict)
+    #: Rows of this run waiting to be sent again after a retryable error (not a 429): their count now.
+    retrying_now: int = 0
+    #: What holds the run up at this moment, in a few words ("API unreachable for 12 s", "throttled (429):
+    #: paused 3 s", "1 row waits 12 s to retry (FS_0000)"), or None.
+    trouble: str | None = None
 
     @property
     def done(self) -> int:
         return self.done_before + self.succeeded + self.failed + self.uncertain + self.conflict
+
+    def failed_row(self, code: str | None, message: str | None, reference_id: str) -> None:
+        """Count a row this run failed under its code (the first row's message and reference_id kept)."""
+        entry = self.errors.setdefault(code or "unknown", [0, message, reference_id])
+        entry[0] += 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,8 @@ class RunSummary:
     seconds: float
     interrupted: bool
     fatal: str | None
+    #: The ledger's error codes with a message and an example (uploader.ledger's `error_details`).
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def requests_per_second(self) -> float:
@@ -79,7 +93,10 @@ class RunSummary:
                 "retry_after_capped": p.retry_after_capped,
                 "retry_after_longest_seconds": round(p.retry_after_longest, 1),
             },
+            "this_run_errors": [{"code": code, "rows": n, "message": message, "reference_id": ref}
+                                for code, (n, message, ref) in sorted(p.errors.items(), key=lambda kv: -kv[1][0])],
             "top_error_codes": self.error_codes,
+            "errors": self.errors,
             "seconds": round(self.seconds, 3),
             "requests_per_second": round(self.requests_per_second, 1),
             "interrupted": self.interrupted,
