@@ -58,6 +58,8 @@ def test_report_data_aggregates_in_sql(ledger):
     data = report_data(ledger.engine)
     assert data.counts == ledger.counts() and data.total == 90
     assert data.bucket == 60
+    # minute by minute from the first answer; the last two rows (blocked, pending) were never sent
+    assert data.throughput[0][0] == T0 and data.throughput[-1][0] == T0 + dt.timedelta(minutes=43)
     assert sum(c for _, c, _, _ in data.throughput) == 20  # 10 of each of the two "created" kinds
     assert sum(r for _, _, r, _ in data.throughput) == 10 * sum(k[4] for k in KINDS)
     assert sum(t for _, _, _, t in data.throughput) == 10
@@ -100,6 +102,7 @@ def test_advice_per_kind_of_error():
     assert "Fix the manifest" in advice("FS_0003", "failed")
     assert "retried" in advice("FS_0000", "pending")
     assert "reconcile" in advice("ambiguous", "uncertain")
+    assert "Throttled" in advice("http_429", "pending")
 
 
 def test_bar_chart_draws_a_bar_per_value():
@@ -135,24 +138,43 @@ def _chromium() -> str | None:
     return os.environ.get("UPLOADER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.slow
-def test_page_in_a_real_browser(tmp_path):
-    """Headless Chromium loads the page with no console error, every chart drew, and screenshots at a
-    laptop's and a phone's width land in the test artifacts."""
+def _browser_flags(tmp_path: Path) -> list[str]:
     browser = _chromium()
     if browser is None:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium not found under CI: .ci/run should have installed it")
         pytest.skip("chromium not installed (Debian's `chromium` package): the browser test is skipped")
-    out, _ = _page(tmp_path)
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", out.as_uri()],
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def _load(flags: list[str], page: Path) -> tuple[str, list[str]]:
+    """The DOM after the page loaded, and every console message it logged (errors included)."""
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.slow
+def test_the_console_check_sees_errors(tmp_path):
+    """The check below would catch a page's error: a page that logs one and throws is caught."""
+    flags = _browser_flags(tmp_path)
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!doctype html><p>x</p><script>console.error("boom"); missing();</script>')
+    _, console = _load(flags, bad)
+    assert any("boom" in line for line in console) and any("Uncaught" in line for line in console)
+
+
+@pytest.mark.slow
+def test_page_in_a_real_browser(tmp_path):
+    """Headless Chromium loads the page with no console message, every chart drew, and screenshots at a
+    laptop's and a phone's width land in the test artifacts."""
+    flags = _browser_flags(tmp_path)
+    out, _ = _page(tmp_path)
+    dom, console = _load(flags, out)
     assert not console, console
-    svgs = re.findall(r"<svg[^>]*>(.*?)</svg>", dom.stdout, re.S)
+    svgs = re.findall(r"<svg[^>]*>(.*?)</svg>", dom, re.S)
     assert len(svgs) >= 5 and all("<rect" in s for s in svgs)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name, width, height in (("report-laptop.png", 1366, 3000), ("report-phone.png", 390, 5000)):

@@ -75,6 +75,8 @@ def advice(code: str, status: str) -> str:
     if code.startswith("url_"):
         return ("Check access to the attachment (open the URL: permissions, host, file), then "
                 "`uploader check` and `uploader retry --blocked`.")
+    if code == "http_429":
+        return "Throttled: the API was busy. The next `uploader run` sends it again (a lower `--rate` throttles less)."
     if status == "uncertain":
         return "The job may exist: `uploader reconcile` looks it up."
     if status == "conflict" or code in EXISTS_CODES:
@@ -120,7 +122,10 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
         parts.append(f'<rect x="{x:.1f}" y="{pad + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                      f'fill="{colour}"><title>{escape(label)}: {_n(v)} {escape(unit)}</title></rect>')
         if i % every == 0:
-            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 6}" text-anchor="middle">{escape(label)}</text>')
+            middle = x + bar / 2
+            anchor = "end" if middle > width - 3 * pad - 14 else "middle"  # the last label inside the chart
+            parts.append(f'<text x="{min(middle, width - pad):.1f}" y="{height - 6}" text-anchor="{anchor}">'
+                         f"{escape(label)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -205,7 +210,7 @@ def _errors(data: ReportData) -> str:
          ", ".join(f"<code>{escape(r)}</code>" for r in examples), _prose(advice(code, status))]
         for code, status, n, message, examples in data.errors
     ]
-    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "API message", "Examples", "What to do"],
+    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "Message", "Examples", "What to do"],
                                       rows, numeric=[2])
 
 

@@ -94,7 +94,7 @@ def _dt(v: Any) -> dt.datetime | None:
 def _epoch(dialect: str, column: str) -> str:
     """SQL for a time column's seconds since 1970 (julianday: a third faster than strftime('%s') on SQLite)."""
     if dialect == "sqlite":
-        return f"CAST((julianday({column}) - 2440587.5) * 86400 AS INTEGER)"
+        return f"CAST(ROUND((julianday({column}) - 2440587.5) * 86400) AS INTEGER)"  # julianday is a float
     return f"CAST(FLOOR(EXTRACT(EPOCH FROM {column})) AS BIGINT)"
 
 
