@@ -134,6 +134,17 @@ def test_page_totals_are_status_json(tmp_path):
     assert "check access to the attachment" in page.lower()
 
 
+def test_report_of_an_empty_ledger(tmp_path):
+    path = tmp_path / "empty.db"
+    Ledger.open(str(path)).close()
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(cli, ["report", "--ledger", str(path), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["total"] == 0
+    page = out.read_text()
+    assert "Nothing sent yet" in page and "No row has an error" in page
+
+
 def _chromium() -> str | None:
     return os.environ.get("UPLOADER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

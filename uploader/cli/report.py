@@ -108,7 +108,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
     left, bottom, pad = 44, 22, 6
     plot_w, plot_h = width - left - pad, height - bottom - pad
     step = plot_w / max(len(values), 1)
-    bar = max(step * 0.8, 0.8)
+    bar = min(max(step * 0.8, 0.8), 48)  # a lone bucket is a bar, not a block
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(unit)}">']
     for frac in (0, 0.5, 1) if top % 2 == 0 else (0, 1):
         y = pad + plot_h * (1 - frac)
@@ -126,6 +126,8 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
             anchor = "end" if middle > width - 3 * pad - 14 else "middle"  # the last label inside the chart
             parts.append(f'<text x="{min(middle, width - pad):.1f}" y="{height - 6}" text-anchor="{anchor}">'
                          f"{escape(label)}</text>")
+    if not any(values):
+        parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{pad + plot_h / 2:.1f}" text-anchor="middle">none</text>')
     parts.append("</svg>")
     return "".join(parts)
 
