@@ -42,6 +42,8 @@ def fill(engine, rows: int = 90) -> None:
         conn.execute(text("INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, "
                           "conflicts, changed) VALUES ('night.csv', 1, 'a', 'b', :n, :t, 0, :n)"),
                      {"n": rows, "t": T0})
+        conn.execute(text("INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
+                          "VALUES ('proj-0', 'night 1', 'batch-1', :t, false)"), {"t": T0})
         conn.execute(text(
             "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
             "error_code, http_status, error_message, attempts, origin, recovered, lease_token, created_at, "
@@ -72,6 +74,7 @@ def test_report_data_aggregates_in_sql(ledger):
     assert {p: sum(c.values()) for p, c in data.projects.items()} == {"proj-0": 45, "proj-1": 45}
     assert data.batch_count == 6 and sum(sum(c.values()) for _, _, c in data.batches) == 90
     assert data.platform == {} and data.fetched == {}
+    assert data.batch_names == {"batch-1": "night 1"}
 
 
 def test_columns_of_later_migrations_show_when_present(ledger):
@@ -130,7 +133,7 @@ def test_page_totals_are_status_json(tmp_path):
              re.findall(r'data-state="(\w+)"><span class="muted">\w+</span><b>([\d,]+)</b>', page)}
     assert shown == status["counts"]
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
-    assert "night.csv" in page and "uploader report" in page
+    assert "night.csv" in page and "uploader report" in page and "night 1<br>" in page
     assert "check access to the attachment" in page.lower()
 
 

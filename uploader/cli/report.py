@@ -248,9 +248,18 @@ def _breakdowns(data: ReportData) -> str:
     shown = (f" (the {len(data.batches)} largest of {_n(data.batch_count)})"
              if data.batch_count > len(data.batches) else "")
     batches = _table(["Project", "Batch", "Jobs", "States"], [
-        [escape(p), escape(b or "(the run's own)"), _n(sum(c.values())), _states_line(c)]
+        [escape(p), _batch(b, data.batch_names), _n(sum(c.values())), _states_line(c)]
         for p, b, c in data.batches], numeric=[2])
     return f"<h2>Per project</h2>{projects}<h2>Per batch{shown}</h2>{batches}"
+
+
+def _batch(batch_id: str | None, names: dict[str, str]) -> str:
+    """A batch as people know it: its name (when this ledger created it) and its id."""
+    if batch_id is None:
+        return "<span class=muted>no batch_id in the ledger</span>"
+    name = names.get(batch_id)
+    code = f"<code>{escape(batch_id)}</code>"
+    return f"{escape(name)}<br><span class=muted>{code}</span>" if name else code
 
 
 def _platform(data: ReportData) -> str:

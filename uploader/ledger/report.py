@@ -64,6 +64,8 @@ class ReportData:
     batch_count: int
     projects: dict[str, dict[str, int]]
     manifests: list[tuple[str, int, dt.datetime | None]]  #: (path, rows, loaded at)
+    #: The names of the batches this ledger created: {batch_id: name}
+    batch_names: dict[str, str] = field(default_factory=dict)
     #: Columns added by later migrations ending in "status": {column: {value: rows}}
     platform: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Columns added by later migrations ending in "_at": {column: rows where it is set}
@@ -166,12 +168,14 @@ def report_data(engine: Engine) -> ReportData:
             f"WHERE status = '{_BLOCKED}' ORDER BY id LIMIT :n"), {"n": LISTED_ROWS})]
         manifests = [(str(p), int(n), _dt(t)) for p, n, t in conn.execute(text(
             "SELECT path, row_count, loaded_at FROM manifests ORDER BY id"))]
+        names = {str(b): str(n) for b, n in conn.execute(text(
+            "SELECT batch_id, name FROM batches WHERE batch_id IS NOT NULL"))}
         platform, fetched = _added_columns(conn, added)
     ordered = sorted(tally.groups.items(), key=lambda kv: -sum(kv[1].values()))
     return ReportData(
         tally.counts, first, last, step, throughput, errors, sorted(tally.attempts.items()), uncertain, blocked,
         [(p, b, c) for (p, b), c in ordered[:LISTED_BATCHES]], len(tally.groups), tally.projects, manifests,
-        platform, fetched)
+        names, platform, fetched)
 
 
 def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
