@@ -81,8 +81,8 @@ def test_one_row_is_not_one_rows(tmp_path: Path):
 def test_help_lists_commands_in_workflow_order():
     out = invoke("--help").stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
-    expected = ["load", "plan", "check", "run", "sync", "status", "export", "retry", "reconcile", "adopt", "forget",
-                "show", "config", "sandbox"]
+    expected = ["load", "plan", "check", "run", "sync", "status", "report", "export", "retry", "reconcile", "adopt",
+                "forget", "show", "config", "sandbox"]
     assert listed == [name for name in expected if name in cli.commands]
     assert "_UPLOADER_COMPLETE=bash_source uploader" in out
 

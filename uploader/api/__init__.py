@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
     from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
+    from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
+    from uploader.api.policy import RETRYABLE_CODES as RETRYABLE_CODES
     from uploader.api.policy import ApiResult as ApiResult
     from uploader.api.policy import Decision as Decision
     from uploader.api.policy import Verdict as Verdict
@@ -45,6 +47,8 @@ _EXPORTS = {
     "check_base_url": "uploader.api.client",
     "DEFAULT_BASE_URL": "uploader.api.policy",
     "EXISTS_CODES": "uploader.api.policy",
+    "PERMANENT_CODES": "uploader.api.policy",
+    "RETRYABLE_CODES": "uploader.api.policy",
     "MAX_RETRY_AFTER": "uploader.api.policy",
     "OUTAGE_CODES": "uploader.api.policy",
     "PROTOCOL_ERROR_LIMIT": "uploader.api.policy",

@@ -25,8 +25,8 @@ __all__ = ["WORKFLOW", "UploaderCommand", "UploaderGroup", "command_keys", "comm
            "json_mode", "quiet_mode"]
 
 #: The order `uploader --help` lists the commands in: the order they are used in.
-WORKFLOW = ("load", "plan", "check", "run", "sync", "status", "export", "retry", "reconcile", "adopt", "forget",
-            "show", "config", "sandbox")
+WORKFLOW = ("load", "plan", "check", "run", "sync", "status", "report", "export", "retry", "reconcile", "adopt",
+            "forget", "show", "config", "sandbox")
 #: Exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 EXIT_BROKEN_PIPE = 141
 

@@ -22,7 +22,7 @@ import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
-from uploader.cli.app import UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
+from uploader.cli.app import UploaderCommand, UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
 from uploader.cli.output import (
     ProgressDisplay,
     plural,
@@ -245,6 +245,35 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
             click.echo(json.dumps({"rows": n, "output": output, "format": fmt}))
         else:
             click.echo(f"wrote {plural(n, 'row')} to {output}", err=True)
+
+
+@cli.command(cls=UploaderCommand)
+@ledger_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="Write the page to FILE.")
+@_handle_errors
+def report(ledger: str | None, output: str) -> None:
+    """Write one HTML page of the ledger (opens offline, prints): totals, throughput, errors and what to do."""
+    import platform
+    import shlex
+    from importlib.metadata import version
+
+    from uploader.cli.hints import hide_password
+    from uploader.cli.report import Provenance, render_report
+    from uploader.ledger import report_data, utcnow
+
+    led = _open_ledger(ledger, create=False)
+    data = report_data(led.engine)
+    given = ["--ledger", hide_password(ledger)] if ledger else []
+    command = shlex.join(["uploader", "report", *given, "-o", output])
+    versions = {"uploader": __version__, "Python": platform.python_version(), "SQLAlchemy": version("SQLAlchemy"),
+                "database": led.engine.dialect.name}
+    page = render_report(data, Provenance(command, led.url, utcnow(), versions))
+    Path(output).write_text(page, encoding="utf-8")
+    if json_mode():
+        click.echo(json.dumps({"output": output, "bytes": len(page.encode()), "total": data.total}))
+    elif not quiet_mode():
+        click.echo(f"wrote the report of {plural(data.total, 'job')} to {output}", err=True)
 
 
 @cli.command()

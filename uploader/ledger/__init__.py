@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import verdicts_since as verdicts_since
     from uploader.ledger.queries import EXPORT_COLUMNS as EXPORT_COLUMNS
     from uploader.ledger.queries import StatusReport as StatusReport
+    from uploader.ledger.report import ReportData as ReportData
+    from uploader.ledger.report import bucket_seconds as bucket_seconds
+    from uploader.ledger.report import report_data as report_data
     from uploader.ledger.staging import BEGIN as BEGIN
     from uploader.ledger.staging import BEGIN_IMMEDIATE as BEGIN_IMMEDIATE
     from uploader.ledger.staging import COMMIT as COMMIT
@@ -112,6 +115,9 @@ _EXPORTS = {
     "utcnow": "uploader.ledger.ledger",
     "EXPORT_COLUMNS": "uploader.ledger.queries",
     "StatusReport": "uploader.ledger.queries",
+    "ReportData": "uploader.ledger.report",
+    "report_data": "uploader.ledger.report",
+    "bucket_seconds": "uploader.ledger.report",
     "Status": "uploader.ledger.models",
     "DEFAULT_LEDGER": "uploader.ledger.locate",
     "ledger_url": "uploader.ledger.locate",

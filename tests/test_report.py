@@ -1,0 +1,196 @@
+"""`uploader report`: the figures (aggregated in SQL, on both engines), the page's numbers against
+`status --json`, and the page in a real browser (headless Chromium: console errors, charts, screenshots)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from uploader.cli.commands import cli
+from uploader.cli.report import advice, bar_chart
+from uploader.ledger import Ledger, Status, bucket_seconds, report_data
+
+ARTIFACTS = Path(os.environ.get("UPLOADER_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+T0 = dt.datetime(2026, 12, 1, 22, 0)
+
+#: (status, error_code, http_status, error_message, attempts, origin): the ledger a night's upload leaves.
+KINDS = [
+    (Status.SUCCEEDED, None, 200, None, 1, "created"),
+    (Status.SUCCEEDED, None, 200, None, 2, "created"),
+    (Status.SUCCEEDED, "FS_0001", 409, None, 1, "recovered"),
+    (Status.FAILED, "FS_0003", 400, "image_url is not a valid URL", 1, None),
+    (Status.PENDING, "FS_0000", 503, "internal error, try again", 2, None),
+    (Status.PENDING, "http_429", 429, "too many requests", 1, None),
+    (Status.UNCERTAIN, "ambiguous", None, "the answer was lost", 3, None),
+    (Status.BLOCKED, "url_http_error", None, "https://e.com/x.jpg: HTTP 403", 0, None),
+    (Status.PENDING, None, None, None, 0, None),
+]
+
+
+def fill(engine, rows: int = 90) -> None:
+    """Insert `rows` jobs cycling through KINDS, answered over 45 minutes, in two projects and three batches."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, "
+                          "conflicts, changed) VALUES ('night.csv', 1, 'a', 'b', :n, :t, 0, :n)"),
+                     {"n": rows, "t": T0})
+        conn.execute(text("INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
+                          "VALUES ('proj-0', 'night 1', 'batch-1', :t, false)"), {"t": T0})
+        conn.execute(text(
+            "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
+            "error_code, http_status, error_message, attempts, origin, recovered, lease_token, created_at, "
+            "updated_at, manifest_id) VALUES (:p, :r, 'wf', :b, '{}', 'h', :s, :c, :h, :m, :a, :o, false, 0, "
+            ":t0, :t, 1)"),
+            [{"p": f"proj-{i % 2}", "r": f"ref-{i:03}", "b": f"batch-{i % 3}" if i % 3 else None,
+              "s": k[0].value, "c": k[1], "h": k[2], "m": k[3], "a": k[4], "o": k[5], "t0": T0,
+              "t": T0 + dt.timedelta(minutes=i // 2)}
+             for i, k in ((i, KINDS[i % len(KINDS)]) for i in range(rows))])
+
+
+def test_report_data_aggregates_in_sql(ledger):
+    fill(ledger.engine)
+    data = report_data(ledger.engine)
+    assert data.counts == ledger.counts() and data.total == 90
+    assert data.bucket == 60
+    # minute by minute from the first answer; the last two rows (blocked, pending) were never sent
+    assert data.throughput[0][0] == T0 and data.throughput[-1][0] == T0 + dt.timedelta(minutes=43)
+    assert sum(c for _, c, _, _ in data.throughput) == 20  # 10 of each of the two "created" kinds
+    assert sum(r for _, _, r, _ in data.throughput) == 10 * sum(k[4] for k in KINDS)
+    assert sum(t for _, _, _, t in data.throughput) == 10
+    codes = {(c, s): (n, m, ex) for c, s, n, m, ex in data.errors}
+    assert codes[("FS_0003", "failed")][:2] == (10, "image_url is not a valid URL")
+    assert len(codes[("FS_0003", "failed")][2]) == 3
+    assert ("FS_0001", "succeeded") not in codes  # a job that exists is no error
+    assert dict(data.attempts) == {0: 20, 1: 40, 2: 20, 3: 10}
+    assert len(data.uncertain) == 10 and len(data.blocked) == 10
+    assert {p: sum(c.values()) for p, c in data.projects.items()} == {"proj-0": 45, "proj-1": 45}
+    assert data.batch_count == 6 and sum(sum(c.values()) for _, _, c in data.batches) == 90
+    assert data.platform == {"platform_status": {}} and data.fetched == {"platform_status_at": 0}  # never synced
+    assert data.batch_names == {"batch-1": "night 1"}
+
+
+def test_columns_of_later_migrations_show_when_present(ledger):
+    """`uploader sync`'s columns (migration 0008) are found by reading the table: a status column is
+    broken down, a time column counted."""
+    fill(ledger.engine, 9)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET platform_status = 'completed', platform_status_at = :t "
+                          "WHERE reference_id IN ('ref-000', 'ref-001')"), {"t": T0})
+    data = report_data(ledger.engine)
+    assert data.platform == {"platform_status": {"completed": 2}}
+    assert data.fetched == {"platform_status_at": 2}
+
+
+def test_buckets_grow_with_the_span():
+    assert bucket_seconds(None, None) == 60
+    assert bucket_seconds(T0, T0 + dt.timedelta(hours=1)) == 60
+    assert bucket_seconds(T0, T0 + dt.timedelta(hours=10)) == 300
+    assert bucket_seconds(T0, T0 + dt.timedelta(days=30)) == 6 * 3600
+    assert dt.timedelta(days=3000) / dt.timedelta(seconds=bucket_seconds(T0, T0 + dt.timedelta(days=3000))) < 240
+
+
+def test_advice_per_kind_of_error():
+    assert "access to the attachment" in advice("url_http_error", "blocked")
+    assert "Sign the attachment URLs again" in advice("url_expires_soon", "blocked")
+    assert "Fix the manifest" in advice("FS_0003", "failed")
+    assert "retried" in advice("FS_0000", "pending")
+    assert "reconcile" in advice("ambiguous", "uncertain")
+    assert "Throttled" in advice("http_429", "pending")
+
+
+def test_bar_chart_draws_a_bar_per_value():
+    svg = bar_chart(["a", "b", "c"], [1, 0, 5], "#000", "rows")
+    assert svg.count("<rect") == 3 and svg.startswith("<svg") and "c: 5 rows" in svg
+
+
+def _page(tmp_path: Path, rows: int = 90) -> tuple[Path, dict]:
+    path = tmp_path / "ledger.db"
+    led = Ledger.open(str(path))
+    fill(led.engine, rows)
+    led.close()
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--ledger", str(path), "-o", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    status = CliRunner().invoke(cli, ["status", "--ledger", str(path), "--json"], catch_exceptions=False)
+    return out, json.loads(status.output)
+
+
+def test_page_totals_are_status_json(tmp_path):
+    out, status = _page(tmp_path)
+    page = out.read_text()
+    assert re.search(r"<b data-total>([\d,]+)</b>", page).group(1).replace(",", "") == str(status["total"])
+    shown = {s: int(n.replace(",", "")) for s, n in
+             re.findall(r'data-state="(\w+)"><span class="muted">\w+</span><b>([\d,]+)</b>', page)}
+    assert shown == status["counts"]
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    assert "night.csv" in page and "uploader report" in page and "night 1<br>" in page
+    assert "check access to the attachment" in page.lower()
+
+
+def test_report_of_an_empty_ledger(tmp_path):
+    path = tmp_path / "empty.db"
+    Ledger.open(str(path)).close()
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(cli, ["report", "--ledger", str(path), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["total"] == 0
+    page = out.read_text()
+    assert "Nothing sent yet" in page and "No row has an error" in page
+
+
+def _chromium() -> str | None:
+    return os.environ.get("UPLOADER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _browser_flags(tmp_path: Path) -> list[str]:
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium not found under CI: .ci/run should have installed it")
+        pytest.skip("chromium not installed (Debian's `chromium` package): the browser test is skipped")
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def _load(flags: list[str], page: Path) -> tuple[str, list[str]]:
+    """The DOM after the page loaded, and every console message it logged (errors included)."""
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.slow
+def test_the_console_check_sees_errors(tmp_path):
+    """The check below would catch a page's error: a page that logs one and throws is caught."""
+    flags = _browser_flags(tmp_path)
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!doctype html><p>x</p><script>console.error("boom"); missing();</script>')
+    _, console = _load(flags, bad)
+    assert any("boom" in line for line in console) and any("Uncaught" in line for line in console)
+
+
+@pytest.mark.slow
+def test_page_in_a_real_browser(tmp_path):
+    """Headless Chromium loads the page with no console message, every chart drew, and screenshots at a
+    laptop's and a phone's width land in the test artifacts."""
+    flags = _browser_flags(tmp_path)
+    out, _ = _page(tmp_path)
+    dom, console = _load(flags, out)
+    assert not console, console
+    svgs = re.findall(r"<svg[^>]*>(.*?)</svg>", dom, re.S)
+    assert len(svgs) >= 5 and all("<rect" in s for s in svgs)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, width, height in (("report-laptop.png", 1366, 3000), ("report-phone.png", 390, 5000)):
+        shot = ARTIFACTS / name
+        subprocess.run([*flags, f"--window-size={width},{height}", f"--screenshot={shot}", out.as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        assert shot.stat().st_size > 10_000
