@@ -184,10 +184,13 @@ def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[s
     fetched: dict[str, int] = {}
     for name in added:
         if name.endswith("status"):
-            platform[name] = {str(v): int(n) for v, n in conn.execute(text(
+            values = {str(v): int(n) for v, n in conn.execute(text(
                 f'SELECT "{name}", COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL GROUP BY "{name}" '
                 "ORDER BY COUNT(*) DESC"))}
+            if values:  # a ledger never synced has the column, all empty: nothing to show
+                platform[name] = values
         elif name.endswith("_at"):
             count = text(f'SELECT COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL')
-            fetched[name] = int(conn.execute(count).scalar_one())
+            if n := int(conn.execute(count).scalar_one()):
+                fetched[name] = n
     return platform, fetched
