@@ -118,9 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sleep-ms", type=float, default=20.0)
     args = parser.parse_args()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(args.sleep_ms)], stdout=subprocess.PIPE, text=True
-    )
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.sleep_ms)], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         base = f"http://127.0.0.1:{int(server.stdout.readline())}"
@@ -131,8 +129,10 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    print(f"N={args.n} create_job calls, concurrency {args.concurrency}, server sleep {args.sleep_ms:g} ms, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"N={args.n} create_job calls, concurrency {args.concurrency}, server sleep {args.sleep_ms:g} ms, "
+        f"median of {args.rounds} rounds"
+    )
     rate = {name: statistics.median(r for r, _ in results) for name, results in runs.items()}
     cpu = {name: statistics.median(c for _, c in results) for name, results in runs.items()}
     for name in CONTENDERS:

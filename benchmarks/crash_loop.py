@@ -33,14 +33,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, \
-            Sandbox(SandboxConfig(api_key=KEY, seed=args.seed, latency_ms=20, jitter_ms=20)) as box:
-        report = crash_loop(box, Path(tmp), rows=args.rows, kills=args.kills, seed=args.seed,
-                            concurrency=args.concurrency, deadline_s=600)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Sandbox(SandboxConfig(api_key=KEY, seed=args.seed, latency_ms=20, jitter_ms=20)) as box,
+    ):
+        report = crash_loop(
+            box,
+            Path(tmp),
+            rows=args.rows,
+            kills=args.kills,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            deadline_s=600,
+        )
     figures = report.figures()
     for k in report.kills:
-        print(f"  kill {k.mode:<12} after {k.after_s:5.2f}s  created so far {k.created_at_kill:5d}  "
-              f"ledger {dict(sorted(k.statuses.items()))}")
+        print(
+            f"  kill {k.mode:<12} after {k.after_s:5.2f}s  created so far {k.created_at_kill:5d}  "
+            f"ledger {dict(sorted(k.statuses.items()))}"
+        )
     print(json.dumps(figures, indent=2))
     if figures["kills_survived"] < args.kills:
         print(f"note: only {figures['kills_survived']} kills landed before the upload completed")

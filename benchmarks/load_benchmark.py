@@ -43,15 +43,26 @@ def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[flo
         "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
         "      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
     )
-    cmd = [sys.executable, "-c", code, "uploader", "load", str(manifest), "--project-id", "p", "--work-flow-id",
-           "wf", "--ledger", str(ledger)]
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "uploader",
+        "load",
+        str(manifest),
+        "--project-id",
+        "p",
+        "--work-flow-id",
+        "wf",
+        "--ledger",
+        str(ledger),
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"uploader load failed: {proc.stderr}")
-    own_kb, workers_kb = map(int, next(line.split()[1:] for line in proc.stderr.splitlines()
-                                      if line.startswith("RSS")))
+    own_kb, workers_kb = map(int, next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS")))
     return elapsed, own_kb / 1024, workers_kb / 1024
 
 
@@ -77,14 +88,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each, in turns; the median is shown")
-    parser.add_argument("--non-empty", action="store_true",
-                        help="also load each manifest into a ledger that already holds another one's jobs")
+    parser.add_argument(
+        "--non-empty",
+        action="store_true",
+        help="also load each manifest into a ledger that already holds another one's jobs",
+    )
     args = parser.parse_args()
     if not shutil.which("sqlite3"):
         raise SystemExit("needs the sqlite3 command-line shell (Debian package sqlite3)")
     OUT.mkdir(exist_ok=True)
-    print(f"{'rows':>9} {'MB':>6} {'uploader s':>11} {'sqlite3 s':>10} {'ratio':>6} {'RSS MB':>7} {'workers MB':>11}"
-          "   (median of runs; all runs: uploader / sqlite3)")
+    print(
+        f"{'rows':>9} {'MB':>6} {'uploader s':>11} {'sqlite3 s':>10} {'ratio':>6} {'RSS MB':>7} {'workers MB':>11}"
+        "   (median of runs; all runs: uploader / sqlite3)"
+    )
     for rows in args.rows:
         manifest = OUT / f"images_{rows}.csv"
         make_manifest(manifest, rows)

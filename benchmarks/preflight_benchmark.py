@@ -34,6 +34,7 @@ async def bare_head_loop(targets: list[str]) -> float:
     queue = iter(targets)
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+
         async def worker() -> None:
             for url in queue:
                 async with session.head(url) as response:
@@ -47,9 +48,25 @@ def run_check(ledger: Path) -> tuple[float, int, str]:
     """`uploader check` in its own process: seconds, peak RSS (KiB), its last line."""
     started = time.perf_counter()
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "uploader", "check", "--ledger", str(ledger),
-         "--check-concurrency", str(CONCURRENCY), "--per-host-rate", "1000000", "--json"],
-        capture_output=True, text=True)
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            sys.executable,
+            "-m",
+            "uploader",
+            "check",
+            "--ledger",
+            str(ledger),
+            "--check-concurrency",
+            str(CONCURRENCY),
+            "--per-host-rate",
+            "1000000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     rss = int(proc.stderr.strip().splitlines()[-1])
     return seconds, rss, proc.stdout.strip().splitlines()[-1] if proc.stdout else proc.stderr
@@ -67,8 +84,23 @@ def main() -> None:
             manifest = Path(tmp) / "m.csv"
             manifest.write_text("reference_id,image_url\n" + "".join(f"r{i},{u}\n" for i, u in enumerate(targets)))
             ledger = Path(tmp) / "l.db"
-            subprocess.run([sys.executable, "-m", "uploader", "load", str(manifest), "--project-id", "p",
-                            "--work-flow-id", "w", "--ledger", str(ledger)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "uploader",
+                    "load",
+                    str(manifest),
+                    "--project-id",
+                    "p",
+                    "--work-flow-id",
+                    "w",
+                    "--ledger",
+                    str(ledger),
+                ],
+                check=True,
+                capture_output=True,
+            )
             bare = asyncio.run(bare_head_loop(targets))
             seconds, rss, _ = run_check(ledger)
             rerun, _, _ = run_check(ledger)

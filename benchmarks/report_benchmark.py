@@ -19,8 +19,13 @@ import time
 from pathlib import Path
 
 STATES = ["succeeded"] * 14 + ["failed", "pending", "uncertain", "blocked", "conflict", "pending"]
-CODES = {"failed": "FS_0003", "pending": "FS_0000", "uncertain": "ambiguous", "blocked": "url_http_error",
-         "conflict": "FS_0001"}
+CODES = {
+    "failed": "FS_0003",
+    "pending": "FS_0000",
+    "uncertain": "ambiguous",
+    "blocked": "url_http_error",
+    "conflict": "FS_0001",
+}
 
 
 def fill(path: Path, rows: int) -> None:
@@ -31,8 +36,11 @@ def fill(path: Path, rows: int) -> None:
 
     Ledger.open(str(path)).close()
     conn = sqlite3.connect(path)
-    conn.execute("INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, "
-                 "changed) VALUES ('night.csv', 1, 'a', 'b', ?, '2026-12-01 22:00:00', 0, ?)", (rows, rows))
+    conn.execute(
+        "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, conflicts, "
+        "changed) VALUES ('night.csv', 1, 'a', 'b', ?, '2026-12-01 22:00:00', 0, ?)",
+        (rows, rows),
+    )
     states = "CASE i % 20 " + " ".join(f"WHEN {k} THEN '{s}'" for k, s in enumerate(STATES)) + " END"
     conn.execute(f"""
         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < {rows})
@@ -56,8 +64,9 @@ def measure(path: Path) -> tuple[float, int, int]:
     out = path.with_suffix(".html")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "uploader", "report", "--ledger", str(path), "-o", str(out), "-q"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "uploader", "report", "--ledger", str(path), "-o", str(out), "-q"], check=True
+    )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return seconds, max(peak, before) // 1024, out.stat().st_size
@@ -74,8 +83,11 @@ def main() -> None:
             fill(path, rows)
             print(f"{rows:>9,} rows: ledger filled in {time.perf_counter() - start:.1f} s", flush=True)
             seconds, peak, size = measure(path)
-            print(f"{rows:>9,} rows: uploader report {seconds:.2f} s (process start included), "
-                  f"peak RSS {peak} MiB so far, page {size / 1024:.0f} KiB", flush=True)
+            print(
+                f"{rows:>9,} rows: uploader report {seconds:.2f} s (process start included), "
+                f"peak RSS {peak} MiB so far, page {size / 1024:.0f} KiB",
+                flush=True,
+            )
         print(f"{args.rows:>9,} rows: the page built in {build(path):.2f} s in this process (no start-up)")
 
 

@@ -40,8 +40,18 @@ def free_port() -> int:
 def start_sandbox(latency_ms: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY, "--latency-ms",
-         str(latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "sandbox",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--latency-ms",
+            str(latency_ms),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -74,8 +84,13 @@ async def bare_loop(url: str, n: int, concurrency: int, project: str) -> float:
 
     async def one(session: aiohttp.ClientSession) -> None:
         for i in counter:
-            body = json.dumps({"reference_id": f"bare-{i}", "work_flow_id": "wf",
-                               "data": {"image_url": f"https://cdn.example.com/{i}.jpg"}})
+            body = json.dumps(
+                {
+                    "reference_id": f"bare-{i}",
+                    "work_flow_id": "wf",
+                    "data": {"image_url": f"https://cdn.example.com/{i}.jpg"},
+                }
+            )
             async with session.post(f"{url}/v1/projects/{project}/jobs", data=body, headers=headers) as r:
                 await r.read()
 
@@ -92,9 +107,28 @@ def run_uploader(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "uploader", "run", str(manifest), "--project-id", project, "--work-flow-id", "wf",
-         "--ledger", str(ledger), "--base-url", url, "--concurrency", "64", "--json", *extra],
-        capture_output=True, text=True, env={**os.environ, "PLAYMENT_API_KEY": KEY},
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "run",
+            str(manifest),
+            "--project-id",
+            project,
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            url,
+            "--concurrency",
+            "64",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PLAYMENT_API_KEY": KEY},
     )
     elapsed = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -110,13 +144,30 @@ def rerun(rows: int, url: str) -> None:
     ledger = OUT / f"rerun_{rows}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(ledger) + suffix).unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "uploader", "load", str(manifest), "--project-id", "rerun",
-                    "--work-flow-id", "wf", "--ledger", str(ledger)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "load",
+            str(manifest),
+            "--project-id",
+            "rerun",
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with sqlite3.connect(ledger) as db:  # as if a previous run had sent everything
         db.execute("UPDATE jobs SET status = 'succeeded', job_id = 'job-' || id, attempts = 1")
     elapsed, _, summary = run_uploader(manifest, ledger, url, "rerun")
-    print(f"rerun over {rows} succeeded rows: {summary['this_run']['requests']} requests, {elapsed:.2f} s "
-          "(target: 0 requests, <= 1 s)")
+    print(
+        f"rerun over {rows} succeeded rows: {summary['this_run']['requests']} requests, {elapsed:.2f} s "
+        "(target: 0 requests, <= 1 s)"
+    )
 
 
 def main() -> None:
@@ -140,8 +191,10 @@ def main() -> None:
         bound = 64 / (args.latency_ms / 1000)
         print(f"rows={args.rows} latency={args.latency_ms} ms concurrency=64")
         print(f"bare aiohttp loop:        {bare:8.0f} req/s")
-        print(f"uploader run (whole cmd): {ours:8.0f} jobs/s  ({elapsed:.2f} s, ratio to bare {ours / bare:.2f}, "
-              f"target >= 0.70)")
+        print(
+            f"uploader run (whole cmd): {ours:8.0f} jobs/s  ({elapsed:.2f} s, ratio to bare {ours / bare:.2f}, "
+            f"target >= 0.70)"
+        )
         print(f"bound concurrency/latency:{bound:8.0f} req/s")
         print(f"CPU: {cpu:.2f} s total, {cpu / args.rows * 1000:.3f} CPU s per 1,000 jobs")
         print(f"summary: {summary['counts']}")

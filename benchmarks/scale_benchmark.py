@@ -62,28 +62,46 @@ def cpu_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(ledger: str, processes: int, manifest: Path, url: str, project: str, concurrency: int,
-            rows: int) -> tuple[float, float]:
+def measure(
+    ledger: str, processes: int, manifest: Path, url: str, project: str, concurrency: int, rows: int
+) -> tuple[float, float]:
     """(wall seconds, worker CPU seconds) of P processes uploading the manifest; checks the outcome."""
     env = {**os.environ, "PLAYMENT_API_KEY": KEY}
     common = ["--project-id", project, "--work-flow-id", "wf", "--ledger", ledger]
-    subprocess.run([sys.executable, "-m", "uploader", "load", str(manifest), *common], check=True, env=env,
-                   capture_output=True)
-    cmd = [sys.executable, "-m", "uploader", "run", *common, "--base-url", url, "--concurrency", str(concurrency),
-           "--quiet"]
+    subprocess.run(
+        [sys.executable, "-m", "uploader", "load", str(manifest), *common], check=True, env=env, capture_output=True
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "uploader",
+        "run",
+        *common,
+        "--base-url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--quiet",
+    ]
     created_before = stats(url)["jobs_created"]
     cpu = cpu_children()
     t = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for _ in range(processes)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(processes)
+    ]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t
     cpu = cpu_children() - cpu
     failed = [(p.returncode, err[-2000:]) for p, err in zip(procs, errors) if p.returncode]
     if failed:
         raise SystemExit(f"{len(failed)} of {processes} workers failed: {failed!r}")
-    status = subprocess.run([sys.executable, "-m", "uploader", "status", "--json", "--ledger", ledger], env=env,
-                            check=True, capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "uploader", "status", "--json", "--ledger", ledger],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     succeeded = json.loads(status.stdout)["counts"]["succeeded"]
     created = stats(url)["jobs_created"] - created_before
     if succeeded != rows or created != rows:
@@ -114,8 +132,9 @@ def main() -> None:
         for processes in (1, 2, 4):
             ledger, name = fresh_postgres(admin)
             try:
-                secs, cpu = measure(ledger, processes, manifest, url, f"scale-pg-{processes}", args.concurrency,
-                                    args.rows)
+                secs, cpu = measure(
+                    ledger, processes, manifest, url, f"scale-pg-{processes}", args.concurrency, args.rows
+                )
                 results.append(("postgresql", processes, secs, cpu))
             finally:
                 drop_postgres(admin, name)
@@ -125,21 +144,42 @@ def main() -> None:
         sandbox.wait(timeout=10)
     base = next(r for r in results if r[0] == "postgresql" and r[1] == 1)[2]
     bound = args.concurrency / (args.latency_ms / 1000)
-    print(f"rows={args.rows} latency={args.latency_ms} ms concurrency/process={args.concurrency} "
-          f"(bound per process {bound:.0f}/s)")
+    print(
+        f"rows={args.rows} latency={args.latency_ms} ms concurrency/process={args.concurrency} "
+        f"(bound per process {bound:.0f}/s)"
+    )
     print(f"{'ledger':<11} {'procs':>5} {'seconds':>8} {'jobs/s':>8} {'scaling vs 1 pg':>16} {'worker CPU s/1k':>16}")
     for engine, procs, secs, cpu in results:
-        print(f"{engine:<11} {procs:>5} {secs:>8.2f} {args.rows / secs:>8.0f} {base / secs:>16.2f} "
-              f"{cpu / args.rows * 1000:>16.2f}")
-    print(f"sandbox: max jobs created per reference_id = {s['jobs_created_per_reference_id_max']}, "
-          f"FS_0001 refusals = {s['fs_0001_refusals']}; cores: {os.cpu_count()}")
-    (OUT / "scale_benchmark.json").write_text(json.dumps({
-        "rows": args.rows, "latency_ms": args.latency_ms, "concurrency_per_process": args.concurrency,
-        "cores": os.cpu_count(),
-        "results": [{"ledger": e, "processes": p, "seconds": round(t, 2), "jobs_per_second": round(args.rows / t),
-                     "scaling_vs_1_pg": round(base / t, 2), "worker_cpu_seconds": round(c, 1)}
-                    for e, p, t, c in results],
-    }, indent=2))
+        print(
+            f"{engine:<11} {procs:>5} {secs:>8.2f} {args.rows / secs:>8.0f} {base / secs:>16.2f} "
+            f"{cpu / args.rows * 1000:>16.2f}"
+        )
+    print(
+        f"sandbox: max jobs created per reference_id = {s['jobs_created_per_reference_id_max']}, "
+        f"FS_0001 refusals = {s['fs_0001_refusals']}; cores: {os.cpu_count()}"
+    )
+    (OUT / "scale_benchmark.json").write_text(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "latency_ms": args.latency_ms,
+                "concurrency_per_process": args.concurrency,
+                "cores": os.cpu_count(),
+                "results": [
+                    {
+                        "ledger": e,
+                        "processes": p,
+                        "seconds": round(t, 2),
+                        "jobs_per_second": round(args.rows / t),
+                        "scaling_vs_1_pg": round(base / t, 2),
+                        "worker_cpu_seconds": round(c, 1),
+                    }
+                    for e, p, t, c in results
+                ],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,21 +56,50 @@ def build(tmp: Path, jobs: int) -> tuple[Path, Path, str]:
     with journal.open("w") as f:
         f.write(json.dumps({"kind": "batch", "project_id": PROJECT, "batch_id": batch, "name": "b"}) + "\n")
         for ref, job_id in zip(refs, ids):
-            f.write(json.dumps({"kind": "job", "project_id": PROJECT, "batch_id": batch, "reference_id": ref,
-                                "job_id": job_id, "work_flow_id": "wf", "priority_weight": 5,
-                                "data": {"image_url": f"https://cdn.example.com/{ref}.jpg"}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "kind": "job",
+                        "project_id": PROJECT,
+                        "batch_id": batch,
+                        "reference_id": ref,
+                        "job_id": job_id,
+                        "work_flow_id": "wf",
+                        "priority_weight": 5,
+                        "data": {"image_url": f"https://cdn.example.com/{ref}.jpg"},
+                    }
+                )
+                + "\n"
+            )
     manifest = tmp / "m.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["reference_id", "image_url"])
         writer.writerows([ref, f"https://cdn.example.com/{ref}.jpg"] for ref in refs)
     ledger = tmp / "l.db"
-    subprocess.run([sys.executable, "-m", "uploader", "load", str(manifest), "--project-id", PROJECT,
-                    "--work-flow-id", "wf", "--ledger", str(ledger), "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "load",
+            str(manifest),
+            "--project-id",
+            PROJECT,
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+            "--quiet",
+        ],
+        check=True,
+    )
     with sqlite3.connect(ledger) as conn:
-        conn.executemany("UPDATE jobs SET status = 'succeeded', job_id = ?, batch_id = ?, origin = 'created' "
-                         "WHERE project_id = ? AND reference_id = ?",
-                         [(j, batch, PROJECT, r) for r, j in zip(refs, ids)])
+        conn.executemany(
+            "UPDATE jobs SET status = 'succeeded', job_id = ?, batch_id = ?, origin = 'created' "
+            "WHERE project_id = ? AND reference_id = ?",
+            [(j, batch, PROJECT, r) for r, j in zip(refs, ids)],
+        )
     return journal, ledger, batch
 
 
@@ -98,9 +127,26 @@ def run_sync(ledger: Path, url: str, results: Path, concurrency: int) -> tuple[f
     """(seconds, peak MiB of the sync process, its --json document)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "uploader", "sync", "--ledger", str(ledger), "--base-url", url,
-                          "--results", str(results), "--concurrency", str(concurrency), "--json"],
-                         env={**os.environ, "UPLOADER_API_KEY": KEY}, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "sync",
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            url,
+            "--results",
+            str(results),
+            "--concurrency",
+            str(concurrency),
+            "--json",
+        ],
+        env={**os.environ, "UPLOADER_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(f"sync failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -115,6 +161,7 @@ async def bare_loop(urls: list[str], concurrency: int) -> float:
 
     queue = list(reversed(urls))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
         async def worker() -> None:
             while queue:
                 async with session.get(queue.pop()) as response:

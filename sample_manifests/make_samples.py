@@ -20,8 +20,14 @@ SCANS = "https://example.com/scans"
 
 
 def image_rows() -> list[dict[str, str]]:
-    return [{"reference_id": f"img-{n:03d}", "image_url": f"https://picsum.photos/seed/img-{n:03d}/640/480",
-             "camera": CAMERAS[n % len(CAMERAS)]} for n in range(1, 13)]
+    return [
+        {
+            "reference_id": f"img-{n:03d}",
+            "image_url": f"https://picsum.photos/seed/img-{n:03d}/640/480",
+            "camera": CAMERAS[n % len(CAMERAS)],
+        }
+        for n in range(1, 13)
+    ]
 
 
 def write_csv(name: str, header: list[str], rows: list[list[str]]) -> None:
@@ -43,13 +49,22 @@ def images() -> None:
     write_csv("images.csv", header, [[r[c] for c in header] for r in rows])
     table = pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in header})
     pq.write_table(table, HERE / "images.parquet")
-    write_csv("images_overrides.csv",
-              ["project_id", "reference_id", "image_url", "batch_id", "priority_weight", "metadata"],
-              [["proj-a", "ovr-001", "https://picsum.photos/seed/ovr-001/640/480",
-                "6f1c2b7e-3d4a-4c5b-9e8f-0a1b2c3d4e5f", "8", '{"weather": "rain"}'],
-               ["", "ovr-002", "https://picsum.photos/seed/ovr-002/640/480", "", "", ""],
-               ["proj-b", "ovr-003", "https://picsum.photos/seed/ovr-003/640/480", "", "2",
-                '{"weather": "sun"}']])
+    write_csv(
+        "images_overrides.csv",
+        ["project_id", "reference_id", "image_url", "batch_id", "priority_weight", "metadata"],
+        [
+            [
+                "proj-a",
+                "ovr-001",
+                "https://picsum.photos/seed/ovr-001/640/480",
+                "6f1c2b7e-3d4a-4c5b-9e8f-0a1b2c3d4e5f",
+                "8",
+                '{"weather": "rain"}',
+            ],
+            ["", "ovr-002", "https://picsum.photos/seed/ovr-002/640/480", "", "", ""],
+            ["proj-b", "ovr-003", "https://picsum.photos/seed/ovr-003/640/480", "", "2", '{"weather": "sun"}'],
+        ],
+    )
 
 
 def videos() -> None:
@@ -58,48 +73,79 @@ def videos() -> None:
         for video in ("vid-001", "vid-002", "vid-003"):
             rows.append([video, f"frame{frame:03d}", f"{VIDEOS}/{video}/frame{frame:03d}.jpg"])
     write_csv("video_frames.csv", ["reference_id", "frame_id", "src"], rows)
-    write_jsonl("video.jsonl", [
-        {"reference_id": video, "camera": "dashcam",
-         "frames": [{"frame_id": f"frame{n:03d}", "src": f"{VIDEOS}/{video}/frame{n:03d}.jpg"}
-                    for n in range(1, 4)]}
-        for video in ("clip-001", "clip-002", "clip-003")])
+    write_jsonl(
+        "video.jsonl",
+        [
+            {
+                "reference_id": video,
+                "camera": "dashcam",
+                "frames": [
+                    {"frame_id": f"frame{n:03d}", "src": f"{VIDEOS}/{video}/frame{n:03d}.jpg"} for n in range(1, 4)
+                ],
+            }
+            for video in ("clip-001", "clip-002", "clip-003")
+        ],
+    )
 
 
 def sensor() -> None:
-    meta = [{"id": "lidar", "name": "lidar", "state": "editable", "modality": "lidar"},
-            {"id": "cam-front", "name": "cam-front", "state": "non_editable", "modality": "camera",
-             "intrinsics": {"cx": 960.0, "cy": 540.0, "fx": 1000.0, "fy": 1000.0}}]
+    meta = [
+        {"id": "lidar", "name": "lidar", "state": "editable", "modality": "lidar"},
+        {
+            "id": "cam-front",
+            "name": "cam-front",
+            "state": "non_editable",
+            "modality": "camera",
+            "intrinsics": {"cx": 960.0, "cy": 540.0, "fx": 1000.0, "fy": 1000.0},
+        },
+    ]
     objects = []
     for n in range(1, 4):
-        frames = [{"frame_id": f"{n:03d}-{k}",
-                   "ego_pose": {"position": {"x": 1.5 * k, "y": 0, "z": 0},
-                                "heading": {"w": 1, "x": 0, "y": 0, "z": 0}},
-                   "sensors": [{"sensor_id": "lidar", "data_url": f"{SCANS}/{n:03d}/{k}.pcd"},
-                               {"sensor_id": "cam-front", "data_url": f"{SCANS}/{n:03d}/{k}.jpg"}]}
-                  for k in range(2)]
-        objects.append({"reference_id": f"scan-{n:03d}", "data": {"sensor_data": {"frames": frames,
-                                                                                  "sensor_meta": meta}}})
+        frames = [
+            {
+                "frame_id": f"{n:03d}-{k}",
+                "ego_pose": {"position": {"x": 1.5 * k, "y": 0, "z": 0}, "heading": {"w": 1, "x": 0, "y": 0, "z": 0}},
+                "sensors": [
+                    {"sensor_id": "lidar", "data_url": f"{SCANS}/{n:03d}/{k}.pcd"},
+                    {"sensor_id": "cam-front", "data_url": f"{SCANS}/{n:03d}/{k}.jpg"},
+                ],
+            }
+            for k in range(2)
+        ]
+        objects.append(
+            {"reference_id": f"scan-{n:03d}", "data": {"sensor_data": {"frames": frames, "sensor_meta": meta}}}
+        )
     write_jsonl("sensor.jsonl", objects)
 
 
 def broken() -> None:
-    write_csv("broken_missing_column.csv", ["reference_id", "url"],
-              [["img-001", "https://picsum.photos/seed/img-001/640/480"]])
-    write_csv("broken_bad_rows.csv", ["reference_id", "image_url", "priority_weight"], [
-        ["bad-001", "https://picsum.photos/seed/bad-001/640/480", "5"],
-        ["bad-002", "s3://my-bucket/images/bad-002.jpg", ""],
-        ["", "https://picsum.photos/seed/bad-003/640/480", ""],
-        ["bad-004", "https://picsum.photos/seed/bad-004/640/480", "high"],
-        ["bad-001", "https://picsum.photos/seed/bad-005/640/480", ""],  # duplicate reference_id: ledger
-    ])
-    write_jsonl("broken_json.jsonl", [
-        {"reference_id": "raw-001", "data": {"image_url": "https://picsum.photos/seed/raw-001/640/480"}},
-        '{"reference_id": "raw-002", "data": {"image_url": "https://picsum.photos/seed/raw-002/640/480"}',
-        '["raw-003", {"image_url": "https://picsum.photos/seed/raw-003/640/480"}]',
-        {"reference_id": "raw-004", "data": "not an object"},
-        {"reference_id": 4.0, "data": {"image_url": "https://picsum.photos/seed/raw-005/640/480"}},
-        {"reference_id": "raw-006", "data": {}},
-    ])
+    write_csv(
+        "broken_missing_column.csv",
+        ["reference_id", "url"],
+        [["img-001", "https://picsum.photos/seed/img-001/640/480"]],
+    )
+    write_csv(
+        "broken_bad_rows.csv",
+        ["reference_id", "image_url", "priority_weight"],
+        [
+            ["bad-001", "https://picsum.photos/seed/bad-001/640/480", "5"],
+            ["bad-002", "s3://my-bucket/images/bad-002.jpg", ""],
+            ["", "https://picsum.photos/seed/bad-003/640/480", ""],
+            ["bad-004", "https://picsum.photos/seed/bad-004/640/480", "high"],
+            ["bad-001", "https://picsum.photos/seed/bad-005/640/480", ""],  # duplicate reference_id: ledger
+        ],
+    )
+    write_jsonl(
+        "broken_json.jsonl",
+        [
+            {"reference_id": "raw-001", "data": {"image_url": "https://picsum.photos/seed/raw-001/640/480"}},
+            '{"reference_id": "raw-002", "data": {"image_url": "https://picsum.photos/seed/raw-002/640/480"}',
+            '["raw-003", {"image_url": "https://picsum.photos/seed/raw-003/640/480"}]',
+            {"reference_id": "raw-004", "data": "not an object"},
+            {"reference_id": 4.0, "data": {"image_url": "https://picsum.photos/seed/raw-005/640/480"}},
+            {"reference_id": "raw-006", "data": {}},
+        ],
+    )
 
 
 if __name__ == "__main__":

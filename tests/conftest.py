@@ -35,12 +35,19 @@ class FakeManifest:
         """Rows as the loader reads them: (line, project_id, reference_id, work_flow_id, batch_id, body, extra)."""
         extra = json.dumps(self.extra) if self.extra else None
         rows = [
-            (i + 2, self.project, ref, "wf", None,
-             json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}}), extra)
+            (
+                i + 2,
+                self.project,
+                ref,
+                "wf",
+                None,
+                json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}}),
+                extra,
+            )
             for i, (ref, url) in enumerate(self.rows)
         ]
         for start in range(0, len(rows), size):
-            yield rows[start:start + size]
+            yield rows[start : start + size]
 
 
 POSTGRES_ENV = "UPLOADER_TEST_POSTGRES_URL"

@@ -34,8 +34,13 @@ class Answer:
 class LoopbackApi:
     """`with LoopbackApi(key, behave) as api:` serves on 127.0.0.1:<free port>; `api.base_url`."""
 
-    def __init__(self, key: str, behave: Callable[[int, float], Answer | None] | None = None,
-                 latency: float = 0.0, batch_answer: Answer | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        behave: Callable[[int, float], Answer | None] | None = None,
+        latency: float = 0.0,
+        batch_answer: Answer | None = None,
+    ) -> None:
         self.key = key
         self.behave = behave or (lambda i, t: None)
         self.latency = latency
@@ -53,8 +58,9 @@ class LoopbackApi:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, document: Any = None, headers: dict[str, str] | None = None,
-                      raw: bytes | None = None) -> None:
+            def _send(
+                self, status: int, document: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+            ) -> None:
                 body = raw if raw is not None else (json.dumps(document).encode() if document is not None else b"")
                 self.send_response(status)
                 for k, v in (headers or {}).items():
@@ -93,13 +99,23 @@ class LoopbackApi:
                 with api.lock:
                     api.answers.append(200)
                     if key in api.jobs:
-                        return self._send(400, {"success": False, "error": {
-                            "code": "FS_0001", "message": "reference_id already exists", "errors": []}})
-                    job = {"job_id": str(uuid.uuid4()), "reference_id": body["reference_id"],
-                           "work_flow_id": body["work_flow_id"], "batch_id": body.get("batch_id") or DEFAULT_BATCH}
+                        return self._send(
+                            400,
+                            {
+                                "success": False,
+                                "error": {"code": "FS_0001", "message": "reference_id already exists", "errors": []},
+                            },
+                        )
+                    job = {
+                        "job_id": str(uuid.uuid4()),
+                        "reference_id": body["reference_id"],
+                        "work_flow_id": body["work_flow_id"],
+                        "batch_id": body.get("batch_id") or DEFAULT_BATCH,
+                    }
                     api.jobs[key] = job
-                self._send(200, {"success": True, "data": {k: job[k] for k in ("job_id", "reference_id",
-                                                                                "work_flow_id")}})
+                self._send(
+                    200, {"success": True, "data": {k: job[k] for k in ("job_id", "reference_id", "work_flow_id")}}
+                )
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = self.path.split("?")[0].strip("/").split("/")
@@ -112,8 +128,11 @@ class LoopbackApi:
                         if job["job_id"] == parts[4]:
                             return self._send(200, {"success": True, "data": {**job, "project_id": parts[2]}})
                 if len(parts) == 5 and parts[3] == "batch":
-                    listed = [{"id": j["job_id"], "reference_id": j["reference_id"]} for j in jobs
-                              if j["batch_id"] == parts[4]]
+                    listed = [
+                        {"id": j["job_id"], "reference_id": j["reference_id"]}
+                        for j in jobs
+                        if j["batch_id"] == parts[4]
+                    ]
                     return self._send(200, {"success": True, "data": {"jobs": listed, "next_page_token": ""}})
                 self._send(404, raw=b"<h1>not found</h1>")
 

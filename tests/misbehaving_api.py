@@ -68,8 +68,10 @@ class MisbehavingApi:
     def page(self) -> dict[str, Any]:
         with self.lock:
             self.requests["list"] += 1
-            jobs = [{"id": True if self.listing == "true" else job, "reference_id": ref, "status": "created"}
-                    for ref, job in self.jobs.items()]
+            jobs = [
+                {"id": True if self.listing == "true" else job, "reference_id": ref, "status": "created"}
+                for ref, job in self.jobs.items()
+            ]
         return {"success": True, "data": {"id": BATCH, "jobs": jobs, "next_page_token": ""}}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -41,12 +41,21 @@ def expected_signature(method: str, raw_path: str, raw_query: str, host: str, se
     signed = fields["X-Amz-SignedHeaders"].split(";")
     headers = {"host": host}
     canonical_headers = "".join(f"{name}:{headers[name].strip()}\n" for name in signed)
-    canonical_request = "\n".join([method, _uri_encode(unquote(raw_path)), canonical_query, canonical_headers,
-                                   ";".join(signed), "UNSIGNED-PAYLOAD"])
+    canonical_request = "\n".join(
+        [
+            method,
+            _uri_encode(unquote(raw_path)),
+            canonical_query,
+            canonical_headers,
+            ";".join(signed),
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
     _, date, region, service, terminator = fields["X-Amz-Credential"].split("/")
     scope = f"{date}/{region}/{service}/{terminator}"
-    string_to_sign = "\n".join(["AWS4-HMAC-SHA256", fields["X-Amz-Date"], scope,
-                                hashlib.sha256(canonical_request.encode()).hexdigest()])
+    string_to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", fields["X-Amz-Date"], scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
     key = _hmac(("AWS4" + secret).encode(), date)
     for part in (region, service, terminator):
         key = _hmac(key, part)
@@ -57,8 +66,14 @@ def refusal(method: str, url_path: str, host: str, now: dt.datetime) -> str | No
     """Why a presigned request is refused, or None when it is valid."""
     parts = urlsplit(url_path)
     fields = dict(parse_qsl(parts.query, keep_blank_values=True))
-    needed = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
-              "X-Amz-Signature")
+    needed = (
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+    )
     if any(name not in fields for name in needed):
         return "not a presigned URL"
     if fields["X-Amz-Algorithm"] != "AWS4-HMAC-SHA256":

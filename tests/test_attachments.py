@@ -30,19 +30,22 @@ def file_url(box: Sandbox, name: str, query: str = "") -> str:
     return f"{box.base_url}/_sandbox/files/{name}" + (f"?{query}" if query else "")
 
 
-@pytest.mark.parametrize(("status", "ctype", "length", "verdict"), [
-    (200, "image/jpeg", 100, "ok"),
-    (206, "video/mp4; codecs=avc1", 5, "ok"),
-    (200, "application/octet-stream", None, "ok"),
-    (200, None, 10, "ok"),
-    (200, "text/html; charset=utf-8", 100, "not_media"),
-    (200, "application/json", 2, "not_media"),
-    (200, "image/png", 0, "empty"),
-    (416, "image/png", None, "empty"),
-    (404, "text/html", 10, "http_error"),
-    (403, "application/xml", 10, "http_error"),
-    (500, None, None, "http_error"),
-])
+@pytest.mark.parametrize(
+    ("status", "ctype", "length", "verdict"),
+    [
+        (200, "image/jpeg", 100, "ok"),
+        (206, "video/mp4; codecs=avc1", 5, "ok"),
+        (200, "application/octet-stream", None, "ok"),
+        (200, None, 10, "ok"),
+        (200, "text/html; charset=utf-8", 100, "not_media"),
+        (200, "application/json", 2, "not_media"),
+        (200, "image/png", 0, "empty"),
+        (416, "image/png", None, "empty"),
+        (404, "text/html", 10, "http_error"),
+        (403, "application/xml", 10, "http_error"),
+        (500, None, None, "http_error"),
+    ],
+)
 def test_judge(status: int, ctype: str | None, length: int | None, verdict: str) -> None:
     assert judge(status, ctype, length)[0] == verdict
 
@@ -110,10 +113,15 @@ def test_sandbox_serves_ranges_and_magic_bytes(box: Sandbox) -> None:
 
 def test_sandbox_answers_fs_0007_for_an_attachment_it_cannot_open() -> None:
     with Sandbox(SandboxConfig(check_attachments=True)) as sb:
+
         def post(ref: str, url: str) -> dict:
             body = json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}}).encode()
-            req = urllib.request.Request(f"{sb.base_url}/v1/projects/p/jobs", data=body, method="POST",
-                                         headers={"x-api-key": sb.api_key, "Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{sb.base_url}/v1/projects/p/jobs",
+                data=body,
+                method="POST",
+                headers={"x-api-key": sb.api_key, "Content-Type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(req) as r:
                     return json.load(r)

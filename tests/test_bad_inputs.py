@@ -127,8 +127,15 @@ BAD_EXPECTED: dict[str, tuple[int | None, str | None, str]] = {
 
 #: One of each kind (encoding, file-level, Parquet damage, row with line and column, JSON, huge) through a
 #: real `python -m uploader` process; the rest run in-process.
-SUBPROCESS = ("utf16_bom.csv", "truncated.parquet", "corrupt_pages.parquet", "quoted_newline_then_bad.csv",
-              "jsonl_bad_line.jsonl", "deep_nesting_data.csv", "huge_reference_id.csv")
+SUBPROCESS = (
+    "utf16_bom.csv",
+    "truncated.parquet",
+    "corrupt_pages.parquet",
+    "quoted_newline_then_bad.csv",
+    "jsonl_bad_line.jsonl",
+    "deep_nesting_data.csv",
+    "huge_reference_id.csv",
+)
 
 
 class Outcome(NamedTuple):
@@ -186,8 +193,13 @@ def subprocess_outcomes(base_ledger, tmp_path_factory) -> dict[str, Outcome]:
     out = {}
     for name, (ledger, proc) in procs.items():
         stdout, stderr = proc.communicate(timeout=60)
-        out[name] = Outcome(proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
-                            ledger, time.perf_counter() - started)
+        out[name] = Outcome(
+            proc.returncode,
+            stdout.decode("utf-8", "replace"),
+            stderr.decode("utf-8", "replace"),
+            ledger,
+            time.perf_counter() - started,
+        )
     return out
 
 
@@ -261,8 +273,11 @@ EDGE_EXPECTED: dict[str, dict[str, int]] = {
 
 def jobs_in(ledger: Path, project: str = "p") -> dict[str, tuple[int, str, str]]:
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT reference_id, manifest_line, body, status FROM jobs WHERE project_id = ? "
-                          "AND manifest_id = (SELECT MAX(id) FROM manifests)", (project,)).fetchall()
+        rows = db.execute(
+            "SELECT reference_id, manifest_line, body, status FROM jobs WHERE project_id = ? "
+            "AND manifest_id = (SELECT MAX(id) FROM manifests)",
+            (project,),
+        ).fetchall()
     db.close()
     return {ref: (line, body, status) for ref, line, body, status in rows}
 
@@ -296,14 +311,27 @@ def test_huge_data_cell_is_kept_exactly_and_the_api_refusal_is_clear(base_ledger
 
     ledger = copy_ledger(base_ledger, tmp_path)
     with Sandbox(SandboxConfig(api_key="k")) as box:
-        result = CliRunner().invoke(cli, ["run", str(EDGE / "huge_data_cell.csv"), *LOAD_OPTS, "--ledger", str(ledger),
-                                          "--base-url", box.base_url, "--api-key", "k", "--quiet"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                str(EDGE / "huge_data_cell.csv"),
+                *LOAD_OPTS,
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                box.base_url,
+                "--api-key",
+                "k",
+                "--quiet",
+            ],
+        )
     assert result.exit_code == 3, result.output  # finished, some rows failed
     assert "Traceback" not in result.output
-    (line, body, status), = jobs_in(ledger).values()
+    ((line, body, status),) = jobs_in(ledger).values()
     assert status == "failed" and json.loads(body)["data"] == {"blob": "d" * (10 * 1024 * 1024)}
     exported = CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "--format", "jsonl", "--status", "failed"])
-    row, = map(json.loads, exported.stdout.splitlines())
+    (row,) = map(json.loads, exported.stdout.splitlines())
     assert row["error_code"] == "GE_0001" and "too large" in row["error_message"]
 
 
@@ -314,8 +342,12 @@ def test_formula_cells_load_verbatim_and_csv_export_neutralises_them(base_ledger
     import pyarrow.parquet as pq
 
     ledger = copy_ledger(base_ledger, tmp_path)
-    assert CliRunner().invoke(cli, ["load", str(EDGE / "formula_reference_id.csv"), *LOAD_OPTS,
-                                    "--ledger", str(ledger)]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(cli, ["load", str(EDGE / "formula_reference_id.csv"), *LOAD_OPTS, "--ledger", str(ledger)])
+        .exit_code
+        == 0
+    )
     formula = '=HYPERLINK("http://evil.example/","click")'
     raw = {formula: "=1+2", "+cmd": "@SUM(A1)", "-3": "cam0"}  # reference_id -> camera (an extra column)
 
@@ -324,8 +356,10 @@ def test_formula_cells_load_verbatim_and_csv_export_neutralises_them(base_ledger
     assert {r["reference_id"]: r["camera"] for r in rows} == raw
 
     out_csv = tmp_path / "out.csv"
-    assert CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "-o", str(out_csv),
-                                    "--spreadsheet-safe"]).exit_code == 0
+    assert (
+        CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "-o", str(out_csv), "--spreadsheet-safe"]).exit_code
+        == 0
+    )
     stdout = CliRunner().invoke(cli, ["export", "--ledger", str(ledger), "--spreadsheet-safe"]).stdout
     neutralised = {"'" + formula: "'=1+2", "'+cmd": "'@SUM(A1)", "'-3": "cam0"}
     for text in (out_csv.read_text(encoding="utf-8"), stdout):

@@ -26,8 +26,13 @@ def invoke(*args: str):
 
 @pytest.mark.parametrize(
     "sample, rows",
-    [("images.csv", 12), ("images.parquet", 12), ("video_frames.csv", 3), ("video.jsonl", None),
-     ("sensor.jsonl", None)],
+    [
+        ("images.csv", 12),
+        ("images.parquet", 12),
+        ("video_frames.csv", 3),
+        ("video.jsonl", None),
+        ("sensor.jsonl", None),
+    ],
 )
 def test_load_every_sample_then_reload_is_a_no_op(tmp_path, sample, rows):
     ledger = str(tmp_path / "l.db")
@@ -99,7 +104,9 @@ def test_missing_project_and_usage_errors(tmp_path):
 
 def test_export_formats_and_formula_neutralised(tmp_path):
     manifest = tmp_path / "m.csv"
-    manifest.write_text("reference_id,image_url,note\n=HYPERLINK(1),https://x.com/a.jpg,+cmd\nb,https://x.com/b.jpg,ok\n")
+    manifest.write_text(
+        "reference_id,image_url,note\n=HYPERLINK(1),https://x.com/a.jpg,+cmd\nb,https://x.com/b.jpg,ok\n"
+    )
     ledger = str(tmp_path / "l.db")
     assert invoke("load", str(manifest), *LOAD, "--ledger", ledger).exit_code == 0
     out = invoke("export", "--ledger", ledger).output  # verbatim: the mapping matches the manifest
@@ -140,7 +147,8 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(root)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     (wheel,) = dist.glob("gtstudio_uploader-*.whl")  # the distribution name (PEP 427 escapes "-")
     names = zipfile.ZipFile(wheel).namelist()
@@ -149,7 +157,8 @@ def test_installed_wheel_migrates_a_ledger_in_an_empty_folder(tmp_path):
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     work = tmp_path / "empty"
     work.mkdir()
@@ -188,9 +197,23 @@ def test_sandbox_command_serves_until_interrupted(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", "k1",
-         "--forbidden-project", "secret", "--page-size", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uploader",
+            "sandbox",
+            "--port",
+            str(port),
+            "--api-key",
+            "k1",
+            "--forbidden-project",
+            "secret",
+            "--page-size",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -225,7 +248,11 @@ def test_sandbox_command_refuses_bad_settings_and_busy_ports():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "uploader", "sandbox", "--port", str(port)],
-                              capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(
+            [sys.executable, "-m", "uploader", "sandbox", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     assert proc.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -177,19 +177,43 @@ PARSE = [
     ("legacy 200 error", 200, json.dumps(envelope(code="FS_0001")), {}, (False, "FS_0001", None), Verdict.EXISTS),
     ("401 empty body", 401, "", {}, (None, "http_401", None), Verdict.FATAL),
     ("auth-failure", 400, json.dumps(envelope(code="auth-failure")), {}, (False, "auth-failure", None), Verdict.FATAL),
-    ("HTML 502", 502, "<html><body><h1>502 Bad Gateway</h1></body></html>", {}, (None, "http_502", None),
-     Verdict.RETRYABLE),
+    (
+        "HTML 502",
+        502,
+        "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        {},
+        (None, "http_502", None),
+        Verdict.RETRYABLE,
+    ),
     ("200 not JSON", 200, "OK", {}, (None, "not_json", None), Verdict.RETRYABLE),
     ("200 empty", 200, "", {}, (None, "not_json", None), Verdict.RETRYABLE),
     ("JSON but not an envelope", 200, '{"job_id": "j"}', {}, (None, "not_json", None), Verdict.RETRYABLE),
     ("JSON list", 200, "[1, 2]", {}, (None, "not_json", None), Verdict.RETRYABLE),
-    ("success as a string", 200, '{"success": "true", "data": {"job_id": "j"}}', {}, (None, "not_json", None),
-     Verdict.RETRYABLE),
-    ("429 with Retry-After", 429, '{"message": "slow down"}', {"Retry-After": "7"}, (None, "http_429", None),
-     Verdict.THROTTLED),
+    (
+        "success as a string",
+        200,
+        '{"success": "true", "data": {"job_id": "j"}}',
+        {},
+        (None, "not_json", None),
+        Verdict.RETRYABLE,
+    ),
+    (
+        "429 with Retry-After",
+        429,
+        '{"message": "slow down"}',
+        {"Retry-After": "7"},
+        (None, "http_429", None),
+        Verdict.THROTTLED,
+    ),
     ("500 FS_0000", 500, json.dumps(envelope(code="FS_0000")), {}, (False, "FS_0000", None), Verdict.RETRYABLE),
-    ("error code not a string", 400, '{"success": false, "error": {"code": 42}}', {}, (False, "42", None),
-     Verdict.PERMANENT),
+    (
+        "error code not a string",
+        400,
+        '{"success": false, "error": {"code": 42}}',
+        {},
+        (False, "42", None),
+        Verdict.PERMANENT,
+    ),
     ("error as a string", 400, '{"success": false, "error": "nope"}', {}, (False, None, None), Verdict.PERMANENT),
     ("data not a dict", 200, '{"success": true, "data": [1]}', {}, (True, None, None), Verdict.PROTOCOL),
     ("invalid UTF-8", 200, b"\xff\xfe{", {}, (None, "not_json", None), Verdict.RETRYABLE),
@@ -424,8 +448,11 @@ def test_find_job_ids_permanent_answer_is_not_retried() -> None:
 def test_batch_of_job_retries_like_a_listing_page() -> None:
     """GET job (how the default batch's id is learnt) goes through the same read loop as a listing page:
     a 429 and a 500 are retried with the same delays, a refused key raises FatalApiError."""
-    answers = [httpx.Response(429, headers={"Retry-After": "4"}), httpx.Response(500, text="<h1>oops</h1>"),
-               httpx.Response(200, json=envelope({"id": "j1", "batch_id": "b-9", "status": "created"}))]
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "4"}),
+        httpx.Response(500, text="<h1>oops</h1>"),
+        httpx.Response(200, json=envelope({"id": "j1", "batch_id": "b-9", "status": "created"})),
+    ]
     paths: list[str] = []
     sleeps: list[float] = []
 
@@ -470,13 +497,21 @@ def test_find_job_ids_takes_only_usable_job_ids() -> None:
     """A listing entry is validated like a creation answer: its id a non-empty string or an integer. An
     object, `true`, a float, a blank or a 65-character id is no id (never recorded as its Python text);
     a reference_id `true` is no reference_id."""
-    jobs = [{"reference_id": "r1", "id": True}, {"reference_id": "r2", "id": {"id": "j2"}},
-            {"reference_id": "r3", "id": 3.0}, {"reference_id": "r4", "id": "  "},
-            {"reference_id": "r5", "id": "j" * 65},
-            {"reference_id": "r6", "id": [1]}, {"reference_id": True, "id": "jt"}, {"reference_id": "r7", "id": 7},
-            {"reference_id": "r8", "id": None, "job_id": "j8"}, {"reference_id": "r9", "id": False, "job_id": "j9"}]
+    jobs = [
+        {"reference_id": "r1", "id": True},
+        {"reference_id": "r2", "id": {"id": "j2"}},
+        {"reference_id": "r3", "id": 3.0},
+        {"reference_id": "r4", "id": "  "},
+        {"reference_id": "r5", "id": "j" * 65},
+        {"reference_id": "r6", "id": [1]},
+        {"reference_id": True, "id": "jt"},
+        {"reference_id": "r7", "id": 7},
+        {"reference_id": "r8", "id": None, "job_id": "j8"},
+        {"reference_id": "r9", "id": False, "job_id": "j9"},
+    ]
     found = Pager({"": envelope({"jobs": jobs, "next_page_token": ""})}).find(
-        ["r1", "r2", "r3", "r4", "r5", "r6", "True", "r7", "r8", "r9"])
+        ["r1", "r2", "r3", "r4", "r5", "r6", "True", "r7", "r8", "r9"]
+    )
     assert found == {"r7": "7", "r8": "j8", "r9": "j9"}
 
 

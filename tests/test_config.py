@@ -73,8 +73,9 @@ def test_precedence_flag_env_profile_default():
 
 def test_a_profile_setting_is_used_by_the_command(folder: Path):
     """Not only shown: `load` and `status` really use the profile's ledger."""
-    Path("uploader.toml").write_text('[default]\nledger = "from-profile.db"\nproject_id = "proj"\n'
-                                     'work_flow_id = "wf"\n')
+    Path("uploader.toml").write_text(
+        '[default]\nledger = "from-profile.db"\nproject_id = "proj"\nwork_flow_id = "wf"\n'
+    )
     manifest = write_images(folder / "m.csv", 3)
     assert invoke("load", str(manifest)).exit_code == 0
     assert (folder / "from-profile.db").exists() and not (folder / "uploader.db").exists()
@@ -106,11 +107,14 @@ def test_unknown_profile_is_a_usage_error_listing_the_profiles():
     assert "no profile 'prd'" in result.stderr and "profiles: default, staging" in result.stderr
 
 
-@pytest.mark.parametrize("text, where", [
-    ('[default]\nledger = \n', "uploader.toml:2:10: "),
-    ('[default]\nledger = "a.db"\nledger = "b.db"\n', "uploader.toml:3:"),
-    ('[default\n', "uploader.toml:1:"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("[default]\nledger = \n", "uploader.toml:2:10: "),
+        ('[default]\nledger = "a.db"\nledger = "b.db"\n', "uploader.toml:3:"),
+        ("[default\n", "uploader.toml:1:"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_with_file_line_and_column(text: str, where: str):
     Path("uploader.toml").write_text(text)
     result = invoke("status")
@@ -120,10 +124,10 @@ def test_a_bad_config_file_is_one_line_with_file_line_and_column(text: str, wher
 
 
 def test_bad_settings_are_refused_with_the_file_and_the_key():
-    Path("uploader.toml").write_text('[default]\nconcurency = 3\n')
+    Path("uploader.toml").write_text("[default]\nconcurency = 3\n")
     result = invoke("status")
     assert result.exit_code == 1 and "uploader.toml: [default] unknown setting 'concurency'" in result.stderr
-    Path("uploader.toml").write_text('[default]\nconcurrency = 3\n')
+    Path("uploader.toml").write_text("[default]\nconcurrency = 3\n")
     result = invoke("status")
     assert result.exit_code == 1 and "put it in a table [default.run]" in result.stderr
     Path("uploader.toml").write_text('[default]\napi_key = "secret-in-a-file"\n')
@@ -145,9 +149,17 @@ def test_the_api_key_is_shown_as_set_or_unset_never_its_value():
 def test_every_option_reads_an_uploader_environment_variable():
     """Every option of every command names its variable (shown in --help); the filters of the commands that
     reset or remove rows are typed only (an exported variable must not pick rows to forget or retry)."""
-    typed_only = {("retry", "--error-code"), ("retry", "--all"), ("retry", "--blocked"), ("forget", "--project-id"),
-                  ("forget", "--status"), ("forget", "--reference-id-file"), ("forget", "--manifest"),
-                  ("forget", "--include-created"), ("forget", "--yes")}
+    typed_only = {
+        ("retry", "--error-code"),
+        ("retry", "--all"),
+        ("retry", "--blocked"),
+        ("forget", "--project-id"),
+        ("forget", "--status"),
+        ("forget", "--reference-id-file"),
+        ("forget", "--manifest"),
+        ("forget", "--include-created"),
+        ("forget", "--yes"),
+    }
     ctx = click.Context(cli)
     for name in cli.list_commands(ctx):
         for param in cli.commands[name].params:
@@ -165,8 +177,9 @@ def test_every_option_reads_an_uploader_environment_variable():
 def test_legacy_playment_variables_still_work():
     got = settings("run", env={"PLAYMENT_API_KEY": KEY, "PLAYMENT_BASE_URL": "https://old.example.com"})
     assert got["base_url"] == {"value": "https://old.example.com", "source": "env PLAYMENT_BASE_URL"}
-    got = settings("run", env={"UPLOADER_BASE_URL": "https://new.example.com",
-                               "PLAYMENT_BASE_URL": "https://old.example.com"})
+    got = settings(
+        "run", env={"UPLOADER_BASE_URL": "https://new.example.com", "PLAYMENT_BASE_URL": "https://old.example.com"}
+    )
     assert got["base_url"]["value"] == "https://new.example.com"
 
 
@@ -191,8 +204,9 @@ def test_what_retry_and_forget_act_on_is_typed_only(tmp_path: Path):
 
 def run_with(box: Sandbox, tmp_path: Path, *extra: str, env: dict[str, str] | None = None, rows: int = 5):
     manifest = write_images(tmp_path / "m.csv", rows)
-    return invoke("run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--base-url", box.base_url,
-                  *extra, env=env)
+    return invoke(
+        "run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--base-url", box.base_url, *extra, env=env
+    )
 
 
 def test_api_key_file_strips_one_newline_and_the_key_is_not_in_the_command_line(tmp_path: Path):
@@ -253,8 +267,9 @@ def test_log_file_has_one_json_line_per_request_and_never_the_key(tmp_path: Path
 def _spawn(args: list[str], cwd: Path, **kw) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "uploader", *args], cwd=cwd, env={**env, **kw.pop("env", {})},
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "uploader", *args], cwd=cwd, env={**env, **kw.pop("env", {})}, text=True, **kw
+    )
 
 
 def test_sigterm_exits_143_and_sigint_130(tmp_path: Path):
@@ -263,9 +278,24 @@ def test_sigterm_exits_143_and_sigint_130(tmp_path: Path):
         for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
             ledger = tmp_path / f"{sig.name}.db"
             manifest = write_images(tmp_path / "m.csv", 200)
-            proc = _spawn(["run", str(manifest), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url,
-                           "--concurrency", "2", "-q"], tmp_path, env={"PLAYMENT_API_KEY": KEY},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = _spawn(
+                [
+                    "run",
+                    str(manifest),
+                    *LOAD,
+                    "--ledger",
+                    str(ledger),
+                    "--base-url",
+                    box.base_url,
+                    "--concurrency",
+                    "2",
+                    "-q",
+                ],
+                tmp_path,
+                env={"PLAYMENT_API_KEY": KEY},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             deadline, before = time.monotonic() + 30, box.stats()["requests_total"]
             while box.stats()["requests_total"] < before + 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -281,8 +311,9 @@ def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path):
     ledger = tmp_path / "l.db"
     assert invoke("load", str(write_images(tmp_path / "m.csv", 20_000)), *LOAD, "--ledger", str(ledger)).exit_code == 0
     for extra in ([], ["--json"]):
-        proc = _spawn(["export", "--ledger", str(ledger), *extra], tmp_path, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
+        proc = _spawn(
+            ["export", "--ledger", str(ledger), *extra], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
         proc.stdout.close()

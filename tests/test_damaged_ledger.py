@@ -75,9 +75,11 @@ def make_damaged(kind: str, folder: Path, healthy: bytes) -> Path:
         path.write_bytes(bytes(len(healthy)))
     else:  # someone else's SQLite database, in rollback-journal mode (WAL would be a change to its header)
         db = sqlite3.connect(path)
-        db.executescript("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);"
-                         "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER);"
-                         "INSERT INTO customers (name) VALUES ('ada');")
+        db.executescript(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);"
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER);"
+            "INSERT INTO customers (name) VALUES ('ada');"
+        )
         db.close()
     return path
 
@@ -86,8 +88,9 @@ def make_damaged(kind: str, folder: Path, healthy: bytes) -> Path:
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Outcome]:
     root = tmp_path_factory.mktemp("damaged")
     manifest = root / "m.csv"
-    manifest.write_text("reference_id,image_url\n" + "".join(
-        f"r{i},https://cdn.example.com/{i}.jpg\n" for i in range(3000)))
+    manifest.write_text(
+        "reference_id,image_url\n" + "".join(f"r{i},https://cdn.example.com/{i}.jpg\n" for i in range(3000))
+    )
     healthy_path = root / "healthy.db"
     led = Ledger.open(healthy_path)
     load(led, manifest, ManifestOptions(project_id="p", work_flow_id="w"))
@@ -101,15 +104,27 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
             ledger = make_damaged(kind, folder, healthy)
             argv = [a.format(dir=folder, manifest=manifest) for a in args]
             before, files = ledger.read_bytes(), {p.name for p in folder.iterdir()}
-            proc = subprocess.Popen([sys.executable, "-m", "uploader", *argv, "--ledger", str(ledger)], env=env,
-                                    cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "uploader", *argv, "--ledger", str(ledger)],
+                env=env,
+                cwd=folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             procs[kind, name] = (proc, ledger, before, files)
             time.sleep(0.02)
     out = {}
     for key, (proc, ledger, before, files) in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
-        out[key] = Outcome(proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
-                           ledger, before, files, {p.name for p in ledger.parent.iterdir()})
+        out[key] = Outcome(
+            proc.returncode,
+            stdout.decode("utf-8", "replace"),
+            stderr.decode("utf-8", "replace"),
+            ledger,
+            before,
+            files,
+            {p.name for p in ledger.parent.iterdir()},
+        )
     return out
 
 

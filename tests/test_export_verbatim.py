@@ -24,14 +24,21 @@ from uploader.sandbox import Sandbox, SandboxConfig
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: reference_id -> the manifest's extra column `note`
-ROWS = {"-5": "=1+2", "+5": "-7", "=1+1": "+cmd", "@mention": "@SUM(A1)", "plain": "\tindented",
-        '=HYPERLINK("http://evil.example/","x")': "ok"}
+ROWS = {
+    "-5": "=1+2",
+    "+5": "-7",
+    "=1+1": "+cmd",
+    "@mention": "@SUM(A1)",
+    "plain": "\tindented",
+    '=HYPERLINK("http://evil.example/","x")': "ok",
+}
 
 
 def uploader(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
-    return subprocess.run([sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def write_manifest(path: Path) -> Path:
@@ -52,8 +59,21 @@ def test_csv_export_round_trips_identifiers_and_manifest_values(tmp_path: Path) 
     manifest = write_manifest(tmp_path / "m.csv")
     ledger = tmp_path / "ledger.db"
     with Sandbox(SandboxConfig(api_key="k")) as box:
-        done = uploader("run", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(ledger),
-                        "--base-url", box.base_url, "--api-key", "k", "--quiet")
+        done = uploader(
+            "run",
+            str(manifest),
+            "--project-id",
+            "p",
+            "--work-flow-id",
+            "w",
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            "k",
+            "--quiet",
+        )
         api = {job["reference_id"]: job["job_id"] for job in box.jobs()}
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(api) == set(ROWS)
@@ -75,7 +95,8 @@ def test_csv_export_round_trips_identifiers_and_manifest_values(tmp_path: Path) 
     assert not any(cell.startswith(FORMULA_START) for cell in cells)
     assert {r["reference_id"]: r["note"] for r in rows} == {
         ("'" + k if k.startswith(FORMULA_START) else k): ("'" + v if v.startswith(FORMULA_START) else v)
-        for k, v in ROWS.items()}
+        for k, v in ROWS.items()
+    }
 
     done = uploader("export", "--ledger", str(ledger), "--format", "jsonl", "--spreadsheet-safe")
     assert done.returncode == 2 and "--spreadsheet-safe is for CSV" in done.stderr
@@ -89,9 +110,16 @@ class FormulaRefusal(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
-        body = json.dumps({"success": False, "error": {
-            "code": "-FS_9", "message": '=HYPERLINK("http://evil.example/","click")',
-            "errors": [{"validation_code": "@x"}]}}).encode()
+        body = json.dumps(
+            {
+                "success": False,
+                "error": {
+                    "code": "-FS_9",
+                    "message": '=HYPERLINK("http://evil.example/","click")',
+                    "errors": [{"validation_code": "@x"}],
+                },
+            }
+        ).encode()
         self.send_response(400)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -106,9 +134,24 @@ def test_api_text_is_neutralised_in_csv_by_default(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), FormulaRefusal)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        done = uploader("run", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(ledger),
-                        "--base-url", f"http://127.0.0.1:{server.server_address[1]}", "--api-key", "key-4f2a",
-                        "--quiet", "--max-attempts", "1", "--default-batch")  # the server refuses batches too
+        done = uploader(
+            "run",
+            str(manifest),
+            "--project-id",
+            "p",
+            "--work-flow-id",
+            "w",
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            f"http://127.0.0.1:{server.server_address[1]}",
+            "--api-key",
+            "key-4f2a",
+            "--quiet",
+            "--max-attempts",
+            "1",
+            "--default-batch",
+        )  # the server refuses batches too
     finally:
         server.shutdown()
         server.server_close()

@@ -27,11 +27,13 @@ URL = "https://cdn.example.com/img"
 
 
 def images(n: int, prefix: str = "img") -> pd.DataFrame:
-    return pd.DataFrame({
-        "reference_id": [f"{prefix}-{i:03d}" for i in range(n)],
-        "image_url": [f"{URL}/{prefix}/{i}.jpg" for i in range(n)],
-        "camera": [f"cam{i % 3}" for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "reference_id": [f"{prefix}-{i:03d}" for i in range(n)],
+            "image_url": [f"{URL}/{prefix}/{i}.jpg" for i in range(n)],
+            "camera": [f"cam{i % 3}" for i in range(n)],
+        }
+    )
 
 
 @pytest.fixture
@@ -41,8 +43,9 @@ def box():
 
 
 def send(manifest, box: Sandbox, ledger, **kw):
-    return uploader.upload(manifest, project_id="proj", work_flow_id="wf", ledger=ledger, api_key=KEY,
-                           base_url=box.base_url, **kw)
+    return uploader.upload(
+        manifest, project_id="proj", work_flow_id="wf", ledger=ledger, api_key=KEY, base_url=box.base_url, **kw
+    )
 
 
 def assert_all_created_once(box: Sandbox, ledger: Path, n: int) -> pd.DataFrame:
@@ -111,8 +114,14 @@ def test_bad_arguments_are_clear(box, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="no API key"):
         uploader.upload(images(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db")
     with pytest.raises(UsageError, match="https"):
-        uploader.upload(images(1), project_id="p", work_flow_id="w", ledger=tmp_path / "l.db", api_key=KEY,
-                        base_url="http://api.example.com")
+        uploader.upload(
+            images(1),
+            project_id="p",
+            work_flow_id="w",
+            ledger=tmp_path / "l.db",
+            api_key=KEY,
+            base_url="http://api.example.com",
+        )
     with pytest.raises(UsageError, match="format is for a manifest file"):
         send(images(1), box, tmp_path / "l.db", format="csv")
     with pytest.raises(TypeError, match="not list"):
@@ -131,22 +140,29 @@ async def test_upload_works_inside_a_running_event_loop(box, tmp_path):
     ledger = tmp_path / "jobs.db"
     summary = send(images(10), box, ledger)
     assert summary.counts["succeeded"] == 10
-    more = await uploader.upload_async(images(5, "async"), project_id="proj", work_flow_id="wf", ledger=ledger,
-                                       api_key=KEY, base_url=box.base_url)
+    more = await uploader.upload_async(
+        images(5, "async"), project_id="proj", work_flow_id="wf", ledger=ledger, api_key=KEY, base_url=box.base_url
+    )
     assert more.counts["succeeded"] == 15
     assert_all_created_once(box, ledger, 15)
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(*sorted(sys.modules))"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return set(out.split())
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
 def test_cli_start_up_imports_neither_pandas_nor_pyarrow(args):
-    loaded = _modules_after(f"import sys\nsys.argv = ['uploader', *{args!r}]\nfrom uploader.cli import main\n"
-                            "try:\n    main()\nexcept SystemExit:\n    pass")
+    loaded = _modules_after(
+        f"import sys\nsys.argv = ['uploader', *{args!r}]\nfrom uploader.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass"
+    )
     assert "uploader.cli.commands" in loaded
     assert not loaded & {"pandas", "pyarrow"}
 
@@ -166,7 +182,8 @@ def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_pa
     interrupt (SIGINT → KeyboardInterrupt in the main thread) must still stop the run gently, with a summary."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=12, latency_ms=400)) as box:
         script = tmp_path / "cell.py"
-        script.write_text(textwrap.dedent(f"""
+        script.write_text(
+            textwrap.dedent(f"""
             import asyncio, json, pandas as pd, uploader
             df = pd.DataFrame({{"reference_id": [f"r{{i}}" for i in range(60)],
                                 "image_url": [f"{URL}/{{i}}.jpg" for i in range(60)]}})
@@ -177,9 +194,16 @@ def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_pa
             # as ipykernel runs a cell: in a running loop, SIGINT raising KeyboardInterrupt in the main thread
             summary = asyncio.new_event_loop().run_until_complete(cell())
             print(json.dumps({{"interrupted": summary.interrupted, **summary.counts}}))
-        """))
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        """)
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         wait_until(lambda: posts_received(box) >= 4, "the sandbox to receive 4 job requests")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -221,8 +245,9 @@ def test_a_notebook_uploads_a_dataframe(box, tmp_path):
         "uploader.Ledger.open('jobs.db').to_pandas()[['reference_id', 'status']].to_dict('records')",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "True"  # cells run inside the kernel's event loop
     assert nb.cells[2].outputs[0]["data"]["text/plain"] == "3"

@@ -230,9 +230,13 @@ def test_status_and_retry_hints_repeat_the_ledger(loaded):
     led = Ledger.open(loaded)
     owner = led.register_worker()
     claims = led.claim(owner, 10, 60)
-    led.record([Result(claims[0].id, claims[0].lease_token, Status.FAILED, error_code="FS_0007"),
-                Result(claims[1].id, claims[1].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
-                Result(claims[2].id, claims[2].lease_token, Status.CONFLICT, error_code="payload_changed")])
+    led.record(
+        [
+            Result(claims[0].id, claims[0].lease_token, Status.FAILED, error_code="FS_0007"),
+            Result(claims[1].id, claims[1].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+            Result(claims[2].id, claims[2].lease_token, Status.CONFLICT, error_code="payload_changed"),
+        ]
+    )
     led.stop_worker(owner)
     led.close()
     q = shlex.quote(loaded)
@@ -249,8 +253,12 @@ def test_hint_repeats_base_url_for_reconcile_and_hides_a_password():
 
     repeat = Repeat(ledger="postgresql+psycopg://u:s3cret@db:5432/x", base_url="https://api.example/v")
     assert repeat.command("reconcile", api=True) == (
-        "uploader reconcile --ledger postgresql+psycopg://u:PASSWORD@db:5432/x --base-url https://api.example/v")
-    assert repeat.command("export -o jobs.csv") == "uploader export -o jobs.csv --ledger postgresql+psycopg://u:PASSWORD@db:5432/x"
+        "uploader reconcile --ledger postgresql+psycopg://u:PASSWORD@db:5432/x --base-url https://api.example/v"
+    )
+    assert (
+        repeat.command("export -o jobs.csv")
+        == "uploader export -o jobs.csv --ledger postgresql+psycopg://u:PASSWORD@db:5432/x"
+    )
     assert Repeat(ledger="a b.db").command("retry --all") == "uploader retry --all --ledger 'a b.db'"
 
 
@@ -266,8 +274,9 @@ def _settle(ledger: str, outcomes: dict[str, tuple]) -> None:
     owner = led.register_worker()
     claims = led.claim(owner, len(outcomes), 60)
     assert sorted(c.reference_id for c in claims) == sorted(outcomes)
-    led.record([Result(c.id, c.lease_token, outcomes[c.reference_id][0], job_id=outcomes[c.reference_id][1])
-                for c in claims])
+    led.record(
+        [Result(c.id, c.lease_token, outcomes[c.reference_id][0], job_id=outcomes[c.reference_id][1]) for c in claims]
+    )
     led.stop_worker(owner)
     led.close()
 
@@ -342,8 +351,10 @@ def test_forget_by_reference_id_file_and_manifest(loaded, tmp_path):
 
 
 def test_forgotten_rows_come_back_when_the_manifest_is_loaded_again(loaded, tmp_path):
-    assert invoke("forget", "--reference-id-file", str(_write(tmp_path / "r.txt", "r1\n")),
-                  "--ledger", loaded).exit_code == 0
+    assert (
+        invoke("forget", "--reference-id-file", str(_write(tmp_path / "r.txt", "r1\n")), "--ledger", loaded).exit_code
+        == 0
+    )
     again = invoke("load", str(tmp_path / "m.csv"), *LOAD, "--ledger", loaded)
     assert again.exit_code == 0, again.output
     assert "already loaded" not in again.stdout and "1 new" in again.stdout
@@ -402,8 +413,21 @@ def test_run_stopped_by_another_projects_rows_names_it_and_suggests_forget(loade
     other = _write(tmp_path / "o.csv", "reference_id,image_url\nx1,https://e.com/x.jpg\nx2,https://e.com/y.jpg\n")
     assert invoke("load", str(other), "--project-id", "old", "--work-flow-id", "wf", "--ledger", loaded).exit_code == 0
     with Sandbox(SandboxConfig(api_key="k", forbidden_projects=frozenset({"old"}))) as box:
-        result = invoke("run", str(tmp_path / "m.csv"), *LOAD, "--ledger", loaded, "--base-url", box.base_url,
-                        "--api-key", "k", "--quiet", "--concurrency", "1", *batch)
+        result = invoke(
+            "run",
+            str(tmp_path / "m.csv"),
+            *LOAD,
+            "--ledger",
+            loaded,
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            "k",
+            "--quiet",
+            "--concurrency",
+            "1",
+            *batch,
+        )
     assert result.exit_code == 1, result.output
     assert "stopped by a row of project 'old'" in result.stderr and "holds 2 rows of that project" in result.stderr
     assert f"`uploader forget --project-id old --ledger {shlex.quote(loaded)}`" in result.stderr
@@ -469,8 +493,10 @@ def test_load_from_stdin_into_a_ledger_with_rows(loaded):
 
 def test_load_jsonl_from_stdin_is_sniffed(tmp_path):
     ledger = str(tmp_path / "l.db")
-    lines = '{"reference_id": "j1", "image_url": "https://e.com/1.jpg"}\n' \
-            '{"reference_id": "j2", "image_url": "https://e.com/2.jpg"}\n'
+    lines = (
+        '{"reference_id": "j1", "image_url": "https://e.com/1.jpg"}\n'
+        '{"reference_id": "j2", "image_url": "https://e.com/2.jpg"}\n'
+    )
     result = invoke("load", "-", *LOAD, "--ledger", ledger, input=lines)
     assert result.exit_code == 0, result.output
     assert _refs(ledger) == ["j1", "j2"]

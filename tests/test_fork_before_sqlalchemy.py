@@ -32,7 +32,9 @@ def report():
         print("FORKS " + json.dumps(forks), flush=True)
 """
 
-CLI = PRELUDE + """
+CLI = (
+    PRELUDE
+    + """
 sys.argv = ["uploader", *sys.argv[1:]]
 try:
     from uploader.cli import main
@@ -40,8 +42,11 @@ try:
 finally:
     report()
 """
+)
 
-LIBRARY = PRELUDE + """
+LIBRARY = (
+    PRELUDE
+    + """
 from uploader.load import prepare_load
 from uploader.manifest import ManifestOptions
 path, ledger = sys.argv[1], sys.argv[2]
@@ -54,6 +59,7 @@ with prepare_load(path, ManifestOptions(project_id="p", work_flow_id="w"), new_l
         led.close()
 report()
 """
+)
 
 #: Rows enough for a file over MIN_SPLIT_BYTES (4 MiB): the parallel path, as in tests/test_parallel_load.py.
 ROWS = 80_000
@@ -75,8 +81,9 @@ def big_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(code: str, *args: str, cwd: Path) -> tuple[list[bool], str]:
     env = {**os.environ, "TMPDIR": str(cwd)}
     env.pop("UPLOADER_LEDGER", None)
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("FORKS ")]
     return json.loads(line.removeprefix("FORKS ")), result.stdout
@@ -85,8 +92,18 @@ def run(code: str, *args: str, cwd: Path) -> tuple[list[bool], str]:
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="the parallel load forks on Linux")
 def test_uploader_load_forks_its_readers_before_sqlalchemy_is_imported(big_manifest: Path, tmp_path: Path) -> None:
-    forks, out = run(CLI, "load", str(big_manifest), "--project-id", "p", "--work-flow-id", "w",
-                     "--ledger", str(tmp_path / "new.db"), cwd=tmp_path)
+    forks, out = run(
+        CLI,
+        "load",
+        str(big_manifest),
+        "--project-id",
+        "p",
+        "--work-flow-id",
+        "w",
+        "--ledger",
+        str(tmp_path / "new.db"),
+        cwd=tmp_path,
+    )
     assert f"{ROWS} new" in out.replace(",", "")
     assert len(forks) >= 2, "the load did not take the parallel path: the test proves nothing"
     assert not any(forks), f"SQLAlchemy was imported before a slice reader was forked: {forks}"

@@ -104,10 +104,14 @@ def test_backoff_and_refund(ledger, tmp_path):
     owner = ledger.register_worker()
     a, b = ledger.claim(owner, 2, 60)
     soon = utcnow() + dt.timedelta(seconds=30)
-    ledger.record([
-        Result(a.id, a.lease_token, Status.PENDING, error_code="FS_0000", not_before=soon),
-        Result(b.id, b.lease_token, Status.PENDING, error_code="rate_limited", not_before=soon, refund_attempt=True),
-    ])
+    ledger.record(
+        [
+            Result(a.id, a.lease_token, Status.PENDING, error_code="FS_0000", not_before=soon),
+            Result(
+                b.id, b.lease_token, Status.PENDING, error_code="rate_limited", not_before=soon, refund_attempt=True
+            ),
+        ]
+    )
     assert ledger.claim(owner, 10, 60) == []
     assert abs((ledger.next_wakeup() - soon).total_seconds()) < 1e-3
     again = ledger.claim(owner, 10, 60, now=soon + dt.timedelta(seconds=1))
@@ -140,11 +144,13 @@ def test_retry_and_status(ledger, tmp_path):
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     a, b, c = ledger.claim(owner, 3, 60)
-    ledger.record([
-        Result(a.id, a.lease_token, Status.FAILED, error_code="FS_0003", error_message="bad"),
-        Result(b.id, b.lease_token, Status.FAILED, error_code="FS_0007"),
-        Result(c.id, c.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
-    ])
+    ledger.record(
+        [
+            Result(a.id, a.lease_token, Status.FAILED, error_code="FS_0003", error_message="bad"),
+            Result(b.id, b.lease_token, Status.FAILED, error_code="FS_0007"),
+            Result(c.id, c.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+        ]
+    )
     report = ledger.status()
     assert report.counts["failed"] == 2 and report.counts["uncertain"] == 1
     assert report.error_codes == {"FS_0003": 1, "FS_0007": 1, "FS_0001": 1}
@@ -239,8 +245,11 @@ def test_batch_reservations_pick_one_creator_and_give_rows_a_batch(ledger, db_ur
 
         for auto in (False, True):
             slots.clear()
-            threads = [threading.Thread(target=reserve, args=(led, f"{auto}-{i}-{n}", auto))
-                       for i in range(4) for n, led in enumerate((ledger, other))]
+            threads = [
+                threading.Thread(target=reserve, args=(led, f"{auto}-{i}-{n}", auto))
+                for i in range(4)
+                for n, led in enumerate((ledger, other))
+            ]
             for t in threads:
                 t.start()
             for t in threads:

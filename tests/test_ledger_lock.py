@@ -47,8 +47,16 @@ def test_a_held_lock_is_waited_for_visibly_then_the_run_finishes(tmp_path):
     lock is held), then finishes with every row succeeded. It used to wait without a word."""
     ledger = tmp_path / "l.db"
     with LoopbackApi(KEY, latency=0.02) as api:
-        invoke("load", str(write_images(tmp_path / "m.csv", 200)), "--project-id", "proj", "--work-flow-id", "wf",
-               "--ledger", str(ledger))
+        invoke(
+            "load",
+            str(write_images(tmp_path / "m.csv", 200)),
+            "--project-id",
+            "proj",
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+        )
         proc = spawn(None, ledger, api.base_url, "--concurrency", "4")
         err = Lines(proc.stderr)
         wait_for(lambda: api.created() >= 20)
@@ -72,8 +80,16 @@ def test_sigterm_while_another_process_holds_the_ledger_lock(tmp_path):
     says what it could not write, and the next run finishes with every job created once."""
     ledger = tmp_path / "l.db"
     with LoopbackApi(KEY, latency=0.02) as api:
-        invoke("load", str(write_images(tmp_path / "m.csv", 300)), "--project-id", "proj", "--work-flow-id", "wf",
-               "--ledger", str(ledger))
+        invoke(
+            "load",
+            str(write_images(tmp_path / "m.csv", 300)),
+            "--project-id",
+            "proj",
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+        )
         proc = spawn(None, ledger, api.base_url, "--concurrency", "4")
         err = Lines(proc.stderr)
         wait_for(lambda: api.created() >= 20)
@@ -94,8 +110,18 @@ def test_sigterm_while_another_process_holds_the_ledger_lock(tmp_path):
         assert "Traceback" not in text
         created_before = api.created()
         # The next run (lock free) sends what was left, FS_0001 finds what this one could not record.
-        again = invoke("run", "--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger),
-                       "--base-url", api.base_url, "--quiet")
+        again = invoke(
+            "run",
+            "--project-id",
+            "proj",
+            "--work-flow-id",
+            "wf",
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            api.base_url,
+            "--quiet",
+        )
         assert again.exit_code == 0, again.output
         final = rows(ledger)
         assert {r["status"] for r in final} == {"succeeded"}
@@ -117,8 +143,10 @@ def test_lock_wait_tells_gives_up_and_is_interrupted(tmp_path):
     told: list[float] = []
     lock = hold_write_lock(ledger)
     try:
-        set_lock_wait(led.engine, LockWait(give_up=lambda: False, waiting=told.append, limit=1.5,
-                                           notice_after=0.5, notice_every=0.5))
+        set_lock_wait(
+            led.engine,
+            LockWait(give_up=lambda: False, waiting=told.append, limit=1.5, notice_after=0.5, notice_every=0.5),
+        )
         started = time.monotonic()
         with pytest.raises(LedgerLocked, match="another process has held the ledger's write lock") as caught:
             led.register_worker()

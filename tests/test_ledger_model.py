@@ -66,10 +66,11 @@ class RowsManifest:
             path.write_text(json.dumps([path.name, rows]))
 
     def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
-        jobs = [(i + 2, "proj", ref, "wf", None, body(ref, version), None)
-                for i, (ref, version) in enumerate(self.rows)]
+        jobs = [
+            (i + 2, "proj", ref, "wf", None, body(ref, version), None) for i, (ref, version) in enumerate(self.rows)
+        ]
         for start in range(0, len(jobs), size):
-            yield jobs[start:start + size]
+            yield jobs[start : start + size]
 
     def chunks(self, size: int = 5000) -> Iterator[list[Any]]:
         from uploader.manifest.reader import StagedJob
@@ -179,9 +180,11 @@ class LedgerModel(RuleBasedStateMachine):
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT id, reference_id, status, job_id, attempts, lease_owner, lease_token, "
-                              "lease_expires_at, not_before, error_code, body, sent_hashes, attempt_hash, origin "
-                              "FROM jobs").fetchall()
+            rows = db.execute(
+                "SELECT id, reference_id, status, job_id, attempts, lease_owner, lease_token, "
+                "lease_expires_at, not_before, error_code, body, sent_hashes, attempt_hash, origin "
+                "FROM jobs"
+            ).fetchall()
         finally:
             db.close()
         return {r["reference_id"]: dict(r) for r in rows}
@@ -222,7 +225,11 @@ class LedgerModel(RuleBasedStateMachine):
         updated = [(ref, v) for ref, v in differ if self.rows[ref].status in ("pending", "failed")]
         assert not report.already_loaded
         assert (report.new, report.unchanged, report.updated, report.conflicts) == (
-            0, len(manifest.rows) - len(differ), len(updated), len(differ) - len(updated))
+            0,
+            len(manifest.rows) - len(differ),
+            len(updated),
+            len(differ) - len(updated),
+        )
         for ref, version in updated:
             row = self.rows[ref]
             row.version = version
@@ -258,8 +265,9 @@ class LedgerModel(RuleBasedStateMachine):
     def claim(self, owner: str, limit: int, lease: float) -> None:
         now = self.now
         expired = {r.ref for r in self.rows.values() if r.status == "in_flight" and r.expires < now}
-        ready = {r.ref for r in self.rows.values()
-                 if r.status == "pending" and (r.not_before is None or r.not_before <= now)}
+        ready = {
+            r.ref for r in self.rows.values() if r.status == "pending" and (r.not_before is None or r.not_before <= now)
+        }
         claims = self.ledger.claim(owner, limit, lease, now=now)
         got = [c.reference_id for c in claims]
         assert len(got) == len(set(got))
@@ -280,8 +288,12 @@ class LedgerModel(RuleBasedStateMachine):
             self.held.append(Held(owner, c))
 
     @precondition(lambda self: self.held)
-    @rule(data=st.data(), kind=st.sampled_from(["succeeded", "recovered", "failed", "backoff", "refund",
-                                                  "uncertain", "lost", "duplicate"]))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(
+            ["succeeded", "recovered", "failed", "backoff", "refund", "uncertain", "lost", "duplicate"]
+        ),
+    )
     def record(self, data: st.DataObject, kind: str) -> None:
         """One worker's result for one of its claims: current (applied) or stale (fenced: ignored)."""
         held = data.draw(st.sampled_from(self.held))
@@ -289,22 +301,35 @@ class LedgerModel(RuleBasedStateMachine):
         result = Result(c.id, c.lease_token, Status.PENDING)
         if kind in ("succeeded", "recovered", "duplicate"):
             known = sorted({r.job_id for r in self.rows.values() if r.job_id})
-            job_id = (data.draw(st.sampled_from(known)) if kind == "duplicate" and known
-                      else f"job-{next(self.job_ids)}")
-            result = replace(result, status=Status.SUCCEEDED, job_id=job_id, may_have_created=True,
-                             recovered=kind == "recovered", origin=None if kind == "recovered" else "created",
-                             http_status=200)
+            job_id = data.draw(st.sampled_from(known)) if kind == "duplicate" and known else f"job-{next(self.job_ids)}"
+            result = replace(
+                result,
+                status=Status.SUCCEEDED,
+                job_id=job_id,
+                may_have_created=True,
+                recovered=kind == "recovered",
+                origin=None if kind == "recovered" else "created",
+                http_status=200,
+            )
         elif kind == "failed":
             code = data.draw(st.sampled_from(["E_PERM", "E_EXHAUSTED"]))
             result = replace(result, status=Status.FAILED, error_code=code, error_message="no", http_status=400)
         elif kind == "backoff":
             wait = data.draw(st.sampled_from([0.5, 2, 20]))
-            result = replace(result, error_code="FS_0000", not_before=self.now + dt.timedelta(seconds=wait),
-                             may_have_created=data.draw(st.booleans()))
+            result = replace(
+                result,
+                error_code="FS_0000",
+                not_before=self.now + dt.timedelta(seconds=wait),
+                may_have_created=data.draw(st.booleans()),
+            )
         elif kind == "refund":
             wait = data.draw(st.sampled_from([None, 1]))
-            result = replace(result, error_code="429", refund_attempt=True,
-                             not_before=None if wait is None else self.now + dt.timedelta(seconds=wait))
+            result = replace(
+                result,
+                error_code="429",
+                refund_attempt=True,
+                not_before=None if wait is None else self.now + dt.timedelta(seconds=wait),
+            )
         elif kind == "lost":  # retries used up after an attempt that may have reached the API
             result = replace(result, status=Status.UNCERTAIN, error_code="timeout", may_have_created=True)
         else:
@@ -375,8 +400,10 @@ class LedgerModel(RuleBasedStateMachine):
             if row.status != "uncertain":
                 continue
             job_id = found[row.id]
-            held = any(r is not row and r.job_id == job_id and r.status in ("succeeded", "conflict")
-                       for r in self.rows.values())
+            held = any(
+                r is not row and r.job_id == job_id and r.status in ("succeeded", "conflict")
+                for r in self.rows.values()
+            )
             settled = settle_found(row.sent_hashes, body_hash(ref, row.version), held)
             row.status, row.job_id, row.origin, row.error_code = settled.status, job_id, settled.origin, settled.code
             expected[settled.status] += 1
@@ -431,10 +458,18 @@ class LedgerModel(RuleBasedStateMachine):
             assert got["attempts"] >= 0
             assert got["status"] == row.status, ref
             assert (got["id"], got["job_id"], got["attempts"], got["lease_token"], got["error_code"]) == (
-                row.id, row.job_id, row.attempts, row.token, row.error_code), ref
+                row.id,
+                row.job_id,
+                row.attempts,
+                row.token,
+                row.error_code,
+            ), ref
             assert got["body"] == body(ref, row.version)
             assert (got["sent_hashes"], got["attempt_hash"], got["origin"]) == (
-                row.sent_hashes, row.attempt, row.origin), ref
+                row.sent_hashes,
+                row.attempt,
+                row.origin,
+            ), ref
             assert (row.attempt is not None) == (row.status == "in_flight"), ref
             assert _dt(got["not_before"]) == row.not_before
             if row.status == "in_flight":
@@ -467,9 +502,10 @@ class LedgerModel(RuleBasedStateMachine):
 
 
 LedgerModel.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None,
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestLedgerModel = LedgerModel.TestCase
 TestLedgerModel.pytestmark = [pytest.mark.slow]
-

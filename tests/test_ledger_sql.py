@@ -38,17 +38,26 @@ from uploader.manifest import Manifest, ManifestOptions, StagedJob
 
 LOAD = Path(uploader.__file__).parent / "load"
 #: Words that begin (or make up) an SQL statement.
-SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|PRAGMA|ATTACH|DETACH|BEGIN|COMMIT|ROLLBACK|LOCK|"
-                 r"ANALYZE|COPY)\b")
+SQL = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|PRAGMA|ATTACH|DETACH|BEGIN|COMMIT|ROLLBACK|LOCK|"
+    r"ANALYZE|COPY)\b"
+)
 
 
 def _strings(tree: ast.AST) -> list[ast.Constant]:
     """String constants of a module, docstrings left out."""
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-                  and node.body and isinstance(node.body[0], ast.Expr)}
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and id(node) not in docstrings]
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
 
 
 @pytest.mark.parametrize("path", sorted(LOAD.glob("*.py")), ids=lambda p: p.name)
@@ -59,8 +68,15 @@ def test_the_load_package_holds_no_sql(path: Path) -> None:
 
 def test_status_words_in_the_merge_are_statuses() -> None:
     statuses = {s.value for s in Status}
-    for sql in (MERGE_COUNTS, MERGE_CHANGED, MERGE_NEW, merge_examples(True, 5), merge_examples(False, 5),
-                insert_new("2026-01-01 00:00:00.000000", 1), insert_new("2026-01-01 00:00:00.000000", 1, "p0")):
+    for sql in (
+        MERGE_COUNTS,
+        MERGE_CHANGED,
+        MERGE_NEW,
+        merge_examples(True, 5),
+        merge_examples(False, 5),
+        insert_new("2026-01-01 00:00:00.000000", 1),
+        insert_new("2026-01-01 00:00:00.000000", 1, "p0"),
+    ):
         words = set(re.findall(r"'([a-z_]+)'", sql))
         assert words and words <= statuses, sql
 
@@ -77,8 +93,9 @@ def test_staging_row_is_the_staging_tables_row() -> None:
 def test_duplicates_are_found_after_their_first_line() -> None:
     db = sqlite3.connect(":memory:")
     db.execute(STAGING_TABLE)
-    rows = [StagingRow(line, "p", ref, "w", None, "{}", "h", None)
-            for line, ref in [(2, "a"), (3, "b"), (4, "a"), (5, "a")]]
+    rows = [
+        StagingRow(line, "p", ref, "w", None, "{}", "h", None) for line, ref in [(2, "a"), (3, "b"), (4, "a"), (5, "a")]
+    ]
     db.executemany(staging_insert("?"), rows)
     assert db.execute(STAGING_DUPLICATE_COUNT).fetchone() == (2,)
     assert db.execute(staging_duplicates(1)).fetchall() == [(4, "a", 2)]
@@ -108,11 +125,15 @@ def test_staged_rows_add_the_payload_hash() -> None:
     assert row == StagingRow(7, "p", "r", "w", None, job.body, hashlib.sha256(job.body.encode()).hexdigest(), None)
 
 
-@pytest.mark.parametrize("text", [
-    "reference_id,image_url\nr1,https://e.com/1.jpg\nr2,https://e.com/2.jpg\n",  # a whole chunk at once
-    'reference_id,data\nr1,"{""k"": 1}"\n',  # row by row
-    "reference_id,frame_id,src\nv1,f1,https://e.com/1\nv1,f2,https://e.com/2\n",  # long-form video
-], ids=["image", "raw", "video_long"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "reference_id,image_url\nr1,https://e.com/1.jpg\nr2,https://e.com/2.jpg\n",  # a whole chunk at once
+        'reference_id,data\nr1,"{""k"": 1}"\n',  # row by row
+        "reference_id,frame_id,src\nv1,f1,https://e.com/1\nv1,f2,https://e.com/2\n",  # long-form video
+    ],
+    ids=["image", "raw", "video_long"],
+)
 def test_a_manifest_yields_staged_jobs(tmp_path: Path, text: str) -> None:
     path = tmp_path / "m.csv"
     path.write_text(text)
@@ -131,8 +152,9 @@ STATUS_LITERAL = re.compile("'(" + "|".join(s.value for s in Status) + ")'")
 @pytest.mark.parametrize("path", sorted(LEDGER.glob("*.py")), ids=lambda p: p.name)
 def test_the_ledgers_sql_spells_no_status_word(path: Path) -> None:
     """Status words in SQL come from Status (f-strings), so a renamed state cannot leave a stale literal."""
-    found = [(node.lineno, node.value) for node in _strings(ast.parse(path.read_text()))
-             if STATUS_LITERAL.search(node.value)]
+    found = [
+        (node.lineno, node.value) for node in _strings(ast.parse(path.read_text())) if STATUS_LITERAL.search(node.value)
+    ]
     assert found == []
 
 

@@ -35,8 +35,9 @@ LONGEST = TOO_LONG[:-1]  # exactly at the cap: accepted
 
 def uploader(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
-    return subprocess.run([sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +57,20 @@ def small_manifests(folder: Path) -> dict[str, tuple[Path, str, int | None, str]
     csv_file.write_text(f"reference_id,image_url\nok-1,https://cdn.example.com/1.jpg\nbig,{HUGE}\n")
     out["image.csv"] = (csv_file, "image_url", 3, "image_url")
     jsonl = folder / "image.jsonl"
-    jsonl.write_text(json.dumps({"reference_id": "ok", "image_url": "https://cdn.example.com/1.jpg"}) + "\n"
-                     + json.dumps({"reference_id": "big", "image_url": HUGE}) + "\n")
+    jsonl.write_text(
+        json.dumps({"reference_id": "ok", "image_url": "https://cdn.example.com/1.jpg"})
+        + "\n"
+        + json.dumps({"reference_id": "big", "image_url": HUGE})
+        + "\n"
+    )
     out["image.jsonl"] = (jsonl, "image_url", 2, "image_url")
     parquet = folder / "image.parquet"
-    pq.write_table(pa.table({"reference_id": ["ok", "big"], "image_url": ["https://cdn.example.com/1.jpg", HUGE]}),
-                   parquet)
+    pq.write_table(
+        pa.table({"reference_id": ["ok", "big"], "image_url": ["https://cdn.example.com/1.jpg", HUGE]}), parquet
+    )
     out["image.parquet"] = (parquet, "image_url", 1, "image_url")
     long_form = folder / "video_long.csv"
-    long_form.write_text("reference_id,frame_id,src\n"
-                         "v1,f1,https://cdn.example.com/v1/1.jpg\n"
-                         f"v1,f2,{HUGE}\n")
+    long_form.write_text(f"reference_id,frame_id,src\nv1,f1,https://cdn.example.com/v1/1.jpg\nv1,f2,{HUGE}\n")
     out["video_long.csv"] = (long_form, "src", 3, "src")
     wide = folder / "video_wide.jsonl"
     frames = [{"frame_id": "f1", "src": "https://cdn.example.com/1.jpg"}, {"frame_id": "f2", "src": HUGE}]
@@ -78,8 +82,9 @@ def small_manifests(folder: Path) -> dict[str, tuple[Path, str, int | None, str]
     return out
 
 
-def assert_refused(done: subprocess.CompletedProcess, manifest: Path, line: int | None, column: str,
-                   field: str, unit: str = "line") -> None:
+def assert_refused(
+    done: subprocess.CompletedProcess, manifest: Path, line: int | None, column: str, field: str, unit: str = "line"
+) -> None:
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert len(done.stderr) < 10_000  # the URL itself is never printed in full
@@ -89,8 +94,9 @@ def assert_refused(done: subprocess.CompletedProcess, manifest: Path, line: int 
     assert "nothing was loaded" in done.stderr
 
 
-@pytest.mark.parametrize("name", ["image.csv", "image.jsonl", "image.parquet", "video_long.csv",
-                                  "video_wide.jsonl", "raw.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["image.csv", "image.jsonl", "image.parquet", "video_long.csv", "video_wide.jsonl", "raw.jsonl"]
+)
 def test_a_10mb_url_is_refused_with_file_line_and_column(name: str, base_ledger: Path, tmp_path: Path) -> None:
     manifest, column, line, field = small_manifests(tmp_path)[name]
     existing = tmp_path / "existing.db"

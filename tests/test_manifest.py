@@ -70,13 +70,22 @@ def file_error(path: Path, opts: ManifestOptions = OPTS) -> str:
 
 # --- formats and shapes ------------------------------------------------------------------------------
 
+
 def test_image_csv_body_line_and_extra(tmp_path: Path) -> None:
     path = write(tmp_path, "m.csv", "reference_id,image_url,camera\nimg-1,https://cdn.example.com/1.jpg,front\n")
     jobs, m = load(path)
     assert (m.format, m.shape, m.unit, m.extra_columns) == ("csv", "image", "line", ("camera",))
-    assert jobs == [StagedJob(2, "proj-1", "img-1", "wf-1", None,
-                              '{"reference_id":"img-1","work_flow_id":"wf-1","data":{"image_url":'
-                              '"https://cdn.example.com/1.jpg"}}', '{"camera":"front"}')]
+    assert jobs == [
+        StagedJob(
+            2,
+            "proj-1",
+            "img-1",
+            "wf-1",
+            None,
+            '{"reference_id":"img-1","work_flow_id":"wf-1","data":{"image_url":"https://cdn.example.com/1.jpg"}}',
+            '{"camera":"front"}',
+        )
+    ]
     assert m.problems == [] and m.problem_count == 0
 
 
@@ -88,16 +97,19 @@ def image_manifest(tmp_path: Path, fmt: str) -> Path:
         return write(tmp_path, f"m.{fmt}", text)
     if fmt == "jsonl":
         return write(tmp_path, "m.jsonl", jsonl(*({"reference_id": r, "image_url": u, "cam": c} for r, u, c in rows)))
-    return parquet(tmp_path, {"reference_id": [r[0] for r in rows], "image_url": [r[1] for r in rows],
-                              "cam": [r[2] for r in rows]})
+    return parquet(
+        tmp_path, {"reference_id": [r[0] for r in rows], "image_url": [r[1] for r in rows], "cam": [r[2] for r in rows]}
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
 def test_image_every_format(tmp_path: Path, fmt: str) -> None:
     jobs, m = load(image_manifest(tmp_path, fmt))
     assert m.format == fmt and m.shape == "image" and m.extra_columns == ("cam",)
-    assert [json.loads(j.body)["data"] for j in jobs] == [{"image_url": "https://x.example.com/1.jpg"},
-                                                          {"image_url": "https://x.example.com/2.jpg"}]
+    assert [json.loads(j.body)["data"] for j in jobs] == [
+        {"image_url": "https://x.example.com/1.jpg"},
+        {"image_url": "https://x.example.com/2.jpg"},
+    ]
     assert [j.extra for j in jobs] == ['{"cam":"front"}', '{"cam":"rear"}']
     assert [j.line for j in jobs] == {"parquet": [0, 1], "jsonl": [1, 2]}.get(fmt, [2, 3])  # JSONL has no header
     assert m.unit == ("row" if fmt == "parquet" else "line")
@@ -112,8 +124,10 @@ def test_format_option_overrides_extension(tmp_path: Path) -> None:
     assert "unknown format 'xlsx'" in file_error(path, ManifestOptions(format="xlsx"))
 
 
-VIDEO_WIDE = [{"frame_id": "f1", "src": "https://v.example.com/1.jpg"},
-              {"frame_id": "f2", "src": "https://v.example.com/2.jpg"}]
+VIDEO_WIDE = [
+    {"frame_id": "f1", "src": "https://v.example.com/1.jpg"},
+    {"frame_id": "f2", "src": "https://v.example.com/2.jpg"},
+]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl-array", "jsonl-text", "parquet"])
@@ -126,12 +140,22 @@ def test_video_wide_every_format(tmp_path: Path, fmt: str) -> None:
         frames = VIDEO_WIDE if fmt == "jsonl-array" else json.dumps(VIDEO_WIDE)
         path = write(tmp_path, "m.jsonl", jsonl({"reference_id": "v1", "frames": frames}))
     else:
-        path = parquet(tmp_path, {"reference_id": ["v1"], "frames": pa.array(
-            [VIDEO_WIDE], pa.list_(pa.struct([("frame_id", pa.string()), ("src", pa.string())])))})
+        path = parquet(
+            tmp_path,
+            {
+                "reference_id": ["v1"],
+                "frames": pa.array(
+                    [VIDEO_WIDE], pa.list_(pa.struct([("frame_id", pa.string()), ("src", pa.string())]))
+                ),
+            },
+        )
     jobs, m = load(path)
     assert m.shape == "video_wide" and m.problems == []
-    assert json.loads(jobs[0].body) == {"reference_id": "v1", "work_flow_id": "wf-1",
-                                        "data": {"video_data": {"frames": VIDEO_WIDE}}}
+    assert json.loads(jobs[0].body) == {
+        "reference_id": "v1",
+        "work_flow_id": "wf-1",
+        "data": {"video_data": {"frames": VIDEO_WIDE}},
+    }
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl-object", "jsonl-text", "parquet"])
@@ -149,14 +173,18 @@ def test_raw_every_format(tmp_path: Path, fmt: str) -> None:
         path = parquet(tmp_path, {"reference_id": ["s1"], "data": [text]})
     jobs, m = load(path)
     assert m.shape == "raw" and m.problems == []
-    assert jobs[0].body == ('{"reference_id":"s1","work_flow_id":"wf-1","data":'
-                            + json.dumps(data, separators=(",", ":")) + "}")
+    assert jobs[0].body == (
+        '{"reference_id":"s1","work_flow_id":"wf-1","data":' + json.dumps(data, separators=(",", ":")) + "}"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
 def test_video_long_every_format(tmp_path: Path, fmt: str) -> None:
-    rows = [("v1", "f1", "https://v.example.com/1"), ("v2", "g1", "https://v.example.com/3"),
-            ("v1", "f2", "https://v.example.com/2")]
+    rows = [
+        ("v1", "f1", "https://v.example.com/1"),
+        ("v2", "g1", "https://v.example.com/3"),
+        ("v1", "f2", "https://v.example.com/2"),
+    ]
     header = ("reference_id", "frame_id", "src")
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
@@ -169,16 +197,24 @@ def test_video_long_every_format(tmp_path: Path, fmt: str) -> None:
     assert m.shape == "video_long" and m.problems == []
     first = {"parquet": 0, "jsonl": 1}.get(fmt, 2)
     assert [(j.reference_id, j.line) for j in jobs] == [("v1", first), ("v2", first + 1)]
-    assert json.loads(jobs[0].body)["data"] == {"video_data": {"frames": [
-        {"frame_id": "f1", "src": "https://v.example.com/1"}, {"frame_id": "f2", "src": "https://v.example.com/2"}]}}
+    assert json.loads(jobs[0].body)["data"] == {
+        "video_data": {
+            "frames": [
+                {"frame_id": "f1", "src": "https://v.example.com/1"},
+                {"frame_id": "f2", "src": "https://v.example.com/2"},
+            ]
+        }
+    }
 
 
 def test_video_long_groups_interleaved_rows_with_frame_index(tmp_path: Path) -> None:
-    text = ("reference_id,frame_id,src,frame_index,camera\n"
-            "v1,c,https://e.com/c,3,x\n"   # 2
-            "v2,a,https://e.com/a,0,y\n"   # 3
-            "v1,a,https://e.com/a,1,z\n"   # 4
-            "v1,b,https://e.com/b,2,w\n")  # 5
+    text = (
+        "reference_id,frame_id,src,frame_index,camera\n"
+        "v1,c,https://e.com/c,3,x\n"  # 2
+        "v2,a,https://e.com/a,0,y\n"  # 3
+        "v1,a,https://e.com/a,1,z\n"  # 4
+        "v1,b,https://e.com/b,2,w\n"
+    )  # 5
     jobs, m = load(write(tmp_path, "m.csv", text), size=1)
     assert m.problems == [] and m.extra_columns == ("camera",)
     v1 = next(j for j in jobs if j.reference_id == "v1")
@@ -187,20 +223,28 @@ def test_video_long_groups_interleaved_rows_with_frame_index(tmp_path: Path) -> 
 
 
 def test_video_long_problems(tmp_path: Path) -> None:
-    text = ("reference_id,frame_id,src,work_flow_id,frame_index\n"
-            "v1,a,https://e.com/a,,1\n"           # 2
-            "v1,a,https://e.com/b,,2\n"           # 3  duplicate frame_id a (lines 2 and 3)
-            "v2,a,https://e.com/a,,1\n"           # 4
-            "v2,b,https://e.com/b,wf-other,2\n"   # 5  work_flow_id disagrees with line 4
-            "v3,,https://e.com/a,,1\n"            # 6  empty frame_id
-            "v4,a,gs://b/a,,1\n"                  # 7
-            "v5,a,https://e.com/a,,x\n"           # 8
-            "v6,a,https://e.com/a,,1\n"           # 9
-            "v6,b,https://e.com/b,,1\n")          # 10 duplicate frame_index
+    text = (
+        "reference_id,frame_id,src,work_flow_id,frame_index\n"
+        "v1,a,https://e.com/a,,1\n"  # 2
+        "v1,a,https://e.com/b,,2\n"  # 3  duplicate frame_id a (lines 2 and 3)
+        "v2,a,https://e.com/a,,1\n"  # 4
+        "v2,b,https://e.com/b,wf-other,2\n"  # 5  work_flow_id disagrees with line 4
+        "v3,,https://e.com/a,,1\n"  # 6  empty frame_id
+        "v4,a,gs://b/a,,1\n"  # 7
+        "v5,a,https://e.com/a,,x\n"  # 8
+        "v6,a,https://e.com/a,,1\n"  # 9
+        "v6,b,https://e.com/b,,1\n"
+    )  # 10 duplicate frame_index
     jobs, m = load(write(tmp_path, "m.csv", text))
     assert jobs == []
-    assert where(m) == [(3, "frame_id"), (5, "work_flow_id"), (6, "frame_id"), (7, "src"), (8, "frame_index"),
-                        (10, "frame_index")]
+    assert where(m) == [
+        (3, "frame_id"),
+        (5, "work_flow_id"),
+        (6, "frame_id"),
+        (7, "src"),
+        (8, "frame_index"),
+        (10, "frame_index"),
+    ]
     messages = {p.line: p.message for p in m.problems}
     assert "lines 2 and 3" in messages[3] and "'v1'" in messages[3]
     assert "differs from 'wf-1' on line 4" in messages[5]
@@ -234,8 +278,9 @@ def test_video_long_more_rows_than_one_run(tmp_path: Path, monkeypatch: pytest.M
     rows = [[f"v{v}", f"f{i}", f"https://e.com/{v}/{i}.jpg", str(i)] for v in range(7) for i in range(9)]
     random.Random(3).shuffle(rows)
     rows.insert(0, ["v3", "f2", "https://e.com/dup.jpg", "20"])  # line 2; its twin is far down the file
-    path = write(tmp_path, "m.csv", "reference_id,frame_id,src,frame_index\n" + "".join(",".join(r) + "\n"
-                                                                                     for r in rows))
+    path = write(
+        tmp_path, "m.csv", "reference_id,frame_id,src,frame_index\n" + "".join(",".join(r) + "\n" for r in rows)
+    )
     in_memory, m = load(path, size=2)
     expected_problems = [(p.line, p.column, p.message) for p in m.problems]
     assert sorted(j.reference_id for j in in_memory) == [f"v{v}" for v in range(7) if v != 3]
@@ -261,6 +306,7 @@ def test_video_long_more_rows_than_one_run(tmp_path: Path, monkeypatch: pytest.M
 
 # --- values stay verbatim ----------------------------------------------------------------------------
 
+
 def test_csv_values_are_verbatim_text(tmp_path: Path) -> None:
     refs = ["001", "NaN", "null", "1e5", "TRUE", " padded ", "-0"]
     text = "reference_id,image_url,note\n" + "".join(f"{r},{U},{r}\n" for r in refs)
@@ -272,10 +318,12 @@ def test_csv_values_are_verbatim_text(tmp_path: Path) -> None:
 
 
 def test_jsonl_value_types(tmp_path: Path) -> None:
-    text = jsonl({"reference_id": 7, "image_url": U, "n": 1.5, "flag": True, "nothing": None, "obj": {"a": [1]}},
-                 {"reference_id": 1.0, "image_url": U},
-                 {"reference_id": True, "image_url": U},
-                 {"reference_id": "x", "image_url": ["not", "text"]})
+    text = jsonl(
+        {"reference_id": 7, "image_url": U, "n": 1.5, "flag": True, "nothing": None, "obj": {"a": [1]}},
+        {"reference_id": 1.0, "image_url": U},
+        {"reference_id": True, "image_url": U},
+        {"reference_id": "x", "image_url": ["not", "text"]},
+    )
     jobs, m = load(write(tmp_path, "m.jsonl", text))
     assert [j.reference_id for j in jobs] == ["7"]
     assert json.loads(jobs[0].body)["reference_id"] == "7"
@@ -286,8 +334,14 @@ def test_jsonl_value_types(tmp_path: Path) -> None:
 
 
 def test_parquet_integer_and_null_ids(tmp_path: Path) -> None:
-    path = parquet(tmp_path, {"reference_id": pa.array([7, None, 9], pa.int64()), "image_url": [U, U, U],
-                              "n": pa.array([1, 2, None], pa.int32())})
+    path = parquet(
+        tmp_path,
+        {
+            "reference_id": pa.array([7, None, 9], pa.int64()),
+            "image_url": [U, U, U],
+            "n": pa.array([1, 2, None], pa.int32()),
+        },
+    )
     jobs, m = load(path)
     assert [(j.line, j.reference_id, j.extra) for j in jobs] == [(0, "7", '{"n":"1"}'), (2, "9", '{"n":""}')]
     assert [(p.line, p.column, p.unit) for p in m.problems] == [(1, "reference_id", "row")]
@@ -306,6 +360,7 @@ def test_parquet_dictionary_strings(tmp_path: Path) -> None:
 
 # --- columns: mapping, overrides, extras -------------------------------------------------------------
 
+
 def test_column_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "m.csv", f"id,url,image_url\nx,{U},not-used\n")
     opts = ManifestOptions(project_id="p", work_flow_id="w", columns=(("image_url", "url"), ("reference_id", "id")))
@@ -315,8 +370,9 @@ def test_column_mapping(tmp_path: Path) -> None:
     bad = write(tmp_path, "b.csv", f"id,url\nx,{U}\n")
     assert "the manifest has no column 'nope'" in file_error(bad, ManifestOptions(columns=(("image_url", "nope"),)))
     assert "unknown API field 'imageurl'" in file_error(bad, ManifestOptions(columns=(("imageurl", "url"),)))
-    jobs, m = load(bad, ManifestOptions(project_id="p", work_flow_id="w", columns=(("image_url", "url"),
-                                                                                 ("reference_id", "id"))))
+    jobs, m = load(
+        bad, ManifestOptions(project_id="p", work_flow_id="w", columns=(("image_url", "url"), ("reference_id", "id")))
+    )
     assert len(jobs) == 1 and m.problems == [] and m.extra_columns == ()
 
 
@@ -328,20 +384,31 @@ def test_mapped_column_problems_name_the_manifest_column(tmp_path: Path) -> None
 
 
 def test_overrides_and_body_key_order(tmp_path: Path) -> None:
-    text = ("reference_id,image_url,project_id,work_flow_id,batch_id,priority_weight,metadata,camera\n"
-            f'a,{U},proj-2,wf-2,{BATCH},7,"{{""k"": [1, ""é""]}}",front\n'
-            f"b,{U},,,,,,rear\n")
+    text = (
+        "reference_id,image_url,project_id,work_flow_id,batch_id,priority_weight,metadata,camera\n"
+        f'a,{U},proj-2,wf-2,{BATCH},7,"{{""k"": [1, ""é""]}}",front\n'
+        f"b,{U},,,,,,rear\n"
+    )
     jobs, m = load(write(tmp_path, "m.csv", text))
     assert m.problems == [] and m.extra_columns == ("camera",)
     a, b = jobs
     assert (a.project_id, a.work_flow_id, a.batch_id) == ("proj-2", "wf-2", BATCH)
-    assert a.body == ('{"reference_id":"a","work_flow_id":"wf-2","batch_id":"' + BATCH + '","data":{"image_url":"'
-                      + U + '","metadata":{"k":[1,"é"]}},"priority_weight":7}')
+    assert a.body == (
+        '{"reference_id":"a","work_flow_id":"wf-2","batch_id":"'
+        + BATCH
+        + '","data":{"image_url":"'
+        + U
+        + '","metadata":{"k":[1,"é"]}},"priority_weight":7}'
+    )
     assert (b.project_id, b.work_flow_id, b.batch_id) == ("proj-1", "wf-1", None)
     assert b.body == '{"reference_id":"b","work_flow_id":"wf-1","data":{"image_url":"' + U + '"}}'
     opts = ManifestOptions(project_id="p", work_flow_id="w", batch_id=BATCH)
     assert json.loads(load(write(tmp_path, "n.csv", f"reference_id,image_url\nc,{U}\n"), opts)[0][0].body) == {
-        "reference_id": "c", "work_flow_id": "w", "batch_id": BATCH, "data": {"image_url": U}}
+        "reference_id": "c",
+        "work_flow_id": "w",
+        "batch_id": BATCH,
+        "data": {"image_url": U},
+    }
 
 
 def test_no_extra_columns_gives_none(tmp_path: Path) -> None:
@@ -409,8 +476,15 @@ def test_missing_project_and_work_flow(tmp_path: Path) -> None:
 
 
 def test_json_column_problems(tmp_path: Path) -> None:
-    rows = [["s1", '{"a": 1'], ["s2", "[1, 2]"], ["s3", "{}"], ["s4", ""], ["s5", '{"image_url": "s3://b/k"}'],
-            ["s6", '{"x": NaN}'], ["s7", '{"ok": true}']]
+    rows = [
+        ["s1", '{"a": 1'],
+        ["s2", "[1, 2]"],
+        ["s3", "{}"],
+        ["s4", ""],
+        ["s5", '{"image_url": "s3://b/k"}'],
+        ["s6", '{"x": NaN}'],
+        ["s7", '{"ok": true}'],
+    ]
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([["reference_id", "data"], *rows])
     jobs, m = load(write(tmp_path, "m.csv", out.getvalue()))
@@ -424,8 +498,7 @@ def test_json_column_problems(tmp_path: Path) -> None:
 
 
 def test_metadata_problems(tmp_path: Path) -> None:
-    text = (f"reference_id,image_url,metadata\na,{U},[1]\nb,{U},{{bad\n"
-            'c,https://e.com/c,"{""k"": 1}"\n')
+    text = f'reference_id,image_url,metadata\na,{U},[1]\nb,{U},{{bad\nc,https://e.com/c,"{{""k"": 1}}"\n'
     jobs, m = load(write(tmp_path, "m.csv", text))
     assert [j.reference_id for j in jobs] == ["c"] and where(m) == [(2, "metadata"), (3, "metadata")]
     raw = write(tmp_path, "r.jsonl", jsonl({"reference_id": "r", "data": {"metadata": {}}, "metadata": {"k": 1}}))
@@ -457,16 +530,14 @@ def test_video_wide_problems(tmp_path: Path) -> None:
 
 
 def test_mixed_shapes(tmp_path: Path) -> None:
-    text = ("reference_id,image_url,data\n"
-            f"a,{U},\n"
-            'b,,"{""x"": 1}"\n'
-            f'c,{U},"{{""x"": 1}}"\n'
-            "d,,\n")
+    text = f'reference_id,image_url,data\na,{U},\nb,,"{{""x"": 1}}"\nc,{U},"{{""x"": 1}}"\nd,,\n'
     jobs, m = load(write(tmp_path, "m.csv", text))
     assert m.shape == "mixed"
     assert [json.loads(j.body)["data"] for j in jobs] == [{"image_url": U}, {"x": 1}]
     assert [(p.line, p.message) for p in sorted(m.problems)] == [
-        (4, "row mixes shapes (image_url and data both set)"), (5, "row sets none of image_url, data")]
+        (4, "row mixes shapes (image_url and data both set)"),
+        (5, "row sets none of image_url, data"),
+    ]
 
 
 def test_no_shape_fits(tmp_path: Path) -> None:
@@ -485,12 +556,15 @@ def test_all_empty_row_is_skipped(tmp_path: Path) -> None:
 
 # --- physical lines, encodings, malformed files ------------------------------------------------------
 
+
 def test_quoted_newlines_keep_physical_line_numbers(tmp_path: Path) -> None:
-    text = ("reference_id,image_url,note\n"
-            f'a,{U},"two\nlines"\n'        # 2-3
-            f'b,{U},"three\r\nline\rs"\n'  # 4-6
-            "\n"                           # 7 blank
-            f"c,ftp://x,\n")               # 8
+    text = (
+        "reference_id,image_url,note\n"
+        f'a,{U},"two\nlines"\n'  # 2-3
+        f'b,{U},"three\r\nline\rs"\n'  # 4-6
+        "\n"  # 7 blank
+        f"c,ftp://x,\n"
+    )  # 8
     jobs, m = load(write(tmp_path, "m.csv", text))
     assert [(j.reference_id, j.line) for j in jobs] == [("a", 2), ("b", 4)]
     assert json.loads(jobs[1].extra)["note"] == "three\r\nline\rs"  # type: ignore[arg-type]
@@ -513,8 +587,9 @@ def test_bom_is_stripped(tmp_path: Path) -> None:
 
 
 def test_latin1_bytes_are_a_row_problem(tmp_path: Path) -> None:
-    path = write(tmp_path, "m.csv", f"reference_id,image_url,camera\na,{U},x\nb,{U},caf\xe9\nc,{U},y\n"
-                 .encode("latin-1"))
+    path = write(
+        tmp_path, "m.csv", f"reference_id,image_url,camera\na,{U},x\nb,{U},caf\xe9\nc,{U},y\n".encode("latin-1")
+    )
     jobs, m = load(path)
     assert [j.reference_id for j in jobs] == ["a", "c"]
     assert [(p.line, p.column) for p in m.problems] == [(3, "camera")]
@@ -548,7 +623,9 @@ def test_ragged_rows(tmp_path: Path) -> None:
     jobs, m = load(write(tmp_path, "m.csv", f"reference_id,image_url\na,{U},extra\nb\nc,{U}\n"))
     assert [j.reference_id for j in jobs] == ["c"]
     assert [(p.line, p.message) for p in sorted(m.problems)] == [
-        (2, "row has 3 fields but the header has 2"), (3, "row has 1 fields but the header has 2")]
+        (2, "row has 3 fields but the header has 2"),
+        (3, "row has 1 fields but the header has 2"),
+    ]
 
 
 def test_malformed_quotes(tmp_path: Path) -> None:
@@ -558,12 +635,18 @@ def test_malformed_quotes(tmp_path: Path) -> None:
     assert all("malformed CSV record" in p.message for p in m.problems)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "file is empty"), (b"\xef\xbb\xbf", "file is empty"), (b"\n\n", "file is empty"),
-    (b"reference_id,image_url\n", "header but no rows"), (b"reference_id,image_url\r\n\r\n", "header but no rows"),
-    (b"reference_id,reference_id,image_url\na,b,c\n", "duplicate column names in the header: 'reference_id'"),
-    (b"reference_id,,image_url\na,b,c\n", "column 2 of the header has no name"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "file is empty"),
+        (b"\xef\xbb\xbf", "file is empty"),
+        (b"\n\n", "file is empty"),
+        (b"reference_id,image_url\n", "header but no rows"),
+        (b"reference_id,image_url\r\n\r\n", "header but no rows"),
+        (b"reference_id,reference_id,image_url\na,b,c\n", "duplicate column names in the header: 'reference_id'"),
+        (b"reference_id,,image_url\na,b,c\n", "column 2 of the header has no name"),
+    ],
+)
 def test_file_level_csv_problems(tmp_path: Path, content: bytes, message: str) -> None:
     assert message in file_error(write(tmp_path, "m.csv", content))
 
@@ -580,9 +663,17 @@ def test_file_level_other_problems(tmp_path: Path) -> None:
 
 
 def test_jsonl_line_problems(tmp_path: Path) -> None:
-    text = (jsonl({"reference_id": "a", "image_url": U}) + "\n   \n" + "[1]\n" + '{"reference_id": "b",\n'
-            + jsonl({"reference_id": "c\ud800", "image_url": U}) + '{"reference_id": "d", "image_url": "' + U + '"}\r'
-            + jsonl({"reference_id": "e", "image_url": U}))
+    text = (
+        jsonl({"reference_id": "a", "image_url": U})
+        + "\n   \n"
+        + "[1]\n"
+        + '{"reference_id": "b",\n'
+        + jsonl({"reference_id": "c\ud800", "image_url": U})
+        + '{"reference_id": "d", "image_url": "'
+        + U
+        + '"}\r'
+        + jsonl({"reference_id": "e", "image_url": U})
+    )
     jobs, m = load(write(tmp_path, "m.jsonl", text.encode("utf-8", "surrogatepass")))
     assert [(j.reference_id, j.line) for j in jobs] == [("a", 1), ("d", 7), ("e", 8)]
     assert where(m) == [(4, None), (5, None), (6, "reference_id")]
@@ -595,6 +686,7 @@ def test_lone_surrogate_escape_in_jsonl_is_refused(tmp_path: Path) -> None:
 
 
 # --- streaming ---------------------------------------------------------------------------------------
+
 
 def test_chunks_respect_size_and_problem_cap(tmp_path: Path) -> None:
     rows = "".join(f"r{n},{U if n % 2 else 'bad'}\n" for n in range(2500))
@@ -629,8 +721,9 @@ def test_small_blocks_quotes_spanning_blocks(tmp_path: Path, monkeypatch: pytest
         starts.append(line)
         line += 2 if n % 7 == 0 else 1
     assert [j.line for j in expected_jobs] == [s for n, s in enumerate(starts) if n % 11 != 5] + [line + 1]
-    assert [(p.line, p.column) for p in expected.problems] == [(starts[n], "image_url") for n in range(60)
-                                                               if n % 11 == 5]
+    assert [(p.line, p.column) for p in expected.problems] == [
+        (starts[n], "image_url") for n in range(60) if n % 11 == 5
+    ]
 
 
 def test_fingerprint() -> None:
@@ -643,16 +736,29 @@ def test_fingerprint() -> None:
 
 # --- samples -----------------------------------------------------------------------------------------
 
+
 def test_sample_manifests() -> None:
-    loaded = {name: load(SAMPLES / name) for name in ("images.csv", "images.parquet", "images_overrides.csv",
-                                                      "video_frames.csv", "video.jsonl", "sensor.jsonl")}
+    loaded = {
+        name: load(SAMPLES / name)
+        for name in (
+            "images.csv",
+            "images.parquet",
+            "images_overrides.csv",
+            "video_frames.csv",
+            "video.jsonl",
+            "sensor.jsonl",
+        )
+    }
     assert all(m.problems == [] for _, m in loaded.values())
     csv_bodies = [j.body for j in loaded["images.csv"][0]]
     assert csv_bodies == [j.body for j in loaded["images.parquet"][0]] and len(csv_bodies) == 12
     assert [len(json.loads(j.body)["data"]["video_data"]["frames"]) for j in loaded["video_frames.csv"][0]] == [4] * 3
     assert "missing image_url" in file_error(SAMPLES / "broken_missing_column.csv")
-    assert where(load(SAMPLES / "broken_bad_rows.csv")[1]) == [(3, "image_url"), (4, "reference_id"),
-                                                               (5, "priority_weight")]
+    assert where(load(SAMPLES / "broken_bad_rows.csv")[1]) == [
+        (3, "image_url"),
+        (4, "reference_id"),
+        (5, "priority_weight"),
+    ]
     assert [p.line for p in load(SAMPLES / "broken_json.jsonl")[1].problems] == [2, 3, 4, 5, 6]
 
 
@@ -681,23 +787,32 @@ def test_roundtrip_csv_and_jsonl(rows: list[tuple[str, str, str, str]]) -> None:
             written = text.getvalue()
             line += written.count("\n") + written.count("\r") - written.count("\r\n")
         csv_path = write(Path(tmp), "m.csv", out.getvalue())
-        jsonl_path = write(Path(tmp), "m.jsonl", jsonl(*({"reference_id": r, "image_url": h + p, "note": n}
-                                                        for r, h, p, n in rows)))
+        jsonl_path = write(
+            Path(tmp), "m.jsonl", jsonl(*({"reference_id": r, "image_url": h + p, "note": n} for r, h, p, n in rows))
+        )
         for path, expected_lines in ((csv_path, lines), (jsonl_path, list(range(1, len(rows) + 1)))):
             jobs, m = load(path)
             assert m.problems == []
             assert [j.line for j in jobs] == expected_lines
             assert [json.loads(j.body) for j in jobs] == [
-                {"reference_id": r, "work_flow_id": "wf-1", "data": {"image_url": h + p}} for r, h, p, _ in rows]
+                {"reference_id": r, "work_flow_id": "wf-1", "data": {"image_url": h + p}} for r, h, p, _ in rows
+            ]
             assert [json.loads(j.extra) for j in jobs] == [{"note": n} for *_, n in rows]  # type: ignore[arg-type]
-            assert all(j.body == json.dumps(json.loads(j.body), separators=(",", ":"), ensure_ascii=False)
-                       for j in jobs)
+            assert all(
+                j.body == json.dumps(json.loads(j.body), separators=(",", ":"), ensure_ascii=False) for j in jobs
+            )
 
 
 ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-CELLS = st.lists(st.tuples(st.one_of(REF, ANY_TEXT), st.one_of(HOST.map(lambda h: h + "p.jpg"), ANY_TEXT,
-                                                               st.sampled_from(["s3://b/k", "https://h/a b"])),
-                           ANY_TEXT), min_size=1, max_size=20)
+CELLS = st.lists(
+    st.tuples(
+        st.one_of(REF, ANY_TEXT),
+        st.one_of(HOST.map(lambda h: h + "p.jpg"), ANY_TEXT, st.sampled_from(["s3://b/k", "https://h/a b"])),
+        ANY_TEXT,
+    ),
+    min_size=1,
+    max_size=20,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -725,8 +840,12 @@ CSV_CELL = st.text(st.sampled_from(['"', ",", "\r", "\n", "x", "é", " ", "1"]),
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(st.lists(CSV_CELL, min_size=1, max_size=4), min_size=1, max_size=12),
-       eol=st.sampled_from(["\r\n", "\n", "\r"]), block=st.integers(1, 40), stray=st.booleans())
+@given(
+    rows=st.lists(st.lists(CSV_CELL, min_size=1, max_size=4), min_size=1, max_size=12),
+    eol=st.sampled_from(["\r\n", "\n", "\r"]),
+    block=st.integers(1, 40),
+    stray=st.booleans(),
+)
 def test_block_boundaries_never_change_the_result(rows: list[list[str]], eol: str, block: int, stray: bool) -> None:
     """Tiny read blocks put block ends everywhere (inside quoted fields, between CR and LF): same answer."""
     out = io.StringIO(newline="")

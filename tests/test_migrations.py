@@ -107,10 +107,15 @@ def _sqlite_schema(path) -> dict:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         schema = {}
         for t in tables:
-            indexes = {i[1]: (i[2], i[3], i[4], db.execute(f"PRAGMA index_info('{i[1]}')").fetchall())
-                       for i in db.execute(f"PRAGMA index_list('{t}')")}
-            schema[t] = (db.execute(f"PRAGMA table_info('{t}')").fetchall(), indexes,
-                         db.execute(f"PRAGMA foreign_key_list('{t}')").fetchall())
+            indexes = {
+                i[1]: (i[2], i[3], i[4], db.execute(f"PRAGMA index_info('{i[1]}')").fetchall())
+                for i in db.execute(f"PRAGMA index_list('{t}')")
+            }
+            schema[t] = (
+                db.execute(f"PRAGMA table_info('{t}')").fetchall(),
+                indexes,
+                db.execute(f"PRAGMA foreign_key_list('{t}')").fetchall(),
+            )
         schema["version"] = db.execute("SELECT version_num FROM alembic_version").fetchall()
     return schema
 

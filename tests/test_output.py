@@ -51,16 +51,19 @@ def settle(ledger: Path, outcomes: dict[str, Result]) -> None:
     try:
         owner = led.register_worker()
         claims = {c.reference_id: c for c in led.claim(owner, 1000, 60)}
-        led.record([Result(**{**r.__dict__, "id": claims[ref].id, "lease_token": claims[ref].lease_token})
-                    for ref, r in outcomes.items()])
+        led.record(
+            [
+                Result(**{**r.__dict__, "id": claims[ref].id, "lease_token": claims[ref].lease_token})
+                for ref, r in outcomes.items()
+            ]
+        )
         led.release(owner)
     finally:
         led.close()
 
 
 def failed(code: str, message: str = "bad", details: str | None = None) -> Result:
-    return Result(0, 0, Status.FAILED, error_code=code, error_message=message, error_details=details,
-                  http_status=400)
+    return Result(0, 0, Status.FAILED, error_code=code, error_message=message, error_details=details, http_status=400)
 
 
 def test_plural():
@@ -81,24 +84,44 @@ def test_one_row_is_not_one_rows(tmp_path: Path):
 def test_help_lists_commands_in_workflow_order():
     out = invoke("--help").stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
-    expected = ["load", "plan", "check", "run", "sync", "status", "report", "export", "retry", "reconcile", "adopt",
-                "forget", "show", "config", "sandbox"]
+    expected = [
+        "load",
+        "plan",
+        "check",
+        "run",
+        "sync",
+        "status",
+        "report",
+        "export",
+        "retry",
+        "reconcile",
+        "adopt",
+        "forget",
+        "show",
+        "config",
+        "sandbox",
+    ]
     assert listed == [name for name in expected if name in cli.commands]
     assert "_UPLOADER_COMPLETE=bash_source uploader" in out
 
 
 def test_every_option_of_every_command_has_a_help_line():
     """Seen: --concurrency and --max-attempts had none."""
-    missing = [(name, p.name) for name, command in cli.commands.items() for p in command.params
-               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    missing = [
+        (name, p.name)
+        for name, command in cli.commands.items()
+        for p in command.params
+        if isinstance(p, click.Option) and not (p.help or "").strip()
+    ]
     assert missing == []
 
 
 def test_json_errors_leave_a_json_document_on_stdout(tmp_path: Path):
     """Seen: `run --json` with a bad manifest printed nothing on stdout."""
     for command in (["load"], ["run", "--sandbox"]):
-        result = invoke(*command, str(SAMPLES / "broken_bad_rows.csv"), *LOAD, "--ledger", str(tmp_path / "l.db"),
-                        "--json")
+        result = invoke(
+            *command, str(SAMPLES / "broken_bad_rows.csv"), *LOAD, "--ledger", str(tmp_path / "l.db"), "--json"
+        )
         assert result.exit_code == 1
         document = json.loads(result.stdout)
         assert document["exit"] == 1 and "broken_bad_rows.csv:3: column 'image_url'" in document["error"]
@@ -108,8 +131,19 @@ def test_json_errors_leave_a_json_document_on_stdout(tmp_path: Path):
     result = invoke("status", "--ledger", str(tmp_path / "l.db"), "--json", "--bogus")  # click's usage error
     assert result.exit_code == 2 and "--bogus" in json.loads(result.stdout)["error"]
     with Sandbox(SandboxConfig(api_key="right")) as box:  # stopped by the API: the summary, with the error
-        result = invoke("run", str(SAMPLES / "images.csv"), *LOAD, "--ledger", str(tmp_path / "k.db"), "--json",
-                        "--base-url", box.base_url, "--api-key", "wrong", "--default-batch")
+        result = invoke(
+            "run",
+            str(SAMPLES / "images.csv"),
+            *LOAD,
+            "--ledger",
+            str(tmp_path / "k.db"),
+            "--json",
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            "wrong",
+            "--default-batch",
+        )
     assert result.exit_code == 1
     document = json.loads(result.stdout)  # one document
     assert document["exit"] == 1 and "API key" in document["error"] and document["counts"]["pending"] == 12
@@ -121,8 +155,12 @@ def test_json_errors_leave_a_json_document_on_stdout(tmp_path: Path):
 
 def test_json_on_every_command(tmp_path: Path):
     ledger = loaded(tmp_path, 2)
-    assert json.loads(invoke("load", str(tmp_path / "m.csv"), *LOAD, "--ledger", str(ledger), "--json").stdout
-                      )["already_loaded"] is True
+    assert (
+        json.loads(invoke("load", str(tmp_path / "m.csv"), *LOAD, "--ledger", str(ledger), "--json").stdout)[
+            "already_loaded"
+        ]
+        is True
+    )
     assert json.loads(invoke("status", "--ledger", str(ledger), "--json").stdout)["total"] == 2
     lines = invoke("export", "--ledger", str(ledger), "--json").stdout.splitlines()
     assert [json.loads(line)["reference_id"] for line in lines] == ["img-00000", "img-00001"]
@@ -156,9 +194,16 @@ def test_show_prints_one_row_with_its_last_error(tmp_path: Path):
     ledger = loaded(tmp_path, 2)
     settle(ledger, {"img-00001": failed("GE_0001", "batch not found", '[{"field": "batch_id"}]')})
     text = invoke("show", "img-00001", "--ledger", str(ledger)).stdout
-    for expected in ("status         failed", "error_code     GE_0001", "error_message  batch not found",
-                     'error_details  [{"field": "batch_id"}]', "attempts       1", "http_status    400",
-                     '"image_url": "https://cdn.example.com/img/1.jpg"', "manifest_line  3"):
+    for expected in (
+        "status         failed",
+        "error_code     GE_0001",
+        "error_message  batch not found",
+        'error_details  [{"field": "batch_id"}]',
+        "attempts       1",
+        "http_status    400",
+        '"image_url": "https://cdn.example.com/img/1.jpg"',
+        "manifest_line  3",
+    ):
         assert expected in text, (expected, text)
     row = json.loads(invoke("show", "img-00001", "--ledger", str(ledger), "--json").stdout)
     assert row["payload"]["data"]["image_url"] == "https://cdn.example.com/img/1.jpg"
@@ -169,8 +214,12 @@ def test_show_prints_one_row_with_its_last_error(tmp_path: Path):
 
 def test_show_a_reference_id_of_two_projects_needs_the_project(tmp_path: Path):
     ledger = loaded(tmp_path, 1)
-    assert invoke("load", str(tmp_path / "m.csv"), "--project-id", "other", "--work-flow-id", "wf", "--ledger",
-                  str(ledger)).exit_code == 0
+    assert (
+        invoke(
+            "load", str(tmp_path / "m.csv"), "--project-id", "other", "--work-flow-id", "wf", "--ledger", str(ledger)
+        ).exit_code
+        == 0
+    )
     both = invoke("show", "img-00000", "--ledger", str(ledger))
     assert both.exit_code == 2 and "'proj', 'other'" in both.stderr and "--project-id" in both.stderr
     one = invoke("show", "img-00000", "--project-id", "other", "--ledger", str(ledger))
@@ -198,9 +247,13 @@ def test_reconcile_says_why_rows_stay_uncertain(tmp_path: Path):
 
 
 def test_shell_completion_script():
-    env = {**os.environ, "_UPLOADER_COMPLETE": "bash_source",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run([sys.executable, "-c", "from uploader.cli import main; main()"], env=env,
-                         capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "_UPLOADER_COMPLETE": "bash_source",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", "from uploader.cli import main; main()"], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0 and "complete -o nosort -F" in out.stdout
     assert "_UPLOADER_COMPLETE=bash_source uploader" in (ROOT / "README.md").read_text()

@@ -50,6 +50,7 @@ def test_type_checking_imports_match_the_exports(package: str) -> None:
     path = Path(uploader.__file__).parent / package.split(".")[1] / "__init__.py"
     tree = ast.parse(path.read_text())
     (block,) = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
-    imported = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
-                for alias in node.names}
+    imported = {
+        alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
     assert imported == importlib.import_module(package)._EXPORTS

@@ -34,10 +34,13 @@ from uploader.load import load, prepare_load
 from uploader.load import slices as staging
 from uploader.manifest.reader import ManifestOptions
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
-    reason="the parallel load forks workers only on Linux with more than one CPU",
-)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+        reason="the parallel load forks workers only on Linux with more than one CPU",
+    ),
+]
 
 LOAD_OPTS = ("--project-id", "p", "--work-flow-id", "w")
 JOB_COLUMNS = "project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, status, manifest_line"
@@ -47,6 +50,7 @@ IMAGE_HEADER = ["reference_id", "image_url", "camera", "note"]
 
 
 # --- helpers --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Spy:
@@ -62,8 +66,9 @@ class Spy:
         """One Production, every slice delivered in order (twice if the empty-ledger fast path gave up and
         the staging path used the slices again), none with a problem or uncuttable."""
         indexes, n = [p.index for p in self.parts], self.slices[0] if len(self.slices) == 1 else -1
-        return (indexes in (list(range(n)), list(range(n)) * 2)
-                and not any(p.problem_count or p.uncuttable for p in self.parts))
+        return indexes in (list(range(n)), list(range(n)) * 2) and not any(
+            p.problem_count or p.uncuttable for p in self.parts
+        )
 
 
 @pytest.fixture
@@ -151,7 +156,7 @@ def proc_stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def children(pid: int, zombies: bool = False) -> dict[int, str]:
@@ -196,6 +201,7 @@ def wait_until(condition: Callable[[], bool], seconds: float = 5.0, what: str = 
 
 # --- manifests ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Case:
     """A manifest's bytes, the CLI options to load it, and the (project_id, reference_id) -> line of every
@@ -212,9 +218,19 @@ class Case:
         return path
 
 
-def build(header: list[str], rows: list[list[str] | None], *, sep: str = ",", eol: str = "\n", bom: bool = False,
-          trailing: bool = True, args: tuple[str, ...] = LOAD_OPTS, suffix: str = ".csv",
-          project: str = "p", ref_column: str = "reference_id") -> Case:
+def build(
+    header: list[str],
+    rows: list[list[str] | None],
+    *,
+    sep: str = ",",
+    eol: str = "\n",
+    bom: bool = False,
+    trailing: bool = True,
+    args: tuple[str, ...] = LOAD_OPTS,
+    suffix: str = ".csv",
+    project: str = "p",
+    ref_column: str = "reference_id",
+) -> Case:
     """A manifest from rows of raw cells (None: a blank line). A cell holding a line break (quoted) moves the
     lines of later rows on; an all-empty row loads nothing."""
     ref, pid = header.index(ref_column), header.index("project_id") if "project_id" in header else None
@@ -230,8 +246,10 @@ def build(header: list[str], rows: list[list[str] | None], *, sep: str = ",", eo
 
 
 def image_rows(n: int, start: int = 0) -> list[list[str] | None]:
-    return [[f"r-{i:03d}", f"https://cdn.example.com/img/{i:03d}.jpg", f"cam{i % 3}", f"note {i}" if i % 5 else ""]
-            for i in range(start, start + n)]
+    return [
+        [f"r-{i:03d}", f"https://cdn.example.com/img/{i:03d}.jpg", f"cam{i % 3}", f"note {i}" if i % 5 else ""]
+        for i in range(start, start + n)
+    ]
 
 
 def with_blank_lines() -> Case:
@@ -250,9 +268,16 @@ def with_overrides(batch_default: bool) -> Case:
     rows: list[list[str] | None] = []
     for i in range(40):
         own = i >= 20 and i % 3 != 0
-        rows.append(["other" if own and i % 2 else "", f"r-{i:03d}", f"https://cdn.example.com/{i}.jpg",
-                     "wf2" if own and i % 4 == 1 else "", OTHER_BATCH if own and i % 5 == 2 else "",
-                     str(i % 10 + 1) if own and i % 4 == 3 else ""])
+        rows.append(
+            [
+                "other" if own and i % 2 else "",
+                f"r-{i:03d}",
+                f"https://cdn.example.com/{i}.jpg",
+                "wf2" if own and i % 4 == 1 else "",
+                OTHER_BATCH if own and i % 5 == 2 else "",
+                str(i % 10 + 1) if own and i % 4 == 3 else "",
+            ]
+        )
     rows[30][0], rows[30][3] = "p", "w"  # type: ignore[index]  # the defaults, given in the row
     rows.insert(25, ["other", "r-001", "https://cdn.example.com/other-1.jpg", "", "", "3"])  # same id, other project
     args = LOAD_OPTS + (("--batch-id", BATCH) if batch_default else ())
@@ -270,14 +295,19 @@ def one_override(column: str, value: str, batch_default: bool = False) -> Case:
 def non_ascii() -> Case:
     names = ["bild-ü", "日本語", "😀", "Ελληνικά", "naïve café"]
     rows: list[list[str] | None] = [
-        [f"{names[i % 5]}-{i}", f"https://cdn.example.com/ü/{i}.jpg", names[(i + 1) % 5], f"ß {i} €"]
-        for i in range(40)
+        [f"{names[i % 5]}-{i}", f"https://cdn.example.com/ü/{i}.jpg", names[(i + 1) % 5], f"ß {i} €"] for i in range(40)
     ]
     return build(IMAGE_HEADER, rows)
 
 
-def jsonl(objects: list[dict | None], *, eol: str = "\n", bom: bool = False, trailing: bool = True,
-          args: tuple[str, ...] = LOAD_OPTS) -> Case:
+def jsonl(
+    objects: list[dict | None],
+    *,
+    eol: str = "\n",
+    bom: bool = False,
+    trailing: bool = True,
+    args: tuple[str, ...] = LOAD_OPTS,
+) -> Case:
     """A JSONL manifest, one object per line (None: a blank line); lines count from 1 (no header)."""
     lines = ["" if o is None else json.dumps(o, ensure_ascii=False) for o in objects]
     expected = {(o.get("project_id") or "p", o["reference_id"]): i + 1 for i, o in enumerate(objects) if o}
@@ -296,8 +326,10 @@ def jsonl_images(n: int) -> list[dict | None]:
 
 
 def jsonl_raw(n: int) -> list[dict | None]:
-    return [{"reference_id": f"s-{i:03d}", "data": {"sensor_data": {"frames": [{"ts": i, "note": 'x "y" é'}]}}}
-            for i in range(n)]
+    return [
+        {"reference_id": f"s-{i:03d}", "data": {"sensor_data": {"frames": [{"ts": i, "note": 'x "y" é'}]}}}
+        for i in range(n)
+    ]
 
 
 def parquet(rows: list[dict], row_group_size: int | None = None, args: tuple[str, ...] = LOAD_OPTS) -> Case:
@@ -326,18 +358,17 @@ CUTTABLE: dict[str, Callable[[], Case]] = {
     "parquet, fewer rows than slices": lambda: parquet(parquet_images(3), 1),
     "jsonl images (quotes are fine in JSONL)": lambda: jsonl(jsonl_images(40)),
     "jsonl bom, crlf, blank lines, no trailing newline": lambda: jsonl(
-        [*jsonl_images(20)[:10], None, None, *jsonl_images(20)[10:]], eol="\r\n", bom=True, trailing=False),
+        [*jsonl_images(20)[:10], None, None, *jsonl_images(20)[10:]], eol="\r\n", bom=True, trailing=False
+    ),
     "jsonl raw shape": lambda: jsonl(jsonl_raw(40)),
     "jsonl fewer lines than slices": lambda: jsonl(jsonl_images(3)),
     "image with extra columns": lambda: build(IMAGE_HEADER, image_rows(40)),
-    "tsv": lambda: build(IMAGE_HEADER, [r[:3] + [f"a,b {r[0]}"] for r in image_rows(40) if r], sep="\t",
-                         suffix=".tsv"),
+    "tsv": lambda: build(IMAGE_HEADER, [r[:3] + [f"a,b {r[0]}"] for r in image_rows(40) if r], sep="\t", suffix=".tsv"),
     "crlf": lambda: build(IMAGE_HEADER, image_rows(40), eol="\r\n"),
     "no trailing newline": lambda: build(IMAGE_HEADER, image_rows(40), trailing=False),
     "blank lines in the middle": with_blank_lines,
     "bom": lambda: build(IMAGE_HEADER, image_rows(40), bom=True),
-    "bom, crlf, no trailing newline": lambda: build(IMAGE_HEADER, image_rows(40), bom=True, eol="\r\n",
-                                                    trailing=False),
+    "bom, crlf, no trailing newline": lambda: build(IMAGE_HEADER, image_rows(40), bom=True, eol="\r\n", trailing=False),
     "per-row overrides": lambda: with_overrides(batch_default=False),
     "per-row overrides and --batch-id": lambda: with_overrides(batch_default=True),
     "project_id on some rows": lambda: one_override("project_id", "other"),
@@ -347,9 +378,12 @@ CUTTABLE: dict[str, Callable[[], Case]] = {
     "--batch-id default": lambda: build(IMAGE_HEADER, image_rows(40), args=LOAD_OPTS + ("--batch-id", BATCH)),
     "non-ascii text": non_ascii,
     "fewer lines than slices": lambda: build(IMAGE_HEADER, image_rows(3)),
-    "--column mapping": lambda: build(["id", "url", "cam"], [r[:3] for r in image_rows(40) if r],
-                                      args=LOAD_OPTS + ("--column", "reference_id=id", "--column", "image_url=url"),
-                                      ref_column="id"),
+    "--column mapping": lambda: build(
+        ["id", "url", "cam"],
+        [r[:3] for r in image_rows(40) if r],
+        args=LOAD_OPTS + ("--column", "reference_id=id", "--column", "image_url=url"),
+        ref_column="id",
+    ),
 }
 
 
@@ -390,8 +424,9 @@ UNCUTTABLE: dict[str, Callable[[], Case]] = {
 }
 
 
-def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
-                   seeded: bool = False) -> tuple[list, list]:
+def load_both_ways(
+    case: Case, folder: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch, seeded: bool = False
+) -> tuple[list, list]:
     """Load the case into a new ledger with the parallel path allowed, then into another without it; return
     both ledgers' jobs. `seeded`: both ledgers already hold a job of another manifest (the staging path)."""
     manifest = case.write(folder)
@@ -414,10 +449,12 @@ def load_both_ways(case: Case, folder: Path, spy: Spy, monkeypatch: pytest.Monke
 
 # --- equivalence ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seeded", [False, True], ids=["empty ledger", "non-empty ledger"])
 @pytest.mark.parametrize("name", list(CUTTABLE))
-def test_parallel_load_equals_one_process_load(name: str, seeded: bool, spy: Spy, tmp_path: Path,
-                                               scratch_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_load_equals_one_process_load(
+    name: str, seeded: bool, spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every slice is staged by workers and copied in (straight into `jobs` of an empty ledger, else into
     the staging table of the ordinary merge), and `jobs` ends up exactly as the one-process load leaves it
     (ids, overrides and defaults, bodies and hashes, extra columns, status, physical line)."""
@@ -433,8 +470,9 @@ def test_parallel_load_equals_one_process_load(name: str, seeded: bool, spy: Spy
 
 
 @pytest.mark.parametrize("name", list(UNCUTTABLE))
-def test_uncuttable_file_loads_through_the_fallback(name: str, spy: Spy, tmp_path: Path, scratch_root: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncuttable_file_loads_through_the_fallback(
+    name: str, spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A quote anywhere (a quoted field may hold a line break) or a bare CR makes the workers report the
     file uncuttable; the one-process path then loads it, with the same rows and lines."""
     case = UNCUTTABLE[name]()
@@ -445,8 +483,9 @@ def test_uncuttable_file_loads_through_the_fallback(name: str, spy: Spy, tmp_pat
     assert scratch_dirs(scratch_root) == []
 
 
-def test_a_dying_worker_falls_back_to_one_process(spy: Spy, tmp_path: Path, scratch_root: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dying_worker_falls_back_to_one_process(
+    spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker that dies mid-way (here: on slice 5) costs only the speed: the load rolls back what it
     copied and loads in one process; no worker or scratch folder is left behind."""
     real = staging.write_part
@@ -469,10 +508,12 @@ def test_a_dying_worker_falls_back_to_one_process(spy: Spy, tmp_path: Path, scra
     assert scratch_dirs(scratch_root) == []
 
 
-def test_no_processes_to_be_had_loads_in_one_process(spy: Spy, tmp_path: Path, scratch_root: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_processes_to_be_had_loads_in_one_process(
+    spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the system refuses a fork (EAGAIN: a process limit), the load reads the file itself: slower, the
     same rows, and no scratch folder left behind."""
+
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
@@ -486,9 +527,9 @@ def test_no_processes_to_be_had_loads_in_one_process(spy: Spy, tmp_path: Path, s
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
-def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(existing: bool, spy: Spy, tmp_path: Path,
-                                                                     scratch_root: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(
+    existing: bool, spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SQLite itself runs out of room (max_page_count: a real SQLITE_FULL) while slices are copied in:
     exit 1 with the ledger error and no traceback, nothing loaded (a new file removed, an existing one
     byte-for-byte as it was), and no scratch folder left."""
@@ -508,8 +549,9 @@ def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(existing: 
     if existing:
         Ledger.open(ledger).close()
     before = ledger.read_bytes() if existing else None
-    case = build(IMAGE_HEADER, [[f"r-{i:04d}", f"https://cdn.example.com/{'x' * 200}/{i}.jpg", "cam", "n"]
-                                for i in range(3000)])
+    case = build(
+        IMAGE_HEADER, [[f"r-{i:04d}", f"https://cdn.example.com/{'x' * 200}/{i}.jpg", "cam", "n"] for i in range(3000)]
+    )
     result = cli_load(case.write(tmp_path), ledger)
     assert result.exit_code == 1, result.output
     assert "disk is full" in result.output and "Traceback" not in result.output
@@ -523,9 +565,11 @@ def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(existing: 
 
 # --- problems: reported by the one-process path, nothing loaded -----------------------------------------
 
+
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
-def test_bad_rows_in_late_slices_are_reported_and_nothing_is_loaded(existing: bool, spy: Spy, tmp_path: Path,
-                                                                    scratch_root: Path) -> None:
+def test_bad_rows_in_late_slices_are_reported_and_nothing_is_loaded(
+    existing: bool, spy: Spy, tmp_path: Path, scratch_root: Path
+) -> None:
     """Bad rows near the end, after slices already copied into `jobs`: exit 1, every bad row named with its
     file:line and column, no traceback; a new ledger file is removed, an existing empty one is unchanged."""
     rows = image_rows(40)
@@ -570,6 +614,7 @@ def test_duplicate_reference_id_in_two_slices(spy: Spy, tmp_path: Path, scratch_
 
 
 # --- afterwards -----------------------------------------------------------------------------------------
+
 
 def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_path: Path) -> None:
     """After a parallel first load, the same file is "already loaded"; a changed copy is staged by workers
@@ -686,8 +731,10 @@ def big_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("big") / "big.csv"
     with open(path, "w", encoding="utf-8") as f:
         f.write("reference_id,image_url,camera,note\n")
-        f.writelines(f"ref-{i:06d},https://cdn.example.com/images/{i:06d}.jpg,cam{i % 4},note-{i % 97:02d}-abcdefgh\n"
-                     for i in range(BIG_ROWS))
+        f.writelines(
+            f"ref-{i:06d},https://cdn.example.com/images/{i:06d}.jpg,cam{i % 4},note-{i % 97:02d}-abcdefgh\n"
+            for i in range(BIG_ROWS)
+        )
     assert path.stat().st_size > staging.MIN_SPLIT_BYTES
     return path
 
@@ -730,8 +777,16 @@ manifest.Manifest.chunk_tuples = chunk_tuples
 """
 
 
-def start_load(manifest: Path, ledger: Path, scratch: Path, *, patch: str | None = None, marker: Path | None = None,
-               output: int = subprocess.PIPE, **popen: Any) -> subprocess.Popen:
+def start_load(
+    manifest: Path,
+    ledger: Path,
+    scratch: Path,
+    *,
+    patch: str | None = None,
+    marker: Path | None = None,
+    output: int = subprocess.PIPE,
+    **popen: Any,
+) -> subprocess.Popen:
     """`python -m uploader load` (or, with `patch`, the instrumented equivalent) with TMPDIR=`scratch`.
     Killed processes get `output=DEVNULL`: their workers inherit stdout/stderr, so reading them to the end
     would wait for the workers too."""
@@ -766,8 +821,9 @@ def kill(proc: subprocess.Popen) -> None:
 def wait_for_exit(workers: dict[int, str], seconds: float = 5.0) -> None:
     """Wait for the workers to end (if they do not, the test fails and they are killed)."""
     try:
-        wait_until(lambda: not any(alive(pid, started) for pid, started in workers.items()), seconds,
-                   "the workers to exit")
+        wait_until(
+            lambda: not any(alive(pid, started) for pid, started in workers.items()), seconds, "the workers to exit"
+        )
     finally:
         for pid, started in workers.items():
             if alive(pid, started):
@@ -790,8 +846,9 @@ def assert_reload_succeeds(manifest: Path, ledger: Path) -> None:
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
-def test_sigkilled_load_leaves_no_workers_or_scratch(existing: bool, big_manifest: Path, tmp_path: Path,
-                                                     scratch_root: Path) -> None:
+def test_sigkilled_load_leaves_no_workers_or_scratch(
+    existing: bool, big_manifest: Path, tmp_path: Path, scratch_root: Path
+) -> None:
     """SIGKILL the parent while its workers stage: they notice they are orphaned, remove the scratch folder
     and exit; the ledger (if it was created at all) holds no jobs, and the same load then succeeds."""
     ledger = tmp_path / "ledger.db"
@@ -815,8 +872,7 @@ def test_sigkilled_load_leaves_no_workers_or_scratch(existing: bool, big_manifes
 def test_orphaned_workers_stop_within_a_chunk(big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
     """Workers check for their parent between chunks: with slow chunks (their slices would take many
     seconds more), a SIGKILLed parent's workers still exit promptly and remove the scratch folder."""
-    proc = start_load(big_manifest, tmp_path / "ledger.db", scratch_root, patch=SLOW_WORKERS,
-                      output=subprocess.DEVNULL)
+    proc = start_load(big_manifest, tmp_path / "ledger.db", scratch_root, patch=SLOW_WORKERS, output=subprocess.DEVNULL)
     try:
         workers = wait_for_workers(proc, scratch_root)
     finally:
@@ -825,13 +881,15 @@ def test_orphaned_workers_stop_within_a_chunk(big_manifest: Path, tmp_path: Path
     wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
 
 
-def test_sigkilled_during_the_copy_leaves_an_empty_sound_ledger(big_manifest: Path, tmp_path: Path,
-                                                                scratch_root: Path) -> None:
+def test_sigkilled_during_the_copy_leaves_an_empty_sound_ledger(
+    big_manifest: Path, tmp_path: Path, scratch_root: Path
+) -> None:
     """SIGKILL the parent inside the bulk transaction of a new ledger (rollback journal, not WAL): the next
     command finds a ledger with no jobs, and the same load then succeeds."""
     ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
-    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker,
-                      output=subprocess.DEVNULL)
+    proc = start_load(
+        big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker, output=subprocess.DEVNULL
+    )
     try:
         wait_until(marker.exists, 10, "the load to reach the copy")
         workers = children(proc.pid, zombies=True)
@@ -847,19 +905,24 @@ def test_sigkilled_during_the_copy_leaves_an_empty_sound_ledger(big_manifest: Pa
     assert_reload_succeeds(big_manifest, ledger)
 
 
-def test_sigkilled_after_the_workers_finished_leaves_no_scratch(big_manifest: Path, tmp_path: Path,
-                                                                scratch_root: Path) -> None:
+def test_sigkilled_after_the_workers_finished_leaves_no_scratch(
+    big_manifest: Path, tmp_path: Path, scratch_root: Path
+) -> None:
     """The scratch folder goes even if the parent is killed after both workers wrote every slice: they
     wait for the parent (most of a big load is its copying) and clean up when it dies."""
     ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
-    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker,
-                      output=subprocess.DEVNULL)
+    proc = start_load(
+        big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY, marker=marker, output=subprocess.DEVNULL
+    )
     try:
         wait_until(marker.exists, 10, "the load to reach the copy")
         workers = children(proc.pid)
         assert len(workers) == 2
-        wait_until(lambda: all(waits_on_a_pipe(pid) for pid in workers), 10,
-                   "both workers to finish their slices and wait for the parent")
+        wait_until(
+            lambda: all(waits_on_a_pipe(pid) for pid in workers),
+            10,
+            "both workers to finish their slices and wait for the parent",
+        )
         assert len(list(scratch_dirs(scratch_root)[0].glob("part*.db"))) == 8
     finally:
         kill(proc)
@@ -874,8 +937,14 @@ def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path
     no worker or scratch folder left, no ledger or an empty one (in WAL), and the same load then succeeds."""
     ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
     during_copy = target == "parent during the copy"
-    proc = start_load(big_manifest, ledger, scratch_root, patch=PAUSE_BEFORE_COPY if during_copy else None,
-                      marker=marker, start_new_session=True)
+    proc = start_load(
+        big_manifest,
+        ledger,
+        scratch_root,
+        patch=PAUSE_BEFORE_COPY if during_copy else None,
+        marker=marker,
+        start_new_session=True,
+    )
     try:
         workers = wait_for_workers(proc, scratch_root)
         if during_copy:

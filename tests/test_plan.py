@@ -40,18 +40,20 @@ def test_plan_counts_and_leaves_the_ledger_untouched(tmp_path, box):
     ledger = tmp_path / "l.db"
     # r0 and r1 are sent (succeeded); then r2, r3 are loaded and stay pending.
     two = manifest(tmp_path / "two.csv", {"r0": "https://e.com/0.jpg", "r1": "https://e.com/1.jpg"})
-    run = invoke("run", str(two), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url,
-                 "--api-key", box.api_key)
+    run = invoke("run", str(two), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key)
     assert box.stats()["jobs_created"] == 2, run.output
     rest = manifest(tmp_path / "rest.csv", {"r2": "https://e.com/2.jpg", "r3": "https://e.com/3.jpg"})
     assert invoke("load", str(rest), *LOAD, "--ledger", str(ledger)).exit_code == 0
-    second = manifest(tmp_path / "b.csv", {
-        "r0": "https://e.com/0.jpg",        # unchanged, sent
-        "r1": "https://e.com/1-new.jpg",    # changed after it was sent: a conflict, held back
-        "r2": "https://e.com/2-new.jpg",    # changed, never sent: sent with the new payload
-        "r3": "https://e.com/3.jpg",        # unchanged, still pending
-        "r9": "https://e.com/9.jpg",        # new
-    })
+    second = manifest(
+        tmp_path / "b.csv",
+        {
+            "r0": "https://e.com/0.jpg",  # unchanged, sent
+            "r1": "https://e.com/1-new.jpg",  # changed after it was sent: a conflict, held back
+            "r2": "https://e.com/2-new.jpg",  # changed, never sent: sent with the new payload
+            "r3": "https://e.com/3.jpg",  # unchanged, still pending
+            "r9": "https://e.com/9.jpg",  # new
+        },
+    )
     before = folder_state(tmp_path)
     requests = box.stats()["requests_total"]
     result = invoke("plan", str(second), *LOAD, "--ledger", str(ledger), "--json")
@@ -82,8 +84,10 @@ def test_plan_against_a_missing_ledger_creates_nothing(tmp_path):
 
 def test_plan_holds_back_signed_urls_that_expire_too_soon(tmp_path):
     now = datetime.now(UTC)
-    url = (f"https://b.s3.amazonaws.com/k.jpg?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
-           "&X-Amz-Expires=600&X-Amz-Signature=s")
+    url = (
+        f"https://b.s3.amazonaws.com/k.jpg?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
+        "&X-Amz-Expires=600&X-Amz-Signature=s"
+    )
     m = manifest(tmp_path / "m.csv", {"soon": url, "plain": "https://e.com/p.jpg"})
     result = invoke("plan", str(m), *LOAD, "--ledger", str(tmp_path / "l.db"), "--json")
     assert result.exit_code == 3

@@ -167,8 +167,22 @@ def test_classify_compares_reference_ids_as_text(answered: object, sent: str, ve
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [("j1", "j1"), (17, "17"), (0, "0"), ("", None), ("   ", None), (None, None), (True, None), (False, None),
-     (1.0, None), ({"id": "j"}, None), (["j"], None), ("x" * 64, "x" * 64), ("x" * 65, None), (10**70, None)],
+    [
+        ("j1", "j1"),
+        (17, "17"),
+        (0, "0"),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        (True, None),
+        (False, None),
+        (1.0, None),
+        ({"id": "j"}, None),
+        (["j"], None),
+        ("x" * 64, "x" * 64),
+        ("x" * 65, None),
+        (10**70, None),
+    ],
 )
 def test_job_id_text(value: object, text: str | None) -> None:
     assert job_id_text(value) == text
@@ -348,8 +362,9 @@ def test_all_is_complete() -> None:
     ("attempt", "low", "high"),
     [(1, 0.0, 0.5), (2, 0.0, 1.0), (4, 0.0, 4.0), (30, 0.0, 60.0)],
 )
-def test_throttled_backoff_grows_with_the_429s_in_a_row_whatever_the_hint(attempt: int, low: float,
-                                                                         high: float) -> None:
+def test_throttled_backoff_grows_with_the_429s_in_a_row_whatever_the_hint(
+    attempt: int, low: float, high: float
+) -> None:
     """Retry-After: 0 and a date in the past (0 s) give the plain backoff; its mean grows with the rounds."""
     rng = random.Random(3)
     delays = [next_delay(THROTTLE, attempt, 0.0, rng) for _ in range(400)]
@@ -359,8 +374,14 @@ def test_throttled_backoff_grows_with_the_429s_in_a_row_whatever_the_hint(attemp
 
 @pytest.mark.parametrize(
     ("hint", "cap", "capped", "delay_at_most"),
-    [(None, 300.0, False, 0.5), (299.0, 300.0, False, 299.5), (300.0, 300.0, False, 300.5),
-     (301.0, 300.0, True, 300.5), (86_400.0, 600.0, True, 600.5), (5.0, 0.0, True, 0.5)],
+    [
+        (None, 300.0, False, 0.5),
+        (299.0, 300.0, False, 299.5),
+        (300.0, 300.0, False, 300.5),
+        (301.0, 300.0, True, 300.5),
+        (86_400.0, 600.0, True, 600.5),
+        (5.0, 0.0, True, 0.5),
+    ],
 )
 def test_max_retry_after(hint: float | None, cap: float, capped: bool, delay_at_most: float) -> None:
     assert policy.retry_after_capped(hint, cap) is capped

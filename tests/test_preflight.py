@@ -38,8 +38,10 @@ def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 def statuses(ledger: Path) -> dict[str, tuple[str, str | None, str | None]]:
     with sqlite3.connect(ledger) as db:
-        return {r: (s, c, m) for r, s, c, m in db.execute(
-            "SELECT reference_id, status, error_code, error_message FROM jobs")}
+        return {
+            r: (s, c, m)
+            for r, s, c, m in db.execute("SELECT reference_id, status, error_code, error_message FROM jobs")
+        }
 
 
 def url_checks(ledger: Path) -> int:
@@ -49,17 +51,29 @@ def url_checks(ledger: Path) -> int:
 
 def test_check_blocks_rows_whose_attachment_would_not_open(box, tmp_path):
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [
-        ("ok1", files(box, "a.jpg")), ("ok2", files(box, "a.jpg")),  # one URL shared by two rows
-        ("gone", files(box, "b.jpg", "status=404")), ("html", files(box, "c.html")),
-        ("empty", files(box, "d.png", "size=0")), ("s3", files(box, "e.jpg", "head=403")),
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            ("ok1", files(box, "a.jpg")),
+            ("ok2", files(box, "a.jpg")),  # one URL shared by two rows
+            ("gone", files(box, "b.jpg", "status=404")),
+            ("html", files(box, "c.html")),
+            ("empty", files(box, "d.png", "size=0")),
+            ("s3", files(box, "e.jpg", "head=403")),
+        ],
+    )
     result = invoke("check", str(manifest), *LOAD, "--ledger", str(ledger))
     assert result.exit_code == 3, result.output
     assert "3 rows blocked" in result.output and "HTTP 404" in result.output
     rows = statuses(ledger)
     assert {r: s for r, (s, _, _) in rows.items()} == {
-        "ok1": "pending", "ok2": "pending", "s3": "pending", "gone": "blocked", "html": "blocked", "empty": "blocked"}
+        "ok1": "pending",
+        "ok2": "pending",
+        "s3": "pending",
+        "gone": "blocked",
+        "html": "blocked",
+        "empty": "blocked",
+    }
     assert rows["gone"][1:] == ("url_http_error", f"{files(box, 'b.jpg', 'status=404')}: HTTP 404")
     assert rows["html"][1] == "url_not_media" and rows["empty"][1] == "url_empty"
     assert url_checks(ledger) == 5  # five distinct URLs
@@ -86,16 +100,16 @@ def test_check_blocks_rows_whose_attachment_would_not_open(box, tmp_path):
 
 def test_retry_blocked_releases_and_rechecks(box, tmp_path):
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [("gone", files(box, "b.jpg", "status=404")),
-                                                   ("ok", files(box, "a.jpg"))])
+    manifest = write_manifest(
+        tmp_path / "m.csv", [("gone", files(box, "b.jpg", "status=404")), ("ok", files(box, "a.jpg"))]
+    )
     assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
     result = invoke("retry", "--blocked", "--ledger", str(ledger))
     assert result.exit_code == 0 and "1 blocked row is pending again" in result.output
     assert statuses(ledger)["gone"] == ("pending", None, None)
     before = box.stats()["file_requests"].get("HEAD", 0)
     # Still broken: the preflight of the run checks the URL again (its bad verdict was dropped) and blocks it.
-    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key,
-                 "--preflight")
+    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key, "--preflight")
     assert box.stats()["file_requests"]["HEAD"] == before + 1
     assert statuses(ledger)["gone"][0] == "blocked" and statuses(ledger)["ok"][0] == "succeeded"
     assert "1 rows blocked" in run.output
@@ -105,8 +119,17 @@ def test_run_allow_blocked_sends_them_anyway(box, tmp_path):
     ledger = tmp_path / "l.db"
     manifest = write_manifest(tmp_path / "m.csv", [("gone", files(box, "b.jpg", "status=404"))])
     assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
-    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key,
-                 "--allow-blocked", "--preflight")
+    run = invoke(
+        "run",
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        box.base_url,
+        "--api-key",
+        box.api_key,
+        "--allow-blocked",
+        "--preflight",
+    )
     assert "would be blocked" in run.output
     # Sent: the platform itself refuses the attachment (the sandbox's FS_0007).
     assert statuses(ledger)["gone"][:2] == ("failed", "FS_0007")
@@ -114,10 +137,21 @@ def test_run_allow_blocked_sends_them_anyway(box, tmp_path):
 
 def test_run_preflight_with_a_manifest_checks_before_the_first_send(box, tmp_path):
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [("bad", files(box, "x.jpg", "status=403")),
-                                                   ("good", files(box, "y.jpg"))])
-    run = invoke("run", str(manifest), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url,
-                 "--api-key", box.api_key, "--preflight")
+    manifest = write_manifest(
+        tmp_path / "m.csv", [("bad", files(box, "x.jpg", "status=403")), ("good", files(box, "y.jpg"))]
+    )
+    run = invoke(
+        "run",
+        str(manifest),
+        *LOAD,
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        box.base_url,
+        "--api-key",
+        box.api_key,
+        "--preflight",
+    )
     assert run.exit_code == 3, run.output
     assert box.stats()["fs_0001_refusals"] == 0 and box.stats()["jobs_created"] == 1
     assert box.stats()["requests_by_status"].get("400", 0) == 0  # no FS_0007: the bad row never went out
@@ -125,9 +159,11 @@ def test_run_preflight_with_a_manifest_checks_before_the_first_send(box, tmp_pat
 
 
 def _aws(signed_at: datetime, seconds: int) -> str:
-    return (f"https://bucket.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203"
-            f"&X-Amz-Date={signed_at:%Y%m%dT%H%M%SZ}&X-Amz-Expires={seconds}&X-Amz-SignedHeaders=host"
-            "&X-Amz-Signature=00")
+    return (
+        f"https://bucket.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203"
+        f"&X-Amz-Date={signed_at:%Y%m%dT%H%M%SZ}&X-Amz-Expires={seconds}&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=00"
+    )
 
 
 def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, box):
@@ -137,8 +173,9 @@ def test_signed_urls_expiring_too_soon_are_blocked_without_a_request(tmp_path, b
     manifest = write_manifest(tmp_path / "m.csv", [("soon", soon), ("later", later)])
     # The check of `later` itself fails (no network here: bucket.s3.amazonaws.com does not resolve), so only
     # the expiry verdicts are compared.
-    result = invoke("check", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d",
-                    "--check-timeout", "0.5")
+    result = invoke(
+        "check", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d", "--check-timeout", "0.5"
+    )
     rows = statuses(ledger)
     assert rows["soon"][:2] == ("blocked", "url_expires_soon")
     assert rows["later"][1] != "url_expires_soon"
@@ -172,8 +209,10 @@ def test_status_counts_verdicts_and_rows_never_checked(box, tmp_path):
 def test_check_sample_checks_n_urls_per_host_and_blocks_nothing(box, tmp_path):
     ledger = tmp_path / "l.db"
     rows = [(f"ok{i}", files(box, f"ok{i}.jpg")) for i in range(30)]
-    rows += [(f"bad{i}", f"http://localhost:{box.base_url.rsplit(':', 1)[1]}/_sandbox/files/x{i}.jpg?status=404")
-             for i in range(10)]
+    rows += [
+        (f"bad{i}", f"http://localhost:{box.base_url.rsplit(':', 1)[1]}/_sandbox/files/x{i}.jpg?status=404")
+        for i in range(10)
+    ]
     m = write_manifest(tmp_path / "m.csv", rows)
     assert invoke("load", str(m), *LOAD, "--ledger", str(ledger)).exit_code == 0
     before = box.stats()["file_requests"].get("HEAD", 0)
@@ -203,8 +242,10 @@ def test_a_url_shared_across_pages_is_checked_once(box, tmp_path):
 
 def test_a_row_checked_earlier_is_blocked_when_its_signed_url_nears_expiry(box, tmp_path):
     now = datetime.now(UTC).replace(microsecond=0)
-    url = (f"{files(box, 'signed.jpg')}?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
-           "&X-Amz-Expires=172800&X-Amz-Signature=s").replace("signed.jpg?", "signed.jpg?size=10&")
+    url = (
+        f"{files(box, 'signed.jpg')}?X-Amz-Credential=c&X-Amz-Date={now:%Y%m%dT%H%M%SZ}"
+        "&X-Amz-Expires=172800&X-Amz-Signature=s"
+    ).replace("signed.jpg?", "signed.jpg?size=10&")
     ledger = tmp_path / "l.db"
     m = write_manifest(tmp_path / "m.csv", [("s", url)])
     assert invoke("check", str(m), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d").exit_code == 0

@@ -79,8 +79,9 @@ def test_a_later_manifest_that_only_adds_rows_also_ends_the_shortcut(ledger: Led
 
 def uploader(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
-    return subprocess.run([sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "uploader", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -106,6 +107,5 @@ def test_m1_m2_m1_through_the_cli_sends_m1s_url(tmp_path: Path) -> None:
     assert "already loaded" in done.stdout  # nothing changed since the last load of M1
     assert sent == {f"r{i}": f"https://cdn.example.com/m1/{i}.jpg" for i in range(5)}
     with sqlite3.connect(ledger) as db:  # the bulk path of the first load counted its rows as changed too
-        assert db.execute("SELECT row_count, changed FROM manifests ORDER BY id").fetchall() == [
-            (5, 5), (5, 1), (5, 1)]
+        assert db.execute("SELECT row_count, changed FROM manifests ORDER BY id").fetchall() == [(5, 5), (5, 1), (5, 1)]
     db.close()

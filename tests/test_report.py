@@ -39,20 +39,44 @@ KINDS = [
 def fill(engine, rows: int = 90) -> None:
     """Insert `rows` jobs cycling through KINDS, answered over 45 minutes, in two projects and three batches."""
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, "
-                          "conflicts, changed) VALUES ('night.csv', 1, 'a', 'b', :n, :t, 0, :n)"),
-                     {"n": rows, "t": T0})
-        conn.execute(text("INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
-                          "VALUES ('proj-0', 'night 1', 'batch-1', :t, false)"), {"t": T0})
-        conn.execute(text(
-            "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
-            "error_code, http_status, error_message, attempts, origin, recovered, lease_token, created_at, "
-            "updated_at, manifest_id) VALUES (:p, :r, 'wf', :b, '{}', 'h', :s, :c, :h, :m, :a, :o, false, 0, "
-            ":t0, :t, 1)"),
-            [{"p": f"proj-{i % 2}", "r": f"ref-{i:03}", "b": f"batch-{i % 3}" if i % 3 else None,
-              "s": k[0].value, "c": k[1], "h": k[2], "m": k[3], "a": k[4], "o": k[5], "t0": T0,
-              "t": T0 + dt.timedelta(minutes=i // 2)}
-             for i, k in ((i, KINDS[i % len(KINDS)]) for i in range(rows))])
+        conn.execute(
+            text(
+                "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at, "
+                "conflicts, changed) VALUES ('night.csv', 1, 'a', 'b', :n, :t, 0, :n)"
+            ),
+            {"n": rows, "t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
+                "VALUES ('proj-0', 'night 1', 'batch-1', :t, false)"
+            ),
+            {"t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
+                "error_code, http_status, error_message, attempts, origin, recovered, lease_token, created_at, "
+                "updated_at, manifest_id) VALUES (:p, :r, 'wf', :b, '{}', 'h', :s, :c, :h, :m, :a, :o, false, 0, "
+                ":t0, :t, 1)"
+            ),
+            [
+                {
+                    "p": f"proj-{i % 2}",
+                    "r": f"ref-{i:03}",
+                    "b": f"batch-{i % 3}" if i % 3 else None,
+                    "s": k[0].value,
+                    "c": k[1],
+                    "h": k[2],
+                    "m": k[3],
+                    "a": k[4],
+                    "o": k[5],
+                    "t0": T0,
+                    "t": T0 + dt.timedelta(minutes=i // 2),
+                }
+                for i, k in ((i, KINDS[i % len(KINDS)]) for i in range(rows))
+            ],
+        )
 
 
 def test_report_data_aggregates_in_sql(ledger):
@@ -82,8 +106,13 @@ def test_columns_of_later_migrations_show_when_present(ledger):
     broken down, a time column counted."""
     fill(ledger.engine, 9)
     with ledger.engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET platform_status = 'completed', platform_status_at = :t "
-                          "WHERE reference_id IN ('ref-000', 'ref-001')"), {"t": T0})
+        conn.execute(
+            text(
+                "UPDATE jobs SET platform_status = 'completed', platform_status_at = :t "
+                "WHERE reference_id IN ('ref-000', 'ref-001')"
+            ),
+            {"t": T0},
+        )
     data = report_data(ledger.engine)
     assert data.platform == {"platform_status": {"completed": 2}}
     assert data.fetched == {"platform_status_at": 2}
@@ -127,8 +156,10 @@ def test_page_totals_are_status_json(tmp_path):
     out, status = _page(tmp_path)
     page = out.read_text()
     assert re.search(r"<b data-total>([\d,]+)</b>", page).group(1).replace(",", "") == str(status["total"])
-    shown = {s: int(n.replace(",", "")) for s, n in
-             re.findall(r'data-state="(\w+)"><span class="muted">\w+</span><b>([\d,]+)</b>', page)}
+    shown = {
+        s: int(n.replace(",", ""))
+        for s, n in re.findall(r'data-state="(\w+)"><span class="muted">\w+</span><b>([\d,]+)</b>', page)
+    }
     assert shown == status["counts"]
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
     assert "night.csv" in page and "uploader report" in page and "night 1<br>" in page
@@ -156,14 +187,24 @@ def _browser_flags(tmp_path: Path) -> list[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("chromium not found under CI: .ci/run should have installed it")
         pytest.skip("chromium not installed (Debian's `chromium` package): the browser test is skipped")
-    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}"]
+    return [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
 
 
 def _load(flags: list[str], page: Path) -> tuple[str, list[str]]:
     """The DOM after the page loaded, and every console message it logged (errors included)."""
-    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
@@ -191,6 +232,10 @@ def test_page_in_a_real_browser(tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name, width, height in (("report-laptop.png", 1366, 3000), ("report-phone.png", 390, 5000)):
         shot = ARTIFACTS / name
-        subprocess.run([*flags, f"--window-size={width},{height}", f"--screenshot={shot}", out.as_uri()],
-                       capture_output=True, timeout=120, check=True)
+        subprocess.run(
+            [*flags, f"--window-size={width},{height}", f"--screenshot={shot}", out.as_uri()],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
         assert shot.stat().st_size > 10_000

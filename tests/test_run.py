@@ -38,8 +38,18 @@ def invoke(*args: str, env: dict | None = None):
 
 def run_args(manifest: Path | None, ledger: Path, box: Sandbox, *extra: str) -> list[str]:
     args = ["run"] + ([str(manifest)] if manifest else [])
-    return args + ["--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger),
-                   "--base-url", box.base_url, "--quiet", *extra]
+    return args + [
+        "--project-id",
+        "proj",
+        "--work-flow-id",
+        "wf",
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        box.base_url,
+        "--quiet",
+        *extra,
+    ]
 
 
 def ledger_rows(ledger: Path) -> dict[str, dict]:
@@ -54,7 +64,8 @@ def assert_exactly_once(box: Sandbox, rows: dict[str, dict], project: str = "pro
     """Every row succeeded, each reference_id created once, and the ledger's job_ids are the sandbox's."""
     created = {j["reference_id"]: j["job_id"] for j in box.jobs() if j["project_id"] == project}
     assert all(r["status"] == "succeeded" for r in rows.values()), {
-        k: (r["status"], r["error_code"]) for k, r in rows.items() if r["status"] != "succeeded"}
+        k: (r["status"], r["error_code"]) for k, r in rows.items() if r["status"] != "succeeded"
+    }
     assert box.stats()["jobs_created_per_reference_id_max"] == 1
     assert {k: r["job_id"] for k, r in rows.items()} == created
 
@@ -70,7 +81,7 @@ def test_happy_path_images_then_rerun_sends_nothing(box, tmp_path):
     ledger = tmp_path / "l.db"
     result = invoke(*run_args(manifest, ledger, box, "--json"))
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.output[result.output.index("{") :])
     assert summary["counts"]["succeeded"] == 200 and summary["this_run"]["requests"] == 200
     assert_exactly_once(box, ledger_rows(ledger))
     requests_before = box.stats()["requests_total"]
@@ -148,12 +159,15 @@ def test_in_flight_rows_of_a_dead_run_are_resolved_by_fs_0001(box, tmp_path):
     """Simulate a crash after the server created jobs but before the results were recorded."""
     manifest = write_images(tmp_path / "images.csv", 50)
     ledger = tmp_path / "l.db"
-    assert invoke("load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf",
-                  "--ledger", str(ledger)).exit_code == 0
+    assert (
+        invoke("load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger)).exit_code
+        == 0
+    )
     led = Ledger.open(ledger)
     owner = led.register_worker()
     claims = led.claim(owner, 20, 3600)
     import httpx
+
     for c in claims:  # the dead run's requests reached the server
         httpx.post(f"{box.base_url}/v1/projects/{c.project_id}/jobs", content=c.body, headers={"x-api-key": KEY})
     with led.engine.begin() as conn:
@@ -245,8 +259,12 @@ def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=8, latency_ms=10_000)) as box:
         manifest = write_images(tmp_path / "images.csv", 300)
         ledger = tmp_path / "l.db"
-        cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "8",
-                                                           "--timeout", "30")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uploader",
+            *run_args(manifest, ledger, box, "--concurrency", "8", "--timeout", "30"),
+        ]
         env = {**os.environ, "PLAYMENT_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # claimed (committed) before sending, then in the air: the sandbox holds them in its 10 s latency

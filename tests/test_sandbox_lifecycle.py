@@ -48,8 +48,13 @@ def test_reject_rate_rejects_about_that_fraction() -> None:
 
 
 def test_result_document_is_stable_and_realistic() -> None:
-    job = {"job_id": str(uuid.uuid4()), "reference_id": "r", "project_id": "p", "work_flow_id": "w",
-           "data": {"image_url": "https://x/a.jpg"}}
+    job = {
+        "job_id": str(uuid.uuid4()),
+        "reference_id": "r",
+        "project_id": "p",
+        "work_flow_id": "w",
+        "data": {"image_url": "https://x/a.jpg"},
+    }
     doc = result_document(job)
     assert doc == result_document(job)
     assert doc["reference_id"] == "r" and len(doc["annotations"]) >= 2

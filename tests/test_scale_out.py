@@ -55,8 +55,23 @@ SEED = int(os.environ.get("SCALE_SEED", "20261129"))
 
 
 def worker_cmd(url: str, base_url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "uploader", "run", "--ledger", url, "--base-url", base_url, "--quiet", "--json",
-            "--lease-seconds", str(LEASE_S), "--timeout", "10", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "uploader",
+        "run",
+        "--ledger",
+        url,
+        "--base-url",
+        base_url,
+        "--quiet",
+        "--json",
+        "--lease-seconds",
+        str(LEASE_S),
+        "--timeout",
+        "10",
+        *extra,
+    ]
 
 
 def load_rows(url: str, manifest: Path) -> None:
@@ -132,20 +147,26 @@ def freeze_until_taken_over(db: Any, life: Life, box: Sandbox, deadline_s: float
     """
     pid = life.proc.pid
     with db.connect() as conn:
-        owner = conn.execute(text("SELECT owner FROM workers WHERE pid = :p AND stopped_at IS NULL"),
-                             {"p": pid}).scalar_one_or_none()
+        owner = conn.execute(
+            text("SELECT owner FROM workers WHERE pid = :p AND stopped_at IS NULL"), {"p": pid}
+        ).scalar_one_or_none()
     if owner is None:
         return None
     os.kill(pid, signal.SIGSTOP)
     frozen = time.monotonic()
     time.sleep(0.6)
     with db.connect() as conn:
-        stuck = conn.execute(text(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND state IN ('active', 'idle in transaction') AND xact_start < now() - interval '500 milliseconds'"
-        )).scalar_one()
-        held = dict(conn.execute(text("SELECT id, lease_token FROM jobs WHERE lease_owner = :o AND status = "
-                                      "'in_flight'"), {"o": owner}).all())
+        stuck = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND state IN ('active', 'idle in transaction') AND xact_start < now() - interval '500 milliseconds'"
+            )
+        ).scalar_one()
+        held = dict(
+            conn.execute(
+                text("SELECT id, lease_token FROM jobs WHERE lease_owner = :o AND status = 'in_flight'"), {"o": owner}
+            ).all()
+        )
     if stuck or not held:
         os.kill(pid, signal.SIGCONT)
         return None
@@ -154,8 +175,9 @@ def freeze_until_taken_over(db: Any, life: Life, box: Sandbox, deadline_s: float
     ids = list(held)
     while time.monotonic() - frozen < deadline_s:
         with db.connect() as conn:
-            tokens = dict(conn.execute(text("SELECT id, lease_token FROM jobs WHERE id = ANY(:ids)"),
-                                       {"ids": ids}).all())
+            tokens = dict(
+                conn.execute(text("SELECT id, lease_token FROM jobs WHERE id = ANY(:ids)"), {"ids": ids}).all()
+            )
         if all(tokens[i] > held[i] for i in ids):
             break
         time.sleep(0.1)
@@ -171,7 +193,7 @@ def freeze_until_taken_over(db: Any, life: Life, box: Sandbox, deadline_s: float
 
 def summary_of(life: Life) -> dict[str, Any]:
     text_ = life.out.read_text()
-    return json.loads(text_[text_.index("{"):])
+    return json.loads(text_[text_.index("{") :])
 
 
 @pytest.mark.slow
@@ -269,8 +291,10 @@ def test_status_shows_live_workers_and_their_throughput(db_url, tmp_path):
 
     with Sandbox(SandboxConfig(api_key=KEY, seed=3, latency_ms=50)) as box:
         cmd = worker_cmd(db_url, box.base_url, "--concurrency", "8")
-        procs = [subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

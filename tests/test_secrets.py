@@ -46,8 +46,14 @@ def variants(secret: str) -> list[bytes]:
     """The secret as it could appear in a file or a stream: raw, JSON-escaped, URL-quoted, base64, hex, and a
     distinctive fragment (a truncated or partly transformed copy)."""
     raw = secret.encode()
-    forms = {raw, secret.replace("/", "\\/").encode(), urllib.parse.quote(secret, safe="").encode(),
-             base64.b64encode(raw), raw.hex().encode(), secret.split("/")[0].encode()}
+    forms = {
+        raw,
+        secret.replace("/", "\\/").encode(),
+        urllib.parse.quote(secret, safe="").encode(),
+        base64.b64encode(raw),
+        raw.hex().encode(),
+        secret.split("/")[0].encode(),
+    }
     forms |= {f.decode().encode("utf-16-le") for f in list(forms)}  # in case something writes UTF-16
     return sorted(forms)
 
@@ -62,18 +68,32 @@ def mode(path: Path) -> int:
 
 def write_manifests(folder: Path) -> dict[str, Path]:
     images = folder / "images.csv"
-    images.write_text("reference_id,image_url,camera\n" + "".join(
-        f"img-{i:03d},https://cdn.example.com/{i}.jpg,cam{i % 2}\n" for i in range(40)))
+    images.write_text(
+        "reference_id,image_url,camera\n"
+        + "".join(f"img-{i:03d},https://cdn.example.com/{i}.jpg,cam{i % 2}\n" for i in range(40))
+    )
     video = folder / "video.csv"  # long form: frames parked in a temp store while loading
-    video.write_text("reference_id,frame_id,src\n" + "".join(
-        f"vid-{v},f{f},https://cdn.example.com/v{v}/{f}.jpg\n" for v in range(3) for f in range(4)))
+    video.write_text(
+        "reference_id,frame_id,src\n"
+        + "".join(f"vid-{v},f{f},https://cdn.example.com/v{v}/{f}.jpg\n" for v in range(3) for f in range(4))
+    )
     raw = folder / "raw.jsonl"
-    raw.write_text("".join(json.dumps({"reference_id": f"raw-{i}", "data": {
-        "image_url": f"https://cdn.example.com/raw/{i}.jpg", "metadata": {"shift": [i, i + 1]}}}) + "\n"
-        for i in range(10)))
+    raw.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "reference_id": f"raw-{i}",
+                    "data": {"image_url": f"https://cdn.example.com/raw/{i}.jpg", "metadata": {"shift": [i, i + 1]}},
+                }
+            )
+            + "\n"
+            for i in range(10)
+        )
+    )
     more = folder / "more.csv"
-    more.write_text("reference_id,image_url\n" + "".join(f"more-{i},https://cdn.example.com/m/{i}.jpg\n"
-                                                        for i in range(5)))
+    more.write_text(
+        "reference_id,image_url\n" + "".join(f"more-{i},https://cdn.example.com/m/{i}.jpg\n" for i in range(5))
+    )
     return {"images": images, "video": video, "raw": raw, "more": more}
 
 
@@ -108,8 +128,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def subprocess_run(workdir: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PLAYMENT_", "UPLOADER_"))}
     base.update(HOME=str(workdir), TMPDIR=str(workdir / "tmp"), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "uploader", *args], cwd=workdir, env=base, capture_output=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "uploader", *args], cwd=workdir, env=base, capture_output=True, timeout=120
+    )
 
 
 def invoke(transcript: Transcript, what: str, args: list[str], env: dict[str, str] | None = None):
@@ -125,22 +146,28 @@ def test_api_key_is_in_no_byte_produced_and_files_are_private(workdir: Path, cap
     files = write_manifests(workdir)
     ledger = workdir / "ledger.db"
     transcript = Transcript()
-    config = SandboxConfig(api_key=KEY, seed=4, error_rate=0.15, html_error_rate=0.1, drop_rate=0.1,
-                           state_file=workdir / "sandbox-journal.jsonl")
+    config = SandboxConfig(
+        api_key=KEY,
+        seed=4,
+        error_rate=0.15,
+        html_error_rate=0.1,
+        drop_rate=0.1,
+        state_file=workdir / "sandbox-journal.jsonl",
+    )
     with Sandbox(config) as box:
         common = ["--ledger", str(ledger), "--base-url", box.base_url, "--quiet"]
 
         # 1. a real process, key on the command line, faults on: everything ends up created
-        done = subprocess_run(workdir, ["run", str(files["images"]), *LOAD, *common, "--api-key", KEY,
-                                        "--timeout", "5"])
+        done = subprocess_run(
+            workdir, ["run", str(files["images"]), *LOAD, *common, "--api-key", KEY, "--timeout", "5"]
+        )
         transcript.add("run images stdout", done.stdout)
         transcript.add("run images stderr", done.stderr)
         assert done.returncode == 0, done.stderr
         assert mode(ledger) == 0o600
 
         # 2. a real process with a wrong key from the environment: stops at once, names neither key
-        wrong = subprocess_run(workdir, ["run", str(files["raw"]), *LOAD, *common],
-                               env={"PLAYMENT_API_KEY": WRONG})
+        wrong = subprocess_run(workdir, ["run", str(files["raw"]), *LOAD, *common], env={"PLAYMENT_API_KEY": WRONG})
         transcript.add("wrong key stdout", wrong.stdout)
         transcript.add("wrong key stderr", wrong.stderr)
         assert wrong.returncode == 1 and b"API key" in wrong.stderr
@@ -152,8 +179,9 @@ def test_api_key_is_in_no_byte_produced_and_files_are_private(workdir: Path, cap
 
         # 4. the older server: a wrong key gets a bare 401
         box.configure(legacy=True, error_rate=0.0, html_error_rate=0.0, drop_rate=0.0)
-        result = invoke(transcript, "legacy wrong key", ["run", str(files["more"]), *LOAD, *common],
-                        {"PLAYMENT_API_KEY": WRONG})
+        result = invoke(
+            transcript, "legacy wrong key", ["run", str(files["more"]), *LOAD, *common], {"PLAYMENT_API_KEY": WRONG}
+        )
         assert result.exit_code == 1 and "API key" in result.stderr
 
         # 5. every request a server error: retries exhausted, rows failed with the server's messages
@@ -172,8 +200,12 @@ def test_api_key_is_in_no_byte_produced_and_files_are_private(workdir: Path, cap
 
         # 7. exports in every format (files, and CSV on stdout)
         for name in ("out.csv", "out.jsonl", "out.parquet"):
-            assert invoke(transcript, f"export {name}", ["export", "--ledger", str(ledger), "-o",
-                                                         str(workdir / name)]).exit_code == 0
+            assert (
+                invoke(
+                    transcript, f"export {name}", ["export", "--ledger", str(ledger), "-o", str(workdir / name)]
+                ).exit_code
+                == 0
+            )
             assert mode(workdir / name) == 0o600, name
         invoke(transcript, "export stdout", ["export", "--ledger", str(ledger)])
 
@@ -201,6 +233,7 @@ def test_api_key_is_in_no_byte_produced_and_files_are_private(workdir: Path, cap
 
 # --- a server that echoes the key back --------------------------------------------------------------------
 
+
 class EchoingApi(BaseHTTPRequestHandler):
     """An API that quotes the caller's key in its error envelope (status and escaping set per server)."""
 
@@ -216,8 +249,10 @@ class EchoingApi(BaseHTTPRequestHandler):
         key = self.headers.get("x-api-key", "")
         quoted = key.replace("/", "\\/") if self.escape_slash else key  # both are valid JSON for the same text
         # noqa below: with JSON's braces a %-template reads better than a doubled-brace format string
-        body = ('{"success": false, "error": {"code": "%s", "message": "key %s is not allowed here", '  # noqa: UP031
-                '"errors": [{"key": "%s"}]}}' % (self.code, quoted, quoted)).encode()
+        body = (
+            '{"success": false, "error": {"code": "%s", "message": "key %s is not allowed here", '  # noqa: UP031
+            '"errors": [{"key": "%s"}]}}' % (self.code, quoted, quoted)
+        ).encode()
         self.send_response(self.status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -250,13 +285,45 @@ def test_a_server_echoing_the_key_does_not_get_it_stored(workdir: Path, server_a
     transcript = Transcript()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = invoke(transcript, "run", ["run", str(files["raw"]), *LOAD, "--ledger", str(ledger), "--base-url",
-                                            url, "--api-key", KEY, "--quiet", "--max-attempts", "1",
-                                            "--default-batch"])  # the job answers are what gets stored
+        result = invoke(
+            transcript,
+            "run",
+            [
+                "run",
+                str(files["raw"]),
+                *LOAD,
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                url,
+                "--api-key",
+                KEY,
+                "--quiet",
+                "--max-attempts",
+                "1",
+                "--default-batch",
+            ],
+        )  # the job answers are what gets stored
         assert result.exit_code == exit_code, result.output
         # The run's own batch (the default without --default-batch): its creation meets the same echo first.
-        batch = invoke(transcript, "run", ["run", str(files["raw"]), *LOAD, "--ledger", str(workdir / "b.db"),
-                                           "--base-url", url, "--api-key", KEY, "--quiet", "--max-attempts", "1"])
+        batch = invoke(
+            transcript,
+            "run",
+            [
+                "run",
+                str(files["raw"]),
+                *LOAD,
+                "--ledger",
+                str(workdir / "b.db"),
+                "--base-url",
+                url,
+                "--api-key",
+                KEY,
+                "--quiet",
+                "--max-attempts",
+                "1",
+            ],
+        )
         assert batch.exit_code == 1 and "is not allowed here" in batch.output, batch.output
     finally:
         server.shutdown()
@@ -270,6 +337,7 @@ def test_a_server_echoing_the_key_does_not_get_it_stored(workdir: Path, server_a
 
 # --- plain http is refused unless loopback or --allow-http ---------------------------------------------------
 
+
 def non_loopback_address() -> str | None:
     """An IPv4 address of this machine that is not loopback (to serve the sandbox on), or None."""
     try:
@@ -281,26 +349,45 @@ def non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
-@pytest.mark.parametrize("url", ["http://example.com", "http://example.com:80/", "HTTP://EXAMPLE.COM",
-                                 "http://10.0.0.5:8080", "http://[2001:db8::1]"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com",
+        "http://example.com:80/",
+        "HTTP://EXAMPLE.COM",
+        "http://10.0.0.5:8080",
+        "http://[2001:db8::1]",
+    ],
+)
 def test_plain_http_to_a_remote_host_is_refused(workdir: Path, url: str) -> None:
     files = write_manifests(workdir)
     ledger = workdir / "ledger.db"
-    result = CliRunner().invoke(cli, ["run", str(files["images"]), *LOAD, "--ledger", str(ledger),
-                                      "--base-url", url, "--api-key", KEY])
+    result = CliRunner().invoke(
+        cli, ["run", str(files["images"]), *LOAD, "--ledger", str(ledger), "--base-url", url, "--api-key", KEY]
+    )
     assert result.exit_code == 2, result.output
     assert "refusing plain http" in result.stderr and "--allow-http" in result.stderr
     assert KEY not in result.output and not ledger.exists()  # refused before anything was opened or sent
-    via_env = CliRunner().invoke(cli, ["reconcile", "--ledger", str(ledger)],
-                                 env={"PLAYMENT_BASE_URL": url, "PLAYMENT_API_KEY": KEY})
+    via_env = CliRunner().invoke(
+        cli, ["reconcile", "--ledger", str(ledger)], env={"PLAYMENT_BASE_URL": url, "PLAYMENT_API_KEY": KEY}
+    )
     assert via_env.exit_code == 2 and "refusing plain http" in via_env.stderr
 
 
-@pytest.mark.parametrize("url", ["ftp://api.example.com", "https://user:pw@api.example.com",
-                                 "https://api.example.com/?key=1", "api.example.com", "https://"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://api.example.com",
+        "https://user:pw@api.example.com",
+        "https://api.example.com/?key=1",
+        "api.example.com",
+        "https://",
+    ],
+)
 def test_other_unsafe_base_urls_are_refused(workdir: Path, url: str) -> None:
-    result = CliRunner().invoke(cli, ["reconcile", "--ledger", str(workdir / "l.db"), "--base-url", url,
-                                      "--api-key", KEY])
+    result = CliRunner().invoke(
+        cli, ["reconcile", "--ledger", str(workdir / "l.db"), "--base-url", url, "--api-key", KEY]
+    )
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: ") or result.stderr.startswith("error: ")
     assert ":pw@" not in result.stderr  # credentials are not echoed
@@ -312,16 +399,32 @@ def test_loopback_http_works_and_allow_http_permits_a_remote_host(workdir: Path)
         port = box.base_url.rsplit(":", 1)[1]
         for n, url in enumerate([box.base_url, f"http://localhost:{port}"]):
             ledger = workdir / f"loop{n}.db"
-            result = CliRunner().invoke(cli, ["run", str(files["raw"]), "--project-id", f"proj{n}", "--work-flow-id",
-                                              "wf", "--ledger", str(ledger), "--base-url", url, "--api-key", KEY,
-                                              "--quiet"])
+            result = CliRunner().invoke(
+                cli,
+                [
+                    "run",
+                    str(files["raw"]),
+                    "--project-id",
+                    f"proj{n}",
+                    "--work-flow-id",
+                    "wf",
+                    "--ledger",
+                    str(ledger),
+                    "--base-url",
+                    url,
+                    "--api-key",
+                    KEY,
+                    "--quiet",
+                ],
+            )
             assert result.exit_code == 0, result.output
     # --allow-http lets plain http to a remote host through the check (reconcile with nothing uncertain
     # sends no request, so this needs no network)
     ledger = workdir / "loop0.db"
     for flags, code in (([], 2), (["--allow-http"], 0)):
-        result = CliRunner().invoke(cli, ["reconcile", "--ledger", str(ledger), "--base-url", "http://example.com",
-                                          "--api-key", KEY, *flags])
+        result = CliRunner().invoke(
+            cli, ["reconcile", "--ledger", str(ledger), "--base-url", "http://example.com", "--api-key", KEY, *flags]
+        )
         assert result.exit_code == code, result.output
     # and really talks to a non-loopback address when this machine has one
     address = non_loopback_address()
@@ -329,8 +432,18 @@ def test_loopback_http_works_and_allow_http_permits_a_remote_host(workdir: Path)
         pytest.skip("no non-loopback IPv4 address to serve on")
     with Sandbox(SandboxConfig(api_key=KEY), host=address) as box:
         assert not box.base_url.startswith(("http://127.", "http://localhost"))
-        args = ["run", str(files["images"]), *LOAD, "--ledger", str(workdir / "remote.db"), "--base-url",
-                box.base_url, "--api-key", KEY, "--quiet"]
+        args = [
+            "run",
+            str(files["images"]),
+            *LOAD,
+            "--ledger",
+            str(workdir / "remote.db"),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            KEY,
+            "--quiet",
+        ]
         refused = CliRunner().invoke(cli, args)
         assert refused.exit_code == 2 and "refusing plain http" in refused.stderr
         allowed = CliRunner().invoke(cli, [*args, "--allow-http"])
@@ -340,17 +453,31 @@ def test_loopback_http_works_and_allow_http_permits_a_remote_host(workdir: Path)
 
 # --- manifest URLs: http(s) only ---------------------------------------------------------------------------
 
-BAD_URLS = ["ftp://cdn.example.com/a.jpg", "file:///etc/passwd", "javascript:alert(1)", "data:image/png;base64,AAAA",
-            "s3://bucket/a.jpg", "gs://bucket/a.jpg", "mailto:a@example.com", "//cdn.example.com/a.jpg",
-            "cdn.example.com/a.jpg", "vbscript:msgbox(1)", "gopher://cdn.example.com/a", "ws://cdn.example.com/a"]
+BAD_URLS = [
+    "ftp://cdn.example.com/a.jpg",
+    "file:///etc/passwd",
+    "javascript:alert(1)",
+    "data:image/png;base64,AAAA",
+    "s3://bucket/a.jpg",
+    "gs://bucket/a.jpg",
+    "mailto:a@example.com",
+    "//cdn.example.com/a.jpg",
+    "cdn.example.com/a.jpg",
+    "vbscript:msgbox(1)",
+    "gopher://cdn.example.com/a",
+    "ws://cdn.example.com/a",
+]
 
 
 def manifest_with(folder: Path, shape: str, url: str) -> Path:
     good = "https://cdn.example.com/ok.jpg"
     if shape in ("image_url", "frame src"):
         path = folder / "m.csv"
-        rows = ([["reference_id", "image_url"], ["ok", good], ["bad", url]] if shape == "image_url" else
-                [["reference_id", "frame_id", "src"], ["v", "f1", good], ["v", "f2", url]])
+        rows = (
+            [["reference_id", "image_url"], ["ok", good], ["bad", url]]
+            if shape == "image_url"
+            else [["reference_id", "frame_id", "src"], ["v", "f1", good], ["v", "f2", url]]
+        )
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows(rows)
     elif shape == "frames[].src":
@@ -366,13 +493,16 @@ def manifest_with(folder: Path, shape: str, url: str) -> Path:
 @pytest.mark.parametrize("shape", ["image_url", "frame src", "frames[].src", "data.image_url"])
 def test_manifest_urls_must_be_http_or_https(workdir: Path, shape: str) -> None:
     for url in BAD_URLS:
-        result = CliRunner().invoke(cli, ["load", str(manifest_with(workdir, shape, url)), *LOAD,
-                                          "--ledger", str(workdir / "l.db")])
+        result = CliRunner().invoke(
+            cli, ["load", str(manifest_with(workdir, shape, url)), *LOAD, "--ledger", str(workdir / "l.db")]
+        )
         assert result.exit_code == 1, (url, result.output)
         assert "nothing was loaded" in result.stderr and "Traceback" not in result.output
-        assert ("http:// or https://" in result.stderr or "cannot fetch" in result.stderr), (url, result.stderr)
+        assert "http:// or https://" in result.stderr or "cannot fetch" in result.stderr, (url, result.stderr)
         assert not (workdir / "l.db").exists()
     for url in ("https://cdn.example.com/a.jpg", "HTTPS://CDN.EXAMPLE.COM/a.jpg", "http://cdn.example.com/a.jpg"):
-        result = CliRunner().invoke(cli, ["load", str(manifest_with(workdir, shape, url)), *LOAD,
-                                          "--ledger", str(workdir / f"ok-{len(url)}.db")])
+        result = CliRunner().invoke(
+            cli,
+            ["load", str(manifest_with(workdir, shape, url)), *LOAD, "--ledger", str(workdir / f"ok-{len(url)}.db")],
+        )
         assert result.exit_code == 0, (url, result.output)

@@ -34,17 +34,41 @@ def test_zm_is_in_every_sandbox_page_token() -> None:
 @pytest.mark.parametrize("key", ["_", "id", "ow", "jo", "Zm"])
 def test_a_short_key_leaves_job_ids_and_page_tokens_intact(key: str, tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
-    manifest.write_text("reference_id,image_url\n" + "".join(
-        f"row_{i:03d},https://cdn.example.com/{i}.jpg\n" for i in range(ROWS)))
+    manifest.write_text(
+        "reference_id,image_url\n" + "".join(f"row_{i:03d},https://cdn.example.com/{i}.jpg\n" for i in range(ROWS))
+    )
     ledger = tmp_path / "ledger.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
     config = SandboxConfig(api_key=key, drop_rate=0.3, seed=11, page_size=7)
     with Sandbox(config) as box:
         done = subprocess.run(
-            [sys.executable, "-m", "uploader", "run", str(manifest), "--project-id", "proj", "--work-flow-id",
-             "work_flow", "--batch-name", "short key", "--ledger", str(ledger), "--base-url", box.base_url,
-             "--api-key", key, "--quiet", "--timeout", "5"],
-            env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "uploader",
+                "run",
+                str(manifest),
+                "--project-id",
+                "proj",
+                "--work-flow-id",
+                "work_flow",
+                "--batch-name",
+                "short key",
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                box.base_url,
+                "--api-key",
+                key,
+                "--quiet",
+                "--timeout",
+                "5",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         api_jobs = {job["reference_id"]: job for job in box.jobs()}
         drops = box.stats()["faults"]["drop"]
     assert done.returncode == 0, done.stdout + done.stderr
@@ -54,5 +78,6 @@ def test_a_short_key_leaves_job_ids_and_page_tokens_intact(key: str, tmp_path: P
     db.close()
     assert len(rows) == ROWS == len(api_jobs)
     assert {ref: (status, job_id) for ref, status, job_id in rows} == {
-        ref: ("succeeded", job["job_id"]) for ref, job in api_jobs.items()}
+        ref: ("succeeded", job["job_id"]) for ref, job in api_jobs.items()
+    }
     assert all(job["work_flow_id"] == "work_flow" for job in api_jobs.values())

@@ -71,21 +71,40 @@ def fetch(url: str) -> httpx.Response:
 
 # --- which URLs are storage URLs, and where they go in a body ----------------------------------------------
 
+
 def test_locate_names_the_object_of_each_kind_of_storage_url():
     assert locate("s3://photos/cats/tom 1.jpg") == StorageLocation("s3", "photos", "cats/tom 1.jpg")
     assert locate("gs://bkt/a/b.png") == StorageLocation("gcs", "bkt", "a/b.png")
     assert locate("https://acct.blob.core.windows.net/c/dir/x%20y.jpg") == StorageLocation(
-        "azure", "c", "dir/x y.jpg", "acct")
+        "azure", "c", "dir/x y.jpg", "acct"
+    )
     # Not storage URLs uploader signs: plain https, an Azure URL that carries a SAS already, no key.
-    for url in ("https://example.com/a.jpg", "https://acct.blob.core.windows.net/c/x.jpg?sv=1&sig=abc",
-                "s3://bucket-only", "s3://bucket/", "gs:///key", "https://acct.blob.core.windows.net/c"):
+    for url in (
+        "https://example.com/a.jpg",
+        "https://acct.blob.core.windows.net/c/x.jpg?sv=1&sig=abc",
+        "s3://bucket-only",
+        "s3://bucket/",
+        "gs:///key",
+        "https://acct.blob.core.windows.net/c",
+    ):
         assert locate(url) is None, url
 
 
 def test_sign_payload_swaps_image_and_frame_urls_only():
-    body = json.dumps({"reference_id": "r", "data": {"video_data": {"frames": [
-        {"frame_id": "1", "src": "s3://b/1.jpg"}, {"frame_id": "2", "src": "https://cdn.example/2.jpg"}]},
-        "note": "s3://b/not-an-attachment"}})
+    body = json.dumps(
+        {
+            "reference_id": "r",
+            "data": {
+                "video_data": {
+                    "frames": [
+                        {"frame_id": "1", "src": "s3://b/1.jpg"},
+                        {"frame_id": "2", "src": "https://cdn.example/2.jpg"},
+                    ]
+                },
+                "note": "s3://b/not-an-attachment",
+            },
+        }
+    )
     out = json.loads(sign_payload(body, lambda url: "SIGNED:" + url if url.startswith("s3://") else url))
     frames = out["data"]["video_data"]["frames"]
     assert [f["src"] for f in frames] == ["SIGNED:s3://b/1.jpg", "https://cdn.example/2.jpg"]
@@ -121,8 +140,18 @@ def test_load_refuses_storage_urls_without_sign_and_keeps_them_with_it(tmp_path)
 
 def test_video_frames_may_be_storage_urls_with_sign(tmp_path):
     wide = tmp_path / "wide.jsonl"
-    wide.write_text(json.dumps({"reference_id": "v", "frames": [
-        {"frame_id": "1", "src": "gs://clips/v/1.jpg"}, {"frame_id": "2", "src": "s3://clips/v/2.jpg"}]}) + "\n")
+    wide.write_text(
+        json.dumps(
+            {
+                "reference_id": "v",
+                "frames": [
+                    {"frame_id": "1", "src": "gs://clips/v/1.jpg"},
+                    {"frame_id": "2", "src": "s3://clips/v/2.jpg"},
+                ],
+            }
+        )
+        + "\n"
+    )
     long = tmp_path / "long.csv"
     long.write_text("reference_id,frame_id,src\nw,1,s3://clips/w/1.jpg\nw,2,s3://clips/w/2.jpg\n")
     for manifest, column in ((wide, "frames"), (long, "src")):
@@ -148,6 +177,7 @@ def test_plan_with_sign_shows_the_storage_url_the_ledger_would_keep(tmp_path):
 
 
 # --- S3: signed locally, checked by the independent SigV4 verifier ------------------------------------------
+
 
 def test_s3_signature_is_accepted_and_a_tampered_or_expired_url_refused(aws_env):
     s3 = aws_env
@@ -180,12 +210,29 @@ def test_url_ttl_is_capped_at_seven_days_for_s3(aws_env):
 def test_run_with_sign_sends_signed_urls_and_keeps_storage_urls_in_the_ledger(aws_env, tmp_path):
     s3 = aws_env
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg"),
-                                                   ("felix", "s3://photos/cats/felix.jpg"),
-                                                   ("web", "https://cdn.example/web.jpg")])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            ("tom", "s3://photos/cats/tom+1=é.jpg"),
+            ("felix", "s3://photos/cats/felix.jpg"),
+            ("web", "https://cdn.example/web.jpg"),
+        ],
+    )
     with Sandbox() as box:
-        result = invoke("run", str(manifest), *LOAD, "--ledger", str(ledger), "--base-url", box.base_url,
-                        "--api-key", box.api_key, "--sign", "--url-ttl", "2d")
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            box.api_key,
+            "--sign",
+            "--url-ttl",
+            "2d",
+        )
         jobs = {j["reference_id"]: j for j in box.jobs()}
     assert result.exit_code == 0, result.output
     sent = {ref: job["data"]["image_url"] for ref, job in jobs.items()}
@@ -195,25 +242,50 @@ def test_run_with_sign_sends_signed_urls_and_keeps_storage_urls_in_the_ledger(aw
         answer = fetch(sent[ref])
         assert (answer.status_code, answer.content) == (200, OBJECTS[("photos", key)])
     stored = {ref: json.loads(body)["data"]["image_url"] for ref, body in bodies(ledger).items()}
-    assert stored == {"tom": "s3://photos/cats/tom+1=é.jpg", "felix": "s3://photos/cats/felix.jpg",
-                      "web": "https://cdn.example/web.jpg"}
+    assert stored == {
+        "tom": "s3://photos/cats/tom+1=é.jpg",
+        "felix": "s3://photos/cats/felix.jpg",
+        "web": "https://cdn.example/web.jpg",
+    }
 
 
 def test_run_with_sign_signs_every_frame_of_a_video(aws_env, tmp_path):
     manifest = tmp_path / "v.jsonl"
-    manifest.write_text(json.dumps({"reference_id": "v", "frames": [
-        {"frame_id": "1", "src": "s3://photos/cats/tom+1=é.jpg"}, {"frame_id": "2", "src": "s3://photos/cats/felix.jpg"},
-        {"frame_id": "3", "src": "https://cdn.example/3.jpg"}]}) + "\n")
+    manifest.write_text(
+        json.dumps(
+            {
+                "reference_id": "v",
+                "frames": [
+                    {"frame_id": "1", "src": "s3://photos/cats/tom+1=é.jpg"},
+                    {"frame_id": "2", "src": "s3://photos/cats/felix.jpg"},
+                    {"frame_id": "3", "src": "https://cdn.example/3.jpg"},
+                ],
+            }
+        )
+        + "\n"
+    )
     with Sandbox() as box:
-        result = invoke("run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--base-url", box.base_url,
-                        "--api-key", box.api_key, "--sign")
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(tmp_path / "l.db"),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            box.api_key,
+            "--sign",
+        )
         (job,) = box.jobs()
     assert result.exit_code == 0, result.output
     srcs = [f["src"] for f in job["data"]["video_data"]["frames"]]
     assert srcs[2] == "https://cdn.example/3.jpg"
     answers = [fetch(src) for src in srcs[:2]]
     assert [(a.status_code, a.content) for a in answers] == [
-        (200, OBJECTS[("photos", "cats/tom+1=é.jpg")]), (200, OBJECTS[("photos", "cats/felix.jpg")])]
+        (200, OBJECTS[("photos", "cats/tom+1=é.jpg")]),
+        (200, OBJECTS[("photos", "cats/felix.jpg")]),
+    ]
 
 
 def test_a_resend_is_signed_again(aws_env, tmp_path):
@@ -221,8 +293,19 @@ def test_a_resend_is_signed_again(aws_env, tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg")])
     # The first attempt is throttled (Retry-After 1 s): the row is sent again, at least a second later.
     with LoopbackApi("k", lambda i, t: Answer(429, {"Retry-After": "1"}) if i == 0 else None) as api:
-        result = invoke("run", str(manifest), *LOAD, "--ledger", str(ledger), "--base-url", api.base_url,
-                        "--api-key", "k", "--allow-http", "--sign")
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            api.base_url,
+            "--api-key",
+            "k",
+            "--allow-http",
+            "--sign",
+        )
         sent = [json.loads(raw)["data"]["image_url"] for raw in api.bodies]
     assert result.exit_code == 0, result.output
     assert len(sent) == 2 and api.answers == [429, 200]
@@ -234,8 +317,9 @@ def test_a_resend_is_signed_again(aws_env, tmp_path):
 
 def test_check_with_sign_checks_the_signed_form(aws_env, tmp_path):
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg"),
-                                                   ("gone", "s3://photos/cats/gone.jpg")])
+    manifest = write_manifest(
+        tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg"), ("gone", "s3://photos/cats/gone.jpg")]
+    )
     result = invoke("check", str(manifest), *LOAD, "--ledger", str(ledger), "--sign")
     assert result.exit_code == 3, result.output
     with sqlite3.connect(ledger) as db:
@@ -256,8 +340,18 @@ def test_missing_credentials_stop_the_run_before_anything_is_sent(monkeypatch, t
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup (no network)
     manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg")])
     with Sandbox() as box:
-        result = invoke("run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--base-url", box.base_url,
-                        "--api-key", box.api_key, "--sign")
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(tmp_path / "l.db"),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            box.api_key,
+            "--sign",
+        )
         created = box.stats()["jobs_created"]
     assert result.exit_code == 1
     assert "no AWS credentials" in result.output and "Traceback" not in result.output
@@ -266,8 +360,9 @@ def test_missing_credentials_stop_the_run_before_anything_is_sent(monkeypatch, t
 
 def test_a_run_without_sign_refuses_a_ledger_holding_storage_urls(tmp_path):
     ledger = tmp_path / "l.db"
-    manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/felix.jpg"),
-                                                   ("web", "https://cdn.example/web.jpg")])
+    manifest = write_manifest(
+        tmp_path / "m.csv", [("tom", "s3://photos/cats/felix.jpg"), ("web", "https://cdn.example/web.jpg")]
+    )
     assert invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--sign").exit_code == 0
     with Sandbox() as box:
         result = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key)
@@ -289,8 +384,7 @@ def test_pending_containing_finds_unsigned_storage_urls(ledger, tmp_path):
     load_manifest(ledger, FakeManifest(tmp_path / "m.csv", rows), "fp")
     needles = dict(PROVIDER_MARKERS.values())
     assert pending_containing(ledger.engine, needles) == {'"s3://'}  # the Azure URL is signed already
-    load_manifest(ledger, FakeManifest(tmp_path / "n.csv", [("y", "https://acct.blob.core.windows.net/c/y.jpg")]),
-                  "f2")
+    load_manifest(ledger, FakeManifest(tmp_path / "n.csv", [("y", "https://acct.blob.core.windows.net/c/y.jpg")]), "f2")
     assert pending_containing(ledger.engine, needles) == {'"s3://', ".blob.core.windows.net/"}
 
 
@@ -302,6 +396,7 @@ def test_a_missing_extra_is_named(monkeypatch):
 
 
 # --- Google V4 and Azure SAS: the documented canonical forms, recomputed here --------------------------------
+
 
 def _canonical_query(query: str, without: str) -> str:
     params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != without]
@@ -315,13 +410,24 @@ def test_gcs_v4_signature_verifies_with_the_service_accounts_public_key(monkeypa
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     email = "signer@test-project.iam.gserviceaccount.com"
     key_file = tmp_path / "sa.json"
-    key_file.write_text(json.dumps({"type": "service_account", "project_id": "test-project", "private_key_id": "k1",
-                                    "private_key": pem, "client_email": email, "client_id": "1",
-                                    "token_uri": "https://oauth2.googleapis.com/token"}))
+    key_file.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "test-project",
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": email,
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     url = PayloadSigner(dt.timedelta(days=30)).sign_url("gs://bkt/dir/a+c=é.png")
     parts = urlsplit(url)
@@ -331,26 +437,37 @@ def test_gcs_v4_signature_verifies_with_the_service_accounts_public_key(monkeypa
     assert fields["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256" and fields["X-Goog-Expires"] == str(7 * 86400)
 
     def string_to_sign(path: str, query: str) -> bytes:
-        canonical_request = "\n".join(["GET", quote(unquote(path), safe="/-_.~"), _canonical_query(
-            query, "X-Goog-Signature"), f"host:{parts.netloc}\n", "host", "UNSIGNED-PAYLOAD"])
+        canonical_request = "\n".join(
+            [
+                "GET",
+                quote(unquote(path), safe="/-_.~"),
+                _canonical_query(query, "X-Goog-Signature"),
+                f"host:{parts.netloc}\n",
+                "host",
+                "UNSIGNED-PAYLOAD",
+            ]
+        )
         scope = fields["X-Goog-Credential"].split("/", 1)[1]
-        return "\n".join(["GOOG4-RSA-SHA256", fields["X-Goog-Date"], scope,
-                          hashlib.sha256(canonical_request.encode()).hexdigest()]).encode()
+        return "\n".join(
+            ["GOOG4-RSA-SHA256", fields["X-Goog-Date"], scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+        ).encode()
 
     assert fields["X-Goog-Credential"].startswith(email + "/")
     signature = bytes.fromhex(fields["X-Goog-Signature"])
     key.public_key().verify(signature, string_to_sign(parts.path, parts.query), padding.PKCS1v15(), hashes.SHA256())
     with pytest.raises(InvalidSignature):  # the check can fail: another object under the same signature
-        key.public_key().verify(signature, string_to_sign("/bkt/dir/other.png", parts.query), padding.PKCS1v15(),
-                                hashes.SHA256())
+        key.public_key().verify(
+            signature, string_to_sign("/bkt/dir/other.png", parts.query), padding.PKCS1v15(), hashes.SHA256()
+        )
 
 
 def test_azure_sas_is_the_hmac_of_the_documented_string_to_sign(monkeypatch):
     pytest.importorskip("azure.storage.blob", reason="the [azure] extra (azure-storage-blob) is not installed")
     account_key = base64.b64encode(b"test account key, 32 bytes long!").decode()
     monkeypatch.delenv("AZURE_STORAGE_KEY", raising=False)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
-                       f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={account_key}")
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={account_key}"
+    )
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     url = PayloadSigner(dt.timedelta(hours=6)).sign_url("https://acct.blob.core.windows.net/media/dir/x%20y.jpg")
     parts = urlsplit(url)
@@ -362,10 +479,22 @@ def test_azure_sas_is_the_hmac_of_the_documented_string_to_sign(monkeypatch):
 
     def sas(resource: str) -> str:
         # Service SAS, version 2020-12-06 and later: the fields in the documented order, one a line.
-        string_to_sign = "\n".join([fields.get("sp", ""), fields.get("st", ""), fields.get("se", ""), resource,
-                                    fields.get("si", ""), fields.get("sip", ""), fields.get("spr", ""), fields["sv"],
-                                    fields["sr"], fields.get("sst", ""), fields.get("ses", ""),
-                                    *(fields.get(f, "") for f in ("rscc", "rscd", "rsce", "rscl", "rsct"))])
+        string_to_sign = "\n".join(
+            [
+                fields.get("sp", ""),
+                fields.get("st", ""),
+                fields.get("se", ""),
+                resource,
+                fields.get("si", ""),
+                fields.get("sip", ""),
+                fields.get("spr", ""),
+                fields["sv"],
+                fields["sr"],
+                fields.get("sst", ""),
+                fields.get("ses", ""),
+                *(fields.get(f, "") for f in ("rscc", "rscd", "rsce", "rscl", "rsct")),
+            ]
+        )
         digest = hmac.new(base64.b64decode(account_key), string_to_sign.encode(), hashlib.sha256).digest()
         return base64.b64encode(digest).decode()
 

@@ -122,10 +122,32 @@ def test_adopt_a_batch_created_by_another_ledger_then_run_sends_nothing(tmp_path
         batch = _batch_of(box)
         manifest = write_images(tmp_path / "m.csv", 4)  # our manifest names four of them
         ledger = tmp_path / "mine.db"
-        assert invoke("load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf",
-                      "--ledger", str(ledger), "--quiet").exit_code == 0
-        result = invoke("adopt", "--project-id", "proj", "--batch-id", batch, "--ledger", str(ledger),
-                        "--base-url", box.base_url, "--json")
+        assert (
+            invoke(
+                "load",
+                str(manifest),
+                "--project-id",
+                "proj",
+                "--work-flow-id",
+                "wf",
+                "--ledger",
+                str(ledger),
+                "--quiet",
+            ).exit_code
+            == 0
+        )
+        result = invoke(
+            "adopt",
+            "--project-id",
+            "proj",
+            "--batch-id",
+            batch,
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            box.base_url,
+            "--json",
+        )
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"adopted": 4, "added": 2, "already_known": 0, "conflicts": []}
         rows = ledger_rows(ledger)
@@ -149,8 +171,18 @@ def test_adopt_reports_conflicts_and_changes_nothing_for_them(tmp_path: Path) ->
                 conn.exec_driver_sql("UPDATE jobs SET job_id = 'someone-else' WHERE reference_id = 'img-00001'")
         finally:
             led.close()
-        result = invoke("adopt", "--project-id", "proj", "--batch-id", batch, "--ledger", str(first),
-                        "--base-url", box.base_url, "--json")
+        result = invoke(
+            "adopt",
+            "--project-id",
+            "proj",
+            "--batch-id",
+            batch,
+            "--ledger",
+            str(first),
+            "--base-url",
+            box.base_url,
+            "--json",
+        )
         assert result.exit_code == EXIT_SOME_FAILED
         doc = json.loads(result.stdout)
         assert doc["already_known"] == 2 and doc["adopted"] == 0
@@ -179,7 +211,8 @@ def test_status_and_export_show_the_platform_status_and_result(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_sync_killed_while_downloading_leaves_no_partial_result_and_the_rerun_fetches_the_rest(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     import os
     import signal
     import subprocess
@@ -192,12 +225,29 @@ def test_a_sync_killed_while_downloading_leaves_no_partial_result_and_the_rerun_
         box.configure(faults_on_all=True, latency_ms=40)  # slow every request, result URLs included
         res = tmp_path / "res"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uploader", "sync", "--ledger", str(ledger), "--base-url", box.base_url,
-             "--results", str(res), "--concurrency", "4", "--quiet"],
-            env={**os.environ, "UPLOADER_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "uploader",
+                "sync",
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                box.base_url,
+                "--results",
+                str(res),
+                "--concurrency",
+                "4",
+                "--quiet",
+            ],
+            env={**os.environ, "UPLOADER_API_KEY": KEY},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            wait_until(lambda: res.is_dir() and len(list(res.glob("img-*.json"))) >= 10, "10 results written",
-                       timeout=30)
+            wait_until(
+                lambda: res.is_dir() and len(list(res.glob("img-*.json"))) >= 10, "10 results written", timeout=30
+            )
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

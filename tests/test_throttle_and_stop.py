@@ -31,12 +31,20 @@ KEY = "pacing-test-key-91c2e"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def run_args(manifest: Path | None, ledger: Path, base_url: str, *extra: str) -> list[str]:
     args = ["run"] + ([str(manifest)] if manifest else [])
-    return args + ["--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger), "--base-url", base_url,
-                   "--quiet", *extra]
+    return args + [
+        "--project-id",
+        "proj",
+        "--work-flow-id",
+        "wf",
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        base_url,
+        "--quiet",
+        *extra,
+    ]
 
 
 def invoke(*args: str):
@@ -46,8 +54,13 @@ def invoke(*args: str):
 def spawn(manifest: Path | None, ledger: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PLAYMENT_API_KEY": KEY}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "uploader", *run_args(manifest, ledger, base_url, *extra)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "uploader", *run_args(manifest, ledger, base_url, *extra)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def rows(ledger: Path) -> list[dict]:
@@ -84,12 +97,14 @@ PAST = format_datetime(datetime(2020, 1, 1, tzinfo=UTC), usegmt=True)
 def test_retry_after_zero_backs_off_instead_of_hammering(tmp_path, retry_after):
     """429 `Retry-After: 0` (or a date in the past) for the first 2 s, then the API accepts. The run used to
     retry at ~780 requests/s for as long as the 429s lasted; now the backoff grows while they last."""
+
     def behave(index: int, elapsed: float) -> Answer | None:
         return Answer(429, {"Retry-After": retry_after}) if elapsed < 2.0 else None
 
     with LoopbackApi(KEY, behave) as api:
-        result = invoke(*run_args(write_images(tmp_path / "m.csv", 20), tmp_path / "l.db", api.base_url,
-                                  "--concurrency", "8"))
+        result = invoke(
+            *run_args(write_images(tmp_path / "m.csv", 20), tmp_path / "l.db", api.base_url, "--concurrency", "8")
+        )
         throttled = api.answers.count(429)
     print(f"\n429 Retry-After {retry_after!r} for 2 s: {throttled} requests throttled")
     assert result.exit_code == 0, result.output
@@ -124,13 +139,24 @@ def test_retry_after_of_a_day_then_sigterm_exits_at_once(tmp_path):
 
 def test_max_retry_after_cuts_a_long_retry_after(tmp_path):
     """The first answers ask for a day; with --max-retry-after 1 the run waits about a second and finishes."""
+
     def behave(index: int, elapsed: float) -> Answer | None:
         return Answer(429, {"Retry-After": "86400"}) if index < 2 else None
 
     with LoopbackApi(KEY, behave) as api:
         started = time.monotonic()
-        result = invoke(*run_args(write_images(tmp_path / "m.csv", 5), tmp_path / "l.db", api.base_url,
-                                  "--concurrency", "2", "--max-retry-after", "1", "--json"))
+        result = invoke(
+            *run_args(
+                write_images(tmp_path / "m.csv", 5),
+                tmp_path / "l.db",
+                api.base_url,
+                "--concurrency",
+                "2",
+                "--max-retry-after",
+                "1",
+                "--json",
+            )
+        )
     assert result.exit_code == 0, result.output
     assert time.monotonic() - started < 30
     assert "waiting 1 s at most (--max-retry-after)" in result.output
@@ -165,8 +191,10 @@ def test_rate_five_is_at_most_five_in_any_second(tmp_path):
     assert len(t) == 30
     busiest = max(sum(s <= x < s + 1.0 for x in t) for s in t)
     closest = min(b - a for a, b in zip(t, t[5:]))  # 6 requests: first to last
-    print(f"\n--rate 5: {sum(x < 1.0 for x in t)} in the first second, at most {busiest} in any 1 s window, "
-          f"6 consecutive requests span at least {closest:.3f} s")
+    print(
+        f"\n--rate 5: {sum(x < 1.0 for x in t)} in the first second, at most {busiest} in any 1 s window, "
+        f"6 consecutive requests span at least {closest:.3f} s"
+    )
     assert sum(x < 1.0 for x in t) <= 5
     assert busiest <= 5  # at most 5 in any one-second window, by the server's clock
 
@@ -225,8 +253,10 @@ def test_a_redirect_says_so_and_points_at_the_base_url(tmp_path, status, where):
         result = invoke(*run_args(write_images(tmp_path / "m.csv", 10), tmp_path / "l.db", api.base_url))
     print("\n", result.output.strip().splitlines()[-1])
     assert result.exit_code == 1, result.output
-    assert f"the API answered a redirect (HTTP {status} to https://api.example.com/v1/projects/proj/{where})" \
-           in result.output
+    assert (
+        f"the API answered a redirect (HTTP {status} to https://api.example.com/v1/projects/proj/{where})"
+        in result.output
+    )
     assert "does not follow redirects" in result.output and "--base-url" in result.output
     assert "s3cr3t" not in result.output
     assert all(r["status"] == "pending" and r["attempts"] == 0 for r in rows(tmp_path / "l.db"))

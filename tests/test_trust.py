@@ -47,7 +47,7 @@ def rows(ledger: Path) -> dict[str, dict[str, Any]]:
 
 
 def summary_of(output: str) -> dict[str, Any]:
-    return json.loads(output[output.index("{"):])
+    return json.loads(output[output.index("{") :])
 
 
 def sandbox_jobs(box: Sandbox) -> dict[str, dict[str, Any]]:
@@ -88,8 +88,11 @@ def test_timeouts_after_the_api_created_the_jobs_end_succeeded_not_failed(tmp_pa
     with Sandbox(SandboxConfig(api_key=KEY, seed=21, slow_rate=1.0, slow_ms=150)) as box:
         manifest = write_images(tmp_path / "m.csv", 100)
         ledger = tmp_path / "l.db"
-        result = invoke(*run_args(manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "3",
-                                  "--batch-name", "slow", "--json"))
+        result = invoke(
+            *run_args(
+                manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "3", "--batch-name", "slow", "--json"
+            )
+        )
         created = sandbox_jobs(box)
         got = rows(ledger)
         assert len(created) == 100 and box.stats()["jobs_created_per_reference_id_max"] == 1
@@ -110,8 +113,9 @@ def test_timeouts_before_the_api_created_anything_end_failed_after_the_listing(t
     with Sandbox(SandboxConfig(api_key=KEY, seed=22, latency_ms=400)) as box:
         manifest = write_images(tmp_path / "m.csv", 20)
         ledger = tmp_path / "l.db"
-        result = invoke(*run_args(manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "2",
-                                  "--batch-name", "never"))
+        result = invoke(
+            *run_args(manifest, ledger, box, "--timeout", "0.1", "--max-attempts", "2", "--batch-name", "never")
+        )
         assert result.exit_code == 3, result.output
         assert box.stats()["jobs_created"] == 0
         got = rows(ledger)
@@ -135,11 +139,16 @@ def test_reference_ids_created_elsewhere_are_conflicts_not_successes(tmp_path: P
     the summary and export say so; a rerun and `retry --all` leave them alone."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=23)) as box:
         headers = {"x-api-key": KEY}
-        batch = httpx.post(f"{box.base_url}/v1/projects/proj/batch", json={"name": "theirs", "description": ""},
-                           headers=headers).json()["data"]["batch_id"]
+        batch = httpx.post(
+            f"{box.base_url}/v1/projects/proj/batch", json={"name": "theirs", "description": ""}, headers=headers
+        ).json()["data"]["batch_id"]
         for i in range(5):
-            body = {"reference_id": f"img-{i:05d}", "work_flow_id": "wf", "batch_id": batch,
-                    "data": {"image_url": f"https://elsewhere.example.com/{i}.png"}}
+            body = {
+                "reference_id": f"img-{i:05d}",
+                "work_flow_id": "wf",
+                "batch_id": batch,
+                "data": {"image_url": f"https://elsewhere.example.com/{i}.png"},
+            }
             assert httpx.post(f"{box.base_url}/v1/projects/proj/jobs", json=body, headers=headers).status_code == 200
         theirs = {k: j["job_id"] for k, j in sandbox_jobs(box).items()}
         manifest = write_images(tmp_path / "m.csv", 10)
@@ -149,8 +158,11 @@ def test_reference_ids_created_elsewhere_are_conflicts_not_successes(tmp_path: P
         got = rows(ledger)
         conflicts = {k for k, r in got.items() if r["status"] == "conflict"}
         assert conflicts == set(theirs)
-        assert all((got[k]["origin"], got[k]["error_code"], got[k]["job_id"]) == ("pre-existing", "created_elsewhere",
-                                                                                     theirs[k]) for k in conflicts)
+        assert all(
+            (got[k]["origin"], got[k]["error_code"], got[k]["job_id"])
+            == ("pre-existing", "created_elsewhere", theirs[k])
+            for k in conflicts
+        )
         assert {(r["status"], r["origin"]) for k, r in got.items() if k not in conflicts} == {("succeeded", "created")}
         summary = summary_of(result.output)
         assert summary["counts"]["conflict"] == 5 and summary["this_run"]["conflict"] == 5
@@ -162,7 +174,8 @@ def test_reference_ids_created_elsewhere_are_conflicts_not_successes(tmp_path: P
         assert "5 rows are in conflict" in text
         exported = list(csv.DictReader(invoke("export", "--ledger", str(ledger)).output.splitlines()))
         assert {(e["reference_id"], e["status"], e["origin"]) for e in exported if e["status"] == "conflict"} == {
-            (k, "conflict", "pre-existing") for k in conflicts}
+            (k, "conflict", "pre-existing") for k in conflicts
+        }
         requests = box.stats()["requests_total"]
         assert invoke("retry", "--all", "--ledger", str(ledger)).output.startswith("0 failed rows")
         again = invoke(*run_args(manifest, ledger, box, "--batch-id", batch))
@@ -178,17 +191,24 @@ def test_reference_ids_created_elsewhere_in_another_batch_are_conflicts_too(tmp_
     for ever with advice to reconcile."""
     with Sandbox(SandboxConfig(api_key=KEY, seed=29)) as box:
         for i in range(3):
-            body = {"reference_id": f"img-{i:05d}", "work_flow_id": "wf",
-                    "data": {"image_url": f"https://elsewhere.example.com/{i}.png"}}
-            assert httpx.post(f"{box.base_url}/v1/projects/proj/jobs", json=body,
-                              headers={"x-api-key": KEY}).status_code == 200
+            body = {
+                "reference_id": f"img-{i:05d}",
+                "work_flow_id": "wf",
+                "data": {"image_url": f"https://elsewhere.example.com/{i}.png"},
+            }
+            assert (
+                httpx.post(f"{box.base_url}/v1/projects/proj/jobs", json=body, headers={"x-api-key": KEY}).status_code
+                == 200
+            )
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(write_images(tmp_path / "m.csv", 8), ledger, box, "--json"))
         assert result.exit_code == 3, result.output
         got = rows(ledger)
-        assert {k: (r["status"], r["origin"], r["error_code"], r["job_id"]) for k, r in got.items()
-                if r["status"] != "succeeded"} == {
-            f"img-{i:05d}": ("conflict", "pre-existing", "created_elsewhere", None) for i in range(3)}
+        assert {
+            k: (r["status"], r["origin"], r["error_code"], r["job_id"])
+            for k, r in got.items()
+            if r["status"] != "succeeded"
+        } == {f"img-{i:05d}": ("conflict", "pre-existing", "created_elsewhere", None) for i in range(3)}
         assert summary_of(result.output)["counts"]["uncertain"] == 0
         assert box.stats()["jobs_created_per_reference_id_max"] == 1
 
@@ -233,8 +253,12 @@ def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str
     with Sandbox(SandboxConfig(api_key=KEY, seed=24, slow_rate=1.0, slow_ms=60_000)) as box:
         ledger = tmp_path / "l.db"
         wrong = write_images(tmp_path / "wrong.csv", 10, host="wrong.example.com")
-        cmd = [sys.executable, "-m", "uploader", *run_args(wrong, ledger, box, "--batch-name", "fix",
-                                                           "--concurrency", "16", "--timeout", "120")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uploader",
+            *run_args(wrong, ledger, box, "--batch-name", "fix", "--concurrency", "16", "--timeout", "120"),
+        ]
         _stop_while_answers_are_late(cmd, box, ledger, 10, how)
         assert {r["status"] for r in rows(ledger).values()} == {"pending"}
         box.configure(slow_rate=0.0, latency_ms=0)
@@ -246,7 +270,8 @@ def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str
         assert all("wrong.example.com" in j["data"]["image_url"] for j in created.values())  # the API's truth
         got = rows(ledger)
         assert {(r["status"], r["origin"], r["error_code"]) for r in got.values()} == {
-            ("conflict", "recovered", "payload_changed")}, {(r["status"], r["error_code"]) for r in got.values()}
+            ("conflict", "recovered", "payload_changed")
+        }, {(r["status"], r["error_code"]) for r in got.values()}
         assert {k: r["job_id"] for k, r in got.items()} == {k: j["job_id"] for k, j in created.items()}
         assert result.exit_code == 3, result.output
         assert "10 rows are in conflict" in result.output
@@ -258,8 +283,20 @@ def test_a_fix_that_never_reached_the_api_is_a_conflict(tmp_path: Path, how: str
 
 def api_run_args(manifest: Path | None, ledger: Path, api: MisbehavingApi, *extra: str) -> list[str]:
     args = ["run"] + ([str(manifest)] if manifest else [])
-    return args + ["--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger), "--batch-id", BATCH,
-                   "--base-url", api.base_url, "--quiet", *extra]
+    return args + [
+        "--project-id",
+        "proj",
+        "--work-flow-id",
+        "wf",
+        "--ledger",
+        str(ledger),
+        "--batch-id",
+        BATCH,
+        "--base-url",
+        api.base_url,
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.slow

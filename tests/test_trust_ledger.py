@@ -30,9 +30,17 @@ H = {ref: body_hash(ref, url) for ref, url in ROWS}
 
 def row(ledger: Ledger, ref: str) -> dict:
     with ledger.engine.connect() as conn:
-        found = conn.execute(
-            text("SELECT status, job_id, sent_hashes, attempt_hash, origin, error_code, recovered FROM jobs "
-                 "WHERE reference_id = :r"), {"r": ref}).mappings().one()
+        found = (
+            conn.execute(
+                text(
+                    "SELECT status, job_id, sent_hashes, attempt_hash, origin, error_code, recovered FROM jobs "
+                    "WHERE reference_id = :r"
+                ),
+                {"r": ref},
+            )
+            .mappings()
+            .one()
+        )
     return dict(found)
 
 
@@ -46,13 +54,21 @@ def test_attempt_hashes_follow_what_may_have_created_the_job(ledger: Ledger, tmp
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
     assert row(ledger, "ref-0")["attempt_hash"] == H["ref-0"] and row(ledger, "ref-0")["sent_hashes"] is None
-    ledger.record([
-        # a timeout may have created the job: kept; an API error envelope certainly did not: not kept
-        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
-        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.PENDING, error_code="FS_0000"),
-        Result(c["ref-2"].id, c["ref-2"].lease_token, Status.SUCCEEDED, job_id="J2", may_have_created=True,
-               origin="created"),
-    ])
+    ledger.record(
+        [
+            # a timeout may have created the job: kept; an API error envelope certainly did not: not kept
+            Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+            Result(c["ref-1"].id, c["ref-1"].lease_token, Status.PENDING, error_code="FS_0000"),
+            Result(
+                c["ref-2"].id,
+                c["ref-2"].lease_token,
+                Status.SUCCEEDED,
+                job_id="J2",
+                may_have_created=True,
+                origin="created",
+            ),
+        ]
+    )
     assert (row(ledger, "ref-0")["sent_hashes"], row(ledger, "ref-0")["attempt_hash"]) == (H["ref-0"], None)
     assert (row(ledger, "ref-1")["sent_hashes"], row(ledger, "ref-1")["attempt_hash"]) == (None, None)
     assert (row(ledger, "ref-2")["origin"], row(ledger, "ref-2")["sent_hashes"]) == ("created", H["ref-2"])
@@ -92,17 +108,23 @@ def test_listing_settles_uncertain_rows_by_what_was_sent(ledger: Ledger, tmp_pat
     load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
-    ledger.record([
-        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
-        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
-        Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
-        Result(c["ref-3"].id, c["ref-3"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
-    ])
+    ledger.record(
+        [
+            Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+            Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+            Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+            Result(c["ref-3"].id, c["ref-3"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+        ]
+    )
     changed = [("ref-2", "https://example.com/changed.jpg")]
     assert load_manifest(ledger, fake_manifest(tmp_path, changed, name="m2.csv"), "opts").updated == 1
     c = claim_all(ledger, owner)
-    ledger.record([Result(c[ref].id, c[ref].lease_token, Status.UNCERTAIN, error_code="FS_0001")
-                   for ref in ("ref-0", "ref-2", "ref-3")])
+    ledger.record(
+        [
+            Result(c[ref].id, c[ref].lease_token, Status.UNCERTAIN, error_code="FS_0001")
+            for ref in ("ref-0", "ref-2", "ref-3")
+        ]
+    )
     ids = {ref: c[ref].id for ref in ("ref-0", "ref-2", "ref-3")}
     ids["ref-1"] = row_id(ledger, "ref-1")
     done = ledger.resolve_uncertain({ids["ref-0"]: "J0", ids["ref-1"]: "J1", ids["ref-2"]: "J2", ids["ref-3"]: "J0"})
@@ -138,21 +160,34 @@ def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
-    ledger.record([Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout",
-                          may_have_created=True)])
+    ledger.record(
+        [Result(c["ref-2"].id, c["ref-2"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True)]
+    )
     again = claim_all(ledger, owner)["ref-2"]
-    ledger.record([
-        Result(c["ref-0"].id, c["ref-0"].lease_token, Status.UNCERTAIN, error_code="timeout", error_message="late",
-               may_have_created=True),
-        Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
-        Result(again.id, again.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
-    ])
+    ledger.record(
+        [
+            Result(
+                c["ref-0"].id,
+                c["ref-0"].lease_token,
+                Status.UNCERTAIN,
+                error_code="timeout",
+                error_message="late",
+                may_have_created=True,
+            ),
+            Result(c["ref-1"].id, c["ref-1"].lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+            Result(again.id, again.lease_token, Status.UNCERTAIN, error_code="FS_0001"),
+        ]
+    )
     ids = [c["ref-0"].id, c["ref-1"].id, again.id]
     assert ledger.resolve_uncertain({}, ids) == Resolution(conflict=1, failed=1)
     assert (row(ledger, "ref-0")["status"], row(ledger, "ref-0")["error_code"]) == ("failed", "timeout")
     ref1 = row(ledger, "ref-1")
     assert (ref1["status"], ref1["origin"], ref1["error_code"], ref1["job_id"]) == (
-        "conflict", "pre-existing", "created_elsewhere", None)
+        "conflict",
+        "pre-existing",
+        "created_elsewhere",
+        None,
+    )
     assert row(ledger, "ref-2")["status"] == "uncertain"
     assert ledger.retry(["timeout"]) == 1
     assert ledger.retry(everything=True) == 0  # a conflict is not failed: retry never touches it
@@ -165,13 +200,24 @@ def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_pa
     load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
     owner = ledger.register_worker()
     c = claim_all(ledger, owner)
-    ok = lambda ref, job: Result(c[ref].id, c[ref].lease_token, Status.SUCCEEDED, job_id=job,  # noqa: E731
-                                 may_have_created=True, origin="created")
+
+    def ok(ref, job):
+        return Result(
+            c[ref].id,
+            c[ref].lease_token,
+            Status.SUCCEEDED,
+            job_id=job,
+            may_have_created=True,
+            origin="created",
+        )
+
     ledger.record([ok("ref-0", "J0")])
     duplicates: list[int] = []
     stale = Result(c["ref-0"].id, c["ref-0"].lease_token, Status.SUCCEEDED, job_id="J1")
-    assert ledger.record([ok("ref-1", "J1"), ok("ref-2", "J1"), ok("ref-3", "J0"), stale],
-                         duplicates=duplicates) == (3, 1)
+    assert ledger.record([ok("ref-1", "J1"), ok("ref-2", "J1"), ok("ref-3", "J0"), stale], duplicates=duplicates) == (
+        3,
+        1,
+    )
     assert sorted(duplicates) == sorted([c["ref-2"].id, c["ref-1"].id, c["ref-3"].id, c["ref-0"].id])
     got = {ref: row(ledger, ref) for ref, _ in ROWS}
     assert {ref: (r["status"], r["error_code"], r["job_id"], r["origin"]) for ref, r in got.items()} == {

@@ -58,8 +58,9 @@ def test_a_wrong_key_costs_one_request_not_a_window(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=7)) as box:
         manifest = write_images(tmp_path / "images.csv", 200)
         # --default-batch: no batch is created first, the jobs themselves meet the wrong key (seen: 64)
-        result = invoke(*run_args(manifest, tmp_path / "l.db", box, "--default-batch"),
-                        env={"PLAYMENT_API_KEY": "wrong-key"})
+        result = invoke(
+            *run_args(manifest, tmp_path / "l.db", box, "--default-batch"), env={"PLAYMENT_API_KEY": "wrong-key"}
+        )
         assert result.exit_code == 1, result.output
         assert box.stats()["requests_total"] == 1
         assert all(r["status"] == "pending" for r in ledger_rows(tmp_path / "l.db").values())
@@ -83,8 +84,9 @@ def test_the_first_rows_all_refused_the_same_way_stop_the_run(tmp_path):
 def test_few_rows_all_refused_also_stop_with_the_message(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=7)) as box:
         manifest = write_images(tmp_path / "images.csv", 12)
-        result = invoke(*run_args(manifest, tmp_path / "l.db", box, "--batch-id",
-                                  "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a"))
+        result = invoke(
+            *run_args(manifest, tmp_path / "l.db", box, "--batch-id", "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a")
+        )
         assert result.exit_code == 1, result.output
         assert "the first 12 rows sent were all refused with GE_0001" in result.output
 
@@ -138,15 +140,18 @@ def test_summary_shows_each_code_with_message_and_example_and_this_run_apart(tmp
         assert "5 succeeded, 1 failed" in lines[ledger_line]
         assert "GE_0001 × 1: invalid parameter: batch_id (e.g. c)" in "\n".join(lines[ledger_line:])
         shown = invoke("status", "--ledger", str(ledger)).output
-        assert "error codes (failed, uncertain, conflict):\n  GE_0001 × 1: invalid parameter: batch_id (e.g. c)" \
-            in shown
+        assert (
+            "error codes (failed, uncertain, conflict):\n  GE_0001 × 1: invalid parameter: batch_id (e.g. c)" in shown
+        )
 
 
 def test_this_runs_failures_are_listed_with_their_message(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=7)) as box:
         manifest = tmp_path / "m.csv"
-        manifest.write_text("reference_id,image_url,batch_id\nok,https://x.com/a.jpg,\n"
-                            "bad,https://x.com/c.jpg,6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a\n")
+        manifest.write_text(
+            "reference_id,image_url,batch_id\nok,https://x.com/a.jpg,\n"
+            "bad,https://x.com/c.jpg,6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a\n"
+        )
         result = invoke(*run_args(manifest, tmp_path / "l.db", box))
         assert result.exit_code == 3
         this_run = result.output.split("This run:", 1)[1].split("ledger (every run)")[0]
@@ -160,9 +165,20 @@ def test_throttled_rows_show_as_throttling_not_as_error_codes(tmp_path):
     led = _load(tmp_path / "l.db", manifest)
     owner = led.register_worker()
     claims = led.claim(owner, 10, 60)
-    led.record([Result(c.id, c.lease_token, Status.PENDING, error_code="rate_limited",
-                       error_message="rate limit exceeded, retry later", http_status=429, refund_attempt=True)
-                for c in claims])
+    led.record(
+        [
+            Result(
+                c.id,
+                c.lease_token,
+                Status.PENDING,
+                error_code="rate_limited",
+                error_message="rate limit exceeded, retry later",
+                http_status=429,
+                refund_attempt=True,
+            )
+            for c in claims
+        ]
+    )
     led.release(owner)
     led.close()
     shown = invoke("status", "--ledger", str(tmp_path / "l.db")).output
@@ -194,6 +210,7 @@ def test_resume_says_how_much_is_done_and_how_much_to_send(tmp_path):
     led.release(owner)
     led.stop_worker(owner)
     led.close()
+
     def loud(manifest):  # not --quiet: it prints only errors and the final line
         return [a for a in run_args(manifest, tmp_path / "l.db", box, "--default-batch") if a != "--quiet"]
 
@@ -254,9 +271,17 @@ def test_an_outage_is_told_as_it_happens(tmp_path):
         seen[:] = p.notices
 
     try:
-        run_upload(led, manifest, ManifestOptions(project_id="proj", work_flow_id="wf"),
-                   base_url=f"http://127.0.0.1:{port}", api_key=KEY, default_batch=True, on_progress=on_progress,
-                   run_options=RunOptions(concurrency=4, outage_seconds=6.5, backoff_base=0.2), handle_signals=False)
+        run_upload(
+            led,
+            manifest,
+            ManifestOptions(project_id="proj", work_flow_id="wf"),
+            base_url=f"http://127.0.0.1:{port}",
+            api_key=KEY,
+            default_batch=True,
+            on_progress=on_progress,
+            run_options=RunOptions(concurrency=4, outage_seconds=6.5, backoff_base=0.2),
+            handle_signals=False,
+        )
     except FatalApiError as exc:
         assert f"cannot connect to 127.0.0.1:{port} (connection refused)" in str(exc)
     else:
@@ -264,8 +289,10 @@ def test_an_outage_is_told_as_it_happens(tmp_path):
     finally:
         led.close()
     told = [n for n in seen if n.startswith("API unreachable for")]
-    assert told == [f"API unreachable for 5 s, retrying (cannot connect to 127.0.0.1:{port} (connection refused)); "
-                    "nothing is marked failed meanwhile"]
+    assert told == [
+        f"API unreachable for 5 s, retrying (cannot connect to 127.0.0.1:{port} (connection refused)); "
+        "nothing is marked failed meanwhile"
+    ]
     assert any(t and t.startswith("API unreachable for") and t.endswith("s, retrying") for t in troubles)
 
 
@@ -276,8 +303,10 @@ def test_what_holds_the_run_up_in_a_few_words():
     assert trouble(100.0, 12.4, 0.0, None) == "API unreachable for 12 s, retrying"
     assert trouble(100.0, None, 103.0, None) == "throttled (429): paused 3 s"
     assert trouble(100.0, None, 0.0, {7: (112.0, "FS_0000")}) == "1 row waits 12 s to retry (FS_0000)"
-    assert trouble(100.0, None, 0.0, {7: (112.0, "FS_0000"), 8: (130.0, "http_502")}) == \
-        "2 rows wait 12 s to retry (FS_0000)"
+    assert (
+        trouble(100.0, None, 0.0, {7: (112.0, "FS_0000"), 8: (130.0, "http_502")})
+        == "2 rows wait 12 s to retry (FS_0000)"
+    )
     assert trouble(100.0, None, 0.0, {7: (100.5, "FS_0000")}) is None  # a short wait is not trouble
 
 
@@ -343,8 +372,12 @@ def test_status_shows_a_new_runs_rate_within_seconds(tmp_path):
     ledger = tmp_path / "l.db"
     with Sandbox(SandboxConfig(api_key=KEY, seed=3, latency_ms=20)) as box:
         cmd = [sys.executable, "-m", "uploader", *run_args(manifest, ledger, box, "--concurrency", "4")]
-        proc = subprocess.Popen(cmd, env={**__import__("os").environ, "PLAYMENT_API_KEY": KEY},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd,
+            env={**__import__("os").environ, "PLAYMENT_API_KEY": KEY},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 20
             rates: list[float] = []

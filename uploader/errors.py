@@ -106,8 +106,13 @@ class ApiError(UploaderError):
 class FatalApiError(ApiError):
     """The API refused the run (API key, project access or project); nothing was marked failed."""
 
-    def __init__(self, message: str | None = None, code: str | None = None, http_status: int | None = None,
-                 project_id: str | None = None):
+    def __init__(
+        self,
+        message: str | None = None,
+        code: str | None = None,
+        http_status: int | None = None,
+        project_id: str | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.http_status = http_status

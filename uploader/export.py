@@ -30,8 +30,15 @@ from typing import IO, Any, BinaryIO
 
 from uploader.errors import UploaderError
 
-__all__ = ["API_TEXT_COLUMNS", "FORMATS", "OutputPlan", "export_rows", "neutralise_formula", "output_plan",
-           "write_output"]
+__all__ = [
+    "API_TEXT_COLUMNS",
+    "FORMATS",
+    "OutputPlan",
+    "export_rows",
+    "neutralise_formula",
+    "output_plan",
+    "write_output",
+]
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: Columns holding text the API wrote (not identifiers): neutralised in CSV by default.
@@ -46,8 +53,9 @@ def neutralise_formula(value: Any) -> Any:
     return value
 
 
-def export_rows(rows: Iterable[dict[str, Any]], fmt: str, output: str | None, columns: list[str],
-                *, spreadsheet_safe: bool = False) -> int:
+def export_rows(
+    rows: Iterable[dict[str, Any]], fmt: str, output: str | None, columns: list[str], *, spreadsheet_safe: bool = False
+) -> int:
     """Write rows to `output` (stdout when None); returns the number written. `spreadsheet_safe`: neutralise
     every CSV cell a spreadsheet would run as a formula, not only the API's text (module docstring)."""
     if fmt == "parquet" and output is None:
@@ -157,16 +165,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_text(rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str],
-                spreadsheet_safe: bool = False) -> int:
+def _write_text(
+    rows: Iterable[dict[str, Any]], fmt: str, out: IO[str], columns: list[str], spreadsheet_safe: bool = False
+) -> int:
     n = 0
     if fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(neutralise_formula(c) if spreadsheet_safe else c for c in columns)
         neutral = [spreadsheet_safe or c in API_TEXT_COLUMNS for c in columns]
         for row in rows:
-            writer.writerow([neutralise_formula(_cell(row.get(c))) if safe else _cell(row.get(c))
-                             for c, safe in zip(columns, neutral)])
+            writer.writerow(
+                [
+                    neutralise_formula(_cell(row.get(c))) if safe else _cell(row.get(c))
+                    for c, safe in zip(columns, neutral)
+                ]
+            )
             n += 1
     else:
         for row in rows:
@@ -200,9 +213,7 @@ def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list
     n = 0
     with pq.ParquetWriter(sink, schema) as writer:
         for chunk in _chunks(rows, 50_000):
-            arrays = {
-                c: [r.get(c) if c == "attempts" else _text_or_none(r.get(c)) for r in chunk] for c in columns
-            }
+            arrays = {c: [r.get(c) if c == "attempts" else _text_or_none(r.get(c)) for r in chunk] for c in columns}
             writer.write_table(pa.table(arrays, schema=schema))
             n += len(chunk)
     return n
@@ -210,5 +221,3 @@ def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-

@@ -92,12 +92,26 @@ async def upload_async(
     from uploader.send import run_upload_async
 
     url, key = _endpoint(api_key, base_url, allow_http)
-    options = ManifestOptions(project_id=project_id, work_flow_id=work_flow_id, batch_id=batch_id, format=format,
-                              columns=tuple((columns or {}).items()))
+    options = ManifestOptions(
+        project_id=project_id,
+        work_flow_id=work_flow_id,
+        batch_id=batch_id,
+        format=format,
+        columns=tuple((columns or {}).items()),
+    )
     with _manifest_file(manifest, format) as path, _open_ledger(ledger, create=path is not None) as led:
         return await run_upload_async(
-            led, path, options, base_url=url, api_key=key, run_options=run_options, batch_name=batch_name,
-            on_progress=on_progress, stop=stop, handle_signals=handle_signals, default_batch=default_batch,
+            led,
+            path,
+            options,
+            base_url=url,
+            api_key=key,
+            run_options=run_options,
+            batch_name=batch_name,
+            on_progress=on_progress,
+            stop=stop,
+            handle_signals=handle_signals,
+            default_batch=default_batch,
             on_notice=on_notice,
         )
 
@@ -136,8 +150,9 @@ def _manifest_file(manifest: object, format: str | None) -> Iterator[Path | None
         raise UsageError("format is for a manifest file; a DataFrame or Table needs none")
     if table is None:
         if manifest is not None and not isinstance(manifest, str | os.PathLike):
-            raise TypeError(f"upload() takes a pandas DataFrame, a pyarrow Table, a path or None, "
-                            f"not {type(manifest).__name__}")
+            raise TypeError(
+                f"upload() takes a pandas DataFrame, a pyarrow Table, a path or None, not {type(manifest).__name__}"
+            )
         yield None if manifest is None else Path(manifest)
         return
     import pyarrow.parquet as pq

@@ -7,24 +7,23 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-29 17:00:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0002'
-down_revision = '0001'
+revision = "0002"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
-        op.alter_column('manifests', 'size', type_=sa.BigInteger(), existing_type=sa.Integer(),
-                        existing_nullable=False)
+        op.alter_column("manifests", "size", type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
-        op.alter_column('manifests', 'size', type_=sa.Integer(), existing_type=sa.BigInteger(),
-                        existing_nullable=False)
+        op.alter_column("manifests", "size", type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)

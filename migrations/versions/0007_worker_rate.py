@@ -8,22 +8,23 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 08:10:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007'
-down_revision = '0006'
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('workers', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('rate', sa.Float(), nullable=True))
+    with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("rate", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('workers', schema=None) as batch_op:
-        batch_op.drop_column('rate')
+    with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.drop_column("rate")

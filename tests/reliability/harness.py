@@ -66,15 +66,26 @@ def write_mixed(path: Path, good: int, bad_data: int, bad_batch: int) -> tuple[P
         for i in range(bad_batch):
             ref = f"ge1-{i:04d}"
             ge1.add(ref)
-            w.writerow([ref, f'{{"image_url": "https://cdn.example.com/ge/{i}.jpg"}}',
-                        "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a"])
+            w.writerow(
+                [ref, f'{{"image_url": "https://cdn.example.com/ge/{i}.jpg"}}', "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a"]
+            )
     return path, fs3, ge1
 
 
 def run_args(manifest: Path | None, ledger: Path, base_url: str, *extra: str) -> list[str]:
     args = ["run"] + ([str(manifest)] if manifest else [])
-    return args + ["--project-id", PROJECT, "--work-flow-id", "wf", "--ledger", str(ledger),
-                   "--base-url", base_url, "--quiet", *extra]
+    return args + [
+        "--project-id",
+        PROJECT,
+        "--work-flow-id",
+        "wf",
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        base_url,
+        "--quiet",
+        *extra,
+    ]
 
 
 def subprocess_cmd(manifest: Path | None, ledger: Path, base_url: str, *extra: str) -> list[str]:
@@ -141,8 +152,11 @@ def check_ledger(
     rows = ledger_rows(ledger)
     statuses = Counter(r["status"] for r in rows.values())
     assert statuses.get("uncertain", 0) == 0, {k: r for k, r in rows.items() if r["status"] == "uncertain"}
-    wrong = {k: (r["status"], r["error_code"], r["attempts"]) for k, r in rows.items()
-             if r["status"] != ("failed" if k in failed else "succeeded")}
+    wrong = {
+        k: (r["status"], r["error_code"], r["attempts"])
+        for k, r in rows.items()
+        if r["status"] != ("failed" if k in failed else "succeeded")
+    }
     assert not wrong, wrong
     created: dict[str, list[str]] = {}
     for j in jobs:
@@ -151,9 +165,10 @@ def check_ledger(
     assert stats["jobs_created_per_reference_id_max"] == 1, stats
     assert all(len(ids) == 1 for ids in created.values())
     expected = {k for k in rows if k not in failed}
-    assert set(created) == expected, (set(created) ^ expected)
-    mismatched = {k: (r["job_id"], created[k][0]) for k, r in rows.items()
-                  if k not in failed and r["job_id"] != created[k][0]}
+    assert set(created) == expected, set(created) ^ expected
+    mismatched = {
+        k: (r["job_id"], created[k][0]) for k, r in rows.items() if k not in failed and r["job_id"] != created[k][0]
+    }
     assert not mismatched, mismatched
     if isinstance(ledger, Path):
         assert integrity(ledger) == "ok"
@@ -357,15 +372,18 @@ def check_claim_log(path: Path, rows: dict[str, dict[str, Any]], dead_at: dict[i
     for rid, token, status, started in writes:
         later = claims.get(rid, {}).get(token + 1)
         if later is not None and started > later["t"]:
-            report.fence_breaches.append(f"row {rid}: {status} with token {token} written after token {token + 1} "
-                                         f"was claimed by pid {later['pid']}")
+            report.fence_breaches.append(
+                f"row {rid}: {status} with token {token} written after token {token + 1} "
+                f"was claimed by pid {later['pid']}"
+            )
         if status in TERMINAL:
             terminal.setdefault(rid, []).append(token)
     for rid, row in final.items():
         tokens = terminal.get(rid, [])
         if any(t != row["lease_token"] for t in tokens) or len(tokens) > 1:
-            report.fence_breaches.append(f"row {rid}: terminal writes with tokens {tokens}, last token "
-                                         f"{row['lease_token']}")
+            report.fence_breaches.append(
+                f"row {rid}: terminal writes with tokens {tokens}, last token {row['lease_token']}"
+            )
         report.missing_final_writes += not tokens
     for rid, by_token in claims.items():
         report.unlogged_claims += len(set(range(1, final[rid]["lease_token"] + 1)) - set(by_token))

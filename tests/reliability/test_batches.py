@@ -72,12 +72,16 @@ def test_two_runs_with_one_batch_name_on_a_new_ledger_share_the_batch_and_keep_t
     manifest = write_images(tmp_path / "images.csv", rows)
     waited = 0
     for trial in range(trials):
-        with Sandbox(SandboxConfig(api_key=KEY, seed=trial)) as box, \
-                FaultyProxy(box.base_url, {BATCH_POST: [("hold", 2.0), ("late", 3.0)]}) as proxy:
+        with (
+            Sandbox(SandboxConfig(api_key=KEY, seed=trial)) as box,
+            FaultyProxy(box.base_url, {BATCH_POST: [("hold", 2.0), ("late", 3.0)]}) as proxy,
+        ):
             ledger = tmp_path / f"ledger-{trial}.db"
             cmd = subprocess_cmd(manifest, ledger, proxy.base_url, "--batch-name", "race")
-            procs = [subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True) for _ in range(2)]
+            procs = [
+                subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
             outs = [p.communicate(timeout=60) for p in procs]
             codes = [p.returncode for p in procs]
             assert ledger.exists(), (trial, codes, [e for _, e in outs])
@@ -103,9 +107,16 @@ def test_a_ledger_another_process_holds_or_has_written_is_never_discarded(tmp_pa
     path = tmp_path / "new.db"
     mine = Ledger.open(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from uploader.ledger.ledger import Ledger; "
-         "led = Ledger.open(sys.argv[1]); print('open', flush=True); time.sleep(60)", str(path)],
-        env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from uploader.ledger.ledger import Ledger; "
+            "led = Ledger.open(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -116,8 +127,9 @@ def test_a_ledger_another_process_holds_or_has_written_is_never_discarded(tmp_pa
         holder.wait()
     written = Ledger.open(path)
     with written.engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO batches (project_id, name, batch_id, created_at, auto) "
-                             "VALUES ('p', 'n', 'b', '2026-01-01', 0)")
+        conn.exec_driver_sql(
+            "INSERT INTO batches (project_id, name, batch_id, created_at, auto) VALUES ('p', 'n', 'b', '2026-01-01', 0)"
+        )
     assert written.discard_if_unused() is False and path.exists()  # written: kept although nobody holds it
     unused = tmp_path / "unused.db"
     led = Ledger.open(unused)
@@ -133,9 +145,17 @@ def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     opener = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from uploader.ledger.ledger import Ledger; led = Ledger.open(sys.argv[1]); "
-         "print(led.counts()['pending'], flush=True)", str(path)],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from uploader.ledger.ledger import Ledger; led = Ledger.open(sys.argv[1]); "
+            "print(led.counts()['pending'], flush=True)",
+            str(path),
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.5)
     assert opener.poll() is None  # blocked on LOCK_SH while the "discard" holds LOCK_EX
@@ -155,14 +175,17 @@ def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
 def test_a_reservation_left_by_a_killed_run_is_taken_over_at_once(tmp_path, named):
     """A run SIGKILLed while its batch creation is in the air leaves its reservation behind; the next run
     on this host sees its pid gone, takes the reservation over (no wait for staleness) and finishes."""
-    with Sandbox(SandboxConfig(api_key=KEY, seed=22)) as box, \
-            FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 20.0)]}) as proxy:
+    with (
+        Sandbox(SandboxConfig(api_key=KEY, seed=22)) as box,
+        FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 20.0)]}) as proxy,
+    ):
         ledger = tmp_path / "ledger.db"
         extra = ["--batch-name", "nov"] if named else []
         cmd = subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, proxy.base_url, *extra)
         proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] > 0, "the batch request to reach the proxy",
-                   interval=0.01)
+        wait_until(
+            lambda: proxy.seen[f"POST {BATCH_POST[1]}"] > 0, "the batch request to reach the proxy", interval=0.01
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         (left,) = batches_rows(ledger)
@@ -204,8 +227,12 @@ def test_every_job_created_by_a_killed_run_none_answered_is_resolved_by_the_next
         rows = check_ledger(ledger, box.jobs(), box.stats())
         assert sum(r["recovered"] for r in rows.values()) == 16 and box.stats()["fs_0001_refusals"] == 16
         (own,) = batches_rows(ledger)
-        assert own["auto"] == 1 and own["name"].startswith("images.csv ") and own["name"].endswith(
-            own["name"][-6:]) and own["reserved_by"] is None
+        assert (
+            own["auto"] == 1
+            and own["name"].startswith("images.csv ")
+            and own["name"].endswith(own["name"][-6:])
+            and own["reserved_by"] is None
+        )
         assert {j["batch_id"] for j in box.jobs()} == {own["batch_id"]}
         more = write_images(tmp_path / "more.csv", 5, prefix="more")
         last = run(subprocess_cmd(more, ledger, box.base_url))
@@ -228,8 +255,7 @@ def test_reconcile_resolves_rows_whose_jobs_were_all_created_by_a_killed_run(tmp
             second = run(subprocess_cmd(manifest, ledger, proxy.base_url))
         assert second.returncode in (1, 3), second.stderr
         assert status_counts(ledger) == {"uncertain": 16}
-        rec = run([sys.executable, "-m", "uploader", "reconcile", "--ledger", str(ledger), "--base-url",
-                   box.base_url])
+        rec = run([sys.executable, "-m", "uploader", "reconcile", "--ledger", str(ledger), "--base-url", box.base_url])
         assert rec.returncode == 0, (rec.stdout, rec.stderr)
         assert "16 uncertain rows resolved, 0 still uncertain" in rec.stdout
         check_ledger(ledger, box.jobs(), box.stats())
@@ -243,8 +269,9 @@ def test_rows_loaded_alone_get_the_batch_when_run_starts_and_reloading_is_unchan
         ledger = tmp_path / "ledger.db"
         manifest = write_images(tmp_path / "images.csv", 30)
         base = [sys.executable, "-m", "uploader"]
-        load = run([*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf",
-                    "--ledger", str(ledger)])
+        load = run(
+            [*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf", "--ledger", str(ledger)]
+        )
         assert load.returncode == 0, load.stderr
         bodies = {k: r for k, r in _bodies(ledger).items()}
         done = run(subprocess_cmd(None, ledger, box.base_url))
@@ -253,8 +280,9 @@ def test_rows_loaded_alone_get_the_batch_when_run_starts_and_reloading_is_unchan
         (own,) = batches_rows(ledger)
         assert {j["batch_id"] for j in box.jobs()} == {own["batch_id"]}
         assert _bodies(ledger) == bodies and all('"batch_id"' not in b for b in bodies.values())
-        reload = run([*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf",
-                      "--ledger", str(ledger)])
+        reload = run(
+            [*base, "load", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf", "--ledger", str(ledger)]
+        )
         assert reload.returncode == 0 and "updated" not in reload.stdout.replace("0 updated", ""), reload.stdout
 
 
@@ -274,8 +302,7 @@ def _bodies(ledger: Path) -> dict[str, str]:
 def test_default_batch_option_sends_rows_to_the_projects_default_batch(tmp_path):
     with Sandbox(SandboxConfig(api_key=KEY, seed=16)) as box:
         ledger = tmp_path / "ledger.db"
-        done = run(subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, box.base_url,
-                                  "--default-batch"))
+        done = run(subprocess_cmd(write_images(tmp_path / "images.csv", 10), ledger, box.base_url, "--default-batch"))
         assert done.returncode == 0, done.stderr
         check_ledger(ledger, box.jobs(), box.stats())
         assert box.stats()["batches_created"] == 0 and batches_rows(ledger) == []
@@ -419,19 +446,28 @@ def test_a_signal_during_batch_creation_retry_after_of_a_day_stops_at_once(tmp_p
     (SIGTERM), the resume hint, no traceback, no job sent, no reservation left. The same command against the
     healthy API then finishes, every row created once. Before, the batch creation slept with no signal
     handling: SIGTERM killed the run (exit -15, its reservation left behind)."""
-    with Sandbox(SandboxConfig(api_key=KEY, seed=23)) as box, \
-            FaultyProxy(box.base_url, {BATCH_POST: [DAY_429] * 20}) as proxy:
+    with (
+        Sandbox(SandboxConfig(api_key=KEY, seed=23)) as box,
+        FaultyProxy(box.base_url, {BATCH_POST: [DAY_429] * 20}) as proxy,
+    ):
         ledger = tmp_path / "ledger.db"
         extra = ["--batch-name", "nov"] if named else []
         manifest = write_images(tmp_path / "images.csv", 12)
-        proc = subprocess.Popen(subprocess_cmd(manifest, ledger, proxy.base_url, *extra), env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            subprocess_cmd(manifest, ledger, proxy.base_url, *extra),
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] >= 1)
         time.sleep(1.0)  # the 429 is in: the run waits
         stopped_in, err = _stop(proc, sig)
-        print(f"\n{signal.Signals(sig).name} while the batch creation waits out a Retry-After of 86400 s "
-              f"({'named' if named else 'own'} batch): exit {proc.returncode} after {stopped_in:.2f} s, "
-              f"{proxy.seen[f'POST {BATCH_POST[1]}']} batch POST(s)")
+        print(
+            f"\n{signal.Signals(sig).name} while the batch creation waits out a Retry-After of 86400 s "
+            f"({'named' if named else 'own'} batch): exit {proc.returncode} after {stopped_in:.2f} s, "
+            f"{proxy.seen[f'POST {BATCH_POST[1]}']} batch POST(s)"
+        )
         assert proc.returncode == 128 + sig, err  # 130 after SIGINT, 143 after SIGTERM
         assert stopped_in < 10
         assert "Traceback" not in err and "run the same command again" in err.lower()
@@ -453,18 +489,22 @@ def test_a_signal_while_waiting_for_another_runs_batch_stops_at_once(tmp_path, n
     ledger waits for A's batch. SIGTERM to B ends its wait at once: exit 143, nothing sent, A's reservation
     untouched. A is then SIGKILLed: the next run takes its reservation over at once and finishes, every row
     created once. Before, the wait slept with no signal handling: SIGTERM killed B (exit -15)."""
-    with Sandbox(SandboxConfig(api_key=KEY, seed=24)) as box, \
-            FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 60.0)]}) as proxy:
+    with (
+        Sandbox(SandboxConfig(api_key=KEY, seed=24)) as box,
+        FaultyProxy(box.base_url, {BATCH_POST: [("timeout", 60.0)]}) as proxy,
+    ):
         ledger = tmp_path / "ledger.db"
         extra = ["--batch-name", "nov"] if named else []
         manifest = write_images(tmp_path / "images.csv", 12)
         cmd = subprocess_cmd(manifest, ledger, proxy.base_url, *extra)
-        holder = subprocess.Popen(cmd + ["--timeout", "60"], env=subprocess_env(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        holder = subprocess.Popen(
+            cmd + ["--timeout", "60"], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             _wait_until(lambda: proxy.seen[f"POST {BATCH_POST[1]}"] >= 1)
-            waiter = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True)
+            waiter = subprocess.Popen(
+                cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             deadline = time.monotonic() + 30
             err_lines: list[str] = []
             while not any("waiting for another run" in line for line in err_lines):  # B says it waits (after 1 s)
@@ -472,8 +512,10 @@ def test_a_signal_while_waiting_for_another_runs_batch_stops_at_once(tmp_path, n
                 err_lines.append(waiter.stderr.readline())
             stopped_in, err = _stop(waiter)
             err = "".join(err_lines) + err
-            print(f"\nSIGTERM while waiting for another run's batch ({'named' if named else 'own'} batch): "
-                  f"exit {waiter.returncode} after {stopped_in:.2f} s")
+            print(
+                f"\nSIGTERM while waiting for another run's batch ({'named' if named else 'own'} batch): "
+                f"exit {waiter.returncode} after {stopped_in:.2f} s"
+            )
             assert waiter.returncode == 143, err  # 128 + SIGTERM
             assert stopped_in < 10
             assert "Traceback" not in err and "run the same command again" in err.lower()
@@ -506,8 +548,10 @@ def test_max_retry_after_applies_to_batch_creation(tmp_path, named):
             done, proxy = _batch_run(tmp_path, box, {BATCH_POST: [DAY_429]}, *extra)
         except subprocess.TimeoutExpired:
             pytest.fail("the run waited out more than --max-retry-after 1 (60 s)")
-        print(f"\n--max-retry-after 1, batch POST answered Retry-After 86400 ({'named' if named else 'own'} "
-              f"batch): exit {done.returncode} after {time.monotonic() - started:.2f} s")
+        print(
+            f"\n--max-retry-after 1, batch POST answered Retry-After 86400 ({'named' if named else 'own'} "
+            f"batch): exit {done.returncode} after {time.monotonic() - started:.2f} s"
+        )
         assert done.returncode == 0, done.stderr
         assert "86400 s (Retry-After)" in done.stderr and "waiting 1 s at most (--max-retry-after)" in done.stderr
         assert proxy.seen[f"POST {BATCH_POST[1]}"] == 2
@@ -523,20 +567,25 @@ def test_a_batch_request_in_the_air_is_let_finish_on_the_first_signal_and_cancel
     posts = f"POST {BATCH_POST[1]}"
     for second in (False, True):
         fault = ("timeout", 60.0) if second else ("late", 3.0)  # late: the API creates it, the answer waits 3 s
-        with Sandbox(SandboxConfig(api_key=KEY, seed=26)) as box, \
-                FaultyProxy(box.base_url, {BATCH_POST: [fault]}) as proxy:
+        with (
+            Sandbox(SandboxConfig(api_key=KEY, seed=26)) as box,
+            FaultyProxy(box.base_url, {BATCH_POST: [fault]}) as proxy,
+        ):
             ledger = tmp_path / f"ledger-{second}.db"
             cmd = subprocess_cmd(manifest, ledger, proxy.base_url, "--batch-name", "nov", "--timeout", "60")
-            proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(
+                cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             _wait_until(lambda: proxy.seen[posts] >= 1)
             time.sleep(0.3)
             if second:
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.5)
             stopped_in, err = _stop(proc)
-            print(f"\nbatch POST in the air, {'two signals' if second else 'one signal'}: exit {proc.returncode} "
-                  f"after {stopped_in:.2f} s")
+            print(
+                f"\nbatch POST in the air, {'two signals' if second else 'one signal'}: exit {proc.returncode} "
+                f"after {stopped_in:.2f} s"
+            )
             assert proc.returncode == 143, err  # 128 + SIGTERM
             assert "Traceback" not in err and "run the same command again" in err.lower()
             assert box.stats()["jobs_created"] == 0
@@ -570,8 +619,18 @@ def test_max_retry_after_applies_to_the_lookups(tmp_path, command):
             with FaultyProxy(box.base_url, listing_down) as down:
                 run(subprocess_cmd(manifest, ledger, down.base_url))
             assert status_counts(ledger) == {"uncertain": 16}
-            cmd = [sys.executable, "-m", "uploader", "reconcile", "--ledger", str(ledger), "--base-url", "{url}",
-                   "--max-retry-after", "1"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "uploader",
+                "reconcile",
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                "{url}",
+                "--max-retry-after",
+                "1",
+            ]
         with FaultyProxy(box.base_url, {BATCH_LIST: [DAY_429]}) as proxy:
             cmd = [part.replace("{url}", proxy.base_url) for part in cmd]
             started = time.monotonic()
@@ -579,8 +638,10 @@ def test_max_retry_after_applies_to_the_lookups(tmp_path, command):
                 done = run(cmd)
             except subprocess.TimeoutExpired:
                 pytest.fail("the lookup waited out more than --max-retry-after 1 (60 s)")
-            print(f"\n{command} --max-retry-after 1, listing answered Retry-After 86400: exit {done.returncode} "
-                  f"after {time.monotonic() - started:.2f} s, {proxy.seen[f'GET {BATCH_LIST[1]}']} listing GETs")
+            print(
+                f"\n{command} --max-retry-after 1, listing answered Retry-After 86400: exit {done.returncode} "
+                f"after {time.monotonic() - started:.2f} s, {proxy.seen[f'GET {BATCH_LIST[1]}']} listing GETs"
+            )
             assert done.returncode == 0, (done.stdout, done.stderr)
             assert proxy.seen[f"GET {BATCH_LIST[1]}"] >= 2  # the 429, then the listing
         rows = check_ledger(ledger, box.jobs(), box.stats())

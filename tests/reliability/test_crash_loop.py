@@ -83,8 +83,13 @@ def test_nothing_ever_succeeded_in_the_default_batch_stays_uncertain_until_a_lat
         third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert third.returncode == 3 and box.stats()["fs_0001_refusals"] == 16  # not sent again
         more = write_images(tmp_path / "more.csv", 1, prefix="more")
-        last = subprocess.run(subprocess_cmd(more, ledger, box.base_url, "--default-batch"), env=env,
-                              capture_output=True, text=True, timeout=60)
+        last = subprocess.run(
+            subprocess_cmd(more, ledger, box.base_url, "--default-batch"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert last.returncode == 0, last.stderr
         rows = check_ledger(ledger, box.jobs(), box.stats())
         assert sum(r["recovered"] for r in rows.values()) == 16

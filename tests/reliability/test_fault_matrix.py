@@ -30,20 +30,26 @@ def invoke(args: list[str]) -> Any:
     return CliRunner().invoke(cli, args, env={"PLAYMENT_API_KEY": KEY}, catch_exceptions=False)
 
 
-def run_case(tmp_path: Path, name: str, config: SandboxConfig, *extra: str, rows: int = ROWS,
-             bad_data: int = BAD_DATA, bad_batch: int = BAD_BATCH) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_case(
+    tmp_path: Path,
+    name: str,
+    config: SandboxConfig,
+    *extra: str,
+    rows: int = ROWS,
+    bad_data: int = BAD_DATA,
+    bad_batch: int = BAD_BATCH,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     manifest, fs3, ge1 = write_mixed(tmp_path / "m.csv", rows, bad_data, bad_batch)
     ledger = tmp_path / "ledger.db"
     with Sandbox(config) as box:
         t0 = time.monotonic()
-        result = invoke(run_args(manifest, ledger, box.base_url, "--json", "--concurrency", str(CONCURRENCY),
-                                 *extra))
+        result = invoke(run_args(manifest, ledger, box.base_url, "--json", "--concurrency", str(CONCURRENCY), *extra))
         seconds = time.monotonic() - t0
         stats, jobs = box.stats(), box.jobs()
         posts = box._engine.app.stats.per_reference  # noqa: SLF001 - job POSTs per (project, reference_id)
     expected_exit = 3 if fs3 or ge1 else 0
     assert result.exit_code == expected_exit, result.output
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     rows_by_ref = check_ledger(ledger, jobs, stats, failed=fs3 | ge1)
     for ref in fs3 | ge1:
         row = rows_by_ref[ref]
@@ -80,11 +86,20 @@ CASES = {
     "legacy_200_errors": dict(legacy=True, error_rate=0.10),
     # Timeouts and retries cut what the client offers when everything goes wrong at once (~150-300/s here),
     # so the limit is set to about half of that.
-    "all": dict(error_rate=0.10, html_error_rate=0.05, drop_rate=0.05, rate_limit=200, slow_rate=0.05,
-                slow_ms=1500, legacy=True),
+    "all": dict(
+        error_rate=0.10, html_error_rate=0.05, drop_rate=0.05, rate_limit=200, slow_rate=0.05, slow_ms=1500, legacy=True
+    ),
     # ... and on the lookups too: GET job, batch listing.
-    "all_on_every_request": dict(error_rate=0.10, html_error_rate=0.05, drop_rate=0.05, rate_limit=200,
-                                 slow_rate=0.05, slow_ms=1500, legacy=True, faults_on_all=True),
+    "all_on_every_request": dict(
+        error_rate=0.10,
+        html_error_rate=0.05,
+        drop_rate=0.05,
+        rate_limit=200,
+        slow_rate=0.05,
+        slow_ms=1500,
+        legacy=True,
+        faults_on_all=True,
+    ),
 }
 
 
@@ -102,8 +117,13 @@ def test_fault(tmp_path, name):
             assert row["attempts"] == 1, row
     for kind in ("error_rate", "html_error_rate", "drop_rate", "rate_limit", "slow_rate"):
         if kind in faults:
-            key = {"error_rate": "error", "html_error_rate": "html", "drop_rate": "drop",
-                   "rate_limit": "rate_limited", "slow_rate": "slow"}[kind]
+            key = {
+                "error_rate": "error",
+                "html_error_rate": "html",
+                "drop_rate": "drop",
+                "rate_limit": "rate_limited",
+                "slow_rate": "slow",
+            }[kind]
             assert figures["faults"].get(key, 0) > 0, (kind, figures)
 
 
@@ -120,7 +140,8 @@ def test_permanent_errors_spend_one_attempt(tmp_path, legacy):
 def test_throttling_does_not_exhaust_attempts(tmp_path):
     """--max-attempts 2 under a limit far below the offered load: every row still succeeds."""
     config = SandboxConfig(api_key=KEY, seed=4, rate_limit=100, **LATENCY)
-    figures, rows = run_case(tmp_path, "harsh_rate_limit", config, "--max-attempts", "2", rows=100, bad_data=0,
-                             bad_batch=0)
+    figures, rows = run_case(
+        tmp_path, "harsh_rate_limit", config, "--max-attempts", "2", rows=100, bad_data=0, bad_batch=0
+    )
     assert figures["faults"]["rate_limited"] > 0
     assert all(r["attempts"] == 1 for r in rows.values())

@@ -40,8 +40,9 @@ def test_sandbox_restart_mid_run(tmp_path):
     server's replies are held back after the job was created, so the stop cuts created-but-unanswered
     requests: the new server refuses those with FS_0001 and the lookup finds them."""
     state = tmp_path / "sandbox.jsonl"
-    config = SandboxConfig(api_key=KEY, seed=21, latency_ms=20, jitter_ms=10, state_file=state, slow_rate=0.1,
-                           slow_ms=5000)
+    config = SandboxConfig(
+        api_key=KEY, seed=21, latency_ms=20, jitter_ms=10, state_file=state, slow_rate=0.1, slow_ms=5000
+    )
     manifest = write_images(tmp_path / "images.csv", 600)
     ledger = tmp_path / "ledger.db"
     first = Sandbox(config).start()
@@ -66,18 +67,23 @@ def test_sandbox_restart_mid_run(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert before["jobs_created"] >= 200 and after["jobs_total"] == 600
     rows = check_ledger(ledger, jobs, after)
-    summary = json.loads(out[out.index("{"):])
+    summary = json.loads(out[out.index("{") :])
     cut = before["faults"]["slow"]
     assert after["fs_0001_refusals"] >= cut > 0  # every cut reply was resent and refused, then looked up
     assert sum(r["recovered"] for r in rows.values()) >= cut
-    print("\nsandbox restart:", {
-        "created_before_stop": before["jobs_created"], "replies_cut_by_the_stop": cut,
-        "created_after_restart": after["jobs_created"],
-        "requests_total": before["requests_total"] + after["requests_total"],
-        "client_requests": summary["this_run"]["requests"], "client_retries": summary["this_run"]["retries"],
-        "client_could_not_connect": summary["this_run"]["unreachable"],
-        "fs_0001_refusals": before["fs_0001_refusals"] + after["fs_0001_refusals"],
-    })
+    print(
+        "\nsandbox restart:",
+        {
+            "created_before_stop": before["jobs_created"],
+            "replies_cut_by_the_stop": cut,
+            "created_after_restart": after["jobs_created"],
+            "requests_total": before["requests_total"] + after["requests_total"],
+            "client_requests": summary["this_run"]["requests"],
+            "client_retries": summary["this_run"]["retries"],
+            "client_could_not_connect": summary["this_run"]["unreachable"],
+            "fs_0001_refusals": before["fs_0001_refusals"] + after["fs_0001_refusals"],
+        },
+    )
 
 
 class DiskFull:
@@ -123,9 +129,15 @@ def test_disk_full_stops_the_run_and_loses_nothing(tmp_path, monkeypatch, method
         started = time.monotonic()
         # lease_seconds=4: a heartbeat every second
         with pytest.raises(LedgerError, match="disk is full"):
-            run_upload(led, manifest, ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
-                       base_url=box.base_url, api_key=KEY, run_options=RunOptions(concurrency=4, lease_seconds=4),
-                       handle_signals=False)
+            run_upload(
+                led,
+                manifest,
+                ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
+                base_url=box.base_url,
+                api_key=KEY,
+                run_options=RunOptions(concurrency=4, lease_seconds=4),
+                handle_signals=False,
+            )
         assert time.monotonic() - started < 20
         led.close()
         monkeypatch.undo()
@@ -145,8 +157,9 @@ def test_disk_full_stops_the_run_and_loses_nothing(tmp_path, monkeypatch, method
         else:
             assert created == succeeded  # the answers in the air were still recorded on the way out
         # The next run resends the rest without creating anything twice.
-        result = CliRunner().invoke(cli, run_args(None, ledger_path, box.base_url), env={"PLAYMENT_API_KEY": KEY},
-                                    catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli, run_args(None, ledger_path, box.base_url), env={"PLAYMENT_API_KEY": KEY}, catch_exceptions=False
+        )
         assert result.exit_code == 0, result.output
         check_ledger(ledger_path, box.jobs(), box.stats())
 
@@ -157,14 +170,19 @@ def test_disk_full_through_the_cli_is_a_clear_message(tmp_path, monkeypatch):
     ledger_path = tmp_path / "ledger.db"
     with Sandbox(config) as box:
         DiskFull(monkeypatch, ledger_path, after=3)
-        result = CliRunner().invoke(cli, run_args(manifest, ledger_path, box.base_url, "--concurrency", "16"),
-                                    env={"PLAYMENT_API_KEY": KEY}, catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli,
+            run_args(manifest, ledger_path, box.base_url, "--concurrency", "16"),
+            env={"PLAYMENT_API_KEY": KEY},
+            catch_exceptions=False,
+        )
         monkeypatch.undo()
         assert result.exit_code == 1, result.output
         assert "disk is full" in result.output and "Traceback" not in result.output
         print("\nCLI said:", result.output.strip().splitlines()[-1])
-        again = CliRunner().invoke(cli, run_args(None, ledger_path, box.base_url), env={"PLAYMENT_API_KEY": KEY},
-                                   catch_exceptions=False)
+        again = CliRunner().invoke(
+            cli, run_args(None, ledger_path, box.base_url), env={"PLAYMENT_API_KEY": KEY}, catch_exceptions=False
+        )
         assert again.exit_code == 0, again.output
         check_ledger(ledger_path, box.jobs(), box.stats())
 
@@ -183,9 +201,15 @@ def test_api_down_for_good_stops_the_run_without_failing_rows(tmp_path):
     led = Ledger.open(ledger_path)
     started = time.monotonic()
     with pytest.raises(FatalApiError, match="cannot connect to the API"):
-        run_upload(led, manifest, ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
-                   base_url=f"http://127.0.0.1:{port}", api_key=KEY,
-                   run_options=RunOptions(concurrency=8, outage_seconds=1.5), handle_signals=False)
+        run_upload(
+            led,
+            manifest,
+            ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
+            base_url=f"http://127.0.0.1:{port}",
+            api_key=KEY,
+            run_options=RunOptions(concurrency=8, outage_seconds=1.5),
+            handle_signals=False,
+        )
     assert time.monotonic() - started < 15
     led.close()
     rows = ledger_rows(ledger_path)
@@ -204,16 +228,27 @@ def test_rows_a_full_disk_left_in_flight_are_resent_at_once(tmp_path, monkeypatc
         DiskFull(monkeypatch, ledger_path, after=0, method="release")
         led = Ledger.open(ledger_path)
         with pytest.raises(LedgerError, match="disk is full"):
-            run_upload(led, manifest, ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
-                       base_url=box.base_url, api_key=KEY,
-                       run_options=RunOptions(concurrency=8, lease_seconds=120), handle_signals=False)
+            run_upload(
+                led,
+                manifest,
+                ManifestOptions(project_id=PROJECT, work_flow_id="wf"),
+                base_url=box.base_url,
+                api_key=KEY,
+                run_options=RunOptions(concurrency=8, lease_seconds=120),
+                handle_signals=False,
+            )
         led.close()
         monkeypatch.undo()
         stuck = sum(r["status"] == "in_flight" for r in ledger_rows(ledger_path).values())
         assert stuck > 0  # left in flight under a 120 s lease
         started = time.monotonic()
-        done = subprocess.run(subprocess_cmd(None, ledger_path, box.base_url, "--lease-seconds", "120"),
-                              env=subprocess_env(), capture_output=True, text=True, timeout=100)
+        done = subprocess.run(
+            subprocess_cmd(None, ledger_path, box.base_url, "--lease-seconds", "120"),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=100,
+        )
         took = time.monotonic() - started
         print(f"\n{stuck} rows left in flight by the stopped run; the next run finished in {took:.1f} s")
         assert done.returncode == 0, done.stderr[-2000:]

@@ -31,19 +31,33 @@ JSON = {"Content-Type": "application/json"}
 GET_JOB = ("GET", r"^/v1/projects/[^/]+/jobs/[^/]+$")
 POST_JOB = ("POST", r"^/v1/projects/[^/]+/jobs$")
 #: A 429 asking to retry at once: the retry waits the backoff only.
-BUSY = ("answer", 429, envelope_error("rate_limited", "rate limit exceeded, retry later"),
-        {**JSON, "Retry-After": "0"})
+BUSY = ("answer", 429, envelope_error("rate_limited", "rate limit exceeded, retry later"), {**JSON, "Retry-After": "0"})
 NOT_FOUND = ("answer", 404, envelope_error("FS_0006", "job not found"), JSON)
 OPTIONS = ManifestOptions(project_id=PROJECT, work_flow_id="wf")
 
 
-def _run(ledger: Path, manifest: Path | None, base_url: str, *, batch_name: str | None = None,
-         default_batch: bool = True, concurrency: int = 4) -> None:
+def _run(
+    ledger: Path,
+    manifest: Path | None,
+    base_url: str,
+    *,
+    batch_name: str | None = None,
+    default_batch: bool = True,
+    concurrency: int = 4,
+) -> None:
     led = Ledger.open(ledger)
     try:
-        run_upload(led, manifest, OPTIONS, base_url=base_url, api_key=KEY,
-                   run_options=RunOptions(concurrency=concurrency, seed=1),
-                   batch_name=batch_name, default_batch=default_batch, handle_signals=False)
+        run_upload(
+            led,
+            manifest,
+            OPTIONS,
+            base_url=base_url,
+            api_key=KEY,
+            run_options=RunOptions(concurrency=concurrency, seed=1),
+            batch_name=batch_name,
+            default_batch=default_batch,
+            handle_signals=False,
+        )
     finally:
         led.close()
 
@@ -52,8 +66,13 @@ def _uncertain_ledger(tmp_path: Path, box: Sandbox) -> Path:
     """The ledger described above (module docstring): five rows uncertain, one succeeded."""
     elsewhere = tmp_path / "elsewhere.db"
     _run(elsewhere, _rows(tmp_path / "two.csv", 2, 4), box.base_url)
-    _run(tmp_path / "other.db", _rows(tmp_path / "sixth.csv", 5, 6), box.base_url, batch_name="other",
-         default_batch=False)
+    _run(
+        tmp_path / "other.db",
+        _rows(tmp_path / "sixth.csv", 5, 6),
+        box.base_url,
+        batch_name="other",
+        default_batch=False,
+    )
     ledger = tmp_path / "ledger.db"
     with FaultyProxy(box.base_url, {GET_JOB: [NOT_FOUND] * 100, POST_JOB: [("lose",)] * 2}) as proxy:
         _run(ledger, write_images(tmp_path / "six.csv", 6), proxy.base_url, concurrency=1)  # in order
@@ -65,15 +84,17 @@ def _rows(path: Path, start: int, stop: int) -> Path:
     """The rows img-<start>..img-<stop - 1> of write_images' manifest."""
     write_images(path, stop)
     lines = path.read_text().splitlines(keepends=True)
-    path.write_text(lines[0] + "".join(lines[1 + start:]))
+    path.write_text(lines[0] + "".join(lines[1 + start :]))
     return path
 
 
 def _state(ledger: Path) -> dict[str, tuple[Any, ...]]:
     con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
     try:
-        return {r[0]: tuple(r[1:]) for r in con.execute(
-            "SELECT reference_id, status, job_id, error_code, origin, recovered FROM jobs")}
+        return {
+            r[0]: tuple(r[1:])
+            for r in con.execute("SELECT reference_id, status, job_id, error_code, origin, recovered FROM jobs")
+        }
     finally:
         con.close()
 

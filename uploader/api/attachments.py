@@ -29,13 +29,23 @@ __all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "attachment_urls", "check
 #: Answers to a HEAD after which the URL is asked again with a one-byte GET.
 _HEAD_REFUSED = frozenset({400, 403, 405, 501})
 #: Content types that are never an image or a video, whatever the URL says (error pages, API answers).
-NOT_MEDIA_TYPES = frozenset({"application/json", "application/xml", "application/xhtml+xml",
-                             "application/javascript", "application/problem+json"})
+NOT_MEDIA_TYPES = frozenset(
+    {
+        "application/json",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/javascript",
+        "application/problem+json",
+    }
+)
 _USER_AGENT = "gtstudio-uploader-preflight"
 # Words for the transport failure codes of `client._transport_code`, as a user would say them.
 _REASONS = {
-    "connect_error": "cannot connect", "tls_error": "TLS handshake failed", "timeout": "timed out",
-    "connection_closed": "connection closed before an answer", "protocol_error": "not a valid HTTP answer",
+    "connect_error": "cannot connect",
+    "tls_error": "TLS handshake failed",
+    "timeout": "timed out",
+    "connection_closed": "connection closed before an answer",
+    "protocol_error": "not a valid HTTP answer",
     "transport_error": "request failed",
 }
 
@@ -123,7 +133,9 @@ async def check_urls(
     source = iter(urls)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=_ssl_context())
     session = aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
         headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"},
         timeout=aiohttp.ClientTimeout(total=timeout),
     )
@@ -166,8 +178,9 @@ async def _check(session: aiohttp.ClientSession, pacer: HostPacer, url: str, max
             status, headers = response.status, response.headers
         if status in _HEAD_REFUSED:
             await pacer.wait(host)
-            async with session.get(url, headers={"Range": "bytes=0-0"}, allow_redirects=True,
-                                   max_redirects=max_redirects) as response:
+            async with session.get(
+                url, headers={"Range": "bytes=0-0"}, allow_redirects=True, max_redirects=max_redirects
+            ) as response:
                 status, headers = response.status, response.headers
                 response.close()  # the headers decide: the body is never read
     except aiohttp.TooManyRedirects:

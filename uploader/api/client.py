@@ -235,8 +235,15 @@ class ApiClient:
                 try:
                     status = response.status_code
                     if status == 408 or status == 429 or status >= 500:
-                        return ApiResult(status, None, None, f"http_{status}", f"HTTP {status}", None,
-                                         _header(response, b"retry-after"))
+                        return ApiResult(
+                            status,
+                            None,
+                            None,
+                            f"http_{status}",
+                            f"HTTP {status}",
+                            None,
+                            _header(response, b"retry-after"),
+                        )
                     first = b""
                     async for chunk in response.aiter_bytes():
                         if not first and chunk:
@@ -272,9 +279,15 @@ class ApiClient:
     ) -> str:
         """The batch_id of one job (how the default batch's id is learnt: the API names it nowhere else).
         Retried and raising as `read` does."""
-        data = await self.read(partial(self.get_job, project_id, job_id), f"job {job_id} of project {project_id}",
-                               expect="batch_id", max_attempts=max_attempts, rng=rng, sleep=sleep,
-                               max_retry_after=max_retry_after)
+        data = await self.read(
+            partial(self.get_job, project_id, job_id),
+            f"job {job_id} of project {project_id}",
+            expect="batch_id",
+            max_attempts=max_attempts,
+            rng=rng,
+            sleep=sleep,
+            max_retry_after=max_retry_after,
+        )
         return str(data["batch_id"])
 
     async def find_job_ids(
@@ -303,8 +316,15 @@ class ApiClient:
         token = ""
         seen = {token}
         while wanted and len(found) < len(wanted):
-            data = await self.read(partial(self.list_batch_page, project_id, batch_id, token), where, expect=None,
-                                   max_attempts=max_attempts, rng=rng, sleep=sleep, max_retry_after=max_retry_after)
+            data = await self.read(
+                partial(self.list_batch_page, project_id, batch_id, token),
+                where,
+                expect=None,
+                max_attempts=max_attempts,
+                rng=rng,
+                sleep=sleep,
+                max_retry_after=max_retry_after,
+            )
             jobs = data.get("jobs")
             for job in jobs if isinstance(jobs, list) else ():
                 if not isinstance(job, dict):
@@ -377,8 +397,10 @@ class ApiClient:
             retry_after = self._redact(retry_after[:100])
         if 300 <= status < 400:  # a redirect (never followed): its Location names where the base URL points
             location = _header(response, b"location")
-            return replace(parse_envelope(status, b"", retry_after),
-                           location=None if location is None else self._redact(location[:2000]))
+            return replace(
+                parse_envelope(status, b"", retry_after),
+                location=None if location is None else self._redact(location[:2000]),
+            )
         if raw is None:
             return too_large(status, self._max_body, retry_after)
         result = parse_envelope(status, raw, retry_after)
@@ -532,4 +554,3 @@ async def _close_quietly(response: httpx.Response) -> None:
 def _seg(value: str) -> str:
     """One URL path segment: ids are quoted so none can add a path ('../') or a query."""
     return quote(str(value), safe="")
-

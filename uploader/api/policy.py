@@ -194,9 +194,7 @@ def _classify_success(result: ApiResult, expect: str | None, reference_id: str |
         return _check_job_answer(result.data, reference_id)
     if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
         return Decision(Verdict.SUCCEEDED, None, None)
-    return Decision(
-        Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again"
-    )
+    return Decision(Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again")
 
 
 def _classify_refusal(result: ApiResult) -> Decision:
@@ -239,15 +237,21 @@ def _check_job_answer(data: dict[str, Any] | None, reference_id: str | None) -> 
     data = data if isinstance(data, dict) else {}
     raw = data.get("job_id")
     if job_id_text(raw) is None:
-        return Decision(Verdict.PROTOCOL, "bad_job_id",
-                        f"success answer with {_describe_job_id(data)}, not a usable job_id (a non-empty string of "
-                        f"at most {JOB_ID_MAX_CHARS} characters, or an integer): the job may exist; it is looked up "
-                        "by listing its batch")
+        return Decision(
+            Verdict.PROTOCOL,
+            "bad_job_id",
+            f"success answer with {_describe_job_id(data)}, not a usable job_id (a non-empty string of "
+            f"at most {JOB_ID_MAX_CHARS} characters, or an integer): the job may exist; it is looked up "
+            "by listing its batch",
+        )
     answered = data.get("reference_id")
     if reference_id is not None and answered is not None and _as_text(answered) != reference_id:
-        return Decision(Verdict.PROTOCOL, "mismatched_answer",
-                        f"success answer naming another reference_id than the one sent ({reference_id!r}): the job "
-                        "may exist; it is looked up by listing its batch")
+        return Decision(
+            Verdict.PROTOCOL,
+            "mismatched_answer",
+            f"success answer naming another reference_id than the one sent ({reference_id!r}): the job "
+            "may exist; it is looked up by listing its batch",
+        )
     return Decision(Verdict.SUCCEEDED, None, None)
 
 

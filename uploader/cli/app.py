@@ -21,12 +21,36 @@ import click
 from uploader.cli.config import envvar_names, read_profile, setting_key
 from uploader.errors import UploaderError
 
-__all__ = ["WORKFLOW", "UploaderCommand", "UploaderGroup", "command_keys", "common", "document_printed", "emit_error",
-           "json_mode", "quiet_mode"]
+__all__ = [
+    "WORKFLOW",
+    "UploaderCommand",
+    "UploaderGroup",
+    "command_keys",
+    "common",
+    "document_printed",
+    "emit_error",
+    "json_mode",
+    "quiet_mode",
+]
 
 #: The order `uploader --help` lists the commands in: the order they are used in.
-WORKFLOW = ("load", "plan", "check", "run", "sync", "status", "report", "export", "retry", "reconcile", "adopt",
-            "forget", "show", "config", "sandbox")
+WORKFLOW = (
+    "load",
+    "plan",
+    "check",
+    "run",
+    "sync",
+    "status",
+    "report",
+    "export",
+    "retry",
+    "reconcile",
+    "adopt",
+    "forget",
+    "show",
+    "config",
+    "sandbox",
+)
 #: Exit status of a process whose output pipe was closed (128 + SIGPIPE), as a shell reports it.
 EXIT_BROKEN_PIPE = 141
 
@@ -104,29 +128,67 @@ def _apply_profile(ctx: click.Context, param: click.Parameter, value: str | None
     profile = read_profile(value, keys)
     common(ctx).update(profile=value, profile_read=profile)
     if ctx.command.name != "sandbox":
-        ctx.default_map = {**(ctx.default_map or {}), **profile.defaults_for(ctx.command.name or "",
-                                                                             command_keys(ctx.command))}
+        ctx.default_map = {
+            **(ctx.default_map or {}),
+            **profile.defaults_for(ctx.command.name or "", command_keys(ctx.command)),
+        }
     return value
 
 
 #: The options every command has (unless it declares its own under the same name).
 COMMON_OPTIONS: Sequence[tuple[str, Callable[[], click.Option]]] = (
-    ("profile", lambda: click.Option(
-        ["--profile"], metavar="NAME", is_eager=True, expose_value=False, callback=_apply_profile,
-        help="Read settings from this profile of the config files (./uploader.toml, then the user's "
-             "config.toml); default: the profile `default`, if any.")),
-    ("as_json", lambda: click.Option(
-        ["--json", "as_json"], is_flag=True, expose_value=False, callback=_store("json"),
-        help="Print one JSON document on stdout (errors: a JSON object on stderr too).")),
-    ("quiet", lambda: click.Option(
-        ["--quiet", "-q"], is_flag=True, expose_value=False, callback=_store("quiet"),
-        help="Print only errors and the final line.")),
-    ("verbose", lambda: click.Option(
-        ["--verbose", "-v"], count=True, expose_value=False, callback=_store("verbose"),
-        help="Log to stderr: -v each API answer that is not a success, -vv every request.")),
-    ("log_file", lambda: click.Option(
-        ["--log-file"], metavar="PATH", expose_value=False, callback=_store("log_file"),
-        help="Append a JSON line per API request (time, reference_id, attempt, HTTP status, code, latency).")),
+    (
+        "profile",
+        lambda: click.Option(
+            ["--profile"],
+            metavar="NAME",
+            is_eager=True,
+            expose_value=False,
+            callback=_apply_profile,
+            help="Read settings from this profile of the config files (./uploader.toml, then the user's "
+            "config.toml); default: the profile `default`, if any.",
+        ),
+    ),
+    (
+        "as_json",
+        lambda: click.Option(
+            ["--json", "as_json"],
+            is_flag=True,
+            expose_value=False,
+            callback=_store("json"),
+            help="Print one JSON document on stdout (errors: a JSON object on stderr too).",
+        ),
+    ),
+    (
+        "quiet",
+        lambda: click.Option(
+            ["--quiet", "-q"],
+            is_flag=True,
+            expose_value=False,
+            callback=_store("quiet"),
+            help="Print only errors and the final line.",
+        ),
+    ),
+    (
+        "verbose",
+        lambda: click.Option(
+            ["--verbose", "-v"],
+            count=True,
+            expose_value=False,
+            callback=_store("verbose"),
+            help="Log to stderr: -v each API answer that is not a success, -vv every request.",
+        ),
+    ),
+    (
+        "log_file",
+        lambda: click.Option(
+            ["--log-file"],
+            metavar="PATH",
+            expose_value=False,
+            callback=_store("log_file"),
+            help="Append a JSON line per API request (time, reference_id, attempt, HTTP status, code, latency).",
+        ),
+    ),
 )
 
 
@@ -174,8 +236,9 @@ class UploaderGroup(click.Group):
             _quiet_stdout()
             sys.exit(EXIT_BROKEN_PIPE)
         except UploaderError as exc:  # raised while a command's options were read (a config file)
-            emit_error(str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())),
-                       getattr(exc, "code", None))
+            emit_error(
+                str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())), getattr(exc, "code", None)
+            )
             sys.exit(exc.exit_code)
         except click.ClickException as exc:  # a usage error found by click: in JSON mode, as JSON too
             if not _json_asked(ctx.meta.get(_META + "args", ())):

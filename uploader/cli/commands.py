@@ -84,6 +84,7 @@ def _interrupted() -> NoReturn:
         click.echo(message, err=True)
     sys.exit(128 + (signum or 2))
 
+
 ledger_option = click.option(
     "--ledger",
     default=None,
@@ -118,8 +119,14 @@ def _manifest_options(func: F) -> F:
     return func
 
 
-def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
-                   columns: tuple[str, ...], sign: bool = False) -> ManifestOptions:
+def _build_options(
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    sign: bool = False,
+) -> ManifestOptions:
     from uploader.manifest import ManifestOptions
 
     pairs = []
@@ -129,7 +136,11 @@ def _build_options(project_id: str | None, work_flow_id: str | None, batch_id: s
             raise UsageError(f"--column expects API_NAME=COLUMN, got {item!r}")
         pairs.append((api.strip(), col.strip()))
     return ManifestOptions(
-        project_id=project_id, work_flow_id=work_flow_id, batch_id=batch_id, format=fmt, columns=tuple(pairs),
+        project_id=project_id,
+        work_flow_id=work_flow_id,
+        batch_id=batch_id,
+        format=fmt,
+        columns=tuple(pairs),
         sign=sign,
     )
 
@@ -161,8 +172,16 @@ def cli() -> None:
 @_manifest_options
 @ledger_option
 @_handle_errors
-def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None, fmt: str | None,
-         columns: tuple[str, ...], sign: bool, ledger: str | None) -> None:
+def load(
+    manifest: Path,
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    sign: bool,
+    ledger: str | None,
+) -> None:
     """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
@@ -170,8 +189,10 @@ def load(manifest: Path, project_id: str | None, work_flow_id: str | None, batch
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     created = new_ledger_file(ledger)  # removed again if the load fails
-    with spooled_manifest(manifest, fmt) as (path, label), \
-            prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared:
+    with (
+        spooled_manifest(manifest, fmt) as (path, label),
+        prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared,
+    ):
         led = _open_ledger(ledger)
         try:
             print_load(prepared.load(led), json_mode(), quiet_mode())
@@ -199,23 +220,42 @@ def status(ledger: str | None, as_json: bool) -> None:
 
     led = _open_ledger(ledger, create=False)
     attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
-    print_status(led.status(), as_json, repeat_from_context(), projects=project_counts(led.engine),
-                 attachments=attachments, quiet=quiet_mode(), platform=sync_counts(led.engine))
+    print_status(
+        led.status(),
+        as_json,
+        repeat_from_context(),
+        projects=project_counts(led.engine),
+        attachments=attachments,
+        quiet=quiet_mode(),
+        platform=sync_counts(led.engine),
+    )
 
 
 @cli.command()
 @ledger_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]),
-              help="Default: from -o, else csv (jsonl with --json).")
-@click.option("--status", "statuses", multiple=True,
-              help="Only rows in this state, or with this platform status (`completed`; repeatable).")
-@click.option("--spreadsheet-safe", is_flag=True,
-              help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
-                   "as text. Without it only the API's messages are; ids and manifest values stay verbatim.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl", "parquet"]),
+    help="Default: from -o, else csv (jsonl with --json).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    help="Only rows in this state, or with this platform status (`completed`; repeatable).",
+)
+@click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="CSV: prefix every cell starting with = + - @ (or tab, CR) with ' so a spreadsheet shows it "
+    "as text. Without it only the API's messages are; ids and manifest values stay verbatim.",
+)
 @_handle_errors
-def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...],
-           spreadsheet_safe: bool) -> None:
+def export(
+    ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...], spreadsheet_safe: bool
+) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
     from uploader.export import FORMATS, export_rows
     from uploader.ledger import EXPORT_COLUMNS, RESULT_STATUSES, Status, sync_counts
@@ -249,8 +289,14 @@ def export(ledger: str | None, output: str | None, fmt: str | None, statuses: tu
 
 @cli.command(cls=UploaderCommand)
 @ledger_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
-              help="Write the page to FILE.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="report.html",
+    show_default=True,
+    help="Write the page to FILE.",
+)
 @_handle_errors
 def report(ledger: str | None, output: str) -> None:
     """Write one HTML page of the ledger (opens offline, prints): totals, throughput, errors and what to do."""
@@ -266,8 +312,12 @@ def report(ledger: str | None, output: str) -> None:
     data = report_data(led.engine)
     given = ["--ledger", hide_password(ledger)] if ledger else []
     command = shlex.join(["uploader", "report", *given, "-o", output])
-    versions = {"uploader": __version__, "Python": platform.python_version(), "SQLAlchemy": version("SQLAlchemy"),
-                "database": led.engine.dialect.name}
+    versions = {
+        "uploader": __version__,
+        "Python": platform.python_version(),
+        "SQLAlchemy": version("SQLAlchemy"),
+        "database": led.engine.dialect.name,
+    }
     page = render_report(data, Provenance(command, led.url, utcnow(), versions))
     Path(output).write_text(page, encoding="utf-8")
     if json_mode():
@@ -280,9 +330,12 @@ def report(ledger: str | None, output: str) -> None:
 @ledger_option
 @click.option("--error-code", "codes", multiple=True, help="Retry failed rows with this error code (repeatable).")
 @click.option("--all", "everything", is_flag=True, help="Retry every failed row.")
-@click.option("--blocked", is_flag=True,
-              help="Release every blocked row (its attachment failed the preflight) once you have fixed it; "
-                   "the next preflight checks its URLs again.")
+@click.option(
+    "--blocked",
+    is_flag=True,
+    help="Release every blocked row (its attachment failed the preflight) once you have fixed it; "
+    "the next preflight checks its URLs again.",
+)
 @_handle_errors
 def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked: bool) -> None:
     """Put failed (or blocked) rows back to pending (attempts reset) so the next run sends them again."""
@@ -307,16 +360,30 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked:
 def _api_options(func: F) -> F:
     for decorator in reversed(
         [
-            click.option("--api-key", help="API key (seen by `ps` on the command line: prefer --api-key-file or "
-                                           "the environment)."),
-            click.option("--api-key-file", metavar="PATH",
-                         help="Read the API key from this file (one trailing newline is dropped)."),
+            click.option(
+                "--api-key",
+                help="API key (seen by `ps` on the command line: prefer --api-key-file or the environment).",
+            ),
+            click.option(
+                "--api-key-file",
+                metavar="PATH",
+                help="Read the API key from this file (one trailing newline is dropped).",
+            ),
             click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True, help="API base URL."),
             click.option("--allow-http", is_flag=True, help="Allow plain http to a host that is not loopback."),
-            click.option("--sandbox", "use_sandbox", is_flag=True,
-                         help="Start the built-in API emulator on loopback and use it (no key needed)."),
-            click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                         help="Seconds before a request is abandoned (and retried)."),
+            click.option(
+                "--sandbox",
+                "use_sandbox",
+                is_flag=True,
+                help="Start the built-in API emulator on loopback and use it (no key needed).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                default=30.0,
+                show_default=True,
+                help="Seconds before a request is abandoned (and retried).",
+            ),
         ]
     ):
         func = decorator(func)
@@ -340,8 +407,14 @@ def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
 
 
-def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox: bool, stack: ExitStack,
-              api_key_file: str | None = None) -> tuple[str, str]:
+def _endpoint(
+    api_key: str | None,
+    base_url: str,
+    allow_http: bool,
+    use_sandbox: bool,
+    stack: ExitStack,
+    api_key_file: str | None = None,
+) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
     from uploader.api import check_base_url
 
@@ -354,8 +427,7 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
         return box.base_url, box.api_key
     api_key = _api_key(api_key, api_key_file)
     if not api_key:
-        raise UsageError("no API key: set PLAYMENT_API_KEY, pass --api-key-file PATH or --api-key (or try "
-                         "--sandbox)")
+        raise UsageError("no API key: set PLAYMENT_API_KEY, pass --api-key-file PATH or --api-key (or try --sandbox)")
     return check_base_url(base_url, allow_http), api_key
 
 
@@ -363,43 +435,100 @@ def _endpoint(api_key: str | None, base_url: str, allow_http: bool, use_sandbox:
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @click.option("--batch-name", help="Create this batch once (id kept in the ledger) and put the jobs in it.")
-@click.option("--default-batch", is_flag=True,
-              help="Put rows without a batch in the project's default batch, not in the batch the ledger "
-                   "creates for them (then a job whose answer was lost can be found only once another job "
-                   "of the run has succeeded).")
+@click.option(
+    "--default-batch",
+    is_flag=True,
+    help="Put rows without a batch in the project's default batch, not in the batch the ledger "
+    "creates for them (then a job whose answer was lost can be found only once another job "
+    "of the run has succeeded).",
+)
 @ledger_option
 @_api_options
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
-              help="At most this many requests in the air at once (the run starts lower and grows).")
-@click.option("--rate", type=click.FloatRange(min=0.001, max=1_000_000), metavar="R",
-              help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
-                   "whole requests: 2.5 sends at most 2 a second).")
-@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose; a longer one is "
-                                      "cut to this (and you are told).")
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=8, show_default=True,
-              help="Sends of one row before it fails (a 429 or an unreachable API does not count).")
-@click.option("--lease-seconds", type=click.FloatRange(min=1), default=120.0, show_default=True, metavar="S",
-              help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
-                   "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
-                   "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
-                   "ignored, never recorded).")
-@click.option("--preflight", is_flag=True,
-              help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
-                   "the rows whose image or frames would not open.")
-@click.option("--allow-blocked", is_flag=True,
-              help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
-                   "reported but not blocked.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=64,
+    show_default=True,
+    help="At most this many requests in the air at once (the run starts lower and grows).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001, max=1_000_000),
+    metavar="R",
+    help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
+    "whole requests: 2.5 sends at most 2 a second).",
+)
+@click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest wait a Retry-After from the API may impose; a longer one is cut to this (and you are told).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 100),
+    default=8,
+    show_default=True,
+    help="Sends of one row before it fails (a 429 or an unreachable API does not count).",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    metavar="S",
+    help="How long a claimed row stays reserved to this run without a heartbeat (renewed every S/4 s); "
+    "after that, runs sharing the ledger take it over. Shorter: faster takeover of a dead "
+    "machine's rows, but a run stalled for longer than S loses its rows (its late answers are "
+    "ignored, never recorded).",
+)
+@click.option(
+    "--preflight",
+    is_flag=True,
+    help="Before sending, check every pending row's attachment URLs (as `uploader check` does) and block "
+    "the rows whose image or frames would not open.",
+)
+@click.option(
+    "--allow-blocked",
+    is_flag=True,
+    help="Send blocked rows too (released to pending first); with --preflight, bad attachments are "
+    "reported but not blocked.",
+)
 @preflight_options
 @url_ttl_option
 @_handle_errors
 def run(
-    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
-    fmt: str | None, columns: tuple[str, ...], sign: bool, batch_name: str | None, default_batch: bool,
-    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
-    use_sandbox: bool, timeout: float, concurrency: int, rate: float | None, max_retry_after: float, max_attempts: int,
-    lease_seconds: float, preflight: bool, allow_blocked: bool, check_concurrency: int, per_host_rate: float,
-    check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta, url_ttl: dt.timedelta,
+    manifest: Path | None,
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    sign: bool,
+    batch_name: str | None,
+    default_batch: bool,
+    ledger: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    base_url: str,
+    allow_http: bool,
+    use_sandbox: bool,
+    timeout: float,
+    concurrency: int,
+    rate: float | None,
+    max_retry_after: float,
+    max_attempts: int,
+    lease_seconds: float,
+    preflight: bool,
+    allow_blocked: bool,
+    check_concurrency: int,
+    per_host_rate: float,
+    check_timeout: float,
+    recheck_after: dt.timedelta | None,
+    min_url_validity: dt.timedelta,
+    url_ttl: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
     from uploader.cli.forgetting import project_hint
@@ -413,8 +542,15 @@ def run(
     stop = click.get_current_context().meta[_STOP] = StopFlag()
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     signer = _signer(sign, url_ttl)
-    run_options = RunOptions(concurrency=concurrency, rate=rate, max_attempts=max_attempts, timeout=timeout,
-                             lease_seconds=lease_seconds, max_retry_after=max_retry_after, prepare_payload=signer)
+    run_options = RunOptions(
+        concurrency=concurrency,
+        rate=rate,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        lease_seconds=lease_seconds,
+        max_retry_after=max_retry_after,
+        prepare_payload=signer,
+    )
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
@@ -429,19 +565,33 @@ def run(
             if released:
                 click.echo(f"--allow-blocked: {rows_are(released)} pending again", err=True)
         if preflight:
-            settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after,
-                                          min_url_validity, block=not allow_blocked,
-                                          sign_url=signer.sign_url if signer else None)
+            settings = preflight_settings(
+                check_concurrency,
+                per_host_rate,
+                check_timeout,
+                recheck_after,
+                min_url_validity,
+                block=not allow_blocked,
+                sign_url=signer.sign_url if signer else None,
+            )
         before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
         if manifest is None and not (as_json or quiet):  # a resume from the ledger alone: say how far it got
             print_resume(led.url, led.counts(), loaded=False)
         try:
             summary = run_upload(
-                led, manifest, options, base_url=url, api_key=key, run_options=run_options,
+                led,
+                manifest,
+                options,
+                base_url=url,
+                api_key=key,
+                run_options=run_options,
                 batch_name=batch_name,
                 on_load=None if as_json or quiet else lambda report: print_load(report, counts=led.counts()),
-                on_progress=display.update, default_batch=default_batch, stop=stop,
-                on_notice=lambda message: click.echo(message, err=True), manifest_label=manifest_label,
+                on_progress=display.update,
+                default_batch=default_batch,
+                stop=stop,
+                on_notice=lambda message: click.echo(message, err=True),
+                manifest_label=manifest_label,
                 before_send=before_send,
             )
         except FatalApiError as exc:
@@ -450,8 +600,11 @@ def run(
             hint = project_hint(exc, led, repeat_from_context())
             message = f"{exc}\n{hint}" if hint is not None else str(exc)
             if partial is not None and as_json:  # one document on stdout: the summary with the error
-                click.echo(json.dumps({**partial.as_dict(), "error": message, "exit": exc.exit_code,
-                                       "code": exc.code}, indent=2))
+                click.echo(
+                    json.dumps(
+                        {**partial.as_dict(), "error": message, "exit": exc.exit_code, "code": exc.code}, indent=2
+                    )
+                )
                 document_printed()
             if hint is not None:
                 raise FatalApiError(message, exc.code, exc.http_status, exc.project_id) from None
@@ -462,12 +615,17 @@ def run(
         display.close()
     print_summary(summary, as_json, repeat_from_context(), quiet=quiet)
     if summary.interrupted:
-        click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.",
-                   err=True)
+        click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.", err=True)
         sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
-    if (counts["failed"] or counts["uncertain"] or counts["conflict"] or counts["pending"] or counts["in_flight"]
-            or counts.get("blocked")):
+    if (
+        counts["failed"]
+        or counts["uncertain"]
+        or counts["conflict"]
+        or counts["pending"]
+        or counts["in_flight"]
+        or counts.get("blocked")
+    ):
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -480,8 +638,9 @@ def _signer(sign: bool, url_ttl: dt.timedelta) -> PayloadSigner | None:
     return PayloadSigner(url_ttl)
 
 
-def _before_send(signer: PayloadSigner | None, settings: PreflightOptions | None, as_json: bool, blocking: bool
-                 ) -> Callable[[Ledger], Awaitable[None]]:
+def _before_send(
+    signer: PayloadSigner | None, settings: PreflightOptions | None, as_json: bool, blocking: bool
+) -> Callable[[Ledger], Awaitable[None]]:
     """The run's `before_send` (after the load): the signer of --sign made ready for the pending rows'
     providers, or storage URLs refused without it (`ready_for_pending`); with --preflight, the preflight."""
     preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
@@ -494,8 +653,7 @@ def _before_send(signer: PayloadSigner | None, settings: PreflightOptions | None
     return step
 
 
-def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
-                    ) -> Callable[[Ledger], Awaitable[None]]:
+def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool) -> Callable[[Ledger], Awaitable[None]]:
     """The run's `before_send`: the preflight, its report on stderr (JSON mode: nothing until the summary)."""
     from uploader.cli.hints import repeat_from_context
     from uploader.send import check_attachments
@@ -516,16 +674,32 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool
 @ledger_option
 @preflight_options
 @url_ttl_option
-@click.option("--sample", type=click.IntRange(1, 100_000), metavar="N",
-              help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
-                   "for manifests too big to check whole.")
+@click.option(
+    "--sample",
+    type=click.IntRange(1, 100_000),
+    metavar="N",
+    help="Check only N random URLs per host and report each host's failure rate (blocks nothing): "
+    "for manifests too big to check whole.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def check(
-    manifest: Path | None, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
-    fmt: str | None, columns: tuple[str, ...], sign: bool, ledger: str | None, check_concurrency: int,
-    per_host_rate: float, check_timeout: float, recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
-    url_ttl: dt.timedelta, sample: int | None, as_json: bool,
+    manifest: Path | None,
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    sign: bool,
+    ledger: str | None,
+    check_concurrency: int,
+    per_host_rate: float,
+    check_timeout: float,
+    recheck_after: dt.timedelta | None,
+    min_url_validity: dt.timedelta,
+    url_ttl: dt.timedelta,
+    sample: int | None,
+    as_json: bool,
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
@@ -551,8 +725,14 @@ def check(
         if not as_json:
             print_load(report)
     ready_for_pending(led, signer)
-    settings = preflight_settings(check_concurrency, per_host_rate, check_timeout, recheck_after, min_url_validity,
-                                  sign_url=signer.sign_url if signer else None)
+    settings = preflight_settings(
+        check_concurrency,
+        per_host_rate,
+        check_timeout,
+        recheck_after,
+        min_url_validity,
+        sign_url=signer.sign_url if signer else None,
+    )
     if sample is not None:
         from uploader.cli.preflight import print_sample
         from uploader.send import sample_attachments
@@ -571,12 +751,24 @@ def check(
 @cli.command()
 @ledger_option
 @_api_options
-@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
+@click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest wait a Retry-After from the API may impose.",
+)
 @_handle_errors
 def reconcile(
-    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
-    use_sandbox: bool, timeout: float, max_retry_after: float,
+    ledger: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    base_url: str,
+    allow_http: bool,
+    use_sandbox: bool,
+    timeout: float,
+    max_retry_after: float,
 ) -> None:
     """Look up the job_ids of `uncertain` rows (jobs that exist at the API) by listing their batches."""
     from uploader.cli.output import uncertain_reasons
@@ -585,16 +777,21 @@ def reconcile(
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
-        resolved, remaining = do_reconcile(led, base_url=url, api_key=key, timeout=timeout,
-                                           max_retry_after=max_retry_after)
+        resolved, remaining = do_reconcile(
+            led, base_url=url, api_key=key, timeout=timeout, max_retry_after=max_retry_after
+        )
     conflicts = led.counts()["conflict"]
     from uploader.cli.hints import repeat_from_context
 
     repeat = repeat_from_context()
     reasons = uncertain_reasons(led.uncertain_groups(), repeat) if remaining else []
     if json_mode():
-        click.echo(json.dumps({"resolved": resolved, "uncertain": remaining, "conflict": conflicts,
-                               "why_uncertain": reasons}, indent=2))
+        click.echo(
+            json.dumps(
+                {"resolved": resolved, "uncertain": remaining, "conflict": conflicts, "why_uncertain": reasons},
+                indent=2,
+            )
+        )
     else:
         click.echo(f"{plural(resolved, 'uncertain row')} resolved, {remaining} still uncertain.")
     if not json_mode() and not quiet_mode():
@@ -602,7 +799,6 @@ def reconcile(
             click.echo(reason)
     if conflicts and not json_mode() and not quiet_mode():
         from uploader.cli.output import conflict_hint
-
 
         click.echo(conflict_hint(conflicts, repeat_from_context()))
     if remaining or conflicts:
@@ -612,21 +808,58 @@ def reconcile(
 @cli.command()
 @ledger_option
 @_api_options
-@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Download the results of final jobs into DIR as <reference_id>.json (default: statuses only).")
-@click.option("--watch", type=click.FloatRange(min=0.1), is_flag=False, flag_value=30.0, default=None,
-              metavar="[SECONDS]", help="Repeat every SECONDS (default 30) until every job is final.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Requests in flight at once (job reads and result downloads).")
-@click.option("--max-result-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
-              help="The largest result downloaded; a bigger one is recorded as an error.")
-@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Download the results of final jobs into DIR as <reference_id>.json (default: statuses only).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Repeat every SECONDS (default 30) until every job is final.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests in flight at once (job reads and result downloads).",
+)
+@click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=1),
+    default=64 << 20,
+    show_default=True,
+    help="The largest result downloaded; a bigger one is recorded as an error.",
+)
+@click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest wait a Retry-After from the API may impose.",
+)
 @_handle_errors
 def sync(
-    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
-    use_sandbox: bool, timeout: float, results_dir: Path | None, watch: float | None, concurrency: int,
-    max_result_bytes: int, max_retry_after: float,
+    ledger: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    base_url: str,
+    allow_http: bool,
+    use_sandbox: bool,
+    timeout: float,
+    results_dir: Path | None,
+    watch: float | None,
+    concurrency: int,
+    max_result_bytes: int,
+    max_retry_after: float,
 ) -> None:
     """Record each sent job's platform status (from batch listings) and download the results of final jobs."""
     from uploader.send import SyncReport
@@ -637,21 +870,42 @@ def sync(
             return
         counts = report.counts
         words = ", ".join(f"{n} {s or '(none)'}" for s, n in sorted(counts["by_status"].items(), key=str))
-        click.echo(f"{counts['final']} / {counts['tracked']} jobs final ({words}); {report.changed} changed, "
-                   f"{report.results} results fetched, {len(report.result_errors)} failed; "
-                   f"{report.pages} listing and {report.job_reads} job requests.")
+        click.echo(
+            f"{counts['final']} / {counts['tracked']} jobs final ({words}); {report.changed} changed, "
+            f"{report.results} results fetched, {len(report.result_errors)} failed; "
+            f"{report.pages} listing and {report.job_reads} job requests."
+        )
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
-        report = do_sync(led, base_url=url, api_key=key, results_dir=results_dir, timeout=timeout,
-                         concurrency=concurrency, max_result_bytes=max_result_bytes,
-                         max_retry_after=max_retry_after, watch=watch, on_round=show)
+        report = do_sync(
+            led,
+            base_url=url,
+            api_key=key,
+            results_dir=results_dir,
+            timeout=timeout,
+            concurrency=concurrency,
+            max_result_bytes=max_result_bytes,
+            max_retry_after=max_retry_after,
+            watch=watch,
+            on_round=show,
+        )
     if json_mode():
-        click.echo(json.dumps({"batches": report.batches, "listing_requests": report.pages,
-                               "job_requests": report.job_reads, "changed": report.changed,
-                               "results_fetched": report.results, "failed_results": report.result_errors,
-                               **report.counts}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "batches": report.batches,
+                    "listing_requests": report.pages,
+                    "job_requests": report.job_reads,
+                    "changed": report.changed,
+                    "results_fetched": report.results,
+                    "failed_results": report.result_errors,
+                    **report.counts,
+                },
+                indent=2,
+            )
+        )
     elif not quiet_mode():
         for error in report.result_errors[:10]:
             click.echo(f"result not fetched: {error}", err=True)
@@ -663,14 +917,29 @@ def sync(
 @ledger_option
 @_api_options
 @click.option("--project-id", required=True, help="The project whose batches hold the jobs.")
-@click.option("--batch-id", "batch_ids", multiple=True, required=True,
-              help="A batch whose jobs to record (repeatable).")
-@click.option("--max-retry-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              metavar="SECONDS", help="The longest wait a Retry-After from the API may impose.")
+@click.option(
+    "--batch-id", "batch_ids", multiple=True, required=True, help="A batch whose jobs to record (repeatable)."
+)
+@click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest wait a Retry-After from the API may impose.",
+)
 @_handle_errors
 def adopt(
-    ledger: str | None, api_key: str | None, api_key_file: str | None, base_url: str, allow_http: bool,
-    use_sandbox: bool, timeout: float, project_id: str, batch_ids: tuple[str, ...], max_retry_after: float,
+    ledger: str | None,
+    api_key: str | None,
+    api_key_file: str | None,
+    base_url: str,
+    allow_http: bool,
+    use_sandbox: bool,
+    timeout: float,
+    project_id: str,
+    batch_ids: tuple[str, ...],
+    max_retry_after: float,
 ) -> None:
     """Record jobs created elsewhere (the UI, the SDK, another ledger): `run` then sends nothing for them."""
     from uploader.send import adopt as do_adopt
@@ -678,15 +947,26 @@ def adopt(
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=True)
-        done = do_adopt(led, project_id, batch_ids, base_url=url, api_key=key, timeout=timeout,
-                        max_retry_after=max_retry_after)
+        done = do_adopt(
+            led, project_id, batch_ids, base_url=url, api_key=key, timeout=timeout, max_retry_after=max_retry_after
+        )
     if json_mode():
-        click.echo(json.dumps({"adopted": done.adopted, "added": done.added, "already_known": done.known,
-                               "conflicts": [{"reference_id": r, "ledger": w} for r, w in done.conflicts]},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "adopted": done.adopted,
+                    "added": done.added,
+                    "already_known": done.known,
+                    "conflicts": [{"reference_id": r, "ledger": w} for r, w in done.conflicts],
+                },
+                indent=2,
+            )
+        )
     elif not quiet_mode():
-        click.echo(f"{plural(done.adopted, 'row')} adopted, {plural(done.added, 'job')} with no row added, "
-                   f"{done.known} already known, {plural(len(done.conflicts), 'conflict')}.")
+        click.echo(
+            f"{plural(done.adopted, 'row')} adopted, {plural(done.added, 'job')} with no row added, "
+            f"{done.known} already known, {plural(len(done.conflicts), 'conflict')}."
+        )
         for reference_id, held in done.conflicts[:20]:
             click.echo(f"conflict: {reference_id}: the ledger holds {held}; left unchanged", err=True)
     if done.conflicts:
@@ -697,16 +977,28 @@ def adopt(
 @ledger_option
 @click.option("--project-id", help="Only rows of this project.")
 @click.option("--status", "statuses", multiple=True, help="Only rows in this state (repeatable).")
-@click.option("--reference-id-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Only these reference_ids: a text file, one a line.")
+@click.option(
+    "--reference-id-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Only these reference_ids: a text file, one a line.",
+)
 @click.option("--manifest", help="Only rows loaded from this manifest (the path it was loaded as; - for stdin).")
-@click.option("--include-created", is_flag=True,
-              help="Also forget rows whose job exists (or may) at the API: their job_ids are lost, and loading "
-                   "them again sends them again. Asks first.")
+@click.option(
+    "--include-created",
+    is_flag=True,
+    help="Also forget rows whose job exists (or may) at the API: their job_ids are lost, and loading "
+    "them again sends them again. Asks first.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed with --include-created without a terminal).")
 @_handle_errors
 def forget(  # type: ignore[no-untyped-def]
-    ledger, project_id, statuses, reference_id_file, manifest, include_created, yes,
+    ledger,
+    project_id,
+    statuses,
+    reference_id_file,
+    manifest,
+    include_created,
+    yes,
 ) -> None:
     """Remove rows from the ledger (at least one filter); rows whose job exists are kept unless --include-created."""
     from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten
@@ -716,63 +1008,150 @@ def forget(  # type: ignore[no-untyped-def]
     led = _open_ledger(ledger, create=False)
     if include_created:
         confirm_forget(count_forget(led.engine, selection), yes)
-    print_forgotten(forget_rows(led.engine, selection, include_created=include_created),
-                    None if include_created else count_forget(led.engine, selection), json_mode())
+    print_forgotten(
+        forget_rows(led.engine, selection, include_created=include_created),
+        None if include_created else count_forget(led.engine, selection),
+        json_mode(),
+    )
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="Port to listen on (0: any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
 @click.option("--api-key", default="sandbox-key", show_default=True, help="The key the sandbox accepts.")
 @click.option("--latency-ms", type=float, default=0.0, help="Fixed latency of each job request.")
 @click.option("--jitter-ms", type=float, default=0.0, help="Random extra latency, uniform in [0, J].")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 500 FS_0000.")
 @click.option("--html-error-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 502 HTML.")
-@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
-              help="Fraction whose connection is dropped after the job was created.")
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction whose connection is dropped after the job was created.",
+)
 @click.option("--rate-limit", type=click.FloatRange(min=0.1), help="Requests/s; excess answered 429.")
 @click.option("--slow-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered after --slow-ms.")
 @click.option("--slow-ms", type=float, default=0.0, help="How late the --slow-rate answers come.")
 @click.option("--legacy", is_flag=True, help="Errors as HTTP 200 + success:false; 401 with an empty body.")
-@click.option("--retry-after", "retry_after_s", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Retry-After seconds sent with a 429.")
+@click.option(
+    "--retry-after",
+    "retry_after_s",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Retry-After seconds sent with a 429.",
+)
 @click.option("--seed", type=int, help="Seed for repeatable faults.")
 @click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), help="Persist state here.")
-@click.option("--project", "projects", multiple=True,
-              help="Serve only these projects (repeatable); others get resource_error. Default: any project.")
-@click.option("--forbidden-project", "forbidden", multiple=True,
-              help="A project the key may not use: answered `unauthorized` (repeatable).")
-@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Jobs per page when listing a batch.")
-@click.option("--check-attachments", is_flag=True,
-              help="Answer FS_0007 for a job whose image or frame is one of the sandbox's own files "
-                   "(/_sandbox/files/...) that would not open.")
-@click.option("--complete-after", "complete_after_s", type=click.FloatRange(min=0),
-              help="Seconds after creation when a job becomes completed (or rejected); default: never.")
-@click.option("--complete-jitter", "complete_jitter_s", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, help="Each job completes up to this many seconds earlier or later.")
-@click.option("--reject-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Fraction of jobs that end rejected instead of completed.")
-@click.option("--result-failure", type=click.Choice(["403", "html"]),
-              help="Answer every result URL with a 403 or an HTML page (to test result downloads).")
+@click.option(
+    "--project",
+    "projects",
+    multiple=True,
+    help="Serve only these projects (repeatable); others get resource_error. Default: any project.",
+)
+@click.option(
+    "--forbidden-project",
+    "forbidden",
+    multiple=True,
+    help="A project the key may not use: answered `unauthorized` (repeatable).",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Jobs per page when listing a batch.",
+)
+@click.option(
+    "--check-attachments",
+    is_flag=True,
+    help="Answer FS_0007 for a job whose image or frame is one of the sandbox's own files "
+    "(/_sandbox/files/...) that would not open.",
+)
+@click.option(
+    "--complete-after",
+    "complete_after_s",
+    type=click.FloatRange(min=0),
+    help="Seconds after creation when a job becomes completed (or rejected); default: never.",
+)
+@click.option(
+    "--complete-jitter",
+    "complete_jitter_s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Each job completes up to this many seconds earlier or later.",
+)
+@click.option(
+    "--reject-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of jobs that end rejected instead of completed.",
+)
+@click.option(
+    "--result-failure",
+    type=click.Choice(["403", "html"]),
+    help="Answer every result URL with a 403 or an HTML page (to test result downloads).",
+)
 @_handle_errors
-def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: float, error_rate: float,
-            html_error_rate: float, drop_rate: float, rate_limit: float | None, slow_rate: float, slow_ms: float,
-            legacy: bool, retry_after_s: int, seed: int | None, state_file: Path | None, projects: tuple[str, ...],
-            forbidden: tuple[str, ...], page_size: int, check_attachments: bool, complete_after_s: float | None,
-            complete_jitter_s: float, reject_rate: float, result_failure: str | None) -> None:
+def sandbox(
+    host: str,
+    port: int,
+    api_key: str,
+    latency_ms: float,
+    jitter_ms: float,
+    error_rate: float,
+    html_error_rate: float,
+    drop_rate: float,
+    rate_limit: float | None,
+    slow_rate: float,
+    slow_ms: float,
+    legacy: bool,
+    retry_after_s: int,
+    seed: int | None,
+    state_file: Path | None,
+    projects: tuple[str, ...],
+    forbidden: tuple[str, ...],
+    page_size: int,
+    check_attachments: bool,
+    complete_after_s: float | None,
+    complete_jitter_s: float,
+    reject_rate: float,
+    result_failure: str | None,
+) -> None:
     """Serve a local emulator of the GT Studio job API (with fault injection) until Ctrl-C."""
     from uploader.sandbox import SandboxConfig, serve
 
     try:
         config = SandboxConfig(
-            api_key=api_key, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate,
-            html_error_rate=html_error_rate, drop_rate=drop_rate, rate_limit=rate_limit, slow_rate=slow_rate,
-            slow_ms=slow_ms, legacy=legacy, retry_after_s=retry_after_s, seed=seed, state_file=state_file,
-            projects=frozenset(projects) if projects else None, forbidden_projects=frozenset(forbidden),
-            page_size=page_size, check_attachments=check_attachments, complete_after_s=complete_after_s,
-            complete_jitter_s=complete_jitter_s, reject_rate=reject_rate, result_failure=result_failure or "",
+            api_key=api_key,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            error_rate=error_rate,
+            html_error_rate=html_error_rate,
+            drop_rate=drop_rate,
+            rate_limit=rate_limit,
+            slow_rate=slow_rate,
+            slow_ms=slow_ms,
+            legacy=legacy,
+            retry_after_s=retry_after_s,
+            seed=seed,
+            state_file=state_file,
+            projects=frozenset(projects) if projects else None,
+            forbidden_projects=frozenset(forbidden),
+            page_size=page_size,
+            check_attachments=check_attachments,
+            complete_after_s=complete_after_s,
+            complete_jitter_s=complete_jitter_s,
+            reject_rate=reject_rate,
+            result_failure=result_failure or "",
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -784,8 +1163,10 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float, jitter_ms: fl
             return
         click.echo(f"sandbox serving the GT Studio job API at {url}")
         click.echo(f"API key: {api_key}")
-        click.echo(f"try: uploader run sample_manifests/images.csv --project-id demo --work-flow-id wf "
-                   f"--base-url {url} --api-key {api_key}")
+        click.echo(
+            f"try: uploader run sample_manifests/images.csv --project-id demo --work-flow-id wf "
+            f"--base-url {url} --api-key {api_key}"
+        )
         click.echo("Ctrl-C to stop.")
 
     try:
@@ -826,8 +1207,9 @@ def config(ctx: click.Context, command: str) -> None:
     group = ctx.parent.command if ctx.parent is not None else cli
     target = group.commands.get(command) if isinstance(group, click.Group) else None
     if target is None or command == "config":
-        raise UsageError(f"no command {command!r}: choose from "
-                         f"{', '.join(n for n in cli.list_commands(ctx) if n != 'config')}")
+        raise UsageError(
+            f"no command {command!r}: choose from {', '.join(n for n in cli.list_commands(ctx) if n != 'config')}"
+        )
     print_settings(resolved_settings(ctx, command, target, ctx.args), json_mode())
 
 

@@ -64,11 +64,32 @@ API_KEY_ENV = ("UPLOADER_API_KEY", "PLAYMENT_API_KEY")
 
 #: Options that mean the same in every command that has them: UPLOADER_<KEY>, and a profile's top level.
 #: Any other option is one command's: UPLOADER_<COMMAND>_<KEY>, and the profile's [<profile>.<command>] table.
-SHARED = frozenset({
-    "ledger", "api_key", "api_key_file", "base_url", "allow_http", "sandbox", "timeout", "max_retry_after",
-    "project_id", "work_flow_id", "batch_id", "column", "profile", "json", "quiet", "verbose", "log_file",
-    "check_concurrency", "per_host_rate", "check_timeout", "recheck_after", "min_url_validity",  # check and run
-})
+SHARED = frozenset(
+    {
+        "ledger",
+        "api_key",
+        "api_key_file",
+        "base_url",
+        "allow_http",
+        "sandbox",
+        "timeout",
+        "max_retry_after",
+        "project_id",
+        "work_flow_id",
+        "batch_id",
+        "column",
+        "profile",
+        "json",
+        "quiet",
+        "verbose",
+        "log_file",
+        "check_concurrency",
+        "per_host_rate",
+        "check_timeout",
+        "recheck_after",
+        "min_url_validity",  # check and run
+    }
+)
 
 #: Options only ever typed: what a command that removes or resets rows acts on is never inherited from the
 #: environment or a profile (command → setting keys).
@@ -134,8 +155,9 @@ class Profile:
         return None
 
 
-def read_profile(name: str | None, commands: Mapping[str, Mapping[str, str]],
-                 files: list[Path] | None = None) -> Profile:
+def read_profile(
+    name: str | None, commands: Mapping[str, Mapping[str, str]], files: list[Path] | None = None
+) -> Profile:
     """Profile `name` (None: `default`, if any file has it) from the config files. `commands` maps each
     command to its options (setting key → parameter name), to check every key. ConfigFileError for a file
     that is not TOML (file:line:column) or holds an unknown key; UsageError for a profile asked for by name
@@ -152,8 +174,10 @@ def read_profile(name: str | None, commands: Mapping[str, Mapping[str, str]],
         found.append(path)
         for profile, table in data.items():
             if not isinstance(table, dict):
-                raise ConfigFileError(f"{path}: {profile!r} is not a profile: the file holds tables, e.g. "
-                                      f"[{DEFAULT_PROFILE}] then {profile} = …")
+                raise ConfigFileError(
+                    f"{path}: {profile!r} is not a profile: the file holds tables, e.g. "
+                    f"[{DEFAULT_PROFILE}] then {profile} = …"
+                )
             names.add(profile)
             checked = _check_profile(path, profile, table, commands)
             if profile == wanted:
@@ -189,13 +213,14 @@ def _toml_location(exc: tomllib.TOMLDecodeError) -> str:
     text = str(exc)
     match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
     if match:
-        return f"{match.group(1)}:{match.group(2)}: {text[:match.start()]}"
+        return f"{match.group(1)}:{match.group(2)}: {text[: match.start()]}"
     match = re.search(r"\s*\(at end of document\)$", text)
-    return f" {text[:match.start()]} (at the end)" if match else f" {text}"
+    return f" {text[: match.start()]} (at the end)" if match else f" {text}"
 
 
-def _check_profile(path: Path, profile: str, table: dict[str, Any],
-                   commands: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, tuple[Any, str]]]:
+def _check_profile(
+    path: Path, profile: str, table: dict[str, Any], commands: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, tuple[Any, str]]]:
     """One profile's table as scope → key → (value, source); ConfigFileError for a key no option has."""
     source = f"{path}:{profile}"
     shared = {k for keys in commands.values() for k in keys if k in SHARED}
@@ -210,13 +235,16 @@ def _check_profile(path: Path, profile: str, table: dict[str, Any],
                 scope[sub] = (sub_value, f"{source}.{raw_key}")
             continue
         if isinstance(value, dict):
-            raise ConfigFileError(f"{path}: [{profile}.{raw_key}] is no command's table; commands: "
-                                  f"{', '.join(sorted(commands))}")
+            raise ConfigFileError(
+                f"{path}: [{profile}.{raw_key}] is no command's table; commands: {', '.join(sorted(commands))}"
+            )
         if key not in shared:
             owners = sorted(c for c, keys in commands.items() if key in keys)
             if owners:
-                raise ConfigFileError(f"{path}: [{profile}] {raw_key} is an option of `{owners[0]}` only: put it "
-                                      f"in a table [{profile}.{owners[0]}]")
+                raise ConfigFileError(
+                    f"{path}: [{profile}] {raw_key} is an option of `{owners[0]}` only: put it "
+                    f"in a table [{profile}.{owners[0]}]"
+                )
         _check_key(path, profile, key, shared)
         out.setdefault("", {})[key] = (value, source)
     return out
@@ -224,8 +252,10 @@ def _check_profile(path: Path, profile: str, table: dict[str, Any],
 
 def _check_key(path: Path, table: str, key: str, known: set[str]) -> None:
     if key == "api_key":
-        raise ConfigFileError(f"{path}: [{table}] api_key: the key is not read from a config file (such files "
-                              "get shared); put it in a file of its own and set api_key_file = \"PATH\"")
+        raise ConfigFileError(
+            f"{path}: [{table}] api_key: the key is not read from a config file (such files "
+            'get shared); put it in a file of its own and set api_key_file = "PATH"'
+        )
     if key in NOT_IN_FILES or key not in known:
         raise ConfigFileError(f"{path}: [{table}] unknown setting {key!r}; known here: {', '.join(sorted(known))}")
 

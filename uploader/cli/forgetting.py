@@ -16,15 +16,15 @@ from uploader.cli.output import plural
 from uploader.cli.stdin import STDIN_LABEL
 from uploader.errors import UsageError
 
-__all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten",
-           "project_hint"]
+__all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten", "project_hint"]
 
 #: API codes that stop a run over one project (not found, or the key may not use it).
 PROJECT_CODES = frozenset({"unauthorized", "resource_error", "PR_0001"})
 
 
-def forget_selection(project_id: str | None, statuses: tuple[str, ...], reference_id_file: Path | None,
-                     manifest: str | None) -> Any:
+def forget_selection(
+    project_id: str | None, statuses: tuple[str, ...], reference_id_file: Path | None, manifest: str | None
+) -> Any:
     """The rows `forget` acts on; UsageError without any filter or with an unknown state."""
     from uploader.ledger import Selection, Status
 
@@ -70,18 +70,26 @@ def print_forgotten(removed: Any, kept: Any | None, as_json: bool = False) -> No
     """What `forget` removed, and (without --include-created) what it kept and why."""
     total = removed.never_created + removed.created
     if as_json:
-        document = {"forgotten": total, "never_created": removed.never_created, "created": removed.created,
-                    "job_ids": removed.with_job_id}
+        document = {
+            "forgotten": total,
+            "never_created": removed.never_created,
+            "created": removed.created,
+            "job_ids": removed.with_job_id,
+        }
         if kept is not None:
             document["kept"] = {"created": kept.created, "job_ids": kept.with_job_id}
         click.echo(json.dumps(document, indent=2))
         return
-    click.echo(f"forgot {plural(total, 'row')}: {removed.never_created} that never created a job"
-               + (f", {removed.created} whose job exists or may ({removed.with_job_id} job_ids)" if removed.created
-                  else "") + ".")
+    click.echo(
+        f"forgot {plural(total, 'row')}: {removed.never_created} that never created a job"
+        + (f", {removed.created} whose job exists or may ({removed.with_job_id} job_ids)" if removed.created else "")
+        + "."
+    )
     if kept is not None and kept.created:
-        click.echo(f"kept {plural(kept.created, 'row')} whose job exists or may exist at the API "
-                   f"({kept.with_job_id} with a job_id); --include-created forgets them too.")
+        click.echo(
+            f"kept {plural(kept.created, 'row')} whose job exists or may exist at the API "
+            f"({kept.with_job_id} with a job_id); --include-created forgets them too."
+        )
 
 
 def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:

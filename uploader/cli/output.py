@@ -25,9 +25,23 @@ if TYPE_CHECKING:
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
-__all__ = ["CONFLICT_HINT", "ProgressDisplay", "conflict_hint", "error_line", "error_lines", "plural", "print_load",
-           "print_resume", "print_row", "print_settings", "print_status", "print_summary", "retry_report", "rows_are",
-           "uncertain_reasons"]
+__all__ = [
+    "CONFLICT_HINT",
+    "ProgressDisplay",
+    "conflict_hint",
+    "error_line",
+    "error_lines",
+    "plural",
+    "print_load",
+    "print_resume",
+    "print_row",
+    "print_settings",
+    "print_status",
+    "print_summary",
+    "retry_report",
+    "rows_are",
+    "uncertain_reasons",
+]
 
 #: What a person is told about rows in state `conflict` (status and the run summary).
 CONFLICT_HINT = (
@@ -53,8 +67,9 @@ def rows_are(n: int) -> str:
     return f"{plural(n, 'row')} {'is' if n == 1 else 'are'}"
 
 
-def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False,
-               counts: dict[str, int] | None = None) -> None:
+def print_load(
+    report: LoadReport, as_json: bool = False, quiet: bool = False, counts: dict[str, int] | None = None
+) -> None:
     """What loading a manifest did: new, unchanged, updated and conflicting rows. With the ledger's `counts`
     (`uploader run`, which sends next), a manifest already loaded is reported as what the run resumes."""
     if as_json:
@@ -63,14 +78,17 @@ def print_load(report: LoadReport, as_json: bool = False, quiet: bool = False,
         click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
         return
     if quiet:
-        click.echo(f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.updated} updated, "
-                   f"{report.conflicts} conflicting")
+        click.echo(
+            f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.updated} updated, "
+            f"{report.conflicts} conflicting"
+        )
         return
     if report.already_loaded and counts is not None:
         print_resume(report.manifest, counts)
     elif report.already_loaded:
-        click.echo(f"{report.manifest}: already loaded with the same options ({plural(report.rows, 'row')}); "
-                   "nothing to do.")
+        click.echo(
+            f"{report.manifest}: already loaded with the same options ({plural(report.rows, 'row')}); nothing to do."
+        )
     else:
         click.echo(
             f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.unchanged} unchanged, "
@@ -99,10 +117,15 @@ def print_resume(source: Any, counts: dict[str, int], loaded: bool = True) -> No
         click.echo(f"{head}; every row is done ({done:,}); nothing to send.")
 
 
-def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT,
-                 projects: dict[str, dict[str, int]] | None = None,
-                 attachments: dict[str, Any] | None = None, quiet: bool = False,
-                 platform: dict[str, Any] | None = None) -> None:
+def print_status(
+    report: StatusReport,
+    as_json: bool,
+    repeat: Repeat = NO_REPEAT,
+    projects: dict[str, dict[str, int]] | None = None,
+    attachments: dict[str, Any] | None = None,
+    quiet: bool = False,
+    platform: dict[str, Any] | None = None,
+) -> None:
     """The ledger's state counts (and per project, when `projects` holds more than one), error codes and
     live workers, with a hint for what to do next (follow-up commands repeat `repeat`'s options); with
     `quiet`, the counts in one line. `platform`: what `uploader sync` recorded (`sync_counts`)."""
@@ -123,8 +146,10 @@ def print_status(report: StatusReport, as_json: bool, repeat: Repeat = NO_REPEAT
     _print_counts(report, by_project)
     if platform and platform["by_status"] != {"None": platform["tracked"]}:
         words = ", ".join(f"{n} {s}" for s, n in sorted(platform["by_status"].items()) if s != "None")
-        click.echo(f"on the platform (last `uploader sync`): {words}; {platform['results']} results fetched"
-                   + (f", {platform['result_errors']} not fetched" if platform["result_errors"] else ""))
+        click.echo(
+            f"on the platform (last `uploader sync`): {words}; {platform['results']} results fetched"
+            + (f", {platform['result_errors']} not fetched" if platform["result_errors"] else "")
+        )
     _print_activity(report)
     _print_follow_ups(report, repeat, attachments)
 
@@ -180,8 +205,10 @@ def _print_follow_ups(report: StatusReport, repeat: Repeat, attachments: dict[st
     if attachments is not None:
         _print_attachments(attachments, report.counts.get("blocked", 0), repeat)
     if report.counts.get("failed"):
-        click.echo(f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
-                   f"`{repeat.command('retry --all')}`.")
+        click.echo(
+            f"failed rows: fix the cause, then `{repeat.command('retry --error-code CODE')}` or "
+            f"`{repeat.command('retry --all')}`."
+        )
 
 
 #: The longest API message quoted beside an error code.
@@ -203,8 +230,10 @@ def error_lines(errors: list[dict[str, Any]], indent: str = "  ") -> list[str]:
     groups = (
         ("error codes (failed, uncertain, conflict):", [e for e in errors if not e["waiting"]]),
         ("waiting to retry:", [e for e in errors if e["waiting"] and not e.get("throttled")]),
-        ("throttling (the API asked to slow down; not errors, the rows wait and are sent again):",
-         [e for e in errors if e["waiting"] and e.get("throttled")]),
+        (
+            "throttling (the API asked to slow down; not errors, the rows wait and are sent again):",
+            [e for e in errors if e["waiting"] and e.get("throttled")],
+        ),
     )
     for title, group in groups:
         if group:
@@ -219,12 +248,16 @@ def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat
     if urls:
         click.echo("attachment URLs checked: " + ", ".join(f"{n} {verdict}" for verdict, n in urls.items()))
     if blocked:
-        click.echo(f"{rows_are(blocked)} blocked (an attachment failed its check): "
-                   f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
-                   f"`{repeat.command('retry --blocked')}`.")
+        click.echo(
+            f"{rows_are(blocked)} blocked (an attachment failed its check): "
+            f"`{repeat.command('export --status blocked')}` shows why; after a fix, "
+            f"`{repeat.command('retry --blocked')}`."
+        )
     if attachments["never_checked"]:
-        click.echo(f"{plural(attachments['never_checked'], 'pending row')} never had their attachments checked: "
-                   f"`{repeat.command('check')}` checks them (or `run --preflight`).")
+        click.echo(
+            f"{plural(attachments['never_checked'], 'pending row')} never had their attachments checked: "
+            f"`{repeat.command('check')}` checks them (or `run --preflight`)."
+        )
 
 
 def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
@@ -247,17 +280,25 @@ def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT
     for e in d["this_run_errors"][:5]:
         click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
     if run_["throttled"]:
-        click.echo(f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
-                   "(no attempt counted, no row failed for it)")
+        click.echo(
+            f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
+            "(no attempt counted, no row failed for it)"
+        )
     if run_.get("retry_after_capped"):
-        click.echo(f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
-                   f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that")
+        click.echo(
+            f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
+            f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that"
+        )
     if run_.get("protocol_errors"):
-        click.echo(f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
-                   "uncertain until a batch listing decides")
+        click.echo(
+            f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
+            "uncertain until a batch listing decides"
+        )
     if run_["ignored_stale_results"]:
-        click.echo(f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
-                   "another run after this one's lease expired")
+        click.echo(
+            f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
+            "another run after this one's lease expired"
+        )
     click.echo(
         f"ledger (every run): {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
         + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
@@ -267,8 +308,10 @@ def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT
     for line in error_lines(d["errors"]):
         click.echo("  " + line)
     if c.get("blocked"):
-        click.echo(f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
-                   f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`")
+        click.echo(
+            f"{rows_are(c['blocked'])} blocked (an attachment failed its check; never sent): see them with "
+            f"`{repeat.command('export --status blocked')}`; after a fix, `{repeat.command('retry --blocked')}`"
+        )
     if c.get("conflict"):
         click.echo(conflict_hint(c["conflict"], repeat))
     if not quiet:
@@ -358,8 +401,14 @@ def postfix(p: Any, sep: str = "=") -> str:
     return ", ".join(f"{name}{sep}{n}" if sep == "=" else f"{n} {name}" for name, n in parts)
 
 
-def retry_report(n: int | None, codes: tuple[str, ...], failed: dict[str | None, int], as_json: bool,
-                 repeat: Repeat = NO_REPEAT, blocked: int | None = None) -> None:
+def retry_report(
+    n: int | None,
+    codes: tuple[str, ...],
+    failed: dict[str | None, int],
+    as_json: bool,
+    repeat: Repeat = NO_REPEAT,
+    blocked: int | None = None,
+) -> None:
     """What `retry` did: `n` failed rows (None: not asked) and `blocked` rows (None: not asked) pending again.
     For a code no failed row has, says so and lists the codes there are (`failed`: failed rows per code,
     before the retry). Follow-up commands repeat `repeat`'s options."""
@@ -367,28 +416,37 @@ def retry_report(n: int | None, codes: tuple[str, ...], failed: dict[str | None,
     if as_json:
         document: dict[str, Any] = {}
         if n is not None:
-            document.update(pending_again=n, codes_not_found=missing,
-                            failed_codes={str(k): v for k, v in failed.items()})
+            document.update(
+                pending_again=n, codes_not_found=missing, failed_codes={str(k): v for k, v in failed.items()}
+            )
         if blocked is not None:
             document["blocked_pending_again"] = blocked
         click.echo(json.dumps(document, indent=2))
         return
     run = repeat.command("run")
     if blocked is not None:
-        click.echo(f"{plural(blocked, 'blocked row')} {'is' if blocked == 1 else 'are'} pending again; "
-                   f"`{run} --preflight` checks their attachments again and sends them.")
+        click.echo(
+            f"{plural(blocked, 'blocked row')} {'is' if blocked == 1 else 'are'} pending again; "
+            f"`{run} --preflight` checks their attachments again and sends them."
+        )
     if n is None:
         return
-    click.echo(f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
-               + (f"; `{run}` sends them." if n else "."))
+    click.echo(
+        f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
+        + (f"; `{run}` sends them." if n else ".")
+    )
     if missing:
         there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
-        click.echo(f"no failed row has error code {', '.join(missing)}; "
-                   + (f"failed rows by code: {there}." if failed else "there are no failed rows."), err=True)
+        click.echo(
+            f"no failed row has error code {', '.join(missing)}; "
+            + (f"failed rows by code: {there}." if failed else "there are no failed rows."),
+            err=True,
+        )
 
 
-def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]],
-                      repeat: Repeat = NO_REPEAT) -> list[str]:
+def uncertain_reasons(
+    groups: list[tuple[str, str | None, list[tuple[int, str]]]], repeat: Repeat = NO_REPEAT
+) -> list[str]:
     """Why rows are still uncertain after a lookup, and what to do (groups as Ledger.uncertain_groups; the
     commands named repeat `repeat`'s options)."""
     reasons = []
@@ -399,12 +457,14 @@ def uncertain_reasons(groups: list[tuple[str, str | None, list[tuple[int, str]]]
                 f"{plural(len(rows), 'row')} of project {project!r} (e.g. {example!r}) went to the project's "
                 "default batch, whose id is known only once a job of ours in it has succeeded: after a run puts "
                 f"one more job there (--default-batch), `{repeat.command('reconcile', api=True)}` finds them; or "
-                f"check them in GT Studio (`{repeat.command('export --status uncertain')}`).")
+                f"check them in GT Studio (`{repeat.command('export --status uncertain')}`)."
+            )
         else:
             reasons.append(
                 f"{plural(len(rows), 'row')} of project {project!r} in batch {batch} (e.g. {example!r}) were not "
                 f"settled by the listing (an error or a wait): run `{repeat.command('reconcile', api=True)}` "
-                "again.")
+                "again."
+            )
     return reasons
 
 

@@ -49,11 +49,20 @@ class _Sendable:
 
 def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
     return {
-        "manifest": plan.manifest, "rows": plan.rows, "new": plan.new, "unchanged": plan.unchanged,
-        "changed": plan.changed, "conflicts": plan.conflicts, "pending_unchanged": plan.pending_unchanged,
-        "blocked": plan.blocked, "other_pending": plan.other_pending, "to_send": plan.to_send,
-        "expiring": sendable.expiring, "held_back": held_back,
-        "changed_examples": list(plan.changed_examples), "conflict_examples": list(plan.conflict_examples),
+        "manifest": plan.manifest,
+        "rows": plan.rows,
+        "new": plan.new,
+        "unchanged": plan.unchanged,
+        "changed": plan.changed,
+        "conflicts": plan.conflicts,
+        "pending_unchanged": plan.pending_unchanged,
+        "blocked": plan.blocked,
+        "other_pending": plan.other_pending,
+        "to_send": plan.to_send,
+        "expiring": sendable.expiring,
+        "held_back": held_back,
+        "changed_examples": list(plan.changed_examples),
+        "conflict_examples": list(plan.conflict_examples),
         "expiring_examples": sendable.expiring_examples,
         "batches": sorted(b or "" for b in sendable.batches),
         "first_payload": json.loads(sendable.first_payload) if sendable.first_payload else None,
@@ -65,18 +74,42 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
 @click.option("--project-id", help="Project for rows without a project_id column.")
 @click.option("--work-flow-id", help="Workflow for rows without a work_flow_id column.")
 @click.option("--batch-id", help="Batch (UUID) for rows without a batch_id column.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "parquet", "jsonl"]),
-              help="Manifest format (default: from the file extension).")
-@click.option("--column", "columns", multiple=True, metavar="API_NAME=COLUMN",
-              help="Read API field API_NAME from manifest column COLUMN (repeatable).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "tsv", "parquet", "jsonl"]),
+    help="Manifest format (default: from the file extension).",
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="API_NAME=COLUMN",
+    help="Read API field API_NAME from manifest column COLUMN (repeatable).",
+)
 @click.option("--ledger", metavar="PATH|URL", help="Ledger file or SQLAlchemy URL [default ./uploader.db].")
-@click.option("--min-url-validity", type=Duration(), default="24h", show_default=True, metavar="DURATION",
-              help="Count as held back the rows whose signed URL expires sooner than this from now.")
+@click.option(
+    "--min-url-validity",
+    type=Duration(),
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Count as held back the rows whose signed URL expires sooner than this from now.",
+)
 @sign_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_command(manifest: Path, project_id: str | None, work_flow_id: str | None, batch_id: str | None,
-                 fmt: str | None, columns: tuple[str, ...], ledger: str | None, min_url_validity: dt.timedelta,
-                 sign: bool, as_json: bool) -> None:
+def plan_command(
+    manifest: Path,
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    ledger: str | None,
+    min_url_validity: dt.timedelta,
+    sign: bool,
+    as_json: bool,
+) -> None:
     """Show what `uploader run MANIFEST` would do — new, unchanged, changed and conflicting rows, what it would
     send and hold back, the batch, the first payload — without sending or writing anything (exit 3 when
     something would be held back)."""
@@ -84,8 +117,13 @@ def plan_command(manifest: Path, project_id: str | None, work_flow_id: str | Non
 
     @_handle_errors
     def go() -> None:
-        _plan(manifest, _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign), ledger,
-              min_url_validity, as_json)
+        _plan(
+            manifest,
+            _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign),
+            ledger,
+            min_url_validity,
+            as_json,
+        )
 
     go()
 
@@ -116,19 +154,29 @@ def _plan(manifest: Path, options: Any, ledger: str | None, min_url_validity: dt
 def _print(plan: Any, sendable: _Sendable, held_back: int, missing: bool, options: Any) -> None:
     where = "a new ledger" if missing else "the ledger"
     click.echo(f"plan: {plan.manifest}, {plan.rows:,} rows, against {where} (nothing sent, nothing written)")
-    click.echo(f"  new {plan.new:,} · unchanged {plan.unchanged:,} · changed {plan.changed:,} (sent again with the "
-               f"new payload) · conflicts {plan.conflicts:,} (a job may exist: kept as they are)")
+    click.echo(
+        f"  new {plan.new:,} · unchanged {plan.unchanged:,} · changed {plan.changed:,} (sent again with the "
+        f"new payload) · conflicts {plan.conflicts:,} (a job may exist: kept as they are)"
+    )
     if plan.changed_examples:
         click.echo(f"  changed, e.g. {', '.join(plan.changed_examples)}")
     if plan.conflict_examples:
         click.echo(f"  conflicts, e.g. {', '.join(plan.conflict_examples)}")
     extra = f", and {plan.other_pending:,} pending rows of other manifests" if plan.other_pending else ""
-    click.echo(f"  a run would send {plan.to_send - sendable.expiring:,} rows of this manifest"
-               f" ({plan.pending_unchanged:,} of them loaded before and still pending){extra}")
+    click.echo(
+        f"  a run would send {plan.to_send - sendable.expiring:,} rows of this manifest"
+        f" ({plan.pending_unchanged:,} of them loaded before and still pending){extra}"
+    )
     if held_back:
-        parts = [f"{n:,} {what}" for n, what in ((plan.conflicts, "in conflict"),
-                 (plan.blocked, "blocked by a failed attachment check"),
-                 (sendable.expiring, "with a signed URL expiring too soon")) if n]
+        parts = [
+            f"{n:,} {what}"
+            for n, what in (
+                (plan.conflicts, "in conflict"),
+                (plan.blocked, "blocked by a failed attachment check"),
+                (sendable.expiring, "with a signed URL expiring too soon"),
+            )
+            if n
+        ]
         click.echo(f"  held back: {', '.join(parts)}")
         for line in sendable.expiring_examples:
             click.echo(f"    {line}")

@@ -46,36 +46,76 @@ class Duration(_ParamType):
 
 def preflight_options(func: F) -> F:
     """The options of a preflight (`uploader check`, `run --preflight`)."""
-    for decorator in reversed([
-        click.option("--check-concurrency", type=click.IntRange(1, 4096), default=64, show_default=True,
-                     help="Attachment URLs checked at once."),
-        click.option("--per-host-rate", type=click.FloatRange(min=0.1), default=50.0, show_default=True,
-                     help="At most this many checks per second to any one host."),
-        click.option("--check-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                     help="Seconds before an attachment URL counts as unreachable."),
-        click.option("--recheck-after", type=Duration(), metavar="DURATION",
-                     help="Check again URLs whose verdict is older than this (e.g. 7d); by default a verdict is "
-                          "kept until `uploader retry --blocked`."),
-        click.option("--min-url-validity", type=Duration(), default="24h", show_default=True, metavar="DURATION",
-                     help="Block rows whose signed URL expires sooner than this from now."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--check-concurrency",
+                type=click.IntRange(1, 4096),
+                default=64,
+                show_default=True,
+                help="Attachment URLs checked at once.",
+            ),
+            click.option(
+                "--per-host-rate",
+                type=click.FloatRange(min=0.1),
+                default=50.0,
+                show_default=True,
+                help="At most this many checks per second to any one host.",
+            ),
+            click.option(
+                "--check-timeout",
+                type=click.FloatRange(min=0.1),
+                default=10.0,
+                show_default=True,
+                help="Seconds before an attachment URL counts as unreachable.",
+            ),
+            click.option(
+                "--recheck-after",
+                type=Duration(),
+                metavar="DURATION",
+                help="Check again URLs whose verdict is older than this (e.g. 7d); by default a verdict is "
+                "kept until `uploader retry --blocked`.",
+            ),
+            click.option(
+                "--min-url-validity",
+                type=Duration(),
+                default="24h",
+                show_default=True,
+                metavar="DURATION",
+                help="Block rows whose signed URL expires sooner than this from now.",
+            ),
+        ]
+    ):
         func = decorator(func)
     return func
 
 
-def preflight_settings(check_concurrency: int, per_host_rate: float, check_timeout: float,
-                       recheck_after: dt.timedelta | None, min_url_validity: dt.timedelta,
-                       block: bool = True, sign_url: Callable[[str], str] | None = None) -> PreflightOptions:
+def preflight_settings(
+    check_concurrency: int,
+    per_host_rate: float,
+    check_timeout: float,
+    recheck_after: dt.timedelta | None,
+    min_url_validity: dt.timedelta,
+    block: bool = True,
+    sign_url: Callable[[str], str] | None = None,
+) -> PreflightOptions:
     """The library's PreflightOptions for these option values (`sign_url`: --sign's signer)."""
     from uploader.send import PreflightOptions
 
-    return PreflightOptions(concurrency=check_concurrency, per_host_rate=per_host_rate, timeout=check_timeout,
-                            recheck_after=recheck_after, min_url_validity=min_url_validity, block=block,
-                            sign_url=sign_url)
+    return PreflightOptions(
+        concurrency=check_concurrency,
+        per_host_rate=per_host_rate,
+        timeout=check_timeout,
+        recheck_after=recheck_after,
+        min_url_validity=min_url_validity,
+        block=block,
+        sign_url=sign_url,
+    )
 
 
-def print_preflight(report: PreflightReport, as_json: bool, repeat: Repeat = NO_REPEAT, blocking: bool = True,
-                    err: bool = False) -> None:
+def print_preflight(
+    report: PreflightReport, as_json: bool, repeat: Repeat = NO_REPEAT, blocking: bool = True, err: bool = False
+) -> None:
     """What the preflight checked and which rows it held back; on stderr with `err` (a run's output follows)."""
     if as_json:
         click.echo(json.dumps(preflight_dict(report), indent=2))
@@ -85,11 +125,15 @@ def print_preflight(report: PreflightReport, as_json: bool, repeat: Repeat = NO_
         click.echo(line, err=err)
 
     verdicts = " · ".join(f"{v} {n:,}" for v, n in sorted(report.verdicts.items()))
-    echo(f"preflight: {report.rows:,} pending rows, {report.url_uses:,} attachment URLs; checked {report.checked:,} "
-         f"now ({verdicts or 'none'}), {report.known:,} known from earlier checks")
+    echo(
+        f"preflight: {report.rows:,} pending rows, {report.url_uses:,} attachment URLs; checked {report.checked:,} "
+        f"now ({verdicts or 'none'}), {report.known:,} known from earlier checks"
+    )
     if report.earliest_expiry is not None:
-        echo(f"  signed URLs: the earliest expires {report.earliest_expiry:%Y-%m-%d %H:%M} UTC; "
-             f"{report.expiring:,} rows expire too soon")
+        echo(
+            f"  signed URLs: the earliest expires {report.earliest_expiry:%Y-%m-%d %H:%M} UTC; "
+            f"{report.expiring:,} rows expire too soon"
+        )
     if not report.bad_rows:
         echo("  every attachment opens")
         return
@@ -98,14 +142,21 @@ def print_preflight(report: PreflightReport, as_json: bool, repeat: Repeat = NO_
     for ref, reason in report.examples:
         echo(f"    {ref}  {reason}")
     if blocking:
-        echo(f"  after fixing them: `{repeat.command('retry --blocked')}`; to send them as they are: "
-             "`uploader run --allow-blocked`")
+        echo(
+            f"  after fixing them: `{repeat.command('retry --blocked')}`; to send them as they are: "
+            "`uploader run --allow-blocked`"
+        )
 
 
 def preflight_dict(report: PreflightReport) -> dict[str, Any]:
     return {
-        "rows": report.rows, "url_uses": report.url_uses, "checked": report.checked, "known": report.known,
-        "verdicts": dict(report.verdicts), "bad_rows": report.bad_rows, "blocked": report.blocked,
+        "rows": report.rows,
+        "url_uses": report.url_uses,
+        "checked": report.checked,
+        "known": report.known,
+        "verdicts": dict(report.verdicts),
+        "bad_rows": report.bad_rows,
+        "blocked": report.blocked,
         "expiring": report.expiring,
         "earliest_expiry": report.earliest_expiry.isoformat() if report.earliest_expiry else None,
         "examples": [{"reference_id": r, "reason": why} for r, why in report.examples],
@@ -115,15 +166,31 @@ def preflight_dict(report: PreflightReport) -> dict[str, Any]:
 def print_sample(hosts: dict[str, HostSample], as_json: bool) -> None:
     """A sampled check: per host, URLs among pending rows, how many checked, the failure rate, an example."""
     if as_json:
-        click.echo(json.dumps({host: {"urls": h.urls, "checked": h.checked, "verdicts": dict(h.verdicts),
-                                      "failure_rate": round(h.failure_rate, 4), "example": h.example}
-                               for host, h in hosts.items()}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    host: {
+                        "urls": h.urls,
+                        "checked": h.checked,
+                        "verdicts": dict(h.verdicts),
+                        "failure_rate": round(h.failure_rate, 4),
+                        "example": h.example,
+                    }
+                    for host, h in hosts.items()
+                },
+                indent=2,
+            )
+        )
         return
     if not hosts:
         click.echo("sample: no pending row has an attachment URL")
         return
-    click.echo(f"sample: {sum(h.checked for h in hosts.values()):,} URLs checked on {len(hosts)} hosts "
-               "(nothing blocked; run `uploader check` for every URL)")
+    click.echo(
+        f"sample: {sum(h.checked for h in hosts.values()):,} URLs checked on {len(hosts)} hosts "
+        "(nothing blocked; run `uploader check` for every URL)"
+    )
     for host, h in sorted(hosts.items(), key=lambda kv: -kv[1].failure_rate):
-        click.echo(f"  {host}: {h.checked:,} of {h.urls:,} URLs checked, {h.failure_rate:.1%} bad"
-                   + (f", e.g. {h.example}" if h.example else ""))
+        click.echo(
+            f"  {host}: {h.checked:,} of {h.urls:,} URLs checked, {h.failure_rate:.1%} bad"
+            + (f", e.g. {h.example}" if h.example else "")
+        )

@@ -22,8 +22,13 @@ __all__ = ["Provenance", "advice", "bar_chart", "render_report", "share_bar"]
 
 #: One colour per state, the same in every chart and table.
 STATE_COLOURS = {
-    "pending": "#8a94a6", "in_flight": "#3b82f6", "succeeded": "#16a34a", "failed": "#dc2626",
-    "uncertain": "#d97706", "conflict": "#9333ea", "blocked": "#0f766e",
+    "pending": "#8a94a6",
+    "in_flight": "#3b82f6",
+    "succeeded": "#16a34a",
+    "failed": "#dc2626",
+    "uncertain": "#d97706",
+    "conflict": "#9333ea",
+    "blocked": "#0f766e",
 }
 
 _STYLE = """
@@ -73,8 +78,10 @@ def advice(code: str, status: str) -> str:
     if code in ("url_expires_soon", "url_signature"):
         return "Sign the attachment URLs again, load the manifest again, then `uploader check`."
     if code.startswith("url_"):
-        return ("Check access to the attachment (open the URL: permissions, host, file), then "
-                "`uploader check` and `uploader retry --blocked`.")
+        return (
+            "Check access to the attachment (open the URL: permissions, host, file), then "
+            "`uploader check` and `uploader retry --blocked`."
+        )
     if code == "http_429":
         return "Throttled: the API was busy. The next `uploader run` sends it again (a lower `--rate` throttles less)."
     if status == "uncertain":
@@ -101,8 +108,14 @@ def _time(t: dt.datetime | None) -> str:
     return f"{t:%Y-%m-%d %H:%M:%S} UTC" if t else "—"
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[str] | str, unit: str,
-              width: int = 400, height: int = 190) -> str:
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[int],
+    colours: Sequence[str] | str,
+    unit: str,
+    width: int = 400,
+    height: int = 190,
+) -> str:
     """A vertical bar chart as inline SVG: every bar with a <title> (its label and value), a few x labels."""
     top = max(values, default=0) or 1
     left, bottom, pad = 44, 22, 6
@@ -112,20 +125,26 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(unit)}">']
     for frac in (0, 0.5, 1) if top % 2 == 0 else (0, 1):
         y = pad + plot_h * (1 - frac)
-        parts.append(f'<line x1="{left}" x2="{width - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-                     f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(top * frac)}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(top * frac)}</text>'
+        )
     every = max(1, len(labels) // 6)
     for i, (label, v) in enumerate(zip(labels, values)):
         colour = colours if isinstance(colours, str) else colours[i]
         h = plot_h * v / top
         x = left + i * step + (step - bar) / 2
-        parts.append(f'<rect x="{x:.1f}" y="{pad + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                     f'fill="{colour}"><title>{escape(label)}: {_n(v)} {escape(unit)}</title></rect>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{pad + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+            f'fill="{colour}"><title>{escape(label)}: {_n(v)} {escape(unit)}</title></rect>'
+        )
         if i % every == 0:
             middle = x + bar / 2
             anchor = "end" if middle > width - 3 * pad - 14 else "middle"  # the last label inside the chart
-            parts.append(f'<text x="{min(middle, width - pad):.1f}" y="{height - 6}" text-anchor="{anchor}">'
-                         f"{escape(label)}</text>")
+            parts.append(
+                f'<text x="{min(middle, width - pad):.1f}" y="{height - 6}" text-anchor="{anchor}">'
+                f"{escape(label)}</text>"
+            )
     if not any(values):
         parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{pad + plot_h / 2:.1f}" text-anchor="middle">none</text>')
     parts.append("</svg>")
@@ -135,15 +154,19 @@ def bar_chart(labels: Sequence[str], values: Sequence[int], colours: Sequence[st
 def share_bar(counts: dict[str, int], width: int = 1000, height: int = 28) -> str:
     """One horizontal bar split by state, in the states' colours (the cards above are its legend)."""
     total = sum(counts.values()) or 1
-    parts = [f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" style="height:{height}px" '
-             'role="img" aria-label="share by state">']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" style="height:{height}px" '
+        'role="img" aria-label="share by state">'
+    ]
     x = 0.0
     for state, n in counts.items():
         w = width * n / total
         if n:
-            parts.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
-                         f'fill="{STATE_COLOURS.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
-                         f"({100 * n / total:.1f}%)</title></rect>")
+            parts.append(
+                f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
+                f'fill="{STATE_COLOURS.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
+                f"({100 * n / total:.1f}%)</title></rect>"
+            )
         x += w
     if not any(counts.values()):
         parts.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#e5e7eb"/>')
@@ -161,11 +184,16 @@ def _short(v: float) -> str:
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     """A table of already-escaped cells; the columns in `numeric` right-aligned."""
-    th = "".join(f'<th{" class=n" if i in numeric else ""}>{h}</th>' for i, h in enumerate(head))
+    th = "".join(f"<th{' class=n' if i in numeric else ''}>{h}</th>" for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=n" if i in numeric else ""} data-label="{escape(head[i], quote=True)}">'
-                         f"{c}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows)
+        "<tr>"
+        + "".join(
+            f'<td{" class=n" if i in numeric else ""} data-label="{escape(head[i], quote=True)}">{c}</td>'
+            for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
     return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -177,11 +205,14 @@ def _totals(status: ReportData) -> str:
     cards = "".join(
         f'<div class="card" style="--c:{STATE_COLOURS.get(s, "#999")}" data-state="{escape(s)}">'
         f'<span class="muted">{escape(s)}</span><b>{_n(n)}</b></div>'
-        for s, n in status.counts.items())
-    return (f'<h2>Totals by state</h2><p><b data-total>{_n(status.total)}</b> jobs.</p>'
-            f'<div class="cards">{cards}</div>'
-            f'<figure style="margin-top:12px"><figcaption>Share of the jobs by state</figcaption>'
-            f"{share_bar(status.counts)}</figure>")
+        for s, n in status.counts.items()
+    )
+    return (
+        f"<h2>Totals by state</h2><p><b data-total>{_n(status.total)}</b> jobs.</p>"
+        f'<div class="cards">{cards}</div>'
+        f'<figure style="margin-top:12px"><figcaption>Share of the jobs by state</figcaption>'
+        f"{share_bar(status.counts)}</figure>"
+    )
 
 
 def _throughput(data: ReportData) -> str:
@@ -192,64 +223,95 @@ def _throughput(data: ReportData) -> str:
     fmt = "%H:%M" if data.bucket < 86400 else "%m-%d"
     labels = [f"{t:{fmt}}" for t, *_ in data.throughput]
     figures = []
-    series = (("Jobs created", [c for _, c, _, _ in data.throughput], STATE_COLOURS["succeeded"]),
-              ("Requests", [r for _, _, r, _ in data.throughput], "#3b82f6"),
-              ("Throttled (HTTP 429)", [t for _, _, _, t in data.throughput], "#d97706"))
+    series = (
+        ("Jobs created", [c for _, c, _, _ in data.throughput], STATE_COLOURS["succeeded"]),
+        ("Requests", [r for _, _, r, _ in data.throughput], "#3b82f6"),
+        ("Throttled (HTTP 429)", [t for _, _, _, t in data.throughput], "#d97706"),
+    )
     for title, values, colour in series:
-        figures.append(f"<figure><figcaption>{title} per {per}</figcaption>"
-                       f"{bar_chart(labels, values, colour, title.lower())}</figure>")
-    return (f"<h2>Throughput</h2><p class=muted>Times in UTC, from {_time(data.throughput[0][0])}. Each row counts "
-            "at its last answer (its <code>updated_at</code>): requests are its attempts, throttled means its last "
-            "answer was HTTP 429.</p>"
-            f'<div class="charts">{"".join(figures)}</div>')
+        figures.append(
+            f"<figure><figcaption>{title} per {per}</figcaption>"
+            f"{bar_chart(labels, values, colour, title.lower())}</figure>"
+        )
+    return (
+        f"<h2>Throughput</h2><p class=muted>Times in UTC, from {_time(data.throughput[0][0])}. Each row counts "
+        "at its last answer (its <code>updated_at</code>): requests are its attempts, throttled means its last "
+        "answer was HTTP 429.</p>"
+        f'<div class="charts">{"".join(figures)}</div>'
+    )
 
 
 def _errors(data: ReportData) -> str:
     if not data.errors:
         return "<h2>Errors</h2><p class=muted>No row has an error.</p>"
     rows = [
-        [f"<code>{escape(code)}</code>", escape(status), _n(n), escape(message or ""),
-         ", ".join(f"<code>{escape(r)}</code>" for r in examples), _prose(advice(code, status))]
+        [
+            f"<code>{escape(code)}</code>",
+            escape(status),
+            _n(n),
+            escape(message or ""),
+            ", ".join(f"<code>{escape(r)}</code>" for r in examples),
+            _prose(advice(code, status)),
+        ]
         for code, status, n, message, examples in data.errors
     ]
-    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "Message", "Examples", "What to do"],
-                                      rows, numeric=[2])
+    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "Message", "Examples", "What to do"], rows, numeric=[2])
 
 
 def _attempts(data: ReportData) -> str:
     labels = [str(a) for a, _ in data.attempts]
     chart = bar_chart(labels, [n for _, n in data.attempts], "#6366f1", "rows", height=180)
-    return (f"<h2>Attempts</h2><div class=charts><figure><figcaption>Rows by number of attempts</figcaption>"
-            f"{chart}</figure></div>")
+    return (
+        f"<h2>Attempts</h2><div class=charts><figure><figcaption>Rows by number of attempts</figcaption>"
+        f"{chart}</figure></div>"
+    )
 
 
 def _open_rows(data: ReportData) -> str:
     out = [f"<h2>Uncertain rows ({_n(data.counts.get('uncertain', 0))})</h2>"]
     if data.uncertain:
-        out.append(_table(["reference_id", "Project", "Batch", "Code"], [
-            [f"<code>{escape(r)}</code>", escape(p), escape(b or "—"), escape(c or "—")]
-            for r, p, b, c in data.uncertain]))
+        out.append(
+            _table(
+                ["reference_id", "Project", "Batch", "Code"],
+                [
+                    [f"<code>{escape(r)}</code>", escape(p), escape(b or "—"), escape(c or "—")]
+                    for r, p, b, c in data.uncertain
+                ],
+            )
+        )
         out.append("<p class=muted><code>uploader reconcile</code> looks them up.</p>")
     else:
         out.append("<p class=muted>None.</p>")
     out.append(f"<h2>Blocked rows ({_n(data.counts.get('blocked', 0))})</h2>")
     if data.blocked:
-        out.append(_table(["reference_id", "Project", "Code", "Why"], [
-            [f"<code>{escape(r)}</code>", escape(p), escape(c or "—"), escape(m or "")]
-            for r, p, c, m in data.blocked]))
+        out.append(
+            _table(
+                ["reference_id", "Project", "Code", "Why"],
+                [
+                    [f"<code>{escape(r)}</code>", escape(p), escape(c or "—"), escape(m or "")]
+                    for r, p, c, m in data.blocked
+                ],
+            )
+        )
     else:
         out.append("<p class=muted>None.</p>")
     return "".join(out)
 
 
 def _breakdowns(data: ReportData) -> str:
-    projects = _table(["Project", "Jobs", "States"], [
-        [escape(p), _n(sum(c.values())), _states_line(c)] for p, c in data.projects.items()], numeric=[1])
-    shown = (f" (the {len(data.batches)} largest of {_n(data.batch_count)})"
-             if data.batch_count > len(data.batches) else "")
-    batches = _table(["Project", "Batch", "Jobs", "States"], [
-        [escape(p), _batch(b, data.batch_names), _n(sum(c.values())), _states_line(c)]
-        for p, b, c in data.batches], numeric=[2])
+    projects = _table(
+        ["Project", "Jobs", "States"],
+        [[escape(p), _n(sum(c.values())), _states_line(c)] for p, c in data.projects.items()],
+        numeric=[1],
+    )
+    shown = (
+        f" (the {len(data.batches)} largest of {_n(data.batch_count)})" if data.batch_count > len(data.batches) else ""
+    )
+    batches = _table(
+        ["Project", "Batch", "Jobs", "States"],
+        [[escape(p), _batch(b, data.batch_names), _n(sum(c.values())), _states_line(c)] for p, b, c in data.batches],
+        numeric=[2],
+    )
     return f"<h2>Per project</h2>{projects}<h2>Per batch{shown}</h2>{batches}"
 
 
@@ -276,24 +338,38 @@ def _platform(data: ReportData) -> str:
 
 
 def _provenance(data: ReportData, made: Provenance) -> str:
-    manifests = "<br>".join(
-        f"<code>{escape(p)}</code> ({_n(n)} rows, loaded {_time(t)})" for p, n, t in data.manifests) or "—"
+    manifests = (
+        "<br>".join(f"<code>{escape(p)}</code> ({_n(n)} rows, loaded {_time(t)})" for p, n, t in data.manifests) or "—"
+    )
     versions = ", ".join(f"{escape(k)} {escape(v)}" for k, v in made.versions.items())
-    items = [("Command", f"<code>{escape(made.command)}</code>"), ("Ledger", f"<code>{escape(made.ledger)}</code>"),
-             ("Manifests", manifests), ("First row loaded", _time(data.first)), ("Last activity", _time(data.last)),
-             ("Report made", _time(made.generated_at)), ("Versions", versions)]
+    items = [
+        ("Command", f"<code>{escape(made.command)}</code>"),
+        ("Ledger", f"<code>{escape(made.ledger)}</code>"),
+        ("Manifests", manifests),
+        ("First row loaded", _time(data.first)),
+        ("Last activity", _time(data.last)),
+        ("Report made", _time(made.generated_at)),
+        ("Versions", versions),
+    ]
     return "<h2>How this report was made</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
 def render_report(data: ReportData, made: Provenance) -> str:
     """The whole page."""
-    sections = [_totals(data), _throughput(data), _errors(data), _attempts(data), _open_rows(data),
-                _breakdowns(data), _platform(data), _provenance(data, made)]
+    sections = [
+        _totals(data),
+        _throughput(data),
+        _errors(data),
+        _attempts(data),
+        _open_rows(data),
+        _breakdowns(data),
+        _platform(data),
+        _provenance(data, made),
+    ]
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>Upload report — {escape(made.ledger)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>Upload report</h1><p class=muted>{_n(data.total)} jobs in <code>{escape(made.ledger)}</code>, "
-        f"{_time(made.generated_at)}.</p>"
-        + "".join(sections) + "</body></html>\n"
+        f"{_time(made.generated_at)}.</p>" + "".join(sections) + "</body></html>\n"
     )

@@ -60,8 +60,7 @@ def describe_source(source: ParameterSource | None, envvar: list[str], profile_s
 def resolved_settings(ctx: click.Context, name: str, command: click.Command, args: list[str]) -> Resolved:
     """What `uploader NAME ARGS` would use (`ctx` is `uploader config`'s context; its own --profile applies)."""
     profile_name = common(ctx).get("profile")
-    if profile_name and ctx.get_parameter_source("profile") is ParameterSource.COMMANDLINE and \
-            "--profile" not in args:
+    if profile_name and ctx.get_parameter_source("profile") is ParameterSource.COMMANDLINE and "--profile" not in args:
         args = ["--profile", profile_name, *args]
     sub = command.make_context(name, list(args), parent=ctx.parent, resilient_parsing=True)
     profile: Profile | None = common(sub).get("profile_read")
@@ -72,8 +71,9 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
         value = sub.params[pname] if pname in sub.params else common(sub).get(_common_name(pname))
         if key in SECRET_KEYS:
             value = "set" if value else "unset"
-        source = describe_source(sub.get_parameter_source(pname), _names(param.envvar),
-                                 profile.source(name, key) if profile else None)
+        source = describe_source(
+            sub.get_parameter_source(pname), _names(param.envvar), profile.source(name, key) if profile else None
+        )
         settings.append(Setting(key, value, source))
     files = [(str(p), p.exists()) for p in config_files()]
     return Resolved(name, profile.name if profile else None, files, settings)
@@ -87,4 +87,3 @@ def _names(envvar: str | Sequence[str] | None) -> list[str]:
     if envvar is None:
         return []
     return [envvar] if isinstance(envvar, str) else list(envvar)
-

@@ -20,12 +20,19 @@ __all__ = ["ready_for_pending", "sign_option", "url_ttl_option"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 sign_option = click.option(
-    "--sign", is_flag=True,
+    "--sign",
+    is_flag=True,
     help="Accept s3://, gs:// and Azure blob URLs: uploader signs each with your credentials just before every "
-         "send (the ledger keeps the storage URL). Needs the [s3], [gcs] or [azure] extra.")
+    "send (the ledger keeps the storage URL). Needs the [s3], [gcs] or [azure] extra.",
+)
 url_ttl_option = click.option(
-    "--url-ttl", type=Duration(), default="7d", show_default=True, metavar="DURATION",
-    help="With --sign: how long each signed URL stays valid (capped at the provider's maximum: 7d for S3 and GCS).")
+    "--url-ttl",
+    type=Duration(),
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="With --sign: how long each signed URL stays valid (capped at the provider's maximum: 7d for S3 and GCS).",
+)
 
 
 def ready_for_pending(led: Ledger, signer: PayloadSigner | None) -> None:
@@ -43,5 +50,7 @@ def ready_for_pending(led: Ledger, signer: PayloadSigner | None) -> None:
         signer.ready(providers)
     elif providers:
         schemes = " and ".join(f"{'s3' if p == 's3' else 'gs'}://" for p in providers)
-        raise UsageError(f"pending rows hold {schemes} URLs (loaded with --sign), which GT Studio cannot fetch: "
-                         "pass --sign to sign them at send time")
+        raise UsageError(
+            f"pending rows hold {schemes} URLs (loaded with --sign), which GT Studio cannot fetch: "
+            "pass --sign to sign them at send time"
+        )

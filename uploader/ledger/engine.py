@@ -142,11 +142,15 @@ def _damaged(path: Path | str, reason: str, unchanged: bool = False) -> LedgerEr
     if unchanged:
         message += " It was left unchanged."
     if "not a database" in reason:
-        return LedgerError(f"{message} Check that --ledger (or UPLOADER_LEDGER) names your ledger file; if it "
-                           "does, the file is destroyed: restore it from a backup.")
-    return LedgerError(f"{message} Restore it from a backup, or copy what SQLite can still read into a new file "
-                       f"(sqlite3 {where} \".recover\" | sqlite3 {where}.recovered) and pass "
-                       f"--ledger {where}.recovered.")
+        return LedgerError(
+            f"{message} Check that --ledger (or UPLOADER_LEDGER) names your ledger file; if it "
+            "does, the file is destroyed: restore it from a backup."
+        )
+    return LedgerError(
+        f"{message} Restore it from a backup, or copy what SQLite can still read into a new file "
+        f'(sqlite3 {where} ".recover" | sqlite3 {where}.recovered) and pass '
+        f"--ledger {where}.recovered."
+    )
 
 
 def _not_a_ledger(name: object, tables: set[str], strict: bool) -> LedgerError | None:
@@ -388,8 +392,12 @@ def create_new(engine: Engine) -> bool:
 
     from uploader.ledger.models import Base
 
-    version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
-                    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))  # as Alembic makes it
+    version = Table(
+        "alembic_version",
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+    )  # as Alembic makes it
     with translate_errors(), engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
@@ -414,8 +422,9 @@ def migrate(engine: Engine) -> None:
         conn.rollback()
         if current == heads:
             return
-        problem = _not_a_ledger(_ledger_name(engine), set(inspect(conn).get_table_names()),
-                                strict=engine.dialect.name == "sqlite")
+        problem = _not_a_ledger(
+            _ledger_name(engine), set(inspect(conn).get_table_names()), strict=engine.dialect.name == "sqlite"
+        )
         conn.rollback()
         if problem is not None:
             raise problem

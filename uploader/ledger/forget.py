@@ -51,8 +51,7 @@ class Selection:
     @property
     def empty(self) -> bool:
         """No filter at all: `forget_rows` refuses it (it would select the whole ledger)."""
-        return (self.project_id is None and not self.statuses and self.reference_ids is None
-                and self.manifest is None)
+        return self.project_id is None and not self.statuses and self.reference_ids is None and self.manifest is None
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def _parts(selection: Selection) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     refs = sorted(set(selection.reference_ids))
     for i in range(0, max(len(refs), 1), _CHUNK):
-        yield _where(selection, refs[i:i + _CHUNK])
+        yield _where(selection, refs[i : i + _CHUNK])
 
 
 def _count(conn: Connection, selection: Selection) -> ForgetCounts:
@@ -121,7 +120,8 @@ def _live_holders(conn: Connection, selection: Selection, now: dt.datetime) -> i
     owners: set[str] = set()
     for where, params in _parts(selection):
         owners.update(
-            owner for (owner,) in conn.execute(
+            owner
+            for (owner,) in conn.execute(
                 text(
                     f"SELECT DISTINCT lease_owner FROM jobs WHERE status = '{_IN_FLIGHT}' AND lease_expires_at > :now "
                     f"AND lease_owner IN (SELECT owner FROM workers WHERE stopped_at IS NULL AND heartbeat_at > "

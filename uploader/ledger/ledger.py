@@ -54,8 +54,17 @@ from uploader.ledger.models import Status
 from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.transitions import settle_found, settle_missing
 
-__all__ = ["CLAIM_LOG_ENV", "BatchSlot", "Claim", "Ledger", "Resolution", "Result", "StatusReport", "pid_alive",
-           "utcnow"]
+__all__ = [
+    "CLAIM_LOG_ENV",
+    "BatchSlot",
+    "Claim",
+    "Ledger",
+    "Resolution",
+    "Result",
+    "StatusReport",
+    "pid_alive",
+    "utcnow",
+]
 
 #: Test-only: a file to append every claim, renewal, result write and release to (module docstring).
 CLAIM_LOG_ENV = "UPLOADER_CLAIM_LOG"
@@ -223,8 +232,7 @@ class Ledger(LedgerQueries):
             "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
         )
         ready = (
-            f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) "
-            "LIMIT :n"
+            f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) LIMIT :n"
         )
         claims: list[Claim] = []
         with write_tx(self.engine) as conn:
@@ -235,12 +243,14 @@ class Ledger(LedgerQueries):
                 rows = conn.execute(text(_claim_sql(self.engine.dialect.name, set_clause, select)), params)
                 claims.extend(Claim(*row) for row in rows)
         if self._claim_log and claims:
-            self._log("claim", owner=owner, now=_epoch(now), exp=_epoch(expires),
-                      rows=[[c.id, c.lease_token] for c in claims])
+            self._log(
+                "claim", owner=owner, now=_epoch(now), exp=_epoch(expires), rows=[[c.id, c.lease_token] for c in claims]
+            )
         return claims
 
-    def record(self, results: Sequence[Result], now: dt.datetime | None = None, *,
-               duplicates: list[int] | None = None) -> tuple[int, int]:
+    def record(
+        self, results: Sequence[Result], now: dt.datetime | None = None, *, duplicates: list[int] | None = None
+    ) -> tuple[int, int]:
         """Record results in one transaction; returns (applied, ignored-because-fenced).
 
         A success whose job_id is already recorded for another row (in the ledger, or earlier in this same
@@ -302,10 +312,13 @@ class Ledger(LedgerQueries):
     @staticmethod
     def _is_held(conn: Any, r: Result) -> bool:
         """Whether a success that changed nothing was refused for its job_id (not fenced: the lease holds)."""
-        return conn.execute(
-            text(f"SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"),
-            {"id": r.id, "token": r.lease_token},
-        ).first() is not None
+        return (
+            conn.execute(
+                text(f"SELECT 1 FROM jobs WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"),
+                {"id": r.id, "token": r.lease_token},
+            ).first()
+            is not None
+        )
 
     @staticmethod
     def _record_duplicate(conn: Any, sql: Any, params: dict[str, Any]) -> list[int]:
@@ -318,11 +331,18 @@ class Ledger(LedgerQueries):
             {"j": job_id, "id": params["id"]},
         ).all()
         refs = ", ".join(repr(ref) for _, ref, _ in holders[:3]) + (" …" if len(holders) > 3 else "")
-        conn.execute(sql, {
-            **params, "status": Status.UNCERTAIN.value, "code": "duplicate_job_id", "origin": None, "sent": True,
-            "msg": f"the API answered job_id {job_id!r}, already recorded for reference_id {refs}: the job "
-                   "may exist; the batch listing decides (the job_id shown is unconfirmed)",
-        })
+        conn.execute(
+            sql,
+            {
+                **params,
+                "status": Status.UNCERTAIN.value,
+                "code": "duplicate_job_id",
+                "origin": None,
+                "sent": True,
+                "msg": f"the API answered job_id {job_id!r}, already recorded for reference_id {refs}: the job "
+                "may exist; the batch listing decides (the job_id shown is unconfirmed)",
+            },
+        )
         mine = conn.execute(text("SELECT reference_id FROM jobs WHERE id = :id"), {"id": params["id"]}).scalar_one()
         demoted = [hid for hid, _, status in holders if status == Status.SUCCEEDED.value]
         for hid in demoted:
@@ -333,9 +353,12 @@ class Ledger(LedgerQueries):
                     "sent_hashes = CASE WHEN sent_hashes IS NULL OR sent_hashes = '' THEN body_hash "
                     f"ELSE sent_hashes END WHERE id = :id AND status = '{_SUCCEEDED}'"
                 ),
-                {"id": hid, "now": params["now"],
-                 "msg": f"the API answered this row's job_id {job_id!r} for reference_id {mine!r} too: the batch "
-                        "listing decides which row it belongs to (the job_id shown is unconfirmed)"},
+                {
+                    "id": hid,
+                    "now": params["now"],
+                    "msg": f"the API answered this row's job_id {job_id!r} for reference_id {mine!r} too: the batch "
+                    "listing decides which row it belongs to (the job_id shown is unconfirmed)",
+                },
             )
         return demoted
 
@@ -386,8 +409,9 @@ class Ledger(LedgerQueries):
             {"t": now - dt.timedelta(seconds=1), "o": owner},
         )
 
-    def heartbeat(self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True,
-                  rate: float | None = None) -> None:
+    def heartbeat(
+        self, owner: str, lease_seconds: float, sent: int, *, renew: bool = True, rate: float | None = None
+    ) -> None:
         """Show this worker alive with its request count and current `rate` (requests/s since its previous
         heartbeat); with `renew`, keep its leases alive too."""
         now = utcnow()
@@ -466,25 +490,31 @@ class Ledger(LedgerQueries):
         """Take a reservation whose owner is dead or stale (optionally under a new name); False if it
         changed meanwhile (created, given up, or taken by another run)."""
         with write_tx(self.engine) as conn:
-            return conn.execute(
-                text(
-                    "UPDATE batches SET reserved_by = :o, created_at = :t, name = COALESCE(:n, name) "
-                    "WHERE id = :i AND reserved_by = :old AND batch_id IS NULL"
-                ),
-                {"o": owner, "t": utcnow(), "n": name, "i": slot.id, "old": slot.reserved_by},
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    text(
+                        "UPDATE batches SET reserved_by = :o, created_at = :t, name = COALESCE(:n, name) "
+                        "WHERE id = :i AND reserved_by = :old AND batch_id IS NULL"
+                    ),
+                    {"o": owner, "t": utcnow(), "n": name, "i": slot.id, "old": slot.reserved_by},
+                ).rowcount
+                == 1
+            )
 
     def refresh_reservation(self, slot_id: int, owner: str, name: str | None = None) -> bool:
         """Show the reservation alive (its time is the creator's heartbeat); optionally rename it (an auto
         batch trying a new name). False if it is no longer `owner`'s."""
         with write_tx(self.engine) as conn:
-            return conn.execute(
-                text(
-                    "UPDATE batches SET created_at = :t, name = COALESCE(:n, name) "
-                    "WHERE id = :i AND reserved_by = :o AND batch_id IS NULL"
-                ),
-                {"t": utcnow(), "n": name, "i": slot_id, "o": owner},
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    text(
+                        "UPDATE batches SET created_at = :t, name = COALESCE(:n, name) "
+                        "WHERE id = :i AND reserved_by = :o AND batch_id IS NULL"
+                    ),
+                    {"t": utcnow(), "n": name, "i": slot_id, "o": owner},
+                ).rowcount
+                == 1
+            )
 
     def complete_batch(self, slot_id: int, batch_id: str) -> str:
         """Record the created batch's id; returns the id the ledger holds (another run's, if it recorded
@@ -513,10 +543,14 @@ class Ledger(LedgerQueries):
         batch still unresolved: those can be found only through a success in the default batch, so such a
         project's rows keep going there until they are resolved."""
         with read_tx(self.engine) as conn:
-            return list(conn.execute(text(
-                f"SELECT DISTINCT project_id FROM jobs WHERE {_UNBATCHED} AND project_id NOT IN "
-                f"(SELECT project_id FROM jobs WHERE {_IN_DEFAULT_BATCH})"
-            )).scalars())
+            return list(
+                conn.execute(
+                    text(
+                        f"SELECT DISTINCT project_id FROM jobs WHERE {_UNBATCHED} AND project_id NOT IN "
+                        f"(SELECT project_id FROM jobs WHERE {_IN_DEFAULT_BATCH})"
+                    )
+                ).scalars()
+            )
 
     def assign_batch(self, project_id: str, batch_id: str) -> int:
         """Put the project's rows that have no batch and were never sent (no earlier attempt can have
@@ -568,11 +602,16 @@ class Ledger(LedgerQueries):
                 ).first()
                 if row is None:
                     continue
-                held = conn.execute(
-                    text(f"SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id "
-                         f"AND status IN ('{_SUCCEEDED}', '{_CONFLICT}') LIMIT 1"),
-                    {"j": job_id, "id": rid},
-                ).first() is not None
+                held = (
+                    conn.execute(
+                        text(
+                            f"SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id "
+                            f"AND status IN ('{_SUCCEEDED}', '{_CONFLICT}') LIMIT 1"
+                        ),
+                        {"j": job_id, "id": rid},
+                    ).first()
+                    is not None
+                )
                 settled = settle_found(row[0], row[1], held)
                 conn.execute(
                     text(
@@ -580,8 +619,15 @@ class Ledger(LedgerQueries):
                         "error_message = :m, error_details = NULL, updated_at = :t "
                         f"WHERE id = :id AND status = '{_UNCERTAIN}'"
                     ),
-                    {"s": settled.status, "j": job_id, "o": settled.origin, "c": settled.code, "m": settled.message,
-                     "t": now, "id": rid},
+                    {
+                        "s": settled.status,
+                        "j": job_id,
+                        "o": settled.origin,
+                        "c": settled.code,
+                        "m": settled.message,
+                        "t": now,
+                        "id": rid,
+                    },
                 )
                 if settled.status == Status.SUCCEEDED.value:
                     succeeded += 1
@@ -683,5 +729,3 @@ def _never_written(path: Path) -> bool:
         return False  # not a database we understand: never removed
     finally:
         con.close()
-
-

@@ -57,14 +57,32 @@ RECORD_MANIFEST = (
 MANIFEST_SET_ROWS = "UPDATE manifests SET row_count = ?, changed = ? WHERE id = ?"
 
 
-def manifest_row(path: Path, size: int, sha: str, options_hash: str, rows: int, loaded_at: object,
-                 conflicts: int = 0, conflict_examples: Sequence[str] = (), changed: int = 0,
-                 label: str | None = None) -> dict[str, object]:
+def manifest_row(
+    path: Path,
+    size: int,
+    sha: str,
+    options_hash: str,
+    rows: int,
+    loaded_at: object,
+    conflicts: int = 0,
+    conflict_examples: Sequence[str] = (),
+    changed: int = 0,
+    label: str | None = None,
+) -> dict[str, object]:
     """RECORD_MANIFEST's values (the conflicts' examples as a JSON list). `changed`: rows the load added or
     whose payload it updated, which makes an identical reload of any earlier manifest compare its rows.
     The manifest is recorded by its absolute path, or by `label` (a manifest read from stdin)."""
-    return {"p": label or str(path.absolute()), "s": size, "h": sha, "o": options_hash, "n": rows, "t": loaded_at,
-            "c": conflicts, "ce": json.dumps(list(conflict_examples)) if conflicts else None, "ch": changed}
+    return {
+        "p": label or str(path.absolute()),
+        "s": size,
+        "h": sha,
+        "o": options_hash,
+        "n": rows,
+        "t": loaded_at,
+        "c": conflicts,
+        "ce": json.dumps(list(conflict_examples)) if conflicts else None,
+        "ch": changed,
+    }
 
 
 # --- the merge of staging into jobs ----------------------------------------------------------------------
@@ -136,8 +154,10 @@ def insert_new(stamp: str, mid: int, slice_name: str | None = None) -> str:
     if slice_name is None:
         values = f"VALUES (?, ?, ?, ?, ?, ?, ?, {constants}, ?)"
     else:
-        values = (f"SELECT project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, {constants}, "
-                  f"line FROM ({slice_rows(slice_name)}) WHERE true")
+        values = (
+            f"SELECT project_id, reference_id, work_flow_id, batch_id, body, body_hash, extra, {constants}, "
+            f"line FROM ({slice_rows(slice_name)}) WHERE true"
+        )
     return f"INSERT INTO jobs ({JOB_COLUMNS}) {values} ON CONFLICT (project_id, reference_id) DO NOTHING"
 
 

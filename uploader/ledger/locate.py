@@ -16,8 +16,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DEFAULT_LEDGER", "FileHold", "discard_unused", "hold_shared", "ledger_url", "location_problem",
-           "new_ledger_file", "release"]
+__all__ = [
+    "DEFAULT_LEDGER",
+    "FileHold",
+    "discard_unused",
+    "hold_shared",
+    "ledger_url",
+    "location_problem",
+    "new_ledger_file",
+    "release",
+]
 
 DEFAULT_LEDGER = "uploader.db"
 
@@ -52,8 +60,10 @@ def location_problem(value: str, sqlite_file: str | None) -> str | None:
     if sqlite_file is None:
         return None
     if sqlite_file in ("", ":memory:") or "mode=memory" in value:
-        return (f"ledger {value!r} is an in-memory database, gone when the command ends: give a file "
-                "(--ledger PATH) or a database server's URL")
+        return (
+            f"ledger {value!r} is an in-memory database, gone when the command ends: give a file "
+            "(--ledger PATH) or a database server's URL"
+        )
     if Path(sqlite_file).expanduser().is_dir():
         return f"ledger {value} is a folder: give a file in it, e.g. --ledger {Path(sqlite_file) / DEFAULT_LEDGER}"
     return None
@@ -65,7 +75,7 @@ def new_ledger_file(ledger: str | os.PathLike[str] | None) -> Path | None:
     url = ledger_url(ledger)
     if not url.startswith("sqlite:///") or "?" in url:
         return None
-    path = Path(url[len("sqlite:///"):])
+    path = Path(url[len("sqlite:///") :])
     return None if path.exists() or str(path) in ("", ":memory:") else path
 
 

@@ -18,9 +18,21 @@ from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import utcnow
 
-__all__ = ["BlockedRow", "UrlVerdict", "block_rows", "blocked_rows", "expiring_rows", "never_checked",
-           "pending_containing", "pending_payloads",
-           "record_verdicts", "release_blocked", "url_hash", "url_verdict_counts", "verdicts_since"]
+__all__ = [
+    "BlockedRow",
+    "UrlVerdict",
+    "block_rows",
+    "blocked_rows",
+    "expiring_rows",
+    "never_checked",
+    "pending_containing",
+    "pending_payloads",
+    "record_verdicts",
+    "release_blocked",
+    "url_hash",
+    "url_verdict_counts",
+    "verdicts_since",
+]
 
 #: Rows read per page of `pending_payloads`, and keys bound per statement.
 _PAGE = 2000
@@ -101,16 +113,18 @@ def pending_containing(engine: Engine, needles: Mapping[str, str | None]) -> set
     return found
 
 
-def pending_payloads(engine: Engine, since: dt.datetime | None = None,
-                     page: int = _PAGE) -> Iterator[list[tuple[int, str, str]]]:
+def pending_payloads(
+    engine: Engine, since: dt.datetime | None = None, page: int = _PAGE
+) -> Iterator[list[tuple[int, str, str]]]:
     """(id, reference_id, payload) of every pending row whose attachments were never checked (or checked
     before `since`), a page at a time in id order (memory flat)."""
     query = text(_PENDING_PAGE.format(recheck="" if since is None else " OR checked_at < :since"))
     after = 0
     while True:
         with read_tx(engine) as conn:
-            rows = [(int(i), str(r), str(b))
-                    for i, r, b in conn.execute(query, {"after": after, "n": page, "since": since})]
+            rows = [
+                (int(i), str(r), str(b)) for i, r, b in conn.execute(query, {"after": after, "n": page, "since": since})
+            ]
         if not rows:
             return
         yield rows
@@ -130,11 +144,13 @@ def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | Non
     out: dict[str, UrlVerdict] = {}
     with read_tx(engine) as conn:
         for i in range(0, len(hashes), _CHUNK):
-            part = hashes[i:i + _CHUNK]
+            part = hashes[i : i + _CHUNK]
             names = [f"h{j}" for j in range(len(part))]
             rows = conn.execute(
-                text("SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
-                     f"WHERE url_hash IN ({', '.join(':' + n for n in names)})").columns(checked_at=DateTime),
+                text(
+                    "SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
+                    f"WHERE url_hash IN ({', '.join(':' + n for n in names)})"
+                ).columns(checked_at=DateTime),
                 dict(zip(names, part)),
             )
             for h, url, verdict, detail, status, ctype, length, checked in rows:
@@ -151,8 +167,9 @@ def record_verdicts(engine: Engine, verdicts: Sequence[UrlVerdict]) -> None:
         conn.execute(_UPSERT, [{**v._asdict(), "url_hash": url_hash(v.url)} for v in verdicts])
 
 
-def block_rows(engine: Engine, blocks: Sequence[tuple[int, str, str]],
-               good: Sequence[tuple[int, dt.datetime | None]] = ()) -> int:
+def block_rows(
+    engine: Engine, blocks: Sequence[tuple[int, str, str]], good: Sequence[tuple[int, dt.datetime | None]] = ()
+) -> int:
     """pending → blocked for each (row id, error code, message), and the `good` (row id, earliest expiry of its
     signed URLs) marked checked, in one transaction; a row no longer pending is left alone. Returns how many
     rows were blocked."""

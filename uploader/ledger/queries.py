@@ -159,8 +159,17 @@ class LedgerQueries:
         )
         with read_tx(self.engine) as conn:
             rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
-        return [{"code": code, "rows": n, "message": message, "reference_id": ref, "waiting": bool(waiting),
-                 "throttled": bool(throttled)} for waiting, code, n, ref, message, throttled in rows]
+        return [
+            {
+                "code": code,
+                "rows": n,
+                "message": message,
+                "reference_id": ref,
+                "waiting": bool(waiting),
+                "throttled": bool(throttled),
+            }
+            for waiting, code, n, ref, message, throttled in rows
+        ]
 
     def failed_codes(self) -> dict[str | None, int]:
         """Failed rows per error code (None: failed without one), most frequent first."""
@@ -179,20 +188,54 @@ class LedgerQueries:
             "j.error_code, j.error_message, j.error_details, j.work_flow_id, j.batch_id, j.not_before, "
             "j.created_at, j.updated_at, m.path, j.manifest_line, j.body FROM jobs j "
             "LEFT JOIN manifests m ON m.id = j.manifest_id WHERE j.reference_id = :ref"
-            + (" AND j.project_id = :project" if project_id is not None else "") + " ORDER BY j.id"
+            + (" AND j.project_id = :project" if project_id is not None else "")
+            + " ORDER BY j.id"
         )
         with read_tx(self.engine) as conn:
             rows = conn.execute(text(sql), {"ref": reference_id, "project": project_id}).all()
         out = []
-        for (ref, project, status, job_id, origin, attempts, http, code, message, details, wf, batch, not_before,
-             created, updated, manifest, line, body) in rows:
-            out.append({
-                "reference_id": ref, "project_id": project, "status": status, "job_id": job_id, "origin": origin,
-                "attempts": attempts, "http_status": http, "error_code": code, "error_message": message,
-                "error_details": _json_or_text(details), "work_flow_id": wf, "batch_id": batch,
-                "retry_after": _iso(not_before), "created_at": _iso(created), "updated_at": _iso(updated),
-                "manifest": manifest, "manifest_line": line, "payload": _json_or_text(body),
-            })
+        for (
+            ref,
+            project,
+            status,
+            job_id,
+            origin,
+            attempts,
+            http,
+            code,
+            message,
+            details,
+            wf,
+            batch,
+            not_before,
+            created,
+            updated,
+            manifest,
+            line,
+            body,
+        ) in rows:
+            out.append(
+                {
+                    "reference_id": ref,
+                    "project_id": project,
+                    "status": status,
+                    "job_id": job_id,
+                    "origin": origin,
+                    "attempts": attempts,
+                    "http_status": http,
+                    "error_code": code,
+                    "error_message": message,
+                    "error_details": _json_or_text(details),
+                    "work_flow_id": wf,
+                    "batch_id": batch,
+                    "retry_after": _iso(not_before),
+                    "created_at": _iso(created),
+                    "updated_at": _iso(updated),
+                    "manifest": manifest,
+                    "manifest_line": line,
+                    "payload": _json_or_text(body),
+                }
+            )
         return out
 
     def status(self) -> StatusReport:
@@ -202,9 +245,15 @@ class LedgerQueries:
             oldest = conn.execute(text(f"SELECT MIN(created_at) FROM jobs WHERE status = '{_PENDING}'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
-            origins = {o: n for o, n in conn.execute(text(
-                f"SELECT origin, COUNT(*) FROM jobs WHERE status IN ('{_SUCCEEDED}', '{_CONFLICT}') "
-                "AND origin IS NOT NULL GROUP BY origin ORDER BY origin"))}
+            origins = {
+                o: n
+                for o, n in conn.execute(
+                    text(
+                        f"SELECT origin, COUNT(*) FROM jobs WHERE status IN ('{_SUCCEEDED}', '{_CONFLICT}') "
+                        "AND origin IS NOT NULL GROUP BY origin ORDER BY origin"
+                    )
+                )
+            }
             now = utcnow()
             workers = [
                 _live_worker(o, h, p, _dt(s), _dt(b), n, now, r)  # type: ignore[arg-type]
@@ -219,16 +268,27 @@ class LedgerQueries:
         host = socket.gethostname()
         dead = [w for w in workers if w["hostname"] == host and not pid_alive(w["pid"])]
         live = [w for w in workers if w not in dead]
-        return StatusReport(counts, codes, sum(counts.values()), _dt(oldest), _dt(last), manifests, live, origins,
-                            errors=self.error_details(), dead_workers=dead)
+        return StatusReport(
+            counts,
+            codes,
+            sum(counts.values()),
+            _dt(oldest),
+            _dt(last),
+            manifests,
+            live,
+            origins,
+            errors=self.error_details(),
+            dead_workers=dead,
+        )
 
     def uncertain_groups(self) -> list[tuple[str, str | None, list[tuple[int, str]]]]:
         """Uncertain rows grouped by (project_id, batch_id): [(project, batch, [(id, reference_id)])]."""
         groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
         with read_tx(self.engine) as conn:
             for rid, project, batch, ref in conn.execute(
-                text(f"SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = '{_UNCERTAIN}' "
-                     "ORDER BY id")
+                text(
+                    f"SELECT id, project_id, batch_id, reference_id FROM jobs WHERE status = '{_UNCERTAIN}' ORDER BY id"
+                )
             ):
                 groups.setdefault((project, batch), []).append((rid, ref))
         return [(p, b, rows) for (p, b), rows in groups.items()]
@@ -286,17 +346,30 @@ class LedgerQueries:
         return pd.DataFrame.from_records(list(self.export_rows(statuses)), columns=columns)
 
 
-def _live_worker(owner: str, host: str, pid: int, started: dt.datetime, beat: dt.datetime, sent: int,
-                 now: dt.datetime, rate: float | None = None) -> dict[str, Any]:
+def _live_worker(
+    owner: str,
+    host: str,
+    pid: int,
+    started: dt.datetime,
+    beat: dt.datetime,
+    sent: int,
+    now: dt.datetime,
+    rate: float | None = None,
+) -> dict[str, Any]:
     """A live worker as `status` shows it: `sent` is its request count at its last heartbeat (every few
     seconds), `requests_per_second` its current rate (over the interval before that heartbeat; before its
     second heartbeat, the average since its start), `average_requests_per_second` the average since its start."""
     up = (beat - started).total_seconds()
     average = round(sent / up, 1) if up > 0 else 0.0
     return {
-        "owner": owner, "hostname": host, "pid": pid, "started_at": started.isoformat() + "Z",
-        "heartbeat_at": beat.isoformat() + "Z", "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
-        "sent": sent, "requests_per_second": round(rate, 1) if rate is not None else average,
+        "owner": owner,
+        "hostname": host,
+        "pid": pid,
+        "started_at": started.isoformat() + "Z",
+        "heartbeat_at": beat.isoformat() + "Z",
+        "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
+        "sent": sent,
+        "requests_per_second": round(rate, 1) if rate is not None else average,
         "average_requests_per_second": average,
     }
 

@@ -35,12 +35,39 @@ LISTED_CODES = 30
 #: The jobs columns of migrations 0001-0006, written out rather than read from the model, so that a column
 #: a later migration adds (`uploader sync`'s platform status and fetch times) shows in "On the platform"
 #: whether or not the model has it yet.
-KNOWN_COLUMNS = frozenset({
-    "id", "project_id", "reference_id", "work_flow_id", "batch_id", "body", "body_hash", "extra", "status",
-    "job_id", "recovered", "error_code", "error_message", "error_details", "http_status", "attempts",
-    "not_before", "lease_owner", "lease_token", "lease_expires_at", "created_at", "updated_at", "manifest_id",
-    "manifest_line", "sent_hashes", "attempt_hash", "origin", "checked_at", "expires_at",
-})
+KNOWN_COLUMNS = frozenset(
+    {
+        "id",
+        "project_id",
+        "reference_id",
+        "work_flow_id",
+        "batch_id",
+        "body",
+        "body_hash",
+        "extra",
+        "status",
+        "job_id",
+        "recovered",
+        "error_code",
+        "error_message",
+        "error_details",
+        "http_status",
+        "attempts",
+        "not_before",
+        "lease_owner",
+        "lease_token",
+        "lease_expires_at",
+        "created_at",
+        "updated_at",
+        "manifest_id",
+        "manifest_line",
+        "sent_hashes",
+        "attempt_hash",
+        "origin",
+        "checked_at",
+        "expires_at",
+    }
+)
 _STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 
 
@@ -118,8 +145,9 @@ class _Tally:
     groups: dict[tuple[str, str | None], dict[str, int]] = field(default_factory=dict)
     projects: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, batch: str | None, project: str, status: str, attempts: int, code: str | None, n: int,
-            message: str | None) -> None:
+    def add(
+        self, batch: str | None, project: str, status: str, attempts: int, code: str | None, n: int, message: str | None
+    ) -> None:
         self.counts[status] = self.counts.get(status, 0) + n
         self.attempts[attempts] = self.attempts.get(attempts, 0) + n
         per_batch = self.groups.setdefault((project, batch), {})
@@ -143,39 +171,82 @@ def report_data(engine: Engine) -> ReportData:
         first, last = _dt(first), _dt(last)
         step = bucket_seconds(first, last)
         throughput = [
-            (dt.datetime.fromtimestamp(int(b) * step, dt.UTC).replace(tzinfo=None), int(c or 0), int(r or 0),
-             int(t or 0))
-            for b, c, r, t in conn.execute(text(
-                f"SELECT {epoch} / {step} AS b, "
-                f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
-                "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
-                "FROM jobs WHERE attempts > 0 OR http_status IS NOT NULL GROUP BY b ORDER BY b"))
+            (
+                dt.datetime.fromtimestamp(int(b) * step, dt.UTC).replace(tzinfo=None),
+                int(c or 0),
+                int(r or 0),
+                int(t or 0),
+            )
+            for b, c, r, t in conn.execute(
+                text(
+                    f"SELECT {epoch} / {step} AS b, "
+                    f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
+                    "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
+                    "FROM jobs WHERE attempts > 0 OR http_status IS NOT NULL GROUP BY b ORDER BY b"
+                )
+            )
         ]
         for batch, project, status, attempts, code, n, message in conn.execute(_GROUPS):
             tally.add(batch, str(project), str(status), int(attempts), code, int(n), message)
         ranked = sorted(tally.errors.items(), key=lambda kv: -kv[1][0])[:LISTED_CODES]
         errors = []
         for (code, status), (n, message) in ranked:
-            examples = [r for (r,) in conn.execute(text(
-                "SELECT reference_id FROM jobs WHERE error_code = :c AND status = :s ORDER BY id LIMIT :n"),
-                {"c": code, "s": status, "n": EXAMPLES})]
+            examples = [
+                r
+                for (r,) in conn.execute(
+                    text("SELECT reference_id FROM jobs WHERE error_code = :c AND status = :s ORDER BY id LIMIT :n"),
+                    {"c": code, "s": status, "n": EXAMPLES},
+                )
+            ]
             errors.append((code, status, int(n), message, examples))
-        uncertain = [(str(r), str(p), b, c) for r, p, b, c in conn.execute(text(
-            "SELECT reference_id, project_id, batch_id, error_code FROM jobs "
-            f"WHERE status = '{_UNCERTAIN}' ORDER BY id LIMIT :n"), {"n": LISTED_ROWS})]
-        blocked = [(str(r), str(p), c, m) for r, p, c, m in conn.execute(text(
-            "SELECT reference_id, project_id, error_code, error_message FROM jobs "
-            f"WHERE status = '{_BLOCKED}' ORDER BY id LIMIT :n"), {"n": LISTED_ROWS})]
-        manifests = [(str(p), int(n), _dt(t)) for p, n, t in conn.execute(text(
-            "SELECT path, row_count, loaded_at FROM manifests ORDER BY id"))]
-        names = {str(b): str(n) for b, n in conn.execute(text(
-            "SELECT batch_id, name FROM batches WHERE batch_id IS NOT NULL"))}
+        uncertain = [
+            (str(r), str(p), b, c)
+            for r, p, b, c in conn.execute(
+                text(
+                    "SELECT reference_id, project_id, batch_id, error_code FROM jobs "
+                    f"WHERE status = '{_UNCERTAIN}' ORDER BY id LIMIT :n"
+                ),
+                {"n": LISTED_ROWS},
+            )
+        ]
+        blocked = [
+            (str(r), str(p), c, m)
+            for r, p, c, m in conn.execute(
+                text(
+                    "SELECT reference_id, project_id, error_code, error_message FROM jobs "
+                    f"WHERE status = '{_BLOCKED}' ORDER BY id LIMIT :n"
+                ),
+                {"n": LISTED_ROWS},
+            )
+        ]
+        manifests = [
+            (str(p), int(n), _dt(t))
+            for p, n, t in conn.execute(text("SELECT path, row_count, loaded_at FROM manifests ORDER BY id"))
+        ]
+        names = {
+            str(b): str(n)
+            for b, n in conn.execute(text("SELECT batch_id, name FROM batches WHERE batch_id IS NOT NULL"))
+        }
         platform, fetched = _added_columns(conn, added)
     ordered = sorted(tally.groups.items(), key=lambda kv: -sum(kv[1].values()))
     return ReportData(
-        tally.counts, first, last, step, throughput, errors, sorted(tally.attempts.items()), uncertain, blocked,
-        [(p, b, c) for (p, b), c in ordered[:LISTED_BATCHES]], len(tally.groups), tally.projects, manifests,
-        names, platform, fetched)
+        tally.counts,
+        first,
+        last,
+        step,
+        throughput,
+        errors,
+        sorted(tally.attempts.items()),
+        uncertain,
+        blocked,
+        [(p, b, c) for (p, b), c in ordered[:LISTED_BATCHES]],
+        len(tally.groups),
+        tally.projects,
+        manifests,
+        names,
+        platform,
+        fetched,
+    )
 
 
 def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
@@ -184,9 +255,15 @@ def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[s
     fetched: dict[str, int] = {}
     for name in added:
         if name.endswith("status"):
-            values = {str(v): int(n) for v, n in conn.execute(text(
-                f'SELECT "{name}", COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL GROUP BY "{name}" '
-                "ORDER BY COUNT(*) DESC"))}
+            values = {
+                str(v): int(n)
+                for v, n in conn.execute(
+                    text(
+                        f'SELECT "{name}", COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL GROUP BY "{name}" '
+                        "ORDER BY COUNT(*) DESC"
+                    )
+                )
+            }
             if values:  # a ledger never synced has the column, all empty: nothing to show
                 platform[name] = values
         elif name.endswith("_at"):

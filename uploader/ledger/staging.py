@@ -113,8 +113,10 @@ def slice_rows(name: str) -> str:
     """The rows of the scratch file attached as `name`, in STAGING_COLUMNS order; rows without `own` take
     the load's defaults, bound as :project_id, :work_flow_id and :batch_id."""
     own = [f"CASE WHEN own IS NULL THEN :{c} ELSE {c} END" for c in ("project_id", "work_flow_id", "batch_id")]
-    return (f"SELECT line, {own[0]} AS project_id, reference_id, {own[1]} AS work_flow_id, {own[2]} AS batch_id, "
-            f"body, body_hash, extra FROM {name}.staging")
+    return (
+        f"SELECT line, {own[0]} AS project_id, reference_id, {own[1]} AS work_flow_id, {own[2]} AS batch_id, "
+        f"body, body_hash, extra FROM {name}.staging"
+    )
 
 
 # --- the TEMP staging table of a merge (SQLite keeps it outside the ledger file) ---------------------------

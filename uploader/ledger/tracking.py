@@ -50,8 +50,9 @@ TrackedRow = tuple[int, str, str, str]
 def sync_batches(engine: Engine) -> list[tuple[str, str | None]]:
     """Every (project_id, batch_id) holding a tracked row; batch_id None is the project's default batch."""
     with read_tx(engine) as conn:
-        rows = conn.execute(text(f"SELECT DISTINCT project_id, batch_id FROM jobs WHERE {_TRACKED} "
-                                 "ORDER BY project_id, batch_id"))
+        rows = conn.execute(
+            text(f"SELECT DISTINCT project_id, batch_id FROM jobs WHERE {_TRACKED} ORDER BY project_id, batch_id")
+        )
         return [(r[0], r[1]) for r in rows]
 
 
@@ -63,9 +64,11 @@ def record_statuses(engine: Engine, project_id: str, seen: Sequence[tuple[str, s
     params = [{"p": project_id, "j": job_id, "s": status[:STATUS_CHARS], "t": now} for job_id, status in seen]
     with write_tx(engine) as conn:
         result = conn.execute(
-            text("UPDATE jobs SET platform_status = :s, platform_status_at = :t, result_path = NULL, result = NULL, "
-                 "result_sha256 = NULL, result_error = NULL "
-                 "WHERE project_id = :p AND job_id = :j AND (platform_status IS NULL OR platform_status <> :s)"),
+            text(
+                "UPDATE jobs SET platform_status = :s, platform_status_at = :t, result_path = NULL, result = NULL, "
+                "result_sha256 = NULL, result_error = NULL "
+                "WHERE project_id = :p AND job_id = :j AND (platform_status IS NULL OR platform_status <> :s)"
+            ),
             params,
         )
         return max(0, result.rowcount)
@@ -76,9 +79,16 @@ def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]
     last = 0
     while True:
         with read_tx(engine) as conn:
-            rows = [(r[0], r[1], r[2], r[3]) for r in conn.execute(
-                text(f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :last "
-                     "ORDER BY id LIMIT :n"), {"last": last, "n": page})]
+            rows = [
+                (r[0], r[1], r[2], r[3])
+                for r in conn.execute(
+                    text(
+                        f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :last "
+                        "ORDER BY id LIMIT :n"
+                    ),
+                    {"last": last, "n": page},
+                )
+            ]
         if not rows:
             return
         yield rows
@@ -88,10 +98,16 @@ def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]
 def results_due(engine: Engine, after_id: int, limit: int) -> list[TrackedRow]:
     """Tracked rows with a final platform status and no result recorded, after row `after_id`, in id order."""
     with read_tx(engine) as conn:
-        return [(r[0], r[1], r[2], r[3]) for r in conn.execute(
-            text(f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :a "
-                 f"AND platform_status IN ({_FINAL}) AND {_NO_RESULT} ORDER BY id LIMIT :n"),
-            {"a": after_id, "n": limit})]
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in conn.execute(
+                text(
+                    f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :a "
+                    f"AND platform_status IN ({_FINAL}) AND {_NO_RESULT} ORDER BY id LIMIT :n"
+                ),
+                {"a": after_id, "n": limit},
+            )
+        ]
 
 
 #: One fetched result: (row id, the file it was written to, the result itself when given inline, its sha256).
@@ -105,25 +121,40 @@ def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Seq
         return
     with write_tx(engine) as conn:
         if fetched:
-            conn.execute(text("UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, "
-                              "result_error = NULL WHERE id = :i"),
-                         [{"i": i, "p": p, "r": r, "h": h} for i, p, r, h in fetched])
+            conn.execute(
+                text(
+                    "UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, "
+                    "result_error = NULL WHERE id = :i"
+                ),
+                [{"i": i, "p": p, "r": r, "h": h} for i, p, r, h in fetched],
+            )
         if errors:
-            conn.execute(text("UPDATE jobs SET result_error = :e WHERE id = :i"),
-                         [{"i": i, "e": e[:2000]} for i, e in errors])
+            conn.execute(
+                text("UPDATE jobs SET result_error = :e WHERE id = :i"), [{"i": i, "e": e[:2000]} for i, e in errors]
+            )
 
 
 def sync_counts(engine: Engine) -> dict[str, Any]:
     """Tracked rows, how many have a final platform status, how many have their result, and per status."""
     with read_tx(engine) as conn:
-        by_status = {str(s): n for s, n in conn.execute(
-            text(f"SELECT platform_status, count(*) FROM jobs WHERE {_TRACKED} GROUP BY platform_status"))}
+        by_status = {
+            str(s): n
+            for s, n in conn.execute(
+                text(f"SELECT platform_status, count(*) FROM jobs WHERE {_TRACKED} GROUP BY platform_status")
+            )
+        }
         fetched = conn.execute(text(f"SELECT count(*) FROM jobs WHERE {_TRACKED} AND NOT ({_NO_RESULT})")).scalar()
-        errors = conn.execute(text(f"SELECT count(*) FROM jobs WHERE {_TRACKED} AND result_error IS NOT NULL "
-                                   f"AND {_NO_RESULT}")).scalar()
+        errors = conn.execute(
+            text(f"SELECT count(*) FROM jobs WHERE {_TRACKED} AND result_error IS NOT NULL AND {_NO_RESULT}")
+        ).scalar()
     final = sum(n for s, n in by_status.items() if s in RESULT_STATUSES)
-    return {"tracked": sum(by_status.values()), "final": final, "results": fetched or 0,
-            "result_errors": errors or 0, "by_status": by_status}
+    return {
+        "tracked": sum(by_status.values()),
+        "final": final,
+        "results": fetched or 0,
+        "result_errors": errors or 0,
+        "by_status": by_status,
+    }
 
 
 @dataclass
@@ -141,8 +172,9 @@ class Adoption:
 _ADOPTABLE = (Status.PENDING.value, Status.FAILED.value, Status.BLOCKED.value, Status.UNCERTAIN.value)
 
 
-def adopt_jobs(engine: Engine, project_id: str, batch_id: str, jobs: Sequence[tuple[str, str, str]],
-               now: dt.datetime) -> Adoption:
+def adopt_jobs(
+    engine: Engine, project_id: str, batch_id: str, jobs: Sequence[tuple[str, str, str]], now: dt.datetime
+) -> Adoption:
     """Record jobs (reference_id, job_id, status) found in a batch: a row with that reference_id and no job_id
     becomes succeeded with it (origin `adopted`, never sent by us); a job with no row gets a row of its own
     with no payload (never sent); a row holding another job_id, or being sent, is a conflict and is left as
@@ -150,25 +182,41 @@ def adopt_jobs(engine: Engine, project_id: str, batch_id: str, jobs: Sequence[tu
     done = Adoption()
     with write_tx(engine) as conn:
         for reference_id, job_id, status in jobs:
-            row = conn.execute(text("SELECT id, status, job_id FROM jobs WHERE project_id = :p AND reference_id = :r"),
-                               {"p": project_id, "r": reference_id}).first()
-            words = {"p": project_id, "r": reference_id, "j": job_id, "b": batch_id, "t": now,
-                     "s": status[:STATUS_CHARS] or None}
+            row = conn.execute(
+                text("SELECT id, status, job_id FROM jobs WHERE project_id = :p AND reference_id = :r"),
+                {"p": project_id, "r": reference_id},
+            ).first()
+            words = {
+                "p": project_id,
+                "r": reference_id,
+                "j": job_id,
+                "b": batch_id,
+                "t": now,
+                "s": status[:STATUS_CHARS] or None,
+            }
             if row is None:
-                conn.execute(text(
-                    "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
-                    "job_id, recovered, attempts, lease_token, origin, created_at, updated_at, platform_status, "
-                    f"platform_status_at) VALUES (:p, :r, '', :b, '', '', '{Status.SUCCEEDED.value}', :j, :f, 0, 0, "
-                    f"'{ADOPTED}', :t, :t, :s, :t)"), {**words, "f": False})
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
+                        "job_id, recovered, attempts, lease_token, origin, created_at, updated_at, platform_status, "
+                        f"platform_status_at) VALUES (:p, :r, '', :b, '', '', '{Status.SUCCEEDED.value}', :j, :f, "
+                        f"0, 0, '{ADOPTED}', :t, :t, :s, :t)"
+                    ),
+                    {**words, "f": False},
+                )
                 done.added += 1
             elif row[2] == job_id:
                 done.known += 1
             elif row[2] is None and row[1] in _ADOPTABLE:
-                conn.execute(text(
-                    f"UPDATE jobs SET status = '{Status.SUCCEEDED.value}', job_id = :j, batch_id = :b, "
-                    f"origin = '{ADOPTED}', error_code = NULL, error_message = NULL, error_details = NULL, "
-                    "not_before = NULL, updated_at = :t, platform_status = :s, platform_status_at = :t "
-                    "WHERE id = :i"), {**words, "i": row[0]})
+                conn.execute(
+                    text(
+                        f"UPDATE jobs SET status = '{Status.SUCCEEDED.value}', job_id = :j, batch_id = :b, "
+                        f"origin = '{ADOPTED}', error_code = NULL, error_message = NULL, error_details = NULL, "
+                        "not_before = NULL, updated_at = :t, platform_status = :s, platform_status_at = :t "
+                        "WHERE id = :i"
+                    ),
+                    {**words, "i": row[0]},
+                )
                 done.adopted += 1
             else:
                 done.conflicts.append((reference_id, f"{row[1]} with job_id {row[2]}" if row[2] else str(row[1])))

@@ -40,16 +40,28 @@ def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool 
     hashes = set((sent_hashes or "").split())
     origin = "pre-existing" if not hashes else "recovered"
     if held_by_another:
-        return Settlement("conflict", origin, "duplicate_job_id",
-                          "the listing gives this row a job_id already recorded for another row")
+        return Settlement(
+            "conflict",
+            origin,
+            "duplicate_job_id",
+            "the listing gives this row a job_id already recorded for another row",
+        )
     if not hashes:
-        return Settlement("conflict", origin, "created_elsewhere",
-                          "the job existed before this ledger ever sent the row (created elsewhere): it may hold "
-                          "other data than the manifest says")
+        return Settlement(
+            "conflict",
+            origin,
+            "created_elsewhere",
+            "the job existed before this ledger ever sent the row (created elsewhere): it may hold "
+            "other data than the manifest says",
+        )
     if hashes != {body_hash}:
-        return Settlement("conflict", origin, "payload_changed",
-                          "an earlier send with another payload may have created this job (its answer was lost "
-                          "before the manifest changed): it may hold the old data")
+        return Settlement(
+            "conflict",
+            origin,
+            "payload_changed",
+            "an earlier send with another payload may have created this job (its answer was lost "
+            "before the manifest changed): it may hold the old data",
+        )
     return Settlement("succeeded", origin, None, None)
 
 
@@ -66,12 +78,19 @@ def settle_missing(error_code: str | None, sent_hashes: str | None) -> Settlemen
       show it).
     """
     if error_code not in EXISTS_CODES:
-        return Settlement("failed", None, error_code,
-                          "not found in its batch's listing: the job was not created (`uploader retry` sends it "
-                          "again)")
+        return Settlement(
+            "failed",
+            None,
+            error_code,
+            "not found in its batch's listing: the job was not created (`uploader retry` sends it again)",
+        )
     if not (sent_hashes or "").split():
-        return Settlement("conflict", "pre-existing", "created_elsewhere",
-                          "the reference_id belongs to a job this ledger never sent (created elsewhere, not in "
-                          "this row's batch): its job_id is unknown and it may hold other data than the manifest "
-                          "says")
+        return Settlement(
+            "conflict",
+            "pre-existing",
+            "created_elsewhere",
+            "the reference_id belongs to a job this ledger never sent (created elsewhere, not in "
+            "this row's batch): its job_id is unknown and it may hold other data than the manifest "
+            "says",
+        )
     return None

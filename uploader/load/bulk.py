@@ -48,8 +48,15 @@ def part_defaults(manifest: ManifestLike) -> dict[str, str | None]:
 
 
 def load_into_empty(
-    engine: Engine, manifest: ManifestLike, path: Path, size: int, sha: str, options_hash: str,
-    production: staging.Production | None, new_file: bool, now: dt.datetime,
+    engine: Engine,
+    manifest: ManifestLike,
+    path: Path,
+    size: int,
+    sha: str,
+    options_hash: str,
+    production: staging.Production | None,
+    new_file: bool,
+    now: dt.datetime,
 ) -> int | None:
     """SQLite, empty ledger: rows go straight into `jobs` in one transaction, with no staging copy.
 
@@ -73,11 +80,13 @@ def load_into_empty(
                 if raw.execute(JOBS_ANY).fetchone() is not None:
                     raise NotClean
                 stamp = now.isoformat(" ", "microseconds")  # SQLAlchemy's own SQLite DateTime format
-                mid: int = raw.execute(RECORD_MANIFEST, manifest_row(path, size, sha, options_hash, 0, stamp,
-                                                                     label=manifest.label)).fetchone()[0]
+                mid: int = raw.execute(
+                    RECORD_MANIFEST, manifest_row(path, size, sha, options_hash, 0, stamp, label=manifest.label)
+                ).fetchone()[0]
                 if production is not None:
-                    sent, inserted = copy_parts(raw, production, lambda part: insert_new(stamp, mid, part),
-                                                 part_defaults(manifest), attached)
+                    sent, inserted = copy_parts(
+                        raw, production, lambda part: insert_new(stamp, mid, part), part_defaults(manifest), attached
+                    )
                 else:
                     sent, inserted = insert_rows(raw, manifest, stamp, mid)
                 if manifest.problem_count or inserted != sent or sent == 0:
@@ -113,7 +122,9 @@ def insert_rows(raw: sqlite3.Connection, manifest: ManifestLike, stamp: str, mid
 
 
 def copy_parts(
-    raw: sqlite3.Connection, production: staging.Production, sql_for: Callable[[str], str],
+    raw: sqlite3.Connection,
+    production: staging.Production,
+    sql_for: Callable[[str], str],
     params: Mapping[str, str | None],
     attached: list[str],
 ) -> tuple[int, int]:

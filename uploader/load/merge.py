@@ -93,7 +93,10 @@ def _utcnow() -> dt.datetime:
 
 
 def load_manifest(
-    ledger: Ledger, manifest: ManifestLike, options_hash: str, production: staging.Production | None = None,
+    ledger: Ledger,
+    manifest: ManifestLike,
+    options_hash: str,
+    production: staging.Production | None = None,
 ) -> LoadReport:
     """Validate and merge one manifest into `ledger`; raise ManifestError (ledger untouched) if anything is
     wrong.
@@ -116,14 +119,21 @@ def load_manifest(
             empty = conn.execute(text(JOBS_ANY)).first() is None
         if seen is not None:
             rows, conflicts, examples = seen
-            return LoadReport(shown, rows, unchanged=rows - conflicts, conflicts=conflicts,
-                              conflict_examples=tuple(json.loads(examples or "[]")), already_loaded=True)
+            return LoadReport(
+                shown,
+                rows,
+                unchanged=rows - conflicts,
+                conflicts=conflicts,
+                conflict_examples=tuple(json.loads(examples or "[]")),
+                already_loaded=True,
+            )
         sqlite = engine.dialect.name == "sqlite"
         if sqlite and production is None:
             production = staging.Production.start(manifest)
         if sqlite and empty:
-            loaded = bulk_load.load_into_empty(engine, manifest, path, size, sha, options_hash, production,
-                                               new_file, _utcnow())
+            loaded = bulk_load.load_into_empty(
+                engine, manifest, path, size, sha, options_hash, production, new_file, _utcnow()
+            )
             if loaded is not None:
                 return LoadReport(shown, loaded, new=loaded, seconds=time.perf_counter() - started)
         with translate_errors(), engine.connect() as conn:
@@ -181,8 +191,9 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
         total: int | None = None
         if production is not None:
             try:
-                total, _ = bulk_load.copy_parts(_sqlite(conn), production, staging_from_slice,
-                                                bulk_load.part_defaults(manifest), attached)
+                total, _ = bulk_load.copy_parts(
+                    _sqlite(conn), production, staging_from_slice, bulk_load.part_defaults(manifest), attached
+                )
             except (bulk_load.NotClean, staging.SliceProcessLost):
                 total = None  # read the manifest here after all, to find and report every problem
         if total is None:
@@ -266,4 +277,3 @@ def _merge(
         if new:
             conn.execute(text(MERGE_NEW), {"now": now, "mid": mid})
     return LoadReport(label or str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
-

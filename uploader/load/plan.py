@@ -52,8 +52,9 @@ class LoadPlan:
     seconds: float
 
 
-def plan_manifest(ledger: Ledger, manifest: ManifestLike,
-                  on_sendable: Callable[[str, str, str | None], None] | None = None) -> LoadPlan:
+def plan_manifest(
+    ledger: Ledger, manifest: ManifestLike, on_sendable: Callable[[str, str, str | None], None] | None = None
+) -> LoadPlan:
     """Plan the load of `manifest` into `ledger` (raise ManifestError for a bad manifest, as a load would).
     `on_sendable(reference_id, payload, batch_id)` sees every row a run would send, in manifest order."""
     started = time.perf_counter()
@@ -75,6 +76,18 @@ def plan_manifest(ledger: Ledger, manifest: ManifestLike,
             conn.rollback()
             conn.exec_driver_sql(STAGING_DROP)
             conn.commit()
-    return LoadPlan(manifest.label or str(Path(manifest.path)), rows, new, unchanged, changed, conflicts,
-                    pending_unchanged, blocked, other_pending, to_send, changed_ex, conflict_ex,
-                    time.perf_counter() - started)
+    return LoadPlan(
+        manifest.label or str(Path(manifest.path)),
+        rows,
+        new,
+        unchanged,
+        changed,
+        conflicts,
+        pending_unchanged,
+        blocked,
+        other_pending,
+        to_send,
+        changed_ex,
+        conflict_ex,
+        time.perf_counter() - started,
+    )

@@ -59,8 +59,9 @@ class PreparedLoad:
         self.close()
 
 
-def prepare_load(path: str | Path, options: ManifestOptions, *, new_ledger: bool,
-                 label: str | None = None) -> PreparedLoad:
+def prepare_load(
+    path: str | Path, options: ManifestOptions, *, new_ledger: bool, label: str | None = None
+) -> PreparedLoad:
     """Check the manifest's header; if the ledger is a SQLite file that does not exist yet (so it will be
     empty) and the manifest is big, start the slice processes now: they read the file while SQLAlchemy
     loads and the ledger is created and migrated, which takes half a second."""

@@ -101,8 +101,9 @@ class _Orphaned(Exception):
     """The parent process is gone (killed): nobody will read the scratch files."""
 
 
-def write_part(manifest: ManifestLike, index: int, span: Span | None, path: Path,
-               defaults: Defaults, parent: int | None = None) -> PartResult:
+def write_part(
+    manifest: ManifestLike, index: int, span: Span | None, path: Path, defaults: Defaults, parent: int | None = None
+) -> PartResult:
     """Read one slice and write its rows into a new scratch SQLite file (uploader.ledger.staging), given
     the load's `defaults` (project_id, work_flow_id, batch_id). Stops at the first
     problem: the caller then loads the slow way, which reports every problem. With `parent` (a pid), gives
@@ -221,8 +222,18 @@ class Production:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _work(manifest: ManifestLike, defaults: Defaults, k: int, processes: int, parts: int, workdir: Path,
-          wfd: int, alive: int, parent: int, sigmask: set[int | signal.Signals]) -> None:
+def _work(
+    manifest: ManifestLike,
+    defaults: Defaults,
+    k: int,
+    processes: int,
+    parts: int,
+    workdir: Path,
+    wfd: int,
+    alive: int,
+    parent: int,
+    sigmask: set[int | signal.Signals],
+) -> None:
     """A slice process's life: its slices in order, each result down the pipe; then wait for the parent to kill
     us, and exit without any of its clean-up (atexit, buffers). If the parent dies first (it holds the
     write end of `alive`), the scratch files are removed here: nobody else would."""

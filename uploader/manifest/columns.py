@@ -27,8 +27,12 @@ SHAPES: dict[str, tuple[str, ...]] = {
     "video_wide": ("reference_id", "frames"),
     "raw": ("reference_id", "data"),
 }
-_SHAPE_NAMES = {"image": "an image manifest", "video_long": "a long-form video",
-                "video_wide": "a wide-form video", "raw": "a raw manifest"}
+_SHAPE_NAMES = {
+    "image": "an image manifest",
+    "video_long": "a long-form video",
+    "video_wide": "a wide-form video",
+    "raw": "a raw manifest",
+}
 #: File-level problems: each a message, or a (column, message) pair.
 _Problems = list[str | tuple[str | None, str]]
 OVERRIDES = ("project_id", "work_flow_id", "batch_id", "priority_weight", "metadata")
@@ -51,9 +55,14 @@ class ManifestOptions:
 
     def fingerprint(self) -> str:
         """sha256 of the options: the same file loaded with the same options is the same load."""
-        doc = {"v": 1, "project_id": self.project_id, "work_flow_id": self.work_flow_id,
-               "batch_id": self.batch_id, "format": self.format.lower() if self.format else None,
-               "columns": sorted([api, col] for api, col in self.columns)}
+        doc = {
+            "v": 1,
+            "project_id": self.project_id,
+            "work_flow_id": self.work_flow_id,
+            "batch_id": self.batch_id,
+            "format": self.format.lower() if self.format else None,
+            "columns": sorted([api, col] for api, col in self.columns),
+        }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -62,8 +71,9 @@ def _fail(path: Path, problems: _Problems) -> ManifestError:
     return ManifestError([Problem(str(path), None, *(p if isinstance(p, tuple) else (None, p))) for p in problems])
 
 
-def resolve_columns(path: Path, file_format: str, cols: tuple[str, ...], opts: ManifestOptions, kinds: list[str],
-                    types: list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
+def resolve_columns(
+    path: Path, file_format: str, cols: tuple[str, ...], opts: ManifestOptions, kinds: list[str], types: list[str]
+) -> tuple[dict[str, str], tuple[str, ...]]:
     """Apply --column mappings, detect the shapes and check the defaults; raise if the file cannot work.
 
     `kinds` and `types` are, for Parquet, each column's `parquet_kind` and Arrow type (else empty). Returns
@@ -75,8 +85,7 @@ def resolve_columns(path: Path, file_format: str, cols: tuple[str, ...], opts: M
     if problems:
         raise _fail(path, problems)
     claimed = set(mapping.values())  # a column mapped elsewhere does not also supply its own name
-    names = {api: mapping.get(api, api) for api in API_NAMES
-             if api in mapping or (api in cols and api not in claimed)}
+    names = {api: mapping.get(api, api) for api in API_NAMES if api in mapping or (api in cols and api not in claimed)}
     fits = [s for s, req in SHAPES.items() if all(f in names for f in req)]
     if not fits:
         raise _fail(path, [_no_shape(cols, names)])
@@ -97,19 +106,20 @@ def _header_problems(file_format: str, cols: tuple[str, ...]) -> _Problems:
     if dups:
         problems.append(f"duplicate column names in the header: {', '.join(map(show, dups[:20]))}")
     if "" in cols:
-        problems.append('a line has an empty key ("")' if file_format == "jsonl"
-                        else f"column {cols.index('') + 1} of the header has no name")
+        problems.append(
+            'a line has an empty key ("")'
+            if file_format == "jsonl"
+            else f"column {cols.index('') + 1} of the header has no name"
+        )
     return problems
 
 
-def _mapping(columns: tuple[tuple[str, str], ...], cols: tuple[str, ...],
-             problems: _Problems) -> dict[str, str]:
+def _mapping(columns: tuple[tuple[str, str], ...], cols: tuple[str, ...], problems: _Problems) -> dict[str, str]:
     """API field -> manifest column of the --column options that can apply; the others go to `problems`."""
     mapping: dict[str, str] = {}
     for api, col in columns:
         if api not in API_NAMES:
-            problems.append(f"--column {api}={col}: unknown API field {api!r}; "
-                            f"known: {', '.join(sorted(API_NAMES))}")
+            problems.append(f"--column {api}={col}: unknown API field {api!r}; known: {', '.join(sorted(API_NAMES))}")
         elif api in mapping:
             problems.append(f"--column {api}=... is given twice")
         elif col not in cols:
@@ -121,19 +131,25 @@ def _mapping(columns: tuple[tuple[str, str], ...], cols: tuple[str, ...],
 
 def _no_shape(cols: tuple[str, ...], names: dict[str, str]) -> str:
     """Why columns that fit no shape do not: what each shape needs, and (the first of) the columns found."""
-    needs = "; ".join(f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing "
-                      f"{', '.join(f for f in req if f not in names)})" for s, req in SHAPES.items())
+    needs = "; ".join(
+        f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing {', '.join(f for f in req if f not in names)})"
+        for s, req in SHAPES.items()
+    )
     found = ", ".join(c if len(c) <= 60 else c[:60] + "…" for c in cols[:50])
     found += f", … ({len(cols)} columns)" if len(cols) > 50 else ""
-    return (f"the columns fit no manifest shape. found columns: {found}; {needs}. "
-            "Rename a column or map it with --column API_FIELD=COLUMN")
+    return (
+        f"the columns fit no manifest shape. found columns: {found}; {needs}. "
+        "Rename a column or map it with --column API_FIELD=COLUMN"
+    )
 
 
 def _default_problems(opts: ManifestOptions, names: dict[str, str]) -> _Problems:
     """Bad --project-id/--work-flow-id/--batch-id values, and ids neither given nor in a column."""
     problems: _Problems = []
-    for api, flag, value in (("project_id", "--project-id", opts.project_id),
-                             ("work_flow_id", "--work-flow-id", opts.work_flow_id)):
+    for api, flag, value in (
+        ("project_id", "--project-id", opts.project_id),
+        ("work_flow_id", "--work-flow-id", opts.work_flow_id),
+    ):
         if value and (why := val.id_problem(value)):
             problems.append((api, f"{flag} {show(value)} {why}"))
         elif not value and api not in names:
@@ -143,8 +159,9 @@ def _default_problems(opts: ManifestOptions, names: dict[str, str]) -> _Problems
     return problems
 
 
-def _parquet_type_problems(names: dict[str, str], cols: tuple[str, ...], kinds: list[str],
-                           types: list[str]) -> _Problems:
+def _parquet_type_problems(
+    names: dict[str, str], cols: tuple[str, ...], kinds: list[str], types: list[str]
+) -> _Problems:
     """Parquet columns whose type cannot hold their field: JSON fields need text or lists/structs, URLs text,
     the other fields text or integers (integers are ids, never URLs or JSON objects)."""
     problems: _Problems = []
@@ -153,6 +170,5 @@ def _parquet_type_problems(names: dict[str, str], cols: tuple[str, ...], kinds: 
         url_field = api in ("image_url", "src")
         if kind not in ("text", "null", "object" if json_field else "text" if url_field else "int"):
             want = "JSON text" if json_field else "text" if url_field else "text (or integers)"
-            problems.append((col, f"column {col!r} has Parquet type {types[cols.index(col)]}; "
-                                  f"{api} must be {want}"))
+            problems.append((col, f"column {col!r} has Parquet type {types[cols.index(col)]}; {api} must be {want}"))
     return problems

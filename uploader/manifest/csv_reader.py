@@ -133,7 +133,7 @@ class CsvReader:
                     rows = [[] if r == [""] else r for r in rows]  # a blank line, as csv reports it
                 i = 0
                 while i < len(rows):
-                    part = rows if not i and len(rows) <= self._size else rows[i:i + self._size]
+                    part = rows if not i and len(rows) <= self._size else rows[i : i + self._size]
                     yield first - 1 + i, part, first - 1 + i + len(part), None
                     i += len(part)
                 continue
@@ -189,8 +189,12 @@ class CsvReader:
         bad = self._bad
         while bad and bad[0][1] <= start:
             bad.popleft()
-        if (error is None and end - start == len(rows) and not (bad and bad[0][0] <= end)
-                and set(map(len, rows)) == {self.ncols}):
+        if (
+            error is None
+            and end - start == len(rows)
+            and not (bad and bad[0][0] <= end)
+            and set(map(len, rows)) == {self.ncols}
+        ):
             return Chunk(range(start + 1, end + 1), rows, clean=True)
         return self._sort_out(rows, start, end, error)
 

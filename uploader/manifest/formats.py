@@ -21,8 +21,20 @@ from uploader.errors import ManifestError, Problem
 from uploader.manifest.values import json_error, json_kind, loads_strict
 
 __all__ = [
-    "EXTENSIONS", "FORMATS", "Chunk", "Issue", "Span", "detect_format", "fail", "jsonl_chunks", "jsonl_columns",
-    "no_gc", "open_parquet", "parquet_chunks", "parquet_kind", "sniff_start",
+    "EXTENSIONS",
+    "FORMATS",
+    "Chunk",
+    "Issue",
+    "Span",
+    "detect_format",
+    "fail",
+    "jsonl_chunks",
+    "jsonl_columns",
+    "no_gc",
+    "open_parquet",
+    "parquet_chunks",
+    "parquet_kind",
+    "sniff_start",
 ]
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -55,8 +67,11 @@ def detect_format(path: Path, override: str | None) -> str:
         return fmt
     by_suffix = EXTENSIONS.get(path.suffix.lower())
     if by_suffix is None:
-        raise fail(path, f"unknown format for {'a ' + path.suffix if path.suffix else 'an extension-less'} file; "
-                         "use --format csv, tsv, parquet or jsonl")
+        raise fail(
+            path,
+            f"unknown format for {'a ' + path.suffix if path.suffix else 'an extension-less'} file; "
+            "use --format csv, tsv, parquet or jsonl",
+        )
     return by_suffix
 
 
@@ -93,6 +108,7 @@ class Span:
 
 # --- JSONL -----------------------------------------------------------------------------------------
 
+
 def _jsonl_lines(path: Path, span: Span | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes) of each non-blank line; LF, CRLF and lone CR all end a line. With `span`, only
     the lines of that slice (it starts and ends on line ends)."""
@@ -120,8 +136,11 @@ def _jsonl_object(number: int, raw: bytes) -> tuple[dict[str, Any] | None, Issue
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, (number, None, f"is not valid UTF-8 (byte 0x{raw[e.start]:02X} at byte {e.start + 1}); "
-                                    "save the file as UTF-8")
+        return None, (
+            number,
+            None,
+            f"is not valid UTF-8 (byte 0x{raw[e.start]:02X} at byte {e.start + 1}); save the file as UTF-8",
+        )
     try:
         obj = loads_strict(text)
     except ValueError as e:
@@ -169,6 +188,7 @@ def jsonl_chunks(path: Path, columns: list[str], size: int, span: Span | None = 
 
 
 # --- Parquet ---------------------------------------------------------------------------------------
+
 
 def open_parquet(path: Path) -> Any:
     import pyarrow.parquet as pq
@@ -262,4 +282,3 @@ def no_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-

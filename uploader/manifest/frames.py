@@ -103,8 +103,14 @@ def _read(path: str) -> Iterator[Row]:
             yield from block
 
 
-def frame_row(line: int, text: Callable[[str], str | None], has_index: bool, errs: Errors,
-              job: tuple[Any, ...], sign: bool = False) -> tuple[Any, ...] | None:
+def frame_row(
+    line: int,
+    text: Callable[[str], str | None],
+    has_index: bool,
+    errs: Errors,
+    job: tuple[Any, ...],
+    sign: bool = False,
+) -> tuple[Any, ...] | None:
     """Check one long-form frame row, adding to `errs`; the row to park in the frame store (flagged if it has
     problems), or None if it has no reference_id to be grouped by. `text(api)` reads one of its cells."""
     pid, ref, wf, batch, pw, meta, extra = job
@@ -168,8 +174,11 @@ def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], prob
         for api, key in (("frame_id", r[4]), ("frame_index", index)):
             if key is not None and (api, key) in seen:
                 a, b = sorted((seen[api, key], r[3]))
-                problem(b, names[api], f"{api} {show(str(key))} appears twice for "
-                                       f"reference_id {show(ref)} (lines {a} and {b})")
+                problem(
+                    b,
+                    names[api],
+                    f"{api} {show(str(key))} appears twice for reference_id {show(ref)} (lines {a} and {b})",
+                )
                 ok = False
             seen.setdefault((api, key), r[3])
         for k, api in ((6, "work_flow_id"), (7, "batch_id"), (8, "priority_weight"), (9, "metadata")):

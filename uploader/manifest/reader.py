@@ -25,8 +25,16 @@ from uploader.manifest.csv_reader import CsvReader
 from uploader.manifest.jobs import StagedJob, staged_job
 from uploader.manifest.values import MAX_ID_LENGTH, Errors, enc, reference_id_problem, show, url_problem
 
-__all__ = ["API_NAMES", "MAX_ID_LENGTH", "SHAPES", "Manifest", "ManifestOptions", "StagedJob",
-           "reference_id_problem", "url_problem"]
+__all__ = [
+    "API_NAMES",
+    "MAX_ID_LENGTH",
+    "SHAPES",
+    "Manifest",
+    "ManifestOptions",
+    "StagedJob",
+    "reference_id_problem",
+    "url_problem",
+]
 
 MAX_PROBLEMS_KEPT = 1000
 _HOST_PREFIX = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*[/?#]")
@@ -52,8 +60,9 @@ class Manifest:
         self._types: list[str] = []  # Parquet only: each column's Arrow type, for messages
         self.columns = tuple(self._read_columns())
         # API field -> manifest column, and the shapes the columns fit (raises if the file cannot work)
-        self._names, self._shapes = resolve_columns(self.path, self.format, self.columns, options, self._kinds,
-                                                    self._types)
+        self._names, self._shapes = resolve_columns(
+            self.path, self.format, self.columns, options, self._kinds, self._types
+        )
         self.shape = self._shapes[0] if len(self._shapes) == 1 else "mixed"
         self._idx = {api: self.columns.index(col) for api, col in self._names.items()}
         used = set(self._names.values())
@@ -62,8 +71,12 @@ class Manifest:
         self._pid, self._wf = options.project_id or "", options.work_flow_id or ""
         self._batch = options.batch_id or None
         self._sign = options.sign
-        self._fast = (self._shapes == ("image",) and self.format != "jsonl" and bool(self._pid and self._wf)
-                      and "object" not in self._kinds)  # see _fast_image
+        self._fast = (
+            self._shapes == ("image",)
+            and self.format != "jsonl"
+            and bool(self._pid and self._wf)
+            and "object" not in self._kinds
+        )  # see _fast_image
         batch = f',"batch_id":{enc(self._batch)}' if self._batch else ""
         self._fast_mid = f'","work_flow_id":{enc(self._wf)}{batch},"data":{{"image_url":"'
 
@@ -174,9 +187,16 @@ class Manifest:
         m = _HOST_PREFIX.match(lo)
         if not (m and hi.startswith(m.group())) and not all(map(val.HOST.match, urls)):
             return None
-        bodies = map("".join, zip(repeat('{"reference_id":"'), refs if ref_plain else val.escaped(refs),
-                                  repeat(self._fast_mid), urls if url_plain else val.escaped(urls),
-                                  repeat('"}}')))
+        bodies = map(
+            "".join,
+            zip(
+                repeat('{"reference_id":"'),
+                refs if ref_plain else val.escaped(refs),
+                repeat(self._fast_mid),
+                urls if url_plain else val.escaped(urls),
+                repeat('"}}'),
+            ),
+        )
         extras: Any = repeat(None)
         if self._extras:
             pieces: list[Any] = []
@@ -185,8 +205,12 @@ class Manifest:
                 plain = val.needs_no_escape("".join(cols[i]))
                 pieces += [key + '"', cols[i], '"'] if plain else [key, map(enc, cols[i])]
             extras = map("".join, zip(*(repeat(p) if isinstance(p, str) else p for p in [*pieces, "}"])))
-        return list(map(staged_job, zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch),
-                                        bodies, extras)))
+        return list(
+            map(
+                staged_job,
+                zip(chunk.lines, repeat(self._pid), refs, repeat(self._wf), repeat(self._batch), bodies, extras),
+            )
+        )
 
     # --- one row, the general way ----------------------------------------------------------------------
 
@@ -225,8 +249,12 @@ class Manifest:
         frames = self._json(cells, "frames", errs, list)
         if frames is None or not frames:
             if len(errs) == before:
-                errs.append(("frames", f"frames is {'empty' if frames is None else 'an empty list'}; "
-                                       "a video needs at least one frame"))
+                errs.append(
+                    (
+                        "frames",
+                        f"frames is {'empty' if frames is None else 'an empty list'}; a video needs at least one frame",
+                    )
+                )
             return None
         seen: dict[str, int] = {}
         out, bad = [], []
@@ -267,8 +295,7 @@ class Manifest:
             errs.append((None, f"row mixes shapes ({both} {'both' if len(filled) == 2 else 'all'} set)"))
         return None
 
-    def _build(self, line: int, cells: Any, jobs: list[StagedJob],
-               frames: list[tuple[Any, ...]]) -> None:
+    def _build(self, line: int, cells: Any, jobs: list[StagedJob], frames: list[tuple[Any, ...]]) -> None:
         """Validate one row; append its job (or, for long-form video, its frame), or record its problems.
 
         The checks run in the order the row's problems are reported: its settings, metadata, shape, data,
@@ -283,8 +310,14 @@ class Manifest:
         extra = val.dumps({c: val.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
         if shape == "video_long":
             ref, pid, wf, batch, pw = settings
-            frame = long_video.frame_row(line, lambda api: self._text(cells, api, errs), "frame_index" in self._idx,
-                                         errs, (pid, ref or "", wf, batch, pw, meta, extra), self._sign)
+            frame = long_video.frame_row(
+                line,
+                lambda api: self._text(cells, api, errs),
+                "frame_index" in self._idx,
+                errs,
+                (pid, ref or "", wf, batch, pw, meta, extra),
+                self._sign,
+            )
             if frame is not None:
                 frames.append(frame)  # parked; its problems are recorded below
         elif not errs:
@@ -313,8 +346,10 @@ class Manifest:
         """The row's project_id and work_flow_id, checked (both read before either is checked, so the
         problems keep their order), else the options' defaults."""
         pid, wf = self._text(cells, "project_id", errs), self._text(cells, "work_flow_id", errs)
-        for api, value, flag, default in (("project_id", pid, "--project-id", self._pid),
-                                          ("work_flow_id", wf, "--work-flow-id", self._wf)):
+        for api, value, flag, default in (
+            ("project_id", pid, "--project-id", self._pid),
+            ("work_flow_id", wf, "--work-flow-id", self._wf),
+        ):
             if value and (why := val.id_problem(value)):
                 errs.append((api, f"{api} {show(value)} {why}"))
             elif value == "" and not default:
@@ -351,8 +386,9 @@ class Manifest:
         return data
 
 
-def _job(line: int, shape: str | None, settings: Settings, data: Any, meta: Any, extra: str | None,
-         errs: Errors) -> StagedJob | None:
+def _job(
+    line: int, shape: str | None, settings: Settings, data: Any, meta: Any, extra: str | None, errs: Errors
+) -> StagedJob | None:
     """The job of a row whose cells passed every check, or None with the
     reason in `errs`: its JSON cannot be written, or holds a lone surrogate."""
     ref, pid, wf, batch, pw = settings

@@ -86,8 +86,9 @@ def _azure_time(raw: str) -> datetime:
     """Azure's `se`: `YYYY-MM-DD`, `YYYY-MM-DDThh:mmZ` or `YYYY-MM-DDThh:mm:ss[.fffffff]Z`, in UTC."""
     m = _AZURE_TIME.fullmatch(raw)
     if not m:
-        raise SignedUrlError(f"signed URL's se (expiry) {raw!r} is not an ISO 8601 UTC time such as "
-                             "2026-12-31T23:59:59Z")
+        raise SignedUrlError(
+            f"signed URL's se (expiry) {raw!r} is not an ISO 8601 UTC time such as 2026-12-31T23:59:59Z"
+        )
     parts = [int(g) if g is not None else 0 for g in m.groups()]
     return _datetime("se (expiry)", raw, *parts)
 
@@ -102,8 +103,7 @@ def _epoch(raw: str) -> datetime:
         raise SignedUrlError(f"signed URL's Expires {raw!r} is out of range") from None
 
 
-def _datetime(field: str, raw: str, year: int, month: int, day: int, hour: int, minute: int,
-              second: int) -> datetime:
+def _datetime(field: str, raw: str, year: int, month: int, day: int, hour: int, minute: int, second: int) -> datetime:
     try:
         return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as e:

@@ -17,11 +17,33 @@ from urllib.parse import urlsplit
 from uploader.manifest.signed import SignedUrlError, url_expiry
 
 __all__ = [
-    "HOST", "INTEGER", "LONE_SURROGATE", "MAX_ID_LENGTH", "MAX_URL_LENGTH", "PATH_UNSAFE", "UUID", "Errors",
-    "bad_unicode", "cell_text", "dumps", "enc", "escaped", "id_problem", "job_body", "json_error", "json_kind",
-    "loads_strict", "may_be_signed", "needs_no_escape", "plain", "reference_id_problem", "show", "signature_problem",
+    "HOST",
+    "INTEGER",
+    "LONE_SURROGATE",
+    "MAX_ID_LENGTH",
+    "MAX_URL_LENGTH",
+    "PATH_UNSAFE",
+    "UUID",
+    "Errors",
+    "bad_unicode",
+    "cell_text",
+    "dumps",
+    "enc",
+    "escaped",
+    "id_problem",
+    "job_body",
+    "json_error",
+    "json_kind",
+    "loads_strict",
+    "may_be_signed",
+    "needs_no_escape",
+    "plain",
+    "reference_id_problem",
+    "show",
+    "signature_problem",
     "storage_url_problem",
-    "unencodable", "url_problem",
+    "unencodable",
+    "url_problem",
 ]
 
 Errors = list[tuple[str | None, str]]  # (API field or None, message) found in one row
@@ -37,6 +59,7 @@ LONE_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \
 
 
 # --- JSON in -----------------------------------------------------------------------------------------
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -81,6 +104,7 @@ if c_make_encoder is not None:  # json.dumps builds this C encoder anew on every
         for nesting deeper than the interpreter's stack."""
         return "".join(_c_encode(obj, 0))
 else:  # pragma: no cover - CPython always has the C accelerator
+
     def dumps(obj: Any) -> str:
         return _encoder.encode(obj)
 
@@ -127,10 +151,12 @@ def url_problem(url: str, sign: bool = False) -> str | None:
     if scheme in ("s3", "gs"):
         if sign:
             return storage_url_problem(url)
-        return f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; pass --sign " \
-               "to have uploader sign it at send time, or use a signed or public https URL"
+        return (
+            f"is {'an' if scheme == 's3' else 'a'} {scheme}:// URL, which GT Studio cannot fetch; pass --sign "
+            "to have uploader sign it at send time, or use a signed or public https URL"
+        )
     if scheme not in ("http", "https"):
-        slashes = "//" if url[len(scheme) + 1:].startswith("//") else ""
+        slashes = "//" if url[len(scheme) + 1 :].startswith("//") else ""
         return f"must be an http:// or https:// URL, not {scheme + ':' + slashes if scheme else show(url)}"
     if not parts.hostname:
         return f"has no host: {show(url)}"
@@ -258,4 +284,3 @@ def unencodable(values: dict[str, Any]) -> Errors:
         except RecursionError:
             errs.append((api, f"{api} is nested too deeply to send"))
     return errs or [(None, "the job cannot be written as JSON")]
-

@@ -199,11 +199,12 @@ class SandboxApp:
             if decision.refuse is not None:
                 return self._refusal(decision.refuse)
         if self.config.result_failure == "403":
-            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>",
-                                content_type="application/xml")
+            return web.Response(
+                status=403, text="<Error><Code>AccessDenied</Code></Error>", content_type="application/xml"
+            )
         if self.config.result_failure == "html":
             return web.Response(status=200, body=b"<html><body>Please sign in</body></html>", headers=_HTML)
-        project_id, _, job_id = path[len(RESULTS_PREFIX):].partition("/")
+        project_id, _, job_id = path[len(RESULTS_PREFIX) :].partition("/")
         try:
             document = self.state.result(project_id, job_id, self.clock())
         except ApiFailure as failure:
@@ -218,8 +219,9 @@ class SandboxApp:
             return web.Response(status=404 if spec is None else 405, text="no such file", content_type="text/plain")
         if spec.slow_ms:
             await asyncio.sleep(spec.slow_ms / 1000)
-        status, headers, body = file_answer(spec, request.method, path, request.query_string,
-                                            request.headers.get("Range"))
+        status, headers, body = file_answer(
+            spec, request.method, path, request.query_string, request.headers.get("Range")
+        )
         return web.Response(status=status, headers=headers, body=body)
 
     def _introspect(self, method: str, path: str) -> web.Response:

@@ -72,8 +72,10 @@ class SandboxConfig:
     )
     check_attachments: bool = field(
         default=False,
-        metadata=_help("Answer FS_0007 for a job whose image or frame URL is a /_sandbox/files/ file that would "
-                       "not open (an error status, empty, or not an image or video)."),
+        metadata=_help(
+            "Answer FS_0007 for a job whose image or frame URL is a /_sandbox/files/ file that would "
+            "not open (an error status, empty, or not an image or video)."
+        ),
     )
     complete_after_s: float | None = field(
         default=None, metadata=_help("Seconds after creation when a job becomes final (default: never).")

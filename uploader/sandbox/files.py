@@ -24,13 +24,23 @@ PREFIX = "/_sandbox/files/"
 _DEFAULT_SIZE = 2048
 _MAX_SIZE = 64 * 1024 * 1024
 _TYPES = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
-    "mp4": "video/mp4", "html": "text/html", "json": "application/json",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "html": "text/html",
+    "json": "application/json",
 }
 _MAGIC = {
-    "image/jpeg": b"\xff\xd8\xff\xe0", "image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF89a",
-    "image/webp": b"RIFF\x00\x00\x00\x00WEBP", "video/mp4": b"\x00\x00\x00\x18ftypmp42",
-    "text/html": b"<!doctype html><html><body>", "application/json": b"{}",
+    "image/jpeg": b"\xff\xd8\xff\xe0",
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/gif": b"GIF89a",
+    "image/webp": b"RIFF\x00\x00\x00\x00WEBP",
+    "video/mp4": b"\x00\x00\x00\x18ftypmp42",
+    "text/html": b"<!doctype html><html><body>",
+    "application/json": b"{}",
 }
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 ERROR_PAGE = b"<html><body><h1>%d</h1><p>The file cannot be served.</p></body></html>"
@@ -61,7 +71,7 @@ def parse_spec(path: str, query: str) -> FileSpec | None:
     """The file a path under PREFIX asks for, or None when the path or a parameter is not understood."""
     if not path.startswith(PREFIX) or len(path) == len(PREFIX):
         return None
-    name = path[len(PREFIX):]
+    name = path[len(PREFIX) :]
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     params = dict(parse_qsl(query))
     try:
@@ -101,7 +111,7 @@ def answer(spec: FileSpec, method: str, path: str, query: str, range_header: str
         last = min(int(m.group(2)) if m.group(2) else spec.size - 1, spec.size - 1)
         if first >= spec.size or first > last:
             return FileAnswer(416, {**headers, "Content-Range": f"bytes */{spec.size}"}, b"")
-        part = content[first:last + 1]
+        part = content[first : last + 1]
         return FileAnswer(206, {**headers, "Content-Range": f"bytes {first}-{last}/{spec.size}"}, part)
     headers["Content-Length"] = str(spec.size)  # aiohttp leaves out a zero length on a HEAD otherwise
     return FileAnswer(200, headers, content)  # aiohttp sends no body to a HEAD
@@ -110,4 +120,4 @@ def answer(spec: FileSpec, method: str, path: str, query: str, range_header: str
 def _content(spec: FileSpec) -> bytes:
     magic = _MAGIC.get(spec.content_type, b"")
     filler = bytes(range(256)) * (spec.size // 256 + 1)
-    return (magic + filler)[:spec.size]
+    return (magic + filler)[: spec.size]

@@ -63,13 +63,15 @@ def result_document(job: dict[str, Any]) -> dict[str, Any]:
         w, h = round(10 + seed[2] * 200, 1), round(10 + seed[3] * 150, 1)
         shape = "rectangle" if seed[4] < 0.7 else "polygon"
         points = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
-        annotations.append({
-            "_id": f"{job_id[:8]}-{i}",
-            "type": shape,
-            "label": _LABELS[int(seed[5] * len(_LABELS))],
-            "coordinates": points if shape == "polygon" else {"x": x, "y": y, "w": w, "h": h},
-            "attributes": {"occluded": seed[2] < 0.2, "truncated": seed[3] < 0.1},
-        })
+        annotations.append(
+            {
+                "_id": f"{job_id[:8]}-{i}",
+                "type": shape,
+                "label": _LABELS[int(seed[5] * len(_LABELS))],
+                "coordinates": points if shape == "polygon" else {"x": x, "y": y, "w": w, "h": h},
+                "attributes": {"occluded": seed[2] < 0.2, "truncated": seed[3] < 0.1},
+            }
+        )
     return {
         "job_id": job_id,
         "reference_id": job["reference_id"],

@@ -1,5 +1,4 @@
-"""Ledger → API: the submit loop, pacing, the resolver of uncertain rows, batches, the run summary.
-"""
+"""Ledger → API: the submit loop, pacing, the resolver of uncertain rows, batches, the run summary."""
 
 from __future__ import annotations
 

@@ -98,7 +98,11 @@ def owner_token(host: str | None = None, pid: int | None = None) -> str:
 
 
 def reservation_dead(
-    reserved_by: str, reserved_at: dt.datetime, now: dt.datetime, stale_after: float, host: str,
+    reserved_by: str,
+    reserved_at: dt.datetime,
+    now: dt.datetime,
+    stale_after: float,
+    host: str,
     alive: Callable[[int], bool],
 ) -> bool:
     """Whether a reservation may be taken over: its owner's pid is gone on this host, or it has shown no
@@ -169,11 +173,12 @@ async def ensure_batch(
         took_over = False
         if slot.reserved_by != owner:
             assert slot.reserved_by is not None
-            if not reservation_dead(slot.reserved_by, slot.reserved_at, utcnow(), policy.stale_after, host,
-                                    pid_alive):
+            if not reservation_dead(slot.reserved_by, slot.reserved_at, utcnow(), policy.stale_after, host, pid_alive):
                 if not said and asyncio.get_running_loop().time() - started >= SAY_WAITING_AFTER:
-                    notice(f"waiting for another run to create batch {slot.name!r} "
-                           f"(reserved by {slot.reserved_by.partition(':')[2]})")
+                    notice(
+                        f"waiting for another run to create batch {slot.name!r} "
+                        f"(reserved by {slot.reserved_by.partition(':')[2]})"
+                    )
                     said = True
                 await _pause(pause, stop)
                 pause = min(policy.wait_poll_max, pause * 2)
@@ -183,8 +188,7 @@ async def ensure_batch(
                 continue
             slot = ledger.batch_slot(slot.id) or slot
             took_over = True
-        return await _create_reserved(ledger, get_client, slot, owner, policy, took_over, manifest_name, notice,
-                                      stop)
+        return await _create_reserved(ledger, get_client, slot, owner, policy, took_over, manifest_name, notice, stop)
 
 
 async def _create_reserved(
@@ -201,8 +205,9 @@ async def _create_reserved(
     """Create the batch this run reserved and record its id; on any failure (or a stop) give the
     reservation up."""
     try:
-        batch_id = await _create(ledger, await get_client(), slot, owner, policy, took_over, manifest_name,
-                                 notice, stop)
+        batch_id = await _create(
+            ledger, await get_client(), slot, owner, policy, took_over, manifest_name, notice, stop
+        )
     except BaseException:
         try:
             ledger.cancel_reservation(slot.id, owner)
@@ -279,14 +284,22 @@ async def _create(
 def _fatal_error(name: str, project: str, decision: Decision, result: ApiResult, detail: str) -> FatalApiError:
     """The error that stops the run when the API refuses to create the batch for good."""
     if result.http_status is not None and 300 <= result.http_status < 400:  # the base URL is not the API
-        return FatalApiError(f"cannot create batch {name!r}: {redirect_message(result.http_status, result.location)}",
-                             decision.code, result.http_status)
-    return FatalApiError(f"cannot create batch {name!r} in project {project}: {detail}", decision.code,
-                         result.http_status, project_id=project)
+        return FatalApiError(
+            f"cannot create batch {name!r}: {redirect_message(result.http_status, result.location)}",
+            decision.code,
+            result.http_status,
+        )
+    return FatalApiError(
+        f"cannot create batch {name!r} in project {project}: {detail}",
+        decision.code,
+        result.http_status,
+        project_id=project,
+    )
 
 
-def _other_name(slot: BatchSlot, name: str, maybe_created: bool, manifest_name: str | None,
-                notice: Callable[[str], None]) -> str:
+def _other_name(
+    slot: BatchSlot, name: str, maybe_created: bool, manifest_name: str | None, notice: Callable[[str], None]
+) -> str:
     """The name to try after `name` was refused as taken: a new automatic name, or ApiError for a name the
     user chose."""
     if not slot.auto:
@@ -295,16 +308,20 @@ def _other_name(slot: BatchSlot, name: str, maybe_created: bool, manifest_name: 
 
     new = auto_batch_name(manifest_name, utcnow(), _suffix())
     if maybe_created:
-        notice(f"batch {name!r} may have been created although its answer was lost; it stays empty. "
-               f"Creating {new!r} instead.")
+        notice(
+            f"batch {name!r} may have been created although its answer was lost; it stays empty. "
+            f"Creating {new!r} instead."
+        )
     return new
 
 
 def _check_throttled(throttled: int, name: str) -> None:
     """ApiError once the API has answered 429 more than MAX_THROTTLED times."""
     if throttled > MAX_THROTTLED:
-        raise ApiError(f"cannot create batch {name!r}: the API answered {throttled} times that it is "
-                       "busy (429); run the same command again later")
+        raise ApiError(
+            f"cannot create batch {name!r}: the API answered {throttled} times that it is "
+            "busy (429); run the same command again later"
+        )
 
 
 def _check_outage(down_since: float, answered: bool, policy: BatchPolicy, decision: Decision, name: str) -> None:
@@ -315,22 +332,28 @@ def _check_outage(down_since: float, answered: bool, policy: BatchPolicy, decisi
         raise FatalApiError(
             f"cannot connect to the API for {time.monotonic() - down_since:.0f} s ({decision.message}) "
             f"while creating batch {name!r}. Nothing was sent; run the same command again once the "
-            "API is reachable.", decision.code,
+            "API is reachable.",
+            decision.code,
         )
 
 
-def _tell_capped(hint: float | None, policy: BatchPolicy, name: str, notice: Callable[[str], None],
-                 told: bool) -> bool:
+def _tell_capped(hint: float | None, policy: BatchPolicy, name: str, notice: Callable[[str], None], told: bool) -> bool:
     """Tell the user, once, that a Retry-After is cut to --max-retry-after; whether they have been told."""
     if told or not retry_after_capped(hint, policy.max_retry_after):
         return told
-    notice(f"the API asked to wait {hint:.0f} s (Retry-After) before creating batch {name!r}; waiting "
-           f"{policy.max_retry_after:g} s at most (--max-retry-after)")
+    notice(
+        f"the API asked to wait {hint:.0f} s (Retry-After) before creating batch {name!r}; waiting "
+        f"{policy.max_retry_after:g} s at most (--max-retry-after)"
+    )
     return True
 
 
 async def _sleep_alive(
-    seconds: float, ledger: Ledger, slot_id: int, owner: str, stop: StopFlag | None = None,
+    seconds: float,
+    ledger: Ledger,
+    slot_id: int,
+    owner: str,
+    stop: StopFlag | None = None,
 ) -> None:
     """Wait before the next try, showing the reservation alive meanwhile (other runs wait for it); the
     run's first signal ends the wait at once (InterruptedRun)."""
@@ -344,18 +367,24 @@ async def _sleep_alive(
 def name_taken_message(name: str, project: str, maybe_created: bool) -> str:
     """What to do when the batch name is taken at the API and the ledger does not know its id."""
     if maybe_created:
-        return (f"batch {name!r} probably exists in project {project}: a request to create it may have "
-                "succeeded without its answer arriving, and the retry was refused because the name is taken. "
-                f"Find the batch {name!r} in GT Studio and pass its id with --batch-id ID (instead of "
-                "--batch-name), or choose another --batch-name.")
-    return (f"a batch named {name!r} already exists in project {project} but this ledger does not know its id: "
-            "pass it with --batch-id, or choose another --batch-name")
+        return (
+            f"batch {name!r} probably exists in project {project}: a request to create it may have "
+            "succeeded without its answer arriving, and the retry was refused because the name is taken. "
+            f"Find the batch {name!r} in GT Studio and pass its id with --batch-id ID (instead of "
+            "--batch-name), or choose another --batch-name."
+        )
+    return (
+        f"a batch named {name!r} already exists in project {project} but this ledger does not know its id: "
+        "pass it with --batch-id, or choose another --batch-name"
+    )
 
 
 def gave_up_message(name: str, attempts: int, detail: str, maybe_created: bool) -> str:
     """The run stops: the batch could not be created in `attempts` tries."""
     text = f"cannot create batch {name!r} after {attempts} attempts (last: {detail}); nothing was sent"
     if maybe_created:
-        text += (". A request may have created it without its answer arriving: if the next run is told the "
-                 "name is taken, find the batch in GT Studio and pass its id with --batch-id")
+        text += (
+            ". A request may have created it without its answer arriving: if the next run is told the "
+            "name is taken, find the batch in GT Studio and pass its id with --batch-id"
+        )
     return text + "; run the same command again later."

@@ -52,10 +52,18 @@ SLOW_START_PATIENCE = 1.0
 class Pacer:
     """The run-wide pause and the in-the-air window, shared by all senders of one run."""
 
-    def __init__(self, concurrency: int, rng: random.Random, *, backoff_base: float = 0.5,
-                 backoff_cap: float = 60.0, outage_seconds: float = 300.0,
-                 max_retry_after: float = MAX_RETRY_AFTER, slow_start: bool = False,
-                 patience: float = SLOW_START_PATIENCE) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        rng: random.Random,
+        *,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 60.0,
+        outage_seconds: float = 300.0,
+        max_retry_after: float = MAX_RETRY_AFTER,
+        slow_start: bool = False,
+        patience: float = SLOW_START_PATIENCE,
+    ) -> None:
         self.concurrency = concurrency
         self.rng = rng
         self.backoff_base = backoff_base
@@ -153,8 +161,15 @@ class Pacer:
         """
         if time.monotonic() >= self.pause_until:
             self.throttle_rounds += 1
-        return next_delay(Verdict.THROTTLED, self.throttle_rounds, retry_after, self.rng, base=self.backoff_base,
-                          cap=self.backoff_cap, max_retry_after=self.max_retry_after)
+        return next_delay(
+            Verdict.THROTTLED,
+            self.throttle_rounds,
+            retry_after,
+            self.rng,
+            base=self.backoff_base,
+            cap=self.backoff_cap,
+            max_retry_after=self.max_retry_after,
+        )
 
     def throttled(self, delay: float, flying: int) -> None:
         """A 429: pause everyone for `delay`; the first 429 of a round halves the window."""

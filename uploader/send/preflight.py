@@ -33,8 +33,14 @@ from uploader.manifest import SignedUrlError, url_expiry
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
 
-__all__ = ["HostSample", "PreflightOptions", "PreflightReport", "check_attachments", "row_problem",
-           "sample_attachments"]
+__all__ = [
+    "HostSample",
+    "PreflightOptions",
+    "PreflightReport",
+    "check_attachments",
+    "row_problem",
+    "sample_attachments",
+]
 
 #: Verdicts stored per URL in one transaction.
 _RECORD_GROUP = 500
@@ -77,8 +83,7 @@ class PreflightReport:
     examples: list[tuple[str, str]] = field(default_factory=list)  # (reference_id, "url: reason")
 
 
-def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime
-                ) -> tuple[str, str] | None:
+def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime) -> tuple[str, str] | None:
     """(error code, message) of the first URL of a row that would not open, or None when all would.
     `not_before`: a signed URL must still be valid then. Pure."""
     for url in urls:
@@ -104,8 +109,9 @@ class _Page:
     feeding: bool = True
 
 
-async def check_attachments(ledger: Ledger, options: PreflightOptions | None = None,
-                            on_progress: Callable[[int, int], None] | None = None) -> PreflightReport:
+async def check_attachments(
+    ledger: Ledger, options: PreflightOptions | None = None, on_progress: Callable[[int, int], None] | None = None
+) -> PreflightReport:
     """Check the attachments of every pending row not checked yet (or checked before `recheck_after`), block
     the bad ones; `on_progress(rows_done, urls_checked)` after each page.
 
@@ -155,8 +161,13 @@ async def check_attachments(ledger: Ledger, options: PreflightOptions | None = N
             if on_progress is not None:
                 on_progress(report.rows, report.checked)
 
-    async for c in check_urls(feed(), concurrency=options.concurrency, per_host_rate=options.per_host_rate,
-                              timeout=options.timeout, max_redirects=options.max_redirects):
+    async for c in check_urls(
+        feed(),
+        concurrency=options.concurrency,
+        per_host_rate=options.per_host_rate,
+        timeout=options.timeout,
+        max_redirects=options.max_redirects,
+    ):
         url = storage_url.pop(c.url, c.url)
         verdict = UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
         fresh.append(verdict)
@@ -190,8 +201,9 @@ def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> No
             ready.append(page)
 
 
-def _settle_page(ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport,
-                 not_before: dt.datetime) -> None:
+def _settle_page(
+    ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport, not_before: dt.datetime
+) -> None:
     """Block the page's rows with a bad attachment; mark the others checked, with their earliest expiry."""
     blocks: list[tuple[int, str, str]] = []
     good: list[tuple[int, dt.datetime | None]] = []
@@ -211,8 +223,9 @@ def _settle_page(ledger: Ledger, page: _Page, options: PreflightOptions, report:
         report.blocked += block_rows(ledger.engine, blocks, good)
 
 
-def _block_expiring(ledger: Ledger, options: PreflightOptions, report: PreflightReport,
-                    not_before: dt.datetime) -> None:
+def _block_expiring(
+    ledger: Ledger, options: PreflightOptions, report: PreflightReport, not_before: dt.datetime
+) -> None:
     """Rows checked by an earlier preflight whose signed URL now expires too soon: blocked without a request."""
     expiring = expiring_rows(ledger.engine, not_before)
     blocks = []
@@ -259,8 +272,9 @@ class HostSample:
         return 1 - self.verdicts["ok"] / self.checked if self.checked else 0.0
 
 
-async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOptions | None = None,
-                             rng: random.Random | None = None) -> dict[str, HostSample]:
+async def sample_attachments(
+    ledger: Ledger, per_host: int, options: PreflightOptions | None = None, rng: random.Random | None = None
+) -> dict[str, HostSample]:
     """Check `per_host` random attachment URLs of each host among the pending rows (reservoir sampling:
     memory is hosts × per_host) and store their verdicts; blocks nothing. For manifests too big to check
     whole: the failure rate per host says whether a full check (or a fix) is needed."""
@@ -284,8 +298,13 @@ async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOp
     sign = options.sign_url or _as_is
     chosen = {sign(u): u for u in dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir)}
     verdicts: list[UrlVerdict] = []
-    async for c in check_urls(chosen, concurrency=options.concurrency, per_host_rate=options.per_host_rate,
-                              timeout=options.timeout, max_redirects=options.max_redirects):
+    async for c in check_urls(
+        chosen,
+        concurrency=options.concurrency,
+        per_host_rate=options.per_host_rate,
+        timeout=options.timeout,
+        max_redirects=options.max_redirects,
+    ):
         url = chosen[c.url]  # the storage URL of a signed one (--sign)
         verdicts.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
         sample = hosts[urlsplit(url).netloc.lower()]
@@ -294,5 +313,5 @@ async def sample_attachments(ledger: Ledger, per_host: int, options: PreflightOp
         if c.verdict != "ok" and sample.example is None:
             sample.example = f"{url}: {c.detail}"
     for i in range(0, len(verdicts), _RECORD_GROUP):
-        record_verdicts(ledger.engine, verdicts[i:i + _RECORD_GROUP])
+        record_verdicts(ledger.engine, verdicts[i : i + _RECORD_GROUP])
     return hosts

@@ -44,10 +44,18 @@ class Resolver:
     """The resolver of one run (or of one `reconcile`): which uncertain rows wait, which a full listing
     missed, the default batches' ids. `progress` counts the rows it settles."""
 
-    def __init__(self, ledger: Ledger, client: ApiClient, progress: Progress, rng: random.Random, *,
-                 flush: Callable[[], None] = _nothing, halted: Callable[[], bool] = _never,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_retry_after: float = MAX_RETRY_AFTER) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: ApiClient,
+        progress: Progress,
+        rng: random.Random,
+        *,
+        flush: Callable[[], None] = _nothing,
+        halted: Callable[[], bool] = _never,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_retry_after: float = MAX_RETRY_AFTER,
+    ) -> None:
         self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
         self.sleep = sleep  #: every backoff here: the run's, which a stop ends at once (RunStopping)
         self.max_retry_after = max_retry_after
@@ -91,8 +99,14 @@ class Resolver:
                 if batch_id is None:
                     waiting = True  # a later success in the default batch reveals its id
                     continue
-                found = await self.client.find_job_ids(project, batch_id, [ref for _, ref in rows], rng=self.rng,
-                                                       sleep=self.sleep, max_retry_after=self.max_retry_after)
+                found = await self.client.find_job_ids(
+                    project,
+                    batch_id,
+                    [ref for _, ref in rows],
+                    rng=self.rng,
+                    sleep=self.sleep,
+                    max_retry_after=self.max_retry_after,
+                )
             except FatalApiError as exc:
                 return exc
             except ApiUnreachableError as exc:
@@ -123,7 +137,8 @@ class Resolver:
         job_id = self.ledger.known_job_in_default_batch(project)
         if job_id is None:
             return None
-        batch_id = await self.client.batch_of_job(project, job_id, rng=self.rng, sleep=self.sleep,
-                                                  max_retry_after=self.max_retry_after)
+        batch_id = await self.client.batch_of_job(
+            project, job_id, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
+        )
         self.default_batches[project] = batch_id
         return batch_id

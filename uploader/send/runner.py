@@ -64,8 +64,22 @@ async def run_upload_async(
     from uploader.send.submit import RunOptions, StopFlag
 
     stop = stop or StopFlag()
-    body = _run(ledger, manifest, options, base_url, api_key, run_options or RunOptions(), batch_name, on_load,
-                on_progress, stop, default_batch, on_notice, manifest_label, before_send)
+    body = _run(
+        ledger,
+        manifest,
+        options,
+        base_url,
+        api_key,
+        run_options or RunOptions(),
+        batch_name,
+        on_load,
+        on_progress,
+        stop,
+        default_batch,
+        on_notice,
+        manifest_label,
+        before_send,
+    )
     return await _with_signals(stop, handle_signals, body)
 
 
@@ -135,12 +149,17 @@ async def _run(
 
         if default_batch and (batch_name or options.batch_id):
             raise UsageError("--default-batch cannot go with --batch-id or --batch-name")
-        policy = BatchPolicy(max_attempts=run_options.max_attempts, timeout=run_options.timeout,
-                             seed=run_options.seed, outage_seconds=run_options.outage_seconds,
-                             max_retry_after=run_options.max_retry_after)
+        policy = BatchPolicy(
+            max_attempts=run_options.max_attempts,
+            timeout=run_options.timeout,
+            seed=run_options.seed,
+            outage_seconds=run_options.outage_seconds,
+            max_retry_after=run_options.max_retry_after,
+        )
         if batch_name:
-            options = await _batch_step(stop, _with_named_batch(ledger, get_client, options, batch_name, policy,
-                                                                on_notice, stop))
+            options = await _batch_step(
+                stop, _with_named_batch(ledger, get_client, options, batch_name, policy, on_notice, stop)
+            )
             if stop.gentle:  # stopped while its creation was in the air: the batch is recorded, nothing loaded
                 raise InterruptedRun()
         if manifest is not None:
@@ -153,10 +172,16 @@ async def _run(
         if not (counts["pending"] or counts["in_flight"] or counts["uncertain"]):
             return nothing_to_send(ledger, counts)
         if counts["pending"]:
-            await _batch_step(stop, _batch_unbatched_rows(ledger, get_client, options, default_batch, policy,
-                                                          on_notice, stop))
+            await _batch_step(
+                stop, _batch_unbatched_rows(ledger, get_client, options, default_batch, policy, on_notice, stop)
+            )
         return await submit(
-            ledger, await get_client(), run_options, on_progress=on_progress, stop=stop, handle_signals=False,
+            ledger,
+            await get_client(),
+            run_options,
+            on_progress=on_progress,
+            stop=stop,
+            handle_signals=False,
         )
 
 
@@ -178,8 +203,13 @@ async def _batch_step(stop: StopFlag, step: Awaitable[T]) -> T:
 
 
 async def _with_named_batch(
-    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions, name: str,
-    policy: BatchPolicy, on_notice: Callable[[str], None] | None = None, stop: StopFlag | None = None,
+    ledger: Ledger,
+    get_client: Callable[[], Awaitable[ApiClient]],
+    options: ManifestOptions,
+    name: str,
+    policy: BatchPolicy,
+    on_notice: Callable[[str], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> ManifestOptions:
     """Create the batch once, store its id before any job is sent, reuse it on every rerun (uploader.send.batches:
     of runs starting together one creates it, the others wait for its id)."""
@@ -196,8 +226,12 @@ async def _with_named_batch(
 
 
 async def _batch_unbatched_rows(
-    ledger: Ledger, get_client: Callable[[], Awaitable[ApiClient]], options: ManifestOptions,
-    default_batch: bool, policy: BatchPolicy, on_notice: Callable[[str], None] | None,
+    ledger: Ledger,
+    get_client: Callable[[], Awaitable[ApiClient]],
+    options: ManifestOptions,
+    default_batch: bool,
+    policy: BatchPolicy,
+    on_notice: Callable[[str], None] | None,
     stop: StopFlag | None = None,
 ) -> None:
     """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
@@ -212,13 +246,21 @@ async def _batch_unbatched_rows(
     projects = ledger.projects_needing_batch()
     manifest_name = ledger.last_manifest_name() if projects else None
     for project in projects:
-        batch_id = await ensure_batch(ledger, get_client, project, None, policy, manifest_name=manifest_name,
-                                      notice=on_notice, stop=stop)
+        batch_id = await ensure_batch(
+            ledger, get_client, project, None, policy, manifest_name=manifest_name, notice=on_notice, stop=stop
+        )
         ledger.assign_batch(project, batch_id)
 
 
-def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 30.0,
-              max_retry_after: float | None = None, seed: int | None = None) -> tuple[int, int]:
+def reconcile(
+    ledger: Ledger,
+    *,
+    base_url: str,
+    api_key: str,
+    timeout: float = 30.0,
+    max_retry_after: float | None = None,
+    seed: int | None = None,
+) -> tuple[int, int]:
     """Resolve `uncertain` rows by listing their batches, with the resolver a run uses (uploader.send.resolve:
     the same retries, 429 included, and the same settling); returns (resolved, still uncertain).
     `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER). Raises
@@ -227,8 +269,9 @@ def reconcile(ledger: Ledger, *, base_url: str, api_key: str, timeout: float = 3
     return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after, seed))
 
 
-async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float,
-                     max_retry_after: float | None, seed: int | None) -> tuple[int, int]:
+async def _reconcile(
+    ledger: Ledger, base_url: str, api_key: str, timeout: float, max_retry_after: float | None, seed: int | None
+) -> tuple[int, int]:
     """One final round of the run's resolver over every uncertain row of the ledger."""
     import random
 
@@ -239,8 +282,13 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
 
     progress = Progress()
     async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:  # one lookup at a time
-        resolver = Resolver(ledger, client, progress, random.Random(seed),
-                            max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after)
+        resolver = Resolver(
+            ledger,
+            client,
+            progress,
+            random.Random(seed),
+            max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after,
+        )
         resolver.waiting = True
         fatal = await resolver.resolve(final=True)
     if fatal is not None:
@@ -248,6 +296,8 @@ async def _reconcile(ledger: Ledger, base_url: str, api_key: str, timeout: float
     resolved = progress.succeeded + progress.conflict + progress.failed
     remaining = ledger.counts()["uncertain"]
     if resolver.unreachable is not None and remaining:
-        raise ApiUnreachableError(f"{resolver.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
-                                  "uncertain: run `uploader reconcile` again later)")
+        raise ApiUnreachableError(
+            f"{resolver.unreachable} ({resolved} uncertain rows resolved, {remaining} still "
+            "uncertain: run `uploader reconcile` again later)"
+        )
     return resolved, remaining

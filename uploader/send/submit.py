@@ -62,8 +62,17 @@ if TYPE_CHECKING:  # the run never builds a client: it is handed one
 #: One record per API answer (_log_answer); the library adds no handler: the CLI does (uploader.cli.logs).
 log = logging.getLogger("uploader.send")
 
-__all__ = ["Progress", "RunOptions", "RunSummary", "StopFlag", "TaskFailed", "body_for_send", "nothing_to_send",
-           "outcome_for", "submit"]
+__all__ = [
+    "Progress",
+    "RunOptions",
+    "RunSummary",
+    "StopFlag",
+    "TaskFailed",
+    "body_for_send",
+    "nothing_to_send",
+    "outcome_for",
+    "submit",
+]
 
 #: The heartbeat shows the run's request count to `uploader status` at least this often (seconds).
 STATUS_INTERVAL = 5.0
@@ -131,8 +140,9 @@ class RunOptions:
         return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 2))
 
 
-def trouble(now: float, down: float | None, throttled_until: float,
-            retry_due: dict[int, tuple[float, str | None]] | None) -> str | None:
+def trouble(
+    now: float, down: float | None, throttled_until: float, retry_due: dict[int, tuple[float, str | None]] | None
+) -> str | None:
     """What holds the run up at `now`, in a few words (Progress.trouble), or None. `down`: seconds the API has
     been unreachable; `throttled_until`: the end of a 429 pause; `retry_due`: rows waiting to retry (row → time
     due, code), given only when nothing else is being sent (then they are what the run waits for)."""
@@ -234,8 +244,15 @@ def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOp
     sent = may_have_created(result)
     if decision.verdict is Verdict.SUCCEEDED:
         job_id = job_id_text((result.data or {}).get("job_id"))
-        return Result(claim.id, claim.lease_token, Status.SUCCEEDED, job_id=job_id, http_status=result.http_status,
-                      may_have_created=sent, origin="created")
+        return Result(
+            claim.id,
+            claim.lease_token,
+            Status.SUCCEEDED,
+            job_id=job_id,
+            http_status=result.http_status,
+            may_have_created=sent,
+            origin="created",
+        )
     details = json.dumps(result.errors, ensure_ascii=False) if result.errors else None
     message = decision.message
     status = Status.PENDING
@@ -246,13 +263,23 @@ def outcome_for(claim: Claim, decision: Decision, result: ApiResult, opts: RunOp
     elif decision.verdict is Verdict.RETRYABLE and claim.attempts >= opts.max_attempts:
         status = Status.UNCERTAIN if sent else Status.FAILED
         if sent:
-            message = (f"{decision.message or decision.code}; attempts used up, but the last one may have "
-                       "reached the API: the batch listing decides")
+            message = (
+                f"{decision.message or decision.code}; attempts used up, but the last one may have "
+                "reached the API: the batch listing decides"
+            )
     retry = status is Status.PENDING  # sent again after `delay`; a 429 or a run-fatal answer costs no attempt
-    return Result(claim.id, claim.lease_token, status, error_code=decision.code, error_message=message,
-                  error_details=details, http_status=result.http_status, may_have_created=sent,
-                  not_before=utcnow() + dt.timedelta(seconds=delay) if retry else None,
-                  refund_attempt=retry and decision.verdict in (Verdict.THROTTLED, Verdict.FATAL))
+    return Result(
+        claim.id,
+        claim.lease_token,
+        status,
+        error_code=decision.code,
+        error_message=message,
+        error_details=details,
+        http_status=result.http_status,
+        may_have_created=sent,
+        not_before=utcnow() + dt.timedelta(seconds=delay) if retry else None,
+        refund_attempt=retry and decision.verdict in (Verdict.THROTTLED, Verdict.FATAL),
+    )
 
 
 class _Run:
@@ -266,16 +293,29 @@ class _Run:
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.results: list[Result] = []
         self.busy = 0
-        self.pacer = Pacer(opts.concurrency, self.rng, backoff_base=opts.backoff_base, backoff_cap=opts.backoff_cap,
-                           outage_seconds=opts.outage_seconds, max_retry_after=opts.max_retry_after,
-                           slow_start=opts.slow_start)
+        self.pacer = Pacer(
+            opts.concurrency,
+            self.rng,
+            backoff_base=opts.backoff_base,
+            backoff_cap=opts.backoff_cap,
+            outage_seconds=opts.outage_seconds,
+            max_retry_after=opts.max_retry_after,
+            slow_start=opts.slow_start,
+        )
         self.fatal: FatalApiError | None = None
         self.protocol_example: str | None = None  #: the first answer that did not fit its request
         self.ledger_error: LedgerError | None = None  #: the ledger refused a write: the run stops
         self.failed_task: TaskFailed | None = None  #: a task of the run raised: the run stops
-        self.resolver = Resolver(ledger, client, self.progress, self.rng, flush=self._flush,
-                                 halted=lambda: self.fatal is not None or self.ledger_error is not None,
-                                 sleep=self._sleep, max_retry_after=opts.max_retry_after)
+        self.resolver = Resolver(
+            ledger,
+            client,
+            self.progress,
+            self.rng,
+            flush=self._flush,
+            halted=lambda: self.fatal is not None or self.ledger_error is not None,
+            sleep=self._sleep,
+            max_retry_after=opts.max_retry_after,
+        )
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
         self.on_progress: Callable[[Progress], None] | None = None
@@ -312,8 +352,11 @@ class _Run:
             return task
 
         senders = [start(self._sender(), f"sender {i + 1}") for i in range(self.opts.concurrency)]
-        helpers = [start(self._flusher(), "flusher"), start(self._heartbeat(), "heartbeat"),
-                   start(self._resolve_loop(), "resolver")]
+        helpers = [
+            start(self._flusher(), "flusher"),
+            start(self._heartbeat(), "heartbeat"),
+            start(self._resolve_loop(), "resolver"),
+        ]
         if on_progress:
             helpers.append(start(self._report(on_progress), "progress"))
         claimer = start(self._claimer(), "claimer")
@@ -354,8 +397,7 @@ class _Run:
         # and whatever is not written stays in_flight, sent again by the next run: at once, as the
         # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
         self.closing_since = time.monotonic()
-        for step in (self._flush, lambda: self.ledger.release(self.owner),
-                     lambda: self.ledger.stop_worker(self.owner)):
+        for step in (self._flush, lambda: self.ledger.release(self.owner), lambda: self.ledger.stop_worker(self.owner)):
             try:
                 step()
             except LedgerError as exc:
@@ -419,14 +461,13 @@ class _Run:
             return True
         if self.closing_since is None:
             return self.stop.gentle
-        return ((self.stop.gentle or self.ledger_error is not None)
-                and time.monotonic() - self.closing_since > STOP_LOCK_GRACE)
+        return (
+            self.stop.gentle or self.ledger_error is not None
+        ) and time.monotonic() - self.closing_since > STOP_LOCK_GRACE
 
     def _lock_waiting(self, seconds: float) -> None:
         """Say that the run waits for the ledger (called from inside the blocked write, every few seconds)."""
-        self.progress.notices.append(
-            f"waiting for the ledger: another process holds its write lock ({seconds:.0f} s)"
-        )
+        self.progress.notices.append(f"waiting for the ledger: another process holds its write lock ({seconds:.0f} s)")
         if self.on_progress:
             self.on_progress(self.progress)
 
@@ -447,8 +488,9 @@ class _Run:
 
     @property
     def _stopping(self) -> bool:
-        return (self.stop.gentle or self.fatal is not None or self.ledger_error is not None
-                or self.failed_task is not None)
+        return (
+            self.stop.gentle or self.fatal is not None or self.ledger_error is not None or self.failed_task is not None
+        )
 
     async def _claimer(self) -> None:
         try:
@@ -545,8 +587,9 @@ class _Run:
         if decision.verdict is Verdict.PROTOCOL:
             self._protocol_error(decision.code, f"reference_id {claim.reference_id!r}: {decision.message}")
         elif decision.verdict is Verdict.FATAL:
-            self.fatal = self.fatal or FatalApiError(fatal_message(decision, result), decision.code, result.http_status,
-                                                     project_id=claim.project_id)
+            self.fatal = self.fatal or FatalApiError(
+                fatal_message(decision, result), decision.code, result.http_status, project_id=claim.project_id
+            )
             self.pacer.wake()
         elif decision.verdict is Verdict.RETRYABLE and decision.code in OUTAGE_CODES:
             delay, decision = self._unreachable(decision)
@@ -561,16 +604,24 @@ class _Run:
                 self.progress.throttled += 1
                 self.pacer.throttled(delay, flying)
             else:
-                delay = next_delay(decision, claim.attempts, hint, self.rng, base=self.opts.backoff_base,
-                                   cap=self.opts.backoff_cap, max_retry_after=self.opts.max_retry_after)
+                delay = next_delay(
+                    decision,
+                    claim.attempts,
+                    hint,
+                    self.rng,
+                    base=self.opts.backoff_base,
+                    cap=self.opts.backoff_cap,
+                    max_retry_after=self.opts.max_retry_after,
+                )
         self._record(claim, outcome_for(claim, decision, result, self.opts, delay), delay)
 
     def _answered(self, claim: Claim, decision: Decision, answered: bool) -> None:
         """After an answer (`answered`: the API itself answered): widen or keep the window (a run-fatal answer
         does not widen it); stop the run when its first rows all met the same permanent error."""
         if answered:
-            self.pacer.answered(throttled=decision.verdict is Verdict.THROTTLED,
-                                grow=decision.verdict is not Verdict.FATAL)
+            self.pacer.answered(
+                throttled=decision.verdict is Verdict.THROTTLED, grow=decision.verdict is not Verdict.FATAL
+            )
         if self.first.add(claim.id, claim.reference_id, decision, answered) and self.fatal is None:
             self.fatal = FatalApiError(systematic_message(self.first), self.first.code)
             self.pacer.wake()
@@ -658,8 +709,11 @@ class _Run:
             if rid in mine:  # counted as succeeded by _count; a demoted holder shows in the ledger's counts
                 self.progress.succeeded -= 1
                 self.progress.uncertain += 1
-                self._protocol_error("duplicate_job_id", "a job_id the API had already answered for another row "
-                                                         "(`uploader export --status uncertain` shows them)")
+                self._protocol_error(
+                    "duplicate_job_id",
+                    "a job_id the API had already answered for another row "
+                    "(`uploader export --status uncertain` shows them)",
+                )
 
     async def _flusher(self) -> None:
         try:
@@ -719,17 +773,25 @@ class _Run:
         if down is None and self.outage_began is not None:
             p.notices.append(f"the API answers again, after {now - self.outage_began:.0f} s unreachable")
             self.outage_told, self.outage_began = 0.0, None
-        if down is not None and down >= OUTAGE_NOTICE and (not self.outage_told
-                                                           or down - self.outage_told >= OUTAGE_NOTICE_EVERY):
+        if (
+            down is not None
+            and down >= OUTAGE_NOTICE
+            and (not self.outage_told or down - self.outage_told >= OUTAGE_NOTICE_EVERY)
+        ):
             self.outage_told, self.outage_began = down, pacer.outage_since
-            p.notices.append(f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
-                             "marked failed meanwhile")
+            p.notices.append(
+                f"API unreachable for {down:.0f} s, retrying ({self.unreachable_message}); nothing is "
+                "marked failed meanwhile"
+            )
         if self.stop.gentle:
             p.trouble = f"stopping: {self.pacer.in_air} in the air (Ctrl-C again: cancel them)"
             return
-        p.trouble = trouble(now, down, pacer.pause_until if pacer.throttle_rounds else 0.0,
-                            None if self.queue.qsize() or self.busy else self.retry_due)
-
+        p.trouble = trouble(
+            now,
+            down,
+            pacer.pause_until if pacer.throttle_rounds else 0.0,
+            None if self.queue.qsize() or self.busy else self.retry_due,
+        )
 
 
 def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
@@ -761,8 +823,9 @@ async def submit(
             signal.signal(sig, handler)
     counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
     fatal = str(run.fatal) if run.fatal else None
-    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal,
-                         ledger.error_details(limit=5))
+    summary = RunSummary(
+        counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal, ledger.error_details(limit=5)
+    )
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary
@@ -796,11 +859,22 @@ def _log_answer(claim: Claim, result: ApiResult, decision: Decision, seconds: fl
     ok = decision.verdict is Verdict.SUCCEEDED
     log.log(
         logging.DEBUG if ok else logging.INFO,
-        "%s attempt %d: HTTP %s %s (%.0f ms)", claim.reference_id, claim.attempts, result.http_status,
-        decision.code or decision.verdict.value, seconds * 1000,
-        extra={"event": "request", "reference_id": claim.reference_id, "project_id": claim.project_id,
-               "attempt": claim.attempts, "http_status": result.http_status, "code": decision.code,
-               "latency_ms": round(seconds * 1000, 1), "outcome": decision.verdict.value},
+        "%s attempt %d: HTTP %s %s (%.0f ms)",
+        claim.reference_id,
+        claim.attempts,
+        result.http_status,
+        decision.code or decision.verdict.value,
+        seconds * 1000,
+        extra={
+            "event": "request",
+            "reference_id": claim.reference_id,
+            "project_id": claim.project_id,
+            "attempt": claim.attempts,
+            "http_status": result.http_status,
+            "code": decision.code,
+            "latency_ms": round(seconds * 1000, 1),
+            "outcome": decision.verdict.value,
+        },
     )
 
 

@@ -93,8 +93,10 @@ class RunSummary:
                 "retry_after_capped": p.retry_after_capped,
                 "retry_after_longest_seconds": round(p.retry_after_longest, 1),
             },
-            "this_run_errors": [{"code": code, "rows": n, "message": message, "reference_id": ref}
-                                for code, (n, message, ref) in sorted(p.errors.items(), key=lambda kv: -kv[1][0])],
+            "this_run_errors": [
+                {"code": code, "rows": n, "message": message, "reference_id": ref}
+                for code, (n, message, ref) in sorted(p.errors.items(), key=lambda kv: -kv[1][0])
+            ],
             "top_error_codes": self.error_codes,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),

@@ -38,8 +38,15 @@ from uploader.ledger import (
     utcnow,
 )
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "SyncReport", "adopt", "adopt_async", "result_file_name", "sync_async",
-           "sync_ledger"]
+__all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "SyncReport",
+    "adopt",
+    "adopt_async",
+    "result_file_name",
+    "sync_async",
+    "sync_ledger",
+]
 
 #: The largest result downloaded (a bigger one is recorded as an error).
 DEFAULT_MAX_RESULT_BYTES = 64 << 20
@@ -70,8 +77,9 @@ def result_file_name(reference_id: str) -> str:
     case-insensitive file system too); a very long id is cut and suffixed with its hash."""
     if _SAFE.fullmatch(reference_id):
         return f"{reference_id}.json"
-    escaped = "".join(ch if _SAFE.fullmatch(ch) and ch != "." else "".join(f"%{b:02X}" for b in ch.encode())
-                      for ch in reference_id)
+    escaped = "".join(
+        ch if _SAFE.fullmatch(ch) and ch != "." else "".join(f"%{b:02X}" for b in ch.encode()) for ch in reference_id
+    )
     if len(escaped) > 150:
         escaped = f"{escaped[:100]}~{hashlib.sha256(reference_id.encode()).hexdigest()[:32]}"
     return f"{escaped}.json"
@@ -91,16 +99,20 @@ class _Sync:
     seen: set[str] = field(default_factory=set)
 
     async def read(self, request: Callable[[], Awaitable[Any]], what: str, expect: str | None) -> dict[str, Any]:
-        return await self.client.read(request, what, expect=expect, rng=self.rng, sleep=self.sleep,
-                                      max_retry_after=self.max_retry_after)
+        return await self.client.read(
+            request, what, expect=expect, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
+        )
 
     async def list_batch(self, project: str, batch_id: str) -> None:
         """Page through one batch, recording each page's statuses."""
         token = ""
         tokens = {token}
         while True:
-            data = await self.read(partial(self.client.list_batch_page, project, batch_id, token),
-                                   f"batch {batch_id} of project {project}", None)
+            data = await self.read(
+                partial(self.client.list_batch_page, project, batch_id, token),
+                f"batch {batch_id} of project {project}",
+                None,
+            )
             self.report.pages += 1
             jobs = [(job_id, status) for _, job_id, status in listed_jobs(data) if status]
             self.seen.update(job_id for job_id, _ in jobs)
@@ -118,8 +130,13 @@ class _Sync:
             if batch is None:
                 if project not in default_batches:
                     known = self.ledger.known_job_in_default_batch(project)
-                    default_batches[project] = None if known is None else await self.client.batch_of_job(
-                        project, known, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after)
+                    default_batches[project] = (
+                        None
+                        if known is None
+                        else await self.client.batch_of_job(
+                            project, known, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
+                        )
+                    )
                 batch = default_batches[project]
                 if batch is None:
                     continue
@@ -188,8 +205,11 @@ class _Sync:
         part = path.with_name(f".{path.name}{_PART}")
         try:
             with part.open("wb") as sink:
-                data = await self.read(partial(self.client.download, url, sink, max_bytes=self.max_result_bytes),
-                                       f"the result of job {job_id}", "sha256")
+                data = await self.read(
+                    partial(self.client.download, url, sink, max_bytes=self.max_result_bytes),
+                    f"the result of job {job_id}",
+                    "sha256",
+                )
                 await asyncio.to_thread(os.fsync, sink.fileno())  # off the event loop: other fetches go on
             os.replace(part, path)
         finally:
@@ -211,8 +231,9 @@ async def sync_async(
     """One sync over `client`: statuses, then results when `results_dir` is given. Raises FatalApiError when the
     key or project is refused, ApiUnreachableError when a listing or status read failed after its retries (a
     result that fails is recorded against its row instead)."""
-    state = _Sync(ledger, client, results_dir, max_result_bytes, max(1, concurrency), random.Random(seed), sleep,
-                  max_retry_after)
+    state = _Sync(
+        ledger, client, results_dir, max_result_bytes, max(1, concurrency), random.Random(seed), sleep, max_retry_after
+    )
     await state.statuses()
     await state.results()
     state.report.counts = sync_counts(ledger.engine)
@@ -237,8 +258,14 @@ def sync_ledger(
     async def main() -> SyncReport:
         async with ApiClient(base_url, api_key, concurrency=concurrency, timeout=timeout) as client:
             while True:
-                report = await sync_async(ledger, client, results_dir, max_result_bytes=max_result_bytes,
-                                          concurrency=concurrency, max_retry_after=max_retry_after)
+                report = await sync_async(
+                    ledger,
+                    client,
+                    results_dir,
+                    max_result_bytes=max_result_bytes,
+                    concurrency=concurrency,
+                    max_retry_after=max_retry_after,
+                )
                 if on_round is not None:
                     on_round(report)
                 if watch is None or report.all_final:
@@ -248,8 +275,15 @@ def sync_ledger(
     return asyncio.run(main())
 
 
-async def adopt_async(ledger: Ledger, client: ApiClient, project_id: str, batch_ids: Sequence[str], *,
-                      seed: int | None = None, max_retry_after: float = MAX_RETRY_AFTER) -> Adoption:
+async def adopt_async(
+    ledger: Ledger,
+    client: ApiClient,
+    project_id: str,
+    batch_ids: Sequence[str],
+    *,
+    seed: int | None = None,
+    max_retry_after: float = MAX_RETRY_AFTER,
+) -> Adoption:
     """List each batch and record every job found (`adopt_jobs`), a page at a time. Raises FatalApiError /
     ApiUnreachableError as `ApiClient.read`."""
     total = Adoption()
@@ -258,9 +292,13 @@ async def adopt_async(ledger: Ledger, client: ApiClient, project_id: str, batch_
         token = ""
         tokens = {token}
         while True:
-            data = await client.read(partial(client.list_batch_page, project_id, batch_id, token),
-                                     f"batch {batch_id} of project {project_id}", expect=None, rng=rng,
-                                     max_retry_after=max_retry_after)
+            data = await client.read(
+                partial(client.list_batch_page, project_id, batch_id, token),
+                f"batch {batch_id} of project {project_id}",
+                expect=None,
+                rng=rng,
+                max_retry_after=max_retry_after,
+            )
             done = adopt_jobs(ledger.engine, project_id, batch_id, listed_jobs(data), utcnow())
             total.adopted += done.adopted
             total.added += done.added
@@ -274,8 +312,16 @@ async def adopt_async(ledger: Ledger, client: ApiClient, project_id: str, batch_
     return total
 
 
-def adopt(ledger: Ledger, project_id: str, batch_ids: Sequence[str], *, base_url: str, api_key: str,
-          timeout: float = 30.0, max_retry_after: float = MAX_RETRY_AFTER) -> Adoption:
+def adopt(
+    ledger: Ledger,
+    project_id: str,
+    batch_ids: Sequence[str],
+    *,
+    base_url: str,
+    api_key: str,
+    timeout: float = 30.0,
+    max_retry_after: float = MAX_RETRY_AFTER,
+) -> Adoption:
     """`adopt_async` with its own client."""
 
     async def main() -> Adoption:

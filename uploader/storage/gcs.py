@@ -26,19 +26,24 @@ class GcsSigner:
     def __init__(self, key_file: str | None = None) -> None:
         path = key_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
         if not path:
-            raise StorageError("cannot sign gs:// URLs: no credentials (set GOOGLE_APPLICATION_CREDENTIALS to a "
-                               "service account's JSON key file)")
+            raise StorageError(
+                "cannot sign gs:// URLs: no credentials (set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service account's JSON key file)"
+            )
         try:
             load = service_account.Credentials.from_service_account_file
             self._credentials: Any = load(path)  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as e:
-            raise StorageError(f"cannot sign gs:// URLs: GOOGLE_APPLICATION_CREDENTIALS {path!r} is not a "
-                               f"service account key file ({e})") from None
+            raise StorageError(
+                f"cannot sign gs:// URLs: GOOGLE_APPLICATION_CREDENTIALS {path!r} is not a "
+                f"service account key file ({e})"
+            ) from None
         # Built with the key and its project: the client makes no request to be built or to sign.
         self._client = storage.Client(project=self._credentials.project_id, credentials=self._credentials)
 
     def sign(self, location: StorageLocation, seconds: int) -> str:
         blob = self._client.bucket(location.bucket).blob(location.key)
-        url: str = blob.generate_signed_url(version="v4", expiration=dt.timedelta(seconds=seconds), method="GET",
-                                            credentials=self._credentials)
+        url: str = blob.generate_signed_url(
+            version="v4", expiration=dt.timedelta(seconds=seconds), method="GET", credentials=self._credentials
+        )
         return url

@@ -15,7 +15,9 @@ _AZURE_HOST = ".blob.core.windows.net"
 #: what a ledger query looks for (a cheap test, which may over-count: a row holding a signed Azure URL and an
 #: unsigned one is not counted).
 PROVIDER_MARKERS: dict[str, tuple[str, str | None]] = {
-    "s3": ('"s3://', None), "gcs": ('"gs://', None), "azure": (_AZURE_HOST + "/", "sig="),
+    "s3": ('"s3://', None),
+    "gcs": ('"gs://', None),
+    "azure": (_AZURE_HOST + "/", "sig="),
 }
 #: The longest validity each provider allows a signed URL (S3 SigV4 and Google V4: 7 days). An Azure SAS
 #: signed with the account key has no limit; a year keeps a typo'd --url-ttl from making a lasting link.
@@ -62,4 +64,3 @@ def locate(url: str) -> StorageLocation | None:
     if not container or not blob:
         return None
     return StorageLocation("azure", container, unquote(blob), host[: -len(_AZURE_HOST)])
-

@@ -24,14 +24,18 @@ class S3Signer:
     def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
         session = boto3.session.Session()
         if session.get_credentials() is None:
-            raise StorageError("cannot sign s3:// URLs: no AWS credentials (set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials)")
+            raise StorageError(
+                "cannot sign s3:// URLs: no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials)"
+            )
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(signature_version="s3v4", s3={"addressing_style": "path" if endpoint else "virtual"})
-        self._client = session.client("s3", region_name=region or session.region_name or "us-east-1",
-                                      endpoint_url=endpoint, config=config)
+        self._client = session.client(
+            "s3", region_name=region or session.region_name or "us-east-1", endpoint_url=endpoint, config=config
+        )
 
     def sign(self, location: StorageLocation, seconds: int) -> str:
         url: str = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=seconds)
+            "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=seconds
+        )
         return url

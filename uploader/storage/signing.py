@@ -51,8 +51,10 @@ def signer_for(provider: str) -> UrlSigner:
 
             return AzureSigner()
     except ImportError as e:
-        raise StorageError(f"signing {_NAMES[provider]} URLs needs the [{_EXTRAS[provider]}] extra: "
-                           f"pip install 'gtstudio-uploader[{_EXTRAS[provider]}]' ({e})") from None
+        raise StorageError(
+            f"signing {_NAMES[provider]} URLs needs the [{_EXTRAS[provider]}] extra: "
+            f"pip install 'gtstudio-uploader[{_EXTRAS[provider]}]' ({e})"
+        ) from None
     raise ValueError(f"unknown storage provider {provider!r}")
 
 
@@ -92,8 +94,7 @@ class PayloadSigner:
     """The run's `prepare_payload` hook and the preflight's `sign_url`: storage URLs signed for `ttl` (capped
     at each provider's maximum). `signers` replaces `signer_for` (tests, custom endpoints)."""
 
-    def __init__(self, ttl: dt.timedelta = DEFAULT_TTL,
-                 signers: Callable[[str], UrlSigner] | None = None) -> None:
+    def __init__(self, ttl: dt.timedelta = DEFAULT_TTL, signers: Callable[[str], UrlSigner] | None = None) -> None:
         if ttl.total_seconds() < 1:
             raise UsageError(f"--url-ttl must be at least 1 second, not {ttl}")
         self.ttl = ttl
