@@ -407,6 +407,17 @@ def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
 
 
+#: How long a Retry-After from the API may make a command wait (run, reconcile, sync, adopt).
+max_retry_after_option = click.option(
+    "--max-retry-after",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest wait a Retry-After from the API may impose; a longer one is cut to this.",
+)
+
+
 def _endpoint(
     api_key: str | None,
     base_url: str,
@@ -458,14 +469,7 @@ def _endpoint(
     help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
     "whole requests: 2.5 sends at most 2 a second).",
 )
-@click.option(
-    "--max-retry-after",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="The longest wait a Retry-After from the API may impose; a longer one is cut to this (and you are told).",
-)
+@max_retry_after_option
 @click.option(
     "--max-attempts",
     type=click.IntRange(1, 100),
@@ -751,14 +755,7 @@ def check(
 @cli.command()
 @ledger_option
 @_api_options
-@click.option(
-    "--max-retry-after",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="The longest wait a Retry-After from the API may impose.",
-)
+@max_retry_after_option
 @_handle_errors
 def reconcile(
     ledger: str | None,
@@ -838,14 +835,7 @@ def reconcile(
     show_default=True,
     help="The largest result downloaded; a bigger one is recorded as an error.",
 )
-@click.option(
-    "--max-retry-after",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="The longest wait a Retry-After from the API may impose.",
-)
+@max_retry_after_option
 @_handle_errors
 def sync(
     ledger: str | None,
@@ -920,14 +910,7 @@ def sync(
 @click.option(
     "--batch-id", "batch_ids", multiple=True, required=True, help="A batch whose jobs to record (repeatable)."
 )
-@click.option(
-    "--max-retry-after",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="The longest wait a Retry-After from the API may impose.",
-)
+@max_retry_after_option
 @_handle_errors
 def adopt(
     ledger: str | None,
