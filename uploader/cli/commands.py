@@ -32,7 +32,7 @@ from uploader.cli.output import (
     print_summary,
     rows_are,
 )
-from uploader.cli.preflight import preflight_options, preflight_settings, print_preflight
+from uploader.cli.preflight import Duration, preflight_options, preflight_settings, print_preflight
 from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
@@ -673,6 +673,41 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool) -
 
 
 @cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@_manifest_options
+@ledger_option
+@click.option(
+    "--min-url-validity",
+    type=Duration(),
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="Count as held back the rows whose signed URL expires sooner than this from now.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_handle_errors
+def plan(
+    manifest: Path,
+    project_id: str | None,
+    work_flow_id: str | None,
+    batch_id: str | None,
+    fmt: str | None,
+    columns: tuple[str, ...],
+    sign: bool,
+    ledger: str | None,
+    min_url_validity: dt.timedelta,
+    as_json: bool,
+) -> None:
+    """Show what `uploader run MANIFEST` would do — new, unchanged, changed and conflicting rows, what it would
+    send and hold back, the batch, the first payload — without sending or writing anything (exit 3 when
+    something would be held back)."""
+    from uploader.cli.planning import run_plan
+
+    options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
+    run_plan(manifest, options, ledger, min_url_validity, as_json)
+
+
+@cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @ledger_option
@@ -1198,13 +1233,3 @@ def config(ctx: click.Context, command: str) -> None:
 
 def main() -> None:
     cli(prog_name="uploader")
-
-
-def _register_late_commands() -> None:
-    """Commands defined in their own modules (they use this module's helpers, so they come after it)."""
-    from uploader.cli.planning import plan_command
-
-    cli.add_command(plan_command)
-
-
-_register_late_commands()

@@ -12,11 +12,7 @@ from typing import Any
 
 import click
 
-from uploader.cli.app import UploaderCommand
-from uploader.cli.preflight import Duration
-from uploader.cli.signing import sign_option
-
-__all__ = ["EXIT_HELD_BACK", "plan_command", "plan_dict"]
+__all__ = ["EXIT_HELD_BACK", "plan_dict", "run_plan"]
 
 #: A run would hold something back (conflicts, blocked rows, signed URLs expiring too soon).
 EXIT_HELD_BACK = 3
@@ -69,66 +65,9 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
     }
 
 
-@click.command("plan", cls=UploaderCommand)
-@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--project-id", help="Project for rows without a project_id column.")
-@click.option("--work-flow-id", help="Workflow for rows without a work_flow_id column.")
-@click.option("--batch-id", help="Batch (UUID) for rows without a batch_id column.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "tsv", "parquet", "jsonl"]),
-    help="Manifest format (default: from the file extension).",
-)
-@click.option(
-    "--column",
-    "columns",
-    multiple=True,
-    metavar="API_NAME=COLUMN",
-    help="Read API field API_NAME from manifest column COLUMN (repeatable).",
-)
-@click.option("--ledger", metavar="PATH|URL", help="Ledger file or SQLAlchemy URL [default ./uploader.db].")
-@click.option(
-    "--min-url-validity",
-    type=Duration(),
-    default="24h",
-    show_default=True,
-    metavar="DURATION",
-    help="Count as held back the rows whose signed URL expires sooner than this from now.",
-)
-@sign_option
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_command(
-    manifest: Path,
-    project_id: str | None,
-    work_flow_id: str | None,
-    batch_id: str | None,
-    fmt: str | None,
-    columns: tuple[str, ...],
-    ledger: str | None,
-    min_url_validity: dt.timedelta,
-    sign: bool,
-    as_json: bool,
-) -> None:
-    """Show what `uploader run MANIFEST` would do — new, unchanged, changed and conflicting rows, what it would
-    send and hold back, the batch, the first payload — without sending or writing anything (exit 3 when
-    something would be held back)."""
-    from uploader.cli.commands import _build_options, _handle_errors
-
-    @_handle_errors
-    def go() -> None:
-        _plan(
-            manifest,
-            _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign),
-            ledger,
-            min_url_validity,
-            as_json,
-        )
-
-    go()
-
-
-def _plan(manifest: Path, options: Any, ledger: str | None, min_url_validity: dt.timedelta, as_json: bool) -> None:
+def run_plan(manifest: Path, options: Any, ledger: str | None, min_url_validity: dt.timedelta, as_json: bool) -> None:
+    """Plan the load of `manifest` into the ledger (an empty scratch one if it does not exist), print it, and
+    exit EXIT_HELD_BACK when a run would hold something back."""
     from uploader.ledger import Ledger, new_ledger_file, utcnow
     from uploader.load import plan_manifest
     from uploader.manifest import Manifest
