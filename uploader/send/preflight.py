@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -161,22 +161,29 @@ async def check_attachments(
             if on_progress is not None:
                 on_progress(report.rows, report.checked)
 
+    async for verdict in _verdicts(feed(), options, lambda checked: storage_url.pop(checked, checked)):
+        fresh.append(verdict)
+        report.verdicts[verdict.verdict] += 1
+        _hand_out(verdict, in_flight.pop(verdict.url), ready)
+        if ready or len(fresh) >= _RECORD_GROUP:
+            settle()
+    settle()
+    return report
+
+
+async def _verdicts(
+    urls: Iterable[str], options: PreflightOptions, stored_as: Callable[[str], str]
+) -> AsyncIterator[UrlVerdict]:
+    """`check_urls` with the preflight's options; each answer as the verdict to store under `stored_as(url)`
+    (the storage URL of a URL signed for the check, else the URL itself)."""
     async for c in check_urls(
-        feed(),
+        urls,
         concurrency=options.concurrency,
         per_host_rate=options.per_host_rate,
         timeout=options.timeout,
         max_redirects=options.max_redirects,
     ):
-        url = storage_url.pop(c.url, c.url)
-        verdict = UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
-        fresh.append(verdict)
-        report.verdicts[c.verdict] += 1
-        _hand_out(verdict, in_flight.pop(url), ready)
-        if ready or len(fresh) >= _RECORD_GROUP:
-            settle()
-    settle()
-    return report
+        yield UrlVerdict(stored_as(c.url), c.verdict, c.detail, c.status, c.content_type, c.length, utcnow())
 
 
 def _as_is(url: str) -> str:
@@ -298,20 +305,13 @@ async def sample_attachments(
     sign = options.sign_url or _as_is
     chosen = {sign(u): u for u in dict.fromkeys(u for reservoir in reservoirs.values() for u in reservoir)}
     verdicts: list[UrlVerdict] = []
-    async for c in check_urls(
-        chosen,
-        concurrency=options.concurrency,
-        per_host_rate=options.per_host_rate,
-        timeout=options.timeout,
-        max_redirects=options.max_redirects,
-    ):
-        url = chosen[c.url]  # the storage URL of a signed one (--sign)
-        verdicts.append(UrlVerdict(url, c.verdict, c.detail, c.status, c.content_type, c.length, utcnow()))
-        sample = hosts[urlsplit(url).netloc.lower()]
+    async for verdict in _verdicts(chosen, options, chosen.__getitem__):  # stored under a signed URL's storage URL
+        verdicts.append(verdict)
+        sample = hosts[urlsplit(verdict.url).netloc.lower()]
         sample.checked += 1
-        sample.verdicts[c.verdict] += 1
-        if c.verdict != "ok" and sample.example is None:
-            sample.example = f"{url}: {c.detail}"
+        sample.verdicts[verdict.verdict] += 1
+        if verdict.verdict != "ok" and sample.example is None:
+            sample.example = f"{verdict.url}: {verdict.detail}"
     for i in range(0, len(verdicts), _RECORD_GROUP):
         record_verdicts(ledger.engine, verdicts[i : i + _RECORD_GROUP])
     return hosts
