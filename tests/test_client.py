@@ -817,6 +817,34 @@ def test_real_server_huge_body_is_cut_off() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(30)
+def test_real_server_compressed_answer_is_decoded_and_counted_decoded() -> None:
+    """A server that gzips anyway: the answer is read decoded, and its decoded size is what max_body_bytes
+    bounds (a small compressed body may expand past it)."""
+    small = gzip.compress(json.dumps(envelope({"job_id": "j-gz"})).encode())
+    bomb = gzip.compress(json.dumps({"success": True, "data": {"pad": "x" * 100_000}}).encode())
+
+    def gzipped(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            await request.read()
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            return web.Response(body=body, headers=headers)
+
+        return handler
+
+    async def go() -> list[ApiResult]:
+        async with serve({"small": gzipped(small), "bomb": gzipped(bomb)}) as base:
+            out = []
+            for name in ("small", "bomb"):
+                async with ApiClient(f"{base}/{name}", KEY, max_body_bytes=10_000) as api:
+                    out.append(await api.create_job("p", "{}"))
+            return out
+
+    decoded, expanded = run(go())
+    assert len(bomb) < 10_000
+    assert (decoded.success, decoded.data) == (True, {"job_id": "j-gz"})
+    assert (expanded.http_status, expanded.code) == (200, "body_too_large")
+
+
 def test_real_server_pool_is_sized_to_the_concurrency() -> None:
     active = [0, 0]  # now, most
 

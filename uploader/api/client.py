@@ -430,7 +430,12 @@ class ApiClient:
             timeout=self._aio_timeout,
         ) as response:
             headers = response.raw_headers
-            raw = await self._read_limited(headers, response.content.iter_any())
+            length = response.content_length
+            plain = _raw_header(headers, b"content-encoding") in (None, "identity")  # else counted once decoded
+            if plain and length is not None and length <= self._max_body:  # the usual answer: one read, size known
+                raw: bytes | None = await response.read()
+            else:
+                raw = await self._read_limited(headers, response.content.iter_any())
         return response.status, headers, raw
 
     async def _exchange_httpx(self, method: str, url: httpx.URL | str, content: bytes | None) -> _Exchange:
