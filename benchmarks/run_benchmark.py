@@ -2,11 +2,15 @@
 
 1. N image rows (default 20,000), sandbox at 20 ms latency in its own process, concurrency 64: the whole
    command (start-up and load included) vs a bare aiohttp client loop against the same sandbox, vs the
-   bound concurrency / latency. Also CPU seconds per 1,000 jobs.
+   bound concurrency / latency. CPU (user + system) of the uploader process only beside the CPU of the bare
+   loop, each run in its own child process and measured from RUSAGE_CHILDREN deltas; with >= 2 cores the
+   sandbox is pinned to core 1 and the clients to core 0 (`taskset`), so the ratio measures the client.
+   Two ratios: CPU per job / bare CPU per request (target <= 1.5) and jobs/s / bare req/s (target >= 0.85).
+   `--repeat K` runs both K times and prints min/median/max.
 2. Rerun over a fully succeeded ledger of R rows (default 1,000,000) with the same manifest: requests sent
    and seconds.
 
-    python benchmarks/run_benchmark.py [--rows 20000] [--rerun-rows 1000000]
+    python benchmarks/run_benchmark.py [--rows 20000] [--repeat 5] [--rerun-rows 1000000]
 
 Loopback only; bounded in count and time.
 """
@@ -19,8 +23,10 @@ import csv
 import json
 import os
 import resource
+import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -37,10 +43,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sandbox(latency_ms: float) -> tuple[subprocess.Popen, str]:
+def pinning() -> tuple[list[str], list[str], str]:
+    """(sandbox prefix, client prefix, note): taskset onto separate cores when there are two or more."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) >= 2 and shutil.which("taskset"):
+        return (
+            ["taskset", "-c", str(cores[1])],
+            ["taskset", "-c", str(cores[0])],
+            f"sandbox pinned to core {cores[1]}, clients to core {cores[0]}",
+        )
+    return [], [], f"NOT pinned ({len(cores) or '?'} core(s) available or no taskset): the ratio includes the server"
+
+
+def start_sandbox(latency_ms: float, prefix: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "uploader",
@@ -77,6 +96,7 @@ def make_manifest(path: Path, rows: int) -> None:
 
 
 async def bare_loop(url: str, n: int, concurrency: int, project: str) -> float:
+    """Requests per second of a plain aiohttp loop (run in a child: `--bare URL N PROJECT`)."""
     import aiohttp
 
     counter = iter(range(n))
@@ -101,13 +121,33 @@ async def bare_loop(url: str, n: int, concurrency: int, project: str) -> float:
         return n / (time.perf_counter() - t)
 
 
+def child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_bare(url: str, n: int, project: str, prefix: list[str]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of the bare loop in its own process, timed inside the child like the run."""
+    before = child_cpu()
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [*prefix, sys.executable, __file__, "--bare", url, str(n), project], capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - t
+    cpu = child_cpu() - before
+    if proc.returncode != 0:
+        raise SystemExit(f"bare loop failed: {proc.stderr[-2000:]}")
+    return elapsed, cpu
+
+
 def run_uploader(
-    manifest: Path, ledger: Path, url: str, project: str, extra: list[str] = ()
+    manifest: Path, ledger: Path, url: str, project: str, extra: list[str] = (), prefix: list[str] = ()
 ) -> tuple[float, float, dict]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = child_cpu()
     t = time.perf_counter()
     proc = subprocess.run(
         [
+            *prefix,
             sys.executable,
             "-m",
             "uploader",
@@ -131,10 +171,9 @@ def run_uploader(
         env={**os.environ, "PLAYMENT_API_KEY": KEY},
     )
     elapsed = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = child_cpu() - before
     if proc.returncode != 0:
         raise SystemExit(f"uploader run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return elapsed, cpu, json.loads(proc.stdout)
 
 
@@ -170,34 +209,56 @@ def rerun(rows: int, url: str) -> None:
     )
 
 
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """min / median / max."""
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--bare":
+        asyncio.run(bare_loop(sys.argv[2], int(sys.argv[3]), 64, sys.argv[4]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--rerun-rows", type=int, default=1_000_000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    proc, url = start_sandbox(args.latency_ms)
+    server_prefix, client_prefix, note = pinning()
+    proc, url = start_sandbox(args.latency_ms, server_prefix)
     try:
         manifest = OUT / f"run_{args.rows}.csv"
         make_manifest(manifest, args.rows)
-        bare = asyncio.run(bare_loop(url, args.rows, 64, "bare"))
         ledger = OUT / "run_bench.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(ledger) + suffix).unlink(missing_ok=True)
-        project = f"bench-{int(time.time())}"
-        elapsed, cpu, summary = run_uploader(manifest, ledger, url, project)
-        ours = args.rows / elapsed
-        bound = 64 / (args.latency_ms / 1000)
-        print(f"rows={args.rows} latency={args.latency_ms} ms concurrency=64")
-        print(f"bare aiohttp loop:        {bare:8.0f} req/s")
-        print(
-            f"uploader run (whole cmd): {ours:8.0f} jobs/s  ({elapsed:.2f} s, ratio to bare {ours / bare:.2f}, "
-            f"target >= 0.70)"
-        )
-        print(f"bound concurrency/latency:{bound:8.0f} req/s")
-        print(f"CPU: {cpu:.2f} s total, {cpu / args.rows * 1000:.3f} CPU s per 1,000 jobs")
-        print(f"summary: {summary['counts']}")
+        cpu_ratio: list[float] = []
+        wall_ratio: list[float] = []
+        job_us: list[float] = []
+        bare_us: list[float] = []
+        print(f"rows={args.rows} latency={args.latency_ms} ms concurrency=64; {note}; load {os.getloadavg()}")
+        for k in range(args.repeat):
+            bare_s, bare_cpu = run_bare(url, args.rows, f"bare-{k}", client_prefix)
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(ledger) + suffix).unlink(missing_ok=True)
+            project = f"bench-{int(time.time())}-{k}"
+            elapsed, cpu, summary = run_uploader(manifest, ledger, url, project, prefix=client_prefix)
+            if summary["counts"].get("succeeded") != args.rows:
+                raise SystemExit(f"not every job succeeded: {summary['counts']}")
+            job_us.append(cpu / args.rows * 1e6)
+            bare_us.append(bare_cpu / args.rows * 1e6)
+            cpu_ratio.append(job_us[-1] / bare_us[-1])
+            wall_ratio.append(bare_s / elapsed)
+            print(
+                f"[{k + 1}] bare {args.rows / bare_s:6.0f} req/s {bare_us[-1]:5.0f} CPU us/req | uploader run "
+                f"{args.rows / elapsed:6.0f} jobs/s ({elapsed:.2f} s) {job_us[-1]:5.0f} CPU us/job | "
+                f"CPU ratio {cpu_ratio[-1]:.2f} wall ratio {wall_ratio[-1]:.2f}"
+            )
+        print(f"bound concurrency/latency: {64 / (args.latency_ms / 1000):.0f} req/s")
+        print(f"uploader CPU us per job     min/median/max: {spread(job_us, '{:.0f}')}")
+        print(f"bare CPU us per request     min/median/max: {spread(bare_us, '{:.0f}')}")
+        print(f"CPU per job / bare per req  min/median/max: {spread(cpu_ratio, '{:.2f}')}  (target <= 1.5)")
+        print(f"wall: uploader / bare rate  min/median/max: {spread(wall_ratio, '{:.2f}')}  (target >= 0.85)")
+        print(f"load average after: {os.getloadavg()}")
         if args.rerun_rows:
             rerun(args.rerun_rows, url)
     finally:

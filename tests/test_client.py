@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import random
 import resource
@@ -816,6 +817,34 @@ def test_real_server_huge_body_is_cut_off() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(30)
+def test_real_server_compressed_answer_is_decoded_and_counted_decoded() -> None:
+    """A server that gzips anyway: the answer is read decoded, and its decoded size is what max_body_bytes
+    bounds (a small compressed body may expand past it)."""
+    small = gzip.compress(json.dumps(envelope({"job_id": "j-gz"})).encode())
+    bomb = gzip.compress(json.dumps({"success": True, "data": {"pad": "x" * 100_000}}).encode())
+
+    def gzipped(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            await request.read()
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            return web.Response(body=body, headers=headers)
+
+        return handler
+
+    async def go() -> list[ApiResult]:
+        async with serve({"small": gzipped(small), "bomb": gzipped(bomb)}) as base:
+            out = []
+            for name in ("small", "bomb"):
+                async with ApiClient(f"{base}/{name}", KEY, max_body_bytes=10_000) as api:
+                    out.append(await api.create_job("p", "{}"))
+            return out
+
+    decoded, expanded = run(go())
+    assert len(bomb) < 10_000
+    assert (decoded.success, decoded.data) == (True, {"job_id": "j-gz"})
+    assert (expanded.http_status, expanded.code) == (200, "body_too_large")
+
+
 def test_real_server_pool_is_sized_to_the_concurrency() -> None:
     active = [0, 0]  # now, most
 
@@ -882,18 +911,23 @@ def test_real_server_read_timeout_and_whole_exchange_deadline() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pin down what surfaces through httpx-aiohttp, since its mapping is coarse.
+    """Pin down what surfaces through httpx-aiohttp (downloads), since its mapping is coarse, and through the
+    direct aiohttp path (the API's requests with the default transport).
 
-    It maps every aiohttp ClientConnectionError to httpx.ConnectTimeout (a dropped connection and a refused
-    port included) and chains the aiohttp error as __cause__, which is what client.py reads. If an upgrade
-    changes this, this test says where to look.
+    httpx-aiohttp maps every aiohttp ClientConnectionError to httpx.ConnectTimeout (a dropped connection and
+    a refused port included) and chains the aiohttp error as __cause__, which is what client.py reads; the
+    direct path sees aiohttp's own errors. If an upgrade changes this, this test says where to look.
     """
     seen: dict[str, tuple[type[BaseException], type[BaseException] | None]] = {}
+    direct: dict[str, type[BaseException]] = {}
     original = client_module._decisive
     current = [""]
 
     def spy(exc: BaseException) -> BaseException:
-        seen[current[0]] = (type(exc), type(exc.__cause__) if exc.__cause__ else None)
+        if current[0].startswith("direct-"):
+            direct[current[0].removeprefix("direct-")] = type(exc)
+        else:
+            seen[current[0]] = (type(exc), type(exc.__cause__) if exc.__cause__ else None)
         return original(exc)
 
     monkeypatch.setattr(client_module, "_decisive", spy)
@@ -901,14 +935,20 @@ def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) 
     async def go(refused_port: int) -> None:
         async with serve({"stall": _stall, "abort": _abort, "close": _close}) as base:
             for name in ("stall", "abort", "close", "refused"):
-                current[0] = name
                 url = f"http://127.0.0.1:{refused_port}" if name == "refused" else f"{base}/{name}"
                 async with ApiClient(url, KEY, timeout=0.4, total_timeout=5) as api:
+                    current[0] = "direct-" + name
                     await api.create_job("p", "{}")
+                    current[0] = name
+                    await api.download(f"{url}/v1/projects/p/batch/b", io.BytesIO(), max_bytes=100)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         run(go(sock.getsockname()[1]))
+
+    assert issubclass(direct["stall"], aiohttp.ServerTimeoutError)
+    assert direct["abort"] is direct["close"] is aiohttp.ServerDisconnectedError
+    assert issubclass(direct["refused"], aiohttp.ClientConnectorError)
 
     assert issubclass(seen["stall"][0], httpx.TimeoutException)
     assert seen["stall"][1] is not None and issubclass(seen["stall"][1], aiohttp.ServerTimeoutError)

@@ -282,3 +282,25 @@ def test_batch_reservations_pick_one_creator_and_give_rows_a_batch(ledger, db_ur
         assert all('"batch_id"' not in c.body for c in ledger.claim(owner, 10, 60))  # bodies unchanged
     finally:
         other.close()
+
+
+def test_split_record_sends_only_interacting_results_one_at_a_time():
+    """One group statement for the live rows whose job_id no other row has; the rest in order, one at a time."""
+    from uploader.ledger.ledger import split_record
+
+    def ok(row_id, token, job_id=None, status=Status.SUCCEEDED):
+        return Result(row_id, token, status, job_id=job_id)
+
+    results = [
+        ok(1, 1, "A"),  # fast
+        ok(2, 1, "B"),  # B answered twice in the group: slow
+        ok(3, 1, "B"),  # slow
+        ok(4, 1, "C"),  # C held by row 9, which is in this group too: both slow
+        ok(9, 1, None, Status.FAILED),  # holder of C: slow
+        ok(5, 7, "D"),  # fenced (token 7 not live): neither
+        ok(6, 1, "E"),  # E held by row 6 itself: fast
+        ok(7, 1, None, Status.FAILED),  # fast
+    ]
+    live = {(1, 1), (2, 1), (3, 1), (4, 1), (9, 1), (5, 1), (6, 1), (7, 1)}
+    holders = {"C": {9}, "E": {6}}
+    assert split_record(results, live, holders) == ([0, 6, 7], [1, 2, 3, 4])

@@ -1,10 +1,11 @@
 """The only module that speaks HTTP: builds requests, reads envelopes, turns every outcome into an ApiResult.
 
-httpx is the HTTP API (its Request/Response/transport interface); the bytes move through the
-`httpx-aiohttp` transport because httpx's default transport costs several times more CPU per request.
-`_make_transport` is the one place that choice lives. Requests go straight to the transport: the
-AsyncClient layer adds cookie, auth, redirect and hook handling we never use, and costs CPU on every
-request (benchmarks/client_overhead.py measures it; figures in benchmarks/README.md).
+httpx is the HTTP API (its Request/Response/transport interface); the bytes move through aiohttp because
+httpx's default transport costs several times more CPU per request. `_Pool` is the one place that choice
+lives. With the default transport the API's requests go to aiohttp directly (one session, headers built
+once), skipping httpx's Request/Response models and the adapter, which cost about as much CPU as the
+exchange itself; an injected transport (httpx.MockTransport in tests) gets httpx Requests. Both paths
+end in `_answer`, so an answer means the same whichever carried it.
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
 1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (body.py reads
@@ -23,7 +24,7 @@ import os
 import random
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -61,6 +62,10 @@ _KEEPALIVE_SECONDS = 4.0
 #: How many times a read (GET job, a page of a batch listing) is tried before ApiUnreachableError.
 READ_ATTEMPTS = 8
 _REDACTED = b"[redacted]"
+#: A response's headers as raw (name, value) pairs, the form both httpx and aiohttp expose.
+_RawHeaders = Sequence[tuple[bytes, bytes]]
+#: What one exchange brings back: status, raw headers, body (None when larger than max_body_bytes).
+_Exchange = tuple[int, _RawHeaders, bytes | None]
 _KEY_OK = re.compile(r"[\x21-\x7e]+")
 #: The error codes the policy knows: constants, never redacted (see `_call`).
 _KNOWN_CODES = EXISTS_CODES | FATAL_CODES | PERMANENT_CODES | RETRYABLE_CODES
@@ -117,23 +122,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _make_transport(concurrency: int, secure: bool = True) -> httpx.AsyncBaseTransport:
-    """The transport choice, in one place: httpx's interface over an aiohttp pool sized to the concurrency.
+class _Pool:
+    """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
+    on first use, shared by the direct path (`session`) and the httpx interface (`transport`, for downloads)."""
 
-    The CA certificates (certifi, or SSL_CERT_FILE / SSL_CERT_DIR) are loaded once, and only for https: an
-    http base URL (the sandbox on loopback) never opens TLS, and loading them is a visible part of start-up."""
-    ssl_context = httpx.create_ssl_context() if secure else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-
-    def session() -> aiohttp.ClientSession:  # called lazily by the transport, inside the running loop
-        connector = aiohttp.TCPConnector(
-            limit=concurrency, limit_per_host=0, ssl=ssl_context, keepalive_timeout=_KEEPALIVE_SECONDS
+    def __init__(self, concurrency: int) -> None:
+        self._concurrency = concurrency
+        self._ssl = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+        self._session: aiohttp.ClientSession | None = None
+        limits = httpx.Limits(
+            max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS
         )
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        # The same CA certificates for the transport: it would load its own copy again (start-up time).
+        self.transport = AiohttpTransport(verify=self._ssl, limits=limits, client=self.session)
 
-    limits = httpx.Limits(
-        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS
-    )
-    return AiohttpTransport(verify=ssl_context, limits=limits, client=session)
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=0, ssl=self._ssl, keepalive_timeout=_KEEPALIVE_SECONDS
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=True
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
 class ApiClient:
@@ -166,22 +181,25 @@ class ApiClient:
         self._total_timeout = float(total_timeout) if total_timeout is not None else self._timeout
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
-        self._transport = (
-            transport
-            if transport is not None
-            else _make_transport(concurrency, secure=self._base_url.startswith("https:"))
-        )
+        self._pool: _Pool | None = None
+        if transport is None:
+            self._pool = _Pool(concurrency)
+            transport = self._pool.transport
+        self._transport = transport
         # Built once: every request reuses them (httpx copies headers and extensions into each Request).
-        self._headers = httpx.Headers(
-            {
-                "user-agent": f"uploader/{__version__}",
-                "x-api-key": api_key,
-                "content-type": "application/json",
-                "accept": "application/json",
-                "accept-encoding": "identity",  # small bodies; and no decompression bomb to bound
-            }
-        )
+        plain = {
+            "user-agent": f"uploader/{__version__}",
+            "x-api-key": api_key,
+            "content-type": "application/json",
+            "accept": "application/json",
+            "accept-encoding": "identity",  # small bodies; and no decompression bomb to bound
+        }
+        self._headers = httpx.Headers(plain)
+        self._plain_headers = plain
         self._extensions = {"timeout": httpx.Timeout(self._timeout).as_dict()}
+        self._aio_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._timeout, sock_read=self._timeout, connect=self._timeout
+        )
         self._job_urls: dict[str, httpx.URL] = {}
         self._download_headers = httpx.Headers({"user-agent": f"uploader/{__version__}", "accept": "application/json"})
 
@@ -199,6 +217,8 @@ class ApiClient:
     async def aclose(self) -> None:
         """Close the pool (and an injected transport)."""
         await self._transport.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     # -- endpoints -------------------------------------------------------------------------------------
 
@@ -387,23 +407,55 @@ class ApiClient:
 
     async def _call(self, method: str, url: httpx.URL | str, content: bytes | None = None) -> ApiResult:
         """Send one request and read at most max_body_bytes of the answer; never raises for I/O trouble."""
-        request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
         deadline = asyncio.timeout(self._total_timeout)
         try:
             async with deadline:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    raw = await self._read_body(response)
-                finally:
-                    await _close_quietly(response)
+                if self._pool is not None:
+                    status, headers, raw = await self._exchange_direct(self._pool.session(), method, str(url), content)
+                else:
+                    status, headers, raw = await self._exchange_httpx(method, url, content)
         except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             return self._failure(exc, deadline.expired())
-        status = response.status_code
-        retry_after = _header(response, b"retry-after")
+        return self._answer(status, headers, raw)
+
+    async def _exchange_direct(
+        self, session: aiohttp.ClientSession, method: str, url: str, content: bytes | None
+    ) -> _Exchange:
+        """One exchange straight through the aiohttp session (the default transport's hot path)."""
+        async with session.request(
+            method,
+            url,
+            data=content,
+            headers=self._plain_headers,
+            allow_redirects=False,
+            timeout=self._aio_timeout,
+        ) as response:
+            headers = response.raw_headers
+            length = response.content_length
+            plain = _raw_header(headers, b"content-encoding") in (None, "identity")  # else counted once decoded
+            if plain and length is not None and length <= self._max_body:  # the usual answer: one read, size known
+                raw: bytes | None = await response.read()
+            else:
+                raw = await self._read_limited(headers, response.content.iter_any())
+        return response.status, headers, raw
+
+    async def _exchange_httpx(self, method: str, url: httpx.URL | str, content: bytes | None) -> _Exchange:
+        """One exchange through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
+        request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
+        response = await self._transport.handle_async_request(request)
+        try:
+            raw = await self._read_body(response)
+        finally:
+            await _close_quietly(response)
+        return response.status_code, response.headers.raw, raw
+
+    def _answer(self, status: int, headers: _RawHeaders, raw: bytes | None) -> ApiResult:
+        """What an answer says, whichever path carried it: the envelope read, the key redacted from its text."""
+        retry_after = _raw_header(headers, b"retry-after")
         if retry_after is not None:
             retry_after = self._redact(retry_after[:100])
         if 300 <= status < 400:  # a redirect (never followed): its Location names where the base URL points
-            location = _header(response, b"location")
+            location = _raw_header(headers, b"location")
             return replace(
                 parse_envelope(status, b"", retry_after),
                 location=None if location is None else self._redact(location[:2000]),
@@ -421,12 +473,15 @@ class ApiClient:
         code = result.code if result.code in _KNOWN_CODES else self._scrub(result.code)
         return replace(result, code=code, message=self._scrub(result.message), errors=self._scrub(result.errors))
 
-    async def _read_body(self, response: httpx.Response) -> bytes | None:
+    async def _read_limited(self, headers: _RawHeaders, chunks: AsyncIterator[bytes]) -> bytes | None:
         """The body, or None once it exceeds max_body_bytes (read no further: a hostile 1 GB answer)."""
-        limit = self._max_body
-        length = _header(response, b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        length = _raw_header(headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
             return None
+        return await read_limited(chunks, self._max_body)
+
+    async def _read_body(self, response: httpx.Response) -> bytes | None:
+        """An httpx answer's body, or None once it exceeds max_body_bytes."""
         encoding = _header(response, b"content-encoding")
         # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx. (An
         # async client's response stream is always an AsyncByteStream: the check only narrows the type.)
@@ -435,7 +490,7 @@ class ApiClient:
             chunks = stream.__aiter__()
         else:
             chunks = response.aiter_bytes()
-        return await read_limited(chunks, limit)
+        return await self._read_limited(response.headers.raw, chunks)
 
     def _failure(self, exc: BaseException, deadline_expired: bool = False) -> ApiResult:
         """An ApiResult for an exchange that produced no usable answer; the text is redacted and short."""
@@ -543,8 +598,13 @@ def _httpx_code(exc: BaseException) -> str:
 
 
 def _header(response: httpx.Response, name: bytes) -> str | None:
-    """One response header by lower-case name, scanning the raw list (cheaper than Headers.get)."""
-    for key, value in response.headers.raw:
+    """One httpx response header by lower-case name."""
+    return _raw_header(response.headers.raw, name)
+
+
+def _raw_header(headers: _RawHeaders, name: bytes) -> str | None:
+    """One header by lower-case name, scanning the raw (name, value) pairs (cheaper than a mapping's get)."""
+    for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
     return None

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
 from uploader.errors import LedgerError
 from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
@@ -275,25 +275,21 @@ class Ledger(LedgerQueries):
             "AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.job_id = :job_id AND other.id <> :id)"
         )
         applied = 0
-        outcomes: list[list[Any]] = []
+        outcomes: dict[int, list[Any]] = {}
         with write_tx(self.engine) as conn:
-            for r in results:
-                params = {
-                    "status": r.status.value,
-                    "job_id": r.job_id,
-                    "recovered": r.recovered,
-                    "code": r.error_code,
-                    "msg": r.error_message,
-                    "details": r.error_details,
-                    "http": r.http_status,
-                    "refund": 1 if r.refund_attempt else 0,
-                    "nb": r.not_before,
-                    "now": now,
-                    "id": r.id,
-                    "token": r.lease_token,
-                    "origin": r.origin,
-                    "sent": r.may_have_created,
-                }
+            live, holders = self._fence_and_holders(conn, results)
+            fast, slow = split_record(results, live, holders)
+            if fast:  # one statement for the group: each row is live and its job_id no other row's
+                n = conn.execute(sql, [_record_params(results[i], now) for i in fast]).rowcount
+                if n != len(fast) and conn.dialect.supports_sane_multi_rowcount:
+                    raise LedgerError(f"recording results: {n} of {len(fast)} fenced rows updated")
+                applied += len(fast)
+                outcomes.update(
+                    {i: [results[i].id, results[i].lease_token, results[i].status.value, True] for i in fast}
+                )
+            for i in slow:  # a shared job_id, or a row seen twice: one at a time, in order, as they interact
+                r = results[i]
+                params = _record_params(r, now)
                 success = r.status is Status.SUCCEEDED and r.job_id is not None
                 n = conn.execute(sql_success if success else sql, params).rowcount
                 status = r.status.value
@@ -303,11 +299,33 @@ class Ledger(LedgerQueries):
                     if duplicates is not None:
                         duplicates.extend([r.id, *demoted])
                 applied += n
-                if self._claim_log:
-                    outcomes.append([r.id, r.lease_token, status, n == 1])
+                outcomes[i] = [r.id, r.lease_token, status, n == 1]
         if self._claim_log:
-            self._log("record", now=_epoch(now), rows=outcomes)
+            rows = [outcomes.get(i, [r.id, r.lease_token, r.status.value, False]) for i, r in enumerate(results)]
+            self._log("record", now=_epoch(now), rows=rows)
         return applied, len(results) - applied
+
+    def _fence_and_holders(
+        self, conn: Any, results: Sequence[Result]
+    ) -> tuple[set[tuple[int, int]], dict[str, set[int]]]:
+        """The (id, lease_token) pairs of the results' rows still in flight (locked on PostgreSQL until the
+        commit, as SQLite's write lock already does), and the ids of the rows holding each answered job_id."""
+        lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+        fence = text(f"SELECT id, lease_token FROM jobs WHERE status = '{_IN_FLIGHT}' AND id IN :ids{lock}")
+        held = text("SELECT id, job_id FROM jobs WHERE job_id IN :ids")
+        live: set[tuple[int, int]] = set()
+        holders: dict[str, set[int]] = {}
+        ids = sorted({r.id for r in results})
+        job_ids = sorted({r.job_id for r in results if r.job_id is not None})
+        for part in _chunks(ids):
+            live.update(
+                (int(i), int(t))
+                for i, t in conn.execute(fence.bindparams(bindparam("ids", expanding=True)), {"ids": part})
+            )
+        for part in _chunks(job_ids):
+            for i, j in conn.execute(held.bindparams(bindparam("ids", expanding=True)), {"ids": part}):
+                holders.setdefault(str(j), set()).add(int(i))
+        return live, holders
 
     @staticmethod
     def _is_held(conn: Any, r: Result) -> bool:
@@ -729,3 +747,58 @@ def _never_written(path: Path) -> bool:
         return False  # not a database we understand: never removed
     finally:
         con.close()
+
+
+def split_record(
+    results: Sequence[Result], live: set[tuple[int, int]], holders: dict[str, set[int]]
+) -> tuple[list[int], list[int]]:
+    """Which results (by index) one group statement may apply, and which must go one at a time, in order.
+
+    A result whose lease no longer holds changes nothing (in neither list). A live one goes one at a time
+    when its row appears twice, or its job_id is answered twice in the group or held by another row; so
+    does any result for a row holding such a job_id: those are the rows whose outcome depends on order."""
+    live_idx = [i for i, r in enumerate(results) if (r.id, r.lease_token) in live]
+    seen_ids: dict[int, int] = {}
+    seen_jobs: dict[str, int] = {}
+    for i in live_idx:
+        r = results[i]
+        seen_ids[r.id] = seen_ids.get(r.id, 0) + 1
+        if r.job_id is not None:
+            seen_jobs[r.job_id] = seen_jobs.get(r.job_id, 0) + 1
+    tangled: set[int] = set()  # row ids
+    for i in live_idx:
+        r = results[i]
+        if seen_ids[r.id] > 1:
+            tangled.add(r.id)
+        others = holders.get(r.job_id, set()) - {r.id} if r.job_id is not None else set()
+        if r.job_id is not None and (seen_jobs[r.job_id] > 1 or others):
+            tangled.add(r.id)
+            tangled.update(others)
+    fast = [i for i in live_idx if results[i].id not in tangled]
+    slow = [i for i in live_idx if results[i].id in tangled]
+    return fast, slow
+
+
+def _record_params(r: Result, now: dt.datetime) -> dict[str, Any]:
+    """The bound values of `record`'s UPDATE for one result."""
+    return {
+        "status": r.status.value,
+        "job_id": r.job_id,
+        "recovered": r.recovered,
+        "code": r.error_code,
+        "msg": r.error_message,
+        "details": r.error_details,
+        "http": r.http_status,
+        "refund": 1 if r.refund_attempt else 0,
+        "nb": r.not_before,
+        "now": now,
+        "id": r.id,
+        "token": r.lease_token,
+        "origin": r.origin,
+        "sent": r.may_have_created,
+    }
+
+
+def _chunks(values: list[Any], size: int = 500) -> list[list[Any]]:
+    """`values` in slices of at most `size` (bound parameters per statement stay well under the limits)."""
+    return [values[k : k + size] for k in range(0, len(values), size)]
