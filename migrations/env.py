@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-from uploader.ledger.models import Base
+from uploader.ledger.models import METADATA
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = METADATA
 
 
 def run_migrations() -> None:

@@ -167,6 +167,14 @@ def test_cli_start_up_imports_neither_pandas_nor_pyarrow(args):
     assert not loaded & {"pandas", "pyarrow"}
 
 
+def test_the_send_path_imports_no_sqlalchemy_orm():
+    """The ledger is SQLAlchemy Core only: the ORM's import is a visible share of `uploader run`'s start-up."""
+    loaded = _modules_after(
+        "import uploader.send.submit, uploader.send.runner, uploader.load.prepare, uploader.api.client"
+    )
+    assert "uploader.ledger.ledger" in loaded and "sqlalchemy.orm" not in loaded
+
+
 def test_import_uploader_and_its_upload_import_neither_pandas_nor_pyarrow():
     loaded = _modules_after("import uploader\nuploader.upload, uploader.upload_async")
     assert "uploader.facade" in loaded and not loaded & {"pandas", "pyarrow"}

@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 
 from uploader.errors import LedgerTooNewError
 from uploader.ledger.engine import ledger_url, migrate, open_engine, script_location
-from uploader.ledger.models import Base
+from uploader.ledger.models import METADATA
 
 
 def _config() -> Config:
@@ -32,9 +32,9 @@ def test_upgrade_from_empty_has_no_drift(db_url):
     try:
         migrate(engine)
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), METADATA)
             assert diff == []
-            assert set(inspect(conn).get_table_names()) == {"alembic_version", *Base.metadata.tables}
+            assert set(inspect(conn).get_table_names()) == {"alembic_version", *METADATA.tables}
         migrate(engine)  # a second open is a no-op
     finally:
         engine.dispose()
@@ -136,7 +136,7 @@ def test_new_sqlite_ledger_is_the_migrated_schema(tmp_path):
     engine = open_engine(ledger_url(tmp_path / "fresh.db"))
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), METADATA)
             assert diff == []
         migrate(engine)  # Alembic agrees it is at the head: nothing to do
     finally:

@@ -117,9 +117,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _make_transport(concurrency: int) -> httpx.AsyncBaseTransport:
-    """The transport choice, in one place: httpx's interface over an aiohttp pool sized to the concurrency."""
-    ssl_context = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+def _make_transport(concurrency: int, secure: bool = True) -> httpx.AsyncBaseTransport:
+    """The transport choice, in one place: httpx's interface over an aiohttp pool sized to the concurrency.
+
+    The CA certificates (certifi, or SSL_CERT_FILE / SSL_CERT_DIR) are loaded once, and only for https: an
+    http base URL (the sandbox on loopback) never opens TLS, and loading them is a visible part of start-up."""
+    ssl_context = httpx.create_ssl_context() if secure else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
     def session() -> aiohttp.ClientSession:  # called lazily by the transport, inside the running loop
         connector = aiohttp.TCPConnector(
@@ -130,7 +133,7 @@ def _make_transport(concurrency: int) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS
     )
-    return AiohttpTransport(limits=limits, client=session)
+    return AiohttpTransport(verify=ssl_context, limits=limits, client=session)
 
 
 class ApiClient:
@@ -163,7 +166,11 @@ class ApiClient:
         self._total_timeout = float(total_timeout) if total_timeout is not None else self._timeout
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
-        self._transport = transport if transport is not None else _make_transport(concurrency)
+        self._transport = (
+            transport
+            if transport is not None
+            else _make_transport(concurrency, secure=self._base_url.startswith("https:"))
+        )
         # Built once: every request reuses them (httpx copies headers and extensions into each Request).
         self._headers = httpx.Headers(
             {

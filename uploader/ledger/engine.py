@@ -390,7 +390,7 @@ def create_new(engine: Engine) -> bool:
     runs as usual."""
     from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 
-    from uploader.ledger.models import Base
+    from uploader.ledger.models import METADATA
 
     version = Table(
         "alembic_version",
@@ -403,7 +403,7 @@ def create_new(engine: Engine) -> bool:
         with conn.begin():
             if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
                 return False
-            Base.metadata.create_all(conn)
+            METADATA.create_all(conn)
             version.create(conn)
             conn.execute(version.insert().values(version_num=SCHEMA_HEAD))
     return True

@@ -1,0 +1,108 @@
+"""Start-up of the command: `uploader --help`, and `uploader run` on a 12-row manifest against the sandbox.
+
+Each figure is the wall time of the whole command (interpreter start and imports included), run N times
+(default 9) in a fresh process, printed as min / median / max beside the targets (0.15 s for --help, 0.5 s
+for the run). Each run uses a new ledger and a new project, so every run creates its 12 jobs. Then the
+slowest imports of one run, from `python -X importtime` (cumulative microseconds).
+
+    python benchmarks/startup_benchmark.py [--repeat 9]
+
+Run it from an installed copy (`pip install .`) for the figure a user sees: an editable install with the
+test tools also imports what those bring (import-linter brings rich, which httpx then imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+KEY = "bench-key"
+MANIFEST = Path(__file__).resolve().parent.parent / "sample_manifests" / "images.csv"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY]
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        cmd = ["taskset", "-c", "1", *cmd]  # the server on its own core: the figure is the client's
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("sandbox did not start")
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    return elapsed
+
+
+def line(name: str, figures: list[float], target: float) -> str:
+    med = statistics.median(figures)
+    return (
+        f"{name:<24} min {min(figures):.3f} s  median {med:.3f} s  max {max(figures):.3f} s  "
+        f"(target <= {target} s: {'met' if med <= target else 'NOT met'})"
+    )
+
+
+def run_command(work: Path, url: str, i: int) -> list[str]:
+    return [
+        *("uploader", "run", str(MANIFEST), "--project-id", f"start-{os.getpid()}-{i}", "--work-flow-id", "wf"),
+        *("--ledger", str(work / f"ledger-{i}.db"), "--base-url", url, "-q"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    env = {**os.environ, "UPLOADER_API_KEY": KEY}
+    uploader = [sys.executable, "-m", "uploader"]
+    sandbox, url = start_sandbox()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            helps = [timed([*uploader, "--help"], env) for _ in range(args.repeat)]
+            runs = [timed([*uploader, *run_command(work, url, i)[1:]], env) for i in range(args.repeat)]
+            print(line("uploader --help", helps, 0.15))
+            print(line("uploader run (12 rows)", runs, 0.5))
+            cmd = [sys.executable, "-X", "importtime", "-m", "uploader", *run_command(work, url, args.repeat)[1:]]
+            report = subprocess.run(cmd, capture_output=True, text=True, env=env).stderr
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+    top: list[tuple[int, str]] = []
+    for row in report.splitlines()[1:]:
+        parts = row.split("|")
+        if len(parts) == 3 and parts[2].startswith(" ") and not parts[2][1:].startswith(" "):
+            top.append((int(parts[1]), parts[2].strip()))
+    print(f"imports of the run: {sum(t for t, _ in top) / 1e6:.3f} s in all; the slowest top-level ones:")
+    for micros, name in sorted(top, reverse=True)[:8]:
+        print(f"  {micros / 1e6:.3f} s  {name}")
+
+
+if __name__ == "__main__":
+    main()
