@@ -4,7 +4,8 @@ succeeded already. It must send nothing and return quickly; and a changed manife
 Loads R rows (default 1,000,000) into a new ledger, marks every job succeeded (as if a previous run had sent
 them), then times `uploader run` over it --repeat times (against the sandbox at 0 ms): requests, wall seconds,
 CPU seconds (user + system of the command) and peak RSS, min/median/max. Last, one row of a copy of the
-manifest is changed and the run over it must send exactly that row:
+manifest is changed: the run over it must find that row (a conflict: its job succeeded already, so the
+ledger keeps its payload and nothing is sent):
 
     python benchmarks/rerun_benchmark.py [--rows 1000000] [--repeat 5]
 
@@ -118,7 +119,12 @@ def main() -> None:
             f.seek(-6, os.SEEK_END)
             f.write(b"X.jpg\n")
         wall, _, _, requests = run(changed, ledger, url)
-        print(f"  one changed row: {requests} request(s), {wall:.2f} s  (must be 1: the change is detected)")
+        with sqlite3.connect(ledger) as db:
+            (conflicts,) = db.execute("SELECT conflicts FROM manifests ORDER BY id DESC LIMIT 1").fetchone()
+        print(
+            f"  one changed row: {conflicts} conflict(s) recorded, {requests} requests, {wall:.2f} s  (must be 1 and "
+            "0: the change is found, and a job that succeeded keeps its payload)"
+        )
         changed.unlink()
     finally:
         proc.terminate()
