@@ -1,10 +1,12 @@
 """Load benchmark: `uploader load` of a generated image manifest vs the sqlite3 shell's `.import`.
 
-Prints both times (median of --repeat runs, taken in turns so that a busy moment of a shared machine hits
-both), the ratio, and the loader's peak RSS (its own, and the largest of its staging worker processes),
-for each size (default 100k and 1M rows), so RSS growth with manifest size is visible. Figures, not a test:
+Prints both times (min / median / max of --repeat runs, taken in turns so that a busy moment of a shared
+machine hits both), their CPU seconds (user + system, the command and its processes), the ratio of the
+medians, and the loader's peak RSS (its own, and the largest of its slice processes), for each size
+(default 100k and 1M rows), so RSS growth with manifest size is visible. `--big` also loads a 10,000,000-row
+manifest once (generated, and deleted after with its ledger). Figures, not a test:
 
-    python benchmarks/load_benchmark.py [--rows 100000 1000000] [--repeat 5]
+    python benchmarks/load_benchmark.py [--rows 100000 1000000] [--repeat 5] [--big]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
+#: Rows of the --big manifest.
+BIG = 10_000_000
 
 
 def make_manifest(path: Path, rows: int) -> None:
@@ -32,16 +37,17 @@ def make_manifest(path: Path, rows: int) -> None:
             w.writerow([f"img-{i:08d}", f"https://cdn.example.com/images/{i:08d}.jpg", f"cam-{i % 7}"])
 
 
-def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[float, float, float]:
-    """Seconds, peak RSS (MB) and its workers' largest peak RSS (MB) of `python -m uploader load`, into a
-    new ledger file (or, with fresh=False, into `ledger` as it is)."""
+def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[float, float, float, float]:
+    """Seconds, CPU seconds, peak RSS (MB) and its slice processes' largest peak RSS (MB) of `python -m
+    uploader load`, into a new ledger file (or, with fresh=False, into `ledger` as it is)."""
     for suffix in ("", "-wal", "-shm") if fresh else ():
         Path(str(ledger) + suffix).unlink(missing_ok=True)
     code = (
         "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,\n"
-        "      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+        "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print('RSS', u.ru_maxrss, c.ru_maxrss, u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime,\n"
+        "      file=sys.stderr); sys.exit(rc)"
     )
     cmd = [
         sys.executable,
@@ -62,11 +68,12 @@ def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[flo
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"uploader load failed: {proc.stderr}")
-    own_kb, workers_kb = map(int, next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS")))
-    return elapsed, own_kb / 1024, workers_kb / 1024
+    own_kb, workers_kb, cpu = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS"))
+    return elapsed, float(cpu), int(own_kb) / 1024, int(workers_kb) / 1024
 
 
-def time_sqlite_shell(manifest: Path, db: Path) -> float:
+def time_sqlite_shell(manifest: Path, db: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds of the sqlite3 shell's import of the same manifest."""
     db.unlink(missing_ok=True)
     # .import into a new table takes the header as column names; we skip it and name columns ourselves
     script = f"""
@@ -79,46 +86,72 @@ INSERT INTO jobs SELECT reference_id, json_object('reference_id', reference_id, 
   'data', json_object('image_url', image_url)), camera FROM staging_raw;
 COMMIT;
 """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(["sqlite3", str(db)], input=script, text=True, check=True)
-    return time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def spread(values: list[float]) -> str:
+    """min/median/max."""
+    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--repeat", type=int, default=5, help="runs of each, in turns; the median is shown")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each, in turns; min/median/max shown")
     parser.add_argument(
         "--non-empty",
         action="store_true",
         help="also load each manifest into a ledger that already holds another one's jobs",
     )
+    parser.add_argument("--big", action="store_true", help=f"also load a {BIG:,}-row manifest once (then deleted)")
     args = parser.parse_args()
     if not shutil.which("sqlite3"):
         raise SystemExit("needs the sqlite3 command-line shell (Debian package sqlite3)")
     OUT.mkdir(exist_ok=True)
-    print(
-        f"{'rows':>9} {'MB':>6} {'uploader s':>11} {'sqlite3 s':>10} {'ratio':>6} {'RSS MB':>7} {'workers MB':>11}"
-        "   (median of runs; all runs: uploader / sqlite3)"
-    )
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores shared: figures are noisy)")
+    print("min/median/max of runs; ratio: of the medians")
     for rows in args.rows:
         manifest = OUT / f"images_{rows}.csv"
         make_manifest(manifest, rows)
-        ours: list[float] = []
-        shell: list[float] = []
-        rss = workers = 0.0
+        ours: list[tuple[float, float, float, float]] = []
+        shell: list[tuple[float, float]] = []
         for _ in range(args.repeat):
-            seconds, own, children = time_uploader(manifest, OUT / f"bench_{rows}.db")
-            ours.append(seconds)
-            rss, workers = max(rss, own), max(workers, children)
+            ours.append(time_uploader(manifest, OUT / f"bench_{rows}.db"))
             shell.append(time_sqlite_shell(manifest, OUT / f"shell_{rows}.db"))
-        mb = os.path.getsize(manifest) / 1e6
-        a, b = statistics.median(ours), statistics.median(shell)
-        runs = " ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(ours, shell))
-        print(f"{rows:>9} {mb:>6.1f} {a:>11.2f} {b:>10.2f} {a / b:>6.2f} {rss:>7.1f} {workers:>11.1f}   {runs}")
+        ratio = statistics.median(r[0] for r in ours) / statistics.median(r[0] for r in shell)
+        print(f"{rows:,} rows ({os.path.getsize(manifest) / 1e6:.1f} MB):")
+        print(f"  uploader wall s {spread([r[0] for r in ours])}  CPU s {spread([r[1] for r in ours])}")
+        print(f"  sqlite3  wall s {spread([r[0] for r in shell])}  CPU s {spread([r[1] for r in shell])}")
+        print(
+            f"  ratio {ratio:.2f}  peak RSS MB {max(r[2] for r in ours):.1f}, "
+            f"slice processes {max(r[3] for r in ours):.1f}"
+        )
         if args.non_empty:
-            print(f"{'':>9} into a non-empty ledger: {_non_empty(manifest, args.repeat):.2f} s (median)")
-    print("targets: ratio <= 1.5, peak RSS <= 150 MB and flat from 100k to 1M rows")
+            print(f"  into a non-empty ledger: {_non_empty(manifest, args.repeat):.2f} s (median)")
+    if args.big:
+        _big()
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print("targets: ratio <= 1.0, peak RSS <= 150 MB and flat from 100k to 10M rows")
+
+
+def _big() -> None:
+    """One load of a BIG-row manifest into a new ledger; the manifest and the ledger are deleted after."""
+    manifest, ledger = OUT / f"images_{BIG}.csv", OUT / f"bench_{BIG}.db"
+    try:
+        make_manifest(manifest, BIG)
+        seconds, cpu, own, children = time_uploader(manifest, ledger)
+        print(
+            f"{BIG:,} rows ({os.path.getsize(manifest) / 1e6:.0f} MB): {seconds:.1f} s, CPU {cpu:.1f} s, "
+            f"peak RSS MB {own:.1f}, slice processes {children:.1f}"
+        )
+    finally:
+        for path in (manifest, ledger, Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+            path.unlink(missing_ok=True)
 
 
 def _non_empty(manifest: Path, repeat: int) -> float:

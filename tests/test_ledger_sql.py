@@ -20,6 +20,7 @@ from uploader.ledger import (
     MERGE_COUNTS,
     MERGE_NEW,
     SCRATCH_ROW,
+    SCRATCH_ROW_NO_EXTRA,
     SCRATCH_ROW_OWN,
     SCRATCH_SETUP,
     STAGING_DUPLICATE_COUNT,
@@ -107,6 +108,7 @@ def test_a_slices_scratch_file_copies_into_staging_with_the_loads_defaults(tmp_p
         scratch.execute(statement)
     scratch.execute(SCRATCH_ROW, (2, "a", "{}", "h1", None))
     scratch.execute(SCRATCH_ROW_OWN, (3, "b", "{}", "h2", '{"x":"1"}', "p2", "w2", "batch"))
+    scratch.execute(SCRATCH_ROW_NO_EXTRA, (4, "c", "{}", "h3"))
     scratch.close()
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.execute(STAGING_TABLE)
@@ -115,6 +117,7 @@ def test_a_slices_scratch_file_copies_into_staging_with_the_loads_defaults(tmp_p
     assert [StagingRow(*r) for r in db.execute("SELECT * FROM staging ORDER BY line")] == [
         StagingRow(2, "p", "a", "w", None, "{}", "h1", None),
         StagingRow(3, "p2", "b", "w2", "batch", "{}", "h2", '{"x":"1"}'),
+        StagingRow(4, "p", "c", "w", None, "{}", "h3", None),
     ]
 
 

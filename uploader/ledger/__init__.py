@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import COMMIT as COMMIT
     from uploader.ledger.staging import ROLLBACK as ROLLBACK
     from uploader.ledger.staging import SCRATCH_ROW as SCRATCH_ROW
+    from uploader.ledger.staging import SCRATCH_ROW_NO_EXTRA as SCRATCH_ROW_NO_EXTRA
     from uploader.ledger.staging import SCRATCH_ROW_OWN as SCRATCH_ROW_OWN
     from uploader.ledger.staging import SCRATCH_SETUP as SCRATCH_SETUP
     from uploader.ledger.staging import STAGING_ANALYZE as STAGING_ANALYZE
@@ -148,6 +149,7 @@ _EXPORTS = {
     "COMMIT": "uploader.ledger.staging",
     "ROLLBACK": "uploader.ledger.staging",
     "SCRATCH_ROW": "uploader.ledger.staging",
+    "SCRATCH_ROW_NO_EXTRA": "uploader.ledger.staging",
     "SCRATCH_ROW_OWN": "uploader.ledger.staging",
     "SCRATCH_SETUP": "uploader.ledger.staging",
     "STAGING_ANALYZE": "uploader.ledger.staging",

@@ -410,7 +410,18 @@ def create_new(engine: Engine) -> bool:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the ledger to the newest schema; refuse one written by a newer uploader."""
+    """Bring the ledger to the newest schema; refuse one written by a newer uploader. A ledger stamped with
+    SCHEMA_HEAD (every open of an up-to-date ledger) is checked without importing Alembic and reading its
+    scripts, a sizeable part of a rerun's time (tests/test_migrations.py keeps SCHEMA_HEAD at Alembic's head)."""
+    with translate_errors(), engine.connect() as conn:
+        current = _current_revisions(conn)
+        conn.rollback()
+    if current == {SCHEMA_HEAD}:
+        return
+    _migrate_with_alembic(engine)
+
+
+def _migrate_with_alembic(engine: Engine) -> None:
     from alembic import command
     from alembic.script import ScriptDirectory
 

@@ -17,6 +17,7 @@ __all__ = [
     "ROLLBACK",
     "SCRATCH_COLUMNS",
     "SCRATCH_ROW",
+    "SCRATCH_ROW_NO_EXTRA",
     "SCRATCH_ROW_OWN",
     "SCRATCH_SETUP",
     "STAGING_ANALYZE",
@@ -95,6 +96,9 @@ SCRATCH_SETUP = (
 )
 #: A row with the load's defaults: (line, reference_id, body, body_hash, extra).
 SCRATCH_ROW = "INSERT INTO staging (line, reference_id, body, body_hash, extra) VALUES (?, ?, ?, ?, ?)"
+#: A row with the load's defaults and no extra: (line, reference_id, body, body_hash), one value fewer to
+#: bind than SCRATCH_ROW for the most common manifest (nothing but reference_id and image_url).
+SCRATCH_ROW_NO_EXTRA = "INSERT INTO staging (line, reference_id, body, body_hash) VALUES (?, ?, ?, ?)"
 #: A row with its own project_id, work_flow_id, batch_id: (line, reference_id, body, body_hash, extra,
 #: project_id, work_flow_id, batch_id).
 SCRATCH_ROW_OWN = "INSERT INTO staging VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"

@@ -31,6 +31,7 @@ from uploader.ledger import (
     BEGIN,
     COMMIT,
     SCRATCH_ROW,
+    SCRATCH_ROW_NO_EXTRA,
     SCRATCH_ROW_OWN,
     SCRATCH_SETUP,
     StagingRow,
@@ -122,7 +123,10 @@ def write_part(
             lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
             hashes = body_hashes(bodies)
             if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
-                conn.executemany(SCRATCH_ROW, zip(lines, refs, bodies, hashes, extras))
+                if extras.count(None) == len(extras):
+                    conn.executemany(SCRATCH_ROW_NO_EXTRA, zip(lines, refs, bodies, hashes))
+                else:
+                    conn.executemany(SCRATCH_ROW, zip(lines, refs, bodies, hashes, extras))
             else:
                 conn.executemany(SCRATCH_ROW_OWN, zip(lines, refs, bodies, hashes, extras, pids, wfs, batches))
             rows += len(chunk)

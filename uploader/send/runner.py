@@ -131,7 +131,6 @@ async def _run(
     before_send: Callable[[Ledger], Awaitable[object]] | None = None,
 ) -> RunSummary:
     """Load, give unbatched rows a batch, then submit; `stop` is the run's one StopFlag (`_with_signals`)."""
-    from uploader.api import ApiClient
     from uploader.send.batches import BatchPolicy
     from uploader.send.submit import nothing_to_send, submit
 
@@ -142,6 +141,8 @@ async def _run(
             """The HTTP client, opened only when a request is really needed (a finished rerun sends none)."""
             nonlocal client
             if client is None:
+                from uploader.api import ApiClient  # aiohttp and httpx: imported only when a request is needed
+
                 client = await stack.enter_async_context(
                     ApiClient(base_url, api_key, concurrency=run_options.concurrency, timeout=run_options.timeout)
                 )

@@ -1,0 +1,135 @@
+"""Rerun over a finished ledger: the whole `uploader run` command with the same manifest, when every job has
+succeeded already. It must send nothing and return quickly; and a changed manifest row must still be sent.
+
+Loads R rows (default 1,000,000) into a new ledger, marks every job succeeded (as if a previous run had sent
+them), then times `uploader run` over it --repeat times (against the sandbox at 0 ms): requests, wall seconds,
+CPU seconds (user + system of the command) and peak RSS, min/median/max. Last, one row of a copy of the
+manifest is changed: the run over it must find that row (a conflict: its job succeeded already, so the
+ledger keeps its payload and nothing is sent):
+
+    python benchmarks/rerun_benchmark.py [--rows 1000000] [--repeat 5]
+
+Loopback only; bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+KEY = "bench-key"
+PROJECT = "rerun"
+#: Runs the CLI and prints its own CPU seconds and peak RSS (KiB) on stderr after it.
+_MEASURED = (
+    "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
+    "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print('MEASURED', u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime, max(u.ru_maxrss, c.ru_maxrss),\n"
+    "      file=sys.stderr); sys.exit(rc)"
+)
+
+
+def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--api-key", KEY, "--latency-ms", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uploader", "sandbox", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("sandbox did not start")
+
+
+def make_manifest(path: Path, rows: int) -> None:
+    if path.exists():
+        return
+    with open(path, "w") as f:
+        f.write("reference_id,image_url\n")
+        for i in range(rows):
+            f.write(f"img-{i:08d},https://cdn.example.com/images/{i:08d}.jpg\n")
+
+
+def finished_ledger(manifest: Path, ledger: Path) -> None:
+    """`ledger`: the manifest loaded, every job succeeded (as if a previous run had sent them all)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ledger) + suffix).unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "uploader", "load", str(manifest), "--project-id", PROJECT]
+    subprocess.run([*cmd, "--work-flow-id", "wf", "--ledger", str(ledger)], check=True, capture_output=True)
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE jobs SET status = 'succeeded', job_id = 'job-' || id, attempts = 1")
+
+
+def run(manifest: Path, ledger: Path, url: str) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds, peak RSS (MB) and requests of one whole `uploader run`."""
+    cmd = [sys.executable, "-c", _MEASURED, "uploader", "run", str(manifest), "--project-id", PROJECT]
+    cmd += ["--work-flow-id", "wf", "--ledger", str(ledger), "--base-url", url, "--json"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PLAYMENT_API_KEY": KEY})
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"uploader run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("MEASURED"))
+    cpu, rss_kb = (float(v) for v in line.split()[1:])
+    return wall, cpu, rss_kb / 1024, int(json.loads(proc.stdout)["this_run"]["requests"])
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    manifest, ledger = OUT / f"rerun_{args.rows}.csv", OUT / f"rerun_{args.rows}.db"
+    make_manifest(manifest, args.rows)
+    finished_ledger(manifest, ledger)
+    proc, url = start_sandbox()
+    try:
+        runs = [run(manifest, ledger, url) for _ in range(args.repeat)]
+        print(f"rerun over {args.rows} succeeded rows, {args.repeat} runs, min / median / max:")
+        print(f"  requests {sorted({r[3] for r in runs})}  (target 0)")
+        print(f"  wall s   {spread([r[0] for r in runs])}  (target <= 0.5)")
+        print(f"  CPU s    {spread([r[1] for r in runs])}")
+        print(f"  RSS MB   {spread([r[2] for r in runs])}")
+        changed = OUT / f"rerun_{args.rows}_changed.csv"
+        shutil.copy(manifest, changed)
+        with open(changed, "r+b") as f:  # the last row's URL, same length: a changed payload
+            f.seek(-6, os.SEEK_END)
+            f.write(b"X.jpg\n")
+        wall, _, _, requests = run(changed, ledger, url)
+        with sqlite3.connect(ledger) as db:
+            (conflicts,) = db.execute("SELECT conflicts FROM manifests ORDER BY id DESC LIMIT 1").fetchone()
+        print(
+            f"  one changed row: {conflicts} conflict(s) recorded, {requests} requests, {wall:.2f} s  (must be 1 and "
+            "0: the change is found, and a job that succeeded keeps its payload)"
+        )
+        changed.unlink()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
