@@ -151,7 +151,9 @@ def main() -> None:
                 )
     finally:
         proc.kill()
-    print(f"{n:,} URLs, {args.latency_ms:.0f} ms each, concurrency {CONCURRENCY}, {args.repeat} rounds (min/median/max)")
+    print(
+        f"{n:,} URLs, {args.latency_ms:.0f} ms each, concurrency {CONCURRENCY}, {args.repeat} rounds (min/median/max)"
+    )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; sandbox pinned: {bool(pinned(1))}")
     print(f"bare aiohttp HEAD loop: {spread(rounds['bare'])} s, CPU {spread(rounds['bare_cpu'])} s")
     print(f"uploader check (whole command): {spread(rounds['check'])} s, CPU {spread(rounds['check_cpu'])} s")

@@ -255,3 +255,36 @@ def test_a_row_checked_earlier_is_blocked_when_its_signed_url_nears_expiry(box, 
     assert later.exit_code == 3, later.output
     assert statuses(ledger)["s"][:2] == ("blocked", "url_expires_soon")
     assert box.stats()["file_requests"]["HEAD"] == heads  # decided from the stored expiry, no request
+
+
+def test_preflight_writes_on_both_engines(ledger, tmp_path):
+    """The preflight's grouped writes (the driver's executemany, `?` or `%s`) store verdicts, block and mark
+    rows on SQLite and PostgreSQL alike; a row no longer pending is left alone and not counted."""
+    from tests.conftest import fake_manifest
+    from uploader.ledger import UrlVerdict, pending_payloads, store_preflight, verdicts_since
+    from uploader.load import load_manifest
+
+    rows = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(4)]
+    load_manifest(ledger, fake_manifest(tmp_path, rows), "opts")
+    ids = {ref: i for page in pending_payloads(ledger.engine) for i, ref, _ in page}
+    at = datetime(2026, 12, 3, 10, 0, 0)  # whole seconds: the DateTime binding keeps them exact
+    verdicts = [
+        UrlVerdict(rows[0][1], "ok", "image/jpeg", 200, "image/jpeg", 10, at),
+        UrlVerdict(rows[1][1], "http_error", "HTTP 404", 404, None, None, at),
+    ]
+    expires = datetime(2027, 1, 1, 12, 30)
+    blocks = [(ids["ref-1"], "url_http_error", "HTTP 404"), (ids["ref-1"], "url_http_error", "again")]
+    blocked = store_preflight(ledger.engine, verdicts, blocks, [(ids["ref-0"], expires), (ids["ref-2"], None)])
+    assert blocked == 1  # the second block of ref-1 found it no longer pending
+    stored = verdicts_since(ledger.engine, [rows[0][1], rows[1][1], rows[3][1]], at)
+    assert stored == {v.url: v for v in verdicts}
+    assert verdicts_since(ledger.engine, [rows[0][1]], at + timedelta(seconds=1)) == {}
+    assert [ref for page in pending_payloads(ledger.engine) for _, ref, _ in page] == ["ref-3"]  # others checked
+    with ledger.engine.connect() as conn:
+        got = {
+            r: (s, c, e)
+            for r, s, c, e in conn.exec_driver_sql("SELECT reference_id, status, error_code, expires_at FROM jobs")
+        }
+    assert got["ref-1"][:2] == ("blocked", "url_http_error")
+    assert got["ref-0"][0] == "pending" and str(got["ref-0"][2]).startswith("2027-01-01 12:30:00")
+    assert got["ref-2"] == ("pending", None, None)

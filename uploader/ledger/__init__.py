@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import pending_payloads as pending_payloads
     from uploader.ledger.preflight import record_verdicts as record_verdicts
     from uploader.ledger.preflight import release_blocked as release_blocked
+    from uploader.ledger.preflight import store_preflight as store_preflight
     from uploader.ledger.preflight import url_hash as url_hash
     from uploader.ledger.preflight import url_verdict_counts as url_verdict_counts
     from uploader.ledger.preflight import verdicts_since as verdicts_since
@@ -182,6 +183,7 @@ _EXPORTS = {
     "pending_payloads": "uploader.ledger.preflight",
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",
+    "store_preflight": "uploader.ledger.preflight",
     "url_hash": "uploader.ledger.preflight",
     "ADOPTED": "uploader.ledger.tracking",
     "Adoption": "uploader.ledger.tracking",

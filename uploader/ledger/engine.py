@@ -410,7 +410,13 @@ def create_new(engine: Engine) -> bool:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the ledger to the newest schema; refuse one written by a newer uploader."""
+    """Bring the ledger to the newest schema; refuse one written by a newer uploader. A ledger already at
+    SCHEMA_HEAD (the common case: every command opens the ledger) is left without importing Alembic."""
+    with translate_errors(), engine.connect() as conn:
+        at_head = _current_revisions(conn) == {SCHEMA_HEAD}
+        conn.rollback()
+    if at_head:
+        return
     from alembic import command
     from alembic.script import ScriptDirectory
 

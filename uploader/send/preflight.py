@@ -25,6 +25,7 @@ from uploader.ledger import (
     expiring_rows,
     pending_payloads,
     record_verdicts,
+    store_preflight,
     utcnow,
     verdicts_since,
 )
@@ -42,8 +43,8 @@ __all__ = [
     "sample_attachments",
 ]
 
-#: Verdicts stored per URL in one transaction.
-_RECORD_GROUP = 500
+#: Verdicts stored in one transaction at most (a page of pending rows has as many rows).
+_RECORD_GROUP = 2000
 #: Examples of blocked rows kept for the report.
 _EXAMPLES = 5
 
@@ -86,17 +87,31 @@ class PreflightReport:
 def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime) -> tuple[str, str] | None:
     """(error code, message) of the first URL of a row that would not open, or None when all would.
     `not_before`: a signed URL must still be valid then. Pure."""
+    return judge_row(urls, verdicts, not_before)[0]
+
+
+def judge_row(
+    urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime
+) -> tuple[tuple[str, str] | None, dt.datetime | None]:
+    """The row's problem as `row_problem` says it, and the earliest expiry among its signed URLs (UTC, or
+    None), each URL's expiry read once. Pure."""
+    limit = not_before.replace(tzinfo=dt.UTC)
+    problem: tuple[str, str] | None = None
+    earliest: dt.datetime | None = None
     for url in urls:
         try:
             expiry = url_expiry(url)
         except SignedUrlError as e:
-            return "url_signature", f"{url}: {e}"
-        if expiry is not None and expiry.expires < not_before.replace(tzinfo=dt.UTC):
-            return "url_expires_soon", f"{url}: signed URL expires at {expiry.expires:%Y-%m-%d %H:%M} UTC"
+            problem = problem or ("url_signature", f"{url}: {e}")
+            continue
+        if expiry is not None:
+            earliest = expiry.expires if earliest is None else min(earliest, expiry.expires)
+            if problem is None and expiry.expires < limit:
+                problem = "url_expires_soon", f"{url}: signed URL expires at {expiry.expires:%Y-%m-%d %H:%M} UTC"
         verdict = verdicts.get(url)
-        if verdict is not None and verdict.verdict != "ok":
-            return f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
-    return None
+        if problem is None and verdict is not None and verdict.verdict != "ok":
+            problem = f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
+    return problem, earliest
 
 
 @dataclass(eq=False)
@@ -128,13 +143,12 @@ async def check_attachments(
     in_flight: dict[str, list[_Page]] = {}
     ready: list[_Page] = []
     storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
+    fresh: dict[str, UrlVerdict] = {}  #: verdicts in hand, not stored yet
 
     def feed() -> Iterator[str]:
         for rows in pending_payloads(engine, since):
-            listed = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in rows]
-            distinct = list(dict.fromkeys(u for _, _, urls in listed for u in urls))
-            page = _Page(listed, verdicts_since(engine, distinct, since))
-            report.known += len(page.known)
+            page, distinct, stored = _new_page(ledger, rows, since, fresh)
+            report.known += stored
             for url in distinct:
                 if url in page.known:
                     continue
@@ -149,26 +163,35 @@ async def check_attachments(
             if page.waiting == 0:
                 ready.append(page)
 
-    fresh: list[UrlVerdict] = []
-
     def settle() -> None:
-        nonlocal fresh
-        record_verdicts(engine, fresh)  # verdicts first: a row is never blocked on a verdict not stored
-        report.checked += len(fresh)
-        fresh = []
-        while ready:
-            _settle_page(ledger, ready.pop(0), options, report, not_before)
+        for rows, checked in _settle(ledger, ready, fresh, options, report, not_before):
             if on_progress is not None:
-                on_progress(report.rows, report.checked)
+                on_progress(rows, checked)
 
     async for verdict in _verdicts(feed(), options, lambda checked: storage_url.pop(checked, checked)):
-        fresh.append(verdict)
+        fresh[verdict.url] = verdict
         report.verdicts[verdict.verdict] += 1
         _hand_out(verdict, in_flight.pop(verdict.url), ready)
         if ready or len(fresh) >= _RECORD_GROUP:
             settle()
     settle()
     return report
+
+
+def _new_page(
+    ledger: Ledger, rows: list[tuple[int, str, str]], since: dt.datetime | None, fresh: dict[str, UrlVerdict]
+) -> tuple[_Page, list[str], int]:
+    """A page of (id, reference_id, payload) rows with the verdicts known of its URLs, its distinct URLs in
+    order, and how many verdicts were stored ones (the others: in hand, checked for an earlier page and not
+    stored yet)."""
+    listed = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in rows]
+    distinct = list(dict.fromkeys(u for _, _, urls in listed for u in urls))
+    known = verdicts_since(ledger.engine, distinct, since)
+    stored = len(known)
+    for url in distinct:
+        if url in fresh and url not in known:
+            known[url] = fresh[url]
+    return _Page(listed, known), distinct, stored
 
 
 async def _verdicts(
@@ -208,26 +231,52 @@ def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> No
             ready.append(page)
 
 
-def _settle_page(
-    ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport, not_before: dt.datetime
-) -> None:
-    """Block the page's rows with a bad attachment; mark the others checked, with their earliest expiry."""
+def _settle(
+    ledger: Ledger,
+    ready: list[_Page],
+    fresh: dict[str, UrlVerdict],
+    options: PreflightOptions,
+    report: PreflightReport,
+    not_before: dt.datetime,
+) -> list[tuple[int, int]]:
+    """The verdicts in hand and the rows of the ready pages, stored in one transaction; both lists emptied.
+    Returns (rows done, URLs checked) after each page."""
+    report.checked += len(fresh)
     blocks: list[tuple[int, str, str]] = []
     good: list[tuple[int, dt.datetime | None]] = []
+    progress = []
+    for page in ready:
+        _judge_page(page, report, not_before, blocks, good)
+        progress.append((report.rows, report.checked))
+    if options.block:
+        report.blocked += store_preflight(ledger.engine, list(fresh.values()), blocks, good)
+    else:
+        store_preflight(ledger.engine, list(fresh.values()))
+    ready.clear()
+    fresh.clear()
+    return progress
+
+
+def _judge_page(
+    page: _Page,
+    report: PreflightReport,
+    not_before: dt.datetime,
+    blocks: list[tuple[int, str, str]],
+    good: list[tuple[int, dt.datetime | None]],
+) -> None:
+    """Sort the page's rows into `blocks` (a bad attachment) and `good` (with their earliest expiry), counted
+    in the report."""
     for row_id, ref, urls in page.rows:
         report.rows += 1
         report.url_uses += len(urls)
-        expiry = _earliest_expiry(urls)
+        problem, expiry = judge_row(urls, page.known, not_before)
         if expiry is not None and (report.earliest_expiry is None or expiry < report.earliest_expiry):
             report.earliest_expiry = expiry
-        problem = row_problem(urls, page.known, not_before)
         if problem is None:
             good.append((row_id, expiry.replace(tzinfo=None) if expiry is not None else None))
             continue
         _count_bad(report, ref, *problem)
         blocks.append((row_id, *problem))
-    if options.block:
-        report.blocked += block_rows(ledger.engine, blocks, good)
 
 
 def _block_expiring(
@@ -250,19 +299,6 @@ def _count_bad(report: PreflightReport, ref: str, code: str, message: str) -> No
         report.expiring += 1
     if len(report.examples) < _EXAMPLES:
         report.examples.append((ref, message))
-
-
-def _earliest_expiry(urls: list[str]) -> dt.datetime | None:
-    """The earliest expiry among the row's signed URLs (UTC), or None."""
-    earliest: dt.datetime | None = None
-    for url in urls:
-        try:
-            expiry = url_expiry(url)
-        except SignedUrlError:
-            continue
-        if expiry is not None and (earliest is None or expiry.expires < earliest):
-            earliest = expiry.expires
-    return earliest
 
 
 @dataclass
