@@ -32,14 +32,19 @@ from uploader.cli.output import (
     print_summary,
     rows_are,
 )
-from uploader.cli.preflight import Duration, preflight_options, preflight_settings, print_preflight
+from uploader.cli.preflight import (
+    min_url_validity_option,
+    preflight_options,
+    preflight_settings,
+    print_preflight,
+)
 from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
     from uploader.manifest import ManifestOptions
-    from uploader.send import PreflightOptions
+    from uploader.send import PreflightOptions, SignedUrls
     from uploader.storage import PayloadSigner
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,6 +176,7 @@ def cli() -> None:
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @ledger_option
+@min_url_validity_option("Count the pending rows' signed URLs that expire sooner than this from now.")
 @_handle_errors
 def load(
     manifest: Path,
@@ -181,8 +187,10 @@ def load(
     columns: tuple[str, ...],
     sign: bool,
     ledger: str | None,
+    min_url_validity: dt.timedelta,
 ) -> None:
-    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op);
+    say how many signed URLs of the pending rows expire too soon, and the earliest expiry."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
@@ -195,10 +203,19 @@ def load(
     ):
         led = _open_ledger(ledger)
         try:
-            print_load(prepared.load(led), json_mode(), quiet_mode())
+            report = prepared.load(led)
         except UploaderError:
             _discard_if_new(led, created)
             raise
+    print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity))
+
+
+def _signed_urls(led: Ledger, min_url_validity: dt.timedelta) -> SignedUrls:
+    """The pending rows' signed URLs and their expiry, against now + --min-url-validity."""
+    from uploader.ledger import utcnow
+    from uploader.send import signed_urls
+
+    return signed_urls(led, utcnow() + min_url_validity)
 
 
 def _discard_if_new(led: Ledger, created: Path | None) -> None:
@@ -590,7 +607,9 @@ def run(
                 api_key=key,
                 run_options=run_options,
                 batch_name=batch_name,
-                on_load=None if as_json or quiet else lambda report: print_load(report, counts=led.counts()),
+                on_load=None
+                if as_json or quiet
+                else lambda report: print_load(report, counts=led.counts(), signed=_signed_urls(led, min_url_validity)),
                 on_progress=display.update,
                 default_batch=default_batch,
                 stop=stop,
@@ -676,14 +695,7 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool) -
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @ledger_option
-@click.option(
-    "--min-url-validity",
-    type=Duration(),
-    default="24h",
-    show_default=True,
-    metavar="DURATION",
-    help="Count as held back the rows whose signed URL expires sooner than this from now.",
-)
+@min_url_validity_option("Count as held back the rows whose signed URL expires sooner than this from now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_handle_errors
 def plan(

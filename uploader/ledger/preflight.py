@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, DateTime, Engine, Integer, Text, text
 
@@ -27,6 +27,7 @@ __all__ = [
     "never_checked",
     "pending_containing",
     "pending_payloads",
+    "pending_signed_payloads",
     "record_verdicts",
     "release_blocked",
     "store_preflight",
@@ -58,6 +59,9 @@ _BLOCK = (
     f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = ?, error_message = ?, "
     "error_details = NULL, http_status = NULL, checked_at = ?, updated_at = ? "
     f"WHERE id = ? AND status = '{Status.PENDING.value}'"
+)
+_VERDICTS = (
+    "SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls WHERE url_hash IN"
 )
 _MARK_CHECKED = f"UPDATE jobs SET checked_at = ?, expires_at = ? WHERE id = ? AND status = '{Status.PENDING.value}'"
 _EXPIRING = text(
@@ -135,6 +139,30 @@ def pending_payloads(
         after = rows[-1][0]
 
 
+#: Text every signed URL's query holds (each scheme's signature field has one of them; manifest.signed).
+_SIGNED_PAGE = (
+    f"SELECT id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after "
+    "AND ({body} LIKE '%sig%' OR {body} LIKE '%credential%') ORDER BY id LIMIT :n"
+)
+
+
+def pending_signed_payloads(engine: Engine, page: int = _PAGE) -> Iterator[list[str]]:
+    """The payloads of pending rows that may hold a signed URL (their text has `sig` or `credential` in any
+    case), a page at a time (memory flat): one scan of the pending rows, and only those few parsed."""
+    sqlite = engine.dialect.name == "sqlite"  # SQLite's LIKE ignores ASCII case; PostgreSQL's does not
+    query = text(
+        _SIGNED_PAGE.format(jobs="jobs NOT INDEXED" if sqlite else "jobs", body="body" if sqlite else "lower(body)")
+    )
+    after = 0
+    while True:
+        with read_tx(engine) as conn:
+            rows = [(int(i), str(b)) for i, b in conn.execute(query, {"after": after, "n": page})]
+        if not rows:
+            return
+        yield [b for _, b in rows]
+        after = rows[-1][0]
+
+
 def expiring_rows(engine: Engine, limit: dt.datetime) -> list[tuple[int, str, dt.datetime]]:
     """(id, reference_id, expiry) of the pending rows checked earlier whose signed URL expires before `limit`."""
     with read_tx(engine) as conn:
@@ -147,17 +175,12 @@ def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | Non
     hashes = sorted(by_hash)
     out: dict[str, UrlVerdict] = {}
     with read_tx(engine) as conn:
+        when = _read_time(conn)
         for i in range(0, len(hashes), _CHUNK):
             part = hashes[i : i + _CHUNK]
-            names = [f"h{j}" for j in range(len(part))]
-            rows = conn.execute(
-                text(
-                    "SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
-                    f"WHERE url_hash IN ({', '.join(':' + n for n in names)})"
-                ).columns(checked_at=DateTime),
-                dict(zip(names, part)),
-            )
-            for h, url, verdict, detail, status, ctype, length, checked in rows:
+            sql = f"{_VERDICTS} ({', '.join('?' * len(part))})"
+            for h, url, verdict, detail, status, ctype, length, raw in _driver(conn, sql, tuple(part)):
+                checked = when(raw)
                 if since is None or checked >= since:
                     out[by_hash[h]] = UrlVerdict(url, verdict, detail, status, ctype, length, checked)
     return out
@@ -189,7 +212,7 @@ def store_preflight(
         return 0
     now = utcnow()
     with write_tx(engine) as conn:
-        time = DateTime().bind_processor(conn.dialect) or _same  # as SQLAlchemy would bind a DateTime
+        time = DateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect) or _same  # as SQLAlchemy binds it
         stamp = time(now)
         if verdicts:
             _executemany(
@@ -206,13 +229,25 @@ def store_preflight(
 
 def _executemany(conn: Connection, sql: str, rows: list[tuple[object, ...]]) -> int:
     """The driver's executemany of `sql` (`?` placeholders) over positional rows; how many rows it changed."""
+    return int(_driver(conn, sql, rows).rowcount)
+
+
+def _driver(conn: Connection, sql: str, params: list[tuple[object, ...]] | tuple[object, ...]) -> Any:
+    """`sql` with `?` placeholders (`%s` on PostgreSQL) and positional parameters, straight to the driver: its
+    CursorResult (rows of any width)."""
     if conn.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
-    return int(conn.exec_driver_sql(sql, rows).rowcount)
+    return conn.exec_driver_sql(sql, params)
 
 
-def _same(value: object) -> object:
+def _same(value: Any) -> Any:
     return value
+
+
+def _read_time(conn: Connection) -> Callable[[Any], Any]:
+    """A DateTime column's value as SQLAlchemy would read it (SQLite stores text)."""
+    processor = DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+    return processor if processor is not None else _same
 
 
 def never_checked(engine: Engine) -> int:

@@ -9,6 +9,7 @@ signed URL expiring before `now + min_url_validity` — moves pending → blocke
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -24,6 +25,7 @@ from uploader.ledger import (
     block_rows,
     expiring_rows,
     pending_payloads,
+    pending_signed_payloads,
     record_verdicts,
     store_preflight,
     utcnow,
@@ -38,9 +40,11 @@ __all__ = [
     "HostSample",
     "PreflightOptions",
     "PreflightReport",
+    "SignedUrls",
     "check_attachments",
     "row_problem",
     "sample_attachments",
+    "signed_urls",
 ]
 
 #: Verdicts stored in one transaction at most (a page of pending rows has as many rows).
@@ -114,6 +118,44 @@ def judge_row(
     return problem, earliest
 
 
+@dataclass
+class SignedUrls:
+    """The signed attachment URLs of the pending rows (each use counted): how many, how many expire before
+    `not_before` (then a preflight holds their rows back), and the earliest expiry (UTC)."""
+
+    not_before: dt.datetime
+    urls: int = 0
+    expiring: int = 0
+    earliest: dt.datetime | None = None
+
+
+def tally_signed(tally: SignedUrls, urls: Iterable[str]) -> None:
+    """Count the signed ones among `urls` into `tally`, each URL's expiry read once (a URL whose expiry
+    cannot be read is the load's error, not counted here). Pure but for `tally`."""
+    limit = tally.not_before.replace(tzinfo=dt.UTC)
+    for url in urls:
+        try:
+            expiry = url_expiry(url)
+        except SignedUrlError:
+            continue
+        if expiry is None:
+            continue
+        tally.urls += 1
+        tally.expiring += expiry.expires < limit
+        if tally.earliest is None or expiry.expires < tally.earliest:
+            tally.earliest = expiry.expires
+
+
+def signed_urls(ledger: Ledger, not_before: dt.datetime) -> SignedUrls:
+    """The signed attachment URLs of the pending rows and their expiry (`uploader load`, `run`): one scan of
+    the pending rows, only those whose text may hold a signature parsed."""
+    tally = SignedUrls(not_before)
+    for page in pending_signed_payloads(ledger.engine):
+        for payload in page:
+            tally_signed(tally, attachment_urls(json.loads(payload)))
+    return tally
+
+
 @dataclass(eq=False)
 class _Page:
     """A page of pending rows and the verdicts it waits for: finished once it is fed whole and `waiting` is 0."""
@@ -141,13 +183,12 @@ async def check_attachments(
     engine = ledger.engine
     _block_expiring(ledger, options, report, not_before)
     in_flight: dict[str, list[_Page]] = {}
-    ready: list[_Page] = []
     storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
-    fresh: dict[str, UrlVerdict] = {}  #: verdicts in hand, not stored yet
+    store = _Store(ledger, options, report, not_before, on_progress)
 
     def feed() -> Iterator[str]:
         for rows in pending_payloads(engine, since):
-            page, distinct, stored = _new_page(ledger, rows, since, fresh)
+            page, distinct, stored = _new_page(ledger, rows, since, store)
             report.known += stored
             for url in distinct:
                 if url in page.known:
@@ -161,25 +202,77 @@ async def check_attachments(
                 yield _signed_form(url, options.sign_url, storage_url)
             page.feeding = False
             if page.waiting == 0:
-                ready.append(page)
-
-    def settle() -> None:
-        for rows, checked in _settle(ledger, ready, fresh, options, report, not_before):
-            if on_progress is not None:
-                on_progress(rows, checked)
+                store.ready.append(page)
 
     async for verdict in _verdicts(feed(), options, lambda checked: storage_url.pop(checked, checked)):
-        fresh[verdict.url] = verdict
+        store.fresh[verdict.url] = verdict
         report.verdicts[verdict.verdict] += 1
-        _hand_out(verdict, in_flight.pop(verdict.url), ready)
-        if ready or len(fresh) >= _RECORD_GROUP:
-            settle()
-    settle()
+        _hand_out(verdict, in_flight.pop(verdict.url), store.ready)
+        if store.ready or len(store.fresh) >= _RECORD_GROUP:
+            await store.settle()
+    await store.close()
     return report
 
 
+class _Store:
+    """The verdicts in hand and the pages ready, stored a group at a time in a thread while the checks go on
+    (a SQLite commit or checkpoint waits on the disk; the driver releases the GIL meanwhile). One group is
+    stored at a time, in order; a verdict being stored still counts as in hand until its commit is seen."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        options: PreflightOptions,
+        report: PreflightReport,
+        not_before: dt.datetime,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.fresh: dict[str, UrlVerdict] = {}
+        self.ready: list[_Page] = []
+        self._storing: dict[str, UrlVerdict] = {}
+        self._task: asyncio.Future[list[tuple[int, int]]] | None = None
+        self._settle_args = (ledger, options, report, not_before)
+        self._on_progress = on_progress
+
+    def in_hand(self, url: str) -> UrlVerdict | None:
+        """The verdict of `url` checked by this preflight but not yet committed, or None."""
+        return self.fresh.get(url) or self._storing.get(url)
+
+    async def settle(self, wait: bool = False) -> None:
+        """Start storing what is in hand, unless the previous group is still being stored (with `wait`:
+        once it is)."""
+        if self._task is not None:
+            if not (wait or self._task.done()):
+                return
+            await self._finish()
+        if not self.fresh and not self.ready:
+            return
+        self._storing, self.fresh = self.fresh, {}
+        ready, self.ready = self.ready, []
+        ledger, options, report, not_before = self._settle_args
+        verdicts = list(self._storing.values())
+        self._task = asyncio.ensure_future(
+            asyncio.to_thread(_settle, ledger, ready, verdicts, options, report, not_before)
+        )
+
+    async def close(self) -> None:
+        """Store everything still in hand, and wait for it."""
+        await self.settle(wait=True)
+        if self._task is not None:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        assert self._task is not None
+        progress = await self._task
+        self._task = None
+        self._storing = {}
+        if self._on_progress is not None:
+            for rows, checked in progress:
+                self._on_progress(rows, checked)
+
+
 def _new_page(
-    ledger: Ledger, rows: list[tuple[int, str, str]], since: dt.datetime | None, fresh: dict[str, UrlVerdict]
+    ledger: Ledger, rows: list[tuple[int, str, str]], since: dt.datetime | None, store: _Store
 ) -> tuple[_Page, list[str], int]:
     """A page of (id, reference_id, payload) rows with the verdicts known of its URLs, its distinct URLs in
     order, and how many verdicts were stored ones (the others: in hand, checked for an earlier page and not
@@ -189,8 +282,9 @@ def _new_page(
     known = verdicts_since(ledger.engine, distinct, since)
     stored = len(known)
     for url in distinct:
-        if url in fresh and url not in known:
-            known[url] = fresh[url]
+        verdict = None if url in known else store.in_hand(url)
+        if verdict is not None:
+            known[url] = verdict
     return _Page(listed, known), distinct, stored
 
 
@@ -234,13 +328,14 @@ def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> No
 def _settle(
     ledger: Ledger,
     ready: list[_Page],
-    fresh: dict[str, UrlVerdict],
+    fresh: list[UrlVerdict],
     options: PreflightOptions,
     report: PreflightReport,
     not_before: dt.datetime,
 ) -> list[tuple[int, int]]:
-    """The verdicts in hand and the rows of the ready pages, stored in one transaction; both lists emptied.
-    Returns (rows done, URLs checked) after each page."""
+    """The verdicts `fresh` and the rows of the `ready` pages, stored in one transaction (in a thread of
+    `_Store`: it touches only the report's row counts, never its verdicts or known). Returns (rows done, URLs
+    checked) after each page."""
     report.checked += len(fresh)
     blocks: list[tuple[int, str, str]] = []
     good: list[tuple[int, dt.datetime | None]] = []
@@ -249,11 +344,9 @@ def _settle(
         _judge_page(page, report, not_before, blocks, good)
         progress.append((report.rows, report.checked))
     if options.block:
-        report.blocked += store_preflight(ledger.engine, list(fresh.values()), blocks, good)
+        report.blocked += store_preflight(ledger.engine, fresh, blocks, good)
     else:
-        store_preflight(ledger.engine, list(fresh.values()))
-    ready.clear()
-    fresh.clear()
+        store_preflight(ledger.engine, fresh)
     return progress
 
 

@@ -53,7 +53,7 @@ from uploader.errors import FatalApiError, InterruptedRun, LedgerError, Uploader
 from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
 from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Resolver, RunStopping
-from uploader.send.summary import Progress, RunSummary, fatal_message
+from uploader.send.summary import Progress, RunSummary, fatal_message, progress_span
 from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
@@ -338,8 +338,7 @@ class _Run:
 
     async def _run(self, on_progress: Callable[[Progress], None] | None) -> None:
         counts = self.ledger.counts()
-        self.progress.total = sum(counts.values())
-        self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
+        self.progress.total, self.progress.done_before = progress_span(counts)
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         self.first = FirstAnswers(min(SYSTEMATIC_ROWS, counts["pending"] + counts["in_flight"]))
         self.owner = self._register()
@@ -796,8 +795,8 @@ class _Run:
 
 def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
     """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
-    done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
-    progress = Progress(total=sum(counts.values()), done_before=done)
+    total, done = progress_span(counts)
+    progress = Progress(total=total, done_before=done)
     return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None, ledger.error_details(limit=5))
 
 
