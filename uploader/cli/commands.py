@@ -38,7 +38,7 @@ from uploader.cli.preflight import (
     preflight_settings,
     print_preflight,
 )
-from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
+from uploader.cli.signing import sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
@@ -669,6 +669,8 @@ def _before_send(
     preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
 
     async def step(led: Ledger) -> None:
+        from uploader.send import ready_for_pending
+
         ready_for_pending(led, signer)
         if preflight is not None:
             await preflight(led)
@@ -775,6 +777,8 @@ def check(
                 raise
         if not as_json:
             print_load(report)
+    from uploader.send import ready_for_pending
+
     ready_for_pending(led, signer)
     settings = preflight_settings(
         check_concurrency,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from uploader.send.runner import reconcile as reconcile
     from uploader.send.runner import run_upload as run_upload
     from uploader.send.runner import run_upload_async as run_upload_async
+    from uploader.send.signing import ready_for_pending as ready_for_pending
     from uploader.send.submit import Progress as Progress
     from uploader.send.submit import RunOptions as RunOptions
     from uploader.send.submit import RunSummary as RunSummary
@@ -40,6 +41,7 @@ _EXPORTS = {
     "SignedUrls": "uploader.send.preflight",
     "signed_urls": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
+    "ready_for_pending": "uploader.send.signing",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",
     "Progress": "uploader.send.submit",

@@ -218,6 +218,22 @@ class TaskFailed(UploaderError):
     """A task of the run raised: the run stopped (its rows are released); nothing was marked failed."""
 
 
+def task_failed(task: str, exc: BaseException) -> TaskFailed:
+    """The error a run stops with when its task `task` raised `exc`. An UploaderError is the user's to fix (a
+    storage URL that cannot be signed: the credentials, the extra): its own message on one line, and its
+    exit code. Anything else is a bug: named with the task, to be reported. Pure."""
+    released = "nothing was marked failed; the rows this run held are pending again"
+    if isinstance(exc, UploaderError):
+        stopped = TaskFailed(f"{exc}. The run stopped: {released}; run the same command again once this is fixed.")
+        stopped.exit_code = exc.exit_code
+        return stopped
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return TaskFailed(
+        f"the run stopped: its task {task!r} failed ({what}). {released.capitalize()}. Please report this; run "
+        "the same command again to resume."
+    )
+
+
 def body_for_send(body: str, batch_id: str | None) -> str:
     """The JSON body to POST: the ledger's body, plus the row's batch_id when the body has none (a batch the
     run gave the row after loading, uploader.send.batches; the stored body stays as loaded, so reloading the
@@ -441,12 +457,7 @@ class _Run:
                 if isinstance(exc, LedgerError):
                     self._halt(exc)
                 elif self.failed_task is None:
-                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    self.failed_task = TaskFailed(
-                        f"the run stopped: its task {names[task]!r} failed ({what}). Nothing was marked failed; "
-                        "the rows this run held are pending again. Please report this; run the same command "
-                        "again to resume."
-                    )
+                    self.failed_task = task_failed(names[task], exc)
                 self.pacer.wake()
                 drain.cancel()
             if drain in done:
