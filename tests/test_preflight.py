@@ -336,6 +336,23 @@ def test_load_reports_signed_urls_expiring_too_soon_and_the_earliest(tmp_path, b
         "run", str(manifest), *LOAD, "--ledger", str(run_ledger), "--base-url", box.base_url, "--api-key", box.api_key
     )
     assert "signed URLs: 2 in pending rows; 1 expire before" in run.output
+    json_ledger = tmp_path / "j.db"
+    run = invoke(
+        "run",
+        str(manifest),
+        *LOAD,
+        "--ledger",
+        str(json_ledger),
+        "--base-url",
+        box.base_url,
+        "--api-key",
+        box.api_key,
+        "--json",
+        "--min-url-validity",
+        "1d",
+    )
+    summary = json.loads(run.stdout)
+    assert (summary["signed_urls"]["urls"], summary["signed_urls"]["expiring"]) == (2, 1) and "counts" in summary
 
 
 def test_judge_row_reads_each_expiry_once_and_keeps_the_first_problem(monkeypatch):

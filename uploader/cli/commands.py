@@ -37,12 +37,14 @@ from uploader.cli.preflight import (
     preflight_options,
     preflight_settings,
     print_preflight,
+    signed_dict,
 )
 from uploader.cli.signing import sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
+    from uploader.load import LoadReport
     from uploader.manifest import ManifestOptions
     from uploader.send import PreflightOptions, SignedUrls
     from uploader.storage import PayloadSigner
@@ -208,6 +210,24 @@ def load(
             _discard_if_new(led, created)
             raise
     print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity))
+
+
+def _on_load(
+    led: Ledger, min_url_validity: dt.timedelta, as_json: bool, quiet: bool, extra: dict[str, Any]
+) -> Callable[[LoadReport], None] | None:
+    """What `run` says after loading its manifest: the load and the pending rows' signed URLs in text; in
+    JSON mode the signed URLs go into `extra` (keys of the summary); with --quiet, nothing."""
+    if quiet and not as_json:
+        return None
+
+    def on_load(report: LoadReport) -> None:
+        signed = _signed_urls(led, min_url_validity)
+        if as_json:
+            extra["signed_urls"] = signed_dict(signed)
+        else:
+            print_load(report, counts=led.counts(), signed=signed)
+
+    return on_load
 
 
 def _signed_urls(led: Ledger, min_url_validity: dt.timedelta) -> SignedUrls:
@@ -596,6 +616,8 @@ def run(
                 sign_url=signer.sign_url if signer else None,
             )
         before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
+        extra: dict[str, Any] = {}  #: keys of the JSON summary: the load's signed URLs
+
         if manifest is None and not (as_json or quiet):  # a resume from the ledger alone: say how far it got
             print_resume(led.url, led.counts(), loaded=False)
         try:
@@ -607,9 +629,7 @@ def run(
                 api_key=key,
                 run_options=run_options,
                 batch_name=batch_name,
-                on_load=None
-                if as_json or quiet
-                else lambda report: print_load(report, counts=led.counts(), signed=_signed_urls(led, min_url_validity)),
+                on_load=_on_load(led, min_url_validity, as_json, quiet, extra),
                 on_progress=display.update,
                 default_batch=default_batch,
                 stop=stop,
@@ -636,7 +656,7 @@ def run(
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json, repeat_from_context(), quiet=quiet)
+    print_summary(summary, as_json, repeat_from_context(), quiet=quiet, extra=extra)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.", err=True)
         sys.exit(128 + (stop.signum or 2))

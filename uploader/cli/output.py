@@ -273,11 +273,18 @@ def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat
         )
 
 
-def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
+def print_summary(
+    summary: RunSummary,
+    as_json: bool,
+    repeat: Repeat = NO_REPEAT,
+    quiet: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes
-    (follow-up commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
+    (follow-up commands repeat `repeat`'s options; with `quiet`, no follow-up hint). `extra`: more keys of
+    the JSON document (what the load found, shown in text when it happened)."""
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
+        click.echo(json.dumps({**summary.as_dict(), **(extra or {})}, indent=2))
         return
     d = summary.as_dict()
     c = d["counts"]
