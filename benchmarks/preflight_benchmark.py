@@ -1,37 +1,72 @@
 """Attachment preflight speed: `uploader check` over N distinct URLs against the sandbox's files, beside a
 bare aiohttp HEAD loop against the same server, and a rerun that checks nothing.
 
-Sandbox in its own process; each file answers after `--latency-ms` (its `slow=` parameter); concurrency 128
-for both clients; the per-host rate cap lifted (one host here). Prints URLs/s of each, their ratio (target
->= 0.8), the peak RSS of the check, and the rerun's seconds (target <= 1 s).
+Sandbox in its own process, pinned to CPU 1 and both clients to CPU 0 when the machine has two or more
+(`taskset`), so that neither client competes with the server for a core; each file answers after
+`--latency-ms` (its `slow=` parameter); concurrency 128 for both clients; the per-host rate cap lifted (one
+host here). Each client runs in its own process, `--repeat` times (a fresh copy of the loaded ledger for each
+check). Prints, per round and as min/median/max: wall seconds and CPU seconds (user + system) of each client,
+URLs/s, the ratio check / bare loop (target >= 0.8), the check's peak RSS (run with `--urls 10000` and with
+the default to see that it is flat in N), and the rerun's seconds (target <= 1 s). The bare loop's seconds
+are its loop alone; the check's are the whole command (start-up included).
 
-    python benchmarks/preflight_benchmark.py [--urls 100000] [--latency-ms 20]
+    python benchmarks/preflight_benchmark.py [--urls 100000] [--latency-ms 20] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import start_sandbox  # noqa: E402 - the same sandbox start-up as the run benchmark
+from run_benchmark import KEY, free_port  # noqa: E402 - the same port and key as the run benchmark
 
 CONCURRENCY = 128
 
 
-def urls(base: str, n: int, latency_ms: float) -> list[str]:
-    return [f"{base}/_sandbox/files/img{i}.jpg?slow={int(latency_ms)}" for i in range(n)]
+def pinned(cpu: int) -> list[str]:
+    """A `taskset` prefix for one CPU when there are two or more and taskset exists, else nothing."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
 
 
-async def bare_head_loop(targets: list[str]) -> float:
+def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*pinned(1), sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("sandbox did not start")
+
+
+def url_of(base: str, i: int, latency_ms: float) -> str:
+    return f"{base}/_sandbox/files/img{i}.jpg?slow={int(latency_ms)}"
+
+
+async def bare_head_loop(base: str, n: int, latency_ms: float) -> float:
+    """Seconds for a HEAD of each of the N URLs, CONCURRENCY at once, with nothing else done."""
     import aiohttp
 
-    queue = iter(targets)
+    queue = iter([url_of(base, i, latency_ms) for i in range(n)])
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
 
@@ -44,74 +79,95 @@ async def bare_head_loop(targets: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def run_check(ledger: Path) -> tuple[float, int, str]:
-    """`uploader check` in its own process: seconds, peak RSS (KiB), its last line."""
+def timed(command: list[str]) -> tuple[float, float, int, str]:
+    """Run `command` pinned to CPU 0 under /usr/bin/time: wall seconds, CPU seconds, peak RSS (KiB), stdout."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [
-            "/usr/bin/time",
-            "-f",
-            "%M",
-            sys.executable,
-            "-m",
-            "uploader",
-            "check",
-            "--ledger",
-            str(ledger),
-            "--check-concurrency",
-            str(CONCURRENCY),
-            "--per-host-rate",
-            "1000000",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+        [*pinned(0), "/usr/bin/time", "-f", "%U %S %M", *command], capture_output=True, text=True, check=False
     )
-    seconds = time.perf_counter() - started
-    rss = int(proc.stderr.strip().splitlines()[-1])
-    return seconds, rss, proc.stdout.strip().splitlines()[-1] if proc.stdout else proc.stderr
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"{command} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    user, system, rss = proc.stderr.strip().splitlines()[-1].split()
+    return wall, float(user) + float(system), int(rss), proc.stdout
+
+
+def check_command(ledger: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uploader",
+        "check",
+        "--ledger",
+        str(ledger),
+        "--check-concurrency",
+        str(CONCURRENCY),
+        "--per-host-rate",
+        "1000000",
+        "--json",
+    ]
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--urls", type=int, default=100_000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bare-loop", metavar="BASE", help=argparse.SUPPRESS)  # the bare loop's own process
     args = parser.parse_args()
-    proc, base = start_sandbox(0)
+    if args.bare_loop:
+        print(asyncio.run(bare_head_loop(args.bare_loop, args.urls, args.latency_ms)))
+        return
+    n = args.urls
+    proc, base = start_sandbox()
+    rounds: dict[str, list[float]] = {
+        k: [] for k in ("bare", "bare_cpu", "check", "check_cpu", "rss", "rerun", "rerun_cpu")
+    }
     try:
-        targets = urls(base, args.urls, args.latency_ms)
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "m.csv"
-            manifest.write_text("reference_id,image_url\n" + "".join(f"r{i},{u}\n" for i, u in enumerate(targets)))
-            ledger = Path(tmp) / "l.db"
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "uploader",
-                    "load",
-                    str(manifest),
-                    "--project-id",
-                    "p",
-                    "--work-flow-id",
-                    "w",
-                    "--ledger",
-                    str(ledger),
-                ],
-                check=True,
-                capture_output=True,
-            )
-            bare = asyncio.run(bare_head_loop(targets))
-            seconds, rss, _ = run_check(ledger)
-            rerun, _, _ = run_check(ledger)
+            with open(manifest, "w") as f:
+                f.write("reference_id,image_url\n")
+                f.writelines(f"r{i},{url_of(base, i, args.latency_ms)}\n" for i in range(n))
+            loaded = Path(tmp) / "loaded.db"
+            load = ["load", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(loaded)]
+            subprocess.run([sys.executable, "-m", "uploader", *load], check=True, capture_output=True)
+            bare_command = [sys.executable, __file__, "--bare-loop", base, "--urls", str(n)]
+            bare_command += ["--latency-ms", str(args.latency_ms)]
+            for r in range(args.repeat):
+                ledger = Path(tmp) / f"l{r}.db"
+                shutil.copy(loaded, ledger)
+                _, bare_cpu, _, out = timed(bare_command)
+                check, check_cpu, rss, _ = timed(check_command(ledger))
+                rerun, rerun_cpu, _, _ = timed(check_command(ledger))
+                figures = (float(out), bare_cpu, check, check_cpu, rss / 1024, rerun, rerun_cpu)
+                for key, value in zip(rounds, figures):
+                    rounds[key].append(value)
+                print(
+                    f"round {r + 1}: bare {float(out):.2f} s ({bare_cpu:.2f} CPU-s), check {check:.2f} s "
+                    f"({check_cpu:.2f} CPU-s, {rss / 1024:.0f} MiB), rerun {rerun:.2f} s ({rerun_cpu:.2f} CPU-s)",
+                    flush=True,
+                )
     finally:
         proc.kill()
-    n = args.urls
-    print(f"{n:,} URLs, {args.latency_ms:.0f} ms each, concurrency {CONCURRENCY}")
-    print(f"bare aiohttp HEAD loop: {bare:.2f} s, {n / bare:,.0f} URLs/s")
-    print(f"uploader check (whole command): {seconds:.2f} s, {n / seconds:,.0f} URLs/s, peak RSS {rss / 1024:.0f} MB")
-    print(f"ratio check / bare: {bare / seconds:.2f} (target >= 0.8)")
-    print(f"rerun (every verdict known): {rerun:.2f} s (target <= 1 s)")
+    print(
+        f"{n:,} URLs, {args.latency_ms:.0f} ms each, concurrency {CONCURRENCY}, {args.repeat} rounds (min/median/max)"
+    )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; sandbox pinned: {bool(pinned(1))}")
+    print(f"bare aiohttp HEAD loop: {spread(rounds['bare'])} s, CPU {spread(rounds['bare_cpu'])} s")
+    print(f"uploader check (whole command): {spread(rounds['check'])} s, CPU {spread(rounds['check_cpu'])} s")
+    print(f"URLs/s: bare {spread([n / s for s in rounds['bare']], '{:,.0f}')}, ", end="")
+    print(f"check {spread([n / s for s in rounds['check']], '{:,.0f}')}")
+    ratios = [b / c for b, c in zip(rounds["bare"], rounds["check"])]
+    print(f"ratio check / bare (same round): {spread(ratios)} (target >= 0.8)")
+    print(f"peak RSS of the check: {spread(rounds['rss'], '{:.0f}')} MiB")
+    print(
+        f"rerun (every verdict known): {spread(rounds['rerun'])} s, CPU {spread(rounds['rerun_cpu'])} s (target <= 1 s)"
+    )
 
 
 if __name__ == "__main__":

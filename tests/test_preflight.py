@@ -255,3 +255,118 @@ def test_a_row_checked_earlier_is_blocked_when_its_signed_url_nears_expiry(box, 
     assert later.exit_code == 3, later.output
     assert statuses(ledger)["s"][:2] == ("blocked", "url_expires_soon")
     assert box.stats()["file_requests"]["HEAD"] == heads  # decided from the stored expiry, no request
+
+
+def test_preflight_writes_on_both_engines(ledger, tmp_path):
+    """The preflight's grouped writes (the driver's executemany, `?` or `%s`) store verdicts, block and mark
+    rows on SQLite and PostgreSQL alike; a row no longer pending is left alone and not counted."""
+    from tests.conftest import fake_manifest
+    from uploader.ledger import UrlVerdict, pending_payloads, store_preflight, verdicts_since
+    from uploader.load import load_manifest
+
+    rows = [(f"ref-{i}", f"https://example.com/{i}.jpg") for i in range(4)]
+    load_manifest(ledger, fake_manifest(tmp_path, rows), "opts")
+    ids = {ref: i for page in pending_payloads(ledger.engine) for i, ref, _ in page}
+    at = datetime(2026, 12, 3, 10, 0, 0)  # whole seconds: the DateTime binding keeps them exact
+    verdicts = [
+        UrlVerdict(rows[0][1], "ok", "image/jpeg", 200, "image/jpeg", 10, at),
+        UrlVerdict(rows[1][1], "http_error", "HTTP 404", 404, None, None, at),
+    ]
+    expires = datetime(2027, 1, 1, 12, 30)
+    blocks = [(ids["ref-1"], "url_http_error", "HTTP 404"), (ids["ref-1"], "url_http_error", "again")]
+    blocked = store_preflight(ledger.engine, verdicts, blocks, [(ids["ref-0"], expires), (ids["ref-2"], None)])
+    assert blocked == 1  # the second block of ref-1 found it no longer pending
+    stored = verdicts_since(ledger.engine, [rows[0][1], rows[1][1], rows[3][1]], at)
+    assert stored == {v.url: v for v in verdicts}
+    assert verdicts_since(ledger.engine, [rows[0][1]], at + timedelta(seconds=1)) == {}
+    assert [ref for page in pending_payloads(ledger.engine) for _, ref, _ in page] == ["ref-3"]  # others checked
+    with ledger.engine.connect() as conn:
+        got = {
+            r: (s, c, e)
+            for r, s, c, e in conn.exec_driver_sql("SELECT reference_id, status, error_code, expires_at FROM jobs")
+        }
+    assert got["ref-1"][:2] == ("blocked", "url_http_error")
+    assert got["ref-0"][0] == "pending" and str(got["ref-0"][2]).startswith("2027-01-01 12:30:00")
+    assert got["ref-2"] == ("pending", None, None)
+
+
+def test_the_run_progress_total_leaves_blocked_rows_out(box, tmp_path):
+    """3 rows blocked, 2 sendable: the run's progress says x/2, not x/5 (a bar that could never fill)."""
+    from uploader.send.summary import progress_span
+
+    ledger = tmp_path / "l.db"
+    bad = [(f"bad{i}", files(box, f"b{i}.jpg", "status=404")) for i in range(3)]
+    manifest = write_manifest(tmp_path / "m.csv", [*bad, ("ok1", files(box, "a.jpg")), ("ok2", files(box, "c.jpg"))])
+    assert invoke("check", str(manifest), *LOAD, "--ledger", str(ledger)).exit_code == 3
+    run = invoke("run", "--ledger", str(ledger), "--base-url", box.base_url, "--api-key", box.api_key)
+    progress_lines = [line for line in run.output.splitlines() if " done: " in line]
+    assert progress_lines and all("/2 done" in line for line in progress_lines), run.output
+    counts = {"pending": 2, "in_flight": 0, "succeeded": 4, "failed": 1, "uncertain": 0, "conflict": 0, "blocked": 3}
+    assert progress_span(counts) == (7, 5)  # the bar: 7 - 5 = the 2 pending rows
+
+
+def test_load_reports_signed_urls_expiring_too_soon_and_the_earliest(tmp_path, box):
+    """`load` (and `run`, when it loads) says how many signed URLs of the pending rows expire before now +
+    --min-url-validity, and the earliest expiry; in text and in --json."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    soon, later = _aws(now, 3600), _aws(now, 7 * 86400)
+    rows = [("soon", soon), ("later", later), ("plain", files(box, "a.jpg"))]
+    ledger = tmp_path / "l.db"
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    result = invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "1d")
+    assert result.exit_code == 0, result.output
+    earliest = (now + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
+    assert "signed URLs: 2 in pending rows; 1 expire before" in result.output
+    assert f"the earliest at {earliest} UTC" in result.output
+    document = json.loads(
+        invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "2h", "--json").output
+    )
+    signed = document["signed_urls"]
+    assert (signed["urls"], signed["expiring"]) == (2, 1)
+    assert signed["earliest_expiry"] == (now + timedelta(hours=1)).isoformat()
+    relaxed = invoke("load", str(manifest), *LOAD, "--ledger", str(ledger), "--min-url-validity", "30m", "--json")
+    assert json.loads(relaxed.output)["signed_urls"]["expiring"] == 0
+    # A manifest without signed URLs: nothing said.
+    plain = write_manifest(tmp_path / "p.csv", [("p", files(box, "b.jpg"))])
+    other = tmp_path / "o.db"
+    assert "signed URLs" not in invoke("load", str(plain), *LOAD, "--ledger", str(other)).output
+    # `run` loading a manifest says the same before it sends.
+    run_ledger = tmp_path / "r.db"
+    run = invoke(
+        "run", str(manifest), *LOAD, "--ledger", str(run_ledger), "--base-url", box.base_url, "--api-key", box.api_key
+    )
+    assert "signed URLs: 2 in pending rows; 1 expire before" in run.output
+    json_ledger = tmp_path / "j.db"
+    run = invoke(
+        "run",
+        str(manifest),
+        *LOAD,
+        "--ledger",
+        str(json_ledger),
+        "--base-url",
+        box.base_url,
+        "--api-key",
+        box.api_key,
+        "--json",
+        "--min-url-validity",
+        "1d",
+    )
+    summary = json.loads(run.stdout)
+    assert (summary["signed_urls"]["urls"], summary["signed_urls"]["expiring"]) == (2, 1) and "counts" in summary
+
+
+def test_judge_row_reads_each_expiry_once_and_keeps_the_first_problem(monkeypatch):
+    """One parse per URL gives both the row's problem (first URL in order wins) and its earliest expiry."""
+    import uploader.send.preflight as preflight
+    from uploader.ledger import UrlVerdict
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    calls: list[str] = []
+    real = preflight.url_expiry
+    monkeypatch.setattr(preflight, "url_expiry", lambda url: calls.append(url) or real(url))
+    bad = UrlVerdict("https://h/x.jpg", "http_error", "HTTP 404", 404, None, None, now.replace(tzinfo=None))
+    urls = ["https://h/x.jpg", _aws(now, 3600), _aws(now - timedelta(days=1), 7 * 86400)]
+    problem, earliest = preflight.judge_row(urls, {bad.url: bad}, (now + timedelta(days=1)).replace(tzinfo=None))
+    assert problem == ("url_http_error", "https://h/x.jpg: HTTP 404")  # the first URL's problem, not the expiry
+    assert earliest == now + timedelta(hours=1)
+    assert calls == urls  # each URL's expiry read once

@@ -500,3 +500,110 @@ def test_azure_sas_is_the_hmac_of_the_documented_string_to_sign(monkeypatch):
 
     assert fields["sig"] == sas("/blob/acct/media/dir/x y.jpg")
     assert fields["sig"] != sas("/blob/acct/media/dir/other.jpg")  # the check can fail
+
+
+def _ledger_rows(ledger: Path) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(ledger) as db:
+        return {r: (s, c) for r, s, c in db.execute("SELECT reference_id, status, error_code FROM jobs")}
+
+
+def test_a_signing_error_in_the_middle_of_a_run_is_one_clear_line(monkeypatch, tmp_path):
+    """The key is for account `acct`; one row of the manifest, among others that sign well, is a blob of
+    account `other`: the run stops with that error on one line (exit 1, no traceback, not a task failure to
+    report), nothing is marked failed, the rows it held are pending again."""
+    pytest.importorskip("azure.storage.blob", reason="the [azure] extra (azure-storage-blob) is not installed")
+    account_key = base64.b64encode(b"test account key, 32 bytes long!").decode()
+    monkeypatch.delenv("AZURE_STORAGE_KEY", raising=False)
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING", f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={account_key}"
+    )
+    rows = [(f"a{i}", f"https://acct.blob.core.windows.net/media/a{i}.jpg") for i in range(6)]
+    rows.insert(3, ("x", "https://other.blob.core.windows.net/media/x.jpg"))
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    ledger = tmp_path / "l.db"
+    with Sandbox() as box:
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(ledger),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            box.api_key,
+            "--sign",
+            "--concurrency",
+            "1",
+        )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "cannot sign the Azure blob URL of account 'other'" in errors[0] and "pending again" in errors[0]
+    assert "Traceback" not in result.output and "report this" not in result.output and "task" not in errors[0]
+    states = _ledger_rows(ledger)
+    assert states["x"] == ("pending", None)
+    assert all(s in ("pending", "succeeded") and c is None for s, c in states.values())  # nothing failed
+
+
+def test_a_provider_library_error_at_signing_names_the_credentials(aws_env, monkeypatch, tmp_path):
+    """boto3 refusing to sign (credentials gone since the run began) is a StorageError naming the
+    credentials, not a task failure; an s3:// URL naming no object cannot be signed either."""
+    from botocore.exceptions import NoCredentialsError
+
+    from uploader.storage.s3 import S3Signer
+
+    def refuse(self, location, seconds):
+        raise NoCredentialsError()
+
+    monkeypatch.setattr(S3Signer, "sign", refuse)
+    signer = PayloadSigner()
+    with pytest.raises(StorageError, match=r"cannot sign s3://photos/cats/felix.jpg with your S3 credentials"):
+        signer.sign_url("s3://photos/cats/felix.jpg")
+    with pytest.raises(StorageError, match="not of the form s3://BUCKET/KEY"):
+        signer.sign_url("s3://photos")
+    assert signer.sign_url("https://cdn.example/a.jpg") == "https://cdn.example/a.jpg"
+    manifest = write_manifest(tmp_path / "m.csv", [("felix", "s3://photos/cats/felix.jpg")])
+    with Sandbox() as box:
+        result = invoke(
+            "run",
+            str(manifest),
+            *LOAD,
+            "--ledger",
+            str(tmp_path / "l.db"),
+            "--base-url",
+            box.base_url,
+            "--api-key",
+            box.api_key,
+            "--sign",
+        )
+        created = box.stats()["jobs_created"]
+    assert result.exit_code == 1 and created == 0
+    assert "with your S3 credentials (NoCredentialsError" in result.output and "Traceback" not in result.output
+    assert _ledger_rows(tmp_path / "l.db")["felix"] == ("pending", None)
+
+
+def test_upload_signs_like_the_cli(aws_env, tmp_path):
+    """`uploader.upload(..., sign=True, url_ttl=...)` accepts storage URLs, sends them signed for the ttl and
+    keeps them in the ledger; without sign=True, the same manifest is refused; sign=True with a payload hook
+    of one's own is a usage error."""
+    import uploader
+    from uploader.errors import ManifestError, UsageError
+    from uploader.send import RunOptions
+
+    s3 = aws_env
+    manifest = write_manifest(tmp_path / "m.csv", [("felix", "s3://photos/cats/felix.jpg")])
+    ledger = tmp_path / "l.db"
+    with Sandbox() as box:
+        common = {"project_id": "proj", "work_flow_id": "wf", "api_key": box.api_key, "base_url": box.base_url}
+        with pytest.raises(ManifestError, match="pass --sign"):
+            uploader.upload(manifest, ledger=tmp_path / "unsigned.db", **common)
+        with pytest.raises(UsageError, match="prepare_payload"):
+            uploader.upload(manifest, ledger=ledger, sign=True, run_options=RunOptions(prepare_payload=str), **common)
+        summary = uploader.upload(manifest, ledger=ledger, sign=True, url_ttl=dt.timedelta(hours=3), **common)
+        (job,) = box.jobs()
+    assert summary.counts["succeeded"] == 1
+    sent = job["data"]["image_url"]
+    assert sent.startswith(s3.endpoint + "/photos/") and "X-Amz-Expires=10800" in sent
+    assert fetch(sent).content == OBJECTS[("photos", "cats/felix.jpg")]
+    assert json.loads(bodies(ledger)["felix"])["data"]["image_url"] == "s3://photos/cats/felix.jpg"

@@ -18,6 +18,7 @@ does `uploader run`. `await upload_async(...)` runs it in the caller's loop inst
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import os
 import sys
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from uploader.ledger import Ledger
     from uploader.send import Progress, RunOptions, RunSummary, StopFlag
+    from uploader.storage import PayloadSigner
 
 __all__ = ["upload", "upload_async"]
 
@@ -60,6 +62,8 @@ async def upload_async(
     api_key: str | None = None,
     base_url: str | None = None,
     allow_http: bool = False,
+    sign: bool = False,
+    url_ttl: dt.timedelta | None = None,
     run_options: RunOptions | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
@@ -79,6 +83,9 @@ async def upload_async(
       (left open). A ledger file this call created is removed again if the call fails before writing to it.
     - `api_key`, `base_url`: default PLAYMENT_API_KEY and PLAYMENT_BASE_URL (else the real API). Plain http
       only to loopback, unless `allow_http`.
+    - `sign`, `url_ttl`: as `--sign`, `--url-ttl` (default 7 days): s3://, gs:// and Azure blob URLs are
+      accepted and signed just before each send with your credentials (the [s3], [gcs] or [azure] extra);
+      the ledger keeps the storage URL. A missing extra or credential raises a StorageError before any send.
     - `run_options`: concurrency, rate, attempts, timeouts (`uploader.RunOptions`).
     - `stop`: trip it (`stop.trip()`) to stop the run gently, twice to stop it at once. `handle_signals`:
       SIGINT/SIGTERM trip it while the run lasts (only possible in the main thread).
@@ -89,7 +96,7 @@ async def upload_async(
     while it loads the manifest and writes the ledger (`await asyncio.to_thread(upload, ...)` does not).
     """
     from uploader.manifest import ManifestOptions
-    from uploader.send import run_upload_async
+    from uploader.send import ready_for_pending, run_upload_async
 
     url, key = _endpoint(api_key, base_url, allow_http)
     options = ManifestOptions(
@@ -98,7 +105,17 @@ async def upload_async(
         batch_id=batch_id,
         format=format,
         columns=tuple((columns or {}).items()),
+        sign=sign,
     )
+    signer = _signer(sign, url_ttl, run_options)
+
+    async def before_send(led: Ledger) -> None:
+        ready_for_pending(led, signer, "sign=True")
+
+    if signer is not None:
+        from uploader.send import RunOptions
+
+        run_options = replace(run_options or RunOptions(), prepare_payload=signer)
     with _manifest_file(manifest, format) as path, _open_ledger(ledger, create=path is not None) as led:
         return await run_upload_async(
             led,
@@ -107,6 +124,7 @@ async def upload_async(
             base_url=url,
             api_key=key,
             run_options=run_options,
+            before_send=before_send,
             batch_name=batch_name,
             on_progress=on_progress,
             stop=stop,
@@ -114,6 +132,17 @@ async def upload_async(
             default_batch=default_batch,
             on_notice=on_notice,
         )
+
+
+def _signer(sign: bool, url_ttl: dt.timedelta | None, run_options: RunOptions | None) -> PayloadSigner | None:
+    """The signer of `sign=True` (storage URLs signed just before each send), or None."""
+    if not sign:
+        return None
+    if run_options is not None and run_options.prepare_payload is not None:
+        raise UsageError("sign=True signs the payloads itself: it cannot go with run_options.prepare_payload")
+    from uploader.storage import DEFAULT_TTL, PayloadSigner
+
+    return PayloadSigner(url_ttl if url_ttl is not None else DEFAULT_TTL)
 
 
 def _endpoint(api_key: str | None, base_url: str | None, allow_http: bool) -> tuple[str, str]:

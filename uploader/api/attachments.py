@@ -12,6 +12,7 @@ never read beyond what arrived with them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import ssl
@@ -128,9 +129,13 @@ async def check_urls(
     aiohttp directly rather than httpx: these requests carry no API semantics, and httpx's models and its
     aiohttp adapter cost more CPU than the check itself (benchmarks/preflight_benchmark.py). `concurrency`
     tasks pull URLs from the one iterator (read lazily) and hand verdicts over a bounded queue."""
+    source = iter(urls)
+    first = next(source, None)
+    if first is None:  # nothing to check: no session (nor its certificates) to set up
+        return
+    source = itertools.chain((first,), source)
     pacer = HostPacer(per_host_rate)
     results: asyncio.Queue[UrlCheck | None] = asyncio.Queue(maxsize=concurrency)
-    source = iter(urls)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=_ssl_context())
     session = aiohttp.ClientSession(
         connector=connector,

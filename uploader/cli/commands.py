@@ -32,14 +32,21 @@ from uploader.cli.output import (
     print_summary,
     rows_are,
 )
-from uploader.cli.preflight import Duration, preflight_options, preflight_settings, print_preflight
-from uploader.cli.signing import ready_for_pending, sign_option, url_ttl_option
+from uploader.cli.preflight import (
+    min_url_validity_option,
+    preflight_options,
+    preflight_settings,
+    print_preflight,
+    signed_dict,
+)
+from uploader.cli.signing import sign_option, url_ttl_option
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
+    from uploader.load import LoadReport
     from uploader.manifest import ManifestOptions
-    from uploader.send import PreflightOptions
+    from uploader.send import PreflightOptions, SignedUrls
     from uploader.storage import PayloadSigner
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,6 +178,7 @@ def cli() -> None:
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @ledger_option
+@min_url_validity_option("Count the pending rows' signed URLs that expire sooner than this from now.")
 @_handle_errors
 def load(
     manifest: Path,
@@ -181,8 +189,10 @@ def load(
     columns: tuple[str, ...],
     sign: bool,
     ledger: str | None,
+    min_url_validity: dt.timedelta,
 ) -> None:
-    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op)."""
+    """Validate MANIFEST (- for stdin) and add its rows to the ledger (all or nothing; reloading is a no-op);
+    say how many signed URLs of the pending rows expire too soon, and the earliest expiry."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
     from uploader.load import prepare_load
@@ -195,10 +205,37 @@ def load(
     ):
         led = _open_ledger(ledger)
         try:
-            print_load(prepared.load(led), json_mode(), quiet_mode())
+            report = prepared.load(led)
         except UploaderError:
             _discard_if_new(led, created)
             raise
+    print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity))
+
+
+def _on_load(
+    led: Ledger, min_url_validity: dt.timedelta, as_json: bool, quiet: bool, extra: dict[str, Any]
+) -> Callable[[LoadReport], None] | None:
+    """What `run` says after loading its manifest: the load and the pending rows' signed URLs in text; in
+    JSON mode the signed URLs go into `extra` (keys of the summary); with --quiet, nothing."""
+    if quiet and not as_json:
+        return None
+
+    def on_load(report: LoadReport) -> None:
+        signed = _signed_urls(led, min_url_validity)
+        if as_json:
+            extra["signed_urls"] = signed_dict(signed)
+        else:
+            print_load(report, counts=led.counts(), signed=signed)
+
+    return on_load
+
+
+def _signed_urls(led: Ledger, min_url_validity: dt.timedelta) -> SignedUrls:
+    """The pending rows' signed URLs and their expiry, against now + --min-url-validity."""
+    from uploader.ledger import utcnow
+    from uploader.send import signed_urls
+
+    return signed_urls(led, utcnow() + min_url_validity)
 
 
 def _discard_if_new(led: Ledger, created: Path | None) -> None:
@@ -579,6 +616,8 @@ def run(
                 sign_url=signer.sign_url if signer else None,
             )
         before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
+        extra: dict[str, Any] = {}  #: keys of the JSON summary: the load's signed URLs
+
         if manifest is None and not (as_json or quiet):  # a resume from the ledger alone: say how far it got
             print_resume(led.url, led.counts(), loaded=False)
         try:
@@ -590,7 +629,7 @@ def run(
                 api_key=key,
                 run_options=run_options,
                 batch_name=batch_name,
-                on_load=None if as_json or quiet else lambda report: print_load(report, counts=led.counts()),
+                on_load=_on_load(led, min_url_validity, as_json, quiet, extra),
                 on_progress=display.update,
                 default_batch=default_batch,
                 stop=stop,
@@ -617,7 +656,7 @@ def run(
             _discard_if_new(led, created)
             raise
         display.close()
-    print_summary(summary, as_json, repeat_from_context(), quiet=quiet)
+    print_summary(summary, as_json, repeat_from_context(), quiet=quiet, extra=extra)
     if summary.interrupted:
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.", err=True)
         sys.exit(128 + (stop.signum or 2))
@@ -650,6 +689,8 @@ def _before_send(
     preflight = _preflight_step(settings, as_json, blocking) if settings is not None else None
 
     async def step(led: Ledger) -> None:
+        from uploader.send import ready_for_pending
+
         ready_for_pending(led, signer)
         if preflight is not None:
             await preflight(led)
@@ -676,14 +717,7 @@ def _preflight_step(settings: PreflightOptions, as_json: bool, blocking: bool) -
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
 @ledger_option
-@click.option(
-    "--min-url-validity",
-    type=Duration(),
-    default="24h",
-    show_default=True,
-    metavar="DURATION",
-    help="Count as held back the rows whose signed URL expires sooner than this from now.",
-)
+@min_url_validity_option("Count as held back the rows whose signed URL expires sooner than this from now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_handle_errors
 def plan(
@@ -763,6 +797,8 @@ def check(
                 raise
         if not as_json:
             print_load(report)
+    from uploader.send import ready_for_pending
+
     ready_for_pending(led, signer)
     settings = preflight_settings(
         check_concurrency,

@@ -87,7 +87,7 @@ SHARED = frozenset(
         "per_host_rate",
         "check_timeout",
         "recheck_after",
-        "min_url_validity",  # check and run
+        "min_url_validity",  # check, run, load and plan
     }
 )
 

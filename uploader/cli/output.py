@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from uploader.cli.settings import Resolved
     from uploader.ledger import StatusReport
     from uploader.load import LoadReport
-    from uploader.send import Progress, RunSummary
+    from uploader.send import Progress, RunSummary, SignedUrls
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
@@ -68,14 +68,24 @@ def rows_are(n: int) -> str:
 
 
 def print_load(
-    report: LoadReport, as_json: bool = False, quiet: bool = False, counts: dict[str, int] | None = None
+    report: LoadReport,
+    as_json: bool = False,
+    quiet: bool = False,
+    counts: dict[str, int] | None = None,
+    signed: SignedUrls | None = None,
 ) -> None:
-    """What loading a manifest did: new, unchanged, updated and conflicting rows. With the ledger's `counts`
+    """What loading a manifest did: new, unchanged, updated and conflicting rows; with `signed`, how many of
+    the pending rows' signed URLs expire too soon, and the earliest expiry. With the ledger's `counts`
     (`uploader run`, which sends next), a manifest already loaded is reported as what the run resumes."""
+    from uploader.cli.preflight import signed_dict, signed_line
+
     if as_json:
         import dataclasses
 
-        click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+        document = dataclasses.asdict(report)
+        if signed is not None:
+            document["signed_urls"] = signed_dict(signed)
+        click.echo(json.dumps(document, indent=2, default=str))
         return
     if quiet:
         click.echo(
@@ -94,6 +104,9 @@ def print_load(
             f"{report.manifest}: {plural(report.rows, 'row')}: {report.new} new, {report.unchanged} unchanged, "
             f"{report.updated} updated, {report.conflicts} conflicting ({report.seconds:.2f} s)"
         )
+    line = signed_line(signed) if signed is not None else None
+    if line is not None:
+        click.echo(line)
     if report.updated:
         click.echo(f"  updated (payload changed, will be sent): {', '.join(report.updated_examples)}")
     if report.conflicts:
@@ -260,11 +273,18 @@ def _print_attachments(attachments: dict[str, Any], blocked: int, repeat: Repeat
         )
 
 
-def print_summary(summary: RunSummary, as_json: bool, repeat: Repeat = NO_REPEAT, quiet: bool = False) -> None:
+def print_summary(
+    summary: RunSummary,
+    as_json: bool,
+    repeat: Repeat = NO_REPEAT,
+    quiet: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """The end of a run: this run's requests, outcomes and errors, then the whole ledger's totals and codes
-    (follow-up commands repeat `repeat`'s options; with `quiet`, no follow-up hint)."""
+    (follow-up commands repeat `repeat`'s options; with `quiet`, no follow-up hint). `extra`: more keys of
+    the JSON document (what the load found, shown in text when it happened)."""
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
+        click.echo(json.dumps({**summary.as_dict(), **(extra or {})}, indent=2))
         return
     d = summary.as_dict()
     c = d["counts"]

@@ -14,9 +14,19 @@ import click
 from uploader.cli.hints import NO_REPEAT, Repeat
 
 if TYPE_CHECKING:
-    from uploader.send import HostSample, PreflightOptions, PreflightReport
+    from uploader.send import HostSample, PreflightOptions, PreflightReport, SignedUrls
 
-__all__ = ["Duration", "preflight_dict", "preflight_options", "preflight_settings", "print_preflight", "print_sample"]
+__all__ = [
+    "Duration",
+    "min_url_validity_option",
+    "preflight_dict",
+    "preflight_options",
+    "preflight_settings",
+    "print_preflight",
+    "print_sample",
+    "signed_dict",
+    "signed_line",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +52,13 @@ class Duration(_ParamType):
         if not m:
             self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
         return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "s"])
+
+
+def min_url_validity_option(help_text: str) -> Callable[[F], F]:
+    """--min-url-validity (check, run, load, plan): how long a signed URL must stay valid from now."""
+    return click.option(
+        "--min-url-validity", type=Duration(), default="24h", show_default=True, metavar="DURATION", help=help_text
+    )
 
 
 def preflight_options(func: F) -> F:
@@ -76,14 +93,7 @@ def preflight_options(func: F) -> F:
                 help="Check again URLs whose verdict is older than this (e.g. 7d); by default a verdict is "
                 "kept until `uploader retry --blocked`.",
             ),
-            click.option(
-                "--min-url-validity",
-                type=Duration(),
-                default="24h",
-                show_default=True,
-                metavar="DURATION",
-                help="Block rows whose signed URL expires sooner than this from now.",
-            ),
+            min_url_validity_option("Block rows whose signed URL expires sooner than this from now."),
         ]
     ):
         func = decorator(func)
@@ -160,6 +170,25 @@ def preflight_dict(report: PreflightReport) -> dict[str, Any]:
         "expiring": report.expiring,
         "earliest_expiry": report.earliest_expiry.isoformat() if report.earliest_expiry else None,
         "examples": [{"reference_id": r, "reason": why} for r, why in report.examples],
+    }
+
+
+def signed_line(signed: SignedUrls) -> str | None:
+    """What `load` and `run` say of the pending rows' signed URLs, or None when there is none."""
+    if not signed.urls or signed.earliest is None:
+        return None
+    soon = f"{signed.expiring:,} expire before {signed.not_before:%Y-%m-%d %H:%M} UTC (--min-url-validity)"
+    return (
+        f"  signed URLs: {signed.urls:,} in pending rows; {soon}; the earliest at {signed.earliest:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def signed_dict(signed: SignedUrls) -> dict[str, Any]:
+    return {
+        "urls": signed.urls,
+        "expiring": signed.expiring,
+        "not_before": signed.not_before.isoformat() + "Z",
+        "earliest_expiry": signed.earliest.isoformat() if signed.earliest else None,
     }
 
 

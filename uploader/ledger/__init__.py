@@ -56,8 +56,10 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import never_checked as never_checked
     from uploader.ledger.preflight import pending_containing as pending_containing
     from uploader.ledger.preflight import pending_payloads as pending_payloads
+    from uploader.ledger.preflight import pending_signed_payloads as pending_signed_payloads
     from uploader.ledger.preflight import record_verdicts as record_verdicts
     from uploader.ledger.preflight import release_blocked as release_blocked
+    from uploader.ledger.preflight import store_preflight as store_preflight
     from uploader.ledger.preflight import url_hash as url_hash
     from uploader.ledger.preflight import url_verdict_counts as url_verdict_counts
     from uploader.ledger.preflight import verdicts_since as verdicts_since
@@ -182,8 +184,10 @@ _EXPORTS = {
     "expiring_rows": "uploader.ledger.preflight",
     "pending_containing": "uploader.ledger.preflight",
     "pending_payloads": "uploader.ledger.preflight",
+    "pending_signed_payloads": "uploader.ledger.preflight",
     "record_verdicts": "uploader.ledger.preflight",
     "release_blocked": "uploader.ledger.preflight",
+    "store_preflight": "uploader.ledger.preflight",
     "url_hash": "uploader.ledger.preflight",
     "ADOPTED": "uploader.ledger.tracking",
     "Adoption": "uploader.ledger.tracking",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy import DateTime, Engine, Integer, Text, text
+from sqlalchemy import Connection, DateTime, Engine, Integer, Text, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
@@ -27,8 +27,10 @@ __all__ = [
     "never_checked",
     "pending_containing",
     "pending_payloads",
+    "pending_signed_payloads",
     "record_verdicts",
     "release_blocked",
+    "store_preflight",
     "url_hash",
     "url_verdict_counts",
     "verdicts_since",
@@ -38,25 +40,30 @@ __all__ = [
 _PAGE = 2000
 _CHUNK = 500
 
+# {jobs}: on SQLite `jobs NOT INDEXED`, so that a page is a range of the primary key read in order: through
+# the (status, not_before, id) index SQLite would visit and sort every remaining pending row for each page.
 _PENDING_PAGE = (
-    f"SELECT id, reference_id, body FROM jobs WHERE status = '{Status.PENDING.value}' AND id > :after "
+    f"SELECT id, reference_id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after "
     "AND (checked_at IS NULL{recheck}) ORDER BY id LIMIT :n"
 )
-_UPSERT = text(
+# The writes of a preflight go to the driver's executemany with positional rows (`?`, or `%s` on PostgreSQL):
+# SQLAlchemy's per-row parameter processing cost more CPU than the statements themselves.
+_UPSERT = (
     "INSERT INTO urls (url_hash, url, verdict, detail, http_status, content_type, length, checked_at) "
-    "VALUES (:url_hash, :url, :verdict, :detail, :http_status, :content_type, :length, :checked_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (url_hash) DO UPDATE SET verdict = excluded.verdict, detail = excluded.detail, "
     "http_status = excluded.http_status, content_type = excluded.content_type, length = excluded.length, "
     "checked_at = excluded.checked_at"
 )
-_BLOCK = text(
-    f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = :code, error_message = :message, "
-    "error_details = NULL, http_status = NULL, checked_at = :now, updated_at = :now "
-    f"WHERE id = :id AND status = '{Status.PENDING.value}'"
+_BLOCK = (
+    f"UPDATE jobs SET status = '{Status.BLOCKED.value}', error_code = ?, error_message = ?, "
+    "error_details = NULL, http_status = NULL, checked_at = ?, updated_at = ? "
+    f"WHERE id = ? AND status = '{Status.PENDING.value}'"
 )
-_MARK_CHECKED = text(
-    f"UPDATE jobs SET checked_at = :now, expires_at = :expires WHERE id = :id AND status = '{Status.PENDING.value}'"
+_VERDICTS = (
+    "SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls WHERE url_hash IN"
 )
+_MARK_CHECKED = f"UPDATE jobs SET checked_at = ?, expires_at = ? WHERE id = ? AND status = '{Status.PENDING.value}'"
 _EXPIRING = text(
     f"SELECT id, reference_id, expires_at FROM jobs WHERE status = '{Status.PENDING.value}' "
     "AND expires_at IS NOT NULL AND expires_at < :limit ORDER BY id"
@@ -118,7 +125,8 @@ def pending_payloads(
 ) -> Iterator[list[tuple[int, str, str]]]:
     """(id, reference_id, payload) of every pending row whose attachments were never checked (or checked
     before `since`), a page at a time in id order (memory flat)."""
-    query = text(_PENDING_PAGE.format(recheck="" if since is None else " OR checked_at < :since"))
+    jobs = "jobs NOT INDEXED" if engine.dialect.name == "sqlite" else "jobs"
+    query = text(_PENDING_PAGE.format(jobs=jobs, recheck="" if since is None else " OR checked_at < :since"))
     after = 0
     while True:
         with read_tx(engine) as conn:
@@ -128,6 +136,30 @@ def pending_payloads(
         if not rows:
             return
         yield rows
+        after = rows[-1][0]
+
+
+#: Text every signed URL's query holds (each scheme's signature field has one of them; manifest.signed).
+_SIGNED_PAGE = (
+    f"SELECT id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after "
+    "AND ({body} LIKE '%sig%' OR {body} LIKE '%credential%') ORDER BY id LIMIT :n"
+)
+
+
+def pending_signed_payloads(engine: Engine, page: int = _PAGE) -> Iterator[list[str]]:
+    """The payloads of pending rows that may hold a signed URL (their text has `sig` or `credential` in any
+    case), a page at a time (memory flat): one scan of the pending rows, and only those few parsed."""
+    sqlite = engine.dialect.name == "sqlite"  # SQLite's LIKE ignores ASCII case; PostgreSQL's does not
+    query = text(
+        _SIGNED_PAGE.format(jobs="jobs NOT INDEXED" if sqlite else "jobs", body="body" if sqlite else "lower(body)")
+    )
+    after = 0
+    while True:
+        with read_tx(engine) as conn:
+            rows = [(int(i), str(b)) for i, b in conn.execute(query, {"after": after, "n": page})]
+        if not rows:
+            return
+        yield [b for _, b in rows]
         after = rows[-1][0]
 
 
@@ -143,17 +175,12 @@ def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | Non
     hashes = sorted(by_hash)
     out: dict[str, UrlVerdict] = {}
     with read_tx(engine) as conn:
+        when = _read_time(conn)
         for i in range(0, len(hashes), _CHUNK):
             part = hashes[i : i + _CHUNK]
-            names = [f"h{j}" for j in range(len(part))]
-            rows = conn.execute(
-                text(
-                    "SELECT url_hash, url, verdict, detail, http_status, content_type, length, checked_at FROM urls "
-                    f"WHERE url_hash IN ({', '.join(':' + n for n in names)})"
-                ).columns(checked_at=DateTime),
-                dict(zip(names, part)),
-            )
-            for h, url, verdict, detail, status, ctype, length, checked in rows:
+            sql = f"{_VERDICTS} ({', '.join('?' * len(part))})"
+            for h, url, verdict, detail, status, ctype, length, raw in _driver(conn, sql, tuple(part)):
+                checked = when(raw)
                 if since is None or checked >= since:
                     out[by_hash[h]] = UrlVerdict(url, verdict, detail, status, ctype, length, checked)
     return out
@@ -161,10 +188,7 @@ def verdicts_since(engine: Engine, urls: Iterable[str], since: dt.datetime | Non
 
 def record_verdicts(engine: Engine, verdicts: Sequence[UrlVerdict]) -> None:
     """Store (or replace) the verdicts, in one transaction."""
-    if not verdicts:
-        return
-    with write_tx(engine) as conn:
-        conn.execute(_UPSERT, [{**v._asdict(), "url_hash": url_hash(v.url)} for v in verdicts])
+    store_preflight(engine, verdicts)
 
 
 def block_rows(
@@ -173,16 +197,57 @@ def block_rows(
     """pending → blocked for each (row id, error code, message), and the `good` (row id, earliest expiry of its
     signed URLs) marked checked, in one transaction; a row no longer pending is left alone. Returns how many
     rows were blocked."""
-    if not blocks and not good:
+    return store_preflight(engine, (), blocks, good)
+
+
+def store_preflight(
+    engine: Engine,
+    verdicts: Sequence[UrlVerdict],
+    blocks: Sequence[tuple[int, str, str]] = (),
+    good: Sequence[tuple[int, dt.datetime | None]] = (),
+) -> int:
+    """What a preflight learnt, in one transaction: the verdicts stored (or replaced) first, so that a row is
+    never blocked on a verdict not stored; then as `block_rows`. Returns how many rows were blocked."""
+    if not verdicts and not blocks and not good:
         return 0
     now = utcnow()
     with write_tx(engine) as conn:
+        time = DateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect) or _same  # as SQLAlchemy binds it
+        stamp = time(now)
+        if verdicts:
+            _executemany(
+                conn,
+                _UPSERT,
+                [(url_hash(v.url), v.url, v.verdict, v.detail, *v[3:6], time(v.checked_at)) for v in verdicts],
+            )
         if good:
-            conn.execute(_MARK_CHECKED, [{"id": i, "now": now, "expires": e} for i, e in good])
+            _executemany(conn, _MARK_CHECKED, [(stamp, time(e) if e else None, i) for i, e in good])
         if not blocks:
             return 0
-        result = conn.execute(_BLOCK, [{"id": i, "code": c, "message": m, "now": now} for i, c, m in blocks])
-        return int(result.rowcount)
+        return _executemany(conn, _BLOCK, [(c, m, stamp, stamp, i) for i, c, m in blocks])
+
+
+def _executemany(conn: Connection, sql: str, rows: list[tuple[object, ...]]) -> int:
+    """The driver's executemany of `sql` (`?` placeholders) over positional rows; how many rows it changed."""
+    return int(_driver(conn, sql, rows).rowcount)
+
+
+def _driver(conn: Connection, sql: str, params: list[tuple[object, ...]] | tuple[object, ...]) -> Any:
+    """`sql` with `?` placeholders (`%s` on PostgreSQL) and positional parameters, straight to the driver: its
+    CursorResult (rows of any width)."""
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    return conn.exec_driver_sql(sql, params)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _read_time(conn: Connection) -> Callable[[Any], Any]:
+    """A DateTime column's value as SQLAlchemy would read it (SQLite stores text)."""
+    processor = DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+    return processor if processor is not None else _same
 
 
 def never_checked(engine: Engine) -> int:

@@ -10,12 +10,15 @@ if TYPE_CHECKING:
     from uploader.send.preflight import HostSample as HostSample
     from uploader.send.preflight import PreflightOptions as PreflightOptions
     from uploader.send.preflight import PreflightReport as PreflightReport
+    from uploader.send.preflight import SignedUrls as SignedUrls
     from uploader.send.preflight import check_attachments as check_attachments
     from uploader.send.preflight import row_problem as row_problem
     from uploader.send.preflight import sample_attachments as sample_attachments
+    from uploader.send.preflight import signed_urls as signed_urls
     from uploader.send.runner import reconcile as reconcile
     from uploader.send.runner import run_upload as run_upload
     from uploader.send.runner import run_upload_async as run_upload_async
+    from uploader.send.signing import ready_for_pending as ready_for_pending
     from uploader.send.submit import Progress as Progress
     from uploader.send.submit import RunOptions as RunOptions
     from uploader.send.submit import RunSummary as RunSummary
@@ -35,7 +38,10 @@ _EXPORTS = {
     "row_problem": "uploader.send.preflight",
     "sample_attachments": "uploader.send.preflight",
     "HostSample": "uploader.send.preflight",
+    "SignedUrls": "uploader.send.preflight",
+    "signed_urls": "uploader.send.preflight",
     "reconcile": "uploader.send.runner",
+    "ready_for_pending": "uploader.send.signing",
     "run_upload": "uploader.send.runner",
     "run_upload_async": "uploader.send.runner",
     "Progress": "uploader.send.submit",

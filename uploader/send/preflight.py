@@ -9,6 +9,7 @@ signed URL expiring before `now + min_url_validity` — moves pending → blocke
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -24,7 +25,9 @@ from uploader.ledger import (
     block_rows,
     expiring_rows,
     pending_payloads,
+    pending_signed_payloads,
     record_verdicts,
+    store_preflight,
     utcnow,
     verdicts_since,
 )
@@ -37,13 +40,15 @@ __all__ = [
     "HostSample",
     "PreflightOptions",
     "PreflightReport",
+    "SignedUrls",
     "check_attachments",
     "row_problem",
     "sample_attachments",
+    "signed_urls",
 ]
 
-#: Verdicts stored per URL in one transaction.
-_RECORD_GROUP = 500
+#: Verdicts stored in one transaction at most (a page of pending rows has as many rows).
+_RECORD_GROUP = 2000
 #: Examples of blocked rows kept for the report.
 _EXAMPLES = 5
 
@@ -86,17 +91,69 @@ class PreflightReport:
 def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime) -> tuple[str, str] | None:
     """(error code, message) of the first URL of a row that would not open, or None when all would.
     `not_before`: a signed URL must still be valid then. Pure."""
+    return judge_row(urls, verdicts, not_before)[0]
+
+
+def judge_row(
+    urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime
+) -> tuple[tuple[str, str] | None, dt.datetime | None]:
+    """The row's problem as `row_problem` says it, and the earliest expiry among its signed URLs (UTC, or
+    None), each URL's expiry read once. Pure."""
+    limit = not_before.replace(tzinfo=dt.UTC)
+    problem: tuple[str, str] | None = None
+    earliest: dt.datetime | None = None
     for url in urls:
         try:
             expiry = url_expiry(url)
         except SignedUrlError as e:
-            return "url_signature", f"{url}: {e}"
-        if expiry is not None and expiry.expires < not_before.replace(tzinfo=dt.UTC):
-            return "url_expires_soon", f"{url}: signed URL expires at {expiry.expires:%Y-%m-%d %H:%M} UTC"
+            problem = problem or ("url_signature", f"{url}: {e}")
+            continue
+        if expiry is not None:
+            earliest = expiry.expires if earliest is None else min(earliest, expiry.expires)
+            if problem is None and expiry.expires < limit:
+                problem = "url_expires_soon", f"{url}: signed URL expires at {expiry.expires:%Y-%m-%d %H:%M} UTC"
         verdict = verdicts.get(url)
-        if verdict is not None and verdict.verdict != "ok":
-            return f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
-    return None
+        if problem is None and verdict is not None and verdict.verdict != "ok":
+            problem = f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
+    return problem, earliest
+
+
+@dataclass
+class SignedUrls:
+    """The signed attachment URLs of the pending rows (each use counted): how many, how many expire before
+    `not_before` (then a preflight holds their rows back), and the earliest expiry (UTC)."""
+
+    not_before: dt.datetime
+    urls: int = 0
+    expiring: int = 0
+    earliest: dt.datetime | None = None
+
+
+def tally_signed(tally: SignedUrls, urls: Iterable[str]) -> None:
+    """Count the signed ones among `urls` into `tally`, each URL's expiry read once (a URL whose expiry
+    cannot be read is the load's error, not counted here). Pure but for `tally`."""
+    limit = tally.not_before.replace(tzinfo=dt.UTC)
+    for url in urls:
+        try:
+            expiry = url_expiry(url)
+        except SignedUrlError:
+            continue
+        if expiry is None:
+            continue
+        tally.urls += 1
+        tally.expiring += expiry.expires < limit
+        if tally.earliest is None or expiry.expires < tally.earliest:
+            tally.earliest = expiry.expires
+
+
+def signed_urls(ledger: Ledger, not_before: dt.datetime) -> SignedUrls:
+    """The signed attachment URLs of the pending rows and their expiry (`uploader load`, `run`): one scan of
+    the pending rows, only those whose text may hold a signature parsed."""
+    tally = SignedUrls(not_before)
+    for page in pending_signed_payloads(ledger.engine):
+        for payload in page:
+            tally_signed(tally, attachment_urls(json.loads(payload)))
+    return tally
 
 
 @dataclass(eq=False)
@@ -126,15 +183,13 @@ async def check_attachments(
     engine = ledger.engine
     _block_expiring(ledger, options, report, not_before)
     in_flight: dict[str, list[_Page]] = {}
-    ready: list[_Page] = []
     storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
+    store = _Store(ledger, options, report, not_before, on_progress)
 
     def feed() -> Iterator[str]:
         for rows in pending_payloads(engine, since):
-            listed = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in rows]
-            distinct = list(dict.fromkeys(u for _, _, urls in listed for u in urls))
-            page = _Page(listed, verdicts_since(engine, distinct, since))
-            report.known += len(page.known)
+            page, distinct, stored = _new_page(ledger, rows, since, store)
+            report.known += stored
             for url in distinct:
                 if url in page.known:
                     continue
@@ -147,28 +202,90 @@ async def check_attachments(
                 yield _signed_form(url, options.sign_url, storage_url)
             page.feeding = False
             if page.waiting == 0:
-                ready.append(page)
-
-    fresh: list[UrlVerdict] = []
-
-    def settle() -> None:
-        nonlocal fresh
-        record_verdicts(engine, fresh)  # verdicts first: a row is never blocked on a verdict not stored
-        report.checked += len(fresh)
-        fresh = []
-        while ready:
-            _settle_page(ledger, ready.pop(0), options, report, not_before)
-            if on_progress is not None:
-                on_progress(report.rows, report.checked)
+                store.ready.append(page)
 
     async for verdict in _verdicts(feed(), options, lambda checked: storage_url.pop(checked, checked)):
-        fresh.append(verdict)
+        store.fresh[verdict.url] = verdict
         report.verdicts[verdict.verdict] += 1
-        _hand_out(verdict, in_flight.pop(verdict.url), ready)
-        if ready or len(fresh) >= _RECORD_GROUP:
-            settle()
-    settle()
+        _hand_out(verdict, in_flight.pop(verdict.url), store.ready)
+        if store.ready or len(store.fresh) >= _RECORD_GROUP:
+            await store.settle()
+    await store.close()
     return report
+
+
+class _Store:
+    """The verdicts in hand and the pages ready, stored a group at a time in a thread while the checks go on
+    (a SQLite commit or checkpoint waits on the disk; the driver releases the GIL meanwhile). One group is
+    stored at a time, in order; a verdict being stored still counts as in hand until its commit is seen."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        options: PreflightOptions,
+        report: PreflightReport,
+        not_before: dt.datetime,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.fresh: dict[str, UrlVerdict] = {}
+        self.ready: list[_Page] = []
+        self._storing: dict[str, UrlVerdict] = {}
+        self._task: asyncio.Future[list[tuple[int, int]]] | None = None
+        self._settle_args = (ledger, options, report, not_before)
+        self._on_progress = on_progress
+
+    def in_hand(self, url: str) -> UrlVerdict | None:
+        """The verdict of `url` checked by this preflight but not yet committed, or None."""
+        return self.fresh.get(url) or self._storing.get(url)
+
+    async def settle(self, wait: bool = False) -> None:
+        """Start storing what is in hand, unless the previous group is still being stored (with `wait`:
+        once it is)."""
+        if self._task is not None:
+            if not (wait or self._task.done()):
+                return
+            await self._finish()
+        if not self.fresh and not self.ready:
+            return
+        self._storing, self.fresh = self.fresh, {}
+        ready, self.ready = self.ready, []
+        ledger, options, report, not_before = self._settle_args
+        verdicts = list(self._storing.values())
+        self._task = asyncio.ensure_future(
+            asyncio.to_thread(_settle, ledger, ready, verdicts, options, report, not_before)
+        )
+
+    async def close(self) -> None:
+        """Store everything still in hand, and wait for it."""
+        await self.settle(wait=True)
+        if self._task is not None:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        assert self._task is not None
+        progress = await self._task
+        self._task = None
+        self._storing = {}
+        if self._on_progress is not None:
+            for rows, checked in progress:
+                self._on_progress(rows, checked)
+
+
+def _new_page(
+    ledger: Ledger, rows: list[tuple[int, str, str]], since: dt.datetime | None, store: _Store
+) -> tuple[_Page, list[str], int]:
+    """A page of (id, reference_id, payload) rows with the verdicts known of its URLs, its distinct URLs in
+    order, and how many verdicts were stored ones (the others: in hand, checked for an earlier page and not
+    stored yet)."""
+    listed = [(row_id, ref, attachment_urls(json.loads(payload))) for row_id, ref, payload in rows]
+    distinct = list(dict.fromkeys(u for _, _, urls in listed for u in urls))
+    known = verdicts_since(ledger.engine, distinct, since)
+    stored = len(known)
+    for url in distinct:
+        verdict = None if url in known else store.in_hand(url)
+        if verdict is not None:
+            known[url] = verdict
+    return _Page(listed, known), distinct, stored
 
 
 async def _verdicts(
@@ -208,26 +325,51 @@ def _hand_out(verdict: UrlVerdict, pages: list[_Page], ready: list[_Page]) -> No
             ready.append(page)
 
 
-def _settle_page(
-    ledger: Ledger, page: _Page, options: PreflightOptions, report: PreflightReport, not_before: dt.datetime
-) -> None:
-    """Block the page's rows with a bad attachment; mark the others checked, with their earliest expiry."""
+def _settle(
+    ledger: Ledger,
+    ready: list[_Page],
+    fresh: list[UrlVerdict],
+    options: PreflightOptions,
+    report: PreflightReport,
+    not_before: dt.datetime,
+) -> list[tuple[int, int]]:
+    """The verdicts `fresh` and the rows of the `ready` pages, stored in one transaction (in a thread of
+    `_Store`: it touches only the report's row counts, never its verdicts or known). Returns (rows done, URLs
+    checked) after each page."""
+    report.checked += len(fresh)
     blocks: list[tuple[int, str, str]] = []
     good: list[tuple[int, dt.datetime | None]] = []
+    progress = []
+    for page in ready:
+        _judge_page(page, report, not_before, blocks, good)
+        progress.append((report.rows, report.checked))
+    if options.block:
+        report.blocked += store_preflight(ledger.engine, fresh, blocks, good)
+    else:
+        store_preflight(ledger.engine, fresh)
+    return progress
+
+
+def _judge_page(
+    page: _Page,
+    report: PreflightReport,
+    not_before: dt.datetime,
+    blocks: list[tuple[int, str, str]],
+    good: list[tuple[int, dt.datetime | None]],
+) -> None:
+    """Sort the page's rows into `blocks` (a bad attachment) and `good` (with their earliest expiry), counted
+    in the report."""
     for row_id, ref, urls in page.rows:
         report.rows += 1
         report.url_uses += len(urls)
-        expiry = _earliest_expiry(urls)
+        problem, expiry = judge_row(urls, page.known, not_before)
         if expiry is not None and (report.earliest_expiry is None or expiry < report.earliest_expiry):
             report.earliest_expiry = expiry
-        problem = row_problem(urls, page.known, not_before)
         if problem is None:
             good.append((row_id, expiry.replace(tzinfo=None) if expiry is not None else None))
             continue
         _count_bad(report, ref, *problem)
         blocks.append((row_id, *problem))
-    if options.block:
-        report.blocked += block_rows(ledger.engine, blocks, good)
 
 
 def _block_expiring(
@@ -250,19 +392,6 @@ def _count_bad(report: PreflightReport, ref: str, code: str, message: str) -> No
         report.expiring += 1
     if len(report.examples) < _EXAMPLES:
         report.examples.append((ref, message))
-
-
-def _earliest_expiry(urls: list[str]) -> dt.datetime | None:
-    """The earliest expiry among the row's signed URLs (UTC), or None."""
-    earliest: dt.datetime | None = None
-    for url in urls:
-        try:
-            expiry = url_expiry(url)
-        except SignedUrlError:
-            continue
-        if expiry is not None and (earliest is None or expiry.expires < earliest):
-            earliest = expiry.expires
-    return earliest
 
 
 @dataclass

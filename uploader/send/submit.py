@@ -53,7 +53,7 @@ from uploader.errors import FatalApiError, InterruptedRun, LedgerError, Uploader
 from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
 from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Resolver, RunStopping
-from uploader.send.summary import Progress, RunSummary, fatal_message
+from uploader.send.summary import Progress, RunSummary, fatal_message, progress_span
 from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
@@ -218,6 +218,22 @@ class TaskFailed(UploaderError):
     """A task of the run raised: the run stopped (its rows are released); nothing was marked failed."""
 
 
+def task_failed(task: str, exc: BaseException) -> TaskFailed:
+    """The error a run stops with when its task `task` raised `exc`. An UploaderError is the user's to fix (a
+    storage URL that cannot be signed: the credentials, the extra): its own message on one line, and its
+    exit code. Anything else is a bug: named with the task, to be reported. Pure."""
+    released = "nothing was marked failed; the rows this run held are pending again"
+    if isinstance(exc, UploaderError):
+        stopped = TaskFailed(f"{exc}. The run stopped: {released}; run the same command again once this is fixed.")
+        stopped.exit_code = exc.exit_code
+        return stopped
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return TaskFailed(
+        f"the run stopped: its task {task!r} failed ({what}). {released.capitalize()}. Please report this; run "
+        "the same command again to resume."
+    )
+
+
 def body_for_send(body: str, batch_id: str | None) -> str:
     """The JSON body to POST: the ledger's body, plus the row's batch_id when the body has none (a batch the
     run gave the row after loading, uploader.send.batches; the stored body stays as loaded, so reloading the
@@ -338,8 +354,7 @@ class _Run:
 
     async def _run(self, on_progress: Callable[[Progress], None] | None) -> None:
         counts = self.ledger.counts()
-        self.progress.total = sum(counts.values())
-        self.progress.done_before = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
+        self.progress.total, self.progress.done_before = progress_span(counts)
         self.resolver.waiting = counts["uncertain"] > 0  # left by an earlier run: resolved by this one
         self.first = FirstAnswers(min(SYSTEMATIC_ROWS, counts["pending"] + counts["in_flight"]))
         self.owner = self._register()
@@ -442,12 +457,7 @@ class _Run:
                 if isinstance(exc, LedgerError):
                     self._halt(exc)
                 elif self.failed_task is None:
-                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                    self.failed_task = TaskFailed(
-                        f"the run stopped: its task {names[task]!r} failed ({what}). Nothing was marked failed; "
-                        "the rows this run held are pending again. Please report this; run the same command "
-                        "again to resume."
-                    )
+                    self.failed_task = task_failed(names[task], exc)
                 self.pacer.wake()
                 drain.cancel()
             if drain in done:
@@ -796,8 +806,8 @@ class _Run:
 
 def nothing_to_send(ledger: Ledger, counts: dict[str, int]) -> RunSummary:
     """The summary of a run that found nothing to send (a rerun over a finished ledger): no HTTP at all."""
-    done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
-    progress = Progress(total=sum(counts.values()), done_before=done)
+    total, done = progress_span(counts)
+    progress = Progress(total=total, done_before=done)
     return RunSummary(counts, progress, ledger.error_codes(limit=5), 0.0, False, None, ledger.error_details(limit=5))
 
 

@@ -8,12 +8,20 @@ import them from `uploader.send`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from uploader.api import ApiResult, Decision
 
-__all__ = ["Progress", "RunSummary", "fatal_message", "redirect_message"]
+__all__ = ["Progress", "RunSummary", "fatal_message", "progress_span", "redirect_message"]
+
+
+def progress_span(counts: Mapping[str, int]) -> tuple[int, int]:
+    """(total, done_before) of a run's Progress from the ledger's counts per state. Blocked rows are in
+    neither: the run never sends them, so its bar must not wait for them. Pure."""
+    done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
+    return sum(counts.values()) - counts.get("blocked", 0), done
 
 
 @dataclass

@@ -112,11 +112,22 @@ class PayloadSigner:
         return int(min(self.ttl, MAX_TTL[provider]).total_seconds())
 
     def sign_url(self, url: str) -> str:
-        """A signed HTTPS URL for a storage URL; any other URL as it is."""
+        """A signed HTTPS URL for a storage URL; any other URL as it is. A StorageError when it cannot be
+        signed: an s3:// or gs:// URL naming no object, or the provider's library refusing (credentials)."""
         location = locate(url)
         if location is None:
+            if url[:5].lower() in ("s3://", "gs://"):
+                raise StorageError(f"cannot sign {url}: not of the form s3://BUCKET/KEY or gs://BUCKET/OBJECT")
             return url
-        return self._signer(location.provider).sign(location, self.seconds(location.provider))
+        signer = self._signer(location.provider)
+        try:
+            return signer.sign(location, self.seconds(location.provider))
+        except StorageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the provider library's own errors (credentials, key), named
+            raise StorageError(
+                f"cannot sign {url} with your {_NAMES[location.provider]} credentials ({type(e).__name__}: {e})"
+            ) from e
 
     def __call__(self, body: str) -> str:
         """The JSON body to send: its storage URLs signed now."""

@@ -1,0 +1,34 @@
+"""Before a run or a check sends anything: the storage URLs of the pending rows can be signed (`--sign`,
+`upload(sign=True)`), or, without signing, none is there to be sent as it is."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from uploader.errors import UsageError
+from uploader.ledger import pending_containing
+from uploader.storage import PROVIDER_MARKERS
+
+if TYPE_CHECKING:
+    from uploader.ledger import Ledger
+    from uploader.storage import PayloadSigner
+
+__all__ = ["ready_for_pending"]
+
+
+def ready_for_pending(led: Ledger, signer: PayloadSigner | None, sign_option: str = "--sign") -> None:
+    """With a signer, build its provider signers for the storage URLs of the pending rows, so a missing extra
+    or credential stops the command (StorageError, exit 1) rather than the middle of a run; without one,
+    refuse pending rows holding s3:// or gs:// URLs (loaded with `sign_option`): sent as they are, they would
+    make jobs whose attachments cannot open."""
+    wanted = PROVIDER_MARKERS if signer is not None else {p: PROVIDER_MARKERS[p] for p in ("s3", "gcs")}
+    found = pending_containing(led.engine, dict(wanted.values()))
+    providers = sorted(p for p, (needle, _) in wanted.items() if needle in found)
+    if signer is not None:
+        signer.ready(providers)
+    elif providers:
+        schemes = " and ".join(f"{'s3' if p == 's3' else 'gs'}://" for p in providers)
+        raise UsageError(
+            f"pending rows hold {schemes} URLs (loaded with {sign_option}), which GT Studio cannot fetch: "
+            f"pass {sign_option} to sign them at send time"
+        )
