@@ -407,6 +407,16 @@ def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
 
 
+#: The pace of a command's requests (run, sync, adopt): pacing.RateLimiter.
+rate_option = click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001, max=1_000_000),
+    metavar="R",
+    help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
+    "whole requests: 2.5 sends at most 2 a second).",
+)
+
+
 #: How long a Retry-After from the API may make a command wait (run, reconcile, sync, adopt).
 max_retry_after_option = click.option(
     "--max-retry-after",
@@ -462,13 +472,7 @@ def _endpoint(
     show_default=True,
     help="At most this many requests in the air at once (the run starts lower and grows).",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.001, max=1_000_000),
-    metavar="R",
-    help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
-    "whole requests: 2.5 sends at most 2 a second).",
-)
+@rate_option
 @max_retry_after_option
 @click.option(
     "--max-attempts",
@@ -870,6 +874,7 @@ def reconcile(
     show_default=True,
     help="The largest result downloaded; a bigger one is recorded as an error.",
 )
+@rate_option
 @max_retry_after_option
 @_handle_errors
 def sync(
@@ -884,6 +889,7 @@ def sync(
     watch: float | None,
     concurrency: int,
     max_result_bytes: int,
+    rate: float | None,
     max_retry_after: float,
 ) -> None:
     """Record each sent job's platform status (from batch listings) and download the results of final jobs."""
@@ -915,6 +921,7 @@ def sync(
             max_retry_after=max_retry_after,
             watch=watch,
             on_round=show,
+            rate=rate,
         )
     if json_mode():
         click.echo(
@@ -945,6 +952,7 @@ def sync(
 @click.option(
     "--batch-id", "batch_ids", multiple=True, required=True, help="A batch whose jobs to record (repeatable)."
 )
+@rate_option
 @max_retry_after_option
 @_handle_errors
 def adopt(
@@ -957,6 +965,7 @@ def adopt(
     timeout: float,
     project_id: str,
     batch_ids: tuple[str, ...],
+    rate: float | None,
     max_retry_after: float,
 ) -> None:
     """Record jobs created elsewhere (the UI, the SDK, another ledger): `run` then sends nothing for them."""
@@ -966,7 +975,14 @@ def adopt(
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=True)
         done = do_adopt(
-            led, project_id, batch_ids, base_url=url, api_key=key, timeout=timeout, max_retry_after=max_retry_after
+            led,
+            project_id,
+            batch_ids,
+            base_url=url,
+            api_key=key,
+            timeout=timeout,
+            max_retry_after=max_retry_after,
+            rate=rate,
         )
     if json_mode():
         click.echo(

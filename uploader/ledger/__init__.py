@@ -91,8 +91,10 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
     from uploader.ledger.tracking import Adoption as Adoption
     from uploader.ledger.tracking import FetchedResult as FetchedResult
+    from uploader.ledger.tracking import ListedPage as ListedPage
     from uploader.ledger.tracking import TrackedRow as TrackedRow
     from uploader.ledger.tracking import adopt_jobs as adopt_jobs
+    from uploader.ledger.tracking import record_listed as record_listed
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
     from uploader.ledger.tracking import results_due as results_due
@@ -189,6 +191,8 @@ _EXPORTS = {
     "RESULT_STATUSES": "uploader.ledger.tracking",
     "TrackedRow": "uploader.ledger.tracking",
     "FetchedResult": "uploader.ledger.tracking",
+    "ListedPage": "uploader.ledger.tracking",
+    "record_listed": "uploader.ledger.tracking",
     "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",
