@@ -383,3 +383,41 @@ def test_adopt_rate_caps_the_listing_requests(tmp_path: Path, monkeypatch: pytes
         )
         assert result.exit_code == 0, result.output
     assert len(times) == 4 and _busiest_second(times) <= 2
+
+
+def test_the_sync_display_is_a_bar_of_final_jobs_on_a_terminal_lines_otherwise_nothing_with_quiet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from uploader.cli.output import SyncDisplay
+    from uploader.send import SyncReport
+
+    report = SyncReport(tracked=10, final=4, checked=7, results=3)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with SyncDisplay(quiet=False) as display:
+        display.update(report)
+        assert display.bar is not None and (display.bar.n, display.bar.total) == (4, 10)
+        report.final = 9
+        display.update(report)
+        assert display.bar.n == 9 and "results=3" in str(display.bar)
+    assert display.bar is None and "9/10" in capsys.readouterr().err
+    with SyncDisplay(quiet=True, silent=True) as display:  # -q
+        display.update(report)
+        assert display.bar is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    with SyncDisplay(quiet=False) as display:
+        display.update(report)
+        assert display.bar is None
+    assert "9/10 final: checked 7, results 3, failed 0" in capsys.readouterr().err
+
+
+def test_sync_shows_progress_on_stderr_unless_quiet(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 3)
+        args = ("sync", "--ledger", str(ledger), "--base-url", box.base_url)
+        loud = invoke(*args)
+        quiet = invoke(*args, "-q")
+    assert loud.exit_code == 0 and "/3 final: checked" in loud.stderr
+    assert quiet.exit_code == 0 and quiet.stderr == ""

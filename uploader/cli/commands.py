@@ -25,6 +25,7 @@ from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import UploaderCommand, UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
 from uploader.cli.output import (
     ProgressDisplay,
+    SyncDisplay,
     plural,
     print_load,
     print_resume,
@@ -896,7 +897,7 @@ def sync(
     from uploader.send import SyncReport
     from uploader.send import sync_ledger as do_sync
 
-    def show(report: SyncReport) -> None:
+    def shown(report: SyncReport) -> None:
         if json_mode() or quiet_mode():
             return
         counts = report.counts
@@ -910,6 +911,12 @@ def sync(
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
+        display = stack.enter_context(SyncDisplay(quiet_mode() or json_mode(), silent=quiet_mode()))
+
+        def show(report: SyncReport) -> None:
+            display.close()  # the round's line replaces its bar (a new bar for the next --watch round)
+            shown(report)
+
         report = do_sync(
             led,
             base_url=url,
@@ -922,6 +929,7 @@ def sync(
             watch=watch,
             on_round=show,
             rate=rate,
+            on_progress=display.update,
         )
     if json_mode():
         click.echo(
