@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
     from uploader.ledger.tracking import results_due as results_due
+    from uploader.ledger.tracking import small_page_cache as small_page_cache
     from uploader.ledger.tracking import sync_batches as sync_batches
     from uploader.ledger.tracking import sync_counts as sync_counts
     from uploader.ledger.tracking import tracked_rows as tracked_rows
@@ -196,6 +197,7 @@ _EXPORTS = {
     "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",
+    "small_page_cache": "uploader.ledger.tracking",
     "sync_batches": "uploader.ledger.tracking",
     "sync_counts": "uploader.ledger.tracking",
     "tracked_rows": "uploader.ledger.tracking",

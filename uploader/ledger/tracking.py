@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, bindparam, event, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
@@ -30,6 +31,7 @@ __all__ = [
     "record_results",
     "record_statuses",
     "results_due",
+    "small_page_cache",
     "sync_batches",
     "sync_counts",
     "tracked_rows",
@@ -47,6 +49,39 @@ _NO_RESULT = "result_path IS NULL AND result IS NULL"
 
 #: (row id, project_id, reference_id, job_id)
 TrackedRow = tuple[int, str, str, str]
+
+
+#: The SQLite page cache of a sync's connections (KiB): a sync reads each row once or twice, so a big cache
+#: buys little and its size would follow the ledger's (the engine's default is sized for bulk loads).
+SYNC_CACHE_KIB = 2048
+
+
+@contextmanager
+def small_page_cache(engine: Engine, kib: int = SYNC_CACHE_KIB) -> Iterator[None]:
+    """Within the block, each SQLite connection taken from `engine`'s pool has a page cache of `kib` KiB; its
+    own size is given back when it returns to the pool. (Other databases: nothing changes.)"""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+
+    def small(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        record.info["cache_size"] = cursor.execute("PRAGMA cache_size").fetchone()[0]
+        cursor.execute(f"PRAGMA cache_size = {-int(kib)}")
+        cursor.close()
+
+    def back(dbapi_connection: Any, record: Any) -> None:
+        size = record.info.pop("cache_size", None)
+        if size is not None and dbapi_connection is not None:
+            dbapi_connection.execute(f"PRAGMA cache_size = {int(size)}")
+
+    event.listen(engine, "checkout", small)
+    event.listen(engine, "checkin", back)
+    try:
+        yield
+    finally:
+        event.remove(engine, "checkout", small)
+        event.remove(engine, "checkin", back)
 
 
 def sync_batches(engine: Engine) -> list[tuple[str, str | None]]:

@@ -45,6 +45,7 @@ from uploader.ledger import (
     adopt_jobs,
     record_listed,
     record_results,
+    small_page_cache,
     sync_batches,
     sync_counts,
     tracked_rows,
@@ -389,7 +390,8 @@ async def sync_async(
         limiter,
         on_progress,
     )
-    await state.run()
+    with small_page_cache(ledger.engine):  # memory flat in the ledger's size
+        await state.run()
     state.report.counts = sync_counts(ledger.engine)
     return state.report
 
