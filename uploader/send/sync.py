@@ -390,9 +390,9 @@ async def sync_async(
         limiter,
         on_progress,
     )
-    with small_page_cache(ledger.engine):  # memory flat in the ledger's size
+    with small_page_cache(ledger.engine):  # memory flat in the ledger's size (the counts read every row too)
         await state.run()
-    state.report.counts = sync_counts(ledger.engine)
+        state.report.counts = sync_counts(ledger.engine)
     return state.report
 
 
