@@ -28,7 +28,6 @@ import contextlib
 import csv
 import json
 import os
-import resource
 import shutil
 import socket
 import sqlite3
@@ -139,37 +138,40 @@ def stats(url: str) -> dict[str, object]:
 
 
 def run_sync(ledger: Path, url: str, results: Path, concurrency: int) -> tuple[float, float, float, dict[str, object]]:
-    """(seconds, CPU seconds and peak MiB of the sync process, its --json document)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before = usage.ru_maxrss
-    start = time.perf_counter()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "uploader",
-            "sync",
-            "--ledger",
-            str(ledger),
-            "--base-url",
-            url,
-            "--results",
-            str(results),
-            "--concurrency",
-            str(concurrency),
-            "--json",
-        ],
-        env={**os.environ, "UPLOADER_API_KEY": KEY},
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"sync failed ({out.returncode}): {out.stderr[-2000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    document: dict[str, object] = json.loads(out.stdout)
-    return seconds, cpu, max(after.ru_maxrss, before) / 1024, document
+    """(seconds, CPU seconds and peak MiB of the sync process, its --json document). The figures are the sync
+    process's own (wait4), not RUSAGE_CHILDREN's, whose peak is the largest of every child so far (the
+    `uploader load` that built the ledger among them)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uploader",
+                "sync",
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                url,
+                "--results",
+                str(results),
+                "--concurrency",
+                str(concurrency),
+                "--json",
+            ],
+            env={**os.environ, "UPLOADER_API_KEY": KEY},
+            stdout=out,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"sync failed ({proc.returncode}): {err.read()[-2000:].decode(errors='replace')}")
+        document: dict[str, object] = json.loads(out.read())
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, document
 
 
 async def bare_loop(base_url: str, job_ids: list[str], concurrency: int, job_first: bool) -> tuple[float, float]:
