@@ -1,12 +1,21 @@
 """`uploader sync` over a large ledger against the sandbox at 20 ms, beside a bare aiohttp GET loop.
 
 A ledger of N sent jobs (default 100,000; built directly: the sandbox replays a journal of the same jobs, all
-already completed) is synced with `--results DIR`. Reported: listing requests against the target
-1.05 x N/100, job reads, seconds, results downloaded per second beside a bare aiohttp loop fetching the same
-result URLs at the same concurrency, and the sync process's peak memory at N and at N/10 (flat in N is the
-goal).
+already completed) is synced with `--results DIR`, `--runs` times (a fresh copy of the ledger and an empty
+directory each time). Reported per run: listing requests against the target 1.05 x N/100, job reads, wall
+and CPU seconds, the sync process's peak memory, and results per second beside two bare aiohttp loops at
+the same concurrency in the same run:
 
-    python benchmarks/sync_benchmark.py [--jobs 100000] [--concurrency 64]
+- `bare_job_and_result`: per result, GET job (with the key) then GET the result URL it names: the two
+  requests the API requires (the listing names no result URL). This is the fair comparison.
+- `bare_result_only`: per result, one GET of a result URL known in advance (an upper bound no client of
+  this API can reach).
+
+The sync's rate counts its whole run (process start, listing and results). With 2 cores or more the
+sandbox runs pinned to core 1 and this process, the sync and the bare loops to core 0, so neither side
+takes the other's core.
+
+    python benchmarks/sync_benchmark.py [--jobs 100000] [--concurrency 64] [--runs 3]
 
 Loopback only; bounded in count and time.
 """
@@ -15,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
-import resource
+import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +42,8 @@ from pathlib import Path
 
 KEY = "bench-key"
 PROJECT = "bench"
+#: Two cores or more: the sandbox on core 1, the client side on core 0.
+PINNED = (os.cpu_count() or 1) >= 2
 _SERVE = """
 import sys
 from pathlib import Path
@@ -94,7 +107,7 @@ def build(tmp: Path, jobs: int) -> tuple[Path, Path, str]:
         ],
         check=True,
     )
-    with sqlite3.connect(ledger) as conn:
+    with contextlib.closing(sqlite3.connect(ledger)) as conn, conn:  # closed: no WAL left beside a copy
         conn.executemany(
             "UPDATE jobs SET status = 'succeeded', job_id = ?, batch_id = ?, origin = 'created' "
             "WHERE project_id = ? AND reference_id = ?",
@@ -106,7 +119,8 @@ def build(tmp: Path, jobs: int) -> tuple[Path, Path, str]:
 def start_sandbox(journal: Path, latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     code = _SERVE.format(key=KEY, latency=latency_ms, state=str(journal), port=port)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pin = ["taskset", "-c", "1"] if PINNED and shutil.which("taskset") else []
+    proc = subprocess.Popen([*pin, sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         try:
@@ -123,83 +137,121 @@ def stats(url: str) -> dict[str, object]:
     return document
 
 
-def run_sync(ledger: Path, url: str, results: Path, concurrency: int) -> tuple[float, float, dict[str, object]]:
-    """(seconds, peak MiB of the sync process, its --json document)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "uploader",
-            "sync",
-            "--ledger",
-            str(ledger),
-            "--base-url",
-            url,
-            "--results",
-            str(results),
-            "--concurrency",
-            str(concurrency),
-            "--json",
-        ],
-        env={**os.environ, "UPLOADER_API_KEY": KEY},
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - start
-    if out.returncode != 0:
-        raise SystemExit(f"sync failed ({out.returncode}): {out.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    document: dict[str, object] = json.loads(out.stdout)
-    return seconds, max(peak, before) / 1024, document
+def run_sync(ledger: Path, url: str, results: Path, concurrency: int) -> tuple[float, float, float, dict[str, object]]:
+    """(seconds, CPU seconds and peak MiB of the sync process, its --json document). The figures are the sync
+    process's own (wait4), not RUSAGE_CHILDREN's, whose peak is the largest of every child so far (the
+    `uploader load` that built the ledger among them)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uploader",
+                "sync",
+                "--ledger",
+                str(ledger),
+                "--base-url",
+                url,
+                "--results",
+                str(results),
+                "--concurrency",
+                str(concurrency),
+                "--json",
+            ],
+            env={**os.environ, "UPLOADER_API_KEY": KEY},
+            stdout=out,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"sync failed ({proc.returncode}): {err.read()[-2000:].decode(errors='replace')}")
+        document: dict[str, object] = json.loads(out.read())
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, document
 
 
-async def bare_loop(urls: list[str], concurrency: int) -> float:
-    """Seconds for a bare aiohttp client to GET every URL, `concurrency` at a time."""
+async def bare_loop(base_url: str, job_ids: list[str], concurrency: int, job_first: bool) -> tuple[float, float]:
+    """(seconds, CPU seconds) for a bare aiohttp client to fetch every job's result, `concurrency` at a time:
+    with `job_first`, GET job then the result URL it names; else the result URL alone."""
     import aiohttp
 
-    queue = list(reversed(urls))
+    queue = list(reversed(job_ids))
+    headers = {"x-api-key": KEY}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             while queue:
-                async with session.get(queue.pop()) as response:
+                job_id = queue.pop()
+                url = f"{base_url}/_sandbox/results/{PROJECT}/{job_id}"
+                if job_first:
+                    async with session.get(f"{base_url}/v1/projects/{PROJECT}/jobs/{job_id}", headers=headers) as r:
+                        url = (await r.json())["data"]["result"]
+                async with session.get(url) as response:
                     await response.read()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure(jobs: int, concurrency: int, latency_ms: float) -> dict[str, object]:
+def measure(jobs: int, concurrency: int, latency_ms: float, runs: int) -> list[dict[str, object]]:
+    """`runs` syncs of a fresh copy of one N-job ledger, each followed by the two bare loops."""
+    out = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        journal, ledger, _ = build(tmp, jobs)
+        journal, built, _ = build(tmp, jobs)
+        with sqlite3.connect(built) as conn:
+            job_ids = [r[0] for r in conn.execute("SELECT job_id FROM jobs ORDER BY id")]
         proc, url = start_sandbox(journal, latency_ms)
         try:
-            seconds, peak_mib, doc = run_sync(ledger, url, tmp / "results", concurrency)
-            with sqlite3.connect(ledger) as conn:
-                paths = [r[0] for r in conn.execute("SELECT job_id FROM jobs ORDER BY id")]
-            bare_urls = [f"{url}/_sandbox/results/{PROJECT}/{job_id}" for job_id in paths]
-            bare = asyncio.run(bare_loop(bare_urls, concurrency))
-            sandbox = stats(url)
+            for run in range(runs):
+                ledger = tmp / f"run{run}.db"
+                shutil.copy(built, ledger)
+                seconds, cpu, peak_mib, doc = run_sync(ledger, url, tmp / f"results{run}", concurrency)
+                shutil.rmtree(tmp / f"results{run}")
+                ledger.unlink()
+                pair, pair_cpu = asyncio.run(bare_loop(url, job_ids, concurrency, job_first=True))
+                one, _ = asyncio.run(bare_loop(url, job_ids, concurrency, job_first=False))
+                results = int(str(doc["results_fetched"]))
+                sync_rate = results / seconds
+                out.append(
+                    {
+                        "jobs": jobs,
+                        "listing_requests": doc["listing_requests"],
+                        "listing_target": round(1.05 * jobs / 100),
+                        "job_requests": doc["job_requests"],
+                        "results": results,
+                        "sync_seconds": round(seconds, 1),
+                        "sync_cpu_seconds": round(cpu, 1),
+                        "sync_peak_mib": round(peak_mib, 1),
+                        "results_per_s_sync": round(sync_rate, 1),
+                        "results_per_s_bare_job_and_result": round(jobs / pair, 1),
+                        "bare_job_and_result_cpu_seconds": round(pair_cpu, 1),
+                        "results_per_s_bare_result_only": round(jobs / one, 1),
+                        "ratio_to_bare_job_and_result": round(sync_rate * pair / jobs, 2),
+                        "ratio_to_bare_result_only": round(sync_rate * one / jobs, 2),
+                        "load_average": round(os.getloadavg()[0], 2),
+                    }
+                )
+                print(json.dumps(out[-1]), flush=True)
         finally:
             proc.terminate()
             proc.wait()
-    results = int(str(doc["results_fetched"]))
-    return {
-        "jobs": jobs,
-        "listing_requests": doc["listing_requests"],
-        "listing_target": round(1.05 * jobs / 100),
-        "job_requests": doc["job_requests"],
-        "sync_seconds": round(seconds, 1),
-        "results": results,
-        "results_per_s_sync": round(results / seconds, 1),
-        "results_per_s_bare_aiohttp": round(jobs / bare, 1),
-        "sync_peak_mib": round(peak_mib, 1),
-        "sandbox_result_requests": sandbox["result_requests"],
-    }
+    return out
+
+
+def summary(rows: list[dict[str, object]]) -> dict[str, object]:
+    """min / median / max of each figure over the runs."""
+    keys = [k for k in rows[0] if k not in ("jobs", "listing_target")]
+    spread = {}
+    for key in keys:
+        values = sorted(float(str(r[key])) for r in rows)
+        spread[key] = [values[0], round(statistics.median(values), 2), values[-1]]
+    return {"jobs": rows[0]["jobs"], "runs": len(rows), "min_median_max": spread}
 
 
 def main() -> None:
@@ -207,13 +259,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-small", action="store_true", help="Measure N only, not N/10 too.")
     args = parser.parse_args()
-    if not args.skip_small:
-        small = measure(max(100, args.jobs // 10), args.concurrency, args.latency_ms)
-        print(json.dumps(small), flush=True)
-    large = measure(args.jobs, args.concurrency, args.latency_ms)
-    print(json.dumps(large), flush=True)
+    if PINNED:
+        os.sched_setaffinity(0, {0})  # this process, the sync and the bare loops; the sandbox has core 1
+    sizes = [args.jobs] if args.skip_small else [max(100, args.jobs // 10), args.jobs]
+    for jobs in sizes:
+        print(json.dumps(summary(measure(jobs, args.concurrency, args.latency_ms, args.runs))), flush=True)
 
 
 if __name__ == "__main__":

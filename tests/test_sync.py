@@ -273,3 +273,175 @@ def test_watch_repeats_until_every_job_is_final(tmp_path: Path) -> None:
         assert code == 0 and doc["final"] == doc["tracked"] == 5 and doc["results"] == 5
         result = invoke("sync", "--ledger", str(ledger), "--base-url", box.base_url, "--watch")
         assert result.exit_code == 0 and "5 / 5 jobs final" in result.stdout  # all final: one round
+
+
+def test_a_result_is_fetched_again_after_its_job_changed_status(tmp_path: Path) -> None:
+    """completed → rejected → completed, each with a new result: each sync downloads the result of the
+    status it records. (The file of the earlier status used to be kept as if a killed sync had left it.)"""
+    import asyncio
+
+    import httpx
+
+    from uploader.api import ApiClient
+    from uploader.send import sync_async
+
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger_path = _sent(tmp_path, box, 2)
+        batch = _batch_of(box)
+    jobs = {r["job_id"]: r["reference_id"] for r in ledger_rows(ledger_path).values()}
+    platform = {"status": "completed", "version": 1}
+    downloads: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/results/"):
+            downloads.append(path)
+            return httpx.Response(200, json={"job": path.rsplit("/", 1)[1], "version": platform["version"]})
+        if path.endswith(f"/batch/{batch}"):
+            listing = [{"id": j, "reference_id": r, "status": platform["status"]} for j, r in jobs.items()]
+            return httpx.Response(200, json={"success": True, "data": {"jobs": listing, "next_page_token": ""}})
+        job_id = path.rsplit("/", 1)[1]
+        data = {"status": platform["status"], "batch_id": batch, "result": f"http://results.test/results/{job_id}"}
+        return httpx.Response(200, json={"success": True, "data": data})
+
+    res = tmp_path / "res"
+    ledger = Ledger.open(str(ledger_path), create=False)
+    try:
+        for status, version in [("completed", 1), ("rejected", 2), ("completed", 3)]:
+            platform.update(status=status, version=version)
+            before = len(downloads)
+
+            async def once() -> None:
+                async with ApiClient("http://api.test", KEY, transport=httpx.MockTransport(handler)) as client:
+                    report = await sync_async(ledger, client, res)
+                    assert report.results == 2 and not report.result_errors
+
+            asyncio.run(once())
+            assert len(downloads) - before == 2
+            for row in ledger_rows(ledger_path).values():
+                assert row["platform_status"] == status
+                document = json.loads(Path(row["result_path"]).read_text())
+                assert document == {"job": row["job_id"], "version": version}
+        assert sorted(p.name for p in res.iterdir()) == sorted(result_file_name(r) for r in jobs.values())
+    finally:
+        ledger.close()
+
+
+def _arrivals(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each request reached the sandbox (its clock), recorded from the next sandbox started."""
+    import time
+
+    from uploader.sandbox.app import SandboxApp
+
+    times: list[float] = []
+    real = SandboxApp.handle
+
+    async def handle(self: SandboxApp, request: Any) -> Any:
+        if not request.path.startswith("/_sandbox/") or request.path.startswith("/_sandbox/results/"):
+            times.append(time.monotonic())
+        return await real(self, request)
+
+    monkeypatch.setattr(SandboxApp, "handle", handle)
+    return times
+
+
+def _busiest_second(times: list[float]) -> int:
+    return max((sum(s <= t < s + 1.0 for t in times) for s in times), default=0)
+
+
+def test_sync_rate_caps_the_requests_the_sandbox_sees_in_any_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rate 5: listing pages, job reads and result downloads together, never 6 within one second."""
+    times = _arrivals(monkeypatch)
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, page_size=2)) as box:
+        ledger = _sent(tmp_path, box, 4)
+        del times[:]
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"), "--rate", "5")
+        assert code == 0 and doc["results_fetched"] == 4
+    assert len(times) == 2 + 4 + 4  # two pages, then a job read and a download per result
+    assert _busiest_second(times) <= 5
+
+
+def test_adopt_rate_caps_the_listing_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    times = _arrivals(monkeypatch)
+    with Sandbox(SandboxConfig(api_key=KEY, page_size=1)) as box:
+        _sent(tmp_path, box, 4)
+        del times[:]
+        result = invoke(
+            "adopt",
+            "--ledger",
+            str(tmp_path / "other.db"),
+            "--base-url",
+            box.base_url,
+            "--project-id",
+            "proj",
+            "--batch-id",
+            _batch_of(box),
+            "--rate",
+            "2",
+        )
+        assert result.exit_code == 0, result.output
+    assert len(times) == 4 and _busiest_second(times) <= 2
+
+
+def test_the_sync_display_is_a_bar_of_final_jobs_on_a_terminal_lines_otherwise_nothing_with_quiet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from uploader.cli.output import SyncDisplay
+    from uploader.send import SyncReport
+
+    report = SyncReport(tracked=10, final=4, checked=7, results=3)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with SyncDisplay(quiet=False) as display:
+        display.update(report)
+        assert display.bar is not None and (display.bar.n, display.bar.total) == (4, 10)
+        report.final = 9
+        display.update(report)
+        assert display.bar.n == 9 and "results=3" in str(display.bar)
+    assert display.bar is None and "9/10" in capsys.readouterr().err
+    with SyncDisplay(quiet=True, silent=True) as display:  # -q
+        display.update(report)
+        assert display.bar is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    with SyncDisplay(quiet=False) as display:
+        display.update(report)
+        assert display.bar is None
+    assert "9/10 final: checked 7, results 3, failed 0" in capsys.readouterr().err
+
+
+def test_sync_shows_progress_on_stderr_unless_quiet(tmp_path: Path) -> None:
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 3)
+        args = ("sync", "--ledger", str(ledger), "--base-url", box.base_url)
+        loud = invoke(*args)
+        quiet = invoke(*args, "-q")
+    assert loud.exit_code == 0 and "/3 final: checked" in loud.stderr
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_sync_reads_the_ledger_through_a_small_page_cache_then_gives_the_connection_its_own_back(
+    tmp_path: Path,
+) -> None:
+    """The engine's 32 MiB cache made a sync's peak memory follow the ledger's size (87 MiB at 10k rows,
+    122 at 100k); a sync's connections use 2 MiB and get their own size back when they return to the pool."""
+    from sqlalchemy import text
+
+    from uploader.ledger import small_page_cache
+
+    ledger = Ledger.open(str(tmp_path / "l.db"), create=True)
+    try:
+
+        def cache() -> int:
+            with ledger.engine.connect() as conn:
+                return int(conn.execute(text("PRAGMA cache_size")).scalar_one())
+
+        own = cache()
+        with small_page_cache(ledger.engine):
+            assert cache() == -2048
+        assert cache() == own != -2048
+    finally:
+        ledger.close()

@@ -25,6 +25,7 @@ from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import UploaderCommand, UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
 from uploader.cli.output import (
     ProgressDisplay,
+    SyncDisplay,
     plural,
     print_load,
     print_resume,
@@ -444,6 +445,16 @@ def _api_key(api_key: str | None, api_key_file: str | None) -> str | None:
     return pick_api_key(api_key, rank_of("api_key"), api_key_file, rank_of("api_key_file"))
 
 
+#: The pace of a command's requests (run, sync, adopt): pacing.RateLimiter.
+rate_option = click.option(
+    "--rate",
+    type=click.FloatRange(min=0.001, max=1_000_000),
+    metavar="R",
+    help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
+    "whole requests: 2.5 sends at most 2 a second).",
+)
+
+
 #: How long a Retry-After from the API may make a command wait (run, reconcile, sync, adopt).
 max_retry_after_option = click.option(
     "--max-retry-after",
@@ -499,13 +510,7 @@ def _endpoint(
     show_default=True,
     help="At most this many requests in the air at once (the run starts lower and grows).",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.001, max=1_000_000),
-    metavar="R",
-    help="At most R requests in any one-second window (R below 1: one request every 1/R s; above 1, "
-    "whole requests: 2.5 sends at most 2 a second).",
-)
+@rate_option
 @max_retry_after_option
 @click.option(
     "--max-attempts",
@@ -906,6 +911,7 @@ def reconcile(
     show_default=True,
     help="The largest result downloaded; a bigger one is recorded as an error.",
 )
+@rate_option
 @max_retry_after_option
 @_handle_errors
 def sync(
@@ -920,13 +926,14 @@ def sync(
     watch: float | None,
     concurrency: int,
     max_result_bytes: int,
+    rate: float | None,
     max_retry_after: float,
 ) -> None:
     """Record each sent job's platform status (from batch listings) and download the results of final jobs."""
     from uploader.send import SyncReport
     from uploader.send import sync_ledger as do_sync
 
-    def show(report: SyncReport) -> None:
+    def shown(report: SyncReport) -> None:
         if json_mode() or quiet_mode():
             return
         counts = report.counts
@@ -940,6 +947,12 @@ def sync(
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
+        display = stack.enter_context(SyncDisplay(quiet_mode() or json_mode(), silent=quiet_mode()))
+
+        def show(report: SyncReport) -> None:
+            display.close()  # the round's line replaces its bar (a new bar for the next --watch round)
+            shown(report)
+
         report = do_sync(
             led,
             base_url=url,
@@ -951,6 +964,8 @@ def sync(
             max_retry_after=max_retry_after,
             watch=watch,
             on_round=show,
+            rate=rate,
+            on_progress=display.update,
         )
     if json_mode():
         click.echo(
@@ -981,6 +996,7 @@ def sync(
 @click.option(
     "--batch-id", "batch_ids", multiple=True, required=True, help="A batch whose jobs to record (repeatable)."
 )
+@rate_option
 @max_retry_after_option
 @_handle_errors
 def adopt(
@@ -993,6 +1009,7 @@ def adopt(
     timeout: float,
     project_id: str,
     batch_ids: tuple[str, ...],
+    rate: float | None,
     max_retry_after: float,
 ) -> None:
     """Record jobs created elsewhere (the UI, the SDK, another ledger): `run` then sends nothing for them."""
@@ -1002,7 +1019,14 @@ def adopt(
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=True)
         done = do_adopt(
-            led, project_id, batch_ids, base_url=url, api_key=key, timeout=timeout, max_retry_after=max_retry_after
+            led,
+            project_id,
+            batch_ids,
+            base_url=url,
+            api_key=key,
+            timeout=timeout,
+            max_retry_after=max_retry_after,
+            rate=rate,
         )
     if json_mode():
         click.echo(

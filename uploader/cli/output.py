@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from uploader.cli.settings import Resolved
     from uploader.ledger import StatusReport
     from uploader.load import LoadReport
-    from uploader.send import Progress, RunSummary, SignedUrls
+    from uploader.send import Progress, RunSummary, SignedUrls, SyncReport
 
 from uploader.cli.hints import NO_REPEAT, Repeat
 
 __all__ = [
     "CONFLICT_HINT",
     "ProgressDisplay",
+    "SyncDisplay",
     "conflict_hint",
     "error_line",
     "error_lines",
@@ -512,3 +513,47 @@ def print_settings(resolved: Resolved, as_json: bool) -> None:
     for s in resolved.settings:
         value = "" if s.value is None else (", ".join(map(str, s.value)) if isinstance(s.value, tuple) else s.value)
         click.echo(f"{s.key:<{width}}  {value!s:<24}  {s.source}")
+
+
+class SyncDisplay:
+    """`sync`'s progress as `run` shows its own (`ProgressDisplay`): on a terminal a tqdm bar of final jobs /
+    tracked jobs (one per --watch round), otherwise a line every few seconds on stderr; nothing with -q."""
+
+    def __init__(self, quiet: bool, silent: bool = False) -> None:
+        self.bar: tqdm[NoReturn] | None = None
+        self.silent = silent
+        self.tty = sys.stderr.isatty() and not quiet
+        self.last_line = 0.0
+
+    def __enter__(self) -> SyncDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, report: SyncReport) -> None:
+        if self.silent:
+            return
+        words = f"checked={report.checked}, results={report.results}, failed={len(report.result_errors)}"
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(  # its rate: jobs final since the bar began
+                    total=report.tracked, initial=report.final, unit="job", desc="final", ncols=bar_width()
+                )
+            self.bar.total = report.tracked
+            self.bar.n = report.final
+            self.bar.set_postfix_str(words, refresh=False)
+            self.bar.refresh()
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5.0:
+            self.last_line = now
+            click.echo(f"{report.final}/{report.tracked} final: {words.replace('=', ' ')}", err=True)
+
+    def close(self) -> None:
+        """Remove the bar (if any); safe to call more than once."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -94,11 +94,14 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
     from uploader.ledger.tracking import Adoption as Adoption
     from uploader.ledger.tracking import FetchedResult as FetchedResult
+    from uploader.ledger.tracking import ListedPage as ListedPage
     from uploader.ledger.tracking import TrackedRow as TrackedRow
     from uploader.ledger.tracking import adopt_jobs as adopt_jobs
+    from uploader.ledger.tracking import record_listed as record_listed
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
     from uploader.ledger.tracking import results_due as results_due
+    from uploader.ledger.tracking import small_page_cache as small_page_cache
     from uploader.ledger.tracking import sync_batches as sync_batches
     from uploader.ledger.tracking import sync_counts as sync_counts
     from uploader.ledger.tracking import tracked_rows as tracked_rows
@@ -195,9 +198,12 @@ _EXPORTS = {
     "RESULT_STATUSES": "uploader.ledger.tracking",
     "TrackedRow": "uploader.ledger.tracking",
     "FetchedResult": "uploader.ledger.tracking",
+    "ListedPage": "uploader.ledger.tracking",
+    "record_listed": "uploader.ledger.tracking",
     "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",
+    "small_page_cache": "uploader.ledger.tracking",
     "sync_batches": "uploader.ledger.tracking",
     "sync_counts": "uploader.ledger.tracking",
     "tracked_rows": "uploader.ledger.tracking",

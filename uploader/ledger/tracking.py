@@ -8,11 +8,12 @@ sync fetches it again. Rows whose status is in `RESULT_STATUSES` and with no res
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, event, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
@@ -23,11 +24,14 @@ __all__ = [
     "STATUS_CHARS",
     "Adoption",
     "FetchedResult",
+    "ListedPage",
     "TrackedRow",
     "adopt_jobs",
+    "record_listed",
     "record_results",
     "record_statuses",
     "results_due",
+    "small_page_cache",
     "sync_batches",
     "sync_counts",
     "tracked_rows",
@@ -45,6 +49,39 @@ _NO_RESULT = "result_path IS NULL AND result IS NULL"
 
 #: (row id, project_id, reference_id, job_id)
 TrackedRow = tuple[int, str, str, str]
+
+
+#: The SQLite page cache of a sync's connections (KiB): a sync reads each row once or twice, so a big cache
+#: buys little and its size would follow the ledger's (the engine's default is sized for bulk loads).
+SYNC_CACHE_KIB = 2048
+
+
+@contextmanager
+def small_page_cache(engine: Engine, kib: int = SYNC_CACHE_KIB) -> Iterator[None]:
+    """Within the block, each SQLite connection taken from `engine`'s pool has a page cache of `kib` KiB; its
+    own size is given back when it returns to the pool. (Other databases: nothing changes.)"""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+
+    def small(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        record.info["cache_size"] = cursor.execute("PRAGMA cache_size").fetchone()[0]
+        cursor.execute(f"PRAGMA cache_size = {-int(kib)}")
+        cursor.close()
+
+    def back(dbapi_connection: Any, record: Any) -> None:
+        size = record.info.pop("cache_size", None)
+        if size is not None and dbapi_connection is not None:
+            dbapi_connection.execute(f"PRAGMA cache_size = {int(size)}")
+
+    event.listen(engine, "checkout", small)
+    event.listen(engine, "checkin", back)
+    try:
+        yield
+    finally:
+        event.remove(engine, "checkout", small)
+        event.remove(engine, "checkin", back)
 
 
 def sync_batches(engine: Engine) -> list[tuple[str, str | None]]:
@@ -72,6 +109,86 @@ def record_statuses(engine: Engine, project_id: str, seen: Sequence[tuple[str, s
             params,
         )
         return max(0, result.rowcount)
+
+
+@dataclass
+class ListedPage:
+    """What `record_listed` did with a page of statuses: the tracked rows it matched (their ids), how many
+    changed status, how many more are final than before, and the rows whose result is now to fetch."""
+
+    seen: list[int] = field(default_factory=list)
+    changed: int = 0
+    more_final: int = 0
+    due: list[TrackedRow] = field(default_factory=list)
+
+
+#: A tracked row as `record_listed` reads it: (id, reference_id, job_id, platform_status, result_path,
+#: whether a result is recorded).
+_ListedRow = tuple[int, str, str, str | None, str | None, bool]
+
+
+def plan_listed(
+    rows: Sequence[_ListedRow], statuses: dict[str, str], project_id: str
+) -> tuple[ListedPage, list[tuple[int, str]], list[tuple[str, str | None]]]:
+    """The decisions for a page of statuses (job_id → status) over the rows holding those jobs: the page's
+    outcome, the (row id, new status) to write, and the (reference_id, recorded result file) of each row
+    whose status changed away from a final one (its result, on disk too, is stale)."""
+    page = ListedPage()
+    writes: list[tuple[int, str]] = []
+    stale: list[tuple[str, str | None]] = []
+    for row_id, reference_id, job_id, old, path, has_result in rows:
+        new = statuses.get(job_id)
+        if new is None:
+            continue
+        page.seen.append(row_id)
+        changed = old != new
+        if changed:
+            writes.append((row_id, new))
+            page.more_final += (new in RESULT_STATUSES) - (old in RESULT_STATUSES)
+            if old in RESULT_STATUSES or path is not None:
+                stale.append((reference_id, path))
+        if new in RESULT_STATUSES and (changed or not has_result):
+            page.due.append((row_id, project_id, reference_id, job_id))
+    page.changed = len(writes)
+    return page, writes, stale
+
+
+def record_listed(
+    engine: Engine,
+    project_id: str,
+    listed: Sequence[tuple[str, str]],
+    now: dt.datetime,
+    forget: Callable[[list[tuple[str, str | None]]], None] | None = None,
+) -> ListedPage:
+    """Record a page of (job_id, status) of a project in one transaction (`plan_listed`). A row whose status
+    changed loses its recorded result; `forget` is called with the stale results before that is committed,
+    so a stale file is gone before the ledger stops naming it (a kill in between leaves a row naming a file
+    that is gone, which the next sync's listing corrects)."""
+    statuses = {job_id: status[:STATUS_CHARS] for job_id, status in listed}
+    if not statuses:
+        return ListedPage()
+    query = text(
+        "SELECT id, reference_id, job_id, platform_status, result_path, "
+        f"NOT ({_NO_RESULT}) FROM jobs "
+        f"WHERE project_id = :p AND job_id IN :ids AND {_TRACKED}"
+    ).bindparams(bindparam("ids", expanding=True))
+    with write_tx(engine) as conn:
+        rows = [
+            (r[0], r[1], r[2], r[3], r[4], bool(r[5]))
+            for r in conn.execute(query, {"p": project_id, "ids": list(statuses)})
+        ]
+        page, writes, stale = plan_listed(rows, statuses, project_id)
+        if stale and forget is not None:
+            forget(stale)
+        if writes:
+            conn.execute(
+                text(
+                    "UPDATE jobs SET platform_status = :s, platform_status_at = :t, result_path = NULL, "
+                    "result = NULL, result_sha256 = NULL, result_error = NULL WHERE id = :i"
+                ),
+                [{"i": i, "s": s, "t": now} for i, s in writes],
+            )
+    return page
 
 
 def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]:

@@ -1,10 +1,20 @@
 """`uploader sync`: follow every sent job to its platform status and its result.
 
 Statuses come from the batch listings (one request per page of jobs); a tracked job no listing showed is
-read on its own (GET job). Jobs with a final status get their result: a URL is downloaded (streamed,
-size-capped, retried by `ApiClient.read`, hashed) to `<results>/<reference_id>.json` through a temporary
-file renamed into place, so no file is ever half-written; a result given inline is stored in the ledger.
-The ledger records each result as it lands: a rerun, even after a kill, fetches only what is missing.
+read on its own (GET job). The rows of a page whose result is due go at once to `concurrency` workers, so
+results download while the listing goes on: each worker reads the job (GET job: the result's URL) and
+downloads the result (streamed, size-capped, retried by `ApiClient.read`, hashed; held in memory up to
+1 MiB) to `<results>/<reference_id>.json`; a result given inline is stored in the ledger.
+
+No file is ever half-written and nothing is fetched twice: a download goes to a temporary file, which is
+fsynced and renamed into place (one thread does the disk work, off the event loop); a group of results is
+then recorded in one ledger transaction, after one fsync of the directory makes the renames durable. So the
+ledger names a file only once its data and its name are on disk. A kill between the rename and the record
+leaves a whole file that the next sync keeps instead of fetching again; a kill before the rename leaves a
+temporary file, removed by the next sync. A job whose status changes after its result was fetched loses
+that result, file included (removed before the change is committed), so it is fetched again.
+Each file is fsynced (not the file system as a whole, as `syncfs` would: that also waits for other
+programs' writes).
 """
 
 from __future__ import annotations
@@ -15,13 +25,17 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
-from uploader.api import MAX_RETRY_AFTER, ApiClient, listed_jobs
+from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, listed_jobs
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
@@ -29,14 +43,15 @@ from uploader.ledger import (
     Ledger,
     TrackedRow,
     adopt_jobs,
+    record_listed,
     record_results,
-    record_statuses,
-    results_due,
+    small_page_cache,
     sync_batches,
     sync_counts,
     tracked_rows,
     utcnow,
 )
+from uploader.send.pacing import RateLimiter
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -52,11 +67,18 @@ __all__ = [
 DEFAULT_MAX_RESULT_BYTES = 64 << 20
 _SAFE = re.compile(r"[a-z0-9_-][a-z0-9._-]{0,150}")
 _PART = ".part"
+#: A download is held in memory up to this size, then in an unnamed temporary file.
+_SPOOL_BYTES = 1 << 20
+#: Results recorded per ledger transaction (and per fsync of the results directory) ...
+GROUP = 256
+#: ... or fewer, once this many seconds passed since the last group was recorded.
+GROUP_SECONDS = 1.0
 
 
 @dataclass
 class SyncReport:
-    """What one sync did, and the ledger's counts after it (`sync_counts`)."""
+    """What one sync did, its live counters (for a progress display), and the ledger's counts after it
+    (`sync_counts`)."""
 
     batches: int = 0
     pages: int = 0  #: listing requests
@@ -65,6 +87,9 @@ class SyncReport:
     results: int = 0  #: results fetched
     result_errors: list[str] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    tracked: int = 0  #: tracked rows when the sync began
+    final: int = 0  #: tracked rows with a final platform status, as the sync goes
+    checked: int = 0  #: tracked rows whose status this sync read
 
     @property
     def all_final(self) -> bool:
@@ -85,6 +110,47 @@ def result_file_name(reference_id: str) -> str:
     return f"{escaped}.json"
 
 
+def _settle(spool: IO[bytes], path: Path) -> None:
+    """A downloaded result made durable under its name: written to a temporary file, fsynced, renamed into
+    place (in the disk thread: creating, syncing and renaming files are slow system calls)."""
+    part = path.with_name(f".{path.name}{_PART}")
+    try:
+        spool.seek(0)
+        with part.open("wb") as sink:
+            shutil.copyfileobj(spool, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _paced(
+    limiter: RateLimiter | None, request: Callable[[], Awaitable[ApiResult]]
+) -> Callable[[], Awaitable[ApiResult]]:
+    """`request`, each call of it waiting until --rate (`limiter`) lets one more request go."""
+    if limiter is None:
+        return request
+
+    async def paced() -> ApiResult:
+        while (wait := limiter.delay(time.monotonic())) > 0:
+            await asyncio.sleep(wait)
+        limiter.take(time.monotonic())
+        return await request()
+
+    return paced
+
+
+def _fsync_dir(directory: Path) -> None:
+    """The renames into `directory` made durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class _Sync:
     ledger: Ledger
@@ -95,13 +161,56 @@ class _Sync:
     rng: random.Random
     sleep: Callable[[float], Awaitable[Any]]
     max_retry_after: float
+    limiter: RateLimiter | None = None
+    on_progress: Callable[[SyncReport], None] | None = None
     report: SyncReport = field(default_factory=SyncReport)
-    seen: set[str] = field(default_factory=set)
+    seen: bytearray = field(default_factory=bytearray)  #: a bit per row id: listed this sync
+    queue: asyncio.Queue[TrackedRow | None] = field(default_factory=lambda: asyncio.Queue(1))
+    fetched: list[FetchedResult] = field(default_factory=list)  #: results on disk, not yet recorded
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    recorded_at: float = field(default_factory=time.monotonic)
+    disk: ThreadPoolExecutor | None = None
 
-    async def read(self, request: Callable[[], Awaitable[Any]], what: str, expect: str | None) -> dict[str, Any]:
+    async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
+        """`ApiClient.read`, each try paced by --rate."""
         return await self.client.read(
-            request, what, expect=expect, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
+            _paced(self.limiter, request),
+            what,
+            expect=expect,
+            rng=self.rng,
+            sleep=self.sleep,
+            max_retry_after=self.max_retry_after,
         )
+
+    def progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.report)
+
+    async def run(self) -> None:
+        """Statuses, and the due results fetched by `concurrency` workers as the statuses come."""
+        if self.results_dir is None:
+            await self.statuses()
+            return
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
+            stale.unlink(missing_ok=True)
+        self.queue = asyncio.Queue(self.concurrency * 4)
+        self.disk = ThreadPoolExecutor(1, thread_name_prefix="uploader-results")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.concurrency):
+                    group.create_task(self.worker())
+                group.create_task(self.produce())
+        except BaseExceptionGroup as failed:  # the first failure, as the callers know it
+            raise failed.exceptions[0] from None
+        finally:
+            self.disk.shutdown()
+            self.record()
+
+    async def produce(self) -> None:
+        await self.statuses()
+        for _ in range(self.concurrency):
+            await self.queue.put(None)
 
     async def list_batch(self, project: str, batch_id: str) -> None:
         """Page through one batch, recording each page's statuses."""
@@ -114,38 +223,66 @@ class _Sync:
                 None,
             )
             self.report.pages += 1
-            jobs = [(job_id, status) for _, job_id, status in listed_jobs(data) if status]
-            self.seen.update(job_id for job_id, _ in jobs)
-            self.report.changed += record_statuses(self.ledger.engine, project, jobs, utcnow())
+            await self.listed(project, [(job_id, status) for _, job_id, status in listed_jobs(data) if status])
             nxt = data.get("next_page_token")
             token = str(nxt) if nxt else ""
             if not token or token in tokens:
                 return
             tokens.add(token)
 
+    async def listed(self, project: str, jobs: list[tuple[str, str]]) -> None:
+        """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
+        page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget)
+        report = self.report
+        report.changed += page.changed
+        report.final += page.more_final
+        report.checked += len(page.seen)
+        seen = self.seen
+        for row_id in page.seen:
+            if row_id >> 3 >= len(seen):
+                seen.extend(bytes((row_id >> 3) - len(seen) + 4096))
+            seen[row_id >> 3] |= 1 << (row_id & 7)
+        self.progress()
+        if self.results_dir is not None:
+            for row in page.due:
+                await self.queue.put(row)
+
+    def was_seen(self, row_id: int) -> bool:
+        return row_id >> 3 < len(self.seen) and bool(self.seen[row_id >> 3] & (1 << (row_id & 7)))
+
+    def forget(self, stale: list[tuple[str, str | None]]) -> None:
+        """Remove the files of results made stale by a change of status (before the ledger forgets them)."""
+        for reference_id, path in stale:
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+            if self.results_dir is not None:
+                (self.results_dir / result_file_name(reference_id)).unlink(missing_ok=True)
+
     async def statuses(self) -> None:
         """Every batch's listing, then GET job for each tracked job no listing showed."""
+        self.report.tracked, self.report.final = _tracked_and_final(self.ledger)
         default_batches: dict[str, str | None] = {}
         for project, batch in sync_batches(self.ledger.engine):
             if batch is None:
                 if project not in default_batches:
-                    known = self.ledger.known_job_in_default_batch(project)
-                    default_batches[project] = (
-                        None
-                        if known is None
-                        else await self.client.batch_of_job(
-                            project, known, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
-                        )
-                    )
+                    default_batches[project] = await self.default_batch(project)
                 batch = default_batches[project]
                 if batch is None:
                     continue
             self.report.batches += 1
             await self.list_batch(project, batch)
         for page in tracked_rows(self.ledger.engine):
-            missing = [row for row in page if row[3] not in self.seen]
+            missing = [row for row in page if not self.was_seen(row[0])]
             for start in range(0, len(missing), self.concurrency):
                 await asyncio.gather(*(self.read_one(row) for row in missing[start : start + self.concurrency]))
+
+    async def default_batch(self, project: str) -> str | None:
+        """The id of the project's default batch, learnt from one job known to be in it (None: no such job)."""
+        known = self.ledger.known_job_in_default_batch(project)
+        if known is None:
+            return None
+        data = await self.read(partial(self.client.get_job, project, known), f"job {known}", "batch_id")
+        return str(data["batch_id"])
 
     async def read_one(self, row: TrackedRow) -> None:
         """The fallback: one job's status from GET job."""
@@ -154,34 +291,41 @@ class _Sync:
         self.report.job_reads += 1
         status = data.get("status")
         if isinstance(status, str) and status:
-            self.report.changed += record_statuses(self.ledger.engine, project, [(job_id, status)], utcnow())
+            await self.listed(project, [(job_id, status)])
 
-    async def results(self) -> None:
-        """Fetch every due result, `concurrency` at a time, recording each page's outcomes in one transaction;
-        one that fails is recorded and left for the next sync."""
-        if self.results_dir is None:
-            return
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
-            stale.unlink(missing_ok=True)
-        gate = asyncio.Semaphore(self.concurrency)
-        after = 0
-        while rows := results_due(self.ledger.engine, after, self.concurrency * 8):
-            after = rows[-1][0]
-            outcomes = await asyncio.gather(*(self.attempt(gate, row) for row in rows))
-            fetched = [o for o in outcomes if len(o) == 4]
-            errors = [o for o in outcomes if len(o) == 2]
-            record_results(self.ledger.engine, fetched, errors)
-            self.report.results += len(fetched)
-
-    async def attempt(self, gate: asyncio.Semaphore, row: TrackedRow) -> FetchedResult | tuple[int, str]:
-        """One result fetched, or (row id, why not)."""
-        async with gate:
+    async def worker(self) -> None:
+        """Fetch queued results until told to stop (None); one that fails is recorded and left for the next
+        sync. Results are recorded a group at a time."""
+        while (row := await self.queue.get()) is not None:
             try:
-                return await self.result(row)
+                fetched = await self.result(row)
             except ApiUnreachableError as exc:
                 self.report.result_errors.append(f"{row[2]}: {exc}")
-                return row[0], str(exc)
+                self.errors.append((row[0], str(exc)))
+            else:
+                self.fetched.append(fetched)  # the list of now: a group may have been recorded meanwhile
+            if len(self.fetched) + len(self.errors) >= GROUP or time.monotonic() - self.recorded_at >= GROUP_SECONDS:
+                await self.record_group()
+
+    async def record_group(self) -> None:
+        """Record the results on disk so far in one transaction, after making their names durable."""
+        fetched, errors = self.fetched, self.errors
+        self.fetched, self.errors = [], []
+        self.recorded_at = time.monotonic()
+        if self.results_dir is not None and self.disk is not None and any(f[1] is not None for f in fetched):
+            await asyncio.get_running_loop().run_in_executor(self.disk, _fsync_dir, self.results_dir)
+        record_results(self.ledger.engine, fetched, errors)
+        self.report.results += len(fetched)
+        self.progress()
+
+    def record(self) -> None:
+        """Record what is left at the end (or on the way out of a failed sync): the files are already whole
+        under their names."""
+        if self.results_dir is not None and any(f[1] is not None for f in self.fetched):
+            _fsync_dir(self.results_dir)
+        record_results(self.ledger.engine, self.fetched, self.errors)
+        self.report.results += len(self.fetched)
+        self.fetched, self.errors = [], []
 
     async def result(self, row: TrackedRow) -> FetchedResult:
         """One job's result: its URL downloaded to its file, or the result given inline."""
@@ -202,19 +346,19 @@ class _Sync:
         path = self.results_dir / result_file_name(reference_id)
         if path.exists():
             return path, hashlib.sha256(path.read_bytes()).hexdigest()
-        part = path.with_name(f".{path.name}{_PART}")
-        try:
-            with part.open("wb") as sink:
-                data = await self.read(
-                    partial(self.client.download, url, sink, max_bytes=self.max_result_bytes),
-                    f"the result of job {job_id}",
-                    "sha256",
-                )
-                await asyncio.to_thread(os.fsync, sink.fileno())  # off the event loop: other fetches go on
-            os.replace(part, path)
-        finally:
-            part.unlink(missing_ok=True)
+        with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=str(self.results_dir)) as spool:
+            data = await self.read(
+                partial(self.client.download, url, cast(BinaryIO, spool), max_bytes=self.max_result_bytes),
+                f"the result of job {job_id}",
+                "sha256",
+            )
+            await asyncio.get_running_loop().run_in_executor(self.disk, _settle, spool, path)
         return path, str(data["sha256"])
+
+
+def _tracked_and_final(ledger: Ledger) -> tuple[int, int]:
+    counts = sync_counts(ledger.engine)
+    return int(counts["tracked"]), int(counts["final"])
 
 
 async def sync_async(
@@ -227,16 +371,28 @@ async def sync_async(
     seed: int | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     max_retry_after: float = MAX_RETRY_AFTER,
+    limiter: RateLimiter | None = None,
+    on_progress: Callable[[SyncReport], None] | None = None,
 ) -> SyncReport:
-    """One sync over `client`: statuses, then results when `results_dir` is given. Raises FatalApiError when the
-    key or project is refused, ApiUnreachableError when a listing or status read failed after its retries (a
-    result that fails is recorded against its row instead)."""
+    """One sync over `client`: statuses, and results when `results_dir` is given, fetched as the statuses come.
+    Every request waits for `limiter` (--rate); `on_progress` sees the report as it changes. Raises
+    FatalApiError when the key or project is refused, ApiUnreachableError when a listing or status read failed
+    after its retries (a result that fails is recorded against its row instead)."""
     state = _Sync(
-        ledger, client, results_dir, max_result_bytes, max(1, concurrency), random.Random(seed), sleep, max_retry_after
+        ledger,
+        client,
+        results_dir,
+        max_result_bytes,
+        max(1, concurrency),
+        random.Random(seed),
+        sleep,
+        max_retry_after,
+        limiter,
+        on_progress,
     )
-    await state.statuses()
-    await state.results()
-    state.report.counts = sync_counts(ledger.engine)
+    with small_page_cache(ledger.engine):  # memory flat in the ledger's size (the counts read every row too)
+        await state.run()
+        state.report.counts = sync_counts(ledger.engine)
     return state.report
 
 
@@ -252,11 +408,15 @@ def sync_ledger(
     max_retry_after: float = MAX_RETRY_AFTER,
     watch: float | None = None,
     on_round: Callable[[SyncReport], None] | None = None,
+    rate: float | None = None,
+    on_progress: Callable[[SyncReport], None] | None = None,
 ) -> SyncReport:
-    """`sync_async` with its own client; with `watch` (seconds), repeated until every tracked job is final."""
+    """`sync_async` with its own client (a connection beside the workers' for the listing) and --rate; with
+    `watch` (seconds), repeated until every tracked job is final."""
+    limiter = RateLimiter(rate) if rate else None
 
     async def main() -> SyncReport:
-        async with ApiClient(base_url, api_key, concurrency=concurrency, timeout=timeout) as client:
+        async with ApiClient(base_url, api_key, concurrency=concurrency + 1, timeout=timeout) as client:
             while True:
                 report = await sync_async(
                     ledger,
@@ -265,6 +425,8 @@ def sync_ledger(
                     max_result_bytes=max_result_bytes,
                     concurrency=concurrency,
                     max_retry_after=max_retry_after,
+                    limiter=limiter,
+                    on_progress=on_progress,
                 )
                 if on_round is not None:
                     on_round(report)
@@ -283,9 +445,10 @@ async def adopt_async(
     *,
     seed: int | None = None,
     max_retry_after: float = MAX_RETRY_AFTER,
+    limiter: RateLimiter | None = None,
 ) -> Adoption:
-    """List each batch and record every job found (`adopt_jobs`), a page at a time. Raises FatalApiError /
-    ApiUnreachableError as `ApiClient.read`."""
+    """List each batch and record every job found (`adopt_jobs`), a page at a time, each request waiting for
+    `limiter` (--rate). Raises FatalApiError / ApiUnreachableError as `ApiClient.read`."""
     total = Adoption()
     rng = random.Random(seed)
     for batch_id in batch_ids:
@@ -293,7 +456,7 @@ async def adopt_async(
         tokens = {token}
         while True:
             data = await client.read(
-                partial(client.list_batch_page, project_id, batch_id, token),
+                _paced(limiter, partial(client.list_batch_page, project_id, batch_id, token)),
                 f"batch {batch_id} of project {project_id}",
                 expect=None,
                 rng=rng,
@@ -321,11 +484,19 @@ def adopt(
     api_key: str,
     timeout: float = 30.0,
     max_retry_after: float = MAX_RETRY_AFTER,
+    rate: float | None = None,
 ) -> Adoption:
-    """`adopt_async` with its own client."""
+    """`adopt_async` with its own client and --rate."""
 
     async def main() -> Adoption:
         async with ApiClient(base_url, api_key, concurrency=1, timeout=timeout) as client:
-            return await adopt_async(ledger, client, project_id, batch_ids, max_retry_after=max_retry_after)
+            return await adopt_async(
+                ledger,
+                client,
+                project_id,
+                batch_ids,
+                max_retry_after=max_retry_after,
+                limiter=RateLimiter(rate) if rate else None,
+            )
 
     return asyncio.run(main())
