@@ -11,6 +11,8 @@ without them.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,8 @@ KNOWN_COLUMNS = frozenset(
         "expires_at",
     }
 )
+#: SQLite page cache while the report reads (KiB): see _small_cache.
+REPORT_CACHE_KIB = 2048
 _STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 
 
@@ -166,7 +170,7 @@ def report_data(engine: Engine) -> ReportData:
     added = [c["name"] for c in inspect(engine).get_columns("jobs") if c["name"] not in KNOWN_COLUMNS]
     epoch = _epoch(engine.dialect.name, "updated_at")
     tally = _Tally()
-    with read_tx(engine) as conn:
+    with read_tx(engine) as conn, _small_cache(conn):
         first, last = conn.execute(text("SELECT MIN(created_at), MAX(updated_at) FROM jobs")).one()
         first, last = _dt(first), _dt(last)
         step = bucket_seconds(first, last)
@@ -247,6 +251,23 @@ def report_data(engine: Engine) -> ReportData:
         platform,
         fetched,
     )
+
+
+@contextmanager
+def _small_cache(conn: Connection) -> Iterator[None]:
+    """On SQLite, read with a page cache of REPORT_CACHE_KIB instead of the ledger's usual one (sized for
+    loads): every scan here reads the table once, so a big cache only holds pages never read again, and
+    SQLite's sorter (the GROUP BY) sizes its memory by it too, then spills to a temporary file. That keeps
+    the peak memory the same for any size of ledger. The connection's own size is put back after."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{REPORT_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before or 0)}")
 
 
 def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
