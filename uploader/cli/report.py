@@ -233,10 +233,18 @@ def _throughput(data: ReportData) -> str:
             f"<figure><figcaption>{title} per {per}</figcaption>"
             f"{bar_chart(labels, values, colour, title.lower())}</figure>"
         )
+    sums = [sum(v) for _, v, _ in series]
+    if data.measured:
+        source = "counted by the runs themselves, minute by minute: every request and every 429 answer."
+    else:
+        source = (
+            "derived from each row's last answer (the runs of this ledger kept no counts per minute): requests "
+            "are its attempts, throttled means its last answer was HTTP 429."
+        )
     return (
-        f"<h2>Throughput</h2><p class=muted>Times in UTC, from {_time(data.throughput[0][0])}. Each row counts "
-        "at its last answer (its <code>updated_at</code>): requests are its attempts, throttled means its last "
-        "answer was HTTP 429.</p>"
+        f"<h2>Throughput</h2><p><b data-requests>{_n(sums[1])}</b> requests, <b data-created>{_n(sums[0])}</b> "
+        f"jobs created, <b data-throttled>{_n(sums[2])}</b> throttled (HTTP 429).</p>"
+        f"<p class=muted>Times in UTC, from {_time(data.throughput[0][0])}; {source}</p>"
         f'<div class="charts">{"".join(figures)}</div>'
     )
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
-__all__ = ["Base", "Batch", "CheckedUrl", "Job", "LoadedManifest", "Status", "Worker"]
+__all__ = ["Activity", "Base", "Batch", "CheckedUrl", "Job", "LoadedManifest", "Status", "Worker"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -172,6 +172,23 @@ class Worker(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     #: Requests per second over the last heartbeat interval (NULL before the second heartbeat).
     rate: Mapped[float | None] = mapped_column(Float)
+
+
+class Activity(Base):
+    """What one run (a worker) did in one minute (UTC): the throughput chart of `uploader report`. The run
+    writes its in-memory counters here about once per heartbeat (never per request), so the chart shows
+    every request and every 429, not only each row's last answer."""
+
+    __tablename__ = "activity"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)  #: the worker (workers.owner)
+    minute: Mapped[dt.datetime] = mapped_column(DateTime, primary_key=True)  #: its start, naive UTC
+    requests: Mapped[int] = mapped_column(Integer)  #: job creation requests answered (or failed to connect)
+    created: Mapped[int] = mapped_column(Integer)  #: rows that succeeded with a job this run created
+    recovered: Mapped[int] = mapped_column(Integer)  #: rows that succeeded with a job found existing
+    failed: Mapped[int] = mapped_column(Integer)  #: rows failed
+    throttled: Mapped[int] = mapped_column(Integer)  #: answers HTTP 429
+    retried: Mapped[int] = mapped_column(Integer)  #: rows put back to retry after a retryable error
 
 
 class CheckedUrl(Base):

@@ -1,0 +1,112 @@
+"""The report's throughput from the runs' own counts per minute (the activity table, migration 0009): the
+meter that splits a run's totals by minute, the upsert on both engines, and a real throttled run against the
+sandbox whose report shows the run's own counts."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from uploader.cli.commands import cli
+from uploader.ledger import ACTIVITY_COUNTERS, record_activity, report_data
+from uploader.sandbox import Sandbox, SandboxConfig
+from uploader.send.summary import ActivityMeter, Progress, activity_counts
+
+KEY = "report-activity-key-5d1e"
+T0 = dt.datetime(2026, 12, 1, 22, 0)
+
+
+def totals(requests: int, created: int = 0, throttled: int = 0) -> dict[str, int]:
+    return {"requests": requests, "created": created, "recovered": 0, "failed": 0, "throttled": throttled, "retried": 0}
+
+
+def test_the_run_counters_are_the_tables_columns():
+    p = Progress(requests=7, succeeded=5, recovered=1, failed=1, throttled=2, retrying=1)
+    assert tuple(activity_counts(p)) == ACTIVITY_COUNTERS
+    assert activity_counts(p) == {
+        "requests": 7,
+        "created": 4,
+        "recovered": 1,
+        "failed": 1,
+        "throttled": 2,
+        "retried": 1,
+    }
+
+
+def test_the_minutes_add_up_to_the_run_totals():
+    meter = ActivityMeter()
+    assert meter.tick(T0, totals(0)) is None  # nothing done yet: nothing written
+    assert meter.tick(T0 + dt.timedelta(seconds=5), totals(10, 8, 2)) == (T0, totals(10, 8, 2))
+    assert meter.tick(T0 + dt.timedelta(seconds=10), totals(10, 8, 2)) is None  # unchanged
+    assert meter.tick(T0 + dt.timedelta(seconds=55), totals(30, 25, 3)) == (T0, totals(30, 25, 3))
+    # the next minute counts what came after the previous tick, not what the previous minute had
+    nxt = T0 + dt.timedelta(minutes=1)
+    assert meter.tick(nxt + dt.timedelta(seconds=2), totals(34, 29, 3)) == (nxt, totals(4, 4, 0))
+    # a quiet minute writes nothing; the one after counts from the last tick
+    later = T0 + dt.timedelta(minutes=5)
+    assert meter.tick(later - dt.timedelta(minutes=2), totals(34, 29, 3)) is None
+    assert meter.tick(later + dt.timedelta(seconds=59, microseconds=9), totals(40, 30, 9)) == (later, totals(6, 1, 6))
+
+
+def test_activity_is_upserted_and_shown(ledger):
+    """The same minute written again takes the newer counts (an upsert on SQLite and PostgreSQL); runs add up."""
+    record_activity(ledger.engine, "run-a", T0, totals(5, 4, 1))
+    record_activity(ledger.engine, "run-a", T0, totals(9, 7, 2))
+    record_activity(ledger.engine, "run-b", T0, totals(1, 1, 0))
+    record_activity(ledger.engine, "run-a", T0 + dt.timedelta(minutes=2), totals(3, 3, 0))
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(text("SELECT owner, minute, requests FROM activity ORDER BY owner, minute")).all()
+    assert [(o, r) for o, _, r in rows] == [("run-a", 9), ("run-a", 3), ("run-b", 1)]
+    data = report_data(ledger.engine)
+    assert data.measured and data.bucket == 60
+    assert data.throughput == [(T0, 8, 10, 2), (T0 + dt.timedelta(minutes=2), 3, 3, 0)]
+
+
+def test_a_ledger_without_activity_keeps_the_derived_chart(ledger):
+    data = report_data(ledger.engine)
+    assert not data.measured and data.throughput == []
+
+
+def _images(path: Path, n: int) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["reference_id", "image_url"])
+        for i in range(n):
+            w.writerow([f"img-{i:05d}", f"https://cdn.example.com/{i}.jpg"])
+    return path
+
+
+def _shown(page: str, name: str) -> int:
+    return int(re.search(rf"<b data-{name}>([\d,]+)</b>", page).group(1).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_report_of_a_throttled_run_shows_the_runs_own_counts(tmp_path):
+    """A real run against the sandbox, throttled (429 with Retry-After) and with transient errors: the
+    report's requests, created jobs and 429s are the run's own counts, every request included (not only each
+    row's last answer), and they match what the sandbox received."""
+    config = SandboxConfig(api_key=KEY, seed=3, rate_limit=100, retry_after_s=1, error_rate=0.05)
+    ledger, out = tmp_path / "l.db", tmp_path / "report.html"
+    with Sandbox(config) as box:
+        args = ["run", str(_images(tmp_path / "m.csv", 150)), "--project-id", "proj", "--work-flow-id", "wf"]
+        args += ["--ledger", str(ledger), "--base-url", box.base_url, "--json", "--quiet"]
+        result = CliRunner().invoke(cli, args, env={"PLAYMENT_API_KEY": KEY}, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        run = json.loads(result.output[result.output.index("{") :])["this_run"]
+        stats = box.stats()
+    assert run["throttled"] > 0 and run["retries"] > 0  # the faults did happen
+    assert stats["faults"]["rate_limited"] == run["throttled"]
+    made = CliRunner().invoke(cli, ["report", "--ledger", str(ledger), "-o", str(out)], catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    page = out.read_text()
+    assert _shown(page, "requests") == run["requests"] > 150
+    assert _shown(page, "created") == run["succeeded"] - run["recovered"]
+    assert _shown(page, "throttled") == run["throttled"]
+    assert "counted by the runs" in page
