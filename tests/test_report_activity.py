@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from uploader.cli.commands import cli
+from uploader.cli.report import axis_ticks, stacked_chart, time_marks
 from uploader.ledger import ACTIVITY_COUNTERS, record_activity, report_data
 from uploader.sandbox import Sandbox, SandboxConfig
 from uploader.send.summary import ActivityMeter, Progress, activity_counts
@@ -109,4 +110,27 @@ def test_report_of_a_throttled_run_shows_the_runs_own_counts(tmp_path):
     assert _shown(page, "requests") == run["requests"] > 150
     assert _shown(page, "created") == run["succeeded"] - run["recovered"]
     assert _shown(page, "throttled") == run["throttled"]
-    assert "counted by the runs" in page
+    assert "as the runs counted them" in page
+
+
+def test_the_y_axis_reads_at_round_values():
+    assert axis_ticks(0) == [0, 1] and axis_ticks(3) == [0, 1, 2, 3]
+    assert axis_ticks(39) == [0, 10, 20, 30, 40]
+    assert axis_ticks(2340) == [0, 1000, 2000, 3000]
+    assert axis_ticks(99_999) == [0, 25_000, 50_000, 75_000, 100_000]
+
+
+def test_the_time_axis_is_labelled_at_round_times():
+    minutes = [T0 + dt.timedelta(minutes=3 + i) for i in range(45)]  # 22:03 … 22:47
+    assert [f"{minutes[i]:%H:%M}" for i in time_marks(minutes, 60)] == ["22:10", "22:20", "22:30", "22:40"]
+    fives = [T0 + dt.timedelta(minutes=5 * i) for i in range(96)]  # 8 hours in 5-minute buckets
+    assert [f"{fives[i]:%H:%M}" for i in time_marks(fives, 300)] == ["22:00", "00:00", "02:00", "04:00"]
+    assert time_marks(minutes[:1], 60) == [0]
+
+
+def test_the_requests_chart_stacks_the_answers():
+    svg = stacked_chart(
+        ["22:00"], [("created", "#0f0", [8]), ("throttled", "#f00", [2]), ("other", "#ccc", [0])], "requests"
+    )
+    assert svg.count("<rect") == 2  # an empty layer draws nothing
+    assert "22:00: 10 requests (8 created, 2 throttled, 0 other)" in svg
