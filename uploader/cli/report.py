@@ -63,7 +63,7 @@ svg text{font:11px system-ui,sans-serif;fill:var(--muted)}
 table{border-collapse:collapse;width:100%;font-size:.93em}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-size:.92em;overflow-wrap:anywhere}
+code{font-size:.92em;overflow-wrap:anywhere}code.key{overflow-wrap:normal}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{color:var(--muted)}
 dd{margin:0;overflow-wrap:anywhere}
 @media (max-width:600px){body{font-size:14px;padding:10px}svg text{font-size:14px}.charts{grid-template-columns:1fr}
@@ -94,7 +94,7 @@ def advice(code: str, status: str) -> str:
             "Check access to the attachment (open the URL: permissions, host, file), then "
             "`uploader check` and `uploader retry --blocked`."
         )
-    if code == "http_429":
+    if code in ("http_429", "rate_limited"):
         return "Throttled: the API was busy. The next `uploader run` sends it again (a lower `--rate` throttles less)."
     if status == "uncertain":
         return "The job may exist: `uploader reconcile` looks it up."
@@ -339,7 +339,7 @@ def _errors(data: ReportData) -> str:
         return "<h2>Errors</h2><p class=muted>No row has an error.</p>"
     rows = [
         [
-            f"<code>{escape(code)}</code>",
+            f"<code class=key>{escape(code)}</code>",
             escape(status),
             _n(n),
             escape(message or ""),
