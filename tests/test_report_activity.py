@@ -89,12 +89,12 @@ def _shown(page: str, name: str) -> int:
 
 
 @pytest.mark.slow
-def test_report_of_a_throttled_run_shows_the_runs_own_counts(tmp_path):
+def test_report_of_a_throttled_run_shows_the_runs_own_counts(db_url, tmp_path):
     """A real run against the sandbox, throttled (429 with Retry-After) and with transient errors: the
     report's requests, created jobs and 429s are the run's own counts, every request included (not only each
-    row's last answer), and they match what the sandbox received."""
+    row's last answer), and they match what the sandbox received. On SQLite and PostgreSQL (the upsert)."""
     config = SandboxConfig(api_key=KEY, seed=3, rate_limit=100, retry_after_s=1, error_rate=0.05)
-    ledger, out = tmp_path / "l.db", tmp_path / "report.html"
+    ledger, out = db_url, tmp_path / "report.html"
     with Sandbox(config) as box:
         args = ["run", str(_images(tmp_path / "m.csv", 150)), "--project-id", "proj", "--work-flow-id", "wf"]
         args += ["--ledger", str(ledger), "--base-url", box.base_url, "--json", "--quiet"]
