@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from uploader.cli.commands import cli
 from uploader.cli.report import axis_ticks, stacked_chart, time_marks
@@ -134,3 +134,23 @@ def test_the_requests_chart_stacks_the_answers():
     )
     assert svg.count("<rect") == 2  # an empty layer draws nothing
     assert "22:00: 10 requests (8 created, 2 throttled, 0 other)" in svg
+
+
+def test_the_report_reads_with_a_small_cache_and_puts_the_ledgers_back(ledger):
+    """The report's read uses a 2 MiB page cache (flat memory); the pooled connection gets its own size back."""
+    if ledger.engine.dialect.name != "sqlite":
+        pytest.skip("a SQLite page cache")
+    with ledger.engine.connect() as conn:
+        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    seen: list[str] = []
+    listen = lambda *args: seen.append(args[2])  # noqa: E731 (conn, cursor, statement, …)
+    event.listen(ledger.engine, "before_cursor_execute", listen)
+    try:
+        report_data(ledger.engine)
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", listen)
+    small = seen.index("PRAGMA cache_size = -2048")
+    assert not [q for q in seen[:small] if q.startswith("SELECT")]  # before every query of the report
+    assert seen[-1] == "PRAGMA cache_size = -32768"
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before == -32768
