@@ -4,9 +4,9 @@ so that a 1,000,000-row ledger reads in a few scans with flat memory.
 Throughput comes from the runs' own counts per minute (the activity table: requests, jobs created, HTTP
 429s). A ledger whose runs kept none (an older uploader) gets it derived from the jobs: a row counts in the
 time bucket of its `updated_at` (its last answer): created jobs (succeeded, origin created), requests (its
-attempts) and throttling (its last answer was HTTP 429). Columns that other versions add (the platform's status of jobs
-and results, from `uploader sync`) are found by reading the table's columns, so the report works with or
-without them.
+attempts) and throttling (its last answer was HTTP 429). Columns that other versions add (the platform's
+status of jobs and results, from `uploader sync`) are found by reading the table's columns, so the report
+works with or without them.
 """
 
 from __future__ import annotations
