@@ -2,16 +2,18 @@
 
 Fills a fresh ledger with N rows in every state (answered over 8 hours, in 2 projects and 200 batches, with
 error codes and attempts), then times `uploader report` in a process of its own (start-up included) and reads
-its peak resident memory; the same for a ledger a tenth the size, so that flat memory shows as the same
-peak. Prints the figures and the page's size, and the seconds of building the page in-process.
+its peak resident memory and CPU time, three times (min/median/max); the same for a ledger a tenth the size,
+so that flat memory shows as the same peak. Prints the figures, the page's size and the load average, and
+the seconds of building the page in-process.
 
-    python benchmarks/report_benchmark.py [--rows 1000000]
+    python benchmarks/report_benchmark.py [--rows 1000000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,22 +61,26 @@ def fill(path: Path, rows: int) -> None:
     conn.close()
 
 
-def measure(path: Path) -> tuple[float, int, int]:
-    """(seconds, peak RSS in MiB, page bytes) of `uploader report` on the ledger, in a child process."""
+def measure(path: Path) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, page bytes) of `uploader report` on the ledger, in a child
+    process of its own (os.wait4: that process's own peak and CPU time)."""
     out = path.with_suffix(".html")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "uploader", "report", "--ledger", str(path), "-o", str(out), "-q"], check=True
-    )
+    child = subprocess.Popen([sys.executable, "-m", "uploader", "report", "--ledger", str(path), "-o", str(out), "-q"])
+    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) // 1024, out.stat().st_size
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024, out.stat().st_size
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return "/".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of `uploader report` per ledger")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for rows in (args.rows // 10, args.rows):
@@ -82,10 +88,12 @@ def main() -> None:
             start = time.perf_counter()
             fill(path, rows)
             print(f"{rows:>9,} rows: ledger filled in {time.perf_counter() - start:.1f} s", flush=True)
-            seconds, peak, size = measure(path)
+            runs = [measure(path) for _ in range(args.repeat)]
             print(
-                f"{rows:>9,} rows: uploader report {seconds:.2f} s (process start included), "
-                f"peak RSS {peak} MiB so far, page {size / 1024:.0f} KiB",
+                f"{rows:>9,} rows: uploader report (process start included), min/median/max of {args.repeat}: "
+                f"{_spread([r[0] for r in runs], '.2f')} s wall, {_spread([r[1] for r in runs], '.2f')} s CPU, "
+                f"peak RSS {_spread([r[2] for r in runs], '.0f')} MiB, page {runs[0][3] / 1024:.0f} KiB; "
+                f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
         print(f"{args.rows:>9,} rows: the page built in {build(path):.2f} s in this process (no start-up)")

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from uploader.cli.commands import cli
 from uploader.cli.report import advice, bar_chart
-from uploader.ledger import Ledger, Status, bucket_seconds, report_data
+from uploader.ledger import Ledger, Status, bucket_seconds, record_activity, report_data
 
 ARTIFACTS = Path(os.environ.get("UPLOADER_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 T0 = dt.datetime(2026, 12, 1, 22, 0)
@@ -83,7 +83,7 @@ def test_report_data_aggregates_in_sql(ledger):
     fill(ledger.engine)
     data = report_data(ledger.engine)
     assert data.counts == ledger.counts() and data.total == 90
-    assert data.bucket == 60
+    assert data.bucket == 60 and not data.measured  # no run wrote activity: derived from the rows
     # minute by minute from the first answer; the last two rows (blocked, pending) were never sent
     assert data.throughput[0][0] == T0 and data.throughput[-1][0] == T0 + dt.timedelta(minutes=43)
     assert sum(c for _, c, _, _ in data.throughput) == 20  # 10 of each of the two "created" kinds
@@ -132,7 +132,7 @@ def test_advice_per_kind_of_error():
     assert "Fix the manifest" in advice("FS_0003", "failed")
     assert "retried" in advice("FS_0000", "pending")
     assert "reconcile" in advice("ambiguous", "uncertain")
-    assert "Throttled" in advice("http_429", "pending")
+    assert "Throttled" in advice("http_429", "pending") and "Throttled" in advice("rate_limited", "pending")
 
 
 def test_bar_chart_draws_a_bar_per_value():
@@ -140,10 +140,16 @@ def test_bar_chart_draws_a_bar_per_value():
     assert svg.count("<rect") == 3 and svg.startswith("<svg") and "c: 5 rows" in svg
 
 
-def _page(tmp_path: Path, rows: int = 90) -> tuple[Path, dict]:
+def _page(tmp_path: Path, rows: int = 90, activity: bool = False) -> tuple[Path, dict]:
+    """The report of a `fill`ed ledger (with `activity`: two runs' counts per minute over 45 minutes, with a
+    burst of 429s), and `status --json` of the same ledger."""
     path = tmp_path / "ledger.db"
     led = Ledger.open(str(path))
     fill(led.engine, rows)
+    for owner, minute in ((o, m) for o in ("run-a", "run-b") for m in range(45)) if activity else ():
+        throttled = 30 + minute if 10 < minute < 20 else minute % 3
+        counts = {"requests": 900 + 7 * minute, "recovered": 2, "failed": 3, "throttled": throttled, "retried": 4}
+        record_activity(led.engine, owner, T0 + dt.timedelta(minutes=minute), {**counts, "created": 880 - throttled})
     led.close()
     out = tmp_path / "report.html"
     result = CliRunner().invoke(cli, ["report", "--ledger", str(path), "-o", str(out)], catch_exceptions=False)
@@ -224,13 +230,14 @@ def test_page_in_a_real_browser(tmp_path):
     """Headless Chromium loads the page with no console message, every chart drew, and screenshots at a
     laptop's and a phone's width land in the test artifacts."""
     flags = _browser_flags(tmp_path)
-    out, _ = _page(tmp_path)
+    out, _ = _page(tmp_path, activity=True)
     dom, console = _load(flags, out)
     assert not console, console
     svgs = re.findall(r"<svg[^>]*>(.*?)</svg>", dom, re.S)
-    assert len(svgs) >= 5 and all("<rect" in s for s in svgs)
+    # the share bar, requests by answer, 429s, attempts: each drew its bars
+    assert len(svgs) == out.read_text().count("<svg") >= 4 and all("<rect" in s for s in svgs)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for name, width, height in (("report-laptop.png", 1366, 3000), ("report-phone.png", 390, 5000)):
+    for name, width, height in (("report-laptop.png", 1280, 3000), ("report-phone.png", 390, 5000)):
         shot = ARTIFACTS / name
         subprocess.run(
             [*flags, f"--window-size={width},{height}", f"--screenshot={shot}", out.as_uri()],

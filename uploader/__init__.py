@@ -11,6 +11,8 @@ One word per concept (CONTRIBUTING.md; older code still has other words for some
 - run: one `uploader run` (`run_upload`): claims rows, sends them, records the answers; runs may share a ledger.
 - worker: a sending process registered in the ledger (`workers` table: its heartbeat, its leases); each run
   is one, and `uploader status` lists the live ones.
+- activity: what a run did in one minute (`activity` table: requests, jobs created, 429s…), written by the
+  run from its counters about once per heartbeat; `uploader report` charts it.
 - sender: one of a run's concurrent tasks that send requests (`--concurrency` of them).
 - slice: a piece of a manifest (lines, or Parquet rows) that a slice process reads and checks during a load.
 - slice process: a process a load forks to read slices (`uploader.load.slices`); not a worker.

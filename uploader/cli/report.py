@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING
@@ -18,7 +18,16 @@ from uploader.api import EXISTS_CODES, PERMANENT_CODES, RETRYABLE_CODES
 if TYPE_CHECKING:
     from uploader.ledger import ReportData
 
-__all__ = ["Provenance", "advice", "bar_chart", "render_report", "share_bar"]
+__all__ = [
+    "Provenance",
+    "advice",
+    "axis_ticks",
+    "bar_chart",
+    "render_report",
+    "share_bar",
+    "stacked_chart",
+    "time_marks",
+]
 
 #: One colour per state, the same in every chart and table.
 STATE_COLOURS = {
@@ -43,6 +52,9 @@ padding-bottom:.2em}h3{font-size:1em;margin:.8em 0 .3em}
 .card{border:1px solid var(--line);border-left:6px solid var(--c);border-radius:6px;padding:6px 10px}
 .card b{display:block;font-size:1.4em}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:12px}
+.charts.wide{grid-template-columns:repeat(auto-fit,minmax(320px,1fr))}
+.legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:.85em;color:var(--muted);margin-bottom:2px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px}
 figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:8px;break-inside:avoid}
 figcaption{font-weight:600;margin-bottom:4px}
 svg{width:100%;height:auto;display:block}
@@ -51,10 +63,10 @@ svg text{font:11px system-ui,sans-serif;fill:var(--muted)}
 table{border-collapse:collapse;width:100%;font-size:.93em}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-size:.92em;overflow-wrap:anywhere}
+code{font-size:.92em;overflow-wrap:anywhere}code.key{overflow-wrap:normal}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{color:var(--muted)}
 dd{margin:0;overflow-wrap:anywhere}
-@media (max-width:600px){body{font-size:14px;padding:10px}.charts{grid-template-columns:1fr}
+@media (max-width:600px){body{font-size:14px;padding:10px}svg text{font-size:14px}.charts{grid-template-columns:1fr}
 dl{grid-template-columns:1fr}dt{margin-top:6px}
 table,tbody,tr,td{display:block}thead{display:none}tr{border:1px solid var(--line);border-radius:6px;
 margin-bottom:8px;padding:4px 0}td{border:0;padding:2px 10px}td.n{text-align:left}
@@ -82,7 +94,7 @@ def advice(code: str, status: str) -> str:
             "Check access to the attachment (open the URL: permissions, host, file), then "
             "`uploader check` and `uploader retry --blocked`."
         )
-    if code == "http_429":
+    if code in ("http_429", "rate_limited"):
         return "Throttled: the API was busy. The next `uploader run` sends it again (a lower `--rate` throttles less)."
     if status == "uncertain":
         return "The job may exist: `uploader reconcile` looks it up."
@@ -115,40 +127,103 @@ def bar_chart(
     unit: str,
     width: int = 400,
     height: int = 190,
+    marks: Sequence[int] | None = None,
 ) -> str:
-    """A vertical bar chart as inline SVG: every bar with a <title> (its label and value), a few x labels."""
-    top = max(values, default=0) or 1
+    """A vertical bar chart as inline SVG: every bar with a <title> (its label and value), x labels under
+    the bars in `marks` (indices; by default about six, evenly spaced)."""
+    layers = [(unit, colours, list(values))]
+    return stacked_chart(labels, layers, unit, width=width, height=height, marks=marks)
+
+
+def stacked_chart(
+    labels: Sequence[str],
+    layers: Sequence[tuple[str, Sequence[str] | str, Sequence[int]]],
+    unit: str,
+    width: int = 400,
+    height: int = 190,
+    marks: Sequence[int] | None = None,
+) -> str:
+    """Bars of stacked layers (name, colour or one per bar, values), the first at the bottom, as inline SVG:
+    a y axis at round values, a <title> per bar naming every layer, x labels under the bars in `marks`."""
+    totals = [sum(vs) for vs in zip(*(v for _, _, v in layers))] if layers else []
+    ticks = axis_ticks(max(totals, default=0))
+    top = ticks[-1]
     left, bottom, pad = 44, 22, 6
     plot_w, plot_h = width - left - pad, height - bottom - pad
-    step = plot_w / max(len(values), 1)
+    step = plot_w / max(len(totals), 1)
     bar = min(max(step * 0.8, 0.8), 48)  # a lone bucket is a bar, not a block
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(unit)}">']
-    for frac in (0, 0.5, 1) if top % 2 == 0 else (0, 1):
-        y = pad + plot_h * (1 - frac)
+    for tick in ticks:
+        y = pad + plot_h * (1 - tick / top)
         parts.append(
             f'<line x1="{left}" x2="{width - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(top * frac)}</text>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(tick)}</text>'
         )
-    every = max(1, len(labels) // 6)
-    for i, (label, v) in enumerate(zip(labels, values)):
-        colour = colours if isinstance(colours, str) else colours[i]
-        h = plot_h * v / top
+    shown = set(range(0, len(labels), max(1, len(labels) // 6)) if marks is None else marks)
+    for i, (label, total) in enumerate(zip(labels, totals)):
         x = left + i * step + (step - bar) / 2
-        parts.append(
-            f'<rect x="{x:.1f}" y="{pad + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-            f'fill="{colour}"><title>{escape(label)}: {_n(v)} {escape(unit)}</title></rect>'
-        )
-        if i % every == 0:
+        parts.append(f"<g><title>{escape(label)}: {_bar_title(total, unit, layers, i)}</title>")
+        base = float(pad + plot_h)
+        for _, colours, values in layers:
+            h = plot_h * max(values[i], 0) / top
+            colour = colours if isinstance(colours, str) else colours[i]
+            if h > 0 or len(layers) == 1:
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}"/>'
+                )
+            base -= h
+        parts.append("</g>")
+        if i in shown:
             middle = x + bar / 2
             anchor = "end" if middle > width - 3 * pad - 14 else "middle"  # the last label inside the chart
             parts.append(
                 f'<text x="{min(middle, width - pad):.1f}" y="{height - 6}" text-anchor="{anchor}">'
                 f"{escape(label)}</text>"
             )
-    if not any(values):
+    if not any(totals):
         parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{pad + plot_h / 2:.1f}" text-anchor="middle">none</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _bar_title(total: int, unit: str, layers: Sequence[tuple[str, object, Sequence[int]]], i: int) -> str:
+    """A bar's tooltip: its total, and each layer's part when there are several."""
+    if len(layers) == 1:
+        return f"{_n(total)} {escape(unit)}"
+    return f"{_n(total)} {escape(unit)} (" + ", ".join(f"{_n(v[i])} {escape(n)}" for n, _, v in layers) + ")"
+
+
+def axis_ticks(top: int) -> list[int]:
+    """The y axis's gridlines: 0 up to the first round value at or above `top`, in at most 4 round steps
+    (1, 2, 2.5 or 5 times a power of ten), so the axis reads 0, 1k, 2k, 3k rather than 0, 1170, 2340."""
+    if top <= 0:
+        return [0, 1]
+    step = next(s for s in _round_steps() if s * 4 >= top)
+    return list(range(0, -(-top // step) * step + 1, step))
+
+
+def _round_steps() -> Iterator[int]:
+    """1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, …"""
+    magnitude = 1
+    while True:
+        yield from (f * magnitude // 10 for f in ((10, 20, 50) if magnitude == 1 else (10, 20, 25, 50)))
+        magnitude *= 10
+
+
+def time_marks(times: Sequence[dt.datetime], bucket: int, most: int = 7) -> list[int]:
+    """The buckets to label on a time axis: those at a round time (every 5, 10, 15, 30 minutes, 1, 2, 3, 6,
+    12 hours, a day…), the shortest interval that gives at most `most` labels."""
+    if not times:
+        return []
+    span = (times[-1] - times[0]).total_seconds()
+    every = next((m * 60 for m in _ROUND_MINUTES if m * 60 >= bucket and span / (m * 60) < most), None)
+    if every is None:
+        every = bucket * (int(span / bucket / most) + 1)
+    epoch = dt.datetime(1970, 1, 1)
+    return [i for i, t in enumerate(times) if int((t - epoch).total_seconds()) % every == 0]
+
+
+_ROUND_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2 * 1440, 7 * 1440)
 
 
 def share_bar(counts: dict[str, int], width: int = 1000, height: int = 28) -> str:
@@ -215,29 +290,47 @@ def _totals(status: ReportData) -> str:
     )
 
 
+#: The throughput charts' colours: jobs created, 429 answers, every other answer.
+CREATED, THROTTLED, OTHER = STATE_COLOURS["succeeded"], "#d97706", "#cbd5e1"
+
+
 def _throughput(data: ReportData) -> str:
+    """One chart of the requests per bucket split by answer (jobs created at the bottom, read on the axis),
+    and the 429s on their own scale (a few per minute would not show beside thousands of requests)."""
     if not data.throughput:
         return "<h2>Throughput</h2><p class=muted>Nothing sent yet.</p>"
     minutes = data.bucket // 60
     per = "minute" if minutes == 1 else f"{minutes} minutes"
-    fmt = "%H:%M" if data.bucket < 86400 else "%m-%d"
-    labels = [f"{t:{fmt}}" for t, *_ in data.throughput]
-    figures = []
-    series = (
-        ("Jobs created", [c for _, c, _, _ in data.throughput], STATE_COLOURS["succeeded"]),
-        ("Requests", [r for _, _, r, _ in data.throughput], "#3b82f6"),
-        ("Throttled (HTTP 429)", [t for _, _, _, t in data.throughput], "#d97706"),
+    times = [t for t, *_ in data.throughput]
+    labels = [f"{t:{'%H:%M' if data.bucket < 86400 else '%m-%d'}}" for t in times]
+    marks = time_marks(times, data.bucket)
+    created = [c for _, c, _, _ in data.throughput]
+    throttled = [t for _, _, _, t in data.throughput]
+    other = [max(0, r - c - t) for _, c, r, t in data.throughput]
+    requests = sum(r for _, _, r, _ in data.throughput)
+    layers = [("jobs created", CREATED, created), ("throttled (429)", THROTTLED, throttled), ("other", OTHER, other)]
+    legend = "".join(
+        f'<span><i style="background:{colour}"></i>{name}</span>'
+        for name, colour in (("jobs created", CREATED), ("throttled (HTTP 429)", THROTTLED), ("other answers", OTHER))
     )
-    for title, values, colour in series:
-        figures.append(
-            f"<figure><figcaption>{title} per {per}</figcaption>"
-            f"{bar_chart(labels, values, colour, title.lower())}</figure>"
+    charts = (
+        f"<figure><figcaption>Requests per {per}</figcaption><div class=legend>{legend}</div>"
+        f"{stacked_chart(labels, layers, 'requests', width=440, height=200, marks=marks)}</figure>"
+        f"<figure><figcaption>Throttled (HTTP 429) per {per}</figcaption><div class=legend>&nbsp;</div>"
+        f"{bar_chart(labels, throttled, THROTTLED, 'throttled', width=440, height=200, marks=marks)}</figure>"
+    )
+    if data.measured:
+        source = "as the runs counted them: every request, every 429 answer."
+    else:
+        source = (
+            "derived from each row's last answer (this ledger's runs kept no counts per minute): requests are "
+            "its attempts, throttled means its last answer was HTTP 429."
         )
     return (
-        f"<h2>Throughput</h2><p class=muted>Times in UTC, from {_time(data.throughput[0][0])}. Each row counts "
-        "at its last answer (its <code>updated_at</code>): requests are its attempts, throttled means its last "
-        "answer was HTTP 429.</p>"
-        f'<div class="charts">{"".join(figures)}</div>'
+        f"<h2>Throughput</h2><p><b data-requests>{_n(requests)}</b> requests, <b data-created>{_n(sum(created))}"
+        f"</b> jobs created, <b data-throttled>{_n(sum(throttled))}</b> throttled (HTTP 429).</p>"
+        f"<p class=muted>Per {per} from {times[0]:%Y-%m-%d %H:%M} UTC, {source}</p>"
+        f'<div class="charts wide">{charts}</div>'
     )
 
 
@@ -246,7 +339,7 @@ def _errors(data: ReportData) -> str:
         return "<h2>Errors</h2><p class=muted>No row has an error.</p>"
     rows = [
         [
-            f"<code>{escape(code)}</code>",
+            f"<code class=key>{escape(code)}</code>",
             escape(status),
             _n(n),
             escape(message or ""),

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.ledger.activity import ACTIVITY_COUNTERS as ACTIVITY_COUNTERS
+    from uploader.ledger.activity import record_activity as record_activity
     from uploader.ledger.engine import LedgerLocked as LedgerLocked
     from uploader.ledger.engine import LockWait as LockWait
     from uploader.ledger.engine import read_tx as read_tx
@@ -111,6 +113,8 @@ if TYPE_CHECKING:
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
+    "ACTIVITY_COUNTERS": "uploader.ledger.activity",
+    "record_activity": "uploader.ledger.activity",
     "CLAIM_LOG_ENV": "uploader.ledger.ledger",
     "BatchSlot": "uploader.ledger.ledger",
     "Claim": "uploader.ledger.ledger",

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import false
 
-__all__ = ["METADATA", "Status", "batches", "jobs", "manifests", "urls", "workers"]
+__all__ = ["METADATA", "Status", "activity", "batches", "jobs", "manifests", "urls", "workers"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -180,4 +180,20 @@ urls = Table(
     Column("content_type", Text),
     Column("length", BigInteger().with_variant(Integer(), "sqlite")),
     Column("checked_at", DateTime, nullable=False),
+)
+
+#: What one run (a worker) did in one minute (UTC): the throughput chart of `uploader report`. The run writes
+#: its in-memory counters here about once per heartbeat (never per request), so the chart shows every
+#: request and every 429, not only each row's last answer.
+activity = Table(
+    "activity",
+    METADATA,
+    Column("owner", String(64), primary_key=True),  # the worker (workers.owner)
+    Column("minute", DateTime, primary_key=True),  # its start, naive UTC
+    Column("requests", Integer, nullable=False),  # job creation requests answered (or failed to connect)
+    Column("created", Integer, nullable=False),  # rows that succeeded with a job this run created
+    Column("recovered", Integer, nullable=False),  # rows that succeeded with a job found existing
+    Column("failed", Integer, nullable=False),  # rows failed
+    Column("throttled", Integer, nullable=False),  # answers HTTP 429
+    Column("retried", Integer, nullable=False),  # rows put back to retry after a retryable error
 )

@@ -1,16 +1,19 @@
 """The read side of `uploader report`: every figure aggregated in SQL (GROUP BY), never row by row in Python,
 so that a 1,000,000-row ledger reads in a few scans with flat memory.
 
-Throughput is derived from existing columns (no per-request events are kept): a row counts in the time bucket
-of its `updated_at` (its last answer): created jobs (succeeded, origin created), requests (its attempts) and
-throttling (its last answer was HTTP 429). Columns that other versions add (the platform's status of jobs
-and results, from `uploader sync`) are found by reading the table's columns, so the report works with or
-without them.
+Throughput comes from the runs' own counts per minute (the activity table: requests, jobs created, HTTP
+429s). A ledger whose runs kept none (an older uploader) gets it derived from the jobs: a row counts in the
+time bucket of its `updated_at` (its last answer): created jobs (succeeded, origin created), requests (its
+attempts) and throttling (its last answer was HTTP 429). Columns that other versions add (the platform's
+status of jobs and results, from `uploader sync`) are found by reading the table's columns, so the report
+works with or without them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +71,8 @@ KNOWN_COLUMNS = frozenset(
         "expires_at",
     }
 )
+#: SQLite page cache while the report reads (KiB): see _small_cache.
+REPORT_CACHE_KIB = 2048
 _STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
 
 
@@ -79,8 +84,11 @@ class ReportData:
     first: dt.datetime | None
     last: dt.datetime | None
     bucket: int  #: seconds per throughput bucket
-    #: (bucket start, created jobs, requests, throttled rows)
+    #: (bucket start, created jobs, requests, throttled)
     throughput: list[tuple[dt.datetime, int, int, int]]
+    #: True: the runs' own counts per minute (the activity table); False: derived from each row's last
+    #: answer, for a ledger whose runs kept no activity (an older uploader)
+    measured: bool
     #: (code, status, rows, an API message, example reference_ids)
     errors: list[tuple[str, str, int, str | None, list[str]]]
     attempts: list[tuple[int, int]]
@@ -162,30 +170,14 @@ class _Tally:
 
 
 def report_data(engine: Engine) -> ReportData:
-    """Aggregate the ledger for the report (four scans: times, groups, throughput, and the added columns)."""
+    """Aggregate the ledger for the report (four scans of the jobs at most: times, groups, the added columns,
+    and throughput when runs kept no activity)."""
     added = [c["name"] for c in inspect(engine).get_columns("jobs") if c["name"] not in KNOWN_COLUMNS]
-    epoch = _epoch(engine.dialect.name, "updated_at")
     tally = _Tally()
-    with read_tx(engine) as conn:
+    with read_tx(engine) as conn, _small_cache(conn):
         first, last = conn.execute(text("SELECT MIN(created_at), MAX(updated_at) FROM jobs")).one()
         first, last = _dt(first), _dt(last)
-        step = bucket_seconds(first, last)
-        throughput = [
-            (
-                dt.datetime.fromtimestamp(int(b) * step, dt.UTC).replace(tzinfo=None),
-                int(c or 0),
-                int(r or 0),
-                int(t or 0),
-            )
-            for b, c, r, t in conn.execute(
-                text(
-                    f"SELECT {epoch} / {step} AS b, "
-                    f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
-                    "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
-                    "FROM jobs WHERE attempts > 0 OR http_status IS NOT NULL GROUP BY b ORDER BY b"
-                )
-            )
-        ]
+        measured, step, throughput = _throughput(conn, engine.dialect.name, first, last)
         for batch, project, status, attempts, code, n, message in conn.execute(_GROUPS):
             tally.add(batch, str(project), str(status), int(attempts), code, int(n), message)
         ranked = sorted(tally.errors.items(), key=lambda kv: -kv[1][0])[:LISTED_CODES]
@@ -235,6 +227,7 @@ def report_data(engine: Engine) -> ReportData:
         last,
         step,
         throughput,
+        measured,
         errors,
         sorted(tally.attempts.items()),
         uncertain,
@@ -247,6 +240,49 @@ def report_data(engine: Engine) -> ReportData:
         platform,
         fetched,
     )
+
+
+def _throughput(
+    conn: Connection, dialect: str, first: dt.datetime | None, last: dt.datetime | None
+) -> tuple[bool, int, list[tuple[dt.datetime, int, int, int]]]:
+    """(measured, seconds per bucket, buckets): from the activity table when runs wrote to it, else derived."""
+    start, end = (_dt(t) for t in conn.execute(text("SELECT MIN(minute), MAX(minute) FROM activity")).one())
+    if start is not None:
+        step = bucket_seconds(start, end)
+        query = (
+            f"SELECT {_epoch(dialect, 'minute')} / {step} AS b, SUM(created), SUM(requests), SUM(throttled) "
+            "FROM activity GROUP BY b ORDER BY b"
+        )
+    else:
+        step = bucket_seconds(first, last)
+        query = (
+            f"SELECT {_epoch(dialect, 'updated_at')} / {step} AS b, "
+            f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
+            "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
+            "FROM jobs WHERE attempts > 0 OR http_status IS NOT NULL GROUP BY b ORDER BY b"
+        )
+    buckets = [
+        (dt.datetime.fromtimestamp(int(b) * step, dt.UTC).replace(tzinfo=None), int(c or 0), int(r or 0), int(t or 0))
+        for b, c, r, t in conn.execute(text(query))
+    ]
+    return start is not None, step, buckets
+
+
+@contextmanager
+def _small_cache(conn: Connection) -> Iterator[None]:
+    """On SQLite, read with a page cache of REPORT_CACHE_KIB instead of the ledger's usual one (sized for
+    loads): every scan here reads the table once, so a big cache only holds pages never read again, and
+    SQLite's sorter (the GROUP BY) sizes its memory by it too, then spills to a temporary file. That keeps
+    the peak memory the same for any size of ledger. The connection's own size is put back after."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{REPORT_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before or 0)}")
 
 
 def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:

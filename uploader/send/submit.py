@@ -50,10 +50,27 @@ from uploader.api import (
     too_many_protocol_errors,
 )
 from uploader.errors import FatalApiError, InterruptedRun, LedgerError, UploaderError
-from uploader.ledger import Claim, Ledger, LedgerLocked, LockWait, Result, Status, set_lock_wait, utcnow
+from uploader.ledger import (
+    Claim,
+    Ledger,
+    LedgerLocked,
+    LockWait,
+    Result,
+    Status,
+    record_activity,
+    set_lock_wait,
+    utcnow,
+)
 from uploader.send.pacing import Pacer, RateLimiter
 from uploader.send.resolve import Resolver, RunStopping
-from uploader.send.summary import Progress, RunSummary, fatal_message, progress_span
+from uploader.send.summary import (
+    ActivityMeter,
+    Progress,
+    RunSummary,
+    activity_counts,
+    fatal_message,
+    progress_span,
+)
 from uploader.send.watch import SYSTEMATIC_ROWS, FirstAnswers, systematic_message
 
 if TYPE_CHECKING:  # the run never builds a client: it is handed one
@@ -305,6 +322,7 @@ class _Run:
         self.ledger, self.client, self.opts, self.stop = ledger, client, opts, stop
         self.rng = random.Random(opts.seed)
         self.progress = Progress()
+        self.activity = ActivityMeter()  #: the counters above, per minute, for the ledger (uploader report)
         self.owner = ""
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.results: list[Result] = []
@@ -412,7 +430,8 @@ class _Run:
         # and whatever is not written stays in_flight, sent again by the next run: at once, as the
         # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
         self.closing_since = time.monotonic()
-        for step in (self._flush, lambda: self.ledger.release(self.owner), lambda: self.ledger.stop_worker(self.owner)):
+        steps = (self._flush, self._activity, lambda: self.ledger.release(self.owner))
+        for step in (*steps, lambda: self.ledger.stop_worker(self.owner)):
             try:
                 step()
             except LedgerError as exc:
@@ -748,10 +767,16 @@ class _Run:
                 last_at, last_sent = now, sent
                 renew = now - renewed >= every - tick / 2
                 self.ledger.heartbeat(self.owner, self.opts.lease_seconds, sent, renew=renew, rate=rate)
+                self._activity()
                 if renew:
                     renewed = time.monotonic()
         except LedgerError as exc:
             self._halt(exc)
+
+    def _activity(self) -> None:
+        """Write this run's counts of the current minute to the ledger, when they changed."""
+        if minute := self.activity.tick(utcnow(), activity_counts(self.progress)):
+            record_activity(self.ledger.engine, self.owner, *minute)
 
     async def _resolve_loop(self) -> None:
         try:

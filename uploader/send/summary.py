@@ -7,6 +7,7 @@ import them from `uploader.send`.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,15 @@ from typing import Any
 
 from uploader.api import ApiResult, Decision
 
-__all__ = ["Progress", "RunSummary", "fatal_message", "progress_span", "redirect_message"]
+__all__ = [
+    "ActivityMeter",
+    "Progress",
+    "RunSummary",
+    "activity_counts",
+    "fatal_message",
+    "progress_span",
+    "redirect_message",
+]
 
 
 def progress_span(counts: Mapping[str, int]) -> tuple[int, int]:
@@ -63,6 +72,41 @@ class Progress:
         """Count a row this run failed under its code (the first row's message and reference_id kept)."""
         entry = self.errors.setdefault(code or "unknown", [0, message, reference_id])
         entry[0] += 1
+
+
+def activity_counts(p: Progress) -> dict[str, int]:
+    """This run's counters so far under the ledger's activity names (uploader.ledger.ACTIVITY_COUNTERS)."""
+    return {
+        "requests": p.requests,
+        "created": p.succeeded - p.recovered,
+        "recovered": p.recovered,
+        "failed": p.failed,
+        "throttled": p.throttled,
+        "retried": p.retrying,
+    }
+
+
+@dataclass
+class ActivityMeter:
+    """Splits a run's running totals by minute for the ledger's activity table: at each tick, what the
+    totals gained since the previous tick counts in the tick's minute, so the minutes add up to the totals."""
+
+    minute: dt.datetime | None = None
+    base: dict[str, int] = field(default_factory=dict)  #: the totals when `minute` began
+    last: dict[str, int] = field(default_factory=dict)  #: the totals at the previous tick
+    written: dict[str, int] | None = None  #: what was last given out for `minute`
+
+    def tick(self, now: dt.datetime, totals: dict[str, int]) -> tuple[dt.datetime, dict[str, int]] | None:
+        """The minute of `now` (naive UTC) and its counts, to write; None when nothing changed."""
+        minute = now.replace(second=0, microsecond=0)
+        if minute != self.minute:
+            self.minute, self.base, self.written = minute, self.last, None
+        self.last = dict(totals)
+        counts = {k: v - self.base.get(k, 0) for k, v in totals.items()}
+        if counts == self.written or (self.written is None and not any(counts.values())):
+            return None
+        self.written = counts
+        return minute, counts
 
 
 @dataclass(frozen=True)
