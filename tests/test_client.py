@@ -27,7 +27,8 @@ from aiohttp import web
 
 import uploader
 from uploader.api import client as client_module
-from uploader.api.client import ApiClient, check_base_url
+from uploader.api.client import ApiClient
+from uploader.api.endpoint import check_base_url
 from uploader.api.policy import ApiResult, Verdict, classify
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from uploader.api.attachments import check_urls as check_urls
     from uploader.api.attachments import judge as judge
     from uploader.api.client import ApiClient as ApiClient
-    from uploader.api.client import check_base_url as check_base_url
+    from uploader.api.endpoint import check_base_url as check_base_url
     from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
@@ -44,7 +44,7 @@ _EXPORTS = {
     "check_urls": "uploader.api.attachments",
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
-    "check_base_url": "uploader.api.client",
+    "check_base_url": "uploader.api.endpoint",
     "DEFAULT_BASE_URL": "uploader.api.policy",
     "EXISTS_CODES": "uploader.api.policy",
     "PERMANENT_CODES": "uploader.api.policy",

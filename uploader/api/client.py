@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -38,6 +37,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
 from uploader.api.body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
+from uploader.api.endpoint import check_base_url
 from uploader.api.policy import (
     EXISTS_CODES,
     FATAL_CODES,
@@ -54,7 +54,7 @@ from uploader.api.policy import (
 )
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
-__all__ = ["ApiClient", "check_base_url"]
+__all__ = ["ApiClient"]
 
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
@@ -78,48 +78,6 @@ _MESSAGES = {
     "tls_error": "TLS failed (certificate not trusted, or not an https server)",
     "transport_error": "the request failed",
 }
-
-
-def check_base_url(url: str, allow_http: bool = False) -> str:
-    """Validate and normalise the API base URL (no trailing slash); UsageError when it is unsafe or wrong.
-
-    Plain http would send the API key in clear, so it is refused unless the host is loopback (the sandbox)
-    or the user said --allow-http. Credentials, queries and fragments are refused: they would leak into
-    messages or be silently dropped.
-    """
-    text = (url or "").strip()
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"invalid base URL {text!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise UsageError(f"the base URL must start with https:// (got {text!r})")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise UsageError(f"the base URL has no host: {text!r}")
-    if parts.username is not None or parts.password is not None:
-        raise UsageError("the base URL must not contain credentials; the API key goes in --api-key")
-    if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise UsageError(f"the base URL must not have a query or fragment: {text!r}")
-    if scheme == "http" and not allow_http and not _is_loopback(host):
-        raise UsageError(
-            f"refusing plain http to {host}: the API key would travel unencrypted; use https, or --allow-http"
-        )
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc += f":{port}"
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Pool:
