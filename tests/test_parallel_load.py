@@ -10,6 +10,8 @@ and kill or interrupt it while its workers run.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -718,6 +720,48 @@ def test_library_load_into_an_existing_empty_ledger(spy: Spy, tmp_path: Path) ->
     assert lines_of(jobs(ledger_path)) == case.expected
     with closing(sqlite3.connect(ledger_path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _aws_signed(signed_at: datetime.datetime, seconds: int) -> str:
+    return (
+        "https://bucket.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20261203"
+        f"&X-Amz-Date={signed_at:%Y%m%dT%H%M%SZ}&X-Amz-Expires={seconds}&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=00"
+    )
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["slice processes", "one process"])
+def test_signed_urls_after_a_load_into_an_empty_ledger(
+    parallel: bool, spy: Spy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load into an empty ledger knows whether any payload may hold a signed URL: `load` then counts the
+    pending rows' signed URLs as before (one in a late slice is found), and skips the ledger scan when none
+    may (the report says so; its --json is unchanged)."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    rows = image_rows(40)
+    rows[33][1] = _aws_signed(now, 3600)  # type: ignore[index]
+    with contextlib.ExitStack() as stack:
+        if not parallel:
+            stack.enter_context(one_process(monkeypatch))
+        signed = cli_load(build(IMAGE_HEADER, rows).write(tmp_path, "signed"), tmp_path / "signed.db")
+        assert "signed URLs: 1 in pending rows" in signed.stdout, signed.output
+        plain_manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path, "plain")
+        led = Ledger.open(tmp_path / "plain.db")
+        try:
+            report = load(led, plain_manifest, ManifestOptions(project_id="p", work_flow_id="w"))
+        finally:
+            led.close()
+        assert report.new == 40 and not report.signed_possible
+        document = json.loads(cli_load(plain_manifest, tmp_path / "json.db", (*LOAD_OPTS, "--json")).stdout)
+        assert "signed_possible" not in document and "signed_urls" in document
+        # A ledger that held rows before: the load cannot know about them, so the scan runs.
+        assert cli_load(plain_manifest, tmp_path / "signed.db").exit_code == 0
+        led = Ledger.open(tmp_path / "signed.db")
+        try:
+            assert load(led, plain_manifest, ManifestOptions(project_id="p", work_flow_id="w2")).signed_possible
+        finally:
+            led.close()
+    assert bool(spy.parts) == parallel and not any(p.problem_count or p.uncuttable for p in spy.parts)
 
 
 # --- real processes, killed and interrupted -------------------------------------------------------------

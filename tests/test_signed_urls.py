@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uploader.manifest import SignedUrlError, url_expiry
+from uploader.manifest import SignedUrlError, may_hold_expiry, url_expiry
 
 # The presigned GET of AWS's Signature V4 documentation ("Authenticating Requests: Using Query Parameters").
 AWS_DOC_URL = (
@@ -79,6 +79,22 @@ def test_legacy_expires_epoch(url: str) -> None:
 )
 def test_unsigned_urls_have_no_expiry(url: str) -> None:
     assert url_expiry(url) is None
+
+
+@given(st.text(alphabet="?&=%:/.-_aAbcdeEgGiIlnNrsStxXz0123456789", max_size=60))
+def test_may_hold_expiry_is_false_only_for_text_without_one(text: str) -> None:
+    """The load's cheap test (uploader.load skips the ledger's scan for signed URLs when it is False for every
+    payload) never says no to a URL, or text around one, that url_expiry reads an expiry from."""
+    for candidate in (text, f"https://b.s3.amazonaws.com/k?{text}", f'{{"image_url":"{AWS_DOC_URL}?{text}"}}'):
+        try:
+            expiry = url_expiry(candidate)
+        except SignedUrlError:
+            expiry = None  # malformed, but signed: must not be ruled out either
+            assert may_hold_expiry(candidate)
+        if expiry is not None:
+            assert may_hold_expiry(candidate)
+    assert may_hold_expiry(AWS_DOC_URL) and may_hold_expiry(f'{{"data":{{"image_url":"{AWS_DOC_URL}"}}}}')
+    assert not may_hold_expiry("https://example.com/design/sig.jpg")  # no query: nothing to read
 
 
 def test_field_names_are_case_insensitive() -> None:

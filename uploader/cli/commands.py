@@ -210,7 +210,7 @@ def load(
         except UploaderError:
             _discard_if_new(led, created)
             raise
-    print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity))
+    print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity, report))
 
 
 def _on_load(
@@ -222,7 +222,7 @@ def _on_load(
         return None
 
     def on_load(report: LoadReport) -> None:
-        signed = _signed_urls(led, min_url_validity)
+        signed = _signed_urls(led, min_url_validity, report)
         if as_json:
             extra["signed_urls"] = signed_dict(signed)
         else:
@@ -231,12 +231,14 @@ def _on_load(
     return on_load
 
 
-def _signed_urls(led: Ledger, min_url_validity: dt.timedelta) -> SignedUrls:
-    """The pending rows' signed URLs and their expiry, against now + --min-url-validity."""
+def _signed_urls(led: Ledger, min_url_validity: dt.timedelta, report: LoadReport) -> SignedUrls:
+    """The pending rows' signed URLs and their expiry, against now + --min-url-validity; none, without
+    scanning the ledger, when the load knows that no pending row holds one (`report.signed_possible`)."""
     from uploader.ledger import utcnow
-    from uploader.send import signed_urls
+    from uploader.send import SignedUrls, signed_urls
 
-    return signed_urls(led, utcnow() + min_url_validity)
+    not_before = utcnow() + min_url_validity
+    return signed_urls(led, not_before) if report.signed_possible else SignedUrls(not_before)
 
 
 def _discard_if_new(led: Ledger, created: Path | None) -> None:

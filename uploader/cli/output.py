@@ -84,6 +84,7 @@ def print_load(
         import dataclasses
 
         document = dataclasses.asdict(report)
+        del document["signed_possible"]  # a hint for the caller, not part of the report
         if signed is not None:
             document["signed_urls"] = signed_dict(signed)
         click.echo(json.dumps(document, indent=2, default=str))

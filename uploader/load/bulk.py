@@ -30,6 +30,7 @@ from uploader.ledger import (
     translate_errors,
 )
 from uploader.load import slices as staging
+from uploader.manifest import may_hold_expiry
 
 if TYPE_CHECKING:
     from uploader.load.source import ManifestLike
@@ -57,7 +58,7 @@ def load_into_empty(
     production: staging.Production | None,
     new_file: bool,
     now: dt.datetime,
-) -> int | None:
+) -> tuple[int, bool] | None:
     """SQLite, empty ledger: rows go straight into `jobs` in one transaction, with no staging copy.
 
     Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
@@ -66,7 +67,7 @@ def load_into_empty(
     finished slice is copied in at C speed. A duplicate reference_id shows as a row the unique index
     skipped; on that or any other problem the transaction rolls back (the ledger file is untouched) and
     the staging path runs instead, which finds and reports every problem with its lines. Returns the
-    number of rows loaded, or None then.
+    number of rows loaded and whether any of their payloads may hold a signed URL, or None then.
     """
     engine.dispose()  # the bulk mode needs the file to itself: close our own idle pooled connections
     proxy = engine.raw_connection()
@@ -87,8 +88,9 @@ def load_into_empty(
                     sent, inserted = copy_parts(
                         raw, production, lambda part: insert_new(stamp, mid, part), part_defaults(manifest), attached
                     )
+                    signed = any(part.signed for part in production.results())
                 else:
-                    sent, inserted = insert_rows(raw, manifest, stamp, mid)
+                    sent, inserted, signed = insert_rows(raw, manifest, stamp, mid)
                 if manifest.problem_count or inserted != sent or sent == 0:
                     raise NotClean
                 raw.execute(MANIFEST_SET_ROWS, (sent, sent, mid))
@@ -104,21 +106,24 @@ def load_into_empty(
         return None
     finally:
         proxy.close()
-    return sent
+    return sent, signed
 
 
-def insert_rows(raw: sqlite3.Connection, manifest: ManifestLike, stamp: str, mid: int) -> tuple[int, int]:
-    """The rows of the whole manifest, read here, bound and inserted. Returns (rows sent, rows inserted)."""
+def insert_rows(raw: sqlite3.Connection, manifest: ManifestLike, stamp: str, mid: int) -> tuple[int, int, bool]:
+    """The rows of the whole manifest, read here, bound and inserted. Returns (rows sent, rows inserted,
+    whether a payload may hold a signed URL)."""
     cursor = raw.cursor()
     sql = insert_new(stamp, mid)
     sent = inserted = 0
+    signed = False
     for chunk in manifest.chunk_tuples():
         if manifest.problem_count:
             raise NotClean
         cursor.executemany(sql, [row[1:] + row[:1] for row in staging.staged_rows(chunk)])
+        signed = signed or may_hold_expiry("".join([job[5] for job in chunk]))
         inserted += cursor.rowcount
         sent += len(chunk)
-    return sent, inserted
+    return sent, inserted, signed
 
 
 def copy_parts(

@@ -78,6 +78,10 @@ class LoadReport:
     already_loaded: bool = False
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+    #: Whether a pending row of the ledger may hold a signed URL after the load. False only when the load
+    #: knows that none does (its rows went into an empty ledger and no payload may hold one): then the
+    #: caller need not scan the ledger for them. Not part of the printed report.
+    signed_possible: bool = True
 
 
 def file_sha256(path: Path) -> str:
@@ -135,7 +139,8 @@ def load_manifest(
                 engine, manifest, path, size, sha, options_hash, production, new_file, _utcnow()
             )
             if loaded is not None:
-                return LoadReport(shown, loaded, new=loaded, seconds=time.perf_counter() - started)
+                new, signed = loaded
+                return LoadReport(shown, new, new=new, seconds=time.perf_counter() - started, signed_possible=signed)
         with translate_errors(), engine.connect() as conn:
             try:
                 rows = _stage(conn, manifest, production)

@@ -36,7 +36,7 @@ from uploader.ledger import (
     SCRATCH_SETUP,
     StagingRow,
 )
-from uploader.manifest import Span
+from uploader.manifest import Span, may_hold_expiry
 
 if TYPE_CHECKING:
     from uploader.load.source import ManifestLike
@@ -84,14 +84,16 @@ def staged_rows(chunk: Sequence[StagedJob]) -> list[StagingRow]:
 
 @dataclass(frozen=True)
 class PartResult:
-    """One slice written to a scratch file: how many good rows, whether any row had a problem, and whether
-    the file turned out not to be cuttable (a quote or a bare CR anywhere a slice process looked)."""
+    """One slice written to a scratch file: how many good rows, whether any row had a problem, whether
+    the file turned out not to be cuttable (a quote or a bare CR anywhere a slice process looked), and
+    whether any payload may hold a signed URL (False: none does, see uploader.manifest.may_hold_expiry)."""
 
     index: int
     path: Path
     rows: int
     problem_count: int
     uncuttable: bool = False
+    signed: bool = True
 
 
 class SliceProcessLost(Exception):
@@ -110,7 +112,7 @@ def write_part(
     problem: the caller then loads the slow way, which reports every problem. With `parent` (a pid), gives
     up as soon as that process is no longer its parent."""
     conn = sqlite3.connect(path, isolation_level=None)
-    rows = 0
+    rows, signed = 0, False
     try:
         for statement in SCRATCH_SETUP:
             conn.execute(statement)
@@ -122,6 +124,7 @@ def write_part(
                 raise _Orphaned
             lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
             hashes = body_hashes(bodies)
+            signed = signed or may_hold_expiry("".join(bodies))
             if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
                 if extras.count(None) == len(extras):
                     conn.executemany(SCRATCH_ROW_NO_EXTRA, zip(lines, refs, bodies, hashes))
@@ -133,7 +136,7 @@ def write_part(
         conn.execute(COMMIT)
     finally:
         conn.close()
-    return PartResult(index, path, rows, manifest.problem_count)
+    return PartResult(index, path, rows, manifest.problem_count, signed=signed)
 
 
 def can_fork() -> bool:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
     from uploader.manifest.signed import SignedUrlError as SignedUrlError
     from uploader.manifest.signed import UrlExpiry as UrlExpiry
+    from uploader.manifest.signed import may_hold_expiry as may_hold_expiry
     from uploader.manifest.signed import url_expiry as url_expiry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "Span": "uploader.manifest.formats",
     "SignedUrlError": "uploader.manifest.signed",
     "UrlExpiry": "uploader.manifest.signed",
+    "may_hold_expiry": "uploader.manifest.signed",
     "url_expiry": "uploader.manifest.signed",
 }
 

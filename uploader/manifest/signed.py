@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["SignedUrlError", "UrlExpiry", "url_expiry"]
+__all__ = ["SignedUrlError", "UrlExpiry", "may_hold_expiry", "url_expiry"]
 
 #: Longest validity any of the schemes allows, with room: an expiry further out than this is a typo.
 _MAX_LIFETIME = timedelta(days=366 * 100)
@@ -39,10 +39,19 @@ class UrlExpiry(NamedTuple):
     scheme: str  # "aws-v4", "google-v4", "azure-sas" or "legacy"
 
 
+def may_hold_expiry(text: str) -> bool:
+    """Whether `text` (a URL, or many: a payload, a chunk's payloads joined) may hold a URL that
+    `url_expiry` reads an expiry from; False means none does. A query needs a `?`, and every scheme's
+    signature field has `sig` or `credential` in its name: one C scan, a second only when there is a `?`."""
+    if "?" not in text:
+        return False
+    lowered = text.lower()
+    return "sig" in lowered or "credential" in lowered
+
+
 def url_expiry(url: str) -> UrlExpiry | None:
     """The expiry of a signed http(s) URL, or None when the URL is not signed by a scheme known here."""
-    lowered = url.lower()
-    if "sig" not in lowered and "credential" not in lowered:  # every scheme's signature field has one of them
+    if not may_hold_expiry(url):
         return None
     query = urlsplit(url).query
     if not query:
