@@ -85,10 +85,9 @@ def load_into_empty(
                     RECORD_MANIFEST, manifest_row(path, size, sha, options_hash, 0, stamp, label=manifest.label)
                 ).fetchone()[0]
                 if production is not None:
-                    sent, inserted = copy_parts(
+                    sent, inserted, signed = copy_parts(
                         raw, production, lambda part: insert_new(stamp, mid, part), part_defaults(manifest), attached
                     )
-                    signed = any(part.signed for part in production.results())
                 else:
                     sent, inserted, signed = insert_rows(raw, manifest, stamp, mid)
                 if manifest.problem_count or inserted != sent or sent == 0:
@@ -132,11 +131,13 @@ def copy_parts(
     sql_for: Callable[[str], str],
     params: Mapping[str, str | None],
     attached: list[str],
-) -> tuple[int, int]:
+) -> tuple[int, int, bool]:
     """Attach each slice's scratch file as soon as it is ready and copy it in with `sql_for(schema name)`.
-    Returns (rows the slices hold, rows the statements changed); raises NotClean if a slice had a problem
-    or the file could not be cut, SliceProcessLost if a slice process died."""
+    Returns (rows the slices hold, rows the statements changed, whether a payload may hold a signed URL);
+    raises NotClean if a slice had a problem or the file could not be cut, SliceProcessLost if a slice
+    process died."""
     sent = changed = 0
+    signed = False
     for part in production.results():
         if part.problem_count or part.uncuttable:
             raise NotClean
@@ -145,4 +146,5 @@ def copy_parts(
         attached.append(name)
         changed += raw.execute(sql_for(name), params).rowcount
         sent += part.rows
-    return sent, changed
+        signed = signed or part.signed
+    return sent, changed, signed

@@ -196,7 +196,7 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
         total: int | None = None
         if production is not None:
             try:
-                total, _ = bulk_load.copy_parts(
+                total, _, _ = bulk_load.copy_parts(
                     _sqlite(conn), production, staging_from_slice, bulk_load.part_defaults(manifest), attached
                 )
             except (bulk_load.NotClean, staging.SliceProcessLost):
