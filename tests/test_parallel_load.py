@@ -1,11 +1,11 @@
-"""The parallel first load (uploader.load.slices): worker processes stage slices of a CSV/TSV file into scratch
+"""The parallel first load (uploader.load.slices): slice processes stage slices of a CSV/TSV file into scratch
 SQLite files that the parent copies into an empty SQLite ledger.
 
 In-process tests lower `uploader.load.slices.MIN_SPLIT_BYTES` so that small files take the parallel path, and
 check that they did by wrapping (not replacing) `Production.__init__` / `Production.results`. The result of
 every load is compared with the one-process load of the same file (`Production.suits` patched to refuse).
 Subprocess tests run `python -m uploader load` on a ~4.5 MiB file with TMPDIR set to a folder of their own,
-and kill or interrupt it while its workers run.
+and kill or interrupt it while its slice processes run.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
-        reason="the parallel load forks workers only on Linux with more than one CPU",
+        reason="the parallel load forks slice processes only on Linux with more than one CPU",
     ),
 ]
 
@@ -61,7 +61,7 @@ class Spy:
     workdirs: list[Path] = field(default_factory=list)
     slices: list[int] = field(default_factory=list)
     parts: list[staging.PartResult] = field(default_factory=list)
-    on_start: list[Callable[[], None]] = field(default_factory=list)  #: called as workers are started
+    on_start: list[Callable[[], None]] = field(default_factory=list)  #: called as slice processes are started
     on_part: list[Callable[[], None]] = field(default_factory=list)  #: called as a slice is handed over
 
     def took_clean_parallel_path(self) -> bool:
@@ -128,6 +128,12 @@ def jobs(ledger: Path) -> list[tuple]:
         return db.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY project_id, reference_id").fetchall()
 
 
+def row_ids(ledger: Path) -> list[tuple]:
+    """(id, project_id, reference_id) of every job, by id: the order the rows went in."""
+    with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        return db.execute("SELECT id, project_id, reference_id FROM jobs ORDER BY id").fetchall()
+
+
 def lines_of(rows: list[tuple]) -> dict[tuple[str, str], int]:
     return {(r[0], r[1]): r[-1] for r in rows}
 
@@ -178,7 +184,7 @@ def alive(pid: int, started: str) -> bool:
 
 
 def waits_on_a_pipe(pid: int) -> bool:
-    """Whether the process sleeps in a read of a pipe (where a worker waits once its slices are done)."""
+    """Whether the process sleeps in a read of a pipe (where a slice process waits once its slices are done)."""
     try:
         return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
@@ -380,6 +386,12 @@ CUTTABLE: dict[str, Callable[[], Case]] = {
     "--batch-id default": lambda: build(IMAGE_HEADER, image_rows(40), args=LOAD_OPTS + ("--batch-id", BATCH)),
     "non-ascii text": non_ascii,
     "fewer lines than slices": lambda: build(IMAGE_HEADER, image_rows(3)),
+    # Slices of well over uploader.load.slices._GROUP rows, not a multiple of it: grouped inserts and the rest
+    "1,003 rows": lambda: build(IMAGE_HEADER, image_rows(1003)),
+    "1,003 rows, project_id on some": lambda: build(
+        ["reference_id", "image_url", "project_id"],
+        [r[:2] + ["other" if i % 9 == 4 else ""] for i, r in enumerate(image_rows(1003)) if r],
+    ),
     "--column mapping": lambda: build(
         ["id", "url", "cam"],
         [r[:3] for r in image_rows(40) if r],
@@ -445,7 +457,7 @@ def load_both_ways(
     with one_process(monkeypatch):
         serial = cli_load(manifest, folder / "serial.db", case.args)
     assert serial.exit_code == 0, serial.output
-    assert len(spy.parts) == seen, "the one-process load started workers"
+    assert len(spy.parts) == seen, "the one-process load started slice processes"
     return jobs(folder / "parallel.db"), jobs(folder / "serial.db")
 
 
@@ -457,7 +469,7 @@ def load_both_ways(
 def test_parallel_load_equals_one_process_load(
     name: str, seeded: bool, spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every slice is staged by workers and copied in (straight into `jobs` of an empty ledger, else into
+    """Every slice is staged by slice processes and copied in (straight into `jobs` of an empty ledger, else into
     the staging table of the ordinary merge), and `jobs` ends up exactly as the one-process load leaves it
     (ids, overrides and defaults, bodies and hashes, extra columns, status, physical line)."""
     case = CUTTABLE[name]()
@@ -467,6 +479,7 @@ def test_parallel_load_equals_one_process_load(
     if name == "fewer lines than slices":
         assert any(p.rows == 0 for p in spy.parts)  # empty slices are fine
     assert parallel == serial
+    assert row_ids(tmp_path / "parallel.db") == row_ids(tmp_path / "serial.db")  # in manifest order
     assert lines_of([r for r in parallel if r[1] != "seed-1"]) == case.expected
     assert scratch_dirs(scratch_root) == []
 
@@ -475,7 +488,7 @@ def test_parallel_load_equals_one_process_load(
 def test_uncuttable_file_loads_through_the_fallback(
     name: str, spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A quote anywhere (a quoted field may hold a line break) or a bare CR makes the workers report the
+    """A quote anywhere (a quoted field may hold a line break) or a bare CR makes the slice processes report the
     file uncuttable; the one-process path then loads it, with the same rows and lines."""
     case = UNCUTTABLE[name]()
     parallel, serial = load_both_ways(case, tmp_path, spy, monkeypatch)
@@ -485,16 +498,16 @@ def test_uncuttable_file_loads_through_the_fallback(
     assert scratch_dirs(scratch_root) == []
 
 
-def test_a_dying_worker_falls_back_to_one_process(
+def test_a_dying_slice_process_falls_back_to_one_process(
     spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker that dies mid-way (here: on slice 5) costs only the speed: the load rolls back what it
-    copied and loads in one process; no worker or scratch folder is left behind."""
+    """A slice process that dies mid-way (here: on slice 5) costs only the speed: the load rolls back what it
+    copied and loads in one process; no slice process or scratch folder is left behind."""
     real = staging.write_part
 
     def write_part(manifest, index, *args, **kwargs):  # type: ignore[no-untyped-def]
         if index == 5:
-            os._exit(3)  # runs in the worker: it dies without a result
+            os._exit(3)  # runs in the slice process: it dies without a result
         return real(manifest, index, *args, **kwargs)
 
     monkeypatch.setattr(staging, "write_part", write_part)
@@ -503,7 +516,7 @@ def test_a_dying_worker_falls_back_to_one_process(
     result = cli_load(case.write(tmp_path), tmp_path / "ledger.db")
     assert result.exit_code == 0, result.output
     assert "40 rows: 40 new" in result.stdout
-    # the fast path and then the staging path each see slices 0-4 and the lost worker, then read alone
+    # the fast path and then the staging path each see slices 0-4 and the lost slice process, then read alone
     assert len(spy.slices) == 1 and {p.index for p in spy.parts} == {0, 1, 2, 3, 4}
     assert lines_of(jobs(tmp_path / "ledger.db")) == case.expected
     assert children(os.getpid(), zombies=True).keys() <= before.keys()
@@ -557,7 +570,7 @@ def test_disk_full_during_the_copy_is_a_clear_error_and_loads_nothing(
     result = cli_load(case.write(tmp_path), ledger)
     assert result.exit_code == 1, result.output
     assert "disk is full" in result.output and "Traceback" not in result.output
-    assert len(spy.parts) >= 1  # it failed while copying the workers' slices
+    assert len(spy.parts) >= 1  # it failed while copying the slice processes' slices
     if existing:
         assert ledger.read_bytes() == before
     else:
@@ -619,7 +632,7 @@ def test_duplicate_reference_id_in_two_slices(spy: Spy, tmp_path: Path, scratch_
 
 
 def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_path: Path) -> None:
-    """After a parallel first load, the same file is "already loaded"; a changed copy is staged by workers
+    """After a parallel first load, the same file is "already loaded"; a changed copy is staged by slice processes
     too and goes through the ordinary merge (the ledger is no longer empty), reporting its new and updated
     rows."""
     first = build(IMAGE_HEADER, image_rows(40))
@@ -645,9 +658,9 @@ def test_reload_is_a_no_op_and_a_changed_copy_updates_as_before(spy: Spy, tmp_pa
 
 
 def test_new_ledger_after_a_parallel_load_is_sound(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
-    """A new ledger: the workers start before its file exists, the slices are copied under a rollback
+    """A new ledger: the slice processes start before its file exists, the slices are copied under a rollback
     journal, and afterwards the ledger is back in WAL, intact, with no dangling foreign keys, private
-    (0600), and no journal, scratch folder or worker is left."""
+    (0600), and no journal, scratch folder or slice process is left."""
     case = build(IMAGE_HEADER, image_rows(40))
     ledger = tmp_path / "ledger.db"
     existed, formats = [], []
@@ -673,7 +686,7 @@ def test_new_ledger_after_a_parallel_load_is_sound(spy: Spy, tmp_path: Path, scr
 
 
 def test_prepare_load_stages_before_the_ledger_is_opened(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
-    """Library API: prepare_load(new_ledger=True) starts the workers before the ledger exists; loading it
+    """Library API: prepare_load(new_ledger=True) starts the slice processes before the ledger exists; loading it
     into the new ledger then copies their slices."""
     case = build(IMAGE_HEADER, image_rows(40))
     manifest, ledger = case.write(tmp_path), tmp_path / "ledger.db"
@@ -690,15 +703,15 @@ def test_prepare_load_stages_before_the_ledger_is_opened(spy: Spy, tmp_path: Pat
     assert scratch_dirs(scratch_root) == []
 
 
-def test_unused_prepared_load_stops_its_workers(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
-    """A PreparedLoad closed without loading kills and reaps its workers and removes their scratch folder."""
+def test_unused_prepared_load_stops_its_slice_processes(spy: Spy, tmp_path: Path, scratch_root: Path) -> None:
+    """A PreparedLoad closed without loading kills and reaps its slice processes and removes their scratch folder."""
     manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path)
     before = children(os.getpid(), zombies=True)
     prep = prepare_load(manifest, ManifestOptions(project_id="p", work_flow_id="w"), new_ledger=True)
-    workers = children(os.getpid(), zombies=True).keys() - before.keys()
-    assert len(workers) == 2 and len(scratch_dirs(scratch_root)) == 1
+    processes = children(os.getpid(), zombies=True).keys() - before.keys()
+    assert len(processes) == 2 and len(scratch_dirs(scratch_root)) == 1
     prep.close()
-    assert all(proc_stat(pid) is None for pid in workers)  # reaped, not zombies
+    assert all(proc_stat(pid) is None for pid in processes)  # reaped, not zombies
     assert scratch_dirs(scratch_root) == []
 
 
@@ -771,7 +784,7 @@ BIG_ROWS = 60_000
 
 @pytest.fixture(scope="module")
 def big_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~4.5 MiB of image rows: over MIN_SPLIT_BYTES, so a real `uploader load` forks its workers."""
+    """~4.5 MiB of image rows: over MIN_SPLIT_BYTES, so a real `uploader load` forks its slice processes."""
     path = tmp_path_factory.mktemp("big") / "big.csv"
     with open(path, "w", encoding="utf-8") as f:
         f.write("reference_id,image_url,camera,note\n")
@@ -795,7 +808,7 @@ import pathlib, sys, time
 from uploader.cli.commands import cli
 cli(sys.argv[2:], prog_name="uploader")
 """
-#: The parent stops (sleeps) just before its first slice: the workers run to their end (and wait) while the
+#: The parent stops (sleeps) just before its first slice: the slice processes run to their end (and wait) while the
 #: parent sits in the load's transaction, on a new ledger in its rollback-journal bulk mode.
 PAUSE_BEFORE_COPY = """
 import uploader.load.slices as staging
@@ -806,8 +819,8 @@ def results(self):
     yield from real(self)
 staging.Production.results = results
 """
-#: Workers read their slices in chunks of 500 rows, half a second each: a slice takes many seconds.
-SLOW_WORKERS = """
+#: Slice processes read their slices in chunks of 500 rows, half a second each: a slice takes many seconds.
+SLOW_SLICE_PROCESSES = """
 import uploader.manifest.reader as manifest
 real = manifest.Manifest.chunk_tuples
 def chunk_tuples(self, size=5000, span=None):
@@ -832,8 +845,8 @@ def start_load(
     **popen: Any,
 ) -> subprocess.Popen:
     """`python -m uploader load` (or, with `patch`, the instrumented equivalent) with TMPDIR=`scratch`.
-    Killed processes get `output=DEVNULL`: their workers inherit stdout/stderr, so reading them to the end
-    would wait for the workers too."""
+    Killed processes get `output=DEVNULL`: their slice processes inherit stdout/stderr, so reading them to the end
+    would wait for the slice processes too."""
     args = ["load", str(manifest), *LOAD_OPTS, "--ledger", str(ledger)]
     if patch is None:
         cmd = [sys.executable, "-m", "uploader", *args]
@@ -842,17 +855,17 @@ def start_load(
     return subprocess.Popen(cmd, env=subprocess_env(scratch), stdout=output, stderr=output, **popen)
 
 
-def wait_for_workers(proc: subprocess.Popen, scratch: Path) -> dict[int, str]:
-    """Wait until the load's scratch folder exists and its two workers run, ignoring SIGINT."""
+def wait_for_slice_processes(proc: subprocess.Popen, scratch: Path) -> dict[int, str]:
+    """Wait until the load's scratch folder exists and its two slice processes run, ignoring SIGINT."""
     found: dict[int, str] = {}
 
     def ready() -> bool:
         nonlocal found
-        assert proc.poll() is None, f"the load ended before its workers were seen: {proc.communicate()}"
+        assert proc.poll() is None, f"the load ended before its slice processes were seen: {proc.communicate()}"
         found = children(proc.pid)
         return len(found) == 2 and all(map(ignores_sigint, found)) and bool(scratch_dirs(scratch))
 
-    wait_until(ready, 10, "the worker processes")
+    wait_until(ready, 10, "the slice processes")
     return found
 
 
@@ -862,14 +875,16 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def wait_for_exit(workers: dict[int, str], seconds: float = 5.0) -> None:
-    """Wait for the workers to end (if they do not, the test fails and they are killed)."""
+def wait_for_exit(processes: dict[int, str], seconds: float = 5.0) -> None:
+    """Wait for the slice processes to end (if they do not, the test fails and they are killed)."""
     try:
         wait_until(
-            lambda: not any(alive(pid, started) for pid, started in workers.items()), seconds, "the workers to exit"
+            lambda: not any(alive(pid, started) for pid, started in processes.items()),
+            seconds,
+            "the slice processes to exit",
         )
     finally:
-        for pid, started in workers.items():
+        for pid, started in processes.items():
             if alive(pid, started):
                 os.kill(pid, signal.SIGKILL)
 
@@ -890,20 +905,20 @@ def assert_reload_succeeds(manifest: Path, ledger: Path) -> None:
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new ledger", "existing empty ledger"])
-def test_sigkilled_load_leaves_no_workers_or_scratch(
+def test_sigkilled_load_leaves_no_slice_processes_or_scratch(
     existing: bool, big_manifest: Path, tmp_path: Path, scratch_root: Path
 ) -> None:
-    """SIGKILL the parent while its workers stage: they notice they are orphaned, remove the scratch folder
+    """SIGKILL the parent while its slice processes stage: they notice they are orphaned, remove the scratch folder
     and exit; the ledger (if it was created at all) holds no jobs, and the same load then succeeds."""
     ledger = tmp_path / "ledger.db"
     if existing:
         Ledger.open(ledger).close()
     proc = start_load(big_manifest, ledger, scratch_root, output=subprocess.DEVNULL)
     try:
-        workers = wait_for_workers(proc, scratch_root)
+        processes = wait_for_slice_processes(proc, scratch_root)
     finally:
         kill(proc)
-    wait_for_exit(workers)
+    wait_for_exit(processes)
     wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
     code, output = ledger_state(ledger)
     if ledger.exists():
@@ -913,15 +928,17 @@ def test_sigkilled_load_leaves_no_workers_or_scratch(
     assert_reload_succeeds(big_manifest, ledger)
 
 
-def test_orphaned_workers_stop_within_a_chunk(big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
-    """Workers check for their parent between chunks: with slow chunks (their slices would take many
-    seconds more), a SIGKILLed parent's workers still exit promptly and remove the scratch folder."""
-    proc = start_load(big_manifest, tmp_path / "ledger.db", scratch_root, patch=SLOW_WORKERS, output=subprocess.DEVNULL)
+def test_orphaned_slice_processes_stop_within_a_chunk(big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
+    """Slice processes check for their parent between chunks: with slow chunks (their slices would take many
+    seconds more), a SIGKILLed parent's slice processes still exit promptly and remove the scratch folder."""
+    proc = start_load(
+        big_manifest, tmp_path / "ledger.db", scratch_root, patch=SLOW_SLICE_PROCESSES, output=subprocess.DEVNULL
+    )
     try:
-        workers = wait_for_workers(proc, scratch_root)
+        processes = wait_for_slice_processes(proc, scratch_root)
     finally:
         kill(proc)
-    wait_for_exit(workers, 5)
+    wait_for_exit(processes, 5)
     wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
 
 
@@ -936,23 +953,23 @@ def test_sigkilled_during_the_copy_leaves_an_empty_sound_ledger(
     )
     try:
         wait_until(marker.exists, 10, "the load to reach the copy")
-        workers = children(proc.pid, zombies=True)
+        processes = children(proc.pid, zombies=True)
     finally:
         kill(proc)
     code, output = ledger_state(ledger)
     assert code == 0 and json.loads(output)["total"] == 0, output
     with closing(sqlite3.connect(ledger)) as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    wait_for_exit(workers)
+    wait_for_exit(processes)
     for leftover in scratch_dirs(scratch_root):  # may be left behind: see the next test
         shutil.rmtree(leftover)
     assert_reload_succeeds(big_manifest, ledger)
 
 
-def test_sigkilled_after_the_workers_finished_leaves_no_scratch(
+def test_sigkilled_after_the_slice_processes_finished_leaves_no_scratch(
     big_manifest: Path, tmp_path: Path, scratch_root: Path
 ) -> None:
-    """The scratch folder goes even if the parent is killed after both workers wrote every slice: they
+    """The scratch folder goes even if the parent is killed after both slice processes wrote every slice: they
     wait for the parent (most of a big load is its copying) and clean up when it dies."""
     ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
     proc = start_load(
@@ -960,25 +977,25 @@ def test_sigkilled_after_the_workers_finished_leaves_no_scratch(
     )
     try:
         wait_until(marker.exists, 10, "the load to reach the copy")
-        workers = children(proc.pid)
-        assert len(workers) == 2
+        processes = children(proc.pid)
+        assert len(processes) == 2
         wait_until(
-            lambda: all(waits_on_a_pipe(pid) for pid in workers),
+            lambda: all(waits_on_a_pipe(pid) for pid in processes),
             10,
-            "both workers to finish their slices and wait for the parent",
+            "both slice processes to finish their slices and wait for the parent",
         )
         assert len(list(scratch_dirs(scratch_root)[0].glob("part*.db"))) == 8
     finally:
         kill(proc)
-    wait_for_exit(workers, 5)
+    wait_for_exit(processes, 5)
     assert scratch_dirs(scratch_root) == []
 
 
 @pytest.mark.parametrize("target", ["parent", "process group", "parent during the copy"])
 def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path: Path, scratch_root: Path) -> None:
-    """Ctrl-C (SIGINT to the parent, or to the whole process group as a terminal sends it; workers ignore
-    it) while workers stage or while their slices are copied: exit 130 with the resume hint, no traceback,
-    no worker or scratch folder left, no ledger or an empty one (in WAL), and the same load then succeeds."""
+    """Ctrl-C (SIGINT to the parent, or to the whole process group as a terminal sends it; slice processes ignore
+    it) while slice processes stage or while their slices are copied: exit 130 with the resume hint, no traceback,
+    no slice process or scratch folder left, no ledger or an empty one (in WAL), and the same load then succeeds."""
     ledger, marker = tmp_path / "ledger.db", tmp_path / "paused"
     during_copy = target == "parent during the copy"
     proc = start_load(
@@ -990,7 +1007,7 @@ def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path
         start_new_session=True,
     )
     try:
-        workers = wait_for_workers(proc, scratch_root)
+        processes = wait_for_slice_processes(proc, scratch_root)
         if during_copy:
             wait_until(marker.exists, 10, "the load to reach the copy")
         if target == "process group":
@@ -1004,9 +1021,9 @@ def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in out + err
     assert "interrupted; run the same command again to resume." in err
-    # Waited for, not asserted at once: a SIGINT that lands in the parent between forking a worker and
-    # recording its pid (Production.__init__) leaves that worker unkilled, to notice the parent is gone.
-    wait_for_exit(workers)
+    # Waited for, not asserted at once: a SIGINT that lands in the parent between forking a slice process and
+    # recording its pid (Production.__init__) leaves that slice process unkilled, to notice the parent is gone.
+    wait_for_exit(processes)
     wait_until(lambda: not scratch_dirs(scratch_root), 5, "the scratch folder to go")
     if during_copy:
         assert ledger.exists()  # interrupted inside the load's transaction

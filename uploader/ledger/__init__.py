@@ -89,6 +89,7 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import StagingRow as StagingRow
     from uploader.ledger.staging import attach_slice as attach_slice
     from uploader.ledger.staging import detach_slice as detach_slice
+    from uploader.ledger.staging import many_rows as many_rows
     from uploader.ledger.staging import staging_duplicates as staging_duplicates
     from uploader.ledger.staging import staging_from_slice as staging_from_slice
     from uploader.ledger.staging import staging_insert as staging_insert
@@ -172,6 +173,7 @@ _EXPORTS = {
     "StagingRow": "uploader.ledger.staging",
     "attach_slice": "uploader.ledger.staging",
     "detach_slice": "uploader.ledger.staging",
+    "many_rows": "uploader.ledger.staging",
     "staging_duplicates": "uploader.ledger.staging",
     "staging_from_slice": "uploader.ledger.staging",
     "staging_insert": "uploader.ledger.staging",

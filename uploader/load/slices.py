@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -35,6 +36,7 @@ from uploader.ledger import (
     SCRATCH_ROW_OWN,
     SCRATCH_SETUP,
     StagingRow,
+    many_rows,
 )
 from uploader.manifest import Span, may_hold_expiry
 
@@ -57,6 +59,10 @@ _READ_BLOCK = 1 << 20
 #: Below this size a file is loaded in one process: forking would cost more than it saves.
 MIN_SPLIT_BYTES = 4 << 20
 Defaults = tuple[str, str, "str | None"]
+#: Rows a scratch file's INSERT takes at once (uploader.ledger.many_rows); at most 8 values a row, so 400
+#: bound values, far below SQLite's limit.
+_GROUP = 50
+_GROUPED = {sql: many_rows(sql, _GROUP) for sql in (SCRATCH_ROW, SCRATCH_ROW_NO_EXTRA, SCRATCH_ROW_OWN)}
 
 
 def load_defaults(manifest: ManifestLike) -> Defaults:
@@ -127,16 +133,28 @@ def write_part(
             signed = signed or may_hold_expiry("".join(bodies))
             if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
                 if extras.count(None) == len(extras):
-                    conn.executemany(SCRATCH_ROW_NO_EXTRA, zip(lines, refs, bodies, hashes))
+                    _insert(conn, SCRATCH_ROW_NO_EXTRA, (lines, refs, bodies, hashes))
                 else:
-                    conn.executemany(SCRATCH_ROW, zip(lines, refs, bodies, hashes, extras))
+                    _insert(conn, SCRATCH_ROW, (lines, refs, bodies, hashes, extras))
             else:
-                conn.executemany(SCRATCH_ROW_OWN, zip(lines, refs, bodies, hashes, extras, pids, wfs, batches))
+                _insert(conn, SCRATCH_ROW_OWN, (lines, refs, bodies, hashes, extras, pids, wfs, batches))
             rows += len(chunk)
         conn.execute(COMMIT)
     finally:
         conn.close()
     return PartResult(index, path, rows, manifest.problem_count, signed=signed)
+
+
+def _insert(conn: sqlite3.Connection, sql: str, columns: tuple[Sequence[object], ...]) -> None:
+    """Insert rows given as columns with one of the SCRATCH_ROW statements, in order: _GROUP rows per
+    statement (its grouped form), the last few one by one."""
+    width, n = len(columns), len(columns[0])
+    whole = n - n % _GROUP
+    flat = list(chain.from_iterable(zip(*columns)))
+    step = width * _GROUP
+    conn.executemany(_GROUPED[sql], [flat[i : i + step] for i in range(0, whole * width, step)])
+    if whole < n:
+        conn.executemany(sql, zip(*(column[whole:] for column in columns)))
 
 
 def can_fork() -> bool:
