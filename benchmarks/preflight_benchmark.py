@@ -19,43 +19,15 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import KEY, free_port  # noqa: E402 - the same port and key as the run benchmark
+from _sandbox import bench_env, pinned, spread, start_sandbox, stop
 
 CONCURRENCY = 128
-
-
-def pinned(cpu: int) -> list[str]:
-    """A `taskset` prefix for one CPU when there are two or more and taskset exists, else nothing."""
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)]
-    return []
-
-
-def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*pinned(1), sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sandbox did not start")
 
 
 def url_of(base: str, i: int, latency_ms: float) -> str:
@@ -83,7 +55,11 @@ def timed(command: list[str]) -> tuple[float, float, int, str]:
     """Run `command` pinned to CPU 0 under /usr/bin/time: wall seconds, CPU seconds, peak RSS (KiB), stdout."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [*pinned(0), "/usr/bin/time", "-f", "%U %S %M", *command], capture_output=True, text=True, check=False
+        [*pinned(0), "/usr/bin/time", "-f", "%U %S %M", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=bench_env(),
     )
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 3):
@@ -108,10 +84,6 @@ def check_command(ledger: Path) -> list[str]:
     ]
 
 
-def spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--urls", type=int, default=100_000)
@@ -123,7 +95,7 @@ def main() -> None:
         print(asyncio.run(bare_head_loop(args.bare_loop, args.urls, args.latency_ms)))
         return
     n = args.urls
-    proc, base = start_sandbox()
+    proc, base = start_sandbox(prefix=pinned(1))
     rounds: dict[str, list[float]] = {
         k: [] for k in ("bare", "bare_cpu", "check", "check_cpu", "rss", "rerun", "rerun_cpu")
     }
@@ -153,7 +125,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        proc.kill()
+        stop(proc)
     print(
         f"{n:,} URLs, {args.latency_ms:.0f} ms each, concurrency {CONCURRENCY}, {args.repeat} rounds (min/median/max)"
     )

@@ -18,17 +18,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from _sandbox import KEY, bench_env, spread, start_sandbox, stop
+
 OUT = Path(__file__).resolve().parent / "out"
-KEY = "bench-key"
 PROJECT = "rerun"
 #: Runs the CLI and prints its own CPU seconds and peak RSS (KiB) on stderr after it.
 _MEASURED = (
@@ -38,25 +36,6 @@ _MEASURED = (
     "print('MEASURED', u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime, max(u.ru_maxrss, c.ru_maxrss),\n"
     "      file=sys.stderr); sys.exit(rc)"
 )
-
-
-def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--port", str(port), "--api-key", KEY, "--latency-ms", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uploader", "sandbox", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sandbox did not start")
 
 
 def make_manifest(path: Path, rows: int) -> None:
@@ -83,17 +62,13 @@ def run(manifest: Path, ledger: Path, url: str) -> tuple[float, float, float, in
     cmd = [sys.executable, "-c", _MEASURED, "uploader", "run", str(manifest), "--project-id", PROJECT]
     cmd += ["--work-flow-id", "wf", "--ledger", str(ledger), "--base-url", url, "--json"]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PLAYMENT_API_KEY": KEY})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(PLAYMENT_API_KEY=KEY))
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"uploader run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     line = next(x for x in proc.stderr.splitlines() if x.startswith("MEASURED"))
     cpu, rss_kb = (float(v) for v in line.split()[1:])
     return wall, cpu, rss_kb / 1024, int(json.loads(proc.stdout)["this_run"]["requests"])
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def main() -> None:
@@ -105,7 +80,7 @@ def main() -> None:
     manifest, ledger = OUT / f"rerun_{args.rows}.csv", OUT / f"rerun_{args.rows}.db"
     make_manifest(manifest, args.rows)
     finished_ledger(manifest, ledger)
-    proc, url = start_sandbox()
+    proc, url = start_sandbox("--latency-ms", "0")
     try:
         runs = [run(manifest, ledger, url) for _ in range(args.repeat)]
         print(f"rerun over {args.rows} succeeded rows, {args.repeat} runs, min / median / max:")
@@ -127,8 +102,7 @@ def main() -> None:
         )
         changed.unlink()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 if __name__ == "__main__":

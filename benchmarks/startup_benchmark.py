@@ -15,40 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-KEY = "bench-key"
+from _sandbox import KEY, bench_env, pinned, start_sandbox, stop
+
 MANIFEST = Path(__file__).resolve().parent.parent / "sample_manifests" / "images.csv"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sandbox() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY]
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        cmd = ["taskset", "-c", "1", *cmd]  # the server on its own core: the figure is the client's
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sandbox did not start")
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -79,9 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    env = {**os.environ, "UPLOADER_API_KEY": KEY}
+    env = bench_env(UPLOADER_API_KEY=KEY)
     uploader = [sys.executable, "-m", "uploader"]
-    sandbox, url = start_sandbox()
+    sandbox, url = start_sandbox(prefix=pinned(1))  # the server on its own core: the figure is the client's
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -92,8 +68,7 @@ def main() -> None:
             cmd = [sys.executable, "-X", "importtime", "-m", "uploader", *run_command(work, url, args.repeat)[1:]]
             report = subprocess.run(cmd, capture_output=True, text=True, env=env).stderr
     finally:
-        sandbox.terminate()
-        sandbox.wait()
+        stop(sandbox)
     top: list[tuple[int, str]] = []
     for row in report.splitlines()[1:]:
         parts = row.split("|")

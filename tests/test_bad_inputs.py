@@ -18,7 +18,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -143,7 +142,6 @@ class Outcome(NamedTuple):
     stdout: str
     stderr: str
     ledger: Path
-    seconds: float
 
 
 def where(name: str, line: int | None, column: str | None) -> str:
@@ -184,7 +182,7 @@ def copy_ledger(base_ledger: tuple[Path, bytes], folder: Path) -> Path:
 def subprocess_outcomes(base_ledger, tmp_path_factory) -> dict[str, Outcome]:
     """Run the SUBPROCESS files through `python -m uploader load`, all at once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPLOADER_", "PLAYMENT_"))}
-    started, procs = time.perf_counter(), {}
+    procs = {}
     root = tmp_path_factory.mktemp("sub")
     for name in SUBPROCESS:
         ledger = copy_ledger(base_ledger, root / name)
@@ -192,13 +190,9 @@ def subprocess_outcomes(base_ledger, tmp_path_factory) -> dict[str, Outcome]:
         procs[name] = (ledger, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = {}
     for name, (ledger, proc) in procs.items():
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=120)  # a hang fails here; slowness on a busy machine does not
         out[name] = Outcome(
-            proc.returncode,
-            stdout.decode("utf-8", "replace"),
-            stderr.decode("utf-8", "replace"),
-            ledger,
-            time.perf_counter() - started,
+            proc.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"), ledger
         )
     return out
 
@@ -226,10 +220,9 @@ def test_bad_input_is_refused_cleanly(name: str, base_ledger, subprocess_outcome
         outcome = subprocess_outcomes[name]
     else:
         ledger = copy_ledger(base_ledger, tmp_path)
-        started = time.perf_counter()
         result = CliRunner().invoke(cli, ["load", str(BAD / name), *LOAD_OPTS, "--ledger", str(ledger)])
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-        outcome = Outcome(result.exit_code, result.stdout, result.stderr, ledger, time.perf_counter() - started)
+        outcome = Outcome(result.exit_code, result.stdout, result.stderr, ledger)
     line, column, message = BAD_EXPECTED[name]
     everything = outcome.stdout + outcome.stderr
     assert outcome.code == 1, everything
@@ -243,7 +236,6 @@ def test_bad_input_is_refused_cleanly(name: str, base_ledger, subprocess_outcome
     assert any(message in p for p in problems), f"{message!r} not in:\n{outcome.stderr}"
     assert outcome.ledger.read_bytes() == base_ledger[1]
     assert no_wal_writes(outcome.ledger)
-    assert outcome.seconds < 10
 
 
 # --- edge cases: odd but valid -------------------------------------------------------------------------------

@@ -54,3 +54,26 @@ def test_type_checking_imports_match_the_exports(package: str) -> None:
         alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert imported == importlib.import_module(package)._EXPORTS
+
+
+def test_a_rerun_that_sends_nothing_imports_no_http_library(tmp_path: Path) -> None:
+    """A rerun over a finished ledger checks its endpoint and its rows' signed URLs, and sends nothing: it must
+    not pay for importing aiohttp and httpx (api.endpoint and api.payload hold what it needs)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("reference_id,image_url\n" + "".join(f"r{i},https://x.test/{i}.jpg\n" for i in range(5)))
+    ledger = tmp_path / "l.db"
+    common = [str(manifest), "--project-id", "p", "--work-flow-id", "wf", "--ledger", str(ledger)]
+    subprocess.run([sys.executable, "-m", "uploader", "load", *common], check=True, capture_output=True)
+    import sqlite3
+
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE jobs SET status = 'succeeded', job_id = 'job-' || id, attempts = 1")
+    code = (
+        "import sys\nfrom uploader.cli import main\nsys.argv = sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('httpx', 'aiohttp') if m in sys.modules), file=sys.stderr)"
+    )
+    argv = ["uploader", "run", *common, "--base-url", "http://127.0.0.1:9", "--api-key", "k", "--json"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert '"requests": 0' in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]"

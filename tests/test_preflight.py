@@ -370,3 +370,26 @@ def test_judge_row_reads_each_expiry_once_and_keeps_the_first_problem(monkeypatc
     assert problem == ("url_http_error", "https://h/x.jpg: HTTP 404")  # the first URL's problem, not the expiry
     assert earliest == now + timedelta(hours=1)
     assert calls == urls  # each URL's expiry read once
+
+
+def test_pending_pages_read_only_the_pending_rows_span(ledger, tmp_path):
+    """Pages of pending rows, page size 2, with finished rows before, between and after them: every pending
+    row once, in id order, on both engines; none at all once nothing is pending."""
+    from tests.conftest import fake_manifest
+    from uploader.ledger import pending_payloads, pending_signed_payloads
+    from uploader.load import load_manifest
+
+    signed = "?X-Amz-Credential=c&X-Amz-Signature=s"
+    rows = [(f"ref-{i}", f"https://example.com/{i}.jpg{signed if i % 2 else ''}") for i in range(7)]
+    load_manifest(ledger, fake_manifest(tmp_path, rows), "opts")
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE jobs SET status = 'succeeded' WHERE reference_id IN ('ref-0', 'ref-1', 'ref-3', 'ref-6')"
+        )
+    pages = [[ref for _, ref, _ in page] for page in pending_payloads(ledger.engine, page=2)]
+    assert pages == [["ref-2", "ref-4"], ["ref-5"]]
+    bodies = [body for page in pending_signed_payloads(ledger.engine, page=1) for body in page]
+    assert len(bodies) == 1 and "5.jpg" in bodies[0]
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE jobs SET status = 'succeeded'")
+    assert list(pending_payloads(ledger.engine)) == [] and list(pending_signed_payloads(ledger.engine)) == []

@@ -11,11 +11,11 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.api.attachments import HostPacer as HostPacer
     from uploader.api.attachments import UrlCheck as UrlCheck
-    from uploader.api.attachments import attachment_urls as attachment_urls
     from uploader.api.attachments import check_urls as check_urls
     from uploader.api.attachments import judge as judge
     from uploader.api.client import ApiClient as ApiClient
     from uploader.api.endpoint import check_base_url as check_base_url
+    from uploader.api.payload import attachment_urls as attachment_urls
     from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "HostPacer": "uploader.api.attachments",
     "UrlCheck": "uploader.api.attachments",
-    "attachment_urls": "uploader.api.attachments",
+    "attachment_urls": "uploader.api.payload",
     "check_urls": "uploader.api.attachments",
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",

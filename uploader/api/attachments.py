@@ -18,14 +18,14 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import aiohttp
 import httpx
 
 from uploader.api.client import _transport_code
 
-__all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "attachment_urls", "check_urls", "judge"]
+__all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "check_urls", "judge"]
 
 #: Answers to a HEAD after which the URL is asked again with a one-byte GET.
 _HEAD_REFUSED = frozenset({400, 403, 405, 501})
@@ -60,24 +60,6 @@ class UrlCheck(NamedTuple):
     status: int | None = None
     content_type: str | None = None
     length: int | None = None
-
-
-def attachment_urls(payload: Any) -> list[str]:
-    """The attachment URLs a create-job payload asks the platform to fetch: `data.image_url` and every video
-    frame's `src` (docs/api.md, "data by task type"), in order, without repeats. Sensor data is passed
-    through unchanged and its files are not checked."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, dict):
-        return []
-    urls: list[str] = []
-    image = data.get("image_url")
-    if isinstance(image, str):
-        urls.append(image)
-    video = data.get("video_data")
-    frames = video.get("frames") if isinstance(video, dict) else None
-    if isinstance(frames, list):
-        urls += [f["src"] for f in frames if isinstance(f, dict) and isinstance(f.get("src"), str)]
-    return list(dict.fromkeys(urls))
 
 
 def judge(status: int, content_type: str | None, length: int | None) -> tuple[str, str]:

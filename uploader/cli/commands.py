@@ -579,6 +579,10 @@ def run(
     url_ttl: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
+    if manifest is not None and str(manifest) != "-":
+        from uploader.load import prefetch_sha256  # hashed while SQLAlchemy loads and the ledger opens
+
+        prefetch_sha256(manifest)
     from uploader.cli.forgetting import project_hint
     from uploader.cli.hints import repeat_from_context
     from uploader.cli.stdin import spooled_manifest

@@ -293,11 +293,11 @@ def print_summary(
     run_ = d["this_run"]
     head = "interrupted after" if d["interrupted"] else "done in"
     click.echo(
-        f"{head} {d['seconds']:.1f} s. This run: {run_['requests']} requests ({d['requests_per_second']:.0f}/s), "
-        f"{run_['succeeded']} created or found ({run_['recovered']} recovered after FS_0001), "
-        + (f"{run_['conflict']} found in conflict, " if run_.get("conflict") else "")
-        + f"{run_['failed']} failed, {run_['retries']} retr{'y' if run_['retries'] == 1 else 'ies'}"
-        + (f", {run_['unreachable']} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
+        f"{head} {d['seconds']:.1f} s. This run: {run_['requests']:,} requests ({d['requests_per_second']:,.0f}/s), "
+        f"{run_['succeeded']:,} created or found ({run_['recovered']:,} recovered after FS_0001), "
+        + (f"{run_['conflict']:,} found in conflict, " if run_.get("conflict") else "")
+        + f"{run_['failed']:,} failed, {run_['retries']:,} retr{'y' if run_['retries'] == 1 else 'ies'}"
+        + (f", {run_['unreachable']:,} could not connect (not counted as attempts)" if run_.get("unreachable") else "")
     )
     for e in d["this_run_errors"][:5]:
         click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
@@ -322,10 +322,10 @@ def print_summary(
             "another run after this one's lease expired"
         )
     click.echo(
-        f"ledger (every run): {c['succeeded']} succeeded, {c['failed']} failed, {c['uncertain']} uncertain, "
-        + (f"{c['conflict']} conflict, " if c.get("conflict") else "")
-        + (f"{c['blocked']} blocked, " if c.get("blocked") else "")
-        + f"{c['pending'] + c['in_flight']} pending"
+        f"ledger (every run): {c['succeeded']:,} succeeded, {c['failed']:,} failed, {c['uncertain']:,} uncertain, "
+        + (f"{c['conflict']:,} conflict, " if c.get("conflict") else "")
+        + (f"{c['blocked']:,} blocked, " if c.get("blocked") else "")
+        + f"{c['pending'] + c['in_flight']:,} pending"
     )
     for line in error_lines(d["errors"]):
         click.echo("  " + line)

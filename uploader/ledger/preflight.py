@@ -42,10 +42,13 @@ _CHUNK = 500
 
 # {jobs}: on SQLite `jobs NOT INDEXED`, so that a page is a range of the primary key read in order: through
 # the (status, not_before, id) index SQLite would visit and sort every remaining pending row for each page.
+# Pages cover only the span of ids that holds pending rows (`_pending_span`, read through that index), so a
+# ledger with few or no pending rows is not scanned whole.
 _PENDING_PAGE = (
     f"SELECT id, reference_id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after "
-    "AND (checked_at IS NULL{recheck}) ORDER BY id LIMIT :n"
+    "AND id <= :last AND (checked_at IS NULL{recheck}) ORDER BY id LIMIT :n"
 )
+_PENDING_SPAN = text(f"SELECT min(id), max(id) FROM jobs WHERE status = '{Status.PENDING.value}'")
 # The writes of a preflight go to the driver's executemany with positional rows (`?`, or `%s` on PostgreSQL):
 # SQLAlchemy's per-row parameter processing cost more CPU than the statements themselves.
 _UPSERT = (
@@ -127,12 +130,11 @@ def pending_payloads(
     before `since`), a page at a time in id order (memory flat)."""
     jobs = "jobs NOT INDEXED" if engine.dialect.name == "sqlite" else "jobs"
     query = text(_PENDING_PAGE.format(jobs=jobs, recheck="" if since is None else " OR checked_at < :since"))
-    after = 0
-    while True:
+    after, last = _pending_span(engine)
+    while after < last:
         with read_tx(engine) as conn:
-            rows = [
-                (int(i), str(r), str(b)) for i, r, b in conn.execute(query, {"after": after, "n": page, "since": since})
-            ]
+            params = {"after": after, "last": last, "n": page, "since": since}
+            rows = [(int(i), str(r), str(b)) for i, r, b in conn.execute(query, params)]
         if not rows:
             return
         yield rows
@@ -141,7 +143,7 @@ def pending_payloads(
 
 #: Text every signed URL's query holds (each scheme's signature field has one of them; manifest.signed).
 _SIGNED_PAGE = (
-    f"SELECT id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after "
+    f"SELECT id, body FROM {{jobs}} WHERE status = '{Status.PENDING.value}' AND id > :after AND id <= :last "
     "AND ({body} LIKE '%sig%' OR {body} LIKE '%credential%') ORDER BY id LIMIT :n"
 )
 
@@ -153,14 +155,22 @@ def pending_signed_payloads(engine: Engine, page: int = _PAGE) -> Iterator[list[
     query = text(
         _SIGNED_PAGE.format(jobs="jobs NOT INDEXED" if sqlite else "jobs", body="body" if sqlite else "lower(body)")
     )
-    after = 0
-    while True:
+    after, last = _pending_span(engine)
+    while after < last:
         with read_tx(engine) as conn:
-            rows = [(int(i), str(b)) for i, b in conn.execute(query, {"after": after, "n": page})]
+            rows = [(int(i), str(b)) for i, b in conn.execute(query, {"after": after, "last": last, "n": page})]
         if not rows:
             return
         yield [b for _, b in rows]
         after = rows[-1][0]
+
+
+def _pending_span(engine: Engine) -> tuple[int, int]:
+    """(first pending id - 1, last pending id): the `after`/`last` bounds of a scan of the pending rows
+    ((0, 0) when there are none)."""
+    with read_tx(engine) as conn:
+        first, last = conn.execute(_PENDING_SPAN).one()
+    return (0, 0) if first is None else (int(first) - 1, int(last))
 
 
 def expiring_rows(engine: Engine, limit: dt.datetime) -> list[tuple[int, str, dt.datetime]]:

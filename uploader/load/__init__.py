@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.load.digest import prefetch_sha256 as prefetch_sha256
     from uploader.load.merge import LoadReport as LoadReport
     from uploader.load.merge import load_manifest as load_manifest
     from uploader.load.plan import LoadPlan as LoadPlan
@@ -32,6 +33,7 @@ _EXPORTS = {
     "Production": "uploader.load.slices",
     "LoadPlan": "uploader.load.plan",
     "plan_manifest": "uploader.load.plan",
+    "prefetch_sha256": "uploader.load.digest",
 }
 
 __all__ = list(_EXPORTS)

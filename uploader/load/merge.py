@@ -11,7 +11,6 @@ rows straight into `jobs` (uploader.load.bulk), falling back to the staging path
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -50,12 +49,13 @@ from uploader.ledger import (
 )
 from uploader.load import bulk as bulk_load
 from uploader.load import slices as staging
+from uploader.load.digest import file_sha256
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
     from uploader.load.source import ManifestLike
 
-__all__ = ["LoadReport", "file_sha256", "load_manifest"]
+__all__ = ["LoadReport", "load_manifest"]
 
 #: Examples of updated / conflicting reference_ids kept for the report.
 EXAMPLES = 5
@@ -82,14 +82,6 @@ class LoadReport:
     #: knows that none does (its rows went into an empty ledger and no payload may hold one): then the
     #: caller need not scan the ledger for them. Not part of the printed report.
     signed_possible: bool = True
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _utcnow() -> dt.datetime:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from uploader.api import attachment_urls, check_urls
+from uploader.api import attachment_urls
 from uploader.ledger import (
     UrlVerdict,
     block_rows,
@@ -293,6 +293,8 @@ async def _verdicts(
 ) -> AsyncIterator[UrlVerdict]:
     """`check_urls` with the preflight's options; each answer as the verdict to store under `stored_as(url)`
     (the storage URL of a URL signed for the check, else the URL itself)."""
+    from uploader.api import check_urls  # aiohttp: imported only when a URL is really checked
+
     async for c in check_urls(
         urls,
         concurrency=options.concurrency,

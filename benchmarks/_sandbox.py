@@ -1,0 +1,91 @@
+"""What the benchmarks share: a free port, the sandbox in its own process (pinned to its own core when
+there are two), the environment the measured commands run in, and min/median/max.
+
+Benchmarks import it as `from _sandbox import ...` (they run as `python benchmarks/NAME.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+
+#: The API key every benchmark's sandbox accepts.
+KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(cpu: int) -> list[str]:
+    """A `taskset` prefix for one CPU when there are two or more and taskset exists, else nothing."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def pinning() -> tuple[list[str], list[str], str]:
+    """(sandbox prefix, client prefix, note): the sandbox on core 1 and the clients on core 0 when there are
+    two or more, so that a client's figures are its own."""
+    server, client = pinned(1), pinned(0)
+    if server:
+        return server, client, "sandbox pinned to core 1, clients to core 0"
+    return [], [], f"NOT pinned ({os.cpu_count() or '?'} core(s) or no taskset): the figures include the server"
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment of a measured command: as a user's, so compiled bytecode is written and used (an
+    installed tool has it; PYTHONDONTWRITEBYTECODE in a developer's shell would add compiling to each run)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, **extra}
+
+
+def start_sandbox(
+    *args: str,
+    prefix: Sequence[str] = (),
+    command: Sequence[str] | None = None,
+    health: str = "/_sandbox/stats",
+    attempts: int = 200,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`uploader sandbox --port P --api-key KEY *args` (or `command`, serving on the port its `{port}`
+    placeholders name) started and answering `health`; (process, base URL)."""
+    port = free_port()
+    if command is None:
+        argv = [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", KEY, *args]
+    else:
+        argv = [part.replace("{port}", str(port)) for part in command]
+    proc = subprocess.Popen([*prefix, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(attempts):
+        try:
+            urllib.request.urlopen(url + health, timeout=1).read()
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("sandbox did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """min/median/max."""
+    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
