@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from _sandbox import bench_env, spread
+
 OUT = Path(__file__).resolve().parent / "out"
 #: Rows of the --big manifest.
 BIG = 10_000_000
@@ -64,12 +66,12 @@ def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[flo
         str(ledger),
     ]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"uploader load failed: {proc.stderr}")
-    own_kb, workers_kb, cpu = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS"))
-    return elapsed, float(cpu), int(own_kb) / 1024, int(workers_kb) / 1024
+    own_kb, slices_kb, cpu = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS"))
+    return elapsed, float(cpu), int(own_kb) / 1024, int(slices_kb) / 1024
 
 
 def time_sqlite_shell(manifest: Path, db: Path) -> tuple[float, float]:
@@ -92,11 +94,6 @@ COMMIT;
     elapsed = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-
-
-def spread(values: list[float]) -> str:
-    """min/median/max."""
-    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
 
 
 def main() -> None:
