@@ -11,7 +11,9 @@ SIGTERM ends the wait at once, and the run says that it is waiting.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shlex
 import sqlite3
 import time
@@ -20,9 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
@@ -32,7 +34,7 @@ from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-    from sqlalchemy.engine import ExceptionContext
+    from sqlalchemy.engine import Dialect, ExceptionContext
 
 __all__ = [
     "DEFAULT_LEDGER",
@@ -40,6 +42,8 @@ __all__ = [
     "LedgerLocked",
     "LockWait",
     "create_new",
+    "driver_sql",
+    "driver_time",
     "ledger_url",
     "migrate",
     "open_engine",
@@ -326,6 +330,36 @@ def sqlite_bulk_mode(raw: sqlite3.Connection, *, new_file: bool) -> Iterator[boo
         if switched:
             _enable_wal(raw.cursor())
         raw.execute("PRAGMA foreign_keys = ON")
+
+
+#: A `:name` parameter, as SQLAlchemy's text() finds them (not `::` casts, not an escaped `\\:`).
+_NAMED = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
+
+
+def driver_sql(dialect: Dialect, sql: str) -> str:
+    """`sql` with `:name` parameters in the driver's own style, for `Connection.exec_driver_sql` with dict
+    parameters (the hot statements of a run: no per-row parameter processing by SQLAlchemy). sqlite3 reads
+    `:name` itself; a `pyformat` driver (psycopg) gets `%(name)s`, its literal `%` doubled."""
+    if dialect.name == "sqlite":
+        return sql
+    if dialect.paramstyle != "pyformat":
+        raise LedgerError(f"unsupported database driver parameter style {dialect.paramstyle!r}")
+    return _pyformat(sql)
+
+
+@functools.lru_cache(maxsize=64)
+def _pyformat(sql: str) -> str:
+    return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def driver_time(dialect: Dialect) -> Callable[[Any], Any]:
+    """A datetime as SQLAlchemy's DateTime binds it for `dialect` (SQLite stores text: its exact format, which
+    comparisons depend on), for parameters that go straight to the driver (`driver_sql`)."""
+    return DateTime().dialect_impl(dialect).bind_processor(dialect) or _same
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @contextmanager

@@ -40,15 +40,24 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, text
+from sqlalchemy import Engine, text
 
 from uploader.errors import LedgerError
-from uploader.ledger.engine import create_new, ledger_url, migrate, open_engine, read_tx, write_tx
+from uploader.ledger.engine import (
+    create_new,
+    driver_sql,
+    driver_time,
+    ledger_url,
+    migrate,
+    open_engine,
+    read_tx,
+    write_tx,
+)
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.models import Status
 from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
@@ -149,6 +158,38 @@ _FAILED = Status.FAILED.value
 _UNCERTAIN = Status.UNCERTAIN.value
 _CONFLICT = Status.CONFLICT.value
 
+#: SQL of `claim`: the rows it takes (in flight under an expired lease, or held by a run that has stopped: a
+#: stopped run has nothing in the air, so rows it could not release, e.g. disk full, are taken at once; then
+#: pending rows whose retry time has come) and what it sets on them.
+_CLAIM_EXPIRED = (
+    f"SELECT id FROM jobs WHERE status = '{_IN_FLIGHT}' AND (lease_expires_at < :now OR lease_owner IN "
+    "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
+)
+_CLAIM_READY = (
+    f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) LIMIT :n"
+)
+_CLAIM_SET = (
+    f"SET status = '{_IN_FLIGHT}', attempts = attempts + 1, lease_owner = :owner, "
+    "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now, "
+    f"sent_hashes = {_MERGE_ATTEMPT}, attempt_hash = body_hash"
+)
+#: SQL of `record`: one result, fenced by its lease token; a success's variant applies only if no other row
+#: holds its job_id (the job_id index finds them).
+_RECORD_SETS = (
+    "job_id = COALESCE(:job_id, job_id), recovered = :recovered, "
+    "error_code = :code, error_message = :msg, error_details = :details, "
+    "http_status = COALESCE(:http, http_status), attempts = attempts - :refund, not_before = :nb, "
+    "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, origin = COALESCE(:origin, origin), "
+    f"sent_hashes = CASE WHEN :sent THEN {_MERGE_ATTEMPT} ELSE sent_hashes END, attempt_hash = NULL "
+)
+_RECORD = (
+    f"UPDATE jobs SET status = :status, {_RECORD_SETS}"
+    f"WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"
+)
+_RECORD_SUCCESS = (
+    f"{_RECORD} AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.job_id = :job_id AND other.id <> :id)"
+)
+
 _SLOT = "id, project_id, name, batch_id, auto, reserved_by, created_at"
 #: Rows with no batch of their own that were never sent: giving them a batch cannot split a job's attempts
 #: between two batches.
@@ -219,28 +260,16 @@ class Ledger(LedgerQueries):
         """Claim up to `limit` sendable rows for `owner`, committed before any request is sent."""
         now = now or utcnow()
         expires = now + dt.timedelta(seconds=lease_seconds)
-        params = {"owner": owner, "now": now, "exp": expires, "n": limit}
-        set_clause = (
-            f"SET status = '{_IN_FLIGHT}', attempts = attempts + 1, lease_owner = :owner, "
-            "lease_token = lease_token + 1, lease_expires_at = :exp, updated_at = :now, "
-            f"sent_hashes = {_MERGE_ATTEMPT}, attempt_hash = body_hash"
-        )
-        # In flight under an expired lease (its run died), or held by a run that has stopped: a stopped run
-        # has nothing in the air, so rows it could not release (disk full) are taken at once.
-        expired = (
-            f"SELECT id FROM jobs WHERE status = '{_IN_FLIGHT}' AND (lease_expires_at < :now OR lease_owner IN "
-            "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
-        )
-        ready = (
-            f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) LIMIT :n"
-        )
         claims: list[Claim] = []
         with write_tx(self.engine) as conn:
-            for select in (expired, ready):
+            dialect = conn.dialect
+            stamp = driver_time(dialect)
+            params = {"owner": owner, "now": stamp(now), "exp": stamp(expires), "n": limit}
+            for select in (_CLAIM_EXPIRED, _CLAIM_READY):
                 if len(claims) >= limit:
                     break
                 params["n"] = limit - len(claims)
-                rows = conn.execute(text(_claim_sql(self.engine.dialect.name, set_clause, select)), params)
+                rows = conn.exec_driver_sql(driver_sql(dialect, _claim_sql(dialect.name, select)), params)
                 claims.extend(Claim(*row) for row in rows)
         if self._claim_log and claims:
             self._log(
@@ -260,27 +289,15 @@ class Ledger(LedgerQueries):
         if not results:
             return 0, 0
         now = now or utcnow()
-        sets = (
-            "job_id = COALESCE(:job_id, job_id), recovered = :recovered, "
-            "error_code = :code, error_message = :msg, error_details = :details, "
-            "http_status = COALESCE(:http, http_status), attempts = attempts - :refund, not_before = :nb, "
-            "lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, origin = COALESCE(:origin, origin), "
-            f"sent_hashes = CASE WHEN :sent THEN {_MERGE_ATTEMPT} ELSE sent_hashes END, attempt_hash = NULL "
-        )
-        fence = f"WHERE id = :id AND lease_token = :token AND status = '{_IN_FLIGHT}'"
-        sql = text(f"UPDATE jobs SET status = :status, {sets}{fence}")
-        # A success is applied only if no other row holds its job_id (the job_id index finds them).
-        sql_success = text(
-            f"UPDATE jobs SET status = :status, {sets}{fence} "
-            "AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.job_id = :job_id AND other.id <> :id)"
-        )
         applied = 0
         outcomes: dict[int, list[Any]] = {}
         with write_tx(self.engine) as conn:
+            stamp = driver_time(conn.dialect)
             live, holders = self._fence_and_holders(conn, results)
             fast, slow = split_record(results, live, holders)
             if fast:  # one statement for the group: each row is live and its job_id no other row's
-                n = conn.execute(sql, [_record_params(results[i], now) for i in fast]).rowcount
+                group = [_record_params(results[i], now, stamp) for i in fast]
+                n = conn.exec_driver_sql(driver_sql(conn.dialect, _RECORD), group).rowcount
                 if n != len(fast) and conn.dialect.supports_sane_multi_rowcount:
                     raise LedgerError(f"recording results: {n} of {len(fast)} fenced rows updated")
                 applied += len(fast)
@@ -289,13 +306,13 @@ class Ledger(LedgerQueries):
                 )
             for i in slow:  # a shared job_id, or a row seen twice: one at a time, in order, as they interact
                 r = results[i]
-                params = _record_params(r, now)
+                params = _record_params(r, now, stamp)
                 success = r.status is Status.SUCCEEDED and r.job_id is not None
-                n = conn.execute(sql_success if success else sql, params).rowcount
+                n = conn.execute(text(_RECORD_SUCCESS if success else _RECORD), params).rowcount
                 status = r.status.value
                 if success and n == 0 and self._is_held(conn, r):
                     n, status = 1, Status.UNCERTAIN.value
-                    demoted = self._record_duplicate(conn, sql, params)
+                    demoted = self._record_duplicate(conn, text(_RECORD), params)
                     if duplicates is not None:
                         duplicates.extend([r.id, *demoted])
                 applied += n
@@ -311,19 +328,18 @@ class Ledger(LedgerQueries):
         """The (id, lease_token) pairs of the results' rows still in flight (locked on PostgreSQL until the
         commit, as SQLite's write lock already does), and the ids of the rows holding each answered job_id."""
         lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
-        fence = text(f"SELECT id, lease_token FROM jobs WHERE status = '{_IN_FLIGHT}' AND id IN :ids{lock}")
-        held = text("SELECT id, job_id FROM jobs WHERE job_id IN :ids")
         live: set[tuple[int, int]] = set()
         holders: dict[str, set[int]] = {}
         ids = sorted({r.id for r in results})
         job_ids = sorted({r.job_id for r in results if r.job_id is not None})
         for part in _chunks(ids):
-            live.update(
-                (int(i), int(t))
-                for i, t in conn.execute(fence.bindparams(bindparam("ids", expanding=True)), {"ids": part})
-            )
+            names, params = _in_list(part)
+            sql = f"SELECT id, lease_token FROM jobs WHERE status = '{_IN_FLIGHT}' AND id IN ({names}){lock}"
+            live.update((int(i), int(t)) for i, t in conn.exec_driver_sql(driver_sql(conn.dialect, sql), params))
         for part in _chunks(job_ids):
-            for i, j in conn.execute(held.bindparams(bindparam("ids", expanding=True)), {"ids": part}):
+            names, params = _in_list(part)
+            sql = f"SELECT id, job_id FROM jobs WHERE job_id IN ({names})"
+            for i, j in conn.exec_driver_sql(driver_sql(conn.dialect, sql), params):
                 holders.setdefault(str(j), set()).add(int(i))
         return live, holders
 
@@ -701,7 +717,7 @@ class Ledger(LedgerQueries):
             ).rowcount
 
 
-def _claim_sql(dialect: str, set_clause: str, select: str) -> str:
+def _claim_sql(dialect: str, select: str) -> str:
     """UPDATE the rows `select` picks. SQLite: BEGIN IMMEDIATE already excludes every other writer.
     PostgreSQL: lock the picked rows, skipping those another claimer holds, in a MATERIALIZED CTE, so
     the locking LIMIT runs exactly once (as a plain `IN (subquery)` the planner may re-run it and claim
@@ -709,9 +725,9 @@ def _claim_sql(dialect: str, set_clause: str, select: str) -> str:
     if dialect == "postgresql":
         return (
             f"WITH picked AS MATERIALIZED ({select} FOR UPDATE SKIP LOCKED) "
-            f"UPDATE jobs {set_clause} WHERE id IN (SELECT id FROM picked) RETURNING {_RETURNING}"
+            f"UPDATE jobs {_CLAIM_SET} WHERE id IN (SELECT id FROM picked) RETURNING {_RETURNING}"
         )
-    return f"UPDATE jobs {set_clause} WHERE id IN ({select}) RETURNING {_RETURNING}"
+    return f"UPDATE jobs {_CLAIM_SET} WHERE id IN ({select}) RETURNING {_RETURNING}"
 
 
 def _epoch(t: dt.datetime) -> float:
@@ -779,8 +795,8 @@ def split_record(
     return fast, slow
 
 
-def _record_params(r: Result, now: dt.datetime) -> dict[str, Any]:
-    """The bound values of `record`'s UPDATE for one result."""
+def _record_params(r: Result, now: dt.datetime, stamp: Callable[[Any], Any]) -> dict[str, Any]:
+    """The bound values of `record`'s UPDATE for one result; `stamp` binds a time (engine.driver_time)."""
     return {
         "status": r.status.value,
         "job_id": r.job_id,
@@ -790,13 +806,19 @@ def _record_params(r: Result, now: dt.datetime) -> dict[str, Any]:
         "details": r.error_details,
         "http": r.http_status,
         "refund": 1 if r.refund_attempt else 0,
-        "nb": r.not_before,
-        "now": now,
+        "nb": None if r.not_before is None else stamp(r.not_before),
+        "now": stamp(now),
         "id": r.id,
         "token": r.lease_token,
         "origin": r.origin,
         "sent": r.may_have_created,
     }
+
+
+def _in_list(values: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Named parameters for `IN (...)` over `values`: the names joined by commas, and their values."""
+    params = {f"v{k}": v for k, v in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
 
 
 def _chunks(values: list[Any], size: int = 500) -> list[list[Any]]:

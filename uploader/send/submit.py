@@ -129,8 +129,9 @@ class RunOptions:
     #: Begin with one request in the air and widen by one per answer (uploader.send.pacing), so a run
     #: that every answer refuses (a wrong key, a wrong batch) stops after a few requests, not `concurrency`.
     slow_start: bool = True
-    #: Rows the claimer keeps queued for the senders: twice the concurrency, within these bounds (`claim_size`):
-    #: few enough that a stopped run holds few rows, enough that the ledger is not asked once per request.
+    #: Rows the claimer keeps queued for the senders: four times the concurrency, within these bounds
+    #: (`claim_size`): few enough that a stopped run holds few rows, enough that claims are few (each is a
+    #: transaction, whose commit costs more CPU than the rows it claims).
     claim_size_min: int = 16
     #: The upper bound of `claim_size` (see `claim_size_min`).
     claim_size_max: int = 256
@@ -153,8 +154,8 @@ class RunOptions:
 
     @property
     def claim_size(self) -> int:
-        """How many rows the claimer keeps queued for the senders: twice the concurrency, within bounds."""
-        return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 2))
+        """How many rows the claimer keeps queued for the senders: four times the concurrency, within bounds."""
+        return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 4))
 
 
 def trouble(
