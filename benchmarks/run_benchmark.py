@@ -7,10 +7,10 @@
    sandbox is pinned to core 1 and the clients to core 0 (`taskset`), so the ratio measures the client.
    Two ratios: CPU per job / bare CPU per request (target <= 1.5) and jobs/s / bare req/s (target >= 0.85).
    `--repeat K` runs both K times and prints min/median/max.
-2. Rerun over a fully succeeded ledger of R rows (default 1,000,000) with the same manifest: requests sent
-   and seconds.
 
-    python benchmarks/run_benchmark.py [--rows 20000] [--repeat 5] [--rerun-rows 1000000]
+    python benchmarks/run_benchmark.py [--rows 20000] [--repeat 5]
+
+The rerun over a finished ledger is benchmarks/rerun_benchmark.py.
 
 Loopback only; bounded in count and time.
 """
@@ -24,66 +24,14 @@ import csv
 import json
 import os
 import resource
-import shutil
-import socket
-import sqlite3
-import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from _sandbox import KEY, bench_env, pinning, spread, start_sandbox, stop
+
 OUT = Path(__file__).resolve().parent / "out"
-KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinning() -> tuple[list[str], list[str], str]:
-    """(sandbox prefix, client prefix, note): taskset onto separate cores when there are two or more."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) >= 2 and shutil.which("taskset"):
-        return (
-            ["taskset", "-c", str(cores[1])],
-            ["taskset", "-c", str(cores[0])],
-            f"sandbox pinned to core {cores[1]}, clients to core {cores[0]}",
-        )
-    return [], [], f"NOT pinned ({len(cores) or '?'} core(s) available or no taskset): the ratio includes the server"
-
-
-def start_sandbox(latency_ms: float, prefix: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *prefix,
-            sys.executable,
-            "-m",
-            "uploader",
-            "sandbox",
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_sandbox/stats", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sandbox did not start")
 
 
 def precompile() -> None:
@@ -176,50 +124,13 @@ def run_uploader(
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PLAYMENT_API_KEY": KEY},
+        env=bench_env(PLAYMENT_API_KEY=KEY),
     )
     elapsed = time.perf_counter() - t
     cpu = child_cpu() - before
     if proc.returncode != 0:
         raise SystemExit(f"uploader run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return elapsed, cpu, json.loads(proc.stdout)
-
-
-def rerun(rows: int, url: str) -> None:
-    manifest = OUT / f"rerun_{rows}.csv"
-    make_manifest(manifest, rows)
-    ledger = OUT / f"rerun_{rows}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(ledger) + suffix).unlink(missing_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "uploader",
-            "load",
-            str(manifest),
-            "--project-id",
-            "rerun",
-            "--work-flow-id",
-            "wf",
-            "--ledger",
-            str(ledger),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    with sqlite3.connect(ledger) as db:  # as if a previous run had sent everything
-        db.execute("UPDATE jobs SET status = 'succeeded', job_id = 'job-' || id, attempts = 1")
-    elapsed, _, summary = run_uploader(manifest, ledger, url, "rerun")
-    print(
-        f"rerun over {rows} succeeded rows: {summary['this_run']['requests']} requests, {elapsed:.2f} s "
-        "(target: 0 requests, <= 1 s)"
-    )
-
-
-def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    """min / median / max."""
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
@@ -229,13 +140,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--rerun-rows", type=int, default=1_000_000)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     precompile()
     server_prefix, client_prefix, note = pinning()
-    proc, url = start_sandbox(args.latency_ms, server_prefix)
+    proc, url = start_sandbox("--latency-ms", str(args.latency_ms), prefix=server_prefix)
     try:
         manifest = OUT / f"run_{args.rows}.csv"
         make_manifest(manifest, args.rows)
@@ -268,11 +178,8 @@ def main() -> None:
         print(f"CPU per job / bare per req  min/median/max: {spread(cpu_ratio, '{:.2f}')}  (target <= 1.5)")
         print(f"wall: uploader / bare rate  min/median/max: {spread(wall_ratio, '{:.2f}')}  (target >= 0.85)")
         print(f"load average after: {os.getloadavg()}")
-        if args.rerun_rows:
-            rerun(args.rerun_rows, url)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 if __name__ == "__main__":

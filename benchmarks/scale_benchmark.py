@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmark import KEY, OUT, make_manifest, start_sandbox  # noqa: E402
+from _sandbox import KEY, start_sandbox  # noqa: E402
+from run_benchmark import OUT, make_manifest  # noqa: E402
 
 
 def fresh_postgres(admin_url: str) -> tuple[str, str]:
@@ -121,7 +122,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     manifest = OUT / f"scale_{args.rows}.csv"
     make_manifest(manifest, args.rows)
-    sandbox, url = start_sandbox(args.latency_ms)
+    sandbox, url = start_sandbox("--latency-ms", str(args.latency_ms))
     results: list[tuple[str, int, float, float]] = []
     try:
         sqlite_path = OUT / "scale_sqlite.db"
