@@ -3,8 +3,9 @@
 A ledger of N sent jobs (default 100,000; built directly: the sandbox replays a journal of the same jobs, all
 already completed) is synced with `--results DIR`, `--runs` times (a fresh copy of the ledger and an empty
 directory each time). Reported per run: listing requests against the target 1.05 x N/100, job reads, wall
-and CPU seconds, the sync process's peak memory, and results per second beside two bare aiohttp loops at
-the same concurrency in the same run:
+and CPU seconds (and CPU per result), the requests used (listing, job reads, result downloads), the sync
+process's peak memory, and results per second beside two bare aiohttp loops at the same concurrency in the
+same run:
 
 - `bare_job_and_result`: per result, GET job (with the key) then GET the result URL it names: the two
   requests the API requires (the listing names no result URL). This is the fair comparison.
@@ -228,6 +229,9 @@ def measure(jobs: int, concurrency: int, latency_ms: float, runs: int) -> list[d
                         "sync_seconds": round(seconds, 1),
                         "sync_cpu_seconds": round(cpu, 1),
                         "sync_peak_mib": round(peak_mib, 1),
+                        "requests": int(str(doc["listing_requests"])) + int(str(doc["job_requests"])) + results,
+                        "sync_cpu_ms_per_result": round(1000 * cpu / max(1, results), 2),
+                        "bare_cpu_ms_per_result": round(1000 * pair_cpu / jobs, 2),
                         "results_per_s_sync": round(sync_rate, 1),
                         "results_per_s_bare_job_and_result": round(jobs / pair, 1),
                         "bare_job_and_result_cpu_seconds": round(pair_cpu, 1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import io
 import json
 import random
@@ -912,21 +913,26 @@ def test_real_server_read_timeout_and_whole_exchange_deadline() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pin down what surfaces through httpx-aiohttp (downloads), since its mapping is coarse, and through the
-    direct aiohttp path (the API's requests with the default transport).
+    """Pin down what surfaces through httpx-aiohttp (an injected AiohttpTransport), since its mapping is
+    coarse, and through the direct aiohttp path (the API's requests and downloads with the default transport).
 
     httpx-aiohttp maps every aiohttp ClientConnectionError to httpx.ConnectTimeout (a dropped connection and
     a refused port included) and chains the aiohttp error as __cause__, which is what client.py reads; the
     direct path sees aiohttp's own errors. If an upgrade changes this, this test says where to look.
     """
+    from httpx_aiohttp import AiohttpTransport
+
     seen: dict[str, tuple[type[BaseException], type[BaseException] | None]] = {}
     direct: dict[str, type[BaseException]] = {}
+    downloads: dict[str, type[BaseException]] = {}
     original = client_module._decisive
     current = [""]
 
     def spy(exc: BaseException) -> BaseException:
         if current[0].startswith("direct-"):
             direct[current[0].removeprefix("direct-")] = type(exc)
+        elif current[0].startswith("download-"):
+            downloads[current[0].removeprefix("download-")] = type(exc)
         else:
             seen[current[0]] = (type(exc), type(exc.__cause__) if exc.__cause__ else None)
         return original(exc)
@@ -940,6 +946,9 @@ def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) 
                 async with ApiClient(url, KEY, timeout=0.4, total_timeout=5) as api:
                     current[0] = "direct-" + name
                     await api.create_job("p", "{}")
+                    current[0] = "download-" + name
+                    await api.download(f"{url}/v1/projects/p/batch/b", io.BytesIO(), max_bytes=100)
+                async with ApiClient(url, KEY, timeout=0.4, total_timeout=5, transport=AiohttpTransport()) as api:
                     current[0] = name
                     await api.download(f"{url}/v1/projects/p/batch/b", io.BytesIO(), max_bytes=100)
 
@@ -947,9 +956,10 @@ def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) 
         sock.bind(("127.0.0.1", 0))
         run(go(sock.getsockname()[1]))
 
-    assert issubclass(direct["stall"], aiohttp.ServerTimeoutError)
-    assert direct["abort"] is direct["close"] is aiohttp.ServerDisconnectedError
-    assert issubclass(direct["refused"], aiohttp.ClientConnectorError)
+    for errors in (direct, downloads):
+        assert issubclass(errors["stall"], aiohttp.ServerTimeoutError)
+        assert errors["abort"] is errors["close"] is aiohttp.ServerDisconnectedError
+        assert issubclass(errors["refused"], aiohttp.ClientConnectorError)
 
     assert issubclass(seen["stall"][0], httpx.TimeoutException)
     assert seen["stall"][1] is not None and issubclass(seen["stall"][1], aiohttp.ServerTimeoutError)
@@ -958,3 +968,143 @@ def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) 
         assert seen[name][1] is aiohttp.ServerDisconnectedError, seen[name]
     assert issubclass(seen["refused"][0], httpx.TransportError)
     assert seen["refused"][1] is not None and issubclass(seen["refused"][1], aiohttp.ClientConnectorError)
+
+
+# -- result downloads over real HTTP: the direct aiohttp path beside the httpx path ---------------------------
+
+_RESULT = json.dumps({"annotations": [{"label": "car", "box": [1, 2, 3, 4]}] * 50}).encode()
+
+
+async def _result_ok(request: web.Request) -> web.Response:
+    return web.Response(body=_RESULT, content_type="application/json")
+
+
+async def _result_gzip(request: web.Request) -> web.Response:
+    return web.Response(
+        body=gzip.compress(_RESULT), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+
+
+async def _result_403(request: web.Request) -> web.Response:
+    return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>", content_type="application/xml")
+
+
+async def _result_html(request: web.Request) -> web.Response:
+    return web.Response(text="<html><body>Sign in</body></html>", content_type="text/html")
+
+
+async def _result_big(request: web.Request) -> web.Response:
+    return web.Response(body=b"[" + b"0," * 5000 + b"0]", content_type="application/json")
+
+
+async def _result_503(request: web.Request) -> web.Response:
+    return web.Response(status=503, text="busy", headers={"Retry-After": "7"})
+
+
+async def _result_redirect(request: web.Request) -> web.Response:
+    return web.Response(status=302, headers={"Location": "/ok"})
+
+
+async def _result_truncated(request: web.Request) -> web.StreamResponse:
+    """Content-Length promises more than is sent, then the connection closes mid-body."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "10000"})
+    await response.prepare(request)
+    await response.write(b'{"annotations": [')
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+@asynccontextmanager
+async def serve_results() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """An aiohttp server of result URLs (`/<name>`), and the headers of each GET it answered."""
+    seen: list[dict[str, str]] = []
+    handlers = {
+        "ok": _result_ok,
+        "gzip": _result_gzip,
+        "403": _result_403,
+        "html": _result_html,
+        "big": _result_big,
+        "503": _result_503,
+        "redirect": _result_redirect,
+        "truncated": _result_truncated,
+    }
+
+    def route(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            seen.append({"path": request.path, **request.headers})
+            return await handler(request)
+
+        return answer
+
+    app = web.Application()
+    for name, handler in handlers.items():
+        app.router.add_get(f"/{name}", route(handler))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_real_server_downloads_take_the_direct_path_and_answer_as_the_httpx_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the default transport a download goes to aiohttp directly (never through the httpx interface);
+    each edge case (403, an HTML page, too large, 5xx, a redirect, a body cut short, gzip) gives the same
+    ApiResult and the same bytes as through the httpx interface (the httpx-aiohttp adapter, injected)."""
+    from httpx_aiohttp import AiohttpTransport
+
+    through: list[str] = []
+    original = ApiClient._download_httpx
+
+    async def spy(self: ApiClient, url: str, *args: Any) -> ApiResult:
+        through.append(url.rsplit("/", 1)[-1])
+        return await original(self, url, *args)
+
+    monkeypatch.setattr(ApiClient, "_download_httpx", spy)
+
+    names = ["ok", "gzip", "403", "html", "big", "503", "redirect", "truncated"]
+
+    async def go() -> tuple[dict[str, tuple[ApiResult, bytes]], dict[str, tuple[ApiResult, bytes]], list[Any]]:
+        out: dict[str, dict[str, tuple[ApiResult, bytes]]] = {"direct": {}, "httpx": {}}
+        async with serve_results() as (base, seen):
+            for path in out:
+                transport = AiohttpTransport() if path == "httpx" else None
+                async with ApiClient(base, KEY, timeout=5, transport=transport) as api:
+                    assert (api._pool is None) is (path == "httpx")
+                    for name in names:
+                        sink = io.BytesIO(b"left over from a try before")
+                        result = await api.download(f"{base}/{name}", sink, max_bytes=4000)
+                        out[path][name] = (result, sink.getvalue())
+            return out["direct"], out["httpx"], seen
+
+    direct, through_httpx, seen = run(go())
+
+    assert through == names  # the injected transport's downloads only
+    assert direct == through_httpx
+    ok, ok_bytes = direct["ok"]
+    assert ok.success is True and ok.http_status == 200 and ok_bytes == _RESULT
+    assert ok.data == {"sha256": hashlib.sha256(_RESULT).hexdigest(), "size": len(_RESULT)}
+    assert direct["gzip"] == direct["ok"]  # decoded; counted and hashed once inflated
+    for name in ("403", "html", "redirect"):
+        result, _ = direct[name]
+        assert (result.http_status, result.success, result.code) == (None, False, "bad_result"), name
+        assert classify(result, expect="sha256").verdict is Verdict.PERMANENT
+    assert "HTTP 403" in direct["403"][0].message and "not JSON (text/html)" in direct["html"][0].message
+    assert "HTTP 302" in direct["redirect"][0].message
+    big = direct["big"][0]
+    assert (big.code, big.success) == ("body_too_large", False) and "4000 bytes" in big.message
+    busy = direct["503"][0]
+    assert (busy.http_status, busy.code, busy.retry_after) == (503, "http_503", "7")
+    assert classify(busy, expect="sha256").verdict is Verdict.RETRYABLE
+    cut = direct["truncated"][0]
+    assert (cut.http_status, cut.code) == (None, "connection_closed")
+    assert classify(cut, expect="sha256").verdict is Verdict.RETRYABLE
+    # The redirect was not followed (one GET per download on each path), and the key is never sent.
+    assert [s["path"] for s in seen] == [f"/{n}" for n in names] * 2
+    assert all("x-api-key" not in {k.lower() for k in s} for s in seen)

@@ -413,6 +413,28 @@ def test_the_sync_display_is_a_bar_of_final_jobs_on_a_terminal_lines_otherwise_n
     assert "9/10 final: checked 7, results 3, failed 0" in capsys.readouterr().err
 
 
+def test_the_last_progress_a_sync_shows_has_the_counts_of_its_summary(tmp_path: Path) -> None:
+    """The results recorded at the end (fewer than a group) reach the display too: its last line is not
+    behind the summary."""
+    from uploader.send import sync_ledger
+
+    seen: list[tuple[int, int, int]] = []
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        path = _sent(tmp_path, box, 5)
+        ledger = Ledger.open(path)
+        try:
+            report = sync_ledger(
+                ledger,
+                base_url=box.base_url,
+                api_key=KEY,
+                results_dir=tmp_path / "res",
+                on_progress=lambda r: seen.append((r.final, r.checked, r.results)),
+            )
+        finally:
+            ledger.close()
+    assert report.results == 5 and seen[-1] == (report.final, report.checked, report.results) == (5, 5, 5)
+
+
 def test_sync_shows_progress_on_stderr_unless_quiet(tmp_path: Path) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
         ledger = _sent(tmp_path, box, 3)

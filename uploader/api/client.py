@@ -2,10 +2,11 @@
 
 httpx is the HTTP API (its Request/Response/transport interface); the bytes move through aiohttp because
 httpx's default transport costs several times more CPU per request. `_Pool` is the one place that choice
-lives. With the default transport the API's requests go to aiohttp directly (one session, headers built
-once), skipping httpx's Request/Response models and the adapter, which cost about as much CPU as the
-exchange itself; an injected transport (httpx.MockTransport in tests) gets httpx Requests. Both paths
-end in `_answer`, so an answer means the same whichever carried it.
+lives. With the default transport the API's requests and the result downloads go to aiohttp directly (one
+session, headers built once), skipping httpx's Request/Response models and the adapter, which cost about as
+much CPU as the exchange itself; an injected transport (httpx.MockTransport in tests) gets httpx Requests.
+Both paths end in `_answer` (a download's in `_take_result`), so an answer means the same whichever carried
+it.
 
 Nothing here raises for HTTP or network trouble: a timeout, a refused connection, a proxy's HTML page or a
 1 GB body each come back as an `ApiResult` with a code `policy.classify` understands (body.py reads
@@ -82,7 +83,8 @@ _MESSAGES = {
 
 class _Pool:
     """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
-    on first use, shared by the direct path (`session`) and the httpx interface (`transport`, for downloads)."""
+    on first use: the direct path's `session`, also behind the httpx interface (`transport`), which the
+    direct path leaves unused."""
 
     def __init__(self, concurrency: int) -> None:
         self._concurrency = concurrency
@@ -159,7 +161,8 @@ class ApiClient:
             sock_connect=self._timeout, sock_read=self._timeout, connect=self._timeout
         )
         self._job_urls: dict[str, httpx.URL] = {}
-        self._download_headers = httpx.Headers({"user-agent": f"uploader/{__version__}", "accept": "application/json"})
+        self._plain_download_headers = {"user-agent": f"uploader/{__version__}", "accept": "application/json"}
+        self._download_headers = httpx.Headers(self._plain_download_headers)
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._base_url} concurrency={self._concurrency}>"
@@ -206,49 +209,41 @@ class ApiClient:
     async def download(self, url: str, sink: BinaryIO, *, max_bytes: int) -> ApiResult:
         """GET a result URL once, streaming its body into `sink` (rewound and truncated first) and hashing it;
         a success's data is {"sha256", "size"}. The key is never sent (a result URL is the platform's storage,
-        often another host). Answers to retry (timeouts, 408, 429, 5xx) keep their status; any other failure
-        (403, an HTML page, too large) is a refusal with no status, so `classify` says PERMANENT, never FATAL.
-        Never raises for I/O trouble."""
-        request = httpx.Request("GET", url, headers=self._download_headers, extensions=self._extensions)
+        often another host), and a redirect is never followed. Answers to retry (timeouts, 408, 429, 5xx) keep
+        their status; any other failure (403, an HTML page, too large) is a refusal with no status, so
+        `classify` says PERMANENT, never FATAL. With the default transport the GET goes to aiohttp directly, as
+        the API's requests do. Never raises for I/O trouble."""
         sink.seek(0)
         sink.truncate()
-        digest = hashlib.sha256()
-        size = 0
         try:
             async with asyncio.timeout(self._total_timeout * 4):
-                response = await self._transport.handle_async_request(request)
-                try:
-                    status = response.status_code
-                    if status == 408 or status == 429 or status >= 500:
-                        return ApiResult(
-                            status,
-                            None,
-                            None,
-                            f"http_{status}",
-                            f"HTTP {status}",
-                            None,
-                            _header(response, b"retry-after"),
-                        )
-                    first = b""
-                    async for chunk in response.aiter_bytes():
-                        if not first and chunk:
-                            first = chunk.lstrip()[:1]
-                            problem = result_verdict(status, _header(response, b"content-type"), first or b" ")
-                            if problem is not None:
-                                return _refused("bad_result", f"{problem}: not a result")
-                        size += len(chunk)
-                        if size > max_bytes:
-                            return _refused("body_too_large", f"the result is larger than {max_bytes} bytes")
-                        digest.update(chunk)
-                        sink.write(chunk)
-                    if not first:
-                        return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
-                finally:
-                    await _close_quietly(response)
+                if self._pool is not None:
+                    return await self._download_direct(self._pool.session(), url, sink, max_bytes)
+                return await self._download_httpx(url, sink, max_bytes)
         except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             return self._failure(exc)
-        sink.flush()
-        return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
+
+    async def _download_direct(
+        self, session: aiohttp.ClientSession, url: str, sink: BinaryIO, max_bytes: int
+    ) -> ApiResult:
+        """One download straight through the aiohttp session (decoded as httpx would: gzip counted once inflated)."""
+        async with session.get(
+            url, headers=self._plain_download_headers, allow_redirects=False, timeout=self._aio_timeout
+        ) as response:
+            return await _take_result(
+                response.status, response.raw_headers, response.content.iter_any(), sink, max_bytes
+            )
+
+    async def _download_httpx(self, url: str, sink: BinaryIO, max_bytes: int) -> ApiResult:
+        """One download through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
+        request = httpx.Request("GET", url, headers=self._download_headers, extensions=self._extensions)
+        response = await self._transport.handle_async_request(request)
+        try:
+            return await _take_result(
+                response.status_code, response.headers.raw, response.aiter_bytes(), sink, max_bytes
+            )
+        finally:
+            await _close_quietly(response)
 
     # -- reads, retried ----------------------------------------------------------------------------------
 
@@ -480,6 +475,35 @@ class ApiClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+
+
+async def _take_result(
+    status: int, headers: _RawHeaders, chunks: AsyncIterator[bytes], sink: BinaryIO, max_bytes: int
+) -> ApiResult:
+    """A download's answer read into `sink` and hashed, whichever path carried it; a success's data is
+    {"sha256", "size"}. Reads no further than `max_bytes`, nor past a first byte that is not JSON."""
+    if status == 408 or status == 429 or status >= 500:
+        return ApiResult(
+            status, None, None, f"http_{status}", f"HTTP {status}", None, _raw_header(headers, b"retry-after")
+        )
+    digest = hashlib.sha256()
+    size = 0
+    first = b""
+    async for chunk in chunks:
+        if not first and chunk:
+            first = chunk.lstrip()[:1]
+            problem = result_verdict(status, _raw_header(headers, b"content-type"), first or b" ")
+            if problem is not None:
+                return _refused("bad_result", f"{problem}: not a result")
+        size += len(chunk)
+        if size > max_bytes:
+            return _refused("body_too_large", f"the result is larger than {max_bytes} bytes")
+        digest.update(chunk)
+        sink.write(chunk)
+    if not first:
+        return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
+    sink.flush()
+    return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
 
 
 def _refused(code: str, message: str) -> ApiResult:

@@ -7,7 +7,8 @@ downloads the result (streamed, size-capped, retried by `ApiClient.read`, hashed
 1 MiB) to `<results>/<reference_id>.json`; a result given inline is stored in the ledger.
 
 No file is ever half-written and nothing is fetched twice: a download goes to a temporary file, which is
-fsynced and renamed into place (one thread does the disk work, off the event loop); a group of results is
+fsynced and renamed into place (a few threads do the disk work, off the event loop: fsyncs made at the same
+time share the file system's journal commits, one at a time wait for one commit each); a group of results is
 then recorded in one ledger transaction, after one fsync of the directory makes the renames durable. So the
 ledger names a file only once its data and its name are on disk. A kill between the rename and the record
 leaves a whole file that the next sync keeps instead of fetching again; a kill before the rename leaves a
@@ -69,6 +70,8 @@ _SAFE = re.compile(r"[a-z0-9_-][a-z0-9._-]{0,150}")
 _PART = ".part"
 #: A download is held in memory up to this size, then in an unnamed temporary file.
 _SPOOL_BYTES = 1 << 20
+#: Threads writing, fsyncing and renaming result files (at most one per worker).
+DISK_THREADS = 8
 #: Results recorded per ledger transaction (and per fsync of the results directory) ...
 GROUP = 256
 #: ... or fewer, once this many seconds passed since the last group was recorded.
@@ -112,7 +115,7 @@ def result_file_name(reference_id: str) -> str:
 
 def _settle(spool: IO[bytes], path: Path) -> None:
     """A downloaded result made durable under its name: written to a temporary file, fsynced, renamed into
-    place (in the disk thread: creating, syncing and renaming files are slow system calls)."""
+    place (in a disk thread: creating, syncing and renaming files are slow system calls)."""
     part = path.with_name(f".{path.name}{_PART}")
     try:
         spool.seek(0)
@@ -195,7 +198,7 @@ class _Sync:
         for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
             stale.unlink(missing_ok=True)
         self.queue = asyncio.Queue(self.concurrency * 4)
-        self.disk = ThreadPoolExecutor(1, thread_name_prefix="uploader-results")
+        self.disk = ThreadPoolExecutor(min(DISK_THREADS, self.concurrency), thread_name_prefix="uploader-results")
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.concurrency):
@@ -320,12 +323,13 @@ class _Sync:
 
     def record(self) -> None:
         """Record what is left at the end (or on the way out of a failed sync): the files are already whole
-        under their names."""
+        under their names. The display is told, so its last line shows the counts the summary gives."""
         if self.results_dir is not None and any(f[1] is not None for f in self.fetched):
             _fsync_dir(self.results_dir)
         record_results(self.ledger.engine, self.fetched, self.errors)
         self.report.results += len(self.fetched)
         self.fetched, self.errors = [], []
+        self.progress()
 
     async def result(self, row: TrackedRow) -> FetchedResult:
         """One job's result: its URL downloaded to its file, or the result given inline."""
