@@ -30,7 +30,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -41,7 +40,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-KEY = "bench-key"
+from _sandbox import KEY, pinned, start_sandbox
+
 PROJECT = "bench"
 #: Two cores or more: the sandbox on core 1, the client side on core 0.
 PINNED = (os.cpu_count() or 1) >= 2
@@ -50,15 +50,8 @@ import sys
 from pathlib import Path
 from uploader.sandbox import SandboxConfig, serve
 serve(SandboxConfig(api_key={key!r}, latency_ms={latency}, faults_on_all=True, complete_after_s=0,
-                    state_file=Path({state!r})), host="127.0.0.1", port={port})
+                    state_file=Path({state!r})), host="127.0.0.1", port={{port}})
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def build(tmp: Path, jobs: int) -> tuple[Path, Path, str]:
@@ -117,20 +110,11 @@ def build(tmp: Path, jobs: int) -> tuple[Path, Path, str]:
     return journal, ledger, batch
 
 
-def start_sandbox(journal: Path, latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    code = _SERVE.format(key=KEY, latency=latency_ms, state=str(journal), port=port)
-    pin = ["taskset", "-c", "1"] if PINNED and shutil.which("taskset") else []
-    proc = subprocess.Popen([*pin, sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            urllib.request.urlopen(url + "/_sandbox/health", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("sandbox did not start")
+def start_journal_sandbox(journal: Path, latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+    """The sandbox serving `journal` (its jobs already final), on core 1 when there are two."""
+    code = _SERVE.format(key=KEY, latency=latency_ms, state=str(journal))
+    pin = pinned(1) if PINNED else []
+    return start_sandbox(command=[sys.executable, "-c", code], prefix=pin, health="/_sandbox/health", attempts=1200)
 
 
 def stats(url: str) -> dict[str, object]:
@@ -207,7 +191,7 @@ def measure(jobs: int, concurrency: int, latency_ms: float, runs: int) -> list[d
         journal, built, _ = build(tmp, jobs)
         with sqlite3.connect(built) as conn:
             job_ids = [r[0] for r in conn.execute("SELECT job_id FROM jobs ORDER BY id")]
-        proc, url = start_sandbox(journal, latency_ms)
+        proc, url = start_journal_sandbox(journal, latency_ms)
         try:
             for run in range(runs):
                 ledger = tmp / f"run{run}.db"
