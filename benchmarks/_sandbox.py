@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 #: The API key every benchmark's sandbox accepts.
 KEY = "bench-key"
@@ -84,6 +85,42 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+#: Runs `uploader ARGS` in this interpreter and prints, on stderr after it, its CPU seconds (its own and its
+#: children's) and the peak RSS (KiB) of itself and of its largest child.
+_MEASURED = (
+    "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
+    "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print('MEASURED', u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime, u.ru_maxrss, c.ru_maxrss,\n"
+    "      file=sys.stderr); sys.exit(rc)"
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One whole `uploader` command: wall and CPU seconds, peak RSS of it and of its largest child, stdout."""
+
+    wall: float
+    cpu: float
+    rss_mib: float
+    children_rss_mib: float
+    stdout: str
+
+
+def measure_cli(*args: str, env: dict[str, str] | None = None) -> Measured:
+    """Run `uploader ARGS` in a fresh process (environment `bench_env()` unless given); SystemExit if it fails."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURED, "uploader", *args], capture_output=True, text=True, env=env or bench_env()
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"uploader {' '.join(args[:1])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("MEASURED"))
+    cpu, own_kb, children_kb = (float(v) for v in line.split()[1:])
+    return Measured(wall, cpu, own_kb / 1024, children_kb / 1024, proc.stdout)
 
 
 def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:

@@ -18,11 +18,10 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _sandbox import bench_env, spread
+from _sandbox import measure_cli, spread
 
 OUT = Path(__file__).resolve().parent / "out"
 #: Rows of the --big manifest.
@@ -44,34 +43,9 @@ def time_uploader(manifest: Path, ledger: Path, fresh: bool = True) -> tuple[flo
     uploader load`, into a new ledger file (or, with fresh=False, into `ledger` as it is)."""
     for suffix in ("", "-wal", "-shm") if fresh else ():
         Path(str(ledger) + suffix).unlink(missing_ok=True)
-    code = (
-        "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
-        "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print('RSS', u.ru_maxrss, c.ru_maxrss, u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime,\n"
-        "      file=sys.stderr); sys.exit(rc)"
-    )
-    cmd = [
-        sys.executable,
-        "-c",
-        code,
-        "uploader",
-        "load",
-        str(manifest),
-        "--project-id",
-        "p",
-        "--work-flow-id",
-        "wf",
-        "--ledger",
-        str(ledger),
-    ]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env())
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"uploader load failed: {proc.stderr}")
-    own_kb, slices_kb, cpu = next(line.split()[1:] for line in proc.stderr.splitlines() if line.startswith("RSS"))
-    return elapsed, float(cpu), int(own_kb) / 1024, int(slices_kb) / 1024
+    args = ("load", str(manifest), "--project-id", "p", "--work-flow-id", "wf", "--ledger", str(ledger))
+    done = measure_cli(*args)
+    return done.wall, done.cpu, done.rss_mib, done.children_rss_mib
 
 
 def time_sqlite_shell(manifest: Path, db: Path) -> tuple[float, float]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _sandbox import spread
 
 STATES = ["succeeded"] * 14 + ["failed", "pending", "uncertain", "blocked", "conflict", "pending"]
 CODES = {
@@ -73,10 +74,6 @@ def measure(path: Path) -> tuple[float, float, int, int]:
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024, out.stat().st_size
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    return "/".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -91,8 +88,8 @@ def main() -> None:
             runs = [measure(path) for _ in range(args.repeat)]
             print(
                 f"{rows:>9,} rows: uploader report (process start included), min/median/max of {args.repeat}: "
-                f"{_spread([r[0] for r in runs], '.2f')} s wall, {_spread([r[1] for r in runs], '.2f')} s CPU, "
-                f"peak RSS {_spread([r[2] for r in runs], '.0f')} MiB, page {runs[0][3] / 1024:.0f} KiB; "
+                f"{spread([r[0] for r in runs], '{:.2f}')} s wall, {spread([r[1] for r in runs], '{:.2f}')} s CPU, "
+                f"peak RSS {spread([r[2] for r in runs], '{:.0f}')} MiB, page {runs[0][3] / 1024:.0f} KiB; "
                 f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )

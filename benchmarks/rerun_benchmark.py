@@ -21,21 +21,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _sandbox import KEY, bench_env, spread, start_sandbox, stop
+from _sandbox import KEY, bench_env, measure_cli, spread, start_sandbox, stop
 
 OUT = Path(__file__).resolve().parent / "out"
 PROJECT = "rerun"
-#: Runs the CLI and prints its own CPU seconds and peak RSS (KiB) on stderr after it.
-_MEASURED = (
-    "import resource, sys; from uploader.cli import main; sys.argv = sys.argv[1:]\n"
-    "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
-    "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-    "print('MEASURED', u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime, max(u.ru_maxrss, c.ru_maxrss),\n"
-    "      file=sys.stderr); sys.exit(rc)"
-)
 
 
 def make_manifest(path: Path, rows: int) -> None:
@@ -59,16 +50,13 @@ def finished_ledger(manifest: Path, ledger: Path) -> None:
 
 def run(manifest: Path, ledger: Path, url: str) -> tuple[float, float, float, int]:
     """Wall seconds, CPU seconds, peak RSS (MB) and requests of one whole `uploader run`."""
-    cmd = [sys.executable, "-c", _MEASURED, "uploader", "run", str(manifest), "--project-id", PROJECT]
-    cmd += ["--work-flow-id", "wf", "--ledger", str(ledger), "--base-url", url, "--json"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(PLAYMENT_API_KEY=KEY))
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"uploader run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    line = next(x for x in proc.stderr.splitlines() if x.startswith("MEASURED"))
-    cpu, rss_kb = (float(v) for v in line.split()[1:])
-    return wall, cpu, rss_kb / 1024, int(json.loads(proc.stdout)["this_run"]["requests"])
+    done = measure_cli(
+        *("run", str(manifest), "--project-id", PROJECT, "--work-flow-id", "wf", "--ledger", str(ledger)),
+        *("--base-url", url, "--json"),
+        env=bench_env(PLAYMENT_API_KEY=KEY),
+    )
+    rss = max(done.rss_mib, done.children_rss_mib)
+    return done.wall, done.cpu, rss, int(json.loads(done.stdout)["this_run"]["requests"])
 
 
 def main() -> None:
