@@ -35,6 +35,23 @@ def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+def run_signed(box: Sandbox, manifest: Path, ledger: Path, *extra: str):
+    """`uploader run MANIFEST --sign` against the sandbox `box`, with `extra` options."""
+    return invoke(
+        "run",
+        str(manifest),
+        *LOAD,
+        "--ledger",
+        str(ledger),
+        "--base-url",
+        box.base_url,
+        "--api-key",
+        box.api_key,
+        "--sign",
+        *extra,
+    )
+
+
 @pytest.fixture
 def s3():
     with SigV4Verifier(dict(OBJECTS)) as verifier:
@@ -219,20 +236,7 @@ def test_run_with_sign_sends_signed_urls_and_keeps_storage_urls_in_the_ledger(aw
         ],
     )
     with Sandbox() as box:
-        result = invoke(
-            "run",
-            str(manifest),
-            *LOAD,
-            "--ledger",
-            str(ledger),
-            "--base-url",
-            box.base_url,
-            "--api-key",
-            box.api_key,
-            "--sign",
-            "--url-ttl",
-            "2d",
-        )
+        result = run_signed(box, manifest, ledger, "--url-ttl", "2d")
         jobs = {j["reference_id"]: j for j in box.jobs()}
     assert result.exit_code == 0, result.output
     sent = {ref: job["data"]["image_url"] for ref, job in jobs.items()}
@@ -265,18 +269,7 @@ def test_run_with_sign_signs_every_frame_of_a_video(aws_env, tmp_path):
         + "\n"
     )
     with Sandbox() as box:
-        result = invoke(
-            "run",
-            str(manifest),
-            *LOAD,
-            "--ledger",
-            str(tmp_path / "l.db"),
-            "--base-url",
-            box.base_url,
-            "--api-key",
-            box.api_key,
-            "--sign",
-        )
+        result = run_signed(box, manifest, tmp_path / "l.db")
         (job,) = box.jobs()
     assert result.exit_code == 0, result.output
     srcs = [f["src"] for f in job["data"]["video_data"]["frames"]]
@@ -340,18 +333,7 @@ def test_missing_credentials_stop_the_run_before_anything_is_sent(monkeypatch, t
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup (no network)
     manifest = write_manifest(tmp_path / "m.csv", [("tom", "s3://photos/cats/tom+1=é.jpg")])
     with Sandbox() as box:
-        result = invoke(
-            "run",
-            str(manifest),
-            *LOAD,
-            "--ledger",
-            str(tmp_path / "l.db"),
-            "--base-url",
-            box.base_url,
-            "--api-key",
-            box.api_key,
-            "--sign",
-        )
+        result = run_signed(box, manifest, tmp_path / "l.db")
         created = box.stats()["jobs_created"]
     assert result.exit_code == 1
     assert "no AWS credentials" in result.output and "Traceback" not in result.output
@@ -522,20 +504,7 @@ def test_a_signing_error_in_the_middle_of_a_run_is_one_clear_line(monkeypatch, t
     manifest = write_manifest(tmp_path / "m.csv", rows)
     ledger = tmp_path / "l.db"
     with Sandbox() as box:
-        result = invoke(
-            "run",
-            str(manifest),
-            *LOAD,
-            "--ledger",
-            str(ledger),
-            "--base-url",
-            box.base_url,
-            "--api-key",
-            box.api_key,
-            "--sign",
-            "--concurrency",
-            "1",
-        )
+        result = run_signed(box, manifest, ledger, "--concurrency", "1")
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
@@ -565,18 +534,7 @@ def test_a_provider_library_error_at_signing_names_the_credentials(aws_env, monk
     assert signer.sign_url("https://cdn.example/a.jpg") == "https://cdn.example/a.jpg"
     manifest = write_manifest(tmp_path / "m.csv", [("felix", "s3://photos/cats/felix.jpg")])
     with Sandbox() as box:
-        result = invoke(
-            "run",
-            str(manifest),
-            *LOAD,
-            "--ledger",
-            str(tmp_path / "l.db"),
-            "--base-url",
-            box.base_url,
-            "--api-key",
-            box.api_key,
-            "--sign",
-        )
+        result = run_signed(box, manifest, tmp_path / "l.db")
         created = box.stats()["jobs_created"]
     assert result.exit_code == 1 and created == 0
     assert "with your S3 credentials (NoCredentialsError" in result.output and "Traceback" not in result.output
