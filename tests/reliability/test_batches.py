@@ -137,6 +137,37 @@ def test_a_ledger_another_process_holds_or_has_written_is_never_discarded(tmp_pa
     assert not any(Path(f"{unused}{s}").exists() for s in ("", "-wal", "-shm"))
 
 
+@pytest.mark.parametrize("reading", [True, False], ids=["in a read", "idle"])
+def test_a_new_ledger_a_plain_sqlite_connection_has_open_is_never_discarded(tmp_path, reading):
+    """Another program's SQLite connection (the sqlite3 shell, a notebook) takes SQLite's POSIX locks, not
+    our flock: a discard must see it too, else it unlinks the file and its -wal/-shm under that connection."""
+    from uploader.ledger.ledger import Ledger
+
+    path = tmp_path / "new.db"
+    mine = Ledger.open(path)
+    then = "c.execute('BEGIN'); c.execute('SELECT count(*) FROM jobs').fetchone()" if reading else "pass"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            f"c.execute('SELECT count(*) FROM jobs').fetchone(); {then}; print('open', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        assert mine.discard_if_unused() is False
+        assert all(Path(f"{path}{s}").exists() for s in ("", "-wal", "-shm"))
+    finally:
+        reader.kill()
+        reader.wait()
+    assert Ledger.open(path).discard_if_unused() is True  # the reader is gone: nobody has it open
+    assert not any(Path(f"{path}{s}").exists() for s in ("", "-wal", "-shm"))
+
+
 def test_an_opener_blocked_by_a_discard_opens_the_path_again(tmp_path):
     """A process opening the ledger while a discard holds LOCK_EX waits; the file is unlinked under it, so
     it notices (the file it locked has no name any more) and opens the path again: a new, working ledger."""
@@ -646,3 +677,42 @@ def test_max_retry_after_applies_to_the_lookups(tmp_path, command):
             assert proxy.seen[f"GET {BATCH_LIST[1]}"] >= 2  # the 429, then the listing
         rows = check_ledger(ledger, box.jobs(), box.stats())
         assert len(rows) == 16 and sum(r["recovered"] for r in rows.values()) == 16
+
+
+_PROBE = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+kind = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)))
+print(kind[0] != fcntl.F_UNLCK)
+"""
+
+
+def test_opening_a_ledger_again_keeps_the_locks_of_the_one_already_open(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's included.
+    A second Ledger.open of the same file in one process (a notebook reading while an upload runs) must not
+    open and close a descriptor of its own: the first one's connections would lose their locks, and another
+    process's connection, closing, would take itself for the last one and remove the -wal under them."""
+    from uploader.ledger.ledger import Ledger
+
+    path = tmp_path / "l.db"
+
+    def locked_by_us() -> bool:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
+        return probe.stdout.strip() == "True"
+
+    first = Ledger.open(path)
+    try:
+        first.counts()  # a pooled connection, idle in WAL mode, holds a read lock on the lock bytes
+        assert locked_by_us()
+        second = Ledger.open(path)
+        try:
+            assert locked_by_us()
+            second.counts()
+            assert locked_by_us()
+        finally:
+            second.close()
+        assert locked_by_us()
+    finally:
+        first.close()
+    assert not locked_by_us()

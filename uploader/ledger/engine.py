@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
 from uploader.errors import LedgerError, LedgerTooNewError
-from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url  # noqa: F401 (re-exported)
+from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, read_head
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -181,9 +181,8 @@ def _check_sqlite_file(path: Path) -> None:
     try:
         if not path.is_file() or path.stat().st_size == 0:
             return  # a folder is refused by SQLite itself; an empty file is a new ledger
-        with open(path, "rb") as f:
-            if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-                raise _damaged(path, "file is not a database", unchanged=True)
+        if read_head(path, len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise _damaged(path, "file is not a database", unchanged=True)
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
     try:

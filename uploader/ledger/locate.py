@@ -4,16 +4,19 @@ so that `uploader load` can know it before SQLAlchemy is imported (see uploader.
 Also the ledger file's own lock (`hold_shared`, `discard_unused`): every Ledger on a SQLite file holds
 `flock(LOCK_SH)` on it for its lifetime, so a command may remove a ledger file it created only when it gets
 `LOCK_EX` at once, i.e. when no other process has the file open. On Linux flock locks are independent of
-SQLite's own POSIX (fcntl) byte-range locks. One descriptor per file and process is shared by all its
+SQLite's own POSIX (fcntl) byte-range locks, so a discard also checks those: another program's SQLite
+connection (the sqlite3 shell) takes only them. One descriptor per file and process is shared by all its
 Ledgers and closed only when the last one is: closing any descriptor of a file drops every POSIX lock the
 process holds on it, which would pull the locks from under SQLite's connections."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "ledger_url",
     "location_problem",
     "new_ledger_file",
+    "read_head",
     "release",
 ]
 
@@ -121,6 +125,17 @@ def hold_shared(path: Path) -> FileHold | None:
         return key
 
 
+def read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of the ledger file, read through this process's held descriptor if it has
+    one: opening and closing another would drop the POSIX locks of the SQLite connections it has on it."""
+    with _held_lock:
+        entry = _held.get(_key(os.stat(path)))
+        if entry is not None:
+            return os.pread(entry[0], size, 0)
+        with open(path, "rb") as f:
+            return f.read(size)
+
+
 def release(key: FileHold) -> None:
     """One Ledger less on the file; the last one's close releases the lock (its engine is disposed)."""
     with _held_lock:
@@ -134,9 +149,10 @@ def release(key: FileHold) -> None:
 
 
 def discard_unused(key: FileHold, path: Path, unused: Callable[[Path], bool]) -> bool:
-    """Remove the ledger file (and its -wal, -shm) if this process is its only user (LOCK_EX at once) and
-    `unused(path)` says nothing was ever written; the check and the unlink happen under the lock, so no
-    other process can open it in between. Releases this process's hold in any case; True if removed."""
+    """Remove the ledger file (and its -wal, -shm) if this process is its only user (LOCK_EX at once, and no
+    other program's SQLite connection holds its locks) and `unused(path)` says nothing was ever written; the
+    check and the unlink happen under the locks, so no other process can open it in between. Releases this
+    process's hold in any case; True if removed."""
     with _held_lock:
         entry = _held.pop(key, None)
         if entry is None:
@@ -150,18 +166,58 @@ def discard_unused(key: FileHold, path: Path, unused: Callable[[Path], bool]) ->
             except BlockingIOError:
                 return False  # another process has it open
             try:
-                if _key(os.stat(path)) != key or not unused(path):
+                before = _states(path)
+                if before[0] is None or before[0][:2] != key or not unused(path):
                     return False
+                with _sqlite_locks_free(path) as free:
+                    # Nobody else's connection, and none came and wrote while `unused` looked.
+                    if not free or _states(path) != before:
+                        return False
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(str(path) + suffix).unlink(missing_ok=True)
+                    return True
             except FileNotFoundError:
                 return False
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
-            return True
         finally:
             if users != 1:
                 _held[key] = [fd, users - 1]
             else:
                 os.close(fd)
+
+
+@contextmanager
+def _sqlite_locks_free(path: Path) -> Iterator[bool]:
+    """Yields whether no other process holds one of SQLite's POSIX (fcntl) locks on the file, which flock
+    does not see: another program's connection (the sqlite3 shell) to a WAL database holds a read lock on its
+    lock bytes for as long as it is open. If so, the whole file stays write-locked until the block ends,
+    which keeps new connections out while it is removed. Only while this process has no connection to the
+    file: closing this descriptor drops every POSIX lock the process holds on it."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+def _states(path: Path) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """Inode, size and mtime of the ledger file and of its -wal (None: no such file): equal twice if
+    nothing wrote in between."""
+    states: list[tuple[int, int, int, int] | None] = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(str(path) + suffix)
+        except FileNotFoundError:
+            states.append(None)
+        else:
+            states.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(states)
 
 
 def _key(st: os.stat_result) -> FileHold:
