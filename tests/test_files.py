@@ -169,6 +169,52 @@ def test_export_to_a_folder_is_refused(loaded, tmp_path):
     assert tmp_path.is_dir()
 
 
+def _ledger_bytes(ledger: str) -> dict[str, bytes | None]:
+    return {s: Path(ledger + s).read_bytes() if Path(ledger + s).exists() else None for s in ("", "-wal", "-shm")}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "-o", "{ledger}"],
+        ["export", "-o", "{ledger}-wal", "--format", "csv"],
+        ["export", "-o", "{link}", "--format", "jsonl"],
+        ["export", "-o", "{hardlink}", "--format", "parquet"],
+        ["report", "-o", "{ledger}"],
+        ["status", "--log-file", "{ledger}"],
+        ["run", "--sandbox", "--log-file", "{link}"],
+        ["load", "{manifest}", *LOAD, "--log-file", "{manifest}"],
+    ],
+    ids=["export", "export-wal", "export-symlink", "export-hardlink", "report", "log", "log-symlink", "log-manifest"],
+)
+def test_an_output_that_is_the_ledger_or_the_manifest_is_refused_and_nothing_changes(loaded, tmp_path, command):
+    """A slip such as `export -o uploader.db` would replace the ledger with a CSV: one line, exit 1, and the
+    ledger (under any of its names) and the manifest stay byte for byte as they were."""
+    (tmp_path / "link.db").symlink_to(loaded)
+    os.link(loaded, tmp_path / "hard.db")
+    manifest = tmp_path / "m.csv"
+    before, manifest_before = _ledger_bytes(loaded), manifest.read_bytes()
+    names = {"ledger": loaded, "link": str(tmp_path / "link.db"), "hardlink": str(tmp_path / "hard.db")}
+    args = [a.format(manifest=manifest, **names) for a in command]
+    result = invoke(*args[:1], "--ledger", loaded, *args[1:])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "name another file" in line
+    assert _ledger_bytes(loaded) == before and manifest.read_bytes() == manifest_before
+    assert invoke("status", "--ledger", loaded).exit_code == 0
+
+
+def test_report_is_written_whole_and_a_missing_folder_is_one_line(loaded, tmp_path):
+    result = invoke("report", "--ledger", loaded, "-o", str(tmp_path / "nodir" / "r.html"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {tmp_path / 'nodir' / 'r.html'}: folder {tmp_path / 'nodir'} does not exist"
+    ]
+    assert invoke("report", "--ledger", loaded, "-o", str(tmp_path / "r.html")).exit_code == 0
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").rstrip().endswith("</html>")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
+
+
 def test_output_plan_decisions():
     from uploader.export import output_plan
 

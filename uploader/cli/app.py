@@ -211,8 +211,24 @@ class UploaderCommand(click.Command):
 
         level = ctx.params.get("verbose") or common(ctx).get("verbose") or 0
         log_file = ctx.params.get("log_file") or common(ctx).get("log_file")
+        if log_file:
+            _check_log_file(ctx, str(log_file))
         ctx.call_on_close(configure_logging(int(level), log_file))
         return super().invoke(ctx)
+
+
+def _check_log_file(ctx: click.Context, log_file: str) -> None:
+    """Refuse a --log-file that is the command's ledger (or one of its SQLite companions) or its manifest:
+    appended log lines would destroy the one and change the other."""
+    from uploader.ledger import overwrites_ledger
+
+    problem = overwrites_ledger(log_file, ctx.params["ledger"], "--log-file") if "ledger" in ctx.params else None
+    manifest = ctx.params.get("manifest")
+    if problem is None and manifest is not None and str(manifest) != "-" and os.path.exists(manifest):
+        if os.path.exists(log_file) and os.path.samefile(log_file, manifest):
+            problem = f"--log-file {log_file} is the manifest: log lines would be appended to it; name another file"
+    if problem is not None:
+        raise UploaderError(problem)
 
 
 class UploaderGroup(click.Group):

@@ -153,6 +153,15 @@ def _build_options(
     )
 
 
+def _not_the_ledger(output: str, ledger: str | None) -> None:
+    """Refuse an -o that names the ledger's own file (a slip of `-o uploader.db` would destroy it)."""
+    from uploader.ledger import overwrites_ledger
+
+    problem = overwrites_ledger(output, ledger, "-o")
+    if problem is not None:
+        raise UploaderError(problem)
+
+
 def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     """Open the ledger for this command; it is closed when the command ends (also in-process callers)."""
     from uploader.ledger import Ledger
@@ -317,6 +326,8 @@ def export(
         raise UsageError("Parquet export needs -o FILE")
     if spreadsheet_safe and fmt != "csv":
         raise UsageError(f"--spreadsheet-safe is for CSV; {fmt} keeps every value verbatim")
+    if output:
+        _not_the_ledger(output, ledger)
     led = _open_ledger(ledger, create=False)
     columns = [*EXPORT_COLUMNS, *led.extra_columns()]
     n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
@@ -346,8 +357,10 @@ def report(ledger: str | None, output: str) -> None:
 
     from uploader.cli.hints import hide_password
     from uploader.cli.report import Provenance, render_report
+    from uploader.export import write_output
     from uploader.ledger import report_data, utcnow
 
+    _not_the_ledger(output, ledger)
     led = _open_ledger(ledger, create=False)
     data = report_data(led.engine)
     given = ["--ledger", hide_password(ledger)] if ledger else []
@@ -359,7 +372,7 @@ def report(ledger: str | None, output: str) -> None:
         "database": led.engine.dialect.name,
     }
     page = render_report(data, Provenance(command, led.url, utcnow(), versions))
-    Path(output).write_text(page, encoding="utf-8")
+    write_output(output, lambda f: f.write(page.encode("utf-8")))  # whole or not at all; errors in one line
     if json_mode():
         click.echo(json.dumps({"output": output, "bytes": len(page.encode()), "total": data.total}))
     elif not quiet_mode():

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from uploader.ledger.locate import DEFAULT_LEDGER as DEFAULT_LEDGER
     from uploader.ledger.locate import ledger_url as ledger_url
     from uploader.ledger.locate import new_ledger_file as new_ledger_file
+    from uploader.ledger.locate import overwrites_ledger as overwrites_ledger
     from uploader.ledger.models import Status as Status
     from uploader.ledger.preflight import BlockedRow as BlockedRow
     from uploader.ledger.preflight import UrlVerdict as UrlVerdict
@@ -133,6 +134,7 @@ _EXPORTS = {
     "DEFAULT_LEDGER": "uploader.ledger.locate",
     "ledger_url": "uploader.ledger.locate",
     "new_ledger_file": "uploader.ledger.locate",
+    "overwrites_ledger": "uploader.ledger.locate",
     "LedgerLocked": "uploader.ledger.engine",
     "LockWait": "uploader.ledger.engine",
     "read_tx": "uploader.ledger.engine",

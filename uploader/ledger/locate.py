@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
+    "COMPANIONS",
     "DEFAULT_LEDGER",
     "FileHold",
     "discard_unused",
@@ -27,6 +28,7 @@ __all__ = [
     "ledger_url",
     "location_problem",
     "new_ledger_file",
+    "overwrites_ledger",
     "read_head",
     "release",
 ]
@@ -81,6 +83,31 @@ def new_ledger_file(ledger: str | os.PathLike[str] | None) -> Path | None:
         return None
     path = Path(url[len("sqlite:///") :])
     return None if path.exists() or str(path) in ("", ":memory:") else path
+
+
+#: The files SQLite keeps beside a database: its log, its shared-memory index, its rollback journal.
+COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def overwrites_ledger(path: str | os.PathLike[str], ledger: str | os.PathLike[str] | None, what: str) -> str | None:
+    """Why writing `path` (`what`: "-o", "--log-file") would destroy the ledger, or None: it is the ledger's
+    SQLite file or one of its companions, by name or under another name (a link)."""
+    try:
+        database = _sqlite_database(ledger_url(ledger))
+    except Exception:  # a ledger that cannot be one is reported by the command itself
+        return None
+    if not database:
+        return None
+    target = os.path.realpath(path)
+    for name in (database, *(database + suffix for suffix in COMPANIONS)):
+        same = os.path.realpath(name) == target
+        try:
+            same = same or os.path.samefile(name, path)
+        except OSError:
+            pass
+        if same:
+            return f"{what} {path} is the ledger's file {name}: writing it would destroy the ledger; name another file"
+    return None
 
 
 #: A ledger file this process holds LOCK_SH on: (st_dev, st_ino).
