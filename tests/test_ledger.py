@@ -165,6 +165,36 @@ def test_retry_and_status(ledger, tmp_path):
     assert ledger.counts()["conflict"] == 1
 
 
+def test_counts_match_a_group_by_whatever_the_statuses(ledger, tmp_path):
+    """counts() derives `succeeded` as the total less the other statuses: it must equal a plain GROUP BY,
+    also with no succeeded row, only succeeded rows, and a status word this version does not know."""
+    from sqlalchemy import text
+
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
+
+    def grouped() -> dict[str, int]:
+        with ledger.engine.connect() as conn:
+            return dict(conn.execute(text("SELECT status, COUNT(*) FROM jobs GROUP BY status")).all())
+
+    layouts = [
+        {},
+        {"succeeded": range(10)},
+        {"succeeded": range(4), "failed": range(4, 6), "uncertain": [6], "zzz-unknown": [7], "a-unknown": [8]},
+        {"conflict": range(3), "blocked": [3], "in_flight": [4, 5]},
+    ]
+    for layout in layouts:
+        with ledger.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET status = 'pending'"))
+            for status, ids in layout.items():
+                for i in ids:
+                    conn.execute(
+                        text("UPDATE jobs SET status = :s WHERE reference_id = :r"), {"s": status, "r": f"ref-{i}"}
+                    )
+        counts = ledger.counts()
+        assert {k: v for k, v in counts.items() if v} == grouped()
+        assert set(counts) >= {s.value for s in Status} and sum(counts.values()) == 10
+
+
 def test_batches_and_extra_columns(ledger, tmp_path):
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2], extra={"camera": "=cmd()"}), "opts")
     assert ledger.extra_columns() == ["camera"]
