@@ -222,6 +222,50 @@ def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_pa
         assert box.stats()["jobs_created"] == result["succeeded"]
 
 
+@pytest.mark.slow
+def test_an_interrupt_the_kernel_hands_to_another_thread_still_stops_the_upload(tmp_path):
+    """Linux may deliver a process's SIGINT to any thread that does not block it (when the main thread has a
+    signal pending already). Python runs the handler only in the main thread, which upload() keeps waiting:
+    it must wake on its own to turn the interrupt into a gentle stop. Here a thread of the cell's own
+    signals itself, as the kernel would hand it the signal."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=13, latency_ms=400)) as box:
+        script = tmp_path / "cell.py"
+        script.write_text(
+            textwrap.dedent(f"""
+            import asyncio, json, os, signal, threading, time, pandas as pd, uploader
+            def other_thread():
+                while not os.path.exists("go"):
+                    time.sleep(0.02)
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+            threading.Thread(target=other_thread, daemon=True).start()
+            df = pd.DataFrame({{"reference_id": [f"r{{i}}" for i in range(60)],
+                                "image_url": [f"{URL}/{{i}}.jpg" for i in range(60)]}})
+            async def cell():  # as ipykernel runs a cell: upload() goes to a helper thread
+                return uploader.upload(df, project_id="proj", work_flow_id="wf", ledger="jobs.db",
+                                       api_key={KEY!r}, base_url={box.base_url!r},
+                                       run_options=uploader.RunOptions(concurrency=2))
+            summary = asyncio.new_event_loop().run_until_complete(cell())
+            print(json.dumps({{"interrupted": summary.interrupted, **summary.counts}}))
+        """)
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_until(lambda: posts_received(box) >= 4, "the sandbox to receive 4 job requests")
+        (tmp_path / "go").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert result["interrupted"] is True
+        assert 4 <= result["succeeded"] < 60 and result["succeeded"] + result["pending"] == 60
+        assert box.stats()["jobs_created"] == result["succeeded"]
+
+
 def _kernel_starts() -> str | None:
     """None if a python3 Jupyter kernel starts here, else why not."""
     from jupyter_client.manager import start_new_kernel

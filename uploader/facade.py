@@ -256,16 +256,29 @@ def _in_helper_thread(make: Callable[[], Coroutine[Any, Any, RunSummary]], stop:
 
     thread = threading.Thread(target=main, name="uploader-upload")
     thread.start()
-    while not done.is_set():
-        try:  # an Event, not join(): on Python 3.11 an interrupted join() marks a running thread stopped
-            done.wait()
-        except KeyboardInterrupt:
-            stop.trip()
+    _wait_tripping(done, stop)
     thread.join()
     ok, value = outcome[0]
     if not ok:
         raise value
     return cast("RunSummary", value)
+
+
+#: How often the caller's thread wakes while it waits for the run: a SIGINT the kernel hands to another thread
+#: (it may, when the main thread already has a signal pending) reaches Python only when the main thread runs.
+_WAKE_EVERY = 0.2
+
+
+def _wait_tripping(done: threading.Event, stop: StopFlag) -> None:
+    """Wait for `done`, turning each KeyboardInterrupt into `stop.trip()`. An Event, not join(): on Python
+    3.11 an interrupted join() marks a running thread stopped. With a timeout: see _WAKE_EVERY."""
+    while True:
+        try:
+            while not done.wait(_WAKE_EVERY):
+                pass
+            return
+        except KeyboardInterrupt:
+            stop.trip()
 
 
 #: `upload_async` for code that is not a coroutine: a script, or a notebook cell (inside a running loop).
