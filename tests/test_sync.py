@@ -265,6 +265,69 @@ def test_a_sync_killed_while_downloading_leaves_no_partial_result_and_the_rerun_
         assert box.stats()["result_requests"] <= 120 + 4
 
 
+#: `uploader sync` in a process that dies (as if killed) right after the first group's files are renamed into
+#: place, before the group is recorded; groups of 8 results.
+_DIE_AFTER_RENAMES = """
+import os, sys
+import uploader.send.sync as sync
+renamed = sync._rename_all
+def rename_then_die(*args):
+    renamed(*args)
+    os._exit(137)
+sync._rename_all = rename_then_die
+sync.GROUP = 8
+from uploader.cli import main
+sys.argv = ["uploader", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sync_killed_between_a_groups_renames_and_its_record_keeps_the_files_and_fetches_each_once(
+    tmp_path: Path,
+) -> None:
+    """A group's files are whole under their names before the ledger records them: a kill in between leaves
+    files the ledger does not name yet, which the rerun records (hashed) without fetching them again."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 40)
+        res = tmp_path / "res"
+        args = ["sync", "--ledger", str(ledger), "--base-url", box.base_url, "--results", str(res), "--quiet"]
+        killed = subprocess.run(
+            [sys.executable, "-c", _DIE_AFTER_RENAMES, *args, "--concurrency", "4"],
+            env={**os.environ, "UPLOADER_API_KEY": KEY},
+            capture_output=True,
+            timeout=120,
+        )
+        assert killed.returncode == 137, killed.stderr.decode()
+        written = sorted(p.name for p in res.iterdir() if not p.name.startswith("."))
+        assert len(written) >= 8
+        assert _results_recorded(ledger) == {}
+        fetched_before = box.stats()["result_requests"]
+        code, doc = _sync(ledger, box, "--results", str(res))
+        assert code == 0 and doc["results"] == 40
+        assert box.stats()["result_requests"] - fetched_before == 40 - len(written)  # the kept files: none again
+        recorded = _results_recorded(ledger)
+        assert sorted(Path(path).name for path, _ in recorded.values()) == sorted(p.name for p in res.iterdir())
+        for reference_id, (path, sha256) in recorded.items():
+            data = Path(path).read_bytes()
+            assert json.loads(data)["reference_id"] == reference_id and sha256 == hashlib.sha256(data).hexdigest()
+
+
+def _results_recorded(ledger: Path) -> dict[str, tuple[str, str]]:
+    """{reference_id: (result_path, result_sha256)} of the rows with a result recorded."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(ledger)) as conn:
+        rows = conn.execute("SELECT reference_id, result_path, result_sha256 FROM jobs WHERE result_sha256 IS NOT NULL")
+        return {ref: (path, sha) for ref, path, sha in rows}
+
+
 @pytest.mark.slow
 def test_watch_repeats_until_every_job_is_final(tmp_path: Path) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=1.0, complete_jitter_s=0.3)) as box:
