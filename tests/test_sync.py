@@ -530,3 +530,34 @@ def test_a_sync_reads_the_ledger_through_a_small_page_cache_then_gives_the_conne
         assert cache() == own != -2048
     finally:
         ledger.close()
+
+
+def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Path) -> None:
+    """record_listed looks rows up by job_id alone (the index it can use) and keeps the tracked rows of its
+    project: a row of another project holding the same job_id, and an untracked row, are left alone."""
+    import contextlib
+    import sqlite3
+
+    from uploader.ledger import record_listed, utcnow
+
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger_path = _sent(tmp_path, box, 3)
+    rows = sorted(ledger_rows(ledger_path).values(), key=lambda r: r["reference_id"])
+    tracked, untracked, twin = (r["job_id"] for r in rows)
+    with contextlib.closing(sqlite3.connect(ledger_path)) as conn, conn:
+        columns = [c[1] for c in conn.execute("PRAGMA table_info(jobs)") if c[1] not in ("id", "project_id")]
+        names = ", ".join(columns)
+        conn.execute(
+            f"INSERT INTO jobs (project_id, {names}) SELECT 'other', {names} FROM jobs WHERE job_id = ?", (twin,)
+        )
+        conn.execute("DELETE FROM jobs WHERE project_id = 'proj' AND job_id = ?", (twin,))
+        conn.execute("UPDATE jobs SET status = 'failed' WHERE job_id = ?", (untracked,))
+    ledger = Ledger.open(str(ledger_path), create=False)
+    try:
+        listed = [(job_id, "completed") for job_id in (tracked, untracked, twin)]
+        page = record_listed(ledger.engine, "proj", listed, utcnow())
+    finally:
+        ledger.close()
+    assert len(page.seen) == 1 and page.changed == 1 and [row[3] for row in page.due] == [tracked]
+    statuses = {(r["project_id"], r["job_id"]): r["platform_status"] for r in ledger_rows(ledger_path).values()}
+    assert statuses == {("proj", tracked): "completed", ("proj", untracked): None, ("other", twin): None}
