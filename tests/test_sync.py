@@ -534,11 +534,12 @@ def test_a_sync_reads_the_ledger_through_a_small_page_cache_then_gives_the_conne
 
 def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Path) -> None:
     """record_listed looks rows up by job_id alone (the index it can use) and keeps the tracked rows of its
-    project: a row of another project holding the same job_id, and an untracked row, are left alone."""
+    project: a row of another project holding the same job_id, and an untracked row, are left alone. And
+    tracked_rows, reading by id alone, yields the tracked rows of every project, in id order."""
     import contextlib
     import sqlite3
 
-    from uploader.ledger import record_listed, utcnow
+    from uploader.ledger import record_listed, tracked_rows, utcnow
 
     with Sandbox(SandboxConfig(api_key=KEY)) as box:
         ledger_path = _sent(tmp_path, box, 3)
@@ -556,6 +557,8 @@ def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Pa
     try:
         listed = [(job_id, "completed") for job_id in (tracked, untracked, twin)]
         page = record_listed(ledger.engine, "proj", listed, utcnow())
+        for size in (1, 2, 1000):  # read by id, the untracked row in between skipped
+            assert [row[3] for rows in tracked_rows(ledger.engine, size) for row in rows] == [tracked, twin]
     finally:
         ledger.close()
     assert len(page.seen) == 1 and page.changed == 1 and [row[3] for row in page.due] == [tracked]

@@ -199,23 +199,23 @@ def record_listed(
 
 
 def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]:
-    """Every tracked row, `page` at a time in id order (a fresh read each page: memory flat in the ledger)."""
+    """Every tracked row, in id order, read `page` rows at a time (a fresh read each page: memory flat in the
+    ledger). The rows are read by id alone and the tracked ones kept in Python: given the tracked states,
+    SQLite (no statistics) may read them through the status index and sort them all for each page."""
     last = 0
     while True:
         with read_tx(engine) as conn:
-            rows = [
-                (r[0], r[1], r[2], r[3])
-                for r in conn.execute(
-                    text(
-                        f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :last "
-                        "ORDER BY id LIMIT :n"
-                    ),
-                    {"last": last, "n": page},
-                )
-            ]
+            rows = conn.execute(
+                text(
+                    "SELECT id, project_id, reference_id, job_id, status FROM jobs WHERE id > :l ORDER BY id LIMIT :n"
+                ),
+                {"l": last, "n": page},
+            ).all()
         if not rows:
             return
-        yield rows
+        tracked = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None and r[4] in _TRACKED_STATUSES]
+        if tracked:
+            yield tracked
         last = rows[-1][0]
 
 
