@@ -119,36 +119,38 @@ def result_file_name(reference_id: str) -> str:
     return f"{escaped}.json"
 
 
-def _part(path: Path) -> Path:
+def _part(path: str) -> str:
     """The temporary name `path` is written under (a dot file: never taken for a result)."""
-    return path.with_name(f".{path.name}{_PART}")
+    folder, _, name = path.rpartition(os.sep)
+    return f"{folder}{os.sep}.{name}{_PART}"
 
 
-def _write_parts(files: Sequence[tuple[Path, IO[bytes]]]) -> None:
+def _write_parts(files: Sequence[tuple[str, IO[bytes]]]) -> None:
     """Each download written under its file's temporary name and fsynced (in a disk thread: creating and
     syncing files are slow system calls). A failure removes the temporary file it was writing."""
     for path, spool in files:
         part = _part(path)
         try:
             spool.seek(0)
-            with part.open("wb") as sink:
+            with open(part, "wb") as sink:
                 shutil.copyfileobj(spool, sink)
                 sink.flush()
                 os.fsync(sink.fileno())
         except BaseException:
-            part.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
             raise
 
 
-def _rename_all(paths: Iterable[Path], directory: Path) -> None:
+def _rename_all(paths: Iterable[str], directory: Path) -> None:
     """Written files renamed into place, then the renames made durable (one fsync of `directory`)."""
     for path in paths:
         os.replace(_part(path), path)
     _fsync_dir(directory)
 
 
-#: A download held until its group is written: the bytes (spooled) and how many of them are in memory.
-_Held = tuple[IO[bytes], int]
+#: A download held until its group is written: its file, the bytes (spooled), how many of them are in memory.
+_Held = tuple[str, IO[bytes], int]
 
 
 @dataclass
@@ -157,21 +159,22 @@ class _Group:
     (by file: a result fetched twice is written once, the later), the failures, and the bytes held."""
 
     fetched: list[FetchedResult] = field(default_factory=list)
-    files: dict[Path, IO[bytes]] = field(default_factory=dict)
+    files: dict[str, IO[bytes]] = field(default_factory=dict)
     errors: list[tuple[int, str]] = field(default_factory=list)
     held: int = 0
 
     def __len__(self) -> int:
         return len(self.fetched) + len(self.errors)
 
-    def hold(self, fetched: FetchedResult, path: Path | None, held: _Held | None) -> None:
+    def hold(self, fetched: FetchedResult, held: _Held | None) -> None:
         self.fetched.append(fetched)
-        if path is not None and held is not None:
+        if held is not None:
+            path, spool, in_memory = held
             earlier = self.files.pop(path, None)
             if earlier is not None:
                 earlier.close()
-            self.files[path] = held[0]
-            self.held += held[1]
+            self.files[path] = spool
+            self.held += in_memory
 
     def close(self) -> None:
         """Let go of the held downloads (written, or given up)."""
@@ -225,6 +228,7 @@ class _Sync:
     room: asyncio.Condition = field(default_factory=asyncio.Condition)  #: the writer took a group
     workers_left: int = 0
     disk: ThreadPoolExecutor | None = None
+    folder: str = ""  #: the results directory, ending with a separator
 
     async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
         """`ApiClient.read`, each try paced by --rate."""
@@ -247,6 +251,7 @@ class _Sync:
             await self.statuses()
             return
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = os.path.join(self.results_dir, "")
         for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
             stale.unlink(missing_ok=True)
         self.queue = asyncio.Queue(self.concurrency * 4)
@@ -356,12 +361,12 @@ class _Sync:
         try:
             while (row := await self.queue.get()) is not None:
                 try:
-                    fetched, path, held = await self.result(row)
+                    fetched, held = await self.result(row)
                 except ApiUnreachableError as exc:
                     self.report.result_errors.append(f"{row[2]}: {exc}")
                     self.pending.errors.append((row[0], str(exc)))
                 else:
-                    self.pending.hold(fetched, path, held)
+                    self.pending.hold(fetched, held)
                 await self.make_room()
         finally:
             self.workers_left -= 1
@@ -424,36 +429,35 @@ class _Sync:
                     _write_parts(list(group.files.items()))
                     _rename_all(list(group.files), self.results_dir)
                 except OSError:
-                    unwritten = {str(path) for path in group.files}
-                    group.fetched = [f for f in group.fetched if f[1] not in unwritten]
+                    group.fetched = [f for f in group.fetched if f[1] not in group.files]
             record_results(self.ledger.engine, group.fetched, group.errors)
             group.close()
             self.report.results += len(group.fetched)
         self.settling, self.pending = None, _Group()
         self.progress()
 
-    async def result(self, row: TrackedRow) -> tuple[FetchedResult, Path | None, _Held | None]:
-        """One job's result: its URL downloaded (its file, and the download to write there unless the file is
-        already whole), or the result given inline."""
+    async def result(self, row: TrackedRow) -> tuple[FetchedResult, _Held | None]:
+        """One job's result: its URL downloaded (to its file, with the download to write there unless the file
+        is already whole), or the result given inline."""
         row_id, project, reference_id, job_id = row
         data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
         self.report.job_reads += 1
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             path, sha256, held = await self.download(value, reference_id, job_id)
-            return (row_id, str(path), None, sha256), path, held
+            return (row_id, path, None, sha256), held
         inline = json.dumps(value)
-        return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()), None, None
+        return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()), None
 
-    async def download(self, url: str, reference_id: str, job_id: str) -> tuple[Path, str, _Held | None]:
-        """The result at `url` for its file, its sha256, and the download, held for the writer. A file already
+    async def download(self, url: str, reference_id: str, job_id: str) -> tuple[str, str, _Held | None]:
+        """The result at `url`: its file, its sha256, and the download, held for the writer. A file already
         there was renamed into place by a sync killed before it could record it: it is kept, not fetched
         again (nothing held)."""
-        assert self.results_dir is not None
-        path = self.results_dir / result_file_name(reference_id)
-        if path.exists():
-            return path, hashlib.sha256(path.read_bytes()).hexdigest(), None
-        spool = tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=str(self.results_dir))
+        path = f"{self.folder}{result_file_name(reference_id)}"
+        if os.path.exists(path):
+            with open(path, "rb") as kept:
+                return path, hashlib.file_digest(kept, "sha256").hexdigest(), None
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.folder)
         try:
             data = await self.read(
                 partial(self.client.download, url, cast(BinaryIO, spool), max_bytes=self.max_result_bytes),
@@ -464,7 +468,7 @@ class _Sync:
             spool.close()
             raise
         size = int(data["size"])
-        return path, str(data["sha256"]), (spool, size if size <= _SPOOL_BYTES else 0)
+        return path, str(data["sha256"]), (path, spool, size if size <= _SPOOL_BYTES else 0)
 
 
 def _tracked_and_final(ledger: Ledger) -> tuple[int, int]:
