@@ -564,3 +564,62 @@ def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Pa
     assert len(page.seen) == 1 and page.changed == 1 and [row[3] for row in page.due] == [tracked]
     statuses = {(r["project_id"], r["job_id"]): r["platform_status"] for r in ledger_rows(ledger_path).values()}
     assert statuses == {("proj", tracked): "completed", ("proj", untracked): None, ("other", twin): None}
+
+
+def test_a_sync_that_fails_midway_writes_and_records_the_results_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing's second page is refused (the key, FatalApiError) after the first page's results were
+    downloaded and held, before the writer's group was due: on the way out they are written whole and
+    recorded, so the next sync fetches none of them again."""
+    import asyncio
+
+    import httpx
+
+    import uploader.send.sync as sync_module
+    from uploader.api import ApiClient
+    from uploader.errors import FatalApiError
+    from uploader.send import sync_async
+
+    monkeypatch.setattr(sync_module, "GROUP_SECONDS", 60.0)  # no group due by time: all held at the failure
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger_path = _sent(tmp_path, box, 5)
+        batch = _batch_of(box)
+    jobs = {r["job_id"]: r["reference_id"] for r in ledger_rows(ledger_path).values()}
+    downloads: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/results/"):
+            downloads.append(path)
+            return httpx.Response(200, json={"job": path.rsplit("/", 1)[1]})
+        if path.endswith(f"/batch/{batch}"):
+            if request.url.params.get("page_token") == "2":
+                while len(downloads) < len(jobs):
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)  # the workers hold what they downloaded
+                return httpx.Response(403, json={"success": False, "error": {"code": "FS_0003", "message": "no"}})
+            listing = [{"id": j, "reference_id": r, "status": "completed"} for j, r in jobs.items()]
+            return httpx.Response(200, json={"success": True, "data": {"jobs": listing, "next_page_token": "2"}})
+        job_id = path.rsplit("/", 1)[1]
+        data = {"status": "completed", "batch_id": batch, "result": f"http://results.test/results/{job_id}"}
+        return httpx.Response(200, json={"success": True, "data": data})
+
+    res = tmp_path / "res"
+    ledger = Ledger.open(str(ledger_path), create=False)
+    try:
+
+        async def once() -> None:
+            async with ApiClient("http://api.test", KEY, transport=httpx.MockTransport(handler)) as client:
+                await sync_async(ledger, client, res, max_retry_after=0.01)
+
+        with pytest.raises(FatalApiError):
+            asyncio.run(once())
+    finally:
+        ledger.close()
+    assert len(downloads) == len(jobs)
+    recorded = _results_recorded(ledger_path)
+    assert sorted(recorded) == sorted(jobs.values())
+    assert sorted(p.name for p in res.iterdir()) == sorted(Path(path).name for path, _ in recorded.values())
+    for job_id, reference_id in jobs.items():
+        assert json.loads(Path(recorded[reference_id][0]).read_text()) == {"job": job_id}
