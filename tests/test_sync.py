@@ -265,6 +265,69 @@ def test_a_sync_killed_while_downloading_leaves_no_partial_result_and_the_rerun_
         assert box.stats()["result_requests"] <= 120 + 4
 
 
+#: `uploader sync` in a process that dies (as if killed) right after the first group's files are renamed into
+#: place, before the group is recorded; groups of 8 results.
+_DIE_AFTER_RENAMES = """
+import os, sys
+import uploader.send.sync as sync
+renamed = sync._rename_all
+def rename_then_die(*args):
+    renamed(*args)
+    os._exit(137)
+sync._rename_all = rename_then_die
+sync.GROUP = 8
+from uploader.cli import main
+sys.argv = ["uploader", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sync_killed_between_a_groups_renames_and_its_record_keeps_the_files_and_fetches_each_once(
+    tmp_path: Path,
+) -> None:
+    """A group's files are whole under their names before the ledger records them: a kill in between leaves
+    files the ledger does not name yet, which the rerun records (hashed) without fetching them again."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 40)
+        res = tmp_path / "res"
+        args = ["sync", "--ledger", str(ledger), "--base-url", box.base_url, "--results", str(res), "--quiet"]
+        killed = subprocess.run(
+            [sys.executable, "-c", _DIE_AFTER_RENAMES, *args, "--concurrency", "4"],
+            env={**os.environ, "UPLOADER_API_KEY": KEY},
+            capture_output=True,
+            timeout=120,
+        )
+        assert killed.returncode == 137, killed.stderr.decode()
+        written = sorted(p.name for p in res.iterdir() if not p.name.startswith("."))
+        assert len(written) >= 8
+        assert _results_recorded(ledger) == {}
+        fetched_before = box.stats()["result_requests"]
+        code, doc = _sync(ledger, box, "--results", str(res))
+        assert code == 0 and doc["results"] == 40
+        assert box.stats()["result_requests"] - fetched_before == 40 - len(written)  # the kept files: none again
+        recorded = _results_recorded(ledger)
+        assert sorted(Path(path).name for path, _ in recorded.values()) == sorted(p.name for p in res.iterdir())
+        for reference_id, (path, sha256) in recorded.items():
+            data = Path(path).read_bytes()
+            assert json.loads(data)["reference_id"] == reference_id and sha256 == hashlib.sha256(data).hexdigest()
+
+
+def _results_recorded(ledger: Path) -> dict[str, tuple[str, str]]:
+    """{reference_id: (result_path, result_sha256)} of the rows with a result recorded."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(ledger)) as conn:
+        rows = conn.execute("SELECT reference_id, result_path, result_sha256 FROM jobs WHERE result_sha256 IS NOT NULL")
+        return {ref: (path, sha) for ref, path, sha in rows}
+
+
 @pytest.mark.slow
 def test_watch_repeats_until_every_job_is_final(tmp_path: Path) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=1.0, complete_jitter_s=0.3)) as box:
@@ -467,3 +530,96 @@ def test_a_sync_reads_the_ledger_through_a_small_page_cache_then_gives_the_conne
         assert cache() == own != -2048
     finally:
         ledger.close()
+
+
+def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Path) -> None:
+    """record_listed looks rows up by job_id alone (the index it can use) and keeps the tracked rows of its
+    project: a row of another project holding the same job_id, and an untracked row, are left alone. And
+    tracked_rows, reading by id alone, yields the tracked rows of every project, in id order."""
+    import contextlib
+    import sqlite3
+
+    from uploader.ledger import record_listed, tracked_rows, utcnow
+
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger_path = _sent(tmp_path, box, 3)
+    rows = sorted(ledger_rows(ledger_path).values(), key=lambda r: r["reference_id"])
+    tracked, untracked, twin = (r["job_id"] for r in rows)
+    with contextlib.closing(sqlite3.connect(ledger_path)) as conn, conn:
+        columns = [c[1] for c in conn.execute("PRAGMA table_info(jobs)") if c[1] not in ("id", "project_id")]
+        names = ", ".join(columns)
+        conn.execute(
+            f"INSERT INTO jobs (project_id, {names}) SELECT 'other', {names} FROM jobs WHERE job_id = ?", (twin,)
+        )
+        conn.execute("DELETE FROM jobs WHERE project_id = 'proj' AND job_id = ?", (twin,))
+        conn.execute("UPDATE jobs SET status = 'failed' WHERE job_id = ?", (untracked,))
+    ledger = Ledger.open(str(ledger_path), create=False)
+    try:
+        listed = [(job_id, "completed") for job_id in (tracked, untracked, twin)]
+        page = record_listed(ledger.engine, "proj", listed, utcnow())
+        for size in (1, 2, 1000):  # read by id, the untracked row in between skipped
+            assert [row[3] for rows in tracked_rows(ledger.engine, size) for row in rows] == [tracked, twin]
+    finally:
+        ledger.close()
+    assert len(page.seen) == 1 and page.changed == 1 and [row[3] for row in page.due] == [tracked]
+    statuses = {(r["project_id"], r["job_id"]): r["platform_status"] for r in ledger_rows(ledger_path).values()}
+    assert statuses == {("proj", tracked): "completed", ("proj", untracked): None, ("other", twin): None}
+
+
+def test_a_sync_that_fails_midway_writes_and_records_the_results_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing's second page is refused (the key, FatalApiError) after the first page's results were
+    downloaded and held, before the writer's group was due: on the way out they are written whole and
+    recorded, so the next sync fetches none of them again."""
+    import asyncio
+
+    import httpx
+
+    import uploader.send.sync as sync_module
+    from uploader.api import ApiClient
+    from uploader.errors import FatalApiError
+    from uploader.send import sync_async
+
+    monkeypatch.setattr(sync_module, "GROUP_SECONDS", 60.0)  # no group due by time: all held at the failure
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger_path = _sent(tmp_path, box, 5)
+        batch = _batch_of(box)
+    jobs = {r["job_id"]: r["reference_id"] for r in ledger_rows(ledger_path).values()}
+    downloads: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/results/"):
+            downloads.append(path)
+            return httpx.Response(200, json={"job": path.rsplit("/", 1)[1]})
+        if path.endswith(f"/batch/{batch}"):
+            if request.url.params.get("page_token") == "2":
+                while len(downloads) < len(jobs):
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)  # the workers hold what they downloaded
+                return httpx.Response(403, json={"success": False, "error": {"code": "FS_0003", "message": "no"}})
+            listing = [{"id": j, "reference_id": r, "status": "completed"} for j, r in jobs.items()]
+            return httpx.Response(200, json={"success": True, "data": {"jobs": listing, "next_page_token": "2"}})
+        job_id = path.rsplit("/", 1)[1]
+        data = {"status": "completed", "batch_id": batch, "result": f"http://results.test/results/{job_id}"}
+        return httpx.Response(200, json={"success": True, "data": data})
+
+    res = tmp_path / "res"
+    ledger = Ledger.open(str(ledger_path), create=False)
+    try:
+
+        async def once() -> None:
+            async with ApiClient("http://api.test", KEY, transport=httpx.MockTransport(handler)) as client:
+                await sync_async(ledger, client, res, max_retry_after=0.01)
+
+        with pytest.raises(FatalApiError):
+            asyncio.run(once())
+    finally:
+        ledger.close()
+    assert len(downloads) == len(jobs)
+    recorded = _results_recorded(ledger_path)
+    assert sorted(recorded) == sorted(jobs.values())
+    assert sorted(p.name for p in res.iterdir()) == sorted(Path(path).name for path, _ in recorded.values())
+    for job_id, reference_id in jobs.items():
+        assert json.loads(Path(recorded[reference_id][0]).read_text()) == {"job": job_id}

@@ -43,7 +43,8 @@ RESULT_STATUSES = ("completed", "rejected", "failed")
 ADOPTED = "adopted"
 #: The longest platform status word kept (the column's size); longer words are cut.
 STATUS_CHARS = 255
-_TRACKED = f"job_id IS NOT NULL AND status IN ('{Status.SUCCEEDED.value}', '{Status.CONFLICT.value}')"
+_TRACKED_STATUSES = (Status.SUCCEEDED.value, Status.CONFLICT.value)
+_TRACKED = f"job_id IS NOT NULL AND status IN ('{_TRACKED_STATUSES[0]}', '{_TRACKED_STATUSES[1]}')"
 _FINAL = ", ".join(f"'{s}'" for s in RESULT_STATUSES)
 _NO_RESULT = "result_path IS NULL AND result IS NULL"
 
@@ -153,6 +154,16 @@ def plan_listed(
     return page, writes, stale
 
 
+#: The rows holding a page's job_ids, tracked or not, of any project (`record_listed` keeps the tracked rows
+#: of its project), so that the job_id index is the only one the query can use: given the project or the
+#: tracked states too, SQLite (no statistics) may choose the (project_id, reference_id) or the status index
+#: and read every row of the project for each page.
+_LISTED_ROWS = text(
+    "SELECT id, reference_id, job_id, platform_status, result_path, "
+    f"NOT ({_NO_RESULT}), project_id, status FROM jobs WHERE job_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
 def record_listed(
     engine: Engine,
     project_id: str,
@@ -167,15 +178,11 @@ def record_listed(
     statuses = {job_id: status[:STATUS_CHARS] for job_id, status in listed}
     if not statuses:
         return ListedPage()
-    query = text(
-        "SELECT id, reference_id, job_id, platform_status, result_path, "
-        f"NOT ({_NO_RESULT}) FROM jobs "
-        f"WHERE project_id = :p AND job_id IN :ids AND {_TRACKED}"
-    ).bindparams(bindparam("ids", expanding=True))
     with write_tx(engine) as conn:
         rows = [
             (r[0], r[1], r[2], r[3], r[4], bool(r[5]))
-            for r in conn.execute(query, {"p": project_id, "ids": list(statuses)})
+            for r in conn.execute(_LISTED_ROWS, {"ids": list(statuses)})
+            if r[6] == project_id and r[7] in _TRACKED_STATUSES
         ]
         page, writes, stale = plan_listed(rows, statuses, project_id)
         if stale and forget is not None:
@@ -192,23 +199,23 @@ def record_listed(
 
 
 def tracked_rows(engine: Engine, page: int = 1000) -> Iterator[list[TrackedRow]]:
-    """Every tracked row, `page` at a time in id order (a fresh read each page: memory flat in the ledger)."""
+    """Every tracked row, in id order, read `page` rows at a time (a fresh read each page: memory flat in the
+    ledger). The rows are read by id alone and the tracked ones kept in Python: given the tracked states,
+    SQLite (no statistics) may read them through the status index and sort them all for each page."""
     last = 0
     while True:
         with read_tx(engine) as conn:
-            rows = [
-                (r[0], r[1], r[2], r[3])
-                for r in conn.execute(
-                    text(
-                        f"SELECT id, project_id, reference_id, job_id FROM jobs WHERE {_TRACKED} AND id > :last "
-                        "ORDER BY id LIMIT :n"
-                    ),
-                    {"last": last, "n": page},
-                )
-            ]
+            rows = conn.execute(
+                text(
+                    "SELECT id, project_id, reference_id, job_id, status FROM jobs WHERE id > :l ORDER BY id LIMIT :n"
+                ),
+                {"l": last, "n": page},
+            ).all()
         if not rows:
             return
-        yield rows
+        tracked = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None and r[4] in _TRACKED_STATUSES]
+        if tracked:
+            yield tracked
         last = rows[-1][0]
 
 

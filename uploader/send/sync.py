@@ -6,14 +6,16 @@ results download while the listing goes on: each worker reads the job (GET job: 
 downloads the result (streamed, size-capped, retried by `ApiClient.read`, hashed; held in memory up to
 1 MiB) to `<results>/<reference_id>.json`; a result given inline is stored in the ledger.
 
-No file is ever half-written and nothing is fetched twice: a download goes to a temporary file, which is
-fsynced and renamed into place (a few threads do the disk work, off the event loop: fsyncs made at the same
-time share the file system's journal commits, one at a time wait for one commit each); a group of results is
-then recorded in one ledger transaction, after one fsync of the directory makes the renames durable. So the
-ledger names a file only once its data and its name are on disk. A kill between the rename and the record
-leaves a whole file that the next sync keeps instead of fetching again; a kill before the rename leaves a
-temporary file, removed by the next sync. A job whose status changes after its result was fetched loses
-that result, file included (removed before the change is committed), so it is fetched again.
+No file is ever half-written and nothing is fetched twice: a worker holds its download (in memory up to
+1 MiB, else in an unnamed temporary file) and goes on to the next row; a writer takes the held downloads a
+group at a time and hands the group's file work to a few threads at once, off the event loop: each file is
+written to a temporary name and fsynced (fsyncs made at the same time share the file system's journal
+commits; one at a time wait for one commit each), then the group's files are renamed into place, one fsync of
+the directory makes the renames durable, and the group is recorded in one ledger transaction. So the ledger
+names a file only once its data and its name are on disk. A kill between the renames and the record leaves
+whole files that the next sync keeps instead of fetching again; a kill before a rename leaves a temporary
+file, removed by the next sync. A job whose status changes after its result was fetched loses that result,
+file included (removed before the change is committed), so it is fetched again.
 Each file is fsynced (not the file system as a whole, as `syncfs` would: that also waits for other
 programs' writes).
 """
@@ -21,6 +23,7 @@ programs' writes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +32,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -70,12 +73,15 @@ _SAFE = re.compile(r"[a-z0-9_-][a-z0-9._-]{0,150}")
 _PART = ".part"
 #: A download is held in memory up to this size, then in an unnamed temporary file.
 _SPOOL_BYTES = 1 << 20
-#: Threads writing, fsyncing and renaming result files (at most one per worker).
+#: Threads writing and fsyncing result files (at most one per worker): a group's files are split among them.
 DISK_THREADS = 8
 #: Results recorded per ledger transaction (and per fsync of the results directory) ...
 GROUP = 256
-#: ... or fewer, once this many seconds passed since the last group was recorded.
+#: ... or fewer, once this many seconds passed since the last group was recorded ...
 GROUP_SECONDS = 1.0
+#: ... or once the downloads held in memory reach this many bytes. Workers wait while twice as many results
+#: or bytes are held (the writer is a group behind).
+GROUP_BYTES = 16 << 20
 
 
 @dataclass
@@ -113,20 +119,67 @@ def result_file_name(reference_id: str) -> str:
     return f"{escaped}.json"
 
 
-def _settle(spool: IO[bytes], path: Path) -> None:
-    """A downloaded result made durable under its name: written to a temporary file, fsynced, renamed into
-    place (in a disk thread: creating, syncing and renaming files are slow system calls)."""
-    part = path.with_name(f".{path.name}{_PART}")
-    try:
-        spool.seek(0)
-        with part.open("wb") as sink:
-            shutil.copyfileobj(spool, sink)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+def _part(path: str) -> str:
+    """The temporary name `path` is written under (a dot file: never taken for a result)."""
+    folder, _, name = path.rpartition(os.sep)
+    return f"{folder}{os.sep}.{name}{_PART}"
+
+
+def _write_parts(files: Sequence[tuple[str, IO[bytes]]]) -> None:
+    """Each download written under its file's temporary name and fsynced (in a disk thread: creating and
+    syncing files are slow system calls). A failure removes the temporary file it was writing."""
+    for path, spool in files:
+        part = _part(path)
+        try:
+            spool.seek(0)
+            with open(part, "wb") as sink:
+                shutil.copyfileobj(spool, sink)
+                sink.flush()
+                os.fsync(sink.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+            raise
+
+
+def _rename_all(paths: Iterable[str], directory: Path) -> None:
+    """Written files renamed into place, then the renames made durable (one fsync of `directory`)."""
+    for path in paths:
+        os.replace(_part(path), path)
+    _fsync_dir(directory)
+
+
+#: A download held until its group is written: its file, the bytes (spooled), how many of them are in memory.
+_Held = tuple[str, IO[bytes], int]
+
+
+@dataclass
+class _Group:
+    """Results fetched and not yet recorded: the rows to record, the downloads among them still to write
+    (by file: a result fetched twice is written once, the later), the failures, and the bytes held."""
+
+    fetched: list[FetchedResult] = field(default_factory=list)
+    files: dict[str, IO[bytes]] = field(default_factory=dict)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    held: int = 0
+
+    def __len__(self) -> int:
+        return len(self.fetched) + len(self.errors)
+
+    def hold(self, fetched: FetchedResult, held: _Held | None) -> None:
+        self.fetched.append(fetched)
+        if held is not None:
+            path, spool, in_memory = held
+            earlier = self.files.pop(path, None)
+            if earlier is not None:
+                earlier.close()
+            self.files[path] = spool
+            self.held += in_memory
+
+    def close(self) -> None:
+        """Let go of the held downloads (written, or given up)."""
+        for spool in self.files.values():
+            spool.close()
 
 
 def _paced(
@@ -169,10 +222,13 @@ class _Sync:
     report: SyncReport = field(default_factory=SyncReport)
     seen: bytearray = field(default_factory=bytearray)  #: a bit per row id: listed this sync
     queue: asyncio.Queue[TrackedRow | None] = field(default_factory=lambda: asyncio.Queue(1))
-    fetched: list[FetchedResult] = field(default_factory=list)  #: results on disk, not yet recorded
-    errors: list[tuple[int, str]] = field(default_factory=list)
-    recorded_at: float = field(default_factory=time.monotonic)
+    pending: _Group = field(default_factory=_Group)  #: fetched, not yet taken by the writer
+    settling: _Group | None = None  #: taken by the writer: being written and recorded
+    due: asyncio.Event = field(default_factory=asyncio.Event)  #: a group is due, or the workers are done
+    room: asyncio.Condition = field(default_factory=asyncio.Condition)  #: the writer took a group
+    workers_left: int = 0
     disk: ThreadPoolExecutor | None = None
+    folder: str = ""  #: the results directory, ending with a separator
 
     async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
         """`ApiClient.read`, each try paced by --rate."""
@@ -195,15 +251,18 @@ class _Sync:
             await self.statuses()
             return
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = os.path.join(self.results_dir, "")
         for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
             stale.unlink(missing_ok=True)
         self.queue = asyncio.Queue(self.concurrency * 4)
         self.disk = ThreadPoolExecutor(min(DISK_THREADS, self.concurrency), thread_name_prefix="uploader-results")
+        self.workers_left = self.concurrency
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.concurrency):
                     group.create_task(self.worker())
                 group.create_task(self.produce())
+                group.create_task(self.writer())
         except BaseExceptionGroup as failed:  # the first failure, as the callers know it
             raise failed.exceptions[0] from None
         finally:
@@ -298,66 +357,118 @@ class _Sync:
 
     async def worker(self) -> None:
         """Fetch queued results until told to stop (None); one that fails is recorded and left for the next
-        sync. Results are recorded a group at a time."""
-        while (row := await self.queue.get()) is not None:
-            try:
-                fetched = await self.result(row)
-            except ApiUnreachableError as exc:
-                self.report.result_errors.append(f"{row[2]}: {exc}")
-                self.errors.append((row[0], str(exc)))
-            else:
-                self.fetched.append(fetched)  # the list of now: a group may have been recorded meanwhile
-            if len(self.fetched) + len(self.errors) >= GROUP or time.monotonic() - self.recorded_at >= GROUP_SECONDS:
-                await self.record_group()
+        sync. The writer records them a group at a time."""
+        try:
+            while (row := await self.queue.get()) is not None:
+                try:
+                    fetched, held = await self.result(row)
+                except ApiUnreachableError as exc:
+                    self.report.result_errors.append(f"{row[2]}: {exc}")
+                    self.pending.errors.append((row[0], str(exc)))
+                else:
+                    self.pending.hold(fetched, held)
+                await self.make_room()
+        finally:
+            self.workers_left -= 1
+            self.due.set()
 
-    async def record_group(self) -> None:
-        """Record the results on disk so far in one transaction, after making their names durable."""
-        fetched, errors = self.fetched, self.errors
-        self.fetched, self.errors = [], []
-        self.recorded_at = time.monotonic()
-        if self.results_dir is not None and self.disk is not None and any(f[1] is not None for f in fetched):
-            await asyncio.get_running_loop().run_in_executor(self.disk, _fsync_dir, self.results_dir)
-        record_results(self.ledger.engine, fetched, errors)
-        self.report.results += len(fetched)
+    async def make_room(self) -> None:
+        """Wake the writer when a group is due; wait while it is a group behind (memory stays bounded)."""
+        group = self.pending
+        if len(group) < GROUP and group.held < GROUP_BYTES:
+            return
+        self.due.set()
+        if len(group) >= 2 * GROUP or group.held >= 2 * GROUP_BYTES:
+            async with self.room:
+                await self.room.wait_for(lambda: self.pending is not group)
+
+    async def writer(self) -> None:
+        """Record the held results a group at a time (when one is due, else every GROUP_SECONDS) until the
+        workers are done."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(GROUP_SECONDS):
+                    await self.due.wait()
+            self.due.clear()
+            last = self.workers_left == 0
+            group, self.pending = self.pending, _Group()
+            async with self.room:
+                self.room.notify_all()
+            await self.record_group(group)
+            if last:
+                return
+
+    async def record_group(self, group: _Group) -> None:
+        """Write the group's files (split among the disk threads, one hand-off each), rename them into place
+        and make the renames durable (one hand-off), then record the group in one transaction."""
+        if not len(group):
+            return
+        self.settling = group
+        if group.files:
+            assert self.results_dir is not None
+            loop = asyncio.get_running_loop()
+            files = list(group.files.items())
+            n = min(DISK_THREADS, len(files))
+            await asyncio.gather(*(loop.run_in_executor(self.disk, _write_parts, files[i::n]) for i in range(n)))
+            await loop.run_in_executor(self.disk, _rename_all, list(group.files), self.results_dir)
+        record_results(self.ledger.engine, group.fetched, group.errors)
+        self.settling = None
+        group.close()
+        self.report.results += len(group.fetched)
         self.progress()
 
     def record(self) -> None:
-        """Record what is left at the end (or on the way out of a failed sync): the files are already whole
-        under their names. The display is told, so its last line shows the counts the summary gives."""
-        if self.results_dir is not None and any(f[1] is not None for f in self.fetched):
-            _fsync_dir(self.results_dir)
-        record_results(self.ledger.engine, self.fetched, self.errors)
-        self.report.results += len(self.fetched)
-        self.fetched, self.errors = [], []
+        """At the end: record what a failed sync left held (the writer recorded everything otherwise),
+        its files written here first; one that cannot be written is left for the next sync. The display is
+        told, so its last line shows the counts the summary gives."""
+        for group in (self.settling, self.pending):
+            if group is None or not len(group):
+                continue
+            if group.files and self.results_dir is not None:
+                try:
+                    _write_parts(list(group.files.items()))
+                    _rename_all(list(group.files), self.results_dir)
+                except OSError:
+                    group.fetched = [f for f in group.fetched if f[1] not in group.files]
+            record_results(self.ledger.engine, group.fetched, group.errors)
+            group.close()
+            self.report.results += len(group.fetched)
+        self.settling, self.pending = None, _Group()
         self.progress()
 
-    async def result(self, row: TrackedRow) -> FetchedResult:
-        """One job's result: its URL downloaded to its file, or the result given inline."""
+    async def result(self, row: TrackedRow) -> tuple[FetchedResult, _Held | None]:
+        """One job's result: its URL downloaded (to its file, with the download to write there unless the file
+        is already whole), or the result given inline."""
         row_id, project, reference_id, job_id = row
         data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
         self.report.job_reads += 1
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
-            path, sha256 = await self.download(value, reference_id, job_id)
-            return row_id, str(path), None, sha256
+            path, sha256, held = await self.download(value, reference_id, job_id)
+            return (row_id, path, None, sha256), held
         inline = json.dumps(value)
-        return row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()
+        return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()), None
 
-    async def download(self, url: str, reference_id: str, job_id: str) -> tuple[Path, str]:
-        """The result at `url` in its file (written whole or not at all) and its sha256. A file already there
-        was renamed into place by a sync killed before it could record it: it is kept, not fetched again."""
-        assert self.results_dir is not None
-        path = self.results_dir / result_file_name(reference_id)
-        if path.exists():
-            return path, hashlib.sha256(path.read_bytes()).hexdigest()
-        with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=str(self.results_dir)) as spool:
+    async def download(self, url: str, reference_id: str, job_id: str) -> tuple[str, str, _Held | None]:
+        """The result at `url`: its file, its sha256, and the download, held for the writer. A file already
+        there was renamed into place by a sync killed before it could record it: it is kept, not fetched
+        again (nothing held)."""
+        path = f"{self.folder}{result_file_name(reference_id)}"
+        if os.path.exists(path):
+            with open(path, "rb") as kept:
+                return path, hashlib.file_digest(kept, "sha256").hexdigest(), None
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.folder)
+        try:
             data = await self.read(
                 partial(self.client.download, url, cast(BinaryIO, spool), max_bytes=self.max_result_bytes),
                 f"the result of job {job_id}",
                 "sha256",
             )
-            await asyncio.get_running_loop().run_in_executor(self.disk, _settle, spool, path)
-        return path, str(data["sha256"])
+        except BaseException:
+            spool.close()
+            raise
+        size = int(data["size"])
+        return path, str(data["sha256"]), (path, spool, size if size <= _SPOOL_BYTES else 0)
 
 
 def _tracked_and_final(ledger: Ledger) -> tuple[int, int]:
