@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
     from uploader.api.policy import RETRYABLE_CODES as RETRYABLE_CODES
+    from uploader.api.policy import STALE_PAGES_LIMIT as STALE_PAGES_LIMIT
     from uploader.api.policy import ApiResult as ApiResult
     from uploader.api.policy import Decision as Decision
+    from uploader.api.policy import Found as Found
+    from uploader.api.policy import PageTrail as PageTrail
     from uploader.api.policy import Verdict as Verdict
     from uploader.api.policy import backoff_delay as backoff_delay
     from uploader.api.policy import classify as classify
@@ -53,7 +56,10 @@ _EXPORTS = {
     "OUTAGE_CODES": "uploader.api.policy",
     "PROTOCOL_ERROR_LIMIT": "uploader.api.policy",
     "ApiResult": "uploader.api.policy",
+    "STALE_PAGES_LIMIT": "uploader.api.policy",
     "Decision": "uploader.api.policy",
+    "Found": "uploader.api.policy",
+    "PageTrail": "uploader.api.policy",
     "Verdict": "uploader.api.policy",
     "backoff_delay": "uploader.api.policy",
     "classify": "uploader.api.policy",

@@ -46,6 +46,8 @@ from uploader.api.policy import (
     PERMANENT_CODES,
     RETRYABLE_CODES,
     ApiResult,
+    Found,
+    PageTrail,
     Verdict,
     classify,
     job_id_text,
@@ -280,22 +282,22 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
-    ) -> dict[str, str]:
+    ) -> Found:
         """{reference_id: job_id} for the wanted reference_ids found in the batch (FS_0001 recovery).
 
         Pages through the batch until the last page or until every wanted id is found; each page is one
         `read` (retried, raising FatalApiError or ApiUnreachableError as it says). Ids not in the batch
         are simply absent, and so are entries whose job id is not a non-empty string or integer
-        (policy.job_id_text). A page token the server already gave (a paging loop) ends the search with what
-        was found.
+        (policy.job_id_text). A listing that loops (policy.PageTrail) ends the search with what was found,
+        marked incomplete (`Found.complete`): an id it did not show may still have a job.
         """
         wanted = {str(r) for r in reference_ids}
-        found: dict[str, str] = {}
+        found = Found()
         rng = rng or random.Random()
         where = f"batch {batch_id} of project {project_id}"
-        token = ""
-        seen = {token}
-        while wanted and len(found) < len(wanted):
+        trail = PageTrail()
+        token: str | None = ""
+        while token is not None and wanted and len(found) < len(wanted):
             data = await self.read(
                 partial(self.list_batch_page, project_id, batch_id, token),
                 where,
@@ -313,11 +315,8 @@ class ApiClient:
                 job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))  # str/int only, never "True"
                 if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id and str(ref) in wanted:
                     found.setdefault(str(ref), job_id)
-            next_token = data.get("next_page_token")
-            token = str(next_token) if next_token else ""
-            if not token or token in seen:
-                break
-            seen.add(token)
+            token = trail.next(data)
+        found.complete, found.problem = trail.complete, trail.problem
         return found
 
     async def read(

@@ -26,9 +26,12 @@ __all__ = [
     "PROTOCOL_CODES",
     "PROTOCOL_ERROR_LIMIT",
     "RETRYABLE_CODES",
+    "STALE_PAGES_LIMIT",
     "TRANSPORT_CODES",
     "ApiResult",
     "Decision",
+    "Found",
+    "PageTrail",
     "Verdict",
     "backoff_delay",
     "classify",
@@ -91,6 +94,9 @@ PROTOCOL_CODES = frozenset({"bad_job_id", "mismatched_answer", "duplicate_job_id
 PROTOCOL_ERROR_LIMIT = 10
 #: The longest job_id accepted (the ledger's column; real ones are 36-character UUIDs).
 JOB_ID_MAX_CHARS = 64
+#: A listing that gives this many pages in a row with no job, or with the jobs of the page before, while still
+#: naming a next page, is taken for a loop: it ends there, incomplete (`PageTrail`).
+STALE_PAGES_LIMIT = 10
 #: Transport codes after which the request certainly never reached the API.
 _NOT_SENT_CODES = frozenset({"connect_error", "tls_error"})
 
@@ -400,3 +406,43 @@ def result_verdict(status: int, content_type: str | None, first_byte: bytes) -> 
     if first_byte not in (b"{", b"["):
         return "not JSON"
     return None
+
+
+class PageTrail:
+    """Where one batch listing goes next, and whether it ended complete. `next(data)` gives the next page's token,
+    or None when the listing is over: at its last page (no token), or at a loop, which no later page can end —
+    a token given before, or STALE_PAGES_LIMIT pages in a row with no job or the jobs of the page before.
+    `complete` then says False and `problem` why: a job such a listing did not show may still exist."""
+
+    def __init__(self) -> None:
+        self._tokens = {""}
+        self._stale = 0
+        self._last: Any = None
+        self.complete = True
+        self.problem: str | None = None
+
+    def next(self, data: dict[str, Any]) -> str | None:
+        raw = data.get("next_page_token")
+        token = str(raw) if raw else ""
+        jobs = data.get("jobs")
+        stale = not (isinstance(jobs, list) and jobs) or jobs == self._last
+        self._stale, self._last = (self._stale + 1 if stale else 0), jobs
+        if not token:
+            return None
+        if token in self._tokens:
+            self.problem = f"it gave the page token {token[:40]!r} a second time"
+        elif self._stale >= STALE_PAGES_LIMIT:
+            self.problem = f"{STALE_PAGES_LIMIT} pages in a row showed no new job, each naming another page"
+        if self.problem is not None:
+            self.complete = False
+            return None
+        self._tokens.add(token)
+        return token
+
+
+class Found(dict[str, str]):
+    """{reference_id: job_id} found by listing a batch (`ApiClient.find_job_ids`); `complete` is False when the
+    listing ended at a loop (`PageTrail.problem` says why): a reference_id it did not show may have a job."""
+
+    complete: bool = True
+    problem: str | None = None

@@ -116,6 +116,12 @@ class Resolver:
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
             missing = [rid for rid, ref in rows if ref not in found]
             self.missed.update(missing)
+            if not found.complete:  # a listing that loops says nothing of the jobs it did not show
+                self.unreachable = ApiUnreachableError(
+                    f"the listing of batch {batch_id} of project {project} does not end ({found.problem}): "
+                    "the rows it did not show stay uncertain"
+                )
+                missing = []
             # A listing that ended normally is complete: a row it did not find was not created (unless the
             # API said FS_0001); the ledger fails it, keeping FS_0001 rows uncertain.
             done = self.ledger.resolve_uncertain(hits, missing)

@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, listed_jobs
+from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, PageTrail, listed_jobs
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
@@ -216,10 +216,11 @@ class _Sync:
             await self.queue.put(None)
 
     async def list_batch(self, project: str, batch_id: str) -> None:
-        """Page through one batch, recording each page's statuses."""
-        token = ""
-        tokens = {token}
-        while True:
+        """Page through one batch, recording each page's statuses; a listing that loops ends (policy.PageTrail),
+        and the jobs it did not show are read on their own."""
+        trail = PageTrail()
+        token: str | None = ""
+        while token is not None:
             data = await self.read(
                 partial(self.client.list_batch_page, project, batch_id, token),
                 f"batch {batch_id} of project {project}",
@@ -227,11 +228,7 @@ class _Sync:
             )
             self.report.pages += 1
             await self.listed(project, [(job_id, status) for _, job_id, status in listed_jobs(data) if status])
-            nxt = data.get("next_page_token")
-            token = str(nxt) if nxt else ""
-            if not token or token in tokens:
-                return
-            tokens.add(token)
+            token = trail.next(data)
 
     async def listed(self, project: str, jobs: list[tuple[str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
@@ -456,9 +453,9 @@ async def adopt_async(
     total = Adoption()
     rng = random.Random(seed)
     for batch_id in batch_ids:
-        token = ""
-        tokens = {token}
-        while True:
+        trail = PageTrail()  # a listing that loops ends there
+        token: str | None = ""
+        while token is not None:
             data = await client.read(
                 _paced(limiter, partial(client.list_batch_page, project_id, batch_id, token)),
                 f"batch {batch_id} of project {project_id}",
@@ -471,11 +468,7 @@ async def adopt_async(
             total.added += done.added
             total.known += done.known
             total.conflicts += done.conflicts
-            nxt = data.get("next_page_token")
-            token = str(nxt) if nxt else ""
-            if not token or token in tokens:
-                break
-            tokens.add(token)
+            token = trail.next(data)
     return total
 
 

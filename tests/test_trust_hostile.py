@@ -1,0 +1,118 @@
+"""Adversarial trust cases, over real HTTP on loopback against tests/hostile_api.py, on a real SQLite ledger: the
+ledger must never say more than the API said (a job `failed` or `created_elsewhere` that a listing never got to
+see, a job_id one of two, a status or result of another job, a result cut short), and every command must end
+whatever the listing's paging does."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hostile_api import BATCH, HostileApi
+from tests.reliability.harness import write_images
+from tests.test_run import KEY, invoke
+from uploader.api import STALE_PAGES_LIMIT, PageTrail
+
+
+def rows(ledger: Path) -> dict[str, dict[str, Any]]:
+    """Every jobs row by reference_id, read with plain sqlite3 (not through the code under test)."""
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        con.row_factory = sqlite3.Row
+        return {r["reference_id"]: dict(r) for r in con.execute("SELECT * FROM jobs")}
+    finally:
+        con.close()
+
+
+def run_args(manifest: Path | None, ledger: Path, api: HostileApi, *extra: str) -> list[str]:
+    args = ["run"] + ([str(manifest)] if manifest else [])
+    common = ["--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger), "--batch-id", BATCH]
+    return args + common + ["--base-url", api.base_url, "--quiet", *extra]
+
+
+def object_job_id(ref: str, job: str) -> bytes:
+    """A success whose job_id is an object: the row goes uncertain and the batch listing decides."""
+    return json.dumps({"success": True, "data": {"job_id": {"id": job}, "reference_id": ref}}).encode()
+
+
+def first_job_then(next_pages: str):  # type: ignore[no-untyped-def]
+    """A listing whose first page shows the first job only, then `loop` (the same token again, forever) or
+    `endless` (a new token each time, every page empty)."""
+
+    def pages(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+        if token == "":
+            shown = [{"id": job, "reference_id": ref, "status": "completed"} for ref, job in jobs[:1]]
+            return {"id": BATCH, "jobs": shown, "next_page_token": "t1"}
+        following = "t1" if next_pages == "loop" else f"t{int(token[1:]) + 1}"
+        return {"id": BATCH, "jobs": [], "next_page_token": following}
+
+    return pages
+
+
+# -- a listing that does not end -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("paging", ["loop", "endless"])
+def test_a_listing_that_never_ends_leaves_the_rows_it_did_not_show_uncertain(tmp_path: Path, paging: str) -> None:
+    """Every answer is malformed (uncertain rows, a listing decides), and the listing shows the first job, then
+    pages that show nothing for ever: the same page token again, or a new token each time. The run ends; the
+    job the listing showed is settled; the others stay uncertain (exit 3) — not `failed` ("the job was not
+    created"): the API holds them, and the listing never said otherwise. `reconcile` says why."""
+    with HostileApi(KEY, answer=object_job_id, pages=first_job_then(paging)) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 4), ledger, api, "--concurrency", "1"))
+        got = rows(ledger)
+        first = next(iter(api.jobs))
+        assert got[first]["status"] == "succeeded" and got[first]["job_id"] == api.jobs[first]
+        assert {k: (r["status"], r["job_id"]) for k, r in got.items() if k != first} == {
+            k: ("uncertain", None) for k in api.jobs if k != first
+        }
+        assert result.exit_code == 3, result.output
+        assert api.requests["list"] < 200
+        again = invoke("reconcile", "--ledger", str(ledger), "--base-url", api.base_url)
+        assert again.exit_code != 0 and "page" in again.output, again.output
+        assert {r["status"] for k, r in rows(ledger).items() if k != first} == {"uncertain"}
+        assert set(api.created.values()) == {1}
+
+
+@pytest.mark.timeout(120)
+def test_sync_and_adopt_end_on_an_endless_listing(tmp_path: Path) -> None:
+    """`sync` reads the status of a job no listing showed on its own (GET job), and `adopt` records what the
+    pages it read showed: both end, whatever the paging does."""
+    with HostileApi(KEY, pages=first_job_then("endless")) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api)).exit_code == 0
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--json")
+        assert synced.exit_code == 0, synced.output
+        assert {r["platform_status"] for r in rows(ledger).values()} == {"completed"}
+        other = tmp_path / "other.db"
+        adopted = invoke(
+            "adopt", "--project-id", "proj", "--batch-id", BATCH, "--ledger", str(other), "--base-url", api.base_url
+        )
+        assert adopted.exit_code in (0, 3), adopted.output
+        assert api.requests["list"] < 400
+
+
+def test_page_trail_ends_at_the_last_page_and_at_loops() -> None:
+    """policy.PageTrail, pure: the last page (no token) ends a complete listing; a token given before, or pages
+    that keep showing nothing new while naming another page, end it incomplete, saying why."""
+    trail = PageTrail()
+    assert trail.next({"jobs": [{"id": "j1"}], "next_page_token": "a"}) == "a"
+    assert trail.next({"jobs": [{"id": "j2"}], "next_page_token": None}) is None and trail.complete
+    looping = PageTrail()
+    assert looping.next({"jobs": [{"id": "j1"}], "next_page_token": "a"}) == "a"
+    assert looping.next({"jobs": [{"id": "j2"}], "next_page_token": "a"}) is None
+    assert not looping.complete and "'a' a second time" in (looping.problem or "")
+    for page in ({"jobs": [], "next_page_token": 1}, {"jobs": [{"id": "j1"}], "next_page_token": 1}):
+        endless = PageTrail()
+        tokens = [endless.next({**page, "next_page_token": f"t{i}"}) for i in range(STALE_PAGES_LIMIT + 5)]
+        stale_from = 0 if not page["jobs"] else 1  # the first page of the same jobs is new
+        assert tokens.index(None) == stale_from + STALE_PAGES_LIMIT - 1
+        assert not endless.complete and "no new job" in (endless.problem or "")
+    fresh = PageTrail()  # distinct pages: as many as the API has
+    assert all(fresh.next({"jobs": [{"id": i}], "next_page_token": f"t{i}"}) for i in range(100)) and fresh.complete
