@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.hostile_api import BATCH, HostileApi
+from tests.hostile_api import BATCH, HostileApi, one_page
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
-from uploader.api import STALE_PAGES_LIMIT, PageTrail
+from uploader.api import STALE_PAGES_LIMIT, PageTrail, job_read_problem
 
 
 def rows(ledger: Path) -> dict[str, dict[str, Any]]:
@@ -116,3 +116,49 @@ def test_page_trail_ends_at_the_last_page_and_at_loops() -> None:
         assert not endless.complete and "no new job" in (endless.problem or "")
     fresh = PageTrail()  # distinct pages: as many as the API has
     assert all(fresh.next({"jobs": [{"id": i}], "next_page_token": f"t{i}"}) for i in range(100)) and fresh.complete
+
+
+# -- GET job answered with another job -------------------------------------------------------------------
+
+
+def another_job(job: dict[str, Any], store: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """GET job answers with the next job of the store (a cache or a proxy mixing answers up)."""
+    ids = sorted(store)
+    return store[ids[(ids.index(job["job_id"]) + 1) % len(ids)]]
+
+
+def unlisted(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+    """A listing that shows no job: sync reads each job's status on its own (GET job)."""
+    return {"id": BATCH, "jobs": [], "next_page_token": ""}
+
+
+@pytest.mark.parametrize("pages", ["listed", "unlisted"])
+def test_a_job_read_answered_with_another_job_records_nothing_of_it(tmp_path: Path, pages: str) -> None:
+    """GET job answers with another job's data (its job_id, reference_id, status, result URL). `sync --results`
+    must not record that job's status or result against this row: no result file holds another job's result,
+    the rows carry a result error instead (exit 3), or the sync stops (exit 1) when a status read is wrong."""
+    with HostileApi(KEY, job=another_job, pages=one_page if pages == "listed" else unlisted) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api)).exit_code == 0
+        results = tmp_path / "results"
+        api.job = another_job
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--results", str(results))
+        got = rows(ledger)
+        for ref, row in got.items():
+            assert row["result_sha256"] is None and row["result_path"] is None, (ref, row)
+            if pages == "unlisted":
+                assert row["platform_status"] is None  # the status read was another job's
+        assert not [p for p in results.glob("*.json")] if results.exists() else True
+        assert synced.exit_code == (3 if pages == "listed" else 1), synced.output
+        assert "another job" in synced.output, synced.output
+
+
+def test_job_read_problem_names_an_answer_for_another_job() -> None:
+    """policy.job_read_problem, pure: only what the answer names is checked; an id that is no usable id (an
+    object, `true`) is not the job asked for either."""
+    assert job_read_problem({"status": "completed"}, "j1", "r1") is None
+    assert job_read_problem({"job_id": "j1", "id": "j1", "reference_id": "r1"}, "j1", "r1") is None
+    assert job_read_problem({"job_id": 7, "reference_id": 7}, "7", "7") is None
+    assert job_read_problem({"reference_id": "r2"}, "j1") is None  # no reference_id known: not checked
+    for data in ({"job_id": "j2"}, {"id": "j2"}, {"job_id": {"id": "j1"}}, {"id": True}, {"reference_id": "r2"}):
+        assert "another job" in (job_read_problem(data, "j1", "r1") or ""), data

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import backoff_delay as backoff_delay
     from uploader.api.policy import classify as classify
     from uploader.api.policy import job_id_text as job_id_text
+    from uploader.api.policy import job_read_problem as job_read_problem
     from uploader.api.policy import listed_jobs as listed_jobs
     from uploader.api.policy import may_have_created as may_have_created
     from uploader.api.policy import next_delay as next_delay
@@ -64,6 +65,7 @@ _EXPORTS = {
     "backoff_delay": "uploader.api.policy",
     "classify": "uploader.api.policy",
     "job_id_text": "uploader.api.policy",
+    "job_read_problem": "uploader.api.policy",
     "listed_jobs": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",
     "next_delay": "uploader.api.policy",

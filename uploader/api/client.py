@@ -51,6 +51,7 @@ from uploader.api.policy import (
     Verdict,
     classify,
     job_id_text,
+    job_read_problem,
     next_delay,
     result_verdict,
     retry_after_seconds,
@@ -270,7 +271,12 @@ class ApiClient:
             sleep=sleep,
             max_retry_after=max_retry_after,
         )
-        return str(data["batch_id"])
+        problem = job_read_problem(data, job_id)
+        batch_id = data["batch_id"]
+        if problem is not None or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
+            what = problem or "a batch_id that is not text"
+            raise ApiUnreachableError(f"the API answered the read of job {job_id} of project {project_id} with {what}")
+        return str(batch_id)
 
     async def find_job_ids(
         self,

@@ -36,6 +36,7 @@ __all__ = [
     "backoff_delay",
     "classify",
     "job_id_text",
+    "job_read_problem",
     "listed_jobs",
     "may_have_created",
     "next_delay",
@@ -143,6 +144,20 @@ def job_id_text(value: Any) -> str | None:
     else:
         return None
     return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS else None
+
+
+def job_read_problem(data: dict[str, Any], job_id: str, reference_id: str | None = None) -> str | None:
+    """Why a GET job answer is not the job asked for (None: nothing in it says so): the job_id it names (`job_id`
+    or `id`), when it names one, is another or no usable id; the reference_id it names, when it names one and
+    `reference_id` is known, is another. Its status or result must then be recorded for no row. The words never
+    echo the server's values."""
+    for key in ("job_id", "id"):
+        if data.get(key) is not None and job_id_text(data[key]) != job_id:
+            return f"another job (its {key} is not {job_id!r})"
+    answered = data.get("reference_id")
+    if reference_id is not None and answered is not None and _as_text(answered) != reference_id:
+        return f"another job (its reference_id is not {reference_id!r})"
+    return None
 
 
 def _as_text(value: Any) -> str | None:

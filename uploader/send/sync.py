@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, PageTrail, listed_jobs
+from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, PageTrail, job_read_problem, listed_jobs
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
@@ -281,14 +281,26 @@ class _Sync:
         known = self.ledger.known_job_in_default_batch(project)
         if known is None:
             return None
-        data = await self.read(partial(self.client.get_job, project, known), f"job {known}", "batch_id")
-        return str(data["batch_id"])
+        data = await self.read_job(project, known)
+        batch_id = data.get("batch_id")
+        if batch_id in (None, "") or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
+            raise ApiUnreachableError(f"the API answered the read of job {known} with no usable batch_id")
+        return str(batch_id)
+
+    async def read_job(self, project: str, job_id: str, reference_id: str | None = None) -> dict[str, Any]:
+        """GET job's data; ApiUnreachableError when the answer is another job's (policy.job_read_problem): its
+        status or result is then recorded for no row."""
+        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
+        self.report.job_reads += 1
+        problem = job_read_problem(data, job_id, reference_id)
+        if problem is not None:
+            raise ApiUnreachableError(f"the API answered the read of job {job_id} with {problem}: nothing recorded")
+        return data
 
     async def read_one(self, row: TrackedRow) -> None:
         """The fallback: one job's status from GET job."""
-        _, project, _, job_id = row
-        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
-        self.report.job_reads += 1
+        _, project, reference_id, job_id = row
+        data = await self.read_job(project, job_id, reference_id)
         status = data.get("status")
         if isinstance(status, str) and status:
             await self.listed(project, [(job_id, status)])
@@ -331,8 +343,7 @@ class _Sync:
     async def result(self, row: TrackedRow) -> FetchedResult:
         """One job's result: its URL downloaded to its file, or the result given inline."""
         row_id, project, reference_id, job_id = row
-        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
-        self.report.job_reads += 1
+        data = await self.read_job(project, job_id, reference_id)
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             path, sha256 = await self.download(value, reference_id, job_id)
