@@ -16,6 +16,7 @@ from tests.hostile_api import BATCH, HostileApi, one_page
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
 from uploader.api import STALE_PAGES_LIMIT, PageTrail, job_read_problem
+from uploader.api.body import parse_envelope
 
 
 def rows(ledger: Path) -> dict[str, dict[str, Any]]:
@@ -162,3 +163,37 @@ def test_job_read_problem_names_an_answer_for_another_job() -> None:
     assert job_read_problem({"reference_id": "r2"}, "j1") is None  # no reference_id known: not checked
     for data in ({"job_id": "j2"}, {"id": "j2"}, {"job_id": {"id": "j1"}}, {"id": True}, {"reference_id": "r2"}):
         assert "another job" in (job_read_problem(data, "j1", "r1") or ""), data
+
+
+# -- an answer that says two things ----------------------------------------------------------------------
+
+
+def two_job_ids(ref: str, job: str) -> bytes:
+    """The job's own id first, then another under the same key (json.loads keeps the last)."""
+    data = f'"job_id": "{job}", "job_id": "not-{job[4:]}", "reference_id": "{ref}"'
+    return ('{"success": true, "data": {' + data + "}}").encode()
+
+
+def test_an_answer_with_a_key_given_twice_is_not_trusted(tmp_path: Path) -> None:
+    """A success answer names two job_ids under one key. Neither is recorded from it: the row is sent again
+    (the answer is no API answer), FS_0001 follows, and the batch listing gives each row its own job."""
+    with HostileApi(KEY, answer=two_job_ids) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api))
+        got = rows(ledger)
+        assert {k: r["job_id"] for k, r in got.items()} == api.jobs
+        assert {(r["status"], r["origin"]) for r in got.values()} == {("succeeded", "recovered")}
+        assert result.exit_code == 0, result.output
+        assert set(api.created.values()) == {1} and api.requests["exists"] == 3
+
+
+def test_parse_envelope_refuses_a_key_given_twice_at_any_depth() -> None:
+    for raw in (
+        b'{"success": false, "success": true, "data": {"job_id": "j"}}',
+        b'{"success": true, "data": {"job_id": "a", "job_id": "b"}}',
+        b'{"success": false, "error": {"code": "FS_0003", "code": "FS_0001"}}',
+    ):
+        result = parse_envelope(200, raw, None)
+        assert (result.success, result.data, result.code) == (None, None, "not_json"), raw
+        assert "a key given twice" in (result.message or "")
+    assert parse_envelope(200, b'{"success": true, "data": {"job_id": "a", "x": {"job_id": "b"}}}', None).success

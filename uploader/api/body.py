@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from uploader.api.policy import ApiResult
 
@@ -44,10 +45,27 @@ def too_large(status: int, limit: int, retry_after: str | None) -> ApiResult:
     return ApiResult(status, None, None, "body_too_large", message, None, retry_after)
 
 
+class _KeyTwice(ValueError):
+    """A JSON object gives one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refused when it gives a key twice: `{"job_id": "a", "job_id": "b"}` says two
+    things, and json.loads would silently keep the last."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _KeyTwice
+    return obj
+
+
 def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
-    """Read the API's envelope; anything else becomes `not_json` / `http_<status>` with a body snippet."""
+    """Read the API's envelope; anything else (a body giving a key twice included: which of its values is the
+    API's word?) becomes `not_json` / `http_<status>` with a body snippet."""
+    twice = False
     try:
-        body = json.loads(raw) if raw else None
+        body = json.loads(raw, object_pairs_hook=_unique_keys) if raw else None
+    except _KeyTwice:
+        body, twice = None, True
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         body = None
     if isinstance(body, dict) and isinstance(success := body.get("success"), bool):
@@ -66,7 +84,8 @@ def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResul
         return ApiResult(status, False, data, code, message, errors, retry_after)
     code = "not_json" if 200 <= status < 300 else f"http_{status}"
     snippet = _snippet(raw)
-    message = f"HTTP {status}, not an API answer" + (f": {snippet}" if snippet else " (empty body)")
+    message = f"HTTP {status}, not an API answer" + (" (a key given twice)" if twice else "")
+    message += f": {snippet}" if snippet else " (empty body)"
     return ApiResult(status, None, None, code, truncate(message, SNIPPET_CHARS), None, retry_after)
 
 
