@@ -5,6 +5,8 @@ whatever the listing's paging does."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from tests.hostile_api import BATCH, HostileApi, one_page
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
-from uploader.api import STALE_PAGES_LIMIT, PageTrail, job_read_problem
+from uploader.api import STALE_PAGES_LIMIT, ApiClient, ApiResult, PageTrail, Verdict, classify, job_read_problem
 from uploader.api.body import parse_envelope
 
 
@@ -197,3 +199,51 @@ def test_parse_envelope_refuses_a_key_given_twice_at_any_depth() -> None:
         assert (result.success, result.data, result.code) == (None, None, "not_json"), raw
         assert "a key given twice" in (result.message or "")
     assert parse_envelope(200, b'{"success": true, "data": {"job_id": "a", "x": {"job_id": "b"}}}', None).success
+
+
+# -- a result cut short ----------------------------------------------------------------------------------
+
+_WHOLE = b'{"labels": [1, 2, 3], "note": "whole"}'
+CUT_RESULTS = {
+    # no length, no chunks: the end of the connection is the end of the body (HTTP/1.1 allows it)
+    "closed": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + _WHOLE[:20],
+    "short": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n" + _WHOLE,
+    "chunk": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n"
+    + _WHOLE[:16]
+    + b"\r\n",
+}
+
+
+def test_a_result_cut_short_is_never_recorded(tmp_path: Path) -> None:
+    """The result download ends early, on a connection closed where nothing says how long the body is (HTTP/1.1
+    allows it). No row records a result (path, sha256), no result file is left, the rows carry a result error
+    and `sync` exits 3; whole results sent the same way are kept."""
+    with HostileApi(KEY, result_raw=CUT_RESULTS["closed"]) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 2), ledger, api)).exit_code == 0
+        results = tmp_path / "results"
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--results", str(results))
+        got = rows(ledger)
+        assert all(r["result_sha256"] is None and r["result_error"] for r in got.values()), got
+        assert not list(results.glob("*.json"))
+        assert synced.exit_code == 3, synced.output
+        api.result_raw = CUT_RESULTS["closed"].split(b"\r\n\r\n")[0] + b"\r\n\r\n" + _WHOLE  # whole, then closed
+        again = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--results", str(results))
+        assert again.exit_code == 0, again.output
+        assert {(results / f"{k}.json").read_bytes() for k in rows(ledger)} == {_WHOLE}
+
+
+@pytest.mark.parametrize("cut", sorted(CUT_RESULTS))
+def test_a_download_cut_short_is_no_result(cut: str) -> None:
+    """One download (`ApiClient.download`) of each cut body: never a success, and retried when the transport
+    says the body is incomplete (a Content-Length not reached, a chunk cut off)."""
+
+    async def download() -> ApiResult:
+        async with ApiClient(api.base_url, KEY) as client:
+            return await client.download(f"{api.base_url}/results/j", io.BytesIO(), max_bytes=1 << 20)
+
+    with HostileApi(KEY, result_raw=CUT_RESULTS[cut]) as api:
+        result = asyncio.run(download())
+    assert result.success is not True and result.data is None, result
+    expected = Verdict.PERMANENT if cut == "closed" else Verdict.RETRYABLE
+    assert classify(result, expect="sha256").verdict is expected, result

@@ -508,7 +508,28 @@ async def _take_result(
     if not first:
         return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
     sink.flush()
+    if _ends_at_close(headers) and not _whole_json(sink):
+        return _refused("bad_result", "the result ends before its JSON does (cut short: no length, connection closed)")
     return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
+
+
+def _ends_at_close(headers: _RawHeaders) -> bool:
+    """Whether a body's end is only the connection's (no Content-Length, not chunked): a connection lost midway
+    then looks like the end, and nothing but the body itself can tell."""
+    coding = _raw_header(headers, b"transfer-encoding") or ""
+    return _raw_header(headers, b"content-length") is None and "chunked" not in coding.lower()
+
+
+def _whole_json(sink: BinaryIO) -> bool:
+    """Whether `sink` holds one whole JSON document (a strict prefix of a JSON object or array never is one)."""
+    sink.seek(0)
+    try:
+        json.load(sink)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    finally:
+        sink.seek(0, os.SEEK_END)
+    return True
 
 
 def _refused(code: str, message: str) -> ApiResult:
