@@ -17,7 +17,17 @@ import pytest
 from tests.hostile_api import BATCH, HostileApi, one_page
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
-from uploader.api import STALE_PAGES_LIMIT, ApiClient, ApiResult, PageTrail, Verdict, classify, job_read_problem
+from uploader.api import (
+    STALE_PAGES_LIMIT,
+    ApiClient,
+    ApiResult,
+    Found,
+    PageTrail,
+    Verdict,
+    classify,
+    job_read_problem,
+    named_twice,
+)
 from uploader.api.body import parse_envelope
 
 
@@ -247,3 +257,71 @@ def test_a_download_cut_short_is_no_result(cut: str) -> None:
     assert result.success is not True and result.data is None, result
     expected = Verdict.PERMANENT if cut == "closed" else Verdict.RETRYABLE
     assert classify(result, expect="sha256").verdict is expected, result
+
+
+# -- a listing that names a job twice --------------------------------------------------------------------
+
+
+def first_job_twice(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+    """Each job under its own reference_id, and first of all the first job under the second reference_id too:
+    that job has two reference_ids, that reference_id two jobs (the API allows neither)."""
+    listed = [{"id": job, "reference_id": ref, "status": "completed"} for ref, job in jobs]
+    if len(jobs) > 1:
+        listed.insert(0, {"id": jobs[0][1], "reference_id": jobs[1][0], "status": "completed"})
+    return {"id": BATCH, "jobs": listed, "next_page_token": ""}
+
+
+def nothing_then_loop(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+    """A listing that shows nothing and loops: the rows it was to settle stay uncertain."""
+    return {"id": BATCH, "jobs": [], "next_page_token": "t1"}
+
+
+def test_a_listing_that_names_a_job_for_two_reference_ids_settles_neither(tmp_path: Path) -> None:
+    """The rows are uncertain (malformed answers; the run's listing settles nothing), then `reconcile` meets a
+    listing that contradicts itself about the first two. No row records a job_id the API holds for another
+    reference_id: those two stay uncertain (exit 3), the others are settled."""
+    with HostileApi(KEY, answer=object_job_id, pages=nothing_then_loop) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 4), ledger, api))
+        assert result.exit_code == 3 and {r["status"] for r in rows(ledger).values()} == {"uncertain"}
+        api.pages = first_job_twice
+        reconciled = invoke("reconcile", "--ledger", str(ledger), "--base-url", api.base_url)
+        got = rows(ledger)
+        assert all(r["job_id"] in (None, api.jobs[k]) for k, r in got.items()), {k: r["job_id"] for k, r in got.items()}
+        refs = list(api.jobs)
+        assert {k: (r["status"], r["job_id"]) for k, r in got.items()} == {
+            **{k: ("uncertain", None) for k in refs[:2]},
+            **{k: ("succeeded", api.jobs[k]) for k in refs[2:]},
+        }
+        assert reconciled.exit_code != 0 and "two" in reconciled.output, reconciled.output
+
+
+def test_adopt_never_gives_one_job_to_two_rows(tmp_path: Path) -> None:
+    """`adopt` of the same self-contradicting listing: the first job goes to the first reference_id it is named
+    for; naming it again for another is a conflict, reported, and that row gets its own job or none."""
+    with HostileApi(KEY, pages=first_job_twice) as api:
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 3), tmp_path / "theirs.db", api)).exit_code == 0
+        ledger = tmp_path / "l.db"
+        adopted = invoke(
+            "adopt", "--project-id", "proj", "--batch-id", BATCH, "--ledger", str(ledger), "--base-url", api.base_url
+        )
+        got = rows(ledger)
+        held = [r["job_id"] for r in got.values() if r["job_id"]]
+        assert len(held) == len(set(held)), {k: r["job_id"] for k, r in got.items()}
+        assert all(r["job_id"] in (None, api.jobs[k]) for k, r in got.items())
+        assert adopted.exit_code == 3, adopted.output
+
+
+def test_found_keeps_only_what_the_listing_says_once() -> None:
+    """policy.Found, pure: a wanted reference_id named with two jobs, or whose job is named for another wanted
+    reference_id, is neither found nor missing; the same entry twice is no contradiction."""
+    found = Found({"r1", "r2", "r3", "r4"})
+    for ref, job in [("r1", "j1"), ("r1", "j1"), ("r2", "j1"), ("r3", "j3"), ("r3", "j9"), ("r3", "j3"), ("x", "j4")]:
+        found.note(ref, job)
+    found.note("r4", "j4")
+    assert dict(found) == {"r4": "j4"} and found.ambiguous == {"r1", "r2", "r3"}
+
+
+def test_named_twice_finds_the_contradictions_of_a_page() -> None:
+    page = [("r1", "j1", ""), ("r2", "j1", ""), ("r3", "j3", ""), ("r3", "j4", ""), ("r5", "j5", ""), ("r5", "j5", "")]
+    assert named_twice(page) == {"r1", "r2", "r3"}

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import job_read_problem as job_read_problem
     from uploader.api.policy import listed_jobs as listed_jobs
     from uploader.api.policy import may_have_created as may_have_created
+    from uploader.api.policy import named_twice as named_twice
     from uploader.api.policy import next_delay as next_delay
     from uploader.api.policy import retry_after_capped as retry_after_capped
     from uploader.api.policy import retry_after_seconds as retry_after_seconds
@@ -68,6 +69,7 @@ _EXPORTS = {
     "job_read_problem": "uploader.api.policy",
     "listed_jobs": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",
+    "named_twice": "uploader.api.policy",
     "next_delay": "uploader.api.policy",
     "retry_after_capped": "uploader.api.policy",
     "retry_after_seconds": "uploader.api.policy",

@@ -294,16 +294,17 @@ class ApiClient:
         Pages through the batch until the last page or until every wanted id is found; each page is one
         `read` (retried, raising FatalApiError or ApiUnreachableError as it says). Ids not in the batch
         are simply absent, and so are entries whose job id is not a non-empty string or integer
-        (policy.job_id_text). A listing that loops (policy.PageTrail) ends the search with what was found,
+        (policy.job_id_text), and ids the listing names with two jobs, or whose job it names for another id
+        (`Found.ambiguous`). A listing that loops (policy.PageTrail) ends the search with what was found,
         marked incomplete (`Found.complete`): an id it did not show may still have a job.
         """
         wanted = {str(r) for r in reference_ids}
-        found = Found()
+        found = Found(wanted)
         rng = rng or random.Random()
         where = f"batch {batch_id} of project {project_id}"
         trail = PageTrail()
         token: str | None = ""
-        while token is not None and wanted and len(found) < len(wanted):
+        while token is not None and wanted and len(found) + len(found.ambiguous) < len(wanted):
             data = await self.read(
                 partial(self.list_batch_page, project_id, batch_id, token),
                 where,
@@ -319,8 +320,8 @@ class ApiClient:
                     continue
                 ref = job.get("reference_id")
                 job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))  # str/int only, never "True"
-                if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id and str(ref) in wanted:
-                    found.setdefault(str(ref), job_id)
+                if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id:
+                    found.note(str(ref), job_id)  # a reference_id or job named twice: neither kept
             token = trail.next(data)
         found.complete, found.problem = trail.complete, trail.problem
         return found

@@ -39,6 +39,7 @@ __all__ = [
     "job_read_problem",
     "listed_jobs",
     "may_have_created",
+    "named_twice",
     "next_delay",
     "result_verdict",
     "retry_after_capped",
@@ -411,6 +412,20 @@ def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return found
 
 
+def named_twice(jobs: list[tuple[str, str, str]]) -> set[str]:
+    """The reference_ids a listing page (`listed_jobs`) contradicts itself about: named with two jobs, or their
+    job named for another reference_id too (the API allows neither): no job can be taken for them from it."""
+    job_of: dict[str, str] = {}
+    ref_of: dict[str, str] = {}
+    twice: set[str] = set()
+    for ref, job_id, _ in jobs:
+        if job_of.setdefault(ref, job_id) != job_id:
+            twice.add(ref)
+        if (other := ref_of.setdefault(job_id, ref)) != ref:
+            twice.update((ref, other))
+    return twice
+
+
 def result_verdict(status: int, content_type: str | None, first_byte: bytes) -> str | None:
     """Why a downloaded result is not one (None: it is JSON). 408, 429 and 5xx are retried by the caller."""
     if not 200 <= status < 300:
@@ -457,7 +472,28 @@ class PageTrail:
 
 class Found(dict[str, str]):
     """{reference_id: job_id} found by listing a batch (`ApiClient.find_job_ids`); `complete` is False when the
-    listing ended at a loop (`PageTrail.problem` says why): a reference_id it did not show may have a job."""
+    listing ended at a loop (`PageTrail.problem` says why): a reference_id it did not show may have a job.
+    `ambiguous`: wanted reference_ids the listing contradicts itself about (named with two jobs, or their job
+    named for another reference_id too; the API allows neither): neither found nor missing."""
 
     complete: bool = True
     problem: str | None = None
+
+    def __init__(self, wanted: set[str] | frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.ambiguous: set[str] = set()
+        self._named: dict[str, str] = {}  #: job_id -> the reference_id it was first named for (wanted ones)
+
+    def note(self, reference_id: str, job_id: str) -> None:
+        """One listed (reference_id, job_id): kept when the reference_id is wanted, unless the listing names
+        that reference_id or that job otherwise, elsewhere (then neither is kept)."""
+        if reference_id not in self.wanted and job_id not in self._named:
+            return
+        first = self._named.setdefault(job_id, reference_id)
+        twice = {r for r in (first, reference_id) if r in self.wanted} if first != reference_id else set()
+        if reference_id in self.wanted and self.setdefault(reference_id, job_id) != job_id:
+            twice.add(reference_id)
+        self.ambiguous |= twice
+        for ref in twice | ({reference_id} & self.ambiguous):
+            self.pop(ref, None)

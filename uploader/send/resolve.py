@@ -116,6 +116,12 @@ class Resolver:
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
             missing = [rid for rid, ref in rows if ref not in found]
             self.missed.update(missing)
+            missing = [rid for rid, ref in rows if ref not in found and ref not in found.ambiguous]
+            if found.ambiguous:  # a listing that contradicts itself settles none of those rows
+                self.unreachable = ApiUnreachableError(
+                    f"the listing of batch {batch_id} of project {project} names {len(found.ambiguous)} "
+                    "reference_ids with two jobs, or their job for two reference_ids: those rows stay uncertain"
+                )
             if not found.complete:  # a listing that loops says nothing of the jobs it did not show
                 self.unreachable = ApiUnreachableError(
                     f"the listing of batch {batch_id} of project {project} does not end ({found.problem}): "

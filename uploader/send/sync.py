@@ -36,7 +36,15 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, PageTrail, job_read_problem, listed_jobs
+from uploader.api import (
+    MAX_RETRY_AFTER,
+    ApiClient,
+    ApiResult,
+    PageTrail,
+    job_read_problem,
+    listed_jobs,
+    named_twice,
+)
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
@@ -460,7 +468,8 @@ async def adopt_async(
     limiter: RateLimiter | None = None,
 ) -> Adoption:
     """List each batch and record every job found (`adopt_jobs`), a page at a time, each request waiting for
-    `limiter` (--rate). Raises FatalApiError / ApiUnreachableError as `ApiClient.read`."""
+    `limiter` (--rate); a job a page names for two reference_ids, or a reference_id it names with two jobs, is
+    a conflict, recorded for neither. Raises FatalApiError / ApiUnreachableError as `ApiClient.read`."""
     total = Adoption()
     rng = random.Random(seed)
     for batch_id in batch_ids:
@@ -474,7 +483,12 @@ async def adopt_async(
                 rng=rng,
                 max_retry_after=max_retry_after,
             )
-            done = adopt_jobs(ledger.engine, project_id, batch_id, listed_jobs(data), utcnow())
+            jobs = listed_jobs(data)
+            twice = named_twice(jobs)  # a page that contradicts itself: none of those jobs is taken
+            done = adopt_jobs(ledger.engine, project_id, batch_id, [j for j in jobs if j[0] not in twice], utcnow())
+            total.conflicts += [
+                (ref, "the listing names it with two jobs, or its job for two") for ref in sorted(twice)
+            ]
             total.adopted += done.adopted
             total.added += done.added
             total.known += done.known
