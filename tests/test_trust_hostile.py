@@ -25,8 +25,11 @@ from uploader.api import (
     PageTrail,
     Verdict,
     classify,
+    job_id_text,
     job_read_problem,
+    listed_jobs,
     named_twice,
+    status_text,
 )
 from uploader.api.body import parse_envelope
 
@@ -325,3 +328,47 @@ def test_found_keeps_only_what_the_listing_says_once() -> None:
 def test_named_twice_finds_the_contradictions_of_a_page() -> None:
     page = [("r1", "j1", ""), ("r2", "j1", ""), ("r3", "j3", ""), ("r3", "j4", ""), ("r5", "j5", ""), ("r5", "j5", "")]
     assert named_twice(page) == {"r1", "r2", "r3"}
+
+
+# -- success answers the client must not take at their word ----------------------------------------------
+
+ODD_ANSWERS = {
+    "empty body": lambda ref, job: b"",
+    "utf-8 BOM": lambda ref, job: b"\xef\xbb\xbf" + json.dumps({"success": True, "data": {"job_id": job}}).encode(),
+    "NaN job_id": lambda ref, job: b'{"success": true, "data": {"job_id": NaN}}',
+    "Infinity job_id": lambda ref, job: b'{"success": true, "data": {"job_id": -Infinity}}',
+    "blank job_id": lambda ref, job: b'{"success": true, "data": {"job_id": " \\t "}}',
+    "long job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": job * 3}}).encode(),
+    "NUL in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": job + "\0"}}).encode(),
+    "escape in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": "\x1b[2J" + job}}).encode(),
+    "newline in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": job[:8] + "\n"}}).encode(),
+    "success false in a 200": lambda ref, job: b'{"success": false, "error": {"code": "XX_9"}}',
+}
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_ANSWERS))
+def test_odd_success_answers_never_put_a_job_id_in_the_ledger_the_api_did_not_give(tmp_path: Path, odd: str) -> None:
+    """The API creates every job but answers oddly. Whatever the answer, no row records a job_id other than the
+    API's, no job is created twice, and every row whose job exists ends with that job (sent again: FS_0001; or
+    looked up: the listing) — except an explicit refusal (`success: false` in a 200), which fails the row."""
+    with HostileApi(KEY, answer=ODD_ANSWERS[odd]) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api))
+        got = rows(ledger)
+        assert set(api.created.values()) == {1}
+        assert all(r["job_id"] in (None, api.jobs[k]) for k, r in got.items()), {k: r["job_id"] for k, r in got.items()}
+        if odd == "success false in a 200":
+            assert {(r["status"], r["error_code"]) for r in got.values()} == {("failed", "XX_9")}
+            return
+        assert {k: r["job_id"] for k, r in got.items()} == api.jobs
+        assert {r["status"] for r in got.values()} == {"succeeded"}
+        assert result.exit_code == 0, result.output
+
+
+def test_control_characters_make_no_job_id_and_no_status() -> None:
+    """policy.job_id_text and status_text, pure: a NUL (PostgreSQL cannot store it), an escape sequence or a
+    newline is never recorded as an id or a status word."""
+    for bad in ("j\x00", "\x1b[2Jj", "j\n", "j\x7f"):
+        assert job_id_text(bad) is None and status_text(bad) == ""
+        assert listed_jobs({"jobs": [{"id": "j", "reference_id": "r", "status": bad}]}) == [("r", "j", "")]
+    assert job_id_text("jöb-1") == "jöb-1" and status_text("in progress (QA)") == "in progress (QA)"

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import next_delay as next_delay
     from uploader.api.policy import retry_after_capped as retry_after_capped
     from uploader.api.policy import retry_after_seconds as retry_after_seconds
+    from uploader.api.policy import status_text as status_text
     from uploader.api.policy import too_many_protocol_errors as too_many_protocol_errors
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
@@ -73,6 +74,7 @@ _EXPORTS = {
     "next_delay": "uploader.api.policy",
     "retry_after_capped": "uploader.api.policy",
     "retry_after_seconds": "uploader.api.policy",
+    "status_text": "uploader.api.policy",
     "too_many_protocol_errors": "uploader.api.policy",
 }
 

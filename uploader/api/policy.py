@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -44,6 +45,7 @@ __all__ = [
     "result_verdict",
     "retry_after_capped",
     "retry_after_seconds",
+    "status_text",
     "too_many_protocol_errors",
 ]
 
@@ -99,6 +101,8 @@ JOB_ID_MAX_CHARS = 64
 #: A listing that gives this many pages in a row with no job, or with the jobs of the page before, while still
 #: naming a next page, is taken for a loop: it ends there, incomplete (`PageTrail`).
 STALE_PAGES_LIMIT = 10
+#: A control character (C0 or DEL): never part of a job_id.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Transport codes after which the request certainly never reached the API.
 _NOT_SENT_CODES = frozenset({"connect_error", "tls_error"})
 
@@ -134,7 +138,8 @@ class Decision:
 
 def job_id_text(value: Any) -> str | None:
     """A job_id as the ledger stores it, or None when `value` is not one: a non-empty string (at most
-    JOB_ID_MAX_CHARS, not blank) or an integer (not a bool). Anything else (an object, a list, a float,
+    JOB_ID_MAX_CHARS, not blank, no control character: a NUL cannot be stored in PostgreSQL, an escape
+    sequence would reach the terminal) or an integer (not a bool). Anything else (an object, a list, a float,
     `true`) is not an id, and its Python text (`"{'id': …}"`, `"True"`) must never be recorded as one."""
     if isinstance(value, bool):
         return None
@@ -144,7 +149,7 @@ def job_id_text(value: Any) -> str | None:
         text = value
     else:
         return None
-    return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS else None
+    return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS and not _CONTROL.search(text) else None
 
 
 def job_read_problem(data: dict[str, Any], job_id: str, reference_id: str | None = None) -> str | None:
@@ -263,7 +268,7 @@ def _check_job_answer(data: dict[str, Any] | None, reference_id: str | None) -> 
             Verdict.PROTOCOL,
             "bad_job_id",
             f"success answer with {_describe_job_id(data)}, not a usable job_id (a non-empty string of "
-            f"at most {JOB_ID_MAX_CHARS} characters, or an integer): the job may exist; it is looked up "
+            f"at most {JOB_ID_MAX_CHARS} printable characters, or an integer): the job may exist; it is looked up "
             "by listing its batch",
         )
     answered = data.get("reference_id")
@@ -285,6 +290,8 @@ def _describe_job_id(data: dict[str, Any]) -> str:
     if isinstance(value, bool):
         return f"job_id {str(value).lower()}"
     if isinstance(value, str):
+        if _CONTROL.search(value):
+            return "a job_id with a control character"
         return "a blank job_id" if not value.strip() else f"a job_id of {len(value)} characters"
     if isinstance(value, int):
         return f"an integer job_id of {len(str(value))} digits"
@@ -396,9 +403,16 @@ def retry_after_capped(retry_after: float | None, max_retry_after: float = MAX_R
     return retry_after is not None and retry_after > max_retry_after
 
 
+def status_text(value: Any) -> str:
+    """A platform status word as the ledger keeps it (verbatim), or "" when `value` is none: not text, or text
+    with a control character (a NUL cannot be stored in PostgreSQL, an escape sequence would reach the
+    terminal)."""
+    return value if isinstance(value, str) and not _CONTROL.search(value) else ""
+
+
 def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id
-    are skipped, a missing or non-text status is "" (status words are kept verbatim, never judged here)."""
+    are skipped, a missing or unusable status is "" (`status_text`; words are kept verbatim, never judged)."""
     jobs = data.get("jobs")
     found = []
     for job in jobs if isinstance(jobs, list) else ():
@@ -408,7 +422,7 @@ def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         ref = job.get("reference_id")
         status = job.get("status")
         if job_id and isinstance(ref, (str, int)) and not isinstance(ref, bool):
-            found.append((str(ref), job_id, status if isinstance(status, str) else ""))
+            found.append((str(ref), job_id, status_text(status)))
     return found
 
 

@@ -44,6 +44,7 @@ from uploader.api import (
     job_read_problem,
     listed_jobs,
     named_twice,
+    status_text,
 )
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
@@ -309,8 +310,8 @@ class _Sync:
         """The fallback: one job's status from GET job."""
         _, project, reference_id, job_id = row
         data = await self.read_job(project, job_id, reference_id)
-        status = data.get("status")
-        if isinstance(status, str) and status:
+        status = status_text(data.get("status"))
+        if status:
             await self.listed(project, [(job_id, status)])
 
     async def worker(self) -> None:
