@@ -23,6 +23,8 @@ CreateAnswer = Callable[[str, str], bytes]
 Pages = Callable[[list[tuple[str, str]], str], dict[str, Any]]
 #: (the job asked for, as the store holds it: {job_id, reference_id, ...}, the store) -> GET job's `data`.
 JobAnswer = Callable[[dict[str, Any], dict[str, dict[str, Any]]], dict[str, Any]]
+#: (method, path, how many requests came before) -> (status, headers, body) to answer without doing anything, or None.
+Intercept = Callable[[str, str, int], "tuple[int, dict[str, str], bytes] | None"]
 
 
 def plain_answer(ref: str, job: str) -> bytes:
@@ -50,8 +52,11 @@ class HostileApi:
         pages: Pages = one_page,
         job: JobAnswer = same_job,
         result_raw: bytes | None = None,
+        intercept: Intercept | None = None,
     ) -> None:
         self.key, self.answer, self.pages, self.job, self.result_raw = key, answer, pages, job, result_raw
+        self.intercept = intercept
+        self.seen: list[tuple[str, str, str | None]] = []  #: (method, path, x-api-key) of every request
         self.jobs: dict[str, str] = {}
         self.created: dict[str, int] = {}
         self.requests: dict[str, int] = {"create": 0, "exists": 0, "list": 0, "get": 0, "result": 0}
@@ -125,9 +130,24 @@ class HostileApi:
                     return False
                 return True
 
+            def _intercepted(self) -> bool:
+                with api.lock:
+                    count = len(api.seen)
+                    api.seen.append((self.command, self.path, self.headers.get("x-api-key")))
+                scripted = api.intercept(self.command, self.path, count) if api.intercept else None
+                if scripted is None:
+                    return False
+                status, headers, raw = scripted
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(raw)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+                return True
+
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self._authorised():
+                if self._intercepted() or not self._authorised():
                     return
                 if self.path.endswith("/jobs"):
                     self._reply(*api.create(body))
@@ -135,6 +155,8 @@ class HostileApi:
                     self._data({"batch_id": BATCH})
 
             def do_GET(self) -> None:  # noqa: N802
+                if self._intercepted():
+                    return
                 path, _, query = self.path.partition("?")
                 if path.startswith("/results/"):
                     return self._result(path.rsplit("/", 1)[1])

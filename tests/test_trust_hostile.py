@@ -372,3 +372,46 @@ def test_control_characters_make_no_job_id_and_no_status() -> None:
         assert job_id_text(bad) is None and status_text(bad) == ""
         assert listed_jobs({"jobs": [{"id": "j", "reference_id": "r", "status": bad}]}) == [("r", "j", "")]
     assert job_id_text("jöb-1") == "jöb-1" and status_text("in progress (QA)") == "in progress (QA)"
+
+
+# -- redirects and Retry-After ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_to_another_host_never_takes_the_key_and_fails_no_row(tmp_path: Path, status: int) -> None:
+    """Every request is redirected to another server. The key never reaches it (nothing follows a redirect),
+    the run stops at once naming the redirect (exit 1), no row is failed and none holds a job_id."""
+    with HostileApi(KEY) as elsewhere:
+        moved = {"Location": f"{elsewhere.base_url}/v1/projects/proj/jobs"}
+
+        def redirect(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes]:
+            return status, moved, b""
+
+        with HostileApi(KEY, intercept=redirect) as api:
+            ledger = tmp_path / "l.db"
+            result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api))
+        assert elsewhere.seen == []
+        assert result.exit_code == 1 and str(status) in result.output, result.output
+        assert {(r["status"], r["job_id"]) for r in rows(ledger).values()} == {("pending", None)}
+
+
+RETRY_AFTER = ["1000000000", "-5", "1e309", "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT", "soon"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hint", RETRY_AFTER)
+def test_absurd_retry_after_values_neither_park_the_run_nor_cost_attempts(tmp_path: Path, hint: str) -> None:
+    """The first three job POSTs are answered 429 with an absurd Retry-After (a billion seconds, negative, not
+    finite, a date long past or far ahead, a word): `--max-retry-after 1` bounds each wait, the 429s cost no
+    attempt, and every row is created once."""
+
+    def throttle(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
+        return (429, {"Retry-After": hint}, b"") if method == "POST" and path.endswith("/jobs") and count < 3 else None
+
+    with HostileApi(KEY, intercept=throttle) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 2), ledger, api, "--max-retry-after", "1"))
+        assert result.exit_code == 0, result.output
+        got = rows(ledger)
+        assert {k: r["job_id"] for k, r in got.items()} == api.jobs
+        assert {r["attempts"] for r in got.values()} == {1} and set(api.created.values()) == {1}
