@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +44,9 @@ def same_job(job: dict[str, Any], store: dict[str, dict[str, Any]]) -> dict[str,
 class HostileApi:
     """`with HostileApi(KEY, answer=..., pages=..., job=...) as api:` serves at `api.base_url`; `api.jobs` is
     {reference_id: job_id}, `api.created` the creations per reference_id (must never exceed 1). A job's result
-    is at `/results/<job_id>`, served as `result_raw` (raw HTTP bytes, the connection then closed) when set."""
+    is at `/results/<job_id>`, served as `result_raw` (raw HTTP bytes, the connection then closed) when set.
+    `intercept` answers chosen requests itself; `answer_twice` sends each creation's answer again after so many
+    seconds, on the same keep-alive connection."""
 
     def __init__(
         self,
@@ -53,9 +56,11 @@ class HostileApi:
         job: JobAnswer = same_job,
         result_raw: bytes | None = None,
         intercept: Intercept | None = None,
+        answer_twice: float | None = None,
     ) -> None:
         self.key, self.answer, self.pages, self.job, self.result_raw = key, answer, pages, job, result_raw
         self.intercept = intercept
+        self.answer_twice = answer_twice  #: seconds after which each creation's answer is sent again, unasked
         self.seen: list[tuple[str, str, str | None]] = []  #: (method, path, x-api-key) of every request
         self.jobs: dict[str, str] = {}
         self.created: dict[str, int] = {}
@@ -150,7 +155,12 @@ class HostileApi:
                 if self._intercepted() or not self._authorised():
                     return
                 if self.path.endswith("/jobs"):
-                    self._reply(*api.create(body))
+                    answer = api.create(body)
+                    self._reply(*answer)
+                    if api.answer_twice is not None:  # a server answering twice: the second answer nobody asked for
+                        self.wfile.flush()
+                        time.sleep(api.answer_twice)
+                        self._reply(*answer)
                 else:
                     self._data({"batch_id": BATCH})
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile_api import BATCH, HostileApi, one_page
+from tests.hostile_api import BATCH, HostileApi, one_page, plain_answer
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
 from uploader.api import (
@@ -415,3 +415,30 @@ def test_absurd_retry_after_values_neither_park_the_run_nor_cost_attempts(tmp_pa
         got = rows(ledger)
         assert {k: r["job_id"] for k, r in got.items()} == api.jobs
         assert {r["attempts"] for r in got.values()} == {1} and set(api.created.values()) == {1}
+
+
+# -- an answer nobody asked for --------------------------------------------------------------------------
+
+
+def no_reference_id(ref: str, job: str) -> bytes:
+    return json.dumps({"success": True, "data": {"job_id": job}}).encode()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03])
+@pytest.mark.parametrize("echo", ["reference_id", "job_id only"])
+def test_an_answer_sent_twice_is_never_taken_for_the_next_request(tmp_path: Path, echo: str, delay: float) -> None:
+    """The server sends each creation's answer a second time on the keep-alive connection, unasked (at once, or
+    30 ms later while the connection waits in the pool). HTTP/1.1 ties answers to requests by order alone, so
+    the second copy was read as the answer to the next request sent on that connection, and every later answer
+    shifted by one: with answers that name no reference_id, rows were recorded `succeeded` with the job of the
+    row before, for jobs the API never created. Every row must end with its own job, each created once."""
+    answer = plain_answer if echo == "reference_id" else no_reference_id
+    with HostileApi(KEY, answer=answer, answer_twice=delay) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 6), ledger, api, "--concurrency", "1"))
+        got = rows(ledger)
+        assert {k: (r["status"], r["job_id"]) for k, r in got.items()} == {
+            k: ("succeeded", api.jobs.get(k)) for k in got
+        }
+        assert set(api.created.values()) == {1} and len(api.created) == 6
+        assert result.exit_code == 0, result.output

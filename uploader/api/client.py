@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+from aiohttp.connector import Connection
 from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
@@ -84,6 +85,19 @@ _MESSAGES = {
 }
 
 
+class _AskedFor(aiohttp.ClientRequest):
+    """A request that refuses a pooled connection on which bytes arrived while it was idle. HTTP/1.1 ties an
+    answer to its request by order alone: an answer nobody asked for (a server or proxy answering twice) would
+    be read as this request's, and each later answer on that connection as the next one's. The request fails
+    unsent (retried on a new connection) and the connection is closed."""
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        if protocol is not None and protocol.should_close:
+            raise aiohttp.ClientConnectionError("an answer nobody asked for arrived on an idle connection")
+        return await super().send(conn)
+
+
 class _Pool:
     """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
     on first use: the direct path's `session`, also behind the httpx interface (`transport`), which the
@@ -105,7 +119,11 @@ class _Pool:
                 limit=self._concurrency, limit_per_host=0, ssl=self._ssl, keepalive_timeout=_KEEPALIVE_SECONDS
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=True
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                auto_decompress=True,
+                request_class=_AskedFor,
             )
         return self._session
 
