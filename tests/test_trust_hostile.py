@@ -442,3 +442,33 @@ def test_an_answer_sent_twice_is_never_taken_for_the_next_request(tmp_path: Path
         }
         assert set(api.created.values()) == {1} and len(api.created) == 6
         assert result.exit_code == 0, result.output
+
+
+# -- a batch id that is no id ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_id", [{"id": BATCH}, True, 7.5, " ", "b\x00"])
+def test_a_created_batch_whose_id_is_no_id_is_never_recorded_nor_sent(tmp_path: Path, batch_id: Any) -> None:
+    """Creating the run's batch is answered `success: true` with a batch_id that is an object, `true`, a float,
+    blank or holds a NUL. Its Python text (`{'id': …}`, `True`) was recorded as the batch and sent with every
+    job. No job may be sent with it, and the ledger names no such batch."""
+    answer = json.dumps({"success": True, "data": {"batch_id": batch_id}}).encode()
+
+    def batch(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
+        return (200, {"Content-Type": "application/json"}, answer) if path.endswith("/batch") else None
+
+    with HostileApi(KEY, intercept=batch) as api:
+        ledger = tmp_path / "l.db"
+        args = run_args(write_images(tmp_path / "m.csv", 2), ledger, api, "--max-attempts", "2")
+        args[args.index("--batch-id") : args.index("--batch-id") + 2] = ["--batch-name", "b1"]
+        result = invoke(*args)
+        assert api.jobs == {}
+        assert result.exit_code == 1, result.output
+        assert "cannot create batch 'b1'" in result.output and "usable batch_id" in result.output, result.output
+        con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) if ledger.exists() else None
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")} if con else set()
+        if "batches" in tables:  # nothing loaded: the batch comes first
+            assert con is not None and [r for r in con.execute("SELECT batch_id FROM batches") if r[0]] == []
+            assert {r[0] for r in con.execute("SELECT batch_id FROM jobs")} <= {None}
+        if con is not None:
+            con.close()

@@ -187,7 +187,8 @@ def classify(result: ApiResult, expect: str | None = "job_id", reference_id: str
        integer (`job_id_text`), and `data.reference_id`, when present, the `reference_id` sent (as text).
        Otherwise → PROTOCOL `bad_job_id` / `mismatched_answer`: the job may exist, but this answer cannot
        say which it is, so the row becomes uncertain and a batch listing decides.
-       Other expectations (a batch's id) without the field → RETRYABLE `bad_success_envelope`.
+       Other expectations (a batch's id) without the field, or with one that is no id (`job_id_text`: an
+       object, `true`, a float, blank, a control character) → RETRYABLE `bad_success_envelope`.
     4. `success: false` (at any status: the old API answers errors with 200): a known code decides, even
        over the status (a 5xx carrying FS_0001 still means the job exists) —
        FS_0001 → EXISTS; key/project codes → FATAL; FS_0000/FS_0008/api_error → RETRYABLE;
@@ -219,9 +220,11 @@ def _classify_success(result: ApiResult, expect: str | None, reference_id: str |
     """Rule 3 of `classify`: an envelope with `success: true`."""
     if expect == "job_id":
         return _check_job_answer(result.data, reference_id)
-    if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
-        return Decision(Verdict.SUCCEEDED, None, None)
-    return Decision(Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again")
+    if expect is None or (result.data is not None and job_id_text(result.data.get(expect)) is not None):
+        return Decision(Verdict.SUCCEEDED, None, None)  # an id as job_id_text takes one: never `True` or `{…}`
+    return Decision(
+        Verdict.RETRYABLE, "bad_success_envelope", f"success answer without a usable {expect}: sending it again"
+    )
 
 
 def _classify_refusal(result: ApiResult) -> Decision:
