@@ -472,3 +472,42 @@ def test_a_created_batch_whose_id_is_no_id_is_never_recorded_nor_sent(tmp_path: 
             assert {r[0] for r in con.execute("SELECT batch_id FROM jobs")} <= {None}
         if con is not None:
             con.close()
+
+
+# -- where a result URL points ---------------------------------------------------------------------------
+
+
+def result_at(url: str):  # type: ignore[no-untyped-def]
+    def job(job: dict[str, Any], store: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {**job, "result": url.replace("JOB", job["job_id"])}
+
+    return job
+
+
+def test_result_urls_never_get_the_key_and_never_read_local_files(tmp_path: Path) -> None:
+    """A result URL on the API's own host gets no x-api-key (a download never sends it); a `file://` URL, a
+    path or `ftp://` is not fetched: the text is the result, as given."""
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": 1}')
+    with HostileApi(KEY) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 1), ledger, api)).exit_code == 0
+        results = tmp_path / "results"
+        api.job = result_at(f"{api.base_url}/results/JOB")
+        sync = ["sync", "--ledger", str(ledger), "--base-url", api.base_url, "--results", str(results)]
+        assert invoke(*sync).exit_code == 0
+        downloads = [key for method, path, key in api.seen if path.startswith("/results/")]
+        assert downloads == [None]
+        for url in (f"file://{secret}", str(secret), f"ftp://127.0.0.1/{secret}"):
+            con = sqlite3.connect(ledger)
+            with con:
+                con.execute("UPDATE jobs SET result = NULL, result_path = NULL, result_sha256 = NULL")
+            con.close()
+            for stale in results.glob("*.json"):
+                stale.unlink()
+            api.job = result_at(url)
+            synced = invoke(*sync)
+            assert synced.exit_code == 0, synced.output
+            (row,) = rows(ledger).values()
+            assert row["result"] == json.dumps(url) and row["result_path"] is None, row
+            assert not list(results.glob("*.json"))
