@@ -32,6 +32,7 @@ from uploader.api import (
     status_text,
 )
 from uploader.api.body import parse_envelope
+from uploader.ledger.ledger import Ledger
 
 
 def rows(ledger: Path) -> dict[str, dict[str, Any]]:
@@ -511,3 +512,42 @@ def test_result_urls_never_get_the_key_and_never_read_local_files(tmp_path: Path
             (row,) = rows(ledger).values()
             assert row["result"] == json.dumps(url) and row["result_path"] is None, row
             assert not list(results.glob("*.json"))
+
+
+# -- refusals whose text a ledger cannot hold ------------------------------------------------------------
+
+ODD_REFUSALS = {
+    "long code": {"code": "E" * 300, "message": "refused"},
+    "NUL in code": {"code": "FS\x00_0003", "message": "refused"},
+    "NUL in message": {"code": "FS_0003", "message": "bad\x00data"},
+    "escape in message": {"code": "FS_0003", "message": "\x1b[31mred\x1b[0m\nsecond line"},
+}
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_REFUSALS))
+def test_a_refusal_whose_text_the_ledger_cannot_hold_still_fails_its_row(db_url: str, tmp_path: Path, odd: str) -> None:
+    """Every job POST is refused (`success: false`, HTTP 400) with an error code longer than the ledger's column,
+    or a code or message holding a NUL or an escape sequence. On PostgreSQL the write failed (a NUL cannot be
+    stored, a varchar(64) refuses 300 characters) and every run stopped there, for ever. Each row must end
+    `failed`, its code and message recorded as printable text on one line, exit 3."""
+    refusal = json.dumps({"success": False, "error": ODD_REFUSALS[odd]}).encode()
+
+    def refuse(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
+        return (400, {"Content-Type": "application/json"}, refusal) if path.endswith("/jobs") else None
+
+    with HostileApi(KEY, intercept=refuse) as api:
+        args = run_args(write_images(tmp_path / "m.csv", 1), tmp_path / "unused.db", api)
+        args[args.index("--ledger") + 1] = db_url
+        result = invoke(*args)
+        assert result.exit_code == 3, result.output
+    exported = json.loads(invoke("status", "--ledger", db_url, "--json").output)
+    assert exported["counts"]["failed"] == 1, exported
+    led = Ledger.open(db_url)
+    try:
+        got = led.export_rows()
+    finally:
+        led.close()
+    for row in got:
+        assert row["status"] == "failed" and row["error_code"], row
+        for text in (row["error_code"], row["error_message"]):
+            assert text is None or (text.isprintable() and len(row["error_code"]) <= 64), row

@@ -14,10 +14,21 @@ from typing import Any
 
 from uploader.api.policy import ApiResult
 
-__all__ = ["SNIPPET_CHARS", "one_line", "parse_envelope", "read_limited", "too_large", "truncate"]
+__all__ = [
+    "CODE_MAX_CHARS",
+    "SNIPPET_CHARS",
+    "one_line",
+    "parse_envelope",
+    "printable",
+    "read_limited",
+    "too_large",
+    "truncate",
+]
 
 #: Longest body snippet quoted in a message, and longest message built from one.
 SNIPPET_CHARS = 200
+#: Longest error code recorded (the ledger's column; the API's codes are a few characters).
+CODE_MAX_CHARS = 64
 _TAG = re.compile(r"<[^>]*>")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
 _SPACES = re.compile(r"\s+")
@@ -76,11 +87,11 @@ def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResul
         error = body.get("error")
         code = message = errors = None
         if isinstance(error, dict):
-            code = None if error.get("code") is None else str(error["code"])
-            message = None if error.get("message") is None else str(error["message"])
+            code = None if error.get("code") is None else printable(str(error["code"]))
+            message = None if error.get("message") is None else printable(str(error["message"]))
             errors = error.get("errors") if isinstance(error.get("errors"), list) else None
         elif isinstance(error, str):
-            message = error
+            message = printable(error)
         return ApiResult(status, False, data, code, message, errors, retry_after)
     code = "not_json" if 200 <= status < 300 else f"http_{status}"
     snippet = _snippet(raw)
@@ -94,6 +105,12 @@ def _snippet(raw: bytes) -> str:
     text = raw[:4096].decode("utf-8", "replace")
     text = _UNPRINTABLE.sub(" ", _TAG.sub(" ", text))
     return truncate(one_line(text), SNIPPET_CHARS)
+
+
+def printable(text: str) -> str:
+    """`text` with each control character (a NUL, an escape sequence's ESC, a newline) made a space: the API's
+    words are recorded (PostgreSQL cannot store a NUL) and shown on one line (no escape reaches a terminal)."""
+    return _UNPRINTABLE.sub(" ", text) if _UNPRINTABLE.search(text) else text
 
 
 def one_line(text: str) -> str:

@@ -38,7 +38,16 @@ from aiohttp.connector import Connection
 from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
-from uploader.api.body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
+from uploader.api.body import (
+    CODE_MAX_CHARS,
+    SNIPPET_CHARS,
+    one_line,
+    parse_envelope,
+    printable,
+    read_limited,
+    too_large,
+    truncate,
+)
 from uploader.api.endpoint import check_base_url
 from uploader.api.policy import (
     EXISTS_CODES,
@@ -448,6 +457,7 @@ class ApiClient:
         # scrubbed. `data` is left alone (never shown or stored), and so is a code policy.classify knows: it
         # is a constant, not a secret, and the verdict depends on it (a key `_` made FS_0001 unknown).
         code = result.code if result.code in _KNOWN_CODES else self._scrub(result.code)
+        code = code if code is None else truncate(code, CODE_MAX_CHARS)  # cut once the key is out: no key part
         return replace(result, code=code, message=self._scrub(result.message), errors=self._scrub(result.errors))
 
     async def _read_limited(self, headers: _RawHeaders, chunks: AsyncIterator[bytes]) -> bytes | None:
@@ -478,7 +488,7 @@ class ApiClient:
         code = _transport_code(exc)
         if code == "connect_error" and isinstance(exc, aiohttp.ClientConnectorError):
             return ApiResult(None, None, None, code, self._redact(_connect_words(exc)), None, None)
-        text = self._redact(one_line(str(exc)))
+        text = self._redact(one_line(printable(str(exc))))
         message = _MESSAGES[code]
         if code == "timeout":
             message += f" (timeout {self._timeout:g}s)"
