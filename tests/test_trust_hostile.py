@@ -343,6 +343,7 @@ ODD_ANSWERS = {
     "NUL in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": job + "\0"}}).encode(),
     "escape in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": "\x1b[2J" + job}}).encode(),
     "newline in job_id": lambda ref, job: json.dumps({"success": True, "data": {"job_id": job[:8] + "\n"}}).encode(),
+    "surrogate in job_id": lambda ref, job: b'{"success": true, "data": {"job_id": "\\ud800' + job.encode() + b'"}}',
     "success false in a 200": lambda ref, job: b'{"success": false, "error": {"code": "XX_9"}}',
 }
 
@@ -521,6 +522,7 @@ ODD_REFUSALS = {
     "NUL in code": {"code": "FS\x00_0003", "message": "refused"},
     "NUL in message": {"code": "FS_0003", "message": "bad\x00data"},
     "escape in message": {"code": "FS_0003", "message": "\x1b[31mred\x1b[0m\nsecond line"},
+    "surrogate in message": {"code": "FS_0003", "message": "bad \ud800 data"},
 }
 
 
@@ -551,3 +553,33 @@ def test_a_refusal_whose_text_the_ledger_cannot_hold_still_fails_its_row(db_url:
         assert row["status"] == "failed" and row["error_code"], row
         for text in (row["error_code"], row["error_message"]):
             assert text is None or (text.isprintable() and len(row["error_code"]) <= 64), row
+
+
+def with_odd_entries(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+    """The store's jobs, and entries whose reference_id no manifest row can have (300 characters, a NUL) or
+    whose status word is 300 characters long."""
+    listed = [{"id": job, "reference_id": ref, "status": "x" * 300} for ref, job in jobs]
+    odd = [("r" * 300, "6d0f6a4c-0000-4000-8000-000000000001"), ("r\x00", "6d0f6a4c-0000-4000-8000-000000000002")]
+    odd += [("r\ud800", "6d0f6a4c-0000-4000-8000-000000000003")]
+    listed += [{"id": job, "reference_id": ref, "status": "completed"} for ref, job in odd]
+    return {"id": BATCH, "jobs": listed, "next_page_token": ""}
+
+
+def test_adopt_and_sync_survive_listing_entries_no_row_can_hold(db_url: str, tmp_path: Path) -> None:
+    """A listing names jobs under a reference_id of 300 characters or with a NUL (PostgreSQL cannot hold either
+    in the ledger's column), and gives status words of 300 characters. `adopt` records the usable jobs and skips
+    those; `sync` records the status cut to the column."""
+    with HostileApi(KEY, pages=with_odd_entries) as api:
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 2), tmp_path / "theirs.db", api)).exit_code == 0
+        adopted = invoke(
+            "adopt", "--project-id", "proj", "--batch-id", BATCH, "--ledger", db_url, "--base-url", api.base_url
+        )
+        assert adopted.exit_code == 0, adopted.output
+        synced = invoke("sync", "--ledger", db_url, "--base-url", api.base_url)
+        assert synced.exit_code == 0, synced.output
+        led = Ledger.open(db_url)
+        try:
+            got = {r["reference_id"]: r for r in led.export_rows()}
+        finally:
+            led.close()
+        assert {k: r["job_id"] for k, r in got.items()} == api.jobs

@@ -30,7 +30,7 @@ SNIPPET_CHARS = 200
 #: Longest error code recorded (the ledger's column; the API's codes are a few characters).
 CODE_MAX_CHARS = 64
 _TAG = re.compile(r"<[^>]*>")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")  # also C1, and lone surrogates (no UTF-8)
 _SPACES = re.compile(r"\s+")
 
 
@@ -108,8 +108,9 @@ def _snippet(raw: bytes) -> str:
 
 
 def printable(text: str) -> str:
-    """`text` with each control character (a NUL, an escape sequence's ESC, a newline) made a space: the API's
-    words are recorded (PostgreSQL cannot store a NUL) and shown on one line (no escape reaches a terminal)."""
+    """`text` with each control character (a NUL, an escape sequence's ESC, a newline) or lone surrogate made a
+    space: the API's words are recorded (PostgreSQL cannot store a NUL, nor any ledger a surrogate) and shown on
+    one line (no escape reaches a terminal)."""
     return _UNPRINTABLE.sub(" ", text) if _UNPRINTABLE.search(text) else text
 
 

@@ -101,8 +101,10 @@ JOB_ID_MAX_CHARS = 64
 #: A listing that gives this many pages in a row with no job, or with the jobs of the page before, while still
 #: naming a next page, is taken for a loop: it ends there, incomplete (`PageTrail`).
 STALE_PAGES_LIMIT = 10
-#: A control character (C0 or DEL): never part of a job_id.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A control character (C0, DEL, C1) or a lone surrogate (no UTF-8 for it): never part of an id or a status word.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The longest reference_id a row can hold (the ledger's column, the manifest's limit).
+_REFERENCE_ID_MAX_CHARS = 255
 #: Transport codes after which the request certainly never reached the API.
 _NOT_SENT_CODES = frozenset({"connect_error", "tls_error"})
 
@@ -414,18 +416,18 @@ def status_text(value: Any) -> str:
 
 
 def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id
-    are skipped, a missing or unusable status is "" (`status_text`; words are kept verbatim, never judged)."""
+    """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id, or
+    with a reference_id no row can hold (blank, over 255 characters, a control character), are skipped; a
+    missing or unusable status is "" (`status_text`; words are kept verbatim, never judged)."""
     jobs = data.get("jobs")
     found = []
     for job in jobs if isinstance(jobs, list) else ():
         if not isinstance(job, dict):
             continue
         job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))
-        ref = job.get("reference_id")
-        status = job.get("status")
-        if job_id and isinstance(ref, (str, int)) and not isinstance(ref, bool):
-            found.append((str(ref), job_id, status_text(status)))
+        ref = _as_text(job.get("reference_id"))
+        if job_id and ref and ref.strip() and len(ref) <= _REFERENCE_ID_MAX_CHARS and not _CONTROL.search(ref):
+            found.append((ref, job_id, status_text(job.get("status"))))
     return found
 
 
