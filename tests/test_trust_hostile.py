@@ -523,6 +523,7 @@ ODD_REFUSALS = {
     "NUL in message": {"code": "FS_0003", "message": "bad\x00data"},
     "escape in message": {"code": "FS_0003", "message": "\x1b[31mred\x1b[0m\nsecond line"},
     "surrogate in message": {"code": "FS_0003", "message": "bad \ud800 data"},
+    "surrogate in details": {"code": "FS_0003", "message": "bad", "errors": [{"meta_data": {"fields": ["\ud800"]}}]},
 }
 
 

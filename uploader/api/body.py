@@ -89,7 +89,7 @@ def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResul
         if isinstance(error, dict):
             code = None if error.get("code") is None else printable(str(error["code"]))
             message = None if error.get("message") is None else printable(str(error["message"]))
-            errors = error.get("errors") if isinstance(error.get("errors"), list) else None
+            errors = _printable_all(error["errors"]) if isinstance(error.get("errors"), list) else None
         elif isinstance(error, str):
             message = printable(error)
         return ApiResult(status, False, data, code, message, errors, retry_after)
@@ -112,6 +112,17 @@ def printable(text: str) -> str:
     space: the API's words are recorded (PostgreSQL cannot store a NUL, nor any ledger a surrogate) and shown on
     one line (no escape reaches a terminal)."""
     return _UNPRINTABLE.sub(" ", text) if _UNPRINTABLE.search(text) else text
+
+
+def _printable_all(value: Any) -> Any:
+    """`printable` applied to every string inside a decoded JSON value (the details of a refusal, recorded)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable_all(v) for v in value]
+    if isinstance(value, dict):
+        return {printable(k): _printable_all(v) for k, v in value.items()}
+    return value
 
 
 def one_line(text: str) -> str:
