@@ -28,6 +28,16 @@ JobAnswer = Callable[[dict[str, Any], dict[str, dict[str, Any]]], dict[str, Any]
 Intercept = Callable[[str, str, int], "tuple[int, dict[str, str], bytes] | None"]
 
 
+#: How a success answer is cut short (headers after the status line, then the body as sent).
+CUTS: dict[str, Callable[[bytes], bytes]] = {
+    "status line only": lambda raw: b"",
+    "body shorter than Content-Length": lambda raw: b"Content-Length: %d\r\n\r\n%s" % (len(raw) + 50, raw),
+    "body longer than Content-Length": lambda raw: b"Content-Length: %d\r\n\r\n%s" % (len(raw) - 5, raw),
+    "chunked body cut": lambda raw: b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s" % (len(raw), raw[:-3]),
+    "no length, cut": lambda raw: b"Connection: close\r\n\r\n" + raw[:-3],
+}
+
+
 def plain_answer(ref: str, job: str) -> bytes:
     return json.dumps({"success": True, "data": {"job_id": job, "reference_id": ref, "work_flow_id": "wf"}}).encode()
 
@@ -57,10 +67,12 @@ class HostileApi:
         result_raw: bytes | None = None,
         intercept: Intercept | None = None,
         answer_twice: float | None = None,
+        cut: str | None = None,
     ) -> None:
         self.key, self.answer, self.pages, self.job, self.result_raw = key, answer, pages, job, result_raw
         self.intercept = intercept
         self.answer_twice = answer_twice  #: seconds after which each creation's answer is sent again, unasked
+        self.cut = cut  #: how a creation's success answer is cut short (CUTS), the connection then closed
         self.seen: list[tuple[str, str, str | None]] = []  #: (method, path, x-api-key) of every request
         self.jobs: dict[str, str] = {}
         self.created: dict[str, int] = {}
@@ -156,6 +168,8 @@ class HostileApi:
                     return
                 if self.path.endswith("/jobs"):
                     answer = api.create(body)
+                    if api.cut is not None and answer[0] == 200:
+                        return self._cut(answer[1])
                     self._reply(*answer)
                     if api.answer_twice is not None:  # a server answering twice: the second answer nobody asked for
                         self.wfile.flush()
@@ -185,6 +199,13 @@ class HostileApi:
                         api.requests["get"] += 1
                     return self._data(api.job(store[job_id], store))
                 self._reply(404, b'{"success": false, "error": {"code": "resource_error", "message": "no"}}')
+
+            def _cut(self, raw: bytes) -> None:
+                """The job is created; its answer is cut short as `api.cut` says, and the connection closed."""
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                self.wfile.write(head + CUTS[api.cut](raw))
+                self.wfile.flush()
+                self.close_connection = True
 
             def _result(self, job_id: str) -> None:
                 with api.lock:

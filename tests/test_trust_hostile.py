@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.hostile_api import BATCH, HostileApi, one_page, plain_answer
+from tests.hostile_api import BATCH, CUTS, HostileApi, one_page, plain_answer
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
 from uploader.api import (
@@ -584,3 +584,22 @@ def test_adopt_and_sync_survive_listing_entries_no_row_can_hold(db_url: str, tmp
         finally:
             led.close()
         assert {k: r["job_id"] for k, r in got.items()} == api.jobs
+
+
+# -- an answer cut short ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_creation_answer_cut_short_is_never_a_success_nor_a_second_job(tmp_path: Path, cut: str) -> None:
+    """The API creates each job and its answer is cut short (the connection closed after the status line, a
+    body shorter or longer than its Content-Length, a chunked body or a length-less body cut off). No row is
+    recorded from the cut answer; the row is sent again, FS_0001 follows and the listing gives each row its own
+    job, created once; none is failed."""
+    with HostileApi(KEY, cut=cut) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api))
+        got = rows(ledger)
+        assert {k: r["job_id"] for k, r in got.items()} == api.jobs
+        assert {(r["status"], r["origin"]) for r in got.values()} == {("succeeded", "recovered")}
+        assert set(api.created.values()) == {1} and api.requests["exists"] >= 3
+        assert result.exit_code == 0, result.output
