@@ -348,6 +348,7 @@ ODD_ANSWERS = {
 }
 
 
+@pytest.mark.slow  # a regression guard over many cases (the fixes have fast tests)
 @pytest.mark.parametrize("odd", sorted(ODD_ANSWERS))
 def test_odd_success_answers_never_put_a_job_id_in_the_ledger_the_api_did_not_give(tmp_path: Path, odd: str) -> None:
     """The API creates every job but answers oddly. Whatever the answer, no row records a job_id other than the
@@ -379,6 +380,7 @@ def test_control_characters_make_no_job_id_and_no_status() -> None:
 # -- redirects and Retry-After ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a regression guard over many cases (the fixes have fast tests)
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_to_another_host_never_takes_the_key_and_fails_no_row(tmp_path: Path, status: int) -> None:
     """Every request is redirected to another server. The key never reaches it (nothing follows a redirect),
@@ -486,6 +488,7 @@ def result_at(url: str):  # type: ignore[no-untyped-def]
     return job
 
 
+@pytest.mark.slow
 def test_result_urls_never_get_the_key_and_never_read_local_files(tmp_path: Path) -> None:
     """A result URL on the API's own host gets no x-api-key (a download never sends it); a `file://` URL, a
     path or `ftp://` is not fetched: the text is the result, as given."""
@@ -589,6 +592,7 @@ def test_adopt_and_sync_survive_listing_entries_no_row_can_hold(db_url: str, tmp
 # -- an answer cut short ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a regression guard over many cases (the fixes have fast tests)
 @pytest.mark.parametrize("cut", sorted(CUTS))
 def test_a_creation_answer_cut_short_is_never_a_success_nor_a_second_job(tmp_path: Path, cut: str) -> None:
     """The API creates each job and its answer is cut short (the connection closed after the status line, a
