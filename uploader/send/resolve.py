@@ -65,7 +65,8 @@ class Resolver:
         self.waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
         self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
         self.default_batches: dict[str, str] = {}
-        #: The last lookup the API did not answer (after the read's retries); its rows wait for a later round.
+        #: The last lookup the API did not answer (after the read's retries), or answered with a listing that
+        #: cannot settle its rows (it loops, or contradicts itself); those rows wait for a later round.
         self.unreachable: ApiUnreachableError | None = None
 
     async def resolve(self, final: bool) -> FatalApiError | None:
