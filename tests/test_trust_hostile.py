@@ -435,11 +435,22 @@ def test_an_answer_sent_twice_is_never_taken_for_the_next_request(tmp_path: Path
     30 ms later while the connection waits in the pool). HTTP/1.1 ties answers to requests by order alone, so
     the second copy was read as the answer to the next request sent on that connection, and every later answer
     shifted by one: with answers that name no reference_id, rows were recorded `succeeded` with the job of the
-    row before, for jobs the API never created. Every row must end with its own job, each created once."""
+    row before, for jobs the API never created. No row may hold another row's job, none is created twice, and
+    once `retry` has sent again what a listing could not find (a copy that arrives while the next request
+    still waits at the server is that request's answer as far as HTTP can tell: its row goes uncertain, and a
+    listing made before the server creates its job fails it), every row has its own job."""
     answer = plain_answer if echo == "reference_id" else no_reference_id
     with HostileApi(KEY, answer=answer, answer_twice=delay) as api:
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(write_images(tmp_path / "m.csv", 6), ledger, api, "--concurrency", "1"))
+        got = rows(ledger)
+        assert all(r["job_id"] in (None, api.jobs.get(k)) for k, r in got.items()), (got, api.jobs)
+        assert {r["status"] for r in got.values()} <= {"succeeded", "failed"}, result.output
+        assert all(r["job_id"] == api.jobs[k] for k, r in got.items() if r["status"] == "succeeded")
+        if any(r["status"] == "failed" for r in got.values()):
+            assert invoke("retry", "--all", "--ledger", str(ledger)).exit_code == 0
+            api.answer_twice = None
+            result = invoke(*run_args(None, ledger, api))
         got = rows(ledger)
         assert {k: (r["status"], r["job_id"]) for k, r in got.items()} == {
             k: ("succeeded", api.jobs.get(k)) for k in got
