@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import fake_manifest
 from tests.hostile_api import BATCH, CUTS, HostileApi, one_page, plain_answer
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
@@ -32,7 +33,10 @@ from uploader.api import (
     status_text,
 )
 from uploader.api.body import parse_envelope
-from uploader.ledger.ledger import Ledger
+from uploader.ledger.ledger import Ledger, Result
+from uploader.ledger.models import Status
+from uploader.ledger.transitions import holder_yields
+from uploader.load import load_manifest
 
 
 def rows(ledger: Path) -> dict[str, dict[str, Any]]:
@@ -618,3 +622,43 @@ def test_a_creation_answer_cut_short_is_never_a_success_nor_a_second_job(tmp_pat
         assert {(r["status"], r["origin"]) for r in got.values()} == {("succeeded", "recovered")}
         assert set(api.created.values()) == {1} and api.requests["exists"] >= 3
         assert result.exit_code == 0, result.output
+
+
+# -- a listing against an answer that was another request's ---------------------------------------------
+
+
+def test_a_job_id_from_an_answer_yields_to_the_listing(ledger: Ledger, tmp_path: Path) -> None:
+    """ref-a was recorded `succeeded` with J from a creation answer; the listing shows J under ref-b (uncertain).
+    The API's listing is the mapping reference_id → job: ref-b takes J, ref-a gives it up (uncertain, looked
+    up by its own reference_id) — before, ref-b became a conflict and ref-a kept a job that is not its own.
+    A job_id from a listing, an adoption, or one followed by sync stays (the found row is the conflict)."""
+    assert holder_yields("succeeded", "created", None)
+    assert not any(
+        holder_yields(*h)
+        for h in [("succeeded", "recovered", None), ("succeeded", "adopted", None), ("succeeded", "created", "done")]
+    )
+    assert not holder_yields("conflict", "created", None)
+    load_manifest(
+        ledger, fake_manifest(tmp_path, [("ref-a", "https://e.com/a.jpg"), ("ref-b", "https://e.com/b.jpg")]), "o"
+    )
+    owner = ledger.register_worker()
+    c = {claim.reference_id: claim for claim in ledger.claim(owner, 10, 60)}
+    ledger.record(
+        [
+            Result(
+                c["ref-a"].id,
+                c["ref-a"].lease_token,
+                Status.SUCCEEDED,
+                job_id="J",
+                origin="created",
+                may_have_created=True,
+            ),
+            Result(
+                c["ref-b"].id, c["ref-b"].lease_token, Status.UNCERTAIN, error_code="bad_job_id", may_have_created=True
+            ),
+        ]
+    )
+    done = ledger.resolve_uncertain({c["ref-b"].id: "J"})
+    assert (done.succeeded, done.conflict, done.demoted) == (1, 0, 1)
+    got = {r["reference_id"]: (r["status"], r["job_id"], r["error_code"]) for r in ledger.export_rows()}
+    assert got == {"ref-b": ("succeeded", "J", None), "ref-a": ("uncertain", None, "duplicate_job_id")}

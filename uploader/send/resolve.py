@@ -137,6 +137,10 @@ class Resolver:
             self.progress.conflict += done.conflict
             self.progress.failed += done.failed
             self.progress.uncertain -= done.total  # may go below 0: rows an earlier run left uncertain
+            if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
+                self.progress.succeeded -= done.demoted
+                self.progress.uncertain += done.demoted
+                waiting = True
         if waiting:
             self.waiting = True
         return None
