@@ -68,13 +68,18 @@ class Resolver:
         #: The last lookup the API did not answer (after the read's retries), or answered with a listing that
         #: cannot settle its rows (it loops, or contradicts itself); those rows wait for a later round.
         self.unreachable: ApiUnreachableError | None = None
+        self.demoted = 0  #: rows the last `resolve` made give up a job_id (transitions.holder_yields)
 
     async def resolve(self, final: bool) -> FatalApiError | None:
         """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
         error a read met (the run stops on it), else None."""
         async with self.lock:
             try:
-                return await self._resolve(final)
+                self.demoted = 0
+                fatal = await self._resolve(final)
+                if fatal is None and final and self.demoted:  # rows that gave up a job_id: their own lookup now
+                    fatal = await self._resolve(final)
+                return fatal
             except RunStopping:
                 self.waiting = True  # not looked up: the next run (or `reconcile`) does it
                 return None
@@ -140,6 +145,7 @@ class Resolver:
             if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
                 self.progress.succeeded -= done.demoted
                 self.progress.uncertain += done.demoted
+                self.demoted += done.demoted
                 waiting = True
         if waiting:
             self.waiting = True
