@@ -23,17 +23,23 @@ if TYPE_CHECKING:
     from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
     from uploader.api.policy import RETRYABLE_CODES as RETRYABLE_CODES
+    from uploader.api.policy import STALE_PAGES_LIMIT as STALE_PAGES_LIMIT
     from uploader.api.policy import ApiResult as ApiResult
     from uploader.api.policy import Decision as Decision
+    from uploader.api.policy import Found as Found
+    from uploader.api.policy import PageTrail as PageTrail
     from uploader.api.policy import Verdict as Verdict
     from uploader.api.policy import backoff_delay as backoff_delay
     from uploader.api.policy import classify as classify
     from uploader.api.policy import job_id_text as job_id_text
+    from uploader.api.policy import job_read_problem as job_read_problem
     from uploader.api.policy import listed_jobs as listed_jobs
     from uploader.api.policy import may_have_created as may_have_created
+    from uploader.api.policy import named_twice as named_twice
     from uploader.api.policy import next_delay as next_delay
     from uploader.api.policy import retry_after_capped as retry_after_capped
     from uploader.api.policy import retry_after_seconds as retry_after_seconds
+    from uploader.api.policy import status_text as status_text
     from uploader.api.policy import too_many_protocol_errors as too_many_protocol_errors
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
@@ -53,16 +59,22 @@ _EXPORTS = {
     "OUTAGE_CODES": "uploader.api.policy",
     "PROTOCOL_ERROR_LIMIT": "uploader.api.policy",
     "ApiResult": "uploader.api.policy",
+    "STALE_PAGES_LIMIT": "uploader.api.policy",
     "Decision": "uploader.api.policy",
+    "Found": "uploader.api.policy",
+    "PageTrail": "uploader.api.policy",
     "Verdict": "uploader.api.policy",
     "backoff_delay": "uploader.api.policy",
     "classify": "uploader.api.policy",
     "job_id_text": "uploader.api.policy",
+    "job_read_problem": "uploader.api.policy",
     "listed_jobs": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",
+    "named_twice": "uploader.api.policy",
     "next_delay": "uploader.api.policy",
     "retry_after_capped": "uploader.api.policy",
     "retry_after_seconds": "uploader.api.policy",
+    "status_text": "uploader.api.policy",
     "too_many_protocol_errors": "uploader.api.policy",
 }
 

@@ -10,15 +10,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from uploader.api.policy import ApiResult
 
-__all__ = ["SNIPPET_CHARS", "one_line", "parse_envelope", "read_limited", "too_large", "truncate"]
+__all__ = [
+    "CODE_MAX_CHARS",
+    "SNIPPET_CHARS",
+    "one_line",
+    "parse_envelope",
+    "printable",
+    "read_limited",
+    "too_large",
+    "truncate",
+]
 
 #: Longest body snippet quoted in a message, and longest message built from one.
 SNIPPET_CHARS = 200
+#: Longest error code recorded (the ledger's column; the API's codes are a few characters).
+CODE_MAX_CHARS = 64
 _TAG = re.compile(r"<[^>]*>")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")  # also C1, and lone surrogates (no UTF-8)
 _SPACES = re.compile(r"\s+")
 
 
@@ -44,10 +56,27 @@ def too_large(status: int, limit: int, retry_after: str | None) -> ApiResult:
     return ApiResult(status, None, None, "body_too_large", message, None, retry_after)
 
 
+class _KeyTwice(ValueError):
+    """A JSON object gives one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refused when it gives a key twice: `{"job_id": "a", "job_id": "b"}` says two
+    things, and json.loads would silently keep the last."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _KeyTwice
+    return obj
+
+
 def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
-    """Read the API's envelope; anything else becomes `not_json` / `http_<status>` with a body snippet."""
+    """Read the API's envelope; anything else (a body giving a key twice included: which of its values is the
+    API's word?) becomes `not_json` / `http_<status>` with a body snippet."""
+    twice = False
     try:
-        body = json.loads(raw) if raw else None
+        body = json.loads(raw, object_pairs_hook=_unique_keys) if raw else None
+    except _KeyTwice:
+        body, twice = None, True
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         body = None
     if isinstance(body, dict) and isinstance(success := body.get("success"), bool):
@@ -58,15 +87,16 @@ def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResul
         error = body.get("error")
         code = message = errors = None
         if isinstance(error, dict):
-            code = None if error.get("code") is None else str(error["code"])
-            message = None if error.get("message") is None else str(error["message"])
-            errors = error.get("errors") if isinstance(error.get("errors"), list) else None
+            code = None if error.get("code") is None else printable(str(error["code"]))
+            message = None if error.get("message") is None else printable(str(error["message"]))
+            errors = _printable_all(error["errors"]) if isinstance(error.get("errors"), list) else None
         elif isinstance(error, str):
-            message = error
+            message = printable(error)
         return ApiResult(status, False, data, code, message, errors, retry_after)
     code = "not_json" if 200 <= status < 300 else f"http_{status}"
     snippet = _snippet(raw)
-    message = f"HTTP {status}, not an API answer" + (f": {snippet}" if snippet else " (empty body)")
+    message = f"HTTP {status}, not an API answer" + (" (a key given twice)" if twice else "")
+    message += f": {snippet}" if snippet else " (empty body)"
     return ApiResult(status, None, None, code, truncate(message, SNIPPET_CHARS), None, retry_after)
 
 
@@ -75,6 +105,24 @@ def _snippet(raw: bytes) -> str:
     text = raw[:4096].decode("utf-8", "replace")
     text = _UNPRINTABLE.sub(" ", _TAG.sub(" ", text))
     return truncate(one_line(text), SNIPPET_CHARS)
+
+
+def printable(text: str) -> str:
+    """`text` with each control character (a NUL, an escape sequence's ESC, a newline) or lone surrogate made a
+    space: the API's words are recorded (PostgreSQL cannot store a NUL, nor any ledger a surrogate) and shown on
+    one line (no escape reaches a terminal)."""
+    return _UNPRINTABLE.sub(" ", text) if _UNPRINTABLE.search(text) else text
+
+
+def _printable_all(value: Any) -> Any:
+    """`printable` applied to every string inside a decoded JSON value (the details of a refusal, recorded)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable_all(v) for v in value]
+    if isinstance(value, dict):
+        return {printable(k): _printable_all(v) for k, v in value.items()}
+    return value
 
 
 def one_line(text: str) -> str:

@@ -34,10 +34,20 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+from aiohttp.connector import Connection
 from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
-from uploader.api.body import SNIPPET_CHARS, one_line, parse_envelope, read_limited, too_large, truncate
+from uploader.api.body import (
+    CODE_MAX_CHARS,
+    SNIPPET_CHARS,
+    one_line,
+    parse_envelope,
+    printable,
+    read_limited,
+    too_large,
+    truncate,
+)
 from uploader.api.endpoint import check_base_url
 from uploader.api.policy import (
     EXISTS_CODES,
@@ -46,9 +56,12 @@ from uploader.api.policy import (
     PERMANENT_CODES,
     RETRYABLE_CODES,
     ApiResult,
+    Found,
+    PageTrail,
     Verdict,
     classify,
     job_id_text,
+    job_read_problem,
     next_delay,
     result_verdict,
     retry_after_seconds,
@@ -81,6 +94,19 @@ _MESSAGES = {
 }
 
 
+class _AskedFor(aiohttp.ClientRequest):
+    """A request that refuses a pooled connection on which bytes arrived while it was idle. HTTP/1.1 ties an
+    answer to its request by order alone: an answer nobody asked for (a server or proxy answering twice) would
+    be read as this request's, and each later answer on that connection as the next one's. The request fails
+    unsent (retried on a new connection) and the connection is closed."""
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        if protocol is not None and protocol.should_close:
+            raise aiohttp.ClientConnectionError("an answer nobody asked for arrived on an idle connection")
+        return await super().send(conn)
+
+
 class _Pool:
     """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
     on first use: the direct path's `session`, also behind the httpx interface (`transport`), which the
@@ -102,7 +128,11 @@ class _Pool:
                 limit=self._concurrency, limit_per_host=0, ssl=self._ssl, keepalive_timeout=_KEEPALIVE_SECONDS
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=True
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                auto_decompress=True,
+                request_class=_AskedFor,
             )
         return self._session
 
@@ -268,7 +298,12 @@ class ApiClient:
             sleep=sleep,
             max_retry_after=max_retry_after,
         )
-        return str(data["batch_id"])
+        problem = job_read_problem(data, job_id)
+        batch_id = data["batch_id"]
+        if problem is not None or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
+            what = problem or "a batch_id that is not text"
+            raise ApiUnreachableError(f"the API answered the read of job {job_id} of project {project_id} with {what}")
+        return str(batch_id)
 
     async def find_job_ids(
         self,
@@ -280,22 +315,23 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
-    ) -> dict[str, str]:
+    ) -> Found:
         """{reference_id: job_id} for the wanted reference_ids found in the batch (FS_0001 recovery).
 
         Pages through the batch until the last page or until every wanted id is found; each page is one
         `read` (retried, raising FatalApiError or ApiUnreachableError as it says). Ids not in the batch
         are simply absent, and so are entries whose job id is not a non-empty string or integer
-        (policy.job_id_text). A page token the server already gave (a paging loop) ends the search with what
-        was found.
+        (policy.job_id_text), and ids the listing names with two jobs, or whose job it names for another id
+        (`Found.ambiguous`). A listing that loops (policy.PageTrail) ends the search with what was found,
+        marked incomplete (`Found.complete`): an id it did not show may still have a job.
         """
         wanted = {str(r) for r in reference_ids}
-        found: dict[str, str] = {}
+        found = Found(wanted)
         rng = rng or random.Random()
         where = f"batch {batch_id} of project {project_id}"
-        token = ""
-        seen = {token}
-        while wanted and len(found) < len(wanted):
+        trail = PageTrail()
+        token: str | None = ""
+        while token is not None and wanted and len(found) + len(found.ambiguous) < len(wanted):
             data = await self.read(
                 partial(self.list_batch_page, project_id, batch_id, token),
                 where,
@@ -311,13 +347,10 @@ class ApiClient:
                     continue
                 ref = job.get("reference_id")
                 job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))  # str/int only, never "True"
-                if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id and str(ref) in wanted:
-                    found.setdefault(str(ref), job_id)
-            next_token = data.get("next_page_token")
-            token = str(next_token) if next_token else ""
-            if not token or token in seen:
-                break
-            seen.add(token)
+                if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id:
+                    found.note(str(ref), job_id)  # a reference_id or job named twice: neither kept
+            token = trail.next(data)
+        found.complete, found.problem = trail.complete, trail.problem
         return found
 
     async def read(
@@ -424,6 +457,7 @@ class ApiClient:
         # scrubbed. `data` is left alone (never shown or stored), and so is a code policy.classify knows: it
         # is a constant, not a secret, and the verdict depends on it (a key `_` made FS_0001 unknown).
         code = result.code if result.code in _KNOWN_CODES else self._scrub(result.code)
+        code = code if code is None else truncate(code, CODE_MAX_CHARS)  # cut once the key is out: no key part
         return replace(result, code=code, message=self._scrub(result.message), errors=self._scrub(result.errors))
 
     async def _read_limited(self, headers: _RawHeaders, chunks: AsyncIterator[bytes]) -> bytes | None:
@@ -454,7 +488,7 @@ class ApiClient:
         code = _transport_code(exc)
         if code == "connect_error" and isinstance(exc, aiohttp.ClientConnectorError):
             return ApiResult(None, None, None, code, self._redact(_connect_words(exc)), None, None)
-        text = self._redact(one_line(str(exc)))
+        text = self._redact(one_line(printable(str(exc))))
         message = _MESSAGES[code]
         if code == "timeout":
             message += f" (timeout {self._timeout:g}s)"
@@ -503,7 +537,28 @@ async def _take_result(
     if not first:
         return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
     sink.flush()
+    if _ends_at_close(headers) and not _whole_json(sink):
+        return _refused("bad_result", "the result ends before its JSON does (cut short: no length, connection closed)")
     return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
+
+
+def _ends_at_close(headers: _RawHeaders) -> bool:
+    """Whether a body's end is only the connection's (no Content-Length, not chunked): a connection lost midway
+    then looks like the end, and nothing but the body itself can tell."""
+    coding = _raw_header(headers, b"transfer-encoding") or ""
+    return _raw_header(headers, b"content-length") is None and "chunked" not in coding.lower()
+
+
+def _whole_json(sink: BinaryIO) -> bool:
+    """Whether `sink` holds one whole JSON document (a strict prefix of a JSON object or array never is one)."""
+    sink.seek(0)
+    try:
+        json.load(sink)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    finally:
+        sink.seek(0, os.SEEK_END)
+    return True
 
 
 def _refused(code: str, message: str) -> ApiResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -26,19 +27,25 @@ __all__ = [
     "PROTOCOL_CODES",
     "PROTOCOL_ERROR_LIMIT",
     "RETRYABLE_CODES",
+    "STALE_PAGES_LIMIT",
     "TRANSPORT_CODES",
     "ApiResult",
     "Decision",
+    "Found",
+    "PageTrail",
     "Verdict",
     "backoff_delay",
     "classify",
     "job_id_text",
+    "job_read_problem",
     "listed_jobs",
     "may_have_created",
+    "named_twice",
     "next_delay",
     "result_verdict",
     "retry_after_capped",
     "retry_after_seconds",
+    "status_text",
     "too_many_protocol_errors",
 ]
 
@@ -91,6 +98,13 @@ PROTOCOL_CODES = frozenset({"bad_job_id", "mismatched_answer", "duplicate_job_id
 PROTOCOL_ERROR_LIMIT = 10
 #: The longest job_id accepted (the ledger's column; real ones are 36-character UUIDs).
 JOB_ID_MAX_CHARS = 64
+#: A listing that gives this many pages in a row with no job, or with the jobs of the page before, while still
+#: naming a next page, is taken for a loop: it ends there, incomplete (`PageTrail`).
+STALE_PAGES_LIMIT = 10
+#: A control character (C0, DEL, C1) or a lone surrogate (no UTF-8 for it): never part of an id or a status word.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The longest reference_id a row can hold (the ledger's column, the manifest's limit).
+_REFERENCE_ID_MAX_CHARS = 255
 #: Transport codes after which the request certainly never reached the API.
 _NOT_SENT_CODES = frozenset({"connect_error", "tls_error"})
 
@@ -126,7 +140,8 @@ class Decision:
 
 def job_id_text(value: Any) -> str | None:
     """A job_id as the ledger stores it, or None when `value` is not one: a non-empty string (at most
-    JOB_ID_MAX_CHARS, not blank) or an integer (not a bool). Anything else (an object, a list, a float,
+    JOB_ID_MAX_CHARS, not blank, no control character: a NUL cannot be stored in PostgreSQL, an escape
+    sequence would reach the terminal) or an integer (not a bool). Anything else (an object, a list, a float,
     `true`) is not an id, and its Python text (`"{'id': …}"`, `"True"`) must never be recorded as one."""
     if isinstance(value, bool):
         return None
@@ -136,7 +151,21 @@ def job_id_text(value: Any) -> str | None:
         text = value
     else:
         return None
-    return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS else None
+    return text if text.strip() and len(text) <= JOB_ID_MAX_CHARS and not _CONTROL.search(text) else None
+
+
+def job_read_problem(data: dict[str, Any], job_id: str, reference_id: str | None = None) -> str | None:
+    """Why a GET job answer is not the job asked for (None: nothing in it says so): the job_id it names (`job_id`
+    or `id`), when it names one, is another or no usable id; the reference_id it names, when it names one and
+    `reference_id` is known, is another. Its status or result must then be recorded for no row. The words never
+    echo the server's values."""
+    for key in ("job_id", "id"):
+        if data.get(key) is not None and job_id_text(data[key]) != job_id:
+            return f"another job (its {key} is not {job_id!r})"
+    answered = data.get("reference_id")
+    if reference_id is not None and answered is not None and _as_text(answered) != reference_id:
+        return f"another job (its reference_id is not {reference_id!r})"
+    return None
 
 
 def _as_text(value: Any) -> str | None:
@@ -160,7 +189,8 @@ def classify(result: ApiResult, expect: str | None = "job_id", reference_id: str
        integer (`job_id_text`), and `data.reference_id`, when present, the `reference_id` sent (as text).
        Otherwise → PROTOCOL `bad_job_id` / `mismatched_answer`: the job may exist, but this answer cannot
        say which it is, so the row becomes uncertain and a batch listing decides.
-       Other expectations (a batch's id) without the field → RETRYABLE `bad_success_envelope`.
+       Other expectations (a batch's id) without the field, or with one that is no id (`job_id_text`: an
+       object, `true`, a float, blank, a control character) → RETRYABLE `bad_success_envelope`.
     4. `success: false` (at any status: the old API answers errors with 200): a known code decides, even
        over the status (a 5xx carrying FS_0001 still means the job exists) —
        FS_0001 → EXISTS; key/project codes → FATAL; FS_0000/FS_0008/api_error → RETRYABLE;
@@ -192,9 +222,11 @@ def _classify_success(result: ApiResult, expect: str | None, reference_id: str |
     """Rule 3 of `classify`: an envelope with `success: true`."""
     if expect == "job_id":
         return _check_job_answer(result.data, reference_id)
-    if expect is None or (result.data is not None and result.data.get(expect) not in (None, "")):
-        return Decision(Verdict.SUCCEEDED, None, None)
-    return Decision(Verdict.RETRYABLE, "bad_success_envelope", f"success answer without {expect}: sending it again")
+    if expect is None or (result.data is not None and job_id_text(result.data.get(expect)) is not None):
+        return Decision(Verdict.SUCCEEDED, None, None)  # an id as job_id_text takes one: never `True` or `{…}`
+    return Decision(
+        Verdict.RETRYABLE, "bad_success_envelope", f"success answer without a usable {expect}: sending it again"
+    )
 
 
 def _classify_refusal(result: ApiResult) -> Decision:
@@ -241,7 +273,7 @@ def _check_job_answer(data: dict[str, Any] | None, reference_id: str | None) -> 
             Verdict.PROTOCOL,
             "bad_job_id",
             f"success answer with {_describe_job_id(data)}, not a usable job_id (a non-empty string of "
-            f"at most {JOB_ID_MAX_CHARS} characters, or an integer): the job may exist; it is looked up "
+            f"at most {JOB_ID_MAX_CHARS} printable characters, or an integer): the job may exist; it is looked up "
             "by listing its batch",
         )
     answered = data.get("reference_id")
@@ -263,6 +295,8 @@ def _describe_job_id(data: dict[str, Any]) -> str:
     if isinstance(value, bool):
         return f"job_id {str(value).lower()}"
     if isinstance(value, str):
+        if _CONTROL.search(value):
+            return "a job_id with a control character"
         return "a blank job_id" if not value.strip() else f"a job_id of {len(value)} characters"
     if isinstance(value, int):
         return f"an integer job_id of {len(str(value))} digits"
@@ -374,20 +408,41 @@ def retry_after_capped(retry_after: float | None, max_retry_after: float = MAX_R
     return retry_after is not None and retry_after > max_retry_after
 
 
+def status_text(value: Any) -> str:
+    """A platform status word as the ledger keeps it (verbatim), or "" when `value` is none: not text, or text
+    with a control character (a NUL cannot be stored in PostgreSQL, an escape sequence would reach the
+    terminal)."""
+    return value if isinstance(value, str) and not _CONTROL.search(value) else ""
+
+
 def listed_jobs(data: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id
-    are skipped, a missing or non-text status is "" (status words are kept verbatim, never judged here)."""
+    """(reference_id, job_id, status) of each job of a batch listing page; entries without a usable job id, or
+    with a reference_id no row can hold (blank, over 255 characters, a control character), are skipped; a
+    missing or unusable status is "" (`status_text`; words are kept verbatim, never judged)."""
     jobs = data.get("jobs")
     found = []
     for job in jobs if isinstance(jobs, list) else ():
         if not isinstance(job, dict):
             continue
         job_id = job_id_text(job.get("id")) or job_id_text(job.get("job_id"))
-        ref = job.get("reference_id")
-        status = job.get("status")
-        if job_id and isinstance(ref, (str, int)) and not isinstance(ref, bool):
-            found.append((str(ref), job_id, status if isinstance(status, str) else ""))
+        ref = _as_text(job.get("reference_id"))
+        if job_id and ref and ref.strip() and len(ref) <= _REFERENCE_ID_MAX_CHARS and not _CONTROL.search(ref):
+            found.append((ref, job_id, status_text(job.get("status"))))
     return found
+
+
+def named_twice(jobs: list[tuple[str, str, str]]) -> set[str]:
+    """The reference_ids a listing page (`listed_jobs`) contradicts itself about: named with two jobs, or their
+    job named for another reference_id too (the API allows neither): no job can be taken for them from it."""
+    job_of: dict[str, str] = {}
+    ref_of: dict[str, str] = {}
+    twice: set[str] = set()
+    for ref, job_id, _ in jobs:
+        if job_of.setdefault(ref, job_id) != job_id:
+            twice.add(ref)
+        if (other := ref_of.setdefault(job_id, ref)) != ref:
+            twice.update((ref, other))
+    return twice
 
 
 def result_verdict(status: int, content_type: str | None, first_byte: bytes) -> str | None:
@@ -400,3 +455,64 @@ def result_verdict(status: int, content_type: str | None, first_byte: bytes) -> 
     if first_byte not in (b"{", b"["):
         return "not JSON"
     return None
+
+
+class PageTrail:
+    """Where one batch listing goes next, and whether it ended complete. `next(data)` gives the next page's token,
+    or None when the listing is over: at its last page (no token), or at a loop, which no later page can end —
+    a token given before, or STALE_PAGES_LIMIT pages in a row with no job or the jobs of the page before.
+    `complete` then says False and `problem` why: a job such a listing did not show may still exist."""
+
+    def __init__(self) -> None:
+        self._tokens = {""}
+        self._stale = 0
+        self._last: Any = None
+        self.complete = True
+        self.problem: str | None = None
+
+    def next(self, data: dict[str, Any]) -> str | None:
+        raw = data.get("next_page_token")
+        token = str(raw) if raw else ""
+        jobs = data.get("jobs")
+        stale = not (isinstance(jobs, list) and jobs) or jobs == self._last
+        self._stale, self._last = (self._stale + 1 if stale else 0), jobs
+        if not token:
+            return None
+        if token in self._tokens:
+            self.problem = f"it gave the page token {token[:40]!r} a second time"
+        elif self._stale >= STALE_PAGES_LIMIT:
+            self.problem = f"{STALE_PAGES_LIMIT} pages in a row showed no new job, each naming another page"
+        if self.problem is not None:
+            self.complete = False
+            return None
+        self._tokens.add(token)
+        return token
+
+
+class Found(dict[str, str]):
+    """{reference_id: job_id} found by listing a batch (`ApiClient.find_job_ids`); `complete` is False when the
+    listing ended at a loop (`PageTrail.problem` says why): a reference_id it did not show may have a job.
+    `ambiguous`: wanted reference_ids the listing contradicts itself about (named with two jobs, or their job
+    named for another reference_id too; the API allows neither): neither found nor missing."""
+
+    complete: bool = True
+    problem: str | None = None
+
+    def __init__(self, wanted: set[str] | frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.ambiguous: set[str] = set()
+        self._named: dict[str, str] = {}  #: job_id -> the reference_id it was first named for (wanted ones)
+
+    def note(self, reference_id: str, job_id: str) -> None:
+        """One listed (reference_id, job_id): kept when the reference_id is wanted, unless the listing names
+        that reference_id or that job otherwise, elsewhere (then neither is kept)."""
+        if reference_id not in self.wanted and job_id not in self._named:
+            return
+        first = self._named.setdefault(job_id, reference_id)
+        twice = {r for r in (first, reference_id) if r in self.wanted} if first != reference_id else set()
+        if reference_id in self.wanted and self.setdefault(reference_id, job_id) != job_id:
+            twice.add(reference_id)
+        self.ambiguous |= twice
+        for ref in twice | ({reference_id} & self.ambiguous):
+            self.pop(ref, None)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from uploader.errors import LedgerError
 from uploader.ledger.engine import (
@@ -61,7 +61,7 @@ from uploader.ledger.engine import (
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.models import Status
 from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
-from uploader.ledger.transitions import settle_found, settle_missing
+from uploader.ledger.transitions import holder_yields, settle_found, settle_missing
 
 __all__ = [
     "CLAIM_LOG_ENV",
@@ -119,6 +119,8 @@ class Resolution:
     succeeded: int = 0  #: found, a clean recovery
     conflict: int = 0  #: found, but the job may hold other data (or its job_id is another row's)
     failed: int = 0  #: not found by a complete listing after an attempt that may have reached the API
+    #: succeeded rows that gave up a job_id the listing shows under another reference_id (now uncertain)
+    demoted: int = 0
 
     @property
     def total(self) -> int:
@@ -626,7 +628,7 @@ class Ledger(LedgerQueries):
         find (policy.settle_missing): `failed` when not refused with FS_0001 (nothing was created, so `retry`
         may send them again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger
         never sent; other FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
-        succeeded = conflict = failed = 0
+        succeeded = conflict = failed = demoted = 0
         now = utcnow()
         with write_tx(self.engine) as conn:
             for rid, job_id in found.items():
@@ -636,17 +638,17 @@ class Ledger(LedgerQueries):
                 ).first()
                 if row is None:
                     continue
-                held = (
-                    conn.execute(
-                        text(
-                            f"SELECT 1 FROM jobs WHERE job_id = :j AND id <> :id "
-                            f"AND status IN ('{_SUCCEEDED}', '{_CONFLICT}') LIMIT 1"
-                        ),
-                        {"j": job_id, "id": rid},
-                    ).first()
-                    is not None
-                )
-                settled = settle_found(row[0], row[1], held)
+                holder = conn.execute(
+                    text(
+                        "SELECT id, status, origin, platform_status FROM jobs WHERE job_id = :j AND id <> :id "
+                        f"AND status IN ('{_SUCCEEDED}', '{_CONFLICT}') LIMIT 1"
+                    ),
+                    {"j": job_id, "id": rid},
+                ).first()
+                if holder is not None and holder_yields(holder[1], holder[2], holder[3]):
+                    demoted += _give_up_job(conn, holder[0], now)
+                    holder = None
+                settled = settle_found(row[0], row[1], holder is not None)
                 conn.execute(
                     text(
                         "UPDATE jobs SET status = :s, job_id = :j, recovered = true, origin = :o, error_code = :c, "
@@ -695,7 +697,7 @@ class Ledger(LedgerQueries):
                         ),
                         {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
-        return Resolution(succeeded, conflict, failed)
+        return Resolution(succeeded, conflict, failed, demoted)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows)."""
@@ -715,6 +717,23 @@ class Ledger(LedgerQueries):
                 ),
                 params,
             ).rowcount
+
+
+def _give_up_job(conn: Connection, row_id: int, now: dt.datetime) -> int:
+    """A succeeded row gives up its job_id (transitions.holder_yields): uncertain, to be looked up by its own
+    reference_id. Returns 1 when it did."""
+    return conn.execute(
+        text(
+            f"UPDATE jobs SET status = '{_UNCERTAIN}', job_id = NULL, error_code = 'duplicate_job_id', "
+            "error_message = :m, updated_at = :t "
+            f"WHERE id = :id AND status = '{_SUCCEEDED}'"
+        ),
+        {
+            "m": "the batch listing shows its job_id under another reference_id: looked up by its own",
+            "t": now,
+            "id": row_id,
+        },
+    ).rowcount
 
 
 def _claim_sql(dialect: str, select: str) -> str:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, text
+from sqlalchemy import Connection, Engine, bindparam, event, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
@@ -302,7 +302,7 @@ def adopt_jobs(
     """Record jobs (reference_id, job_id, status) found in a batch: a row with that reference_id and no job_id
     becomes succeeded with it (origin `adopted`, never sent by us); a job with no row gets a row of its own
     with no payload (never sent); a row holding another job_id, or being sent, is a conflict and is left as
-    it is."""
+    it is, and so is a job whose job_id a row of another reference_id holds."""
     done = Adoption()
     with write_tx(engine) as conn:
         for reference_id, job_id, status in jobs:
@@ -318,7 +318,10 @@ def adopt_jobs(
                 "t": now,
                 "s": status[:STATUS_CHARS] or None,
             }
-            if row is None:
+            holder = None if row is not None and row[2] == job_id else _holder(conn, project_id, reference_id, job_id)
+            if holder is not None:  # one job is never two rows' (the listing names it for two reference_ids)
+                done.conflicts.append((reference_id, f"its job_id {job_id} is recorded for {holder!r}"))
+            elif row is None:
                 conn.execute(
                     text(
                         "INSERT INTO jobs (project_id, reference_id, work_flow_id, batch_id, body, body_hash, status, "
@@ -345,3 +348,12 @@ def adopt_jobs(
             else:
                 done.conflicts.append((reference_id, f"{row[1]} with job_id {row[2]}" if row[2] else str(row[1])))
     return done
+
+
+def _holder(conn: Connection, project_id: str, reference_id: str, job_id: str) -> str | None:
+    """The reference_id of another row of the project that holds `job_id`, if any."""
+    row = conn.execute(
+        text("SELECT reference_id FROM jobs WHERE project_id = :p AND job_id = :j AND reference_id <> :r LIMIT 1"),
+        {"p": project_id, "j": job_id, "r": reference_id},
+    ).first()
+    return None if row is None else str(row[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EXISTS_CODES", "Settlement", "settle_found", "settle_missing"]
+__all__ = ["EXISTS_CODES", "Settlement", "holder_yields", "settle_found", "settle_missing"]
 
 #: The API's error code for "this reference_id already exists in the project" (the same set as
 #: uploader.api's EXISTS_CODES; the ledger knows no API, so tests/test_transitions.py checks they agree).
@@ -94,3 +94,12 @@ def settle_missing(error_code: str | None, sent_hashes: str | None) -> Settlemen
             "says",
         )
     return None
+
+
+def holder_yields(status: str, origin: str | None, platform_status: str | None) -> bool:
+    """Whether a row holding the job_id a listing shows under another reference_id gives it up (goes uncertain,
+    to be looked up by its own reference_id) rather than make the row found a `conflict`: only a `succeeded` row
+    whose job_id came from a creation answer (origin `created`: HTTP/1.1 ties answers to requests by order
+    alone, and a server answering twice hands one request another's answer) that no sync has followed yet.
+    A job_id from a listing or an adoption, or one whose status has been followed since, stays."""
+    return status == "succeeded" and origin == "created" and platform_status is None

@@ -65,15 +65,21 @@ class Resolver:
         self.waiting = False  #: uncertain rows may wait for a lookup (set on each FS_0001)
         self.missed: set[int] = set()  #: uncertain rows a full listing did not find: not searched again
         self.default_batches: dict[str, str] = {}
-        #: The last lookup the API did not answer (after the read's retries); its rows wait for a later round.
+        #: The last lookup the API did not answer (after the read's retries), or answered with a listing that
+        #: cannot settle its rows (it loops, or contradicts itself); those rows wait for a later round.
         self.unreachable: ApiUnreachableError | None = None
+        self.demoted = 0  #: rows the last `resolve` made give up a job_id (transitions.holder_yields)
 
     async def resolve(self, final: bool) -> FatalApiError | None:
         """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
         error a read met (the run stops on it), else None."""
         async with self.lock:
             try:
-                return await self._resolve(final)
+                self.demoted = 0
+                fatal = await self._resolve(final)
+                if fatal is None and final and self.demoted:  # rows that gave up a job_id: their own lookup now
+                    fatal = await self._resolve(final)
+                return fatal
             except RunStopping:
                 self.waiting = True  # not looked up: the next run (or `reconcile`) does it
                 return None
@@ -116,6 +122,18 @@ class Resolver:
             hits = {rid: found[ref] for rid, ref in rows if ref in found}
             missing = [rid for rid, ref in rows if ref not in found]
             self.missed.update(missing)
+            missing = [rid for rid, ref in rows if ref not in found and ref not in found.ambiguous]
+            if found.ambiguous:  # a listing that contradicts itself settles none of those rows
+                self.unreachable = ApiUnreachableError(
+                    f"the listing of batch {batch_id} of project {project} names {len(found.ambiguous)} "
+                    "reference_ids with two jobs, or their job for two reference_ids: those rows stay uncertain"
+                )
+            if not found.complete:  # a listing that loops says nothing of the jobs it did not show
+                self.unreachable = ApiUnreachableError(
+                    f"the listing of batch {batch_id} of project {project} does not end ({found.problem}): "
+                    "the rows it did not show stay uncertain"
+                )
+                missing = []
             # A listing that ended normally is complete: a row it did not find was not created (unless the
             # API said FS_0001); the ledger fails it, keeping FS_0001 rows uncertain.
             done = self.ledger.resolve_uncertain(hits, missing)
@@ -124,6 +142,11 @@ class Resolver:
             self.progress.conflict += done.conflict
             self.progress.failed += done.failed
             self.progress.uncertain -= done.total  # may go below 0: rows an earlier run left uncertain
+            if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
+                self.progress.succeeded -= done.demoted
+                self.progress.uncertain += done.demoted
+                self.demoted += done.demoted
+                waiting = True
         if waiting:
             self.waiting = True
         return None

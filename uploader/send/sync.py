@@ -39,7 +39,16 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from uploader.api import MAX_RETRY_AFTER, ApiClient, ApiResult, listed_jobs
+from uploader.api import (
+    MAX_RETRY_AFTER,
+    ApiClient,
+    ApiResult,
+    PageTrail,
+    job_read_problem,
+    listed_jobs,
+    named_twice,
+    status_text,
+)
 from uploader.errors import ApiUnreachableError
 from uploader.ledger import (
     Adoption,
@@ -275,10 +284,11 @@ class _Sync:
             await self.queue.put(None)
 
     async def list_batch(self, project: str, batch_id: str) -> None:
-        """Page through one batch, recording each page's statuses."""
-        token = ""
-        tokens = {token}
-        while True:
+        """Page through one batch, recording each page's statuses; a listing that loops ends (policy.PageTrail),
+        and the jobs it did not show are read on their own."""
+        trail = PageTrail()
+        token: str | None = ""
+        while token is not None:
             data = await self.read(
                 partial(self.client.list_batch_page, project, batch_id, token),
                 f"batch {batch_id} of project {project}",
@@ -286,11 +296,7 @@ class _Sync:
             )
             self.report.pages += 1
             await self.listed(project, [(job_id, status) for _, job_id, status in listed_jobs(data) if status])
-            nxt = data.get("next_page_token")
-            token = str(nxt) if nxt else ""
-            if not token or token in tokens:
-                return
-            tokens.add(token)
+            token = trail.next(data)
 
     async def listed(self, project: str, jobs: list[tuple[str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
@@ -343,16 +349,28 @@ class _Sync:
         known = self.ledger.known_job_in_default_batch(project)
         if known is None:
             return None
-        data = await self.read(partial(self.client.get_job, project, known), f"job {known}", "batch_id")
-        return str(data["batch_id"])
+        data = await self.read_job(project, known)
+        batch_id = data.get("batch_id")
+        if batch_id in (None, "") or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
+            raise ApiUnreachableError(f"the API answered the read of job {known} with no usable batch_id")
+        return str(batch_id)
+
+    async def read_job(self, project: str, job_id: str, reference_id: str | None = None) -> dict[str, Any]:
+        """GET job's data; ApiUnreachableError when the answer is another job's (policy.job_read_problem): its
+        status or result is then recorded for no row."""
+        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
+        self.report.job_reads += 1
+        problem = job_read_problem(data, job_id, reference_id)
+        if problem is not None:
+            raise ApiUnreachableError(f"the API answered the read of job {job_id} with {problem}: nothing recorded")
+        return data
 
     async def read_one(self, row: TrackedRow) -> None:
         """The fallback: one job's status from GET job."""
-        _, project, _, job_id = row
-        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
-        self.report.job_reads += 1
-        status = data.get("status")
-        if isinstance(status, str) and status:
+        _, project, reference_id, job_id = row
+        data = await self.read_job(project, job_id, reference_id)
+        status = status_text(data.get("status"))
+        if status:
             await self.listed(project, [(job_id, status)])
 
     async def worker(self) -> None:
@@ -440,8 +458,7 @@ class _Sync:
         """One job's result: its URL downloaded (to its file, with the download to write there unless the file
         is already whole), or the result given inline."""
         row_id, project, reference_id, job_id = row
-        data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
-        self.report.job_reads += 1
+        data = await self.read_job(project, job_id, reference_id)
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             path, sha256, held = await self.download(value, reference_id, job_id)
@@ -563,13 +580,14 @@ async def adopt_async(
     limiter: RateLimiter | None = None,
 ) -> Adoption:
     """List each batch and record every job found (`adopt_jobs`), a page at a time, each request waiting for
-    `limiter` (--rate). Raises FatalApiError / ApiUnreachableError as `ApiClient.read`."""
+    `limiter` (--rate); a job a page names for two reference_ids, or a reference_id it names with two jobs, is
+    a conflict, recorded for neither. Raises FatalApiError / ApiUnreachableError as `ApiClient.read`."""
     total = Adoption()
     rng = random.Random(seed)
     for batch_id in batch_ids:
-        token = ""
-        tokens = {token}
-        while True:
+        trail = PageTrail()  # a listing that loops ends there
+        token: str | None = ""
+        while token is not None:
             data = await client.read(
                 _paced(limiter, partial(client.list_batch_page, project_id, batch_id, token)),
                 f"batch {batch_id} of project {project_id}",
@@ -577,16 +595,17 @@ async def adopt_async(
                 rng=rng,
                 max_retry_after=max_retry_after,
             )
-            done = adopt_jobs(ledger.engine, project_id, batch_id, listed_jobs(data), utcnow())
+            jobs = listed_jobs(data)
+            twice = named_twice(jobs)  # a page that contradicts itself: none of those jobs is taken
+            done = adopt_jobs(ledger.engine, project_id, batch_id, [j for j in jobs if j[0] not in twice], utcnow())
+            total.conflicts += [
+                (ref, "the listing names it with two jobs, or its job for two") for ref in sorted(twice)
+            ]
             total.adopted += done.adopted
             total.added += done.added
             total.known += done.known
             total.conflicts += done.conflicts
-            nxt = data.get("next_page_token")
-            token = str(nxt) if nxt else ""
-            if not token or token in tokens:
-                break
-            tokens.add(token)
+            token = trail.next(data)
     return total
 
 
