@@ -94,7 +94,9 @@ _MEASURED = (
     "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\nelse:\n    rc = 0\n"
     "u = resource.getrusage(resource.RUSAGE_SELF); c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
     "print('MEASURED', u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime, u.ru_maxrss, c.ru_maxrss,\n"
-    "      file=sys.stderr); sys.exit(rc)"
+    "      file=sys.stderr)\n"
+    "from uploader.cli.commands import exit_status, quick_exit\n"
+    "quick_exit(exit_status(rc))  # as the `uploader` program ends"
 )
 
 

@@ -256,3 +256,36 @@ def test_sandbox_command_refuses_bad_settings_and_busy_ports():
         )
     assert proc.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_exit_status_is_the_interpreters():
+    from uploader.cli.commands import exit_status
+
+    assert [exit_status(c) for c in (None, 0, 1, 3, 130)] == [0, 0, 1, 3, 130]
+
+
+@pytest.mark.slow
+def test_the_program_ends_with_its_output_whole_its_exit_code_and_the_ledger_closed(tmp_path):
+    """`uploader` (and `python -m uploader`) end with os._exit after flushing: every line written reaches the
+    pipe, the exit code is the command's, and the ledger was closed (no -wal/-shm left beside it)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("reference_id,image_url\n" + "".join(f"r{i},https://e.com/{i}.jpg\n" for i in range(20_000)))
+    ledger = tmp_path / "l.db"
+
+    def program(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "uploader", *args, "--ledger", str(ledger)], capture_output=True, text=True
+        )
+
+    loaded = program("load", str(manifest), *LOAD)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "20000 new" in loaded.stdout
+    exported = program("export")
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.splitlines()
+    assert len(lines) == 20_001 and lines[-1].startswith("r19999,")  # all of it, though the process skipped teardown
+    assert program("export", "--status", "nonsense").returncode == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("reference_id,image_url\nr1,not a url\n")
+    assert program("load", str(bad), *LOAD).returncode == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("l.db-")]

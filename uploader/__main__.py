@@ -1,5 +1,5 @@
 """`python -m uploader` runs the command-line interface."""
 
-from uploader.cli import main
+from uploader.cli import entry
 
-main()
+entry()
