@@ -92,9 +92,11 @@ COMPANIONS = ("-wal", "-shm", "-journal")
 def overwrites_ledger(path: str | os.PathLike[str], ledger: str | os.PathLike[str] | None, what: str) -> str | None:
     """Why writing `path` (`what`: "-o", "--log-file") would destroy the ledger, or None: it is the ledger's
     SQLite file or one of its companions, by name or under another name (a link)."""
+    from uploader.errors import LedgerError
+
     try:
         database = _sqlite_database(ledger_url(ledger))
-    except Exception:  # a ledger that cannot be one is reported by the command itself
+    except LedgerError:  # a ledger that cannot be one is reported by the command itself
         return None
     if not database:
         return None
