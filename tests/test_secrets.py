@@ -335,6 +335,75 @@ def test_a_server_echoing_the_key_does_not_get_it_stored(workdir: Path, server_a
     assert transcript.leaks() == []
 
 
+class SuccessEchoingApi(BaseHTTPRequestHandler):
+    """An API that answers every request with success, giving the caller's key as the job's id, the batch's
+    id and the status word (raw, or JSON-escaped as `\\/` or `\\u…`)."""
+
+    escape = "none"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _key(self) -> str:
+        key = self.headers.get("x-api-key", "")
+        if self.escape == "slash":
+            return key.replace("/", "\\/")
+        if self.escape == "unicode":
+            return "".join(f"\\u{ord(c):04x}" for c in key)
+        return key
+
+    def _answer(self, data: str) -> None:
+        body = ('{"success": true, "data": %s}' % data).encode()  # noqa: UP031
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        sent = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        ref = json.dumps(sent.get("reference_id", ""))
+        self._answer('{"job_id": "%s", "batch_id": "%s", "reference_id": %s}' % (self._key(), self._key(), ref))  # noqa: UP031
+
+    def do_GET(self) -> None:
+        self._answer(
+            '{"jobs": [{"id": "%s", "reference_id": "img-000", "status": "%s"}], "batch_id": "%s", '  # noqa: UP031
+            '"status": "%s"}' % ((self._key(),) * 4)
+        )
+
+
+@pytest.mark.parametrize("escape", ["none", "slash", "unicode"])
+def test_a_success_answer_holding_the_key_is_no_answer(workdir: Path, escape: str) -> None:
+    """A server that gives the key back as a job's id (or a batch's, or a status word) in a success answer:
+    the ledger would hold the key and `export` would print it. Such an answer is refused as no API answer:
+    no row succeeds with it, and the key is in no byte the commands print or write."""
+    files = write_manifests(workdir)
+    ledger = workdir / "ledger.db"
+    handler = type("Handler", (SuccessEchoingApi,), {"escape": escape})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    transcript = Transcript()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for args in ([], ["--default-batch"]):
+            invoke(
+                transcript,
+                "run",
+                ["run", str(files["images"]), *LOAD, "--ledger", str(ledger), "--base-url", url, "--api-key", KEY]
+                + ["--quiet", "--max-attempts", "2", *args],
+            )
+        invoke(transcript, "sync", ["sync", "--ledger", str(ledger), "--base-url", url, "--api-key", KEY])
+    finally:
+        server.shutdown()
+        server.server_close()
+    exported = invoke(transcript, "export", ["export", "--ledger", str(ledger), "--format", "jsonl"])
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(rows) == 40 and not [r for r in rows if r["status"] == "succeeded" or r["job_id"]]
+    for path in sorted(p for p in workdir.rglob("*") if p.is_file()):
+        transcript.add(path.name, path.read_bytes())
+    assert transcript.leaks() == []
+
+
 # --- plain http is refused unless loopback or --allow-http ---------------------------------------------------
 
 

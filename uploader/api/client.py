@@ -76,6 +76,9 @@ _KEEPALIVE_SECONDS = 4.0
 #: How many times a read (GET job, a page of a batch listing) is tried before ApiUnreachableError.
 READ_ATTEMPTS = 8
 _REDACTED = b"[redacted]"
+#: A success answer holding a key this long is refused (`ApiClient._echoes_key`); shorter ones could be part of
+#: any id by chance.
+KEY_ECHO_MIN_CHARS = 8
 #: A response's headers as raw (name, value) pairs, the form both httpx and aiohttp expose.
 _RawHeaders = Sequence[tuple[bytes, bytes]]
 #: What one exchange brings back: status, raw headers, body (None when larger than max_body_bytes).
@@ -450,6 +453,9 @@ class ApiClient:
             return too_large(status, self._max_body, retry_after)
         result = parse_envelope(status, raw, retry_after)
         if result.success is True:
+            if self._echoes_key(raw, result.data):  # its ids or words would be recorded: no answer at all
+                message = f"HTTP {status}, not an API answer: it holds the API key"
+                return ApiResult(status, None, None, "not_json", message, None, retry_after)
             return result  # data the program works with (job ids, page tokens, keys): never altered
         if result.success is None and self._key_bytes in raw:  # the message quotes a snippet of the body
             result = parse_envelope(status, raw.replace(self._key_bytes, _REDACTED), retry_after)
@@ -507,8 +513,28 @@ class ApiClient:
             return {self._scrub(k): self._scrub(v) for k, v in value.items()}
         return value
 
+    def _echoes_key(self, raw: bytes, data: Any) -> bool:
+        """Whether a success answer holds the API key. A real answer never does, and its job ids, batch ids
+        and status words are recorded. The bytes first, then, if JSON may have escaped it (`\\/`, `\\u…`),
+        the decoded text. A key shorter than KEY_ECHO_MIN_CHARS could be part of any id by chance: not looked
+        for (the text that is printed or stored is still redacted of it)."""
+        if len(self._key_bytes) < KEY_ECHO_MIN_CHARS:
+            return False
+        return self._key_bytes in raw or (b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii")))
+
     def _redact(self, text: str) -> str:
         return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+
+
+def _holds_text(value: Any, text: str) -> bool:
+    """Whether `text` is part of a string (key or value) anywhere inside a decoded JSON value."""
+    if isinstance(value, str):
+        return text in value
+    if isinstance(value, list):
+        return any(_holds_text(v, text) for v in value)
+    if isinstance(value, dict):
+        return any(text in k or _holds_text(v, text) for k, v in value.items())
+    return False
 
 
 async def _take_result(
