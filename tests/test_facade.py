@@ -184,14 +184,15 @@ def posts_received(box: Sandbox) -> int:
     return sum(box._engine.app.stats.per_reference.values())  # noqa: SLF001
 
 
-@pytest.mark.slow
-def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_path):
-    """In a notebook, upload() runs in a helper thread, where no signal handler can be set: the kernel's
-    interrupt (SIGINT → KeyboardInterrupt in the main thread) must still stop the run gently, with a summary."""
-    with Sandbox(SandboxConfig(api_key=KEY, seed=12, latency_ms=400)) as box:
+def _interrupt_a_cell(tmp_path, seed: int, prelude: str, interrupt) -> None:  # type: ignore[no-untyped-def]
+    """Run 60 rows through upload() as ipykernel runs a cell (inside a running event loop, so upload() goes to a
+    helper thread), call `interrupt(proc)` once the sandbox has 4 job requests, and check that the run stopped
+    gently: a summary that says so, some rows sent, the rest pending, each sent row created once."""
+    with Sandbox(SandboxConfig(api_key=KEY, seed=seed, latency_ms=400)) as box:
         script = tmp_path / "cell.py"
         script.write_text(
-            textwrap.dedent(f"""
+            textwrap.dedent(prelude)
+            + textwrap.dedent(f"""
             import asyncio, json, pandas as pd, uploader
             df = pd.DataFrame({{"reference_id": [f"r{{i}}" for i in range(60)],
                                 "image_url": [f"{URL}/{{i}}.jpg" for i in range(60)]}})
@@ -199,7 +200,6 @@ def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_pa
                 return uploader.upload(df, project_id="proj", work_flow_id="wf", ledger="jobs.db",
                                        api_key={KEY!r}, base_url={box.base_url!r},
                                        run_options=uploader.RunOptions(concurrency=2))
-            # as ipykernel runs a cell: in a running loop, SIGINT raising KeyboardInterrupt in the main thread
             summary = asyncio.new_event_loop().run_until_complete(cell())
             print(json.dumps({{"interrupted": summary.interrupted, **summary.counts}}))
         """)
@@ -213,13 +213,20 @@ def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_pa
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         wait_until(lambda: posts_received(box) >= 4, "the sandbox to receive 4 job requests")
-        proc.send_signal(signal.SIGINT)
+        interrupt(proc)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         result = json.loads(out)
         assert result["interrupted"] is True
         assert 4 <= result["succeeded"] < 60 and result["succeeded"] + result["pending"] == 60
         assert box.stats()["jobs_created"] == result["succeeded"]
+
+
+@pytest.mark.slow
+def test_an_interrupt_stops_an_upload_running_inside_an_event_loop_gently(tmp_path):
+    """In a notebook, upload() runs in a helper thread, where no signal handler can be set: the kernel's
+    interrupt (SIGINT → KeyboardInterrupt in the main thread) must still stop the run gently, with a summary."""
+    _interrupt_a_cell(tmp_path, 12, "", lambda proc: proc.send_signal(signal.SIGINT))
 
 
 @pytest.mark.slow
@@ -228,42 +235,15 @@ def test_an_interrupt_the_kernel_hands_to_another_thread_still_stops_the_upload(
     signal pending already). Python runs the handler only in the main thread, which upload() keeps waiting:
     it must wake on its own to turn the interrupt into a gentle stop. Here a thread of the cell's own
     signals itself, as the kernel would hand it the signal."""
-    with Sandbox(SandboxConfig(api_key=KEY, seed=13, latency_ms=400)) as box:
-        script = tmp_path / "cell.py"
-        script.write_text(
-            textwrap.dedent(f"""
-            import asyncio, json, os, signal, threading, time, pandas as pd, uploader
-            def other_thread():
-                while not os.path.exists("go"):
-                    time.sleep(0.02)
-                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
-            threading.Thread(target=other_thread, daemon=True).start()
-            df = pd.DataFrame({{"reference_id": [f"r{{i}}" for i in range(60)],
-                                "image_url": [f"{URL}/{{i}}.jpg" for i in range(60)]}})
-            async def cell():  # as ipykernel runs a cell: upload() goes to a helper thread
-                return uploader.upload(df, project_id="proj", work_flow_id="wf", ledger="jobs.db",
-                                       api_key={KEY!r}, base_url={box.base_url!r},
-                                       run_options=uploader.RunOptions(concurrency=2))
-            summary = asyncio.new_event_loop().run_until_complete(cell())
-            print(json.dumps({{"interrupted": summary.interrupted, **summary.counts}}))
-        """)
-        )
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        wait_until(lambda: posts_received(box) >= 4, "the sandbox to receive 4 job requests")
-        (tmp_path / "go").touch()
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        result = json.loads(out)
-        assert result["interrupted"] is True
-        assert 4 <= result["succeeded"] < 60 and result["succeeded"] + result["pending"] == 60
-        assert box.stats()["jobs_created"] == result["succeeded"]
+    prelude = """
+        import os, signal, threading, time
+        def other_thread():
+            while not os.path.exists("go"):
+                time.sleep(0.02)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        threading.Thread(target=other_thread, daemon=True).start()
+    """
+    _interrupt_a_cell(tmp_path, 13, prelude, lambda proc: (tmp_path / "go").touch())
 
 
 def _kernel_starts() -> str | None:
