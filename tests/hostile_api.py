@@ -13,8 +13,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.misbehaving_api import Served
 
 BATCH = "5b2f0c1e-3d4a-4e6b-8f70-9a1b2c3d4e5f"
 
@@ -51,7 +53,7 @@ def same_job(job: dict[str, Any], store: dict[str, dict[str, Any]]) -> dict[str,
     return job
 
 
-class HostileApi:
+class HostileApi(Served):
     """`with HostileApi(KEY, answer=..., pages=..., job=...) as api:` serves at `api.base_url`; `api.jobs` is
     {reference_id: job_id}, `api.created` the creations per reference_id (must never exceed 1). A job's result
     is at `/results/<job_id>`, served as `result_raw` (raw HTTP bytes, the connection then closed) when set.
@@ -78,22 +80,7 @@ class HostileApi:
         self.created: dict[str, int] = {}
         self.requests: dict[str, int] = {"create": 0, "exists": 0, "list": 0, "get": 0, "result": 0}
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> HostileApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(self._handler())
 
     def store(self) -> dict[str, dict[str, Any]]:
         """{job_id: the job as GET job would answer it}."""

@@ -11,7 +11,7 @@ import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 BATCH = "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a"
 
@@ -25,7 +25,30 @@ ANSWERS = {
 }
 
 
-class MisbehavingApi:
+class Served:
+    """A ThreadingHTTPServer on a free loopback port, in a daemon thread while the `with` block runs: the
+    plumbing of the small APIs the tests build (`_serve` with their handler class, in `__init__`)."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class MisbehavingApi(Served):
     """`with MisbehavingApi("swap") as api:` serves at `api.base_url`; `api.jobs` is {reference_id: job_id}."""
 
     def __init__(self, answer: str = "ok", listing: str = "ok", key: str = "") -> None:
@@ -35,22 +58,7 @@ class MisbehavingApi:
         self.requests = {"create": 0, "exists": 0, "list": 0}
         self.lock = threading.Lock()
         self._prev: tuple[str, str] | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> MisbehavingApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(self._handler())
 
     def create(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         ref = body.get("reference_id")

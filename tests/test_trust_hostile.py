@@ -18,6 +18,7 @@ from tests.conftest import fake_manifest
 from tests.hostile_api import BATCH, CUTS, HostileApi, one_page, plain_answer
 from tests.reliability.harness import write_images
 from tests.test_run import KEY, invoke
+from tests.test_trust import rows
 from uploader.api import (
     STALE_PAGES_LIMIT,
     ApiClient,
@@ -37,16 +38,6 @@ from uploader.ledger.ledger import Ledger, Result
 from uploader.ledger.models import Status
 from uploader.ledger.transitions import holder_yields
 from uploader.load import load_manifest
-
-
-def rows(ledger: Path) -> dict[str, dict[str, Any]]:
-    """Every jobs row by reference_id, read with plain sqlite3 (not through the code under test)."""
-    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        con.row_factory = sqlite3.Row
-        return {r["reference_id"]: dict(r) for r in con.execute("SELECT * FROM jobs")}
-    finally:
-        con.close()
 
 
 def run_args(manifest: Path | None, ledger: Path, api: HostileApi, *extra: str) -> list[str]:
