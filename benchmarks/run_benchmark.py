@@ -6,7 +6,9 @@
    loop, each run in its own child process and measured from RUSAGE_CHILDREN deltas; with >= 2 cores the
    sandbox is pinned to core 1 and the clients to core 0 (`taskset`), so the ratio measures the client.
    Two ratios: CPU per job / bare CPU per request (target <= 1.5) and jobs/s / bare req/s (target >= 0.85).
-   `--repeat K` runs both K times and prints min/median/max.
+   The uploader runs on uvloop (uploader.api.loop) and the bare loop on asyncio's own loop, as a plain
+   aiohttp script would; the same ratios against the bare loop on uvloop are printed too, for what the
+   uploader adds over the same loop. `--repeat K` runs all three K times and prints min/median/max.
 
     python benchmarks/run_benchmark.py [--rows 20000] [--repeat 5]
 
@@ -82,12 +84,12 @@ def child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_bare(url: str, n: int, project: str, prefix: list[str]) -> tuple[float, float]:
-    """(seconds, CPU seconds) of the bare loop in its own process, timed inside the child like the run."""
+def run_bare(url: str, n: int, project: str, prefix: list[str], loop: str = "asyncio") -> tuple[float, float]:
+    """(seconds, CPU seconds) of the bare loop (on `loop`: asyncio or uvloop) in its own process."""
     before = child_cpu()
     t = time.perf_counter()
     proc = subprocess.run(
-        [*prefix, sys.executable, __file__, "--bare", url, str(n), project], capture_output=True, text=True
+        [*prefix, sys.executable, __file__, "--bare", url, str(n), project, loop], capture_output=True, text=True
     )
     elapsed = time.perf_counter() - t
     cpu = child_cpu() - before
@@ -134,8 +136,14 @@ def run_uploader(
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--bare":
-        asyncio.run(bare_loop(sys.argv[2], int(sys.argv[3]), 64, sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare":
+        factory = None
+        if sys.argv[5] == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(bare_loop(sys.argv[2], int(sys.argv[3]), 64, sys.argv[4]))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
@@ -154,9 +162,12 @@ def main() -> None:
         wall_ratio: list[float] = []
         job_us: list[float] = []
         bare_us: list[float] = []
+        uv_cpu_ratio: list[float] = []
+        uv_wall_ratio: list[float] = []
         print(f"rows={args.rows} latency={args.latency_ms} ms concurrency=64; {note}; load {os.getloadavg()}")
         for k in range(args.repeat):
             bare_s, bare_cpu = run_bare(url, args.rows, f"bare-{k}", client_prefix)
+            uv_s, uv_cpu = run_bare(url, args.rows, f"bare-uv-{k}", client_prefix, "uvloop")
             for suffix in ("", "-wal", "-shm"):
                 Path(str(ledger) + suffix).unlink(missing_ok=True)
             project = f"bench-{int(time.time())}-{k}"
@@ -167,16 +178,23 @@ def main() -> None:
             bare_us.append(bare_cpu / args.rows * 1e6)
             cpu_ratio.append(job_us[-1] / bare_us[-1])
             wall_ratio.append(bare_s / elapsed)
+            uv_cpu_ratio.append(cpu / uv_cpu)
+            uv_wall_ratio.append(uv_s / elapsed)
             print(
                 f"[{k + 1}] bare {args.rows / bare_s:6.0f} req/s {bare_us[-1]:5.0f} CPU us/req | uploader run "
                 f"{args.rows / elapsed:6.0f} jobs/s ({elapsed:.2f} s) {job_us[-1]:5.0f} CPU us/job | "
-                f"CPU ratio {cpu_ratio[-1]:.2f} wall ratio {wall_ratio[-1]:.2f}"
+                f"CPU ratio {cpu_ratio[-1]:.2f} wall ratio {wall_ratio[-1]:.2f} | bare on uvloop "
+                f"{args.rows / uv_s:6.0f} req/s {uv_cpu / args.rows * 1e6:5.0f} CPU us/req"
             )
         print(f"bound concurrency/latency: {64 / (args.latency_ms / 1000):.0f} req/s")
         print(f"uploader CPU us per job     min/median/max: {spread(job_us, '{:.0f}')}")
         print(f"bare CPU us per request     min/median/max: {spread(bare_us, '{:.0f}')}")
         print(f"CPU per job / bare per req  min/median/max: {spread(cpu_ratio, '{:.2f}')}  (target <= 1.5)")
         print(f"wall: uploader / bare rate  min/median/max: {spread(wall_ratio, '{:.2f}')}  (target >= 0.85)")
+        print(
+            f"against the bare loop on uvloop: CPU ratio {spread(uv_cpu_ratio, '{:.2f}')}, wall ratio "
+            f"{spread(uv_wall_ratio, '{:.2f}')}"
+        )
         print(f"load average after: {os.getloadavg()}")
     finally:
         stop(proc)

@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, cast
 
+from uploader.api import run_loop
 from uploader.errors import ManifestError, UploaderError, UsageError
 
 if TYPE_CHECKING:
@@ -220,15 +221,16 @@ def _open_ledger(ledger: str | os.PathLike[str] | Ledger | None, *, create: bool
 
 def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, RunSummary]]) -> Callable[P, RunSummary]:
     """`coroutine_function` (upload_async) as a blocking function that works with or without a running event
-    loop: without one, `asyncio.run`; inside one (Jupyter), a helper thread with a loop of its own, so the
-    caller gets the summary rather than "asyncio.run() cannot be called from a running event loop"."""
+    loop: without one, a new loop (uploader.api.run_loop); inside one (Jupyter), a helper thread with a loop
+    of its own, so the caller gets the summary rather than "asyncio.run() cannot be called from a running event
+    loop"."""
 
     @functools.wraps(coroutine_function)
     def run(*args: P.args, **kwargs: P.kwargs) -> RunSummary:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(coroutine_function(*args, **kwargs))
+            return run_loop(coroutine_function(*args, **kwargs))
         from uploader.send import StopFlag
 
         options = cast(dict[str, Any], kwargs)
@@ -248,7 +250,7 @@ def _in_helper_thread(make: Callable[[], Coroutine[Any, Any, RunSummary]], stop:
 
     def main() -> None:
         try:
-            outcome.append((True, asyncio.run(make())))
+            outcome.append((True, run_loop(make())))
         except BaseException as exc:  # handed to the caller's thread  # noqa: BLE001
             outcome.append((False, exc))
         finally:

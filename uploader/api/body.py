@@ -69,12 +69,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: json.loads with a hook builds a decoder per call; one serves every answer (the same decoding as json.loads).
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def parse_envelope(status: int, raw: bytes, retry_after: str | None) -> ApiResult:
     """Read the API's envelope; anything else (a body giving a key twice included: which of its values is the
     API's word?) becomes `not_json` / `http_<status>` with a body snippet."""
     twice = False
     try:
-        body = json.loads(raw, object_pairs_hook=_unique_keys) if raw else None
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass")) if raw else None
     except _KeyTwice:
         body, twice = None, True
     except ValueError:  # JSONDecodeError and UnicodeDecodeError

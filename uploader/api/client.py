@@ -73,6 +73,8 @@ __all__ = ["ApiClient"]
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
 _KEEPALIVE_SECONDS = 4.0
+#: The largest GET job answer read: it may hold the job's result inline, far beyond other answers' size.
+JOB_ANSWER_MAX_BYTES = 16 << 20
 #: How many times a read (GET job, a page of a batch listing) is tried before ApiUnreachableError.
 READ_ATTEMPTS = 8
 _REDACTED = b"[redacted]"
@@ -193,7 +195,13 @@ class ApiClient:
         self._aio_timeout = aiohttp.ClientTimeout(
             sock_connect=self._timeout, sock_read=self._timeout, connect=self._timeout
         )
-        self._job_urls: dict[str, httpx.URL] = {}
+        # A call's deadline (`_call`) already bounds each read when it is no longer than `timeout`: aiohttp's
+        # own read timer, rearmed on every chunk received, would only cost CPU.
+        read_timer = self._timeout if self._total_timeout > self._timeout else None
+        self._call_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._timeout, sock_read=read_timer, connect=self._timeout
+        )
+        self._job_urls: dict[str, str] = {}
         self._plain_download_headers = {"user-agent": f"uploader/{__version__}", "accept": "application/json"}
         self._download_headers = httpx.Headers(self._plain_download_headers)
 
@@ -220,7 +228,7 @@ class ApiClient:
         """POST one job; `body` is the exact JSON text from the ledger and is sent byte-for-byte."""
         url = self._job_urls.get(project_id)
         if url is None:
-            url = self._job_urls[project_id] = httpx.URL(f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs")
+            url = self._job_urls[project_id] = f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs"
         return await self._call("POST", url, body.encode() if isinstance(body, str) else body)
 
     async def create_batch(self, project_id: str, name: str, description: str = "") -> ApiResult:
@@ -229,8 +237,10 @@ class ApiClient:
         return await self._call("POST", f"{self._base_url}/v1/projects/{_seg(project_id)}/batch", body)
 
     async def get_job(self, project_id: str, job_id: str) -> ApiResult:
-        """GET one job (status, batch_id, result)."""
-        return await self._call("GET", f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs/{_seg(job_id)}")
+        """GET one job (status, batch_id, result). Its answer may carry the result inline (annotations of a long
+        video), so it is read up to JOB_ANSWER_MAX_BYTES, beyond the limit of other answers."""
+        url = f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs/{_seg(job_id)}"
+        return await self._call("GET", url, limit=max(self._max_body, JOB_ANSWER_MAX_BYTES))
 
     async def list_batch_page(self, project_id: str, batch_id: str, page_token: str = "") -> ApiResult:
         """GET one page of a batch's jobs; `data["next_page_token"]` is "" on the last page."""
@@ -394,21 +404,26 @@ class ApiClient:
 
     # -- one exchange ----------------------------------------------------------------------------------
 
-    async def _call(self, method: str, url: httpx.URL | str, content: bytes | None = None) -> ApiResult:
-        """Send one request and read at most max_body_bytes of the answer; never raises for I/O trouble."""
+    async def _call(
+        self, method: str, url: httpx.URL | str, content: bytes | None = None, limit: int | None = None
+    ) -> ApiResult:
+        """Send one request and read at most `limit` (default max_body_bytes) bytes of the answer; never raises
+        for I/O trouble."""
+        limit = self._max_body if limit is None else limit
         deadline = asyncio.timeout(self._total_timeout)
         try:
             async with deadline:
                 if self._pool is not None:
-                    status, headers, raw = await self._exchange_direct(self._pool.session(), method, str(url), content)
+                    session = self._pool.session()
+                    status, headers, raw = await self._exchange_direct(session, method, str(url), content, limit)
                 else:
-                    status, headers, raw = await self._exchange_httpx(method, url, content)
+                    status, headers, raw = await self._exchange_httpx(method, url, content, limit)
         except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             return self._failure(exc, deadline.expired())
-        return self._answer(status, headers, raw)
+        return self._answer(status, headers, raw, limit)
 
     async def _exchange_direct(
-        self, session: aiohttp.ClientSession, method: str, url: str, content: bytes | None
+        self, session: aiohttp.ClientSession, method: str, url: str, content: bytes | None, limit: int
     ) -> _Exchange:
         """One exchange straight through the aiohttp session (the default transport's hot path)."""
         async with session.request(
@@ -417,28 +432,28 @@ class ApiClient:
             data=content,
             headers=self._plain_headers,
             allow_redirects=False,
-            timeout=self._aio_timeout,
+            timeout=self._call_timeout,
         ) as response:
             headers = response.raw_headers
             length = response.content_length
             plain = _raw_header(headers, b"content-encoding") in (None, "identity")  # else counted once decoded
-            if plain and length is not None and length <= self._max_body:  # the usual answer: one read, size known
+            if plain and length is not None and length <= limit:  # the usual answer: one read, size known
                 raw: bytes | None = await response.read()
             else:
-                raw = await self._read_limited(headers, response.content.iter_any())
+                raw = await _read_limited(headers, response.content.iter_any(), limit)
         return response.status, headers, raw
 
-    async def _exchange_httpx(self, method: str, url: httpx.URL | str, content: bytes | None) -> _Exchange:
+    async def _exchange_httpx(self, method: str, url: httpx.URL | str, content: bytes | None, limit: int) -> _Exchange:
         """One exchange through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
         request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
         response = await self._transport.handle_async_request(request)
         try:
-            raw = await self._read_body(response)
+            raw = await _read_body(response, limit)
         finally:
             await _close_quietly(response)
         return response.status_code, response.headers.raw, raw
 
-    def _answer(self, status: int, headers: _RawHeaders, raw: bytes | None) -> ApiResult:
+    def _answer(self, status: int, headers: _RawHeaders, raw: bytes | None, limit: int) -> ApiResult:
         """What an answer says, whichever path carried it: the envelope read, the key redacted from its text."""
         retry_after = _raw_header(headers, b"retry-after")
         if retry_after is not None:
@@ -450,7 +465,7 @@ class ApiClient:
                 location=None if location is None else self._redact(location[:2000]),
             )
         if raw is None:
-            return too_large(status, self._max_body, retry_after)
+            return too_large(status, limit, retry_after)
         result = parse_envelope(status, raw, retry_after)
         if result.success is True:
             if self._echoes_key(raw, result.data):  # its ids or words would be recorded: no answer at all
@@ -465,25 +480,6 @@ class ApiClient:
         code = result.code if result.code in _KNOWN_CODES else self._scrub(result.code)
         code = code if code is None else truncate(code, CODE_MAX_CHARS)  # cut once the key is out: no key part
         return replace(result, code=code, message=self._scrub(result.message), errors=self._scrub(result.errors))
-
-    async def _read_limited(self, headers: _RawHeaders, chunks: AsyncIterator[bytes]) -> bytes | None:
-        """The body, or None once it exceeds max_body_bytes (read no further: a hostile 1 GB answer)."""
-        length = _raw_header(headers, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            return None
-        return await read_limited(chunks, self._max_body)
-
-    async def _read_body(self, response: httpx.Response) -> bytes | None:
-        """An httpx answer's body, or None once it exceeds max_body_bytes."""
-        encoding = _header(response, b"content-encoding")
-        # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx. (An
-        # async client's response stream is always an AsyncByteStream: the check only narrows the type.)
-        stream = response.stream
-        if encoding in (None, "identity") and isinstance(stream, httpx.AsyncByteStream):
-            chunks = stream.__aiter__()
-        else:
-            chunks = response.aiter_bytes()
-        return await self._read_limited(response.headers.raw, chunks)
 
     def _failure(self, exc: BaseException, deadline_expired: bool = False) -> ApiResult:
         """An ApiResult for an exchange that produced no usable answer; the text is redacted and short."""
@@ -535,6 +531,27 @@ def _holds_text(value: Any, text: str) -> bool:
     if isinstance(value, dict):
         return any(text in k or _holds_text(v, text) for k, v in value.items())
     return False
+
+
+async def _read_limited(headers: _RawHeaders, chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """The body, or None once it exceeds `limit` bytes (read no further: a hostile 1 GB answer)."""
+    length = _raw_header(headers, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    return await read_limited(chunks, limit)
+
+
+async def _read_body(response: httpx.Response, limit: int) -> bytes | None:
+    """An httpx answer's body, or None once it exceeds `limit` bytes."""
+    encoding = _header(response, b"content-encoding")
+    # We ask for identity; a server that compresses anyway is decoded (and still counted) by httpx. (An
+    # async client's response stream is always an AsyncByteStream: the check only narrows the type.)
+    stream = response.stream
+    if encoding in (None, "identity") and isinstance(stream, httpx.AsyncByteStream):
+        chunks = stream.__aiter__()
+    else:
+        chunks = response.aiter_bytes()
+    return await _read_limited(response.headers.raw, chunks, limit)
 
 
 async def _take_result(

@@ -801,8 +801,7 @@ def check(
 ) -> None:
     """Load MANIFEST (if given) and check that every pending row's attachments open; block the rows whose
     image or frames would not (exit 3 when any is blocked). Sends no job."""
-    import asyncio
-
+    from uploader.api import run_loop
     from uploader.cli.hints import repeat_from_context
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
@@ -837,9 +836,9 @@ def check(
         from uploader.cli.preflight import print_sample
         from uploader.send import sample_attachments
 
-        print_sample(asyncio.run(sample_attachments(led, sample, settings)), as_json)
+        print_sample(run_loop(sample_attachments(led, sample, settings)), as_json)
         return
-    result = asyncio.run(check_attachments(led, settings))
+    result = run_loop(check_attachments(led, settings))
     if as_json:
         print_preflight(result, True)
     else:
@@ -963,6 +962,12 @@ def sync(
             f"{report.results} results fetched, {len(report.result_errors)} failed; "
             f"{report.pages} listing and {report.job_reads} job requests."
         )
+        if report.mismatched:
+            click.echo(
+                f"the batch listing named the job of {plural(report.mismatched, 'row')} for another reference_id: "
+                "nothing recorded from it; each was read on its own (GET job)",
+                err=True,
+            )
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
@@ -995,6 +1000,7 @@ def sync(
                     "listing_requests": report.pages,
                     "job_requests": report.job_reads,
                     "changed": report.changed,
+                    "listing_mismatches": report.mismatched,
                     "results_fetched": report.results,
                     "failed_results": report.result_errors,
                     **report.counts,

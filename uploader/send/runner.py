@@ -60,7 +60,7 @@ async def run_upload_async(
     own go into the ledger's own batch for their project, created before the first job and reused on every
     rerun (so every job's batch id is known and an FS_0001 can always be resolved); `default_batch` sends
     them to the project's default batch instead. `on_notice` gets one-line messages (a wait, a new name).
-    `run_upload` runs it in an event loop of its own (asyncio.run); this coroutine runs in the caller's."""
+    `run_upload` runs it in an event loop of its own (uploader.api.run_loop); this coroutine runs in the caller's."""
     from uploader.send.submit import RunOptions, StopFlag
 
     stop = stop or StopFlag()
@@ -89,7 +89,9 @@ def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, T]], name: str
 
     @functools.wraps(coroutine_function)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return asyncio.run(coroutine_function(*args, **kwargs))
+        from uploader.api import run_loop
+
+        return run_loop(coroutine_function(*args, **kwargs))
 
     run.__name__, run.__qualname__ = name, name
     return run
@@ -267,7 +269,9 @@ def reconcile(
     `max_retry_after`: the longest wait a Retry-After may impose (default policy.MAX_RETRY_AFTER). Raises
     FatalApiError when the API refuses the key or project, ApiUnreachableError when a batch could not be
     read (after the rows that could be were resolved)."""
-    return asyncio.run(_reconcile(ledger, base_url, api_key, timeout, max_retry_after, seed))
+    from uploader.api import run_loop
+
+    return run_loop(_reconcile(ledger, base_url, api_key, timeout, max_retry_after, seed))
 
 
 async def _reconcile(
