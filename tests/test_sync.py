@@ -545,6 +545,7 @@ def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Pa
         ledger_path = _sent(tmp_path, box, 3)
     rows = sorted(ledger_rows(ledger_path).values(), key=lambda r: r["reference_id"])
     tracked, untracked, twin = (r["job_id"] for r in rows)
+    ref_of = {r["job_id"]: r["reference_id"] for r in rows}
     with contextlib.closing(sqlite3.connect(ledger_path)) as conn, conn:
         columns = [c[1] for c in conn.execute("PRAGMA table_info(jobs)") if c[1] not in ("id", "project_id")]
         names = ", ".join(columns)
@@ -555,7 +556,7 @@ def test_a_listed_page_updates_only_the_tracked_rows_of_its_project(tmp_path: Pa
         conn.execute("UPDATE jobs SET status = 'failed' WHERE job_id = ?", (untracked,))
     ledger = Ledger.open(str(ledger_path), create=False)
     try:
-        listed = [(job_id, "completed") for job_id in (tracked, untracked, twin)]
+        listed = [(ref_of[job_id], job_id, "completed") for job_id in (tracked, untracked, twin)]
         page = record_listed(ledger.engine, "proj", listed, utcnow())
         for size in (1, 2, 1000):  # read by id, the untracked row in between skipped
             assert [row[3] for rows in tracked_rows(ledger.engine, size) for row in rows] == [tracked, twin]

@@ -655,3 +655,85 @@ def test_a_job_id_from_an_answer_yields_to_the_listing(ledger: Ledger, tmp_path:
     assert (done.succeeded, done.conflict, done.demoted) == (1, 0, 1)
     got = {r["reference_id"]: (r["status"], r["job_id"], r["error_code"]) for r in ledger.export_rows()}
     assert got == {"ref-b": ("succeeded", "J", None), "ref-a": ("uncertain", None, "duplicate_job_id")}
+
+
+# -- a job read whose answer holds a big result inline ----------------------------------------------------------
+
+
+def inline_result(size: int):  # type: ignore[no-untyped-def]
+    """GET job answers with the result inline: an object holding `size` characters of annotations."""
+
+    def job(found: dict[str, Any], store: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {**found, "result": {"annotations": "a" * size}}
+
+    return job
+
+
+def test_a_job_read_holding_a_big_result_inline_is_read_and_recorded(tmp_path: Path) -> None:
+    """A GET job answer of 3 MiB (the result inline: a long video's annotations) is an answer like any other,
+    beyond the 1 MiB limit of the other answers: sync records the status and the whole result."""
+    size = 3 << 20
+    with HostileApi(KEY, job=inline_result(size), pages=unlisted) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 2), ledger, api)).exit_code == 0
+        results = tmp_path / "results"
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--results", str(results))
+        assert synced.exit_code == 0, synced.output
+        for ref, row in rows(ledger).items():
+            assert row["platform_status"] == "completed", (ref, row)
+            assert json.loads(row["result"]) == {"annotations": "a" * size}, ref
+
+
+def test_a_job_read_beyond_its_limit_is_refused_unread(tmp_path: Path) -> None:
+    """Past JOB_ANSWER_MAX_BYTES a GET job answer is refused (body_too_large), never read into memory whole."""
+    from uploader.api.client import JOB_ANSWER_MAX_BYTES
+
+    with HostileApi(KEY, job=inline_result(JOB_ANSWER_MAX_BYTES + 1), pages=unlisted) as api:
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 1), tmp_path / "l.db", api)).exit_code == 0
+        job_id = next(iter(api.jobs.values()))
+
+        async def read() -> ApiResult:
+            async with ApiClient(api.base_url, KEY) as client:
+                return await client.get_job("proj", job_id)
+
+        result = asyncio.run(read())
+        assert (result.success, result.code) == (None, "body_too_large"), result
+
+
+# -- a listing naming a row's job for another reference_id -------------------------------------------------------
+
+
+def swapped_refs(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+    """A listing that pairs each job with the next job's reference_id, and says every job failed."""
+    refs = [ref for ref, _ in jobs]
+    listed = [
+        {"id": job, "reference_id": refs[(i + 1) % len(refs)], "status": "failed"} for i, (_, job) in enumerate(jobs)
+    ]
+    return {"id": BATCH, "jobs": listed, "next_page_token": ""}
+
+
+def test_sync_records_nothing_from_a_listing_that_names_a_job_for_another_reference_id(tmp_path: Path) -> None:
+    """The listing names each row's job with another row's reference_id: either the listing or the ledger's
+    job_id is wrong, so nothing of it is recorded. Each row is read on its own (GET job, whose answer names the
+    row's own reference_id and the status `completed`), and the output says so."""
+    with HostileApi(KEY, pages=swapped_refs) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api)).exit_code == 0
+        reads = api.requests["get"]
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url)
+        assert synced.exit_code == 0, synced.output
+        assert {row["platform_status"] for row in rows(ledger).values()} == {"completed"}
+        assert api.requests["get"] - reads == 3
+        assert "named the job of 3 rows for another reference_id" in synced.output, synced.output
+        as_json = invoke("sync", "--ledger", str(ledger), "--base-url", api.base_url, "--json")
+        assert json.loads(as_json.stdout)["listing_mismatches"] == 3, as_json.output
+
+
+def test_plan_listed_takes_a_status_only_for_the_row_the_entry_names() -> None:
+    """tracking.plan_listed, pure: a row is seen only when the page names its job for its own reference_id; a
+    job named for another reference_id, or for two (None), leaves the row unseen and counts as mismatched."""
+    from uploader.ledger.tracking import plan_listed
+
+    rows_ = [(1, "a", "j1", None, None, False), (2, "b", "j2", None, None, False), (3, "c", "j3", None, None, False)]
+    page, writes, stale = plan_listed(rows_, {"j1": ("a", "completed"), "j2": ("x", "failed"), "j3": None}, "proj")
+    assert (page.seen, writes, page.mismatched, stale) == ([1], [(1, "completed")], 2, [])

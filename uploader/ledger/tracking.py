@@ -115,12 +115,14 @@ def record_statuses(engine: Engine, project_id: str, seen: Sequence[tuple[str, s
 @dataclass
 class ListedPage:
     """What `record_listed` did with a page of statuses: the tracked rows it matched (their ids), how many
-    changed status, how many more are final than before, and the rows whose result is now to fetch."""
+    changed status, how many more are final than before, the rows whose result is now to fetch, and how many
+    rows the page named their job for another reference_id (or for two), left unseen."""
 
     seen: list[int] = field(default_factory=list)
     changed: int = 0
     more_final: int = 0
     due: list[TrackedRow] = field(default_factory=list)
+    mismatched: int = 0
 
 
 #: A tracked row as `record_listed` reads it: (id, reference_id, job_id, platform_status, result_path,
@@ -129,18 +131,25 @@ _ListedRow = tuple[int, str, str, str | None, str | None, bool]
 
 
 def plan_listed(
-    rows: Sequence[_ListedRow], statuses: dict[str, str], project_id: str
+    rows: Sequence[_ListedRow], named: dict[str, tuple[str, str] | None], project_id: str
 ) -> tuple[ListedPage, list[tuple[int, str]], list[tuple[str, str | None]]]:
-    """The decisions for a page of statuses (job_id → status) over the rows holding those jobs: the page's
-    outcome, the (row id, new status) to write, and the (reference_id, recorded result file) of each row
-    whose status changed away from a final one (its result, on disk too, is stale)."""
+    """The decisions for a page (job_id → (reference_id, status), None for a job the page names for two
+    reference_ids) over the rows holding those jobs: the page's outcome, the (row id, new status) to write, and
+    the (reference_id, recorded result file) of each row whose status changed away from a final one (its
+    result, on disk too, is stale). A row whose job the page names for another reference_id (or two) is
+    left unseen: the page or the row's job_id is wrong, and the row's own job read (GET job, which checks
+    the reference_id) decides."""
     page = ListedPage()
     writes: list[tuple[int, str]] = []
     stale: list[tuple[str, str | None]] = []
     for row_id, reference_id, job_id, old, path, has_result in rows:
-        new = statuses.get(job_id)
-        if new is None:
+        if job_id not in named:
             continue
+        entry = named[job_id]
+        if entry is None or entry[0] != reference_id:
+            page.mismatched += 1
+            continue
+        new = entry[1]
         page.seen.append(row_id)
         changed = old != new
         if changed:
@@ -167,24 +176,28 @@ _LISTED_ROWS = text(
 def record_listed(
     engine: Engine,
     project_id: str,
-    listed: Sequence[tuple[str, str]],
+    listed: Sequence[tuple[str, str, str]],
     now: dt.datetime,
     forget: Callable[[list[tuple[str, str | None]]], None] | None = None,
 ) -> ListedPage:
-    """Record a page of (job_id, status) of a project in one transaction (`plan_listed`). A row whose status
-    changed loses its recorded result; `forget` is called with the stale results before that is committed,
-    so a stale file is gone before the ledger stops naming it (a kill in between leaves a row naming a file
-    that is gone, which the next sync's listing corrects)."""
-    statuses = {job_id: status[:STATUS_CHARS] for job_id, status in listed}
-    if not statuses:
+    """Record a page of (reference_id, job_id, status) of a project in one transaction (`plan_listed`). A row
+    whose status changed loses its recorded result; `forget` is called with the stale results before that is
+    committed, so a stale file is gone before the ledger stops naming it (a kill in between leaves a row naming
+    a file that is gone, which the next sync's listing corrects)."""
+    named: dict[str, tuple[str, str] | None] = {}
+    for reference_id, job_id, status in listed:
+        entry = named.setdefault(job_id, (reference_id, status[:STATUS_CHARS]))
+        if entry is not None and entry[0] != reference_id:
+            named[job_id] = None
+    if not named:
         return ListedPage()
     with write_tx(engine) as conn:
         rows = [
             (r[0], r[1], r[2], r[3], r[4], bool(r[5]))
-            for r in conn.execute(_LISTED_ROWS, {"ids": list(statuses)})
+            for r in conn.execute(_LISTED_ROWS, {"ids": list(named)})
             if r[6] == project_id and r[7] in _TRACKED_STATUSES
         ]
-        page, writes, stale = plan_listed(rows, statuses, project_id)
+        page, writes, stale = plan_listed(rows, named, project_id)
         if stale and forget is not None:
             forget(stale)
         if writes:

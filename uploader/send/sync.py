@@ -47,6 +47,7 @@ from uploader.api import (
     job_read_problem,
     listed_jobs,
     named_twice,
+    run_loop,
     status_text,
 )
 from uploader.errors import ApiUnreachableError
@@ -108,6 +109,7 @@ class SyncReport:
     tracked: int = 0  #: tracked rows when the sync began
     final: int = 0  #: tracked rows with a final platform status, as the sync goes
     checked: int = 0  #: tracked rows whose status this sync read
+    mismatched: int = 0  #: rows a listing named their job for another reference_id (read on their own instead)
 
     @property
     def all_final(self) -> bool:
@@ -295,13 +297,14 @@ class _Sync:
                 None,
             )
             self.report.pages += 1
-            await self.listed(project, [(job_id, status) for _, job_id, status in listed_jobs(data) if status])
+            await self.listed(project, [job for job in listed_jobs(data) if job[2]])
             token = trail.next(data)
 
-    async def listed(self, project: str, jobs: list[tuple[str, str]]) -> None:
+    async def listed(self, project: str, jobs: list[tuple[str, str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
         page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget)
         report = self.report
+        report.mismatched += page.mismatched
         report.changed += page.changed
         report.final += page.more_final
         report.checked += len(page.seen)
@@ -371,7 +374,7 @@ class _Sync:
         data = await self.read_job(project, job_id, reference_id)
         status = status_text(data.get("status"))
         if status:
-            await self.listed(project, [(job_id, status)])
+            await self.listed(project, [(reference_id, job_id, status)])
 
     async def worker(self) -> None:
         """Fetch queued results until told to stop (None); one that fails is recorded and left for the next
@@ -566,7 +569,7 @@ def sync_ledger(
                     return report
                 await asyncio.sleep(watch)
 
-    return asyncio.run(main())
+    return run_loop(main())
 
 
 async def adopt_async(
@@ -633,4 +636,4 @@ def adopt(
                 limiter=RateLimiter(rate) if rate else None,
             )
 
-    return asyncio.run(main())
+    return run_loop(main())
