@@ -14,11 +14,11 @@ if TYPE_CHECKING:
     from uploader.api.attachments import check_urls as check_urls
     from uploader.api.attachments import judge as judge
     from uploader.api.client import ApiClient as ApiClient
+    from uploader.api.endpoint import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.endpoint import check_base_url as check_base_url
     from uploader.api.loop import loop_factory as loop_factory
     from uploader.api.loop import run_loop as run_loop
     from uploader.api.payload import attachment_urls as attachment_urls
-    from uploader.api.policy import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
     from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
@@ -55,7 +55,7 @@ _EXPORTS = {
     "check_base_url": "uploader.api.endpoint",
     "loop_factory": "uploader.api.loop",
     "run_loop": "uploader.api.loop",
-    "DEFAULT_BASE_URL": "uploader.api.policy",
+    "DEFAULT_BASE_URL": "uploader.api.endpoint",
     "EXISTS_CODES": "uploader.api.policy",
     "PERMANENT_CODES": "uploader.api.policy",
     "RETRYABLE_CODES": "uploader.api.policy",

@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 
 from uploader.errors import UsageError
 
-__all__ = ["check_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "check_base_url"]
+
+#: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
+DEFAULT_BASE_URL = "https://api.playment.io"
 
 
 def check_base_url(url: str, allow_http: bool = False) -> str:

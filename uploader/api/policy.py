@@ -12,12 +12,10 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
 __all__ = [
-    "DEFAULT_BASE_URL",
     "EXISTS_CODES",
     "FATAL_CODES",
     "JOB_ID_MAX_CHARS",
@@ -48,9 +46,6 @@ __all__ = [
     "status_text",
     "too_many_protocol_errors",
 ]
-
-#: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
-DEFAULT_BASE_URL = "https://api.playment.io"
 
 
 class Verdict(str, Enum):
@@ -349,6 +344,8 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
         pass
     else:
         return max(0.0, seconds) if math.isfinite(seconds) else None
+    from email.utils import parsedate_to_datetime  # an HTTP date is rare here; the email package costs start-up
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

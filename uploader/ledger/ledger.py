@@ -303,9 +303,10 @@ class Ledger(LedgerQueries):
                 if n != len(fast) and conn.dialect.supports_sane_multi_rowcount:
                     raise LedgerError(f"recording results: {n} of {len(fast)} fenced rows updated")
                 applied += len(fast)
-                outcomes.update(
-                    {i: [results[i].id, results[i].lease_token, results[i].status.value, True] for i in fast}
-                )
+                if self._claim_log:
+                    outcomes.update(
+                        {i: [results[i].id, results[i].lease_token, results[i].status.value, True] for i in fast}
+                    )
             for i in slow:  # a shared job_id, or a row seen twice: one at a time, in order, as they interact
                 r = results[i]
                 params = _record_params(r, now, stamp)
