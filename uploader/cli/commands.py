@@ -1062,6 +1062,7 @@ def adopt(
                     "added": done.added,
                     "already_known": done.known,
                     "conflicts": [{"reference_id": r, "ledger": w} for r, w in done.conflicts],
+                    "unfinished_listings": done.unfinished,
                 },
                 indent=2,
             )
@@ -1073,7 +1074,9 @@ def adopt(
         )
         for reference_id, held in done.conflicts[:20]:
             click.echo(f"conflict: {reference_id}: the ledger holds {held}; left unchanged", err=True)
-    if done.conflicts:
+    for problem in done.unfinished:
+        click.echo(f"{problem}: jobs it did not show were not adopted; adopt again later", err=True)
+    if done.conflicts or done.unfinished:
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -297,12 +297,14 @@ def sync_counts(engine: Engine) -> dict[str, Any]:
 @dataclass
 class Adoption:
     """What `adopt_jobs` did: rows that took the platform's job_id, rows added for jobs with no row, rows
-    that already had that job_id, and conflicts (reference_id, what the ledger holds) left unchanged."""
+    that already had that job_id, conflicts (reference_id, what the ledger holds) left unchanged, and why
+    the listing of a batch ended before its last page (its jobs past that point were not seen)."""
 
     adopted: int = 0
     added: int = 0
     known: int = 0
     conflicts: list[tuple[str, str]] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
 
 
 #: Ledger states whose row may take a job_id found on the platform (never sent, or sent without a known job).

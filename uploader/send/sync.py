@@ -609,6 +609,8 @@ async def adopt_async(
             total.known += done.known
             total.conflicts += done.conflicts
             token = trail.next(data)
+        if trail.problem is not None:
+            total.unfinished.append(f"the listing of batch {batch_id} does not end ({trail.problem})")
     return total
 
 
