@@ -149,7 +149,13 @@ def test_adopt_a_batch_created_by_another_ledger_then_run_sends_nothing(tmp_path
             "--json",
         )
         assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout) == {"adopted": 4, "added": 2, "already_known": 0, "conflicts": []}
+        assert json.loads(result.stdout) == {
+            "adopted": 4,
+            "added": 2,
+            "already_known": 0,
+            "conflicts": [],
+            "unfinished_listings": [],
+        }
         rows = ledger_rows(ledger)
         created = {j["reference_id"]: j["job_id"] for j in box.jobs()}
         assert {k: r["job_id"] for k, r in rows.items()} == created
