@@ -27,6 +27,54 @@ def test_ledger_file_is_private_and_wal(ledger, ledger_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+@sqlite_only
+def test_background_checkpoints_keep_the_wal_checkpointed_off_the_writers_thread(ledger, ledger_path, tmp_path):
+    """While `background_checkpoints` runs, its own thread checkpoints the WAL the writers fill: the ledger's
+    main file alone (copied by another process, which leaves this one's locks alone) soon holds the rows. A
+    writer checkpoints only past AUTOCHECKPOINT_PAGES (its connections say so), so without the thread they
+    would stay in the WAL. The thread is gone afterwards, even when the body raises."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from uploader.ledger.engine import AUTOCHECKPOINT_PAGES, background_checkpoints, write_tx
+
+    def rows_in_main_file() -> int:
+        copy = tmp_path / "main-only.db"
+        copy.unlink(missing_ok=True)
+        code = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])"
+        subprocess.run([sys.executable, "-c", code, str(ledger_path), str(copy)], check=True)
+        with sqlite3.connect(copy) as db:
+            try:
+                return int(db.execute("SELECT count(*) FROM manifests").fetchone()[0])
+            except sqlite3.OperationalError:  # no such table: the schema itself is still in the WAL
+                return -1
+
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == AUTOCHECKPOINT_PAGES
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="body"), background_checkpoints(ledger.engine, every=0.05):
+        for i in range(20):
+            with write_tx(ledger.engine) as conn:
+                conn.exec_driver_sql(
+                    "INSERT INTO manifests (path, size, sha256, options_hash, row_count, loaded_at) "
+                    f"VALUES ('m{i}', {i}, '{i:064d}', 'o', 0, '2026-12-03 00:00:00')"
+                )
+        with ledger.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT count(*) FROM manifests").scalar()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not seen or seen[-1] != rows):
+            seen.append(rows_in_main_file())
+            time.sleep(0.05)
+        raise RuntimeError("the body fails")
+    assert rows >= 20 and seen[-1] == rows, (rows, seen)
+    assert "uploader-checkpoint" not in threading_names()
+
+
+def threading_names() -> list[str]:
+    return [t.name for t in threading.enumerate()]
+
+
 @pytest.mark.slow
 def test_load_is_idempotent_and_detects_changes(ledger, tmp_path):
     first = load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from uploader.ledger.activity import record_activity as record_activity
     from uploader.ledger.engine import LedgerLocked as LedgerLocked
     from uploader.ledger.engine import LockWait as LockWait
+    from uploader.ledger.engine import background_checkpoints as background_checkpoints
     from uploader.ledger.engine import read_tx as read_tx
     from uploader.ledger.engine import set_lock_wait as set_lock_wait
     from uploader.ledger.engine import sqlite_bulk_mode as sqlite_bulk_mode
@@ -139,6 +140,7 @@ _EXPORTS = {
     "LockWait": "uploader.ledger.engine",
     "read_tx": "uploader.ledger.engine",
     "set_lock_wait": "uploader.ledger.engine",
+    "background_checkpoints": "uploader.ledger.engine",
     "sqlite_bulk_mode": "uploader.ledger.engine",
     "translate_errors": "uploader.ledger.engine",
     "write_tx": "uploader.ledger.engine",

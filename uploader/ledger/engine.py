@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ __all__ = [
     "SCHEMA_HEAD",
     "LedgerLocked",
     "LockWait",
+    "background_checkpoints",
     "create_new",
     "driver_sql",
     "driver_time",
@@ -57,6 +59,12 @@ __all__ = [
 
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384
+#: WAL pages after which a committing connection checkpoints the WAL itself, its commit waiting for the
+#: checkpoint's two fsyncs (SQLite's default is 1,000). While a run sends, `background_checkpoints` does it
+#: first, off the event loop; this is the bound should that thread fall behind (or no such thread run).
+AUTOCHECKPOINT_PAGES = 8000
+#: Seconds between a background checkpointer's checkpoints (a run writes ~1,000 pages a second).
+CHECKPOINT_EVERY = 1.0
 #: With a LockWait: how long one try for the write lock blocks inside SQLite (between tries Python runs).
 LOCK_SLICE_MS = 100
 #: With a LockWait: give up waiting for another process's write lock after this long (seconds).
@@ -239,6 +247,7 @@ def _setup_sqlite(engine: Engine) -> None:
         cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
+        cur.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         cur.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps index pages of big loads in memory
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -252,6 +261,42 @@ def _setup_sqlite(engine: Engine) -> None:
         else:
             # The sqlite3 connection of this SQLite engine (SQLAlchemy types it `Any | None`).
             _begin_waiting(cast(sqlite3.Connection, conn.connection.driver_connection), wait)
+
+
+@contextmanager
+def background_checkpoints(engine: Engine, every: float = CHECKPOINT_EVERY) -> Iterator[None]:
+    """While inside, a thread of its own checkpoints a SQLite ledger's WAL every `every` seconds, from a
+    connection of its own, so that the commits of a run's event loop do not wait for a checkpoint's fsyncs
+    (tens of ms each; the whole loop stops meanwhile). A PASSIVE checkpoint waits for no one: busy, it is
+    tried again next time. Nothing happens on PostgreSQL."""
+    path = _sqlite_path(str(engine.url))
+    if path is None:
+        yield
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=_checkpoint_until, args=(path, stop, every), name="uploader-checkpoint")
+    thread.daemon = True  # never what keeps a process alive: the last connection to close checkpoints anyway
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _checkpoint_until(path: Path, stop: threading.Event, every: float) -> None:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error:
+        return  # the writers' own autocheckpoint remains
+    try:
+        while not stop.wait(every):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass  # locked, or the file went away: next time, else the writers' autocheckpoint
+    finally:
+        conn.close()
 
 
 def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:

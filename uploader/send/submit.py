@@ -57,6 +57,7 @@ from uploader.ledger import (
     LockWait,
     Result,
     Status,
+    background_checkpoints,
     record_activity,
     set_lock_wait,
     utcnow,
@@ -367,7 +368,8 @@ class _Run:
         self.on_progress = on_progress
         set_lock_wait(self.ledger.engine, LockWait(self._lock_give_up, self._lock_waiting))
         try:
-            await self._run(on_progress)
+            with background_checkpoints(self.ledger.engine):
+                await self._run(on_progress)
         finally:
             set_lock_wait(self.ledger.engine, None)
 
