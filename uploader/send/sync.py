@@ -57,6 +57,7 @@ from uploader.ledger import (
     Ledger,
     TrackedRow,
     adopt_jobs,
+    background_checkpoints,
     record_listed,
     record_results,
     small_page_cache,
@@ -525,7 +526,8 @@ async def sync_async(
         limiter,
         on_progress,
     )
-    with small_page_cache(ledger.engine):  # memory flat in the ledger's size (the counts read every row too)
+    # memory flat in the ledger's size (the counts read every row too); the WAL checkpointed off the event loop
+    with small_page_cache(ledger.engine), background_checkpoints(ledger.engine):
         await state.run()
         state.report.counts = sync_counts(ledger.engine)
     return state.report
