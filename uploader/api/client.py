@@ -404,9 +404,7 @@ class ApiClient:
 
     # -- one exchange ----------------------------------------------------------------------------------
 
-    async def _call(
-        self, method: str, url: httpx.URL | str, content: bytes | None = None, limit: int | None = None
-    ) -> ApiResult:
+    async def _call(self, method: str, url: str, content: bytes | None = None, limit: int | None = None) -> ApiResult:
         """Send one request and read at most `limit` (default max_body_bytes) bytes of the answer; never raises
         for I/O trouble."""
         limit = self._max_body if limit is None else limit
@@ -415,7 +413,7 @@ class ApiClient:
             async with deadline:
                 if self._pool is not None:
                     session = self._pool.session()
-                    status, headers, raw = await self._exchange_direct(session, method, str(url), content, limit)
+                    status, headers, raw = await self._exchange_direct(session, method, url, content, limit)
                 else:
                     status, headers, raw = await self._exchange_httpx(method, url, content, limit)
         except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
@@ -443,7 +441,7 @@ class ApiClient:
                 raw = await _read_limited(headers, response.content.iter_any(), limit)
         return response.status, headers, raw
 
-    async def _exchange_httpx(self, method: str, url: httpx.URL | str, content: bytes | None, limit: int) -> _Exchange:
+    async def _exchange_httpx(self, method: str, url: str, content: bytes | None, limit: int) -> _Exchange:
         """One exchange through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
         request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
         response = await self._transport.handle_async_request(request)

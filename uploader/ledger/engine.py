@@ -60,7 +60,7 @@ __all__ = [
 BUSY_TIMEOUT_MS = 30_000
 PAGE_SIZE = 16384
 #: WAL pages after which a committing connection checkpoints the WAL itself, its commit waiting for the
-#: checkpoint's two fsyncs (SQLite's default is 1,000). While a run sends, `background_checkpoints` does it
+#: checkpoint's two fsyncs (SQLite's default is 1,000). While a run or a sync goes on, `background_checkpoints` does it
 #: first, off the event loop; this is the bound should that thread fall behind (or no such thread run).
 AUTOCHECKPOINT_PAGES = 8000
 #: Seconds between a background checkpointer's checkpoints (a run writes ~1,000 pages a second).
