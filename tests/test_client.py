@@ -1108,3 +1108,23 @@ def test_real_server_downloads_take_the_direct_path_and_answer_as_the_httpx_path
     # The redirect was not followed (one GET per download on each path), and the key is never sent.
     assert [s["path"] for s in seen] == [f"/{n}" for n in names] * 2
     assert all("x-api-key" not in {k.lower() for k in s} for s in seen)
+
+
+def test_the_warm_up_hands_its_tls_context_to_the_first_client_only() -> None:
+    """`run` starts uploader.api.warm before it opens the ledger: the first client takes the context made on
+    that thread (CA certificates loaded, verifying); a later client makes its own, from the environment as it
+    is then."""
+    from uploader.api import warm
+
+    assert warm.tls_context() is None  # nothing warmed up: every client makes its own
+    warm.warm_up()
+    warm.settle_warm_up()
+    assert warm._slot is not None
+    made = warm._slot.context
+    assert isinstance(made, ssl.SSLContext)
+    assert made.verify_mode == ssl.CERT_REQUIRED and made.check_hostname
+    assert made.cert_store_stats()["x509_ca"] > 0
+    first, second = ApiClient(BASE, KEY), ApiClient(BASE, KEY)
+    assert first._pool is not None and second._pool is not None
+    assert first._pool._ssl is made and second._pool._ssl is not made
+    assert warm.tls_context() is None

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 #: Installed before anything of uploader is imported; prints one JSON line when the command ends.
 PRELUDE = """
@@ -116,3 +121,56 @@ def test_prepare_load_forks_its_readers_before_sqlalchemy_is_imported(big_manife
     assert f"{ROWS} new" in out
     assert len(forks) >= 2, "the load did not take the parallel path: the test proves nothing"
     assert not any(forks), f"SQLAlchemy was imported before a slice reader was forked: {forks}"
+
+
+@pytest.fixture
+def sandbox_url() -> Iterator[str]:
+    """`uploader sandbox` in a process of its own (in this process its thread would keep the load from forking);
+    project `secret` is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "uploader", "sandbox", "--port", str(port), "--api-key", "k1"]
+    proc = subprocess.Popen([*cmd, "--forbidden-project", "secret"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), "the sandbox to answer")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/_sandbox/stats", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(os, "fork") or sys.platform != "linux" or (os.cpu_count() or 1) < 2,
+    reason="the parallel load forks on Linux with more than one CPU",
+)
+def test_uploader_run_loads_in_parallel_after_its_http_warm_up(
+    big_manifest: Path, tmp_path: Path, sandbox_url: str
+) -> None:
+    """`run` imports its HTTP stack on a thread while the ledger opens (uploader.api.warm). A load forks its
+    slice readers only while no other thread runs: the thread must have ended by then. The project is refused
+    at the first request, after the load."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "UPLOADER_API_KEY": "k1"}
+    env.pop("UPLOADER_LEDGER", None)
+    args = [str(big_manifest), "--project-id", "secret", "--work-flow-id", "w", "--ledger", str(tmp_path / "r.db")]
+    result = subprocess.run(
+        [sys.executable, "-c", CLI, "run", *args, "--base-url", sandbox_url, "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and '"code": "unauthorized"' in result.stdout, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FORKS ")]
+    assert len(json.loads(line.removeprefix("FORKS "))) >= 2, "the load of `run` did not fork its slice readers"

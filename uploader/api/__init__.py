@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from uploader.api.policy import retry_after_seconds as retry_after_seconds
     from uploader.api.policy import status_text as status_text
     from uploader.api.policy import too_many_protocol_errors as too_many_protocol_errors
+    from uploader.api.warm import settle_warm_up as settle_warm_up
+    from uploader.api.warm import warm_up as warm_up
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -80,6 +82,8 @@ _EXPORTS = {
     "retry_after_seconds": "uploader.api.policy",
     "status_text": "uploader.api.policy",
     "too_many_protocol_errors": "uploader.api.policy",
+    "settle_warm_up": "uploader.api.warm",
+    "warm_up": "uploader.api.warm",
 }
 
 __all__ = list(_EXPORTS)

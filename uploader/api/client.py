@@ -66,9 +66,10 @@ from uploader.api.policy import (
     result_verdict,
     retry_after_seconds,
 )
+from uploader.api.warm import tls_context
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
-__all__ = ["ApiClient"]
+__all__ = ["ApiClient", "new_tls_context"]
 
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
@@ -112,6 +113,11 @@ class _AskedFor(aiohttp.ClientRequest):
         return await super().send(conn)
 
 
+def new_tls_context() -> ssl.SSLContext:
+    """The client's TLS context: certifi's CA certificates, or SSL_CERT_FILE / SSL_CERT_DIR's."""
+    return httpx.create_ssl_context()
+
+
 class _Pool:
     """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
     on first use: the direct path's `session`, also behind the httpx interface (`transport`), which the
@@ -119,7 +125,7 @@ class _Pool:
 
     def __init__(self, concurrency: int) -> None:
         self._concurrency = concurrency
-        self._ssl = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+        self._ssl = tls_context() or new_tls_context()
         self._session: aiohttp.ClientSession | None = None
         limits = httpx.Limits(
             max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS

@@ -593,10 +593,8 @@ def run(
     url_ttl: dt.timedelta,
 ) -> None:
     """Load MANIFEST (if given; - for stdin) and send every pending job; rerun the same command to resume."""
-    if manifest is not None and str(manifest) != "-":
-        from uploader.load import prefetch_sha256  # hashed while SQLAlchemy loads and the ledger opens
-
-        prefetch_sha256(manifest)
+    _start_early(manifest, ledger)
+    from uploader.api import settle_warm_up
     from uploader.cli.forgetting import project_hint
     from uploader.cli.hints import repeat_from_context
     from uploader.cli.stdin import spooled_manifest
@@ -622,6 +620,7 @@ def run(
         manifest, manifest_label = stack.enter_context(spooled_manifest(manifest, fmt))
         created = new_ledger_file(ledger) if manifest else None
         led = _open_ledger(ledger, create=bool(manifest))
+        settle_warm_up()  # no thread of it left when the load forks its slice readers
         display = stack.enter_context(ProgressDisplay(quiet or as_json, silent=quiet))
         settings = None
         if allow_blocked:
@@ -695,6 +694,22 @@ def run(
         or counts.get("blocked")
     ):
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _start_early(manifest: Path | None, ledger: str | None) -> None:
+    """What `run` starts on threads before it imports SQLAlchemy and opens the ledger: the manifest's hash, and
+    for a new ledger (which will send: a rerun may send nothing, and then imports no HTTP library) the HTTP
+    stack's imports and certificates."""
+    from uploader.ledger import new_ledger_file
+
+    if manifest is not None and new_ledger_file(ledger) is not None:
+        from uploader.api import warm_up
+
+        warm_up()
+    if manifest is not None and str(manifest) != "-":
+        from uploader.load import prefetch_sha256
+
+        prefetch_sha256(manifest)
 
 
 def _signer(sign: bool, url_ttl: dt.timedelta) -> PayloadSigner | None:
