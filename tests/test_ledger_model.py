@@ -48,7 +48,8 @@ LEGAL_MOVES = {
     ("failed", "pending"),  # retry; or reloaded with a changed payload
     ("uncertain", "succeeded"),  # a listing found it: a clean recovery
     ("uncertain", "conflict"),  # a listing found it, but it may hold other data
-    ("uncertain", "failed"),  # a complete listing did not find it (not FS_0001)
+    ("uncertain", "failed"),  # a complete listing did not find it (not FS_0001), no attempt left
+    ("uncertain", "pending"),  # a complete listing did not find it (not FS_0001), attempts left: sent again
     ("succeeded", "uncertain"),  # its job_id was answered for another row too: the listing settles both
 }
 
@@ -394,7 +395,8 @@ class LedgerModel(RuleBasedStateMachine):
             found[self.rows[ref].id] = data.draw(st.sampled_from(known)) if reuse else f"job-{next(self.job_ids)}"
         missing_refs = data.draw(st.lists(st.sampled_from(sorted(self.rows)), max_size=3, unique=True))
         missing = [self.rows[ref].id for ref in missing_refs]
-        expected = {"succeeded": 0, "conflict": 0, "failed": 0}
+        max_attempts = data.draw(st.sampled_from([None, 1, 2, 3]))
+        expected = {"succeeded": 0, "conflict": 0, "failed": 0, "requeued": 0}
         for ref in refs:  # in the order given, as the ledger does
             row = self.rows[ref]
             if row.status != "uncertain":
@@ -415,15 +417,19 @@ class LedgerModel(RuleBasedStateMachine):
             row = self.rows[ref]
             if row.id in found or row.status != "uncertain":
                 continue
-            missed = settle_missing(row.error_code, row.sent_hashes)
+            missed = settle_missing(
+                row.error_code, row.sent_hashes, max_attempts is None or row.attempts < max_attempts
+            )
             if missed is None:
                 continue  # FS_0001 after sends of our own: stays uncertain
             row.status, row.job_id = missed.status, None
             if missed.status == "conflict":
                 row.origin, row.error_code = missed.origin, missed.code
                 self.conflict_rows.setdefault(row.ref, (None, missed.code))
-            expected[missed.status] += 1
-        assert self.ledger.resolve_uncertain(found, missing) == Resolution(**expected)
+            if missed.status == "pending":
+                row.not_before = None
+            expected["requeued" if missed.status == "pending" else missed.status] += 1
+        assert self.ledger.resolve_uncertain(found, missing, max_attempts) == Resolution(**expected)
 
     @rule(seconds=st.sampled_from([0.5, 1, 2, 5, 31]))
     def advance_time(self, seconds: float) -> None:

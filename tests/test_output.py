@@ -170,7 +170,13 @@ def test_json_on_every_command(tmp_path: Path):
     assert json.loads(invoke("show", "img-00001", "--ledger", str(ledger), "--json").stdout)["status"] == "pending"
     assert "settings" in json.loads(invoke("config", "--json").stdout)
     reconciled = invoke("reconcile", "--ledger", str(ledger), "--sandbox", "--json")
-    assert json.loads(reconciled.stdout) == {"resolved": 0, "uncertain": 0, "conflict": 0, "why_uncertain": []}
+    assert json.loads(reconciled.stdout) == {
+        "resolved": 0,
+        "uncertain": 0,
+        "conflict": 0,
+        "pending_again": 0,
+        "why_uncertain": [],
+    }
     for name, command in cli.commands.items():
         assert any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params), name
 

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -433,9 +434,10 @@ def test_an_answer_sent_twice_is_never_taken_for_the_next_request(tmp_path: Path
     the second copy was read as the answer to the next request sent on that connection, and every later answer
     shifted by one: with answers that name no reference_id, rows were recorded `succeeded` with the job of the
     row before, for jobs the API never created. No row may hold another row's job, none is created twice, and
-    once `retry` has sent again what a listing could not find (a copy that arrives while the next request
-    still waits at the server is that request's answer as far as HTTP can tell: its row goes uncertain, and a
-    listing made before the server creates its job fails it), every row has its own job."""
+    once `retry` has sent again what may have failed (a run that stopped on too many answers that do not fit
+    leaves rows as they were), every row has its own job. A copy that arrives while the next request still
+    waits at the server is that request's answer as far as HTTP can tell: see
+    test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed."""
     answer = plain_answer if echo == "reference_id" else no_reference_id
     with HostileApi(KEY, answer=answer, answer_twice=delay) as api:
         ledger = tmp_path / "l.db"
@@ -739,3 +741,37 @@ def test_plan_listed_takes_a_status_only_for_the_row_the_entry_names() -> None:
     rows_ = [(1, "a", "j1", None, None, False), (2, "b", "j2", None, None, False), (3, "c", "j3", None, None, False)]
     page, writes, stale = plan_listed(rows_, {"j1": ("a", "completed"), "j2": ("x", "failed"), "j3": None}, "proj")
     assert (page.seen, writes, page.mismatched, stale) == ([1], [(1, "completed")], 2, [])
+
+
+# -- a request still waiting at the server when the listing is read --------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(tmp_path: Path, delay: float) -> None:
+    """The first creation is answered at once with another row's answer (what a server answering twice gives
+    when the copy arrives while the next request still waits there), and the server creates that row's job
+    only `delay` seconds later. A listing read in between does not show the job: the row was recorded
+    `failed` ("the job was not created") although its job then came to exist. It must be sent again instead:
+    the API creates the job then (and refuses the late request with FS_0001), or refuses the copy with FS_0001
+    and the listing finds the job. Either way the ledger ends with the one job the API holds for each row."""
+    timers: list[threading.Timer] = []
+
+    def queued(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
+        if method != "POST" or not path.endswith("/jobs") or timers:
+            return None
+        timer = threading.Timer(delay, api.create, [{"reference_id": "img-00000"}])
+        timer.start()
+        timers.append(timer)
+        return 200, {"Content-Type": "application/json"}, plain_answer("img-00002", "job-of-another-row")
+
+    with HostileApi(KEY, intercept=queued) as api:
+        ledger = tmp_path / "l.db"
+        result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api, "--concurrency", "1"))
+        timers[0].join()
+        got = rows(ledger)
+        assert {k: (r["status"], r["job_id"]) for k, r in got.items()} == {
+            k: ("succeeded", api.jobs[k]) for k in got
+        }, result.output
+        assert set(api.created.values()) == {1} and len(api.created) == 3
+        assert api.requests["exists"] >= 1  # the late request, or the copy: refused as a twin
+        assert result.exit_code == 0, result.output

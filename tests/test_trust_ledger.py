@@ -33,7 +33,8 @@ def row(ledger: Ledger, ref: str) -> dict:
         found = (
             conn.execute(
                 text(
-                    "SELECT status, job_id, sent_hashes, attempt_hash, origin, error_code, recovered FROM jobs "
+                    "SELECT status, job_id, sent_hashes, attempt_hash, origin, error_code, error_message, recovered "
+                    "FROM jobs "
                     "WHERE reference_id = :r"
                 ),
                 {"r": ref},
@@ -179,7 +180,7 @@ def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -
         ]
     )
     ids = [c["ref-0"].id, c["ref-1"].id, again.id]
-    assert ledger.resolve_uncertain({}, ids) == Resolution(conflict=1, failed=1)
+    assert ledger.resolve_uncertain({}, ids, max_attempts=1) == Resolution(conflict=1, failed=1)
     assert (row(ledger, "ref-0")["status"], row(ledger, "ref-0")["error_code"]) == ("failed", "timeout")
     ref1 = row(ledger, "ref-1")
     assert (ref1["status"], ref1["origin"], ref1["error_code"], ref1["job_id"]) == (
@@ -191,6 +192,28 @@ def test_rows_a_complete_listing_does_not_find(ledger: Ledger, tmp_path: Path) -
     assert row(ledger, "ref-2")["status"] == "uncertain"
     assert ledger.retry(["timeout"]) == 1
     assert ledger.retry(everything=True) == 0  # a conflict is not failed: retry never touches it
+
+
+def test_a_row_a_complete_listing_does_not_find_is_sent_again_while_it_has_attempts_left(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Its request may still wait at the server when the listing is read: with attempts left the row goes
+    pending (its last error kept, claimable at once), so the run sends it again and the API either creates the
+    job or refuses the twin with FS_0001. Once it has had `max_attempts`, the next miss fails it."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:1]), "opts")
+    owner = ledger.register_worker()
+    first = claim_all(ledger, owner)["ref-0"]
+    lost = Result(first.id, first.lease_token, Status.UNCERTAIN, error_code="mismatched_answer", may_have_created=True)
+    ledger.record([lost])
+    assert ledger.resolve_uncertain({}, [first.id], max_attempts=2) == Resolution(requeued=1)
+    got = row(ledger, "ref-0")
+    assert (got["status"], got["error_code"], got["job_id"]) == ("pending", "mismatched_answer", None)
+    assert "not found in its batch's listing: sent again" in got["error_message"]
+    again = claim_all(ledger, owner)["ref-0"]
+    assert again.attempts == 2
+    ledger.record([Result(again.id, again.lease_token, Status.UNCERTAIN, error_code="timeout", may_have_created=True)])
+    assert ledger.resolve_uncertain({}, [first.id], max_attempts=2) == Resolution(failed=1)
+    assert (row(ledger, "ref-0")["status"], row(ledger, "ref-0")["error_code"]) == ("failed", "timeout")
 
 
 def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_path: Path) -> None:

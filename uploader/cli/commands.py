@@ -884,10 +884,12 @@ def reconcile(
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
         led = _open_ledger(ledger, create=False)
+        pending_before = led.counts()["pending"]
         resolved, remaining = do_reconcile(
             led, base_url=url, api_key=key, timeout=timeout, max_retry_after=max_retry_after
         )
-    conflicts = led.counts()["conflict"]
+    counts = led.counts()
+    conflicts, requeued = counts["conflict"], max(0, counts["pending"] - pending_before)
     from uploader.cli.hints import repeat_from_context
 
     repeat = repeat_from_context()
@@ -895,12 +897,23 @@ def reconcile(
     if json_mode():
         click.echo(
             json.dumps(
-                {"resolved": resolved, "uncertain": remaining, "conflict": conflicts, "why_uncertain": reasons},
+                {
+                    "resolved": resolved,
+                    "uncertain": remaining,
+                    "conflict": conflicts,
+                    "pending_again": requeued,
+                    "why_uncertain": reasons,
+                },
                 indent=2,
             )
         )
     else:
         click.echo(f"{plural(resolved, 'uncertain row')} resolved, {remaining} still uncertain.")
+    if requeued and not json_mode() and not quiet_mode():
+        click.echo(
+            f"{rows_are(requeued)} pending again (their batch's listing did not show them: not created, or not "
+            f"yet): `{repeat.command('run', api=True)}` sends them, and the API refuses a twin with FS_0001."
+        )
     if not json_mode() and not quiet_mode():
         for reason in reasons:
             click.echo(reason)

@@ -11,7 +11,8 @@ The legal moves (and only these) are made here:
     in_flight (lease expired: its worker died) ──claim──► in_flight (sent again; FS_0001 resolves it)
     failed ──retry──► pending
     uncertain ──listing finds the job──► succeeded (recovered), or conflict (it may hold other data)
-    uncertain ──a complete listing does not find it (not FS_0001)──► failed
+    uncertain ──a complete listing does not find it (not FS_0001)──► pending (sent again: its request may
+                 still wait at the server, and FS_0001 refuses a twin), or failed once its attempts are spent
     succeeded ──the API answers its job_id for another row too──► uncertain (the listing settles both)
 
 Payload hashes: the claim sets `attempt_hash` (the body_hash being sent), first adding a previous
@@ -118,13 +119,16 @@ class Resolution:
 
     succeeded: int = 0  #: found, a clean recovery
     conflict: int = 0  #: found, but the job may hold other data (or its job_id is another row's)
-    failed: int = 0  #: not found by a complete listing after an attempt that may have reached the API
+    failed: int = 0  #: not found by a complete listing after a last attempt that may have reached the API
+    #: not found by a complete listing, attempts left: pending again, to be sent (FS_0001 refuses a twin)
+    requeued: int = 0
     #: succeeded rows that gave up a job_id the listing shows under another reference_id (now uncertain)
     demoted: int = 0
 
     @property
     def total(self) -> int:
-        return self.succeeded + self.conflict + self.failed
+        """The rows that left `uncertain`."""
+        return self.succeeded + self.conflict + self.failed + self.requeued
 
 
 _RETURNING = "id, project_id, reference_id, batch_id, body, attempts, lease_token"
@@ -620,16 +624,19 @@ class Ledger(LedgerQueries):
 
     # -- uncertain rows and retries ----------------------------------------------------------------------
 
-    def resolve_uncertain(self, found: dict[int, str], missing: Sequence[int] = ()) -> Resolution:
+    def resolve_uncertain(
+        self, found: dict[int, str], missing: Sequence[int] = (), max_attempts: int | None = None
+    ) -> Resolution:
         """Settle uncertain rows with what a batch listing showed.
 
         `found` {row id: job_id}: the row gets that job_id and goes `succeeded` (origin recovered) or
         `conflict` (transitions.settle_found: a job this ledger never sent, or one an earlier payload may have
         created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
-        find (policy.settle_missing): `failed` when not refused with FS_0001 (nothing was created, so `retry`
-        may send them again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger
-        never sent; other FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
-        succeeded = conflict = failed = demoted = 0
+        find (transitions.settle_missing): when not refused with FS_0001, `pending` (sent again) while the row
+        has had fewer than `max_attempts` attempts (None: no limit), else `failed` (`retry` may send them
+        again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger never sent;
+        other FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
+        succeeded = conflict = failed = demoted = requeued = 0
         now = utcnow()
         with write_tx(self.engine) as conn:
             for rid, job_id in found.items():
@@ -674,21 +681,29 @@ class Ledger(LedgerQueries):
                 if rid in found:
                     continue
                 row = conn.execute(
-                    text(f"SELECT error_code, sent_hashes FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"),
+                    text(
+                        f"SELECT error_code, sent_hashes, attempts FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"
+                    ),
                     {"id": rid},
                 ).first()
-                outcome = settle_missing(row[0], row[1]) if row is not None else None
+                if row is None:
+                    continue
+                outcome = settle_missing(row[0], row[1], max_attempts is None or row[2] < max_attempts)
                 if outcome is None:
                     continue
-                if outcome.status == Status.FAILED.value:
-                    failed += conn.execute(
+                if outcome.status in (Status.FAILED.value, Status.PENDING.value):
+                    count = conn.execute(
                         text(
-                            f"UPDATE jobs SET status = '{_FAILED}', job_id = NULL, error_message = "
+                            "UPDATE jobs SET status = :s, job_id = NULL, not_before = NULL, error_message = "
                             "COALESCE(error_message || '; ', '') || :m, updated_at = :t "
                             f"WHERE id = :id AND status = '{_UNCERTAIN}'"
                         ),
-                        {"m": outcome.message, "t": now, "id": rid},
+                        {"s": outcome.status, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
+                    if outcome.status == Status.FAILED.value:
+                        failed += count
+                    else:
+                        requeued += count
                 else:
                     conflict += conn.execute(
                         text(
@@ -698,7 +713,7 @@ class Ledger(LedgerQueries):
                         ),
                         {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
-        return Resolution(succeeded, conflict, failed, demoted)
+        return Resolution(succeeded, conflict, failed, requeued=requeued, demoted=demoted)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows)."""

@@ -20,8 +20,8 @@ EXISTS_CODES = frozenset({"FS_0001"})
 class Settlement:
     """Where an uncertain row goes once a batch listing settled it (found it, or completely missed it), and why."""
 
-    status: str  #: "succeeded", "conflict" or "failed"
-    origin: str | None  #: "recovered" or "pre-existing"; None for a row that goes failed
+    status: str  #: "succeeded", "conflict", "failed", or "pending" (sent again)
+    origin: str | None  #: "recovered" or "pre-existing"; None for a row that goes failed or pending
     code: str | None
     message: str | None
 
@@ -65,12 +65,14 @@ def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool 
     return Settlement("succeeded", origin, None, None)
 
 
-def settle_missing(error_code: str | None, sent_hashes: str | None) -> Settlement | None:
+def settle_missing(error_code: str | None, sent_hashes: str | None, attempts_left: bool) -> Settlement | None:
     """Where an uncertain row goes when a complete listing of its batch did not find it (None: it stays).
 
     - not refused with FS_0001 (uncertain only because its last attempt may have reached the API: a
-      timeout, a lost or malformed answer): nothing was created → failed, so `uploader retry` may send it
-      again (FS_0001 still guards against a twin);
+      timeout, a lost or malformed answer): either nothing was created, or the server has not yet processed
+      that request (it may still be queued there when the listing is read). So with `attempts_left` the row
+      is sent again → pending: the API creates the job, or refuses a twin with FS_0001 and the listing then
+      finds it. With no attempt left → failed, so `uploader retry` may send it again (FS_0001 still guards);
     - FS_0001 and this ledger never sent the row before (`sent_hashes` empty): the reference_id belongs to
       a job created elsewhere, in another batch → conflict `created_elsewhere`, origin pre-existing, job_id
       unknown — no later listing of this batch can find it;
@@ -78,11 +80,19 @@ def settle_missing(error_code: str | None, sent_hashes: str | None) -> Settlemen
       show it).
     """
     if error_code not in EXISTS_CODES:
+        if attempts_left:
+            return Settlement(
+                "pending",
+                None,
+                error_code,
+                "not found in its batch's listing: sent again (the API refuses a twin with FS_0001)",
+            )
         return Settlement(
             "failed",
             None,
             error_code,
-            "not found in its batch's listing: the job was not created (`uploader retry` sends it again)",
+            "not found in its batch's listing after its last attempt: the job was not created, or not yet "
+            "(`uploader retry` sends it again; the API refuses a twin with FS_0001)",
         )
     if not (sent_hashes or "").split():
         return Settlement(

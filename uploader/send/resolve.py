@@ -55,8 +55,11 @@ class Resolver:
         halted: Callable[[], bool] = _never,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
+        max_attempts: int | None = None,
     ) -> None:
         self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
+        #: a row a complete listing did not find is sent again while it has had fewer attempts (None: always)
+        self.max_attempts = max_attempts
         self.sleep = sleep  #: every backoff here: the run's, which a stop ends at once (RunStopping)
         self.max_retry_after = max_retry_after
         self.flush = flush  #: records the run's results still in memory, so that the lookup sees them
@@ -87,7 +90,8 @@ class Resolver:
     async def _resolve(self, final: bool) -> FatalApiError | None:
         """Look up the job_ids of the ledger's `uncertain` rows (this run's FS_0001 answers, lost or
         malformed answers, and any an earlier run left) by listing their batches; the ledger settles what
-        was found (succeeded or conflict) and fails what a full listing did not find, except FS_0001 rows.
+        was found (succeeded or conflict) and sends again (or, its attempts spent, fails) what a full listing
+        did not find, except FS_0001 rows.
         A row stays uncertain while its batch cannot be listed (the default batch's id is learnt from a job
         of ours in it, so it may have to wait for a success) or, for FS_0001, when a full listing does not
         find it; a later round, a later run or `reconcile` resolves it."""
@@ -134,13 +138,15 @@ class Resolver:
                     "the rows it did not show stay uncertain"
                 )
                 missing = []
-            # A listing that ended normally is complete: a row it did not find was not created (unless the
-            # API said FS_0001); the ledger fails it, keeping FS_0001 rows uncertain.
-            done = self.ledger.resolve_uncertain(hits, missing)
+            # A listing that ended normally is complete: a row it did not find was not created, or its request
+            # still waits at the server (unless the API said FS_0001). The ledger makes it pending, to be sent
+            # again (FS_0001 refuses a twin), or failed once its attempts are spent; FS_0001 rows stay uncertain.
+            done = self.ledger.resolve_uncertain(hits, missing, self.max_attempts)
             self.progress.succeeded += done.succeeded
             self.progress.recovered += done.succeeded
             self.progress.conflict += done.conflict
             self.progress.failed += done.failed
+            self.progress.requeued += done.requeued
             self.progress.uncertain -= done.total  # may go below 0: rows an earlier run left uncertain
             if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
                 self.progress.succeeded -= done.demoted

@@ -283,6 +283,7 @@ async def _reconcile(
     from uploader.api import MAX_RETRY_AFTER, ApiClient
     from uploader.errors import ApiUnreachableError
     from uploader.send.resolve import Resolver
+    from uploader.send.submit import RunOptions
     from uploader.send.summary import Progress
 
     progress = Progress()
@@ -293,12 +294,13 @@ async def _reconcile(
             progress,
             random.Random(seed),
             max_retry_after=MAX_RETRY_AFTER if max_retry_after is None else max_retry_after,
+            max_attempts=RunOptions.max_attempts,  # a run's default: the next run sends what it makes pending
         )
         resolver.waiting = True
         fatal = await resolver.resolve(final=True)
     if fatal is not None:
         raise fatal
-    resolved = progress.succeeded + progress.conflict + progress.failed
+    resolved = progress.succeeded + progress.conflict + progress.failed + progress.requeued
     remaining = ledger.counts()["uncertain"]
     if resolver.unreachable is not None and remaining:
         raise ApiUnreachableError(

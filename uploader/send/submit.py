@@ -351,6 +351,7 @@ class _Run:
             halted=lambda: self.fatal is not None or self.ledger_error is not None,
             sleep=self._sleep,
             max_retry_after=opts.max_retry_after,
+            max_attempts=opts.max_attempts,
         )
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
@@ -451,16 +452,22 @@ class _Run:
             on_progress(self.progress)
 
     async def _drain(self, claimer: asyncio.Task[Any]) -> None:
-        """The run's main line: claim until nothing is left, wait for the senders, then the last lookups."""
+        """The run's main line: claim until nothing is left, wait for the senders, then the last lookups; and
+        again while they made rows pending (not found by a listing: sent again, within their attempts)."""
         await asyncio.wait([claimer])
         if claimer.cancelled() or claimer.exception() is not None:
             return  # the monitor reports it
-        await self.queue.join()
-        if self.ledger_error is None and not self.stop.gentle and self.failed_task is None:
+        while True:
+            await self.queue.join()
+            if self._stopping:
+                return
             # Every uncertain row of the ledger, not only this run's: another machine's run may still be
             # resolving its own, and the counts this run reports (and its exit code) come after this.
             self.resolver.waiting = True
             await self._resolve_all(final=True)
+            if self._stopping or self.ledger.next_wakeup(self.owner) is None:
+                return
+            await self._claimer()  # what the lookups made pending, and whatever else became claimable
 
     async def _monitor(self, drain: asyncio.Task[Any], side: dict[asyncio.Task[Any], str]) -> None:
         """Wait for `drain`; a side task that raises (or is cancelled by anything but a second signal) first

@@ -45,6 +45,7 @@ class Progress:
     recovered: int = 0
     uncertain: int = 0
     conflict: int = 0  #: found by a listing, but the job may hold other data than the manifest says
+    requeued: int = 0  #: uncertain rows a complete listing did not find: pending again, to be sent again
     protocol_errors: int = 0  #: success answers that did not fit their request (policy.Verdict.PROTOCOL)
     ignored: int = 0
     throttled: int = 0
