@@ -775,3 +775,33 @@ def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(
         assert set(api.created.values()) == {1} and len(api.created) == 3
         assert api.requests["exists"] >= 1  # the late request, or the copy: refused as a twin
         assert result.exit_code == 0, result.output
+
+
+def test_reconcile_says_which_rows_it_made_pending_again(tmp_path: Path) -> None:
+    """A row left uncertain after a mismatched answer, that the batch listing does not show: reconcile makes it
+    pending again (it has attempts left) and says so, for the next run to send."""
+    ledger_path = tmp_path / "l.db"
+    manifest = write_images(tmp_path / "m.csv", 2)
+    load = ["load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf", "--batch-id", BATCH]
+    assert invoke(*load, "--ledger", str(ledger_path)).exit_code == 0
+    led = Ledger.open(str(ledger_path))
+    try:
+        owner = led.register_worker()
+        (claim,) = led.claim(owner, 1, 60)
+        led.record([Result(claim.id, claim.lease_token, Status.UNCERTAIN, error_code="mismatched_answer")])
+    finally:
+        led.close()
+    with HostileApi(KEY) as api:
+        common = ["--ledger", str(ledger_path), "--base-url", api.base_url]
+        said = invoke("reconcile", *common)
+        assert said.exit_code == 0, said.output
+        assert "1 uncertain row resolved, 0 still uncertain." in said.stdout
+        assert "1 row is pending again (their batch's listing did not show them" in said.stdout
+        assert f"`uploader run --ledger {ledger_path} --base-url {api.base_url}` sends them" in said.stdout
+        assert {r["status"] for r in rows(ledger_path).values()} == {"pending"}
+        assert json.loads(invoke("reconcile", *common, "--json").stdout)["pending_again"] == 0  # nothing left
+        done = invoke(*run_args(None, ledger_path, api))
+        assert done.exit_code == 0, done.output
+        assert {k: (r["status"], r["job_id"]) for k, r in rows(ledger_path).items()} == {
+            k: ("succeeded", api.jobs[k]) for k in ("img-00000", "img-00001")
+        }
