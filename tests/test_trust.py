@@ -342,14 +342,16 @@ def test_many_answers_that_do_not_fit_stop_the_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_listing_entries_are_validated_like_answers(tmp_path: Path) -> None:
-    """The listing, too, names every job `id: true`: no such id is recorded; a listing that shows no usable
-    job for a row whose answer was malformed leaves it failed (nothing trustworthy says it exists), and
-    `retry` sends it again (FS_0001 then guards against a twin)."""
+    """The listing, too, names every job `id: true`: no such id is recorded. A listing that shows no usable
+    job for a row whose answer was malformed does not say the job was not created: the row is sent again, the
+    API refuses the twin with FS_0001 (the job exists), and the row stays uncertain with no job_id (before, it
+    was recorded failed: "not created")."""
     with MisbehavingApi("object", listing="true", key=KEY) as api:
         manifest = write_images(tmp_path / "m.csv", 4)
         ledger = tmp_path / "l.db"
         result = invoke(*api_run_args(manifest, ledger, api))
         assert result.exit_code == 3, result.output
         got = rows(ledger)
-        assert {(r["status"], r["error_code"], r["job_id"]) for r in got.values()} == {("failed", "bad_job_id", None)}
+        assert {(r["status"], r["error_code"], r["job_id"]) for r in got.values()} == {("uncertain", "FS_0001", None)}
+        assert {r["attempts"] for r in got.values()} == {2}
         assert set(api.created.values()) == {1}
