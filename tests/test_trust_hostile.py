@@ -805,3 +805,37 @@ def test_reconcile_says_which_rows_it_made_pending_again(tmp_path: Path) -> None
         assert {k: (r["status"], r["job_id"]) for k, r in rows(ledger_path).items()} == {
             k: ("succeeded", api.jobs[k]) for k in ("img-00000", "img-00001")
         }
+
+
+# -- a job the API no longer knows ----------------------------------------------------------------------------
+
+
+def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path) -> None:
+    """A job deleted at the platform after the run (neither listed nor readable: GET job answers 404
+    resource_error). Sync stopped there (exit 1), so the jobs after it were never checked on their own. The
+    project answers, so the job, not the project, is gone: sync names the row, records nothing for it, checks
+    the others and exits 3. A project that never answers still stops the sync (exit 1)."""
+
+    def unlisted_after_first(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
+        return one_page(jobs[:1], token)  # later rows are read on their own (GET job)
+
+    with HostileApi(KEY, pages=unlisted_after_first) as api:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 4), ledger, api)).exit_code == 0
+        gone = api.jobs.pop("img-00001")
+        common = ["--ledger", str(ledger), "--base-url", api.base_url]
+        said = invoke("sync", *common)
+        assert said.exit_code == 3, said.output
+        assert f"the API does not know the job of 1 row: img-00001 (job {gone})" in said.stderr
+        got = rows(ledger)
+        assert got["img-00001"]["status"] == "succeeded" and got["img-00001"]["platform_status"] is None
+        assert {k: got[k]["platform_status"] for k in ("img-00000", "img-00002", "img-00003")} == dict.fromkeys(
+            ("img-00000", "img-00002", "img-00003"), "completed"
+        )
+        document = json.loads(invoke("sync", *common, "--json").stdout)
+        assert document["jobs_not_found"] == 1
+        assert document["jobs_not_found_examples"] == [{"reference_id": "img-00001", "job_id": gone}]
+        gone_project = b'{"success": false, "error": {"code": "resource_error", "message": "no such project"}}'
+        api.intercept = lambda method, path, count: (404, {}, gone_project) if method == "GET" else None
+        stopped = invoke("sync", *common)
+        assert stopped.exit_code == 1 and "resource_error" in stopped.output

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from uploader.api.payload import attachment_urls as attachment_urls
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
+    from uploader.api.policy import NOT_FOUND_CODES as NOT_FOUND_CODES
     from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
     from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
@@ -62,6 +63,7 @@ _EXPORTS = {
     "PERMANENT_CODES": "uploader.api.policy",
     "RETRYABLE_CODES": "uploader.api.policy",
     "MAX_RETRY_AFTER": "uploader.api.policy",
+    "NOT_FOUND_CODES": "uploader.api.policy",
     "OUTAGE_CODES": "uploader.api.policy",
     "PROTOCOL_ERROR_LIMIT": "uploader.api.policy",
     "ApiResult": "uploader.api.policy",

@@ -74,6 +74,9 @@ RETRYABLE_CODES = frozenset({"FS_0000", "FS_0008", "api_error"})
 FATAL_CODES = frozenset(
     {"auth-failure", "core.webutil.token_auth", "unauthorized", "core.webutil.auther", "resource_error", "PR_0001"}
 )
+#: The project (or resource) was not found: asked for one job of a project that answers other requests, the
+#: job does not exist (deleted at the platform, or never created).
+NOT_FOUND_CODES = frozenset({"resource_error", "PR_0001"})
 #: Synthetic codes client.py gives when no usable answer arrived; all transient.
 TRANSPORT_CODES = frozenset(
     {"timeout", "connect_error", "connection_closed", "body_too_large", "protocol_error", "transport_error"}

@@ -1029,6 +1029,10 @@ def sync(
                     "job_requests": report.job_reads,
                     "changed": report.changed,
                     "listing_mismatches": report.mismatched,
+                    "jobs_not_found": len(report.not_found),
+                    "jobs_not_found_examples": [
+                        {"reference_id": ref, "job_id": job} for ref, job in report.not_found[:20]
+                    ],
                     "results_fetched": report.results,
                     "failed_results": report.result_errors,
                     **report.counts,
@@ -1039,7 +1043,11 @@ def sync(
     elif not quiet_mode():
         for error in report.result_errors[:10]:
             click.echo(f"result not fetched: {error}", err=True)
-    if report.result_errors:
+        if report.not_found:
+            from uploader.cli.output import not_found_text
+
+            click.echo(not_found_text(report.not_found), err=True)
+    if report.result_errors or report.not_found:
         sys.exit(EXIT_SOME_FAILED)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "conflict_hint",
     "error_line",
     "error_lines",
+    "not_found_text",
     "plural",
     "print_load",
     "print_resume",
@@ -558,3 +559,14 @@ class SyncDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def not_found_text(missing: list[tuple[str, str]], examples: int = 5) -> str:
+    """What `sync` says of rows (reference_id, job_id) whose job the API does not know."""
+    named = ", ".join(f"{ref} (job {job})" for ref, job in missing[:examples])
+    more = f" and {len(missing) - examples} more" if len(missing) > examples else ""
+    return (
+        f"the API does not know the job of {plural(len(missing), 'row')}: {named}{more}. Deleted at the "
+        "platform, or never created although the API answered its creation: nothing is recorded for them (they "
+        "stay succeeded in the ledger); `uploader show REFERENCE_ID` shows one"
+    )

@@ -41,6 +41,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from uploader.api import (
     MAX_RETRY_AFTER,
+    NOT_FOUND_CODES,
     ApiClient,
     ApiResult,
     PageTrail,
@@ -50,7 +51,7 @@ from uploader.api import (
     run_loop,
     status_text,
 )
-from uploader.errors import ApiUnreachableError
+from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import (
     Adoption,
     FetchedResult,
@@ -111,6 +112,9 @@ class SyncReport:
     final: int = 0  #: tracked rows with a final platform status, as the sync goes
     checked: int = 0  #: tracked rows whose status this sync read
     mismatched: int = 0  #: rows a listing named their job for another reference_id (read on their own instead)
+    #: (reference_id, job_id) of rows whose job the API says does not exist (GET job refused as not found, in a
+    #: project that answered this sync): deleted at the platform, or never created. Nothing recorded for them.
+    not_found: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def all_final(self) -> bool:
@@ -233,6 +237,7 @@ class _Sync:
     on_progress: Callable[[SyncReport], None] | None = None
     report: SyncReport = field(default_factory=SyncReport)
     seen: bytearray = field(default_factory=bytearray)  #: a bit per row id: listed this sync
+    answering: set[str] = field(default_factory=set)  #: projects that answered a listing or a job read
     queue: asyncio.Queue[TrackedRow | None] = field(default_factory=lambda: asyncio.Queue(1))
     pending: _Group = field(default_factory=_Group)  #: fetched, not yet taken by the writer
     settling: _Group | None = None  #: taken by the writer: being written and recorded
@@ -298,6 +303,7 @@ class _Sync:
                 None,
             )
             self.report.pages += 1
+            self.answering.add(project)
             await self.listed(project, [job for job in listed_jobs(data) if job[2]])
             token = trail.next(data)
 
@@ -364,15 +370,24 @@ class _Sync:
         status or result is then recorded for no row."""
         data = await self.read(partial(self.client.get_job, project, job_id), f"job {job_id}", None)
         self.report.job_reads += 1
+        self.answering.add(project)
         problem = job_read_problem(data, job_id, reference_id)
         if problem is not None:
             raise ApiUnreachableError(f"the API answered the read of job {job_id} with {problem}: nothing recorded")
         return data
 
     async def read_one(self, row: TrackedRow) -> None:
-        """The fallback: one job's status from GET job."""
+        """The fallback: one job's status from GET job. A job refused as not found in a project that answers
+        is reported (`SyncReport.not_found`) and the sync goes on; in a project that never answered, the
+        project itself may be gone (or the key have no access): the sync stops (FatalApiError)."""
         _, project, reference_id, job_id = row
-        data = await self.read_job(project, job_id, reference_id)
+        try:
+            data = await self.read_job(project, job_id, reference_id)
+        except FatalApiError as exc:
+            if exc.code not in NOT_FOUND_CODES or project not in self.answering:
+                raise
+            self.report.not_found.append((reference_id, job_id))
+            return
         status = status_text(data.get("status"))
         if status:
             await self.listed(project, [(reference_id, job_id, status)])
