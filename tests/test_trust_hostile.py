@@ -832,6 +832,8 @@ def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path) ->
         assert {k: got[k]["platform_status"] for k in ("img-00000", "img-00002", "img-00003")} == dict.fromkeys(
             ("img-00000", "img-00002", "img-00003"), "completed"
         )
+        watched = invoke("sync", *common, "--watch", "0.1")  # ends: no later round can make that job final
+        assert watched.exit_code == 3 and "img-00001" in watched.stderr, watched.output
         document = json.loads(invoke("sync", *common, "--json").stdout)
         assert document["jobs_not_found"] == 1
         assert document["jobs_not_found_examples"] == [{"reference_id": "img-00001", "job_id": gone}]

@@ -120,6 +120,11 @@ class SyncReport:
     def all_final(self) -> bool:
         return bool(self.counts) and self.counts["final"] == self.counts["tracked"]
 
+    @property
+    def nothing_to_wait_for(self) -> bool:
+        """Every tracked job is final, or unknown to the API (no later round can change those): --watch ends."""
+        return bool(self.counts) and self.counts["final"] + len(self.not_found) >= self.counts["tracked"]
+
 
 def result_file_name(reference_id: str) -> str:
     """A file name for the result of `reference_id`: the id itself when it is lower-case letters, digits,
@@ -564,7 +569,7 @@ def sync_ledger(
     on_progress: Callable[[SyncReport], None] | None = None,
 ) -> SyncReport:
     """`sync_async` with its own client (a connection beside the workers' for the listing) and --rate; with
-    `watch` (seconds), repeated until every tracked job is final."""
+    `watch` (seconds), repeated until every tracked job is final (or unknown to the API)."""
     limiter = RateLimiter(rate) if rate else None
 
     async def main() -> SyncReport:
@@ -582,7 +587,7 @@ def sync_ledger(
                 )
                 if on_round is not None:
                     on_round(report)
-                if watch is None or report.all_final:
+                if watch is None or report.nothing_to_wait_for:
                     return report
                 await asyncio.sleep(watch)
 
