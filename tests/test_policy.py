@@ -16,6 +16,7 @@ from uploader.api.policy import (
     backoff_delay,
     classify,
     job_id_text,
+    job_is_gone,
     may_have_created,
     next_delay,
     retry_after_seconds,
@@ -386,3 +387,21 @@ def test_throttled_backoff_grows_with_the_429s_in_a_row_whatever_the_hint(
 def test_max_retry_after(hint: float | None, cap: float, capped: bool, delay_at_most: float) -> None:
     assert policy.retry_after_capped(hint, cap) is capped
     assert next_delay(THROTTLE, 1, hint, random.Random(1), max_retry_after=cap) <= delay_at_most
+
+
+@pytest.mark.parametrize(
+    ("code", "project_answers", "gone"),
+    [
+        ("FS_0006", False, True),  # job unit not found: the job's own not found
+        ("FS_0006", True, True),
+        ("resource_error", True, True),  # the project answers other reads: the job is what is missing
+        ("PR_0001", True, True),
+        ("resource_error", False, False),  # nothing says the project is there: it may be what is gone
+        ("PR_0001", False, False),
+        ("unauthorized", True, False),  # the key's access, not the job
+        ("FS_0000", True, False),
+        (None, True, False),
+    ],
+)
+def test_job_is_gone(code: str | None, project_answers: bool, gone: bool) -> None:
+    assert job_is_gone(code, project_answers) is gone

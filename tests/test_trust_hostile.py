@@ -810,11 +810,13 @@ def test_reconcile_says_which_rows_it_made_pending_again(tmp_path: Path) -> None
 # -- a job the API no longer knows ----------------------------------------------------------------------------
 
 
-def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", ["resource_error", "FS_0006"])
+def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path, code: str) -> None:
     """A job deleted at the platform after the run (neither listed nor readable: GET job answers 404
-    resource_error). Sync stopped there (exit 1), so the jobs after it were never checked on their own. The
-    project answers, so the job, not the project, is gone: sync names the row, records nothing for it, checks
-    the others and exits 3. A project that never answers still stops the sync (exit 1)."""
+    resource_error, or FS_0006 "job unit not found" as the sandbox does). Sync stopped there (exit 1, or
+    "cannot read"), so the jobs after it were never checked on their own. The project answers, so the job,
+    not the project, is gone: sync names the row, records nothing for it, checks the others and exits 3. A
+    project that never answers still stops the sync (exit 1)."""
 
     def unlisted_after_first(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
         return one_page(jobs[:1], token)  # later rows are read on their own (GET job)
@@ -823,6 +825,9 @@ def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path) ->
         ledger = tmp_path / "l.db"
         assert invoke(*run_args(write_images(tmp_path / "m.csv", 4), ledger, api)).exit_code == 0
         gone = api.jobs.pop("img-00001")
+        if code == "FS_0006":
+            unit = b'{"success": false, "error": {"code": "FS_0006", "message": "job unit not found"}}'
+            api.intercept = lambda method, path, count: (404, {}, unit) if path.endswith(f"/jobs/{gone}") else None
         common = ["--ledger", str(ledger), "--base-url", api.base_url]
         said = invoke("sync", *common)
         assert said.exit_code == 3, said.output

@@ -120,7 +120,11 @@ class FatalApiError(ApiError):
 
 
 class ApiUnreachableError(ApiError):
-    """The API could not be reached."""
+    """The API could not be reached, or refused a read for good (`code`: the API's error code, if it gave one)."""
+
+    def __init__(self, message: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class InterruptedRun(UploaderError):

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from uploader.api.payload import attachment_urls as attachment_urls
     from uploader.api.policy import EXISTS_CODES as EXISTS_CODES
     from uploader.api.policy import MAX_RETRY_AFTER as MAX_RETRY_AFTER
-    from uploader.api.policy import NOT_FOUND_CODES as NOT_FOUND_CODES
     from uploader.api.policy import OUTAGE_CODES as OUTAGE_CODES
     from uploader.api.policy import PERMANENT_CODES as PERMANENT_CODES
     from uploader.api.policy import PROTOCOL_ERROR_LIMIT as PROTOCOL_ERROR_LIMIT
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import backoff_delay as backoff_delay
     from uploader.api.policy import classify as classify
     from uploader.api.policy import job_id_text as job_id_text
+    from uploader.api.policy import job_is_gone as job_is_gone
     from uploader.api.policy import job_read_problem as job_read_problem
     from uploader.api.policy import listed_jobs as listed_jobs
     from uploader.api.policy import may_have_created as may_have_created
@@ -63,7 +63,6 @@ _EXPORTS = {
     "PERMANENT_CODES": "uploader.api.policy",
     "RETRYABLE_CODES": "uploader.api.policy",
     "MAX_RETRY_AFTER": "uploader.api.policy",
-    "NOT_FOUND_CODES": "uploader.api.policy",
     "OUTAGE_CODES": "uploader.api.policy",
     "PROTOCOL_ERROR_LIMIT": "uploader.api.policy",
     "ApiResult": "uploader.api.policy",
@@ -75,6 +74,7 @@ _EXPORTS = {
     "backoff_delay": "uploader.api.policy",
     "classify": "uploader.api.policy",
     "job_id_text": "uploader.api.policy",
+    "job_is_gone": "uploader.api.policy",
     "job_read_problem": "uploader.api.policy",
     "listed_jobs": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",

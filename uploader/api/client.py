@@ -402,7 +402,7 @@ class ApiClient:
             if decision.verdict is Verdict.FATAL:
                 raise FatalApiError(f"the API refused reading {what}: {detail}", decision.code, result.http_status)
             if decision.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED):
-                raise ApiUnreachableError(f"cannot read {what}: {detail}")
+                raise ApiUnreachableError(f"cannot read {what}: {detail}", decision.code)
             if attempt < max_attempts:
                 hint = retry_after_seconds(result.retry_after, datetime.now(UTC))
                 await sleep(next_delay(decision, attempt, hint, rng, max_retry_after=max_retry_after))

@@ -19,7 +19,9 @@ __all__ = [
     "EXISTS_CODES",
     "FATAL_CODES",
     "JOB_ID_MAX_CHARS",
+    "JOB_NOT_FOUND_CODES",
     "MAX_RETRY_AFTER",
+    "NOT_FOUND_CODES",
     "OUTAGE_CODES",
     "PERMANENT_CODES",
     "PROTOCOL_CODES",
@@ -35,6 +37,7 @@ __all__ = [
     "backoff_delay",
     "classify",
     "job_id_text",
+    "job_is_gone",
     "job_read_problem",
     "listed_jobs",
     "may_have_created",
@@ -74,8 +77,9 @@ RETRYABLE_CODES = frozenset({"FS_0000", "FS_0008", "api_error"})
 FATAL_CODES = frozenset(
     {"auth-failure", "core.webutil.token_auth", "unauthorized", "core.webutil.auther", "resource_error", "PR_0001"}
 )
-#: The project (or resource) was not found: asked for one job of a project that answers other requests, the
-#: job does not exist (deleted at the platform, or never created).
+#: A job read refused with one of these: the job does not exist ("job unit not found", as the sandbox says).
+JOB_NOT_FOUND_CODES = frozenset({"FS_0006"})
+#: The project (or resource) was not found: for a job read in a project that answers other requests, the job.
 NOT_FOUND_CODES = frozenset({"resource_error", "PR_0001"})
 #: Synthetic codes client.py gives when no usable answer arrived; all transient.
 TRANSPORT_CODES = frozenset(
@@ -406,6 +410,13 @@ def next_delay(
 def retry_after_capped(retry_after: float | None, max_retry_after: float = MAX_RETRY_AFTER) -> bool:
     """True when a Retry-After hint (seconds) asks for longer than `max_retry_after`: the run waits less."""
     return retry_after is not None and retry_after > max_retry_after
+
+
+def job_is_gone(code: str | None, project_answers: bool) -> bool:
+    """Whether a job read refused with `code` says the job does not exist (deleted at the platform, or never
+    created): a job-level not found, or a not found in a project that answers other requests (else the project
+    itself, or the key's access to it, may be what is gone)."""
+    return code in JOB_NOT_FOUND_CODES or (project_answers and code in NOT_FOUND_CODES)
 
 
 def status_text(value: Any) -> str:

@@ -41,10 +41,10 @@ from typing import IO, Any, BinaryIO, cast
 
 from uploader.api import (
     MAX_RETRY_AFTER,
-    NOT_FOUND_CODES,
     ApiClient,
     ApiResult,
     PageTrail,
+    job_is_gone,
     job_read_problem,
     listed_jobs,
     named_twice,
@@ -382,14 +382,14 @@ class _Sync:
         return data
 
     async def read_one(self, row: TrackedRow) -> None:
-        """The fallback: one job's status from GET job. A job refused as not found in a project that answers
-        is reported (`SyncReport.not_found`) and the sync goes on; in a project that never answered, the
-        project itself may be gone (or the key have no access): the sync stops (FatalApiError)."""
+        """The fallback: one job's status from GET job. A job the API says does not exist (policy.job_is_gone)
+        is reported (`SyncReport.not_found`) and the sync goes on; a not found in a project that never answered
+        may be the project's (or the key's access to it): the sync stops (FatalApiError)."""
         _, project, reference_id, job_id = row
         try:
             data = await self.read_job(project, job_id, reference_id)
-        except FatalApiError as exc:
-            if exc.code not in NOT_FOUND_CODES or project not in self.answering:
+        except (FatalApiError, ApiUnreachableError) as exc:
+            if not job_is_gone(exc.code, project in self.answering):
                 raise
             self.report.not_found.append((reference_id, job_id))
             return
