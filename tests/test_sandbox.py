@@ -576,6 +576,26 @@ def test_state_file_survives_restart(tmp_path: Path) -> None:
         assert [j["reference_id"] for j in sb.jobs()] == ["p1", "p2", "p3"]
 
 
+def test_a_job_deleted_at_the_platform_is_gone_and_stays_gone(tmp_path: Path) -> None:
+    """DELETE /_sandbox/jobs/:id (keyless, like the other /_sandbox/ routes): GET job answers FS_0006, the
+    listing no longer shows it, its reference_id is free again; a restart replays the deletion; an unknown id
+    is a 404."""
+    config = SandboxConfig(state_file=tmp_path / "state.jsonl")
+    with Sandbox(config) as sb, client_for(sb) as c:
+        batch_id = assert_ok(c.post(BATCH, json={"name": "b", "description": "d"}))["batch_id"]
+        gone, kept = (assert_ok(c.post(JOBS, json=job(ref, batch_id=batch_id)))["job_id"] for ref in ("p1", "p2"))
+        deleted = httpx.delete(f"{sb.base_url}/_sandbox/jobs/{gone}")
+        assert deleted.status_code == 200 and deleted.json() == {"deleted": gone}
+        assert_error(c.get(f"{JOBS}/{gone}"), "FS_0006")
+        assert [j["id"] for j in assert_ok(c.get(f"{BATCH}/{batch_id}"))["jobs"]] == [kept]
+        assert httpx.delete(f"{sb.base_url}/_sandbox/jobs/{gone}").status_code == 404
+    with Sandbox(config) as sb, client_for(sb) as c:
+        assert [j["job_id"] for j in sb.jobs()] == [kept]
+        assert_error(c.get(f"{JOBS}/{gone}"), "FS_0006")
+        again = assert_ok(c.post(JOBS, json=job("p1", batch_id=batch_id)))["job_id"]
+        assert again not in (gone, kept)
+
+
 def test_state_replay_is_pure() -> None:
     state = SandboxState()
     ids = iter(["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"])

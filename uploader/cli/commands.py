@@ -984,7 +984,10 @@ def sync(
         if json_mode() or quiet_mode():
             return
         counts = report.counts
-        words = ", ".join(f"{n} {s or '(none)'}" for s, n in sorted(counts["by_status"].items(), key=str))
+        words = ", ".join(  # "None": rows with no status recorded yet (tracking.sync_counts)
+            f"{n} {'with no status' if s == 'None' else s or '(none)'}"
+            for s, n in sorted(counts["by_status"].items(), key=str)
+        )
         click.echo(
             f"{counts['final']} / {counts['tracked']} jobs final ({words}); {report.changed} changed, "
             f"{report.results} results fetched, {len(report.result_errors)} failed; "

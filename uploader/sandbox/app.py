@@ -110,6 +110,8 @@ class SandboxApp:
             return await self._file(request, path)
         if path.startswith(RESULTS_PREFIX):
             return await self._result(request, path)
+        if path.startswith("/_sandbox/jobs/") and request.method == "DELETE":
+            return self._delete_job(path.removeprefix("/_sandbox/jobs/"))
         if path.startswith("/_sandbox/"):
             return self._introspect(request.method, path)
         response, after = await self._api(request, path)
@@ -223,6 +225,16 @@ class SandboxApp:
             spec, request.method, path, request.query_string, request.headers.get("Range")
         )
         return web.Response(status=status, headers=headers, body=body)
+
+    def _delete_job(self, job_id: str) -> web.Response:
+        """DELETE /_sandbox/jobs/:job_id: the job is gone, as if deleted at the platform (neither listed nor
+        readable; its reference_id free again). Keyless, never counted in the stats; journaled."""
+        record = self.state.delete_job(job_id)
+        if record is None:
+            failure = ApiFailure("FS_0006", "job not found", status=404)
+            return web.Response(body=json.dumps(failure.envelope()).encode(), status=404, headers=_JSON)
+        self.journal.append(record)
+        return web.Response(body=json.dumps({"deleted": job_id}).encode(), status=200, headers=_JSON)
 
     def _introspect(self, method: str, path: str) -> web.Response:
         """/_sandbox/* : reliable, keyless, never counted in the stats."""

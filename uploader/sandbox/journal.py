@@ -1,4 +1,4 @@
-"""The optional state file: an append-only JSONL journal, one line per created batch or job.
+"""The optional state file: an append-only JSONL journal, one line per created batch or job, or deleted job.
 
 Appending and flushing one line is cheap enough for thousands of jobs a second (no fsync: the file
 only has to survive the sandbox process, not the machine). A sandbox killed mid-write leaves a torn last
@@ -27,7 +27,7 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("kind") in ("job", "batch"):
+            if isinstance(record, dict) and record.get("kind") in ("job", "batch", "deleted"):
                 yield record
 
 

@@ -418,6 +418,15 @@ class SandboxState:
             raise ApiFailure("FS_0006", "job has no result", status=404)
         return result_document(job)
 
+    def delete_job(self, job_id: str) -> dict[str, Any] | None:
+        """Remove a job as if deleted at the platform; returns its journal record, or None when no such job."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        record = {"kind": "deleted", "project_id": job["project_id"], "job_id": job_id}
+        self.apply(record)
+        return record
+
     # -- journal replay ---------------------------------------------------------------------------
     def apply(self, record: dict[str, Any]) -> None:
         """Apply one journal record (also how live changes are made, so replay cannot diverge)."""
@@ -437,6 +446,12 @@ class SandboxState:
             self.jobs[job["job_id"]] = job
             project.refs[job["reference_id"]] = job["job_id"]
             home.job_ids.append(job["job_id"])
+        elif record["kind"] == "deleted":
+            gone = self.jobs.pop(record["job_id"], None)
+            if gone is None:  # a journal edited by hand: nothing to delete
+                return
+            project.refs.pop(gone["reference_id"], None)
+            project.batches[gone["batch_id"]].job_ids.remove(gone["job_id"])  # apply() keeps every job in one
         else:
             raise ValueError(f"unknown journal record kind {record.get('kind')!r}")
 

@@ -391,6 +391,7 @@ class _Sync:
         except (FatalApiError, ApiUnreachableError) as exc:
             if not job_is_gone(exc.code, project in self.answering):
                 raise
+            self.report.job_reads += 1
             self.report.not_found.append((reference_id, job_id))
             return
         status = status_text(data.get("status"))
