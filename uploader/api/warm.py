@@ -1,6 +1,6 @@
 """The HTTP stack made ready on a thread while a command imports and opens the rest.
 
-Most of what importing the client costs is loading CA certificates: aiohttp loads them for the two TLS contexts
+Much of what importing the client costs is loading CA certificates: aiohttp loads them for the two TLS contexts
 it makes at import time, and the client for its own. OpenSSL does that without holding the GIL, so on a second
 core it overlaps the main thread's imports (SQLAlchemy) and ledger work. Only standard library imports here:
 `warm_up` is called before anything heavy is imported.
