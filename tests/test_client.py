@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,7 @@ from uploader.api import client as client_module
 from uploader.api.client import ApiClient
 from uploader.api.endpoint import check_base_url
 from uploader.api.policy import ApiResult, Verdict, classify
+from uploader.api.wire import WireError
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 KEY = "sk-test-7f3c9a1e5b2d4c6f8a0b"
@@ -914,25 +916,28 @@ def test_real_server_read_timeout_and_whole_exchange_deadline() -> None:
 @pytest.mark.timeout(30)
 def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pin down what surfaces through httpx-aiohttp (an injected AiohttpTransport), since its mapping is
-    coarse, and through the direct aiohttp path (the API's requests and downloads with the default transport).
+    coarse, and through the default transport (`wire`: the API's requests and downloads).
 
     httpx-aiohttp maps every aiohttp ClientConnectionError to httpx.ConnectTimeout (a dropped connection and
     a refused port included) and chains the aiohttp error as __cause__, which is what client.py reads; the
-    direct path sees aiohttp's own errors. If an upgrade changes this, this test says where to look.
+    default transport raises WireError with the code itself. If an upgrade changes this, this test says where
+    to look.
     """
     from httpx_aiohttp import AiohttpTransport
 
     seen: dict[str, tuple[type[BaseException], type[BaseException] | None]] = {}
-    direct: dict[str, type[BaseException]] = {}
-    downloads: dict[str, type[BaseException]] = {}
+    direct: dict[str, str] = {}
+    downloads: dict[str, str] = {}
     original = client_module._decisive
     current = [""]
 
     def spy(exc: BaseException) -> BaseException:
         if current[0].startswith("direct-"):
-            direct[current[0].removeprefix("direct-")] = type(exc)
+            assert isinstance(exc, WireError)
+            direct[current[0].removeprefix("direct-")] = exc.code
         elif current[0].startswith("download-"):
-            downloads[current[0].removeprefix("download-")] = type(exc)
+            assert isinstance(exc, WireError)
+            downloads[current[0].removeprefix("download-")] = exc.code
         else:
             seen[current[0]] = (type(exc), type(exc.__cause__) if exc.__cause__ else None)
         return original(exc)
@@ -956,10 +961,13 @@ def test_real_server_what_httpx_aiohttp_raises(monkeypatch: pytest.MonkeyPatch) 
         sock.bind(("127.0.0.1", 0))
         run(go(sock.getsockname()[1]))
 
-    for errors in (direct, downloads):
-        assert issubclass(errors["stall"], aiohttp.ServerTimeoutError)
-        assert errors["abort"] is errors["close"] is aiohttp.ServerDisconnectedError
-        assert issubclass(errors["refused"], aiohttp.ClientConnectorError)
+    expected = {
+        "stall": "timeout",
+        "abort": "connection_closed",
+        "close": "connection_closed",
+        "refused": "connect_error",
+    }
+    assert direct == downloads == expected
 
     assert issubclass(seen["stall"][0], httpx.TimeoutException)
     assert seen["stall"][1] is not None and issubclass(seen["stall"][1], aiohttp.ServerTimeoutError)
@@ -1054,9 +1062,10 @@ async def serve_results() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 def test_real_server_downloads_take_the_direct_path_and_answer_as_the_httpx_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With the default transport a download goes to aiohttp directly (never through the httpx interface);
+    """With the default transport a download goes over the wire directly (never through the httpx interface);
     each edge case (403, an HTML page, too large, 5xx, a redirect, a body cut short, gzip) gives the same
-    ApiResult and the same bytes as through the httpx interface (the httpx-aiohttp adapter, injected)."""
+    ApiResult and the same bytes as through the httpx interface (the httpx-aiohttp adapter, injected), the
+    words of a body cut short aside."""
     from httpx_aiohttp import AiohttpTransport
 
     through: list[str] = []
@@ -1086,7 +1095,15 @@ def test_real_server_downloads_take_the_direct_path_and_answer_as_the_httpx_path
     direct, through_httpx, seen = run(go())
 
     assert through == names  # the injected transport's downloads only
-    assert direct == through_httpx
+    words = {
+        name: (result.message, other.message)
+        for name, ((result, _), (other, _)) in zip(names, zip(direct.values(), through_httpx.values()))
+    }
+    assert "before the whole body arrived" in words["truncated"][0]
+    assert {n: (replace(r, message=""), b) for n, (r, b) in direct.items()} == {
+        n: (replace(r, message=""), b) for n, (r, b) in through_httpx.items()
+    }
+    assert all(a == b for name, (a, b) in words.items() if name != "truncated")
     ok, ok_bytes = direct["ok"]
     assert ok.success is True and ok.http_status == 200 and ok_bytes == _RESULT
     assert ok.data == {"sha256": hashlib.sha256(_RESULT).hexdigest(), "size": len(_RESULT)}

@@ -1,10 +1,9 @@
 """The only module that speaks HTTP: builds requests, reads envelopes, turns every outcome into an ApiResult.
 
-httpx is the HTTP API (its Request/Response/transport interface); the bytes move through aiohttp because
-httpx's default transport costs several times more CPU per request. `_Pool` is the one place that choice
-lives. With the default transport the API's requests and the result downloads go to aiohttp directly (one
-session, headers built once), skipping httpx's Request/Response models and the adapter, which cost about as
-much CPU as the exchange itself; an injected transport (httpx.MockTransport in tests) gets httpx Requests.
+httpx is the HTTP API (its Request/Response/transport interface): an injected transport (httpx.MockTransport in
+tests) gets httpx Requests. With the default transport the bytes move through `wire` (HTTP/1.1 on the event
+loop's own transports, headers built once), because httpx's default transport, and aiohttp's session too,
+cost several times more CPU per request than the exchange itself. `_Pool` is the one place that choice lives.
 Both paths end in `_answer` (a download's in `_take_result`), so an answer means the same whichever carried
 it.
 
@@ -24,6 +23,7 @@ import os
 import random
 import re
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -32,10 +32,7 @@ from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-import aiohttp
 import httpx
-from aiohttp.connector import Connection
-from httpx_aiohttp import AiohttpTransport
 
 from uploader import __version__
 from uploader.api.body import (
@@ -67,6 +64,7 @@ from uploader.api.policy import (
     retry_after_seconds,
 )
 from uploader.api.warm import tls_context
+from uploader.api.wire import Wire, WireError
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 __all__ = ["ApiClient", "new_tls_context"]
@@ -100,56 +98,21 @@ _MESSAGES = {
 }
 
 
-class _AskedFor(aiohttp.ClientRequest):
-    """A request that refuses a pooled connection on which bytes arrived while it was idle. HTTP/1.1 ties an
-    answer to its request by order alone: an answer nobody asked for (a server or proxy answering twice) would
-    be read as this request's, and each later answer on that connection as the next one's. The request fails
-    unsent (retried on a new connection) and the connection is closed."""
-
-    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
-        protocol = conn.protocol
-        if protocol is not None and protocol.should_close:
-            raise aiohttp.ClientConnectionError("an answer nobody asked for arrived on an idle connection")
-        return await super().send(conn)
-
-
 def new_tls_context() -> ssl.SSLContext:
     """The client's TLS context: certifi's CA certificates, or SSL_CERT_FILE / SSL_CERT_DIR's."""
     return httpx.create_ssl_context()
 
 
 class _Pool:
-    """The default transport: one aiohttp session sized to the concurrency, created inside the running loop
-    on first use: the direct path's `session`, also behind the httpx interface (`transport`), which the
-    direct path leaves unused."""
+    """The default transport: kept-alive connections (`wire`), at most `concurrency` requests at once, with the
+    client's TLS context (the warm-up's, when a command made one)."""
 
-    def __init__(self, concurrency: int) -> None:
-        self._concurrency = concurrency
+    def __init__(self, concurrency: int, connect_timeout: float) -> None:
         self._ssl = tls_context() or new_tls_context()
-        self._session: aiohttp.ClientSession | None = None
-        limits = httpx.Limits(
-            max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=_KEEPALIVE_SECONDS
-        )
-        # The same CA certificates for the transport: it would load its own copy again (start-up time).
-        self.transport = AiohttpTransport(verify=self._ssl, limits=limits, client=self.session)
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._concurrency, limit_per_host=0, ssl=self._ssl, keepalive_timeout=_KEEPALIVE_SECONDS
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                auto_decompress=True,
-                request_class=_AskedFor,
-            )
-        return self._session
+        self.wire = Wire(concurrency, self._ssl, connect_timeout, keepalive=_KEEPALIVE_SECONDS)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.wire.aclose()
 
 
 class ApiClient:
@@ -182,10 +145,7 @@ class ApiClient:
         self._total_timeout = float(total_timeout) if total_timeout is not None else self._timeout
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
-        self._pool: _Pool | None = None
-        if transport is None:
-            self._pool = _Pool(concurrency)
-            transport = self._pool.transport
+        self._pool = _Pool(concurrency, self._timeout) if transport is None else None
         self._transport = transport
         # Built once: every request reuses them (httpx copies headers and extensions into each Request).
         plain = {
@@ -196,20 +156,17 @@ class ApiClient:
             "accept-encoding": "identity",  # small bodies; and no decompression bomb to bound
         }
         self._headers = httpx.Headers(plain)
-        self._plain_headers = plain
+        self._header_lines = _header_lines(plain)
         self._extensions = {"timeout": httpx.Timeout(self._timeout).as_dict()}
-        self._aio_timeout = aiohttp.ClientTimeout(
-            sock_connect=self._timeout, sock_read=self._timeout, connect=self._timeout
-        )
-        # A call's deadline (`_call`) already bounds each read when it is no longer than `timeout`: aiohttp's
-        # own read timer, rearmed on every chunk received, would only cost CPU.
-        read_timer = self._timeout if self._total_timeout > self._timeout else None
-        self._call_timeout = aiohttp.ClientTimeout(
-            sock_connect=self._timeout, sock_read=read_timer, connect=self._timeout
-        )
+        # A call's deadline (`_call`) already bounds each read when it is no longer than `timeout`: a read
+        # timer, rearmed on every chunk received, would only cost CPU.
+        self._read_timer = self._timeout if self._total_timeout > self._timeout else None
         self._job_urls: dict[str, str] = {}
-        self._plain_download_headers = {"user-agent": f"uploader/{__version__}", "accept": "application/json"}
-        self._download_headers = httpx.Headers(self._plain_download_headers)
+        download = {"user-agent": f"uploader/{__version__}", "accept": "application/json"}
+        self._download_headers = httpx.Headers(download)
+        # A result file may come compressed (storage serves what it stored): inflated as it arrives, and
+        # counted inflated against max_bytes.
+        self._download_lines = _header_lines({**download, "accept-encoding": "gzip, deflate"})
 
     def __repr__(self) -> str:
         return f"<ApiClient {self._base_url} concurrency={self._concurrency}>"
@@ -223,8 +180,9 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pool (and an injected transport)."""
-        await self._transport.aclose()
+        """Close the pool (or an injected transport)."""
+        if self._transport is not None:
+            await self._transport.aclose()
         if self._pool is not None:
             await self._pool.aclose()
 
@@ -260,31 +218,26 @@ class ApiClient:
         a success's data is {"sha256", "size"}. The key is never sent (a result URL is the platform's storage,
         often another host), and a redirect is never followed. Answers to retry (timeouts, 408, 429, 5xx) keep
         their status; any other failure (403, an HTML page, too large) is a refusal with no status, so
-        `classify` says PERMANENT, never FATAL. With the default transport the GET goes to aiohttp directly, as
+        `classify` says PERMANENT, never FATAL. With the default transport the GET goes over the wire directly, as
         the API's requests do. Never raises for I/O trouble."""
         sink.seek(0)
         sink.truncate()
         try:
             async with asyncio.timeout(self._total_timeout * 4):
                 if self._pool is not None:
-                    return await self._download_direct(self._pool.session(), url, sink, max_bytes)
+                    return await self._download_direct(self._pool.wire, url, sink, max_bytes)
                 return await self._download_httpx(url, sink, max_bytes)
-        except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, WireError, httpx.HTTPError, OSError) + _extra_errors() as exc:
             return self._failure(exc)
 
-    async def _download_direct(
-        self, session: aiohttp.ClientSession, url: str, sink: BinaryIO, max_bytes: int
-    ) -> ApiResult:
-        """One download straight through the aiohttp session (decoded as httpx would: gzip counted once inflated)."""
-        async with session.get(
-            url, headers=self._plain_download_headers, allow_redirects=False, timeout=self._aio_timeout
-        ) as response:
-            return await _take_result(
-                response.status, response.raw_headers, response.content.iter_any(), sink, max_bytes
-            )
+    async def _download_direct(self, wire: Wire, url: str, sink: BinaryIO, max_bytes: int) -> ApiResult:
+        """One download over the default transport (decoded as httpx would: gzip counted once inflated)."""
+        async with wire.exchange("GET", url, self._download_lines, None, self._timeout) as answer:
+            return await _take_result(answer.status, answer.headers, answer.chunks(), sink, max_bytes)
 
     async def _download_httpx(self, url: str, sink: BinaryIO, max_bytes: int) -> ApiResult:
         """One download through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
+        assert self._transport is not None
         request = httpx.Request("GET", url, headers=self._download_headers, extensions=self._extensions)
         response = await self._transport.handle_async_request(request)
         try:
@@ -414,41 +367,24 @@ class ApiClient:
         """Send one request and read at most `limit` (default max_body_bytes) bytes of the answer; never raises
         for I/O trouble."""
         limit = self._max_body if limit is None else limit
+        headers: _RawHeaders
         deadline = asyncio.timeout(self._total_timeout)
         try:
             async with deadline:
                 if self._pool is not None:
-                    session = self._pool.session()
-                    status, headers, raw = await self._exchange_direct(session, method, url, content, limit)
+                    wire = self._pool.wire
+                    async with wire.exchange(method, url, self._header_lines, content, self._read_timer) as answer:
+                        raw = await answer.read(limit)
+                    status, headers = answer.status, answer.headers
                 else:
                     status, headers, raw = await self._exchange_httpx(method, url, content, limit)
-        except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, WireError, httpx.HTTPError, OSError) + _extra_errors() as exc:
             return self._failure(exc, deadline.expired())
         return self._answer(status, headers, raw, limit)
 
-    async def _exchange_direct(
-        self, session: aiohttp.ClientSession, method: str, url: str, content: bytes | None, limit: int
-    ) -> _Exchange:
-        """One exchange straight through the aiohttp session (the default transport's hot path)."""
-        async with session.request(
-            method,
-            url,
-            data=content,
-            headers=self._plain_headers,
-            allow_redirects=False,
-            timeout=self._call_timeout,
-        ) as response:
-            headers = response.raw_headers
-            length = response.content_length
-            plain = _raw_header(headers, b"content-encoding") in (None, "identity")  # else counted once decoded
-            if plain and length is not None and length <= limit:  # the usual answer: one read, size known
-                raw: bytes | None = await response.read()
-            else:
-                raw = await _read_limited(headers, response.content.iter_any(), limit)
-        return response.status, headers, raw
-
     async def _exchange_httpx(self, method: str, url: str, content: bytes | None, limit: int) -> _Exchange:
         """One exchange through an httpx transport (an injected one, e.g. httpx.MockTransport)."""
+        assert self._transport is not None
         request = httpx.Request(method, url, headers=self._headers, content=content, extensions=self._extensions)
         response = await self._transport.handle_async_request(request)
         try:
@@ -492,13 +428,15 @@ class ApiClient:
             return ApiResult(None, None, None, "timeout", message, None, None)
         exc = _decisive(exc)
         code = _transport_code(exc)
-        if code == "connect_error" and isinstance(exc, aiohttp.ClientConnectorError):
-            return ApiResult(None, None, None, code, self._redact(_connect_words(exc)), None, None)
+        words = _connect_words(exc) if code == "connect_error" else None
+        if words is not None:
+            return ApiResult(None, None, None, code, self._redact(words), None, None)
         text = self._redact(one_line(printable(str(exc))))
         message = _MESSAGES[code]
         if code == "timeout":
             message += f" (timeout {self._timeout:g}s)"
-        message = truncate(f"{message}: {type(exc).__name__}" + (f": {text}" if text else ""), SNIPPET_CHARS)
+        name = "" if isinstance(exc, WireError) else f": {type(exc).__name__}"
+        message = truncate(f"{message}{name}" + (f": {text}" if text else ""), SNIPPET_CHARS)
         return ApiResult(None, None, None, code, message, None, None)
 
     def _scrub(self, value: Any) -> Any:
@@ -535,6 +473,11 @@ def _holds_text(value: Any, text: str) -> bool:
     if isinstance(value, dict):
         return any(text in k or _holds_text(v, text) for k, v in value.items())
     return False
+
+
+def _header_lines(headers: dict[str, str]) -> bytes:
+    """Header lines as sent, each ending in CRLF (Host and Content-Length are the wire's)."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
 
 
 async def _read_limited(headers: _RawHeaders, chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
@@ -613,9 +556,26 @@ def _refused(code: str, message: str) -> ApiResult:
     return ApiResult(None, False, None, code, message, None, None)
 
 
-def _connect_words(exc: aiohttp.ClientConnectorError) -> str:
+def _aiohttp() -> Any:
+    """aiohttp, when something imported it (an injected httpx-aiohttp transport raises its errors); else None.
+    The client itself never imports it: the default transport is `wire`."""
+    return sys.modules.get("aiohttp")
+
+
+def _extra_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions of an injected transport's library the client also turns into results (aiohttp's)."""
+    aiohttp = _aiohttp()
+    return () if aiohttp is None else (aiohttp.ClientError,)
+
+
+def _connect_words(exc: BaseException) -> str | None:
     """What failed, in the user's words: "cannot connect to 127.0.0.1:9 (connection refused)" (aiohttp's own
     text names `ssl:default` even for a plain-http URL, and "Connect call failed" says nothing of why)."""
+    if isinstance(exc, WireError):
+        return str(exc)
+    aiohttp = _aiohttp()
+    if aiohttp is None or not isinstance(exc, aiohttp.ClientConnectorError):
+        return None
     where = f"{exc.host}:{exc.port}"
     os_error = exc.os_error
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -630,25 +590,33 @@ def _decisive(exc: BaseException) -> BaseException:
     httpx-aiohttp maps aiohttp errors coarsely (a ServerDisconnectedError, even a refused connection,
     surfaces as httpx.ConnectTimeout), so the aiohttp exception it chains as __cause__ decides.
     """
+    aiohttp = _aiohttp()
+    if aiohttp is None:
+        return exc
     cause: BaseException | None = exc
     for _ in range(4):
         if cause is None:
             break
         if isinstance(cause, aiohttp.ClientError):
-            return cause
+            found: BaseException = cause
+            return found
         cause = cause.__cause__
     return exc
 
 
 def _transport_code(exc: BaseException) -> str:
     """The synthetic code for a failed exchange (give it `_decisive(exc)`)."""
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, WireError):
+        return exc.code
+    aiohttp = _aiohttp()
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
         return _aiohttp_code(exc)
     return _httpx_code(exc)
 
 
-def _aiohttp_code(exc: aiohttp.ClientError) -> str:
-    """The synthetic code for an aiohttp error."""
+def _aiohttp_code(exc: Any) -> str:
+    """The synthetic code for an aiohttp error (of an injected httpx-aiohttp transport)."""
+    aiohttp = _aiohttp()
     if isinstance(exc, aiohttp.ClientSSLError):
         return "tls_error"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -698,7 +666,7 @@ async def _close_quietly(response: httpx.Response) -> None:
     """Release the connection (closing it when the body was not read to the end); the answer is already in."""
     try:
         await response.aclose()
-    except (httpx.HTTPError, aiohttp.ClientError, OSError):
+    except (httpx.HTTPError, OSError) + _extra_errors():
         pass
 
 

@@ -1,0 +1,539 @@
+"""HTTP/1.1 on the event loop's own transports: what the client's requests and result downloads need, no more.
+
+A request is bytes written to a kept-alive connection of its origin; an answer is read by a strict parser:
+a status line and header block (at most MAX_HEAD_BYTES), a body framed by Content-Length, chunked coding or
+the connection's end, gzip or deflate inflated as it arrives. Anything that is not valid HTTP/1.x is a
+WireError with the code the API policy knows (protocol_error), and so is every network failure
+(connect_error, tls_error, timeout, connection_closed). A connection is reused only when its answer was read
+to the end, the server did not ask to close it, it has been idle less than the keep-alive time, and nothing
+arrived on it while idle (HTTP/1.1 ties an answer to its request by order alone: an answer nobody asked for
+would be read as the next request's). Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from types import TracebackType
+from typing import cast
+from urllib.parse import urlsplit
+
+__all__ = ["MAX_HEAD_BYTES", "Answer", "Wire", "WireError", "framing", "parse_head"]
+
+#: The longest status line and header block read; a longer one is not an answer (aiohttp's and h11's bound).
+MAX_HEAD_BYTES = 64 << 10
+_MAX_LINE_BYTES = 8 << 10  # a chunk-size or trailer line
+_MAX_TRAILERS = 100
+#: Buffered bytes past which the socket is not read until the reader catches up (a fast server's big body).
+_HIGH_WATER = 1 << 20
+#: At most this many bytes inflated per step: a small compressed body cannot become a huge buffer at once.
+_INFLATE_STEP = 256 << 10
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control bytes no header line may hold (a lone CR or LF included: lines end in CRLF, split already).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+Headers = list[tuple[bytes, bytes]]
+#: An origin: (scheme, host, port).
+_Origin = tuple[str, str, int]
+
+
+class WireError(Exception):
+    """An exchange that produced no usable answer; `code` is the client's synthetic error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_head(head: bytes) -> tuple[int, int, Headers]:
+    """(HTTP minor version, status, headers with lower-case names) of a status line and header block
+    (CRLF-separated, without the blank line); WireError(protocol_error) for anything else."""
+    lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        raise WireError("protocol_error", f"not an HTTP/1.x status line: {lines[0][:60]!r}")
+    headers: Headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):  # also a folded line (leading space) or space before ':'
+            raise WireError("protocol_error", f"a malformed header line: {line[:60]!r}")
+        if _CONTROL.search(value):
+            raise WireError("protocol_error", f"a control character in header {name[:40]!r}")
+        headers.append((name.lower(), value.strip(b" \t")))
+    return int(match[1]), int(match[2]), headers
+
+
+def framing(method: str, minor: int, status: int, headers: Headers) -> tuple[int | None, bool, bool]:
+    """How an answer's body ends and whether its connection may carry another request:
+    (Content-Length or None, chunked, reusable). Neither length nor chunked: the body ends when the connection
+    does. Conflicting or malformed framing is a WireError(protocol_error): reading it one way when the server
+    meant another would hand the rest to the next request."""
+    codings: list[bytes] = []
+    lengths: set[bytes] = set()
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings += [c.strip(b" \t").lower() for c in value.split(b",") if c.strip(b" \t")]
+        elif name == b"content-length":
+            lengths.update(v.strip(b" \t") for v in value.split(b","))
+        elif name == b"connection":
+            tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+    reusable = b"close" not in tokens and (minor == 1 or b"keep-alive" in tokens)
+    if status < 200 or status in (204, 304) or method == "HEAD":
+        return 0, False, reusable
+    if codings:
+        if codings != [b"chunked"]:
+            raise WireError("protocol_error", f"an unsupported transfer coding: {b', '.join(codings)[:60]!r}")
+        if lengths:
+            raise WireError("protocol_error", "both Content-Length and chunked transfer coding")
+        return None, True, reusable
+    if lengths:
+        (length, *others) = lengths
+        if others or not length.isdigit() or len(length) > 18:
+            raise WireError("protocol_error", f"an invalid Content-Length: {b', '.join(sorted(lengths))[:60]!r}")
+        return int(length), False, reusable
+    return None, False, False
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: what it received (`buffer`), whether it ended, and one waiter for more."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.ended = False
+        self.idle_since = 0.0
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.origin: _Origin = ("", "", 0)
+        self.on_lost: Callable[[_Connection], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is one, without the class
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > _HIGH_WATER and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._wake()
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def more(self, timeout: float | None) -> bool:
+        """Wait until more bytes arrive (True) or the connection has ended (False); WireError(timeout) when
+        nothing comes within `timeout` seconds."""
+        if self.ended:
+            return False
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        size = len(self.buffer)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter, timeout)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+        return len(self.buffer) > size or not self.ended
+
+    def take(self, most: int) -> bytes:
+        """At most `most` buffered bytes, removed from the buffer."""
+        buffer = self.buffer
+        if most >= len(buffer):
+            piece = bytes(buffer)
+            buffer.clear()
+        else:
+            piece = bytes(buffer[:most])
+            del buffer[:most]
+        return piece
+
+    def close(self) -> None:
+        self.ended = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(WireError("timeout", f"nothing received for {timeout:g}s"))
+
+
+async def _head(conn: _Connection, timeout: float | None) -> bytes:
+    """The status line and headers (without the blank line that ends them), removed from the buffer."""
+    start = 0
+    while True:
+        end = conn.buffer.find(b"\r\n\r\n", start)
+        if end >= 0:
+            if end > MAX_HEAD_BYTES:
+                break
+            head = bytes(conn.buffer[:end])
+            del conn.buffer[: end + 4]
+            return head
+        if len(conn.buffer) > MAX_HEAD_BYTES:
+            break
+        start = max(0, len(conn.buffer) - 3)
+        if not await conn.more(timeout):
+            if conn.buffer:
+                raise WireError("connection_closed", "the connection ended inside the answer's headers")
+            raise WireError("connection_closed", "the server closed the connection before answering")
+    raise WireError("protocol_error", f"the answer's headers are longer than {MAX_HEAD_BYTES} bytes")
+
+
+async def _line(conn: _Connection, timeout: float | None) -> bytes:
+    """One CRLF-ended line of a chunked body (without the CRLF)."""
+    while True:
+        end = conn.buffer.find(b"\r\n")
+        if 0 <= end <= _MAX_LINE_BYTES:
+            line = bytes(conn.buffer[:end])
+            del conn.buffer[: end + 2]
+            return line
+        if end > _MAX_LINE_BYTES or len(conn.buffer) > _MAX_LINE_BYTES:
+            raise WireError("protocol_error", "a chunked body's line is too long")
+        if not await conn.more(timeout):
+            raise WireError("connection_closed", "the connection ended inside a chunked body")
+
+
+async def _exactly(conn: _Connection, size: int, timeout: float | None) -> AsyncIterator[bytes]:
+    """`size` bytes of body as they arrive."""
+    while size:
+        if not conn.buffer and not await conn.more(timeout):
+            raise WireError("connection_closed", "the connection ended before the whole body arrived")
+        piece = conn.take(size)
+        size -= len(piece)
+        yield piece
+
+
+async def _chunked(conn: _Connection, timeout: float | None) -> AsyncIterator[bytes]:
+    """The data of a chunked body as it arrives; its trailers are read and dropped."""
+    while True:
+        size_text = (await _line(conn, timeout)).split(b";", 1)[0].strip(b" \t")
+        if not _HEX.fullmatch(size_text):
+            raise WireError("protocol_error", f"an invalid chunk size: {size_text[:40]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            for _ in range(_MAX_TRAILERS + 1):
+                if not await _line(conn, timeout):
+                    return
+            raise WireError("protocol_error", "too many trailer lines")
+        async for piece in _exactly(conn, size, timeout):
+            yield piece
+        while len(conn.buffer) < 2:
+            if not await conn.more(timeout):
+                raise WireError("connection_closed", "the connection ended inside a chunked body")
+        if conn.take(2) != b"\r\n":
+            raise WireError("protocol_error", "a chunk not followed by CRLF")
+
+
+async def _to_end(conn: _Connection, timeout: float | None) -> AsyncIterator[bytes]:
+    """Everything until the server closes the connection."""
+    while True:
+        if conn.buffer:
+            yield conn.take(len(conn.buffer))
+        elif not await conn.more(timeout):
+            return
+
+
+async def _inflated(pieces: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
+    """A gzip or zlib stream's bytes inflated, at most _INFLATE_STEP at a time."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        async for piece in pieces:
+            data = inflater.decompress(piece, _INFLATE_STEP)
+            while True:
+                if data:
+                    yield data
+                if not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP)
+        tail = inflater.flush()
+    except zlib.error as exc:
+        raise WireError("protocol_error", f"the compressed body is corrupt ({exc})") from None
+    if tail:
+        yield tail
+    if not inflater.eof:
+        raise WireError("protocol_error", "the compressed body ends early")
+
+
+#: Content-Encoding → zlib wbits (32 + 15: a gzip or zlib header, detected). Any other coding is passed as is.
+_INFLATE_WBITS = {b"gzip": 47, b"x-gzip": 47, b"deflate": 47}
+
+
+class Answer:
+    """One answer: status and headers read; the body read by `read` or `chunks`, once."""
+
+    def __init__(
+        self, conn: _Connection, status: int, headers: Headers, length: int | None, chunked: bool, timeout: float | None
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.length = length
+        self.complete = length == 0
+        self._conn = conn
+        self._chunked = chunked
+        self._timeout = timeout
+        encoding = _header(headers, b"content-encoding")
+        self._encoding = None if encoding is None else _INFLATE_WBITS.get(encoding)
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole (decoded) body, or None once it exceeds `limit` bytes (read no further)."""
+        conn = self._conn
+        length = self.length
+        if self._encoding is None and length is not None:
+            if length > limit:
+                return None
+            if len(conn.buffer) >= length:  # the usual small answer: arrived with its headers
+                self.complete = True
+                return conn.take(length)
+        parts: list[bytes] = []
+        size = 0
+        chunks = self.chunks()
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                await chunks.aclose()
+                return None
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body (decoded) as it arrives; `complete` once its end was read."""
+        conn, timeout = self._conn, self._timeout
+        if self.complete:
+            return
+        if self._chunked:
+            pieces = _chunked(conn, timeout)
+        elif self.length is not None:
+            pieces = _exactly(conn, self.length, timeout)
+        else:
+            pieces = _to_end(conn, timeout)
+        if self._encoding is not None:
+            pieces = _inflated(pieces, self._encoding)
+        async for piece in pieces:
+            yield piece
+        self.complete = True
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value.lower()
+    return None
+
+
+class Wire:
+    """Kept-alive connections per origin, at most `concurrency` exchanges at once; made inside a running loop
+    or before one (nothing binds to a loop until the first request)."""
+
+    def __init__(self, concurrency: int, tls: ssl.SSLContext, connect_timeout: float, keepalive: float = 4.0) -> None:
+        self._tls = tls
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        self._concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._targets: dict[str, tuple[_Origin, bytes]] = {}
+        self._open: set[_Connection] = set()
+
+    def exchange(
+        self, method: str, url: str, headers: bytes, body: bytes | None, read_timeout: float | None
+    ) -> _Exchange:
+        """`async with wire.exchange(...) as answer:` one request and its answer. `headers` is the block of
+        header lines (each ending in CRLF) beside Host and Content-Length. On leaving, the connection is kept
+        for the next request when the answer was read to its end and may be, and closed otherwise."""
+        return _Exchange(self, method, url, headers, body, read_timeout)
+
+    def target(self, url: str) -> tuple[_Origin, bytes]:
+        """(origin, request line start + Host header) of an http(s) URL, remembered (job URLs repeat)."""
+        known = self._targets.get(url)
+        if known is not None:
+            return known
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise WireError("protocol_error", "not an http(s) URL")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise WireError("protocol_error", "an invalid port in the URL") from None
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if any(c in path for c in " \r\n\t\0"):
+            raise WireError("protocol_error", "a URL with white space or control characters")
+        host = parts.hostname
+        host_header = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            host_header += f":{port}"
+        known = (scheme, host, port), f" {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("ascii", "strict")
+        if len(self._targets) >= 4096:
+            self._targets.clear()
+        self._targets[url] = known
+        return known
+
+    def slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._concurrency)
+        return self._slots
+
+    async def connection(self, origin: _Origin) -> _Connection:
+        """An idle connection of `origin` fit to carry a request, or a new one."""
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.ended or conn.buffer or now - conn.idle_since > self._keepalive:
+                self.discard(conn)  # closed by the server, expired, or bytes nobody asked for arrived
+                continue
+            return conn
+        return await self._connect(origin)
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        scheme, host, port = origin
+        tls = self._tls if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        where = f"{host}:{port}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
+                )
+        except TimeoutError:
+            raise WireError("timeout", f"cannot connect to {where} within {self._connect_timeout:g}s") from None
+        except ssl.SSLError as exc:
+            raise WireError("tls_error", f"TLS with {where} failed ({exc.reason or exc})") from None
+        except socket.gaierror as exc:
+            raise WireError(
+                "connect_error", f"cannot connect to {where} (host name not found: {exc.strerror})"
+            ) from None
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            raise WireError("connect_error", f"cannot connect to {where} ({why[:1].lower() + why[1:]})") from None
+        conn.origin = origin
+        conn.on_lost = self._forget
+        self._open.add(conn)
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        """Keep `conn` for the next request of its origin (the oldest idle one closed past `concurrency`)."""
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        if len(self._open) > self._concurrency:
+            oldest = min((c for conns in self._idle.values() for c in conns), key=lambda c: c.idle_since)
+            self.discard(oldest)
+
+    def discard(self, conn: _Connection) -> None:
+        """Close `conn` and forget it."""
+        conn.close()
+        self._forget(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.origin]
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        for conn in list(self._open):
+            self.discard(conn)
+        self._idle.clear()
+
+
+class _Exchange:
+    """The context of one request (`Wire.exchange`)."""
+
+    def __init__(
+        self, wire: Wire, method: str, url: str, headers: bytes, body: bytes | None, read_timeout: float | None
+    ) -> None:
+        self._wire = wire
+        self._method = method
+        self._url = url
+        self._headers = headers
+        self._body = body
+        self._timeout = read_timeout
+        self._conn: _Connection | None = None
+        self._answer: Answer | None = None
+        self._reusable = False
+        self._slot = False
+
+    async def __aenter__(self) -> Answer:
+        try:
+            return await self._send()
+        except BaseException:
+            self._end(False)
+            raise
+
+    async def _send(self) -> Answer:
+        wire = self._wire
+        origin, start = wire.target(self._url)
+        slots = wire.slots()
+        await slots.acquire()
+        self._slot = True
+        conn = self._conn = await wire.connection(origin)
+        body = self._body
+        request = self._method.encode("ascii") + start + self._headers
+        if body is None:
+            request += b"\r\n"
+        else:
+            request += b"content-length: %d\r\n\r\n" % len(body) + body
+        assert conn.transport is not None
+        conn.transport.write(request)
+        while True:
+            minor, status, headers = parse_head(await _head(conn, self._timeout))
+            if status >= 200:
+                break
+            if status == 101:
+                raise WireError("protocol_error", "the server switched protocols")
+        length, chunked, self._reusable = framing(self._method, minor, status, headers)
+        self._answer = Answer(conn, status, headers, length, chunked, self._timeout)
+        return self._answer
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        answer = self._answer
+        self._end(exc is None and answer is not None and answer.complete and self._reusable)
+
+    def _end(self, reuse: bool) -> None:
+        """Give back the slot; keep the connection for the next request (`reuse`, and nothing more arrived on
+        it) or close it."""
+        conn = self._conn
+        if self._slot:
+            self._slot = False
+            self._wire.slots().release()
+        if conn is None:
+            return
+        self._conn = None
+        if reuse and not conn.buffer and not conn.ended:
+            self._wire.release(conn)
+        else:
+            self._wire.discard(conn)
