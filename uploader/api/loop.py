@@ -1,7 +1,7 @@
 """The event loop the API's requests run in: uvloop where it is installed, else asyncio's own.
 
-The client's CPU per request is mostly the event loop and aiohttp; uvloop's loop (libuv, in C) does the same
-work for less (benchmarks/README.md, "uvloop"). It is a dependency everywhere it builds (not on Windows);
+Much of the client's CPU per request is the event loop; uvloop's loop (libuv, in C) does the same work for
+less (benchmarks/README.md, "uvloop"). It is a dependency everywhere it builds (not on Windows);
 without it the standard loop runs the same code.
 """
 

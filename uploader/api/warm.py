@@ -1,8 +1,8 @@
 """The HTTP stack made ready on a thread while a command imports and opens the rest.
 
-Much of what importing the client costs is loading CA certificates: aiohttp loads them for the two TLS contexts
-it makes at import time, and the client for its own. OpenSSL does that without holding the GIL, so on a second
-core it overlaps the main thread's imports (SQLAlchemy) and ledger work. Only standard library imports here:
+Making the client's TLS context means loading CA certificates, which OpenSSL does without holding the GIL: on a
+second core it overlaps the main thread's imports (SQLAlchemy) and ledger work, as does some of importing the
+client (httpx) itself. Only standard library imports here:
 `warm_up` is called before anything heavy is imported.
 
 The thread must have ended before the process forks (a load's slice readers refuse to fork while another

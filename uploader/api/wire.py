@@ -22,7 +22,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 __all__ = ["MAX_HEAD_BYTES", "Answer", "Wire", "WireError", "framing", "parse_head"]
 
@@ -40,6 +40,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Control bytes no header line may hold (a lone CR or LF included: lines end in CRLF, split already).
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: What a request target keeps as it is: every printable ASCII character (its %XX escapes included).
+_PRINTABLE = "".join(map(chr, range(0x21, 0x7F)))
+#: A host as urlsplit gives it (brackets removed from an IPv6 address): RFC 3986's reg-name or IP literal.
+_HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%:-]+")
 
 Headers = list[tuple[bytes, bytes]]
 #: An origin: (scheme, host, port).
@@ -174,7 +178,22 @@ class _Connection(asyncio.Protocol):
         else:
             piece = bytes(buffer[:most])
             del buffer[:most]
+        if self._paused:
+            self._drained()
         return piece
+
+    def drop(self, count: int) -> None:
+        """Remove `count` bytes from the buffer."""
+        del self.buffer[:count]
+        if self._paused:
+            self._drained()
+
+    def _drained(self) -> None:
+        """Read the socket again once the buffer is below the mark: a paused connection would see neither the
+        server's close nor bytes nobody asked for, and could be kept for the next request unchecked."""
+        if len(self.buffer) <= _HIGH_WATER and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
 
     def close(self) -> None:
         self.ended = True
@@ -196,9 +215,9 @@ async def _head(conn: _Connection, timeout: float | None) -> bytes:
             if end > MAX_HEAD_BYTES:
                 break
             head = bytes(conn.buffer[:end])
-            del conn.buffer[: end + 4]
+            conn.drop(end + 4)
             return head
-        if len(conn.buffer) > MAX_HEAD_BYTES:
+        if len(conn.buffer) > MAX_HEAD_BYTES + 3:  # its blank line could still end within the limit
             break
         start = max(0, len(conn.buffer) - 3)
         if not await conn.more(timeout):
@@ -214,7 +233,7 @@ async def _line(conn: _Connection, timeout: float | None) -> bytes:
         end = conn.buffer.find(b"\r\n")
         if 0 <= end <= _MAX_LINE_BYTES:
             line = bytes(conn.buffer[:end])
-            del conn.buffer[: end + 2]
+            conn.drop(end + 2)
             return line
         if end > _MAX_LINE_BYTES or len(conn.buffer) > _MAX_LINE_BYTES:
             raise WireError("protocol_error", "a chunked body's line is too long")
@@ -263,17 +282,18 @@ async def _to_end(conn: _Connection, timeout: float | None) -> AsyncIterator[byt
 
 
 async def _inflated(pieces: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
-    """A gzip or zlib stream's bytes inflated, at most _INFLATE_STEP at a time."""
+    """A gzip or zlib stream's bytes inflated, at most _INFLATE_STEP at a time. Bytes after the end of a
+    stream begin another (gzip allows any number of members); anything else there is a corrupt body."""
     inflater = zlib.decompressobj(wbits)
     try:
         async for piece in pieces:
-            data = inflater.decompress(piece, _INFLATE_STEP)
-            while True:
+            while piece:
+                if inflater.eof:
+                    inflater = zlib.decompressobj(wbits)
+                data = inflater.decompress(piece, _INFLATE_STEP)
                 if data:
                     yield data
-                if not inflater.unconsumed_tail:
-                    break
-                data = inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP)
+                piece = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         tail = inflater.flush()
     except zlib.error as exc:
         raise WireError("protocol_error", f"the compressed body is corrupt ({exc})") from None
@@ -388,6 +408,14 @@ class Wire:
         if any(c in path for c in " \r\n\t\0"):
             raise WireError("protocol_error", "a URL with white space or control characters")
         host = parts.hostname
+        try:
+            path = quote(path, safe=_PRINTABLE)  # non-ASCII as UTF-8 %XX, the way browsers send it
+            if not host.isascii():
+                host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise WireError("protocol_error", "a URL that cannot be encoded (not valid Unicode or IDNA)") from None
+        if not _HOST.fullmatch(host):
+            raise WireError("protocol_error", "a host name with characters no host name holds")
         host_header = f"[{host}]" if ":" in host else host
         if parts.port is not None:
             host_header += f":{port}"
