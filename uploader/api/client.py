@@ -397,12 +397,12 @@ class ApiClient:
         """What an answer says, whichever path carried it: the envelope read, the key redacted from its text."""
         retry_after = _raw_header(headers, b"retry-after")
         if retry_after is not None:
-            retry_after = self._redact(retry_after[:100])
+            retry_after = self._redact(retry_after)[:100]  # redacted, then cut: no part of the key left
         if 300 <= status < 400:  # a redirect (never followed): its Location names where the base URL points
             location = _raw_header(headers, b"location")
             return replace(
                 parse_envelope(status, b"", retry_after),
-                location=None if location is None else self._redact(location[:2000]),
+                location=None if location is None else self._redact(location)[:2000],
             )
         if raw is None:
             return too_large(status, limit, retry_after)
@@ -461,7 +461,31 @@ class ApiClient:
         return self._key_bytes in raw or (b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii")))
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key_bytes.decode("ascii"), _REDACTED.decode())
+        return _redacted(text, self._key_bytes.decode("ascii"))
+
+
+def _redacted(text: str, key: str) -> str:
+    """`text` without the key, nor any run of KEY_ECHO_MIN_CHARS or more of its characters: text cut short by
+    someone else (a transport quoting the first bytes of a bad header line, a server's own snippet) may hold
+    the part of a key before the cut."""
+    text = text.replace(key, _REDACTED.decode())
+    width = min(KEY_ECHO_MIN_CHARS, len(key))
+    if width == 0 or len(text) < width:
+        return text
+    parts = {key[i : i + width] for i in range(len(key) - width + 1)}
+    hidden = [False] * len(text)
+    for i in range(len(text) - width + 1):
+        if text[i : i + width] in parts:
+            hidden[i : i + width] = [True] * width
+    if not any(hidden):
+        return text
+    out: list[str] = []
+    for i, c in enumerate(text):
+        if not hidden[i]:
+            out.append(c)
+        elif i == 0 or not hidden[i - 1]:
+            out.append(_REDACTED.decode())
+    return "".join(out)
 
 
 def _holds_text(value: Any, text: str) -> bool:
@@ -514,9 +538,9 @@ async def _take_result(
     size = 0
     first = b""
     async for chunk in chunks:
-        if not first and chunk:
+        if not first:  # judged by its first byte that is not white space, in whichever chunk it comes
             first = chunk.lstrip()[:1]
-            problem = result_verdict(status, _raw_header(headers, b"content-type"), first or b" ")
+            problem = None if not first else result_verdict(status, _raw_header(headers, b"content-type"), first)
             if problem is not None:
                 return _refused("bad_result", f"{problem}: not a result")
         size += len(chunk)
@@ -527,8 +551,9 @@ async def _take_result(
     if not first:
         return _refused("bad_result", result_verdict(status, None, b" ") or "empty")
     sink.flush()
-    if _ends_at_close(headers) and not _whole_json(sink):
-        return _refused("bad_result", "the result ends before its JSON does (cut short: no length, connection closed)")
+    if _ends_at_close(headers) and not _whole_json(sink):  # most likely a cut connection, as under a length: retried
+        message = "the result ends before its JSON does (no length: the connection closed early)"
+        return ApiResult(None, None, None, "connection_closed", message, None, None)
     return ApiResult(status, True, {"sha256": digest.hexdigest(), "size": size}, None, None, None, None)
 
 
