@@ -1335,3 +1335,82 @@ def test_key_never_in_an_error_from_an_echoing_server(echo: str) -> None:
             await wire.aclose()
 
     run(main())
+
+
+# -- proxies: which, and how they are named (pure) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "direct"),
+    [
+        ("api.playment.io", 443, "", False),
+        ("localhost", 443, "", True),  # loopback: always direct, whatever NO_PROXY says
+        ("127.0.0.1", 443, "", True),
+        ("127.8.9.10", 80, "", True),
+        ("::1", 443, "", True),
+        ("db.localhost", 443, "", True),
+        ("api.playment.io", 443, "*", True),
+        ("api.playment.io", 443, "playment.io", True),
+        ("api.playment.io", 443, ".playment.io", True),
+        ("api.playment.io", 443, "other.io, playment.io", True),
+        ("api.playment.io", 443, "other.io playment.io", True),
+        ("api.playment.io", 443, "PLAYMENT.IO", True),
+        ("api.playment.io.", 443, "playment.io", True),
+        ("notplayment.io", 443, "playment.io", False),  # a domain, not a suffix of letters
+        ("api.playment.io", 443, "io.playment", False),
+        ("api.playment.io", 443, "api.playment.io:443", True),
+        ("api.playment.io", 443, "api.playment.io:8443", False),
+        ("10.1.2.3", 443, "10.0.0.0/8", True),
+        ("11.1.2.3", 443, "10.0.0.0/8", False),
+        ("fd00::5", 443, "fd00::/8", True),
+        ("api.playment.io", 443, "10.0.0.0/8", False),  # a network says nothing of a name
+        ("10.1.2.3", 443, "not/a-network", False),
+        ("api.playment.io", 443, ", ,", False),
+    ],
+)
+def test_bypassed(host: str, port: int, no_proxy: str, direct: bool) -> None:
+    assert wire_module.bypassed(host, port, no_proxy) is direct
+
+
+def test_proxies_from_env_lower_case_wins_and_cgi_drops_http() -> None:
+    env = {
+        "HTTPS_PROXY": "http://upper:1",
+        "https_proxy": "http://lower:2",
+        "HTTP_PROXY": "http://h:3",
+        "NO_PROXY": "x",
+    }
+    assert wire_module.proxies_from_env(env) == {"https": "http://lower:2", "http": "http://h:3", "no": "x"}
+    assert wire_module.proxies_from_env({**env, "REQUEST_METHOD": "GET"}) == {"https": "http://lower:2", "no": "x"}
+    assert wire_module.proxies_from_env({"HTTPS_PROXY": "", "PATH": "/bin"}) == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://proxy.corp:3128", wire_module.Proxy("proxy.corp", 3128)),
+        ("proxy.corp:3128", wire_module.Proxy("proxy.corp", 3128)),  # no scheme: http, as curl and requests
+        ("http://proxy.corp", wire_module.Proxy("proxy.corp", 80)),
+        (
+            "http://us%40er:p%3Aw%20d@proxy.corp:3128",
+            wire_module.Proxy("proxy.corp", 3128, b"proxy-authorization: Basic dXNAZXI6cDp3IGQ=\r\n"),
+        ),
+        (
+            "http://user@proxy.corp:3128",
+            wire_module.Proxy("proxy.corp", 3128, b"proxy-authorization: Basic dXNlcjo=\r\n"),
+        ),
+    ],
+)
+def test_proxy_route(url: str, expected: object) -> None:
+    assert wire_module.proxy_route("https", "api.playment.io", 443, {"https": url}) == expected
+
+
+@pytest.mark.parametrize("url", ["https://proxy.corp:3128", "socks5://proxy.corp:1080", "http://proxy.corp:99999"])
+def test_proxy_route_unsupported(url: str) -> None:
+    proxy = wire_module.proxy_route("https", "api.playment.io", 443, {"https": url})
+    assert proxy is not None and proxy.unsupported
+
+
+def test_proxy_route_none() -> None:
+    assert wire_module.proxy_route("https", "api.playment.io", 443, {"http": "http://p:1"}) is None
+    assert wire_module.proxy_route("https", "127.0.0.1", 443, {"https": "http://p:1"}) is None
+    assert wire_module.proxy_route("https", "api.playment.io", 443, {"https": "http://p:1", "no": "*"}) is None

@@ -64,7 +64,7 @@ from uploader.api.policy import (
     retry_after_seconds,
 )
 from uploader.api.warm import tls_context
-from uploader.api.wire import Wire, WireError
+from uploader.api.wire import Wire, WireError, proxies_from_env
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 __all__ = ["ApiClient", "new_tls_context"]
@@ -105,11 +105,12 @@ def new_tls_context() -> ssl.SSLContext:
 
 class _Pool:
     """The default transport: kept-alive connections (`wire`), at most `concurrency` requests at once, with the
-    client's TLS context (the warm-up's, when a command made one)."""
+    client's TLS context (the warm-up's, when a command made one), through the proxies the environment names."""
 
     def __init__(self, concurrency: int, connect_timeout: float) -> None:
         self._ssl = tls_context() or new_tls_context()
-        self.wire = Wire(concurrency, self._ssl, connect_timeout, keepalive=_KEEPALIVE_SECONDS)
+        proxies = proxies_from_env(os.environ)
+        self.wire = Wire(concurrency, self._ssl, connect_timeout, keepalive=_KEEPALIVE_SECONDS, proxies=proxies)
 
     async def aclose(self) -> None:
         await self.wire.aclose()

@@ -7,12 +7,16 @@ WireError with the code the API policy knows (protocol_error), and so is every n
 (connect_error, tls_error, timeout, connection_closed). A connection is reused only when its answer was read
 to the end, the server did not ask to close it, it has been idle less than the keep-alive time, and nothing
 arrived on it while idle (HTTP/1.1 ties an answer to its request by order alone: an answer nobody asked for
-would be read as the next request's). Standard library only.
+would be read as the next request's). Through an HTTP proxy where the environment names one (HTTPS_PROXY,
+HTTP_PROXY, NO_PROXY, as curl and requests read them): https in a CONNECT tunnel, http in absolute form; never
+for a loopback host. Standard library only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import os
 import re
 import socket
@@ -21,10 +25,21 @@ import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
-from typing import cast
-from urllib.parse import quote, urlsplit
+from typing import NamedTuple, cast
+from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["MAX_HEAD_BYTES", "Answer", "Wire", "WireError", "framing", "parse_head"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "Answer",
+    "Proxy",
+    "Wire",
+    "WireError",
+    "bypassed",
+    "framing",
+    "parse_head",
+    "proxies_from_env",
+    "proxy_route",
+]
 
 #: The longest status line and header block read; a longer one is not an answer (aiohttp's and h11's bound).
 MAX_HEAD_BYTES = 64 << 10
@@ -106,6 +121,94 @@ def framing(method: str, minor: int, status: int, headers: Headers) -> tuple[int
             raise WireError("protocol_error", f"an invalid Content-Length: {b', '.join(sorted(lengths))[:60]!r}")
         return int(length), False, reusable
     return None, False, False
+
+
+class Proxy(NamedTuple):
+    """An HTTP proxy: where it listens, and the Proxy-Authorization header line its URL's credentials make
+    (empty without). `unsupported`: why it cannot be used (an https:// proxy URL), else empty."""
+
+    host: str
+    port: int
+    auth: bytes = b""
+    unsupported: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"the proxy {_authority(self.host, self.port)}"
+
+
+def proxies_from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """{scheme: proxy URL, "no": the no-proxy list} from `*_proxy` variables, as urllib and curl read them:
+    the lower-case name wins over the upper-case one; HTTP_PROXY is ignored under CGI (REQUEST_METHOD set),
+    where a client's `Proxy:` header would set it."""
+    found: dict[str, str] = {}
+    for name, value in environ.items():
+        if value and name.lower().endswith("_proxy") and name != name.lower():
+            found[name.lower()[:-6]] = value
+    for name, value in environ.items():
+        if value and name.endswith("_proxy") and name == name.lower():
+            found[name[:-6]] = value
+    if "REQUEST_METHOD" in environ:
+        found.pop("http", None)
+    return found
+
+
+def bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether `host` is reached directly: a loopback host always (no proxy can reach it), else a NO_PROXY
+    entry that is `*`, the host, a domain it is in (`example.com` and `.example.com` both match
+    `api.example.com`), the host with its port, or a network (CIDR) its address is in."""
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback):
+        return True
+    for entry in no_proxy.replace(" ", ",").split(","):
+        entry = entry.strip().lower().strip("[]")
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if "/" in entry and address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name, colon, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if colon and entry_port != str(port):
+            continue
+        name = name.lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def proxy_route(scheme: str, host: str, port: int, proxies: dict[str, str]) -> Proxy | None:
+    """The proxy a request to scheme://host:port goes through, or None (directly)."""
+    url = proxies.get(scheme)
+    if not url or bypassed(host, port, proxies.get("no", "")):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        proxy_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        proxy_port = 0
+    proxy_host = parts.hostname or ""
+    if parts.scheme != "http" or not proxy_host or not proxy_port:
+        why = "an https:// proxy" if parts.scheme == "https" else "a proxy URL that is not http://HOST[:PORT]"
+        return Proxy(proxy_host, proxy_port, unsupported=f"{why} is not supported (the {scheme}_proxy variable)")
+    auth = b""
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = b"proxy-authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
+    return Proxy(proxy_host, proxy_port, auth)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Connection(asyncio.Protocol):
@@ -371,10 +474,20 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
 
 class Wire:
     """Kept-alive connections per origin, at most `concurrency` exchanges at once; made inside a running loop
-    or before one (nothing binds to a loop until the first request)."""
+    or before one (nothing binds to a loop until the first request). `proxies`: {scheme: proxy URL, "no":
+    NO_PROXY} (proxies_from_env); none: every connection is direct."""
 
-    def __init__(self, concurrency: int, tls: ssl.SSLContext, connect_timeout: float, keepalive: float = 4.0) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        tls: ssl.SSLContext,
+        connect_timeout: float,
+        keepalive: float = 4.0,
+        proxies: dict[str, str] | None = None,
+    ) -> None:
         self._tls = tls
+        self._proxies = dict(proxies or {})
+        self._routes: dict[_Origin, Proxy | None] = {}
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._concurrency = concurrency
@@ -419,11 +532,25 @@ class Wire:
         host_header = f"[{host}]" if ":" in host else host
         if parts.port is not None:
             host_header += f":{port}"
-        known = (scheme, host, port), f" {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("ascii", "strict")
+        origin = (scheme, host, port)
+        proxy = self.route(origin) if scheme == "http" else None
+        if proxy is None:
+            start = f" {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("ascii")
+        else:  # the absolute form, which tells the proxy where to send it
+            start = f" http://{host_header}{path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("ascii") + proxy.auth
+        known = origin, start
         if len(self._targets) >= 4096:
             self._targets.clear()
         self._targets[url] = known
         return known
+
+    def route(self, origin: _Origin) -> Proxy | None:
+        """The proxy of `origin` (remembered), or None: direct."""
+        if origin not in self._routes:
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[origin] = proxy_route(*origin, self._proxies) if self._proxies else None
+        return self._routes[origin]
 
     def slots(self) -> asyncio.Semaphore:
         if self._slots is None:
@@ -444,25 +571,24 @@ class Wire:
 
     async def _connect(self, origin: _Origin) -> _Connection:
         scheme, host, port = origin
-        tls = self._tls if scheme == "https" else None
-        loop = asyncio.get_running_loop()
-        where = f"{host}:{port}"
+        proxy = self.route(origin)
+        if proxy is not None and proxy.unsupported:
+            raise WireError("connect_error", f"cannot connect through {proxy.where}: {proxy.unsupported}")
+        where = _authority(host, port) if proxy is None else proxy.where
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
-                )
+                if proxy is None:
+                    conn = await _dial(host, port, self._tls if scheme == "https" else None, where)
+                else:
+                    conn = await _dial(proxy.host, proxy.port, None, where)
+                    if scheme == "https":
+                        try:
+                            await _tunnel(conn, proxy, host, port, self._tls)
+                        except BaseException:
+                            conn.close()
+                            raise
         except TimeoutError:
             raise WireError("timeout", f"cannot connect to {where} within {self._connect_timeout:g}s") from None
-        except ssl.SSLError as exc:
-            raise WireError("tls_error", f"TLS with {where} failed ({exc.reason or exc})") from None
-        except socket.gaierror as exc:
-            raise WireError(
-                "connect_error", f"cannot connect to {where} (host name not found: {exc.strerror})"
-            ) from None
-        except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
-            raise WireError("connect_error", f"cannot connect to {where} ({why[:1].lower() + why[1:]})") from None
         conn.origin = origin
         conn.on_lost = self._forget
         self._open.add(conn)
@@ -494,6 +620,56 @@ class Wire:
         for conn in list(self._open):
             self.discard(conn)
         self._idle.clear()
+
+
+async def _dial(host: str, port: int, tls: ssl.SSLContext | None, where: str) -> _Connection:
+    """A new connection to host:port (TLS with `tls`); network failures as WireError naming `where`."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await loop.create_connection(
+            _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
+        )
+    except ssl.SSLError as exc:
+        raise WireError("tls_error", f"TLS with {where} failed ({exc.reason or exc})") from None
+    except socket.gaierror as exc:
+        raise WireError("connect_error", f"cannot connect to {where} (host name not found: {exc.strerror})") from None
+    except OSError as exc:
+        raise WireError("connect_error", f"cannot connect to {where} ({_why(exc)})") from None
+    return conn
+
+
+async def _tunnel(conn: _Connection, proxy: Proxy, host: str, port: int, tls: ssl.SSLContext) -> None:
+    """Ask the proxy on `conn` for a tunnel to host:port (CONNECT), then speak TLS with host through it."""
+    target = _authority(host, port)
+    assert conn.transport is not None
+    conn.transport.write(f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n".encode("ascii") + proxy.auth + b"\r\n")
+    try:
+        while True:
+            _, status, _ = parse_head(await _head(conn, None))  # bounded by the connect timeout
+            if status >= 200:
+                break
+    except WireError as exc:  # nothing was sent to the target: a connect_error whatever went wrong
+        raise WireError("connect_error", f"{proxy.where}, asked for a tunnel to {target}: {exc}") from None
+    if not 200 <= status < 300:
+        why = " (proxy authentication required or refused)" if status == 407 else ""
+        raise WireError("connect_error", f"{proxy.where} refused a tunnel to {target}: HTTP {status}{why}")
+    if conn.buffer or conn.ended:
+        raise WireError("connect_error", f"{proxy.where} sent bytes before the tunnel to {target} began")
+    loop = asyncio.get_running_loop()
+    try:
+        transport = await loop.start_tls(conn.transport, conn, tls, server_hostname=host)
+    except ssl.SSLError as exc:
+        raise WireError("tls_error", f"TLS with {target} through {proxy.where} failed ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise WireError("connect_error", f"the tunnel to {target} through {proxy.where} failed ({_why(exc)})") from None
+    if transport is None:
+        raise WireError("tls_error", f"TLS with {target} through {proxy.where} failed (the tunnel closed)")
+    conn.transport = transport
+
+
+def _why(exc: OSError) -> str:
+    why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
+    return why[:1].lower() + why[1:]
 
 
 class _Exchange:
