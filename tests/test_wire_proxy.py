@@ -748,3 +748,67 @@ def test_api_client_without_proxy_variables_goes_direct(clean_env: pytest.Monkey
             assert server.requests[0][1].startswith(b"GET /v1/projects/p1/jobs/j1 HTTP/1.1\r\n")
 
     run(main())
+
+
+# -- the attachment preflight (uploader.api.attachments) through the same proxies --------------------------------
+
+
+def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`uploader check`'s HEAD of an http URL goes to HTTP_PROXY in absolute form, with the proxy's Basic
+    credentials; a loopback URL still goes direct."""
+    from uploader.api import check_urls
+
+    async def proxy(peer: Peer) -> None:
+        async for _ in peer.requests():
+            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n")  # a HEAD's
+
+    async def main() -> tuple[dict[str, str], list[bytes]]:
+        async with serve(proxy) as server:
+            monkeypatch.setenv("HTTP_PROXY", f"http://u:p%40ss@127.0.0.1:{server.port}")
+            checks = {c.url: c.verdict async for c in check_urls(["http://cdn.example.test/a.jpg"])}
+        return checks, [request for _, request in server.requests]
+
+    checks, requests = run(main())
+    assert checks == {"http://cdn.example.test/a.jpg": "ok"}
+    (head,) = requests
+    assert head.startswith(b"HEAD http://cdn.example.test/a.jpg HTTP/1.1\r\n"), head
+    assert b"Proxy-Authorization: Basic dTpwQHNz\r\n" in head, head
+
+
+def test_preflight_reports_an_unusable_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uploader.api import check_urls
+
+    monkeypatch.setenv("HTTPS_PROXY", "https://user:secret@proxy.example.test:3128")
+
+    async def main() -> list[tuple[str, str | None]]:
+        return [(c.verdict, c.detail) async for c in check_urls(["https://cdn.example.test/a.jpg"])]
+
+    ((verdict, detail),) = run(main())
+    assert verdict == "unreachable" and detail is not None and "not supported" in detail, detail
+    assert "secret" not in detail and "user" not in detail
+
+
+def test_preflight_checks_of_https_urls_go_through_a_tunnel(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """An https attachment URL: a CONNECT with the proxy's credentials, then the HEAD inside the tunnel, TLS
+    checked against the test CA (SSL_CERT_FILE), without the credentials."""
+    from uploader.api import check_urls
+
+    ca_file = tmp_path / "ca.pem"
+    certs.ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    head_answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 10\r\n\r\n"
+
+    async def main() -> tuple[list[str], list[bytes]]:
+        async with serve(tunnelling(certs.server, head_answer)) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", proxy_url(proxy, credentials=True))
+            verdicts = [c.verdict async for c in check_urls([f"https://{TARGET}:8443/a.png"])]
+        return verdicts, [request for _, request in proxy.requests]
+
+    verdicts, (connect, inside) = run(main())
+    assert verdicts == ["ok"]
+    assert connect.startswith(b"CONNECT api.example.test:8443 HTTP/1.1\r\n"), connect
+    assert f"Basic {BASIC}".encode() in connect
+    assert inside.startswith(b"HEAD /a.png HTTP/1.1\r\n"), inside
+    assert BASIC.encode() not in inside and b"proxy-authorization" not in inside.lower()

@@ -2,7 +2,8 @@
 
 `check_urls` checks many URLs concurrently with a per-host rate cap, timeouts and bounded redirects, and
 yields one `UrlCheck` per URL as the answers come in; memory stays flat in the number of URLs (at most
-`concurrency` checks are in flight and the URLs are read lazily). `judge` is the pure decision.
+`concurrency` checks are in flight and the URLs are read lazily). `judge` is the pure decision. Through the
+proxies the environment names, as the API's requests (uploader.api.wire.proxy_route).
 
 `HEAD` first; when a server refuses it (400, 403, 405, 501: S3 presigned GET URLs answer 403 to a HEAD,
 the method being part of their signature), `GET` with `Range: bytes=0-0`, whose headers decide; its body is
@@ -17,13 +18,15 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from uploader.api.client import _transport_code
+from uploader.api.wire import Proxy, proxies_from_env, proxy_route
 
 __all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "check_urls", "judge"]
 
@@ -117,6 +120,7 @@ async def check_urls(
         return
     source = itertools.chain((first,), source)
     pacer = HostPacer(per_host_rate)
+    route = _router(proxies_from_env(os.environ))
     results: asyncio.Queue[UrlCheck | None] = asyncio.Queue(maxsize=concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=_ssl_context())
     session = aiohttp.ClientSession(
@@ -130,7 +134,7 @@ async def check_urls(
     async def worker() -> None:
         try:
             for url in source:
-                await results.put(await _check(session, pacer, url, max_redirects))
+                await results.put(await _check(session, pacer, route, url, max_redirects))
         finally:
             await results.put(None)
 
@@ -157,16 +161,70 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-async def _check(session: aiohttp.ClientSession, pacer: HostPacer, url: str, max_redirects: int) -> UrlCheck:
-    host = url.split("/", 3)[2].lower() if url.count("/") >= 2 else url  # scheme://HOST/...: no urlsplit per URL
+#: The proxy of a URL's scheme://host[:port]: (proxy URL, its Proxy-Authorization or ""), or None.
+_Route = tuple[str, str] | None
+
+
+def _router(proxies: dict[str, str]) -> Callable[[str], _Route | Proxy]:
+    """The proxy each URL goes through (uploader.api.wire.proxy_route, remembered per scheme://host:port),
+    or a Proxy that cannot be used (its `unsupported` says why)."""
+    known: dict[str, _Route | Proxy] = {}
+
+    def route(prefix: str) -> _Route | Proxy:
+        if not proxies:
+            return None
+        if prefix not in known:
+            if len(known) >= 4096:
+                known.clear()
+            known[prefix] = _route(prefix, proxies)
+        return known[prefix]
+
+    return route
+
+
+def _route(prefix: str, proxies: dict[str, str]) -> _Route | Proxy:
+    try:
+        parts = urlsplit(prefix)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None  # aiohttp says what is wrong with the URL
+    proxy = proxy_route(parts.scheme.lower(), parts.hostname or "", port, proxies)
+    if proxy is None or proxy.unsupported:
+        return proxy
+    return f"http://{proxy.host}:{proxy.port}", proxy.authorization
+
+
+async def _check(
+    session: aiohttp.ClientSession,
+    pacer: HostPacer,
+    route: Callable[[str], _Route | Proxy],
+    url: str,
+    max_redirects: int,
+) -> UrlCheck:
+    parts = url.split("/", 3)  # scheme://HOST/...: no urlsplit per URL
+    host = parts[2].lower() if len(parts) >= 3 else url
+    via = route("/".join(parts[:3]).lower()) if len(parts) >= 3 else None
+    if isinstance(via, Proxy):
+        return UrlCheck(url, "unreachable", f"cannot connect through {via.where}: {via.unsupported}")
+    proxy, authorization = via if via is not None else (None, "")
+    # aiohttp moves an Authorization of the proxy's headers to where it belongs: the CONNECT of an https URL,
+    # the request itself (absolute form) of an http one
+    proxy_headers = {"Authorization": authorization} if authorization else None
     try:
         await pacer.wait(host)
-        async with session.head(url, allow_redirects=True, max_redirects=max_redirects) as response:
+        async with session.head(
+            url, allow_redirects=True, max_redirects=max_redirects, proxy=proxy, proxy_headers=proxy_headers
+        ) as response:
             status, headers = response.status, response.headers
         if status in _HEAD_REFUSED:
             await pacer.wait(host)
             async with session.get(
-                url, headers={"Range": "bytes=0-0"}, allow_redirects=True, max_redirects=max_redirects
+                url,
+                headers={"Range": "bytes=0-0"},
+                allow_redirects=True,
+                max_redirects=max_redirects,
+                proxy=proxy,
+                proxy_headers=None if proxy_headers is None else dict(proxy_headers),
             ) as response:
                 status, headers = response.status, response.headers
                 response.close()  # the headers decide: the body is never read

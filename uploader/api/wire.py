@@ -136,6 +136,11 @@ class Proxy(NamedTuple):
     def where(self) -> str:
         return f"the proxy {_authority(self.host, self.port)}"
 
+    @property
+    def authorization(self) -> str:
+        """The value of its Proxy-Authorization header ("" without credentials)."""
+        return self.auth.decode("ascii").partition(": ")[2].rstrip("\r\n")
+
 
 def proxies_from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
     """{scheme: proxy URL, "no": the no-proxy list} from `*_proxy` variables, as urllib and curl read them:
