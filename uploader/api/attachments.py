@@ -165,14 +165,14 @@ def _ssl_context() -> ssl.SSLContext:
 _Route = tuple[str, str] | None
 
 
-def _router(proxies: dict[str, str]) -> Callable[[str], _Route | Proxy]:
+def _router(proxies: dict[str, str]) -> Callable[[str], _Route | Proxy] | None:
     """The proxy each URL goes through (uploader.api.wire.proxy_route, remembered per scheme://host:port),
-    or a Proxy that cannot be used (its `unsupported` says why)."""
+    or a Proxy that cannot be used (its `unsupported` says why); None when the environment names no proxy."""
+    if not proxies:
+        return None
     known: dict[str, _Route | Proxy] = {}
 
     def route(prefix: str) -> _Route | Proxy:
-        if not proxies:
-            return None
         if prefix not in known:
             if len(known) >= 4096:
                 known.clear()
@@ -197,13 +197,13 @@ def _route(prefix: str, proxies: dict[str, str]) -> _Route | Proxy:
 async def _check(
     session: aiohttp.ClientSession,
     pacer: HostPacer,
-    route: Callable[[str], _Route | Proxy],
+    route: Callable[[str], _Route | Proxy] | None,
     url: str,
     max_redirects: int,
 ) -> UrlCheck:
     parts = url.split("/", 3)  # scheme://HOST/...: no urlsplit per URL
     host = parts[2].lower() if len(parts) >= 3 else url
-    via = route("/".join(parts[:3]).lower()) if len(parts) >= 3 else None
+    via = None if route is None or len(parts) < 3 else route("/".join(parts[:3]).lower())
     if isinstance(via, Proxy):
         return UrlCheck(url, "unreachable", f"cannot connect through {via.where}: {via.unsupported}")
     proxy, authorization = via if via is not None else (None, "")
