@@ -737,6 +737,32 @@ def test_api_client_proxy_refusal(clean_env: pytest.MonkeyPatch, client_tls: Non
     run(main())
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"HTTP/1.1 407 x\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="to the CONNECT, a bad header line"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="a 200 to the CONNECT, a bad header line"),
+    ],
+)
+def test_api_client_redacts_the_proxy_credentials_a_proxy_echoes(
+    answer: bytes, clean_env: pytest.MonkeyPatch, client_tls: None
+) -> None:
+    """The wire quotes the first bytes of a malformed header line; a proxy echoing its Proxy-Authorization
+    there leaves no part of the Basic token (nor the user or password) in the client's result."""
+
+    async def main() -> None:
+        async with serve(refusing(answer)) as proxy:
+            clean_env.setenv("HTTPS_PROXY", proxy_url(proxy, credentials=True))
+            async with ApiClient(f"https://{TARGET}:8443", KEY, timeout=2.0) as api:
+                result = await api.get_job("p1", "j1")
+            assert result.success is not True and result.code == "connect_error", result
+            for text in (result.message or "", repr(result)):
+                assert not any(BASIC[i : i + 8] in text for i in range(len(BASIC) - 7)), text
+            _client_secrets_absent(result)
+
+    run(main())
+
+
 def test_api_client_without_proxy_variables_goes_direct(clean_env: pytest.MonkeyPatch) -> None:
     """No variable: the Wire gets an empty mapping and connects directly (here: a name the fake resolver maps)."""
 

@@ -147,6 +147,8 @@ class ApiClient:
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
         self._pool = _Pool(concurrency, self._timeout) if transport is None else None
+        #: Beside the key, what no text may hold: the proxies' credentials (a proxy may echo them back).
+        self._secrets = [] if self._pool is None else self._pool.wire.secrets
         self._transport = transport
         # Built once: every request reuses them (httpx copies headers and extensions into each Request).
         plain = {
@@ -462,7 +464,10 @@ class ApiClient:
         return self._key_bytes in raw or (b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii")))
 
     def _redact(self, text: str) -> str:
-        return _redacted(text, self._key_bytes.decode("ascii"))
+        text = _redacted(text, self._key_bytes.decode("ascii"))
+        for secret in self._secrets:
+            text = _redacted(text, secret)
+        return text
 
 
 def _redacted(text: str, key: str) -> str:

@@ -549,6 +549,21 @@ class Wire:
         self._targets[url] = known
         return known
 
+    @property
+    def secrets(self) -> list[str]:
+        """What of the proxies' URLs no message may hold: each user name, password and Basic token (of 4
+        characters or more: redacting a shorter one would garble every message and hide little)."""
+        found: list[str] = []
+        for scheme, url in self._proxies.items():
+            if scheme == "no":
+                continue
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            if parts.username is not None:
+                user, password = unquote(parts.username), unquote(parts.password or "")
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                found += [s for s in (user, password, parts.password or "", token) if len(s) >= 4]
+        return found
+
     def route(self, origin: _Origin) -> Proxy | None:
         """The proxy of `origin` (remembered), or None: direct."""
         if origin not in self._routes:
