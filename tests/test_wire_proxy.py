@@ -740,8 +740,8 @@ def test_api_client_proxy_refusal(clean_env: pytest.MonkeyPatch, client_tls: Non
 @pytest.mark.parametrize(
     "answer",
     [
-        pytest.param(b"HTTP/1.1 407 x\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="to the CONNECT, a bad header line"),
-        pytest.param(b"HTTP/1.1 200 OK\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="a 200 to the CONNECT, a bad header line"),
+        pytest.param(b"HTTP/1.1 407 x\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="407, bad header line"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Echo : " + AUTH_LINE + b"\r\n", id="200, bad header line"),
     ],
 )
 def test_api_client_redacts_the_proxy_credentials_a_proxy_echoes(
