@@ -194,6 +194,12 @@ def _route(prefix: str, proxies: dict[str, str]) -> _Route | Proxy:
     return f"http://{proxy.host}:{proxy.port}", proxy.authorization
 
 
+def _proxy_headers(authorization: str) -> dict[str, str] | None:
+    """The proxy's headers of one request (aiohttp adds to them): an Authorization there is moved by aiohttp to
+    where it belongs, the CONNECT of an https URL or the request itself (absolute form) of an http one."""
+    return {"Authorization": authorization} if authorization else None
+
+
 async def _check(
     session: aiohttp.ClientSession,
     pacer: HostPacer,
@@ -207,13 +213,14 @@ async def _check(
     if isinstance(via, Proxy):
         return UrlCheck(url, "unreachable", f"cannot connect through {via.where}: {via.unsupported}")
     proxy, authorization = via if via is not None else (None, "")
-    # aiohttp moves an Authorization of the proxy's headers to where it belongs: the CONNECT of an https URL,
-    # the request itself (absolute form) of an http one
-    proxy_headers = {"Authorization": authorization} if authorization else None
     try:
         await pacer.wait(host)
         async with session.head(
-            url, allow_redirects=True, max_redirects=max_redirects, proxy=proxy, proxy_headers=proxy_headers
+            url,
+            allow_redirects=True,
+            max_redirects=max_redirects,
+            proxy=proxy,
+            proxy_headers=_proxy_headers(authorization),
         ) as response:
             status, headers = response.status, response.headers
         if status in _HEAD_REFUSED:
@@ -224,7 +231,7 @@ async def _check(
                 allow_redirects=True,
                 max_redirects=max_redirects,
                 proxy=proxy,
-                proxy_headers=None if proxy_headers is None else dict(proxy_headers),
+                proxy_headers=_proxy_headers(authorization),
             ) as response:
                 status, headers = response.status, response.headers
                 response.close()  # the headers decide: the body is never read
