@@ -320,3 +320,20 @@ def test_export_into_a_closed_pipe_ends_quietly(tmp_path: Path):
         err = proc.stderr.read()
         assert proc.wait(timeout=30) in (0, 141), err
         assert first and "Traceback" not in err and "rror" not in err, err
+
+
+def test_the_proxies_are_shown_with_their_variable_and_no_credentials(monkeypatch: pytest.MonkeyPatch):
+    """`uploader config run` shows the proxies the API's requests would go through (uploader.api.wire reads the
+    same variables), a proxy URL's user and password masked; a command that sends nothing shows none."""
+    for name in ("https_proxy", "http_proxy", "no_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert settings("run")["https_proxy"] == {"value": None, "source": "default"}
+    env = {"HTTPS_PROXY": "http://bob:s3cret@proxy.corp:3128", "https_proxy": "", "no_proxy": ".internal"}
+    got = settings("run", env=env)
+    assert got["https_proxy"] == {"value": "http://***@proxy.corp:3128", "source": "env HTTPS_PROXY"}
+    assert got["no_proxy"] == {"value": ".internal", "source": "env no_proxy"}
+    assert got["http_proxy"] == {"value": None, "source": "default"}
+    shown = invoke("config", "run", env=env).output
+    assert "proxy.corp:3128" in shown and "s3cret" not in shown and "bob" not in shown
+    assert "https_proxy" not in settings("load", env=env)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import too_many_protocol_errors as too_many_protocol_errors
     from uploader.api.warm import settle_warm_up as settle_warm_up
     from uploader.api.warm import warm_up as warm_up
+    from uploader.api.wire import proxies_from_env as proxies_from_env
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -58,6 +59,7 @@ _EXPORTS = {
     "check_base_url": "uploader.api.endpoint",
     "loop_factory": "uploader.api.loop",
     "run_loop": "uploader.api.loop",
+    "proxies_from_env": "uploader.api.wire",
     "DEFAULT_BASE_URL": "uploader.api.endpoint",
     "EXISTS_CODES": "uploader.api.policy",
     "PERMANENT_CODES": "uploader.api.policy",

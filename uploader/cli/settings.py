@@ -7,7 +7,9 @@ default_map), without running it; each value's source is click's ParameterSource
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +77,33 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
             sub.get_parameter_source(pname), _names(param.envvar), profile.source(name, key) if profile else None
         )
         settings.append(Setting(key, value, source))
+    if "base_url" in keys:  # a command that talks to the API: the proxies its requests would go through
+        settings += proxy_settings(os.environ)
     files = [(str(p), p.exists()) for p in config_files()]
     return Resolved(name, profile.name if profile else None, files, settings)
+
+
+def proxy_settings(environ: Mapping[str, str]) -> list[Setting]:
+    """https_proxy, http_proxy and no_proxy as the API's requests read them (uploader.api.wire), each from the
+    variable it came from; a proxy URL's user and password shown as `***`."""
+    from uploader.api import proxies_from_env
+
+    proxies = proxies_from_env(dict(environ))
+    found = []
+    for scheme in ("https", "http", "no"):
+        value = proxies.get(scheme)
+        variable = next((n for n in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY") if environ.get(n)), None)
+        if value is None or variable is None:
+            found.append(Setting(f"{scheme}_proxy", None, "default"))
+            continue
+        if scheme != "no":
+            value = _USERINFO.sub(r"\1***@", value)
+        found.append(Setting(f"{scheme}_proxy", value, f"env {variable}"))
+    return found
+
+
+#: The user[:password]@ of a URL (after its scheme, if any).
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
 
 
 def _common_name(pname: str) -> str:
