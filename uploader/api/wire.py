@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import NamedTuple, cast
 from urllib.parse import quote, unquote, urlsplit
@@ -142,7 +142,7 @@ class Proxy(NamedTuple):
         return self.auth.decode("ascii").partition(": ")[2].rstrip("\r\n")
 
 
-def proxies_from_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+def proxies_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     """{scheme: proxy URL, "no": the no-proxy list} from `*_proxy` variables, as urllib and curl read them:
     the lower-case name wins over the upper-case one; HTTP_PROXY is ignored under CGI (REQUEST_METHOD set),
     where a client's `Proxy:` header would set it."""

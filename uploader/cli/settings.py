@@ -88,7 +88,7 @@ def proxy_settings(environ: Mapping[str, str]) -> list[Setting]:
     variable it came from; a proxy URL's user and password shown as `***`."""
     from uploader.api import proxies_from_env
 
-    proxies = proxies_from_env(dict(environ))
+    proxies = proxies_from_env(environ)
     found = []
     for scheme in ("https", "http", "no"):
         value = proxies.get(scheme)
