@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_run import KEY, invoke, ledger_rows, run_args, write_images
+from test_trust import rows
 
 from uploader.cli.commands import EXIT_SOME_FAILED
 from uploader.ledger.ledger import Ledger
@@ -630,3 +632,77 @@ def test_a_sync_that_fails_midway_writes_and_records_the_results_it_holds(
     assert sorted(p.name for p in res.iterdir()) == sorted(Path(path).name for path, _ in recorded.values())
     for job_id, reference_id in jobs.items():
         assert json.loads(Path(recorded[reference_id][0]).read_text()) == {"job": job_id}
+
+
+def test_a_gone_job_that_would_tell_the_default_batch_is_recorded_and_the_next_one_asked(tmp_path: Path) -> None:
+    """The default batch's id is learnt from a GET of a job known to be in it. When that job was deleted at the
+    platform, sync stopped with "cannot read" and no row was checked; now that job is recorded gone
+    (failed, job_not_found), the next job of the batch is asked, and the others are listed (exit 3)."""
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger = tmp_path / "l.db"
+        sent = invoke(*run_args(write_images(tmp_path / "m.csv", 5), ledger, box, "--default-batch"))
+        assert sent.exit_code == 0, sent.output
+        before = ledger_rows(ledger)
+        assert all(r["batch_id"] is None for r in before.values())
+        probe = Ledger.open(str(ledger))
+        try:
+            known = probe.known_job_in_default_batch("proj")
+        finally:
+            probe.close()
+        assert known is not None
+        row_id, reference_id, job_id = known
+        assert httpx.delete(f"{box.base_url}/_sandbox/jobs/{job_id}").status_code == 200
+        code, doc = _sync(ledger, box)
+        assert code == EXIT_SOME_FAILED and doc["jobs_not_found"] == 1
+        assert doc["jobs_not_found_examples"] == [{"reference_id": reference_id, "job_id": job_id}]
+        assert doc["batches"] == 1 and doc["listing_requests"] >= 1 and doc["tracked"] == 4
+        after = ledger_rows(ledger)
+        assert (after[reference_id]["status"], after[reference_id]["error_code"]) == ("failed", "job_not_found")
+        assert all(r["platform_status"] for ref, r in after.items() if ref != reference_id)
+
+
+def test_record_gone_fails_only_the_tracked_row_that_still_holds_that_job_and_keeps_whose_sends_they_were(
+    tmp_path: Path,
+) -> None:
+    """record_gone: a row is recorded only while it still holds the job_id found gone and is tracked (a run or
+    an adopt may have changed it meanwhile); its own payload joins sent_hashes only when this ledger's send
+    created the job (created, recovered), not for a job adopted or created elsewhere."""
+    import sqlite3
+
+    from uploader.ledger import GONE_CODE, record_gone, utcnow
+
+    ledger = tmp_path / "l.db"
+    load = ["load", str(write_images(tmp_path / "m.csv", 6)), "--project-id", "proj", "--work-flow-id", "wf"]
+    assert invoke(*load, "--ledger", str(ledger)).exit_code == 0
+    setup = [  # (reference_id, status, job_id, origin, sent_hashes)
+        ("img-00000", "succeeded", "j0", "created", None),
+        ("img-00001", "succeeded", "j1", "recovered", "old"),
+        ("img-00002", "conflict", "j2", "pre-existing", None),
+        ("img-00003", "succeeded", "j3", "adopted", None),
+        ("img-00004", "succeeded", "j4-new", "created", None),  # holds another job_id by now
+        ("img-00005", "failed", "j5", None, None),  # not tracked
+    ]
+    with sqlite3.connect(ledger) as db:
+        for ref, status, job, origin, sent in setup:
+            db.execute(
+                "UPDATE jobs SET status = ?, job_id = ?, origin = ?, sent_hashes = ? WHERE reference_id = ?",
+                (status, job, origin, sent, ref),
+            )
+        ids = dict(db.execute("SELECT reference_id, id FROM jobs"))
+    led = Ledger.open(str(ledger))
+    try:
+        gone = [(ids[f"img-0000{i}"], job) for i, job in enumerate(["j0", "j1", "j2", "j3", "j4", "j5"])]
+        assert record_gone(led.engine, gone, utcnow()) == 4
+    finally:
+        led.close()
+    got = rows(ledger)
+    for i in range(4):
+        row = got[f"img-0000{i}"]
+        assert (row["status"], row["error_code"], row["job_id"], row["origin"]) == ("failed", GONE_CODE, None, None)
+        assert f"job j{i} " in row["error_message"]
+    body = {ref: r["body_hash"] for ref, r in got.items()}
+    assert got["img-00000"]["sent_hashes"] == body["img-00000"]
+    assert got["img-00001"]["sent_hashes"] == f"old {body['img-00001']}"
+    assert got["img-00002"]["sent_hashes"] is None and got["img-00003"]["sent_hashes"] is None
+    assert (got["img-00004"]["status"], got["img-00004"]["job_id"]) == ("succeeded", "j4-new")
+    assert (got["img-00005"]["status"], got["img-00005"]["job_id"]) == ("failed", "j5")

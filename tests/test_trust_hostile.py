@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import fake_manifest
@@ -39,6 +40,7 @@ from uploader.ledger.ledger import Ledger, Result
 from uploader.ledger.models import Status
 from uploader.ledger.transitions import holder_yields
 from uploader.load import load_manifest
+from uploader.sandbox import Sandbox, SandboxConfig
 
 
 def run_args(manifest: Path | None, ledger: Path, api: HostileApi, *extra: str) -> list[str]:
@@ -811,12 +813,14 @@ def test_reconcile_says_which_rows_it_made_pending_again(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("code", ["resource_error", "FS_0006"])
-def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path, code: str) -> None:
+def test_sync_records_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path, code: str) -> None:
     """A job deleted at the platform after the run (neither listed nor readable: GET job answers 404
-    resource_error, or FS_0006 "job unit not found" as the sandbox does). Sync stopped there (exit 1, or
-    "cannot read"), so the jobs after it were never checked on their own. The project answers, so the job,
-    not the project, is gone: sync names the row, records nothing for it, checks the others and exits 3. A
-    project that never answers still stops the sync (exit 1)."""
+    resource_error, or FS_0006 "job unit not found" as the sandbox does). Sync once stopped there; then it
+    named the row but left it `succeeded` with its dead job_id, which `export` handed out. The project
+    answers, so the job, not the project, is gone: sync names the row, records it `failed` (job_not_found,
+    the job_id only in its message, its own payload in sent_hashes), checks the others and exits 3; `--watch`
+    ends. The next sync no longer reads it (exit 0). A project that never answers still stops the sync (exit
+    1). `retry --error-code job_not_found` and a run create the job again."""
 
     def unlisted_after_first(jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
         return one_page(jobs[:1], token)  # later rows are read on their own (GET job)
@@ -829,20 +833,67 @@ def test_sync_reports_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path, co
             unit = b'{"success": false, "error": {"code": "FS_0006", "message": "job unit not found"}}'
             api.intercept = lambda method, path, count: (404, {}, unit) if path.endswith(f"/jobs/{gone}") else None
         common = ["--ledger", str(ledger), "--base-url", api.base_url]
-        said = invoke("sync", *common)
+        said = invoke("sync", *common, "--watch", "0.1")  # ends: no later round can make that job final
         assert said.exit_code == 3, said.output
         assert f"the API does not know the job of 1 row: img-00001 (job {gone})" in said.stderr
+        assert "recorded as failed (job_not_found" in said.stderr
         got = rows(ledger)
-        assert got["img-00001"]["status"] == "succeeded" and got["img-00001"]["platform_status"] is None
+        lost = got["img-00001"]
+        assert (lost["status"], lost["error_code"], lost["job_id"], lost["origin"]) == (
+            "failed",
+            "job_not_found",
+            None,
+            None,
+        )
+        assert gone in lost["error_message"] and lost["sent_hashes"] == lost["body_hash"]
         assert {k: got[k]["platform_status"] for k in ("img-00000", "img-00002", "img-00003")} == dict.fromkeys(
             ("img-00000", "img-00002", "img-00003"), "completed"
         )
-        watched = invoke("sync", *common, "--watch", "0.1")  # ends: no later round can make that job final
-        assert watched.exit_code == 3 and "img-00001" in watched.stderr, watched.output
+        exported = invoke("export", "--ledger", str(ledger), "--format", "jsonl")
+        mapping = {r["reference_id"]: (r["status"], r["job_id"]) for r in map(json.loads, exported.stdout.splitlines())}
+        assert mapping["img-00001"] == ("failed", None) and gone not in {job for _, job in mapping.values()}
         document = json.loads(invoke("sync", *common, "--json").stdout)
-        assert document["jobs_not_found"] == 1
-        assert document["jobs_not_found_examples"] == [{"reference_id": "img-00001", "job_id": gone}]
+        assert (document["jobs_not_found"], document["job_requests"], document["tracked"]) == (0, 2, 3)
         gone_project = b'{"success": false, "error": {"code": "resource_error", "message": "no such project"}}'
         api.intercept = lambda method, path, count: (404, {}, gone_project) if method == "GET" else None
         stopped = invoke("sync", *common)
         assert stopped.exit_code == 1 and "resource_error" in stopped.output
+        api.intercept = None
+        again = invoke("retry", "--ledger", str(ledger), "--error-code", "job_not_found")
+        assert again.exit_code == 0, again.output
+        assert invoke(*run_args(None, ledger, api)).exit_code == 0
+        back = rows(ledger)["img-00001"]
+        assert (back["status"], back["job_id"], back["origin"]) == ("succeeded", api.jobs["img-00001"], "created")
+        assert back["job_id"] != gone and api.created["img-00001"] == 2
+
+
+def test_reconcile_learns_the_default_batch_from_another_job_when_the_first_one_asked_is_gone(tmp_path: Path) -> None:
+    """The default batch's id is learnt from a GET of a job known to be in it. When the platform had deleted
+    that job (FS_0006), the lookup stopped there (exit 1) and the uncertain row was never settled; now the gone
+    job is recorded (failed, job_not_found), another job is asked, and the listing settles the row."""
+    ledger = tmp_path / "l.db"
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        args = ["run", str(write_images(tmp_path / "m.csv", 4)), "--project-id", "proj", "--work-flow-id", "wf"]
+        sent = invoke(*args, "--ledger", str(ledger), "--base-url", box.base_url, "--default-batch", "--quiet")
+        assert sent.exit_code == 0, sent.output
+        before = rows(ledger)
+        with sqlite3.connect(ledger) as db:  # its answer lost: the job exists, the ledger does not know its id
+            db.execute(
+                "UPDATE jobs SET status = 'uncertain', job_id = NULL, origin = NULL, error_code = 'mismatched_answer', "
+                "sent_hashes = body_hash WHERE reference_id = 'img-00003'"
+            )
+        probe = Ledger.open(str(ledger))
+        try:
+            known = probe.known_job_in_default_batch("proj")
+        finally:
+            probe.close()
+        assert known is not None and known[1] != "img-00003"
+        assert httpx.delete(f"{box.base_url}/_sandbox/jobs/{known[2]}").status_code == 200
+        said = invoke("reconcile", "--ledger", str(ledger), "--base-url", box.base_url)
+        assert said.exit_code == 0, said.output
+        after = rows(ledger)
+        assert (after["img-00003"]["status"], after["img-00003"]["job_id"]) == (
+            "succeeded",
+            before["img-00003"]["job_id"],
+        )
+        assert (after[known[1]]["status"], after[known[1]]["error_code"]) == ("failed", "job_not_found")

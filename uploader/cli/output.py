@@ -565,10 +565,9 @@ def not_found_text(missing: list[tuple[str, str]], examples: int = 5) -> str:
     """What `sync` says of rows (reference_id, job_id) whose job the API does not know."""
     named = ", ".join(f"{ref} (job {job})" for ref, job in missing[:examples])
     more = f" and {len(missing) - examples} more" if len(missing) > examples else ""
-    one = len(missing) == 1
     return (
         f"the API does not know the job of {plural(len(missing), 'row')}: {named}{more}. Deleted at the "
-        f"platform, or never created although the API answered its creation: nothing is recorded for "
-        f"{'it (it stays' if one else 'them (they stay'} succeeded in the ledger); `uploader show REFERENCE_ID` "
-        "shows a row"
+        "platform, or never created although the API answered its creation: recorded as failed "
+        "(job_not_found, the job_id in its message); `uploader retry --error-code job_not_found` sends "
+        f"{'it' if len(missing) == 1 else 'them'} again (the API refuses a twin with FS_0001)"
     )

@@ -96,12 +96,14 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import staging_from_slice as staging_from_slice
     from uploader.ledger.staging import staging_insert as staging_insert
     from uploader.ledger.tracking import ADOPTED as ADOPTED
+    from uploader.ledger.tracking import GONE_CODE as GONE_CODE
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
     from uploader.ledger.tracking import Adoption as Adoption
     from uploader.ledger.tracking import FetchedResult as FetchedResult
     from uploader.ledger.tracking import ListedPage as ListedPage
     from uploader.ledger.tracking import TrackedRow as TrackedRow
     from uploader.ledger.tracking import adopt_jobs as adopt_jobs
+    from uploader.ledger.tracking import record_gone as record_gone
     from uploader.ledger.tracking import record_listed as record_listed
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
@@ -209,6 +211,8 @@ _EXPORTS = {
     "TrackedRow": "uploader.ledger.tracking",
     "FetchedResult": "uploader.ledger.tracking",
     "ListedPage": "uploader.ledger.tracking",
+    "GONE_CODE": "uploader.ledger.tracking",
+    "record_gone": "uploader.ledger.tracking",
     "record_listed": "uploader.ledger.tracking",
     "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",

@@ -611,16 +611,18 @@ class Ledger(LedgerQueries):
             path = conn.execute(text("SELECT path FROM manifests ORDER BY id DESC LIMIT 1")).scalar()
         return Path(path).name if path else None
 
-    def known_job_in_default_batch(self, project_id: str) -> str | None:
-        """A job_id in the project's default batch: its GET answer tells the default batch's id."""
+    def known_job_in_default_batch(self, project_id: str) -> tuple[int, str, str] | None:
+        """(row id, reference_id, job_id) of a job in the project's default batch: its GET answer tells the
+        default batch's id."""
         with read_tx(self.engine) as conn:
-            return conn.execute(
+            row = conn.execute(
                 text(
-                    "SELECT job_id FROM jobs WHERE project_id = :p AND batch_id IS NULL "
+                    "SELECT id, reference_id, job_id FROM jobs WHERE project_id = :p AND batch_id IS NULL "
                     f"AND status = '{_SUCCEEDED}' AND job_id IS NOT NULL LIMIT 1"
                 ),
                 {"p": project_id},
-            ).scalar_one_or_none()
+            ).first()
+        return None if row is None else (row[0], row[1], row[2])
 
     # -- uncertain rows and retries ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from uploader.ledger.models import Status
 
 __all__ = [
     "ADOPTED",
+    "GONE_CODE",
     "RESULT_STATUSES",
     "STATUS_CHARS",
     "Adoption",
@@ -27,6 +28,7 @@ __all__ = [
     "ListedPage",
     "TrackedRow",
     "adopt_jobs",
+    "record_gone",
     "record_listed",
     "record_results",
     "record_statuses",
@@ -249,6 +251,46 @@ def results_due(engine: Engine, after_id: int, limit: int) -> list[TrackedRow]:
 
 #: One fetched result: (row id, the file it was written to, the result itself when given inline, its sha256).
 FetchedResult = tuple[int, str | None, str | None, str]
+
+
+#: The error code of a row whose job the API no longer knows (`record_gone`).
+GONE_CODE = "job_not_found"
+#: Origins of a job this ledger's own send created: its payload joins sent_hashes when the job is gone, so that
+#: an FS_0001 after a retry (the job was there after all) is a recovery of our own send, not someone else's job.
+_OWN_ORIGINS = ("created", "recovered")
+
+
+def record_gone(engine: Engine, gone: Sequence[tuple[int, str]], now: dt.datetime) -> int:
+    """Rows (row id, job_id) whose job the API says does not exist (deleted at the platform, or never created
+    although a creation answer named it): `failed` with `GONE_CODE`, the job_id dropped (kept in the message),
+    so the ledger no longer calls them succeeded and `export` hands out no dead job_id. Nothing is sent again
+    on its own (the job may have been deleted on purpose): `uploader retry --error-code job_not_found` does it,
+    guarded by FS_0001. A row that changed meanwhile (another job_id, no longer tracked) is left. Returns how
+    many rows were recorded."""
+    if not gone:
+        return 0
+    own = ", ".join(f"'{o}'" for o in _OWN_ORIGINS)
+    merged = (
+        "CASE WHEN sent_hashes IS NULL OR sent_hashes = '' THEN body_hash "
+        "WHEN (' ' || sent_hashes || ' ') LIKE ('% ' || body_hash || ' %') THEN sent_hashes "
+        "ELSE sent_hashes || ' ' || body_hash END"
+    )
+    update = text(
+        f"UPDATE jobs SET status = '{Status.FAILED.value}', error_code = '{GONE_CODE}', error_message = :m, "
+        "error_details = NULL, http_status = NULL, job_id = NULL, origin = NULL, not_before = NULL, "
+        f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged} ELSE sent_hashes END, updated_at = :t "
+        f"WHERE id = :i AND job_id = :j AND {_TRACKED}"
+    )
+    recorded = 0
+    with write_tx(engine) as conn:
+        for row_id, job_id in gone:  # one by one: a driver's executemany may not sum its row counts
+            message = (
+                f"the API does not know its job {job_id} (read by `uploader sync`): deleted at the platform, or "
+                "never created although the API answered its creation; `uploader retry --error-code "
+                f"{GONE_CODE}` sends it again (the API refuses a twin with FS_0001)"
+            )
+            recorded += conn.execute(update, {"i": row_id, "j": job_id, "t": now, "m": message}).rowcount
+    return recorded
 
 
 def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Sequence[tuple[int, str]] = ()) -> None:

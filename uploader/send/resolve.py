@@ -16,15 +16,18 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from uploader.api import MAX_RETRY_AFTER
+from uploader.api import MAX_RETRY_AFTER, job_is_gone
 from uploader.errors import ApiUnreachableError, FatalApiError
-from uploader.ledger import Ledger
+from uploader.ledger import Ledger, record_gone, utcnow
 from uploader.send.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one
     from uploader.api import ApiClient
 
-__all__ = ["Resolver", "RunStopping"]
+__all__ = ["DEFAULT_BATCH_PROBES", "Resolver", "RunStopping"]
+
+#: Jobs of a default batch read to learn its id; each one the API does not know is recorded gone.
+DEFAULT_BATCH_PROBES = 3
 
 
 class RunStopping(Exception):
@@ -159,15 +162,25 @@ class Resolver:
 
     async def _default_batch(self, project: str) -> str | None:
         """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id); None
-        while the ledger knows no such job. ApiUnreachableError / FatalApiError as `ApiClient.read`."""
+        while the ledger knows no such job. A job the API says does not exist (policy.job_is_gone: a job-level
+        not found) is recorded gone (`record_gone`) and the next one asked, up to DEFAULT_BATCH_PROBES.
+        ApiUnreachableError / FatalApiError as `ApiClient.read`."""
         if project in self.default_batches:
             return self.default_batches[project]
         self.flush()
-        job_id = self.ledger.known_job_in_default_batch(project)
-        if job_id is None:
-            return None
-        batch_id = await self.client.batch_of_job(
-            project, job_id, rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
-        )
-        self.default_batches[project] = batch_id
-        return batch_id
+        for _ in range(DEFAULT_BATCH_PROBES):
+            known = self.ledger.known_job_in_default_batch(project)
+            if known is None:
+                return None
+            try:
+                batch_id = await self.client.batch_of_job(
+                    project, known[2], rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
+                )
+            except (FatalApiError, ApiUnreachableError) as exc:
+                if not job_is_gone(exc.code, False):
+                    raise
+                record_gone(self.ledger.engine, [(known[0], known[2])], utcnow())
+                continue
+            self.default_batches[project] = batch_id
+            return batch_id
+        return None

@@ -59,6 +59,7 @@ from uploader.ledger import (
     TrackedRow,
     adopt_jobs,
     background_checkpoints,
+    record_gone,
     record_listed,
     record_results,
     small_page_cache,
@@ -68,6 +69,7 @@ from uploader.ledger import (
     utcnow,
 )
 from uploader.send.pacing import RateLimiter
+from uploader.send.resolve import DEFAULT_BATCH_PROBES
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -113,7 +115,8 @@ class SyncReport:
     checked: int = 0  #: tracked rows whose status this sync read
     mismatched: int = 0  #: rows a listing named their job for another reference_id (read on their own instead)
     #: (reference_id, job_id) of rows whose job the API says does not exist (GET job refused as not found, in a
-    #: project that answered this sync): deleted at the platform, or never created. Nothing recorded for them.
+    #: project that answered this sync): deleted at the platform, or never created. Recorded `failed`
+    #: (`record_gone`), so a later sync no longer tracks them; `sync_ledger --watch` keeps those of every round.
     not_found: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -122,8 +125,8 @@ class SyncReport:
 
     @property
     def nothing_to_wait_for(self) -> bool:
-        """Every tracked job is final, or unknown to the API (no later round can change those): --watch ends."""
-        return bool(self.counts) and self.counts["final"] + len(self.not_found) >= self.counts["tracked"]
+        """Every tracked job is final (a job the API does not know is no longer tracked): --watch ends."""
+        return self.all_final
 
 
 def result_file_name(reference_id: str) -> str:
@@ -243,6 +246,7 @@ class _Sync:
     report: SyncReport = field(default_factory=SyncReport)
     seen: bytearray = field(default_factory=bytearray)  #: a bit per row id: listed this sync
     answering: set[str] = field(default_factory=set)  #: projects that answered a listing or a job read
+    gone: list[tuple[int, str]] = field(default_factory=list)  #: (row id, job_id) found gone, not yet recorded
     queue: asyncio.Queue[TrackedRow | None] = field(default_factory=lambda: asyncio.Queue(1))
     pending: _Group = field(default_factory=_Group)  #: fetched, not yet taken by the writer
     settling: _Group | None = None  #: taken by the writer: being written and recorded
@@ -357,18 +361,33 @@ class _Sync:
         for page in tracked_rows(self.ledger.engine):
             missing = [row for row in page if not self.was_seen(row[0])]
             for start in range(0, len(missing), self.concurrency):
-                await asyncio.gather(*(self.read_one(row) for row in missing[start : start + self.concurrency]))
+                try:
+                    await asyncio.gather(*(self.read_one(row) for row in missing[start : start + self.concurrency]))
+                finally:
+                    self.record_gone()
+
+    def record_gone(self) -> None:
+        """Record the rows found gone since the last call (`record_gone`: failed, job_not_found)."""
+        gone, self.gone = self.gone, []
+        record_gone(self.ledger.engine, gone, utcnow())
 
     async def default_batch(self, project: str) -> str | None:
-        """The id of the project's default batch, learnt from one job known to be in it (None: no such job)."""
-        known = self.ledger.known_job_in_default_batch(project)
-        if known is None:
-            return None
-        data = await self.read_job(project, known)
-        batch_id = data.get("batch_id")
-        if batch_id in (None, "") or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
-            raise ApiUnreachableError(f"the API answered the read of job {known} with no usable batch_id")
-        return str(batch_id)
+        """The id of the project's default batch, learnt from one job known to be in it (None: no such job). A
+        job the API does not know is recorded gone and the next one asked, up to DEFAULT_BATCH_PROBES; then
+        None (the default batch's rows are read on their own)."""
+        for _ in range(DEFAULT_BATCH_PROBES):
+            known = self.ledger.known_job_in_default_batch(project)
+            if known is None:
+                return None
+            data = await self.read_unless_gone((known[0], project, known[1], known[2]))
+            if data is None:
+                self.record_gone()
+                continue
+            batch_id = data.get("batch_id")
+            if batch_id in (None, "") or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
+                raise ApiUnreachableError(f"the API answered the read of job {known[2]} with no usable batch_id")
+            return str(batch_id)
+        return None
 
     async def read_job(self, project: str, job_id: str, reference_id: str | None = None) -> dict[str, Any]:
         """GET job's data; ApiUnreachableError when the answer is another job's (policy.job_read_problem): its
@@ -381,22 +400,27 @@ class _Sync:
             raise ApiUnreachableError(f"the API answered the read of job {job_id} with {problem}: nothing recorded")
         return data
 
-    async def read_one(self, row: TrackedRow) -> None:
-        """The fallback: one job's status from GET job. A job the API says does not exist (policy.job_is_gone)
-        is reported (`SyncReport.not_found`) and the sync goes on; a not found in a project that never answered
-        may be the project's (or the key's access to it): the sync stops (FatalApiError)."""
-        _, project, reference_id, job_id = row
+    async def read_unless_gone(self, row: TrackedRow) -> dict[str, Any] | None:
+        """GET job of a tracked row; None when the API says the job does not exist (policy.job_is_gone): then
+        it is reported (`SyncReport.not_found`) and kept for `record_gone`. A not found in a project that never
+        answered may be the project's (or the key's access to it): raised (the sync stops)."""
+        row_id, project, reference_id, job_id = row
         try:
-            data = await self.read_job(project, job_id, reference_id)
+            return await self.read_job(project, job_id, reference_id)
         except (FatalApiError, ApiUnreachableError) as exc:
             if not job_is_gone(exc.code, project in self.answering):
                 raise
             self.report.job_reads += 1
             self.report.not_found.append((reference_id, job_id))
-            return
-        status = status_text(data.get("status"))
+            self.gone.append((row_id, job_id))
+            return None
+
+    async def read_one(self, row: TrackedRow) -> None:
+        """The fallback: one job's status from GET job (`read_unless_gone`)."""
+        data = await self.read_unless_gone(row)
+        status = status_text(data.get("status")) if data is not None else ""
         if status:
-            await self.listed(project, [(reference_id, job_id, status)])
+            await self.listed(row[1], [(row[2], row[3], status)])
 
     async def worker(self) -> None:
         """Fetch queued results until told to stop (None); one that fails is recorded and left for the next
@@ -570,10 +594,11 @@ def sync_ledger(
     on_progress: Callable[[SyncReport], None] | None = None,
 ) -> SyncReport:
     """`sync_async` with its own client (a connection beside the workers' for the listing) and --rate; with
-    `watch` (seconds), repeated until every tracked job is final (or unknown to the API)."""
+    `watch` (seconds), repeated until every tracked job is final; the report's `not_found` holds every round's."""
     limiter = RateLimiter(rate) if rate else None
 
     async def main() -> SyncReport:
+        gone: list[tuple[str, str]] = []  # every round's: a job recorded gone is no longer read
         async with ApiClient(base_url, api_key, concurrency=concurrency + 1, timeout=timeout) as client:
             while True:
                 report = await sync_async(
@@ -586,6 +611,8 @@ def sync_ledger(
                     limiter=limiter,
                     on_progress=on_progress,
                 )
+                gone += report.not_found
+                report.not_found = list(gone)
                 if on_round is not None:
                     on_round(report)
                 if watch is None or report.nothing_to_wait_for:
