@@ -646,7 +646,7 @@ def test_a_gone_job_that_would_tell_the_default_batch_is_recorded_and_the_next_o
         assert all(r["batch_id"] is None for r in before.values())
         probe = Ledger.open(str(ledger))
         try:
-            known = probe.known_job_in_default_batch("proj")
+            known = probe.known_job_in_default_batch("proj", ())
         finally:
             probe.close()
         assert known is not None

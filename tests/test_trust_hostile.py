@@ -748,15 +748,9 @@ def test_plan_listed_takes_a_status_only_for_the_row_the_entry_names() -> None:
 # -- a request still waiting at the server when the listing is read --------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [0.2, 1.5])
-def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(tmp_path: Path, delay: float) -> None:
-    """The first creation is answered at once with another row's answer (what a server answering twice gives
-    when the copy arrives while the next request still waits there), and the server creates that row's job
-    only `delay` seconds later. A listing read in between does not show the job: the row was recorded
-    `failed` ("the job was not created") although its job then came to exist. It must be sent again instead:
-    the API creates the job then (and refuses the late request with FS_0001), or refuses the copy with FS_0001
-    and the listing finds the job. Either way the ledger ends with the one job the API holds for each row."""
-    timers: list[threading.Timer] = []
+def _late_creation(api: HostileApi, delay: float, timers: list[threading.Timer]) -> Any:
+    """An intercept: the first creation is answered at once with another row's answer, and the server creates
+    that row's job only `delay` seconds later."""
 
     def queued(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
         if method != "POST" or not path.endswith("/jobs") or timers:
@@ -766,7 +760,20 @@ def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(
         timers.append(timer)
         return 200, {"Content-Type": "application/json"}, plain_answer("img-00002", "job-of-another-row")
 
-    with HostileApi(KEY, intercept=queued) as api:
+    return queued
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.5])
+def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(tmp_path: Path, delay: float) -> None:
+    """The first creation is answered at once with another row's answer (what a server answering twice gives
+    when the copy arrives while the next request still waits there), and the server creates that row's job
+    only `delay` seconds later. A listing read in between does not show the job: the row was recorded
+    `failed` ("the job was not created") although its job then came to exist. It must be sent again instead:
+    the API creates the job then (and refuses the late request with FS_0001), or refuses the copy with FS_0001
+    and the listing finds the job. Either way the ledger ends with the one job the API holds for each row."""
+    timers: list[threading.Timer] = []
+    with HostileApi(KEY) as api:
+        api.intercept = _late_creation(api, delay, timers)
         ledger = tmp_path / "l.db"
         result = invoke(*run_args(write_images(tmp_path / "m.csv", 3), ledger, api, "--concurrency", "1"))
         timers[0].join()
@@ -777,6 +784,79 @@ def test_a_row_whose_request_still_waits_at_the_server_is_sent_again_not_failed(
         assert set(api.created.values()) == {1} and len(api.created) == 3
         assert api.requests["exists"] >= 1  # the late request, or the copy: refused as a twin
         assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("delay", "grace"), [(0.3, 1.0), (1.5, 2.5)])
+def test_a_last_attempt_still_waiting_at_the_server_is_not_failed_by_a_listing_read_too_soon(
+    tmp_path: Path, delay: float, grace: float
+) -> None:
+    """As above, with one attempt per row: the row's only request is answered with another row's answer and its
+    job created `delay` seconds later. The listing read at once does not show it: the row was recorded `failed`
+    ("not created") while its job came to exist. Within `late_grace` of that attempt a listing that misses the
+    row leaves it uncertain; the run lists once more after the grace and finds the job: succeeded, recovered."""
+    from uploader.ledger import Ledger
+    from uploader.manifest import ManifestOptions
+    from uploader.send import RunOptions, run_upload
+
+    timers: list[threading.Timer] = []
+    with HostileApi(KEY) as api:
+        api.intercept = _late_creation(api, delay, timers)
+        led = Ledger.open(tmp_path / "l.db")
+        try:
+            summary = run_upload(
+                led,
+                write_images(tmp_path / "m.csv", 3),
+                ManifestOptions(project_id="proj", work_flow_id="wf", batch_id=BATCH),
+                base_url=api.base_url,
+                api_key=KEY,
+                run_options=RunOptions(concurrency=1, max_attempts=1, late_grace=grace),
+                handle_signals=False,
+            )
+        finally:
+            led.close()
+        timers[0].join()
+        got = rows(tmp_path / "l.db")
+        assert {k: (r["status"], r["job_id"]) for k, r in got.items()} == {
+            k: ("succeeded", api.jobs[k]) for k in got
+        }, summary
+        assert got["img-00000"]["origin"] == "recovered" and set(api.created.values()) == {1}
+
+
+def test_a_last_attempt_is_failed_once_a_listing_read_after_the_grace_misses_it(tmp_path: Path) -> None:
+    """The same row, whose job is never created: after the grace the second listing misses it too, and the row
+    is `failed` as before (`retry` may send it again), not left uncertain for ever."""
+    from uploader.ledger import Ledger
+    from uploader.manifest import ManifestOptions
+    from uploader.send import RunOptions, run_upload
+
+    answered: list[str] = []
+
+    def lost(method: str, path: str, count: int) -> tuple[int, dict[str, str], bytes] | None:
+        if method != "POST" or not path.endswith("/jobs") or answered:
+            return None
+        answered.append(path)
+        return 200, {"Content-Type": "application/json"}, plain_answer("img-00002", "job-of-another-row")
+
+    with HostileApi(KEY, intercept=lost) as api:
+        led = Ledger.open(tmp_path / "l.db")
+        try:
+            run_upload(
+                led,
+                write_images(tmp_path / "m.csv", 3),
+                ManifestOptions(project_id="proj", work_flow_id="wf", batch_id=BATCH),
+                base_url=api.base_url,
+                api_key=KEY,
+                run_options=RunOptions(concurrency=1, max_attempts=1, late_grace=0.5),
+                handle_signals=False,
+            )
+        finally:
+            led.close()
+        got = rows(tmp_path / "l.db")
+        assert (got["img-00000"]["status"], got["img-00000"]["error_code"]) == ("failed", "mismatched_answer")
+        assert "img-00000" not in api.jobs
+        assert {k: got[k]["status"] for k in ("img-00001", "img-00002")} == dict.fromkeys(
+            ("img-00001", "img-00002"), "succeeded"
+        )
 
 
 def test_reconcile_says_which_rows_it_made_pending_again(tmp_path: Path) -> None:
@@ -869,8 +949,8 @@ def test_sync_records_a_job_the_api_does_not_know_and_goes_on(tmp_path: Path, co
 
 def test_reconcile_learns_the_default_batch_from_another_job_when_the_first_one_asked_is_gone(tmp_path: Path) -> None:
     """The default batch's id is learnt from a GET of a job known to be in it. When the platform had deleted
-    that job (FS_0006), the lookup stopped there (exit 1) and the uncertain row was never settled; now the gone
-    job is recorded (failed, job_not_found), another job is asked, and the listing settles the row."""
+    that job (FS_0006), the lookup stopped there (exit 1), every time, and the uncertain row was never settled;
+    now another job is asked and the listing settles the row. (The gone job is `sync`'s to record.)"""
     ledger = tmp_path / "l.db"
     with Sandbox(SandboxConfig(api_key=KEY)) as box:
         args = ["run", str(write_images(tmp_path / "m.csv", 4)), "--project-id", "proj", "--work-flow-id", "wf"]
@@ -896,4 +976,7 @@ def test_reconcile_learns_the_default_batch_from_another_job_when_the_first_one_
             "succeeded",
             before["img-00003"]["job_id"],
         )
-        assert (after[known[1]]["status"], after[known[1]]["error_code"]) == ("failed", "job_not_found")
+        assert after[known[1]]["status"] == "succeeded"
+        synced = invoke("sync", "--ledger", str(ledger), "--base-url", box.base_url)
+        assert synced.exit_code == 3 and f"{known[1]} (job {known[2]})" in synced.stderr, synced.output
+        assert (rows(ledger)[known[1]]["status"], rows(ledger)[known[1]]["error_code"]) == ("failed", "job_not_found")

@@ -253,3 +253,51 @@ def test_one_job_id_answered_for_two_rows_records_neither(ledger: Ledger, tmp_pa
     done = ledger.resolve_uncertain({row_id(ledger, ref): f"REAL-{ref}" for ref, _ in ROWS})
     assert done == Resolution(succeeded=4)
     assert {row(ledger, ref)["job_id"] for ref, _ in ROWS} == {f"REAL-{ref}" for ref, _ in ROWS}
+
+
+def test_a_last_attempt_recorded_after_the_listing_began_less_the_grace_stays_uncertain(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """resolve_uncertain(listed_after=…): a row whose last attempt was recorded after that time may still have
+    its request waiting at the server, so a listing that misses it leaves it uncertain (`late`); a listing
+    begun long enough after it fails the row. Rows with attempts left go pending either way, and FS_0001 rows
+    stay uncertain (not `late`)."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
+    owner = ledger.register_worker()
+    claims = claim_all(ledger, owner)
+    codes = {"ref-0": "timeout", "ref-1": "FS_0001", "ref-2": "timeout"}
+    ledger.record(
+        [
+            Result(claims[r].id, claims[r].lease_token, Status.UNCERTAIN, error_code=code, may_have_created=True)
+            for r, code in codes.items()
+        ]
+    )
+    ids = [claims[r].id for r in ("ref-0", "ref-1", "ref-2")]
+    recorded = utcnow()
+    soon = recorded - dt.timedelta(seconds=10)  # a listing begun right away, less a grace of 10 s
+    assert ledger.resolve_uncertain({}, ids[:2], max_attempts=1, listed_after=soon) == Resolution(late=1)
+    assert ledger.resolve_uncertain({}, ids[2:], max_attempts=2, listed_after=soon) == Resolution(requeued=1)
+    assert [row(ledger, r)["status"] for r in ("ref-0", "ref-1", "ref-2")] == ["uncertain", "uncertain", "pending"]
+    later = recorded + dt.timedelta(seconds=1)  # a listing begun more than the grace after the attempt
+    assert ledger.resolve_uncertain({}, ids[:2], max_attempts=1, listed_after=later) == Resolution(failed=1)
+    assert (row(ledger, "ref-0")["status"], row(ledger, "ref-1")["status"]) == ("failed", "uncertain")
+
+
+def test_record_gone_on_every_engine(ledger: Ledger, tmp_path: Path) -> None:
+    """record_gone (uploader sync): a tracked row that still holds the job_id goes failed / job_not_found, its
+    job_id dropped, its own payload in sent_hashes (origin created); a row holding another job_id stays."""
+    from uploader.ledger import GONE_CODE, record_gone
+
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2]), "opts")
+    with ledger.engine.begin() as conn:
+        for ref, job in (("ref-0", "J0"), ("ref-1", "J1-new")):
+            conn.execute(
+                text("UPDATE jobs SET status = 'succeeded', job_id = :j, origin = 'created' WHERE reference_id = :r"),
+                {"j": job, "r": ref},
+            )
+    ids = {ref: row_id(ledger, ref) for ref in ("ref-0", "ref-1")}
+    assert record_gone(ledger.engine, [(ids["ref-0"], "J0"), (ids["ref-1"], "J1")], utcnow()) == 1
+    gone, kept = row(ledger, "ref-0"), row(ledger, "ref-1")
+    assert (gone["status"], gone["error_code"], gone["job_id"], gone["origin"]) == ("failed", GONE_CODE, None, None)
+    assert gone["sent_hashes"] == body_hash("ref-0", ROWS[0][1]) and "job J0 " in gone["error_message"]
+    assert (kept["status"], kept["job_id"]) == ("succeeded", "J1-new")

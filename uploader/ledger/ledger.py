@@ -41,7 +41,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,9 @@ class Resolution:
     requeued: int = 0
     #: succeeded rows that gave up a job_id the listing shows under another reference_id (now uncertain)
     demoted: int = 0
+    #: not found by a complete listing, no attempt left, but that attempt recorded after `listed_after`: its
+    #: request may still wait at the server, so the row stays uncertain for a later listing
+    late: int = 0
 
     @property
     def total(self) -> int:
@@ -611,23 +614,27 @@ class Ledger(LedgerQueries):
             path = conn.execute(text("SELECT path FROM manifests ORDER BY id DESC LIMIT 1")).scalar()
         return Path(path).name if path else None
 
-    def known_job_in_default_batch(self, project_id: str) -> tuple[int, str, str] | None:
-        """(row id, reference_id, job_id) of a job in the project's default batch: its GET answer tells the
-        default batch's id."""
+    def known_job_in_default_batch(self, project_id: str, skip: Collection[str] = ()) -> tuple[int, str, str] | None:
+        """(row id, reference_id, job_id) of a job in the project's default batch whose job_id is not in `skip`:
+        its GET answer tells the default batch's id."""
         with read_tx(self.engine) as conn:
-            row = conn.execute(
+            rows = conn.execute(
                 text(
                     "SELECT id, reference_id, job_id FROM jobs WHERE project_id = :p AND batch_id IS NULL "
-                    f"AND status = '{_SUCCEEDED}' AND job_id IS NOT NULL LIMIT 1"
+                    f"AND status = '{_SUCCEEDED}' AND job_id IS NOT NULL LIMIT :n"
                 ),
-                {"p": project_id},
-            ).first()
-        return None if row is None else (row[0], row[1], row[2])
+                {"p": project_id, "n": len(skip) + 1},
+            ).all()
+        return next(((r[0], r[1], r[2]) for r in rows if r[2] not in skip), None)
 
     # -- uncertain rows and retries ----------------------------------------------------------------------
 
     def resolve_uncertain(
-        self, found: dict[int, str], missing: Sequence[int] = (), max_attempts: int | None = None
+        self,
+        found: dict[int, str],
+        missing: Sequence[int] = (),
+        max_attempts: int | None = None,
+        listed_after: dt.datetime | None = None,
     ) -> Resolution:
         """Settle uncertain rows with what a batch listing showed.
 
@@ -636,9 +643,11 @@ class Ledger(LedgerQueries):
         created, or a job_id already recorded for another row). `missing`: rows a complete listing did not
         find (transitions.settle_missing): when not refused with FS_0001, `pending` (sent again) while the row
         has had fewer than `max_attempts` attempts (None: no limit), else `failed` (`retry` may send them
-        again); `conflict` (created elsewhere, job_id unknown) for an FS_0001 row this ledger never sent;
-        other FS_0001 rows stay uncertain. Rows no longer uncertain are skipped."""
-        succeeded = conflict = failed = demoted = requeued = 0
+        again) unless its last attempt was recorded after `listed_after` (the listing's start less a grace:
+        its request may not have been processed yet), when it stays uncertain (`late`); `conflict` (created
+        elsewhere, job_id unknown) for an FS_0001 row this ledger never sent; other FS_0001 rows stay
+        uncertain. Rows no longer uncertain are skipped."""
+        succeeded = conflict = failed = demoted = requeued = late = 0
         now = utcnow()
         with write_tx(self.engine) as conn:
             for rid, job_id in found.items():
@@ -684,14 +693,17 @@ class Ledger(LedgerQueries):
                     continue
                 row = conn.execute(
                     text(
-                        f"SELECT error_code, sent_hashes, attempts FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"
+                        "SELECT error_code, sent_hashes, attempts, CASE WHEN updated_at > :after THEN 1 ELSE 0 END "
+                        f"FROM jobs WHERE id = :id AND status = '{_UNCERTAIN}'"
                     ),
-                    {"id": rid},
+                    {"id": rid, "after": listed_after},
                 ).first()
                 if row is None:
                     continue
-                outcome = settle_missing(row[0], row[1], max_attempts is None or row[2] < max_attempts)
+                attempts_left = max_attempts is None or row[2] < max_attempts
+                outcome = settle_missing(row[0], row[1], attempts_left, bool(row[3]))
                 if outcome is None:
+                    late += settle_missing(row[0], row[1], attempts_left) is not None
                     continue
                 if outcome.status in (Status.FAILED.value, Status.PENDING.value):
                     count = conn.execute(
@@ -715,7 +727,7 @@ class Ledger(LedgerQueries):
                         ),
                         {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
-        return Resolution(succeeded, conflict, failed, requeued=requeued, demoted=demoted)
+        return Resolution(succeeded, conflict, failed, requeued=requeued, demoted=demoted, late=late)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows)."""

@@ -65,14 +65,18 @@ def settle_found(sent_hashes: str | None, body_hash: str, held_by_another: bool 
     return Settlement("succeeded", origin, None, None)
 
 
-def settle_missing(error_code: str | None, sent_hashes: str | None, attempts_left: bool) -> Settlement | None:
+def settle_missing(
+    error_code: str | None, sent_hashes: str | None, attempts_left: bool, recent: bool = False
+) -> Settlement | None:
     """Where an uncertain row goes when a complete listing of its batch did not find it (None: it stays).
 
     - not refused with FS_0001 (uncertain only because its last attempt may have reached the API: a
       timeout, a lost or malformed answer): either nothing was created, or the server has not yet processed
       that request (it may still be queued there when the listing is read). So with `attempts_left` the row
       is sent again → pending: the API creates the job, or refuses a twin with FS_0001 and the listing then
-      finds it. With no attempt left → failed, so `uploader retry` may send it again (FS_0001 still guards);
+      finds it. With no attempt left: while that attempt is `recent` (recorded shortly before the listing
+      began) it stays uncertain, for a later listing to find the job the server may still be creating; after
+      that → failed, so `uploader retry` may send it again (FS_0001 still guards);
     - FS_0001 and this ledger never sent the row before (`sent_hashes` empty): the reference_id belongs to
       a job created elsewhere, in another batch → conflict `created_elsewhere`, origin pre-existing, job_id
       unknown — no later listing of this batch can find it;
@@ -87,6 +91,8 @@ def settle_missing(error_code: str | None, sent_hashes: str | None, attempts_lef
                 error_code,
                 "not found in its batch's listing: sent again (the API refuses a twin with FS_0001)",
             )
+        if recent:
+            return None
         return Settlement(
             "failed",
             None,

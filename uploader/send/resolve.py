@@ -12,22 +12,26 @@ and its own API calls (batch listings, GET job; each retried by `ApiClient.read`
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from uploader.api import MAX_RETRY_AFTER, job_is_gone
 from uploader.errors import ApiUnreachableError, FatalApiError
-from uploader.ledger import Ledger, record_gone, utcnow
+from uploader.ledger import Ledger, utcnow
 from uploader.send.summary import Progress
 
 if TYPE_CHECKING:  # handed the run's client, never builds one
     from uploader.api import ApiClient
 
-__all__ = ["DEFAULT_BATCH_PROBES", "Resolver", "RunStopping"]
+__all__ = ["DEFAULT_BATCH_PROBES", "LATE_GRACE", "Resolver", "RunStopping"]
 
-#: Jobs of a default batch read to learn its id; each one the API does not know is recorded gone.
+#: Jobs of a default batch read to learn its id, when the API does not know the first ones.
 DEFAULT_BATCH_PROBES = 3
+#: Seconds after a row's last attempt was recorded during which a listing that misses it does not fail it:
+#: the request may still wait at the server (the listing is read again once they have passed).
+LATE_GRACE = 10.0
 
 
 class RunStopping(Exception):
@@ -59,8 +63,11 @@ class Resolver:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_retry_after: float = MAX_RETRY_AFTER,
         max_attempts: int | None = None,
+        late_grace: float = LATE_GRACE,
     ) -> None:
         self.ledger, self.client, self.progress, self.rng = ledger, client, progress, rng
+        self.late_grace = late_grace
+        self.late = 0  #: rows the last round left uncertain: missed by a listing begun within `late_grace`
         #: a row a complete listing did not find is sent again while it has had fewer attempts (None: always)
         self.max_attempts = max_attempts
         self.sleep = sleep  #: every backoff here: the run's, which a stop ends at once (RunStopping)
@@ -82,8 +89,17 @@ class Resolver:
         async with self.lock:
             try:
                 self.demoted = 0
+                self.late = 0
                 fatal = await self._resolve(final)
                 if fatal is None and final and self.demoted:  # rows that gave up a job_id: their own lookup now
+                    fatal = await self._resolve(final)
+                if fatal is None and final and self.late:  # their requests have had the grace: list once more
+                    rows = "1 row" if self.late == 1 else f"{self.late} rows"
+                    self.progress.notices.append(
+                        f"{rows} not in the batch listing read just after the last attempt: listing again in "
+                        f"{self.late_grace:.0f} s (the API may still be creating the job)"
+                    )
+                    await self.sleep(self.late_grace)
                     fatal = await self._resolve(final)
                 return fatal
             except RunStopping:
@@ -112,6 +128,7 @@ class Resolver:
                 if batch_id is None:
                     waiting = True  # a later success in the default batch reveals its id
                     continue
+                started = utcnow()
                 found = await self.client.find_job_ids(
                     project,
                     batch_id,
@@ -144,7 +161,11 @@ class Resolver:
             # A listing that ended normally is complete: a row it did not find was not created, or its request
             # still waits at the server (unless the API said FS_0001). The ledger makes it pending, to be sent
             # again (FS_0001 refuses a twin), or failed once its attempts are spent; FS_0001 rows stay uncertain.
-            done = self.ledger.resolve_uncertain(hits, missing, self.max_attempts)
+            after = started - dt.timedelta(seconds=self.late_grace)
+            done = self.ledger.resolve_uncertain(hits, missing, self.max_attempts, listed_after=after)
+            if done.late:
+                self.late += done.late
+                waiting = True
             self.progress.succeeded += done.succeeded
             self.progress.recovered += done.succeeded
             self.progress.conflict += done.conflict
@@ -163,24 +184,26 @@ class Resolver:
     async def _default_batch(self, project: str) -> str | None:
         """The default batch's id, learnt from any job of ours in it (GET job answers its batch_id); None
         while the ledger knows no such job. A job the API says does not exist (policy.job_is_gone: a job-level
-        not found) is recorded gone (`record_gone`) and the next one asked, up to DEFAULT_BATCH_PROBES.
-        ApiUnreachableError / FatalApiError as `ApiClient.read`."""
+        not found; `uploader sync` records it) is passed over for the next one, up to DEFAULT_BATCH_PROBES;
+        when none is left, that refusal is raised. ApiUnreachableError / FatalApiError as `ApiClient.read`."""
         if project in self.default_batches:
             return self.default_batches[project]
         self.flush()
-        for _ in range(DEFAULT_BATCH_PROBES):
-            known = self.ledger.known_job_in_default_batch(project)
-            if known is None:
-                return None
+        gone: list[str] = []
+        refused: FatalApiError | ApiUnreachableError | None = None
+        while (known := self.ledger.known_job_in_default_batch(project, gone)) is not None:
             try:
                 batch_id = await self.client.batch_of_job(
                     project, known[2], rng=self.rng, sleep=self.sleep, max_retry_after=self.max_retry_after
                 )
             except (FatalApiError, ApiUnreachableError) as exc:
-                if not job_is_gone(exc.code, False):
+                if not job_is_gone(exc.code, False) or len(gone) + 1 >= DEFAULT_BATCH_PROBES:
                     raise
-                record_gone(self.ledger.engine, [(known[0], known[2])], utcnow())
+                refused = exc
+                gone.append(known[2])
                 continue
             self.default_batches[project] = batch_id
             return batch_id
+        if refused is not None:
+            raise refused
         return None

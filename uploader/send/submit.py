@@ -63,7 +63,7 @@ from uploader.ledger import (
     utcnow,
 )
 from uploader.send.pacing import Pacer, RateLimiter
-from uploader.send.resolve import Resolver, RunStopping
+from uploader.send.resolve import LATE_GRACE, Resolver, RunStopping
 from uploader.send.summary import (
     ActivityMeter,
     Progress,
@@ -147,6 +147,9 @@ class RunOptions:
     retry_wait_max: float = 1.0
     #: How often the resolver looks for uncertain rows waiting for a lookup (seconds; uploader.send.resolve).
     resolve_interval: float = 0.5
+    #: Seconds after a row's last attempt was recorded during which a listing that misses it leaves it
+    #: uncertain (its request may still wait at the server): the run lists once more after them.
+    late_grace: float = LATE_GRACE
     #: How often `on_progress` is called (seconds): the progress line's refresh.
     progress_interval: float = 0.25
     #: The body on the wire from the body to send, just before each send and resend (`--sign`: storage URLs
@@ -352,6 +355,7 @@ class _Run:
             sleep=self._sleep,
             max_retry_after=opts.max_retry_after,
             max_attempts=opts.max_attempts,
+            late_grace=opts.late_grace,
         )
         self.limiter = RateLimiter(opts.rate) if opts.rate else None
         self.closing_since: float | None = None  #: when the run began its last writes (the finally block)
