@@ -295,7 +295,7 @@ def print_summary(
     head = "interrupted after" if d["interrupted"] else "done in"
     click.echo(
         f"{head} {d['seconds']:.1f} s. This run: {run_['requests']:,} requests ({d['requests_per_second']:,.0f}/s), "
-        f"{run_['succeeded']:,} created or found ({run_['recovered']:,} recovered after FS_0001), "
+        f"{run_['succeeded']:,} created or found ({run_['recovered']:,} found by a batch listing), "
         + (f"{run_['conflict']:,} found in conflict, " if run_.get("conflict") else "")
         + f"{run_['failed']:,} failed, {run_['retries']:,} retr{'y' if run_['retries'] == 1 else 'ies'}"
         + (f", {run_['unreachable']:,} could not connect (not counted as attempts)" if run_.get("unreachable") else "")

@@ -110,7 +110,7 @@ class SyncReport:
     results: int = 0  #: results fetched
     result_errors: list[str] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
-    tracked: int = 0  #: tracked rows when the sync began
+    tracked: int = 0  #: tracked rows when the sync began, less those it found gone
     final: int = 0  #: tracked rows with a final platform status, as the sync goes
     checked: int = 0  #: tracked rows whose status this sync read
     mismatched: int = 0  #: rows a listing named their job for another reference_id (read on their own instead)
@@ -367,9 +367,12 @@ class _Sync:
                     self.record_gone()
 
     def record_gone(self) -> None:
-        """Record the rows found gone since the last call (`record_gone`: failed, job_not_found)."""
+        """Record the rows found gone since the last call (`record_gone`: failed, job_not_found); they are no
+        longer tracked."""
         gone, self.gone = self.gone, []
-        record_gone(self.ledger.engine, gone, utcnow())
+        if gone:
+            self.report.tracked -= record_gone(self.ledger.engine, gone, utcnow())
+            self.progress()
 
     async def default_batch(self, project: str) -> str | None:
         """The id of the project's default batch, learnt from one job known to be in it (None: no such job). A
