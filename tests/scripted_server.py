@@ -4,6 +4,7 @@ a handler coroutine that reads requests and writes whatever bytes the test wants
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -116,10 +117,11 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[Server]:
-    """A raw socket server in this loop; each connection runs `handler`. Its errors fail the test."""
+async def serve(handler: Handler, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    """A raw socket server in this loop (over TLS with `tls`); each connection runs `handler`. Its errors fail
+    the test."""
     server = Server(handler)
-    listener = await asyncio.start_server(server.accepted, host, 0)
+    listener = await asyncio.start_server(server.accepted, host, 0, ssl=tls)
     server.host = host
     server.port = listener.sockets[0].getsockname()[1]
     try:

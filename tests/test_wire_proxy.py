@@ -29,6 +29,7 @@ from tests.scripted_server import Handler, Peer, Server, ok, run, serve
 from tests.test_wire import KEY_LINE, SECRET, answering, failure, fetch, ipv6_loopback, refused_port
 from uploader.api import client as client_module
 from uploader.api.client import ApiClient
+from uploader.api.loop import run_loop
 from uploader.api.wire import Wire, WireError
 
 TARGET = "api.example.test"
@@ -58,6 +59,7 @@ class Certs:
         self.ca = trustme.CA()
         self.server = self._server(TARGET)
         self.wrong_name = self._server("other.example.test")
+        self.proxy = self._server("127.0.0.1")  #: an https:// proxy's, for the address the tests name it by
         self.client = ssl.create_default_context()
         self.ca.configure_trust(self.client)
 
@@ -579,13 +581,63 @@ def test_tls_failure_through_the_tunnel(certs: Certs, tls: str) -> None:
     run(main())
 
 
-@pytest.mark.parametrize("scheme", ["http", "https"])
-def test_https_proxy_url_is_not_supported(scheme: str) -> None:
+# -- an https:// proxy: TLS with the proxy, the tunnel's TLS inside it ----------------------------------------
+
+
+def test_https_proxy_tunnels_tls_inside_tls(certs: Certs, lookups: list[str]) -> None:
+    """HTTPS_PROXY=https://…: TLS with the proxy (its certificate checked for its own name), the CONNECT and its
+    credentials inside that, then TLS with the API inside the tunnel; the proxy sees the CONNECT only in clear
+    to itself, and the tunnelled request only because this test's proxy terminates the inner TLS too."""
+
+    async def main() -> None:
+        async with serve(tunnelling(certs.server, ok(b"inner")), tls=certs.proxy) as proxy:
+            wire = proxied({"https": proxy_url(proxy, credentials=True, scheme="https")}, certs.client)
+            assert (await fetch(wire, tunnelled_url("/v1/jobs")))[2] == b"inner"
+            (_, connect), (_, inside) = proxy.requests
+            assert connect == (
+                b"CONNECT api.example.test:8443 HTTP/1.1\r\nhost: api.example.test:8443\r\n" + AUTH_LINE + b"\r\n"
+            )
+            assert inside == b"GET /v1/jobs HTTP/1.1\r\nhost: api.example.test:8443\r\n" + KEY_LINE + b"\r\n"
+            assert TARGET not in lookups
+            await wire.aclose()
+
+    run(main())
+
+
+def test_https_proxy_carries_http_in_absolute_form_over_tls(certs: Certs) -> None:
+    async def main() -> None:
+        async with serve(answering(ok(b"plain")), tls=certs.proxy) as proxy:
+            wire = proxied({"http": proxy_url(proxy, scheme="https")}, certs.client)
+            assert (await fetch(wire, f"http://{TARGET}:8080/v1/x"))[2] == b"plain"
+            ((_, request),) = proxy.requests
+            assert request.startswith(b"GET http://api.example.test:8080/v1/x HTTP/1.1\r\n")
+            await wire.aclose()
+
+    run(main())
+
+
+def test_https_proxy_whose_certificate_is_not_trusted_is_told_and_nothing_is_sent(certs: Certs) -> None:
+    """The proxy's certificate names another host: TLS with the proxy fails (tls_error, naming the proxy), before
+    the CONNECT or any request, so nothing reached the proxy, let alone the API."""
+
+    async def main() -> None:
+        async with serve(trap, tls=certs.wrong_name) as proxy:
+            wire = proxied({"https": proxy_url(proxy, credentials=True, scheme="https")}, certs.client)
+            error = await proxy_failure(wire, tunnelled_url(), "tls_error")
+            assert f"the proxy 127.0.0.1:{proxy.port}" in str(error)
+            assert proxy.requests == []
+            await wire.aclose()
+
+    run(main())
+
+
+@pytest.mark.parametrize("url", ["socks5://127.0.0.1:1080", "ftp://127.0.0.1:21"])
+def test_a_proxy_url_of_another_scheme_is_not_supported(url: str) -> None:
     async def main() -> None:
         async with serve(trap) as proxy:
-            wire = proxied({scheme: proxy_url(proxy, credentials=True, scheme="https")})
-            error = await proxy_failure(wire, f"{scheme}://{TARGET}:8443/", "connect_error")
-            assert "support" in str(error).lower()
+            wire = proxied({"https": url})
+            error = await proxy_failure(wire, f"https://{TARGET}:8443/", "connect_error")
+            assert "not supported" in str(error) and proxy.connections == 0
             await wire.aclose()
 
     run(main())
@@ -667,13 +719,20 @@ def test_api_client_http_proxy_from_environment(clean_env: pytest.MonkeyPatch, v
     run(main())
 
 
-@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy"])
+@pytest.mark.parametrize(
+    ("variable", "scheme"), [("HTTPS_PROXY", "http"), ("https_proxy", "http"), ("HTTPS_PROXY", "https")]
+)
 def test_api_client_https_proxy_from_environment(
-    clean_env: pytest.MonkeyPatch, client_tls: None, certs: Certs, variable: str
+    clean_env: pytest.MonkeyPatch, client_tls: None, certs: Certs, variable: str, scheme: str
 ) -> None:
+    """The ApiClient, in the event loop every command runs in (uvloop's where installed), through an http://
+    proxy, or an https:// one (TLS inside TLS)."""
+
     async def main() -> None:
-        async with serve(tunnelling(certs.server, ok(JOB), ok(JOB))) as proxy:
-            clean_env.setenv(variable, proxy_url(proxy, credentials=True))
+        async with serve(
+            tunnelling(certs.server, ok(JOB), ok(JOB)), tls=certs.proxy if scheme == "https" else None
+        ) as proxy:
+            clean_env.setenv(variable, proxy_url(proxy, credentials=True, scheme=scheme))
             async with ApiClient(f"https://{TARGET}:8443", KEY, timeout=2.0) as api:
                 first = await api.get_job("p1", "j1")
                 second = await api.get_job("p1", "j1")
@@ -687,7 +746,7 @@ def test_api_client_https_proxy_from_environment(
             assert b"proxy-authorization" not in inside.lower()
             assert proxy.connections == 1  # the tunnel reused
 
-    run(main())
+    run_loop(asyncio.wait_for(main(), 5))
 
 
 def test_api_client_no_proxy_from_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -804,7 +863,7 @@ def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPa
 def test_preflight_reports_an_unusable_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     from uploader.api import check_urls
 
-    monkeypatch.setenv("HTTPS_PROXY", "https://user:secret@proxy.example.test:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:secret@proxy.example.test:1080")
 
     async def main() -> list[tuple[str, str | None]]:
         return [(c.verdict, c.detail) async for c in check_urls(["https://cdn.example.test/a.jpg"])]
@@ -814,11 +873,13 @@ def test_preflight_reports_an_unusable_proxy(monkeypatch: pytest.MonkeyPatch) ->
     assert "secret" not in detail and "user" not in detail
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_preflight_checks_of_https_urls_go_through_a_tunnel(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, scheme: str
 ) -> None:
     """An https attachment URL: a CONNECT with the proxy's credentials, then the HEAD inside the tunnel, TLS
-    checked against the test CA (SSL_CERT_FILE), without the credentials."""
+    checked against the test CA (SSL_CERT_FILE), without the credentials. An https:// proxy: all of it inside
+    TLS with the proxy."""
     from uploader.api import check_urls
 
     ca_file = tmp_path / "ca.pem"
@@ -827,8 +888,10 @@ def test_preflight_checks_of_https_urls_go_through_a_tunnel(
     head_answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 10\r\n\r\n"
 
     async def main() -> tuple[list[str], list[bytes]]:
-        async with serve(tunnelling(certs.server, head_answer)) as proxy:
-            monkeypatch.setenv("HTTPS_PROXY", proxy_url(proxy, credentials=True))
+        async with serve(
+            tunnelling(certs.server, head_answer), tls=certs.proxy if scheme == "https" else None
+        ) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", proxy_url(proxy, credentials=True, scheme=scheme))
             verdicts = [c.verdict async for c in check_urls([f"https://{TARGET}:8443/a.png"])]
         return verdicts, [request for _, request in proxy.requests]
 

@@ -191,7 +191,7 @@ def _route(prefix: str, proxies: dict[str, str]) -> _Route | Proxy:
     proxy = proxy_route(parts.scheme.lower(), parts.hostname or "", port, proxies)
     if proxy is None or proxy.unsupported:
         return proxy
-    return f"http://{proxy.host}:{proxy.port}", proxy.authorization
+    return f"{'https' if proxy.tls else 'http'}://{proxy.host}:{proxy.port}", proxy.authorization
 
 
 def _proxy_headers(authorization: str) -> dict[str, str] | None:

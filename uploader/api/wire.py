@@ -9,7 +9,8 @@ to the end, the server did not ask to close it, it has been idle less than the k
 arrived on it while idle (HTTP/1.1 ties an answer to its request by order alone: an answer nobody asked for
 would be read as the next request's). Through an HTTP proxy where the environment names one (HTTPS_PROXY,
 HTTP_PROXY, NO_PROXY, as curl and requests read them): https in a CONNECT tunnel, http in absolute form; never
-for a loopback host. Standard library only.
+for a loopback host. An https:// proxy is spoken to over TLS, the tunnel's own TLS inside it. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -125,12 +126,14 @@ def framing(method: str, minor: int, status: int, headers: Headers) -> tuple[int
 
 class Proxy(NamedTuple):
     """An HTTP proxy: where it listens, and the Proxy-Authorization header line its URL's credentials make
-    (empty without). `unsupported`: why it cannot be used (an https:// proxy URL), else empty."""
+    (empty without). `unsupported`: why it cannot be used (a URL that is not http:// or https://), else empty.
+    `tls`: an https:// proxy, spoken to over TLS (a tunnel's own TLS then runs inside it)."""
 
     host: str
     port: int
     auth: bytes = b""
     unsupported: str = ""
+    tls: bool = False
 
     @property
     def where(self) -> str:
@@ -202,14 +205,14 @@ def proxy_route(scheme: str, host: str, port: int, proxies: dict[str, str]) -> P
     except ValueError:
         proxy_port = 0
     proxy_host = parts.hostname or ""
-    if parts.scheme != "http" or not proxy_host or not proxy_port:
-        why = "an https:// proxy" if parts.scheme == "https" else "a proxy URL that is not http://HOST[:PORT]"
+    if parts.scheme not in ("http", "https") or not proxy_host or not proxy_port:
+        why = "a proxy URL that is not http:// or https://HOST[:PORT]"
         return Proxy(proxy_host, proxy_port, unsupported=f"{why} is not supported (the {scheme}_proxy variable)")
     auth = b""
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         auth = b"proxy-authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
-    return Proxy(proxy_host, proxy_port, auth)
+    return Proxy(proxy_host, proxy_port, auth, tls=parts.scheme == "https")
 
 
 def _authority(host: str, port: int) -> str:
@@ -600,7 +603,7 @@ class Wire:
                 if proxy is None:
                     conn = await _dial(host, port, self._tls if scheme == "https" else None, where)
                 else:
-                    conn = await _dial(proxy.host, proxy.port, None, where)
+                    conn = await _dial(proxy.host, proxy.port, self._tls if proxy.tls else None, where)
                     if scheme == "https":
                         try:
                             await _tunnel(conn, proxy, host, port, self._tls)
