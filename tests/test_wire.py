@@ -1398,13 +1398,15 @@ def test_proxies_from_env_lower_case_wins_and_cgi_drops_http() -> None:
             "http://user@proxy.corp:3128",
             wire_module.Proxy("proxy.corp", 3128, b"proxy-authorization: Basic dXNlcjo=\r\n"),
         ),
+        ("https://proxy.corp:3129", wire_module.Proxy("proxy.corp", 3129, tls=True)),
+        ("https://proxy.corp", wire_module.Proxy("proxy.corp", 443, tls=True)),
     ],
 )
 def test_proxy_route(url: str, expected: object) -> None:
     assert wire_module.proxy_route("https", "api.playment.io", 443, {"https": url}) == expected
 
 
-@pytest.mark.parametrize("url", ["https://proxy.corp:3128", "socks5://proxy.corp:1080", "http://proxy.corp:99999"])
+@pytest.mark.parametrize("url", ["socks5://proxy.corp:1080", "ftp://proxy.corp:21", "http://proxy.corp:99999"])
 def test_proxy_route_unsupported(url: str) -> None:
     proxy = wire_module.proxy_route("https", "api.playment.io", 443, {"https": url})
     assert proxy is not None and proxy.unsupported
