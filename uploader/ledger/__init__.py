@@ -107,6 +107,7 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import record_listed as record_listed
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
+    from uploader.ledger.tracking import result_files as result_files
     from uploader.ledger.tracking import results_due as results_due
     from uploader.ledger.tracking import small_page_cache as small_page_cache
     from uploader.ledger.tracking import sync_batches as sync_batches
@@ -216,6 +217,7 @@ _EXPORTS = {
     "record_listed": "uploader.ledger.tracking",
     "record_results": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
+    "result_files": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",
     "small_page_cache": "uploader.ledger.tracking",
     "sync_batches": "uploader.ledger.tracking",

@@ -8,7 +8,7 @@ sync fetches it again. Rows whose status is in `RESULT_STATUSES` and with no res
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "record_listed",
     "record_results",
     "record_statuses",
+    "result_files",
     "results_due",
     "small_page_cache",
     "sync_batches",
@@ -260,13 +261,17 @@ GONE_CODE = "job_not_found"
 _OWN_ORIGINS = ("created", "recovered")
 
 
-def record_gone(engine: Engine, gone: Sequence[tuple[int, str]], now: dt.datetime) -> int:
+def record_gone(
+    engine: Engine, gone: Sequence[tuple[int, str]], now: dt.datetime, moved: Mapping[int, str] | None = None
+) -> int:
     """Rows (row id, job_id) whose job the API says does not exist (deleted at the platform, or never created
     although a creation answer named it): `failed` with `GONE_CODE`, the job_id dropped (kept in the message),
-    so the ledger no longer calls them succeeded and `export` hands out no dead job_id. Nothing is sent again
-    on its own (the job may have been deleted on purpose): `uploader retry --error-code job_not_found` does it,
-    guarded by FS_0001. A row that changed meanwhile (another job_id, no longer tracked) is left. Returns how
-    many rows were recorded."""
+    so the ledger no longer calls them succeeded and `export` hands out no dead job_id. The platform status and
+    result of that job go with it, so that a job sent again has its own fetched; `moved` {row id: path} names
+    where the caller set a row's result file aside (in the message). Nothing is sent again on its own (the job
+    may have been deleted on purpose): `uploader retry --error-code job_not_found` does it, guarded by FS_0001.
+    A row that changed meanwhile (another job_id, no longer tracked) is left. Returns how many rows were
+    recorded."""
     if not gone:
         return 0
     own = ", ".join(f"'{o}'" for o in _OWN_ORIGINS)
@@ -278,19 +283,33 @@ def record_gone(engine: Engine, gone: Sequence[tuple[int, str]], now: dt.datetim
     update = text(
         f"UPDATE jobs SET status = '{Status.FAILED.value}', error_code = '{GONE_CODE}', error_message = :m, "
         "error_details = NULL, http_status = NULL, job_id = NULL, origin = NULL, not_before = NULL, "
-        f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged} ELSE sent_hashes END, updated_at = :t "
-        f"WHERE id = :i AND job_id = :j AND {_TRACKED}"
+        f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged} ELSE sent_hashes END, platform_status = NULL, "
+        "platform_status_at = NULL, result_path = NULL, result = NULL, result_sha256 = NULL, result_error = NULL, "
+        f"updated_at = :t WHERE id = :i AND job_id = :j AND {_TRACKED}"
     )
     recorded = 0
     with write_tx(engine) as conn:
         for row_id, job_id in gone:  # one by one: a driver's executemany may not sum its row counts
+            kept = (moved or {}).get(row_id)
             message = (
                 f"the API does not know its job {job_id} (read by `uploader sync`): deleted at the platform, or "
-                "never created although the API answered its creation; `uploader retry --error-code "
-                f"{GONE_CODE}` sends it again (the API refuses a twin with FS_0001)"
+                "never created although the API answered its creation"
+                + (f"; its last result was set aside as {kept}" if kept else "")
+                + f"; `uploader retry --error-code {GONE_CODE}` sends it again (the API refuses a twin with FS_0001)"
             )
             recorded += conn.execute(update, {"i": row_id, "j": job_id, "t": now, "m": message}).rowcount
     return recorded
+
+
+def result_files(engine: Engine, row_ids: Sequence[int]) -> dict[int, str]:
+    """{row id: the result file the ledger names} of those rows that name one."""
+    if not row_ids:
+        return {}
+    query = text("SELECT id, result_path FROM jobs WHERE id IN :ids AND result_path IS NOT NULL").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    with read_tx(engine) as conn:
+        return {r[0]: r[1] for r in conn.execute(query, {"ids": list(row_ids)})}
 
 
 def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Sequence[tuple[int, str]] = ()) -> None:

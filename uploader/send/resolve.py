@@ -97,7 +97,7 @@ class Resolver:
                     rows = "1 row" if self.late == 1 else f"{self.late} rows"
                     self.progress.notices.append(
                         f"{rows} not in the batch listing read just after the last attempt: listing again in "
-                        f"{self.late_grace:.0f} s (the API may still be creating the job)"
+                        f"{self.late_grace:g} s (the API may still be creating the job)"
                     )
                     await self.sleep(self.late_grace)
                     fatal = await self._resolve(final)

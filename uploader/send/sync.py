@@ -62,6 +62,7 @@ from uploader.ledger import (
     record_gone,
     record_listed,
     record_results,
+    result_files,
     small_page_cache,
     sync_batches,
     sync_counts,
@@ -127,6 +128,19 @@ class SyncReport:
     def nothing_to_wait_for(self) -> bool:
         """Every tracked job is final (a job the API does not know is no longer tracked): --watch ends."""
         return self.all_final
+
+
+def set_aside(path: str, job_id: str) -> str | None:
+    """Rename the result file of a job that is gone to `<name>.gone-<job_id>.json` beside it (the job_id
+    escaped as file names are); returns the new path, or None when there was no such file."""
+    name = os.path.basename(path)
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    aside = os.path.join(os.path.dirname(path), f"{stem}.gone-{result_file_name(job_id)}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 def result_file_name(reference_id: str) -> str:
@@ -368,11 +382,17 @@ class _Sync:
 
     def record_gone(self) -> None:
         """Record the rows found gone since the last call (`record_gone`: failed, job_not_found); they are no
-        longer tracked."""
+        longer tracked. Each one's result file is first set aside (`set_aside`): the data stays, and the name is
+        free for the result of a job sent again (a file found there would be taken as that job's)."""
         gone, self.gone = self.gone, []
-        if gone:
-            self.report.tracked -= record_gone(self.ledger.engine, gone, utcnow())
-            self.progress()
+        if not gone:
+            return
+        files = result_files(self.ledger.engine, [row_id for row_id, _ in gone])
+        moved = {
+            row_id: aside for row_id, job_id in gone if row_id in files and (aside := set_aside(files[row_id], job_id))
+        }
+        self.report.tracked -= record_gone(self.ledger.engine, gone, utcnow(), moved)
+        self.progress()
 
     async def default_batch(self, project: str) -> str | None:
         """The id of the project's default batch, learnt from one job known to be in it (None: no such job). A
