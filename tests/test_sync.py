@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -667,8 +668,6 @@ def test_record_gone_fails_only_the_tracked_row_that_still_holds_that_job_and_ke
     """record_gone: a row is recorded only while it still holds the job_id found gone and is tracked (a run or
     an adopt may have changed it meanwhile); its own payload joins sent_hashes only when this ledger's send
     created the job (created, recovered), not for a job adopted or created elsewhere."""
-    import sqlite3
-
     from uploader.ledger import GONE_CODE, record_gone, utcnow
 
     ledger = tmp_path / "l.db"
@@ -706,3 +705,28 @@ def test_record_gone_fails_only_the_tracked_row_that_still_holds_that_job_and_ke
     assert got["img-00002"]["sent_hashes"] is None and got["img-00003"]["sent_hashes"] is None
     assert (got["img-00004"]["status"], got["img-00004"]["job_id"]) == ("succeeded", "j4-new")
     assert (got["img-00005"]["status"], got["img-00005"]["job_id"]) == ("failed", "j5")
+
+
+def test_two_projects_with_the_same_reference_ids_get_each_their_own_result(tmp_path: Path) -> None:
+    """One ledger, two projects, the same reference_ids in both. Every result went to `<results>/<reference_id>
+    .json`: the second project's download found the first's file there, kept it as a killed sync's, and the
+    ledger recorded one project's result for the other's job. Now a ledger tracking several projects puts each
+    result under `<results>/<project_id>/`, and every row's file holds its own job's result."""
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = tmp_path / "l.db"
+        manifest = write_images(tmp_path / "m.csv", 3)
+        for project in ("proja", "projb"):
+            args = ["run", str(manifest), "--project-id", project, "--work-flow-id", "wf", "--ledger", str(ledger)]
+            assert invoke(*args, "--base-url", box.base_url, "--quiet").exit_code == 0
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["results_fetched"] == 6, doc
+        with sqlite3.connect(ledger) as db:
+            recorded = db.execute("SELECT project_id, reference_id, job_id, result_path FROM jobs").fetchall()
+        assert len(recorded) == 6
+        for project, reference_id, job_id, path in recorded:
+            assert path == str(tmp_path / "res" / project / f"{reference_id}.json")
+            content = json.loads(Path(path).read_text())
+            assert (content["job_id"], content["project_id"]) == (job_id, project)
+        assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["proja", "projb"]
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["results_fetched"] == 0 and box.stats()["result_requests"] == 6

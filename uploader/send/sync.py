@@ -4,7 +4,9 @@ Statuses come from the batch listings (one request per page of jobs); a tracked 
 read on its own (GET job). The rows of a page whose result is due go at once to `concurrency` workers, so
 results download while the listing goes on: each worker reads the job (GET job: the result's URL) and
 downloads the result (streamed, size-capped, retried by `ApiClient.read`, hashed; held in memory up to
-1 MiB) to `<results>/<reference_id>.json`; a result given inline is stored in the ledger.
+1 MiB) to `<results>/<reference_id>.json` (`<results>/<project_id>/<reference_id>.json` when the ledger tracks
+jobs of several projects: one reference_id may name a job in each); a result given inline is stored in the
+ledger.
 
 No file is ever half-written and nothing is fetched twice: a worker holds its download (in memory up to
 1 MiB, else in an unnamed temporary file) and goes on to the next row; a writer takes the held downloads a
@@ -144,17 +146,22 @@ def set_aside(path: str, job_id: str) -> str | None:
 
 
 def result_file_name(reference_id: str) -> str:
-    """A file name for the result of `reference_id`: the id itself when it is lower-case letters, digits,
-    `_`, `-` and `.` (not first), else every other byte written `%XX`, so two ids never share a name (on a
-    case-insensitive file system too); a very long id is cut and suffixed with its hash."""
-    if _SAFE.fullmatch(reference_id):
-        return f"{reference_id}.json"
+    """A file name for the result of `reference_id`: `safe_name` of it, `.json`."""
+    return f"{safe_name(reference_id)}.json"
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file name: itself when it is lower-case letters, digits, `_`, `-` and `.` (not first), else
+    every other byte written `%XX`, so two texts never share a name (on a case-insensitive file system too); a
+    very long text is cut and suffixed with its hash."""
+    if _SAFE.fullmatch(text):
+        return text
     escaped = "".join(
-        ch if _SAFE.fullmatch(ch) and ch != "." else "".join(f"%{b:02X}" for b in ch.encode()) for ch in reference_id
+        ch if _SAFE.fullmatch(ch) and ch != "." else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text
     )
     if len(escaped) > 150:
-        escaped = f"{escaped[:100]}~{hashlib.sha256(reference_id.encode()).hexdigest()[:32]}"
-    return f"{escaped}.json"
+        escaped = f"{escaped[:100]}~{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+    return escaped
 
 
 def _part(path: str) -> str:
@@ -180,11 +187,14 @@ def _write_parts(files: Sequence[tuple[str, IO[bytes]]]) -> None:
             raise
 
 
-def _rename_all(paths: Iterable[str], directory: Path) -> None:
-    """Written files renamed into place, then the renames made durable (one fsync of `directory`)."""
+def _rename_all(paths: Iterable[str]) -> None:
+    """Written files renamed into place, then the renames made durable (one fsync of each folder they are in)."""
+    folders: set[str] = set()
     for path in paths:
         os.replace(_part(path), path)
-    _fsync_dir(directory)
+        folders.add(os.path.dirname(path))
+    for folder in folders:
+        _fsync_dir(Path(folder))
 
 
 #: A download held until its group is written: its file, the bytes (spooled), how many of them are in memory.
@@ -269,6 +279,10 @@ class _Sync:
     workers_left: int = 0
     disk: ThreadPoolExecutor | None = None
     folder: str = ""  #: the results directory, ending with a separator
+    #: The ledger tracks jobs of several projects: results go to `<results>/<project_id>/<reference_id>.json`
+    #: (one reference_id may name a job in each project), else to `<results>/<reference_id>.json`.
+    per_project: bool = False
+    folders: set[str] = field(default_factory=set)  #: project folders made (and made durable) by this sync
 
     async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
         """`ApiClient.read`, each try paced by --rate."""
@@ -292,8 +306,10 @@ class _Sync:
             return
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.folder = os.path.join(self.results_dir, "")
-        for stale in self.results_dir.glob(f".*{_PART}"):  # left by a killed sync: never a result
-            stale.unlink(missing_ok=True)
+        self.per_project = len({project for project, _ in sync_batches(self.ledger.engine)}) > 1
+        for pattern in (f".*{_PART}", f"*/.*{_PART}"):  # left by a killed sync: never a result
+            for stale in self.results_dir.glob(pattern):
+                stale.unlink(missing_ok=True)
         self.queue = asyncio.Queue(self.concurrency * 4)
         self.disk = ThreadPoolExecutor(min(DISK_THREADS, self.concurrency), thread_name_prefix="uploader-results")
         self.workers_left = self.concurrency
@@ -332,7 +348,7 @@ class _Sync:
 
     async def listed(self, project: str, jobs: list[tuple[str, str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
-        page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget)
+        page = record_listed(self.ledger.engine, project, jobs, utcnow(), partial(self.forget, project))
         report = self.report
         report.mismatched += page.mismatched
         report.changed += page.changed
@@ -348,16 +364,28 @@ class _Sync:
             for row in page.due:
                 await self.queue.put(row)
 
+    def target(self, project: str, reference_id: str) -> str:
+        """Where the result of a job of `project` named `reference_id` goes (see `per_project`)."""
+        if not self.per_project:
+            return f"{self.folder}{result_file_name(reference_id)}"
+        folder = f"{self.folder}{safe_name(project)}"
+        if folder not in self.folders:
+            os.makedirs(folder, exist_ok=True)
+            _fsync_dir(Path(self.folder))  # the new folder's name made durable before any result in it
+            self.folders.add(folder)
+        return f"{folder}{os.sep}{result_file_name(reference_id)}"
+
     def was_seen(self, row_id: int) -> bool:
         return row_id >> 3 < len(self.seen) and bool(self.seen[row_id >> 3] & (1 << (row_id & 7)))
 
-    def forget(self, stale: list[tuple[str, str | None]]) -> None:
-        """Remove the files of results made stale by a change of status (before the ledger forgets them)."""
+    def forget(self, project: str, stale: list[tuple[str, str | None]]) -> None:
+        """Remove the files of results of `project` made stale by a change of status (before the ledger forgets
+        them): the file recorded, and one a killed sync may have left at the result's name."""
         for reference_id, path in stale:
             if path is not None:
                 Path(path).unlink(missing_ok=True)
             if self.results_dir is not None:
-                (self.results_dir / result_file_name(reference_id)).unlink(missing_ok=True)
+                Path(self.target(project, reference_id)).unlink(missing_ok=True)
 
     async def statuses(self) -> None:
         """Every batch's listing, then GET job for each tracked job no listing showed."""
@@ -500,7 +528,7 @@ class _Sync:
             files = list(group.files.items())
             n = min(DISK_THREADS, len(files))
             await asyncio.gather(*(loop.run_in_executor(self.disk, _write_parts, files[i::n]) for i in range(n)))
-            await loop.run_in_executor(self.disk, _rename_all, list(group.files), self.results_dir)
+            await loop.run_in_executor(self.disk, _rename_all, list(group.files))
         record_results(self.ledger.engine, group.fetched, group.errors)
         self.settling = None
         group.close()
@@ -517,7 +545,7 @@ class _Sync:
             if group.files and self.results_dir is not None:
                 try:
                     _write_parts(list(group.files.items()))
-                    _rename_all(list(group.files), self.results_dir)
+                    _rename_all(list(group.files))
                 except OSError:
                     group.fetched = [f for f in group.fetched if f[1] not in group.files]
             record_results(self.ledger.engine, group.fetched, group.errors)
@@ -533,16 +561,15 @@ class _Sync:
         data = await self.read_job(project, job_id, reference_id)
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
-            path, sha256, held = await self.download(value, reference_id, job_id)
+            path, sha256, held = await self.download(value, self.target(project, reference_id), job_id)
             return (row_id, path, None, sha256), held
         inline = json.dumps(value)
         return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()), None
 
-    async def download(self, url: str, reference_id: str, job_id: str) -> tuple[str, str, _Held | None]:
-        """The result at `url`: its file, its sha256, and the download, held for the writer. A file already
-        there was renamed into place by a sync killed before it could record it: it is kept, not fetched
-        again (nothing held)."""
-        path = f"{self.folder}{result_file_name(reference_id)}"
+    async def download(self, url: str, path: str, job_id: str) -> tuple[str, str, _Held | None]:
+        """The result at `url`, for the file `path`: the file, its sha256, and the download, held for the writer.
+        A file already there was renamed into place by a sync killed before it could record it: it is kept, not
+        fetched again (nothing held)."""
         if os.path.exists(path):
             with open(path, "rb") as kept:
                 return path, hashlib.file_digest(kept, "sha256").hexdigest(), None
