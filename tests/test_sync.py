@@ -635,24 +635,28 @@ def test_a_sync_that_fails_midway_writes_and_records_the_results_it_holds(
         assert json.loads(Path(recorded[reference_id][0]).read_text()) == {"job": job_id}
 
 
+def _default_batch_probe_deleted(tmp_path: Path, box: Sandbox) -> tuple[Path, tuple[int, str, str]]:
+    """5 rows sent to the default batch; the job a sync would ask for the batch's id deleted at the platform."""
+    ledger = tmp_path / "l.db"
+    sent = invoke(*run_args(write_images(tmp_path / "m.csv", 5), ledger, box, "--default-batch"))
+    assert sent.exit_code == 0, sent.output
+    assert all(r["batch_id"] is None for r in ledger_rows(ledger).values())
+    probe = Ledger.open(str(ledger))
+    try:
+        known = probe.known_job_in_default_batch("proj", ())
+    finally:
+        probe.close()
+    assert known is not None
+    assert httpx.delete(f"{box.base_url}/_sandbox/jobs/{known[2]}").status_code == 200
+    return ledger, known
+
+
 def test_a_gone_job_that_would_tell_the_default_batch_is_recorded_and_the_next_one_asked(tmp_path: Path) -> None:
     """The default batch's id is learnt from a GET of a job known to be in it. When that job was deleted at the
     platform, sync stopped with "cannot read" and no row was checked; now that job is recorded gone
     (failed, job_not_found), the next job of the batch is asked, and the others are listed (exit 3)."""
     with Sandbox(SandboxConfig(api_key=KEY)) as box:
-        ledger = tmp_path / "l.db"
-        sent = invoke(*run_args(write_images(tmp_path / "m.csv", 5), ledger, box, "--default-batch"))
-        assert sent.exit_code == 0, sent.output
-        before = ledger_rows(ledger)
-        assert all(r["batch_id"] is None for r in before.values())
-        probe = Ledger.open(str(ledger))
-        try:
-            known = probe.known_job_in_default_batch("proj", ())
-        finally:
-            probe.close()
-        assert known is not None
-        row_id, reference_id, job_id = known
-        assert httpx.delete(f"{box.base_url}/_sandbox/jobs/{job_id}").status_code == 200
+        ledger, (_, reference_id, job_id) = _default_batch_probe_deleted(tmp_path, box)
         code, doc = _sync(ledger, box)
         assert code == EXIT_SOME_FAILED and doc["jobs_not_found"] == 1
         assert doc["jobs_not_found_examples"] == [{"reference_id": reference_id, "job_id": job_id}]
@@ -660,6 +664,22 @@ def test_a_gone_job_that_would_tell_the_default_batch_is_recorded_and_the_next_o
         after = ledger_rows(ledger)
         assert (after[reference_id]["status"], after[reference_id]["error_code"]) == ("failed", "job_not_found")
         assert all(r["platform_status"] for ref, r in after.items() if ref != reference_id)
+
+
+def test_the_default_batch_probe_passes_over_a_gone_job_even_when_its_row_was_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_gone leaves a row that changed meanwhile (another job_id, no longer tracked); the probe must still
+    ask another job next, not the same gone one again until its probes run out."""
+    import uploader.send.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "record_gone", lambda *args, **kwargs: 0)  # every row "changed meanwhile"
+    with Sandbox(SandboxConfig(api_key=KEY)) as box:
+        ledger, known = _default_batch_probe_deleted(tmp_path, box)
+        code, doc = _sync(ledger, box)
+        assert code == EXIT_SOME_FAILED, doc
+        assert doc["batches"] == 1, doc  # the batch was learnt from another job (the gone one is counted again)
+        assert all(r["platform_status"] for ref, r in ledger_rows(ledger).items() if ref != known[1])
 
 
 def test_record_gone_fails_only_the_tracked_row_that_still_holds_that_job_and_keeps_whose_sends_they_were(

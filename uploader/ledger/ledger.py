@@ -60,7 +60,7 @@ from uploader.ledger.engine import (
     write_tx,
 )
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
-from uploader.ledger.models import Status
+from uploader.ledger.models import Status, merged_hashes
 from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
 from uploader.ledger.transitions import holder_yields, settle_found, settle_missing
 
@@ -136,14 +136,8 @@ class Resolution:
 
 _RETURNING = "id, project_id, reference_id, batch_id, body, attempts, lease_token"
 
-#: SQL: sent_hashes with attempt_hash added (space-separated, once). SQLite and PostgreSQL alike; in an
-#: UPDATE, every SET expression reads the row as it was before the UPDATE.
-_MERGE_ATTEMPT = (
-    "CASE WHEN attempt_hash IS NULL THEN sent_hashes "
-    "WHEN sent_hashes IS NULL OR sent_hashes = '' THEN attempt_hash "
-    "WHEN (' ' || sent_hashes || ' ') LIKE ('% ' || attempt_hash || ' %') THEN sent_hashes "
-    "ELSE sent_hashes || ' ' || attempt_hash END"
-)
+#: SQL: sent_hashes with the attempt in the air added.
+_MERGE_ATTEMPT = merged_hashes("attempt_hash")
 
 
 @dataclass(frozen=True)

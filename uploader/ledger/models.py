@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import false
 
-__all__ = ["METADATA", "Status", "activity", "batches", "jobs", "manifests", "urls", "workers"]
+__all__ = ["METADATA", "Status", "activity", "batches", "jobs", "manifests", "merged_hashes", "urls", "workers"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -197,3 +197,14 @@ activity = Table(
     Column("throttled", Integer, nullable=False),  # answers HTTP 429
     Column("retried", Integer, nullable=False),  # rows put back to retry after a retryable error
 )
+
+
+def merged_hashes(column: str) -> str:
+    """SQL: `sent_hashes` with the hash in `column` added once (space-separated), unchanged where that column is
+    NULL. SQLite and PostgreSQL alike; in an UPDATE, every SET expression reads the row as it was before."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN sent_hashes "
+        f"WHEN sent_hashes IS NULL OR sent_hashes = '' THEN {column} "
+        f"WHEN (' ' || sent_hashes || ' ') LIKE ('% ' || {column} || ' %') THEN sent_hashes "
+        f"ELSE sent_hashes || ' ' || {column} END"
+    )

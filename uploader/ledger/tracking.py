@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, event, text
 
 from uploader.ledger.engine import read_tx, write_tx
-from uploader.ledger.models import Status
+from uploader.ledger.models import Status, merged_hashes
 
 __all__ = [
     "ADOPTED",
@@ -275,16 +275,12 @@ def record_gone(
     if not gone:
         return 0
     own = ", ".join(f"'{o}'" for o in _OWN_ORIGINS)
-    merged = (
-        "CASE WHEN sent_hashes IS NULL OR sent_hashes = '' THEN body_hash "
-        "WHEN (' ' || sent_hashes || ' ') LIKE ('% ' || body_hash || ' %') THEN sent_hashes "
-        "ELSE sent_hashes || ' ' || body_hash END"
-    )
     update = text(
         f"UPDATE jobs SET status = '{Status.FAILED.value}', error_code = '{GONE_CODE}', error_message = :m, "
         "error_details = NULL, http_status = NULL, job_id = NULL, origin = NULL, not_before = NULL, "
-        f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged} ELSE sent_hashes END, platform_status = NULL, "
-        "platform_status_at = NULL, result_path = NULL, result = NULL, result_sha256 = NULL, result_error = NULL, "
+        f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged_hashes('body_hash')} ELSE sent_hashes END, "
+        "platform_status = NULL, platform_status_at = NULL, result_path = NULL, result = NULL, result_sha256 = NULL, "
+        "result_error = NULL, "
         f"updated_at = :t WHERE id = :i AND job_id = :j AND {_TRACKED}"
     )
     recorded = 0

@@ -426,13 +426,15 @@ class _Sync:
         """The id of the project's default batch, learnt from one job known to be in it (None: no such job). A
         job the API does not know is recorded gone and the next one asked, up to DEFAULT_BATCH_PROBES; then
         None (the default batch's rows are read on their own)."""
-        for _ in range(DEFAULT_BATCH_PROBES):
-            known = self.ledger.known_job_in_default_batch(project)
+        gone: list[str] = []  # passed over even if its row changed meanwhile (record_gone left it)
+        while len(gone) < DEFAULT_BATCH_PROBES:
+            known = self.ledger.known_job_in_default_batch(project, gone)
             if known is None:
                 return None
             data = await self.read_unless_gone((known[0], project, known[1], known[2]))
             if data is None:
                 self.record_gone()
+                gone.append(known[2])
                 continue
             batch_id = data.get("batch_id")
             if batch_id in (None, "") or isinstance(batch_id, bool) or not isinstance(batch_id, (str, int)):
