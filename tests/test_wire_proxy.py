@@ -838,18 +838,23 @@ def test_api_client_without_proxy_variables_goes_direct(clean_env: pytest.Monkey
 # -- the attachment preflight (uploader.api.attachments) through the same proxies --------------------------------
 
 
-def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("listen", ["127.0.0.1", "::1"])
+def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPatch, listen: str) -> None:
     """`uploader check`'s HEAD of an http URL goes to HTTP_PROXY in absolute form, with the proxy's Basic
-    credentials; a loopback URL still goes direct."""
+    credentials; a proxy at an IPv6 address is reached at it (its URL in brackets)."""
     from uploader.api import check_urls
+
+    if listen == "::1" and not ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    where = f"[{listen}]" if ":" in listen else listen
 
     async def proxy(peer: Peer) -> None:
         async for _ in peer.requests():
             await peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n")  # a HEAD's
 
     async def main() -> tuple[dict[str, str], list[bytes]]:
-        async with serve(proxy) as server:
-            monkeypatch.setenv("HTTP_PROXY", f"http://u:p%40ss@127.0.0.1:{server.port}")
+        async with serve(proxy, host=listen) as server:
+            monkeypatch.setenv("HTTP_PROXY", f"http://u:p%40ss@{where}:{server.port}")
             checks = {c.url: c.verdict async for c in check_urls(["http://cdn.example.test/a.jpg"])}
         return checks, [request for _, request in server.requests]
 

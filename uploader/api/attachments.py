@@ -18,7 +18,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -26,7 +26,7 @@ import aiohttp
 import httpx
 
 from uploader.api.client import _transport_code
-from uploader.api.wire import Proxy, proxies_from_env, proxy_route
+from uploader.api.wire import Proxies, Proxy, proxies_from_env
 
 __all__ = ["NOT_MEDIA_TYPES", "HostPacer", "UrlCheck", "check_urls", "judge"]
 
@@ -120,7 +120,7 @@ async def check_urls(
         return
     source = itertools.chain((first,), source)
     pacer = HostPacer(per_host_rate)
-    route = _router(proxies_from_env(os.environ))
+    proxies = Proxies(proxies_from_env(os.environ))
     results: asyncio.Queue[UrlCheck | None] = asyncio.Queue(maxsize=concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=_ssl_context())
     session = aiohttp.ClientSession(
@@ -134,7 +134,7 @@ async def check_urls(
     async def worker() -> None:
         try:
             for url in source:
-                await results.put(await _check(session, pacer, route, url, max_redirects))
+                await results.put(await _check(session, pacer, proxies, url, max_redirects))
         finally:
             await results.put(None)
 
@@ -161,37 +161,18 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-#: The proxy of a URL's scheme://host[:port]: (proxy URL, its Proxy-Authorization or ""), or None.
-_Route = tuple[str, str] | None
-
-
-def _router(proxies: dict[str, str]) -> Callable[[str], _Route | Proxy] | None:
-    """The proxy each URL goes through (uploader.api.wire.proxy_route, remembered per scheme://host:port),
-    or a Proxy that cannot be used (its `unsupported` says why); None when the environment names no proxy."""
+def _proxy_of(url: str, proxies: Proxies) -> Proxy | None:
+    """The proxy `url` goes through (as the API's requests: Proxies.route), or None: directly, or a URL aiohttp
+    will refuse (it says what is wrong with it)."""
     if not proxies:
         return None
-    known: dict[str, _Route | Proxy] = {}
-
-    def route(prefix: str) -> _Route | Proxy:
-        if prefix not in known:
-            if len(known) >= 4096:
-                known.clear()
-            known[prefix] = _route(prefix, proxies)
-        return known[prefix]
-
-    return route
-
-
-def _route(prefix: str, proxies: dict[str, str]) -> _Route | Proxy:
     try:
-        parts = urlsplit(prefix)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == "https" else 80)
     except ValueError:
-        return None  # aiohttp says what is wrong with the URL
-    proxy = proxy_route(parts.scheme.lower(), parts.hostname or "", port, proxies)
-    if proxy is None or proxy.unsupported:
-        return proxy
-    return f"{'https' if proxy.tls else 'http'}://{proxy.host}:{proxy.port}", proxy.authorization
+        return None
+    return proxies.route(scheme, parts.hostname or "", port)
 
 
 def _proxy_headers(authorization: str) -> dict[str, str] | None:
@@ -203,16 +184,16 @@ def _proxy_headers(authorization: str) -> dict[str, str] | None:
 async def _check(
     session: aiohttp.ClientSession,
     pacer: HostPacer,
-    route: Callable[[str], _Route | Proxy] | None,
+    proxies: Proxies,
     url: str,
     max_redirects: int,
 ) -> UrlCheck:
-    parts = url.split("/", 3)  # scheme://HOST/...: no urlsplit per URL
+    parts = url.split("/", 3)  # scheme://HOST/...
     host = parts[2].lower() if len(parts) >= 3 else url
-    via = None if route is None or len(parts) < 3 else route("/".join(parts[:3]).lower())
-    if isinstance(via, Proxy):
+    via = _proxy_of(url, proxies)
+    if via is not None and via.unsupported:
         return UrlCheck(url, "unreachable", f"cannot connect through {via.where}: {via.unsupported}")
-    proxy, authorization = via if via is not None else (None, "")
+    proxy, authorization = (None, "") if via is None else (via.url, via.authorization)
     try:
         await pacer.wait(host)
         async with session.head(

@@ -148,7 +148,7 @@ class ApiClient:
         self._key_bytes = api_key.encode("ascii")
         self._pool = _Pool(concurrency, self._timeout) if transport is None else None
         #: Beside the key, what no text may hold: the proxies' credentials (a proxy may echo them back).
-        self._secrets = [] if self._pool is None else self._pool.wire.secrets
+        self._secrets = [] if self._pool is None else self._pool.wire.proxies.secrets
         self._transport = transport
         # Built once: every request reuses them (httpx copies headers and extensions into each Request).
         plain = {

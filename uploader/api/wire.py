@@ -27,17 +27,19 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import NamedTuple, cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 __all__ = [
     "MAX_HEAD_BYTES",
     "Answer",
+    "Proxies",
     "Proxy",
     "Wire",
     "WireError",
     "bypassed",
     "framing",
     "parse_head",
+    "parse_proxy",
     "proxies_from_env",
     "proxy_route",
 ]
@@ -140,6 +142,11 @@ class Proxy(NamedTuple):
         return f"the proxy {_authority(self.host, self.port)}"
 
     @property
+    def url(self) -> str:
+        """Its URL without credentials (they are in `auth`)."""
+        return f"{'https' if self.tls else 'http'}://{_authority(self.host, self.port)}"
+
+    @property
     def authorization(self) -> str:
         """The value of its Proxy-Authorization header ("" without credentials)."""
         return self.auth.decode("ascii").partition(": ")[2].rstrip("\r\n")
@@ -194,12 +201,21 @@ def bypassed(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
-def proxy_route(scheme: str, host: str, port: int, proxies: dict[str, str]) -> Proxy | None:
+def proxy_route(scheme: str, host: str, port: int, proxies: Mapping[str, str]) -> Proxy | None:
     """The proxy a request to scheme://host:port goes through, or None (directly)."""
     url = proxies.get(scheme)
     if not url or bypassed(host, port, proxies.get("no", "")):
         return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parse_proxy(url, scheme)
+
+
+def _split_proxy_url(url: str) -> SplitResult:
+    return urlsplit(url if "://" in url else f"http://{url}")  # no scheme: http, as curl and requests
+
+
+def parse_proxy(url: str, scheme: str) -> Proxy:
+    """The proxy of a `{scheme}_proxy` variable's URL; one that cannot be used has `unsupported` set."""
+    parts = _split_proxy_url(url)
     try:
         proxy_port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
@@ -213,6 +229,39 @@ def proxy_route(scheme: str, host: str, port: int, proxies: dict[str, str]) -> P
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         auth = b"proxy-authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
     return Proxy(proxy_host, proxy_port, auth, tls=parts.scheme == "https")
+
+
+class Proxies:
+    """The proxies of {scheme: proxy URL, "no": NO_PROXY} (proxies_from_env), each URL read once; `route`
+    remembers each origin's proxy. Shared by the API's requests (Wire) and the attachments' preflight."""
+
+    def __init__(self, urls: Mapping[str, str] | None = None) -> None:
+        urls = dict(urls or {})
+        self._no = urls.pop("no", "")
+        self._by_scheme = {scheme: parse_proxy(url, scheme) for scheme, url in urls.items() if url}
+        self._routes: dict[tuple[str, str, int], Proxy | None] = {}
+        # What of the proxies' URLs no message may hold: each user name, password and Basic token (of 4
+        # characters or more: redacting a shorter one would garble every message and hide little).
+        self.secrets: list[str] = []
+        for url in urls.values():
+            parts = _split_proxy_url(url)
+            if parts.username is not None:
+                user, password = unquote(parts.username), unquote(parts.password or "")
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                self.secrets += [s for s in (user, password, parts.password or "", token) if len(s) >= 4]
+
+    def __bool__(self) -> bool:
+        return bool(self._by_scheme)
+
+    def route(self, scheme: str, host: str, port: int) -> Proxy | None:
+        """The proxy of scheme://host:port (remembered), or None: direct."""
+        origin = (scheme, host, port)
+        if origin not in self._routes:
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            proxy = self._by_scheme.get(scheme)
+            self._routes[origin] = None if proxy is None or bypassed(host, port, self._no) else proxy
+        return self._routes[origin]
 
 
 def _authority(host: str, port: int) -> str:
@@ -494,8 +543,7 @@ class Wire:
         proxies: dict[str, str] | None = None,
     ) -> None:
         self._tls = tls
-        self._proxies = dict(proxies or {})
-        self._routes: dict[_Origin, Proxy | None] = {}
+        self.proxies = Proxies(proxies)
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._concurrency = concurrency
@@ -552,28 +600,9 @@ class Wire:
         self._targets[url] = known
         return known
 
-    @property
-    def secrets(self) -> list[str]:
-        """What of the proxies' URLs no message may hold: each user name, password and Basic token (of 4
-        characters or more: redacting a shorter one would garble every message and hide little)."""
-        found: list[str] = []
-        for scheme, url in self._proxies.items():
-            if scheme == "no":
-                continue
-            parts = urlsplit(url if "://" in url else f"http://{url}")
-            if parts.username is not None:
-                user, password = unquote(parts.username), unquote(parts.password or "")
-                token = base64.b64encode(f"{user}:{password}".encode()).decode()
-                found += [s for s in (user, password, parts.password or "", token) if len(s) >= 4]
-        return found
-
     def route(self, origin: _Origin) -> Proxy | None:
-        """The proxy of `origin` (remembered), or None: direct."""
-        if origin not in self._routes:
-            if len(self._routes) >= 4096:
-                self._routes.clear()
-            self._routes[origin] = proxy_route(*origin, self._proxies) if self._proxies else None
-        return self._routes[origin]
+        """The proxy of `origin`, or None: direct."""
+        return self.proxies.route(*origin)
 
     def slots(self) -> asyncio.Semaphore:
         if self._slots is None:
