@@ -97,18 +97,30 @@ def test_a_result_url_that_fails_is_an_error_retried_by_the_next_sync(tmp_path: 
 
 
 @pytest.mark.slow
-def test_leftovers_of_a_killed_sync_are_cleaned_and_nothing_is_fetched_twice(tmp_path: Path) -> None:
-    """What a kill leaves (a temporary file; a file renamed into place but not yet recorded) is handled."""
+def test_a_temporary_file_is_removed_and_a_file_no_row_records_is_never_taken_as_the_result(tmp_path: Path) -> None:
+    """A kill's temporary file is removed. A file at a result's name that no row records (a killed sync's, or
+    anyone's) is recorded as the job's result only when it holds the bytes the download has: this one does
+    not, so it is set aside (never deleted) and the result written in its place. (It used to be recorded, unread,
+    as the job's result.)"""
+    import hashlib
+
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
         ledger = _sent(tmp_path, box, 4)
         res = tmp_path / "res"
         res.mkdir()
         (res / ".img-00000.json.part").write_text('{"half')
-        (res / "img-00001.json").write_text('{"renamed": "before the kill"}')
+        foreign = b'{"renamed": "before the kill"}'
+        (res / "img-00001.json").write_bytes(foreign)
         code, doc = _sync(ledger, box, "--results", str(res))
         assert code == 0 and doc["results_fetched"] == 4
-        assert sorted(p.name for p in res.iterdir()) == [f"img-0000{i}.json" for i in range(4)]
-        assert box.stats()["result_requests"] == 3
+        aside = f"img-00001.unrecorded-{hashlib.sha256(foreign).hexdigest()[:16]}.json"
+        assert sorted(p.name for p in res.iterdir()) == sorted([f"img-0000{i}.json" for i in range(4)] + [aside])
+        assert (res / aside).read_bytes() == foreign
+        assert box.stats()["result_requests"] == 4
+        job_ids = {ref: row["job_id"] for ref, row in ledger_rows(ledger).items()}
+        for ref, (path, sha256) in _results_recorded(ledger).items():
+            data = Path(path).read_bytes()
+            assert json.loads(data)["job_id"] == job_ids[ref] and hashlib.sha256(data).hexdigest() == sha256
 
 
 def _batch_of(box: Sandbox) -> str:
@@ -296,7 +308,8 @@ def test_a_sync_killed_between_a_groups_renames_and_its_record_keeps_the_files_a
     tmp_path: Path,
 ) -> None:
     """A group's files are whole under their names before the ledger records them: a kill in between leaves
-    files the ledger does not name yet, which the rerun records (hashed) without fetching them again."""
+    files the ledger does not name yet; the rerun fetches every result again and keeps each such file, not
+    rewritten, as it holds the download's bytes (a file no row records is never trusted unread)."""
     import hashlib
     import os
     import subprocess
@@ -316,10 +329,14 @@ def test_a_sync_killed_between_a_groups_renames_and_its_record_keeps_the_files_a
         written = sorted(p.name for p in res.iterdir() if not p.name.startswith("."))
         assert len(written) >= 8
         assert _results_recorded(ledger) == {}
+        before = {name: (res / name).stat() for name in written}
         fetched_before = box.stats()["result_requests"]
         code, doc = _sync(ledger, box, "--results", str(res))
         assert code == 0 and doc["results"] == 40
-        assert box.stats()["result_requests"] - fetched_before == 40 - len(written)  # the kept files: none again
+        assert box.stats()["result_requests"] - fetched_before == 40
+        for name, stat in before.items():  # kept as they were: the same file, not written again
+            after = (res / name).stat()
+            assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns), name
         recorded = _results_recorded(ledger)
         assert sorted(Path(path).name for path, _ in recorded.values()) == sorted(p.name for p in res.iterdir())
         for reference_id, (path, sha256) in recorded.items():

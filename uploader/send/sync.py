@@ -132,12 +132,13 @@ class SyncReport:
         return self.all_final
 
 
-def set_aside(path: str, job_id: str) -> str | None:
-    """Rename the result file of a job that is gone to `<name>.gone-<job_id>.json` beside it (the job_id
-    escaped as file names are); returns the new path, or None when there was no such file."""
+def set_aside(path: str, job_id: str, why: str = "gone") -> str | None:
+    """Rename a result file to `<name>.<why>-<job_id>.json` beside it (the job_id escaped as file names are):
+    the result of a job that is gone, or (`why` "unrecorded", a hash for the job_id) a file no row records
+    found where a download goes. Returns the new path, or None when there was no such file."""
     name = os.path.basename(path)
     stem = name[: -len(".json")] if name.endswith(".json") else name
-    aside = os.path.join(os.path.dirname(path), f"{stem}.gone-{result_file_name(job_id)}")
+    aside = os.path.join(os.path.dirname(path), f"{stem}.{why}-{result_file_name(job_id)}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -348,7 +349,7 @@ class _Sync:
 
     async def listed(self, project: str, jobs: list[tuple[str, str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
-        page = record_listed(self.ledger.engine, project, jobs, utcnow(), partial(self.forget, project))
+        page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget)
         report = self.report
         report.mismatched += page.mismatched
         report.changed += page.changed
@@ -378,14 +379,12 @@ class _Sync:
     def was_seen(self, row_id: int) -> bool:
         return row_id >> 3 < len(self.seen) and bool(self.seen[row_id >> 3] & (1 << (row_id & 7)))
 
-    def forget(self, project: str, stale: list[tuple[str, str | None]]) -> None:
-        """Remove the files of results of `project` made stale by a change of status (before the ledger forgets
-        them): the file recorded, and one a killed sync may have left at the result's name."""
-        for reference_id, path in stale:
+    def forget(self, stale: list[tuple[str, str | None]]) -> None:
+        """Remove the files recorded for results made stale by a change of status (before the ledger forgets
+        them). A file no row records is never removed: a download checks it (`download`)."""
+        for _, path in stale:
             if path is not None:
                 Path(path).unlink(missing_ok=True)
-            if self.results_dir is not None:
-                Path(self.target(project, reference_id)).unlink(missing_ok=True)
 
     async def statuses(self) -> None:
         """Every batch's listing, then GET job for each tracked job no listing showed."""
@@ -570,11 +569,9 @@ class _Sync:
 
     async def download(self, url: str, path: str, job_id: str) -> tuple[str, str, _Held | None]:
         """The result at `url`, for the file `path`: the file, its sha256, and the download, held for the writer.
-        A file already there was renamed into place by a sync killed before it could record it: it is kept, not
-        fetched again (nothing held)."""
-        if os.path.exists(path):
-            with open(path, "rb") as kept:
-                return path, hashlib.file_digest(kept, "sha256").hexdigest(), None
+        A file already there (no row records it: a sync killed between its rename and its record, or a file that
+        is not this job's result at all) is kept only when it holds the same bytes (nothing held); any other is
+        set aside as `<name>.unrecorded-<sha256 prefix>.json` and the download takes its place."""
         spool = tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.folder)
         try:
             data = await self.read(
@@ -585,8 +582,18 @@ class _Sync:
         except BaseException:
             spool.close()
             raise
-        size = int(data["size"])
-        return path, str(data["sha256"]), (path, spool, size if size <= _SPOOL_BYTES else 0)
+        size, sha256 = int(data["size"]), str(data["sha256"])
+        try:
+            with open(path, "rb") as there:
+                found = hashlib.file_digest(there, "sha256").hexdigest()
+        except FileNotFoundError:
+            found = None
+        if found == sha256:
+            spool.close()
+            return path, sha256, None
+        if found is not None:
+            set_aside(path, found[:16], "unrecorded")
+        return path, sha256, (path, spool, size if size <= _SPOOL_BYTES else 0)
 
 
 def _tracked_and_final(ledger: Ledger) -> tuple[int, int]:
