@@ -61,6 +61,36 @@ def test_sync_records_statuses_as_jobs_complete_and_fetches_each_result_once(tmp
         assert box.stats()["result_requests"] == completed
 
 
+def test_results_are_named_absolutely_and_a_missing_file_or_another_folder_is_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--results res` (relative) recorded `res/img.json` relative to wherever the sync ran: the ledger now names
+    the absolute path. A result whose recorded file was deleted, or which a sync into another folder asks for,
+    was never fetched again (the ledger said it had it): it now is, and the ledger names the new file; a file
+    still in place is neither fetched nor rewritten."""
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
+        ledger = _sent(tmp_path, box, 4)
+        monkeypatch.chdir(tmp_path)
+        code, doc = _sync(ledger, box, "--results", "res")
+        assert code == 0 and doc["results_fetched"] == 4, doc
+        paths = {ref: row["result_path"] for ref, row in ledger_rows(ledger).items()}
+        assert all(p == str(tmp_path / "res" / f"{ref}.json") for ref, p in paths.items()), paths
+        kept = (tmp_path / "res" / "img-00002.json").stat()
+        (tmp_path / "res" / "img-00001.json").unlink()
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["results_fetched"] == 1 and box.stats()["result_requests"] == 5, doc
+        assert json.loads((tmp_path / "res" / "img-00001.json").read_text())["reference_id"] == "img-00001"
+        again = (tmp_path / "res" / "img-00002.json").stat()
+        assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+        code, doc = _sync(ledger, box, "--results", "elsewhere")
+        assert code == 0 and doc["results_fetched"] == 4 and box.stats()["result_requests"] == 9, doc
+        rows = ledger_rows(ledger)
+        assert all(r["result_path"] == str(tmp_path / "elsewhere" / f"{ref}.json") for ref, r in rows.items())
+        assert len(list((tmp_path / "res").iterdir())) == 4  # the first folder is left as it was
+        code, doc = _sync(ledger, box, "--results", "elsewhere")
+        assert code == 0 and doc["results_fetched"] == 0 and box.stats()["result_requests"] == 9, doc
+
+
 @pytest.mark.parametrize("page_size", [1, 100, 1000])
 def test_statuses_cost_one_request_per_page(tmp_path: Path, page_size: int) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, page_size=page_size)) as box:

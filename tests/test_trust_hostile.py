@@ -745,6 +745,24 @@ def test_plan_listed_takes_a_status_only_for_the_row_the_entry_names() -> None:
     assert (page.seen, writes, page.mismatched, stale) == ([1], [(1, "completed")], 2, [])
 
 
+def test_plan_listed_dues_a_final_row_whose_recorded_file_is_not_present() -> None:
+    """tracking.plan_listed, pure: a final row with a result is due again only when `present` says its file is
+    not there; an inline result (no file) and a row without `present` (statuses only) are left."""
+    from uploader.ledger.tracking import plan_listed
+
+    rows_ = [
+        (1, "a", "j1", "completed", "/r/a.json", True),
+        (2, "b", "j2", "completed", "/gone/b.json", True),
+        (3, "c", "j3", "completed", None, True),  # inline
+        (4, "d", "j4", "completed", None, False),  # none yet
+    ]
+    named: dict[str, tuple[str, str] | None] = {f"j{i}": (ref, "completed") for i, ref in enumerate("abcd", 1)}
+    page, writes, stale = plan_listed(rows_, named, "proj", lambda path: path.startswith("/r/"))
+    assert ([row[0] for row in page.due], writes, stale) == ([2, 4], [], [])
+    page, _, _ = plan_listed(rows_, named, "proj")
+    assert [row[0] for row in page.due] == [4]
+
+
 # -- a request still waiting at the server when the listing is read --------------------------------------------
 
 

@@ -134,14 +134,18 @@ _ListedRow = tuple[int, str, str, str | None, str | None, bool]
 
 
 def plan_listed(
-    rows: Sequence[_ListedRow], named: dict[str, tuple[str, str] | None], project_id: str
+    rows: Sequence[_ListedRow],
+    named: dict[str, tuple[str, str] | None],
+    project_id: str,
+    present: Callable[[str], bool] | None = None,
 ) -> tuple[ListedPage, list[tuple[int, str]], list[tuple[str, str | None]]]:
     """The decisions for a page (job_id → (reference_id, status), None for a job the page names for two
     reference_ids) over the rows holding those jobs: the page's outcome, the (row id, new status) to write, and
     the (reference_id, recorded result file) of each row whose status changed away from a final one (its
     result, on disk too, is stale). A row whose job the page names for another reference_id (or two) is
     left unseen: the page or the row's job_id is wrong, and the row's own job read (GET job, which checks
-    the reference_id) decides."""
+    the reference_id) decides. A final row is due (its result fetched) when it has none recorded, or when
+    `present` says its recorded file is not there (deleted, or not in the folder a sync writes to)."""
     page = ListedPage()
     writes: list[tuple[int, str]] = []
     stale: list[tuple[str, str | None]] = []
@@ -160,7 +164,9 @@ def plan_listed(
             page.more_final += (new in RESULT_STATUSES) - (old in RESULT_STATUSES)
             if old in RESULT_STATUSES or path is not None:
                 stale.append((reference_id, path))
-        if new in RESULT_STATUSES and (changed or not has_result):
+        if new in RESULT_STATUSES and (
+            changed or not has_result or (path is not None and present is not None and not present(path))
+        ):
             page.due.append((row_id, project_id, reference_id, job_id))
     page.changed = len(writes)
     return page, writes, stale
@@ -182,11 +188,12 @@ def record_listed(
     listed: Sequence[tuple[str, str, str]],
     now: dt.datetime,
     forget: Callable[[list[tuple[str, str | None]]], None] | None = None,
+    present: Callable[[str], bool] | None = None,
 ) -> ListedPage:
-    """Record a page of (reference_id, job_id, status) of a project in one transaction (`plan_listed`). A row
-    whose status changed loses its recorded result; `forget` is called with the stale results before that is
-    committed, so a stale file is gone before the ledger stops naming it (a kill in between leaves a row naming
-    a file that is gone, which the next sync's listing corrects)."""
+    """Record a page of (reference_id, job_id, status) of a project in one transaction (`plan_listed`, which
+    `present` informs). A row whose status changed loses its recorded result; `forget` is called with the stale
+    results before that is committed, so a stale file is gone before the ledger stops naming it (a kill in
+    between leaves a row naming a file that is gone, which the next sync's listing corrects)."""
     named: dict[str, tuple[str, str] | None] = {}
     for reference_id, job_id, status in listed:
         entry = named.setdefault(job_id, (reference_id, status[:STATUS_CHARS]))
@@ -200,7 +207,7 @@ def record_listed(
             for r in conn.execute(_LISTED_ROWS, {"ids": list(named)})
             if r[6] == project_id and r[7] in _TRACKED_STATUSES
         ]
-        page, writes, stale = plan_listed(rows, named, project_id)
+        page, writes, stale = plan_listed(rows, named, project_id, present)
         if stale and forget is not None:
             forget(stale)
         if writes:

@@ -306,7 +306,7 @@ class _Sync:
             await self.statuses()
             return
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        self.folder = os.path.join(self.results_dir, "")
+        self.folder = os.path.join(os.path.realpath(self.results_dir), "")  # the ledger names files absolutely
         self.per_project = len({project for project, _ in sync_batches(self.ledger.engine)}) > 1
         for pattern in (f".*{_PART}", f"*/.*{_PART}"):  # left by a killed sync: never a result
             for stale in self.results_dir.glob(pattern):
@@ -349,7 +349,8 @@ class _Sync:
 
     async def listed(self, project: str, jobs: list[tuple[str, str, str]]) -> None:
         """Record statuses (`record_listed`), mark their rows seen, and queue the rows whose result is due."""
-        page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget)
+        present = self.result_present if self.results_dir is not None else None
+        page = record_listed(self.ledger.engine, project, jobs, utcnow(), self.forget, present)
         report = self.report
         report.mismatched += page.mismatched
         report.changed += page.changed
@@ -375,6 +376,11 @@ class _Sync:
             _fsync_dir(Path(self.folder))  # the new folder's name made durable before any result in it
             self.folders.add(folder)
         return f"{folder}{os.sep}{result_file_name(reference_id)}"
+
+    def result_present(self, path: str) -> bool:
+        """Whether a recorded result file is in this sync's folder (at any depth: the layout may have changed)
+        and still there; else the result is fetched again, into this folder."""
+        return path.startswith(self.folder) and os.path.isfile(path)
 
     def was_seen(self, row_id: int) -> bool:
         return row_id >> 3 < len(self.seen) and bool(self.seen[row_id >> 3] & (1 << (row_id & 7)))
