@@ -97,25 +97,95 @@ def test_report_data_aggregates_in_sql(ledger):
     assert len(data.uncertain) == 10 and len(data.blocked) == 10
     assert {p: sum(c.values()) for p, c in data.projects.items()} == {"proj-0": 45, "proj-1": 45}
     assert data.batch_count == 6 and sum(sum(c.values()) for _, _, c in data.batches) == 90
-    assert data.platform == {} and data.fetched == {}  # never synced: the columns are there, empty
+    assert data.platform == {} and data.results is None  # never synced: the columns are there, empty
     assert data.batch_names == {"batch-1": "night 1"}
 
 
-def test_columns_of_later_migrations_show_when_present(ledger):
-    """`uploader sync`'s columns (migration 0008) are found by reading the table: a status column is
-    broken down, a time column counted."""
-    fill(ledger.engine, 9)
-    with ledger.engine.begin() as conn:
+#: (platform_status, result_path, result, result_error) of ref-000.. after a sync: the job_id `job-<n>-id` is in
+#: each error text, as sync writes it.
+SYNCED = [
+    ("completed", "/res/ref-000.json", None, None),
+    ("completed", "/res/ref-001.json", None, None),
+    ("rejected", None, '{"labels": []}', None),
+    ("completed", None, None, "cannot read the result of job {job}: bad_result HTTP 403: not a result"),
+    ("failed", None, None, "cannot read the result of job {job}: bad_result HTTP 403: not a result"),
+    ("completed", None, None, "cannot write /res/ref-005.json: [Errno 28] No space left on device"),
+    ("completed", None, None, None),
+    ("in_progress", None, None, None),
+    ("in_progress", None, None, "a failure left from when the job was final"),
+]
+
+
+def sync_rows(engine, rows=SYNCED) -> None:
+    """Write what `uploader sync --results` leaves in the first len(rows) rows of a `fill`ed ledger."""
+    with engine.begin() as conn:
         conn.execute(
             text(
-                "UPDATE jobs SET platform_status = 'completed', platform_status_at = :t "
-                "WHERE reference_id IN ('ref-000', 'ref-001')"
+                "UPDATE jobs SET job_id = :j, platform_status = :s, platform_status_at = :t, result_path = :p, "
+                "result = :r, result_error = :e WHERE reference_id = :ref"
             ),
-            {"t": T0},
+            [
+                {
+                    "ref": f"ref-{i:03}",
+                    "j": f"job-{i}-id",
+                    "s": s,
+                    "t": T0,
+                    "p": p,
+                    "r": r,
+                    "e": e and e.format(job=f"job-{i}-id"),
+                }
+                for i, (s, p, r, e) in enumerate(rows)
+            ],
         )
+
+
+def test_results_of_final_jobs_are_counted_and_failures_grouped_by_cause(ledger):
+    """`uploader sync`'s columns (migration 0008): the jobs per platform status, and of the final ones
+    (completed, rejected, failed) the results fetched as files or inline, failed (each cause once, its job
+    left out of the text, the most common first, with an example) and not fetched yet."""
+    fill(ledger.engine, 9)
+    sync_rows(ledger.engine)
     data = report_data(ledger.engine)
-    assert data.platform == {"platform_status": {"completed": 2}}
-    assert data.fetched == {"platform_status_at": 2}
+    assert data.platform == {"completed": 5, "in_progress": 2, "rejected": 1, "failed": 1}
+    results = data.results
+    assert results is not None
+    assert (results.final, results.files, results.inline, results.failed, results.not_fetched) == (7, 2, 1, 3, 1)
+    assert results.fetched == 3
+    assert results.errors == [
+        ("cannot read the result of job …: bad_result HTTP 403: not a result", 2, "ref-003"),
+        ("cannot write /res/….json: [Errno 28] No space left on device", 1, "ref-005"),
+    ]
+
+
+def test_a_long_result_error_is_cut_and_only_the_commonest_are_listed(ledger):
+    fill(ledger.engine, 9)
+    rows = [("completed", None, None, f"cause {i % 7}: " + "x" * 300) for i in range(9)]
+    sync_rows(ledger.engine, rows)
+    results = report_data(ledger.engine).results
+    assert results is not None and results.failed == 9 and results.not_fetched == 0
+    assert [n for _, n, _ in results.errors] == [2, 2, 1, 1, 1]  # causes 0 and 1 twice, then the first others
+    assert all(len(e) == 160 and e.endswith("…") for e, _, _ in results.errors)
+
+
+def test_page_tells_the_results(tmp_path):
+    """The "On the platform" part: the counts of the results as numbers a reader finds, each failure's cause,
+    what to run; no "Fetched" table of timestamp columns."""
+    out, _ = _page(tmp_path, rows=9, synced=True)
+    page = out.read_text()
+    part = page[page.index("<h2>On the platform") : page.index("<h2>How this report was made")]
+    cards = {k: int(n.replace(",", "")) for k, n in re.findall(r'data-result="([^"]+)">.*?<b>([\d,]+)</b>', part)}
+    assert cards == {"fetched": 3, "failed": 3, "not fetched yet": 1}
+    assert "<b data-final>7</b> jobs with a final status (completed, rejected, failed)" in part
+    assert "(2 as files, 1 inline)" in part
+    assert "cannot read the result of job …: bad_result HTTP 403: not a result" in part and "job-3-id" not in part
+    assert "<code>uploader sync --results DIR</code>" in part
+    assert "platform_status_at" not in page and "Fetched" not in part
+
+
+def test_page_of_synced_jobs_none_final_says_no_result_is_due(tmp_path):
+    out, _ = _page(tmp_path, rows=9, synced=[("in_progress", None, None, None)])
+    part = out.read_text().split("<h2>On the platform", 1)[1]
+    assert "No job has a final status (completed, rejected, failed) yet" in part and "data-result" not in part
 
 
 def test_buckets_grow_with_the_span():
@@ -140,12 +210,15 @@ def test_bar_chart_draws_a_bar_per_value():
     assert svg.count("<rect") == 3 and svg.startswith("<svg") and "c: 5 rows" in svg
 
 
-def _page(tmp_path: Path, rows: int = 90, activity: bool = False) -> tuple[Path, dict]:
+def _page(tmp_path: Path, rows: int = 90, activity: bool = False, synced: bool | list = False) -> tuple[Path, dict]:
     """The report of a `fill`ed ledger (with `activity`: two runs' counts per minute over 45 minutes, with a
-    burst of 429s), and `status --json` of the same ledger."""
+    burst of 429s; with `synced`: the first rows as a sync left them, SYNCED or the list given), and `status
+    --json` of the same ledger."""
     path = tmp_path / "ledger.db"
     led = Ledger.open(str(path))
     fill(led.engine, rows)
+    if synced:
+        sync_rows(led.engine, SYNCED if synced is True else synced)
     for owner, minute in ((o, m) for o in ("run-a", "run-b") for m in range(45)) if activity else ():
         throttled = 30 + minute if 10 < minute < 20 else minute % 3
         counts = {"requests": 900 + 7 * minute, "recovered": 2, "failed": 3, "throttled": throttled, "retried": 4}
@@ -230,7 +303,7 @@ def test_page_in_a_real_browser(tmp_path):
     """Headless Chromium loads the page with no console message, every chart drew, and screenshots at a
     laptop's and a phone's width land in the test artifacts."""
     flags = _browser_flags(tmp_path)
-    out, _ = _page(tmp_path, activity=True)
+    out, _ = _page(tmp_path, activity=True, synced=True)
     dom, console = _load(flags, out)
     assert not console, console
     svgs = re.findall(r"<svg[^>]*>(.*?)</svg>", dom, re.S)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING
@@ -226,12 +226,18 @@ def time_marks(times: Sequence[dt.datetime], bucket: int, most: int = 7) -> list
 _ROUND_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2 * 1440, 7 * 1440)
 
 
-def share_bar(counts: dict[str, int], width: int = 1000, height: int = 28) -> str:
-    """One horizontal bar split by state, in the states' colours (the cards above are its legend)."""
+def share_bar(
+    counts: dict[str, int],
+    width: int = 1000,
+    height: int = 28,
+    colours: Mapping[str, str] = STATE_COLOURS,
+    what: str = "state",
+) -> str:
+    """One horizontal bar split by state (or another `what`), in their colours (cards beside it are its legend)."""
     total = sum(counts.values()) or 1
     parts = [
         f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" style="height:{height}px" '
-        'role="img" aria-label="share by state">'
+        f'role="img" aria-label="share by {escape(what, quote=True)}">'
     ]
     x = 0.0
     for state, n in counts.items():
@@ -239,7 +245,7 @@ def share_bar(counts: dict[str, int], width: int = 1000, height: int = 28) -> st
         if n:
             parts.append(
                 f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
-                f'fill="{STATE_COLOURS.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
+                f'fill="{colours.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
                 f"({100 * n / total:.1f}%)</title></rect>"
             )
         x += w
@@ -417,16 +423,60 @@ def _batch(batch_id: str | None, names: dict[str, str]) -> str:
     return f"{escape(name)}<br><span class=muted>{code}</span>" if name else code
 
 
+#: The results' colours: fetched, failed, not fetched yet.
+RESULT_COLOURS = {
+    "fetched": STATE_COLOURS["succeeded"],
+    "failed": STATE_COLOURS["failed"],
+    "not fetched yet": "#cbd5e1",
+}
+
+
 def _platform(data: ReportData) -> str:
-    if not data.platform and not data.fetched:
+    """The jobs by platform status (`uploader sync`), and the results of the final ones."""
+    if not data.platform:
         return ""
-    out = ["<h2>On the platform</h2>"]
-    for column, values in data.platform.items():
-        labels = list(values)
-        chart = bar_chart(labels, [values[v] for v in labels], "#0ea5e9", "rows", height=180)
-        out.append(f"<div class=charts><figure><figcaption>{escape(column)}</figcaption>{chart}</figure></div>")
-    if data.fetched:
-        out.append(_table(["Fetched", "Rows"], [[escape(c), _n(n)] for c, n in data.fetched.items()], numeric=[1]))
+    labels = list(data.platform)
+    chart = bar_chart(labels, [data.platform[v] for v in labels], "#0ea5e9", "jobs", height=180)
+    return (
+        "<h2>On the platform</h2><p class=muted>Each job's status as <code>uploader sync</code> last read it.</p>"
+        f"<div class=charts><figure><figcaption>Jobs by platform status</figcaption>{chart}</figure></div>"
+        + _results(data)
+    )
+
+
+def _results(data: ReportData) -> str:
+    """Of the jobs with a final status: results fetched (file or inline), failed and why, not fetched yet."""
+    from uploader.ledger import RESULT_STATUSES
+
+    results, final = data.results, ", ".join(RESULT_STATUSES)
+    if results is None:
+        return f"<h3>Results</h3><p class=muted>No job has a final status ({final}) yet: no result to fetch.</p>"
+    counts = {"fetched": results.fetched, "failed": results.failed, "not fetched yet": results.not_fetched}
+    cards = "".join(
+        f'<div class="card" style="--c:{RESULT_COLOURS[k]}" data-result="{k}"><span class="muted">results {k}'
+        f"</span><b>{_n(n)}</b></div>"
+        for k, n in counts.items()
+    )
+    out = [
+        f"<h3>Results</h3><p>Of the <b data-final>{_n(results.final)}</b> jobs with a final status ({final}): "
+        f"<b>{_n(results.fetched)}</b> results fetched ({_n(results.files)} as files, {_n(results.inline)} "
+        f"inline), <b>{_n(results.failed)}</b> failed, <b>{_n(results.not_fetched)}</b> not fetched yet.</p>"
+        f'<div class="cards">{cards}</div><figure style="margin-top:12px"><figcaption>Share of the final jobs by '
+        f"result</figcaption>{share_bar(counts, colours=RESULT_COLOURS, what='result')}</figure>"
+    ]
+    if results.errors:
+        rows = [[escape(e), _n(n), f"<code>{escape(ref)}</code>"] for e, n, ref in results.errors]
+        listed = sum(n for _, n, _ in results.errors)
+        rest = f" The other {_n(results.failed - listed)} failed with other errors." if listed < results.failed else ""
+        out.append(
+            "<h3>Why results failed</h3><p class=muted>The error of each job's last try, its job_id and "
+            f"reference_id left out, the most common first.{rest}</p>"
+            + _table(["Error", "Jobs", "Example"], rows, numeric=[1])
+        )
+    if results.failed or results.not_fetched:
+        out.append(
+            "<p>" + _prose("`uploader sync --results DIR` fetches the failed and the missing results again.") + "</p>"
+        )
     return "".join(out)
 
 

@@ -4,9 +4,8 @@ so that a 1,000,000-row ledger reads in a few scans with flat memory.
 Throughput comes from the runs' own counts per minute (the activity table: requests, jobs created, HTTP
 429s). A ledger whose runs kept none (an older uploader) gets it derived from the jobs: a row counts in the
 time bucket of its `updated_at` (its last answer): created jobs (succeeded, origin created), requests (its
-attempts) and throttling (its last answer was HTTP 429). Columns that other versions add (the platform's
-status of jobs and results, from `uploader sync`) are found by reading the table's columns, so the report
-works with or without them.
+attempts) and throttling (its last answer was HTTP 429). The platform's status of the jobs and their results
+(`uploader sync`'s columns) are read when the table has them, so the report works with or without them.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
+from uploader.ledger.tracking import RESULT_STATUSES
 
-__all__ = ["ReportData", "bucket_seconds", "report_data"]
+__all__ = ["ReportData", "Results", "bucket_seconds", "report_data"]
 
 _SUCCEEDED = Status.SUCCEEDED.value
 _UNCERTAIN = Status.UNCERTAIN.value
@@ -35,45 +35,34 @@ EXAMPLES = 3
 LISTED_ROWS = 20
 LISTED_BATCHES = 50
 LISTED_CODES = 30
-#: The jobs columns of migrations 0001-0006, written out rather than read from the model, so that a column
-#: a later migration adds (`uploader sync`'s platform status and fetch times) shows in "On the platform"
-#: whether or not the model has it yet.
-KNOWN_COLUMNS = frozenset(
-    {
-        "id",
-        "project_id",
-        "reference_id",
-        "work_flow_id",
-        "batch_id",
-        "body",
-        "body_hash",
-        "extra",
-        "status",
-        "job_id",
-        "recovered",
-        "error_code",
-        "error_message",
-        "error_details",
-        "http_status",
-        "attempts",
-        "not_before",
-        "lease_owner",
-        "lease_token",
-        "lease_expires_at",
-        "created_at",
-        "updated_at",
-        "manifest_id",
-        "manifest_line",
-        "sent_hashes",
-        "attempt_hash",
-        "origin",
-        "checked_at",
-        "expires_at",
-    }
-)
+#: Result errors listed (the most common texts first), and the characters of each text kept.
+LISTED_RESULT_ERRORS = 5
+RESULT_ERROR_CHARS = 160
 #: SQLite page cache while the report reads (KiB): see _small_cache.
 REPORT_CACHE_KIB = 2048
 _STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
+
+
+@dataclass(frozen=True)
+class Results:
+    """The results of the rows whose platform status is final (`RESULT_STATUSES`): fetched (to a file or
+    inline), failed (the last try's error kept) or not fetched yet; the two sets add up to `final`."""
+
+    final: int
+    files: int
+    inline: int
+    failed: int
+    #: (error text with the row's job_id and reference_id left out and shortened, rows, an example
+    #: reference_id), the most common first, at most LISTED_RESULT_ERRORS
+    errors: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def fetched(self) -> int:
+        return self.files + self.inline
+
+    @property
+    def not_fetched(self) -> int:
+        return self.final - self.fetched - self.failed
 
 
 @dataclass(frozen=True)
@@ -101,10 +90,10 @@ class ReportData:
     manifests: list[tuple[str, int, dt.datetime | None]]  #: (path, rows, loaded at)
     #: The names of the batches this ledger created: {batch_id: name}
     batch_names: dict[str, str] = field(default_factory=dict)
-    #: Columns added by later migrations ending in "status": {column: {value: rows}}
-    platform: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: Columns added by later migrations ending in "_at": {column: rows where it is set}
-    fetched: dict[str, int] = field(default_factory=dict)
+    #: Rows per platform status (`uploader sync`), the most first; empty when no row has one
+    platform: dict[str, int] = field(default_factory=dict)
+    #: The results of the rows with a final platform status; None when no row has one
+    results: Results | None = None
 
     @property
     def total(self) -> int:
@@ -170,9 +159,9 @@ class _Tally:
 
 
 def report_data(engine: Engine) -> ReportData:
-    """Aggregate the ledger for the report (four scans of the jobs at most: times, groups, the added columns,
-    and throughput when runs kept no activity)."""
-    added = [c["name"] for c in inspect(engine).get_columns("jobs") if c["name"] not in KNOWN_COLUMNS]
+    """Aggregate the ledger for the report (five scans of the jobs at most: times, groups, the platform's
+    statuses and results, their errors when some failed, and throughput when runs kept no activity)."""
+    synced = "platform_status" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     tally = _Tally()
     with read_tx(engine) as conn, _small_cache(conn):
         first, last = conn.execute(text("SELECT MIN(created_at), MAX(updated_at) FROM jobs")).one()
@@ -219,7 +208,7 @@ def report_data(engine: Engine) -> ReportData:
             str(b): str(n)
             for b, n in conn.execute(text("SELECT batch_id, name FROM batches WHERE batch_id IS NOT NULL"))
         }
-        platform, fetched = _added_columns(conn, added)
+        platform, results = _platform(conn) if synced else ({}, None)
     ordered = sorted(tally.groups.items(), key=lambda kv: -sum(kv[1].values()))
     return ReportData(
         tally.counts,
@@ -238,7 +227,7 @@ def report_data(engine: Engine) -> ReportData:
         manifests,
         names,
         platform,
-        fetched,
+        results,
     )
 
 
@@ -285,25 +274,47 @@ def _small_cache(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql(f"PRAGMA cache_size = {int(before or 0)}")
 
 
-def _added_columns(conn: Connection, added: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-    """Columns of later migrations: a "…status" column broken down by value, a "…_at" column counted."""
-    platform: dict[str, dict[str, int]] = {}
-    fetched: dict[str, int] = {}
-    for name in added:
-        if name.endswith("status"):
-            values = {
-                str(v): int(n)
-                for v, n in conn.execute(
-                    text(
-                        f'SELECT "{name}", COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL GROUP BY "{name}" '
-                        "ORDER BY COUNT(*) DESC"
-                    )
-                )
-            }
-            if values:  # a ledger never synced has the column, all empty: nothing to show
-                platform[name] = values
-        elif name.endswith("_at"):
-            count = text(f'SELECT COUNT(*) FROM jobs WHERE "{name}" IS NOT NULL')
-            if n := int(conn.execute(count).scalar_one()):
-                fetched[name] = n
-    return platform, fetched
+#: One scan for the platform's statuses and, per status, the rows whose result is a file, inline, or failed.
+_PLATFORM = text(
+    "SELECT platform_status, COUNT(*), "
+    "SUM(CASE WHEN result_path IS NOT NULL THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN result_path IS NULL AND result IS NOT NULL THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN result_path IS NULL AND result IS NULL AND result_error IS NOT NULL THEN 1 ELSE 0 END) "
+    "FROM jobs WHERE platform_status IS NOT NULL GROUP BY platform_status"
+)
+_FINAL = ", ".join(f"'{s}'" for s in RESULT_STATUSES)
+#: The most common result errors of final rows with no result. Each text names its job (and often the
+#: reference_id): both are left out, so that one cause over many rows is one line (an id shorter than 4
+#: characters is left in: it would cut words); a text is cut to RESULT_ERROR_CHARS (+1: to know it was cut).
+_RESULT_ERRORS = text(
+    "SELECT SUBSTR(CASE WHEN LENGTH(reference_id) >= 4 THEN REPLACE(e, reference_id, :gap) ELSE e END, 1, :chars) "
+    "AS message, COUNT(*), MIN(reference_id) FROM (SELECT reference_id, CASE WHEN LENGTH(job_id) >= 4 "
+    "THEN REPLACE(result_error, job_id, :gap) ELSE result_error END AS e FROM jobs "
+    f"WHERE platform_status IN ({_FINAL}) AND result_path IS NULL AND result IS NULL "
+    "AND result_error IS NOT NULL) AS failed GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"
+)
+
+
+def _platform(conn: Connection) -> tuple[dict[str, int], Results | None]:
+    """Rows per platform status, the most first, and the results of the rows with a final one."""
+    statuses: dict[str, int] = {}
+    final = files = inline = failed = 0
+    for status, n, in_files, in_rows, errors_kept in conn.execute(_PLATFORM):
+        statuses[str(status)] = int(n)
+        if status in RESULT_STATUSES:
+            final += int(n)
+            files += int(in_files or 0)
+            inline += int(in_rows or 0)
+            failed += int(errors_kept or 0)
+    ordered = dict(sorted(statuses.items(), key=lambda kv: -kv[1]))
+    if not final:
+        return ordered, None
+    errors: list[tuple[str, int, str]] = []
+    if failed:
+        params = {"gap": "…", "chars": RESULT_ERROR_CHARS + 1, "n": LISTED_RESULT_ERRORS}
+        for message, n, example in conn.execute(_RESULT_ERRORS, params):
+            cut = str(message)
+            if len(cut) > RESULT_ERROR_CHARS:
+                cut = cut[: RESULT_ERROR_CHARS - 1].rstrip() + "…"
+            errors.append((cut, int(n), str(example)))
+    return ordered, Results(final, files, inline, failed, errors)
