@@ -235,7 +235,7 @@ def test_a_gone_job_sent_again_gets_its_new_jobs_result_not_the_deleted_ones(tmp
         assert code == EXIT_SOME_FAILED and doc["jobs_not_found"] == 1, doc
         lost = rows(ledger)["img-00001"]
         assert (lost["platform_status"], lost["result_path"], lost["result_sha256"]) == (None, None, None)
-        aside = results / f"img-00001.gone-{old}.json"
+        aside = results / f"img-00001+gone-{old}.json"
         assert f"its last result was set aside as {aside}" in lost["error_message"]
         assert json.loads(aside.read_text())["job_id"] == old and not (results / "img-00001.json").exists()
         assert invoke("retry", "--ledger", str(ledger), "--error-code", "job_not_found").exit_code == 0

@@ -130,8 +130,8 @@ def test_a_result_url_that_fails_is_an_error_retried_by_the_next_sync(tmp_path: 
 def test_a_temporary_file_is_removed_and_a_file_no_row_records_is_never_taken_as_the_result(tmp_path: Path) -> None:
     """A kill's temporary file is removed. A file at a result's name that no row records (a killed sync's, or
     anyone's) is recorded as the job's result only when it holds the bytes the download has: this one does
-    not, so it is set aside (never deleted) and the result written in its place. (It used to be recorded, unread,
-    as the job's result.)"""
+    not, so it is left as it is (not this ledger's to replace) and the result written beside it as
+    `<name>+<sha256 prefix>.json`. (It used to be recorded, unread, as the job's result.)"""
     import hashlib
 
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0)) as box:
@@ -143,12 +143,16 @@ def test_a_temporary_file_is_removed_and_a_file_no_row_records_is_never_taken_as
         (res / "img-00001.json").write_bytes(foreign)
         code, doc = _sync(ledger, box, "--results", str(res))
         assert code == 0 and doc["results_fetched"] == 4
-        aside = f"img-00001.unrecorded-{hashlib.sha256(foreign).hexdigest()[:16]}.json"
-        assert sorted(p.name for p in res.iterdir()) == sorted([f"img-0000{i}.json" for i in range(4)] + [aside])
-        assert (res / aside).read_bytes() == foreign
+        recorded = _results_recorded(ledger)
+        path, sha256 = recorded["img-00001"]
+        assert path == str(res / f"img-00001+{sha256[:16]}.json")
+        assert (res / "img-00001.json").read_bytes() == foreign
+        assert sorted(p.name for p in res.iterdir()) == sorted(
+            [f"img-0000{i}.json" for i in range(4)] + [Path(path).name]
+        )
         assert box.stats()["result_requests"] == 4
         job_ids = {ref: row["job_id"] for ref, row in ledger_rows(ledger).items()}
-        for ref, (path, sha256) in _results_recorded(ledger).items():
+        for ref, (path, sha256) in recorded.items():
             data = Path(path).read_bytes()
             assert json.loads(data)["job_id"] == job_ids[ref] and hashlib.sha256(data).hexdigest() == sha256
 

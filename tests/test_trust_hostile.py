@@ -763,6 +763,23 @@ def test_plan_listed_dues_a_final_row_whose_recorded_file_is_not_present() -> No
     assert [row[0] for row in page.due] == [4]
 
 
+def test_keep_result_records_a_fetched_result_only_over_the_row_it_was_read_for() -> None:
+    """tracking.keep_result, pure: a result read with status S is recorded only while the row's status is S and
+    no result is recorded meanwhile (inline, or a file still present); else dropped, with a reason to record
+    only when the row is left without a result."""
+    from uploader.ledger.tracking import keep_result
+
+    fetched = (1, "/r/x.json", None, "ab" * 32, "completed")
+    present = {"/r/x.json"}.__contains__
+    assert keep_result(("completed", None, False), fetched, present) is None
+    assert keep_result(("completed", "/old/x.json", True), fetched, present) is None  # recorded file gone
+    assert keep_result(None, fetched, present) == ""  # the row is no longer tracked
+    assert keep_result(("completed", "/r/x.json", True), fetched, present) == ""  # another sync recorded it
+    assert keep_result(("rejected", None, True), fetched, present) == ""  # inline, recorded meanwhile
+    why = keep_result(("in_progress", None, False), fetched, present)
+    assert why and "'completed' when read, 'in_progress' now" in why
+
+
 # -- a request still waiting at the server when the listing is read --------------------------------------------
 
 

@@ -103,12 +103,14 @@ if TYPE_CHECKING:
     from uploader.ledger.tracking import ListedPage as ListedPage
     from uploader.ledger.tracking import TrackedRow as TrackedRow
     from uploader.ledger.tracking import adopt_jobs as adopt_jobs
+    from uploader.ledger.tracking import keep_result as keep_result
     from uploader.ledger.tracking import record_gone as record_gone
     from uploader.ledger.tracking import record_listed as record_listed
     from uploader.ledger.tracking import record_results as record_results
     from uploader.ledger.tracking import record_statuses as record_statuses
     from uploader.ledger.tracking import result_files as result_files
     from uploader.ledger.tracking import results_due as results_due
+    from uploader.ledger.tracking import results_to_record as results_to_record
     from uploader.ledger.tracking import small_page_cache as small_page_cache
     from uploader.ledger.tracking import sync_batches as sync_batches
     from uploader.ledger.tracking import sync_counts as sync_counts
@@ -215,7 +217,9 @@ _EXPORTS = {
     "GONE_CODE": "uploader.ledger.tracking",
     "record_gone": "uploader.ledger.tracking",
     "record_listed": "uploader.ledger.tracking",
+    "keep_result": "uploader.ledger.tracking",
     "record_results": "uploader.ledger.tracking",
+    "results_to_record": "uploader.ledger.tracking",
     "record_statuses": "uploader.ledger.tracking",
     "result_files": "uploader.ledger.tracking",
     "results_due": "uploader.ledger.tracking",

@@ -28,12 +28,14 @@ __all__ = [
     "ListedPage",
     "TrackedRow",
     "adopt_jobs",
+    "keep_result",
     "record_gone",
     "record_listed",
     "record_results",
     "record_statuses",
     "result_files",
     "results_due",
+    "results_to_record",
     "small_page_cache",
     "sync_batches",
     "sync_counts",
@@ -139,7 +141,7 @@ def plan_listed(
     project_id: str,
     present: Callable[[str], bool] | None = None,
 ) -> tuple[ListedPage, list[tuple[int, str]], list[tuple[str, str | None]]]:
-    """The decisions for a page (job_id → (reference_id, status), None for a job the page names for two
+    """The decisions for a page (job_id → (reference_id, status), None for a job the page names twice, for two
     reference_ids) over the rows holding those jobs: the page's outcome, the (row id, new status) to write, and
     the (reference_id, recorded result file) of each row whose status changed away from a final one (its
     result, on disk too, is stale). A row whose job the page names for another reference_id (or two) is
@@ -197,8 +199,8 @@ def record_listed(
     named: dict[str, tuple[str, str] | None] = {}
     for reference_id, job_id, status in listed:
         entry = named.setdefault(job_id, (reference_id, status[:STATUS_CHARS]))
-        if entry is not None and entry[0] != reference_id:
-            named[job_id] = None
+        if entry is not None and entry != (reference_id, status[:STATUS_CHARS]):
+            named[job_id] = None  # the page contradicts itself: the row's own job read decides
     if not named:
         return ListedPage()
     with write_tx(engine) as conn:
@@ -257,8 +259,52 @@ def results_due(engine: Engine, after_id: int, limit: int) -> list[TrackedRow]:
         ]
 
 
-#: One fetched result: (row id, the file it was written to, the result itself when given inline, its sha256).
-FetchedResult = tuple[int, str | None, str | None, str]
+#: One fetched result: (row id, the file it was written to, the result itself when given inline, its sha256,
+#: the platform status the job's read gave with it).
+FetchedResult = tuple[int, str | None, str | None, str, str]
+#: A row as `results_to_record` reads it: (platform status, recorded result file, whether a result is recorded).
+_ResultRow = tuple[str | None, str | None, bool]
+
+
+def keep_result(row: _ResultRow | None, fetched: FetchedResult, present: Callable[[str], bool]) -> str | None:
+    """Why a fetched result is not to be recorded (None: record it), pure: the row is gone or no longer tracked,
+    or a result is recorded for it meanwhile (another sync's: inline, or a file `present` finds) — "", nothing
+    to say; or its platform status is no longer the one the result was read with — the row's result error (the
+    next sync fetches the result of the status it then has)."""
+    if row is None:
+        return ""
+    status, path, has_result = row
+    if has_result and (path is None or present(path)):
+        return ""
+    if status != fetched[4][:STATUS_CHARS]:
+        return (
+            f"the job's status changed while its result was fetched ({fetched[4]!r} when read, {status!r} now): "
+            "not recorded; the next sync fetches the result of its status then"
+        )
+    return None
+
+
+def results_to_record(
+    engine: Engine, fetched: Sequence[FetchedResult], present: Callable[[str], bool]
+) -> tuple[list[FetchedResult], list[tuple[int, str]]]:
+    """The fetched results still to record (`keep_result`, over the rows as they are now), and (row id, why) of
+    those dropped with a reason to record as the row's result error."""
+    if not fetched:
+        return [], []
+    query = text(
+        f"SELECT id, platform_status, result_path, NOT ({_NO_RESULT}) FROM jobs WHERE id IN :ids AND {_TRACKED}"
+    ).bindparams(bindparam("ids", expanding=True))
+    with read_tx(engine) as conn:
+        rows = {r[0]: (r[1], r[2], bool(r[3])) for r in conn.execute(query, {"ids": [f[0] for f in fetched]})}
+    keep: list[FetchedResult] = []
+    dropped: list[tuple[int, str]] = []
+    for one in fetched:
+        why = keep_result(rows.get(one[0]), one, present)
+        if why is None:
+            keep.append(one)
+        elif why:
+            dropped.append((one[0], why))
+    return keep, dropped
 
 
 #: The error code of a row whose job the API no longer knows (`record_gone`).
@@ -316,8 +362,9 @@ def result_files(engine: Engine, row_ids: Sequence[int]) -> dict[int, str]:
 
 
 def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Sequence[tuple[int, str]] = ()) -> None:
-    """Results fetched (their file, or the result itself when the platform gave it inline), and results that
-    could not be fetched (row id, why: the next sync tries again), in one transaction."""
+    """Results fetched (their file, or the result itself when the platform gave it inline), each only while
+    its row still has the platform status it was read with, and results that could not be fetched (row id,
+    why: the next sync tries again), in one transaction."""
     if not fetched and not errors:
         return
     with write_tx(engine) as conn:
@@ -325,9 +372,9 @@ def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Seq
             conn.execute(
                 text(
                     "UPDATE jobs SET result_path = :p, result = :r, result_sha256 = :h, "
-                    "result_error = NULL WHERE id = :i"
+                    "result_error = NULL WHERE id = :i AND platform_status = :s"
                 ),
-                [{"i": i, "p": p, "r": r, "h": h} for i, p, r, h in fetched],
+                [{"i": i, "p": p, "r": r, "h": h, "s": s[:STATUS_CHARS]} for i, p, r, h, s in fetched],
             )
         if errors:
             conn.execute(

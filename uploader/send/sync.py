@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +57,7 @@ from uploader.api import (
 )
 from uploader.errors import ApiUnreachableError, FatalApiError
 from uploader.ledger import (
+    RESULT_STATUSES,
     Adoption,
     FetchedResult,
     Ledger,
@@ -65,6 +68,7 @@ from uploader.ledger import (
     record_listed,
     record_results,
     result_files,
+    results_to_record,
     small_page_cache,
     sync_batches,
     sync_counts,
@@ -132,13 +136,11 @@ class SyncReport:
         return self.all_final
 
 
-def set_aside(path: str, job_id: str, why: str = "gone") -> str | None:
-    """Rename a result file to `<name>.<why>-<job_id>.json` beside it (the job_id escaped as file names are):
-    the result of a job that is gone, or (`why` "unrecorded", a hash for the job_id) a file no row records
-    found where a download goes. Returns the new path, or None when there was no such file."""
-    name = os.path.basename(path)
-    stem = name[: -len(".json")] if name.endswith(".json") else name
-    aside = os.path.join(os.path.dirname(path), f"{stem}.{why}-{result_file_name(job_id)}")
+def set_aside(path: str, job_id: str) -> str | None:
+    """Rename the result file of a job that is gone to `<name>+gone-<job_id>.json` beside it (the job_id
+    escaped as file names are; no result's name holds a `+`); returns the new path, or None when there was no
+    such file."""
+    aside = _beside(path, f"gone-{result_file_name(job_id)}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -165,10 +167,41 @@ def safe_name(text: str) -> str:
     return escaped
 
 
+def _beside(path: str, tag: str) -> str:
+    """`<folder>/<name>+<tag>` for the result file `<folder>/<name>.json` (`tag` ends with .json, or gets it): a
+    name no result file has (`safe_name` writes every `+` as %2B)."""
+    stem = path[: -len(".json")] if path.endswith(".json") else path
+    return f"{stem}+{tag if tag.endswith('.json') else tag + '.json'}"
+
+
+def _placement(path: str, sha256: str) -> tuple[str, bool]:
+    """Where a download whose bytes have `sha256` goes, and whether it is to be written: its own name when free;
+    kept, unwritten, when a regular file there holds the same bytes (a sync killed before its record wrote it);
+    else beside it as `<name>+<sha256 prefix>.json`, as a file found there is not this ledger's to replace (another
+    ledger's result, a stale or foreign file, a folder): nothing found in the results folder is ever removed."""
+    for candidate in (path, _beside(path, sha256[:16])):
+        try:
+            found = os.lstat(candidate)
+        except FileNotFoundError:
+            return candidate, True
+        if stat.S_ISREG(found.st_mode):
+            try:
+                with open(candidate, "rb") as there:
+                    if hashlib.file_digest(there, "sha256").hexdigest() == sha256:
+                        return candidate, False
+            except OSError:
+                pass
+    return _beside(path, sha256), True  # the full hash: the prefix's name is taken by other bytes
+
+
 def _part(path: str) -> str:
     """The temporary name `path` is written under (a dot file: never taken for a result)."""
     folder, _, name = path.rpartition(os.sep)
     return f"{folder}{os.sep}.{name}{_PART}"
+
+
+def _lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _write_parts(files: Sequence[tuple[str, IO[bytes]]]) -> None:
@@ -284,6 +317,8 @@ class _Sync:
     #: (one reference_id may name a job in each project), else to `<results>/<reference_id>.json`.
     per_project: bool = False
     folders: set[str] = field(default_factory=set)  #: project folders made (and made durable) by this sync
+    lock_fd: int | None = None  #: the results folder, open: its flock is held while a sync writes there
+    settling_run: Future[tuple[int, list[str]]] | None = None  #: the settler's work on `settling`
 
     async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
         """`ApiClient.read`, each try paced by --rate."""
@@ -308,21 +343,44 @@ class _Sync:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.folder = os.path.join(os.path.realpath(self.results_dir), "")  # the ledger names files absolutely
         self.per_project = len({project for project, _ in sync_batches(self.ledger.engine)}) > 1
-        for pattern in (f".*{_PART}", f"*/.*{_PART}"):  # left by a killed sync: never a result
-            for stale in self.results_dir.glob(pattern):
-                stale.unlink(missing_ok=True)
+        self.lock_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # flock takes a folder
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.clean)
+            await self.fetch_results()
+        finally:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def clean(self) -> None:
+        """Remove the temporary files a killed sync left (never a result), under the folder's lock: a sync at
+        work has none outside it (`settle`)."""
+        assert self.results_dir is not None and self.lock_fd is not None
+        _lock(self.lock_fd)
+        try:
+            for pattern in (f".*{_PART}", f"*/.*{_PART}"):
+                for stale in self.results_dir.glob(pattern):
+                    stale.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    async def fetch_results(self) -> None:
         self.queue = asyncio.Queue(self.concurrency * 4)
         self.disk = ThreadPoolExecutor(min(DISK_THREADS, self.concurrency), thread_name_prefix="uploader-results")
+        settler = ThreadPoolExecutor(1, thread_name_prefix="uploader-settle")
         self.workers_left = self.concurrency
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.concurrency):
                     group.create_task(self.worker())
                 group.create_task(self.produce())
-                group.create_task(self.writer())
+                group.create_task(self.writer(settler))
         except BaseExceptionGroup as failed:  # the first failure, as the callers know it
             raise failed.exceptions[0] from None
         finally:
+            if self.settling_run is not None:  # the writer was stopped while a group settled: let it end
+                with contextlib.suppress(Exception):
+                    self.settled(self.settling_run.result())
+            settler.shutdown()
             self.disk.shutdown()
             self.record()
 
@@ -487,7 +545,7 @@ class _Sync:
             while (row := await self.queue.get()) is not None:
                 try:
                     fetched, held = await self.result(row)
-                except ApiUnreachableError as exc:
+                except (ApiUnreachableError, OSError) as exc:  # OSError: the results folder (full, a file in the way)
                     self.report.result_errors.append(f"{row[2]}: {exc}")
                     self.pending.errors.append((row[0], str(exc)))
                 else:
@@ -507,7 +565,7 @@ class _Sync:
             async with self.room:
                 await self.room.wait_for(lambda: self.pending is not group)
 
-    async def writer(self) -> None:
+    async def writer(self, settler: ThreadPoolExecutor) -> None:
         """Record the held results a group at a time (when one is due, else every GROUP_SECONDS) until the
         workers are done."""
         while True:
@@ -519,65 +577,101 @@ class _Sync:
             group, self.pending = self.pending, _Group()
             async with self.room:
                 self.room.notify_all()
-            await self.record_group(group)
+            await self.record_group(group, settler)
             if last:
                 return
 
-    async def record_group(self, group: _Group) -> None:
-        """Write the group's files (split among the disk threads, one hand-off each), rename them into place
-        and make the renames durable (one hand-off), then record the group in one transaction."""
+    async def record_group(self, group: _Group, settler: ThreadPoolExecutor) -> None:
+        """Settle the group (`settle`) on the settler's thread, its files written by the disk threads."""
         if not len(group):
             return
         self.settling = group
-        if group.files:
-            assert self.results_dir is not None
-            loop = asyncio.get_running_loop()
-            files = list(group.files.items())
-            n = min(DISK_THREADS, len(files))
-            await asyncio.gather(*(loop.run_in_executor(self.disk, _write_parts, files[i::n]) for i in range(n)))
-            await loop.run_in_executor(self.disk, _rename_all, list(group.files))
-        record_results(self.ledger.engine, group.fetched, group.errors)
-        self.settling = None
-        group.close()
-        self.report.results += len(group.fetched)
+        self.settling_run = settler.submit(self.settle, group, self.disk)
+        self.settled(await asyncio.wrap_future(self.settling_run))
+
+    def settled(self, outcome: tuple[int, list[str]]) -> None:
+        """The group being settled is recorded: (results recorded, files that could not be written)."""
+        if self.settling is not None:
+            self.settling.close()
+        self.settling, self.settling_run = None, None
+        self.report.results += outcome[0]
+        self.report.result_errors += outcome[1]
         self.progress()
 
+    def settle(self, group: _Group, disk: ThreadPoolExecutor | None) -> tuple[int, list[str]]:
+        """Under the results folder's lock (one sync at a time writes and records there, across processes): the
+        group's results that still apply (`results_to_record`: the row's status unchanged, no result recorded
+        meanwhile) are placed (`_placement`), written (split among `disk`'s threads, or here), renamed into
+        place and made durable, then recorded in one transaction with the failures. A file that cannot be
+        written is its row's result error. Returns how many results were recorded, and the write failures."""
+        latest = {one[0]: one for one in group.fetched}  # a row fetched twice: the later
+        if self.lock_fd is not None:
+            _lock(self.lock_fd)
+        try:
+            keep, dropped = results_to_record(self.ledger.engine, list(latest.values()), self.result_present)
+            errors = [*group.errors, *dropped]
+            failures: list[str] = []
+            placed: list[FetchedResult] = []
+            writes: list[tuple[str, IO[bytes]]] = []
+            for row_id, path, inline, sha256, status in keep:
+                if path is not None:
+                    final, write = _placement(path, sha256)
+                    if write:
+                        writes.append((final, group.files[path]))
+                    path = final
+                placed.append((row_id, path, inline, sha256, status))
+            if writes:
+                try:
+                    n = min(DISK_THREADS, len(writes)) if disk is not None else 1
+                    if n > 1 and disk is not None:
+                        list(disk.map(_write_parts, [writes[i::n] for i in range(n)]))
+                    else:
+                        _write_parts(writes)
+                    _rename_all([path for path, _ in writes])
+                except OSError as exc:
+                    written = {path for path, _ in writes}
+                    failures = [f"cannot write {f[1]}: {exc}" for f in placed if f[1] in written]
+                    errors += [(f[0], f"cannot write {f[1]}: {exc}") for f in placed if f[1] in written]
+                    placed = [f for f in placed if f[1] not in written]
+            record_results(self.ledger.engine, placed, errors)
+        finally:
+            if self.lock_fd is not None:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        return len(placed), failures
+
     def record(self) -> None:
-        """At the end: record what a failed sync left held (the writer recorded everything otherwise),
-        its files written here first; one that cannot be written is left for the next sync. The display is
-        told, so its last line shows the counts the summary gives."""
+        """At the end: record what a failed sync left held (the writer recorded everything otherwise), its files
+        written here (`settle`). The display is told, so its last line shows the counts the summary gives."""
         for group in (self.settling, self.pending):
             if group is None or not len(group):
                 continue
-            if group.files and self.results_dir is not None:
-                try:
-                    _write_parts(list(group.files.items()))
-                    _rename_all(list(group.files))
-                except OSError:
-                    group.fetched = [f for f in group.fetched if f[1] not in group.files]
-            record_results(self.ledger.engine, group.fetched, group.errors)
-            group.close()
-            self.report.results += len(group.fetched)
+            self.settling = group
+            self.settled(self.settle(group, None))
         self.settling, self.pending = None, _Group()
         self.progress()
 
     async def result(self, row: TrackedRow) -> tuple[FetchedResult, _Held | None]:
-        """One job's result: its URL downloaded (to its file, with the download to write there unless the file
-        is already whole), or the result given inline."""
+        """One job's result, with the status the job's read gave: its URL downloaded (held for the writer, for
+        its file), or the result given inline. A read whose status is not final gives none (ApiUnreachableError:
+        the row's result error; the listing and the job disagree, and the next sync reads both again)."""
         row_id, project, reference_id, job_id = row
         data = await self.read_job(project, job_id, reference_id)
+        status = status_text(data.get("status"))
+        if status not in RESULT_STATUSES:
+            raise ApiUnreachableError(
+                f"the read of job {job_id} gives its status as {status or 'none'!r}, not final (its listing said "
+                "final): no result taken"
+            )
         value = data.get("result")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             path, sha256, held = await self.download(value, self.target(project, reference_id), job_id)
-            return (row_id, path, None, sha256), held
+            return (row_id, path, None, sha256, status), held
         inline = json.dumps(value)
-        return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest()), None
+        return (row_id, None, inline, hashlib.sha256(inline.encode()).hexdigest(), status), None
 
-    async def download(self, url: str, path: str, job_id: str) -> tuple[str, str, _Held | None]:
-        """The result at `url`, for the file `path`: the file, its sha256, and the download, held for the writer.
-        A file already there (no row records it: a sync killed between its rename and its record, or a file that
-        is not this job's result at all) is kept only when it holds the same bytes (nothing held); any other is
-        set aside as `<name>.unrecorded-<sha256 prefix>.json` and the download takes its place."""
+    async def download(self, url: str, path: str, job_id: str) -> tuple[str, str, _Held]:
+        """The result at `url`, for the file `path`: the file, its sha256, and the download, held for the writer
+        (which decides where it goes: `_placement`)."""
         spool = tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.folder)
         try:
             data = await self.read(
@@ -589,16 +683,6 @@ class _Sync:
             spool.close()
             raise
         size, sha256 = int(data["size"]), str(data["sha256"])
-        try:
-            with open(path, "rb") as there:
-                found = hashlib.file_digest(there, "sha256").hexdigest()
-        except FileNotFoundError:
-            found = None
-        if found == sha256:
-            spool.close()
-            return path, sha256, None
-        if found is not None:
-            set_aside(path, found[:16], "unrecorded")
         return path, sha256, (path, spool, size if size <= _SPOOL_BYTES else 0)
 
 
