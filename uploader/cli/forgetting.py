@@ -14,7 +14,7 @@ import click
 from uploader.cli.hints import Repeat
 from uploader.cli.output import plural
 from uploader.cli.stdin import STDIN_LABEL
-from uploader.errors import UsageError
+from uploader.errors import UploaderError, UsageError
 
 __all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten", "project_hint"]
 
@@ -32,10 +32,7 @@ def forget_selection(
     for s in statuses:
         if s not in valid:
             raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
-    refs = None
-    if reference_id_file is not None:
-        lines = reference_id_file.read_text(encoding="utf-8").splitlines()
-        refs = tuple(line.rstrip("\r") for line in lines if line.strip())
+    refs = None if reference_id_file is None else reference_ids(reference_id_file)
     recorded = None
     if manifest is not None:
         recorded = STDIN_LABEL if manifest == "-" else str(Path(manifest).absolute())
@@ -43,6 +40,24 @@ def forget_selection(
     if selection.empty:
         raise UsageError("give at least one filter: --project-id, --status, --reference-id-file or --manifest")
     return selection
+
+
+def reference_ids(path: Path) -> tuple[str, ...]:
+    """The reference_ids of a file, one per line: lines end at LF (or CRLF) only, as a reference_id may hold
+    U+2028 or another character str.splitlines breaks at; blank lines skipped, a UTF-8 BOM dropped. A file
+    that is not UTF-8 is an UploaderError naming its line and byte (exit 1: nothing is forgotten)."""
+    raw = path.read_bytes()
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UploaderError(
+            f"{path}:{line}: is not valid UTF-8 (byte 0x{raw[e.start]:02X} at byte {e.start + 1}); save the file "
+            "as UTF-8; nothing was forgotten"
+        ) from None
+    lines = (line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
+    return tuple(line for line in lines if line.strip())
 
 
 def _stdin_is_tty() -> bool:

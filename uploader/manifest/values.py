@@ -65,12 +65,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decode_strict = json.JSONDecoder(parse_constant=_reject_constant).decode
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: JSON leaves a repeated name's meaning open (one line naming two
+    reference_ids would be loaded as either)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise ValueError(f"the key {twice!r} is given twice in one object")
+    return obj
+
+
+_decode_strict = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys).decode
 
 
 def loads_strict(text: str) -> Any:
-    """json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take (one decoder, built once),
-    and raises ValueError (not RecursionError) for JSON nested too deeply to read."""
+    """json.loads that refuses NaN/Infinity, which the API (and JSON) cannot take, and a key given twice in
+    one object (one decoder, built once); raises ValueError (not RecursionError) for JSON nested too deeply."""
     try:
         return _decode_strict(text)
     except RecursionError:
