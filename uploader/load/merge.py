@@ -10,6 +10,7 @@ rows straight into `jobs` (uploader.load.bulk), falling back to the staging path
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -139,14 +140,27 @@ def load_manifest(
                 _check(conn, manifest)
                 conn.rollback()
                 report = _merge(conn, path, size, sha, options_hash, rows, label)
-            finally:
-                conn.rollback()
-                conn.exec_driver_sql(STAGING_DROP)
-                conn.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):  # what went wrong is told, not the clean-up's own trouble
+                    _drop_staging(conn)
+                raise
+            _drop_staging(conn)
         return LoadReport(**{**report.__dict__, "seconds": time.perf_counter() - started})
     finally:
         if production is not None:
             production.close()
+
+
+def _drop_staging(conn: Connection) -> None:
+    """Drop the staging table, in a deferred transaction (it is TEMP: no lock of the ledger is needed). Not on
+    a connection an interrupt invalidated: its table went with it, and a new one would wait for the write lock
+    the old one may still hold until the process ends."""
+    if conn.invalidated:
+        return
+    conn.rollback()
+    conn = conn.execution_options(sqlite_begin="DEFERRED")
+    conn.exec_driver_sql(STAGING_DROP)
+    conn.commit()
 
 
 def _stager(conn: Connection) -> Callable[[list[StagingRow]], None]:
