@@ -203,7 +203,8 @@ def open_parquet(path: Path) -> Any:
 
 
 def parquet_kind(arrow_type: Any) -> str:
-    """How a column's values become cells: 'text', 'int', 'object' (lists/structs) or 'other'."""
+    """How a column's values become cells: 'text', 'int', 'object' (lists, structs, maps: JSON), 'binary'
+    (UTF-8 text, else refused) or 'other'."""
     import pyarrow as pa
     import pyarrow.types as t
 
@@ -215,18 +216,48 @@ def parquet_kind(arrow_type: Any) -> str:
         return "int"
     if t.is_null(arrow_type):
         return "null"
-    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_struct(arrow_type):
+    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_struct(arrow_type) or t.is_map(arrow_type):
         return "object"
+    if t.is_binary(arrow_type) or t.is_large_binary(arrow_type) or t.is_fixed_size_binary(arrow_type):
+        return "binary"
     return "other"
 
 
+class _NotCell(ValueError):
+    """A value no cell can hold: at row `index` of the array, why."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(why)
+        self.index = index
+
+
 def _parquet_cells(array: Any, kind: str) -> list[Any]:
-    """Python cells for one column: text verbatim, integers as decimal text, nulls as ''."""
+    """Python cells for one column: text verbatim, integers as decimal text, lists, structs and maps (as
+    objects) for JSON, bytes that are UTF-8 as text, nulls as ''. _NotCell for a map with a key given twice or
+    bytes that are not UTF-8 (neither has a faithful text form)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if kind in ("object", "null"):
-        return array.to_pylist() if kind == "object" else [""] * len(array)
+    if kind == "null":
+        return [""] * len(array)
+    if kind == "object":
+        try:
+            return array.to_pylist(maps_as_pydicts="strict")  # type: ignore[no-any-return]
+        except (KeyError, ValueError):
+            for i in range(len(array)):
+                try:
+                    array[i : i + 1].to_pylist(maps_as_pydicts="strict")
+                except (KeyError, ValueError):
+                    raise _NotCell(i, "holds a map with a key given twice") from None
+            raise
+    if kind == "binary":
+        cells = []
+        for i, value in enumerate(array.to_pylist()):
+            try:
+                cells.append("" if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _NotCell(i, "holds bytes that are not UTF-8 text; drop the column or encode it") from None
+        return cells
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if kind != "text":
@@ -265,7 +296,13 @@ def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path, span: Span 
             continue
         if lo or hi < batch.num_rows:
             batch = batch.slice(lo, hi - lo)
-        cols = [_parquet_cells(batch.column(i), kind) for i, kind in enumerate(kinds)]
+        cols = []
+        for i, kind in enumerate(kinds):
+            try:
+                cols.append(_parquet_cells(batch.column(i), kind))
+            except _NotCell as bad:
+                problem = Problem(str(path), first + lo + bad.index, batch.schema.names[i], str(bad), "row")
+                raise ManifestError([problem]) from None
         yield Chunk(range(first + lo, first + hi), list(zip(*cols)), clean=True)
 
 
