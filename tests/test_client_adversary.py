@@ -565,7 +565,7 @@ ANSWERS: list[tuple[str, bytes, Verdict, bool, str | None]] = [
             b'{"success": false, "error": {"code": "FS_0000", "message": "later"}}', status=b"500 Internal Server Error"
         ),
         Verdict.RETRYABLE,
-        False,
+        True,
         "FS_0000",
     ),
     (

@@ -365,14 +365,19 @@ class LedgerModel(RuleBasedStateMachine):
         if row.status == "succeeded":
             self.first_job_id.setdefault(row.ref, row.job_id)  # type: ignore[arg-type]
 
-    @rule(owner=st.sampled_from(OWNERS))
-    def release(self, owner: str) -> None:
-        """A run stops early: its rows go back to pending, the attempt not counted (lease expired or not)."""
+    @rule(owner=st.sampled_from(OWNERS), data=st.data())
+    def release(self, owner: str, data: st.DataObject) -> None:
+        """A run stops early: its rows go back to pending, the attempt not counted (lease expired or not). The
+        attempts it says it started (any ids, also of rows it does not hold; None: it cannot tell, all) are
+        kept as sent: a stop may have cut a request in the air; the others are dropped."""
         mine = [r for r in self.rows.values() if r.status == "in_flight" and r.owner == owner]
-        assert self.ledger.release(owner) == len(mine)
+        ids = sorted(r.id for r in self.rows.values())
+        started = data.draw(st.none() | st.sets(st.sampled_from(ids)) if ids else st.none())
+        assert self.ledger.release(owner, started) == len(mine)
         for row in mine:
             row.status, row.attempts, row.owner, row.expires = "pending", row.attempts - 1, None, None
-            row.merge_attempt()  # a hard stop may have cancelled the request in the air: kept as sent
+            if started is None or row.id in started:
+                row.merge_attempt()
             row.attempt = None
 
     @rule(everything=st.booleans())

@@ -53,9 +53,17 @@ def run_args(manifest: Path | None, ledger: Path, box: Sandbox, *extra: str) -> 
 
 
 def ledger_rows(ledger: Path) -> dict[str, dict]:
+    """The rows as `export_rows` gives them, with the ledger's own job_id column (the export gives one only for
+    succeeded and conflict rows)."""
+    from sqlalchemy import text
+
     led = Ledger.open(ledger)
     try:
-        return {r["reference_id"]: r for r in led.export_rows()}
+        with led.engine.connect() as conn:
+            job_ids = {(p, r): j for p, r, j in conn.execute(text("SELECT project_id, reference_id, job_id FROM jobs"))}
+        return {
+            r["reference_id"]: {**r, "job_id": job_ids[r["project_id"], r["reference_id"]]} for r in led.export_rows()
+        }
     finally:
         led.close()
 

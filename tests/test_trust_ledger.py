@@ -301,3 +301,73 @@ def test_record_gone_on_every_engine(ledger: Ledger, tmp_path: Path) -> None:
     assert (gone["status"], gone["error_code"], gone["job_id"], gone["origin"]) == ("failed", GONE_CODE, None, None)
     assert gone["sent_hashes"] == body_hash("ref-0", ROWS[0][1]) and "job J0 " in gone["error_message"]
     assert (kept["status"], kept["job_id"]) == ("succeeded", "J1-new")
+
+
+@pytest.mark.slow
+def test_a_stopped_run_keeps_as_sent_only_the_attempts_it_started(ledger: Ledger, tmp_path: Path) -> None:
+    """`release(owner, started)`: the rows whose request the run had begun keep their attempt's hash as sent; the
+    rows still queued drop it (no byte of them left the process); every row is pending, attempt not counted."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    assert ledger.release(owner, [c["ref-0"].id, c["ref-2"].id]) == 4
+    for ref in ("ref-0", "ref-2"):
+        assert (row(ledger, ref)["sent_hashes"], row(ledger, ref)["attempt_hash"]) == (H[ref], None)
+    for ref in ("ref-1", "ref-3"):
+        assert (row(ledger, ref)["status"], row(ledger, ref)["sent_hashes"], row(ledger, ref)["attempt_hash"]) == (
+            "pending",
+            None,
+            None,
+        )
+    c = claim_all(ledger, owner)
+    assert {claim.attempts for claim in c.values()} == {1}
+    assert ledger.release(owner, []) == 4  # none started: nothing more kept as sent
+    assert [row(ledger, ref)["sent_hashes"] for ref, _ in ROWS] == [H["ref-0"], None, H["ref-2"], None]
+
+
+def batch_of(ledger: Ledger, ref: str) -> str | None:
+    with ledger.engine.connect() as conn:
+        found = conn.execute(text("SELECT batch_id FROM jobs WHERE reference_id = :r"), {"r": ref}).scalar()
+    return None if found is None else str(found)
+
+
+@pytest.mark.slow
+def test_a_reloaded_row_keeps_the_batch_an_earlier_send_went_to(ledger: Ledger, tmp_path: Path) -> None:
+    """A changed payload reloaded over a row that may have been sent (a lost answer) or was answered keeps the
+    batch it went to (its job, if any, is found only there); a row never sent loses the run's batch, and gets
+    the one the next run names (`projects_needing_batch`, `assign_batch`)."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
+    assert ledger.assign_batch("p1", "B1") == 4
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    ledger.record(
+        [
+            Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+            Result(c["ref-1"].id, c["ref-1"].lease_token, Status.FAILED, error_code="FS_0007"),
+        ]
+    )
+    ledger.release(owner, [])  # ref-2 and ref-3 were claimed, never sent
+    fixed = [(ref, f"{url}?fixed") for ref, url in ROWS]
+    report = load_manifest(ledger, fake_manifest(tmp_path, fixed, name="m2.csv"), "opts")
+    assert report.updated == 4
+    assert [batch_of(ledger, ref) for ref, _ in ROWS] == ["B1", "B1", None, None]
+    assert ledger.projects_needing_batch() == ["p1"]
+    assert ledger.assign_batch("p1", "B2") == 2
+    assert [batch_of(ledger, ref) for ref, _ in ROWS] == ["B1", "B1", "B2", "B2"]
+
+
+@pytest.mark.slow
+def test_export_gives_a_job_id_only_for_jobs_known_to_be_the_rows(ledger: Ledger, tmp_path: Path) -> None:
+    """`export_rows`: the job_id of succeeded and conflict rows; an uncertain or failed row's job_id is an
+    unconfirmed answer: exported as none, kept in the ledger."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS), "opts")
+    states = {"ref-0": "succeeded", "ref-1": "conflict", "ref-2": "uncertain", "ref-3": "failed"}
+    with ledger.engine.begin() as conn:
+        for ref, status in states.items():
+            conn.execute(
+                text("UPDATE jobs SET status = :s, job_id = :j WHERE reference_id = :r"),
+                {"s": status, "j": f"J-{ref}", "r": ref},
+            )
+    exported = {r["reference_id"]: r["job_id"] for r in ledger.export_rows()}
+    assert exported == {"ref-0": "J-ref-0", "ref-1": "J-ref-1", "ref-2": None, "ref-3": None}
+    assert row(ledger, "ref-2")["job_id"] == "J-ref-2"

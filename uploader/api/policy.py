@@ -309,24 +309,38 @@ def _describe_job_id(data: dict[str, Any]) -> str:
 def may_have_created(result: ApiResult) -> bool:
     """Whether the attempt behind `result` may have created the job (its payload hash is then kept).
 
-    Yes: any success answer (well-formed or not); no answer after sending (timeout, connection closed,
-    invalid HTTP, other transport errors); a 2xx that is not an envelope; a 408/5xx without an envelope
-    (a gateway may have forwarded the request). No: an API error envelope (`success: false`, FS_0001
-    included: the API refused it), 429, 401/403, a connection never opened (`connect_error`, `tls_error`),
-    any other status without an envelope (3xx, 4xx: not the API, or refused before it).
+    Yes: any success answer (well-formed or not, whatever the status: a 429 or 401 saying `success: true`);
+    an API error envelope for a server-side failure, which may come after the job was made (a retryable
+    code, FS_0000/FS_0008/api_error, or an unknown code at 5xx); no answer after sending (timeout,
+    connection closed, invalid HTTP, other transport errors); a 2xx that is not an envelope; a 408/5xx
+    without an envelope (a gateway may have forwarded the request). No: a client-error envelope (a known
+    code that refuses the request, FS_0001 included, even at 5xx; an unknown code below 500), 429, 401/403,
+    a connection never opened (`connect_error`, `tls_error`), any other status without an envelope (3xx,
+    4xx: not the API, or refused before it). When in doubt, no: a row wrongly taken for sent would later
+    take a job someone else created with its reference_id for its own.
     """
     status = result.http_status
-    if status in (401, 403, 429):
-        return False
     if result.success is True:
         return True
-    if result.success is False:
+    if status in (401, 403, 429):
         return False
+    if result.success is False:
+        return _server_failed(result.code, status)
     if result.code in _NOT_SENT_CODES:
         return False
     if status is None:
         return True
     return 200 <= status < 300 or status == 408 or status >= 500
+
+
+def _server_failed(code: str | None, status: int | None) -> bool:
+    """Whether an error envelope says the server failed (it may have done part of the work) rather than refused
+    the request: a retryable server-failure code, or a code no class knows at 5xx."""
+    if code in RETRYABLE_CODES:
+        return True
+    if code in EXISTS_CODES or code in PERMANENT_CODES or code in FATAL_CODES:
+        return False
+    return status is not None and status >= 500
 
 
 def too_many_protocol_errors(errors: int) -> bool:

@@ -17,7 +17,8 @@ The legal moves (and only these) are made here:
 
 Payload hashes: the claim sets `attempt_hash` (the body_hash being sent), first adding a previous
 attempt's hash to `sent_hashes` (that attempt's answer was never recorded: it may have created the job).
-A result that may have created the job adds it too; every result clears it. A job found after FS_0001 is a
+A result that may have created the job adds it too; every result clears it, and so does a stopped run's
+release (adding it only for the rows whose request the run had started). A job found after FS_0001 is a
 clean recovery only when `sent_hashes` is the row's body_hash alone (transitions.settle_found).
 
 Every result write is fenced by the row's lease token: a worker whose lease was taken over cannot
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from uploader.errors import LedgerError
 from uploader.ledger.engine import (
@@ -192,6 +193,22 @@ _RECORD = (
 _RECORD_SUCCESS = (
     f"{_RECORD} AND NOT EXISTS (SELECT 1 FROM jobs other WHERE other.job_id = :job_id AND other.id <> :id)"
 )
+
+
+def _release_sql(sent_hashes: str) -> str:
+    """SQL of `release`: a stopped run's rows back to pending, attempt not counted, sent_hashes set to the
+    expression `sent_hashes`."""
+    return (
+        f"UPDATE jobs SET status = '{_PENDING}', attempts = attempts - 1, lease_owner = NULL, "
+        f"lease_expires_at = NULL, updated_at = :now, sent_hashes = {sent_hashes}, attempt_hash = NULL "
+        f"WHERE lease_owner = :owner AND status = '{_IN_FLIGHT}' RETURNING id, lease_token"
+    )
+
+
+#: SQL of `release` when the run cannot tell which requests it started: every attempt kept as sent.
+_RELEASE_ALL = _release_sql(_MERGE_ATTEMPT)
+#: SQL of `release`: the attempt kept as sent only for the rows whose request was started (`:started`).
+_RELEASE_STARTED = _release_sql(f"CASE WHEN id IN :started THEN {_MERGE_ATTEMPT} ELSE sent_hashes END")
 
 _SLOT = "id, project_id, name, batch_id, auto, reserved_by, created_at"
 #: Rows with no batch of their own that were never sent: giving them a batch cannot split a job's attempts
@@ -400,19 +417,21 @@ class Ledger(LedgerQueries):
             )
         return demoted
 
-    def release(self, owner: str) -> int:
+    def release(self, owner: str, started: Collection[int] | None = None) -> int:
         """Give every row `owner` still holds back to pending, attempt not counted (run stopped early).
-        The attempt's payload hash is kept as sent: a hard stop may have cancelled a request in the air."""
+
+        `started`: the ids of the held rows whose request the run had begun to send; their attempt's payload
+        hash is kept as sent (a stop may have cut a request in the air), the others' is dropped (no byte of
+        them left the process, so a job later found for them is not theirs). None: the caller cannot tell,
+        every attempt is kept as sent (as a lease takeover does after a kill)."""
+        params: dict[str, Any] = {"owner": owner, "now": utcnow()}
+        if started is None:
+            statement = text(_RELEASE_ALL)
+        else:
+            statement = text(_RELEASE_STARTED).bindparams(bindparam("started", expanding=True))
+            params["started"] = sorted(set(started))
         with write_tx(self.engine) as conn:
-            released = conn.execute(
-                text(
-                    f"UPDATE jobs SET status = '{_PENDING}', attempts = attempts - 1, lease_owner = NULL, "
-                    f"lease_expires_at = NULL, updated_at = :now, sent_hashes = {_MERGE_ATTEMPT}, "
-                    "attempt_hash = NULL "
-                    f"WHERE lease_owner = :owner AND status = '{_IN_FLIGHT}' RETURNING id, lease_token"
-                ),
-                {"owner": owner, "now": utcnow()},
-            ).all()
+            released = conn.execute(statement, params).all()
         if self._claim_log and released:
             self._log("release", owner=owner, rows=[list(r) for r in released])
         return len(released)

@@ -114,10 +114,19 @@ ORDER BY s.line LIMIT {int(limit)}
 """
 
 
+def _reloaded_batch(job: str) -> str:
+    """SQL: the batch of ledger row `job` once staging row `s` is merged into it: the manifest's, or, when it
+    names none, the batch the row was sent to if an earlier send may have created its job (sent_hashes, or
+    attempts made): that job is found, and its changed payload told, only by listing that batch. A row never
+    sent gets none, and so the batch the next run names."""
+    sent = f"{job}.sent_hashes IS NOT NULL OR {job}.attempts > 0"
+    return f"COALESCE(s.batch_id, CASE WHEN {sent} THEN {job}.batch_id END)"
+
+
 #: New payloads for rows nothing was created from yet, back to pending (:now, :mid the manifest's id).
 MERGE_CHANGED = f"""
 UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_flow_id = s.work_flow_id,
-  batch_id = s.batch_id, status = '{_PENDING}', attempts = 0, not_before = NULL, error_code = NULL,
+  batch_id = {_reloaded_batch("jobs")}, status = '{_PENDING}', attempts = 0, not_before = NULL, error_code = NULL,
   error_message = NULL, error_details = NULL, http_status = NULL, checked_at = NULL, expires_at = NULL,
   updated_at = :now,
   manifest_id = :mid, manifest_line = s.line
@@ -178,8 +187,8 @@ SELECT
 #: (reference_id, payload, batch_id) of the manifest's rows a run would send after the load — new, changed
 #: (and replaceable), or unchanged and still pending — in manifest order.
 PLAN_SENDABLE = f"""
-SELECT s.reference_id, s.body, s.batch_id FROM staging s
-LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+SELECT s.reference_id, s.body, CASE WHEN j.id IS NULL THEN s.batch_id ELSE {_reloaded_batch("j")} END
+FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
 WHERE j.id IS NULL OR (j.body_hash <> s.body_hash AND j.status IN {_REPLACEABLE})
   OR (j.body_hash = s.body_hash AND j.status = '{_PENDING}')
 ORDER BY s.line

@@ -30,7 +30,6 @@ __all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusRepo
 _PENDING = Status.PENDING.value
 _IN_FLIGHT = Status.IN_FLIGHT.value
 _SUCCEEDED = Status.SUCCEEDED.value
-_SUCCEEDED = Status.SUCCEEDED.value
 _FAILED = Status.FAILED.value
 _UNCERTAIN = Status.UNCERTAIN.value
 _CONFLICT = Status.CONFLICT.value
@@ -99,6 +98,12 @@ EXPORT_COLUMNS = (
     "result_error",
 )
 
+#: The export's SELECT list for EXPORT_COLUMNS: a job_id only where the job is known to be the row's (succeeded,
+#: or a conflict's job); an uncertain or failed row's job_id, if any, is unconfirmed and stays in the ledger.
+_EXPORT_SELECT = ", ".join(
+    f"CASE WHEN status IN ('{_SUCCEEDED}', '{_CONFLICT}') THEN job_id END" if c == "job_id" else c
+    for c in EXPORT_COLUMNS
+)
 
 #: Rows per status other than succeeded: two index range scans (status < and > 'succeeded').
 _COUNTS_BUT_SUCCEEDED = " UNION ALL ".join(
@@ -318,8 +323,9 @@ class LedgerQueries:
         return [n for n in names if n not in EXPORT_COLUMNS]
 
     def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
-        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in). `statuses`:
-        ledger states, or else platform statuses (`completed`): rows in any of them."""
+        """Rows for export, in load order, streamed in chunks (extra manifest columns merged in); a job_id only
+        for succeeded and conflict rows (`_EXPORT_SELECT`). `statuses`: ledger states, or else platform statuses
+        (`completed`): rows in any of them."""
         where = ""
         params: dict[str, Any] = {"n": chunk}
         if statuses:
@@ -327,12 +333,11 @@ class LedgerQueries:
             listed = ", ".join(":" + n for n in names)
             where = f"AND (status IN ({listed}) OR platform_status IN ({listed}))"
             params.update(zip(names, statuses))
-        cols = ", ".join(EXPORT_COLUMNS)
         last = 0
         while True:
             with read_tx(self.engine) as conn:
                 rows = conn.execute(
-                    text(f"SELECT id, {cols}, extra FROM jobs WHERE id > :last {where} ORDER BY id LIMIT :n"),
+                    text(f"SELECT id, {_EXPORT_SELECT}, extra FROM jobs WHERE id > :last {where} ORDER BY id LIMIT :n"),
                     {**params, "last": last},
                 ).all()
             if not rows:

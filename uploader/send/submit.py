@@ -7,7 +7,8 @@ the row is recorded `uncertain` at once (so no later run sends it again), and a 
 job_id, in this run or, failing that, in a later one or by `uploader reconcile`.
 
 Stopping: the first Ctrl-C / SIGTERM stops claiming and lets requests in the air finish (bounded by the
-timeout); the second cancels them. Either way every row this run still holds goes back to pending. Every
+timeout); the second cancels them. Either way every row this run still holds goes back to pending, its
+attempt kept as possibly sent only when its request had been handed to the client (`Ledger.release`). Every
 wait ends on the first signal — the pacer's pause, a Retry-After, the rate limiter, the claimer, the lookups'
 backoff, and a ledger write waiting for another process's SQLite write lock (`signal.signal` handlers set
 the flags at once, even while a ledger call blocks the loop; see StopFlag and uploader.ledger.engine.LockWait).
@@ -331,6 +332,9 @@ class _Run:
         self.owner = ""
         self.queue: asyncio.Queue[Claim] = asyncio.Queue()
         self.results: list[Result] = []
+        #: Held rows whose request was handed to the client, by id: the lease token of that claim. Kept until
+        #: the answer is recorded; a stop releases these rows with their attempt as sent, the others without.
+        self.started: dict[int, int] = {}
         self.busy = 0
         self.pacer = Pacer(
             opts.concurrency,
@@ -438,7 +442,7 @@ class _Run:
         # and whatever is not written stays in_flight, sent again by the next run: at once, as the
         # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
         self.closing_since = time.monotonic()
-        steps = (self._flush, self._activity, lambda: self.ledger.release(self.owner))
+        steps = (self._flush, self._activity, lambda: self.ledger.release(self.owner, self.started))
         for step in (*steps, lambda: self.ledger.stop_worker(self.owner)):
             try:
                 step()
@@ -551,6 +555,7 @@ class _Run:
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
                 self.retry_due.pop(c.id, None)
+                self.started.pop(c.id, None)  # a lease of ours taken over: the claim kept that attempt as sent
                 self.queue.put_nowait(c)
             if claims:
                 await asyncio.sleep(0)
@@ -604,6 +609,7 @@ class _Run:
                 return  # stopping: left in_flight, released to pending at the end
             body = self._wire_body(claim)
             sent_at = time.monotonic()
+            self.started[claim.id] = claim.lease_token
             result = await self.client.create_job(claim.project_id, body)
         finally:
             flying = self.pacer.release()
@@ -740,6 +746,9 @@ class _Run:
                 self.results[:0] = batch  # not recorded: kept for one more try when the run ends
                 raise
             self.progress.ignored += ignored
+            for r in batch:  # recorded (or fenced: the row is no longer ours to release)
+                if self.started.get(r.id) == r.lease_token:
+                    del self.started[r.id]
             if duplicates:
                 self._duplicates(batch, duplicates)
 
