@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from uploader.ledger.loading import MANIFEST_SET_ROWS as MANIFEST_SET_ROWS
     from uploader.ledger.loading import MERGE_CHANGED as MERGE_CHANGED
     from uploader.ledger.loading import MERGE_COUNTS as MERGE_COUNTS
+    from uploader.ledger.loading import MERGE_EXTRA as MERGE_EXTRA
     from uploader.ledger.loading import MERGE_NEW as MERGE_NEW
     from uploader.ledger.loading import PLAN_COUNTS as PLAN_COUNTS
     from uploader.ledger.loading import PLAN_SENDABLE as PLAN_SENDABLE
@@ -158,6 +159,7 @@ _EXPORTS = {
     "MERGE_COUNTS": "uploader.ledger.loading",
     "MERGE_NEW": "uploader.ledger.loading",
     "MERGE_CHANGED": "uploader.ledger.loading",
+    "MERGE_EXTRA": "uploader.ledger.loading",
     "PLAN_COUNTS": "uploader.ledger.loading",
     "PLAN_SENDABLE": "uploader.ledger.loading",
     "insert_new": "uploader.ledger.loading",

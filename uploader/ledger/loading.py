@@ -40,11 +40,16 @@ JOBS_ANY = "SELECT 1 FROM jobs LIMIT 1"
 
 #: The last load of this very file with these options (:sha, :opt), if no later load added or changed a row:
 #: only then does the ledger still hold exactly its payloads (M1, then an edited M2, then M1 again must merge
-#: M1). Gives (row_count, conflicts, conflict_examples).
-ALREADY_LOADED = """
+#: M1) — and, when it held rows back as conflicts, if no row of another load became replaceable since (a
+#: retry, a job found gone): such a row may be one it held back, whose payload it must now give. Gives
+#: (row_count, conflicts, conflict_examples).
+ALREADY_LOADED = f"""
 SELECT m.row_count, m.conflicts, m.conflict_examples FROM manifests m
 WHERE m.sha256 = :sha AND m.options_hash = :opt
   AND NOT EXISTS (SELECT 1 FROM manifests later WHERE later.id > m.id AND later.changed > 0)
+  AND (m.conflicts = 0 OR NOT EXISTS (
+    SELECT 1 FROM jobs j WHERE j.status IN {_REPLACEABLE} AND j.updated_at >= m.loaded_at
+      AND (j.manifest_id IS NULL OR j.manifest_id <> m.id)))
 ORDER BY m.id DESC LIMIT 1
 """
 
@@ -133,6 +138,15 @@ UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_fl
 FROM staging s
 WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
   AND jobs.body_hash <> s.body_hash AND jobs.status IN {_REPLACEABLE}
+"""
+
+#: The manifest's own columns (`extra`: never sent) of rows whose payload is unchanged, whatever their state:
+#: a corrected note reaches export. Its row count joins the load's `changed`.
+MERGE_EXTRA = """
+UPDATE jobs SET extra = s.extra
+FROM staging s
+WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
+  AND jobs.body_hash = s.body_hash AND COALESCE(jobs.extra, '') <> COALESCE(s.extra, '')
 """
 
 #: The staging rows the ledger does not have yet, as pending jobs (:now, :mid the manifest's id).

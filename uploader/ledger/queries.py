@@ -98,6 +98,13 @@ EXPORT_COLUMNS = (
     "result_error",
 )
 
+
+def export_name(column: str) -> str:
+    """The name a manifest's own column has in export: its own, or `manifest.<name>` when export writes a column
+    of that name (a manifest's `status` or `job_id` is not the ledger's)."""
+    return f"manifest.{column}" if column in EXPORT_COLUMNS or column.startswith("manifest.") else column
+
+
 #: The export's SELECT list for EXPORT_COLUMNS: a job_id only where the job is known to be the row's (succeeded,
 #: or a conflict's job); an uncertain or failed row's job_id, if any, is unconfirmed and stays in the ledger.
 _EXPORT_SELECT = ", ".join(
@@ -320,7 +327,7 @@ class LedgerQueries:
                 )
             ):
                 names.update(dict.fromkeys(json.loads(extra)))
-        return [n for n in names if n not in EXPORT_COLUMNS]
+        return [export_name(n) for n in names]
 
     def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
         """Rows for export, in load order, streamed in chunks (extra manifest columns merged in); a job_id only
@@ -348,7 +355,7 @@ class LedgerQueries:
                 record["platform_status_at"] = at.isoformat(sep=" ") if at is not None else None
                 if row[-1]:
                     for k, v in json.loads(row[-1]).items():
-                        record.setdefault(k, v)
+                        record.setdefault(export_name(k), v)
                 yield record
             last = rows[-1][0]
 

@@ -28,6 +28,7 @@ from uploader.ledger import (
     LOCK_JOBS,
     MERGE_CHANGED,
     MERGE_COUNTS,
+    MERGE_EXTRA,
     MERGE_NEW,
     RECORD_MANIFEST,
     STAGING_ANALYZE,
@@ -280,7 +281,9 @@ def _merge(
         con_ex: tuple[str, ...] = ()
         if conflicts:
             con_ex = tuple(r[0] for r in conn.execute(text(merge_examples(updated=False, limit=EXAMPLES))))
-        record = manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, new + updated, label=label)
+        extras = 0 if empty else max(0, conn.execute(text(MERGE_EXTRA)).rowcount)
+        changed = new + updated + extras
+        record = manifest_row(path, size, sha, options_hash, rows, now, conflicts, con_ex, changed, label=label)
         mid = conn.execute(text(RECORD_MANIFEST), record).scalar_one()
         if updated:
             upd_ex = tuple(r[0] for r in conn.execute(text(merge_examples(updated=True, limit=EXAMPLES))))
