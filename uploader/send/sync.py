@@ -8,18 +8,19 @@ downloads the result (streamed, size-capped, retried by `ApiClient.read`, hashed
 jobs of several projects: one reference_id may name a job in each); a result given inline is stored in the
 ledger.
 
-No file is ever half-written and nothing is fetched twice: a worker holds its download (in memory up to
-1 MiB, else in an unnamed temporary file) and goes on to the next row; a writer takes the held downloads a
-group at a time and hands the group's file work to a few threads at once, off the event loop: each file is
-written to a temporary name and fsynced (fsyncs made at the same time share the file system's journal
-commits; one at a time wait for one commit each), then the group's files are renamed into place, one fsync of
-the directory makes the renames durable, and the group is recorded in one ledger transaction. So the ledger
-names a file only once its data and its name are on disk. A kill between the renames and the record leaves
-whole files that the next sync keeps instead of fetching again; a kill before a rename leaves a temporary
-file, removed by the next sync. A job whose status changes after its result was fetched loses that result,
-file included (removed before the change is committed), so it is fetched again.
-Each file is fsynced (not the file system as a whole, as `syncfs` would: that also waits for other
-programs' writes).
+No file is ever half-written, and the ledger names a file only once its data and its name are on disk: a
+worker holds its download (in memory up to 1 MiB, else in an unnamed temporary file) and goes on to the next
+row; a writer takes the held downloads a group at a time and settles the group off the event loop, under an
+flock of the results folder (one sync at a time writes and records there): the rows are read again (a result
+whose row changed status, or got a result from another sync meanwhile, is dropped), each file is placed
+(`_placement`: nothing found in the folder is replaced), written to a temporary name and fsynced by a few
+threads at once (fsyncs made at the same time share the file system's journal commits), the group's files are
+renamed into place, one fsync of the directory makes the renames durable, and the group is recorded in one
+ledger transaction. A kill between the renames and the record leaves whole files, which the next sync's
+downloads find holding the same bytes and keep; a kill before a rename leaves a temporary file, removed by the
+next sync. A job whose status changes after its result was fetched loses that result, file included (removed
+before the change is committed), so it is fetched again. Each file is fsynced (not the file system as a
+whole, as `syncfs` would: that also waits for other programs' writes).
 """
 
 from __future__ import annotations
@@ -445,7 +446,7 @@ class _Sync:
 
     def forget(self, stale: list[tuple[str, str | None]]) -> None:
         """Remove the files recorded for results made stale by a change of status (before the ledger forgets
-        them). A file no row records is never removed: a download checks it (`download`)."""
+        them). A file no row records is never removed (`_placement` writes beside it)."""
         for _, path in stale:
             if path is not None:
                 Path(path).unlink(missing_ok=True)
