@@ -91,6 +91,26 @@ def test_results_are_named_absolutely_and_a_missing_file_or_another_folder_is_fe
         assert code == 0 and doc["results_fetched"] == 0 and box.stats()["result_requests"] == 9, doc
 
 
+def test_export_gives_a_result_given_inline_beside_the_files(tmp_path: Path) -> None:
+    """A result the platform gives inline (a rejected job's, here) is in `export`'s `result` column; a
+    downloaded one is named by `result_path` (its `result` empty)."""
+    with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, reject_rate=0.5, seed=3)) as box:
+        ledger = _sent(tmp_path, box, 6)
+        code, doc = _sync(ledger, box, "--results", str(tmp_path / "res"))
+        assert code == 0 and doc["results_fetched"] == 6, doc
+    out = tmp_path / "out.jsonl"
+    assert invoke("export", "--ledger", str(ledger), "--format", "jsonl", "-o", str(out)).exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    with sqlite3.connect(ledger) as db:
+        inline = dict(db.execute("SELECT reference_id, result FROM jobs WHERE result IS NOT NULL"))
+    assert inline and len(inline) < 6, inline
+    for row in rows:
+        if row["reference_id"] in inline:
+            assert row["result"] == inline[row["reference_id"]] and row["result_path"] is None, row
+        else:
+            assert row["result"] is None and row["result_path"], row
+
+
 @pytest.mark.parametrize("page_size", [1, 100, 1000])
 def test_statuses_cost_one_request_per_page(tmp_path: Path, page_size: int) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, page_size=page_size)) as box:

@@ -95,6 +95,7 @@ EXPORT_COLUMNS = (
     "platform_status",
     "platform_status_at",
     "result_path",
+    "result",  # a result the platform gave inline (JSON text), when it gave no file to download
     "result_error",
 )
 
