@@ -390,8 +390,15 @@ def test_forget_by_reference_id_file_and_manifest(loaded, tmp_path):
     assert result.exit_code == 0 and "forgot 1 row:" in result.stdout
     assert _refs(loaded) == ["r1", "r3"]
     other = invoke("forget", "--manifest", str(tmp_path / "elsewhere.csv"), "--ledger", loaded)
-    assert other.exit_code == 0 and "forgot 0 rows" in other.stdout
-    mine = invoke("forget", "--manifest", str(tmp_path / "m.csv"), "--ledger", loaded)
+    assert other.exit_code == 1 and "no load of that file is recorded in this ledger" in other.output
+    assert str(tmp_path / "m.csv") in other.output and _refs(loaded) == ["r1", "r3"]  # its loads are named
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "m.csv")
+    mine = invoke(
+        "forget", "--manifest", str(tmp_path / "sub" / ".." / "m.csv"), "--status", "failed", "--ledger", loaded
+    )
+    assert mine.exit_code == 0 and "forgot 0 rows" in mine.stdout  # another spelling of the same file
+    mine = invoke("forget", "--manifest", str(tmp_path / "link.csv"), "--ledger", loaded)
     assert mine.exit_code == 0 and "forgot 2 rows" in mine.stdout
     assert _refs(loaded) == []
 

@@ -1147,11 +1147,15 @@ def forget(  # type: ignore[no-untyped-def]
     yes,
 ) -> None:
     """Remove rows from the ledger (at least one filter); rows whose job exists are kept unless --include-created."""
-    from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten
-    from uploader.ledger import count_forget, forget_rows
+    from dataclasses import replace
+
+    from uploader.cli.forgetting import confirm_forget, forget_selection, print_forgotten, recorded_manifest
+    from uploader.ledger import count_forget, forget_rows, manifest_paths
 
     selection = forget_selection(project_id, statuses, reference_id_file, manifest)
     led = _open_ledger(ledger, create=False)
+    if selection.manifest is not None:
+        selection = replace(selection, manifest=recorded_manifest(selection.manifest, manifest_paths(led.engine)))
     if include_created:
         confirm_forget(count_forget(led.engine, selection), yes)
     print_forgotten(

@@ -4,6 +4,7 @@ what it prints. The command itself (options) is in uploader.cli.commands; the SQ
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +41,23 @@ def forget_selection(
     if selection.empty:
         raise UsageError("give at least one filter: --project-id, --status, --reference-id-file or --manifest")
     return selection
+
+
+def recorded_manifest(given: str, recorded: list[str]) -> str:
+    """The path the ledger recorded for the manifest `--manifest` names (as given, or by another spelling of
+    the same file: `./m.csv`, `sub/../m.csv`, a symlink); an UploaderError naming the recorded ones when none
+    is that file (forgetting nothing without a word would look like success)."""
+    if given in recorded:
+        return given
+    wanted = {os.path.normpath(given), os.path.realpath(given)}
+    for path in recorded:
+        if path != STDIN_LABEL and {os.path.normpath(path), os.path.realpath(path)} & wanted:
+            return path
+    shown = ", ".join(recorded[:5]) + (f" and {len(recorded) - 5} more" if len(recorded) > 5 else "")
+    raise UploaderError(
+        f"--manifest {given}: no load of that file is recorded in this ledger "
+        f"({'its loads: ' + shown if recorded else 'it records no load'}); nothing was forgotten"
+    )
 
 
 def reference_ids(path: Path) -> tuple[str, ...]:

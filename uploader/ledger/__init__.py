@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from uploader.ledger.forget import Selection as Selection
     from uploader.ledger.forget import count_forget as count_forget
     from uploader.ledger.forget import forget_rows as forget_rows
+    from uploader.ledger.forget import manifest_paths as manifest_paths
     from uploader.ledger.forget import project_counts as project_counts
     from uploader.ledger.ledger import CLAIM_LOG_ENV as CLAIM_LOG_ENV
     from uploader.ledger.ledger import BatchSlot as BatchSlot
@@ -192,6 +193,7 @@ _EXPORTS = {
     "Selection": "uploader.ledger.forget",
     "count_forget": "uploader.ledger.forget",
     "forget_rows": "uploader.ledger.forget",
+    "manifest_paths": "uploader.ledger.forget",
     "project_counts": "uploader.ledger.forget",
     "Settlement": "uploader.ledger.transitions",
     "settle_found": "uploader.ledger.transitions",

@@ -21,7 +21,7 @@ from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import LIVE_WORKER_SECONDS, utcnow
 
-__all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "project_counts"]
+__all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "manifest_paths", "project_counts"]
 
 #: Status words for the SQL below (f-strings over Status: one spelling of each state).
 _IN_FLIGHT = Status.IN_FLIGHT.value
@@ -159,6 +159,12 @@ def forget_rows(engine: Engine, selection: Selection, *, include_created: bool =
     if include_created:
         return counts
     return ForgetCounts(counts.never_created, 0, 0)
+
+
+def manifest_paths(engine: Engine) -> list[str]:
+    """The paths the ledger recorded for its loads, each once, in load order."""
+    with read_tx(engine) as conn:
+        return list(dict.fromkeys(str(p) for (p,) in conn.execute(text("SELECT path FROM manifests ORDER BY id"))))
 
 
 def project_counts(engine: Engine) -> dict[str, dict[str, int]]:
