@@ -526,6 +526,7 @@ class SyncDisplay:
         self.silent = silent
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
+        self.line = self.shown = ""  #: without a terminal: the latest status line, and the last one printed
 
     def __enter__(self) -> SyncDisplay:
         return self
@@ -549,16 +550,22 @@ class SyncDisplay:
             self.bar.set_postfix_str(words, refresh=False)
             self.bar.refresh()
             return
+        self.line = f"{report.final}/{report.tracked} final: {words.replace('=', ' ')}"
         now = time.monotonic()
         if now - self.last_line >= 5.0:
             self.last_line = now
-            click.echo(f"{report.final}/{report.tracked} final: {words.replace('=', ' ')}", err=True)
+            self.shown = self.line
+            click.echo(self.line, err=True)
 
     def close(self) -> None:
-        """Remove the bar (if any); safe to call more than once."""
+        """Remove the bar (if any), or print the last line if the counts moved since the last one printed (so
+        the last line agrees with the summary); safe to call more than once."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        elif self.line != self.shown:
+            self.shown = self.line
+            click.echo(self.line, err=True)
 
 
 def not_found_text(missing: list[tuple[str, str]], examples: int = 5) -> str:
