@@ -13,8 +13,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.misbehaving_api import Served
 
 BATCH = "7a0e4c2b-5d1f-4b8e-9c3a-2f6d8e1b4a70"
 
@@ -63,28 +65,6 @@ def faithful(c: Creation) -> tuple[int, bytes] | None:
     if c.created:
         return 200, ok_envelope({"job_id": c.job_id, "reference_id": c.reference_id, "work_flow_id": "wf"})
     return 400, error_envelope("FS_0001", "reference_id already used")
-
-
-class Served:
-    """A ThreadingHTTPServer on a free loopback port, in a daemon thread while the `with` block runs."""
-
-    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 class StoreApi(Served):

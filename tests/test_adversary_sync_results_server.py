@@ -13,8 +13,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.misbehaving_api import Served
 
 BATCH = "7a3e9d10-1c2b-4d5e-8f90-a1b2c3d4e5f6"
 
@@ -22,29 +24,6 @@ BATCH = "7a3e9d10-1c2b-4d5e-8f90-a1b2c3d4e5f6"
 Pages = Callable[["SyncApi", list[tuple[str, str]], str], dict[str, Any]]
 #: (the api, job_id, reference_id) -> GET job's `data`.
 JobAnswer = Callable[["SyncApi", str, str], dict[str, Any]]
-
-
-class Served:
-    """A ThreadingHTTPServer on a free loopback port, in a daemon thread while the `with` block runs (as
-    tests.misbehaving_api.Served)."""
-
-    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def all_on_one_page(api: SyncApi, jobs: list[tuple[str, str]], token: str) -> dict[str, Any]:
