@@ -38,6 +38,7 @@ from tests.test_adversary_send_resolve_server import (
     faithful,
     ok_envelope,
 )
+from tests.test_trust import rows as ledger_rows
 from tests.waiting import wait_until
 from uploader import RunOptions, upload
 from uploader.cli.commands import cli
@@ -77,16 +78,6 @@ def cli_env() -> dict[str, str]:
     env = {**os.environ, "PLAYMENT_API_KEY": KEY}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-def ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
-    """Every jobs row by reference_id, read with plain sqlite3 (not through the code under test)."""
-    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        con.row_factory = sqlite3.Row
-        return {r["reference_id"]: dict(r) for r in con.execute("SELECT * FROM jobs")}
-    finally:
-        con.close()
 
 
 def exported(ledger: Path, tmp: Path) -> dict[str, str | None]:
