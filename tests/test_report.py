@@ -203,6 +203,8 @@ def test_advice_per_kind_of_error():
     assert "retried" in advice("FS_0000", "pending")
     assert "reconcile" in advice("ambiguous", "uncertain")
     assert "Throttled" in advice("http_429", "pending") and "Throttled" in advice("rate_limited", "pending")
+    assert "retry --error-code job_not_found" in advice("job_not_found", "failed")
+    assert "retry --error-code FS_0007" in advice("FS_0007", "failed")
 
 
 def test_bar_chart_draws_a_bar_per_value():

@@ -317,13 +317,16 @@ def test_adopt_never_gives_one_job_to_two_rows(tmp_path: Path) -> None:
 
 
 def test_found_keeps_only_what_the_listing_says_once() -> None:
-    """policy.Found, pure: a wanted reference_id named with two jobs, or whose job is named for another wanted
-    reference_id, is neither found nor missing; the same entry twice is no contradiction."""
-    found = Found({"r1", "r2", "r3", "r4"})
+    """policy.Found, pure: a wanted reference_id named with two jobs, or whose job is named for another
+    reference_id (wanted or not, before or after it), is neither found nor missing; the same entry twice is no
+    contradiction."""
+    found = Found({"r1", "r2", "r3", "r4", "r5", "r6"})
     for ref, job in [("r1", "j1"), ("r1", "j1"), ("r2", "j1"), ("r3", "j3"), ("r3", "j9"), ("r3", "j3"), ("x", "j4")]:
         found.note(ref, job)
-    found.note("r4", "j4")
-    assert dict(found) == {"r4": "j4"} and found.ambiguous == {"r1", "r2", "r3"}
+    for ref, job in [("r4", "j4"), ("r5", "j5"), ("r5", "j5"), ("r6", "j6"), ("y", "j6"), ("z", "j7")]:
+        found.note(ref, job)
+    found.settle()
+    assert dict(found) == {"r5": "j5"} and found.ambiguous == {"r1", "r2", "r3", "r4", "r6"}
 
 
 def test_named_twice_finds_the_contradictions_of_a_page() -> None:

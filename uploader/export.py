@@ -37,6 +37,7 @@ __all__ = [
     "export_rows",
     "neutralise_formula",
     "output_plan",
+    "parquet_types",
     "write_output",
 ]
 
@@ -54,16 +55,23 @@ def neutralise_formula(value: Any) -> Any:
 
 
 def export_rows(
-    rows: Iterable[dict[str, Any]], fmt: str, output: str | None, columns: list[str], *, spreadsheet_safe: bool = False
+    rows: Iterable[dict[str, Any]],
+    fmt: str,
+    output: str | None,
+    columns: list[str],
+    *,
+    spreadsheet_safe: bool = False,
+    types: dict[str, str] | None = None,
 ) -> int:
     """Write rows to `output` (stdout when None); returns the number written. `spreadsheet_safe`: neutralise
-    every CSV cell a spreadsheet would run as a formula, not only the API's text (module docstring)."""
+    every CSV cell a spreadsheet would run as a formula, not only the API's text (module docstring). `types`:
+    Parquet column types other than text (`parquet_types`)."""
     if fmt == "parquet" and output is None:
         raise ValueError("Parquet export needs -o FILE (it is a binary format)")
     if output is None:
         return _write_text(rows, fmt, sys.stdout, columns, spreadsheet_safe)
     if fmt == "parquet":
-        return write_output(output, lambda f: _write_parquet(rows, f, columns))
+        return write_output(output, lambda f: _write_parquet(rows, f, columns, types or {}))
 
     def text(f: BinaryIO) -> int:
         out = io.TextIOWrapper(f, encoding="utf-8", newline="")
@@ -190,7 +198,40 @@ def _write_text(
 
 
 def _cell(value: Any) -> Any:
-    return "" if value is None else value
+    """A CSV cell: text as it is, null empty, anything else (a manifest's number, boolean, list) as JSON."""
+    if value is None:
+        return ""
+    if type(value) is str:
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+#: A Parquet type for each set of JSON kinds a column holds (nulls aside); any other mix is text.
+_PARQUET_TYPE = {
+    frozenset({"bool"}): "bool",
+    frozenset({"int"}): "int64",
+    frozenset({"float"}): "float64",
+    frozenset({"int", "float"}): "float64",
+}
+_INT64 = range(-(2**63), 2**63)
+
+
+def _json_kind(value: Any) -> str:
+    if type(value) is int:
+        return "int" if value in _INT64 else "big"
+    return {str: "str", bool: "bool", float: "float"}.get(type(value), "json")
+
+
+def parquet_types(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> dict[str, str]:
+    """The Parquet type of each of `columns` (a manifest's own) that holds only booleans, only integers, or
+    numbers (float64), nulls aside; the others are text (`export_rows`'s `types`)."""
+    kinds: dict[str, set[str]] = {c: set() for c in columns}
+    for row in rows:
+        for c, seen in kinds.items():
+            value = row.get(c)
+            if value is not None:
+                seen.add(_json_kind(value))
+    return {c: t for c, seen in kinds.items() if (t := _PARQUET_TYPE.get(frozenset(seen)))}
 
 
 def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -204,20 +245,27 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list[str]) -> int:
+def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list[str], types: dict[str, str]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fields = [pa.field(c, pa.int64() if c == "attempts" else pa.string()) for c in columns]
-    schema = pa.schema(fields)
+    types = {"attempts": "int64", **types}
+    schema = pa.schema([pa.field(c, pa.type_for_alias(types.get(c, "string"))) for c in columns])
     n = 0
     with pq.ParquetWriter(sink, schema) as writer:
         for chunk in _chunks(rows, 50_000):
-            arrays = {c: [r.get(c) if c == "attempts" else _text_or_none(r.get(c)) for r in chunk] for c in columns}
-            writer.write_table(pa.table(arrays, schema=schema))
+            arrays = {c: [_typed(r.get(c), types.get(c)) for r in chunk] for c in columns}
+            try:
+                table = pa.table(arrays, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a reload changed a column's values
+                raise UploaderError("the ledger changed while it was exported; export again") from None
+            writer.write_table(table)
             n += len(chunk)
     return n
 
 
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _typed(value: Any, kind: str | None) -> Any:
+    """A value for a Parquet column: as it is in a typed column, else text (JSON for a non-text value)."""
+    if value is None or kind is not None:
+        return value
+    return value if type(value) is str else _cell(value)

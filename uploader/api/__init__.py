@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from uploader.api.client import ApiClient as ApiClient
     from uploader.api.endpoint import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.endpoint import check_base_url as check_base_url
+    from uploader.api.endpoint import masked_url as masked_url
     from uploader.api.loop import loop_factory as loop_factory
     from uploader.api.loop import run_loop as run_loop
     from uploader.api.payload import attachment_urls as attachment_urls
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from uploader.api.policy import job_is_gone as job_is_gone
     from uploader.api.policy import job_read_problem as job_read_problem
     from uploader.api.policy import listed_jobs as listed_jobs
+    from uploader.api.policy import listing_problem as listing_problem
     from uploader.api.policy import may_have_created as may_have_created
     from uploader.api.policy import named_twice as named_twice
     from uploader.api.policy import next_delay as next_delay
@@ -57,6 +59,7 @@ _EXPORTS = {
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.endpoint",
+    "masked_url": "uploader.api.endpoint",
     "loop_factory": "uploader.api.loop",
     "run_loop": "uploader.api.loop",
     "proxies_from_env": "uploader.api.wire",
@@ -79,6 +82,7 @@ _EXPORTS = {
     "job_is_gone": "uploader.api.policy",
     "job_read_problem": "uploader.api.policy",
     "listed_jobs": "uploader.api.policy",
+    "listing_problem": "uploader.api.policy",
     "may_have_created": "uploader.api.policy",
     "named_twice": "uploader.api.policy",
     "next_delay": "uploader.api.policy",

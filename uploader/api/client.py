@@ -59,6 +59,7 @@ from uploader.api.policy import (
     classify,
     job_id_text,
     job_read_problem,
+    listing_problem,
     next_delay,
     result_verdict,
     retry_after_seconds,
@@ -316,6 +317,9 @@ class ApiClient:
                 sleep=sleep,
                 max_retry_after=max_retry_after,
             )
+            problem = listing_problem(data, project_id, batch_id)
+            if problem is not None:
+                raise ApiUnreachableError(f"the API answered the listing of {where} with {problem}")
             jobs = data.get("jobs")
             for job in jobs if isinstance(jobs, list) else ():
                 if not isinstance(job, dict):
@@ -325,6 +329,7 @@ class ApiClient:
                 if isinstance(ref, (str, int)) and not isinstance(ref, bool) and job_id:
                     found.note(str(ref), job_id)  # a reference_id or job named twice: neither kept
             token = trail.next(data)
+        found.settle()
         found.complete, found.problem = trail.complete, trail.problem
         return found
 

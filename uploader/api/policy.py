@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -40,6 +41,7 @@ __all__ = [
     "job_is_gone",
     "job_read_problem",
     "listed_jobs",
+    "listing_problem",
     "may_have_created",
     "named_twice",
     "next_delay",
@@ -167,6 +169,19 @@ def job_read_problem(data: dict[str, Any], job_id: str, reference_id: str | None
     answered = data.get("reference_id")
     if reference_id is not None and answered is not None and _as_text(answered) != reference_id:
         return f"another job (its reference_id is not {reference_id!r})"
+    return None
+
+
+def listing_problem(data: dict[str, Any], project_id: str, batch_id: str) -> str | None:
+    """Why a batch listing page is not a page of the batch asked for (None: nothing in it says so): the batch
+    (`id`, a UUID: any case) or the project it names, when it names one, is another. None of its jobs may then
+    be taken for that batch's. The words never echo the server's values."""
+    batch = data.get("id")
+    if batch is not None and (_as_text(batch) or "").lower() != batch_id.lower():
+        return f"a page of another batch (its id is not {batch_id!r})"
+    project = data.get("project_id")
+    if project is not None and _as_text(project) != project_id:
+        return f"a page of another project (its project_id is not {project_id!r})"
     return None
 
 
@@ -528,11 +543,14 @@ class Found(dict[str, str]):
         self.wanted = wanted
         self.ambiguous: set[str] = set()
         self._named: dict[str, str] = {}  #: job_id -> the reference_id it was first named for (wanted ones)
+        self._others = array("q")  #: hash() of each job_id listed earlier for a reference_id not wanted
 
     def note(self, reference_id: str, job_id: str) -> None:
         """One listed (reference_id, job_id): kept when the reference_id is wanted, unless the listing names
-        that reference_id or that job otherwise, elsewhere (then neither is kept)."""
+        that reference_id or that job otherwise, elsewhere, before or after (then neither is kept; a job named
+        first for a reference_id not wanted is caught by `settle`)."""
         if reference_id not in self.wanted and job_id not in self._named:
+            self._others.append(hash(job_id))  # 8 bytes a job, whatever the batch's size
             return
         first = self._named.setdefault(job_id, reference_id)
         twice = {r for r in (first, reference_id) if r in self.wanted} if first != reference_id else set()
@@ -541,3 +559,14 @@ class Found(dict[str, str]):
         self.ambiguous |= twice
         for ref in twice | ({reference_id} & self.ambiguous):
             self.pop(ref, None)
+
+    def settle(self) -> None:
+        """After the last page: a kept job the listing named, earlier, for a reference_id not wanted is
+        another's as much as this one's: neither found nor missing (a hash collision, 1 in 2**64 a pair, only
+        ever makes a row ambiguous, never found)."""
+        kept = {hash(job_id): ref for ref, job_id in self.items()}
+        clash = {kept[h] for h in self._others if h in kept} if kept else set()
+        self.ambiguous |= clash
+        for ref in clash:
+            del self[ref]
+        self._others = array("q")

@@ -294,7 +294,15 @@ def status(ledger: str | None, as_json: bool) -> None:
     "--status",
     "statuses",
     multiple=True,
-    help="Only rows in this state, or with this platform status (`completed`; repeatable).",
+    help="Only rows in this state (as `uploader status` counts them), or with this platform status when the "
+    "word is no state (`completed`; repeatable).",
+)
+@click.option(
+    "--platform-status",
+    "platform_statuses",
+    multiple=True,
+    help="Only rows whose job has this platform status, as `uploader sync` recorded it (`failed` here is the "
+    "platform's word; repeatable).",
 )
 @click.option(
     "--spreadsheet-safe",
@@ -304,18 +312,27 @@ def status(ledger: str | None, as_json: bool) -> None:
 )
 @_handle_errors
 def export(
-    ledger: str | None, output: str | None, fmt: str | None, statuses: tuple[str, ...], spreadsheet_safe: bool
+    ledger: str | None,
+    output: str | None,
+    fmt: str | None,
+    statuses: tuple[str, ...],
+    platform_statuses: tuple[str, ...],
+    spreadsheet_safe: bool,
 ) -> None:
     """Write reference_id → job_id (with status, errors and the manifest's extra columns)."""
-    from uploader.export import FORMATS, export_rows
+    from uploader.export import FORMATS, export_rows, parquet_types
     from uploader.ledger import EXPORT_COLUMNS, RESULT_STATUSES, Status, sync_counts
 
-    valid = {s.value for s in Status} | set(RESULT_STATUSES)
-    if not set(statuses) <= valid:  # a platform status word the last sync recorded is valid too
-        valid |= {str(word) for word in sync_counts(_open_ledger(ledger, create=False).engine)["by_status"]}
-    for s in statuses:
-        if s not in valid:
-            raise UsageError(f"--status {s!r}: choose from {', '.join(sorted(valid))}")
+    words = set(RESULT_STATUSES)
+    if not set(statuses) | set(platform_statuses) <= words | {s.value for s in Status}:
+        words |= {str(w) for w in sync_counts(_open_ledger(ledger, create=False).engine)["by_status"]}  # synced
+    for option, given, valid in (
+        ("--status", statuses, words | {s.value for s in Status}),
+        ("--platform-status", platform_statuses, words),
+    ):
+        for s in given:
+            if s not in valid:
+                raise UsageError(f"{option} {s!r}: choose from {', '.join(sorted(valid))}")
     as_json = json_mode()
     if fmt is None:
         suffix = Path(output).suffix.lower().lstrip(".") if output else ""
@@ -330,8 +347,11 @@ def export(
     if output:
         _not_the_ledger(output, ledger)
     led = _open_ledger(ledger, create=False)
-    columns = [*EXPORT_COLUMNS, *led.extra_columns()]
-    n = export_rows(led.export_rows(statuses), fmt, output, columns, spreadsheet_safe=spreadsheet_safe)
+    extras = led.extra_columns()
+    columns = [*EXPORT_COLUMNS, *extras]
+    selected = functools.partial(led.export_rows, statuses, platform_statuses=platform_statuses)
+    types = parquet_types(selected(), extras) if fmt == "parquet" and extras else None
+    n = export_rows(selected(), fmt, output, columns, spreadsheet_safe=spreadsheet_safe, types=types)
     if output:
         if as_json:
             click.echo(json.dumps({"rows": n, "output": output, "format": fmt}))
@@ -404,11 +424,12 @@ def retry(ledger: str | None, codes: tuple[str, ...], everything: bool, blocked:
         from uploader.ledger import release_blocked
 
         released = release_blocked(led.engine)
-    n, failed = None, {}
+    n, failed, payloadless = None, {}, 0
     if codes or everything:
         failed = led.failed_codes()  # before: the codes there were
+        payloadless = led.payloadless(codes, everything)
         n = led.retry(codes, everything)
-    retry_report(n, codes, failed, json_mode(), repeat_from_context(), blocked=released)
+    retry_report(n, codes, failed, json_mode(), repeat_from_context(), blocked=released, payloadless=payloadless)
 
 
 def _api_options(func: F) -> F:
@@ -1078,21 +1099,27 @@ def adopt(
     max_retry_after: float,
 ) -> None:
     """Record jobs created elsewhere (the UI, the SDK, another ledger): `run` then sends nothing for them."""
+    from uploader.ledger import new_ledger_file
     from uploader.send import adopt as do_adopt
 
     with ExitStack() as stack:
         url, key = _endpoint(api_key, base_url, allow_http, use_sandbox, stack, api_key_file)
+        created = new_ledger_file(ledger)  # removed again if nothing could be adopted into it
         led = _open_ledger(ledger, create=True)
-        done = do_adopt(
-            led,
-            project_id,
-            batch_ids,
-            base_url=url,
-            api_key=key,
-            timeout=timeout,
-            max_retry_after=max_retry_after,
-            rate=rate,
-        )
+        try:
+            done = do_adopt(
+                led,
+                project_id,
+                batch_ids,
+                base_url=url,
+                api_key=key,
+                timeout=timeout,
+                max_retry_after=max_retry_after,
+                rate=rate,
+            )
+        except BaseException:
+            _discard_if_new(led, created)
+            raise
     if json_mode():
         click.echo(
             json.dumps(

@@ -431,16 +431,21 @@ def retry_report(
     as_json: bool,
     repeat: Repeat = NO_REPEAT,
     blocked: int | None = None,
+    payloadless: int = 0,
 ) -> None:
-    """What `retry` did: `n` failed rows (None: not asked) and `blocked` rows (None: not asked) pending again.
-    For a code no failed row has, says so and lists the codes there are (`failed`: failed rows per code,
-    before the retry). Follow-up commands repeat `repeat`'s options."""
+    """What `retry` did: `n` failed rows (None: not asked) and `blocked` rows (None: not asked) pending again;
+    `payloadless` failed rows left failed, having no payload to send. For a code no failed row has, says so and
+    lists the codes there are (`failed`: failed rows per code, before the retry). Follow-up commands repeat
+    `repeat`'s options."""
     missing = [c for c in codes if c not in failed]
     if as_json:
         document: dict[str, Any] = {}
         if n is not None:
             document.update(
-                pending_again=n, codes_not_found=missing, failed_codes={str(k): v for k, v in failed.items()}
+                pending_again=n,
+                codes_not_found=missing,
+                failed_codes={str(k): v for k, v in failed.items()},
+                no_payload=payloadless,
             )
         if blocked is not None:
             document["blocked_pending_again"] = blocked
@@ -458,6 +463,12 @@ def retry_report(
         f"{plural(n, 'failed row')} {'is' if n == 1 else 'are'} pending again"
         + (f"; `{run}` sends them." if n else ".")
     )
+    if payloadless:
+        click.echo(
+            f"{plural(payloadless, 'failed row')} {'stays' if payloadless == 1 else 'stay'} failed: adopted, with no "
+            f"payload to send; load the manifest that holds {'it' if payloadless == 1 else 'them'}, then `{run}`.",
+            err=True,
+        )
     if missing:
         there = ", ".join(f"{code or '(no code)'} × {count}" for code, count in failed.items())
         click.echo(

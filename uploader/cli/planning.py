@@ -53,6 +53,7 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
         "conflicts": plan.conflicts,
         "pending_unchanged": plan.pending_unchanged,
         "blocked": plan.blocked,
+        "unresolved": plan.unresolved,
         "other_pending": plan.other_pending,
         "to_send": plan.to_send,
         "expiring": sendable.expiring,
@@ -81,7 +82,7 @@ def run_plan(manifest: Path, options: Any, ledger: str | None, min_url_validity:
             plan = plan_manifest(led, Manifest(manifest, options), sendable)
         finally:
             led.close()
-    held_back = plan.conflicts + plan.blocked + sendable.expiring
+    held_back = plan.conflicts + plan.blocked + plan.unresolved + sendable.expiring
     if as_json:
         click.echo(json.dumps(plan_dict(plan, sendable, held_back), indent=2))
     else:
@@ -112,6 +113,7 @@ def _print(plan: Any, sendable: _Sendable, held_back: int, missing: bool, option
             for n, what in (
                 (plan.conflicts, "in conflict"),
                 (plan.blocked, "blocked by a failed attachment check"),
+                (plan.unresolved, "in conflict or uncertain since an earlier run (`uploader status` says which)"),
                 (sendable.expiring, "with a signed URL expiring too soon"),
             )
             if n

@@ -14,6 +14,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from uploader.api import EXISTS_CODES, PERMANENT_CODES, RETRYABLE_CODES
+from uploader.ledger import GONE_CODE
 
 if TYPE_CHECKING:
     from uploader.ledger import ReportData
@@ -93,6 +94,16 @@ def advice(code: str, status: str) -> str:
         return (
             "Check access to the attachment (open the URL: permissions, host, file), then "
             "`uploader check` and `uploader retry --blocked`."
+        )
+    if code == GONE_CODE:
+        return (
+            "The platform does not know its job (deleted there, or never created): "
+            "`uploader retry --error-code job_not_found` sends it again."
+        )
+    if code == "FS_0007":
+        return (
+            "The platform could not open the attachment: fix its access, then "
+            "`uploader retry --error-code FS_0007` sends it again."
         )
     if code in ("http_429", "rate_limited"):
         return "Throttled: the API was busy. The next `uploader run` sends it again (a lower `--rate` throttles less)."

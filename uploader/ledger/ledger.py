@@ -743,23 +743,41 @@ class Ledger(LedgerQueries):
         return Resolution(succeeded, conflict, failed, requeued=requeued, demoted=demoted, late=late)
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
-        """failed → pending with attempts reset, for the given error codes (or all failed rows)."""
-        where = f"status = '{_FAILED}'"
-        params: dict[str, Any] = {"t": utcnow()}
-        if not everything:
-            if not codes:
-                return 0
-            names = [f"c{i}" for i in range(len(codes))]
-            where += f" AND error_code IN ({', '.join(':' + n for n in names)})"
-            params.update(zip(names, codes))
+        """failed → pending with attempts reset, for the given error codes (or all failed rows). A row with no
+        payload (adopted, its manifest never loaded) stays failed: there is nothing to send (`payloadless`)."""
+        where, params = _failed_where(codes, everything)
+        if where is None:
+            return 0
         with write_tx(self.engine) as conn:
             return conn.execute(
                 text(
                     f"UPDATE jobs SET status = '{_PENDING}', attempts = 0, not_before = NULL, updated_at = :t "
-                    f"WHERE {where}"
+                    f"WHERE {where} AND body <> ''"
                 ),
-                params,
+                {**params, "t": utcnow()},
             ).rowcount
+
+    def payloadless(self, codes: Sequence[str] = (), everything: bool = False) -> int:
+        """How many failed rows `retry` with these arguments leaves failed for want of a payload."""
+        where, params = _failed_where(codes, everything)
+        if where is None:
+            return 0
+        with read_tx(self.engine) as conn:
+            return int(
+                conn.execute(text(f"SELECT COUNT(*) FROM jobs WHERE {where} AND body = ''"), params).scalar_one()
+            )
+
+
+def _failed_where(codes: Sequence[str], everything: bool) -> tuple[str | None, dict[str, Any]]:
+    """The WHERE clause (and its parameters) of the failed rows with these error codes, or of all failed rows;
+    None when no code is given."""
+    where = f"status = '{_FAILED}'"
+    if everything:
+        return where, {}
+    if not codes:
+        return None, {}
+    names = [f"c{i}" for i in range(len(codes))]
+    return where + f" AND error_code IN ({', '.join(':' + n for n in names)})", dict(zip(names, codes))
 
 
 def _give_up_job(conn: Connection, row_id: int, now: dt.datetime) -> int:

@@ -186,14 +186,16 @@ def insert_new(stamp: str, mid: int, slice_name: str | None = None) -> str:
 
 # --- a plan: what a load and a run would do, read only ---------------------------------------------------------
 
-#: Beyond MERGE_COUNTS, for `uploader plan`: (unchanged rows still pending, unchanged rows blocked, pending rows
-#: of the ledger that this manifest does not name).
+#: Beyond MERGE_COUNTS, for `uploader plan`: (unchanged rows still pending, unchanged rows blocked, unchanged
+#: rows in conflict or uncertain, pending rows of the ledger that this manifest does not name).
 PLAN_COUNTS = f"""
 SELECT
   (SELECT COUNT(*) FROM staging s JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
    WHERE j.body_hash = s.body_hash AND j.status = '{_PENDING}'),
   (SELECT COUNT(*) FROM staging s JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
    WHERE j.body_hash = s.body_hash AND j.status = '{Status.BLOCKED.value}'),
+  (SELECT COUNT(*) FROM staging s JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
+   WHERE j.body_hash = s.body_hash AND j.status IN ('{Status.CONFLICT.value}', '{Status.UNCERTAIN.value}')),
   (SELECT COUNT(*) FROM jobs j WHERE j.status = '{_PENDING}' AND NOT EXISTS
      (SELECT 1 FROM staging s WHERE s.project_id = j.project_id AND s.reference_id = j.reference_id))
 """

@@ -330,17 +330,25 @@ class LedgerQueries:
                 names.update(dict.fromkeys(json.loads(extra)))
         return [export_name(n) for n in names]
 
-    def export_rows(self, statuses: Sequence[str] = (), chunk: int = 10_000) -> Iterator[dict[str, Any]]:
+    def export_rows(
+        self, statuses: Sequence[str] = (), chunk: int = 10_000, platform_statuses: Sequence[str] = ()
+    ) -> Iterator[dict[str, Any]]:
         """Rows for export, in load order, streamed in chunks (extra manifest columns merged in); a job_id only
-        for succeeded and conflict rows (`_EXPORT_SELECT`). `statuses`: ledger states, or else platform statuses
-        (`completed`): rows in any of them."""
-        where = ""
+        for succeeded and conflict rows (`_EXPORT_SELECT`). Only rows in any of `statuses` (a ledger state: the
+        row's state, so `failed` is what `status` counts as failed; any other word: a platform status, as
+        `completed`) or with any of `platform_statuses` (the platform's word, even one that names a ledger
+        state), when given."""
+        states = {s.value for s in Status}
+        ledger_words = [s for s in statuses if s in states]
+        platform_words = [*(s for s in statuses if s not in states), *platform_statuses]
         params: dict[str, Any] = {"n": chunk}
-        if statuses:
-            names = [f"s{i}" for i in range(len(statuses))]
-            listed = ", ".join(":" + n for n in names)
-            where = f"AND (status IN ({listed}) OR platform_status IN ({listed}))"
-            params.update(zip(names, statuses))
+        tests = []
+        for column, words, prefix in (("status", ledger_words, "s"), ("platform_status", platform_words, "p")):
+            if words:
+                names = [f"{prefix}{i}" for i in range(len(words))]
+                tests.append(f"{column} IN ({', '.join(':' + n for n in names)})")
+                params.update(zip(names, words))
+        where = f"AND ({' OR '.join(tests)})" if tests else ""
         last = 0
         while True:
             with read_tx(self.engine) as conn:
@@ -360,14 +368,15 @@ class LedgerQueries:
                 yield record
             last = rows[-1][0]
 
-    def to_pandas(self, statuses: Sequence[str] = ()) -> pd.DataFrame:
+    def to_pandas(self, statuses: Sequence[str] = (), platform_statuses: Sequence[str] = ()) -> pd.DataFrame:
         """The export (`uploader export`) as a pandas DataFrame: EXPORT_COLUMNS, then the manifests' extra
-        columns; one row per job, in load order, with pandas' own dtypes and missing values. `statuses`: only
-        rows in these states."""
+        columns; one row per job, in load order, with pandas' own dtypes and missing values. `statuses`,
+        `platform_statuses`: only those rows, as `export_rows` selects them."""
         import pandas as pd
 
         columns = [*EXPORT_COLUMNS, *self.extra_columns()]
-        return pd.DataFrame.from_records(list(self.export_rows(statuses)), columns=columns)
+        rows = self.export_rows(statuses, platform_statuses=platform_statuses)
+        return pd.DataFrame.from_records(list(rows), columns=columns)
 
 
 def _live_worker(

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, event, text
 
 from uploader.ledger.engine import read_tx, write_tx
 from uploader.ledger.models import Status, merged_hashes
+from uploader.ledger.transitions import settle_found
 
 __all__ = [
     "ADOPTED",
@@ -314,6 +315,10 @@ GONE_CODE = "job_not_found"
 _OWN_ORIGINS = ("created", "recovered")
 
 
+_RETRY_GONE = f"; `uploader retry --error-code {GONE_CODE}` sends it again (the API refuses a twin with FS_0001)"
+_NO_PAYLOAD = "; it was adopted and has no payload: load the manifest that holds it to send it again"
+
+
 def record_gone(
     engine: Engine, gone: Sequence[tuple[int, str]], now: dt.datetime, moved: Mapping[int, str] | None = None
 ) -> int:
@@ -322,14 +327,16 @@ def record_gone(
     so the ledger no longer calls them succeeded and `export` hands out no dead job_id. The platform status and
     result of that job go with it, so that a job sent again has its own fetched; `moved` {row id: path} names
     where the caller set a row's result file aside (in the message). Nothing is sent again on its own (the job
-    may have been deleted on purpose): `uploader retry --error-code job_not_found` does it, guarded by FS_0001.
+    may have been deleted on purpose): `uploader retry --error-code job_not_found` does it, guarded by FS_0001,
+    for a row with a payload (an adopted row has none until its manifest is loaded).
     A row that changed meanwhile (another job_id, no longer tracked) is left. Returns how many rows were
     recorded."""
     if not gone:
         return 0
     own = ", ".join(f"'{o}'" for o in _OWN_ORIGINS)
     update = text(
-        f"UPDATE jobs SET status = '{Status.FAILED.value}', error_code = '{GONE_CODE}', error_message = :m, "
+        f"UPDATE jobs SET status = '{Status.FAILED.value}', error_code = '{GONE_CODE}', "
+        "error_message = CASE WHEN body = '' THEN :m || :adopted ELSE :m || :retry END, "
         "error_details = NULL, http_status = NULL, job_id = NULL, origin = NULL, not_before = NULL, "
         f"sent_hashes = CASE WHEN origin IN ({own}) THEN {merged_hashes('body_hash')} ELSE sent_hashes END, "
         "platform_status = NULL, platform_status_at = NULL, result_path = NULL, result = NULL, result_sha256 = NULL, "
@@ -344,9 +351,9 @@ def record_gone(
                 f"the API does not know its job {job_id} (read by `uploader sync`): deleted at the platform, or "
                 "never created although the API answered its creation"
                 + (f"; its last result was set aside as {kept}" if kept else "")
-                + f"; `uploader retry --error-code {GONE_CODE}` sends it again (the API refuses a twin with FS_0001)"
             )
-            recorded += conn.execute(update, {"i": row_id, "j": job_id, "t": now, "m": message}).rowcount
+            words = {"i": row_id, "j": job_id, "t": now, "m": message, "adopted": _NO_PAYLOAD, "retry": _RETRY_GONE}
+            recorded += conn.execute(update, words).rowcount
     return recorded
 
 
@@ -426,14 +433,18 @@ def adopt_jobs(
     engine: Engine, project_id: str, batch_id: str, jobs: Sequence[tuple[str, str, str]], now: dt.datetime
 ) -> Adoption:
     """Record jobs (reference_id, job_id, status) found in a batch: a row with that reference_id and no job_id
-    becomes succeeded with it (origin `adopted`, never sent by us); a job with no row gets a row of its own
+    becomes succeeded with it (origin `adopted`, never sent by us), unless this ledger sent the row before with
+    another payload (`settle_found`: a conflict, the job recorded); a job with no row gets a row of its own
     with no payload (never sent); a row holding another job_id, or being sent, is a conflict and is left as
     it is, and so is a job whose job_id a row of another reference_id holds."""
     done = Adoption()
     with write_tx(engine) as conn:
         for reference_id, job_id, status in jobs:
             row = conn.execute(
-                text("SELECT id, status, job_id FROM jobs WHERE project_id = :p AND reference_id = :r"),
+                text(
+                    "SELECT id, status, job_id, sent_hashes, body_hash FROM jobs "
+                    "WHERE project_id = :p AND reference_id = :r"
+                ),
                 {"p": project_id, "r": reference_id},
             ).first()
             words = {
@@ -460,6 +471,27 @@ def adopt_jobs(
                 done.added += 1
             elif row[2] == job_id:
                 done.known += 1
+            elif row[2] is None and row[1] in _ADOPTABLE and row[3]:  # sent before: the job may hold another payload
+                settled = settle_found(row[3], row[4])
+                conn.execute(
+                    text(
+                        "UPDATE jobs SET status = :st, job_id = :j, batch_id = :b, recovered = true, origin = :o, "
+                        "error_code = :c, error_message = :m, error_details = NULL, not_before = NULL, "
+                        "updated_at = :t, platform_status = :s, platform_status_at = :t WHERE id = :i"
+                    ),
+                    {
+                        **words,
+                        "i": row[0],
+                        "st": settled.status,
+                        "o": settled.origin,
+                        "c": settled.code,
+                        "m": settled.message,
+                    },
+                )
+                if settled.status == Status.SUCCEEDED.value:
+                    done.adopted += 1
+                else:
+                    done.conflicts.append((reference_id, f"{settled.code}: {settled.message}"))
             elif row[2] is None and row[1] in _ADOPTABLE:
                 conn.execute(
                     text(

@@ -34,8 +34,9 @@ __all__ = ["LoadPlan", "plan_manifest"]
 class LoadPlan:
     """A load's counts (new, unchanged, changed: re-sent with the new payload, conflicts: kept as they are),
     and what a run would then do: send `to_send` rows of this manifest (of which `pending_unchanged` were
-    loaded before and are still waiting), leave `blocked` rows blocked, and send `other_pending` rows of the
-    ledger that the manifest does not name."""
+    loaded before and are still waiting), leave `blocked` rows blocked and `unresolved` rows (unchanged, in
+    conflict or uncertain since an earlier run) as they are, and send `other_pending` rows of the ledger that
+    the manifest does not name."""
 
     manifest: str
     rows: int
@@ -45,6 +46,7 @@ class LoadPlan:
     conflicts: int
     pending_unchanged: int
     blocked: int
+    unresolved: int
     other_pending: int
     to_send: int
     changed_examples: tuple[str, ...]
@@ -64,7 +66,7 @@ def plan_manifest(
             _check(conn, manifest)
             conn.rollback()  # a fresh snapshot for the comparison (autobegun, read only, rolled back)
             new, unchanged, changed, conflicts = conn.exec_driver_sql(MERGE_COUNTS).one()
-            pending_unchanged, blocked, other_pending = conn.exec_driver_sql(PLAN_COUNTS).one()
+            pending_unchanged, blocked, unresolved, other_pending = conn.exec_driver_sql(PLAN_COUNTS).one()
             changed_ex = tuple(r[0] for r in conn.exec_driver_sql(merge_examples(True, EXAMPLES)))
             conflict_ex = tuple(r[0] for r in conn.exec_driver_sql(merge_examples(False, EXAMPLES)))
             to_send = 0
@@ -85,6 +87,7 @@ def plan_manifest(
         conflicts,
         pending_unchanged,
         blocked,
+        unresolved,
         other_pending,
         to_send,
         changed_ex,

@@ -204,7 +204,7 @@ def open_parquet(path: Path) -> Any:
 
 def parquet_kind(arrow_type: Any) -> str:
     """How a column's values become cells: 'text', 'int', 'object' (lists, structs, maps: JSON), 'binary'
-    (UTF-8 text, else refused) or 'other'."""
+    (UTF-8 text, else refused) or 'other'. (The reader makes an extra column's kind 'value': as it is.)"""
     import pyarrow as pa
     import pyarrow.types as t
 
@@ -240,6 +240,8 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
 
     if kind == "null":
         return [""] * len(array)
+    if kind == "value":
+        return array.to_pylist()  # type: ignore[no-any-return]
     if kind == "object":
         try:
             return array.to_pylist(maps_as_pydicts="strict")  # type: ignore[no-any-return]
@@ -251,13 +253,7 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
                     raise _NotCell(i, "holds a map with a key given twice") from None
             raise
     if kind == "binary":
-        cells = []
-        for i, value in enumerate(array.to_pylist()):
-            try:
-                cells.append("" if value is None else value.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise _NotCell(i, "holds bytes that are not UTF-8 text; drop the column or encode it") from None
-        return cells
+        return _utf8_cells(array)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     if kind != "text":
@@ -266,6 +262,17 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return ["" if v is None else str(v) for v in array.to_pylist()]
     return pc.fill_null(array, "").to_pylist()  # type: ignore[no-any-return]
+
+
+def _utf8_cells(array: Any) -> list[str]:
+    """A binary column's bytes as text (nulls as ''); _NotCell at the first value that is not UTF-8."""
+    cells = []
+    for i, value in enumerate(array.to_pylist()):
+        try:
+            cells.append("" if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _NotCell(i, "holds bytes that are not UTF-8 text; drop the column or encode it") from None
+    return cells
 
 
 def parquet_chunks(pf: Any, kinds: list[str], size: int, path: Path, span: Span | None = None) -> Iterator[Chunk]:

@@ -68,6 +68,9 @@ class Manifest:
         used = set(self._names.values())
         self.extra_columns = tuple(c for c in self.columns if c not in used)
         self._extras = tuple((c, i) for i, c in enumerate(self.columns) if c not in used)
+        for _, i in self._extras:  # Parquet: an extra column's values keep their type (the export gives it back)
+            if self._kinds[i:] and self._kinds[i] not in ("binary", "object"):
+                self._kinds[i] = "value"
         self._pid, self._wf = options.project_id or "", options.work_flow_id or ""
         self._batch = options.batch_id or None
         self._sign = options.sign
@@ -202,8 +205,12 @@ class Manifest:
             pieces: list[Any] = []
             for j, (name, i) in enumerate(self._extras):
                 key = ("," if j else "{") + enc(name) + ":"
-                plain = val.needs_no_escape("".join(cols[i]))
-                pieces += [key + '"', cols[i], '"'] if plain else [key, map(enc, cols[i])]
+                try:
+                    plain = val.needs_no_escape("".join(cols[i]))
+                    piece = map(enc, cols[i])
+                except TypeError:  # Parquet: numbers, booleans, nulls keep their type
+                    plain, piece = False, map(val.extra_json, cols[i])
+                pieces += [key + '"', cols[i], '"'] if plain else [key, piece]
             extras = map("".join, zip(*(repeat(p) if isinstance(p, str) else p for p in [*pieces, "}"])))
         return list(
             map(
@@ -307,7 +314,7 @@ class Manifest:
         meta = self._json(cells, "metadata", errs)
         shape = self._row_shape(cells, errs)
         data = self._data(shape, cells, meta, errs)
-        extra = val.dumps({c: val.cell_text(cells[i]) for c, i in self._extras}) if self._extras else None
+        extra = val.dumps({c: val.cell_value(cells[i]) for c, i in self._extras}) if self._extras else None
         if shape == "video_long":
             ref, pid, wf, batch, pw = settings
             frame = long_video.frame_row(

@@ -7,7 +7,9 @@ leans on nothing but the standard library: every function here is pure and takes
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import re
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
@@ -26,10 +28,11 @@ __all__ = [
     "UUID",
     "Errors",
     "bad_unicode",
-    "cell_text",
+    "cell_value",
     "dumps",
     "enc",
     "escaped",
+    "extra_json",
     "id_problem",
     "job_body",
     "json_error",
@@ -209,18 +212,30 @@ def signature_problem(url: str) -> str | None:
     return None
 
 
-def cell_text(value: Any) -> str:
-    """An extra column's value as text: strings verbatim, null empty, anything else as its JSON text."""
-    if type(value) is str:
+def cell_value(value: Any) -> Any:
+    """An extra column's value as the ledger keeps it (JSON, never sent): text, numbers, booleans, null, lists
+    and objects as they are, so an export gives back the manifest's types; what JSON cannot hold (NaN, a
+    Parquet timestamp or decimal, and lists or objects holding them) as its text."""
+    if value is None or type(value) in (str, int, bool):
         return value
-    if value is None:
-        return ""
-    try:
-        return dumps(value)
-    except (ValueError, TypeError):  # NaN/Infinity; Parquet datetimes, decimals, bytes inside a struct or list
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    except RecursionError:
-        return "(nested too deeply to show)"
+    if type(value) is float:
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict | list):
+        try:
+            dumps(value)
+            return value
+        except (ValueError, TypeError):
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        except RecursionError:
+            return "(nested too deeply to show)"
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def extra_json(value: Any) -> str:
+    """One extra cell as JSON text (the fast path's piece of the extras object)."""
+    return dumps(cell_value(value))
 
 
 def bad_unicode(text: str) -> bool:

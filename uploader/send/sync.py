@@ -52,6 +52,7 @@ from uploader.api import (
     job_is_gone,
     job_read_problem,
     listed_jobs,
+    listing_problem,
     named_twice,
     run_loop,
     status_text,
@@ -403,6 +404,9 @@ class _Sync:
             )
             self.report.pages += 1
             self.answering.add(project)
+            problem = listing_problem(data, project, batch_id)
+            if problem is not None:
+                raise ApiUnreachableError(f"the API answered the listing of batch {batch_id} with {problem}")
             await self.listed(project, [job for job in listed_jobs(data) if job[2]])
             token = trail.next(data)
 
@@ -798,6 +802,9 @@ async def adopt_async(
                 rng=rng,
                 max_retry_after=max_retry_after,
             )
+            problem = listing_problem(data, project_id, batch_id)
+            if problem is not None:
+                raise ApiUnreachableError(f"the API answered the listing of batch {batch_id} with {problem}")
             jobs = listed_jobs(data)
             twice = named_twice(jobs)  # a page that contradicts itself: none of those jobs is taken
             done = adopt_jobs(ledger.engine, project_id, batch_id, [j for j in jobs if j[0] not in twice], utcnow())
