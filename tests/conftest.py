@@ -20,7 +20,14 @@ import pytest
 class FakeManifest:
     """Stands in for uploader.manifest.reader.Manifest at the ledger's edge (the loader's unit tests)."""
 
-    def __init__(self, path: Path, rows: list[tuple[str, str]], project: str = "p1", extra: dict | None = None):
+    def __init__(
+        self,
+        path: Path,
+        rows: list[tuple[str, str]],
+        project: str = "p1",
+        extra: dict | None = None,
+        batch: str | None = None,
+    ):
         self.path = path
         self.label = None  # recorded by its path
         self.unit = "line"
@@ -30,6 +37,7 @@ class FakeManifest:
         self.rows = rows
         self.project = project
         self.extra = extra
+        self.batch = batch  #: every row's batch_id (in its payload too, as the reader puts it)
 
     def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple]]:
         """Rows as the loader reads them: (line, project_id, reference_id, work_flow_id, batch_id, body, extra)."""
@@ -40,8 +48,12 @@ class FakeManifest:
                 self.project,
                 ref,
                 "wf",
-                None,
-                json.dumps({"reference_id": ref, "work_flow_id": "wf", "data": {"image_url": url}}),
+                self.batch,
+                json.dumps(
+                    {"reference_id": ref, "work_flow_id": "wf"}
+                    | ({"batch_id": self.batch} if self.batch else {})
+                    | {"data": {"image_url": url}}
+                ),
                 extra,
             )
             for i, (ref, url) in enumerate(self.rows)
@@ -114,5 +126,5 @@ def is_sqlite(url: str) -> bool:
 
 def fake_manifest(tmp_path: Path, rows: list[tuple[str, str]], name: str = "m.csv", **kw) -> FakeManifest:
     path = tmp_path / name
-    path.write_text("\n".join(f"{r},{u}" for r, u in rows))  # content only feeds the sha256
+    path.write_text("\n".join(f"{r},{u}" for r, u in rows) + repr(kw))  # content only feeds the sha256
     return FakeManifest(path, rows, **kw)

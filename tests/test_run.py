@@ -294,3 +294,20 @@ def test_second_sigint_cancels_at_once_and_loses_nothing(tmp_path):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert_exactly_once(box, ledger_rows(ledger))
+
+
+@pytest.mark.parametrize(
+    ("leased_at", "now", "lease", "doubt"),
+    [
+        (100.0, 100.0, 120.0, False),  # just claimed
+        (100.0, 130.0, 120.0, False),  # a quarter: renewed on time
+        (100.0, 160.0, 120.0, False),  # exactly half
+        (100.0, 160.5, 120.0, True),  # past half: the run stalled, ask the ledger
+        (100.0, 400.0, 120.0, True),  # past the lease: another run may have taken it
+        (0.0, 0.6, 1.0, True),
+    ],
+)
+def test_lease_in_doubt(leased_at: float, now: float, lease: float, doubt: bool) -> None:
+    from uploader.send.submit import lease_in_doubt
+
+    assert lease_in_doubt(leased_at, now, lease) is doubt

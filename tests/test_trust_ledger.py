@@ -356,6 +356,33 @@ def test_a_reloaded_row_keeps_the_batch_an_earlier_send_went_to(ledger: Ledger, 
     assert [batch_of(ledger, ref) for ref, _ in ROWS] == ["B1", "B1", "B2", "B2"]
 
 
+def test_a_reload_never_moves_a_row_whose_job_may_exist_to_another_batch(ledger: Ledger, tmp_path: Path) -> None:
+    """A manifest naming another batch for a row an earlier send may have created a job from (a lost answer)
+    holds that row back as a conflict, with its batch and payload: its job is found, and a twin refused, only
+    in the batch it went to. A row whose send certainly created nothing (a refusal) moves; an unchanged batch
+    in any letter case is no move."""
+    first, second = "6f1c1a52-8a5e-4c1b-9d55-0c4d5b3f1e2a", "0b9e2c1d-1111-4c1b-9d55-0c4d5b3f1e2b"
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS, batch=first), "opts")
+    owner = ledger.register_worker()
+    c = claim_all(ledger, owner)
+    ledger.record(
+        [
+            Result(c["ref-0"].id, c["ref-0"].lease_token, Status.PENDING, error_code="timeout", may_have_created=True),
+            Result(c["ref-1"].id, c["ref-1"].lease_token, Status.FAILED, error_code="FS_0007"),
+        ]
+    )
+    ledger.release(owner, [])
+    before = row(ledger, "ref-0")
+    same = load_manifest(ledger, fake_manifest(tmp_path, ROWS, batch=first.upper(), name="m1.csv"), "opts")
+    assert (same.conflicts, same.updated) == (0, 4)  # the same batch in capitals: the payloads change, no move
+    assert (batch_of(ledger, "ref-0") or "").lower() == first
+    report = load_manifest(ledger, fake_manifest(tmp_path, ROWS, batch=second, name="m2.csv"), "opts")
+    assert report.conflicts == 1 and report.updated == 3, report
+    assert (batch_of(ledger, "ref-0") or "").lower() == first
+    assert row(ledger, "ref-0")["sent_hashes"] == before["sent_hashes"]
+    assert [batch_of(ledger, ref) for ref, _ in ROWS[1:]] == [second] * 3
+
+
 @pytest.mark.slow
 def test_export_gives_a_job_id_only_for_jobs_known_to_be_the_rows(ledger: Ledger, tmp_path: Path) -> None:
     """`export_rows`: the job_id of succeeded and conflict rows; an uncertain or failed row's job_id is an

@@ -317,6 +317,11 @@ def print_summary(
             f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
             "uncertain until a batch listing decides"
         )
+    if run_.get("lost_leases_not_sent"):
+        click.echo(
+            f"{run_['lost_leases_not_sent']} claimed rows not sent: this run stalled past their lease and another "
+            "run had taken them over"
+        )
     if run_["ignored_stale_results"]:
         click.echo(
             f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "

@@ -486,6 +486,21 @@ class Ledger(LedgerQueries):
         if self._claim_log and renew:
             self._log("renew", owner=owner, now=_epoch(now), exp=_epoch(exp))
 
+    def reaffirm(self, row_id: int, lease_token: int, lease_seconds: float) -> bool:
+        """Renew one claim's lease if the row is still in flight under that claim (its lease token): True when
+        it is, and the caller may send it; False when another run took it over."""
+        exp = utcnow() + dt.timedelta(seconds=lease_seconds)
+        with write_tx(self.engine) as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "UPDATE jobs SET lease_expires_at = :e "
+                        f"WHERE id = :i AND lease_token = :k AND status = '{_IN_FLIGHT}'"
+                    ),
+                    {"e": exp, "i": row_id, "k": lease_token},
+                ).rowcount
+            )
+
     def stop_worker(self, owner: str) -> None:
         with write_tx(self.engine) as conn:
             conn.execute(text("UPDATE workers SET stopped_at = :t WHERE owner = :o"), {"t": utcnow(), "o": owner})

@@ -35,6 +35,19 @@ _PENDING = Status.PENDING.value
 #: The statuses whose rows a reload may give a new payload: nothing was created from them yet.
 _REPLACEABLE = f"('{Status.PENDING.value}', '{Status.FAILED.value}', '{Status.BLOCKED.value}')"
 
+
+def _replaceable(job: str) -> str:
+    """SQL: ledger row `job` may take staging row `s`'s payload: its status is replaceable, and the manifest does
+    not move it to another batch after an earlier send may have created its job (sent_hashes) — that job is
+    found, and a twin refused, only in the batch the row was sent to, so such a row is held back as a conflict
+    and keeps its batch and payload."""
+    moved = (
+        f"({job}.sent_hashes IS NOT NULL AND {job}.sent_hashes <> '' AND s.batch_id IS NOT NULL "
+        f"AND ({job}.batch_id IS NULL OR LOWER({job}.batch_id) <> LOWER(s.batch_id)))"
+    )
+    return f"({job}.status IN {_REPLACEABLE} AND NOT {moved})"
+
+
 #: Whether the ledger holds any job.
 JOBS_ANY = "SELECT 1 FROM jobs LIMIT 1"
 
@@ -101,8 +114,8 @@ MERGE_COUNTS = f"""
 SELECT
   COALESCE(SUM(CASE WHEN j.id IS NULL THEN 1 ELSE 0 END), 0),
   COALESCE(SUM(CASE WHEN j.body_hash = s.body_hash THEN 1 ELSE 0 END), 0),
-  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status IN {_REPLACEABLE} THEN 1 ELSE 0 END), 0),
-  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND j.status NOT IN {_REPLACEABLE} THEN 1 ELSE 0 END), 0)
+  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND {_replaceable("j")} THEN 1 ELSE 0 END), 0),
+  COALESCE(SUM(CASE WHEN j.body_hash <> s.body_hash AND NOT {_replaceable("j")} THEN 1 ELSE 0 END), 0)
 FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
 """
 
@@ -110,11 +123,11 @@ FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_i
 def merge_examples(updated: bool, limit: int) -> str:
     """The first `limit` reference_ids (in manifest order) whose payload changed: of rows the merge updates
     (`updated`), or else of rows in conflict (a job may exist already, so the ledger keeps its payload)."""
-    op = "IN" if updated else "NOT IN"
+    op = "" if updated else "NOT"
     return f"""
 SELECT s.reference_id FROM staging s JOIN jobs j
   ON j.project_id = s.project_id AND j.reference_id = s.reference_id
-WHERE j.body_hash <> s.body_hash AND j.status {op} {_REPLACEABLE}
+WHERE j.body_hash <> s.body_hash AND {op} {_replaceable("j")}
 ORDER BY s.line LIMIT {int(limit)}
 """
 
@@ -137,7 +150,7 @@ UPDATE jobs SET body = s.body, body_hash = s.body_hash, extra = s.extra, work_fl
   manifest_id = :mid, manifest_line = s.line
 FROM staging s
 WHERE jobs.project_id = s.project_id AND jobs.reference_id = s.reference_id
-  AND jobs.body_hash <> s.body_hash AND jobs.status IN {_REPLACEABLE}
+  AND jobs.body_hash <> s.body_hash AND {_replaceable("jobs")}
 """
 
 #: The manifest's own columns (`extra`: never sent) of rows whose payload is unchanged, whatever their state:
@@ -205,7 +218,7 @@ SELECT
 PLAN_SENDABLE = f"""
 SELECT s.reference_id, s.body, CASE WHEN j.id IS NULL THEN s.batch_id ELSE {_reloaded_batch("j")} END
 FROM staging s LEFT JOIN jobs j ON j.project_id = s.project_id AND j.reference_id = s.reference_id
-WHERE j.id IS NULL OR (j.body_hash <> s.body_hash AND j.status IN {_REPLACEABLE})
+WHERE j.id IS NULL OR (j.body_hash <> s.body_hash AND {_replaceable("j")})
   OR (j.body_hash = s.body_hash AND j.status = '{_PENDING}')
 ORDER BY s.line
 """

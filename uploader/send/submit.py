@@ -88,6 +88,7 @@ __all__ = [
     "StopFlag",
     "TaskFailed",
     "body_for_send",
+    "lease_in_doubt",
     "nothing_to_send",
     "outcome_for",
     "submit",
@@ -257,6 +258,15 @@ def task_failed(task: str, exc: BaseException) -> TaskFailed:
     )
 
 
+def lease_in_doubt(leased_at: float, now: float, lease_seconds: float) -> bool:
+    """Whether a claim's lease may have lapsed before its send: more than half the lease has passed since it
+    was claimed or last renewed (monotonic seconds; a healthy run renews every quarter; a claim made before a
+    renewal that came this late counts from its claim). A run stalled that long (SIGSTOP, a suspended machine,
+    a blocked loop) must ask the ledger whether the row is still its own before sending: another run may have
+    taken it over and finished it."""
+    return now - leased_at > lease_seconds / 2
+
+
 def body_for_send(body: str, batch_id: str | None) -> str:
     """The JSON body to POST: the ledger's body, plus the row's batch_id when the body has none (a batch the
     run gave the row after loading, uploader.send.batches; the stored body stays as loaded, so reloading the
@@ -335,6 +345,11 @@ class _Run:
         #: Held rows whose request was handed to the client, by id: the lease token of that claim. Kept until
         #: the answer is recorded; a stop releases these rows with their attempt as sent, the others without.
         self.started: dict[int, int] = {}
+        #: Claimed rows not yet sent, by id: when they were claimed (monotonic, before the claim's statement).
+        self.claimed_at: dict[int, float] = {}
+        #: When the last lease renewal began (monotonic), and the last one that came too late for the leases
+        #: before it (a stall: `lease_in_doubt`); a claim older than a stall may have been taken over.
+        self.renewed_at = self.stalled_at = time.monotonic()
         self.busy = 0
         self.pacer = Pacer(
             opts.concurrency,
@@ -552,8 +567,10 @@ class _Run:
             if room < size // 2:
                 await asyncio.sleep(self.opts.claim_poll)
                 continue
+            claimed_at = time.monotonic()
             claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
             for c in claims:
+                self.claimed_at[c.id] = claimed_at
                 self.retry_due.pop(c.id, None)
                 self.started.pop(c.id, None)  # a lease of ours taken over: the claim kept that attempt as sent
                 self.queue.put_nowait(c)
@@ -607,6 +624,13 @@ class _Run:
         try:
             if self.limiter is not None and not await self._paced(self.limiter):
                 return  # stopping: left in_flight, released to pending at the end
+            claimed_at = self.claimed_at.pop(claim.id, 0.0)
+            leased = claimed_at if claimed_at < self.stalled_at else max(claimed_at, self.renewed_at)
+            if lease_in_doubt(leased, time.monotonic(), self.opts.lease_seconds) and not self.ledger.reaffirm(
+                claim.id, claim.lease_token, self.opts.lease_seconds
+            ):
+                self.progress.lost_leases += 1
+                return  # another run took the row over while this one stalled: its row, its request
             body = self._wire_body(claim)
             sent_at = time.monotonic()
             self.started[claim.id] = claim.lease_token
@@ -792,7 +816,9 @@ class _Run:
                 self.ledger.heartbeat(self.owner, self.opts.lease_seconds, sent, renew=renew, rate=rate)
                 self._activity()
                 if renew:
-                    renewed = time.monotonic()
+                    if lease_in_doubt(self.renewed_at, now, self.opts.lease_seconds):
+                        self.stalled_at = now  # this renewal came too late to keep every lease before it
+                    renewed, self.renewed_at = time.monotonic(), now
         except LedgerError as exc:
             self._halt(exc)
 

@@ -48,6 +48,7 @@ class Progress:
     requeued: int = 0  #: uncertain rows a complete listing did not find: pending again, to be sent again
     protocol_errors: int = 0  #: success answers that did not fit their request (policy.Verdict.PROTOCOL)
     ignored: int = 0
+    lost_leases: int = 0  #: claims not sent: another run took their rows over while this one stalled
     throttled: int = 0
     unreachable: int = 0  #: attempts that could not connect at all (not counted against the row)
     requests: int = 0
@@ -143,6 +144,7 @@ class RunSummary:
                 "throttled": p.throttled,
                 "unreachable": p.unreachable,
                 "ignored_stale_results": p.ignored,
+                "lost_leases_not_sent": p.lost_leases,
                 "retry_after_capped": p.retry_after_capped,
                 "retry_after_longest_seconds": round(p.retry_after_longest, 1),
             },
