@@ -100,6 +100,24 @@ def test_profiles_by_flag_and_environment_and_the_user_file():
     assert settings("run", "--profile", "prod")["ledger"] == {"value": "project.db", "source": "uploader.toml:prod"}
 
 
+def test_the_file_ranks_before_the_table_it_sets_a_key_in():
+    """./uploader.toml beats the user's file whether either sets a key at the profile's level or in the
+    command's table; within one file the command's table wins; `uploader config` names the file it came from."""
+    user = user_config('[default]\ntimeout = 1\nledger = "user.db"\n[default.run]\ntimeout = 5\nconcurrency = 3\n')
+    Path("uploader.toml").write_text("[default]\ntimeout = 10\n")
+    got = settings("run")
+    assert got["timeout"] == {"value": 10.0, "source": "uploader.toml:default"}
+    assert got["concurrency"] == {"value": 3, "source": f"{user}:default.run"}
+    assert got["ledger"] == {"value": "user.db", "source": f"{user}:default"}
+    assert settings("sync")["timeout"] == {"value": 10.0, "source": "uploader.toml:default"}
+    Path("uploader.toml").write_text("[default]\ntimeout = 10\n[default.run]\ntimeout = 20\n")
+    assert settings("run")["timeout"] == {"value": 20.0, "source": "uploader.toml:default.run"}
+    assert settings("sync")["timeout"] == {"value": 10.0, "source": "uploader.toml:default"}
+    Path("uploader.toml").write_text("[default.run]\ntimeout = 20\n")
+    assert settings("run")["timeout"] == {"value": 20.0, "source": "uploader.toml:default.run"}
+    assert settings("sync")["timeout"] == {"value": 1.0, "source": f"{user}:default"}
+
+
 def test_unknown_profile_is_a_usage_error_listing_the_profiles():
     Path("uploader.toml").write_text("[default]\n[staging]\n")
     result = invoke("status", "--profile", "prd")
@@ -113,6 +131,8 @@ def test_unknown_profile_is_a_usage_error_listing_the_profiles():
         ("[default]\nledger = \n", "uploader.toml:2:10: "),
         ('[default]\nledger = "a.db"\nledger = "b.db"\n', "uploader.toml:3:"),
         ("[default\n", "uploader.toml:1:"),
+        ('[default]\nledger = "a', "uploader.toml:2:12: "),  # at the end: just after the last character
+        ("[default]\r\nledger = [1,\r\n", "uploader.toml:3:1: "),
     ],
 )
 def test_a_bad_config_file_is_one_line_with_file_line_and_column(text: str, where: str):

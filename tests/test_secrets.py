@@ -11,11 +11,14 @@ sandbox's /_sandbox/stats and /_sandbox/jobs, searched for the key in several en
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
+import html
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -31,6 +34,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from uploader.api import ApiClient, ApiResult, masked_url
+from uploader.api.client import KEY_ECHO_MIN_CHARS, _redacted, _whole_key_forms
 from uploader.cli.commands import cli
 from uploader.sandbox import Sandbox, SandboxConfig
 
@@ -460,6 +465,118 @@ def test_other_unsafe_base_urls_are_refused(workdir: Path, url: str) -> None:
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: ") or result.stderr.startswith("error: ")
     assert ":pw@" not in result.stderr  # credentials are not echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1?api_key=SeCrEt-31337",
+        "https://api.example.com/v1#SeCrEt-31337",
+        "ftp://api.example.com/?api_key=SeCrEt-31337",
+        "https://api.example.com:port/?api_key=SeCrEt-31337",
+        "https://SeCrEt-31337@api.example.com/",
+    ],
+)
+def test_a_refused_base_url_is_not_quoted_with_its_query_fragment_or_credentials(workdir: Path, url: str) -> None:
+    """A base URL's query, fragment and user info may hold a key: the refusal names the URL without them, and
+    `uploader config` shows it masked."""
+    result = CliRunner().invoke(
+        cli, ["reconcile", "--ledger", str(workdir / "l.db"), "--base-url", url, "--api-key", KEY]
+    )
+    assert result.exit_code == 2, result.output
+    assert "SeCrEt-31337" not in result.output, result.output
+    shown = CliRunner().invoke(cli, ["config", "run", "--base-url", url])
+    assert shown.exit_code == 0 and "SeCrEt-31337" not in shown.output and "api.example.com" in shown.output
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.example.com/v1", "https://api.example.com/v1"),
+        ("https://api.example.com/v1?api_key=K#frag", "https://api.example.com/v1?***#***"),
+        ("https://user:pw@proxy:3128/", "https://***@proxy:3128/"),
+        ("user:pw@proxy:3128", "***@proxy:3128"),
+        ("https://h:bad/x?k=1", "https://h:bad/x?***"),
+        ("https://h/x?", "https://h/x?"),
+    ],
+)
+def test_masked_url(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+ENCODED_KEYS = ["k<&>\"'K<&>\"'k<&>\"'Z", "ab/cd+ef=gh/ij+kl=mn", KEY, "sk-plain-3f9c1e7b5d2a40"]
+
+
+#: HTML5's named references of the punctuation in ENCODED_KEYS.
+NAMED = {"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;", "/": "&sol;", "+": "&plus;"}
+
+
+def _encodings(key: str) -> dict[str, str]:
+    quoted = urllib.parse.quote(key, safe="")
+    return {
+        "raw": key,
+        "html": html.escape(key),
+        "html without quotes": html.escape(key, quote=False),
+        "html decimal": "".join(f"&#{ord(c)};" for c in key),
+        "html hex, no semicolons": "".join(f"&#X{ord(c):x}" for c in key),
+        "html named": "".join(NAMED.get(c, c) for c in key),
+        "percent upper": quoted,
+        "percent lower": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quoted),
+        "percent every character": "".join(f"%{ord(c):02x}" for c in key),
+        "form": urllib.parse.quote_plus(key),
+        "json \\u": "".join(f"\\u{ord(c):04x}" if not c.isalnum() else c for c in key),
+        "json slash": json.dumps(key)[1:-1].replace("/", "\\/"),
+        "percent of html": urllib.parse.quote(html.escape(key), safe=""),
+        "html of html": html.escape(html.escape(key)),
+        "percent twice": urllib.parse.quote(quoted, safe=""),
+        "mixed": "".join(
+            (html.escape(c), urllib.parse.quote(c, safe=""), f"\\u{ord(c):04X}", c)[i % 4] for i, c in enumerate(key)
+        ),
+    }
+
+
+@pytest.mark.parametrize("key", ENCODED_KEYS)
+def test_redacted_removes_the_key_in_every_encoding_and_every_run_of_it(key: str) -> None:
+    """A server or proxy quoting the key HTML-escaped, percent-encoded, JSON-escaped, twice encoded or a mix
+    of these, whole or cut short after KEY_ECHO_MIN_CHARS characters: no run of the key is left once decoded."""
+    for name, form in _encodings(key).items():
+        for text in (form, form[: len(form) * 2 // 3]):
+            out = _redacted(f"refused x-api-key: {text} (HTTP 502)", key)
+            decoded = out
+            for _ in range(3):
+                decoded = html.unescape(urllib.parse.unquote(decoded.replace("\\/", "/")))
+                decoded = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), decoded)
+            runs = {key[i : i + KEY_ECHO_MIN_CHARS] for i in range(len(key) - KEY_ECHO_MIN_CHARS + 1)}
+            assert not [r for r in runs if r in decoded], (name, text, out)
+            assert out.startswith("refused x-api-key: ") and out.endswith(" (HTTP 502)"), (name, out)
+
+
+def test_redacted_keeps_encoded_text_that_is_not_the_key() -> None:
+    key = "ab/cd+ef=gh/ij+kl=mn"
+    texts = ["a &amp; b &lt;c&gt; 100%20 %2F \\u0041 \\/ &#39;", "&nosuch; %zz \\q"]
+    texts.append("https://x/?q=ab%2Fcd%2Be (7 of its characters: too few to tell)")
+    for text in texts:
+        assert _redacted(text, key) == text
+
+
+def test_a_success_answer_holding_the_key_encoded_whole_is_no_answer() -> None:
+    """A success answer whose data holds the key percent-encoded or HTML-escaped is refused like one holding
+    it raw (its ids would be recorded); a key of plain characters adds no look-up."""
+    key = "ab/cd+ef=gh/ij+kl=mn"
+    forms = _whole_key_forms(key)
+    assert urllib.parse.quote(key, safe="").encode() in forms
+    assert urllib.parse.quote(key, safe="").lower().encode() in forms
+    assert _whole_key_forms("sk-plain-3f9c1e7b5d2a40") == ()
+
+    async def answer(body: bytes) -> ApiResult:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        async with ApiClient("https://api.example.com", key, transport=transport) as api:
+            return await api.create_job("p", b"{}")
+
+    for form in forms:
+        body = b'{"success": true, "data": {"job_id": "' + form + b'"}}'
+        result = asyncio.run(answer(body))
+        assert result.success is None and result.code == "not_json", (form, result)
 
 
 def test_loopback_http_works_and_allow_http_permits_a_remote_host(workdir: Path) -> None:

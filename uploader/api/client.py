@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -86,6 +87,19 @@ _RawHeaders = Sequence[tuple[bytes, bytes]]
 #: What one exchange brings back: status, raw headers, body (None when larger than max_body_bytes).
 _Exchange = tuple[int, _RawHeaders, bytes | None]
 _KEY_OK = re.compile(r"[\x21-\x7e]+")
+#: One encoded character, as servers and proxies quote a header they refuse: an HTML character reference
+#: (named, decimal or hex; `;` optional, as browsers read it), a percent-escape (either case of hex; also
+#: `%uXXXX`), a backslash escape (JSON's and Python's `\uXXXX`, `\UXXXXXXXX`, `\xXX`, an escaped punctuation
+#: mark: `\/`, `\"`, a regex's `\+`). `_redacted` looks for the key in the text they decode to too.
+_ESCAPE = re.compile(
+    r"&(?:#[0-9]{1,10}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{0,31});?"
+    r"|%[0-9A-Fa-f]{2}|%[uU][0-9A-Fa-f]{4}"
+    r"|\\(?:u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|x[0-9A-Fa-f]{2}|[!-/:-@\[-`{-~])"
+)
+#: How many times `_redacted` decodes a text: a key encoded twice (`%253C`, `&amp;lt;`) or three times.
+_DECODE_DEPTH = 3
+#: `+` read as a space wherever the key is looked for: a form's encoding of a space, and a plus itself.
+_PLUS_AS_SPACE = str.maketrans("+", " ")
 #: The error codes the policy knows: constants, never redacted (see `_call`).
 _KNOWN_CODES = EXISTS_CODES | FATAL_CODES | PERMANENT_CODES | RETRYABLE_CODES
 
@@ -147,6 +161,7 @@ class ApiClient:
         self._total_timeout = float(total_timeout) if total_timeout is not None else self._timeout
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
+        self._key_forms = _whole_key_forms(api_key)
         self._pool = _Pool(concurrency, self._timeout) if transport is None else None
         #: Beside the key, what no text may hold: the proxies' credentials (a proxy may echo them back).
         self._secrets = [] if self._pool is None else self._pool.wire.proxies.secrets
@@ -461,14 +476,21 @@ class ApiClient:
 
     def _echoes_key(self, raw: bytes, data: Any) -> bool:
         """Whether a success answer holds the API key. A real answer never does, and its job ids, batch ids
-        and status words are recorded. The bytes first, then, if JSON may have escaped it (`\\/`, `\\u…`),
-        the decoded text. A key shorter than KEY_ECHO_MIN_CHARS could be part of any id by chance: not looked
-        for (the text that is printed or stored is still redacted of it)."""
+        and status words are recorded. The bytes first, with the key whole, percent-encoded or HTML-escaped
+        (`_whole_key_forms`: none for a key of letters, digits and `-_.~`), then, if JSON may have escaped it
+        (`\\/`, `\\u…`), the decoded text. A key shorter than KEY_ECHO_MIN_CHARS could be part of any id by
+        chance: not looked for (the text that is printed or stored is still redacted of it)."""
         if len(self._key_bytes) < KEY_ECHO_MIN_CHARS:
             return False
-        return self._key_bytes in raw or (b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii")))
+        if self._key_bytes in raw:
+            return True
+        for form in self._key_forms:  # a loop, not any(): no generator on every success answer
+            if form in raw:
+                return True
+        return b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii"))
 
     def _redact(self, text: str) -> str:
+        """`text` without the key nor the proxies' credentials (`_redacted`): for text printed or stored."""
         text = _redacted(text, self._key_bytes.decode("ascii"))
         for secret in self._secrets:
             text = _redacted(text, secret)
@@ -476,20 +498,29 @@ class ApiClient:
 
 
 def _redacted(text: str, key: str) -> str:
-    """`text` without the key, nor any run of KEY_ECHO_MIN_CHARS or more of its characters: text cut short by
-    someone else (a transport quoting the first bytes of a bad header line, a server's own snippet) may hold
-    the part of a key before the cut."""
+    """`text` without the key, nor any run of KEY_ECHO_MIN_CHARS or more of its characters, written raw or
+    encoded: text cut short by someone else (a transport quoting the first bytes of a bad header line, a
+    server's own snippet) may hold the part of a key before the cut, and a server or proxy may quote it
+    HTML-escaped, percent-encoded or backslash-escaped, all of it or character by character (`_decoded`)."""
     text = text.replace(key, _REDACTED.decode())
     width = min(KEY_ECHO_MIN_CHARS, len(key))
     if width == 0 or len(text) < width:
         return text
-    parts = {key[i : i + width] for i in range(len(key) - width + 1)}
-    hidden = [False] * len(text)
-    for i in range(len(text) - width + 1):
-        if text[i : i + width] in parts:
-            hidden[i : i + width] = [True] * width
-    if not any(hidden):
+    parts = _key_parts(key, width)
+    found = _runs(text, None, parts, width)
+    layer, spans = text, [(i, i + 1) for i in range(len(text))]
+    for _ in range(_DECODE_DEPTH):  # a form encoded twice (`%253C`, `&amp;lt;`) is decoded twice
+        decoded = _decoded(layer)
+        if decoded is None:
+            break
+        layer, inner = decoded
+        spans = [(spans[start][0], spans[end - 1][1]) for start, end in inner]
+        found += _runs(layer, spans, parts, width)
+    if not found:
         return text
+    hidden = bytearray(len(text))
+    for start, end in found:
+        hidden[start:end] = b"\x01" * (end - start)
     out: list[str] = []
     for i, c in enumerate(text):
         if not hidden[i]:
@@ -497,6 +528,68 @@ def _redacted(text: str, key: str) -> str:
         elif i == 0 or not hidden[i - 1]:
             out.append(_REDACTED.decode())
     return "".join(out)
+
+
+def _whole_key_forms(key: str) -> tuple[bytes, ...]:
+    """The key percent-encoded (either case of hex) and HTML-escaped, as a success answer might echo it, each
+    only when it differs from the key itself."""
+    quoted = quote(key, safe="")
+    forms = {quoted, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quoted), html.escape(key)}
+    forms.add(html.escape(key).replace("&#x27;", "&#39;"))
+    return tuple(sorted(form.encode("ascii") for form in forms - {key}))
+
+
+@lru_cache(maxsize=64)
+def _key_parts(key: str, width: int) -> frozenset[str]:
+    """Every `width`-character run of the key as `_runs` compares it: `+` read as a space (a form's encoding
+    of one), as is and as the Latin-1 reading of its UTF-8 bytes (`%C3%BC` is decoded byte by byte)."""
+    forms = {form.translate(_PLUS_AS_SPACE) for form in (key, key.encode("utf-8").decode("latin-1"))}
+    return frozenset(form[i : i + width] for form in forms for i in range(len(form) - width + 1))
+
+
+def _runs(text: str, spans: list[tuple[int, int]] | None, parts: frozenset[str], width: int) -> list[tuple[int, int]]:
+    """The spans of the original text that each run of `text` found in `parts` comes from; `spans` maps each
+    character of `text` to the span it was decoded from (None: `text` is the original)."""
+    text = text.translate(_PLUS_AS_SPACE)
+    found = []
+    for i in range(len(text) - width + 1):
+        if text[i : i + width] in parts:
+            found.append((i, i + width) if spans is None else (spans[i][0], spans[i + width - 1][1]))
+    return found
+
+
+def _decoded(text: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """`text` with each escape `_ESCAPE` finds replaced by what it stands for, and for each character the
+    span of `text` it comes from; None when that changes nothing."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    done = 0
+    for match in _ESCAPE.finditer(text):
+        start, end = match.span()
+        out += text[done:start]
+        spans += [(i, i + 1) for i in range(done, start)]
+        chars = _unescaped(match.group())
+        out += chars
+        spans += [(start, end)] * len(chars)
+        done = end
+    if done == 0:
+        return None
+    out += text[done:]
+    spans += [(i, i + 1) for i in range(done, len(text))]
+    decoded = "".join(out)
+    return None if decoded == text else (decoded, spans)
+
+
+def _unescaped(escape: str) -> str:
+    """What one escape `_ESCAPE` found stands for (a percent-escape: its byte, read as Latin-1)."""
+    if escape[0] == "&":
+        return html.unescape(escape)
+    if escape[1] in "uU":
+        code = int(escape[2:], 16)
+        return chr(code) if code <= sys.maxunicode else "\ufffd"
+    if escape[0] == "%" or escape[1] == "x":
+        return chr(int(escape[-2:], 16))
+    return escape[1]
 
 
 def _holds_text(value: Any, text: str) -> bool:

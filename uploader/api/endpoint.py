@@ -7,14 +7,24 @@ their endpoint without importing the HTTP libraries.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from uploader.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "check_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "check_base_url", "masked_url"]
 
 #: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
 DEFAULT_BASE_URL = "https://api.playment.io"
+#: What stands for a URL's user info, query or fragment in a message: any of them may hold a key.
+MASK = "***"
+#: A URL's scheme and `//`.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: A URL's parts (RFC 3986, appendix B): matches any text, so even a URL urlsplit refuses can be masked.
+_URL_PARTS = re.compile(
+    r"(?P<scheme>[^:/?#]+:)?(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)(?P<query>\?[^#]*)?(?P<fragment>#.*)?",
+    re.DOTALL,
+)
 
 
 def check_base_url(url: str, allow_http: bool = False) -> str:
@@ -29,17 +39,17 @@ def check_base_url(url: str, allow_http: bool = False) -> str:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"invalid base URL {text!r}: {exc}") from None
+        raise UsageError(f"invalid base URL {masked_url(text)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise UsageError(f"the base URL must start with https:// (got {text!r})")
+        raise UsageError(f"the base URL must start with https:// (got {masked_url(text)!r})")
     host = (parts.hostname or "").lower()
     if not host:
-        raise UsageError(f"the base URL has no host: {text!r}")
+        raise UsageError(f"the base URL has no host: {masked_url(text)!r}")
     if parts.username is not None or parts.password is not None:
         raise UsageError("the base URL must not contain credentials; the API key goes in --api-key")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise UsageError(f"the base URL must not have a query or fragment: {text!r}")
+        raise UsageError(f"the base URL must not have a query or fragment (?… or #…): {masked_url(text)!r}")
     if scheme == "http" and not allow_http and not _is_loopback(host):
         raise UsageError(
             f"refusing plain http to {host}: the API key would travel unencrypted; use https, or --allow-http"
@@ -48,6 +58,26 @@ def check_base_url(url: str, allow_http: bool = False) -> str:
     if port is not None:
         netloc += f":{port}"
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def masked_url(url: str) -> str:
+    """`url` as it may be shown: its user info, query and fragment each replaced by MASK (`?***`), as a
+    key or password may be in any of them; scheme, host, port and path as given. Without `scheme://`, the
+    text is read as curl reads it, from the host on (`user:password@proxy:3128`)."""
+    bare = _SCHEME.match(url) is None
+    match = _URL_PARTS.fullmatch("//" + url if bare else url)
+    assert match is not None  # every part is optional: any text matches
+    scheme, authority, path, query, fragment = match.group("scheme", "authority", "path", "query", "fragment")
+    out = scheme or ""
+    if authority is not None:
+        _user, at, host = authority.rpartition("@")
+        out += "//" + (f"{MASK}@" if at else "") + host
+    out += path
+    if query is not None:
+        out += f"?{MASK}" if len(query) > 1 else query
+    if fragment is not None:
+        out += f"#{MASK}" if len(fragment) > 1 else fragment
+    return out[2:] if bare else out
 
 
 def _is_loopback(host: str) -> bool:

@@ -4,7 +4,8 @@ Precedence, highest first: the command line, the environment, the profile, the o
 applies it: each option's `envvar` is set here (`envvar_names`), and a profile becomes the command's
 `default_map` (`Profile.defaults_for`), which click reads only when neither of the others gave a value.
 
-Files (both optional; a key in the first wins over the same key in the second): `./uploader.toml`, then the
+Files (both optional; a key in the first wins over the same key in the second, whether either sets it at the
+profile's level or in a command's table; within one file the command's table wins): `./uploader.toml`, then the
 user's `config.toml` in platformdirs' config folder (`$XDG_CONFIG_HOME/uploader/config.toml` on Linux). Each
 top-level table is a profile; `--profile NAME` / UPLOADER_PROFILE picks one, else `default` if there is one:
 
@@ -25,12 +26,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uploader.errors import UploaderError, UsageError
-
-if TYPE_CHECKING:
-    import tomllib
 
 __all__ = [
     "API_KEY_ENV",
@@ -130,12 +128,17 @@ def config_files() -> list[Path]:
     return [Path(PROJECT_FILE), user]
 
 
+#: A profile's settings: scope (a command, or "" for the profile's level) → key → (value, "FILE:PROFILE[.COMMAND]").
+Scopes = dict[str, dict[str, tuple[Any, str]]]
+
+
 @dataclass(frozen=True)
 class Profile:
-    """One profile's settings, merged over the files: (command or "" for shared) → key → (value, source)."""
+    """One profile's settings, the files laid over each other (`_laid_over`): the first file that sets a key,
+    at the profile's level or in the command's table, gives it; within that file the command's table wins."""
 
     name: str | None
-    settings: dict[str, dict[str, tuple[Any, str]]] = field(default_factory=dict)
+    settings: Scopes = field(default_factory=dict)
     files: tuple[Path, ...] = ()
 
     def defaults_for(self, command: str, keys: Mapping[str, str]) -> dict[str, Any]:
@@ -166,8 +169,8 @@ def read_profile(
     wanted = name or DEFAULT_PROFILE
     found: list[Path] = []
     names: set[str] = set()
-    settings: dict[str, dict[str, tuple[Any, str]]] = {}
-    for path in reversed(files):  # lowest precedence first: later files overwrite
+    settings: Scopes = {}
+    for path in reversed(files):  # lowest precedence first: each file is laid over the ones below it
         data = _parse(path)
         if data is None:
             continue
@@ -181,13 +184,23 @@ def read_profile(
             names.add(profile)
             checked = _check_profile(path, profile, table, commands)
             if profile == wanted:
-                for scope, values in checked.items():
-                    settings.setdefault(scope, {}).update(values)
+                settings = _laid_over(settings, checked)
     if name is not None and name not in names:
         where = ", ".join(str(p) for p in files)
         known = f" (profiles: {', '.join(sorted(names))})" if names else ""
         raise UsageError(f"no profile {name!r} in {where}{known}")
     return Profile(wanted if wanted in names else None, settings, tuple(reversed(found)))
+
+
+def _laid_over(lower: Scopes, upper: Scopes) -> Scopes:
+    """The settings of a file (`upper`) laid over those of the files it outranks (`lower`). The file ranks
+    before the scope: a key `upper` sets at the profile's level also hides that key in `lower`'s command
+    tables (`Profile.defaults_for` lets a command's table win only over its own file's profile level)."""
+    shared = upper.get("", {})
+    out = {scope: {k: v for k, v in values.items() if k not in shared} for scope, values in lower.items()}
+    for scope, values in upper.items():
+        out.setdefault(scope, {}).update(values)
+    return out
 
 
 def _parse(path: Path) -> dict[str, Any] | None:
@@ -201,30 +214,35 @@ def _parse(path: Path) -> dict[str, Any] | None:
     import tomllib
 
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path}:{_toml_location(exc)}") from None
+        raise ConfigFileError(f"{path}:{_toml_location(str(exc), text)}") from None
 
 
-def _toml_location(exc: tomllib.TOMLDecodeError) -> str:
-    """`line:column: message` of a TOML error (Python 3.11 keeps both in the message only)."""
-    text = str(exc)
-    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+def _toml_location(message: str, text: str) -> str:
+    """`line:column: message` of a TOML error in document `text` (Python 3.11 keeps the place in the message
+    only); an error "at end of document" is placed just after the last character."""
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
     if match:
-        return f"{match.group(1)}:{match.group(2)}: {text[: match.start()]}"
-    match = re.search(r"\s*\(at end of document\)$", text)
-    return f" {text[: match.start()]} (at the end)" if match else f" {text}"
+        return f"{match.group(1)}:{match.group(2)}: {message[: match.start()]}"
+    match = re.search(r"\s*\(at end of document\)$", message)
+    if match:
+        line, column = text.count("\n") + 1, len(text.rpartition("\n")[2]) + 1
+        return f"{line}:{column}: {message[: match.start()]}"
+    return f" {message}"
 
 
 def _check_profile(
     path: Path, profile: str, table: dict[str, Any], commands: Mapping[str, Mapping[str, str]]
-) -> dict[str, dict[str, tuple[Any, str]]]:
+) -> Scopes:
     """One profile's table as scope → key → (value, source); ConfigFileError for a key no option has."""
     source = f"{path}:{profile}"
     shared = {k for keys in commands.values() for k in keys if k in SHARED}
-    out: dict[str, dict[str, tuple[Any, str]]] = {}
+    out: Scopes = {}
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
         if isinstance(value, dict) and raw_key in commands:

@@ -2,13 +2,13 @@
 
 The command's options are parsed exactly as a real invocation parses them (click, with the profile as its
 default_map), without running it; each value's source is click's ParameterSource, named for a person:
-`flag`, `env NAME`, `FILE:PROFILE` or `default`. The API key's value is never shown, only set/unset.
+`flag`, `env NAME`, `FILE:PROFILE` or `default`. The API key's value is never shown, only set/unset, and a URL
+that may carry one (the base URL, a proxy) is shown without its user info, query and fragment (`***`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from uploader.api import masked_url
 from uploader.cli.app import command_keys, common
 from uploader.cli.config import Profile, config_files, environment_source
 
@@ -23,6 +24,8 @@ __all__ = ["SECRET_KEYS", "Resolved", "Setting", "resolved_settings"]
 
 #: Settings whose value is never printed.
 SECRET_KEYS = frozenset({"api_key"})
+#: Settings whose value is a URL, shown masked (`masked_url`).
+URL_KEYS = frozenset({"base_url"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
         value = sub.params[pname] if pname in sub.params else common(sub).get(_common_name(pname))
         if key in SECRET_KEYS:
             value = "set" if value else "unset"
+        elif key in URL_KEYS and isinstance(value, str):
+            value = masked_url(value)
         source = describe_source(
             sub.get_parameter_source(pname), _names(param.envvar), profile.source(name, key) if profile else None
         )
@@ -85,7 +90,7 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
 
 def proxy_settings(environ: Mapping[str, str]) -> list[Setting]:
     """https_proxy, http_proxy and no_proxy as the API's requests read them (uploader.api.wire), each from the
-    variable it came from; a proxy URL's user and password shown as `***`."""
+    variable it came from; a proxy URL's user info, query and fragment shown as `***`."""
     from uploader.api import proxies_from_env
 
     proxies = proxies_from_env(environ)
@@ -97,13 +102,9 @@ def proxy_settings(environ: Mapping[str, str]) -> list[Setting]:
             found.append(Setting(f"{scheme}_proxy", None, "default"))
             continue
         if scheme != "no":
-            value = _USERINFO.sub(r"\1***@", value)
+            value = masked_url(value)
         found.append(Setting(f"{scheme}_proxy", value, f"env {variable}"))
     return found
-
-
-#: The user[:password]@ of a URL (after its scheme, if any).
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
 
 
 def _common_name(pname: str) -> str:
