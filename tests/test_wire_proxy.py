@@ -837,11 +837,17 @@ def test_api_client_without_proxy_variables_goes_direct(clean_env: pytest.Monkey
 
 # -- the attachment preflight (uploader.api.attachments) through the same proxies --------------------------------
 
+#: An attachment host's answer to the preflight's one-byte GET: the first byte of a 10-byte JPEG.
+PARTIAL_JPEG = (
+    b"HTTP/1.1 206 Partial Content\r\nContent-Type: image/jpeg\r\nContent-Range: bytes 0-0/10\r\n"
+    b"Content-Length: 1\r\n\r\n\xff"
+)
+
 
 @pytest.mark.parametrize("listen", ["127.0.0.1", "::1"])
 def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPatch, listen: str) -> None:
-    """`uploader check`'s HEAD of an http URL goes to HTTP_PROXY in absolute form, with the proxy's Basic
-    credentials; a proxy at an IPv6 address is reached at it (its URL in brackets)."""
+    """`uploader check`'s one request for an http URL, its ranged GET, goes to HTTP_PROXY in absolute form,
+    with the proxy's Basic credentials; a proxy at an IPv6 address is reached at it (its URL in brackets)."""
     from uploader.api import check_urls
 
     if listen == "::1" and not ipv6_loopback():
@@ -850,19 +856,20 @@ def test_preflight_checks_go_through_the_http_proxy(monkeypatch: pytest.MonkeyPa
 
     async def proxy(peer: Peer) -> None:
         async for _ in peer.requests():
-            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n")  # a HEAD's
+            await peer.send(PARTIAL_JPEG)
 
-    async def main() -> tuple[dict[str, str], list[bytes]]:
+    async def main() -> tuple[dict[str, tuple[str, int | None]], list[bytes]]:
         async with serve(proxy, host=listen) as server:
             monkeypatch.setenv("HTTP_PROXY", f"http://u:p%40ss@{where}:{server.port}")
-            checks = {c.url: c.verdict async for c in check_urls(["http://cdn.example.test/a.jpg"])}
+            checks = {c.url: (c.verdict, c.length) async for c in check_urls(["http://cdn.example.test/a.jpg"])}
         return checks, [request for _, request in server.requests]
 
     checks, requests = run(main())
-    assert checks == {"http://cdn.example.test/a.jpg": "ok"}
-    (head,) = requests
-    assert head.startswith(b"HEAD http://cdn.example.test/a.jpg HTTP/1.1\r\n"), head
-    assert b"Proxy-Authorization: Basic dTpwQHNz\r\n" in head, head
+    assert checks == {"http://cdn.example.test/a.jpg": ("ok", 10)}
+    (get,) = requests
+    assert get.startswith(b"GET http://cdn.example.test/a.jpg HTTP/1.1\r\n"), get
+    assert b"Range: bytes=0-0\r\n" in get, get
+    assert b"Proxy-Authorization: Basic dTpwQHNz\r\n" in get, get
 
 
 def test_preflight_reports_an_unusable_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -882,19 +889,18 @@ def test_preflight_reports_an_unusable_proxy(monkeypatch: pytest.MonkeyPatch) ->
 def test_preflight_checks_of_https_urls_go_through_a_tunnel(
     certs: Certs, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, scheme: str
 ) -> None:
-    """An https attachment URL: a CONNECT with the proxy's credentials, then the HEAD inside the tunnel, TLS
-    checked against the test CA (SSL_CERT_FILE), without the credentials. An https:// proxy: all of it inside
-    TLS with the proxy."""
+    """An https attachment URL: a CONNECT with the proxy's credentials, then the ranged GET inside the tunnel,
+    TLS checked against the test CA (SSL_CERT_FILE), without the credentials. An https:// proxy: all of it
+    inside TLS with the proxy."""
     from uploader.api import check_urls
 
     ca_file = tmp_path / "ca.pem"
     certs.ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    head_answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 10\r\n\r\n"
 
     async def main() -> tuple[list[str], list[bytes]]:
         async with serve(
-            tunnelling(certs.server, head_answer), tls=certs.proxy if scheme == "https" else None
+            tunnelling(certs.server, PARTIAL_JPEG), tls=certs.proxy if scheme == "https" else None
         ) as proxy:
             monkeypatch.setenv("HTTPS_PROXY", proxy_url(proxy, credentials=True, scheme=scheme))
             verdicts = [c.verdict async for c in check_urls([f"https://{TARGET}:8443/a.png"])]
@@ -904,5 +910,5 @@ def test_preflight_checks_of_https_urls_go_through_a_tunnel(
     assert verdicts == ["ok"]
     assert connect.startswith(b"CONNECT api.example.test:8443 HTTP/1.1\r\n"), connect
     assert f"Basic {BASIC}".encode() in connect
-    assert inside.startswith(b"HEAD /a.png HTTP/1.1\r\n"), inside
+    assert inside.startswith(b"GET /a.png HTTP/1.1\r\n") and b"Range: bytes=0-0\r\n" in inside, inside
     assert BASIC.encode() not in inside and b"proxy-authorization" not in inside.lower()

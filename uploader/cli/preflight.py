@@ -77,7 +77,7 @@ def preflight_options(func: F) -> F:
                 type=click.FloatRange(min=0.1),
                 default=50.0,
                 show_default=True,
-                help="At most this many checks per second to any one host.",
+                help="At most this many requests per second to any one host (a check makes one or two).",
             ),
             click.option(
                 "--check-timeout",
@@ -139,6 +139,8 @@ def print_preflight(
         f"preflight: {report.rows:,} pending rows, {report.url_uses:,} attachment URLs; checked {report.checked:,} "
         f"now ({verdicts or 'none'}), {report.known:,} known from earlier checks"
     )
+    if report.released:
+        echo(f'  {report.released:,} rows held back by an earlier check while a host said "not now": checked again')
     if report.earliest_expiry is not None:
         echo(
             f"  signed URLs: the earliest expires {report.earliest_expiry:%Y-%m-%d %H:%M} UTC; "
@@ -151,6 +153,11 @@ def print_preflight(
     echo(f"  {report.bad_rows:,} rows {verb}, e.g.:")
     for ref, reason in report.examples:
         echo(f"    {ref}  {reason}")
+    if blocking and report.unavailable:
+        echo(
+            f'  {report.unavailable:,} URLs answered "not now" (HTTP 429, 503, ...) after the waits they asked for: '
+            f"their rows are checked again by the next `{repeat.command('check')}` or `run --preflight`"
+        )
     if blocking:
         echo(
             f"  after fixing them: `{repeat.command('retry --blocked')}`; to send them as they are: "
@@ -170,6 +177,7 @@ def preflight_dict(report: PreflightReport) -> dict[str, Any]:
         "expiring": report.expiring,
         "earliest_expiry": report.earliest_expiry.isoformat() if report.earliest_expiry else None,
         "examples": [{"reference_id": r, "reason": why} for r, why in report.examples],
+        "released": report.released,
     }
 
 

@@ -76,6 +76,11 @@ _RELEASE = text(
     f"UPDATE jobs SET status = '{Status.PENDING.value}', error_code = NULL, error_message = NULL, "
     f"checked_at = NULL, expires_at = NULL, updated_at = :now WHERE status = '{Status.BLOCKED.value}'"
 )
+_RELEASE_CODE = text(
+    f"UPDATE jobs SET status = '{Status.PENDING.value}', error_code = NULL, error_message = NULL, "
+    f"checked_at = NULL, expires_at = NULL, updated_at = :now WHERE status = '{Status.BLOCKED.value}' "
+    "AND error_code = :code"
+)
 _FORGET_BAD_VERDICTS = text("DELETE FROM urls WHERE verdict <> 'ok'")
 _BLOCKED = text(
     f"SELECT reference_id, project_id, error_code, error_message FROM jobs WHERE status = '{Status.BLOCKED.value}' "
@@ -266,10 +271,14 @@ def never_checked(engine: Engine) -> int:
         return int(conn.execute(_NEVER_CHECKED).scalar_one())
 
 
-def release_blocked(engine: Engine) -> int:
+def release_blocked(engine: Engine, error_code: str | None = None) -> int:
     """blocked → pending for every blocked row, and forget every verdict that was not ok, so that the next
-    preflight checks those URLs again (the user says they fixed them). Returns how many rows were released."""
+    preflight checks those URLs again (the user says they fixed them). With `error_code`: only the rows
+    blocked with it, and no verdict forgotten (a preflight's own release of rows it held back for the moment).
+    Returns how many rows were released."""
     with write_tx(engine) as conn:
+        if error_code is not None:
+            return int(conn.execute(_RELEASE_CODE, {"now": utcnow(), "code": error_code}).rowcount)
         released = int(conn.execute(_RELEASE, {"now": utcnow()}).rowcount)
         conn.execute(_FORGET_BAD_VERDICTS)
     return released

@@ -27,6 +27,7 @@ from uploader.ledger import (
     pending_payloads,
     pending_signed_payloads,
     record_verdicts,
+    release_blocked,
     store_preflight,
     utcnow,
     verdicts_since,
@@ -37,16 +38,24 @@ if TYPE_CHECKING:
     from uploader.ledger import Ledger
 
 __all__ = [
+    "TRANSIENT_CODE",
+    "TRANSIENT_VERDICT",
     "HostSample",
     "PreflightOptions",
     "PreflightReport",
     "SignedUrls",
     "check_attachments",
+    "lasting",
     "row_problem",
     "sample_attachments",
     "signed_urls",
 ]
 
+#: The verdict of a URL whose host answered "not now" (429, 503: api.check_urls): a fact about the moment,
+#: never stored; a row it blocks (error code TRANSIENT_CODE) is pending again at the next preflight, which
+#: checks the URL again.
+TRANSIENT_VERDICT = "unavailable"
+TRANSIENT_CODE = f"url_{TRANSIENT_VERDICT}"
 #: Verdicts stored in one transaction at most (a page of pending rows has as many rows).
 _RECORD_GROUP = 2000
 #: Examples of blocked rows kept for the report.
@@ -74,7 +83,8 @@ class PreflightOptions:
 @dataclass
 class PreflightReport:
     """What a preflight did: rows and URLs looked at, checked now or known already, verdicts of the URLs
-    checked now, rows blocked (or that would be, without blocking), and the first few of them."""
+    checked now, rows blocked (or that would be, without blocking), and the first few of them; rows that an
+    earlier preflight held back on a host's "not now" and this one checked again."""
 
     rows: int = 0
     url_uses: int = 0
@@ -86,6 +96,12 @@ class PreflightReport:
     expiring: int = 0
     earliest_expiry: dt.datetime | None = None
     examples: list[tuple[str, str]] = field(default_factory=list)  # (reference_id, "url: reason")
+    released: int = 0  #: rows blocked by an earlier preflight on an `unavailable` URL, pending again
+
+    @property
+    def unavailable(self) -> int:
+        """URLs checked now whose host answered "not now" to the end: their rows are held back for now."""
+        return self.verdicts[TRANSIENT_VERDICT]
 
 
 def row_problem(urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime) -> tuple[str, str] | None:
@@ -98,9 +114,11 @@ def judge_row(
     urls: list[str], verdicts: dict[str, UrlVerdict], not_before: dt.datetime
 ) -> tuple[tuple[str, str] | None, dt.datetime | None]:
     """The row's problem as `row_problem` says it, and the earliest expiry among its signed URLs (UTC, or
-    None), each URL's expiry read once. Pure."""
+    None), each URL's expiry read once. A lasting problem comes before a passing one (a URL `unavailable`
+    now), which would only have the next preflight block the row again. Pure."""
     limit = not_before.replace(tzinfo=dt.UTC)
     problem: tuple[str, str] | None = None
+    passing: tuple[str, str] | None = None
     earliest: dt.datetime | None = None
     for url in urls:
         try:
@@ -113,9 +131,14 @@ def judge_row(
             if problem is None and expiry.expires < limit:
                 problem = "url_expires_soon", f"{url}: signed URL expires at {expiry.expires:%Y-%m-%d %H:%M} UTC"
         verdict = verdicts.get(url)
-        if problem is None and verdict is not None and verdict.verdict != "ok":
-            problem = f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
-    return problem, earliest
+        if verdict is None or verdict.verdict == "ok":
+            continue
+        found = f"url_{verdict.verdict}", f"{url}: {verdict.detail}"
+        if verdict.verdict == TRANSIENT_VERDICT:
+            passing = passing or found
+        elif problem is None:
+            problem = found
+    return problem or passing, earliest
 
 
 @dataclass
@@ -170,7 +193,8 @@ async def check_attachments(
     ledger: Ledger, options: PreflightOptions | None = None, on_progress: Callable[[int, int], None] | None = None
 ) -> PreflightReport:
     """Check the attachments of every pending row not checked yet (or checked before `recheck_after`), block
-    the bad ones; `on_progress(rows_done, urls_checked)` after each page.
+    the bad ones; `on_progress(rows_done, urls_checked)` after each page. Rows an earlier preflight held back
+    only because a host said "not now" are pending again first, and checked with the others.
 
     One stream of checks runs over all pages: the next page is read while the last URLs of the previous one
     are still in the air (no pause per page), a URL shared by pages in flight is checked once, and a page's
@@ -181,6 +205,7 @@ async def check_attachments(
     since = now - options.recheck_after if options.recheck_after is not None else None
     not_before = now + options.min_url_validity
     engine = ledger.engine
+    report.released = release_blocked(engine, TRANSIENT_CODE)
     _block_expiring(ledger, options, report, not_before)
     in_flight: dict[str, list[_Page]] = {}
     storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
@@ -345,11 +370,18 @@ def _settle(
     for page in ready:
         _judge_page(page, report, not_before, blocks, good)
         progress.append((report.rows, report.checked))
+    kept = lasting(fresh)
     if options.block:
-        report.blocked += store_preflight(ledger.engine, fresh, blocks, good)
+        report.blocked += store_preflight(ledger.engine, kept, blocks, good)
     else:
-        store_preflight(ledger.engine, fresh)
+        store_preflight(ledger.engine, kept)
     return progress
+
+
+def lasting(verdicts: Iterable[UrlVerdict]) -> list[UrlVerdict]:
+    """The verdicts to store: all but the transient ones, which say nothing lasting about a URL (stored, one
+    would stand for the URL until `retry --blocked`). Pure."""
+    return [v for v in verdicts if v.verdict != TRANSIENT_VERDICT]
 
 
 def _judge_page(
@@ -443,6 +475,7 @@ async def sample_attachments(
         sample.verdicts[verdict.verdict] += 1
         if verdict.verdict != "ok" and sample.example is None:
             sample.example = f"{verdict.url}: {verdict.detail}"
-    for i in range(0, len(verdicts), _RECORD_GROUP):
-        record_verdicts(ledger.engine, verdicts[i : i + _RECORD_GROUP])
+    kept = lasting(verdicts)
+    for i in range(0, len(kept), _RECORD_GROUP):
+        record_verdicts(ledger.engine, kept[i : i + _RECORD_GROUP])
     return hosts

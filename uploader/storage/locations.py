@@ -6,7 +6,15 @@ import datetime as dt
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["MAX_TTL", "PROVIDER_MARKERS", "STORAGE_MARKERS", "StorageLocation", "locate", "may_hold_storage_url"]
+__all__ = [
+    "MAX_TTL",
+    "PROVIDER_MARKERS",
+    "STORAGE_MARKERS",
+    "StorageLocation",
+    "locate",
+    "may_hold_storage_url",
+    "object_key",
+]
 
 #: Substrings one of which every storage URL holds: the cheap test before a body is parsed.
 STORAGE_MARKERS = ("s3://", "gs://", ".blob.core.windows.net/")
@@ -42,7 +50,9 @@ def may_hold_storage_url(text: str) -> bool:
 def locate(url: str) -> StorageLocation | None:
     """The object a storage URL names: s3://BUCKET/KEY, gs://BUCKET/OBJECT, or
     https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB without a SAS (a URL with `sig=` is signed already).
-    None for any other URL (those are sent as they are)."""
+    The key (blob name) is percent-decoded, as a URL's path is: `what%3F.jpg` names `what?.jpg` (`object_key`).
+    None for any other URL (those are sent as they are), and for an s3:// or gs:// key whose escapes are not
+    UTF-8 (no object has it)."""
     if not may_hold_storage_url(url):
         return None
     try:
@@ -51,7 +61,7 @@ def locate(url: str) -> StorageLocation | None:
         return None
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs"):
-        key = parts.path[1:]
+        key = object_key(parts.path[1:])
         if not parts.netloc or not key or parts.query or parts.fragment:
             return None
         return StorageLocation("s3" if scheme == "s3" else "gcs", parts.netloc, key)
@@ -64,3 +74,13 @@ def locate(url: str) -> StorageLocation | None:
     if not container or not blob:
         return None
     return StorageLocation("azure", container, unquote(blob), host[: -len(_AZURE_HOST)])
+
+
+def object_key(path: str) -> str:
+    """The object key a URL path spells: percent-escapes decoded (`%3F` is `?`, `%25` is `%`), anything else as
+    written (`+` is a plus, not a space; a `%` not followed by two hex digits is itself). "" when the escapes
+    decode to bytes that are not UTF-8: S3, GCS and Azure keys are UTF-8 text, so no object has that key."""
+    try:
+        return unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return ""

@@ -117,7 +117,10 @@ class PayloadSigner:
         location = locate(url)
         if location is None:
             if url[:5].lower() in ("s3://", "gs://"):
-                raise StorageError(f"cannot sign {url}: not of the form s3://BUCKET/KEY or gs://BUCKET/OBJECT")
+                raise StorageError(
+                    f"cannot sign {url}: not of the form s3://BUCKET/KEY or gs://BUCKET/OBJECT "
+                    "(a key percent-encoded as UTF-8)"
+                )
             return url
         signer = self._signer(location.provider)
         try:
