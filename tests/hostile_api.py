@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.misbehaving_api import Served
+from tests.misbehaving_api import JsonHandler, Served, refusal
 
 BATCH = "5b2f0c1e-3d4a-4e6b-8f70-9a1b2c3d4e5f"
 
@@ -101,8 +101,7 @@ class HostileApi(Served):
         with self.lock:
             if ref in self.jobs:
                 self.requests["exists"] += 1
-                refusal = {"success": False, "error": {"code": "FS_0001", "message": "reference_id already used"}}
-                return 400, json.dumps(refusal).encode()
+                return 400, refusal("FS_0001", "reference_id already used")
             self.requests["create"] += 1
             job = str(uuid.uuid4())
             self.jobs[ref] = job
@@ -112,28 +111,7 @@ class HostileApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, raw: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _data(self, data: dict[str, Any]) -> None:
-                self._reply(200, json.dumps({"success": True, "data": data}).encode())
-
-            def _authorised(self) -> bool:
-                if self.headers.get("x-api-key") != api.key:
-                    self._reply(401, b'{"success": false, "error": {"code": "auth-failure", "message": "bad key"}}')
-                    return False
-                return True
-
+        class Handler(JsonHandler):
             def _intercepted(self) -> bool:
                 with api.lock:
                     count = len(api.seen)
@@ -142,16 +120,12 @@ class HostileApi(Served):
                 if scripted is None:
                     return False
                 status, headers, raw = scripted
-                self.send_response(status)
-                for name, value in {"Content-Length": str(len(raw)), **headers}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(raw)
+                self._send(status, {"Content-Length": str(len(raw)), **headers}.items(), raw)
                 return True
 
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if self._intercepted() or not self._authorised():
+                body = self._body()
+                if self._intercepted() or not self._authorised(api.key):
                     return
                 if self.path.endswith("/jobs"):
                     answer = api.create(body)
@@ -171,7 +145,7 @@ class HostileApi(Served):
                 path, _, query = self.path.partition("?")
                 if path.startswith("/results/"):
                     return self._result(path.rsplit("/", 1)[1])
-                if not self._authorised():
+                if not self._authorised(api.key):
                     return
                 if path.endswith(f"/batch/{BATCH}"):
                     token = query.partition("page_token=")[2]
@@ -185,23 +159,18 @@ class HostileApi(Served):
                     with api.lock:
                         api.requests["get"] += 1
                     return self._data(api.job(store[job_id], store))
-                self._reply(404, b'{"success": false, "error": {"code": "resource_error", "message": "no"}}')
+                self._refuse(404, "resource_error", "no")
 
             def _cut(self, raw: bytes) -> None:
                 """The job is created; its answer is cut short as `api.cut` says, and the connection closed."""
                 head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                self.wfile.write(head + CUTS[api.cut](raw))
-                self.wfile.flush()
-                self.close_connection = True
+                self._write_and_close(head + CUTS[api.cut](raw))
 
             def _result(self, job_id: str) -> None:
                 with api.lock:
                     api.requests["result"] += 1
                 if api.result_raw is not None:
-                    self.wfile.write(api.result_raw)  # status line, headers and body as scripted
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self._reply(200, json.dumps({"job_id": job_id, "labels": [1, 2, 3]}).encode())
+                    return self._write_and_close(api.result_raw)
+                self._json(200, {"job_id": job_id, "labels": [1, 2, 3]})
 
         return Handler

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -23,6 +24,68 @@ ANSWERS = {
     "object": lambda ref, job, prev: {"job_id": {"id": job}, "reference_id": ref},
     "true": lambda ref, job, prev: {"job_id": True, "reference_id": ref},
 }
+
+
+def envelope(data: dict[str, Any]) -> bytes:
+    """The API's success envelope, as JSON bytes."""
+    return json.dumps({"success": True, "data": data}).encode()
+
+
+def refusal(code: str, message: str) -> bytes:
+    """The API's error envelope, as JSON bytes."""
+    return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """The plumbing the small APIs' request handlers share (keep-alive HTTP/1.1, no logging): reading a request's
+    body, answering JSON, the x-api-key check. Each API subclasses it with its own routes and misbehaviours."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _raw_body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def _body(self) -> Any:
+        """The request's JSON body (`{}` when there is none)."""
+        return json.loads(self._raw_body() or b"{}")
+
+    def _send(self, status: int, headers: Iterable[tuple[str, str]], raw: bytes) -> None:
+        """Answer with exactly these headers, in this order, and body."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _reply(self, status: int, raw: bytes, headers: dict[str, str] | None = None) -> None:
+        """A JSON answer: `headers` first, then Content-Type and Content-Length."""
+        sent = [*(headers or {}).items(), ("Content-Type", "application/json"), ("Content-Length", str(len(raw)))]
+        self._send(status, sent, raw)
+
+    def _json(self, status: int, document: dict[str, Any]) -> None:
+        self._reply(status, json.dumps(document).encode())
+
+    def _data(self, data: dict[str, Any]) -> None:
+        self._reply(200, envelope(data))
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._reply(status, refusal(code, message))
+
+    def _authorised(self, key: str | None) -> bool:
+        """Whether the request carries `key` as its x-api-key (None: any will do); if not, answers 401."""
+        if key is not None and self.headers.get("x-api-key") != key:
+            self._refuse(401, "auth-failure", "bad key")
+            return False
+        return True
+
+    def _write_and_close(self, raw: bytes) -> None:
+        """Send `raw` as it is (status line, headers and body as scripted), then close the connection."""
+        self.wfile.write(raw)
+        self.wfile.flush()
+        self.close_connection = True
 
 
 class Served:
@@ -85,41 +148,22 @@ class MisbehavingApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, document: dict[str, Any]) -> None:
-                raw = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _authorised(self) -> bool:
-                if api.key and self.headers.get("x-api-key") != api.key:
-                    self._reply(401, {"success": False, "error": {"code": "auth-failure", "message": "bad key"}})
-                    return False
-                return True
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self._authorised():
+                body = self._body()
+                if not self._authorised(api.key or None):
                     return
                 if self.path.endswith("/jobs"):
-                    self._reply(*api.create(body))
+                    self._json(*api.create(body))
                 else:
-                    self._reply(200, {"success": True, "data": {"batch_id": BATCH}})
+                    self._data({"batch_id": BATCH})
 
             def do_GET(self) -> None:  # noqa: N802
-                if not self._authorised():
+                if not self._authorised(api.key or None):
                     return
                 if f"/batch/{BATCH}" in self.path:
-                    self._reply(200, api.page())
+                    self._json(200, api.page())
                 else:
-                    self._reply(404, {"success": False, "error": {"code": "resource_error", "message": "no"}})
+                    self._refuse(404, "resource_error", "no")
 
         return Handler

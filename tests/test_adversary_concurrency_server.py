@@ -17,18 +17,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.misbehaving_api import Served
+from tests.misbehaving_api import JsonHandler, Served, envelope, refusal
 
 #: The project's "Default batch": where a job sent without a batch_id goes.
 DEFAULT_BATCH = "0d3c5e7a-1b2f-4c6d-8e9f-a0b1c2d3e4f5"
-
-
-def envelope(data: dict[str, Any]) -> bytes:
-    return json.dumps({"success": True, "data": data}).encode()
-
-
-def refusal(code: str, message: str) -> bytes:
-    return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
 
 
 class TruthApi(Served):
@@ -148,36 +140,21 @@ class TruthApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, raw: bytes) -> None:
-                self.send_response(status)
+        class Handler(JsonHandler):
+            def _reply(self, status: int, raw: bytes, headers: dict[str, str] | None = None) -> None:
                 if status >= 500:  # retry later, not at once: the row waits pending (its job already stored)
-                    self.send_header("Retry-After", "30")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _authorised(self) -> bool:
-                if self.headers.get("x-api-key") != api.key:
-                    self._reply(401, refusal("auth-failure", "bad key"))
-                    return False
-                return True
+                    headers = {"Retry-After": "30", **(headers or {})}
+                super()._reply(status, raw, headers)
 
             def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if not self._authorised():
+                raw = self._raw_body()
+                if not self._authorised(api.key):
                     return
                 parts = self.path.split("?")[0].strip("/").split("/")  # v1 projects P jobs|batch
                 try:
                     body = json.loads(raw or b"{}")
                 except ValueError:
-                    return self._reply(400, refusal("GE_0001", "malformed JSON"))
+                    return self._refuse(400, "GE_0001", "malformed JSON")
                 if len(parts) == 4 and parts[3] == "jobs":
                     status, answer = api._create(parts[2], body)
                     api._hold_answer()
@@ -186,10 +163,10 @@ class TruthApi(Served):
                     return self._reply(status, answer)
                 if len(parts) == 4 and parts[3] == "batch":
                     return self._reply(*api._new_batch(parts[2], body))
-                self._reply(400, refusal("resource_error", "no such resource"))
+                self._refuse(400, "resource_error", "no such resource")
 
             def do_GET(self) -> None:  # noqa: N802
-                if not self._authorised():
+                if not self._authorised(api.key):
                     return
                 path, _, query = self.path.partition("?")
                 parts = path.strip("/").split("/")
@@ -198,6 +175,6 @@ class TruthApi(Served):
                     return self._reply(200, api._page(parts[2], parts[4], token))
                 if len(parts) == 5 and parts[3] == "jobs":
                     return self._reply(*api._job(parts[2], parts[4]))
-                self._reply(400, refusal("resource_error", "no such resource"))
+                self._refuse(400, "resource_error", "no such resource")
 
         return Handler

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.misbehaving_api import Served
+from tests.misbehaving_api import JsonHandler, Served, envelope, refusal
 
 #: The batch every job goes to when its creation names none, and that a batch creation answers.
 BATCH = "3c9d2e71-6a4b-4f0e-8d15-7b2a9c4e1f60"
@@ -23,14 +23,6 @@ BATCH = "3c9d2e71-6a4b-4f0e-8d15-7b2a9c4e1f60"
 #: (project, batch_id, page token, the server) -> the listing page's `data` to answer instead of the store's, or
 #: None for the store's own page.
 Listing = Callable[[str, str, str, "LedgerApi"], "dict[str, Any] | None"]
-
-
-def envelope(data: dict[str, Any]) -> bytes:
-    return json.dumps({"success": True, "data": data}).encode()
-
-
-def refusal(code: str, message: str) -> bytes:
-    return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
 
 
 class LedgerApi(Served):
@@ -104,38 +96,20 @@ class LedgerApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, raw: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _authorised(self) -> bool:
-                if self.headers.get("x-api-key") != api.key:
-                    self._reply(401, refusal("auth-failure", "bad key"))
-                    return False
-                return True
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if not self._authorised():
+                raw = self._raw_body()
+                if not self._authorised(api.key):
                     return
                 parts = self.path.split("?")[0].strip("/").split("/")  # v1 projects P jobs | v1 projects P batch
                 if parts[-1] == "jobs":
                     with api.lock:
                         api.posts.append((self.path, raw))
                     return self._reply(*api._create(parts[2], raw))
-                self._reply(200, envelope({"batch_id": BATCH}))
+                self._data({"batch_id": BATCH})
 
             def do_GET(self) -> None:  # noqa: N802
-                if not self._authorised():
+                if not self._authorised(api.key):
                     return
                 path, _, query = self.path.partition("?")
                 parts = path.strip("/").split("/")
@@ -143,7 +117,7 @@ class LedgerApi(Served):
                 if len(parts) == 5 and parts[3] == "batch":
                     token = query.partition("page_token=")[2]
                     page = api.listing(project, parts[4], token, api) if api.listing is not None else None
-                    return self._reply(200, envelope(page or api.store_page(project, parts[4], token)))
+                    return self._data(page or api.store_page(project, parts[4], token))
                 if len(parts) == 5 and parts[3] == "jobs":
                     with api.lock:
                         found = [
@@ -158,8 +132,8 @@ class LedgerApi(Served):
                             "batch_id": j["batch_id"],
                             "status": "created",
                         }
-                        return self._reply(200, envelope(data))
-                self._reply(400, refusal("FS_0006", "job unit not found"))
+                        return self._data(data)
+                self._refuse(400, "FS_0006", "job unit not found")
 
             def do_DELETE(self) -> None:  # noqa: N802
                 job_id = self.path.rstrip("/").rsplit("/", 1)[1]
@@ -167,6 +141,6 @@ class LedgerApi(Served):
                     for key, j in list(api.store.items()):
                         if j["job_id"] == job_id:
                             del api.store[key]
-                self._reply(200, envelope({}))
+                self._data({})
 
         return Handler

@@ -8,7 +8,6 @@ Plain `http.server` in a thread (as tests/misbehaving_api.py's): one request per
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,7 +15,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.misbehaving_api import Served
+from tests.misbehaving_api import JsonHandler, Served
+from tests.misbehaving_api import envelope as ok_envelope
+from tests.misbehaving_api import refusal as error_envelope
 
 BATCH = "7a0e4c2b-5d1f-4b8e-9c3a-2f6d8e1b4a70"
 
@@ -36,14 +37,6 @@ class Creation:
 Answer = Callable[[Creation], "tuple[int, bytes] | None"]
 #: (the batch's jobs as listed, how many listing pages were read before) -> the jobs in the order this page sees.
 Order = Callable[[list[dict[str, Any]], int], list[dict[str, Any]]]
-
-
-def ok_envelope(data: dict[str, Any]) -> bytes:
-    return json.dumps({"success": True, "data": data}).encode()
-
-
-def error_envelope(code: str, message: str) -> bytes:
-    return json.dumps({"success": False, "error": {"code": code, "message": message}}).encode()
 
 
 #: A listing refused as a key that may create jobs but not read batches would be.
@@ -120,33 +113,13 @@ class StoreApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, raw: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _authorised(self) -> bool:
-                if self.headers.get("x-api-key") != api.key:
-                    self._reply(401, error_envelope("auth-failure", "bad key"))
-                    return False
-                return True
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self._authorised():
+                body = self._body()
+                if not self._authorised(api.key):
                     return
                 if not self.path.endswith("/jobs"):
-                    return self._reply(200, ok_envelope({"batch_id": BATCH}))
+                    return self._data({"batch_id": BATCH})
                 answer = api.answer(api.create(body))
                 if answer is None:  # the job is stored (or refused); no answer at all
                     self.close_connection = True
@@ -154,7 +127,7 @@ class StoreApi(Served):
                 self._reply(*answer)
 
             def do_GET(self) -> None:  # noqa: N802
-                if not self._authorised():
+                if not self._authorised(api.key):
                     return
                 path, _, query = self.path.partition("?")
                 if "/batch/" in path and api.listing_reply is not None:
@@ -162,14 +135,14 @@ class StoreApi(Served):
                     return self._reply(status, raw, headers)
                 if "/batch/" in path:
                     token = query.partition("page_token=")[2]
-                    return self._reply(200, ok_envelope(api.page(path.rsplit("/", 1)[1], token)))
+                    return self._data(api.page(path.rsplit("/", 1)[1], token))
                 job_id = path.rsplit("/", 1)[1]
                 with api.lock:
                     found = [(ref, j) for ref, j in api.store.items() if j["job_id"] == job_id]
                 if "/jobs/" in path and found:
                     ref, j = found[0]
                     data = {"job_id": job_id, "reference_id": ref, "batch_id": j["batch_id"], "status": "created"}
-                    return self._reply(200, ok_envelope(data))
-                self._reply(400, error_envelope("FS_0006", "job unit not found"))
+                    return self._data(data)
+                self._refuse(400, "FS_0006", "job unit not found")
 
         return Handler

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.misbehaving_api import Served
+from tests.misbehaving_api import JsonHandler, Served
 
 BATCH = "7a3e9d10-1c2b-4d5e-8f90-a1b2c3d4e5f6"
 
@@ -78,39 +78,17 @@ class SyncApi(Served):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, raw: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def _data(self, data: dict[str, Any]) -> None:
-                self._reply(200, json.dumps({"success": True, "data": data}).encode())
-
-            def _authorised(self) -> bool:
-                if self.headers.get("x-api-key") != api.key:
-                    self._reply(401, b'{"success": false, "error": {"code": "auth-failure", "message": "bad key"}}')
-                    return False
-                return True
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                if not self._authorised():
+                body = self._body()
+                if not self._authorised(api.key):
                     return
                 if not self.path.endswith("/jobs"):
                     return self._data({"batch_id": BATCH})
                 ref = str(body.get("reference_id"))
                 with api.lock:
                     if ref in api.jobs:
-                        refusal = {"success": False, "error": {"code": "FS_0001", "message": "reference_id used"}}
-                        return self._reply(400, json.dumps(refusal).encode())
+                        return self._refuse(400, "FS_0001", "reference_id used")
                     api.requests["create"] += 1
                     job = str(uuid.uuid4())
                     api.jobs[ref] = job
@@ -122,7 +100,7 @@ class SyncApi(Served):
                 path, _, query = self.path.partition("?")
                 if path.startswith("/results/"):
                     return self._result(path.rsplit("/", 1)[1])
-                if not self._authorised():
+                if not self._authorised(api.key):
                     return
                 if path.endswith(f"/batch/{BATCH}"):
                     token = query.partition("page_token=")[2]
@@ -137,7 +115,7 @@ class SyncApi(Served):
                     with api.lock:
                         api.requests["get"] += 1
                     return self._data(api.job(api, job_id, known[job_id]))
-                self._reply(404, b'{"success": false, "error": {"code": "FS_0006", "message": "no such job"}}')
+                self._refuse(404, "FS_0006", "no such job")
 
             def _result(self, job_id: str) -> None:
                 with api.lock:
@@ -148,12 +126,8 @@ class SyncApi(Served):
                     time.sleep(api.result_delay)
                 if raw is None:
                     return self._reply(404, b"{}")
-                self.send_response(api.result_status)
                 headers = {"Content-Type": "application/json", "Content-Length": str(len(raw)), **api.result_headers}
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(raw)
+                self._send(api.result_status, headers.items(), raw)
                 with api.lock:
                     api.served.append((job_id, hashlib.sha256(raw).hexdigest()))
 
