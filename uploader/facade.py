@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, cast
 
 from uploader.api import run_loop
-from uploader.errors import ManifestError, UploaderError, UsageError
+from uploader.errors import ManifestError, Problem, UploaderError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,13 +162,58 @@ def _arrow_table(manifest: object) -> pa.Table | None:
     for a path: an object can only be a DataFrame (a Table) if pandas (pyarrow) is imported already."""
     pandas, pyarrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
     if pandas is not None and isinstance(manifest, pandas.DataFrame):
-        import pyarrow as pa
-
-        named_index = any(name is not None for name in manifest.index.names)
-        return pa.Table.from_pandas(manifest.reset_index() if named_index else manifest, preserve_index=False)
+        frame = manifest
+        if any(name is not None for name in frame.index.names):
+            clash = [name for name in frame.index.names if name is not None and name in frame.columns]
+            if clash:
+                raise UsageError(
+                    f"the DataFrame's index is named {clash[0]!r}, as one of its columns is: rename one, or drop "
+                    "the index (df.reset_index(drop=True))"
+                )
+            frame = frame.reset_index()
+        return _from_pandas(frame)
     if pyarrow is not None and isinstance(manifest, pyarrow.Table):
         return manifest
     return None
+
+
+def _from_pandas(frame: pd.DataFrame) -> pa.Table:
+    """A DataFrame as an Arrow table, its objects and lists as JSON text: Arrow would give a column of dicts one
+    structure for all rows (every row getting every other row's keys, as nulls, and an int where another row
+    has a float turned float), so a payload would not be the one given. A column Arrow cannot take (mixed
+    types) is a ManifestError naming it."""
+    import pyarrow as pa
+
+    frame = frame.copy(deep=False)
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].map(_is_json_object).any():
+            frame[column] = frame[column].map(_as_json_text)
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        for column in frame.columns:
+            try:
+                pa.array(frame[column], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as bad:
+                message = f"cannot be read as one type ({bad}); make its values one kind (e.g. all text)"
+                raise ManifestError([Problem("DataFrame", None, str(column), message, "row")]) from None
+        raise ManifestError([Problem("DataFrame", None, None, f"cannot be read as a table: {exc}", "row")]) from None
+
+
+def _is_json_object(value: object) -> bool:
+    """A dict, or a list holding one (or a list): what Arrow would give one structure across rows. A list of
+    plain values keeps its list type."""
+    return isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict | list) for v in value))
+
+
+def _as_json_text(value: object) -> object:
+    """A dict or list as the JSON text the manifest reader takes; anything else as it is."""
+    if not isinstance(value, dict | list):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return value  # no JSON form (NaN, a datetime inside): the reader says why, with its row
 
 
 @contextmanager
@@ -229,7 +275,10 @@ def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, RunSummary]]) 
     def run(*args: P.args, **kwargs: P.kwargs) -> RunSummary:
         try:
             asyncio.get_running_loop()
+            in_loop = True
         except RuntimeError:
+            in_loop = False  # no loop: run outside this handler, so an error is not chained to this one
+        if not in_loop:
             return run_loop(coroutine_function(*args, **kwargs))
         from uploader.send import StopFlag
 

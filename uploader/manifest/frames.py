@@ -144,13 +144,15 @@ def frame_row(
 Report = Callable[[int, str, str], None]  # (line, column, message) of a problem
 
 
-def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report) -> Iterator[list[StagedJob]]:
+def videos(
+    store: FrameStore, size: int, names: dict[str, str], problem: Report, unit: str = "line"
+) -> Iterator[list[StagedJob]]:
     """Group the parked frames into one job per (project_id, reference_id), checking each as a whole.
     `names` maps API fields to the manifest's columns; problems go to `problem`."""
     out: list[StagedJob] = []
     for (pid, ref), group in store.videos():
         rows = list(group)
-        if any(r[11] for r in rows) or not _video_ok(ref, rows, names, problem):
+        if any(r[11] for r in rows) or not _video_ok(ref, rows, names, problem, unit):
             continue  # problems are recorded
         first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the extras
         data: dict[str, Any] = {"video_data": {"frames": [{"frame_id": r[4], "src": r[5]} for r in rows]}}
@@ -165,7 +167,7 @@ def videos(store: FrameStore, size: int, names: dict[str, str], problem: Report)
         yield out
 
 
-def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], problem: Report) -> bool:
+def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], problem: Report, unit: str) -> bool:
     """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings."""
     first, ok = min(rows, key=itemgetter(3)), True
     seen: dict[tuple[str, Any], int] = {}
@@ -177,14 +179,14 @@ def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], prob
                 problem(
                     b,
                     names[api],
-                    f"{api} {show(str(key))} appears twice for reference_id {show(ref)} (lines {a} and {b})",
+                    f"{api} {show(str(key))} appears twice for reference_id {show(ref)} ({unit}s {a} and {b})",
                 )
                 ok = False
             seen.setdefault((api, key), r[3])
         for k, api in ((6, "work_flow_id"), (7, "batch_id"), (8, "priority_weight"), (9, "metadata")):
             if r[k] != first[k]:
                 was, now = show(str(first[k] or "")), show(str(r[k] or ""))
-                message = f"{api} {now} differs from {was} on line {first[3]}; all frames must agree"
+                message = f"{api} {now} differs from {was} on {unit} {first[3]}; all frames must agree"
                 problem(r[3], names.get(api, api), message)
                 ok = False
     return ok

@@ -141,7 +141,7 @@ class Manifest:
                 if jobs:
                     yield jobs
             if store is not None:
-                yield from long_video.videos(store, size, self._names, self._problem)
+                yield from long_video.videos(store, size, self._names, self._problem, self.unit)
         finally:
             source.close()
             if store is not None:

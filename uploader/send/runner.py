@@ -159,6 +159,8 @@ async def _run(
             outage_seconds=run_options.outage_seconds,
             max_retry_after=run_options.max_retry_after,
         )
+        if batch_name and manifest is not None and ledger.batch_id_for(options.project_id or "", batch_name) is None:
+            _check_before_creating(ledger, manifest, options, manifest_label)
         if batch_name:
             options = await _batch_step(
                 stop, _with_named_batch(ledger, get_client, options, batch_name, policy, on_notice, stop)
@@ -203,6 +205,15 @@ async def _batch_step(stop: StopFlag, step: Awaitable[T]) -> T:
         raise InterruptedRun() from None
     finally:
         stop._waiters.remove(task)
+
+
+def _check_before_creating(ledger: Ledger, manifest: str | Path, options: ManifestOptions, label: str | None) -> None:
+    """Read the whole manifest as its load will (ManifestError for a bad one, nothing written) before a new
+    named batch is created at the API: a bad manifest then leaves no batch there, nor a ledger file."""
+    from uploader.load import plan_manifest
+    from uploader.manifest import Manifest
+
+    plan_manifest(ledger, Manifest(Path(manifest), options, label))
 
 
 async def _with_named_batch(
