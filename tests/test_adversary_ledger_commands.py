@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.test_adversary_ledger_commands_server import BATCH, LedgerApi
+from tests.test_trust import rows
 from uploader.cli.commands import cli
 from uploader.ledger.ledger import Ledger
 from uploader.ledger.ledger import Result as Outcome
@@ -64,16 +65,6 @@ def opts(ledger: Path, *extra: str) -> list[str]:
 def load(ledger: Path, manifest: Path, *extra: str) -> None:
     result = invoke("load", str(manifest), *opts(ledger, "--batch-id", BATCH, *extra))
     assert result.exit_code == 0, result.output
-
-
-def rows(ledger: Path) -> dict[str, dict[str, Any]]:
-    """Every jobs row by reference_id, read with plain sqlite3 (not through the code under test)."""
-    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        con.row_factory = sqlite3.Row
-        return {r["reference_id"]: dict(r) for r in con.execute("SELECT * FROM jobs")}
-    finally:
-        con.close()
 
 
 def settle(ledger: Path, outcomes: dict[str, dict[str, Any]], release: bool = True) -> None:
