@@ -71,6 +71,16 @@ def test_precedence_flag_env_profile_default():
     assert got["concurrency"] == {"value": 2, "source": "flag"}
 
 
+def test_a_ledger_url_is_shown_without_its_password_a_ledger_file_as_named():
+    url = "postgresql+psycopg://bob:s3cret-pw@db.example:5432/led?sslmode=require&password=qu3ry-pw"
+    for args, env in ((("--ledger", url), None), ((), {"UPLOADER_LEDGER": url})):
+        got = settings("run", *args, env=env)["ledger"]["value"]
+        assert got == "postgresql+psycopg://***@db.example:5432/led?***"
+        text = invoke("config", "run", *args, env=env).stdout
+        assert "s3cret-pw" not in text and "qu3ry-pw" not in text and "db.example:5432/led" in text
+    assert settings("run", "--ledger", "odd?name#1.db")["ledger"]["value"] == "odd?name#1.db"
+
+
 def test_a_profile_setting_is_used_by_the_command(folder: Path):
     """Not only shown: `load` and `status` really use the profile's ledger."""
     Path("uploader.toml").write_text(

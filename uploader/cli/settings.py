@@ -24,8 +24,8 @@ __all__ = ["SECRET_KEYS", "Resolved", "Setting", "resolved_settings"]
 
 #: Settings whose value is never printed.
 SECRET_KEYS = frozenset({"api_key"})
-#: Settings whose value is a URL, shown masked (`masked_url`).
-URL_KEYS = frozenset({"base_url"})
+#: Settings whose value is a URL, shown masked (`masked_url`); a ledger only when it is a URL, not a file.
+URL_KEYS = frozenset({"base_url", "ledger"})
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
         value = sub.params[pname] if pname in sub.params else common(sub).get(_common_name(pname))
         if key in SECRET_KEYS:
             value = "set" if value else "unset"
-        elif key in URL_KEYS and isinstance(value, str):
+        elif key in URL_KEYS and isinstance(value, str) and (key != "ledger" or "://" in value):
             value = masked_url(value)
         source = describe_source(
             sub.get_parameter_source(pname), _names(param.envvar), profile.source(name, key) if profile else None
