@@ -122,7 +122,8 @@ def test_unreachable_host_and_timeout(box: Sandbox) -> None:
     got = check([refused, slow], timeout=0.5)
     assert got[refused].verdict == "unreachable"
     assert got[refused].detail == f"cannot connect to 127.0.0.1:{port} (connection refused)"
-    assert got[slow].verdict == "unreachable" and got[slow].detail.startswith("timed out")
+    assert got[slow].verdict == "unavailable"  # a fact of the moment: never stored, checked again next time
+    assert got[slow].detail == "timed out (checked again by the next preflight)"
 
 
 def test_many_urls_with_bounded_concurrency(box: Sandbox) -> None:
@@ -303,6 +304,22 @@ def test_a_row_held_back_by_a_busy_host_is_checked_again_by_the_next_preflight(b
     report = json.loads(again.output)
     assert (report["released"], report["rows"], report["checked"]) == (1, 1, 1)  # the 404 row stays blocked
     assert box.stats()["file_requests"]["GET"] - before == 3
+
+
+def test_a_host_that_times_out_holds_its_row_back_for_now_not_for_good(box: Sandbox, tmp_path) -> None:
+    ledger, manifest = tmp_path / "l.db", tmp_path / "m.csv"
+    manifest.write_text(f"reference_id,image_url\nslow,{file_url(box, 'slow4.jpg', 'slow=3000')}\n")
+    args = ["--check-timeout", "0.5", "--ledger", str(ledger)]
+    first = CliRunner().invoke(
+        cli, ["check", str(manifest), "--project-id", "p", "--work-flow-id", "w", *args], catch_exceptions=False
+    )
+    assert first.exit_code == 3 and "timed out" in first.output
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("SELECT status, error_code FROM jobs").fetchall() == [("blocked", "url_unavailable")]
+        assert db.execute("SELECT count(*) FROM urls").fetchone() == (0,)  # no verdict on the file is kept
+    again = CliRunner().invoke(cli, ["check", *args, "--json"], catch_exceptions=False)
+    report = json.loads(again.output)
+    assert (report["released"], report["checked"]) == (1, 1)
 
 
 def test_a_lasting_problem_of_a_row_comes_before_a_busy_host() -> None:

@@ -14,13 +14,15 @@ one byte of a 206, a short error page), which gives the connection back to the p
 streaming the whole file) is not read: its connection is closed.
 
 An answer that says "not now" (429, 502, 503, 504, 408) is asked again after its Retry-After (bounded), the
-whole host held back meanwhile; one that stays so is `unavailable`, a verdict about the moment, not the file.
+whole host held back meanwhile; one that stays so is `unavailable`, a verdict about the moment, not the file,
+as is a host that times out or drops the connection before answering (`for_now`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import itertools
 import os
 import socket
@@ -95,7 +97,8 @@ _REASONS = {
 
 class UrlCheck(NamedTuple):
     """The verdict on one URL: ok, unreachable, http_error, not_media, empty, or unavailable (the host said
-    "not now": a verdict about the moment, not the file), and why in words."""
+    "not now", timed out or dropped the connection: a verdict about the moment, not the file), and why in
+    words."""
 
     url: str
     verdict: str
@@ -340,8 +343,19 @@ async def _check(
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
         return UrlCheck(url, "unreachable", "not an http or https URL")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        if for_now(exc):
+            return UrlCheck(url, "unavailable", f"{unreachable_reason(exc)} (checked again by the next preflight)")
         return UrlCheck(url, "unreachable", unreachable_reason(exc))
     return _judged(url, answer)
+
+
+def for_now(exc: BaseException) -> bool:
+    """Whether a failed check says something of the moment, not of the URL: the host took too long, or closed
+    or reset the connection before its answer. A refused connection, an unknown host or a failed handshake
+    are lasting. Pure."""
+    if isinstance(exc, (TimeoutError, aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET
 
 
 def _judged(url: str, answer: _Answer) -> UrlCheck:
