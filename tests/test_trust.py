@@ -355,3 +355,37 @@ def test_listing_entries_are_validated_like_answers(tmp_path: Path) -> None:
         assert {(r["status"], r["error_code"], r["job_id"]) for r in got.values()} == {("uncertain", "FS_0001", None)}
         assert {r["attempts"] for r in got.values()} == {2}
         assert set(api.created.values()) == {1}
+
+
+def test_rows_an_earlier_run_left_uncertain_are_counted_as_settled_not_as_negative_uncertain(tmp_path: Path) -> None:
+    """An earlier run left 10 rows uncertain (answers lost on its last attempts); the listing finds none of their
+    jobs, so this run sends them again. Its summary says 10 settled from earlier runs and 0 uncertain (not -10),
+    and the progress it reports never counts below 0 nor past its total."""
+    import uploader
+    from tests.test_adversary_ledger_commands import LOST_LAST, settle
+    from uploader.send import Progress
+
+    with Sandbox(SandboxConfig(api_key=KEY, seed=3)) as box:
+        ledger = tmp_path / "l.db"
+        assert invoke(*run_args(write_images(tmp_path / "m.csv", 4), ledger, box)).exit_code == 0
+        manifest = write_images(tmp_path / "m.csv", 14)
+        batch = rows(ledger)["img-00000"]["batch_id"]
+        loaded = invoke("load", str(manifest), "--project-id", "proj", "--work-flow-id", "wf", "--ledger", str(ledger),
+                        "--batch-id", batch)  # fmt: skip
+        assert loaded.exit_code == 0, loaded.output
+        settle(ledger, {f"img-{i:05d}": LOST_LAST for i in range(4, 14)})
+        seen: list[tuple[int, int, int]] = []
+
+        def on_progress(p: Progress) -> None:
+            seen.append((p.uncertain, p.done - p.done_before, p.total - p.done_before))
+
+        summary = uploader.upload(
+            None, project_id="proj", ledger=ledger, api_key=KEY, base_url=box.base_url, allow_http=True,
+            on_progress=on_progress, handle_signals=False,
+        )  # fmt: skip
+    p = summary.progress
+    assert (p.succeeded, p.recovered, p.uncertain, p.settled_earlier, p.requests) == (10, 0, 0, 10, 10)
+    assert p.done == 14 == p.total and summary.counts["succeeded"] == 14
+    assert seen and all(u >= 0 and 0 <= done <= total for u, done, total in seen), seen
+    assert summary.as_dict()["this_run"]["settled_from_earlier_runs"] == 10
+    assert {r["status"] for r in rows(ledger).values()} == {"succeeded"}

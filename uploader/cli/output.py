@@ -302,31 +302,8 @@ def print_summary(
     )
     for e in d["this_run_errors"][:5]:
         click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
-    if run_["throttled"]:
-        click.echo(
-            f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
-            "(no attempt counted, no row failed for it)"
-        )
-    if run_.get("retry_after_capped"):
-        click.echo(
-            f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
-            f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that"
-        )
-    if run_.get("protocol_errors"):
-        click.echo(
-            f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
-            "uncertain until a batch listing decides"
-        )
-    if run_.get("lost_leases_not_sent"):
-        click.echo(
-            f"{run_['lost_leases_not_sent']} claimed rows not sent: this run stalled past their lease and another "
-            "run had taken them over"
-        )
-    if run_["ignored_stale_results"]:
-        click.echo(
-            f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
-            "another run after this one's lease expired"
-        )
+    for note in _run_notes(run_):
+        click.echo(note)
     click.echo(
         f"ledger (every run): {c['succeeded']:,} succeeded, {c['failed']:,} failed, {c['uncertain']:,} uncertain, "
         + (f"{c['conflict']:,} conflict, " if c.get("conflict") else "")
@@ -407,6 +384,43 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _run_notes(run_: dict[str, Any]) -> list[str]:
+    """The lines a run's summary adds for what happened only sometimes (429s, capped Retry-Afters, protocol
+    errors, lost leases, rows settled for an earlier run, late answers ignored), from `as_dict()["this_run"]`."""
+    notes: list[str] = []
+    if run_["throttled"]:
+        notes.append(
+            f"throttling: the API asked {run_['throttled']} times to slow down (429); the run waited "
+            "(no attempt counted, no row failed for it)"
+        )
+    if run_.get("retry_after_capped"):
+        notes.append(
+            f"{run_['retry_after_capped']} Retry-After answers asked to wait longer than --max-retry-after "
+            f"(up to {run_['retry_after_longest_seconds']:.0f} s); the run waited at most that"
+        )
+    if run_.get("protocol_errors"):
+        notes.append(
+            f"{run_['protocol_errors']} answers did not fit their requests (protocol errors): those rows are "
+            "uncertain until a batch listing decides"
+        )
+    if run_.get("lost_leases_not_sent"):
+        notes.append(
+            f"{run_['lost_leases_not_sent']} claimed rows not sent: this run stalled past their lease and another "
+            "run had taken them over"
+        )
+    if run_.get("settled_from_earlier_runs"):
+        notes.append(
+            f"{run_['settled_from_earlier_runs']:,} rows an earlier run left uncertain were settled by a batch "
+            "listing (found, in conflict, or not there and sent again)"
+        )
+    if run_["ignored_stale_results"]:
+        notes.append(
+            f"{run_['ignored_stale_results']} late answers ignored: their rows had been taken over by "
+            "another run after this one's lease expired"
+        )
+    return notes
 
 
 def bar_width() -> int:

@@ -171,7 +171,9 @@ class Resolver:
             self.progress.conflict += done.conflict
             self.progress.failed += done.failed
             self.progress.requeued += done.requeued
-            self.progress.uncertain -= done.total  # may go below 0: rows an earlier run left uncertain
+            own = min(self.progress.uncertain, done.total)  # this run's uncertain rows first, then earlier runs'
+            self.progress.uncertain -= own
+            self.progress.settled_earlier += done.total - own
             if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
                 self.progress.succeeded -= done.demoted
                 self.progress.uncertain += done.demoted

@@ -43,7 +43,10 @@ class Progress:
     failed: int = 0
     retrying: int = 0
     recovered: int = 0
-    uncertain: int = 0
+    uncertain: int = 0  #: rows this run left uncertain (sent, no answer; no listing has settled them yet)
+    #: Rows an earlier run left uncertain that this run settled (counted in done_before, and now in succeeded,
+    #: failed or conflict; or pending again).
+    settled_earlier: int = 0
     conflict: int = 0  #: found by a listing, but the job may hold other data than the manifest says
     requeued: int = 0  #: uncertain rows a complete listing did not find: pending again, to be sent again
     protocol_errors: int = 0  #: success answers that did not fit their request (policy.Verdict.PROTOCOL)
@@ -68,7 +71,7 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.done_before + self.succeeded + self.failed + self.uncertain + self.conflict
+        return self.done_before - self.settled_earlier + self.succeeded + self.failed + self.uncertain + self.conflict
 
     def failed_row(self, code: str | None, message: str | None, reference_id: str) -> None:
         """Count a row this run failed under its code (the first row's message and reference_id kept)."""
@@ -137,7 +140,8 @@ class RunSummary:
                 "succeeded": p.succeeded,
                 "recovered": p.recovered,
                 "failed": p.failed,
-                "uncertain": max(0, p.uncertain),
+                "uncertain": p.uncertain,
+                "settled_from_earlier_runs": p.settled_earlier,
                 "conflict": p.conflict,
                 "protocol_errors": p.protocol_errors,
                 "retries": p.retrying,
