@@ -402,6 +402,7 @@ class LedgerModel(RuleBasedStateMachine):
         missing = [self.rows[ref].id for ref in missing_refs]
         max_attempts = data.draw(st.sampled_from([None, 1, 2, 3]))
         expected = {"succeeded": 0, "conflict": 0, "failed": 0, "requeued": 0}
+        left: list[int] = []
         for ref in refs:  # in the order given, as the ledger does
             row = self.rows[ref]
             if row.status != "uncertain":
@@ -414,6 +415,7 @@ class LedgerModel(RuleBasedStateMachine):
             settled = settle_found(row.sent_hashes, body_hash(ref, row.version), held)
             row.status, row.job_id, row.origin, row.error_code = settled.status, job_id, settled.origin, settled.code
             expected[settled.status] += 1
+            left.append(row.id)
             if row.status == "succeeded":
                 self.first_job_id.setdefault(row.ref, job_id)
             else:
@@ -434,7 +436,9 @@ class LedgerModel(RuleBasedStateMachine):
             if missed.status == "pending":
                 row.not_before = None
             expected["requeued" if missed.status == "pending" else missed.status] += 1
-        assert self.ledger.resolve_uncertain(found, missing, max_attempts) == Resolution(**expected)
+            left.append(row.id)
+        done = self.ledger.resolve_uncertain(found, missing, max_attempts)
+        assert done == Resolution(**expected) and list(done.left) == left
 
     @rule(seconds=st.sampled_from([0.5, 1, 2, 5, 31]))
     def advance_time(self, seconds: float) -> None:

@@ -387,5 +387,15 @@ def test_rows_an_earlier_run_left_uncertain_are_counted_as_settled_not_as_negati
     assert (p.succeeded, p.recovered, p.uncertain, p.settled_earlier, p.requests) == (10, 0, 0, 10, 10)
     assert p.done == 14 == p.total and summary.counts["succeeded"] == 14
     assert seen and all(u >= 0 and 0 <= done <= total for u, done, total in seen), seen
+    assert seen[-1][1:] == (10, 10)  # the bar counted the 10 rows to look up, and filled
     assert summary.as_dict()["this_run"]["settled_from_earlier_runs"] == 10
     assert {r["status"] for r in rows(ledger).values()} == {"succeeded"}
+
+
+def test_row_bits_tell_this_runs_uncertain_rows_from_an_earlier_runs() -> None:
+    from uploader.send.resolve import RowBits
+
+    mine = RowBits()
+    mine.add(3, 70_000, 9)
+    assert mine.take([1, 3, 3, 70_000, 10**7]) == 2  # each counted once; ids never added, or past the end, are not
+    assert mine.take([9, 3]) == 1 and mine.take([9, 70_000]) == 0

@@ -43,7 +43,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,9 @@ class Resolution:
     #: not found by a complete listing, no attempt left, but that attempt recorded after `listed_after`: its
     #: request may still wait at the server, so the row stays uncertain for a later listing
     late: int = 0
+    #: the ids of the rows that left `uncertain` (as many as `total`), and of the rows demoted
+    left: tuple[int, ...] = field(default=(), compare=False)
+    demoted_ids: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def total(self) -> int:
@@ -676,6 +679,8 @@ class Ledger(LedgerQueries):
         elsewhere, job_id unknown) for an FS_0001 row this ledger never sent; other FS_0001 rows stay
         uncertain. Rows no longer uncertain are skipped."""
         succeeded = conflict = failed = demoted = requeued = late = 0
+        left: list[int] = []
+        demoted_ids: list[int] = []
         now = utcnow()
         with write_tx(self.engine) as conn:
             for rid, job_id in found.items():
@@ -693,7 +698,9 @@ class Ledger(LedgerQueries):
                     {"j": job_id, "id": rid},
                 ).first()
                 if holder is not None and holder_yields(holder[1], holder[2], holder[3]):
-                    demoted += _give_up_job(conn, holder[0], now)
+                    if _give_up_job(conn, holder[0], now):
+                        demoted += 1
+                        demoted_ids.append(holder[0])
                     holder = None
                 settled = settle_found(row[0], row[1], holder is not None)
                 conn.execute(
@@ -716,6 +723,7 @@ class Ledger(LedgerQueries):
                     succeeded += 1
                 else:
                     conflict += 1
+                left.append(rid)
             for rid in missing:
                 if rid in found:
                     continue
@@ -746,8 +754,9 @@ class Ledger(LedgerQueries):
                         failed += count
                     else:
                         requeued += count
+                    left += [rid] * count
                 else:
-                    conflict += conn.execute(
+                    count = conn.execute(
                         text(
                             f"UPDATE jobs SET status = '{_CONFLICT}', job_id = NULL, origin = :o, error_code = :c, "
                             "error_message = :m, error_details = NULL, updated_at = :t "
@@ -755,7 +764,18 @@ class Ledger(LedgerQueries):
                         ),
                         {"o": outcome.origin, "c": outcome.code, "m": outcome.message, "t": now, "id": rid},
                     ).rowcount
-        return Resolution(succeeded, conflict, failed, requeued=requeued, demoted=demoted, late=late)
+                    conflict += count
+                    left += [rid] * count
+        return Resolution(
+            succeeded,
+            conflict,
+            failed,
+            requeued=requeued,
+            demoted=demoted,
+            late=late,
+            left=tuple(left),
+            demoted_ids=tuple(demoted_ids),
+        )
 
     def retry(self, codes: Sequence[str] = (), everything: bool = False) -> int:
         """failed → pending with attempts reset, for the given error codes (or all failed rows). A row with no

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from uploader.api import MAX_RETRY_AFTER, job_is_gone
@@ -45,6 +45,28 @@ def _nothing() -> None:
 def _never() -> bool:
     """Never halted (reconcile)."""
     return False
+
+
+class RowBits:
+    """A set of row ids, one bit each (1.25 MB for ids up to 10 million): the rows this run made uncertain."""
+
+    def __init__(self) -> None:
+        self.bits = bytearray()
+
+    def add(self, *ids: int) -> None:
+        for rid in ids:
+            if rid >> 3 >= len(self.bits):
+                self.bits.extend(bytes((rid >> 3) - len(self.bits) + 4096))
+            self.bits[rid >> 3] |= 1 << (rid & 7)
+
+    def take(self, ids: Iterable[int]) -> int:
+        """Remove `ids` from the set; returns how many of them were in it."""
+        taken = 0
+        for rid in ids:
+            if rid >> 3 < len(self.bits) and self.bits[rid >> 3] & (1 << (rid & 7)):
+                self.bits[rid >> 3] &= ~(1 << (rid & 7)) & 0xFF
+                taken += 1
+        return taken
 
 
 class Resolver:
@@ -82,6 +104,8 @@ class Resolver:
         #: cannot settle its rows (it loops, or contradicts itself); those rows wait for a later round.
         self.unreachable: ApiUnreachableError | None = None
         self.demoted = 0  #: rows the last `resolve` made give up a job_id (transitions.holder_yields)
+        #: the rows this run made uncertain (`Progress.uncertain`), told apart from those an earlier run left
+        self.mine = RowBits()
 
     async def resolve(self, final: bool) -> FatalApiError | None:
         """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
@@ -171,12 +195,13 @@ class Resolver:
             self.progress.conflict += done.conflict
             self.progress.failed += done.failed
             self.progress.requeued += done.requeued
-            own = min(self.progress.uncertain, done.total)  # this run's uncertain rows first, then earlier runs'
+            own = self.mine.take(done.left)  # rows this run made uncertain; the rest an earlier run left so
             self.progress.uncertain -= own
             self.progress.settled_earlier += done.total - own
             if done.demoted:  # rows that gave up another row's job_id: uncertain, looked up in the next round
                 self.progress.succeeded -= done.demoted
                 self.progress.uncertain += done.demoted
+                self.mine.add(*done.demoted_ids)
                 self.demoted += done.demoted
                 waiting = True
         if waiting:

@@ -754,6 +754,7 @@ class _Run:
             p.failed += 1
         elif r.status is Status.UNCERTAIN:
             p.uncertain += 1
+            self.resolver.mine.add(r.id)
             self.resolver.waiting = True  # the batch listing decides
         elif not r.refund_attempt:
             p.retrying += 1
@@ -785,6 +786,7 @@ class _Run:
             if rid in mine:  # counted as succeeded by _count; a demoted holder shows in the ledger's counts
                 self.progress.succeeded -= 1
                 self.progress.uncertain += 1
+                self.resolver.mine.add(rid)
                 self._protocol_error(
                     "duplicate_job_id",
                     "a job_id the API had already answered for another row "

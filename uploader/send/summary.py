@@ -28,8 +28,9 @@ __all__ = [
 
 def progress_span(counts: Mapping[str, int]) -> tuple[int, int]:
     """(total, done_before) of a run's Progress from the ledger's counts per state. Blocked rows are in
-    neither: the run never sends them, so its bar must not wait for them. Pure."""
-    done = counts["succeeded"] + counts["failed"] + counts["uncertain"] + counts["conflict"]
+    neither: the run never sends them, so its bar must not wait for them. Uncertain rows are still to do: the
+    run looks them up, and sends again those a listing does not find. Pure."""
+    done = counts["succeeded"] + counts["failed"] + counts["conflict"]
     return sum(counts.values()) - counts.get("blocked", 0), done
 
 
@@ -44,8 +45,8 @@ class Progress:
     retrying: int = 0
     recovered: int = 0
     uncertain: int = 0  #: rows this run left uncertain (sent, no answer; no listing has settled them yet)
-    #: Rows an earlier run left uncertain that this run settled (counted in done_before, and now in succeeded,
-    #: failed or conflict; or pending again).
+    #: Rows an earlier run left uncertain that this run settled (now in succeeded, failed or conflict; or
+    #: pending again, to be sent).
     settled_earlier: int = 0
     conflict: int = 0  #: found by a listing, but the job may hold other data than the manifest says
     requeued: int = 0  #: uncertain rows a complete listing did not find: pending again, to be sent again
@@ -71,7 +72,7 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.done_before - self.settled_earlier + self.succeeded + self.failed + self.uncertain + self.conflict
+        return self.done_before + self.succeeded + self.failed + self.uncertain + self.conflict
 
     def failed_row(self, code: str | None, message: str | None, reference_id: str) -> None:
         """Count a row this run failed under its code (the first row's message and reference_id kept)."""
