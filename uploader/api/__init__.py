@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from uploader.api.attachments import judge as judge
     from uploader.api.client import ApiClient as ApiClient
     from uploader.api.endpoint import DEFAULT_BASE_URL as DEFAULT_BASE_URL
+    from uploader.api.endpoint import USER_INFO as USER_INFO
     from uploader.api.endpoint import check_base_url as check_base_url
     from uploader.api.endpoint import masked_url as masked_url
     from uploader.api.loop import loop_factory as loop_factory
@@ -60,6 +61,7 @@ _EXPORTS = {
     "ApiClient": "uploader.api.client",
     "check_base_url": "uploader.api.endpoint",
     "masked_url": "uploader.api.endpoint",
+    "USER_INFO": "uploader.api.endpoint",
     "loop_factory": "uploader.api.loop",
     "run_loop": "uploader.api.loop",
     "proxies_from_env": "uploader.api.wire",

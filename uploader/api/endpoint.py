@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from uploader.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "check_base_url", "masked_url"]
+__all__ = ["DEFAULT_BASE_URL", "USER_INFO", "check_base_url", "masked_url"]
 
 #: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
 DEFAULT_BASE_URL = "https://api.playment.io"
@@ -20,6 +20,9 @@ DEFAULT_BASE_URL = "https://api.playment.io"
 MASK = "***"
 #: A URL's scheme and `//`.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: A URL's user info, from just after `scheme://`: a name, then a password up to the LAST `@` (SQLAlchemy and
+#: curl read a password with a raw `/`, `?` or `#` in it; masking too much beats showing part of it).
+USER_INFO = re.compile(r"(?P<user>[^:/?#@]*)(?::.*)?@", re.DOTALL)
 #: A URL's parts (RFC 3986, appendix B): matches any text, so even a URL urlsplit refuses can be masked.
 _URL_PARTS = re.compile(
     r"(?P<scheme>[^:/?#]+:)?(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)(?P<query>\?[^#]*)?(?P<fragment>#.*)?",
@@ -64,6 +67,17 @@ def masked_url(url: str) -> str:
     """`url` as it may be shown: its user info, query and fragment each replaced by MASK (`?***`), as a
     key or password may be in any of them; scheme, host, port and path as given. Without `scheme://`, the
     text is read as curl reads it, from the host on (`user:password@proxy:3128`)."""
+    scheme = _SCHEME.match(url)
+    start = 0 if scheme is None else scheme.end()
+    info = USER_INFO.match(url, start)
+    if info is not None:  # the user info is cut first: its password may hold what ends a URL's parts
+        rest = _masked_parts(url[:start] + url[info.end() :])
+        return f"{rest[:start]}{MASK}@{rest[start:]}"
+    return _masked_parts(url)
+
+
+def _masked_parts(url: str) -> str:
+    """`masked_url` of a URL whose user info, if any, holds no `/`, `?` or `#`."""
     bare = _SCHEME.match(url) is None
     match = _URL_PARTS.fullmatch("//" + url if bare else url)
     assert match is not None  # every part is optional: any text matches

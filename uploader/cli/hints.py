@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from click.core import ParameterSource
@@ -41,14 +40,15 @@ NO_REPEAT = Repeat()
 
 
 def hide_password(ledger: str) -> str:
-    """A ledger URL with its password (if any) replaced by HIDDEN_PASSWORD; a path unchanged."""
-    if "://" not in ledger:
+    """A ledger URL with its password (if any, up to the last `@`: it may hold `/`, `?` or `#`) replaced by
+    HIDDEN_PASSWORD; a path unchanged."""
+    from uploader.api import USER_INFO
+
+    start = ledger.find("://") + 3
+    info = USER_INFO.match(ledger, start) if start > 2 else None
+    if info is None or info.end() - info.start() == len(info["user"]) + 1:  # no user info, or no password
         return ledger
-    parts = urlsplit(ledger)
-    if parts.password is None:
-        return ledger
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{HIDDEN_PASSWORD}@{host}"))
+    return f"{ledger[:start]}{info['user']}:{HIDDEN_PASSWORD}@{ledger[info.end() :]}"
 
 
 def repeat_from_context(ctx: click.Context | None = None) -> Repeat:
