@@ -30,7 +30,9 @@ SNIPPET_CHARS = 200
 #: Longest error code recorded (the ledger's column; the API's codes are a few characters).
 CODE_MAX_CHARS = 64
 _TAG = re.compile(r"<[^>]*>")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")  # also C1, and lone surrogates (no UTF-8)
+#: C0 and C1 controls, lone surrogates (no UTF-8), line and paragraph separators, and the bidirectional
+#: marks, embeddings, overrides and isolates that reorder what a terminal shows (Trojan Source).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 _SPACES = re.compile(r"\s+")
 
 
@@ -112,9 +114,9 @@ def _snippet(raw: bytes) -> str:
 
 
 def printable(text: str) -> str:
-    """`text` with each control character (a NUL, an escape sequence's ESC, a newline) or lone surrogate made a
-    space: the API's words are recorded (PostgreSQL cannot store a NUL, nor any ledger a surrogate) and shown on
-    one line (no escape reaches a terminal)."""
+    """`text` with each control character (a NUL, an escape sequence's ESC, a newline, a bidirectional override)
+    or lone surrogate made a space: the API's words are recorded (PostgreSQL cannot store a NUL, nor any ledger
+    a surrogate) and shown on one line (no escape reaches a terminal, nothing reorders what it shows)."""
     return _UNPRINTABLE.sub(" ", text) if _UNPRINTABLE.search(text) else text
 
 
