@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import re
+from decimal import Decimal
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
 from typing import Any
@@ -79,7 +80,19 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-_decode_strict = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys).decode
+def _exact_float(text: str) -> float:
+    """A JSON number with a fraction or exponent, as the float that is sent; ValueError when that float is not
+    the number written (more digits than a double holds, or an underflow to 0), as the API would get another
+    value without a word. 1e400 parses to inf, which the encoder refuses."""
+    value = float(text)
+    if math.isfinite(value) and Decimal(repr(value)) != Decimal(text):
+        raise ValueError(f"the number {text} cannot be sent exactly: JSON numbers are doubles here ({value!r})")
+    return value
+
+
+_decode_strict = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_unique_keys, parse_float=_exact_float
+).decode
 
 
 def loads_strict(text: str) -> Any:
