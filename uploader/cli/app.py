@@ -91,6 +91,11 @@ def emit_error(message: str, exit_code: int, as_json: bool, code: str | None = N
     if code is not None:
         document["code"] = code
     text = json.dumps(document, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate (a manifest's `\ud800`): written as its JSON escape
+            text = json.dumps(document)
     click.echo(text, err=True)
     ctx = click.get_current_context(silent=True)
     if ctx is None or not common(ctx).get("document_printed"):

@@ -727,7 +727,9 @@ def _start_early(manifest: Path | None, ledger: str | None) -> None:
         from uploader.api import warm_up
 
         warm_up()
-    if manifest is not None and str(manifest) != "-":
+    from uploader.cli.stdin import read_once
+
+    if manifest is not None and str(manifest) != "-" and not read_once(manifest):  # a pipe is read once, spooled
         from uploader.load import prefetch_sha256
 
         prefetch_sha256(manifest)

@@ -1,13 +1,16 @@
 """`-` as the manifest of `load` and `run`: standard input, spooled to a temporary file first (the parallel
-reader cuts a file into slices and seeks in it; a pipe cannot). Its format is --format, else sniffed from
-its first bytes (Parquet's magic, a JSON object, a header with tabs and no commas, else CSV). The ledger and
-every message name it "<stdin>", not the temporary file, which is removed when the command ends.
+reader cuts a file into slices and seeks in it; a pipe cannot); so is a pipe or FIFO given by its path. Its
+format is --format, else its extension, else sniffed from its first bytes (Parquet's magic, a JSON object, a
+header with tabs and no commas, else CSV). The ledger and every message name it "<stdin>" (a pipe: its
+path), not the temporary file, which is removed when the command ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from uploader.errors import ManifestError
 
-__all__ = ["STDIN_LABEL", "sniff_format", "spooled_manifest"]
+__all__ = ["STDIN_LABEL", "read_once", "sniff_format", "spooled_manifest"]
 
 #: How the ledger and messages name a manifest read from standard input.
 STDIN_LABEL = "<stdin>"
@@ -31,7 +34,7 @@ def sniff_format(head: bytes) -> str:
     text = head.lstrip(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"{"):
         return "jsonl"
-    header = text.split(b"\n", 1)[0]
+    header = text.split(b"\n", 1)[0].split(b"\r", 1)[0]  # a file's lines may end with CR alone
     if b"\t" in header and b"," not in header:
         return "tsv"
     return "csv"
@@ -42,28 +45,47 @@ def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[P
     """(the path to read, its label): `manifest` itself and None, or for `-` standard input copied to a
     temporary file named by its format (so that the format is found as for any file), and STDIN_LABEL.
     A manifest error about the temporary file is given back about "<stdin>"."""
-    if manifest is None or str(manifest) != "-":
+    if manifest is None or (str(manifest) != "-" and not read_once(manifest)):
         yield manifest, None
         return
-    stream = sys.stdin.buffer
+    stdin = str(manifest) == "-"
+    label = STDIN_LABEL if stdin else str(manifest)
+    if fmt is None and not stdin:
+        from uploader.manifest.formats import EXTENSIONS
+
+        fmt = EXTENSIONS.get(manifest.suffix.lower())
     folder = Path(tempfile.mkdtemp(prefix="uploader-stdin-"))
     try:
         spool = folder / "stdin.part"
         with open(spool, "wb") as out:
-            shutil.copyfileobj(stream, out, 1024 * 1024)
+            if stdin:
+                shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+            else:
+                with open(manifest, "rb") as pipe:
+                    shutil.copyfileobj(pipe, out, 1024 * 1024)
         with open(spool, "rb") as f:
             head = f.read(_SNIFF_BYTES)
         named = folder / f"stdin.{fmt or sniff_format(head)}"
         spool.rename(named)
         try:
-            yield named, STDIN_LABEL
+            yield named, label
         except ManifestError as exc:
-            raise _relabeled(exc, str(named)) from None
+            raise _relabeled(exc, str(named), label) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _relabeled(exc: ManifestError, path: str) -> ManifestError:
-    """`exc` with the temporary file's path replaced by STDIN_LABEL in its problems."""
-    problems = [dataclasses.replace(p, file=STDIN_LABEL) if p.file == path else p for p in exc.problems]
+def read_once(path: Path) -> bool:
+    """Whether `path` can be read only once: a pipe (`<(…)`, a named FIFO) or a character device, which the
+    loader's several passes would find empty (or wait on for ever), so it is spooled as stdin is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # the loader says what is wrong with it
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def _relabeled(exc: ManifestError, path: str, label: str) -> ManifestError:
+    """`exc` with the temporary file's path replaced by `label` in its problems."""
+    problems = [dataclasses.replace(p, file=label) if p.file == path else p for p in exc.problems]
     return ManifestError(problems, exc.total)
