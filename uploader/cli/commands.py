@@ -223,15 +223,21 @@ def load(
     print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity, report))
 
 
+#: The `extra` key (and JSON summary key) of the rows `run`'s load held back as conflicts.
+HELD_BACK = "held_back_conflicts"
+
+
 def _on_load(
     led: Ledger, min_url_validity: dt.timedelta, as_json: bool, quiet: bool, extra: dict[str, Any]
-) -> Callable[[LoadReport], None] | None:
+) -> Callable[[LoadReport], None]:
     """What `run` says after loading its manifest: the load and the pending rows' signed URLs in text; in
-    JSON mode the signed URLs go into `extra` (keys of the summary); with --quiet, nothing."""
-    if quiet and not as_json:
-        return None
+    JSON mode the signed URLs go into `extra` (keys of the summary); with --quiet, nothing. The rows the load
+    held back as conflicts (sent before with another payload) go into `extra` as `held_back_conflicts`."""
 
     def on_load(report: LoadReport) -> None:
+        extra[HELD_BACK] = report.conflicts
+        if quiet and not as_json:
+            return
         signed = _signed_urls(led, min_url_validity, report)
         if as_json:
             extra["signed_urls"] = signed_dict(signed)
@@ -707,7 +713,8 @@ def run(
         sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
     if (
-        counts["failed"]
+        extra.get(HELD_BACK)  # rows whose job may hold other data than the manifest now says (as `plan` exits)
+        or counts["failed"]
         or counts["uncertain"]
         or counts["conflict"]
         or counts["pending"]

@@ -319,6 +319,12 @@ def print_summary(
         )
     if c.get("conflict"):
         click.echo(conflict_hint(c["conflict"], repeat))
+    held = (extra or {}).get("held_back_conflicts")
+    if held:
+        click.echo(
+            f"{rows_are(held)} held back by this load: sent before with another payload, their jobs hold the "
+            f"old data (not sent again; `{repeat.command('plan MANIFEST')}` lists them)"
+        )
     if not quiet:
         click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
