@@ -212,8 +212,8 @@ def test_video_long_groups_interleaved_rows_with_frame_index(tmp_path: Path) -> 
         "reference_id,frame_id,src,frame_index,camera\n"
         "v1,c,https://e.com/c,3,x\n"  # 2
         "v2,a,https://e.com/a,0,y\n"  # 3
-        "v1,a,https://e.com/a,1,z\n"  # 4
-        "v1,b,https://e.com/b,2,w\n"
+        "v1,a,https://e.com/a,1,x\n"  # 4  (a video's frames agree on its extras: test_adversary_manifest_fidelity)
+        "v1,b,https://e.com/b,2,x\n"
     )  # 5
     jobs, m = load(write(tmp_path, "m.csv", text), size=1)
     assert m.problems == [] and m.extra_columns == ("camera",)

@@ -27,7 +27,7 @@ def forget_selection(
     project_id: str | None, statuses: tuple[str, ...], reference_id_file: Path | None, manifest: str | None
 ) -> Any:
     """The rows `forget` acts on; UsageError without any filter or with an unknown state."""
-    from uploader.ledger import Selection, Status
+    from uploader.ledger import Selection, Status, manifest_path_text
 
     valid = {s.value for s in Status}
     for s in statuses:
@@ -36,7 +36,7 @@ def forget_selection(
     refs = None if reference_id_file is None else reference_ids(reference_id_file)
     recorded = None
     if manifest is not None:
-        recorded = STDIN_LABEL if manifest == "-" else str(Path(manifest).absolute())
+        recorded = STDIN_LABEL if manifest == "-" else manifest_path_text(Path(manifest))
     selection = Selection(project_id=project_id, statuses=tuple(statuses), reference_ids=refs, manifest=recorded)
     if selection.empty:
         raise UsageError("give at least one filter: --project-id, --status, --reference-id-file or --manifest")

@@ -51,7 +51,7 @@ def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[P
     stdin = str(manifest) == "-"
     label = STDIN_LABEL if stdin else str(manifest)
     if fmt is None and not stdin:
-        from uploader.manifest.formats import EXTENSIONS
+        from uploader.manifest import EXTENSIONS
 
         fmt = EXTENSIONS.get(manifest.suffix.lower())
     folder = Path(tempfile.mkdtemp(prefix="uploader-stdin-"))

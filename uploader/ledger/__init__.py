@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from uploader.ledger.loading import PLAN_SENDABLE as PLAN_SENDABLE
     from uploader.ledger.loading import RECORD_MANIFEST as RECORD_MANIFEST
     from uploader.ledger.loading import insert_new as insert_new
+    from uploader.ledger.loading import manifest_path_text as manifest_path_text
     from uploader.ledger.loading import manifest_row as manifest_row
     from uploader.ledger.loading import merge_examples as merge_examples
     from uploader.ledger.locate import DEFAULT_LEDGER as DEFAULT_LEDGER
@@ -165,6 +166,7 @@ _EXPORTS = {
     "PLAN_SENDABLE": "uploader.ledger.loading",
     "insert_new": "uploader.ledger.loading",
     "manifest_row": "uploader.ledger.loading",
+    "manifest_path_text": "uploader.ledger.loading",
     "merge_examples": "uploader.ledger.loading",
     "BEGIN": "uploader.ledger.staging",
     "BEGIN_IMMEDIATE": "uploader.ledger.staging",

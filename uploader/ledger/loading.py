@@ -8,6 +8,7 @@ their status words taken from `Status`. The staging tables' SQL is in uploader.l
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "PLAN_SENDABLE",
     "RECORD_MANIFEST",
     "insert_new",
+    "manifest_path_text",
     "manifest_row",
     "merge_examples",
 ]
@@ -75,6 +77,13 @@ RECORD_MANIFEST = (
 MANIFEST_SET_ROWS = "UPDATE manifests SET row_count = ?, changed = ? WHERE id = ?"
 
 
+def manifest_path_text(path: Path) -> str:
+    """The text the ledger records for a manifest: its absolute path, with each byte of the name that is not
+    UTF-8 (`caf\\xe9.csv` from a Windows zip or an old share) written as `\\xe9`, since the ledger's text takes
+    only valid UTF-8. The same file always gives the same text, so a reload is still recognised."""
+    return os.fsencode(path.absolute()).decode("utf-8", "backslashreplace")
+
+
 def manifest_row(
     path: Path,
     size: int,
@@ -91,7 +100,7 @@ def manifest_row(
     whose payload it updated, which makes an identical reload of any earlier manifest compare its rows.
     The manifest is recorded by its absolute path, or by `label` (a manifest read from stdin)."""
     return {
-        "p": label or str(path.absolute()),
+        "p": label or manifest_path_text(path),
         "s": size,
         "h": sha,
         "o": options_hash,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from uploader.manifest.formats import EXTENSIONS as EXTENSIONS
     from uploader.manifest.formats import FORMATS as FORMATS
     from uploader.manifest.formats import Span as Span
     from uploader.manifest.jobs import StagedJob as StagedJob
@@ -27,6 +28,7 @@ _EXPORTS = {
     "ManifestOptions": "uploader.manifest.reader",
     "StagedJob": "uploader.manifest.jobs",
     "FORMATS": "uploader.manifest.formats",
+    "EXTENSIONS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
     "SignedUrlError": "uploader.manifest.signed",
     "UrlExpiry": "uploader.manifest.signed",

@@ -129,13 +129,19 @@ def _mapping(columns: tuple[tuple[str, str], ...], cols: tuple[str, ...], proble
     return mapping
 
 
+def _visible(name: str) -> str:
+    """A column name as a message shows it: as it is, or, when it holds a character that shows as nothing or
+    as a plain space (a zero-width space, a BOM, a no-break space, a control), with Python's escapes."""
+    return name if name.isprintable() else ascii(name)
+
+
 def _no_shape(cols: tuple[str, ...], names: dict[str, str]) -> str:
     """Why columns that fit no shape do not: what each shape needs, and (the first of) the columns found."""
     needs = "; ".join(
         f"{_SHAPE_NAMES[s]} needs {', '.join(req)} (missing {', '.join(f for f in req if f not in names)})"
         for s, req in SHAPES.items()
     )
-    found = ", ".join(c if len(c) <= 60 else c[:60] + "…" for c in cols[:50])
+    found = ", ".join(_visible(c if len(c) <= 60 else c[:60] + "…") for c in cols[:50])
     found += f", … ({len(cols)} columns)" if len(cols) > 50 else ""
     return (
         f"the columns fit no manifest shape. found columns: {found}; {needs}. "

@@ -204,7 +204,8 @@ def open_parquet(path: Path) -> Any:
 
 def parquet_kind(arrow_type: Any) -> str:
     """How a column's values become cells: 'text', 'int', 'object' (lists, structs, maps: JSON), 'binary'
-    (UTF-8 text, else refused) or 'other'. (The reader makes an extra column's kind 'value': as it is.)"""
+    (UTF-8 text, else refused) or 'other'. (The reader makes an extra column's kind 'value': as it is.) View
+    types (string_view, binary_view: Arrow-native writers use them) count as their plain types."""
     import pyarrow as pa
     import pyarrow.types as t
 
@@ -218,7 +219,8 @@ def parquet_kind(arrow_type: Any) -> str:
         return "null"
     if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_struct(arrow_type) or t.is_map(arrow_type):
         return "object"
-    if t.is_binary(arrow_type) or t.is_large_binary(arrow_type) or t.is_fixed_size_binary(arrow_type):
+    binary = (t.is_binary, t.is_large_binary, t.is_binary_view, t.is_fixed_size_binary)
+    if any(is_binary(arrow_type) for is_binary in binary):
         return "binary"
     return "other"
 
@@ -256,6 +258,8 @@ def _parquet_cells(array: Any, kind: str) -> list[Any]:
         return _utf8_cells(array)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
+    if pa.types.is_string_view(array.type):  # compute kernels (fill_null) have none for view strings
+        array = array.cast(pa.large_string())
     if kind != "text":
         try:
             array = pc.cast(array, pa.string())

@@ -154,7 +154,7 @@ def videos(
         rows = list(group)
         if any(r[11] for r in rows) or not _video_ok(ref, rows, names, problem, unit):
             continue  # problems are recorded
-        first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the extras
+        first = min(rows, key=itemgetter(3))  # the first row in the file gives the line and the (agreed) extras
         data: dict[str, Any] = {"video_data": {"frames": [{"frame_id": r[4], "src": r[5]} for r in rows]}}
         if first[9] is not None:
             data["metadata"] = json.loads(first[9])
@@ -168,7 +168,8 @@ def videos(
 
 
 def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], problem: Report, unit: str) -> bool:
-    """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings."""
+    """Frames of one video: no frame_id (or frame_index) twice, and all agree on the job's settings and on
+    the extra columns' values."""
     first, ok = min(rows, key=itemgetter(3)), True
     seen: dict[tuple[str, Any], int] = {}
     for r in rows:
@@ -189,4 +190,26 @@ def _video_ok(ref: str, rows: list[tuple[Any, ...]], names: dict[str, str], prob
                 message = f"{api} {now} differs from {was} on {unit} {first[3]}; all frames must agree"
                 problem(r[3], names.get(api, api), message)
                 ok = False
+        if r[10] != first[10]:
+            ok = _extras_agree(r, first, problem, unit) and ok
     return ok
+
+
+def _extras_agree(row: Row, first: Row, problem: Report, unit: str) -> bool:
+    """Whether a frame row's extra columns hold the same values as the video's first row, reporting each one
+    that does not: the job keeps one set of extras (the first row's), so another value would be lost unseen.
+    Values are compared as JSON text, so 1, 1.0 and true stay different."""
+    was, now = json.loads(first[10]), json.loads(row[10])
+    ok = True
+    for column in dict.fromkeys([*was, *now]):  # a value on one row only (the other's cell empty) differs too
+        value = now.get(column)
+        if dumps(value) != dumps(was.get(column)):
+            message = f"{column} {_shown(value)} differs from {_shown(was.get(column))} on {unit} {first[3]}"
+            problem(row[3], column, message + "; all frames must agree")
+            ok = False
+    return ok
+
+
+def _shown(value: Any) -> str:
+    """An extra value for a message: text as it is, anything else as JSON."""
+    return show(value if isinstance(value, str) else dumps(value))
