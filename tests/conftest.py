@@ -128,3 +128,22 @@ def fake_manifest(tmp_path: Path, rows: list[tuple[str, str]], name: str = "m.cs
     path = tmp_path / name
     path.write_text("\n".join(f"{r},{u}" for r, u in rows) + repr(kw))  # content only feeds the sha256
     return FakeManifest(path, rows, **kw)
+
+
+def migrate_sqlite(path: Path, revision: str, down: bool = False) -> None:
+    """Move the SQLite ledger at `path` to an Alembic `revision` (up, or down when asked): older ledgers."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from uploader.ledger.engine import script_location
+
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", script_location())
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+    finally:
+        engine.dispose()

@@ -19,15 +19,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine
 
 import uploader
+from tests.conftest import migrate_sqlite
 from tests.test_adversary_library_video_server import BATCH, RecordingApi
 from uploader.errors import LedgerTooNewError, ManifestError, UploaderError
 from uploader.ledger import Ledger
-from uploader.ledger.engine import script_location
 from uploader.manifest import frames as frame_store
 
 KEY = "adv-library-video-secret-key-7f3a"
@@ -314,18 +311,6 @@ def test_a_video_reloaded_with_other_frames_before_sending_sends_the_last_load(a
 # --- migrations ---------------------------------------------------------------------------------------------
 
 
-def _old_ledger(path: Path, revision: str) -> None:
-    engine = create_engine(f"sqlite:///{path}")
-    try:
-        with engine.begin() as conn:
-            cfg = Config()
-            cfg.set_main_option("script_location", script_location())
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    finally:
-        engine.dispose()
-
-
 def _body(ref: str) -> str:
     doc = {"reference_id": ref, "work_flow_id": "wf", "batch_id": BATCH, "data": {"image_url": f"{U}/{ref}.jpg"}}
     return json.dumps(doc, separators=(",", ":"))
@@ -374,7 +359,7 @@ def _fill_old_ledger(path: Path) -> None:
 @pytest.mark.parametrize("revision", ["0001", "0004"])
 def test_a_ledger_from_an_older_revision_keeps_every_row_and_resumes(api, tmp_path, revision):
     path = tmp_path / "old.db"
-    _old_ledger(path, revision)
+    migrate_sqlite(path, revision)
     _fill_old_ledger(path)
     api.jobs["proj", "r-fly"] = ("JOB-FLY", json.loads(_body("r-fly")))  # the lost request had created it
     manifest = tmp_path / "again.csv"

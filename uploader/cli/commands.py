@@ -398,7 +398,7 @@ def report(ledger: str | None, output: str) -> None:
         "SQLAlchemy": version("SQLAlchemy"),
         "database": led.engine.dialect.name,
     }
-    page = render_report(data, Provenance(command, led.url, utcnow(), versions))
+    page = render_report(data, Provenance(command, led.name, utcnow(), versions))
     write_output(output, lambda f: f.write(page.encode("utf-8")))  # whole or not at all; errors in one line
     if json_mode():
         click.echo(json.dumps({"output": output, "bytes": len(page.encode()), "total": data.total}))

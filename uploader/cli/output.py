@@ -42,6 +42,7 @@ __all__ = [
     "print_summary",
     "retry_report",
     "rows_are",
+    "short_message",
     "uncertain_reasons",
 ]
 
@@ -231,11 +232,16 @@ def _print_follow_ups(report: StatusReport, repeat: Repeat, attachments: dict[st
 MESSAGE_CHARS = 100
 
 
+def short_message(message: str | None) -> str:
+    """An API message as `status` and the report show it: one line of at most MESSAGE_CHARS (an answer may
+    hold 1 MiB)."""
+    text = " ".join((message or "").split())
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+
+
 def error_line(code: str, rows: int, message: str | None, reference_id: str | None) -> str:
     """One error code as a person reads it: `GE_0001 × 12: invalid parameter: batch_id (e.g. img-00001)`."""
-    text = " ".join((message or "").split())
-    if len(text) > MESSAGE_CHARS:
-        text = text[: MESSAGE_CHARS - 1] + "…"
+    text = short_message(message)
     return f"{code} × {rows}" + (f": {text}" if text else "") + (f" (e.g. {reference_id})" if reference_id else "")
 
 

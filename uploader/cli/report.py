@@ -14,6 +14,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 from uploader.api import EXISTS_CODES, PERMANENT_CODES, RETRYABLE_CODES
+from uploader.cli.output import short_message
 from uploader.ledger import GONE_CODE
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "advice",
     "axis_ticks",
     "bar_chart",
+    "percentages",
     "render_report",
     "share_bar",
     "stacked_chart",
@@ -244,8 +246,10 @@ def share_bar(
     colours: Mapping[str, str] = STATE_COLOURS,
     what: str = "state",
 ) -> str:
-    """One horizontal bar split by state (or another `what`), in their colours (cards beside it are its legend)."""
+    """One horizontal bar split by state (or another `what`), in their colours (cards beside it are its legend);
+    each part's title gives its share, the shares adding up to 100% (`percentages`)."""
     total = sum(counts.values()) or 1
+    shares = dict(zip(counts, percentages(list(counts.values()))))
     parts = [
         f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" style="height:{height}px" '
         f'role="img" aria-label="share by {escape(what, quote=True)}">'
@@ -257,13 +261,28 @@ def share_bar(
             parts.append(
                 f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="{height}" '
                 f'fill="{colours.get(state, "#999")}"><title>{escape(state)}: {_n(n)} '
-                f"({100 * n / total:.1f}%)</title></rect>"
+                f"({shares[state]:.1f}%)</title></rect>"
             )
         x += w
     if not any(counts.values()):
         parts.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#e5e7eb"/>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def percentages(counts: Sequence[int], places: int = 1) -> list[float]:
+    """Each count's share of their sum in percent, at `places` decimals, by largest remainder rounding: the
+    shares add up to exactly 100 (rounded each on its own, three thirds show 33.3% + 33.3% + 33.3% = 99.9%).
+    Integer arithmetic, so no float error decides a remainder; all zero for counts that sum to zero."""
+    total = sum(counts)
+    if total <= 0:
+        return [0.0] * len(counts)
+    whole = 100 * 10**places  # 100% in units of the last shown decimal
+    units = [n * whole // total for n in counts]
+    by_remainder = sorted(range(len(counts)), key=lambda i: -(counts[i] * whole % total))
+    for i in by_remainder[: whole - sum(units)]:
+        units[i] += 1
+    return [u / 10**places for u in units]
 
 
 def _short(v: float) -> str:
@@ -359,13 +378,28 @@ def _errors(data: ReportData) -> str:
             f"<code class=key>{escape(code)}</code>",
             escape(status),
             _n(n),
-            escape(message or ""),
+            escape(short_message(message)),
             ", ".join(f"<code>{escape(r)}</code>" for r in examples),
             _prose(advice(code, status)),
         ]
         for code, status, n, message, examples in data.errors
     ]
-    return "<h2>Errors</h2>" + _table(["Code", "State", "Rows", "Message", "Examples", "What to do"], rows, numeric=[2])
+    table = _table(["Code", "State", "Rows", "Message", "Examples", "What to do"], rows, numeric=[2])
+    return "<h2>Errors</h2>" + _errors_left_out(data) + table
+
+
+def _errors_left_out(data: ReportData) -> str:
+    """What the errors table does not list (it lists the codes with the most rows), and where to find it."""
+    left = data.error_groups - len(data.errors)
+    if left <= 0:
+        return ""
+    rows = data.error_rows - sum(n for _, _, n, _, _ in data.errors)
+    return (
+        f"<p class=muted>The table lists the {len(data.errors)} codes with the most rows; {_n(left)} more "
+        f"code{'s' if left != 1 else ''} ({_n(rows)} row{'s' if rows != 1 else ''}) are not listed here: "
+        + _prose("`uploader status` lists them all.")
+        + "</p>"
+    )
 
 
 def _attempts(data: ReportData) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "create_new",
     "driver_sql",
     "driver_time",
+    "ledger_name",
     "ledger_url",
     "migrate",
     "open_engine",
@@ -512,7 +513,7 @@ def _migrate_with_alembic(engine: Engine) -> None:
         if current == heads:
             return
         problem = _not_a_ledger(
-            _ledger_name(engine), set(inspect(conn).get_table_names()), strict=engine.dialect.name == "sqlite"
+            ledger_name(engine), set(inspect(conn).get_table_names()), strict=engine.dialect.name == "sqlite"
         )
         conn.rollback()
         if problem is not None:
@@ -530,7 +531,7 @@ def _migrate_with_alembic(engine: Engine) -> None:
             command.upgrade(cfg, "head")  # reads the revision again, now under the lock
 
 
-def _ledger_name(engine: Engine) -> str:
+def ledger_name(engine: Engine) -> str:
     """The ledger as messages name it: its file, or its URL without the password."""
     if engine.dialect.name == "sqlite" and engine.url.database:
         return engine.url.database

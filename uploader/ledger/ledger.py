@@ -54,6 +54,7 @@ from uploader.ledger.engine import (
     create_new,
     driver_sql,
     driver_time,
+    ledger_name,
     ledger_url,
     migrate,
     open_engine,
@@ -276,6 +277,12 @@ class Ledger(LedgerQueries):
     @property
     def url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
+
+    @property
+    def name(self) -> str:
+        """The ledger as a person names it: its file as on disk (not percent-encoded, as `url` has it), or its
+        URL without the password."""
+        return ledger_name(self.engine)
 
     # -- claims and leases -------------------------------------------------------------------------------
 

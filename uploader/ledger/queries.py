@@ -13,10 +13,11 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
@@ -24,7 +25,15 @@ from uploader.ledger.models import Status
 if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
     import pandas as pd
 
-__all__ = ["EXPORT_COLUMNS", "LIVE_WORKER_SECONDS", "LedgerQueries", "StatusReport", "pid_alive", "utcnow"]
+__all__ = [
+    "EXPORT_COLUMNS",
+    "LIVE_WORKER_SECONDS",
+    "LedgerQueries",
+    "StatusReport",
+    "pid_alive",
+    "read_snapshot",
+    "utcnow",
+]
 
 #: Status words for the SQL below (f-strings over Status: one spelling of each state).
 _PENDING = Status.PENDING.value
@@ -128,13 +137,8 @@ class LedgerQueries:
         """Rows per status (every status present, zero if none). `succeeded`, most rows of a finished ledger,
         is the total less the rest: the rest are counted over the two index ranges around it and the total by
         the database's plain count, where a GROUP BY over every row would read the whole index."""
-        out = {s.value: 0 for s in Status}
         with read_tx(self.engine) as conn:
-            total = conn.execute(text("SELECT COUNT(*) FROM jobs")).scalar_one()
-            for status, n in conn.execute(text(_COUNTS_BUT_SUCCEEDED)):
-                out[status] = n
-        out[_SUCCEEDED] = total - sum(out.values())
-        return out
+            return _counts(conn)
 
     def next_wakeup(self, owner: str | None = None) -> dt.datetime | None:
         """When something may next become claimable: the earliest backed-off row, or the earliest lease of
@@ -160,40 +164,15 @@ class LedgerQueries:
 
     def error_codes(self, limit: int | None = None) -> dict[str, int]:
         """Error codes of rows that are failed, uncertain, in conflict or waiting to retry, most frequent first."""
-        sql = (
-            "SELECT error_code, COUNT(*) FROM jobs "
-            f"WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
-            "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
-        )
         with read_tx(self.engine) as conn:
-            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
-        return {code: n for code, n in rows}
+            return _error_codes(conn, limit)
 
     def error_details(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Each error code, most rows first: `rows`, the `message` and `reference_id` of an example row,
         `waiting` (True: the rows are pending, waiting to retry; False: failed, uncertain or in conflict) and
         `throttled` (the API answered 429: it asked to slow down; the row is not wrong)."""
-        sql = (
-            "SELECT g.waiting, g.error_code, g.n, j.reference_id, j.error_message, g.throttled FROM ("
-            f"SELECT CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END AS waiting, error_code, COUNT(*) AS n, "
-            "MIN(id) AS example, MAX(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) AS throttled "
-            f"FROM jobs WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
-            f"AND error_code IS NOT NULL GROUP BY CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END, error_code"
-            ") g JOIN jobs j ON j.id = g.example ORDER BY g.n DESC, g.error_code"
-        )
         with read_tx(self.engine) as conn:
-            rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
-        return [
-            {
-                "code": code,
-                "rows": n,
-                "message": message,
-                "reference_id": ref,
-                "waiting": bool(waiting),
-                "throttled": bool(throttled),
-            }
-            for waiting, code, n, ref, message, throttled in rows
-        ]
+            return _error_details(conn, limit)
 
     def failed_codes(self) -> dict[str | None, int]:
         """Failed rows per error code (None: failed without one), most frequent first."""
@@ -263,9 +242,12 @@ class LedgerQueries:
         return out
 
     def status(self) -> StatusReport:
-        counts = self.counts()
-        codes = self.error_codes()
-        with read_tx(self.engine) as conn:
+        """What `uploader status` shows, every figure read in one snapshot (`read_snapshot`): read one
+        transaction each, a run recording results in between made the counts contradict the error codes."""
+        with read_snapshot(self.engine) as conn:
+            counts = _counts(conn)
+            codes = _error_codes(conn)
+            errors = _error_details(conn)
             oldest = conn.execute(text(f"SELECT MIN(created_at) FROM jobs WHERE status = '{_PENDING}'")).scalar_one()
             last = conn.execute(text("SELECT MAX(updated_at) FROM jobs")).scalar_one()
             manifests = conn.execute(text("SELECT COUNT(*) FROM manifests")).scalar_one()
@@ -301,7 +283,7 @@ class LedgerQueries:
             manifests,
             live,
             origins,
-            errors=self.error_details(),
+            errors=errors,
             dead_workers=dead,
         )
 
@@ -377,6 +359,62 @@ class LedgerQueries:
         columns = [*EXPORT_COLUMNS, *self.extra_columns()]
         rows = self.export_rows(statuses, platform_statuses=platform_statuses)
         return pd.DataFrame.from_records(list(rows), columns=columns)
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A reading transaction whose every statement sees the same snapshot. SQLite's read transaction is one
+    already (`read_tx`); PostgreSQL's default READ COMMITTED takes a new snapshot per statement, so there the
+    transaction is made REPEATABLE READ (and READ ONLY) before its first query."""
+    with read_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield conn
+
+
+def _counts(conn: Connection) -> dict[str, int]:
+    """`LedgerQueries.counts` within the caller's transaction."""
+    out = {s.value: 0 for s in Status}
+    total = conn.execute(text("SELECT COUNT(*) FROM jobs")).scalar_one()
+    for status, n in conn.execute(text(_COUNTS_BUT_SUCCEEDED)):
+        out[status] = n
+    out[_SUCCEEDED] = total - sum(out.values())
+    return out
+
+
+def _error_codes(conn: Connection, limit: int | None = None) -> dict[str, int]:
+    """`LedgerQueries.error_codes` within the caller's transaction."""
+    sql = (
+        "SELECT error_code, COUNT(*) FROM jobs "
+        f"WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
+        "AND error_code IS NOT NULL GROUP BY error_code ORDER BY COUNT(*) DESC"
+    )
+    rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+    return {code: n for code, n in rows}
+
+
+def _error_details(conn: Connection, limit: int | None = None) -> list[dict[str, Any]]:
+    """`LedgerQueries.error_details` within the caller's transaction."""
+    sql = (
+        "SELECT g.waiting, g.error_code, g.n, j.reference_id, j.error_message, g.throttled FROM ("
+        f"SELECT CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END AS waiting, error_code, COUNT(*) AS n, "
+        "MIN(id) AS example, MAX(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) AS throttled "
+        f"FROM jobs WHERE status IN ('{_FAILED}', '{_UNCERTAIN}', '{_CONFLICT}', '{_PENDING}') "
+        f"AND error_code IS NOT NULL GROUP BY CASE WHEN status = '{_PENDING}' THEN 1 ELSE 0 END, error_code"
+        ") g JOIN jobs j ON j.id = g.example ORDER BY g.n DESC, g.error_code"
+    )
+    rows = conn.execute(text(sql + (f" LIMIT {int(limit)}" if limit else ""))).all()
+    return [
+        {
+            "code": code,
+            "rows": n,
+            "message": message,
+            "reference_id": ref,
+            "waiting": bool(waiting),
+            "throttled": bool(throttled),
+        }
+        for waiting, code, n, ref, message, throttled in rows
+    ]
 
 
 def _live_worker(

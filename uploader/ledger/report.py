@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
+from uploader.ledger.queries import read_snapshot
 from uploader.ledger.tracking import RESULT_STATUSES
 
 __all__ = ["ReportData", "Results", "bucket_seconds", "report_data"]
@@ -78,7 +78,7 @@ class ReportData:
     #: True: the runs' own counts per minute (the activity table); False: derived from each row's last
     #: answer, for a ledger whose runs kept no activity (an older uploader)
     measured: bool
-    #: (code, status, rows, an API message, example reference_ids)
+    #: (code, status, rows, an API message, example reference_ids), the most rows first, at most LISTED_CODES
     errors: list[tuple[str, str, int, str | None, list[str]]]
     attempts: list[tuple[int, int]]
     uncertain: list[tuple[str, str, str | None, str | None]]  #: (reference_id, project, batch, code)
@@ -94,6 +94,9 @@ class ReportData:
     platform: dict[str, int] = field(default_factory=dict)
     #: The results of the rows with a final platform status; None when no row has one
     results: Results | None = None
+    #: Every (code, status) with rows and those rows, listed in `errors` or not: the page says what it left out
+    error_groups: int = 0
+    error_rows: int = 0
 
     @property
     def total(self) -> int:
@@ -163,15 +166,15 @@ def report_data(engine: Engine) -> ReportData:
     statuses and results, their errors when some failed, and throughput when runs kept no activity)."""
     synced = "platform_status" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     tally = _Tally()
-    with read_tx(engine) as conn, _small_cache(conn):
+    with read_snapshot(engine) as conn, _small_cache(conn):
         first, last = conn.execute(text("SELECT MIN(created_at), MAX(updated_at) FROM jobs")).one()
         first, last = _dt(first), _dt(last)
         measured, step, throughput = _throughput(conn, engine.dialect.name, first, last)
         for batch, project, status, attempts, code, n, message in conn.execute(_GROUPS):
             tally.add(batch, str(project), str(status), int(attempts), code, int(n), message)
-        ranked = sorted(tally.errors.items(), key=lambda kv: -kv[1][0])[:LISTED_CODES]
+        ranked = sorted(tally.errors.items(), key=lambda kv: -kv[1][0])
         errors = []
-        for (code, status), (n, message) in ranked:
+        for (code, status), (n, message) in ranked[:LISTED_CODES]:
             examples = [
                 r
                 for (r,) in conn.execute(
@@ -228,6 +231,8 @@ def report_data(engine: Engine) -> ReportData:
         names,
         platform,
         results,
+        len(ranked),
+        sum(n for n, _ in tally.errors.values()),
     )
 
 
