@@ -900,7 +900,6 @@ def test_the_log_file_has_a_line_for_each_job_request_with_the_servers_answer(tm
     assert not any(form in log.read_text() for form in KEY_FORMS)
 
 
-@pytest.mark.xfail(strict=True, reason="open: --log-file logs job answers only, not batch creation or listings")
 def test_the_log_file_of_run_has_a_line_for_every_request_it_made(tmp_path: Path) -> None:
     """FINDING: README: "`--log-file PATH` appends one JSON line per request". A run that creates its batch
     (`--batch-name`), sends 4 rows (one answered 502 twice: it may have been created) and looks that row up by
@@ -920,7 +919,6 @@ def test_the_log_file_of_run_has_a_line_for_every_request_it_made(tmp_path: Path
     assert len(log_lines(log)) == len(made), (len(log_lines(log)), made)
 
 
-@pytest.mark.xfail(strict=True, reason="open: sync writes no --log-file lines")
 def test_the_log_file_of_sync_has_a_line_for_every_request_it_made(tmp_path: Path) -> None:
     """FINDING: every command takes `--log-file` (README: "appends one JSON line per request"), but
     `uploader sync --log-file F` writes nothing to F for its listings and job reads: only `run`'s job

@@ -1145,3 +1145,44 @@ def test_the_warm_up_hands_its_tls_context_to_the_first_client_only() -> None:
     assert first._pool is not None and second._pool is not None
     assert first._pool._ssl is made and second._pool._ssl is not made
     assert warm.tls_context() is None
+
+
+# -- one log record per request --------------------------------------------------------------------------
+
+
+def test_each_request_but_a_job_creation_logs_one_record_with_its_endpoint_and_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """create_batch, get_job, a listing page and a download each log one `uploader.api` record (DEBUG for a
+    success, INFO otherwise) naming the endpoint and ids; a job creation logs none here (uploader.send logs it
+    with its row). A download's record names the host only: a signed URL's query is a credential."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "store.test":
+            return httpx.Response(200, content=b'{"a": 1}')
+        if request.url.path.endswith("/batch/b-9"):
+            return httpx.Response(503, json={"success": False, "error": {"code": "FS_0000", "message": "busy"}})
+        return httpx.Response(200, json={"success": True, "data": {"job_id": "j-1", "batch_id": "b-1"}})
+
+    async def go() -> None:
+        async with mock_client(handler) as api:
+            await api.create_job("p", '{"reference_id": "r"}')
+            await api.create_batch("p", "nightly")
+            await api.get_job("p", "j-1")
+            await api.list_batch_page("p", "b-9", "tok")
+            await api.download("https://store.test/r.json?X-Amz-Signature=SECRETSIG", io.BytesIO(), max_bytes=100)
+
+    with caplog.at_level("DEBUG", logger="uploader"):
+        run(go())
+    records = [r for r in caplog.records if r.name == "uploader.api"]
+    got = [(r.levelname, r.endpoint, r.method, r.http_status, r.outcome) for r in records]  # type: ignore[attr-defined]
+    assert got == [
+        ("DEBUG", "create_batch", "POST", 200, "succeeded"),
+        ("DEBUG", "get_job", "GET", 200, "succeeded"),
+        ("INFO", "list_batch", "GET", 503, "retryable"),
+        ("DEBUG", "download", "GET", 200, "succeeded"),
+    ]
+    assert (records[1].job_id, records[2].batch_id, records[2].code) == ("j-1", "b-9", "FS_0000")  # type: ignore[attr-defined]
+    assert records[3].host == "store.test"  # type: ignore[attr-defined]
+    text = caplog.text + repr([r.__dict__ for r in caplog.records])
+    assert "SECRETSIG" not in text and KEY not in text and "tok" not in text

@@ -284,9 +284,11 @@ def test_log_file_has_one_json_line_per_request_and_never_the_key(tmp_path: Path
     text = log.read_text()
     assert KEY not in text
     events = [json.loads(line) for line in text.splitlines()]
-    sent = [e for e in events if e.get("event") == "request"]
+    logged = [e for e in events if e.get("event") == "request"]
+    assert len(logged) == requests  # every request the sandbox received: the batch creation too
+    assert [e["endpoint"] for e in logged].count("create_batch") == 1
+    sent = [e for e in logged if e["endpoint"] == "create_job"]
     assert len(sent) == box.stats()["jobs_created"] + sum(1 for e in sent if e["outcome"] != "succeeded")
-    assert len(sent) <= requests
     assert {"time", "reference_id", "attempt", "http_status", "code", "latency_ms"} <= set(sent[0])
     assert {e["reference_id"] for e in sent if e["outcome"] == "succeeded"} == {f"img-{i:05d}" for i in range(20)}
     assert any(e["http_status"] == 500 and e["code"] and e["attempt"] >= 1 for e in sent)

@@ -20,18 +20,20 @@ import asyncio
 import hashlib
 import html
 import json
+import logging
 import os
 import random
 import re
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -70,6 +72,9 @@ from uploader.api.wire import Wire, WireError, proxies_from_env
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 __all__ = ["ApiClient", "new_tls_context"]
+
+#: One record per request other than a job creation (uploader.send logs those, with the row they were for).
+log = logging.getLogger("uploader.api")
 
 #: Seconds an idle pooled connection is kept: below common server idle timeouts (uvicorn 5 s), so we
 #: rarely write a request into a connection the server is closing.
@@ -217,20 +222,23 @@ class ApiClient:
     async def create_batch(self, project_id: str, name: str, description: str = "") -> ApiResult:
         """POST a new batch; its id is `data["batch_id"]`."""
         body = json.dumps({"name": name, "description": description}).encode()
-        return await self._call("POST", f"{self._base_url}/v1/projects/{_seg(project_id)}/batch", body)
+        url = f"{self._base_url}/v1/projects/{_seg(project_id)}/batch"
+        return await self._call("POST", url, body, about={"endpoint": "create_batch", "project_id": project_id})
 
     async def get_job(self, project_id: str, job_id: str) -> ApiResult:
         """GET one job (status, batch_id, result). Its answer may carry the result inline (annotations of a long
         video), so it is read up to JOB_ANSWER_MAX_BYTES, beyond the limit of other answers."""
         url = f"{self._base_url}/v1/projects/{_seg(project_id)}/jobs/{_seg(job_id)}"
-        return await self._call("GET", url, limit=max(self._max_body, JOB_ANSWER_MAX_BYTES))
+        about = {"endpoint": "get_job", "project_id": project_id, "job_id": job_id}
+        return await self._call("GET", url, limit=max(self._max_body, JOB_ANSWER_MAX_BYTES), about=about)
 
     async def list_batch_page(self, project_id: str, batch_id: str, page_token: str = "") -> ApiResult:
         """GET one page of a batch's jobs; `data["next_page_token"]` is "" on the last page."""
         url = f"{self._base_url}/v1/projects/{_seg(project_id)}/batch/{_seg(batch_id)}"
         if page_token:
             url += f"?page_token={quote(page_token, safe='')}"
-        return await self._call("GET", url)
+        about = {"endpoint": "list_batch", "project_id": project_id, "batch_id": batch_id}
+        return await self._call("GET", url, about=about)
 
     async def download(self, url: str, sink: BinaryIO, *, max_bytes: int) -> ApiResult:
         """GET a result URL once, streaming its body into `sink` (rewound and truncated first) and hashing it;
@@ -241,13 +249,18 @@ class ApiClient:
         the API's requests do. Never raises for I/O trouble."""
         sink.seek(0)
         sink.truncate()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._total_timeout * 4):
                 if self._pool is not None:
-                    return await self._download_direct(self._pool.wire, url, sink, max_bytes)
-                return await self._download_httpx(url, sink, max_bytes)
+                    result = await self._download_direct(self._pool.wire, url, sink, max_bytes)
+                else:
+                    result = await self._download_httpx(url, sink, max_bytes)
         except (TimeoutError, WireError, httpx.HTTPError, OSError) + _extra_errors() as exc:
-            return self._failure(exc)
+            result = self._failure(exc)
+        # never the URL: a signed one carries its credentials in the query
+        _log_request("GET", {"endpoint": "download", "host": _host(url)}, result, time.perf_counter() - started)
+        return result
 
     async def _download_direct(self, wire: Wire, url: str, sink: BinaryIO, max_bytes: int) -> ApiResult:
         """One download over the default transport (decoded as httpx would: gzip counted once inflated)."""
@@ -386,9 +399,25 @@ class ApiClient:
 
     # -- one exchange ----------------------------------------------------------------------------------
 
-    async def _call(self, method: str, url: str, content: bytes | None = None, limit: int | None = None) -> ApiResult:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None = None,
+        limit: int | None = None,
+        about: dict[str, str] | None = None,
+    ) -> ApiResult:
         """Send one request and read at most `limit` (default max_body_bytes) bytes of the answer; never raises
-        for I/O trouble."""
+        for I/O trouble. With `about` (what the request is: endpoint and ids), logs it (`_log_request`)."""
+        if about is None:
+            return await self._exchange(method, url, content, limit)
+        started = time.perf_counter()
+        result = await self._exchange(method, url, content, limit)
+        _log_request(method, about, result, time.perf_counter() - started)
+        return result
+
+    async def _exchange(self, method: str, url: str, content: bytes | None, limit: int | None) -> ApiResult:
+        """One request and its answer, as _call."""
         limit = self._max_body if limit is None else limit
         headers: _RawHeaders
         deadline = asyncio.timeout(self._total_timeout)
@@ -495,6 +524,42 @@ class ApiClient:
         for secret in self._secrets:
             text = _redacted(text, secret)
         return text
+
+
+def _log_request(method: str, about: dict[str, str], result: ApiResult, seconds: float) -> None:
+    """One record on the `uploader.api` logger: DEBUG for a success, INFO otherwise, as uploader.send logs a
+    job creation (the CLI's -v shows the second, -vv both, --log-file writes both as JSON lines). `about`
+    names the endpoint and its ids; never the key, a body or a URL's query."""
+    ok = result.success is True and result.http_status is not None and 200 <= result.http_status < 300
+    level = logging.DEBUG if ok else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    outcome = classify(result, expect=None).verdict.value
+    ids = " ".join(f"{k} {v}" for k, v in about.items() if k != "endpoint")
+    log.log(
+        level,
+        "%s %s%s: HTTP %s %s (%.0f ms)",
+        method,
+        about["endpoint"],
+        f" ({ids})" if ids else "",
+        result.http_status,
+        result.code or outcome,
+        seconds * 1000,
+        extra={
+            "event": "request",
+            "method": method,
+            **about,
+            "http_status": result.http_status,
+            "code": result.code,
+            "latency_ms": round(seconds * 1000, 1),
+            "outcome": outcome,
+        },
+    )
+
+
+def _host(url: str) -> str:
+    """The host (and port) of a URL, for a log line."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 def _redacted(text: str, key: str) -> str:

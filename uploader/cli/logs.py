@@ -1,8 +1,9 @@
 """Where the library's log records go for one command: -v/-vv on stderr, --log-file as JSON lines.
 
-The library logs with the standard library only (`logging.getLogger("uploader.send")`: one record per API
-answer, uploader.send.submit) and never configures handlers; the CLI adds them here for the length of one
-command and removes them afterwards. A JSON line holds the record's time, level, logger, message and the
+The library logs with the standard library only, one record per API request: a job creation's on
+`uploader.send` (uploader.send.submit, with its row and attempt), any other on `uploader.api`
+(uploader.api.client). It never configures handlers; the CLI adds them here for the length of one command
+and removes them afterwards. A JSON line holds the record's time, level, logger, message and the
 fields named in EVENT_FIELDS; nothing else of the record (never the key: no field holds it).
 """
 
@@ -17,8 +18,22 @@ from typing import Any
 
 __all__ = ["EVENT_FIELDS", "BarSafeStderr", "JsonLines", "configure_logging", "stderr_level"]
 
-#: The fields of a request record (uploader.send.submit) copied into a JSON line.
-EVENT_FIELDS = ("event", "reference_id", "project_id", "attempt", "http_status", "code", "latency_ms", "outcome")
+#: The fields of a request record (uploader.send.submit, uploader.api.client) copied into a JSON line.
+EVENT_FIELDS = (
+    "event",
+    "method",
+    "endpoint",
+    "host",
+    "reference_id",
+    "project_id",
+    "batch_id",
+    "job_id",
+    "attempt",
+    "http_status",
+    "code",
+    "latency_ms",
+    "outcome",
+)
 
 
 def stderr_level(verbosity: int) -> int:

@@ -953,6 +953,8 @@ def _log_answer(claim: Claim, result: ApiResult, decision: Decision, seconds: fl
         seconds * 1000,
         extra={
             "event": "request",
+            "method": "POST",
+            "endpoint": "create_job",
             "reference_id": claim.reference_id,
             "project_id": claim.project_id,
             "attempt": claim.attempts,
