@@ -555,7 +555,6 @@ def test_report_and_status_of_a_ledger_made_by_the_first_schema(tmp_path: Path) 
     assert "Last activity</dt><dd>2026-03-01 10:04:00 UTC" in source
 
 
-@pytest.mark.xfail(strict=True, reason="open: the report's throughput reads only the activity table once it has a row")
 def test_report_throughput_keeps_the_jobs_created_before_an_upgrade(tmp_path: Path) -> None:
     """FINDING: a ledger whose first runs were made by an uploader that kept no activity (schema 0008), then
     resumed by this one: the report's throughput reads only the activity table once it has any row

@@ -83,7 +83,7 @@ def test_report_data_aggregates_in_sql(ledger):
     fill(ledger.engine)
     data = report_data(ledger.engine)
     assert data.counts == ledger.counts() and data.total == 90
-    assert data.bucket == 60 and not data.measured  # no run wrote activity: derived from the rows
+    assert data.bucket == 60 and data.measured_from is None  # no run wrote activity: derived from the rows
     # minute by minute from the first answer; the last two rows (blocked, pending) were never sent
     assert data.throughput[0][0] == T0 and data.throughput[-1][0] == T0 + dt.timedelta(minutes=43)
     assert sum(c for _, c, _, _ in data.throughput) == 20  # 10 of each of the two "created" kinds

@@ -66,13 +66,13 @@ def test_activity_is_upserted_and_shown(ledger):
         rows = conn.execute(text("SELECT owner, minute, requests FROM activity ORDER BY owner, minute")).all()
     assert [(o, r) for o, _, r in rows] == [("run-a", 9), ("run-a", 3), ("run-b", 1)]
     data = report_data(ledger.engine)
-    assert data.measured and data.bucket == 60
+    assert data.measured_from is not None and not data.derived and data.bucket == 60
     assert data.throughput == [(T0, 8, 10, 2), (T0 + dt.timedelta(minutes=2), 3, 3, 0)]
 
 
 def test_a_ledger_without_activity_keeps_the_derived_chart(ledger):
     data = report_data(ledger.engine)
-    assert not data.measured and data.throughput == []
+    assert data.measured_from is None and data.throughput == []
 
 
 def _images(path: Path, n: int) -> Path:

@@ -355,13 +355,18 @@ def _throughput(data: ReportData) -> str:
         f"<figure><figcaption>Throttled (HTTP 429) per {per}</figcaption><div class=legend>&nbsp;</div>"
         f"{bar_chart(labels, throttled, THROTTLED, 'throttled', width=440, height=200, marks=marks)}</figure>"
     )
-    if data.measured:
-        source = "as the runs counted them: every request, every 429 answer."
-    else:
+    derived = (
+        "derived from each row's last answer: requests are its attempts, throttled means its last answer was HTTP 429."
+    )
+    if data.measured_from is None:
+        source = f"{derived[:-1]} (this ledger's runs kept no counts per minute)."
+    elif data.derived:
         source = (
-            "derived from each row's last answer (this ledger's runs kept no counts per minute): requests are "
-            "its attempts, throttled means its last answer was HTTP 429."
+            f"as the runs counted them from {data.measured_from:%Y-%m-%d %H:%M} UTC: every request, every 429 "
+            f"answer. Before that (runs of an older uploader, which kept no counts) {derived}"
         )
+    else:
+        source = "as the runs counted them: every request, every 429 answer."
     return (
         f"<h2>Throughput</h2><p><b data-requests>{_n(requests)}</b> requests, <b data-created>{_n(sum(created))}"
         f"</b> jobs created, <b data-throttled>{_n(sum(throttled))}</b> throttled (HTTP 429).</p>"

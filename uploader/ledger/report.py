@@ -11,7 +11,7 @@ attempts) and throttling (its last answer was HTTP 429). The platform's status o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,9 +75,11 @@ class ReportData:
     bucket: int  #: seconds per throughput bucket
     #: (bucket start, created jobs, requests, throttled)
     throughput: list[tuple[dt.datetime, int, int, int]]
-    #: True: the runs' own counts per minute (the activity table); False: derived from each row's last
-    #: answer, for a ledger whose runs kept no activity (an older uploader)
-    measured: bool
+    #: When the runs' own counts per minute begin (the activity table); before it, and throughout when None
+    #: (a ledger whose runs kept none: an older uploader), counts are derived from each row's last answer
+    measured_from: dt.datetime | None
+    #: Whether some counts are derived: all (measured_from None), or those of the runs before measured_from
+    derived: bool
     #: (code, status, rows, an API message, example reference_ids), the most rows first, at most LISTED_CODES
     errors: list[tuple[str, str, int, str | None, list[str]]]
     attempts: list[tuple[int, int]]
@@ -169,7 +171,7 @@ def report_data(engine: Engine) -> ReportData:
     with read_snapshot(engine) as conn, _small_cache(conn):
         first, last = conn.execute(text("SELECT MIN(created_at), MAX(updated_at) FROM jobs")).one()
         first, last = _dt(first), _dt(last)
-        measured, step, throughput = _throughput(conn, engine.dialect.name, first, last)
+        measured_from, derived, step, throughput = _throughput(conn, engine.dialect.name, first, last)
         for batch, project, status, attempts, code, n, message in conn.execute(_GROUPS):
             tally.add(batch, str(project), str(status), int(attempts), code, int(n), message)
         ranked = sorted(tally.errors.items(), key=lambda kv: -kv[1][0])
@@ -219,7 +221,8 @@ def report_data(engine: Engine) -> ReportData:
         last,
         step,
         throughput,
-        measured,
+        measured_from,
+        derived,
         errors,
         sorted(tally.attempts.items()),
         uncertain,
@@ -238,28 +241,57 @@ def report_data(engine: Engine) -> ReportData:
 
 def _throughput(
     conn: Connection, dialect: str, first: dt.datetime | None, last: dt.datetime | None
-) -> tuple[bool, int, list[tuple[dt.datetime, int, int, int]]]:
-    """(measured, seconds per bucket, buckets): from the activity table when runs wrote to it, else derived."""
+) -> tuple[dt.datetime | None, bool, int, list[tuple[dt.datetime, int, int, int]]]:
+    """(when the runs' own counts begin, whether some counts are derived, seconds per bucket, buckets).
+
+    The activity table when runs wrote to it; before the first counting run (runs of an uploader that kept
+    none), and for a ledger with no activity at all, counts derived from each row's last answer (`_derived`;
+    a row sent again since counts in the activity only)."""
     start, end = (_dt(t) for t in conn.execute(text("SELECT MIN(minute), MAX(minute) FROM activity")).one())
-    if start is not None:
-        step = bucket_seconds(start, end)
-        query = (
-            f"SELECT {_epoch(dialect, 'minute')} / {step} AS b, SUM(created), SUM(requests), SUM(throttled) "
-            "FROM activity GROUP BY b ORDER BY b"
-        )
-    else:
+    if start is None:
         step = bucket_seconds(first, last)
-        query = (
-            f"SELECT {_epoch(dialect, 'updated_at')} / {step} AS b, "
-            f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
-            "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
-            "FROM jobs WHERE attempts > 0 OR http_status IS NOT NULL GROUP BY b ORDER BY b"
-        )
-    buckets = [
+        return None, True, step, _buckets(conn.execute(text(_derived(dialect, step, ""))), step)
+    before = f"AND updated_at < {_COUNTED_SINCE}"
+    earliest = _dt(conn.execute(text(f"SELECT MIN(updated_at) FROM jobs WHERE {_SENT} {before}")).scalar())
+    step = bucket_seconds(min(start, earliest or start), end)
+    measured = (
+        f"SELECT {_epoch(dialect, 'minute')} / {step} AS b, SUM(created), SUM(requests), SUM(throttled) "
+        "FROM activity GROUP BY b ORDER BY b"
+    )
+    buckets = _buckets(conn.execute(text(measured)), step)
+    if earliest is not None:
+        merged: dict[dt.datetime, list[int]] = {}
+        for t, *counts in _buckets(conn.execute(text(_derived(dialect, step, before))), step) + buckets:
+            merged[t] = [a + b for a, b in zip(merged.get(t, [0, 0, 0]), counts)]
+        buckets = [(t, c, r, h) for t, (c, r, h) in sorted(merged.items())]
+    return start, earliest is not None, step, buckets
+
+
+#: When the first run that kept counts started: a row last answered before it was last sent by an older run.
+_COUNTED_SINCE = (
+    "COALESCE((SELECT MIN(w.started_at) FROM workers w WHERE w.owner IN (SELECT owner FROM activity)), "
+    "(SELECT MIN(minute) FROM activity))"
+)
+#: Rows that were sent (or answered): the rows a derived throughput counts.
+_SENT = "(attempts > 0 OR http_status IS NOT NULL)"
+
+
+def _derived(dialect: str, step: int, where: str) -> str:
+    """Buckets of `step` seconds derived from each row's last answer: requests are its attempts, created a
+    succeeded row whose job this ledger's runs created, throttled a row whose last answer was HTTP 429."""
+    return (
+        f"SELECT {_epoch(dialect, 'updated_at')} / {step} AS b, "
+        f"SUM(CASE WHEN status = '{_SUCCEEDED}' AND origin = 'created' THEN 1 ELSE 0 END), "
+        "SUM(attempts), SUM(CASE WHEN http_status = 429 THEN 1 ELSE 0 END) "
+        f"FROM jobs WHERE {_SENT} {where} GROUP BY b ORDER BY b"
+    )
+
+
+def _buckets(rows: Iterable[Any], step: int) -> list[tuple[dt.datetime, int, int, int]]:
+    return [
         (dt.datetime.fromtimestamp(int(b) * step, dt.UTC).replace(tzinfo=None), int(c or 0), int(r or 0), int(t or 0))
-        for b, c, r, t in conn.execute(text(query))
+        for b, c, r, t in rows
     ]
-    return start is not None, step, buckets
 
 
 @contextmanager
