@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shlex
 import sqlite3
@@ -719,7 +720,6 @@ def test_parquet_string_view_column_is_read_as_text(api: Api, tmp_path: Path, co
     assert {r: b["data"]["image_url"] for r, b in api.sent().items()} == dict(zip(*values.values()))
 
 
-@pytest.mark.xfail(strict=True, reason="open: a NaN extra is kept as the text 'nan', which turns the column to text")
 def test_parquet_double_column_with_a_nan_keeps_its_type_in_a_parquet_export(api: Api, tmp_path: Path) -> None:
     """FINDING. README: "a Parquet … number … is one again in JSON Lines and Parquet". A Parquet manifest's
     float64 `score` column [1.5, NaN, -0.0] (NaN is an ordinary double in Parquet, written by Spark or polars
@@ -745,6 +745,13 @@ def test_parquet_double_column_with_a_nan_keeps_its_type_in_a_parquet_export(api
     assert uploader("export", "--ledger", ledger, "-o", out).returncode == 0
     score = pq.read_table(out).column("score")
     assert str(score.type) == "double", f"exported as {score.type}: {score.to_pylist()}"
+    got = score.to_pylist()
+    assert got[0] == 1.5 and math.isnan(got[1]) and got[2] == 0.0 and math.copysign(1, got[2]) == -1
+    # JSON has no NaN: JSON Lines says null (every line valid JSON); CSV writes NaN, which readers take as one
+    lines = uploader("export", "--ledger", ledger, "--format", "jsonl").stdout.splitlines()
+    assert [json.loads(x, parse_constant=lambda c: pytest.fail(c))["score"] for x in lines] == [1.5, None, -0.0]
+    rows = list(csv.DictReader(io.StringIO(uploader("export", "--ledger", ledger).stdout)))
+    assert [r["score"] for r in rows] == ["1.5", "NaN", "-0.0"]
 
 
 # --- video -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import stat
 import sys
@@ -191,10 +192,30 @@ def _write_text(
             n += 1
     else:
         for row in rows:
-            out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
+            out.write(_json_line({c: row.get(c) for c in columns}) + "\n")
             n += 1
     out.flush()
     return n
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """A JSON Lines record; a NaN or infinite number (a Parquet manifest's double) is null there: JSON has
+    no such number, and a reader would refuse the line that wrote one."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(record), ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it made None."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _cell(value: Any) -> Any:

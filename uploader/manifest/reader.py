@@ -314,7 +314,7 @@ class Manifest:
         meta = self._json(cells, "metadata", errs)
         shape = self._row_shape(cells, errs)
         data = self._data(shape, cells, meta, errs)
-        extra = val.dumps({c: val.cell_value(cells[i]) for c, i in self._extras}) if self._extras else None
+        extra = val.dumps_extra({c: val.cell_value(cells[i]) for c, i in self._extras}) if self._extras else None
         if shape == "video_long":
             ref, pid, wf, batch, pw = settings
             frame = long_video.frame_row(

@@ -31,6 +31,7 @@ __all__ = [
     "bad_unicode",
     "cell_value",
     "dumps",
+    "dumps_extra",
     "enc",
     "escaped",
     "extra_json",
@@ -136,6 +137,16 @@ else:  # pragma: no cover - CPython always has the C accelerator
         return _encoder.encode(obj)
 
 
+_extra_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+
+
+def dumps_extra(obj: Any) -> str:
+    """An extra column's value (or a row's extras) as the ledger keeps it: as `dumps`, but a NaN or infinite
+    double is written as Python's json writes it (`NaN`, `Infinity`), which its json.loads reads back as that
+    double. Only for `jobs.extra`, never sent: an export then gives a Parquet double column back as doubles."""
+    return _extra_encoder.encode(obj)
+
+
 def show(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
 
@@ -226,16 +237,14 @@ def signature_problem(url: str) -> str | None:
 
 
 def cell_value(value: Any) -> Any:
-    """An extra column's value as the ledger keeps it (JSON, never sent): text, numbers, booleans, null, lists
-    and objects as they are, so an export gives back the manifest's types; what JSON cannot hold (NaN, a
-    Parquet timestamp or decimal, and lists or objects holding them) as its text."""
-    if value is None or type(value) in (str, int, bool):
+    """An extra column's value as the ledger keeps it (`dumps_extra`, never sent): text, numbers (NaN and
+    infinities too), booleans, null, lists and objects as they are, so an export gives back the manifest's
+    types; what has no JSON form (a Parquet timestamp or decimal, and lists or objects holding one) as its text."""
+    if value is None or type(value) in (str, int, bool, float):
         return value
-    if type(value) is float:
-        return value if math.isfinite(value) else str(value)
     if isinstance(value, dict | list):
         try:
-            dumps(value)
+            dumps_extra(value)
             return value
         except (ValueError, TypeError):
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
@@ -248,7 +257,7 @@ def cell_value(value: Any) -> Any:
 
 def extra_json(value: Any) -> str:
     """One extra cell as JSON text (the fast path's piece of the extras object)."""
-    return dumps(cell_value(value))
+    return dumps_extra(cell_value(value))
 
 
 def bad_unicode(text: str) -> bool:
