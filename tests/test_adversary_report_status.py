@@ -960,3 +960,36 @@ def test_exit_codes_and_refusals_of_status_report_and_show(tmp_path: Path) -> No
     assert result.exit_code == 1 and ledger.read_bytes() == before, result.output
     result = invoke("report", "--ledger", str(ledger), "-o", str(tmp_path / "nowhere" / "r.html"))
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+def test_status_per_project_counts_are_the_same_snapshot_as_its_totals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-project table, the attachment and platform figures of `uploader status` come from the snapshot
+    its totals do: a run that records results right after the totals were read (here 4 rows of project p2
+    fail) cannot make the per-project counts disagree with the totals beside them."""
+    ledger = tmp_path / "l.db"
+    load(ledger, write_manifest(tmp_path / "a.csv", ["a0", "a1"]), "p1")
+    load(ledger, write_manifest(tmp_path / "b.csv", [f"b{i}" for i in range(4)]), "p2")
+    from uploader.ledger.queries import LedgerQueries
+
+    status = LedgerQueries.status
+
+    def status_then_a_run_records(self: LedgerQueries, *args: Any, **kwargs: Any) -> Any:
+        out = status(self, *args, **kwargs)
+        con = sqlite3.connect(ledger)
+        try:
+            con.execute(
+                "UPDATE jobs SET status = 'failed', error_code = 'FS_0003', attempts = 1 WHERE project_id = 'p2'"
+            )
+            con.commit()
+        finally:
+            con.close()
+        return out
+
+    monkeypatch.setattr(LedgerQueries, "status", status_then_a_run_records)
+    doc = status_json(ledger)
+    per_project = doc["projects"]
+    summed = {s: sum(p[s] for p in per_project.values()) for s in STATES}
+    assert summed == {s: doc["counts"][s] for s in STATES}, (per_project, doc["counts"])
+    assert sql(ledger, "SELECT COUNT(*) FROM jobs WHERE status = 'failed'") == [(4,)]  # the run did record

@@ -275,15 +275,18 @@ def status(ledger: str | None, as_json: bool) -> None:
     from uploader.ledger import never_checked, project_counts, sync_counts, url_verdict_counts
 
     led = _open_ledger(ledger, create=False)
-    attachments = {"never_checked": never_checked(led.engine), "urls": url_verdict_counts(led.engine)}
+    with led.snapshot() as snapshot:  # every figure from one moment: a run may be recording meanwhile
+        report = led.status(snapshot)
+        attachments = {"never_checked": never_checked(snapshot), "urls": url_verdict_counts(snapshot)}
+        projects, platform = project_counts(snapshot), sync_counts(snapshot)
     print_status(
-        led.status(),
+        report,
         as_json,
         repeat_from_context(),
-        projects=project_counts(led.engine),
+        projects=projects,
         attachments=attachments,
         quiet=quiet_mode(),
-        platform=sync_counts(led.engine),
+        platform=platform,
     )
 
 

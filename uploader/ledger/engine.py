@@ -424,6 +424,17 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def reading(source: Engine | Connection) -> Iterator[Connection]:
+    """A reading transaction on `source`: an Engine's own (`read_tx`), or the one a Connection the caller
+    holds is in (so that several queries read one snapshot, as `uploader status` does)."""
+    if isinstance(source, Connection):
+        yield source
+        return
+    with read_tx(source) as conn:
+        yield conn
+
+
+@contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver failures (disk full, locked, read-only) into a LedgerError with a plain message."""
     try:

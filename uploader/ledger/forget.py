@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from uploader.errors import LedgerError
-from uploader.ledger.engine import read_tx, write_tx
+from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import LIVE_WORKER_SECONDS, utcnow
 
@@ -167,10 +167,10 @@ def manifest_paths(engine: Engine) -> list[str]:
         return list(dict.fromkeys(str(p) for (p,) in conn.execute(text("SELECT path FROM manifests ORDER BY id"))))
 
 
-def project_counts(engine: Engine) -> dict[str, dict[str, int]]:
-    """Rows per project and state (every state present), projects in name order."""
+def project_counts(source: Engine | Connection) -> dict[str, dict[str, int]]:
+    """Rows per project and state (every state present), projects in name order (`source`: as `reading`)."""
     out: dict[str, dict[str, int]] = {}
-    with read_tx(engine) as conn:
+    with reading(source) as conn:
         for project, status, n in conn.execute(
             text("SELECT project_id, status, COUNT(*) FROM jobs GROUP BY project_id, status ORDER BY project_id")
         ):

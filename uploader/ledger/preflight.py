@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, DateTime, Engine, Integer, Text, text
 
-from uploader.ledger.engine import read_tx, write_tx
+from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
 from uploader.ledger.queries import utcnow
 
@@ -265,9 +265,10 @@ def _read_time(conn: Connection) -> Callable[[Any], Any]:
     return processor if processor is not None else _same
 
 
-def never_checked(engine: Engine) -> int:
-    """Pending rows whose attachments no preflight has checked (or whose payload changed since)."""
-    with read_tx(engine) as conn:
+def never_checked(source: Engine | Connection) -> int:
+    """Pending rows whose attachments no preflight has checked (or whose payload changed since); `source`: as
+    `reading`."""
+    with reading(source) as conn:
         return int(conn.execute(_NEVER_CHECKED).scalar_one())
 
 
@@ -290,7 +291,7 @@ def blocked_rows(engine: Engine, limit: int = 10) -> list[BlockedRow]:
         return [BlockedRow(*row) for row in conn.execute(_BLOCKED, {"n": limit})]
 
 
-def url_verdict_counts(engine: Engine) -> dict[str, int]:
-    """How many distinct URLs have each verdict."""
-    with read_tx(engine) as conn:
+def url_verdict_counts(source: Engine | Connection) -> dict[str, int]:
+    """How many distinct URLs have each verdict (`source`: as `reading`)."""
+    with reading(source) as conn:
         return {str(v): int(n) for v, n in conn.execute(_VERDICT_COUNTS)}

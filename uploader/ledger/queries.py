@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -241,10 +241,15 @@ class LedgerQueries:
             )
         return out
 
-    def status(self) -> StatusReport:
-        """What `uploader status` shows, every figure read in one snapshot (`read_snapshot`): read one
-        transaction each, a run recording results in between made the counts contradict the error codes."""
-        with read_snapshot(self.engine) as conn:
+    def snapshot(self) -> AbstractContextManager[Connection]:
+        """A read snapshot (`read_snapshot`) to hand to several queries, which then agree with each other."""
+        return read_snapshot(self.engine)
+
+    def status(self, snapshot: Connection | None = None) -> StatusReport:
+        """What `uploader status` shows, every figure read in one snapshot (`read_snapshot`, or the caller's
+        `snapshot`): read one transaction each, a run recording results in between made the counts contradict
+        the error codes."""
+        with read_snapshot(self.engine) if snapshot is None else nullcontext(snapshot) as conn:
             counts = _counts(conn)
             codes = _error_codes(conn)
             errors = _error_details(conn)

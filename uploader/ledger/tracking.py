@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, event, text
 
-from uploader.ledger.engine import read_tx, write_tx
+from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status, merged_hashes
 from uploader.ledger.transitions import settle_found
 
@@ -389,9 +389,10 @@ def record_results(engine: Engine, fetched: Sequence[FetchedResult], errors: Seq
             )
 
 
-def sync_counts(engine: Engine) -> dict[str, Any]:
-    """Tracked rows, how many have a final platform status, how many have their result, and per status."""
-    with read_tx(engine) as conn:
+def sync_counts(source: Engine | Connection) -> dict[str, Any]:
+    """Tracked rows, how many have a final platform status, how many have their result, and per status
+    (`source`: as `reading`)."""
+    with reading(source) as conn:
         by_status = {
             str(s): n
             for s, n in conn.execute(
