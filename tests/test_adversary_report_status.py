@@ -75,6 +75,16 @@ def run_against(api: HostileApi, ledger: Path, manifest: Path | None, *extra: st
     return invoke(*args, "--batch-id", BATCH, "--ledger", str(ledger), "--base-url", api.base_url, *extra)
 
 
+def write(ledger: Path, statement: str) -> None:
+    """One committed write with plain sqlite3, as another process (a run recording results) makes it."""
+    con = sqlite3.connect(ledger)
+    try:
+        con.execute(statement)
+        con.commit()
+    finally:
+        con.close()
+
+
 def sql(ledger: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     """Rows of a query over the ledger, read with plain sqlite3 (not through the code under test)."""
     con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
@@ -336,15 +346,11 @@ def test_status_counts_are_one_snapshot_while_a_run_records_results(
 
     def counts_then_a_run_records(self: LedgerQueries) -> dict[str, int]:
         out = counted(self)
-        con = sqlite3.connect(ledger)  # another process: a run records its five refusals
-        try:
-            con.execute(
-                "UPDATE jobs SET status = 'failed', error_code = 'FS_0003', error_message = 'Invalid data passed', "
-                "attempts = 1 WHERE status = 'pending'"
-            )
-            con.commit()
-        finally:
-            con.close()
+        write(  # another process: a run records its five refusals
+            ledger,
+            "UPDATE jobs SET status = 'failed', error_code = 'FS_0003', error_message = 'Invalid data passed', "
+            "attempts = 1 WHERE status = 'pending'",
+        )
         return out
 
     monkeypatch.setattr(LedgerQueries, "counts", counts_then_a_run_records)
@@ -977,14 +983,7 @@ def test_status_per_project_counts_are_the_same_snapshot_as_its_totals(
 
     def status_then_a_run_records(self: LedgerQueries, *args: Any, **kwargs: Any) -> Any:
         out = status(self, *args, **kwargs)
-        con = sqlite3.connect(ledger)
-        try:
-            con.execute(
-                "UPDATE jobs SET status = 'failed', error_code = 'FS_0003', attempts = 1 WHERE project_id = 'p2'"
-            )
-            con.commit()
-        finally:
-            con.close()
+        write(ledger, "UPDATE jobs SET status = 'failed', error_code = 'FS_0003', attempts = 1 WHERE project_id = 'p2'")
         return out
 
     monkeypatch.setattr(LedgerQueries, "status", status_then_a_run_records)
