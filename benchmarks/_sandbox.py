@@ -111,14 +111,15 @@ class Measured:
     stdout: str
 
 
-def measure_cli(*args: str, env: dict[str, str] | None = None) -> Measured:
-    """Run `uploader ARGS` in a fresh process (environment `bench_env()` unless given); SystemExit if it fails."""
+def measure_cli(*args: str, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> Measured:
+    """Run `uploader ARGS` in a fresh process (environment `bench_env()` unless given); SystemExit if it exits
+    with a code not in `ok`."""
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURED, "uploader", *args], capture_output=True, text=True, env=env or bench_env()
     )
     wall = time.perf_counter() - started
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise SystemExit(f"uploader {' '.join(args[:1])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     line = next(x for x in proc.stderr.splitlines() if x.startswith("MEASURED"))
     cpu, own_kb, children_kb = (float(v) for v in line.split()[1:])
