@@ -401,3 +401,26 @@ def test_pending_pages_read_only_the_pending_rows_span(ledger, tmp_path):
     with ledger.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE jobs SET status = 'succeeded'")
     assert list(pending_payloads(ledger.engine)) == [] and list(pending_signed_payloads(ledger.engine)) == []
+
+
+def test_the_log_file_has_a_line_per_url_checked_with_its_host_only(box, tmp_path):
+    """`check --log-file`: one JSON line per distinct URL checked (event `check`: host, verdict, final HTTP
+    status, latency), a URL shared by two rows once; never the URL's path or query (a signed URL's query is
+    a credential)."""
+    log = tmp_path / "check.jsonl"
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            ("ok1", files(box, "a.jpg", "sig=SECRET1")),
+            ("ok2", files(box, "a.jpg", "sig=SECRET1")),
+            ("gone", files(box, "b.jpg", "status=404&sig=SECRET2")),
+        ],
+    )
+    result = invoke("check", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--log-file", str(log))
+    assert result.exit_code == 3, result.output
+    text = log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    host = box.base_url.split("://")[1]
+    got = sorted((x["event"], x["host"], x["outcome"], x["http_status"], x["level"]) for x in lines)
+    assert got == [("check", host, "http_error", 404, "info"), ("check", host, "ok", 206, "debug")], got
+    assert "SECRET" not in text and "a.jpg" not in text and "b.jpg" not in text

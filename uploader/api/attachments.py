@@ -24,6 +24,7 @@ import asyncio
 import datetime as dt
 import errno
 import itertools
+import logging
 import os
 import socket
 import ssl
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-from uploader.api.client import _transport_code
+from uploader.api.client import _transport_code, log, url_host
 from uploader.api.policy import retry_after_seconds
 from uploader.api.wire import Proxies, Proxy, proxies_from_env
 
@@ -212,7 +213,10 @@ async def check_urls(
     async def worker() -> None:
         try:
             for url in source:
-                await results.put(await _check(session, pacer, proxies, url, max_redirects))
+                started = time.perf_counter()
+                check = await _check(session, pacer, proxies, url, max_redirects)
+                _log_check(check, time.perf_counter() - started)
+                await results.put(check)
         finally:
             await results.put(None)
 
@@ -232,6 +236,32 @@ async def check_urls(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await session.close()
+
+
+def _log_check(check: UrlCheck, seconds: float) -> None:
+    """One record per URL checked on the `uploader.api` logger (DEBUG when ok, INFO otherwise; --log-file
+    writes both): its host, verdict, final HTTP status and time. Never the rest of the URL: a signed URL's
+    query is a credential."""
+    level = logging.DEBUG if check.verdict == "ok" else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    host = url_host(check.url)
+    log.log(
+        level,
+        "check %s: %s HTTP %s (%.0f ms)",
+        host,
+        check.verdict,
+        check.status,
+        seconds * 1000,
+        extra={
+            "event": "check",
+            "method": "GET",
+            "host": host,
+            "http_status": check.status,
+            "latency_ms": round(seconds * 1000, 1),
+            "outcome": check.verdict,
+        },
+    )
 
 
 def _ssl_context() -> ssl.SSLContext:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -48,7 +48,7 @@ from uploader.api.body import (
     too_large,
     truncate,
 )
-from uploader.api.endpoint import check_base_url
+from uploader.api.endpoint import USER_INFO, check_base_url
 from uploader.api.policy import (
     EXISTS_CODES,
     FATAL_CODES,
@@ -71,7 +71,7 @@ from uploader.api.warm import tls_context
 from uploader.api.wire import Wire, WireError, proxies_from_env
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
-__all__ = ["ApiClient", "new_tls_context"]
+__all__ = ["ApiClient", "new_tls_context", "url_host"]
 
 #: One record per request other than a job creation (uploader.send logs those, with the row they were for).
 log = logging.getLogger("uploader.api")
@@ -259,7 +259,7 @@ class ApiClient:
         except (TimeoutError, WireError, httpx.HTTPError, OSError) + _extra_errors() as exc:
             result = self._failure(exc)
         # never the URL: a signed one carries its credentials in the query
-        _log_request("GET", {"endpoint": "download", "host": _host(url)}, result, time.perf_counter() - started)
+        _log_request("GET", {"endpoint": "download", "host": url_host(url)}, result, time.perf_counter() - started)
         return result
 
     async def _download_direct(self, wire: Wire, url: str, sink: BinaryIO, max_bytes: int) -> ApiResult:
@@ -557,9 +557,16 @@ def _log_request(method: str, about: dict[str, str], result: ApiResult, seconds:
     )
 
 
-def _host(url: str) -> str:
-    """The host (and port) of a URL, for a log line."""
-    return urlsplit(url).netloc.rpartition("@")[2]
+def url_host(url: str) -> str:
+    """The host (and port) of a URL, for a log line: what follows `scheme://` and any user info (read as
+    endpoint.USER_INFO reads it: a password may hold a raw `/`) up to the path, query or fragment. Never
+    raises (urlsplit refuses a malformed IPv6 host)."""
+    rest = url.partition("://")[2]
+    info = USER_INFO.match(rest)
+    return _AUTHORITY_END.split(rest[info.end() :] if info else rest, maxsplit=1)[0]
+
+
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 def _redacted(text: str, key: str) -> str:
