@@ -138,13 +138,19 @@ else:  # pragma: no cover - CPython always has the C accelerator
 
 
 _extra_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+if c_make_encoder is not None:
+    _c_encode_extra = c_make_encoder(None, _extra_encoder.default, enc, None, ":", ",", False, False, True)
 
+    def dumps_extra(obj: Any) -> str:
+        """An extra column's value (or a row's extras) as the ledger keeps it: as `dumps`, but a NaN or
+        infinite double is written as Python's json writes it (`NaN`, `Infinity`), which its json.loads reads
+        back as that double. Only for `jobs.extra`, never sent: an export then gives a Parquet double column
+        back as doubles."""
+        return "".join(_c_encode_extra(obj, 0))
+else:  # pragma: no cover - CPython always has the C accelerator
 
-def dumps_extra(obj: Any) -> str:
-    """An extra column's value (or a row's extras) as the ledger keeps it: as `dumps`, but a NaN or infinite
-    double is written as Python's json writes it (`NaN`, `Infinity`), which its json.loads reads back as that
-    double. Only for `jobs.extra`, never sent: an export then gives a Parquet double column back as doubles."""
-    return _extra_encoder.encode(obj)
+    def dumps_extra(obj: Any) -> str:
+        return _extra_encoder.encode(obj)
 
 
 def show(value: str, limit: int = 60) -> str:
