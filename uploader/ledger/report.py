@@ -164,8 +164,9 @@ class _Tally:
 
 
 def report_data(engine: Engine) -> ReportData:
-    """Aggregate the ledger for the report (five scans of the jobs at most: times, groups, the platform's
-    statuses and results, their errors when some failed, and throughput when runs kept no activity)."""
+    """Aggregate the ledger for the report (six scans of the jobs at most: times, groups, the platform's
+    statuses and results, their errors when some failed, and throughput when runs kept no activity: two
+    when some runs kept it and older ones did not)."""
     synced = "platform_status" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     tally = _Tally()
     with read_snapshot(engine) as conn, _small_cache(conn):
@@ -252,7 +253,9 @@ def _throughput(
         step = bucket_seconds(first, last)
         return None, True, step, _buckets(conn.execute(text(_derived(dialect, step, ""))), step)
     before = f"AND updated_at < {_COUNTED_SINCE}"
-    earliest = _dt(conn.execute(text(f"SELECT MIN(updated_at) FROM jobs WHERE {_SENT} {before}")).scalar())
+    earliest = None
+    if conn.execute(text(_OLDER_RUNS)).first() is not None:  # else no row can have been sent uncounted
+        earliest = _dt(conn.execute(text(f"SELECT MIN(updated_at) FROM jobs WHERE {_SENT} {before}")).scalar())
     step = bucket_seconds(min(start, earliest or start), end)
     measured = (
         f"SELECT {_epoch(dialect, 'minute')} / {step} AS b, SUM(created), SUM(requests), SUM(throttled) "
@@ -271,6 +274,11 @@ def _throughput(
 _COUNTED_SINCE = (
     "COALESCE((SELECT MIN(w.started_at) FROM workers w WHERE w.owner IN (SELECT owner FROM activity)), "
     "(SELECT MIN(minute) FROM activity))"
+)
+#: A run that kept no counts, started before the first one that did: only then can a row's requests be
+#: missing from the activity table (the workers table is small; the jobs are scanned only if it says so).
+_OLDER_RUNS = (
+    f"SELECT 1 FROM workers WHERE started_at < {_COUNTED_SINCE} AND owner NOT IN (SELECT owner FROM activity) LIMIT 1"
 )
 #: Rows that were sent (or answered): the rows a derived throughput counts.
 _SENT = "(attempts > 0 OR http_status IS NOT NULL)"
