@@ -265,6 +265,15 @@ def test_adopt_reports_conflicts_and_changes_nothing_for_them(tmp_path: Path) ->
         assert ledger_rows(first)["img-00001"]["job_id"] == "someone-else"
 
 
+def test_status_of_a_ledger_never_synced_has_no_platform_line(tmp_path: Path) -> None:
+    manifest = write_images(tmp_path / "m.csv", 3)
+    ledger = tmp_path / "l.db"
+    load = invoke("load", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(ledger))
+    assert load.exit_code == 0, load.output
+    text = invoke("status", "--ledger", str(ledger)).stdout
+    assert "3 jobs" in text and "on the platform" not in text, text
+
+
 @pytest.mark.slow
 def test_status_and_export_show_the_platform_status_and_result(tmp_path: Path) -> None:
     with Sandbox(SandboxConfig(api_key=KEY, complete_after_s=0, reject_rate=0.5)) as box:

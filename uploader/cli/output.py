@@ -161,7 +161,7 @@ def print_status(
         click.echo(f"{report.total} jobs: " + ", ".join(f"{n} {name}" for name, n in report.counts.items() if n))
         return
     _print_counts(report, by_project)
-    if platform and platform["by_status"] != {"None": platform["tracked"]}:
+    if platform and any(s != "None" for s in platform["by_status"]):  # some row was synced
         words = ", ".join(f"{n} {s}" for s, n in sorted(platform["by_status"].items()) if s != "None")
         click.echo(
             f"on the platform (last `uploader sync`): {words}; {platform['results']} results fetched"
