@@ -122,3 +122,39 @@ def test_jsonl_extras_keep_their_types_and_a_mixed_column_is_text(tmp_path: Path
 def test_parquet_types(values: list[Any], expected: str | None) -> None:
     rows = [{"c": v, "other": "x"} for v in values]
     assert parquet_types(rows, ["c"]) == ({"c": expected} if expected else {})
+
+
+def test_the_platform_status_time_is_utc_in_every_format(tmp_path: Path) -> None:
+    """`platform_status_at` (as `uploader sync` records it: naive UTC) is ISO 8601 with its `Z` in CSV and JSON
+    Lines, a UTC timestamp in Parquet, a UTC datetime column in `to_pandas`; empty where no sync saw the job."""
+    import csv
+    import sqlite3
+
+    import uploader
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("reference_id,image_url\na,https://cdn.example.com/a.jpg\nb,https://cdn.example.com/b.jpg\n")
+    ledger = tmp_path / "l.db"
+    invoke("load", str(manifest), "--project-id", "p", "--work-flow-id", "w", "--ledger", str(ledger))
+    with sqlite3.connect(ledger) as db:
+        db.execute(
+            "UPDATE jobs SET status = 'succeeded', job_id = 'j-a', platform_status = 'completed', "
+            "platform_status_at = '2026-12-06 05:00:42.513259' WHERE reference_id = 'a'"
+        )
+    db.close()
+    rows = list(csv.DictReader(invoke("export", "--ledger", str(ledger)).splitlines()))
+    assert [r["platform_status_at"] for r in rows] == ["2026-12-06T05:00:42.513259Z", ""]
+    lines = invoke("export", "--ledger", str(ledger), "--format", "jsonl").splitlines()[:2]
+    assert [json.loads(line)["platform_status_at"] for line in lines] == ["2026-12-06T05:00:42.513259Z", None]
+    table = pq.read_table(invoke_parquet(ledger, tmp_path / "j.parquet"))
+    assert table.schema.field("platform_status_at").type == pa.timestamp("us", tz="UTC")
+    when = dt.datetime(2026, 12, 6, 5, 0, 42, 513259, tzinfo=dt.UTC)
+    assert table.column("platform_status_at").to_pylist() == [when, None]
+    frame = uploader.Ledger.open(str(ledger)).to_pandas()
+    assert str(frame["platform_status_at"].dtype) == "datetime64[us, UTC]"
+    assert frame["platform_status_at"][0].to_pydatetime() == when and frame["platform_status_at"].isna()[1]
+
+
+def invoke_parquet(ledger: Path, out: Path) -> Path:
+    invoke("export", "--ledger", str(ledger), "--format", "parquet", "-o", str(out))
+    return out

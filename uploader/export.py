@@ -16,6 +16,7 @@ file meant to be opened in a spreadsheet rather than read by a program.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -235,6 +236,8 @@ _PARQUET_TYPE = {
     frozenset({"int", "float"}): "float64",
 }
 _INT64 = range(-(2**63), 2**63)
+#: The `types` value of a time column (export_rows gives its times as ISO 8601 UTC text: `…Z`).
+_UTC_TIME = "timestamp[us, UTC]"
 
 
 def _json_kind(value: Any) -> str:
@@ -270,8 +273,8 @@ def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"attempts": "int64", **types}
-    schema = pa.schema([pa.field(c, pa.type_for_alias(types.get(c, "string"))) for c in columns])
+    types = {"attempts": "int64", "platform_status_at": _UTC_TIME, **types}
+    schema = pa.schema([pa.field(c, _arrow_type(pa, types.get(c, "string"))) for c in columns])
     n = 0
     with pq.ParquetWriter(sink, schema) as writer:
         for chunk in _chunks(rows, 50_000):
@@ -285,8 +288,16 @@ def _write_parquet(rows: Iterable[dict[str, Any]], sink: BinaryIO, columns: list
     return n
 
 
+def _arrow_type(pa: Any, kind: str) -> Any:
+    """The Arrow type of a `types` value: a pyarrow alias, or _UTC_TIME."""
+    return pa.timestamp("us", tz="UTC") if kind == _UTC_TIME else pa.type_for_alias(kind)
+
+
 def _typed(value: Any, kind: str | None) -> Any:
-    """A value for a Parquet column: as it is in a typed column, else text (JSON for a non-text value)."""
-    if value is None or kind is not None:
+    """A value for a Parquet column: as it is in a typed column (a time parsed from its ISO 8601 text), else
+    text (JSON for a non-text value)."""
+    if value is None:
         return value
+    if kind is not None:
+        return dt.datetime.fromisoformat(value) if kind == _UTC_TIME else value
     return value if type(value) is str else _cell(value)

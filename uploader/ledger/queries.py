@@ -347,8 +347,7 @@ class LedgerQueries:
                 return
             for row in rows:
                 record = dict(zip(EXPORT_COLUMNS, row[1:-1]))
-                at = _dt(record["platform_status_at"])
-                record["platform_status_at"] = at.isoformat(sep=" ") if at is not None else None
+                record["platform_status_at"] = _iso(record["platform_status_at"])
                 if row[-1]:
                     for k, v in json.loads(row[-1]).items():
                         record.setdefault(export_name(k), v)
@@ -357,13 +356,16 @@ class LedgerQueries:
 
     def to_pandas(self, statuses: Sequence[str] = (), platform_statuses: Sequence[str] = ()) -> pd.DataFrame:
         """The export (`uploader export`) as a pandas DataFrame: EXPORT_COLUMNS, then the manifests' extra
-        columns; one row per job, in load order, with pandas' own dtypes and missing values. `statuses`,
-        `platform_statuses`: only those rows, as `export_rows` selects them."""
+        columns; one row per job, in load order, with pandas' own dtypes and missing values (`platform_status_at`
+        a UTC datetime). `statuses`, `platform_statuses`: only those rows, as `export_rows` selects them."""
         import pandas as pd
 
         columns = [*EXPORT_COLUMNS, *self.extra_columns()]
         rows = self.export_rows(statuses, platform_statuses=platform_statuses)
-        return pd.DataFrame.from_records(list(rows), columns=columns)
+        frame = pd.DataFrame.from_records(list(rows), columns=columns)
+        at = pd.to_datetime(frame["platform_status_at"], utc=True, format="ISO8601")
+        frame["platform_status_at"] = at.dt.as_unit("us")
+        return frame
 
 
 @contextmanager
