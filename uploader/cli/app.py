@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import sys
@@ -23,14 +24,17 @@ from uploader.errors import UploaderError
 
 __all__ = [
     "WORKFLOW",
+    "ClosedOutput",
     "UploaderCommand",
     "UploaderGroup",
+    "WatchedOutput",
     "command_keys",
     "common",
     "document_printed",
     "emit_error",
     "json_mode",
     "quiet_mode",
+    "standard_streams",
 ]
 
 #: The order `uploader --help` lists the commands in: the order they are used in.
@@ -253,9 +257,11 @@ class UploaderGroup(click.Group):
             sys.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:
             if exc.errno != errno.EPIPE:
-                raise
+                if not _stdout_failed():
+                    raise
+                emit_error(f"cannot write to standard output: {exc.strerror or exc}", 1, False)
             _quiet_stdout()
-            sys.exit(EXIT_BROKEN_PIPE)
+            sys.exit(EXIT_BROKEN_PIPE if exc.errno == errno.EPIPE else 1)
         except UploaderError as exc:  # raised while a command's options were read (a config file)
             emit_error(
                 str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())), getattr(exc, "code", None)
@@ -276,6 +282,70 @@ def _json_asked(args: Sequence[str], environ: Mapping[str, str] | None = None) -
     """Whether a command line (not parsed yet, or not parsable) asks for JSON."""
     environ = os.environ if environ is None else environ
     return "--json" in args or environ.get("UPLOADER_JSON", "").lower() in ("1", "true", "yes", "on")
+
+
+class ClosedOutput(io.TextIOBase):
+    """sys.stdout of a process started without one (`>&-`; Python sets it to None): writing fails as writing
+    to a closed descriptor does (EBADF), so a command that prints says so in one line, and one that prints
+    nothing there (`report -o FILE`) is not troubled."""
+
+    failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.failed = True
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+class WatchedOutput(io.TextIOWrapper):
+    """sys.stdout of the program: a write or flush that fails (a full disk behind `>`) is remembered, so that
+    the OSError it raises is told as standard output's, in one line, and not as a traceback."""
+
+    failed = False
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError:
+            self.failed = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.failed = True
+            raise
+
+
+def standard_streams() -> None:
+    """Standard output watched (WatchedOutput); and for the standard streams the process started without:
+    stdout a ClosedOutput, stderr /dev/null (nowhere to complain), and their descriptors (stdin's too) held by
+    /dev/null, so that no file this process opens becomes descriptor 1 or 2 and takes what is written there."""
+    out = sys.stdout
+    if type(out) is io.TextIOWrapper:
+        sys.stdout = WatchedOutput(
+            out.detach(), encoding=out.encoding, errors=out.errors, line_buffering=out.line_buffering
+        )
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = ClosedOutput()
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the process's own stderr, for its whole life
+
+
+def _stdout_failed() -> bool:
+    """Whether standard output is what failed (a full disk behind `>`, a closed descriptor)."""
+    return bool(getattr(sys.stdout, "failed", False))
 
 
 def _quiet_stdout() -> None:

@@ -9,10 +9,12 @@ options, environment variables, profiles) in uploader.cli.app and uploader.cli.c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -23,7 +25,15 @@ import click
 
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
-from uploader.cli.app import UploaderCommand, UploaderGroup, document_printed, emit_error, json_mode, quiet_mode
+from uploader.cli.app import (
+    UploaderCommand,
+    UploaderGroup,
+    document_printed,
+    emit_error,
+    json_mode,
+    quiet_mode,
+    standard_streams,
+)
 from uploader.cli.output import (
     ProgressDisplay,
     SyncDisplay,
@@ -81,11 +91,20 @@ def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 _STOP = "uploader.stop"
 
 
+def _hold_signals() -> None:
+    """A command stopped by a signal ignores any further one while it closes its ledger and exits: a second
+    Ctrl-C would otherwise break into that clean-up at any line (KeyboardInterrupt) and end it with exit 1."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to hold
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _interrupted() -> NoReturn:
     """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal)."""
     ctx = click.get_current_context(silent=True)
     stop = ctx.meta.get(_STOP) if ctx is not None else None
     signum = getattr(stop, "signum", None)
+    _hold_signals()
     message = "interrupted; run the same command again to resume."
     if json_mode():
         emit_error(message, 128 + (signum or 2), True, "interrupted")
@@ -712,6 +731,7 @@ def run(
         display.close()
     print_summary(summary, as_json, repeat_from_context(), quiet=quiet, extra=extra)
     if summary.interrupted:
+        _hold_signals()
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.", err=True)
         sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
@@ -1076,7 +1096,7 @@ def sync(
                 indent=2,
             )
         )
-    elif not quiet_mode():
+    else:  # errors: printed with -q too
         for error in report.result_errors[:10]:
             click.echo(f"result not fetched: {error}", err=True)
         if report.not_found:
@@ -1404,6 +1424,7 @@ def config(ctx: click.Context, command: str) -> None:
 
 def main() -> None:
     """The command line, as click runs it (ends with SystemExit)."""
+    standard_streams()
     cli(prog_name="uploader")
 
 

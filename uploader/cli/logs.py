@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENT_FIELDS", "BarSafeStderr", "JsonLines", "configure_logging", "stderr_level"]
+__all__ = ["EVENT_FIELDS", "BarSafeStderr", "JsonLines", "LogFile", "configure_logging", "stderr_level"]
 
 #: The fields of a request record (uploader.send.submit, uploader.api.client) copied into a JSON line.
 EVENT_FIELDS = (
@@ -41,20 +41,59 @@ def stderr_level(verbosity: int) -> int:
     return {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
 
 
+def _to_stderr(line: str) -> None:
+    """A line on stderr, above a progress bar if one is drawn (tqdm.write clears and redraws it)."""
+    tqdm = sys.modules.get("tqdm")  # loaded only once a bar was drawn (uploader.cli.output)
+    if tqdm is not None:
+        tqdm.tqdm.write(line, file=sys.stderr)
+    else:
+        sys.stderr.write(line + "\n")
+
+
 class BarSafeStderr(logging.Handler):
-    """Records on stderr, above a progress bar if one is drawn (tqdm.write clears and redraws it), so that -v
-    lines and the bar do not overwrite each other."""
+    """Records on stderr, above a progress bar if one is drawn, so that -v lines and the bar do not overwrite
+    each other."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            tqdm = sys.modules.get("tqdm")  # loaded only once a bar was drawn (uploader.cli.output)
-            if tqdm is not None:
-                tqdm.tqdm.write(line, file=sys.stderr)
-            else:
-                sys.stderr.write(line + "\n")
+            _to_stderr(self.format(record))
         except Exception:  # noqa: BLE001 - logging's own contract: a failing handler reports, never raises
             self.handleError(record)
+
+
+class LogFile(logging.FileHandler):
+    """--log-file: records appended as JSON lines. A write that fails (a full disk) is told once on stderr, and
+    the file is left alone from then on: the command goes on without its log, rather than print a traceback
+    per record (logging's own handleError) and fail at the end."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or exc
+        try:
+            _to_stderr(f"warning: cannot write the log file {self.baseFilename}: {reason}; going on without it")
+        except Exception:  # noqa: BLE001 - nowhere left to say it
+            pass
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.handleError(None)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # what the stream still held could not be written: told already, or now
+            self.handleError(None)
 
 
 class JsonLines(logging.Formatter):
@@ -87,7 +126,7 @@ def configure_logging(verbosity: int, log_file: str | None) -> Callable[[], None
         handlers.append(shown)
     if log_file:
         try:
-            written = logging.FileHandler(log_file, encoding="utf-8")
+            written = LogFile(log_file, encoding="utf-8")
         except OSError as exc:
             raise UploaderError(f"cannot open the log file {log_file}: {exc.strerror or exc}") from None
         written.setLevel(logging.DEBUG)

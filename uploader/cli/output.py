@@ -310,12 +310,16 @@ def print_summary(
         click.echo("  " + error_line(e["code"], e["rows"], e["message"], e["reference_id"]))
     for note in _run_notes(run_):
         click.echo(note)
-    click.echo(
-        f"ledger (every run): {c['succeeded']:,} succeeded, {c['failed']:,} failed, {c['uncertain']:,} uncertain, "
-        + (f"{c['conflict']:,} conflict, " if c.get("conflict") else "")
-        + (f"{c['blocked']:,} blocked, " if c.get("blocked") else "")
-        + f"{c['pending'] + c['in_flight']:,} pending"
-    )
+    if not c:
+        click.echo(f"ledger (every run): not read (it stayed locked); `{repeat.command('status')}` shows it")
+    else:
+        click.echo(
+            f"ledger (every run): {c['succeeded']:,} succeeded, {c['failed']:,} failed, {c['uncertain']:,} "
+            "uncertain, "
+            + (f"{c['conflict']:,} conflict, " if c.get("conflict") else "")
+            + (f"{c['blocked']:,} blocked, " if c.get("blocked") else "")
+            + f"{c['pending'] + c['in_flight']:,} pending"
+        )
     for line in error_lines(d["errors"]):
         click.echo("  " + line)
     if c.get("blocked"):

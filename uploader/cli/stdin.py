@@ -8,6 +8,7 @@ path), not the temporary file, which is removed when the command ends.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import stat
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from uploader.errors import ManifestError
+from uploader.errors import ManifestError, UploaderError
 
 __all__ = ["STDIN_LABEL", "read_once", "sniff_format", "spooled_manifest"]
 
@@ -40,6 +41,10 @@ def sniff_format(head: bytes) -> str:
     return "csv"
 
 
+#: Errors of writing the spool that are the temporary folder's: no room, no right.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+
+
 @contextmanager
 def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[Path | None, str | None]]:
     """(the path to read, its label): `manifest` itself and None, or for `-` standard input copied to a
@@ -54,15 +59,28 @@ def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[P
         from uploader.manifest import EXTENSIONS
 
         fmt = EXTENSIONS.get(manifest.suffix.lower())
-    folder = Path(tempfile.mkdtemp(prefix="uploader-stdin-"))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="uploader-stdin-"))
+    except OSError as exc:
+        raise UploaderError(
+            f"cannot copy {label} to the temporary folder {tempfile.gettempdir()}: {exc.strerror}"
+        ) from None
     try:
         spool = folder / "stdin.part"
-        with open(spool, "wb") as out:
-            if stdin:
-                shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
-            else:
-                with open(manifest, "rb") as pipe:
-                    shutil.copyfileobj(pipe, out, 1024 * 1024)
+        try:
+            with open(spool, "wb") as out:
+                if stdin:
+                    shutil.copyfileobj(sys.stdin.buffer, out, 1024 * 1024)
+                else:
+                    with open(manifest, "rb") as pipe:
+                        shutil.copyfileobj(pipe, out, 1024 * 1024)
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM and exc.filename != str(spool):
+                raise  # reading the pipe failed: not the folder's fault
+            raise UploaderError(
+                f"cannot copy {label} to the temporary folder {folder.parent}: {exc.strerror}; free space there, "
+                "or set TMPDIR to a roomier folder"
+            ) from None
         with open(spool, "rb") as f:
             head = f.read(_SNIFF_BYTES)
         named = folder / f"stdin.{fmt or sniff_format(head)}"

@@ -6,7 +6,9 @@ writers never deadlock on a lock upgrade), readers get a plain deferred BEGIN.
 
 While `uploader run` sends, its writes wait for another process's write lock in short slices (`LockWait`,
 `set_lock_wait`) rather than inside one 30 s busy timeout: between slices Python runs signal handlers, so a
-SIGTERM ends the wait at once, and the run says that it is waiting.
+SIGTERM ends the wait at once, and the run says that it is waiting. On PostgreSQL a statement waits for the
+locks it needs inside the server: there a thread of the LockWait (`_StatementWatch`) cancels the run's statement
+that is still running when the LockWait gives up.
 """
 
 from __future__ import annotations
@@ -101,11 +103,110 @@ _LOCK_WAITS: weakref.WeakKeyDictionary[Engine, LockWait] = weakref.WeakKeyDictio
 
 def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
     """Make the engine's write transactions wait for the SQLite write lock as `wait` says (None: only
-    SQLite's own 30 s busy timeout). No effect on PostgreSQL."""
+    SQLite's own 30 s busy timeout). On PostgreSQL: a statement still running when `wait` gives up (or after
+    its limit) is cancelled, and raises LedgerLocked as a SQLite wait would."""
+    old = _WATCHES.pop(engine, None)
+    if old is not None:
+        old.close()
     if wait is None:
         _LOCK_WAITS.pop(engine, None)
-    else:
-        _LOCK_WAITS[engine] = wait
+        return
+    _LOCK_WAITS[engine] = wait
+    if engine.dialect.name != "sqlite":
+        _WATCHES[engine] = _StatementWatch(wait)
+
+
+class _StatementWatch:
+    """PostgreSQL's LockWait: the engine's statements in progress, and a thread that cancels those still
+    running (after LOCK_SLICE_MS) once the wait gives up, or after its limit. The statement then fails with
+    QueryCanceled, which the engine's `handle_error` hook turns into LedgerLocked. Never a notice: that would
+    draw the progress display from this thread."""
+
+    def __init__(self, wait: LockWait) -> None:
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[Any, float]] = {}  #: id(DBAPI cursor) → (the cursor, monotonic start)
+        self._cancelled: dict[int, bool] = {}  #: id(DBAPI cursor) → whether it was the wait giving up
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="uploader-statement-watch", daemon=True)
+        self._thread.start()
+
+    def started(self, cursor: Any) -> None:
+        with self._lock:
+            self._running[id(cursor)] = (cursor, time.monotonic())
+
+    def ended(self, cursor: Any) -> bool | None:
+        """The statement of `cursor` is over: whether it was cancelled because the wait gave up (True), after
+        the limit (False), or not at all (None)."""
+        with self._lock:
+            self._running.pop(id(cursor), None)
+            return self._cancelled.pop(id(cursor), None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        slice_seconds = LOCK_SLICE_MS / 1000
+        while not self._stop.wait(slice_seconds):
+            now = time.monotonic()
+            with self._lock:
+                running = [(key, cursor, start) for key, (cursor, start) in self._running.items()]
+            for key, cursor, start in running:
+                if now - start < slice_seconds:
+                    continue
+                gave_up = self.wait.give_up()
+                if not gave_up and now - start <= self.wait.limit:
+                    continue
+                with self._lock:
+                    if key not in self._running or key in self._cancelled:
+                        continue  # ended meanwhile, or cancelled already
+                    self._cancelled[key] = gave_up
+                try:
+                    cursor.connection.cancel()  # libpq's PQcancel: a request of its own, safe from any thread
+                except Exception:  # noqa: BLE001 - the statement then runs on; nothing more to do from here
+                    pass
+
+
+_WATCHES: weakref.WeakKeyDictionary[Engine, _StatementWatch] = weakref.WeakKeyDictionary()
+#: PostgreSQL's SQLSTATE of a statement cancelled on request (query_canceled).
+_CANCELLED = "57014"
+
+
+def _setup_postgresql(engine: Engine) -> None:
+    """The hooks of `_StatementWatch` (they do nothing while the engine has no LockWait)."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Connection, cursor: Any, *_: object) -> None:
+        watch = _WATCHES.get(engine)
+        if watch is not None:
+            watch.started(cursor)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Connection, cursor: Any, *_: object) -> None:
+        watch = _WATCHES.get(engine)
+        if watch is not None:
+            watch.ended(cursor)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        watch = _WATCHES.get(engine)
+        cursor = getattr(context.execution_context, "cursor", None)
+        if watch is None or cursor is None:
+            return
+        cancelled = watch.ended(cursor)
+        if cancelled is None and getattr(context.original_exception, "sqlstate", None) == _CANCELLED:
+            cancelled = watch.wait.give_up() or None  # our cancel of the statement before, arriving late
+        if cancelled is None:
+            return
+        if cancelled:
+            raise LedgerLocked(
+                "stopped while a ledger statement waited (another session holds a lock)", interrupted=True
+            ) from context.original_exception
+        raise LedgerLocked(
+            f"ledger error: a statement waited over {watch.wait.limit:.0f} s (another session holds a lock on "
+            "the ledger's tables); gave up. Find it (pg_stat_activity, pg_locks), let it finish or stop it"
+        ) from context.original_exception
 
 
 def script_location() -> str:
@@ -226,6 +327,8 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         raise LedgerError(f"cannot use ledger URL: {exc}") from None
     if engine.dialect.name == "sqlite":
         _setup_sqlite(engine)
+    else:
+        _setup_postgresql(engine)
     return engine
 
 
@@ -237,6 +340,10 @@ def _setup_sqlite(engine: Engine) -> None:
         exc = context.original_exception
         if isinstance(exc, sqlite3.DatabaseError) and _damaged_code(exc):
             raise _damaged(engine.url.database or "the ledger", str(exc).splitlines()[0]) from exc
+        if isinstance(exc, sqlite3.Error):
+            refusal = _sqlite_refusal(exc, _sqlite_path(str(engine.url)))
+            if refusal is not None:
+                raise refusal from exc
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
@@ -328,6 +435,50 @@ def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:
                 wait.waiting(waited)
     finally:
         raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+#: SQLite's result codes (the low byte of an extended code) of a file it may not write, cannot open, or has
+#: no room for.
+_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_FULL = 8, 14, 13
+
+
+def _sqlite_refusal(exc: sqlite3.Error, path: Path | None) -> LedgerError | None:
+    """A full disk or a ledger that cannot be written, as a LedgerError naming where (None: anything else)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    what = str(exc).splitlines()[0]
+    if code == _SQLITE_FULL:
+        ledger = f"the ledger's ({path.parent})" if path is not None else "the ledger's"
+        return LedgerError(
+            f"ledger error: {what}: no space left on {ledger} disk or in SQLite's temporary folder "
+            f"({sqlite_temp_folder()}, where a load keeps the rows it checks); free space there, or set "
+            "TMPDIR to a roomier folder"
+        )
+    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) and path is not None and _not_writable(path):
+        return LedgerError(
+            f"ledger error: cannot write the ledger {path}: it is on a read-only file system or in a folder "
+            f"this user may not write (SQLite writes {path.name}-wal and {path.name}-shm beside it); copy it "
+            "to a writable folder and use that copy"
+        )
+    return None
+
+
+def _not_writable(path: Path) -> bool:
+    """Whether the ledger file or its folder cannot be written (a read-only mount, permissions)."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
+
+
+def sqlite_temp_folder() -> str:
+    """Where SQLite keeps its temporary files (a TEMP table, a big sort): the first of SQLITE_TMPDIR, TMPDIR,
+    /var/tmp, /usr/tmp, /tmp that is a folder we may write, as SQLite's unix VFS looks for it."""
+    for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return "."
 
 
 def _damaged_code(exc: sqlite3.Error) -> bool:
@@ -442,7 +593,7 @@ def translate_errors() -> Iterator[None]:
     except OperationalError as exc:
         raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
     except sqlite3.OperationalError as exc:  # from the bare driver connection of a bulk load
-        raise LedgerError(f"ledger error: {str(exc).splitlines()[0]}") from exc
+        raise _sqlite_refusal(exc, None) or LedgerError(f"ledger error: {str(exc).splitlines()[0]}") from exc
     except sqlite3.DatabaseError as exc:
         if _damaged_code(exc):
             raise _damaged("the ledger file", str(exc).splitlines()[0]) from exc
@@ -452,7 +603,22 @@ def translate_errors() -> Iterator[None]:
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise LedgerError(f"lost the ledger connection: {_driver_message(exc)}") from exc
+        if _refused_by_the_server(exc):
+            raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
         raise
+
+
+#: SQLSTATE classes (PostgreSQL) of a server that refuses what it would otherwise do: a transaction state it
+#: imposes (25: read-only after a failover, an idle-in-transaction timeout), resources (53: disk full, too many
+#: connections), an operator (57), a system error (58); and a privilege taken away (42501). Not a bug of ours.
+_REFUSAL_CLASSES = ("25", "53", "57", "58")
+_NO_PRIVILEGE = "42501"
+
+
+def _refused_by_the_server(exc: DBAPIError) -> bool:
+    """Whether a driver error says the database refused for reasons of its own (`_REFUSAL_CLASSES`)."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return isinstance(state, str) and (state[:2] in _REFUSAL_CLASSES or state == _NO_PRIVILEGE)
 
 
 def _driver_message(exc: DBAPIError) -> str:

@@ -251,7 +251,9 @@ class Ledger(LedgerQueries):
                     migrate(engine)
             except BaseException:
                 engine.dispose()
-                if hold is not None:
+                if hold is not None and path is not None and created is not None:
+                    discard_unused(hold, path, _never_written)  # ours, never filled (a full disk): not left behind
+                elif hold is not None:
                     release(hold)
                 raise
             return cls(engine, new_file=created is not None, file_hold=hold)

@@ -439,7 +439,7 @@ class _Run:
             raise LedgerError(
                 f"{self.ledger_error}. The run stopped: every result recorded before is kept, and the rows "
                 "that were in the air are sent again (without duplicates) by the next run. Fix the cause "
-                "(e.g. free disk space), then run the same command again."
+                "(disk space, permissions, the database server), then run the same command again."
             ) from self.ledger_error
 
     def _register(self) -> str:
@@ -907,14 +907,29 @@ async def submit(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    counts, codes = ledger.counts(), ledger.error_codes(limit=5)  # not status(): it scans the whole table
+    counts, codes, details = _final_reads(ledger, run)
     fatal = str(run.fatal) if run.fatal else None
-    summary = RunSummary(
-        counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal, ledger.error_details(limit=5)
-    )
+    summary = RunSummary(counts, run.progress, codes, time.monotonic() - started, stop.gentle, fatal, details)
     if run.fatal is not None:
         raise _FatalWithSummary(run.fatal, summary)
     return summary
+
+
+def _final_reads(ledger: Ledger, run: _Run) -> tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]:
+    """The ledger's counts, error codes and their details, for the summary (not status(): it scans the whole
+    table). After a stop they are read as the run's last writes wait: a PostgreSQL session holding a lock on
+    `jobs` (which keeps out even readers) makes a stopped run give them up, `{}, {}, []`, rather than wait."""
+    if not run.stop.gentle:
+        return ledger.counts(), ledger.error_codes(limit=5), ledger.error_details(limit=5)
+    set_lock_wait(ledger.engine, LockWait(run._lock_give_up, run._lock_waiting))
+    try:
+        return ledger.counts(), ledger.error_codes(limit=5), ledger.error_details(limit=5)
+    except LedgerLocked as exc:
+        if not exc.interrupted:
+            raise
+        return {}, {}, []
+    finally:
+        set_lock_wait(ledger.engine, None)
 
 
 def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:

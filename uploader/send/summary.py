@@ -119,6 +119,8 @@ class ActivityMeter:
 class RunSummary:
     """What a finished (or stopped) run did, and what the ledger holds now."""
 
+    #: Rows per state in the whole ledger; empty when a stopped run could not read them (a PostgreSQL
+    #: session held a lock on the ledger's jobs table).
     counts: dict[str, int]
     progress: Progress
     error_codes: dict[str, int]

@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -629,12 +630,18 @@ class _Sync:
                 try:
                     n = min(DISK_THREADS, len(writes)) if disk is not None else 1
                     if n > 1 and disk is not None:
-                        list(disk.map(_write_parts, [writes[i::n] for i in range(n)]))
+                        shares = [disk.submit(_write_parts, writes[i::n]) for i in range(n)]
+                        wait_all(shares)  # every thread done before any failure is handled: none writes after
+                        for share in shares:
+                            share.result()
                     else:
                         _write_parts(writes)
                     _rename_all([path for path, _ in writes])
                 except OSError as exc:
                     written = {path for path, _ in writes}
+                    for path in written:  # what the other disk threads wrote, not renamed: not left taking room
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(_part(path))
                     failures = [f"cannot write {f[1]}: {exc}" for f in placed if f[1] in written]
                     errors += [(f[0], f"cannot write {f[1]}: {exc}") for f in placed if f[1] in written]
                     placed = [f for f in placed if f[1] not in written]
