@@ -118,9 +118,6 @@ def test_a_config_file_that_is_a_folder_is_one_error_line_naming_it(where: str):
             assert json.loads(result.stdout) == {"error": json.loads(line)["error"], "exit": 1}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a config file that is not UTF-8 is refused without the line and column of the bad byte"
-)
 def test_a_config_file_that_is_not_utf8_is_named_with_line_and_column():
     """README: "A file that is not valid TOML, or an unknown key, is one error line naming the file (and line and
     column), exit 1." A Latin-1 `é` on line 2, column 15 (a file saved by an old editor)."""
@@ -131,11 +128,6 @@ def test_a_config_file_that_is_not_utf8_is_named_with_line_and_column():
     assert result.stderr.startswith("error: uploader.toml:2:"), result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a profile value of the wrong type is blamed on the env var UPLOADER_RUN_CONCURRENCY (unset), the "
-    "config file is not named",
-)
 def test_a_wrongly_typed_profile_value_is_refused_naming_the_config_file(folder: Path):
     Path("uploader.toml").write_text('[default.run]\nconcurrency = "lots"\n')
     manifest = write_images(folder / "m.csv", 2)
@@ -155,11 +147,6 @@ def test_a_wrongly_typed_profile_value_is_refused_naming_the_config_file(folder:
         pytest.param('[default]\nledger = "l.db"\n[default.run]\nconcurrency = true\n', None, id="int-is-a-bool"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="profile values of the wrong kind are coerced silently: a TOML list becomes a ledger file named "
-    "\"['a.db']\", 3.7 and true become concurrency 3 and 1 (the flag refuses --concurrency 3.7)",
-)
 def test_a_profile_value_of_the_wrong_kind_is_refused_not_coerced(folder: Path, text: str, made: str | None):
     Path("uploader.toml").write_text(text)
     manifest = write_images(folder / "m.csv", 2)
@@ -177,24 +164,16 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_not_coerced(folder: Path, 
         pytest.param(None, ["--concurency", "4"], "--concurency", id="typo-in-an-option"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="`uploader config run` exits 0 showing a blank value for what `run` refuses (a bad profile value), "
-    "and passes over an option `run` does not have (a typo)",
-)
 def test_uploader_config_reports_what_the_command_would_refuse(toml: str | None, args: list[str], shown: str):
     """README: `uploader config [COMMAND] [OPTIONS]` shows what COMMAND would use and where each value comes from.
     The command itself refuses both (exit 2); `config`, the tool to find out why, should say so too."""
     if toml is not None:
         Path("uploader.toml").write_text(toml)
-    assert invoke("run", *args, "--sandbox").exit_code == 2  # what the command does with it
+    assert invoke("run", *args, "--sandbox").exit_code in (1, 2)  # what the command does with it
     result = invoke("config", "run", *args)
     assert shown in result.output, result.output  # shown as the value, or named in an error
 
 
-@pytest.mark.xfail(
-    strict=True, reason="`json = true` in a profile: click usage errors are still printed as text, not JSON"
-)
 def test_json_from_a_profile_makes_usage_errors_json_as_the_flag_and_the_variable_do():
     """README: flag > environment > profile > default for every option; with --json "an error is then a JSON
     object on stderr and on stdout". UPLOADER_JSON=1 and --json do it for a usage error; a profile's
@@ -208,11 +187,6 @@ def test_json_from_a_profile_makes_usage_errors_json_as_the_flag_and_the_variabl
         assert json.loads(result.stdout)["exit"] == 2, (env, toml, result.output)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='`~` in a profile\'s log_file is taken literally ("cannot open the log file ~/u.log") while the '
-    "ledger and api_key_file expand it",
-)
 def test_a_tilde_in_a_profiles_log_file_is_the_home_folder_as_for_the_ledger(tmp_path: Path, folder: Path):
     home = tmp_path / "home"
     home.mkdir()
@@ -430,11 +404,6 @@ def watched(folder: Path):
             signal.SIGTERM,
             143,
             id="SIGTERM",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="`sync --watch` is killed by SIGTERM (returncode -15, no 'run the same command again'), "
-                "only `run` handles it",
-            ),
         ),
     ],
 )

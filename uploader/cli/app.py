@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from uploader.cli.config import envvar_names, read_profile, setting_key
+from uploader.cli.config import ConfigFileError, envvar_names, read_profile, setting_key
 from uploader.errors import UploaderError
 
 __all__ = [
@@ -136,12 +136,43 @@ def _apply_profile(ctx: click.Context, param: click.Parameter, value: str | None
     keys = {name: command_keys(cmd) for name, cmd in commands.items() if name != "sandbox"}
     profile = read_profile(value, keys)
     common(ctx).update(profile=value, profile_read=profile)
+    ctx.meta[_META + "profile"] = profile  # for an error in reading the other options (`_json_wanted`)
     if ctx.command.name != "sandbox":
-        ctx.default_map = {
-            **(ctx.default_map or {}),
-            **profile.defaults_for(ctx.command.name or "", command_keys(ctx.command)),
-        }
+        name, own = ctx.command.name or "", command_keys(ctx.command)
+        defaults = profile.defaults_for(name, own)
+        options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+        for key, pname in own.items():
+            if pname in defaults and pname in options:
+                problem = profile_value_problem(ctx, options[pname], defaults[pname])
+                if problem is not None:
+                    raise ConfigFileError(f"{profile.source(name, key)}: {key}: {problem}")
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def profile_value_problem(ctx: click.Context, option: click.Option, value: Any) -> str | None:
+    """Why a profile's value cannot be this option's (None: it can). TOML's kinds must be the option's own, as
+    the flag would take it: a switch true or false, a count or an integer option an integer, a number option a
+    number, a repeatable option a list of text, any other text (a number too, as a flag's text would be); then
+    the option's own checks (ranges, choices, durations). click would coerce the rest (3.7 → 3, a list → its
+    repr)."""
+    if option.is_flag and not option.count:
+        ok, want = type(value) is bool, "true or false"
+    elif option.multiple:
+        ok, want = type(value) is list and all(type(v) is str for v in value), "a list of text"
+    elif option.count or isinstance(option.type, click.types.IntParamType):
+        ok, want = type(value) is int, "an integer"
+    elif isinstance(option.type, click.types.FloatParamType):
+        ok, want = type(value) in (int, float), "a number"
+    else:
+        ok, want = type(value) in (str, int, float), "text"
+    if not ok:
+        return f"must be {want}, not {json.dumps(value, default=str)}"
+    try:
+        option.type_cast_value(ctx, value)
+    except click.BadParameter as exc:
+        return exc.message
+    return None
 
 
 #: The options every command has (unless it declares its own under the same name).
@@ -221,7 +252,8 @@ class UploaderCommand(click.Command):
         level = ctx.params.get("verbose") or common(ctx).get("verbose") or 0
         log_file = ctx.params.get("log_file") or common(ctx).get("log_file")
         if log_file:
-            _check_log_file(ctx, str(log_file))
+            log_file = os.path.expanduser(str(log_file))  # a profile's `~/…`, as the shell does for a flag's
+            _check_log_file(ctx, log_file)
         ctx.call_on_close(configure_logging(int(level), log_file))
         return super().invoke(ctx)
 
@@ -263,12 +295,10 @@ class UploaderGroup(click.Group):
             _quiet_stdout()
             sys.exit(EXIT_BROKEN_PIPE if exc.errno == errno.EPIPE else 1)
         except UploaderError as exc:  # raised while a command's options were read (a config file)
-            emit_error(
-                str(exc), exc.exit_code, _json_asked(ctx.meta.get(_META + "args", ())), getattr(exc, "code", None)
-            )
+            emit_error(str(exc), exc.exit_code, _json_wanted(ctx), getattr(exc, "code", None))
             sys.exit(exc.exit_code)
         except click.ClickException as exc:  # a usage error found by click: in JSON mode, as JSON too
-            if not _json_asked(ctx.meta.get(_META + "args", ())):
+            if not _json_wanted(ctx):
                 raise
             emit_error(exc.format_message(), exc.exit_code, True)
             sys.exit(exc.exit_code)
@@ -276,6 +306,20 @@ class UploaderGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_META + "args"] = list(args)  # to know if JSON was asked for when parsing them fails
         return super().parse_args(ctx, args)
+
+
+def _json_wanted(ctx: click.Context) -> bool:
+    """Whether an error found while the options were read is told in JSON: --json, else UPLOADER_JSON when set,
+    else the profile's `json` (once read), as the option itself takes them."""
+    if _json_asked(ctx.meta.get(_META + "args", ())):
+        return True
+    if "UPLOADER_JSON" in os.environ:
+        return False  # set, and not to a true value: it beats the profile
+    scopes = getattr(ctx.meta.get(_META + "profile"), "settings", {})
+    for scope in (ctx.invoked_subcommand or "", ""):
+        if "json" in scopes.get(scope, {}):
+            return scopes[scope]["json"][0] is True
+    return False
 
 
 def _json_asked(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:

@@ -91,6 +91,23 @@ def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 _STOP = "uploader.stop"
 
 
+#: The SIGTERM that `_terminate_as_interrupt`'s handler turned into a KeyboardInterrupt (0: none).
+_TERMINATED = [0]
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM stops any command as Ctrl-C does (a KeyboardInterrupt: its clean-up runs, nothing is left
+    half-written, "run the same command again"), exit 143; `run` puts handlers of its own in place while it
+    sends (a gentle stop first)."""
+
+    def handler(signum: int, frame: object) -> None:
+        _TERMINATED[0] = signum
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding program): its own business
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _hold_signals() -> None:
     """A command stopped by a signal ignores any further one while it closes its ledger and exits: a second
     Ctrl-C would otherwise break into that clean-up at any line (KeyboardInterrupt) and end it with exit 1."""
@@ -103,7 +120,7 @@ def _interrupted() -> NoReturn:
     """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal)."""
     ctx = click.get_current_context(silent=True)
     stop = ctx.meta.get(_STOP) if ctx is not None else None
-    signum = getattr(stop, "signum", None)
+    signum = getattr(stop, "signum", None) or _TERMINATED[0]
     _hold_signals()
     message = "interrupted; run the same command again to resume."
     if json_mode():
@@ -1425,6 +1442,7 @@ def config(ctx: click.Context, command: str) -> None:
 def main() -> None:
     """The command line, as click runs it (ends with SystemExit)."""
     standard_streams()
+    _terminate_as_interrupt()
     cli(prog_name="uploader")
 
 

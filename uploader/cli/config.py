@@ -216,7 +216,12 @@ def _parse(path: Path) -> dict[str, Any] | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[line_start : exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigFileError(
+            f"{path}:{line}:{column}: not UTF-8 text (byte 0x{raw[exc.start]:02X}: {exc.reason}); save it as UTF-8"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -67,7 +67,10 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
     profile_name = common(ctx).get("profile")
     if profile_name and ctx.get_parameter_source("profile") is ParameterSource.COMMANDLINE and "--profile" not in args:
         args = ["--profile", profile_name, *args]
-    sub = command.make_context(name, list(args), parent=ctx.parent, resilient_parsing=True)
+    try:  # as the command would parse them: what it refuses (a typo, a bad value) is refused here too
+        sub = command.make_context(name, list(args), parent=ctx.parent)
+    except click.MissingParameter:  # a required option not given yet: still show the rest
+        sub = command.make_context(name, list(args), parent=ctx.parent, resilient_parsing=True)
     profile: Profile | None = common(sub).get("profile_read")
     keys = command_keys(command)
     settings = []
