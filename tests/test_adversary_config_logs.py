@@ -358,6 +358,7 @@ def test_a_key_that_cannot_be_sent_in_a_header_is_refused_before_any_request(fol
         "error: the API key is empty or has characters that cannot be sent in a header"
     ]
     assert key_leaks(result.output) == []
+    assert not Path("l.db").exists()  # refused before the manifest was loaded into a new ledger
 
 
 # --- help and exit codes ------------------------------------------------------------------------------------

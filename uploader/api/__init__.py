@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from uploader.api.client import ApiClient as ApiClient
     from uploader.api.endpoint import DEFAULT_BASE_URL as DEFAULT_BASE_URL
     from uploader.api.endpoint import USER_INFO as USER_INFO
+    from uploader.api.endpoint import check_api_key as check_api_key
     from uploader.api.endpoint import check_base_url as check_base_url
     from uploader.api.endpoint import masked_url as masked_url
     from uploader.api.loop import loop_factory as loop_factory
@@ -59,6 +60,7 @@ _EXPORTS = {
     "check_urls": "uploader.api.attachments",
     "judge": "uploader.api.attachments",
     "ApiClient": "uploader.api.client",
+    "check_api_key": "uploader.api.endpoint",
     "check_base_url": "uploader.api.endpoint",
     "masked_url": "uploader.api.endpoint",
     "USER_INFO": "uploader.api.endpoint",

@@ -48,7 +48,7 @@ from uploader.api.body import (
     too_large,
     truncate,
 )
-from uploader.api.endpoint import USER_INFO, check_base_url
+from uploader.api.endpoint import USER_INFO, check_api_key, check_base_url
 from uploader.api.policy import (
     EXISTS_CODES,
     FATAL_CODES,
@@ -91,7 +91,6 @@ KEY_ECHO_MIN_CHARS = 8
 _RawHeaders = Sequence[tuple[bytes, bytes]]
 #: What one exchange brings back: status, raw headers, body (None when larger than max_body_bytes).
 _Exchange = tuple[int, _RawHeaders, bytes | None]
-_KEY_OK = re.compile(r"[\x21-\x7e]+")
 #: One encoded character, as servers and proxies quote a header they refuse: an HTML character reference
 #: (named, decimal or hex; `;` optional, as browsers read it), a percent-escape (either case of hex; also
 #: `%uXXXX`), a backslash escape (JSON's and Python's `\uXXXX`, `\UXXXXXXXX`, `\xXX`, an escaped punctuation
@@ -156,8 +155,7 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         total_timeout: float | None = None,
     ) -> None:
-        if not api_key or not _KEY_OK.fullmatch(api_key):
-            raise UsageError("the API key is empty or has characters that cannot be sent in a header")
+        check_api_key(api_key)
         if concurrency < 1 or timeout <= 0 or max_body_bytes < 1:
             raise UsageError("concurrency, timeout and max_body_bytes must be positive")
         self._base_url = check_base_url(base_url, allow_http=True)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from uploader.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "USER_INFO", "check_base_url", "masked_url"]
+__all__ = ["DEFAULT_BASE_URL", "USER_INFO", "check_api_key", "check_base_url", "masked_url"]
 
 #: Where the API is unless told otherwise (`--base-url`, PLAYMENT_BASE_URL, `uploader.upload(base_url=...)`).
 DEFAULT_BASE_URL = "https://api.playment.io"
@@ -28,6 +28,17 @@ _URL_PARTS = re.compile(
     r"(?P<scheme>[^:/?#]+:)?(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)(?P<query>\?[^#]*)?(?P<fragment>#.*)?",
     re.DOTALL,
 )
+
+
+#: What an API key may hold: it goes in a header, as printable ASCII without spaces.
+_KEY_OK = re.compile(r"[\x21-\x7e]+")
+
+
+def check_api_key(key: str) -> str:
+    """`key`, if it can be sent as the x-api-key header; else UsageError (which never quotes it)."""
+    if not key or not _KEY_OK.fullmatch(key):
+        raise UsageError("the API key is empty or has characters that cannot be sent in a header")
+    return key
 
 
 def check_base_url(url: str, allow_http: bool = False) -> str:

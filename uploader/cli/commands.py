@@ -557,7 +557,7 @@ def _endpoint(
     api_key_file: str | None = None,
 ) -> tuple[str, str]:
     """Where to send and with which key; starts the sandbox for --sandbox."""
-    from uploader.api import check_base_url
+    from uploader.api import check_api_key, check_base_url
 
     if use_sandbox:
         from uploader.sandbox import Sandbox
@@ -569,7 +569,7 @@ def _endpoint(
     api_key = _api_key(api_key, api_key_file)
     if not api_key:
         raise UsageError("no API key: set PLAYMENT_API_KEY, pass --api-key-file PATH or --api-key (or try --sandbox)")
-    return check_base_url(base_url, allow_http), api_key
+    return check_base_url(base_url, allow_http), check_api_key(api_key)  # both before any ledger is touched
 
 
 @cli.command()
