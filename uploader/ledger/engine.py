@@ -447,10 +447,10 @@ def _sqlite_refusal(exc: sqlite3.Error, path: Path | None) -> LedgerError | None
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     what = str(exc).splitlines()[0]
     if code == _SQLITE_FULL:
-        ledger = f"the ledger's ({path.parent})" if path is not None else "the ledger's"
+        ledger = f"the ledger's folder ({path.parent})" if path is not None else "the ledger's disk"
         return LedgerError(
-            f"ledger error: {what}: no space left on {ledger} disk or in SQLite's temporary folder "
-            f"({sqlite_temp_folder()}, where a load keeps the rows it checks); free space there, or set "
+            f"ledger error: {what}: no space left in {ledger} or in SQLite's temporary folder "
+            f"({_sqlite_temp_folder()}, where a load keeps the rows it checks); free space there, or set "
             "TMPDIR to a roomier folder"
         )
     if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) and path is not None and _not_writable(path):
@@ -472,7 +472,7 @@ def _not_writable(path: Path) -> bool:
     return not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
 
 
-def sqlite_temp_folder() -> str:
+def _sqlite_temp_folder() -> str:
     """Where SQLite keeps its temporary files (a TEMP table, a big sort): the first of SQLITE_TMPDIR, TMPDIR,
     /var/tmp, /usr/tmp, /tmp that is a folder we may write, as SQLite's unix VFS looks for it."""
     for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
