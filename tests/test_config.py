@@ -369,3 +369,31 @@ def test_the_proxies_are_shown_with_their_variable_and_no_credentials(monkeypatc
     shown = invoke("config", "run", env=env).output
     assert "proxy.corp:3128" in shown and "s3cret" not in shown and "bob" not in shown
     assert "https_proxy" not in settings("load", env=env)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(86400, "1d"), (604800, "7d"), (5400, "90m"), (90, "90s"), (3600, "1h"), (1.5, "1.5s")]
+)
+def test_a_duration_is_shown_as_it_would_be_written(seconds: float, text: str):
+    import datetime as dt
+
+    from uploader.cli.preflight import Duration, duration_text
+
+    value = dt.timedelta(seconds=seconds)
+    assert duration_text(value) == text
+    assert Duration().convert(text, None, None) == value  # read back, it is the same length of time
+
+
+def test_uploader_config_shows_durations_as_they_are_written():
+    doc = json.loads(invoke("config", "run", "--recheck-after", "1.5h", "--json").stdout)["settings"]
+    assert doc["url_ttl"]["value"] == "7d" and doc["min_url_validity"]["value"] == "1d"
+    assert doc["recheck_after"] == {"value": "90m", "source": "flag"}
+    assert " 7d " in invoke("config", "run").stdout
+
+
+def test_a_config_file_that_is_a_dangling_link_is_an_error_not_ignored(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("uploader.toml").symlink_to(tmp_path / "gone.toml")
+    result = invoke("status")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: uploader.toml: a link to {tmp_path / 'gone.toml'}, which does not exist\n"

@@ -208,6 +208,8 @@ def _parse(path: Path) -> dict[str, Any] | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        if path.is_symlink():  # meant to be read: saying nothing would run with other settings
+            raise ConfigFileError(f"{path}: a link to {os.readlink(path)}, which does not exist") from None
         return None
     except OSError as exc:
         raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from None

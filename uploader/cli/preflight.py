@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Duration",
+    "duration_text",
     "min_url_validity_option",
     "preflight_dict",
     "preflight_options",
@@ -52,6 +53,15 @@ class Duration(_ParamType):
         if not m:
             self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
         return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "s"])
+
+
+def duration_text(value: dt.timedelta) -> str:
+    """A length of time as Duration reads it: in the largest unit that holds it whole (`24h`, `7d`, `90s`)."""
+    seconds = value.total_seconds()
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
 
 
 def min_url_validity_option(help_text: str) -> Callable[[F], F]:

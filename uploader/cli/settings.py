@@ -8,6 +8,7 @@ that may carry one (the base URL, a proxy) is shown without its user info, query
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from click.core import ParameterSource
 from uploader.api import masked_url
 from uploader.cli.app import command_keys, common
 from uploader.cli.config import Profile, config_files, environment_source
+from uploader.cli.preflight import duration_text
 
 __all__ = ["SECRET_KEYS", "Resolved", "Setting", "resolved_settings"]
 
@@ -79,6 +81,8 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
         value = sub.params[pname] if pname in sub.params else common(sub).get(_common_name(pname))
         if key in SECRET_KEYS:
             value = "set" if value else "unset"
+        elif isinstance(value, dt.timedelta):
+            value = duration_text(value)  # as it would be written: `24h`, not `1 day, 0:00:00`
         elif key in URL_KEYS and isinstance(value, str) and (key != "ledger" or "://" in value):
             value = masked_url(value)
         source = describe_source(
