@@ -382,3 +382,38 @@ def test_split_record_sends_only_interacting_results_one_at_a_time():
     live = {(1, 1), (2, 1), (3, 1), (4, 1), (9, 1), (5, 1), (6, 1), (7, 1)}
     holders = {"C": {9}, "E": {6}}
     assert split_record(results, live, holders) == ([0, 6, 7], [1, 2, 3, 4])
+
+
+def test_clock_skew_is_measured_against_the_database_server(db_url: str) -> None:
+    """PostgreSQL: the server's clock against this machine's (here the same machine: well under a second);
+    SQLite has no clock of its own."""
+    led = Ledger.open(db_url)
+    try:
+        skew = led.clock_skew()
+    finally:
+        led.close()
+    if is_sqlite(db_url):
+        assert skew is None
+    else:
+        assert skew is not None and abs(skew) < 1.0, skew
+
+
+@pytest.mark.parametrize(
+    ("skew", "lease", "expected"),
+    [
+        (None, 120, None),
+        (1.9, 120, None),
+        (-1.9, 120, None),
+        (5.0, 120, "this machine's clock is 5 s behind the ledger database's; runs on other machines"),
+        (-40.0, 120, "this machine's clock is 40 s ahead of the ledger database's, a large part of the 120 s lease"),
+        (-10.0, 20, "this machine's clock is 10 s ahead of the ledger database's, a large part of the 20 s lease"),
+    ],
+)
+def test_a_clock_skew_worth_telling(skew: float | None, lease: float, expected: str | None) -> None:
+    from uploader.send.runner import clock_skew_notice
+
+    notice = clock_skew_notice(skew, lease)
+    if expected is None:
+        assert notice is None
+    else:
+        assert notice is not None and notice.startswith(expected), notice

@@ -265,6 +265,18 @@ class Ledger(LedgerQueries):
         if hold is not None:
             release(hold)
 
+    def clock_skew(self) -> float | None:
+        """Seconds the database server's clock is ahead of this machine's (negative: behind), measured once;
+        None on SQLite, whose clock is this machine's. Leases and heartbeats are stamped by each machine's own
+        clock, so runs on machines whose clocks differ judge each other's leases early or late."""
+        if self.engine.dialect.name == "sqlite":
+            return None
+        with read_tx(self.engine) as conn:
+            before = time.time()
+            server = float(conn.execute(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")).scalar_one())
+            after = time.time()
+        return server - (before + after) / 2
+
     def discard_if_unused(self) -> bool:
         """Close the ledger and remove its SQLite file if no other process has it open and nothing was
         ever written to it (no job, manifest, batch or worker row): what a command that created the file

@@ -180,6 +180,7 @@ async def _run(
             await _batch_step(
                 stop, _batch_unbatched_rows(ledger, get_client, options, default_batch, policy, on_notice, stop)
             )
+        _tell_clock_skew(ledger, run_options.lease_seconds, on_notice)
         return await submit(
             ledger,
             await get_client(),
@@ -188,6 +189,35 @@ async def _run(
             stop=stop,
             handle_signals=False,
         )
+
+
+#: A difference of clocks between this machine and the ledger's database server worth telling (seconds).
+CLOCK_SKEW_TOLD = 2.0
+
+
+def clock_skew_notice(skew: float | None, lease_seconds: float) -> str | None:
+    """What to tell of the database server's clock being `skew` seconds ahead of this machine's (None: nothing).
+    Each machine stamps and judges leases by its own clock; a skew near the lease makes another machine's run
+    take this run's rows over while their requests are in the air. Nothing is created twice (the API refuses a
+    second job with FS_0001, the run finds the first, and the lease fence drops the late answer), but requests
+    and lookups are spent for nothing."""
+    if skew is None or abs(skew) < CLOCK_SKEW_TOLD:
+        return None
+    side = "behind" if skew > 0 else "ahead of"
+    text = f"this machine's clock is {abs(skew):.0f} s {side} the ledger database's"
+    if abs(skew) < lease_seconds / 4:
+        return f"{text}; runs on other machines judge this run's leases by their own clocks: keep clocks in sync (NTP)"
+    return (
+        f"{text}, a large part of the {lease_seconds:.0f} s lease: runs on other machines may take this run's rows "
+        "over while they are in the air (no job is created twice, but requests are spent again); sync the clocks "
+        "(NTP) or raise --lease-seconds"
+    )
+
+
+def _tell_clock_skew(ledger: Ledger, lease_seconds: float, on_notice: Callable[[str], None] | None) -> None:
+    notice = clock_skew_notice(ledger.clock_skew(), lease_seconds) if on_notice is not None else None
+    if notice is not None and on_notice is not None:
+        on_notice(notice)
 
 
 async def _batch_step(stop: StopFlag, step: Awaitable[T]) -> T:
