@@ -100,6 +100,28 @@ def answers_in_the_air(api: TruthApi, at_least: int = 3) -> None:
     wait_until(lambda: api.waiting >= at_least, f"{at_least} creations held in the air")
 
 
+@contextmanager
+def cut_off(db_url: str, tmp_path: Path, change: str, undo: str) -> Iterator[tuple[TruthApi, int, str]]:
+    """A run of a loaded manifest whose database gets `ALTER DATABASE … {change}` and loses its backends while
+    answers are in the air, run to its end; `undo` is applied once it ended. Yields the server, the run's exit
+    code and output."""
+    load(db_url, write_manifest(tmp_path / "m.csv", refs(ROWS)))
+    name = database_name(db_url)
+    out = tmp_path / "run.out"
+    with TruthApi(KEY) as api, admin(db_url) as conn:
+        proc = spawn(run_args(db_url, api, None, "--concurrency", "4"), out)
+        try:
+            answers_in_the_air(api)
+            conn.execute(text(f'ALTER DATABASE "{name}" {change}'))
+            terminate(conn, others(conn))
+            api.release()
+            code, output = finish(proc, out)
+        finally:
+            stop(proc)
+            conn.execute(text(f'ALTER DATABASE "{name}" {undo}'))
+        yield api, code, output
+
+
 def error_line(output: str) -> str:
     """The `{"error": …}` document a --json run printed on failure ('' when none)."""
     for line in reversed(output.splitlines()):
@@ -190,20 +212,8 @@ def test_ledger_turned_read_only_mid_run_is_one_ledger_error_not_a_traceback(db_
     itself stopped; once the database is writable again a rerun finishes with nothing lost or created twice.
     Seen: `sqlalchemy.exc.InternalError: (psycopg.errors.ReadOnlySqlTransaction) cannot execute SELECT FOR
     UPDATE in a read-only transaction` and a traceback, from Ledger.record in _Run._close."""
-    load(db_url, write_manifest(tmp_path / "m.csv", refs(ROWS)))
-    name = database_name(db_url)
-    out = tmp_path / "run.out"
-    with TruthApi(KEY) as api, admin(db_url) as conn:
-        proc = spawn(run_args(db_url, api, None, "--concurrency", "4"), out)
-        try:
-            answers_in_the_air(api)
-            conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
-            terminate(conn, others(conn))
-            api.release()
-            code, output = finish(proc, out)
-        finally:
-            stop(proc)
-            conn.execute(text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+    change, undo = "SET default_transaction_read_only = on", "RESET default_transaction_read_only"
+    with cut_off(db_url, tmp_path, change, undo) as (api, code, output):
         rerun_to_completion(db_url, api, tmp_path)
         assert_truth(db_url, api, tmp_path)
         assert_honest_ledger_failure(code, output)
@@ -400,20 +410,7 @@ def test_ledger_unreachable_after_its_connection_drops_is_one_ledger_error_and_a
     CONNECTION LIMIT 0: a restart, a full server): the run cannot record, release its rows or mark itself
     stopped. It must stop with one ledger error (exit 1, no traceback); its rows stay in flight, and a rerun on
     this host (the dead run's pid) takes them over at once, recovers the jobs that exist, creates none twice."""
-    load(db_url, write_manifest(tmp_path / "m.csv", refs(ROWS)))
-    name = database_name(db_url)
-    out = tmp_path / "run.out"
-    with TruthApi(KEY) as api, admin(db_url) as conn:
-        proc = spawn(run_args(db_url, api, None, "--concurrency", "4"), out)
-        try:
-            answers_in_the_air(api)
-            conn.execute(text(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0'))
-            terminate(conn, others(conn))
-            api.release()
-            code, output = finish(proc, out)
-        finally:
-            stop(proc)
-            conn.execute(text(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1'))
+    with cut_off(db_url, tmp_path, "CONNECTION LIMIT 0", "CONNECTION LIMIT -1") as (api, code, output):
         assert_honest_ledger_failure(code, output)
         assert in_flight_refs(db_url), statuses(db_url)
         rerun = rerun_to_completion(db_url, api, tmp_path)
