@@ -444,7 +444,7 @@ _SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_FULL = 8, 14, 13
 
 def _sqlite_refusal(exc: sqlite3.Error, path: Path | None) -> LedgerError | None:
     """A full disk or a ledger that cannot be written, as a LedgerError naming where (None: anything else)."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    code = _sqlite_code(exc)
     what = str(exc).splitlines()[0]
     if code == _SQLITE_FULL:
         ledger = f"the ledger's folder ({path.parent})" if path is not None else "the ledger's disk"
@@ -481,9 +481,14 @@ def _sqlite_temp_folder() -> str:
     return "."
 
 
+def _sqlite_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (the low byte of its extended code; 0 when it has none)."""
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
+
+
 def _damaged_code(exc: sqlite3.Error) -> bool:
     """SQLITE_CORRUPT or SQLITE_NOTADB (extended codes included)."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED_CODES
+    return _sqlite_code(exc) in _DAMAGED_CODES
 
 
 def _enable_wal(cur: sqlite3.Cursor) -> None:

@@ -215,8 +215,10 @@ def clock_skew_notice(skew: float | None, lease_seconds: float) -> str | None:
 
 
 def _tell_clock_skew(ledger: Ledger, lease_seconds: float, on_notice: Callable[[str], None] | None) -> None:
-    notice = clock_skew_notice(ledger.clock_skew(), lease_seconds) if on_notice is not None else None
-    if notice is not None and on_notice is not None:
+    if on_notice is None:
+        return  # nobody to tell: not even measured
+    notice = clock_skew_notice(ledger.clock_skew(), lease_seconds)
+    if notice is not None:
         on_notice(notice)
 
 

@@ -919,11 +919,15 @@ def _final_reads(ledger: Ledger, run: _Run) -> tuple[dict[str, int], dict[str, i
     """The ledger's counts, error codes and their details, for the summary (not status(): it scans the whole
     table). After a stop they are read as the run's last writes wait: a PostgreSQL session holding a lock on
     `jobs` (which keeps out even readers) makes a stopped run give them up, `{}, {}, []`, rather than wait."""
-    if not run.stop.gentle:
+
+    def read() -> tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]:
         return ledger.counts(), ledger.error_codes(limit=5), ledger.error_details(limit=5)
+
+    if not run.stop.gentle:
+        return read()
     set_lock_wait(ledger.engine, LockWait(run._lock_give_up, run._lock_waiting))
     try:
-        return ledger.counts(), ledger.error_codes(limit=5), ledger.error_details(limit=5)
+        return read()
     except LedgerLocked as exc:
         if not exc.interrupted:
             raise
