@@ -13,7 +13,7 @@ import io
 import re
 from collections import deque
 from collections.abc import Iterator
-from itertools import chain, islice, repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,8 @@ class CsvReader:
     The file is decoded in ~1 MB blocks of whole lines (surrogateescape: invalid UTF-8 never raises; each
     block is checked once, at C speed, for NULs and undecodable bytes, and only chunks overlapping a flagged
     block get a per-cell scan). A block without any quote character is split with str.split, which is what
-    csv would do with it, at twice the speed; runs of blocks with quotes go through csv.reader (strict)
-    until the quotes balance, so a quoted field may span blocks.
+    csv would do with it, at twice the speed; a block with quotes goes through csv.reader (strict), and so do
+    the blocks after it for as long as the reader is inside a record, so a quoted field may span blocks.
     """
 
     def __init__(self, path: Path, delimiter: str, span: Span | None = None) -> None:
@@ -137,28 +137,43 @@ class CsvReader:
                     yield first - 1 + i, part, first - 1 + i + len(part), None
                     i += len(part)
                 continue
-            parity = text.count('"') & 1
+            yield from self._quoted_segments(text, first, blocks)
 
-            def region(text: str = text) -> Iterator[io.StringIO]:
-                nonlocal parity
-                yield io.StringIO(text, newline="")
-                while parity:  # inside a quoted field: the region goes on
-                    nxt = next(blocks, None)
-                    if nxt is None:
-                        return
-                    parity ^= nxt[0].count('"') & 1
-                    yield io.StringIO(nxt[0], newline="")
+    def _quoted_segments(self, text: str, first: int, blocks: Iterator[tuple[str, int, bool]]) -> Iterator[Segment]:
+        """Segments of a block with quotes (its first line numbered `first`), read by csv.reader, and of the
+        next blocks as long as the reader is inside a record at a block's end (a quoted field with line
+        breaks). Where the reader is decides, not a count of quotes: a stray quote in an unquoted field
+        (`5" screen`, which csv reads as it is) would upset the count."""
+        given = done = 0  # lines handed to csv.reader, and the lines of the records it has returned
 
-            reader, base = csv.reader(chain.from_iterable(region()), delimiter=delim, strict=True), first - 1
+        def region(text: str) -> Iterator[str]:
+            nonlocal given
             while True:
-                start, rows, error = base + reader.line_num, [], None
-                try:
-                    rows.extend(islice(reader, self._size))
-                except csv.Error as e:
-                    error = str(e)
-                if not rows and error is None:
-                    break
-                yield start, rows, base + reader.line_num, error
+                for line in io.StringIO(text, newline=""):
+                    given += 1
+                    yield line
+                if done == given:
+                    return
+                nxt = next(blocks, None)
+                if nxt is None:
+                    return
+                text = nxt[0]
+
+        reader, base = csv.reader(region(text), delimiter=self._delim, strict=True), first - 1
+        while True:
+            start, rows, error = base + reader.line_num, [], None
+            try:
+                for row in reader:
+                    rows.append(row)
+                    done = reader.line_num
+                    if len(rows) == self._size:
+                        break
+            except csv.Error as e:
+                error = str(e)
+                done = reader.line_num
+            if not rows and error is None:
+                break
+            yield start, rows, base + reader.line_num, error
 
     def _read_header(self) -> list[str]:
         for _, rows, _, error in self._segments:  # segments of one row here
