@@ -164,3 +164,35 @@ def test_lock_wait_tells_gives_up_and_is_interrupted(tmp_path):
     set_lock_wait(led.engine, None)
     assert led.register_worker()
     led.close()
+
+
+def test_a_postgresql_statement_watch_tells_a_long_statement_after_notice_after_then_every_notice_every():
+    """The thread that watches a PostgreSQL ledger's statements tells a statement still running after
+    `notice_after`, then every `notice_every` seconds, each statement afresh; a notice that fails to show
+    does not end the watch."""
+    from uploader.ledger.engine import LockWait, _StatementWatch
+
+    told: list[float] = []
+
+    def waiting(seconds: float) -> None:
+        told.append(seconds)
+        raise RuntimeError("the display is gone")
+
+    watch = _StatementWatch(LockWait(give_up=lambda: False, waiting=waiting, notice_after=2.0, notice_every=10.0))
+    try:
+        seen: dict[tuple[int, float], float] = {}
+        for waited in (0.5, 1.9, 2.05, 2.2, 11.0, 12.1, 12.2, 25.0):
+            watch._tell(seen, (1, 0.0), waited)
+        watch._tell(seen, (1, 50.0), 2.1)  # the same cursor's next statement
+    finally:
+        watch.close()
+    assert told == [2.05, 12.1, 25.0, 2.1]
+
+
+def test_lock_wait_notice_names_what_is_waited_for():
+    from uploader.send.submit import lock_wait_notice
+
+    assert lock_wait_notice("sqlite", 12.4) == "waiting for the ledger: another process holds its write lock (12 s)"
+    assert lock_wait_notice("postgresql", 2.04).startswith(
+        "waiting for the ledger: its database has not finished a statement for 2 s"
+    )

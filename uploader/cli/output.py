@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -349,6 +350,8 @@ class ProgressDisplay:
         self.tty = sys.stderr.isatty() and not quiet
         self.last_line = 0.0
         self.told = 0  #: notices already printed
+        #: update() may come from a thread (a PostgreSQL ledger's statement watch tells its waits from one)
+        self._lock = threading.Lock()
 
     def __enter__(self) -> ProgressDisplay:
         return self
@@ -359,6 +362,10 @@ class ProgressDisplay:
     def update(self, p: Progress) -> None:
         """Show the run's live counters, and each new notice once, on stderr. The bar counts this run's work
         only (its rate and ETA too); what holds the run up is its description."""
+        with self._lock:
+            self._update(p)
+
+    def _update(self, p: Progress) -> None:
         notices = p.notices
         while self.told < len(notices):
             line = f"notice: {notices[self.told]}"
@@ -397,9 +404,10 @@ class ProgressDisplay:
 
     def close(self) -> None:
         """Remove the bar (if any); safe to call more than once."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        with self._lock:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
 
 
 def _run_notes(run_: dict[str, Any]) -> list[str]:

@@ -119,8 +119,9 @@ def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
 class _StatementWatch:
     """PostgreSQL's LockWait: the engine's statements in progress, and a thread that cancels those still
     running (after LOCK_SLICE_MS) once the wait gives up, or after its limit. The statement then fails with
-    QueryCanceled, which the engine's `handle_error` hook turns into LedgerLocked. Never a notice: that would
-    draw the progress display from this thread."""
+    QueryCanceled, which the engine's `handle_error` hook turns into LedgerLocked. A statement still running
+    after the wait's `notice_after` is told (`waiting`, from this thread: the thread that runs the statement
+    is blocked in it), then every `notice_every` seconds."""
 
     def __init__(self, wait: LockWait) -> None:
         self.wait = wait
@@ -148,15 +149,18 @@ class _StatementWatch:
 
     def _watch(self) -> None:
         slice_seconds = LOCK_SLICE_MS / 1000
+        told: dict[tuple[int, float], float] = {}  #: (cursor, its start) → how long it had run when told
         while not self._stop.wait(slice_seconds):
             now = time.monotonic()
             with self._lock:
                 running = [(key, cursor, start) for key, (cursor, start) in self._running.items()]
+            told = {k: v for k, v in told.items() if any(k == (key, start) for key, _, start in running)}
             for key, cursor, start in running:
                 if now - start < slice_seconds:
                     continue
                 gave_up = self.wait.give_up()
                 if not gave_up and now - start <= self.wait.limit:
+                    self._tell(told, (key, start), now - start)
                     continue
                 with self._lock:
                     if key not in self._running or key in self._cancelled:
@@ -166,6 +170,17 @@ class _StatementWatch:
                     cursor.connection.cancel()  # libpq's PQcancel: a request of its own, safe from any thread
                 except Exception:  # noqa: BLE001 - the statement then runs on; nothing more to do from here
                     pass
+
+    def _tell(self, told: dict[tuple[int, float], float], statement: tuple[int, float], waited: float) -> None:
+        """Tell the wait of a statement that has run `waited` seconds, when it is time to (see LockWait)."""
+        last = told.get(statement)
+        if waited < self.wait.notice_after or (last is not None and waited - last < self.wait.notice_every):
+            return
+        told[statement] = waited
+        try:
+            self.wait.waiting(waited)
+        except Exception:  # noqa: BLE001 - a notice that cannot be shown must not end the watch
+            pass
 
 
 _WATCHES: weakref.WeakKeyDictionary[Engine, _StatementWatch] = weakref.WeakKeyDictionary()

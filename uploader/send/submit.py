@@ -89,6 +89,7 @@ __all__ = [
     "TaskFailed",
     "body_for_send",
     "lease_in_doubt",
+    "lock_wait_notice",
     "nothing_to_send",
     "outcome_for",
     "submit",
@@ -162,6 +163,18 @@ class RunOptions:
     def claim_size(self) -> int:
         """How many rows the claimer keeps queued for the senders: four times the concurrency, within bounds."""
         return max(self.claim_size_min, min(self.claim_size_max, self.concurrency * 4))
+
+
+def lock_wait_notice(dialect: str, seconds: float) -> str:
+    """What the run says while a write of it has waited `seconds` for the ledger: on SQLite, for another process's
+    write lock; on PostgreSQL, for a statement the server has not finished (most often it waits for a lock
+    another session holds, such as a `LOCK TABLE` or a long transaction)."""
+    if dialect == "sqlite":
+        return f"waiting for the ledger: another process holds its write lock ({seconds:.0f} s)"
+    return (
+        f"waiting for the ledger: its database has not finished a statement for {seconds:.0f} s (another session "
+        "may hold a lock the run needs)"
+    )
 
 
 def trouble(
@@ -528,8 +541,9 @@ class _Run:
         ) and time.monotonic() - self.closing_since > STOP_LOCK_GRACE
 
     def _lock_waiting(self, seconds: float) -> None:
-        """Say that the run waits for the ledger (called from inside the blocked write, every few seconds)."""
-        self.progress.notices.append(f"waiting for the ledger: another process holds its write lock ({seconds:.0f} s)")
+        """Say that the run waits for the ledger, every few seconds (SQLite: from inside the blocked write;
+        PostgreSQL: from the thread that watches its statements, the run's own thread being blocked)."""
+        self.progress.notices.append(lock_wait_notice(self.ledger.engine.dialect.name, seconds))
         if self.on_progress:
             self.on_progress(self.progress)
 
