@@ -30,7 +30,7 @@ from uploader.ledger import (
     translate_errors,
 )
 from uploader.load import slices as staging
-from uploader.manifest import may_hold_expiry
+from uploader.manifest import check_unchanged, may_hold_expiry
 
 if TYPE_CHECKING:
     from uploader.load.source import ManifestLike
@@ -93,6 +93,7 @@ def load_into_empty(
                 if manifest.problem_count or inserted != sent or sent == 0:
                     raise NotClean
                 raw.execute(MANIFEST_SET_ROWS, (sent, sent, mid))
+                check_unchanged(path, manifest.identity)
                 raw.execute(COMMIT)
             except BaseException:
                 if raw.in_transaction:  # SQLite may have rolled back already (disk full, say)

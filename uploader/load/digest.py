@@ -3,21 +3,19 @@
 A command about to load a manifest calls `prefetch_sha256` first, so the file is hashed in a thread (file reads
 and hashlib release the GIL) while the command imports its libraries and opens the ledger. `file_sha256`
 takes that digest only when the file's identity (device, inode, size, modification time) was the same
-before and after the thread read it and still is; otherwise it hashes the file again. Only standard
-library imports: the command calls `prefetch_sha256` before SQLAlchemy is imported.
+before and after the thread read it and still is; otherwise it hashes the file again. No SQLAlchemy imported
+here: the command calls `prefetch_sha256` before SQLAlchemy is imported.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from pathlib import Path
 
-__all__ = ["file_sha256", "prefetch_sha256"]
+from uploader.manifest import FileIdentity, file_identity
 
-#: (device, inode, size, mtime in ns): a file whose identity is unchanged has not been written to.
-_Identity = tuple[int, int, int, int]
+__all__ = ["file_sha256", "prefetch_sha256"]
 
 
 class _Prefetch:
@@ -26,20 +24,20 @@ class _Prefetch:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.digest: str | None = None
-        self.identity: _Identity | None = None
+        self.identity: FileIdentity | None = None
         self.thread = threading.Thread(target=self._hash, name="manifest-sha256", daemon=True)
         self.thread.start()
 
     def _hash(self) -> None:
         try:
-            before = _identity(self.path)
+            before = file_identity(self.path)
             digest = _sha256(self.path)
-            if _identity(self.path) == before:
+            if file_identity(self.path) == before:
                 self.digest, self.identity = digest, before
         except OSError:
             pass  # file_sha256 hashes again and reports the error where it belongs
 
-    def result(self, identity: _Identity) -> str | None:
+    def result(self, identity: FileIdentity) -> str | None:
         """The digest, if the thread hashed the file that now has `identity`."""
         self.thread.join()
         return self.digest if self.identity == identity else None
@@ -59,15 +57,10 @@ def file_sha256(path: str | Path) -> str:
     global _slot
     taken, _slot = _slot, None
     if taken is not None:  # joined in any case: nothing is left hashing when the load forks its readers
-        digest = taken.result(_identity(Path(path)))
+        digest = taken.result(file_identity(Path(path)))
         if digest is not None:
             return digest
     return _sha256(Path(path))
-
-
-def _identity(path: Path) -> _Identity:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _sha256(path: Path) -> str:

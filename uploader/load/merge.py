@@ -52,10 +52,12 @@ from uploader.ledger import (
 from uploader.load import bulk as bulk_load
 from uploader.load import slices as staging
 from uploader.load.digest import file_sha256
+from uploader.manifest import check_unchanged
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
     from uploader.load.source import ManifestLike
+    from uploader.manifest import FileIdentity
 
 __all__ = ["LoadReport", "load_manifest"]
 
@@ -110,8 +112,9 @@ def load_manifest(
     label = manifest.label
     shown = label or str(path)
     try:
-        size = path.stat().st_size
+        size = manifest.identity[2]
         sha = file_sha256(path)
+        check_unchanged(path, manifest.identity)  # the digest is of the file as its reading began
         with read_tx(engine) as conn:
             seen = conn.execute(text(ALREADY_LOADED), {"sha": sha, "opt": options_hash}).first()
             empty = conn.execute(text(JOBS_ANY)).first() is None
@@ -140,7 +143,7 @@ def load_manifest(
                 rows = _stage(conn, manifest, production)
                 _check(conn, manifest)
                 conn.rollback()
-                report = _merge(conn, path, size, sha, options_hash, rows, label)
+                report = _merge(conn, path, size, sha, options_hash, rows, label, manifest.identity)
             except BaseException:
                 with contextlib.suppress(Exception):  # what went wrong is told, not the clean-up's own trouble
                     _drop_staging(conn)
@@ -260,10 +263,18 @@ def _lock_jobs(conn: Connection) -> None:
 
 
 def _merge(
-    staging_conn: Connection, path: Path, size: int, sha: str, options_hash: str, rows: int, label: str | None = None
+    staging_conn: Connection,
+    path: Path,
+    size: int,
+    sha: str,
+    options_hash: str,
+    rows: int,
+    label: str | None,
+    identity: FileIdentity,
 ) -> LoadReport:
     """The one short writing transaction: counts, updates, inserts, the manifest record (`label`: what the
-    manifest is recorded as, when not its path)."""
+    manifest is recorded as, when not its path), committed only if the file is still as its reading began
+    (`identity`)."""
     conn = staging_conn.execution_options(sqlite_begin="IMMEDIATE")
     now = _utcnow()
     with translate_errors(), conn.begin():
@@ -290,4 +301,5 @@ def _merge(
             conn.execute(text(MERGE_CHANGED), {"now": now, "mid": mid})
         if new:
             conn.execute(text(MERGE_NEW), {"now": now, "mid": mid})
+        check_unchanged(path, identity)
     return LoadReport(label or str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)

@@ -302,7 +302,8 @@ class _Cutter:
 
     def __init__(self, manifest: ManifestLike, parts: int) -> None:
         self._f = open(manifest.path, "rb")
-        self._size = os.fstat(self._f.fileno()).st_size
+        self._size = manifest.identity[2]  # the parent's size, the same in every slice process (the load
+        # refuses a file written to meanwhile: uploader.manifest.check_unchanged)
         self._parts, self._header = parts, tuple(manifest.columns)
         self._csv = manifest.format in ("csv", "tsv")
         self._rows = _parquet_rows(manifest.path) if manifest.format == "parquet" else None
@@ -319,9 +320,9 @@ class _Cutter:
         the header line; `parts`: the end of the file)."""
         if i >= self._parts:
             return self._size
-        if i == 0 and not self._csv:
-            return 0
-        nominal = 1 if i == 0 else max(self._size * i // self._parts, 1)
+        if i == 0:
+            return self._after_header() if self._csv else 0
+        nominal = max(self._size * i // self._parts, 1)
         self._f.seek(nominal - 1)
         offset = nominal - 1
         while True:
@@ -332,6 +333,18 @@ class _Cutter:
             if at >= 0:
                 return offset + at + 1
             offset += len(block)
+
+    def _after_header(self) -> int:
+        """Where a CSV/TSV's rows start: after its header, the first line that is not blank (as the reader
+        takes it: blank lines before the header are skipped, and a BOM opens the file)."""
+        self._f.seek(0)
+        offset = 0
+        for line in self._f:
+            blank = (line[3:] if offset == 0 and line.startswith(b"\xef\xbb\xbf") else line) in (b"\n", b"\r\n")
+            offset += len(line)
+            if not blank or offset >= self._size:
+                break
+        return min(offset, self._size)
 
     def span(self, i: int) -> Span | None:
         """Slice i, or None if the file is not safe to cut (checked from where the last slice ended). In

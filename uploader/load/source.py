@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from uploader.errors import Problem
-    from uploader.manifest import ManifestOptions, Span, StagedJob
+    from uploader.manifest import FileIdentity, ManifestOptions, Span, StagedJob
 
 __all__ = ["ManifestLike"]
 
@@ -22,6 +22,11 @@ class ManifestLike(Protocol):
 
     @property
     def path(self) -> Path: ...
+
+    @property
+    def identity(self) -> FileIdentity:
+        """The file as it was when its reading began (uploader.manifest.file_identity)."""
+        ...
 
     @property
     def label(self) -> str | None:

@@ -13,7 +13,10 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.manifest.formats import EXTENSIONS as EXTENSIONS
     from uploader.manifest.formats import FORMATS as FORMATS
+    from uploader.manifest.formats import FileIdentity as FileIdentity
     from uploader.manifest.formats import Span as Span
+    from uploader.manifest.formats import check_unchanged as check_unchanged
+    from uploader.manifest.formats import file_identity as file_identity
     from uploader.manifest.jobs import StagedJob as StagedJob
     from uploader.manifest.reader import Manifest as Manifest
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
@@ -30,6 +33,9 @@ _EXPORTS = {
     "FORMATS": "uploader.manifest.formats",
     "EXTENSIONS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",
+    "FileIdentity": "uploader.manifest.formats",
+    "check_unchanged": "uploader.manifest.formats",
+    "file_identity": "uploader.manifest.formats",
     "SignedUrlError": "uploader.manifest.signed",
     "UrlExpiry": "uploader.manifest.signed",
     "may_hold_expiry": "uploader.manifest.signed",

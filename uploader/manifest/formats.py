@@ -11,6 +11,7 @@ this module), single values are checked in `values`, long-form video frames are 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,30 @@ class Chunk:
 def fail(path: Path, message: str, column: str | None = None) -> ManifestError:
     """A file-level ManifestError with one problem."""
     return ManifestError([Problem(str(path), None, column, message)])
+
+
+#: (device, inode, size, modification time in ns): a file whose identity is unchanged has not been written to.
+FileIdentity = tuple[int, int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_unchanged(path: Path, identity: FileIdentity) -> None:
+    """Refuse a load whose manifest was written to (or replaced) since the load began (`identity`: the file then):
+    what was read would be neither the old file nor the new one, and the ledger would record it as loaded."""
+    try:
+        now = file_identity(path)
+    except OSError as e:
+        raise fail(path, f"cannot read the file any more: {e.strerror or e}; nothing was loaded") from None
+    if now != identity:
+        raise fail(
+            path,
+            "the file changed while it was being loaded (it was written to or replaced); load it again once it "
+            "is complete",
+        )
 
 
 def detect_format(path: Path, override: str | None) -> str:

@@ -56,6 +56,8 @@ class Manifest:
         self.format = fmt.detect_format(self.path, options.format)
         self.unit = "row" if self.format == "parquet" else "line"
         fmt.sniff_start(self.path)
+        #: The file as its reading began: a load refuses a manifest that is written to while it reads it.
+        self.identity = fmt.file_identity(self.path)
         self._kinds: list[str] = []  # Parquet only: how each column's values become cells
         self._types: list[str] = []  # Parquet only: each column's Arrow type, for messages
         self.columns = tuple(self._read_columns())
