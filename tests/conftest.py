@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from uploader.manifest import file_identity
+
 
 class FakeManifest:
     """Stands in for uploader.manifest.reader.Manifest at the ledger's edge (the loader's unit tests)."""
@@ -31,6 +33,7 @@ class FakeManifest:
         batch: str | None = None,
     ):
         self.path = path
+        self.identity = file_identity(path)  # the file as the reader would have opened it
         self.label = None  # recorded by its path
         self.unit = "line"
         self.splittable = False  # read in one piece: no worker processes (uploader.load.slices)

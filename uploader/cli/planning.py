@@ -69,15 +69,22 @@ def plan_dict(plan: Any, sendable: _Sendable, held_back: int) -> dict[str, Any]:
 def run_plan(manifest: Path, options: Any, ledger: str | None, min_url_validity: dt.timedelta, as_json: bool) -> None:
     """Plan the load of `manifest` into the ledger (an empty scratch one if it does not exist), print it, and
     exit EXIT_HELD_BACK when a run would hold something back."""
-    from uploader.ledger import Ledger, new_ledger_file, utcnow
+    from uploader.ledger import Ledger, LedgerNotUpgraded, new_ledger_file, utcnow
     from uploader.load import plan_manifest
     from uploader.manifest import Manifest
 
     sendable = _Sendable(utcnow() + min_url_validity)
     with tempfile.TemporaryDirectory(prefix="uploader-plan-") as scratch:
         missing = new_ledger_file(ledger) is not None
-        # A ledger that does not exist yet is planned against an empty one, made in a scratch folder.
-        led = Ledger.open(Path(scratch) / "empty.db" if missing else ledger, create=missing)
+        # A ledger that does not exist yet is planned against an empty one, made in a scratch folder; an older
+        # one is not upgraded (plan writes nothing): LedgerNotUpgraded says so.
+        try:
+            led = Ledger.open(Path(scratch) / "empty.db" if missing else ledger, create=missing, upgrade=False)
+        except LedgerNotUpgraded as exc:
+            if not exc.empty:
+                raise
+            missing = True  # a database with no ledger in it yet (PostgreSQL)
+            led = Ledger.open(Path(scratch) / "empty.db")
         try:
             plan = plan_manifest(led, Manifest(manifest, options), sendable)
         finally:

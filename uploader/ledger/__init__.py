@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from uploader.ledger.activity import ACTIVITY_COUNTERS as ACTIVITY_COUNTERS
     from uploader.ledger.activity import record_activity as record_activity
     from uploader.ledger.engine import LedgerLocked as LedgerLocked
+    from uploader.ledger.engine import LedgerNotUpgraded as LedgerNotUpgraded
     from uploader.ledger.engine import LockWait as LockWait
     from uploader.ledger.engine import background_checkpoints as background_checkpoints
     from uploader.ledger.engine import read_tx as read_tx
@@ -145,6 +146,7 @@ _EXPORTS = {
     "new_ledger_file": "uploader.ledger.locate",
     "overwrites_ledger": "uploader.ledger.locate",
     "LedgerLocked": "uploader.ledger.engine",
+    "LedgerNotUpgraded": "uploader.ledger.engine",
     "LockWait": "uploader.ledger.engine",
     "read_tx": "uploader.ledger.engine",
     "set_lock_wait": "uploader.ledger.engine",

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_LEDGER",
     "SCHEMA_HEAD",
     "LedgerLocked",
+    "LedgerNotUpgraded",
     "LockWait",
     "background_checkpoints",
     "create_new",
@@ -310,6 +311,9 @@ def _check_sqlite_file(path: Path) -> None:
             raise _damaged(path, "file is not a database", unchanged=True)
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
+    refusal = _write_refusal(path) if _unwritable_files(path) else None
+    if refusal is not None:  # SQLite would open it read-only, and leave a WAL file's -wal/-shm behind
+        raise refusal
     try:
         # Read-write, though it only reads: a read-only connection would leave a WAL file's -wal/-shm behind.
         db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -468,23 +472,38 @@ def _sqlite_refusal(exc: sqlite3.Error, path: Path | None) -> LedgerError | None
             f"({_sqlite_temp_folder()}, where a load keeps the rows it checks); free space there, or set "
             "TMPDIR to a roomier folder"
         )
-    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) and path is not None and _not_writable(path):
+    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) and path is not None:
+        return _write_refusal(path)
+    return None
+
+
+def _write_refusal(path: Path) -> LedgerError | None:
+    """Why this user cannot write the ledger file `path` (a read-only mount, a folder or a file it may not
+    write), as a LedgerError naming what to change; None if nothing stands in the way."""
+    try:
+        read_only_mount = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None
+    if read_only_mount or not os.access(path.parent, os.W_OK):
         return LedgerError(
             f"ledger error: cannot write the ledger {path}: it is on a read-only file system or in a folder "
             f"this user may not write (SQLite writes {path.name}-wal and {path.name}-shm beside it); copy it "
             "to a writable folder and use that copy"
         )
+    locked = _unwritable_files(path)
+    if locked:
+        names = " and ".join(str(f) for f in locked)
+        return LedgerError(
+            f"ledger error: cannot write the ledger {path}: this user may not write {names} (their "
+            "permissions); make them writable (`chmod u+w`), or use a copy of the ledger"
+        )
     return None
 
 
-def _not_writable(path: Path) -> bool:
-    """Whether the ledger file or its folder cannot be written (a read-only mount, permissions)."""
-    try:
-        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-            return True
-    except OSError:
-        return False
-    return not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
+def _unwritable_files(path: Path) -> list[Path]:
+    """The ledger file and its -wal and -shm files that exist and this user may not write."""
+    files = (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+    return [f for f in files if f.exists() and not os.access(f, os.W_OK)]
 
 
 def _sqlite_temp_folder() -> str:
@@ -685,19 +704,29 @@ def create_new(engine: Engine) -> bool:
     return True
 
 
-def migrate(engine: Engine) -> None:
+class LedgerNotUpgraded(LedgerError):
+    """The ledger's schema is older than this uploader's, and the command writes nothing, so it does not upgrade
+    it (`empty`: the database holds no ledger at all yet)."""
+
+    def __init__(self, message: str, *, empty: bool = False) -> None:
+        super().__init__(message)
+        self.empty = empty
+
+
+def migrate(engine: Engine, *, upgrade: bool = True) -> None:
     """Bring the ledger to the newest schema; refuse one written by a newer uploader. A ledger stamped with
     SCHEMA_HEAD (every open of an up-to-date ledger) is checked without importing Alembic and reading its
-    scripts, a sizeable part of a rerun's time (tests/test_migrations.py keeps SCHEMA_HEAD at Alembic's head)."""
+    scripts, a sizeable part of a rerun's time (tests/test_migrations.py keeps SCHEMA_HEAD at Alembic's head).
+    Without `upgrade` (a command that writes nothing), an older ledger raises LedgerNotUpgraded instead."""
     with translate_errors(), engine.connect() as conn:
         current = _current_revisions(conn)
         conn.rollback()
     if current == {SCHEMA_HEAD}:
         return
-    _migrate_with_alembic(engine)
+    _migrate_with_alembic(engine, upgrade)
 
 
-def _migrate_with_alembic(engine: Engine) -> None:
+def _migrate_with_alembic(engine: Engine, upgrade: bool) -> None:
     from alembic import command
     from alembic.script import ScriptDirectory
 
@@ -720,6 +749,16 @@ def _migrate_with_alembic(engine: Engine) -> None:
             raise LedgerTooNewError(
                 f"the ledger is at schema revision {', '.join(sorted(unknown))}, which this version of "
                 "uploader does not know: it was written by a newer uploader. Upgrade uploader to use it."
+            )
+        if not upgrade:
+            name = ledger_name(engine)
+            if not current:
+                raise LedgerNotUpgraded(f"the ledger {name} holds no ledger yet", empty=True)
+            raise LedgerNotUpgraded(
+                f"the ledger {name} was written by an older uploader (schema revision "
+                f"{', '.join(sorted(current))}, this one's is {', '.join(sorted(heads))}); this command writes "
+                "nothing, so it does not upgrade it. Any other command does (`uploader status`), after which "
+                "older uploaders refuse the ledger"
             )
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():

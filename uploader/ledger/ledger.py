@@ -235,9 +235,10 @@ class Ledger(LedgerQueries):
         self._file_hold = file_hold  #: our LOCK_SH on the SQLite file (uploader.ledger.locate), released by close()
 
     @classmethod
-    def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True) -> Ledger:
+    def open(cls, ledger: str | os.PathLike[str] | None = None, *, create: bool = True, upgrade: bool = True) -> Ledger:
         """Open (creating and migrating if needed) the ledger at a path or URL. A SQLite file is held with
-        LOCK_SH until close(), before any connection is made: a file discarded meanwhile is opened anew."""
+        LOCK_SH until close(), before any connection is made: a file discarded meanwhile is opened anew.
+        `upgrade=False` (a command that writes nothing): an older ledger raises LedgerNotUpgraded."""
         for _ in range(100):
             created = new_ledger_file(ledger)  # before open_engine creates it
             engine = open_engine(ledger_url(ledger), create=create)
@@ -248,7 +249,7 @@ class Ledger(LedgerQueries):
                 continue
             try:
                 if not (created is not None and created.exists() and create_new(engine)):
-                    migrate(engine)
+                    migrate(engine, upgrade=upgrade)
             except BaseException:
                 engine.dispose()
                 if hold is not None and path is not None and created is not None:

@@ -300,6 +300,10 @@ def _merge(
             upd_ex = tuple(r[0] for r in conn.execute(text(merge_examples(updated=True, limit=EXAMPLES))))
             conn.execute(text(MERGE_CHANGED), {"now": now, "mid": mid})
         if new:
-            conn.execute(text(MERGE_NEW), {"now": now, "mid": mid})
+            inserted = conn.execute(text(MERGE_NEW), {"now": now, "mid": mid}).rowcount
+            if inserted != new:  # the counts and the ledger must agree, or nothing is loaded
+                raise ManifestError(
+                    [Problem(str(path), None, None, f"{new} rows were new but {inserted} went in; nothing was loaded")]
+                )
         check_unchanged(path, identity)
     return LoadReport(label or str(path), rows, new, unchanged, updated, conflicts, upd_ex, con_ex)
