@@ -17,11 +17,10 @@ from uploader.ledger import (
     MERGE_COUNTS,
     PLAN_COUNTS,
     PLAN_SENDABLE,
-    STAGING_DROP,
     merge_examples,
     translate_errors,
 )
-from uploader.load.merge import EXAMPLES, _check, _stage
+from uploader.load.merge import EXAMPLES, _check, _stage, drop_staging
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
@@ -75,9 +74,7 @@ def plan_manifest(
                 if on_sendable is not None:
                     on_sendable(ref, payload, batch)
         finally:
-            conn.rollback()
-            conn.exec_driver_sql(STAGING_DROP)
-            conn.commit()
+            drop_staging(conn)
     return LoadPlan(
         manifest.label or str(Path(manifest.path)),
         rows,
