@@ -71,7 +71,7 @@ from uploader.api.warm import tls_context
 from uploader.api.wire import Wire, WireError, proxies_from_env
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
-__all__ = ["ApiClient", "new_tls_context", "url_host"]
+__all__ = ["ApiClient", "new_tls_context", "url_host", "without_signed_queries"]
 
 #: One record per request other than a job creation (uploader.send logs those, with the row they were for).
 log = logging.getLogger("uploader.api")
@@ -517,8 +517,9 @@ class ApiClient:
         return b"\\" in raw and _holds_text(data, self._key_bytes.decode("ascii"))
 
     def _redact(self, text: str) -> str:
-        """`text` without the key nor the proxies' credentials (`_redacted`): for text printed or stored."""
-        text = _redacted(text, self._key_bytes.decode("ascii"))
+        """`text` without the key nor the proxies' credentials (`_redacted`), nor the query of a presigned
+        URL the API quotes (`without_signed_queries`): for text printed or stored."""
+        text = without_signed_queries(_redacted(text, self._key_bytes.decode("ascii")))
         for secret in self._secrets:
             text = _redacted(text, secret)
         return text
@@ -565,6 +566,30 @@ def url_host(url: str) -> str:
 
 
 _AUTHORITY_END = re.compile(r"[/?#]")
+
+
+#: A URL and its query, as text quotes it (up to a quote, a space, an angle bracket or a fragment).
+_URL_QUERY = re.compile(r"(\bhttps?://[^\s\"'<>?#]+)\?([^\s\"'<>#]*)", re.IGNORECASE)
+#: A query parameter that makes a URL a credential: S3 SigV4 and its STS session token, Google V4 and V2, an
+#: Azure SAS (`sig`), CloudFront (`Signature`). After `&`, or `;` (`&amp;` in HTML), or at the start.
+_CREDENTIAL_PARAM = re.compile(
+    r"(?:^|[&;])(?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|"
+    r"googleaccessid|signature|sig)=",
+    re.IGNORECASE,
+)
+
+
+def without_signed_queries(text: str) -> str:
+    """`text` with the query of every presigned URL in it cut off (`?[signed query removed]`): a platform's
+    error message may quote the URL it was sent, which `--sign` made a bearer link (and, with STS, carrying
+    the session token); stored in the ledger or exported it would hand both out."""
+    if "?" not in text:
+        return text
+
+    def cut(m: re.Match[str]) -> str:
+        return f"{m.group(1)}?[signed query removed]" if _CREDENTIAL_PARAM.search(m.group(2)) else m.group(0)
+
+    return _URL_QUERY.sub(cut, text)
 
 
 def _redacted(text: str, key: str) -> str:

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from uploader.ledger.preflight import blocked_rows as blocked_rows
     from uploader.ledger.preflight import expiring_rows as expiring_rows
     from uploader.ledger.preflight import never_checked as never_checked
+    from uploader.ledger.preflight import pending_bodies_holding as pending_bodies_holding
     from uploader.ledger.preflight import pending_containing as pending_containing
     from uploader.ledger.preflight import pending_payloads as pending_payloads
     from uploader.ledger.preflight import pending_signed_payloads as pending_signed_payloads
@@ -208,6 +209,7 @@ _EXPORTS = {
     "blocked_rows": "uploader.ledger.preflight",
     "never_checked": "uploader.ledger.preflight",
     "expiring_rows": "uploader.ledger.preflight",
+    "pending_bodies_holding": "uploader.ledger.preflight",
     "pending_containing": "uploader.ledger.preflight",
     "pending_payloads": "uploader.ledger.preflight",
     "pending_signed_payloads": "uploader.ledger.preflight",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, DateTime, Engine, Integer, Text, text
@@ -126,6 +126,22 @@ def pending_containing(engine: Engine, needles: Mapping[str, str | None]) -> set
             if row is not None:
                 found.add(needle)
     return found
+
+
+def pending_bodies_holding(
+    engine: Engine, needle: str, unless: str | None = None, page: int = _PAGE
+) -> Generator[list[str], None, None]:
+    """The bodies of the pending rows that hold `needle` in any letter case (and not `unless`), a page at a
+    time, from one query read as it goes (stop early by closing the iterator): the rows a cheap substring test
+    names, for a closer look at each (e.g. whether an `s3://` is in an attachment field or only in a caption)."""
+    like = "ILIKE" if engine.dialect.name == "postgresql" else "LIKE"  # SQLite's LIKE ignores ASCII case
+    sql = f"SELECT body FROM jobs WHERE status = '{Status.PENDING.value}' AND body {like} :pattern"
+    if unless is not None:
+        sql += f" AND body NOT {like} :unless"
+    with read_tx(engine) as conn:
+        result = conn.execute(text(sql), {"pattern": f"%{needle}%", "unless": f"%{unless}%"})
+        while rows := result.fetchmany(page):
+            yield [str(body) for (body,) in rows]
 
 
 def pending_payloads(

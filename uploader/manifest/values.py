@@ -15,11 +15,12 @@ from decimal import Decimal
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from uploader.manifest.signed import SignedUrlError, url_expiry
 
 __all__ = [
+    "AZURE_BLOB_HOST",
     "HOST",
     "INTEGER",
     "LONE_SURROGATE",
@@ -28,6 +29,7 @@ __all__ = [
     "PATH_UNSAFE",
     "UUID",
     "Errors",
+    "azure_url_problem",
     "bad_unicode",
     "cell_value",
     "dumps",
@@ -60,6 +62,9 @@ _UNSAFE_ID = "must not contain '/', '?', '#', whitespace or control characters (
 #: not fetch a longer URL from most hosts, while signed URLs with session tokens stay under ~2 KiB. Without a
 #: cap, a 10 MB cell would be stored in the ledger and sent in every request for its row.
 MAX_URL_LENGTH = 8192
+#: What signing adds to a storage URL's percent-encoded key at most, about (an S3 link with an STS session
+#: token: ~1,500 characters of query; Google V4 ~600; an Azure SAS ~150).
+SIGNATURE_ROOM = 2048
 LONE_SURROGATE = "contains an invalid Unicode escape (a lone surrogate such as \\ud800)"
 
 
@@ -178,6 +183,8 @@ def url_problem(url: str, sign: bool = False) -> str | None:
     `sign` (`--sign`), an s3:// or gs:// storage URL is accepted too: uploader signs it at send time."""
     if len(url) > MAX_URL_LENGTH:
         return f"is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed (longer URLs cannot be fetched)"
+    if sign and AZURE_BLOB_HOST in url.lower():
+        return signature_problem(url) or azure_url_problem(url)
     if HOST.match(url) and url.isprintable() and " " not in url:
         return signature_problem(url)  # the common case, without urlsplit
     if not url:
@@ -216,6 +223,54 @@ def storage_url_problem(url: str) -> str | None:
         return f"has no object key after the bucket: {show(url)}"
     if parts.query or parts.fragment or "?" in url or "#" in url:
         return f"has '?' or '#', which a storage URL cannot carry (percent-encode them in the key): {show(url)}"
+    return _key_problem(parts.path[1:], url)
+
+
+#: The host of an Azure Blob Storage account (uploader.storage.locations): with --sign, its URLs without a SAS
+#: are signed at send time.
+AZURE_BLOB_HOST = ".blob.core.windows.net"
+
+
+def azure_url_problem(url: str) -> str | None:
+    """With --sign: why an Azure blob URL without a SAS (which uploader signs) names no blob it could sign, or
+    None (also for a URL that is not an Azure blob URL, or carries a SAS already)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None  # url_problem says why
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() != "https" or not host.endswith(AZURE_BLOB_HOST):
+        return None
+    if any(name.lower() == "sig" for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        return None  # signed already: sent as it is
+    if parts.query or parts.fragment:
+        return (
+            "has a query or a fragment (a ?snapshot= or ?versionid= names another version of the blob), which "
+            f"--sign cannot keep: sign it yourself (a SAS), or name the blob without it: {show(url)}"
+        )
+    container, _, blob = parts.path[1:].partition("/")
+    if not container or not blob:
+        return f"names no blob (https://ACCOUNT{AZURE_BLOB_HOST}/CONTAINER/BLOB): {show(url)}"
+    return _key_problem(blob, url)
+
+
+def _key_problem(raw_key: str, url: str) -> str | None:
+    """Why a storage URL's key (as written in its path) names no object a signed link could open, or None."""
+    try:
+        key = unquote(raw_key, errors="strict")
+    except UnicodeDecodeError:
+        return f"has percent-escapes that are not UTF-8 in its key, so it names no object: {show(url)}"
+    if any(segment in (".", "..") for segment in key.split("/")):
+        return (
+            "has a '.' or '..' segment in its key, which HTTP clients remove from a URL's path (the signed link "
+            f"would name another object): {show(url)}"
+        )
+    signed = len(url) - len(raw_key) + len(quote(key, safe="/-_.~")) + SIGNATURE_ROOM
+    if signed > MAX_URL_LENGTH:
+        return (
+            f"has a key whose signed URL would be about {signed} characters (the key percent-encoded, and about "
+            f"{SIGNATURE_ROOM} for the signature); at most {MAX_URL_LENGTH} can be fetched: {show(url)}"
+        )
     return None
 
 

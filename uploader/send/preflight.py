@@ -208,7 +208,9 @@ async def check_attachments(
     report.released = release_blocked(engine, TRANSIENT_CODE)
     _block_expiring(ledger, options, report, not_before)
     in_flight: dict[str, list[_Page]] = {}
-    storage_url: dict[str, str] = {}  #: signed URL in the air -> the storage URL the rows hold
+    #: signed URL in the air -> the storage URLs the rows hold (two spellings of one object, `a+b` and `a%2Bb`,
+    #: are signed alike: one answer is the verdict of both)
+    storage_url: dict[str, list[str]] = {}
     store = _Store(ledger, options, report, not_before, on_progress)
 
     def feed() -> Iterator[str]:
@@ -229,10 +231,15 @@ async def check_attachments(
             if page.waiting == 0:
                 store.ready.append(page)
 
-    async for verdict in _verdicts(feed(), options, lambda checked: storage_url.pop(checked, checked)):
-        store.fresh[verdict.url] = verdict
-        report.verdicts[verdict.verdict] += 1
-        _hand_out(verdict, in_flight.pop(verdict.url), store.ready)
+    async for answer in _verdicts(feed(), options, _as_is):
+        for url in storage_url.pop(answer.url, None) or [answer.url]:
+            pages = in_flight.pop(url, None)
+            if pages is None:
+                continue  # a second answer for a signed URL whose storage URLs have theirs
+            verdict = answer._replace(url=url)
+            store.fresh[url] = verdict
+            report.verdicts[verdict.verdict] += 1
+            _hand_out(verdict, pages, store.ready)
         if store.ready or len(store.fresh) >= _RECORD_GROUP:
             await store.settle()
     await store.close()
@@ -334,12 +341,12 @@ def _as_is(url: str) -> str:
     return url
 
 
-def _signed_form(url: str, sign: Callable[[str], str] | None, storage_url: dict[str, str]) -> str:
+def _signed_form(url: str, sign: Callable[[str], str] | None, storage_url: dict[str, list[str]]) -> str:
     """The URL to request for `url`: with --sign its signed form (noted in `storage_url`), else itself."""
     if sign is None:
         return url
     signed = sign(url)
-    storage_url[signed] = url
+    storage_url.setdefault(signed, []).append(url)
     return signed
 
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
+from uploader.api import attachment_urls
 from uploader.errors import UsageError
-from uploader.ledger import pending_containing
-from uploader.storage import PROVIDER_MARKERS
+from uploader.ledger import pending_bodies_holding
+from uploader.storage import PROVIDER_MARKERS, storage_provider
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
@@ -20,10 +22,10 @@ def ready_for_pending(led: Ledger, signer: PayloadSigner | None, sign_option: st
     """With a signer, build its provider signers for the storage URLs of the pending rows, so a missing extra
     or credential stops the command (StorageError, exit 1) rather than the middle of a run; without one,
     refuse pending rows holding s3:// or gs:// URLs (loaded with `sign_option`): sent as they are, they would
-    make jobs whose attachments cannot open."""
+    make jobs whose attachments cannot open. Only attachment fields count (image_url, a frame's src): an
+    `s3://` in a caption or in metadata is sent as text."""
     wanted = PROVIDER_MARKERS if signer is not None else {p: PROVIDER_MARKERS[p] for p in ("s3", "gcs")}
-    found = pending_containing(led.engine, dict(wanted.values()))
-    providers = sorted(p for p, (needle, _) in wanted.items() if needle in found)
+    providers = sorted(p for p, (needle, unless) in wanted.items() if _attached(led, p, needle, unless))
     if signer is not None:
         signer.ready(providers)
     elif providers:
@@ -32,3 +34,17 @@ def ready_for_pending(led: Ledger, signer: PayloadSigner | None, sign_option: st
             f"pending rows hold {schemes} URLs (loaded with {sign_option}), which GT Studio cannot fetch: "
             f"pass {sign_option} to sign them at send time"
         )
+
+
+def _attached(led: Ledger, provider: str, needle: str, unless: str | None) -> bool:
+    """Whether a pending row has a storage URL of `provider` in an attachment field: the rows whose body holds
+    `needle` are read until one does (in the common case the first)."""
+    pages = pending_bodies_holding(led.engine, needle, unless)
+    try:
+        for bodies in pages:
+            for body in bodies:
+                if any(storage_provider(url) == provider for url in attachment_urls(json.loads(body))):
+                    return True
+        return False
+    finally:
+        pages.close()  # ends its read transaction at once

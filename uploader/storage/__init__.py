@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from uploader.storage.locations import StorageLocation as StorageLocation
     from uploader.storage.locations import locate as locate
     from uploader.storage.locations import may_hold_storage_url as may_hold_storage_url
+    from uploader.storage.locations import storage_provider as storage_provider
     from uploader.storage.signing import DEFAULT_TTL as DEFAULT_TTL
     from uploader.storage.signing import PayloadSigner as PayloadSigner
     from uploader.storage.signing import StorageError as StorageError
@@ -32,6 +33,7 @@ _EXPORTS = {
     "StorageLocation": "uploader.storage.locations",
     "locate": "uploader.storage.locations",
     "may_hold_storage_url": "uploader.storage.locations",
+    "storage_provider": "uploader.storage.locations",
     "DEFAULT_TTL": "uploader.storage.signing",
     "PayloadSigner": "uploader.storage.signing",
     "StorageError": "uploader.storage.signing",

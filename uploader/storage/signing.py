@@ -14,7 +14,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from uploader.errors import UploaderError, UsageError
-from uploader.storage.locations import MAX_TTL, StorageLocation, locate, may_hold_storage_url
+from uploader.storage.locations import (
+    MAX_SIGNED_URL_LENGTH,
+    MAX_TTL,
+    StorageLocation,
+    is_storage_url,
+    locate,
+    may_hold_storage_url,
+)
 
 __all__ = ["DEFAULT_TTL", "PayloadSigner", "StorageError", "UrlSigner", "sign_payload", "signer_for"]
 
@@ -54,6 +61,13 @@ def signer_for(provider: str) -> UrlSigner:
         raise StorageError(
             f"signing {_NAMES[provider]} URLs needs the [{_EXTRAS[provider]}] extra: "
             f"pip install 'gtstudio-uploader[{_EXTRAS[provider]}]' ({e})"
+        ) from None
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the provider library refusing its configuration, named in one line
+        raise StorageError(
+            f"cannot sign {_NAMES[provider]} URLs with the credentials and settings of this environment "
+            f"({type(e).__name__}: {e})"
         ) from None
     raise ValueError(f"unknown storage provider {provider!r}")
 
@@ -116,21 +130,28 @@ class PayloadSigner:
         signed: an s3:// or gs:// URL naming no object, or the provider's library refusing (credentials)."""
         location = locate(url)
         if location is None:
-            if url[:5].lower() in ("s3://", "gs://"):
+            if is_storage_url(url):
                 raise StorageError(
-                    f"cannot sign {url}: not of the form s3://BUCKET/KEY or gs://BUCKET/OBJECT "
-                    "(a key percent-encoded as UTF-8)"
+                    f"cannot sign {url}: not of the form s3://BUCKET/KEY, gs://BUCKET/OBJECT or "
+                    "https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB without a query (a key percent-encoded "
+                    "as UTF-8, with no '.' or '..' segment)"
                 )
             return url
         signer = self._signer(location.provider)
         try:
-            return signer.sign(location, self.seconds(location.provider))
+            signed = signer.sign(location, self.seconds(location.provider))
         except StorageError:
             raise
         except Exception as e:  # noqa: BLE001 - the provider library's own errors (credentials, key), named
             raise StorageError(
                 f"cannot sign {url} with your {_NAMES[location.provider]} credentials ({type(e).__name__}: {e})"
             ) from e
+        if len(signed) > MAX_SIGNED_URL_LENGTH:
+            raise StorageError(
+                f"the signed URL of {url} is {len(signed)} characters long; at most {MAX_SIGNED_URL_LENGTH} can be "
+                "fetched: shorten the object's key (or give a signed https URL of your own)"
+            )
+        return signed
 
     def __call__(self, body: str) -> str:
         """The JSON body to send: its storage URLs signed now."""
