@@ -143,7 +143,9 @@ def _manifest_options(func: F) -> F:
         [
             click.option("--project-id", help="Project for rows without a project_id column."),
             click.option("--work-flow-id", help="Workflow for rows without a work_flow_id column."),
-            click.option("--batch-id", help="Batch (UUID) for rows without a batch_id column."),
+            click.option(
+                "--batch-id", help="Batch (UUID) for the rows of --project-id's project without a batch_id column."
+            ),
             click.option(
                 "--format",
                 "fmt",
@@ -575,7 +577,10 @@ def _endpoint(
 @cli.command()
 @click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_manifest_options
-@click.option("--batch-name", help="Create this batch once (id kept in the ledger) and put the jobs in it.")
+@click.option(
+    "--batch-name",
+    help="Create this batch once (id kept in the ledger) and put the jobs of --project-id's project in it.",
+)
 @click.option(
     "--default-batch",
     is_flag=True,

@@ -20,7 +20,9 @@ from uploader.errors import UploaderError, UsageError
 __all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgotten", "project_hint"]
 
 #: API codes that stop a run over one project (not found, or the key may not use it).
-PROJECT_CODES = frozenset({"unauthorized", "resource_error", "PR_0001"})
+PROJECT_CODES = frozenset({"unauthorized", "core.webutil.auther", "resource_error", "PR_0001", "http_403"})
+#: Codes of a refused key: about one project too when the ledger holds several (the key may be good for the others).
+KEY_CODES = frozenset({"auth-failure", "core.webutil.token_auth", "http_401"})
 
 
 def forget_selection(
@@ -126,14 +128,18 @@ def print_forgotten(removed: Any, kept: Any | None, as_json: bool = False) -> No
 
 
 def project_hint(exc: Any, led: Any, repeat: Repeat) -> str | None:
-    """For a run stopped by an answer about one project (PROJECT_CODES): that project, how many rows of the
-    ledger it holds, and how to forget them if they are not this upload's. None for any other stop."""
+    """For a run stopped by an answer about one project (PROJECT_CODES; KEY_CODES when the ledger holds several
+    projects): that project, how many rows of the ledger it holds, and how to forget them if they are not this
+    upload's. None for any other stop."""
     from uploader.ledger import project_counts
 
-    project = getattr(exc, "project_id", None)
-    if project is None or getattr(exc, "code", None) not in PROJECT_CODES:
+    project, code = getattr(exc, "project_id", None), getattr(exc, "code", None)
+    if project is None or code not in PROJECT_CODES | KEY_CODES:
         return None
-    counts = project_counts(led.engine).get(project, {})
+    projects = project_counts(led.engine)
+    if code in KEY_CODES and len(projects) < 2:
+        return None
+    counts = projects.get(project, {})
     rows = sum(counts.values())
     waiting = counts.get("pending", 0) + counts.get("in_flight", 0)
     return (

@@ -349,7 +349,10 @@ class Manifest:
         pw = self._text(cells, "priority_weight", errs)
         if pw and not (pw.isascii() and pw.isdigit() and 1 <= int(pw) <= 10):
             errs.append(("priority_weight", f"priority_weight must be an integer 1-10, not {show(pw)}"))
-        return ref, pid, wf, batch or self._batch, pw
+        # The options' batch is a batch of their project: a row of another project (its own project_id) gets
+        # none (the run gives it a batch of its project), as a batch of one project is refused by another.
+        default_batch = self._batch if not self._pid or pid == self._pid else None
+        return ref, pid, wf, batch or default_batch, pw
 
     def _ids(self, cells: Any, errs: Errors) -> tuple[str, str]:
         """The row's project_id and work_flow_id, checked (both read before either is checked, so the

@@ -178,6 +178,8 @@ def fatal_message(decision: Decision, result: ApiResult) -> str:
     hints = {
         "auth-failure": "the API key was refused: check --api-key / PLAYMENT_API_KEY",
         "unauthorized": "the API key may not use this project",
+        "core.webutil.auther": "the API key may not use this project",
+        "http_403": "the API refused the request (HTTP 403): the API key may not use this project",
         "resource_error": "the project was not found: check --project-id",
         "PR_0001": "the project was not found: check --project-id",
     }
