@@ -33,6 +33,7 @@ from uploader.ledger.ledger import Claim, Ledger, Resolution, Result
 from uploader.ledger.models import Status
 from uploader.ledger.transitions import settle_found, settle_missing
 from uploader.load import load_manifest
+from uploader.manifest import file_identity
 
 OWNERS = ("worker-a", "worker-b")
 START = dt.datetime(2031, 3, 1, 12, 0, 0)
@@ -65,6 +66,7 @@ class RowsManifest:
         self.rows = rows
         if not path.exists():  # the loader hashes the file: the name makes each new manifest a new content
             path.write_text(json.dumps([path.name, rows]))
+        self.identity = file_identity(path)  # the file as the reader would have opened it
 
     def chunk_tuples(self, size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
         jobs = [

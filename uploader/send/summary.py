@@ -180,8 +180,8 @@ def fatal_message(decision: Decision, result: ApiResult) -> str:
         "unauthorized": "the API key may not use this project",
         "core.webutil.auther": "the API key may not use this project",
         "http_403": "the API refused the request (HTTP 403): the API key may not use this project",
-        "resource_error": "the project was not found: check --project-id",
-        "PR_0001": "the project was not found: check --project-id",
+        "resource_error": "the project was not found: check --project-id (or the manifest's project_id column)",
+        "PR_0001": "the project was not found: check --project-id (or the manifest's project_id column)",
     }
     hint = hints.get(decision.code or "", "the API refused the run")
     if result.http_status == 401:
