@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from uploader._leftovers import owned_prefix, sweep
 from uploader.errors import UploaderError
 
 __all__ = [
@@ -142,7 +143,8 @@ def _opened(plan: OutputPlan) -> Iterator[BinaryIO]:
             yield f
         return
     target = Path(plan.path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    sweep(target.parent, f".{target.name}.", ".part")  # what a killed export of this file left (no clean-up ran)
+    fd, tmp = tempfile.mkstemp(prefix=owned_prefix(f".{target.name}."), suffix=".part", dir=target.parent)
     try:
         if plan.owner is not None and plan.owner != (os.geteuid(), os.getegid()):
             try:

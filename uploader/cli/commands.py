@@ -102,10 +102,26 @@ def _terminate_as_interrupt() -> None:
 
     def handler(signum: int, frame: object) -> None:
         _TERMINATED[0] = signum
+        on_sigint = _event_loop_handler(signal.getsignal(signal.SIGINT))
+        if on_sigint is not None:
+            # An event loop runs (asyncio.Runner's own SIGINT handler is in place): stop it as Ctrl-C does, by
+            # cancelling its main task. An exception raised here could land in a transport's callback, which
+            # the loop would take for a broken connection and carry on (exit 0).
+            on_sigint(signal.SIGINT, frame)
+            return
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread (an embedding program): its own business
         signal.signal(signal.SIGTERM, handler)
+
+
+def _event_loop_handler(handler: object) -> Callable[[int, Any], object] | None:
+    """`handler` if it is the SIGINT handler asyncio.Runner puts in place while it runs a main task, else None."""
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop runs (and none is imported for this test)
+    func = getattr(handler, "func", None)  # a functools.partial of the runner's bound `_on_sigint`
+    if asyncio is None or not isinstance(getattr(func, "__self__", None), asyncio.Runner) or not callable(handler):
+        return None
+    return handler
 
 
 def _hold_signals() -> None:

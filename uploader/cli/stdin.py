@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from uploader._leftovers import owned_prefix, sweep
 from uploader.errors import ManifestError, UploaderError
 
 __all__ = ["STDIN_LABEL", "read_once", "sniff_format", "spooled_manifest"]
@@ -45,6 +46,10 @@ def sniff_format(head: bytes) -> str:
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
 
 
+#: The spool folder of standard input (uploader._leftovers: a killed command's is removed by the next).
+_SPOOL_PREFIX = "uploader-stdin-"
+
+
 @contextmanager
 def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[Path | None, str | None]]:
     """(the path to read, its label): `manifest` itself and None, or for `-` standard input copied to a
@@ -59,8 +64,9 @@ def spooled_manifest(manifest: Path | None, fmt: str | None) -> Iterator[tuple[P
         from uploader.manifest import EXTENSIONS
 
         fmt = EXTENSIONS.get(manifest.suffix.lower())
+    sweep(Path(tempfile.gettempdir()), _SPOOL_PREFIX)  # what a killed command left (no clean-up ran)
     try:
-        folder = Path(tempfile.mkdtemp(prefix="uploader-stdin-"))
+        folder = Path(tempfile.mkdtemp(prefix=owned_prefix(_SPOOL_PREFIX)))
     except OSError as exc:
         raise UploaderError(
             f"cannot copy {label} to the temporary folder {tempfile.gettempdir()}: {exc.strerror}"

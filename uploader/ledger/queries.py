@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, text
 
+from uploader._leftovers import pid_alive
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
 
@@ -450,17 +450,6 @@ def _live_worker(
         "requests_per_second": round(rate, 1) if rate is not None else average,
         "average_requests_per_second": average,
     }
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host with that pid exists (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _iso(value: Any) -> str | None:

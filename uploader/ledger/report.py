@@ -313,10 +313,8 @@ def _small_cache(conn: Connection) -> Iterator[None]:
         return
     before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
     conn.exec_driver_sql(f"PRAGMA cache_size = -{REPORT_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before or 0)}")
+    yield  # not put back after an error: an interrupt may have invalidated the connection (it is closed then)
+    conn.exec_driver_sql(f"PRAGMA cache_size = {int(before or 0)}")
 
 
 #: One scan for the platform's statuses and, per status, the rows whose result is a file, inline, or failed.

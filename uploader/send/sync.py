@@ -322,6 +322,9 @@ class _Sync:
     folders: set[str] = field(default_factory=set)  #: project folders made (and made durable) by this sync
     lock_fd: int | None = None  #: the results folder, open: its flock is held while a sync writes there
     settling_run: Future[tuple[int, list[str]]] | None = None  #: the settler's work on `settling`
+    #: The result files the settler is writing (their `.part`s exist until renamed): what a second Ctrl-C, which
+    #: ends the process before the settler can finish, leaves to remove.
+    writing: list[str] = field(default_factory=list)
 
     async def read(self, request: Callable[[], Awaitable[ApiResult]], what: str, expect: str | None) -> dict[str, Any]:
         """`ApiClient.read`, each try paced by --rate."""
@@ -380,12 +383,18 @@ class _Sync:
         except BaseExceptionGroup as failed:  # the first failure, as the callers know it
             raise failed.exceptions[0] from None
         finally:
-            if self.settling_run is not None:  # the writer was stopped while a group settled: let it end
-                with contextlib.suppress(Exception):
-                    self.settled(self.settling_run.result())
-            settler.shutdown()
-            self.disk.shutdown()
-            self.record()
+            try:
+                if self.settling_run is not None:  # the writer was stopped while a group settled: let it end
+                    with contextlib.suppress(Exception):
+                        self.settled(self.settling_run.result())
+                settler.shutdown()
+                self.disk.shutdown()
+                self.record()
+            except BaseException:  # a second Ctrl-C broke into the wait: the process ends with the settler
+                for path in list(self.writing):
+                    with contextlib.suppress(OSError):
+                        os.unlink(_part(path))
+                raise
 
     async def produce(self) -> None:
         await self.statuses()
@@ -627,6 +636,7 @@ class _Sync:
                     path = final
                 placed.append((row_id, path, inline, sha256, status))
             if writes:
+                self.writing = [path for path, _ in writes]
                 try:
                     n = min(DISK_THREADS, len(writes)) if disk is not None else 1
                     if n > 1 and disk is not None:
