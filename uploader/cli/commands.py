@@ -117,7 +117,7 @@ def _terminate_as_interrupt() -> None:
 
 def _event_loop_handler(handler: object) -> Callable[[int, Any], object] | None:
     """`handler` if it is the SIGINT handler asyncio.Runner puts in place while it runs a main task, else None."""
-    asyncio = sys.modules.get("asyncio")  # not imported: no loop runs (and none is imported for this test)
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop runs (importing it to find out would slow start-up)
     func = getattr(handler, "func", None)  # a functools.partial of the runner's bound `_on_sigint`
     if asyncio is None or not isinstance(getattr(func, "__self__", None), asyncio.Runner) or not callable(handler):
         return None
