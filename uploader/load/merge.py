@@ -230,9 +230,10 @@ def _stage(conn: Connection, manifest: ManifestLike, production: staging.Product
             conn.exec_driver_sql(STAGING_ANALYZE)
         conn.commit()  # commits only the TEMP table: the ledger file is not written
     finally:
-        conn.rollback()
-        for name in attached:  # outside any transaction, as SQLite wants
-            _sqlite(conn).execute(detach_slice(name))
+        if not conn.invalidated:  # an interrupt in a statement invalidates it: its attachments went with it
+            conn.rollback()
+            for name in attached:  # outside any transaction, as SQLite wants
+                _sqlite(conn).execute(detach_slice(name))
     return total
 
 

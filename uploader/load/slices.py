@@ -233,18 +233,24 @@ class Production:
             yield self._done[i]
 
     def close(self) -> None:
-        for pid, pipe in self._procs:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            pipe.close()
-        self._procs = []
-        if self._alive >= 0:
-            os.close(self._alive)
-            self._alive = -1
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        # A second Ctrl-C (or SIGTERM) waits until this is done: breaking in, it would leave slice processes
+        # behind (they would notice the parent gone and clean up, but only after it exited).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for pid, pipe in self._procs:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                pipe.close()
+            self._procs = []
+            if self._alive >= 0:
+                os.close(self._alive)
+                self._alive = -1
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _work(
