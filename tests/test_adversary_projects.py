@@ -93,6 +93,12 @@ def batches_of(box: Sandbox) -> dict[str, str]:
     return {b: p.id for p in state.projects.values() for b in p.batches}
 
 
+def batch_names_of(box: Sandbox) -> dict[str, str]:
+    """batch_id → name for every batch the sandbox holds."""
+    state = box._on_loop(lambda: box._engine.app.state)  # type: ignore[union-attr]
+    return {b: batch.name for p in state.projects.values() for b, batch in p.batches.items()}
+
+
 def assert_matches_truth(ledger: Path, truth: dict[tuple[str, str], dict[str, Any]]) -> None:
     """Every succeeded row holds the job of its own (project, reference_id); every job is some row's."""
     rows = ledger_rows(ledger)
@@ -331,6 +337,8 @@ def test_batch_name_gives_each_project_a_batch_of_its_own(box: Sandbox, tmp_path
     }
     assert done.returncode == 0, done.stdout + done.stderr
     assert_matches_truth(ledger, sandbox_truth(box))
+    names = batch_names_of(box)
+    assert {(p, names[r["batch_id"]]) for (p, _), r in rows.items()} == {("pa", "nb"), ("pb", "nb")}
 
 
 def test_batch_name_rows_of_its_own_project_land_in_it(box: Sandbox, tmp_path: Path) -> None:
@@ -349,7 +357,7 @@ def test_batch_name_rows_of_its_own_project_land_in_it(box: Sandbox, tmp_path: P
 
 def test_load_then_run_with_batch_name_gives_other_projects_their_own_batch(box: Sandbox, tmp_path: Path) -> None:
     """The same manifest loaded first (`uploader load`), then `uploader run --batch-name nb` with no manifest:
-    pa's rows go into nb (of pa), pb's rows into a batch the ledger creates in pb, every row succeeds with its
+    pa's rows go into nb (of pa), pb's rows into a batch nb the run creates in pb, every row succeeds with its
     own project's job. (What `run m.csv --batch-name nb` should do too: see the FINDING above.)"""
     ledger = tmp_path / "l.db"
     m = write_manifest(tmp_path / "m.csv", SHARED)
@@ -361,6 +369,9 @@ def test_load_then_run_with_batch_name_gives_other_projects_their_own_batch(box:
     assert_matches_truth(ledger, truth)
     homes = batches_of(box)
     assert all(homes[j["batch_id"]] == p for (p, _), j in truth.items())
+    names = batch_names_of(box)
+    assert {names[j["batch_id"]] for j in truth.values()} == {"nb"}
+    assert len({j["batch_id"] for j in truth.values()}) == 2  # one batch nb in each project
 
 
 # -- FS_0001: resolved in the row's own project and batch ------------------------------------------------

@@ -595,7 +595,8 @@ def _endpoint(
 @_manifest_options
 @click.option(
     "--batch-name",
-    help="Create this batch once (id kept in the ledger) and put the jobs of --project-id's project in it.",
+    help="Create this batch once (id kept in the ledger) and put the jobs without a batch in it; rows of "
+    "other projects than --project-id's go into a batch of this name in their own project.",
 )
 @click.option(
     "--default-batch",

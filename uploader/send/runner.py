@@ -178,7 +178,8 @@ async def _run(
             return nothing_to_send(ledger, counts)
         if counts["pending"]:
             await _batch_step(
-                stop, _batch_unbatched_rows(ledger, get_client, options, default_batch, policy, on_notice, stop)
+                stop,
+                _batch_unbatched_rows(ledger, get_client, options, batch_name, default_batch, policy, on_notice, stop),
             )
         _tell_clock_skew(ledger, run_options.lease_seconds, on_notice)
         return await submit(
@@ -275,14 +276,16 @@ async def _batch_unbatched_rows(
     ledger: Ledger,
     get_client: Callable[[], Awaitable[ApiClient]],
     options: ManifestOptions,
+    batch_name: str | None,
     default_batch: bool,
     policy: BatchPolicy,
     on_notice: Callable[[str], None] | None,
     stop: StopFlag | None = None,
 ) -> None:
     """Give rows with no batch of their own that were never sent (e.g. loaded by `uploader load`) a batch
-    before the first job: the run's --batch-id / --batch-name for its project, else (unless
-    `default_batch`) the ledger's own batch of each project, created once and reused."""
+    before the first job: the run's --batch-id / --batch-name for its project; in every other project the
+    batch named `batch_name` of that project (a batch belongs to one project), else (unless `default_batch`)
+    the ledger's own batch of each project, created once and reused."""
     from uploader.send.batches import ensure_batch
 
     if options.batch_id and options.project_id:
@@ -293,7 +296,7 @@ async def _batch_unbatched_rows(
     manifest_name = ledger.last_manifest_name() if projects else None
     for project in projects:
         batch_id = await ensure_batch(
-            ledger, get_client, project, None, policy, manifest_name=manifest_name, notice=on_notice, stop=stop
+            ledger, get_client, project, batch_name, policy, manifest_name=manifest_name, notice=on_notice, stop=stop
         )
         ledger.assign_batch(project, batch_id)
 
