@@ -16,8 +16,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.misbehaving_api import Served
 
 DEFAULT_BATCH = "00000000-0000-4000-8000-000000000000"
 
@@ -31,7 +33,7 @@ class Answer:
     body: bytes = b""
 
 
-class LoopbackApi:
+class LoopbackApi(Served):
     """`with LoopbackApi(key, behave) as api:` serves on 127.0.0.1:<free port>; `api.base_url`."""
 
     def __init__(
@@ -136,21 +138,7 @@ class LoopbackApi:
                     return self._send(200, {"success": True, "data": {"jobs": listed, "next_page_token": ""}})
                 self._send(404, raw=b"<h1>not found</h1>")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> LoopbackApi:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     def created(self) -> int:
         with self.lock:

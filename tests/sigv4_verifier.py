@@ -13,9 +13,11 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from tests.misbehaving_api import Served
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -95,7 +97,7 @@ def refusal(method: str, url_path: str, host: str, now: dt.datetime) -> str | No
     return None
 
 
-class SigV4Verifier:
+class SigV4Verifier(Served):
     """`with SigV4Verifier({("bucket", "key"): b"..."}) as s3:` serves path-style S3 GETs at `s3.endpoint`."""
 
     def __init__(self, objects: dict[tuple[str, str], bytes] | None = None) -> None:
@@ -132,21 +134,11 @@ class SigV4Verifier:
             def do_HEAD(self) -> None:  # noqa: N802
                 self._answer(False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> SigV4Verifier:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.base_url
 
 
 def use_test_credentials(monkeypatch: Any, tmp_path: Any, endpoint: str) -> None:

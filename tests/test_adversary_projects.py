@@ -27,12 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.misbehaving_api import Served
 from uploader.sandbox import Sandbox, SandboxConfig
 
 KEY = "sk-adversary-projects-4b7e2d9c"
@@ -120,7 +121,7 @@ def default_batch(project: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"truth-default/{project}"))
 
 
-class TruthApi:
+class TruthApi(Served):
     """Jobs per project, reference_id unique per project (FS_0001), batches per project (a listing of a batch
     of another project is GE_0001), GET job only in the job's own project. `drop`: (project, reference_id)
     pairs whose first creation succeeds but whose answer is lost (connection closed). `forbidden`: projects
@@ -243,13 +244,7 @@ class TruthApi:
                     return self._send(200, {"success": True, "data": doc})
                 self._fail(404, "resource_error", "not found")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._serve(Handler)
 
     def put(self, project: str, ref: str, batch_id: str | None = None) -> str:
         """A job created elsewhere (the UI, another ledger): its job_id."""
@@ -268,14 +263,6 @@ class TruthApi:
     def truth(self) -> dict[tuple[str, str], dict[str, Any]]:
         with self.lock:
             return {k: dict(v) for k, v in self.jobs.items()}
-
-    def __enter__(self) -> TruthApi:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
