@@ -267,7 +267,10 @@ class LedgerModel(RuleBasedStateMachine):
     @rule(owner=st.sampled_from(OWNERS), limit=st.integers(1, 5), lease=st.sampled_from([0.5, 1, 3, 30]))
     def claim(self, owner: str, limit: int, lease: float) -> None:
         now = self.now
-        expired = {r.ref for r in self.rows.values() if r.status == "in_flight" and r.expires < now}
+        # another owner's expired leases: never the claiming owner's own (it is sending those rows)
+        expired = {
+            r.ref for r in self.rows.values() if r.status == "in_flight" and r.expires < now and r.owner != owner
+        }
         ready = {
             r.ref for r in self.rows.values() if r.status == "pending" and (r.not_before is None or r.not_before <= now)
         }

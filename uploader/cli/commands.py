@@ -79,6 +79,8 @@ def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
             _interrupted()
         except UploaderError as exc:
+            if getattr(exc, "interrupted", False):  # LedgerLocked: a signal ended a wait for the ledger
+                _interrupted()
             emit_error(str(exc), exc.exit_code, json_mode(), getattr(exc, "code", None))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -225,7 +227,28 @@ def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(led.close)
+    if led.engine.dialect.name != "sqlite":
+        _watch_statements(led)
     return led
+
+
+def _watch_statements(led: Ledger) -> None:
+    """On PostgreSQL, a statement of this command that the server has not finished after 2 s (it waits for a
+    lock another session holds: a long load's merge, an ALTER TABLE) is told, every 10 s, and cancelled on
+    SIGTERM: the command then stops (143) instead of waiting on, also from a worker thread (`sync`'s). `run`'s
+    submit loop puts a wait of its own in place while it sends."""
+    import math
+
+    from uploader.ledger import LockWait, set_lock_wait
+
+    def waiting(seconds: float) -> None:
+        click.echo(
+            f"waiting for the ledger: its database has not finished a statement for {seconds:.0f} s (another "
+            "session may hold a lock on its tables: see pg_stat_activity and pg_locks)",
+            err=True,
+        )
+
+    set_lock_wait(led.engine, LockWait(lambda: _TERMINATED[0] != 0, waiting, limit=math.inf))
 
 
 @click.group(cls=UploaderGroup, context_settings={"help_option_names": ["-h", "--help"]})

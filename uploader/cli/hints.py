@@ -14,9 +14,6 @@ from click.core import ParameterSource
 
 __all__ = ["NO_REPEAT", "Repeat", "repeat_from_context"]
 
-#: What stands for a ledger URL's password in a printed command.
-HIDDEN_PASSWORD = "PASSWORD"
-
 
 @dataclass(frozen=True)
 class Repeat:
@@ -40,15 +37,12 @@ NO_REPEAT = Repeat()
 
 
 def hide_password(ledger: str) -> str:
-    """A ledger URL with its password (if any, up to the last `@`: it may hold `/`, `?` or `#`) replaced by
-    HIDDEN_PASSWORD; a path unchanged."""
-    from uploader.api import USER_INFO
-
-    start = ledger.find("://") + 3
-    info = USER_INFO.match(ledger, start) if start > 2 else None
-    if info is None or info.end() - info.start() == len(info["user"]) + 1:  # no user info, or no password
+    """`--ledger` as a printed command may repeat it: a path unchanged, a URL without its passwords."""
+    if "://" not in ledger:
         return ledger
-    return f"{ledger[:start]}{info['user']}:{HIDDEN_PASSWORD}@{ledger[info.end() :]}"
+    from uploader.ledger import shown_ledger
+
+    return shown_ledger(ledger)
 
 
 def repeat_from_context(ctx: click.Context | None = None) -> Repeat:

@@ -12,6 +12,9 @@ from uploader._lazy import lazy_exports
 if TYPE_CHECKING:
     from uploader.ledger.activity import ACTIVITY_COUNTERS as ACTIVITY_COUNTERS
     from uploader.ledger.activity import record_activity as record_activity
+    from uploader.ledger.address import parse_url as parse_url
+    from uploader.ledger.address import shown_ledger as shown_ledger
+    from uploader.ledger.address import shown_url as shown_url
     from uploader.ledger.engine import LedgerLocked as LedgerLocked
     from uploader.ledger.engine import LedgerNotUpgraded as LedgerNotUpgraded
     from uploader.ledger.engine import LockWait as LockWait
@@ -128,6 +131,9 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ACTIVITY_COUNTERS": "uploader.ledger.activity",
     "record_activity": "uploader.ledger.activity",
+    "parse_url": "uploader.ledger.address",
+    "shown_ledger": "uploader.ledger.address",
+    "shown_url": "uploader.ledger.address",
     "CLAIM_LOG_ENV": "uploader.ledger.ledger",
     "BatchSlot": "uploader.ledger.ledger",
     "Claim": "uploader.ledger.ledger",

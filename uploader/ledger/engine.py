@@ -17,6 +17,7 @@ import functools
 import os
 import re
 import shlex
+import socket
 import sqlite3
 import threading
 import time
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalError
 
 from uploader.errors import LedgerError, LedgerTooNewError
+from uploader.ledger.address import parse_url, shown_ledger, shown_url
 from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, read_head
 
 if TYPE_CHECKING:
@@ -73,6 +75,12 @@ CHECKPOINT_EVERY = 1.0
 LOCK_SLICE_MS = 100
 #: With a LockWait: give up waiting for another process's write lock after this long (seconds).
 LOCK_WAIT_LIMIT = 600.0
+#: PostgreSQL: seconds after a statement's cancel was sent, still unanswered, when its connection is severed.
+SEVER_AFTER = 1.0
+#: PostgreSQL: seconds a cancel request may take before it is abandoned.
+CANCEL_TIMEOUT = 10.0
+#: PostgreSQL: libpq's connect_timeout (its least) for new connections after one was severed.
+SEVERED_CONNECT_TIMEOUT = 2
 
 
 class LedgerLocked(LedgerError):
@@ -102,19 +110,22 @@ class LockWait:
 _LOCK_WAITS: weakref.WeakKeyDictionary[Engine, LockWait] = weakref.WeakKeyDictionary()
 
 
-def set_lock_wait(engine: Engine, wait: LockWait | None) -> None:
+def set_lock_wait(engine: Engine, wait: LockWait | None) -> LockWait | None:
     """Make the engine's write transactions wait for the SQLite write lock as `wait` says (None: only
     SQLite's own 30 s busy timeout). On PostgreSQL: a statement still running when `wait` gives up (or after
-    its limit) is cancelled, and raises LedgerLocked as a SQLite wait would."""
+    its limit) is cancelled, and raises LedgerLocked as a SQLite wait would. Returns the wait it replaces (to
+    put back)."""
     old = _WATCHES.pop(engine, None)
     if old is not None:
         old.close()
+    previous = _LOCK_WAITS.pop(engine, None)
     if wait is None:
-        _LOCK_WAITS.pop(engine, None)
-        return
+        return previous
     _LOCK_WAITS[engine] = wait
     if engine.dialect.name != "sqlite":
-        _WATCHES[engine] = _StatementWatch(wait)
+        watch = _WATCHES[engine] = _StatementWatch(wait)
+        watch.severed_at = old.severed_at if old is not None else None
+    return previous
 
 
 class _StatementWatch:
@@ -129,6 +140,9 @@ class _StatementWatch:
         self._lock = threading.Lock()
         self._running: dict[int, tuple[Any, float]] = {}  #: id(DBAPI cursor) → (the cursor, monotonic start)
         self._cancelled: dict[int, bool] = {}  #: id(DBAPI cursor) → whether it was the wait giving up
+        #: When a connection whose cancel went unanswered was severed (monotonic; None: none since the last
+        #: statement that ended normally). Meanwhile new connections wait less (`_setup_postgresql`).
+        self.severed_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="uploader-statement-watch", daemon=True)
         self._thread.start()
@@ -142,7 +156,10 @@ class _StatementWatch:
         the limit (False), or not at all (None)."""
         with self._lock:
             self._running.pop(id(cursor), None)
-            return self._cancelled.pop(id(cursor), None)
+            cancelled = self._cancelled.pop(id(cursor), None)
+            if cancelled is None:
+                self.severed_at = None  # the server answers again
+            return cancelled
 
     def close(self) -> None:
         self._stop.set()
@@ -151,6 +168,7 @@ class _StatementWatch:
     def _watch(self) -> None:
         slice_seconds = LOCK_SLICE_MS / 1000
         told: dict[tuple[int, float], float] = {}  #: (cursor, its start) → how long it had run when told
+        cancelled_at: dict[int, float] = {}  #: cursor → when its cancel was sent (until it is severed)
         while not self._stop.wait(slice_seconds):
             now = time.monotonic()
             with self._lock:
@@ -164,13 +182,18 @@ class _StatementWatch:
                     self._tell(told, (key, start), now - start)
                     continue
                 with self._lock:
-                    if key not in self._running or key in self._cancelled:
-                        continue  # ended meanwhile, or cancelled already
+                    if key not in self._running:
+                        continue  # ended meanwhile
+                    if key in self._cancelled:
+                        if now - cancelled_at.get(key, now) > SEVER_AFTER:
+                            _sever(cursor)  # the cancel went unanswered: the connection itself is dead
+                            self.severed_at = now
+                            cancelled_at.pop(key, None)
+                        continue
                     self._cancelled[key] = gave_up
-                try:
-                    cursor.connection.cancel()  # libpq's PQcancel: a request of its own, safe from any thread
-                except Exception:  # noqa: BLE001 - the statement then runs on; nothing more to do from here
-                    pass
+                    cancelled_at[key] = now
+                threading.Thread(target=_cancel, args=(cursor,), name="uploader-cancel", daemon=True).start()
+            cancelled_at = {k: v for k, v in cancelled_at.items() if any(k == key for key, _, _ in running)}
 
     def _tell(self, told: dict[tuple[int, float], float], statement: tuple[int, float], waited: float) -> None:
         """Tell the wait of a statement that has run `waited` seconds, when it is time to (see LockWait)."""
@@ -184,13 +207,62 @@ class _StatementWatch:
             pass
 
 
+def _cancel(cursor: Any) -> None:
+    """Ask the server to cancel `cursor`'s statement: a request over a connection of its own, safe from any
+    thread, sent from a thread of its own (a server that does not answer would hold it: libpq's PQcancel has
+    no timeout) so that the watch goes on and severs the connection if the cancel goes unanswered."""
+    try:
+        connection = cursor.connection
+        cancel_safe = getattr(connection, "cancel_safe", None)  # psycopg 3.2+: bounded by a timeout
+        if cancel_safe is not None:
+            cancel_safe(timeout=CANCEL_TIMEOUT)
+        else:
+            connection.cancel()
+    except Exception:  # noqa: BLE001 - unanswered or refused: the watch severs the connection
+        pass
+
+
+def _sever(cursor: Any) -> None:
+    """Shut down the socket of `cursor`'s connection (a duplicate of its descriptor: the driver still owns and
+    closes the original). The statement blocked in reading its answer then fails at once, as on a dropped
+    connection: the way out when a cancel cannot reach the server, or its answer cannot come back (a network
+    that stopped forwarding, without closing; no keepalive would notice for a minute or more)."""
+    try:
+        duplicate = socket.socket(fileno=os.dup(cursor.connection.pgconn.socket))
+    except Exception:  # noqa: BLE001 - no socket (closed meanwhile): nothing left to sever
+        return
+    try:
+        duplicate.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        duplicate.close()
+
+
 _WATCHES: weakref.WeakKeyDictionary[Engine, _StatementWatch] = weakref.WeakKeyDictionary()
 #: PostgreSQL's SQLSTATE of a statement cancelled on request (query_canceled).
 _CANCELLED = "57014"
 
 
+def _connect_after_sever(watch: _StatementWatch | None, cparams: dict[str, Any]) -> None:
+    """After a dead connection was severed: a new one is refused at once if the wait gives up (the command is
+    stopping: waiting for a server that stopped answering would hold it), else given SEVERED_CONNECT_TIMEOUT."""
+    if watch is None or watch.severed_at is None:
+        return
+    if watch.wait.give_up():
+        raise LedgerLocked(
+            "stopped while the ledger's database did not answer (its connection stalled)", interrupted=True
+        )
+    given = int(cparams.get("connect_timeout", SEVERED_CONNECT_TIMEOUT))
+    cparams["connect_timeout"] = min(given, SEVERED_CONNECT_TIMEOUT)
+
+
 def _setup_postgresql(engine: Engine) -> None:
     """The hooks of `_StatementWatch` (they do nothing while the engine has no LockWait)."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Dialect, record: object, cargs: object, cparams: dict[str, Any]) -> None:
+        _connect_after_sever(_WATCHES.get(engine), cparams)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn: Connection, cursor: Any, *_: object) -> None:
@@ -213,16 +285,56 @@ def _setup_postgresql(engine: Engine) -> None:
         cancelled = watch.ended(cursor)
         if cancelled is None and getattr(context.original_exception, "sqlstate", None) == _CANCELLED:
             cancelled = watch.wait.give_up() or None  # our cancel of the statement before, arriving late
-        if cancelled is None:
-            return
-        if cancelled:
-            raise LedgerLocked(
-                "stopped while a ledger statement waited (another session holds a lock)", interrupted=True
-            ) from context.original_exception
+        _raise_if_waited(watch, cancelled, context.original_exception)
+
+    dialect = engine.dialect
+    original_commit, original_connect = dialect.do_commit, dialect.connect
+
+    def do_commit(dbapi_connection: Any) -> None:
+        _watched(_WATCHES.get(engine), _Pending(dbapi_connection), original_commit, dbapi_connection)
+
+    def connect(*cargs: Any, **cparams: Any) -> Any:
+        return _watched(_WATCHES.get(engine), _Pending(None), original_connect, *cargs, **cparams)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.connect = connect  # type: ignore[method-assign]
+
+
+class _Pending:
+    """A call the watch follows besides statements (a COMMIT, a new connection): its DBAPI connection, which a
+    cancel and a sever reach through `.connection`, as through a cursor (None while connecting: only told)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+
+def _watched(watch: _StatementWatch | None, pending: _Pending, call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """`call(*args, **kw)`, followed by `watch` (told after 2 s, cancelled and severed when the wait gives up)."""
+    if watch is None:
+        return call(*args, **kw)
+    watch.started(pending)
+    try:
+        result = call(*args, **kw)
+    except Exception as exc:
+        _raise_if_waited(watch, watch.ended(pending), exc)
+        raise
+    watch.ended(pending)
+    return result
+
+
+def _raise_if_waited(watch: _StatementWatch, cancelled: bool | None, exc: BaseException) -> None:
+    """The LedgerLocked for a call the watch cancelled (`cancelled`: because the wait gave up, or after its
+    limit); nothing for one it did not."""
+    if cancelled is None:
+        return
+    if cancelled:
         raise LedgerLocked(
-            f"ledger error: a statement waited over {watch.wait.limit:.0f} s (another session holds a lock on "
-            "the ledger's tables); gave up. Find it (pg_stat_activity, pg_locks), let it finish or stop it"
-        ) from context.original_exception
+            "stopped while a ledger statement waited (another session holds a lock)", interrupted=True
+        ) from exc
+    raise LedgerLocked(
+        f"ledger error: a statement waited over {watch.wait.limit:.0f} s (another session holds a lock on "
+        "the ledger's tables); gave up. Find it (pg_stat_activity, pg_locks), let it finish or stop it"
+    ) from exc
 
 
 def script_location() -> str:
@@ -234,7 +346,7 @@ def script_location() -> str:
     raise LedgerError("the ledger migrations are missing from this installation of uploader")
 
 
-def _sqlite_path(url: str) -> Path | None:
+def _sqlite_path(url: str | URL) -> Path | None:
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
@@ -334,21 +446,50 @@ def _check_sqlite_file(path: Path) -> None:
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Create an engine for a ledger URL, with SQLite pragmas and explicit BEGIN handling."""
-    path = _sqlite_path(url)
-    if path is not None:
-        if not path.exists() and not create:
-            raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
-        _check_sqlite_file(path)
-        _create_private_file(path)
     try:
-        engine = create_engine(url, future=True)
+        parsed = parse_url(url)
+        path = _sqlite_path(parsed)
+        if path is not None:
+            if not path.exists() and not create:
+                raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
+            _check_sqlite_file(path)
+            _create_private_file(path)
+        options = _postgresql_options(parsed) if parsed.get_backend_name() == "postgresql" else {}
+        engine = create_engine(parsed, future=True, **options)
+    except ValueError:  # SQLAlchemy's parser: int(port)
+        raise LedgerError(f"cannot use the ledger URL {shown_ledger(url)}: its port is not a number") from None
     except (ArgumentError, ImportError) as exc:
-        raise LedgerError(f"cannot use ledger URL: {exc}") from None
+        raise LedgerError(f"cannot use the ledger URL {shown_ledger(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         _setup_sqlite(engine)
     else:
         _setup_postgresql(engine)
     return engine
+
+
+#: Seconds to wait for a PostgreSQL server's answer while connecting (libpq's connect_timeout), unless the URL
+#: sets its own: a server that accepts the connection and says nothing is an error, not a silent hang.
+CONNECT_TIMEOUT = 10
+#: libpq's TCP keepalives and user timeout, unless the URL sets its own: a connection whose peer vanished
+#: (a partition, a NAT that forgot the flow) fails within about a minute instead of blocking for hours.
+_TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def _postgresql_options(url: URL) -> dict[str, Any]:
+    """create_engine's options for a PostgreSQL ledger: READ COMMITTED, whatever the database's default (the claims,
+    `FOR UPDATE SKIP LOCKED`, are written for it; SERIALIZABLE fails them with 40001), and the connection settings
+    above where the URL does not choose."""
+    settings: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, **_TCP_SETTINGS}
+    return {
+        "isolation_level": "READ COMMITTED",
+        "connect_args": {key: value for key, value in settings.items() if key not in url.query},
+    }
 
 
 def _setup_sqlite(engine: Engine) -> None:
@@ -644,6 +785,11 @@ def translate_errors() -> Iterator[None]:
             raise LedgerError(f"lost the ledger connection: {_driver_message(exc)}") from exc
         if _refused_by_the_server(exc):
             raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
+        if getattr(exc.orig, "sqlstate", None) in _MISSING:
+            raise LedgerError(
+                f"ledger error: {_driver_message(exc)}: the ledger's database lacks part of the ledger's schema "
+                "(a partial restore, a clean-up). Restore the database from a backup, or pass --ledger a new one"
+            ) from exc
         raise
 
 
@@ -652,6 +798,8 @@ def translate_errors() -> Iterator[None]:
 #: connections), an operator (57), a system error (58); and a privilege taken away (42501). Not a bug of ours.
 _REFUSAL_CLASSES = ("25", "53", "57", "58")
 _NO_PRIVILEGE = "42501"
+#: SQLSTATEs (PostgreSQL) of a table or column of the schema that is not there: undefined_table, undefined_column.
+_MISSING = ("42P01", "42703")
 
 
 def _refused_by_the_server(exc: DBAPIError) -> bool:
@@ -771,7 +919,7 @@ def ledger_name(engine: Engine) -> str:
     """The ledger as messages name it: its file, or its URL without the password."""
     if engine.dialect.name == "sqlite" and engine.url.database:
         return engine.url.database
-    return engine.url.render_as_string(hide_password=True)
+    return shown_url(engine.url)
 
 
 #: Any fixed 64-bit key: PostgreSQL advisory locks are named by numbers.

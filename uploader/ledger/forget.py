@@ -10,6 +10,7 @@ created a job and is simply deleted. Nothing is forgotten while a live run holds
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, Engine, text
 from uploader.errors import LedgerError
 from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
-from uploader.ledger.queries import LIVE_WORKER_SECONDS, utcnow
+from uploader.ledger.queries import LIVE_WORKER_SECONDS, _dt, pid_alive, utcnow
 
 __all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "manifest_paths", "project_counts"]
 
@@ -116,21 +117,43 @@ def count_forget(engine: Engine, selection: Selection) -> ForgetCounts:
 
 
 def _live_holders(conn: Connection, selection: Selection, now: dt.datetime) -> int:
-    """Live runs (heartbeat within LIVE_WORKER_SECONDS, not stopped) holding leased rows of the selection."""
+    """Live runs holding leased rows of the selection (`holder_alive`)."""
+    host = socket.gethostname()
     owners: set[str] = set()
     for where, params in _parts(selection):
+        rows = conn.execute(
+            text(
+                "SELECT j.lease_owner, MAX(j.lease_expires_at), w.hostname, w.pid, w.heartbeat_at "
+                f"FROM (SELECT lease_owner, lease_expires_at FROM jobs WHERE status = '{_IN_FLIGHT}' AND {where}) j "
+                "JOIN workers w ON w.owner = j.lease_owner WHERE w.stopped_at IS NULL "
+                "GROUP BY j.lease_owner, w.hostname, w.pid, w.heartbeat_at"
+            ),
+            params,
+        )
         owners.update(
             owner
-            for (owner,) in conn.execute(
-                text(
-                    f"SELECT DISTINCT lease_owner FROM jobs WHERE status = '{_IN_FLIGHT}' AND lease_expires_at > :now "
-                    f"AND lease_owner IN (SELECT owner FROM workers WHERE stopped_at IS NULL AND heartbeat_at > "
-                    f":stale) AND {where}"
-                ),
-                {**params, "now": now, "stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
-            )
+            for owner, expires, hostname, pid, beat in rows
+            if holder_alive(_dt(expires), _dt(beat), now, hostname == host and pid_alive(pid))
         )
     return len(owners)
+
+
+#: A run of this host whose process exists holds its rows whatever the clocks say, if it beat within this long
+#: (by the clock: a bound against a pid reused since a run was killed without signing off).
+OWN_HOST_HOLD_SECONDS = 86_400
+
+
+def holder_alive(
+    lease_expires: dt.datetime | None, heartbeat: dt.datetime | None, now: dt.datetime, process_alive_here: bool
+) -> bool:
+    """Whether a run holding rows is alive: its lease unexpired and its heartbeat recent by the clock, or its
+    process alive on this host (a clock stepped forward since it stamped them makes both look old)."""
+    if heartbeat is None:
+        return False
+    if process_alive_here and heartbeat > now - dt.timedelta(seconds=OWN_HOST_HOLD_SECONDS):
+        return True
+    recent = heartbeat > now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)
+    return recent and lease_expires is not None and lease_expires > now
 
 
 def forget_rows(engine: Engine, selection: Selection, *, include_created: bool = False) -> ForgetCounts:

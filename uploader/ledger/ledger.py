@@ -50,6 +50,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from uploader.errors import LedgerError
+from uploader.ledger.address import shown_url
 from uploader.ledger.engine import (
     create_new,
     driver_sql,
@@ -169,9 +170,12 @@ _CONFLICT = Status.CONFLICT.value
 #: SQL of `claim`: the rows it takes (in flight under an expired lease, or held by a run that has stopped: a
 #: stopped run has nothing in the air, so rows it could not release, e.g. disk full, are taken at once; then
 #: pending rows whose retry time has come) and what it sets on them.
+#: Rows another run held: its lease expired by this run's clock, or it stopped. Never the claiming run's own (a
+#: clock stepped forward makes its own leases look expired until its next heartbeat; it is sending those rows).
 _CLAIM_EXPIRED = (
-    f"SELECT id FROM jobs WHERE status = '{_IN_FLIGHT}' AND (lease_expires_at < :now OR lease_owner IN "
-    "(SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
+    f"SELECT id FROM jobs WHERE status = '{_IN_FLIGHT}' AND (lease_owner IS NULL OR lease_owner <> :owner) "
+    "AND (lease_expires_at < :now "
+    "OR lease_owner IN (SELECT owner FROM workers WHERE stopped_at IS NOT NULL)) LIMIT :n"
 )
 _CLAIM_READY = (
     f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND (not_before IS NULL OR not_before <= :now) LIMIT :n"
@@ -291,7 +295,8 @@ class Ledger(LedgerQueries):
 
     @property
     def url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        """The ledger's URL as it may be printed (`shown_url`: no password)."""
+        return shown_url(self.engine.url)
 
     @property
     def name(self) -> str:
@@ -301,16 +306,30 @@ class Ledger(LedgerQueries):
 
     # -- claims and leases -------------------------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int, lease_seconds: float, now: dt.datetime | None = None) -> list[Claim]:
-        """Claim up to `limit` sendable rows for `owner`, committed before any request is sent."""
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: dt.datetime | None = None,
+        *,
+        due: Sequence[int] = (),
+    ) -> list[Claim]:
+        """Claim up to `limit` sendable rows for `owner`, committed before any request is sent. `due`: ids of
+        pending rows whose retry the caller timed itself (on a monotonic clock) and finds due, whatever their
+        `not_before` says (a wall clock stepped back since it was stamped puts it in the future)."""
         now = now or utcnow()
         expires = now + dt.timedelta(seconds=lease_seconds)
         claims: list[Claim] = []
+        selects = [_CLAIM_EXPIRED, _CLAIM_READY]
+        if due:
+            ids = ", ".join(str(int(i)) for i in due[:limit])
+            selects.insert(1, f"SELECT id FROM jobs WHERE status = '{_PENDING}' AND id IN ({ids}) LIMIT :n")
         with write_tx(self.engine) as conn:
             dialect = conn.dialect
             stamp = driver_time(dialect)
             params = {"owner": owner, "now": stamp(now), "exp": stamp(expires), "n": limit}
-            for select in (_CLAIM_EXPIRED, _CLAIM_READY):
+            for select in selects:
                 if len(claims) >= limit:
                     break
                 params["n"] = limit - len(claims)

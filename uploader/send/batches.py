@@ -44,7 +44,7 @@ from uploader.api import (
     retry_after_capped,
     retry_after_seconds,
 )
-from uploader.errors import ApiError, FatalApiError, InterruptedRun
+from uploader.errors import ApiError, FatalApiError, InterruptedRun, LedgerError
 from uploader.send.pacing import FIRST_CONTACT_LIMIT, MAX_OUTAGE_PAUSE
 from uploader.send.summary import redirect_message
 
@@ -205,7 +205,7 @@ async def _create_reserved(
     """Create the batch this run reserved and record its id; on any failure (or a stop) give the
     reservation up."""
     try:
-        batch_id = await _create(
+        name, batch_id = await _create(
             ledger, await get_client(), slot, owner, policy, took_over, manifest_name, notice, stop
         )
     except BaseException:
@@ -214,7 +214,16 @@ async def _create_reserved(
         except Exception:  # the ledger refused the write: the reservation goes stale and is taken over
             pass
         raise
-    return ledger.complete_batch(slot.id, batch_id)
+    where = f"batch {name!r} (id {batch_id}) in project {slot.project_id}"
+    try:
+        held = ledger.complete_batch(slot.id, batch_id)
+    except LedgerError as exc:  # the id is known only here: the rerun cannot find it by name
+        raise LedgerError(f"{exc}. Created {where} but could not record it: rerun with --batch-id {batch_id}") from exc
+    if held == batch_id:
+        notice(f"created {where}; reruns of this ledger use it")
+    else:
+        notice(f"created {where}, but another run recorded batch id {held} first: this run uses that one")
+    return held
 
 
 async def _create(
@@ -227,9 +236,9 @@ async def _create(
     manifest_name: str | None,
     notice: Callable[[str], None],
     stop: StopFlag | None = None,
-) -> str:
-    """POST the batch, retrying as for jobs. `maybe_created`: an earlier try (or the dead run whose
-    reservation this is) may have created it without the answer arriving."""
+) -> tuple[str, str]:
+    """POST the batch, retrying as for jobs; its final name and its id. `maybe_created`: an earlier try (or
+    the dead run whose reservation this is) may have created it without the answer arriving."""
     rng = random.Random(policy.seed)
     name, project = slot.name, slot.project_id
     attempts = throttled = outages = 0
@@ -243,9 +252,7 @@ async def _create(
         if decision.code not in OUTAGE_CODES:
             down_since, outages = None, 0
         if decision.verdict is Verdict.SUCCEEDED:
-            batch_id = str((result.data or {})["batch_id"])
-            notice(f"created batch {name!r} (id {batch_id}) in project {project}; reruns of this ledger use it")
-            return batch_id
+            return name, str((result.data or {})["batch_id"])
         detail = " ".join(str(x) for x in (decision.code or result.http_status, decision.message) if x)
         if decision.verdict is Verdict.FATAL:
             raise _fatal_error(name, project, decision, result, detail)

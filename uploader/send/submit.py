@@ -395,6 +395,9 @@ class _Run:
         self.first = FirstAnswers(0)  #: the first rows' answers: a systematic error stops the run (_run sets it)
         #: This run's rows waiting to retry after a retryable error: row id → (monotonic time due, code).
         self.retry_due: dict[int, tuple[float, str | None]] = {}
+        #: Every row this run put back to pending to send again: row id → monotonic time due. The claims take
+        #: them by this, not by their `not_before` alone (a wall-clock time: a clock stepped back postpones it).
+        self.own_retries: dict[int, float] = {}
         self.outage_told = 0.0  #: how long the current outage had lasted when the user was last told
         self.outage_began: float | None = None  #: when the outage the user was told of began (monotonic)
         self.unreachable_message: str | None = None  #: the last failed connection, in the user's words
@@ -403,12 +406,12 @@ class _Run:
 
     async def run(self, on_progress: Callable[[Progress], None] | None) -> None:
         self.on_progress = on_progress
-        set_lock_wait(self.ledger.engine, LockWait(self._lock_give_up, self._lock_waiting))
+        previous = set_lock_wait(self.ledger.engine, LockWait(self._lock_give_up, self._lock_waiting))
         try:
             with background_checkpoints(self.ledger.engine):
                 await self._run(on_progress)
         finally:
-            set_lock_wait(self.ledger.engine, None)
+            set_lock_wait(self.ledger.engine, previous)
 
     async def _run(self, on_progress: Callable[[Progress], None] | None) -> None:
         counts = self.ledger.counts()
@@ -471,17 +474,25 @@ class _Run:
         # rows of a stopped run (or, if even stop_worker failed, of a dead pid on this host).
         self.closing_since = time.monotonic()
         steps = (self._flush, self._activity, lambda: self.ledger.release(self.owner, self.started))
+        unreachable: LedgerError | None = None  #: a stopped run's last writes failed: told, not its exit
         for step in (*steps, lambda: self.ledger.stop_worker(self.owner)):
             try:
                 step()
             except LedgerError as exc:
-                self._halt(exc)
+                if self.stop.gentle and self.ledger_error is None and not getattr(exc, "interrupted", False):
+                    unreachable = unreachable or exc
+                else:
+                    self._halt(exc)
         if self.results and self.ledger_error is None:
+            locked = "the ledger stayed locked by another process"
+            cause = f"the ledger failed ({unreachable})" if unreachable else locked
             self.progress.notices.append(
-                f"the ledger stayed locked by another process: {len(self.results)} answers could not be "
-                "recorded and the rows this run held stay in flight; the next run sends them again (the "
-                "API refuses the jobs that exist with FS_0001 and the run finds their job_ids)"
+                f"{cause}: {len(self.results)} answers could not be recorded and the rows this run held stay in "
+                "flight; the next run sends them again (the API refuses the jobs that exist with FS_0001 and the "
+                "run finds their job_ids)"
             )
+        elif unreachable is not None:
+            self.progress.notices.append(f"the ledger failed while the run stopped ({unreachable})")
         if on_progress:
             self.progress.trouble = None  # the run is over: nothing holds it up
             self.progress.retrying_now = len(self.retry_due)
@@ -582,10 +593,12 @@ class _Run:
                 await asyncio.sleep(self.opts.claim_poll)
                 continue
             claimed_at = time.monotonic()
-            claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds)
+            due = [row for row, at in self.own_retries.items() if at <= claimed_at]
+            claims = self.ledger.claim(self.owner, room, self.opts.lease_seconds, due=due)
             for c in claims:
                 self.claimed_at[c.id] = claimed_at
                 self.retry_due.pop(c.id, None)
+                self.own_retries.pop(c.id, None)
                 self.started.pop(c.id, None)  # a lease of ours taken over: the claim kept that attempt as sent
                 self.queue.put_nowait(c)
             if claims:
@@ -721,6 +734,8 @@ class _Run:
             self.progress.failed_row(outcome.error_code, outcome.error_message, claim.reference_id)
         elif outcome.status is Status.PENDING and not outcome.refund_attempt:
             self.retry_due[claim.id] = (time.monotonic() + delay, outcome.error_code)
+        if outcome.status is Status.PENDING:
+            self.own_retries[claim.id] = time.monotonic() + delay
         self.results.append(outcome)
 
     async def _paced(self, limiter: RateLimiter) -> bool:
@@ -939,7 +954,7 @@ def _final_reads(ledger: Ledger, run: _Run) -> tuple[dict[str, int], dict[str, i
 
     if not run.stop.gentle:
         return read()
-    set_lock_wait(ledger.engine, LockWait(run._lock_give_up, run._lock_waiting))
+    previous = set_lock_wait(ledger.engine, LockWait(run._lock_give_up, run._lock_waiting))
     try:
         return read()
     except LedgerLocked as exc:
@@ -947,7 +962,7 @@ def _final_reads(ledger: Ledger, run: _Run) -> tuple[dict[str, int], dict[str, i
             raise
         return {}, {}, []
     finally:
-        set_lock_wait(ledger.engine, None)
+        set_lock_wait(ledger.engine, previous)
 
 
 def _install_signal_handlers(stop: StopFlag) -> dict[signal.Signals, Any]:
