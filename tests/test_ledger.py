@@ -417,3 +417,19 @@ def test_a_clock_skew_worth_telling(skew: float | None, lease: float, expected: 
         assert notice is None
     else:
         assert notice is not None and notice.startswith(expected), notice
+
+
+def test_a_holder_is_alive_by_its_clock_or_by_its_process_on_this_host():
+    """`forget` refuses rows of a live run: one whose lease and heartbeat look current, or whose process runs
+    here whatever the clocks say (a clock stepped forward makes both look old), within a day."""
+    from uploader.ledger.forget import holder_alive
+
+    now = dt.datetime(2026, 12, 6, 12, 0, 0)
+    ago = lambda s: now - dt.timedelta(seconds=s)  # noqa: E731
+    later = now + dt.timedelta(seconds=90)
+    assert holder_alive(later, ago(5), now, process_alive_here=False)
+    assert not holder_alive(ago(1), ago(5), now, process_alive_here=False)  # its lease expired
+    assert not holder_alive(later, ago(600), now, process_alive_here=False)  # no heartbeat for 10 minutes
+    assert holder_alive(ago(500), ago(600), now, process_alive_here=True)  # its process runs here
+    assert not holder_alive(ago(500), ago(2 * 86_400), now, process_alive_here=True)  # a pid reused since
+    assert not holder_alive(later, None, now, process_alive_here=True)

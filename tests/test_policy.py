@@ -417,3 +417,19 @@ def test_max_retry_after(hint: float | None, cap: float, capped: bool, delay_at_
 )
 def test_job_is_gone(code: str | None, project_answers: bool, gone: bool) -> None:
     assert job_is_gone(code, project_answers) is gone
+
+
+@pytest.mark.parametrize(
+    ("value", "date", "expected"),
+    [
+        ("Tue, 01 Dec 2026 11:00:03 GMT", "Tue, 01 Dec 2026 11:00:00 GMT", "3"),  # the server's own 3 s
+        ("Tue, 01 Dec 2026 11:00:00 GMT", "Tue, 01 Dec 2026 11:00:09 GMT", "0"),  # already past: no wait
+        ("Tue, 01 Dec 2026 11:00:03 GMT", None, "Tue, 01 Dec 2026 11:00:03 GMT"),  # no Date: the client's clock
+        ("7", "Tue, 01 Dec 2026 11:00:00 GMT", "7"),  # delta-seconds: as it is
+        ("Tue, 01 Dec 2026 11:00:03 GMT", "yesterday", "Tue, 01 Dec 2026 11:00:03 GMT"),  # a Date that does not parse
+    ],
+)
+def test_a_retry_after_date_is_measured_against_the_answers_own_date(value: str, date: str | None, expected: str):
+    from uploader.api.policy import retry_after_by_date
+
+    assert retry_after_by_date(value, date) == expected

@@ -56,6 +56,15 @@ def test_the_minutes_add_up_to_the_run_totals():
     assert meter.tick(later + dt.timedelta(seconds=59, microseconds=9), totals(40, 30, 9)) == (later, totals(6, 1, 6))
 
 
+def test_a_minute_met_again_adds_to_what_it_had():
+    """A clock stepped back into a minute already written: that minute's counts grow, never start over."""
+    meter = ActivityMeter()
+    assert meter.tick(T0 + dt.timedelta(seconds=50), totals(30, 25, 5)) == (T0, totals(30, 25, 5))
+    nxt = T0 + dt.timedelta(minutes=1)
+    assert meter.tick(nxt + dt.timedelta(seconds=10), totals(40, 33, 7)) == (nxt, totals(10, 8, 2))
+    assert meter.tick(T0 + dt.timedelta(seconds=45), totals(65, 55, 10)) == (T0, totals(55, 47, 8))
+
+
 def test_activity_is_upserted_and_shown(ledger):
     """The same minute written again takes the newer counts (an upsert on SQLite and PostgreSQL); runs add up."""
     record_activity(ledger.engine, "run-a", T0, totals(5, 4, 1))

@@ -65,6 +65,7 @@ from uploader.api.policy import (
     listing_problem,
     next_delay,
     result_verdict,
+    retry_after_by_date,
     retry_after_seconds,
 )
 from uploader.api.warm import tls_context
@@ -447,6 +448,7 @@ class ApiClient:
         """What an answer says, whichever path carried it: the envelope read, the key redacted from its text."""
         retry_after = _raw_header(headers, b"retry-after")
         if retry_after is not None:
+            retry_after = retry_after_by_date(retry_after, _raw_header(headers, b"date"))
             retry_after = self._redact(retry_after)[:100]  # redacted, then cut: no part of the key left
         if 300 <= status < 400:  # a redirect (never followed): its Location names where the base URL points
             location = _raw_header(headers, b"location")

@@ -46,6 +46,7 @@ __all__ = [
     "named_twice",
     "next_delay",
     "result_verdict",
+    "retry_after_by_date",
     "retry_after_capped",
     "retry_after_seconds",
     "status_text",
@@ -393,6 +394,28 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def retry_after_by_date(value: str, date: str | None) -> str:
+    """A Retry-After HTTP date as the delta-seconds it means, measured against the answer's own `Date` header
+    (the origin's clock made both: RFC 9110 §10.2.3), so that a server whose clock is off by an hour still
+    means its "3 seconds"; `value` unchanged when it is delta-seconds already, or either date does not parse."""
+    text = value.strip()
+    if date is None or not text or text[0].isdigit():
+        return value
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when, sent = parsedate_to_datetime(text), parsedate_to_datetime(date.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return value
+    if when is None or sent is None:  # pragma: no cover - older Pythons returned None instead of raising
+        return value
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if sent.tzinfo is None:
+        sent = sent.replace(tzinfo=UTC)
+    return f"{max(0.0, (when - sent).total_seconds()):g}"
 
 
 def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 60.0) -> float:

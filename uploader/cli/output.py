@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -340,6 +340,17 @@ def print_summary(
         click.echo(f"export the reference_id → job_id mapping with: {repeat.command('export -o jobs.csv')}")
 
 
+B = TypeVar("B", bound="tqdm[NoReturn]")
+
+
+def on_monotonic_time(bar: B) -> B:
+    """`bar` timed by the monotonic clock: tqdm times its elapsed time, rate and ETA by `time.time()`, which an
+    NTP step moves (an hour elapsed in an 8 s run, or a negative one)."""
+    bar._time = time.monotonic  # type: ignore[attr-defined]
+    bar.start_t = bar.last_print_t = time.monotonic()
+    return bar
+
+
 class ProgressDisplay:
     """A tqdm bar on a terminal; otherwise (or with --quiet) a line every few seconds on stderr."""
 
@@ -381,7 +392,7 @@ class ProgressDisplay:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=p.total - p.done_before, unit="job", ncols=bar_width())
+                self.bar = on_monotonic_time(tqdm(total=p.total - p.done_before, unit="job", ncols=bar_width()))
             else:
                 self.bar.ncols = bar_width()
             self.bar.set_description_str(trouble or "", refresh=False)
@@ -596,8 +607,8 @@ class SyncDisplay:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(  # its rate: jobs final since the bar began
-                    total=report.tracked, initial=report.final, unit="job", desc="final", ncols=bar_width()
+                self.bar = on_monotonic_time(  # its rate: jobs final since the bar began
+                    tqdm(total=report.tracked, initial=report.final, unit="job", desc="final", ncols=bar_width())
                 )
             self.bar.total = report.tracked
             self.bar.n = report.final

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, text
 from uploader.errors import LedgerError
 from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
-from uploader.ledger.queries import LIVE_WORKER_SECONDS, _dt, pid_alive, utcnow
+from uploader.ledger.queries import LIVE_WORKER_SECONDS, OWN_HOST_HOLD_SECONDS, _dt, pid_alive, utcnow
 
 __all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "manifest_paths", "project_counts"]
 
@@ -136,11 +136,6 @@ def _live_holders(conn: Connection, selection: Selection, now: dt.datetime) -> i
             if holder_alive(_dt(expires), _dt(beat), now, hostname == host and pid_alive(pid))
         )
     return len(owners)
-
-
-#: A run of this host whose process exists holds its rows whatever the clocks say, if it beat within this long
-#: (by the clock: a bound against a pid reused since a run was killed without signing off).
-OWN_HOST_HOLD_SECONDS = 86_400
 
 
 def holder_alive(

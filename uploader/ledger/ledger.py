@@ -707,6 +707,7 @@ class Ledger(LedgerQueries):
         missing: Sequence[int] = (),
         max_attempts: int | None = None,
         listed_after: dt.datetime | None = None,
+        aged: Collection[int] = (),
     ) -> Resolution:
         """Settle uncertain rows with what a batch listing showed.
 
@@ -718,7 +719,9 @@ class Ledger(LedgerQueries):
         again) unless its last attempt was recorded after `listed_after` (the listing's start less a grace:
         its request may not have been processed yet), when it stays uncertain (`late`); `conflict` (created
         elsewhere, job_id unknown) for an FS_0001 row this ledger never sent; other FS_0001 rows stay
-        uncertain. Rows no longer uncertain are skipped."""
+        uncertain. `aged`: rows whose last attempt the caller timed itself (on a monotonic clock) as older
+        than the grace, whatever `listed_after` says (a wall clock stepped back since makes it look recent).
+        Rows no longer uncertain are skipped."""
         succeeded = conflict = failed = demoted = requeued = late = 0
         left: list[int] = []
         demoted_ids: list[int] = []
@@ -778,7 +781,7 @@ class Ledger(LedgerQueries):
                 if row is None:
                     continue
                 attempts_left = max_attempts is None or row[2] < max_attempts
-                outcome = settle_missing(row[0], row[1], attempts_left, bool(row[3]))
+                outcome = settle_missing(row[0], row[1], attempts_left, bool(row[3]) and rid not in aged)
                 if outcome is None:
                     late += settle_missing(row[0], row[1], attempts_left) is not None
                     continue

@@ -45,6 +45,9 @@ _CONFLICT = Status.CONFLICT.value
 
 #: A worker whose last heartbeat is older than this is not shown as live by `status`.
 LIVE_WORKER_SECONDS = 60
+#: A worker of this host whose process exists is live whatever the clocks say, if it beat within this long (by
+#: the clock: a bound against a pid reused since a run was killed without signing off).
+OWN_HOST_HOLD_SECONDS = 86_400
 
 
 def utcnow() -> dt.datetime:
@@ -74,7 +77,7 @@ class StatusReport:
 
     def as_dict(self) -> dict[str, Any]:
         def iso(t: dt.datetime | None) -> str | None:
-            return t.isoformat() + "Z" if t else None
+            return iso_utc(t) if t else None
 
         return {
             "total": self.total,
@@ -266,19 +269,24 @@ class LedgerQueries:
                 )
             }
             now = utcnow()
+            host = socket.gethostname()
+            stale = now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)
             workers = [
                 _live_worker(o, h, p, _dt(s), _dt(b), n, now, r)  # type: ignore[arg-type]
                 for o, h, p, s, b, n, r in conn.execute(
                     text(
                         "SELECT owner, hostname, pid, started_at, heartbeat_at, sent, rate FROM workers "
-                        "WHERE stopped_at IS NULL AND heartbeat_at > :stale ORDER BY started_at"
+                        "WHERE stopped_at IS NULL AND (heartbeat_at > :stale OR (hostname = :host AND "
+                        "heartbeat_at > :day)) ORDER BY started_at"
                     ),
-                    {"stale": now - dt.timedelta(seconds=LIVE_WORKER_SECONDS)},
+                    {"stale": stale, "host": host, "day": now - dt.timedelta(seconds=OWN_HOST_HOLD_SECONDS)},
                 )
             ]
-        host = socket.gethostname()
-        dead = [w for w in workers if w["hostname"] == host and not pid_alive(w["pid"])]
-        live = [w for w in workers if w not in dead]
+        # A worker of this host is live while its process is (its heartbeat may look old: a clock stepped
+        # forward since); one whose process is gone is dead if it beat recently, else long forgotten.
+        here = {id(w): pid_alive(w["pid"]) for w in workers if w["hostname"] == host}
+        dead = [w for w in workers if here.get(id(w)) is False and w["heartbeat_age_seconds"] < LIVE_WORKER_SECONDS]
+        live = [w for w in workers if here.get(id(w), True)]
         return StatusReport(
             counts,
             codes,
@@ -443,9 +451,9 @@ def _live_worker(
         "owner": owner,
         "hostname": host,
         "pid": pid,
-        "started_at": started.isoformat() + "Z",
-        "heartbeat_at": beat.isoformat() + "Z",
-        "heartbeat_age_seconds": round((now - beat).total_seconds(), 1),
+        "started_at": iso_utc(started),
+        "heartbeat_at": iso_utc(beat),
+        "heartbeat_age_seconds": max(0.0, round((now - beat).total_seconds(), 1)),  # a clock ahead of ours: 0
         "sent": sent,
         "requests_per_second": round(rate, 1) if rate is not None else average,
         "average_requests_per_second": average,
@@ -453,9 +461,15 @@ def _live_worker(
 
 
 def _iso(value: Any) -> str | None:
-    """A stored time as ISO 8601 UTC (`…Z`), or None."""
+    """A stored time as ISO 8601 UTC, always with microseconds (`2026-12-06T05:00:42.000000Z`: one fixed form,
+    also on a whole second, where `isoformat` drops them), or None."""
     when = _dt(value)
-    return when.isoformat() + "Z" if when is not None else None
+    return iso_utc(when) if when is not None else None
+
+
+def iso_utc(when: dt.datetime) -> str:
+    """A naive UTC time in the one form the ledger's outputs use: `2026-12-06T05:00:42.513259Z`."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _json_or_text(value: str | None) -> Any:

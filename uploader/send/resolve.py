@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -106,6 +107,9 @@ class Resolver:
         self.demoted = 0  #: rows the last `resolve` made give up a job_id (transitions.holder_yields)
         #: the rows this run made uncertain (`Progress.uncertain`), told apart from those an earlier run left
         self.mine = RowBits()
+        #: When this run's rows became uncertain (row id → monotonic time of the answer): whether a listing
+        #: began after the grace is judged by this clock, which no NTP step moves.
+        self.answered: dict[int, float] = {}
 
     async def resolve(self, final: bool) -> FatalApiError | None:
         """Find the job_ids of the ledger's uncertain rows by listing their batches. Returns the fatal API
@@ -152,7 +156,7 @@ class Resolver:
                 if batch_id is None:
                     waiting = True  # a later success in the default batch reveals its id
                     continue
-                started = utcnow()
+                started, started_at = utcnow(), time.monotonic()
                 found = await self.client.find_job_ids(
                     project,
                     batch_id,
@@ -186,7 +190,8 @@ class Resolver:
             # still waits at the server (unless the API said FS_0001). The ledger makes it pending, to be sent
             # again (FS_0001 refuses a twin), or failed once its attempts are spent; FS_0001 rows stay uncertain.
             after = started - dt.timedelta(seconds=self.late_grace)
-            done = self.ledger.resolve_uncertain(hits, missing, self.max_attempts, listed_after=after)
+            aged = [rid for rid in missing if started_at - self.answered.get(rid, started_at) > self.late_grace]
+            done = self.ledger.resolve_uncertain(hits, missing, self.max_attempts, listed_after=after, aged=aged)
             if done.late:
                 self.late += done.late
                 waiting = True

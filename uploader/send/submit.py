@@ -784,6 +784,7 @@ class _Run:
         elif r.status is Status.UNCERTAIN:
             p.uncertain += 1
             self.resolver.mine.add(r.id)
+            self.resolver.answered[r.id] = time.monotonic()
             self.resolver.waiting = True  # the batch listing decides
         elif not r.refund_attempt:
             p.retrying += 1

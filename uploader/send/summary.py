@@ -95,24 +95,23 @@ def activity_counts(p: Progress) -> dict[str, int]:
 @dataclass
 class ActivityMeter:
     """Splits a run's running totals by minute for the ledger's activity table: at each tick, what the
-    totals gained since the previous tick counts in the tick's minute, so the minutes add up to the totals."""
+    totals gained since the previous tick counts in the tick's minute, added to what that minute already had
+    (a clock stepped back may return to a minute already written), so the minutes add up to the totals."""
 
-    minute: dt.datetime | None = None
-    base: dict[str, int] = field(default_factory=dict)  #: the totals when `minute` began
     last: dict[str, int] = field(default_factory=dict)  #: the totals at the previous tick
-    written: dict[str, int] | None = None  #: what was last given out for `minute`
+    minutes: dict[dt.datetime, dict[str, int]] = field(default_factory=dict)  #: each minute's counts so far
 
     def tick(self, now: dt.datetime, totals: dict[str, int]) -> tuple[dt.datetime, dict[str, int]] | None:
-        """The minute of `now` (naive UTC) and its counts, to write; None when nothing changed."""
-        minute = now.replace(second=0, microsecond=0)
-        if minute != self.minute:
-            self.minute, self.base, self.written = minute, self.last, None
+        """The minute of `now` (naive UTC) and all its counts, to write; None when nothing changed."""
+        gained = {k: v - self.last.get(k, 0) for k, v in totals.items()}
         self.last = dict(totals)
-        counts = {k: v - self.base.get(k, 0) for k, v in totals.items()}
-        if counts == self.written or (self.written is None and not any(counts.values())):
+        if not any(gained.values()):
             return None
-        self.written = counts
-        return minute, counts
+        minute = now.replace(second=0, microsecond=0)
+        counts = self.minutes.setdefault(minute, dict.fromkeys(totals, 0))
+        for k, v in gained.items():
+            counts[k] = counts.get(k, 0) + v
+        return minute, dict(counts)
 
 
 @dataclass(frozen=True)
