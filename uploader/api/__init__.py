@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from uploader.api.warm import settle_warm_up as settle_warm_up
     from uploader.api.warm import warm_up as warm_up
     from uploader.api.wire import proxies_from_env as proxies_from_env
+    from uploader.api.wire import proxy_problem as proxy_problem
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
@@ -67,6 +68,7 @@ _EXPORTS = {
     "loop_factory": "uploader.api.loop",
     "run_loop": "uploader.api.loop",
     "proxies_from_env": "uploader.api.wire",
+    "proxy_problem": "uploader.api.wire",
     "DEFAULT_BASE_URL": "uploader.api.endpoint",
     "EXISTS_CODES": "uploader.api.policy",
     "PERMANENT_CODES": "uploader.api.policy",

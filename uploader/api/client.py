@@ -69,7 +69,7 @@ from uploader.api.policy import (
     retry_after_seconds,
 )
 from uploader.api.warm import tls_context
-from uploader.api.wire import Wire, WireError, proxies_from_env
+from uploader.api.wire import Wire, WireError, proxies_from_env, proxy_problem
 from uploader.errors import ApiUnreachableError, FatalApiError, UsageError
 
 __all__ = ["ApiClient", "new_tls_context", "url_host", "without_signed_queries"]
@@ -166,6 +166,10 @@ class ApiClient:
         self._max_body = max_body_bytes
         self._key_bytes = api_key.encode("ascii")
         self._key_forms = _whole_key_forms(api_key)
+        if transport is None:
+            unusable = proxy_problem(self._base_url, proxies_from_env(os.environ))
+            if unusable is not None:
+                raise UsageError(f"{unusable}; set the variable to an http:// proxy, or unset it")
         self._pool = _Pool(concurrency, self._timeout) if transport is None else None
         #: Beside the key, what no text may hold: the proxies' credentials (a proxy may echo them back).
         self._secrets = [] if self._pool is None else self._pool.wire.proxies.secrets

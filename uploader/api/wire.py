@@ -222,13 +222,32 @@ def parse_proxy(url: str, scheme: str) -> Proxy:
         proxy_port = 0
     proxy_host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not proxy_host or not proxy_port:
-        why = "a proxy URL that is not http:// or https://HOST[:PORT]"
-        return Proxy(proxy_host, proxy_port, unsupported=f"{why} is not supported (the {scheme}_proxy variable)")
+        plain = parts.scheme in ("http", "https")
+        why = "a proxy URL without a host" if plain else f"a {parts.scheme}:// proxy URL"
+        return Proxy(
+            proxy_host,
+            proxy_port,
+            unsupported=f"{why} is not supported, only http:// or https://HOST[:PORT] (the {scheme}_proxy variable)",
+        )
     auth = b""
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         auth = b"proxy-authorization: Basic " + base64.b64encode(credentials) + b"\r\n"
     return Proxy(proxy_host, proxy_port, auth, tls=parts.scheme == "https")
+
+
+def proxy_problem(url: str, proxies: Mapping[str, str]) -> str | None:
+    """Why requests to `url` cannot go through the proxy `proxies` (proxies_from_env) name for it (a socks5://
+    URL, one without a host), or None: told before the first request, not retried as an unreachable API."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    proxy = proxy_route(parts.scheme, parts.hostname or "", port, proxies)
+    if proxy is None or not proxy.unsupported:
+        return None
+    return f"cannot connect through {proxy.where}: {proxy.unsupported}"
 
 
 class Proxies:

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from uploader.cli.config import ConfigFileError, envvar_names, read_profile, setting_key
+from uploader.cli.config import EVERY_COMMAND, SHARED, ConfigFileError, envvar_names, read_profile, setting_key
 from uploader.errors import UploaderError
 
 __all__ = [
@@ -133,20 +133,21 @@ def _apply_profile(ctx: click.Context, param: click.Parameter, value: str | None
     """--profile (eager: before the other options are read): the profile's settings become default_map."""
     group = ctx.parent.command if ctx.parent is not None else None
     commands = getattr(group, "commands", None) or {ctx.info_name or "": ctx.command}
-    keys = {name: command_keys(cmd) for name, cmd in commands.items() if name != "sandbox"}
+    keys = {name: command_keys(cmd) for name, cmd in commands.items()}
     profile = read_profile(value, keys)
     common(ctx).update(profile=value, profile_read=profile)
     ctx.meta[_META + "profile"] = profile  # for an error in reading the other options (`_json_wanted`)
-    if ctx.command.name != "sandbox":
-        name, own = ctx.command.name or "", command_keys(ctx.command)
-        defaults = profile.defaults_for(name, own)
-        options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
-        for key, pname in own.items():
-            if pname in defaults and pname in options:
-                problem = profile_value_problem(ctx, options[pname], defaults[pname])
-                if problem is not None:
-                    raise ConfigFileError(f"{profile.source(name, key)}: {key}: {problem}")
-        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    name, own = ctx.command.name or "", command_keys(ctx.command)
+    if name == "sandbox":  # its own table and the options every command takes; no shared setting is the emulator's
+        own = {key: pname for key, pname in own.items() if key not in SHARED or key in EVERY_COMMAND}
+    defaults = profile.defaults_for(name, own)
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+    for key, pname in own.items():
+        if pname in defaults and pname in options:
+            problem = profile_value_problem(ctx, options[pname], defaults[pname])
+            if problem is not None:
+                raise ConfigFileError(f"{profile.source(name, key)}: {key}: {problem}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
@@ -268,8 +269,34 @@ def _check_log_file(ctx: click.Context, log_file: str) -> None:
     if problem is None and manifest is not None and str(manifest) != "-" and os.path.exists(manifest):
         if os.path.exists(log_file) and os.path.samefile(log_file, manifest):
             problem = f"--log-file {log_file} is the manifest: log lines would be appended to it; name another file"
+    if problem is None and "ledger" in ctx.params and os.path.exists(log_file):
+        problem = _loaded_manifest(log_file, ctx.params["ledger"])
     if problem is not None:
         raise UploaderError(problem)
+
+
+def _loaded_manifest(log_file: str, ledger: str | None) -> str | None:
+    """Why an existing --log-file may not be appended to: it is a manifest the ledger loaded (a resume names
+    no manifest, but `show` and the next load read that file). None when it is not, or there is no ledger."""
+    from uploader.ledger import Ledger, manifest_paths
+
+    try:
+        led = Ledger.open(ledger, create=False, upgrade=False)
+    except UploaderError:
+        return None
+    try:
+        paths = manifest_paths(led.engine)
+    except UploaderError:
+        return None
+    finally:
+        led.close()
+    for path in paths:
+        if os.path.exists(path) and os.path.samefile(path, log_file):
+            return (
+                f"--log-file {log_file} is a manifest the ledger loaded: log lines would be appended to it; "
+                "name another file"
+            )
+    return None
 
 
 class UploaderGroup(click.Group):

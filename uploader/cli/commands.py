@@ -52,6 +52,7 @@ from uploader.cli.preflight import (
     signed_dict,
 )
 from uploader.cli.signing import sign_option, url_ttl_option
+from uploader.cli.units import ByteSize
 from uploader.errors import InterruptedRun, UploaderError, UsageError
 
 if TYPE_CHECKING:
@@ -230,6 +231,17 @@ def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     if led.engine.dialect.name != "sqlite":
         _watch_statements(led)
     return led
+
+
+def _notices(quiet: bool) -> Callable[[str], None]:
+    """How `run` tells its notices: on stderr; under -q only its warnings (README: "-q prints only errors,
+    warnings and the final result")."""
+
+    def tell(message: str) -> None:
+        if not quiet or message.startswith("warning:"):
+            click.echo(message, err=True)
+
+    return tell
 
 
 def _watch_statements(led: Ledger) -> None:
@@ -768,7 +780,7 @@ def run(
                 on_progress=display.update,
                 default_batch=default_batch,
                 stop=stop,
-                on_notice=lambda message: click.echo(message, err=True),
+                on_notice=_notices(quiet),
                 manifest_label=manifest_label,
                 before_send=before_send,
             )
@@ -1068,10 +1080,11 @@ def reconcile(
 )
 @click.option(
     "--max-result-bytes",
-    type=click.IntRange(min=1),
+    type=ByteSize(),
     default=64 << 20,
-    show_default=True,
-    help="The largest result downloaded; a bigger one is recorded as an error.",
+    show_default="64Mi",
+    metavar="SIZE",
+    help="The largest result downloaded (bytes, or 64Mi, 1G); a bigger one is recorded as an error.",
 )
 @rate_option
 @max_retry_after_option

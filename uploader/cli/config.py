@@ -89,6 +89,9 @@ SHARED = frozenset(
     }
 )
 
+#: The options every command takes (the sandbox too, which shares no other: its --api-key is the key it accepts).
+EVERY_COMMAND = frozenset({"profile", "json", "quiet", "verbose", "log_file"})
+
 #: Options only ever typed: what a command that removes or resets rows acts on is never inherited from the
 #: environment or a profile (command → setting keys).
 TYPED_ONLY: Mapping[str, frozenset[str]] = {
@@ -115,7 +118,7 @@ def envvar_names(command: str, key: str) -> list[str]:
     """The environment variables an option reads, first found wins; none for a TYPED_ONLY option."""
     if key in TYPED_ONLY.get(command, ()):
         return []
-    if key in SHARED and command != "sandbox":  # the emulator's --api-key is the key it accepts, not yours
+    if key in SHARED and (command != "sandbox" or key in EVERY_COMMAND):  # the emulator's --api-key: its own
         return [ENV_PREFIX + key.upper(), *LEGACY_ENV.get(key, ())]
     return [f"{ENV_PREFIX}{command.upper()}_{key.upper()}"]
 

@@ -21,8 +21,9 @@ __all__ = ["PROJECT_CODES", "confirm_forget", "forget_selection", "print_forgott
 
 #: API codes that stop a run over one project (not found, or the key may not use it).
 PROJECT_CODES = frozenset({"unauthorized", "core.webutil.auther", "resource_error", "PR_0001", "http_403"})
-#: Codes of a refused key: about one project too when the ledger holds several (the key may be good for the others).
-KEY_CODES = frozenset({"auth-failure", "core.webutil.token_auth", "http_401"})
+#: A bare 401 (no code): about one project too when the ledger holds several (the key may be good for the others).
+#: Not `auth-failure` (`core.webutil.token_auth`): the API's word for an incorrect key, wrong for every project.
+KEY_CODES = frozenset({"http_401"})
 
 
 def forget_selection(

@@ -91,6 +91,9 @@ def resolved_settings(ctx: click.Context, name: str, command: click.Command, arg
         settings.append(Setting(key, value, source))
     if "base_url" in keys:  # a command that talks to the API: the proxies its requests would go through
         settings += proxy_settings(os.environ)
+        base_url = sub.params.get(keys["base_url"])
+        if isinstance(base_url, str):
+            _check_proxy(base_url)
     files = [(str(p), p.exists()) for p in config_files()]
     return Resolved(name, profile.name if profile else None, files, settings)
 
@@ -112,6 +115,16 @@ def proxy_settings(environ: Mapping[str, str]) -> list[Setting]:
             value = masked_url(value)
         found.append(Setting(f"{scheme}_proxy", value, f"env {variable}"))
     return found
+
+
+def _check_proxy(base_url: str) -> None:
+    """Refuse, as the command would, a proxy its requests to `base_url` cannot go through (a socks5:// URL)."""
+    from uploader.api import proxies_from_env, proxy_problem
+    from uploader.errors import UsageError
+
+    problem = proxy_problem(base_url, proxies_from_env(os.environ))
+    if problem is not None:
+        raise UsageError(f"{problem}; set the variable to an http:// proxy, or unset it")
 
 
 def _common_name(pname: str) -> str:

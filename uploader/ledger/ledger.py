@@ -60,6 +60,7 @@ from uploader.ledger.engine import (
     migrate,
     open_engine,
     read_tx,
+    set_lock_wait,
     write_tx,
 )
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
@@ -265,6 +266,7 @@ class Ledger(LedgerQueries):
         raise LedgerError(f"cannot open the ledger {ledger_url(ledger)}: it keeps being removed")
 
     def close(self) -> None:
+        set_lock_wait(self.engine, None)  # its statement watch (PostgreSQL) ends with it
         self.engine.dispose()
         hold, self._file_hold = self._file_hold, None
         if hold is not None:

@@ -316,7 +316,7 @@ def _other_name(
     new = auto_batch_name(manifest_name, utcnow(), _suffix())
     if maybe_created:
         notice(
-            f"batch {name!r} may have been created although its answer was lost; it stays empty. "
+            f"warning: batch {name!r} may have been created although its answer was lost; it stays empty. "
             f"Creating {new!r} instead."
         )
     return new

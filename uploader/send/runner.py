@@ -209,8 +209,8 @@ def clock_skew_notice(skew: float | None, lease_seconds: float) -> str | None:
     if abs(skew) < lease_seconds / 4:
         return f"{text}; runs on other machines judge this run's leases by their own clocks: keep clocks in sync (NTP)"
     return (
-        f"{text}, a large part of the {lease_seconds:.0f} s lease: runs on other machines may take this run's rows "
-        "over while they are in the air (no job is created twice, but requests are spent again); sync the clocks "
+        f"warning: {text}, a large part of the {lease_seconds:.0f} s lease: runs on other machines may take this run's "
+        "rows over while they are in the air (no job is created twice, but requests are spent again); sync the clocks "
         "(NTP) or raise --lease-seconds"
     )
 
