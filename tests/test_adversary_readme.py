@@ -533,7 +533,7 @@ def test_a_json_error_is_one_object_on_stderr_and_on_stdout(work: Path):
 
 
 def test_quiet_prints_only_errors_warnings_and_the_final_result(work: Path, box):
-    """Fixed (under -q `run` prints only its notices that are warnings).
+    """Fixed (under -q `run` leaves out the news of a created batch; waits and warnings are still told).
     README "Output": "`-q` prints only errors, warnings and the final result". `uploader run M -q` on a new
     ledger prints the final summary on stdout, and on stderr "created batch 'm.csv 2026-… UTC 3f9a1c' (id …) in
     project demo; reruns of this ledger use it", an informational notice (not prefixed `warning:` and nothing

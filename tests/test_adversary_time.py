@@ -32,10 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.test_adversary_report_status import sql
 from tests.test_adversary_time_server import BATCH, TimeApi, server_failure, throttled
 
 KEY = "adv-time-key-9c2e71"
@@ -166,15 +166,6 @@ def write_manifest(path: Path, refs: list[str]) -> Path:
         for i, ref in enumerate(refs):
             w.writerow([ref, f"https://cdn.example.com/{i}.jpg"])
     return path
-
-
-def sql(ledger: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    """A query over the ledger with plain sqlite3 (not through the code under test)."""
-    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        return list(con.execute(query, params))
-    finally:
-        con.close()
 
 
 def ledger_jobs(ledger: Path) -> dict[str, tuple[str, str | None, int, str | None]]:

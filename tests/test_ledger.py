@@ -166,6 +166,29 @@ def test_backoff_and_refund(ledger, tmp_path):
     assert sorted(c.attempts for c in again) == [1, 2]
 
 
+def test_a_claim_takes_the_callers_due_retries_whatever_their_not_before(ledger, tmp_path):
+    """A run times its own retries on the monotonic clock: rows it finds due are claimed even when their
+    wall-clock `not_before` lies ahead (the clock was stepped back since); only pending ones."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")
+    owner = ledger.register_worker()
+    a, b, c = ledger.claim(owner, 3, 60)
+    hour = utcnow() + dt.timedelta(hours=1)
+    ledger.record([Result(r.id, r.lease_token, Status.PENDING, error_code="FS_0000", not_before=hour) for r in (a, b)])
+    assert ledger.claim(owner, 10, 60) == []
+    assert [r.id for r in ledger.claim(owner, 10, 60, due=[a.id, c.id])] == [a.id]  # c is in flight: not pending
+    assert ledger.claim(owner, 10, 60) == []  # b: its not_before still rules
+
+
+def test_a_claim_never_takes_over_the_claiming_runs_own_leases(ledger, tmp_path):
+    """A clock stepped forward past the lease makes a run's own leases look expired: they stay its own."""
+    load_manifest(ledger, fake_manifest(tmp_path, ROWS[:2]), "opts")
+    owner, other = ledger.register_worker(), ledger.register_worker()
+    held = ledger.claim(owner, 2, 60)
+    later = utcnow() + dt.timedelta(hours=2)
+    assert ledger.claim(owner, 10, 60, now=later) == []
+    assert sorted(r.id for r in ledger.claim(other, 10, 60, now=later)) == sorted(r.id for r in held)
+
+
 @pytest.mark.slow
 def test_release_and_dead_worker_reaping(ledger, tmp_path, db_url):
     load_manifest(ledger, fake_manifest(tmp_path, ROWS[:3]), "opts")

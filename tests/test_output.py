@@ -190,8 +190,10 @@ def test_quiet_prints_only_the_final_line(tmp_path: Path):
     assert result.stdout == "3 jobs: 3 pending\n"
     result = invoke("run", "--ledger", str(ledger), "--sandbox", "-q")
     assert result.exit_code == 0, result.output
-    # no progress lines, no "sandbox: …" line, no load report; notices (a batch created, a wait) stay
+    # no progress lines, no "sandbox: …" line, no load report; of the run's notices only warnings (a batch created
+    # is none)
     assert "sandbox: API emulator" not in result.stderr and " done: " not in result.stderr
+    assert "created batch" not in result.stderr
     assert "3 rows: 3 new" not in result.output
     assert "uploader export" not in result.stdout and result.stdout.startswith("done in")
 
@@ -263,3 +265,12 @@ def test_shell_completion_script():
     )
     assert out.returncode == 0 and "complete -o nosort -F" in out.stdout
     assert "_UPLOADER_COMPLETE=bash_source uploader" in (ROOT / "README.md").read_text()
+
+
+def test_run_json_keeps_the_notices_it_printed(tmp_path: Path):
+    """`run --json`: the notices told on stderr before the summary (a batch created) are in its `notices` too."""
+    manifest = write_images(tmp_path / "m.csv", 2)
+    result = invoke("run", str(manifest), *LOAD, "--ledger", str(tmp_path / "l.db"), "--sandbox", "--json")
+    assert result.exit_code == 0, result.output
+    notices = json.loads(result.stdout)["notices"]
+    assert any(n.startswith("created batch ") for n in notices), notices

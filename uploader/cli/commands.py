@@ -233,12 +233,18 @@ def _open_ledger(ledger: str | None, create: bool = True) -> Ledger:
     return led
 
 
-def _notices(quiet: bool) -> Callable[[str], None]:
-    """How `run` tells its notices: on stderr; under -q only its warnings (README: "-q prints only errors,
-    warnings and the final result")."""
+#: The run's notices that only report what went well: not printed under -q (README: "-q prints only errors,
+#: warnings and the final result"); a wait, a cut Retry-After or a warning still is.
+_NEWS_ONLY = ("created batch ",)
+
+
+def _notices(quiet: bool, told: list[str]) -> Callable[[str], None]:
+    """How `run` tells its notices: on stderr (under -q not those in _NEWS_ONLY), and each kept in `told` for the
+    `--json` document's `notices`."""
 
     def tell(message: str) -> None:
-        if not quiet or message.startswith("warning:"):
+        told.append(message)
+        if not (quiet and message.startswith(_NEWS_ONLY)):
             click.echo(message, err=True)
 
     return tell
@@ -764,6 +770,7 @@ def run(
             )
         before_send = _before_send(signer, settings, as_json or quiet, not allow_blocked)
         extra: dict[str, Any] = {}  #: keys of the JSON summary: the load's signed URLs
+        told: list[str] = []  #: the run's notices before its summary (a batch created, a clock skew)
 
         if manifest is None and not (as_json or quiet):  # a resume from the ledger alone: say how far it got
             print_resume(led.url, led.counts(), loaded=False)
@@ -780,7 +787,7 @@ def run(
                 on_progress=display.update,
                 default_batch=default_batch,
                 stop=stop,
-                on_notice=_notices(quiet),
+                on_notice=_notices(quiet, told),
                 manifest_label=manifest_label,
                 before_send=before_send,
             )
@@ -803,6 +810,8 @@ def run(
             _discard_if_new(led, created)
             raise
         display.close()
+    if told:
+        extra["notices"] = [*told, *summary.progress.notices]
     print_summary(summary, as_json, repeat_from_context(), quiet=quiet, extra=extra)
     if summary.interrupted:
         _hold_signals()

@@ -14,6 +14,7 @@ that is still running when the LockWait gives up.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shlex
@@ -186,8 +187,8 @@ class _StatementWatch:
                         continue  # ended meanwhile
                     if key in self._cancelled:
                         if now - cancelled_at.get(key, now) > SEVER_AFTER:
-                            _sever(cursor)  # the cancel went unanswered: the connection itself is dead
-                            self.severed_at = now
+                            if _sever(cursor):  # the cancel went unanswered: the connection itself is dead
+                                self.severed_at = now
                             cancelled_at.pop(key, None)
                         continue
                     self._cancelled[key] = gave_up
@@ -222,21 +223,23 @@ def _cancel(cursor: Any) -> None:
         pass
 
 
-def _sever(cursor: Any) -> None:
+def _sever(cursor: Any) -> bool:
     """Shut down the socket of `cursor`'s connection (a duplicate of its descriptor: the driver still owns and
     closes the original). The statement blocked in reading its answer then fails at once, as on a dropped
     connection: the way out when a cancel cannot reach the server, or its answer cannot come back (a network
-    that stopped forwarding, without closing; no keepalive would notice for a minute or more)."""
+    that stopped forwarding, without closing; no keepalive would notice for a minute or more). Whether it did
+    (not for a connection still being made, or closed meanwhile)."""
     try:
         duplicate = socket.socket(fileno=os.dup(cursor.connection.pgconn.socket))
-    except Exception:  # noqa: BLE001 - no socket (closed meanwhile): nothing left to sever
-        return
+    except Exception:  # noqa: BLE001 - no socket (closed meanwhile, or not made yet): nothing to sever
+        return False
     try:
         duplicate.shutdown(socket.SHUT_RDWR)
     except OSError:
-        pass
+        return False
     finally:
         duplicate.close()
+    return True
 
 
 _WATCHES: weakref.WeakKeyDictionary[Engine, _StatementWatch] = weakref.WeakKeyDictionary()
@@ -465,6 +468,12 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     else:
         _setup_postgresql(engine)
     return engine
+
+
+# SQLAlchemy's pool logs what it cannot do while it closes or resets a connection (a signal breaking in: "Exception
+# closing connection", a traceback); with no handler configured, Python's last resort prints it on stderr. The
+# error itself reaches the code that closes the ledger; an application that configures logging still sees it.
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 
 
 #: Seconds to wait for a PostgreSQL server's answer while connecting (libpq's connect_timeout), unless the URL
