@@ -2,8 +2,9 @@
 
 A generated password often holds a raw `@`; SQLAlchemy's parser ends the password at the first one and takes
 the rest for the host, which then appears, password and all, in the driver's "failed to resolve host" error.
-Here the user info runs to the last `@`, as `uploader.cli.hints` reads it too. A password may also come as the
-URL's `password` query parameter (libpq reads it there): shown, it is replaced like the user-info one.
+Here the user info runs to the last `@` (the commands uploader.cli.hints prints are shown from it too). A
+password may come as the URL's `password` query parameter (libpq reads it there): shown, it is replaced like
+the user-info one.
 """
 
 from __future__ import annotations
