@@ -703,6 +703,54 @@ def test_chunk_tuples_match_chunks(tmp_path: Path) -> None:
     assert [StagedJob(*t) for c in m.chunk_tuples() for t in c] == [j for c in m.chunks() for j in c]
 
 
+def as_rows(chunk: Any, defaults: tuple[str, str, str | None]) -> list[StagedJob]:
+    """JobColumns back to StagedJob rows (`own` None: the load's defaults; `extras` None: no row has one)."""
+    n = len(chunk.lines)
+    pids, wfs, batches = chunk.own or ([defaults[0]] * n, [defaults[1]] * n, [defaults[2]] * n)
+    extras = chunk.extras or [None] * n
+    return [StagedJob(*row) for row in zip(chunk.lines, pids, chunk.refs, wfs, batches, chunk.bodies, extras)]
+
+
+@pytest.mark.parametrize(
+    "header, rows, options",
+    [
+        # the fast path (a plain image manifest), with and without an extra column, with a batch
+        ("reference_id,image_url", [f"r{n},https://e.com/{n}.jpg" for n in range(30)], OPTS),
+        ("reference_id,image_url,cam", [f"r{n},https://e.com/{n}.jpg,c{n % 3}" for n in range(30)], OPTS),
+        (
+            "reference_id,image_url,cam",
+            [f"r{n},https://e.com/{n}.jpg,c{n % 3}" for n in range(30)],
+            ManifestOptions(project_id="p", work_flow_id="w", batch_id="0c5f6c1e-3c1a-4d8e-9a57-1f2e3d4c5b6a"),
+        ),
+        # row by row: a row's own project_id (others blank take the default), bad rows left out, blank lines
+        (
+            "reference_id,image_url,project_id",
+            [f"r{n},https://e.com/{n}.jpg,{'other' if n % 4 == 0 else ''}" for n in range(30)] + ["", "bad,ftp://x,"],
+            OPTS,
+        ),
+        # row by row, every row the load's own (a quoted field): `own` is None again
+        ("reference_id,image_url,note", [f'r{n},https://e.com/{n}.jpg,"a, b"' for n in range(30)], OPTS),
+        # a video of frames: never the fast path
+        ("reference_id\tframes", [f"v{n}\t{json.dumps(VIDEO_WIDE)}" for n in range(5)], OPTS),
+    ],
+)
+def test_chunk_columns_hold_the_rows_of_chunk_tuples(
+    tmp_path: Path, header: str, rows: list[str], options: ManifestOptions
+) -> None:
+    """Columns, whichever way a chunk was built, are the same jobs as the rows, chunk by chunk; `own` is set
+    only where some row's project_id, work_flow_id or batch_id is not the load's."""
+    name = "m.tsv" if "\t" in header else "m.csv"
+    m = Manifest(write(tmp_path, name, "\n".join([header, *rows]) + "\n"), options)
+    defaults = (options.project_id or "", options.work_flow_id or "", options.batch_id or None)
+    by_rows = [list(c) for c in m.chunk_tuples(7)]
+    problems = m.problem_count
+    by_columns = [as_rows(c, defaults) for c in m.chunk_columns(7)]
+    assert by_columns == by_rows and by_rows
+    assert m.problem_count == problems  # each reading counts afresh, the same
+    owned = [c.own is not None for c in m.chunk_columns(7)]
+    assert owned == [any((j.project_id, j.work_flow_id, j.batch_id) != defaults for j in c) for c in by_rows]
+
+
 def test_small_blocks_quotes_spanning_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = []
     for n in range(60):

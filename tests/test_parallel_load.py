@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -822,15 +823,15 @@ staging.Production.results = results
 #: Slice processes read their slices in chunks of 500 rows, half a second each: a slice takes many seconds.
 SLOW_SLICE_PROCESSES = """
 import uploader.manifest.reader as manifest
-real = manifest.Manifest.chunk_tuples
-def chunk_tuples(self, size=5000, span=None):
+real = manifest.Manifest.chunk_columns
+def chunk_columns(self, size=5000, span=None):
     if span is None:
         yield from real(self, size)
         return
     for chunk in real(self, 500, span):
         time.sleep(0.5)
         yield chunk
-manifest.Manifest.chunk_tuples = chunk_tuples
+manifest.Manifest.chunk_columns = chunk_columns
 """
 
 
@@ -1034,3 +1035,88 @@ def test_sigint_stops_the_load_cleanly(target: str, big_manifest: Path, tmp_path
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert not Path(f"{ledger}-journal").exists()
     assert_reload_succeeds(big_manifest, ledger)
+
+
+# --- while the loader copies a part: the board, the gate, the flusher ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cpus, copying, parts, may",
+    [
+        # not copying: every slice process goes on
+        (2, False, [3, 2], [True, True]),
+        # copying on 2 cores: only the one on the earlier part (the loader needs it first)
+        (2, True, [3, 2], [False, True]),
+        (2, True, [4, 5], [True, False]),
+        # one core: still one slice process goes on (never none: the loader would wait for ever)
+        (1, True, [6, 7], [True, False]),
+        # 4 cores leave 3 to the slice processes: both go on
+        (4, True, [3, 2], [True, True]),
+        # a slice process with no part left does not hold the other back
+        (2, True, [staging._IDLE, 7], [False, True]),
+    ],
+)
+def test_the_board_lets_on_the_slice_processes_the_loader_needs_first(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, copying: bool, parts: list[int], may: list[bool]
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    board = staging._Board(len(parts))
+    try:
+        with contextlib.ExitStack() as stack:
+            for k, part in enumerate(parts):
+                if part != staging._IDLE:
+                    stack.enter_context(board.working(k, part))
+            if copying:
+                stack.enter_context(board.copying())
+            assert [board.may_go_on(k) for k in range(len(parts))] == may
+        assert all(board.may_go_on(k) for k in range(len(parts)))  # the copy is over
+    finally:
+        board.close()
+
+
+def test_a_held_slice_process_goes_on_when_the_copy_ends_and_gives_up_when_the_loader_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    board = staging._Board(2)
+    try:
+        with board.working(0, 1), board.working(1, 2):
+            copy = board.copying()
+            copy.__enter__()
+            timer = threading.Timer(0.2, copy.__exit__, (None, None, None))
+            timer.start()
+            started = time.monotonic()
+            staging._Gate(board, 1, os.getppid()).wait()  # held until the copy ends
+            assert time.monotonic() - started >= 0.15
+            timer.join()
+            staging._Gate(board, 0, 1).wait()  # the earlier part goes on whoever the parent is
+            with board.copying(), pytest.raises(staging._Orphaned):
+                staging._Gate(board, 1, parent=-1).wait()  # not our parent: the loader is gone
+    finally:
+        board.close()
+
+
+def test_the_flusher_syncs_the_ledger_file_after_each_part_in_journal_mode_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uploader.load import bulk
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    threads = threading.active_count()
+    with closing(sqlite3.connect(tmp_path / "l.db")) as raw:
+        raw.execute("CREATE TABLE t (x)")
+        with bulk._Flusher.of(raw, journal=False) as none:
+            assert none is None  # WAL: the pages go to the log, not the file
+        with bulk._Flusher.of(raw, journal=True) as flusher:
+            assert flusher is not None
+            flusher.request()
+            deadline = time.monotonic() + 10
+            while not synced and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(synced) == 1
+            flusher.request()
+    assert threading.active_count() == threads  # stopped, so a fallback load may fork
+    with closing(sqlite3.connect(":memory:")) as raw, bulk._Flusher.of(raw, journal=True) as none:
+        assert none is None  # no file to sync

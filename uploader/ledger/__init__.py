@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from uploader.ledger.engine import read_tx as read_tx
     from uploader.ledger.engine import set_lock_wait as set_lock_wait
     from uploader.ledger.engine import sqlite_bulk_mode as sqlite_bulk_mode
+    from uploader.ledger.engine import sqlite_file as sqlite_file
     from uploader.ledger.engine import translate_errors as translate_errors
     from uploader.ledger.engine import write_tx as write_tx
     from uploader.ledger.forget import ForgetCounts as ForgetCounts
@@ -159,6 +160,7 @@ _EXPORTS = {
     "set_lock_wait": "uploader.ledger.engine",
     "background_checkpoints": "uploader.ledger.engine",
     "sqlite_bulk_mode": "uploader.ledger.engine",
+    "sqlite_file": "uploader.ledger.engine",
     "translate_errors": "uploader.ledger.engine",
     "write_tx": "uploader.ledger.engine",
     "ALREADY_LOADED": "uploader.ledger.loading",

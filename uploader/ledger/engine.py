@@ -717,6 +717,11 @@ def sqlite_bulk_mode(raw: sqlite3.Connection, *, new_file: bool) -> Iterator[boo
         raw.execute("PRAGMA foreign_keys = ON")
 
 
+def sqlite_file(raw: sqlite3.Connection) -> str:
+    """The file of `raw`'s main database ('' for an in-memory or temporary one)."""
+    return str(raw.execute("PRAGMA database_list").fetchone()[2])
+
+
 #: A `:name` parameter, as SQLAlchemy's text() finds them (not `::` casts, not an escaped `\\:`).
 _NAMED = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
 

@@ -10,8 +10,10 @@ slice processes go on with the next slices. Nothing here touches the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import mmap
 import os
 import pickle
 import shutil
@@ -21,6 +23,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -110,35 +113,103 @@ class _Orphaned(Exception):
     """The parent process is gone (killed): nobody will read the scratch files."""
 
 
+#: The part a slice process works on when it works on none (more than any part: parts <= 10).
+_IDLE = 255
+#: How often a slice process held at its gate looks again, in seconds: at first, and at the longest (a
+#: copy takes a tenth of a second or so; a loader stopped with Ctrl-Z should not keep it busy).
+_POLL, _POLL_MAX = 0.001, 0.004
+
+
+class _Board:
+    """What the loader and its slice processes see of each other, in memory shared across the fork: whether
+    the loader is copying a part into the ledger, and which part each slice process is working on."""
+
+    def __init__(self, processes: int) -> None:
+        self._mem = mmap.mmap(-1, 1 + processes)  # anonymous and shared: the forks see each other's writes
+        self._mem[1:] = bytes([_IDLE]) * processes
+        self._processes = processes
+        #: Slice processes that go on while the loader copies: the cores it leaves them (at least one).
+        self._running = max(1, (os.cpu_count() or 1) - 1)
+
+    @contextlib.contextmanager
+    def copying(self) -> Iterator[None]:
+        self._mem[0] = 1
+        try:
+            yield
+        finally:
+            self._mem[0] = 0
+
+    @contextlib.contextmanager
+    def working(self, k: int, part: int) -> Iterator[None]:
+        self._mem[1 + k] = part
+        try:
+            yield
+        finally:
+            self._mem[1 + k] = _IDLE
+
+    def may_go_on(self, k: int) -> bool:
+        """Whether slice process k may go on now: yes unless the loader is copying and as many slice
+        processes as it leaves cores to are on earlier parts (which the loader needs first)."""
+        if not self._mem[0]:
+            return True
+        mine = self._mem[1 + k]
+        return sum(1 for j in range(self._processes) if self._mem[1 + j] < mine) < self._running
+
+    def close(self) -> None:
+        self._mem.close()
+
+
+class _Gate:
+    """Where a slice process waits, between chunks, while `_Board.may_go_on` says no: on 2 cores, the
+    loader's copy of a part (the load's one step that cannot be spread) then has a core to itself, not a
+    third of two. Gives up (raises _Orphaned) if the loader is gone."""
+
+    def __init__(self, board: _Board, k: int, parent: int) -> None:
+        self._board, self._k, self._parent = board, k, parent
+
+    def wait(self) -> None:
+        poll = _POLL
+        while not self._board.may_go_on(self._k):
+            if os.getppid() != self._parent:
+                raise _Orphaned
+            time.sleep(poll)
+            poll = min(2 * poll, _POLL_MAX)
+
+
 def write_part(
-    manifest: ManifestLike, index: int, span: Span | None, path: Path, defaults: Defaults, parent: int | None = None
+    manifest: ManifestLike,
+    index: int,
+    span: Span | None,
+    path: Path,
+    parent: int | None = None,
+    gate: _Gate | None = None,
 ) -> PartResult:
-    """Read one slice and write its rows into a new scratch SQLite file (uploader.ledger.staging), given
-    the load's `defaults` (project_id, work_flow_id, batch_id). Stops at the first
-    problem: the caller then loads the slow way, which reports every problem. With `parent` (a pid), gives
-    up as soon as that process is no longer its parent."""
+    """Read one slice and write its rows into a new scratch SQLite file (uploader.ledger.staging). Stops at
+    the first problem: the caller then loads the slow way, which reports every problem. With `parent` (a
+    pid), gives up as soon as that process is no longer its parent; with `gate`, passes it before each chunk."""
     conn = sqlite3.connect(path, isolation_level=None)
     rows, signed = 0, False
     try:
         for statement in SCRATCH_SETUP:
             conn.execute(statement)
         conn.execute(BEGIN)
-        for chunk in manifest.chunk_tuples(span=span) if span is None or span.end > span.start else ():
+        for chunk in manifest.chunk_columns(span=span) if span is None or span.end > span.start else ():
             if manifest.problem_count:
                 break
             if parent is not None and os.getppid() != parent:
                 raise _Orphaned
-            lines, pids, refs, wfs, batches, bodies, extras = zip(*chunk)
-            hashes = body_hashes(bodies)
-            signed = signed or may_hold_expiry("".join(bodies))
-            if set(pids) == {defaults[0]} and set(wfs) == {defaults[1]} and set(batches) == {defaults[2]}:
-                if extras.count(None) == len(extras):
-                    _insert(conn, SCRATCH_ROW_NO_EXTRA, (lines, refs, bodies, hashes))
-                else:
-                    _insert(conn, SCRATCH_ROW, (lines, refs, bodies, hashes, extras))
+            if gate is not None:
+                gate.wait()
+            hashes = body_hashes(chunk.bodies)
+            signed = signed or may_hold_expiry("".join(chunk.bodies))
+            if chunk.own is not None:
+                extras = chunk.extras or [None] * len(chunk.lines)
+                _insert(conn, SCRATCH_ROW_OWN, (chunk.lines, chunk.refs, chunk.bodies, hashes, extras, *chunk.own))
+            elif chunk.extras is None:
+                _insert(conn, SCRATCH_ROW_NO_EXTRA, (chunk.lines, chunk.refs, chunk.bodies, hashes))
             else:
-                _insert(conn, SCRATCH_ROW_OWN, (lines, refs, bodies, hashes, extras, pids, wfs, batches))
-            rows += len(chunk)
+                _insert(conn, SCRATCH_ROW, (chunk.lines, chunk.refs, chunk.bodies, hashes, chunk.extras))
+            rows += len(chunk.lines)
         conn.execute(COMMIT)
     finally:
         conn.close()
@@ -176,11 +247,11 @@ class Production:
 
     def __init__(self, manifest: ManifestLike, processes: int = 2, parts: int = 8) -> None:
         self.parts = parts
-        defaults = load_defaults(manifest)
         parent = os.getpid()
         self._procs: list[tuple[int, BinaryIO]] = []
         self._done: list[PartResult] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="uploader-load-"))
+        self._board = _Board(processes)
         # Slice processes block on reading this until it closes: when we close it, or die (then they clean up)
         alive_r, self._alive = os.pipe()
         sys.stdout.flush()
@@ -194,7 +265,7 @@ class Production:
                 if pid == 0:  # the slice process: never returns
                     for fd in (r, self._alive, *(pipe.fileno() for _, pipe in self._procs)):
                         os.close(fd)  # only our parent may hold these, so that it and we see each other go
-                    _work(manifest, defaults, k, processes, parts, self.workdir, wfd, alive_r, parent, blocked)
+                    _work(manifest, k, processes, parts, self.workdir, wfd, alive_r, parent, blocked, self._board)
                 os.close(wfd)
                 self._procs.append((pid, os.fdopen(r, "rb")))
         except BaseException:
@@ -224,6 +295,10 @@ class Production:
         except OSError:  # no processes or no temp folder to be had
             return None
 
+    def copying(self) -> contextlib.AbstractContextManager[None]:
+        """Around the loader's copy of a part: the slice processes on later parts wait meanwhile (_Gate)."""
+        return self._board.copying()
+
     def results(self) -> Iterator[PartResult]:
         """Each slice's result, in slice order (waiting for the slower slice process as needed). A second pass
         (after a first one gave up) yields the same results again: the scratch files stay until close()."""
@@ -249,13 +324,13 @@ class Production:
                 os.close(self._alive)
                 self._alive = -1
             shutil.rmtree(self.workdir, ignore_errors=True)
+            self._board.close()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _work(
     manifest: ManifestLike,
-    defaults: Defaults,
     k: int,
     processes: int,
     parts: int,
@@ -264,6 +339,7 @@ def _work(
     alive: int,
     parent: int,
     sigmask: set[int | signal.Signals],
+    board: _Board,
 ) -> None:
     """A slice process's life: its slices in order, each result down the pipe; then wait for the parent to kill
     us, and exit without any of its clean-up (atexit, buffers). If the parent dies first (it holds the
@@ -285,7 +361,8 @@ def _work(
                 if span is None:
                     result = PartResult(i, path, 0, 0, uncuttable=True)
                 else:
-                    result = write_part(manifest, i, span, path, defaults, parent)
+                    with board.working(k, i):
+                        result = write_part(manifest, i, span, path, parent, _Gate(board, k, parent))
                 _send(out, result)
                 if result.problem_count or result.uncuttable:
                     break

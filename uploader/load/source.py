@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from uploader.errors import Problem
-    from uploader.manifest import FileIdentity, ManifestOptions, Span, StagedJob
+    from uploader.manifest import FileIdentity, JobColumns, ManifestOptions, Span, StagedJob
 
 __all__ = ["ManifestLike"]
 
@@ -69,4 +69,8 @@ class ManifestLike(Protocol):
     def chunk_tuples(self, size: int = ..., span: Span | None = ...) -> Iterator[Sequence[StagedJob]]:
         """Its good rows, in chunks of at most `size` (with `span`, of that slice only); each reading
         starts `problems` and `problem_count` afresh."""
+        ...
+
+    def chunk_columns(self, size: int = ..., span: Span | None = ...) -> Iterator[JobColumns]:
+        """As chunk_tuples(), each chunk column by column (what a slice reader writes)."""
         ...

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from uploader.manifest.formats import Span as Span
     from uploader.manifest.formats import check_unchanged as check_unchanged
     from uploader.manifest.formats import file_identity as file_identity
+    from uploader.manifest.jobs import JobColumns as JobColumns
     from uploader.manifest.jobs import StagedJob as StagedJob
     from uploader.manifest.reader import Manifest as Manifest
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
@@ -30,6 +31,7 @@ _EXPORTS = {
     "Manifest": "uploader.manifest.reader",
     "ManifestOptions": "uploader.manifest.reader",
     "StagedJob": "uploader.manifest.jobs",
+    "JobColumns": "uploader.manifest.jobs",
     "FORMATS": "uploader.manifest.formats",
     "EXTENSIONS": "uploader.manifest.formats",
     "Span": "uploader.manifest.formats",

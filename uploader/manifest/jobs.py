@@ -1,11 +1,13 @@
-"""`StagedJob`: one valid job of a manifest, as the reader yields it and the loader stages it."""
+"""`StagedJob`: one valid job of a manifest, as the reader yields it and the loader stages it; `JobColumns`: a
+chunk of them column by column, as the slice readers write them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
-__all__ = ["StagedJob", "staged_job"]
+__all__ = ["JobColumns", "StagedJob", "staged_job"]
 
 
 class StagedJob(NamedTuple):
@@ -24,3 +26,15 @@ class StagedJob(NamedTuple):
 #: A StagedJob from a tuple of its seven fields, at C speed (for whole chunks of rows built by zip();
 #: StagedJob._make checks the length in Python, which a reader of millions of rows would feel).
 staged_job = partial(tuple.__new__, StagedJob)
+
+
+class JobColumns(NamedTuple):
+    """A chunk of valid jobs, column by column (StagedJob's fields). `own` is None when every row takes the
+    load's project_id, work_flow_id and batch_id, else those three columns; `extras` is None when no row
+    has an extra. A plain image manifest's chunk is built this way directly, never as rows."""
+
+    lines: Sequence[int]
+    refs: Sequence[str]
+    bodies: Sequence[str]
+    extras: Sequence[str | None] | None
+    own: tuple[Sequence[str], Sequence[str], Sequence[str | None]] | None
