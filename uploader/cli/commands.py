@@ -301,7 +301,7 @@ def load(
     say how many signed URLs of the pending rows expire too soon, and the earliest expiry."""
     from uploader.cli.stdin import spooled_manifest
     from uploader.ledger import new_ledger_file
-    from uploader.load import prepare_load
+    from uploader.load import prefetch_sha256, prepare_load
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     created = new_ledger_file(ledger)  # removed again if the load fails
@@ -309,6 +309,7 @@ def load(
         spooled_manifest(manifest, fmt) as (path, label),
         prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared,
     ):
+        prefetch_sha256(path or manifest)  # after the slice readers forked, while SQLAlchemy is imported
         led = _open_ledger(ledger)
         try:
             report = prepared.load(led)

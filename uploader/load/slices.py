@@ -236,9 +236,9 @@ def can_fork() -> bool:
 class Production:
     """Slice processes staging the slices of one manifest into scratch files, in the background.
 
-    The file is cut into `parts` slices of about equal size, each starting after a line end (Parquet: into
-    row ranges). Slice process k
-    takes slices k, k + processes, …, finds their bounds and line numbers itself (so it can start before
+    The file is cut into `parts` slices of about equal size (the first half as long: see _share), each
+    starting after a line end (Parquet: into row ranges). Slice process k takes slices k, k + processes, …,
+    finds their bounds and line numbers itself (so it can start before
     the parent has read the file), and checks that its stretch of the file has no bare CR and, in a CSV/TSV,
     no quote character (a quoted field may hold a line break, so a cut could fall inside a row); if it has,
     it reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
@@ -405,7 +405,7 @@ class _Cutter:
             return self._size
         if i == 0:
             return self._after_header() if self._csv else 0
-        nominal = max(self._size * i // self._parts, 1)
+        nominal = max(_share(self._size, i, self._parts), 1)
         self._f.seek(nominal - 1)
         offset = nominal - 1
         while True:
@@ -433,7 +433,7 @@ class _Cutter:
         """Slice i, or None if the file is not safe to cut (checked from where the last slice ended). In
         Parquet: rows, which can always be cut."""
         if self._rows is not None:
-            start, end = self._rows * i // self._parts, self._rows * (i + 1) // self._parts
+            start, end = _share(self._rows, i, self._parts), _share(self._rows, i + 1, self._parts)
             return Span(start, end, start, self._header)
         start, end = self._bound(i), self._bound(i + 1)
         start, end = min(start, end), max(start, end)
@@ -454,6 +454,12 @@ class _Cutter:
         if start == end:
             first_line = self._lines + 1
         return Span(start, end, first_line, self._header)
+
+
+def _share(total: int, i: int, parts: int) -> int:
+    """Where slice i of `parts` starts, nominally, in `total` (bytes or rows): the first slice is half as
+    long as the others, so that the loader, which can copy nothing before it, starts sooner."""
+    return 0 if i <= 0 else total * (2 * i - 1) // (2 * parts - 1)
 
 
 def _parquet_rows(path: Path) -> int:
