@@ -35,7 +35,7 @@ from tests.conftest import POSTGRES_ENV, migrate_sqlite
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "adv-upgrades-key-5e1d"
 U = "https://cdn.example.com/img"
-HEAD = "0009"
+HEAD = "0010"
 OLD_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 STAMP = "2026-01-02 03:04:05.123456"
 LATER = "2026-01-03 04:05:06.654321"
@@ -695,7 +695,7 @@ def test_plan_on_an_old_ledger_leaves_it_byte_for_byte_unchanged(tmp_path):
 def _newer_ledger(path: Path) -> None:
     make_old_ledger(path, "0008")
     with closing(sqlite3.connect(path)) as db:
-        db.execute("UPDATE alembic_version SET version_num = '0010'")
+        db.execute("UPDATE alembic_version SET version_num = '0099'")
         db.commit()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -720,7 +720,7 @@ def test_a_newer_ledger_is_refused_in_one_line_by_every_command_and_not_touched(
     (tmp_path / "m.csv").write_text(f"reference_id,image_url\nr-pending,{U}/r-pending.jpg\n")
     before, names = digest(path), files_of(tmp_path)
     line = one_clear_line(uploader(*args, "--ledger", str(path), cwd=tmp_path))
-    assert "0010" in line and "newer uploader" in line
+    assert "0099" in line and "newer uploader" in line
     assert digest(path) == before and files_of(tmp_path) == names
 
 

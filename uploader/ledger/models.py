@@ -26,7 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.sql.expression import false
+from sqlalchemy.sql.expression import false, text
 
 __all__ = ["METADATA", "Status", "activity", "batches", "jobs", "manifests", "merged_hashes", "urls", "workers"]
 
@@ -131,7 +131,8 @@ jobs = Table(
     Column("result_error", Text),
     UniqueConstraint("project_id", "reference_id"),
     Index(None, "status", "not_before", "id"),
-    Index(None, "job_id"),
+    # Only the rows that have a job_id (migration 0010): a load's new rows need no entry; lookups are by value.
+    Index(None, "job_id", sqlite_where=text("job_id IS NOT NULL"), postgresql_where=text("job_id IS NOT NULL")),
 )
 
 #: A batch this ledger creates (`--batch-name`, or the run's own batch): reserved in the ledger before the
