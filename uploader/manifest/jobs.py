@@ -31,7 +31,8 @@ staged_job = partial(tuple.__new__, StagedJob)
 class JobColumns(NamedTuple):
     """A chunk of valid jobs, column by column (StagedJob's fields). `own` is None when every row takes the
     load's project_id, work_flow_id and batch_id, else those three columns; `extras` is None when no row
-    has an extra. A plain image manifest's chunk is built this way directly, never as rows."""
+    has an extra. Manifest.chunk_columns builds a plain image manifest's chunks this way directly, never as
+    rows."""
 
     lines: Sequence[int]
     refs: Sequence[str]
