@@ -973,3 +973,49 @@ def test_read_only_commands_interrupted_say_so_and_change_nothing(
             assert_interrupted(sig, code, err)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert_nothing_left(tmp_path)
+
+
+#: A command that does its work and returns, and gets a signal while click closes its context (its clean-up:
+#: where `sync` was once stopped, with click's "Aborted!" and exit 1).
+LATE_SIGNAL = """
+import os, signal, sys
+import click
+from uploader.cli import commands
+
+SIG = getattr(signal, sys.argv[1])
+
+@commands.cli.command("late-signal")
+@commands._handle_errors
+def late_signal() -> None:
+    click.get_current_context().call_on_close(lambda: os.kill(os.getpid(), SIG))
+    print("done")
+
+sys.argv = ["uploader", "late-signal"] + sys.argv[2:]
+commands.entry()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_signal_while_a_finished_command_closes_says_interrupted_not_aborted(
+    tmp_path: Path, sig: signal.Signals, as_json: bool
+) -> None:
+    """Fixed (uploader/cli/app.py, UploaderGroup.invoke).
+    A command has done its work and printed it; the signal arrives while click closes its context. What
+    happened: click's "Aborted!" and exit 1 (seen in CI: `sync` stopped at a random moment). Expected: the
+    words and exit of any other stop, 130 / 143 (in JSON mode the JSON error). Why a user cares: exit 1 says
+    the command failed, and a script that checks for 130 to rerun would not."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LATE_SIGNAL, sig.name, *(["--json"] if as_json else [])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.stdout.startswith("done"), proc.stdout
+    assert "Aborted" not in proc.stderr, proc.stderr
+    if as_json:
+        assert proc.returncode == EXIT[sig], proc.stderr
+        assert json.loads(proc.stderr.strip().splitlines()[-1])["code"] == "interrupted"
+    else:
+        assert_interrupted(sig, proc.returncode, proc.stderr)

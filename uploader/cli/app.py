@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -104,6 +106,35 @@ def emit_error(message: str, exit_code: int, as_json: bool, code: str | None = N
     ctx = click.get_current_context(silent=True)
     if ctx is None or not common(ctx).get("document_printed"):
         click.echo(text)
+
+
+#: Where the run keeps its StopFlag, to know which signal stopped it.
+STOP = "uploader.stop"
+#: The SIGTERM that the command line's handler (uploader.cli.commands) turned into a KeyboardInterrupt (0: none).
+TERMINATED = [0]
+
+
+def hold_signals() -> None:
+    """A command stopped by a signal ignores any further one while it closes its ledger and exits: a second
+    Ctrl-C would otherwise break into that clean-up at any line (KeyboardInterrupt) and end it with exit 1."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to hold
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def interrupted(as_json: bool | None = None) -> NoReturn:
+    """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal); in
+    JSON if the command was asked for it (`as_json`, when its own context is gone)."""
+    ctx = click.get_current_context(silent=True)
+    stop = ctx.meta.get(STOP) if ctx is not None else None
+    signum = getattr(stop, "signum", None) or TERMINATED[0]
+    hold_signals()
+    message = "interrupted; run the same command again to resume."
+    if json_mode() if as_json is None else as_json:
+        emit_error(message, 128 + (signum or 2), True, "interrupted")
+    else:
+        click.echo(message, err=True)
+    sys.exit(128 + (signum or 2))
 
 
 def document_printed(ctx: click.Context | None = None) -> None:
@@ -329,6 +360,8 @@ class UploaderGroup(click.Group):
                 raise
             emit_error(exc.format_message(), exc.exit_code, True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # a signal after the command's own handling ended (its clean-up, its return):
+            interrupted(_json_wanted(ctx))  # stopped all the same, not click's "Aborted!" and exit 1
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_META + "args"] = list(args)  # to know if JSON was asked for when parsing them fails

@@ -26,10 +26,14 @@ import click
 from uploader import __version__
 from uploader.api import DEFAULT_BASE_URL
 from uploader.cli.app import (
+    STOP,
+    TERMINATED,
     UploaderCommand,
     UploaderGroup,
     document_printed,
     emit_error,
+    hold_signals,
+    interrupted,
     json_mode,
     quiet_mode,
     standard_streams,
@@ -78,24 +82,16 @@ def _handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except InterruptedRun:  # a signal: no error, the same words as Ctrl-C anywhere else
-            _interrupted()
+            interrupted()
         except UploaderError as exc:
             if getattr(exc, "interrupted", False):  # LedgerLocked: a signal ended a wait for the ledger
-                _interrupted()
+                interrupted()
             emit_error(str(exc), exc.exit_code, json_mode(), getattr(exc, "code", None))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            _interrupted()
+            interrupted()
 
     return wrapper
-
-
-#: Where the run keeps its StopFlag, to know which signal stopped it.
-_STOP = "uploader.stop"
-
-
-#: The SIGTERM that `_terminate_as_interrupt`'s handler turned into a KeyboardInterrupt (0: none).
-_TERMINATED = [0]
 
 
 def _terminate_as_interrupt() -> None:
@@ -104,7 +100,7 @@ def _terminate_as_interrupt() -> None:
     sends (a gentle stop first)."""
 
     def handler(signum: int, frame: object) -> None:
-        _TERMINATED[0] = signum
+        TERMINATED[0] = signum
         on_sigint = _event_loop_handler(signal.getsignal(signal.SIGINT))
         if on_sigint is not None:
             # An event loop runs (asyncio.Runner's own SIGINT handler is in place): stop it as Ctrl-C does, by
@@ -125,28 +121,6 @@ def _event_loop_handler(handler: object) -> Callable[[int, Any], object] | None:
     if asyncio is None or not isinstance(getattr(func, "__self__", None), asyncio.Runner) or not callable(handler):
         return None
     return handler
-
-
-def _hold_signals() -> None:
-    """A command stopped by a signal ignores any further one while it closes its ledger and exits: a second
-    Ctrl-C would otherwise break into that clean-up at any line (KeyboardInterrupt) and end it with exit 1."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: nothing to hold
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def _interrupted() -> NoReturn:
-    """Exit as a stopped command does: 130 after SIGINT (Ctrl-C), 143 after SIGTERM (128 + the signal)."""
-    ctx = click.get_current_context(silent=True)
-    stop = ctx.meta.get(_STOP) if ctx is not None else None
-    signum = getattr(stop, "signum", None) or _TERMINATED[0]
-    _hold_signals()
-    message = "interrupted; run the same command again to resume."
-    if json_mode():
-        emit_error(message, 128 + (signum or 2), True, "interrupted")
-    else:
-        click.echo(message, err=True)
-    sys.exit(128 + (signum or 2))
 
 
 ledger_option = click.option(
@@ -266,7 +240,7 @@ def _watch_statements(led: Ledger) -> None:
             err=True,
         )
 
-    set_lock_wait(led.engine, LockWait(lambda: _TERMINATED[0] != 0, waiting, limit=math.inf))
+    set_lock_wait(led.engine, LockWait(lambda: TERMINATED[0] != 0, waiting, limit=math.inf))
 
 
 @click.group(cls=UploaderGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -733,7 +707,7 @@ def run(
     from uploader.send import RunOptions, StopFlag, run_upload
 
     as_json, quiet = json_mode(), quiet_mode()
-    stop = click.get_current_context().meta[_STOP] = StopFlag()
+    stop = click.get_current_context().meta[STOP] = StopFlag()
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     signer = _signer(sign, url_ttl)
     run_options = RunOptions(
@@ -815,7 +789,7 @@ def run(
         extra["notices"] = [*told, *summary.progress.notices]
     print_summary(summary, as_json, repeat_from_context(), quiet=quiet, extra=extra)
     if summary.interrupted:
-        _hold_signals()
+        hold_signals()
         click.echo("interrupted: everything recorded is in the ledger; run the same command again to resume.", err=True)
         sys.exit(128 + (stop.signum or 2))
     counts = summary.counts
