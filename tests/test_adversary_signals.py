@@ -740,8 +740,9 @@ def test_an_interrupted_sync_leaves_whole_results_and_a_rerun_fetches_the_rest(
     results = tmp_path / "res"
     api.delay["result"] = 0.004
     for _ in range(2):
+        downloads = api.count("result")
         proc = start(tmp_path, *sync_args(api, db, results))
-        wait_for(lambda: api.count("result") > 0, proc, "the first download")
+        wait_for(lambda n=downloads: api.count("result") > n, proc, "its first download")  # not the last round's
         time.sleep(random.uniform(0.05, 0.8))
         proc.send_signal(sig)
         code, _, err = finish(proc)
@@ -1019,3 +1020,61 @@ def test_a_signal_while_a_finished_command_closes_says_interrupted_not_aborted(
         assert json.loads(proc.stderr.strip().splitlines()[-1])["code"] == "interrupted"
     else:
         assert_interrupted(sig, proc.returncode, proc.stderr)
+
+
+#: The `uploader` program, sent a signal by itself at one moment: AT=import while it imports the command line
+#: (`uploader.cli.app`), AT=parse while click reads the command line.
+EARLY_SIGNAL = """
+import importlib.abc, os, signal, sys
+
+SIG, AT = getattr(signal, sys.argv[1]), sys.argv[2]
+
+class Trip(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if AT == "import" and name == "uploader.cli.app":
+            os.kill(os.getpid(), SIG)
+        return None
+
+sys.meta_path.insert(0, Trip())
+if AT == "parse":
+    from uploader.cli import app
+    parse_args = app.UploaderGroup.parse_args
+    def tripped(self, ctx, args):
+        os.kill(os.getpid(), SIG)
+        return parse_args(self, ctx, args)
+    app.UploaderGroup.parse_args = tripped
+sys.argv = ["uploader", "status", "--ledger", "none.db"] + sys.argv[3:]
+from uploader.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+@pytest.mark.parametrize("at", ["import", "parse"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_signal_while_the_program_starts_says_interrupted(
+    tmp_path: Path, sig: signal.Signals, at: str, as_json: bool
+) -> None:
+    """Fixed (uploader/cli/__init__.py `entry`, UploaderGroup.make_context).
+    Ctrl-C or SIGTERM in the program's first tens of milliseconds (a script that starts `uploader` and stops it
+    at once; a CI job cancelled as it starts; seen in CI as `sync` killed by its SIGTERM with nothing said).
+    What happened: while it imported its modules, SIGTERM killed it without a word (died of the signal) and
+    Ctrl-C printed a traceback from whichever import it broke into (exit 1); while click read the command line,
+    click's "Aborted!" and exit 1. Expected: the words and exit of any other stop, 130 / 143 (in JSON mode the
+    JSON error), and nothing done."""
+    proc = subprocess.run(
+        [sys.executable, "-c", EARLY_SIGNAL, sig.name, at, *(["--json"] if as_json else [])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr, proc.stderr
+    if as_json:  # the JSON error on stderr, and on stdout as the command's only document
+        assert proc.returncode == EXIT[sig], proc.stderr
+        assert json.loads(proc.stderr.strip().splitlines()[-1])["code"] == "interrupted"
+        assert json.loads(proc.stdout)["code"] == "interrupted"
+    else:
+        assert_interrupted(sig, proc.returncode, proc.stderr)
+        assert proc.stdout == ""
+    assert os.listdir(tmp_path) == []

@@ -10,14 +10,14 @@ from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from uploader.cli.commands import cli as cli
-    from uploader.cli.commands import entry as entry
     from uploader.cli.commands import main as main
+    from uploader.cli.program import entry as entry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
 _EXPORTS = {
     "cli": "uploader.cli.commands",
-    "entry": "uploader.cli.commands",
     "main": "uploader.cli.commands",
+    "entry": "uploader.cli.program",
 }
 
 __all__ = list(_EXPORTS)

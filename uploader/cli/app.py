@@ -367,11 +367,19 @@ class UploaderGroup(click.Group):
         ctx.meta[_META + "args"] = list(args)  # to know if JSON was asked for when parsing them fails
         return super().parse_args(ctx, args)
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:  # a signal while click reads the command line: stopped, not "Aborted!"
+            interrupted(json_asked(args))
+
 
 def _json_wanted(ctx: click.Context) -> bool:
     """Whether an error found while the options were read is told in JSON: --json, else UPLOADER_JSON when set,
     else the profile's `json` (once read), as the option itself takes them."""
-    if _json_asked(ctx.meta.get(_META + "args", ())):
+    if json_asked(ctx.meta.get(_META + "args", ())):
         return True
     if "UPLOADER_JSON" in os.environ:
         return False  # set, and not to a true value: it beats the profile
@@ -382,7 +390,7 @@ def _json_wanted(ctx: click.Context) -> bool:
     return False
 
 
-def _json_asked(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
+def json_asked(args: Sequence[str], environ: Mapping[str, str] | None = None) -> bool:
     """Whether a command line (not parsed yet, or not parsable) asks for JSON."""
     environ = os.environ if environ is None else environ
     return "--json" in args or environ.get("UPLOADER_JSON", "").lower() in ("1", "true", "yes", "on")

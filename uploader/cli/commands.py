@@ -34,6 +34,7 @@ from uploader.cli.app import (
     emit_error,
     hold_signals,
     interrupted,
+    json_asked,
     json_mode,
     quiet_mode,
     standard_streams,
@@ -1481,20 +1482,31 @@ def config(ctx: click.Context, command: str) -> None:
     print_settings(resolved_settings(ctx, command, target, ctx.args), json_mode())
 
 
-def main() -> None:
-    """The command line, as click runs it (ends with SystemExit)."""
+def main(held: set[int | signal.Signals] | None = None) -> None:
+    """The command line, as click runs it (ends with SystemExit). `held`: the signal mask to restore once the
+    handlers are in place (`entry` blocks Ctrl-C and SIGTERM while it imports this module)."""
     standard_streams()
     _terminate_as_interrupt()
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held until now is handled here
     cli(prog_name="uploader")
 
 
-def entry() -> NoReturn:
+def entry(held: set[int | signal.Signals] | None = None) -> NoReturn:
     """The `uploader` program (and `python -m uploader`): `main`, then `quick_exit`. Code that calls `main`
-    itself keeps the usual exit."""
+    itself keeps the usual exit. A signal outside the command's own handling (before click has read the
+    command line, or once the command has ended) stops it all the same: 130/143, never click's "Aborted!"."""
     try:
-        main()
+        main(held)
     except SystemExit as exc:
+        hold_signals()  # the command has ended: a signal now changes nothing
         quick_exit(exit_status(exc.code))
+    except KeyboardInterrupt:
+        try:
+            interrupted(json_asked(sys.argv[1:]))
+        except SystemExit as exc:
+            quick_exit(exit_status(exc.code))
+    hold_signals()
     quick_exit(0)
 
 
