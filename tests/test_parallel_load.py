@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +422,32 @@ def bare_cr_mid_file() -> Case:
     return Case(data, case.expected)
 
 
+def quoted_cell_in_row(k: int) -> Case:
+    rows = image_rows(40)
+    rows[k][3] = '"a quoted, note"'  # type: ignore[index]
+    return build(IMAGE_HEADER, rows)
+
+
+def bare_cr_before_row(k: int) -> Case:
+    case = build(IMAGE_HEADER, image_rows(40))
+    data = case.data.replace(b"\nr-%03d," % k, b"\rr-%03d," % k, 1)
+    assert data != case.data
+    return Case(data, case.expected)
+
+
+def bare_cr_ending_the_header() -> Case:
+    case = build(IMAGE_HEADER, image_rows(40))  # the header's CR ends a line, the LF a blank one: a line more
+    data = case.data.replace(b",note\n", b",note\r\r\n", 1)
+    return Case(data, {key: line + 1 for key, line in case.expected.items()})
+
+
+def quoted_line_break_in_header() -> Case:
+    case = build(IMAGE_HEADER, image_rows(40))  # a header of two physical lines: every row one line later
+    assert IMAGE_HEADER[-1] == "note"
+    data = case.data.replace(b",note\n", b',"no\nte"\n', 1)
+    return Case(data, {key: line + 1 for key, line in case.expected.items()})
+
+
 def raw_shape(sep: str) -> Case:
     def data(i: int) -> str:
         text = json.dumps({"image_url": f"https://cdn.example.com/{i}.jpg", "n": i})
@@ -436,6 +463,12 @@ UNCUTTABLE: dict[str, Callable[[], Case]] = {
     "bare CR mid-file": bare_cr_mid_file,
     "raw shape csv (JSON needs quotes)": lambda: raw_shape(","),
     "raw shape tsv": lambda: raw_shape("\t"),
+    # Each slice process checks its own slices only (the other checks the rest): a quote or a bare CR in any
+    # one slice (40 rows in 8 slices), or in the header (slice 0's process checks it), is still found.
+    **{f"quote in row {k}": partial(quoted_cell_in_row, k) for k in (0, 4, 9, 14, 19, 26, 31, 36)},
+    **{f"bare CR before row {k}": partial(bare_cr_before_row, k) for k in (1, 6, 11, 16, 21, 27, 32, 38)},
+    "quoted line break in the header": quoted_line_break_in_header,
+    "bare CR ending the header": bare_cr_ending_the_header,
 }
 
 

@@ -16,6 +16,7 @@ import hashlib
 import mmap
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -115,6 +116,8 @@ class _Orphaned(Exception):
 
 #: The part a slice process works on when it works on none (more than any part: parts <= 10).
 _IDLE = 255
+#: A CR that does not end a line (CRLF): a line break of some reader's, and not of another's.
+_BARE_CR = re.compile(rb"\r(?!\n)")
 #: How often a slice process held at its gate looks again, in seconds: at first, and at the longest (a
 #: copy takes a tenth of a second or so; a loader stopped with Ctrl-Z should not keep it busy).
 _POLL, _POLL_MAX = 0.001, 0.004
@@ -239,10 +242,11 @@ class Production:
     The file is cut into `parts` slices of about equal size (the first half as long: see _share), each
     starting after a line end (Parquet: into row ranges). Slice process k takes slices k, k + processes, …,
     finds their bounds and line numbers itself (so it can start before
-    the parent has read the file), and checks that its stretch of the file has no bare CR and, in a CSV/TSV,
-    no quote character (a quoted field may hold a line break, so a cut could fall inside a row); if it has,
-    it reports the file as uncuttable. Results arrive in slice order without any queue. `close()` kills the
-    slice processes (they ignore SIGINT: Ctrl-C is the parent's to handle) and removes the scratch files.
+    the parent has read the file), and checks that its slices have no bare CR and, in a CSV/TSV, no quote
+    character (a quoted field may hold a line break, so a cut could fall inside a row); if one has, it reports
+    that slice as uncuttable, and the loader, taking slices in order, loads the whole file the slow way.
+    Results arrive in slice order without any queue. `close()` kills the slice processes (they ignore SIGINT:
+    Ctrl-C is the parent's to handle) and removes the scratch files.
     """
 
     def __init__(self, manifest: ManifestLike, processes: int = 2, parts: int = 8) -> None:
@@ -380,8 +384,8 @@ def _work(
 class _Cutter:
     """Finds slice bounds of one file on line ends and counts the lines before them, reading forward only
     (a slice process asks for its slices in increasing order). A CSV/TSV's first slice starts after its header
-    line, and a quote anywhere makes it uncuttable; a JSONL file has neither a header nor that problem
-    (a JSON string cannot hold a raw line break). A bare CR makes either uncuttable."""
+    line, and a quote in a slice (or before the first) makes it uncuttable; a JSONL file has neither a header
+    nor that problem (a JSON string cannot hold a raw line break). A bare CR makes either uncuttable."""
 
     def __init__(self, manifest: ManifestLike, parts: int) -> None:
         self._f = open(manifest.path, "rb")
@@ -430,23 +434,26 @@ class _Cutter:
         return min(offset, self._size)
 
     def span(self, i: int) -> Span | None:
-        """Slice i, or None if the file is not safe to cut (checked from where the last slice ended). In
-        Parquet: rows, which can always be cut."""
+        """Slice i, or None if it is not safe to cut (its bytes checked; slice 0's from the file's start,
+        header included). In Parquet: rows, which can always be cut."""
         if self._rows is not None:
             start, end = _share(self._rows, i, self._parts), _share(self._rows, i + 1, self._parts)
             return Span(start, end, start, self._header)
         start, end = self._bound(i), self._bound(i + 1)
         start, end = min(start, end), max(start, end)
+        checked = 0 if i == 0 else start  # the bytes before are other slices: their own process checks them
         self._f.seek(self._pos)
         first_line = 0
         while self._pos < end:
-            block = self._f.read(min(_READ_BLOCK, end - self._pos))
+            checking = self._pos >= checked
+            block = self._f.read(min(_READ_BLOCK, (end if checking else checked) - self._pos))
             if not block:
                 break
-            if block.endswith(b"\r") and self._pos + len(block) < end:
-                block += self._f.read(1)  # keep a CRLF in one block
-            if block.count(b"\r") != block.count(b"\r\n") or block.endswith(b"\r") or (self._csv and b'"' in block):
-                return None
+            if checking:
+                if block.endswith(b"\r") and self._pos + len(block) < end:
+                    block += self._f.read(1)  # keep a CRLF in one block
+                if (b"\r" in block and _BARE_CR.search(block)) or (self._csv and b'"' in block):
+                    return None
             if self._pos <= start < self._pos + len(block):
                 first_line = self._lines + block.count(b"\n", 0, start - self._pos) + 1
             self._lines += block.count(b"\n")
