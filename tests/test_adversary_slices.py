@@ -741,6 +741,11 @@ def _append(path: Path, start: int, count: int) -> None:
         f.writelines(f"ref-{i:06d},https://cdn.example.com/images/{i:06d}.jpg\n" for i in range(start, start + count))
 
 
+def _tables(ledger: Path) -> set[str]:
+    with closing(sqlite3.connect(ledger)) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _job_count(ledger: Path) -> int:
     with closing(sqlite3.connect(ledger)) as db:
         return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
@@ -907,8 +912,8 @@ def test_signal_mid_load_leaves_nothing_behind(tmp_path: Path, heavy_manifest: P
     assert code == expected, stderr
     _wait_for(lambda: not tagged_processes(tag), 5, "the run's processes to end")
     _wait_for(lambda: not scratch_left(scratch), 5, "the scratch folder to go")
-    if ledger.exists():
-        assert _job_count(ledger) == 0
+    if ledger.exists():  # SIGKILL may leave the new file before its tables are in: still a new ledger to the next load
+        assert (sig == signal.SIGKILL and not _tables(ledger)) or _job_count(ledger) == 0
     run = cli(tmp_path, heavy_manifest, ledger, OPTS)
     assert run.code == 0 and "110000 new" in run.stdout, run.stderr
 

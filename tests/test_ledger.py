@@ -37,7 +37,8 @@ def test_background_checkpoints_keep_the_wal_checkpointed_off_the_writers_thread
     import subprocess
     import sys
 
-    from uploader.ledger.engine import AUTOCHECKPOINT_PAGES, background_checkpoints, write_tx
+    from uploader.ledger.bare import AUTOCHECKPOINT_PAGES
+    from uploader.ledger.engine import background_checkpoints, write_tx
 
     def rows_in_main_file() -> int:
         copy = tmp_path / "main-only.db"

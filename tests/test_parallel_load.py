@@ -1153,3 +1153,179 @@ def test_the_flusher_syncs_the_ledger_file_after_each_part_in_journal_mode_only(
     assert threading.active_count() == threads  # stopped, so a fallback load may fork
     with closing(sqlite3.connect(":memory:")) as raw, bulk._Flusher.of(raw, journal=True) as none:
         assert none is None  # no file to sync
+
+
+# --- a new ledger, on a bare connection (no SQLAlchemy) ----------------------------------------------------
+
+
+def schema_of(ledger: Path) -> dict[str, object]:
+    """What makes a ledger file's schema: its tables and indexes as SQLite keeps them, in order, the pragmas a
+    new file is given, the Alembic stamp, and the file's mode."""
+    with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        master = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid").fetchall()
+        pragmas = {p: db.execute(f"PRAGMA {p}").fetchone()[0] for p in PRAGMAS}
+        stamp = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    return {"master": master, "pragmas": pragmas, "stamp": stamp, "mode": oct(ledger.stat().st_mode & 0o777)}
+
+
+PRAGMAS = ("page_size", "journal_mode", "user_version", "application_id", "auto_vacuum", "encoding")
+
+
+def test_a_bare_new_ledger_is_the_one_sqlalchemy_makes(tmp_path: Path) -> None:
+    """uploader.ledger.create_bare writes the schema as text of its own (NEW_LEDGER_SCHEMA): it must stay the
+    schema `create_all` of the models and Alembic's stamp make, table for table, index for index, character for
+    character. If the models change, print NEW_LEDGER_SCHEMA anew from a ledger Ledger.open made."""
+    from uploader.ledger import create_bare
+
+    made = tmp_path / "sqlalchemy.db"
+    Ledger.open(made).close()
+    bare = create_bare(tmp_path / "bare.db")
+    assert bare is not None
+    bare.close()
+    assert schema_of(tmp_path / "bare.db") == schema_of(made)
+    assert schema_of(made)["mode"] == "0o600" and schema_of(made)["pragmas"]["journal_mode"] == "wal"
+
+
+def test_create_bare_leaves_a_ledger_another_process_made_first(tmp_path: Path) -> None:
+    from uploader.ledger import create_bare
+
+    ledger = tmp_path / "l.db"
+    led = Ledger.open(ledger)
+    led.close()
+    before = schema_of(ledger)
+    assert create_bare(ledger) is None
+    assert schema_of(ledger) == before
+
+
+def comparable(ledger: Path) -> dict[str, object]:
+    """A ledger's schema and contents but the times it was written."""
+    with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        manifests = db.execute(
+            "SELECT id, path, size, sha256, options_hash, row_count, changed FROM manifests"
+        ).fetchall()
+    return {**schema_of(ledger), "jobs": jobs_but_times(ledger), "manifests": manifests}
+
+
+def jobs_but_times(ledger: Path) -> list[tuple]:
+    with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(jobs)") if r[1] not in ("created_at", "updated_at")]
+        return db.execute(f"SELECT {', '.join(columns)} FROM jobs ORDER BY id").fetchall()
+
+
+def test_a_first_load_without_sqlalchemy_makes_the_ledger_the_usual_path_makes(
+    spy: Spy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big manifest into a ledger file that does not exist yet goes from start to end on a bare connection;
+    the file it leaves is the one Ledger.open and the usual load leave: schema, pragmas, stamp, mode, the
+    manifest's row, every job's every column (times aside)."""
+    case = build(IMAGE_HEADER, image_rows(40))
+    manifest = case.write(tmp_path)
+    assert cli_load(manifest, tmp_path / "bare.db").exit_code == 0
+    assert spy.took_clean_parallel_path()
+    with one_process(monkeypatch):
+        assert cli_load(manifest, tmp_path / "usual.db").exit_code == 0
+    assert comparable(tmp_path / "bare.db") == comparable(tmp_path / "usual.db")
+    with closing(sqlite3.connect(tmp_path / "bare.db")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    reload = cli_load(manifest, tmp_path / "bare.db")  # a ledger like any other afterwards
+    assert reload.exit_code == 0 and "already loaded" in reload.stdout, reload.output
+
+
+LOAD_AND_SAY = """
+import sys
+from uploader.cli import main
+sys.argv = ["uploader", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+heavy = ("sqlalchemy", "alembic", "httpx", "aiohttp")
+print("imported:", *sorted(m for m in heavy if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_big_first_load_into_a_new_ledger_imports_no_sqlalchemy(big_manifest: Path, tmp_path: Path) -> None:
+    """Importing SQLAlchemy costs the loader a quarter of a second of CPU while its slice processes need both
+    cores: a big manifest's first load into a new ledger file does without it. A manifest whose payloads may
+    hold signed URLs still has them counted (that reads the ledger through SQLAlchemy)."""
+    ledger = tmp_path / "l.db"
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SAY, "load", str(big_manifest), *LOAD_OPTS, "--ledger", str(ledger)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(tmp_path),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{BIG_ROWS} rows: {BIG_ROWS} new" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "imported:", done.stderr
+    assert Ledger.open(ledger).counts()["pending"] == BIG_ROWS
+
+
+def test_a_failed_write_of_a_bare_load_leaves_no_ledger(
+    spy: Spy, tmp_path: Path, scratch_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite fails under the bare load (a full disk, an I/O error): the command says so in one line, exits 1,
+    and the ledger file it created is gone with its companions."""
+    import uploader.load.bulk as bulk
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(bulk, "load_bare", failing)
+    manifest = build(IMAGE_HEADER, image_rows(40)).write(tmp_path)
+    ledger = tmp_path / "ledger.db"
+    result = cli_load(manifest, ledger)
+    assert result.exit_code == 1, result.output
+    assert "ledger error: disk I/O error" in result.stderr and "Traceback" not in result.output
+    assert ledger_files(ledger) == []
+    assert scratch_dirs(scratch_root) == []
+
+
+def test_a_bare_first_load_of_signed_urls_still_counts_them(spy: Spy, tmp_path: Path) -> None:
+    """Payloads that may hold signed URLs: the bare load says so, and the command then reads them from the new
+    ledger (through SQLAlchemy) to tell how many expire too soon, as after any load."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    rows = image_rows(40)
+    for i in (3, 30):
+        rows[i][1] = (  # type: ignore[index]
+            f"https://b.s3.amazonaws.com/{i}.jpg?X-Amz-Date={stamp}&X-Amz-Expires=3600&X-Amz-Signature=abc"
+        )
+    manifest = build(IMAGE_HEADER, rows).write(tmp_path)
+    result = cli_load(manifest, tmp_path / "ledger.db", (*LOAD_OPTS, "--min-url-validity", "2h"))
+    assert result.exit_code == 0, result.output
+    assert spy.took_clean_parallel_path()
+    assert "signed URLs: 2 in pending rows; 2 expire before" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("after", ["setup", "schema"])
+def test_create_bare_stopped_before_its_schema_is_in_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: str
+) -> None:
+    """Found by tests/test_adversary_slices.py (a Ctrl-C just as the load created the file left a file without
+    tables). A Ctrl-C while the new file is set up, or a failure while its schema is written (a full disk, here
+    a statement SQLite refuses): the file is removed, with its -wal and -shm, and the next command starts a
+    ledger there as if nothing had happened."""
+    import uploader.ledger.bare as bare
+
+    ledger = tmp_path / "l.db"
+    if after == "setup":
+        real = bare.setup_connection
+
+        def setup(raw: sqlite3.Connection) -> None:
+            real(raw)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(bare, "setup_connection", setup)
+        stop: type[BaseException] = KeyboardInterrupt
+    else:
+        monkeypatch.setattr(bare, "NEW_LEDGER_SCHEMA", (*bare.NEW_LEDGER_SCHEMA[:3], "CREATE TABLE ("))
+        stop = sqlite3.OperationalError
+    with pytest.raises(stop):
+        bare.create_bare(ledger)
+    assert ledger_files(ledger) == []
+    monkeypatch.undo()
+    made = bare.create_bare(ledger)
+    assert made is not None
+    made.close()

@@ -280,17 +280,22 @@ def load(
 
     options = _build_options(project_id, work_flow_id, batch_id, fmt, columns, sign)
     created = new_ledger_file(ledger)  # removed again if the load fails
+    led: Ledger | None = None
     with (
         spooled_manifest(manifest, fmt) as (path, label),
         prepare_load(path or manifest, options, new_ledger=created is not None, label=label) as prepared,
     ):
-        prefetch_sha256(path or manifest)  # after the slice readers forked, while SQLAlchemy is imported
-        led = _open_ledger(ledger)
+        prefetch_sha256(path or manifest)  # after the slice readers forked, while the ledger is made
         try:
-            report = prepared.load(led)
+            report = prepared.load_new(created) if created is not None else None  # without SQLAlchemy
+            if report is None:
+                led = _open_ledger(ledger)
+                report = prepared.load(led)
         except UploaderError:
-            _discard_if_new(led, created)
+            _discard_if_new(led, created, ledger)
             raise
+    if report.signed_possible and led is None:
+        led = _open_ledger(ledger)
     print_load(report, json_mode(), quiet_mode(), signed=_signed_urls(led, min_url_validity, report))
 
 
@@ -318,21 +323,33 @@ def _on_load(
     return on_load
 
 
-def _signed_urls(led: Ledger, min_url_validity: dt.timedelta, report: LoadReport) -> SignedUrls:
+def _signed_urls(led: Ledger | None, min_url_validity: dt.timedelta, report: LoadReport) -> SignedUrls:
     """The pending rows' signed URLs and their expiry, against now + --min-url-validity; none, without
-    scanning the ledger, when the load knows that no pending row holds one (`report.signed_possible`)."""
+    scanning the ledger (`led` may then be None), when the load knows that no pending row holds one
+    (`report.signed_possible`)."""
     from uploader.ledger import utcnow
-    from uploader.send import SignedUrls, signed_urls
+    from uploader.manifest import SignedUrls
 
     not_before = utcnow() + min_url_validity
-    return signed_urls(led, not_before) if report.signed_possible else SignedUrls(not_before)
+    if not report.signed_possible:
+        return SignedUrls(not_before)
+    from uploader.send import signed_urls
+
+    assert led is not None
+    return signed_urls(led, not_before)
 
 
-def _discard_if_new(led: Ledger, created: Path | None) -> None:
+def _discard_if_new(led: Ledger | None, created: Path | None, ledger: str | None = None) -> None:
     """A ledger file this command created and nobody filled is removed: a failed load leaves nothing. Never
-    one another process has open or has written to (Ledger.discard_if_unused checks both under a lock)."""
-    if created is None:
+    one another process has open or has written to (Ledger.discard_if_unused checks both under a lock).
+    `led` None: the load went on a bare connection (PreparedLoad.load_new); the file is opened here to look."""
+    if created is None or not created.exists():
         return
+    if led is None:
+        try:
+            led = _open_ledger(ledger)
+        except UploaderError:  # what is told is the load's own error, not this one
+            return
     led.discard_if_unused()
 
 

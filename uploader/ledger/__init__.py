@@ -15,14 +15,16 @@ if TYPE_CHECKING:
     from uploader.ledger.address import parse_url as parse_url
     from uploader.ledger.address import shown_ledger as shown_ledger
     from uploader.ledger.address import shown_url as shown_url
+    from uploader.ledger.bare import create_bare as create_bare
+    from uploader.ledger.bare import sqlite_bulk_mode as sqlite_bulk_mode
+    from uploader.ledger.bare import sqlite_file as sqlite_file
+    from uploader.ledger.bare import translate_sqlite_errors as translate_sqlite_errors
     from uploader.ledger.engine import LedgerLocked as LedgerLocked
     from uploader.ledger.engine import LedgerNotUpgraded as LedgerNotUpgraded
     from uploader.ledger.engine import LockWait as LockWait
     from uploader.ledger.engine import background_checkpoints as background_checkpoints
     from uploader.ledger.engine import read_tx as read_tx
     from uploader.ledger.engine import set_lock_wait as set_lock_wait
-    from uploader.ledger.engine import sqlite_bulk_mode as sqlite_bulk_mode
-    from uploader.ledger.engine import sqlite_file as sqlite_file
     from uploader.ledger.engine import translate_errors as translate_errors
     from uploader.ledger.engine import write_tx as write_tx
     from uploader.ledger.forget import ForgetCounts as ForgetCounts
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
     from uploader.ledger.ledger import Resolution as Resolution
     from uploader.ledger.ledger import Result as Result
     from uploader.ledger.ledger import pid_alive as pid_alive
-    from uploader.ledger.ledger import utcnow as utcnow
     from uploader.ledger.loading import ALREADY_LOADED as ALREADY_LOADED
     from uploader.ledger.loading import JOB_COLUMNS as JOB_COLUMNS
     from uploader.ledger.loading import JOBS_ANY as JOBS_ANY
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from uploader.ledger.locate import ledger_url as ledger_url
     from uploader.ledger.locate import new_ledger_file as new_ledger_file
     from uploader.ledger.locate import overwrites_ledger as overwrites_ledger
-    from uploader.ledger.models import Status as Status
     from uploader.ledger.preflight import BlockedRow as BlockedRow
     from uploader.ledger.preflight import UrlVerdict as UrlVerdict
     from uploader.ledger.preflight import block_rows as block_rows
@@ -104,6 +104,8 @@ if TYPE_CHECKING:
     from uploader.ledger.staging import staging_duplicates as staging_duplicates
     from uploader.ledger.staging import staging_from_slice as staging_from_slice
     from uploader.ledger.staging import staging_insert as staging_insert
+    from uploader.ledger.states import Status as Status
+    from uploader.ledger.states import utcnow as utcnow
     from uploader.ledger.tracking import ADOPTED as ADOPTED
     from uploader.ledger.tracking import GONE_CODE as GONE_CODE
     from uploader.ledger.tracking import RESULT_STATUSES as RESULT_STATUSES
@@ -142,13 +144,13 @@ _EXPORTS = {
     "Resolution": "uploader.ledger.ledger",
     "Result": "uploader.ledger.ledger",
     "pid_alive": "uploader.ledger.ledger",
-    "utcnow": "uploader.ledger.ledger",
     "EXPORT_COLUMNS": "uploader.ledger.queries",
     "StatusReport": "uploader.ledger.queries",
     "ReportData": "uploader.ledger.report",
     "report_data": "uploader.ledger.report",
     "bucket_seconds": "uploader.ledger.report",
-    "Status": "uploader.ledger.models",
+    "Status": "uploader.ledger.states",
+    "utcnow": "uploader.ledger.states",
     "DEFAULT_LEDGER": "uploader.ledger.locate",
     "ledger_url": "uploader.ledger.locate",
     "new_ledger_file": "uploader.ledger.locate",
@@ -159,8 +161,10 @@ _EXPORTS = {
     "read_tx": "uploader.ledger.engine",
     "set_lock_wait": "uploader.ledger.engine",
     "background_checkpoints": "uploader.ledger.engine",
-    "sqlite_bulk_mode": "uploader.ledger.engine",
-    "sqlite_file": "uploader.ledger.engine",
+    "create_bare": "uploader.ledger.bare",
+    "sqlite_bulk_mode": "uploader.ledger.bare",
+    "sqlite_file": "uploader.ledger.bare",
+    "translate_sqlite_errors": "uploader.ledger.bare",
     "translate_errors": "uploader.ledger.engine",
     "write_tx": "uploader.ledger.engine",
     "ALREADY_LOADED": "uploader.ledger.loading",

@@ -17,7 +17,6 @@ import functools
 import logging
 import os
 import re
-import shlex
 import socket
 import sqlite3
 import threading
@@ -35,6 +34,19 @@ from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, OperationalErro
 
 from uploader.errors import LedgerError, LedgerTooNewError
 from uploader.ledger.address import parse_url, shown_ledger, shown_url
+from uploader.ledger.bare import (
+    BUSY_TIMEOUT_MS,
+    SCHEMA_HEAD,
+    create_private_file,
+    damaged,
+    damaged_code,
+    setup_connection,
+    sqlite_bulk_mode,
+    sqlite_refusal,
+    translate_sqlite_errors,
+    unwritable_files,
+    write_refusal,
+)
 from uploader.ledger.locate import DEFAULT_LEDGER, ledger_url, read_head
 
 if TYPE_CHECKING:
@@ -64,12 +76,6 @@ __all__ = [
     "write_tx",
 ]
 
-BUSY_TIMEOUT_MS = 30_000
-PAGE_SIZE = 16384
-#: WAL pages after which a committing connection checkpoints the WAL itself, its commit waiting for the
-#: checkpoint's two fsyncs (SQLite's default is 1,000). While a run or a sync goes on, `background_checkpoints` does it
-#: first, off the event loop; this is the bound should that thread fall behind (or no such thread run).
-AUTOCHECKPOINT_PAGES = 8000
 #: Seconds between a background checkpointer's checkpoints (a run writes ~1,000 pages a second).
 CHECKPOINT_EVERY = 1.0
 #: With a LockWait: how long one try for the write lock blocks inside SQLite (between tries Python runs).
@@ -356,46 +362,10 @@ def _sqlite_path(url: str | URL) -> Path | None:
     return Path(u.database)
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the SQLite file with mode 0600 before SQLite does: payloads can carry signed URLs."""
-    if path.exists():
-        return
-    if not path.parent.is_dir():
-        raise LedgerError(f"cannot create ledger {path}: folder {path.parent} does not exist")
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise LedgerError(f"cannot create ledger {path}: {exc.strerror}") from None
-
-
 #: The first 16 bytes of every SQLite database file.
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT ("database disk image is malformed")
-#: and SQLITE_NOTADB ("file is not a database").
-_DAMAGED_CODES = (11, 26)
 #: The tables every ledger has (a database with other tables and none of these is someone else's).
 _LEDGER_TABLES = frozenset({"alembic_version", "jobs", "manifests", "batches", "workers"})
-
-
-def _damaged(path: Path | str, reason: str, unchanged: bool = False) -> LedgerError:
-    """The one message for a ledger file SQLite cannot read: which file, SQLite's reason, what to do.
-    A file with no SQLite header may simply be the wrong file (a CSV passed as --ledger)."""
-    where = shlex.quote(str(path))
-    message = f"{path} is not a usable uploader ledger: {reason} (SQLite)."
-    if unchanged:
-        message += " It was left unchanged."
-    if "not a database" in reason:
-        return LedgerError(
-            f"{message} Check that --ledger (or UPLOADER_LEDGER) names your ledger file; if it "
-            "does, the file is destroyed: restore it from a backup."
-        )
-    return LedgerError(
-        f"{message} Restore it from a backup, or copy what SQLite can still read into a new file "
-        f'(sqlite3 {where} ".recover" | sqlite3 {where}.recovered) and pass '
-        f"--ledger {where}.recovered."
-    )
 
 
 def _not_a_ledger(name: object, tables: set[str], strict: bool) -> LedgerError | None:
@@ -423,10 +393,10 @@ def _check_sqlite_file(path: Path) -> None:
         if not path.is_file() or path.stat().st_size == 0:
             return  # a folder is refused by SQLite itself; an empty file is a new ledger
         if read_head(path, len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-            raise _damaged(path, "file is not a database", unchanged=True)
+            raise damaged(path, "file is not a database", unchanged=True)
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
-    refusal = _write_refusal(path) if _unwritable_files(path) else None
+    refusal = write_refusal(path) if unwritable_files(path) else None
     if refusal is not None:  # SQLite would open it read-only, and leave a WAL file's -wal/-shm behind
         raise refusal
     try:
@@ -439,7 +409,7 @@ def _check_sqlite_file(path: Path) -> None:
     except sqlite3.OperationalError:
         return  # locked or busy: the engine waits and reports that as usual
     except sqlite3.DatabaseError as exc:
-        raise _damaged(path, str(exc).splitlines()[0], unchanged=True) from None
+        raise damaged(path, str(exc).splitlines()[0], unchanged=True) from None
     finally:
         db.close()
     problem = _not_a_ledger(path, tables, strict=True)
@@ -456,7 +426,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             if not path.exists() and not create:
                 raise LedgerError(f"no ledger at {path} (load a manifest first, or pass --ledger)")
             _check_sqlite_file(path)
-            _create_private_file(path)
+            create_private_file(path)
         options = _postgresql_options(parsed) if parsed.get_backend_name() == "postgresql" else {}
         engine = create_engine(parsed, future=True, **options)
     except ValueError:  # SQLAlchemy's parser: int(port)
@@ -507,27 +477,16 @@ def _setup_sqlite(engine: Engine) -> None:
         """A damaged file found by any statement (the first connection's pragmas included): one clear
         LedgerError naming the file instead of SQLAlchemy's DatabaseError and its traceback."""
         exc = context.original_exception
-        if isinstance(exc, sqlite3.DatabaseError) and _damaged_code(exc):
-            raise _damaged(engine.url.database or "the ledger", str(exc).splitlines()[0]) from exc
+        if isinstance(exc, sqlite3.DatabaseError) and damaged_code(exc):
+            raise damaged(engine.url.database or "the ledger", str(exc).splitlines()[0]) from exc
         if isinstance(exc, sqlite3.Error):
-            refusal = _sqlite_refusal(exc, _sqlite_path(str(engine.url)))
+            refusal = sqlite_refusal(exc, _sqlite_path(str(engine.url)))
             if refusal is not None:
                 raise refusal from exc
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # New files only (it cannot change later): a quarter of the page writes of 4 KiB pages when a big
-        # manifest is loaded, and no slower to run from (figures: benchmarks/README.md).
-        cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        _enable_wal(cur)
-        cur.execute("PRAGMA synchronous = NORMAL")  # durable against process crashes in WAL mode
-        cur.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-        cur.execute("PRAGMA cache_size = -32768")  # 32 MiB: keeps index pages of big loads in memory
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
+        setup_connection(dbapi_conn)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -606,122 +565,6 @@ def _begin_waiting(raw: sqlite3.Connection, wait: LockWait) -> None:
         raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
-#: SQLite's result codes (the low byte of an extended code) of a file it may not write, cannot open, or has
-#: no room for.
-_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_FULL = 8, 14, 13
-
-
-def _sqlite_refusal(exc: sqlite3.Error, path: Path | None) -> LedgerError | None:
-    """A full disk or a ledger that cannot be written, as a LedgerError naming where (None: anything else)."""
-    code = _sqlite_code(exc)
-    what = str(exc).splitlines()[0]
-    if code == _SQLITE_FULL:
-        ledger = f"the ledger's folder ({path.parent})" if path is not None else "the ledger's disk"
-        return LedgerError(
-            f"ledger error: {what}: no space left in {ledger} or in SQLite's temporary folder "
-            f"({_sqlite_temp_folder()}, where a load keeps the rows it checks); free space there, or set "
-            "TMPDIR to a roomier folder"
-        )
-    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN) and path is not None:
-        return _write_refusal(path)
-    return None
-
-
-def _write_refusal(path: Path) -> LedgerError | None:
-    """Why this user cannot write the ledger file `path` (a read-only mount, a folder or a file it may not
-    write), as a LedgerError naming what to change; None if nothing stands in the way."""
-    try:
-        read_only_mount = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
-    except OSError:
-        return None
-    if read_only_mount or not os.access(path.parent, os.W_OK):
-        return LedgerError(
-            f"ledger error: cannot write the ledger {path}: it is on a read-only file system or in a folder "
-            f"this user may not write (SQLite writes {path.name}-wal and {path.name}-shm beside it); copy it "
-            "to a writable folder and use that copy"
-        )
-    locked = _unwritable_files(path)
-    if locked:
-        names = " and ".join(str(f) for f in locked)
-        return LedgerError(
-            f"ledger error: cannot write the ledger {path}: this user may not write {names} (their "
-            "permissions); make them writable (`chmod u+w`), or use a copy of the ledger"
-        )
-    return None
-
-
-def _unwritable_files(path: Path) -> list[Path]:
-    """The ledger file and its -wal and -shm files that exist and this user may not write."""
-    files = (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
-    return [f for f in files if f.exists() and not os.access(f, os.W_OK)]
-
-
-def _sqlite_temp_folder() -> str:
-    """Where SQLite keeps its temporary files (a TEMP table, a big sort): the first of SQLITE_TMPDIR, TMPDIR,
-    /var/tmp, /usr/tmp, /tmp that is a folder we may write, as SQLite's unix VFS looks for it."""
-    for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
-        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
-            return folder
-    return "."
-
-
-def _sqlite_code(exc: sqlite3.Error) -> int:
-    """SQLite's primary result code of an error (the low byte of its extended code; 0 when it has none)."""
-    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
-
-
-def _damaged_code(exc: sqlite3.Error) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB (extended codes included)."""
-    return _sqlite_code(exc) in _DAMAGED_CODES
-
-
-def _enable_wal(cur: sqlite3.Cursor) -> None:
-    """Switch to WAL (it persists in the file). Several processes opening a new ledger at once can get
-    "database is locked" here at once, without SQLite's busy handler waiting: retry for a while."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-@contextmanager
-def sqlite_bulk_mode(raw: sqlite3.Connection, *, new_file: bool) -> Iterator[bool]:
-    """For one big insert into an empty SQLite ledger, on a bare driver connection: no per-row foreign-key
-    check (the loader just wrote the one manifest row its rows point to), and, in a file this process has
-    just created, a rollback journal instead of WAL, which would write every new page twice (to the log,
-    then again at the checkpoint). A new page needs no rollback journal, so a crash still leaves the ledger
-    as it was before the load. (Switching rewrites the file's header, which is why an older file keeps
-    WAL: a failed load must leave it byte-for-byte unchanged.) The journal is switched only if no other
-    connection has the file open (else SQLite refuses at once, and the load goes on in WAL). Yields
-    whether it switched; WAL and the foreign-key checks are back afterwards."""
-    raw.execute("PRAGMA foreign_keys = OFF")
-    switched = False
-    if new_file:
-        raw.execute("PRAGMA busy_timeout = 0")
-        try:
-            switched = raw.execute("PRAGMA journal_mode = DELETE").fetchone()[0].lower() == "delete"
-        except sqlite3.OperationalError:
-            pass
-        finally:
-            raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    try:
-        yield switched
-    finally:
-        if switched:
-            _enable_wal(raw.cursor())
-        raw.execute("PRAGMA foreign_keys = ON")
-
-
-def sqlite_file(raw: sqlite3.Connection) -> str:
-    """The file of `raw`'s main database ('' for an in-memory or temporary one)."""
-    return str(raw.execute("PRAGMA database_list").fetchone()[2])
-
-
 #: A `:name` parameter, as SQLAlchemy's text() finds them (not `::` casts, not an escaped `\\:`).
 _NAMED = re.compile(r"(?<![:\w\x5c]):(\w+)(?!:)")
 
@@ -783,15 +626,10 @@ def reading(source: Engine | Connection) -> Iterator[Connection]:
 def translate_errors() -> Iterator[None]:
     """Turn driver failures (disk full, locked, read-only) into a LedgerError with a plain message."""
     try:
-        yield
+        with translate_sqlite_errors():  # from the bare driver connection of a bulk load
+            yield
     except OperationalError as exc:
         raise LedgerError(f"ledger error: {_driver_message(exc)}") from exc
-    except sqlite3.OperationalError as exc:  # from the bare driver connection of a bulk load
-        raise _sqlite_refusal(exc, None) or LedgerError(f"ledger error: {str(exc).splitlines()[0]}") from exc
-    except sqlite3.DatabaseError as exc:
-        if _damaged_code(exc):
-            raise _damaged("the ledger file", str(exc).splitlines()[0]) from exc
-        raise
     except DataError as exc:  # PostgreSQL enforces lengths and ranges SQLite does not, e.g. VARCHAR(255)
         raise LedgerError(f"the ledger refused a value: {_driver_message(exc)}") from exc
     except DBAPIError as exc:
@@ -833,10 +671,6 @@ def _alembic_config(conn: Connection) -> Config:
     cfg.set_main_option("script_location", script_location())
     cfg.attributes["connection"] = conn
     return cfg
-
-
-#: The newest migration in migrations/versions (a test keeps it equal to Alembic's head).
-SCHEMA_HEAD = "0010"
 
 
 def create_new(engine: Engine) -> bool:

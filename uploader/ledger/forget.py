@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Engine, text
 from uploader.errors import LedgerError
 from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
-from uploader.ledger.queries import LIVE_WORKER_SECONDS, OWN_HOST_HOLD_SECONDS, _dt, pid_alive, utcnow
+from uploader.ledger.queries import LIVE_WORKER_SECONDS, OWN_HOST_HOLD_SECONDS, _dt, pid_alive
+from uploader.ledger.states import utcnow
 
 __all__ = ["ForgetCounts", "Selection", "count_forget", "forget_rows", "manifest_paths", "project_counts"]
 

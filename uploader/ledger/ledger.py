@@ -65,7 +65,8 @@ from uploader.ledger.engine import (
 )
 from uploader.ledger.locate import FileHold, discard_unused, hold_shared, new_ledger_file, release
 from uploader.ledger.models import Status, merged_hashes
-from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive, utcnow  # noqa: F401 (re-export)
+from uploader.ledger.queries import EXPORT_COLUMNS, LedgerQueries, StatusReport, _dt, pid_alive  # noqa: F401 (re-export)
+from uploader.ledger.states import utcnow
 from uploader.ledger.transitions import holder_yields, settle_found, settle_missing
 
 __all__ = [

@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from uploader.ledger.models import Status
 from uploader.ledger.staging import slice_rows
+from uploader.ledger.states import Status
 
 __all__ = [
     "ALREADY_LOADED",

@@ -9,8 +9,6 @@ Times are naive UTC datetimes. The migrations in `migrations/versions/` must mat
 
 from __future__ import annotations
 
-import enum
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -28,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import false, text
 
+from uploader.ledger.states import Status
+
 __all__ = ["METADATA", "Status", "activity", "batches", "jobs", "manifests", "merged_hashes", "urls", "workers"]
 
 NAMING_CONVENTION = {
@@ -37,23 +37,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class Status(str, enum.Enum):
-    """The state of one job row; the legal moves between them live in ledger.py."""
-
-    PENDING = "pending"  #: waiting to be sent (or to be re-sent once `not_before` has passed)
-    IN_FLIGHT = "in_flight"  #: claimed by a worker under a lease; a request may be in the air
-    SUCCEEDED = "succeeded"  #: the API created the job (or it was found existing); job_id is known
-    FAILED = "failed"  #: permanent error, or retries exhausted; `uploader retry` sends it again
-    UNCERTAIN = "uncertain"  #: the job may exist (FS_0001, an ambiguous last attempt, an answer that does not
-    #: match the request) and its job_id is not known yet: a batch listing decides
-    CONFLICT = "conflict"  #: the job exists (job_id known) but may hold other data than the manifest says
-    BLOCKED = "blocked"  #: never sent: an attachment failed its preflight check (`uploader check`); released
-    #: by `uploader retry --blocked`, or sent anyway by `run --allow-blocked`
-
-    def __str__(self) -> str:
-        return self.value
 
 
 METADATA = MetaData(naming_convention=NAMING_CONVENTION)

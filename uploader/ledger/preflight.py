@@ -16,7 +16,7 @@ from sqlalchemy import Connection, DateTime, Engine, Integer, Text, text
 
 from uploader.ledger.engine import read_tx, reading, write_tx
 from uploader.ledger.models import Status
-from uploader.ledger.queries import utcnow
+from uploader.ledger.states import utcnow
 
 __all__ = [
     "BlockedRow",

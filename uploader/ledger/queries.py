@@ -3,7 +3,6 @@
 uploader.ledger.ledger holds every write of job state (claims, leases, results, the worker registry); this
 module holds the reads, so each can be read without the other. Nothing here writes: `LedgerQueries` is a
 mixin of read-only methods that `Ledger` inherits, so callers see one Ledger API (from `uploader.ledger`).
-`utcnow`, the ledger's clock, lives here because both halves need it (uploader.ledger.ledger re-exports it).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from sqlalchemy import Connection, Engine, text
 from uploader._leftovers import pid_alive
 from uploader.ledger.engine import read_tx
 from uploader.ledger.models import Status
+from uploader.ledger.states import utcnow
 
 if TYPE_CHECKING:  # pandas is imported by to_pandas only, when it is called
     import pandas as pd
@@ -32,7 +32,6 @@ __all__ = [
     "StatusReport",
     "pid_alive",
     "read_snapshot",
-    "utcnow",
 ]
 
 #: Status words for the SQL below (f-strings over Status: one spelling of each state).
@@ -48,11 +47,6 @@ LIVE_WORKER_SECONDS = 60
 #: A worker of this host whose process exists is live whatever the clocks say, if it beat within this long (by
 #: the clock: a bound against a pid reused since a run was killed without signing off).
 OWN_HOST_HOLD_SECONDS = 86_400
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC, as stored in the ledger."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)

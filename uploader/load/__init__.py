@@ -12,13 +12,13 @@ from uploader._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from uploader.load.digest import prefetch_sha256 as prefetch_sha256
-    from uploader.load.merge import LoadReport as LoadReport
     from uploader.load.merge import load_manifest as load_manifest
     from uploader.load.plan import LoadPlan as LoadPlan
     from uploader.load.plan import plan_manifest as plan_manifest
     from uploader.load.prepare import PreparedLoad as PreparedLoad
     from uploader.load.prepare import load as load
     from uploader.load.prepare import prepare_load as prepare_load
+    from uploader.load.report import LoadReport as LoadReport
     from uploader.load.slices import Production as Production
     from uploader.load.source import ManifestLike as ManifestLike
 
@@ -27,7 +27,7 @@ _EXPORTS = {
     "PreparedLoad": "uploader.load.prepare",
     "load": "uploader.load.prepare",
     "prepare_load": "uploader.load.prepare",
-    "LoadReport": "uploader.load.merge",
+    "LoadReport": "uploader.load.report",
     "ManifestLike": "uploader.load.source",
     "load_manifest": "uploader.load.merge",
     "Production": "uploader.load.slices",

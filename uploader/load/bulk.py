@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
 from uploader.ledger import (
     BEGIN_IMMEDIATE,
     COMMIT,
@@ -26,20 +24,33 @@ from uploader.ledger import (
     RECORD_MANIFEST,
     ROLLBACK,
     attach_slice,
+    create_bare,
     detach_slice,
     insert_new,
     manifest_row,
     sqlite_bulk_mode,
     sqlite_file,
-    translate_errors,
+    translate_sqlite_errors,
+    utcnow,
 )
 from uploader.load import slices as staging
+from uploader.load.digest import Digest, manifest_digest
 from uploader.manifest import check_unchanged, may_hold_expiry
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from uploader.load.source import ManifestLike
 
-__all__ = ["NotClean", "copy_parts", "insert_rows", "load_into_empty", "part_defaults"]
+__all__ = [
+    "NotClean",
+    "bare_connection",
+    "copy_parts",
+    "insert_rows",
+    "load_bare",
+    "load_into_new_file",
+    "part_defaults",
+]
 
 
 class NotClean(Exception):
@@ -52,18 +63,54 @@ def part_defaults(manifest: ManifestLike) -> dict[str, str | None]:
     return dict(zip(("project_id", "work_flow_id", "batch_id"), defaults))
 
 
-def load_into_empty(
-    engine: Engine,
+@contextlib.contextmanager
+def bare_connection(engine: Engine) -> Iterator[sqlite3.Connection]:
+    """The driver connection of a SQLite engine's, with the file to itself as far as this process goes (the
+    engine's idle pooled connections closed first: the bulk mode needs that)."""
+    engine.dispose()
+    proxy = engine.raw_connection()
+    raw = proxy.driver_connection
+    assert isinstance(raw, sqlite3.Connection)  # the caller takes this path on SQLite only
+    try:
+        yield raw
+    finally:
+        proxy.close()
+
+
+def load_into_new_file(
+    ledger: Path, manifest: ManifestLike, options_hash: str, production: staging.Production
+) -> tuple[int, bool] | None:
+    """A big manifest's first load into a ledger file that does not exist yet, from start to end on a bare
+    sqlite3 connection (uploader.ledger.create_bare), so without SQLAlchemy. As load_bare, returns the
+    rows loaded and whether a payload may hold a signed URL. None: not tried (another process made the file
+    first); NotClean: tried and given up (a problem, a slice process lost), the file holding an empty ledger.
+    Either way the usual path then opens the file and loads."""
+    with translate_sqlite_errors(ledger):
+        bare = create_bare(ledger)
+        if bare is None:
+            return None
+        try:
+            digest = manifest_digest(manifest)
+            loaded = load_bare(bare.raw, manifest, digest, options_hash, production, True, utcnow(), ledger)
+        finally:
+            bare.close()
+    if loaded is None:
+        raise NotClean
+    return loaded
+
+
+def load_bare(
+    raw: sqlite3.Connection,
     manifest: ManifestLike,
-    path: Path,
-    size: int,
-    sha: str,
+    digest: Digest,
     options_hash: str,
     production: staging.Production | None,
     new_file: bool,
     now: dt.datetime,
+    ledger: Path | None = None,
 ) -> tuple[int, bool] | None:
-    """SQLite, empty ledger: rows go straight into `jobs` in one transaction, with no staging copy.
+    """SQLite, empty ledger, on a bare connection (its file `ledger`, named in errors): rows go straight into
+    `jobs` in one transaction, with no staging copy.
 
     Nobody can be working on an empty ledger, so holding the write lock while the file is read costs no
     one anything; the bulk mode (no per-row foreign-key check, a rollback journal instead of WAL) halves
@@ -73,14 +120,11 @@ def load_into_empty(
     the staging path runs instead, which finds and reports every problem with its lines. Returns the
     number of rows loaded and whether any of their payloads may hold a signed URL, or None then.
     """
-    engine.dispose()  # the bulk mode needs the file to itself: close our own idle pooled connections
-    proxy = engine.raw_connection()
-    raw = proxy.driver_connection
-    assert isinstance(raw, sqlite3.Connection)  # the caller takes this path on SQLite only
+    path, size, sha = digest
     attached: list[str] = []
     try:
         with (
-            translate_errors(),
+            translate_sqlite_errors(ledger),
             sqlite_bulk_mode(raw, new_file=new_file) as journal,
             _Flusher.of(raw, journal) as flush,
         ):
@@ -117,8 +161,6 @@ def load_into_empty(
                     raw.execute(detach_slice(name))
     except (NotClean, staging.SliceProcessLost):
         return None
-    finally:
-        proxy.close()
     return sent, signed
 
 

@@ -12,10 +12,17 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from uploader.manifest import FileIdentity, file_identity
+from uploader.manifest import FileIdentity, check_unchanged, file_identity
 
-__all__ = ["file_sha256", "prefetch_sha256"]
+if TYPE_CHECKING:
+    from uploader.load.source import ManifestLike
+
+__all__ = ["Digest", "file_sha256", "manifest_digest", "prefetch_sha256"]
+
+#: A manifest file as a load records it: its path, size and SHA-256 (hex).
+Digest = tuple[Path, int, str]
 
 
 class _Prefetch:
@@ -61,6 +68,15 @@ def file_sha256(path: str | Path) -> str:
         if digest is not None:
             return digest
     return _sha256(Path(path))
+
+
+def manifest_digest(manifest: ManifestLike) -> Digest:
+    """The manifest's path, size and SHA-256, of the file as its reading began (ManifestError if it was
+    written to since: uploader.manifest.check_unchanged)."""
+    path = Path(manifest.path)
+    sha = file_sha256(path)
+    check_unchanged(path, manifest.identity)
+    return path, manifest.identity[2], sha
 
 
 def _sha256(path: Path) -> str:

@@ -11,11 +11,9 @@ rows straight into `jobs` (uploader.load.bulk), falling back to the staging path
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,10 +46,12 @@ from uploader.ledger import (
     staging_from_slice,
     staging_insert,
     translate_errors,
+    utcnow,
 )
 from uploader.load import bulk as bulk_load
 from uploader.load import slices as staging
-from uploader.load.digest import file_sha256
+from uploader.load.digest import manifest_digest
+from uploader.load.report import LoadReport
 from uploader.manifest import check_unchanged
 
 if TYPE_CHECKING:
@@ -67,39 +67,15 @@ EXAMPLES = 5
 MAX_DUPLICATE_PROBLEMS = 1000
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    """What a load did: the counts `uploader load` prints."""
-
-    manifest: str
-    rows: int
-    new: int = 0
-    unchanged: int = 0
-    updated: int = 0
-    conflicts: int = 0
-    updated_examples: tuple[str, ...] = ()
-    conflict_examples: tuple[str, ...] = ()
-    already_loaded: bool = False
-    seconds: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
-    #: Whether a pending row of the ledger may hold a signed URL after the load. False only when the load
-    #: knows that none does (its rows went into an empty ledger and no payload may hold one): then the
-    #: caller need not scan the ledger for them. Not part of the printed report.
-    signed_possible: bool = True
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 def load_manifest(
     ledger: Ledger,
     manifest: ManifestLike,
     options_hash: str,
     production: staging.Production | None = None,
+    bulk: bool = True,
 ) -> LoadReport:
     """Validate and merge one manifest into `ledger`; raise ManifestError (ledger untouched) if anything is
-    wrong.
+    wrong. `bulk` False: the empty-ledger fast path was tried already (PreparedLoad.load_new) and gave up.
 
     `production`: slice processes already staging this manifest (started before the ledger was even
     opened, when it is new; else started here if the manifest suits); closed in any case. A ledger whose
@@ -108,13 +84,10 @@ def load_manifest(
 
     engine, new_file = ledger.engine, ledger.new_file
     started = time.perf_counter()
-    path = Path(manifest.path)
     label = manifest.label
-    shown = label or str(path)
+    shown = label or str(manifest.path)
     try:
-        size = manifest.identity[2]
-        sha = file_sha256(path)
-        check_unchanged(path, manifest.identity)  # the digest is of the file as its reading began
+        digest = path, size, sha = manifest_digest(manifest)  # of the file as its reading began
         with read_tx(engine) as conn:
             seen = conn.execute(text(ALREADY_LOADED), {"sha": sha, "opt": options_hash}).first()
             empty = conn.execute(text(JOBS_ANY)).first() is None
@@ -131,10 +104,9 @@ def load_manifest(
         sqlite = engine.dialect.name == "sqlite"
         if sqlite and production is None:
             production = staging.Production.start(manifest)
-        if sqlite and empty:
-            loaded = bulk_load.load_into_empty(
-                engine, manifest, path, size, sha, options_hash, production, new_file, _utcnow()
-            )
+        if sqlite and empty and bulk:
+            with bulk_load.bare_connection(engine) as raw:
+                loaded = bulk_load.load_bare(raw, manifest, digest, options_hash, production, new_file, utcnow())
             if loaded is not None:
                 new, signed = loaded
                 return LoadReport(shown, new, new=new, seconds=time.perf_counter() - started, signed_possible=signed)
@@ -282,7 +254,7 @@ def _merge(
     manifest is recorded as, when not its path), committed only if the file is still as its reading began
     (`identity`)."""
     conn = staging_conn.execution_options(sqlite_begin="IMMEDIATE")
-    now = _utcnow()
+    now = utcnow()
     with translate_errors(), conn.begin():
         _lock_jobs(conn)
         empty = conn.execute(text(JOBS_ANY)).first() is None

@@ -21,7 +21,7 @@ from uploader.manifest import Manifest, ManifestOptions
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
-    from uploader.load.merge import LoadReport
+    from uploader.load.report import LoadReport
 
 __all__ = ["PreparedLoad", "load", "prepare_load"]
 
@@ -40,12 +40,37 @@ class PreparedLoad:
 
     def __init__(self, manifest: Manifest, production: Production | None) -> None:
         self.manifest, self.production = manifest, production
+        self._bulk = True  #: whether `load` may take the empty-ledger fast path (not tried yet)
 
     def load(self, ledger: Ledger) -> LoadReport:
         from uploader.load.merge import load_manifest
 
         production, self.production = self.production, None
-        return load_manifest(ledger, self.manifest, self.manifest.options.fingerprint(), production)
+        return load_manifest(ledger, self.manifest, self.manifest.options.fingerprint(), production, self._bulk)
+
+    def load_new(self, ledger: Path) -> LoadReport | None:
+        """Load into `ledger`, a SQLite file that does not exist yet, on a bare connection and without importing
+        SQLAlchemy (uploader.load.bulk.load_into_new_file), when slice processes stage the manifest (a big one).
+        None: nothing loaded; `load` then takes the usual way (the file may hold an empty ledger by then)."""
+        import time
+
+        from uploader.load.bulk import NotClean, load_into_new_file
+        from uploader.load.report import LoadReport
+
+        if self.production is None:
+            return None
+        started = time.perf_counter()
+        try:
+            loaded = load_into_new_file(ledger, self.manifest, self.manifest.options.fingerprint(), self.production)
+        except NotClean:  # the usual path need not try the same again
+            self._bulk = False
+            return None
+        if loaded is None:
+            return None
+        self.close()
+        new, signed = loaded
+        shown = self.manifest.label or str(self.manifest.path)
+        return LoadReport(shown, new, new=new, seconds=time.perf_counter() - started, signed_possible=signed)
 
     def close(self) -> None:
         if self.production is not None:

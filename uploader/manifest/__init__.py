@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from uploader.manifest.reader import Manifest as Manifest
     from uploader.manifest.reader import ManifestOptions as ManifestOptions
     from uploader.manifest.signed import SignedUrlError as SignedUrlError
+    from uploader.manifest.signed import SignedUrls as SignedUrls
     from uploader.manifest.signed import UrlExpiry as UrlExpiry
     from uploader.manifest.signed import may_hold_expiry as may_hold_expiry
+    from uploader.manifest.signed import tally_signed as tally_signed
     from uploader.manifest.signed import url_expiry as url_expiry
 
 #: Public name → its module, imported on first use (PEP 562): importing the package imports none of them.
@@ -39,6 +41,8 @@ _EXPORTS = {
     "check_unchanged": "uploader.manifest.formats",
     "file_identity": "uploader.manifest.formats",
     "SignedUrlError": "uploader.manifest.signed",
+    "SignedUrls": "uploader.manifest.signed",
+    "tally_signed": "uploader.manifest.signed",
     "UrlExpiry": "uploader.manifest.signed",
     "may_hold_expiry": "uploader.manifest.signed",
     "url_expiry": "uploader.manifest.signed",

@@ -15,11 +15,13 @@ Pure: no clock is read here; callers compare the result with their own `now`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["SignedUrlError", "UrlExpiry", "may_hold_expiry", "url_expiry"]
+__all__ = ["SignedUrlError", "SignedUrls", "UrlExpiry", "may_hold_expiry", "tally_signed", "url_expiry"]
 
 #: Longest validity any of the schemes allows, with room: an expiry further out than this is a typo.
 _MAX_LIFETIME = timedelta(days=366 * 100)
@@ -122,3 +124,31 @@ def _datetime(field: str, raw: str, year: int, month: int, day: int, hour: int, 
 def _name(field: str) -> str:
     """The field's usual spelling, for messages (X-Amz-Date, X-Goog-Expires)."""
     return "-".join(part.capitalize() for part in field.split("-"))
+
+
+@dataclass
+class SignedUrls:
+    """The signed attachment URLs of the pending rows (each use counted): how many, how many expire before
+    `not_before` (then a preflight holds their rows back), and the earliest expiry (UTC)."""
+
+    not_before: datetime
+    urls: int = 0
+    expiring: int = 0
+    earliest: datetime | None = None
+
+
+def tally_signed(tally: SignedUrls, urls: Iterable[str]) -> None:
+    """Count the signed ones among `urls` into `tally`, each URL's expiry read once (a URL whose expiry
+    cannot be read is the load's error, not counted here). Pure but for `tally`."""
+    limit = tally.not_before.replace(tzinfo=UTC)
+    for url in urls:
+        try:
+            expiry = url_expiry(url)
+        except SignedUrlError:
+            continue
+        if expiry is None:
+            continue
+        tally.urls += 1
+        tally.expiring += expiry.expires < limit
+        if tally.earliest is None or expiry.expires < tally.earliest:
+            tally.earliest = expiry.expires

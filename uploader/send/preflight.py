@@ -32,7 +32,7 @@ from uploader.ledger import (
     utcnow,
     verdicts_since,
 )
-from uploader.manifest import SignedUrlError, url_expiry
+from uploader.manifest import SignedUrlError, SignedUrls, tally_signed, url_expiry
 
 if TYPE_CHECKING:
     from uploader.ledger import Ledger
@@ -139,34 +139,6 @@ def judge_row(
         elif problem is None:
             problem = found
     return problem or passing, earliest
-
-
-@dataclass
-class SignedUrls:
-    """The signed attachment URLs of the pending rows (each use counted): how many, how many expire before
-    `not_before` (then a preflight holds their rows back), and the earliest expiry (UTC)."""
-
-    not_before: dt.datetime
-    urls: int = 0
-    expiring: int = 0
-    earliest: dt.datetime | None = None
-
-
-def tally_signed(tally: SignedUrls, urls: Iterable[str]) -> None:
-    """Count the signed ones among `urls` into `tally`, each URL's expiry read once (a URL whose expiry
-    cannot be read is the load's error, not counted here). Pure but for `tally`."""
-    limit = tally.not_before.replace(tzinfo=dt.UTC)
-    for url in urls:
-        try:
-            expiry = url_expiry(url)
-        except SignedUrlError:
-            continue
-        if expiry is None:
-            continue
-        tally.urls += 1
-        tally.expiring += expiry.expires < limit
-        if tally.earliest is None or expiry.expires < tally.earliest:
-            tally.earliest = expiry.expires
 
 
 def signed_urls(ledger: Ledger, not_before: dt.datetime) -> SignedUrls:
