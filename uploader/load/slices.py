@@ -239,7 +239,7 @@ def can_fork() -> bool:
 class Production:
     """Slice processes staging the slices of one manifest into scratch files, in the background.
 
-    The file is cut into `parts` slices of about equal size (the first half as long: see _share), each
+    The file is cut into `parts` slices of about equal size (the first and the last half as long: see _share), each
     starting after a line end (Parquet: into row ranges). Slice process k takes slices k, k + processes, …,
     finds their bounds and line numbers itself (so it can start before
     the parent has read the file), and checks that its slices have no bare CR and, in a CSV/TSV, no quote
@@ -464,9 +464,12 @@ class _Cutter:
 
 
 def _share(total: int, i: int, parts: int) -> int:
-    """Where slice i of `parts` starts, nominally, in `total` (bytes or rows): the first slice is half as
-    long as the others, so that the loader, which can copy nothing before it, starts sooner."""
-    return 0 if i <= 0 else total * (2 * i - 1) // (2 * parts - 1)
+    """Where slice i of `parts` starts, nominally, in `total` (bytes or rows): the first and the last slice
+    are half as long as the others, so that the loader, which can copy nothing before the first, starts
+    sooner, and its copy of the last, which nothing overlaps, ends sooner."""
+    if i <= 0 or parts < 2:
+        return 0 if i <= 0 else total
+    return min(total, total * (2 * i - 1) // (2 * parts - 2))
 
 
 def _parquet_rows(path: Path) -> int:
