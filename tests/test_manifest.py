@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from uploader.errors import ManifestError
@@ -946,3 +946,76 @@ def test_project_and_workflow_ids_longer_than_the_ledger_column_are_refused(tmp_
     assert m.problem_count == 1 and "at most 255" in str(m.problems[0]) and m.problems[0].line == 2
     with pytest.raises(ManifestError, match="at most 255"):
         Manifest(path, ManifestOptions(project_id="p" * 300, work_flow_id="w"))
+
+
+# --- a quote-free CSV block split column by column ------------------------------------------------------
+
+
+def _csv_chunks(
+    path: Path, size: int, delim: str, span: Any = None
+) -> list[tuple[list[int], list[list[str]], list[Any], bool]]:
+    reader = _manifest_csv.CsvReader(path, delim, span)
+    try:
+        return [(list(c.lines), [list(r) for r in c.cells()], c.issues, c.clean) for c in reader.chunks(size)]
+    finally:
+        reader.close()
+
+
+_CELLS = ["a", "", " ", "x y", "é", "ref-1", "https://h/p.jpg", "\x00", "\udcff", "1.5"]
+
+
+@st.composite
+def _csv_rows(draw: Any) -> tuple[int, list[list[str]]]:
+    """A width and rows mostly that wide, now and then one ragged or blank."""
+    width = draw(st.integers(1, 4))
+    row = st.lists(st.sampled_from(_CELLS), min_size=width, max_size=width)
+    odd = st.lists(st.sampled_from(_CELLS), min_size=0, max_size=5)
+    rows = draw(st.lists(st.one_of(row, row, row, row, row, odd), min_size=1, max_size=40))
+    return width, rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(shape=(2, [["a", "b", "c"], ["d"]]), eol="\n", delim=",", size=5)  # the right number of fields in all
+@example(shape=(3, [["a", "b", "c"], ["", "", ""], ["d", "e", "f"]]), eol="\r\n", delim="\t", size=2)
+@given(
+    shape=_csv_rows(),
+    eol=st.sampled_from(["\n", "\r\n"]),
+    delim=st.sampled_from([",", "\t"]),
+    size=st.integers(2, 9),
+)
+def test_full_width_blocks_split_by_column_read_as_row_by_row(
+    shape: tuple[int, list[list[str]]], eol: str, delim: str, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quote-free block whose every line has the header's width is split in one go, column by column; any
+    other block row by row. Either way the same rows, lines, problems and cleanness come out, chunk by chunk:
+    ragged and blank lines, NUL bytes and undecodable bytes, one column or four, CSV or TSV, LF or CRLF."""
+    width, rows = shape
+    header = delim.join(f"c{i}" for i in range(width))
+    body = eol.join(delim.join(r) for r in rows) + eol
+    from uploader.manifest import Span
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.csv"
+        path.write_bytes((header + eol + body).encode("utf-8", "surrogateescape"))
+        span = Span(len(header + eol), path.stat().st_size, 2, tuple(header.split(delim)))  # as a slice is read
+        by_column = _csv_chunks(path, size, delim, span)
+        with monkeypatch.context() as patch:
+            patch.setattr(_manifest_csv, "_full_width", lambda *args: False)
+            by_row = _csv_chunks(path, size, delim, span)
+    assert by_column == by_row
+
+
+def test_a_full_width_block_is_split_by_column(tmp_path: Path) -> None:
+    """As a slice process reads (a span: no header to read first), a full-width block comes column by column."""
+    from uploader.manifest import Span
+
+    head = "reference_id,image_url\n"
+    path = tmp_path / "m.csv"
+    path.write_text(head + "".join(f"r{i},https://h/{i}.jpg\n" for i in range(12)))
+    span = Span(len(head), path.stat().st_size, 2, ("reference_id", "image_url"))
+    reader = _manifest_csv.CsvReader(path, ",", span)
+    chunks = list(reader.chunks(5))
+    reader.close()
+    assert chunks[0].cols == [[f"r{i}" for i in range(5)], [f"https://h/{i}.jpg" for i in range(5)]]
+    assert [list(c.lines) for c in chunks] == [[2, 3, 4, 5, 6], [7, 8, 9, 10, 11], [12, 13]]
+    assert all(c.clean and c.rows == [] and c.cols is not None for c in chunks)

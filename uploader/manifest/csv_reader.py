@@ -127,6 +127,9 @@ class CsvReader:
         blocks, delim = self._blocks(), self._delim
         for text, first, crlf_only in blocks:
             lines = _split_lines(text, crlf_only) if '"' not in text else None
+            if lines is not None and self._size > 1 and _full_width(lines, delim, self.ncols):
+                yield from _column_segments(lines, delim, self.ncols, first, self._size)
+                continue
             if lines is not None:
                 rows = list(map(str.split, lines, repeat(delim)))
                 if "" in lines:
@@ -204,6 +207,10 @@ class CsvReader:
         bad = self._bad
         while bad and bad[0][1] <= start:
             bad.popleft()
+        if isinstance(rows, _Columns):
+            if not (bad and bad[0][0] <= end):
+                return Chunk(range(start + 1, end + 1), [], clean=True, cols=list(rows))
+            rows = [list(row) for row in zip(*rows)]  # bad bytes somewhere: each row looked at below
         if (
             error is None
             and end - start == len(rows)
@@ -239,6 +246,25 @@ class CsvReader:
             kind = "TSV" if self._delim == "\t" else "CSV"
             chunk.issues.append((cur + 1, None, f"malformed {kind} record{where}: {error}"))
         return chunk
+
+
+class _Columns(list[list[str]]):
+    """A segment's rows column by column (what `_column_segments` yields in a Segment's place of rows)."""
+
+
+def _full_width(lines: list[str], delim: str, ncols: int) -> bool:
+    """Whether every line of a quote-free block has the header's width: then its cells are the block's fields
+    in order, `ncols` to a line, and it is split in one go (no list per row). A blank line is not."""
+    return bool(lines) and "" not in lines and set(map(str.count, lines, repeat(delim))) == {ncols - 1}
+
+
+def _column_segments(lines: list[str], delim: str, ncols: int, first: int, size: int) -> Iterator[Segment]:
+    """Segments of at most `size` rows of a full-width block (`_full_width`), each as `_Columns`."""
+    fields = delim.join(lines).split(delim)
+    for i in range(0, len(lines), size):
+        part = fields[i * ncols : (i + size) * ncols]
+        n = len(part) // ncols
+        yield first - 1 + i, _Columns(part[j::ncols] for j in range(ncols)), first - 1 + i + n, None
 
 
 def _split_lines(text: str, crlf_only: bool) -> list[str] | None:

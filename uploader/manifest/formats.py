@@ -45,12 +45,18 @@ Issue = tuple[int, str | None, str]
 
 @dataclass
 class Chunk:
-    """Rows read together. `clean` promises single-line rows of full width with no bad bytes."""
+    """Rows read together. `clean` promises single-line rows of full width with no bad bytes. A reader may
+    give a clean chunk's rows column by column instead (`cols`; `rows` is then empty): `cells` has them as rows."""
 
     lines: list[int] | range
     rows: list[Any]
     issues: list[Issue] = field(default_factory=list)
     clean: bool = False
+    cols: list[list[Any]] | None = None
+
+    def cells(self) -> list[Any]:
+        """The rows, each a sequence of its cells (from `cols` when the reader gave columns)."""
+        return self.rows if self.cols is None else list(zip(*self.cols))
 
 
 def fail(path: Path, message: str, column: str | None = None) -> ManifestError:

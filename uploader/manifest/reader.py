@@ -144,11 +144,12 @@ class Manifest:
                         break
                     for issue in chunk.issues:
                         self._problem(*issue)
-                    jobs = self._fast_image(chunk, columns) if self._fast and chunk.clean and chunk.rows else None
+                    rows = chunk.rows or chunk.cols
+                    jobs = self._fast_image(chunk, columns) if self._fast and chunk.clean and rows else None
                     if jobs is None:
                         jobs = []
                         frames: list[tuple[Any, ...]] = []
-                        for line, cells in zip(chunk.lines, chunk.rows):
+                        for line, cells in zip(chunk.lines, chunk.cells()):
                             self._build(line, cells, jobs, frames)
                         if frames:
                             store.add(frames)  # type: ignore[union-attr]
@@ -199,7 +200,7 @@ class Manifest:
         None to fall back to `_build` row by row.
 
         Says yes only when every row would certainly pass `_build`, which then gives the same body."""
-        cols = list(zip(*chunk.rows))
+        cols = chunk.cols if chunk.cols is not None else list(zip(*chunk.rows))
         if any(any(cols[self._idx[a]]) for a in OVERRIDES if a in self._idx):
             return None
         refs, urls = cols[self._idx["reference_id"]], cols[self._idx["image_url"]]

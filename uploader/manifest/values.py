@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as enc  # C: json.dumps of one str, without the overhead
@@ -345,7 +346,7 @@ def plain(blob: str) -> bool | None:
     return '"' not in blob and "\\" not in blob
 
 
-def escaped(values: tuple[str, ...]) -> list[str]:
+def escaped(values: Sequence[str]) -> list[str]:
     """JSON-escaped text of printable values, without quotes, in one C call (DEL cannot occur in them)."""
     return enc("\x7f".join(values))[1:-1].split("\x7f")
 
