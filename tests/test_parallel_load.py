@@ -1159,10 +1159,11 @@ def test_the_flusher_syncs_the_ledger_file_after_each_part_in_journal_mode_only(
 
 
 def schema_of(ledger: Path) -> dict[str, object]:
-    """What makes a ledger file's schema: its tables and indexes as SQLite keeps them, in order, the pragmas a
-    new file is given, the Alembic stamp, and the file's mode."""
+    """What makes a ledger file's schema: its tables and indexes as SQLite keeps them, the pragmas a new file
+    is given, the Alembic stamp, and the file's mode."""
     with closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
-        master = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid").fetchall()
+        # by name: create_all makes a table's indexes in no fixed order (a set), which changes nothing else
+        master = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
         pragmas = {p: db.execute(f"PRAGMA {p}").fetchone()[0] for p in PRAGMAS}
         stamp = db.execute("SELECT version_num FROM alembic_version").fetchall()
     return {"master": master, "pragmas": pragmas, "stamp": stamp, "mode": oct(ledger.stat().st_mode & 0o777)}

@@ -368,8 +368,10 @@ class BareLedger:
         self.raw, self._hold = raw, hold
 
     def close(self) -> None:
-        self.raw.close()
-        release(self._hold)
+        try:
+            self.raw.close()
+        finally:
+            release(self._hold)
 
 
 def create_bare(path: Path) -> BareLedger | None:

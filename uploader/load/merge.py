@@ -79,7 +79,8 @@ def load_manifest(
 
     `production`: slice processes already staging this manifest (started before the ledger was even
     opened, when it is new; else started here if the manifest suits); closed in any case. A ledger whose
-    SQLite file this process created (`ledger.new_file`) is loaded in bulk mode (see engine.sqlite_bulk_mode)."""
+    SQLite file this process created (`ledger.new_file`) is loaded in bulk mode (see
+    uploader.ledger.bare.sqlite_bulk_mode)."""
     import time
 
     engine, new_file = ledger.engine, ledger.new_file
