@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from uploader.errors import ManifestError
+from uploader.manifest import Span
 from uploader.manifest import csv_reader as _manifest_csv
 from uploader.manifest import frames as _manifest_frames
 from uploader.manifest.reader import Manifest, ManifestOptions, StagedJob
@@ -992,8 +993,6 @@ def test_full_width_blocks_split_by_column_read_as_row_by_row(
     width, rows = shape
     header = delim.join(f"c{i}" for i in range(width))
     body = eol.join(delim.join(r) for r in rows) + eol
-    from uploader.manifest import Span
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "m.csv"
         path.write_bytes((header + eol + body).encode("utf-8", "surrogateescape"))
@@ -1007,8 +1006,6 @@ def test_full_width_blocks_split_by_column_read_as_row_by_row(
 
 def test_a_full_width_block_is_split_by_column(tmp_path: Path) -> None:
     """As a slice process reads (a span: no header to read first), a full-width block comes column by column."""
-    from uploader.manifest import Span
-
     head = "reference_id,image_url\n"
     path = tmp_path / "m.csv"
     path.write_text(head + "".join(f"r{i},https://h/{i}.jpg\n" for i in range(12)))
